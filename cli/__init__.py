@@ -1,0 +1,1 @@
+"""The ``graphinterp`` command line (installed as the ``graphinterp.cli`` package)."""

@@ -1,0 +1,70 @@
+"""Entry point of the ``graphinterp`` command: a click group whose commands load lazily."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import List, Optional
+
+import click
+
+from graphinterp.errors import GraphinterpError
+
+__all__ = ["cli", "main"]
+
+# command name -> (module under graphinterp.cli defining ``command``, one-line help)
+COMMANDS = {
+    "analyze": ("analyze", "Cluster each layer with BSGC and report clusterability E per layer."),
+    "export": ("export", "Write the clustered layered graph to GraphML (Gephi, Cytoscape, networkx)."),
+    "train": ("train", "Train a model for modularity: cross-entropy + lambda * enmeshment loss."),
+    "ablate": ("ablate", "Class-wise accuracy with each cluster switched ON and OFF."),
+    "circuits": ("circuits", "Extract per-label circuits by edge pruning; Effective Circuit Size."),
+    "benchmark": ("benchmark", "Clusterability of many models against k, with a shuffle significance test."),
+    "plot": ("plot", "Figures, e.g. a clustered layer drawn as a bipartite graph."),
+}
+
+
+class _LazyGroup(click.Group):
+    """Import each command's module only when it is used (keeps ``--help`` and startup fast)."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"graphinterp.cli.{COMMANDS[name][0]}")
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GraphinterpError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; no partial output was written", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="graphinterp")
+def cli() -> None:
+    """graphinterp: neural networks as layered graphs.
+
+    Cluster layers with bipartite spectral graph clustering (BSGC), measure clusterability,
+    train modular models with the enmeshment loss, ablate clusters and extract per-label circuits.
+    Run `graphinterp COMMAND --help` for each command.
+    """
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="graphinterp")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Cluster a layered graph: per layer (the paper's bipartite BSGC) or network-wide (one label per neuron)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.utils import check_random_state
+
+from .bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
+from .errors import ClusteringError
+from .graph import LayeredGraph
+
+__all__ = ["BSGC", "Clustering", "cluster_layers", "cluster_network", "parse_k_range"]
+
+
+@dataclass
+class Clustering:
+    """Cluster labels of the input (row) and output (column) nodes of some layers of a graph.
+
+    Labels are in ``0..k-1``; ``-1`` marks an isolated node (no non-zero edge), in no cluster.
+    Input labels are in the ``"grouped"`` view (one per channel for a Linear after a Flatten).
+
+    Attributes
+    ----------
+    k : int
+    row_labels, col_labels : dict of str to ndarray
+        Per layer name, labels of the layer's input and output nodes.
+    network_wide : bool
+        True when each hidden neuron has one label: ``col_labels[l] == row_labels[l + 1]`` for
+        consecutive clustered layers.
+    similarity : str
+        ``"weight"`` or ``"gradient"`` (what BSGC clustered).
+    meta : dict
+        Free-form provenance (seed, pairing, ...).
+    """
+
+    k: int
+    row_labels: Dict[str, np.ndarray]
+    col_labels: Dict[str, np.ndarray]
+    network_wide: bool = False
+    similarity: str = "weight"
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layer_names(self) -> List[str]:
+        """Names of the clustered layers, in order."""
+        return list(self.row_labels)
+
+    def labels(self, layer: str) -> Tuple[np.ndarray, np.ndarray]:
+        """``(row_labels, col_labels)`` of ``layer``."""
+        if layer not in self.row_labels:
+            raise ClusteringError(f"layer {layer!r} is not clustered; clustered layers: {self.layer_names}")
+        return self.row_labels[layer], self.col_labels[layer]
+
+    def sizes(self, layer: str) -> np.ndarray:
+        """``(k, 2)`` array: number of input and output nodes in each cluster of ``layer``."""
+        rows, cols = self.labels(layer)
+        return np.stack([np.bincount(rows[rows >= 0], minlength=self.k),
+                         np.bincount(cols[cols >= 0], minlength=self.k)], axis=1)
+
+    def validate(self, graph: LayeredGraph) -> "Clustering":
+        """Raise :class:`ClusteringError` unless every clustered layer exists in ``graph`` with matching sizes."""
+        for name in self.layer_names:
+            if name not in graph.layer_names:
+                raise ClusteringError(
+                    f"the clustering names layer {name!r}, which the model does not have (layers: {graph.layer_names})"
+                )
+            layer = graph[name]
+            rows, cols = self.labels(name)
+            if (len(rows), len(cols)) != layer.shape("grouped"):
+                raise ClusteringError(
+                    f"the clustering of layer {name!r} has {len(rows)}x{len(cols)} labels but the layer is "
+                    f"{layer.n_in()}x{layer.n_out}: it was made for another model"
+                )
+            for lab in (rows, cols):
+                if lab.size and (lab.max() >= self.k or lab.min() < -1):
+                    raise ClusteringError(f"labels of layer {name!r} must lie in -1..{self.k - 1}")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict (lists, ints, strs) that survives ``torch.load(weights_only=True)`` and JSON."""
+        return {
+            "k": int(self.k),
+            "layers": [{"name": n, "rows": self.row_labels[n].tolist(), "cols": self.col_labels[n].tolist()}
+                       for n in self.layer_names],
+            "network_wide": bool(self.network_wide),
+            "similarity": self.similarity,
+            "meta": dict(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Clustering":
+        """Inverse of :meth:`to_dict`."""
+        try:
+            layers = data["layers"]
+            return cls(
+                k=int(data["k"]),
+                row_labels={d["name"]: np.asarray(d["rows"], dtype=np.int64) for d in layers},
+                col_labels={d["name"]: np.asarray(d["cols"], dtype=np.int64) for d in layers},
+                network_wide=bool(data.get("network_wide", False)),
+                similarity=str(data.get("similarity", "weight")),
+                meta=dict(data.get("meta", {})),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ClusteringError(f"malformed clustering record ({err}); re-run the clustering") from err
+
+
+def parse_k_range(text: str) -> List[int]:
+    """Parse ``"4"``, ``"2..10"`` or ``"2,4,8"`` into a list of k values (each >= 2).
+
+    Examples
+    --------
+    >>> parse_k_range("2..5"), parse_k_range("3,6")
+    ([2, 3, 4, 5], [3, 6])
+    """
+    try:
+        if ".." in text:
+            lo, hi = (int(p) for p in text.split(".."))
+            ks = list(range(lo, hi + 1))
+        else:
+            ks = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ClusteringError(f"cannot read k from {text!r}: use 4, 2..10 or 2,4,8") from None
+    if not ks or min(ks) < 2:
+        raise ClusteringError(f"k must be at least 2, got {text!r}")
+    return ks
+
+
+def _similarities(graph: LayeredGraph, names: Sequence[str], similarity) -> Dict[str, torch.Tensor]:
+    out = {}
+    for name in names:
+        layer = graph[name]
+        if similarity is None:
+            out[name] = layer.magnitude()
+            continue
+        if name not in similarity:
+            raise ClusteringError(f"no similarity matrix given for layer {name!r}")
+        A = torch.as_tensor(similarity[name])
+        if tuple(A.shape) != layer.shape():
+            raise ClusteringError(
+                f"similarity for layer {name!r} has shape {tuple(A.shape)}, expected {layer.shape()} (n_in, n_out)"
+            )
+        out[name] = A
+    return out
+
+
+def cluster_layers(
+    graph: LayeredGraph,
+    k: int,
+    *,
+    layers: Optional[Sequence[str]] = None,
+    similarity: Optional[Mapping[str, Any]] = None,
+    pairing: str = "joint",
+    random_state=None,
+) -> Clustering:
+    """Cluster each layer on its own with :class:`BSGC` (the paper's bipartite clustering).
+
+    Parameters
+    ----------
+    graph : LayeredGraph
+    k : int
+        Number of clusters, ``2 <= k <= min(live inputs, live outputs)`` of every selected layer.
+    layers : sequence of str, optional
+        Layers to cluster; all by default.
+    similarity : mapping of layer name to (n_in, n_out) array, optional
+        Similarity matrices (e.g. from :mod:`graphinterp.gradsim`); default ``|W|``.
+    pairing : {"joint", "matched", "independent"}
+    random_state : int or None
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)))
+    >>> c = cluster_layers(g, 2, random_state=0)
+    >>> c.layer_names, c.sizes("0").sum(0).tolist()
+    (['0', '2'], [8, 6])
+    """
+    names = list(layers) if layers is not None else graph.layer_names
+    sims = _similarities(graph, names, similarity)
+    rng = check_random_state(random_state)
+    rows, cols = {}, {}
+    for name in names:
+        try:
+            est = BSGC(k, pairing=pairing, random_state=int(rng.randint(2**31 - 1))).fit(sims[name])
+        except ClusteringError as err:
+            raise ClusteringError(f"layer {name!r}: {err}") from None
+        rows[name], cols[name] = est.row_labels_, est.column_labels_
+    kind = "weight" if similarity is None else "given"
+    return Clustering(k, rows, cols, network_wide=False, similarity=kind,
+                      meta={"method": "bsgc", "pairing": pairing, "random_state": _seed_repr(random_state)})
+
+
+def cluster_network(
+    graph: LayeredGraph,
+    k: int,
+    *,
+    layers: Optional[Sequence[str]] = None,
+    similarity: Optional[Mapping[str, Any]] = None,
+    n_init: int = 10,
+    random_state=None,
+) -> Clustering:
+    """Network-wide clustering: one label per node, shared by consecutive clustered layers.
+
+    The selected layers are split into runs of consecutive layers. Each run spans levels
+    ``l0 .. l1`` of the layered graph; its nodes form one multipartite graph with symmetric
+    adjacency built from the similarities (``|W|`` by default). Exactly as BSGC does for one
+    layer, the adjacency is normalised, :math:`\\tilde A = D^{-1/2} A D^{-1/2}`, its ``k`` leading
+    eigenvectors :math:`X` are scaled to :math:`Z = D^{-1/2} X`, and one KMeans on all nodes gives
+    every node one label. For a single layer the eigenvectors of
+    :math:`[[0, \\tilde A], [\\tilde A^T, 0]]` are the stacked singular vectors ``[U; V]``, so this is
+    the joint embedding of :class:`BSGC`; for a run of layers, the output label of layer ``l`` is by
+    construction the input label of layer ``l + 1``. Isolated nodes get ``-1``.
+
+    Parameters are as in :func:`cluster_layers`.
+    """
+    if not graph.chained:
+        raise ClusteringError("network-wide clustering needs a chained graph; use cluster_layers")
+    names = list(layers) if layers is not None else graph.layer_names
+    sims = _similarities(graph, names, similarity)
+    idx = sorted(graph.index(n) for n in names)
+    runs: List[List[int]] = []
+    for i in idx:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    rng = check_random_state(random_state)
+    rows, cols = {}, {}
+    for run in runs:
+        mats = [sims[graph.layers[i].name].double() for i in run]
+        levels = _cluster_run(mats, k, n_init, rng, [graph.layers[i].name for i in run])
+        for j, i in enumerate(run):
+            name = graph.layers[i].name
+            rows[name], cols[name] = levels[j], levels[j + 1]
+    ordered = [graph.layers[i].name for i in idx]
+    return Clustering(k, {n: rows[n] for n in ordered}, {n: cols[n] for n in ordered}, network_wide=True,
+                      similarity="weight" if similarity is None else "given",
+                      meta={"method": "spectral-network", "random_state": _seed_repr(random_state)})
+
+
+def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng, names: List[str]) -> List[np.ndarray]:
+    sizes = [mats[0].shape[0]] + [m.shape[1] for m in mats]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offsets[-1])
+    A = torch.zeros(n, n, dtype=torch.float64)
+    for j, M in enumerate(mats):
+        a, b, c = offsets[j], offsets[j + 1], offsets[j + 2]
+        A[a:b, b:c] = M
+        A[b:c, a:b] = M.T
+    deg = A.sum(1)
+    live = deg > 0
+    for j in range(len(sizes)):
+        n_live = int(live[offsets[j]:offsets[j + 1]].sum())
+        if k < 2 or k > n_live:
+            where = f"layer {names[max(j - 1, 0)]!r} {'inputs' if j == 0 else 'outputs'}"
+            raise ClusteringError(f"k={k} is out of range: {where} have {n_live} non-isolated nodes; use 2 <= k <= {n_live}")
+    sub = A[live][:, live]
+    An, d_is, _ = normalize_bipartite(sub)
+    evals, evecs = torch.linalg.eigh(An)
+    X = evecs[:, -k:]
+    Z = (X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    km = KMeans(n_clusters=k, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(Z)
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[live.numpy()] = km.labels_
+    Z_full = np.zeros((n, k))
+    Z_full[live.numpy()] = Z
+    levels = []
+    for j in range(len(sizes)):
+        lab = labels[offsets[j]:offsets[j + 1]].copy()
+        on = lab >= 0
+        if np.unique(lab[on]).size < k:  # a cluster has no node at this level: balance the level
+            lab[on] = _balanced_assign(Z_full[offsets[j]:offsets[j + 1]][on], km.cluster_centers_)
+        levels.append(lab)
+    return levels
+
+
+def _balanced_assign(Z: np.ndarray, centers: np.ndarray, slack: float = 1.0) -> np.ndarray:
+    """Assign points to their nearest centres with at most ``ceil(n / k)`` points per centre.
+
+    Used when KMeans leaves a cluster without any node at some level (e.g. a level of few,
+    nearly identical conv channels): every cluster then keeps inputs and outputs, so no cluster
+    is cut off from the rest of the network. Solved exactly as an assignment problem.
+    """
+    k = len(centers)
+    cap = int(np.ceil(slack * len(Z) / k))
+    cost = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)  # (n, k)
+    rows, cols = linear_sum_assignment(np.repeat(cost, cap, axis=1))
+    out = np.empty(len(Z), dtype=np.int64)
+    out[rows] = cols // cap
+    return out
+
+
+def _seed_repr(random_state) -> Optional[int]:
+    return int(random_state) if isinstance(random_state, (int, np.integer)) else None

@@ -1,0 +1,44 @@
+"""Exceptions raised by graphinterp.
+
+Every error carries a one-line message that says what is wrong and how to fix it;
+the command-line interface prints it as ``error: <message>`` and exits non-zero.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "GraphinterpError",
+    "ModelFileError",
+    "UnsupportedModelError",
+    "InvalidWeightsError",
+    "ClusteringError",
+    "DataError",
+    "TrainingError",
+]
+
+
+class GraphinterpError(Exception):
+    """Base class of all errors raised on bad input by graphinterp."""
+
+
+class ModelFileError(GraphinterpError, OSError):
+    """A model file is missing, unreadable, corrupt or of an unknown format."""
+
+
+class UnsupportedModelError(GraphinterpError, ValueError):
+    """The model's structure cannot be turned into a layered graph (e.g. residual blocks)."""
+
+
+class InvalidWeightsError(GraphinterpError, ValueError):
+    """Weights contain NaN or infinite values, or have an unusable shape."""
+
+
+class ClusteringError(GraphinterpError, ValueError):
+    """A clustering request is invalid (k out of range, labels that do not fit the graph, ...)."""
+
+
+class DataError(GraphinterpError, ValueError):
+    """A dataset is unknown, missing or empty."""
+
+
+class TrainingError(GraphinterpError, ValueError):
+    """A training configuration is invalid (negative lambda, incompatible checkpoint, ...)."""

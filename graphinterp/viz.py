@@ -1,0 +1,507 @@
+"""Matplotlib figures for graphinterp results (the paper's Figures 1-7), headless.
+
+Inputs are plain numpy arrays and dicts, so nothing else from graphinterp is needed (only
+``_files.atomic_write``). Figures are :class:`matplotlib.figure.Figure` objects made without pyplot,
+so no GUI backend is touched. Each function returns its figure and, given ``out`` (a .png, .svg or
+.pdf path), saves it atomically with :func:`save_figure`; ``title`` replaces the default title.
+Colours: Okabe-Ito for categories, viridis for accuracies, RdBu for signed weights (red < 0 < blue).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._files import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_clusterability_vs_k", "plot_ablation", "plot_ecs_comparison", "plot_clustered_layer",
+           "plot_significance", "save_figure"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_DPI = {".png": 150, ".svg": None, ".pdf": None}
+_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")  # Okabe-Ito
+_MARKERS = "osD^vPX"
+_NEG, _POS, _GREY = "#B2182B", "#2166AC", "#A0A0A0"  # RdBu ends: red negative, blue positive
+
+
+def save_figure(fig: "Figure", path: PathLike) -> Path:
+    """Save ``fig`` atomically to ``path``, in the format of its suffix (.png at 150 dpi, .svg, .pdf).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or os.PathLike
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    ValueError
+        If the suffix is not .png, .svg or .pdf; checked before anything is written.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> fig = plot_clusterability_vs_k({"model": {2: 0.6, 3: 0.5}})
+    >>> save_figure(fig, os.path.join(tempfile.mkdtemp(), "e.svg")).suffix
+    '.svg'
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _DPI:
+        raise ValueError(f"cannot save a figure as {path.name!r}: use a .png, .svg or .pdf suffix")
+    with atomic_write(path, "wb") as handle:
+        fig.savefig(handle, format=suffix[1:], **({"dpi": _DPI[suffix]} if _DPI[suffix] else {}))
+    return path
+
+
+def _figure(width: float, height: float) -> "Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _finish(fig: "Figure", out: Optional[PathLike]) -> "Figure":
+    if out is not None:
+        save_figure(fig, out)
+    return fig
+
+
+def _array(x, name: str, ndim: int, *, unit: bool = False) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.ndim != ndim or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if unit and (a.min() < 0 or a.max() > 1):
+        raise ValueError(f"{name} must be fractions in [0, 1], got values in [{a.min():.3g}, {a.max():.3g}]")
+    return a
+
+
+def _names(names: Optional[Sequence[str]], n: int, what: str) -> list:
+    names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
+    if len(names) != n:
+        raise ValueError(f"{what} has {len(names)} entries but the data has {n}")
+    return names
+
+
+def _curve(curve: Mapping[int, float], name: str) -> Tuple[np.ndarray, np.ndarray]:
+    if not curve or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in curve):
+        raise ValueError(f"{name} must map positive integers k to E, got keys {list(curve)}")
+    ks = sorted(curve)
+    return np.asarray(ks), _array([curve[k] for k in ks], name, 1, unit=True)
+
+
+def _xticklabels(ax: "Axes", labels: Sequence[str]) -> None:
+    tilt = max(map(len, labels)) * len(labels) > 60
+    ax.set_xticks(range(len(labels)), labels, rotation=35 if tilt else 0, ha="right" if tilt else "center")
+
+
+def plot_clusterability_vs_k(curves: Mapping[str, Mapping[int, float]], *,
+                             baselines: Optional[Mapping[str, Mapping[int, float]]] = None,
+                             title: Optional[str] = None, out: Optional[PathLike] = None) -> "Figure":
+    """Clusterability E against the number of clusters k, one line per model (paper Fig. 1/4).
+
+    Parameters
+    ----------
+    curves : mapping of str to mapping of int to float
+        ``{model name: {k: E}}`` with E in [0, 1].
+    baselines : mapping of str to mapping of int to float, optional
+        Random-partition expectation per model (a subset of ``curves``' keys), dashed in its colour.
+    title : str, optional
+    out : str or os.PathLike, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        On empty curves, k that are not positive integers, E outside [0, 1], baselines of unknown models.
+
+    Examples
+    --------
+    >>> fig = plot_clusterability_vs_k({"modular": {2: 0.99, 4: 0.98}}, baselines={"modular": {2: 0.5, 4: 0.25}})
+    >>> fig.axes[0].get_xlabel()
+    'number of clusters k'
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    baselines = baselines or {}
+    if not curves:
+        raise ValueError("curves is empty: pass {model name: {k: E}}")
+    if set(baselines) - set(curves):
+        raise ValueError(f"baselines has models not in curves: {sorted(set(baselines) - set(curves))}")
+    fig = _figure(8.0, 4.5)
+    ax = fig.add_subplot()
+    ks_seen: set = set()
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = _PALETTE[i % len(_PALETTE)]
+        ks, es = _curve(curve, f"curves[{name!r}]")
+        ax.plot(ks, es, marker=_MARKERS[i % len(_MARKERS)], color=colour, lw=2, ms=7, label=str(name))
+        ks_seen.update(ks.tolist())
+        if name in baselines:
+            bk, be = _curve(baselines[name], f"baselines[{name!r}]")
+            ax.plot(bk, be, ls="--", color=colour, lw=1.5)
+            ks_seen.update(bk.tolist())
+    handles, labels = ax.get_legend_handles_labels()
+    if baselines:
+        handles, labels = handles + [Line2D([], [], ls="--", color="0.3")], labels + ["random partition (dashed)"]
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    if len(ks_seen) <= 16:
+        ax.set_xticks(sorted(ks_seen))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(ylim=(0, 1.03), xlabel="number of clusters k", ylabel="clusterability E",
+           title=title or "Clusterability against the number of clusters")
+    ax.grid(alpha=0.3)
+    return _finish(fig, out)
+
+
+def plot_ablation(on: np.ndarray, off: np.ndarray, *, full: Optional[np.ndarray] = None,
+                  class_names: Optional[Sequence[str]] = None, title: Optional[str] = None,
+                  out: Optional[PathLike] = None) -> "Figure":
+    """Class-wise accuracy with each cluster ON (top) and OFF (bottom) as annotated heatmaps (Fig. 2/5).
+
+    Parameters
+    ----------
+    on, off : ndarray of shape (n_clusters, n_classes)
+        Accuracy in [0, 1] with only cluster i active (``on[i]``) or with cluster i ablated (``off[i]``).
+    full : ndarray of shape (n_classes,), optional
+        Accuracy of the intact model, shown as a first row "all clusters" in both panels.
+    class_names : sequence of str, optional
+    title : str, optional
+    out : str or os.PathLike, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If shapes disagree or accuracies lie outside [0, 1].
+
+    Examples
+    --------
+    >>> fig = plot_ablation([[0.9, 0.1], [0.2, 0.8]], [[0.3, 0.9], [0.9, 0.2]], full=[0.95, 0.9])
+    >>> len(fig.axes)  # two heatmaps and a colour bar
+    3
+    """
+    on, off = _array(on, "on", 2, unit=True), _array(off, "off", 2, unit=True)
+    if on.shape != off.shape:
+        raise ValueError(f"on and off must have the same shape (clusters, classes), got {on.shape} and "
+                         f"{off.shape}")
+    c = on.shape[1]
+    rows = [f"cluster {i}" for i in range(on.shape[0])]
+    if full is not None:
+        full = _array(full, "full", 1, unit=True)
+        if full.shape != (c,):
+            raise ValueError(f"full must have shape ({c},) (one accuracy per class), got {full.shape}")
+        on, off, rows = np.vstack([full, on]), np.vstack([full, off]), ["all clusters"] + rows
+    names = _names(class_names, c, "class_names")
+    width, height = min(max(6.0, 0.62 * c + 2.8), 20.0), min(max(4.5, 0.72 * len(rows) + 2.0), 16.0)
+    fig = _figure(width, height)
+    axes = fig.subplots(2, 1, sharex=True)
+    annotate = (width - 2.8) / c >= 0.4 and height / (2 * len(rows) + 4) >= 0.18  # cells big enough for "0.00"
+    for ax, data, name in zip(axes, (on, off), ("ON: only this cluster active (others ablated)",
+                                                "OFF: this cluster ablated")):
+        image = ax.imshow(data, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_title(name, fontsize=11)
+        if full is not None:
+            ax.axhline(0.5, color="white", lw=3)
+        for (i, j), v in np.ndenumerate(data) if annotate else ():
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black" if v >= 0.5 else "white")
+    _xticklabels(axes[1], names)
+    axes[1].set_xlabel("class")
+    fig.colorbar(image, ax=list(axes), label="accuracy", shrink=0.85)
+    fig.suptitle(title or "Class-wise accuracy with each cluster ON / OFF")
+    return _finish(fig, out)
+
+
+def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, *, labels: Optional[Sequence[str]] = None,
+                        names: Tuple[str, str] = ("unclustered", "modular"), title: Optional[str] = None,
+                        out: Optional[PathLike] = None) -> "Figure":
+    """Per-label effective circuit size (ECS) of two models, with an arrow from a to b (Fig. 3/6).
+
+    Each label is annotated with the relative change ``(b - a) / a`` in % ("n/a" where a = 0); the
+    title gives its mean over labels. Arrows get wider and darker with ``|b - a|``.
+
+    Parameters
+    ----------
+    ecs_a, ecs_b : ndarray of shape (n_labels,)
+        ECS of each label as a fraction of the model's weights, for models ``names[0]`` and ``names[1]``.
+    labels : sequence of str, optional
+    names : tuple of two str
+    title : str, optional
+    out : str or os.PathLike, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If shapes disagree, values lie outside [0, 1] or ``names`` does not hold two names.
+
+    Examples
+    --------
+    >>> fig = plot_ecs_comparison([0.4, 0.5], [0.2, 0.3], labels=["cat", "dog"])
+    >>> "-45.0%" in fig.axes[0].get_title()
+    True
+    """
+    from matplotlib import colormaps
+
+    a, b = _array(ecs_a, "ecs_a", 1, unit=True), _array(ecs_b, "ecs_b", 1, unit=True)
+    if a.shape != b.shape:
+        raise ValueError(f"ecs_a and ecs_b must have the same shape, got {a.shape} and {b.shape}")
+    if isinstance(names, str) or len(names) != 2:
+        raise ValueError(f"names must hold two model names, got {names!r}")
+    n, labels = a.size, _names(labels, a.size, "labels")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(a > 0, (b - a) / a * 100.0, np.nan)
+    mean = f"{np.nanmean(rel):+.1f}%" if np.isfinite(rel).any() else "n/a"
+    fig = _figure(min(max(6.5, 0.8 * n + 2.5), 20.0), 5.0)
+    ax = fig.add_subplot()
+    size = np.abs(b - a) / max(np.abs(b - a).max(), 1e-12)
+    for i in range(n):
+        ax.annotate("", xy=(i, b[i]), xytext=(i, a[i]), arrowprops=dict(
+            arrowstyle="-|>", color=colormaps["Greys"](0.4 + 0.55 * size[i]), lw=1 + 3 * size[i],
+            mutation_scale=10 + 12 * size[i], shrinkA=5, shrinkB=5))
+        ax.annotate("n/a" if np.isnan(rel[i]) else f"{rel[i]:+.1f}%", (i, max(a[i], b[i])), xytext=(0, 9),
+                    textcoords="offset points", ha="center", fontsize=8)
+    for values, marker, colour, name in ((a, "o", _PALETTE[1], names[0]), (b, "s", _PALETTE[0], names[1])):
+        ax.scatter(np.arange(n), values, marker=marker, s=55, color=colour, edgecolor="black", lw=0.6, zorder=3,
+                   clip_on=False, label=str(name))
+    _xticklabels(ax, labels)
+    ax.set(xlim=(-0.6, n - 0.4), ylim=(0, max(a.max(), b.max()) * 1.2 + 1e-3), xlabel="label",
+           ylabel="ECS (fraction of the model's weights)",
+           title=f"{title or 'Effective circuit size per label'}\n"
+                 f"mean relative change {names[0]} \u2192 {names[1]}: {mean}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return _finish(fig, out)
+
+
+def _labels(labels, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the weight matrix, got {arr.shape}")
+    if arr.dtype.kind not in "iu" or arr.min() < -1:
+        raise ValueError(f"{name} must be integer cluster labels >= 0, or -1 for isolated nodes")
+    return arr.astype(np.int64)
+
+
+def _sorted_blocks(labels: np.ndarray) -> Tuple[np.ndarray, list]:
+    """Node order by cluster (stable, isolated -1 last) and ``(label, start, stop)`` of each block in it."""
+    order = np.argsort(np.where(labels < 0, np.iinfo(np.int64).max, labels), kind="stable")
+    ordered = labels[order]
+    cuts = np.flatnonzero(np.diff(ordered)) + 1
+    return order, [(int(ordered[s]), int(s), int(e)) for s, e in zip(np.r_[0, cuts], np.r_[cuts, labels.size])]
+
+
+def _draw_graph(ax: "Axes", w: np.ndarray, sides: Tuple[np.ndarray, np.ndarray], names: Tuple[str, str],
+                max_edges: int) -> int:
+    """Draw the bipartite graph on ``ax``; return the number of non-zero edges before the cut."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgba_array
+    from matplotlib.patches import Rectangle
+
+    ids = np.unique(np.r_[sides[0], sides[1]])  # Okabe-Ito cycled over cluster ids, grey for isolated
+    colours = {**{int(c): _PALETTE[i % len(_PALETTE)] for i, c in enumerate(ids[ids >= 0])}, -1: _GREY}
+    ends = []
+    for side, labels in enumerate(sides):
+        (order, blocks), n = _sorted_blocks(labels), labels.size
+        y = np.empty(n)
+        y[order] = 1.0 - (np.arange(n) + 0.5) / n
+        # edge ends get a fixed jitter, within the node's dot, that breaks the moire of regular crossings
+        ends.append(y + (np.random.default_rng(side).uniform(-0.3, 0.3, n) / n if n > 40 else 0.0))
+        for lab, start, stop in blocks:
+            top, bottom = 1.0 - start / n, 1.0 - stop / n
+            ax.add_patch(Rectangle((side - (0.015 if side else 0.055), bottom), 0.07, top - bottom,
+                                   color=colours[lab], alpha=0.25, lw=0, zorder=0))
+            if top - bottom >= 0.03:
+                ax.text(side + (0.06 if side else -0.06), (top + bottom) / 2, "isolated" if lab < 0 else f"c{lab}",
+                        ha="left" if side else "right", va="center", fontsize=9)
+        ax.scatter(np.full(n, side), y, s=float(np.clip(2500 / n, 3, 40)), c=[colours[v] for v in labels],
+                   lw=0, zorder=2)
+        ax.text(side, 1.015, f"{names[side]}\n({n} nodes)", ha="center", va="bottom", fontsize=10)
+    ii, jj = np.nonzero(w)
+    mag, total = np.abs(w[ii, jj]), ii.size
+    keep = np.argpartition(mag, total - max_edges)[total - max_edges:] if total > max_edges else slice(None)
+    ii, jj, mag = ii[keep], jj[keep], mag[keep]
+    order = np.argsort(mag, kind="stable")  # strongest edges drawn last, on top
+    ii, jj, mag = ii[order], jj[order], mag[order]
+    segments = np.stack([np.column_stack([np.zeros(mag.size), ends[0][ii]]),
+                         np.column_stack([np.ones(mag.size), ends[1][jj]])], axis=1)
+    rgba = np.where((w[ii, jj] < 0)[:, None], to_rgba_array(_NEG), to_rgba_array(_POS))
+    # alpha = |w| / max|w|, scaled down for dense drawings so that blocks stay distinguishable
+    rgba[:, 3] = mag / max(mag.max(initial=0.0), 1e-300) * min(1.0, max(0.25, np.sqrt(600 / max(mag.size, 1))))
+    ax.add_collection(LineCollection(segments, colors=rgba, linewidths=0.9 if mag.size < 2000 else 0.5, zorder=1))
+    ax.set(xlim=(-0.3, 1.3), ylim=(-0.01, 1.1))
+    ax.axis("off")
+    return total
+
+
+def _draw_matrix(ax: "Axes", w: np.ndarray, sides: Tuple[np.ndarray, np.ndarray], names: Tuple[str, str]):
+    from matplotlib.patches import Rectangle
+
+    (ro, row_blocks), (co, col_blocks) = _sorted_blocks(sides[0]), _sorted_blocks(sides[1])
+    vmax = max(float(np.abs(w).max()), 1e-12)
+    image = ax.imshow(w[np.ix_(ro, co)], cmap="RdBu", vmin=-vmax, vmax=vmax, aspect="auto")
+    for blocks, line in ((row_blocks, ax.axhline), (col_blocks, ax.axvline)):
+        for _, _, stop in blocks[:-1]:
+            line(stop - 0.5, color="black", lw=0.7)
+    col_span = {lab: (s, e) for lab, s, e in col_blocks if lab >= 0}
+    for lab, start, stop in (b for b in row_blocks if b[0] in col_span):  # outline each diagonal block
+        s, e = col_span[lab]
+        ax.add_patch(Rectangle((s - 0.5, start - 0.5), e - s, stop - start, fill=False, ec="black", lw=2))
+    for blocks, axis in ((row_blocks, ax.yaxis), (col_blocks, ax.xaxis)):
+        if len(blocks) <= 20:
+            axis.set_ticks([(s + e - 1) / 2 for _, s, e in blocks],
+                           ["iso" if b < 0 else f"c{b}" for b, _, _ in blocks])
+    ax.set(ylabel=f"{names[0]} nodes (by cluster)", xlabel=f"{names[1]} nodes (by cluster)")
+    return image
+
+
+def plot_clustered_layer(weight: np.ndarray, row_labels: np.ndarray, col_labels: np.ndarray, *,
+                         in_name: str = "in", out_name: str = "out", kind: str = "both", max_edges: int = 20000,
+                         title: Optional[str] = None, out: Optional[PathLike] = None) -> "Figure":
+    """One layer as a bipartite graph ordered and coloured by cluster and/or as its reordered matrix (Fig. 7).
+
+    Graph: input nodes left, output nodes right, clusters in the same order on both sides over shaded
+    bands (isolated nodes, label -1, last and grey); straight edges, red negative and blue positive, with
+    alpha proportional to ``|w| / max|w|``; only the ``max_edges`` largest ``|w|`` are drawn (the title
+    says so). Matrix: ``weight`` with rows and columns sorted by cluster, RdBu centred at 0, cluster
+    boundaries as lines and each cluster's diagonal block outlined.
+
+    Parameters
+    ----------
+    weight : ndarray of shape (n_in, n_out)
+    row_labels : ndarray of int of shape (n_in,)
+        Cluster of each input node; -1 marks an isolated node.
+    col_labels : ndarray of int of shape (n_out,)
+    in_name, out_name : str
+        Names of the two sides (e.g. layer names).
+    kind : {"both", "graph", "matrix"}
+    max_edges : int
+    title : str, optional
+    out : str or os.PathLike, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If label shapes do not match ``weight``, labels are not integers >= -1, weights are not finite,
+        ``kind`` is unknown or ``max_edges < 1``.
+
+    Examples
+    --------
+    >>> w = np.kron(np.eye(2), np.ones((3, 2)))
+    >>> fig = plot_clustered_layer(w, np.repeat([0, 1], 3), np.repeat([0, 1], 2), kind="graph")
+    >>> len(fig.axes)
+    1
+    """
+    w = _array(weight, "weight", 2)
+    sides = (_labels(row_labels, w.shape[0], "row_labels"), _labels(col_labels, w.shape[1], "col_labels"))
+    if kind not in ("both", "graph", "matrix"):
+        raise ValueError(f"kind must be 'both', 'graph' or 'matrix', got {kind!r}")
+    if isinstance(max_edges, bool) or not isinstance(max_edges, (int, np.integer)) or max_edges < 1:
+        raise ValueError(f"max_edges must be a positive integer, got {max_edges!r}")
+    names = (str(in_name), str(out_name))
+    k = int((np.unique(np.r_[sides[0], sides[1]]) >= 0).sum())
+    heading = title or f"{names[0]} \u2192 {names[1]}: {w.shape[0]} \u00d7 {w.shape[1]} weights, {k} clusters"
+    fig = _figure(*{"both": (14.0, 8.0), "graph": (8.0, 8.0), "matrix": (7.0, 6.5)}[kind])
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": (1.35, 1)}) if kind == "both" else [fig.add_subplot()]
+    if kind != "matrix":
+        from matplotlib.lines import Line2D
+
+        total = _draw_graph(axes[0], w, sides, names, int(max_edges))
+        if total > max_edges:
+            heading += f"\n(showing the {max_edges:,} largest |w| of {total:,} edges)"
+        axes[0].legend([Line2D([], [], color=_NEG, lw=2), Line2D([], [], color=_POS, lw=2)],
+                       ["negative weight", "positive weight"], loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       ncol=2, frameon=False, fontsize=9)
+    if kind != "graph":
+        fig.colorbar(_draw_matrix(axes[-1], w, sides, names), ax=axes[-1], label="weight", shrink=0.8)
+    fig.suptitle(heading)
+    return _finish(fig, out)
+
+
+def plot_significance(observed: Mapping[str, float], null_samples: Mapping[str, np.ndarray], *,
+                      out: Optional[PathLike] = None, title: Optional[str] = None) -> "Figure":
+    """Observed clusterability of each layer against its shuffled-weight null distribution.
+
+    One row per layer: the null samples as a jittered strip, the observed E as a diamond, and beside
+    the row the z-score ``(E - mean) / std`` (``ddof=1``) and the one-sided p-value ``(r + 1) / (n + 1)``,
+    where ``r`` counts the null samples >= E.
+
+    Parameters
+    ----------
+    observed : mapping of str to float
+        ``{layer name: E}``.
+    null_samples : mapping of str to ndarray of shape (n_shuffles,)
+        E of the shuffled networks, with the same keys as ``observed``.
+    out : str or os.PathLike, optional
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If the layer names differ, a null sample is empty or a value is not finite.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> fig = plot_significance({"fc1": 0.9}, {"fc1": rng.normal(0.5, 0.02, 100)})
+    >>> fig.axes[0].get_xlabel()
+    'clusterability E'
+    """
+    from matplotlib.transforms import blended_transform_factory
+
+    if not observed or set(observed) != set(null_samples):
+        raise ValueError(f"observed and null_samples must name the same, non-empty set of layers; only in "
+                         f"observed: {sorted(set(observed) - set(null_samples))}, only in null_samples: "
+                         f"{sorted(set(null_samples) - set(observed))}")
+    layers = list(observed)
+    fig = _figure(8.0, max(2.8, 1.3 + 0.75 * len(layers)))
+    ax = fig.add_subplot()
+    jitter = np.random.default_rng(0)  # fixed, so that figures are reproducible
+    beside = blended_transform_factory(ax.transAxes, ax.transData)
+    for row, name in enumerate(layers):
+        null = _array(null_samples[name], f"null_samples[{name!r}]", 1)
+        obs = float(_array([observed[name]], f"observed[{name!r}]", 1)[0])
+        ax.scatter(null, row + jitter.uniform(-0.22, 0.22, null.size), s=12, color=_GREY, alpha=0.6, lw=0,
+                   label="shuffled null" if row == 0 else None)
+        ax.scatter([obs], [row], marker="D", s=80, color=_PALETTE[5], edgecolor="black", zorder=3,
+                   label="observed" if row == 0 else None)
+        sd = null.std(ddof=1) if null.size > 1 else 0.0
+        z = f"z = {(obs - null.mean()) / sd:+.1f}" if sd > 0 else "z = n/a"
+        p = (np.count_nonzero(null >= obs) + 1) / (null.size + 1)
+        ax.text(1.02, row, f"{z}\np = {p:.2g} (n = {null.size})", transform=beside, va="center", fontsize=9)
+    ax.set_yticks(range(len(layers)), layers)
+    ax.set(ylim=(len(layers) - 0.5, -0.5), xlabel="clusterability E")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
+    fig.suptitle(title or "Clusterability against a shuffled-weight null")
+    return _finish(fig, out)

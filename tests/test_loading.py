@@ -1,0 +1,287 @@
+"""Tests for graphinterp.checkpoint and graphinterp.loading on real third-party files and bad inputs."""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graphinterp.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint, validate_checkpoint
+from graphinterp.errors import ModelFileError
+from graphinterp.loading import LoadedModel, load_model_file
+from graphinterp.models import build_model, default_spec, mlp
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PRETRAINED = SHARED / "pretrained"
+
+
+def _pretrained(name: str) -> Path:
+    path = PRETRAINED / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------- real third-party files
+
+
+def test_bare_state_dict_cifar_cnn():
+    path = _pretrained("cifar-cnn.pth")
+    loaded = load_model_file(path)
+    assert isinstance(loaded, LoadedModel) and loaded.kind == "state_dict" and loaded.module is None
+    assert loaded.arch is None and loaded.clustering is None and loaded.history == [] and loaded.meta == {}
+    assert loaded.path == str(path)
+    _assert_same(loaded.state_dict, torch.load(path, map_location="cpu", weights_only=True))
+    assert loaded.state_dict["0.weight"].shape == (16, 3, 3, 3) and loaded.state_dict["16.weight"].shape == (10, 16)
+
+
+def test_mlp_saved_from_cuda_is_usable_on_cpu():
+    path = _pretrained("mnist-mlp-784-512-512-10.pt")
+    loaded = load_model_file(path)
+    assert loaded.kind == "state_dict"
+    assert all(t.device.type == "cpu" for t in loaded.state_dict.values())
+    model = mlp(784, (512, 512), 10, bias=True)
+    model.load_state_dict(loaded.state_dict)  # strict: same names and shapes as graphinterp's MLP
+    mnist = SHARED / "datasets" / "MNIST" / "raw"
+    if mnist.is_dir():
+        from graphinterp.data import load_dataset
+
+        test = load_dataset("mnist", split="test", data_dir=SHARED / "datasets", normalize=False).subset(2000, seed=0)
+        with torch.no_grad():
+            accuracy = (model(test.x).argmax(1) == test.y).float().mean().item()
+        assert accuracy > 0.95  # the published 98.4%: the weights arrived intact
+
+
+def test_batchnorm_mlp_keeps_buffers():
+    loaded = load_model_file(_pretrained("mnist-mlp-bn-300-301-302-303.pt"))
+    sd = loaded.state_dict
+    assert sd["L1.weight"].shape == (300, 784) and sd["L5.weight"].shape == (10, 303) and "L1.bias" not in sd
+    assert sd["bn2.running_var"].shape == (301,) and sd["bn1.num_batches_tracked"].dtype == torch.int64
+
+
+def test_resnet_container_with_module_prefix():
+    path = _pretrained("resnet20-12fca82f.th")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = load_model_file(path)
+    assert loaded.kind == "state_dict" and loaded.meta == {"best_prec1": raw["best_prec1"]}
+    assert not any(k.startswith("module.") for k in loaded.state_dict)
+    _assert_same(loaded.state_dict, {k[len("module."):]: v for k, v in raw["state_dict"].items()})
+    assert loaded.state_dict["linear.weight"].shape == (10, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_map_location_cuda_keeps_state_dict_on_cpu(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, mlp(6, (4,)).cuda(), arch={"name": "mlp", "kwargs": {"in_features": 6, "hidden": [4]}})
+    assert all(t.device.type == "cpu" for t in torch.load(path, weights_only=True)["state_dict"].values())
+    loaded = load_model_file(path, map_location="cuda")
+    assert next(loaded.module.parameters()).device.type == "cuda"
+    assert all(t.device.type == "cpu" for t in loaded.state_dict.values())
+
+
+# ---------------------------------------------------------------- graphinterp checkpoints
+
+
+def _trained_state(model: nn.Module) -> dict:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 64)).sum().backward()
+    opt.step()
+    return {"optimizer": opt.state_dict(), "epoch": 3, "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.RandomState(0).get_state(), "python_rng": random.Random(0).getstate()}
+
+
+def test_checkpoint_round_trip(tmp_path):
+    spec = default_spec("digits", "mlp")
+    torch.manual_seed(0)
+    model = build_model(spec)
+    clustering = {"layers": {"fc2": {"k": 4, "row_labels": [0, 1, 2, 3] * 8, "method": "bsgc"}}}
+    history = [{"epoch": 0, "loss": 2.3, "acc": np.float32(0.25)}, {"epoch": 1, "loss": 1.1, "acc": 0.6}]
+    path = tmp_path / "sub" / "model.pt"
+    save_checkpoint(path, model, arch=spec, clustering=clustering, history=history,
+                    train_state=_trained_state(model), meta={"dataset": "digits", "lambda": 20.0})
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temporary file left behind
+    raw = torch.load(path, weights_only=True)  # plain, safe format
+    assert is_checkpoint(raw) and validate_checkpoint(raw) is raw
+    assert raw["train_state"]["epoch"] == 3 and isinstance(raw["train_state"]["numpy_rng"][1], torch.Tensor)
+    assert raw["history"][0]["acc"] == pytest.approx(0.25) and isinstance(raw["history"][0]["acc"], float)
+
+    loaded = load_model_file(path)
+    assert loaded.kind == "checkpoint" and loaded.arch == spec and loaded.clustering == clustering
+    assert loaded.history[1] == history[1] and loaded.meta["dataset"] == "digits" and loaded.meta["lambda"] == 20.0
+    assert loaded.meta["torch_version"] == torch.__version__
+    _assert_same(loaded.state_dict, model.state_dict())
+    assert loaded.module is not model and not loaded.module.training
+    _assert_same(loaded.module.state_dict(), model.state_dict())
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(loaded.module(x), model(x))
+    # resuming: the optimizer state loads into a fresh optimizer
+    fresh = torch.optim.Adam(loaded.module.parameters(), lr=1e-3)
+    fresh.load_state_dict(load_checkpoint(path)["train_state"]["optimizer"])
+    assert fresh.state_dict()["state"][0]["step"] == 1
+
+
+def test_checkpoint_from_state_dict_and_dataparallel(tmp_path):
+    model = mlp(6, (4,))
+    save_checkpoint(tmp_path / "a.pt", nn.DataParallel(model))
+    save_checkpoint(tmp_path / "b.pt", model.state_dict(), history=None)
+    for name in ("a.pt", "b.pt"):
+        loaded = load_model_file(tmp_path / name)
+        assert loaded.kind == "checkpoint" and loaded.module is None and loaded.arch is None
+        _assert_same(loaded.state_dict, model.state_dict())
+
+
+def test_failed_save_keeps_the_old_file(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, mlp(6, (4,)))
+    before = path.read_bytes()
+    with pytest.raises(ModelFileError, match="meta") as info:
+        save_checkpoint(path, mlp(6, (4,)), meta={"callback": object()})
+    assert "object" in _one_line(info)
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["model.pt"]
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"version": 2}, ["version 2", "upgrade"]),
+        ({"format": "other"}, ["not a graphinterp checkpoint"]),
+        ({"state_dict": {"fc1.weight": [1.0]}}, ["fc1.weight"]),
+        ({"history": {}}, ["history"]),
+        ({"arch": {"kwargs": {}}}, ["arch"]),
+    ],
+)
+def test_validate_checkpoint_rejects(change, words):
+    ckpt = {"format": "graphinterp-checkpoint", "version": 1, "arch": None, "state_dict": {}, "clustering": None,
+            "history": [], "train_state": None, "meta": {}}
+    validate_checkpoint(dict(ckpt))
+    with pytest.raises(ModelFileError) as info:
+        validate_checkpoint({**ckpt, **change})
+    assert all(w in _one_line(info) for w in words)
+    missing = dict(ckpt)
+    del missing["clustering"]
+    with pytest.raises(ModelFileError, match="clustering"):
+        validate_checkpoint(missing)
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_arch(tmp_path):
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, mlp(6, (4,)), arch={"name": "mlp", "kwargs": {"in_features": 6, "hidden": [5]}})
+    with pytest.raises(ModelFileError, match="do not fit"):
+        load_model_file(path)
+    with pytest.raises(ModelFileError, match="not a graphinterp checkpoint"):
+        torch.save(mlp(6, (4,)).state_dict(), tmp_path / "plain.pt")
+        load_checkpoint(tmp_path / "plain.pt")
+
+
+# ---------------------------------------------------------------- TorchScript, pickles, containers
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript(tmp_path, how):
+    model = mlp(6, (5,), 3, bias=True).eval()
+    x = torch.randn(2, 6)
+    compiled = torch.jit.script(model) if how == "script" else torch.jit.trace(model, x)
+    path = tmp_path / "ts.pt"
+    compiled.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither torch.load's TorchScript warning nor jit.load's deprecation
+        loaded = load_model_file(path)
+    assert loaded.kind == "torchscript" and loaded.arch is None
+    _assert_same(loaded.state_dict, model.state_dict())
+    assert torch.equal(loaded.module(x), model(x))
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    model = mlp(6, (5,), 3)
+    path = tmp_path / "whole.pt"
+    torch.save(model, path)
+    with pytest.raises(ModelFileError) as info:
+        load_model_file(path)
+    message = _one_line(info)
+    assert "pickled code" in message and "--trust-pickle" in message and "Sequential" in message
+    with pytest.warns(UserWarning, match="arbitrary code"):
+        loaded = load_model_file(path, trust_pickle=True)
+    assert loaded.kind == "module" and isinstance(loaded.module, nn.Sequential)
+    _assert_same(loaded.state_dict, model.state_dict())
+    # a container holding a pickled module: the module plus the other entries as meta
+    torch.save({"model": model, "epoch": 4}, tmp_path / "boxed.pt")
+    with pytest.warns(UserWarning):
+        boxed = load_model_file(tmp_path / "boxed.pt", trust_pickle=True)
+    assert boxed.kind == "module" and boxed.meta == {"epoch": 4}
+    # trust never turns a broken file into a pickle load
+    (tmp_path / "junk.pt").write_text("hello")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelFileError, match="not a PyTorch model file"):
+            load_model_file(tmp_path / "junk.pt", trust_pickle=True)
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model_state_dict", "model", "net"])
+def test_third_party_containers(tmp_path, key):
+    model = mlp(6, (4,))
+    wrapped = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+    torch.save({key: wrapped, "epoch": 9, "optimizer": {"lr": 0.1}}, tmp_path / "c.pt")
+    loaded = load_model_file(tmp_path / "c.pt")
+    assert loaded.kind == "state_dict" and loaded.meta == {"epoch": 9, "optimizer": {"lr": 0.1}}
+    _assert_same(loaded.state_dict, model.state_dict())
+
+
+def _truncate(src: Path, dst: Path) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+def _bad_files(tmp: Path) -> dict:
+    sd = mlp(6, (4,)).state_dict()
+    torch.save(sd, tmp / "good.pt")
+    torch.save(sd, tmp / "legacy.pt", _use_new_zipfile_serialization=False)
+    (tmp / "empty.pt").touch()
+    (tmp / "text.pt").write_text("these are not weights\n")
+    (tmp / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp / "folder").mkdir()
+    torch.save({"epoch": 3, "name": "model"}, tmp / "no_tensors.pt")
+    torch.save({"fc1.weight": torch.ones(2, 2), "note": "hi"}, tmp / "mixed.pt")
+    torch.save({"state_dict": {}}, tmp / "empty_container.pt")
+    torch.save([torch.ones(2)], tmp / "list.pt")
+    return {
+        "missing.pt": "not found",
+        "folder": "is a folder",
+        "empty.pt": "empty (0 bytes)",
+        "text.pt": "not a PyTorch model file",
+        "random.pt": "not a PyTorch model file",
+        _truncate(tmp / "good.pt", tmp / "trunc.pt").name: "truncated or corrupt",
+        _truncate(tmp / "legacy.pt", tmp / "trunc_legacy.pt").name: "truncated or corrupt",
+        "no_tensors.pt": "no tensors",
+        "mixed.pt": "'note' is a str, not a tensor",
+        "empty_container.pt": "no tensors",
+        "list.pt": "holds a list",
+    }
+
+
+def test_bad_inputs(tmp_path):
+    for name, words in _bad_files(tmp_path).items():
+        with pytest.raises(ModelFileError) as info:
+            load_model_file(tmp_path / name)
+        message = _one_line(info)
+        assert words in message and str(tmp_path / name) in message, (name, message)
+    assert load_model_file(tmp_path / "legacy.pt").kind == "state_dict"
+    assert isinstance(ModelFileError("x"), OSError)
