@@ -21,10 +21,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
+from threadpoolctl import threadpool_limits
 
 from .errors import ClusteringError, InvalidWeightsError
 
-__all__ = ["BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters"]
+__all__ = ["BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters", "cluster_mass"]
 
 PAIRINGS = ("joint", "matched", "independent")
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -63,16 +64,43 @@ def randomized_svd(
     m, n = A.shape
     q = min(rank + oversample, m, n)
     if q >= min(m, n) or m * n <= 250_000:
-        U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+        U, S, Vh = _svd(A)
         return U[:, :rank], S[:rank], Vh[:rank].T
     omega = torch.randn(n, q, generator=generator, dtype=A.dtype, device="cpu").to(A.device)
     Q, _ = torch.linalg.qr(A @ omega)
     for _ in range(n_iter):
         Q, _ = torch.linalg.qr(A.T @ Q)
         Q, _ = torch.linalg.qr(A @ Q)
-    B = Q.T @ A
-    Ub, S, Vh = torch.linalg.svd(B, full_matrices=False)
+    Ub, S, Vh = _svd(Q.T @ A)
     return (Q @ Ub)[:, :rank], S[:rank], Vh[:rank].T
+
+
+def _svd(A: torch.Tensor):
+    """Thin SVD; on CPU through numpy's LAPACK, which is several times faster than torch's here."""
+    if A.device.type != "cpu":
+        return torch.linalg.svd(A, full_matrices=False)
+    U, S, Vh = np.linalg.svd(A.numpy(), full_matrices=False)
+    return torch.from_numpy(U), torch.from_numpy(S), torch.from_numpy(Vh)
+
+
+def cluster_mass(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """``(k, k)`` matrix of the squared similarity between row cluster ``a`` and column cluster ``b``.
+
+    One ``(m, n) @ (n, k)`` product; label ``-1`` (isolated) counts in no cluster.
+    """
+    r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)  # -1 -> spare bucket k
+    c = torch.as_tensor(np.where(cols >= 0, cols, k), device=squared.device)
+    one_hot = torch.nn.functional.one_hot
+    mass = one_hot(r, k + 1).to(squared.dtype).T @ (squared @ one_hot(c, k + 1).to(squared.dtype))
+    return mass[:k, :k].double().cpu().numpy()
+
+
+def _matching(mass: np.ndarray) -> np.ndarray:
+    """Column-cluster relabelling ``new[b]`` that maximises the within-cluster mass (Hungarian)."""
+    row_ind, col_ind = linear_sum_assignment(-mass)
+    new_label = np.empty(len(mass), dtype=np.int64)
+    new_label[col_ind] = row_ind
+    return new_label
 
 
 def match_clusters(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
@@ -81,21 +109,8 @@ def match_clusters(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k:
     ``squared`` is ``(m, n)``; ``rows``/``cols`` are labels in ``0..k-1`` (or -1 for isolated nodes).
     Returns the new column labels; row labels are unchanged.
     """
-    R = _one_hot(rows, k, squared)
-    C = _one_hot(cols, k, squared)
-    mass = (R.T @ squared @ C).cpu().numpy()  # mass[a, b]: rows in a, columns in b
-    row_ind, col_ind = linear_sum_assignment(-mass)
-    new_label = np.empty(k, dtype=np.int64)
-    new_label[col_ind] = row_ind
+    new_label = _matching(cluster_mass(squared, rows, cols, k))
     return np.where(cols >= 0, new_label[np.maximum(cols, 0)], -1)
-
-
-def _one_hot(labels: np.ndarray, k: int, like: torch.Tensor) -> torch.Tensor:
-    lab = torch.as_tensor(labels, device=like.device)
-    out = torch.zeros(len(labels), k, dtype=like.dtype, device=like.device)
-    live = lab >= 0
-    out[live.nonzero().squeeze(1), lab[live]] = 1
-    return out
 
 
 class BSGC:
@@ -188,28 +203,37 @@ class BSGC:
         n_log = 1 + int(np.ceil(np.log2(k)))
         if self.n_components is None and n_log < ncomp:  # Dhillon's embedding: vectors 2..1+ceil(log2 k)
             embeddings.append((Zu[:, 1:n_log], Zv[:, 1:n_log]))
-        best = (-1.0, None, None)
-        if self.pairing == "independent":  # Algorithm 1 verbatim: two KMeans, best inertia each
-            embeddings = []
-            best = (0.0, _kmeans(Zu, k, seed_a := int(rng.randint(2**31 - 1)), self.n_init),
-                    _kmeans(Zv, k, seed_a + 1, self.n_init))
-        for Eu, Ev in embeddings:
-            for _ in range(max(1, self.n_init)):
-                seed = int(rng.randint(2**31 - 1))
-                r_sub, c_sub = self._assign(Eu, Ev, k, seed)
-                if self.pairing != "independent":
-                    c_sub = match_clusters(squared, r_sub, c_sub, k)
-                full = np.unique(r_sub).size == k and np.unique(c_sub[c_sub >= 0]).size == k
-                score = _within_share(squared, r_sub, c_sub) + (1.0 if full else 0.0)
-                if score > best[0]:
-                    best = (score, r_sub, c_sub)
-        _, r_sub, c_sub = best
+        with threadpool_limits(1, user_api="openmp"):
+            # KMeans on a k-dimensional embedding is tiny; one OpenMP thread avoids the spin-wait
+            # clash between scikit-learn's and torch's OpenMP runtimes (100x slower calls otherwise).
+            r_sub, c_sub = self._best_assignment(embeddings, squared, k, rng)
+        self.row_labels_ = _scatter(r_sub, live_r)
         self.row_labels_ = _scatter(r_sub, live_r)
         self.column_labels_ = _scatter(c_sub, live_c)
         self.rows_ = self.row_labels_[None, :] == np.arange(k)[:, None]
         self.columns_ = self.column_labels_[None, :] == np.arange(k)[:, None]
         self.singular_values_ = S.cpu().numpy()
         return self
+
+    def _best_assignment(self, embeddings, squared: torch.Tensor, k: int, rng) -> Tuple[np.ndarray, np.ndarray]:
+        """KMeans restarts on each embedding; keep the paired clustering with the highest E."""
+        Zu, Zv = embeddings[0]
+        if self.pairing == "independent":  # Algorithm 1 verbatim: two KMeans, best inertia each
+            seed = int(rng.randint(2**31 - 1))
+            return _kmeans(Zu, k, seed, self.n_init), _kmeans(Zv, k, seed + 1, self.n_init)
+        total = float(squared.sum())
+        best = (-1.0, None, None)
+        for Eu, Ev in embeddings:
+            for _ in range(max(1, self.n_init)):
+                r_sub, c_sub = self._assign(Eu, Ev, k, int(rng.randint(2**31 - 1)))
+                mass = cluster_mass(squared, r_sub, c_sub, k)
+                new_label = _matching(mass)
+                c_sub = new_label[c_sub]
+                full = np.unique(r_sub).size == k and np.unique(c_sub).size == k
+                score = mass[new_label, np.arange(k)].sum() / total + (1.0 if full else 0.0)
+                if score > best[0]:
+                    best = (score, r_sub, c_sub)
+        return best[1], best[2]
 
     def _assign(self, Zu: np.ndarray, Zv: np.ndarray, k: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
         if self.pairing == "joint":
@@ -244,12 +268,6 @@ def _as_matrix(A: ArrayLike) -> torch.Tensor:
 def _kmeans(Z: np.ndarray, k: int, seed: int, n_init: int = 1) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=max(1, n_init), random_state=seed).fit_predict(Z).astype(np.int64)
 
-
-def _within_share(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> float:
-    r = torch.as_tensor(rows, device=squared.device)
-    c = torch.as_tensor(cols, device=squared.device)
-    mask = (r[:, None] == c[None, :]) & (r[:, None] >= 0)
-    return float((squared * mask).sum() / squared.sum())
 
 
 def _scatter(sub_labels: np.ndarray, live: torch.Tensor) -> np.ndarray:

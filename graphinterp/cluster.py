@@ -9,6 +9,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
+from threadpoolctl import threadpool_limits
 
 from .bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
 from .errors import ClusteringError
@@ -264,7 +265,8 @@ def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng, names: List
     evals, evecs = torch.linalg.eigh(An)
     X = evecs[:, -k:]
     Z = (X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
-    km = KMeans(n_clusters=k, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(Z)
+    with threadpool_limits(1, user_api="openmp"):  # see bsgc._kmeans
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(Z)
     labels = np.full(n, -1, dtype=np.int64)
     labels[live.numpy()] = km.labels_
     Z_full = np.zeros((n, k))

@@ -112,7 +112,9 @@ def _trace(module: nn.Module, mods, input_shape):
             handles = [m.register_forward_hook(hook) for _, m in mods]
             try:
                 param = next(module.parameters())
-                x = torch.randn(2, *shape, dtype=param.dtype, device=param.device, requires_grad=True)
+                # a local generator: tracing never consumes the global RNG streams
+                gen = torch.Generator().manual_seed(0)
+                x = torch.randn(2, *shape, generator=gen, dtype=param.dtype).to(param.device).requires_grad_()
                 with torch.enable_grad():
                     out = module(x)
             except (RuntimeError, ValueError, TypeError) as err:  # wrong guess of the input shape

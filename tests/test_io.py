@@ -1,0 +1,73 @@
+"""GraphML export round trip and atomic writes."""
+import os
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graphinterp._files import atomic_write
+from graphinterp.cluster import cluster_layers, cluster_network
+from graphinterp.graph import LayeredGraph
+from graphinterp.io import export_graphml, read_graphml, write_csv, write_graphml, write_json
+
+
+@pytest.fixture
+def graph():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6 * 8 * 8, 8, bias=False), nn.ReLU(), nn.Linear(8, 5, bias=False))
+    return LayeredGraph.from_module(model, input_shape=(2, 8, 8))
+
+
+@pytest.mark.parametrize("network_wide", [False, True])
+def test_graphml_roundtrip(graph, tmp_path, network_wide):
+    c = (cluster_network(graph, 2, layers=["3", "5"], random_state=0) if network_wide
+         else cluster_layers(graph, 2, layers=["3", "5"], random_state=0))
+    path = tmp_path / "g.graphml"
+    G = export_graphml(graph, path, c)
+    H = read_graphml(path)
+    assert set(H.nodes) == set(G.nodes) and set(H.edges) == set(G.edges)
+    for u, v, d in G.edges(data=True):
+        assert H.edges[u, v]["weight"] == pytest.approx(d["weight"])
+        assert H.edges[u, v]["within"] == d["within"]
+    for n, d in G.nodes(data=True):
+        assert H.nodes[n]["cluster"] == d["cluster"]
+    # labels in the file equal the clustering's labels
+    rows, cols = c.labels("5")
+    assert [H.nodes[f"5:{j}"]["cluster_out"] for j in range(5)] == cols.tolist()
+    assert [H.nodes[f"3:{i}"]["cluster_in"] for i in range(8)] == rows.tolist()
+    assert H.graph["k"] == 2 and H.graph["network_wide"] == network_wide
+    # the mass inside clusters in the file equals E from the metrics
+    within = sum(d["weight"] ** 2 for _, _, d in H.edges(data=True) if d["layer"] == "5" and d["within"])
+    total = sum(d["weight"] ** 2 for _, _, d in H.edges(data=True) if d["layer"] == "5")
+    from graphinterp.metrics import clusterability
+
+    assert within / total == pytest.approx(float(clusterability(graph["5"].squared().double(), rows, cols)), rel=1e-5)
+
+
+def test_flattening_of_non_scalar_attributes(tmp_path):
+    G = nx.DiGraph(meta={"a": 1})
+    G.add_node("x", arr=np.arange(3), none=None, f=np.float32(1.5))
+    write_graphml(G, tmp_path / "a.graphml")
+    H = read_graphml(tmp_path / "a.graphml")
+    assert H.nodes["x"]["arr"] == "[0, 1, 2]" and H.nodes["x"]["f"] == 1.5 and H.graph["meta"] == '{"a": 1}'
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as fh:
+            fh.write("partial")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_json_and_csv(tmp_path):
+    write_json(tmp_path / "a.json", {"x": np.arange(2)})
+    assert (tmp_path / "a.json").read_text().replace(" ", "").replace("\n", "") == '{"x":[0,1]}'
+    write_csv(tmp_path / "a.csv", [{"k": 2, "E": 0.5}])
+    assert (tmp_path / "a.csv").read_text().splitlines() == ["k,E", "2,0.5"]

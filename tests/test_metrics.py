@@ -1,0 +1,83 @@
+"""Clusterability E against closed forms; random-partition expectation; gradients."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graphinterp.cluster import Clustering, cluster_layers
+from graphinterp.graph import LayeredGraph
+from graphinterp.metrics import (
+    clusterability, clusterability_report, normalized_score, random_partition_expectation, within_mask, within_share,
+)
+
+
+def test_two_block_closed_form():
+    # rows {0,1} and columns {0} form cluster 0; rows {2} and columns {1,2} cluster 1
+    W = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 1.0], [0.0, 2.0, 4.0]], dtype=torch.float64)
+    rows, cols = [0, 0, 1], [0, 1, 1]
+    inside = 1 + 9 + 4 + 16
+    total = 1 + 4 + 9 + 1 + 4 + 16
+    assert float(clusterability(W ** 2, rows, cols)) == pytest.approx(inside / total)
+
+
+def test_isolated_label_is_in_no_cluster():
+    mask = within_mask([0, -1], [0, -1])
+    assert mask.tolist() == [[True, False], [False, False]]
+
+
+def test_random_expectation_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    W2 = torch.tensor(rng.standard_normal((30, 20)) ** 2)
+    rows = rng.integers(0, 3, 30)
+    cols = rng.integers(0, 3, 20)
+    rows[0] = -1
+    expected = random_partition_expectation(rows, cols, 3)
+    samples = [float(clusterability(W2, rng.permutation(rows), rng.permutation(cols))) for _ in range(4000)]
+    assert np.mean(samples) == pytest.approx(expected, abs=0.005)
+    counts_r, counts_c = np.bincount(rows[rows >= 0], minlength=3), np.bincount(cols, minlength=3)
+    assert expected == pytest.approx(float(counts_r @ counts_c) / (30 * 20))
+
+
+def test_normalized_score_bounds():
+    assert normalized_score(0.25, 0.25) == 0.0
+    assert normalized_score(1.0, 0.25) == 1.0
+    assert normalized_score(0.5, 1.0) == 0.0
+
+
+def test_within_share_gradcheck():
+    torch.manual_seed(0)
+    a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    ma = torch.rand(4, 3) > 0.5
+    mb = torch.rand(2, 5) > 0.5
+    func = lambda x, y: within_share([x ** 2, y ** 2], [ma, mb])  # noqa: E731
+    assert torch.autograd.gradcheck(func, (a, b))
+    # and against the dense formula
+    dense = ((a ** 2 * ma).sum() + (b ** 2 * mb).sum()) / ((a ** 2).sum() + (b ** 2).sum())
+    assert torch.allclose(func(a, b), dense)
+
+
+def test_report_is_mass_weighted_and_matches_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10, bias=False), nn.ReLU(), nn.Linear(10, 8, bias=False))
+    with torch.no_grad():
+        model[2].weight.mul_(3.0)
+    g = LayeredGraph.from_module(model)
+    c = cluster_layers(g, 2, random_state=0)
+    rep = clusterability_report(g, c)
+    for s in rep.layers:
+        rows, cols = c.labels(s.layer)
+        assert s.E == pytest.approx(float(clusterability(g[s.layer].squared().double(), rows, cols)))
+        assert sum(a + b for a, b in s.sizes) == sum(s.shape)
+    masses = np.array([s.mass for s in rep.layers])
+    assert rep.E == pytest.approx(float(np.dot(masses, [s.E for s in rep.layers]) / masses.sum()))
+    assert rep.to_dict()["layers"][0]["shape"] == [12, 10]
+
+
+def test_report_on_hand_built_clustering():
+    W = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # torch layout (out=3, in=2)
+    g = LayeredGraph([__import__("graphinterp.layer", fromlist=["Layer"]).Layer("fc", "linear", W)])
+    c = Clustering(2, {"fc": np.array([0, 1])}, {"fc": np.array([0, 1, 1])})
+    rep = clusterability_report(g, c)
+    assert rep.E == pytest.approx((4 + 1 + 1) / 7)
+    assert rep.layers[0].E_random == pytest.approx((1 * 1 + 1 * 2) / 6)
