@@ -32,23 +32,31 @@ __all__ = ["command"]
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="weight", show_default=True,
               help="What BSGC clusters: the weights |W|, or the average cosine of gradients accumulated in warm-up.")
+@click.option("--reduction", type=click.Choice(["mass", "mean"]), default="mass", show_default=True,
+              help="How L_E combines several clustered layers: mass-weighted (the model-wide E that analyze reports) "
+                   "or the mean of per-layer E (every layer counts the same, e.g. a CNN's small fc2 beside "
+                   "a 4096-input fc1).")
 @click.option("--layers", default=None, metavar="NAMES",
               help="Comma-separated layers to cluster (e.g. fc1,fc2). Default: every Linear layer between two hidden "
                    "levels (fc2 for the MLP, fc1,fc2 for the CNN).")
 @seed_option
 @device_option
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder holding the dataset files (default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")
-@click.option("--download", is_flag=True, help="Download the dataset into --data-dir if it is missing (never done otherwise).")
+              help="Folder holding the dataset files "
+                   "(default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")
+@click.option("--download", is_flag=True,
+              help="Download the dataset into --data-dir if it is missing (never done otherwise).")
 @click.option("--max-train", type=int, default=None, metavar="N", help="Train on a seeded random subset of N examples.")
 @click.option("--out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
-              help="Checkpoint written atomically after every epoch (weights, architecture, clustering, history, training state).")
-@click.option("--resume", is_flag=True, help="Continue from --out if it exists (same settings; --epochs may be raised).")
+              help="Checkpoint written atomically after every epoch "
+                   "(weights, architecture, clustering, history, training state).")
+@click.option("--resume", is_flag=True,
+              help="Continue from --out if it exists (same settings; --epochs may be raised).")
 @quiet_option
 @json_option
 def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: int, epochs: int, batch_size: int,
-            lr: float, similarity: str, layers: Optional[str], seed: int, device: str, data_dir: Optional[str],
-            download: bool, max_train: Optional[int], out: str, resume: bool, quiet: bool, as_json: bool) -> None:
+            lr: float, similarity: str, reduction: str, layers: Optional[str], seed: int, device: str,
+            data_dir: Optional[str], download: bool, max_train: Optional[int], out: str, resume: bool, quiet: bool, as_json: bool) -> None:
     """Train a modular network: warm up, cluster with BSGC, then train with CE + lambda * L_E.
 
     \b
@@ -62,8 +70,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     accuracy) and the final E and accuracy. Inspect the result with `graphinterp analyze OUT --k K`.
     """
     config = TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs, epochs=epochs,
-                         batch_size=batch_size, lr=lr, similarity=similarity, layers=parse_layers(layers), seed=seed,
-                         device=device, data_dir=data_dir, download=download, max_train=max_train,
+                         batch_size=batch_size, lr=lr, similarity=similarity, reduction=reduction,
+                         layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download, max_train=max_train,
                          quiet=quiet or as_json)
     result = train(config, checkpoint=out, resume=resume)
     last = result.history[-1]
@@ -82,4 +90,5 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     if per_layer:
         what = "clustering fitted to the final weights" if lam == 0 else "training clustering"
         click.echo(format_table([[name, k, value] for name, value in per_layer.items()], ["layer", "k", f"E ({what})"]))
-    click.echo(f"final test accuracy {last['test_acc']:.4f}; E = {last.get('E_refit', last['E']):.4f}; checkpoint: {out}")
+    E = last.get("E_refit", last["E"])
+    click.echo(f"final test accuracy {last['test_acc']:.4f}; E = {E:.4f}; checkpoint: {out}")

@@ -25,7 +25,14 @@ from torch import nn
 from ._files import atomic_write
 from .errors import ModelFileError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "is_checkpoint", "validate_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "is_checkpoint",
+    "validate_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "graphinterp-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -54,7 +61,8 @@ def _plain(obj: Any, where: str) -> Any:
     if isinstance(obj, torch.Size):
         return list(obj)
     raise ModelFileError(
-        f"cannot store {where} of type {type(obj).__name__} in a checkpoint; convert it to a tensor, list, dict or plain number/string"
+        f"cannot store {where} of type {type(obj).__name__} in a checkpoint; "
+        "convert it to a tensor, list, dict or plain number/string"
     )
 
 
@@ -114,7 +122,7 @@ def save_checkpoint(
         "clustering": _plain(clustering, "clustering"),
         "history": _plain(list(history or []), "history"),
         "train_state": _plain(train_state, "train_state"),
-        "meta": {"torch_version": torch.__version__, **_plain(dict(meta or {}), "meta")},
+        "meta": {"torch_version": str(torch.__version__), **_plain(dict(meta or {}), "meta")},
     }
     validate_checkpoint(ckpt)
     with atomic_write(path, "wb") as handle:
@@ -149,24 +157,34 @@ def validate_checkpoint(obj: Any) -> Dict[str, Any]:
     True
     """
     if not is_checkpoint(obj):
-        raise ModelFileError("not a graphinterp checkpoint (no format='graphinterp-checkpoint' entry); save it with save_checkpoint")
+        raise ModelFileError(
+            "not a graphinterp checkpoint (no format='graphinterp-checkpoint' entry); save it with save_checkpoint"
+        )
     version = obj.get("version")
     if version != CHECKPOINT_VERSION:
         hint = "upgrade graphinterp" if isinstance(version, int) and version > CHECKPOINT_VERSION else "re-save it"
-        raise ModelFileError(f"graphinterp checkpoint version {version!r} is not supported (expected {CHECKPOINT_VERSION}); {hint}")
+        expected = CHECKPOINT_VERSION
+        raise ModelFileError(f"graphinterp checkpoint version {version!r} is not supported (expected {expected}); {hint}")
     missing = [k for k in _KEYS if k not in obj]
     if missing:
-        raise ModelFileError(f"graphinterp checkpoint lacks {missing}; the file is damaged or was not written by save_checkpoint")
+        raise ModelFileError(
+            f"graphinterp checkpoint lacks {missing}; the file is damaged or was not written by save_checkpoint"
+        )
     types = {"arch": (dict, type(None)), "state_dict": dict, "clustering": (dict, type(None)), "history": list,
              "train_state": (dict, type(None)), "meta": dict}
     for key, expected in types.items():
         if not isinstance(obj[key], expected):
-            raise ModelFileError(f"checkpoint entry {key!r} has type {type(obj[key]).__name__}; the file is damaged, re-save it")
+            kind = type(obj[key]).__name__
+            raise ModelFileError(f"checkpoint entry {key!r} has type {kind}; the file is damaged, re-save it")
     bad = [k for k, v in obj["state_dict"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise ModelFileError(f"checkpoint state_dict entry {bad[0]!r} is not a named tensor; the file is damaged, re-save it")
+        raise ModelFileError(
+            f"checkpoint state_dict entry {bad[0]!r} is not a named tensor; the file is damaged, re-save it"
+        )
     if obj["arch"] is not None and not isinstance(obj["arch"].get("name"), str):
-        raise ModelFileError("checkpoint 'arch' has no model name; save it with a spec such as {'name': 'mlp', 'kwargs': {...}}")
+        raise ModelFileError(
+            "checkpoint 'arch' has no model name; save it with a spec such as {'name': 'mlp', 'kwargs': {...}}"
+        )
     return obj
 
 
@@ -184,5 +202,6 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # missing file, corrupt zip, pickled code, ...
-        raise ModelFileError(f"cannot read checkpoint {os.fspath(path)}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise ModelFileError(f"cannot read checkpoint {os.fspath(path)} ({detail}); check the path") from exc
     return validate_checkpoint(obj)

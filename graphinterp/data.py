@@ -23,7 +23,15 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["DATASETS", "CIFAR10_CLASSES", "NORMALIZATION", "LabeledTensors", "dataset_info", "default_data_dir", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "CIFAR10_CLASSES",
+    "NORMALIZATION",
+    "LabeledTensors",
+    "dataset_info",
+    "default_data_dir",
+    "load_dataset",
+]
 
 #: Dataset names accepted by :func:`load_dataset` (also ``fashion_mnist``, ``cifar-10``, any case).
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -101,6 +109,12 @@ def _line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _failed(key: str, where: Path, exc: BaseException, download: bool) -> str:
+    if download:
+        return f"could not download {key} into {where} ({_line(exc)}); check the network, or put the files there by hand"
+    return f"could not read {key} in {where} ({_line(exc)}); the files are damaged, re-download them with --download"
+
+
 def _canonical(name: str) -> str:
     key = str(name).lower().replace("_", "-")
     key = _ALIASES.get(key, key)
@@ -125,7 +139,8 @@ def dataset_info(name: str) -> Dict[str, Any]:
     """
     key = _canonical(name)
     (shape, classes), (mean, std) = _INFO[key], NORMALIZATION[key]
-    return {"name": key, "input_shape": shape, "num_classes": len(classes), "classes": list(classes), "mean": mean, "std": std}
+    return {"name": key, "input_shape": shape, "num_classes": len(classes), "classes": list(classes),
+            "mean": mean, "std": std}
 
 
 def default_data_dir() -> Path:
@@ -160,7 +175,7 @@ def _load_mnist_like(key: str, root: Path, train: bool, download: bool) -> Tuple
     try:
         ds = cls(root=str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises RuntimeError/URLError/AssertionError
-        raise DataError(f"could not {'download' if download else 'read'} {key} in {root / folder}: {_line(exc)}") from exc
+        raise DataError(_failed(key, root / folder, exc, download)) from exc
     return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
 
 
@@ -169,7 +184,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
     _ALLOWED = {
         (m, n)
-        for m in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric", "numpy")
+        for m in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
         for n in ("_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar")
     } | {("_codecs", "encode")}
 
@@ -190,7 +205,8 @@ def _read_cifar_batches(folder: Path, train: bool) -> Tuple[torch.Tensor, torch.
             data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(int(v) for v in entry["labels"])
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"cannot read CIFAR-10 batch {path} ({_line(exc)}); re-download it with --download") from exc
+            detail = _line(exc)
+            raise DataError(f"cannot read CIFAR-10 batch {path} ({detail}); re-download it with --download") from exc
     return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.int64)
 
 
@@ -254,8 +270,7 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> Tuple[torch.Tensor
         except Exception as exc:  # torchvision: corrupt files, URLError, tarfile errors, ...
             if isinstance(exc, DataError):
                 raise
-            verb = "download" if download else "read"
-            raise DataError(f"could not {verb} CIFAR-10 in {root / _CIFAR_PY}: {_line(exc)}") from exc
+            raise DataError(_failed("cifar10", root / _CIFAR_PY, exc, download)) from exc
     else:
         zips = [z for c in candidates if c.is_dir() for z in sorted(c.glob("*.zip"))]
         hint = f"; extract {zips[0]} there first" if zips else ""
@@ -321,7 +336,8 @@ def load_dataset(
     shape, classes = _INFO[key]
     if tuple(x.shape[1:]) != shape or int(y.min()) < 0 or int(y.max()) >= len(classes):
         found = f"images of shape {tuple(x.shape[1:])}, labels {int(y.min())}..{int(y.max())}"
-        raise DataError(f"{key} in {root} has {found}; expected {shape} and 0..{len(classes) - 1}: the files are not {key}")
+        wanted = f"{shape} and 0..{len(classes) - 1}"
+        raise DataError(f"{key} in {root} has {found}; expected {wanted}: the files are not {key}")
     if normalize:
         mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in NORMALIZATION[key])
         x = x.sub_(mean).div_(std)

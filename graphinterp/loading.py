@@ -90,10 +90,13 @@ def _explain_failure(path: Path, exc: BaseException) -> Tuple[ModelFileError, bo
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             if not any(name.split("/", 1)[-1] == "data.pkl" for name in zf.namelist()):
-                return ModelFileError(f"{path} is a zip archive but not a PyTorch file; pass a file written by torch.save"), False
+                message = f"{path} is a zip archive but not a PyTorch file; pass a file written by torch.save"
+                return ModelFileError(message), False
     if head.startswith(b"PK\x03\x04") or head == _LEGACY_MAGIC:
-        return ModelFileError(f"{path} is a truncated or corrupt PyTorch file ({_first_line(exc)}); re-download or re-save it"), False
-    return ModelFileError(f"{path} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"), False
+        message = f"{path} is a truncated or corrupt PyTorch file ({_first_line(exc)}); re-download or re-save it"
+        return ModelFileError(message), False
+    message = f"{path} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"
+    return ModelFileError(message), False
 
 
 def _strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -129,18 +132,22 @@ def _from_checkpoint(obj: Dict[str, Any], path: Path, map_location: Any) -> Load
             module = build_model(obj["arch"])
             module.load_state_dict(state)
         except (GraphinterpError, RuntimeError) as exc:
-            raise ModelFileError(f"{path}: weights do not fit architecture {obj['arch']} ({_first_line(exc)}); the file is damaged") from exc
+            detail = f"{obj['arch']} ({_first_line(exc)})"
+            raise ModelFileError(f"{path}: weights do not fit architecture {detail}; the file is damaged") from exc
         module = module.to(map_location).eval()
-    return LoadedModel("checkpoint", state, module, obj["arch"], obj["clustering"], list(obj["history"]), dict(obj["meta"]), str(path))
+    return LoadedModel("checkpoint", state, module, obj["arch"], obj["clustering"], list(obj["history"]),
+                       dict(obj["meta"]), str(path))
 
 
 def _interpret(obj: Any, path: Path, map_location: Any) -> LoadedModel:
     if is_checkpoint(obj):
         return _from_checkpoint(obj, path, map_location)
     if isinstance(obj, nn.Module):
-        return LoadedModel("module", _strip_prefix({k: v.detach().cpu() for k, v in obj.state_dict().items()}), obj.eval(), path=str(path))
+        state = _strip_prefix({k: v.detach().cpu() for k, v in obj.state_dict().items()})
+        return LoadedModel("module", state, obj.eval(), path=str(path))
     if not isinstance(obj, dict):
-        raise ModelFileError(f"{path} holds a {type(obj).__name__}, not a state_dict or model; save model.state_dict() instead")
+        kind = type(obj).__name__
+        raise ModelFileError(f"{path} holds a {kind}, not a state_dict or model; save model.state_dict() instead")
     if _is_tensor_dict(obj):
         return LoadedModel("state_dict", _tensor_dict(obj, path, "state_dict"), path=str(path))
     for key in CONTAINER_KEYS:
@@ -155,7 +162,8 @@ def _interpret(obj: Any, path: Path, map_location: Any) -> LoadedModel:
     if not any(isinstance(v, torch.Tensor) for v in obj.values()):
         keys = ", ".join(map(repr, list(obj)[:6])) or "none"
         raise ModelFileError(
-            f"{path} holds a dict with no tensors (keys: {keys}); expected a state_dict or a dict holding one under {'/'.join(CONTAINER_KEYS)}"
+            f"{path} holds a dict with no tensors (keys: {keys}); expected a state_dict or a dict holding one "
+            f"under {'/'.join(CONTAINER_KEYS)}"
         )
     return LoadedModel("state_dict", _tensor_dict(obj, path, "state_dict"), path=str(path))
 
@@ -166,14 +174,16 @@ def _load_torchscript(path: Path, map_location: Any) -> LoadedModel:
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
             module = torch.jit.load(str(path), map_location=map_location)
     except Exception as exc:  # RuntimeError from the TorchScript reader
-        raise ModelFileError(f"{path} looks like TorchScript but cannot be loaded ({_first_line(exc)}); re-export it") from exc
+        detail = _first_line(exc)
+        raise ModelFileError(f"{path} looks like TorchScript but cannot be loaded ({detail}); re-export it") from exc
     state = _strip_prefix({k: v.detach().cpu() for k, v in module.state_dict().items()})
     return LoadedModel("torchscript", state, module.eval(), path=str(path))
 
 
 def _load_pickle(path: Path, map_location: Any) -> Any:
     warnings.warn(
-        f"loading {path} with weights_only=False: a pickled model can run arbitrary code; only do this for files you trust",
+        f"loading {path} with weights_only=False: a pickled model can run arbitrary code; "
+        "only do this for files you trust",
         UserWarning,
         stacklevel=3,
     )
@@ -181,8 +191,8 @@ def _load_pickle(path: Path, map_location: Any) -> Any:
         return torch.load(path, map_location=map_location, weights_only=False)
     except (ImportError, AttributeError) as exc:
         raise ModelFileError(
-            f"{path} needs Python code that is not importable here ({_first_line(exc)}); import the module that defines "
-            f"the model first, or re-save it as a state_dict"
+            f"{path} needs Python code that is not importable here ({_first_line(exc)}); "
+            "import the module that defines the model first, or re-save it as a state_dict"
         ) from exc
     except Exception as exc:
         raise ModelFileError(f"{path} cannot be unpickled ({_first_line(exc)}); re-save it as a state_dict") from exc

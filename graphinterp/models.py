@@ -63,7 +63,9 @@ def _head(layers: "OrderedDict[str, nn.Module]", in_features: int, hidden: list,
             layers[f"relu{i}"] = nn.ReLU()
 
 
-def mlp(in_features: int = 784, hidden: Sequence[int] = (64, 64), num_classes: int = 10, bias: bool = False) -> nn.Sequential:
+def mlp(
+    in_features: int = 784, hidden: Sequence[int] = (64, 64), num_classes: int = 10, bias: bool = False
+) -> nn.Sequential:
     """Fully connected ReLU network ``in_features -> hidden... -> num_classes`` (paper, Table 1).
 
     Parameters
@@ -244,7 +246,8 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     torch.Size([32, 64])
     """
     if not isinstance(spec, dict) or "name" not in spec:
-        raise UnsupportedModelError(f"an architecture spec must be a dict like {{'name': 'mlp', 'kwargs': {{}}}}, got {spec!r}")
+        example = "{'name': 'mlp', 'kwargs': {}}"
+        raise UnsupportedModelError(f"an architecture spec must be a dict like {example}, got {spec!r}")
     name, kwargs = spec["name"], spec.get("kwargs") or {}
     extra = sorted(set(spec) - {"name", "kwargs"})
     if extra:
@@ -254,10 +257,14 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     if not isinstance(kwargs, dict):
         raise UnsupportedModelError(f"spec['kwargs'] must be a dict of keyword arguments, got {type(kwargs).__name__}")
     builder = _BUILDERS[name]
-    params = list(inspect.signature(builder).parameters)
+    params = inspect.signature(builder).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        raise UnsupportedModelError(f"unknown argument(s) {unknown} for model {name!r}; valid arguments: {', '.join(params)}")
+        valid = ", ".join(params)
+        raise UnsupportedModelError(f"unknown argument(s) {unknown} for model {name!r}; valid arguments: {valid}")
+    missing = [p for p, v in params.items() if v.default is v.empty and p not in kwargs]
+    if missing:
+        raise UnsupportedModelError(f"model {name!r} needs argument(s) {missing} in spec['kwargs']")
     return builder(**kwargs)
 
 

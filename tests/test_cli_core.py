@@ -117,3 +117,14 @@ def test_pickled_module_needs_trust(tmp_path):
     assert "trust-pickle" in _one_line_error(run("analyze", path, "--k", "2"))
     res = run("analyze", path, "--k", "2", "--trust-pickle")
     assert res.exit_code == 0, res.output
+
+
+def test_torchscript_file(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(model).save(str(path))
+    res = run("analyze", path, "--k", "2", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["kind"] == "torchscript" and data["layers"] == ["0", "2"]

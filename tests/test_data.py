@@ -44,7 +44,8 @@ def test_digits_split_is_stratified_deterministic_and_complete():
     theirs = np.concatenate([bunch.data, bunch.target[:, None]], axis=1)
     assert np.array_equal(np.unique(ours, axis=0), np.unique(theirs, axis=0)) and len(ours) == len(theirs)
     # stratified: every class has ~20% of its images in the test split
-    frac = torch.bincount(test.y, minlength=10).double() / (torch.bincount(train.y, minlength=10) + torch.bincount(test.y, minlength=10))
+    n_test, n_train = (torch.bincount(d.y, minlength=10).double() for d in (test, train))
+    frac = n_test / (n_train + n_test)
     assert torch.all((frac - 0.2).abs() < 0.02)
 
 
@@ -98,7 +99,9 @@ def test_labeled_tensors_subset_and_dataset():
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (real files)
 
 
-@pytest.mark.parametrize("name, folder, cls_name", [("mnist", "MNIST", "MNIST"), ("fashion-mnist", "FashionMNIST", "FashionMNIST")])
+@pytest.mark.parametrize(
+    "name, folder, cls_name", [("mnist", "MNIST", "MNIST"), ("fashion-mnist", "FashionMNIST", "FashionMNIST")]
+)
 def test_mnist_like_real_files(name, folder, cls_name):
     import torchvision
 
@@ -115,7 +118,9 @@ def test_mnist_like_real_files(name, folder, cls_name):
     assert torch.equal(load_dataset(name, split="test", data_dir=root / folder, normalize=False).y, raw.y)
 
 
-@pytest.mark.parametrize("name, folder", [("mnist", "MNIST/"), ("fashion-mnist", "FashionMNIST/"), ("cifar10", "cifar-10-batches-py")])
+@pytest.mark.parametrize(
+    "name, folder", [("mnist", "MNIST/"), ("fashion-mnist", "FashionMNIST/"), ("cifar10", "cifar-10-batches-py")]
+)
 def test_missing_dataset_says_where_and_how(tmp_path, name, folder):
     with pytest.raises(DataError) as info:
         load_dataset(name, data_dir=tmp_path)
@@ -137,6 +142,27 @@ def test_empty_mnist_raises(tmp_path):
         load_dataset("mnist", data_dir=tmp_path)
 
 
+def test_damaged_mnist_and_failed_download(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix in ("train", "t10k"):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", 1234, (0, 28, 28))  # wrong magic number
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, (0,))
+    with pytest.raises(DataError, match="could not read mnist.*--download"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
+    with pytest.raises(DataError, match="could not download fashion-mnist.*check the network"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, download=True)
+
+
 # ---------------------------------------------------------------- CIFAR-10, python batches
 
 
@@ -150,7 +176,8 @@ def _write_cifar_python(root: Path, sizes=(3, 2, 3, 2, 3, 4), protocol=2, seed=0
                  "labels": [int(v) for v in rng.integers(0, 10, n)], "filenames": [f"{i}.png" for i in range(n)]}
         arrays[fname] = entry
         (folder / fname).write_bytes(pickle.dumps(entry, protocol=protocol))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES), "num_vis": 3072}, protocol=protocol))
+    meta = {"label_names": list(CIFAR10_CLASSES), "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
     return arrays
 
 

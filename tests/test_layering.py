@@ -11,8 +11,9 @@ LAYER = {
     "layer": 2, "tracing": 2, "graph": 2,
     "bsgc": 3, "cluster": 3, "metrics": 3,
     "analysis": 4, "masks": 4, "loss": 4, "gradsim": 4, "significance": 4,
-    "train": 5, "ablate": 5, "circuits": 5, "benchmarking": 5,
-    "io": 6, "viz": 6,
+    "evaluation": 4, "hooks": 4, "pruning": 4,
+    "train": 5, "ablate": 5, "circuits": 5, "circuit_search": 5,
+    "io": 6, "viz": 6, "viz_layer": 6, "benchmark_report": 6, "benchmarking": 6,
 }
 
 

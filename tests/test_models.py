@@ -20,7 +20,8 @@ def _children(model: nn.Module) -> list:
 def test_mlp_matches_paper_table_1():
     model = mlp()
     assert _children(model) == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
-    assert [tuple(model.get_submodule(n).weight.shape) for n in ("fc1", "fc2", "fc3")] == [(64, 784), (64, 64), (10, 64)]
+    shapes = [tuple(model.get_submodule(n).weight.shape) for n in ("fc1", "fc2", "fc3")]
+    assert shapes == [(64, 784), (64, 64), (10, 64)]
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Linear))
     assert isinstance(model.relu1, nn.ReLU) and isinstance(model.flatten, nn.Flatten)
     assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
@@ -103,6 +104,7 @@ def test_build_model_equals_builders_and_spec_survives_weights_only(tmp_path):
         ({"name": "mlp", "kwargs": [1, 2]}, ["kwargs"]),
         ({"name": "mlp", "params": {}}, ["params"]),
         ("mlp", ["spec"]),
+        ({"name": "torchvision", "kwargs": {"num_classes": 10}}, ["arch"]),
         ({"kwargs": {}}, ["spec"]),
     ],
 )

@@ -1,0 +1,165 @@
+"""Modular training on real data: baseline (lambda 0) vs modular (lambda 20), and the cost of L_E per step.
+
+Reproduces the paper's pipeline (Section 3, Table 1: batch 64, Adam 1e-3, k 4, 1 + 10 epochs) on
+MNIST from ``../shared/datasets`` (or Fashion-MNIST; ``--cnn`` trains the paper's CNN on the
+CIFAR-10 JPEG copy) and prints, for the unclustered baseline and the modular model:
+
+* test accuracy;
+* E at k = 4 of each clustered layer: with the clustering the model was trained against, and
+  re-analysed from the weights alone (per-layer BSGC, as ``graphinterp analyze`` does);
+* the baseline's E at k = 2 (the paper reports about 0.6 for an unclustered model).
+
+Targets: modular E >= 0.99 with test accuracy within 1 percentage point of the baseline.
+
+It then times one training step (forward, CE, backward, Adam) with and without ``+ lambda * L_E``
+in the same process, on the same batches, in interleaved blocks, and prints the ratio (target
+<= 1.05) beside its floor: the same step with ``+ lambda * sum(W**2 * M)``, a bare masked sum of
+squares over the clustered weights, in place of L_E, i.e. the least any differentiable
+regulariser over those weights adds to a step (one extra loss branch, its backward and the second
+gradient accumulated into each clustered weight).
+
+    python benchmarks/bench_train.py                          # MNIST, 1 + 10 epochs
+    python benchmarks/bench_train.py --dataset fashion-mnist
+    python benchmarks/bench_train.py --cnn                    # CIFAR-10 JPEG copy, CNN
+    python benchmarks/bench_train.py --epochs 1 --max-train 5000   # quick check
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _shared_data when run as a script
+
+from _shared_data import cifar10_jpeg_dir, shared_datasets_dir  # noqa: E402
+
+from graphinterp.analysis import analyze  # noqa: E402
+from graphinterp.data import load_dataset  # noqa: E402
+from graphinterp.graph import LayeredGraph  # noqa: E402
+from graphinterp.loss import EnmeshmentLoss  # noqa: E402
+from graphinterp.train import TrainConfig, train, train_step  # noqa: E402
+
+
+def time_steps(result, train_set, lam: float, steps: int, blocks: int, batch_size: int, seed: int,
+               reduction: str = "mass"):
+    """Median seconds per step: CE only, CE + lam * L_E, CE + lam * (bare masked sum of squares)."""
+    model = copy.deepcopy(result.model)
+    device = next(model.parameters()).device
+    loss_fn = EnmeshmentLoss(model, result.clustering, reduction=reduction)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(train_set), (steps, batch_size), generator=gen)
+    batches = [(train_set.x[i].to(device), train_set.y[i].to(device)) for i in idx]
+    pairs = [(m.param, m.mask) for m in loss_fn.masks.values()]
+
+    def bare() -> torch.Tensor:
+        total = (pairs[0][0].square() * pairs[0][1]).sum()
+        for p, m in pairs[1:]:
+            total = total + (p.square() * m).sum()
+        return total
+
+    fns = {"without": None, "with": loss_fn, "bare": bare}
+
+    def run(kind: str) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for x, y in batches:
+            train_step(model, opt, x, y, loss_fn=fns[kind], lam=lam)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / len(batches)
+
+    for kind in fns:  # warm up allocator and caches
+        run(kind)
+    times = {kind: [] for kind in fns}
+    for _ in range(blocks):  # interleaved, so load changes hit all three alike
+        for kind in fns:
+            times[kind].append(run(kind))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    parser.add_argument("--cnn", action="store_true", help="the paper's CNN on the CIFAR-10 JPEG copy instead")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs with the enmeshment loss")
+    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--max-train", type=int, default=None, help="train on a random subset (quick runs)")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--lam", type=float, default=20.0)
+    parser.add_argument("--similarity", choices=["weight", "gradient"], default="weight")
+    parser.add_argument("--reduction", choices=["mass", "mean"], default="mass",
+                        help="L_E over several clustered layers: mass-weighted or the mean of per-layer values")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--timing-steps", type=int, default=100, help="steps per timing block")
+    parser.add_argument("--timing-blocks", type=int, default=15, help="interleaved timing blocks")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dataset, model_name = ("cifar10", "cnn") if args.cnn else (args.dataset, "mlp")
+    data_dir = cifar10_jpeg_dir() if args.cnn else shared_datasets_dir()
+    if data_dir is None:
+        print(f"skipped: the shared {dataset} files are not available beside the checkout")
+        return
+    t0 = time.perf_counter()
+    train_set = load_dataset(dataset, split="train", data_dir=data_dir)
+    test_set = load_dataset(dataset, split="test", data_dir=data_dir)
+    print(f"{dataset}: {len(train_set)} train / {len(test_set)} test, loaded in {time.perf_counter() - t0:.1f} s; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    results = {}
+    for name, lam in (("baseline", 0.0), ("modular", args.lam)):
+        cfg = TrainConfig(dataset=dataset, model=model_name, k=args.k, lam=lam, warmup_epochs=args.warmup_epochs,
+                          epochs=args.epochs, similarity=args.similarity, reduction=args.reduction, seed=args.seed,
+                          device=args.device, max_train=args.max_train, quiet=args.quiet)
+        t0 = time.perf_counter()
+        results[name] = train(cfg, train_data=train_set, test_data=test_set)
+        print(f"\n{name} (lambda={lam:g}), {time.perf_counter() - t0:.0f} s\n{results[name].table()}")
+
+    layers = results["modular"].clustering.layer_names
+    print(f"\nclustered layers: {layers}, k={args.k}")
+    print(f"{'model':<9} {'test acc':>8} {'layer':>6} {'E train':>8} {'E analyze k=' + str(args.k):>15} "
+          f"{'E analyze k=2':>14} {'E random k=' + str(args.k):>13}")
+    summary = {}
+    for name, res in results.items():
+        graph = LayeredGraph.from_module(copy.deepcopy(res.model).cpu())
+        ana = analyze(graph, [2, args.k], layers=layers, random_state=args.seed)
+        per_train = EnmeshmentLoss(res.model, res.clustering).per_layer()
+        by_k = {k: {s.layer: s for s in ana.reports[k].layers} for k in (2, args.k)}
+        acc = res.history[-1]["test_acc"]
+        for layer in layers:
+            s4, s2 = by_k[args.k][layer], by_k[2][layer]
+            print(f"{name:<9} {acc:>8.4f} {layer:>6} {per_train[layer]:>8.4f} {s4.E:>15.4f} {s2.E:>14.4f} "
+                  f"{s4.E_random:>13.4f}")
+        summary[name] = {"acc": acc, "E_train": res.history[-1].get("E_refit", res.history[-1]["E"]),
+                         "E_train_layers": per_train}
+    d_acc = summary["modular"]["acc"] - summary["baseline"]["acc"]
+    E_min = min(summary["modular"]["E_train_layers"].values())
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    print(f"\nmodular E (trained clustering, worst layer) = {E_min:.4f}  [target >= 0.99: {verdict(E_min >= 0.99)}]")
+    print(f"accuracy modular - baseline = {100 * d_acc:+.2f} pp  [target >= -1 pp: {verdict(d_acc >= -0.01)}]")
+
+    times = time_steps(results["modular"], train_set, args.lam, args.timing_steps, args.timing_blocks, 64, args.seed,
+                       args.reduction)
+    ratio = times["with"] / times["without"]
+    floor = times["bare"] / times["without"]
+    print(f"\ntime per training step (batch 64, median of {args.timing_blocks} interleaved blocks "
+          f"of {args.timing_steps}):")
+    print(f"  CE only                                  {1e6 * times['without']:9.1f} us")
+    print(f"  CE + lambda * L_E                        {1e6 * times['with']:9.1f} us")
+    print(f"  CE + lambda * sum(W**2 * M)  (the floor) {1e6 * times['bare']:9.1f} us")
+    print(f"  ratio {ratio:.3f}  [target <= 1.05: {'met' if ratio <= 1.05 else 'MISSED'}], floor {floor:.3f}")
+
+
+if __name__ == "__main__":
+    main()

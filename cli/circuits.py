@@ -1,0 +1,202 @@
+"""``graphinterp circuits``: one circuit per label by iterative edge pruning, its ECS, GraphML export, comparison."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import click
+
+from graphinterp.cli._common import (
+    device_option, emit_json, format_table, json_option, quiet_option, seed_option, trust_pickle_option,
+)
+from graphinterp.cli.ablate import data_options, load_eval_data, check_outputs
+
+__all__ = ["command", "parse_labels"]
+
+
+def parse_labels(text: str) -> Union[str, List[int]]:
+    """``"all"`` or ``"0,3,5-7"`` -> ``"all"`` or ``[0, 3, 5, 6, 7]``.
+
+    Examples
+    --------
+    >>> parse_labels("all"), parse_labels("1,4-5")
+    ('all', [1, 4, 5])
+    """
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        out: List[int] = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, dash, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+        if not out:
+            raise ValueError
+        return out
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use all, or label indices such as 0,3,5-7", param_hint="--labels") from None
+
+
+def _stem(path: str) -> str:
+    return Path(path).stem or "model"
+
+
+def _bar_plot(circuits, title: str, out: str) -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from graphinterp.viz import save_figure
+
+    names = [c.label_name for c in circuits.values()]
+    layers = list(next(iter(circuits.values())).size.ecs_per_layer)
+    fig = Figure(figsize=(max(6.0, 0.7 * len(names) + 3), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    width = 0.8 / (len(layers) + 1)
+    ax.bar(x - 0.4 + width / 2, [c.ecs for c in circuits.values()], width, color="black", label="all weights")
+    for i, layer in enumerate(layers, start=1):
+        ax.bar(x - 0.4 + width * (i + 0.5), [c.size.ecs_per_layer[layer] for c in circuits.values()], width,
+               label=layer, alpha=0.8)
+    ax.set_xticks(x, names)
+    ax.set(xlabel="label", ylabel="ECS (fraction of non-zero weights kept)", title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    save_figure(fig, out)
+
+
+def _extract(path, data, labels, trust_pickle, kwargs):
+    from graphinterp.circuits import extract_circuits
+    from graphinterp.cluster import Clustering
+    from graphinterp.evaluation import load_runnable
+
+    loaded, net, graph = load_runnable(path, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
+    check_outputs(graph, data, path)
+    clustering = Clustering.from_dict(loaded.clustering).validate(graph) if loaded.clustering else None
+    return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs)
+
+
+def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> List[str]:
+    from graphinterp.io import write_graphml
+
+    written = []
+    for c, circuit in circuits.items():
+        path = Path(directory) / f"{stem}_label{c}.graphml"
+        write_graphml(circuit.to_networkx(graph, clustering), path)
+        written.append(str(path))
+    return written
+
+
+@click.command("circuits")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("--labels", "labels_text", default="all", show_default=True, metavar="all|0,3,5-7",
+              help="Labels (output indices) to extract a circuit for.")
+@click.option("--compare", "other", type=click.Path(dir_okay=False), default=None,
+              help="Extract the same circuits from this second model (e.g. the unclustered baseline) and report the "
+                   "ECS change per label (the paper's Figure 3).")
+@click.option("--score", type=click.Choice(["magnitude", "attribution"]), default="magnitude", show_default=True,
+              help="Edge ranking: |w| normalised per layer, or |w * dL/dw| on the label's task (re-scored each round).")
+@click.option("--min-accuracy", type=float, default=0.95, show_default=True,
+              help="A circuit keeps at least this fraction of the full model's balanced one-vs-rest accuracy.")
+@click.option("--max-loss-increase", type=float, default=0.1, show_default=True,
+              help="... and its one-vs-rest cross-entropy rises by at most this much (nats).")
+@click.option("--max-examples", type=int, default=500, show_default=True,
+              help="Examples of the label in its task (as many examples of other labels are added).")
+@click.option("--max-evals", type=int, default=3000, show_default=True, help="Forward passes allowed per label.")
+@click.option("--graphml-dir", type=click.Path(file_okay=False), default=None,
+              help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
+@click.option("--batch-size", type=int, default=4096, show_default=True, help="Evaluation batch size.")
+@seed_option
+@device_option
+@quiet_option
+@trust_pickle_option
+@json_option
+def command(model, dataset, split, data_dir, limit, labels_text, other, score, min_accuracy, max_loss_increase,
+            max_examples, max_evals, graphml_dir, plot_path, batch_size, seed, device, quiet, trust_pickle, as_json):
+    """Extract each label's circuit from MODEL by iterative edge pruning and report its Effective Circuit Size.
+
+    A label's circuit is the set of weights (a conv kernel counts as one edge) left after pruning
+    the weakest edges for as long as the model still tells the label's examples from a sample of
+    the others: balanced accuracy >= --min-accuracy x the full model's, cross-entropy at most
+    --max-loss-increase above it. ECS = kept non-zero weights / the model's non-zero weights.
+
+    \b
+    Examples:
+      graphinterp circuits modular.pt --dataset mnist --labels all --graphml-dir circuits/
+      graphinterp circuits modular.pt --compare baseline.pt --dataset mnist --plot ecs.png
+    """
+    from graphinterp.circuits import Schedule, Tolerance, cluster_share
+    from graphinterp.circuits import CircuitComparison
+
+    labels = parse_labels(labels_text)
+    data = load_eval_data(dataset, split, data_dir, limit, seed)
+    kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
+                  max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device,
+                  progress=not (quiet or as_json))
+    graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)
+    shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} if clustering else {}
+    comparison: Optional[CircuitComparison] = None
+    written: List[str] = []
+    if graphml_dir:
+        written += _write_graphml(graphml_dir, _stem(model), graph, clustering, circuits)
+    if other:
+        graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs)
+        keys = sorted(circuits)
+        import numpy as np
+
+        comparison = CircuitComparison(keys, [circuits[c].label_name for c in keys],
+                                       np.array([circuits_b[c].ecs for c in keys]), np.array([circuits[c].ecs for c in keys]),
+                                       (_stem(other), _stem(model)), circuits_b, circuits)
+        if graphml_dir:
+            written += _write_graphml(graphml_dir, _stem(other), graph_b, clustering_b, circuits_b)
+    if plot_path:
+        if comparison is not None:
+            from graphinterp.viz import plot_ecs_comparison
+
+            plot_ecs_comparison(comparison.ecs_a, comparison.ecs_b, labels=comparison.label_names,
+                                names=comparison.names, out=plot_path)
+        else:
+            _bar_plot(circuits, f"Effective circuit size per label: {_stem(model)}", plot_path)
+    if as_json:
+        payload = {"model": str(model), "dataset": data.name, "split": split, "score": score,
+                   "tolerance": {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
+                   "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
+                                for c, ci in circuits.items()], "graphml": written}
+        if comparison is not None:
+            payload["compare"] = {"model": str(other), **comparison.to_dict(),
+                                  "circuits": [ci.to_dict() for ci in comparison.circuits_a.values()]}
+        emit_json(payload)
+        return
+    _print(model, data, circuits, shares, comparison, written, plot_path)
+
+
+def _print(model, data, circuits, shares, comparison, written, plot_path) -> None:
+    layers = list(next(iter(circuits.values())).size.ecs_per_layer)
+    first = next(iter(circuits.values()))
+    click.echo(f"{model}: circuits on {len(data)} {data.name} examples; {first.size.total_params:,} non-zero weights, "
+               f"{first.size.total_edges:,} edges; ECS = kept weights / non-zero weights")
+    rows = []
+    for c, ci in circuits.items():
+        row = [ci.label_name, 100 * ci.ecs, ci.size.kept_params, *[100 * ci.size.ecs_per_layer[l] for l in layers],
+               f"{ci.accuracy:.3f}/{ci.full_accuracy:.3f}", f"{ci.loss:.3f}/{ci.full_loss:.3f}"]
+        if shares:
+            s = shares[c]
+            row.append(f"{s['dominant']} ({100 * s['mass'][s['dominant']]:.0f}%)")
+        rows.append(row)
+    headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full"]
+    click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
+    if comparison is not None:
+        a, b = comparison.names
+        rel = comparison.relative_change
+        rows = [[n, 100 * ea, 100 * eb, f"{100 * r:+.1f}%"] for n, ea, eb, r in
+                zip(comparison.label_names, comparison.ecs_a, comparison.ecs_b, rel)]
+        click.echo("")
+        click.echo(format_table(rows, ["label", f"ECS % {a}", f"ECS % {b}", f"change {a} -> {b}"]))
+        click.echo(f"mean relative change {a} -> {b}: {100 * comparison.mean_relative_change:+.1f}%; "
+                   f"{a}'s circuits hold on average {100 * comparison.a_over_b:+.1f}% parameters relative to {b}'s")
+    for path in written[:3]:
+        click.echo(f"wrote {path}")
+    if len(written) > 3:
+        click.echo(f"... and {len(written) - 3} more GraphML files")
+    if plot_path:
+        click.echo(f"wrote {plot_path}")

@@ -1,0 +1,322 @@
+"""Clusterability of any set of models, layer by layer, with a shuffle-null significance test.
+
+This is the library side of ``graphinterp benchmark``. A :class:`ModelSource` names a model file
+(graphinterp checkpoint, bare or wrapped state_dict, TorchScript), a torchvision architecture with a
+local weights file, or a torchvision architecture with random weights (a reference).
+:func:`run_benchmark` builds each model's layered graph (chained when the model is a chain, else
+layer by layer, saying why), clusters every layer with BSGC for each k, and reports E, the
+random-partition expectation and the normalised score per layer and k, plus
+:func:`graphinterp.significance.shuffle_test` at one k. The report is written as JSON, CSV and
+figures by :mod:`graphinterp.benchmark_report`.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ._files import resolve_device
+from .benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, safe_name
+from .bsgc import BSGC
+from .errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
+from .graph import LayeredGraph
+from .layer import Layer
+from .metrics import clusterability, normalized_score, random_partition_expectation
+from .significance import shuffle_test, single_threaded_blas
+
+__all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback", "benchmark_graph",
+           "run_benchmark", "safe_name"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model to benchmark comes from.
+
+    Exactly one of: ``path`` (a model file read by :func:`graphinterp.loading.load_model_file`);
+    ``arch`` with ``weights`` (a torchvision architecture and a local weights file); ``arch`` alone
+    (that architecture with random weights, seeded, as a reference).
+
+    Examples
+    --------
+    >>> ModelSource(arch="resnet18").label, ModelSource(path="runs/modular.pt").label
+    ('resnet18 (random)', 'modular')
+    """
+
+    path: Optional[str] = None
+    arch: Optional[str] = None
+    weights: Optional[str] = None
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.arch is None) or (self.weights is not None and self.arch is None):
+            raise UnsupportedModelError("a model source is a file path, or a torchvision arch with optional weights")
+
+    @property
+    def kind(self) -> str:
+        """``"file"``, ``"torchvision"`` or ``"random"``."""
+        return "file" if self.path else ("torchvision" if self.weights else "random")
+
+    @property
+    def label(self) -> str:
+        """Display name: ``name``, else the file's stem or the architecture."""
+        if self.name:
+            return self.name
+        if self.path:
+            return Path(self.path).stem
+        return f"{self.arch}:{Path(self.weights).stem}" if self.weights else f"{self.arch} (random)"
+
+
+def _fit_weights(arch: str, weights: str, trust_pickle: bool) -> torch.nn.Module:
+    """Load a local weights file into a torchvision architecture; a clear error if they do not fit."""
+    from .loading import load_model_file
+    from .models import torchvision_model
+
+    model = torchvision_model(arch)  # UnsupportedModelError for an unknown name, before reading the file
+    state = load_model_file(weights, trust_pickle=trust_pickle).state_dict
+    ours = model.state_dict()
+    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
+    if heads and heads[-1].shape[0] != 1000:  # the last weight is the classifier: another number of classes
+        with contextlib.suppress(UnsupportedModelError):
+            model, ours = _with_classes(arch, int(heads[-1].shape[0]))
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
+        raise InvalidWeightsError(
+            f"{weights} does not fit torchvision {arch!r}: {', '.join(p for p in parts if p)} key(s); "
+            f"pass the architecture the weights were saved from (--arch), or the file as a MODEL argument")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _with_classes(arch: str, num_classes: int):
+    from .models import torchvision_model
+
+    model = torchvision_model(arch, num_classes=num_classes)
+    return model, model.state_dict()
+
+
+def _graph_of_module(module: torch.nn.Module, layerwise: bool) -> Tuple[LayeredGraph, str, List[str]]:
+    if layerwise:
+        return LayeredGraph.from_module(module, layerwise=True), "layerwise", ["layer by layer (--layerwise)"]
+    try:
+        return LayeredGraph.from_module(module), "chained", []
+    except UnsupportedModelError as err:
+        return LayeredGraph.from_module(module, layerwise=True), "layerwise", [f"analysed layer by layer: {err}"]
+
+
+def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGraph, str, List[str]]:
+    """Graph of a :class:`graphinterp.loading.LoadedModel`: chained if possible, else layer by layer.
+
+    Returns ``(graph, "chained" | "layerwise", notes)``; the note gives the reason for the fallback
+    (e.g. residual blocks).
+    """
+    from .analysis import graph_from_loaded
+
+    if layerwise:
+        return graph_from_loaded(loaded, layerwise=True), "layerwise", ["layer by layer (--layerwise)"]
+    try:
+        return graph_from_loaded(loaded), "chained", []
+    except UnsupportedModelError as err:
+        return graph_from_loaded(loaded, layerwise=True), "layerwise", [f"analysed layer by layer: {err}"]
+
+
+def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: bool = False,
+                random_state: Optional[int] = 0) -> Tuple[LayeredGraph, str, List[str]]:
+    """Build a source's layered graph: ``(graph, "chained" | "layerwise", notes)``.
+
+    A chain of layers gives a chained graph; residual blocks, branches or shapes that do not chain
+    fall back to one bipartite graph per Linear/Conv2d, and ``notes`` says why.
+
+    Raises
+    ------
+    ModelFileError, UnsupportedModelError, InvalidWeightsError
+        Missing or unreadable file, unknown architecture, weights that do not fit it.
+    """
+    if source.kind == "file":
+        from .loading import load_model_file
+
+        return graph_with_fallback(load_model_file(source.path, trust_pickle=trust_pickle), layerwise=layerwise)
+    if source.kind == "torchvision":
+        if not Path(source.weights).expanduser().is_file():
+            raise ModelFileError(f"weights file not found: {source.weights}; check the path given to --weights")
+        return _graph_of_module(_fit_weights(source.arch, source.weights, trust_pickle), layerwise)
+    from .models import torchvision_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0 if random_state is None else int(random_state))
+        module = torchvision_model(source.arch)
+    graph, structure, notes = _graph_of_module(module, layerwise)
+    return graph, structure, notes + [f"random initialisation (torchvision default, seed {random_state})"]
+
+
+def _live(layer: Layer) -> Tuple[int, int]:
+    sq = layer.squared()
+    return int((sq.sum(1) > 0).sum()), int((sq.sum(0) > 0).sum())
+
+
+def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
+                     n_shuffles: int, nonzero_only: bool, pairing: str, n_init: int, device, rng,
+                     progress: bool) -> LayerBenchmark:
+    """BSGC at every k that fits the layer, the scores, and the shuffle test reusing the table's clustering."""
+    start = time.perf_counter()
+    A = layer.magnitude().double().to(device)
+    sq = A.square()
+    lb = LayerBenchmark(layer.name, layer.kind, tuple(layer.shape()), float(sq.sum()))
+    for k in ks:
+        if min(live) < k:
+            lb.skipped_k[k] = f"fewer than k={k} nodes with weights ({live[0]}x{live[1]})"
+            continue
+        est = BSGC(k, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(A)
+        rows, cols = est.row_labels_, est.column_labels_
+        E, E_rand = float(clusterability(sq, rows, cols)), random_partition_expectation(rows, cols, k)
+        lb.labels[k] = (rows, cols)
+        lb.scores[k] = {"E": E, "E_random": E_rand, "score": normalized_score(E, E_rand),
+                        "sizes": [np.bincount(x[x >= 0], minlength=k).tolist() for x in (rows, cols)]}
+    if significance_k is not None and n_shuffles > 0 and min(live) >= significance_k:
+        lb.significance = shuffle_test(
+            layer, significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
+            labels=lb.labels.get(significance_k), pairing=pairing, n_init=n_init, device=device,
+            random_state=int(rng.randint(2**31 - 1)), progress=progress)
+    lb.seconds = time.perf_counter() - start
+    return lb
+
+
+def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: Optional[int] = 4,
+                    n_shuffles: int = 20, nonzero_only: bool = False, pairing: str = "joint", n_init: int = 10,
+                    layers: Optional[Sequence[str]] = None, device=None, random_state: Optional[int] = 0,
+                    progress: bool = False, name: str = "model") -> Tuple[List[LayerBenchmark], Dict[str, str]]:
+    """Score each layer of ``graph`` for every k and test it at ``significance_k``.
+
+    Returns the per-layer results and ``{layer: reason}`` for layers left out entirely (fewer live
+    nodes on a side than the smallest k, or no non-zero weight). Seeds are drawn per layer from
+    ``random_state``, so one layer's result does not depend on which other layers are benchmarked.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 6)))
+    >>> res, skipped = benchmark_graph(g, [2, 4], significance_k=None)
+    >>> [r.layer for r in res], sorted(res[0].scores), res[0].skipped_k, skipped
+    (['0', '2'], [2], {4: 'fewer than k=4 nodes with weights (3x8)'}, {})
+    """
+    ks = sorted(set(int(k) for k in ks))
+    device = resolve_device(device)
+    names = list(layers) if layers is not None else graph.layer_names
+    results, skipped = [], {}
+    iterator = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(names, desc=f"layers of {name}", leave=False)
+    with single_threaded_blas():  # see graphinterp.significance.single_threaded_blas
+        for lname in iterator:
+            layer = graph[lname]
+            live = _live(layer)
+            if min(live) < ks[0]:
+                why = "all its weights are zero" if min(live) == 0 else f"fewer than k={ks[0]} nodes with weights"
+                skipped[lname] = f"{why} ({live[0]}x{live[1]})"
+                continue
+            seed = None if random_state is None else [int(random_state), graph.index(lname)]
+            results.append(_benchmark_layer(layer, live, ks, significance_k, n_shuffles, nonzero_only, pairing,
+                                            n_init, device, np.random.RandomState(seed), progress))
+    return results, skipped
+
+
+def _describe(source: ModelSource) -> str:
+    if source.kind == "file":
+        return str(source.path)
+    return f"torchvision {source.arch} + {source.weights}" if source.weights else f"torchvision {source.arch}, random weights"
+
+
+def _unique_names(sources: Sequence[ModelSource]) -> List[str]:
+    names, seen = [], {}
+    for s in sources:
+        base = s.label
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(range(2, 11)), *,
+                  significance_k: Optional[int] = 4, n_shuffles: int = 20, nonzero_only: bool = False,
+                  layerwise: bool = False, trust_pickle: bool = False, pairing: str = "joint", n_init: int = 10,
+                  device=None, random_state: Optional[int] = 0, progress: bool = False) -> BenchmarkReport:
+    """Benchmark the clusterability of several models (see the module docstring).
+
+    Parameters
+    ----------
+    sources : sequence of ModelSource
+    ks : sequence of int
+        Numbers of clusters (each >= 2).
+    significance_k : int or None, default 4
+        k of the shuffle test; None (or ``n_shuffles=0``) skips it.
+    n_shuffles : int, default 20
+        Shuffled copies per layer (p-values down to ``1 / (n_shuffles + 1)``).
+    nonzero_only, pairing, n_init
+        See :func:`graphinterp.significance.shuffle_test` and :class:`graphinterp.bsgc.BSGC`.
+    layerwise : bool
+        Analyse every model layer by layer even when it is a chain.
+    trust_pickle : bool
+        Allow pickled modules (runs code from the file; only for trusted files).
+    device : str, optional
+    random_state : int or None
+    progress : bool
+        tqdm bars over models, layers and shuffles.
+
+    Returns
+    -------
+    BenchmarkReport
+
+    Raises
+    ------
+    ClusteringError
+        For a k below 2; errors of :func:`load_source` for bad sources (all sources are loaded
+        before any clustering starts, so a bad input fails fast).
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from torch import nn
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.pt")
+    >>> torch.save(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).state_dict(), path)
+    >>> rep = run_benchmark([ModelSource(path=path)], [2, 3], significance_k=2, n_shuffles=3, n_init=2)
+    >>> [lb.layer for lb in rep.models[0].layers], rep.models[0].layers[0].significance.n_shuffles
+    (['0', '2'], 3)
+    """
+    from .errors import ClusteringError
+
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 2:
+        raise ClusteringError(f"every k must be at least 2, got {ks}")
+    if significance_k is not None and significance_k < 2:
+        raise ClusteringError(f"the significance k must be at least 2, got {significance_k}")
+    start = time.perf_counter()
+    names = _unique_names(sources)
+    graphs = [load_source(s, trust_pickle=trust_pickle, layerwise=layerwise, random_state=random_state)
+              for s in sources]
+    models = []
+    iterator = zip(sources, names, graphs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(list(iterator), desc="models")
+    for source, name, (graph, structure, notes) in iterator:
+        t0 = time.perf_counter()
+        layers, skipped = benchmark_graph(
+            graph, ks, significance_k=significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
+            pairing=pairing, n_init=n_init, device=device, random_state=random_state, progress=progress, name=name)
+        models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped, notes,
+                                     time.perf_counter() - t0))
+    settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
+                "random_state": random_state, "device": str(resolve_device(device))}
+    return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start)

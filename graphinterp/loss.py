@@ -1,0 +1,204 @@
+"""The enmeshment loss :math:`L_E = 1 - E`: a differentiable modularity regulariser.
+
+Section 2 of the paper trains with :math:`L = L_{CE} + \\lambda L_E`. With the within-cluster masks
+:math:`M_l` of the clustered layers (:func:`graphinterp.masks.parameter_masks`) and their weights
+:math:`W_l`,
+
+.. math::
+
+    L_E = 1 - E, \\qquad
+    E = \\frac{\\sum_l \\sum W_l^2 \\odot M_l}{\\sum_l \\sum W_l^2} \\quad (\\text{reduction="mass"}),
+    \\qquad
+    E = \\frac{1}{L} \\sum_l \\frac{\\sum W_l^2 \\odot M_l}{\\sum W_l^2} \\quad (\\text{reduction="mean"}).
+
+**Mass-weighted is the default**: it is the share of *all* squared weight of the clustered layers
+that crosses clusters, exactly the model-wide E of
+:func:`graphinterp.metrics.clusterability_report`, so the quantity trained is the quantity reported,
+and a layer counts in proportion to its weight mass. ``"mean"`` gives every layer the same say
+whatever its size (useful when a huge layer, e.g. a CNN's 4096-input ``fc1``, would otherwise
+dominate). For a single clustered layer (the paper's setting) the two coincide.
+
+The loss returns a term to add to the objective; it never writes into ``.grad``, so it composes
+with any optimiser, gradient scaler or ``DistributedDataParallel`` (whose reducer sees the term's
+gradient like any other). Per step it costs one masked sum of squares over the clustered weights:
+masks are built once, no graph is rebuilt and nothing loops over edges. E itself is written once,
+in :func:`graphinterp.metrics.within_share`, and autograd differentiates it: about ten tiny tensor
+operations per clustered layer, forward and backward. (A hand-fused backward was tried and was no
+faster on CPU: the cost of a step of a small model is the number of dispatched operations, and a
+Python ``autograd.Function`` adds its own overhead; ``benchmarks/bench_train.py`` measures the
+ratio to a step without the loss beside the floor of a bare masked sum of squares.)
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Dict, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .cluster import Clustering
+from .errors import ClusteringError
+from .graph import LayeredGraph
+from .masks import parameter_masks, unwrap_model
+from .metrics import within_share
+
+__all__ = ["REDUCTIONS", "EnmeshmentLoss", "enmeshment_loss"]
+
+#: Accepted values of ``reduction``.
+REDUCTIONS = ("mass", "mean")
+
+
+class EnmeshmentLoss:
+    """``L_E = 1 - E`` of a model's clustered layers; call it to get a differentiable scalar.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained (a ``DistributedDataParallel`` wrapper is unwrapped; the loss
+        reads the live parameters, so it follows optimiser updates).
+    clustering : Clustering or dict
+        Cluster labels of the layers to make modular (e.g. from
+        :func:`graphinterp.cluster.cluster_network`).
+    graph : LayeredGraph, optional
+        The model's layered graph; traced from ``model`` when omitted.
+    reduction : {"mass", "mean"}, default "mass"
+        Mass-weighted over layers, or the mean of per-layer values (see the module docstring).
+
+    Attributes
+    ----------
+    layers : list of str
+        Clustered layer names.
+    masks : dict of str to ParameterMask
+
+    Raises
+    ------
+    ClusteringError
+        If the clustering does not fit the model; ``ValueError`` for an unknown reduction.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(2, 2, bias=False))
+    >>> with torch.no_grad():
+    ...     _ = model[0].weight.copy_(torch.tensor([[3.0, 1.0], [1.0, 3.0]]))
+    >>> c = Clustering(2, {"0": np.array([0, 1])}, {"0": np.array([0, 1])})
+    >>> loss = EnmeshmentLoss(model, c)
+    >>> value = loss()          # 1 - 18 / 20
+    >>> round(value.item(), 4), value.requires_grad
+    (0.1, True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        clustering: Union[Clustering, Mapping],
+        *,
+        graph: Optional[LayeredGraph] = None,
+        reduction: str = "mass",
+    ) -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        self.masks = parameter_masks(model, graph, clustering)
+        if not self.masks:
+            raise ClusteringError("the clustering has no layers; cluster at least one layer first")
+        self.layers: List[str] = list(self.masks)
+        self._params = [m.param for m in self.masks.values()]
+        self._mask_tensors = [m.mask for m in self.masks.values()]
+
+    def _current_masks(self) -> List[torch.Tensor]:
+        first = self._params[0]
+        if self._mask_tensors[0].device != first.device or self._mask_tensors[0].dtype != first.dtype:
+            self._mask_tensors = [m.to(p) for m, p in zip(self._mask_tensors, self._params)]  # model was moved
+        return self._mask_tensors
+
+    def __call__(self) -> torch.Tensor:
+        """``1 - E`` as a 0-d tensor attached to the autograd graph of the clustered weights."""
+        masks = self._current_masks()
+        squares = [p.square() for p in self._params]
+        if self.reduction == "mass":
+            return 1 - within_share(squares, masks)
+        return 1 - torch.stack([within_share([s], [m]) for s, m in zip(squares, masks)]).mean()
+
+    @torch.no_grad()
+    def clusterability(self) -> float:
+        """Mass-weighted E of the clustered layers now (a float, no autograd), whatever ``reduction``."""
+        return float(within_share([p.square() for p in self._params], self._current_masks()))
+
+    @torch.no_grad()
+    def per_layer(self) -> Dict[str, float]:
+        """E of each clustered layer now."""
+        return {name: float(within_share([p.square()], [m]))
+                for name, p, m in zip(self.layers, self._params, self._current_masks())}
+
+    def __repr__(self) -> str:
+        return f"EnmeshmentLoss(layers={self.layers}, reduction={self.reduction!r})"
+
+
+class _Entry:
+    """Cache record: the loss object plus what it was built from."""
+
+    def __init__(self, loss: EnmeshmentLoss, clustering, reduction: str) -> None:
+        self.loss = loss
+        self.reduction = reduction
+        try:  # weak, so caching never keeps a clustering alive
+            self._clustering = weakref.ref(clustering)
+        except TypeError:  # a plain dict cannot be weakly referenced
+            self._clustering = lambda c=clustering: c
+
+    def matches(self, model: nn.Module, clustering, reduction: str) -> bool:
+        if self._clustering() is not clustering or self.reduction != reduction:
+            return False
+        for name, m in self.loss.masks.items():  # parameters replaced since (e.g. model.fc2.weight = ...)?
+            try:
+                if model.get_submodule(name).weight is not m.param:
+                    return False
+            except AttributeError:
+                return False
+        return True
+
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
+
+
+def enmeshment_loss(
+    model: nn.Module,
+    clustering: Union[Clustering, Mapping],
+    graph: Optional[LayeredGraph] = None,
+    *,
+    reduction: str = "mass",
+) -> torch.Tensor:
+    """Functional form of :class:`EnmeshmentLoss`: ``L_E = 1 - E`` as a differentiable scalar.
+
+    The masks are cached per ``(model, clustering object, reduction)``, so calling this every
+    step builds them only once; a different clustering object (or replaced weight parameters)
+    rebuilds them. Add the result to any loss: ``loss = ce + lam * enmeshment_loss(model, c)``.
+
+    Parameters
+    ----------
+    model, clustering, graph, reduction
+        As in :class:`EnmeshmentLoss`.
+
+    Returns
+    -------
+    torch.Tensor
+        0-d tensor in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> from graphinterp.models import mlp
+    >>> from graphinterp.cluster import cluster_network
+    >>> model = mlp(16, [8, 8], 3)
+    >>> c = cluster_network(LayeredGraph.from_module(model), 2, layers=["fc2"], random_state=0)
+    >>> loss = enmeshment_loss(model, c)
+    >>> loss.backward()
+    >>> bool(0 <= loss <= 1), model.fc2.weight.grad.shape
+    (True, torch.Size([8, 8]))
+    """
+    model = unwrap_model(model)
+    entry = _CACHE.get(model)
+    if entry is None or not entry.matches(model, clustering, reduction):
+        entry = _Entry(EnmeshmentLoss(model, clustering, graph=graph, reduction=reduction), clustering, reduction)
+        _CACHE[model] = entry
+    return entry.loss()

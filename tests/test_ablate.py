@@ -1,0 +1,270 @@
+"""Ablation hooks against dense hand-written references, hook removal, cluster ON/OFF, the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graphinterp.ablate import (ablate, ablation_matrix, class_accuracy, cluster_neurons, level_means,
+                                run_with_ablation)
+from graphinterp.cluster import Clustering
+from graphinterp.errors import ClusteringError, DataError, UnsupportedModelError
+from graphinterp.graph import LayeredGraph
+
+from _interp_helpers import digits_checkpoint, run_cli
+
+W1 = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0], [1.0, 1.0, 0.0], [-1.0, 2.0, 1.0]])  # (4, 3)
+W2 = torch.tensor([[1.0, 2.0, 0.0, 1.0], [0.0, 1.0, 1.0, -1.0], [2.0, 0.0, 1.0, 1.0], [1.0, -1.0, 1.0, 2.0]])
+W3 = torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.0, 3.0, 1.0, 1.0]])  # (2, 4)
+X = torch.tensor([[1.0, 2.0, 3.0], [2.0, -1.0, 1.0], [0.0, 1.0, 1.0], [3.0, 1.0, -2.0]])
+
+
+def hand_mlp() -> nn.Sequential:
+    model = nn.Sequential()
+    model.add_module("fc1", nn.Linear(3, 4, bias=False))
+    model.add_module("relu1", nn.ReLU())
+    model.add_module("fc2", nn.Linear(4, 4, bias=False))
+    model.add_module("relu2", nn.ReLU())
+    model.add_module("fc3", nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model.fc1.weight.copy_(W1)
+        model.fc2.weight.copy_(W2)
+        model.fc3.weight.copy_(W3)
+    return model
+
+
+def dense(x, keep1=None, keep2=None, fill1=None, fill2=None):
+    """The hand MLP written out, with level fc1 / fc2 neurons replaced where ``keep`` is False."""
+    h1 = torch.relu(x @ W1.T)
+    if keep1 is not None:
+        h1 = torch.where(keep1, h1, torch.zeros(()) if fill1 is None else fill1)
+    h2 = torch.relu(h1 @ W2.T)
+    if keep2 is not None:
+        h2 = torch.where(keep2, h2, torch.zeros(()) if fill2 is None else fill2)
+    return h2 @ W3.T
+
+
+def no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+# one label per neuron: fc1 neurons (fc2's inputs) and fc2 neurons (fc2's outputs); -1 = isolated
+CLUSTERING = Clustering(2, {"fc2": np.array([0, 0, 1, 1])}, {"fc2": np.array([0, 1, 1, -1])})
+
+
+@pytest.mark.parametrize("cluster, state, keep1, keep2", [
+    (0, "on", [1, 1, 0, 0], [1, 0, 0, 0]),
+    (1, "on", [0, 0, 1, 1], [0, 1, 1, 0]),
+    (0, "off", [0, 0, 1, 1], [0, 1, 1, 1]),
+    (1, "off", [1, 1, 0, 0], [1, 0, 0, 1]),
+])
+def test_cluster_on_off_gives_exact_logits(cluster, state, keep1, keep2):
+    model = hand_mlp()
+    spec = cluster_neurons(LayeredGraph.from_module(model), CLUSTERING, cluster, state)
+    assert sorted(spec) == ["fc1", "fc2"]
+    out = run_with_ablation(model, None, spec, X)
+    expected = dense(X, torch.tensor(keep1, dtype=torch.bool), torch.tensor(keep2, dtype=torch.bool))
+    assert torch.equal(out, expected)
+    assert not torch.equal(out, dense(X))  # the ablation changed something
+    assert torch.equal(model(X), dense(X)) and no_hooks(model)
+
+
+def test_per_layer_labels_are_combined_on_a_shared_level():
+    model = hand_mlp()
+    graph = LayeredGraph.from_module(model)
+    per_layer = Clustering(2, {"fc2": np.array([0, 0, 1, 1]), "fc3": np.array([0, 1, 0, 1])},
+                           {"fc2": np.array([0, 1, 1, 0]), "fc3": np.array([0, 1])})
+    spec = cluster_neurons(graph, per_layer, 0, "on")  # level fc2: fc2's cols and fc3's rows disagree
+    assert spec["fc2"].tolist() == [False, True, True, True] and "fc3" not in spec  # logits never ablated
+
+
+def test_neuron_list_and_input_level_match_dense_reference():
+    model = hand_mlp()
+    out = run_with_ablation(model, None, {"fc1": [0, 2], "input": [1]}, X)
+    x = X.clone()
+    x[:, 1] = 0
+    assert torch.equal(out, dense(x, torch.tensor([False, True, False, True])))
+    assert torch.equal(run_with_ablation(model, None, {"fc3": [1]}, X)[:, 1], torch.zeros(4))
+
+
+def test_mean_ablation_uses_reference_means():
+    model = hand_mlp()
+    ref = torch.randn(32, 3)
+    h1 = torch.relu(ref @ W1.T)
+    means = level_means(model, None, ref, levels=["fc1"])
+    assert torch.allclose(means["fc1"], h1.mean(0))
+    keep = torch.tensor([True, False, True, False])
+    out = run_with_ablation(model, None, {"fc1": [1, 3]}, X, mode="mean", reference=ref)
+    assert torch.allclose(out, dense(X, keep, fill1=h1.mean(0)), atol=1e-6)
+    with pytest.raises(DataError, match="reference"):
+        with ablate(model, None, {"fc1": [1]}, mode="mean"):
+            pass
+
+
+def test_bias_and_batchnorm_ablate_the_post_activation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].bias.data.uniform_(0.5, 1.0)  # BN(0) != 0: a hook on the producer would not ablate
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        post = model[2](model[1](model[0](x)))
+        post[:, [0, 2]] = 0
+        expected = model[3](post)
+        assert torch.allclose(run_with_ablation(model, None, {"0": [0, 2]}, x), expected)
+
+
+def test_conv_channels_are_ablated_everywhere_also_after_flatten():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 4 * 4, 2, bias=False))
+    x = torch.randn(4, 2, 4, 4)
+    graph = LayeredGraph.from_module(model, input_shape=(2, 4, 4))
+    assert graph[1].in_groups == 3
+    with torch.no_grad():
+        a = torch.relu(model[0](x))
+        a[:, 1] = 0
+        expected = model[3](a.flatten(1))
+        assert torch.allclose(run_with_ablation(model, graph, {"0": [1]}, x), expected)
+        x0 = x.clone()
+        x0[:, 0] = 0
+        assert torch.allclose(run_with_ablation(model, graph, {"input": [0]}, x), model(x0))
+        means = level_means(model, None, x)  # graph traced with the reference's shape
+        assert means["0"].shape == (48,) and means["3"].shape == (2,)  # read where fc reads it (flattened)
+
+
+def test_hooks_are_removed_after_an_exception():
+    model = hand_mlp()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ablate(model, None, {"fc1": [0]}) as handle:
+            assert handle.active and not no_hooks(model)
+            raise RuntimeError("boom")
+    assert not handle.active and no_hooks(model)
+    assert torch.equal(model(X), dense(X))
+    # an error raised inside the hook itself (input of the wrong shape) also leaves no hook behind
+    with pytest.raises(RuntimeError):
+        with ablate(model, None, {"fc1": [0]}):
+            model(torch.ones(2, 5))
+    assert no_hooks(model)
+
+
+def test_bad_specs_raise_clear_errors():
+    model = hand_mlp()
+    with pytest.raises(ClusteringError, match="unknown level 'fc9'"):
+        run_with_ablation(model, None, {"fc9": [0]}, X)
+    with pytest.raises(ClusteringError, match="0..3"):
+        run_with_ablation(model, None, {"fc1": [4]}, X)
+    with pytest.raises(ClusteringError, match="mode"):
+        run_with_ablation(model, None, {"fc1": [0]}, X, mode="noise")
+    with pytest.raises(ClusteringError, match="out of range"):
+        cluster_neurons(LayeredGraph.from_module(model), CLUSTERING, 2, "on")
+    wrong = Clustering(2, {"fc2": np.array([0, 1])}, {"fc2": np.array([0, 1])})
+    with pytest.raises(ClusteringError, match="another model"):
+        cluster_neurons(LayeredGraph.from_module(model), wrong, 0, "on")
+    with pytest.raises(UnsupportedModelError, match="from_module"):
+        run_with_ablation(model, LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 2))), {"input": [0]}, X)
+    assert no_hooks(model)
+
+
+def test_class_accuracy_and_empty_data():
+    model = hand_mlp()
+    y = torch.tensor([0, 1, 1, 0])
+    pred = dense(X).argmax(1)
+    acc = class_accuracy(model, (X, y), device="cpu", num_classes=3)
+    for c in range(2):
+        assert acc[c] == pytest.approx(float((pred[y == c] == c).float().mean()))
+    assert np.isnan(acc[2])
+    with pytest.raises(DataError, match="empty"):
+        class_accuracy(model, (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), device="cpu")
+
+
+def planted_two_cluster_model() -> nn.Sequential:
+    """Inputs 0/1 feed hidden neurons 0-1 (cluster 0) -> logit 0; inputs 2/3 -> neurons 2-3 -> logit 1."""
+    model = nn.Sequential()
+    model.add_module("fc1", nn.Linear(4, 4, bias=False))
+    model.add_module("relu1", nn.ReLU())
+    model.add_module("fc2", nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.eye(4))
+        model.fc2.weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]))
+    return model
+
+
+def test_ablation_matrix_on_planted_clusters():
+    model = planted_two_cluster_model()
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (40,), generator=gen)
+    x = torch.rand(40, 4, generator=gen) * 0.1
+    x[y == 0, :2] += 1.0
+    x[y == 1, 2:] += 1.0
+    clustering = Clustering(2, {"fc1": np.array([0, 0, 1, 1])}, {"fc1": np.array([0, 0, 1, 1])})
+    res = ablation_matrix(model, None, clustering, (x, y), device="cpu")
+    assert res.full.tolist() == [1.0, 1.0] and res.levels == ["fc1"]
+    # ON c: only class c's logit is non-zero -> class c right, the other class wrong (argmax ties go to 0)
+    assert res.on.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert res.off.tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    # against an independent evaluation under the same hooks
+    for c in range(2):
+        with ablate(model, None, cluster_neurons(LayeredGraph.from_module(model), clustering, c, "on")):
+            assert np.allclose(class_accuracy(model, (x, y), device="cpu"), res.on[c])
+    d = res.to_dict()
+    assert json.loads(json.dumps(d))["on"] == res.on.tolist() and d["overall"]["full"] == 1.0
+    mean = ablation_matrix(model, None, clustering, (x, y), mode="mean", device="cpu")
+    assert mean.mode == "mean" and mean.on.shape == (2, 2)
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return digits_checkpoint(d / "modular.pt", clustering=True), digits_checkpoint(d / "plain.pt", clustering=False)
+
+
+def test_cli_ablate_table_json_and_plot(checkpoints, tmp_path):
+    modular, _ = checkpoints
+    res = run_cli(["ablate", str(modular), "--dataset", "digits", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "ON 0" in res.output and "OFF 1" in res.output and "full" in res.output
+    res = run_cli(["ablate", str(modular), "--dataset", "digits", "--device", "cpu", "--json", "--plot",
+                str(tmp_path / "abl.png")])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    assert np.asarray(payload["on"]).shape == (2, 10) and len(payload["full"]) == 10
+    assert (tmp_path / "abl.png").stat().st_size > 0
+
+
+def test_cli_ablate_neurons_and_mean_mode(checkpoints):
+    modular, _ = checkpoints
+    res = run_cli(["ablate", str(modular), "--dataset", "digits", "--device", "cpu", "--neurons", "fc1:0,1,2",
+                "--neurons", "fc2:3", "--mode", "mean", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    assert payload["neurons"] == {"fc1": [0, 1, 2], "fc2": [3]} and len(payload["ablated"]) == 10
+    res = run_cli(["ablate", str(modular), "--dataset", "digits", "--neurons", "fc7:1"])
+    assert res.exit_code == 1 and "unknown level 'fc7'" in res.output
+
+
+def test_cli_ablate_without_clustering_needs_k(checkpoints):
+    _, plain = checkpoints
+    res = run_cli(["ablate", str(plain), "--dataset", "digits", "--device", "cpu"])
+    assert res.exit_code == 1 and "--k" in res.output and "no clustering" in res.output
+    res = run_cli(["ablate", str(plain), "--dataset", "digits", "--device", "cpu", "--k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert np.asarray(json.loads(res.output)["off"]).shape == (2, 10)
+
+
+def test_ablation_matrix_rejects_empty_data():
+    model = planted_two_cluster_model()
+    clustering = Clustering(2, {"fc1": np.array([0, 0, 1, 1])}, {"fc1": np.array([0, 0, 1, 1])})
+    with pytest.raises(DataError, match="empty"):
+        ablation_matrix(model, None, clustering, (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), device="cpu")
+
+
+def test_cli_ablate_refuses_weights_without_architecture(tmp_path):
+    path = tmp_path / "bare.pt"
+    torch.save(hand_mlp().state_dict(), path)
+    res = run_cli(["ablate", path, "--dataset", "digits", "--device", "cpu"])
+    assert res.exit_code == 1 and "without an architecture" in res.output

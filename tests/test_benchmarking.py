@@ -1,0 +1,214 @@
+"""Tests of graphinterp.benchmarking and `graphinterp benchmark`: outputs, fallbacks and bad inputs."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from graphinterp.benchmark_report import format_report
+from graphinterp.benchmarking import ModelSource, benchmark_graph, load_source, run_benchmark
+from graphinterp.checkpoint import save_checkpoint
+from graphinterp.cli.main import cli
+from graphinterp.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
+from graphinterp.graph import LayeredGraph
+from graphinterp.models import mlp
+
+SPEC = {"name": "mlp", "kwargs": {"in_features": 20, "hidden": [16, 12], "num_classes": 4, "bias": False}}
+FAST = ["--n-init", "2", "--quiet"]
+
+
+def _checkpoint(path: Path, seed: int, planted: bool) -> Path:
+    torch.manual_seed(seed)
+    model = mlp(**SPEC["kwargs"])
+    if planted:  # fc2 block-diagonal: 4 blocks of 4 inputs x 3 outputs
+        with torch.no_grad():
+            mask = torch.kron(torch.eye(4), torch.ones(3, 4))
+            model.fc2.weight.mul_(mask).add_(0.01 * torch.randn_like(mask))
+    save_checkpoint(path, model, arch=SPEC)
+    return path
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path):
+    return _checkpoint(tmp_path / "random.pt", 0, False), _checkpoint(tmp_path / "modular.pt", 1, True)
+
+
+def _run(args):
+    result = CliRunner().invoke(cli, args)
+    return result
+
+
+def test_benchmark_two_checkpoints_writes_json_csv_and_figures(two_checkpoints, tmp_path):
+    out = tmp_path / "report"
+    args = ["benchmark", *map(str, two_checkpoints), "--k", "2..4", "--significance-k", "4", "--shuffles", "4",
+            "--out", str(out), *FAST]
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    assert "random" in result.output and "modular" in result.output and "fc2" in result.output
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["random", "modular"]
+    assert report["ks"] == [2, 3, 4] and report["n_shuffles"] == 4
+    with open(out / "clusterability.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 3 * 3  # models x layers x k (every layer has >= 4 nodes on both sides)
+    assert {r["k"] for r in rows} == {"2", "3", "4"}
+    for r in rows:
+        assert 0 <= float(r["E_random"]) <= float(r["E"]) + 1e-9 or float(r["score"]) < 0
+    with open(out / "significance.csv", newline="") as fh:
+        sig = {(r["model"], r["layer"]): r for r in csv.DictReader(fh)}
+    assert len(sig) == 6
+    planted = sig[("modular", "fc2")]
+    assert float(planted["E"]) > 0.95 and float(planted["E_p"]) == pytest.approx(1 / 5)
+    assert float(planted["score_p"]) == pytest.approx(1 / 5) and float(planted["score_z"]) > 1
+    for name in ("clusterability_vs_k.png", "random_layers.png", "modular_significance.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+    assert b"<svg" in (out / "clusterability_vs_k.svg").read_bytes()[:2000]
+
+
+def test_benchmark_json_output_matches_the_file(two_checkpoints, tmp_path):
+    out = tmp_path / "r"
+    result = _run(["benchmark", str(two_checkpoints[0]), "--k", "2,3", "--shuffles", "2", "--significance-k", "2",
+                   "--out", str(out), "--json", "--no-figures", *FAST])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["models"][0]["name"] == "random"
+    assert printed["models"] == json.loads((out / "benchmark.json").read_text())["models"]
+    assert not list(out.glob("*.png"))
+
+
+def test_scores_agree_with_the_metrics(two_checkpoints):
+    graph, structure, notes = load_source(ModelSource(path=str(two_checkpoints[1])))
+    assert structure == "chained" and notes == []
+    layers, skipped = benchmark_graph(graph, [3], significance_k=3, n_shuffles=2, n_init=2, random_state=0)
+    assert skipped == {}
+    for lb in layers:
+        s = lb.scores[3]
+        # the significance test reuses the clustering of the table, so both report the same E
+        assert lb.significance.E.observed == pytest.approx(s["E"])
+        assert lb.significance.E_random == pytest.approx(s["E_random"])
+        assert sum(s["sizes"][0]) == lb.shape[0] and sum(s["sizes"][1]) == lb.shape[1]
+
+
+def test_residual_state_dict_falls_back_to_layers_and_reports_why(tmp_path):
+    torch.manual_seed(0)
+    state = {"conv1.weight": torch.randn(8, 3, 3, 3), "layer1.0.conv1.weight": torch.randn(8, 8, 3, 3),
+             "layer1.0.conv2.weight": torch.randn(8, 8, 3, 3), "fc.weight": torch.randn(4, 8)}
+    path = tmp_path / "res.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "best_prec1": 90.0}, path)
+    report = run_benchmark([ModelSource(path=str(path))], [2, 4], significance_k=4, n_shuffles=2, n_init=2)
+    model = report.models[0]
+    assert model.structure == "layerwise" and "residual" in model.notes[0]
+    first = model.layers[0]
+    assert first.layer == "conv1" and sorted(first.scores) == [2] and 4 in first.skipped_k
+    assert first.significance is None
+    text = format_report(report)
+    assert "layer conv1 has too few nodes for k=4" in text and "analysed layer by layer" in text
+
+
+def test_tiny_and_zero_layers_are_skipped_with_a_reason():
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(2, 6, bias=False), nn.ReLU(), nn.Linear(6, 5, bias=False), nn.ReLU(),
+                          nn.Linear(5, 3, bias=False))
+    with torch.no_grad():
+        model[2].weight.zero_()
+    layers, skipped = benchmark_graph(LayeredGraph.from_module(model), [3], significance_k=None)
+    assert [lb.layer for lb in layers] == ["4"]
+    assert "fewer than k=3" in skipped["0"] and "zero" in skipped["2"]
+
+
+def test_random_arch_is_layerwise_with_a_reason():
+    graph, structure, notes = load_source(ModelSource(arch="resnet18"))
+    assert structure == "layerwise" and any("residual" in n for n in notes)
+    assert graph["layer4.1.conv2"].shape() == (512, 512)
+    again, structure, _ = load_source(ModelSource(arch="resnet18"), layerwise=True)
+    assert structure == "layerwise"
+    assert torch.equal(graph["conv1"].weight, again["conv1"].weight)  # seeded
+
+
+def test_torchvision_weights_load_and_bad_inputs_fail(tmp_path):
+    from graphinterp.models import torchvision_model
+
+    weights = tmp_path / "squeeze.pth"
+    torch.save(torchvision_model("squeezenet1_1", num_classes=10).state_dict(), weights)
+    graph, structure, _ = load_source(ModelSource(arch="squeezenet1_1", weights=str(weights)))
+    assert graph["classifier.1"].n_out == 10  # number of classes read from the weights
+    with pytest.raises(InvalidWeightsError, match="does not fit torchvision 'resnet18'"):
+        load_source(ModelSource(arch="resnet18", weights=str(weights)))
+    with pytest.raises(UnsupportedModelError, match="unknown torchvision model"):
+        load_source(ModelSource(arch="resnet_nope"))
+    with pytest.raises(ModelFileError, match="not found"):
+        load_source(ModelSource(arch="resnet18", weights=str(tmp_path / "missing.pth")))
+    with pytest.raises(ModelFileError, match="not found"):
+        load_source(ModelSource(path=str(tmp_path / "missing.pt")))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--random-arch", "resnet_nope"], "unknown torchvision model 'resnet_nope'"),
+    (["MISSING"], "not found"),
+    (["--arch", "resnet18", "--weights", "WEIGHTS"], "does not fit torchvision 'resnet18'"),
+    (["GOOD", "--k", "1..3"], "k must be at least 2"),
+])
+def test_cli_bad_inputs_give_one_line_errors(args, message, tmp_path, two_checkpoints):
+    weights = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.randn(3, 4)}, weights)
+    args = [{"MISSING": str(tmp_path / "nope.pt"), "WEIGHTS": str(weights), "GOOD": str(two_checkpoints[0])}.get(a, a)
+            for a in args]
+    result = _run(["benchmark", *args, "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 1
+    assert message in result.stderr and result.stderr.startswith("error: ")
+    assert not (tmp_path / "o" / "benchmark.json").exists()
+
+
+def test_cli_usage_errors(tmp_path):
+    assert _run(["benchmark", "--out", str(tmp_path)]).exit_code == 2
+    result = _run(["benchmark", "--arch", "resnet18", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "pairs" in result.output
+    help_text = _run(["benchmark", "--help"]).output
+    assert "--significance-k" in help_text and "--random-arch" in help_text
+
+
+def test_model_wide_curve_is_mass_weighted(two_checkpoints):
+    report = run_benchmark([ModelSource(path=str(two_checkpoints[1]))], [2, 3], significance_k=None, n_init=2)
+    model = report.models[0]
+    E, R = model.curve([2, 3])
+    mass = np.array([lb.mass for lb in model.layers])
+    for k in (2, 3):
+        assert E[k] == pytest.approx((mass * [lb.scores[k]["E"] for lb in model.layers]).sum() / mass.sum())
+        assert R[k] == pytest.approx((mass * [lb.scores[k]["E_random"] for lb in model.layers]).sum() / mass.sum())
+
+
+def test_layer_scores_match_a_dense_reference():
+    W = np.random.default_rng(0).normal(size=(6, 9))  # torch layout (out=6, in=9)
+    graph = LayeredGraph.from_state_dict({"fc.weight": torch.as_tensor(W)})
+    (lb,), _ = benchmark_graph(graph, [2, 3], significance_k=None, n_init=2)
+    assert lb.mass == pytest.approx((W ** 2).sum()) and lb.shape == (9, 6)
+    for k in (2, 3):
+        rows, cols = lb.labels[k]  # rows: the 9 inputs, cols: the 6 outputs
+        inside = sum(W[j, i] ** 2 for i in range(9) for j in range(6) if rows[i] == cols[j])
+        E_rand = sum((rows == c).mean() * (cols == c).mean() for c in range(k))
+        s = lb.scores[k]
+        assert s["E"] == pytest.approx(inside / (W ** 2).sum())
+        assert s["E_random"] == pytest.approx(E_rand)
+        assert s["score"] == pytest.approx((s["E"] - E_rand) / (1 - E_rand))
+        assert s["sizes"] == [np.bincount(rows, minlength=k).tolist(), np.bincount(cols, minlength=k).tolist()]
+
+
+def test_many_layers_are_split_over_several_figures(tmp_path):
+    from graphinterp.benchmark_report import write_report
+
+    gen = torch.Generator().manual_seed(0)
+    state = {f"block{i}.fc.weight": torch.randn(6, 6, generator=gen) for i in range(12)}
+    path = tmp_path / "deep.pt"
+    torch.save(state, path)
+    report = run_benchmark([ModelSource(path=str(path))], [2], significance_k=2, n_shuffles=2, n_init=1)
+    written = write_report(report, tmp_path / "out", formats=("png",))
+    assert {"deep_layers_1.png", "deep_layers_2.png", "deep_significance.png"} <= set(written)
+    assert "deep_layers.png" not in written

@@ -1,0 +1,274 @@
+"""Circuit extraction on a planted network, ECS arithmetic, GraphML round trip, bad inputs, the CLI."""
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graphinterp.circuits import (Circuit, CircuitComparison, Schedule, Tolerance, cluster_share, compare_circuits,
+                                  extract_circuits)
+from graphinterp.cluster import Clustering
+from graphinterp.errors import DataError
+from graphinterp.graph import LayeredGraph
+from graphinterp.pruning import apply_masks, circuit_size, edge_layers, label_task
+
+from _interp_helpers import digits_checkpoint, run_cli
+
+# label 0's circuit: x_j -> h_j for j = 0, 1, 2 (fc1) and h_0 -> z_0 (+), h_1 -> z_0, h_2 -> z_0 (-) (fc2)
+PLANTED = {"fc1": {(0, 0), (1, 1), (2, 2)}, "fc2": {(0, 0), (0, 1), (0, 2)}}
+
+
+def planted_model() -> nn.Sequential:
+    """6 -> 6 -> 3 ReLU net. Only label 0 has a detector (h_0 -> z_0); the others win by inhibition.
+
+    Distractors have the *largest* weights (10): x_3..x_5 -> h_3..h_5 -> inhibition of z_1, z_2. They
+    matter for labels 1 and 2 but not for label 0, so magnitude alone would keep them; all other
+    weights are +-0.01 noise.
+    """
+    gen = torch.Generator().manual_seed(0)
+    w1 = 0.01 * torch.sign(torch.randn(6, 6, generator=gen))
+    w2 = 0.01 * torch.sign(torch.randn(3, 6, generator=gen))
+    for j in range(3):
+        w1[j, j] = 5.0
+        w1[j + 3, j + 3] = 10.0
+    w2[0, :3] = torch.tensor([5.0, -5.0, -5.0])
+    w2[1, 2] = w2[2, 1] = -5.0
+    w2[1, 3] = w2[2, 4] = w2[1, 5] = -10.0
+    model = nn.Sequential()
+    model.add_module("fc1", nn.Linear(6, 6, bias=False))
+    model.add_module("relu1", nn.ReLU())
+    model.add_module("fc2", nn.Linear(6, 3, bias=False))
+    with torch.no_grad():
+        model.fc1.weight.copy_(w1)
+        model.fc2.weight.copy_(w2)
+    return model
+
+
+def planted_data(n: int = 300):
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(n) % 3
+    x = torch.rand(n, 6, generator=gen) * 0.1
+    x[torch.arange(n), y] += 1.0
+    return x, y
+
+
+def kept_edges(circuit: Circuit):
+    return {name: {tuple(map(int, e)) for e in torch.nonzero(m).tolist()} for name, m in circuit.masks.items()}
+
+
+@pytest.mark.parametrize("score", ["magnitude", "attribution"])
+def test_planted_circuit_is_found(score):
+    model, (x, y) = planted_model(), planted_data()
+    assert bool((model(x).argmax(1) == y).all())  # the planted net is a perfect classifier
+    circuit = extract_circuits(model, (x, y), [0], score=score, progress=False, device="cpu")[0]
+    found = kept_edges(circuit)
+    for layer, edges in PLANTED.items():
+        assert edges <= found[layer], f"{layer}: planted edges {edges - found[layer]} were pruned"
+    extra = sum(len(found[l] - PLANTED[l]) for l in found)
+    assert extra <= 2, f"circuit holds {extra} edges beyond the planted ones: {found}"
+    assert circuit.accuracy >= 0.95 * circuit.full_accuracy and circuit.loss <= circuit.full_loss + 0.1
+    # the distractors (largest weights) were pruned
+    assert (3, 3) not in found["fc1"] and (1, 3) not in found["fc2"]
+    # the model itself is untouched
+    assert torch.equal(model.fc1.weight, planted_model().fc1.weight)
+
+
+def test_tighter_tolerance_never_gives_a_smaller_circuit_on_the_planted_net():
+    model, data = planted_model(), planted_data()
+    loose = extract_circuits(model, data, [0], progress=False, device="cpu", tolerance=Tolerance(0.5, 10.0))[0]
+    tight = extract_circuits(model, data, [0], progress=False, device="cpu", tolerance=Tolerance(1.0, 1e-6))[0]
+    assert loose.size.kept_edges <= 6 <= tight.size.kept_edges
+
+
+def test_ecs_arithmetic_linear_and_conv():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 2 * 2, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight[0, 1, 0, :] = 0.0  # kernel (0, 1) keeps 6 of its 9 weights
+        model[0].weight[2, 0] = 0.0  # kernel (2, 0) is dead: not an edge
+        model[3].weight[1, :5] = 0.0
+    graph = LayeredGraph.from_module(model, input_shape=(2, 4, 4))
+    layers = edge_layers(model, graph)
+    gen = torch.Generator().manual_seed(3)
+    masks = {l.name: torch.rand(l.live.shape, generator=gen) > 0.5 for l in layers}
+    size = circuit_size(layers, masks)
+    # dense reference: loop over every edge
+    kept = total = kept_e = total_e = 0
+    per = {}
+    for name, mod in (("0", model[0]), ("3", model[3])):
+        w = mod.weight.detach()
+        lk = lt = 0
+        for o in range(w.shape[0]):
+            for i in range(w.shape[1]):
+                nnz = int((w[o, i] != 0).sum())
+                lt += nnz
+                total_e += nnz > 0
+                if masks[name][o, i]:
+                    lk += nnz
+                    kept_e += nnz > 0
+        per[name] = lk / lt
+        kept, total = kept + lk, total + lt
+    assert (size.kept_params, size.total_params) == (kept, total)
+    assert size.total_params == int((model[0].weight != 0).sum() + (model[3].weight != 0).sum())
+    assert size.ecs == pytest.approx(kept / total) and size.ecs_per_layer == pytest.approx(per)
+    assert (size.kept_edges, size.total_edges) == (kept_e, total_e) and size.total_edges == 3 * 2 - 1 + 4 * 12 - 5
+    # masks applied in place zero whole kernels and are undone even after an error
+    before = model[0].weight.detach().clone()
+    with pytest.raises(RuntimeError):
+        with apply_masks(model, masks, graph):
+            assert bool((model[0].weight[~masks["0"]] == 0).all())
+            raise RuntimeError("stop")
+    assert torch.equal(model[0].weight, before)
+
+
+def test_conv_circuit_extraction_runs_and_counts_kernels():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3, bias=False))
+    x = torch.randn(60, 1, 8, 8)
+    y = model(x).argmax(1).detach()
+    c = extract_circuits(model, (x, y), [int(y[0])], progress=False, device="cpu", schedule=Schedule(max_evals=150))[int(y[0])]
+    assert c.masks["0"].shape == (4, 1) and 0 < c.ecs <= 1
+    assert c.size.kept_params == int(model[0].weight[c.masks["0"]].ne(0).sum() + model[4].weight[c.masks["4"]].ne(0).sum())
+
+
+def test_circuit_graphml_round_trip_and_cluster_share(tmp_path):
+    model, data = planted_model(), planted_data()
+    graph = LayeredGraph.from_module(model)
+    circuit = extract_circuits(model, data, [0], progress=False, device="cpu")[0]
+    blocks = np.array([0, 0, 0, 1, 1, 1])
+    clustering = Clustering(2, {"fc1": blocks, "fc2": blocks}, {"fc1": blocks, "fc2": np.array([0, 1, 1])},
+                            network_wide=True)
+    G = circuit.to_networkx(graph, clustering)
+    assert G.number_of_edges() == circuit.size.kept_edges
+    assert all(G.degree(n) > 0 for n in G)  # only nodes that still have edges
+    assert G.graph["ecs"] == pytest.approx(circuit.ecs)
+    path = tmp_path / "c.graphml"
+    nx.write_graphml(G, path)
+    H = nx.read_graphml(path)
+    assert set(H.nodes) == set(G.nodes) and set(H.edges) == set(G.edges)
+    for n in G:
+        assert H.nodes[n]["cluster"] == G.nodes[n]["cluster"] and H.nodes[n]["layer"] == G.nodes[n]["layer"]
+    for u, v, d in G.edges(data=True):
+        assert H.edges[u, v]["weight"] == pytest.approx(d["weight"])
+    assert H.graph["label"] == 0 and H.graph["ecs:fc1"] == pytest.approx(circuit.ecs_per_layer["fc1"])
+    share = cluster_share(circuit, graph, clustering)
+    assert share["dominant"] == 0 and share["mass"][0] > 0.99 and sum(share["edges"]) + share["between"]["edges"] \
+        + share["unclustered"]["edges"] == pytest.approx(1.0)
+
+
+def test_comparison_arithmetic_and_same_model():
+    comp = CircuitComparison([0, 1], ["a", "b"], np.array([0.4, 0.5]), np.array([0.2, 0.25]), ("base", "mod"))
+    assert comp.relative_change.tolist() == pytest.approx([-0.5, -0.5])
+    assert comp.mean_relative_change == pytest.approx(-0.5) and comp.a_over_b == pytest.approx(1.0)
+    assert json.loads(json.dumps(comp.to_dict()))["a_over_b"] == pytest.approx(1.0)
+    model, data = planted_model(), planted_data()
+    same = compare_circuits(model, planted_model(), data, [0, 1], progress=False, device="cpu", names=("x", "y"))
+    assert same.labels == [0, 1] and np.allclose(same.ecs_a, same.ecs_b) and same.mean_relative_change == 0.0
+
+
+def test_bad_inputs():
+    model, (x, y) = planted_model(), planted_data()
+    with pytest.raises(DataError, match="not in the model's output"):
+        extract_circuits(model, (x, y), [3], progress=False, device="cpu")
+    with pytest.raises(DataError, match="empty"):
+        extract_circuits(model, (x[:0], y[:0]), progress=False, device="cpu")
+    with pytest.raises(DataError, match="no example"):
+        extract_circuits(model, (x[y != 2], y[y != 2]), [2], progress=False, device="cpu")
+    with pytest.raises(DataError, match="unknown score"):
+        extract_circuits(model, (x, y), [0], score="random", progress=False, device="cpu")
+    with pytest.raises(DataError, match="'all'"):
+        extract_circuits(model, (x, y), "some", progress=False, device="cpu")
+
+
+def test_label_task_is_balanced_and_seeded():
+    x, y = planted_data(90)
+    task = label_task(x, y, 1, max_examples=20, negative_ratio=1.5, random_state=0)
+    assert (task.n_pos, task.n_neg) == (20, 30)
+    assert task.weights().sum().item() == pytest.approx(1.0)
+    again = label_task(x, y, 1, max_examples=20, negative_ratio=1.5, random_state=0)
+    assert torch.equal(task.x, again.x)
+
+
+def test_budget_is_respected():
+    model, data = planted_model(), planted_data()
+    c = extract_circuits(model, data, [0], progress=False, device="cpu", schedule=Schedule(max_evals=5))[0]
+    assert c.n_evals <= 5 + 2  # + the full-model and final evaluations
+
+
+# ----------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    return digits_checkpoint(d / "modular.pt", clustering=True), digits_checkpoint(d / "plain.pt", clustering=False,
+                                                                                   seed=1)
+
+
+def test_cli_circuits_json_graphml_and_plot(checkpoints, tmp_path):
+    modular, _ = checkpoints
+    res = run_cli(["circuits", modular, "--dataset", "digits", "--labels", "0,1", "--device", "cpu", "--json",
+                   "--graphml-dir", tmp_path / "gml", "--plot", tmp_path / "ecs.png", "--max-evals", "100"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    assert [c["label"] for c in payload["circuits"]] == [0, 1]
+    assert all(0 < c["ecs"] <= 1 for c in payload["circuits"]) and "cluster_share" in payload["circuits"][0]
+    G = nx.read_graphml(tmp_path / "gml" / "modular_label0.graphml")
+    assert G.number_of_edges() == payload["circuits"][0]["size"]["kept_edges"]
+    assert {d["cluster"] for _, d in G.nodes(data=True)} <= {-1, 0, 1}
+    assert (tmp_path / "ecs.png").stat().st_size > 0
+
+
+def test_cli_circuits_compare_table(checkpoints, tmp_path):
+    modular, plain = checkpoints
+    res = run_cli(["circuits", modular, "--compare", plain, "--dataset", "digits", "--labels", "2", "--device", "cpu",
+                   "--max-evals", "100", "--plot", tmp_path / "cmp.png"])
+    assert res.exit_code == 0, res.output
+    assert "mean relative change" in res.output and "plain" in res.output
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_cli_circuits_bad_label(checkpoints):
+    modular, _ = checkpoints
+    res = run_cli(["circuits", modular, "--dataset", "digits", "--labels", "12", "--device", "cpu"])
+    assert res.exit_code == 1 and "not in the model's output" in res.output
+    res = run_cli(["circuits", modular, "--dataset", "digits", "--labels", "x", "--device", "cpu"])
+    assert res.exit_code != 0 and "--labels" in res.output
+
+
+def test_incremental_first_layer_matches_plain_evaluation():
+    from graphinterp.circuit_search import TaskEvaluator
+    from graphinterp.hooks import module_of
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    x = torch.randn(80, 3, 4)
+    y = model(x).argmax(1).detach()
+    graph = LayeredGraph.from_module(model, input_shape=(3, 4))
+    layers = edge_layers(model, graph)
+    mods = [module_of(model, graph, l.name)[0] for l in layers]
+    task = label_task(x, y, int(y[0]), random_state=0)
+    fast = TaskEvaluator(model, layers, task, modules=mods, batch_size=32)
+    plain = TaskEvaluator(model, layers, task, modules=mods, batch_size=32, incremental=False)
+    assert fast.first is not None and plain.first is None
+    flat = torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool)
+    from graphinterp.pruning import flat_masks
+
+    masks = flat_masks(layers, flat)
+    gen = torch.Generator().manual_seed(1)
+    with fast.session():
+        for step in range(40):
+            block = torch.randperm(flat.numel(), generator=gen)[: int(torch.randint(1, 12, (1,), generator=gen))]
+            block = block[flat[block]]
+            flat[block] = False
+            got, want = fast(masks, changed=block), plain(masks)
+            assert got == pytest.approx(want, abs=1e-6)
+            if step % 3:
+                fast.accept(masks)  # keep the removal
+            else:
+                flat[block] = True  # reject it
+        assert fast({k: v.clone() for k, v in masks.items()}) == pytest.approx(plain(masks), abs=1e-6)
+    assert torch.equal(model[1].weight, layers[0].weight) and "forward" not in model[1].__dict__

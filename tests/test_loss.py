@@ -1,0 +1,168 @@
+"""EnmeshmentLoss against a dense reference: values, gradcheck, caching, no writes into .grad."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import graphinterp.loss as loss_mod
+from graphinterp.cluster import Clustering, cluster_network
+from graphinterp.errors import ClusteringError
+from graphinterp.graph import LayeredGraph
+from graphinterp.loss import EnmeshmentLoss, enmeshment_loss
+from graphinterp.metrics import clusterability_report
+from graphinterp.models import mlp
+
+
+def _model_and_clustering(seed=0):
+    """Conv -> Flatten -> Linear -> Linear (float64) with random labels on all three layers."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 9, 5, bias=False), nn.ReLU(), nn.Linear(5, 3, bias=False),
+    ).double()
+    graph = LayeredGraph.from_module(model, input_shape=(2, 3, 3))
+    rng = np.random.default_rng(seed)
+    labels = [rng.integers(0, 2, n) for n in graph.level_sizes()]
+    labels[0][0] = -1  # one isolated input node
+    c = Clustering(2, {l.name: labels[t] for t, l in enumerate(graph)}, {l.name: labels[t + 1] for t, l in enumerate(graph)})
+    return model, graph, c
+
+
+def _dense_within_total(model, c):
+    """Per layer (within, total) from the obvious formulas on graph-level edge weights (differentiable)."""
+    out = []
+    for name, W in (("0", model[0].weight), ("3", model[3].weight), ("5", model[5].weight)):
+        if W.dim() == 4:
+            sq = W.square().sum((2, 3)).T  # (in, out): squared kernel norms
+        elif name == "3":
+            sq = W.reshape(W.shape[0], 4, 9).square().sum(-1).T  # grouped: 4 channels of 9 features
+        else:
+            sq = W.square().T
+        rows, cols = (torch.as_tensor(v) for v in c.labels(name))
+        inside = (rows[:, None] == cols[None, :]) & (rows[:, None] >= 0)
+        out.append(((sq * inside).sum(), sq.sum()))
+    return out
+
+
+def _reference(model, c, reduction):
+    parts = _dense_within_total(model, c)
+    if reduction == "mass":
+        return 1 - sum(w for w, _ in parts) / sum(t for _, t in parts)
+    return 1 - torch.stack([w / t for w, t in parts]).mean()
+
+
+@pytest.mark.parametrize("reduction", ["mass", "mean"])
+def test_value_and_gradient_match_dense_reference(reduction):
+    model, graph, c = _model_and_clustering()
+    loss = EnmeshmentLoss(model, c, graph=graph, reduction=reduction)
+    params = [model[0].weight, model[3].weight, model[5].weight]
+    value, ref = loss(), _reference(model, c, reduction)
+    assert value.item() == pytest.approx(ref.item(), rel=1e-12)
+    g = torch.autograd.grad(value, params)
+    g_ref = torch.autograd.grad(ref, params)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["mass", "mean"])
+def test_gradcheck(reduction):
+    model, graph, c = _model_and_clustering(seed=1)
+    loss = EnmeshmentLoss(model, c, graph=graph, reduction=reduction)
+    params = tuple(p for p in model.parameters())
+    # gradcheck perturbs the parameters in place; the loss reads them live
+    assert torch.autograd.gradcheck(lambda *ps: loss(), params, eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradcheck(lambda *ps: _reference(model, c, reduction), params, eps=1e-6, atol=1e-8)
+
+
+def test_mass_value_is_the_reported_clusterability():
+    model, graph, c = _model_and_clustering(seed=2)
+    loss = EnmeshmentLoss(model, c, graph=graph)
+    report = clusterability_report(graph, c)
+    assert loss.clusterability() == pytest.approx(report.E, rel=1e-12)
+    assert loss().item() == pytest.approx(1 - report.E, rel=1e-12)
+    per = loss.per_layer()
+    assert [per[s.layer] for s in report.layers] == pytest.approx([s.E for s in report.layers], rel=1e-12)
+    mean = EnmeshmentLoss(model, c, graph=graph, reduction="mean")
+    assert mean().item() == pytest.approx(1 - np.mean([s.E for s in report.layers]), rel=1e-12)
+
+
+def test_never_writes_grad_and_accumulates_like_any_loss():
+    model, graph, c = _model_and_clustering()
+    loss = EnmeshmentLoss(model, c, graph=graph)
+    value = loss()
+    assert all(p.grad is None for p in model.parameters())
+    value.backward()
+    first = [p.grad.clone() for p in model.parameters()]
+    (2 * loss()).backward()
+    for p, g in zip(model.parameters(), first):
+        torch.testing.assert_close(p.grad, 3 * g)
+
+
+def test_zero_weights_give_one_and_finite_gradient():
+    model, graph, c = _model_and_clustering()
+    loss = EnmeshmentLoss(model, c, graph=graph)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    value = loss()
+    value.backward()
+    assert value.item() == 1.0
+    assert all(bool(torch.isfinite(p.grad).all()) and not p.grad.any() for p in model.parameters())
+
+
+def test_gradient_descent_on_the_loss_drives_E_to_one():
+    torch.manual_seed(0)
+    model = mlp(12, [8, 8], 3)
+    graph = LayeredGraph.from_module(model)
+    c = cluster_network(graph, 2, layers=["fc2"], random_state=0)
+    loss = EnmeshmentLoss(model, c)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    start = loss.clusterability()
+    for _ in range(200):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert start < 0.9 and loss.clusterability() > 0.999
+
+
+def test_follows_model_to_another_dtype():
+    model = mlp(12, [8, 8], 3)
+    c = cluster_network(LayeredGraph.from_module(model), 2, layers=["fc2"], random_state=0)
+    loss = EnmeshmentLoss(model, c)
+    model.double()
+    assert loss().dtype == torch.float64
+
+
+def test_functional_form_caches_masks(monkeypatch):
+    model = mlp(12, [8, 8], 3)
+    c = cluster_network(LayeredGraph.from_module(model), 2, layers=["fc2"], random_state=0)
+    calls = []
+    real = loss_mod.parameter_masks
+    monkeypatch.setattr(loss_mod, "parameter_masks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    values = [enmeshment_loss(model, c).item() for _ in range(5)]
+    assert len(calls) == 1 and values == [values[0]] * 5
+    assert len(calls) == 1
+    assert enmeshment_loss(model, c).item() == pytest.approx(EnmeshmentLoss(model, c)().item())
+    calls.clear()
+    c2 = Clustering.from_dict(c.to_dict())  # another clustering object -> rebuilt
+    enmeshment_loss(model, c2)
+    assert len(calls) == 1
+    model.fc2.weight = nn.Parameter(model.fc2.weight.detach().clone())  # replaced parameter -> rebuilt
+    enmeshment_loss(model, c2).backward()
+    assert len(calls) == 2 and model.fc2.weight.grad is not None
+    enmeshment_loss(model, c2, reduction="mean")
+    assert len(calls) == 3
+
+
+def test_bad_arguments():
+    model = mlp(12, [8, 8], 3)
+    c = cluster_network(LayeredGraph.from_module(model), 2, layers=["fc2"], random_state=0)
+    with pytest.raises(ValueError, match="reduction"):
+        EnmeshmentLoss(model, c, reduction="sum")
+    with pytest.raises(ClusteringError, match="no layers"):
+        EnmeshmentLoss(model, Clustering(2, {}, {}))
+    other = mlp(12, [9, 8], 3)
+    with pytest.raises(ClusteringError):
+        enmeshment_loss(other, c)

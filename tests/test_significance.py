@@ -1,0 +1,148 @@
+"""Tests of graphinterp.significance: permutations, the null summary, planted vs random layers."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from graphinterp.errors import ClusteringError
+from graphinterp.layer import Layer
+from graphinterp.metrics import clusterability, normalized_score, random_partition_expectation
+from graphinterp.significance import NullComparison, shuffle_test, shuffle_weights
+
+FAST = {"n_init": 3}  # fewer KMeans restarts than the default, to keep the suite fast
+
+
+def _planted(seed: int, n_in: int = 40, n_out: int = 32, k: int = 4, noise: float = 0.01, zeros: bool = False):
+    """Block-diagonal layer (rows/columns in shuffled order) plus small noise; returns (W, rows, cols)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.permutation(np.arange(n_in) % k), rng.permutation(np.arange(n_out) % k)
+    block = (rows[:, None] == cols[None, :]) * rng.normal(0, 1, (n_in, n_out))
+    W = block if zeros else block + noise * rng.normal(0, 1, (n_in, n_out))
+    return W, rows, cols
+
+
+# --- permutations --------------------------------------------------------------------------------------------
+
+def test_shuffle_weights_permutes_every_copy():
+    W = torch.randn(7, 5, dtype=torch.float64)
+    S = shuffle_weights(W, 6, generator=torch.Generator().manual_seed(0))
+    assert S.shape == (6, 7, 5)
+    for copy in S:  # each copy holds exactly the same multiset of values
+        assert torch.equal(copy.flatten().sort().values, W.flatten().sort().values)
+    assert not torch.equal(S[0], S[1]) and not torch.equal(S[0], W)
+    again = shuffle_weights(W, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(S, again)
+
+
+def test_shuffle_weights_nonzero_only_keeps_the_sparsity_pattern():
+    W, _, _ = _planted(0, 12, 10, zeros=True)
+    W = torch.as_tensor(W)
+    S = shuffle_weights(W, 5, nonzero_only=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal((S != 0), (W != 0).expand_as(S))
+    assert torch.equal(S[0][W != 0].sort().values, W[W != 0].sort().values)
+    assert not torch.equal(S[0], W)
+    everywhere = shuffle_weights(W, 5, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(everywhere != 0, (W != 0).expand_as(everywhere))  # zeros move too by default
+
+
+# --- the null summary ----------------------------------------------------------------------------------------
+
+def test_null_comparison_matches_the_formulas():
+    null = np.array([0.2, 0.5, 0.4, 0.5, 0.1])
+    c = NullComparison.from_samples(0.45, null)
+    assert c.mean == pytest.approx(null.mean())
+    assert c.std == pytest.approx(np.std(null, ddof=1))
+    assert c.z == pytest.approx((0.45 - null.mean()) / np.std(null, ddof=1))
+    assert c.p_value == pytest.approx((2 + 1) / (5 + 1))  # two null values >= 0.45
+    assert NullComparison.from_samples(0.5, null).p_value == pytest.approx(3 / 6)  # ties count as >=
+    assert NullComparison.from_samples(0.9, null).p_value == pytest.approx(1 / 6)  # the minimum
+    flat = NullComparison.from_samples(0.9, np.full(4, 0.3))
+    assert flat.z == math.inf and flat.p_value == pytest.approx(1 / 5)
+    assert math.isnan(NullComparison.from_samples(0.3, np.full(4, 0.3)).z)
+    assert NullComparison.from_samples(0.3, np.full(4, 0.3)).to_dict()["z"] is None
+
+
+# --- planted structure vs no structure -----------------------------------------------------------------------
+
+def test_planted_modular_layer_is_significant():
+    W, rows, cols = _planted(0)
+    n = 19
+    t = shuffle_test(W, 4, n_shuffles=n, random_state=0, **FAST)
+    assert t.E.observed > 0.99  # BSGC recovers the blocks
+    assert t.E.p_value == t.score.p_value == t.min_p_value == pytest.approx(1 / (n + 1))
+    assert t.E.z > 5 and t.score.z > 5  # the sparse shuffles still reach E ~ 0.75 with k = 4
+    assert t.score.observed > 0.98 and t.score.null.max() < t.score.observed - 0.1
+    assert t.E.null.shape == t.score.null.shape == (n,)
+    assert t.sizes.sum(axis=1).tolist() == [40, 32]
+
+
+def test_gaussian_random_layer_is_not_significant():
+    p_E, p_score = [], []
+    for seed in range(4):
+        W = np.random.default_rng(100 + seed).normal(size=(32, 32))
+        t = shuffle_test(W, 4, n_shuffles=19, random_state=seed, **FAST)
+        p_E.append(t.E.p_value)
+        p_score.append(t.score.p_value)
+        assert abs(t.score.z) < 4
+    # under the null the p-value is uniform on {1/20, ..., 1}: mean 0.525
+    assert np.mean(p_E) > 0.2 and np.mean(p_score) > 0.2
+    assert max(p_E) > 0.05 and max(p_score) > 0.05
+
+
+def test_nonzero_only_null_keeps_structure_that_lives_in_the_sparsity_pattern():
+    W, _, _ = _planted(1, 24, 24, zeros=True)
+    default = shuffle_test(W, 4, n_shuffles=9, random_state=0, **FAST)
+    kept = shuffle_test(W, 4, n_shuffles=9, nonzero_only=True, random_state=0, **FAST)
+    assert default.E.p_value == pytest.approx(0.1)
+    assert kept.nonzero_only and kept.E.p_value > 0.5  # every shuffle is still block-diagonal
+    assert kept.E.mean > 0.99
+
+
+def test_given_labels_define_the_observed_measures():
+    W, rows, cols = _planted(2, 20, 16, noise=0.3)
+    rows_bad = np.roll(rows, 3)
+    t = shuffle_test(W, 4, n_shuffles=3, labels=(rows_bad, cols), random_state=0, **FAST)
+    sq = torch.as_tensor(W).square()
+    E = float(clusterability(sq, rows_bad, cols))
+    E_rand = random_partition_expectation(rows_bad, cols, 4)
+    assert t.E.observed == pytest.approx(E)
+    assert t.E_random == pytest.approx(E_rand)
+    assert t.score.observed == pytest.approx(normalized_score(E, E_rand))
+
+
+def test_conv_layer_is_tested_on_kernel_norms():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 6, 3, 3)
+    layer = Layer("conv", "conv2d", weight)
+    rows = np.arange(6) % 2
+    cols = np.arange(8) % 2
+    t = shuffle_test(layer, 2, n_shuffles=4, labels=(rows, cols), random_state=0, **FAST)
+    assert t.layer == "conv"
+    assert t.E.observed == pytest.approx(float(clusterability(layer.squared().double(), rows, cols)))
+
+
+def test_reproducible_with_a_seed_and_json_ready():
+    W = np.random.default_rng(5).normal(size=(16, 12))
+    a = shuffle_test(W, 3, n_shuffles=5, random_state=7, **FAST)
+    b = shuffle_test(W, 3, n_shuffles=5, random_state=7, **FAST)
+    np.testing.assert_array_equal(a.E.null, b.E.null)
+    np.testing.assert_array_equal(a.score.null, b.score.null)
+    text = json.dumps(a.to_dict(), allow_nan=False)
+    assert json.loads(text)["n_shuffles"] == 5
+    assert "null" not in a.to_dict(include_null=False)["E"]
+
+
+def test_bad_inputs_raise_clear_errors():
+    W = np.random.default_rng(0).normal(size=(10, 8))
+    with pytest.raises(ClusteringError, match="n_shuffles"):
+        shuffle_test(W, 2, n_shuffles=0)
+    with pytest.raises(ClusteringError, match="k=9 is out of range"):
+        shuffle_test(W, 9, n_shuffles=2)
+    with pytest.raises(ClusteringError, match="2-D"):
+        shuffle_test(np.zeros((2, 3, 4)), 2)
+    with pytest.raises(ClusteringError, match="do not fit"):
+        shuffle_test(W, 2, n_shuffles=2, labels=(np.zeros(3, dtype=np.int64), np.zeros(8, dtype=np.int64)))

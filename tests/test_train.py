@@ -1,0 +1,192 @@
+"""The modular-training pipeline on the embedded digits data: E rises, checkpoints resume exactly, bad input fails."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import graphinterp.train as train_mod
+from graphinterp.checkpoint import load_checkpoint
+from graphinterp.cluster import Clustering
+from graphinterp.data import load_dataset
+from graphinterp.errors import ClusteringError, DataError, TrainingError
+from graphinterp.graph import LayeredGraph
+from graphinterp.loss import EnmeshmentLoss
+from graphinterp.metrics import clusterability_report
+from graphinterp.models import build_model, mlp
+from graphinterp.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", split="train"), load_dataset("digits", split="test")
+
+
+def _cfg(**kw):
+    base = dict(dataset="digits", k=4, warmup_epochs=1, epochs=3, quiet=True, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_modular_training_raises_E_far_above_the_baseline(digits, tmp_path):
+    tr, te = digits
+    modular = train(_cfg(lam=20.0, epochs=4), train_data=tr, test_data=te, checkpoint=tmp_path / "mod.pt")
+    baseline = train(_cfg(lam=0.0, epochs=4), train_data=tr, test_data=te)
+    E_mod = modular.history[-1]["E"]
+    E_base = baseline.history[-1]["E_refit"]  # the baseline's own best clustering, fitted at the end
+    assert E_mod > 0.95 and E_mod > E_base + 0.4
+    assert modular.history[-1]["test_acc"] > 0.5 and baseline.history[-1]["test_acc"] > 0.5
+    # the clustering is network-wide on the default layer and E matches the graph-level report
+    graph = LayeredGraph.from_module(modular.model)
+    assert modular.clustering.layer_names == ["fc2"] and modular.clustering.network_wide
+    assert clusterability_report(graph, modular.clustering).E == pytest.approx(E_mod, rel=1e-6)
+    # history: warm-up row then modular rows; E rises; L_E is 1 - E for one layer
+    phases = [r["phase"] for r in modular.history]
+    assert phases == ["warmup"] + ["modular"] * 4
+    Es = [r["E"] for r in modular.history]
+    assert Es[-1] > Es[0] + 0.3
+    assert modular.history[-1]["loss"] == pytest.approx(modular.history[-1]["ce"] + 20 * modular.history[-1]["l_e"])
+    assert "test acc" in modular.table() and len(modular.table().splitlines()) == 6
+
+
+def test_checkpoint_holds_everything_to_rebuild_the_model(digits, tmp_path):
+    tr, te = digits
+    path = tmp_path / "m.pt"
+    result = train(_cfg(epochs=1, k=2), train_data=tr, test_data=te, checkpoint=path)
+    ckpt = load_checkpoint(path)
+    assert ckpt["arch"] == result.arch and ckpt["history"] == result.history
+    model = build_model(ckpt["arch"])
+    model.load_state_dict(ckpt["state_dict"])
+    torch.testing.assert_close(model(te.x[:20]), result.model(te.x[:20]))
+    clustering = Clustering.from_dict(ckpt["clustering"])
+    assert EnmeshmentLoss(model, clustering).clusterability() == pytest.approx(result.history[-1]["E"], rel=1e-6)
+    state = ckpt["train_state"]
+    assert state["epoch"] == 2 and state["config"]["k"] == 2 and "optimizer" in state
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary file
+
+
+@pytest.mark.parametrize("similarity", ["weight", "gradient"])
+def test_interrupted_run_resumes_identically(digits, tmp_path, monkeypatch, similarity):
+    tr, te = digits
+    tr = tr.subset(400, seed=0)
+    cfg = _cfg(k=2, warmup_epochs=2, epochs=2, similarity=similarity)
+    full = train(cfg, train_data=tr, test_data=te)
+
+    path = tmp_path / "run.pt"
+    real_evaluate, calls = train_mod.evaluate, []
+
+    def interrupt_in_epoch_2(*args, **kwargs):  # dies in the middle of the warm-up
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, train_data=tr, test_data=te, checkpoint=path)
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    assert load_checkpoint(path)["train_state"]["epoch"] == 1
+    resumed = train(cfg, train_data=tr, test_data=te, checkpoint=path, resume=True)
+
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert resumed.clustering.to_dict() == full.clustering.to_dict()
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert drop(resumed.history) == drop(full.history)
+    # resuming a finished run changes nothing; more epochs continue it
+    again = train(cfg, train_data=tr, test_data=te, checkpoint=path, resume=True)
+    assert len(again.history) == 4
+    longer = train(_cfg(k=2, warmup_epochs=2, epochs=3, similarity=similarity), train_data=tr, test_data=te,
+                   checkpoint=path, resume=True)
+    assert [r["epoch"] for r in longer.history] == [1, 2, 3, 4, 5]
+
+
+def test_resume_refuses_other_settings(digits, tmp_path):
+    tr, te = digits
+    tr = tr.subset(200, seed=0)
+    path = tmp_path / "r.pt"
+    train(_cfg(k=2, epochs=1), train_data=tr, test_data=te, checkpoint=path)
+    with pytest.raises(TrainingError, match="other settings.*lam"):
+        train(_cfg(k=2, epochs=1, lam=5.0), train_data=tr, test_data=te, checkpoint=path, resume=True)
+    with pytest.raises(TrainingError, match="more than"):
+        train(_cfg(k=2, epochs=0), train_data=tr, test_data=te, checkpoint=path, resume=True)
+    torch.save({"format": "graphinterp-checkpoint", "version": 1, "arch": None, "state_dict": {}, "clustering": None,
+                "history": [], "train_state": None, "meta": {}}, tmp_path / "plain.pt")
+    with pytest.raises(TrainingError, match="no training state"):
+        train(_cfg(k=2, epochs=1), train_data=tr, test_data=te, checkpoint=tmp_path / "plain.pt", resume=True)
+    with pytest.raises(TrainingError, match="do not fit"):
+        train(_cfg(k=2, epochs=1), model=mlp(64, [32, 32, 32], 10), train_data=tr, test_data=te,
+              checkpoint=path, resume=True)
+
+
+def test_cnn_clusters_fc1_and_fc2_with_one_label_per_neuron(digits):
+    tr, te = digits
+    result = train(_cfg(model="cnn", k=2, epochs=1, max_train=256, max_test=100), train_data=tr, test_data=te)
+    c = result.clustering
+    assert c.layer_names == ["fc1", "fc2"]
+    np.testing.assert_array_equal(c.col_labels["fc1"], c.row_labels["fc2"])
+    assert len(c.row_labels["fc1"]) == 16  # the conv channels, grouped view
+
+
+def test_custom_model_and_tensor_data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 10, generator=gen)
+    y = (x[:, 0] > 0).long()
+    result = train(_cfg(k=2, epochs=1, lam=1.0), model=mlp(10, [6, 6], 2), train_data=(x, y), test_data=(x, y))
+    assert result.arch is None and result.clustering.layer_names == ["fc2"]
+    assert result.history[-1]["test_acc"] > 0.5
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(lam=-1.0), TrainingError, "lambda must be"),
+    (dict(lam=float("nan")), TrainingError, "lambda must be"),
+    (dict(k=1), ClusteringError, "k must be"),
+    (dict(k=33), ClusteringError, "out of range"),
+    (dict(dataset="imagenet"), DataError, "unknown dataset"),
+    (dict(model="resnet"), TrainingError, "unknown model"),
+    (dict(layers=["fc9"]), ClusteringError, "unknown layer"),
+    (dict(similarity="gradient", warmup_epochs=0), TrainingError, "warmup_epochs"),
+    (dict(similarity="activation"), TrainingError, "similarity"),
+    (dict(epochs=0, warmup_epochs=0), TrainingError, "at least 1"),
+    (dict(batch_size=0), TrainingError, "batch_size"),
+    (dict(lr=0.0), TrainingError, "lr"),
+])
+def test_bad_settings(digits, kwargs, error, match):
+    tr, te = digits
+    with pytest.raises(error, match=match):
+        train(_cfg(**kwargs), train_data=tr, test_data=te)
+
+
+def test_missing_dataset_says_where(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        train(_cfg(dataset="mnist", data_dir=str(tmp_path)))
+
+
+def test_real_mnist_subset_trains(datasets_dir):
+    # MNIST's test split is small to read; train on part of it, evaluate on what the config loads
+    part = load_dataset("mnist", split="test", data_dir=datasets_dir).subset(1000, seed=1)
+    result = train(_cfg(dataset="mnist", data_dir=str(datasets_dir), k=4, epochs=1, max_test=500), train_data=part)
+    assert result.clustering.layer_names == ["fc2"] and result.history[-1]["E"] > result.history[0]["E"]
+
+
+def test_cli_train(tmp_path):
+    from click.testing import CliRunner
+
+    from graphinterp.cli.main import cli
+
+    out = tmp_path / "cli.pt"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "--epochs", "1", "--k", "2", "--max-train", "300", "--quiet", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "test acc" in res.output and "final test accuracy" in res.output and out.is_file()
+    res = runner.invoke(cli, ["train", "--epochs", "2", "--k", "2", "--max-train", "300", "--json", "--out", str(out),
+                              "--resume"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert [r["epoch"] for r in data["history"]] == [1, 2, 3] and 0 <= data["final"]["E"] <= 1
+    res = runner.invoke(cli, ["train", "--lambda", "-1", "--out", str(tmp_path / "x.pt")])
+    assert res.exit_code == 1 and "error: lambda must be" in res.output
+    res = runner.invoke(cli, ["train", "--help"])
+    assert res.exit_code == 0 and "--lambda" in res.output and "--resume" in res.output
