@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from graphinterp.ablate import ablation_matrix  # noqa: E402
-from graphinterp.circuits import Schedule, extract_circuits  # noqa: E402
+from graphinterp.circuits import Schedule, Tolerance, extract_circuits  # noqa: E402
 from graphinterp.cluster import Clustering  # noqa: E402
 from graphinterp.data import load_dataset  # noqa: E402
 from graphinterp.evaluation import class_accuracy, load_runnable  # noqa: E402
@@ -151,7 +151,7 @@ def main() -> None:
         report["models"][tag] = {"test_acc_per_class": acc.tolist(),
                                  "ablation": ablation_report(tag, path, test, args)}
     for score in args.scores.split(","):
-        print(f"\n== circuits, score {score}, max {args.max_evals} evaluations per label, "
+        print(f"\n== circuits, score {score}, {Schedule(max_evals=args.max_evals)}, {Tolerance()}, "
               f"{args.max_examples} examples per label + as many others")
         res = {tag: circuits_report(tag, path, test, score, args) for tag, path in paths.items()}
         a, b = np.array(res["baseline"]["ecs"]), np.array(res["modular"]["ecs"])

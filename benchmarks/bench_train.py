@@ -75,12 +75,16 @@ def time_steps(result, train_set, lam: float, steps: int, blocks: int, batch_siz
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / len(batches)
 
-    for kind in fns:  # warm up allocator and caches
-        run(kind)
-    times = {kind: [] for kind in fns}
-    for _ in range(blocks):  # interleaved, so load changes hit all three alike
-        for kind in fns:
-            times[kind].append(run(kind))
+    torch.set_flush_denormal(True)  # as train() does: the trained weights hold near-subnormal values
+    try:
+        for kind in fns:  # warm up allocator and caches
+            run(kind)
+        times = {kind: [] for kind in fns}
+        for _ in range(blocks):  # interleaved, so load changes hit all three alike
+            for kind in fns:
+                times[kind].append(run(kind))
+    finally:
+        torch.set_flush_denormal(False)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

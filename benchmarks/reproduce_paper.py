@@ -124,7 +124,7 @@ def run_dataset(args, dataset: str, model: str, data_dir: Optional[str], out: Pa
     with part(f"{tag}: circuits and ECS (Figure {'3' if tag == 'cifar10' else '6'})"):
         cmp = compare_circuits(results["unclustered"].model, results["modular"].model, test_set,
                                names=("unclustered", "modular"), device=args.device, progress=not args.quiet,
-                               max_examples=args.circuit_examples, schedule=Schedule(max_evals=args.max_evals))
+                               **circuit_settings(args))
         figure(viz.plot_ecs_comparison, out, f"fig{'3' if tag == 'cifar10' else '6'}_ecs_{tag}", ecs_a=cmp.ecs_a,
                ecs_b=cmp.ecs_b, labels=cmp.label_names, names=("unclustered", "modular"),
                title=f"{dataset.upper()}: effective circuit size per label")
@@ -145,6 +145,16 @@ def run_dataset(args, dataset: str, model: str, data_dir: Optional[str], out: Pa
     return res
 
 
+def circuit_settings(args) -> dict:
+    """Settings passed to compare_circuits; None keeps graphinterp.circuits' own defaults."""
+    out = {}
+    if args.circuit_examples is not None:
+        out["max_examples"] = args.circuit_examples
+    if args.max_evals is not None:
+        out["schedule"] = Schedule(max_evals=args.max_evals)
+    return out
+
+
 def fmt(x, pct=False):
     if x is None:
         return "-"
@@ -156,32 +166,36 @@ def write_markdown(out: Path, results: Dict[str, dict], args) -> str:
              f"Settings (Table 1): batch 64, Adam, lr 1e-3, lambda {args.lam:g}, k {args.k}, "
              f"{args.warmup_epochs} warm-up + {args.epochs} epochs, seed {args.seed}"
              + (f", {args.max_train} training images" if args.max_train else "") + ". "
-             f"Shuffle test: {args.shuffles} shuffles of fc2 at k = {args.k}. Circuits: {args.circuit_examples} "
-             f"examples per label (and as many others), at most {args.max_evals} evaluations per pass.", "",
+             f"Shuffle test: {args.shuffles} shuffles of fc2 at k = {args.k}. Circuits: graphinterp.circuits "
+             f"defaults{'' if not circuit_settings(args) else ' except ' + str(circuit_settings(args))}.", "",
              "| quantity | paper | ours |", "|---|---|---|"]
     for tag, r in results.items():
-        d = tag.upper()
-        sig_u, sig_m = r["sig_unclustered"], r["sig_modular"]
-        ecs = r["ecs"]
-        lines += [
-            f"| {d}: test accuracy, unclustered | {'0.6265 (CNN, 10 epochs)' if tag == 'cifar10' else 'not given'} | {fmt(r['acc_unclustered'])} |",
-            f"| {d}: test accuracy, modular | {'~0.60-0.63' if tag == 'cifar10' else 'similar to unclustered'} | {fmt(r['acc_modular'])} |",
-            f"| {d}: E of fc2 at k = 2, unclustered (BSGC, joint pairing) | about 0.6 | {fmt(r['E_k2_unclustered'])} |",
-            f"| {d}: E of fc2 at k = 2, unclustered (Algorithm 1 verbatim) | about 0.6 | {fmt(r['E_k2_unclustered_alg1'])} |",
-            f"| {d}: E of fc2 at k = {args.k}, unclustered (BSGC) | - | {fmt(r['E_k4_unclustered'])} (normalised {fmt(r['score_k4_unclustered'])}) |",
-            f"| {d}: E after modular training (training clustering, k = {args.k}) | 0.99 | {fmt(r['E_train_modular'])} |",
-            f"| {d}: E of fc2 at k = {args.k}, modular, BSGC refit | 0.99 | {fmt(r['E_k4_modular'])} (normalised {fmt(r['score_k4_modular'])}) |",
-            f"| {d}: fc2 vs {sig_u['n']} shuffles, unclustered: z(E), p(E); z(score), p(score) | - | "
-            f"{sig_u['z_E']:+.1f}, {sig_u['p_E']:.3f}; {sig_u['z_score']:+.1f}, {sig_u['p_score']:.3f} |",
-            f"| {d}: fc2 vs {sig_m['n']} shuffles, modular: z(E), p(E); z(score), p(score) | - | "
-            f"{sig_m['z_E']:+.1f}, {sig_m['p_E']:.3f}; {sig_m['z_score']:+.1f}, {sig_m['p_score']:.3f} |",
-            f"| {d}: accuracy, one cluster ON (mean over clusters), unclustered / modular | - | "
-            f"{np.mean(r['ablation_unclustered']['on']):.3f} / {np.mean(r['ablation_modular']['on']):.3f} |",
-            f"| {d}: average ECS, unclustered / modular | - | {np.mean(ecs['ecs_a']):.4f} / {np.mean(ecs['ecs_b']):.4f} |",
-            f"| {d}: unclustered circuits hold more weights than modular (mean per label) | +61.25% (CIFAR-10) | {fmt(ecs['a_over_b'], True)} |",
+        cifar = tag == "cifar10"
+        su, sm, ecs, k = r["sig_unclustered"], r["sig_modular"], r["ecs"], args.k
+        rows = [
+            ("test accuracy, unclustered", "0.6265 (CNN, 10 epochs)" if cifar else "not given",
+             fmt(r["acc_unclustered"])),
+            ("test accuracy, modular", "about 0.60-0.63" if cifar else "similar to unclustered", fmt(r["acc_modular"])),
+            ("E of fc2 at k = 2, unclustered (BSGC, joint pairing)", "about 0.6", fmt(r["E_k2_unclustered"])),
+            ("E of fc2 at k = 2, unclustered (Algorithm 1 verbatim)", "about 0.6", fmt(r["E_k2_unclustered_alg1"])),
+            (f"E of fc2 at k = {k}, unclustered (BSGC)", "-",
+             f"{fmt(r['E_k4_unclustered'])} (normalised {fmt(r['score_k4_unclustered'])})"),
+            (f"E after modular training (training clustering, k = {k})", "0.99", fmt(r["E_train_modular"])),
+            (f"E of fc2 at k = {k}, modular, BSGC refit", "0.99",
+             f"{fmt(r['E_k4_modular'])} (normalised {fmt(r['score_k4_modular'])})"),
+            (f"fc2 vs {su['n']} shuffles, unclustered: z(E), p(E); z(score), p(score)", "-",
+             f"{su['z_E']:+.1f}, {su['p_E']:.3f}; {su['z_score']:+.1f}, {su['p_score']:.3f}"),
+            (f"fc2 vs {sm['n']} shuffles, modular: z(E), p(E); z(score), p(score)", "-",
+             f"{sm['z_E']:+.1f}, {sm['p_E']:.3f}; {sm['z_score']:+.1f}, {sm['p_score']:.3f}"),
+            ("accuracy with one cluster ON (mean over clusters), unclustered / modular", "-",
+             f"{np.mean(r['ablation_unclustered']['on']):.3f} / {np.mean(r['ablation_modular']['on']):.3f}"),
+            ("average ECS, unclustered / modular", "-", f"{np.mean(ecs['ecs_a']):.4f} / {np.mean(ecs['ecs_b']):.4f}"),
+            ("unclustered circuits hold more weights than modular (mean per label)", "+61.25% (CIFAR-10)",
+             fmt(ecs["a_over_b"], True)),
         ]
-    lines += ["", "## Time", "", f"{torch.get_num_threads()} torch threads. CPU time is the process's own (all threads); "
-              "wall time also counts waiting for other jobs on a shared machine.", "",
+        lines += [f"| {tag.upper()}: {q} | {paper} | {ours} |" for q, paper, ours in rows]
+    lines += ["", "## Time", "", f"{torch.get_num_threads()} torch threads. CPU time is the process's own (all "
+              "threads); wall time also counts waiting for other jobs on a shared machine.", "",
               "| part | wall (s) | CPU (s) |", "|---|---|---|"]
     lines += [f"| {k} | {v:.1f} | {CPU_TIMES[k]:.1f} |" if k in CPU_TIMES else f"| {k} | {v:.1f} | - |"
               for k, v in TIMES.items()]
@@ -206,10 +220,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-train", type=int, default=None, help="seeded subset of the training images")
     parser.add_argument("--shuffles", type=int, default=20)
-    parser.add_argument("--circuit-examples", type=int, default=1000,
-                        help="examples of each label (and as many others) in its circuit's task")
-    parser.add_argument("--max-evals", type=int, default=Schedule().max_evals,
-                        help="evaluation budget of each circuit's pruning pass")
+    parser.add_argument("--circuit-examples", type=int, default=None,
+                        help="examples of each label (and as many others) in its circuit's task "
+                             "(default: graphinterp.circuits' default)")
+    parser.add_argument("--max-evals", type=int, default=None,
+                        help="evaluation budget of each circuit (default: graphinterp.circuits.Schedule's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true")

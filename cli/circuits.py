@@ -100,19 +100,24 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
               help="... and its one-vs-rest cross-entropy rises by at most this much (nats).")
 @click.option("--max-examples", type=int, default=500, show_default=True,
               help="Examples of the label in its task (as many examples of other labels are added).")
-@click.option("--max-evals", type=int, default=3000, show_default=True, help="Forward passes allowed per label.")
+@click.option("--max-evals", type=int, default=10000, show_default=True,
+              help="Forward passes allowed per label (a safety cap; the search usually stops by itself before).")
 @click.option("--graphml-dir", type=click.Path(file_okay=False), default=None,
               help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Evaluation batch size.")
+@click.option("--threads", type=int, default=None, metavar="N",
+              help="Torch CPU threads for the search (default: torch's). The search runs thousands of small forward "
+                   "passes; on a busy machine 1 thread is often much faster than several.")
 @seed_option
 @device_option
 @quiet_option
 @trust_pickle_option
 @json_option
 def command(model, dataset, split, data_dir, limit, labels_text, other, score, min_accuracy, max_loss_increase,
-            max_examples, max_evals, graphml_dir, plot_path, batch_size, seed, device, quiet, trust_pickle, as_json):
+            max_examples, max_evals, graphml_dir, plot_path, batch_size, threads, seed, device, quiet, trust_pickle,
+            as_json):
     """Extract each label's circuit from MODEL by iterative edge pruning and report its Effective Circuit Size.
 
     A label's circuit is the set of weights (a conv kernel counts as one edge) left after pruning
@@ -128,6 +133,12 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, score, m
     from graphinterp.circuits import Schedule, Tolerance, cluster_share
     from graphinterp.circuits import CircuitComparison
 
+    if threads is not None:
+        if threads < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--threads")
+        import torch
+
+        torch.set_num_threads(threads)
     labels = parse_labels(labels_text)
     data = load_eval_data(dataset, split, data_dir, limit, seed)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),

@@ -63,7 +63,8 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     try:
         layer = graph[layer_name]
     except KeyError:
-        raise ClusteringError(f"no layer named {layer_name!r} in {model}; layers are {', '.join(graph.layer_names)}") from None
+        raise ClusteringError(
+            f"no layer named {layer_name!r} in {model}; layers are {', '.join(graph.layer_names)}") from None
     labels, origin = None, ""
     if loaded.clustering:
         clustering = Clustering.from_dict(loaded.clustering)

@@ -56,7 +56,8 @@ __all__ = ["command"]
 @json_option
 def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: int, epochs: int, batch_size: int,
             lr: float, similarity: str, reduction: str, layers: Optional[str], seed: int, device: str,
-            data_dir: Optional[str], download: bool, max_train: Optional[int], out: str, resume: bool, quiet: bool, as_json: bool) -> None:
+            data_dir: Optional[str], download: bool, max_train: Optional[int], out: str, resume: bool, quiet: bool,
+            as_json: bool) -> None:
     """Train a modular network: warm up, cluster with BSGC, then train with CE + lambda * L_E.
 
     \b
@@ -71,8 +72,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     """
     config = TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs, epochs=epochs,
                          batch_size=batch_size, lr=lr, similarity=similarity, reduction=reduction,
-                         layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download, max_train=max_train,
-                         quiet=quiet or as_json)
+                         layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
+                         max_train=max_train, quiet=quiet or as_json)
     result = train(config, checkpoint=out, resume=resume)
     last = result.history[-1]
     per_layer = {}
@@ -82,7 +83,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
         per_layer = EnmeshmentLoss(result.model, result.clustering).per_layer()
     if as_json:
         emit_json({"config": config.to_dict(), "checkpoint": out, "history": result.history,
-                   "final": {"test_acc": last["test_acc"], "E": last.get("E_refit", last["E"]), "E_per_layer": per_layer,
+                   "final": {"test_acc": last["test_acc"], "E": last.get("E_refit", last["E"]),
+                             "E_per_layer": per_layer,
                              "clustering": result.clustering.to_dict() if result.clustering else None}})
         return
     click.echo(format_history(result.history))

@@ -29,8 +29,8 @@ from .layer import Layer
 from .metrics import clusterability, normalized_score, random_partition_expectation
 from .significance import shuffle_test, single_threaded_blas
 
-__all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback", "benchmark_graph",
-           "run_benchmark", "safe_name"]
+__all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
+           "benchmark_graph", "run_benchmark", "safe_name"]
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,9 @@ def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: O
 def _describe(source: ModelSource) -> str:
     if source.kind == "file":
         return str(source.path)
-    return f"torchvision {source.arch} + {source.weights}" if source.weights else f"torchvision {source.arch}, random weights"
+    if source.weights:
+        return f"torchvision {source.arch} + {source.weights}"
+    return f"torchvision {source.arch}, random weights"
 
 
 def _unique_names(sources: Sequence[ModelSource]) -> List[str]:

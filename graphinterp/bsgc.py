@@ -76,10 +76,16 @@ def randomized_svd(
 
 
 def _svd(A: torch.Tensor):
-    """Thin SVD; on CPU through numpy's LAPACK, which is several times faster than torch's here."""
+    """Thin SVD of a small or flat matrix; on CPU through numpy's LAPACK with one BLAS thread.
+
+    The matrices reaching here are at most ~500 x 500 or (k + 10) x n: one thread is as fast, and it
+    avoids BLAS threads busy-waiting against other work on few cores (torch's LAPACK and multi-threaded
+    OpenBLAS were both seen 10-50x slower than this on a loaded 2-core machine).
+    """
     if A.device.type != "cpu":
         return torch.linalg.svd(A, full_matrices=False)
-    U, S, Vh = np.linalg.svd(A.numpy(), full_matrices=False)
+    with threadpool_limits(1, user_api="blas"):
+        U, S, Vh = np.linalg.svd(A.numpy(), full_matrices=False)
     return torch.from_numpy(U), torch.from_numpy(S), torch.from_numpy(Vh)
 
 

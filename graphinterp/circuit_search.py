@@ -53,14 +53,15 @@ class Schedule:
     patience : int
         A round ends after this many blocks in a row were kept at the smallest step.
     max_rounds, max_evals : int
-        Budget per label.
+        Safety caps per label. With the defaults, the circuits of the paper's MNIST MLP converge
+        (a round at one-edge resolution prunes nothing) after 3,000-7,000 evaluations.
     """
 
     initial_step: float = 0.05
     resolution: float = 1e-3
     patience: int = 64
-    max_rounds: int = 12
-    max_evals: int = 3000
+    max_rounds: int = 20
+    max_evals: int = 10000
 
 
 class TaskEvaluator:

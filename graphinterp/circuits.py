@@ -22,9 +22,17 @@ Schedule
     round down to one edge; rounds stop when one at one-edge resolution prunes nothing, after
     ``max_rounds``, or when ``max_evals`` evaluations are spent (:class:`Schedule`). Each
     evaluation is one batched forward pass over the task (:class:`~graphinterp.circuit_search.TaskEvaluator`).
+    The result is a local minimum (no weakest-first block of the last round can go), so the ECS is
+    an upper bound on the smallest circuit within the tolerance; biases are never pruned.
 ECS
     Kept non-zero weights over the model's non-zero weights (overall and per layer; also in edge
     units, a conv kernel counting as one edge), see :func:`graphinterp.pruning.circuit_size`.
+
+References
+----------
+Performance-based iterative weight pruning and "fraction of non-zero weights" follow the paper's
+Appendix A; pruning edges against a performance threshold follows ACDC (Conmy et al., 2023);
+halving the step when a pruning step breaks the threshold follows Neural Sculpting (Patil et al., 2023).
 """
 from __future__ import annotations
 
@@ -37,12 +45,12 @@ import torch
 from torch import nn
 
 from ._files import resolve_device
+from .circuit_search import Schedule, TaskEvaluator, Tolerance, prune
 from .errors import DataError
 from .evaluation import as_tensors, eval_mode
 from .graph import LayeredGraph
-from .layer import Layer
-from .circuit_search import Schedule, TaskEvaluator, Tolerance, prune
 from .hooks import module_of
+from .layer import Layer
 from .pruning import SCORES, CircuitSize, LabelTask, ScoreContext, circuit_size, edge_layers, label_task
 
 __all__ = ["Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",

@@ -99,7 +99,8 @@ class GradientSimilarity:
         self.layers = names
         self._layers: Dict[str, Layer] = {n: graph[n] for n in names}
         self._params = {n: layer_parameter(model, graph[n]) for n in names}
-        self._sums = {n: torch.zeros_like(p, dtype=torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype)
+        low = (torch.float16, torch.bfloat16)  # accumulate half-precision gradients in float32
+        self._sums = {n: torch.zeros_like(p, dtype=torch.float32 if p.dtype in low else p.dtype)
                       for n, p in self._params.items()}
         self._counts = {n: torch.zeros((), dtype=torch.int64, device=p.device) for n, p in self._params.items()}
 

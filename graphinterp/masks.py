@@ -34,7 +34,8 @@ from .errors import ClusteringError
 from .graph import Layer, LayeredGraph
 from .metrics import within_mask
 
-__all__ = ["ParameterMask", "default_cluster_layers", "parameter_masks", "layer_parameter", "trace_graph", "unwrap_model"]
+__all__ = ["ParameterMask", "default_cluster_layers", "parameter_masks", "layer_parameter", "trace_graph",
+           "unwrap_model"]
 
 
 @dataclass(frozen=True, eq=False)

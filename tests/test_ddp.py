@@ -15,6 +15,15 @@ from graphinterp.train import TrainConfig, train
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _config() -> TrainConfig:
     return TrainConfig(dataset="digits", k=2, lam=20.0, warmup_epochs=1, epochs=1, batch_size=50, quiet=True, device="cpu")
 

@@ -13,6 +13,15 @@ from graphinterp.graph import LayeredGraph
 from graphinterp.models import mlp
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _feed(model, sim, steps, seed=0, scales=None, shape=(16,)):
     """Run ``steps`` random backward passes; return the stored gradients of every parameter."""
     gen = torch.Generator().manual_seed(seed)

@@ -15,6 +15,15 @@ from graphinterp.metrics import clusterability_report
 from graphinterp.models import mlp
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model_and_clustering(seed=0):
     """Conv -> Flatten -> Linear -> Linear (float64) with random labels on all three layers."""
     torch.manual_seed(seed)

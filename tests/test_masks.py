@@ -14,6 +14,15 @@ from graphinterp.metrics import clusterability
 from graphinterp.models import cnn, mlp
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _clustering(k, **layers):
     return Clustering(k, {n: np.asarray(r, dtype=np.int64) for n, (r, _) in layers.items()},
                       {n: np.asarray(c, dtype=np.int64) for n, (_, c) in layers.items()})
