@@ -103,12 +103,18 @@ def circuits_report(tag: str, path: Path, test, score: str, args) -> dict:
     net.to(args.device)
     start = time.perf_counter()
     circuits = extract_circuits(net, test, "all", graph=graph, score=score, schedule=Schedule(max_evals=args.max_evals),
-                                max_examples=args.max_examples, device=args.device, progress=False)
+                                max_examples=args.max_examples, device=args.device, progress=False,
+                                num_threads=args.search_threads)
     wall = time.perf_counter() - start
     n_evals = sum(c.n_evals for c in circuits.values())
-    floor = floor_seconds(net, test, n_evals, args.max_examples, args.device)
-    print(f"{tag:>9} [{score}]: 10 circuits in {wall:.1f} s ({n_evals} evaluations); floor, the same number of "
-          f"plain forward passes: {floor:.1f} s")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.search_threads)  # the floor runs with the search's threads
+    try:
+        floor = floor_seconds(net, test, n_evals, args.max_examples, args.device)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"{tag:>9} [{score}]: 10 circuits in {wall:.1f} s ({n_evals} evaluations, {args.search_threads} thread(s)); "
+          f"floor, the same number of plain forward passes of a task batch: {floor:.1f} s")
     return {"ecs": [circuits[c].ecs for c in range(10)], "ecs_per_layer": {c: circuits[c].size.ecs_per_layer
             for c in range(10)}, "accuracy": [circuits[c].accuracy for c in range(10)],
             "full_accuracy": [circuits[c].full_accuracy for c in range(10)], "seconds": wall, "n_evals": n_evals,
@@ -131,14 +137,18 @@ def main() -> None:
     parser.add_argument("--scores", default="magnitude", help="comma-separated: magnitude,attribution")
     parser.add_argument("--max-evals", type=int, default=Schedule().max_evals)
     parser.add_argument("--max-examples", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the target is 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for training and the floor (2 cores)")
+    parser.add_argument("--search-threads", type=int, default=1,
+                        help="torch CPU threads during the circuit search (extract_circuit's num_threads; 0 = --threads)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None, help="write all figures here")
     args = parser.parse_args()
     if args.data_dir is None or not (Path(args.data_dir) / "MNIST").is_dir():
         sys.exit("MNIST not found: pass --data-dir pointing at the folder holding MNIST/raw")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {args.device}, "
+    args.search_threads = args.search_threads or args.threads
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) ({args.search_threads} in the search), "
+          f"device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"baseline": get_model(args.baseline or args.out_dir / "baseline.pt", 0.0, args),

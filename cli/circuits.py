@@ -107,9 +107,9 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
 @click.option("--batch-size", type=int, default=4096, show_default=True, help="Evaluation batch size.")
-@click.option("--threads", type=int, default=None, metavar="N",
-              help="Torch CPU threads for the search (default: torch's). The search runs thousands of small forward "
-                   "passes; on a busy machine 1 thread is often much faster than several.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Torch CPU threads during the search. It runs thousands of small forward passes, which gain nothing "
+                   "from threads and lose much when cores are shared.")
 @seed_option
 @device_option
 @quiet_option
@@ -133,16 +133,10 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, score, m
     from graphinterp.circuits import Schedule, Tolerance, cluster_share
     from graphinterp.circuits import CircuitComparison
 
-    if threads is not None:
-        if threads < 1:
-            raise click.BadParameter("must be at least 1", param_hint="--threads")
-        import torch
-
-        torch.set_num_threads(threads)
     labels = parse_labels(labels_text)
     data = load_eval_data(dataset, split, data_dir, limit, seed)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
-                  max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device,
+                  max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
                   progress=not (quiet or as_json))
     graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} if clustering else {}

@@ -45,13 +45,13 @@ import torch
 from torch import nn
 
 from ._files import resolve_device
-from .circuit_search import Schedule, TaskEvaluator, Tolerance, prune
+from .circuit_search import Circuit, Schedule, TaskEvaluator, Tolerance, prune
 from .errors import DataError
 from .evaluation import as_tensors, eval_mode
 from .graph import LayeredGraph
 from .hooks import module_of
 from .layer import Layer
-from .pruning import SCORES, CircuitSize, LabelTask, ScoreContext, circuit_size, edge_layers, label_task
+from .pruning import SCORES, LabelTask, ScoreContext, circuit_size, edge_layers, label_task
 
 __all__ = ["Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",
            "compare_circuits", "cluster_share"]
@@ -59,84 +59,10 @@ __all__ = ["Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circu
 ScoreFn = Callable[[ScoreContext], Dict[str, torch.Tensor]]
 
 
-@dataclass
-class Circuit:
-    """The circuit of one label: kept edges (masks), its ECS and its performance on the task.
-
-    Attributes
-    ----------
-    label : int
-    label_name : str
-    masks : dict of str to BoolTensor of shape (out, in)
-        Kept edges per layer (a conv edge is a kernel).
-    size : CircuitSize
-    accuracy, loss : float
-        The circuit on its task; ``full_accuracy``, ``full_loss``: the full model on it.
-    n_pos, n_neg, n_evals : int
-    seconds : float
-    history : list of (int, bool)
-        Kept edges after each evaluation, and whether that step was accepted.
-    """
-
-    label: int
-    label_name: str
-    masks: Dict[str, torch.Tensor]
-    size: CircuitSize
-    accuracy: float
-    loss: float
-    full_accuracy: float
-    full_loss: float
-    n_pos: int
-    n_neg: int
-    n_evals: int = 0
-    seconds: float = 0.0
-    score: str = "magnitude"
-    history: List[Tuple[int, bool]] = field(default_factory=list, repr=False)
-
-    @property
-    def ecs(self) -> float:
-        """Fraction of the model's non-zero weights kept."""
-        return self.size.ecs
-
-    @property
-    def ecs_per_layer(self) -> Dict[str, float]:
-        return dict(self.size.ecs_per_layer)
-
-    def to_dict(self, *, include_masks: bool = False) -> Dict[str, Any]:
-        """Plain values for JSON (masks as nested lists only when asked)."""
-        out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
-                                             "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score")}
-        out.update(ecs=self.ecs, size=self.size.to_dict())
-        if include_masks:
-            out["masks"] = {k: v.int().tolist() for k, v in self.masks.items()}
-        return out
-
-    def to_networkx(self, graph: LayeredGraph, clustering=None):
-        """The circuit as a subgraph of ``graph``'s networkx graph: kept edges and the nodes they touch.
-
-        Attributes are those of :meth:`LayeredGraph.to_networkx` (cluster labels included when
-        ``clustering`` is given), all GraphML types; graph attributes hold ``label``,
-        ``label_name``, ``ecs``, ``ecs_edges``, ``accuracy``, ``loss`` and ``ecs:<layer>`` per
-        layer. Nodes are in the graph's ``"grouped"`` view: after a Flatten of conv channels, a
-        channel-to-neuron edge is present when any of its kept weights is non-zero.
-        """
-        layers = []
-        for layer in graph.layers:
-            m = self.masks[layer.name].to(layer.weight.device)
-            w = layer.weight * (m[..., None, None] if layer.kind == "conv2d" else m).to(layer.weight.dtype)
-            layers.append(Layer(layer.name, layer.kind, w, in_groups=layer.in_groups, groups=layer.groups))
-        G = LayeredGraph(layers, chained=graph.chained).to_networkx(clustering)
-        G.remove_nodes_from([n for n in list(G.nodes) if G.degree(n) == 0])
-        G.graph.update(label=int(self.label), label_name=str(self.label_name), ecs=float(self.ecs),
-                       ecs_edges=float(self.size.ecs_edges), accuracy=float(self.accuracy), loss=float(self.loss))
-        G.graph.update({f"ecs:{k}": float(v) for k, v in self.size.ecs_per_layer.items()})
-        return G
-
-
 def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[LayeredGraph] = None,
                     score: Union[str, ScoreFn] = "magnitude", tolerance: Optional[Tolerance] = None,
                     schedule: Optional[Schedule] = None, label_name: Optional[str] = None,
-                    batch_size: int = 4096, device=None) -> Circuit:
+                    batch_size: int = 4096, device=None, num_threads: Optional[int] = 1) -> Circuit:
     """The circuit of one :class:`~graphinterp.pruning.LabelTask` (see the module docstring).
 
     Parameters
@@ -156,6 +82,11 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     label_name : str, optional
     batch_size : int
     device : str or torch.device, optional
+    num_threads : int or None, default 1
+        Torch CPU threads during the search (``torch.set_num_threads``, restored afterwards; None
+        leaves the setting alone). The search runs thousands of small forward passes, which gain
+        nothing from intra-op threads and lose a lot when the cores are shared: on a busy 2-core
+        machine 2 threads were 9x slower than 1 for the paper's MNIST MLP.
 
     Returns
     -------
@@ -178,17 +109,22 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     if score_fn is None:
         raise DataError(f"unknown score {score!r}; use one of {sorted(SCORES)} or a callable")
     device = resolve_device(device)
-    start = time.perf_counter()
-    with eval_mode(model.to(device)):
-        graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(task.x.shape[1:]))
-        layers = edge_layers(model, graph, device=device)
-        modules = [module_of(model, graph, l.name)[0] for l in layers]
-        ev = TaskEvaluator(model, layers, task, modules=modules, batch_size=batch_size, device=device)
-        full_acc, full_loss = ev({l.name: torch.ones_like(l.live) for l in layers})
-        history: list = []
-        masks = prune(ev, layers, score_fn, lambda a, l: tolerance.accepts(a, l, full_acc, full_loss),
-                      schedule, history)
-        acc, loss = ev({k: v.to(device) for k, v in masks.items()})
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    if num_threads is not None and device.type == "cpu":
+        torch.set_num_threads(int(num_threads))
+    try:
+        with eval_mode(model.to(device)):
+            graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(task.x.shape[1:]))
+            layers = edge_layers(model, graph, device=device)
+            modules = [module_of(model, graph, l.name)[0] for l in layers]
+            ev = TaskEvaluator(model, layers, task, modules=modules, batch_size=batch_size, device=device)
+            full_acc, full_loss = ev({l.name: torch.ones_like(l.live) for l in layers})
+            history: list = []
+            masks = prune(ev, layers, score_fn, lambda a, l: tolerance.accepts(a, l, full_acc, full_loss),
+                          schedule, history)
+            acc, loss = ev({k: v.to(device) for k, v in masks.items()})
+    finally:
+        torch.set_num_threads(threads)
     name = score if isinstance(score, str) else getattr(score, "__name__", "custom")
     return Circuit(task.label, str(task.label if label_name is None else label_name), masks,
                    circuit_size(layers, masks), acc, loss, full_acc, full_loss, task.n_pos, task.n_neg,
@@ -226,7 +162,8 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
     progress : bool
         tqdm bar over labels.
     **kwargs
-        ``score``, ``tolerance``, ``schedule``, ``batch_size``, ``device`` of :func:`extract_circuit`.
+        ``score``, ``tolerance``, ``schedule``, ``batch_size``, ``device``, ``num_threads`` of
+        :func:`extract_circuit`.
 
     Returns
     -------

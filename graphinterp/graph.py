@@ -178,10 +178,9 @@ class LayeredGraph:
                                   "layer": layer.name, "within": bool(b)})
                 for i, j, v, b in zip(ii.tolist(), jj.tolist(), vals.tolist(), within.tolist())
             )
-        network_wide = bool(getattr(clustering, "network_wide", False))
         for _, data in G.nodes(data=True):
             out_label, in_label = data["cluster_out"], data["cluster_in"]
-            data["cluster"] = out_label if (out_label >= 0 or network_wide) else in_label
+            data["cluster"] = out_label if out_label >= 0 else in_label
         return G
 
     def _level_name(self, t: int, side: str) -> str:

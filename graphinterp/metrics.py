@@ -21,6 +21,8 @@ The core, :func:`within_share`, is written once in torch and is differentiable; 
 """
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
@@ -55,9 +57,9 @@ def within_share(squares: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
     >>> within_share([S], [torch.eye(2, dtype=torch.bool)])
     tensor(0.9000)
     """
-    total = sum(s.sum() for s in squares)
-    inside = sum((s * m).sum() for s, m in zip(squares, masks))
-    return inside / total.clamp_min(torch.finfo(total.dtype).tiny)
+    total = functools.reduce(operator.add, [s.sum() for s in squares])
+    inside = functools.reduce(operator.add, [(s * m).sum() for s, m in zip(squares, masks)])
+    return inside / (total + torch.finfo(total.dtype).tiny)  # tiny: 0 (not NaN) when all weights are 0
 
 
 def within_mask(row_labels, col_labels, *, device: Optional[torch.device] = None) -> torch.Tensor:
