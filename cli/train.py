@@ -32,10 +32,10 @@ __all__ = ["command"]
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="weight", show_default=True,
               help="What BSGC clusters: the weights |W|, or the average cosine of gradients accumulated in warm-up.")
-@click.option("--reduction", type=click.Choice(["mass", "mean"]), default="mass", show_default=True,
-              help="How L_E combines several clustered layers: mass-weighted (the model-wide E that analyze reports) "
-                   "or the mean of per-layer E (every layer counts the same, e.g. a CNN's small fc2 beside "
-                   "a 4096-input fc1).")
+@click.option("--reduction", type=click.Choice(["mean", "mass"]), default="mean", show_default=True,
+              help="How L_E combines several clustered layers: the mean of per-layer E (every layer counts the "
+                   "same, e.g. a CNN's small fc2 beside a 4096-input fc1) or mass-weighted (the model-wide E "
+                   "that analyze reports).")
 @click.option("--layers", default=None, metavar="NAMES",
               help="Comma-separated layers to cluster (e.g. fc1,fc2). Default: every Linear layer between two hidden "
                    "levels (fc2 for the MLP, fc1,fc2 for the CNN).")

@@ -207,7 +207,9 @@ class CircuitComparison:
 
     ``relative_change[i] = (ecs_b - ecs_a) / ecs_a``; ``a_over_b`` is the mean of
     ``(ecs_a - ecs_b) / ecs_b``, i.e. how many more parameters model a's circuits hold on average
-    (the paper: an unclustered model a has on average 61.25% more than the clustered model b).
+    (the paper: an unclustered model a has on average 61.25% more than the clustered model b);
+    ``ratio_of_means`` is ``mean(ecs_a) / mean(ecs_b) - 1``, the same question weighted by circuit
+    size (less sensitive to labels whose circuits are tiny).
     """
 
     labels: List[int]
@@ -232,11 +234,19 @@ class CircuitComparison:
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.nanmean(np.where(self.ecs_b > 0, (self.ecs_a - self.ecs_b) / self.ecs_b, np.nan)))
 
+    @property
+    def ratio_of_means(self) -> float:
+        mean_b = float(np.mean(self.ecs_b))
+        return float(np.mean(self.ecs_a)) / mean_b - 1 if mean_b > 0 else float("nan")
+
     def to_dict(self) -> Dict[str, Any]:
         return {"names": list(self.names), "labels": self.labels, "label_names": self.label_names,
                 "ecs_a": self.ecs_a.tolist(), "ecs_b": self.ecs_b.tolist(),
                 "relative_change": [None if np.isnan(v) else float(v) for v in self.relative_change],
-                "mean_relative_change": self.mean_relative_change, "a_over_b": self.a_over_b}
+                "mean_relative_change": self.mean_relative_change, "a_over_b": self.a_over_b,
+                "ratio_of_means": self.ratio_of_means,
+                "n_evals_a": [self.circuits_a[c].n_evals for c in self.labels if c in self.circuits_a],
+                "n_evals_b": [self.circuits_b[c].n_evals for c in self.labels if c in self.circuits_b]}
 
 
 def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: Union[str, Iterable[int]] = "all",

@@ -7,13 +7,12 @@ train split) 0.3054 / 0.3761; MNIST 0.1307 / 0.3081; Fashion-MNIST 0.2860 / 0.35
 mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616).
 
 Files are looked for in ``data_dir`` (default: ``$GRAPHINTERP_DATA_DIR`` or
-``~/.cache/graphinterp/datasets``) and downloaded only with ``download=True``.
+``~/.cache/graphinterp/datasets``) and downloaded only with ``download=True``. This module knows the
+datasets and where their files are; :mod:`graphinterp.data_readers` reads each file layout.
 """
 from __future__ import annotations
 
 import os
-import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -21,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .data_readers import _failed, _load_image_folder, _load_mnist_like, _read_cifar_batches
 from .errors import DataError
 
 __all__ = [
@@ -49,7 +49,6 @@ _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Sh
 _INFO = {"digits": ((1, 8, 8), _DIGITS), "mnist": ((1, 28, 28), _DIGITS),
          "fashion-mnist": ((1, 28, 28), _FASHION), "cifar10": ((3, 32, 32), CIFAR10_CLASSES)}
 _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
-_TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 _CIFAR_PY = "cifar-10-batches-py"
 _DIGITS_SEED = 0
 
@@ -105,16 +104,6 @@ class LabeledTensors:
         return LabeledTensors(self.x[idx], self.y[idx], list(self.classes), self.name)
 
 
-def _line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _failed(key: str, where: Path, exc: BaseException, download: bool) -> str:
-    if download:
-        return f"could not download {key} into {where} ({_line(exc)}); check the network, or put the files there by hand"
-    return f"could not read {key} in {where} ({_line(exc)}); the files are damaged, re-download them with --download"
-
-
 def _canonical(name: str) -> str:
     key = str(name).lower().replace("_", "-")
     key = _ALIASES.get(key, key)
@@ -159,57 +148,6 @@ def _load_digits(train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(bunch.target[idx].astype(np.int64))
 
 
-def _load_mnist_like(key: str, root: Path, train: bool, download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    import torchvision
-
-    folder = _TORCHVISION_FOLDER[key]
-    if not download and root.name == folder and (root / "raw").is_dir():
-        root = root.parent  # the user pointed at MNIST/ itself
-    cls = torchvision.datasets.MNIST if key == "mnist" else torchvision.datasets.FashionMNIST
-    expected = root / folder / "raw" / f"{'train' if train else 't10k'}-images-idx3-ubyte"
-    if not download and not expected.is_file():
-        raise DataError(
-            f"{key} not found: expected {expected}; pass --download to fetch it, "
-            f"or --data-dir pointing at the folder that holds {folder}/"
-        )
-    try:
-        ds = cls(root=str(root), train=train, download=download)
-    except Exception as exc:  # torchvision raises RuntimeError/URLError/AssertionError
-        raise DataError(_failed(key, root / folder, exc, download)) from exc
-    return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR-10 python batches, allowing only numpy array reconstruction."""
-
-    _ALLOWED = {
-        (m, n)
-        for m in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
-        for n in ("_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar")
-    } | {("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
-
-
-def _read_cifar_batches(folder: Path, train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    data, labels = [], []
-    for fname in names:
-        path = folder / fname
-        try:
-            with open(path, "rb") as handle:
-                entry = _BatchUnpickler(handle, encoding="latin1").load()
-            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(int(v) for v in entry["labels"])
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-            detail = _line(exc)
-            raise DataError(f"cannot read CIFAR-10 batch {path} ({detail}); re-download it with --download") from exc
-    return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.int64)
-
-
 def _load_cifar_python(root: Path, train: bool, download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     # torchvision verifies the official md5s; files that differ (e.g. a generated subset) are read
     # with our own restricted unpickler instead of torchvision's unrestricted pickle.load.
@@ -224,46 +162,12 @@ def _load_cifar_python(root: Path, train: bool, download: bool) -> Tuple[torch.T
     return _read_cifar_batches(root / _CIFAR_PY, train)
 
 
-def _read_rgb(path: str) -> torch.Tensor:
-    """One 32x32 image as uint8 (3, 32, 32): torchvision's decoder (2x faster than PIL), else PIL."""
-    try:
-        from torchvision import io
-
-        img = io.decode_image(io.read_file(path), mode=io.ImageReadMode.RGB)
-    except (ImportError, AttributeError, RuntimeError):  # decoder removed, or a format it lacks
-        from PIL import Image
-
-        try:
-            with Image.open(path) as pil:
-                img = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
-        except OSError as exc:  # PIL.UnidentifiedImageError is an OSError
-            raise DataError(f"cannot read image {path} ({_line(exc)}); remove or replace the broken file") from exc
-    if tuple(img.shape) != (3, 32, 32):
-        raise DataError(f"{path} is {tuple(img.shape[1:])} pixels; CIFAR-10 images must all be 32x32")
-    return img
-
-
-def _load_image_folder(folder: Path) -> Tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import ImageFolder
-
-    try:
-        ds = ImageFolder(str(folder))
-    except FileNotFoundError as exc:
-        raise DataError(f"no CIFAR-10 images in {folder} ({_line(exc)}); expected {folder}/<class>/*.jpg") from exc
-    if tuple(ds.classes) != CIFAR10_CLASSES:
-        raise DataError(f"{folder} has class folders {ds.classes}; CIFAR-10 needs exactly {list(CIFAR10_CLASSES)}")
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders; PIL is the fallback
-        warnings.filterwarnings("ignore", message=".*decoding.*deprecated", category=DeprecationWarning)
-        images = [_read_rgb(path) for path, _ in ds.samples]
-    return torch.stack(images), torch.tensor(ds.targets, dtype=torch.int64)
-
-
 def _load_cifar10(root: Path, train: bool, download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     split = "train" if train else "test"
     candidates = [root, root / "cifar10", root / "CIFAR10-jpeg"]
     folder = next((c / split for c in candidates if (c / split).is_dir()), None)
     if folder is not None and not (root / _CIFAR_PY).is_dir():
-        x, y = _load_image_folder(folder)
+        x, y = _load_image_folder(folder, CIFAR10_CLASSES)
     elif (root / _CIFAR_PY).is_dir() or download:
         try:
             x, y = _load_cifar_python(root, train, download)

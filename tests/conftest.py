@@ -25,3 +25,17 @@ def datasets_dir() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/datasets is not available")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a test module, restored after it (use with ``pytest.mark.usefixtures``).
+
+    Tiny models: one thread avoids OpenMP spin-waits when the CPU is shared.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -166,6 +166,8 @@ def test_comparison_arithmetic_and_same_model():
     assert comp.relative_change.tolist() == pytest.approx([-0.5, -0.5])
     assert comp.mean_relative_change == pytest.approx(-0.5) and comp.a_over_b == pytest.approx(1.0)
     assert json.loads(json.dumps(comp.to_dict()))["a_over_b"] == pytest.approx(1.0)
+    skew = CircuitComparison([0, 1], ["a", "b"], np.array([0.3, 0.01]), np.array([0.1, 0.01]), ("base", "mod"))
+    assert skew.a_over_b == pytest.approx(1.0) and skew.ratio_of_means == pytest.approx(0.31 / 0.11 - 1)
     model, data = planted_model(), planted_data()
     same = compare_circuits(model, planted_model(), data, [0, 1], progress=False, device="cpu", names=("x", "y"))
     assert same.labels == [0, 1] and np.allclose(same.ecs_a, same.ecs_b) and same.mean_relative_change == 0.0
@@ -272,3 +274,58 @@ def test_incremental_first_layer_matches_plain_evaluation():
                 flat[block] = True  # reject it
         assert fast({k: v.clone() for k, v in masks.items()}) == pytest.approx(plain(masks), abs=1e-6)
     assert torch.equal(model[1].weight, layers[0].weight) and "forward" not in model[1].__dict__
+
+
+def test_incremental_layer_after_convolutions_matches_plain_evaluation():
+    """CNN: fc1 is evaluated incrementally from the captured conv features; changes to conv kernels
+    fall back to a full pass and, when accepted, re-capture those features."""
+    from graphinterp.circuit_search import TaskEvaluator
+    from graphinterp.hooks import module_of
+    from graphinterp.pruning import flat_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    x = torch.randn(60, 2, 4, 4)
+    y = model(x).argmax(1).detach()
+    graph = LayeredGraph.from_module(model, input_shape=(2, 4, 4))
+    layers = edge_layers(model, graph)
+    mods = [module_of(model, graph, l.name)[0] for l in layers]
+    task = label_task(x, y, int(y[0]), random_state=0)
+    fast = TaskEvaluator(model, layers, task, modules=mods, batch_size=25)
+    plain = TaskEvaluator(model, layers, task, modules=mods, batch_size=25, incremental=False)
+    assert fast.first is model[4] and fast.suffix is not None and fast.offset == 6
+    flat = torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool)
+    masks = flat_masks(layers, flat)
+    gen = torch.Generator().manual_seed(2)
+    conv_changes, conv_accepted = 0, 0
+    with fast.session():
+        for step in range(60):
+            live = torch.nonzero(flat).flatten()
+            block = live[torch.randperm(live.numel(), generator=gen)[:int(torch.randint(1, 4, (1,), generator=gen))]]
+            conv_changes += int((block < fast.offset).any())
+            flat[block] = False
+            got, want = fast(masks, changed=block), plain(masks)
+            assert got == pytest.approx(want, abs=1e-6)
+            if step % 3:
+                fast.accept(masks)
+                conv_accepted += int((block < fast.offset).any())
+            else:
+                flat[block] = True
+        assert fast({k: v.clone() for k, v in masks.items()}) == pytest.approx(plain(masks), abs=1e-6)
+    assert conv_changes > conv_accepted >= 2  # the fallback, the re-capture and a rejection were exercised
+    assert torch.equal(model[4].weight, layers[1].weight) and "forward" not in model[4].__dict__
+    # not a plain Sequential: no incremental layer after the convolutions
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, x):
+            return self.body(x)
+
+    net = Net()
+    g2 = LayeredGraph.from_module(net, input_shape=(2, 4, 4))
+    l2 = edge_layers(net, g2)
+    ev = TaskEvaluator(net, l2, task, modules=[module_of(net, g2, l.name)[0] for l in l2])
+    assert ev.first is None

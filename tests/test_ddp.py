@@ -12,16 +12,10 @@ import torch.multiprocessing as mp
 from graphinterp.data import load_dataset
 from graphinterp.train import TrainConfig, train
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _config() -> TrainConfig:

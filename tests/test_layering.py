@@ -6,14 +6,14 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "graphinterp"
 LAYER = {
-    "errors": 0, "_files": 0,
-    "models": 1, "data": 1, "checkpoint": 1, "loading": 1,
+    "errors": 0, "_files": 0, "_denormal": 0,
+    "models": 1, "data": 1, "data_readers": 1, "checkpoint": 1, "loading": 1,
     "layer": 2, "tracing": 2, "graph": 2,
     "bsgc": 3, "cluster": 3, "metrics": 3,
     "analysis": 4, "masks": 4, "loss": 4, "gradsim": 4, "significance": 4,
     "evaluation": 4, "hooks": 4, "pruning": 4,
-    "train": 5, "ablate": 5, "circuits": 5, "circuit_search": 5,
-    "io": 6, "viz": 6, "viz_layer": 6, "benchmark_report": 6, "benchmarking": 6,
+    "train": 5, "train_config": 5, "train_state": 5, "ablate": 5, "circuits": 5, "circuit_search": 5, "circuit_eval": 5,
+    "io": 6, "viz": 6, "viz_eval": 6, "viz_layer": 6, "benchmark_report": 6, "benchmarking": 6,
 }
 
 

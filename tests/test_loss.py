@@ -15,13 +15,7 @@ from graphinterp.metrics import clusterability_report
 from graphinterp.models import mlp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model_and_clustering(seed=0):
@@ -87,7 +81,7 @@ def test_gradcheck(reduction):
 
 def test_mass_value_is_the_reported_clusterability():
     model, graph, c = _model_and_clustering(seed=2)
-    loss = EnmeshmentLoss(model, c, graph=graph)
+    loss = EnmeshmentLoss(model, c, graph=graph, reduction="mass")
     report = clusterability_report(graph, c)
     assert loss.clusterability() == pytest.approx(report.E, rel=1e-12)
     assert loss().item() == pytest.approx(1 - report.E, rel=1e-12)
@@ -161,7 +155,7 @@ def test_functional_form_caches_masks(monkeypatch):
     model.fc2.weight = nn.Parameter(model.fc2.weight.detach().clone())  # replaced parameter -> rebuilt
     enmeshment_loss(model, c2).backward()
     assert len(calls) == 2 and model.fc2.weight.grad is not None
-    enmeshment_loss(model, c2, reduction="mean")
+    enmeshment_loss(model, c2, reduction="mass")  # another reduction -> rebuilt
     assert len(calls) == 3
 
 
@@ -175,3 +169,18 @@ def test_bad_arguments():
     other = mlp(12, [9, 8], 3)
     with pytest.raises(ClusteringError):
         enmeshment_loss(other, c)
+
+
+def test_frozen_and_non_contiguous_weights():
+    """A frozen clustered weight gets no gradient; a channels-last conv weight gets the dense reference's."""
+    model, graph, c = _model_and_clustering(seed=3)
+    model[0].weight.data = model[0].weight.data.contiguous(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    loss, ref = EnmeshmentLoss(model, c, graph=graph), _reference(model, c, "mean")
+    assert loss().item() == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(loss(), model[0].weight)[0],
+                               torch.autograd.grad(ref, model[0].weight)[0], rtol=1e-10, atol=1e-14)
+    model[5].weight.requires_grad_(False)
+    loss().backward()
+    assert model[5].weight.grad is None and model[3].weight.grad is not None
+

@@ -14,13 +14,7 @@ from graphinterp.metrics import clusterability
 from graphinterp.models import cnn, mlp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clustering(k, **layers):

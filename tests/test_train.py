@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import graphinterp.train as train_mod
 from graphinterp.checkpoint import load_checkpoint
 from graphinterp.cluster import Clustering
 from graphinterp.data import load_dataset
@@ -16,16 +15,12 @@ from graphinterp.graph import LayeredGraph
 from graphinterp.loss import EnmeshmentLoss
 from graphinterp.metrics import clusterability_report
 from graphinterp.models import build_model, mlp
+import graphinterp.train as train_mod
+from graphinterp._denormal import denormals_flushed
 from graphinterp.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waits when the CPU is shared (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +49,7 @@ def test_modular_training_raises_E_far_above_the_baseline(digits, tmp_path):
     # history: warm-up row then modular rows; E rises; L_E is 1 - E for one layer
     phases = [r["phase"] for r in modular.history]
     assert phases == ["warmup"] + ["modular"] * 2
+    assert [r["phase"] for r in baseline.history] == ["warmup"] + ["train"] * 2  # lambda 0: not "modular"
     Es = [r["E"] for r in modular.history]
     assert Es[-1] > Es[0] + 0.3
     assert modular.history[-1]["loss"] == pytest.approx(modular.history[-1]["ce"] + 20 * modular.history[-1]["l_e"])
@@ -61,7 +57,7 @@ def test_modular_training_raises_E_far_above_the_baseline(digits, tmp_path):
     # training flushes subnormals (between-cluster weights decay geometrically) and restores the mode
     w = modular.model.fc2.weight.detach()
     assert not bool(((w != 0) & (w.abs() < torch.finfo(w.dtype).tiny)).any())
-    assert not train_mod._denormals_flushed()
+    assert not denormals_flushed()
 
 
 def test_checkpoint_holds_everything_to_rebuild_the_model(digits, tmp_path):
