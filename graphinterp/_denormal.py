@@ -8,15 +8,17 @@ computing with subnormals (measured: with 2 threads, half of a large elementwise
 subnormal, and late modular epochs of the paper's CNN took twice as long as early ones).
 :func:`flush_denormals` therefore also sets the flag in each OpenMP worker, by running a one-line
 callback on the runtime's team (``GOMP_parallel``, exported by libgomp, LLVM's libomp and Intel's
-libiomp5). Where no such runtime is found (no ``/proc``, another threading backend) only the calling
-thread is set, as ``torch.set_flush_denormal`` does.
+libiomp5), in every OpenMP runtime loaded in the process: wheels vendor their own copies (torch's
+``torch/lib/libgomp.so.1``, scikit-learn's ``scikit_learn.libs/libgomp-*.so``), and the one torch
+computes with must not be missed. Where no such runtime is found (no ``/proc``, another threading
+backend) only the calling thread is set, as ``torch.set_flush_denormal`` does.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import functools
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
@@ -30,33 +32,40 @@ def denormals_flushed() -> bool:
     return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
 
 
-@functools.lru_cache(maxsize=1)
-def _openmp_parallel():
-    """``GOMP_parallel`` of the OpenMP runtime loaded in this process, or None."""
+def _openmp_runtimes() -> Tuple[str, ...]:
+    """Paths of the OpenMP runtimes mapped into this process (empty without ``/proc``)."""
     try:
         with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh
-                            if any(name in line for name in ("libgomp", "libiomp", "libomp"))})
+            return tuple(sorted({line.split()[-1] for line in fh
+                                 if any(name in line for name in ("libgomp", "libiomp", "libomp"))}))
     except OSError:
+        return ()
+
+
+@functools.lru_cache(maxsize=None)
+def _parallel_of(path: str):
+    """``GOMP_parallel`` of the runtime at ``path``, or None."""
+    try:
+        fn = ctypes.CDLL(path).GOMP_parallel
+    except (OSError, AttributeError):
         return None
-    for path in paths:
-        try:
-            fn = ctypes.CDLL(path).GOMP_parallel
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-        fn.restype = None
-        return fn
-    return None
+    fn.argtypes = [_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    fn.restype = None
+    return fn
+
+
+def _openmp_parallel() -> List:
+    """``GOMP_parallel`` of every OpenMP runtime loaded now (libraries load lazily, so looked up each time)."""
+    return [fn for fn in map(_parallel_of, _openmp_runtimes()) if fn is not None]
 
 
 def _set_everywhere(flag: bool) -> None:
     torch.set_flush_denormal(flag)
     threads = torch.get_num_threads()
-    parallel = _openmp_parallel() if threads > 1 else None
-    if parallel is not None:
+    if threads > 1:
         callback = _CALLBACK(lambda _data: torch.set_flush_denormal(flag))
-        parallel(callback, None, threads, 0)  # every thread of the team (this one included) sets its flag
+        for parallel in _openmp_parallel():
+            parallel(callback, None, threads, 0)  # every thread of the team (this one included) sets its flag
 
 
 @contextlib.contextmanager

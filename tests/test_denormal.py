@@ -30,6 +30,7 @@ def test_calling_thread_is_flushed_and_restored():
 
 _WORKERS_SCRIPT = """
 import torch
+import sklearn.cluster  # loads scikit-learn's own OpenMP runtime beside torch's
 from graphinterp._denormal import flush_denormals
 torch.set_num_threads(2)
 x = torch.full((4_000_000,), 1e-39)
@@ -41,7 +42,7 @@ print(share())                # and the worker is restored
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or _openmp_parallel() is None,
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _openmp_parallel(),
                     reason="needs an OpenMP runtime found through /proc/self/maps")
 def test_openmp_worker_threads_are_flushed_too():
     """In a fresh process, as in training: the thread pool exists before flushing is switched on."""
