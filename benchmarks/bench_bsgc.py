@@ -1,21 +1,26 @@
 """BSGC vs scikit-learn's SpectralCoclustering: time and clusterability E on the same matrices.
 
 Prints, per layer shape and matrix kind, graphinterp's time and E, scikit-learn's time and E
-(measured in the same run), the ratios, and the floor: one normalisation pass plus a rank-k
-randomized SVD, the cheapest thing that computes the embedding.
+(measured in the same run, repeats interleaved, medians), the ratios, and the floor: one
+normalisation pass plus a rank-k randomized SVD (``normalize_bipartite`` + ``randomized_svd``), the
+cheapest thing that computes the embedding. The load average is printed before and after.
 
-    python benchmarks/bench_bsgc.py                 # 256, 1024, 4096 square and 4096 x 16384
-    python benchmarks/bench_bsgc.py --sizes 256 1024 --repeats 1
+    python benchmarks/bench_bsgc.py                        # 64, 256, 1024, 4096 square and 4096 x 16384
+    python benchmarks/bench_bsgc.py --sizes 64 256 --no-wide --repeats 3
 
-scikit-learn's KMeans runs with one OpenMP thread here, as graphinterp's does: with torch
-loaded, two OpenMP runtimes spin against each other on 2 cores and KMeans becomes ~100x slower,
-which would flatter graphinterp unfairly.
+Matrix kinds: ``gaussian`` |N(0, 1)|, ``heavy`` |Student-t, 3 degrees of freedom| (a few huge
+weights, like trained layers), ``planted`` k modules of unequal sizes in Gaussian noise.
+scikit-learn's KMeans runs with one OpenMP thread (with torch loaded, two OpenMP runtimes spin
+against each other on 2 cores and KMeans becomes ~100x slower, which would flatter graphinterp);
+graphinterp uses torch's default threads.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -25,62 +30,95 @@ from threadpoolctl import threadpool_limits
 from graphinterp.bsgc import BSGC, normalize_bipartite, randomized_svd
 from graphinterp.metrics import clusterability
 
-
-def planted(m: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    rows = rng.integers(0, k, m)
-    cols = rng.integers(0, k, n)
-    W = 0.3 * rng.standard_normal((m, n))
-    W += (rows[:, None] == cols[None, :]) * rng.standard_normal((m, n))
-    return W.astype(np.float32)
+KINDS = ("gaussian", "heavy", "planted")
 
 
-def timed(fn, repeats: int):
-    times, out = [], None
+def make_layer(kind: str, m: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "gaussian":
+        return rng.standard_normal((m, n), dtype=np.float32)
+    if kind == "heavy":
+        return rng.standard_t(3, (m, n)).astype(np.float32)
+    sizes = rng.dirichlet(np.full(k, 3.0))  # unequal modules
+    rows = rng.choice(k, m, p=sizes)
+    cols = rng.choice(k, n, p=sizes)
+    W = 0.3 * rng.standard_normal((m, n), dtype=np.float32)
+    W += (rows[:, None] == cols[None, :]) * rng.standard_normal((m, n), dtype=np.float32)
+    return W
+
+
+def fit_ours(A: np.ndarray, k: int, seed: int):
+    est = BSGC(k, random_state=seed).fit(A)
+    return est.row_labels_, est.column_labels_
+
+
+def fit_sklearn(A: np.ndarray, k: int, seed: int):
+    with threadpool_limits(1, user_api="openmp"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its KMeans may warn about convergence; not ours to report
+        est = SpectralCoclustering(k, random_state=seed).fit(A)
+    return est.row_labels_, est.column_labels_
+
+
+def fit_floor(A: np.ndarray, k: int, seed: int):
+    An, _, _ = normalize_bipartite(torch.from_numpy(A))
+    return randomized_svd(An, k, generator=torch.Generator().manual_seed(seed))
+
+
+def interleaved(fns: dict, repeats: int, gap: float) -> tuple:
+    """Run every function once per round, ``repeats`` rounds; median time and last output of each.
+
+    Each call starts ``gap`` seconds after the previous one ended, so that BLAS/OpenMP threads left
+    spinning by the previous call (scikit-learn's OpenBLAS and OpenMP, torch's OpenMP) have gone to
+    sleep and do not slow down the next one.
+    """
+    times = {name: [] for name in fns}
+    out = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for name, fn in fns.items():
+            time.sleep(gap)
+            t0 = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="*", type=int, default=[256, 1024, 4096])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[64, 256, 1024, 4096])
     parser.add_argument("--wide", action=argparse.BooleanOptionalAction, default=True,
                         help="also run a 4096 x 16384 layer")
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds for small layers (fewer for big ones)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gap", type=float, default=0.3, help="seconds of idle time before each timed call")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     shapes = [(s, s) for s in args.sizes] + ([(4096, 16384)] if args.wide else [])
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, k={args.k}")
-    header = (f"{'shape':>12} {'kind':>8} {'ours s':>8} {'sklearn s':>9} {'speedup':>8} {'floor s':>8} "
-              f"{'ours/floor':>10} {'E ours':>7} {'E sk':>7} {'dE':>7}")
-    print(header)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, k={args.k}, "
+          f"load average before {tuple(round(x, 2) for x in os.getloadavg())}")
+    print(f"| shape | kind | ours s | sklearn s | sklearn / ours | floor s | ours / floor | E ours | E sklearn | dE |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for m, n in shapes:
-        for kind in ("gaussian", "planted"):
-            W = rng.standard_normal((m, n)).astype(np.float32) if kind == "gaussian" else planted(m, n, args.k, rng)
+        size = m * n
+        repeats = args.repeats if size <= 1 << 20 else max(1, min(args.repeats, 5 if size <= 1 << 24 else 3))
+        for kind in args.kinds:
+            W = make_layer(kind, m, n, args.k, rng)
             A = np.abs(W)
-            W2 = torch.from_numpy(W).double().square()
-            reps = 1 if m * n > 20_000_000 else args.repeats
-            t_ours, est = timed(lambda: BSGC(args.k, random_state=args.seed).fit(A), reps)
-
-            def sk_fit():
-                with threadpool_limits(1, user_api="openmp"):
-                    return SpectralCoclustering(args.k, random_state=args.seed).fit(A)
-
-            t_sk, sk = timed(sk_fit, reps)
-
-            def floor():
-                An, _, _ = normalize_bipartite(torch.from_numpy(A))
-                return randomized_svd(An, args.k, generator=torch.Generator().manual_seed(0))
-
-            t_floor, _ = timed(floor, reps)
-            e_ours = float(clusterability(W2, est.row_labels_, est.column_labels_))
-            e_sk = float(clusterability(W2, sk.row_labels_, sk.column_labels_))
-            print(f"{f'{m}x{n}':>12} {kind:>8} {t_ours:8.3f} {t_sk:9.3f} {t_sk / t_ours:7.2f}x {t_floor:8.3f} "
-                  f"{t_ours / t_floor:9.1f}x {e_ours:7.4f} {e_sk:7.4f} {e_ours - e_sk:+7.4f}", flush=True)
+            fns = {
+                "ours": lambda: fit_ours(A, args.k, args.seed),
+                "sklearn": lambda: fit_sklearn(A, args.k, args.seed),
+                "floor": lambda: fit_floor(A, args.k, args.seed),
+            }
+            fit_ours(A, args.k, args.seed)  # warm-up (first-touch allocations, lazy imports)
+            t, out = interleaved(fns, repeats, args.gap)
+            W2 = torch.from_numpy(W).square()
+            e_ours = float(clusterability(W2, *out["ours"]))
+            e_sk = float(clusterability(W2, *out["sklearn"]))
+            print(f"| {m}x{n} | {kind} | {t['ours']:.4f} | {t['sklearn']:.4f} | {t['sklearn'] / t['ours']:.2f}x | "
+                  f"{t['floor']:.4f} | {t['ours'] / t['floor']:.2f}x | {e_ours:.4f} | {e_sk:.4f} | "
+                  f"{e_ours - e_sk:+.4f} |", flush=True)
+            del W, A, W2, out
+    print(f"load average after {tuple(round(x, 2) for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -6,16 +6,19 @@ from typing import Dict, List, Optional, Sequence
 import click
 
 from graphinterp.cli._common import (
-    device_option, emit_json, format_table, json_option, parse_layers, seed_option,
-    trust_pickle_option,
+    FIGURE_SUFFIXES, MAX_RANGE_VALUES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json,
+    format_table, json_option, parse_int_ranges, parse_layers, plain_text, seed_option, trust_pickle_option,
 )
 from graphinterp.data import DATASETS
 
 __all__ = ["command", "parse_neurons", "load_eval_data", "check_outputs", "data_options"]
 
 
-def parse_neurons(values: Sequence[str]) -> Dict[str, List[int]]:
+def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) -> Dict[str, List[int]]:
     """``["fc1:1,2,5-7", "fc2:0"]`` -> ``{"fc1": [1, 2, 5, 6, 7], "fc2": [0]}``.
+
+    Indices are >= 0; at most ``max_values`` of them in all (a huge range is refused before it is
+    expanded); :class:`click.BadParameter` otherwise.
 
     Examples
     --------
@@ -23,19 +26,13 @@ def parse_neurons(values: Sequence[str]) -> Dict[str, List[int]]:
     {'fc1': [1, 3, 4], 'input': [0]}
     """
     out: Dict[str, List[int]] = {}
+    left = max_values
     for text in values:
         level, sep, rest = text.partition(":")
-        try:
-            if not sep or not level.strip():
-                raise ValueError
-            idx: List[int] = []
-            for part in filter(None, (p.strip() for p in rest.split(","))):
-                lo, dash, hi = part.partition("-")
-                idx.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
-            if not idx:
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(f"{text!r}: use LEVEL:INDICES such as fc1:1,2,3 or fc1:0-7", param_hint="--neurons") from None
+        if not sep or not level.strip():
+            raise click.BadParameter(f"{text!r}: use LEVEL:INDICES such as fc1:1,2,3 or fc1:0-7", param_hint="--neurons")
+        idx = parse_int_ranges(rest, param_hint="--neurons", example="fc1:1,2,3 or fc1:0-7", max_values=left)
+        left -= len(idx)
         out.setdefault(level.strip(), []).extend(idx)
     return out
 
@@ -45,7 +42,7 @@ def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Opt
     from graphinterp.data import load_dataset
 
     data = load_dataset(dataset, split=split, data_dir=data_dir)
-    return data.subset(limit, seed=seed) if limit else data
+    return data.subset(limit, seed=seed) if limit is not None else data
 
 
 def check_outputs(graph, data, path: str) -> None:
@@ -60,7 +57,7 @@ def check_outputs(graph, data, path: str) -> None:
 
 def data_options(f):
     """--dataset, --split, --data-dir, --limit."""
-    f = click.option("--limit", type=int, default=None, metavar="N",
+    f = click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
                      help="Evaluate on a seeded random subset of N examples.")(f)
     f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Folder holding the dataset (default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")(f)
@@ -73,7 +70,7 @@ def data_options(f):
 @click.command("ablate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
-@click.option("--k", type=int, default=None,
+@click.option("--k", type=click.IntRange(min=2), default=None,
               help="Cluster now with k clusters (network-wide BSGC on --layers, default the hidden Linear layers) "
                    "instead of using the clustering stored in the checkpoint.")
 @click.option("--layers", default=None, metavar="NAMES",
@@ -84,7 +81,7 @@ def data_options(f):
 @click.option("--neurons", multiple=True, metavar="LEVEL:IDX",
               help="Ablate these neurons instead of clusters, e.g. fc1:1,2,3 or fc1:0-7 (repeatable). LEVEL is "
                    "'input' or a layer name, meaning that layer's outputs.")
-@click.option("--batch-size", type=int, default=1024, show_default=True, help="Evaluation batch size.")
+@click.option("--batch-size", type=POSITIVE_INT, default=1024, show_default=True, help="Evaluation batch size.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the ON/OFF heatmaps (PNG/SVG/PDF by suffix).")
 @seed_option
@@ -113,10 +110,15 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
 
     if neurons and (plot_path or k):
         raise click.UsageError("--neurons ablates the given neurons; it cannot be combined with --k or --plot")
+    if layers is not None and k is None:
+        raise click.UsageError("--layers chooses the layers to cluster with --k; pass --k too")
     spec = parse_neurons(neurons) if neurons else None
+    if plot_path:
+        check_output_path(plot_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
     data = load_eval_data(dataset, split, data_dir, limit, seed)
     loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     check_outputs(graph, data, model)
+    names = check_layers(graph, parse_layers(layers))
     if spec is not None:
         full = class_accuracy(net, data, batch_size=batch_size, device=device)
         with ablate(net, graph, spec, mode=mode, reference=data, batch_size=batch_size):
@@ -126,7 +128,7 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     if k is not None:
         from graphinterp.masks import default_cluster_layers
 
-        clustering = cluster_network(graph, k, layers=parse_layers(layers) or default_cluster_layers(graph),
+        clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph),
                                      random_state=seed)
         source = f"clustered now (k={k}, network-wide BSGC)"
     elif loaded.clustering:
@@ -140,8 +142,9 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     if plot_path:
         from graphinterp.viz import plot_ablation
 
-        plot_ablation(result.on, result.off, full=result.full, class_names=result.classes,
-                      title=f"{model}: class-wise accuracy, clusters ON / OFF ({mode} ablation)", out=plot_path)
+        plot_ablation(result.on, result.off, full=result.full, class_names=[plain_text(c) for c in result.classes],
+                      title=f"{plain_text(model)}: class-wise accuracy, clusters ON / OFF ({mode} ablation)",
+                      out=plot_path)
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "n_examples": len(data),
                    "k": clustering.k, "clustered_layers": clustering.layer_names, "clustering": source,

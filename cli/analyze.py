@@ -5,16 +5,19 @@ import click
 
 from graphinterp.analysis import analyze, load_graph
 from graphinterp.cli._common import (
-    emit_json, format_table, json_option, layers_option, parse_layers, seed_option, trust_pickle_option,
+    emit_json, format_table, json_option, layers_option, parse_layers, seed_option,
+    trust_pickle_option,
 )
 from graphinterp.cluster import Clustering, parse_k_range
 from graphinterp.metrics import clusterability_report
+from graphinterp.cli._source_options import parse_input_shape
+from graphinterp.sources import graph_structure
 
 __all__ = ["command"]
 
 
 @click.command("analyze")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--k", "k_text", default="4", show_default=True, metavar="K|A..B|A,B",
               help="Number of clusters: one value (4), a range (2..10) or a list (2,4,8).")
 @layers_option
@@ -27,16 +30,27 @@ __all__ = ["command"]
               help="How row and column clusters are paired: joint embedding (Dhillon), independent KMeans "
                    "+ optimal matching, or Algorithm 1 verbatim (independent, unpaired).")
 @click.option("--layerwise", is_flag=True,
-              help="Treat every Linear/Conv2d as its own bipartite graph (for residual networks).")
+              help="Treat every weight layer as its own bipartite graph (unlinked). By default a module is "
+                   "traced into its graph: a chain, or a DAG for residual / attention models.")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="Weights file for MODEL given as a torchvision architecture name (e.g. resnet18).")
+@click.option("--no-fold", "no_fold", is_flag=True,
+              help="Do not fold normalisation (BatchNorm scale, LayerNorm/RMSNorm gains, layer_scale) into weights.")
+@click.option("--input-shape", default=None, metavar="C,H,W",
+              help="Shape of one input without the batch dimension, when it cannot be guessed (e.g. 3,64,64).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure of E against k (PNG/SVG/PDF by suffix).")
 @trust_pickle_option
 @json_option
-def command(model, k_text, layers, seed, similarity, pairing, layerwise, plot_path, trust_pickle, as_json):
+def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights, no_fold, input_shape, plot_path,
+            trust_pickle, as_json):
     """Cluster each layer of MODEL with BSGC and report its clusterability.
 
     MODEL is a graphinterp checkpoint, a bare state_dict (e.g. a third-party .pth), a TorchScript
-    file, or (with --trust-pickle) a pickled nn.Module. For every layer: its shape, the cluster
+    file, a .safetensors file, a HuggingFace model folder (config.json + weights; needs
+    `pip install graphinterp[hf]`), a torchvision architecture name (random weights, or --weights
+    FILE), or (with --trust-pickle) a pickled nn.Module. The report starts with the graph's
+    coverage: the share of the model's weights it holds, modules not covered, what was folded. For every layer: its shape, the cluster
     sizes (inputs/outputs per cluster), clusterability E (share of squared weight inside
     clusters), the E expected of a random partition with the same sizes, and the normalised
     score (E - E_rand) / (1 - E_rand).
@@ -45,10 +59,14 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, plot_pa
     Examples:
       graphinterp analyze model.pt --k 4
       graphinterp analyze model.pt --k 2..10 --plot e_vs_k.png
-      graphinterp analyze resnet20.th --layerwise --json
+      graphinterp analyze resnet18 --k 4
+      graphinterp analyze vit_b_16 --weights vit.pth --json
+      graphinterp analyze ./my-gpt2-folder --k 4
     """
     ks = parse_k_range(k_text)
-    loaded, graph = load_graph(model, trust_pickle=trust_pickle, layerwise=layerwise)
+    shape = parse_input_shape(input_shape)
+    loaded, graph = load_graph(model, trust_pickle=trust_pickle, layerwise=layerwise, weights=weights,
+                               fold=not no_fold, input_shape=shape)
     result = analyze(graph, ks, layers=parse_layers(layers), pairing=pairing, random_state=seed,
                      progress=len(ks) > 1 and not as_json)
     stored = None
@@ -64,13 +82,18 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, plot_pa
                                  title=f"Clusterability of {name}", out=plot_path)
     if as_json:
         payload = {"model": str(model), "kind": loaded.kind, "layers": graph.layer_names,
-                   "chained": graph.chained, **result.to_dict()}
+                   "chained": graph.chained, "structure": graph_structure(graph),
+                   "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
+                   **result.to_dict()}
         if stored is not None:
             payload["stored_clustering"] = stored.to_dict()
         emit_json(payload)
         return
-    click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {graph.num_params():,} weights"
-               f"{'' if graph.chained else ' (layer by layer)'}")
+    structure = {"chained": "", "dag": " (a DAG: residual streams and branches on shared nodes)",
+                 "layerwise": " (layer by layer)"}[graph_structure(graph)]
+    click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {graph.num_params():,} weights{structure}")
+    for line in (graph.coverage.summary_lines() if graph.coverage is not None else []):
+        click.echo(line)
     if len(ks) == 1:
         rep = result.reports[ks[0]]
         rows = [(s.layer, f"{s.shape[0]}x{s.shape[1]}", " ".join(f"{a}/{b}" for a, b in s.sizes),

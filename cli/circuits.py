@@ -1,13 +1,15 @@
 """``graphinterp circuits``: one circuit per label by iterative edge pruning, its ECS, GraphML export, comparison."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 import click
 
 from graphinterp.cli._common import (
-    device_option, emit_json, format_table, json_option, quiet_option, seed_option, trust_pickle_option,
+    FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option, emit_json,
+    format_table, json_option, parse_int_ranges, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
 from graphinterp.cli.ablate import data_options, load_eval_data, check_outputs
 
@@ -24,16 +26,7 @@ def parse_labels(text: str) -> Union[str, List[int]]:
     """
     if text.strip().lower() == "all":
         return "all"
-    try:
-        out: List[int] = []
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            lo, dash, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
-        if not out:
-            raise ValueError
-        return out
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use all, or label indices such as 0,3,5-7", param_hint="--labels") from None
+    return parse_int_ranges(text, param_hint="--labels", example="all or 0,3,5-7")
 
 
 def _stem(path: str) -> str:
@@ -55,8 +48,8 @@ def _bar_plot(circuits, title: str, out: str) -> None:
     ax.bar(x - 0.4 + width / 2, [c.ecs for c in circuits.values()], width, color="black", label="all weights")
     for i, layer in enumerate(layers, start=1):
         ax.bar(x - 0.4 + width * (i + 0.5), [c.size.ecs_per_layer[layer] for c in circuits.values()], width,
-               label=layer, alpha=0.8)
-    ax.set_xticks(x, names)
+               label=plain_text(layer), alpha=0.8)
+    ax.set_xticks(x, [plain_text(n) for n in names])
     ax.set(xlabel="label", ylabel="ECS (fraction of non-zero weights kept)", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     save_figure(fig, out)
@@ -94,19 +87,19 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
                    "ECS change per label (the paper's Figure 3).")
 @click.option("--score", type=click.Choice(["magnitude", "attribution"]), default="magnitude", show_default=True,
               help="Edge ranking: |w| normalised per layer, or |w * dL/dw| on the label's task (re-scored each round).")
-@click.option("--min-accuracy", type=float, default=0.95, show_default=True,
+@click.option("--min-accuracy", type=FiniteFloat(0, 1, low_open=True), default=0.95, show_default=True,
               help="A circuit keeps at least this fraction of the full model's balanced one-vs-rest accuracy.")
-@click.option("--max-loss-increase", type=float, default=0.1, show_default=True,
+@click.option("--max-loss-increase", type=FiniteFloat(0), default=0.1, show_default=True,
               help="... and its one-vs-rest cross-entropy rises by at most this much (nats).")
-@click.option("--max-examples", type=int, default=500, show_default=True,
+@click.option("--max-examples", type=POSITIVE_INT, default=500, show_default=True,
               help="Examples of the label in its task (as many examples of other labels are added).")
-@click.option("--max-evals", type=int, default=10000, show_default=True,
+@click.option("--max-evals", type=POSITIVE_INT, default=10000, show_default=True,
               help="Forward passes allowed per label (a safety cap; the search usually stops by itself before).")
 @click.option("--graphml-dir", type=click.Path(file_okay=False), default=None,
               help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
-@click.option("--batch-size", type=int, default=4096, show_default=True, help="Evaluation batch size.")
+@click.option("--batch-size", type=POSITIVE_INT, default=4096, show_default=True, help="Evaluation batch size.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Torch CPU threads during the search. It runs thousands of small forward passes, which gain nothing "
                    "from threads and lose much when cores are shared.")
@@ -134,6 +127,22 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, score, m
     from graphinterp.circuits import CircuitComparison
 
     labels = parse_labels(labels_text)
+    inputs = (model, other)
+    if plot_path:
+        check_output_path(plot_path, inputs=inputs, suffixes=FIGURE_SUFFIXES, param_hint="--plot")
+    if graphml_dir:
+        check_output_dir(graphml_dir, param_hint="--graphml-dir")
+        stems = {_stem(model)} | ({_stem(other)} if other else set())
+        if other and len(stems) == 1:
+            raise click.BadParameter(f"{model} and {other} have the same name, so their circuits would overwrite "
+                                     "each other's GraphML files; rename one", param_hint="--graphml-dir")
+        import re
+
+        for source in filter(None, inputs):
+            if (os.path.realpath(os.path.dirname(os.path.abspath(source))) == os.path.realpath(graphml_dir)
+                    and any(re.fullmatch(re.escape(st) + r"_label\d+\.graphml", os.path.basename(source)) for st in stems)):
+                raise click.BadParameter(f"{source} could be overwritten by a circuit's GraphML file; "
+                                         "choose another folder", param_hint="--graphml-dir")
     data = load_eval_data(dataset, split, data_dir, limit, seed)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
@@ -158,10 +167,10 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, score, m
         if comparison is not None:
             from graphinterp.viz import plot_ecs_comparison
 
-            plot_ecs_comparison(comparison.ecs_a, comparison.ecs_b, labels=comparison.label_names,
-                                names=comparison.names, out=plot_path)
+            plot_ecs_comparison(comparison.ecs_a, comparison.ecs_b, labels=[plain_text(n) for n in comparison.label_names],
+                                names=tuple(plain_text(n) for n in comparison.names), out=plot_path)
         else:
-            _bar_plot(circuits, f"Effective circuit size per label: {_stem(model)}", plot_path)
+            _bar_plot(circuits, f"Effective circuit size per label: {plain_text(_stem(model))}", plot_path)
     if as_json:
         payload = {"model": str(model), "dataset": data.name, "split": split, "score": score,
                    "tolerance": {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},

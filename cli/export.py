@@ -4,60 +4,122 @@ from __future__ import annotations
 import click
 
 from graphinterp.analysis import load_graph
-from graphinterp.cli._common import emit_json, json_option, layers_option, parse_layers, seed_option, trust_pickle_option
+from graphinterp.cli._common import (
+    FiniteFloat, check_layers, check_output_path, emit_json, json_option, layers_option, parse_layers, seed_option,
+    trust_pickle_option,
+)
 from graphinterp.cluster import Clustering, cluster_layers, cluster_network
+from graphinterp.errors import ClusteringError
 from graphinterp.io import export_graphml
 
-__all__ = ["command"]
+__all__ = ["command", "NETWORK_MAX_NODES"]
+
+#: Network-wide clustering eigendecomposes a dense matrix over all nodes of a run of layers;
+#: past this many nodes the default export keeps per-layer labels only (and says so).
+NETWORK_MAX_NODES = 12000
 
 
 @click.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--k", type=int, default=4, show_default=True, help="Number of clusters.")
+@click.option("--k", type=click.IntRange(min=2), default=4, show_default=True, help="Number of clusters.")
 @layers_option
 @seed_option
 @click.option("--network-wide", is_flag=True,
-              help="One label per neuron shared by consecutive layers, instead of per-layer BSGC.")
+              help="Only network-wide labels: cluster_in and cluster_out equal cluster (no per-layer BSGC).")
+@click.option("--per-layer", is_flag=True,
+              help="Only per-layer BSGC labels (cheaper for very large models); cluster is then -1 on hidden "
+                   "levels between two clustered layers, whose two labels are unrelated.")
 @click.option("--stored", "use_stored", is_flag=True,
               help="Use the clustering stored in a graphinterp checkpoint instead of clustering again.")
 @click.option("--view", type=click.Choice(["grouped", "fine"]), default="grouped", show_default=True,
               help="grouped: one node per conv channel also after a Flatten; fine: one node per feature "
                    "(single layers or --layerwise only).")
-@click.option("--min-weight", type=float, default=0.0, show_default=True,
+@click.option("--min-weight", type=FiniteFloat(0), default=0.0, show_default=True,
               help="Drop edges with |weight| at or below this value (keeps large graphs small).")
 @click.option("--layerwise", is_flag=True, help="Every Linear/Conv2d as its own bipartite graph.")
 @trust_pickle_option
 @json_option
-def command(model, out, k, layers, seed, network_wide, use_stored, view, min_weight, layerwise, trust_pickle, as_json):
+def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, view, min_weight, layerwise,
+            trust_pickle, as_json):
     """Export MODEL as a clustered layered graph to OUT (GraphML).
 
-    Nodes are neurons or channels with attributes layer, level, index, cluster, cluster_in,
-    cluster_out; edges carry weight (signed), abs_weight, sign, layer and within (both ends in
-    the same cluster). Open it in Gephi or Cytoscape, or with networkx.read_graphml.
+    Nodes are neurons or channels with attributes layer, level, index and three labels:
+    cluster, one network-wide label per node that means the same on every level (color by it);
+    cluster_in and cluster_out, the node's per-layer BSGC labels as an input of the next layer
+    and as an output of its own layer (the clusterings `analyze` scores, renumbered to agree
+    with cluster). Edges carry weight (signed), abs_weight, sign, layer, within (both ends in one
+    cluster of that layer's clustering) and same_cluster (both ends with the same cluster).
+    Open it in Gephi or Cytoscape, or with networkx.read_graphml.
 
     \b
     Example:
       graphinterp export model.pt clustered.graphml --k 4
     """
+    if network_wide and per_layer:
+        raise click.UsageError("--network-wide and --per-layer exclude each other")
+    check_output_path(out, inputs=(model,), param_hint="OUT")
     loaded, graph = load_graph(model, trust_pickle=trust_pickle, layerwise=layerwise)
-    names = parse_layers(layers)
+    names = check_layers(graph, parse_layers(layers))
+    if view == "fine" and graph.chained and any(layer.in_groups for layer in graph.layers[1:]):
+        raise click.BadParameter("the fine view breaks the chain at a Flatten; use --view grouped or --layerwise",
+                                 param_hint="--view")
+    if network_wide and not graph.chained:
+        raise click.UsageError("--network-wide needs a chained graph; drop it with --layerwise or for residual models")
+    clustering = network = None
+    note = ""
     if use_stored:
         if not loaded.clustering:
             raise click.UsageError(f"{model} holds no stored clustering; drop --stored to cluster with --k")
         clustering = Clustering.from_dict(loaded.clustering).validate(graph)
-    elif network_wide:
-        clustering = cluster_network(graph, k, layers=names, random_state=seed)
+        if clustering.network_wide:
+            network = clustering
+        elif graph.chained and not per_layer:
+            network, note = _network(graph, clustering.k, clustering.layer_names, seed)
     else:
-        clustering = cluster_layers(graph, k, layers=names or _clusterable(graph, k), random_state=seed)
-    G = export_graphml(graph, out, clustering, view=view, min_abs_weight=min_weight)
-    summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(),
-               "k": clustering.k, "clustered_layers": clustering.layer_names}
+        chosen = names or _clusterable(graph, k)
+        if not network_wide:
+            clustering = cluster_layers(graph, k, layers=chosen, random_state=seed)
+        if graph.chained and not per_layer:
+            if network_wide:
+                network = cluster_network(graph, k, layers=chosen, random_state=seed)
+            else:
+                network, note = _network(graph, k, chosen or graph.layer_names, seed)
+    G = export_graphml(graph, out, clustering, network=network, view=view, min_abs_weight=min_weight)
+    labelled = network if network is not None else clustering
+    summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
+               "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
+               "E_network": G.graph.get("E_network")}
+    if note:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         emit_json(summary)
     else:
-        click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges, k={clustering.k}, "
-                   f"clustered layers {', '.join(clustering.layer_names)}")
+        source = {"network": "network-wide", "per-layer": "per layer"}[summary["cluster"]]
+        extra = f", E={summary['E_network']:.4f}" if summary["E_network"] is not None else ""
+        click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges, k={labelled.k}, "
+                   f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}{extra}")
+
+
+def _network(graph, k: int, names, seed: int):
+    """Network-wide clustering of ``names`` unless it would be too large; ``(clustering or None, note)``."""
+    idx = sorted(graph.index(n) for n in names)
+    runs, size = [], 0
+    for i in idx:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for run in runs:
+        size = max(size, graph.layers[run[0]].n_in() + sum(graph.layers[i].n_out for i in run))
+    if size > NETWORK_MAX_NODES:
+        return None, (f"{size} nodes are too many for network-wide labels (at most {NETWORK_MAX_NODES}); "
+                      "cluster is per layer, -1 on hidden levels between clustered layers: pass --layers to "
+                      "export fewer layers")
+    try:
+        return cluster_network(graph, k, layers=list(names), random_state=seed), ""
+    except ClusteringError as err:
+        return None, f"no network-wide labels ({err}); cluster is per layer, -1 on hidden levels between clustered layers"
 
 
 def _clusterable(graph, k: int):

@@ -43,11 +43,41 @@ class _LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GraphinterpError as err:
-            click.echo(f"error: {err}", err=True)
-            ctx.exit(1)
+            _fail(str(err), 1)
+        except MemoryError:
+            _fail("out of memory; use a smaller input, fewer values or a smaller --batch-size", 1)
+        except OSError as err:  # a file that vanished or cannot be read/written outside our checks
+            where = f": {err.filename}" if getattr(err, "filename", None) else ""
+            _fail(f"{(err.strerror or str(err) or type(err).__name__)}{where}", 1)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; no partial output was written", err=True)
-            ctx.exit(130)
+            _fail("interrupted; no partial output was written", 130)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Like click's, but a usage error is one ``error: ...`` line on stderr (exit code 2)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as err:  # pragma: no cover - returned, not raised, by click 8
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            if type(err).__name__ == "NoArgsIsHelpError" and err.ctx is not None:  # click >= 8.2: bare group
+                click.echo(err.ctx.get_help())
+                sys.exit(err.exit_code)
+            hint = ""
+            if isinstance(err, click.UsageError) and err.ctx is not None:
+                hint = f" (see '{err.ctx.command_path} --help')"
+            _fail(f"{err.format_message()}{hint}", err.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+def _fail(message: str, code: int):
+    """Print ``error: <message>`` as one line on stderr and exit with ``code``."""
+    text = " ".join(str(message).split()) or "failed"
+    click.echo(f"error: {text}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,7 +7,9 @@ import click
 
 from graphinterp.benchmarking import graph_with_fallback
 from graphinterp.bsgc import BSGC
-from graphinterp.cli._common import seed_option, trust_pickle_option
+from graphinterp.cli._common import (
+    FIGURE_SUFFIXES, check_output_path, check_title, plain_text, seed_option, trust_pickle_option,
+)
 from graphinterp.cluster import Clustering
 from graphinterp.errors import ClusteringError
 
@@ -58,6 +60,8 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     from graphinterp.loading import load_model_file
     from graphinterp.viz import plot_clustered_layer
 
+    check_output_path(out_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--out")
+    check_title(title)
     loaded = load_model_file(model, trust_pickle=trust_pickle)
     graph, _, _ = graph_with_fallback(loaded)
     try:
@@ -81,6 +85,6 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     index = graph.index(layer_name)
     in_name = (graph.layer_names[index - 1] if index else "input") if graph.chained else f"{layer_name} in"
     weight = layer.signed().cpu().double().numpy()
-    plot_clustered_layer(weight, labels[0], labels[1], in_name=in_name, out_name=layer_name, kind=kind,
-                         max_edges=max_edges, title=title, out=out_path)
+    plot_clustered_layer(weight, labels[0], labels[1], in_name=plain_text(in_name), out_name=plain_text(layer_name),
+                         kind=kind, max_edges=max_edges, title=title, out=out_path)
     click.echo(f"wrote {out_path} ({layer_name}: {weight.shape[0]}x{weight.shape[1]}, {origin})")

@@ -6,7 +6,8 @@ from typing import Optional
 import click
 
 from graphinterp.cli._common import (
-    device_option, emit_json, format_table, json_option, parse_layers, quiet_option, seed_option,
+    POSITIVE_INT, check_output_path, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
+    seed_option,
 )
 from graphinterp.data import DATASETS
 from graphinterp.train import SIMILARITIES, TrainConfig, format_history, train
@@ -21,14 +22,15 @@ __all__ = ["command"]
 @click.option("--model", "model_name", type=click.Choice(["mlp", "cnn"]), default="mlp", show_default=True,
               help="Architecture of the paper's Table 1: mlp (hidden 64, 64; 32, 32 on digits) or cnn "
                    "(conv 16 channels, 2x2 max-pool, then 64, 64).")
-@click.option("--k", type=int, default=4, show_default=True, help="Number of clusters per clustered layer.")
+@click.option("--k", type=click.IntRange(min=2), default=4, show_default=True, help="Number of clusters per clustered layer.")
 @click.option("--lambda", "lam", type=float, default=20.0, show_default=True,
-              help="Weight of the enmeshment loss L_E = 1 - E in CE + lambda * L_E; 0 trains the unclustered baseline.")
-@click.option("--warmup-epochs", type=int, default=1, show_default=True,
+              help="Weight of the enmeshment loss L_E = 1 - E in CE + lambda * L_E, 0..1e6; 0 trains the unclustered "
+                   "baseline.")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True,
               help="Epochs of plain cross-entropy training before the layers are clustered.")
-@click.option("--epochs", type=int, default=10, show_default=True,
+@click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True,
               help="Epochs of training with the enmeshment loss after clustering.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Mini-batch size.")
+@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True, help="Mini-batch size.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="weight", show_default=True,
               help="What BSGC clusters: the weights |W|, or the average cosine of gradients accumulated in warm-up.")
@@ -46,10 +48,11 @@ __all__ = ["command"]
                    "(default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")
 @click.option("--download", is_flag=True,
               help="Download the dataset into --data-dir if it is missing (never done otherwise).")
-@click.option("--max-train", type=int, default=None, metavar="N", help="Train on a seeded random subset of N examples.")
+@click.option("--max-train", type=POSITIVE_INT, default=None, metavar="N", help="Train on a seeded random subset of N examples.")
 @click.option("--out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
               help="Checkpoint written atomically after every epoch "
-                   "(weights, architecture, clustering, history, training state).")
+                   "(weights, architecture, clustering, history, training state); locked while training, so two "
+                   "runs cannot write the same file.")
 @click.option("--resume", is_flag=True,
               help="Continue from --out if it exists (same settings; --epochs may be raised).")
 @quiet_option
@@ -73,7 +76,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     config = TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs, epochs=epochs,
                          batch_size=batch_size, lr=lr, similarity=similarity, reduction=reduction,
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
-                         max_train=max_train, quiet=quiet or as_json)
+                         max_train=max_train, quiet=quiet or as_json).validate()
+    check_output_path(out, param_hint="--out")
     result = train(config, checkpoint=out, resume=resume)
     last = result.history[-1]
     per_layer = {}

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .cluster import Clustering, cluster_layers
 from .errors import ClusteringError
+from .layer import DEPTHWISE_REASON
 from .graph import LayeredGraph
 from .metrics import ClusterabilityReport, clusterability_report
 
@@ -13,19 +14,15 @@ __all__ = ["Analysis", "analyze", "graph_from_loaded", "load_graph"]
 
 
 def graph_from_loaded(loaded, *, layerwise: bool = False, input_shape: Optional[Sequence[int]] = None) -> LayeredGraph:
-    """Build the layered graph of a :class:`graphinterp.loading.LoadedModel`.
+    """Build the graph of a :class:`graphinterp.loading.LoadedModel` (see :mod:`graphinterp.sources`)."""
+    from .sources import model_graph, opened_from_loaded
 
-    A module (graphinterp checkpoint, trusted pickle) is traced; TorchScript and bare state_dicts
-    are read from their parameters, in order, with shapes that must chain.
-    """
-    module = getattr(loaded, "module", None)
-    if module is not None and getattr(loaded, "kind", None) != "torchscript":
-        return LayeredGraph.from_module(module, input_shape=input_shape, layerwise=layerwise)
-    return LayeredGraph.from_state_dict(loaded.state_dict, layerwise=layerwise)
+    return model_graph(opened_from_loaded(loaded), layerwise=layerwise, input_shape=input_shape)
 
 
-def load_graph(path, *, trust_pickle: bool = False, layerwise: bool = False):
-    """Load a model file and build its graph; returns ``(LoadedModel, LayeredGraph)``.
+def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, weights: Optional[str] = None,
+               fold: bool = True, input_shape: Optional[Sequence[int]] = None):
+    """Open any model source and build its graph; returns ``(OpenedModel, graph)``.
 
     Examples
     --------
@@ -33,14 +30,14 @@ def load_graph(path, *, trust_pickle: bool = False, layerwise: bool = False):
     >>> from torch import nn
     >>> path = os.path.join(tempfile.mkdtemp(), "m.pt")
     >>> torch.save(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).state_dict(), path)
-    >>> loaded, graph = load_graph(path)
+    >>> opened, graph = load_graph(path)
     >>> graph.layer_names
     ['0', '2']
     """
-    from .loading import load_model_file
+    from .sources import load_graph as _load
 
-    loaded = load_model_file(path, trust_pickle=trust_pickle)
-    return loaded, graph_from_loaded(loaded, layerwise=layerwise)
+    return _load(source, weights=weights, trust_pickle=trust_pickle, layerwise=layerwise, fold=fold,
+                 input_shape=input_shape)
 
 
 @dataclass
@@ -112,6 +109,11 @@ def analyze(
     for k in iterator:
         chosen = []
         for name in names:
+            if graph[name].structure == "depthwise":
+                if explicit:
+                    raise ClusteringError(f"layer {name!r}: {DEPTHWISE_REASON}")
+                skipped[name] = DEPTHWISE_REASON
+                continue
             live = _live_sizes(graph[name])
             if min(live) < k:
                 if explicit:

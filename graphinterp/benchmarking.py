@@ -11,7 +11,6 @@ figures by :mod:`graphinterp.benchmark_report`.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from .benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, s
 from .bsgc import BSGC
 from .errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
 from .graph import LayeredGraph
-from .layer import Layer
+from .layer import DEPTHWISE_REASON, Layer
 from .metrics import clusterability, normalized_score, random_partition_expectation
 from .significance import shuffle_test, single_threaded_blas
 
@@ -71,92 +70,42 @@ class ModelSource:
         return f"{self.arch}:{Path(self.weights).stem}" if self.weights else f"{self.arch} (random)"
 
 
-def _fit_weights(arch: str, weights: str, trust_pickle: bool) -> torch.nn.Module:
-    """Load a local weights file into a torchvision architecture; a clear error if they do not fit."""
-    from .loading import load_model_file
-    from .models import torchvision_model
+def _with_notes(opened, graph: LayeredGraph) -> Tuple[LayeredGraph, str, List[str]]:
+    from .sources import graph_structure
 
-    model = torchvision_model(arch)  # UnsupportedModelError for an unknown name, before reading the file
-    state = load_model_file(weights, trust_pickle=trust_pickle).state_dict
-    ours = model.state_dict()
-    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
-    if heads and heads[-1].shape[0] != 1000:  # the last weight is the classifier: another number of classes
-        with contextlib.suppress(UnsupportedModelError):
-            model, ours = _with_classes(arch, int(heads[-1].shape[0]))
-    missing = [k for k in ours if k not in state]
-    unexpected = [k for k in state if k not in ours]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
-        raise InvalidWeightsError(
-            f"{weights} does not fit torchvision {arch!r}: {', '.join(p for p in parts if p)} key(s); "
-            f"pass the architecture the weights were saved from (--arch), or the file as a MODEL argument")
-    model.load_state_dict(state)
-    return model.eval()
-
-
-def _with_classes(arch: str, num_classes: int):
-    from .models import torchvision_model
-
-    model = torchvision_model(arch, num_classes=num_classes)
-    return model, model.state_dict()
-
-
-def _graph_of_module(module: torch.nn.Module, layerwise: bool) -> Tuple[LayeredGraph, str, List[str]]:
-    if layerwise:
-        return LayeredGraph.from_module(module, layerwise=True), "layerwise", ["layer by layer (--layerwise)"]
-    try:
-        return LayeredGraph.from_module(module), "chained", []
-    except UnsupportedModelError as err:
-        return LayeredGraph.from_module(module, layerwise=True), "layerwise", [f"analysed layer by layer: {err}"]
+    notes = list(opened.notes)
+    if graph.coverage is not None:
+        notes += graph.coverage.summary_lines()
+    return graph, graph_structure(graph), notes
 
 
 def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGraph, str, List[str]]:
-    """Graph of a :class:`graphinterp.loading.LoadedModel`: chained if possible, else layer by layer.
+    """Graph of a :class:`graphinterp.loading.LoadedModel`: ``(graph, structure, notes)``.
 
-    Returns ``(graph, "chained" | "layerwise", notes)``; the note gives the reason for the fallback
-    (e.g. residual blocks).
+    ``structure`` is ``"chained"``, ``"dag"`` or ``"layerwise"``; the notes give the coverage,
+    what was folded, and why a state_dict was read layer by layer.
     """
-    from .analysis import graph_from_loaded
+    from .sources import model_graph, opened_from_loaded
 
-    if layerwise:
-        return graph_from_loaded(loaded, layerwise=True), "layerwise", ["layer by layer (--layerwise)"]
-    try:
-        return graph_from_loaded(loaded), "chained", []
-    except UnsupportedModelError as err:
-        return graph_from_loaded(loaded, layerwise=True), "layerwise", [f"analysed layer by layer: {err}"]
+    opened = opened_from_loaded(loaded)
+    return _with_notes(opened, model_graph(opened, layerwise=layerwise))
 
 
 def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: bool = False,
                 random_state: Optional[int] = 0) -> Tuple[LayeredGraph, str, List[str]]:
-    """Build a source's layered graph: ``(graph, "chained" | "layerwise", notes)``.
-
-    A chain of layers gives a chained graph; residual blocks, branches or shapes that do not chain
-    fall back to one bipartite graph per Linear/Conv2d, and ``notes`` says why.
+    """Build a source's graph through :func:`graphinterp.sources.load_graph`: ``(graph, structure, notes)``.
 
     Raises
     ------
     ModelFileError, UnsupportedModelError, InvalidWeightsError
         Missing or unreadable file, unknown architecture, weights that do not fit it.
     """
-    if source.kind == "file":
-        from .loading import load_model_file
+    from .sources import load_graph
 
-        return graph_with_fallback(load_model_file(source.path, trust_pickle=trust_pickle), layerwise=layerwise)
-    if source.kind == "torchvision":
-        if not Path(source.weights).expanduser().is_file():
-            raise ModelFileError(f"weights file not found: {source.weights}; check the path given to --weights")
-        return _graph_of_module(_fit_weights(source.arch, source.weights, trust_pickle), layerwise)
-    from .models import torchvision_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0 if random_state is None else int(random_state))
-        module = torchvision_model(source.arch)
-    graph, structure, notes = _graph_of_module(module, layerwise)
-    return graph, structure, notes + [f"random initialisation (torchvision default, seed {random_state})"]
+    spec = source.path if source.kind == "file" else source.arch
+    opened, graph = load_graph(spec, weights=source.weights, trust_pickle=trust_pickle, layerwise=layerwise,
+                               random_state=random_state)
+    return _with_notes(opened, graph)
 
 
 def _live(layer: Layer) -> Tuple[int, int]:
@@ -221,6 +170,9 @@ def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: O
     with single_threaded_blas():  # see graphinterp.significance.single_threaded_blas
         for lname in iterator:
             layer = graph[lname]
+            if layer.structure == "depthwise":
+                skipped[lname] = DEPTHWISE_REASON
+                continue
             live = _live(layer)
             if min(live) < ks[0]:
                 why = "all its weights are zero" if min(live) == 0 else f"fewer than k={ks[0]} nodes with weights"

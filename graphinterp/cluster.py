@@ -65,6 +65,8 @@ class Clustering:
 
     def validate(self, graph: LayeredGraph) -> "Clustering":
         """Raise :class:`ClusteringError` unless every clustered layer exists in ``graph`` with matching sizes."""
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ClusteringError(f"k must be an integer >= 1, got {self.k!r}")
         for name in self.layer_names:
             if name not in graph.layer_names:
                 raise ClusteringError(
@@ -78,6 +80,9 @@ class Clustering:
                     f"{layer.n_in()}x{layer.n_out}: it was made for another model"
                 )
             for lab in (rows, cols):
+                lab = np.asarray(lab)
+                if lab.size and lab.dtype.kind not in "iu":
+                    raise ClusteringError(f"labels of layer {name!r} must be integers, got {lab.dtype}")
                 if lab.size and (lab.max() >= self.k or lab.min() < -1):
                     raise ClusteringError(f"labels of layer {name!r} must lie in -1..{self.k - 1}")
         return self
@@ -95,19 +100,68 @@ class Clustering:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Clustering":
-        """Inverse of :meth:`to_dict`."""
-        try:
-            layers = data["layers"]
-            return cls(
-                k=int(data["k"]),
-                row_labels={d["name"]: np.asarray(d["rows"], dtype=np.int64) for d in layers},
-                col_labels={d["name"]: np.asarray(d["cols"], dtype=np.int64) for d in layers},
-                network_wide=bool(data.get("network_wide", False)),
-                similarity=str(data.get("similarity", "weight")),
-                meta=dict(data.get("meta", {})),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ClusteringError(f"malformed clustering record ({err}); re-run the clustering") from err
+        """Inverse of :meth:`to_dict`, checking the record (it is read from files).
+
+        Raises :class:`ClusteringError` ("malformed clustering record ...") unless ``k`` is an
+        integer >= 1, every layer has a unique string name and one-dimensional integer label lists
+        (floats, booleans and strings refused) with values in ``-1..k-1``, and each of the ``k``
+        clusters holds at least one node somewhere (a stored ``k = 1000`` over labels ``0..3``
+        is refused).
+
+        Examples
+        --------
+        >>> c = Clustering.from_dict({"k": 2, "layers": [{"name": "fc", "rows": [0, 1], "cols": [1, 0, -1]}]})
+        >>> c.k, c.col_labels["fc"].tolist()
+        (2, [1, 0, -1])
+        """
+        def bad(why: str):
+            raise ClusteringError(f"malformed clustering record ({why}); re-run the clustering")
+
+        def labels(value, name: str, side: str) -> np.ndarray:
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                bad(f"{side} labels of layer {name!r} are not a list")
+            try:
+                arr = np.asarray(value.tolist() if hasattr(value, "tolist") else list(value))
+            except (TypeError, ValueError):
+                bad(f"{side} labels of layer {name!r} are not a list of integers")
+            if arr.size == 0:
+                return np.zeros(0, dtype=np.int64)
+            if arr.ndim != 1 or arr.dtype.kind not in "iu":
+                bad(f"{side} labels of layer {name!r} must be a flat list of integers, got {arr.dtype} "
+                    f"values of shape {arr.shape}")
+            if arr.min() < -1 or arr.max() >= k:
+                bad(f"{side} labels of layer {name!r} must lie in -1..{k - 1}")
+            return arr.astype(np.int64)
+
+        if not isinstance(data, Mapping):
+            bad(f"a {type(data).__name__}, not a dict")
+        if "k" not in data or "layers" not in data:
+            bad(f"missing {'k' if 'k' not in data else 'layers'}")
+        k = data["k"]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            bad(f"k must be an integer >= 1, got {k!r}")
+        k = int(k)
+        layers = data["layers"]
+        if not isinstance(layers, (list, tuple)) or not layers:
+            bad("layers must be a non-empty list")
+        rows, cols = {}, {}
+        for entry in layers:
+            if not isinstance(entry, Mapping) or not {"name", "rows", "cols"} <= set(entry):
+                bad("every layer needs name, rows and cols")
+            name = entry["name"]
+            if not isinstance(name, str) or name in rows:
+                bad(f"layer name {name!r} is not a unique string")
+            rows[name] = labels(entry["rows"], name, "row")
+            cols[name] = labels(entry["cols"], name, "column")
+        used = np.unique(np.concatenate([a for a in (*rows.values(), *cols.values())] + [np.zeros(0, np.int64)]))
+        used = used[used >= 0]
+        if used.size != k:
+            bad(f"k={k} but the labels use {used.size} cluster(s)")
+        similarity, meta = data.get("similarity", "weight"), data.get("meta", {})
+        if not isinstance(similarity, str) or not isinstance(meta, Mapping):
+            bad("similarity must be a string and meta a dict")
+        return cls(k=k, row_labels=rows, col_labels=cols, network_wide=bool(data.get("network_wide", False)),
+                   similarity=similarity, meta=dict(meta))
 
 
 def parse_k_range(text: str) -> List[int]:
@@ -219,8 +273,14 @@ def cluster_network(
 
     Parameters are as in :func:`cluster_layers`.
     """
+    if hasattr(graph, "src_nodes"):  # a DAG (residual streams, attention): one label per shared node
+        if similarity is not None:
+            raise ClusteringError("network-wide clustering of a DAG graph uses |W|; similarity= is not supported")
+        from .dag_cluster import cluster_dag
+
+        return cluster_dag(graph, k, layers=layers, n_init=n_init, random_state=random_state)
     if not graph.chained:
-        raise ClusteringError("network-wide clustering needs a chained graph; use cluster_layers")
+        raise ClusteringError("network-wide clustering needs a chained or DAG graph; use cluster_layers")
     names = list(layers) if layers is not None else graph.layer_names
     sims = _similarities(graph, names, similarity)
     idx = sorted(graph.index(n) for n in names)

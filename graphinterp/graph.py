@@ -9,7 +9,6 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 from .layer import Layer
-from .tracing import layers_from_module, layers_from_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
@@ -61,19 +60,44 @@ class LayeredGraph:
                     )
         self.layers = layers
         self.chained = bool(chained)
+        self.coverage = None  # a graphinterp.coverage.Coverage when the builder measured it
 
     # ------------------------------------------------------------ builders
     @classmethod
     def from_module(
-        cls, module: nn.Module, *, input_shape: Optional[Sequence[int]] = None, layerwise: bool = False
+        cls, module: nn.Module, *, input_shape: Optional[Sequence[int]] = None, layerwise: bool = False,
+        fold: bool = True, example=None,
     ) -> "LayeredGraph":
-        """Build from an ``nn.Module`` by tracing one forward pass (see :mod:`graphinterp.tracing`)."""
-        return cls(layers_from_module(module, input_shape=input_shape, layerwise=layerwise), chained=not layerwise)
+        """Build from an ``nn.Module`` by tracing one forward pass (see :mod:`graphinterp.model_trace`).
+
+        A chain of layers gives a chained ``LayeredGraph``; residual streams, concatenations,
+        branches and attention give a :class:`~graphinterp.dag.ModelGraph`. ``fold`` folds
+        normalisation scales into the weights. ``layerwise=True`` keeps every weight layer as its
+        own bipartite graph (the traced layers, unlinked).
+        """
+        from .model_trace import trace_graph
+
+        graph = trace_graph(module, example=example, input_shape=input_shape, fold=fold)
+        if layerwise:
+            coverage = getattr(graph, "coverage", None)
+            graph = LayeredGraph(graph.layers, chained=False)
+            graph.coverage = coverage
+        return graph
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], *, layerwise: bool = False) -> "LayeredGraph":
-        """Build from a bare state_dict; layer order and chaining come from key order and shapes."""
-        return cls(layers_from_state_dict(state_dict, layerwise=layerwise), chained=not layerwise)
+        """Build from a bare state_dict; layer order and chaining come from key order and shapes.
+
+        Names that look like residual blocks, or shapes that do not chain, give a layer-by-layer
+        graph; ``graph.coverage`` says why, and lists tensors that are not layers (embeddings,
+        recurrent weights) with the reason (see :mod:`graphinterp.state_graph`).
+        """
+        from .state_graph import graph_layers_from_state_dict
+
+        layers, chained, coverage = graph_layers_from_state_dict(state_dict, layerwise=layerwise)
+        graph = cls(layers, chained=chained)
+        graph.coverage = coverage
+        return graph
 
     # ------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -130,37 +154,82 @@ class LayeredGraph:
             raise UnsupportedModelError(f"{what} needs a chained graph; this one is layer by layer")
 
     # ------------------------------------------------------------ networkx
-    def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0) -> "nx.DiGraph":
+    def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
+                    network=None) -> "nx.DiGraph":
         """Return a ``networkx.DiGraph`` with node and edge attributes.
 
         Nodes are ``"<level>:<index>"`` (``"input:3"``, ``"fc1:10"``) for a chained graph and
         ``"<layer>/in:<i>"``, ``"<layer>/out:<j>"`` otherwise. Node attributes: ``layer`` (level
-        name), ``level``, ``index``, ``cluster`` (network-wide label, or the label of the layer that
-        produces the node, else its label as an input; -1 if none), ``cluster_in`` and
-        ``cluster_out``. Edge attributes: ``weight`` (signed), ``abs_weight``, ``sign`` (-1, 0, 1),
-        ``layer`` and ``within`` (both ends in the same cluster of that layer's clustering).
+        name), ``level``, ``index``, ``cluster_in`` (the node's label as an input of the next
+        layer, in ``clustering``), ``cluster_out`` (its label as an output of the layer that
+        produces it) and ``cluster``, one label per node that means the same on every level:
+
+        * the network-wide label, from ``network`` or from ``clustering`` when it is network-wide
+          (:func:`graphinterp.cluster.cluster_network`); then an edge joins two nodes of one
+          cluster exactly when both ends have the same ``cluster``, and the squared weight of
+          such edges over all edges is the clustering's E;
+        * otherwise the node's only label: a per-layer clustering numbers each layer's clusters
+          on its own, so a hidden node between two clustered layers, which has two unrelated
+          labels, gets ``cluster = -1`` (its labels stay in ``cluster_in`` / ``cluster_out``);
+        * ``-1`` for a node that no clustered layer touches or that is isolated.
+
+        Edge attributes: ``weight`` (signed), ``abs_weight``, ``sign`` (-1, 0, 1), ``layer``,
+        ``within`` (both ends in the same cluster of that layer's clustering in ``clustering``) and
+        ``same_cluster`` (both ends have the same ``cluster`` >= 0). Graph attributes: ``chained``,
+        ``view`` and ``cluster_source`` (``"network"``, ``"per-layer"`` or ``"none"``).
 
         Parameters
         ----------
         clustering : Clustering, optional
-            Labels to attach (see :mod:`graphinterp.cluster`).
+            Labels for ``cluster_in``, ``cluster_out`` and ``within`` (see :mod:`graphinterp.cluster`);
+            by default ``network``'s.
         view : {"grouped", "fine"}
             ``"fine"`` is only allowed for a single layer or layer-by-layer graphs.
         min_abs_weight : float
             Drop edges with ``|weight| <= min_abs_weight`` (zero-weight edges are always dropped).
+        network : Clustering, optional
+            A network-wide clustering (``network_wide=True``) whose labels become ``cluster``; by
+            default ``clustering`` when it is network-wide.
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> from graphinterp.cluster import cluster_network
+        >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 4)))
+        >>> G = g.to_networkx(cluster_network(g, 2, random_state=0))
+        >>> G.graph["cluster_source"], G.nodes["0:1"]["cluster"] == G.nodes["0:1"]["cluster_in"]
+        ('network', True)
         """
         import networkx as nx
 
         if view == "fine" and self.chained and any(l.in_groups for l in self.layers[1:]):
-            raise ValueError("the 'fine' view breaks the chain at a Flatten; use view='grouped'")
-        G = nx.DiGraph(chained=self.chained, view=view)
+            raise UnsupportedModelError("the 'fine' view breaks the chain at a Flatten; use the 'grouped' view "
+                                        "(or --layerwise)")
+        if not (isinstance(min_abs_weight, (int, float)) and not isinstance(min_abs_weight, bool)
+                and np.isfinite(min_abs_weight) and min_abs_weight >= 0):
+            raise ValueError(f"min_abs_weight must be a finite number >= 0, got {min_abs_weight!r}")
+        if network is None and clustering is not None and getattr(clustering, "network_wide", False):
+            network = clustering
+        if network is not None and not getattr(network, "network_wide", False):
+            raise ValueError("network= must be a network-wide clustering (graphinterp.cluster.cluster_network)")
+        if clustering is None:
+            clustering = network
+        source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
+        G = nx.DiGraph(chained=self.chained, view=view, cluster_source=source)
+        node_cluster: dict = {}  # node -> list of candidate labels (network: one; per-layer: one per side)
+        edges = []
         for t, layer in enumerate(self.layers):
             rows, cols = _labels_for(clustering, layer, view)
             src = self._node_ids(t, "in", layer.n_in(view))
             dst = self._node_ids(t, "out", layer.n_out)
-            for ids, level, name, labels, attr in (
-                (src, t, self._level_name(t, "in"), rows, "cluster_in"),
-                (dst, t + 1, self._level_name(t, "out"), cols, "cluster_out"),
+            if network is not None:
+                net_rows, net_cols = _labels_for(network, layer, view)
+                covered = layer.name in network.layer_names
+            else:
+                net_rows, net_cols, covered = rows, cols, clustering is not None and layer.name in clustering.layer_names
+            for ids, level, name, labels, net, attr in (
+                (src, t, self._level_name(t, "in"), rows, net_rows, "cluster_in"),
+                (dst, t + 1, self._level_name(t, "out"), cols, net_cols, "cluster_out"),
             ):
                 for i, node in enumerate(ids):
                     G.add_node(node)
@@ -169,18 +238,25 @@ class LayeredGraph:
                     data.setdefault("cluster_in", -1)
                     data.setdefault("cluster_out", -1)
                     data[attr] = int(labels[i])
+                    if covered:
+                        node_cluster.setdefault(node, []).append(int(net[i]))
             w = layer.signed(view).cpu().numpy()
             ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
             vals = w[ii, jj]
             within = (rows[ii] == cols[jj]) & (rows[ii] >= 0)
+            edges.append((layer.name, src, dst, ii.tolist(), jj.tolist(), vals.tolist(), within.tolist()))
+        for node, data in G.nodes(data=True):
+            labels = node_cluster.get(node, [])
+            # network: every candidate is the same label; per layer: only a node with one label has a meaning
+            data["cluster"] = labels[0] if labels and (network is not None or len(labels) == 1) else -1
+        cluster = G.nodes.data("cluster")
+        for name, src, dst, ii, jj, vals, within in edges:
             G.add_edges_from(
                 (src[i], dst[j], {"weight": float(v), "abs_weight": float(abs(v)), "sign": int(np.sign(v)),
-                                  "layer": layer.name, "within": bool(b)})
-                for i, j, v, b in zip(ii.tolist(), jj.tolist(), vals.tolist(), within.tolist())
+                                  "layer": name, "within": bool(b),
+                                  "same_cluster": bool(cluster[src[i]] == cluster[dst[j]] and cluster[src[i]] >= 0)})
+                for i, j, v, b in zip(ii, jj, vals, within)
             )
-        for _, data in G.nodes(data=True):
-            out_label, in_label = data["cluster_out"], data["cluster_in"]
-            data["cluster"] = out_label if out_label >= 0 else in_label
         return G
 
     def _level_name(self, t: int, side: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import networkx as nx
@@ -12,7 +13,26 @@ import numpy as np
 from ._files import atomic_write
 from .graph import LayeredGraph
 
-__all__ = ["write_graphml", "read_graphml", "export_graphml", "write_json", "write_csv"]
+__all__ = ["write_graphml", "read_graphml", "export_graphml", "align_labels", "xml_safe", "write_json", "write_csv"]
+
+
+# characters XML 1.0 cannot hold, even as character references
+_XML_BAD = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    r"""``text`` with every character that XML 1.0 cannot hold written as ``\xNN`` / ``\uNNNN``.
+
+    Layer names come from model files and may hold control characters; GraphML (XML) cannot,
+    so node ids, keys and string attributes are written through this function.
+
+    Examples
+    --------
+    >>> xml_safe("fc\x01:3")
+    'fc\\x01:3'
+    """
+    return _XML_BAD.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                        text)
 
 
 def _scalar(value: Any) -> Any:
@@ -24,19 +44,25 @@ def _scalar(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value)
     if isinstance(value, str):
-        return value
+        return xml_safe(value)
     if value is None:
         return ""
     if hasattr(value, "tolist"):
         value = value.tolist()
-    return json.dumps(value)
+    return xml_safe(json.dumps(value))
+
+
+def _node_id(node: Any) -> Any:
+    return xml_safe(node) if isinstance(node, str) else node
 
 
 def write_graphml(G: nx.Graph, path) -> None:
     """Write ``G`` to GraphML atomically, flattening attributes to GraphML's scalar types.
 
     Lists, dicts and arrays become JSON strings, ``None`` an empty string, numpy scalars Python
-    scalars. An interrupted write leaves no partial file.
+    scalars; characters that XML cannot hold (control characters, e.g. in layer names read from a
+    model file) are written as ``\\xNN`` escapes in ids, keys and strings (:func:`xml_safe`), so
+    the file always parses. An interrupted write leaves no partial file.
 
     Examples
     --------
@@ -48,9 +74,14 @@ def write_graphml(G: nx.Graph, path) -> None:
     '[1, 2]'
     """
     H = G.__class__()
-    H.graph.update({k: _scalar(v) for k, v in G.graph.items()})
-    H.add_nodes_from((n, {k: _scalar(v) for k, v in d.items()}) for n, d in G.nodes(data=True))
-    H.add_edges_from((u, v, {k: _scalar(x) for k, x in d.items()}) for u, v, d in G.edges(data=True))
+    H.graph.update({xml_safe(str(k)): _scalar(v) for k, v in G.graph.items()})
+    H.add_nodes_from((_node_id(n), {xml_safe(str(k)): _scalar(v) for k, v in d.items()}) for n, d in G.nodes(data=True))
+    if H.number_of_nodes() != G.number_of_nodes():
+        from .errors import UnsupportedModelError
+
+        raise UnsupportedModelError("two node ids differ only in characters that XML cannot hold; rename the layers")
+    H.add_edges_from((_node_id(u), _node_id(v), {xml_safe(str(k)): _scalar(x) for k, x in d.items()})
+                     for u, v, d in G.edges(data=True))
     buffer = _io.BytesIO()
     nx.write_graphml(H, buffer)
     with atomic_write(path, "wb") as fh:
@@ -62,15 +93,81 @@ def read_graphml(path) -> nx.DiGraph:
     return nx.read_graphml(path)
 
 
-def export_graphml(graph: LayeredGraph, path, clustering=None, *, view: str = "grouped",
+def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, view: str = "grouped",
                    min_abs_weight: float = 0.0) -> nx.DiGraph:
-    """Write ``graph`` (with cluster labels when given) to GraphML; returns the networkx graph."""
-    G = graph.to_networkx(clustering, view=view, min_abs_weight=min_abs_weight)
-    if clustering is not None:
-        G.graph.update(k=int(clustering.k), network_wide=bool(clustering.network_wide),
-                       similarity=clustering.similarity)
+    """Write ``graph`` with cluster labels to GraphML; returns the networkx graph written.
+
+    Node attribute ``cluster`` is one label per node with the same meaning on every level: the
+    labels of ``network`` (a :func:`~graphinterp.cluster.cluster_network` clustering), or of
+    ``clustering`` when it is network-wide (see :meth:`LayeredGraph.to_networkx`). ``cluster_in``
+    and ``cluster_out`` hold ``clustering``'s labels, e.g. per-layer BSGC; when both are given,
+    each layer's clusters are renumbered to agree as far as possible with ``network``'s (a
+    renumbering changes nothing else: sizes and E stay the same). Graph attributes: ``k``,
+    ``network_wide`` (``cluster_in``/``cluster_out`` are network-wide too), ``similarity``,
+    ``cluster_source`` and, with network-wide labels, ``E_network``.
+
+    Parameters
+    ----------
+    graph : LayeredGraph
+    path : str or os.PathLike
+    clustering, network : Clustering, optional
+    view : {"grouped", "fine"}
+    min_abs_weight : float
+        Drop edges with ``|weight| <= min_abs_weight``.
+    """
+    if clustering is not None and network is not None and not clustering.network_wide:
+        clustering = align_labels(clustering, network)
+    G = graph.to_networkx(clustering, view=view, min_abs_weight=min_abs_weight, network=network)
+    first = clustering if clustering is not None else network
+    if first is not None:
+        G.graph.update(k=int(first.k), network_wide=bool(first.network_wide), similarity=first.similarity)
+    if network is not None or (clustering is not None and clustering.network_wide):
+        from .metrics import clusterability_report
+
+        G.graph["E_network"] = float(clusterability_report(graph, network if network is not None else clustering).E)
     write_graphml(G, path)
     return G
+
+
+def align_labels(clustering, reference):
+    """``clustering`` with each layer's cluster numbers permuted to best match ``reference``'s.
+
+    For every layer in both, the permutation maximises the number of nodes (inputs and outputs)
+    whose label is the same in both (an assignment problem). Cluster sizes and E are unchanged.
+    Layers not in ``reference``, or a different ``k``, are left as they are.
+
+    Examples
+    --------
+    >>> from graphinterp.cluster import Clustering
+    >>> c = Clustering(2, {"a": np.array([1, 1, 0])}, {"a": np.array([0, 1])})
+    >>> ref = Clustering(2, {"a": np.array([0, 0, 1])}, {"a": np.array([1, 0])}, network_wide=True)
+    >>> align_labels(c, ref).row_labels["a"].tolist()
+    [0, 0, 1]
+    """
+    from dataclasses import replace
+
+    from scipy.optimize import linear_sum_assignment
+
+    if clustering.k != reference.k:
+        return clustering
+    k = int(clustering.k)
+    rows, cols = dict(clustering.row_labels), dict(clustering.col_labels)
+    for name in clustering.layer_names:
+        if name not in reference.layer_names:
+            continue
+        mine = np.concatenate([np.asarray(a) for a in clustering.labels(name)])
+        ref = np.concatenate([np.asarray(a) for a in reference.labels(name)])
+        if mine.shape != ref.shape:
+            continue
+        both = (mine >= 0) & (ref >= 0)
+        overlap = np.zeros((k, k), dtype=np.int64)
+        np.add.at(overlap, (mine[both], ref[both]), 1)
+        r, c = linear_sum_assignment(-overlap)
+        perm = np.arange(k)
+        perm[r] = c
+        relabel = lambda a: np.where(a >= 0, perm[np.clip(a, 0, k - 1)], a).astype(np.int64)  # noqa: E731
+        rows[name], cols[name] = relabel(np.asarray(rows[name])), relabel(np.asarray(cols[name]))
+    return replace(clustering, row_labels=rows, col_labels=cols, meta={**clustering.meta, "aligned_to": "network"})
 
 
 def write_json(path, obj: Any) -> None:

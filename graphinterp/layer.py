@@ -1,16 +1,21 @@
 """One weight layer of a layered graph: a bipartite graph between its input and output nodes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import Optional, Tuple
 
 import torch
 
 from .errors import InvalidWeightsError
 
-__all__ = ["Layer", "VIEWS"]
+__all__ = ["Layer", "VIEWS", "KINDS"]
 
 VIEWS = ("grouped", "fine")
+#: Why depthwise convolutions are left out of clusterability (one place for the rule and its words).
+DEPTHWISE_REASON = ("depthwise convolution: each output reads one input channel, so the layer is block-diagonal "
+                    "by construction (E = 1 for any matched clustering); left out of clusterability")
+#: Layer kinds and the number of dimensions of their torch weight.
+KINDS = {"linear": 2, "conv1d": 3, "conv2d": 4, "conv3d": 5}
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,9 +45,23 @@ class Layer:
     weight : torch.Tensor
         The parameter in torch layout, detached.
     in_groups : int, optional
-        Number of channels the input features were flattened from (Linear after Conv2d).
+        Number of channels the input features were flattened from (Linear after Conv2d),
+        channel-major. A shorthand for ``in_index = arange(in_groups).repeat_interleave(...)``.
     groups : int
-        Conv2d ``groups`` (1 for a dense convolution).
+        Convolution ``groups`` (1 for a dense convolution).
+    in_index : torch.Tensor, optional
+        For a Linear whose input features come from fewer nodes (a Flatten of channels in any
+        order, a channels-last reshape): ``in_index[f]`` is the grouped input node of feature
+        ``f``. Found by :mod:`graphinterp.trace`.
+    param : str, optional
+        Name of the parameter in the model (``"h.0.mlp.c_fc.weight"``); defaults to
+        ``name + ".weight"``. This is the graph-to-module binding.
+    transposed : bool
+        The parameter is stored ``(in, out)`` (HuggingFace GPT-2 ``Conv1D``); ``weight`` is its
+        transpose, in torch ``(out, in)`` layout.
+    folded : tuple of str
+        What was folded into ``weight`` (e.g. ``"bn1 (BatchNorm2d scale)"``); ``weight`` is then the
+        folded weight and differs from the raw parameter by a positive diagonal scaling.
 
     Examples
     --------
@@ -58,11 +77,15 @@ class Layer:
     weight: torch.Tensor
     in_groups: Optional[int] = None
     groups: int = 1
+    in_index: Optional[torch.Tensor] = None
+    param: Optional[str] = None
+    transposed: bool = False
+    folded: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("linear", "conv2d"):
-            raise InvalidWeightsError(f"layer {self.name!r}: kind must be 'linear' or 'conv2d', got {self.kind!r}")
-        want = 2 if self.kind == "linear" else 4
+        if self.kind not in KINDS:
+            raise InvalidWeightsError(f"layer {self.name!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        want = KINDS[self.kind]
         if self.weight.dim() != want:
             raise InvalidWeightsError(
                 f"layer {self.name!r}: a {self.kind} weight must have {want} dimensions, "
@@ -81,6 +104,17 @@ class Layer:
                     f"layer {self.name!r}: in_groups={self.in_groups} does not divide its "
                     f"{self.weight.shape[1]} input features"
                 )
+            object.__setattr__(self, "in_index", torch.arange(self.in_groups).repeat_interleave(
+                self.weight.shape[1] // self.in_groups))
+        if self.in_index is not None:
+            idx = torch.as_tensor(self.in_index, dtype=torch.long).cpu()
+            if self.kind != "linear" or idx.dim() != 1 or idx.numel() != self.weight.shape[1]:
+                raise InvalidWeightsError(f"layer {self.name!r}: in_index must give one node per input feature")
+            if idx.numel() and (int(idx.min()) < 0 or bool((torch.bincount(idx) == 0).any())):
+                raise InvalidWeightsError(f"layer {self.name!r}: in_index must number the input nodes 0..n-1")
+            object.__setattr__(self, "in_index", idx)
+        if self.is_conv and (self.groups < 1 or self.weight.shape[0] % self.groups):
+            raise InvalidWeightsError(f"layer {self.name!r}: groups={self.groups} does not divide its outputs")
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -89,15 +123,37 @@ class Layer:
         return int(self.weight.shape[0])
 
     @property
+    def is_conv(self) -> bool:
+        """True for a convolution (any number of spatial dimensions)."""
+        return self.kind != "linear"
+
+    @property
     def n_in_fine(self) -> int:
         """Number of input features (one per weight column / in-channel)."""
-        return int(self.weight.shape[1]) * (self.groups if self.kind == "conv2d" else 1)
+        return int(self.weight.shape[1]) * (self.groups if self.is_conv else 1)
+
+    @property
+    def grouped_inputs(self) -> bool:
+        """True when several input features share one input node (see ``in_index``)."""
+        return self.in_index is not None and int(self.in_index.max()) + 1 < self.in_index.numel()
+
+    @property
+    def param_name(self) -> str:
+        """Name of the model parameter behind this layer."""
+        return self.param or (f"{self.name}.weight" if self.name else "weight")
+
+    @property
+    def structure(self) -> str:
+        """``"dense"``, ``"grouped"`` (grouped convolution) or ``"depthwise"`` (one input per output)."""
+        if not self.is_conv or self.groups == 1:
+            return "dense"
+        return "depthwise" if self.weight.shape[1] == 1 else "grouped"
 
     def n_in(self, view: str = "grouped") -> int:
         """Number of input nodes in ``view``."""
         _check_view(view)
-        if view == "grouped" and self.in_groups is not None:
-            return self.in_groups
+        if view == "grouped" and self.in_index is not None:
+            return int(self.in_index.max()) + 1 if self.in_index.numel() else 0
         return self.n_in_fine
 
     def shape(self, view: str = "grouped") -> tuple:
@@ -109,16 +165,31 @@ class Layer:
         """Number of weights in the layer (the parameter's numel)."""
         return int(self.weight.numel())
 
+    def with_weight(self, weight: torch.Tensor) -> "Layer":
+        """The same layer (name, kind, structure, binding) with another weight tensor."""
+        return replace(self, weight=weight)
+
     # --------------------------------------------------------------- matrices
+    def support(self, view: str = "grouped") -> torch.Tensor:
+        """Boolean ``(n_in, n_out)``: edges that exist structurally (False across conv groups)."""
+        ones = self.with_weight(torch.ones_like(self.weight))
+        return ones.squared(view) > 0
+
     def squared(self, view: str = "grouped") -> torch.Tensor:
         """Squared edge weights, shape ``(n_in, n_out)``; sums to ``(weight ** 2).sum()``."""
         _check_view(view)
         w2 = self.weight.detach().square()
-        if self.kind == "conv2d":
-            return self._dense_conv(w2.sum(dim=(2, 3))).T
-        if view == "grouped" and self.in_groups is not None:
-            return w2.reshape(self.n_out, self.in_groups, -1).sum(-1).T
+        if self.is_conv:
+            return self._dense_conv(w2.flatten(2).sum(-1)).T
+        if view == "grouped" and self.in_index is not None:
+            return self._group_inputs(w2).T
         return w2.T
+
+    def _group_inputs(self, per_feature: torch.Tensor) -> torch.Tensor:
+        """Sum ``(out, in_features)`` columns into ``(out, n_in)`` grouped input nodes."""
+        idx = self.in_index.to(per_feature.device)
+        out = per_feature.new_zeros(self.n_out, self.n_in("grouped"))
+        return out.index_add_(1, idx, per_feature)
 
     def magnitude(self, view: str = "grouped") -> torch.Tensor:
         """Unsigned edge weights :math:`|w_{ij}|` (the BSGC similarity), shape ``(n_in, n_out)``."""
@@ -128,18 +199,18 @@ class Layer:
         """Signed edge weights; grouped edges take the sign of the sum of their parameters."""
         _check_view(view)
         w = self.weight.detach()
-        if self.kind == "linear" and (view == "fine" or self.in_groups is None):
+        if not self.is_conv and (view == "fine" or self.in_index is None):
             return w.T
-        if self.kind == "conv2d":
-            sign = self._dense_conv(w.sum(dim=(2, 3))).T.sign()
+        if self.is_conv:
+            sign = self._dense_conv(w.flatten(2).sum(-1)).T.sign()
         else:
-            sign = w.reshape(self.n_out, self.in_groups, -1).sum(-1).T.sign()
+            sign = self._group_inputs(w).T.sign()
         return self.magnitude(view) * sign
 
     def expand_input_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Map labels of grouped input nodes to the layer's input features (identity otherwise)."""
-        if self.kind == "linear" and self.in_groups is not None and labels.numel() == self.in_groups:
-            return labels.repeat_interleave(self.weight.shape[1] // self.in_groups)
+        if not self.is_conv and self.in_index is not None and labels.numel() == self.n_in("grouped"):
+            return labels[self.in_index.to(labels.device)]
         return labels
 
     def _dense_conv(self, per_kernel: torch.Tensor) -> torch.Tensor:

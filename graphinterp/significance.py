@@ -174,7 +174,8 @@ def _finite(x: float) -> Optional[float]:
 
 
 def shuffle_weights(
-    matrix: torch.Tensor, n: int, *, nonzero_only: bool = False, generator: Optional[torch.Generator] = None
+    matrix: torch.Tensor, n: int, *, nonzero_only: bool = False, generator: Optional[torch.Generator] = None,
+    support: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``n`` random permutations of the entries of ``matrix``, stacked as ``(n, *matrix.shape)``.
 
@@ -188,6 +189,10 @@ def shuffle_weights(
         Permute only the non-zero entries among their own positions (zeros stay where they are).
     generator : torch.Generator, optional
         CPU generator for reproducibility.
+    support : torch.Tensor of bool, optional
+        Edges that exist structurally (e.g. within the groups of a grouped convolution, see
+        :meth:`graphinterp.layer.Layer.support`); weights are permuted among these positions only,
+        so the null keeps the layer's structure and only tests what training did with it.
 
     Examples
     --------
@@ -198,10 +203,10 @@ def shuffle_weights(
     (torch.Size([3, 2, 2]), True, [0.0, 1.0, 2.0, 3.0])
     """
     flat = matrix.reshape(-1)
+    keep = torch.ones_like(flat, dtype=torch.bool) if support is None else support.reshape(-1).to(flat.device)
     if nonzero_only:
-        where = torch.nonzero(flat, as_tuple=True)[0]
-    else:
-        where = torch.arange(flat.numel(), device=flat.device)
+        keep = keep & (flat != 0)
+    where = torch.nonzero(keep, as_tuple=True)[0]
     m = where.numel()
     perms = torch.stack([torch.randperm(m, generator=generator) for _ in range(n)]).to(flat.device)
     out = flat.unsqueeze(0).repeat(n, 1)
@@ -283,6 +288,7 @@ def shuffle_test(
         raise ClusteringError(f"n_shuffles must be a positive integer, got {n_shuffles!r}")
     name, A = _edge_magnitudes(layer)
     A = A.to(resolve_device(device))
+    support = layer.support() if isinstance(layer, Layer) and layer.structure != "dense" else None
     rng = check_random_state(random_state)
 
     def cluster(M: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
@@ -293,10 +299,10 @@ def shuffle_test(
         return est.row_labels_, est.column_labels_
 
     with single_threaded_blas():
-        return _run(A, name, k, int(n_shuffles), nonzero_only, labels, cluster, rng, progress)
+        return _run(A, name, k, int(n_shuffles), nonzero_only, labels, cluster, rng, progress, support)
 
 
-def _run(A, name, k, n_shuffles, nonzero_only, labels, cluster, rng, progress) -> ShuffleTest:
+def _run(A, name, k, n_shuffles, nonzero_only, labels, cluster, rng, progress, support=None) -> ShuffleTest:
     """The observed clustering, the ``n_shuffles`` reclustered permutations and their summary."""
     rows, cols = (np.asarray(labels[0]), np.asarray(labels[1])) if labels is not None else cluster(A)
     if rows.shape != (A.shape[0],) or cols.shape != (A.shape[1],):
@@ -311,7 +317,7 @@ def _run(A, name, k, n_shuffles, nonzero_only, labels, cluster, rng, progress) -
         iterator = tqdm(iterator, desc=f"shuffles {name}", leave=False)
     null = np.empty((n_shuffles, 2))
     for i in iterator:  # one copy at a time, so memory stays at one layer however large n is
-        shuffled = shuffle_weights(A, 1, nonzero_only=nonzero_only, generator=gen)[0]
+        shuffled = shuffle_weights(A, 1, nonzero_only=nonzero_only, generator=gen, support=support)[0]
         r, c = cluster(shuffled)
         E, _, S = _measure(shuffled, k, r, c)
         null[i] = E, S

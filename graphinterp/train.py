@@ -29,6 +29,7 @@ and progress bars on rank 0 only: results match a single-process run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._denormal import flush_denormals
-from ._files import resolve_device
+from ._files import check_writable, output_lock, resolve_device
 from .cluster import Clustering, cluster_network
 from .data import LabeledTensors, load_dataset
 from .errors import ClusteringError, TrainingError
@@ -189,7 +190,9 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
     train_data, test_data : LabeledTensors or (x, y), optional
         Instead of loading ``config.dataset``.
     checkpoint : path, optional
-        Written atomically after every epoch.
+        Written atomically after every epoch. Checked to be writable before training starts, and
+        locked (``.<name>.lock`` beside it) for the whole run, so a second run writing the same
+        checkpoint fails at once instead of silently overwriting this one.
     resume : bool
         Continue from ``checkpoint`` if it exists (same settings required; ``epochs`` may grow).
 
@@ -202,6 +205,9 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
     TrainingError, ClusteringError, DataError
         Invalid settings, a clustering that does not fit the model, missing data, a checkpoint
         that cannot be resumed.
+    OutputPathError
+        The checkpoint cannot be written (a folder, link or device; a read-only folder), or
+        another run holds its lock.
 
     Examples
     --------
@@ -211,7 +217,11 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
     (['warmup', 'modular'], ['fc2'])
     """
     config = config.validate()
-    with flush_denormals():  # see the module docstring; a no-op where unsupported
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None and _dist()[0] == 0:
+            check_writable(checkpoint)
+            stack.enter_context(output_lock(checkpoint))
+        stack.enter_context(flush_denormals())  # see the module docstring; a no-op where unsupported
         return _run(config, model, train_data, test_data, checkpoint, resume)
 
 
@@ -241,8 +251,18 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) 
     path = Path(checkpoint) if checkpoint is not None else None
     if resume and path is not None and path.exists():
         state = load_train_state(path, config, arch, model, opt, gen)
+        if state["clustering"] is not None:
+            try:
+                state["clustering"].validate(graph)
+            except ClusteringError as err:
+                raise TrainingError(f"cannot resume {path}: {err}") from None
         if gradsim is not None and state["gradsim"] is not None:
-            gradsim.load_state_dict(state["gradsim"])
+            try:
+                gradsim.load_state_dict(state["gradsim"])
+            except TrainingError:
+                raise
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+                raise TrainingError(f"cannot resume {path}: its gradient similarities are damaged ({err})") from None
     history, clustering = state["history"], state["clustering"]
     if clustering is None and config.warmup_epochs == 0:
         clustering = _cluster(graph, layers, config, None, rank, world)

@@ -9,14 +9,22 @@ from torch import nn
 
 from .cluster import Clustering
 from .data import dataset_info
-from .errors import ClusteringError, TrainingError
+from .errors import ClusteringError, GraphinterpError, TrainingError
 from .loss import REDUCTIONS
 
-__all__ = ["SIMILARITIES", "RESUME_FIXED", "TrainConfig", "TrainResult", "format_history"]
+__all__ = ["SIMILARITIES", "RESUME_FIXED", "LAMBDA_MAX", "SEED_MAX", "TrainConfig", "TrainResult", "format_history"]
 
 SIMILARITIES = ("weight", "gradient")
 RESUME_FIXED = ("dataset", "model", "arch", "k", "lam", "warmup_epochs", "batch_size", "lr", "similarity",
                  "layers", "reduction", "seed", "max_train")
+#: Largest enmeshment-loss weight accepted. L_E <= 1 and cross-entropy is of order 1, so far smaller
+#: values already make the loss all L_E; past ~1e19 Adam's squared gradients overflow float32 and
+#: training silently stops moving.
+LAMBDA_MAX = 1e6
+#: Seeds lie in 0 .. 2**32 - 1 (what NumPy, scikit-learn and torch all accept).
+SEED_MAX = 2**32 - 1
+#: Largest learning rate accepted (Adam's steps are about lr in size; far beyond this, weights blow up).
+LR_MAX = 10.0
 
 
 @dataclass
@@ -68,16 +76,27 @@ class TrainConfig:
         if self.model not in ("mlp", "cnn"):
             raise TrainingError(f"unknown model {self.model!r}; choose 'mlp' or 'cnn' (or pass model=...)")
         lam = self.lam
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
-            raise TrainingError(f"lambda must be a finite number >= 0 (0 trains the unclustered baseline), got {lam!r}")
+        if (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0
+                or lam > LAMBDA_MAX):
+            raise TrainingError(f"lambda must be a finite number in 0..{LAMBDA_MAX:g} "
+                                f"(0 trains the unclustered baseline), got {lam!r}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
             raise ClusteringError(f"k must be an integer >= 2, got {self.k!r}")
         for name, low in (("warmup_epochs", 0), ("epochs", 0), ("batch_size", 1), ("seed", 0)):
             integer(name, low)
+        if self.seed > SEED_MAX:
+            raise TrainingError(f"seed must lie in 0..{SEED_MAX}, got {self.seed!r}")
         if self.total_epochs < 1:
             raise TrainingError("warmup_epochs + epochs must be at least 1")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise TrainingError(f"lr must be a positive number, got {self.lr!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= LR_MAX:
+            raise TrainingError(f"lr must be a positive number up to {LR_MAX:g}, got {lr!r}")
+        from ._files import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except GraphinterpError as err:
+            raise TrainingError(str(err)) from None
         if self.similarity not in SIMILARITIES:
             raise TrainingError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
         if self.similarity == "gradient" and self.warmup_epochs < 1:

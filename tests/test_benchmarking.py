@@ -85,7 +85,7 @@ def test_benchmark_json_output_matches_the_file(two_checkpoints, tmp_path):
 
 def test_scores_agree_with_the_metrics(two_checkpoints):
     graph, structure, notes = load_source(ModelSource(path=str(two_checkpoints[1])))
-    assert structure == "chained" and notes == []
+    assert structure == "chained" and notes == ["coverage: 560 of 560 weights in the graph (100.0%)"]
     layers, skipped = benchmark_graph(graph, [3], significance_k=3, n_shuffles=2, n_init=2, random_state=0)
     assert skipped == {}
     for lb in layers:
@@ -104,12 +104,12 @@ def test_residual_state_dict_falls_back_to_layers_and_reports_why(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "best_prec1": 90.0}, path)
     report = run_benchmark([ModelSource(path=str(path))], [2, 4], significance_k=4, n_shuffles=2, n_init=2)
     model = report.models[0]
-    assert model.structure == "layerwise" and "residual" in model.notes[0]
+    assert model.structure == "layerwise" and any("residual" in n for n in model.notes)
     first = model.layers[0]
     assert first.layer == "conv1" and sorted(first.scores) == [2] and 4 in first.skipped_k
     assert first.significance is None
     text = format_report(report)
-    assert "layer conv1 has too few nodes for k=4" in text and "analysed layer by layer" in text
+    assert "layer conv1 has too few nodes for k=4" in text and "analysed one by one" in text
 
 
 def test_tiny_and_zero_layers_are_skipped_with_a_reason():
@@ -124,10 +124,13 @@ def test_tiny_and_zero_layers_are_skipped_with_a_reason():
     assert "fewer than k=3" in skipped["0"] and "zero" in skipped["2"]
 
 
-def test_random_arch_is_layerwise_with_a_reason():
+def test_random_arch_is_a_dag_with_coverage():
     graph, structure, notes = load_source(ModelSource(arch="resnet18"))
-    assert structure == "layerwise" and any("residual" in n for n in notes)
+    assert structure == "dag" and notes[1] == "coverage: 11,678,912 of 11,678,912 weights in the graph (100.0%)"
+    assert "random initialisation" in notes[0] and any(n.startswith("folded: 20") for n in notes)
     assert graph["layer4.1.conv2"].shape() == (512, 512)
+    # the residual stream: conv2 of each block writes the nodes its block reads
+    assert list(graph.dst_nodes("layer1.0.conv2")) == list(graph.src_nodes("layer1.0.conv1"))
     again, structure, _ = load_source(ModelSource(arch="resnet18"), layerwise=True)
     assert structure == "layerwise"
     assert torch.equal(graph["conv1"].weight, again["conv1"].weight)  # seeded

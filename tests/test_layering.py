@@ -8,7 +8,9 @@ PKG = Path(__file__).resolve().parents[1] / "graphinterp"
 LAYER = {
     "errors": 0, "_files": 0, "_denormal": 0,
     "models": 1, "data": 1, "data_readers": 1, "checkpoint": 1, "loading": 1,
-    "layer": 2, "tracing": 2, "graph": 2,
+    "coverage": 1,
+    "layer": 2, "graph": 2, "trace": 2, "trace_rules": 2, "state_graph": 2, "dag": 2, "model_trace": 2,
+    "sources": 2, "dag_cluster": 3,
     "bsgc": 3, "cluster": 3, "metrics": 3,
     "analysis": 4, "masks": 4, "loss": 4, "gradsim": 4, "significance": 4,
     "evaluation": 4, "hooks": 4, "pruning": 4,

@@ -1,0 +1,105 @@
+"""What part of a model a graph covers, what was folded into it, and what was approximated.
+
+Every graph built by graphinterp carries a :class:`Coverage`, and every report prints it: the
+share of the model's weight parameters (tensors with two or more dimensions, tied tensors counted
+once) that became graph edges, the modules left out with their type and the reason, the
+normalisation scales folded into weights, the ones that could not be folded, and notes on
+operations the tracer could only approximate. Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+__all__ = ["Coverage", "MissingModule"]
+
+
+@dataclass(frozen=True)
+class MissingModule:
+    """A weight parameter that is not part of the graph.
+
+    Attributes
+    ----------
+    name : str
+        Parameter name (``"lstm.weight_ih_l0"``).
+    module_type : str
+        Type of the module that owns it (``"LSTM"``), or ``"tensor"`` for a bare state_dict.
+    numel : int
+    reason : str
+    """
+
+    name: str
+    module_type: str
+    numel: int
+    reason: str
+
+
+@dataclass
+class Coverage:
+    """How much of a model a graph covers.
+
+    Attributes
+    ----------
+    total : int
+        Number of weights in the model's weight tensors (2-D and larger), tied tensors once.
+    covered : int
+        Number of those weights that are edges of the graph.
+    missing : list of MissingModule
+    folded : list of str
+        ``"<layer>: <what>"`` for each normalisation scale folded into a layer's weight.
+    unfolded : dict of str to str
+        Normalisation parameters that were not folded, and why.
+    notes : dict of str to int
+        Operations the tracer approximated or could not follow, with their number of calls.
+    """
+
+    total: int
+    covered: int
+    missing: List[MissingModule] = field(default_factory=list)
+    folded: List[str] = field(default_factory=list)
+    unfolded: Dict[str, str] = field(default_factory=dict)
+    notes: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        """Covered share of the weight parameters (1.0 for a model without any)."""
+        return self.covered / self.total if self.total else 1.0
+
+    @property
+    def complete(self) -> bool:
+        """True when every weight tensor is covered and nothing was approximated."""
+        return not self.missing and not self.notes
+
+    def missing_by_type(self) -> List[Tuple[str, int, int]]:
+        """``(module type, number of tensors, weights)`` of the missing parameters, largest first."""
+        acc: Dict[str, List[int]] = {}
+        for m in self.missing:
+            entry = acc.setdefault(m.module_type, [0, 0])
+            entry[0] += 1
+            entry[1] += m.numel
+        return sorted(((k, v[0], v[1]) for k, v in acc.items()), key=lambda r: -r[2])
+
+    def summary_lines(self, *, max_items: int = 6) -> List[str]:
+        """Human-readable lines for a report (coverage first, then what is missing or approximated)."""
+        lines = [f"coverage: {self.covered:,} of {self.total:,} weights in the graph ({100 * self.share:.1f}%)"]
+        for mtype, count, numel in self.missing_by_type():
+            names = [m.name for m in self.missing if m.module_type == mtype]
+            shown = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
+            reason = next(m.reason for m in self.missing if m.module_type == mtype)
+            lines.append(f"not covered: {mtype} ({numel:,} weights: {shown}): {reason}")
+        if self.folded:
+            lines.append(f"folded: {len(self.folded)} normalisation scale(s), e.g. "
+                         + "; ".join(self.folded[:max_items // 2]))
+        for name, why in list(self.unfolded.items())[:max_items]:
+            lines.append(f"not folded: {name}: {why}")
+        for note, count in list(self.notes.items())[:max_items]:
+            lines.append(f"approximated: {note} ({count}x)")
+        return lines
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {
+            "total_weights": self.total, "covered_weights": self.covered, "share": self.share,
+            "missing": [m.__dict__ for m in self.missing], "folded": list(self.folded),
+            "unfolded": dict(self.unfolded), "notes": dict(self.notes),
+        }

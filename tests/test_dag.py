@@ -1,0 +1,188 @@
+"""Graphs of real architectures: DAG structure, folding checked against the model's own forward, coverage."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphinterp.cluster import cluster_network
+from graphinterp.dag import ModelGraph
+from graphinterp.graph import LayeredGraph
+from graphinterp.model_trace import trace_graph
+
+
+def _capture(model, module, x, kwargs=None):
+    """Input and output of ``module`` during ``model(x)``."""
+    seen = {}
+
+    def hook(mod, inputs, output):
+        seen["in"], seen["out"] = inputs[0].detach().clone(), output.detach().clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(*([x] if x is not None else []), **(kwargs or {}))
+    finally:
+        handle.remove()
+    return seen["in"], seen["out"]
+
+
+def _randomise_bn(model):
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=gen) * 3 + 0.1
+            m.running_var = torch.rand(m.num_features, generator=gen) * 5 + 0.01
+            m.running_mean = torch.randn(m.num_features, generator=gen)
+
+
+def test_resnet_block_folds_batchnorm_exactly_and_links_the_stream():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    _randomise_bn(model)
+    g = trace_graph(model)
+    assert isinstance(g, ModelGraph) and g.coverage.share == 1.0 and len(g.coverage.folded) == 20
+    x = torch.randn(2, 3, 32, 32)
+    conv, bn = model.layer1[0].conv1, model.layer1[0].bn1
+    inp, _ = _capture(model, conv, x)
+    _, expected = _capture(model, bn, x)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias - bn.running_mean * scale).detach()
+    folded = g["layer1.0.conv1"].weight
+    got = F.conv2d(inp, folded, stride=conv.stride, padding=conv.padding) + shift[None, :, None, None]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    raw = trace_graph(model, fold=False)
+    assert torch.equal(raw["layer1.0.conv1"].weight, conv.weight.detach()) and not raw.coverage.folded
+    # stream nodes: block conv2 and the stem write the nodes that the next block reads
+    assert list(g.dst_nodes("layer1.0.conv2")) == list(g.dst_nodes("conv1")) == list(g.src_nodes("layer1.1.conv1"))
+    assert list(g.dst_nodes("layer2.0.downsample.0")) == list(g.dst_nodes("layer2.0.conv2"))
+
+
+def test_layernorm_gain_folds_into_the_next_linear():
+    block = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 5))
+    with torch.no_grad():
+        block[0].weight.copy_(torch.rand(8) + 0.5)
+        block[0].bias.copy_(torch.randn(8))
+    g = trace_graph(nn.Sequential(nn.Linear(4, 8), block))
+    x = torch.randn(3, 8)
+    plain = F.layer_norm(x, (8,))
+    lin = block[1]
+    expected = block(x)
+    bias = lin.bias + lin.weight @ block[0].bias
+    torch.testing.assert_close(F.linear(plain, g["1.1"].weight, bias), expected.detach(), rtol=1e-5, atol=1e-5)
+    assert any("1.0 (input gain)" in f for f in g.coverage.folded)
+
+
+def test_channels_last_flatten_groups_features_by_channel():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1)
+            self.fc = nn.Linear(3 * 4 * 4, 5)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1))
+
+    net = Net()
+    g = trace_graph(net, input_shape=(2, 4, 4))
+    fc = g["fc"]
+    assert fc.n_in() == 3 and list(g.src_nodes("fc")) == list(g.dst_nodes("conv"))
+    # channel c's features are every third one in a channels-last flatten
+    expected = net.fc.weight.detach().reshape(5, 16, 3).square().sum(1).T
+    torch.testing.assert_close(fc.squared(), expected)
+
+
+def test_grouped_and_depthwise_convs_keep_their_structure():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=4), nn.Conv2d(8, 8, 3, groups=8))
+    g = trace_graph(model)
+    assert [l.structure for l in g] == ["dense", "grouped", "depthwise"]
+    sd_graph = LayeredGraph.from_state_dict(model.state_dict())
+    for a, b in zip(g, sd_graph):
+        assert a.groups == b.groups
+        torch.testing.assert_close(a.squared(), b.squared())
+    assert int(g[1].support().sum()) == 4 * 2 * 2 and int(g[2].support().sum()) == 8
+
+
+def test_multihead_attention_reads_values_and_stream():
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, dropout=0.0), 2)
+    g = trace_graph(enc, input_shape=(5, 16))
+    assert isinstance(g, ModelGraph) and g.coverage.share == 1.0
+    qkv = g.dst_nodes("layers.0.self_attn.in_proj")
+    assert list(g.src_nodes("layers.0.self_attn.out_proj")) == list(qkv[32:])  # v = last third of in_proj
+    # post-norm blocks: both sublayers write the stream that the next block's attention reads
+    assert list(g.dst_nodes("layers.0.linear2")) == list(g.src_nodes("layers.1.self_attn.in_proj"))
+
+
+def test_plain_gpt_with_tied_head_counts_the_weight_once():
+    class GPT(nn.Module):
+        def __init__(self, vocab=20, d=16):
+            super().__init__()
+            self.wte = nn.Embedding(vocab, d)
+            self.fc_in, self.fc_out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+            self.head = nn.Linear(d, vocab, bias=False)
+            self.head.weight = self.wte.weight
+
+        def forward(self, ids):
+            h = self.wte(ids)
+            h = h + self.fc_out(F.gelu(self.fc_in(h)))
+            return self.head(h)
+
+    g = trace_graph(GPT())
+    assert g.coverage.total == 20 * 16 + 2 * 16 * 64 and g.coverage.share == 1.0
+    assert list(g.src_nodes("fc_in")) == list(g.dst_nodes("fc_out"))
+
+
+def test_dag_network_clustering_recovers_planted_modules_through_a_residual():
+    torch.manual_seed(0)
+    d, h, k = 12, 24, 3
+    stream, hidden = np.arange(d) % k, np.arange(h) % k
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(d, h, bias=False), nn.Linear(h, d, bias=False), nn.Linear(d, h, bias=False)
+
+        def forward(self, x):
+            return self.c(x + self.b(torch.relu(self.a(x))))
+
+    net = Res()
+    with torch.no_grad():
+        for lin, rows, cols in ((net.a, hidden, stream), (net.b, stream, hidden), (net.c, hidden, stream)):
+            mask = torch.as_tensor(rows[:, None] == cols[None, :])
+            lin.weight.copy_((torch.rand(lin.weight.shape) + 0.5) * mask)
+    g = trace_graph(net)
+    c = cluster_network(g, k, random_state=0)
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(stream, c.row_labels["a"]) == 1.0
+    assert adjusted_rand_score(hidden, c.col_labels["a"]) == 1.0
+    assert np.array_equal(c.col_labels["b"], c.row_labels["a"])  # b writes the stream a reads
+
+
+def test_unknown_ops_are_reported_not_silent():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.fft.fft(self.a(x)).real)
+
+    g = trace_graph(Odd())
+    assert any("fft" in note for note in g.coverage.notes)
+
+
+def test_grouped_conv_null_is_calibrated_and_depthwise_is_left_out():
+    from graphinterp.analysis import analyze
+    from graphinterp.significance import shuffle_test
+
+    p_values = []
+    for seed in range(10):
+        torch.manual_seed(seed)
+        g = trace_graph(nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, groups=4)))
+        test = shuffle_test(g[1], 4, n_shuffles=19, n_init=2, random_state=seed)
+        p_values.append(test.score.p_value)
+    assert sum(p > 0.05 for p in p_values) >= 9, p_values
+    g = trace_graph(nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 8, 1)))
+    result = analyze(g, 4, random_state=0)
+    assert "depthwise" in result.skipped["1"] and [s.layer for s in result.reports[4].layers] == ["2"]
