@@ -17,6 +17,11 @@ Examples
     python benchmarks/bench_interp.py                                  # paper settings: 1 + 10 epochs
     python benchmarks/bench_interp.py --epochs 3 --max-train 20000     # shorter
     python benchmarks/bench_interp.py --baseline b.pt --modular m.pt   # reuse checkpoints
+    python benchmarks/bench_interp.py --seeds 5 --modes graphinterp,authors   # 5 pairs, summary over seeds
+
+With ``--seeds`` (a count from ``--seed`` or a list) one pair of models is trained per seed (in
+``--out-dir/seed<s>/``) and the ECS gap, the per-label ECS and the one-cluster-ON accuracy are
+summarised over seeds: mean, standard deviation, 95% t interval and the seeds in which the sign holds.
 """
 from __future__ import annotations
 
@@ -38,21 +43,24 @@ from graphinterp.cluster import Clustering  # noqa: E402
 from graphinterp.data import load_dataset  # noqa: E402
 from graphinterp.evaluation import class_accuracy, load_runnable  # noqa: E402
 from graphinterp.pruning import label_task  # noqa: E402
+from graphinterp.seeds import deterministic, parse_seeds, summarize  # noqa: E402
 
 from _shared_data import shared_datasets_dir  # noqa: E402
 
 
-def get_model(path: Path, lam: float, args) -> Path:
+def get_model(path: Path, lam: float, args, seed: int) -> Path:
     if path.exists() and not args.retrain:
         print(f"loading {path}")
         return path
     from graphinterp.train import TrainConfig, train
 
     config = TrainConfig(dataset="mnist", model="mlp", k=args.k, lam=lam, warmup_epochs=args.warmup_epochs,
-                         epochs=args.epochs, seed=args.seed, device=args.device, data_dir=str(args.data_dir),
+                         epochs=args.epochs, seed=seed, device=args.device, data_dir=str(args.data_dir),
                          max_train=args.max_train, quiet=True)
     start = time.perf_counter()
-    result = train(config, checkpoint=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with deterministic():
+        result = train(config, checkpoint=path)
     last = result.history[-1]
     print(f"trained {path.name} (lambda={lam}) in {time.perf_counter() - start:.0f} s: test acc {last['test_acc']:.4f}, "
           f"E {last.get('E')}, E_refit {last.get('E_refit')}")
@@ -98,13 +106,13 @@ def floor_seconds(net, test, n_evals: int, max_examples: int, device) -> float:
     return (time.perf_counter() - start) / reps * n_evals
 
 
-def circuits_report(tag: str, path: Path, test, score: str, args) -> dict:
+def circuits_report(tag: str, path: Path, test, score: str, args, mode: str = "graphinterp") -> dict:
     _, net, graph = load_runnable(path, input_shape=tuple(test.x.shape[1:]))
     net.to(args.device)
     start = time.perf_counter()
     circuits = extract_circuits(net, test, "all", graph=graph, score=score, schedule=Schedule(max_evals=args.max_evals),
                                 max_examples=args.max_examples, device=args.device, progress=False,
-                                num_threads=args.search_threads)
+                                num_threads=args.search_threads, mode=mode)
     wall = time.perf_counter() - start
     n_evals = sum(c.n_evals for c in circuits.values())
     threads = torch.get_num_threads()
@@ -113,12 +121,12 @@ def circuits_report(tag: str, path: Path, test, score: str, args) -> dict:
         floor = floor_seconds(net, test, n_evals, args.max_examples, args.device)
     finally:
         torch.set_num_threads(threads)
-    print(f"{tag:>9} [{score}]: 10 circuits in {wall:.1f} s ({n_evals} evaluations, {args.search_threads} thread(s)); "
+    print(f"{tag:>9} [{score if mode == 'graphinterp' else mode}]: 10 circuits in {wall:.1f} s ({n_evals} evaluations, {args.search_threads} thread(s)); "
           f"floor, the same number of plain forward passes of a task batch: {floor:.1f} s")
     return {"ecs": [circuits[c].ecs for c in range(10)], "ecs_per_layer": {c: circuits[c].size.ecs_per_layer
             for c in range(10)}, "accuracy": [circuits[c].accuracy for c in range(10)],
             "full_accuracy": [circuits[c].full_accuracy for c in range(10)], "seconds": wall, "n_evals": n_evals,
-            "floor_seconds": floor}
+            "floor_seconds": floor, "converged": [circuits[c].converged for c in range(10)]}
 
 
 def main() -> None:
@@ -133,7 +141,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--lam", type=float, default=20.0)
     parser.add_argument("--max-train", type=int, default=None, help="train on a subset (shorter runs)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed when --seeds is a count")
+    parser.add_argument("--seeds", default="1", help="number of seeds (from --seed) or a list such as 0,3,5-7")
+    parser.add_argument("--modes", default="graphinterp",
+                        help="circuit criteria, comma-separated: graphinterp (with each --scores), authors")
     parser.add_argument("--scores", default="magnitude", help="comma-separated: magnitude,attribution")
     parser.add_argument("--max-evals", type=int, default=Schedule().max_evals)
     parser.add_argument("--max-examples", type=int, default=500)
@@ -151,30 +162,71 @@ def main() -> None:
           f"device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"baseline": get_model(args.baseline or args.out_dir / "baseline.pt", 0.0, args),
-             "modular": get_model(args.modular or args.out_dir / "modular.pt", args.lam, args)}
+    seeds = parse_seeds(args.seeds, first=args.seed)
+    if len(seeds) > 1 and (args.baseline or args.modular):
+        sys.exit("--baseline/--modular name one pair of models; leave them out with several --seeds")
     test = load_dataset("mnist", split="test", data_dir=args.data_dir)
-    report: dict = {"settings": {k: str(v) for k, v in vars(args).items()}, "models": {}}
-    for tag, path in paths.items():
-        _, net, _ = load_runnable(path, input_shape=tuple(test.x.shape[1:]))
-        acc = class_accuracy(net, test, device=args.device)
-        report["models"][tag] = {"test_acc_per_class": acc.tolist(),
-                                 "ablation": ablation_report(tag, path, test, args)}
-    for score in args.scores.split(","):
-        print(f"\n== circuits, score {score}, {Schedule(max_evals=args.max_evals)}, {Tolerance()}, "
-              f"{args.max_examples} examples per label + as many others")
-        res = {tag: circuits_report(tag, path, test, score, args) for tag, path in paths.items()}
-        a, b = np.array(res["baseline"]["ecs"]), np.array(res["modular"]["ecs"])
-        print(f"{'label':>5} {'ECS baseline':>13} {'ECS modular':>12} {'change':>8}")
-        for c in range(10):
-            print(f"{c:>5} {100 * a[c]:12.2f}% {100 * b[c]:11.2f}% {100 * (b[c] - a[c]) / a[c]:+7.1f}%")
-        print(f"mean ECS: baseline {100 * a.mean():.2f}%, modular {100 * b.mean():.2f}%; mean relative change "
-              f"baseline -> modular {100 * np.mean((b - a) / a):+.1f}%; the baseline's circuits hold on average "
-              f"{100 * np.mean((a - b) / b):+.1f}% parameters relative to the modular model's (paper: +61.25% on CIFAR-10)")
-        report[score] = res
+    report: dict = {"settings": {k: str(v) for k, v in vars(args).items()}, "seeds": {}}
+    variants = [("graphinterp", s) for s in args.scores.split(",")] + \
+        [("authors", "authors") for m in args.modes.split(",") if m == "authors"]
+    if "graphinterp" not in args.modes.split(","):
+        variants = [v for v in variants if v[0] != "graphinterp"]
+    for seed in seeds:
+        folder = args.out_dir if len(seeds) == 1 else args.out_dir / f"seed{seed}"
+        print(f"\n######## seed {seed}")
+        paths = {"baseline": get_model(args.baseline or folder / "baseline.pt", 0.0, args, seed),
+                 "modular": get_model(args.modular or folder / "modular.pt", args.lam, args, seed)}
+        rep: dict = {"models": {}}
+        for tag, path in paths.items():
+            _, net, _ = load_runnable(path, input_shape=tuple(test.x.shape[1:]))
+            acc = class_accuracy(net, test, device=args.device)
+            rep["models"][tag] = {"test_acc_per_class": acc.tolist(), "ablation": ablation_report(tag, path, test, args)}
+        for mode, score in variants:
+            print(f"\n== circuits, {'score ' + score if mode == 'graphinterp' else 'the authors criterion'}, "
+                  f"{Schedule(max_evals=args.max_evals)}, {Tolerance()}, {args.max_examples} examples per label"
+                  + (" + as many others" if mode == "graphinterp" else ""))
+            res = {tag: circuits_report(tag, path, test, score if mode == "graphinterp" else "magnitude", args, mode)
+                   for tag, path in paths.items()}
+            a, b = np.array(res["baseline"]["ecs"]), np.array(res["modular"]["ecs"])
+            print(f"{'label':>5} {'ECS baseline':>13} {'ECS modular':>12} {'change':>8}")
+            for c in range(10):
+                print(f"{c:>5} {100 * a[c]:12.2f}% {100 * b[c]:11.2f}% {100 * (b[c] - a[c]) / a[c]:+7.1f}%")
+            print(f"mean ECS: baseline {100 * a.mean():.2f}%, modular {100 * b.mean():.2f}%; mean relative change "
+                  f"baseline -> modular {100 * np.mean((b - a) / a):+.1f}%; the baseline's circuits hold on average "
+                  f"{100 * np.mean((a - b) / b):+.1f}% parameters relative to the modular model's (paper: +61.25% on CIFAR-10)")
+            rep[score] = res
+        report["seeds"][seed] = rep
+    summary = summarize_seeds(report["seeds"], [s for _, s in variants])
+    report["summary"] = summary
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
+
+
+def summarize_seeds(runs: dict, variants) -> dict:
+    """Print and return the comparisons over seeds (mean ± std [95% interval], seeds where the sign holds)."""
+    reps = list(runs.values())
+    rows = {}
+    for tag in ("baseline", "modular"):
+        rows[f"one-cluster-ON accuracy (mean over clusters and labels), {tag}"] = summarize(
+            [np.mean(r["models"][tag]["ablation"]["on"]) for r in reps])
+        rows[f"labels one cluster alone keeps at >= 50%, {tag}"] = summarize(
+            [r["models"][tag]["ablation"]["carried"] for r in reps])
+    rows["one-cluster-ON accuracy, modular - baseline"] = summarize(
+        [np.mean(r["models"]["modular"]["ablation"]["on"]) - np.mean(r["models"]["baseline"]["ablation"]["on"])
+         for r in reps])
+    for v in variants:
+        gap = [np.mean((np.array(r[v]["baseline"]["ecs"]) - np.array(r[v]["modular"]["ecs"]))
+                       / np.array(r[v]["modular"]["ecs"])) for r in reps]
+        rows[f"ECS gap [{v}]: baseline circuits hold more weights (mean per label)"] = summarize(gap)
+        for c in range(10):
+            rows[f"ECS change baseline -> modular, label {c} [{v}]"] = summarize(
+                [(r[v]["modular"]["ecs"][c] - r[v]["baseline"]["ecs"][c]) / r[v]["baseline"]["ecs"][c] for r in reps])
+    print(f"\n== over {len(reps)} seed(s): mean ± std [95% interval]; seeds with a positive / negative value")
+    for name, s in rows.items():
+        pct = "ECS" in name
+        print(f"{name}: {s.format(pct=pct) if pct else s.format()}  (+{s.n_positive} / -{s.n_negative} of {s.n})")
+    return {name: s.to_dict() for name, s in rows.items()}
 
 
 if __name__ == "__main__":

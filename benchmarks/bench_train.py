@@ -23,11 +23,18 @@ with the batch gathered inside the step, as ``train()`` does.
     python benchmarks/bench_train.py --dataset fashion-mnist
     python benchmarks/bench_train.py --cnn                    # CIFAR-10 JPEG copy, CNN
     python benchmarks/bench_train.py --epochs 1 --max-train 5000   # quick check
+    python benchmarks/bench_train.py --seeds 5 --threads 1    # five baseline/modular pairs: mean, std, 95% interval
+
+With ``--seeds`` the accuracy difference and E are reported over seeds (mean, standard deviation,
+95% t interval, seeds in which the sign holds) and the step timing runs once, on the first seed's
+modular model. Training runs under ``torch.use_deterministic_algorithms``: the same seed, command and
+thread count give bit-identical models.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -44,6 +51,7 @@ from graphinterp.analysis import analyze  # noqa: E402
 from graphinterp.data import load_dataset  # noqa: E402
 from graphinterp.graph import LayeredGraph  # noqa: E402
 from graphinterp.loss import EnmeshmentLoss  # noqa: E402
+from graphinterp.seeds import deterministic, parse_seeds, summarize  # noqa: E402
 from graphinterp.train import TrainConfig, train, train_step  # noqa: E402
 
 
@@ -100,6 +108,37 @@ def time_steps(result, train_set, lam: float, steps: int, blocks: int, batch_siz
     return {key: statistics.median(v) for key, v in times.items()}
 
 
+def train_pair(args, dataset, model_name, train_set, test_set, seed):
+    """Train the baseline and the modular model with one seed; print and return their E and accuracy."""
+    results = {}
+    for name, lam in (("baseline", 0.0), ("modular", args.lam)):
+        cfg = TrainConfig(dataset=dataset, model=model_name, k=args.k, lam=lam, warmup_epochs=args.warmup_epochs,
+                          epochs=args.epochs, similarity=args.similarity, reduction=args.reduction, seed=seed,
+                          device=args.device, max_train=args.max_train, quiet=args.quiet)
+        t0 = time.perf_counter()
+        with deterministic():
+            results[name] = train(cfg, train_data=train_set, test_data=test_set)
+        print(f"\nseed {seed}, {name} (lambda={lam:g}), {time.perf_counter() - t0:.0f} s\n{results[name].table()}")
+    layers = results["modular"].clustering.layer_names
+    print(f"\nseed {seed}: clustered layers: {layers}, k={args.k}")
+    print(f"{'model':<9} {'test acc':>8} {'layer':>6} {'E train':>8} {'E analyze k=' + str(args.k):>15} "
+          f"{'E analyze k=2':>14} {'E random k=' + str(args.k):>13}")
+    summary = {}
+    for name, res in results.items():
+        graph = LayeredGraph.from_module(copy.deepcopy(res.model).cpu())
+        ana = analyze(graph, [2, args.k], layers=layers, random_state=seed)
+        per_train = EnmeshmentLoss(res.model, res.clustering).per_layer()
+        by_k = {k: {s.layer: s for s in ana.reports[k].layers} for k in (2, args.k)}
+        acc = res.history[-1]["test_acc"]
+        for layer in layers:
+            s4, s2 = by_k[args.k][layer], by_k[2][layer]
+            print(f"{name:<9} {acc:>8.4f} {layer:>6} {per_train[layer]:>8.4f} {s4.E:>15.4f} {s2.E:>14.4f} "
+                  f"{s4.E_random:>13.4f}")
+        summary[name] = {"acc": acc, "E_train": res.history[-1].get("E_refit", res.history[-1]["E"]),
+                         "E_train_layers": per_train}
+    return results, summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
@@ -112,7 +151,8 @@ def main() -> None:
     parser.add_argument("--similarity", choices=["weight", "gradient"], default="weight")
     parser.add_argument("--reduction", choices=["mean", "mass"], default="mean",
                         help="L_E over several clustered layers: mass-weighted or the mean of per-layer values")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed when --seeds is a count")
+    parser.add_argument("--seeds", default="1", help="number of seeds (from --seed) or a list such as 0,3,5-7")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--timing-steps", type=int, default=100, help="steps per timing block")
     parser.add_argument("--timing-blocks", type=int, default=15, help="interleaved timing blocks")
@@ -133,39 +173,28 @@ def main() -> None:
     print(f"{dataset}: {len(train_set)} train / {len(test_set)} test, loaded in {time.perf_counter() - t0:.1f} s; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    results = {}
-    for name, lam in (("baseline", 0.0), ("modular", args.lam)):
-        cfg = TrainConfig(dataset=dataset, model=model_name, k=args.k, lam=lam, warmup_epochs=args.warmup_epochs,
-                          epochs=args.epochs, similarity=args.similarity, reduction=args.reduction, seed=args.seed,
-                          device=args.device, max_train=args.max_train, quiet=args.quiet)
-        t0 = time.perf_counter()
-        results[name] = train(cfg, train_data=train_set, test_data=test_set)
-        print(f"\n{name} (lambda={lam:g}), {time.perf_counter() - t0:.0f} s\n{results[name].table()}")
-
-    layers = results["modular"].clustering.layer_names
-    print(f"\nclustered layers: {layers}, k={args.k}")
-    print(f"{'model':<9} {'test acc':>8} {'layer':>6} {'E train':>8} {'E analyze k=' + str(args.k):>15} "
-          f"{'E analyze k=2':>14} {'E random k=' + str(args.k):>13}")
-    summary = {}
-    for name, res in results.items():
-        graph = LayeredGraph.from_module(copy.deepcopy(res.model).cpu())
-        ana = analyze(graph, [2, args.k], layers=layers, random_state=args.seed)
-        per_train = EnmeshmentLoss(res.model, res.clustering).per_layer()
-        by_k = {k: {s.layer: s for s in ana.reports[k].layers} for k in (2, args.k)}
-        acc = res.history[-1]["test_acc"]
-        for layer in layers:
-            s4, s2 = by_k[args.k][layer], by_k[2][layer]
-            print(f"{name:<9} {acc:>8.4f} {layer:>6} {per_train[layer]:>8.4f} {s4.E:>15.4f} {s2.E:>14.4f} "
-                  f"{s4.E_random:>13.4f}")
-        summary[name] = {"acc": acc, "E_train": res.history[-1].get("E_refit", res.history[-1]["E"]),
-                         "E_train_layers": per_train}
-    d_acc = summary["modular"]["acc"] - summary["baseline"]["acc"]
-    E_min = min(summary["modular"]["E_train_layers"].values())
+    seeds = parse_seeds(args.seeds, first=args.seed)
+    print(f"seeds {seeds}; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
+    per_seed = []
+    for seed in seeds:
+        results, summary = train_pair(args, dataset, model_name, train_set, test_set, seed)
+        per_seed.append(summary)
+        if seed == seeds[0]:
+            first = results
+    d_acc = summarize([s["modular"]["acc"] - s["baseline"]["acc"] for s in per_seed])
+    E_min = summarize([min(s["modular"]["E_train_layers"].values()) for s in per_seed])
     verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
-    print(f"\nmodular E (trained clustering, worst layer) = {E_min:.4f}  [target >= 0.99: {verdict(E_min >= 0.99)}]")
-    print(f"accuracy modular - baseline = {100 * d_acc:+.2f} pp  [target >= -1 pp: {verdict(d_acc >= -0.01)}]")
+    print(f"\nover {len(seeds)} seed(s) (mean ± std [95% interval]):")
+    print(f"  test accuracy baseline {summarize([s['baseline']['acc'] for s in per_seed]).format('{:.4f}')}, "
+          f"modular {summarize([s['modular']['acc'] for s in per_seed]).format('{:.4f}')}")
+    print(f"  modular E (trained clustering, worst layer) = {E_min.format('{:.4f}')}  "
+          f"[target mean >= 0.99: {verdict(E_min.mean >= 0.99)}]")
+    print(f"  accuracy modular - baseline = {d_acc.format('{:+.4f}')}  [target mean >= -0.01: "
+          f"{verdict(d_acc.mean >= -0.01)}; modular at least as accurate in {d_acc.n_positive + (d_acc.n - d_acc.n_positive - d_acc.n_negative)} "
+          f"of {d_acc.n} seeds, within 1 pp in {sum(v >= -0.01 for v in d_acc.values)} of {d_acc.n}]")
+    print(f"  load average now {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
-    times = time_steps(results["modular"], train_set, args.lam, args.timing_steps, args.timing_blocks, 64, args.seed,
+    times = time_steps(first["modular"], train_set, args.lam, args.timing_steps, args.timing_blocks, 64, seeds[0],
                        args.reduction)
     print(f"\ntime per training step (batch 64, median of {args.timing_blocks} interleaved blocks "
           f"of {args.timing_steps}):")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -96,11 +97,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("report/pretrained"))
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes over the layers (same report)")
     args = parser.parse_args()
     files = [args.pretrained_dir / name for name in MODELS if (args.pretrained_dir / name).is_file()]
     if not files and not args.extra:
         raise SystemExit(f"no pretrained models in {args.pretrained_dir}; pass --pretrained-dir")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: {', '.join(f.name for f in files)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, --jobs {args.jobs}; models: "
+          f"{', '.join(f.name for f in files)}; load average before {tuple(round(x, 2) for x in os.getloadavg())}")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         sources = [ModelSource(path=str(f)) for f in files] + [ModelSource(path=p) for p in args.extra]
@@ -108,7 +111,8 @@ def main() -> None:
             sources += [ModelSource(path=str(reinitialised(f, Path(tmp), args.seed))) for f in files]
         sources += [ModelSource(arch=a) for a in args.random_arch]
         report = run_benchmark(sources, parse_k_range(args.k), significance_k=args.significance_k,
-                               n_shuffles=args.shuffles, random_state=args.seed, progress=not args.quiet)
+                               n_shuffles=args.shuffles, random_state=args.seed,
+                               progress=not args.quiet and args.jobs == 1, n_jobs=args.jobs)
     written = write_report(report, args.out)
     wall = time.perf_counter() - start
     print(format_report(report))
@@ -121,7 +125,8 @@ def main() -> None:
                  f"{1 / (report.n_shuffles + 1):.3f}), seed {args.seed}.\n\n" + "\n".join(summary)
                  + "\n\n## Time\n\n" + "\n".join(timing) + f"\n\nwall time {wall:.1f} s\n")
     print("\n".join(timing))
-    print(f"wall time {wall:.1f} s; wrote {len(written) + 1} files to {args.out}")
+    print(f"wall time {wall:.1f} s; wrote {len(written) + 1} files to {args.out}; "
+          f"load average after {tuple(round(x, 2) for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

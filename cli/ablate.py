@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence
 
 import click
+import numpy as np
 
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, MAX_RANGE_VALUES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json,
@@ -84,12 +85,14 @@ def data_options(f):
 @click.option("--batch-size", type=POSITIVE_INT, default=1024, show_default=True, help="Evaluation batch size.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the ON/OFF heatmaps (PNG/SVG/PDF by suffix).")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Transformer trained on chars: the corpus (default: the one it was trained on).")
 @seed_option
 @device_option
 @trust_pickle_option
 @json_option
-def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, batch_size, plot_path, seed, device,
-            trust_pickle, as_json):
+def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, batch_size, plot_path, corpus, seed,
+            device, trust_pickle, as_json):
     """Class-wise accuracy of MODEL with each cluster switched ON and OFF (the paper's Figure 2).
 
     ON keeps only one cluster: every other neuron of the clustered layers' hidden levels is
@@ -102,6 +105,11 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
       graphinterp ablate modular.pt --dataset mnist --data-dir ~/data
       graphinterp ablate baseline.pt --dataset mnist --k 4 --plot ablation.png
       graphinterp ablate modular.pt --dataset mnist --neurons fc1:0-15 --mode mean
+      graphinterp ablate modadd.pt --plot onoff.png
+
+    A transformer checkpoint (`graphinterp train --model transformer`) is evaluated on its own task
+    (modadd: the test pairs, per answer; chars: validation windows, per target character), with the
+    clusters of its MLP blocks ON / OFF (hidden units zeroed); --k K clusters every MLP block now.
     """
     from graphinterp.ablate import ablate, ablation_matrix, class_accuracy
     from graphinterp.cluster import Clustering, cluster_network
@@ -115,6 +123,15 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     spec = parse_neurons(neurons) if neurons else None
     if plot_path:
         check_output_path(plot_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
+    ckpt = _transformer_checkpoint(model)
+    if ckpt is not None:
+        if neurons or mode != "zero" or layers is not None:
+            raise click.UsageError("a transformer checkpoint is ablated by MLP-block clusters with zero ablation; "
+                                   "--neurons, --mode mean and --layers do not apply")
+        _ablate_transformer(model, ckpt, k, corpus, split, limit, seed, batch_size, plot_path, as_json)
+        return
+    if corpus is not None:
+        raise click.UsageError("--corpus applies to transformer checkpoints trained on chars only")
     data = load_eval_data(dataset, split, data_dir, limit, seed)
     loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     check_outputs(graph, data, model)
@@ -176,3 +193,91 @@ def _report_neurons(model, data, mode, spec, full, ablated, as_json) -> None:
     rows = [["full", float(full[present] @ w), *map(float, full[present])],
             ["ablated", float(ablated[present] @ w), *map(float, ablated[present])]]
     click.echo(format_table(rows, ["", "all", *names]))
+
+
+def _transformer_checkpoint(path):
+    """The loaded checkpoint when ``path`` is a graphinterp checkpoint of a transformer, else None."""
+    from pathlib import Path
+
+    from graphinterp.checkpoint import is_checkpoint
+
+    if not Path(path).is_file():
+        return None
+    try:
+        obj = torch_load(path)
+    except Exception:  # not a plain checkpoint: the generic path reports it
+        return None
+    if is_checkpoint(obj) and isinstance(obj.get("arch"), dict) and obj["arch"].get("name") == "transformer":
+        return obj
+    return None
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, plot_path, as_json) -> None:
+    from graphinterp.checkpoint import validate_checkpoint
+    from graphinterp.cluster import Clustering
+    from graphinterp.errors import ClusteringError
+    from graphinterp.mlp_blocks import cluster_mlp_blocks
+    from graphinterp.model_trace import trace_graph
+    from graphinterp.models import build_model
+    from graphinterp.train_transformer import TransformerConfig, task_data
+    from graphinterp.transformer_eval import onoff_matrix, specialisation
+
+    ckpt = validate_checkpoint(ckpt)
+    saved = (ckpt.get("train_state") or {}).get("config")
+    if not saved:
+        raise ClusteringError(f"{path} holds no transformer training settings; cannot rebuild its task data")
+    config = TransformerConfig.from_dict({**saved, **({"corpus": corpus} if corpus else {})})
+    net = build_model(ckpt["arch"])
+    net.load_state_dict(ckpt["state_dict"])
+    data = task_data(config)
+    if split == "train":
+        if config.task == "modadd":
+            x, y = data["train"].x, data["train"].y
+        else:
+            x, y = data["corpus"].windows(config.n_ctx, "train", limit=config.eval_windows)
+    else:
+        x, y = (data["test"].x, data["test"].y) if config.task == "modadd" else data["test"]
+    if limit is not None and limit < len(x):
+        import torch
+
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        x, y = x[idx], y[idx]
+    if k is not None:
+        clustering = cluster_mlp_blocks(trace_graph(net, example=x[:2]), k, random_state=seed)
+        source = f"clustered now (k={k}, BSGC per MLP block)"
+    elif ckpt["clustering"]:
+        clustering = Clustering.from_dict(ckpt["clustering"])
+        source = "stored in the checkpoint"
+    else:
+        raise ClusteringError(f"{path} holds no clustering; pass --k K to cluster its MLP blocks now")
+    classes = data["classes"]
+    result = onoff_matrix(net, clustering, x, y, classes, batch_size=batch_size)
+    names = [plain_text(repr(c)[1:-1]) for c in classes]
+    if plot_path:
+        from graphinterp.viz import plot_ablation
+
+        live = np.isfinite(result.full)  # classes with examples
+        plot_ablation(result.on[:, live], result.off[:, live], full=result.full[live],
+                      class_names=[n for n, ok in zip(names, live) if ok],
+                      title=f"{plain_text(path)}: accuracy per class, MLP clusters ON / OFF", out=plot_path)
+    if as_json:
+        emit_json({"model": str(path), "task": config.task, "split": split, "n_examples": len(x), "k": clustering.k,
+                   "clustered_layers": clustering.layer_names, "clustering": source, **result.to_dict()})
+        return
+    overall, spec = result.overall(), specialisation(result)
+    click.echo(f"{path}: transformer ({config.task}), k={clustering.k} clusters {source}; MLP layers "
+               f"{', '.join(clustering.layer_names)}; {len(x)} {split} sequences")
+    rows = [["full", overall["full"], *np.nan_to_num(result.full, nan=-1)]]
+    rows += [[f"ON {c}", overall["on"][c], *np.nan_to_num(result.on[c], nan=-1)] for c in range(clustering.k)]
+    rows += [[f"OFF {c}", overall["off"][c], *np.nan_to_num(result.off[c], nan=-1)] for c in range(clustering.k)]
+    click.echo(format_table([[r[0], *map(float, r[1:])] for r in rows], ["", "all", *names]))
+    click.echo(f"specialisation: OFF-damage Gini {spec['off_gini']:.3f}, ON-accuracy Gini {spec['on_gini']:.3f} "
+               "(0: every class alike; near 1: confined to few classes); -1 marks a class without examples")
+    if plot_path:
+        click.echo(f"wrote {plot_path}")

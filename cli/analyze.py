@@ -5,10 +5,10 @@ import click
 
 from graphinterp.analysis import analyze, load_graph
 from graphinterp.cli._common import (
-    emit_json, format_table, json_option, layers_option, parse_layers, seed_option,
-    trust_pickle_option,
+    FIGURE_SUFFIXES, check_layers, check_output_path, emit_json, format_table, json_option, layers_option,
+    parse_k_values, parse_layers, seed_option, trust_pickle_option,
 )
-from graphinterp.cluster import Clustering, parse_k_range
+from graphinterp.cluster import Clustering
 from graphinterp.metrics import clusterability_report
 from graphinterp.cli._source_options import parse_input_shape
 from graphinterp.sources import graph_structure
@@ -63,11 +63,14 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
       graphinterp analyze vit_b_16 --weights vit.pth --json
       graphinterp analyze ./my-gpt2-folder --k 4
     """
-    ks = parse_k_range(k_text)
+    ks = parse_k_values(k_text, param_hint="--k")
     shape = parse_input_shape(input_shape)
+    if plot_path:
+        check_output_path(plot_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
     loaded, graph = load_graph(model, trust_pickle=trust_pickle, layerwise=layerwise, weights=weights,
                                fold=not no_fold, input_shape=shape)
-    result = analyze(graph, ks, layers=parse_layers(layers), pairing=pairing, random_state=seed,
+    names = check_layers(graph, parse_layers(layers))
+    result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
                      progress=len(ks) > 1 and not as_json)
     stored = None
     if loaded.clustering:
@@ -84,6 +87,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
         payload = {"model": str(model), "kind": loaded.kind, "layers": graph.layer_names,
                    "chained": graph.chained, "structure": graph_structure(graph),
                    "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
+                   "notes": list(loaded.notes),
                    **result.to_dict()}
         if stored is not None:
             payload["stored_clustering"] = stored.to_dict()
@@ -94,6 +98,9 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
     click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {graph.num_params():,} weights{structure}")
     for line in (graph.coverage.summary_lines() if graph.coverage is not None else []):
         click.echo(line)
+    for note in loaded.notes:
+        if not note.startswith("TorchScript"):  # that one is in the coverage lines
+            click.echo(f"note: {note}")
     if len(ks) == 1:
         rep = result.reports[ks[0]]
         rows = [(s.layer, f"{s.shape[0]}x{s.shape[1]}", " ".join(f"{a}/{b}" for a, b in s.sizes),

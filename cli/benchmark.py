@@ -7,15 +7,15 @@ import click
 
 from graphinterp.benchmark_report import format_report, write_report
 from graphinterp.benchmarking import ModelSource, run_benchmark
-from graphinterp.cli._common import device_option, emit_json, quiet_option, seed_option, trust_pickle_option
-from graphinterp.cluster import parse_k_range
-from graphinterp.errors import ClusteringError
+from graphinterp.cli._common import (POSITIVE_INT, check_output_dir, device_option, emit_json, parse_k_values,
+                                     quiet_option, seed_option, trust_pickle_option)
+from graphinterp.parallel import SCHEDULER_ENV
 
 __all__ = ["command"]
 
 
 @click.command("benchmark")
-@click.argument("models", nargs=-1, type=click.Path(dir_okay=False))
+@click.argument("models", nargs=-1)
 @click.option("--arch", "archs", multiple=True, metavar="NAME",
               help="A torchvision architecture (e.g. resnet18) whose weights are given by --weights; "
                    "repeat --arch/--weights for several models, paired in order.")
@@ -25,7 +25,7 @@ __all__ = ["command"]
               help="A torchvision architecture with random weights (seeded) as a reference; repeatable.")
 @click.option("--k", "k_text", default="2..10", show_default=True, metavar="K|A..B|A,B",
               help="Numbers of clusters: one value, a range (2..10) or a list (2,4,8).")
-@click.option("--significance-k", type=int, default=4, show_default=True,
+@click.option("--significance-k", type=click.IntRange(min=2), default=4, show_default=True,
               help="k at which each layer is tested against its shuffled copies.")
 @click.option("--shuffles", type=click.IntRange(min=0), default=20, show_default=True,
               help="Shuffled copies per layer (0: no significance test). p-values go down to 1/(N+1).")
@@ -39,19 +39,25 @@ __all__ = ["command"]
 @click.option("--n-init", type=click.IntRange(min=1), default=10, show_default=True,
               help="KMeans restarts per BSGC run (lower is faster; the same value is used for the null).")
 @click.option("--no-figures", is_flag=True, help="Write only the JSON and CSV files.")
+@click.option("--jobs", "n_jobs", type=POSITIVE_INT, default=1, show_default=True,
+              help="Worker processes over the layers of all models (joblib); the report does not depend on it.")
+@click.option("--scheduler", default=None, envvar=SCHEDULER_ENV, metavar="ADDRESS", show_envvar=True,
+              help="Run the layers on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's Dask backend; "
+                   "needs pip install 'graphinterp[dask]'. The report is the same as a local run's.")
 @seed_option
 @device_option
 @quiet_option
 @trust_pickle_option
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON instead of the table.")
 def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, significance_k, shuffles, nonzero_only,
-            out_dir, layerwise, n_init, no_figures, seed, device, quiet, trust_pickle, as_json):
+            out_dir, layerwise, n_init, no_figures, n_jobs, scheduler, seed, device, quiet, trust_pickle, as_json):
     """Benchmark the clusterability of MODELS, per layer, against shuffled-weight nulls.
 
-    MODELS are model files: graphinterp checkpoints, bare state_dicts (third-party .pth/.pt,
-    also wrapped in a dict such as {'state_dict': ...} with 'module.' prefixes), or TorchScript.
+    MODELS are model files (graphinterp checkpoints, bare or wrapped state_dicts, TorchScript,
+    .safetensors), HuggingFace model folders, or torchvision names such as resnet18 (random weights).
     Add torchvision architectures with local weights (--arch resnet18 --weights resnet18.pth),
-    and random-weight references (--random-arch resnet18).
+    and random-weight references (--random-arch resnet18). A model that cannot be loaded is
+    reported and left out; the others are benchmarked and the command then exits with status 1.
 
     Each model becomes a layered graph: one graph when its layers form a chain, otherwise (residual
     blocks, branches) each Linear/Conv2d on its own; the report says which and why. Every layer is
@@ -81,17 +87,25 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
                + [ModelSource(arch=a) for a in random_archs])
     if not sources:
         raise click.UsageError("give at least one MODEL file, --arch NAME --weights FILE, or --random-arch NAME")
-    ks = parse_k_range(k_text)
-    if significance_k < 2:
-        raise ClusteringError(f"--significance-k must be at least 2, got {significance_k}")
+    ks = parse_k_values(k_text, param_hint="--k")
+    check_output_dir(out_dir, param_hint="--out")
     report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,
                            nonzero_only=nonzero_only, layerwise=layerwise, trust_pickle=trust_pickle,
-                           n_init=n_init, device=device, random_state=seed, progress=not quiet)
+                           n_init=n_init, device=device, random_state=seed, progress=not quiet and n_jobs == 1,
+                           n_jobs=n_jobs, scheduler=scheduler or None)
+    if not report.models:  # nothing could be loaded: nothing to write
+        for why in report.failed.values():
+            click.echo(f"error: {why}", err=True)
+        raise click.exceptions.Exit(1)
     written = write_report(report, out_dir, figures=not no_figures)
     if as_json:
         emit_json(report.to_dict())
-        return
-    click.echo(format_report(report))
-    n_layers = sum(len(m.layers) for m in report.models)
-    click.echo(f"benchmarked {len(report.models)} model(s), {n_layers} layer(s) in {report.seconds:.1f} s; "
-               f"wrote {len(written)} files to {out_dir}")
+    else:
+        click.echo(format_report(report))
+        n_layers = sum(len(m.layers) for m in report.models)
+        click.echo(f"benchmarked {len(report.models)} model(s), {n_layers} layer(s) in {report.seconds:.1f} s; "
+                   f"wrote {len(written)} files to {out_dir}")
+    if report.failed:
+        for why in report.failed.values():
+            click.echo(f"error: {why}", err=True)
+        raise click.exceptions.Exit(1)

@@ -11,6 +11,7 @@ from graphinterp.cli._common import (
 from graphinterp.cluster import Clustering, cluster_layers, cluster_network
 from graphinterp.errors import ClusteringError
 from graphinterp.io import export_graphml
+from graphinterp.sources import graph_structure
 
 __all__ = ["command", "NETWORK_MAX_NODES"]
 
@@ -64,8 +65,9 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     if view == "fine" and graph.chained and any(layer.in_groups for layer in graph.layers[1:]):
         raise click.BadParameter("the fine view breaks the chain at a Flatten; use --view grouped or --layerwise",
                                  param_hint="--view")
-    if network_wide and not graph.chained:
-        raise click.UsageError("--network-wide needs a chained graph; drop it with --layerwise or for residual models")
+    shared = graph.chained or graph_structure(graph) == "dag"  # one node set: network-wide labels exist
+    if network_wide and not shared:
+        raise click.UsageError("--network-wide needs a chained or DAG graph, not a layer-by-layer one; drop --layerwise")
     clustering = network = None
     note = ""
     if use_stored:
@@ -74,13 +76,13 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         clustering = Clustering.from_dict(loaded.clustering).validate(graph)
         if clustering.network_wide:
             network = clustering
-        elif graph.chained and not per_layer:
+        elif shared and not per_layer:
             network, note = _network(graph, clustering.k, clustering.layer_names, seed)
     else:
         chosen = names or _clusterable(graph, k)
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed)
-        if graph.chained and not per_layer:
+        if shared and not per_layer:
             if network_wide:
                 network = cluster_network(graph, k, layers=chosen, random_state=seed)
             else:
@@ -103,6 +105,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
 
 def _network(graph, k: int, names, seed: int):
     """Network-wide clustering of ``names`` unless it would be too large; ``(clustering or None, note)``."""
+    if not graph.chained:  # a DAG: clustered matrix-free over its shared nodes, whatever their number
+        try:
+            return cluster_network(graph, k, layers=list(names), random_state=seed), ""
+        except ClusteringError as err:
+            return None, f"no network-wide labels ({err}); cluster is -1 on nodes, per-layer labels on edges (within)"
     idx = sorted(graph.index(n) for n in names)
     runs, size = [], 0
     for i in idx:

@@ -10,18 +10,22 @@ from graphinterp.cli._common import (
     seed_option,
 )
 from graphinterp.data import DATASETS
+from graphinterp.tasks import TASKS
 from graphinterp.train import SIMILARITIES, TrainConfig, format_history, train
 
 __all__ = ["command"]
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
+@click.option("--dataset", type=click.Choice(DATASETS + TASKS), default="digits", show_default=True,
               help="Training data. 'digits' (scikit-learn's 8x8 digits) is built in and works offline; the "
-                   "others are read from --data-dir (torchvision layout, or CIFAR-10 as train/<class>/*.jpg).")
-@click.option("--model", "model_name", type=click.Choice(["mlp", "cnn"]), default="mlp", show_default=True,
-              help="Architecture of the paper's Table 1: mlp (hidden 64, 64; 32, 32 on digits) or cnn "
-                   "(conv 16 channels, 2x2 max-pool, then 64, 64).")
+                   "others are read from --data-dir (torchvision layout, or CIFAR-10 as train/<class>/*.jpg). "
+                   "Transformer tasks: 'modadd' (a + b mod 113, generated) and 'chars' (a character-level "
+                   "language model on --corpus FILE, default <data-dir>/tinyshakespeare/input.txt).")
+@click.option("--model", "model_name", type=click.Choice(["mlp", "cnn", "transformer"]), default=None,
+              help="Architecture: mlp (paper's Table 1: hidden 64, 64; 32, 32 on digits), cnn (conv 16 channels, "
+                   "2x2 max-pool, then 64, 64), or transformer (modadd, chars; every MLP block is clustered). "
+                   "Default: transformer for modadd/chars, else mlp.")
 @click.option("--k", type=click.IntRange(min=2), default=4, show_default=True, help="Number of clusters per clustered layer.")
 @click.option("--lambda", "lam", type=float, default=20.0, show_default=True,
               help="Weight of the enmeshment loss L_E = 1 - E in CE + lambda * L_E, 0..1e6; 0 trains the unclustered "
@@ -30,8 +34,19 @@ __all__ = ["command"]
               help="Epochs of plain cross-entropy training before the layers are clustered.")
 @click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True,
               help="Epochs of training with the enmeshment loss after clustering.")
-@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True, help="Mini-batch size.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--batch-size", type=POSITIVE_INT, default=None,
+              help="Mini-batch size [default: 64; chars: 32 windows; modadd trains full-batch].")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: Adam 1e-3; transformer: AdamW 1e-2 on modadd, 3e-3 on chars].")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Transformer: optimiser steps with the enmeshment loss after clustering "
+                   "[default: modadd 600, chars 500].")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
+              help="Transformer: steps of plain cross-entropy before the MLP blocks are clustered "
+                   "[default: modadd 200, chars 100].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="Transformer: AdamW weight decay [default: modadd 1, chars 0.1].")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="chars: UTF-8 text file to train on (first 90% train, last 10% validation).")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="weight", show_default=True,
               help="What BSGC clusters: the weights |W|, or the average cosine of gradients accumulated in warm-up.")
 @click.option("--reduction", type=click.Choice(["mean", "mass"]), default="mean", show_default=True,
@@ -58,7 +73,8 @@ __all__ = ["command"]
 @quiet_option
 @json_option
 def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: int, epochs: int, batch_size: int,
-            lr: float, similarity: str, reduction: str, layers: Optional[str], seed: int, device: str,
+            lr: Optional[float], steps: Optional[int], warmup_steps: Optional[int], weight_decay: Optional[float],
+            corpus: Optional[str], similarity: str, reduction: str, layers: Optional[str], seed: int, device: str,
             data_dir: Optional[str], download: bool, max_train: Optional[int], out: str, resume: bool, quiet: bool,
             as_json: bool) -> None:
     """Train a modular network: warm up, cluster with BSGC, then train with CE + lambda * L_E.
@@ -69,12 +85,27 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
       graphinterp train --dataset mnist --data-dir ~/data --k 4 --lambda 20 --out modular.pt
       graphinterp train --dataset mnist --data-dir ~/data --lambda 0 --out baseline.pt
       graphinterp train --dataset cifar10 --model cnn --data-dir ~/data --out cnn.pt
+      graphinterp train --dataset modadd --model transformer --out modadd.pt
+      graphinterp train --dataset chars --corpus input.txt --lambda 0 --out chars-base.pt
 
     Prints the per-epoch history (loss, CE, L_E, clusterability E of the clustered layers, test
     accuracy) and the final E and accuracy. Inspect the result with `graphinterp analyze OUT --k K`.
     """
+    if model_name is None:
+        model_name = "transformer" if dataset in TASKS else "mlp"
+    if (model_name == "transformer") != (dataset in TASKS):
+        raise click.UsageError(f"--model {model_name} does not train on --dataset {dataset}: the transformer trains on "
+                               f"{' or '.join(TASKS)}, mlp and cnn on {', '.join(DATASETS)}")
+    if model_name == "transformer":
+        _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
+                           layers, seed, device, data_dir, corpus, out, resume, quiet, as_json)
+        return
+    for name, value in (("--steps", steps), ("--warmup-steps", warmup_steps), ("--weight-decay", weight_decay),
+                        ("--corpus", corpus)):
+        if value is not None:
+            raise click.UsageError(f"{name} applies to --model transformer only (use --epochs / --warmup-epochs)")
     config = TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs, epochs=epochs,
-                         batch_size=batch_size, lr=lr, similarity=similarity, reduction=reduction,
+                         batch_size=batch_size or 64, lr=1e-3 if lr is None else lr, similarity=similarity, reduction=reduction,
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
                          max_train=max_train, quiet=quiet or as_json).validate()
     check_output_path(out, param_hint="--out")
@@ -98,3 +129,47 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
         click.echo(format_table([[name, k, value] for name, value in per_layer.items()], ["layer", "k", f"E ({what})"]))
     E = last.get("E_refit", last["E"])
     click.echo(f"final test accuracy {last['test_acc']:.4f}; E = {E:.4f}; checkpoint: {out}")
+
+
+def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction, layers,
+                       seed, device, data_dir, corpus, out, resume, quiet, as_json) -> None:
+    from graphinterp.mlp_blocks import blocks_from_clustering
+    from graphinterp.train_transformer import TransformerConfig, train_transformer
+
+    if layers is not None:
+        raise click.UsageError("--layers does not apply to the transformer: every MLP block is clustered")
+    if corpus is not None and task != "chars":
+        raise click.UsageError("--corpus applies to --dataset chars only")
+    if batch_size is not None and task == "modadd":
+        raise click.UsageError("modadd trains full-batch; --batch-size does not apply")
+    config = TransformerConfig(task=task, k=k, lam=lam, steps=steps, warmup_steps=warmup_steps, lr=lr,
+                               weight_decay=weight_decay, similarity=similarity, reduction=reduction, seed=seed,
+                               device=device, data_dir=data_dir, corpus=corpus, quiet=quiet or as_json,
+                               **({"batch_size": batch_size} if batch_size is not None else {})).validate()
+    check_output_path(out, param_hint="--out")
+    if task == "chars":  # a missing or empty corpus is reported before the model is built
+        from graphinterp.tasks import load_corpus
+
+        load_corpus(config.corpus, data_dir=config.data_dir, n_ctx=config.n_ctx, max_chars=config.max_chars)
+    result = train_transformer(config, checkpoint=out, resume=resume)
+    last = result.history[-1]
+    per_block = last.get("E_blocks_refit") or last.get("E_blocks") or {}
+    E = last.get("E_refit", last["E"])
+    if as_json:
+        emit_json({"config": config.to_dict(), "checkpoint": out, "history": result.history,
+                   "final": {"test_acc": last["test_acc"], "test_loss": last["test_loss"], "E": E,
+                             "E_per_block": per_block,
+                             "clustering": result.clustering.to_dict() if result.clustering else None}})
+        return
+    rows = [[r["step"], r["phase"], r["ce"], "-" if r["l_e"] is None else r["l_e"], "-" if r["E"] is None else r["E"],
+             r["test_loss"], r["test_acc"], r["time"]] for r in result.history]
+    click.echo(format_table(rows, ["step", "phase", "CE", "L_E", "E", "test loss", "test acc", "time (s)"]))
+    click.echo("")
+    if per_block and result.clustering is not None:
+        what = "clustering fitted to the final weights" if lam == 0 else "training clustering"
+        blocks = {b.name: b for b in blocks_from_clustering(result.clustering)}
+        click.echo(format_table([[name, f"{blocks[name].d_model}->{blocks[name].d_hidden}->{blocks[name].d_model}",
+                                  k, value] for name, value in per_block.items()],
+                                ["MLP block", "stream->hidden->stream", "k", f"E ({what})"]))
+    click.echo(f"final test accuracy {last['test_acc']:.4f}; test loss {last['test_loss']:.4f}; E = {E:.4f}; "
+               f"checkpoint: {out}")

@@ -97,12 +97,13 @@ class BenchmarkReport:
     n_shuffles: int
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    failed: Dict[str, str] = field(default_factory=dict)  # model name -> why it could not be loaded
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN and infinite values become None)."""
         return _json_safe({"ks": list(self.ks), "significance_k": self.significance_k, "n_shuffles": self.n_shuffles,
                            "settings": dict(self.settings), "seconds": self.seconds,
-                           "models": [m.to_dict() for m in self.models]})
+                           "models": [m.to_dict() for m in self.models], "failed": dict(self.failed)})
 
 
 def safe_name(name: str) -> str:
@@ -208,6 +209,8 @@ def format_report(report: BenchmarkReport) -> str:
         partial = {lb.layer: sorted(lb.skipped_k) for lb in m.layers if lb.skipped_k}
         for layer, kss in partial.items():
             lines.append(f"{m.name}: layer {layer} has too few nodes for k={','.join(map(str, kss))}")
+    for name, why in report.failed.items():
+        lines.append(f"{name}: FAILED, not benchmarked: {why}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ figures by :mod:`graphinterp.benchmark_report`.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ import torch
 
 from ._files import resolve_device
 from .benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, safe_name
-from .bsgc import BSGC
-from .errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
+from .bsgc import fit_k_range
+from .errors import ClusteringError, GraphinterpError, InvalidWeightsError, ModelFileError, UnsupportedModelError
 from .graph import LayeredGraph
 from .layer import DEPTHWISE_REASON, Layer
 from .metrics import clusterability, normalized_score, random_partition_expectation
+from .kmeans_batch import one_thread
+from .parallel import run_tasks
 from .significance import shuffle_test, single_threaded_blas
 
 __all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
@@ -116,17 +119,19 @@ def _live(layer: Layer) -> Tuple[int, int]:
 def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
                      n_shuffles: int, nonzero_only: bool, pairing: str, n_init: int, device, rng,
                      progress: bool) -> LayerBenchmark:
-    """BSGC at every k that fits the layer, the scores, and the shuffle test reusing the table's clustering."""
+    """BSGC at every k that fits the layer (one SVD for all k), the scores, and the shuffle test reusing the
+    table's clustering."""
     start = time.perf_counter()
     A = layer.magnitude().double().to(device)
     sq = A.square()
     lb = LayerBenchmark(layer.name, layer.kind, tuple(layer.shape()), float(sq.sum()))
+    fitting = [k for k in ks if min(live) >= k]
+    fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1)))
     for k in ks:
         if min(live) < k:
             lb.skipped_k[k] = f"fewer than k={k} nodes with weights ({live[0]}x{live[1]})"
             continue
-        est = BSGC(k, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(A)
-        rows, cols = est.row_labels_, est.column_labels_
+        rows, cols = fits[k].row_labels_, fits[k].column_labels_
         E, E_rand = float(clusterability(sq, rows, cols)), random_partition_expectation(rows, cols, k)
         lb.labels[k] = (rows, cols)
         lb.scores[k] = {"E": E, "E_random": E_rand, "score": normalized_score(E, E_rand),
@@ -140,15 +145,51 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
     return lb
 
 
+def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], random_state: Optional[int]):
+    """``([(layer, live, seed), ...], {layer: reason})``: the layers to benchmark and those left out.
+
+    A layer's seed is ``[random_state, its index in the graph]``: its result depends on nothing else,
+    so it is the same whichever layers, models, processes or machines are involved.
+    """
+    tasks, skipped = [], {}
+    for lname in names:
+        layer = graph[lname]
+        if layer.structure == "depthwise":
+            skipped[lname] = DEPTHWISE_REASON
+            continue
+        live = _live(layer)
+        if min(live) < ks[0]:
+            why = "all its weights are zero" if min(live) == 0 else f"fewer than k={ks[0]} nodes with weights"
+            skipped[lname] = f"{why} ({live[0]}x{live[1]})"
+            continue
+        seed = None if random_state is None else [int(random_state), graph.index(lname)]
+        tasks.append((layer, live, seed))
+    return tasks, skipped
+
+
+_SMALL_LAYER = 1 << 20  # below this many weights a layer is benchmarked on one thread (see bsgc._threads_for)
+
+
+def _run_layer(layer: Layer, live, seed, ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, device,
+               progress) -> LayerBenchmark:
+    """One layer's benchmark, as a self-contained task (run here, in a worker process, or on Dask)."""
+    small = layer.weight.numel() < _SMALL_LAYER and not resolve_device(device).type == "cuda"
+    with single_threaded_blas(), (one_thread() if small else contextlib.nullcontext()):
+        return _benchmark_layer(layer, live, ks, significance_k, n_shuffles, nonzero_only, pairing, n_init,
+                                resolve_device(device), np.random.RandomState(seed), progress)
+
+
 def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: Optional[int] = 4,
                     n_shuffles: int = 20, nonzero_only: bool = False, pairing: str = "joint", n_init: int = 10,
                     layers: Optional[Sequence[str]] = None, device=None, random_state: Optional[int] = 0,
-                    progress: bool = False, name: str = "model") -> Tuple[List[LayerBenchmark], Dict[str, str]]:
+                    progress: bool = False, name: str = "model", n_jobs: int = 1,
+                    scheduler=None) -> Tuple[List[LayerBenchmark], Dict[str, str]]:
     """Score each layer of ``graph`` for every k and test it at ``significance_k``.
 
     Returns the per-layer results and ``{layer: reason}`` for layers left out entirely (fewer live
-    nodes on a side than the smallest k, or no non-zero weight). Seeds are drawn per layer from
-    ``random_state``, so one layer's result does not depend on which other layers are benchmarked.
+    nodes on a side than the smallest k, or no non-zero weight). Seeds are derived per layer from
+    ``random_state`` and the layer's index, so one layer's result does not depend on which other
+    layers are benchmarked, nor on ``n_jobs`` / ``scheduler`` (see :func:`graphinterp.parallel.run_tasks`).
 
     Examples
     --------
@@ -159,29 +200,18 @@ def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: O
     (['0', '2'], [2], {4: 'fewer than k=4 nodes with weights (3x8)'}, {})
     """
     ks = sorted(set(int(k) for k in ks))
-    device = resolve_device(device)
     names = list(layers) if layers is not None else graph.layer_names
-    results, skipped = [], {}
-    iterator = names
-    if progress:
-        from tqdm.auto import tqdm
+    tasks, skipped = _layer_tasks(graph, ks, names, random_state)
+    serial = n_jobs == 1 and scheduler is None
+    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
+    if serial:
+        todo = tasks
+        if progress:
+            from tqdm.auto import tqdm
 
-        iterator = tqdm(names, desc=f"layers of {name}", leave=False)
-    with single_threaded_blas():  # see graphinterp.significance.single_threaded_blas
-        for lname in iterator:
-            layer = graph[lname]
-            if layer.structure == "depthwise":
-                skipped[lname] = DEPTHWISE_REASON
-                continue
-            live = _live(layer)
-            if min(live) < ks[0]:
-                why = "all its weights are zero" if min(live) == 0 else f"fewer than k={ks[0]} nodes with weights"
-                skipped[lname] = f"{why} ({live[0]}x{live[1]})"
-                continue
-            seed = None if random_state is None else [int(random_state), graph.index(lname)]
-            results.append(_benchmark_layer(layer, live, ks, significance_k, n_shuffles, nonzero_only, pairing,
-                                            n_init, device, np.random.RandomState(seed), progress))
-    return results, skipped
+            todo = tqdm(tasks, desc=f"layers of {name}", leave=False)
+        return [_run_layer(*t, *common) for t in todo], skipped
+    return run_tasks(_run_layer, [(*t, *common) for t in tasks], n_jobs=n_jobs, scheduler=scheduler), skipped
 
 
 def _describe(source: ModelSource) -> str:
@@ -204,7 +234,8 @@ def _unique_names(sources: Sequence[ModelSource]) -> List[str]:
 def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(range(2, 11)), *,
                   significance_k: Optional[int] = 4, n_shuffles: int = 20, nonzero_only: bool = False,
                   layerwise: bool = False, trust_pickle: bool = False, pairing: str = "joint", n_init: int = 10,
-                  device=None, random_state: Optional[int] = 0, progress: bool = False) -> BenchmarkReport:
+                  device=None, random_state: Optional[int] = 0, progress: bool = False, n_jobs: int = 1,
+                  scheduler=None) -> BenchmarkReport:
     """Benchmark the clusterability of several models (see the module docstring).
 
     Parameters
@@ -225,17 +256,22 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     device : str, optional
     random_state : int or None
     progress : bool
-        tqdm bars over models, layers and shuffles.
+        tqdm bars over models, layers and shuffles (serial runs only).
+    n_jobs : int, default 1
+        Worker processes over the layers of all models (joblib); results do not depend on it.
+    scheduler : str or distributed.Client, optional
+        Run the layers on this Dask cluster instead (see :func:`graphinterp.parallel.run_tasks`).
 
     Returns
     -------
     BenchmarkReport
+        A source that cannot be loaded (missing or corrupt file, unknown architecture, weights that
+        do not fit) is listed in ``failed`` with its error; the others are benchmarked.
 
     Raises
     ------
     ClusteringError
-        For a k below 2; errors of :func:`load_source` for bad sources (all sources are loaded
-        before any clustering starts, so a bad input fails fast).
+        For a k below 2.
 
     Examples
     --------
@@ -247,8 +283,6 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     >>> [lb.layer for lb in rep.models[0].layers], rep.models[0].layers[0].significance.n_shuffles
     (['0', '2'], 3)
     """
-    from .errors import ClusteringError
-
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 2:
         raise ClusteringError(f"every k must be at least 2, got {ks}")
@@ -256,21 +290,39 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         raise ClusteringError(f"the significance k must be at least 2, got {significance_k}")
     start = time.perf_counter()
     names = _unique_names(sources)
-    graphs = [load_source(s, trust_pickle=trust_pickle, layerwise=layerwise, random_state=random_state)
-              for s in sources]
-    models = []
-    iterator = zip(sources, names, graphs)
+    loaded, failed = [], {}
+    iterator = list(zip(sources, names))
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(list(iterator), desc="models")
-    for source, name, (graph, structure, notes) in iterator:
+        iterator = tqdm(iterator, desc="loading models", leave=False)
+    for source, name in iterator:
         t0 = time.perf_counter()
-        layers, skipped = benchmark_graph(
-            graph, ks, significance_k=significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
-            pairing=pairing, n_init=n_init, device=device, random_state=random_state, progress=progress, name=name)
+        try:
+            graph, structure, notes = load_source(source, trust_pickle=trust_pickle, layerwise=layerwise,
+                                                  random_state=random_state)
+        except GraphinterpError as err:
+            failed[name] = f"{_describe(source)}: {err}"
+            continue
+        tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
+        loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
+    serial = n_jobs == 1 and scheduler is None
+    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
+    everything = [(*t, *common) for *_, tasks, _, _ in loaded for t in tasks]  # all layers of all models at once
+    if serial:
+        if progress:
+            from tqdm.auto import tqdm
+
+            everything = tqdm(everything, desc="layers")
+        results = iter([_run_layer(*t) for t in everything])
+    else:
+        results = iter(run_tasks(_run_layer, everything, n_jobs=n_jobs, scheduler=scheduler))
+    models = []
+    for source, name, structure, notes, tasks, skipped, load_seconds in loaded:
+        layers = [next(results) for _ in tasks]
         models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped, notes,
-                                     time.perf_counter() - t0))
+                                     load_seconds + sum(lb.seconds for lb in layers)))
     settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
                 "random_state": random_state, "device": str(resolve_device(device))}
-    return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start)
+    return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start,
+                           failed=failed)

@@ -33,14 +33,17 @@ candidates together in one matrix product with ``A`` squared block by block (no 
 Implementation: the SVD is a randomized range finder on the normalised operator applied implicitly
 (``A`` is never scaled, copied or cast), with the exactly known top singular pair
 (:math:`\\sigma_1 = 1`, :math:`u_1 \\propto \\sqrt{d_U}`, :math:`v_1 \\propto \\sqrt{d_V}`) deflated; all
-KMeans restarts run as one batched computation in torch (k-means++ initialisation from a seeded
-``torch.Generator``, then Lloyd iterations until no label changes). Results are deterministic for a
-given integer ``random_state`` (on the same machine and thread count).
+KMeans restarts run as one batched computation in torch (:mod:`graphinterp.kmeans_batch`: k-means++
+from a seeded ``torch.Generator``, then Lloyd iterations). Identical candidate clusterings are scored
+once. :func:`fit_batch` clusters many matrices of one shape (the shuffled copies of a layer) in the
+same tensor operations, with the same result for each as its own :meth:`BSGC.fit`. Results are
+deterministic for a given integer ``random_state`` (on the same machine and thread count).
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -48,10 +51,11 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.utils import check_random_state
 
 from .errors import ClusteringError, InvalidWeightsError
+from .kmeans_batch import batched_kmeans, one_thread
 
 __all__ = [
     "BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters", "cluster_mass",
-    "fit_k_range",
+    "fit_k_range", "fit_batch",
 ]
 
 PAIRINGS = ("joint", "matched", "independent")
@@ -66,8 +70,6 @@ _MAX_ITER = 300  # Lloyd iterations per restart (scikit-learn's default)
 _TOL = 1e-4  # ... and relative centre shift (scikit-learn's defaults), for "independent"
 _TOL_PAIRED = 1e-2  # looser for the paired modes: their restarts are candidates ranked by E, not inertia
 _MAX_ITER_PAIRED = 300
-_SAMPLE = 4096  # KMeans on more points starts on a random sample of this many ...
-_FULL_ITER = 10  # ... then runs at most this many Lloyd iterations on all points
 _CHUNK_ELEMENTS = 1 << 21  # block size (elements) for squaring A when scoring candidates
 
 
@@ -102,45 +104,68 @@ def randomized_svd(
     Returns
     -------
     U : (m, rank), S : (rank,), V : (n, rank)
+
+    Examples
+    --------
+    >>> U, S, V = randomized_svd(torch.eye(3, dtype=torch.float64), 2)
+    >>> S.tolist(), U.shape
+    ([1.0, 1.0], torch.Size([3, 2]))
     """
     m, n = A.shape
     q = min(rank + oversample, m, n)
     if q >= min(m, n) or m * n <= 250_000:
-        U, S, V = _gram_svd(A)
-        return U[:, :rank].to(A.dtype), S[:rank].to(A.dtype), V[:, :rank].to(A.dtype)
-    U, S, V = _range_svd(lambda X: A @ X, lambda Y: (Y.T @ A).T, A, q, n_iter, generator)
-    return U[:, :rank], S[:rank], V[:, :rank]
+        U, S, V = _gram_svd(A[None])
+    else:
+        A3 = A[None]
+        U, S, V = _range_svd(lambda X: torch.matmul(A3, X), lambda Y: torch.matmul(Y.transpose(1, 2), A3).transpose(1, 2),
+                             A3, q, n_iter, [generator or torch.Generator().manual_seed(0)])
+    return U[0, :, :rank].to(A.dtype), S[0, :rank].to(A.dtype), V[0, :, :rank].to(A.dtype)
 
 
-def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generator: Optional[torch.Generator]):
-    """Randomized SVD of the operator ``X -> matmul(X)`` (adjoint ``rmatmul``) of ``A``'s shape, ``q`` vectors."""
-    omega = torch.randn(A.shape[1], q, generator=generator, dtype=A.dtype).to(A.device)
-    Q = torch.linalg.qr(matmul(omega))[0]
+def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generators: Sequence[torch.Generator]):
+    """Randomized SVD of the batched operator ``X -> matmul(X)`` (adjoint ``rmatmul``) of ``A``'s shape (C, m, n).
+
+    ``q`` vectors; copy ``c``'s random start comes from ``generators[c]``.
+    """
+    omega = torch.stack([torch.randn(A.shape[2], q, generator=g, dtype=A.dtype) for g in generators]).to(A.device)
+
+    def orth(X: torch.Tensor) -> torch.Tensor:  # thin QR of (C, m, q): small, one thread on the CPU
+        if X.is_cuda:
+            return torch.linalg.qr(X)[0]
+        with one_thread():
+            return torch.linalg.qr(X)[0]
+
+    Q = orth(matmul(omega))
     for _ in range(n_iter):
-        Q = torch.linalg.qr(rmatmul(Q))[0]
-        Q = torch.linalg.qr(matmul(Q))[0]
-    Ub, S, V = _gram_svd(rmatmul(Q).T)  # the small (q, n) matrix Q^T op
-    return (Q.double() @ Ub).to(A.dtype), S.to(A.dtype), V.to(A.dtype)
+        Q = orth(rmatmul(Q))
+        Q = orth(matmul(Q))
+    B = rmatmul(Q).transpose(1, 2)  # the small (q, n) matrices Q^T op
+    if B.is_cuda:
+        Ub, S, V = _gram_svd(B)
+    else:
+        with one_thread():
+            Ub, S, V = _gram_svd(B)
+    return torch.matmul(Q.double(), Ub).to(A.dtype), S.to(A.dtype), V.to(A.dtype)
 
 
 def _gram_svd(B: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of a small or flat matrix through the eigendecomposition of its smaller Gram matrix (float64).
+    """Thin SVD of small or flat matrices ``B`` (C, a, b) through the eigendecomposition of the smaller Gram matrix.
 
-    Accurate for the leading singular vectors, which are all BSGC uses; much faster than a LAPACK SVD
-    of a ``(q, n)`` matrix with large ``n``, and a single-threaded ``min(m, n)``-sized problem. Singular
-    vectors whose singular value is below ``1e-12`` of the largest are returned as zeros.
+    In float64. Accurate for the leading singular vectors, which are all BSGC uses; much faster than
+    a LAPACK SVD of a ``(q, n)`` matrix with large ``n``. Singular vectors whose singular value is
+    below ``1e-12`` of the largest are returned as zeros.
     """
     B = B.double()
-    flip = B.shape[0] > B.shape[1]
+    flip = B.shape[1] > B.shape[2]
     if flip:
-        B = B.T
-    evals, W = torch.linalg.eigh(B @ B.T)
-    evals, W = evals.flip(0), W.flip(1)
+        B = B.transpose(1, 2)
+    evals, W = torch.linalg.eigh(torch.matmul(B, B.transpose(1, 2)))
+    evals, W = evals.flip(-1), W.flip(-1)
     S = evals.clamp_min(0).sqrt()
-    keep = S > 1e-12 * S[:1].clamp_min(torch.finfo(torch.float64).tiny)
-    Vt = (W.T @ B) / torch.where(keep, S, torch.ones_like(S))[:, None]
-    Vt = Vt * keep[:, None]
-    U, V = W, Vt.T
+    keep = S > 1e-12 * S[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
+    Vt = torch.matmul(W.transpose(1, 2), B) / torch.where(keep, S, torch.ones_like(S))[:, :, None]
+    Vt = Vt * keep[:, :, None]
+    U, V = W, Vt.transpose(1, 2)
     return (V, S, U) if flip else (U, S, V)
 
 
@@ -250,54 +275,70 @@ class BSGC:
 
     def fit(self, A: ArrayLike, y=None) -> "BSGC":
         """Cluster the rows and columns of the non-negative similarity matrix ``A`` (m, n)."""
-        spectrum = _Spectrum.compute(A, self._needed_rank(), self.n_iter, check_random_state(self.random_state),
-                                     pairing=self.pairing, ks=[self.n_clusters])
-        return self._fit_spectrum(spectrum)
+        _check_pairing(self.pairing)
+        A = _as_matrix(A)
+        with _threads_for(A):
+            du, dv = _degrees(A[None])
+            sp = _Spectrum.compute(A[None], du, dv, self._needed_rank(), self.n_iter,
+                                   [check_random_state(self.random_state)], ks=[self.n_clusters])
+            self._set_labels(*self._fit_spectrum(sp)[0], sp, 0)
+        return self
 
     def _needed_rank(self) -> int:
         k = self.n_clusters
         return max(self.n_components or (k if isinstance(k, (int, np.integer)) else 2), 2)
 
-    def _fit_spectrum(self, sp: "_Spectrum") -> "BSGC":
+    def _fit_spectrum(self, sp: "_Spectrum") -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Labels ``(rows, cols)`` of every copy in ``sp``, each drawing its KMeans seed from its own rng."""
         k = self.n_clusters
         _check_k(k, sp)
         ncomp = min(self.n_components or k, sp.m_live, sp.n_live)
-        gen = torch.Generator().manual_seed(int(sp.rng.randint(2**31 - 1)))
+        gens = [torch.Generator().manual_seed(int(rng.randint(2**31 - 1))) for rng in sp.rngs]
         n_init = max(1, int(self.n_init))
-        if self.pairing == "independent":
-            U, V = sp.U[sp.live_r, :ncomp].float().cpu(), sp.V[sp.live_c, :ncomp].float().cpu()
-            r_sub = _best_inertia(*_kmeans(U, k, n_init, gen))
-            c_sub = _best_inertia(*_kmeans(V, k, n_init, gen))
-        else:
-            r_sub, c_sub = self._best_paired(sp, k, ncomp, n_init, gen)
-        self.row_labels_ = _scatter(r_sub, sp.live_r)
-        self.column_labels_ = _scatter(c_sub, sp.live_c)
-        self.rows_ = self.row_labels_[None, :] == np.arange(k)[:, None]
-        self.columns_ = self.column_labels_[None, :] == np.arange(k)[:, None]
-        self.singular_values_ = sp.S[:ncomp].double().cpu().numpy()
+        if self.pairing == "independent":  # Algorithm 1: KMeans on the rows of U_k and V_k themselves
+            U, V = sp.U[:, sp.live_r, :ncomp].float().cpu(), sp.V[:, sp.live_c, :ncomp].float().cpu()
+            ones = torch.ones(n_init, ncomp)
+            r_lab, r_in = batched_kmeans(U, k, ones, gens, max_iter=_MAX_ITER, tol=_TOL)
+            c_lab, c_in = batched_kmeans(V, k, ones, gens, max_iter=_MAX_ITER, tol=_TOL)
+            return [(_scatter(_best_inertia(r_lab[c], r_in[c]), sp.live_r), _scatter(_best_inertia(c_lab[c], c_in[c]), sp.live_c))
+                    for c in range(sp.n_copies)]
+        rows, cols = self._paired_candidates(sp, k, ncomp, n_init, gens)
+        out = []
+        for c in range(sp.n_copies):
+            r, col = _choose(sp, c, rows[c], cols[c], k)
+            out.append((_scatter(r, sp.live_r), _scatter(col, sp.live_c)))
+        return out
+
+    def _set_labels(self, rows: np.ndarray, cols: np.ndarray, sp: "_Spectrum", c: int) -> "BSGC":
+        k = self.n_clusters
+        self.row_labels_, self.column_labels_ = rows, cols
+        self.rows_ = rows[None, :] == np.arange(k)[:, None]
+        self.columns_ = cols[None, :] == np.arange(k)[:, None]
+        ncomp = min(self.n_components or k, sp.m_live, sp.n_live)
+        self.singular_values_ = sp.S[c, :ncomp].double().cpu().numpy()
         return self
 
-    def _best_paired(self, sp: "_Spectrum", k: int, ncomp: int, n_init: int, gen: torch.Generator):
-        """All KMeans restarts at once; the candidate preferred by the module's rule, paired by matching."""
+    def _paired_candidates(self, sp: "_Spectrum", k: int, ncomp: int, n_init: int, gens):
+        """All KMeans restarts of all copies at once: candidate labels (C, T, m_live) and (C, T, n_live)."""
         # Scaled embedding without the trivial first vector (constant after scaling); keep it only if alone.
         first = 1 if ncomp > 1 else 0
-        Zu = (sp.du_is[sp.live_r, None] * sp.U[sp.live_r, first:ncomp]).float().cpu()
-        Zv = (sp.dv_is[sp.live_c, None] * sp.V[sp.live_c, first:ncomp]).float().cpu()
+        Zu = (sp.du_is[:, sp.live_r, None] * sp.U[:, sp.live_r, first:ncomp]).float().cpu()
+        Zv = (sp.dv_is[:, sp.live_c, None] * sp.V[:, sp.live_c, first:ncomp]).float().cpu()
         dims = [ncomp - first]
         n_log = 1 + int(np.ceil(np.log2(k)))
         if self.n_components is None and n_log < ncomp:  # Dhillon's embedding: vectors 2..1+ceil(log2 k)
             dims.append(n_log - 1)
-        mask = torch.zeros(len(dims) * n_init, Zu.shape[1])
+        mask = torch.zeros(len(dims) * n_init, Zu.shape[2])
         for e, d in enumerate(dims):
             mask[e * n_init:(e + 1) * n_init, :d] = 1.0
+        kw = dict(max_iter=_MAX_ITER_PAIRED, tol=_TOL_PAIRED)
         if self.pairing == "joint":
-            labels, _ = _kmeans(torch.cat([Zu, Zv]), k, n_init, gen, mask, tol=_TOL_PAIRED, max_iter=_MAX_ITER_PAIRED)
-            rows, cols = labels[:, : len(Zu)], labels[:, len(Zu):]
+            labels, _ = batched_kmeans(torch.cat([Zu, Zv], 1), k, mask, gens, **kw)
+            rows, cols = labels[:, :, : Zu.shape[1]], labels[:, :, Zu.shape[1]:]
         else:
-            rows, _ = _kmeans(Zu, k, n_init, gen, mask, tol=_TOL_PAIRED, max_iter=_MAX_ITER_PAIRED)
-            cols, _ = _kmeans(Zv, k, n_init, gen, mask, tol=_TOL_PAIRED, max_iter=_MAX_ITER_PAIRED)
-        rows, cols = rows.numpy(), cols.numpy()
-        return _choose(sp, rows, cols, k)
+            rows, _ = batched_kmeans(Zu, k, mask, gens, **kw)
+            cols, _ = batched_kmeans(Zv, k, mask, gens, **kw)
+        return rows.numpy(), cols.numpy()
 
     def fit_predict(self, A: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
         """Fit and return ``(row_labels_, column_labels_)``."""
@@ -335,76 +376,205 @@ def fit_k_range(
     ks = list(ks)
     if not ks:
         raise ClusteringError("fit_k_range needs at least one k, e.g. ks=range(2, 11)")
-    rng = check_random_state(random_state)
-    rank = max(max(k for k in ks if isinstance(k, (int, np.integer))) if any(isinstance(k, (int, np.integer)) for k in ks)
-               else 2, 2)
-    sp = _Spectrum.compute(A, rank, n_iter, rng, pairing=pairing, ks=ks)
-    return {int(k): BSGC(int(k), pairing=pairing, n_init=n_init, n_iter=n_iter, random_state=random_state)._fit_spectrum(sp)
-            for k in ks}
+    _check_pairing(pairing)
+    ints = [k for k in ks if isinstance(k, (int, np.integer))]
+    A = _as_matrix(A)
+    out = {}
+    with _threads_for(A):
+        du, dv = _degrees(A[None])
+        sp = _Spectrum.compute(A[None], du, dv, max(max(ints) if ints else 2, 2), n_iter,
+                               [check_random_state(random_state)], ks=ks)
+        for k in ks:
+            est = BSGC(int(k), pairing=pairing, n_init=n_init, n_iter=n_iter, random_state=random_state)
+            out[int(k)] = est._set_labels(*est._fit_spectrum(sp)[0], sp, 0)
+    return out
+
+
+def fit_batch(
+    As: ArrayLike, k: int, random_states: Sequence[int], *, pairing: str = "joint", n_init: int = 10,
+    n_iter: Optional[int] = None, n_components: Optional[int] = None,
+) -> List[BSGC]:
+    """Fit :class:`BSGC` on each of ``C`` matrices of one shape at once, e.g. the shuffled copies of a layer.
+
+    ``As[c]`` is clustered with ``BSGC(k, ..., random_state=random_states[c])``, and the result is
+    the same as that estimator's own ``fit(As[c])``: every copy draws its random numbers from its
+    own seed, and copies whose isolated nodes differ are clustered in separate groups. What is
+    shared is the work: the SVDs, the KMeans restarts and the candidate scoring of all copies run in
+    the same batched tensor operations, which removes the per-call overhead that dominates small
+    layers. Memory is that of ``As`` plus a few vectors per copy.
+
+    Parameters
+    ----------
+    As : array of shape (C, m, n)
+    k : int
+    random_states : sequence of C ints
+    pairing, n_init, n_iter, n_components
+        As in :class:`BSGC`.
+
+    Returns
+    -------
+    list of C fitted :class:`BSGC`
+
+    Examples
+    --------
+    >>> A = np.abs(np.random.default_rng(0).standard_normal((3, 20, 12)))
+    >>> fits = fit_batch(A, 2, [1, 2, 3])
+    >>> all(np.array_equal(f.row_labels_, BSGC(2, random_state=s).fit(a).row_labels_)
+    ...     for f, s, a in zip(fits, [1, 2, 3], A))
+    True
+    """
+    _check_pairing(pairing)
+    As = torch.as_tensor(As).detach()
+    if As.dim() != 3:
+        raise ClusteringError(f"fit_batch needs a (copies, m, n) stack of matrices, got shape {tuple(As.shape)}")
+    if len(random_states) != len(As):
+        raise ClusteringError(f"fit_batch needs one random_state per matrix: {len(random_states)} for {len(As)}")
+    As = torch.stack([_as_matrix(a) for a in As]) if not torch.is_floating_point(As) or As.dtype not in (
+        torch.float32, torch.float64) else As
+    with _threads_for(As):
+        return _fit_groups(As, k, random_states, pairing, n_init, n_iter, n_components)
+
+
+def _fit_groups(As, k, random_states, pairing, n_init, n_iter, n_components) -> List[BSGC]:
+    du, dv = _degrees(As)
+    groups: Dict[bytes, List[int]] = {}
+    live = torch.cat([du > 0, dv > 0], 1).cpu().numpy()
+    for c in range(len(As)):
+        groups.setdefault(live[c].tobytes(), []).append(c)
+    fits: List[Optional[BSGC]] = [None] * len(As)
+    for idx in groups.values():
+        ests = [BSGC(k, pairing=pairing, n_components=n_components, n_init=n_init, n_iter=n_iter, random_state=random_states[c])
+                for c in idx]
+        sel = torch.as_tensor(idx)
+        sp = _Spectrum.compute(As[sel] if len(idx) < len(As) else As, du[sel], dv[sel], ests[0]._needed_rank(), n_iter,
+                               [check_random_state(random_states[c]) for c in idx], ks=[k])
+        for j, (rows, cols) in enumerate(ests[0]._fit_spectrum(sp)):
+            fits[idx[j]] = ests[j]._set_labels(rows, cols, sp, j)
+    return fits
+
+
+def _threads_for(A: torch.Tensor):
+    """One torch thread for a small CPU problem (below ``_SMALL_ELEMENTS`` entries in all), else no change.
+
+    Every operation on a small layer is a few microseconds of work; with several threads each one
+    also waits for the others, which on busy cores (other processes, or joblib workers) made BSGC
+    on a 256 x 256 layer 10-50x slower.
+    """
+    if A.is_cuda or A.numel() >= _SMALL_ELEMENTS:
+        return contextlib.nullcontext()
+    return one_thread()
+
+
+def _check_pairing(pairing) -> None:
+    if pairing not in PAIRINGS:
+        raise ClusteringError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
 
 
 class _Spectrum:
-    """A validated similarity matrix, its degrees, and the leading SVD of the normalised matrix."""
+    """``C`` validated similarity matrices of one shape and one set of isolated nodes, their degrees,
+    and the leading SVD of each normalised matrix; ``rngs[c]`` is copy ``c``'s random state."""
 
-    def __init__(self, A, du_is, dv_is, live_r, live_c, U, S, V, rng):
+    def __init__(self, A, du_is, dv_is, live_r, live_c, rngs):
         self.A, self.du_is, self.dv_is, self.live_r, self.live_c = A, du_is, dv_is, live_r, live_c
         self.m_live, self.n_live = int(live_r.sum()), int(live_c.sum())
-        self.U, self.S, self.V, self.rng = U, S, V, rng
+        self.n_copies, self.rngs = len(A), rngs
+        self.U = self.S = self.V = None
 
     @classmethod
-    def compute(cls, A: ArrayLike, rank: int, n_iter: Optional[int], rng, *, pairing: str, ks) -> "_Spectrum":
-        if pairing not in PAIRINGS:
-            raise ClusteringError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-        A = _as_matrix(A)
-        du, dv = _degrees(A)
-        live_r, live_c = du > 0, dv > 0
-        sp = cls(A, _inv_sqrt(du), _inv_sqrt(dv), live_r.cpu().numpy(), live_c.cpu().numpy(), None, None, None, rng)
+    def compute(cls, A: torch.Tensor, du, dv, rank: int, n_iter: Optional[int], rngs, *, ks) -> "_Spectrum":
+        sp = cls(A, _inv_sqrt(du), _inv_sqrt(dv), (du[0] > 0).cpu().numpy(), (dv[0] > 0).cpu().numpy(), rngs)
         for k in ks:
             _check_k(k, sp)
-        gen = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
+        gens = [torch.Generator().manual_seed(int(rng.randint(2**31 - 1))) for rng in rngs]
         rank = min(rank, sp.m_live, sp.n_live)
         if n_iter is None:
-            n_iter = _N_ITER_SMALL if A.numel() < _SMALL_ELEMENTS else _N_ITER_LARGE
-        sp.U, sp.S, sp.V = _normalized_svd(A, du, dv, sp.du_is, sp.dv_is, rank, n_iter, gen)
+            n_iter = _N_ITER_SMALL if A[0].numel() < _SMALL_ELEMENTS else _N_ITER_LARGE
+        sp.U, sp.S, sp.V = _normalized_svd(A, du, dv, sp.du_is, sp.dv_is, rank, n_iter, gens)
         return sp
 
 
 def _check_k(k, sp: _Spectrum) -> None:
     if not isinstance(k, (int, np.integer)) or k < 2 or k > min(sp.m_live, sp.n_live):
-        m, n = sp.A.shape
+        m, n = sp.A.shape[1:]
         raise ClusteringError(
             f"k={k} is out of range for a {m}x{n} layer with {sp.m_live} non-isolated "
             f"inputs and {sp.n_live} non-isolated outputs: use 2 <= k <= {min(sp.m_live, sp.n_live)}"
         )
 
 
-def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gen: torch.Generator):
-    """Leading ``rank`` singular triplets of :math:`D_U^{-1/2} A D_V^{-1/2}`, without forming it.
+def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gens):
+    """Leading ``rank`` singular triplets of :math:`D_U^{-1/2} A D_V^{-1/2}` for each copy, without forming it.
 
-    The top pair is known exactly (:math:`\\sigma_1 = 1`, :math:`u_1 = \\sqrt{d_U / T}`,
-    :math:`v_1 = \\sqrt{d_V / T}`, ``T`` the total weight) and deflated; the rest comes from an exact
-    SVD of the small deflated matrix, or a randomized one of the deflated operator applied implicitly.
+    ``A`` is (C, m, n) and the degree vectors (C, m) / (C, n). The top pair is known exactly
+    (:math:`\\sigma_1 = 1`, :math:`u_1 = \\sqrt{d_U / T}`, :math:`v_1 = \\sqrt{d_V / T}`, ``T`` the
+    total weight) and deflated; the rest comes from an exact SVD of the small deflated matrix, or a
+    randomized one of the deflated operator applied implicitly. Returns U (C, m, rank), S (C, rank),
+    V (C, n, rank).
     """
-    total = du.double().sum()
+    total = du.double().sum(-1, keepdim=True)
     u1 = (du.double() / total).sqrt().to(A.dtype)
     v1 = (dv.double() / total).sqrt().to(A.dtype)
-    m, n = A.shape
+    C, m, n = A.shape
     q = min(rank - 1 + _OVERSAMPLE, m, n)
     if m * n <= _EXACT_MAX_ELEMENTS and (min(m, n) <= _EXACT_MAX_SIDE or q >= min(m, n)):
-        An = du_is.double()[:, None] * A.double() * dv_is.double()[None, :] - u1.double()[:, None] * v1.double()[None, :]
-        U, S, V = _gram_svd(An)
+        with one_thread():  # small problems: threads only add synchronisation (50x slower on busy cores)
+            An = (du_is.double()[:, :, None] * A.double() * dv_is.double()[:, None, :]
+                  - u1.double()[:, :, None] * v1.double()[:, None, :])
+            U, S, V = _gram_svd(An)
         U, S, V = U.to(A.dtype), S.to(A.dtype), V.to(A.dtype)
     else:
         def matmul(X):
-            return du_is[:, None] * (A @ (dv_is[:, None] * X)) - u1[:, None] * (v1 @ X)[None, :]
+            return du_is[:, :, None] * torch.matmul(A, dv_is[:, :, None] * X) - u1[:, :, None] * torch.matmul(v1[:, None, :], X)
 
         def rmatmul(Y):
-            return dv_is[:, None] * ((du_is[:, None] * Y).T @ A).T - v1[:, None] * (u1 @ Y)[None, :]
+            AtY = torch.matmul((du_is[:, :, None] * Y).transpose(1, 2), A).transpose(1, 2)
+            return dv_is[:, :, None] * AtY - v1[:, :, None] * torch.matmul(u1[:, None, :], Y)
 
-        U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gen)
-    one = torch.ones(1, dtype=A.dtype, device=A.device)
-    return (torch.cat([u1[:, None], U[:, : rank - 1]], 1), torch.cat([one, S[: rank - 1]]),
-            torch.cat([v1[:, None], V[:, : rank - 1]], 1))
+        U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gens)
+    one = torch.ones(C, 1, dtype=A.dtype, device=A.device)
+    return (torch.cat([u1[:, :, None], U[:, :, : rank - 1]], 2), torch.cat([one, S[:, : rank - 1]], 1),
+            torch.cat([v1[:, :, None], V[:, :, : rank - 1]], 2))
+
+
+def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row and column sums (C, m) and (C, n) of the matrices ``A`` (C, m, n), checking that they are finite
+    and non-negative (two cheap passes).
+
+    Finite sums of non-negative entries imply finite entries, so the element-wise test only runs
+    when a sum is not finite.
+    """
+    du, dv = A.sum(2), A.sum(1)
+    if not (bool(torch.isfinite(du).all()) and bool(torch.isfinite(dv).all())):
+        if not bool(torch.isfinite(A).all()):
+            raise InvalidWeightsError("the similarity matrix contains NaN or inf; check the model's weights")
+        du, dv = A.double().sum(2), A.double().sum(1)  # finite entries whose float32 sum overflowed
+    if A.numel() and float(A.amin()) < 0:
+        raise ClusteringError("the similarity matrix must be non-negative: pass |W|, not W")
+    return du, dv
+
+
+def _best_inertia(labels: torch.Tensor, inertia: torch.Tensor) -> np.ndarray:
+    return labels[int(inertia.argmin())].numpy().astype(np.int64)
+
+
+def _canonical(labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Labellings (T, N) renumbered in order of first appearance, and the maps ``f`` (T, k) with
+    ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last)."""
+    T, N = labels.shape
+    present = labels[:, None, :] == np.arange(k)[None, :, None]  # (T, k, N)
+    first = np.where(present.any(-1), present.argmax(-1), N)
+    order = np.argsort(first, axis=1, kind="stable")
+    f = np.empty((T, k), dtype=np.int64)
+    np.put_along_axis(f, order, np.arange(k)[None, :].repeat(T, 0), axis=1)
+    return np.take_along_axis(f, labels, axis=1), f
+
+
+def _column_products(A: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
+    """``(A o A) @ onehot(labels_t)`` (T, m, k) for ``T`` column labellings, each distinct partition computed once."""
+    canon, maps = _canonical(labels, k)
+    distinct, inverse = np.unique(canon, axis=0, return_inverse=True)
+    P = _squared_products(A, distinct, k, "cols").numpy()  # (U, m, k)
+    return np.stack([P[int(u)][:, f] for u, f in zip(np.ravel(inverse), maps)])
 
 
 def _as_matrix(A: ArrayLike) -> torch.Tensor:
@@ -419,157 +589,26 @@ def _as_matrix(A: ArrayLike) -> torch.Tensor:
     return A
 
 
-def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Row and column sums of ``A``, checking that it is finite and non-negative (two cheap passes).
-
-    Finite sums of non-negative entries imply finite entries, so the element-wise test only runs
-    when a sum is not finite.
-    """
-    du, dv = A.sum(1), A.sum(0)
-    if not (bool(torch.isfinite(du).all()) and bool(torch.isfinite(dv).all())):
-        if not bool(torch.isfinite(A).all()):
-            raise InvalidWeightsError("the similarity matrix contains NaN or inf; check the model's weights")
-        du, dv = A.double().sum(1), A.double().sum(0)  # finite entries whose float32 sum overflowed
-    if A.numel() and float(A.amin()) < 0:
-        raise ClusteringError("the similarity matrix must be non-negative: pass |W|, not W")
-    return du, dv
-
-
-def _kmeans(
-    Z: torch.Tensor, k: int, n_init: int, gen: torch.Generator, mask: Optional[torch.Tensor] = None,
-    max_iter: int = _MAX_ITER, tol: float = _TOL,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Batched KMeans: ``B`` restarts (k-means++ then Lloyd) on the points ``Z`` (N, d) at once.
-
-    ``mask`` (B, d) of 0/1 selects the coordinates each restart sees (restarts on different
-    embeddings share one computation); default ``n_init`` restarts on all coordinates. A restart stops
-    when its centres move less than ``tol`` times the mean
-    variance (scikit-learn's criterion; when no label changes the centres do not move); finished
-    restarts leave the batch. With more than
-    ``_SAMPLE`` points, initialisation and the first Lloyd iterations use a random sample of that
-    many points, then at most ``_FULL_ITER`` iterations run on all points from those centres.
-
-    Returns
-    -------
-    labels : (B, N) int64, inertia : (B,) float64
-    """
-    N, d = Z.shape
-    if mask is None:
-        mask = torch.ones(n_init, d, dtype=Z.dtype)
-    mask = mask.to(Z.dtype)
-    tol_abs = tol * float(Z.var(0, unbiased=False).mean()) if N > 1 else 0.0
-    if N > _SAMPLE:
-        sample = Z[torch.randperm(N, generator=gen)[:_SAMPLE].sort().values]
-        C = _lloyd(sample, _kmeans_pp(sample, k, mask, gen), mask, max_iter, tol_abs)
-        C = _lloyd(Z, C, mask, _FULL_ITER, tol_abs)
-    else:
-        C = _lloyd(Z, _kmeans_pp(Z, k, mask, gen), mask, max_iter, tol_abs)
-    values, labels = _assign(Z.T.contiguous(), C)
-    znorm = (Z.double() ** 2) @ mask.double().T  # (N, B): squared norm in each restart's coordinates
-    inertia = (values.double() + znorm.T).clamp_min(0).sum(1)
-    return labels, inertia
-
-
-def _kmeans_pp(Z: torch.Tensor, k: int, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ centres (B, k, d), 2 + log k local trials per centre as in scikit-learn."""
-    (N, d), B = Z.shape, len(mask)
-    znorm = ((Z * Z) @ mask.T).T  # (B, N): squared norms in each restart's coordinates
-    # squared distances of t points P (B, t, d) to all points, as one batched product [P, |P|^2, 1] @ R
-    R = torch.cat([(-2 * Z.T).expand(B, d, N), torch.ones(B, 1, N, dtype=Z.dtype), znorm[:, None, :]], 1)
-
-    def sqdist(P: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones(B, P.shape[1], 1, dtype=Z.dtype)
-        return torch.bmm(torch.cat([P, (P * P).sum(-1, keepdim=True), ones], 2), R)
-
-    n_trials = 2 + int(math.log(k))
-    rows = torch.arange(B)
-    C = torch.zeros(B, k, d, dtype=Z.dtype)
-    C[:, 0] = Z[torch.randint(N, (B,), generator=gen)] * mask
-    closest = sqdist(C[:, :1])[:, 0].clamp_min_(0)  # (B, N)
-    for i in range(1, k):
-        weights = closest
-        if not bool((closest.sum(1) > 0).all()):  # all points on the centres chosen so far: sample uniformly
-            weights = torch.where(closest.sum(1, keepdim=True) > 0, closest, torch.ones_like(closest))
-        cand = torch.multinomial(weights, n_trials, replacement=True, generator=gen)  # (B, T)
-        cc = Z[cand] * mask[:, None, :]  # (B, T, d)
-        dist = torch.minimum(sqdist(cc), closest[:, None, :])  # (B, T, N): the new closest distances per trial
-        best = dist.sum(-1).argmin(1)
-        closest, C[:, i] = dist[rows, best].clamp_min_(0), cc[rows, best]
-    return C
-
-
-def _distances(Zt: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """:math:`\\|c\\|^2 - 2 z \\cdot c` (the squared distance less the point's own norm), shape (B, k, N)."""
-    B, k, d = C.shape
-    return torch.addmm((C * C).sum(-1).reshape(B * k, 1), C.reshape(B * k, d), Zt, alpha=-2).view(B, k, -1)
-
-
-def _assign(Zt: torch.Tensor, C: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre of every point in every restart: ``(values, labels)``, both (B, N); ties go to the lower label."""
-    dist = _distances(Zt, C)
-    values, labels = dist[:, 0].clone(), torch.zeros(dist.shape[0], dist.shape[2], dtype=torch.int64)
-    for c in range(1, dist.shape[1]):  # a loop over the few centres beats torch's strided min/argmin by 20x
-        closer = dist[:, c] < values
-        torch.where(closer, dist[:, c], values, out=values)
-        labels.masked_fill_(closer, c)
-    return values, labels
-
-
-def _lloyd(Z: torch.Tensor, C: torch.Tensor, mask: torch.Tensor, max_iter: int, tol_abs: float) -> torch.Tensor:
-    """Lloyd iterations of all restarts; a restart leaves the batch once its centres move less than ``tol_abs``.
-
-    The assignment is kept as a one-hot ``(B, k, N)`` matrix (``distance == column minimum``), which
-    is all the centre update needs. The large temporaries are allocated once and reused: fresh
-    allocations of this size cost a page fault per page on every iteration. Returns the centres.
-    """
-    (N, d), (B, k) = Z.shape, C.shape[:2]
-    Zt = Z.T.contiguous()
-    C = C.clone()
-    dist_buf, hot_buf = torch.empty(B * k, N, dtype=Z.dtype), torch.empty(B, k, N, dtype=Z.dtype)
-    min_buf = torch.empty(B, 1, N, dtype=Z.dtype)
-    active = torch.arange(B)
-    for _ in range(max_iter):
-        b = len(active)
-        Ca, ma = (C, mask[:, None, :]) if b == B else (C[active], mask[active, None, :])
-        dist = torch.addmm((Ca * Ca).sum(-1).reshape(b * k, 1), Ca.reshape(b * k, d), Zt, alpha=-2,
-                           out=dist_buf[: b * k]).view(b, k, N)
-        one_hot = torch.eq(dist, torch.amin(dist, 1, keepdim=True, out=min_buf[:b]), out=hot_buf[:b])
-        counts = one_hot.sum(-1, keepdim=True)
-        sums = (Zt @ one_hot.view(b * k, N).T).T.reshape(b, k, d)
-        new_C = torch.where(counts > 0, sums / counts.clamp_min(1), Ca) * ma  # an empty cluster's centre stays
-        moving = ((new_C - Ca) ** 2).sum((1, 2)) > tol_abs
-        if b == B:
-            C = new_C
-        else:
-            C[active] = new_C
-        if not bool(moving.any()):
-            break
-        if not bool(moving.all()):
-            active = active[moving]
-    return C
-
-
-def _best_inertia(labels: torch.Tensor, inertia: torch.Tensor) -> np.ndarray:
-    return labels[int(inertia.argmin())].numpy().astype(np.int64)
-
-
-def _choose(sp: "_Spectrum", rows: np.ndarray, cols: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Pair, repair and pick one of ``T`` candidate clusterings (``rows`` (T, m_live), ``cols`` (T, n_live)).
+def _choose(sp: "_Spectrum", copy: int, rows: np.ndarray, cols: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Pair, repair and pick one of copy ``copy``'s ``T`` candidate clusterings (``rows`` (T, m_live), ``cols`` (T, n_live)).
 
     Each candidate's column clusters are matched to its row clusters (Hungarian, on the mass matrix).
     A cluster left without rows then gets the row whose move loses the least within-cluster mass
     (taken from a cluster with at least two rows), and likewise for columns, so that every cluster
     of every candidate has both rows and columns when ``k <= min(m_live, n_live)``. The kept
     candidate is the first one that is full (all k clusters with rows and columns), then has the
-    highest E.
+    highest E. Candidates that are the same partition as an earlier one (up to renumbering) are
+    dropped first: they would score the same and lose the tie.
     """
+    key = np.concatenate([_canonical(rows, k)[0], _canonical(cols, k)[0]], 1)
+    first = np.sort(np.unique(key, axis=0, return_index=True)[1])
+    rows, cols = rows[first], cols[first]
     T = len(rows)
     full_r, full_c = _scatter_batch(rows, sp.live_r, 0), _scatter_batch(cols, sp.live_c, 0)
-    P = _squared_products(sp.A, full_c, k, "cols")  # (T, m, k): mass of each row in each column cluster
+    P = _column_products(sp.A[copy], full_c, k)  # (T, m, k): mass of each row in each column cluster
     index = torch.from_numpy(full_r)[:, :, None].expand(P.shape)
-    masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, index, P).numpy()
+    masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, index, torch.from_numpy(P)).numpy()
     total = float(P[0].sum())
-    P = P.numpy()
     scale = 1.0 / total if total > 0 else 0.0
     cands, need_cols = [], []
     for t in range(T):
@@ -585,7 +624,7 @@ def _choose(sp: "_Spectrum", rows: np.ndarray, cols: np.ndarray, k: int) -> Tupl
         if np.bincount(c, minlength=k).min() == 0:
             need_cols.append(t)
     if need_cols:  # columns' mass in each (repaired) row cluster, for the candidates that need it
-        Q = _squared_products(sp.A, _scatter_batch(np.stack([cands[t][0] for t in need_cols]), sp.live_r, 0), k, "rows")
+        Q = _squared_products(sp.A[copy], _scatter_batch(np.stack([cands[t][0] for t in need_cols]), sp.live_r, 0), k, "rows")
         Q = Q.numpy()[:, sp.live_c]
         for q, t in enumerate(need_cols):
             cands[t][1] = cands[t][1].copy()

@@ -4,18 +4,22 @@ Candidates are evaluated by :class:`graphinterp.circuit_eval.TaskEvaluator` (inc
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from torch import nn
+
+from .circuit_batch import TaskMetrics, forward_metrics, sequential_pass
 from .circuit_eval import TaskEvaluator
 from .graph import LayeredGraph
 from .layer import Layer
-from .pruning import CircuitSize, EdgeLayer, ScoreContext, flat_live, flat_masks, flat_scores
+from .pruning import CircuitSize, EdgeLayer, LabelTask, ScoreContext, flat_live, flat_masks, flat_scores
 
-__all__ = ["Tolerance", "Schedule", "TaskEvaluator", "prune", "Circuit"]
+__all__ = ["Tolerance", "Schedule", "TaskEvaluator", "prune", "authors_prune", "Circuit"]
 
 ScoreFn = Callable[[ScoreContext], Dict[str, torch.Tensor]]
 
@@ -34,6 +38,10 @@ class Tolerance:
     def accepts(self, acc: float, loss: float, full_acc: float, full_loss: float) -> bool:
         return acc >= self.min_accuracy * full_acc - 1e-12 and loss <= full_loss + self.max_loss_increase
 
+    def accepts_all(self, acc: torch.Tensor, loss: torch.Tensor, full_acc: float, full_loss: float) -> torch.Tensor:
+        """:meth:`accepts` elementwise over tensors of states."""
+        return (acc >= self.min_accuracy * full_acc - 1e-12) & (loss <= full_loss + self.max_loss_increase)
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -49,8 +57,12 @@ class Schedule:
     patience : int
         A round ends after this many blocks in a row were kept at the smallest step.
     max_rounds, max_evals : int
-        Safety caps per label. With the defaults, the circuits of the paper's MNIST MLP converge
-        (a round at one-edge resolution prunes nothing) after 3,000-7,000 evaluations.
+        Safety caps per label (``max_evals`` counts every evaluated candidate, batched ones included).
+    final_pass : bool
+        After the rounds, walk every kept edge (weakest first, layer by layer from the last) and
+        remove it if the task stays within tolerance, until a whole pass removes nothing: the
+        circuit is then a local minimum (no single kept edge can be removed). Evaluated in exact
+        batches (:func:`graphinterp.circuit_batch.sequential_pass`).
     """
 
     initial_step: float = 0.05
@@ -58,25 +70,106 @@ class Schedule:
     patience: int = 64
     max_rounds: int = 20
     max_evals: int = 10000
+    final_pass: bool = True
 
 
 def prune(ev: TaskEvaluator, layers: List[EdgeLayer], score_fn: ScoreFn, ok: Callable[[float, float], bool],
-          schedule: Schedule, history: Optional[list] = None) -> Dict[str, torch.Tensor]:
-    """Run the rounds of the schedule; returns the kept-edge masks (on the CPU).
+          schedule: Schedule, history: Optional[list] = None, *, ok_all: Optional[Callable] = None,
+          status: Optional[dict] = None) -> Dict[str, torch.Tensor]:
+    """Run the rounds of the schedule, then the final passes; returns the kept-edge masks (on the CPU).
 
     Each round re-scores the kept edges and walks them weakest first: a block that keeps the task
     within tolerance is pruned and the step doubles; otherwise it is restored and the step halves,
     and a block that fails at the round's smallest step is kept. Rounds stop when one at the
-    one-edge resolution prunes nothing, or the budget is spent.
+    one-edge resolution prunes nothing, or the budget is spent. With ``schedule.final_pass`` (and
+    ``ok_all``, the elementwise form of ``ok``), single-edge passes follow until one removes
+    nothing. ``status["converged"]`` tells whether the result is a local minimum (False when the
+    budget ran out first, None without final passes); ``status["n_evals"]`` counts all evaluations.
     """
     live = flat_live(layers)
     keep = live.clone()
     masks = flat_masks(layers, keep)
     min_step = max(1, math.ceil(schedule.resolution * int(live.sum())))
     history = history if history is not None else []
+    status = status if status is not None else {}
     with ev.session():
         _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step)
+    status.update(converged=None, n_evals=ev.n_evals)
+    if schedule.final_pass and ok_all is not None:
+        converged, n = _final_passes(ev, layers, score_fn, ok_all, masks, schedule.max_evals - ev.n_evals, history)
+        status.update(converged=converged, n_evals=ev.n_evals + n)
     return {name: m.detach().cpu().clone() for name, m in masks.items()}
+
+
+@contextlib.contextmanager
+def _masked_in_place(layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor]):
+    """Write the masked weights into the modules for a block; the originals are restored in ``finally``."""
+    saved = [(m.weight, m.weight.detach().clone()) for m in modules]
+    try:
+        with torch.no_grad():
+            for layer, mod in zip(layers, modules):
+                mod.weight.copy_(layer.masked(masks[layer.name]).to(mod.weight.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for param, original in saved:
+                param.copy_(original)
+
+
+def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: int, history) -> Tuple[bool, int]:
+    """Single-edge passes (weakest first, last layer first) until one removes nothing; (converged, evaluations)."""
+    metrics, used = TaskMetrics(ev.task, ev.x.device), 0
+    with _masked_in_place(layers, ev.modules, masks):
+        while True:
+            scores = score_fn(ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks)))
+            removed_pass = 0
+            for layer, mod in reversed(list(zip(layers, ev.modules))):
+                mask = masks[layer.name]
+                cand = torch.nonzero(mask.flatten()).flatten()
+                cand = cand[torch.argsort(scores[layer.name].detach().flatten()[cand].to(torch.float64), stable=True)]
+                removed, n, finished = sequential_pass(ev.model, layer, mod, mask, cand, metrics, ok_all,
+                                                       batch_size=ev.batch_size, max_evals=budget - used)
+                used, removed_pass = used + n, removed_pass + removed
+                if not finished:
+                    return False, used
+            history.append((int(sum(int(m.sum()) for m in masks.values())), removed_pass > 0))
+            if removed_pass == 0:
+                return True, used
+            if used >= budget:
+                return False, used
+
+
+def authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], task: LabelTask, *,
+                  batch_size: int = 4096, rtol: float = 1e-6) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The paper's authors' criterion: weight by weight, Linear layers only, last layer first.
+
+    Every non-zero weight of every Linear layer is visited once, layers from the last to the first
+    and weights in row-major ``(out, in)`` order; it stays removed unless removing it (on top of
+    the removals kept so far) raises the task's loss above the full model's loss (times
+    ``1 + rtol``, which absorbs the float rounding between a batched evaluation and a forward
+    pass). Convolution kernels are never removed. Evaluated in exact batches
+    (:func:`graphinterp.circuit_batch.sequential_pass`). Returns the masks (on the CPU) and
+    ``{"full_accuracy", "full_loss", "accuracy", "loss", "n_evals"}``.
+    """
+    metrics = TaskMetrics(task, task_device(layers))
+    masks = {l.name: l.live.clone() for l in layers}
+    info: dict = {"n_evals": 0}
+    with _masked_in_place(layers, modules, masks):
+        info["full_accuracy"], info["full_loss"] = forward_metrics(model, metrics, batch_size)
+        limit = info["full_loss"] + rtol * abs(info["full_loss"])
+        for layer, mod in reversed(list(zip(layers, modules))):
+            if layer.is_conv or not isinstance(mod, nn.Linear):
+                continue
+            order = torch.nonzero(masks[layer.name].flatten()).flatten()
+            _, n, _ = sequential_pass(model, layer, mod, masks[layer.name], order, metrics,
+                                      lambda acc, loss: loss <= limit, batch_size=batch_size)
+            info["n_evals"] += n
+        info["accuracy"], info["loss"] = forward_metrics(model, metrics, batch_size)
+    return {name: m.cpu().clone() for name, m in masks.items()}, info
+
+
+def task_device(layers: List[EdgeLayer]) -> torch.device:
+    return layers[0].weight.device
 
 
 def _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step) -> None:
@@ -121,7 +214,14 @@ class Circuit:
     n_pos, n_neg, n_evals : int
     seconds : float
     history : list of (int, bool)
-        Kept edges after each evaluation, and whether that step was accepted.
+        Kept edges after each evaluation of the rounds (and after each final pass), and whether
+        that step was accepted (whether the pass removed anything).
+    mode : {"graphinterp", "authors"}
+        The criterion (see :func:`graphinterp.circuits.extract_circuit`).
+    converged : bool or None
+        Whether the search ended at a local minimum (a final pass removed nothing) before its
+        budget; always True in ``"authors"`` mode (one pass by definition), None when the final
+        pass was switched off.
     """
 
     label: int
@@ -138,6 +238,8 @@ class Circuit:
     seconds: float = 0.0
     score: str = "magnitude"
     history: List[Tuple[int, bool]] = field(default_factory=list, repr=False)
+    mode: str = "graphinterp"
+    converged: Optional[bool] = None
 
     @property
     def ecs(self) -> float:
@@ -151,7 +253,8 @@ class Circuit:
     def to_dict(self, *, include_masks: bool = False) -> Dict[str, Any]:
         """Plain values for JSON (masks as nested lists only when asked)."""
         out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
-                                             "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score")}
+                                             "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score", "mode",
+                                             "converged")}
         out.update(ecs=self.ecs, size=self.size.to_dict())
         if include_masks:
             out["masks"] = {k: v.int().tolist() for k, v in self.masks.items()}

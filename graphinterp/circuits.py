@@ -22,8 +22,19 @@ Schedule
     round down to one edge; rounds stop when one at one-edge resolution prunes nothing, after
     ``max_rounds``, or when ``max_evals`` evaluations are spent (:class:`Schedule`). Each
     evaluation is one batched forward pass over the task (:class:`~graphinterp.circuit_search.TaskEvaluator`).
-    The result is a local minimum (no weakest-first block of the last round can go), so the ECS is
-    an upper bound on the smallest circuit within the tolerance; biases are never pruned.
+Final pass
+    Then (``Schedule.final_pass``, on by default) every kept edge is tried alone, weakest first,
+    layer by layer from the last, until a whole pass removes nothing: the circuit is then a local
+    minimum, no single kept edge can be removed without leaving the tolerance
+    (``Circuit.converged``; False when ``max_evals`` ran out first). It is still an upper bound on
+    the smallest circuit within the tolerance; biases are never pruned.
+Authors' criterion (``mode="authors"``)
+    The criterion of the paper's own code, for comparisons with its numbers: the task is the
+    label's own examples only (no negatives), the loss their cross-entropy on the label; every
+    non-zero weight of every Linear layer is visited once, last layer first and in row-major
+    order within a layer, and stays removed unless removing it raises the loss above the full
+    model's loss. Convolution kernels are never removed and the ECS counts Linear weights only.
+    ``score``, ``tolerance``, ``schedule`` and ``negative_ratio`` do not apply.
 ECS
     Kept non-zero weights over the model's non-zero weights (overall and per layer; also in edge
     units, a conv kernel counting as one edge), see :func:`graphinterp.pruning.circuit_size`.
@@ -45,7 +56,7 @@ import torch
 from torch import nn
 
 from ._files import resolve_device
-from .circuit_search import Circuit, Schedule, TaskEvaluator, Tolerance, prune
+from .circuit_search import Circuit, Schedule, TaskEvaluator, Tolerance, authors_prune, prune
 from .errors import DataError
 from .evaluation import as_tensors, eval_mode
 from .graph import LayeredGraph
@@ -53,8 +64,11 @@ from .hooks import module_of
 from .layer import Layer
 from .pruning import SCORES, LabelTask, ScoreContext, circuit_size, edge_layers, label_task
 
-__all__ = ["Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",
+__all__ = ["MODES", "Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",
            "compare_circuits", "cluster_share"]
+
+#: Circuit criteria (``mode=`` of :func:`extract_circuit`): graphinterp's search, the paper's authors' code.
+MODES = ("graphinterp", "authors")
 
 ScoreFn = Callable[[ScoreContext], Dict[str, torch.Tensor]]
 
@@ -62,7 +76,8 @@ ScoreFn = Callable[[ScoreContext], Dict[str, torch.Tensor]]
 def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[LayeredGraph] = None,
                     score: Union[str, ScoreFn] = "magnitude", tolerance: Optional[Tolerance] = None,
                     schedule: Optional[Schedule] = None, label_name: Optional[str] = None,
-                    batch_size: int = 4096, device=None, num_threads: Optional[int] = 1) -> Circuit:
+                    batch_size: int = 4096, device=None, num_threads: Optional[int] = 1,
+                    mode: str = "graphinterp") -> Circuit:
     """The circuit of one :class:`~graphinterp.pruning.LabelTask` (see the module docstring).
 
     Parameters
@@ -87,6 +102,9 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
         leaves the setting alone). The search runs thousands of small forward passes, which gain
         nothing from intra-op threads and lose a lot when the cores are shared: on a busy 2-core
         machine 2 threads were 9x slower than 1 for the paper's MNIST MLP.
+    mode : {"graphinterp", "authors"}
+        The criterion (module docstring). In ``"authors"`` mode the task's negatives are ignored
+        and only its positives are used.
 
     Returns
     -------
@@ -104,31 +122,45 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     >>> c.accuracy >= 0.95 * c.full_accuracy, sorted(c.masks), c.masks["0"].shape
     (True, ['0', '2'], torch.Size([8, 4]))
     """
+    if mode not in MODES:
+        raise DataError(f"unknown circuit mode {mode!r}; use one of {list(MODES)}")
     tolerance, schedule = tolerance or Tolerance(), schedule or Schedule()
     score_fn = SCORES.get(score) if isinstance(score, str) else score
     if score_fn is None:
         raise DataError(f"unknown score {score!r}; use one of {sorted(SCORES)} or a callable")
+    if mode == "authors" and task.n_neg:
+        task = LabelTask(task.label, task.x[task.positive], task.positive[task.positive])
     device = resolve_device(device)
     start, threads = time.perf_counter(), torch.get_num_threads()
     if num_threads is not None and device.type == "cpu":
         torch.set_num_threads(int(num_threads))
+    status: dict = {}
+    history: list = []
     try:
         with eval_mode(model.to(device)):
             graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(task.x.shape[1:]))
             layers = edge_layers(model, graph, device=device)
             modules = [module_of(model, graph, l.name)[0] for l in layers]
-            ev = TaskEvaluator(model, layers, task, modules=modules, batch_size=batch_size, device=device)
-            full_acc, full_loss = ev({l.name: torch.ones_like(l.live) for l in layers})
-            history: list = []
-            masks = prune(ev, layers, score_fn, lambda a, l: tolerance.accepts(a, l, full_acc, full_loss),
-                          schedule, history)
-            acc, loss = ev({k: v.to(device) for k, v in masks.items()})
+            if mode == "authors":
+                masks, info = authors_prune(model, layers, modules, task, batch_size=batch_size)
+                full_acc, full_loss, acc, loss = (info[k] for k in ("full_accuracy", "full_loss", "accuracy", "loss"))
+                status.update(converged=True, n_evals=info["n_evals"])
+                sized = [l for l in layers if not l.is_conv]
+            else:
+                ev = TaskEvaluator(model, layers, task, modules=modules, batch_size=batch_size, device=device)
+                full_acc, full_loss = ev({l.name: torch.ones_like(l.live) for l in layers})
+                masks = prune(ev, layers, score_fn, lambda a, l: tolerance.accepts(a, l, full_acc, full_loss),
+                              schedule, history, status=status,
+                              ok_all=lambda a, l: tolerance.accepts_all(a, l, full_acc, full_loss))
+                acc, loss = ev({k: v.to(device) for k, v in masks.items()})
+                status["n_evals"] += 1
+                sized = layers
     finally:
         torch.set_num_threads(threads)
-    name = score if isinstance(score, str) else getattr(score, "__name__", "custom")
+    name = "layer order" if mode == "authors" else (score if isinstance(score, str) else getattr(score, "__name__", "custom"))
     return Circuit(task.label, str(task.label if label_name is None else label_name), masks,
-                   circuit_size(layers, masks), acc, loss, full_acc, full_loss, task.n_pos, task.n_neg,
-                   ev.n_evals, time.perf_counter() - start, name, history)
+                   circuit_size(sized, masks), acc, loss, full_acc, full_loss, task.n_pos, task.n_neg,
+                   status["n_evals"], time.perf_counter() - start, name, history, mode, status.get("converged"))
 
 
 def _labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
@@ -145,7 +177,8 @@ def _labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
 
 def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[int]] = "all", *,
                      graph: Optional[LayeredGraph] = None, max_examples: int = 500, negative_ratio: float = 1.0,
-                     random_state: int = 0, progress: bool = True, **kwargs: Any) -> Dict[int, Circuit]:
+                     random_state: int = 0, progress: bool = True, n_jobs: int = 1, scheduler: Any = None,
+                     **kwargs: Any) -> Dict[int, Circuit]:
     """Extract one circuit per label.
 
     Parameters
@@ -160,10 +193,15 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
     max_examples, negative_ratio, random_state
         The task of each label (:func:`graphinterp.pruning.label_task`).
     progress : bool
-        tqdm bar over labels.
+        tqdm bar over labels (serial runs only).
+    n_jobs : int, default 1
+        Labels in parallel on this many local processes (joblib); -1: one per CPU. Each label's
+        search is deterministic on its own, so the circuits are identical to a serial run's.
+    scheduler : str or distributed.Client, optional
+        Run the labels on this Dask cluster instead (:func:`graphinterp.parallel.run_tasks`).
     **kwargs
-        ``score``, ``tolerance``, ``schedule``, ``batch_size``, ``device``, ``num_threads`` of
-        :func:`extract_circuit`.
+        ``score``, ``tolerance``, ``schedule``, ``batch_size``, ``device``, ``num_threads``,
+        ``mode`` of :func:`extract_circuit`.
 
     Returns
     -------
@@ -192,13 +230,26 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
     wanted = _labels(labels, graph.layers[-1].n_out)
     tasks = {c: label_task(x, y, c, max_examples=max_examples, negative_ratio=negative_ratio,
                            random_state=random_state) for c in wanted}
+    if kwargs.get("mode", "graphinterp") not in MODES:
+        raise DataError(f"unknown circuit mode {kwargs['mode']!r}; use one of {list(MODES)}")
+    label_names = {c: names[c] if names is not None and c < len(names) else str(c) for c in wanted}
+    if n_jobs != 1 or scheduler is not None:
+        from .parallel import run_tasks
+
+        found = run_tasks(_extract_one, [(model, tasks[c], graph, label_names[c], kwargs) for c in wanted],
+                          n_jobs=n_jobs, scheduler=scheduler)
+        return dict(zip(wanted, found))
     out: Dict[int, Circuit] = {}
     bar = tqdm(wanted, desc="circuits", unit="label", disable=not progress)
     for c in bar:
-        name = names[c] if names is not None and c < len(names) else str(c)
-        out[c] = extract_circuit(model, tasks[c], graph=graph, label_name=name, **kwargs)
-        bar.set_postfix(label=name, ecs=f"{out[c].ecs:.3f}")
+        out[c] = extract_circuit(model, tasks[c], graph=graph, label_name=label_names[c], **kwargs)
+        bar.set_postfix(label=label_names[c], ecs=f"{out[c].ecs:.3f}")
     return out
+
+
+def _extract_one(model: nn.Module, task: LabelTask, graph: LayeredGraph, name: str, kwargs: dict) -> Circuit:
+    """One label's circuit (module level, for worker processes)."""
+    return extract_circuit(model, task, graph=graph, label_name=name, **kwargs)
 
 
 @dataclass

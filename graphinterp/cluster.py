@@ -263,13 +263,15 @@ def cluster_network(
 
     The selected layers are split into runs of consecutive layers. Each run spans levels
     ``l0 .. l1`` of the layered graph; its nodes form one multipartite graph with symmetric
-    adjacency built from the similarities (``|W|`` by default). Exactly as BSGC does for one
-    layer, the adjacency is normalised, :math:`\\tilde A = D^{-1/2} A D^{-1/2}`, its ``k`` leading
-    eigenvectors :math:`X` are scaled to :math:`Z = D^{-1/2} X`, and one KMeans on all nodes gives
-    every node one label. For a single layer the eigenvectors of
-    :math:`[[0, \\tilde A], [\\tilde A^T, 0]]` are the stacked singular vectors ``[U; V]``, so this is
-    the joint embedding of :class:`BSGC`; for a run of layers, the output label of layer ``l`` is by
-    construction the input label of layer ``l + 1``. Isolated nodes get ``-1``.
+    adjacency built from the similarities (``|W|`` by default). The adjacency is normalised,
+    :math:`\\tilde A = D^{-1/2} A D^{-1/2}` (as in Algorithm 1), its ``k`` leading eigenvectors form
+    the rows :math:`X_i` of the embedding, each row is scaled to unit length,
+    :math:`Z_i = X_i / \\|X_i\\|` (Ng, Jordan & Weiss), and one KMeans on all nodes gives every node
+    one label. For a single layer the eigenvectors of :math:`[[0, \\tilde A], [\\tilde A^T, 0]]` are the
+    stacked singular vectors ``[U; V]`` (and their sign-flipped pairs), so this is a joint embedding
+    of rows and columns like :class:`BSGC`'s ``"joint"`` pairing, though that one scales by
+    :math:`D^{-1/2}` instead of row-normalising; for a run of layers, the output label of layer ``l``
+    is by construction the input label of layer ``l + 1``. Isolated nodes get ``-1``.
 
     Parameters are as in :func:`cluster_layers`.
     """

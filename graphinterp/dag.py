@@ -86,34 +86,52 @@ class ModelGraph(LayeredGraph):
             A.index_put_((s[:, None].expand_as(M), d[None, :].expand_as(M)), M, accumulate=True)
         return A + A.T
 
-    def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0):
+    def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
+                    network=None):
         """``networkx.DiGraph`` over the global nodes; an edge per (layer, input node, output node).
 
-        Node attributes: ``space``, ``index`` and ``cluster`` (the node's network-wide label when
-        ``clustering`` is network-wide, else -1). Edge attributes: ``weight`` (signed), ``abs_weight``,
-        ``layer``, ``within``. Two layers that connect the same pair of nodes keep the larger edge and
-        list both in ``layer``.
+        The same attribute contract as :meth:`LayeredGraph.to_networkx`, on shared nodes:
+
+        * node attributes ``layer`` (the space: the layer or embedding that created the node),
+          ``index``, ``cluster`` (the node's network-wide label, from ``network`` or from a
+          network-wide ``clustering``, e.g. :func:`~graphinterp.dag_cluster.cluster_dag`; else -1),
+          ``cluster_in`` / ``cluster_out`` (the node's label in ``clustering`` as an input / output of
+          the layers that read / write it; -1 when no clustered layer does, or when several
+          clustered layers give it different labels, as on a residual stream with per-layer labels);
+        * edge attributes ``weight`` (signed), ``abs_weight``, ``sign``, ``layer``, ``within`` (both
+          ends in one cluster of that layer's clustering) and ``same_cluster`` (both ends share a
+          ``cluster`` >= 0). Two layers that connect the same pair of nodes keep the larger edge and
+          list both in ``layer``.
         """
         import networkx as nx
 
         if view != "grouped":
             raise ValueError("a model graph is exported in the 'grouped' view (one node per channel)")
-        labels = _node_labels(self, clustering)
-        G = nx.DiGraph(chained=False, view=view, dag=True)
+        if network is None and clustering is not None and getattr(clustering, "network_wide", False):
+            network = clustering
+        labels = _node_labels(self, network)
+        c_in, c_out = _side_labels(self, clustering, "in"), _side_labels(self, clustering, "out")
+        source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
+        G = nx.DiGraph(chained=False, view=view, dag=True, cluster_source=source)
         for i, name in enumerate(self.node_names):
             space, _, idx = name.rpartition(":")
-            G.add_node(name, space=space, index=int(idx), cluster=int(labels[i]))
+            G.add_node(name, layer=space, space=space, index=int(idx), cluster=int(labels[i]),
+                       cluster_in=int(c_in[i]), cluster_out=int(c_out[i]))
         for layer in self:
             w = layer.signed().cpu().numpy()
             src, dst = self._src[layer.name], self._dst[layer.name]
+            rows = cols = None
+            if clustering is not None and layer.name in clustering.layer_names:
+                rows, cols = (np.asarray(a) for a in clustering.labels(layer.name))
             for i, j in zip(*np.nonzero(np.abs(w) > min_abs_weight)):
                 u, v, val = self.node_names[src[i]], self.node_names[dst[j]], float(w[i, j])
                 if G.has_edge(u, v) and G[u][v]["abs_weight"] >= abs(val):
                     G[u][v]["layer"] += f",{layer.name}"
                     continue
-                within = bool(labels[src[i]] == labels[dst[j]] and labels[src[i]] >= 0)
+                within = bool(rows is not None and rows[i] >= 0 and rows[i] == cols[j])
+                same = bool(labels[src[i]] >= 0 and labels[src[i]] == labels[dst[j]])
                 G.add_edge(u, v, weight=val, abs_weight=abs(val), sign=int(np.sign(val)), layer=layer.name,
-                           within=within)
+                           within=within, same_cluster=same)
         return G
 
 
@@ -122,6 +140,33 @@ def _node_labels(graph: ModelGraph, clustering) -> np.ndarray:
     node_labels = getattr(clustering, "meta", {}).get("node_labels") if clustering is not None else None
     if node_labels is not None and len(node_labels) == graph.n_nodes:
         labels[:] = np.asarray(node_labels)
+    elif clustering is not None:  # network-wide labels given per layer: read them off the layers' ends
+        for name in clustering.layer_names:
+            rows, cols = (np.asarray(a) for a in clustering.labels(name))
+            for nodes, lab in ((graph.src_nodes(name), rows), (graph.dst_nodes(name), cols)):
+                nodes = np.asarray(nodes)
+                if len(nodes) == len(lab):
+                    labels[nodes] = np.where(lab >= 0, lab, labels[nodes])
+    return labels
+
+
+def _side_labels(graph: ModelGraph, clustering, side: str) -> np.ndarray:
+    """Per node: its label as an input (``side="in"``) or output of the clustered layers; -1 if none or if they disagree."""
+    labels = np.full(graph.n_nodes, -1, dtype=np.int64)
+    if clustering is None:
+        return labels
+    seen = np.zeros(graph.n_nodes, dtype=bool)
+    clash = np.zeros(graph.n_nodes, dtype=bool)
+    for name in clustering.layer_names:
+        rows, cols = (np.asarray(a) for a in clustering.labels(name))
+        nodes, lab = (np.asarray(graph.src_nodes(name)), rows) if side == "in" else (np.asarray(graph.dst_nodes(name)), cols)
+        if len(nodes) != len(lab):
+            continue
+        keep = lab >= 0
+        nodes, lab = nodes[keep], lab[keep]
+        clash[nodes] |= seen[nodes] & (labels[nodes] != lab)
+        labels[nodes], seen[nodes] = lab, True
+    labels[clash] = -1
     return labels
 
 

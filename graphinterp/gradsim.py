@@ -141,6 +141,8 @@ class GradientSimilarity:
             if count == 0:
                 raise TrainingError(f"no gradient was accumulated for layer {name!r}; train at least one warm-up step")
             mean = (self._sums[name] / count).cpu()
+            if getattr(layer, "transposed", False):  # stored (in, out) (GPT-2 Conv1D): back to (out, in)
+                mean = mean.T
             # a Layer over the mean direction: its magnitude() is exactly the per-edge block norm
             out[name] = Layer(name, layer.kind, mean, in_groups=layer.in_groups, groups=layer.groups).magnitude()
         return out

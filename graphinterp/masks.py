@@ -65,13 +65,15 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def default_cluster_layers(graph: LayeredGraph) -> List[str]:
-    """The layers clustered by default: "all hidden Linear layers".
+    """The layers clustered by default: the paper's choice, "Linear layers between two hidden Linear levels".
 
-    A layer is selected when it is an ``nn.Linear`` whose input nodes *and* output nodes are both
-    hidden, i.e. neither the model input nor the logits. For the paper's MLP 784-64-64-10 this is
-    ``['fc2']`` (the layer the paper clusters); for the paper's CNN it is ``['fc1', 'fc2']`` (``fc1``'s
-    input nodes are the 16 conv channels in the grouped view). Clustering these layers together
-    with :func:`graphinterp.cluster.cluster_network` gives every hidden neuron one label.
+    A layer is selected when it is an ``nn.Linear`` whose inputs are the outputs of another
+    ``nn.Linear`` and whose outputs are not the logits. For the paper's MLP 784-64-64-10 this is
+    ``['fc2']``, and for the paper's CNN ``['fc2']`` as well (Figure 7 clusters ``fc2`` only; ``fc1``
+    reads the 16 conv channels in the grouped view and holds about 98% of the CNN's parameters, so
+    clustering it would also partition the conv channels). Any other set of layers can be named
+    explicitly. Clustering the selected layers together with
+    :func:`graphinterp.cluster.cluster_network` gives every neuron they touch one label.
 
     Parameters
     ----------
@@ -94,15 +96,18 @@ def default_cluster_layers(graph: LayeredGraph) -> List[str]:
     >>> default_cluster_layers(LayeredGraph.from_module(mlp()))
     ['fc2']
     >>> default_cluster_layers(LayeredGraph.from_module(cnn()))
-    ['fc1', 'fc2']
+    ['fc2']
     """
     if not graph.chained:
         raise ClusteringError("default cluster layers need a chained graph; name the layers to cluster explicitly")
     last = len(graph) - 1
-    names = [layer.name for t, layer in enumerate(graph) if layer.kind == "linear" and 0 < t < last]
+    names = [
+        layer.name for t, layer in enumerate(graph)
+        if layer.kind == "linear" and 0 < t < last and graph[t - 1].kind == "linear"
+    ]
     if not names:
         raise ClusteringError(
-            f"the model has no Linear layer between two hidden levels (layers: {graph.layer_names}); "
+            f"the model has no Linear layer between two hidden Linear levels (layers: {graph.layer_names}); "
             "name the layers to cluster explicitly"
         )
     return names
@@ -123,26 +128,36 @@ def trace_graph(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -
 
 
 def layer_parameter(model: nn.Module, layer: Layer) -> nn.Parameter:
-    """The live weight parameter behind graph layer ``layer`` (matched by module path and shape).
+    """The live weight parameter behind graph layer ``layer`` (its ``param_name``, checked by shape).
+
+    A layer stored ``(in, out)`` (``layer.transposed``, HuggingFace GPT-2 ``Conv1D``) binds to a
+    parameter of the transposed shape; :func:`parameter_masks` transposes its mask to match.
 
     Raises
     ------
     ClusteringError
-        If ``model`` has no such module or its weight has another shape.
+        If ``model`` has no such parameter or it has another shape.
     """
     model = unwrap_model(model)
+    weight = None
     try:
-        module = model.get_submodule(layer.name)
+        weight = model.get_parameter(layer.param_name)
     except AttributeError:
-        module = model if type(model).__name__ == layer.name else None  # a bare nn.Linear is named after its type
-    weight = getattr(module, "weight", None)
+        try:
+            module = model.get_submodule(layer.name)
+        except AttributeError:
+            module = model if type(model).__name__ == layer.name else None  # a bare nn.Linear is named after its type
+        weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise ClusteringError(f"the clustering names layer {layer.name!r}, which this model does not have; "
                               "cluster this model, or load the model the clustering was made for")
-    if tuple(weight.shape) != tuple(layer.weight.shape):
+    expected = tuple(layer.weight.shape)
+    if getattr(layer, "transposed", False):
+        expected = expected[::-1]
+    if tuple(weight.shape) != expected:
         raise ClusteringError(
             f"layer {layer.name!r} has weight shape {tuple(weight.shape)} but the graph says "
-            f"{tuple(layer.weight.shape)}: the graph was built from another model"
+            f"{expected}: the graph was built from another model"
         )
     return weight
 
@@ -214,5 +229,7 @@ def parameter_masks(
         param = layer_parameter(model, layer)
         rows, cols = clustering.labels(name)
         mask = _torch_layout_mask(layer, rows, cols, param.device)
+        if getattr(layer, "transposed", False):  # stored (in, out): GPT-2 Conv1D
+            mask = mask.T
         out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous())
     return out

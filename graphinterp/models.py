@@ -20,11 +20,12 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from torch import nn
 
 from .errors import DataError, UnsupportedModelError
+from .transformer import transformer
 
 __all__ = ["MODELS", "mlp", "cnn", "torchvision_model", "build_model", "default_spec"]
 
 #: Names accepted by :func:`build_model` as ``spec["name"]``.
-MODELS = ("mlp", "cnn", "torchvision")
+MODELS = ("mlp", "cnn", "torchvision", "transformer")
 
 # (channels, height, width) of each dataset's images; mirrors graphinterp.data.dataset_info
 # (kept here so models.py does not import data.py, which is on the same layer).
@@ -217,7 +218,8 @@ def torchvision_model(arch: str, num_classes: Optional[int] = None) -> nn.Module
         raise UnsupportedModelError(f"cannot build torchvision model {arch!r} with {kwargs}: {exc}") from exc
 
 
-_BUILDERS: Dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "torchvision": torchvision_model}
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "torchvision": torchvision_model,
+                                                 "transformer": transformer}
 
 
 def build_model(spec: Dict[str, Any]) -> nn.Module:
@@ -226,8 +228,9 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     Parameters
     ----------
     spec : dict
-        ``{"name": "mlp" | "cnn" | "torchvision", "kwargs": {...}}``; ``kwargs`` are the
-        builder's keyword arguments (:func:`mlp`, :func:`cnn`, :func:`torchvision_model`) and
+        ``{"name": "mlp" | "cnn" | "torchvision" | "transformer", "kwargs": {...}}``; ``kwargs`` are the
+        builder's keyword arguments (:func:`mlp`, :func:`cnn`, :func:`torchvision_model`,
+        :func:`graphinterp.transformer.transformer`) and
         may be omitted.
 
     Returns

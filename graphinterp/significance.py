@@ -43,10 +43,10 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._files import resolve_device
-from .bsgc import BSGC
+from .bsgc import fit_batch
 from .errors import ClusteringError
 from .layer import Layer
-from .metrics import clusterability, normalized_score, random_partition_expectation
+from .metrics import normalized_score, random_partition_expectation
 
 __all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas"]
 
@@ -203,6 +203,9 @@ def shuffle_weights(
     (torch.Size([3, 2, 2]), True, [0.0, 1.0, 2.0, 3.0])
     """
     flat = matrix.reshape(-1)
+    if support is None and not nonzero_only:  # every entry moves: one gather per copy
+        perms = torch.stack([torch.randperm(flat.numel(), generator=generator) for _ in range(n)]).to(flat.device)
+        return flat[perms].reshape(n, *matrix.shape)
     keep = torch.ones_like(flat, dtype=torch.bool) if support is None else support.reshape(-1).to(flat.device)
     if nonzero_only:
         keep = keep & (flat != 0)
@@ -224,8 +227,18 @@ def _edge_magnitudes(layer_or_matrix: Union[Layer, torch.Tensor, np.ndarray]) ->
     return "layer", A.double().abs()
 
 
+def _within_share(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> float:
+    """:func:`graphinterp.metrics.clusterability` (E) by one ``(m, n) @ (n, k)`` product, without an ``(m, n)`` mask."""
+    c = torch.as_tensor(np.where(cols >= 0, cols, k), device=squared.device)
+    per_cluster = squared @ torch.nn.functional.one_hot(c, k + 1).to(squared.dtype)  # (m, k + 1)
+    r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)
+    inside = per_cluster.gather(1, r[:, None])[:, 0][r < k].sum()
+    total = squared.sum()
+    return float(inside / (total + torch.finfo(total.dtype).tiny))
+
+
 def _measure(A: torch.Tensor, k: int, rows: np.ndarray, cols: np.ndarray) -> Tuple[float, float, float]:
-    E = float(clusterability(A.square(), rows, cols))
+    E = _within_share(A.square(), np.asarray(rows), np.asarray(cols), k)
     E_rand = random_partition_expectation(rows, cols, k)
     return E, E_rand, normalized_score(E, E_rand)
 
@@ -242,6 +255,7 @@ def shuffle_test(
     device=None,
     random_state=None,
     progress: bool = False,
+    batch_size: Optional[int] = None,
 ) -> ShuffleTest:
     """Test a layer's clusterability against shuffled copies of itself, reclustered with BSGC.
 
@@ -266,6 +280,10 @@ def shuffle_test(
         Seeds the permutations and the BSGC runs.
     progress : bool, default False
         Show a tqdm bar over the shuffles.
+    batch_size : int, optional
+        Shuffled copies clustered together by :func:`graphinterp.bsgc.fit_batch` (same results as one
+        at a time, which ``batch_size=1`` does, for less overhead). Default: as many as fit in
+        ``_BATCH_BYTES`` (128 MiB) of copies.
 
     Returns
     -------
@@ -291,36 +309,50 @@ def shuffle_test(
     support = layer.support() if isinstance(layer, Layer) and layer.structure != "dense" else None
     rng = check_random_state(random_state)
 
-    def cluster(M: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    if batch_size is None:
+        batch_size = max(1, _BATCH_BYTES // max(1, A.numel() * A.element_size()))
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ClusteringError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+    def cluster(Ms: torch.Tensor, seeds) -> list:
         try:
-            est = BSGC(k, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(M)
+            fits = fit_batch(Ms, k, seeds, pairing=pairing, n_init=n_init)
         except ClusteringError as err:
             raise ClusteringError(f"layer {name!r}: {err}") from None
-        return est.row_labels_, est.column_labels_
+        return [(est.row_labels_, est.column_labels_) for est in fits]
 
     with single_threaded_blas():
-        return _run(A, name, k, int(n_shuffles), nonzero_only, labels, cluster, rng, progress, support)
+        return _run(A, name, k, int(n_shuffles), nonzero_only, labels, cluster, rng, progress, support, int(batch_size))
 
 
-def _run(A, name, k, n_shuffles, nonzero_only, labels, cluster, rng, progress, support=None) -> ShuffleTest:
+_BATCH_BYTES = 1 << 27  # shuffled copies held at once by default (128 MiB)
+
+
+def _run(A, name, k, n_shuffles, nonzero_only, labels, cluster, rng, progress, support=None,
+         batch_size: int = 1) -> ShuffleTest:
     """The observed clustering, the ``n_shuffles`` reclustered permutations and their summary."""
-    rows, cols = (np.asarray(labels[0]), np.asarray(labels[1])) if labels is not None else cluster(A)
+    if labels is not None:
+        rows, cols = np.asarray(labels[0]), np.asarray(labels[1])
+    else:
+        rows, cols = cluster(A[None], [int(rng.randint(2**31 - 1))])[0]
     if rows.shape != (A.shape[0],) or cols.shape != (A.shape[1],):
         raise ClusteringError(f"layer {name!r}: labels of shapes {rows.shape}, {cols.shape} do not fit a "
                               f"{A.shape[0]}x{A.shape[1]} layer")
     E_obs, E_rand, S_obs = _measure(A, k, rows, cols)
     gen = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
-    iterator = range(n_shuffles)
+    seeds = [int(rng.randint(2**31 - 1)) for _ in range(n_shuffles)]  # copy i's BSGC seed, however they are batched
+    starts = range(0, n_shuffles, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc=f"shuffles {name}", leave=False)
+        starts = tqdm(starts, desc=f"shuffles {name}", leave=False)
     null = np.empty((n_shuffles, 2))
-    for i in iterator:  # one copy at a time, so memory stays at one layer however large n is
-        shuffled = shuffle_weights(A, 1, nonzero_only=nonzero_only, generator=gen, support=support)[0]
-        r, c = cluster(shuffled)
-        E, _, S = _measure(shuffled, k, r, c)
-        null[i] = E, S
+    for i0 in starts:  # batch_size copies at a time: memory stays bounded however large n is
+        i1 = min(n_shuffles, i0 + batch_size)
+        shuffled = shuffle_weights(A, i1 - i0, nonzero_only=nonzero_only, generator=gen, support=support)
+        for i, (M, (r, c)) in enumerate(zip(shuffled, cluster(shuffled, seeds[i0:i1])), start=i0):
+            E, _, S = _measure(M, k, r, c)
+            null[i] = E, S
     sizes = np.stack([np.bincount(x[x >= 0], minlength=k) for x in (rows, cols)])
     return ShuffleTest(name, int(k), n_shuffles, bool(nonzero_only), NullComparison.from_samples(E_obs, null[:, 0]),
                        NullComparison.from_samples(S_obs, null[:, 1]), E_rand, sizes)

@@ -69,8 +69,24 @@ def opened_from_loaded(loaded) -> OpenedModel:
     """Wrap a :class:`~graphinterp.loading.LoadedModel` (what a model file held)."""
     module = loaded.module if loaded.kind != "torchscript" else None
     notes = ["TorchScript cannot be traced: layers read from its parameters"] if loaded.kind == "torchscript" else []
-    return OpenedModel(Path(loaded.path).stem if loaded.path else "model", loaded.kind, module, loaded.state_dict,
-                       loaded, notes, loaded.path)
+    opened = OpenedModel(Path(loaded.path).stem if loaded.path else "model", loaded.kind, module, loaded.state_dict,
+                         loaded, notes, loaded.path)
+    return _with_known_architecture(opened) if loaded.kind == "state_dict" else opened
+
+
+def _with_known_architecture(opened: OpenedModel) -> OpenedModel:
+    """Give a bare state_dict its module when its keys and shapes are those of a known architecture.
+
+    Known: the CIFAR ResNets of He et al. (:mod:`graphinterp.cifar_resnet`). The module makes the
+    graph a traced DAG (residual streams linked, BatchNorm folded) instead of unlinked layers.
+    """
+    from .cifar_resnet import recognise
+
+    found = recognise(opened.state_dict)
+    if found is not None:
+        opened.module = found[0]
+        opened.notes.append(f"architecture recognised from the state_dict's keys and shapes: {found[1]}")
+    return opened
 
 
 def _torchvision_names() -> List[str]:
@@ -99,7 +115,7 @@ def open_model(source: Source, *, weights: Optional[str] = None, trust_pickle: b
     if isinstance(source, nn.Module):
         return OpenedModel(type(source).__name__, "module", source.eval(), _cpu_state(source))
     if isinstance(source, Mapping):
-        return OpenedModel("state_dict", "state_dict", None, dict(source))
+        return _with_known_architecture(OpenedModel("state_dict", "state_dict", None, dict(source)))
     path = Path(source).expanduser()
     if weights is not None or (not path.exists() and _looks_like_arch(str(source))):
         return _torchvision(str(source), weights, trust_pickle, random_state)

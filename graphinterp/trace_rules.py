@@ -273,7 +273,7 @@ def _scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
     pname = tr.param_names[id(p)]
     tr._set(out, s)
     layer = tr._direct.get(id(x))
-    if layer is not None:
+    if layer is not None:  # exact for any sign (so is a gain read directly by the next layer)
         _fold_out(tr, layer, ids, scale, f"{_layer_name(pname)} (scale)")
         tr._direct[id(out)] = layer
     else:
@@ -290,8 +290,8 @@ def _per_node(s: torch.Tensor, vals: torch.Tensor):
         0, inv, flat_v[keep], reduce="amax", include_self=False)
     low = torch.full_like(first, float("nan")).scatter_reduce(0, inv, flat_v[keep], reduce="amin",
                                                              include_self=False)
-    if not torch.equal(first, low) or bool((first <= 0).any()):
-        return None, None  # not one positive scale per node: cannot fold as a diagonal
+    if not torch.equal(first, low) or not bool(torch.isfinite(first).all()):
+        return None, None  # not one scale per node: cannot fold as a diagonal
     return ids, first
 
 
@@ -318,13 +318,13 @@ def _batch_norm(tr, args, kwargs, out) -> None:
     scale = (weight.detach() if weight is not None else torch.ones_like(var)) / torch.sqrt(var.detach() + eps)
     vec = _channel_vector(s, 1)
     layer = tr._direct.get(id(x))
-    if vec is None or bool((scale <= 0).any()):
-        tr.unfolded[name] = "BatchNorm scale not positive or channels ambiguous"
+    if vec is None or not bool(torch.isfinite(scale).all()):
+        tr.unfolded[name] = "BatchNorm channels ambiguous or scale not finite"
         return
-    if layer is not None:
+    if layer is not None:  # exact for any sign: BN(conv(x)) = conv'(x) + b with rows scaled
         _fold_out(tr, layer, vec, scale, f"{name} (BatchNorm scale)")
         tr._direct[id(out)] = layer
-    else:
+    else:  # folded into the layers that read it directly (a gain is never carried through an activation)
         tr._gain[id(out)] = T._Gain(vec, scale, name)
         tr.unfolded[name] = "BatchNorm after a non-weight operation (e.g. a concatenation or residual sum)"
 
@@ -345,8 +345,8 @@ def _norm(tr, name: str, args, kwargs, out) -> None:
     if vec is None or w.numel() != vec.numel():
         tr.unfolded[pname] = "norm gain over several dimensions"
         return
-    if bool((w <= 0).any()):
-        tr.unfolded[pname] = "norm gain has non-positive entries"
+    if not bool(torch.isfinite(w).all()):
+        tr.unfolded[pname] = "norm gain not finite"
         return
     tr._gain[id(out)] = T._Gain(vec, w, pname)
     tr.unfolded.setdefault(pname, "gain not directly followed by a weight layer")

@@ -158,16 +158,80 @@ def test_torchvision_weights_load_and_bad_inputs_fail(tmp_path):
     (["MISSING"], "not found"),
     (["--arch", "resnet18", "--weights", "WEIGHTS"], "does not fit torchvision 'resnet18'"),
     (["GOOD", "--k", "1..3"], "k must be at least 2"),
+    (["GOOD", "--k", "2..1000000000000"], "more than 1000 values of k"),
+    (["GOOD", "--significance-k", "1"], "--significance-k"),
+    (["GOOD", "--out", "FILE"], "is a file"),
+    (["GOOD", "--out", "FILE/sub"], "--out"),
+    (["GOOD", "--jobs", "0"], "--jobs"),
 ])
 def test_cli_bad_inputs_give_one_line_errors(args, message, tmp_path, two_checkpoints):
     weights = tmp_path / "w.pth"
     torch.save({"fc.weight": torch.randn(3, 4)}, weights)
-    args = [{"MISSING": str(tmp_path / "nope.pt"), "WEIGHTS": str(weights), "GOOD": str(two_checkpoints[0])}.get(a, a)
-            for a in args]
-    result = _run(["benchmark", *args, "--out", str(tmp_path / "o"), *FAST])
-    assert result.exit_code == 1
+    (tmp_path / "file").write_text("x")
+    args = [{"MISSING": str(tmp_path / "nope.pt"), "WEIGHTS": str(weights), "GOOD": str(two_checkpoints[0]),
+             "FILE": str(tmp_path / "file"), "FILE/sub": str(tmp_path / "file" / "sub")}.get(a, a) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
+    result = _run(["benchmark", *args, *out, *FAST])
+    assert result.exit_code in (1, 2)  # 2: a usage error, found before any work
     assert message in result.stderr and result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert not (tmp_path / "o" / "benchmark.json").exists()
+
+
+def test_one_bad_model_among_many_is_reported_and_the_others_finish(tmp_path, two_checkpoints):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a model")
+    out = tmp_path / "o"
+    result = _run(["benchmark", str(two_checkpoints[0]), str(corrupt), str(two_checkpoints[1]),
+                   "--k", "2", "--shuffles", "2", "--no-figures", "--out", str(out), *FAST])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "corrupt" in result.stderr
+    data = json.loads((out / "benchmark.json").read_text())
+    assert [m["name"] for m in data["models"]] == ["random", "modular"]
+    assert list(data["failed"]) == ["corrupt"]
+
+
+def test_models_may_be_torchvision_names(tmp_path):
+    result = _run(["benchmark", "resnet18", "--k", "2", "--shuffles", "0", "--no-figures", "--json",
+                   "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["models"][0]["structure"] == "dag" and len(data["models"][0]["layers"]) > 10
+
+
+def _without_times(obj):
+    if isinstance(obj, dict):
+        return {k: _without_times(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [_without_times(v) for v in obj]
+    return obj
+
+
+def test_jobs_give_the_same_report_as_one_process(tmp_path, two_checkpoints):
+    args = ["benchmark", *map(str, two_checkpoints), "--k", "2..3", "--shuffles", "3", "--no-figures", "--json", *FAST]
+    one = _run([*args, "--jobs", "1", "--out", str(tmp_path / "a")])
+    two = _run([*args, "--jobs", "2", "--out", str(tmp_path / "b")])
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert _without_times(a) == _without_times(b)
+    assert a["models"][1]["layers"][0]["significance"]["E"]["null"]  # the comparison covers the shuffle nulls
+
+
+def test_dask_scheduler_gives_the_same_report(two_checkpoints):
+    distributed = pytest.importorskip("distributed")
+    sources = [ModelSource(path=str(p)) for p in two_checkpoints]
+    kw = dict(significance_k=2, n_shuffles=3, n_init=2, random_state=4)
+    serial = run_benchmark(sources, [2, 3], **kw)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        on_dask = run_benchmark(sources, [2, 3], scheduler=client, **kw)
+    assert _without_times(serial.to_dict()) == _without_times(on_dask.to_dict())
+
+
+def test_unreachable_scheduler_is_one_line_error(tmp_path, two_checkpoints):
+    pytest.importorskip("distributed")
+    result = _run(["benchmark", str(two_checkpoints[0]), "--k", "2", "--shuffles", "0", "--no-figures",
+                   "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 1 and result.stderr.startswith("error: ") and "Dask scheduler" in result.stderr
 
 
 def test_cli_usage_errors(tmp_path):

@@ -7,9 +7,11 @@ import pytest
 import torch
 from sklearn.cluster import KMeans, SpectralCoclustering
 from sklearn.metrics import adjusted_rand_score
+from threadpoolctl import threadpool_limits
 
-from graphinterp.bsgc import (BSGC, _kmeans, _normalized_svd, cluster_mass, fit_k_range, match_clusters,
+from graphinterp.bsgc import (BSGC, _normalized_svd, cluster_mass, fit_batch, fit_k_range, match_clusters,
                               normalize_bipartite, randomized_svd)
+from graphinterp.kmeans_batch import batched_kmeans
 from graphinterp.errors import ClusteringError, InvalidWeightsError
 from graphinterp.metrics import clusterability
 
@@ -36,7 +38,7 @@ def sklearn_E(W, k):
     """Mean E of scikit-learn's SpectralCoclustering over SEEDS."""
     out = []
     for s in SEEDS:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), threadpool_limits(1, user_api="openmp"):  # torch's and sklearn's OpenMP contend
             warnings.simplefilter("ignore")
             sk = SpectralCoclustering(n_clusters=k, random_state=s).fit(np.abs(W))
         out.append(E(W, sk.row_labels_, sk.column_labels_))
@@ -170,8 +172,9 @@ def test_batched_kmeans_matches_sklearn_inertia():
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((5, 3)) * 4
     Z = (centres[rng.integers(0, 5, 600)] + rng.standard_normal((600, 3))).astype(np.float32)
-    labels, inertia = _kmeans(torch.from_numpy(Z), 5, 10, torch.Generator().manual_seed(0))
-    assert labels.shape == (10, 600) and inertia.shape == (10,)
+    labels, inertia = batched_kmeans(torch.from_numpy(Z)[None], 5, torch.ones(10, 3), [torch.Generator().manual_seed(0)])
+    assert labels.shape == (1, 10, 600) and inertia.shape == (1, 10)
+    labels, inertia = labels[0], inertia[0]
     ref = KMeans(5, n_init=10, random_state=0).fit(Z)
     assert float(inertia.min()) == pytest.approx(ref.inertia_, rel=1e-4)
     best = labels[int(inertia.argmin())].numpy()
@@ -186,7 +189,9 @@ def test_implicit_normalised_svd_matches_exact():
     W, _, _ = planted([150, 100, 80], [120, 90, 110], noise=0.5, seed=1)
     A = torch.from_numpy(np.abs(W))
     du, dv = A.sum(1), A.sum(0)
-    U, S, V = _normalized_svd(A, du, dv, du.rsqrt(), dv.rsqrt(), 4, 7, torch.Generator().manual_seed(0))
+    U, S, V = _normalized_svd(A[None], du[None], dv[None], du.rsqrt()[None], dv.rsqrt()[None], 4, 7,
+                              [torch.Generator().manual_seed(0)])
+    U, S, V = U[0], S[0], V[0]
     An = normalize_bipartite(A)[0].numpy()
     Ue, Se, Vte = np.linalg.svd(An)
     # the trivial pair and the two planted directions are exact; the 4th lies in the noise bulk,
@@ -317,3 +322,21 @@ def test_matching_maximises_within_mass():
     # any integer label type (scikit-learn's are int32); -1 counts nowhere
     assert cluster_mass(sq, rows.astype(np.int32), np.array([0, -1, 2], dtype=np.int32), 3).tolist() == \
         [[9.0, 0, 0], [0, 0, 4], [0, 0, 0]]
+
+
+@pytest.mark.parametrize("shape", [(30, 20), (300, 200)])  # exact SVD path and randomized SVD path
+def test_fit_batch_equals_each_fit(shape):
+    """Batched clustering of copies of one shape: the same labels and E as one BSGC.fit per copy and seed."""
+    rng = np.random.default_rng(1)
+    As = np.abs(rng.standard_normal((4, *shape)))
+    As[2, 3] = 0.0  # a copy with a dead input is clustered in its own group
+    seeds = [5, 6, 7, 8]
+    for pairing in ("joint", "matched", "independent"):
+        fits = fit_batch(As, 3, seeds, pairing=pairing, n_init=4)
+        for A, s, f in zip(As, seeds, fits):
+            ref = BSGC(3, pairing=pairing, n_init=4, random_state=s).fit(A)
+            assert np.array_equal(ref.row_labels_, f.row_labels_) and np.array_equal(ref.column_labels_, f.column_labels_)
+            assert np.array_equal(ref.singular_values_, f.singular_values_)
+    assert fits[2].row_labels_[3] == -1
+    with pytest.raises(ClusteringError, match="one random_state per matrix"):
+        fit_batch(As, 3, [1])

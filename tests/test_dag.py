@@ -31,7 +31,7 @@ def _randomise_bn(model):
     gen = torch.Generator().manual_seed(3)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.weight.data = torch.rand(m.num_features, generator=gen) * 3 + 0.1
+            m.weight.data = torch.rand(m.num_features, generator=gen) * 6 - 3  # trained gammas take both signs
             m.running_var = torch.rand(m.num_features, generator=gen) * 5 + 0.01
             m.running_mean = torch.randn(m.num_features, generator=gen)
 
@@ -61,7 +61,7 @@ def test_resnet_block_folds_batchnorm_exactly_and_links_the_stream():
 def test_layernorm_gain_folds_into_the_next_linear():
     block = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 5))
     with torch.no_grad():
-        block[0].weight.copy_(torch.rand(8) + 0.5)
+        block[0].weight.copy_(torch.randn(8))  # any sign: the gain is read directly by the Linear
         block[0].bias.copy_(torch.randn(8))
     g = trace_graph(nn.Sequential(nn.Linear(4, 8), block))
     x = torch.randn(3, 8)
@@ -132,25 +132,29 @@ def test_plain_gpt_with_tied_head_counts_the_weight_once():
     assert list(g.src_nodes("fc_in")) == list(g.dst_nodes("fc_out"))
 
 
+D, H, K = 12, 24, 3
+STREAM, HIDDEN = np.arange(D) % K, np.arange(H) % K
+
+
+class _PlantedResidual(nn.Module):
+    """A residual block with K planted modules: stream unit i and hidden unit j connect iff i = j mod K."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(D, H, bias=False), nn.Linear(H, D, bias=False), nn.Linear(D, H, bias=False)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for lin, rows, cols in ((self.a, HIDDEN, STREAM), (self.b, STREAM, HIDDEN), (self.c, HIDDEN, STREAM)):
+                mask = torch.as_tensor(rows[:, None] == cols[None, :])
+                lin.weight.copy_((torch.rand(lin.weight.shape) + 0.5) * mask)
+
+    def forward(self, x):
+        return self.c(x + self.b(torch.relu(self.a(x))))
+
+
 def test_dag_network_clustering_recovers_planted_modules_through_a_residual():
-    torch.manual_seed(0)
-    d, h, k = 12, 24, 3
-    stream, hidden = np.arange(d) % k, np.arange(h) % k
-
-    class Res(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Linear(d, h, bias=False), nn.Linear(h, d, bias=False), nn.Linear(d, h, bias=False)
-
-        def forward(self, x):
-            return self.c(x + self.b(torch.relu(self.a(x))))
-
-    net = Res()
-    with torch.no_grad():
-        for lin, rows, cols in ((net.a, hidden, stream), (net.b, stream, hidden), (net.c, hidden, stream)):
-            mask = torch.as_tensor(rows[:, None] == cols[None, :])
-            lin.weight.copy_((torch.rand(lin.weight.shape) + 0.5) * mask)
-    g = trace_graph(net)
+    stream, hidden, k = STREAM, HIDDEN, K
+    g = trace_graph(_PlantedResidual())
     c = cluster_network(g, k, random_state=0)
     from sklearn.metrics import adjusted_rand_score
 
@@ -186,3 +190,29 @@ def test_grouped_conv_null_is_calibrated_and_depthwise_is_left_out():
     g = trace_graph(nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 8, 1)))
     result = analyze(g, 4, random_state=0)
     assert "depthwise" in result.skipped["1"] and [s.layer for s in result.reports[4].layers] == ["2"]
+
+
+def test_export_of_a_dag_carries_network_labels_read_back_with_networkx(tmp_path):
+    import networkx as nx
+    from click.testing import CliRunner
+    from sklearn.metrics import adjusted_rand_score
+
+    from graphinterp.cli.main import cli
+
+    # a bare state_dict of a residual model has no architecture: export the pickled module
+    path = tmp_path / "res.pt"
+    torch.save(_PlantedResidual(), path)
+    out = tmp_path / "res.graphml"
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        res = CliRunner().invoke(cli, ["export", str(path), str(out), "--k", "3", "--trust-pickle"])
+    assert res.exit_code == 0, res.output
+    G = nx.read_graphml(out)
+    assert G.graph["cluster_source"] == "network" and G.graph["E_network"] > 0.999
+    stream = [G.nodes[f"stream@input:{i}"]["cluster"] for i in range(D)]
+    hidden = [G.nodes[f"a:{j}"]["cluster"] for j in range(H)]
+    assert adjusted_rand_score(STREAM, stream) == 1.0 and adjusted_rand_score(HIDDEN, hidden) == 1.0
+    sq = np.array([d["abs_weight"] ** 2 for _, _, d in G.edges(data=True)])
+    same = np.array([d["same_cluster"] for _, _, d in G.edges(data=True)])
+    assert (sq * same).sum() / sq.sum() == pytest.approx(G.graph["E_network"], abs=1e-6)
+    # the residual stream is one node set: 'b' writes the nodes that 'a' and 'c' read
+    assert {v for _, v, d in G.edges(data=True) if d["layer"] == "b"} == {f"stream@input:{i}" for i in range(D)}

@@ -22,11 +22,12 @@ def _clustering(k, **layers):
                       {n: np.asarray(c, dtype=np.int64) for n, (_, c) in layers.items()})
 
 
-def test_default_layers_are_the_hidden_linear_layers():
+def test_default_layers_are_the_papers_choice():
     assert default_cluster_layers(LayeredGraph.from_module(mlp())) == ["fc2"]
-    assert default_cluster_layers(LayeredGraph.from_module(cnn())) == ["fc1", "fc2"]
+    # the paper's CNN clusters fc2 only (Figure 7): fc1 reads the conv channels
+    assert default_cluster_layers(LayeredGraph.from_module(cnn())) == ["fc2"]
     assert default_cluster_layers(LayeredGraph.from_module(mlp(10, [8, 8, 8], 3))) == ["fc2", "fc3"]
-    with pytest.raises(ClusteringError, match="no Linear layer between two hidden levels"):
+    with pytest.raises(ClusteringError, match="no Linear layer between two hidden Linear levels"):
         default_cluster_layers(LayeredGraph.from_module(mlp(10, [8], 3)))
     layerwise = LayeredGraph.from_module(mlp(), layerwise=True)
     with pytest.raises(ClusteringError, match="chained"):

@@ -98,7 +98,7 @@ def test_build_model_equals_builders_and_spec_survives_weights_only(tmp_path):
 @pytest.mark.parametrize(
     "spec, words",
     [
-        ({"name": "transformer"}, ["transformer", "mlp", "cnn"]),
+        ({"name": "lstm"}, ["lstm", "mlp", "cnn", "transformer"]),
         ({"name": "mlp", "kwargs": {"depth": 3}}, ["depth", "in_features", "hidden"]),
         ({"name": "mlp", "kwargs": {"hidden": [0]}}, ["hidden"]),
         ({"name": "mlp", "kwargs": [1, 2]}, ["kwargs"]),
@@ -167,7 +167,7 @@ def test_torchvision_model_unknown_name_lists_valid_ones():
     assert "resnet18" in str(info.value) and "resnet181" in str(info.value)
     with pytest.raises(UnsupportedModelError, match="alexnet|convnext"):
         torchvision_model("not-a-model")
-    assert set(MODELS) == {"mlp", "cnn", "torchvision"}
+    assert set(MODELS) == {"mlp", "cnn", "torchvision", "transformer"}
 
 
 def test_models_pickle_free_state_dict_round_trip():

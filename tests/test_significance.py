@@ -146,3 +146,44 @@ def test_bad_inputs_raise_clear_errors():
         shuffle_test(np.zeros((2, 3, 4)), 2)
     with pytest.raises(ClusteringError, match="do not fit"):
         shuffle_test(W, 2, n_shuffles=2, labels=(np.zeros(3, dtype=np.int64), np.zeros(8, dtype=np.int64)))
+
+
+# --- the null in batches -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pairing", ["joint", "independent"])
+def test_batched_null_equals_one_shuffle_at_a_time(pairing):
+    """Shuffled copies clustered together by fit_batch give the labels, E and scores of one-by-one BSGC fits."""
+    W, _, _ = _planted(3, 60, 40, noise=0.3)
+    W[5] = 0.0  # a dead input: each shuffle moves the zeros, so copies fall into different live-node groups
+    for nonzero_only in (False, True):
+        serial = shuffle_test(W, 4, n_shuffles=7, nonzero_only=nonzero_only, pairing=pairing, random_state=3,
+                              batch_size=1, **FAST)
+        batched = shuffle_test(W, 4, n_shuffles=7, nonzero_only=nonzero_only, pairing=pairing, random_state=3, **FAST)
+        odd = shuffle_test(W, 4, n_shuffles=7, nonzero_only=nonzero_only, pairing=pairing, random_state=3,
+                           batch_size=3, **FAST)
+        for t in (batched, odd):
+            np.testing.assert_array_equal(serial.E.null, t.E.null)
+            np.testing.assert_array_equal(serial.score.null, t.score.null)
+        assert len(set(serial.E.null.round(12))) > 1  # the copies differ, so the comparison means something
+
+
+def test_batched_null_of_a_grouped_conv_shuffles_within_the_support():
+    torch.manual_seed(1)
+    layer = Layer("conv", "conv2d", torch.randn(8, 2, 3, 3), groups=4)  # 8 inputs, 8 outputs, 4 groups
+    support = layer.support()
+    serial = shuffle_test(layer, 2, n_shuffles=5, random_state=0, batch_size=1, **FAST)
+    batched = shuffle_test(layer, 2, n_shuffles=5, random_state=0, **FAST)
+    np.testing.assert_array_equal(serial.E.null, batched.E.null)
+    S = shuffle_weights(layer.magnitude(), 4, support=support, generator=torch.Generator().manual_seed(0))
+    assert bool((S[:, ~support] == 0).all())  # nothing leaves the structural support
+    with pytest.raises(ClusteringError, match="batch_size"):
+        shuffle_test(layer, 2, n_shuffles=2, batch_size=0)
+
+
+def test_within_share_by_product_equals_clusterability():
+    from graphinterp.significance import _within_share
+
+    rng = np.random.default_rng(0)
+    sq = torch.as_tensor(rng.random((30, 20)) ** 2)
+    rows, cols = rng.integers(-1, 4, 30), rng.integers(-1, 4, 20)  # -1: isolated, in no cluster
+    assert _within_share(sq, rows, cols, 4) == pytest.approx(float(clusterability(sq, rows, cols)), rel=1e-12)

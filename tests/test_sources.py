@@ -11,7 +11,7 @@ from graphinterp.cli.main import cli
 from graphinterp.errors import GraphinterpError
 from graphinterp.graph import LayeredGraph
 from graphinterp.model_trace import trace_graph
-from graphinterp.sources import load_graph, open_model
+from graphinterp.sources import graph_structure, load_graph, open_model
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -127,3 +127,37 @@ def test_cli_analyze_accepts_hf_folders_and_torchvision_names(tmp_path):
     assert res.exit_code == 0 and "coverage: 1,231,552 of 1,231,552 weights" in res.output
     res = runner.invoke(cli, ["analyze", "nosuchnet", "--k", "4"])
     assert res.exit_code != 0 and "Traceback" not in res.output and "unknown torchvision model" in res.output
+
+
+def test_cifar_resnet_state_dict_is_rebuilt_and_traced_as_a_dag(tmp_path):
+    from graphinterp.cifar_resnet import cifar_resnet, recognise
+
+    model = cifar_resnet(20).eval()
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.randn(m.num_features, generator=gen)
+            m.running_var = torch.rand(m.num_features, generator=gen) + 0.1
+    path = tmp_path / "resnet20.th"
+    torch.save({"best_prec1": 91.7, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    opened, graph = load_graph(str(path))
+    assert graph_structure(graph) == "dag" and graph.coverage.share == 1.0
+    assert len(graph.coverage.folded) == 19 and not graph.coverage.unfolded
+    assert any("CIFAR ResNet-20" in n for n in opened.notes)
+    # the rebuilt module computes what the original computes
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(opened.module(x), model(x), rtol=0, atol=0)
+    # option-A shortcut: the 16 stream channels reach the middle of the 32 channels of stage 2
+    stream = list(graph.dst_nodes("layer1.2.conv2"))
+    stage2 = list(graph.dst_nodes("layer2.0.conv2"))
+    assert stage2[8:24] == stream and not set(stage2[:8] + stage2[24:]) & set(stream)
+    # folded weights: conv rows scaled by gamma / sqrt(var + eps), any sign
+    bn = model.layer1[0].bn1
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    torch.testing.assert_close(graph["layer1.0.conv1"].weight,
+                               model.layer1[0].conv1.weight.detach() * scale[:, None, None, None])
+    # anything else is not mistaken for one
+    assert recognise({"conv1.weight": torch.zeros(16, 3, 3, 3)}) is None
+    broken = dict(model.state_dict())
+    broken["linear.weight"] = torch.zeros(10, 32)
+    assert recognise(broken) is None

@@ -130,9 +130,12 @@ def test_resume_refuses_other_settings(digits, tmp_path):
               checkpoint=path, resume=True)
 
 
-def test_cnn_clusters_fc1_and_fc2_with_one_label_per_neuron(digits):
+def test_cnn_clusters_fc2_by_default_and_several_layers_on_request(digits):
     tr, te = digits
     result = train(_cfg(model="cnn", k=2, epochs=1, max_train=256, max_test=100), train_data=tr, test_data=te)
+    assert result.clustering.layer_names == ["fc2"]
+    result = train(_cfg(model="cnn", k=2, epochs=1, max_train=256, max_test=100, layers=["fc1", "fc2"]),
+                   train_data=tr, test_data=te)
     c = result.clustering
     assert c.layer_names == ["fc1", "fc2"]
     np.testing.assert_array_equal(c.col_labels["fc1"], c.row_labels["fc2"])

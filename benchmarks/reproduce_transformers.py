@@ -1,0 +1,212 @@
+"""Modular transformers end to end: baseline vs modular on modular addition and a character LM.
+
+For each task it trains the baseline (lambda = 0) and the modular model (lambda = 20, k = 4) with
+:func:`graphinterp.train_transformer.train_transformer`, then reports
+
+* E per MLP block (modular: its training clustering; baseline: a BSGC clustering of its final
+  weights) beside a shuffle null (each weight matrix of the block permuted, re-clustered);
+* the task cost (test accuracy; validation loss for the LM);
+* cluster ON/OFF accuracy per output class and the specialisation index of
+  :mod:`graphinterp.transformer_eval` (baseline clustered with BSGC after training);
+* the cost of the enmeshment loss: a training step with ``CE + lambda * L_E`` against a plain step,
+  interleaved in the same run (ratio; the floor is 1.0);
+
+and writes ``report.md`` with figures into ``--out-dir``, printing ``uptime`` before and after.
+
+Usage::
+
+    python benchmarks/reproduce_transformers.py     # report/transformers/report.md, Tiny Shakespeare from
+                                                    # ../shared/datasets (or --corpus FILE)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from graphinterp._denormal import flush_denormals
+from graphinterp.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks
+from graphinterp.loss import EnmeshmentLoss
+from graphinterp.model_trace import trace_graph
+from graphinterp.train_transformer import TransformerConfig, task_data, train_transformer
+from graphinterp.transformer_eval import onoff_matrix, specialisation
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def shuffle_null(model, example, k, n, seed=0):
+    """E per block of BSGC on ``n`` copies of the model with every MLP weight matrix permuted."""
+    rng = torch.Generator().manual_seed(seed)
+    out = []
+    graph = trace_graph(model, example=example)
+    blocks = blocks_from_clustering(cluster_mlp_blocks(graph, k, random_state=0))
+    names = [n_ for b in blocks for n_ in b.layers]
+    for i in range(n):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for name in names:
+                w = m.get_submodule(name).weight
+                w.copy_(w.reshape(-1)[torch.randperm(w.numel(), generator=rng)].view_as(w))
+        g = trace_graph(m, example=example)
+        c = cluster_mlp_blocks(g, k, random_state=i)
+        out.append(block_clusterability(EnmeshmentLoss(m, c, graph=g).masks, blocks))
+    return {b.name: np.array([o[b.name] for o in out]) for b in blocks}
+
+
+def loss_cost(model, clustering, x, y, lam, n=30):
+    """Seconds per step with and without L_E, interleaved; returns (plain, with_loss) medians.
+
+    Runs with subnormal floats flushed, as training does (the modular model's between-cluster weights are tiny).
+    """
+    with flush_denormals():
+        return _loss_cost(model, clustering, x, y, lam, n)
+
+
+def _loss_cost(model, clustering, x, y, lam, n):
+    model = copy.deepcopy(model)
+    loss_fn = EnmeshmentLoss(model, clustering, graph=trace_graph(model, example=x[:2]))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    times = {False: [], True: []}
+    for i in range(2 * n + 4):
+        use = bool(i % 2)
+        t = time.perf_counter()
+        out = model(x)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        if use:
+            loss = torch.add(loss, loss_fn(), alpha=lam)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 4:
+            times[use].append(time.perf_counter() - t)
+    return float(np.median(times[False])), float(np.median(times[True]))
+
+
+def run_task(task, out_dir: Path, corpus, n_shuffles, k, lam):
+    res = {}
+    for name, lam_ in (("baseline", 0.0), ("modular", lam)):
+        cfg = TransformerConfig(task=task, k=k, lam=lam_, corpus=corpus, quiet=True)
+        # resume=True: a finished checkpoint in --out-dir is reused (its history keeps the training times)
+        r = train_transformer(cfg, checkpoint=out_dir / f"{task}-{name}.pt", resume=True)
+        train_s = sum(row["time"] for row in r.history)
+        res[name] = {"result": r, "train_s": train_s, "config": cfg}
+        last = r.history[-1]
+        print(f"{task} {name}: {train_s:.0f} s, test acc {last['test_acc']:.4f}, "
+              f"test loss {last['test_loss']:.4f}, E {last.get('E_refit', last['E']):.4f}", flush=True)
+    data = task_data(res["modular"]["config"])
+    test = data["test"]
+    x, y = (test.x, test.y) if hasattr(test, "x") else test
+    for name, r in res.items():
+        model, c = r["result"].model, r["result"].clustering
+        g = trace_graph(model, example=x[:2])
+        r["E_blocks"] = block_clusterability(EnmeshmentLoss(model, c, graph=g).masks, blocks_from_clustering(c))
+        t = time.perf_counter()
+        r["null"] = shuffle_null(model, x[:2], k, n_shuffles)
+        r["null_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        r["onoff"] = onoff_matrix(model, c, x, y, data["classes"])
+        r["onoff_s"] = time.perf_counter() - t
+        r["spec"] = specialisation(r["onoff"])
+        from graphinterp.viz import plot_ablation
+
+        live = np.isfinite(r["onoff"].full)  # classes with examples
+        names = [repr(ch)[1:-1] for ch, ok in zip(data["classes"], live) if ok]
+        plot_ablation(r["onoff"].on[:, live], r["onoff"].off[:, live], full=r["onoff"].full[live], class_names=names,
+                      title=f"{task} {name}: accuracy per class, clusters ON / OFF", out=out_dir / f"{task}-{name}-onoff.png")
+    if task == "modadd":
+        xb, yb = data["train"].x, data["train"].y
+    else:
+        xb, yb = data["corpus"].batch(32, res["modular"]["config"].n_ctx, torch.Generator().manual_seed(0))
+    res["cost"] = loss_cost(res["modular"]["result"].model, res["modular"]["result"].clustering, xb, yb, lam)
+    return res
+
+
+def report(all_res, out_dir: Path, load_before, load_after, total_s):
+    lines = ["# Modular transformers: baseline vs modular", "",
+             f"Load before: `{load_before}`  ", f"Load after: `{load_after}`  ",
+             f"Time of this run: {total_s:.0f} s; training (from the checkpoints' histories, possibly an earlier run "
+             f"at another load): {sum(r[n]['train_s'] for r in all_res.values() for n in ('baseline', 'modular')):.0f} s "
+             "(target for everything: <= 15 min on 2 unloaded cores)", ""]
+    summary = {}
+    for task, res in all_res.items():
+        b, m = res["baseline"], res["modular"]
+        lb, lm = b["result"].history[-1], m["result"].history[-1]
+        lines += [f"## {task}", "", "E per MLP block, k = 4; the null is BSGC on the same model with each of the block's "
+                  "weight matrices permuted (n shuffles), z = (E - mean) / sd.", "",
+                  "| block | baseline E (BSGC of final weights) | its null | z | modular E (training clusters) | "
+                  "its null | z | target (modular) |", "|---|---|---|---|---|---|---|---|"]
+        for blk, e_mod in m["E_blocks"].items():
+            cells = []
+            for r_, e in ((b, b["E_blocks"][blk]), (m, e_mod)):
+                null = r_["null"][blk]
+                cells += [f"{e:.4f}", f"{null.mean():.4f} ± {null.std():.4f}",
+                          f"{(e - null.mean()) / max(null.std(), 1e-12):+.1f}"]
+            lines.append(f"| {blk} | " + " | ".join(cells) + " | >= 0.99 |")
+        plain, withl = res["cost"]
+        if task == "modadd":
+            cost_line = (f"| test accuracy | {lb['test_acc']:.4f} | {lm['test_acc']:.4f} | both >= 0.99, "
+                         f"difference <= 0.01 (measured {abs(lb['test_acc'] - lm['test_acc']):.4f}) |")
+        else:
+            ratio = lm["test_loss"] / lb["test_loss"]
+            cost_line = (f"| validation loss (nats/char) | {lb['test_loss']:.4f} | {lm['test_loss']:.4f} | "
+                         f"modular <= 1.05 x baseline (measured {ratio:.3f} x) |")
+        acc_line = [] if task == "modadd" else [f"| next-character accuracy | {lb['test_acc']:.4f} | {lm['test_acc']:.4f} | |"]
+        lines += ["", "| | baseline | modular | target |", "|---|---|---|---|", cost_line, *acc_line,
+                  f"| training time (s; steps) | {b['train_s']:.0f}; {lb['step']} | {m['train_s']:.0f}; {lm['step']} | |",
+                  f"| shuffle null + ON/OFF time (s) | {b['null_s']:.0f} + {b['onoff_s']:.0f} | "
+                  f"{m['null_s']:.0f} + {m['onoff_s']:.0f} | |",
+                  f"| step with L_E / plain step | | {withl / plain:.3f} ({withl * 1e3:.1f} ms vs {plain * 1e3:.1f} ms) "
+                  "| <= 1.2 (floor 1.0) |",
+                  f"| ON/OFF specialisation: OFF-damage Gini | {b['spec']['off_gini']:.3f} | {m['spec']['off_gini']:.3f} | |",
+                  f"| ON-accuracy Gini over classes | {b['spec']['on_gini']:.3f} | {m['spec']['on_gini']:.3f} | |",
+                  f"| mean OFF damage / mean ON accuracy | {b['spec']['mean_off_damage']:.3f} / {b['spec']['mean_on_acc']:.3f} "
+                  f"| {m['spec']['mean_off_damage']:.3f} / {m['spec']['mean_on_acc']:.3f} | |",
+                  "", f"![{task} baseline ON/OFF]({task}-baseline-onoff.png)", f"![{task} modular ON/OFF]({task}-modular-onoff.png)",
+                  ""]
+        for name in ("baseline", "modular"):
+            ov = res[name]["onoff"].overall()
+            lines.append(f"{name} overall accuracy: full {ov['full']:.4f}; ON " + ", ".join(f"{v:.3f}" for v in ov["on"])
+                         + "; OFF " + ", ".join(f"{v:.3f}" for v in ov["off"]) + "  ")
+        lines.append("")
+        summary[task] = {"E_modular": m["E_blocks"], "E_baseline": b["E_blocks"],
+                         "baseline": {k_: lb[k_] for k_ in ("test_acc", "test_loss")},
+                         "modular": {k_: lm[k_] for k_ in ("test_acc", "test_loss")},
+                         "step_ratio": withl / plain, "spec_baseline": b["spec"], "spec_modular": m["spec"],
+                         "train_s": {"baseline": b["train_s"], "modular": m["train_s"]}}
+    lines += ["Circuits by edge pruning on the transformers were not run here (see the project report).", ""]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    print("\n".join(lines))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", default="report/transformers")
+    ap.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tinyshakespeare"
+                                            / "input.txt"), help="text file for the character LM")
+    ap.add_argument("--tasks", default="modadd,chars")
+    ap.add_argument("--shuffles", type=int, default=10)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--lam", type=float, default=20.0)
+    args = ap.parse_args()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    before, t0 = uptime(), time.perf_counter()
+    print(f"uptime before: {before}", flush=True)
+    res = {task: run_task(task, out, args.corpus, args.shuffles, args.k, args.lam) for task in args.tasks.split(",")}
+    after = uptime()
+    print(f"uptime after: {after}", flush=True)
+    report(res, out, before, after, time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""KMeans for many small problems at once: ``C`` point sets (copies of a layer) x ``R`` restarts each.
+
+BSGC clusters a few thousand points in at most ``k`` dimensions, ten or twenty times over, and the
+shuffle null does so for every shuffled copy of a layer. Each of those problems is tiny, so the cost
+is Python and dispatch overhead, not arithmetic: here every restart of every copy runs in the same
+tensor operations. Each copy draws its random numbers from its own ``torch.Generator``, in the same
+order whether it runs alone or in a batch, and the arithmetic of one restart does not depend on the
+others, so a copy's result is the same in a batch of one as in a batch of many.
+
+The algorithm is scikit-learn's: greedy k-means++ (``2 + log k`` local trials per centre), then
+Lloyd iterations until the centres move less than ``tol`` times the mean variance of the points. A
+restart that has converged is frozen (its centres no longer change) while the others go on. The
+small operations run on one thread: on a machine with few, busy cores torch's OpenMP threads made
+them 50x slower.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Sequence, Tuple
+
+import torch
+
+__all__ = ["batched_kmeans", "one_thread"]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside the block; the previous count is always restored.
+
+    Examples
+    --------
+    >>> n = torch.get_num_threads()
+    >>> with one_thread():
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == n
+    True
+    """
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
+def batched_kmeans(
+    Z: torch.Tensor, k: int, mask: torch.Tensor, generators: Sequence[torch.Generator], *,
+    max_iter: int = 300, tol: float = 1e-4,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """KMeans on ``C`` point sets ``Z`` (C, N, d), ``R = len(mask)`` restarts each.
+
+    Parameters
+    ----------
+    Z : tensor of shape (C, N, d)
+    k : int
+    mask : tensor of shape (R, d) of 0/1
+        The coordinates restart ``r`` sees (restarts on embeddings of different dimension share
+        one computation).
+    generators : sequence of C torch.Generator
+        Copy ``c``'s random draws come from ``generators[c]`` only.
+    max_iter, tol
+        Lloyd iterations at most, and the stopping threshold on the squared centre shift relative to
+        the mean per-coordinate variance of the copy's points (scikit-learn's criterion).
+
+    Returns
+    -------
+    labels : (C, R, N) int64
+    inertia : (C, R) float64
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> Z = torch.tensor([[[0.0], [0.1], [5.0], [5.1]]])
+    >>> labels, inertia = batched_kmeans(Z, 2, torch.ones(3, 1), [g])
+    >>> labels.shape, bool((labels[0, :, 0] != labels[0, :, 2]).all()), round(float(inertia.min()), 3)
+    (torch.Size([1, 3, 4]), True, 0.01)
+    """
+    with one_thread():
+        Z = Z.contiguous()
+        mask = mask.to(Z.dtype)
+        N = Z.shape[1]
+        tol_abs = tol * Z.var(1, unbiased=False).mean(-1) if N > 1 else torch.zeros(len(Z), dtype=Z.dtype)
+        Zt = Z.transpose(1, 2).contiguous()
+        centres = _lloyd(Z, Zt, _kmeans_pp(Z, Zt, k, mask, generators), mask, max_iter, tol_abs)
+        values, labels = _assign(Zt, centres)
+        znorm = torch.matmul(Z.double() ** 2, mask.double().T).transpose(1, 2)  # (C, R, N)
+        inertia = (values.double() + znorm).clamp_min(0).sum(-1)
+    return labels, inertia
+
+
+def _sqdist(P: torch.Tensor, Zt: torch.Tensor, mask: torch.Tensor, znorm: torch.Tensor) -> torch.Tensor:
+    """Squared distances (C, R, t, N) of ``t`` masked points ``P`` (C, R, t, d) per restart to all points."""
+    C, R, t, d = P.shape
+    cross = torch.matmul(P * mask[None, :, None, :], Zt[:, None])  # (C, R, t, N)
+    return znorm[:, :, None, :] - 2 * cross + (P * P).sum(-1, keepdim=True)
+
+
+def _kmeans_pp(Z: torch.Tensor, Zt: torch.Tensor, k: int, mask: torch.Tensor, generators) -> torch.Tensor:
+    """Greedy k-means++ centres (C, R, k, d) in each restart's coordinates."""
+    (C, N, d), R = Z.shape, len(mask)
+    znorm = torch.matmul(Z * Z, mask.T).transpose(1, 2)  # (C, R, N)
+    n_trials = 2 + int(math.log(k))
+    ci, ri = torch.arange(C)[:, None], torch.arange(R)[None, :]
+    centres = torch.zeros(C, R, k, d, dtype=Z.dtype)
+    first = torch.stack([torch.randint(N, (R,), generator=g) for g in generators])  # (C, R)
+    centres[:, :, 0] = Z[ci, first] * mask
+    closest = _sqdist(centres[:, :, :1], Zt, mask, znorm)[:, :, 0].clamp_min_(0)  # (C, R, N)
+    for i in range(1, k):
+        total = closest.sum(-1, keepdim=True)
+        weights = torch.where(total > 0, closest, torch.ones_like(closest))  # all points on centres: uniform
+        cand = torch.stack([torch.multinomial(weights[c], n_trials, replacement=True, generator=g)
+                            for c, g in enumerate(generators)])  # (C, R, T)
+        cc = Z[ci[:, :, None], cand] * mask[None, :, None, :]  # (C, R, T, d)
+        dist = torch.minimum(_sqdist(cc, Zt, mask, znorm), closest[:, :, None, :])  # (C, R, T, N)
+        best = dist.sum(-1).argmin(-1)  # (C, R)
+        closest = dist[ci, ri, best].clamp_min_(0)
+        centres[:, :, i] = cc[ci, ri, best]
+    return centres
+
+
+def _distances(Zt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """:math:`\\|c\\|^2 - 2 z \\cdot c` (squared distance less the point's norm), shape (C, R, k, N)."""
+    C, R, k, d = centres.shape
+    flat = centres.reshape(C, R * k, d)
+    dist = torch.baddbmm((flat * flat).sum(-1, keepdim=True), flat, Zt, alpha=-2)
+    return dist.view(C, R, k, -1)
+
+
+def _assign(Zt: torch.Tensor, centres: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre of every point in every restart: ``(values, labels)`` (C, R, N); ties go to the lower label."""
+    dist = _distances(Zt, centres)
+    values = dist[:, :, 0].clone()
+    labels = torch.zeros(values.shape, dtype=torch.int64)
+    for c in range(1, dist.shape[2]):  # a loop over the few centres beats a strided argmin
+        closer = dist[:, :, c] < values
+        torch.where(closer, dist[:, :, c], values, out=values)
+        labels.masked_fill_(closer, c)
+    return values, labels
+
+
+def _lloyd(Z: torch.Tensor, Zt: torch.Tensor, centres: torch.Tensor, mask: torch.Tensor, max_iter: int,
+           tol_abs: torch.Tensor) -> torch.Tensor:
+    """Lloyd iterations of every restart; a restart is frozen once its centres move less than ``tol_abs``."""
+    (C, d, N), (R, k) = Zt.shape, centres.shape[1:3]
+    active = torch.ones(C, R, dtype=torch.bool)
+    for _ in range(max_iter):
+        dist = _distances(Zt, centres)
+        one_hot = (dist == dist.amin(2, keepdim=True)).to(Zt.dtype)  # (C, R, k, N)
+        counts = one_hot.sum(-1, keepdim=True)
+        sums = torch.bmm(one_hot.view(C, R * k, N), Z).view(C, R, k, d)
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), centres) * mask[None, :, None, :]
+        moving = ((new - centres) ** 2).sum((2, 3)) > tol_abs[:, None]
+        centres = torch.where(active[:, :, None, None], new, centres)
+        active = active & moving
+        if not bool(active.any()):
+            break
+    return centres
