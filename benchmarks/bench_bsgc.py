@@ -7,12 +7,15 @@ cheapest thing that computes the embedding. The load average is printed before a
 
     python benchmarks/bench_bsgc.py                        # 64, 256, 1024, 4096 square and 4096 x 16384
     python benchmarks/bench_bsgc.py --sizes 64 256 --no-wide --repeats 3
+    python benchmarks/bench_bsgc.py --sizes 1024 4096 --no-wide --device cuda   # graphinterp and floor on a GPU
 
 Matrix kinds: ``gaussian`` |N(0, 1)|, ``heavy`` |Student-t, 3 degrees of freedom| (a few huge
 weights, like trained layers), ``planted`` k modules of unequal sizes in Gaussian noise.
 scikit-learn's KMeans runs with one OpenMP thread (with torch loaded, two OpenMP runtimes spin
 against each other on 2 cores and KMeans becomes ~100x slower, which would flatter graphinterp);
-graphinterp uses torch's default threads.
+graphinterp uses torch's default threads. With ``--device cuda`` graphinterp and the floor run on
+the GPU (the matrix is copied there once, outside the timings; each timing ends with a
+synchronisation); scikit-learn stays on the CPU.
 """
 from __future__ import annotations
 
@@ -46,8 +49,8 @@ def make_layer(kind: str, m: int, n: int, k: int, rng: np.random.Generator) -> n
     return W
 
 
-def fit_ours(A: np.ndarray, k: int, seed: int):
-    est = BSGC(k, random_state=seed).fit(A)
+def fit_ours(A, k: int, seed: int):
+    est = BSGC(k, random_state=seed).fit(A)  # labels come back as numpy: the GPU work has finished
     return est.row_labels_, est.column_labels_
 
 
@@ -58,9 +61,12 @@ def fit_sklearn(A: np.ndarray, k: int, seed: int):
     return est.row_labels_, est.column_labels_
 
 
-def fit_floor(A: np.ndarray, k: int, seed: int):
-    An, _, _ = normalize_bipartite(torch.from_numpy(A))
-    return randomized_svd(An, k, generator=torch.Generator().manual_seed(seed))
+def fit_floor(A: torch.Tensor, k: int, seed: int):
+    An, _, _ = normalize_bipartite(A)
+    out = randomized_svd(An, k, generator=torch.Generator().manual_seed(seed))
+    if A.is_cuda:
+        torch.cuda.synchronize(A.device)
+    return out
 
 
 def interleaved(fns: dict, repeats: int, gap: float) -> tuple:
@@ -91,10 +97,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="rounds for small layers (fewer for big ones)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gap", type=float, default=0.3, help="seconds of idle time before each timed call")
+    parser.add_argument("--device", default="cpu", help="torch device of graphinterp and the floor (cpu, cuda, cuda:1)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
     rng = np.random.default_rng(args.seed)
     shapes = [(s, s) for s in args.sizes] + ([(4096, 16384)] if args.wide else [])
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, k={args.k}, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, k={args.k}, "
           f"load average before {tuple(round(x, 2) for x in os.getloadavg())}")
     print(f"| shape | kind | ours s | sklearn s | sklearn / ours | floor s | ours / floor | E ours | E sklearn | dE |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -104,12 +114,13 @@ def main() -> None:
         for kind in args.kinds:
             W = make_layer(kind, m, n, args.k, rng)
             A = np.abs(W)
+            At = torch.from_numpy(A).to(device)  # on the CPU: the same memory as A, no copy
             fns = {
-                "ours": lambda: fit_ours(A, args.k, args.seed),
+                "ours": lambda: fit_ours(At, args.k, args.seed),
                 "sklearn": lambda: fit_sklearn(A, args.k, args.seed),
-                "floor": lambda: fit_floor(A, args.k, args.seed),
+                "floor": lambda: fit_floor(At, args.k, args.seed),
             }
-            fit_ours(A, args.k, args.seed)  # warm-up (first-touch allocations, lazy imports)
+            fit_ours(At, args.k, args.seed)  # warm-up (first-touch allocations, lazy imports, CUDA kernels)
             t, out = interleaved(fns, repeats, args.gap)
             W2 = torch.from_numpy(W).square()
             e_ours = float(clusterability(W2, *out["ours"]))
@@ -117,7 +128,7 @@ def main() -> None:
             print(f"| {m}x{n} | {kind} | {t['ours']:.4f} | {t['sklearn']:.4f} | {t['sklearn'] / t['ours']:.2f}x | "
                   f"{t['floor']:.4f} | {t['ours'] / t['floor']:.2f}x | {e_ours:.4f} | {e_sk:.4f} | "
                   f"{e_ours - e_sk:+.4f} |", flush=True)
-            del W, A, W2, out
+            del W, A, At, W2, out
     print(f"load average after {tuple(round(x, 2) for x in os.getloadavg())}")
 
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _shared_data whe
 
 from _shared_data import cifar10_jpeg_dir, shared_datasets_dir  # noqa: E402
 
-from graphinterp._denormal import flush_denormals  # noqa: E402
+from graphinterp import flush_denormals  # noqa: E402
 from graphinterp.analysis import analyze  # noqa: E402
 from graphinterp.data import load_dataset  # noqa: E402
 from graphinterp.graph import LayeredGraph  # noqa: E402

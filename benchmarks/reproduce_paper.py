@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _shared_data when run as a script
 
-from graphinterp._files import atomic_write  # noqa: E402
+from graphinterp import atomic_write  # noqa: E402
 from graphinterp.ablate import ablation_matrix  # noqa: E402
 from graphinterp.benchmark_report import write_report  # noqa: E402
 from graphinterp.benchmarking import ModelSource, benchmark_graph, run_benchmark  # noqa: E402

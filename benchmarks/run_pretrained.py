@@ -31,7 +31,7 @@ from typing import List
 
 import torch
 
-from graphinterp._files import atomic_write
+from graphinterp import atomic_write
 from graphinterp.benchmark_report import BenchmarkReport, format_report, write_report
 from graphinterp.benchmarking import ModelSource, run_benchmark
 from graphinterp.cluster import parse_k_range

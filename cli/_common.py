@@ -189,7 +189,7 @@ def check_device(name: Any) -> str:
     >>> check_device("cpu"), check_device("auto")
     ('cpu', 'auto')
     """
-    from graphinterp._files import resolve_device
+    from graphinterp import resolve_device
     from graphinterp.errors import GraphinterpError
 
     text = str(name)
@@ -248,7 +248,7 @@ def check_output_path(path, *, inputs: Sequence = (), suffixes: Optional[Sequenc
     >>> os.path.basename(check_output_path(os.path.join(d, "fig.png"), suffixes=FIGURE_SUFFIXES))
     'fig.png'
     """
-    from graphinterp._files import OutputPathError, check_writable
+    from graphinterp import OutputPathError, check_writable
 
     text = os.fspath(path)
     p = Path(text)
@@ -276,7 +276,7 @@ def check_output_dir(path, *, param_hint: Optional[str] = None) -> str:
     Refused with :class:`click.BadParameter`: an existing non-folder, a parent that is a file, a
     folder (or nearest existing ancestor) in which nothing can be created.
     """
-    from graphinterp._files import OutputPathError, check_writable
+    from graphinterp import OutputPathError, check_writable
 
     text = os.fspath(path)
     p = Path(text)

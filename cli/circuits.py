@@ -11,7 +11,7 @@ from graphinterp.cli._common import (
     FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option, emit_json,
     format_table, json_option, parse_int_ranges, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
-from graphinterp.cli.ablate import data_options, load_eval_data, check_outputs
+from graphinterp.cli.ablate import _transformer_checkpoint, data_options, load_eval_data, check_outputs
 
 __all__ = ["command", "parse_labels"]
 
@@ -132,6 +132,13 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     Examples:
       graphinterp circuits modular.pt --dataset mnist --labels all --graphml-dir circuits/
       graphinterp circuits modular.pt --compare baseline.pt --dataset mnist --plot ecs.png
+      graphinterp circuits modadd.pt --labels all --compare modadd-base.pt --plot ecs.png --jobs 2
+
+    A modular-addition transformer checkpoint (`graphinterp train --dataset modadd`) is evaluated on
+    its own task (--split test: the held-out pairs; --dataset and --data-dir do not apply): a label is
+    an answer 0..p-1, and the edges pruned are the weights of every MLP block (fc_in, fc_out);
+    attention, embeddings and the unembedding are kept whole, and the ECS is over the MLP weights.
+    Character LMs (chars) are not supported.
     """
     from graphinterp.circuits import Schedule, Tolerance, cluster_share
     from graphinterp.circuits import CircuitComparison
@@ -153,18 +160,35 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
                     and any(re.fullmatch(re.escape(st) + r"_label\d+\.graphml", os.path.basename(source)) for st in stems)):
                 raise click.BadParameter(f"{source} could be overwritten by a circuit's GraphML file; "
                                          "choose another folder", param_hint="--graphml-dir")
-    data = load_eval_data(dataset, split, data_dir, limit, seed)
+    ckpts = (_transformer_checkpoint(model), _transformer_checkpoint(other) if other else None)
+    if other and (ckpts[0] is None) != (ckpts[1] is None):
+        t, n = (model, other) if ckpts[1] is None else (other, model)
+        raise click.UsageError(f"{t} is a transformer checkpoint and {n} is not; --compare needs two models of one kind")
+    if ckpts[0] is not None and graphml_dir:
+        raise click.UsageError("--graphml-dir is not available for transformer circuits (their MLP blocks are not a "
+                               "layered graph); use --json for the circuits")
+    data = load_eval_data(dataset, split, data_dir, limit, seed) if ckpts[0] is None else None
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
                   progress=not (quiet or as_json), mode=mode, n_jobs=jobs)
-    graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)
-    shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} if clustering else {}
+    if ckpts[0] is not None:
+        from graphinterp.cli._transformer_circuits import transformer_data, extract_transformer
+
+        data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed)
+        graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
+    else:
+        graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)
+    shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
+        if clustering and graph is not None else {}
     comparison: Optional[CircuitComparison] = None
     written: List[str] = []
     if graphml_dir:
         written += _write_graphml(graphml_dir, _stem(model), graph, clustering, circuits)
     if other:
-        graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs)
+        if ckpts[1] is not None:
+            graph_b, clustering_b, circuits_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
+        else:
+            graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs)
         keys = sorted(circuits)
         import numpy as np
 
@@ -197,8 +221,9 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
 def _print(model, data, circuits, shares, comparison, written, plot_path) -> None:
     layers = list(next(iter(circuits.values())).size.ecs_per_layer)
     first = next(iter(circuits.values()))
-    click.echo(f"{model}: circuits on {len(data)} {data.name} examples; {first.size.total_params:,} non-zero weights, "
-               f"{first.size.total_edges:,} edges; ECS = kept weights / non-zero weights")
+    scope = getattr(data, "scope", "")
+    click.echo(f"{model}: circuits on {len(data)} {data.name} examples; {first.size.total_params:,} non-zero weights"
+               f"{scope}, {first.size.total_edges:,} edges; ECS = kept weights / non-zero weights")
     rows = []
     for c, ci in circuits.items():
         row = [ci.label_name, 100 * ci.ecs, ci.size.kept_params, *[100 * ci.size.ecs_per_layer[l] for l in layers],

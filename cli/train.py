@@ -1,15 +1,18 @@
 """``graphinterp train``: train a model for modularity (warm-up, BSGC, CE + lambda * L_E)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import click
+import torch
 
 from graphinterp.cli._common import (
     POSITIVE_INT, check_output_path, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
     seed_option,
 )
 from graphinterp.data import DATASETS
+from graphinterp.distributed import Launch, check_device, launch_from_env, process_group
+from graphinterp.errors import GraphinterpError
 from graphinterp.tasks import TASKS
 from graphinterp.train import SIMILARITIES, TrainConfig, format_history, train
 
@@ -87,6 +90,11 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
       graphinterp train --dataset cifar10 --model cnn --data-dir ~/data --out cnn.pt
       graphinterp train --dataset modadd --model transformer --out modadd.pt
       graphinterp train --dataset chars --corpus input.txt --lambda 0 --out chars-base.pt
+      torchrun --nproc-per-node 2 -m graphinterp.cli train --dataset digits --out ddp.pt
+
+    Under torchrun (mlp and cnn only, no --resume) every process trains its share of each batch
+    (gloo on the CPU, NCCL with one GPU per process); the result equals a one-process run, and only
+    rank 0 prints and writes --out.
 
     Prints the per-epoch history (loss, CE, L_E, clusterability E of the clustered layers, test
     accuracy) and the final E and accuracy. Inspect the result with `graphinterp analyze OUT --k K`.
@@ -96,6 +104,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     if (model_name == "transformer") != (dataset in TASKS):
         raise click.UsageError(f"--model {model_name} does not train on --dataset {dataset}: the transformer trains on "
                                f"{' or '.join(TASKS)}, mlp and cnn on {', '.join(DATASETS)}")
+    launch, torch_device = _launch(model_name, resume, device)
     if model_name == "transformer":
         _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
                            layers, seed, device, data_dir, corpus, out, resume, quiet, as_json)
@@ -109,7 +118,10 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
                          max_train=max_train, quiet=quiet or as_json).validate()
     check_output_path(out, param_hint="--out")
-    result = train(config, checkpoint=out, resume=resume)
+    with process_group(launch, torch_device):  # every argument is checked above, on every rank
+        result = train(config, checkpoint=out, resume=resume)
+    if not launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
+        return
     last = result.history[-1]
     per_layer = {}
     if result.clustering is not None:
@@ -129,6 +141,24 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
         click.echo(format_table([[name, k, value] for name, value in per_layer.items()], ["layer", "k", f"E ({what})"]))
     E = last.get("E_refit", last["E"])
     click.echo(f"final test accuracy {last['test_acc']:.4f}; E = {E:.4f}; checkpoint: {out}")
+
+
+def _launch(model_name: str, resume: bool, device: str) -> Tuple[Launch, torch.device]:
+    """The torchrun launch of this process and its device; usage errors for what several processes cannot do.
+
+    Runs before the process group exists, so a bad combination is one ``error:`` line on every rank.
+    """
+    launch = launch_from_env()
+    if launch.distributed and model_name == "transformer":
+        raise click.UsageError(f"--model transformer trains on one process only; run it without torchrun "
+                               f"(this launch has {launch.world_size} processes)")
+    if launch.distributed and resume:
+        raise click.UsageError("--resume is not supported under torchrun (each process would read --out on its "
+                               "own); resume with one process: graphinterp train --resume ...")
+    try:
+        return launch, check_device(launch, device)
+    except GraphinterpError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
 
 
 def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction, layers,

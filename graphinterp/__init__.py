@@ -50,6 +50,9 @@ _EXPORTS = {
     "extract_circuit": "circuits", "extract_circuits": "circuits", "compare_circuits": "circuits",
     # output
     "export_graphml": "io", "write_graphml": "io",
+    # files, devices and floating point (public home of the helpers in _files / _denormal)
+    "atomic_write": "_files", "check_writable": "_files", "OutputPathError": "_files",
+    "resolve_device": "_files", "flush_denormals": "_denormal",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -48,10 +48,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.utils import check_random_state
 
 from .errors import ClusteringError, InvalidWeightsError
 from .kmeans_batch import batched_kmeans, one_thread
+from .seeds import check_random_state
 
 __all__ = [
     "BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters", "cluster_mass",
@@ -572,9 +572,24 @@ def _canonical(labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
 def _column_products(A: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
     """``(A o A) @ onehot(labels_t)`` (T, m, k) for ``T`` column labellings, each distinct partition computed once."""
     canon, maps = _canonical(labels, k)
-    distinct, inverse = np.unique(canon, axis=0, return_inverse=True)
-    P = _squared_products(A, distinct, k, "cols").numpy()  # (U, m, k)
-    return np.stack([P[int(u)][:, f] for u, f in zip(np.ravel(inverse), maps)])
+    first, inverse = _unique_rows(canon)
+    P = _squared_products(A, canon[first], k, "cols").numpy()  # (U, m, k)
+    return np.stack([P[u][:, f] for u, f in zip(inverse, maps)])
+
+
+def _unique_rows(a: np.ndarray) -> Tuple[List[int], List[int]]:
+    """Indices of the first occurrence of each distinct row of ``a`` (in order), and each row's
+    position among them (``np.unique(axis=0)`` without its slow structured-array sort)."""
+    a = np.ascontiguousarray(a)
+    seen: dict = {}
+    first, inverse = [], []
+    for t in range(len(a)):
+        key = a[t].tobytes()
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(t)
+        inverse.append(seen[key])
+    return first, inverse
 
 
 def _as_matrix(A: ArrayLike) -> torch.Tensor:
@@ -601,7 +616,7 @@ def _choose(sp: "_Spectrum", copy: int, rows: np.ndarray, cols: np.ndarray, k: i
     dropped first: they would score the same and lose the tie.
     """
     key = np.concatenate([_canonical(rows, k)[0], _canonical(cols, k)[0]], 1)
-    first = np.sort(np.unique(key, axis=0, return_index=True)[1])
+    first = _unique_rows(key)[0]
     rows, cols = rows[first], cols[first]
     T = len(rows)
     full_r, full_c = _scatter_batch(rows, sp.live_r, 0), _scatter_batch(cols, sp.live_c, 0)

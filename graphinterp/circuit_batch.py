@@ -12,13 +12,15 @@ length, so few states are evaluated past a rejection.
 A state of a Linear layer ``L`` is its output ``z`` on the task with some edges removed; removing
 edge ``(o, i)`` subtracts ``w_oi * a_i`` from output ``o`` (``a``: the layer's input, fixed during
 the pass because only ``L`` changes). When ``L`` is a direct child of a plain ``nn.Sequential``,
-only the modules after it run; when they start with an elementwise activation followed by a Linear
-layer ``M``, ``M``'s output is updated by rank-one terms ``W_M[:, o] (act(z_o') - act(z_o))`` and
-only the modules after ``M`` run (for the paper's CNN this turns ``fc1``'s states into a cumulative
-sum and one 64 x 10 product per example). Other Linear layers are evaluated by a forward pass of
-the whole model over the ``T`` states (a forward hook replaces ``L``'s output); convolution kernels
-one at a time by a forward pass. Values equal those of a forward pass up to float rounding (a
-decision whose test value lies within rounding of its threshold may differ).
+only the modules after it run (a model may also list them itself, ``model.linear_suffix(layer, x)``:
+:class:`graphinterp.transformer_circuits.AnswerTail`); when they start with an elementwise
+activation followed by a Linear layer ``M``, ``M``'s output is updated by rank-one terms
+``W_M[:, o] (act(z_o') - act(z_o))`` and only the modules after ``M`` run (for the paper's CNN
+this turns ``fc1``'s states into a cumulative sum and one 64 x 10 product per example).
+Other Linear layers are evaluated by a forward pass of the whole model over the ``T`` states (a
+forward hook replaces ``L``'s output); convolution kernels one at a time by a forward pass. Values
+equal those of a forward pass up to float rounding (a decision whose test value lies within
+rounding of its threshold may differ).
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ class LinearStates:
         self.w = module.weight.detach()
         self.bias = None if module.bias is None else module.bias.detach()
         suffix = _sequential_children(model, module)
+        if suffix is None and hasattr(model, "linear_suffix"):  # a model that says what follows the layer
+            suffix = model.linear_suffix(module, metrics.x)
         self.suffix, self.M, self.acts, self.rest = suffix, None, [], None
         if suffix is not None:
             k = 0

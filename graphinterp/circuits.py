@@ -62,7 +62,7 @@ from .evaluation import as_tensors, eval_mode
 from .graph import LayeredGraph
 from .hooks import module_of
 from .layer import Layer
-from .pruning import SCORES, LabelTask, ScoreContext, circuit_size, edge_layers, label_task
+from .pruning import SCORES, EdgeLayer, LabelTask, ScoreContext, circuit_size, edge_layers, label_task
 
 __all__ = ["MODES", "Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",
            "compare_circuits", "cluster_share"]
@@ -71,13 +71,14 @@ __all__ = ["MODES", "Tolerance", "Schedule", "Circuit", "extract_circuit", "extr
 MODES = ("graphinterp", "authors")
 
 ScoreFn = Callable[[ScoreContext], Dict[str, torch.Tensor]]
+EdgesFn = Callable[[nn.Module, torch.device], Tuple[List[EdgeLayer], List[nn.Module]]]
 
 
 def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[LayeredGraph] = None,
                     score: Union[str, ScoreFn] = "magnitude", tolerance: Optional[Tolerance] = None,
                     schedule: Optional[Schedule] = None, label_name: Optional[str] = None,
                     batch_size: int = 4096, device=None, num_threads: Optional[int] = 1,
-                    mode: str = "graphinterp") -> Circuit:
+                    mode: str = "graphinterp", edges: Optional[EdgesFn] = None) -> Circuit:
     """The circuit of one :class:`~graphinterp.pruning.LabelTask` (see the module docstring).
 
     Parameters
@@ -105,6 +106,10 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     mode : {"graphinterp", "authors"}
         The criterion (module docstring). In ``"authors"`` mode the task's negatives are ignored
         and only its positives are used.
+    edges : callable, optional
+        ``edges(model, device) -> (layers, modules)``: the :class:`~graphinterp.pruning.EdgeLayer`
+        list to prune and the ``nn.Linear`` modules holding them (models that are not a layered
+        graph, e.g. :mod:`graphinterp.transformer_circuits`); ``graph`` is then not used.
 
     Returns
     -------
@@ -138,9 +143,12 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     history: list = []
     try:
         with eval_mode(model.to(device)):
-            graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(task.x.shape[1:]))
-            layers = edge_layers(model, graph, device=device)
-            modules = [module_of(model, graph, l.name)[0] for l in layers]
+            if edges is not None:
+                layers, modules = edges(model, device)
+            else:
+                graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(task.x.shape[1:]))
+                layers = edge_layers(model, graph, device=device)
+                modules = [module_of(model, graph, l.name)[0] for l in layers]
             if mode == "authors":
                 masks, info = authors_prune(model, layers, modules, task, batch_size=batch_size)
                 full_acc, full_loss, acc, loss = (info[k] for k in ("full_accuracy", "full_loss", "accuracy", "loss"))

@@ -7,13 +7,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
 from .bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
 from .errors import ClusteringError
 from .graph import LayeredGraph
+from .seeds import check_random_state
 
 __all__ = ["BSGC", "Clustering", "cluster_layers", "cluster_network", "parse_k_range"]
 
@@ -328,6 +327,8 @@ def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng, names: List
     X = evecs[:, -k:]
     Z = (X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
     with threadpool_limits(1, user_api="openmp"):  # see bsgc._kmeans
+        from sklearn.cluster import KMeans  # imported here: a second at import time
+
         km = KMeans(n_clusters=k, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(Z)
     labels = np.full(n, -1, dtype=np.int64)
     labels[live.numpy()] = km.labels_

@@ -16,11 +16,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
-from sklearn.cluster import KMeans
-from sklearn.utils import check_random_state
 
 from .cluster import Clustering
 from .errors import ClusteringError
+from .seeds import check_random_state
 
 __all__ = ["cluster_dag"]
 
@@ -108,6 +107,8 @@ def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, n_init
     Z = vecs[live]
     Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-300)
     labels = np.full(n, -1, dtype=np.int64)
+    from sklearn.cluster import KMeans  # imported here: a second at import time
+
     labels[live] = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1)).fit_predict(Z)
     rows = {name: labels[graph.src_nodes(name)] for name in names}
     cols = {name: labels[graph.dst_nodes(name)] for name in names}

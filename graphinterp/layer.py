@@ -93,7 +93,9 @@ class Layer:
             )
         if not torch.is_floating_point(self.weight):
             raise InvalidWeightsError(f"layer {self.name!r}: weights must be floating point, got {self.weight.dtype}")
-        if not bool(torch.isfinite(self.weight).all()):
+        # A sum is finite when every weight is (cheap, no temporary the size of the layer); only an
+        # overflowing sum of finite weights needs the element-wise check.
+        if not bool(torch.isfinite(self.weight.sum())) and not bool(torch.isfinite(self.weight).all()):
             bad = int((~torch.isfinite(self.weight)).sum())
             raise InvalidWeightsError(
                 f"layer {self.name!r} has {bad} NaN/inf weight(s); the model is corrupt or diverged in training"

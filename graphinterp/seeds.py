@@ -15,7 +15,30 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["SeedSummary", "summarize", "parse_seeds", "summary_table", "deterministic"]
+__all__ = ["SeedSummary", "summarize", "parse_seeds", "summary_table", "deterministic", "check_random_state"]
+
+
+def check_random_state(seed) -> np.random.RandomState:
+    """A ``numpy.random.RandomState`` from ``None`` (numpy's global one), an int or a RandomState.
+
+    The same contract as scikit-learn's ``check_random_state``, without importing scikit-learn
+    (whose import costs about a second that a command such as ``analyze`` would pay for nothing).
+
+    Examples
+    --------
+    >>> check_random_state(0).randint(1000) == np.random.RandomState(0).randint(1000)
+    True
+    >>> rng = np.random.RandomState(1)
+    >>> check_random_state(rng) is rng
+    True
+    """
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return np.random.RandomState(int(seed))
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"{seed!r} cannot be used to seed a numpy.random.RandomState: give None, an int or a RandomState")
 
 
 @contextlib.contextmanager

@@ -40,13 +40,13 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
 
 from ._files import resolve_device
 from .bsgc import fit_batch
 from .errors import ClusteringError
 from .layer import Layer
 from .metrics import normalized_score, random_partition_expectation
+from .seeds import check_random_state
 
 __all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas"]
 

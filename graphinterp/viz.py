@@ -1,24 +1,24 @@
 """Matplotlib figures for graphinterp results (the paper's Figures 1-7), headless.
 
-Inputs are plain numpy arrays and dicts, so nothing else from graphinterp is needed (only
-``_files.atomic_write``). Figures are :class:`matplotlib.figure.Figure` objects made without pyplot,
-so no GUI backend is touched. Each function returns its figure and, given ``out`` (a .png, .svg or
+Inputs are plain numpy arrays and dicts, so nothing else from graphinterp is needed. Figures are
+:class:`matplotlib.figure.Figure` objects made without pyplot, so no GUI backend is touched. Each function returns its figure and, given ``out`` (a .png, .svg or
 .pdf path), saves it atomically with :func:`save_figure`; ``title`` replaces the default title.
 Colours: Okabe-Ito for categories, viridis for accuracies, RdBu for signed weights (red < 0 < blue).
 
-This module holds the shared helpers and the clusterability figures (Fig. 1/4, significance); the
+This module holds the clusterability figures (Fig. 1/4, significance); the
 evaluation figures (Fig. 2/3/5/6) live in :mod:`graphinterp.viz_eval` and Figure 7 in
-:mod:`graphinterp.viz_layer`, both reachable from here through thin wrappers.
+:mod:`graphinterp.viz_layer`, both reachable from here through thin wrappers; the shared helpers
+(``save_figure``, figure creation, input checks, colours) in :mod:`graphinterp.viz_common`, which all three
+import, so the figure modules form no import cycle.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ._files import atomic_write
+from .viz_common import (_DPI, _GREY, _NEG, _PALETTE, _POS, PathLike, _array, _figure, _finish,  # noqa: F401
+                         _names, _xticklabels, save_figure)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -27,75 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["plot_clusterability_vs_k", "plot_ablation", "plot_ecs_comparison", "plot_clustered_layer",
            "plot_significance", "save_figure"]
 
-PathLike = Union[str, "os.PathLike[str]"]
-_DPI = {".png": 150, ".svg": None, ".pdf": None}
-_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")  # Okabe-Ito
 _MARKERS = "osD^vPX"
-_NEG, _POS, _GREY = "#B2182B", "#2166AC", "#A0A0A0"  # RdBu ends: red negative, blue positive
-
-
-def save_figure(fig: "Figure", path: PathLike) -> Path:
-    """Save ``fig`` atomically to ``path``, in the format of its suffix (.png at 150 dpi, .svg, .pdf).
-
-    Parameters
-    ----------
-    fig : matplotlib.figure.Figure
-    path : str or os.PathLike
-
-    Returns
-    -------
-    pathlib.Path
-        The path written.
-
-    Raises
-    ------
-    ValueError
-        If the suffix is not .png, .svg or .pdf; checked before anything is written.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> fig = plot_clusterability_vs_k({"model": {2: 0.6, 3: 0.5}})
-    >>> save_figure(fig, os.path.join(tempfile.mkdtemp(), "e.svg")).suffix
-    '.svg'
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _DPI:
-        raise ValueError(f"cannot save a figure as {path.name!r}: use a .png, .svg or .pdf suffix")
-    with atomic_write(path, "wb") as handle:
-        fig.savefig(handle, format=suffix[1:], **({"dpi": _DPI[suffix]} if _DPI[suffix] else {}))
-    return path
-
-
-def _figure(width: float, height: float) -> "Figure":
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _finish(fig: "Figure", out: Optional[PathLike]) -> "Figure":
-    if out is not None:
-        save_figure(fig, out)
-    return fig
-
-
-def _array(x, name: str, ndim: int, *, unit: bool = False) -> np.ndarray:
-    a = np.asarray(x, dtype=float)
-    if a.ndim != ndim or a.size == 0:
-        raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if unit and (a.min() < 0 or a.max() > 1):
-        raise ValueError(f"{name} must be fractions in [0, 1], got values in [{a.min():.3g}, {a.max():.3g}]")
-    return a
-
-
-def _names(names: Optional[Sequence[str]], n: int, what: str) -> list:
-    names = [str(i) for i in range(n)] if names is None else [str(s) for s in names]
-    if len(names) != n:
-        raise ValueError(f"{what} has {len(names)} entries but the data has {n}")
-    return names
 
 
 def _curve(curve: Mapping[int, float], name: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -103,11 +35,6 @@ def _curve(curve: Mapping[int, float], name: str) -> Tuple[np.ndarray, np.ndarra
         raise ValueError(f"{name} must map positive integers k to E, got keys {list(curve)}")
     ks = sorted(curve)
     return np.asarray(ks), _array([curve[k] for k in ks], name, 1, unit=True)
-
-
-def _xticklabels(ax: "Axes", labels: Sequence[str]) -> None:
-    tilt = max(map(len, labels)) * len(labels) > 60
-    ax.set_xticks(range(len(labels)), labels, rotation=35 if tilt else 0, ha="right" if tilt else "center")
 
 
 def plot_clusterability_vs_k(curves: Mapping[str, Mapping[int, float]], *,

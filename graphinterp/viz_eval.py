@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .viz import _PALETTE, PathLike, _array, _figure, _finish, _names, _xticklabels
+from .viz_common import _PALETTE, PathLike, _array, _figure, _finish, _names, _xticklabels
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure

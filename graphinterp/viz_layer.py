@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
-from .viz import _GREY, _NEG, _PALETTE, _POS, PathLike, _array, _figure, _finish
+from .viz_common import _GREY, _NEG, _PALETTE, _POS, PathLike, _array, _figure, _finish
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes

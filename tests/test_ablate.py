@@ -268,3 +268,19 @@ def test_cli_ablate_refuses_weights_without_architecture(tmp_path):
     torch.save(hand_mlp().state_dict(), path)
     res = run_cli(["ablate", path, "--dataset", "digits", "--device", "cpu"])
     assert res.exit_code == 1 and "without an architecture" in res.output
+
+
+# --- tests added by the mutation pass (benchmarks/mutation.py) ------------------------------------------
+
+def test_level_means_and_ablate_leave_no_hooks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    x = torch.randn(20, 6)
+    graph = LayeredGraph.from_module(model)
+    means = level_means(model, graph, x)
+    assert means["0"].shape == (5,)
+    torch.testing.assert_close(means["0"], torch.relu(model[0](x)).mean(0).detach())
+    with ablate(model, graph, {"0": [1], "2": [0]}, mode="mean", reference=x):
+        pass
+    for m in model:
+        assert not m._forward_hooks and not m._forward_pre_hooks, m

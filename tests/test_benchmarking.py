@@ -58,8 +58,14 @@ def test_benchmark_two_checkpoints_writes_json_csv_and_figures(two_checkpoints, 
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 3 * 3  # models x layers x k (every layer has >= 4 nodes on both sides)
     assert {r["k"] for r in rows} == {"2", "3", "4"}
-    for r in rows:
-        assert 0 <= float(r["E_random"]) <= float(r["E"]) + 1e-9 or float(r["score"]) < 0
+    for r in rows:  # E_random is the closed form sum_c (r_c / m)(s_c / n); score is its normalisation of E
+        rs, cs = np.array(r["row_sizes"].split(), float), np.array(r["col_sizes"].split(), float)
+        assert len(rs) == len(cs) == int(r["k"]) and rs.sum() <= int(r["n_in"]) and cs.sum() <= int(r["n_out"])
+        E, E_rand = float(r["E"]), float(r["E_random"])
+        assert E_rand == pytest.approx(float(rs @ cs) / (int(r["n_in"]) * int(r["n_out"])), rel=1e-9)
+        assert float(r["score"]) == pytest.approx((E - E_rand) / (1 - E_rand), rel=1e-9, abs=1e-12)
+    planted_rows = [r for r in rows if r["model"] == "modular" and r["layer"] == "fc2" and r["k"] == "4"]
+    assert len(planted_rows) == 1 and float(planted_rows[0]["score"]) > 0.9  # a planted block structure
     with open(out / "significance.csv", newline="") as fh:
         sig = {(r["model"], r["layer"]): r for r in csv.DictReader(fh)}
     assert len(sig) == 6

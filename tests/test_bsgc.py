@@ -340,3 +340,90 @@ def test_fit_batch_equals_each_fit(shape):
     assert fits[2].row_labels_[3] == -1
     with pytest.raises(ClusteringError, match="one random_state per matrix"):
         fit_batch(As, 3, [1])
+
+
+# --- tests added by the mutation pass (benchmarks/mutation.py) ------------------------------------------
+
+def test_match_clusters_keeps_isolated_columns_isolated():
+    sq = torch.tensor([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0], [0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    rows = np.array([0, 1, 1])
+    cols = np.array([1, 0, 0, -1])  # column 3 is isolated (all zero)
+    new = match_clusters(sq, rows, cols, 2)
+    assert new.tolist() == [0, 1, 1, -1]
+    assert E(sq.sqrt().numpy(), rows, new) == pytest.approx(1.0)
+
+
+def _blobs(noise=1.0, n_blobs=8, per=30):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(n_blobs, 2, generator=g) * 10
+    return centres.repeat_interleave(per, 0) + noise * torch.randn(n_blobs * per, 2, generator=g)
+
+
+def test_kmeans_plus_plus_seeding_is_scikit_learns_on_average():
+    """Greedy k-means++ (2 + log k local trials, D^2 sampling): the mean inertia of the seeds alone
+    (max_iter=0) over 400 restarts is scikit-learn's ``kmeans_plusplus``'s (874.3 on these blobs)."""
+    from sklearn.cluster import kmeans_plusplus
+
+    Z = _blobs()
+    X = Z.double().numpy()
+    ref = np.mean([((X[:, None] - kmeans_plusplus(X, 8, random_state=s)[0][None]) ** 2).sum(-1).min(1).sum()
+                   for s in range(400)])
+    _, inertia = batched_kmeans(Z[None], 8, torch.ones(400, 2), [torch.Generator().manual_seed(1)], max_iter=0)
+    assert float(inertia.mean()) == pytest.approx(ref, rel=0.1)
+
+
+def test_kmeans_ties_go_to_the_lower_label():
+    from graphinterp.kmeans_batch import _assign
+
+    Zt = torch.tensor([[[0.0, 1.0, 2.0]]])  # (C=1, d=1, N=3): point 1 is as far from both centres
+    centres = torch.tensor([[[[0.0], [2.0]]]])  # (C=1, R=1, k=2, d=1)
+    values, labels = _assign(Zt, centres)
+    assert labels[0, 0].tolist() == [0, 0, 1]
+    centres = torch.tensor([[[[2.0], [0.0]]]])
+    assert _assign(Zt, centres)[1][0, 0].tolist() == [1, 0, 0]
+
+
+def test_best_restart_is_the_lowest_inertia():
+    from graphinterp.bsgc import _best_inertia
+
+    labels = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 0, 0]])
+    assert _best_inertia(labels, torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)).tolist() == [0, 1, 1]
+
+
+def test_repair_never_empties_the_cluster_it_takes_from():
+    from graphinterp.bsgc import _repair
+
+    labels = np.array([0, 0, 1])  # cluster 2 is empty; node 2 (alone in cluster 1) would be the cheapest move
+    gain = np.array([[5.0, 0.0, 1.0], [5.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    delta = _repair(labels, gain, 3)
+    assert sorted(np.bincount(labels, minlength=3).tolist()) == [1, 1, 1]
+    assert labels.tolist() == [0, 2, 1] and delta == pytest.approx(2.0 - 5.0)
+
+
+def test_one_thread_restores_the_thread_count_even_on_error():
+    from graphinterp.kmeans_batch import one_thread
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with pytest.raises(RuntimeError):
+            with one_thread():
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_kmeans_copy_result_is_the_same_alone_and_in_a_batch():
+    """Converged restarts are frozen: an easy copy's result does not depend on a hard one beside it."""
+    g = torch.Generator().manual_seed(3)
+    hard = torch.randn(60, 3, generator=g)
+    easy = torch.cat([torch.zeros(30, 3), torch.full((30, 3), 5.0)]) + 0.01 * torch.randn(60, 3, generator=g)
+    mask = torch.ones(6, 3)
+    alone = batched_kmeans(easy[None], 4, mask, [torch.Generator().manual_seed(7)])
+    both = batched_kmeans(torch.stack([easy, hard]), 4, mask, [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)])
+    assert torch.equal(alone[0][0], both[0][0]) and torch.equal(alone[1][0], both[1][0])
+    # and the hard copy's best restart is as good as scikit-learn's best of 10 (Lloyd runs to convergence)
+    best_sklearn = min(KMeans(4, n_init=10, random_state=s).fit(hard.double().numpy()).inertia_ for s in range(3))
+    assert float(both[1][1].min()) <= 1.02 * best_sklearn

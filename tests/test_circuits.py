@@ -329,3 +329,64 @@ def test_incremental_layer_after_convolutions_matches_plain_evaluation():
     l2 = edge_layers(net, g2)
     ev = TaskEvaluator(net, l2, task, modules=[module_of(net, g2, l.name)[0] for l in l2])
     assert ev.first is None
+
+
+# --- tests added by the mutation pass (benchmarks/mutation.py) ------------------------------------------
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_evaluator_values_and_gradients_are_the_task_weighted_ones(incremental):
+    """Accuracy, loss and attribution gradients weigh positives and negatives by LabelTask.weights()."""
+    import copy
+
+    from graphinterp.circuit_search import TaskEvaluator
+    from graphinterp.hooks import module_of
+    from graphinterp.pruning import flat_masks, task_terms
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    x = torch.randn(120, 3, 4)
+    y = model(x).argmax(1).detach()
+    graph = LayeredGraph.from_module(model, input_shape=(3, 4))
+    layers = edge_layers(model, graph)
+    mods = [module_of(model, graph, l.name)[0] for l in layers]
+    label = int(torch.bincount(y).argmin())
+    task = label_task(x, y, label, negative_ratio=4.0, random_state=0)
+    assert task.n_pos * 2 < task.n_neg  # unbalanced: the weighting matters
+    ev = TaskEvaluator(model, layers, task, modules=mods, batch_size=32, incremental=incremental)
+    flat = torch.rand(sum(l.live.numel() for l in layers), generator=torch.Generator().manual_seed(3)) < 0.6
+    masks = flat_masks(layers, flat)
+    acc, loss = ev(masks)
+
+    ref = copy.deepcopy(model)
+    params = {}
+    for l, (name, mod) in zip(layers, [(l.name, ref.get_submodule(l.name)) for l in layers]):
+        mod.weight = nn.Parameter(l.masked(masks[name]).detach().clone())
+        params[name] = mod.weight
+    hit, per_example = task_terms(ref(task.x), task.label, task.positive)
+    w = task.weights()
+    assert acc == pytest.approx(float(w @ hit.double()), abs=1e-9)
+    assert loss == pytest.approx(float(w @ per_example.detach().double()), rel=1e-5)
+    assert abs(acc - float(hit.double().mean())) > 1e-3  # an unweighted mean would differ
+    (w @ per_example.double()).backward()
+    grads = ev.gradients(masks)
+    for name, p in params.items():
+        torch.testing.assert_close(grads[name], p.grad.to(grads[name].dtype), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("positives_only", [True, False])
+def test_batched_task_metrics_equal_the_tasks_own(positives_only):
+    from graphinterp.circuit_batch import TaskMetrics
+    from graphinterp.pruning import LabelTask
+
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    positive = torch.ones(n, dtype=torch.bool) if positives_only else torch.arange(n) % 3 == 0
+    task = LabelTask(label=2, x=torch.randn(n, 5, generator=gen), positive=positive)
+    logits = 2 * torch.randn(4, n, 6, generator=gen)
+    acc, loss = TaskMetrics(task, "cpu")(logits)
+    for t in range(4):
+        want = task.metrics(logits[t])
+        assert float(acc[t]) == pytest.approx(want[0], abs=1e-12) and float(loss[t]) == pytest.approx(want[1], rel=1e-6)
+    assert len(set(acc.tolist())) > 1  # the states differ: the comparison is not trivial
+    acc_t, loss_t = TaskMetrics(task, "cpu")(logits.transpose(0, 1), examples_first=True)
+    assert torch.equal(acc_t, acc) and torch.allclose(loss_t, loss)

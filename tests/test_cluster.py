@@ -63,6 +63,19 @@ def test_non_consecutive_layers_form_separate_runs():
     g = LayeredGraph.from_module(model)
     c = cluster_network(g, 2, layers=["0", "4"], random_state=0)
     assert c.layer_names == ["0", "4"]
+    # each run is clustered on its own: the labels are those of the layer clustered alone
+    alone0 = cluster_network(g, 2, layers=["0"], random_state=0)
+    alone4 = cluster_network(g, 2, layers=["4"], random_state=0)
+    assert np.array_equal(c.row_labels["0"], alone0.row_labels["0"])
+    assert np.array_equal(c.col_labels["0"], alone0.col_labels["0"])
+    assert adjusted_rand_score(c.row_labels["4"], alone4.row_labels["4"]) == 1.0
+    assert adjusted_rand_score(c.col_labels["4"], alone4.col_labels["4"]) == 1.0
+    assert (c.sizes("0") > 0).all() and (c.sizes("4") > 0).all()
+    assert clusterability_report(g, c).layers[0].E > 0.99  # the planted layer stays almost block-diagonal
+    model4, inp, hid = planted_mlp()
+    c4 = cluster_network(LayeredGraph.from_module(model4), 4, layers=["0", "4"], random_state=0)
+    assert adjusted_rand_score(inp, c4.row_labels["0"]) == 1.0 and adjusted_rand_score(hid, c4.col_labels["0"]) == 1.0
+    assert c4.row_labels["4"].shape == (32,) and c4.col_labels["4"].shape == (10,)
 
 
 def test_clustering_roundtrip_and_validation():

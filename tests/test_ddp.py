@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from graphinterp.data import load_dataset
+from graphinterp.distributed import launch_from_env, process_group
 from graphinterp.train import TrainConfig, train
 
 pytestmark = [
@@ -34,16 +35,17 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # what torchrun sets; graphinterp.distributed initialises the group from it (as `graphinterp train` does)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with process_group(launch_from_env(), torch.device("cpu")) as launch:
+        assert dist.get_rank() == launch.rank == rank and dist.get_backend() == "gloo"
         tr, te = _data()
         result = train(_config(), train_data=tr, test_data=te)
         torch.save({"state": result.model.state_dict(), "history": result.history,
                     "clustering": result.clustering.to_dict()}, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    assert not dist.is_initialized()  # destroyed on leaving the block
 
 
 def test_two_ranks_end_identical_and_match_single_process(tmp_path):

@@ -121,6 +121,11 @@ def test_nan_weights_raise():
         model[2].weight[0, 0] = float("nan")
     with pytest.raises(InvalidWeightsError, match="NaN"):
         LayeredGraph.from_module(model)
+    big = torch.full((2, 3), 3e38)  # finite weights whose float32 sum overflows are still accepted
+    assert Layer("big", "linear", big).n_in() == 3
+    big[1, 2] = float("inf")
+    with pytest.raises(InvalidWeightsError, match="1 NaN/inf"):
+        Layer("big", "linear", big)
 
 
 def test_state_dict_matches_module_and_strips_prefix():

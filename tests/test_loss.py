@@ -138,6 +138,21 @@ def test_follows_model_to_another_dtype():
     assert loss().dtype == torch.float64
 
 
+@pytest.mark.parametrize("reduction", ["mean", "mass"])
+def test_follows_model_to_a_lower_precision_dtype(reduction):
+    """float32 masks against bfloat16 weights cannot be dotted: the masks must follow the model."""
+    model = mlp(12, [8, 8, 8], 3)
+    c = cluster_network(LayeredGraph.from_module(model), 2, layers=["fc2", "fc3"], random_state=0)
+    loss = EnmeshmentLoss(model, c, reduction=reduction)
+    before = loss().item()
+    model.to(torch.bfloat16)
+    value = loss()
+    assert value.dtype == torch.bfloat16 and value.item() == pytest.approx(before, rel=3e-2)
+    value.backward()
+    assert model.fc2.weight.grad.dtype == torch.bfloat16 and model.fc2.weight.grad.abs().sum() > 0
+    assert loss.per_layer()["fc2"] == pytest.approx(EnmeshmentLoss(model.float(), c).per_layer()["fc2"], rel=3e-2)
+
+
 def test_functional_form_caches_masks(monkeypatch):
     model = mlp(12, [8, 8], 3)
     c = cluster_network(LayeredGraph.from_module(model), 2, layers=["fc2"], random_state=0)
@@ -184,3 +199,14 @@ def test_frozen_and_non_contiguous_weights():
     loss().backward()
     assert model[5].weight.grad is None and model[3].weight.grad is not None
 
+
+
+def test_one_zero_layer_gives_one():
+    model = mlp(12, [8, 8], 3)
+    c = cluster_network(LayeredGraph.from_module(model), 2, layers=["fc2"], random_state=0)
+    loss = EnmeshmentLoss(model, c)
+    with torch.no_grad():
+        model.fc2.weight.zero_()
+    value = loss()
+    value.backward()
+    assert value.item() == 1.0 and not model.fc2.weight.grad.any()

@@ -148,3 +148,51 @@ def test_trace_graph_keeps_rng_stream():
     torch.manual_seed(1)
     trace_graph(model)
     assert torch.equal(torch.rand(3), expected)
+
+
+class _NoisyMLP(nn.Module):
+    """An MLP whose forward draws from the global RNG (noise injection), as a training model may."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(10, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.fc1(x))
+        x = x + 0.01 * torch.randn_like(x)
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+def test_trace_graph_keeps_rng_stream_of_a_forward_that_draws():
+    model = _NoisyMLP()
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    LayeredGraph.from_module(model)  # the plain trace does consume the stream: the check below can fail
+    assert not torch.equal(torch.rand(3), expected)
+    torch.manual_seed(1)
+    graph = trace_graph(model)
+    assert torch.equal(torch.rand(3), expected)
+    assert graph.layer_names == ["fc1", "fc2", "fc3"]
+
+
+class _ChannelsLast(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+def test_channels_last_flatten_masks_follow_the_channel_of_each_feature():
+    """After a channels-last Flatten feature f belongs to channel f % C: the mask must follow the trace."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.ReLU(), _ChannelsLast(), nn.Flatten(),
+                          nn.Linear(5 * 16, 6)).double()
+    graph = LayeredGraph.from_module(model, input_shape=(1, 4, 4))
+    assert graph["4"].in_index.tolist() == (np.arange(80) % 5).tolist()
+    rows, cols = np.array([0, 1, 2, 0, 1]), np.array([0, 1, 2, 2, 1, 0])
+    mask = parameter_masks(model, graph, _clustering(3, **{"4": (rows, cols)}))["4"].mask
+    feature_channel = np.arange(80) % 5
+    expected = rows[feature_channel][None, :] == cols[:, None]
+    assert torch.equal(mask.bool(), torch.as_tensor(expected))
+    w2 = model[4].weight.detach().square()
+    share = float((w2 * mask).sum() / w2.sum())
+    assert share == pytest.approx(float(clusterability(graph["4"].squared(), rows, cols)), rel=1e-9)

@@ -81,3 +81,34 @@ def test_report_on_hand_built_clustering():
     rep = clusterability_report(g, c)
     assert rep.E == pytest.approx((4 + 1 + 1) / 7)
     assert rep.layers[0].E_random == pytest.approx((1 * 1 + 1 * 2) / 6)
+
+
+# --- tests added by the mutation pass (benchmarks/mutation.py) ------------------------------------------
+
+def test_all_zero_weights_give_zero_not_nan():
+    z = torch.zeros(3, 2, dtype=torch.float64)
+    assert within_share([z], [torch.ones(3, 2, dtype=torch.bool)]).item() == 0.0
+    assert clusterability(z, [0, 1, 1], [0, 1]).item() == 0.0
+
+
+def test_report_masses_isolated_counts_and_random_expectation_are_mass_weighted():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10, bias=False), nn.ReLU(), nn.Linear(10, 8, bias=False))
+    with torch.no_grad():
+        model[2].weight.mul_(3.0)
+        model[0].weight[:, 4] = 0.0  # input 4 isolated
+        model[2].weight[5, :] = 0.0  # output 5 of the second layer isolated
+    g = LayeredGraph.from_module(model)
+    c = cluster_layers(g, 2, random_state=0)
+    rep = clusterability_report(g, c)
+    for s, p in zip(rep.layers, (model[0].weight, model[2].weight)):
+        assert s.mass == pytest.approx(float((p.double() ** 2).sum()), rel=1e-6)
+        rows, cols = c.labels(s.layer)
+        assert s.E_random == pytest.approx(random_partition_expectation(rows, cols, 2))
+        assert s.score == pytest.approx(normalized_score(s.E, s.E_random))
+    assert [s.n_isolated for s in rep.layers] == [1, 1]
+    assert c.labels("0")[0][4] == -1 and c.labels("2")[1][5] == -1
+    masses = np.array([s.mass for s in rep.layers])
+    assert rep.E_random == pytest.approx(float(np.dot(masses, [s.E_random for s in rep.layers]) / masses.sum()))
+    assert rep.score == pytest.approx(normalized_score(rep.E, rep.E_random))
+    assert abs(rep.E_random - np.mean([s.E_random for s in rep.layers])) > 1e-6  # the weighting matters here

@@ -1,0 +1,436 @@
+"""Mutation pass: do the unit tests notice when the code they cover is broken?
+
+A hand-made set of mutants of the core modules (bsgc, kmeans_batch, metrics, loss, masks, hooks,
+circuit_eval, circuit_batch). Each mutant is one ``(module, exact old text, new text, why)`` edit
+that must match its file exactly once: a flipped comparison, a dropped normalisation, an
+off-by-one, swapped rows and columns, a removed ``.detach()``, a changed reduction, a restore
+skipped in a ``finally``... For each mutant the script applies the edit to a private copy of the
+repository (copied once per worker into a temporary folder; the edit is reverted after the run),
+runs the module's test files there with ``python -m pytest -x -q -p no:cacheprovider`` under a
+timeout, and records
+
+* **killed**: the tests failed (or the import failed) with the mutant in place;
+* **timeout**: the tests ran past ``--timeout`` (counted as detected: a real user would notice);
+* **survived**: the tests passed: either a missing test, or an *equivalent* mutant.
+
+Mutants known to be equivalent (they cannot change any result, e.g. a recompute that only costs
+time) carry ``equivalent=<reason>``: they are still run and listed, but excluded from the score.
+
+The working tree is never modified. The copies import ``graphinterp`` from the copy
+(``PYTHONPATH``), with byte-code writing off so that no stale ``.pyc`` of a mutant survives a revert.
+(With an editable install, ``graphinterp.cli`` still resolves to the checkout's ``cli/``; no mutant
+touches the CLI.)
+
+Usage::
+
+    python benchmarks/mutation.py                     # all mutants, one worker
+    python benchmarks/mutation.py --jobs 2            # two workers, two copies
+    python benchmarks/mutation.py --only metrics --only loss
+    python benchmarks/mutation.py --index 5 --index 7   # rerun single mutants (numbers from --list)
+    python benchmarks/mutation.py --check             # only check that every mutant applies once
+    python benchmarks/mutation.py --list              # list the mutants
+    python benchmarks/mutation.py --json out.json     # also write every result
+    python benchmarks/mutation.py --skip-baseline     # skip the run of the tests on the unmutated copy
+
+Exit status 0 when every non-equivalent mutant is detected, 1 otherwise (2 on a broken mutant
+table or a baseline that fails).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Test files run for the mutants of each module (the module itself is added for its doctests).
+TESTS: Dict[str, List[str]] = {
+    "bsgc": ["tests/test_bsgc.py"],
+    "kmeans_batch": ["tests/test_bsgc.py"],
+    "metrics": ["tests/test_metrics.py"],
+    "loss": ["tests/test_loss.py"],
+    "masks": ["tests/test_masks.py", "tests/test_loss.py"],
+    "hooks": ["tests/test_ablate.py", "tests/test_circuits.py"],
+    "circuit_eval": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
+    "circuit_batch": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
+}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    module: str
+    old: str
+    new: str
+    why: str
+    equivalent: Optional[str] = None  # the reason it cannot change behaviour; excluded from the score
+
+    @property
+    def path(self) -> str:
+        return f"graphinterp/{self.module}.py"
+
+
+M = Mutant
+MUTANTS: List[Mutant] = [
+    # ------------------------------------------------------------------------------------------ bsgc
+    M("bsgc", "du_is, dv_is = _inv_sqrt(A.sum(1)), _inv_sqrt(A.sum(0))",
+      "du_is, dv_is = _inv_sqrt(A.sum(0)), _inv_sqrt(A.sum(1))", "row/column degrees swapped"),
+    M("bsgc", "torch.where(d > 0, d.clamp_min(torch.finfo(d.dtype).tiny).rsqrt(), torch.zeros_like(d))",
+      "torch.where(d >= 0, d.clamp_min(torch.finfo(d.dtype).tiny).rsqrt(), torch.zeros_like(d))",
+      "isolated nodes (degree 0) get a huge inverse degree instead of 0"),
+    M("bsgc", "evals, W = evals.flip(-1), W.flip(-1)", "evals, W = evals, W",
+      "singular values in ascending order: the smallest vectors are used"),
+    M("bsgc", "r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)",
+      "r = torch.as_tensor(np.where(rows > 0, rows, k), device=squared.device)",
+      "cluster 0's rows counted as isolated in the mass matrix"),
+    M("bsgc", "new_label[col_ind] = row_ind", "new_label[row_ind] = col_ind",
+      "Hungarian matching applied as its inverse permutation"),
+    M("bsgc", "return np.where(cols >= 0, new_label[np.maximum(cols, 0)], -1)",
+      "return np.where(cols >= 0, new_label[np.maximum(cols, 0)], 0)", "isolated columns relabelled into cluster 0"),
+    M("bsgc", "first = 1 if ncomp > 1 else 0", "first = 0",
+      "the trivial first singular vector is kept in the paired embeddings"),
+    M("bsgc", "n_log = 1 + int(np.ceil(np.log2(k)))", "n_log = 1 + int(np.floor(np.log2(k)))",
+      "Dhillon's embedding one vector short for k not a power of 2"),
+    M("bsgc", "Zv = (sp.dv_is[:, sp.live_c, None] * sp.V[:, sp.live_c, first:ncomp]).float().cpu()",
+      "Zv = (sp.V[:, sp.live_c, first:ncomp]).float().cpu()", "column embedding not scaled by D_V^-1/2"),
+    M("bsgc", "total = du.double().sum(-1, keepdim=True)", "total = 2 * du.double().sum(-1, keepdim=True)",
+      "the known top singular pair is mis-normalised, so the deflation is wrong"),
+    M("bsgc", "            - u1.double()[:, :, None] * v1.double()[:, None, :])",
+      "            + u1.double()[:, :, None] * v1.double()[:, None, :])", "deflation adds the top pair instead"),
+    M("bsgc", "if A.numel() and float(A.amin()) < 0:", "if A.numel() and float(A.amin()) < -1:",
+      "negative similarities accepted"),
+    M("bsgc", "return labels[int(inertia.argmin())].numpy().astype(np.int64)",
+      "return labels[int(inertia.argmax())].numpy().astype(np.int64)", "the worst KMeans restart is kept"),
+    M("bsgc", "E = masses[t][new_label, np.arange(k)].sum() * scale",
+      "E = masses[t][np.arange(k), new_label].sum() * scale", "candidate E read from the transposed pairing"),
+    M("bsgc", "if best_key is None or key > best_key:", "if best_key is None or key < best_key:",
+      "the worst candidate clustering is kept"),
+    M("bsgc", "gain[counts[labels] < 2] = -np.inf", "gain[counts[labels] < 1] = -np.inf",
+      "the repair may empty the cluster it takes a node from"),
+    M("bsgc", "if not isinstance(k, (int, np.integer)) or k < 2 or k > min(sp.m_live, sp.n_live):",
+      "if not isinstance(k, (int, np.integer)) or k < 2 or k > max(sp.m_live, sp.n_live):",
+      "k larger than the smaller side accepted"),
+    M("bsgc", "block = torch.mul(A[i0:i1], A[i0:i1], out=buf[: i1 - i0])", "block = A[i0:i1]",
+      "candidates scored on |A| instead of A**2"),
+    # ---------------------------------------------------------------------------------- kmeans_batch
+    M("kmeans_batch", "        if before != 1:\n            torch.set_num_threads(before)", "        pass",
+      "one_thread does not restore the thread count in its finally"),
+    M("kmeans_batch", "tol_abs = tol * Z.var(1, unbiased=False).mean(-1)", "tol_abs = 1e6 * tol * Z.var(1, unbiased=False).mean(-1)",
+      "Lloyd stops after one iteration (tolerance not relative to the variance)"),
+    M("kmeans_batch", "n_trials = 2 + int(math.log(k))", "n_trials = 1",
+      "k-means++ without greedy local trials"),
+    M("kmeans_batch", "best = dist.sum(-1).argmin(-1)", "best = dist.sum(-1).argmax(-1)",
+      "greedy k-means++ keeps the worst trial"),
+    M("kmeans_batch", "closer = dist[:, :, c] < values", "closer = dist[:, :, c] <= values",
+      "ties go to the higher label", None),
+    M("kmeans_batch", "dist = torch.baddbmm((flat * flat).sum(-1, keepdim=True), flat, Zt, alpha=-2)",
+      "dist = torch.baddbmm((flat * flat).sum(-1, keepdim=True), flat, Zt, alpha=-1)",
+      "wrong distance (cross term halved)"),
+    M("kmeans_batch", "new = torch.where(counts > 0, sums / counts.clamp_min(1), centres)",
+      "new = torch.where(counts > 0, sums / (counts.clamp_min(1) + 1), centres)", "centres are not the means"),
+    M("kmeans_batch", "centres = torch.where(active[:, :, None, None], new, centres)", "centres = new",
+      "converged restarts are not frozen"),
+    M("kmeans_batch", "inertia = (values.double() + znorm).clamp_min(0).sum(-1)",
+      "inertia = (values.double() + znorm).clamp_min(0).mean(-1)", "inertia reduced by mean, not sum"),
+    M("kmeans_batch", "weights = torch.where(total > 0, closest, torch.ones_like(closest))",
+      "weights = torch.where(total > 0, closest.sqrt(), torch.ones_like(closest))",
+      "k-means++ samples by distance, not squared distance"),
+    # --------------------------------------------------------------------------------------- metrics
+    M("metrics", "return inside / (total + torch.finfo(total.dtype).tiny)", "return inside / total",
+      "all-zero weights give NaN"),
+    M("metrics", "return (r[:, None] == c[None, :]) & (r[:, None] >= 0)", "return r[:, None] == c[None, :]",
+      "isolated rows and columns (label -1) count as one cluster"),
+    M("metrics", "s = np.bincount(cols[cols >= 0], minlength=k) / max(len(cols), 1)",
+      "s = np.bincount(cols[cols >= 0], minlength=k) / max(len(rows), 1)", "column shares divided by the row count"),
+    M("metrics", "r = np.bincount(rows[rows >= 0], minlength=k) / max(len(rows), 1)",
+      "r = np.bincount(rows[rows >= 0], minlength=k) / max(int((rows >= 0).sum()), 1)",
+      "isolated rows dropped from the denominator"),
+    M("metrics", "(E - E_random) / (1.0 - E_random)) if", "(E - E_random) / (1.0 + E_random)) if",
+      "score normalised by 1 + E_random"),
+    M("metrics", "if E_random < 1 else 0.0", "if E_random < 1 else 1.0", "score of a one-cluster partition is 1"),
+    M("metrics", "inside_total += E * mass", "inside_total += E", "model E not mass-weighted"),
+    M("metrics", "random_total += E_rand * mass", "random_total += E_rand", "model E_random not mass-weighted"),
+    M("metrics", "n_isolated=int((rows < 0).sum() + (cols < 0).sum())", "n_isolated=int((rows < 0).sum())",
+      "isolated columns not counted"),
+    M("metrics", "mass = float(sq.sum())", "mass = float(sq.sqrt().sum())", "layer mass from |W| instead of W**2"),
+    # ------------------------------------------------------------------------------------------ loss
+    M("loss", "        self._current_masks()  # follows the model to another device or dtype\n", "",
+      "masks do not follow the model to another dtype/device"),
+    M("loss", "            self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]\n        return",
+      "        return", "refreshed masks, stale between-cluster masks"),
+    M("loss", "return (between[0] + tiny) / (total[0] + tiny)", "return between[0] / (total[0] + tiny)",
+      "one layer with zero weights gives 0 instead of 1"),
+    M("loss", "return (torch.stack(between).sum() + tiny) / (torch.stack(total).sum() + tiny)",
+      "return (torch.stack(between).mean() + tiny) / (torch.stack(total).sum() + tiny)",
+      "mass reduction: numerator averaged"),
+    M("loss", "return ((torch.stack(between) + tiny) / (torch.stack(total) + tiny)).mean()",
+      "return ((torch.stack(between) + tiny) / (torch.stack(total) + tiny)).sum()", "mean reduction sums"),
+    M("loss", "if len(between) == 1:", "if len(between) >= 1:", "only the first layer counts"),
+    M("loss", "between.append(torch.dot(w, w * m))", "between.append(torch.dot(w.detach(), w * m))",
+      "half of the gradient lost (a .detach() added)"),
+    M("loss", "if self._clustering() is not clustering or self.reduction != reduction:",
+      "if self._clustering() is not clustering:", "cache ignores the reduction"),
+    M("loss", "self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]  # flat between-cluster masks",
+      "self._between = [m.reshape(-1) for m in self._mask_tensors]", "loss is E, not 1 - E"),
+    M("loss", "return float(within_share([p.square() for p in self._params], self._current_masks()))",
+      "return float(within_share([p.abs() for p in self._params], self._current_masks()))",
+      "clusterability() from |W|"),
+    # ----------------------------------------------------------------------------------------- masks
+    M("masks", "    with torch.random.fork_rng(devices=devices):\n", "    if True:\n",
+      "tracing consumes the global RNG stream"),
+    M("masks", "return within_mask(rows_t.numpy(), cols, device=device).T",
+      "return within_mask(rows_t.numpy(), cols, device=device)", "Linear mask not transposed to torch layout"),
+    M("masks", "group = torch.arange(out_ch, device=device) // (out_ch // layer.groups)",
+      "group = torch.arange(out_ch, device=device) % layer.groups", "grouped conv: wrong group of each out-channel"),
+    M("masks", "ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous())",
+      "ParameterMask(name, param, mask.to(dtype=torch.float32).contiguous())", "mask not in the parameter's dtype"),
+    M("masks", "rows_t = layer.expand_input_labels(torch.as_tensor(rows))",
+      "rows_t = torch.as_tensor(rows).repeat_interleave(max(1, layer.weight.shape[1] // max(1, len(rows))))",
+      "channel labels tiled in the wrong layout after a Flatten"),
+    M("masks", 'if layer.kind == "linear" and 0 < t < last and graph[t - 1].kind == "linear"',
+      'if layer.kind == "linear" and 0 <= t < last and graph[t - 1].kind == "linear"',
+      "the first Linear is selected by default"),
+    M("masks", "if tuple(weight.shape) != expected:", "if False:", "shape check of the bound parameter skipped"),
+    M("masks", "per_channel = per_channel.gather(1, index)", "per_channel = per_channel[:, :in_per]",
+      "grouped conv: every group reads the first group's in-channels"),
+    # ----------------------------------------------------------------------------------------- hooks
+    M("hooks", "        yield handle\n    finally:\n        handle.remove()", "        yield handle\n    finally:\n        pass",
+      "hooks not removed in finally"),
+    M("hooks", "dim = 1 if channel else x.dim() - 1", "dim = 0 if channel else x.dim() - 1",
+      "conv channels looked up on the batch dimension"),
+    M("hooks", "value = x.new_zeros(()) if fill is None else", "value = x.new_ones(()) if fill is None else",
+      "zero ablation writes ones"),
+    M("hooks", "return torch.where(mask, value, x)", "return torch.where(mask, x, value)",
+      "the complement is ablated"),
+    M("hooks", 'return mods[-1], False, graph.layers[-1].kind == "conv2d", 1',
+      'return mods[-1], True, graph.layers[-1].kind == "conv2d", 1', "the output level is ablated at the input"),
+    M("hooks", "if not bool(ablated.any()):", "if not bool(ablated.all()):", "partial ablations skipped"),
+    M("hooks", "return {name: sums[name] / len(x) for name in names}",
+      "return {name: sums[name] / (len(x) + 1) for name in names}", "mean off by one example"),
+    M("hooks", "v = value.detach().sum(0)", "v = value.detach().mean(0)", "means of batch means"),
+    M("hooks", "int(t.min()) < 0 or int(t.max()) >= n", "int(t.min()) < 0 or int(t.max()) > n",
+      "index n accepted"),
+    M("hooks", "        for h in handles:\n            h.remove()", "        pass", "level_means leaves its hooks"),
+    # ---------------------------------------------------------------------------------- circuit_eval
+    M("circuit_eval", "                for param, original in saved:\n                    param.copy_(original)",
+      "                pass", "weights not restored in the session's finally"),
+    M("circuit_eval", "                del first.forward", "                pass", "forward not restored"),
+    M("circuit_eval", "idx = idx[(idx >= 0) & (idx < mask.numel())]", "idx = idx[(idx > 0) & (idx < mask.numel())]",
+      "the layer's first edge is never updated incrementally"),
+    M("circuit_eval", "o, i = idx // mask.shape[1], idx % mask.shape[1]", "o, i = idx % mask.shape[0], idx // mask.shape[0]",
+      "flat edge index decoded column-major"),
+    M("circuit_eval", "parts = ((o[~now], i[~now], -1.0), (o[now], i[now], 1.0))",
+      "parts = ((o[~now], i[~now], 1.0), (o[now], i[now], -1.0))", "removal adds the edge's contribution"),
+    M("circuit_eval", "self.offset = sum(layer.live.numel() for layer in self.layers[:j])",
+      "self.offset = sum(layer.live.numel() for layer in self.layers[:j + 1])", "offset of the incremental layer"),
+    M("circuit_eval", "return bool((changed < self.offset).any())", "return bool((changed < self.offset - 1).any())",
+      "a change of the last edge before the incremental layer is missed"),
+    M("circuit_eval", "acc += float(self.w[start:end] @ hit.double())", "acc += float(hit.double().mean())",
+      "accuracy not balanced by the task weights"),
+    M("circuit_eval", "(self.w[start:end] @ l.double()).backward()", "l.double().sum().backward()",
+      "attribution gradient of the unweighted loss"),
+    M("circuit_eval", "self.bias = None if self.first.bias is None else self.first.bias.detach()[:, None]",
+      "self.bias = None", "incremental layer's bias dropped"),
+    M("circuit_eval", "if not torch.equal(self._last[0], masks[self.inc_layer.name]):\n            return",
+      "if False:\n            return", "accept commits a state that was not the one evaluated last",
+      equivalent="a defensive guard: prune only accepts the masks it has just evaluated, and a diff without "
+                 "`changed` is taken against whatever state is committed, so committing the last evaluated "
+                 "state instead of skipping gives the same values"),
+    # --------------------------------------------------------------------------------- circuit_batch
+    M("circuit_batch", "loss = torch.logsumexp(logits, -1) - logits[..., self.label]",
+      "loss = torch.logsumexp(logits, -1) + logits[..., self.label]", "cross-entropy sign"),
+    M("circuit_batch", "hit = logits.argmax(-1) == self.label", "hit = logits.argmin(-1) == self.label",
+      "accuracy from the least likely class"),
+    M("circuit_batch", "d = -(self.w[o, i][:, None] * self.a[:, i].T)", "d = (self.w[o, i][:, None] * self.a[:, i].T)",
+      "removing an edge adds its contribution"),
+    M("circuit_batch", "after[run] = col + torch.cumsum(d[run], 0)", "after[run] = col + d[run]",
+      "states not cumulative"),
+    M("circuit_batch", "self.z.index_add_(1, o, -(self.w[o, i][None, :] * self.a[:, i]))",
+      "self.z.index_add_(1, o, (self.w[o, i][None, :] * self.a[:, i]))", "commit updates the state with the wrong sign"),
+    M("circuit_batch", "j = int(bad[0]) if bad.numel() else block.numel()", "j = int(bad[-1]) if bad.numel() else block.numel()",
+      "states after the first failing one accepted"),
+    M("circuit_batch", "mask.view(-1)[block[:j]] = False", "mask.view(-1)[block[:j + 1]] = False",
+      "the rejected edge is removed from the mask"),
+    M("circuit_batch", "o, i = block // n_cols, block % n_cols", "o, i = block % n_cols, block // n_cols",
+      "row/column of the flat index swapped"),
+    M("circuit_batch", "active0 = (~moving & (y > 0)) | (moving & (m < 0))",
+      "active0 = (~moving & (y > 0)) | (moving & (m > 0))", "piecewise-linear evaluation starts from the wrong units"),
+    M("circuit_batch", "                module.weight[o, i] = saved", "                pass",
+      "a rejected conv edge is not restored"),
+    M("circuit_batch", "        finally:\n            handle.remove()\n        return self.metrics(logits)",
+      "        finally:\n            pass\n        return self.metrics(logits)", "the state hook is never removed"),
+    M("circuit_batch", "if self.commits >= 64:", "if self.commits >= 1:", "exact recompute after every commit",
+      equivalent="only recomputes the state exactly more often (the same values up to float rounding): slower, "
+                 "not different"),
+]
+
+
+@dataclass
+class Result:
+    index: int
+    module: str
+    why: str
+    status: str  # killed / survived / timeout / error
+    seconds: float
+    equivalent: Optional[str]
+    detail: str = ""
+
+
+def check_table(mutants: Sequence[Mutant], root: Path = ROOT) -> List[str]:
+    """Problems of the mutant table against the files in ``root`` (each old text must occur exactly once)."""
+    problems = []
+    for n, m in enumerate(mutants):
+        text = (root / m.path).read_text()
+        count = text.count(m.old)
+        if count != 1:
+            problems.append(f"#{n} {m.module}: old text found {count} times: {m.old[:70]!r}")
+        if m.old == m.new:
+            problems.append(f"#{n} {m.module}: new text equals old text")
+    return problems
+
+
+def _copy(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", "*.egg-info", "report", ".pytest_cache",
+                                    "*.pt", "*.png", "*.svg")
+    shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
+    return dest
+
+
+def _pytest(copy: Path, files: Sequence[str], timeout: float):
+    env = dict(os.environ, PYTHONPATH=str(copy) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files]
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - start, ""
+    tail = (proc.stdout.strip().splitlines() or [""])[-1]
+    return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - start, tail
+
+
+def run(mutants: Sequence[Mutant], indices: Sequence[int], jobs: int, timeout: float, verbose: bool = True,
+        baseline: bool = True) -> List[Result]:
+    work: "queue.Queue[int]" = queue.Queue()
+    for i in indices:
+        work.put(i)
+    results: List[Result] = []
+    lock = threading.Lock()
+    tmp = Path(tempfile.mkdtemp(prefix="graphinterp-mutation-"))
+    baseline_failed: List[str] = []
+
+    def worker(w: int) -> None:
+        copy = _copy(tmp / f"w{w}")
+        modules = sorted({mutants[i].module for i in indices})
+        files = sorted({f for mod in modules for f in TESTS[mod]} | {f"graphinterp/{mod}.py" for mod in modules})
+        status, secs, tail = _pytest(copy, files, timeout * 3) if baseline else ("survived", 0.0, "")
+        if status != "survived":  # the unmutated copy must pass
+            baseline_failed.append(f"worker {w}: baseline {status} ({tail}) in {secs:.0f} s")
+            return
+        while True:
+            try:
+                i = work.get_nowait()
+            except queue.Empty:
+                return
+            m = mutants[i]
+            target = copy / m.path
+            original = target.read_text()
+            target.write_text(original.replace(m.old, m.new, 1))
+            try:
+                status, secs, tail = _pytest(copy, [m.path] + TESTS[m.module], timeout)  # doctests first: fast
+            finally:
+                target.write_text(original)
+            r = Result(i, m.module, m.why, status, secs, m.equivalent, tail)
+            with lock:
+                results.append(r)
+                if verbose:
+                    flag = " (equivalent)" if m.equivalent else ""
+                    print(f"#{i:<3} {m.module:<14} {status:<9} {secs:6.1f} s  {m.why}{flag}", flush=True)
+
+    try:
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(max(1, jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if baseline_failed:
+        raise SystemExit("baseline failed, fix the tests first: " + "; ".join(baseline_failed))
+    return sorted(results, key=lambda r: r.index)
+
+
+def table(results: Sequence[Result]) -> str:
+    rows = []
+    modules = list(dict.fromkeys(r.module for r in results))
+
+    def line(name, rs):
+        scored = [r for r in rs if not r.equivalent]
+        killed = sum(r.status == "killed" for r in scored)
+        timeout = sum(r.status == "timeout" for r in scored)
+        survived = sum(r.status == "survived" for r in scored)
+        equiv = len(rs) - len(scored)
+        rate = f"{100 * (killed + timeout) / len(scored):.0f}%" if scored else "n/a"
+        return f"| {name} | {len(rs)} | {killed} | {timeout} | {survived} | {equiv} | {rate} |"
+
+    rows.append("| module | mutants | killed | timeout | survived | equivalent (not scored) | detected |")
+    rows.append("|---|---|---|---|---|---|---|")
+    for mod in modules:
+        rows.append(line(mod, [r for r in results if r.module == mod]))
+    rows.append(line("**all**", list(results)))
+    return "\n".join(rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=1, help="parallel workers, each with its own copy (default 1)")
+    ap.add_argument("--only", action="append", choices=sorted(TESTS), help="only this module (repeatable)")
+    ap.add_argument("--index", type=int, action="append", help="only mutant #N (repeatable; see --list)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (default 300)")
+    ap.add_argument("--check", action="store_true", help="only check that every mutant applies exactly once")
+    ap.add_argument("--list", action="store_true", help="list the mutants")
+    ap.add_argument("--skip-baseline", action="store_true",
+                    help="do not first run the tests on the unmutated copy (when you know they pass)")
+    ap.add_argument("--json", type=Path, help="write every result to this JSON file")
+    args = ap.parse_args(argv)
+
+    problems = check_table(MUTANTS)
+    if problems:
+        print("broken mutant table:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    indices = [i for i, m in enumerate(MUTANTS) if (not args.only or m.module in args.only)
+               and (not args.index or i in args.index)]
+    if args.list or args.check:
+        if args.list:
+            for i in indices:
+                m = MUTANTS[i]
+                print(f"#{i:<3} {m.module:<14} {m.why}" + (f"  [equivalent: {m.equivalent}]" if m.equivalent else ""))
+        print(f"{len(indices)} mutants apply exactly once")
+        return 0
+    start = time.monotonic()
+    results = run(MUTANTS, indices, args.jobs, args.timeout, baseline=not args.skip_baseline)
+    print()
+    print(table(results))
+    survivors = [r for r in results if r.status == "survived" and not r.equivalent]
+    if survivors:
+        print("\nsurvived:")
+        for r in survivors:
+            m = MUTANTS[r.index]
+            print(f"  #{r.index} {m.module}: {m.why}\n      {m.old.strip()[:90]!r}\n   -> {m.new.strip()[:90]!r}")
+    print(f"\n{len(results)} mutants in {time.monotonic() - start:.0f} s with {args.jobs} worker(s)")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Circuits of modular-addition transformers: masking restores weights, circuits stay within tolerance, CLI."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from graphinterp.circuits import Schedule, Tolerance
+from graphinterp.errors import DataError, UnsupportedModelError
+from graphinterp.pruning import label_task
+from graphinterp.tasks import modular_addition
+from graphinterp.train_transformer import TransformerConfig, train_transformer
+from graphinterp.transformer import transformer
+from graphinterp.transformer_circuits import (
+    AnswerTail, extract_transformer_circuits, masked_mlp, mlp_edges, stream_input,
+)
+
+TINY = dict(task="modadd", p=11, train_frac=0.6, d_model=16, n_heads=2, d_mlp=32, k=2, quiet=True,
+            warmup_steps=40, steps=40, eval_every=80)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tc")
+    a, b = d / "modadd.pt", d / "modadd-base.pt"
+    train_transformer(TransformerConfig(lam=20.0, **TINY), checkpoint=a)
+    base = train_transformer(TransformerConfig(lam=0.0, **TINY), checkpoint=b)
+    return a, b, base.model
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_masked_mlp_restores_weights_exactly_even_on_error():
+    model = transformer(vocab=8, n_out=7, d_model=8, n_heads=2, d_mlp=16, n_layers=2, layernorm=True)
+    before = _state(model)
+    masks = {f"blocks.{i}.mlp.{p}": torch.rand_like(getattr(model.blocks[i].mlp, p).weight) > 0.5
+             for i in range(2) for p in ("fc_in", "fc_out")}
+    with masked_mlp(model, masks):
+        for name, m in masks.items():
+            w = model.get_submodule(name).weight
+            assert torch.equal(w, before[f"{name}.weight"] * m)
+    with pytest.raises(RuntimeError):
+        with masked_mlp(model, masks):
+            raise RuntimeError("boom")
+    after = _state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("n_layers, layernorm", [(1, False), (2, True)])
+def test_answer_tail_reproduces_the_model(n_layers, layernorm):
+    torch.manual_seed(0)
+    model = transformer(vocab=12, n_out=11, d_model=16, n_heads=2, d_mlp=32, n_layers=n_layers, layernorm=layernorm)
+    _, test = modular_addition(11, 0.5)
+    h = stream_input(model, test.x)
+    assert h.dim() == (2 if n_layers == 1 else 3)
+    torch.testing.assert_close(AnswerTail(model)(h), model(test.x), rtol=1e-5, atol=1e-5)
+    layers, modules = mlp_edges(model)
+    assert [l.name for l in layers] == [f"blocks.{i}.mlp.{p}" for i in range(n_layers) for p in ("fc_in", "fc_out")]
+    assert all(m is model.get_submodule(l.name) for l, m in zip(layers, modules))
+
+
+@pytest.mark.parametrize("part", ["fc_in", "fc_out"])
+def test_batched_single_edge_states_match_forward_passes(part):
+    from graphinterp.circuit_batch import LinearStates, TaskMetrics, forward_metrics
+
+    torch.manual_seed(1)
+    model = transformer(vocab=12, n_out=11, d_model=16, n_heads=2, d_mlp=32).eval()
+    _, test = modular_addition(11, 0.5)
+    tail, mlp = AnswerTail(model), model.blocks[0].mlp
+    task = label_task(stream_input(model, test.x), test.y, 2)
+    metrics, module = TaskMetrics(task, "cpu"), getattr(mlp, part)
+    states = LinearStates(tail, module, metrics)
+    assert states.rest is not None and (states.M is mlp.fc_out) == (part == "fc_in")  # the fast path is taken
+    o, i = torch.tensor([3, 3, 3, 5]), torch.tensor([0, 4, 7, 1])
+    acc, loss = states.evaluate(o, i)
+    w = module.weight.detach().clone()
+    for t in range(len(o)):
+        with torch.no_grad():
+            module.weight[o[t], i[t]] = 0.0
+        a_ref, l_ref = forward_metrics(tail, metrics, 4096)
+        assert float(acc[t]) == pytest.approx(a_ref, abs=1e-9) and float(loss[t]) == pytest.approx(l_ref, abs=1e-5)
+    with torch.no_grad():
+        module.weight.copy_(w)
+
+
+def _by_hand(model, ids, task):
+    """Balanced one-vs-rest accuracy and loss of the label's task from a plain forward of the model."""
+    with torch.no_grad():
+        logp = model(ids).double().log_softmax(-1)[:, task.label]
+    says = model(ids).argmax(-1) == task.label
+    pos = task.positive
+    hit = (says == pos).double()
+    loss = torch.where(pos, -logp, -torch.log1p(-logp.exp()))
+    w = task.weights()
+    return float(w @ hit), float(w @ loss)
+
+
+def test_circuit_keeps_the_label_within_tolerance_by_an_independent_forward(ckpts):
+    model = ckpts[2].eval()
+    _, test = modular_addition(11, 0.6)
+    before = _state(model)
+    tol = Tolerance(0.9, 0.2)
+    circuits = extract_transformer_circuits(model, test.x, test.y, [0, 3], tolerance=tol, schedule=Schedule(max_evals=400),
+                                            progress=False, device="cpu")
+    assert all(torch.equal(v, _state(model)[k]) for k, v in before.items())  # the search restored every weight
+    for c, ci in circuits.items():
+        task = label_task(test.x, test.y, c)  # the same examples, as token ids
+        full_acc, full_loss = _by_hand(model, task.x, task)
+        assert full_acc == pytest.approx(ci.full_accuracy, abs=1e-6) and full_loss == pytest.approx(ci.full_loss, abs=1e-4)
+        with masked_mlp(model, ci.masks):
+            acc, loss = _by_hand(model, task.x, task)
+        assert acc == pytest.approx(ci.accuracy, abs=1e-6) and loss == pytest.approx(ci.loss, abs=1e-4)
+        assert tol.accepts(acc, loss, full_acc, full_loss)
+        kept = sum(int(m.sum()) for m in ci.masks.values())
+        total = sum(m.numel() for m in ci.masks.values())
+        assert 0 < ci.ecs < 0.9 and ci.size.kept_params == kept and ci.size.total_params == total
+        assert set(ci.masks) == {"blocks.0.mlp.fc_in", "blocks.0.mlp.fc_out"}
+
+
+def test_library_refuses_bad_input():
+    lm = transformer(vocab=5, n_out=5, n_ctx=4, d_model=8, n_heads=2, d_mlp=8, readout="all")
+    x, y = torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(UnsupportedModelError, match="modular-addition"):
+        extract_transformer_circuits(lm, x, y, [0], progress=False)
+    with pytest.raises(UnsupportedModelError, match="not a graphinterp transformer"):
+        extract_transformer_circuits(torch.nn.Linear(2, 2), x, y, [0], progress=False)
+    model = transformer(vocab=6, n_out=5, d_model=8, n_heads=2, d_mlp=8)
+    with pytest.raises(DataError, match="0..4"):
+        extract_transformer_circuits(model, x, y, [7], progress=False)
+
+
+def _cli(args):
+    from graphinterp.cli.main import cli
+
+    return CliRunner().invoke(cli, args)
+
+
+def test_cli_compare_plot_and_json(ckpts, tmp_path):
+    a, b, _ = ckpts
+    png = tmp_path / "ecs.png"
+    r = _cli(["circuits", str(a), "--labels", "0-2", "--compare", str(b), "--plot", str(png), "--max-evals", "300",
+              "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "MLP blocks" in r.output and "mean relative change modadd-base -> modadd" in r.output
+    assert png.stat().st_size > 0
+    r = _cli(["circuits", str(a), "--labels", "1", "--max-evals", "200", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["dataset"] == "modadd11-test" and out["circuits"][0]["label"] == 1
+    assert 0 <= out["circuits"][0]["ecs"] <= 1 and out["circuits"][0]["converged"] is not None
+
+
+def test_cli_bad_inputs_give_one_error_line(ckpts, tmp_path):
+    a, _, _ = ckpts
+    plain = tmp_path / "plain.pt"
+    torch.save({"0.weight": torch.ones(3, 2)}, plain)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 40)
+    lm = tmp_path / "lm.pt"
+    train_transformer(TransformerConfig(task="chars", corpus=str(corpus), n_ctx=8, batch_size=4, d_model=16, n_heads=2,
+                                        d_mlp=32, n_layers=1, k=2, warmup_steps=1, steps=1, eval_every=2,
+                                        eval_windows=4, quiet=True), checkpoint=lm)
+    cases = [
+        (["circuits", str(a), "--labels", "0,200"], "0..10"),
+        (["circuits", str(a), "--labels", "x"], "--labels"),
+        (["circuits", str(plain), "--compare", str(a)], "needs two models of one kind"),
+        (["circuits", str(a), "--compare", str(plain)], "needs two models of one kind"),
+        (["circuits", str(lm), "--labels", "0"], "modadd"),
+        (["circuits", str(a), "--compare", str(lm), "--labels", "0"], "modadd"),
+        (["circuits", str(a), "--graphml-dir", str(tmp_path / "g")], "--graphml-dir"),
+    ]
+    for args, message in cases:
+        r = _cli(args)
+        lines = [l for l in r.output.splitlines() if l.strip()]
+        assert r.exit_code != 0 and len(lines) == 1, (args, r.output)
+        assert lines[0].startswith("error:") and message in lines[0], (args, r.output)
