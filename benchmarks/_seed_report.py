@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from graphinterp.seeds import SeedSummary, summarize
+from graphinterp.common.seeds import SeedSummary, summarize
 
 MODES = ("graphinterp", "authors")
 MODE_NAMES = {"graphinterp": "graphinterp's criterion", "authors": "the authors' criterion"}
@@ -79,7 +79,7 @@ def seed_figure(results: Dict[str, List[dict]], out: Path, modes: Sequence[str])
     """Per-seed points (and mean with its 95% interval) of the main comparisons, one panel per dataset."""
     from matplotlib.figure import Figure
 
-    from graphinterp import viz
+    from graphinterp.reports import viz
 
     panels = list(results)
     fig = Figure(figsize=(11, 3.8 * len(panels)), layout="constrained")

@@ -26,10 +26,10 @@ from click.testing import CliRunner
 from sklearn.cluster import SpectralCoclustering
 from threadpoolctl import threadpool_limits
 
-from graphinterp.benchmarking import ModelSource, load_source
-from graphinterp.bsgc import normalize_bipartite, randomized_svd
+from graphinterp.reports.benchmarking import ModelSource, load_source
+from graphinterp.clustering.bsgc import normalize_bipartite, randomized_svd
 from graphinterp.cli.main import cli
-from graphinterp.significance import shuffle_weights
+from graphinterp.clustering.significance import shuffle_weights
 
 MODELS = ("mnist-mlp-784-512-512-10.pt", "mnist-mlp-bn-300-301-302-303.pt", "cifar-cnn.pth", "resnet20-12fca82f.th")
 DEFAULT_DIR = Path(os.environ.get("GRAPHINTERP_PRETRAINED", Path(__file__).resolve().parents[2] / "shared" / "pretrained"))

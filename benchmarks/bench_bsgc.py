@@ -30,8 +30,8 @@ import torch
 from sklearn.cluster import SpectralCoclustering
 from threadpoolctl import threadpool_limits
 
-from graphinterp.bsgc import BSGC, normalize_bipartite, randomized_svd
-from graphinterp.metrics import clusterability
+from graphinterp.clustering.bsgc import BSGC, normalize_bipartite, randomized_svd
+from graphinterp.clustering.metrics import clusterability
 
 KINDS = ("gaussian", "heavy", "planted")
 

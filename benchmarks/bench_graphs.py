@@ -47,7 +47,7 @@ def _peak_gb() -> float:
 
 def child_graph(source: str) -> dict:
     """Build the model and trace its graph; seconds for each, coverage and folding."""
-    from graphinterp.sources import model_graph, open_model
+    from graphinterp.graph.load import model_graph, open_model
 
     t0 = time.perf_counter()
     opened = open_model(source)

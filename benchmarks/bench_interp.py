@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graphinterp.ablate import ablation_matrix  # noqa: E402
-from graphinterp.circuits import Schedule, Tolerance, extract_circuits  # noqa: E402
-from graphinterp.cluster import Clustering  # noqa: E402
-from graphinterp.data import load_dataset  # noqa: E402
-from graphinterp.evaluation import class_accuracy, load_runnable  # noqa: E402
-from graphinterp.pruning import label_task  # noqa: E402
-from graphinterp.seeds import deterministic, parse_seeds, summarize  # noqa: E402
+from graphinterp.interpret.ablate import ablation_matrix  # noqa: E402
+from graphinterp.interpret.circuits import Schedule, Tolerance, extract_circuits  # noqa: E402
+from graphinterp.clustering.cluster import Clustering  # noqa: E402
+from graphinterp.data.datasets import load_dataset  # noqa: E402
+from graphinterp.interpret.evaluation import class_accuracy, load_runnable  # noqa: E402
+from graphinterp.interpret.pruning import label_task  # noqa: E402
+from graphinterp.common.seeds import deterministic, parse_seeds, summarize  # noqa: E402
 
 from _shared_data import shared_datasets_dir  # noqa: E402
 
@@ -52,7 +52,7 @@ def get_model(path: Path, lam: float, args, seed: int) -> Path:
     if path.exists() and not args.retrain:
         print(f"loading {path}")
         return path
-    from graphinterp.train import TrainConfig, train
+    from graphinterp.training.train import TrainConfig, train
 
     config = TrainConfig(dataset="mnist", model="mlp", k=args.k, lam=lam, warmup_epochs=args.warmup_epochs,
                          epochs=args.epochs, seed=seed, device=args.device, data_dir=str(args.data_dir),

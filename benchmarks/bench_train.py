@@ -47,12 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _shared_data whe
 from _shared_data import cifar10_jpeg_dir, shared_datasets_dir  # noqa: E402
 
 from graphinterp import flush_denormals  # noqa: E402
-from graphinterp.analysis import analyze  # noqa: E402
-from graphinterp.data import load_dataset  # noqa: E402
-from graphinterp.graph import LayeredGraph  # noqa: E402
-from graphinterp.loss import EnmeshmentLoss  # noqa: E402
-from graphinterp.seeds import deterministic, parse_seeds, summarize  # noqa: E402
-from graphinterp.train import TrainConfig, train, train_step  # noqa: E402
+from graphinterp.clustering.analysis import analyze  # noqa: E402
+from graphinterp.data.datasets import load_dataset  # noqa: E402
+from graphinterp.graph.layered import LayeredGraph  # noqa: E402
+from graphinterp.training.loss import EnmeshmentLoss  # noqa: E402
+from graphinterp.common.seeds import deterministic, parse_seeds, summarize  # noqa: E402
+from graphinterp.training.train import TrainConfig, train, train_step  # noqa: E402
 
 
 def time_steps(result, train_set, lam: float, steps: int, blocks: int, batch_size: int, seed: int,
@@ -61,7 +61,7 @@ def time_steps(result, train_set, lam: float, steps: int, blocks: int, batch_siz
 
     Two views of a step: ``kernel`` times :func:`train_step` on pre-gathered batches (the cost of the
     loss alone shows most); ``loop`` also gathers each batch from the device-resident training set,
-    as :func:`graphinterp.train.train` does, so its ratio is the one a user sees in epoch times.
+    as :func:`graphinterp.training.train.train` does, so its ratio is the one a user sees in epoch times.
     """
     model = copy.deepcopy(result.model)
     device = next(model.parameters()).device

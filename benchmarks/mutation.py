@@ -66,6 +66,12 @@ TESTS: Dict[str, List[str]] = {
 }
 
 
+# where each mutated module lives in the package layout
+PATHS = {"bsgc": "clustering/bsgc", "kmeans_batch": "clustering/kmeans_batch", "metrics": "clustering/metrics",
+         "loss": "training/loss", "masks": "training/masks", "hooks": "interpret/hooks",
+         "circuit_eval": "interpret/circuit_eval", "circuit_batch": "interpret/circuit_batch"}
+
+
 @dataclass(frozen=True)
 class Mutant:
     module: str
@@ -76,7 +82,7 @@ class Mutant:
 
     @property
     def path(self) -> str:
-        return f"graphinterp/{self.module}.py"
+        return f"graphinterp/{PATHS[self.module]}.py"
 
 
 M = Mutant
@@ -331,7 +337,7 @@ def run(mutants: Sequence[Mutant], indices: Sequence[int], jobs: int, timeout: f
     def worker(w: int) -> None:
         copy = _copy(tmp / f"w{w}")
         modules = sorted({mutants[i].module for i in indices})
-        files = sorted({f for mod in modules for f in TESTS[mod]} | {f"graphinterp/{mod}.py" for mod in modules})
+        files = sorted({f for mod in modules for f in TESTS[mod]} | {f"graphinterp/{PATHS[mod]}.py" for mod in modules})
         status, secs, tail = _pytest(copy, files, timeout * 3) if baseline else ("survived", 0.0, "")
         if status != "survived":  # the unmutated copy must pass
             baseline_failed.append(f"worker {w}: baseline {status} ({tail}) in {secs:.0f} s")

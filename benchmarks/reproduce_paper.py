@@ -43,15 +43,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _shared_data when run as a script
 
 from graphinterp import atomic_write  # noqa: E402
-from graphinterp.ablate import ablation_matrix  # noqa: E402
-from graphinterp.benchmark_report import write_report  # noqa: E402
-from graphinterp.benchmarking import ModelSource, benchmark_graph, run_benchmark  # noqa: E402
-from graphinterp.circuits import MODES, Schedule, compare_circuits  # noqa: E402
-from graphinterp.data import load_dataset  # noqa: E402
-from graphinterp.graph import LayeredGraph  # noqa: E402
-from graphinterp.seeds import deterministic, parse_seeds  # noqa: E402
-from graphinterp.train import TrainConfig, train  # noqa: E402
-from graphinterp import viz  # noqa: E402
+from graphinterp.interpret.ablate import ablation_matrix  # noqa: E402
+from graphinterp.reports.benchmark_report import write_report  # noqa: E402
+from graphinterp.reports.benchmarking import ModelSource, benchmark_graph, run_benchmark  # noqa: E402
+from graphinterp.interpret.circuits import MODES, Schedule, compare_circuits  # noqa: E402
+from graphinterp.data.datasets import load_dataset  # noqa: E402
+from graphinterp.graph.layered import LayeredGraph  # noqa: E402
+from graphinterp.common.seeds import deterministic, parse_seeds  # noqa: E402
+from graphinterp.training.train import TrainConfig, train  # noqa: E402
+from graphinterp.reports import viz  # noqa: E402
 
 from _seed_report import MODE_NAMES, comparison_rows, label_rows, seed_figure  # noqa: E402
 
@@ -177,7 +177,7 @@ def _rest(args, res, results, graphs, test_set, out, tag, seed, first) -> dict:
 
 
 def circuit_settings(args, mode: str = "graphinterp") -> dict:
-    """Settings passed to compare_circuits; None keeps graphinterp.circuits' own defaults."""
+    """Settings passed to compare_circuits; None keeps graphinterp.interpret.circuits' own defaults."""
     out = {}
     if args.circuit_examples is not None:
         out["max_examples"] = args.circuit_examples
@@ -199,7 +199,7 @@ def write_markdown(out: Path, results: Dict[str, list], args) -> str:
              f"{args.warmup_epochs} warm-up + {args.epochs} epochs"
              + (f", {args.max_train} training images" if args.max_train else "") + f"; seeds {seeds}. "
              f"Clustered layer: fc2 (the paper's Figure 7). Shuffle test: {args.shuffles} shuffles of fc2 at "
-             f"k = {args.k}. Circuits: graphinterp.circuits defaults"
+             f"k = {args.k}. Circuits: graphinterp.interpret.circuits defaults"
              f"{'' if not circuit_settings(args) else ' except ' + str(circuit_settings(args))}, both criteria "
              "(graphinterp's: one-vs-rest task within tolerance, all layers, local minimum; the authors': weight "
              "by weight, Linear layers only, last layer first, on the label's own test images, loss never above "
@@ -250,9 +250,9 @@ def main() -> None:
     parser.add_argument("--shuffles", type=int, default=20)
     parser.add_argument("--circuit-examples", type=int, default=None,
                         help="examples of each label (and as many others) in its circuit's task "
-                             "(default: graphinterp.circuits' default)")
+                             "(default: graphinterp.interpret.circuits' default)")
     parser.add_argument("--max-evals", type=int, default=None,
-                        help="evaluation budget of each circuit (default: graphinterp.circuits.Schedule's)")
+                        help="evaluation budget of each circuit (default: graphinterp.interpret.circuits.Schedule's)")
     parser.add_argument("--seed", type=int, default=0, help="first seed when --seeds is a count")
     parser.add_argument("--seeds", default="1", help="number of seeds (from --seed) or a list such as 0,3,5-7")
     parser.add_argument("--modes", default="graphinterp,authors",

@@ -1,17 +1,17 @@
 """Modular transformers end to end: baseline vs modular on modular addition and a character LM.
 
 For each task it trains the baseline (lambda = 0) and the modular model (lambda = 20, k = 4) with
-:func:`graphinterp.train_transformer.train_transformer`, then reports
+:func:`graphinterp.training.train_transformer.train_transformer`, then reports
 
 * E per MLP block (modular: its training clustering; baseline: a BSGC clustering of its final
   weights) beside a shuffle null (each weight matrix of the block permuted, re-clustered);
 * the task cost (test accuracy; validation loss for the LM);
 * cluster ON/OFF accuracy per output class and the specialisation index of
-  :mod:`graphinterp.transformer_eval` (baseline clustered with BSGC after training);
+  :mod:`graphinterp.interpret.transformer_eval` (baseline clustered with BSGC after training);
 * the cost of the enmeshment loss: a training step with ``CE + lambda * L_E`` against a plain step,
   interleaved in the same run (ratio; the floor is 1.0);
 * modadd: one circuit per answer class for both models
-  (:func:`graphinterp.transformer_circuits.extract_transformer_circuits`, MLP weights pruned), the
+  (:func:`graphinterp.interpret.transformer_circuits.extract_transformer_circuits`, MLP weights pruned), the
   ECS per label, a Figure 3 style figure and the ECS gap between the models, with its direction;
 
 and writes ``report.md`` with figures into ``--out-dir``, printing ``uptime`` before and after.
@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from graphinterp import flush_denormals
-from graphinterp.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks
-from graphinterp.loss import EnmeshmentLoss
-from graphinterp.model_trace import trace_graph
-from graphinterp.circuits import CircuitComparison, Schedule
-from graphinterp.train_transformer import TransformerConfig, task_data, train_transformer
-from graphinterp.transformer_circuits import extract_transformer_circuits
-from graphinterp.transformer_eval import onoff_matrix, specialisation
+from graphinterp.clustering.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks
+from graphinterp.training.loss import EnmeshmentLoss
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.interpret.circuits import CircuitComparison, Schedule
+from graphinterp.training.train_transformer import TransformerConfig, task_data, train_transformer
+from graphinterp.interpret.transformer_circuits import extract_transformer_circuits
+from graphinterp.interpret.transformer_eval import onoff_matrix, specialisation
 
 
 def uptime() -> str:
@@ -98,7 +98,7 @@ def _loss_cost(model, clustering, x, y, lam, n):
 
 def circuits(res, data, out_dir: Path, labels, jobs: int, max_evals: int):
     """ECS per answer class of both modadd models (same settings), their comparison and its figure."""
-    from graphinterp.viz import plot_ecs_comparison
+    from graphinterp.reports.viz import plot_ecs_comparison
 
     test, found = data["test"], {}
     for name in ("baseline", "modular"):
@@ -169,7 +169,7 @@ def run_task(task, out_dir: Path, corpus, n_shuffles, k, lam, circuit_args=None)
         r["onoff"] = onoff_matrix(model, c, x, y, data["classes"])
         r["onoff_s"] = time.perf_counter() - t
         r["spec"] = specialisation(r["onoff"])
-        from graphinterp.viz import plot_ablation
+        from graphinterp.reports.viz import plot_ablation
 
         live = np.isfinite(r["onoff"].full)  # classes with examples
         names = [repr(ch)[1:-1] for ch, ok in zip(data["classes"], live) if ok]

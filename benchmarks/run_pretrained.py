@@ -2,7 +2,7 @@
 
 Checks the paper's claim "pretrained models are highly unclusterable" on every model in
 ``../shared/pretrained`` (a CIFAR CNN, two MNIST MLPs, CIFAR ResNet-20/56) with
-:func:`graphinterp.benchmarking.run_benchmark`: per layer, E for each k, the random-partition
+:func:`graphinterp.reports.benchmarking.run_benchmark`: per layer, E for each k, the random-partition
 expectation, the normalised score, and a shuffle test (Filan et al. 2021) at one k. Two references,
 measured in the same run:
 
@@ -32,10 +32,10 @@ from typing import List
 import torch
 
 from graphinterp import atomic_write
-from graphinterp.benchmark_report import BenchmarkReport, format_report, write_report
-from graphinterp.benchmarking import ModelSource, run_benchmark
-from graphinterp.cluster import parse_k_range
-from graphinterp.loading import load_model_file
+from graphinterp.reports.benchmark_report import BenchmarkReport, format_report, write_report
+from graphinterp.reports.benchmarking import ModelSource, run_benchmark
+from graphinterp.clustering.cluster import parse_k_range
+from graphinterp.sources.loading import load_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT.parent / "shared" / "pretrained"

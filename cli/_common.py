@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 import click
 
-from graphinterp.io import write_json as _write_json
+from graphinterp import write_json as _write_json
 
 __all__ = [
     "json_option", "seed_option", "device_option", "quiet_option", "trust_pickle_option", "layers_option",
@@ -190,7 +190,7 @@ def check_device(name: Any) -> str:
     ('cpu', 'auto')
     """
     from graphinterp import resolve_device
-    from graphinterp.errors import GraphinterpError
+    from graphinterp import GraphinterpError
 
     text = str(name)
     try:
@@ -382,7 +382,7 @@ def parse_int_ranges(text: str, *, param_hint: str, example: str = "0,3,5-7", mi
 def parse_k_values(text: str, *, param_hint: str = "--k", max_values: int = 1000) -> List[int]:
     """Parse ``"4"``, ``"2..10"`` or ``"2,4,8"`` into k values (each >= 2), at most ``max_values`` of them.
 
-    Like :func:`graphinterp.cluster.parse_k_range`, but a huge range (``2..1000000000000``) is
+    Like :func:`graphinterp.clustering.cluster.parse_k_range`, but a huge range (``2..1000000000000``) is
     refused before it is expanded, and errors are :class:`click.BadParameter`.
 
     Examples

@@ -22,9 +22,9 @@ class TransformerData:
 
 
 def _config(path: str, ckpt: Dict[str, Any]):
-    from graphinterp.checkpoint import validate_checkpoint
-    from graphinterp.errors import DataError
-    from graphinterp.train_transformer import TransformerConfig
+    from graphinterp import validate_checkpoint
+    from graphinterp import DataError
+    from graphinterp import TransformerConfig
 
     ckpt = validate_checkpoint(ckpt)
     saved = (ckpt.get("train_state") or {}).get("config")
@@ -42,8 +42,8 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
     """The split of the first model's modular-addition task (both models must share the modulus)."""
     import torch
 
-    from graphinterp.errors import DataError
-    from graphinterp.train_transformer import task_data
+    from graphinterp import DataError
+    from graphinterp import task_data
 
     config = _config(path, ckpt)
     if other_ckpt is not None:
@@ -61,9 +61,9 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
 
 def extract_transformer(path: str, ckpt: Dict[str, Any], data: TransformerData, labels, kwargs: Dict[str, Any]):
     """``(None, clustering or None, circuits)`` of one transformer checkpoint."""
-    from graphinterp.cluster import Clustering
-    from graphinterp.models import build_model
-    from graphinterp.transformer_circuits import extract_transformer_circuits
+    from graphinterp import Clustering
+    from graphinterp import build_model
+    from graphinterp import extract_transformer_circuits
 
     net = build_model(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])

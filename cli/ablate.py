@@ -10,7 +10,7 @@ from graphinterp.cli._common import (
     FIGURE_SUFFIXES, MAX_RANGE_VALUES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json,
     format_table, json_option, parse_int_ranges, parse_layers, plain_text, seed_option, trust_pickle_option,
 )
-from graphinterp.data import DATASETS
+from graphinterp import DATASETS
 
 __all__ = ["command", "parse_neurons", "load_eval_data", "check_outputs", "data_options"]
 
@@ -40,7 +40,7 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
 
 def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Optional[int], seed: int):
     """The evaluation split (a seeded subset of ``limit`` examples when given)."""
-    from graphinterp.data import load_dataset
+    from graphinterp import load_dataset
 
     data = load_dataset(dataset, split=split, data_dir=data_dir)
     return data.subset(limit, seed=seed) if limit is not None else data
@@ -48,7 +48,7 @@ def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Opt
 
 def check_outputs(graph, data, path: str) -> None:
     """Raise DataError unless the model has one output per class of ``data``."""
-    from graphinterp.errors import DataError
+    from graphinterp import DataError
 
     n_out = graph.layers[-1].n_out
     if n_out != len(data.classes):
@@ -111,10 +111,10 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     (modadd: the test pairs, per answer; chars: validation windows, per target character), with the
     clusters of its MLP blocks ON / OFF (hidden units zeroed); --k K clusters every MLP block now.
     """
-    from graphinterp.ablate import ablate, ablation_matrix, class_accuracy
-    from graphinterp.cluster import Clustering, cluster_network
-    from graphinterp.errors import ClusteringError
-    from graphinterp.evaluation import load_runnable
+    from graphinterp import ablate, ablation_matrix, class_accuracy
+    from graphinterp import Clustering, cluster_network
+    from graphinterp import ClusteringError
+    from graphinterp import load_runnable
 
     if neurons and (plot_path or k):
         raise click.UsageError("--neurons ablates the given neurons; it cannot be combined with --k or --plot")
@@ -143,7 +143,7 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
         _report_neurons(model, data, mode, spec, full, ablated, as_json)
         return
     if k is not None:
-        from graphinterp.masks import default_cluster_layers
+        from graphinterp import default_cluster_layers
 
         clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph),
                                      random_state=seed)
@@ -157,7 +157,7 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     result = ablation_matrix(net, graph, clustering, data, mode=mode, batch_size=batch_size, device=device,
                              progress=not as_json)
     if plot_path:
-        from graphinterp.viz import plot_ablation
+        from graphinterp import plot_ablation
 
         plot_ablation(result.on, result.off, full=result.full, class_names=[plain_text(c) for c in result.classes],
                       title=f"{plain_text(model)}: class-wise accuracy, clusters ON / OFF ({mode} ablation)",
@@ -199,7 +199,7 @@ def _transformer_checkpoint(path):
     """The loaded checkpoint when ``path`` is a graphinterp checkpoint of a transformer, else None."""
     from pathlib import Path
 
-    from graphinterp.checkpoint import is_checkpoint
+    from graphinterp import is_checkpoint
 
     if not Path(path).is_file():
         return None
@@ -219,14 +219,14 @@ def torch_load(path):
 
 
 def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, plot_path, as_json) -> None:
-    from graphinterp.checkpoint import validate_checkpoint
-    from graphinterp.cluster import Clustering
-    from graphinterp.errors import ClusteringError
-    from graphinterp.mlp_blocks import cluster_mlp_blocks
-    from graphinterp.model_trace import trace_graph
-    from graphinterp.models import build_model
-    from graphinterp.train_transformer import TransformerConfig, task_data
-    from graphinterp.transformer_eval import onoff_matrix, specialisation
+    from graphinterp import validate_checkpoint
+    from graphinterp import Clustering
+    from graphinterp import ClusteringError
+    from graphinterp import cluster_mlp_blocks
+    from graphinterp import trace_graph
+    from graphinterp import build_model
+    from graphinterp import TransformerConfig, task_data
+    from graphinterp import onoff_matrix, specialisation
 
     ckpt = validate_checkpoint(ckpt)
     saved = (ckpt.get("train_state") or {}).get("config")
@@ -260,7 +260,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, p
     result = onoff_matrix(net, clustering, x, y, classes, batch_size=batch_size)
     names = [plain_text(repr(c)[1:-1]) for c in classes]
     if plot_path:
-        from graphinterp.viz import plot_ablation
+        from graphinterp import plot_ablation
 
         live = np.isfinite(result.full)  # classes with examples
         plot_ablation(result.on[:, live], result.off[:, live], full=result.full[live],

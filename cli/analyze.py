@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import click
 
-from graphinterp.analysis import analyze, load_graph
+from graphinterp import analyze, clusterability_report, Clustering, graph_structure, load_graph
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, check_layers, check_output_path, emit_json, format_table, json_option, layers_option,
     parse_k_values, parse_layers, seed_option, trust_pickle_option,
 )
-from graphinterp.cluster import Clustering
-from graphinterp.metrics import clusterability_report
 from graphinterp.cli._source_options import parse_input_shape
-from graphinterp.sources import graph_structure
 
 __all__ = ["command"]
 
@@ -77,7 +74,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
         clustering = Clustering.from_dict(loaded.clustering).validate(graph)
         stored = clusterability_report(graph, clustering)
     if plot_path:
-        from graphinterp.viz import plot_clusterability_vs_k
+        from graphinterp import plot_clusterability_vs_k
 
         name = loaded.path.rsplit("/", 1)[-1] if loaded.path else "model"
         plot_clusterability_vs_k({name: {k: result.reports[k].E for k in result.ks}},

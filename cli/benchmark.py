@@ -5,11 +5,9 @@ from typing import Tuple
 
 import click
 
-from graphinterp.benchmark_report import format_report, write_report
-from graphinterp.benchmarking import ModelSource, run_benchmark
+from graphinterp import format_report, ModelSource, run_benchmark, SCHEDULER_ENV, write_report
 from graphinterp.cli._common import (POSITIVE_INT, check_output_dir, device_option, emit_json, parse_k_values,
                                      quiet_option, seed_option, trust_pickle_option)
-from graphinterp.parallel import SCHEDULER_ENV
 
 __all__ = ["command"]
 

@@ -37,7 +37,7 @@ def _bar_plot(circuits, title: str, out: str) -> None:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from graphinterp.viz import save_figure
+    from graphinterp import save_figure
 
     names = [c.label_name for c in circuits.values()]
     layers = list(next(iter(circuits.values())).size.ecs_per_layer)
@@ -56,9 +56,9 @@ def _bar_plot(circuits, title: str, out: str) -> None:
 
 
 def _extract(path, data, labels, trust_pickle, kwargs):
-    from graphinterp.circuits import extract_circuits
-    from graphinterp.cluster import Clustering
-    from graphinterp.evaluation import load_runnable
+    from graphinterp import extract_circuits
+    from graphinterp import Clustering
+    from graphinterp import load_runnable
 
     loaded, net, graph = load_runnable(path, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     check_outputs(graph, data, path)
@@ -67,7 +67,7 @@ def _extract(path, data, labels, trust_pickle, kwargs):
 
 
 def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> List[str]:
-    from graphinterp.io import write_graphml
+    from graphinterp import write_graphml
 
     written = []
     for c, circuit in circuits.items():
@@ -140,8 +140,8 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     attention, embeddings and the unembedding are kept whole, and the ECS is over the MLP weights.
     Character LMs (chars) are not supported.
     """
-    from graphinterp.circuits import Schedule, Tolerance, cluster_share
-    from graphinterp.circuits import CircuitComparison
+    from graphinterp import Schedule, Tolerance, cluster_share
+    from graphinterp import CircuitComparison
 
     labels = parse_labels(labels_text)
     inputs = (model, other)
@@ -199,7 +199,7 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
             written += _write_graphml(graphml_dir, _stem(other), graph_b, clustering_b, circuits_b)
     if plot_path:
         if comparison is not None:
-            from graphinterp.viz import plot_ecs_comparison
+            from graphinterp import plot_ecs_comparison
 
             plot_ecs_comparison(comparison.ecs_a, comparison.ecs_b, labels=[plain_text(n) for n in comparison.label_names],
                                 names=tuple(plain_text(n) for n in comparison.names), out=plot_path)

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import click
 
-from graphinterp.analysis import load_graph
+from graphinterp import (
+    cluster_layers,
+    cluster_network,
+    Clustering,
+    ClusteringError,
+    export_graphml,
+    graph_structure,
+    load_graph,
+)
 from graphinterp.cli._common import (
     FiniteFloat, check_layers, check_output_path, emit_json, json_option, layers_option, parse_layers, seed_option,
     trust_pickle_option,
 )
-from graphinterp.cluster import Clustering, cluster_layers, cluster_network
-from graphinterp.errors import ClusteringError
-from graphinterp.io import export_graphml
-from graphinterp.sources import graph_structure
 
 __all__ = ["command", "NETWORK_MAX_NODES"]
 

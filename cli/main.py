@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import click
 
-from graphinterp.errors import GraphinterpError
+from graphinterp import GraphinterpError
 
 __all__ = ["cli", "main"]
 

@@ -5,13 +5,10 @@ from typing import Optional
 
 import click
 
-from graphinterp.benchmarking import graph_with_fallback
-from graphinterp.bsgc import BSGC
+from graphinterp import BSGC, Clustering, ClusteringError, graph_with_fallback
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, check_output_path, check_title, plain_text, seed_option, trust_pickle_option,
 )
-from graphinterp.cluster import Clustering
-from graphinterp.errors import ClusteringError
 
 __all__ = ["command"]
 
@@ -57,8 +54,7 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
       graphinterp plot layer modular.pt --layer fc2 --out fc2.png
       graphinterp plot layer baseline.pt --layer fc2 --k 4 --kind matrix --out fc2_matrix.svg
     """
-    from graphinterp.loading import load_model_file
-    from graphinterp.viz import plot_clustered_layer
+    from graphinterp import load_model_file, plot_clustered_layer
 
     check_output_path(out_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--out")
     check_title(title)

@@ -10,11 +10,19 @@ from graphinterp.cli._common import (
     POSITIVE_INT, check_output_path, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
     seed_option,
 )
-from graphinterp.data import DATASETS
-from graphinterp.distributed import Launch, check_device, launch_from_env, process_group
-from graphinterp.errors import GraphinterpError
-from graphinterp.tasks import TASKS
-from graphinterp.train import SIMILARITIES, TrainConfig, format_history, train
+from graphinterp import (
+    check_device,
+    DATASETS,
+    format_history,
+    GraphinterpError,
+    Launch,
+    launch_from_env,
+    process_group,
+    SIMILARITIES,
+    TASKS,
+    train,
+    TrainConfig,
+)
 
 __all__ = ["command"]
 
@@ -125,7 +133,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     last = result.history[-1]
     per_layer = {}
     if result.clustering is not None:
-        from graphinterp.loss import EnmeshmentLoss
+        from graphinterp import EnmeshmentLoss
 
         per_layer = EnmeshmentLoss(result.model, result.clustering).per_layer()
     if as_json:
@@ -163,8 +171,8 @@ def _launch(model_name: str, resume: bool, device: str) -> Tuple[Launch, torch.d
 
 def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction, layers,
                        seed, device, data_dir, corpus, out, resume, quiet, as_json) -> None:
-    from graphinterp.mlp_blocks import blocks_from_clustering
-    from graphinterp.train_transformer import TransformerConfig, train_transformer
+    from graphinterp import blocks_from_clustering
+    from graphinterp import TransformerConfig, train_transformer
 
     if layers is not None:
         raise click.UsageError("--layers does not apply to the transformer: every MLP block is clustered")
@@ -178,7 +186,7 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
                                **({"batch_size": batch_size} if batch_size is not None else {})).validate()
     check_output_path(out, param_hint="--out")
     if task == "chars":  # a missing or empty corpus is reported before the model is built
-        from graphinterp.tasks import load_corpus
+        from graphinterp import load_corpus
 
         load_corpus(config.corpus, data_dir=config.data_dir, n_ctx=config.n_ctx, max_chars=config.max_chars)
     result = train_transformer(config, checkpoint=out, resume=resume)

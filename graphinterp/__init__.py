@@ -3,7 +3,7 @@
 A model becomes a :class:`LayeredGraph` (neurons or channels as nodes, weights as edges);
 :class:`BSGC` splits each layer into bipartite clusters; :func:`clusterability_report` measures
 how much squared weight stays inside clusters; :class:`EnmeshmentLoss` trains models to be
-modular; :mod:`graphinterp.ablate` and :mod:`graphinterp.circuits` evaluate the clusters.
+modular; :mod:`graphinterp.interpret.ablate` and :mod:`graphinterp.interpret.circuits` evaluate the clusters.
 
 Names are imported lazily (PEP 562), so ``import graphinterp`` stays cheap and has no side effects.
 
@@ -23,39 +23,66 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+#: The subpackages in the order data flows through them (DESIGN.md draws it): a module imports only
+#: from its own subpackage or from one listed before it. tests/test_layering.py derives its rules from
+#: this tuple and the folders, so this is the one place where the order is written down.
+LAYERS = ("common", "data", "sources", "graph", "clustering", "training", "interpret", "reports")
+
 _EXPORTS = {
-    # errors
-    "GraphinterpError": "errors", "ModelFileError": "errors", "UnsupportedModelError": "errors",
-    "InvalidWeightsError": "errors", "ClusteringError": "errors", "DataError": "errors", "TrainingError": "errors",
-    # models, data, files
-    "mlp": "models", "cnn": "models", "build_model": "models", "default_spec": "models",
-    "torchvision_model": "models",
-    "load_dataset": "data", "LabeledTensors": "data",
-    "save_checkpoint": "checkpoint", "load_model_file": "loading", "LoadedModel": "loading",
-    # graph
-    "Layer": "layer", "LayeredGraph": "graph", "layered_graph": "graph",
-    # clustering and metrics
-    "BSGC": "bsgc", "Clustering": "cluster", "cluster_layers": "cluster", "cluster_network": "cluster",
-    "within_share": "metrics", "clusterability": "metrics", "clusterability_report": "metrics",
-    "random_partition_expectation": "metrics",
-    "analyze": "analysis", "load_graph": "analysis",
-    "shuffle_test": "significance",
-    # training
-    "parameter_masks": "masks", "default_cluster_layers": "masks",
-    "EnmeshmentLoss": "loss", "enmeshment_loss": "loss",
-    "GradientSimilarity": "gradsim",
-    "TrainConfig": "train", "TrainResult": "train",
-    # evaluation
-    "ablation_matrix": "ablate", "class_accuracy": "ablate", "run_with_ablation": "ablate",
-    "extract_circuit": "circuits", "extract_circuits": "circuits", "compare_circuits": "circuits",
-    # output
-    "export_graphml": "io", "write_graphml": "io",
-    # files, devices and floating point (public home of the helpers in _files / _denormal)
-    "atomic_write": "_files", "check_writable": "_files", "OutputPathError": "_files",
-    "resolve_device": "_files", "flush_denormals": "_denormal",
+    # common: errors, files, devices, floating point, seeds, parallel and distributed execution
+    "ClusteringError": "common.errors", "DataError": "common.errors", "GraphinterpError": "common.errors",
+    "InvalidWeightsError": "common.errors", "Launch": "common.distributed", "ModelFileError": "common.errors",
+    "OutputPathError": "common.files", "SCHEDULER_ENV": "common.parallel", "TrainingError": "common.errors",
+    "UnsupportedModelError": "common.errors", "atomic_write": "common.files",
+    "check_device": "common.distributed", "check_writable": "common.files", "deterministic": "common.seeds",
+    "flush_denormals": "common.denormal", "launch_from_env": "common.distributed",
+    "process_group": "common.distributed", "resolve_device": "common.files", "summarize": "common.seeds",
+    # data: datasets and tasks
+    "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "TASKS": "data.tasks",
+    "load_corpus": "data.tasks", "load_dataset": "data.datasets",
+    # sources: models and model files
+    "LoadedModel": "sources.loading", "Transformer": "sources.transformer", "transformer": "sources.transformer", "build_model": "sources.models",
+    "cnn": "sources.models", "default_spec": "sources.models", "is_checkpoint": "sources.checkpoint",
+    "load_model_file": "sources.loading", "mlp": "sources.models", "save_checkpoint": "sources.checkpoint",
+    "torchvision_model": "sources.models", "validate_checkpoint": "sources.checkpoint",
+    # graph: a model as a graph
+    "Coverage": "graph.coverage", "Layer": "graph.layer", "LayeredGraph": "graph.layered",
+    "ModelGraph": "graph.dag", "graph_structure": "graph.load", "layered_graph": "graph.layered",
+    "model_graph": "graph.load", "open_model": "graph.load", "trace_graph": "graph.model_trace",
+    # clustering: clustering and clusterability
+    "BSGC": "clustering.bsgc", "Clustering": "clustering.labels", "analyze": "clustering.analysis",
+    "blocks_from_clustering": "clustering.mlp_blocks", "cluster_dag": "clustering.dag_cluster",
+    "cluster_layers": "clustering.cluster", "cluster_mlp_blocks": "clustering.mlp_blocks",
+    "cluster_network": "clustering.cluster", "clusterability": "clustering.metrics",
+    "clusterability_report": "clustering.metrics", "fit_batch": "clustering.bsgc",
+    "load_graph": "clustering.analysis", "random_partition_expectation": "clustering.metrics",
+    "shuffle_test": "clustering.significance", "within_share": "clustering.metrics",
+    # training: training for modularity
+    "EnmeshmentLoss": "training.loss", "GradientSimilarity": "training.gradsim",
+    "SIMILARITIES": "training.train", "TrainConfig": "training.train", "TrainResult": "training.train",
+    "TransformerConfig": "training.transformer_config", "default_cluster_layers": "training.masks",
+    "enmeshment_loss": "training.loss", "format_history": "training.train_config",
+    "parameter_masks": "training.masks", "task_data": "training.train_transformer", "train": "training.train",
+    "train_transformer": "training.train_transformer",
+    # interpret: interpretability: ablation and circuits
+    "Circuit": "interpret.circuits", "CircuitComparison": "interpret.circuits",
+    "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
+    "ablation_matrix": "interpret.ablate", "class_accuracy": "interpret.ablate",
+    "cluster_share": "interpret.circuits", "compare_circuits": "interpret.circuits",
+    "extract_circuit": "interpret.circuits", "extract_circuits": "interpret.circuits",
+    "extract_transformer_circuits": "interpret.transformer_circuits", "load_runnable": "interpret.evaluation",
+    "onoff_matrix": "interpret.transformer_eval", "run_with_ablation": "interpret.ablate",
+    "specialisation": "interpret.transformer_eval",
+    # reports: output, figures and benchmarks
+    "ModelSource": "reports.benchmarking", "export_graphml": "reports.io",
+    "format_report": "reports.benchmark_report", "graph_with_fallback": "reports.benchmarking",
+    "plot_ablation": "reports.viz", "plot_clusterability_vs_k": "reports.viz",
+    "plot_clustered_layer": "reports.viz", "plot_ecs_comparison": "reports.viz",
+    "run_benchmark": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io",
+    "write_json": "reports.io", "write_report": "reports.benchmark_report",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__", "LAYERS"]
 
 
 def __getattr__(name: str) -> Any:

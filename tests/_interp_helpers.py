@@ -29,11 +29,11 @@ def digits_checkpoint(path, *, clustering: bool, seed: int = 0, k: int = 2):
 
 
 def _train(clustering: bool, seed: int, k: int) -> bytes:
-    from graphinterp.checkpoint import save_checkpoint
-    from graphinterp.cluster import cluster_network
-    from graphinterp.data import load_dataset
-    from graphinterp.graph import LayeredGraph
-    from graphinterp.models import build_model
+    from graphinterp.sources.checkpoint import save_checkpoint
+    from graphinterp.clustering.cluster import cluster_network
+    from graphinterp.data.datasets import load_dataset
+    from graphinterp.graph.layered import LayeredGraph
+    from graphinterp.sources.models import build_model
 
     gen = torch.Generator().manual_seed(seed)
     spec = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16, 16], "num_classes": 10}}

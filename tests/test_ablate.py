@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.ablate import (ablate, ablation_matrix, class_accuracy, cluster_neurons, level_means,
+from graphinterp.interpret.ablate import (ablate, ablation_matrix, class_accuracy, cluster_neurons, level_means,
                                 run_with_ablation)
-from graphinterp.cluster import Clustering
-from graphinterp.errors import ClusteringError, DataError, UnsupportedModelError
-from graphinterp.graph import LayeredGraph
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import ClusteringError, DataError, UnsupportedModelError
+from graphinterp.graph.layered import LayeredGraph
 
 from _interp_helpers import digits_checkpoint, run_cli
 

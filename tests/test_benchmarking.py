@@ -1,4 +1,4 @@
-"""Tests of graphinterp.benchmarking and `graphinterp benchmark`: outputs, fallbacks and bad inputs."""
+"""Tests of graphinterp.reports.benchmarking and `graphinterp benchmark`: outputs, fallbacks and bad inputs."""
 from __future__ import annotations
 
 import csv
@@ -11,13 +11,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from graphinterp.benchmark_report import format_report
-from graphinterp.benchmarking import ModelSource, benchmark_graph, load_source, run_benchmark
-from graphinterp.checkpoint import save_checkpoint
+from graphinterp.reports.benchmark_report import format_report
+from graphinterp.reports.benchmarking import ModelSource, benchmark_graph, load_source, run_benchmark
+from graphinterp.sources.checkpoint import save_checkpoint
 from graphinterp.cli.main import cli
-from graphinterp.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
-from graphinterp.graph import LayeredGraph
-from graphinterp.models import mlp
+from graphinterp.common.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.sources.models import mlp
 
 SPEC = {"name": "mlp", "kwargs": {"in_features": 20, "hidden": [16, 12], "num_classes": 4, "bias": False}}
 FAST = ["--n-init", "2", "--quiet"]
@@ -143,7 +143,7 @@ def test_random_arch_is_a_dag_with_coverage():
 
 
 def test_torchvision_weights_load_and_bad_inputs_fail(tmp_path):
-    from graphinterp.models import torchvision_model
+    from graphinterp.sources.models import torchvision_model
 
     weights = tmp_path / "squeeze.pth"
     torch.save(torchvision_model("squeezenet1_1", num_classes=10).state_dict(), weights)
@@ -275,7 +275,7 @@ def test_layer_scores_match_a_dense_reference():
 
 
 def test_many_layers_are_split_over_several_figures(tmp_path):
-    from graphinterp.benchmark_report import write_report
+    from graphinterp.reports.benchmark_report import write_report
 
     gen = torch.Generator().manual_seed(0)
     state = {f"block{i}.fc.weight": torch.randn(6, 6, generator=gen) for i in range(12)}

@@ -9,11 +9,11 @@ from sklearn.cluster import KMeans, SpectralCoclustering
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from graphinterp.bsgc import (BSGC, _normalized_svd, cluster_mass, fit_batch, fit_k_range, match_clusters,
+from graphinterp.clustering.bsgc import (BSGC, _normalized_svd, cluster_mass, fit_batch, fit_k_range, match_clusters,
                               normalize_bipartite, randomized_svd)
-from graphinterp.kmeans_batch import batched_kmeans
-from graphinterp.errors import ClusteringError, InvalidWeightsError
-from graphinterp.metrics import clusterability
+from graphinterp.clustering.kmeans_batch import batched_kmeans
+from graphinterp.common.errors import ClusteringError, InvalidWeightsError
+from graphinterp.clustering.metrics import clusterability
 
 SEEDS = range(3)
 
@@ -373,7 +373,7 @@ def test_kmeans_plus_plus_seeding_is_scikit_learns_on_average():
 
 
 def test_kmeans_ties_go_to_the_lower_label():
-    from graphinterp.kmeans_batch import _assign
+    from graphinterp.clustering.kmeans_batch import _assign
 
     Zt = torch.tensor([[[0.0, 1.0, 2.0]]])  # (C=1, d=1, N=3): point 1 is as far from both centres
     centres = torch.tensor([[[[0.0], [2.0]]]])  # (C=1, R=1, k=2, d=1)
@@ -384,14 +384,14 @@ def test_kmeans_ties_go_to_the_lower_label():
 
 
 def test_best_restart_is_the_lowest_inertia():
-    from graphinterp.bsgc import _best_inertia
+    from graphinterp.clustering.bsgc import _best_inertia
 
     labels = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 0, 0]])
     assert _best_inertia(labels, torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)).tolist() == [0, 1, 1]
 
 
 def test_repair_never_empties_the_cluster_it_takes_from():
-    from graphinterp.bsgc import _repair
+    from graphinterp.clustering.bsgc import _repair
 
     labels = np.array([0, 0, 1])  # cluster 2 is empty; node 2 (alone in cluster 1) would be the cheapest move
     gain = np.array([[5.0, 0.0, 1.0], [5.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
@@ -401,7 +401,7 @@ def test_repair_never_empties_the_cluster_it_takes_from():
 
 
 def test_one_thread_restores_the_thread_count_even_on_error():
-    from graphinterp.kmeans_batch import one_thread
+    from graphinterp.clustering.kmeans_batch import one_thread
 
     before = torch.get_num_threads()
     try:

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphinterp.circuits import Schedule, Tolerance, extract_circuit, extract_circuits
-from graphinterp.errors import DataError
-from graphinterp.pruning import edge_layers, label_task
+from graphinterp.interpret.circuits import Schedule, Tolerance, extract_circuit, extract_circuits
+from graphinterp.common.errors import DataError
+from graphinterp.interpret.pruning import edge_layers, label_task
 
 from _interp_helpers import digits_checkpoint, run_cli
 
@@ -115,7 +115,7 @@ def test_authors_mode_float32_matches_brute_force_on_digits_like_mlp():
 
 def test_sequential_pass_in_batches_equals_one_by_one():
     """The batched pass with graphinterp's tolerance equals the same walk done with one forward pass per edge."""
-    from graphinterp.circuit_batch import TaskMetrics, _one_by_one, forward_metrics, sequential_pass
+    from graphinterp.interpret.circuit_batch import TaskMetrics, _one_by_one, forward_metrics, sequential_pass
 
     torch.manual_seed(2)
     model = nn.Sequential(nn.Flatten(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)).double()
@@ -144,8 +144,8 @@ def test_sequential_pass_in_batches_equals_one_by_one():
 
 def _removable_edges(model, circuit, task, tol):
     """Kept edges whose single removal keeps the circuit within tolerance (brute force)."""
-    from graphinterp.graph import LayeredGraph
-    from graphinterp.pruning import apply_masks
+    from graphinterp.graph.layered import LayeredGraph
+    from graphinterp.interpret.pruning import apply_masks
 
     graph = LayeredGraph.from_module(model)
 

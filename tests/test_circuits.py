@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.circuits import (Circuit, CircuitComparison, Schedule, Tolerance, cluster_share, compare_circuits,
+from graphinterp.interpret.circuits import (Circuit, CircuitComparison, Schedule, Tolerance, cluster_share, compare_circuits,
                                   extract_circuits)
-from graphinterp.cluster import Clustering
-from graphinterp.errors import DataError
-from graphinterp.graph import LayeredGraph
-from graphinterp.pruning import apply_masks, circuit_size, edge_layers, label_task
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import DataError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.interpret.pruning import apply_masks, circuit_size, edge_layers, label_task
 
 from _interp_helpers import digits_checkpoint, run_cli
 
@@ -242,8 +242,8 @@ def test_cli_circuits_bad_label(checkpoints):
 
 
 def test_incremental_first_layer_matches_plain_evaluation():
-    from graphinterp.circuit_search import TaskEvaluator
-    from graphinterp.hooks import module_of
+    from graphinterp.interpret.circuit_search import TaskEvaluator
+    from graphinterp.interpret.hooks import module_of
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
@@ -257,7 +257,7 @@ def test_incremental_first_layer_matches_plain_evaluation():
     plain = TaskEvaluator(model, layers, task, modules=mods, batch_size=32, incremental=False)
     assert fast.first is not None and plain.first is None
     flat = torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool)
-    from graphinterp.pruning import flat_masks
+    from graphinterp.interpret.pruning import flat_masks
 
     masks = flat_masks(layers, flat)
     gen = torch.Generator().manual_seed(1)
@@ -279,9 +279,9 @@ def test_incremental_first_layer_matches_plain_evaluation():
 def test_incremental_layer_after_convolutions_matches_plain_evaluation():
     """CNN: fc1 is evaluated incrementally from the captured conv features; changes to conv kernels
     fall back to a full pass and, when accepted, re-capture those features."""
-    from graphinterp.circuit_search import TaskEvaluator
-    from graphinterp.hooks import module_of
-    from graphinterp.pruning import flat_masks
+    from graphinterp.interpret.circuit_search import TaskEvaluator
+    from graphinterp.interpret.hooks import module_of
+    from graphinterp.interpret.pruning import flat_masks
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
@@ -338,9 +338,9 @@ def test_evaluator_values_and_gradients_are_the_task_weighted_ones(incremental):
     """Accuracy, loss and attribution gradients weigh positives and negatives by LabelTask.weights()."""
     import copy
 
-    from graphinterp.circuit_search import TaskEvaluator
-    from graphinterp.hooks import module_of
-    from graphinterp.pruning import flat_masks, task_terms
+    from graphinterp.interpret.circuit_search import TaskEvaluator
+    from graphinterp.interpret.hooks import module_of
+    from graphinterp.interpret.pruning import flat_masks, task_terms
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
@@ -375,8 +375,8 @@ def test_evaluator_values_and_gradients_are_the_task_weighted_ones(incremental):
 
 @pytest.mark.parametrize("positives_only", [True, False])
 def test_batched_task_metrics_equal_the_tasks_own(positives_only):
-    from graphinterp.circuit_batch import TaskMetrics
-    from graphinterp.pruning import LabelTask
+    from graphinterp.interpret.circuit_batch import TaskMetrics
+    from graphinterp.interpret.pruning import LabelTask
 
     gen = torch.Generator().manual_seed(0)
     n = 40

@@ -17,18 +17,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import graphinterp.train as train_mod
-from graphinterp._files import OutputPathError, atomic_write, check_writable, output_lock, resolve_device
-from graphinterp.checkpoint import load_checkpoint, save_checkpoint
+import graphinterp.training.train as train_mod
+from graphinterp.common.files import OutputPathError, atomic_write, check_writable, output_lock, resolve_device
+from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.cli._common import (
     FiniteFloat, check_device, check_output_dir, check_output_path, check_seed, check_title, parse_int_ranges,
     parse_k_values, plain_text,
 )
 from graphinterp.cli.main import cli
-from graphinterp.cluster import Clustering
-from graphinterp.errors import ClusteringError, GraphinterpError, TrainingError
-from graphinterp.models import build_model
-from graphinterp.train import TrainConfig, train
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
+from graphinterp.sources.models import build_model
+from graphinterp.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,7 +134,7 @@ def test_read_only_folder_is_refused_before_work(sd_file, tmp_path, monkeypatch)
     folder = tmp_path / "ro"
     folder.mkdir()
     if os.geteuid() == 0:  # root writes anywhere: simulate a read-only mount
-        import graphinterp._files as files
+        import graphinterp.common.files as files
 
         def refuse(*a, **k):
             raise PermissionError(13, "Read-only file system")
@@ -327,7 +327,7 @@ def test_lock_is_held_across_processes_and_released_when_the_holder_dies(tmp_pat
     out = tmp_path / "t.pt"
     code = textwrap.dedent(f"""
         import sys, time
-        from graphinterp._files import output_lock
+        from graphinterp.common.files import output_lock
         with output_lock({str(out)!r}):
             print("locked", flush=True)
             time.sleep(60)
@@ -349,7 +349,7 @@ def test_temp_file_of_a_killed_writer_is_named_and_cleaned_up(tmp_path):
     out = tmp_path / "model.pt"
     code = textwrap.dedent(f"""
         import time
-        from graphinterp._files import atomic_write
+        from graphinterp.common.files import atomic_write
         with atomic_write({str(out)!r}, "wb") as fh:
             fh.write(b"partial")
             fh.flush()

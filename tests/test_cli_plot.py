@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from graphinterp.checkpoint import save_checkpoint
+from graphinterp.sources.checkpoint import save_checkpoint
 from graphinterp.cli.main import cli
-from graphinterp.cluster import Clustering
-from graphinterp.models import mlp
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.sources.models import mlp
 
 SPEC = {"name": "mlp", "kwargs": {"in_features": 12, "hidden": [8, 6], "num_classes": 3, "bias": False}}
 

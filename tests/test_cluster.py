@@ -5,10 +5,10 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
-from graphinterp.cluster import Clustering, cluster_layers, cluster_network, parse_k_range
-from graphinterp.errors import ClusteringError
-from graphinterp.graph import LayeredGraph
-from graphinterp.metrics import clusterability_report
+from graphinterp.clustering.cluster import Clustering, cluster_layers, cluster_network, parse_k_range
+from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.clustering.metrics import clusterability_report
 
 
 def planted_mlp(sizes=(6, 10, 4, 12), noise=0.02, seed=0):

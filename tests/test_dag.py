@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphinterp.cluster import cluster_network
-from graphinterp.dag import ModelGraph
-from graphinterp.graph import LayeredGraph
-from graphinterp.model_trace import trace_graph
+from graphinterp.clustering.cluster import cluster_network
+from graphinterp.graph.dag import ModelGraph
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.graph.model_trace import trace_graph
 
 
 def _capture(model, module, x, kwargs=None):
@@ -177,8 +177,8 @@ def test_unknown_ops_are_reported_not_silent():
 
 
 def test_grouped_conv_null_is_calibrated_and_depthwise_is_left_out():
-    from graphinterp.analysis import analyze
-    from graphinterp.significance import shuffle_test
+    from graphinterp.clustering.analysis import analyze
+    from graphinterp.clustering.significance import shuffle_test
 
     p_values = []
     for seed in range(10):

@@ -1,4 +1,4 @@
-"""Tests for graphinterp.data on real shared data and on small generated CIFAR-10 copies."""
+"""Tests for graphinterp.data.datasets on real shared data and on small generated CIFAR-10 copies."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from graphinterp.data import CIFAR10_CLASSES, DATASETS, NORMALIZATION, LabeledTensors, dataset_info, load_dataset
-from graphinterp.errors import DataError
+from graphinterp.data.datasets import CIFAR10_CLASSES, DATASETS, NORMALIZATION, LabeledTensors, dataset_info, load_dataset
+from graphinterp.common.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 REPO = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_cifar_python_batches_read_when_torchvision_refuses(tmp_path, protocol):
 def test_cifar_python_batches_through_torchvision(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as tv_cifar
 
-    import graphinterp.data as data_mod
+    import graphinterp.data.datasets as data_mod
 
     arrays = _write_cifar_python(tmp_path)
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)  # accept the generated md5s

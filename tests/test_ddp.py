@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from graphinterp.data import load_dataset
-from graphinterp.distributed import launch_from_env, process_group
-from graphinterp.train import TrainConfig, train
+from graphinterp.data.datasets import load_dataset
+from graphinterp.common.distributed import launch_from_env, process_group
+from graphinterp.training.train import TrainConfig, train
 
 pytestmark = [
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"),
@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    # what torchrun sets; graphinterp.distributed initialises the group from it (as `graphinterp train` does)
+    # what torchrun sets; graphinterp.common.distributed initialises the group from it (as `graphinterp train` does)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from graphinterp._denormal import _openmp_parallel, denormals_flushed, flush_denormals
+from graphinterp.common.denormal import _openmp_parallel, denormals_flushed, flush_denormals
 
 
 def _flushed_share() -> float:
@@ -31,7 +31,7 @@ def test_calling_thread_is_flushed_and_restored():
 _WORKERS_SCRIPT = """
 import torch
 import sklearn.cluster  # loads scikit-learn's own OpenMP runtime beside torch's
-from graphinterp._denormal import flush_denormals
+from graphinterp.common.denormal import flush_denormals
 torch.set_num_threads(2)
 x = torch.full((4_000_000,), 1e-39)
 share = lambda: float(((x * 1.0001) == 0).double().mean())

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from graphinterp.seeds import deterministic, parse_seeds, summarize
-from graphinterp.train import TrainConfig, train
+from graphinterp.common.seeds import deterministic, parse_seeds, summarize
+from graphinterp.training.train import TrainConfig, train
 
 
 def _run(seed: int):

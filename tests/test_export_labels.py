@@ -16,10 +16,10 @@ from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
 from graphinterp.cli.main import cli
-from graphinterp.cluster import cluster_layers, cluster_network
-from graphinterp.graph import LayeredGraph
-from graphinterp.io import align_labels, export_graphml
-from graphinterp.metrics import clusterability_report
+from graphinterp.clustering.cluster import cluster_layers, cluster_network
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.reports.io import align_labels, export_graphml
+from graphinterp.clustering.metrics import clusterability_report
 
 SIZES = (37, 61, 45, 29)
 K = 3
@@ -124,7 +124,7 @@ def test_network_wide_flag_and_per_layer_flag(planted_file, tmp_path):
 
 
 def test_stored_network_clustering_is_exported_as_is(planted_file, tmp_path):
-    from graphinterp.checkpoint import save_checkpoint
+    from graphinterp.sources.checkpoint import save_checkpoint
 
     path, truth, graph = planted_file
     sd = torch.load(path, weights_only=True)

@@ -23,10 +23,10 @@ from click.testing import CliRunner
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from graphinterp.checkpoint import save_checkpoint  # noqa: E402
+from graphinterp.sources.checkpoint import save_checkpoint  # noqa: E402
 from graphinterp.cli._common import MAX_RANGE_VALUES, SEED_MAX, parse_int_ranges, parse_k_values  # noqa: E402
 from graphinterp.cli.main import cli  # noqa: E402
-from graphinterp.models import build_model  # noqa: E402
+from graphinterp.sources.models import build_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.cluster import cluster_layers
-from graphinterp.errors import TrainingError
-from graphinterp.gradsim import GradientSimilarity, gradient_similarity
-from graphinterp.graph import LayeredGraph
-from graphinterp.models import mlp
+from graphinterp.clustering.cluster import cluster_layers
+from graphinterp.common.errors import TrainingError
+from graphinterp.training.gradsim import GradientSimilarity, gradient_similarity
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.sources.models import mlp
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.errors import InvalidWeightsError, UnsupportedModelError
-from graphinterp.graph import LayeredGraph, layered_graph
-from graphinterp.layer import Layer
+from graphinterp.common.errors import InvalidWeightsError, UnsupportedModelError
+from graphinterp.graph.layered import LayeredGraph, layered_graph
+from graphinterp.graph.layer import Layer
 
 
 def paper_cnn():

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp._files import atomic_write
-from graphinterp.cluster import cluster_layers, cluster_network
-from graphinterp.graph import LayeredGraph
-from graphinterp.io import export_graphml, read_graphml, write_csv, write_graphml, write_json
+from graphinterp.common.files import atomic_write
+from graphinterp.clustering.cluster import cluster_layers, cluster_network
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.reports.io import export_graphml, read_graphml, write_csv, write_graphml, write_json
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_graphml_roundtrip(graph, tmp_path, network_wide):
     # the mass inside clusters in the file equals E from the metrics
     within = sum(d["weight"] ** 2 for _, _, d in H.edges(data=True) if d["layer"] == "5" and d["within"])
     total = sum(d["weight"] ** 2 for _, _, d in H.edges(data=True) if d["layer"] == "5")
-    from graphinterp.metrics import clusterability
+    from graphinterp.clustering.metrics import clusterability
 
     assert within / total == pytest.approx(float(clusterability(graph["5"].squared().double(), rows, cols)), rel=1e-5)
 

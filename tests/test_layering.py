@@ -1,90 +1,96 @@
-"""Imports inside graphinterp point one way (DESIGN.md): no module imports a later layer, and the
-modules form no import cycle; cli/ and benchmarks/ use no private graphinterp module."""
+"""The package layout is the architecture (DESIGN.md), and imports follow it.
+
+``graphinterp.LAYERS`` lists the subpackages in the order data flows through them; the folders say
+which module is in which. From those two alone (there is no second table) this file checks that:
+
+* every module lives in a listed subpackage (no loose modules beside them);
+* a module imports only from its own subpackage or from an earlier one, never from a later one, and
+  not through the lazy top-level API (``from graphinterp import x`` inside the package would hide
+  where ``x`` comes from);
+* the imports between modules, function-local ones included, form no cycle;
+* ``cli/`` imports nothing of graphinterp but its top-level public names (and its own helpers), and
+  ``benchmarks/`` no private module.
+"""
 import ast
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
 import pytest
 
+import graphinterp
+
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "graphinterp"
-LAYER = {
-    "errors": 0, "_files": 0, "_denormal": 0, "parallel": 0, "distributed": 0,
-    "models": 1, "data": 1, "data_readers": 1, "checkpoint": 1, "loading": 1,
-    "coverage": 1, "cifar_resnet": 1, "transformer": 1, "tasks": 1,
-    "layer": 2, "graph": 2, "trace": 2, "trace_rules": 2, "state_graph": 2, "dag": 2, "model_trace": 2,
-    "sources": 2, "dag_cluster": 3,
-    "bsgc": 3, "kmeans_batch": 3, "cluster": 3, "metrics": 3, "mlp_blocks": 3,
-    "analysis": 4, "masks": 4, "loss": 4, "gradsim": 4, "significance": 4,
-    "evaluation": 4, "hooks": 4, "pruning": 4, "block_ablation": 4,
-    "train": 5, "train_transformer": 5, "transformer_config": 5, "transformer_eval": 5, "train_config": 5, "train_state": 5, "ablate": 5, "circuits": 5, "circuit_search": 5, "circuit_eval": 5,
-    "transformer_circuits": 5,
-    "circuit_batch": 5, "transformer_circuits": 5, "seeds": 0,
-    "io": 6, "viz_common": 6, "viz": 6, "viz_eval": 6, "viz_layer": 6, "benchmark_report": 6, "benchmarking": 6,
-}
+LAYERS = graphinterp.LAYERS
 
 
-# Import cycles that exist today, each closed by one lazy import (inside a function body): they are
-# waiting for their owners' fix. Removing the edge listed here must leave no cycle, each edge must still
-# exist and be lazy (test_known_cycle_edges_are_lazy_and_real), and no other cycle may appear.
-KNOWN_CYCLE_EDGES = {
-    # cluster.cluster_network dispatches to dag_cluster.cluster_dag; dag_cluster imports cluster.Clustering
-    ("cluster", "dag_cluster"): "cluster_network -> cluster_dag dispatch",
-    # LayeredGraph.from_module calls model_trace.trace_graph; model_trace and dag build LayeredGraphs
-    ("graph", "model_trace"): "LayeredGraph.from_module -> trace_graph",
-    # ChannelTracer looks up trace_rules.apply_rule; trace_rules uses trace's shadow helpers (`from . import trace`)
-    ("trace", "trace_rules"): "ChannelTracer -> apply_rule",
-}
+def _modules() -> Dict[str, Path]:
+    """``{"clustering.bsgc": path, ...}``: every module file of the package (the CLI lives in cli/)."""
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG)
+        if rel.parts[0] == "cli" or rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue
+        out[".".join(rel.with_suffix("").parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+# The one import cycle left, closed by an import inside a function: LayeredGraph.from_module (the
+# convenience builder on the class) calls the tracer, whose DAG and chain results are LayeredGraphs.
+# The edge must stay lazy and real (test_known_lazy_edge), and no other cycle may appear.
+KNOWN_LAZY_EDGES = {("graph.layered", "graph.model_trace")}
 
 
 def _absolute(node: ast.ImportFrom, package: str) -> str:
-    """The absolute module name of a ``from ... import`` (relative ones resolved against ``package``)."""
     if node.level == 0:
         return node.module or ""
     parts = package.split(".")
-    base = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+    base = parts[: len(parts) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def imported_modules(source: str, package: str = "graphinterp") -> Iterator[str]:
-    """Every absolute module name that ``source`` (a module of ``package``) imports, anywhere in the file.
-
-    ``from . import x`` and ``from graphinterp import x`` yield ``graphinterp.x`` (x may be a submodule),
-    ``from .x import y`` yields ``graphinterp.x`` (and ``graphinterp.x.y``, in case y is a submodule).
-    """
+def imported_names(source: str, package: str) -> Iterator[str]:
+    """Every absolute name that ``source`` (a module of ``package``) imports, anywhere in the file:
+    ``from a.b import c`` yields ``a.b`` and ``a.b.c`` (``c`` may be a submodule)."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             module = _absolute(node, package)
-            if module:
-                yield module
+            yield module
             for alias in node.names:
-                if alias.name != "*":
-                    yield f"{module}.{alias.name}" if module else alias.name
+                yield f"{module}.{alias.name}"
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name
 
 
-def _internal(name: str) -> Optional[str]:
-    """``graphinterp.x[.y]`` -> ``x`` when x is a module file of the package (not the CLI), else None."""
+def internal(name: str) -> Optional[str]:
+    """``graphinterp.clustering.bsgc[.BSGC]`` -> ``clustering.bsgc``; None for anything else."""
     parts = name.split(".")
-    if len(parts) >= 2 and parts[0] == "graphinterp" and (PKG / f"{parts[1]}.py").is_file():
-        return parts[1]
+    if parts[0] != "graphinterp":
+        return None
+    for end in range(len(parts), 1, -1):
+        key = ".".join(parts[1:end])
+        if key in MODULES:
+            return key
     return None
+
+
+def _package_of(module: str) -> str:
+    return "graphinterp." + module.rsplit(".", 1)[0] if "." in module else "graphinterp"
 
 
 def import_graph() -> Dict[str, Set[str]]:
     graph = {}
-    for path in sorted(PKG.glob("*.py")):
-        if path.stem == "__init__":
-            continue
-        graph[path.stem] = {dep for name in imported_modules(path.read_text())
-                            if (dep := _internal(name)) is not None and dep != path.stem}
+    for module, path in MODULES.items():
+        names = imported_names(path.read_text(), _package_of(module))
+        graph[module] = {dep for n in names if (dep := internal(n)) is not None and dep != module}
     return graph
 
 
 def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
-    """One import cycle as ``[a, b, ..., a]``, or None (depth-first search with colours)."""
+    """One cycle as ``[a, b, ..., a]``, or None (depth-first search with colours)."""
     colour: Dict[str, int] = {}
     stack: List[str] = []
 
@@ -94,98 +100,114 @@ def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
         for dep in sorted(graph.get(node, ())):
             if colour.get(dep) == 1:
                 return stack[stack.index(dep):] + [dep]
-            if dep not in colour:
-                found = visit(dep)
-                if found:
-                    return found
+            if dep not in colour and (found := visit(dep)):
+                return found
         stack.pop()
         colour[node] = 2
         return None
 
     for node in sorted(graph):
-        if node not in colour:
-            found = visit(node)
-            if found:
-                return found
+        if node not in colour and (found := visit(node)):
+            return found
     return None
 
 
-@pytest.mark.parametrize("path", sorted(PKG.glob("*.py")), ids=lambda p: p.name)
-def test_imports_point_one_way(path):
-    name = path.stem
-    if name == "__init__":
-        return
-    mine = LAYER.get(name)
-    assert mine is not None, f"{name}.py is not placed in the layer table of DESIGN.md/test_layering.py"
-    for full in imported_modules(path.read_text()):
-        if full == "graphinterp.cli" or full.startswith("graphinterp.cli."):
-            pytest.fail(f"{name} imports the CLI")
-        dep = _internal(full)
-        if dep is not None and dep in LAYER:
-            assert LAYER[dep] <= mine, f"{name} (layer {mine}) imports {dep} (layer {LAYER[dep]})"
+def layer_violations(graph: Dict[str, Set[str]]) -> List[str]:
+    """``"a.x imports b.y"`` for each import of a later subpackage."""
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    return [f"{m} ({m.split('.')[0]}) imports {d} ({d.split('.')[0]}, a later subpackage)"
+            for m, deps in sorted(graph.items()) for d in sorted(deps)
+            if rank[d.split(".")[0]] > rank[m.split(".")[0]]]
 
 
-def _lazy_imports(source: str, package: str = "graphinterp") -> Set[str]:
-    """Module names imported inside a function body of ``source``."""
-    out: Set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for inner in ast.walk(node):
-                if isinstance(inner, (ast.Import, ast.ImportFrom)):
-                    out.update(imported_modules(ast.unparse(inner), package))
-    return out
+# --- the package --------------------------------------------------------------------------------------
+
+def test_every_module_lives_in_a_listed_subpackage():
+    subpackages = {p.name for p in PKG.iterdir() if (p / "__init__.py").is_file() and p.name != "cli"}
+    assert subpackages == set(LAYERS), "graphinterp.LAYERS and the subpackage folders disagree"
+    loose = [m for m in MODULES if "." not in m]
+    assert not loose, f"modules outside the subpackages: {loose}"
+    assert all(m.split(".")[0] in LAYERS for m in MODULES)
+
+
+def test_imports_point_one_way():
+    assert layer_violations(import_graph()) == []
 
 
 def test_no_import_cycle():
     graph = import_graph()
-    for src, dst in KNOWN_CYCLE_EDGES:
+    for src, dst in KNOWN_LAZY_EDGES:
         graph[src].discard(dst)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle among graphinterp modules: " + " -> ".join(cycle or [])
 
 
-def test_known_cycle_edges_are_lazy_and_real():
+def _function_level(source: str, package: str) -> Set[str]:
+    out: Set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    out |= {internal(n) for n in imported_names(ast.unparse(inner), package)}
+    return out
+
+
+def test_known_lazy_edge_is_real_and_inside_a_function():
     graph = import_graph()
-    for (src, dst), why in KNOWN_CYCLE_EDGES.items():
-        assert dst in graph[src], f"{src} no longer imports {dst}: remove it from KNOWN_CYCLE_EDGES ({why})"
-        lazy = {_internal(n) for n in _lazy_imports((PKG / f"{src}.py").read_text())}
-        assert dst in lazy, f"{src} imports {dst} at module level: that import cycle fails at import time"
+    for src, dst in KNOWN_LAZY_EDGES:
+        assert dst in graph[src], f"{src} no longer imports {dst}: drop it from KNOWN_LAZY_EDGES"
+        assert dst in _function_level(MODULES[src].read_text(), _package_of(src)), \
+            f"{src} imports {dst} at module level: the cycle would fail at import time"
 
 
-def test_viz_modules_form_no_cycle():
-    graph = import_graph()
-    viz = {k: graph[k] & {"viz", "viz_eval", "viz_layer", "viz_common"} for k in ("viz", "viz_eval", "viz_layer")}
-    assert find_cycle(viz) is None
+@pytest.mark.parametrize("module", sorted(MODULES), ids=str)
+def test_modules_do_not_use_the_lazy_top_level_api(module):
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.ImportFrom) and _absolute(node, _package_of(module)) == "graphinterp":
+            names = [a.name for a in node.names if a.name not in LAYERS]
+            assert not names, f"{module} imports {names} from the top-level API: import from the defining module"
 
 
-def _scripts():
-    return sorted((ROOT / "cli").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+# --- cli/ and benchmarks/ ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted((ROOT / "cli").glob("*.py")), ids=lambda p: p.name)
+def test_cli_uses_only_the_public_api(path):
+    public = set(graphinterp.__all__)
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            bad = [a.name for a in node.names if a.name.startswith("graphinterp.")
+                   and not a.name.startswith("graphinterp.cli")]
+            assert not bad, f"cli/{path.name} imports {bad}: use `from graphinterp import ...`"
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node, "graphinterp.cli")
+            if module == "graphinterp":
+                missing = [a.name for a in node.names if a.name not in public]
+                assert not missing, f"cli/{path.name} imports {missing}, which graphinterp does not export"
+            elif module.startswith("graphinterp.") and not module.startswith("graphinterp.cli"):
+                pytest.fail(f"cli/{path.name} imports from {module}: use `from graphinterp import ...`")
 
 
-@pytest.mark.parametrize("path", _scripts(), ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_cli_and_benchmarks_import_no_private_module(path):
-    package = "graphinterp.cli" if path.parent.name == "cli" else "benchmarks"
-    for full in imported_modules(path.read_text(), package):
-        parts = full.split(".")
-        if parts[0] != "graphinterp" or parts[:2] == ["graphinterp", "cli"]:
-            continue  # the CLI's own helpers (graphinterp.cli._common) are its business
-        private = [p for p in parts[1:] if p.startswith("_") and not p.startswith("__")]
-        assert not private, (f"{path.parent.name}/{path.name} imports the private {full}: import the public "
-                             f"name from graphinterp (re-exported in graphinterp/__init__.py) or a public module")
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_benchmarks_import_no_private_module(path):
+    for name in imported_names(path.read_text(), "benchmarks"):
+        module = internal(name)
+        if module is not None:
+            private = [p for p in module.split(".") if p.startswith("_")]
+            assert not private, f"benchmarks/{path.name} imports the private module {module}"
 
 
-# --- the checker itself ---------------------------------------------------------------------------------
+# --- the checker itself --------------------------------------------------------------------------------
 
-def test_checker_resolves_every_relative_form():
-    src = "from . import viz\nfrom .io import write_json\nfrom graphinterp import _files\nimport graphinterp.metrics\n" \
-          "def f():\n    from ..errors import X\n"
-    names = set(imported_modules(src, "graphinterp"))
-    assert {"graphinterp.viz", "graphinterp.io", "graphinterp._files", "graphinterp.metrics"} <= names
-    assert {_internal(n) for n in names} >= {"viz", "io", "_files", "metrics"}
-    assert "errors.X" in names or "errors" in names  # level 2 from the top package: outside graphinterp
+def test_checker_resolves_relative_and_nested_imports():
+    src = ("from . import bsgc\nfrom .metrics import within_share\nfrom ..graph.layer import Layer\n"
+           "def f():\n    import graphinterp.reports.viz\n")
+    found = {internal(n) for n in imported_names(src, "graphinterp.clustering")} - {None}
+    assert found == {"clustering.bsgc", "clustering.metrics", "graph.layer", "reports.viz"}
 
 
-def test_checker_finds_a_cycle_and_names_it():
+def test_checker_flags_a_later_subpackage_and_a_cycle():
+    assert layer_violations({"graph.layer": {"clustering.bsgc"}}) == [
+        "graph.layer (graph) imports clustering.bsgc (clustering, a later subpackage)"]
+    assert layer_violations({"clustering.bsgc": {"graph.layer"}}) == []
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert find_cycle({"viz": {"viz_eval"}, "viz_eval": {"viz"}}) == ["viz", "viz_eval", "viz"]

@@ -1,4 +1,4 @@
-"""Tests for graphinterp.checkpoint and graphinterp.loading on real third-party files and bad inputs."""
+"""Tests for graphinterp.sources.checkpoint and graphinterp.sources.loading on real third-party files and bad inputs."""
 from __future__ import annotations
 
 import os
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint, validate_checkpoint
-from graphinterp.errors import ModelFileError
-from graphinterp.loading import LoadedModel, load_model_file
-from graphinterp.models import build_model, default_spec, mlp
+from graphinterp.sources.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint, validate_checkpoint
+from graphinterp.common.errors import ModelFileError
+from graphinterp.sources.loading import LoadedModel, load_model_file
+from graphinterp.sources.models import build_model, default_spec, mlp
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PRETRAINED = SHARED / "pretrained"
@@ -61,7 +61,7 @@ def test_mlp_saved_from_cuda_is_usable_on_cpu():
     model.load_state_dict(loaded.state_dict)  # strict: same names and shapes as graphinterp's MLP
     mnist = SHARED / "datasets" / "MNIST" / "raw"
     if mnist.is_dir():
-        from graphinterp.data import load_dataset
+        from graphinterp.data.datasets import load_dataset
 
         test = load_dataset("mnist", split="test", data_dir=SHARED / "datasets", normalize=False).subset(2000, seed=0)
         with torch.no_grad():

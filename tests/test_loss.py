@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-import graphinterp.loss as loss_mod
-from graphinterp.cluster import Clustering, cluster_network
-from graphinterp.errors import ClusteringError
-from graphinterp.graph import LayeredGraph
-from graphinterp.loss import EnmeshmentLoss, enmeshment_loss
-from graphinterp.metrics import clusterability_report
-from graphinterp.models import mlp
+import graphinterp.training.loss as loss_mod
+from graphinterp.clustering.cluster import Clustering, cluster_network
+from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.training.loss import EnmeshmentLoss, enmeshment_loss
+from graphinterp.clustering.metrics import clusterability_report
+from graphinterp.sources.models import mlp
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

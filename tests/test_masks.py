@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.cluster import Clustering
-from graphinterp.errors import ClusteringError
-from graphinterp.graph import LayeredGraph
-from graphinterp.masks import default_cluster_layers, parameter_masks, trace_graph, unwrap_model
-from graphinterp.metrics import clusterability
-from graphinterp.models import cnn, mlp
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.training.masks import default_cluster_layers, parameter_masks, trace_graph, unwrap_model
+from graphinterp.clustering.metrics import clusterability
+from graphinterp.sources.models import cnn, mlp
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.cluster import Clustering, cluster_layers
-from graphinterp.graph import LayeredGraph
-from graphinterp.metrics import (
+from graphinterp.clustering.cluster import Clustering, cluster_layers
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.clustering.metrics import (
     clusterability, clusterability_report, normalized_score, random_partition_expectation, within_mask, within_share,
 )
 
@@ -76,7 +76,7 @@ def test_report_is_mass_weighted_and_matches_layers():
 
 def test_report_on_hand_built_clustering():
     W = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # torch layout (out=3, in=2)
-    g = LayeredGraph([__import__("graphinterp.layer", fromlist=["Layer"]).Layer("fc", "linear", W)])
+    g = LayeredGraph([__import__("graphinterp.graph.layer", fromlist=["Layer"]).Layer("fc", "linear", W)])
     c = Clustering(2, {"fc": np.array([0, 1])}, {"fc": np.array([0, 1, 1])})
     rep = clusterability_report(g, c)
     assert rep.E == pytest.approx((4 + 1 + 1) / 7)

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.errors import ClusteringError, UnsupportedModelError
-from graphinterp.loss import EnmeshmentLoss
-from graphinterp.metrics import clusterability_report
-from graphinterp.mlp_blocks import block_clusterability, block_matrix, cluster_mlp_blocks, find_mlp_blocks
-from graphinterp.model_trace import trace_graph
-from graphinterp.transformer import transformer
+from graphinterp.common.errors import ClusteringError, UnsupportedModelError
+from graphinterp.training.loss import EnmeshmentLoss
+from graphinterp.clustering.metrics import clusterability_report
+from graphinterp.clustering.mlp_blocks import block_clusterability, block_matrix, cluster_mlp_blocks, find_mlp_blocks
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.sources.transformer import transformer
 
 
 def _tiny(n_layers=1, seed=0, dtype=torch.float32, d_model=16, d_mlp=32):
@@ -175,7 +175,7 @@ def test_hf_adapter_finds_blocks_and_fine_tuning_lowers_L_E_without_touching_oth
 
 
 def test_gpt2_gradient_similarity_is_in_graph_layout():
-    from graphinterp.gradsim import GradientSimilarity
+    from graphinterp.training.gradsim import GradientSimilarity
 
     model = _hf("gpt2")
     g = trace_graph(model)

@@ -1,4 +1,4 @@
-"""Tests for graphinterp.models: the paper's MLP/CNN, specs, torchvision by name."""
+"""Tests for graphinterp.sources.models: the paper's MLP/CNN, specs, torchvision by name."""
 from __future__ import annotations
 
 import io
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.data import DATASETS, dataset_info
-from graphinterp.errors import DataError, UnsupportedModelError
-from graphinterp.models import MODELS, build_model, cnn, default_spec, mlp, torchvision_model
+from graphinterp.data.datasets import DATASETS, dataset_info
+from graphinterp.common.errors import DataError, UnsupportedModelError
+from graphinterp.sources.models import MODELS, build_model, cnn, default_spec, mlp, torchvision_model
 
 
 def _children(model: nn.Module) -> list:

@@ -1,4 +1,4 @@
-"""Tests of graphinterp.significance: permutations, the null summary, planted vs random layers."""
+"""Tests of graphinterp.clustering.significance: permutations, the null summary, planted vs random layers."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from graphinterp.errors import ClusteringError
-from graphinterp.layer import Layer
-from graphinterp.metrics import clusterability, normalized_score, random_partition_expectation
-from graphinterp.significance import NullComparison, shuffle_test, shuffle_weights
+from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layer import Layer
+from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
+from graphinterp.clustering.significance import NullComparison, shuffle_test, shuffle_weights
 
 FAST = {"n_init": 3}  # fewer KMeans restarts than the default, to keep the suite fast
 
@@ -181,7 +181,7 @@ def test_batched_null_of_a_grouped_conv_shuffles_within_the_support():
 
 
 def test_within_share_by_product_equals_clusterability():
-    from graphinterp.significance import _within_share
+    from graphinterp.clustering.significance import _within_share
 
     rng = np.random.default_rng(0)
     sq = torch.as_tensor(rng.random((30, 20)) ** 2)

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from graphinterp.cli.main import cli
-from graphinterp.errors import GraphinterpError
-from graphinterp.graph import LayeredGraph
-from graphinterp.model_trace import trace_graph
-from graphinterp.sources import graph_structure, load_graph, open_model
+from graphinterp.common.errors import GraphinterpError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.graph.load import graph_structure, load_graph, open_model
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
@@ -130,7 +130,7 @@ def test_cli_analyze_accepts_hf_folders_and_torchvision_names(tmp_path):
 
 
 def test_cifar_resnet_state_dict_is_rebuilt_and_traced_as_a_dag(tmp_path):
-    from graphinterp.cifar_resnet import cifar_resnet, recognise
+    from graphinterp.sources.cifar_resnet import cifar_resnet, recognise
 
     model = cifar_resnet(20).eval()
     gen = torch.Generator().manual_seed(0)

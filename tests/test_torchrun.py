@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from graphinterp.distributed import Launch, check_device, launch_from_env, process_group
-from graphinterp.errors import GraphinterpError
+from graphinterp.common.distributed import Launch, check_device, launch_from_env, process_group
+from graphinterp.common.errors import GraphinterpError
 
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")

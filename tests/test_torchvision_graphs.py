@@ -5,8 +5,8 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components
 
-from graphinterp.analysis import analyze
-from graphinterp.sources import graph_structure, load_graph
+from graphinterp.clustering.analysis import analyze
+from graphinterp.graph.load import graph_structure, load_graph
 
 pytest.importorskip("torchvision")
 

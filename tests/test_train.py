@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from graphinterp.checkpoint import load_checkpoint
-from graphinterp.cluster import Clustering
-from graphinterp.data import load_dataset
-from graphinterp.errors import ClusteringError, DataError, TrainingError
-from graphinterp.graph import LayeredGraph
-from graphinterp.loss import EnmeshmentLoss
-from graphinterp.metrics import clusterability_report
-from graphinterp.models import build_model, mlp
-import graphinterp.train as train_mod
-from graphinterp._denormal import denormals_flushed
-from graphinterp.train import TrainConfig, train
+from graphinterp.sources.checkpoint import load_checkpoint
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.data.datasets import load_dataset
+from graphinterp.common.errors import ClusteringError, DataError, TrainingError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.training.loss import EnmeshmentLoss
+from graphinterp.clustering.metrics import clusterability_report
+from graphinterp.sources.models import build_model, mlp
+import graphinterp.training.train as train_mod
+from graphinterp.common.denormal import denormals_flushed
+from graphinterp.training.train import TrainConfig, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from graphinterp.block_ablation import ablate_clusters, ablate_features, ablate_heads
-from graphinterp.checkpoint import load_checkpoint
-from graphinterp.cluster import Clustering
-from graphinterp.mlp_blocks import cluster_mlp_blocks
-from graphinterp.model_trace import trace_graph
-from graphinterp.train_transformer import TransformerConfig, train_transformer
-from graphinterp.transformer import transformer
-from graphinterp.transformer_eval import onoff_matrix, specialisation
+from graphinterp.interpret.block_ablation import ablate_clusters, ablate_features, ablate_heads
+from graphinterp.sources.checkpoint import load_checkpoint
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.mlp_blocks import cluster_mlp_blocks
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.training.train_transformer import TransformerConfig, train_transformer
+from graphinterp.sources.transformer import transformer
+from graphinterp.interpret.transformer_eval import onoff_matrix, specialisation
 
 TINY = dict(task="modadd", p=11, train_frac=0.5, d_model=16, n_heads=2, d_mlp=32, k=2, eval_every=3, quiet=True)
 
@@ -43,7 +43,7 @@ def test_chars_training_and_baseline_refit(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    from graphinterp.errors import TrainingError
+    from graphinterp.common.errors import TrainingError
 
     train_transformer(TransformerConfig(warmup_steps=3, steps=0, **TINY), checkpoint=tmp_path / "a.pt")
     with pytest.raises(TrainingError, match="other settings"):

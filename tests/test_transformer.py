@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from graphinterp.errors import DataError, UnsupportedModelError
-from graphinterp.models import build_model
-from graphinterp.tasks import load_corpus, modular_addition
-from graphinterp.transformer import transformer
+from graphinterp.common.errors import DataError, UnsupportedModelError
+from graphinterp.sources.models import build_model
+from graphinterp.data.tasks import load_corpus, modular_addition
+from graphinterp.sources.transformer import transformer
 
 
 def test_modular_addition_splits_every_pair_once_with_the_right_answer():

@@ -5,13 +5,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from graphinterp.circuits import Schedule, Tolerance
-from graphinterp.errors import DataError, UnsupportedModelError
-from graphinterp.pruning import label_task
-from graphinterp.tasks import modular_addition
-from graphinterp.train_transformer import TransformerConfig, train_transformer
-from graphinterp.transformer import transformer
-from graphinterp.transformer_circuits import (
+from graphinterp.interpret.circuits import Schedule, Tolerance
+from graphinterp.common.errors import DataError, UnsupportedModelError
+from graphinterp.interpret.pruning import label_task
+from graphinterp.data.tasks import modular_addition
+from graphinterp.training.train_transformer import TransformerConfig, train_transformer
+from graphinterp.sources.transformer import transformer
+from graphinterp.interpret.transformer_circuits import (
     AnswerTail, extract_transformer_circuits, masked_mlp, mlp_edges, stream_input,
 )
 
@@ -63,7 +63,7 @@ def test_answer_tail_reproduces_the_model(n_layers, layernorm):
 
 @pytest.mark.parametrize("part", ["fc_in", "fc_out"])
 def test_batched_single_edge_states_match_forward_passes(part):
-    from graphinterp.circuit_batch import LinearStates, TaskMetrics, forward_metrics
+    from graphinterp.interpret.circuit_batch import LinearStates, TaskMetrics, forward_metrics
 
     torch.manual_seed(1)
     model = transformer(vocab=12, n_out=11, d_model=16, n_heads=2, d_mlp=32).eval()

@@ -1,4 +1,4 @@
-"""Tests of graphinterp.viz: headless rendering, file output, planted structure and input validation."""
+"""Tests of graphinterp.reports.viz: headless rendering, file output, planted structure and input validation."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graphinterp import viz
+from graphinterp.reports import viz
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -168,7 +168,7 @@ def test_pdf_output(tmp_path):
 def test_no_pyplot_is_imported():
     code = textwrap.dedent("""
         import sys, numpy as np
-        from graphinterp import viz
+        from graphinterp.reports import viz
         viz.plot_clustered_layer(np.eye(3), np.arange(3), np.arange(3))
         assert "matplotlib.pyplot" not in sys.modules
     """)

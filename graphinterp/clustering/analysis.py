@@ -1,0 +1,138 @@
+"""Clusterability analysis of a model file or graph for one or several k (the ``analyze`` command)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from graphinterp.clustering.cluster import Clustering, cluster_layers
+from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layer import DEPTHWISE_REASON
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report
+
+__all__ = ["Analysis", "analyze", "graph_from_loaded", "load_graph"]
+
+
+def graph_from_loaded(loaded, *, layerwise: bool = False, input_shape: Optional[Sequence[int]] = None) -> LayeredGraph:
+    """Build the graph of a :class:`graphinterp.sources.loading.LoadedModel` (see :mod:`graphinterp.graph.load`)."""
+    from graphinterp.graph.load import model_graph, opened_from_loaded
+
+    return model_graph(opened_from_loaded(loaded), layerwise=layerwise, input_shape=input_shape)
+
+
+def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, weights: Optional[str] = None,
+               fold: bool = True, input_shape: Optional[Sequence[int]] = None):
+    """Open any model source and build its graph; returns ``(OpenedModel, graph)``.
+
+    Examples
+    --------
+    >>> import tempfile, os, torch
+    >>> from torch import nn
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.pt")
+    >>> torch.save(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).state_dict(), path)
+    >>> opened, graph = load_graph(path)
+    >>> graph.layer_names
+    ['0', '2']
+    """
+    from graphinterp.graph.load import load_graph as _load
+
+    return _load(source, weights=weights, trust_pickle=trust_pickle, layerwise=layerwise, fold=fold,
+                 input_shape=input_shape)
+
+
+@dataclass
+class Analysis:
+    """Clusterability of a graph for each k.
+
+    Attributes
+    ----------
+    reports : dict of int to ClusterabilityReport
+    clusterings : dict of int to Clustering
+    skipped : dict of str to str
+        Layers left out (for every k) and why, e.g. fewer nodes than k.
+    """
+
+    reports: Dict[int, ClusterabilityReport]
+    clusterings: Dict[int, Clustering]
+    skipped: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ks(self) -> List[int]:
+        """The k values analysed."""
+        return sorted(self.reports)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: one entry per k with the per-layer scores and the cluster labels."""
+        return {
+            "ks": self.ks,
+            "skipped": dict(self.skipped),
+            "results": [
+                {**self.reports[k].to_dict(), "clustering": self.clusterings[k].to_dict()} for k in self.ks
+            ],
+        }
+
+
+def analyze(
+    graph: LayeredGraph,
+    ks: Union[int, Sequence[int]],
+    *,
+    layers: Optional[Sequence[str]] = None,
+    pairing: str = "joint",
+    random_state: Optional[int] = 0,
+    progress: bool = False,
+) -> Analysis:
+    """Cluster each selected layer with BSGC for every k and score the clusterings.
+
+    Layers too small for a k (fewer non-isolated inputs or outputs than k, e.g. a 3-channel input
+    conv at k = 4) are left out of that k with the reason recorded in ``skipped`` when ``layers``
+    is not given; naming such a layer explicitly raises :class:`ClusteringError`.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 6)))
+    >>> result = analyze(g, [2, 4], random_state=0)
+    >>> result.ks, [s.layer for s in result.reports[4].layers], result.skipped
+    ([2, 4], ['2'], {'0': 'fewer than k=4 non-isolated nodes (3x8)'})
+    """
+    ks = [ks] if isinstance(ks, int) else list(ks)
+    explicit = layers is not None
+    names = list(layers) if explicit else graph.layer_names
+    for name in names:
+        graph[name]  # KeyError with the valid names
+    reports, clusterings, skipped = {}, {}, {}
+    iterator = ks
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(ks, desc="k", leave=False)
+    for k in iterator:
+        chosen = []
+        for name in names:
+            if graph[name].structure == "depthwise":
+                if explicit:
+                    raise ClusteringError(f"layer {name!r}: {DEPTHWISE_REASON}")
+                skipped[name] = DEPTHWISE_REASON
+                continue
+            live = _live_sizes(graph[name])
+            if min(live) < k:
+                if explicit:
+                    raise ClusteringError(
+                        f"k={k} is out of range for layer {name!r} ({live[0]} x {live[1]} non-isolated nodes): "
+                        f"use 2 <= k <= {min(live)}"
+                    )
+                skipped[name] = f"fewer than k={k} non-isolated nodes ({live[0]}x{live[1]})"
+                continue
+            chosen.append(name)
+        if not chosen:
+            raise ClusteringError(f"no layer has at least k={k} nodes on both sides; use a smaller k")
+        clustering = cluster_layers(graph, k, layers=chosen, pairing=pairing, random_state=random_state)
+        clusterings[k] = clustering
+        reports[k] = clusterability_report(graph, clustering)
+    return Analysis(reports, clusterings, skipped)
+
+
+def _live_sizes(layer) -> Tuple[int, int]:
+    mag = layer.squared()
+    return int((mag.sum(1) > 0).sum()), int((mag.sum(0) > 0).sum())
+

@@ -1,0 +1,217 @@
+"""Cluster a layered graph: per layer (the paper's bipartite BSGC) or network-wide (one label per neuron)."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from threadpoolctl import threadpool_limits
+
+from graphinterp.clustering.bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
+from graphinterp.common.errors import ClusteringError
+from graphinterp.clustering.dag_cluster import cluster_dag
+from graphinterp.clustering.labels import Clustering
+from graphinterp.common.seeds import check_random_state
+from graphinterp.graph.layered import LayeredGraph
+
+__all__ = ["BSGC", "Clustering", "cluster_layers", "cluster_network", "parse_k_range"]
+
+
+def parse_k_range(text: str) -> List[int]:
+    """Parse ``"4"``, ``"2..10"`` or ``"2,4,8"`` into a list of k values (each >= 2).
+
+    Examples
+    --------
+    >>> parse_k_range("2..5"), parse_k_range("3,6")
+    ([2, 3, 4, 5], [3, 6])
+    """
+    try:
+        if ".." in text:
+            lo, hi = (int(p) for p in text.split(".."))
+            ks = list(range(lo, hi + 1))
+        else:
+            ks = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ClusteringError(f"cannot read k from {text!r}: use 4, 2..10 or 2,4,8") from None
+    if not ks or min(ks) < 2:
+        raise ClusteringError(f"k must be at least 2, got {text!r}")
+    return ks
+
+
+def _similarities(graph: LayeredGraph, names: Sequence[str], similarity) -> Dict[str, torch.Tensor]:
+    out = {}
+    for name in names:
+        layer = graph[name]
+        if similarity is None:
+            out[name] = layer.magnitude()
+            continue
+        if name not in similarity:
+            raise ClusteringError(f"no similarity matrix given for layer {name!r}")
+        A = torch.as_tensor(similarity[name])
+        if tuple(A.shape) != layer.shape():
+            raise ClusteringError(
+                f"similarity for layer {name!r} has shape {tuple(A.shape)}, expected {layer.shape()} (n_in, n_out)"
+            )
+        out[name] = A
+    return out
+
+
+def cluster_layers(
+    graph: LayeredGraph,
+    k: int,
+    *,
+    layers: Optional[Sequence[str]] = None,
+    similarity: Optional[Mapping[str, Any]] = None,
+    pairing: str = "joint",
+    random_state=None,
+) -> Clustering:
+    """Cluster each layer on its own with :class:`BSGC` (the paper's bipartite clustering).
+
+    Parameters
+    ----------
+    graph : LayeredGraph
+    k : int
+        Number of clusters, ``2 <= k <= min(live inputs, live outputs)`` of every selected layer.
+    layers : sequence of str, optional
+        Layers to cluster; all by default.
+    similarity : mapping of layer name to (n_in, n_out) array, optional
+        Similarity matrices (e.g. from :mod:`graphinterp.training.gradsim`); default ``|W|``.
+    pairing : {"joint", "matched", "independent"}
+    random_state : int or None
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)))
+    >>> c = cluster_layers(g, 2, random_state=0)
+    >>> c.layer_names, c.sizes("0").sum(0).tolist()
+    (['0', '2'], [8, 6])
+    """
+    names = list(layers) if layers is not None else graph.layer_names
+    sims = _similarities(graph, names, similarity)
+    rng = check_random_state(random_state)
+    rows, cols = {}, {}
+    for name in names:
+        try:
+            est = BSGC(k, pairing=pairing, random_state=int(rng.randint(2**31 - 1))).fit(sims[name])
+        except ClusteringError as err:
+            raise ClusteringError(f"layer {name!r}: {err}") from None
+        rows[name], cols[name] = est.row_labels_, est.column_labels_
+    kind = "weight" if similarity is None else "given"
+    return Clustering(k, rows, cols, network_wide=False, similarity=kind,
+                      meta={"method": "bsgc", "pairing": pairing, "random_state": _seed_repr(random_state)})
+
+
+def cluster_network(
+    graph: LayeredGraph,
+    k: int,
+    *,
+    layers: Optional[Sequence[str]] = None,
+    similarity: Optional[Mapping[str, Any]] = None,
+    n_init: int = 10,
+    random_state=None,
+) -> Clustering:
+    """Network-wide clustering: one label per node, shared by consecutive clustered layers.
+
+    The selected layers are split into runs of consecutive layers. Each run spans levels
+    ``l0 .. l1`` of the layered graph; its nodes form one multipartite graph with symmetric
+    adjacency built from the similarities (``|W|`` by default). The adjacency is normalised,
+    :math:`\\tilde A = D^{-1/2} A D^{-1/2}` (as in Algorithm 1), its ``k`` leading eigenvectors form
+    the rows :math:`X_i` of the embedding, each row is scaled to unit length,
+    :math:`Z_i = X_i / \\|X_i\\|` (Ng, Jordan & Weiss), and one KMeans on all nodes gives every node
+    one label. For a single layer the eigenvectors of :math:`[[0, \\tilde A], [\\tilde A^T, 0]]` are the
+    stacked singular vectors ``[U; V]`` (and their sign-flipped pairs), so this is a joint embedding
+    of rows and columns like :class:`BSGC`'s ``"joint"`` pairing, though that one scales by
+    :math:`D^{-1/2}` instead of row-normalising; for a run of layers, the output label of layer ``l``
+    is by construction the input label of layer ``l + 1``. Isolated nodes get ``-1``.
+
+    Parameters are as in :func:`cluster_layers`.
+    """
+    if hasattr(graph, "src_nodes"):  # a DAG (residual streams, attention): one label per shared node
+        if similarity is not None:
+            raise ClusteringError("network-wide clustering of a DAG graph uses |W|; similarity= is not supported")
+        return cluster_dag(graph, k, layers=layers, n_init=n_init, random_state=random_state)
+    if not graph.chained:
+        raise ClusteringError("network-wide clustering needs a chained or DAG graph; use cluster_layers")
+    names = list(layers) if layers is not None else graph.layer_names
+    sims = _similarities(graph, names, similarity)
+    idx = sorted(graph.index(n) for n in names)
+    runs: List[List[int]] = []
+    for i in idx:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    rng = check_random_state(random_state)
+    rows, cols = {}, {}
+    for run in runs:
+        mats = [sims[graph.layers[i].name].double() for i in run]
+        levels = _cluster_run(mats, k, n_init, rng, [graph.layers[i].name for i in run])
+        for j, i in enumerate(run):
+            name = graph.layers[i].name
+            rows[name], cols[name] = levels[j], levels[j + 1]
+    ordered = [graph.layers[i].name for i in idx]
+    return Clustering(k, {n: rows[n] for n in ordered}, {n: cols[n] for n in ordered}, network_wide=True,
+                      similarity="weight" if similarity is None else "given",
+                      meta={"method": "spectral-network", "random_state": _seed_repr(random_state)})
+
+
+def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng, names: List[str]) -> List[np.ndarray]:
+    sizes = [mats[0].shape[0]] + [m.shape[1] for m in mats]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offsets[-1])
+    A = torch.zeros(n, n, dtype=torch.float64)
+    for j, M in enumerate(mats):
+        a, b, c = offsets[j], offsets[j + 1], offsets[j + 2]
+        A[a:b, b:c] = M
+        A[b:c, a:b] = M.T
+    deg = A.sum(1)
+    live = deg > 0
+    for j in range(len(sizes)):
+        n_live = int(live[offsets[j]:offsets[j + 1]].sum())
+        if k < 2 or k > n_live:
+            where = f"layer {names[max(j - 1, 0)]!r} {'inputs' if j == 0 else 'outputs'}"
+            raise ClusteringError(f"k={k} is out of range: {where} have {n_live} non-isolated nodes; use 2 <= k <= {n_live}")
+    sub = A[live][:, live]
+    An, d_is, _ = normalize_bipartite(sub)
+    evals, evecs = torch.linalg.eigh(An)
+    X = evecs[:, -k:]
+    Z = (X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    with threadpool_limits(1, user_api="openmp"):  # see bsgc._kmeans
+        from sklearn.cluster import KMeans  # imported here: a second at import time
+
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=int(rng.randint(2**31 - 1))).fit(Z)
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[live.numpy()] = km.labels_
+    Z_full = np.zeros((n, k))
+    Z_full[live.numpy()] = Z
+    levels = []
+    for j in range(len(sizes)):
+        lab = labels[offsets[j]:offsets[j + 1]].copy()
+        on = lab >= 0
+        if np.unique(lab[on]).size < k:  # a cluster has no node at this level: balance the level
+            lab[on] = _balanced_assign(Z_full[offsets[j]:offsets[j + 1]][on], km.cluster_centers_)
+        levels.append(lab)
+    return levels
+
+
+def _balanced_assign(Z: np.ndarray, centers: np.ndarray, slack: float = 1.0) -> np.ndarray:
+    """Assign points to their nearest centres with at most ``ceil(n / k)`` points per centre.
+
+    Used when KMeans leaves a cluster without any node at some level (e.g. a level of few,
+    nearly identical conv channels): every cluster then keeps inputs and outputs, so no cluster
+    is cut off from the rest of the network. Solved exactly as an assignment problem.
+    """
+    k = len(centers)
+    cap = int(np.ceil(slack * len(Z) / k))
+    cost = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)  # (n, k)
+    rows, cols = linear_sum_assignment(np.repeat(cost, cap, axis=1))
+    out = np.empty(len(Z), dtype=np.int64)
+    out[rows] = cols // cap
+    return out
+
+
+def _seed_repr(random_state) -> Optional[int]:
+    return int(random_state) if isinstance(random_state, (int, np.integer)) else None

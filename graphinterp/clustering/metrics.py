@@ -1,0 +1,165 @@
+"""Clusterability (enmeshment) E and its baselines.
+
+For one layer with squared edge weights :math:`w_{ij}^2` and cluster labels :math:`u_i` (inputs)
+and :math:`v_j` (outputs), Section 2 of the paper defines
+
+.. math:: E = \\frac{\\sum_{ij} w_{ij}^2 \\, [u_i = v_j]}{\\sum_{ij} w_{ij}^2}.
+
+Over several layers E is mass-weighted: the within-cluster squared weight of all layers over
+their total squared weight. E alone rewards one giant cluster, so every report also gives the
+expected E of a random partition with the same cluster sizes (rows and columns relabelled by
+independent uniform permutations),
+
+.. math:: E_{rand} = \\sum_c \\frac{r_c}{m} \\frac{s_c}{n},
+
+(:math:`r_c`, :math:`s_c`: rows and columns in cluster ``c``; ``m``, ``n``: all rows and columns,
+isolated ones included) and the normalised score :math:`(E - E_{rand}) / (1 - E_{rand})`, which is 0
+for a random partition and 1 when no weight crosses clusters.
+
+The core, :func:`within_share`, is written once in torch and is differentiable; the training loss
+(:mod:`graphinterp.training.loss`) reuses it on parameter-shaped masks.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.graph.layered import LayeredGraph
+
+__all__ = [
+    "within_share",
+    "within_mask",
+    "clusterability",
+    "random_partition_expectation",
+    "normalized_score",
+    "LayerScore",
+    "ClusterabilityReport",
+    "clusterability_report",
+]
+
+
+def within_share(squares: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Share of the total of ``squares`` that falls on ``masks`` (mass-weighted over the pairs).
+
+    :math:`\\sum_l \\sum (S_l \\odot M_l) / \\sum_l \\sum S_l`, with ``S_l`` non-negative tensors
+    (squared weights) and ``M_l`` masks of the same shape (bool or float). Differentiable in ``S``.
+    Returns 0 when all squares are zero.
+
+    Examples
+    --------
+    >>> S = torch.tensor([[4.0, 1.0], [0.0, 5.0]])
+    >>> within_share([S], [torch.eye(2, dtype=torch.bool)])
+    tensor(0.9000)
+    """
+    total = functools.reduce(operator.add, [s.sum() for s in squares])
+    inside = functools.reduce(operator.add, [(s * m).sum() for s, m in zip(squares, masks)])
+    return inside / (total + torch.finfo(total.dtype).tiny)  # tiny: 0 (not NaN) when all weights are 0
+
+
+def within_mask(row_labels, col_labels, *, device: Optional[torch.device] = None) -> torch.Tensor:
+    """Boolean ``(n_in, n_out)`` mask of within-cluster edges (label ``-1`` is in no cluster)."""
+    r = torch.as_tensor(np.asarray(row_labels), device=device)
+    c = torch.as_tensor(np.asarray(col_labels), device=device)
+    return (r[:, None] == c[None, :]) & (r[:, None] >= 0)
+
+
+def clusterability(squared: torch.Tensor, row_labels, col_labels) -> torch.Tensor:
+    """E of one layer from its ``(n_in, n_out)`` squared edge weights and labels (differentiable).
+
+    Examples
+    --------
+    >>> W = torch.tensor([[3.0, 1.0], [1.0, 3.0]])
+    >>> round(float(clusterability(W ** 2, [0, 1], [0, 1])), 6)
+    0.9
+    """
+    return within_share([squared], [within_mask(row_labels, col_labels, device=squared.device)])
+
+
+def random_partition_expectation(row_labels, col_labels, k: int) -> float:
+    """Expected E of a random partition with the same cluster sizes (see the module docstring).
+
+    Examples
+    --------
+    >>> random_partition_expectation([0, 0, 1, 1], [0, 1], 2)
+    0.5
+    """
+    rows, cols = np.asarray(row_labels), np.asarray(col_labels)
+    r = np.bincount(rows[rows >= 0], minlength=k) / max(len(rows), 1)
+    s = np.bincount(cols[cols >= 0], minlength=k) / max(len(cols), 1)
+    return float(r @ s)
+
+
+def normalized_score(E: float, E_random: float) -> float:
+    """:math:`(E - E_{rand}) / (1 - E_{rand})`; 0 for chance, 1 for no weight between clusters."""
+    return float((E - E_random) / (1.0 - E_random)) if E_random < 1 else 0.0
+
+
+@dataclass
+class LayerScore:
+    """Clusterability of one layer."""
+
+    layer: str
+    shape: tuple
+    sizes: List[List[int]]
+    E: float
+    E_random: float
+    score: float
+    mass: float
+    n_isolated: int
+
+
+@dataclass
+class ClusterabilityReport:
+    """Per-layer scores and the mass-weighted model-wide E, E_random and normalised score."""
+
+    k: int
+    layers: List[LayerScore]
+    E: float
+    E_random: float
+    score: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        out = asdict(self)
+        for layer in out["layers"]:
+            layer["shape"] = list(layer["shape"])
+        return out
+
+
+def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> ClusterabilityReport:
+    """Score every clustered layer of ``graph`` (E, random-partition E, normalised score, sizes).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from graphinterp.clustering.cluster import cluster_layers
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)))
+    >>> rep = clusterability_report(g, cluster_layers(g, 2, random_state=0))
+    >>> 0 <= rep.E_random <= rep.E <= 1
+    True
+    """
+    clustering.validate(graph)
+    scores = []
+    inside_total, mass_total, random_total = 0.0, 0.0, 0.0
+    for name in clustering.layer_names:
+        sq = graph[name].squared().double()
+        rows, cols = clustering.labels(name)
+        mass = float(sq.sum())
+        E = float(clusterability(sq, rows, cols)) if mass > 0 else 0.0
+        E_rand = random_partition_expectation(rows, cols, clustering.k)
+        scores.append(LayerScore(
+            layer=name, shape=tuple(sq.shape), sizes=clustering.sizes(name).tolist(), E=E, E_random=E_rand,
+            score=normalized_score(E, E_rand), mass=mass, n_isolated=int((rows < 0).sum() + (cols < 0).sum()),
+        ))
+        inside_total += E * mass
+        random_total += E_rand * mass
+        mass_total += mass
+    E = inside_total / mass_total if mass_total else 0.0
+    E_rand = random_total / mass_total if mass_total else 0.0
+    return ClusterabilityReport(clustering.k, scores, E, E_rand, normalized_score(E, E_rand))

@@ -1,0 +1,304 @@
+"""Small file and device utilities shared by every module (imports only :mod:`graphinterp.common.errors`)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+from typing import IO, Iterator, Optional, Union
+
+import torch
+
+from graphinterp.common.errors import GraphinterpError
+
+__all__ = ["OutputPathError", "TEMP_MARK", "atomic_write", "check_writable", "output_lock", "remove_stale_temps",
+           "resolve_device"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Every temporary file of :func:`atomic_write` is named ``.<name>.graphinterp-<pid>-<random>.tmp``.
+TEMP_MARK = "graphinterp"
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.%s-(?P<pid>\d+)-[0-9a-f]+\.tmp$" % TEMP_MARK)
+
+
+class OutputPathError(GraphinterpError, OSError):
+    """An output path cannot be written: its folder is a file or read-only, or it is not a regular file."""
+
+
+def check_writable(path: PathLike) -> Path:
+    """Raise :class:`OutputPathError` unless a regular file can be (re)placed at ``path``.
+
+    Refused: an existing ``path`` that is not a regular file (a folder, a symbolic link, a device,
+    a FIFO, a socket); a parent that is a file; a folder (or, when the parent does not exist yet,
+    its nearest existing ancestor) in which no file can be created. Writability is probed by
+    creating and removing a temporary file, so it is right also for root and read-only mounts.
+    Nothing is left behind and no folder is created.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> check_writable(os.path.join(d, "new", "x.json")).name
+    'x.json'
+    >>> try:
+    ...     check_writable(d)
+    ... except OutputPathError as err:
+    ...     print(str(err).split(": ", 1)[1])
+    it is a folder, not a file; choose another output path
+    """
+    path = Path(path)
+    _refuse_non_regular(path)
+    ancestor = path.parent
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputPathError(f"cannot write {path}: {ancestor} is not a folder")
+    try:
+        fd, probe = _mkstemp(ancestor, path.name)
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path}: {_reason(err)} in {ancestor}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return path
+
+
+def _refuse_non_regular(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # absent (or under a file: the caller says so)
+        return
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path}: {_reason(err)}") from None
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode)
+            else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device" if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "not a regular file")
+    raise OutputPathError(f"cannot write {path}: it is {kind}, not a file; choose another output path")
+
+
+def _reason(err: OSError) -> str:
+    return (err.strerror or type(err).__name__).lower() if isinstance(err, OSError) else str(err)
+
+
+def _mkstemp(folder: Path, name: str):
+    """Create ``.<name>.graphinterp-<pid>-<hex>.tmp`` exclusively in ``folder``; returns ``(fd, path)``."""
+    for _ in range(100):
+        tmp = folder / f".{name}.{TEMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))  # pragma: no cover
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(path: PathLike) -> int:
+    """Remove temporary files that :func:`atomic_write` left beside ``path`` in processes that died.
+
+    A process killed during a write (SIGKILL, power loss) cannot remove its temporary file;
+    the next write of the same output does, when the process that made it no longer runs.
+    Returns the number of files removed.
+    """
+    path = Path(path)
+    removed = 0
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if not m or m.group("name") != path.name or _pid_alive(int(m.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and move it into place only on success.
+
+    An exception (or an interrupt) inside the ``with`` block removes the temporary file
+    and leaves any existing ``path`` untouched, so no half-written output can remain. The
+    temporary file is called ``.<name>.graphinterp-<pid>-<random>.tmp``; ones left by a
+    process that was killed are removed by the next write of the same path.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final destination. Its parent folder is created if needed.
+    mode : {"wb", "w"}
+        Binary or text mode.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` exists and is not a regular file (a folder, symbolic link, device or FIFO is
+        never replaced), or the folder cannot be created or written.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> with atomic_write(os.path.join(d, "x.txt"), "w") as f:
+    ...     _ = f.write("hello")
+    >>> open(os.path.join(d, "x.txt")).read()
+    'hello'
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    _refuse_non_regular(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"cannot create the folder of {path}: {_reason(err)}") from None
+    remove_stale_temps(path)
+    try:
+        fd, tmp = _mkstemp(path.parent, path.name)
+    except OSError as err:
+        raise OutputPathError(f"cannot write {path}: {_reason(err)}") from None
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # created 0600; give the usual permissions
+        _refuse_non_regular(path)  # made a folder, link or FIFO while we wrote: leave it alone
+        try:
+            os.replace(tmp, path)
+        except OSError as err:
+            raise OutputPathError(f"cannot write {path}: {_reason(err)}") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def output_lock(path: PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` for the duration of the ``with`` block.
+
+    The lock is ``.<name>.lock`` beside ``path`` (its folder is created), taken with
+    ``fcntl.flock`` so it is released when the process dies; the file is removed on exit. A second
+    process asking for the same lock gets :class:`OutputPathError` at once instead of silently
+    overwriting the first one's output. Where ``fcntl`` does not exist the block runs unlocked.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "model.pt")
+    >>> with output_lock(out) as lock:
+    ...     lock.name
+    '.model.pt.lock'
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield Path(path)
+        return
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    _refuse_non_regular(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"cannot create the folder of {path}: {_reason(err)}") from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            raise OutputPathError(f"cannot write {path}: {_reason(err)} (lock file {lock})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputPathError(f"{path} is being written by another process (lock {lock} is held); "
+                                  "wait for it to finish or choose another output") from None
+        try:  # the holder before us may have removed the file between our open and our lock: retry
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """Return ``device`` as a :class:`torch.device`; ``None`` or ``"auto"`` picks CUDA when present.
+
+    Raises
+    ------
+    GraphinterpError
+        An unknown device name, a device type graphinterp cannot compute on (``meta``, ...), or a
+        CUDA/MPS device that is not available.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("meta")
+    Traceback (most recent call last):
+    ...
+    graphinterp.common.errors.GraphinterpError: device 'meta' cannot run models; use auto, cpu, cuda or cuda:N
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    hint = "use auto, cpu, cuda or cuda:N"
+    if isinstance(device, str):
+        text = device.strip()
+        if not text or any(not (c.isalnum() or c in ":_") for c in text):
+            raise GraphinterpError(f"unknown device {device!r}; {hint}")
+        try:
+            device = torch.device(text)
+        except (RuntimeError, ValueError, TypeError):
+            raise GraphinterpError(f"unknown device {device!r}; {hint}") from None
+    elif not isinstance(device, torch.device):
+        raise GraphinterpError(f"device must be a name such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    if device.type not in _DEVICE_TYPES:
+        raise GraphinterpError(f"device {str(device)!r} cannot run models; {hint}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GraphinterpError("CUDA was requested but is not available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise GraphinterpError(f"no CUDA device {device.index}: this machine has {torch.cuda.device_count()}; "
+                                   f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GraphinterpError("MPS was requested but is not available; use --device cpu")
+    return device

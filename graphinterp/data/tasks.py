@@ -1,0 +1,162 @@
+"""Sequence tasks for transformers: modular addition and a character-level corpus (both offline).
+
+* :func:`modular_addition`: every pair ``(a, b)`` of ``0..p-1`` as the tokens ``a b =`` (``=`` is token
+  ``p``), label ``(a + b) mod p``; a seeded ``train_frac`` of the ``p**2`` pairs for training, the rest
+  for testing (Nanda et al. 2023: p = 113, 30%).
+* :func:`load_corpus`: a text file read as characters; the vocabulary is its sorted distinct characters;
+  the first ``1 - val_frac`` of the text trains, the rest validates. :meth:`CharCorpus.batch` draws
+  seeded random windows; :meth:`CharCorpus.windows` cuts a split into fixed, non-overlapping windows
+  (the evaluation set). The project ships no corpus: Tiny Shakespeare (public domain) is looked for
+  at ``<data_dir>/tinyshakespeare/input.txt``.
+
+Examples
+--------
+>>> train, test = modular_addition(p=5, train_frac=0.4, seed=0)
+>>> train.x.shape, test.x.shape, train.x[0, 2].item()
+(torch.Size([10, 3]), torch.Size([15, 3]), 5)
+>>> bool(((train.x[:, 0] + train.x[:, 1]) % 5 == train.y).all())
+True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+
+from graphinterp.common.errors import DataError
+
+__all__ = ["SequenceData", "CharCorpus", "modular_addition", "load_corpus", "default_corpus_path", "TASKS"]
+
+#: Task names of the transformer trainer.
+TASKS = ("modadd", "chars")
+
+
+@dataclass
+class SequenceData:
+    """Token sequences ``x`` (N, T) int64 with one label per sequence ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: List[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def modular_addition(p: int = 113, train_frac: float = 0.3, seed: int = 0) -> Tuple[SequenceData, SequenceData]:
+    """Train and test splits of ``a + b mod p`` (see the module docstring).
+
+    Raises
+    ------
+    DataError
+        If ``p < 2`` or ``train_frac`` leaves a split empty.
+    """
+    if isinstance(p, bool) or not isinstance(p, int) or p < 2:
+        raise DataError(f"modular addition needs an integer modulus p >= 2, got {p!r}")
+    n = p * p
+    n_train = int(round(float(train_frac) * n))
+    if not 0 < n_train < n:
+        raise DataError(f"train_frac={train_frac!r} leaves an empty split of the {n} pairs")
+    a, b = torch.arange(p).repeat_interleave(p), torch.arange(p).repeat(p)
+    x = torch.stack([a, b, torch.full_like(a, p)], 1)
+    y = (a + b) % p
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    classes = [str(i) for i in range(p)]
+    tr, te = perm[:n_train].sort().values, perm[n_train:].sort().values
+    return (SequenceData(x[tr], y[tr], classes, f"modadd{p}-train"),
+            SequenceData(x[te], y[te], classes, f"modadd{p}-test"))
+
+
+@dataclass
+class CharCorpus:
+    """A character corpus as token ids, split by position into train and validation."""
+
+    chars: List[str]
+    train: torch.Tensor
+    val: torch.Tensor
+    path: str = ""
+
+    @property
+    def vocab(self) -> int:
+        return len(self.chars)
+
+    def batch(self, batch_size: int, n_ctx: int, generator: torch.Generator,
+              split: str = "train") -> Tuple[torch.Tensor, torch.Tensor]:
+        """Random windows ``(x, y)`` of shape ``(batch_size, n_ctx)``; ``y`` is ``x`` shifted by one."""
+        ids = self.train if split == "train" else self.val
+        start = torch.randint(0, len(ids) - n_ctx - 1, (batch_size,), generator=generator)
+        idx = start[:, None] + torch.arange(n_ctx + 1)[None, :]
+        w = ids[idx]
+        return w[:, :-1], w[:, 1:]
+
+    def windows(self, n_ctx: int, split: str = "val", limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Consecutive non-overlapping windows of a split (the evaluation set), at most ``limit``."""
+        ids = self.val if split == "val" else self.train
+        n = (len(ids) - 1) // n_ctx
+        if limit is not None:
+            n = min(n, int(limit))
+        x = ids[: n * n_ctx].view(n, n_ctx)
+        y = ids[1: n * n_ctx + 1].view(n, n_ctx)
+        return x, y
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def default_corpus_path(data_dir: Optional[str] = None) -> Path:
+    """``<data_dir>/tinyshakespeare/input.txt`` (``data_dir`` defaults to :func:`graphinterp.data.datasets.default_data_dir`)."""
+    from graphinterp.data.datasets import default_data_dir
+
+    return Path(data_dir).expanduser() / "tinyshakespeare" / "input.txt" if data_dir else \
+        default_data_dir() / "tinyshakespeare" / "input.txt"
+
+
+def load_corpus(path=None, *, data_dir: Optional[str] = None, val_frac: float = 0.1, n_ctx: int = 64,
+                max_chars: Optional[int] = None) -> CharCorpus:
+    """Read a UTF-8 text file as a :class:`CharCorpus` (see the module docstring).
+
+    Parameters
+    ----------
+    path : path, optional
+        The text file; default :func:`default_corpus_path`.
+    val_frac : float
+        Share of the text (its end) held out for validation.
+    n_ctx : int
+        Window length the corpus must fit (each split needs more than ``n_ctx + 1`` characters).
+    max_chars : int, optional
+        Use only the first ``max_chars`` characters.
+
+    Raises
+    ------
+    DataError
+        If the file is missing, not a file, unreadable, not UTF-8, empty or too short.
+    """
+    path = Path(path).expanduser() if path is not None else default_corpus_path(data_dir)
+    if not path.exists():
+        raise DataError(f"corpus file {path} not found; pass a UTF-8 text file with --corpus FILE "
+                        "(or put Tiny Shakespeare at <data-dir>/tinyshakespeare/input.txt)")
+    if not path.is_file():
+        raise DataError(f"corpus {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"corpus {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"cannot read corpus {path}: {err.strerror or err}") from None
+    if max_chars is not None:
+        text = text[: int(max_chars)]
+    if not text:
+        raise DataError(f"corpus {path} is empty")
+    if not 0 < val_frac < 1:
+        raise DataError(f"val_frac must lie in (0, 1), got {val_frac!r}")
+    chars = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(chars)}
+    ids = torch.tensor([lookup[c] for c in text], dtype=torch.int64)
+    cut = int(len(ids) * (1 - val_frac))
+    if min(cut, len(ids) - cut) <= n_ctx + 1:
+        raise DataError(f"corpus {path} has {len(ids)} characters: too short for windows of {n_ctx} "
+                        f"with {val_frac:.0%} held out (each split needs more than {n_ctx + 1})")
+    return CharCorpus(chars, ids[:cut], ids[cut:], str(path))

@@ -1,0 +1,257 @@
+"""The graph of any model: weight layers as bipartite edge sets between shared node sets (a DAG).
+
+Nodes are neurons, channels and residual-stream dimensions; each weight layer connects its input
+nodes to its output nodes. Residual connections are not extra edges: a block that adds its output
+to a stream *writes* to the stream's nodes, so the stream is one set of nodes that many layers
+read from and write to (see DESIGN.md for drawings of a ResNet block and a transformer block).
+A chain (the paper's MLPs and CNNs) is the special case where each layer reads exactly the nodes
+the previous one wrote; :func:`trace_graph` then returns a chained :class:`LayeredGraph`.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from graphinterp.graph.coverage import Coverage
+from graphinterp.common.errors import UnsupportedModelError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.graph.layer import Layer
+
+__all__ = ["ModelGraph"]
+
+
+class ModelGraph(LayeredGraph):
+    """A model's weight layers over a shared set of nodes (residual streams, concatenations, attention).
+
+    Behaves as a layer-by-layer :class:`LayeredGraph` (``chained`` is False) for per-layer
+    clustering and metrics, and adds the node sets: layer ``l`` reads global nodes
+    ``src_nodes(l)`` (one per grouped input node) and writes ``dst_nodes(l)``.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+    src, dst : sequence of ndarray
+        Global node index of each layer's (grouped) input nodes and output nodes.
+    node_names : sequence of str
+        ``"<space>:<index>"`` of every global node; the space is the first layer (or ``input``,
+        or an embedding) that created it, prefixed with ``stream@`` when several layers write it.
+    coverage : Coverage, optional
+    """
+
+    def __init__(self, layers: Sequence[Layer], src: Sequence[np.ndarray], dst: Sequence[np.ndarray],
+                 node_names: Sequence[str], coverage: Optional[Coverage] = None) -> None:
+        super().__init__(layers, chained=False)
+        n = len(node_names)
+        for layer, s, d in zip(self.layers, src, dst):
+            if len(s) != layer.n_in() or len(d) != layer.n_out or (len(s) and max(s.max(), d.max()) >= n):
+                raise UnsupportedModelError(f"layer {layer.name!r}: node lists do not fit its shape")
+        self._src = {l.name: np.asarray(s, dtype=np.int64) for l, s in zip(self.layers, src)}
+        self._dst = {l.name: np.asarray(d, dtype=np.int64) for l, d in zip(self.layers, dst)}
+        self.node_names = list(node_names)
+        self.coverage = coverage
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of distinct nodes over all layers."""
+        return len(self.node_names)
+
+    def src_nodes(self, name: str) -> np.ndarray:
+        """Global nodes read by layer ``name`` (its grouped input nodes, in order)."""
+        return self._src[name]
+
+    def dst_nodes(self, name: str) -> np.ndarray:
+        """Global nodes written by layer ``name`` (its output nodes, in order)."""
+        return self._dst[name]
+
+    def select(self, names: Optional[Sequence[str]]) -> "ModelGraph":
+        """Sub-graph of the named layers, on the same nodes."""
+        if names is None:
+            return self
+        keep = [self[n] for n in sorted({self.index(n) for n in names})]
+        return ModelGraph(keep, [self._src[l.name] for l in keep], [self._dst[l.name] for l in keep],
+                          self.node_names, self.coverage)
+
+    def __repr__(self) -> str:
+        return f"ModelGraph({len(self)} layers, {self.n_nodes} nodes)"
+
+    def adjacency(self, layers: Optional[Sequence[str]] = None) -> "torch.Tensor":
+        """Symmetric ``(n_nodes, n_nodes)`` matrix of summed edge magnitudes |w| (for network-wide clustering)."""
+        A = torch.zeros(self.n_nodes, self.n_nodes, dtype=torch.float64)
+        for layer in (self.select(layers) if layers else self):
+            M = layer.magnitude().double().cpu()
+            s, d = torch.as_tensor(self._src[layer.name]), torch.as_tensor(self._dst[layer.name])
+            A.index_put_((s[:, None].expand_as(M), d[None, :].expand_as(M)), M, accumulate=True)
+        return A + A.T
+
+    def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
+                    network=None):
+        """``networkx.DiGraph`` over the global nodes; an edge per (layer, input node, output node).
+
+        The same attribute contract as :meth:`LayeredGraph.to_networkx`, on shared nodes:
+
+        * node attributes ``layer`` (the space: the layer or embedding that created the node),
+          ``index``, ``cluster`` (the node's network-wide label, from ``network`` or from a
+          network-wide ``clustering``, e.g. :func:`~graphinterp.clustering.dag_cluster.cluster_dag`; else -1),
+          ``cluster_in`` / ``cluster_out`` (the node's label in ``clustering`` as an input / output of
+          the layers that read / write it; -1 when no clustered layer does, or when several
+          clustered layers give it different labels, as on a residual stream with per-layer labels);
+        * edge attributes ``weight`` (signed), ``abs_weight``, ``sign``, ``layer``, ``within`` (both
+          ends in one cluster of that layer's clustering) and ``same_cluster`` (both ends share a
+          ``cluster`` >= 0). Two layers that connect the same pair of nodes keep the larger edge and
+          list both in ``layer``.
+        """
+        import networkx as nx
+
+        if view != "grouped":
+            raise ValueError("a model graph is exported in the 'grouped' view (one node per channel)")
+        if network is None and clustering is not None and getattr(clustering, "network_wide", False):
+            network = clustering
+        labels = _node_labels(self, network)
+        c_in, c_out = _side_labels(self, clustering, "in"), _side_labels(self, clustering, "out")
+        source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
+        G = nx.DiGraph(chained=False, view=view, dag=True, cluster_source=source)
+        for i, name in enumerate(self.node_names):
+            space, _, idx = name.rpartition(":")
+            G.add_node(name, layer=space, space=space, index=int(idx), cluster=int(labels[i]),
+                       cluster_in=int(c_in[i]), cluster_out=int(c_out[i]))
+        for layer in self:
+            w = layer.signed().cpu().numpy()
+            src, dst = self._src[layer.name], self._dst[layer.name]
+            rows = cols = None
+            if clustering is not None and layer.name in clustering.layer_names:
+                rows, cols = (np.asarray(a) for a in clustering.labels(layer.name))
+            for i, j in zip(*np.nonzero(np.abs(w) > min_abs_weight)):
+                u, v, val = self.node_names[src[i]], self.node_names[dst[j]], float(w[i, j])
+                if G.has_edge(u, v) and G[u][v]["abs_weight"] >= abs(val):
+                    G[u][v]["layer"] += f",{layer.name}"
+                    continue
+                within = bool(rows is not None and rows[i] >= 0 and rows[i] == cols[j])
+                same = bool(labels[src[i]] >= 0 and labels[src[i]] == labels[dst[j]])
+                G.add_edge(u, v, weight=val, abs_weight=abs(val), sign=int(np.sign(val)), layer=layer.name,
+                           within=within, same_cluster=same)
+        return G
+
+
+def _node_labels(graph: ModelGraph, clustering) -> np.ndarray:
+    labels = np.full(graph.n_nodes, -1, dtype=np.int64)
+    node_labels = getattr(clustering, "meta", {}).get("node_labels") if clustering is not None else None
+    if node_labels is not None and len(node_labels) == graph.n_nodes:
+        labels[:] = np.asarray(node_labels)
+    elif clustering is not None:  # network-wide labels given per layer: read them off the layers' ends
+        for name in clustering.layer_names:
+            rows, cols = (np.asarray(a) for a in clustering.labels(name))
+            for nodes, lab in ((graph.src_nodes(name), rows), (graph.dst_nodes(name), cols)):
+                nodes = np.asarray(nodes)
+                if len(nodes) == len(lab):
+                    labels[nodes] = np.where(lab >= 0, lab, labels[nodes])
+    return labels
+
+
+def _side_labels(graph: ModelGraph, clustering, side: str) -> np.ndarray:
+    """Per node: its label as an input (``side="in"``) or output of the clustered layers; -1 if none or if they disagree."""
+    labels = np.full(graph.n_nodes, -1, dtype=np.int64)
+    if clustering is None:
+        return labels
+    seen = np.zeros(graph.n_nodes, dtype=bool)
+    clash = np.zeros(graph.n_nodes, dtype=bool)
+    for name in clustering.layer_names:
+        rows, cols = (np.asarray(a) for a in clustering.labels(name))
+        nodes, lab = (np.asarray(graph.src_nodes(name)), rows) if side == "in" else (np.asarray(graph.dst_nodes(name)), cols)
+        if len(nodes) != len(lab):
+            continue
+        keep = lab >= 0
+        nodes, lab = nodes[keep], lab[keep]
+        clash[nodes] |= seen[nodes] & (labels[nodes] != lab)
+        labels[nodes], seen[nodes] = lab, True
+    labels[clash] = -1
+    return labels
+
+
+# ------------------------------------------------------------------ building from a trace
+def graph_from_calls(tracer, model: nn.Module, coverage: Coverage) -> LayeredGraph:
+    """Turn a finished :class:`~graphinterp.graph.trace.ChannelTracer` into a chained or DAG graph."""
+    if not tracer.calls:
+        raise UnsupportedModelError(
+            "no weight layer (Linear, Conv1d/2d/3d, GPT-2 Conv1D) was called in the forward pass; "
+            + "; ".join(coverage.summary_lines()[1:3])
+        )
+    roots = tracer.roots().numpy()
+    used = np.unique(np.concatenate([roots[c.src.numpy()] for c in tracer.calls]
+                                    + [roots[c.dst.numpy()] for c in tracer.calls]))
+    compact = {int(r): i for i, r in enumerate(used)}
+    names = _node_names(tracer, roots, used)
+    layers, src, dst = [], [], []
+    for call in tracer.calls:
+        s_glob = np.array([compact[int(r)] for r in roots[call.src.numpy()]], dtype=np.int64)
+        d_glob = np.array([compact[int(r)] for r in roots[call.dst.numpy()]], dtype=np.int64)
+        if len(np.unique(d_glob)) != len(d_glob):
+            raise UnsupportedModelError(f"layer {call.name!r}: two of its outputs were traced to the same node")
+        nodes, in_index = np.unique(s_glob, return_inverse=True)
+        if call.kind != "linear" and len(nodes) != len(s_glob):
+            raise UnsupportedModelError(f"layer {call.name!r}: two of its input channels are the same node")
+        layer = Layer(call.name, call.kind, _folded_weight(call), groups=call.groups, param=call.param,
+                      transposed=call.transposed, folded=tuple(call.folded),
+                      in_index=torch.as_tensor(in_index) if len(nodes) != len(s_glob) else None)
+        layers.append(layer)
+        src.append(nodes if len(nodes) != len(s_glob) else s_glob)
+        dst.append(d_glob)
+    chain = _as_chain(layers, src, dst)
+    if chain is not None:
+        return chain
+    return ModelGraph(layers, src, dst, names, coverage)
+
+
+def _node_names(tracer, roots: np.ndarray, used: np.ndarray) -> List[str]:
+    starts = np.array([s[1] for s in tracer.spaces])
+    space_of = np.searchsorted(starts, np.arange(len(roots)), side="right") - 1
+    members: Dict[int, set] = {}
+    for i, r in enumerate(roots):
+        members.setdefault(int(r), set()).add(int(space_of[i]))
+    out = []
+    for r in used:
+        sp = int(space_of[r])
+        name, start, _ = tracer.spaces[sp]
+        prefix = f"stream@{name}" if len(members[int(r)]) > 1 else name
+        out.append(f"{prefix}:{int(r) - start}")
+    return out
+
+
+def _folded_weight(call) -> torch.Tensor:
+    w = call.weight
+    if call.out_scale is not None:
+        w = w * call.out_scale.view(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+    if call.in_scale is not None:
+        scale = call.in_scale.to(w.dtype)
+        if call.kind == "linear":
+            w = w * scale[None, :]
+        else:
+            per = w.shape[1]
+            group = torch.arange(w.shape[0]) // (w.shape[0] // call.groups)
+            cols = group[:, None] * per + torch.arange(per)[None, :]
+            w = w * scale[cols].view(*cols.shape, *([1] * (w.dim() - 2)))
+    return w.detach()
+
+
+def _as_chain(layers: List[Layer], src: List[np.ndarray], dst: List[np.ndarray]) -> Optional[LayeredGraph]:
+    """A chained LayeredGraph when every layer reads exactly the nodes the previous one wrote."""
+    written = set(np.concatenate(dst).tolist())
+    if set(src[0].tolist()) & written or len(written) != sum(len(d) for d in dst):
+        return None  # a residual stream: several layers write the same nodes
+    for t in range(1, len(layers)):
+        if len(src[t]) != len(dst[t - 1]) or not np.array_equal(src[t], dst[t - 1]):
+            return None
+    channel_major = []
+    for layer in layers:
+        idx = layer.in_index
+        if idx is not None:
+            n = layer.n_in()
+            per = idx.numel() // n
+            if not torch.equal(idx, torch.arange(n).repeat_interleave(per)):
+                return None  # a channels-last flatten: keep the node map of the DAG graph
+            layer = Layer(layer.name, layer.kind, layer.weight, in_groups=n, groups=layer.groups,
+                          param=layer.param, transposed=layer.transposed, folded=layer.folded)
+        channel_major.append(layer)
+    return LayeredGraph(channel_major, chained=True)

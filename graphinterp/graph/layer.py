@@ -1,0 +1,232 @@
+"""One weight layer of a layered graph: a bipartite graph between its input and output nodes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Tuple
+
+import torch
+
+from graphinterp.common.errors import InvalidWeightsError
+
+__all__ = ["Layer", "VIEWS", "KINDS"]
+
+VIEWS = ("grouped", "fine")
+#: Why depthwise convolutions are left out of clusterability (one place for the rule and its words).
+DEPTHWISE_REASON = ("depthwise convolution: each output reads one input channel, so the layer is block-diagonal "
+                    "by construction (E = 1 for any matched clustering); left out of clusterability")
+#: Layer kinds and the number of dimensions of their torch weight.
+KINDS = {"linear": 2, "conv1d": 3, "conv2d": 4, "conv3d": 5}
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """A ``nn.Linear`` or ``nn.Conv2d`` seen as a weighted bipartite graph.
+
+    Nodes are neurons (Linear) or channels (Conv2d). Matrices returned by :meth:`squared`,
+    :meth:`magnitude` and :meth:`signed` have shape ``(n_in, n_out)``: rows are input nodes,
+    columns output nodes (the paper's U and V).
+
+    Edge weights are defined so that the squared edge weight always equals the sum of squares
+    of the parameters behind the edge:
+
+    * Linear: :math:`w_{ij} = W_{ji}` (torch stores ``(out, in)``).
+    * Conv2d: :math:`|w_{ij}| = \\lVert K_{j i} \\rVert_2`, the L2 norm of the kernel from in-channel
+      ``i`` to out-channel ``j``; its sign is the sign of the kernel's sum.
+    * Linear after a Flatten of ``C`` channels (``in_groups=C``): in the ``"grouped"`` view there is
+      one input node per channel, :math:`|w_{cj}| = \\lVert W_{j, F_c} \\rVert_2` over the channel's
+      features :math:`F_c` (channel-major flattening, as ``nn.Flatten`` does on NCHW); the
+      ``"fine"`` view keeps one node per feature.
+
+    Parameters
+    ----------
+    name : str
+        Module path (``"fc2"``) or state_dict prefix (``"0"``).
+    kind : {"linear", "conv2d"}
+    weight : torch.Tensor
+        The parameter in torch layout, detached.
+    in_groups : int, optional
+        Number of channels the input features were flattened from (Linear after Conv2d),
+        channel-major. A shorthand for ``in_index = arange(in_groups).repeat_interleave(...)``.
+    groups : int
+        Convolution ``groups`` (1 for a dense convolution).
+    in_index : torch.Tensor, optional
+        For a Linear whose input features come from fewer nodes (a Flatten of channels in any
+        order, a channels-last reshape): ``in_index[f]`` is the grouped input node of feature
+        ``f``. Found by :mod:`graphinterp.graph.trace`.
+    param : str, optional
+        Name of the parameter in the model (``"h.0.mlp.c_fc.weight"``); defaults to
+        ``name + ".weight"``. This is the graph-to-module binding.
+    transposed : bool
+        The parameter is stored ``(in, out)`` (HuggingFace GPT-2 ``Conv1D``); ``weight`` is its
+        transpose, in torch ``(out, in)`` layout.
+    folded : tuple of str
+        What was folded into ``weight`` (e.g. ``"bn1 (BatchNorm2d scale)"``); ``weight`` is then the
+        folded weight and differs from the raw parameter by a positive diagonal scaling.
+
+    Examples
+    --------
+    >>> import torch
+    >>> layer = Layer("fc", "linear", torch.tensor([[3.0, 0.0], [0.0, -4.0]]))
+    >>> layer.squared()
+    tensor([[ 9.,  0.],
+            [ 0., 16.]])
+    """
+
+    name: str
+    kind: str
+    weight: torch.Tensor
+    in_groups: Optional[int] = None
+    groups: int = 1
+    in_index: Optional[torch.Tensor] = None
+    param: Optional[str] = None
+    transposed: bool = False
+    folded: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InvalidWeightsError(f"layer {self.name!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}")
+        want = KINDS[self.kind]
+        if self.weight.dim() != want:
+            raise InvalidWeightsError(
+                f"layer {self.name!r}: a {self.kind} weight must have {want} dimensions, "
+                f"got shape {tuple(self.weight.shape)}"
+            )
+        if not torch.is_floating_point(self.weight):
+            raise InvalidWeightsError(f"layer {self.name!r}: weights must be floating point, got {self.weight.dtype}")
+        # A sum is finite when every weight is (cheap, no temporary the size of the layer); only an
+        # overflowing sum of finite weights needs the element-wise check.
+        if not bool(torch.isfinite(self.weight.sum())) and not bool(torch.isfinite(self.weight).all()):
+            bad = int((~torch.isfinite(self.weight)).sum())
+            raise InvalidWeightsError(
+                f"layer {self.name!r} has {bad} NaN/inf weight(s); the model is corrupt or diverged in training"
+            )
+        if self.in_groups is not None:
+            if self.kind != "linear" or self.weight.shape[1] % self.in_groups:
+                raise InvalidWeightsError(
+                    f"layer {self.name!r}: in_groups={self.in_groups} does not divide its "
+                    f"{self.weight.shape[1]} input features"
+                )
+            object.__setattr__(self, "in_index", torch.arange(self.in_groups).repeat_interleave(
+                self.weight.shape[1] // self.in_groups))
+        if self.in_index is not None:
+            idx = torch.as_tensor(self.in_index, dtype=torch.long).cpu()
+            if self.kind != "linear" or idx.dim() != 1 or idx.numel() != self.weight.shape[1]:
+                raise InvalidWeightsError(f"layer {self.name!r}: in_index must give one node per input feature")
+            if idx.numel() and (int(idx.min()) < 0 or bool((torch.bincount(idx) == 0).any())):
+                raise InvalidWeightsError(f"layer {self.name!r}: in_index must number the input nodes 0..n-1")
+            object.__setattr__(self, "in_index", idx)
+        if self.is_conv and (self.groups < 1 or self.weight.shape[0] % self.groups):
+            raise InvalidWeightsError(f"layer {self.name!r}: groups={self.groups} does not divide its outputs")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_out(self) -> int:
+        """Number of output nodes (neurons or channels)."""
+        return int(self.weight.shape[0])
+
+    @property
+    def is_conv(self) -> bool:
+        """True for a convolution (any number of spatial dimensions)."""
+        return self.kind != "linear"
+
+    @property
+    def n_in_fine(self) -> int:
+        """Number of input features (one per weight column / in-channel)."""
+        return int(self.weight.shape[1]) * (self.groups if self.is_conv else 1)
+
+    @property
+    def grouped_inputs(self) -> bool:
+        """True when several input features share one input node (see ``in_index``)."""
+        return self.in_index is not None and int(self.in_index.max()) + 1 < self.in_index.numel()
+
+    @property
+    def param_name(self) -> str:
+        """Name of the model parameter behind this layer."""
+        return self.param or (f"{self.name}.weight" if self.name else "weight")
+
+    @property
+    def structure(self) -> str:
+        """``"dense"``, ``"grouped"`` (grouped convolution) or ``"depthwise"`` (one input per output)."""
+        if not self.is_conv or self.groups == 1:
+            return "dense"
+        return "depthwise" if self.weight.shape[1] == 1 else "grouped"
+
+    def n_in(self, view: str = "grouped") -> int:
+        """Number of input nodes in ``view``."""
+        _check_view(view)
+        if view == "grouped" and self.in_index is not None:
+            return int(self.in_index.max()) + 1 if self.in_index.numel() else 0
+        return self.n_in_fine
+
+    def shape(self, view: str = "grouped") -> tuple:
+        """``(n_in, n_out)`` in ``view``."""
+        return (self.n_in(view), self.n_out)
+
+    @property
+    def num_params(self) -> int:
+        """Number of weights in the layer (the parameter's numel)."""
+        return int(self.weight.numel())
+
+    def with_weight(self, weight: torch.Tensor) -> "Layer":
+        """The same layer (name, kind, structure, binding) with another weight tensor."""
+        return replace(self, weight=weight)
+
+    # --------------------------------------------------------------- matrices
+    def support(self, view: str = "grouped") -> torch.Tensor:
+        """Boolean ``(n_in, n_out)``: edges that exist structurally (False across conv groups)."""
+        ones = self.with_weight(torch.ones_like(self.weight))
+        return ones.squared(view) > 0
+
+    def squared(self, view: str = "grouped") -> torch.Tensor:
+        """Squared edge weights, shape ``(n_in, n_out)``; sums to ``(weight ** 2).sum()``."""
+        _check_view(view)
+        w2 = self.weight.detach().square()
+        if self.is_conv:
+            return self._dense_conv(w2.flatten(2).sum(-1)).T
+        if view == "grouped" and self.in_index is not None:
+            return self._group_inputs(w2).T
+        return w2.T
+
+    def _group_inputs(self, per_feature: torch.Tensor) -> torch.Tensor:
+        """Sum ``(out, in_features)`` columns into ``(out, n_in)`` grouped input nodes."""
+        idx = self.in_index.to(per_feature.device)
+        out = per_feature.new_zeros(self.n_out, self.n_in("grouped"))
+        return out.index_add_(1, idx, per_feature)
+
+    def magnitude(self, view: str = "grouped") -> torch.Tensor:
+        """Unsigned edge weights :math:`|w_{ij}|` (the BSGC similarity), shape ``(n_in, n_out)``."""
+        return self.squared(view).sqrt()
+
+    def signed(self, view: str = "grouped") -> torch.Tensor:
+        """Signed edge weights; grouped edges take the sign of the sum of their parameters."""
+        _check_view(view)
+        w = self.weight.detach()
+        if not self.is_conv and (view == "fine" or self.in_index is None):
+            return w.T
+        if self.is_conv:
+            sign = self._dense_conv(w.flatten(2).sum(-1)).T.sign()
+        else:
+            sign = self._group_inputs(w).T.sign()
+        return self.magnitude(view) * sign
+
+    def expand_input_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Map labels of grouped input nodes to the layer's input features (identity otherwise)."""
+        if not self.is_conv and self.in_index is not None and labels.numel() == self.n_in("grouped"):
+            return labels[self.in_index.to(labels.device)]
+        return labels
+
+    def _dense_conv(self, per_kernel: torch.Tensor) -> torch.Tensor:
+        """Scatter an ``(out, in/groups)`` matrix of a grouped conv to dense ``(out, in)``."""
+        if self.groups == 1:
+            return per_kernel
+        out_ch, in_per = per_kernel.shape
+        per_group_out = out_ch // self.groups
+        dense = per_kernel.new_zeros(out_ch, in_per * self.groups)
+        group = torch.arange(out_ch, device=per_kernel.device) // per_group_out
+        cols = group[:, None] * in_per + torch.arange(in_per, device=per_kernel.device)[None, :]
+        return dense.scatter_(1, cols, per_kernel)
+
+
+def _check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")

@@ -1,0 +1,290 @@
+"""The layered weighted graph of a network: neurons/channels as nodes, weights as edges."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from graphinterp.common.errors import UnsupportedModelError
+from graphinterp.graph.layer import Layer
+
+if TYPE_CHECKING:  # pragma: no cover
+    import networkx as nx
+
+__all__ = ["LayeredGraph", "Layer", "layered_graph"]
+
+
+class LayeredGraph:
+    """A stack of weight layers seen as one layered graph.
+
+    When ``chained`` is true, layer ``l``'s output nodes are layer ``l + 1``'s input nodes (in the
+    ``"grouped"`` view), so the graph has ``len(layers) + 1`` levels of nodes: level 0 is the model
+    input, level ``l + 1`` the outputs of layer ``l``. When false (layer-by-layer analysis of, e.g.,
+    a residual network) every layer is its own bipartite graph.
+
+    Weights stay as tensors, one per layer; :meth:`to_networkx` builds a ``networkx.DiGraph`` only
+    when asked.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+    chained : bool
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    >>> g = LayeredGraph.from_module(model)
+    >>> [layer.name for layer in g], g.level_sizes()
+    (['0', '2'], [4, 3, 2])
+    >>> G = g.to_networkx()
+    >>> G.number_of_nodes(), G.number_of_edges()
+    (9, 18)
+    """
+
+    def __init__(self, layers: Sequence[Layer], *, chained: bool = True) -> None:
+        layers = tuple(layers)
+        if not layers:
+            raise UnsupportedModelError("a layered graph needs at least one Linear or Conv2d layer")
+        names = [layer.name for layer in layers]
+        if len(set(names)) != len(names):
+            raise UnsupportedModelError(f"layer names must be unique, got {names}")
+        if chained:
+            for a, b in zip(layers, layers[1:]):
+                if a.n_out != b.n_in("grouped"):
+                    raise UnsupportedModelError(
+                        f"layer {b.name!r} has {b.n_in()} input nodes but {a.name!r} has {a.n_out} outputs"
+                    )
+        self.layers = layers
+        self.chained = bool(chained)
+        self.coverage = None  # a graphinterp.graph.coverage.Coverage when the builder measured it
+
+    # ------------------------------------------------------------ builders
+    @classmethod
+    def from_module(
+        cls, module: nn.Module, *, input_shape: Optional[Sequence[int]] = None, layerwise: bool = False,
+        fold: bool = True, example=None,
+    ) -> "LayeredGraph":
+        """Build from an ``nn.Module`` by tracing one forward pass (see :mod:`graphinterp.graph.model_trace`).
+
+        A chain of layers gives a chained ``LayeredGraph``; residual streams, concatenations,
+        branches and attention give a :class:`~graphinterp.graph.dag.ModelGraph`. ``fold`` folds
+        normalisation scales into the weights. ``layerwise=True`` keeps every weight layer as its
+        own bipartite graph (the traced layers, unlinked).
+        """
+        from graphinterp.graph.model_trace import trace_graph
+
+        graph = trace_graph(module, example=example, input_shape=input_shape, fold=fold)
+        if layerwise:
+            coverage = getattr(graph, "coverage", None)
+            graph = LayeredGraph(graph.layers, chained=False)
+            graph.coverage = coverage
+        return graph
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], *, layerwise: bool = False) -> "LayeredGraph":
+        """Build from a bare state_dict; layer order and chaining come from key order and shapes.
+
+        Names that look like residual blocks, or shapes that do not chain, give a layer-by-layer
+        graph; ``graph.coverage`` says why, and lists tensors that are not layers (embeddings,
+        recurrent weights) with the reason (see :mod:`graphinterp.graph.state_graph`).
+        """
+        from graphinterp.graph.state_graph import graph_layers_from_state_dict
+
+        layers, chained, coverage = graph_layers_from_state_dict(state_dict, layerwise=layerwise)
+        graph = cls(layers, chained=chained)
+        graph.coverage = coverage
+        return graph
+
+    # ------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, key: Union[int, str]) -> Layer:
+        if isinstance(key, str):
+            return self.layers[self.index(key)]
+        return self.layers[key]
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{l.name}:{l.n_in()}x{l.n_out}" for l in self.layers)
+        return f"LayeredGraph([{shapes}], chained={self.chained})"
+
+    @property
+    def layer_names(self) -> List[str]:
+        """Layer names in forward order."""
+        return [layer.name for layer in self.layers]
+
+    def index(self, name: str) -> int:
+        """Position of the layer called ``name``."""
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return i
+        raise KeyError(f"no layer named {name!r}; layers are {self.layer_names}")
+
+    def level_sizes(self, view: str = "grouped") -> List[int]:
+        """Number of nodes at each level (chained graphs only)."""
+        self._need_chain("level_sizes")
+        return [self.layers[0].n_in(view)] + [layer.n_out for layer in self.layers]
+
+    def level_names(self) -> List[str]:
+        """Name of each node level: ``"input"`` then the layer that produces it."""
+        self._need_chain("level_names")
+        return ["input"] + self.layer_names
+
+    def select(self, names: Optional[Sequence[str]]) -> "LayeredGraph":
+        """Sub-graph of the named layers (all when ``names`` is None); chained if they are consecutive."""
+        if names is None:
+            return self
+        idx = sorted({self.index(n) for n in names})
+        consecutive = self.chained and idx == list(range(idx[0], idx[-1] + 1))
+        return LayeredGraph([self.layers[i] for i in idx], chained=consecutive)
+
+    def num_params(self) -> int:
+        """Total number of weights over all layers."""
+        return sum(layer.num_params for layer in self.layers)
+
+    def _need_chain(self, what: str) -> None:
+        if not self.chained:
+            raise UnsupportedModelError(f"{what} needs a chained graph; this one is layer by layer")
+
+    # ------------------------------------------------------------ networkx
+    def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
+                    network=None) -> "nx.DiGraph":
+        """Return a ``networkx.DiGraph`` with node and edge attributes.
+
+        Nodes are ``"<level>:<index>"`` (``"input:3"``, ``"fc1:10"``) for a chained graph and
+        ``"<layer>/in:<i>"``, ``"<layer>/out:<j>"`` otherwise. Node attributes: ``layer`` (level
+        name), ``level``, ``index``, ``cluster_in`` (the node's label as an input of the next
+        layer, in ``clustering``), ``cluster_out`` (its label as an output of the layer that
+        produces it) and ``cluster``, one label per node that means the same on every level:
+
+        * the network-wide label, from ``network`` or from ``clustering`` when it is network-wide
+          (:func:`graphinterp.clustering.cluster.cluster_network`); then an edge joins two nodes of one
+          cluster exactly when both ends have the same ``cluster``, and the squared weight of
+          such edges over all edges is the clustering's E;
+        * otherwise the node's only label: a per-layer clustering numbers each layer's clusters
+          on its own, so a hidden node between two clustered layers, which has two unrelated
+          labels, gets ``cluster = -1`` (its labels stay in ``cluster_in`` / ``cluster_out``);
+        * ``-1`` for a node that no clustered layer touches or that is isolated.
+
+        Edge attributes: ``weight`` (signed), ``abs_weight``, ``sign`` (-1, 0, 1), ``layer``,
+        ``within`` (both ends in the same cluster of that layer's clustering in ``clustering``) and
+        ``same_cluster`` (both ends have the same ``cluster`` >= 0). Graph attributes: ``chained``,
+        ``view`` and ``cluster_source`` (``"network"``, ``"per-layer"`` or ``"none"``).
+
+        Parameters
+        ----------
+        clustering : Clustering, optional
+            Labels for ``cluster_in``, ``cluster_out`` and ``within`` (see :mod:`graphinterp.clustering.cluster`);
+            by default ``network``'s.
+        view : {"grouped", "fine"}
+            ``"fine"`` is only allowed for a single layer or layer-by-layer graphs.
+        min_abs_weight : float
+            Drop edges with ``|weight| <= min_abs_weight`` (zero-weight edges are always dropped).
+        network : Clustering, optional
+            A network-wide clustering (``network_wide=True``) whose labels become ``cluster``; by
+            default ``clustering`` when it is network-wide.
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> from graphinterp.clustering.cluster import cluster_network
+        >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 4)))
+        >>> G = g.to_networkx(cluster_network(g, 2, random_state=0))
+        >>> G.graph["cluster_source"], G.nodes["0:1"]["cluster"] == G.nodes["0:1"]["cluster_in"]
+        ('network', True)
+        """
+        import networkx as nx
+
+        if view == "fine" and self.chained and any(l.in_groups for l in self.layers[1:]):
+            raise UnsupportedModelError("the 'fine' view breaks the chain at a Flatten; use the 'grouped' view "
+                                        "(or --layerwise)")
+        if not (isinstance(min_abs_weight, (int, float)) and not isinstance(min_abs_weight, bool)
+                and np.isfinite(min_abs_weight) and min_abs_weight >= 0):
+            raise ValueError(f"min_abs_weight must be a finite number >= 0, got {min_abs_weight!r}")
+        if network is None and clustering is not None and getattr(clustering, "network_wide", False):
+            network = clustering
+        if network is not None and not getattr(network, "network_wide", False):
+            raise ValueError("network= must be a network-wide clustering (graphinterp.clustering.cluster.cluster_network)")
+        if clustering is None:
+            clustering = network
+        source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
+        G = nx.DiGraph(chained=self.chained, view=view, cluster_source=source)
+        node_cluster: dict = {}  # node -> list of candidate labels (network: one; per-layer: one per side)
+        edges = []
+        for t, layer in enumerate(self.layers):
+            rows, cols = _labels_for(clustering, layer, view)
+            src = self._node_ids(t, "in", layer.n_in(view))
+            dst = self._node_ids(t, "out", layer.n_out)
+            if network is not None:
+                net_rows, net_cols = _labels_for(network, layer, view)
+                covered = layer.name in network.layer_names
+            else:
+                net_rows, net_cols, covered = rows, cols, clustering is not None and layer.name in clustering.layer_names
+            for ids, level, name, labels, net, attr in (
+                (src, t, self._level_name(t, "in"), rows, net_rows, "cluster_in"),
+                (dst, t + 1, self._level_name(t, "out"), cols, net_cols, "cluster_out"),
+            ):
+                for i, node in enumerate(ids):
+                    G.add_node(node)
+                    data = G.nodes[node]
+                    data.update(layer=name, level=level, index=i)
+                    data.setdefault("cluster_in", -1)
+                    data.setdefault("cluster_out", -1)
+                    data[attr] = int(labels[i])
+                    if covered:
+                        node_cluster.setdefault(node, []).append(int(net[i]))
+            w = layer.signed(view).cpu().numpy()
+            ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
+            vals = w[ii, jj]
+            within = (rows[ii] == cols[jj]) & (rows[ii] >= 0)
+            edges.append((layer.name, src, dst, ii.tolist(), jj.tolist(), vals.tolist(), within.tolist()))
+        for node, data in G.nodes(data=True):
+            labels = node_cluster.get(node, [])
+            # network: every candidate is the same label; per layer: only a node with one label has a meaning
+            data["cluster"] = labels[0] if labels and (network is not None or len(labels) == 1) else -1
+        cluster = G.nodes.data("cluster")
+        for name, src, dst, ii, jj, vals, within in edges:
+            G.add_edges_from(
+                (src[i], dst[j], {"weight": float(v), "abs_weight": float(abs(v)), "sign": int(np.sign(v)),
+                                  "layer": name, "within": bool(b),
+                                  "same_cluster": bool(cluster[src[i]] == cluster[dst[j]] and cluster[src[i]] >= 0)})
+                for i, j, v, b in zip(ii, jj, vals, within)
+            )
+        return G
+
+    def _level_name(self, t: int, side: str) -> str:
+        if self.chained:
+            return "input" if (side == "in" and t == 0) else self.layers[t - 1 if side == "in" else t].name
+        return f"{self.layers[t].name}/{side}"
+
+    def _node_ids(self, t: int, side: str, n: int) -> List[str]:
+        if self.chained:
+            prefix = self._level_name(t, side)
+            return [f"{prefix}:{i}" for i in range(n)]
+        return [f"{self.layers[t].name}/{side}:{i}" for i in range(n)]
+
+
+def _labels_for(clustering, layer: Layer, view: str):
+    n_in, n_out = layer.n_in(view), layer.n_out
+    if clustering is None or layer.name not in clustering.layer_names:
+        return np.full(n_in, -1), np.full(n_out, -1)
+    rows, cols = clustering.labels(layer.name)
+    if view == "fine" and len(rows) != n_in:
+        rows = layer.expand_input_labels(torch.as_tensor(rows)).numpy()
+    return np.asarray(rows), np.asarray(cols)
+
+
+def layered_graph(model: Union[nn.Module, Mapping[str, torch.Tensor]], **kwargs) -> LayeredGraph:
+    """Build a :class:`LayeredGraph` from an ``nn.Module`` or a state_dict (networkx-style helper)."""
+    if isinstance(model, nn.Module):
+        return LayeredGraph.from_module(model, **kwargs)
+    if isinstance(model, Mapping):
+        return LayeredGraph.from_state_dict(model, **kwargs)
+    raise TypeError(f"expected an nn.Module or a state_dict, got {type(model).__name__}")

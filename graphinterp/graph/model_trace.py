@@ -1,0 +1,182 @@
+"""Trace an ``nn.Module`` into its graph: run one example forward pass under a :class:`ChannelTracer`.
+
+:func:`trace_graph` guesses an example input when none is given (the first layer's width for an
+MLP, small images for a CNN, 224 x 224 for a ViT, a few token ids for a language model), runs the
+model once in eval mode, and returns a chained :class:`~graphinterp.graph.layered.LayeredGraph` for a
+chain or a :class:`~graphinterp.graph.dag.ModelGraph` otherwise, with its :class:`Coverage`.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from graphinterp.graph.coverage import Coverage, MissingModule
+from graphinterp.graph.dag import graph_from_calls
+from graphinterp.common.errors import UnsupportedModelError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.graph.trace import ChannelTracer
+
+__all__ = ["trace_graph", "example_inputs"]
+
+_SPATIAL_GUESSES = (32, 64, 224, 28, 8, 16, 96, 299)
+_WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None):
+    """Yield candidate example inputs ``(args, kwargs, channel_dim)`` for one forward pass."""
+    param = next(iter(model.parameters()), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)  # a local generator: tracing never consumes the global RNG
+    first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES + (nn.Embedding,))), None)
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        dim = 1 if len(shape) >= 2 and isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else -1
+        if isinstance(first, nn.Linear) and len(shape) > 1 and _prod(shape) == first.in_features:
+            dim = "all"  # an MLP on images: one input node per pixel, flattened before the first Linear
+        yield (torch.randn(1, *shape, generator=gen, dtype=dtype).to(device),), {}, dim
+        return
+    config = getattr(model, "config", None)
+    if isinstance(first, nn.Embedding) or config is not None and hasattr(config, "vocab_size"):
+        vocab = int(getattr(config, "vocab_size", None) or first.num_embeddings)
+        ids = torch.randint(0, vocab, (1, 8), generator=gen).to(device)
+        kwargs = {"input_ids": ids} if config is not None else {}
+        yield ((ids,) if config is None else ()), kwargs, None
+        return
+    if isinstance(first, nn.Linear):
+        yield (torch.randn(2, first.in_features, generator=gen, dtype=dtype).to(device),), {}, -1
+        return
+    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        nd = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)]
+        for size in _SPATIAL_GUESSES:
+            x = torch.randn(1, first.in_channels, *([size] * nd), generator=gen, dtype=dtype).to(device)
+            yield (x,), {}, 1
+
+
+def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[Sequence[int]] = None,
+                fold: bool = True) -> LayeredGraph:
+    """Trace ``model`` and return its graph (chained when it is a chain, else a ``ModelGraph``).
+
+    Parameters
+    ----------
+    model : nn.Module
+    example : tensor or tuple or dict, optional
+        One example input (positional args, or keyword args for a HuggingFace model). Guessed
+        when omitted; pass ``input_shape`` (without the batch dimension) to guide the guess.
+    input_shape : sequence of int, optional
+    fold : bool, default True
+        Fold normalisation into the weights (BatchNorm scale and layer_scale into the layer before,
+        LayerNorm / RMSNorm gains into the layers after). ``graph.coverage.folded`` lists what was.
+
+    Returns
+    -------
+    LayeredGraph or ModelGraph
+        With ``.coverage`` (share of weights covered, what is missing, folded or approximated).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> class Block(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 6)
+    ...     def forward(self, x):
+    ...         return x + self.fc2(torch.relu(self.fc1(x)))
+    >>> model = nn.Sequential(nn.Linear(4, 6), Block(), nn.Linear(6, 3))
+    >>> g = trace_graph(model)
+    >>> type(g).__name__, g.layer_names, g.n_nodes
+    ('ModelGraph', ['0', '1.fc1', '1.fc2', '2'], 25)
+    >>> bool((g.src_nodes('1.fc1') == g.dst_nodes('1.fc2')).all())  # the block reads and writes one stream
+    True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    candidates = [_as_call(example)] if example is not None else list(example_inputs(model, input_shape))
+    if not candidates:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no Linear, Conv or Embedding module to guess an input from; "
+            "pass example=... (one input batch)"
+        )
+    last_error: Optional[BaseException] = None
+    was_training = model.training
+    model.eval()
+    try:
+        for args, kwargs, dim in candidates:
+            tracer = ChannelTracer(model, fold=fold)
+            try:
+                with torch.enable_grad(), tracer:
+                    for t in list(args) + list(kwargs.values()):
+                        if isinstance(t, torch.Tensor) and t.is_floating_point() and dim == "all":
+                            ids = tracer.new_space("input", t[0].numel()).view(t.shape[1:])
+                            tracer._set(t, ids.expand(t.shape))
+                        elif isinstance(t, torch.Tensor) and t.is_floating_point() and dim is not None:
+                            tracer.tag(t, tracer.new_space("input", t.shape[dim]), dim)
+                    model(*args, **kwargs)
+            except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
+                last_error = err
+                continue
+            coverage = _coverage(model, tracer)
+            graph = graph_from_calls(tracer, model, coverage)
+            graph.coverage = coverage
+            return graph
+    finally:
+        model.train(was_training)
+    detail = str(last_error).strip().splitlines()[0][:160] if last_error else ""
+    raise UnsupportedModelError(
+        f"could not run {type(model).__name__} on a guessed example input ({type(last_error).__name__}: "
+        f"{detail}); pass input_shape=(C, H, W) / --input-shape, or an example input"
+    )
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def _as_call(example: Any):
+    if isinstance(example, dict):
+        return (), dict(example), _guess_dim(next(iter(example.values()), None))
+    args = example if isinstance(example, tuple) else (example,)
+    return args, {}, _guess_dim(args[0] if args else None)
+
+
+def _guess_dim(t: Any) -> Optional[int]:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        return None
+    return 1 if t.dim() >= 4 else -1
+
+
+def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
+    covered_params = {c.param for c in tracer.calls}
+    owners: Dict[str, str] = {}
+    for mod_name, mod in model.named_modules():
+        for p_name, _ in mod.named_parameters(recurse=False):
+            owners[f"{mod_name}.{p_name}" if mod_name else p_name] = type(mod).__name__
+    total = covered = 0
+    missing = []
+    seen = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen or sum(d > 1 for d in p.shape) < 2:
+            continue  # vectors (biases, norm gains, layer_scale, class tokens) are not weight matrices
+        seen.add(id(p))
+        first = tracer.param_names.get(id(p), name)
+        total += p.numel()
+        if first in covered_params:
+            covered += p.numel()
+            continue
+        mtype = owners.get(name, "tensor")
+        if first in tracer.embeddings:
+            reason = "token embedding (a lookup, not a bipartite layer); its output dimensions are graph nodes"
+        elif mtype in ("LSTM", "GRU", "RNN"):
+            reason = "recurrent layers are not supported as graph edges"
+        else:
+            reason = "not used as a Linear/Conv weight in the traced forward pass"
+        missing.append(MissingModule(name, mtype, p.numel(), reason))
+    unfolded = {k: v for k, v in tracer.unfolded.items() if not any(k in f for c in tracer.calls for f in c.folded)}
+    folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
+    return Coverage(total, covered, missing, folded, unfolded, dict(tracer.notes))

@@ -1,0 +1,124 @@
+"""The graph of a bare state_dict (no architecture to run): layers from tensor names and shapes.
+
+Without the model's code nothing can be traced, so the layer order is the key order and layers
+are linked only when their shapes chain. Everything this reader has to guess is said in the
+returned :class:`~graphinterp.graph.coverage.Coverage`:
+
+* 2-D ``*.weight`` tensors are Linear layers, 3-D Conv1d, 4-D Conv2d, 5-D Conv3d;
+* HuggingFace GPT-2 ``Conv1D`` weights (``c_attn``, ``c_fc``, ``c_proj``) are stored ``(in, out)``
+  and read transposed;
+* grouped and depthwise convolutions get ``groups`` from the shapes (in-channels per group
+  against the previous layer's outputs);
+* embeddings (``embed``, ``wte``, ``wpe``, ``*_embeddings``), recurrent weights (``weight_ih_l0``)
+  and other tensors are listed as not covered, with the reason; tied tensors count once.
+"""
+from __future__ import annotations
+
+import re
+from typing import List, Mapping, Optional, Tuple
+
+import torch
+
+from graphinterp.graph.coverage import Coverage, MissingModule
+from graphinterp.common.errors import UnsupportedModelError
+from graphinterp.graph.layer import KINDS, Layer
+
+__all__ = ["graph_layers_from_state_dict", "layers_from_state_dict", "RESIDUAL_KEY"]
+
+RESIDUAL_KEY = re.compile(r"(^|\.)(layer\d+\.\d+\.|downsample\.|shortcut\.|blocks?\.\d+\.|layers?\.\d+\.|h\.\d+\.)")
+_TRANSPOSED = re.compile(r"(^|\.)(c_attn|c_fc|c_proj|q_attn)$")  # HF GPT-2 Conv1D: weight (in, out)
+_EMBEDDING = re.compile(r"(embed|(^|\.)wte$|(^|\.)wpe$|embeddings?$|pos_embedding|class_token|cls_token)", re.I)
+_RECURRENT = re.compile(r"(^|\.)weight_(ih|hh)_l\d+")
+_KIND_OF_DIM = {v: k for k, v in KINDS.items()}
+_SUPPORTED_TEXT = "graphinterp reads Linear (2-D), Conv1d/2d/3d (3-5-D) and GPT-2 Conv1D weights"
+
+
+def _is_weight_matrix(t: torch.Tensor) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and sum(d > 1 for d in t.shape) >= 2
+
+
+def _strip(name: str) -> str:
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, layerwise: bool = False,
+                                 ) -> Tuple[List[Layer], bool, Coverage]:
+    """Return ``(layers, chained, coverage)`` for a bare state_dict.
+
+    ``chained`` is False when the names look like residual blocks or the shapes do not chain;
+    the layers are then analysed one by one, and ``coverage.notes`` says why.
+    """
+    items: List[Tuple[str, str, torch.Tensor, bool]] = []
+    missing: List[MissingModule] = []
+    seen = {}
+    total = covered = 0
+    for key, value in state_dict.items():
+        if not _is_weight_matrix(value) or key.endswith("bias") or key.endswith("running_mean"):
+            continue
+        ident = (value.data_ptr(), tuple(value.shape), tuple(value.stride())) if value.numel() else key
+        name = _strip(key)[: -len("weight")].rstrip(".") if key.endswith("weight") else _strip(key)
+        if ident in seen or any(v.shape == value.shape and torch.equal(v, value) for v in seen.values()):
+            continue  # a tied tensor (lm_head = wte): counted once
+        seen[ident] = value
+        total += value.numel()
+        if _RECURRENT.search(key):
+            missing.append(MissingModule(key, "RNN/LSTM/GRU", value.numel(),
+                                         "recurrent layers are not supported as graph edges"))
+        elif _EMBEDDING.search(name):
+            missing.append(MissingModule(key, "Embedding", value.numel(),
+                                         "token/position embedding (a lookup, not a bipartite layer)"))
+        elif not key.endswith("weight") or value.dim() not in _KIND_OF_DIM:
+            missing.append(MissingModule(key, "tensor", value.numel(), f"not a layer weight; {_SUPPORTED_TEXT}"))
+        else:
+            transposed = value.dim() == 2 and bool(_TRANSPOSED.search(name))
+            items.append((name or "weight", key, value.detach(), transposed))
+            covered += value.numel()
+    if not items:
+        raise UnsupportedModelError(f"no layer weight tensor in the state_dict; {_SUPPORTED_TEXT}")
+    notes = {}
+    chained = not layerwise
+    residual = [n for n, *_ in items if RESIDUAL_KEY.search(n + ".")]
+    if chained and residual:
+        chained = False
+        notes[f"names such as {residual[0]!r} look like residual or transformer blocks; without the model's code "
+              "the layers are analysed one by one (load the model as a module, a graphinterp checkpoint, an HF "
+              "folder or --arch NAME --weights FILE for the linked graph)"] = 1
+    layers: List[Layer] = []
+    prev_out: Optional[int] = None
+    prev_kind = None
+    for name, key, w, transposed in items:
+        weight = w.t() if transposed else w
+        kind = _KIND_OF_DIM[weight.dim()]
+        groups, in_groups, n_in = 1, None, weight.shape[1]
+        if prev_out is not None:
+            if kind != "linear" and n_in != prev_out and prev_out % n_in == 0 and weight.shape[0] % (prev_out // n_in) == 0:
+                groups = prev_out // n_in  # grouped / depthwise convolution
+            elif kind == "linear" and prev_kind != "linear" and n_in % prev_out == 0 and n_in != prev_out:
+                in_groups = prev_out  # a Linear after a Flatten of conv channels
+            elif n_in != prev_out or (kind != "linear" and prev_kind == "linear"):
+                if chained:
+                    chained = False
+                    notes[f"layer {name!r} ({n_in} inputs) does not chain with the layer before it "
+                          f"({prev_out} outputs): the layers are analysed one by one"] = 1
+        layers.append(Layer(name, kind, weight, in_groups=in_groups, groups=groups, param=key,
+                            transposed=transposed))
+        prev_out, prev_kind = weight.shape[0], kind
+    if not chained and not layerwise:
+        layers = [Layer(l.name, l.kind, l.weight, groups=l.groups, param=l.param, transposed=l.transposed)
+                  for l in layers]
+    return layers, chained, Coverage(total, covered, missing, notes=notes)
+
+
+def layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, layerwise: bool = False) -> List[Layer]:
+    """The layers of a bare state_dict (see :func:`graph_layers_from_state_dict`).
+
+    Raises
+    ------
+    UnsupportedModelError
+        No layer weight, or (unless ``layerwise``) names or shapes that are not a simple chain.
+    """
+    layers, chained, coverage = graph_layers_from_state_dict(state_dict, layerwise=layerwise)
+    if not chained and not layerwise:
+        raise UnsupportedModelError(next(iter(coverage.notes)).replace("the layers are analysed one by one",
+                                                                       "analyse layer by layer (layerwise=True, --layerwise)"))
+    return layers

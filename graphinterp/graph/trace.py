@@ -1,0 +1,156 @@
+"""Follow every channel through one forward pass: the raw material of a model's DAG.
+
+A :class:`ChannelTracer` is a ``TorchFunctionMode``: while a model runs one example forward pass,
+it sees every torch call and keeps, beside each tensor, a *shadow*: an integer tensor of the same
+shape giving, for every element, the graph node (neuron, channel, residual-stream dimension) that
+the element belongs to, or ``-1`` when it has none (attention scores, statistics).
+
+* A weight layer (``F.linear``, ``F.conv1d/2d/3d``, GPT-2's ``addmm`` / ``x @ W``) reads its input
+  nodes from the shadow of its input, and creates a fresh node per output channel.
+* Layout operations (view, reshape, permute, slicing, ``split``, ``cat``, ``unflatten``, ...) are
+  applied to the shadow itself, so channel identity survives any reshaping: a fused qkv projection
+  split into heads, a channels-last flatten, a DenseNet concatenation.
+* Elementwise operations merge node identities: a residual ``x + f(x)`` makes ``f``'s output
+  channels the same nodes as ``x``'s (the residual stream is one set of nodes that blocks read from
+  and write to); a gate ``act(gate(x)) * up(x)`` makes gate and up units one set of hidden units.
+* ``attn @ v`` and ``scaled_dot_product_attention`` keep ``v``'s nodes; ``q @ k^T`` has none.
+* Normalisation is recorded for folding: BatchNorm's eval scale and layer_scale into the weight
+  layer that produced the tensor, LayerNorm / RMSNorm gains into the layers that consume it.
+
+Operations the tracer does not know are never silent: they are counted in ``notes``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain
+from graphinterp.graph.trace_rules import apply_rule
+
+__all__ = ["ChannelTracer", "LayerCall"]
+
+class ChannelTracer(TorchFunctionMode):
+    """Record weight-layer calls and channel identities during one forward pass.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Its parameters are what makes a call a weight layer; its module names name the layers.
+    fold : bool
+        Record normalisation scales for folding (BatchNorm, LayerNorm/RMSNorm gains, layer_scale).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, fold: bool = True) -> None:
+        super().__init__()
+        self.fold = fold
+        self.param_names: Dict[int, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.param_names.setdefault(id(p), name)
+        self.calls: List[LayerCall] = []
+        self.embeddings: Dict[str, int] = {}
+        self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)
+        self.notes: Counter = Counter()
+        self.unfolded: Dict[str, str] = {}
+        self._parent: List[int] = []
+        self._space_of: List[int] = []
+        self._shadow: Dict[int, torch.Tensor] = {}
+        self._direct: Dict[int, int] = {}
+        self._gain: Dict[int, _Gain] = {}
+        self._param_view: Dict[int, Tuple[str, torch.Tensor]] = {}
+        self._keep: List[Any] = []
+        self._uses: Counter = Counter()
+
+    # ------------------------------------------------------------ nodes
+    @property
+    def n_nodes(self) -> int:
+        return len(self._parent)
+
+    def new_space(self, name: str, size: int) -> torch.Tensor:
+        """Create ``size`` fresh nodes in a space called ``name``; return their ids."""
+        start = len(self._parent)
+        self._parent.extend(range(start, start + size))
+        self._space_of.extend([len(self.spaces)] * size)
+        self.spaces.append((name, start, size))
+        return torch.arange(start, start + size)
+
+    def _find(self, i: int) -> int:
+        parent = self._parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def roots(self) -> torch.Tensor:
+        """Canonical node id of every raw node id (after all merges)."""
+        return torch.tensor([self._find(i) for i in range(self.n_nodes)], dtype=torch.long)
+
+    def _merge(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Identify nodes ``a[i]`` and ``b[i]`` (both >= 0) unless that would merge one space with itself."""
+        n = max(self.n_nodes, 1)
+        keys = torch.unique(a.reshape(-1) * n + b.reshape(-1))
+        pairs = torch.stack([keys // n, keys % n], 1).tolist()
+        groups = {}
+        for x, y in pairs:
+            rx, ry = self._find(x), self._find(y)
+            if rx == ry:
+                continue
+            gx, gy = self._group(rx), self._group(ry)
+            if gx == gy:
+                self.notes["elementwise mix of nodes of one space (ignored, e.g. rotary embeddings)"] += 1
+                continue
+            groups[(rx, ry)] = True
+        for rx, ry in groups:
+            rx, ry = self._find(rx), self._find(ry)
+            if rx != ry:
+                self._parent[max(rx, ry)] = min(rx, ry)
+
+    def _group(self, root: int) -> int:
+        return self._space_of[root]
+
+    def tag(self, tensor: torch.Tensor, ids: torch.Tensor, dim: int) -> None:
+        """Give ``tensor``'s dimension ``dim`` the node ids ``ids`` (the model input, an embedding)."""
+        shape = [1] * tensor.dim()
+        shape[dim] = -1
+        self._set(tensor, ids.view(shape).expand(tensor.shape))
+
+    # ------------------------------------------------------------ shadows
+    def _set(self, tensor: Any, shadow: Optional[torch.Tensor]) -> None:
+        if isinstance(tensor, torch.Tensor) and shadow is not None and tuple(shadow.shape) == tuple(tensor.shape):
+            self._keep.append(tensor)
+            self._shadow[id(tensor)] = shadow
+
+    def shadow(self, tensor: Any) -> Optional[torch.Tensor]:
+        """The node ids of ``tensor``'s elements, or None if it carries no node."""
+        return self._shadow.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
+
+    def _shadow_or_none(self, t: torch.Tensor) -> torch.Tensor:
+        s = self.shadow(t)
+        return s if s is not None else torch.full(t.shape, -1, dtype=torch.long)
+
+    # ------------------------------------------------------------ dispatch
+    def __torch_function__(self, func, types_=(), args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "") or ""
+        if name == "__get__":
+            name = getattr(getattr(func, "__self__", None), "__name__", "__get__")
+        out = func(*args, **kwargs)
+        if name in _SKIP or not _has_tensor(out):
+            return out
+        if isinstance(out, torch.Tensor) and name not in _IDENTITY and name not in _LAYOUT:
+            self._gain.pop(id(out), None)  # an in-place op (relu_) on a normalised or direct output
+            self._direct.pop(id(out), None)
+        try:
+            apply_rule(self, name, args, kwargs, out)
+        except Exception as exc:  # never break the model's forward; report instead
+            self.notes[f"{name}: not followed ({type(exc).__name__})"] += 1
+        return out
+
+
+def _has_tensor(out: Any) -> bool:
+    if isinstance(out, torch.Tensor):
+        return True
+    return isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
+

@@ -1,0 +1,81 @@
+"""The vocabulary of the channel tracer: which torch operations belong to which family, and the
+records it produces (:class:`LayerCall`, pending normalisation gains).
+
+Shared by :mod:`graphinterp.graph.trace` (the tracer) and :mod:`graphinterp.graph.trace_rules` (one
+rule per family), so that neither imports the other's internals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+__all__ = ["LayerCall"]
+
+_CONV = {"conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d"}
+_IDENTITY = {"to", "type", "float", "double", "half", "bfloat16", "cpu", "cuda", "contiguous", "clone",
+             "detach", "requires_grad_", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+             "feature_alpha_dropout", "identity", "data", "real"}
+_LAYOUT = {"view", "reshape", "permute", "transpose", "t", "flatten", "unflatten", "squeeze", "unsqueeze",
+           "expand", "expand_as", "view_as", "reshape_as", "__getitem__", "narrow", "select", "split",
+           "split_with_sizes", "tensor_split", "chunk", "unbind", "movedim", "moveaxis", "swapaxes",
+           "swapdims", "repeat", "tile", "roll", "flip", "index_select", "cat", "concat", "concatenate",
+           "stack", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
+           "repeat_interleave", "broadcast_to", "mT", "T", "contiguous_format", "unsafe_view", "hsplit",
+           "vsplit"}
+_BINARY = {"add", "sub", "mul", "div", "true_divide", "where", "maximum", "minimum", "addcmul", "addcdiv",
+           "lerp", "hypot", "fmax", "fmin", "rsub", "masked_fill", "add_", "sub_", "mul_", "div_",
+           "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__",
+           "__imul__", "__truediv__", "__rtruediv__", "__itruediv__", "__and__", "__or__", "masked_fill_"}
+_MATMUL = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "einsum"}
+_REDUCE = {"sum", "mean", "amax", "amin", "max", "min", "norm", "var", "std", "logsumexp", "prod", "nansum",
+           "nanmean", "median", "var_mean", "std_mean", "linalg_vector_norm", "argmax", "argmin"}
+_SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+            "adaptive_max_pool2d", "adaptive_max_pool3d", "max_pool2d_with_indices", "interpolate",
+            "upsample", "upsample_nearest", "upsample_bilinear", "lp_pool2d", "fractional_max_pool2d"}
+_NORMS = {"layer_norm", "rms_norm", "group_norm", "instance_norm"}
+_SKIP = {"size", "dim", "numel", "__len__", "__bool__", "item", "tolist", "__format__", "__repr__",
+         "__hash__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "eq", "ne", "lt", "le",
+         "gt", "ge", "isfinite", "isnan", "any", "all", "stride", "data_ptr", "element_size", "is_contiguous",
+         "is_floating_point", "__iter__", "__contains__", "new_zeros", "new_ones", "new_empty", "new_full",
+         "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "arange",
+         "dim_order", "__reduce_ex__", "__deepcopy__", "storage_offset", "get_device", "__array__"}
+
+
+@dataclass
+class LayerCall:
+    """One call of a weight layer found by the tracer (node ids are the tracer's raw ids)."""
+
+    name: str
+    param: str
+    kind: str
+    weight: torch.Tensor  # torch layout (out, in, ...), raw (unfolded), detached
+    transposed: bool
+    groups: int
+    src: torch.Tensor  # raw node id per input feature / in-channel
+    dst: torch.Tensor  # raw node id per output
+    in_scale: Optional[torch.Tensor] = None  # per input feature (folded gains)
+    out_scale: Optional[torch.Tensor] = None  # per output (folded BatchNorm / layer_scale)
+    folded: List[str] = field(default_factory=list)
+
+
+class _Gain:
+    """A per-node scale waiting to be folded into the layers that read these nodes."""
+
+    def __init__(self, ids: torch.Tensor, scale: torch.Tensor, source: str) -> None:
+        self.by_id = dict(zip(ids.tolist(), scale.tolist()))
+        self.source = source
+        self.used = False
+
+
+_KNOWN = (_IDENTITY | _LAYOUT | _BINARY | _MATMUL | _REDUCE | _SPATIAL | _NORMS | set(_CONV)
+          | {"linear", "addmm", "embedding", "batch_norm", "scaled_dot_product_attention", "softmax",
+             "log_softmax", "relu", "gelu", "silu", "sigmoid", "tanh", "pad", "hardswish", "relu6", "elu",
+             "leaky_relu", "mish", "softplus", "hardsigmoid", "glu", "hardtanh", "multi_head_attention_forward",
+             "pow", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "square", "clamp", "clamp_min", "clamp_max",
+             "relu_", "sigmoid_", "tanh_", "gelu_", "silu_", "erf", "sin", "cos", "reciprocal", "__neg__",
+             "__pow__", "__rpow__", "__abs__", "sign", "softsign", "logsigmoid", "celu", "selu", "prelu",
+             "hardswish_", "hardsigmoid_", "leaky_relu_", "threshold", "softmin", "float_power", "tril",
+             "triu", "masked_fill", "nan_to_num", "cumsum"})

@@ -1,0 +1,231 @@
+"""Evaluating a candidate circuit on its label's task, fast: :class:`TaskEvaluator`.
+
+Evaluations write the masked weights into the model's parameters in place, inside a session that
+restores them in ``finally`` (the model is never rebuilt, and is unchanged afterwards); gradients
+for attribution scores use ``torch.func.functional_call``.
+
+Most candidates of an iterative pruning search differ from the last accepted circuit in a few
+edges of one layer, so the evaluator avoids recomputing what cannot have changed. The *incremental
+layer* is the first Linear layer:
+
+* its input is fixed as long as the masks of the layers before it (a CNN's convolutions; none in an
+  MLP) stay as accepted, so that input is captured once per accepted prefix;
+* its output is kept for the last accepted mask and updated for a candidate from the changed edges
+  only: removing edge ``(o, i)`` subtracts ``w_oi * a_i`` from output ``o`` (exact up to float
+  rounding; recomputed after large changes and every 256 accepted steps);
+* when it is the first layer (an MLP) the model runs with that layer's ``forward`` replaced by the
+  lookup; when layers come before it, the model must be an ``nn.Sequential`` with the layer as a
+  direct child, and only the modules after it run (for the paper's CNN this skips the convolution
+  and pooling, about three quarters of a forward pass, and the 4096-input ``fc1``).
+
+A candidate that changes an edge before the incremental layer is evaluated by a full forward pass;
+accepting it re-captures the layer's input.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from graphinterp.interpret.pruning import EdgeLayer, LabelTask, task_terms
+
+__all__ = ["TaskEvaluator"]
+
+
+def _suffix(model: nn.Module, module: nn.Module) -> Optional[nn.Sequential]:
+    """The modules after ``module`` when ``model`` is a plain ``nn.Sequential`` holding it as a child."""
+    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
+        return None
+    children = list(model)
+    for i, child in enumerate(children):
+        if child is module:
+            return nn.Sequential(*children[i + 1:])
+    return None
+
+
+class TaskEvaluator:
+    """``(accuracy, loss)`` of the task under given masks, batched on ``device``; counts calls.
+
+    Inside :meth:`session` (which :func:`graphinterp.interpret.circuit_search.prune` opens) the masked weights
+    are written into the model's parameters in place and the incremental layer's ``forward`` is
+    replaced by the lookup; both are restored in ``finally``. Outside a session each call opens one.
+    ``incremental=False`` evaluates every candidate by a full forward pass (the reference).
+    """
+
+    def __init__(self, model: nn.Module, layers: List[EdgeLayer], task: LabelTask, *, modules: List[nn.Module],
+                 batch_size: int = 4096, device=None, incremental: bool = True) -> None:
+        self.model, self.layers, self.task, self.batch_size = model, layers, task, batch_size
+        self.modules = modules
+        self.x, self.pos = task.x.to(device), task.positive.to(device)
+        self.w = task.weights().to(device)
+        self.n_evals = 0
+        self._active = False
+        self._lookup: Optional[torch.Tensor] = None
+        self._last = None
+        self.first: Optional[nn.Module] = None
+        self.j, self.suffix = 0, None
+        if incremental:
+            self._choose_incremental_layer()
+
+    # ------------------------------------------------------------------ the incremental layer
+    def _choose_incremental_layer(self) -> None:
+        for j, (layer, mod) in enumerate(zip(self.layers, self.modules)):
+            if isinstance(mod, nn.Linear) and not layer.is_conv:
+                break
+        else:
+            return
+        suffix = _suffix(self.model, self.modules[j]) if j > 0 else None
+        if j > 0 and suffix is None:
+            return
+        self.j, self.suffix, self.first = j, suffix, self.modules[j]
+        self.offset = sum(layer.live.numel() for layer in self.layers[:j])  # flat index of its first edge
+        self.recommit_after = max(64, self.layers[j].live.numel() // 20)
+        self._capture_first_input({l.name: l.live for l in self.layers[:j]})  # prune starts from the live edges
+        if self.first is not None:
+            ones = torch.ones_like(self.layers[j].live)
+            self._commit(ones, self._full_first(ones))
+
+    @property
+    def inc_layer(self) -> EdgeLayer:
+        return self.layers[self.j]
+
+    def _capture_first_input(self, prefix: Dict[str, torch.Tensor]) -> None:
+        """The incremental layer's input on the task, with the model's weights as they are now."""
+        seen: list = []
+        handle = self.first.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+        try:
+            with torch.no_grad():
+                for start in range(0, len(self.x), self.batch_size):
+                    self.model(self.x[start:start + self.batch_size])
+        finally:
+            handle.remove()
+        a = torch.cat(seen)
+        if a.dim() != 2:
+            self.first = None
+            return
+        self.a_t = a.T.contiguous()  # (in, N)
+        self.bias = None if self.first.bias is None else self.first.bias.detach()[:, None]
+        self.prefix = {name: m.clone() for name, m in prefix.items()}
+
+    def _full_first(self, mask: torch.Tensor) -> torch.Tensor:
+        z = self.inc_layer.masked(mask) @ self.a_t
+        return z if self.bias is None else z + self.bias
+
+    def _commit(self, mask: torch.Tensor, z_t: torch.Tensor, exact: bool = True) -> None:
+        """Make ``mask`` (with the layer's output ``z_t``) the state later diffs start from."""
+        self.since_exact = 0 if exact else self.since_exact + 1
+        self.committed, self.z_t, self._last = mask.clone(), z_t, None
+
+    def _prefix_changed(self, masks: Dict[str, torch.Tensor], changed: Optional[torch.Tensor]) -> bool:
+        if self.j == 0:
+            return False
+        if changed is not None:
+            return bool((changed < self.offset).any())
+        return any(not torch.equal(masks[l.name], self.prefix[l.name]) for l in self.layers[:self.j])
+
+    def _first_output(self, mask: torch.Tensor, changed: Optional[torch.Tensor]) -> torch.Tensor:
+        if changed is not None:  # flat edge indices that differ from the committed state
+            idx = changed - self.offset
+            idx = idx[(idx >= 0) & (idx < mask.numel())]
+            o, i = idx // mask.shape[1], idx % mask.shape[1]
+            now = mask[o, i]
+            parts = ((o[~now], i[~now], -1.0), (o[now], i[now], 1.0))
+        else:
+            removed, added = self.committed & ~mask, mask & ~self.committed
+            parts = (torch.nonzero(removed, as_tuple=True) + (-1.0,), torch.nonzero(added, as_tuple=True) + (1.0,))
+        exact = sum(p[0].numel() for p in parts) > self.recommit_after
+        if exact:
+            z_t = self._full_first(mask)
+        else:
+            z_t = self.z_t
+            for o, i, sign in parts:
+                if o.numel():
+                    z_t = z_t.index_add(0, o, self.a_t[i] * self.inc_layer.weight[o, i][:, None], alpha=sign)
+        self._last = (mask.clone(), z_t, exact)
+        return z_t
+
+    def accept(self, masks: Dict[str, torch.Tensor]) -> None:
+        """Tell the evaluator that ``masks`` (just evaluated) is the new state: later diffs start from it."""
+        if self.first is None or self._last is None:
+            return
+        if isinstance(self._last, str):  # the layers before changed: capture the new input (weights are in place)
+            mask = masks[self.inc_layer.name]
+            self._capture_first_input({l.name: masks[l.name] for l in self.layers[:self.j]})
+            if self.first is not None:
+                self._commit(mask, self._full_first(mask))
+            return
+        if not torch.equal(self._last[0], masks[self.inc_layer.name]):
+            return
+        mask, z_t, exact = self._last
+        if not exact and self.since_exact >= 255:  # bound the accumulation of rounding errors
+            z_t, exact = self._full_first(mask), True
+        self._commit(mask, z_t, exact)
+
+    # ------------------------------------------------------------------ evaluation
+    @contextlib.contextmanager
+    def session(self) -> Iterator["TaskEvaluator"]:
+        """Write masked weights in place for the block; the weights and ``forward`` are restored in ``finally``."""
+        if self._active:
+            yield self
+            return
+        saved = [(m.weight, m.weight.detach().clone()) for m in self.modules]
+        first = self.first
+        if first is not None:
+            def forward(*args, **kwargs):
+                if self._lookup is not None:
+                    return self._lookup
+                return type(first).forward(first, *args, **kwargs)
+            first.forward = forward
+        self._active = True
+        try:
+            yield self
+        finally:
+            self._active, self._lookup = False, None
+            if first is not None:
+                del first.forward
+            with torch.no_grad():
+                for param, original in saved:
+                    param.copy_(original)
+
+    def __call__(self, masks: Dict[str, torch.Tensor], changed: Optional[torch.Tensor] = None) -> Tuple[float, float]:
+        """Evaluate ``masks``; ``changed`` optionally lists the flat edge indices (layers concatenated) that
+        differ from the last accepted state, which spares diffing the incremental layer's mask."""
+        self.n_evals += 1
+        with self.session(), torch.no_grad():
+            z_t = None
+            if self.first is not None:
+                if self._prefix_changed(masks, changed):
+                    self._last = "prefix"
+                else:
+                    z_t = self._first_output(masks[self.inc_layer.name], changed)
+            for layer, mod in zip(self.layers, self.modules):
+                if z_t is None or mod is not self.first:
+                    mod.weight.copy_(layer.masked(masks[layer.name]))
+            acc = loss = 0.0
+            try:
+                for start in range(0, len(self.x), self.batch_size):
+                    end = start + self.batch_size
+                    if z_t is not None and self.suffix is not None:
+                        logits = self.suffix(z_t[:, start:end].T)
+                    else:
+                        self._lookup = None if z_t is None else z_t[:, start:end].T
+                        logits = self.model(self.x[start:end])
+                    hit, l = task_terms(logits, self.task.label, self.pos[start:end])
+                    acc += float(self.w[start:end] @ hit.double())
+                    loss += float(self.w[start:end] @ l.double())
+            finally:
+                self._lookup = None
+        return acc, loss
+
+    def gradients(self, masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Gradient of the task loss with respect to each masked weight (``functional_call``)."""
+        params = {l.key: l.masked(masks[l.name]).requires_grad_(True) for l in self.layers}
+        with torch.enable_grad():
+            for start in range(0, len(self.x), self.batch_size):
+                end = start + self.batch_size
+                logits = torch.func.functional_call(self.model, params, (self.x[start:end],))
+                _, l = task_terms(logits, self.task.label, self.pos[start:end])
+                (self.w[start:end] @ l.double()).backward()
+        return {l.name: params[l.key].grad for l in self.layers}

@@ -1,0 +1,137 @@
+"""Evaluation helpers shared by ablation and circuit extraction: data as tensors, class-wise accuracy."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from graphinterp.common.files import resolve_device
+from graphinterp.common.errors import DataError
+
+__all__ = ["as_tensors", "class_accuracy", "eval_mode", "load_runnable", "per_class", "predictions"]
+
+
+def as_tensors(data: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str]]]:
+    """``(x, y, class_names or None)`` from a ``LabeledTensors``, an ``(x, y)`` pair or a ``TensorDataset``.
+
+    Raises
+    ------
+    DataError
+        If ``data`` is of another type, ``x`` and ``y`` disagree in length, or it is empty.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, y, names = as_tensors((torch.zeros(3, 2), torch.tensor([0, 1, 1])))
+    >>> x.shape, names
+    (torch.Size([3, 2]), None)
+    """
+    classes = None
+    if hasattr(data, "x") and hasattr(data, "y"):
+        x, y, classes = data.x, data.y, list(getattr(data, "classes", None) or []) or None
+    elif isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) >= 2:
+        x, y = data.tensors[:2]
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+    else:
+        raise DataError(f"expected a LabeledTensors, an (x, y) pair of tensors or a TensorDataset, got {type(data).__name__}")
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if y.dim() != 1 or len(x) != len(y):
+        raise DataError(f"labels must be a 1-D tensor as long as the inputs, got x {tuple(x.shape)} and y {tuple(y.shape)}")
+    if len(y) == 0:
+        raise DataError("the dataset is empty; pass at least one labelled example")
+    return x, y.long(), classes
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    preds = []
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            preds.append(model(x[start:start + batch_size].to(device)).argmax(-1).cpu())
+    return torch.cat(preds)
+
+
+def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, device=None,
+                   num_classes: Optional[int] = None) -> np.ndarray:
+    """Accuracy on each class's examples, batched on ``device`` (the model is moved there).
+
+    Returns
+    -------
+    ndarray of shape (num_classes,)
+        ``NaN`` for a class without examples. ``num_classes`` defaults to the larger of the
+        number of outputs and ``max(y) + 1``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.eye(2))
+    >>> x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1])
+    >>> class_accuracy(model, (x, y), device="cpu").tolist()
+    [1.0, 0.5]
+    """
+    x, y, _ = as_tensors(data)
+    device = resolve_device(device)
+    model.to(device)
+    pred = predictions(model, x, batch_size, device)
+    return per_class(pred, y, num_classes)
+
+
+def per_class(pred: torch.Tensor, y: torch.Tensor, num_classes: Optional[int]) -> np.ndarray:
+    c = max(int(num_classes or 0), int(y.max()) + 1)
+    total = torch.bincount(y, minlength=c).double()
+    hits = torch.bincount(y[pred == y], minlength=c).double()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (hits / total).numpy()
+
+
+
+
+def load_runnable(path, *, trust_pickle: bool = False, input_shape=None):
+    """Load a model file as a runnable ``nn.Module`` and trace its layered graph.
+
+    Returns ``(LoadedModel, module, LayeredGraph)``. Ablation and circuit extraction run the model,
+    so the file must hold its architecture: a graphinterp checkpoint (with ``arch``) or, with
+    ``trust_pickle``, a pickled module.
+
+    Raises
+    ------
+    ModelFileError
+        A bare state_dict or a TorchScript archive (which cannot be hooked).
+    DataError
+        The model does not accept inputs of ``input_shape``.
+    """
+    from graphinterp.common.errors import ModelFileError, UnsupportedModelError
+    from graphinterp.graph.layered import LayeredGraph
+    from graphinterp.sources.loading import load_model_file
+
+    loaded = load_model_file(path, trust_pickle=trust_pickle)
+    if loaded.kind == "torchscript":
+        raise ModelFileError(f"{path} is TorchScript, which cannot be hooked or re-parametrised; save the model as a "
+                             "graphinterp checkpoint (graphinterp.sources.checkpoint.save_checkpoint with arch=...)")
+    if loaded.module is None:
+        raise ModelFileError(f"{path} holds weights without an architecture, so the model cannot be run; save it with "
+                             "graphinterp.sources.checkpoint.save_checkpoint(path, model, arch=spec) or train it with graphinterp train")
+    try:
+        graph = LayeredGraph.from_module(loaded.module, input_shape=input_shape)
+    except UnsupportedModelError as err:
+        if input_shape is not None and "forward pass" in str(err):
+            raise DataError(f"{path} does not accept inputs of shape {tuple(input_shape)}; pass the dataset it was "
+                            "trained on") from err
+        raise
+    return loaded, loaded.module, graph

@@ -1,0 +1,1 @@
+"""Reports: GraphML / JSON / CSV output, figures, clusterability benchmarks."""

@@ -1,0 +1,328 @@
+"""Clusterability of any set of models, layer by layer, with a shuffle-null significance test.
+
+This is the library side of ``graphinterp benchmark``. A :class:`ModelSource` names a model file
+(graphinterp checkpoint, bare or wrapped state_dict, TorchScript), a torchvision architecture with a
+local weights file, or a torchvision architecture with random weights (a reference).
+:func:`run_benchmark` builds each model's layered graph (chained when the model is a chain, else
+layer by layer, saying why), clusters every layer with BSGC for each k, and reports E, the
+random-partition expectation and the normalised score per layer and k, plus
+:func:`graphinterp.clustering.significance.shuffle_test` at one k. The report is written as JSON, CSV and
+figures by :mod:`graphinterp.reports.benchmark_report`.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from graphinterp.common.files import resolve_device
+from graphinterp.reports.benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, safe_name
+from graphinterp.clustering.bsgc import fit_k_range
+from graphinterp.common.errors import ClusteringError, GraphinterpError, InvalidWeightsError, ModelFileError, UnsupportedModelError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.graph.layer import DEPTHWISE_REASON, Layer
+from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
+from graphinterp.clustering.kmeans_batch import one_thread
+from graphinterp.common.parallel import run_tasks
+from graphinterp.clustering.significance import shuffle_test, single_threaded_blas
+
+__all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
+           "benchmark_graph", "run_benchmark", "safe_name"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model to benchmark comes from.
+
+    Exactly one of: ``path`` (a model file read by :func:`graphinterp.sources.loading.load_model_file`);
+    ``arch`` with ``weights`` (a torchvision architecture and a local weights file); ``arch`` alone
+    (that architecture with random weights, seeded, as a reference).
+
+    Examples
+    --------
+    >>> ModelSource(arch="resnet18").label, ModelSource(path="runs/modular.pt").label
+    ('resnet18 (random)', 'modular')
+    """
+
+    path: Optional[str] = None
+    arch: Optional[str] = None
+    weights: Optional[str] = None
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.arch is None) or (self.weights is not None and self.arch is None):
+            raise UnsupportedModelError("a model source is a file path, or a torchvision arch with optional weights")
+
+    @property
+    def kind(self) -> str:
+        """``"file"``, ``"torchvision"`` or ``"random"``."""
+        return "file" if self.path else ("torchvision" if self.weights else "random")
+
+    @property
+    def label(self) -> str:
+        """Display name: ``name``, else the file's stem or the architecture."""
+        if self.name:
+            return self.name
+        if self.path:
+            return Path(self.path).stem
+        return f"{self.arch}:{Path(self.weights).stem}" if self.weights else f"{self.arch} (random)"
+
+
+def _with_notes(opened, graph: LayeredGraph) -> Tuple[LayeredGraph, str, List[str]]:
+    from graphinterp.graph.load import graph_structure
+
+    notes = list(opened.notes)
+    if graph.coverage is not None:
+        notes += graph.coverage.summary_lines()
+    return graph, graph_structure(graph), notes
+
+
+def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGraph, str, List[str]]:
+    """Graph of a :class:`graphinterp.sources.loading.LoadedModel`: ``(graph, structure, notes)``.
+
+    ``structure`` is ``"chained"``, ``"dag"`` or ``"layerwise"``; the notes give the coverage,
+    what was folded, and why a state_dict was read layer by layer.
+    """
+    from graphinterp.graph.load import model_graph, opened_from_loaded
+
+    opened = opened_from_loaded(loaded)
+    return _with_notes(opened, model_graph(opened, layerwise=layerwise))
+
+
+def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: bool = False,
+                random_state: Optional[int] = 0) -> Tuple[LayeredGraph, str, List[str]]:
+    """Build a source's graph through :func:`graphinterp.graph.load.load_graph`: ``(graph, structure, notes)``.
+
+    Raises
+    ------
+    ModelFileError, UnsupportedModelError, InvalidWeightsError
+        Missing or unreadable file, unknown architecture, weights that do not fit it.
+    """
+    from graphinterp.graph.load import load_graph
+
+    spec = source.path if source.kind == "file" else source.arch
+    opened, graph = load_graph(spec, weights=source.weights, trust_pickle=trust_pickle, layerwise=layerwise,
+                               random_state=random_state)
+    return _with_notes(opened, graph)
+
+
+def _live(layer: Layer) -> Tuple[int, int]:
+    sq = layer.squared()
+    return int((sq.sum(1) > 0).sum()), int((sq.sum(0) > 0).sum())
+
+
+def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
+                     n_shuffles: int, nonzero_only: bool, pairing: str, n_init: int, device, rng,
+                     progress: bool) -> LayerBenchmark:
+    """BSGC at every k that fits the layer (one SVD for all k), the scores, and the shuffle test reusing the
+    table's clustering."""
+    start = time.perf_counter()
+    A = layer.magnitude().double().to(device)
+    sq = A.square()
+    lb = LayerBenchmark(layer.name, layer.kind, tuple(layer.shape()), float(sq.sum()))
+    fitting = [k for k in ks if min(live) >= k]
+    fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1)))
+    for k in ks:
+        if min(live) < k:
+            lb.skipped_k[k] = f"fewer than k={k} nodes with weights ({live[0]}x{live[1]})"
+            continue
+        rows, cols = fits[k].row_labels_, fits[k].column_labels_
+        E, E_rand = float(clusterability(sq, rows, cols)), random_partition_expectation(rows, cols, k)
+        lb.labels[k] = (rows, cols)
+        lb.scores[k] = {"E": E, "E_random": E_rand, "score": normalized_score(E, E_rand),
+                        "sizes": [np.bincount(x[x >= 0], minlength=k).tolist() for x in (rows, cols)]}
+    if significance_k is not None and n_shuffles > 0 and min(live) >= significance_k:
+        lb.significance = shuffle_test(
+            layer, significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
+            labels=lb.labels.get(significance_k), pairing=pairing, n_init=n_init, device=device,
+            random_state=int(rng.randint(2**31 - 1)), progress=progress)
+    lb.seconds = time.perf_counter() - start
+    return lb
+
+
+def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], random_state: Optional[int]):
+    """``([(layer, live, seed), ...], {layer: reason})``: the layers to benchmark and those left out.
+
+    A layer's seed is ``[random_state, its index in the graph]``: its result depends on nothing else,
+    so it is the same whichever layers, models, processes or machines are involved.
+    """
+    tasks, skipped = [], {}
+    for lname in names:
+        layer = graph[lname]
+        if layer.structure == "depthwise":
+            skipped[lname] = DEPTHWISE_REASON
+            continue
+        live = _live(layer)
+        if min(live) < ks[0]:
+            why = "all its weights are zero" if min(live) == 0 else f"fewer than k={ks[0]} nodes with weights"
+            skipped[lname] = f"{why} ({live[0]}x{live[1]})"
+            continue
+        seed = None if random_state is None else [int(random_state), graph.index(lname)]
+        tasks.append((layer, live, seed))
+    return tasks, skipped
+
+
+_SMALL_LAYER = 1 << 20  # below this many weights a layer is benchmarked on one thread (see bsgc._threads_for)
+
+
+def _run_layer(layer: Layer, live, seed, ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, device,
+               progress) -> LayerBenchmark:
+    """One layer's benchmark, as a self-contained task (run here, in a worker process, or on Dask)."""
+    small = layer.weight.numel() < _SMALL_LAYER and not resolve_device(device).type == "cuda"
+    with single_threaded_blas(), (one_thread() if small else contextlib.nullcontext()):
+        return _benchmark_layer(layer, live, ks, significance_k, n_shuffles, nonzero_only, pairing, n_init,
+                                resolve_device(device), np.random.RandomState(seed), progress)
+
+
+def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: Optional[int] = 4,
+                    n_shuffles: int = 20, nonzero_only: bool = False, pairing: str = "joint", n_init: int = 10,
+                    layers: Optional[Sequence[str]] = None, device=None, random_state: Optional[int] = 0,
+                    progress: bool = False, name: str = "model", n_jobs: int = 1,
+                    scheduler=None) -> Tuple[List[LayerBenchmark], Dict[str, str]]:
+    """Score each layer of ``graph`` for every k and test it at ``significance_k``.
+
+    Returns the per-layer results and ``{layer: reason}`` for layers left out entirely (fewer live
+    nodes on a side than the smallest k, or no non-zero weight). Seeds are derived per layer from
+    ``random_state`` and the layer's index, so one layer's result does not depend on which other
+    layers are benchmarked, nor on ``n_jobs`` / ``scheduler`` (see :func:`graphinterp.common.parallel.run_tasks`).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 6)))
+    >>> res, skipped = benchmark_graph(g, [2, 4], significance_k=None)
+    >>> [r.layer for r in res], sorted(res[0].scores), res[0].skipped_k, skipped
+    (['0', '2'], [2], {4: 'fewer than k=4 nodes with weights (3x8)'}, {})
+    """
+    ks = sorted(set(int(k) for k in ks))
+    names = list(layers) if layers is not None else graph.layer_names
+    tasks, skipped = _layer_tasks(graph, ks, names, random_state)
+    serial = n_jobs == 1 and scheduler is None
+    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
+    if serial:
+        todo = tasks
+        if progress:
+            from tqdm.auto import tqdm
+
+            todo = tqdm(tasks, desc=f"layers of {name}", leave=False)
+        return [_run_layer(*t, *common) for t in todo], skipped
+    return run_tasks(_run_layer, [(*t, *common) for t in tasks], n_jobs=n_jobs, scheduler=scheduler), skipped
+
+
+def _describe(source: ModelSource) -> str:
+    if source.kind == "file":
+        return str(source.path)
+    if source.weights:
+        return f"torchvision {source.arch} + {source.weights}"
+    return f"torchvision {source.arch}, random weights"
+
+
+def _unique_names(sources: Sequence[ModelSource]) -> List[str]:
+    names, seen = [], {}
+    for s in sources:
+        base = s.label
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(range(2, 11)), *,
+                  significance_k: Optional[int] = 4, n_shuffles: int = 20, nonzero_only: bool = False,
+                  layerwise: bool = False, trust_pickle: bool = False, pairing: str = "joint", n_init: int = 10,
+                  device=None, random_state: Optional[int] = 0, progress: bool = False, n_jobs: int = 1,
+                  scheduler=None) -> BenchmarkReport:
+    """Benchmark the clusterability of several models (see the module docstring).
+
+    Parameters
+    ----------
+    sources : sequence of ModelSource
+    ks : sequence of int
+        Numbers of clusters (each >= 2).
+    significance_k : int or None, default 4
+        k of the shuffle test; None (or ``n_shuffles=0``) skips it.
+    n_shuffles : int, default 20
+        Shuffled copies per layer (p-values down to ``1 / (n_shuffles + 1)``).
+    nonzero_only, pairing, n_init
+        See :func:`graphinterp.clustering.significance.shuffle_test` and :class:`graphinterp.clustering.bsgc.BSGC`.
+    layerwise : bool
+        Analyse every model layer by layer even when it is a chain.
+    trust_pickle : bool
+        Allow pickled modules (runs code from the file; only for trusted files).
+    device : str, optional
+    random_state : int or None
+    progress : bool
+        tqdm bars over models, layers and shuffles (serial runs only).
+    n_jobs : int, default 1
+        Worker processes over the layers of all models (joblib); results do not depend on it.
+    scheduler : str or distributed.Client, optional
+        Run the layers on this Dask cluster instead (see :func:`graphinterp.common.parallel.run_tasks`).
+
+    Returns
+    -------
+    BenchmarkReport
+        A source that cannot be loaded (missing or corrupt file, unknown architecture, weights that
+        do not fit) is listed in ``failed`` with its error; the others are benchmarked.
+
+    Raises
+    ------
+    ClusteringError
+        For a k below 2.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from torch import nn
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.pt")
+    >>> torch.save(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).state_dict(), path)
+    >>> rep = run_benchmark([ModelSource(path=path)], [2, 3], significance_k=2, n_shuffles=3, n_init=2)
+    >>> [lb.layer for lb in rep.models[0].layers], rep.models[0].layers[0].significance.n_shuffles
+    (['0', '2'], 3)
+    """
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 2:
+        raise ClusteringError(f"every k must be at least 2, got {ks}")
+    if significance_k is not None and significance_k < 2:
+        raise ClusteringError(f"the significance k must be at least 2, got {significance_k}")
+    start = time.perf_counter()
+    names = _unique_names(sources)
+    loaded, failed = [], {}
+    iterator = list(zip(sources, names))
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, desc="loading models", leave=False)
+    for source, name in iterator:
+        t0 = time.perf_counter()
+        try:
+            graph, structure, notes = load_source(source, trust_pickle=trust_pickle, layerwise=layerwise,
+                                                  random_state=random_state)
+        except GraphinterpError as err:
+            failed[name] = f"{_describe(source)}: {err}"
+            continue
+        tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
+        loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
+    serial = n_jobs == 1 and scheduler is None
+    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
+    everything = [(*t, *common) for *_, tasks, _, _ in loaded for t in tasks]  # all layers of all models at once
+    if serial:
+        if progress:
+            from tqdm.auto import tqdm
+
+            everything = tqdm(everything, desc="layers")
+        results = iter([_run_layer(*t) for t in everything])
+    else:
+        results = iter(run_tasks(_run_layer, everything, n_jobs=n_jobs, scheduler=scheduler))
+    models = []
+    for source, name, structure, notes, tasks, skipped, load_seconds in loaded:
+        layers = [next(results) for _ in tasks]
+        models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped, notes,
+                                     load_seconds + sum(lb.seconds for lb in layers)))
+    settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
+                "random_state": random_state, "device": str(resolve_device(device))}
+    return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start,
+                           failed=failed)

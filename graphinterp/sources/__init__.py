@@ -1,0 +1,1 @@
+"""Where models come from: architecture builders, the project's transformer, CIFAR ResNets, checkpoints and model files."""

@@ -1,0 +1,255 @@
+"""Read any model file: graphinterp checkpoints, bare state_dicts, third-party containers, TorchScript.
+
+Every file is first read with ``torch.load(..., weights_only=True)``, which cannot run code.
+TorchScript archives are recognised from their zip records (``constants.pkl``) and loaded with
+``torch.jit.load``. A file holding a pickled ``nn.Module`` (``torch.save(model)``) is refused
+unless ``trust_pickle=True``, because unpickling it can run arbitrary code.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from graphinterp.sources.checkpoint import is_checkpoint, validate_checkpoint
+from graphinterp.common.errors import GraphinterpError, ModelFileError
+from graphinterp.sources.models import build_model
+
+__all__ = ["CONTAINER_KEYS", "LoadedModel", "load_model_file"]
+
+#: Keys under which third-party checkpoints keep their weights, tried in this order.
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save(_use_new_zipfile_serialization=False)
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model_file` found in a file.
+
+    Attributes
+    ----------
+    kind : {"checkpoint", "state_dict", "torchscript", "module"}
+        graphinterp checkpoint, bare or wrapped state_dict, TorchScript archive, pickled module.
+    state_dict : dict of str to torch.Tensor
+        CPU tensors; a ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefix shared
+        by all keys is removed.
+    module : torch.nn.Module or None
+        Rebuilt from ``arch`` for checkpoints with a spec, the loaded object for TorchScript and
+        pickled modules, ``None`` otherwise.
+    arch, clustering : dict or None
+    history : list of dict
+    meta : dict
+        The checkpoint's meta, or a container's other top-level entries (e.g. ``best_prec1``).
+    path : str
+    """
+
+    kind: str
+    state_dict: Dict[str, torch.Tensor]
+    module: Optional[nn.Module] = None
+    arch: Optional[Dict[str, Any]] = None
+    clustering: Optional[Dict[str, Any]] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.split("/", 1)[-1] == "constants.pkl" for name in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _explain_failure(path: Path, exc: BaseException) -> Tuple[ModelFileError, bool]:
+    """Turn a failed ``torch.load(weights_only=True)`` into a one-line error; True if it is pickled code."""
+    match = _GLOBAL.search(str(exc))
+    if match:
+        return ModelFileError(
+            f"{path} holds pickled code ({match.group(1)}), which can run arbitrary code when loaded; "
+            f"pass --trust-pickle (trust_pickle=True) only if you trust its source, or re-save it as a state_dict"
+        ), True
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_MAGIC))
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if not any(name.split("/", 1)[-1] == "data.pkl" for name in zf.namelist()):
+                message = f"{path} is a zip archive but not a PyTorch file; pass a file written by torch.save"
+                return ModelFileError(message), False
+    if head.startswith(b"PK\x03\x04") or head == _LEGACY_MAGIC:
+        message = f"{path} is a truncated or corrupt PyTorch file ({_first_line(exc)}); re-download or re-save it"
+        return ModelFileError(message), False
+    message = f"{path} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"
+    return ModelFileError(message), False
+
+
+def _strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _tensor_dict(obj: Any, path: Path, what: str) -> Dict[str, torch.Tensor]:
+    """Validate a state_dict: string keys, tensor values, at least one entry."""
+    if not obj:
+        raise ModelFileError(f"{path} holds an empty {what}; it contains no weights")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelFileError(
+                f"{path}: {what} entry {key!r} is a {type(value).__name__}, not a tensor; expected a state_dict "
+                f"(names -> tensors) or a dict holding one under {'/'.join(CONTAINER_KEYS)}"
+            )
+    return _strip_prefix({k: v.detach().cpu() for k, v in obj.items()})
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _from_checkpoint(obj: Dict[str, Any], path: Path, map_location: Any) -> LoadedModel:
+    validate_checkpoint(obj)
+    state = _tensor_dict(obj["state_dict"], path, "checkpoint state_dict")
+    module = None
+    if obj["arch"] is not None:
+        try:
+            module = build_model(obj["arch"])
+            module.load_state_dict(state)
+        except (GraphinterpError, RuntimeError) as exc:
+            detail = f"{obj['arch']} ({_first_line(exc)})"
+            raise ModelFileError(f"{path}: weights do not fit architecture {detail}; the file is damaged") from exc
+        module = module.to(map_location).eval()
+    return LoadedModel("checkpoint", state, module, obj["arch"], obj["clustering"], list(obj["history"]),
+                       dict(obj["meta"]), str(path))
+
+
+def _interpret(obj: Any, path: Path, map_location: Any) -> LoadedModel:
+    if is_checkpoint(obj):
+        return _from_checkpoint(obj, path, map_location)
+    if isinstance(obj, nn.Module):
+        state = _strip_prefix({k: v.detach().cpu() for k, v in obj.state_dict().items()})
+        return LoadedModel("module", state, obj.eval(), path=str(path))
+    if not isinstance(obj, dict):
+        kind = type(obj).__name__
+        raise ModelFileError(f"{path} holds a {kind}, not a state_dict or model; save model.state_dict() instead")
+    if _is_tensor_dict(obj):
+        return LoadedModel("state_dict", _tensor_dict(obj, path, "state_dict"), path=str(path))
+    for key in CONTAINER_KEYS:
+        inner = obj.get(key)
+        meta = {k: v for k, v in obj.items() if k != key}
+        if isinstance(inner, nn.Module):
+            loaded = _interpret(inner, path, map_location)
+            loaded.meta = meta
+            return loaded
+        if _is_tensor_dict(inner):
+            return LoadedModel("state_dict", _tensor_dict(inner, path, f"{key!r}"), meta=meta, path=str(path))
+    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = ", ".join(map(repr, list(obj)[:6])) or "none"
+        raise ModelFileError(
+            f"{path} holds a dict with no tensors (keys: {keys}); expected a state_dict or a dict holding one "
+            f"under {'/'.join(CONTAINER_KEYS)}"
+        )
+    return LoadedModel("state_dict", _tensor_dict(obj, path, "state_dict"), path=str(path))
+
+
+def _load_torchscript(path: Path, map_location: Any) -> LoadedModel:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
+            module = torch.jit.load(str(path), map_location=map_location)
+    except Exception as exc:  # RuntimeError from the TorchScript reader
+        detail = _first_line(exc)
+        raise ModelFileError(f"{path} looks like TorchScript but cannot be loaded ({detail}); re-export it") from exc
+    state = _strip_prefix({k: v.detach().cpu() for k, v in module.state_dict().items()})
+    return LoadedModel("torchscript", state, module.eval(), path=str(path))
+
+
+def _load_pickle(path: Path, map_location: Any) -> Any:
+    warnings.warn(
+        f"loading {path} with weights_only=False: a pickled model can run arbitrary code; "
+        "only do this for files you trust",
+        UserWarning,
+        stacklevel=3,
+    )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (ImportError, AttributeError) as exc:
+        raise ModelFileError(
+            f"{path} needs Python code that is not importable here ({_first_line(exc)}); "
+            "import the module that defines the model first, or re-save it as a state_dict"
+        ) from exc
+    except Exception as exc:
+        raise ModelFileError(f"{path} cannot be unpickled ({_first_line(exc)}); re-save it as a state_dict") from exc
+
+
+def load_model_file(
+    path: Union[str, "os.PathLike[str]"],
+    *,
+    trust_pickle: bool = False,
+    map_location: Union[str, torch.device] = "cpu",
+) -> LoadedModel:
+    """Load a model file of any supported kind, safely.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A graphinterp checkpoint, a bare state_dict, a dict holding one under
+        ``state_dict``/``model_state_dict``/``model``/``net`` (other entries go to ``meta``),
+        a TorchScript archive, or (with ``trust_pickle``) a pickled ``nn.Module``.
+    trust_pickle : bool, default False
+        Allow unpickling code (``torch.load(weights_only=False)``), with a warning.
+    map_location : str or torch.device, default "cpu"
+        Where ``module`` lives; ``state_dict`` tensors are always on the CPU.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelFileError
+        Missing path, a folder, an empty, truncated or non-PyTorch file, pickled code without
+        ``trust_pickle``, a dict without tensors or with non-tensor values.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
+    >>> torch.save({"model_state_dict": {"module.fc.weight": torch.ones(2, 3)}, "epoch": 7}, path)
+    >>> loaded = load_model_file(path)
+    >>> loaded.kind, list(loaded.state_dict), loaded.meta
+    ('state_dict', ['fc.weight'], {'epoch': 7})
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}; check the path")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a model file; pass the .pt/.pth file inside it")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes); re-download or re-save it")
+    if _is_torchscript(path):
+        return _load_torchscript(path, map_location)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, KeyError (text), ...
+        error, is_pickle = _explain_failure(path, exc)
+        if not (trust_pickle and is_pickle):
+            raise error from exc
+        obj = _load_pickle(path, map_location)
+    return _interpret(obj, path, map_location)

@@ -1,0 +1,235 @@
+"""The training adapter: graph-level cluster labels mapped back onto parameter-shaped masks.
+
+A :class:`~graphinterp.clustering.cluster.Clustering` labels the *nodes* of a layered graph (neurons,
+channels). Training needs the same information on the *parameters*: for every clustered layer a
+0/1 tensor of the weight's shape that is 1 exactly on the parameters of within-cluster edges.
+
+==================================  ==========================================================
+layer                               mask (torch layout)
+==================================  ==========================================================
+``nn.Linear``                       ``(out, in)``: ``M[j, i] = [u_i = v_j]``
+``nn.Conv2d``                       ``(out, in/groups, kh, kw)``: the whole kernel ``K_ji`` is
+                                    in or out, ``M[j, i, :, :] = [u_i = v_j]``
+``nn.Linear`` after a Flatten of C  ``(out, C * h * w)``: channel labels ``u_c`` (grouped view)
+channels (``Layer.in_groups``)      are expanded over each channel's features with
+                                    :meth:`graphinterp.graph.layer.Layer.expand_input_labels`
+==================================  ==========================================================
+
+``u`` are the input-node labels, ``v`` the output-node labels; label ``-1`` (isolated node) is in no
+cluster, so its edges are never "within". Because squared edge weights of the layered graph are
+sums of squared parameters (see :mod:`graphinterp.graph.layer`), ``sum(W**2 * M) / sum(W**2)`` equals the
+graph-level clusterability E of :func:`graphinterp.clustering.metrics.clusterability` exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layered import Layer, LayeredGraph
+from graphinterp.clustering.metrics import within_mask
+
+__all__ = ["ParameterMask", "default_cluster_layers", "parameter_masks", "layer_parameter", "trace_graph",
+           "unwrap_model"]
+
+
+@dataclass(frozen=True, eq=False)
+class ParameterMask:
+    """The within-cluster mask of one clustered layer's weight.
+
+    Attributes
+    ----------
+    layer : str
+        Graph layer name (module path, e.g. ``"fc2"``).
+    param : torch.nn.Parameter
+        The live weight of that layer (not a copy: the optimizer's updates are seen).
+    mask : torch.Tensor
+        Same shape, dtype and device as ``param``; 1 on within-cluster parameters, 0 elsewhere.
+    """
+
+    layer: str
+    param: torch.nn.Parameter
+    mask: torch.Tensor
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return ``model.module`` for ``DataParallel``/``DistributedDataParallel`` wrappers, else ``model``."""
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def default_cluster_layers(graph: LayeredGraph) -> List[str]:
+    """The layers clustered by default: the paper's choice, "Linear layers between two hidden Linear levels".
+
+    A layer is selected when it is an ``nn.Linear`` whose inputs are the outputs of another
+    ``nn.Linear`` and whose outputs are not the logits. For the paper's MLP 784-64-64-10 this is
+    ``['fc2']``, and for the paper's CNN ``['fc2']`` as well (Figure 7 clusters ``fc2`` only; ``fc1``
+    reads the 16 conv channels in the grouped view and holds about 98% of the CNN's parameters, so
+    clustering it would also partition the conv channels). Any other set of layers can be named
+    explicitly. Clustering the selected layers together with
+    :func:`graphinterp.clustering.cluster.cluster_network` gives every neuron they touch one label.
+
+    Parameters
+    ----------
+    graph : LayeredGraph
+        A chained graph (layer ``l``'s outputs are layer ``l + 1``'s inputs).
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ClusteringError
+        If the graph is not chained or no layer qualifies (e.g. an MLP with one hidden layer);
+        then name the layers explicitly.
+
+    Examples
+    --------
+    >>> from graphinterp.sources.models import mlp, cnn
+    >>> default_cluster_layers(LayeredGraph.from_module(mlp()))
+    ['fc2']
+    >>> default_cluster_layers(LayeredGraph.from_module(cnn()))
+    ['fc2']
+    """
+    if not graph.chained:
+        raise ClusteringError("default cluster layers need a chained graph; name the layers to cluster explicitly")
+    last = len(graph) - 1
+    names = [
+        layer.name for t, layer in enumerate(graph)
+        if layer.kind == "linear" and 0 < t < last and graph[t - 1].kind == "linear"
+    ]
+    if not names:
+        raise ClusteringError(
+            f"the model has no Linear layer between two hidden Linear levels (layers: {graph.layer_names}); "
+            "name the layers to cluster explicitly"
+        )
+    return names
+
+
+def trace_graph(model: nn.Module, input_shape: Optional[Sequence[int]] = None) -> LayeredGraph:
+    """:meth:`LayeredGraph.from_module` without touching the global RNG streams.
+
+    Tracing runs one forward pass on a random input; drawing it inside ``torch.random.fork_rng``
+    keeps a training run's random numbers (and so its resumability) independent of whether and
+    when a graph was traced.
+    """
+    model = unwrap_model(model)
+    param = next(model.parameters(), None)
+    devices = [param.device] if param is not None and param.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return LayeredGraph.from_module(model, input_shape=input_shape)
+
+
+def layer_parameter(model: nn.Module, layer: Layer) -> nn.Parameter:
+    """The live weight parameter behind graph layer ``layer`` (its ``param_name``, checked by shape).
+
+    A layer stored ``(in, out)`` (``layer.transposed``, HuggingFace GPT-2 ``Conv1D``) binds to a
+    parameter of the transposed shape; :func:`parameter_masks` transposes its mask to match.
+
+    Raises
+    ------
+    ClusteringError
+        If ``model`` has no such parameter or it has another shape.
+    """
+    model = unwrap_model(model)
+    weight = None
+    try:
+        weight = model.get_parameter(layer.param_name)
+    except AttributeError:
+        try:
+            module = model.get_submodule(layer.name)
+        except AttributeError:
+            module = model if type(model).__name__ == layer.name else None  # a bare nn.Linear is named after its type
+        weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ClusteringError(f"the clustering names layer {layer.name!r}, which this model does not have; "
+                              "cluster this model, or load the model the clustering was made for")
+    expected = tuple(layer.weight.shape)
+    if getattr(layer, "transposed", False):
+        expected = expected[::-1]
+    if tuple(weight.shape) != expected:
+        raise ClusteringError(
+            f"layer {layer.name!r} has weight shape {tuple(weight.shape)} but the graph says "
+            f"{expected}: the graph was built from another model"
+        )
+    return weight
+
+
+def _torch_layout_mask(layer: Layer, rows: np.ndarray, cols: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Boolean within-cluster mask in the weight's torch layout."""
+    if layer.kind == "linear":
+        rows_t = layer.expand_input_labels(torch.as_tensor(rows))  # channel labels -> feature labels
+        return within_mask(rows_t.numpy(), cols, device=device).T
+    per_channel = within_mask(rows, cols, device=device).T  # (out, in) over all in-channels
+    if layer.groups > 1:  # keep the in-channels each out-channel actually sees
+        out_ch, in_per = layer.weight.shape[:2]
+        group = torch.arange(out_ch, device=device) // (out_ch // layer.groups)
+        index = group[:, None] * in_per + torch.arange(in_per, device=device)[None, :]
+        per_channel = per_channel.gather(1, index)
+    return per_channel[:, :, None, None].expand(layer.weight.shape)
+
+
+def parameter_masks(
+    model: nn.Module,
+    graph: Optional[LayeredGraph],
+    clustering: Union[Clustering, Mapping],
+) -> Dict[str, ParameterMask]:
+    """Map a clustering onto within-cluster masks over the clustered layers' weights.
+
+    Masks are built once, on the parameters' device and in their dtype, so that the clusterability
+    of the model is one masked sum of squares: ``sum(W**2 * M) / sum(W**2)``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained (a ``DistributedDataParallel`` wrapper is unwrapped).
+    graph : LayeredGraph or None
+        Its layered graph; traced from ``model`` when None.
+    clustering : Clustering or dict
+        Cluster labels (a dict is read with :meth:`Clustering.from_dict`).
+
+    Returns
+    -------
+    dict of str to ParameterMask
+        One entry per clustered layer, in the clustering's order.
+
+    Raises
+    ------
+    ClusteringError
+        If the clustering names a layer the model lacks or its label counts do not fit the layer.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(3, 2, bias=False), nn.ReLU(), nn.Linear(2, 2, bias=False))
+    >>> c = Clustering(2, {"2": np.array([0, 1])}, {"2": np.array([1, 1])})
+    >>> parameter_masks(model, None, c)["2"].mask
+    tensor([[0., 1.],
+            [0., 1.]])
+    """
+    if isinstance(clustering, Mapping):
+        clustering = Clustering.from_dict(clustering)
+    if not isinstance(clustering, Clustering):
+        raise ClusteringError(f"expected a Clustering (or its to_dict()), got {type(clustering).__name__}")
+    model = unwrap_model(model)
+    if graph is None:
+        graph = trace_graph(model)
+    clustering.validate(graph)
+    out: Dict[str, ParameterMask] = {}
+    for name in clustering.layer_names:
+        layer = graph[name]
+        param = layer_parameter(model, layer)
+        rows, cols = clustering.labels(name)
+        mask = _torch_layout_mask(layer, rows, cols, param.device)
+        if getattr(layer, "transposed", False):  # stored (in, out): GPT-2 Conv1D
+            mask = mask.T
+        out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous())
+    return out

@@ -1,0 +1,306 @@
+"""Training for modularity (Section 3): warm-up, cluster, then train with ``CE + lambda * L_E``.
+
+1. Train for ``warmup_epochs`` with cross-entropy only.
+2. Cluster the chosen layers (default :func:`graphinterp.training.masks.default_cluster_layers`) with
+   :func:`graphinterp.clustering.cluster.cluster_network`, one label per neuron, on ``|W|`` (weight-based) or
+   on :mod:`graphinterp.training.gradsim` similarities accumulated during warm-up (gradient-based).
+3. Train ``epochs`` more epochs with ``CE + lam * L_E`` (:class:`graphinterp.training.loss.EnmeshmentLoss`).
+   ``lam = 0`` is the unclustered baseline; its final history row also records ``E_refit``, the E
+   of a clustering fitted to the final weights.
+
+Every epoch appends a history row (``epoch, phase, loss, ce, l_e, E, E_layers, test_acc, time``;
+``phase`` is ``warmup``, ``modular``, or ``train`` after warm-up when ``lam = 0``; ``E`` is
+mass-weighted over the clustered layers and ``E_layers`` per layer) and, when a
+checkpoint path is given, writes an atomic checkpoint holding the architecture, the clustering, the
+history and the training state (optimiser, epoch, RNG streams), so ``resume=True`` continues an
+interrupted run and ends with exactly the weights an uninterrupted run would have.
+
+On the CPU, training runs with subnormal floats flushed to zero in every intra-op thread
+(:func:`graphinterp.common.denormal.flush_denormals`, restored afterwards): the enmeshment loss drives
+between-cluster weights and their Adam moments towards zero geometrically, and arithmetic on
+subnormal numbers is about ten times slower on x86 CPUs, which otherwise makes late modular epochs
+markedly slower than early ones.
+
+Under ``torch.distributed`` (one process per rank, process group initialised by the caller),
+:func:`train` wraps the model in ``DistributedDataParallel``, gives each rank its share of every
+global batch of ``batch_size``, scales the loss so that the all-reduced gradient is the gradient of
+the global batch's mean loss, clusters on rank 0 and broadcasts the labels, and writes checkpoints
+and progress bars on rank 0 only: results match a single-process run.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphinterp.common.denormal import flush_denormals
+from graphinterp.common.files import check_writable, output_lock, resolve_device
+from graphinterp.clustering.cluster import Clustering, cluster_network
+from graphinterp.data.datasets import LabeledTensors, load_dataset
+from graphinterp.common.errors import ClusteringError, TrainingError
+from graphinterp.training.gradsim import GradientSimilarity
+from graphinterp.graph.layered import Layer, LayeredGraph
+from graphinterp.training.loss import EnmeshmentLoss
+from graphinterp.training.masks import default_cluster_layers, trace_graph
+from graphinterp.sources.models import build_model, default_spec
+from graphinterp.training.train_config import SIMILARITIES, TrainConfig, TrainResult, format_history
+from graphinterp.training.train_state import load_train_state, save_train_state
+
+__all__ = ["SIMILARITIES", "TrainConfig", "TrainResult", "train", "train_step", "evaluate", "format_history"]
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+               loss_fn: Optional[Callable[[], torch.Tensor]] = None, lam: float = 0.0, ce_scale: Optional[float] = None,
+               after_backward=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One optimiser step on ``CE (+ lam * L_E)``; returns the detached ``(CE, L_E or None)``.
+
+    ``loss_fn`` is any zero-argument callable returning the regulariser (an :class:`EnmeshmentLoss`);
+    ``ce_scale`` replaces the batch mean by ``sum * ce_scale`` (used to split a global batch over
+    ranks); ``after_backward`` is called between ``backward()`` and ``step()`` (gradient similarity).
+    """
+    out = net(x)
+    ce = F.cross_entropy(out, y) if ce_scale is None else F.cross_entropy(out, y, reduction="sum") * ce_scale
+    le = loss_fn() if (loss_fn is not None and lam > 0) else None
+    loss = ce if le is None else torch.add(ce, le, alpha=lam)  # one fused op: ce + lam * le
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if after_backward is not None:
+        after_backward()
+    optimizer.step()
+    return ce.detach(), (None if le is None else le.detach())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: LabeledTensors, *, batch_size: int = 1024) -> float:
+    """Accuracy of ``model`` on ``data`` (evaluated in eval mode on the model's device)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        for i in range(0, len(data), batch_size):
+            pred = model(data.x[i:i + batch_size].to(device)).argmax(1)
+            correct += int((pred == data.y[i:i + batch_size].to(device)).sum())
+    finally:
+        model.train(was_training)
+    return correct / max(len(data), 1)
+
+
+def _dist() -> Tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _as_data(data, name: str) -> LabeledTensors:
+    if isinstance(data, LabeledTensors):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = (torch.as_tensor(t) for t in data)
+        return LabeledTensors(x.float() if x.dim() == 4 else x.float().view(len(x), 1, 1, -1), y.long(), [], name)
+    raise TrainingError(f"{name} must be a LabeledTensors or an (x, y) pair of tensors, got {type(data).__name__}")
+
+
+def _load_data(config: TrainConfig, train_data, test_data) -> Tuple[LabeledTensors, LabeledTensors]:
+    out = []
+    for data, split, limit in ((train_data, "train", config.max_train), (test_data, "test", config.max_test)):
+        if data is None:
+            data = load_dataset(config.dataset, split=split, data_dir=config.data_dir, download=config.download)
+        data = _as_data(data, f"{split}_data")
+        out.append(data.subset(limit, seed=config.seed) if limit else data)
+    return out[0], out[1]
+
+
+def _cpu_graph(graph: LayeredGraph) -> LayeredGraph:
+    """A frozen CPU snapshot (the traced graph's weights are live views of the parameters)."""
+    return LayeredGraph([Layer(l.name, l.kind, l.weight.detach().cpu().clone(), l.in_groups, l.groups) for l in graph],
+                        chained=graph.chained)
+
+
+def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsim, rank: int, world: int) -> Clustering:
+    payload: List[Any] = [None]
+    if rank == 0:
+        sims = gradsim.similarity() if gradsim is not None else None
+        clustering = cluster_network(_cpu_graph(graph), config.k, layers=layers, similarity=sims,
+                                     random_state=config.seed)
+        clustering.similarity = config.similarity
+        payload = [clustering.to_dict()]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(payload, src=0)
+    return Clustering.from_dict(payload[0])
+
+
+def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
+    layers = list(config.layers) if config.layers is not None else default_cluster_layers(graph)
+    for name in layers:
+        if name not in graph.layer_names:
+            raise ClusteringError(f"unknown layer {name!r} to cluster; the model's layers are {graph.layer_names}")
+        smallest = min(graph[name].shape())
+        if config.k > smallest:
+            raise ClusteringError(f"k={config.k} is out of range for layer {name!r} "
+                                  f"({graph[name].n_in()}x{graph[name].n_out} nodes): use 2 <= k <= {smallest}")
+    return layers
+
+
+def _epoch(net, opt, x, y, gen, config: TrainConfig, rank: int, world: int, bar, loss_fn, gradsim):
+    """One pass over the data; returns the sample-weighted mean CE and mean L_E (None if not trained)."""
+    ce_sum = torch.zeros((), dtype=torch.float64, device=x.device)  # this rank's share of the CE sum
+    le_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    perm = torch.randperm(len(y), generator=gen).to(x.device)
+    for b, i in enumerate(range(0, len(y), config.batch_size)):
+        idx = perm[i:i + config.batch_size]
+        n_global = len(idx)
+        if world > 1:  # this rank's part of the global batch; the loss is scaled so DDP's mean is the batch mean
+            idx = idx.tensor_split(world)[rank]
+        ce, le = train_step(net, opt, x[idx], y[idx], loss_fn=loss_fn, lam=config.lam,
+                            ce_scale=world / n_global if world > 1 else None,
+                            after_backward=gradsim.update if gradsim is not None else None)
+        ce_sum.add_(ce, alpha=n_global / world)
+        if le is not None:
+            le_sum.add_(le, alpha=n_global)
+        bar.update(1)
+        if not bar.disable and b % 50 == 0:
+            bar.set_postfix(ce=f"{float(ce):.3f}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(ce_sum)  # L_E is the same on every rank
+    return float(ce_sum) / len(y), (float(le_sum) / len(y) if loss_fn is not None else None)
+
+
+def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=None, test_data=None,
+          checkpoint=None, resume: bool = False) -> TrainResult:
+    """Run the modular-training pipeline of Section 3 (see the module docstring).
+
+    Parameters
+    ----------
+    config : TrainConfig
+    model : torch.nn.Module, optional
+        Train this model instead of building ``config.arch`` / the default for ``config.dataset``
+        (its architecture is then recorded as ``None``).
+    train_data, test_data : LabeledTensors or (x, y), optional
+        Instead of loading ``config.dataset``.
+    checkpoint : path, optional
+        Written atomically after every epoch. Checked to be writable before training starts, and
+        locked (``.<name>.lock`` beside it) for the whole run, so a second run writing the same
+        checkpoint fails at once instead of silently overwriting this one.
+    resume : bool
+        Continue from ``checkpoint`` if it exists (same settings required; ``epochs`` may grow).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingError, ClusteringError, DataError
+        Invalid settings, a clustering that does not fit the model, missing data, a checkpoint
+        that cannot be resumed.
+    OutputPathError
+        The checkpoint cannot be written (a folder, link or device; a read-only folder), or
+        another run holds its lock.
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(dataset="digits", k=2, warmup_epochs=1, epochs=1, max_train=256, quiet=True)
+    >>> result = train(cfg)
+    >>> [row["phase"] for row in result.history], result.clustering.layer_names
+    (['warmup', 'modular'], ['fc2'])
+    """
+    config = config.validate()
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None and _dist()[0] == 0:
+            check_writable(checkpoint)
+            stack.enter_context(output_lock(checkpoint))
+        stack.enter_context(flush_denormals())  # see the module docstring; a no-op where unsupported
+        return _run(config, model, train_data, test_data, checkpoint, resume)
+
+
+def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    rank, world = _dist()
+    device = resolve_device(config.device)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    train_set, test_set = _load_data(config, train_data, test_data)
+    torch.manual_seed(config.seed)
+    arch = None
+    if model is None:
+        arch = config.arch if config.arch is not None else default_spec(config.dataset, config.model)
+        model = build_model(arch)
+    model.to(device)
+    graph = trace_graph(model, input_shape=tuple(train_set.x.shape[1:]))
+    if int(train_set.y.max()) >= graph.layers[-1].n_out:
+        raise TrainingError(f"labels go up to {int(train_set.y.max())} "
+                            f"but the model has {graph.layers[-1].n_out} outputs")
+    layers = _check_layers(graph, config)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    gradsim = GradientSimilarity(model, layers, graph=graph) if config.similarity == "gradient" else None
+    state: Dict[str, Any] = {"epoch": 0, "history": [], "clustering": None, "gradsim": None}
+    path = Path(checkpoint) if checkpoint is not None else None
+    if resume and path is not None and path.exists():
+        state = load_train_state(path, config, arch, model, opt, gen)
+        if state["clustering"] is not None:
+            try:
+                state["clustering"].validate(graph)
+            except ClusteringError as err:
+                raise TrainingError(f"cannot resume {path}: {err}") from None
+        if gradsim is not None and state["gradsim"] is not None:
+            try:
+                gradsim.load_state_dict(state["gradsim"])
+            except TrainingError:
+                raise
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+                raise TrainingError(f"cannot resume {path}: its gradient similarities are damaged ({err})") from None
+    history, clustering = state["history"], state["clustering"]
+    if clustering is None and config.warmup_epochs == 0:
+        clustering = _cluster(graph, layers, config, None, rank, world)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    x, y = train_set.x.to(device), train_set.y.to(device)
+    show = not config.quiet and rank == 0
+    loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction) if clustering else None
+    for epoch in range(state["epoch"] + 1, config.total_epochs + 1):
+        start, modular = time.perf_counter(), epoch > config.warmup_epochs
+        phase = ("modular" if config.lam > 0 else "train") if modular else "warmup"  # "train": the baseline
+        bar = tqdm(total=math.ceil(len(y) / config.batch_size), desc=f"epoch {epoch}/{config.total_epochs} "
+                   f"[{phase}]", disable=not show, leave=False, unit="batch")
+        try:
+            ce_mean, le_mean = _epoch(net, opt, x, y, gen, config, rank, world, bar,
+                                      loss_fn if modular and config.lam > 0 else None,
+                                      gradsim if not modular else None)
+        finally:
+            bar.close()
+        if epoch == config.warmup_epochs:
+            clustering = _cluster(graph, layers, config, gradsim, rank, world)
+            loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
+        l_e = le_mean if le_mean is not None else (float(loss_fn().detach()) if loss_fn else None)
+        history.append({
+            "epoch": epoch, "phase": phase, "lam": float(config.lam) if modular else 0.0,
+            "loss": ce_mean + (config.lam * le_mean if le_mean is not None else 0.0), "ce": ce_mean, "l_e": l_e,
+            "E": loss_fn.clusterability() if loss_fn else None, "E_layers": loss_fn.per_layer() if loss_fn else None,
+            "test_acc": evaluate(model, test_set),
+            "time": time.perf_counter() - start,
+        })
+        if path is not None and rank == 0:
+            save_train_state(path, model, arch, config, history, clustering, clustering, opt, gen, epoch, gradsim)
+    final = clustering
+    if config.lam == 0 and history:  # the baseline: E of a clustering fitted to the final weights
+        final = _cluster(graph, layers, config, None, rank, world)
+        final.meta["fitted"] = "final weights"
+        history[-1]["E_refit"] = EnmeshmentLoss(model, final, graph=graph).clusterability()
+        if path is not None and rank == 0:
+            save_train_state(path, model, arch, config, history, final, clustering, opt, gen, config.total_epochs, gradsim)
+    return TrainResult(model, arch, final, history)

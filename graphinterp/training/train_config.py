@@ -1,0 +1,149 @@
+"""Settings of a modular-training run (:class:`TrainConfig`), its result and the history table."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional
+
+from torch import nn
+
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.data.datasets import dataset_info
+from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
+from graphinterp.training.loss import REDUCTIONS
+
+__all__ = ["SIMILARITIES", "RESUME_FIXED", "LAMBDA_MAX", "SEED_MAX", "TrainConfig", "TrainResult", "format_history"]
+
+SIMILARITIES = ("weight", "gradient")
+RESUME_FIXED = ("dataset", "model", "arch", "k", "lam", "warmup_epochs", "batch_size", "lr", "similarity",
+                 "layers", "reduction", "seed", "max_train")
+#: Largest enmeshment-loss weight accepted. L_E <= 1 and cross-entropy is of order 1, so far smaller
+#: values already make the loss all L_E; past ~1e19 Adam's squared gradients overflow float32 and
+#: training silently stops moving.
+LAMBDA_MAX = 1e6
+#: Seeds lie in 0 .. 2**32 - 1 (what NumPy, scikit-learn and torch all accept).
+SEED_MAX = 2**32 - 1
+#: Largest learning rate accepted (Adam's steps are about lr in size; far beyond this, weights blow up).
+LR_MAX = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a modular-training run (defaults: the paper's Table 1).
+
+    ``layers=None`` clusters :func:`graphinterp.training.masks.default_cluster_layers`; ``arch`` overrides
+    :func:`graphinterp.sources.models.default_spec` (e.g. other hidden widths); ``max_train``/``max_test``
+    take seeded random subsets; ``device="auto"`` uses CUDA when available.
+
+    ``reduction`` is the :class:`~graphinterp.training.loss.EnmeshmentLoss` layer weighting. The default,
+    ``"mean"``, drives every clustered layer towards E = 1; ``"mass"`` trains the model-wide E that
+    ``analyze`` reports, where a big layer dominates a small one (CIFAR-10 CNN, ``fc1`` and ``fc2``
+    clustered, 1 + 10 epochs: E of ``fc2`` 0.9997 with ``"mean"``, 0.904 with ``"mass"``). With one
+    clustered layer they are the same.
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    k: int = 4
+    lam: float = 20.0
+    warmup_epochs: int = 1
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    similarity: str = "weight"
+    layers: Optional[List[str]] = None
+    reduction: str = "mean"
+    seed: int = 0
+    device: str = "auto"
+    data_dir: Optional[str] = None
+    download: bool = False
+    max_train: Optional[int] = None
+    max_test: Optional[int] = None
+    arch: Optional[Dict[str, Any]] = None
+    quiet: bool = False
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.epochs
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`TrainingError`/:class:`ClusteringError`/:class:`DataError` on a bad value."""
+        def integer(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise TrainingError(f"{name} must be an integer >= {low}, got {v!r}")
+        dataset_info(self.dataset)  # DataError for an unknown dataset
+        if self.model not in ("mlp", "cnn"):
+            raise TrainingError(f"unknown model {self.model!r}; choose 'mlp' or 'cnn' (or pass model=...)")
+        lam = self.lam
+        if (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0
+                or lam > LAMBDA_MAX):
+            raise TrainingError(f"lambda must be a finite number in 0..{LAMBDA_MAX:g} "
+                                f"(0 trains the unclustered baseline), got {lam!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
+            raise ClusteringError(f"k must be an integer >= 2, got {self.k!r}")
+        for name, low in (("warmup_epochs", 0), ("epochs", 0), ("batch_size", 1), ("seed", 0)):
+            integer(name, low)
+        if self.seed > SEED_MAX:
+            raise TrainingError(f"seed must lie in 0..{SEED_MAX}, got {self.seed!r}")
+        if self.total_epochs < 1:
+            raise TrainingError("warmup_epochs + epochs must be at least 1")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= LR_MAX:
+            raise TrainingError(f"lr must be a positive number up to {LR_MAX:g}, got {lr!r}")
+        from graphinterp.common.files import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except GraphinterpError as err:
+            raise TrainingError(str(err)) from None
+        if self.similarity not in SIMILARITIES:
+            raise TrainingError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.similarity == "gradient" and self.warmup_epochs < 1:
+            raise TrainingError("gradient-based clustering needs warmup_epochs >= 1 to accumulate gradients")
+        if self.reduction not in REDUCTIONS:
+            raise TrainingError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        for name in ("max_train", "max_test"):
+            if getattr(self, name) is not None:
+                integer(name, 1)
+        if self.layers is not None:
+            if isinstance(self.layers, str) or not self.layers or not all(isinstance(n, str) for n in self.layers):
+                raise TrainingError(f"layers must be a non-empty list of layer names or None, got {self.layers!r}")
+            self.layers = list(self.layers)
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict (checkpoint- and JSON-safe)."""
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns; ``table()`` formats the history."""
+
+    model: nn.Module
+    arch: Optional[Dict[str, Any]]
+    clustering: Optional[Clustering]
+    history: List[Dict[str, Any]]
+
+    def table(self) -> str:
+        return format_history(self.history)
+
+
+def format_history(history: List[Dict[str, Any]]) -> str:
+    """The per-epoch history as a plain-text table (``-`` where a value does not exist yet).
+
+    Examples
+    --------
+    >>> print(format_history([{"epoch": 1, "phase": "warmup", "loss": 0.5, "ce": 0.5, "l_e": None,
+    ...                        "E": 0.3, "test_acc": 0.9, "time": 1.0}]))
+    epoch  phase   loss    CE      L_E  E       test acc  time (s)
+    1      warmup  0.5000  0.5000  -    0.3000  0.9000    1.0
+    """
+    cols = [("epoch", "epoch", "{}"), ("phase", "phase", "{}"), ("loss", "loss", "{:.4f}"), ("CE", "ce", "{:.4f}"),
+            ("L_E", "l_e", "{:.4f}"), ("E", "E", "{:.4f}"), ("test acc", "test_acc", "{:.4f}"),
+            ("time (s)", "time", "{:.1f}")]
+    rows = [[("-" if r.get(key) is None else fmt.format(r[key])) for _, key, fmt in cols] for r in history]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, (h, _, _) in enumerate(cols)]
+    lines = [[h for h, _, _ in cols]] + rows
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)

@@ -1,0 +1,117 @@
+"""Checkpointing of a training run: write the full training state, and resume from it exactly.
+
+A checkpoint holds the model, its architecture, the clustering, the history and the training state
+(optimiser, epoch, RNG streams, the clustering trained against, accumulated gradient similarities),
+so a resumed run ends with exactly the weights an uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import GraphinterpError, TrainingError
+from graphinterp.training.train_config import RESUME_FIXED, TrainConfig
+
+__all__ = ["load_train_state", "save_train_state", "check_history"]
+
+_PHASES = ("warmup", "modular", "train")
+
+
+def check_history(history: Any, epochs: int, path) -> List[Dict[str, Any]]:
+    """Raise :class:`TrainingError` unless ``history`` is the per-epoch table of ``epochs`` finished epochs.
+
+    Each row is a dict with ``epoch`` (1, 2, ...), ``phase`` (warmup, modular or train) and finite
+    numbers for ``loss``, ``ce``, ``test_acc`` and ``time``; ``l_e``, ``E``, ``lam`` and
+    ``E_refit`` are finite numbers or None, ``E_layers`` a dict of numbers or None.
+    """
+    def bad(why: str):
+        raise TrainingError(f"cannot resume {path}: its history is malformed ({why}); train into another --out")
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(history, list):
+        bad(f"a {type(history).__name__}, not a list of epochs")
+    if len(history) != epochs:
+        bad(f"{len(history)} rows for {epochs} finished epochs")
+    for i, row in enumerate(history, start=1):
+        if not isinstance(row, dict):
+            bad(f"row {i} is a {type(row).__name__}, not a dict")
+        if row.get("epoch") != i or isinstance(row.get("epoch"), bool):
+            bad(f"row {i} has epoch {row.get('epoch')!r}")
+        if row.get("phase") not in _PHASES:
+            bad(f"row {i} has phase {row.get('phase')!r}")
+        for key in ("loss", "ce", "test_acc", "time"):
+            if not number(row.get(key)):
+                bad(f"row {i} has {key}={row.get(key)!r}")
+        for key in ("l_e", "E", "lam", "E_refit"):
+            if row.get(key) is not None and not number(row[key]):
+                bad(f"row {i} has {key}={row[key]!r}")
+        layers = row.get("E_layers")
+        if layers is not None and not (isinstance(layers, dict) and all(
+                isinstance(k, str) and number(v) for k, v in layers.items())):
+            bad(f"row {i} has E_layers={layers!r}")
+    return [dict(row) for row in history]
+
+
+def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, opt, gen) -> Dict[str, Any]:
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("train_state") or {}
+    if "epoch" not in state or "config" not in state:
+        raise TrainingError(f"{path} holds no training state and cannot be resumed; train into another --out")
+    if not isinstance(state["config"], dict):
+        raise TrainingError(f"cannot resume {path}: its training settings are damaged; train into another --out")
+    old, new = state["config"], config.to_dict()
+    diff = [k for k in RESUME_FIXED if old.get(k) != new.get(k)]
+    if diff:
+        was = ", ".join(f"{k}={old.get(k)!r}" for k in diff)
+        raise TrainingError(f"cannot resume {path}: it was trained with other settings ({was}); "
+                            "use the same settings or another --out")
+    if isinstance(state["epoch"], int) and state["epoch"] > config.total_epochs:
+        raise TrainingError(f"{path} already has {state['epoch']} epochs, "
+                            f"more than the {config.total_epochs} requested")
+    if arch is not None and ckpt["arch"] != arch:
+        raise TrainingError(f"cannot resume {path}: its architecture {ckpt['arch']} differs from {arch}")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise TrainingError(f"cannot resume {path}: its weights do not fit the model ({first})") from err
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise TrainingError(f"cannot resume {path}: its training state has epoch {epoch!r}; train into another --out")
+    history = check_history(ckpt["history"], epoch, path)
+    try:
+        clustering = Clustering.from_dict(state["train_clustering"]) if state.get("train_clustering") else None
+    except GraphinterpError as err:
+        raise TrainingError(f"cannot resume {path}: {err}") from None
+    try:
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        gen.set_state(state["rng"]["shuffle"])
+        if state["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise TrainingError(f"cannot resume {path}: its optimiser or random state is damaged ({first}); "
+                            "train into another --out") from None
+    return {"epoch": epoch, "history": history, "gradsim": state.get("gradsim"), "clustering": clustering}
+
+
+def save_train_state(path, model, arch, config, history, clustering, train_clustering, opt, gen, epoch, gradsim) -> None:
+    rng = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    train_state = {"epoch": epoch, "config": config.to_dict(), "optimizer": opt.state_dict(), "rng": rng,
+                   "train_clustering": train_clustering.to_dict() if train_clustering else None,
+                   "gradsim": gradsim.state_dict() if gradsim is not None else None}
+    meta = {"producer": "graphinterp.training.train", "dataset": config.dataset, "k": config.k, "lam": float(config.lam),
+            "similarity": config.similarity, "epochs_done": epoch}
+    save_checkpoint(path, model, arch=arch, clustering=clustering.to_dict() if clustering else None,
+                    history=history, train_state=train_state, meta=meta)

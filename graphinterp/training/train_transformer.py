@@ -1,0 +1,251 @@
+"""Modular training of transformers: warm-up, BSGC of every MLP block, then ``CE + lambda * L_E``.
+
+The transformer counterpart of :func:`graphinterp.training.train.train`, counted in optimiser steps:
+
+1. ``warmup_steps`` steps of cross-entropy (AdamW).
+2. The model is traced into its graph, every MLP block is found and clustered with BSGC
+   (:func:`graphinterp.clustering.mlp_blocks.cluster_mlp_blocks`: one label per hidden unit, the stream's
+   labels shared by what the block reads and writes), on ``|W|`` or on gradient similarities
+   accumulated during warm-up.
+3. ``steps`` more steps of ``CE + lam * L_E`` (:class:`~graphinterp.training.loss.EnmeshmentLoss` over the
+   blocks' weight matrices). ``lam = 0`` is the baseline; its last history row records ``E_refit``,
+   E of a clustering fitted to the final weights, and that clustering is the one saved.
+
+Tasks (:mod:`graphinterp.data.tasks`): ``modadd`` trains full-batch on the train split and reports test
+accuracy; ``chars`` trains on random windows of the corpus and reports validation loss and accuracy
+on fixed windows of the held-out text. Every ``eval_every`` steps a history row is appended and the
+checkpoint (weights, architecture, clustering, history, optimiser and RNG state) is written
+atomically, so ``resume=True`` continues an interrupted run to the same weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphinterp.common.denormal import flush_denormals
+from graphinterp.common.files import check_writable, output_lock, resolve_device
+from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
+from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import GraphinterpError, TrainingError
+from graphinterp.training.gradsim import GradientSimilarity
+from graphinterp.training.loss import EnmeshmentLoss
+from graphinterp.clustering.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks, find_mlp_blocks
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.sources.models import build_model
+from graphinterp.data.tasks import load_corpus, modular_addition
+from graphinterp.training.train_config import TrainResult
+from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
+
+__all__ = ["TransformerConfig", "train_transformer", "task_data", "evaluate_task"]
+
+
+def task_data(config: TransformerConfig) -> Dict[str, Any]:
+    """The task's data and the model spec that fits it."""
+    if config.task == "modadd":
+        train, test = modular_addition(config.p, config.train_frac, config.data_seed)
+        kwargs = dict(vocab=config.p + 1, n_out=config.p, n_ctx=3, readout="last")
+        return {"train": train, "test": test, "kwargs": kwargs, "classes": train.classes}
+    corpus = load_corpus(config.corpus, data_dir=config.data_dir, n_ctx=config.n_ctx, max_chars=config.max_chars)
+    kwargs = dict(vocab=corpus.vocab, n_out=corpus.vocab, n_ctx=config.n_ctx, readout="all")
+    return {"corpus": corpus, "test": corpus.windows(config.n_ctx, "val", limit=config.eval_windows),
+            "kwargs": kwargs, "classes": corpus.chars}
+
+
+@torch.no_grad()
+def evaluate_task(model: nn.Module, data: Dict[str, Any], batch_size: int = 4096) -> Dict[str, float]:
+    """``{"test_loss", "test_acc"}`` on the test split (modadd) or the validation windows (chars)."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        test = data["test"]
+        x, y = (test.x, test.y) if hasattr(test, "x") else test
+        loss, correct, n = 0.0, 0, 0
+        for i in range(0, len(x), batch_size):
+            out = model(x[i:i + batch_size].to(device))
+            t = y[i:i + batch_size].to(device)
+            out, t = out.reshape(-1, out.shape[-1]), t.reshape(-1)
+            loss += float(F.cross_entropy(out, t, reduction="sum"))
+            correct += int((out.argmax(-1) == t).sum())
+            n += t.numel()
+    finally:
+        model.train(was)
+    return {"test_loss": loss / n, "test_acc": correct / n}
+
+
+def _batch(config: TransformerConfig, data, gen: torch.Generator, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    if config.task == "modadd":
+        return data["train"].x.to(device), data["train"].y.to(device)
+    x, y = data["corpus"].batch(config.batch_size, config.n_ctx, gen)
+    return x.to(device), y.to(device)
+
+
+def _cluster(model, x, config: TransformerConfig, gradsim, graph=None) -> Tuple[Clustering, Any]:
+    graph = graph if graph is not None else trace_graph(model, example=x[:2])
+    sims = gradsim.similarity() if gradsim is not None else None
+    c = cluster_mlp_blocks(graph, config.k, similarity=sims, random_state=config.seed)
+    return c, graph
+
+
+def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: bool = False,
+                      model: Optional[nn.Module] = None) -> TrainResult:
+    """Run modular training of a transformer (see the module docstring).
+
+    Parameters
+    ----------
+    config : TransformerConfig
+    checkpoint : path, optional
+        Written atomically every ``eval_every`` steps and locked while training.
+    resume : bool
+        Continue from ``checkpoint`` if it exists (same settings; ``steps`` may grow).
+    model : nn.Module, optional
+        Train this model instead of building one (then it is not saved with an architecture).
+
+    Returns
+    -------
+    TrainResult
+        ``history`` has one row per evaluation: ``step, phase, lam, loss, ce, l_e, E, E_blocks,
+        test_loss, test_acc, time``.
+
+    Examples
+    --------
+    >>> cfg = TransformerConfig(task="modadd", p=11, train_frac=0.5, d_model=16, n_heads=2, d_mlp=32, k=2,
+    ...                         warmup_steps=2, steps=2, eval_every=2, quiet=True)
+    >>> r = train_transformer(cfg)
+    >>> [row["phase"] for row in r.history], r.clustering.layer_names
+    (['warmup', 'modular'], ['blocks.0.mlp.fc_in', 'blocks.0.mlp.fc_out'])
+    """
+    config = config.validate()
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None:
+            check_writable(checkpoint)
+            stack.enter_context(output_lock(checkpoint))
+        stack.enter_context(flush_denormals())
+        return _run(config, checkpoint, resume, model)
+
+
+def _run(config: TransformerConfig, checkpoint, resume: bool, model) -> TrainResult:
+    device = resolve_device(config.device)
+    data = task_data(config)
+    torch.manual_seed(config.seed)
+    arch = None
+    if model is None:
+        arch = {"name": "transformer", "kwargs": {**data["kwargs"], **config.model_kwargs()}}
+        model = build_model(arch)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                            betas=(config.beta1, config.beta2))
+    gen = torch.Generator().manual_seed(config.seed)
+    x0, _ = _batch(config, data, torch.Generator().manual_seed(0), device)
+    graph = trace_graph(model, example=x0[:2])
+    blocks = find_mlp_blocks(graph)  # UnsupportedModelError early, before any training
+    for b in blocks:
+        if config.k > min(b.d_model, b.d_hidden):
+            raise TrainingError(f"k={config.k} is larger than MLP block {b.name!r} allows (d_model {b.d_model}, "
+                                f"d_mlp {b.d_hidden})")
+    gradsim = None
+    if config.similarity == "gradient":
+        gradsim = GradientSimilarity(model, [n for b in blocks for n in b.layers], graph=graph)
+    step, history, clustering = 0, [], None
+    if resume and checkpoint is not None:
+        step, history, clustering = _resume(checkpoint, config, arch, model, opt, gen, gradsim)
+    loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction) if clustering else None
+    if clustering is None and config.warmup_steps == 0:
+        clustering, graph = _cluster(model, x0, config, None)
+        loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
+    total = config.warmup_steps + config.steps
+    sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
+    while step < total:
+        step += 1
+        modular = step > config.warmup_steps
+        x, y = _batch(config, data, gen, device)
+        out = model(x)
+        ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+        le = loss_fn() if (modular and config.lam > 0 and loss_fn is not None) else None
+        loss = ce if le is None else torch.add(ce, le, alpha=config.lam)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if gradsim is not None and not modular:
+            gradsim.update()
+        opt.step()
+        sums["ce"] += float(ce.detach())
+        sums["n"] += 1
+        if le is not None:
+            sums["le"] += float(le.detach())
+            sums["n_le"] += 1
+        if step == config.warmup_steps:
+            clustering, graph = _cluster(model, x0, config, gradsim)
+            loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
+        if step % config.eval_every == 0 or step == total:
+            history.append(_row(config, model, data, loss_fn, clustering, step, modular, sums, start))
+            sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
+            if checkpoint is not None:
+                _save(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim)
+            if not config.quiet:
+                r = history[-1]
+                print(f"step {step}/{total} [{r['phase']}] ce {r['ce']:.4f} E {r['E'] if r['E'] is None else round(r['E'], 4)} "
+                      f"test_loss {r['test_loss']:.4f} test_acc {r['test_acc']:.4f}", flush=True)
+    final = clustering
+    if config.lam == 0 and history:
+        final, _ = _cluster(model, x0, config, None)
+        final.meta["fitted"] = "final weights"
+        refit = EnmeshmentLoss(model, final, reduction=config.reduction, graph=trace_graph(model, example=x0[:2]))
+        history[-1]["E_refit"] = refit.clusterability()
+        history[-1]["E_blocks_refit"] = block_clusterability(refit.masks, blocks_from_clustering(final))
+        if checkpoint is not None:
+            _save(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering)
+    return TrainResult(model, arch, final, history)
+
+
+def _row(config, model, data, loss_fn, clustering, step, modular, sums, start) -> Dict[str, Any]:
+    phase = ("modular" if config.lam > 0 else "train") if modular else "warmup"
+    ce = sums["ce"] / max(sums["n"], 1)
+    l_e = sums["le"] / sums["n_le"] if sums["n_le"] else (float(loss_fn().detach()) if loss_fn else None)
+    E_blocks = block_clusterability(loss_fn.masks, blocks_from_clustering(clustering)) if loss_fn else None
+    return {"step": step, "phase": phase, "lam": float(config.lam) if modular else 0.0,
+            "loss": ce + (config.lam * l_e if sums["n_le"] else 0.0), "ce": ce, "l_e": l_e,
+            "E": loss_fn.clusterability() if loss_fn else None, "E_blocks": E_blocks,
+            **evaluate_task(model, data), "time": time.perf_counter() - start}
+
+
+def _save(path, model, arch, config, history, clustering, opt, gen, step, gradsim, trained=None) -> None:
+    state = {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
+             "torch_rng": torch.get_rng_state(), "config": config.to_dict(),
+             "train_clustering": (trained or clustering).to_dict() if (trained or clustering) else None,
+             "gradsim": gradsim.state_dict() if gradsim is not None else None}
+    save_checkpoint(path, model, arch=arch, clustering=clustering.to_dict() if clustering else None,
+                    history=history, train_state=state, meta={"trainer": "graphinterp.training.train_transformer"})
+
+
+def _resume(path, config: TransformerConfig, arch, model, opt, gen, gradsim):
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return 0, [], None
+    try:
+        ckpt = load_checkpoint(path)
+        state = ckpt["train_state"] or {}
+        saved = state.get("config") or {}
+        diff = [k for k in RESUME_FIXED if saved.get(k) != config.to_dict().get(k)]
+        if diff:
+            raise TrainingError(f"cannot resume {path}: it was trained with other settings ({', '.join(diff)}); "
+                                "use the same settings or another --out")
+        if ckpt["arch"] != arch:
+            raise TrainingError(f"cannot resume {path}: it holds another architecture")
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if gradsim is not None and state.get("gradsim") is not None:
+            gradsim.load_state_dict(state["gradsim"])
+        trained = state.get("train_clustering")
+        return int(state["step"]), list(ckpt["history"]), Clustering.from_dict(trained) if trained else None
+    except GraphinterpError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise TrainingError(f"cannot resume {path}: it is not a transformer training checkpoint ({err})") from None

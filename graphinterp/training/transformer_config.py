@@ -1,0 +1,135 @@
+"""Settings of a transformer training run (:class:`TransformerConfig`) and each task's defaults.
+
+Defaults per task (``None`` fields are filled from :data:`TASK_DEFAULTS` by :meth:`TransformerConfig.validate`):
+
+========  ==================================================================================
+modadd    p = 113, 30% of the pairs train (Nanda et al.); 1 layer, d_model 128, 4 heads,
+          d_mlp 512, ReLU, no LayerNorm; AdamW lr 3e-3, weight decay 1, betas (0.9, 0.98),
+          full batch; weights and embeddings drawn N(0, 1/d_model); AdamW lr 1e-2 (not 1e-3:
+          it generalises within ~500 steps instead of thousands, see benchmarks/README.md)
+chars     windows of 32 characters, batches of 32; 2 layers, d_model 64, 4 heads, d_mlp 256,
+          ReLU, pre-LayerNorm; AdamW lr 3e-3, weight decay 0.1, betas (0.9, 0.98); 100 + 500 steps
+========  ==================================================================================
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Optional
+
+from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
+from graphinterp.training.loss import REDUCTIONS
+from graphinterp.data.tasks import TASKS
+from graphinterp.training.train_config import LAMBDA_MAX, LR_MAX, SEED_MAX, SIMILARITIES
+
+__all__ = ["TransformerConfig", "TASK_DEFAULTS", "RESUME_FIXED"]
+
+TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "modadd": dict(warmup_steps=200, steps=600, lr=1e-2, weight_decay=1.0, n_layers=1, layernorm=False,
+                   eval_every=100, init_std=128 ** -0.5, d_model=128, d_mlp=512),
+    "chars": dict(warmup_steps=100, steps=500, lr=3e-3, weight_decay=0.1, n_layers=2, layernorm=True,
+                  eval_every=100, init_std=None, d_model=64, d_mlp=256),
+}
+#: Settings a resumed run must share with the checkpoint.
+RESUME_FIXED = ("task", "k", "lam", "warmup_steps", "lr", "weight_decay", "beta1", "beta2", "similarity",
+                "reduction", "seed", "p", "train_frac", "data_seed", "n_ctx", "batch_size", "d_model", "n_heads",
+                "d_mlp", "n_layers", "layernorm", "act", "init_std", "max_chars")
+
+
+@dataclass
+class TransformerConfig:
+    """Everything that defines a transformer training run (``None``: the task's default)."""
+
+    task: str = "modadd"
+    k: int = 4
+    lam: float = 20.0
+    warmup_steps: Optional[int] = None
+    steps: Optional[int] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    beta1: float = 0.9
+    beta2: float = 0.98
+    similarity: str = "weight"
+    reduction: str = "mean"
+    seed: int = 0
+    device: str = "auto"
+    eval_every: Optional[int] = None
+    # model
+    d_model: Optional[int] = None
+    n_heads: int = 4
+    d_mlp: Optional[int] = None
+    n_layers: Optional[int] = None
+    act: str = "relu"
+    layernorm: Optional[bool] = None
+    init_std: Optional[float] = None
+    # modadd
+    p: int = 113
+    train_frac: float = 0.3
+    data_seed: int = 0
+    # chars
+    corpus: Optional[str] = None
+    data_dir: Optional[str] = None
+    n_ctx: int = 32
+    batch_size: int = 32
+    max_chars: Optional[int] = None
+    eval_windows: int = 256
+    quiet: bool = False
+
+    def validate(self) -> "TransformerConfig":
+        """Fill the task's defaults; raise :class:`TrainingError` / :class:`ClusteringError` on a bad value."""
+        if self.task not in TASKS:
+            raise TrainingError(f"unknown transformer task {self.task!r}; choose one of {', '.join(TASKS)}")
+        explicit_init = self.init_std is not None
+        for key, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, key) is None and not (key == "init_std" and explicit_init):
+                setattr(self, key, value)
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
+            raise ClusteringError(f"k must be an integer >= 2, got {self.k!r}")
+        lam = self.lam
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or not 0 <= lam <= LAMBDA_MAX:
+            raise TrainingError(f"lambda must be a finite number in 0..{LAMBDA_MAX:g}, got {lam!r}")
+        for name, low in (("warmup_steps", 0), ("steps", 0), ("seed", 0), ("eval_every", 1), ("d_model", 1),
+                          ("n_heads", 1), ("d_mlp", 1), ("n_layers", 1), ("p", 2), ("data_seed", 0), ("n_ctx", 2),
+                          ("batch_size", 1), ("eval_windows", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise TrainingError(f"{name} must be an integer >= {low}, got {v!r}")
+        if self.seed > SEED_MAX:
+            raise TrainingError(f"seed must lie in 0..{SEED_MAX}, got {self.seed!r}")
+        if self.warmup_steps + self.steps < 1:
+            raise TrainingError("warmup_steps + steps must be at least 1")
+        if self.d_model % self.n_heads:
+            raise TrainingError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        for name, low, high in (("lr", 0.0, LR_MAX), ("weight_decay", -1e-12, 1e3), ("beta1", -1e-12, 1.0),
+                                ("beta2", -1e-12, 1.0), ("train_frac", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
+                raise TrainingError(f"{name} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
+        if self.similarity not in SIMILARITIES:
+            raise TrainingError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+        if self.similarity == "gradient" and self.warmup_steps < 1:
+            raise TrainingError("gradient-based clustering needs warmup_steps >= 1 to accumulate gradients")
+        if self.reduction not in REDUCTIONS:
+            raise TrainingError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.act not in ("relu", "gelu"):
+            raise TrainingError(f"act must be 'relu' or 'gelu', got {self.act!r}")
+        from graphinterp.common.files import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except GraphinterpError as err:
+            raise TrainingError(str(err)) from None
+        return self
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of :func:`graphinterp.sources.transformer.transformer` set by this config."""
+        return dict(d_model=self.d_model, n_heads=self.n_heads, d_mlp=self.d_mlp, n_layers=self.n_layers,
+                    act=self.act, layernorm=bool(self.layernorm), init_std=self.init_std)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TransformerConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
