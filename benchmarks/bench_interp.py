@@ -42,7 +42,7 @@ from graphinterp.interpret.circuits import Schedule, Tolerance, extract_circuits
 from graphinterp.clustering.cluster import Clustering  # noqa: E402
 from graphinterp.data.datasets import load_dataset  # noqa: E402
 from graphinterp.interpret.evaluation import class_accuracy, load_runnable  # noqa: E402
-from graphinterp.interpret.pruning import label_task  # noqa: E402
+from graphinterp.interpret.label_tasks import label_task  # noqa: E402
 from graphinterp.common.seeds import deterministic, parse_seeds, summarize  # noqa: E402
 
 from _shared_data import shared_datasets_dir  # noqa: E402

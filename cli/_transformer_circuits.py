@@ -61,12 +61,12 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
 
 def extract_transformer(path: str, ckpt: Dict[str, Any], data: TransformerData, labels, kwargs: Dict[str, Any]):
     """``(None, clustering or None, circuits)`` of one transformer checkpoint."""
-    from graphinterp import Clustering
+    from graphinterp import stored_clustering
     from graphinterp import build_model
     from graphinterp import extract_transformer_circuits
 
     net = build_model(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
-    clustering = Clustering.from_dict(ckpt["clustering"]) if ckpt.get("clustering") else None
+    clustering = stored_clustering(ckpt.get("clustering"))
     circuits = extract_transformer_circuits(net, data.x, data.y, labels, label_names=data.classes, **kwargs)
     return None, clustering, circuits

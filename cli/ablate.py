@@ -112,7 +112,7 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     clusters of its MLP blocks ON / OFF (hidden units zeroed); --k K clusters every MLP block now.
     """
     from graphinterp import ablate, ablation_matrix, class_accuracy
-    from graphinterp import Clustering, cluster_network
+    from graphinterp import cluster_network, stored_clustering
     from graphinterp import ClusteringError
     from graphinterp import load_runnable
 
@@ -149,7 +149,7 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
                                      random_state=seed)
         source = f"clustered now (k={k}, network-wide BSGC)"
     elif loaded.clustering:
-        clustering = Clustering.from_dict(loaded.clustering).validate(graph)
+        clustering = stored_clustering(loaded.clustering, graph)
         source = "stored in the checkpoint"
     else:
         raise ClusteringError(f"{model} holds no clustering; pass --k K to cluster it now, or use a modular checkpoint "
@@ -220,8 +220,7 @@ def torch_load(path):
 
 def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, plot_path, as_json) -> None:
     from graphinterp import validate_checkpoint
-    from graphinterp import Clustering
-    from graphinterp import ClusteringError
+    from graphinterp import ClusteringError, stored_clustering
     from graphinterp import cluster_mlp_blocks
     from graphinterp import trace_graph
     from graphinterp import build_model
@@ -252,7 +251,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, p
         clustering = cluster_mlp_blocks(trace_graph(net, example=x[:2]), k, random_state=seed)
         source = f"clustered now (k={k}, BSGC per MLP block)"
     elif ckpt["clustering"]:
-        clustering = Clustering.from_dict(ckpt["clustering"])
+        clustering = stored_clustering(ckpt["clustering"])
         source = "stored in the checkpoint"
     else:
         raise ClusteringError(f"{path} holds no clustering; pass --k K to cluster its MLP blocks now")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from graphinterp import analyze, clusterability_report, Clustering, graph_structure, load_graph
+from graphinterp import analyze, clusterability_report, graph_structure, load_graph, stored_clustering
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, check_layers, check_output_path, emit_json, format_table, json_option, layers_option,
     parse_k_values, parse_layers, seed_option, trust_pickle_option,
@@ -70,8 +70,8 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
     result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
                      progress=len(ks) > 1 and not as_json)
     stored = None
-    if loaded.clustering:
-        clustering = Clustering.from_dict(loaded.clustering).validate(graph)
+    clustering = stored_clustering(loaded.clustering, graph)
+    if clustering is not None:
         stored = clusterability_report(graph, clustering)
     if plot_path:
         from graphinterp import plot_clusterability_vs_k

@@ -56,13 +56,11 @@ def _bar_plot(circuits, title: str, out: str) -> None:
 
 
 def _extract(path, data, labels, trust_pickle, kwargs):
-    from graphinterp import extract_circuits
-    from graphinterp import Clustering
-    from graphinterp import load_runnable
+    from graphinterp import extract_circuits, load_runnable, stored_clustering
 
     loaded, net, graph = load_runnable(path, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     check_outputs(graph, data, path)
-    clustering = Clustering.from_dict(loaded.clustering).validate(graph) if loaded.clustering else None
+    clustering = stored_clustering(loaded.clustering, graph)
     return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs)
 
 
@@ -140,8 +138,7 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     attention, embeddings and the unembedding are kept whole, and the ECS is over the MLP weights.
     Character LMs (chars) are not supported.
     """
-    from graphinterp import Schedule, Tolerance, cluster_share
-    from graphinterp import CircuitComparison
+    from graphinterp import CircuitComparison, Schedule, Tolerance, cluster_share
 
     labels = parse_labels(labels_text)
     inputs = (model, other)
@@ -189,12 +186,8 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
             graph_b, clustering_b, circuits_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
         else:
             graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs)
-        keys = sorted(circuits)
-        import numpy as np
-
-        comparison = CircuitComparison(keys, [circuits[c].label_name for c in keys],
-                                       np.array([circuits_b[c].ecs for c in keys]), np.array([circuits[c].ecs for c in keys]),
-                                       (_stem(other), _stem(model)), circuits_b, circuits)
+        # a: the --compare model (e.g. the unclustered baseline), b: MODEL; changes are reported a -> b
+        comparison = CircuitComparison.from_circuits(circuits_b, circuits, names=(_stem(other), _stem(model)))
         if graphml_dir:
             written += _write_graphml(graphml_dir, _stem(other), graph_b, clustering_b, circuits_b)
     if plot_path:

@@ -5,12 +5,14 @@ import click
 
 from graphinterp import (
     cluster_layers,
+    check_k,
     cluster_network,
-    Clustering,
     ClusteringError,
     export_graphml,
     graph_structure,
+    live_sizes,
     load_graph,
+    stored_clustering,
 )
 from graphinterp.cli._common import (
     FiniteFloat, check_layers, check_output_path, emit_json, json_option, layers_option, parse_layers, seed_option,
@@ -75,14 +77,16 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     clustering = network = None
     note = ""
     if use_stored:
-        if not loaded.clustering:
+        clustering = stored_clustering(loaded.clustering, graph)
+        if clustering is None:
             raise click.UsageError(f"{model} holds no stored clustering; drop --stored to cluster with --k")
-        clustering = Clustering.from_dict(loaded.clustering).validate(graph)
         if clustering.network_wide:
             network = clustering
         elif shared and not per_layer:
             network, note = _network(graph, clustering.k, clustering.layer_names, seed)
     else:
+        if names:
+            check_k(k, graph, names)  # the layers asked for must all fit k
         chosen = names or _clusterable(graph, k)
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed)
@@ -135,9 +139,5 @@ def _network(graph, k: int, names, seed: int):
 
 def _clusterable(graph, k: int):
     """Layers with at least k non-isolated nodes on both sides (others keep label -1)."""
-    keep = []
-    for layer in graph:
-        sq = layer.squared()
-        if min(int((sq.sum(1) > 0).sum()), int((sq.sum(0) > 0).sum())) >= k:
-            keep.append(layer.name)
+    keep = [layer.name for layer in graph if min(live_sizes(layer)) >= k]
     return keep or None

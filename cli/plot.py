@@ -5,7 +5,7 @@ from typing import Optional
 
 import click
 
-from graphinterp import BSGC, Clustering, ClusteringError, graph_with_fallback
+from graphinterp import BSGC, ClusteringError, graph_with_fallback, stored_clustering
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, check_output_path, check_title, plain_text, seed_option, trust_pickle_option,
 )
@@ -66,10 +66,9 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
         raise ClusteringError(
             f"no layer named {layer_name!r} in {model}; layers are {', '.join(graph.layer_names)}") from None
     labels, origin = None, ""
-    if loaded.clustering:
-        clustering = Clustering.from_dict(loaded.clustering)
+    clustering = stored_clustering(loaded.clustering, graph)
+    if clustering is not None:
         if layer_name in clustering.layer_names and (k is None or k == clustering.k):
-            clustering.validate(graph)
             labels, origin = clustering.labels(layer_name), f"stored clustering, k={clustering.k}"
     if labels is None:
         k = 4 if k is None else k

@@ -37,6 +37,10 @@ _EXPORTS = {
     "check_device": "common.distributed", "check_writable": "common.files", "deterministic": "common.seeds",
     "flush_denormals": "common.denormal", "launch_from_env": "common.distributed",
     "process_group": "common.distributed", "resolve_device": "common.files", "summarize": "common.seeds",
+    "MAX_RANGE_VALUES": "common.text",
+    "format_table": "common.text",
+    "parse_int_ranges": "common.text",
+    "parse_k_values": "common.text",
     # data: datasets and tasks
     "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "TASKS": "data.tasks",
     "load_corpus": "data.tasks", "load_dataset": "data.datasets",
@@ -57,6 +61,9 @@ _EXPORTS = {
     "clusterability_report": "clustering.metrics", "fit_batch": "clustering.bsgc",
     "load_graph": "clustering.analysis", "random_partition_expectation": "clustering.metrics",
     "shuffle_test": "clustering.significance", "within_share": "clustering.metrics",
+    "check_k": "clustering.validation",
+    "live_sizes": "clustering.validation",
+    "stored_clustering": "clustering.labels",
     # training: training for modularity
     "EnmeshmentLoss": "training.loss", "GradientSimilarity": "training.gradsim",
     "SIMILARITIES": "training.train", "TrainConfig": "training.train", "TrainResult": "training.train",
@@ -65,14 +72,14 @@ _EXPORTS = {
     "parameter_masks": "training.masks", "task_data": "training.train_transformer", "train": "training.train",
     "train_transformer": "training.train_transformer",
     # interpret: interpretability: ablation and circuits
-    "Circuit": "interpret.circuits", "CircuitComparison": "interpret.circuits",
+    "Circuit": "interpret.circuits", "CircuitComparison": "interpret.circuit_compare",
     "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
     "ablation_matrix": "interpret.ablate", "class_accuracy": "interpret.ablate",
-    "cluster_share": "interpret.circuits", "compare_circuits": "interpret.circuits",
+    "cluster_share": "interpret.circuit_compare", "compare_circuits": "interpret.circuits",
     "extract_circuit": "interpret.circuits", "extract_circuits": "interpret.circuits",
-    "extract_transformer_circuits": "interpret.transformer_circuits", "load_runnable": "interpret.evaluation",
-    "onoff_matrix": "interpret.transformer_eval", "run_with_ablation": "interpret.ablate",
-    "specialisation": "interpret.transformer_eval",
+    "extract_transformer_circuits": "interpret.transformer_circuits", "interventions": "interpret.interventions",
+    "load_runnable": "interpret.evaluation", "onoff_matrix": "interpret.transformer_eval",
+    "run_with_ablation": "interpret.ablate", "specialisation": "interpret.transformer_eval",
     # reports: output, figures and benchmarks
     "ModelSource": "reports.benchmarking", "export_graphml": "reports.io",
     "format_report": "reports.benchmark_report", "graph_with_fallback": "reports.benchmarking",
@@ -80,6 +87,7 @@ _EXPORTS = {
     "plot_clustered_layer": "reports.viz", "plot_ecs_comparison": "reports.viz",
     "run_benchmark": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io",
     "write_json": "reports.io", "write_report": "reports.benchmark_report",
+    "json_default": "reports.io",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "LAYERS"]

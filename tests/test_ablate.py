@@ -284,3 +284,66 @@ def test_level_means_and_ablate_leave_no_hooks():
         pass
     for m in model:
         assert not m._forward_hooks and not m._forward_pre_hooks, m
+
+
+# ----------------------------------------------------------------------------- the one primitive
+def _tiny():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_interventions_undo_everything_when_the_body_raises():
+    from graphinterp.interpret.interventions import interventions
+
+    model = _tiny()
+    graph = LayeredGraph.from_module(model)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seen = []
+    with pytest.raises(RuntimeError, match="stop"):
+        with interventions(model, graph, edge_masks={"2": torch.zeros(2, 4, dtype=torch.bool)},
+                           neurons={"0": [1, 2]}) as iv:
+            iv.record("input", seen.append)
+            iv.override(model[0], lambda: None)
+            assert not no_hooks(model) and "forward" in model[0].__dict__
+            assert float(model[2].weight.detach().abs().sum()) == 0.0
+            model(torch.ones(1, 3))
+            raise RuntimeError("stop")
+    assert len(seen) == 1 and not iv.active
+    assert no_hooks(model) and "forward" not in model[0].__dict__
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_ablate_level_means_and_evaluation_match_a_hand_computed_forward():
+    from graphinterp.interpret.circuit_eval import TaskEvaluator
+    from graphinterp.interpret.edges import edge_layers
+    from graphinterp.interpret.label_tasks import LabelTask, task_terms
+
+    model = _tiny()
+    graph = LayeredGraph.from_module(model)
+    x = torch.randn(16, 3)
+    w1, b1, w2, b2 = (p.detach().clone() for p in (model[0].weight, model[0].bias, model[2].weight, model[2].bias))
+    h = torch.relu(x @ w1.T + b1)
+    with torch.no_grad():
+        # zero ablation of hidden neurons 0 and 3 (read by layer "2")
+        keep = torch.tensor([0.0, 1.0, 1.0, 0.0])
+        assert torch.allclose(run_with_ablation(model, graph, {"0": [0, 3]}, x), (h * keep) @ w2.T + b2, atol=1e-6)
+        # mean ablation of input 1 with the means of the data itself
+        means = level_means(model, graph, x)
+        assert torch.allclose(means["input"], x.mean(0), atol=1e-6) and torch.allclose(means["0"], h.mean(0), atol=1e-6)
+        assert torch.allclose(means["2"], (h @ w2.T + b2).mean(0), atol=1e-6)
+        xm = x.clone()
+        xm[:, 1] = x[:, 1].mean()
+        with ablate(model, graph, {"input": [1]}, mode="mean", reference=x):
+            assert torch.allclose(model(x), torch.relu(xm @ w1.T + b1) @ w2.T + b2, atol=1e-5)
+    # a circuit: edges pruned in both layers, evaluated incrementally and by a full forward pass
+    y = (h @ w2.T + b2).argmax(1)
+    task = LabelTask(0, x, y == 0)
+    layers = edge_layers(model, graph)
+    masks = {"0": torch.rand(4, 3) > 0.3, "2": torch.rand(2, 4) > 0.3}
+    logits = torch.relu(x @ (w1 * masks["0"]).T + b1) @ (w2 * masks["2"]).T + b2
+    hit, loss = task_terms(logits, 0, task.positive)
+    want = (float(task.weights() @ hit.double()), float(task.weights() @ loss.double()))
+    for incremental in (True, False):
+        ev = TaskEvaluator(model, layers, task, modules=[model[0], model[2]], incremental=incremental)
+        assert ev(masks) == pytest.approx(want, abs=1e-6)
+    assert torch.equal(model[0].weight, w1) and no_hooks(model) and "forward" not in model[0].__dict__

@@ -15,7 +15,7 @@ from graphinterp.reports.benchmark_report import format_report
 from graphinterp.reports.benchmarking import ModelSource, benchmark_graph, load_source, run_benchmark
 from graphinterp.sources.checkpoint import save_checkpoint
 from graphinterp.cli.main import cli
-from graphinterp.common.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
+from graphinterp.common.errors import ClusteringError, InvalidWeightsError, ModelFileError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.sources.models import mlp
 
@@ -87,6 +87,27 @@ def test_benchmark_json_output_matches_the_file(two_checkpoints, tmp_path):
     assert printed["models"][0]["name"] == "random"
     assert printed["models"] == json.loads((out / "benchmark.json").read_text())["models"]
     assert not list(out.glob("*.png"))
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_load_source_and_graph_with_fallback_are_one_path(two_checkpoints, layerwise):
+    """A model file's graph, structure and notes are the same whichever entry point built them."""
+    from graphinterp.reports.benchmarking import graph_with_fallback
+    from graphinterp.sources.loading import load_model_file
+
+    a = load_source(ModelSource(path=str(two_checkpoints[1])), layerwise=layerwise)
+    b = graph_with_fallback(load_model_file(two_checkpoints[1]), layerwise=layerwise)
+    assert a[1:] == b[1:] and a[1] == ("layerwise" if layerwise else "chained")
+    assert a[0].layer_names == b[0].layer_names
+
+
+def test_every_k_follows_check_k(two_checkpoints):
+    for ks, kwargs, match in (([1, 2], {}, "at least 2"), ([2.5], {}, "integer"), ([2], {"significance_k": 1}, "at least 2"),
+                              ([], {}, "at least one k")):
+        with pytest.raises(ClusteringError, match=match):
+            run_benchmark([ModelSource(path=str(two_checkpoints[1]))], ks, n_shuffles=0, **kwargs)
+        with pytest.raises(ClusteringError, match=match):
+            benchmark_graph(LayeredGraph.from_module(mlp(4, [3], 2)), ks, **{"significance_k": None, **kwargs})
 
 
 def test_scores_agree_with_the_metrics(two_checkpoints):

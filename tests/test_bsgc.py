@@ -9,11 +9,12 @@ from sklearn.cluster import KMeans, SpectralCoclustering
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from graphinterp.clustering.bsgc import (BSGC, _normalized_svd, cluster_mass, fit_batch, fit_k_range, match_clusters,
-                              normalize_bipartite, randomized_svd)
+from graphinterp.clustering.bsgc import (BSGC, cluster_mass, fit_batch, fit_k_range, match_clusters, normalize_bipartite,
+                                         randomized_svd)
 from graphinterp.clustering.kmeans_batch import batched_kmeans
 from graphinterp.common.errors import ClusteringError, InvalidWeightsError
 from graphinterp.clustering.metrics import clusterability
+from graphinterp.clustering.spectral import _normalized_svd
 
 SEEDS = range(3)
 
@@ -272,11 +273,83 @@ def test_dead_neurons_in_a_randomized_svd_sized_layer():
                                np.r_[est.row_labels_[live_r], est.column_labels_[live_c]]) == 1.0
 
 
-@pytest.mark.parametrize("k", [1, 0, 17, 2.5])
-def test_k_out_of_range(k):
+def test_k_out_of_range():
     A = np.abs(np.random.default_rng(0).standard_normal((16, 20)))
     with pytest.raises(ClusteringError, match="out of range"):
-        BSGC(k).fit(A)
+        BSGC(17).fit(A)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(n_clusters=1), "'n_clusters' parameter of BSGC must be an int in the range \\[2, inf\\)"),
+    (dict(n_clusters=0), "'n_clusters'.*Got 0"),
+    (dict(n_clusters=2.5), "'n_clusters'.*Got 2.5"),
+    (dict(n_clusters="4"), "'n_clusters'"),
+    (dict(pairing="bogus"), "'pairing' parameter of BSGC must be a str among .*'joint'.*Got 'bogus'"),
+    (dict(n_init=0), "'n_init'"),
+    (dict(n_components=0), "'n_components'"),
+    (dict(n_iter=-1), "'n_iter'"),
+    (dict(random_state="seed"), "'random_state'"),
+])
+def test_invalid_parameters_raise_at_fit_not_at_construction(params, message):
+    """scikit-learn's contract: __init__ stores anything; fit (and fit_predict) validate, with one clear line."""
+    A = np.abs(np.random.default_rng(0).standard_normal((16, 20)))
+    est = BSGC(**params)  # no error here
+    assert all(est.get_params()[key] is value for key, value in params.items())
+    for method in (est.fit, est.fit_predict):
+        with pytest.raises(ClusteringError, match=message) as info:
+            method(A)
+        assert "\n" not in str(info.value)
+
+
+def test_fit_k_range_and_fit_batch_validate_their_settings():
+    A = np.abs(np.random.default_rng(0).standard_normal((16, 20)))
+    with pytest.raises(ClusteringError, match="'pairing'"):
+        fit_k_range(A, [2, 3], pairing="bogus")
+    with pytest.raises(ClusteringError, match="'n_init'"):
+        fit_batch(A[None], 2, [0], n_init=0)
+    with pytest.raises(ClusteringError, match="'n_clusters'"):
+        fit_batch(A[None], 1, [0])
+
+
+def test_scikit_learn_estimator_surface():
+    """get_params / set_params / clone round trip, repr, and the bicluster accessors."""
+    from sklearn.base import clone
+
+    params = dict(n_clusters=3, pairing="matched", n_components=4, n_init=5, n_iter=2, random_state=7)
+    est = BSGC(**params)
+    assert est.get_params() == params
+    assert repr(BSGC(3, pairing="matched", random_state=7)) == "BSGC(n_clusters=3, pairing='matched', random_state=7)"
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == params
+    assert est.set_params(n_clusters=2, pairing="joint") is est and est.n_clusters == 2 and est.pairing == "joint"
+    assert clone(est).get_params() == {**params, "n_clusters": 2, "pairing": "joint"}
+    # a clone fits exactly like the original, and an unfitted clone carries no fitted state
+    W, rows, cols = planted([10, 12, 8], [9, 6, 11], seed=0)
+    A = np.abs(W)
+    fitted = BSGC(3, random_state=0).fit(A)
+    again = clone(fitted)
+    assert not hasattr(again, "row_labels_")
+    again.fit(A)
+    assert np.array_equal(again.row_labels_, fitted.row_labels_)
+    assert np.array_equal(again.column_labels_, fitted.column_labels_)
+
+
+def test_get_indices_shape_and_submatrix():
+    W, rows, cols = planted([10, 12, 8], [9, 6, 11], seed=0)
+    A = np.abs(W)
+    A[0] = 0.0  # an isolated row is in no bicluster
+    est = BSGC(3, random_state=0).fit(A)
+    assert est.rows_.shape == (3, 30) and est.columns_.shape == (3, 26)
+    assert not est.rows_[:, 0].any()
+    for i in range(3):
+        r, c = est.get_indices(i)
+        assert np.array_equal(r, np.flatnonzero(est.row_labels_ == i))
+        assert np.array_equal(c, np.flatnonzero(est.column_labels_ == i))
+        assert est.get_shape(i) == (len(r), len(c))
+        assert np.array_equal(est.get_submatrix(i, A), A[np.ix_(r, c)])
+    assert sum(len(est.get_indices(i)[0]) for i in range(3)) == 29
+    row_ind, col_ind = est.biclusters_
+    assert row_ind is est.rows_ and col_ind is est.columns_
 
 
 def test_k_out_of_range_counts_only_live_nodes():
@@ -384,14 +457,14 @@ def test_kmeans_ties_go_to_the_lower_label():
 
 
 def test_best_restart_is_the_lowest_inertia():
-    from graphinterp.clustering.bsgc import _best_inertia
+    from graphinterp.clustering.pairing import _best_inertia
 
     labels = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 0, 0]])
     assert _best_inertia(labels, torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)).tolist() == [0, 1, 1]
 
 
 def test_repair_never_empties_the_cluster_it_takes_from():
-    from graphinterp.clustering.bsgc import _repair
+    from graphinterp.clustering.pairing import _repair
 
     labels = np.array([0, 0, 1])  # cluster 2 is empty; node 2 (alone in cluster 1) would be the cheapest move
     gain = np.array([[5.0, 0.0, 1.0], [5.0, 0.0, 2.0], [0.0, 1.0, 1.0]])

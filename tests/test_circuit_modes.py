@@ -12,7 +12,8 @@ from torch import nn
 
 from graphinterp.interpret.circuits import Schedule, Tolerance, extract_circuit, extract_circuits
 from graphinterp.common.errors import DataError
-from graphinterp.interpret.pruning import edge_layers, label_task
+from graphinterp.interpret.edges import edge_layers
+from graphinterp.interpret.label_tasks import label_task
 
 from _interp_helpers import digits_checkpoint, run_cli
 
@@ -145,12 +146,12 @@ def test_sequential_pass_in_batches_equals_one_by_one():
 def _removable_edges(model, circuit, task, tol):
     """Kept edges whose single removal keeps the circuit within tolerance (brute force)."""
     from graphinterp.graph.layered import LayeredGraph
-    from graphinterp.interpret.pruning import apply_masks
+    from graphinterp.interpret.interventions import interventions
 
     graph = LayeredGraph.from_module(model)
 
     def metrics(masks):
-        with apply_masks(model, masks, graph), torch.no_grad():
+        with interventions(model, graph, edge_masks=masks), torch.no_grad():
             return task.metrics(model(task.x))
 
     found = 0

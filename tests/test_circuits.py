@@ -9,12 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.interpret.circuits import (Circuit, CircuitComparison, Schedule, Tolerance, cluster_share, compare_circuits,
-                                  extract_circuits)
+from graphinterp.interpret.circuit_compare import CircuitComparison, cluster_share
+from graphinterp.interpret.circuits import Circuit, Schedule, Tolerance, compare_circuits, extract_circuits
 from graphinterp.clustering.cluster import Clustering
 from graphinterp.common.errors import DataError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.pruning import apply_masks, circuit_size, edge_layers, label_task
+from graphinterp.interpret.ecs import circuit_size
+from graphinterp.interpret.edges import edge_layers
+from graphinterp.interpret.interventions import interventions
+from graphinterp.interpret.label_tasks import label_task
 
 from _interp_helpers import digits_checkpoint, run_cli
 
@@ -119,7 +122,7 @@ def test_ecs_arithmetic_linear_and_conv():
     # masks applied in place zero whole kernels and are undone even after an error
     before = model[0].weight.detach().clone()
     with pytest.raises(RuntimeError):
-        with apply_masks(model, masks, graph):
+        with interventions(model, graph, edge_masks=masks):
             assert bool((model[0].weight[~masks["0"]] == 0).all())
             raise RuntimeError("stop")
     assert torch.equal(model[0].weight, before)
@@ -233,6 +236,36 @@ def test_cli_circuits_compare_table(checkpoints, tmp_path):
     assert (tmp_path / "cmp.png").stat().st_size > 0
 
 
+def test_cli_circuits_compare_json_orders_a_and_b(checkpoints):
+    """a is the --compare model, b is MODEL: each side's ECS must be its own circuits' ECS."""
+    modular, plain = checkpoints
+    res = run_cli(["circuits", modular, "--compare", plain, "--dataset", "digits", "--labels", "1-2", "--device", "cpu",
+                   "--max-evals", "60", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    cmp = payload["compare"]
+    assert cmp["names"] == ["plain", "modular"] and cmp["model"].endswith("plain.pt")
+    assert cmp["ecs_a"] == [c["ecs"] for c in cmp["circuits"]]
+    assert cmp["ecs_b"] == [c["ecs"] for c in payload["circuits"]]
+    assert cmp["ecs_a"] != cmp["ecs_b"]  # the two models differ, so a swap would show
+
+
+def test_comparison_from_circuits_keeps_a_and_b():
+    from graphinterp.interpret.ecs import CircuitSize
+
+    def circuit(label, ecs):
+        return Circuit(label, str(label), {}, CircuitSize(ecs, ecs, {}, {}, 0, 0, 0, 0), 1.0, 0.0, 1.0, 0.0, 1, 1)
+
+    a, b = {1: circuit(1, 0.4), 0: circuit(0, 0.2)}, {0: circuit(0, 0.1), 1: circuit(1, 0.8)}
+    comp = CircuitComparison.from_circuits(a, b, names=("base", "mod"))
+    assert comp.labels == [0, 1] and comp.names == ("base", "mod")
+    assert comp.ecs_a.tolist() == [0.2, 0.4] and comp.ecs_b.tolist() == [0.1, 0.8]
+    assert comp.relative_change.tolist() == pytest.approx([-0.5, 1.0])
+    assert comp.circuits_a is not b and comp.circuits_a[1].ecs == 0.4
+    with pytest.raises(DataError, match="not in mod"):
+        CircuitComparison.from_circuits(a, {0: b[0]}, names=("base", "mod"))
+
+
 def test_cli_circuits_bad_label(checkpoints):
     modular, _ = checkpoints
     res = run_cli(["circuits", modular, "--dataset", "digits", "--labels", "12", "--device", "cpu"])
@@ -243,7 +276,7 @@ def test_cli_circuits_bad_label(checkpoints):
 
 def test_incremental_first_layer_matches_plain_evaluation():
     from graphinterp.interpret.circuit_search import TaskEvaluator
-    from graphinterp.interpret.hooks import module_of
+    from graphinterp.interpret.interventions import module_of
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
@@ -257,7 +290,7 @@ def test_incremental_first_layer_matches_plain_evaluation():
     plain = TaskEvaluator(model, layers, task, modules=mods, batch_size=32, incremental=False)
     assert fast.first is not None and plain.first is None
     flat = torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool)
-    from graphinterp.interpret.pruning import flat_masks
+    from graphinterp.interpret.edges import flat_masks
 
     masks = flat_masks(layers, flat)
     gen = torch.Generator().manual_seed(1)
@@ -280,8 +313,8 @@ def test_incremental_layer_after_convolutions_matches_plain_evaluation():
     """CNN: fc1 is evaluated incrementally from the captured conv features; changes to conv kernels
     fall back to a full pass and, when accepted, re-capture those features."""
     from graphinterp.interpret.circuit_search import TaskEvaluator
-    from graphinterp.interpret.hooks import module_of
-    from graphinterp.interpret.pruning import flat_masks
+    from graphinterp.interpret.interventions import module_of
+    from graphinterp.interpret.edges import flat_masks
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
@@ -339,8 +372,9 @@ def test_evaluator_values_and_gradients_are_the_task_weighted_ones(incremental):
     import copy
 
     from graphinterp.interpret.circuit_search import TaskEvaluator
-    from graphinterp.interpret.hooks import module_of
-    from graphinterp.interpret.pruning import flat_masks, task_terms
+    from graphinterp.interpret.interventions import module_of
+    from graphinterp.interpret.edges import flat_masks
+    from graphinterp.interpret.label_tasks import task_terms
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
@@ -376,7 +410,7 @@ def test_evaluator_values_and_gradients_are_the_task_weighted_ones(incremental):
 @pytest.mark.parametrize("positives_only", [True, False])
 def test_batched_task_metrics_equal_the_tasks_own(positives_only):
     from graphinterp.interpret.circuit_batch import TaskMetrics
-    from graphinterp.interpret.pruning import LabelTask
+    from graphinterp.interpret.label_tasks import LabelTask
 
     gen = torch.Generator().manual_seed(0)
     n = 40

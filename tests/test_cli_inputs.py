@@ -291,6 +291,44 @@ def test_malformed_stored_clustering_is_refused(tmp_path, record, why):
     assert not (tmp_path / "g.graphml").exists()
 
 
+@pytest.mark.parametrize("record, why", [
+    ({"k": 2, "layers": [{"name": "fc2", "rows": [0.0, 1.0] * 6, "cols": [0, 1] * 6}]}, "got float64"),
+    ({"k": "2", "layers": [{"name": "fc2", "rows": [0, 1] * 6, "cols": [0, 1] * 6}]}, "k must be an integer >= 2, got '2'"),
+])
+def test_every_command_reads_a_stored_clustering_the_same_way(tmp_path, record, why):
+    """analyze, export, ablate and plot read a stored clustering through one function: one identical line."""
+    path = _checkpoint_with_clustering(tmp_path / "bad.pt", record)
+    lines = {one_error(invoke("analyze", path)),
+             one_error(invoke("export", path, tmp_path / "g.graphml", "--stored")),
+             one_error(invoke("ablate", path, "--device", "cpu", "--limit", "20")),
+             one_error(invoke("plot", "layer", path, "--layer", "fc2", "--out", tmp_path / "f.png"))}
+    assert len(lines) == 1 and why in lines.pop()
+
+
+def test_k_above_the_non_isolated_nodes_gives_one_message_in_analyze_export_and_train(tmp_path):
+    """One rule for k: the non-isolated nodes on each side of each clustered layer; the message names the layer."""
+    from graphinterp.sources.specs import default_spec
+
+    spec = default_spec("digits", "mlp")
+    torch.manual_seed(0)
+    model = build_model(spec)
+    n = model.fc2.weight.shape[0]
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, arch=spec)
+    expected = (f"error: k={n + 1} is out of range for layer 'fc2': it has {n} non-isolated inputs and {n} "
+                f"non-isolated outputs; use 2 <= k <= {n}, or leave layer 'fc2' out (--layers)")
+    assert one_error(invoke("analyze", path, "--k", n + 1, "--layers", "fc2")) == expected
+    assert one_error(invoke("export", path, tmp_path / "g.graphml", "--k", n + 1, "--layers", "fc2")) == expected
+    assert one_error(invoke("train", "--k", n + 1, "--max-train", "64", "--device", "cpu",
+                            "--out", tmp_path / "t.pt")) == expected
+    assert not (tmp_path / "g.graphml").exists() and not (tmp_path / "t.pt").exists()
+    with torch.no_grad():  # an isolated input lowers the limit: k = n is now one too many
+        model.fc2.weight[:, 0] = 0
+    save_checkpoint(path, model, arch=spec)
+    msg = one_error(invoke("export", path, tmp_path / "g.graphml", "--k", n, "--layers", "fc2"))
+    assert f"it has {n - 1} non-isolated inputs and {n} non-isolated outputs" in msg
+
+
 def test_control_characters_in_layer_names_give_parseable_files(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "ctl.pt"
@@ -422,3 +460,26 @@ def test_stored_clustering_record_roundtrip_still_works():
     c = Clustering(3, {"a": np.array([0, 1, 2, -1])}, {"a": np.array([2, 1, 0])}, network_wide=True)
     back = Clustering.from_dict(c.to_dict())
     assert back.k == 3 and back.network_wide and back.row_labels["a"].tolist() == [0, 1, 2, -1]
+
+
+def test_every_k_option_has_one_click_type():
+    """A single k is ``IntRange(min=2)`` in every command; analyze and benchmark read K|A..B|A,B as text."""
+    ctx = click.Context(cli)
+
+    def options(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                yield from options(cmd.get_command(ctx, name), f"{path} {name}".strip())
+        else:
+            for p in cmd.params:
+                if any(o in ("--k", "--significance-k") for o in getattr(p, "opts", [])):
+                    yield path, p
+
+    found = {}
+    for path, p in options(cli, ""):
+        if p.name == "k_text":
+            assert path in ("analyze", "benchmark") and p.type == click.STRING
+        else:
+            assert isinstance(p.type, click.IntRange) and (p.type.min, p.type.max, p.type.min_open) == (2, None, False), path
+        found[path] = p
+    assert {"ablate", "analyze", "benchmark", "export", "plot layer", "train"} <= set(found)

@@ -5,7 +5,10 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
+from graphinterp.clustering.analysis import analyze
 from graphinterp.clustering.cluster import Clustering, cluster_layers, cluster_network, parse_k_range
+from graphinterp.clustering.labels import stored_clustering
+from graphinterp.clustering.validation import check_k, live_sizes
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.clustering.metrics import clusterability_report
@@ -100,10 +103,88 @@ def test_clustering_roundtrip_and_validation():
 def test_k_errors_name_the_layer():
     model, _, _ = planted_mlp()
     g = LayeredGraph.from_module(model)
-    with pytest.raises(ClusteringError, match="'4'.*out of range"):
+    with pytest.raises(ClusteringError, match="out of range for layer '4'.*10 non-isolated outputs.*k <= 10"):
         cluster_layers(g, 11, random_state=0)
-    with pytest.raises(ClusteringError, match="out of range"):
-        cluster_network(g, 50, random_state=0)
+    with pytest.raises(ClusteringError, match="out of range for layer '4'"):
+        cluster_network(g, 11, random_state=0)
+
+
+def _dead_mlp():
+    """4 -> 6 -> 5 with input 3 of the first layer and output 4 of the second all zero."""
+    model = nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 5, bias=False))
+    with torch.no_grad():
+        model[0].weight[:, 3] = 0
+        model[2].weight[4] = 0
+    return LayeredGraph.from_module(model)
+
+
+def test_check_k_is_the_one_rule_non_isolated_nodes_per_side():
+    g = _dead_mlp()
+    assert live_sizes(g["0"]) == (3, 6) and live_sizes(g["2"]) == (6, 4)
+    assert check_k(3, g) == 3 and check_k(np.int64(4), g, ["2"]) == 4
+    with pytest.raises(ClusteringError, match="k=4 is out of range for layer '0': it has 3 non-isolated inputs"):
+        check_k(4, g)  # 4 nodes, but one is isolated
+    with pytest.raises(ClusteringError, match="layer '2'.*use 2 <= k <= 4"):
+        check_k(5, g, ["2"])
+    for bad in (1, 0, -3):
+        with pytest.raises(ClusteringError, match="at least 2"):
+            check_k(bad)
+    for bad in ("4", 4.0, True, None):
+        with pytest.raises(ClusteringError, match="must be an integer"):
+            check_k(bad)
+    # every clustering entry point applies it, with the same message
+    for fn in (cluster_layers, cluster_network):
+        with pytest.raises(ClusteringError) as err:
+            fn(g, 4, random_state=0)
+        assert str(err.value).startswith("k=4 is out of range for layer '0': it has 3 non-isolated inputs")
+    with pytest.raises(ClusteringError, match="out of range for layer '0'"):
+        analyze(g, 4, layers=["0"])
+    assert analyze(g, 4).skipped["0"].startswith("fewer than k=4")
+    with pytest.raises(ClusteringError, match="at least 2"):
+        analyze(g, [1, 2])
+    c = cluster_layers(g, 3, random_state=0)
+    assert c.row_labels["0"][3] == -1 and c.col_labels["2"][4] == -1
+
+
+def test_clustering_is_validated_when_built():
+    rows, cols = {"a": np.array([0, 1, -1])}, {"a": np.array([1, 0])}
+    assert Clustering(2, rows, cols).row_labels["a"].dtype == np.int64
+    with pytest.raises(ClusteringError, match="k must be an integer >= 2"):
+        Clustering(1, {"a": np.array([0, 0])}, {"a": np.array([0])})
+    with pytest.raises(ClusteringError, match="k must be an integer >= 2"):
+        Clustering("2", rows, cols)
+    with pytest.raises(ClusteringError, match="must be a flat array of integers, got float64"):
+        Clustering(2, {"a": np.array([0.0, 1.0])}, cols)
+    with pytest.raises(ClusteringError, match="must lie in -1..1"):
+        Clustering(2, {"a": np.array([0, 2])}, cols)
+    with pytest.raises(ClusteringError, match="same layers"):
+        Clustering(2, rows, {"b": np.array([1, 0])})
+    with pytest.raises(ClusteringError, match="k=5 but the labels use 2 cluster"):
+        Clustering(5, rows, cols)
+
+
+@pytest.mark.parametrize("record, match", [
+    ({"k": "4", "layers": [{"name": "a", "rows": [0, 1, 2, 3], "cols": [0, 1, 2, 3]}]}, "k must be an integer >= 2, got '4'"),
+    ({"k": 2, "layers": [{"name": "a", "rows": [0.0, 1.0], "cols": [0, 1]}]}, "got float64"),
+    ({"k": 1000, "layers": [{"name": "a", "rows": [0, 1, 2, 3], "cols": [0, 1, 2, 3]}]}, "k=1000 but the labels use 4"),
+    ({"k": 2, "layers": [{"name": "a", "rows": [True, False], "cols": [0, 1]}]}, "got bool"),
+    ({"k": 2, "layers": [{"name": "a", "rows": "01", "cols": [0, 1]}]}, "not a list"),
+])
+def test_stored_record_errors_are_one_line(record, match):
+    with pytest.raises(ClusteringError, match=match) as err:
+        stored_clustering(record)
+    message = str(err.value)
+    assert message.startswith("malformed clustering record (") and "\n" not in message
+    assert stored_clustering(None) is None and stored_clustering({}) is None
+
+
+def test_stored_clustering_validates_against_the_graph():
+    g = _dead_mlp()
+    c = cluster_layers(g, 2, random_state=0)
+    assert stored_clustering(c.to_dict(), g).layer_names == ["0", "2"]
+    other = LayeredGraph.from_module(nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 5)))
+    with pytest.raises(ClusteringError, match="another model"):
+        stored_clustering(c.to_dict(), other)
 
 
 def test_parse_k_range():
@@ -113,3 +194,16 @@ def test_parse_k_range():
         parse_k_range("1..3")
     with pytest.raises(ClusteringError):
         parse_k_range("four")
+
+
+def test_network_wide_labels_must_agree_between_consecutive_layers():
+    model, _, _ = planted_mlp()
+    g = LayeredGraph.from_module(model)
+    c = cluster_network(g, 3, layers=["0", "2"], random_state=0)
+    assert c.validate(g) is c
+    record = c.to_dict()
+    record["layers"][1]["rows"] = [(x + 1) % 3 for x in record["layers"][1]["rows"]]
+    with pytest.raises(ClusteringError, match="disagree between the outputs of layer '0' and the inputs of layer '2'"):
+        stored_clustering(record, g)
+    record["network_wide"] = False  # per-layer labels of two layers are unrelated
+    assert stored_clustering(record, g).layer_names == ["0", "2"]

@@ -181,6 +181,11 @@ def test_bad_arguments():
         EnmeshmentLoss(model, c, reduction="sum")
     with pytest.raises(ClusteringError, match="no layers"):
         EnmeshmentLoss(model, Clustering(2, {}, {}))
+    for bad in (c.to_dict(), None):  # only a Clustering: a stored dict is read with stored_clustering
+        with pytest.raises(ClusteringError, match="EnmeshmentLoss needs a Clustering"):
+            EnmeshmentLoss(model, bad)
+        with pytest.raises(ClusteringError, match="needs a Clustering"):
+            enmeshment_loss(model, bad)
     other = mlp(12, [9, 8], 3)
     with pytest.raises(ClusteringError):
         enmeshment_loss(other, c)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.labels import stored_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.training.masks import default_cluster_layers, parameter_masks, trace_graph, unwrap_model
@@ -127,17 +128,19 @@ def test_mismatched_clustering_raises():
     other = LayeredGraph.from_module(mlp(10, [6, 6, 6], 3))  # same names, fc3 has another shape
     with pytest.raises(ClusteringError, match="another model"):
         parameter_masks(model, other, _clustering(2, fc3=([0, 1] * 3, [1, 0] * 3)))
-    with pytest.raises(ClusteringError, match="expected a Clustering"):
+    with pytest.raises(ClusteringError, match="needs a Clustering, got list"):
         parameter_masks(model, None, [1, 2])
 
 
-def test_dict_clustering_and_wrapped_model():
+def test_a_dict_is_refused_and_a_wrapped_model_is_unwrapped():
     model = mlp(10, [6, 6], 3)
     c = _clustering(2, fc2=([0, 1] * 3, [1, 0] * 3))
+    with pytest.raises(ClusteringError, match="parameter_masks needs a Clustering, got dict; read a stored record"):
+        parameter_masks(model, None, c.to_dict())
     wrapped = nn.DataParallel(model)
     assert unwrap_model(wrapped) is model
-    a = parameter_masks(wrapped, None, c.to_dict())["fc2"]
-    b = parameter_masks(model, None, c)["fc2"]
+    a = parameter_masks(wrapped, None, c)["fc2"]
+    b = parameter_masks(model, None, stored_clustering(c.to_dict()))["fc2"]
     assert a.param is b.param and torch.equal(a.mask, b.mask)
 
 

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from graphinterp.interpret.circuits import Schedule, Tolerance
 from graphinterp.common.errors import DataError, UnsupportedModelError
-from graphinterp.interpret.pruning import label_task
+from graphinterp.interpret.label_tasks import label_task
 from graphinterp.data.tasks import modular_addition
 from graphinterp.training.train_transformer import TransformerConfig, train_transformer
 from graphinterp.sources.transformer import transformer

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
 
 from graphinterp.clustering.cluster import Clustering, cluster_layers
+from graphinterp.clustering.validation import check_k, live_sizes
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import DEPTHWISE_REASON
 from graphinterp.graph.layered import LayeredGraph
@@ -85,7 +88,8 @@ def analyze(
 
     Layers too small for a k (fewer non-isolated inputs or outputs than k, e.g. a 3-channel input
     conv at k = 4) are left out of that k with the reason recorded in ``skipped`` when ``layers``
-    is not given; naming such a layer explicitly raises :class:`ClusteringError`.
+    is not given; naming such a layer explicitly raises :class:`ClusteringError` (the rule of
+    :func:`graphinterp.clustering.validation.check_k`).
 
     Examples
     --------
@@ -95,7 +99,7 @@ def analyze(
     >>> result.ks, [s.layer for s in result.reports[4].layers], result.skipped
     ([2, 4], ['2'], {'0': 'fewer than k=4 non-isolated nodes (3x8)'})
     """
-    ks = [ks] if isinstance(ks, int) else list(ks)
+    ks = [check_k(k) for k in ([ks] if isinstance(ks, (int, np.integer)) else list(ks))]
     explicit = layers is not None
     names = list(layers) if explicit else graph.layer_names
     for name in names:
@@ -114,13 +118,10 @@ def analyze(
                     raise ClusteringError(f"layer {name!r}: {DEPTHWISE_REASON}")
                 skipped[name] = DEPTHWISE_REASON
                 continue
-            live = _live_sizes(graph[name])
+            live = live_sizes(graph[name])
             if min(live) < k:
                 if explicit:
-                    raise ClusteringError(
-                        f"k={k} is out of range for layer {name!r} ({live[0]} x {live[1]} non-isolated nodes): "
-                        f"use 2 <= k <= {min(live)}"
-                    )
+                    check_k(k, graph, [name])  # raises, naming the layer and the largest k
                 skipped[name] = f"fewer than k={k} non-isolated nodes ({live[0]}x{live[1]})"
                 continue
             chosen.append(name)
@@ -130,9 +131,3 @@ def analyze(
         clusterings[k] = clustering
         reports[k] = clusterability_report(graph, clustering)
     return Analysis(reports, clusterings, skipped)
-
-
-def _live_sizes(layer) -> Tuple[int, int]:
-    mag = layer.squared()
-    return int((mag.sum(1) > 0).sum()), int((mag.sum(0) > 0).sum())
-

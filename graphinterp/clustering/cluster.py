@@ -12,6 +12,7 @@ from graphinterp.clustering.bsgc import BSGC, normalize_bipartite  # noqa: F401 
 from graphinterp.common.errors import ClusteringError
 from graphinterp.clustering.dag_cluster import cluster_dag
 from graphinterp.clustering.labels import Clustering
+from graphinterp.clustering.validation import check_k
 from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
 
@@ -34,9 +35,9 @@ def parse_k_range(text: str) -> List[int]:
             ks = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise ClusteringError(f"cannot read k from {text!r}: use 4, 2..10 or 2,4,8") from None
-    if not ks or min(ks) < 2:
-        raise ClusteringError(f"k must be at least 2, got {text!r}")
-    return ks
+    if not ks:
+        raise ClusteringError(f"cannot read k from {text!r}: use 4, 2..10 or 2,4,8")
+    return [check_k(k) for k in ks]
 
 
 def _similarities(graph: LayeredGraph, names: Sequence[str], similarity) -> Dict[str, torch.Tensor]:
@@ -72,7 +73,8 @@ def cluster_layers(
     ----------
     graph : LayeredGraph
     k : int
-        Number of clusters, ``2 <= k <= min(live inputs, live outputs)`` of every selected layer.
+        Number of clusters, ``2 <= k <= min(non-isolated inputs, non-isolated outputs)`` of every
+        selected layer (:func:`graphinterp.clustering.validation.check_k`).
     layers : sequence of str, optional
         Layers to cluster; all by default.
     similarity : mapping of layer name to (n_in, n_out) array, optional
@@ -91,6 +93,7 @@ def cluster_layers(
     """
     names = list(layers) if layers is not None else graph.layer_names
     sims = _similarities(graph, names, similarity)
+    k = check_k(k, sims, names)  # the similarity's zero rows / columns are the isolated nodes
     rng = check_random_state(random_state)
     rows, cols = {}, {}
     for name in names:
@@ -127,7 +130,9 @@ def cluster_network(
     :math:`D^{-1/2}` instead of row-normalising; for a run of layers, the output label of layer ``l``
     is by construction the input label of layer ``l + 1``. Isolated nodes get ``-1``.
 
-    Parameters are as in :func:`cluster_layers`.
+    Parameters are as in :func:`cluster_layers`; ``k`` follows the same rule, on each side of each
+    selected layer (:func:`graphinterp.clustering.validation.check_k`), except on a DAG (limit: its
+    connected nodes, see :func:`graphinterp.clustering.dag_cluster.cluster_dag`).
     """
     if hasattr(graph, "src_nodes"):  # a DAG (residual streams, attention): one label per shared node
         if similarity is not None:
@@ -137,6 +142,7 @@ def cluster_network(
         raise ClusteringError("network-wide clustering needs a chained or DAG graph; use cluster_layers")
     names = list(layers) if layers is not None else graph.layer_names
     sims = _similarities(graph, names, similarity)
+    k = check_k(k, sims, names)
     idx = sorted(graph.index(n) for n in names)
     runs: List[List[int]] = []
     for i in idx:
@@ -148,7 +154,7 @@ def cluster_network(
     rows, cols = {}, {}
     for run in runs:
         mats = [sims[graph.layers[i].name].double() for i in run]
-        levels = _cluster_run(mats, k, n_init, rng, [graph.layers[i].name for i in run])
+        levels = _cluster_run(mats, k, n_init, rng)
         for j, i in enumerate(run):
             name = graph.layers[i].name
             rows[name], cols[name] = levels[j], levels[j + 1]
@@ -158,7 +164,7 @@ def cluster_network(
                       meta={"method": "spectral-network", "random_state": _seed_repr(random_state)})
 
 
-def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng, names: List[str]) -> List[np.ndarray]:
+def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng) -> List[np.ndarray]:
     sizes = [mats[0].shape[0]] + [m.shape[1] for m in mats]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     n = int(offsets[-1])
@@ -169,11 +175,6 @@ def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng, names: List
         A[b:c, a:b] = M.T
     deg = A.sum(1)
     live = deg > 0
-    for j in range(len(sizes)):
-        n_live = int(live[offsets[j]:offsets[j + 1]].sum())
-        if k < 2 or k > n_live:
-            where = f"layer {names[max(j - 1, 0)]!r} {'inputs' if j == 0 else 'outputs'}"
-            raise ClusteringError(f"k={k} is out of range: {where} have {n_live} non-isolated nodes; use 2 <= k <= {n_live}")
     sub = A[live][:, live]
     An, d_is, _ = normalize_bipartite(sub)
     evals, evecs = torch.linalg.eigh(An)

@@ -18,6 +18,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from graphinterp.clustering.labels import Clustering
+from graphinterp.clustering.validation import check_k
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
 
@@ -86,7 +87,8 @@ def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, n_init
     matvec, deg = _products(graph, names)
     live = (deg > 0).numpy()
     n_live = int(live.sum())
-    if not isinstance(k, (int, np.integer)) or k < 2 or k >= n_live:
+    k = check_k(k)  # one label per shared node: the limit is the connected nodes, not a layer's sides
+    if k >= n_live:
         raise ClusteringError(f"k={k} is out of range for a graph with {n_live} connected nodes: use 2 <= k < {n_live}")
     d_is = torch.where(deg > 0, deg.clamp_min(1e-300).rsqrt(), torch.zeros_like(deg))
     n = graph.n_nodes

@@ -1,4 +1,7 @@
-"""Small file and device utilities shared by every module (imports only :mod:`graphinterp.common.errors`)."""
+"""Small file utilities shared by every module: atomic writes, output checks, locks.
+
+``resolve_device`` lives in :mod:`graphinterp.common.devices` and is re-exported here.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +11,9 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import IO, Iterator, Union
 
-import torch
-
+from graphinterp.common.devices import resolve_device  # noqa: F401 - re-exported, its home before the split
 from graphinterp.common.errors import GraphinterpError
 
 __all__ = ["OutputPathError", "TEMP_MARK", "atomic_write", "check_writable", "output_lock", "remove_stale_temps",
@@ -255,50 +257,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-_DEVICE_TYPES = ("cpu", "cuda", "mps")
-
-
-def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """Return ``device`` as a :class:`torch.device`; ``None`` or ``"auto"`` picks CUDA when present.
-
-    Raises
-    ------
-    GraphinterpError
-        An unknown device name, a device type graphinterp cannot compute on (``meta``, ...), or a
-        CUDA/MPS device that is not available.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    >>> resolve_device("meta")
-    Traceback (most recent call last):
-    ...
-    graphinterp.common.errors.GraphinterpError: device 'meta' cannot run models; use auto, cpu, cuda or cuda:N
-    """
-    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    hint = "use auto, cpu, cuda or cuda:N"
-    if isinstance(device, str):
-        text = device.strip()
-        if not text or any(not (c.isalnum() or c in ":_") for c in text):
-            raise GraphinterpError(f"unknown device {device!r}; {hint}")
-        try:
-            device = torch.device(text)
-        except (RuntimeError, ValueError, TypeError):
-            raise GraphinterpError(f"unknown device {device!r}; {hint}") from None
-    elif not isinstance(device, torch.device):
-        raise GraphinterpError(f"device must be a name such as 'cpu' or 'cuda:0', got {type(device).__name__}")
-    if device.type not in _DEVICE_TYPES:
-        raise GraphinterpError(f"device {str(device)!r} cannot run models; {hint}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GraphinterpError("CUDA was requested but is not available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise GraphinterpError(f"no CUDA device {device.index}: this machine has {torch.cuda.device_count()}; "
-                                   f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise GraphinterpError("MPS was requested but is not available; use --device cpu")
-    return device

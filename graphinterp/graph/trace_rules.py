@@ -1,14 +1,21 @@
 """How each torch operation moves node identities (see :mod:`graphinterp.graph.trace`).
 
-One function per family of operations; :func:`apply_rule` picks it by the operation's name.
+One function per family of operations; :func:`apply_rule` picks it by the operation's name. Here: weight
+layers (linear, conv, ``x @ W``, attention projections, embeddings), norms and their folded gains, and
+element-wise merges (residual sums); the families that only carry nodes (layout, padding, reductions,
+matmuls between activations, the element-wise fallback) are in :mod:`graphinterp.graph.trace_rules_layout`.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 
 from graphinterp.graph import trace_ops as T
+from graphinterp.graph.trace_rules_layout import (arg as _arg, broadcast_from as _broadcast_from,
+                                                 channel_vector as _channel_vector, channelwise as _channelwise,
+                                                 identity as _identity, layout as _layout, matmul as _matmul,
+                                                 pad as _pad, reduce as _reduce)
 
 __all__ = ["apply_rule"]
 
@@ -56,28 +63,8 @@ def apply_rule(tr: Any, name: str, args, kwargs, out) -> None:
 
 
 # ---------------------------------------------------------------- helpers
-def _arg(args, kwargs, i: int, key: str, default: Any = None) -> Any:
-    if len(args) > i:
-        return args[i]
-    return kwargs.get(key, default)
-
-
 def _param(tr, t) -> bool:
     return isinstance(t, torch.Tensor) and (id(t) in tr.param_names or id(t) in tr._param_view)
-
-
-def _first_tensor_out(out):
-    return out if isinstance(out, torch.Tensor) else None
-
-
-def _channel_vector(s: torch.Tensor, dim: int) -> Optional[torch.Tensor]:
-    """The node id along ``dim`` if ``s`` is constant along every other dimension, else None."""
-    moved = s.movedim(dim, -1).reshape(-1, s.shape[dim])
-    high = moved.max(0).values
-    low = torch.where(moved >= 0, moved, torch.full_like(moved, torch.iinfo(moved.dtype).max)).min(0).values
-    if not bool(((high == low) | (high < 0)).all()):
-        return None  # positions without a node (e.g. a class token) are ignored
-    return high.clone()
 
 
 def _features(tr, x: torch.Tensor, dim: int, n: int, name: str) -> torch.Tensor:
@@ -165,20 +152,6 @@ def _Probe(shape) -> torch.Tensor:
     return torch.empty(tuple(shape), device="meta")
 
 
-def _pad(tr, args, kwargs, out) -> None:
-    """Padding adds elements without a node (constant) or copies existing ones (reflect, replicate)."""
-    s = tr.shadow(args[0])
-    if s is None or not isinstance(out, torch.Tensor):
-        return
-    pad = _arg(args, kwargs, 1, "pad")
-    mode = _arg(args, kwargs, 2, "mode", "constant") or "constant"
-    if mode == "constant":
-        res = torch.nn.functional.pad(s, pad, value=-1)
-    else:
-        res = torch.nn.functional.pad(s.double(), pad, mode=mode).round().long()
-    tr._set(out, res)
-
-
 def _embedding(tr, args, kwargs, out) -> None:
     w = _arg(args, kwargs, 1, "weight")
     if not isinstance(out, torch.Tensor) or not _param(tr, w):
@@ -186,54 +159,6 @@ def _embedding(tr, args, kwargs, out) -> None:
     pname = tr.param_names.get(id(w), "embedding")
     tr.embeddings[pname] = int(w.numel())
     tr.tag(out, tr.new_space(_layer_name(pname), w.shape[1]), -1)
-
-
-def _identity(tr, x, out) -> None:
-    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
-        return
-    if id(x) in tr.param_names and out.shape == x.shape:
-        return
-    s = tr.shadow(x)
-    if s is not None and out.shape == x.shape:
-        tr._set(out, s)
-        _carry(tr, x, out)
-
-
-def _carry(tr, x, out) -> None:
-    """Keep 'direct layer output' and pending gains across identity and layout operations."""
-    if id(x) in tr._direct:
-        tr._direct[id(out)] = tr._direct[id(x)]
-    if id(x) in tr._gain:
-        tr._gain[id(out)] = tr._gain[id(x)]
-
-
-def _layout(tr, name: str, args, kwargs, out) -> None:
-    if name in ("cat", "concat", "concatenate", "stack"):
-        seq = args[0] if args else kwargs.get("tensors")
-        shadows = [tr._shadow_or_none(t) for t in seq]
-        if all(tr.shadow(t) is None for t in seq):
-            return
-        res = getattr(torch, name)(shadows, *args[1:], **{k: v for k, v in kwargs.items() if k != "tensors"})
-        return tr._set(out, res)
-    x = args[0] if args else None
-    if isinstance(x, torch.Tensor) and id(x) in tr.param_names and name in ("t", "T", "mT", "transpose") and x.dim() == 2:
-        tr._param_view[id(out)] = (tr.param_names[id(x)], x)
-        tr._keep.append(out)
-        return
-    if not isinstance(x, torch.Tensor) or tr.shadow(x) is None:
-        return
-    s = tr.shadow(x)
-    if name in ("T", "mT"):
-        res = getattr(s, name)
-    else:
-        fn = getattr(torch.Tensor, name, None) or getattr(torch, name)
-        res = fn(s, *args[1:], **kwargs)
-    if isinstance(out, torch.Tensor):
-        tr._set(out, res)
-        _carry(tr, x, out)  # gains and direct outputs are per node: any re-layout keeps them
-    else:
-        for o, r in zip(out, res):
-            tr._set(o, r)
 
 
 def _binary(tr, name: str, args, kwargs, out) -> None:
@@ -351,81 +276,3 @@ def _norm(tr, name: str, args, kwargs, out) -> None:
         return
     tr._gain[id(out)] = T._Gain(vec, w, pname)
     tr.unfolded.setdefault(pname, "gain not directly followed by a weight layer")
-
-
-def _broadcast_from(tr, v, out, *, along: int) -> None:
-    s = tr.shadow(v)
-    if s is None or not isinstance(out, torch.Tensor) or s.dim() != out.dim():
-        return
-    row = s.narrow(along, 0, 1)
-    if not bool((s == row).all()):
-        return
-    tr._set(out, row.expand(out.shape))
-
-
-def _matmul(tr, name: str, args, out) -> None:
-    if name == "einsum" or not isinstance(out, torch.Tensor):
-        tr.notes[f"{name}: node identities not followed"] += 1
-        return
-    a, b = (args[1], args[2]) if name == "baddbmm" else (args[0], args[1])
-    sa, sb = tr.shadow(a), tr.shadow(b)
-    if a.dim() < 2 or b.dim() < 2:
-        return
-    cand = []
-    if sb is not None and bool((sb == sb.narrow(-2, 0, 1)).all()):
-        cand.append((sb.narrow(-2, 0, 1), sa is None or bool((sa < 0).all())))
-    if sa is not None and bool((sa == sa.narrow(-1, 0, 1)).all()):
-        cand.append((sa.narrow(-1, 0, 1), sb is None or bool((sb < 0).all())))
-    for s, other_blank in cand:
-        if other_blank and bool((s >= 0).any()):
-            try:
-                return tr._set(out, s.expand(out.shape))
-            except RuntimeError:
-                return None
-
-
-def _reduce(tr, args, kwargs, out) -> None:
-    x = args[0]
-    s = tr.shadow(x)
-    res_out = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, (tuple, list)) else None)
-    if s is None or not isinstance(res_out, torch.Tensor):
-        return
-    dims = _arg(args, kwargs, 1, "dim")
-    if dims is None or not isinstance(dims, (int, tuple, list)):
-        return
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    keep = bool(_arg(args, kwargs, 2, "keepdim", False)) if not isinstance(_arg(args, kwargs, 2, "keepdim"), torch.Tensor) else False
-    r = s
-    for d in sorted((d % s.dim() for d in dims), reverse=True):
-        row = r.narrow(d, 0, 1)
-        r = row if bool((r == row).all()) else torch.full_like(row, -1)
-        if not keep:
-            r = r.squeeze(d)
-    if tuple(r.shape) == tuple(res_out.shape) and bool((r >= 0).any()):
-        tr._set(res_out, r)
-
-
-def _channelwise(tr, x, out, *, known: bool, name: str) -> None:
-    """Outputs keep the input's nodes: elementwise when shapes match, else along the one channel dim."""
-    outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
-    s = tr.shadow(x)
-    if s is None or not outs:
-        return
-    o = outs[0]
-    if tuple(o.shape) == tuple(s.shape):
-        tr._set(o, s)
-        if not known:
-            tr.notes[f"{name}: assumed elementwise (output keeps the input's nodes)"] += 1
-        return
-    varying = [d for d in range(s.dim()) if s.shape[d] > 1 and not bool((s == s.narrow(d, 0, 1)).all())]
-    if len(varying) == 1 and o.dim() == s.dim() and o.shape[varying[0]] == s.shape[varying[0]]:
-        d = varying[0]
-        vec = _channel_vector(s, d)
-        shape = [1] * o.dim()
-        shape[d] = -1
-        tr._set(o, vec.view(shape).expand(o.shape))
-        if not known:
-            tr.notes[f"{name}: assumed to act per channel"] += 1
-        return
-    if bool((s >= 0).any()):
-        tr.notes[f"{name}: node identities lost"] += 1

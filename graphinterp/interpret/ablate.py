@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from graphinterp.common.files import resolve_device
-from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.labels import Clustering, require_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.interpret.evaluation import as_tensors, class_accuracy, per_class, predictions
 from graphinterp.graph.layered import LayeredGraph
@@ -177,6 +177,7 @@ def ablation_matrix(model: nn.Module, graph: Optional[LayeredGraph], clustering:
     """
     from tqdm.auto import tqdm
 
+    clustering = require_clustering(clustering, "ablation_matrix")
     x, y, names = as_tensors(data)
     device = resolve_device(device)
     model.to(device)

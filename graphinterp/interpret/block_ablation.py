@@ -42,6 +42,7 @@ from graphinterp.clustering.cluster import Clustering
 from graphinterp.common.errors import ClusteringError, UnsupportedModelError
 from graphinterp.training.masks import unwrap_model
 from graphinterp.clustering.mlp_blocks import MLPBlock, blocks_from_clustering
+from graphinterp.interpret.interventions import interventions
 
 __all__ = ["ablate_features", "ablate_clusters", "ablate_heads", "cluster_units", "STATES"]
 
@@ -87,24 +88,15 @@ def ablate_features(model: nn.Module, *, inputs: Optional[Mapping[str, Sequence[
         If a module does not exist; ``IndexError`` at the forward pass for an index out of range.
     """
     model = unwrap_model(model)
-    handles = []
-    try:
+    with interventions(model) as iv:
         for where, spec in (("in", inputs or {}), ("out", outputs or {})):
             for name, idx in spec.items():
                 index = torch.as_tensor(np.asarray(idx, dtype=np.int64).reshape(-1))
                 if index.numel() == 0:
                     continue
-                mod = _module(model, name)
-                fn = _replacer(index, None if values is None else values.get(name))
-                if where == "in":
-                    handles.append(mod.register_forward_pre_hook(
-                        lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:])))
-                else:
-                    handles.append(mod.register_forward_hook(lambda m, args, out, fn=fn: fn(out)))
+                iv.hook(_module(model, name), _replacer(index, None if values is None else values.get(name)),
+                        output=where == "out")
         yield model
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def cluster_units(clustering: Clustering, block: MLPBlock, cluster: int, state: str, *,

@@ -29,7 +29,8 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from graphinterp.interpret.pruning import EdgeLayer, LabelTask, task_terms
+from graphinterp.interpret.edges import EdgeLayer
+from graphinterp.interpret.label_tasks import LabelTask, task_terms
 
 __all__ = ["TaskMetrics", "LinearStates", "forward_metrics", "sequential_pass", "ELEMENTWISE"]
 
@@ -234,7 +235,8 @@ def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask:
     --------
     >>> import torch
     >>> from torch import nn
-    >>> from graphinterp.interpret.pruning import edge_layers, label_task
+    >>> from graphinterp.interpret.edges import edge_layers
+    >>> from graphinterp.interpret.label_tasks import label_task
     >>> model = nn.Sequential(nn.Linear(2, 2, bias=False))
     >>> with torch.no_grad():
     ...     _ = model[0].weight.copy_(torch.tensor([[1.0, 0.5], [0.5, 1.0]]))

@@ -1,8 +1,9 @@
 """Evaluating a candidate circuit on its label's task, fast: :class:`TaskEvaluator`.
 
 Evaluations write the masked weights into the model's parameters in place, inside a session that
-restores them in ``finally`` (the model is never rebuilt, and is unchanged afterwards); gradients
-for attribution scores use ``torch.func.functional_call``.
+is one :func:`graphinterp.interpret.interventions.interventions` block (everything is restored in
+``finally``: the model is never rebuilt, and is unchanged afterwards); gradients for attribution
+scores use ``torch.func.functional_call``.
 
 Most candidates of an iterative pruning search differ from the last accepted circuit in a few
 edges of one layer, so the evaluator avoids recomputing what cannot have changed. The *incremental
@@ -12,9 +13,10 @@ layer* is the first Linear layer:
   MLP) stay as accepted, so that input is captured once per accepted prefix;
 * its output is kept for the last accepted mask and updated for a candidate from the changed edges
   only: removing edge ``(o, i)`` subtracts ``w_oi * a_i`` from output ``o`` (exact up to float
-  rounding; recomputed after large changes and every 256 accepted steps);
-* when it is the first layer (an MLP) the model runs with that layer's ``forward`` replaced by the
-  lookup; when layers come before it, the model must be an ``nn.Sequential`` with the layer as a
+  rounding; recomputed exactly after large changes, and at the latest every ``EXACT_EVERY`` = 256th
+  accepted step);
+* when it is the first layer (an MLP) the model runs with that layer's output overridden by the
+  lookup (:meth:`~graphinterp.interpret.interventions.Interventions.override`); when layers come before it, the model must be an ``nn.Sequential`` with the layer as a
   direct child, and only the modules after it run (for the paper's CNN this skips the convolution
   and pooling, about three quarters of a forward pass, and the 4096-input ``fc1``).
 
@@ -24,14 +26,42 @@ accepting it re-captures the layer's input.
 from __future__ import annotations
 
 import contextlib
+import enum
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from graphinterp.interpret.pruning import EdgeLayer, LabelTask, task_terms
+from graphinterp.interpret.edges import EdgeLayer
+from graphinterp.interpret.interventions import Interventions, interventions
+from graphinterp.interpret.label_tasks import LabelTask, task_terms
 
-__all__ = ["TaskEvaluator"]
+__all__ = ["TaskEvaluator", "EXACT_EVERY"]
+
+#: The incremental layer's output is recomputed exactly at the latest at every this many accepted steps.
+EXACT_EVERY = 256
+
+
+class Pending(enum.Enum):
+    """What the last evaluation left for :meth:`TaskEvaluator.accept` to commit."""
+
+    NOTHING = "nothing"  # no incremental state to update (or already committed)
+    PREFIX = "prefix"  # a layer before the incremental layer changed: its input must be captured again
+    LAYER = "layer"  # only the incremental layer changed: commit the evaluated mask and output
+
+
+@dataclass(frozen=True)
+class LastEval:
+    """The last evaluation of the incremental layer: ``kind``, and for ``Pending.LAYER`` its mask and output."""
+
+    kind: Pending = Pending.NOTHING
+    mask: Optional[torch.Tensor] = None
+    z_t: Optional[torch.Tensor] = None
+    exact: bool = False
+
+
+_NOTHING = LastEval()
 
 
 def _suffix(model: nn.Module, module: nn.Module) -> Optional[nn.Sequential]:
@@ -49,9 +79,10 @@ class TaskEvaluator:
     """``(accuracy, loss)`` of the task under given masks, batched on ``device``; counts calls.
 
     Inside :meth:`session` (which :func:`graphinterp.interpret.circuit_search.prune` opens) the masked weights
-    are written into the model's parameters in place and the incremental layer's ``forward`` is
-    replaced by the lookup; both are restored in ``finally``. Outside a session each call opens one.
-    ``incremental=False`` evaluates every candidate by a full forward pass (the reference).
+    are written into the model's parameters in place and the incremental layer's output is overridden
+    by the lookup, through one :func:`~graphinterp.interpret.interventions.interventions` block that
+    restores both in ``finally``. Outside a session each call opens one. ``incremental=False``
+    evaluates every candidate by a full forward pass (the reference).
     """
 
     def __init__(self, model: nn.Module, layers: List[EdgeLayer], task: LabelTask, *, modules: List[nn.Module],
@@ -61,11 +92,20 @@ class TaskEvaluator:
         self.x, self.pos = task.x.to(device), task.positive.to(device)
         self.w = task.weights().to(device)
         self.n_evals = 0
-        self._active = False
-        self._lookup: Optional[torch.Tensor] = None
-        self._last = None
+        self._session: Optional[Interventions] = None  # the open session's interventions
+        self._lookup: Optional[torch.Tensor] = None  # the incremental layer's output for the current batch
+        self._last: LastEval = _NOTHING
+        # the incremental layer (None: every candidate is evaluated by a full forward pass)
         self.first: Optional[nn.Module] = None
-        self.j, self.suffix = 0, None
+        self.j, self.suffix = 0, None  # its index; the modules after it when only they need to run
+        self.offset = 0  # flat index of its first edge
+        self.recommit_after = 0  # more changed edges than this: recompute its output exactly
+        self.a_t: Optional[torch.Tensor] = None  # its input on the task, (in, N)
+        self.bias: Optional[torch.Tensor] = None  # its bias as a column, or None
+        self.prefix: Dict[str, torch.Tensor] = {}  # the masks of the layers before it when a_t was captured
+        self.committed: Optional[torch.Tensor] = None  # its accepted mask ...
+        self.z_t: Optional[torch.Tensor] = None  # ... and output, (out, N)
+        self.since_exact = 0  # accepted steps since z_t was last computed exactly
         if incremental:
             self._choose_incremental_layer()
 
@@ -80,7 +120,7 @@ class TaskEvaluator:
         if j > 0 and suffix is None:
             return
         self.j, self.suffix, self.first = j, suffix, self.modules[j]
-        self.offset = sum(layer.live.numel() for layer in self.layers[:j])  # flat index of its first edge
+        self.offset = sum(layer.live.numel() for layer in self.layers[:j])
         self.recommit_after = max(64, self.layers[j].live.numel() // 20)
         self._capture_first_input({l.name: l.live for l in self.layers[:j]})  # prune starts from the live edges
         if self.first is not None:
@@ -94,13 +134,10 @@ class TaskEvaluator:
     def _capture_first_input(self, prefix: Dict[str, torch.Tensor]) -> None:
         """The incremental layer's input on the task, with the model's weights as they are now."""
         seen: list = []
-        handle = self.first.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
-        try:
-            with torch.no_grad():
-                for start in range(0, len(self.x), self.batch_size):
-                    self.model(self.x[start:start + self.batch_size])
-        finally:
-            handle.remove()
+        with interventions(self.model) as iv, torch.no_grad():
+            iv.record(self.first, lambda a: seen.append(a.detach()))
+            for start in range(0, len(self.x), self.batch_size):
+                self.model(self.x[start:start + self.batch_size])
         a = torch.cat(seen)
         if a.dim() != 2:
             self.first = None
@@ -116,7 +153,7 @@ class TaskEvaluator:
     def _commit(self, mask: torch.Tensor, z_t: torch.Tensor, exact: bool = True) -> None:
         """Make ``mask`` (with the layer's output ``z_t``) the state later diffs start from."""
         self.since_exact = 0 if exact else self.since_exact + 1
-        self.committed, self.z_t, self._last = mask.clone(), z_t, None
+        self.committed, self.z_t, self._last = mask.clone(), z_t, _NOTHING
 
     def _prefix_changed(self, masks: Dict[str, torch.Tensor], changed: Optional[torch.Tensor]) -> bool:
         if self.j == 0:
@@ -143,51 +180,44 @@ class TaskEvaluator:
             for o, i, sign in parts:
                 if o.numel():
                     z_t = z_t.index_add(0, o, self.a_t[i] * self.inc_layer.weight[o, i][:, None], alpha=sign)
-        self._last = (mask.clone(), z_t, exact)
+        self._last = LastEval(Pending.LAYER, mask.clone(), z_t, exact)
         return z_t
 
     def accept(self, masks: Dict[str, torch.Tensor]) -> None:
         """Tell the evaluator that ``masks`` (just evaluated) is the new state: later diffs start from it."""
-        if self.first is None or self._last is None:
+        last = self._last
+        if self.first is None or last.kind is Pending.NOTHING:
             return
-        if isinstance(self._last, str):  # the layers before changed: capture the new input (weights are in place)
+        if last.kind is Pending.PREFIX:  # the layers before changed: capture the new input (weights are in place)
             mask = masks[self.inc_layer.name]
             self._capture_first_input({l.name: masks[l.name] for l in self.layers[:self.j]})
             if self.first is not None:
                 self._commit(mask, self._full_first(mask))
             return
-        if not torch.equal(self._last[0], masks[self.inc_layer.name]):
+        if not torch.equal(last.mask, masks[self.inc_layer.name]):
             return
-        mask, z_t, exact = self._last
-        if not exact and self.since_exact >= 255:  # bound the accumulation of rounding errors
+        mask, z_t, exact = last.mask, last.z_t, last.exact
+        if not exact and self.since_exact + 1 >= EXACT_EVERY:  # bound the accumulation of rounding errors
             z_t, exact = self._full_first(mask), True
         self._commit(mask, z_t, exact)
 
     # ------------------------------------------------------------------ evaluation
     @contextlib.contextmanager
     def session(self) -> Iterator["TaskEvaluator"]:
-        """Write masked weights in place for the block; the weights and ``forward`` are restored in ``finally``."""
-        if self._active:
+        """Write masked weights in place for the block; the weights and the layer's output are restored in ``finally``."""
+        if self._session is not None:
             yield self
             return
-        saved = [(m.weight, m.weight.detach().clone()) for m in self.modules]
-        first = self.first
-        if first is not None:
-            def forward(*args, **kwargs):
-                if self._lookup is not None:
-                    return self._lookup
-                return type(first).forward(first, *args, **kwargs)
-            first.forward = forward
-        self._active = True
-        try:
-            yield self
-        finally:
-            self._active, self._lookup = False, None
-            if first is not None:
-                del first.forward
-            with torch.no_grad():
-                for param, original in saved:
-                    param.copy_(original)
+        with interventions(self.model) as iv:
+            for mod in self.modules:
+                iv.original(mod)
+            if self.first is not None:
+                iv.override(self.first, lambda: self._lookup)
+            self._session = iv
+            try:
+                yield self
+            finally:
+                self._session, self._lookup = None, None
 
     def __call__(self, masks: Dict[str, torch.Tensor], changed: Optional[torch.Tensor] = None) -> Tuple[float, float]:
         """Evaluate ``masks``; ``changed`` optionally lists the flat edge indices (layers concatenated) that
@@ -197,12 +227,12 @@ class TaskEvaluator:
             z_t = None
             if self.first is not None:
                 if self._prefix_changed(masks, changed):
-                    self._last = "prefix"
+                    self._last = LastEval(Pending.PREFIX)
                 else:
                     z_t = self._first_output(masks[self.inc_layer.name], changed)
             for layer, mod in zip(self.layers, self.modules):
                 if z_t is None or mod is not self.first:
-                    mod.weight.copy_(layer.masked(masks[layer.name]))
+                    self._session.set_weight(mod, layer.masked(masks[layer.name]))
             acc = loss = 0.0
             try:
                 for start in range(0, len(self.x), self.batch_size):

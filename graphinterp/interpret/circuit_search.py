@@ -17,7 +17,11 @@ from graphinterp.interpret.circuit_batch import TaskMetrics, forward_metrics, se
 from graphinterp.interpret.circuit_eval import TaskEvaluator
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.layer import Layer
-from graphinterp.interpret.pruning import CircuitSize, EdgeLayer, LabelTask, ScoreContext, flat_live, flat_masks, flat_scores
+from graphinterp.interpret.ecs import CircuitSize
+from graphinterp.interpret.interventions import interventions
+from graphinterp.interpret.edges import EdgeLayer, flat_live, flat_masks, flat_scores
+from graphinterp.interpret.label_tasks import LabelTask
+from graphinterp.interpret.scores import ScoreContext
 
 __all__ = ["Tolerance", "Schedule", "TaskEvaluator", "prune", "authors_prune", "Circuit"]
 
@@ -102,24 +106,18 @@ def prune(ev: TaskEvaluator, layers: List[EdgeLayer], score_fn: ScoreFn, ok: Cal
 
 
 @contextlib.contextmanager
-def _masked_in_place(layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor]):
-    """Write the masked weights into the modules for a block; the originals are restored in ``finally``."""
-    saved = [(m.weight, m.weight.detach().clone()) for m in modules]
-    try:
-        with torch.no_grad():
-            for layer, mod in zip(layers, modules):
-                mod.weight.copy_(layer.masked(masks[layer.name]).to(mod.weight.dtype))
+def _masked_in_place(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor]):
+    """Write the masked weights into the modules for a block (one :func:`interventions` block: restored in ``finally``)."""
+    with interventions(model) as iv:
+        for layer, mod in zip(layers, modules):
+            iv.set_weight(mod, layer.masked(masks[layer.name]).to(mod.weight.dtype))
         yield
-    finally:
-        with torch.no_grad():
-            for param, original in saved:
-                param.copy_(original)
 
 
 def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: int, history) -> Tuple[bool, int]:
     """Single-edge passes (weakest first, last layer first) until one removes nothing; (converged, evaluations)."""
     metrics, used = TaskMetrics(ev.task, ev.x.device), 0
-    with _masked_in_place(layers, ev.modules, masks):
+    with _masked_in_place(ev.model, layers, ev.modules, masks):
         while True:
             scores = score_fn(ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks)))
             removed_pass = 0
@@ -154,7 +152,7 @@ def authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
     metrics = TaskMetrics(task, task_device(layers))
     masks = {l.name: l.live.clone() for l in layers}
     info: dict = {"n_evals": 0}
-    with _masked_in_place(layers, modules, masks):
+    with _masked_in_place(model, layers, modules, masks):
         info["full_accuracy"], info["full_loss"] = forward_metrics(model, metrics, batch_size)
         limit = info["full_loss"] + rtol * abs(info["full_loss"])
         for layer, mod in reversed(list(zip(layers, modules))):

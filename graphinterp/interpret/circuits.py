@@ -13,7 +13,7 @@ Tolerance
     A set of edges is acceptable while ``accuracy >= min_accuracy * full_accuracy`` and
     ``loss <= full_loss + max_loss_increase`` (full = the unpruned model on the same task).
 Schedule
-    Edges are scored (``magnitude`` by default; any callable, see :mod:`graphinterp.interpret.pruning`).
+    Edges are scored (``magnitude`` by default; any callable, see :mod:`graphinterp.interpret.scores`).
     A round sorts the kept edges weakest first and walks them, trying to prune the next ``step``
     edges: a success prunes them and doubles ``step``; a failure restores them and halves
     ``step``; a failure at the round's smallest step keeps that block and moves on. A round ends at
@@ -37,7 +37,7 @@ Authors' criterion (``mode="authors"``)
     ``score``, ``tolerance``, ``schedule`` and ``negative_ratio`` do not apply.
 ECS
     Kept non-zero weights over the model's non-zero weights (overall and per layer; also in edge
-    units, a conv kernel counting as one edge), see :func:`graphinterp.interpret.pruning.circuit_size`.
+    units, a conv kernel counting as one edge), see :func:`graphinterp.interpret.ecs.circuit_size`.
 
 References
 ----------
@@ -48,21 +48,22 @@ halving the step when a pruning step breaks the threshold follows Neural Sculpti
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from graphinterp.common.files import resolve_device
+from graphinterp.interpret.circuit_compare import CircuitComparison, cluster_share
 from graphinterp.interpret.circuit_search import Circuit, Schedule, TaskEvaluator, Tolerance, authors_prune, prune
 from graphinterp.common.errors import DataError
 from graphinterp.interpret.evaluation import as_tensors, eval_mode
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.hooks import module_of
-from graphinterp.graph.layer import Layer
-from graphinterp.interpret.pruning import SCORES, EdgeLayer, LabelTask, ScoreContext, circuit_size, edge_layers, label_task
+from graphinterp.interpret.ecs import circuit_size
+from graphinterp.interpret.edges import EdgeLayer, edge_layers
+from graphinterp.interpret.interventions import module_of
+from graphinterp.interpret.label_tasks import LabelTask, label_task
+from graphinterp.interpret.scores import SCORES, ScoreContext
 
 __all__ = ["MODES", "Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",
            "compare_circuits", "cluster_share"]
@@ -79,19 +80,19 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
                     schedule: Optional[Schedule] = None, label_name: Optional[str] = None,
                     batch_size: int = 4096, device=None, num_threads: Optional[int] = 1,
                     mode: str = "graphinterp", edges: Optional[EdgesFn] = None) -> Circuit:
-    """The circuit of one :class:`~graphinterp.interpret.pruning.LabelTask` (see the module docstring).
+    """The circuit of one :class:`~graphinterp.interpret.label_tasks.LabelTask` (see the module docstring).
 
     Parameters
     ----------
     model : nn.Module
         Evaluated in eval mode on ``device`` (moved there); its weights are unchanged afterwards.
     task : LabelTask
-        From :func:`graphinterp.interpret.pruning.label_task`.
+        From :func:`graphinterp.interpret.label_tasks.label_task`.
     graph : LayeredGraph, optional
         Traced from ``model`` with the task's input shape when omitted.
     score : {"magnitude", "attribution"} or callable
-        Edge scores (:data:`graphinterp.interpret.pruning.SCORES`); a callable takes a
-        :class:`~graphinterp.interpret.pruning.ScoreContext` and returns ``{layer: (out, in) tensor}``,
+        Edge scores (:data:`graphinterp.interpret.scores.SCORES`); a callable takes a
+        :class:`~graphinterp.interpret.scores.ScoreContext` and returns ``{layer: (out, in) tensor}``,
         higher meaning more important.
     tolerance : Tolerance, optional
     schedule : Schedule, optional
@@ -107,7 +108,7 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
         The criterion (module docstring). In ``"authors"`` mode the task's negatives are ignored
         and only its positives are used.
     edges : callable, optional
-        ``edges(model, device) -> (layers, modules)``: the :class:`~graphinterp.interpret.pruning.EdgeLayer`
+        ``edges(model, device) -> (layers, modules)``: the :class:`~graphinterp.interpret.edges.EdgeLayer`
         list to prune and the ``nn.Linear`` modules holding them (models that are not a layered
         graph, e.g. :mod:`graphinterp.interpret.transformer_circuits`); ``graph`` is then not used.
 
@@ -119,7 +120,7 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     --------
     >>> import torch
     >>> from torch import nn
-    >>> from graphinterp.interpret.pruning import label_task
+    >>> from graphinterp.interpret.label_tasks import label_task
     >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False))
     >>> x = torch.randn(90, 4); y = model(x).argmax(1).detach()
@@ -199,7 +200,7 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
     graph : LayeredGraph, optional
         Traced from ``model`` when omitted.
     max_examples, negative_ratio, random_state
-        The task of each label (:func:`graphinterp.interpret.pruning.label_task`).
+        The task of each label (:func:`graphinterp.interpret.label_tasks.label_task`).
     progress : bool
         tqdm bar over labels (serial runs only).
     n_jobs : int, default 1
@@ -260,54 +261,6 @@ def _extract_one(model: nn.Module, task: LabelTask, graph: LayeredGraph, name: s
     return extract_circuit(model, task, graph=graph, label_name=name, **kwargs)
 
 
-@dataclass
-class CircuitComparison:
-    """Per-label ECS of two models extracted with the same settings (the paper's Figure 3).
-
-    ``relative_change[i] = (ecs_b - ecs_a) / ecs_a``; ``a_over_b`` is the mean of
-    ``(ecs_a - ecs_b) / ecs_b``, i.e. how many more parameters model a's circuits hold on average
-    (the paper: an unclustered model a has on average 61.25% more than the clustered model b);
-    ``ratio_of_means`` is ``mean(ecs_a) / mean(ecs_b) - 1``, the same question weighted by circuit
-    size (less sensitive to labels whose circuits are tiny).
-    """
-
-    labels: List[int]
-    label_names: List[str]
-    ecs_a: np.ndarray
-    ecs_b: np.ndarray
-    names: Tuple[str, str]
-    circuits_a: Dict[int, Circuit] = field(repr=False, default_factory=dict)
-    circuits_b: Dict[int, Circuit] = field(repr=False, default_factory=dict)
-
-    @property
-    def relative_change(self) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.ecs_a > 0, (self.ecs_b - self.ecs_a) / self.ecs_a, np.nan)
-
-    @property
-    def mean_relative_change(self) -> float:
-        return float(np.nanmean(self.relative_change))
-
-    @property
-    def a_over_b(self) -> float:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.nanmean(np.where(self.ecs_b > 0, (self.ecs_a - self.ecs_b) / self.ecs_b, np.nan)))
-
-    @property
-    def ratio_of_means(self) -> float:
-        mean_b = float(np.mean(self.ecs_b))
-        return float(np.mean(self.ecs_a)) / mean_b - 1 if mean_b > 0 else float("nan")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"names": list(self.names), "labels": self.labels, "label_names": self.label_names,
-                "ecs_a": self.ecs_a.tolist(), "ecs_b": self.ecs_b.tolist(),
-                "relative_change": [None if np.isnan(v) else float(v) for v in self.relative_change],
-                "mean_relative_change": self.mean_relative_change, "a_over_b": self.a_over_b,
-                "ratio_of_means": self.ratio_of_means,
-                "n_evals_a": [self.circuits_a[c].n_evals for c in self.labels if c in self.circuits_a],
-                "n_evals_b": [self.circuits_b[c].n_evals for c in self.labels if c in self.circuits_b]}
-
-
 def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: Union[str, Iterable[int]] = "all",
                      *, names: Sequence[str] = ("a", "b"), **kwargs: Any) -> CircuitComparison:
     """Extract circuits of both models with the same settings (``kwargs`` of :func:`extract_circuits`).
@@ -318,57 +271,13 @@ def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: 
     --------
     >>> import torch
     >>> from torch import nn
-    >>> _ = torch.manual_seed(0)
-    >>> a = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 2, bias=False))
-    >>> x = torch.randn(60, 4); y = a(x).argmax(1).detach()
+    >>> _ = torch.manual_seed(1)
+    >>> a = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))
+    >>> x = torch.randn(40, 3); y = a(x).argmax(1).detach()
     >>> comp = compare_circuits(a, a, (x, y), progress=False, device="cpu", names=("a", "same"))
     >>> comp.labels, comp.mean_relative_change
     ([0, 1], 0.0)
     """
     a = extract_circuits(model_a, data, labels, **kwargs)
     b = extract_circuits(model_b, data, labels, **kwargs)
-    keys = sorted(a)
-    return CircuitComparison(keys, [a[c].label_name for c in keys], np.array([a[c].ecs for c in keys]),
-                             np.array([b[c].ecs for c in keys]), (str(names[0]), str(names[1])), a, b)
-
-
-def cluster_share(circuit: Circuit, graph: LayeredGraph, clustering) -> Dict[str, Any]:
-    """Where a circuit lives: shares of its kept edges and squared weight inside each cluster.
-
-    Over the clustered layers (grouped view), a kept edge is *inside* cluster ``c`` when both ends
-    have label ``c``, *between* when its ends have different labels, *unclustered* when an end is
-    ``-1``. Returns ``{"edges": [k shares], "mass": [k shares], "between": {...}, "unclustered":
-    {...}, "dominant": cluster with the largest mass share}``; shares are of the circuit's kept
-    edges (count) and squared weight in the clustered layers.
-
-    Examples
-    --------
-    >>> import numpy as np, torch
-    >>> from torch import nn
-    >>> from graphinterp.clustering.cluster import Clustering
-    >>> model = nn.Sequential(nn.Linear(2, 2, bias=False))
-    >>> with torch.no_grad():
-    ...     _ = model[0].weight.copy_(torch.eye(2))
-    >>> x = torch.eye(2).repeat(10, 1); y = torch.tensor([0, 1]).repeat(10)
-    >>> c = extract_circuits(model, (x, y), [0], progress=False, device="cpu")[0]
-    >>> labels = Clustering(2, {"0": np.array([0, 1])}, {"0": np.array([0, 1])})
-    >>> share = cluster_share(c, LayeredGraph.from_module(model), labels)
-    >>> share["edges"], share["between"]["edges"]
-    ([0.5, 0.5], 0.0)
-    """
-    k = clustering.k
-    counts, mass = np.zeros(k + 2), np.zeros(k + 2)  # clusters, between, unclustered
-    for name in clustering.layer_names:
-        layer = graph[name]
-        m = circuit.masks[name].to(layer.weight.device)
-        w = layer.weight * (m[..., None, None] if layer.kind == "conv2d" else m).to(layer.weight.dtype)
-        sq = Layer(name, layer.kind, w, in_groups=layer.in_groups, groups=layer.groups).squared().cpu().numpy()
-        rows, cols = (np.asarray(v) for v in clustering.labels(name))
-        slot = np.where((rows[:, None] < 0) | (cols[None, :] < 0), k + 1,
-                        np.where(rows[:, None] == cols[None, :], np.maximum(rows[:, None], 0), k))
-        kept = sq > 0
-        counts += np.bincount(slot[kept], minlength=k + 2)
-        mass += np.bincount(slot[kept], weights=sq[kept], minlength=k + 2)
-    c, s = counts / max(counts.sum(), 1), mass / max(mass.sum(), 1e-300)
-    return {"edges": c[:k].tolist(), "mass": s[:k].tolist(), "between": {"edges": float(c[k]), "mass": float(s[k])},
-            "unclustered": {"edges": float(c[k + 1]), "mass": float(s[k + 1])}, "dominant": int(np.argmax(s[:k]))}
+    return CircuitComparison.from_circuits(a, b, names=names)

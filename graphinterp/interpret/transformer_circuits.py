@@ -35,7 +35,9 @@ from torch import nn
 
 from graphinterp.interpret.circuits import Circuit, _labels, extract_circuit
 from graphinterp.common.errors import DataError, UnsupportedModelError
-from graphinterp.interpret.pruning import EdgeLayer, LabelTask, label_task
+from graphinterp.interpret.edges import EdgeLayer
+from graphinterp.interpret.interventions import interventions
+from graphinterp.interpret.label_tasks import LabelTask, label_task
 from graphinterp.sources.transformer import _ACTS
 
 __all__ = ["AnswerTail", "stream_input", "mlp_edges", "masked_mlp", "extract_transformer_circuits"]
@@ -171,23 +173,15 @@ def masked_mlp(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Iterator[
     >>> m = transformer(vocab=6, n_out=5, d_model=8, n_heads=2, d_mlp=4)
     >>> before = m.blocks[0].mlp.fc_in.weight.clone()
     >>> with masked_mlp(m, {"blocks.0.mlp.fc_in": torch.zeros(4, 8, dtype=torch.bool)}):
-    ...     float(m.blocks[0].mlp.fc_in.weight.abs().sum())
+    ...     float(m.blocks[0].mlp.fc_in.weight.detach().abs().sum())
     0.0
     >>> torch.equal(m.blocks[0].mlp.fc_in.weight, before)
     True
     """
-    saved = []
-    try:
-        with torch.no_grad():
-            for name, mask in masks.items():
-                param = model.get_submodule(name).weight
-                saved.append((param, param.detach().clone()))
-                param.mul_(mask.to(param.device, param.dtype))
+    with interventions(model) as iv:
+        for name, mask in masks.items():
+            iv.mask_edges(model.get_submodule(name), mask)
         yield model
-    finally:
-        with torch.no_grad():
-            for param, original in saved:
-                param.copy_(original)
 
 
 def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -207,7 +201,7 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
     labels : "all" or iterable of int
         Answer classes in ``0..n_out-1``.
     max_examples, negative_ratio, random_state
-        The task of each label (:func:`graphinterp.interpret.pruning.label_task`).
+        The task of each label (:func:`graphinterp.interpret.label_tasks.label_task`).
     progress : bool
         tqdm bar over labels (serial runs).
     n_jobs, scheduler

@@ -14,7 +14,6 @@ Files written by :func:`write_report` into one folder (all atomically):
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,7 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from graphinterp.common.files import atomic_write
+from graphinterp.common.text import format_table
 from graphinterp.clustering.significance import ShuffleTest
+from graphinterp.reports.io import json_safe, write_json
 
 __all__ = ["LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "clusterability_rows", "significance_rows",
            "format_report", "write_report", "safe_name"]
@@ -101,9 +102,9 @@ class BenchmarkReport:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN and infinite values become None)."""
-        return _json_safe({"ks": list(self.ks), "significance_k": self.significance_k, "n_shuffles": self.n_shuffles,
-                           "settings": dict(self.settings), "seconds": self.seconds,
-                           "models": [m.to_dict() for m in self.models], "failed": dict(self.failed)})
+        return json_safe({"ks": list(self.ks), "significance_k": self.significance_k, "n_shuffles": self.n_shuffles,
+                          "settings": dict(self.settings), "seconds": self.seconds,
+                          "models": [m.to_dict() for m in self.models], "failed": dict(self.failed)})
 
 
 def safe_name(name: str) -> str:
@@ -154,25 +155,6 @@ def significance_rows(report: BenchmarkReport) -> List[dict]:
     return rows
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "+inf" if value > 0 else "-inf"
-        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.3g}"
-    return str(value)
-
-
-def _table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
-    cells = [[_fmt(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
 def format_report(report: BenchmarkReport) -> str:
     """The terminal table: one row per model and layer, then the layers left out and why.
 
@@ -193,7 +175,7 @@ def format_report(report: BenchmarkReport) -> str:
                          f"{t.E.mean:.3f}±{t.E.std:.3f}" if t else None, t.E.z if t else None,
                          t.E.p_value if t else None, f"{t.score.mean:.3f}±{t.score.std:.3f}" if t else None,
                          t.score.z if t else None, t.score.p_value if t else None])
-    lines = [_table(rows, headers)]
+    lines = [format_table(rows, headers)]
     if ks is not None and report.n_shuffles:
         lines.append(f"shuffle test at k={ks} with n={report.n_shuffles} shuffles per layer (smallest possible "
                      f"p = {1 / (report.n_shuffles + 1):.3f}); z = (observed - null mean) / null sd")
@@ -280,8 +262,7 @@ def write_report(report: BenchmarkReport, out: Union[str, Path], *, figures: boo
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    with atomic_write(out / "benchmark.json", "w") as handle:
-        json.dump(report.to_dict(), handle, indent=2)
+    write_json(out / "benchmark.json", report.to_dict())
     written["benchmark.json"] = out / "benchmark.json"
     _write_csv(out / "clusterability.csv", clusterability_rows(report), _CLUSTER_COLUMNS)
     written["clusterability.csv"] = out / "clusterability.csv"
@@ -299,14 +280,3 @@ def write_report(report: BenchmarkReport, out: Union[str, Path], *, figures: boo
             names[m.name] = name
         written.update(_figures(report, out, names, formats))
     return written
-
-
-def _json_safe(obj):
-    """Replace NaN/inf (not valid JSON) by None, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj

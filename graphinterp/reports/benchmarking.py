@@ -30,6 +30,7 @@ from graphinterp.clustering.metrics import clusterability, normalized_score, ran
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
 from graphinterp.clustering.significance import shuffle_test, single_threaded_blas
+from graphinterp.clustering.validation import check_k, live_sizes
 
 __all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
            "benchmark_graph", "run_benchmark", "safe_name"]
@@ -73,47 +74,43 @@ class ModelSource:
         return f"{self.arch}:{Path(self.weights).stem}" if self.weights else f"{self.arch} (random)"
 
 
-def _with_notes(opened, graph: LayeredGraph) -> Tuple[LayeredGraph, str, List[str]]:
-    from graphinterp.graph.load import graph_structure
-
-    notes = list(opened.notes)
-    if graph.coverage is not None:
-        notes += graph.coverage.summary_lines()
-    return graph, graph_structure(graph), notes
-
-
 def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGraph, str, List[str]]:
     """Graph of a :class:`graphinterp.sources.loading.LoadedModel`: ``(graph, structure, notes)``.
 
     ``structure`` is ``"chained"``, ``"dag"`` or ``"layerwise"``; the notes give the coverage,
     what was folded, and why a state_dict was read layer by layer.
     """
-    from graphinterp.graph.load import model_graph, opened_from_loaded
+    from graphinterp.graph.load import opened_from_loaded
 
-    opened = opened_from_loaded(loaded)
-    return _with_notes(opened, model_graph(opened, layerwise=layerwise))
+    return _graph_of(opened_from_loaded(loaded), layerwise)
 
 
 def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: bool = False,
                 random_state: Optional[int] = 0) -> Tuple[LayeredGraph, str, List[str]]:
-    """Build a source's graph through :func:`graphinterp.graph.load.load_graph`: ``(graph, structure, notes)``.
+    """Open a source with :func:`graphinterp.graph.load.open_model` and build its graph: ``(graph, structure, notes)``.
 
     Raises
     ------
     ModelFileError, UnsupportedModelError, InvalidWeightsError
         Missing or unreadable file, unknown architecture, weights that do not fit it.
     """
-    from graphinterp.graph.load import load_graph
+    from graphinterp.graph.load import open_model
 
     spec = source.path if source.kind == "file" else source.arch
-    opened, graph = load_graph(spec, weights=source.weights, trust_pickle=trust_pickle, layerwise=layerwise,
-                               random_state=random_state)
-    return _with_notes(opened, graph)
+    opened = open_model(spec, weights=source.weights, trust_pickle=trust_pickle, random_state=random_state)
+    return _graph_of(opened, layerwise)
 
 
-def _live(layer: Layer) -> Tuple[int, int]:
-    sq = layer.squared()
-    return int((sq.sum(1) > 0).sum()), int((sq.sum(0) > 0).sum())
+def _graph_of(opened, layerwise: bool) -> Tuple[LayeredGraph, str, List[str]]:
+    """The chained-then-layerwise fallback, once: an opened model's graph (chained when the model is a
+    chain, a DAG, or layer by layer), its structure and the notes saying why and what is covered."""
+    from graphinterp.graph.load import graph_structure, model_graph
+
+    graph = model_graph(opened, layerwise=layerwise)
+    notes = list(opened.notes)
+    if graph.coverage is not None:
+        notes += graph.coverage.summary_lines()
+    return graph, graph_structure(graph), notes
 
 
 def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
@@ -157,7 +154,7 @@ def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], rando
         if layer.structure == "depthwise":
             skipped[lname] = DEPTHWISE_REASON
             continue
-        live = _live(layer)
+        live = live_sizes(layer)
         if min(live) < ks[0]:
             why = "all its weights are zero" if min(live) == 0 else f"fewer than k={ks[0]} nodes with weights"
             skipped[lname] = f"{why} ({live[0]}x{live[1]})"
@@ -199,7 +196,7 @@ def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: O
     >>> [r.layer for r in res], sorted(res[0].scores), res[0].skipped_k, skipped
     (['0', '2'], [2], {4: 'fewer than k=4 nodes with weights (3x8)'}, {})
     """
-    ks = sorted(set(int(k) for k in ks))
+    ks = _check_ks(ks, significance_k)
     names = list(layers) if layers is not None else graph.layer_names
     tasks, skipped = _layer_tasks(graph, ks, names, random_state)
     serial = n_jobs == 1 and scheduler is None
@@ -212,6 +209,16 @@ def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: O
             todo = tqdm(tasks, desc=f"layers of {name}", leave=False)
         return [_run_layer(*t, *common) for t in todo], skipped
     return run_tasks(_run_layer, [(*t, *common) for t in tasks], n_jobs=n_jobs, scheduler=scheduler), skipped
+
+
+def _check_ks(ks: Sequence[int], significance_k: Optional[int]) -> List[int]:
+    """The k values, sorted and unique, each checked by :func:`check_k` (layers too small are skipped, not errors)."""
+    ks = sorted(set(check_k(k) for k in ks))
+    if not ks:
+        raise ClusteringError("give at least one k (each >= 2)")
+    if significance_k is not None:
+        check_k(significance_k)
+    return ks
 
 
 def _describe(source: ModelSource) -> str:
@@ -283,11 +290,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     >>> [lb.layer for lb in rep.models[0].layers], rep.models[0].layers[0].significance.n_shuffles
     (['0', '2'], 3)
     """
-    ks = sorted(set(int(k) for k in ks))
-    if not ks or ks[0] < 2:
-        raise ClusteringError(f"every k must be at least 2, got {ks}")
-    if significance_k is not None and significance_k < 2:
-        raise ClusteringError(f"the significance k must be at least 2, got {significance_k}")
+    ks = _check_ks(ks, significance_k)
     start = time.perf_counter()
     names = _unique_names(sources)
     loaded, failed = [], {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import math
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -13,7 +14,8 @@ import numpy as np
 from graphinterp.common.files import atomic_write
 from graphinterp.graph.layered import LayeredGraph
 
-__all__ = ["write_graphml", "read_graphml", "export_graphml", "align_labels", "xml_safe", "write_json", "write_csv"]
+__all__ = ["write_graphml", "read_graphml", "export_graphml", "align_labels", "xml_safe", "json_default", "json_safe",
+           "write_json", "write_csv"]
 
 
 # characters XML 1.0 cannot hold, even as character references
@@ -170,17 +172,43 @@ def align_labels(clustering, reference):
     return replace(clustering, row_labels=rows, col_labels=cols, meta={**clustering.meta, "aligned_to": "network"})
 
 
-def write_json(path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (arrays and dataclasses with ``to_dict`` allowed)."""
-    def default(value):
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        if hasattr(value, "to_dict"):
-            return value.to_dict()
-        raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def json_default(value: Any) -> Any:
+    """The ``default=`` of :func:`json.dump` used by graphinterp: arrays and tensors as lists, results by ``to_dict()``.
 
+    Examples
+    --------
+    >>> import json
+    >>> json.dumps({"sizes": np.array([2, 3])}, default=json_default)
+    '{"sizes": [2, 3]}'
+    """
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity (not valid JSON) replaced by None, recursively through dicts and lists.
+
+    Examples
+    --------
+    >>> json_safe({"z": float("nan"), "p": [0.5, float("inf")]})
+    {'z': None, 'p': [0.5, None]}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (arrays and dataclasses with ``to_dict`` allowed: :func:`json_default`)."""
     with atomic_write(path, "w") as fh:
-        json.dump(obj, fh, indent=2, default=default)
+        json.dump(obj, fh, indent=2, default=json_default)
 
 
 def write_csv(path, rows: Sequence[Mapping[str, Any]], fieldnames: Optional[Sequence[str]] = None) -> None:

@@ -54,6 +54,7 @@ def plot_clusterability_vs_k(curves: Mapping[str, Mapping[int, float]], *,
     Returns
     -------
     matplotlib.figure.Figure
+        One axes: E against k, a line per model (and its dashed baseline).
 
     Raises
     ------
@@ -150,6 +151,7 @@ def plot_significance(observed: Mapping[str, float], null_samples: Mapping[str, 
     Returns
     -------
     matplotlib.figure.Figure
+        One axes: a row per layer, its null as a strip and its observed E as a diamond.
 
     Raises
     ------

@@ -36,6 +36,7 @@ def plot_ablation(on: np.ndarray, off: np.ndarray, *, full: Optional[np.ndarray]
     Returns
     -------
     matplotlib.figure.Figure
+        Two heatmaps, ON above OFF (cells annotated with the accuracy where they are large enough).
 
     Raises
     ------
@@ -100,6 +101,7 @@ def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, *, labels: Optiona
     Returns
     -------
     matplotlib.figure.Figure
+        One axes: a column per label, an arrow from model a's ECS to model b's.
 
     Raises
     ------

@@ -122,6 +122,7 @@ def plot_clustered_layer(weight: np.ndarray, row_labels: np.ndarray, col_labels:
     Returns
     -------
     matplotlib.figure.Figure
+        The bipartite graph and/or the weight matrix reordered by cluster.
 
     Raises
     ------

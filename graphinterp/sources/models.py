@@ -19,23 +19,14 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from torch import nn
 
-from graphinterp.common.errors import DataError, UnsupportedModelError
+from graphinterp.common.errors import UnsupportedModelError
+from graphinterp.sources.specs import default_spec  # noqa: F401 - re-exported, its home before the split
 from graphinterp.sources.transformer import transformer
 
 __all__ = ["MODELS", "mlp", "cnn", "torchvision_model", "build_model", "default_spec"]
 
 #: Names accepted by :func:`build_model` as ``spec["name"]``.
 MODELS = ("mlp", "cnn", "torchvision", "transformer")
-
-# (channels, height, width) of each dataset's images; mirrors graphinterp.data.datasets.dataset_info
-# (kept here so models.py does not import data.py, which is on the same layer).
-_INPUT_SHAPES = {
-    "digits": (1, 8, 8),
-    "mnist": (1, 28, 28),
-    "fashion-mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-}
-_ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
 
 
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -190,6 +181,7 @@ def torchvision_model(arch: str, num_classes: Optional[int] = None) -> nn.Module
     Returns
     -------
     torch.nn.Module
+        The architecture with fresh random weights, in training mode.
 
     Raises
     ------
@@ -236,11 +228,13 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     Returns
     -------
     torch.nn.Module
+        What the spec's builder returns for its ``kwargs``.
 
     Raises
     ------
     UnsupportedModelError
-        If the spec is malformed, the name is unknown or an argument is unknown or invalid.
+        If the spec is malformed (not a dict of ``name`` and ``kwargs``), names no builder in
+        :data:`MODELS`, or passes an argument the builder does not take or refuses.
 
     Examples
     --------
@@ -269,53 +263,3 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     if missing:
         raise UnsupportedModelError(f"model {name!r} needs argument(s) {missing} in spec['kwargs']")
     return builder(**kwargs)
-
-
-def default_spec(dataset_name: str, model_name: str) -> Dict[str, Any]:
-    """The default architecture spec for a dataset (paper, Table 1, scaled down for digits).
-
-    ========== =================================== ===========================================
-    dataset    ``"mlp"``                           ``"cnn"``
-    ========== =================================== ===========================================
-    digits     64 -> 32 -> 32 -> 10                conv 1->16, pool, 256 -> 32 -> 32 -> 10
-    mnist      784 -> 64 -> 64 -> 10               conv 1->16, pool, 3136 -> 64 -> 64 -> 10
-    fashion-   784 -> 64 -> 64 -> 10               conv 1->16, pool, 3136 -> 64 -> 64 -> 10
-    mnist
-    cifar10    3072 -> 64 -> 64 -> 10              conv 3->16, pool, 4096 -> 64 -> 64 -> 10
-    ========== =================================== ===========================================
-
-    Parameters
-    ----------
-    dataset_name : {"digits", "mnist", "fashion-mnist", "cifar10"}
-    model_name : {"mlp", "cnn"}
-
-    Returns
-    -------
-    dict
-        A spec for :func:`build_model`.
-
-    Raises
-    ------
-    DataError
-        If the dataset is unknown.
-    UnsupportedModelError
-        If the model name is unknown.
-
-    Examples
-    --------
-    >>> default_spec("digits", "mlp")
-    {'name': 'mlp', 'kwargs': {'in_features': 64, 'hidden': [32, 32], 'num_classes': 10, 'bias': False}}
-    """
-    key = str(dataset_name).lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in _INPUT_SHAPES:
-        raise DataError(f"unknown dataset {dataset_name!r}; choose one of {', '.join(_INPUT_SHAPES)}")
-    if model_name not in ("mlp", "cnn"):
-        raise UnsupportedModelError(f"unknown model name {model_name!r}; choose 'mlp' or 'cnn'")
-    c, h, w = _INPUT_SHAPES[key]
-    hidden = [32, 32] if key == "digits" else [64, 64]
-    if model_name == "mlp":
-        kwargs: Dict[str, Any] = {"in_features": c * h * w, "hidden": hidden, "num_classes": 10, "bias": False}
-    else:
-        kwargs = {"in_channels": c, "channels": 16, "image_size": h, "hidden": hidden, "num_classes": 10, "bias": False}
-    return {"name": model_name, "kwargs": kwargs}

@@ -45,12 +45,13 @@ Python overhead).
 from __future__ import annotations
 
 import weakref
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.labels import require_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.training.masks import parameter_masks, unwrap_model
@@ -70,8 +71,8 @@ class EnmeshmentLoss:
     model : torch.nn.Module
         The model being trained (a ``DistributedDataParallel`` wrapper is unwrapped; the loss
         reads the live parameters, so it follows optimiser updates).
-    clustering : Clustering or dict
-        Cluster labels of the layers to make modular (e.g. from
+    clustering : Clustering
+        Cluster labels (only this type: a dict is refused with :class:`ClusteringError`) of the layers to make modular (e.g. from
         :func:`graphinterp.clustering.cluster.cluster_network`).
     graph : LayeredGraph, optional
         The model's layered graph; traced from ``model`` when omitted.
@@ -106,7 +107,7 @@ class EnmeshmentLoss:
     def __init__(
         self,
         model: nn.Module,
-        clustering: Union[Clustering, Mapping],
+        clustering: Clustering,
         *,
         graph: Optional[LayeredGraph] = None,
         reduction: str = "mean",
@@ -114,7 +115,7 @@ class EnmeshmentLoss:
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self.masks = parameter_masks(model, graph, clustering)
+        self.masks = parameter_masks(model, graph, require_clustering(clustering, "EnmeshmentLoss"))
         if not self.masks:
             raise ClusteringError("the clustering has no layers; cluster at least one layer first")
         self.layers: List[str] = list(self.masks)
@@ -187,7 +188,7 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictiona
 
 def enmeshment_loss(
     model: nn.Module,
-    clustering: Union[Clustering, Mapping],
+    clustering: Clustering,
     graph: Optional[LayeredGraph] = None,
     *,
     reduction: str = "mean",

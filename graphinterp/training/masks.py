@@ -23,13 +23,14 @@ graph-level clusterability E of :func:`graphinterp.clustering.metrics.clusterabi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.labels import require_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.clustering.metrics import within_mask
@@ -179,7 +180,7 @@ def _torch_layout_mask(layer: Layer, rows: np.ndarray, cols: np.ndarray, device:
 def parameter_masks(
     model: nn.Module,
     graph: Optional[LayeredGraph],
-    clustering: Union[Clustering, Mapping],
+    clustering: Clustering,
 ) -> Dict[str, ParameterMask]:
     """Map a clustering onto within-cluster masks over the clustered layers' weights.
 
@@ -192,8 +193,9 @@ def parameter_masks(
         The model being trained (a ``DistributedDataParallel`` wrapper is unwrapped).
     graph : LayeredGraph or None
         Its layered graph; traced from ``model`` when None.
-    clustering : Clustering or dict
-        Cluster labels (a dict is read with :meth:`Clustering.from_dict`).
+    clustering : Clustering
+        Cluster labels (only this type; read a stored dict with
+        :func:`graphinterp.clustering.labels.stored_clustering`).
 
     Returns
     -------
@@ -203,7 +205,8 @@ def parameter_masks(
     Raises
     ------
     ClusteringError
-        If the clustering names a layer the model lacks or its label counts do not fit the layer.
+        If ``clustering`` is not a :class:`Clustering` (a dict included), names a layer the model lacks
+        or its label counts do not fit the layer.
 
     Examples
     --------
@@ -215,10 +218,7 @@ def parameter_masks(
     tensor([[0., 1.],
             [0., 1.]])
     """
-    if isinstance(clustering, Mapping):
-        clustering = Clustering.from_dict(clustering)
-    if not isinstance(clustering, Clustering):
-        raise ClusteringError(f"expected a Clustering (or its to_dict()), got {type(clustering).__name__}")
+    clustering = require_clustering(clustering, "parameter_masks")
     model = unwrap_model(model)
     if graph is None:
         graph = trace_graph(model)

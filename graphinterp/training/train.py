@@ -42,6 +42,8 @@ from torch import nn
 from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.files import check_writable, output_lock, resolve_device
 from graphinterp.clustering.cluster import Clustering, cluster_network
+from graphinterp.clustering.labels import stored_clustering
+from graphinterp.clustering.validation import check_k
 from graphinterp.data.datasets import LabeledTensors, load_dataset
 from graphinterp.common.errors import ClusteringError, TrainingError
 from graphinterp.training.gradsim import GradientSimilarity
@@ -136,7 +138,7 @@ def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsi
         import torch.distributed as dist
 
         dist.broadcast_object_list(payload, src=0)
-    return Clustering.from_dict(payload[0])
+    return stored_clustering(payload[0])
 
 
 def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
@@ -144,10 +146,7 @@ def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
     for name in layers:
         if name not in graph.layer_names:
             raise ClusteringError(f"unknown layer {name!r} to cluster; the model's layers are {graph.layer_names}")
-        smallest = min(graph[name].shape())
-        if config.k > smallest:
-            raise ClusteringError(f"k={config.k} is out of range for layer {name!r} "
-                                  f"({graph[name].n_in()}x{graph[name].n_out} nodes): use 2 <= k <= {smallest}")
+    check_k(config.k, graph, layers)
     return layers
 
 

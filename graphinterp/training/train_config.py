@@ -8,8 +8,9 @@ from typing import Any, Dict, List, Optional
 from torch import nn
 
 from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.validation import check_k
 from graphinterp.data.datasets import dataset_info
-from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
+from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.loss import REDUCTIONS
 
 __all__ = ["SIMILARITIES", "RESUME_FIXED", "LAMBDA_MAX", "SEED_MAX", "TrainConfig", "TrainResult", "format_history"]
@@ -80,8 +81,7 @@ class TrainConfig:
                 or lam > LAMBDA_MAX):
             raise TrainingError(f"lambda must be a finite number in 0..{LAMBDA_MAX:g} "
                                 f"(0 trains the unclustered baseline), got {lam!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
-            raise ClusteringError(f"k must be an integer >= 2, got {self.k!r}")
+        check_k(self.k)  # against the model's layers once the graph is built (train._check_layers)
         for name, low in (("warmup_epochs", 0), ("epochs", 0), ("batch_size", 1), ("seed", 0)):
             integer(name, low)
         if self.seed > SEED_MAX:

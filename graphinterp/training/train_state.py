@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
-from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.labels import stored_clustering
 from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.train_config import RESUME_FIXED, TrainConfig
 
@@ -88,7 +88,7 @@ def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, op
         raise TrainingError(f"cannot resume {path}: its training state has epoch {epoch!r}; train into another --out")
     history = check_history(ckpt["history"], epoch, path)
     try:
-        clustering = Clustering.from_dict(state["train_clustering"]) if state.get("train_clustering") else None
+        clustering = stored_clustering(state.get("train_clustering"))
     except GraphinterpError as err:
         raise TrainingError(f"cannot resume {path}: {err}") from None
     try:

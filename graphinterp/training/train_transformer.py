@@ -30,7 +30,7 @@ from torch import nn
 from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.files import check_writable, output_lock, resolve_device
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
-from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.labels import Clustering, stored_clustering
 from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.training.loss import EnmeshmentLoss
@@ -244,7 +244,7 @@ def _resume(path, config: TransformerConfig, arch, model, opt, gen, gradsim):
         if gradsim is not None and state.get("gradsim") is not None:
             gradsim.load_state_dict(state["gradsim"])
         trained = state.get("train_clustering")
-        return int(state["step"]), list(ckpt["history"]), Clustering.from_dict(trained) if trained else None
+        return int(state["step"]), list(ckpt["history"]), stored_clustering(trained)
     except GraphinterpError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

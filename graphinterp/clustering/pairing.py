@@ -1,0 +1,315 @@
+"""The pairing half of BSGC: KMeans restarts as candidates, row and column clusters matched, one kept.
+
+Algorithm 1 clusters the rows of :math:`U_k` and, separately, the rows of :math:`V_k` with two
+*independent* KMeans runs. Row cluster ``c`` and column cluster ``c`` then have nothing to do with each
+other, and on a layer that was not trained against that very clustering the within-cluster share of
+weight is no better than a random partition's. graphinterp therefore pairs the two sides; the three
+``pairing`` modes of :class:`graphinterp.clustering.bsgc.BSGC` are:
+
+``"joint"`` (default)
+    Dhillon's co-clustering: one KMeans on the rows of the joint embedding
+    :math:`Z = [D_U^{-1/2} U;\\, D_V^{-1/2} V]`, so that a row and a column land in the same cluster
+    when they are close in the spectral embedding. The restarts use two embeddings, singular vectors
+    2..k (Algorithm 1's k vectors without the trivial first one, which is constant after scaling) and
+    Dhillon's vectors 2..1+ceil(log2 k); then, in every restart, the column clusters are re-paired to
+    the row clusters by the optimal (Hungarian) matching of the ``k x k`` mass matrix, which can only
+    raise E. The kept restart follows the rule below.
+``"matched"``
+    Two independent KMeans on :math:`D_U^{-1/2} U` (rows) and :math:`D_V^{-1/2} V` (columns), same
+    embeddings as ``"joint"``; restart ``t`` of the rows is paired with restart ``t`` of the columns by
+    the optimal matching; the kept restart follows the rule below.
+``"independent"``
+    Algorithm 1 verbatim: KMeans (k-means++, ``n_init`` restarts, lowest inertia kept) on the rows of
+    :math:`U_k` and, separately, on the rows of :math:`V_k` (the first k singular vectors of
+    :math:`\\tilde A`, unscaled); no pairing and no E-based choice.
+
+Choice among restarts (``"joint"`` and ``"matched"``, :func:`_rank_key`): every candidate is ranked by
+the tuple ``(full, E)`` and the largest wins, ties going to the earlier restart. ``full`` is True when
+every one of the k clusters has at least one row and one column, so a full candidate beats any
+candidate with an empty side whatever their E; among full candidates (or among all, if none is full)
+the highest E (share of squared similarity inside the paired clusters) wins. Every candidate's E comes
+from its ``k x k`` mass matrix :math:`R^T (A \\circ A) C`, all candidates together in one matrix
+product with ``A`` squared block by block (no copy of ``A``). Identical candidate clusterings are
+scored once.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from graphinterp.clustering.kmeans_batch import batched_kmeans
+from graphinterp.clustering.spectral import _Spectrum
+
+__all__ = ["PAIRINGS", "match_clusters", "cluster_mass"]
+
+PAIRINGS = ("joint", "matched", "independent")
+
+_MAX_ITER = 300  # Lloyd iterations per restart (scikit-learn's default)
+_TOL = 1e-4  # ... and relative centre shift (scikit-learn's defaults), for "independent"
+_TOL_PAIRED = 1e-2  # looser for the paired modes: their restarts are candidates ranked by E, not inertia
+_MAX_ITER_PAIRED = 300
+_CHUNK_ELEMENTS = 1 << 21  # block size (elements) for squaring A when scoring candidates
+
+
+def cluster_mass(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """``(k, k)`` matrix of the squared similarity between row cluster ``a`` and column cluster ``b``.
+
+    One ``(m, n) @ (n, k)`` product; label ``-1`` (isolated) counts in no cluster.
+
+    Examples
+    --------
+    >>> sq = torch.tensor([[4.0, 1.0], [0.0, 9.0]])
+    >>> cluster_mass(sq, np.array([0, 1]), np.array([1, -1]), 2).tolist()
+    [[0.0, 4.0], [0.0, 0.0]]
+    """
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)  # -1 -> spare bucket k
+    c = torch.as_tensor(np.where(cols >= 0, cols, k), device=squared.device)
+    one_hot = torch.nn.functional.one_hot
+    mass = one_hot(r, k + 1).to(squared.dtype).T @ (squared @ one_hot(c, k + 1).to(squared.dtype))
+    return mass[:k, :k].double().cpu().numpy()
+
+
+def _matching(mass: np.ndarray) -> np.ndarray:
+    """Column-cluster relabelling ``new[b]`` that maximises the within-cluster mass (Hungarian)."""
+    row_ind, col_ind = linear_sum_assignment(-mass)
+    new_label = np.empty(len(mass), dtype=np.int64)
+    new_label[col_ind] = row_ind
+    return new_label
+
+
+def match_clusters(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """Relabel column clusters to maximise the within-cluster mass (Hungarian matching).
+
+    ``squared`` is ``(m, n)``; ``rows``/``cols`` are labels in ``0..k-1`` (or -1 for isolated nodes).
+    Returns the new column labels; row labels are unchanged.
+
+    Examples
+    --------
+    >>> sq = torch.tensor([[0.0, 5.0], [5.0, 0.0]])
+    >>> match_clusters(sq, np.array([0, 1]), np.array([0, 1]), 2).tolist()
+    [1, 0]
+    """
+    cols = np.asarray(cols, dtype=np.int64)
+    new_label = _matching(cluster_mass(squared, rows, cols, k))
+    return np.where(cols >= 0, new_label[np.maximum(cols, 0)], -1)
+
+
+
+def _best_inertia(labels: torch.Tensor, inertia: torch.Tensor) -> np.ndarray:
+    return labels[int(inertia.argmin())].numpy().astype(np.int64)
+
+
+def _canonical(labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Labellings (T, N) renumbered in order of first appearance, and the maps ``f`` (T, k) with
+    ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last)."""
+    T, N = labels.shape
+    present = labels[:, None, :] == np.arange(k)[None, :, None]  # (T, k, N)
+    first = np.where(present.any(-1), present.argmax(-1), N)
+    order = np.argsort(first, axis=1, kind="stable")
+    f = np.empty((T, k), dtype=np.int64)
+    np.put_along_axis(f, order, np.arange(k)[None, :].repeat(T, 0), axis=1)
+    return np.take_along_axis(f, labels, axis=1), f
+
+
+def _column_products(A: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
+    """``(A o A) @ onehot(labels_t)`` (T, m, k) for ``T`` column labellings, each distinct partition computed once."""
+    canon, maps = _canonical(labels, k)
+    first, inverse = _unique_rows(canon)
+    P = _squared_products(A, canon[first], k, "cols").numpy()  # (U, m, k)
+    return np.stack([P[u][:, f] for u, f in zip(inverse, maps)])
+
+
+def _unique_rows(a: np.ndarray) -> Tuple[List[int], List[int]]:
+    """Indices of the first occurrence of each distinct row of ``a`` (in order), and each row's
+    position among them (``np.unique(axis=0)`` without its slow structured-array sort)."""
+    a = np.ascontiguousarray(a)
+    seen: dict = {}
+    first, inverse = [], []
+    for t in range(len(a)):
+        key = a[t].tobytes()
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(t)
+        inverse.append(seen[key])
+    return first, inverse
+
+
+def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Pair, repair and pick one of copy ``copy``'s ``T`` candidate clusterings (``rows`` (T, m_live), ``cols`` (T, n_live)).
+
+    Each candidate's column clusters are matched to its row clusters (Hungarian, on the mass matrix).
+    A cluster left without rows then gets the row whose move loses the least within-cluster mass
+    (taken from a cluster with at least two rows), and likewise for columns, so that every cluster
+    of every candidate has both rows and columns when ``k <= min(m_live, n_live)``. The kept
+    candidate is the first one that is full (all k clusters with rows and columns), then has the
+    highest E. Candidates that are the same partition as an earlier one (up to renumbering) are
+    dropped first: they would score the same and lose the tie.
+    """
+    key = np.concatenate([_canonical(rows, k)[0], _canonical(cols, k)[0]], 1)
+    first = _unique_rows(key)[0]
+    rows, cols = rows[first], cols[first]
+    T = len(rows)
+    full_r, full_c = _scatter_batch(rows, sp.live_r, 0), _scatter_batch(cols, sp.live_c, 0)
+    P = _column_products(sp.A[copy], full_c, k)  # (T, m, k): mass of each row in each column cluster
+    index = torch.from_numpy(full_r)[:, :, None].expand(P.shape)
+    masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, index, torch.from_numpy(P)).numpy()
+    total = float(P[0].sum())
+    scale = 1.0 / total if total > 0 else 0.0
+    cands, need_cols = [], []
+    for t in range(T):
+        new_label = _matching(masses[t])
+        E = masses[t][new_label, np.arange(k)].sum() * scale
+        r, c = rows[t], new_label[cols[t]]
+        if np.bincount(r, minlength=k).min() == 0:  # repair the rows, given the matched columns
+            Pt = np.empty((sp.m_live, k))
+            Pt[:, new_label] = P[t][sp.live_r]
+            r = r.copy()
+            E += _repair(r, Pt, k) * scale
+        cands.append([r, c, E])
+        if np.bincount(c, minlength=k).min() == 0:
+            need_cols.append(t)
+    if need_cols:  # columns' mass in each (repaired) row cluster, for the candidates that need it
+        Q = _squared_products(sp.A[copy], _scatter_batch(np.stack([cands[t][0] for t in need_cols]), sp.live_r, 0), k, "rows")
+        Q = Q.numpy()[:, sp.live_c]
+        for q, t in enumerate(need_cols):
+            cands[t][1] = cands[t][1].copy()
+            cands[t][2] += _repair(cands[t][1], Q[q], k) * scale
+    best_key, best = None, None
+    for r, c, E in cands:
+        key = _rank_key(r, c, E, k)
+        if best_key is None or key > best_key:
+            best_key, best = key, (r, c)
+    return best
+
+
+def _rank_key(rows: np.ndarray, cols: np.ndarray, E: float, k: int) -> Tuple[bool, float]:
+    """The rank of a candidate, ``(full, E)``: the largest wins, and on equal keys the earlier candidate.
+
+    ``full`` (every one of the k clusters has a row and a column) comes first, so any full candidate
+    beats any candidate with an empty side, whatever their E; then the higher E wins.
+
+    Examples
+    --------
+    >>> full = _rank_key(np.array([0, 1]), np.array([1, 0]), 0.2, 2)
+    >>> empty = _rank_key(np.array([0, 0]), np.array([1, 0]), 0.9, 2)
+    >>> full, full > empty
+    ((True, 0.2), True)
+    """
+    return (bool(np.bincount(rows, minlength=k).all() and np.bincount(cols, minlength=k).all()), E)
+
+
+def _repair(labels: np.ndarray, gain_table: np.ndarray, k: int) -> float:
+    """Give every empty cluster one node, the move that loses the least mass; returns the change in mass.
+
+    ``gain_table[i, c]`` is the within-cluster mass node ``i`` has when in cluster ``c`` (given the
+    other side's clusters); nodes are only taken from clusters that keep at least one. In place.
+    """
+    counts = np.bincount(labels, minlength=k)
+    delta = 0.0
+    if counts.min() > 0 or len(labels) < k:
+        return delta
+    own = gain_table[np.arange(len(labels)), labels]
+    for c in np.flatnonzero(counts == 0):
+        gain = gain_table[:, c] - own
+        gain[counts[labels] < 2] = -np.inf
+        i = int(np.argmax(gain))
+        counts[labels[i]] -= 1
+        counts[c] += 1
+        labels[i], own[i] = c, gain_table[i, c]
+        delta += gain[i]
+    return float(delta)
+
+
+def _squared_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str) -> torch.Tensor:
+    """``(A o A) @ onehot(labels_t)`` for ``T`` labellings of the columns (``side="cols"``, result (T, m, k)),
+    or ``(A o A)^T @ onehot(labels_t)`` for labellings of the rows (``side="rows"``, result (T, n, k)).
+
+    All labellings in one matrix product with the ``(n, T k)`` indicator; ``A`` is squared block by
+    block into a small buffer, never whole. Float64 on the CPU.
+    """
+    if not A.is_contiguous() and A.T.is_contiguous():  # a transposed view: work on the row-major side
+        return _squared_products(A.T, labels, k, "rows" if side == "cols" else "cols")
+    T, (m, n) = len(labels), A.shape
+    offsets = torch.arange(T)[:, None] * k
+    indicator = torch.zeros(labels.shape[1], T * k, dtype=A.dtype, device=A.device)
+    indicator.scatter_(1, (torch.from_numpy(labels) + offsets).T.to(A.device), 1.0)
+    step = max(1, min(m, _CHUNK_ELEMENTS // max(n, 1)))
+    buf = torch.empty(step, n, dtype=A.dtype, device=A.device)
+    if side == "cols":
+        out = torch.empty(m, T * k, dtype=A.dtype, device=A.device)
+    else:
+        out_t = torch.zeros(T * k, n, dtype=A.dtype, device=A.device)
+    for i0 in range(0, m, step):
+        i1 = min(m, i0 + step)
+        block = torch.mul(A[i0:i1], A[i0:i1], out=buf[: i1 - i0])
+        if side == "cols":
+            torch.mm(block, indicator, out=out[i0:i1])
+        else:
+            out_t.addmm_(indicator[i0:i1].T, block)
+    if side == "rows":
+        out = out_t.T
+    return out.reshape(out.shape[0], T, k).permute(1, 0, 2).double().cpu()
+
+
+def _scatter(sub_labels: np.ndarray, live: np.ndarray) -> np.ndarray:
+    out = np.full(live.size, -1, dtype=np.int64)
+    out[live] = sub_labels
+    return out
+
+
+def _scatter_batch(sub_labels: np.ndarray, live: np.ndarray, fill: int) -> np.ndarray:
+    if live.all():
+        return sub_labels
+    out = np.full((len(sub_labels), live.size), fill, dtype=np.int64)
+    out[:, live] = sub_labels
+    return out
+
+
+def fit_spectrum(sp: _Spectrum, k: int, ncomp: int, n_init: int, gens: List[torch.Generator], pairing: str,
+                 n_components: Optional[int]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Labels ``(rows, cols)`` of every copy of ``sp``: KMeans restarts, then the pairing and choice above.
+
+    ``ncomp`` singular vectors are used (``n_components`` is the estimator's setting: when it is None,
+    the paired modes also run Dhillon's smaller embedding); copy ``c``'s KMeans draws come from
+    ``gens[c]``. Isolated nodes get label -1.
+    """
+    if pairing == "independent":  # Algorithm 1: KMeans on the rows of U_k and V_k themselves
+        U, V = sp.U[:, sp.live_r, :ncomp].float().cpu(), sp.V[:, sp.live_c, :ncomp].float().cpu()
+        ones = torch.ones(n_init, ncomp)
+        r_lab, r_in = batched_kmeans(U, k, ones, gens, max_iter=_MAX_ITER, tol=_TOL)
+        c_lab, c_in = batched_kmeans(V, k, ones, gens, max_iter=_MAX_ITER, tol=_TOL)
+        return [(_scatter(_best_inertia(r_lab[c], r_in[c]), sp.live_r), _scatter(_best_inertia(c_lab[c], c_in[c]), sp.live_c))
+                for c in range(sp.n_copies)]
+    rows, cols = _paired_candidates(sp, k, ncomp, n_init, gens, pairing, n_components)
+    out = []
+    for c in range(sp.n_copies):
+        r, col = _choose(sp, c, rows[c], cols[c], k)
+        out.append((_scatter(r, sp.live_r), _scatter(col, sp.live_c)))
+    return out
+
+
+def _paired_candidates(sp: _Spectrum, k: int, ncomp: int, n_init: int, gens, pairing: str, n_components: Optional[int]):
+    """All KMeans restarts of all copies at once: candidate labels (C, T, m_live) and (C, T, n_live)."""
+    # Scaled embedding without the trivial first vector (constant after scaling); keep it only if alone.
+    first = 1 if ncomp > 1 else 0
+    Zu = (sp.du_is[:, sp.live_r, None] * sp.U[:, sp.live_r, first:ncomp]).float().cpu()
+    Zv = (sp.dv_is[:, sp.live_c, None] * sp.V[:, sp.live_c, first:ncomp]).float().cpu()
+    dims = [ncomp - first]
+    n_log = 1 + int(np.ceil(np.log2(k)))
+    if n_components is None and n_log < ncomp:  # Dhillon's embedding: vectors 2..1+ceil(log2 k)
+        dims.append(n_log - 1)
+    mask = torch.zeros(len(dims) * n_init, Zu.shape[2])
+    for e, d in enumerate(dims):
+        mask[e * n_init:(e + 1) * n_init, :d] = 1.0
+    kw = dict(max_iter=_MAX_ITER_PAIRED, tol=_TOL_PAIRED)
+    if pairing == "joint":
+        labels, _ = batched_kmeans(torch.cat([Zu, Zv], 1), k, mask, gens, **kw)
+        rows, cols = labels[:, :, : Zu.shape[1]], labels[:, :, Zu.shape[1]:]
+    else:
+        rows, _ = batched_kmeans(Zu, k, mask, gens, **kw)
+        cols, _ = batched_kmeans(Zv, k, mask, gens, **kw)
+    return rows.numpy(), cols.numpy()

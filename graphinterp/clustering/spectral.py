@@ -1,0 +1,241 @@
+"""The spectral half of BSGC: validation, normalisation and the leading SVD of the normalised matrix.
+
+Algorithm 1 normalises the similarity matrix, :math:`\\tilde A = D_U^{-1/2} A D_V^{-1/2}`, and takes its
+rank-k SVD :math:`\\tilde A \\approx U_k \\Sigma_k V_k^T`. Here the SVD is a randomized range finder
+(Halko et al. 2011) on the normalised operator applied implicitly (``A`` is never scaled, copied or
+cast), with the exactly known top singular pair (:math:`\\sigma_1 = 1`, :math:`u_1 \\propto \\sqrt{d_U}`,
+:math:`v_1 \\propto \\sqrt{d_V}`) deflated; small matrices get an exact SVD through the Gram matrix.
+:class:`_Spectrum` holds ``C`` validated matrices of one shape with their degrees and SVDs, so that
+:func:`graphinterp.clustering.bsgc.fit_batch` and :func:`~graphinterp.clustering.bsgc.fit_k_range`
+share one computation between copies or between values of k.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from graphinterp.clustering.kmeans_batch import one_thread
+from graphinterp.common.errors import ClusteringError, InvalidWeightsError
+
+__all__ = ["normalize_bipartite", "randomized_svd"]
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+_OVERSAMPLE = 10
+_SMALL_ELEMENTS = 1 << 20  # default power iterations: _N_ITER_SMALL below this many entries, else _N_ITER_LARGE
+_N_ITER_SMALL, _N_ITER_LARGE = 7, 4
+_EXACT_MAX_SIDE = 96  # normalised SVD computed exactly when the smaller side has at most this many nodes
+_EXACT_MAX_ELEMENTS = 1 << 21  # ... and the matrix is at most this big (the exact path copies it)
+
+
+def normalize_bipartite(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return :math:`D_U^{-1/2} A D_V^{-1/2}` and the two inverse square-root degree vectors.
+
+    Nodes of degree zero get an inverse square-root degree of 0 (not inf), so they embed at the
+    origin instead of producing NaN.
+
+    Examples
+    --------
+    >>> An, du, dv = normalize_bipartite(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    >>> du
+    tensor([0.7071, 0.0000])
+    """
+    du_is, dv_is = _inv_sqrt(A.sum(1)), _inv_sqrt(A.sum(0))
+    return du_is[:, None] * A * dv_is[None, :], du_is, dv_is
+
+
+def _inv_sqrt(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(d > 0, d.clamp_min(torch.finfo(d.dtype).tiny).rsqrt(), torch.zeros_like(d))
+
+
+def randomized_svd(
+    A: torch.Tensor, rank: int, *, oversample: int = 10, n_iter: int = 4, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` truncated SVD by a randomized range finder with power iterations (Halko et al. 2011).
+
+    Uses a seeded ``generator`` so results are deterministic; falls back to an exact SVD when the
+    matrix is small. ``A`` is only read (never copied or cast).
+
+    Returns
+    -------
+    U : (m, rank), S : (rank,), V : (n, rank)
+
+    Examples
+    --------
+    >>> U, S, V = randomized_svd(torch.eye(3, dtype=torch.float64), 2)
+    >>> S.tolist(), U.shape
+    ([1.0, 1.0], torch.Size([3, 2]))
+    """
+    m, n = A.shape
+    q = min(rank + oversample, m, n)
+    if q >= min(m, n) or m * n <= 250_000:
+        U, S, V = _gram_svd(A[None])
+    else:
+        A3 = A[None]
+        U, S, V = _range_svd(lambda X: torch.matmul(A3, X), lambda Y: torch.matmul(Y.transpose(1, 2), A3).transpose(1, 2),
+                             A3, q, n_iter, [generator or torch.Generator().manual_seed(0)])
+    return U[0, :, :rank].to(A.dtype), S[0, :rank].to(A.dtype), V[0, :, :rank].to(A.dtype)
+
+
+def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generators: Sequence[torch.Generator]):
+    """Randomized SVD of the batched operator ``X -> matmul(X)`` (adjoint ``rmatmul``) of ``A``'s shape (C, m, n).
+
+    ``q`` vectors; copy ``c``'s random start comes from ``generators[c]``.
+    """
+    omega = torch.stack([torch.randn(A.shape[2], q, generator=g, dtype=A.dtype) for g in generators]).to(A.device)
+
+    def orth(X: torch.Tensor) -> torch.Tensor:  # thin QR of (C, m, q): small, one thread on the CPU
+        if X.is_cuda:
+            return torch.linalg.qr(X)[0]
+        with one_thread():
+            return torch.linalg.qr(X)[0]
+
+    Q = orth(matmul(omega))
+    for _ in range(n_iter):
+        Q = orth(rmatmul(Q))
+        Q = orth(matmul(Q))
+    B = rmatmul(Q).transpose(1, 2)  # the small (q, n) matrices Q^T op
+    if B.is_cuda:
+        Ub, S, V = _gram_svd(B)
+    else:
+        with one_thread():
+            Ub, S, V = _gram_svd(B)
+    return torch.matmul(Q.double(), Ub).to(A.dtype), S.to(A.dtype), V.to(A.dtype)
+
+
+def _gram_svd(B: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of small or flat matrices ``B`` (C, a, b) through the eigendecomposition of the smaller Gram matrix.
+
+    In float64. Accurate for the leading singular vectors, which are all BSGC uses; much faster than
+    a LAPACK SVD of a ``(q, n)`` matrix with large ``n``. Singular vectors whose singular value is
+    below ``1e-12`` of the largest are returned as zeros.
+    """
+    B = B.double()
+    flip = B.shape[1] > B.shape[2]
+    if flip:
+        B = B.transpose(1, 2)
+    evals, W = torch.linalg.eigh(torch.matmul(B, B.transpose(1, 2)))
+    evals, W = evals.flip(-1), W.flip(-1)
+    S = evals.clamp_min(0).sqrt()
+    keep = S > 1e-12 * S[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
+    Vt = torch.matmul(W.transpose(1, 2), B) / torch.where(keep, S, torch.ones_like(S))[:, :, None]
+    Vt = Vt * keep[:, :, None]
+    U, V = W, Vt.transpose(1, 2)
+    return (V, S, U) if flip else (U, S, V)
+
+
+
+def _as_matrix(A: ArrayLike) -> torch.Tensor:
+    """``A`` as a float32/float64 torch tensor, without a copy when it already is one (or a numpy array)."""
+    A = torch.as_tensor(A).detach()
+    if A.dim() != 2:
+        raise ClusteringError(f"the similarity matrix must be 2-D, got shape {tuple(A.shape)}")
+    if not torch.is_floating_point(A):
+        A = A.double()
+    elif A.dtype not in (torch.float32, torch.float64):
+        A = A.float()
+    return A
+
+
+def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row and column sums (C, m) and (C, n) of the matrices ``A`` (C, m, n), checking that they are finite
+    and non-negative (two cheap passes).
+
+    Finite sums of non-negative entries imply finite entries, so the element-wise test only runs
+    when a sum is not finite.
+    """
+    du, dv = A.sum(2), A.sum(1)
+    if not (bool(torch.isfinite(du).all()) and bool(torch.isfinite(dv).all())):
+        if not bool(torch.isfinite(A).all()):
+            raise InvalidWeightsError("the similarity matrix contains NaN or inf; check the model's weights")
+        du, dv = A.double().sum(2), A.double().sum(1)  # finite entries whose float32 sum overflowed
+    if A.numel() and float(A.amin()) < 0:
+        raise ClusteringError("the similarity matrix must be non-negative: pass |W|, not W")
+    return du, dv
+
+
+def _threads_for(A: torch.Tensor):
+    """One torch thread for a small CPU problem (below ``_SMALL_ELEMENTS`` entries in all), else no change.
+
+    Every operation on a small layer is a few microseconds of work; with several threads each one
+    also waits for the others, which on busy cores (other processes, or joblib workers) made BSGC
+    on a 256 x 256 layer 10-50x slower.
+    """
+    if A.is_cuda or A.numel() >= _SMALL_ELEMENTS:
+        return contextlib.nullcontext()
+    return one_thread()
+
+
+def _generators(rngs: Sequence[np.random.RandomState]) -> List[torch.Generator]:
+    """One seeded ``torch.Generator`` per copy, each seed drawn from that copy's ``RandomState``."""
+    return [torch.Generator().manual_seed(int(rng.randint(2**31 - 1))) for rng in rngs]
+
+
+class _Spectrum:
+    """``C`` validated similarity matrices of one shape and one set of isolated nodes, their degrees,
+    and the leading SVD of each normalised matrix; ``rngs[c]`` is copy ``c``'s random state."""
+
+    def __init__(self, A, du_is, dv_is, live_r, live_c, rngs):
+        self.A, self.du_is, self.dv_is, self.live_r, self.live_c = A, du_is, dv_is, live_r, live_c
+        self.m_live, self.n_live = int(live_r.sum()), int(live_c.sum())
+        self.n_copies, self.rngs = len(A), rngs
+        self.U = self.S = self.V = None
+
+    @classmethod
+    def compute(cls, A: torch.Tensor, du, dv, rank: int, n_iter: Optional[int], rngs, *, ks) -> "_Spectrum":
+        sp = cls(A, _inv_sqrt(du), _inv_sqrt(dv), (du[0] > 0).cpu().numpy(), (dv[0] > 0).cpu().numpy(), rngs)
+        for k in ks:
+            _check_k(k, sp)
+        gens = _generators(rngs)
+        rank = min(rank, sp.m_live, sp.n_live)
+        if n_iter is None:
+            n_iter = _N_ITER_SMALL if A[0].numel() < _SMALL_ELEMENTS else _N_ITER_LARGE
+        sp.U, sp.S, sp.V = _normalized_svd(A, du, dv, sp.du_is, sp.dv_is, rank, n_iter, gens)
+        return sp
+
+
+def _check_k(k, sp: _Spectrum) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 2 or k > min(sp.m_live, sp.n_live):
+        m, n = sp.A.shape[1:]
+        raise ClusteringError(
+            f"k={k} is out of range for a {m}x{n} layer with {sp.m_live} non-isolated "
+            f"inputs and {sp.n_live} non-isolated outputs: use 2 <= k <= {min(sp.m_live, sp.n_live)}"
+        )
+
+
+def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gens):
+    """Leading ``rank`` singular triplets of :math:`D_U^{-1/2} A D_V^{-1/2}` for each copy, without forming it.
+
+    ``A`` is (C, m, n) and the degree vectors (C, m) / (C, n). The top pair is known exactly
+    (:math:`\\sigma_1 = 1`, :math:`u_1 = \\sqrt{d_U / T}`, :math:`v_1 = \\sqrt{d_V / T}`, ``T`` the
+    total weight) and deflated; the rest comes from an exact SVD of the small deflated matrix, or a
+    randomized one of the deflated operator applied implicitly. Returns U (C, m, rank), S (C, rank),
+    V (C, n, rank).
+    """
+    total = du.double().sum(-1, keepdim=True)
+    u1 = (du.double() / total).sqrt().to(A.dtype)
+    v1 = (dv.double() / total).sqrt().to(A.dtype)
+    C, m, n = A.shape
+    q = min(rank - 1 + _OVERSAMPLE, m, n)
+    if m * n <= _EXACT_MAX_ELEMENTS and (min(m, n) <= _EXACT_MAX_SIDE or q >= min(m, n)):
+        with one_thread():  # small problems: threads only add synchronisation (50x slower on busy cores)
+            An = (du_is.double()[:, :, None] * A.double() * dv_is.double()[:, None, :]
+                  - u1.double()[:, :, None] * v1.double()[:, None, :])
+            U, S, V = _gram_svd(An)
+        U, S, V = U.to(A.dtype), S.to(A.dtype), V.to(A.dtype)
+    else:
+        def matmul(X):
+            return du_is[:, :, None] * torch.matmul(A, dv_is[:, :, None] * X) - u1[:, :, None] * torch.matmul(v1[:, None, :], X)
+
+        def rmatmul(Y):
+            AtY = torch.matmul((du_is[:, :, None] * Y).transpose(1, 2), A).transpose(1, 2)
+            return dv_is[:, :, None] * AtY - v1[:, :, None] * torch.matmul(u1[:, None, :], Y)
+
+        U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gens)
+    one = torch.ones(C, 1, dtype=A.dtype, device=A.device)
+    return (torch.cat([u1[:, :, None], U[:, :, : rank - 1]], 2), torch.cat([one, S[:, : rank - 1]], 1),
+            torch.cat([v1[:, :, None], V[:, :, : rank - 1]], 2))
+

@@ -1,0 +1,92 @@
+"""The one rule for the number of clusters k, and the count it is checked against.
+
+A layer's *non-isolated* nodes are its input (row) and output (column) nodes with at least one
+non-zero incident weight, in the ``"grouped"`` view (one node per channel); isolated nodes get the
+label ``-1`` and belong to no cluster. BSGC pairs every row cluster with a column cluster, so each
+of the ``k`` clusters needs an input *and* an output node of every clustered layer:
+
+    ``2 <= k <= min(non-isolated inputs, non-isolated outputs)`` of each clustered layer.
+
+The same rule applies to per-layer clustering (:func:`~graphinterp.clustering.cluster.cluster_layers`,
+``analyze``, ``benchmark``, ``export``) and to network-wide clustering of a chained graph
+(:func:`~graphinterp.clustering.cluster.cluster_network`, ``train``): a hidden level shared by two
+layers is counted on each side separately, so a neuron with no incoming weight does not count as an
+output of its own layer even if it feeds the next one. (A DAG clustered by
+:func:`~graphinterp.clustering.dag_cluster.cluster_dag` has one label per shared node; there the limit
+is its number of connected nodes.) :class:`~graphinterp.clustering.bsgc.BSGC` keeps its own guard for
+direct users of the estimator.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from graphinterp.common.errors import ClusteringError
+
+__all__ = ["check_k", "live_sizes"]
+
+
+def live_sizes(layer) -> Tuple[int, int]:
+    """``(non-isolated inputs, non-isolated outputs)`` of a layer (grouped view), or of an ``(n_in, n_out)`` matrix.
+
+    Examples
+    --------
+    >>> import torch
+    >>> live_sizes(torch.tensor([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0]]))
+    (2, 1)
+    """
+    sq = layer.squared() if hasattr(layer, "squared") else layer.abs()
+    return int((sq.sum(1) > 0).sum()), int((sq.sum(0) > 0).sum())
+
+
+def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
+    """Return ``k`` as an int, or raise :class:`ClusteringError` unless it fits the rule of this module.
+
+    Parameters
+    ----------
+    k : int
+        Number of clusters: an integer (not a bool, float or string) >= 2.
+    graph : LayeredGraph or ModelGraph, optional
+        When given, ``k`` must also be at most the non-isolated inputs and outputs of each of ``layers``.
+    layers : sequence of str, optional
+        The clustered layers; all of ``graph``'s by default.
+
+    Raises
+    ------
+    ClusteringError
+        One line naming the layer that limits k, its counts and the largest k allowed.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from graphinterp.graph.layered import LayeredGraph
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 6)))
+    >>> check_k(3, g)
+    3
+    >>> check_k(4, g)
+    Traceback (most recent call last):
+    ...
+    graphinterp.common.errors.ClusteringError: k=4 is out of range for layer '0': it has 3 non-isolated inputs and 8 non-isolated outputs; use 2 <= k <= 3, or leave layer '0' out (--layers)
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ClusteringError(f"k must be an integer >= 2, got {k!r}")
+    if k < 2:
+        raise ClusteringError(f"k must be at least 2, got {k}")
+    k = int(k)
+    if graph is None:
+        return k
+    names = list(layers) if layers is not None else list(graph.layer_names)
+    for name in names:
+        n_in, n_out = live_sizes(graph[name])
+        if min(n_in, n_out) < 2:
+            raise ClusteringError(
+                f"layer {name!r} cannot be clustered: it has {n_in} non-isolated inputs and {n_out} non-isolated "
+                f"outputs (at least 2 of each needed); leave layer {name!r} out (--layers)"
+            )
+        if k > min(n_in, n_out):
+            raise ClusteringError(
+                f"k={k} is out of range for layer {name!r}: it has {n_in} non-isolated inputs and {n_out} "
+                f"non-isolated outputs; use 2 <= k <= {min(n_in, n_out)}, or leave layer {name!r} out (--layers)"
+            )
+    return k

@@ -1,0 +1,139 @@
+"""Plain text in and out: integer ranges and k values read from the command line, tables printed on the terminal.
+
+The parsers raise :class:`ValueError` with a short reason (``"7-5 is an empty range"``); each caller
+turns it into its own error (:class:`click.BadParameter` in the CLI, a
+:class:`~graphinterp.common.errors.GraphinterpError` in the library) with the hint it wants.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, List, Sequence
+
+__all__ = ["MAX_RANGE_VALUES", "parse_int_ranges", "parse_k_values", "format_cell", "format_table"]
+
+#: Most values a range (``--labels``, ``--neurons``, ``--k``) may expand to.
+MAX_RANGE_VALUES = 100_000
+
+
+def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RANGE_VALUES) -> List[int]:
+    """Parse ``"1,3,5-7"`` into ``[1, 3, 5, 6, 7]``, refusing huge or empty ranges before expanding them.
+
+    Raises
+    ------
+    ValueError
+        For garbage, a value below ``min_value``, a reversed range (``7-5``), nothing at all, or more
+        than ``max_values`` values in total; the message is the reason only, without the text.
+
+    Examples
+    --------
+    >>> parse_int_ranges("1,3-4")
+    [1, 3, 4]
+    >>> parse_int_ranges("5-3")
+    Traceback (most recent call last):
+    ...
+    ValueError: '5-3' is an empty range
+    """
+    parts: List[range] = []
+    total = 0
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        lo, dash, hi = part.partition("-")
+        try:
+            a = int(lo.strip(), 10)
+            b = int(hi.strip(), 10) if dash else a
+        except ValueError:
+            raise ValueError(f"{part!r} is not an index or a range A-B") from None
+        if a < min_value:
+            raise ValueError(f"{a} is below {min_value}")
+        if b < a:
+            raise ValueError(f"{part!r} is an empty range")
+        total += b - a + 1
+        if total > max_values:
+            raise ValueError(f"more than {max_values:,} values")
+        parts.append(range(a, b + 1))
+    if not parts:
+        raise ValueError("no index given")
+    return [i for r in parts for i in r]
+
+
+def parse_k_values(text: str, *, max_values: int = 1000) -> List[int]:
+    """Parse ``"4"``, ``"2..10"`` or ``"2,4,8"`` into k values (each >= 2), at most ``max_values`` of them.
+
+    A huge range (``2..1000000000000``) is refused before it is expanded.
+
+    Raises
+    ------
+    ValueError
+        With the reason only (not a number, an empty range, too many values, k below 2).
+
+    Examples
+    --------
+    >>> parse_k_values("2..5"), parse_k_values("3,6")
+    ([2, 3, 4, 5], [3, 6])
+    """
+    text = str(text)
+    try:
+        if ".." in text:
+            lo_s, hi_s = text.split("..")
+            bounds = int(lo_s.strip(), 10), int(hi_s.strip(), 10)
+        else:
+            ks = [int(p.strip(), 10) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ValueError("not a number of clusters") from None
+    if ".." in text:
+        lo, hi = bounds
+        if hi < lo:
+            raise ValueError("the range is empty")
+        if hi - lo + 1 > max_values:
+            raise ValueError(f"more than {max_values} values of k")
+        ks = list(range(lo, hi + 1))
+    if not ks:
+        raise ValueError("no k given")
+    if len(ks) > max_values:
+        raise ValueError(f"more than {max_values} values of k")
+    if min(ks) < 2:
+        raise ValueError("k must be at least 2")
+    return ks
+
+
+def format_cell(value: Any, digits: int = 3) -> str:
+    """One table cell: ``-`` for None or ``""``, floats with ``digits`` decimals (``3g`` from 1000 on), ``nan``, ``+inf``.
+
+    Examples
+    --------
+    >>> [format_cell(v) for v in (None, 0.5, float("inf"), 12345.0, "fc1")]
+    ['-', '0.500', '+inf', '1.23e+04', 'fc1']
+    """
+    if value is None or (isinstance(value, str) and value == ""):
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "+inf" if value > 0 else "-inf"
+        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.3g}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *,
+                 cell: Callable[[Any], str] = format_cell, rule: bool = True) -> str:
+    """A left-aligned plain-text table: headers, a rule of dashes (unless ``rule=False``), one line per row.
+
+    Each value is written with ``cell`` (default :func:`format_cell`); columns are two spaces apart and
+    lines carry no trailing blanks.
+
+    Examples
+    --------
+    >>> print(format_table([["fc1", 0.25], ["fc2", None]], ["layer", "E"]))
+    layer  E
+    -----  -----
+    fc1    0.250
+    fc2    -
+    """
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
+
+    head = [line(headers)] + ([line(["-" * w for w in widths])] if rule else [])
+    return "\n".join(head + [line(r) for r in cells])

@@ -1,0 +1,171 @@
+"""How the operations that move data without weights move node identities: layout, padding, reductions, matmuls.
+
+The rules of :mod:`graphinterp.graph.trace_rules` for the operations that carry a tensor's nodes to its
+output (view, permute, cat, pad, identity, sum over a dimension, attention's mixing of positions, and
+the element-wise fallback); :func:`graphinterp.graph.trace_rules.apply_rule` dispatches to them.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["arg", "channel_vector", "identity", "layout", "pad", "broadcast_from", "matmul", "reduce",
+           "channelwise", "carry"]
+
+
+def arg(args, kwargs, i: int, key: str, default: Any = None) -> Any:
+    """Argument ``i`` of an operation, given by position or by the keyword ``key`` (else ``default``)."""
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(key, default)
+
+
+def channel_vector(s: torch.Tensor, dim: int) -> Optional[torch.Tensor]:
+    """The node id along ``dim`` if ``s`` is constant along every other dimension, else None."""
+    moved = s.movedim(dim, -1).reshape(-1, s.shape[dim])
+    high = moved.max(0).values
+    low = torch.where(moved >= 0, moved, torch.full_like(moved, torch.iinfo(moved.dtype).max)).min(0).values
+    if not bool(((high == low) | (high < 0)).all()):
+        return None  # positions without a node (e.g. a class token) are ignored
+    return high.clone()
+
+
+def identity(tr, x, out) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return
+    if id(x) in tr.param_names and out.shape == x.shape:
+        return
+    s = tr.shadow(x)
+    if s is not None and out.shape == x.shape:
+        tr._set(out, s)
+        carry(tr, x, out)
+
+
+def carry(tr, x, out) -> None:
+    """Keep 'direct layer output' and pending gains across identity and layout operations."""
+    if id(x) in tr._direct:
+        tr._direct[id(out)] = tr._direct[id(x)]
+    if id(x) in tr._gain:
+        tr._gain[id(out)] = tr._gain[id(x)]
+
+
+def layout(tr, name: str, args, kwargs, out) -> None:
+    if name in ("cat", "concat", "concatenate", "stack"):
+        seq = args[0] if args else kwargs.get("tensors")
+        shadows = [tr._shadow_or_none(t) for t in seq]
+        if all(tr.shadow(t) is None for t in seq):
+            return
+        res = getattr(torch, name)(shadows, *args[1:], **{k: v for k, v in kwargs.items() if k != "tensors"})
+        return tr._set(out, res)
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and id(x) in tr.param_names and name in ("t", "T", "mT", "transpose") and x.dim() == 2:
+        tr._param_view[id(out)] = (tr.param_names[id(x)], x)
+        tr._keep.append(out)
+        return
+    if not isinstance(x, torch.Tensor) or tr.shadow(x) is None:
+        return
+    s = tr.shadow(x)
+    if name in ("T", "mT"):
+        res = getattr(s, name)
+    else:
+        fn = getattr(torch.Tensor, name, None) or getattr(torch, name)
+        res = fn(s, *args[1:], **kwargs)
+    if isinstance(out, torch.Tensor):
+        tr._set(out, res)
+        carry(tr, x, out)  # gains and direct outputs are per node: any re-layout keeps them
+    else:
+        for o, r in zip(out, res):
+            tr._set(o, r)
+
+
+def pad(tr, args, kwargs, out) -> None:
+    """Padding adds elements without a node (constant) or copies existing ones (reflect, replicate)."""
+    s = tr.shadow(args[0])
+    if s is None or not isinstance(out, torch.Tensor):
+        return
+    pad = arg(args, kwargs, 1, "pad")
+    mode = arg(args, kwargs, 2, "mode", "constant") or "constant"
+    if mode == "constant":
+        res = torch.nn.functional.pad(s, pad, value=-1)
+    else:
+        res = torch.nn.functional.pad(s.double(), pad, mode=mode).round().long()
+    tr._set(out, res)
+
+
+def broadcast_from(tr, v, out, *, along: int) -> None:
+    s = tr.shadow(v)
+    if s is None or not isinstance(out, torch.Tensor) or s.dim() != out.dim():
+        return
+    row = s.narrow(along, 0, 1)
+    if not bool((s == row).all()):
+        return
+    tr._set(out, row.expand(out.shape))
+
+
+def matmul(tr, name: str, args, out) -> None:
+    if name == "einsum" or not isinstance(out, torch.Tensor):
+        tr.notes[f"{name}: node identities not followed"] += 1
+        return
+    a, b = (args[1], args[2]) if name == "baddbmm" else (args[0], args[1])
+    sa, sb = tr.shadow(a), tr.shadow(b)
+    if a.dim() < 2 or b.dim() < 2:
+        return
+    cand = []
+    if sb is not None and bool((sb == sb.narrow(-2, 0, 1)).all()):
+        cand.append((sb.narrow(-2, 0, 1), sa is None or bool((sa < 0).all())))
+    if sa is not None and bool((sa == sa.narrow(-1, 0, 1)).all()):
+        cand.append((sa.narrow(-1, 0, 1), sb is None or bool((sb < 0).all())))
+    for s, other_blank in cand:
+        if other_blank and bool((s >= 0).any()):
+            try:
+                return tr._set(out, s.expand(out.shape))
+            except RuntimeError:
+                return None
+
+
+def reduce(tr, args, kwargs, out) -> None:
+    x = args[0]
+    s = tr.shadow(x)
+    res_out = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, (tuple, list)) else None)
+    if s is None or not isinstance(res_out, torch.Tensor):
+        return
+    dims = arg(args, kwargs, 1, "dim")
+    if dims is None or not isinstance(dims, (int, tuple, list)):
+        return
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    keep = bool(arg(args, kwargs, 2, "keepdim", False)) if not isinstance(arg(args, kwargs, 2, "keepdim"), torch.Tensor) else False
+    r = s
+    for d in sorted((d % s.dim() for d in dims), reverse=True):
+        row = r.narrow(d, 0, 1)
+        r = row if bool((r == row).all()) else torch.full_like(row, -1)
+        if not keep:
+            r = r.squeeze(d)
+    if tuple(r.shape) == tuple(res_out.shape) and bool((r >= 0).any()):
+        tr._set(res_out, r)
+
+
+def channelwise(tr, x, out, *, known: bool, name: str) -> None:
+    """Outputs keep the input's nodes: elementwise when shapes match, else along the one channel dim."""
+    outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+    s = tr.shadow(x)
+    if s is None or not outs:
+        return
+    o = outs[0]
+    if tuple(o.shape) == tuple(s.shape):
+        tr._set(o, s)
+        if not known:
+            tr.notes[f"{name}: assumed elementwise (output keeps the input's nodes)"] += 1
+        return
+    varying = [d for d in range(s.dim()) if s.shape[d] > 1 and not bool((s == s.narrow(d, 0, 1)).all())]
+    if len(varying) == 1 and o.dim() == s.dim() and o.shape[varying[0]] == s.shape[varying[0]]:
+        d = varying[0]
+        vec = channel_vector(s, d)
+        shape = [1] * o.dim()
+        shape[d] = -1
+        tr._set(o, vec.view(shape).expand(o.shape))
+        if not known:
+            tr.notes[f"{name}: assumed to act per channel"] += 1
+        return
+    if bool((s >= 0).any()):
+        tr.notes[f"{name}: node identities lost"] += 1
