@@ -28,6 +28,23 @@ SEED_MAX = 2**32 - 1
 LR_MAX = 10.0
 
 
+def check_clustering_options(similarity: str, reduction: str, warmup_name: str, warmup: int) -> None:
+    """The rules on what BSGC clusters and how L_E combines layers, shared by every training config.
+
+    Raises
+    ------
+    TrainingError
+        An unknown similarity or reduction, or gradient similarity without a warm-up to accumulate
+        gradients in.
+    """
+    if similarity not in SIMILARITIES:
+        raise TrainingError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if similarity == "gradient" and warmup < 1:
+        raise TrainingError(f"gradient-based clustering needs {warmup_name} >= 1 to accumulate gradients")
+    if reduction not in REDUCTIONS:
+        raise TrainingError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a modular-training run (defaults: the paper's Table 1).
@@ -97,12 +114,7 @@ class TrainConfig:
             resolve_device(self.device)
         except GraphinterpError as err:
             raise TrainingError(str(err)) from None
-        if self.similarity not in SIMILARITIES:
-            raise TrainingError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
-        if self.similarity == "gradient" and self.warmup_epochs < 1:
-            raise TrainingError("gradient-based clustering needs warmup_epochs >= 1 to accumulate gradients")
-        if self.reduction not in REDUCTIONS:
-            raise TrainingError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        check_clustering_options(self.similarity, self.reduction, "warmup_epochs", self.warmup_epochs)
         for name in ("max_train", "max_test"):
             if getattr(self, name) is not None:
                 integer(name, 1)

@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional
 
 from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
-from graphinterp.training.loss import REDUCTIONS
 from graphinterp.data.tasks import TASKS
-from graphinterp.training.train_config import LAMBDA_MAX, LR_MAX, SEED_MAX, SIMILARITIES
+from graphinterp.training.train_config import LAMBDA_MAX, LR_MAX, SEED_MAX, check_clustering_options
 
 __all__ = ["TransformerConfig", "TASK_DEFAULTS", "RESUME_FIXED"]
 
@@ -105,12 +104,7 @@ class TransformerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
                 raise TrainingError(f"{name} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
-        if self.similarity not in SIMILARITIES:
-            raise TrainingError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
-        if self.similarity == "gradient" and self.warmup_steps < 1:
-            raise TrainingError("gradient-based clustering needs warmup_steps >= 1 to accumulate gradients")
-        if self.reduction not in REDUCTIONS:
-            raise TrainingError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        check_clustering_options(self.similarity, self.reduction, "warmup_steps", self.warmup_steps)
         if self.act not in ("relu", "gelu"):
             raise TrainingError(f"act must be 'relu' or 'gelu', got {self.act!r}")
         from graphinterp.common.files import resolve_device
