@@ -81,8 +81,8 @@ _EXPORTS = {
     "load_runnable": "interpret.evaluation", "onoff_matrix": "interpret.transformer_eval",
     "run_with_ablation": "interpret.ablate", "specialisation": "interpret.transformer_eval",
     # reports: output, figures and benchmarks
-    "ModelSource": "reports.benchmarking", "export_graphml": "reports.io",
-    "format_report": "reports.benchmark_report", "graph_with_fallback": "reports.benchmarking",
+    "ModelSource": "reports.model_sources", "export_graphml": "reports.io",
+    "format_report": "reports.benchmark_report", "graph_with_fallback": "reports.model_sources",
     "plot_ablation": "reports.viz", "plot_clusterability_vs_k": "reports.viz",
     "plot_clustered_layer": "reports.viz", "plot_ecs_comparison": "reports.viz",
     "run_benchmark": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io",

@@ -34,8 +34,6 @@ neural networks. arXiv:2103.03386 (Section 3: shuffled networks as the null dist
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -47,107 +45,9 @@ from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import normalized_score, random_partition_expectation
 from graphinterp.common.seeds import check_random_state
+from graphinterp.clustering.shuffle_results import NullComparison, ShuffleTest
 
 __all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas"]
-
-
-@dataclass(frozen=True)
-class NullComparison:
-    """One measure (E or the normalised score) of a layer against its shuffled null.
-
-    Attributes
-    ----------
-    observed : float
-    null : ndarray of shape (n,)
-        The measure on each shuffled copy.
-    mean, std : float
-        Null mean and standard deviation (``ddof=1``).
-    z : float
-        ``(observed - mean) / std``; ``+inf``/``-inf`` when the null has no spread and differs, NaN when equal.
-    p_value : float
-        ``(r + 1) / (n + 1)`` with ``r`` the number of null values ``>= observed``.
-    """
-
-    observed: float
-    null: np.ndarray
-    mean: float
-    std: float
-    z: float
-    p_value: float
-
-    @classmethod
-    def from_samples(cls, observed: float, null: np.ndarray) -> "NullComparison":
-        """Summarise ``null`` against ``observed``.
-
-        Examples
-        --------
-        >>> c = NullComparison.from_samples(0.9, np.array([0.5, 0.6, 0.7]))
-        >>> round(c.z, 3), c.p_value
-        (3.0, 0.25)
-        """
-        null = np.asarray(null, dtype=float)
-        n = null.size
-        mean = float(null.mean()) if n else math.nan
-        std = float(null.std(ddof=1)) if n > 1 else math.nan
-        diff = observed - mean
-        if n > 1 and std > 1e-12 * max(1.0, abs(mean)):
-            z = diff / std
-        elif n > 1 and abs(diff) > 1e-12:
-            z = math.copysign(math.inf, diff)
-        else:
-            z = math.nan
-        r = int(np.count_nonzero(null >= observed - 1e-12))
-        return cls(float(observed), null, mean, std, float(z), (r + 1) / (n + 1))
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (non-finite numbers become ``None``)."""
-        return {"observed": self.observed, "null_mean": _finite(self.mean), "null_std": _finite(self.std),
-                "z": _finite(self.z), "p_value": self.p_value, "null": [float(v) for v in self.null]}
-
-
-@dataclass(frozen=True)
-class ShuffleTest:
-    """Result of :func:`shuffle_test` for one layer.
-
-    Attributes
-    ----------
-    layer : str
-    k : int
-    n_shuffles : int
-    nonzero_only : bool
-    E : NullComparison
-        Raw clusterability E against the null.
-    score : NullComparison
-        Normalised score ``(E - E_rand) / (1 - E_rand)`` against the null (the fairer comparison).
-    E_random : float
-        Random-partition expectation of the observed clustering.
-    sizes : ndarray of shape (2, k)
-        Rows and columns in each cluster of the observed clustering.
-    """
-
-    layer: str
-    k: int
-    n_shuffles: int
-    nonzero_only: bool
-    E: NullComparison
-    score: NullComparison
-    E_random: float
-    sizes: np.ndarray
-
-    @property
-    def min_p_value(self) -> float:
-        """Smallest attainable p-value, ``1 / (n_shuffles + 1)``."""
-        return 1.0 / (self.n_shuffles + 1)
-
-    def to_dict(self, *, include_null: bool = True) -> dict:
-        """JSON-ready dict; ``include_null=False`` leaves out the per-shuffle values."""
-        out = {"layer": self.layer, "k": self.k, "n_shuffles": self.n_shuffles, "nonzero_only": self.nonzero_only,
-               "E_random": self.E_random, "sizes": self.sizes.tolist(), "min_p_value": self.min_p_value,
-               "E": self.E.to_dict(), "score": self.score.to_dict()}
-        if not include_null:
-            out["E"].pop("null")
-            out["score"].pop("null")
-        return out
 
 
 _CONTROLLER = None
@@ -167,10 +67,6 @@ def single_threaded_blas():
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="blas")
-
-
-def _finite(x: float) -> Optional[float]:
-    return float(x) if math.isfinite(x) else None
 
 
 def shuffle_weights(

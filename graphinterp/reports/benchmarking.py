@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from graphinterp.common.files import resolve_device
 from graphinterp.reports.benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, safe_name
 from graphinterp.clustering.bsgc import fit_k_range
-from graphinterp.common.errors import ClusteringError, GraphinterpError, InvalidWeightsError, ModelFileError, UnsupportedModelError
+from graphinterp.common.errors import ClusteringError, GraphinterpError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.layer import DEPTHWISE_REASON, Layer
 from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
@@ -31,86 +28,10 @@ from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
 from graphinterp.clustering.significance import shuffle_test, single_threaded_blas
 from graphinterp.clustering.validation import check_k, live_sizes
+from graphinterp.reports.model_sources import ModelSource, graph_with_fallback, load_source
 
 __all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
            "benchmark_graph", "run_benchmark", "safe_name"]
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model to benchmark comes from.
-
-    Exactly one of: ``path`` (a model file read by :func:`graphinterp.sources.loading.load_model_file`);
-    ``arch`` with ``weights`` (a torchvision architecture and a local weights file); ``arch`` alone
-    (that architecture with random weights, seeded, as a reference).
-
-    Examples
-    --------
-    >>> ModelSource(arch="resnet18").label, ModelSource(path="runs/modular.pt").label
-    ('resnet18 (random)', 'modular')
-    """
-
-    path: Optional[str] = None
-    arch: Optional[str] = None
-    weights: Optional[str] = None
-    name: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if (self.path is None) == (self.arch is None) or (self.weights is not None and self.arch is None):
-            raise UnsupportedModelError("a model source is a file path, or a torchvision arch with optional weights")
-
-    @property
-    def kind(self) -> str:
-        """``"file"``, ``"torchvision"`` or ``"random"``."""
-        return "file" if self.path else ("torchvision" if self.weights else "random")
-
-    @property
-    def label(self) -> str:
-        """Display name: ``name``, else the file's stem or the architecture."""
-        if self.name:
-            return self.name
-        if self.path:
-            return Path(self.path).stem
-        return f"{self.arch}:{Path(self.weights).stem}" if self.weights else f"{self.arch} (random)"
-
-
-def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGraph, str, List[str]]:
-    """Graph of a :class:`graphinterp.sources.loading.LoadedModel`: ``(graph, structure, notes)``.
-
-    ``structure`` is ``"chained"``, ``"dag"`` or ``"layerwise"``; the notes give the coverage,
-    what was folded, and why a state_dict was read layer by layer.
-    """
-    from graphinterp.graph.load import opened_from_loaded
-
-    return _graph_of(opened_from_loaded(loaded), layerwise)
-
-
-def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: bool = False,
-                random_state: Optional[int] = 0) -> Tuple[LayeredGraph, str, List[str]]:
-    """Open a source with :func:`graphinterp.graph.load.open_model` and build its graph: ``(graph, structure, notes)``.
-
-    Raises
-    ------
-    ModelFileError, UnsupportedModelError, InvalidWeightsError
-        Missing or unreadable file, unknown architecture, weights that do not fit it.
-    """
-    from graphinterp.graph.load import open_model
-
-    spec = source.path if source.kind == "file" else source.arch
-    opened = open_model(spec, weights=source.weights, trust_pickle=trust_pickle, random_state=random_state)
-    return _graph_of(opened, layerwise)
-
-
-def _graph_of(opened, layerwise: bool) -> Tuple[LayeredGraph, str, List[str]]:
-    """The chained-then-layerwise fallback, once: an opened model's graph (chained when the model is a
-    chain, a DAG, or layer by layer), its structure and the notes saying why and what is covered."""
-    from graphinterp.graph.load import graph_structure, model_graph
-
-    graph = model_graph(opened, layerwise=layerwise)
-    notes = list(opened.notes)
-    if graph.coverage is not None:
-        notes += graph.coverage.summary_lines()
-    return graph, graph_structure(graph), notes
 
 
 def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
