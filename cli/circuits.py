@@ -34,25 +34,12 @@ def _stem(path: str) -> str:
 
 
 def _bar_plot(circuits, title: str, out: str) -> None:
-    import numpy as np
-    from matplotlib.figure import Figure
+    from graphinterp import plot_ecs_per_label
 
-    from graphinterp import save_figure
-
-    names = [c.label_name for c in circuits.values()]
-    layers = list(next(iter(circuits.values())).size.ecs_per_layer)
-    fig = Figure(figsize=(max(6.0, 0.7 * len(names) + 3), 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    x = np.arange(len(names))
-    width = 0.8 / (len(layers) + 1)
-    ax.bar(x - 0.4 + width / 2, [c.ecs for c in circuits.values()], width, color="black", label="all weights")
-    for i, layer in enumerate(layers, start=1):
-        ax.bar(x - 0.4 + width * (i + 0.5), [c.size.ecs_per_layer[layer] for c in circuits.values()], width,
-               label=plain_text(layer), alpha=0.8)
-    ax.set_xticks(x, [plain_text(n) for n in names])
-    ax.set(xlabel="label", ylabel="ECS (fraction of non-zero weights kept)", title=title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
-    save_figure(fig, out)
+    cs = list(circuits.values())
+    per_layer = {plain_text(layer): [c.size.ecs_per_layer[layer] for c in cs] for layer in cs[0].size.ecs_per_layer}
+    plot_ecs_per_label([c.ecs for c in cs], per_layer=per_layer, labels=[plain_text(c.label_name) for c in cs],
+                       title=title, out=out)
 
 
 def _extract(path, data, labels, trust_pickle, kwargs):

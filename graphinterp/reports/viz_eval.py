@@ -15,7 +15,7 @@ from graphinterp.reports.viz_common import _PALETTE, PathLike, _array, _figure, 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["plot_ablation", "plot_ecs_comparison"]
+__all__ = ["plot_ablation", "plot_ecs_comparison", "plot_ecs_per_label"]
 
 
 def plot_ablation(on: np.ndarray, off: np.ndarray, *, full: Optional[np.ndarray] = None,
@@ -143,5 +143,44 @@ def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, *, labels: Optiona
            title=f"{title or 'Effective circuit size per label'}\n"
                  f"mean relative change {names[0]} \u2192 {names[1]}: {mean}")
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return _finish(fig, out)
+
+
+def plot_ecs_per_label(ecs: np.ndarray, *, per_layer: Optional[dict] = None, labels: Optional[Sequence[str]] = None,
+                       title: Optional[str] = None, out: Optional[PathLike] = None) -> "Figure":
+    """Effective circuit size of each label of one model, overall and per pruned layer (grouped bars).
+
+    Parameters
+    ----------
+    ecs : ndarray of shape (n_labels,)
+        Each label's ECS over all pruned weights, a fraction in [0, 1].
+    per_layer : dict of str to array of shape (n_labels,), optional
+        Each layer's ECS per label, drawn beside the overall bar.
+    labels, title, out
+        As in :func:`plot_ecs_comparison`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_ecs_per_label([0.2, 0.4], per_layer={"fc1": [0.1, 0.3]}, labels=["0", "1"])
+    >>> len(fig.axes[0].patches)
+    4
+    """
+    values = _array(ecs, "ecs", 1, unit=True)
+    layers = {str(k): _array(v, f"per_layer[{k!r}]", 1, unit=True) for k, v in (per_layer or {}).items()}
+    n, labels = values.size, _names(labels, values.size, "labels")
+    fig = _figure(max(6.0, 0.7 * n + 3), 4.5)
+    ax = fig.add_subplot()
+    x, width = np.arange(n), 0.8 / (len(layers) + 1)
+    ax.bar(x - 0.4 + width / 2, values, width, color="black", label="all weights")
+    for i, (name, v) in enumerate(layers.items(), start=1):
+        ax.bar(x - 0.4 + width * (i + 0.5), v, width, label=name, alpha=0.8)
+    _xticklabels(ax, labels)
+    ax.set(xlabel="label", ylabel="ECS (fraction of non-zero weights kept)",
+           title=title if title is not None else "Effective circuit size per label")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     return _finish(fig, out)
