@@ -72,7 +72,7 @@ _EXPORTS = {
     "parameter_masks": "training.masks", "task_data": "training.train_transformer", "train": "training.train",
     "train_transformer": "training.train_transformer",
     # interpret: interpretability: ablation and circuits
-    "Circuit": "interpret.circuits", "CircuitComparison": "interpret.circuit_compare",
+    "Circuit": "interpret.circuit_result", "CircuitComparison": "interpret.circuit_compare",
     "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
     "ablation_matrix": "interpret.ablate", "class_accuracy": "interpret.ablate",
     "cluster_share": "interpret.circuit_compare", "compare_circuits": "interpret.circuits",

@@ -424,3 +424,93 @@ def test_batched_task_metrics_equal_the_tasks_own(positives_only):
     assert len(set(acc.tolist())) > 1  # the states differ: the comparison is not trivial
     acc_t, loss_t = TaskMetrics(task, "cpu")(logits.transpose(0, 1), examples_first=True)
     assert torch.equal(acc_t, acc) and torch.allclose(loss_t, loss)
+
+
+def _planted_search(schedule=None):
+    """A fresh planted model, its evaluator and the arguments of ``iter_prune`` / ``prune`` for label 0."""
+    from graphinterp.interpret.circuit_search import TaskEvaluator
+    from graphinterp.interpret.scores import magnitude_score
+    model, (x, y) = planted_model(), planted_data()
+    layers = edge_layers(model, LayeredGraph.from_module(model, input_shape=(6,)))
+    ev = TaskEvaluator(model, layers, label_task(x, y, 0, random_state=0), modules=[model.fc1, model.fc2])
+    full_acc, full_loss = ev({l.name: torch.ones_like(l.live) for l in layers})
+    tol = Tolerance()
+    args = (ev, layers, magnitude_score, lambda a, l: tol.accepts(a, l, full_acc, full_loss),
+            schedule or Schedule())
+    return model, args, dict(ok_all=lambda a, l: tol.accepts_all(a, l, full_acc, full_loss))
+
+
+def test_iter_prune_steps_are_consistent_and_end_at_prunes_result():
+    from graphinterp.interpret.circuit_search import PruneStep, iter_prune, prune
+    _, args, kw = _planted_search()
+    history, status = [], {}
+    gen, steps = iter_prune(*args, history, status=status, **kw), []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            masks = stop.value
+            break
+    assert steps and all(isinstance(s, PruneStep) for s in steps)
+    phases = [s.phase for s in steps]
+    assert set(phases) == {"round", "final"} and phases == sorted(phases, key=["round", "final"].index)
+    evals, kept, rounds = [s.n_evals for s in steps], [s.kept for s in steps], [s.round for s in steps]
+    assert evals == sorted(evals) and rounds == sorted(rounds)
+    # edges kept never grow: a rejected step reports the state it tried, so compare accepted states
+    accepted = [s.kept for s in steps if s.accepted]
+    assert accepted == sorted(accepted, reverse=True) and kept[-1] == min(kept)
+    assert all(s.tried >= 1 for s in steps if s.phase == "round")
+    assert [(s.kept, s.accepted) for s in steps] == history
+    assert steps[-1].n_evals == status["n_evals"] and steps[-1].phase == "final" and not steps[-1].accepted
+    assert steps[-1].kept == sum(int(m.sum()) for m in masks.values())
+    # the plain loop gives bit-identical masks, history and counts on a fresh, identical search
+    _, args2, kw2 = _planted_search()
+    history2, status2 = [], {}
+    masks2 = prune(*args2, history2, status=status2, **kw2)
+    assert masks2.keys() == masks.keys() and all(torch.equal(masks[k], masks2[k]) for k in masks)
+    assert history2 == history and status2 == status
+
+
+@pytest.mark.parametrize("n_steps", [1, 5])
+@pytest.mark.parametrize("final_phase", [False, True])
+def test_stopping_iter_prune_early_restores_the_weights(n_steps, final_phase):
+    from graphinterp.interpret.circuit_search import iter_prune
+    model, args, kw = _planted_search()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gen = iter_prune(*args, **kw)
+    step = next(gen)
+    if final_phase:
+        while step.phase != "final":
+            step = next(gen)
+    for _ in range(n_steps - 1):
+        next(gen, None)
+    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if final_phase and n_steps == 1:  # the final passes write the masked circuit into the weights in place
+        assert changed
+    gen.close()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model(planted_data()[0]).shape == (300, 3)
+
+
+def test_iter_authors_prune_steps_end_at_authors_prunes_result():
+    from graphinterp.interpret.circuit_search import authors_prune, iter_authors_prune
+    model, (x, y) = planted_model(), planted_data()
+    layers = edge_layers(model, LayeredGraph.from_module(model, input_shape=(6,)))
+    task, modules = label_task(x, y, 0, random_state=0), [model.fc1, model.fc2]
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gen, steps = iter_authors_prune(model, layers, modules, task), []
+    try:
+        while True:
+            steps.append(next(gen))
+    except StopIteration as stop:
+        masks, info = stop.value
+    assert [s.phase for s in steps] == ["authors"] * 2 and steps[-1].n_evals == info["n_evals"]
+    assert [s.n_evals for s in steps] == sorted(s.n_evals for s in steps)
+    assert steps[0].kept >= steps[-1].kept == sum(int(m.sum()) for m in masks.values())
+    masks2, info2 = authors_prune(model, layers, modules, task)
+    assert info2 == info and all(torch.equal(masks[k], masks2[k]) for k in masks)
+    gen = iter_authors_prune(model, layers, modules, task)
+    next(gen)
+    gen.close()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

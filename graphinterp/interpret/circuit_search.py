@@ -5,25 +5,24 @@ Candidates are evaluated by :class:`graphinterp.interpret.circuit_eval.TaskEvalu
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-
 from torch import nn
 
 from graphinterp.interpret.circuit_batch import TaskMetrics, forward_metrics, sequential_pass
 from graphinterp.interpret.circuit_eval import TaskEvaluator
-from graphinterp.graph.layered import LayeredGraph
-from graphinterp.graph.layer import Layer
-from graphinterp.interpret.ecs import CircuitSize
+from graphinterp.interpret.circuit_result import Circuit
 from graphinterp.interpret.interventions import interventions
 from graphinterp.interpret.edges import EdgeLayer, flat_live, flat_masks, flat_scores
 from graphinterp.interpret.label_tasks import LabelTask
 from graphinterp.interpret.scores import ScoreContext
 
-__all__ = ["Tolerance", "Schedule", "TaskEvaluator", "prune", "authors_prune", "Circuit"]
+__all__ = ["Tolerance", "Schedule", "TaskEvaluator", "PruneStep", "iter_prune", "prune", "iter_authors_prune",
+           "authors_prune", "Circuit"]
 
 ScoreFn = Callable[[ScoreContext], Dict[str, torch.Tensor]]
 
@@ -77,10 +76,45 @@ class Schedule:
     final_pass: bool = True
 
 
+@dataclass(frozen=True)
+class PruneStep:
+    """One step of :func:`iter_prune` (an evaluated block, ``phase="round"``, or a final pass, ``"final"``)
+    or of :func:`iter_authors_prune` (a layer, ``"authors"``; ``round`` counts layers from the last).
+
+    ``tried`` candidate edges were tried; ``kept`` edges are kept after the step (for a rejected block,
+    the state it tried, as in ``Circuit.history``); ``n_evals`` counts all evaluations so far;
+    ``accuracy`` and ``loss`` are the evaluated candidate's (NaN for a pass or a layer).
+    """
+
+    phase: str
+    round: int
+    tried: int
+    accepted: bool
+    kept: int
+    n_evals: int
+    accuracy: float = math.nan
+    loss: float = math.nan
+
+
 def prune(ev: TaskEvaluator, layers: List[EdgeLayer], score_fn: ScoreFn, ok: Callable[[float, float], bool],
           schedule: Schedule, history: Optional[list] = None, *, ok_all: Optional[Callable] = None,
           status: Optional[dict] = None) -> Dict[str, torch.Tensor]:
-    """Run the rounds of the schedule, then the final passes; returns the kept-edge masks (on the CPU).
+    """Exhaust :func:`iter_prune` (same arguments) and return its result, the kept-edge masks (on the CPU)."""
+    return _drain(iter_prune(ev, layers, score_fn, ok, schedule, history, ok_all=ok_all, status=status))
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def iter_prune(ev: TaskEvaluator, layers: List[EdgeLayer], score_fn: ScoreFn, ok: Callable[[float, float], bool],
+               schedule: Schedule, history: Optional[list] = None, *, ok_all: Optional[Callable] = None,
+               status: Optional[dict] = None):
+    """Run the rounds of the schedule, then the final passes, yielding a :class:`PruneStep` per step.
 
     Each round re-scores the kept edges and walks them weakest first: a block that keeps the task
     within tolerance is pruned and the step doubles; otherwise it is restored and the step halves,
@@ -89,6 +123,30 @@ def prune(ev: TaskEvaluator, layers: List[EdgeLayer], score_fn: ScoreFn, ok: Cal
     ``ok_all``, the elementwise form of ``ok``), single-edge passes follow until one removes
     nothing. ``status["converged"]`` tells whether the result is a local minimum (False when the
     budget ran out first, None without final passes); ``status["n_evals"]`` counts all evaluations.
+
+    Returns (as ``StopIteration.value``) the kept-edge masks (on the CPU), what :func:`prune` returns.
+    Closing the generator early restores the model's weights (the masking is undone in ``finally``).
+
+    Examples
+    --------
+    >>> import torch; from torch import nn
+    >>> from graphinterp.graph.layered import LayeredGraph
+    >>> from graphinterp.interpret.edges import edge_layers
+    >>> from graphinterp.interpret.label_tasks import label_task
+    >>> from graphinterp.interpret.scores import magnitude_score
+    >>> _ = torch.manual_seed(0); model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> x = torch.randn(64, 4); y = model(x).argmax(1)
+    >>> layers = edge_layers(model, LayeredGraph.from_module(model, input_shape=(4,)))
+    >>> ev = TaskEvaluator(model, layers, label_task(x, y, 0), modules=[model[0], model[2]])
+    >>> full_acc, full_loss = ev({l.name: torch.ones_like(l.live) for l in layers})
+    >>> w = model[0].weight.detach().clone()
+    >>> gen = iter_prune(ev, layers, magnitude_score, lambda a, l: Tolerance().accepts(a, l, full_acc, full_loss),
+    ...                  Schedule(final_pass=False))
+    >>> first = next(gen); first.phase, first.round, first.n_evals
+    ('round', 0, 2)
+    >>> gen.close()  # stopping early leaves the weights untouched
+    >>> torch.equal(model[0].weight, w)
+    True
     """
     live = flat_live(layers)
     keep = live.clone()
@@ -97,10 +155,11 @@ def prune(ev: TaskEvaluator, layers: List[EdgeLayer], score_fn: ScoreFn, ok: Cal
     history = history if history is not None else []
     status = status if status is not None else {}
     with ev.session():
-        _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step)
+        yield from _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step)
     status.update(converged=None, n_evals=ev.n_evals)
     if schedule.final_pass and ok_all is not None:
-        converged, n = _final_passes(ev, layers, score_fn, ok_all, masks, schedule.max_evals - ev.n_evals, history)
+        converged, n = yield from _final_passes(ev, layers, score_fn, ok_all, masks, schedule.max_evals - ev.n_evals,
+                                                history, schedule.max_rounds)
         status.update(converged=converged, n_evals=ev.n_evals + n)
     return {name: m.detach().cpu().clone() for name, m in masks.items()}
 
@@ -114,23 +173,25 @@ def _masked_in_place(model: nn.Module, layers: List[EdgeLayer], modules: List[nn
         yield
 
 
-def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: int, history) -> Tuple[bool, int]:
-    """Single-edge passes (weakest first, last layer first) until one removes nothing; (converged, evaluations)."""
+def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: int, history, round0: int):
+    """Single-edge passes (weakest first, last layer first) until one removes nothing, yielding a step per
+    pass; returns (converged, evaluations)."""
     metrics, used = TaskMetrics(ev.task, ev.x.device), 0
     with _masked_in_place(ev.model, layers, ev.modules, masks):
-        while True:
+        for rnd in itertools.count(round0):
             scores = score_fn(ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks)))
-            removed_pass = 0
+            removed_pass, tried = 0, 0
             for layer, mod in reversed(list(zip(layers, ev.modules))):
                 mask = masks[layer.name]
                 cand = torch.nonzero(mask.flatten()).flatten()
                 cand = cand[torch.argsort(scores[layer.name].detach().flatten()[cand].to(torch.float64), stable=True)]
                 removed, n, finished = sequential_pass(ev.model, layer, mod, mask, cand, metrics, ok_all,
                                                        batch_size=ev.batch_size, max_evals=budget - used)
-                used, removed_pass = used + n, removed_pass + removed
+                used, removed_pass, tried = used + n, removed_pass + removed, tried + n
                 if not finished:
                     return False, used
             history.append((int(sum(int(m.sum()) for m in masks.values())), removed_pass > 0))
+            yield PruneStep("final", rnd, tried, removed_pass > 0, history[-1][0], ev.n_evals + used)
             if removed_pass == 0:
                 return True, used
             if used >= budget:
@@ -139,6 +200,12 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
 
 def authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], task: LabelTask, *,
                   batch_size: int = 4096, rtol: float = 1e-6) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """Exhaust :func:`iter_authors_prune` (same arguments) and return its result."""
+    return _drain(iter_authors_prune(model, layers, modules, task, batch_size=batch_size, rtol=rtol))
+
+
+def iter_authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], task: LabelTask, *,
+                       batch_size: int = 4096, rtol: float = 1e-6):
     """The paper's authors' criterion: weight by weight, Linear layers only, last layer first.
 
     Every non-zero weight of every Linear layer is visited once, layers from the last to the first
@@ -146,8 +213,9 @@ def authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
     the removals kept so far) raises the task's loss above the full model's loss (times
     ``1 + rtol``, which absorbs the float rounding between a batched evaluation and a forward
     pass). Convolution kernels are never removed. Evaluated in exact batches
-    (:func:`graphinterp.interpret.circuit_batch.sequential_pass`). Returns the masks (on the CPU) and
-    ``{"full_accuracy", "full_loss", "accuracy", "loss", "n_evals"}``.
+    (:func:`graphinterp.interpret.circuit_batch.sequential_pass`). Yields a :class:`PruneStep` per
+    layer (``phase="authors"``) and returns the masks (on the CPU) and
+    ``{"full_accuracy", "full_loss", "accuracy", "loss", "n_evals"}``, as :func:`authors_prune`.
     """
     metrics = TaskMetrics(task, task_device(layers))
     masks = {l.name: l.live.clone() for l in layers}
@@ -155,13 +223,14 @@ def authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
     with _masked_in_place(model, layers, modules, masks):
         info["full_accuracy"], info["full_loss"] = forward_metrics(model, metrics, batch_size)
         limit = info["full_loss"] + rtol * abs(info["full_loss"])
-        for layer, mod in reversed(list(zip(layers, modules))):
+        for rnd, (layer, mod) in enumerate(reversed(list(zip(layers, modules)))):
             if layer.is_conv or not isinstance(mod, nn.Linear):
                 continue
             order = torch.nonzero(masks[layer.name].flatten()).flatten()
-            _, n, _ = sequential_pass(model, layer, mod, masks[layer.name], order, metrics,
-                                      lambda acc, loss: loss <= limit, batch_size=batch_size)
+            removed, n, _ = sequential_pass(model, layer, mod, masks[layer.name], order, metrics,
+                                            lambda acc, loss: loss <= limit, batch_size=batch_size)
             info["n_evals"] += n
+            yield PruneStep("authors", rnd, n, removed > 0, sum(int(m.sum()) for m in masks.values()), info["n_evals"])
         info["accuracy"], info["loss"] = forward_metrics(model, metrics, batch_size)
     return {name: m.cpu().clone() for name, m in masks.items()}, info
 
@@ -170,8 +239,8 @@ def task_device(layers: List[EdgeLayer]) -> torch.device:
     return layers[0].weight.device
 
 
-def _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step) -> None:
-    for _ in range(schedule.max_rounds):
+def _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step):
+    for rnd in range(schedule.max_rounds):
         ctx = ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks))
         scores = flat_scores(score_fn(ctx), layers).to(keep.device)
         cand = torch.nonzero(keep).flatten()
@@ -180,8 +249,10 @@ def _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step) 
         while pos < cand.numel() and ev.n_evals < schedule.max_evals and fails < schedule.patience:
             block = cand[pos:pos + step]
             keep[block] = False
-            accepted = ok(*ev(masks, changed=block))
+            acc, loss = ev(masks, changed=block)
+            accepted = ok(acc, loss)
             history.append((int(keep.sum()) + (0 if accepted else block.numel()), accepted))
+            yield PruneStep("round", rnd, block.numel(), accepted, history[-1][0], ev.n_evals, float(acc), float(loss))
             if accepted:
                 ev.accept(masks)
                 pos, pruned, step, fails = pos + block.numel(), pruned + block.numel(), step * 2, 0
@@ -194,90 +265,3 @@ def _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step) 
         if ev.n_evals >= schedule.max_evals or (min_step == 1 and pruned == 0):
             break
         min_step = max(1, min_step // 2)
-
-
-@dataclass
-class Circuit:
-    """The circuit of one label: kept edges (masks), its ECS and its performance on the task.
-
-    Attributes
-    ----------
-    label : int
-    label_name : str
-    masks : dict of str to BoolTensor of shape (out, in)
-        Kept edges per layer (a conv edge is a kernel).
-    size : CircuitSize
-    accuracy, loss : float
-        The circuit on its task; ``full_accuracy``, ``full_loss``: the full model on it.
-    n_pos, n_neg, n_evals : int
-    seconds : float
-    history : list of (int, bool)
-        Kept edges after each evaluation of the rounds (and after each final pass), and whether
-        that step was accepted (whether the pass removed anything).
-    mode : {"graphinterp", "authors"}
-        The criterion (see :func:`graphinterp.interpret.circuits.extract_circuit`).
-    converged : bool or None
-        Whether the search ended at a local minimum (a final pass removed nothing) before its
-        budget; always True in ``"authors"`` mode (one pass by definition), None when the final
-        pass was switched off.
-    """
-
-    label: int
-    label_name: str
-    masks: Dict[str, torch.Tensor]
-    size: CircuitSize
-    accuracy: float
-    loss: float
-    full_accuracy: float
-    full_loss: float
-    n_pos: int
-    n_neg: int
-    n_evals: int = 0
-    seconds: float = 0.0
-    score: str = "magnitude"
-    history: List[Tuple[int, bool]] = field(default_factory=list, repr=False)
-    mode: str = "graphinterp"
-    converged: Optional[bool] = None
-
-    @property
-    def ecs(self) -> float:
-        """Fraction of the model's non-zero weights kept."""
-        return self.size.ecs
-
-    @property
-    def ecs_per_layer(self) -> Dict[str, float]:
-        return dict(self.size.ecs_per_layer)
-
-    def to_dict(self, *, include_masks: bool = False) -> Dict[str, Any]:
-        """Plain values for JSON (masks as nested lists only when asked)."""
-        out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
-                                             "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score", "mode",
-                                             "converged")}
-        out.update(ecs=self.ecs, size=self.size.to_dict())
-        if include_masks:
-            out["masks"] = {k: v.int().tolist() for k, v in self.masks.items()}
-        return out
-
-    def to_networkx(self, graph: LayeredGraph, clustering=None):
-        """The circuit as a subgraph of ``graph``'s networkx graph: kept edges and the nodes they touch.
-
-        Attributes are those of :meth:`LayeredGraph.to_networkx` (cluster labels included when
-        ``clustering`` is given), all GraphML types; graph attributes hold ``label``,
-        ``label_name``, ``ecs``, ``ecs_edges``, ``accuracy``, ``loss`` and ``ecs:<layer>`` per
-        layer. Nodes are in the graph's ``"grouped"`` view: after a Flatten of conv channels, a
-        channel-to-neuron edge is present when any of its kept weights is non-zero.
-        """
-        layers = []
-        for layer in graph.layers:
-            m = self.masks[layer.name].to(layer.weight.device)
-            w = layer.weight * (m[..., None, None] if layer.kind == "conv2d" else m).to(layer.weight.dtype)
-            layers.append(Layer(layer.name, layer.kind, w, in_groups=layer.in_groups, groups=layer.groups))
-        G = LayeredGraph(layers, chained=graph.chained).to_networkx(clustering)
-        G.remove_nodes_from([n for n in list(G.nodes) if G.degree(n) == 0])
-        for _, data in G.nodes(data=True):  # a level labelled only as a clustered layer's input keeps that label
-            if data.get("cluster", -1) < 0 and data.get("cluster_in", -1) >= 0:
-                data["cluster"] = data["cluster_in"]
-        G.graph.update(label=int(self.label), label_name=str(self.label_name), ecs=float(self.ecs),
-                       ecs_edges=float(self.size.ecs_edges), accuracy=float(self.accuracy), loss=float(self.loss))
-        G.graph.update({f"ecs:{k}": float(v) for k, v in self.size.ecs_per_layer.items()})
-        return G

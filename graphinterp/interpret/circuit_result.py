@@ -1,0 +1,100 @@
+"""A found circuit: its edge masks, its size (ECS), the search's record, and its graph."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from graphinterp.graph.layer import Layer
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.interpret.ecs import CircuitSize
+
+__all__ = ["Circuit"]
+
+
+@dataclass
+class Circuit:
+    """The circuit of one label: kept edges (masks), its ECS and its performance on the task.
+
+    Attributes
+    ----------
+    label : int
+    label_name : str
+    masks : dict of str to BoolTensor of shape (out, in)
+        Kept edges per layer (a conv edge is a kernel).
+    size : CircuitSize
+    accuracy, loss : float
+        The circuit on its task; ``full_accuracy``, ``full_loss``: the full model on it.
+    n_pos, n_neg, n_evals : int
+    seconds : float
+    history : list of (int, bool)
+        Kept edges after each evaluation of the rounds (and after each final pass), and whether
+        that step was accepted (whether the pass removed anything).
+    mode : {"graphinterp", "authors"}
+        The criterion (see :func:`graphinterp.interpret.circuits.extract_circuit`).
+    converged : bool or None
+        Whether the search ended at a local minimum (a final pass removed nothing) before its
+        budget; always True in ``"authors"`` mode (one pass by definition), None when the final
+        pass was switched off.
+    """
+
+    label: int
+    label_name: str
+    masks: Dict[str, torch.Tensor]
+    size: CircuitSize
+    accuracy: float
+    loss: float
+    full_accuracy: float
+    full_loss: float
+    n_pos: int
+    n_neg: int
+    n_evals: int = 0
+    seconds: float = 0.0
+    score: str = "magnitude"
+    history: List[Tuple[int, bool]] = field(default_factory=list, repr=False)
+    mode: str = "graphinterp"
+    converged: Optional[bool] = None
+
+    @property
+    def ecs(self) -> float:
+        """Fraction of the model's non-zero weights kept."""
+        return self.size.ecs
+
+    @property
+    def ecs_per_layer(self) -> Dict[str, float]:
+        return dict(self.size.ecs_per_layer)
+
+    def to_dict(self, *, include_masks: bool = False) -> Dict[str, Any]:
+        """Plain values for JSON (masks as nested lists only when asked)."""
+        out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
+                                             "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score", "mode",
+                                             "converged")}
+        out.update(ecs=self.ecs, size=self.size.to_dict())
+        if include_masks:
+            out["masks"] = {k: v.int().tolist() for k, v in self.masks.items()}
+        return out
+
+    def to_networkx(self, graph: LayeredGraph, clustering=None):
+        """The circuit as a subgraph of ``graph``'s networkx graph: kept edges and the nodes they touch.
+
+        Attributes are those of :meth:`LayeredGraph.to_networkx` (cluster labels included when
+        ``clustering`` is given), all GraphML types; graph attributes hold ``label``,
+        ``label_name``, ``ecs``, ``ecs_edges``, ``accuracy``, ``loss`` and ``ecs:<layer>`` per
+        layer. Nodes are in the graph's ``"grouped"`` view: after a Flatten of conv channels, a
+        channel-to-neuron edge is present when any of its kept weights is non-zero.
+        """
+        layers = []
+        for layer in graph.layers:
+            m = self.masks[layer.name].to(layer.weight.device)
+            w = layer.weight * (m[..., None, None] if layer.kind == "conv2d" else m).to(layer.weight.dtype)
+            layers.append(Layer(layer.name, layer.kind, w, in_groups=layer.in_groups, groups=layer.groups))
+        G = LayeredGraph(layers, chained=graph.chained).to_networkx(clustering)
+        G.remove_nodes_from([n for n in list(G.nodes) if G.degree(n) == 0])
+        for _, data in G.nodes(data=True):  # a level labelled only as a clustered layer's input keeps that label
+            if data.get("cluster", -1) < 0 and data.get("cluster_in", -1) >= 0:
+                data["cluster"] = data["cluster_in"]
+        G.graph.update(label=int(self.label), label_name=str(self.label_name), ecs=float(self.ecs),
+                       ecs_edges=float(self.size.ecs_edges), accuracy=float(self.accuracy), loss=float(self.loss))
+        G.graph.update({f"ecs:{k}": float(v) for k, v in self.size.ecs_per_layer.items()})
+        return G
