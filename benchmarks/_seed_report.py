@@ -16,6 +16,11 @@ def _get(runs: Sequence[dict], fn) -> SeedSummary:
     return summarize([fn(r) for r in runs])
 
 
+def with_mode(runs: Sequence[dict], mode: str) -> List[dict]:
+    """The runs that hold circuits of ``mode`` (a merged report may have a criterion in some seeds only)."""
+    return [r for r in runs if f"ecs_{mode}" in r]
+
+
 def comparison_rows(runs: Sequence[dict], k: int, modes: Sequence[str]) -> List[Tuple[str, str, SeedSummary, dict, int]]:
     """``(quantity, paper, summary, format kwargs, expected sign or 0)`` for one dataset's seeds."""
     cifar = runs[0]["dataset"] == "cifar10"
@@ -44,8 +49,13 @@ def comparison_rows(runs: Sequence[dict], k: int, modes: Sequence[str]) -> List[
         ("one-cluster-ON accuracy, modular - unclustered", "-",
          _get(runs, lambda r: on(r, "modular") - on(r, "unclustered")), {"fmt": "{:+.3f}"}, 1),
     ]
+    all_runs = runs
     for mode in modes:
-        key, what = f"ecs_{mode}", MODE_NAMES[mode]
+        key, what, runs = f"ecs_{mode}", MODE_NAMES[mode], with_mode(all_runs, mode)
+        if not runs:
+            continue
+        if len(runs) < len(all_runs):
+            what += f"; seeds {', '.join(str(r['seed']) for r in runs)} only"
         paper = "+61.25% (CIFAR-10)" if mode == "authors" else "+61.25% (CIFAR-10, authors' criterion)"
         rows += [
             (f"average ECS, unclustered ({what})", "-", _get(runs, lambda r: float(np.mean(r[key]["ecs_a"]))),
@@ -63,8 +73,9 @@ def comparison_rows(runs: Sequence[dict], k: int, modes: Sequence[str]) -> List[
 def label_rows(runs: Sequence[dict], mode: str) -> List[str]:
     """Per-label ECS over seeds: unclustered, modular, relative change, seeds with a smaller modular circuit."""
     key = f"ecs_{mode}"
-    names = runs[0][key]["label_names"]
-    out = [f"| label | ECS unclustered | ECS modular | change unclustered -> modular | seeds where modular is smaller |",
+    runs = with_mode(runs, mode)
+    names = runs[0][key]["label_names"] if runs else []
+    out = ["| label | ECS unclustered | ECS modular | change unclustered -> modular | seeds where modular is smaller |",
            "|---|---|---|---|---|"]
     for i, name in enumerate(names):
         a = summarize([r[key]["ecs_a"][i] for r in runs])
@@ -91,7 +102,8 @@ def seed_figure(results: Dict[str, List[dict]], out: Path, modes: Sequence[str])
                  ("z(E) modular", [r["sig_modular"]["z_E"] for r in runs]),
                  ("one-ON acc\nmod - uncl (pp)", [100 * (np.mean(r["ablation_modular"]["on"])
                                                         - np.mean(r["ablation_unclustered"]["on"])) for r in runs])]
-        items += [(f"ECS gap (%)\n{m}", [100 * r[f"ecs_{m}"]["a_over_b"] for r in runs]) for m in modes]
+        items += [(f"ECS gap (%)\n{m}", [100 * r[f"ecs_{m}"]["a_over_b"] for r in with_mode(runs, m)]) for m in modes
+                  if with_mode(runs, m)]
         for x, (_, vals) in enumerate(items):
             s = summarize(vals)
             jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else [0.0]

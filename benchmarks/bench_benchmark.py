@@ -20,7 +20,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from click.testing import CliRunner
 from sklearn.cluster import SpectralCoclustering

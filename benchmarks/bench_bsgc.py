@@ -106,7 +106,7 @@ def main() -> None:
     shapes = [(s, s) for s in args.sizes] + ([(4096, 16384)] if args.wide else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, k={args.k}, "
           f"load average before {tuple(round(x, 2) for x in os.getloadavg())}")
-    print(f"| shape | kind | ours s | sklearn s | sklearn / ours | floor s | ours / floor | E ours | E sklearn | dE |")
+    print("| shape | kind | ours s | sklearn s | sklearn / ours | floor s | ours / floor | E ours | E sklearn | dE |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for m, n in shapes:
         size = m * n

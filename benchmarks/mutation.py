@@ -57,7 +57,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS: Dict[str, List[str]] = {
     "spectral": ["tests/test_bsgc.py"],
     "pairing": ["tests/test_bsgc.py"],
+    "mass": ["tests/test_bsgc.py"],
     "bsgc": ["tests/test_bsgc.py"],
+    "bsgc_batch": ["tests/test_bsgc.py"],
     "kmeans_batch": ["tests/test_bsgc.py"],
     "metrics": ["tests/test_metrics.py"],
     "loss": ["tests/test_loss.py"],
@@ -66,15 +68,19 @@ TESTS: Dict[str, List[str]] = {
     "interventions": ["tests/test_ablate.py", "tests/test_circuits.py"],
     "circuit_eval": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
     "circuit_batch": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
+    "circuit_search": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
+    "piecewise": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
 }
 
 
 # where each mutated module lives in the package layout
-PATHS = {"spectral": "clustering/spectral", "pairing": "clustering/pairing", "bsgc": "clustering/bsgc",
+PATHS = {"spectral": "clustering/spectral", "pairing": "clustering/pairing", "mass": "clustering/mass",
+         "bsgc": "clustering/bsgc", "bsgc_batch": "clustering/bsgc_batch",
          "kmeans_batch": "clustering/kmeans_batch", "metrics": "clustering/metrics",
          "loss": "training/loss", "masks": "training/masks", "hooks": "interpret/hooks",
          "interventions": "interpret/interventions",
-         "circuit_eval": "interpret/circuit_eval", "circuit_batch": "interpret/circuit_batch"}
+         "circuit_eval": "interpret/circuit_eval", "circuit_batch": "interpret/circuit_batch",
+         "circuit_search": "interpret/circuit_search", "piecewise": "interpret/piecewise"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class Mutant:
 
 M = Mutant
 MUTANTS: List[Mutant] = [
-    # ------------------------------------------------------------ bsgc (spectral.py and pairing.py)
+    # ------------------------------------------------------------ bsgc (spectral.py, pairing.py and mass.py)
     M("spectral", "du_is, dv_is = _inv_sqrt(A.sum(1)), _inv_sqrt(A.sum(0))",
       "du_is, dv_is = _inv_sqrt(A.sum(0)), _inv_sqrt(A.sum(1))", "row/column degrees swapped"),
     M("spectral", "torch.where(d > 0, d.clamp_min(torch.finfo(d.dtype).tiny).rsqrt(), torch.zeros_like(d))",
@@ -100,12 +106,12 @@ MUTANTS: List[Mutant] = [
       "isolated nodes (degree 0) get a huge inverse degree instead of 0"),
     M("spectral", "evals, W = evals.flip(-1), W.flip(-1)", "evals, W = evals, W",
       "singular values in ascending order: the smallest vectors are used"),
-    M("pairing", "r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)",
+    M("mass", "r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)",
       "r = torch.as_tensor(np.where(rows > 0, rows, k), device=squared.device)",
       "cluster 0's rows counted as isolated in the mass matrix"),
-    M("pairing", "new_label[col_ind] = row_ind", "new_label[row_ind] = col_ind",
+    M("mass", "new_label[col_ind] = row_ind", "new_label[row_ind] = col_ind",
       "Hungarian matching applied as its inverse permutation"),
-    M("pairing", "return np.where(cols >= 0, new_label[np.maximum(cols, 0)], -1)",
+    M("mass", "return np.where(cols >= 0, new_label[np.maximum(cols, 0)], -1)",
       "return np.where(cols >= 0, new_label[np.maximum(cols, 0)], 0)", "isolated columns relabelled into cluster 0"),
     M("pairing", "first = 1 if ncomp > 1 else 0", "first = 0",
       "the trivial first singular vector is kept in the paired embeddings"),
@@ -130,7 +136,7 @@ MUTANTS: List[Mutant] = [
     M("spectral", "if not isinstance(k, (int, np.integer)) or k < 2 or k > min(sp.m_live, sp.n_live):",
       "if not isinstance(k, (int, np.integer)) or k < 2 or k > max(sp.m_live, sp.n_live):",
       "k larger than the smaller side accepted"),
-    M("pairing", "block = torch.mul(A[i0:i1], A[i0:i1], out=buf[: i1 - i0])", "block = A[i0:i1]",
+    M("mass", "block = torch.mul(A[i0:i1], A[i0:i1], out=buf[: i1 - i0])", "block = A[i0:i1]",
       "candidates scored on |A| instead of A**2"),
     M("bsgc", '"n_clusters": [Interval(Integral, 2, None, closed="left")],',
       '"n_clusters": [Interval(Integral, 1, None, closed="left")],', "k = 1 passes the parameter check"),
@@ -270,17 +276,17 @@ MUTANTS: List[Mutant] = [
       "accuracy from the least likely class"),
     M("circuit_batch", "d = -(self.w[o, i][:, None] * self.a[:, i].T)", "d = (self.w[o, i][:, None] * self.a[:, i].T)",
       "removing an edge adds its contribution"),
-    M("circuit_batch", "after[run] = col + torch.cumsum(d[run], 0)", "after[run] = col + d[run]",
+    M("circuit_batch", "after[run] = col + acc(d[run])", "after[run] = col + d[run]",
       "states not cumulative"),
     M("circuit_batch", "self.z.index_add_(1, o, -(self.w[o, i][None, :] * self.a[:, i]))",
       "self.z.index_add_(1, o, (self.w[o, i][None, :] * self.a[:, i]))", "commit updates the state with the wrong sign"),
-    M("circuit_batch", "j = int(bad[0]) if bad.numel() else block.numel()", "j = int(bad[-1]) if bad.numel() else block.numel()",
-      "states after the first failing one accepted"),
+    M("circuit_batch", "j = int(change[0]) if change.numel() else block.numel()",
+      "j = int(change[-1]) if change.numel() else block.numel()", "decisions after the end of a run taken from the batch"),
     M("circuit_batch", "mask.view(-1)[block[:j]] = False", "mask.view(-1)[block[:j + 1]] = False",
       "the rejected edge is removed from the mask"),
     M("circuit_batch", "o, i = block // n_cols, block % n_cols", "o, i = block % n_cols, block // n_cols",
       "row/column of the flat index swapped"),
-    M("circuit_batch", "active0 = (~moving & (y > 0)) | (moving & (m < 0))",
+    M("piecewise", "active0 = (~moving & (y > 0)) | (moving & (m < 0))",
       "active0 = (~moving & (y > 0)) | (moving & (m > 0))", "piecewise-linear evaluation starts from the wrong units"),
     M("circuit_batch", "                module.weight[o, i] = saved", "                pass",
       "a rejected conv edge is not restored"),
@@ -289,6 +295,18 @@ MUTANTS: List[Mutant] = [
     M("circuit_batch", "if self.commits >= 64:", "if self.commits >= 1:", "exact recompute after every commit",
       equivalent="only recomputes the state exactly more often (the same values up to float rounding): slower, "
                  "not different"),
+    M("circuit_search", "            if removed_pass == 0 and near is None:", "            if removed_pass == 0:",
+      "a focused pass that removes nothing ends the search (not a local minimum)"),
+    M("circuit_search", "return acc >= self.min_accuracy * full_acc - 1e-12 and loss <= full_loss + self.max_loss_increase",
+      "return acc >= self.min_accuracy * full_acc - 1e-12", "the loss tolerance is ignored"),
+    M("circuit_batch", "            states.commit(o[j:j + 1], i[j:j + 1])", "            pass",
+      "an edge removed after a run of kept ones is masked but its weight stays in the state"),
+    M("circuit_batch", "torch.cat([col[None], after[start:end]]) if cumulative else col",
+      "torch.cat([col[None], after[start:end]])", "single removals measured against the wrong previous state"),
+    M("circuit_batch", "change = torch.nonzero(~ok if removing else ok).flatten()", "change = torch.nonzero(~ok).flatten()",
+      "a batch of single removals read as if it were cumulative"),
+    M("circuit_batch", "acc = (lambda v: torch.cumsum(v, 0)) if cumulative else (lambda v: v)",
+      "acc = (lambda v: torch.cumsum(v, 0))", "single-removal states accumulate earlier removals"),
 ]
 
 

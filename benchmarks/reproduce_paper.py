@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _shared_data when run as a script
@@ -53,7 +52,7 @@ from graphinterp.common.seeds import deterministic, parse_seeds  # noqa: E402
 from graphinterp.training.train import TrainConfig, train  # noqa: E402
 from graphinterp.reports import viz  # noqa: E402
 
-from _seed_report import MODE_NAMES, comparison_rows, label_rows, seed_figure  # noqa: E402
+from _seed_report import MODE_NAMES, comparison_rows, label_rows, seed_figure, with_mode  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"E_k2_unclustered": 0.6, "E_modular": 0.99, "ecs_more_unclustered": 0.6125}
@@ -212,11 +211,13 @@ def write_markdown(out: Path, results: Dict[str, list], args) -> str:
             held = f"{summ.sign_holds(sign)} of {summ.n}" if sign else "-"
             lines.append(f"| {name} | {paper} | {summ.format(**fmt_kw)} | {held} |")
         for mode in args.modes:
-            key = f"ecs_{mode}"
-            stopped = sum(not c for r in runs for c in r[key]["converged_a"] + r[key]["converged_b"])
-            total = sum(len(r[key]["converged_a"]) * 2 for r in runs)
-            seconds = sum(sum(r[key]["seconds"]) for r in runs)
-            lines += ["", f"Per-label ECS, {MODE_NAMES[mode]} ({stopped} of {total} searches stopped at their "
+            key, runs_m = f"ecs_{mode}", with_mode(runs, mode)
+            if not runs_m:
+                continue
+            stopped = sum(not c for r in runs_m for c in r[key]["converged_a"] + r[key]["converged_b"])
+            total = sum(len(r[key]["converged_a"]) * 2 for r in runs_m)
+            seconds = sum(sum(r[key]["seconds"]) for r in runs_m)
+            lines += ["", f"Per-label ECS, {MODE_NAMES[mode]}, {len(runs_m)} seeds ({stopped} of {total} searches stopped at their "
                           f"evaluation budget; {seconds:.0f} s of search in all):", ""] + label_rows(runs, mode)
         lines.append("")
     lines += ["## Time", "", f"{torch.get_num_threads()} torch threads, circuits on {args.jobs} process(es). CPU "
@@ -232,8 +233,45 @@ def write_markdown(out: Path, results: Dict[str, list], args) -> str:
     with atomic_write(out / "report.md", "w") as fh:
         fh.write(text)
     with atomic_write(out / "results.json", "w") as fh:
-        json.dump({"results": results, "times": TIMES, "cpu_times": CPU_TIMES}, fh, indent=2, default=float)
+        json.dump({"results": results, "times": TIMES, "cpu_times": CPU_TIMES, "settings": _settings(args)}, fh,
+                  indent=2, default=float)
     return text
+
+
+def _settings(args) -> dict:
+    """What must agree between runs whose results are merged (seeds, modes and jobs may differ)."""
+    return {k: getattr(args, k) for k in ("k", "lam", "warmup_epochs", "epochs", "max_train", "shuffles",
+                                         "circuit_examples", "max_evals")}
+
+
+def merge_runs(args, folders) -> Dict[str, list]:
+    """The per-seed results of several runs (their ``results.json``) as one, for one report over all their seeds.
+
+    Seeds found in more than one run are taken from the first; runs whose settings differ from this
+    command's are refused (their results would not be comparable).
+    """
+    results: Dict[str, list] = {}
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            sys.exit(f"error: --merge {folder}: cannot read {path} ({err})")
+        theirs = data.get("settings")
+        if theirs is not None and theirs != _settings(args):
+            sys.exit(f"error: --merge {folder}: its settings {theirs} differ from this command's {_settings(args)}")
+        for tag, runs in data["results"].items():
+            have = {r["seed"] for r in results.setdefault(tag, [])}
+            results[tag] += [r for r in runs if r["seed"] not in have]
+        for key, v in data.get("times", {}).items():
+            TIMES[f"{key} ({Path(folder).name})"] = v
+        for key, v in data.get("cpu_times", {}).items():
+            CPU_TIMES[f"{key} ({Path(folder).name})"] = v
+    for runs in results.values():
+        runs.sort(key=lambda r: r["seed"])
+    args.seed_list = sorted({r["seed"] for runs in results.values() for r in runs})
+    args.modes = [m for m in MODES if any(f"ecs_{m}" in r for runs in results.values() for r in runs)]
+    return results
 
 
 def main() -> None:
@@ -262,6 +300,9 @@ def main() -> None:
                         help="reuse (or continue) the checkpoints already in --out instead of training again")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="do not train: write one report in --out over the seeds of these earlier runs' "
+                             "results.json (same settings; e.g. seeds run on different days or machines)")
     args = parser.parse_args()
     try:
         args.seed_list = parse_seeds(args.seeds, first=args.seed)
@@ -274,6 +315,11 @@ def main() -> None:
         parser.error("--jobs must be >= 1")
     args.out.mkdir(parents=True, exist_ok=True)
     args.load_start = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    if args.merge:
+        results = merge_runs(args, args.merge)
+        seed_figure(results, args.out, args.modes)
+        print(write_markdown(args.out, results, args))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, seeds {args.seed_list}, "
           f"load average {args.load_start} on {os.cpu_count()} CPUs")
     start, cpu = time.perf_counter(), time.process_time()

@@ -58,7 +58,7 @@ _EXPORTS = {
     "blocks_from_clustering": "clustering.mlp_blocks", "cluster_dag": "clustering.dag_cluster",
     "cluster_layers": "clustering.cluster", "cluster_mlp_blocks": "clustering.mlp_blocks",
     "cluster_network": "clustering.cluster", "clusterability": "clustering.metrics",
-    "clusterability_report": "clustering.metrics", "fit_batch": "clustering.bsgc",
+    "clusterability_report": "clustering.metrics", "fit_batch": "clustering.bsgc_batch",
     "load_graph": "clustering.analysis", "random_partition_expectation": "clustering.metrics",
     "shuffle_test": "clustering.significance", "within_share": "clustering.metrics",
     "check_k": "clustering.validation",

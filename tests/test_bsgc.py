@@ -9,8 +9,8 @@ from sklearn.cluster import KMeans, SpectralCoclustering
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from graphinterp.clustering.bsgc import (BSGC, cluster_mass, fit_batch, fit_k_range, match_clusters, normalize_bipartite,
-                                         randomized_svd)
+from graphinterp.clustering.bsgc import BSGC, cluster_mass, match_clusters, normalize_bipartite, randomized_svd
+from graphinterp.clustering.bsgc_batch import fit_batch, fit_k_range
 from graphinterp.clustering.kmeans_batch import batched_kmeans
 from graphinterp.common.errors import ClusteringError, InvalidWeightsError
 from graphinterp.clustering.metrics import clusterability

@@ -61,8 +61,9 @@ def test_answer_tail_reproduces_the_model(n_layers, layernorm):
     assert all(m is model.get_submodule(l.name) for l, m in zip(layers, modules))
 
 
+@pytest.mark.parametrize("cumulative", [True, False])
 @pytest.mark.parametrize("part", ["fc_in", "fc_out"])
-def test_batched_single_edge_states_match_forward_passes(part):
+def test_batched_single_edge_states_match_forward_passes(part, cumulative):
     from graphinterp.interpret.circuit_batch import LinearStates, TaskMetrics, forward_metrics
 
     torch.manual_seed(1)
@@ -74,10 +75,12 @@ def test_batched_single_edge_states_match_forward_passes(part):
     states = LinearStates(tail, module, metrics)
     assert states.rest is not None and (states.M is mlp.fc_out) == (part == "fc_in")  # the fast path is taken
     o, i = torch.tensor([3, 3, 3, 5]), torch.tensor([0, 4, 7, 1])
-    acc, loss = states.evaluate(o, i)
+    acc, loss = states.evaluate(o, i, cumulative=cumulative)
     w = module.weight.detach().clone()
     for t in range(len(o)):
         with torch.no_grad():
+            if not cumulative:  # state t: edge t removed alone
+                module.weight.copy_(w)
             module.weight[o[t], i[t]] = 0.0
         a_ref, l_ref = forward_metrics(tail, metrics, 4096)
         assert float(acc[t]) == pytest.approx(a_ref, abs=1e-9) and float(loss[t]) == pytest.approx(l_ref, abs=1e-5)

@@ -3,40 +3,39 @@
 Algorithm 1 normalises the similarity matrix, :math:`\\tilde A = D_U^{-1/2} A D_V^{-1/2}`, takes its
 rank-k SVD :math:`\\tilde A \\approx U_k \\Sigma_k V_k^T`, and clusters the rows of :math:`U_k` and,
 separately, the rows of :math:`V_k`. graphinterp pairs the row and column clusters instead (the
-``pairing`` modes). The work is split in three modules:
+``pairing`` modes). The work is split in five modules:
 
 * :mod:`graphinterp.clustering.spectral`: validation, normalisation, the randomized / Gram SVD of the
   normalised matrix (``_Spectrum``);
 * :mod:`graphinterp.clustering.pairing`: KMeans restarts (:mod:`graphinterp.clustering.kmeans_batch`)
   as candidates, row and column clusters matched and repaired, the kept candidate; its docstring
   states the three ``pairing`` modes and the choice rule;
+* :mod:`graphinterp.clustering.mass`: the squared mass between row and column clusters;
 * this module: the estimator :class:`BSGC` (scikit-learn's ``BaseEstimator`` and ``BiclusterMixin``:
-  ``get_params`` / ``set_params`` / ``clone``, ``get_indices``, ``get_submatrix``), :func:`fit_k_range`
-  (several k from one SVD) and :func:`fit_batch` (many matrices of one shape in the same tensor
-  operations, with the same result for each as its own :meth:`BSGC.fit`).
+  ``get_params`` / ``set_params`` / ``clone``, ``get_indices``, ``get_submatrix``);
+* :mod:`graphinterp.clustering.bsgc_batch`: :func:`fit_k_range` (several k from one SVD) and
+  :func:`fit_batch` (many matrices of one shape in the same tensor operations, with the same result
+  for each as its own :meth:`BSGC.fit`).
 
 Results are deterministic for a given integer ``random_state`` (on the same machine and thread count).
 """
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, BiclusterMixin, _fit_context
 from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 
-from graphinterp.clustering.pairing import PAIRINGS, cluster_mass, fit_spectrum, match_clusters
+from graphinterp.clustering.mass import cluster_mass, match_clusters
+from graphinterp.clustering.pairing import PAIRINGS, fit_spectrum
 from graphinterp.clustering.spectral import (ArrayLike, _as_matrix, _check_k, _degrees, _generators, _Spectrum,
                                              _threads_for, normalize_bipartite, randomized_svd)
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
 
-__all__ = [
-    "BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters", "cluster_mass",
-    "fit_k_range", "fit_batch",
-]
+__all__ = ["BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters", "cluster_mass"]
 
 
 class BSGC(BiclusterMixin, BaseEstimator):
@@ -198,111 +197,3 @@ class BSGC(BiclusterMixin, BaseEstimator):
         self.fit(A)
         return self.row_labels_, self.column_labels_
 
-
-def fit_k_range(
-    A: ArrayLike, ks: Iterable[int], *, pairing: str = "joint", n_init: int = 10, n_iter: Optional[int] = None,
-    random_state=None,
-) -> Dict[int, BSGC]:
-    """Fit :class:`BSGC` for every k in ``ks`` (e.g. ``range(2, 11)``) from one SVD of ``A``.
-
-    The matrix is validated and normalised once and its SVD computed once, at rank ``max(ks)``; each
-    k then only runs its KMeans restarts and candidate scoring on the first k singular vectors. The
-    algorithm is the one of ``BSGC(k, ...).fit(A)``, but labels need not be identical to a lone
-    fit's, whose SVD has rank k (the randomized SVD's subspace, and so the vectors, differ slightly).
-    Deterministic for an integer ``random_state``.
-
-    Returns
-    -------
-    dict mapping each k to its fitted :class:`BSGC`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> A = np.abs(np.random.default_rng(0).standard_normal((40, 30)))
-    >>> fits = fit_k_range(A, range(2, 5), random_state=0)
-    >>> sorted(fits), fits[3].row_labels_.shape
-    ([2, 3, 4], (40,))
-    """
-    ks = list(ks)
-    if not ks:
-        raise ClusteringError("fit_k_range needs at least one k, e.g. ks=range(2, 11)")
-    _check_settings(pairing=pairing, n_init=n_init, n_iter=n_iter, random_state=random_state)
-    ints = [k for k in ks if isinstance(k, (int, np.integer))]
-    A = _as_matrix(A)
-    out = {}
-    with _threads_for(A):
-        du, dv = _degrees(A[None])
-        sp = _Spectrum.compute(A[None], du, dv, max(max(ints) if ints else 2, 2), n_iter,
-                               [check_random_state(random_state)], ks=ks)
-        for k in ks:
-            est = BSGC(int(k), pairing=pairing, n_init=n_init, n_iter=n_iter, random_state=random_state)
-            out[int(k)] = est._set_labels(*est._fit_spectrum(sp)[0], sp, 0)
-    return out
-
-
-def fit_batch(
-    As: ArrayLike, k: int, random_states: Sequence[int], *, pairing: str = "joint", n_init: int = 10,
-    n_iter: Optional[int] = None, n_components: Optional[int] = None,
-) -> List[BSGC]:
-    """Fit :class:`BSGC` on each of ``C`` matrices of one shape at once, e.g. the shuffled copies of a layer.
-
-    ``As[c]`` is clustered with ``BSGC(k, ..., random_state=random_states[c])``, and the result is
-    the same as that estimator's own ``fit(As[c])``: every copy draws its random numbers from its
-    own seed, and copies whose isolated nodes differ are clustered in separate groups. What is
-    shared is the work: the SVDs, the KMeans restarts and the candidate scoring of all copies run in
-    the same batched tensor operations, which removes the per-call overhead that dominates small
-    layers. Memory is that of ``As`` plus a few vectors per copy.
-
-    Parameters
-    ----------
-    As : array of shape (C, m, n)
-    k : int
-    random_states : sequence of C ints
-    pairing, n_init, n_iter, n_components
-        As in :class:`BSGC`.
-
-    Returns
-    -------
-    list of C fitted :class:`BSGC`
-
-    Examples
-    --------
-    >>> A = np.abs(np.random.default_rng(0).standard_normal((3, 20, 12)))
-    >>> fits = fit_batch(A, 2, [1, 2, 3])
-    >>> all(np.array_equal(f.row_labels_, BSGC(2, random_state=s).fit(a).row_labels_)
-    ...     for f, s, a in zip(fits, [1, 2, 3], A))
-    True
-    """
-    _check_settings(n_clusters=k, pairing=pairing, n_init=n_init, n_iter=n_iter, n_components=n_components)
-    As = torch.as_tensor(As).detach()
-    if As.dim() != 3:
-        raise ClusteringError(f"fit_batch needs a (copies, m, n) stack of matrices, got shape {tuple(As.shape)}")
-    if len(random_states) != len(As):
-        raise ClusteringError(f"fit_batch needs one random_state per matrix: {len(random_states)} for {len(As)}")
-    As = torch.stack([_as_matrix(a) for a in As]) if not torch.is_floating_point(As) or As.dtype not in (
-        torch.float32, torch.float64) else As
-    with _threads_for(As):
-        return _fit_groups(As, k, random_states, pairing, n_init, n_iter, n_components)
-
-
-def _fit_groups(As, k, random_states, pairing, n_init, n_iter, n_components) -> List[BSGC]:
-    du, dv = _degrees(As)
-    groups: Dict[bytes, List[int]] = {}
-    live = torch.cat([du > 0, dv > 0], 1).cpu().numpy()
-    for c in range(len(As)):
-        groups.setdefault(live[c].tobytes(), []).append(c)
-    fits: List[Optional[BSGC]] = [None] * len(As)
-    for idx in groups.values():
-        ests = [BSGC(k, pairing=pairing, n_components=n_components, n_init=n_init, n_iter=n_iter, random_state=random_states[c])
-                for c in idx]
-        sel = torch.as_tensor(idx)
-        sp = _Spectrum.compute(As[sel] if len(idx) < len(As) else As, du[sel], dv[sel], ests[0]._needed_rank(), n_iter,
-                               [check_random_state(random_states[c]) for c in idx], ks=[k])
-        for j, (rows, cols) in enumerate(ests[0]._fit_spectrum(sp)):
-            fits[idx[j]] = ests[j]._set_labels(rows, cols, sp, j)
-    return fits
-
-
-def _check_settings(**params) -> None:
-    """Validate, once, the :class:`BSGC` settings that :func:`fit_k_range` or :func:`fit_batch` share between fits."""
-    BSGC(**params)._validate_params()

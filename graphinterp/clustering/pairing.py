@@ -38,12 +38,13 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from graphinterp.clustering.kmeans_batch import batched_kmeans
+from graphinterp.clustering.mass import (canonical, column_products, matching, scatter_batch, squared_products,
+                                         unique_rows)
 from graphinterp.clustering.spectral import _Spectrum
 
-__all__ = ["PAIRINGS", "match_clusters", "cluster_mass"]
+__all__ = ["PAIRINGS", "fit_spectrum"]
 
 PAIRINGS = ("joint", "matched", "independent")
 
@@ -51,91 +52,10 @@ _MAX_ITER = 300  # Lloyd iterations per restart (scikit-learn's default)
 _TOL = 1e-4  # ... and relative centre shift (scikit-learn's defaults), for "independent"
 _TOL_PAIRED = 1e-2  # looser for the paired modes: their restarts are candidates ranked by E, not inertia
 _MAX_ITER_PAIRED = 300
-_CHUNK_ELEMENTS = 1 << 21  # block size (elements) for squaring A when scoring candidates
-
-
-def cluster_mass(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-    """``(k, k)`` matrix of the squared similarity between row cluster ``a`` and column cluster ``b``.
-
-    One ``(m, n) @ (n, k)`` product; label ``-1`` (isolated) counts in no cluster.
-
-    Examples
-    --------
-    >>> sq = torch.tensor([[4.0, 1.0], [0.0, 9.0]])
-    >>> cluster_mass(sq, np.array([0, 1]), np.array([1, -1]), 2).tolist()
-    [[0.0, 4.0], [0.0, 0.0]]
-    """
-    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)  # -1 -> spare bucket k
-    c = torch.as_tensor(np.where(cols >= 0, cols, k), device=squared.device)
-    one_hot = torch.nn.functional.one_hot
-    mass = one_hot(r, k + 1).to(squared.dtype).T @ (squared @ one_hot(c, k + 1).to(squared.dtype))
-    return mass[:k, :k].double().cpu().numpy()
-
-
-def _matching(mass: np.ndarray) -> np.ndarray:
-    """Column-cluster relabelling ``new[b]`` that maximises the within-cluster mass (Hungarian)."""
-    row_ind, col_ind = linear_sum_assignment(-mass)
-    new_label = np.empty(len(mass), dtype=np.int64)
-    new_label[col_ind] = row_ind
-    return new_label
-
-
-def match_clusters(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-    """Relabel column clusters to maximise the within-cluster mass (Hungarian matching).
-
-    ``squared`` is ``(m, n)``; ``rows``/``cols`` are labels in ``0..k-1`` (or -1 for isolated nodes).
-    Returns the new column labels; row labels are unchanged.
-
-    Examples
-    --------
-    >>> sq = torch.tensor([[0.0, 5.0], [5.0, 0.0]])
-    >>> match_clusters(sq, np.array([0, 1]), np.array([0, 1]), 2).tolist()
-    [1, 0]
-    """
-    cols = np.asarray(cols, dtype=np.int64)
-    new_label = _matching(cluster_mass(squared, rows, cols, k))
-    return np.where(cols >= 0, new_label[np.maximum(cols, 0)], -1)
-
 
 
 def _best_inertia(labels: torch.Tensor, inertia: torch.Tensor) -> np.ndarray:
     return labels[int(inertia.argmin())].numpy().astype(np.int64)
-
-
-def _canonical(labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Labellings (T, N) renumbered in order of first appearance, and the maps ``f`` (T, k) with
-    ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last)."""
-    T, N = labels.shape
-    present = labels[:, None, :] == np.arange(k)[None, :, None]  # (T, k, N)
-    first = np.where(present.any(-1), present.argmax(-1), N)
-    order = np.argsort(first, axis=1, kind="stable")
-    f = np.empty((T, k), dtype=np.int64)
-    np.put_along_axis(f, order, np.arange(k)[None, :].repeat(T, 0), axis=1)
-    return np.take_along_axis(f, labels, axis=1), f
-
-
-def _column_products(A: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
-    """``(A o A) @ onehot(labels_t)`` (T, m, k) for ``T`` column labellings, each distinct partition computed once."""
-    canon, maps = _canonical(labels, k)
-    first, inverse = _unique_rows(canon)
-    P = _squared_products(A, canon[first], k, "cols").numpy()  # (U, m, k)
-    return np.stack([P[u][:, f] for u, f in zip(inverse, maps)])
-
-
-def _unique_rows(a: np.ndarray) -> Tuple[List[int], List[int]]:
-    """Indices of the first occurrence of each distinct row of ``a`` (in order), and each row's
-    position among them (``np.unique(axis=0)`` without its slow structured-array sort)."""
-    a = np.ascontiguousarray(a)
-    seen: dict = {}
-    first, inverse = [], []
-    for t in range(len(a)):
-        key = a[t].tobytes()
-        if key not in seen:
-            seen[key] = len(first)
-            first.append(t)
-        inverse.append(seen[key])
-    return first, inverse
 
 
 def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -149,19 +69,19 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
     highest E. Candidates that are the same partition as an earlier one (up to renumbering) are
     dropped first: they would score the same and lose the tie.
     """
-    key = np.concatenate([_canonical(rows, k)[0], _canonical(cols, k)[0]], 1)
-    first = _unique_rows(key)[0]
+    key = np.concatenate([canonical(rows, k)[0], canonical(cols, k)[0]], 1)
+    first = unique_rows(key)[0]
     rows, cols = rows[first], cols[first]
     T = len(rows)
-    full_r, full_c = _scatter_batch(rows, sp.live_r, 0), _scatter_batch(cols, sp.live_c, 0)
-    P = _column_products(sp.A[copy], full_c, k)  # (T, m, k): mass of each row in each column cluster
+    full_r, full_c = scatter_batch(rows, sp.live_r, 0), scatter_batch(cols, sp.live_c, 0)
+    P = column_products(sp.A[copy], full_c, k)  # (T, m, k): mass of each row in each column cluster
     index = torch.from_numpy(full_r)[:, :, None].expand(P.shape)
     masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, index, torch.from_numpy(P)).numpy()
     total = float(P[0].sum())
     scale = 1.0 / total if total > 0 else 0.0
     cands, need_cols = [], []
     for t in range(T):
-        new_label = _matching(masses[t])
+        new_label = matching(masses[t])
         E = masses[t][new_label, np.arange(k)].sum() * scale
         r, c = rows[t], new_label[cols[t]]
         if np.bincount(r, minlength=k).min() == 0:  # repair the rows, given the matched columns
@@ -173,7 +93,7 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
         if np.bincount(c, minlength=k).min() == 0:
             need_cols.append(t)
     if need_cols:  # columns' mass in each (repaired) row cluster, for the candidates that need it
-        Q = _squared_products(sp.A[copy], _scatter_batch(np.stack([cands[t][0] for t in need_cols]), sp.live_r, 0), k, "rows")
+        Q = squared_products(sp.A[copy], scatter_batch(np.stack([cands[t][0] for t in need_cols]), sp.live_r, 0), k, "rows")
         Q = Q.numpy()[:, sp.live_c]
         for q, t in enumerate(need_cols):
             cands[t][1] = cands[t][1].copy()
@@ -224,48 +144,9 @@ def _repair(labels: np.ndarray, gain_table: np.ndarray, k: int) -> float:
     return float(delta)
 
 
-def _squared_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str) -> torch.Tensor:
-    """``(A o A) @ onehot(labels_t)`` for ``T`` labellings of the columns (``side="cols"``, result (T, m, k)),
-    or ``(A o A)^T @ onehot(labels_t)`` for labellings of the rows (``side="rows"``, result (T, n, k)).
-
-    All labellings in one matrix product with the ``(n, T k)`` indicator; ``A`` is squared block by
-    block into a small buffer, never whole. Float64 on the CPU.
-    """
-    if not A.is_contiguous() and A.T.is_contiguous():  # a transposed view: work on the row-major side
-        return _squared_products(A.T, labels, k, "rows" if side == "cols" else "cols")
-    T, (m, n) = len(labels), A.shape
-    offsets = torch.arange(T)[:, None] * k
-    indicator = torch.zeros(labels.shape[1], T * k, dtype=A.dtype, device=A.device)
-    indicator.scatter_(1, (torch.from_numpy(labels) + offsets).T.to(A.device), 1.0)
-    step = max(1, min(m, _CHUNK_ELEMENTS // max(n, 1)))
-    buf = torch.empty(step, n, dtype=A.dtype, device=A.device)
-    if side == "cols":
-        out = torch.empty(m, T * k, dtype=A.dtype, device=A.device)
-    else:
-        out_t = torch.zeros(T * k, n, dtype=A.dtype, device=A.device)
-    for i0 in range(0, m, step):
-        i1 = min(m, i0 + step)
-        block = torch.mul(A[i0:i1], A[i0:i1], out=buf[: i1 - i0])
-        if side == "cols":
-            torch.mm(block, indicator, out=out[i0:i1])
-        else:
-            out_t.addmm_(indicator[i0:i1].T, block)
-    if side == "rows":
-        out = out_t.T
-    return out.reshape(out.shape[0], T, k).permute(1, 0, 2).double().cpu()
-
-
 def _scatter(sub_labels: np.ndarray, live: np.ndarray) -> np.ndarray:
     out = np.full(live.size, -1, dtype=np.int64)
     out[live] = sub_labels
-    return out
-
-
-def _scatter_batch(sub_labels: np.ndarray, live: np.ndarray, fill: int) -> np.ndarray:
-    if live.all():
-        return sub_labels
-    out = np.full((len(sub_labels), live.size), fill, dtype=np.int64)
-    out[:, live] = sub_labels
     return out
 
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from graphinterp.common.files import resolve_device
-from graphinterp.clustering.bsgc import fit_batch
+from graphinterp.clustering.bsgc_batch import fit_batch
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import normalized_score, random_partition_expectation
@@ -177,7 +177,7 @@ def shuffle_test(
     progress : bool, default False
         Show a tqdm bar over the shuffles.
     batch_size : int, optional
-        Shuffled copies clustered together by :func:`graphinterp.clustering.bsgc.fit_batch` (same results as one
+        Shuffled copies clustered together by :func:`graphinterp.clustering.bsgc_batch.fit_batch` (same results as one
         at a time, which ``batch_size=1`` does, for less overhead). Default: as many as fit in
         ``_BATCH_BYTES`` (128 MiB) of copies.
 

@@ -6,7 +6,7 @@ rank-k SVD :math:`\\tilde A \\approx U_k \\Sigma_k V_k^T`. Here the SVD is a ran
 cast), with the exactly known top singular pair (:math:`\\sigma_1 = 1`, :math:`u_1 \\propto \\sqrt{d_U}`,
 :math:`v_1 \\propto \\sqrt{d_V}`) deflated; small matrices get an exact SVD through the Gram matrix.
 :class:`_Spectrum` holds ``C`` validated matrices of one shape with their degrees and SVDs, so that
-:func:`graphinterp.clustering.bsgc.fit_batch` and :func:`~graphinterp.clustering.bsgc.fit_k_range`
+:func:`graphinterp.clustering.bsgc_batch.fit_batch` and :func:`~graphinterp.clustering.bsgc_batch.fit_k_range`
 share one computation between copies or between values of k.
 """
 from __future__ import annotations

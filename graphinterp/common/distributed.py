@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping, Optional, Tuple
 
 import torch
 
 from graphinterp.common.files import resolve_device
 from graphinterp.common.errors import GraphinterpError
 
-__all__ = ["Launch", "launch_from_env", "check_device", "backend_for", "process_group"]
+__all__ = ["Launch", "launch_from_env", "check_device", "backend_for", "process_group", "rank_and_world"]
 
 #: Environment variables torchrun sets for every worker; all must be present to run distributed.
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -187,3 +187,18 @@ def process_group(launch: Launch, device: torch.device) -> Iterator[Launch]:
         yield launch
     finally:
         dist.destroy_process_group()
+
+
+def rank_and_world() -> Tuple[int, int]:
+    """``(rank, world size)`` of this process: ``(0, 1)`` unless a ``torch.distributed`` group is initialised.
+
+    Examples
+    --------
+    >>> rank_and_world()
+    (0, 1)
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -10,7 +10,7 @@ reads it from the ``GRAPHINTERP_DASK_SCHEDULER`` environment variable (:data:`SC
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Sequence
 
 from graphinterp.common.errors import GraphinterpError
 

@@ -9,7 +9,7 @@ the previous one wrote; :func:`trace_graph` then returns a chained :class:`Layer
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch

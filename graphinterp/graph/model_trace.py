@@ -7,7 +7,7 @@ chain or a :class:`~graphinterp.graph.dag.ModelGraph` otherwise, with its :class
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn

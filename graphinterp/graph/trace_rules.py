@@ -236,7 +236,7 @@ def _batch_norm(tr, args, kwargs, out) -> None:
     if s is None or not isinstance(out, torch.Tensor):
         return
     tr._set(out, s)
-    mean, var = _arg(args, kwargs, 1, "running_mean"), _arg(args, kwargs, 2, "running_var")
+    var = _arg(args, kwargs, 2, "running_var")  # the running mean only shifts (a bias): not an edge weight
     weight, eps = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 7, "eps", 1e-5)
     name = _layer_name(tr.param_names.get(id(weight), "batchnorm")) if weight is not None else "batchnorm"
     if not tr.fold or var is None:

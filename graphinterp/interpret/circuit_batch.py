@@ -6,8 +6,13 @@ depends on all earlier decisions, so the pass is sequential by nature. It is eva
 without changing any decision: for the next ``T`` edges, the ``T`` *cumulative* states (the first
 edge removed, the first two, ..., all ``T``) are evaluated at once; every state before the first
 failing one is accepted (each passed its test with exactly the earlier removals in place), the
-first failing edge is kept, and the walk resumes after it. ``T`` adapts to the observed run
-length, so few states are evaluated past a rejection.
+first failing edge is kept, and the walk resumes after it. After a kept edge the next batch
+holds *single* removals instead (edge ``t`` removed alone from the current circuit): while edges
+are kept the circuit does not change, so every state before the first passing one is a valid
+"keep", the first passing edge is removed, and the walk switches back to cumulative states. Each
+batch thus speculates that the current run of equal decisions goes on, and ``T`` adapts to the
+observed run length, so few states are evaluated past the end of a run (passes that keep almost
+every edge, such as the last passes of a search, cost about one state per edge).
 
 A state of a Linear layer ``L`` is its output ``z`` on the task with some edges removed; removing
 edge ``(o, i)`` subtracts ``w_oi * a_i`` from output ``o`` (``a``: the layer's input, fixed during
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from graphinterp.interpret.edges import EdgeLayer
+from graphinterp.interpret.piecewise import piecewise_logits
 from graphinterp.interpret.label_tasks import LabelTask, task_terms
 
 __all__ = ["TaskMetrics", "LinearStates", "forward_metrics", "sequential_pass", "ELEMENTWISE"]
@@ -129,10 +135,12 @@ class LinearStates:
         return max(1, _MAX_ELEMENTS // max(1, len(self.a) * max(self.width, self.z.shape[1])))
 
     @torch.no_grad()
-    def evaluate(self, o: torch.Tensor, i: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Metrics of the states "edges ``(o[:t+1], i[:t+1])`` removed", t = 0..T-1 (edges not yet removed)."""
+    def evaluate(self, o: torch.Tensor, i: torch.Tensor, cumulative: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Metrics of the states "edges ``(o[:t+1], i[:t+1])`` removed", t = 0..T-1 (edges not yet removed);
+        with ``cumulative=False``, of the states "edge ``(o[t], i[t])`` removed alone"."""
         d = -(self.w[o, i][:, None] * self.a[:, i].T)  # (T, N): change of output o_t
         t, n = d.shape
+        acc = (lambda v: torch.cumsum(v, 0)) if cumulative else (lambda v: v)
         if self.M is not None:
             after = torch.empty_like(d)
             before = torch.empty_like(d)
@@ -141,53 +149,25 @@ class LinearStates:
             for end in bounds:  # runs of the same output unit (row-major order keeps them contiguous)
                 run = slice(start, end + 1)
                 col = self.z[:, o[start]]
-                after[run] = col + torch.cumsum(d[run], 0)
-                before[run] = torch.cat([col[None], after[start:end]])
+                after[run] = col + acc(d[run])
+                before[run] = torch.cat([col[None], after[start:end]]) if cumulative else col
                 start = end + 1
             if self.pl and len(bounds) == 1:
-                return self.metrics(self._piecewise(int(o[0]), self._act(after) - self._act(self.z[:, o[0]])),
+                return self.metrics(piecewise_logits(self.rest[1], self.M.weight[:, int(o[0])], self.y,
+                                                     self._act(after) - self._act(self.z[:, o[0]])),
                                     examples_first=True)
             r = self._act(after) - self._act(before)  # (T, N)
             upd = r[:, :, None] * self.M.weight.T[o][:, None, :]  # (T, N, width)
-            y = self.y + torch.cumsum(upd, 0)
+            y = self.y + acc(upd)
             logits = self.rest(y.reshape(t * n, -1)).reshape(t, n, -1)
             return self.metrics(logits)
         e = torch.zeros(t, n, self.z.shape[1], dtype=d.dtype, device=d.device)
         e[torch.arange(t, device=d.device), :, o] = d
-        z = self.z + torch.cumsum(e, 0)
+        z = self.z + acc(e)
         if self.rest is not None:
             logits = self.rest(z.reshape(t * n, -1)).reshape(t, n, -1)
             return self.metrics(logits)
         return self._through_model(z)
-
-    def _piecewise(self, o: int, g: torch.Tensor) -> torch.Tensor:
-        """Logits ``W relu(y + g_tn * m) + b`` for all states t and examples n, ``m = M.weight[:, o]``.
-
-        For one example, ``g -> logits`` is piecewise linear with a breakpoint where a unit of
-        ``y + g m`` changes sign; slopes and intercepts of every piece are cumulative sums over
-        the sorted breakpoints, and each state picks its piece by binary search.
-        """
-        lin = self.rest[1]
-        m, y = self.M.weight[:, o], self.y  # (width,), (N, width)
-        moving = m != 0
-        contrib = lin.weight.T  # (width, C)
-        active0 = (~moving & (y > 0)) | (moving & (m < 0))  # the active units as g -> -inf
-        a0 = (y * active0) @ contrib + (0 if lin.bias is None else lin.bias)  # (N, C)
-        b0 = (m * active0) @ contrib  # (C,)
-        mm = m[moving]
-        beta = -y[:, moving] / mm  # (N, k) breakpoints
-        beta, order = torch.sort(beta, dim=1)
-        sign = torch.sign(mm)[order]  # +1: the unit turns on at its breakpoint, -1: off
-        cw = contrib[moving][order]  # (N, k, C)
-        step_b = (sign * mm[order])[..., None] * cw
-        step_a = (sign[..., None] * torch.gather(y[:, moving], 1, order)[..., None]) * cw
-        zero = torch.zeros_like(a0)[:, None]
-        a = torch.cat([zero, torch.cumsum(step_a, 1)], 1) + a0[:, None]  # (N, k + 1, C)
-        b = torch.cat([zero, torch.cumsum(step_b, 1)], 1) + b0[:, None]
-        gt = g.T.contiguous()  # (N, T)
-        seg = torch.searchsorted(beta, gt)  # (N, T)
-        idx = seg[..., None].expand(-1, -1, a.shape[2])
-        return torch.gather(a, 1, idx).addcmul_(torch.gather(b, 1, idx), gt[..., None])  # (N, T, C)
 
     def _through_model(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         t, n = z.shape[:2]
@@ -224,12 +204,14 @@ def forward_metrics(model: nn.Module, metrics: TaskMetrics, batch_size: int) -> 
 
 def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask: torch.Tensor, order: torch.Tensor,
                     metrics: TaskMetrics, accept: Accept, *, batch_size: int = 4096,
-                    max_evals: Optional[int] = None) -> Tuple[int, int, bool]:
+                    max_evals: Optional[int] = None, kept: Optional[list] = None) -> Tuple[int, int, bool]:
     """Walk the edges ``order`` (flat indices into ``mask``, all kept) of one layer and remove each unless
     ``accept(acc, loss)`` fails for the state with it removed; updates ``mask`` and ``module.weight`` in place.
 
     The model's weights must hold the current circuit (masked in place). Returns ``(removed,
-    evaluations, finished)``; ``finished`` is False when ``max_evals`` stopped the walk.
+    evaluations, finished)``; ``finished`` is False when ``max_evals`` stopped the walk. When a list
+    ``kept`` is given, ``(flat index, loss)`` of every edge the walk kept is appended to it, the loss
+    being that of the state that removed the edge (how far it was from being removable).
 
     Examples
     --------
@@ -253,12 +235,12 @@ def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask:
     if order.numel() == 0:
         return 0, 0, True
     if layer.is_conv or not isinstance(module, nn.Linear):
-        return _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals)
+        return _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals, kept)
     try:
         states = LinearStates(model, module, metrics, batch_size)
     except ValueError:
-        return _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals)
-    cap, size, pos = states.max_states(), 16, 0
+        return _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals, kept)
+    cap, size, pos, removing = states.max_states(), 16, 0, True
     while pos < order.numel():
         if max_evals is not None and evals >= max_evals:
             return removed, evals, False
@@ -267,20 +249,33 @@ def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask:
         if states.pl:  # one output unit per block: the piecewise-linear evaluation applies
             same = int((o == o[0]).sum()) if bool((o == o[0])[-1]) else int(torch.nonzero(o != o[0])[0])
             block, o, i = block[:same], o[:same], i[:same]
-        acc, loss = states.evaluate(o, i)
+        acc, loss = states.evaluate(o, i, cumulative=removing)
         evals += block.numel()
         ok = accept(acc, loss)
-        bad = torch.nonzero(~ok).flatten()
-        j = int(bad[0]) if bad.numel() else block.numel()
-        states.commit(o[:j], i[:j])
-        mask.view(-1)[block[:j]] = False
-        removed += j
+        change = torch.nonzero(~ok if removing else ok).flatten()  # where the run of equal decisions ends
+        j = int(change[0]) if change.numel() else block.numel()
+        if removing:  # states 0..j-1 removed their edges cumulatively; state j (if any) keeps its edge
+            states.commit(o[:j], i[:j])
+            mask.view(-1)[block[:j]] = False
+            removed += j
+            if kept is not None and j < block.numel():
+                kept.append((int(block[j]), float(loss[j])))
+        else:  # edges 0..j-1 kept (each tested alone on the current circuit); edge j (if any) removed
+            if kept is not None:
+                kept.extend(zip(block[:j].tolist(), loss[:j].tolist()))
+            if j < block.numel():
+                states.commit(o[j:j + 1], i[j:j + 1])
+                mask.view(-1)[block[j]] = False
+                removed += 1
         pos += j + (1 if j < block.numel() else 0)
+        if j < block.numel():
+            removing = not removing
         size = min(cap, size * 2) if j == block.numel() else max(4, 2 * (j + 1))
     return removed, evals, True
 
 
-def _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals) -> Tuple[int, int, bool]:
+def _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals,
+                kept=None) -> Tuple[int, int, bool]:
     removed = evals = 0
     n_cols = mask.shape[1]
     for idx in order.tolist():
@@ -297,4 +292,6 @@ def _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, 
                 removed += 1
             else:
                 module.weight[o, i] = saved
+                if kept is not None:
+                    kept.append((idx, loss))
     return removed, evals, True

@@ -26,8 +26,11 @@ Final pass
     Then (``Schedule.final_pass``, on by default) every kept edge is tried alone, weakest first,
     layer by layer from the last, until a whole pass removes nothing: the circuit is then a local
     minimum, no single kept edge can be removed without leaving the tolerance
-    (``Circuit.converged``; False when ``max_evals`` ran out first). It is still an upper bound on
-    the smallest circuit within the tolerance; biases are never pruned.
+    (``Circuit.converged``; False when ``max_evals`` ran out first). Between two full passes,
+    focused passes re-try only the kept edges that came closest to being removable
+    (``Schedule.focus``, 10% of them by default) while they remove something: the edges that
+    earlier removals freed are found at a fraction of a full pass's cost. It is still an upper
+    bound on the smallest circuit within the tolerance; biases are never pruned.
 Authors' criterion (``mode="authors"``)
     The criterion of the paper's own code, for comparisons with its numbers: the task is the
     label's own examples only (no negatives), the loss their cross-entropy on the label; every

@@ -19,7 +19,7 @@ import numpy as np
 
 from graphinterp.common.files import resolve_device
 from graphinterp.reports.benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, safe_name
-from graphinterp.clustering.bsgc import fit_k_range
+from graphinterp.clustering.bsgc_batch import fit_k_range
 from graphinterp.common.errors import ClusteringError, GraphinterpError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.layer import DEPTHWISE_REASON, Layer

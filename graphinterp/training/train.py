@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphinterp.common.denormal import flush_denormals
+from graphinterp.common.distributed import rank_and_world
 from graphinterp.common.files import check_writable, output_lock, resolve_device
 from graphinterp.clustering.cluster import Clustering, cluster_network
 from graphinterp.clustering.labels import stored_clustering
@@ -91,14 +92,6 @@ def evaluate(model: nn.Module, data: LabeledTensors, *, batch_size: int = 1024) 
     finally:
         model.train(was_training)
     return correct / max(len(data), 1)
-
-
-def _dist() -> Tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _as_data(data, name: str) -> LabeledTensors:
@@ -217,7 +210,7 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
     """
     config = config.validate()
     with contextlib.ExitStack() as stack:
-        if checkpoint is not None and _dist()[0] == 0:
+        if checkpoint is not None and rank_and_world()[0] == 0:
             check_writable(checkpoint)
             stack.enter_context(output_lock(checkpoint))
         stack.enter_context(flush_denormals())  # see the module docstring; a no-op where unsupported
@@ -227,7 +220,7 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
 def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) -> TrainResult:
     from tqdm.auto import tqdm
 
-    rank, world = _dist()
+    rank, world = rank_and_world()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())

@@ -1,0 +1,139 @@
+"""Squared similarity mass between row and column clusters: the sums that score and pair BSGC candidates.
+
+For a layer's similarity matrix ``A`` (``m x n``) and a clustering of its rows and columns, the mass
+matrix :math:`M = R^T (A \\circ A) C` (``k x k``, with ``R`` and ``C`` the one-hot cluster indicators)
+holds the squared similarity between every row cluster and every column cluster; its diagonal over
+its total is E. Here: the mass matrix of one clustering (:func:`cluster_mass`), the column relabelling
+that maximises its diagonal (:func:`match_clusters`, Hungarian), and the products of many candidate
+labellings at once, with ``A`` squared block by block and every distinct partition computed once.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["cluster_mass", "match_clusters", "matching", "canonical", "unique_rows", "column_products",
+           "squared_products", "scatter_batch"]
+
+_CHUNK_ELEMENTS = 1 << 21  # block size (elements) for squaring A when scoring candidates
+
+
+def cluster_mass(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """``(k, k)`` matrix of the squared similarity between row cluster ``a`` and column cluster ``b``.
+
+    One ``(m, n) @ (n, k)`` product; label ``-1`` (isolated) counts in no cluster.
+
+    Examples
+    --------
+    >>> sq = torch.tensor([[4.0, 1.0], [0.0, 9.0]])
+    >>> cluster_mass(sq, np.array([0, 1]), np.array([1, -1]), 2).tolist()
+    [[0.0, 4.0], [0.0, 0.0]]
+    """
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    r = torch.as_tensor(np.where(rows >= 0, rows, k), device=squared.device)  # -1 -> spare bucket k
+    c = torch.as_tensor(np.where(cols >= 0, cols, k), device=squared.device)
+    one_hot = torch.nn.functional.one_hot
+    mass = one_hot(r, k + 1).to(squared.dtype).T @ (squared @ one_hot(c, k + 1).to(squared.dtype))
+    return mass[:k, :k].double().cpu().numpy()
+
+
+def matching(mass: np.ndarray) -> np.ndarray:
+    """Column-cluster relabelling ``new[b]`` that maximises the within-cluster mass (Hungarian)."""
+    row_ind, col_ind = linear_sum_assignment(-mass)
+    new_label = np.empty(len(mass), dtype=np.int64)
+    new_label[col_ind] = row_ind
+    return new_label
+
+
+def match_clusters(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
+    """Relabel column clusters to maximise the within-cluster mass (Hungarian matching).
+
+    ``squared`` is ``(m, n)``; ``rows``/``cols`` are labels in ``0..k-1`` (or -1 for isolated nodes).
+    Returns the new column labels; row labels are unchanged.
+
+    Examples
+    --------
+    >>> sq = torch.tensor([[0.0, 5.0], [5.0, 0.0]])
+    >>> match_clusters(sq, np.array([0, 1]), np.array([0, 1]), 2).tolist()
+    [1, 0]
+    """
+    cols = np.asarray(cols, dtype=np.int64)
+    new_label = matching(cluster_mass(squared, rows, cols, k))
+    return np.where(cols >= 0, new_label[np.maximum(cols, 0)], -1)
+
+
+def canonical(labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Labellings (T, N) renumbered in order of first appearance, and the maps ``f`` (T, k) with
+    ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last)."""
+    T, N = labels.shape
+    present = labels[:, None, :] == np.arange(k)[None, :, None]  # (T, k, N)
+    first = np.where(present.any(-1), present.argmax(-1), N)
+    order = np.argsort(first, axis=1, kind="stable")
+    f = np.empty((T, k), dtype=np.int64)
+    np.put_along_axis(f, order, np.arange(k)[None, :].repeat(T, 0), axis=1)
+    return np.take_along_axis(f, labels, axis=1), f
+
+
+def column_products(A: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
+    """``(A o A) @ onehot(labels_t)`` (T, m, k) for ``T`` column labellings, each distinct partition computed once."""
+    canon, maps = canonical(labels, k)
+    first, inverse = unique_rows(canon)
+    P = squared_products(A, canon[first], k, "cols").numpy()  # (U, m, k)
+    return np.stack([P[u][:, f] for u, f in zip(inverse, maps)])
+
+
+def unique_rows(a: np.ndarray) -> Tuple[List[int], List[int]]:
+    """Indices of the first occurrence of each distinct row of ``a`` (in order), and each row's
+    position among them (``np.unique(axis=0)`` without its slow structured-array sort)."""
+    a = np.ascontiguousarray(a)
+    seen: dict = {}
+    first, inverse = [], []
+    for t in range(len(a)):
+        key = a[t].tobytes()
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(t)
+        inverse.append(seen[key])
+    return first, inverse
+
+
+def squared_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str) -> torch.Tensor:
+    """``(A o A) @ onehot(labels_t)`` for ``T`` labellings of the columns (``side="cols"``, result (T, m, k)),
+    or ``(A o A)^T @ onehot(labels_t)`` for labellings of the rows (``side="rows"``, result (T, n, k)).
+
+    All labellings in one matrix product with the ``(n, T k)`` indicator; ``A`` is squared block by
+    block into a small buffer, never whole. Float64 on the CPU.
+    """
+    if not A.is_contiguous() and A.T.is_contiguous():  # a transposed view: work on the row-major side
+        return squared_products(A.T, labels, k, "rows" if side == "cols" else "cols")
+    T, (m, n) = len(labels), A.shape
+    offsets = torch.arange(T)[:, None] * k
+    indicator = torch.zeros(labels.shape[1], T * k, dtype=A.dtype, device=A.device)
+    indicator.scatter_(1, (torch.from_numpy(labels) + offsets).T.to(A.device), 1.0)
+    step = max(1, min(m, _CHUNK_ELEMENTS // max(n, 1)))
+    buf = torch.empty(step, n, dtype=A.dtype, device=A.device)
+    if side == "cols":
+        out = torch.empty(m, T * k, dtype=A.dtype, device=A.device)
+    else:
+        out_t = torch.zeros(T * k, n, dtype=A.dtype, device=A.device)
+    for i0 in range(0, m, step):
+        i1 = min(m, i0 + step)
+        block = torch.mul(A[i0:i1], A[i0:i1], out=buf[: i1 - i0])
+        if side == "cols":
+            torch.mm(block, indicator, out=out[i0:i1])
+        else:
+            out_t.addmm_(indicator[i0:i1].T, block)
+    if side == "rows":
+        out = out_t.T
+    return out.reshape(out.shape[0], T, k).permute(1, 0, 2).double().cpu()
+
+
+def scatter_batch(sub_labels: np.ndarray, live: np.ndarray, fill: int) -> np.ndarray:
+    if live.all():
+        return sub_labels
+    out = np.full((len(sub_labels), live.size), fill, dtype=np.int64)
+    out[:, live] = sub_labels
+    return out
