@@ -10,7 +10,7 @@ For each task it trains the baseline (lambda = 0) and the modular model (lambda 
   :mod:`graphinterp.interpret.transformer_eval` (baseline clustered with BSGC after training);
 * the cost of the enmeshment loss: a training step with ``CE + lambda * L_E`` against a plain step,
   interleaved in the same run (ratio; the floor is 1.0);
-* modadd: one circuit per answer class for both models
+* circuits for both models: modadd one per answer class, chars one per frequent next character
   (:func:`graphinterp.interpret.transformer_circuits.extract_transformer_circuits`, MLP weights pruned), the
   ECS per label, a Figure 3 style figure and the ECS gap between the models, with its direction;
 
@@ -96,34 +96,46 @@ def _loss_cost(model, clustering, x, y, lam, n):
     return float(np.median(times[False])), float(np.median(times[True]))
 
 
-def circuits(res, data, out_dir: Path, labels, jobs: int, max_evals: int):
-    """ECS per answer class of both modadd models (same settings), their comparison and its figure."""
+def circuits(res, data, out_dir: Path, labels, jobs: int, max_evals: int, task: str = "modadd", n_chars: int = 10):
+    """ECS per label of both models (same settings), their comparison and its figure. modadd: a label is an
+    answer class (the test pairs); chars: the character after a window of the validation text, for the
+    ``n_chars`` most frequent ones among 5,000 seeded windows."""
     from graphinterp.reports.viz import plot_ecs_comparison
 
-    test, found = data["test"], {}
+    found = {}
+    if task == "modadd":
+        x, y, names = data["test"].x, data["test"].y, None
+    else:
+        part = data["corpus"].next_char_windows(res["modular"]["config"].n_ctx, "val", limit=5000, seed=0)
+        x, y, names = part.x, part.y, [repr(ch)[1:-1] for ch in part.classes]
+        labels = torch.bincount(y, minlength=len(names)).argsort(descending=True)[:n_chars].sort().values.tolist()
     for name in ("baseline", "modular"):
         t = time.perf_counter()
-        found[name] = extract_transformer_circuits(res[name]["result"].model, test.x, test.y, labels, n_jobs=jobs,
-                                                   schedule=Schedule(max_evals=max_evals), progress=False, device="cpu")
+        found[name] = extract_transformer_circuits(res[name]["result"].model, x, y, labels, n_jobs=jobs,
+                                                   schedule=Schedule(max_evals=max_evals), progress=False, device="cpu",
+                                                   label_names=names)
         res[name]["circuits_s"] = time.perf_counter() - t
-        print(f"modadd {name}: {len(found[name])} circuits in {res[name]['circuits_s']:.0f} s", flush=True)
+        print(f"{task} {name}: {len(found[name])} circuits in {res[name]['circuits_s']:.0f} s", flush=True)
     keys = sorted(found["modular"])
     a, b = found["baseline"], found["modular"]
     comp = CircuitComparison(keys, [a[c].label_name for c in keys], np.array([a[c].ecs for c in keys]),
                              np.array([b[c].ecs for c in keys]), ("baseline", "modular"), a, b)
     plot_ecs_comparison(comp.ecs_a, comp.ecs_b, labels=comp.label_names, names=comp.names,
-                        out=out_dir / "modadd-ecs.png")
+                        out=out_dir / f"{task}-ecs.png")
     return comp
 
 
-def circuit_lines(res) -> list:
+def circuit_lines(res, task: str = "modadd") -> list:
     comp = res["circuits"]
     a, b = comp.ecs_a, comp.ecs_b
     smaller = int((b < a).sum())
     direction = "smaller" if b.mean() < a.mean() else "larger"
-    lines = ["### Circuits (modadd)", "",
-             "One circuit per answer class by iterative edge pruning over the MLP weights (fc_in, fc_out; attention, "
-             "embeddings and unembedding kept whole), one-vs-rest task on the test pairs, tolerance 0.95 x accuracy and "
+    what = ("One circuit per answer class" if task == "modadd" else
+            f"One circuit for each of the {len(a)} most frequent next characters (5,000 seeded windows of the "
+            "validation text; a label is the character after a window)")
+    lines = [f"### Circuits ({task})", "",
+             f"{what} by iterative edge pruning over the MLP weights (fc_in, fc_out; attention, "
+             "embeddings and unembedding kept whole), one-vs-rest task, tolerance 0.95 x accuracy and "
              "+0.1 nats; ECS = kept MLP weights / non-zero MLP weights.", "",
              f"Mean ECS: baseline {100 * a.mean():.3f}%, modular {100 * b.mean():.3f}%: the modular model's circuits are "
              f"{direction} (ratio of means baseline / modular - 1 = {100 * comp.ratio_of_means:+.1f}%; mean per-label "
@@ -137,7 +149,7 @@ def circuit_lines(res) -> list:
                      f"({np.mean([c.seconds for c in cs.values()]):.1f} s and "
                      f"{np.mean([c.n_evals for c in cs.values()]):.0f} evaluations per label); {stopped} hit the "
                      "evaluation budget before a local minimum (upper bounds)  ")
-    lines += ["", "![ECS per label, baseline -> modular](modadd-ecs.png)", "",
+    lines += ["", f"![ECS per label, baseline -> modular]({task}-ecs.png)", "",
               "| label | ECS % baseline | ECS % modular | change |", "|---|---|---|---|"]
     lines += [f"| {n} | {100 * x:.3f} | {100 * y:.3f} | {'n/a' if np.isnan(r) else f'{100 * r:+.1f}%'} |"
               for n, x, y, r in zip(comp.label_names, a, b, comp.relative_change)]
@@ -180,8 +192,10 @@ def run_task(task, out_dir: Path, corpus, n_shuffles, k, lam, circuit_args=None)
     else:
         xb, yb = data["corpus"].batch(32, res["modular"]["config"].n_ctx, torch.Generator().manual_seed(0))
     res["cost"] = loss_cost(res["modular"]["result"].model, res["modular"]["result"].clustering, xb, yb, lam)
-    if task == "modadd" and circuit_args is not None:
-        res["circuits"] = circuits(res, data, out_dir, *circuit_args)
+    if circuit_args is not None:
+        labels, jobs, max_evals, n_chars = circuit_args
+        if task == "modadd" or n_chars > 0:
+            res["circuits"] = circuits(res, data, out_dir, labels, jobs, max_evals, task, n_chars)
     return res
 
 
@@ -233,7 +247,7 @@ def report(all_res, out_dir: Path, load_before, load_after, total_s):
                          + "; OFF " + ", ".join(f"{v:.3f}" for v in ov["off"]) + "  ")
         lines.append("")
         if "circuits" in res:
-            lines += circuit_lines(res)
+            lines += circuit_lines(res, task)
         summary[task] = {"E_modular": m["E_blocks"], "E_baseline": b["E_blocks"],
                          "baseline": {k_: lb[k_] for k_ in ("test_acc", "test_loss")},
                          "modular": {k_: lm[k_] for k_ in ("test_acc", "test_loss")},
@@ -266,6 +280,8 @@ def main():
     ap.add_argument("--circuit-labels", default="all", help="modadd answers to extract circuits for: all, 0-9, none")
     ap.add_argument("--circuit-jobs", type=int, default=2, help="worker processes for the circuits")
     ap.add_argument("--circuit-max-evals", type=int, default=10000)
+    ap.add_argument("--char-circuits", type=int, default=10,
+                    help="chars: circuits of this many most frequent next characters (0: none)")
     args = ap.parse_args()
     labels = None if args.circuit_labels == "none" else ("all" if args.circuit_labels == "all" else
                                                         _ranges(args.circuit_labels))
@@ -273,7 +289,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     before, t0 = uptime(), time.perf_counter()
     print(f"uptime before: {before}", flush=True)
-    circuit_args = None if labels is None else (labels, args.circuit_jobs, args.circuit_max_evals)
+    circuit_args = None if labels is None else (labels, args.circuit_jobs, args.circuit_max_evals, args.char_circuits)
     res = {task: run_task(task, out, args.corpus, args.shuffles, args.k, args.lam, circuit_args)
            for task in args.tasks.split(",")}
     after = uptime()

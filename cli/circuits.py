@@ -90,6 +90,8 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
               help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Transformer trained on chars: the corpus (default: the one it was trained on).")
 @click.option("--batch-size", type=POSITIVE_INT, default=4096, show_default=True, help="Evaluation batch size.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Torch CPU threads during the search. It runs thousands of small forward passes, which gain nothing "
@@ -102,7 +104,7 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @trust_pickle_option
 @json_option
 def command(model, dataset, split, data_dir, limit, labels_text, other, mode, score, min_accuracy, max_loss_increase,
-            max_examples, max_evals, graphml_dir, plot_path, batch_size, threads, jobs, seed, device, quiet,
+            max_examples, max_evals, graphml_dir, plot_path, corpus, batch_size, threads, jobs, seed, device, quiet,
             trust_pickle, as_json):
     """Extract each label's circuit from MODEL by iterative edge pruning and report its Effective Circuit Size.
 
@@ -118,12 +120,16 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
       graphinterp circuits modular.pt --dataset mnist --labels all --graphml-dir circuits/
       graphinterp circuits modular.pt --compare baseline.pt --dataset mnist --plot ecs.png
       graphinterp circuits modadd.pt --labels all --compare modadd-base.pt --plot ecs.png --jobs 2
+      graphinterp circuits lm.pt --corpus input.txt --labels all --limit 5000
 
     A modular-addition transformer checkpoint (`graphinterp train --dataset modadd`) is evaluated on
     its own task (--split test: the held-out pairs; --dataset and --data-dir do not apply): a label is
     an answer 0..p-1, and the edges pruned are the weights of every MLP block (fc_in, fc_out);
     attention, embeddings and the unembedding are kept whole, and the ECS is over the MLP weights.
-    Character LMs (chars) are not supported.
+    A character LM (`graphinterp train --dataset chars`) is evaluated on windows of its corpus's
+    validation text (every position; a seeded subset of --limit windows, default 20,000): a label is
+    the character that follows a window (the model's prediction at the last position), --labels all
+    the characters that occur as such; the MLP weights are pruned as for modular addition.
     """
     from graphinterp import CircuitComparison, Schedule, Tolerance, cluster_share
 
@@ -151,6 +157,8 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     if ckpts[0] is not None and graphml_dir:
         raise click.UsageError("--graphml-dir is not available for transformer circuits (their MLP blocks are not a "
                                "layered graph); use --json for the circuits")
+    if corpus is not None and ckpts[0] is None:
+        raise click.UsageError("--corpus applies to transformer checkpoints trained on chars only")
     data = load_eval_data(dataset, split, data_dir, limit, seed) if ckpts[0] is None else None
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
@@ -158,7 +166,7 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     if ckpts[0] is not None:
         from graphinterp.cli._transformer_circuits import transformer_data, extract_transformer
 
-        data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed)
+        data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus)
         graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
     else:
         graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)

@@ -125,8 +125,8 @@ def test_circuit_keeps_the_label_within_tolerance_by_an_independent_forward(ckpt
 def test_library_refuses_bad_input():
     lm = transformer(vocab=5, n_out=5, n_ctx=4, d_model=8, n_heads=2, d_mlp=8, readout="all")
     x, y = torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long)
-    with pytest.raises(UnsupportedModelError, match="modular-addition"):
-        extract_transformer_circuits(lm, x, y, [0], progress=False)
+    with pytest.raises(DataError, match="one answer per sequence"):  # a language model's per-position targets
+        extract_transformer_circuits(lm, x, torch.zeros(4, 3, dtype=torch.long), [0], progress=False)
     with pytest.raises(UnsupportedModelError, match="not a graphinterp transformer"):
         extract_transformer_circuits(torch.nn.Linear(2, 2), x, y, [0], progress=False)
     model = transformer(vocab=6, n_out=5, d_model=8, n_heads=2, d_mlp=8)
@@ -170,8 +170,10 @@ def test_cli_bad_inputs_give_one_error_line(ckpts, tmp_path):
         (["circuits", str(a), "--labels", "x"], "--labels"),
         (["circuits", str(plain), "--compare", str(a)], "needs two models of one kind"),
         (["circuits", str(a), "--compare", str(plain)], "needs two models of one kind"),
-        (["circuits", str(lm), "--labels", "0"], "modadd"),
-        (["circuits", str(a), "--compare", str(lm), "--labels", "0"], "modadd"),
+        (["circuits", str(a), "--compare", str(lm), "--labels", "0"], "compare models of one task"),
+        (["circuits", str(lm), "--labels", "0,99"], "0..14"),
+        (["circuits", str(a), "--corpus", str(corpus), "--labels", "0"], "trained on modadd"),
+        (["circuits", str(plain), "--corpus", str(corpus)], "--corpus applies"),
         (["circuits", str(a), "--graphml-dir", str(tmp_path / "g")], "--graphml-dir"),
     ]
     for args, message in cases:
@@ -179,3 +181,56 @@ def test_cli_bad_inputs_give_one_error_line(ckpts, tmp_path):
         lines = [l for l in r.output.splitlines() if l.strip()]
         assert r.exit_code != 0 and len(lines) == 1, (args, r.output)
         assert lines[0].startswith("error:") and message in lines[0], (args, r.output)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_answer_tail_of_a_language_model_is_its_last_position(n_layers):
+    """A per-position model (character LM): the circuits' tail gives the logits of the last position."""
+    torch.manual_seed(0)
+    model = transformer(vocab=9, n_out=9, n_ctx=6, d_model=16, n_heads=2, d_mlp=24, n_layers=n_layers,
+                        readout="all").eval()
+    ids = torch.randint(0, 9, (20, 6))
+    with torch.no_grad():
+        want = model(ids)[:, -1]
+        got = AnswerTail(model)(stream_input(model, ids))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_next_char_windows_label_every_window_with_the_next_character():
+    from graphinterp.data.tasks import CharCorpus
+
+    ids = torch.arange(50) % 7
+    corpus = CharCorpus([str(i) for i in range(7)], ids[:30], ids[30:])
+    full = corpus.next_char_windows(5, "train")
+    assert full.x.shape == (25, 5) and torch.equal(full.x[3], ids[3:8]) and int(full.y[3]) == int(ids[8])
+    part = corpus.next_char_windows(5, "val", limit=6, seed=1)
+    again = corpus.next_char_windows(5, "val", limit=6, seed=1)
+    assert part.x.shape == (6, 5) and torch.equal(part.x, again.x) and torch.equal(part.y, again.y)
+    starts = [int(v) for v in part.x[:, 0]]
+    for row, label in zip(part.x, part.y):  # every window is a piece of the split and its label follows it
+        s = [j for j in range(15) if torch.equal(ids[30 + j:35 + j], row)]
+        assert s and int(ids[35 + s[0]]) == int(label)
+    assert len(set(starts)) >= 2
+    with pytest.raises(DataError, match="too few"):
+        corpus.next_char_windows(25, "val")
+
+
+def test_cli_circuits_of_a_character_lm(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 40)
+    lm = tmp_path / "lm.pt"
+    train_transformer(TransformerConfig(task="chars", corpus=str(corpus), n_ctx=8, batch_size=8, d_model=16, n_heads=2,
+                                        d_mlp=32, n_layers=1, k=2, warmup_steps=2, steps=30, eval_every=30,
+                                        eval_windows=4, quiet=True), checkpoint=lm)
+    moved = tmp_path / "moved.txt"
+    corpus.rename(moved)  # the corpus it was trained on is gone: --corpus names it
+    r = _cli(["circuits", str(lm), "--labels", "all", "--max-evals", "300", "--limit", "400", "--json"])
+    assert r.exit_code != 0 and r.output.startswith("error:") and "corpus" in r.output, r.output
+    r = _cli(["circuits", str(lm), "--corpus", str(moved), "--labels", "all", "--max-evals", "300", "--limit", "400",
+              "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    present = sorted(set("to be or not to be, that is the question. "))
+    assert [c["label_name"] for c in out["circuits"]] == [repr(ch) if ch == " " else ch for ch in present]
+    assert out["dataset"].startswith("val next-character windows")
+    assert all(0 <= c["ecs"] <= 1 and c["accuracy"] >= 0.95 * c["full_accuracy"] - 1e-9 for c in out["circuits"])

@@ -102,6 +102,33 @@ class CharCorpus:
         y = ids[1: n * n_ctx + 1].view(n, n_ctx)
         return x, y
 
+    def next_char_windows(self, n_ctx: int, split: str = "val", limit: Optional[int] = None,
+                          seed: int = 0) -> SequenceData:
+        """Every window of ``n_ctx`` characters of a split, labelled with the character that follows it.
+
+        The windows start at every position (they overlap), so each character of the split after
+        the first ``n_ctx`` is the label of one window: the task of a language model's prediction at
+        the last position, one label per sequence (as the circuits of
+        :mod:`graphinterp.interpret.transformer_circuits` need). ``limit`` keeps a seeded random
+        subset of that many windows, in text order.
+
+        Examples
+        --------
+        >>> c = CharCorpus(["a", "b", "c"], torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([2, 1, 0, 2, 1]))
+        >>> d = c.next_char_windows(3)
+        >>> d.x.tolist(), d.y.tolist(), d.classes
+        ([[2, 1, 0], [1, 0, 2]], [2, 1], ['a', 'b', 'c'])
+        """
+        ids = self.val if split == "val" else self.train
+        n = len(ids) - n_ctx
+        if n < 1:
+            raise DataError(f"the {split} split has {len(ids)} characters: too few for windows of {n_ctx}")
+        start = torch.arange(n)
+        if limit is not None and limit < n:
+            start = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:int(limit)].sort().values
+        x = ids[start[:, None] + torch.arange(n_ctx)[None, :]]
+        return SequenceData(x, ids[start + n_ctx], list(self.chars), f"{split} next-character windows")
+
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 

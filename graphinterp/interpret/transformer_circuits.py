@@ -1,4 +1,4 @@
-"""Per-label circuits of the project's modular-addition transformers, by iterative edge pruning.
+"""Per-label circuits of the project's transformers (modular addition, character LMs), by iterative edge pruning.
 
 A **label** is an answer class ``c`` of ``a + b mod p``: its task is the one-vs-rest task of
 :mod:`graphinterp.interpret.circuits` built from the sequences ``a b =`` whose answer is ``c`` (positives)
@@ -21,8 +21,12 @@ position, an ``(N, d_model)`` input). Candidate weights are written into the mod
 parameters inside a context that restores them in ``finally``
 (:class:`graphinterp.interpret.circuit_eval.TaskEvaluator`, or :func:`masked_mlp` for a ``with`` block).
 
-Only ``readout="last"`` models (a classifier of the sequence, as trained on ``modadd``) are
-supported; a character LM (``chars``) is refused.
+**Language models.** A model that predicts every position (``readout="all"``, a character LM
+trained on ``chars``) is handled through its prediction at the last position: a label is the next
+character ``c``, and its task is made of windows followed by ``c`` against windows followed by
+another character (:meth:`graphinterp.data.tasks.CharCorpus.next_char_windows`). Attention is
+causal, so the last position's logits are those of the model on the window, and the search is
+the same as for modular addition.
 """
 from __future__ import annotations
 
@@ -49,9 +53,8 @@ def _check(model: nn.Module) -> None:
     if not (hasattr(model, "blocks") and hasattr(model, "unembed") and hasattr(model, "readout")):
         raise UnsupportedModelError(f"{type(model).__name__} is not a graphinterp transformer "
                                     "(graphinterp.sources.transformer.transformer); transformer circuits need one")
-    if model.readout != "last":
-        raise UnsupportedModelError("transformer circuits support modular-addition models (readout='last', one answer "
-                                    "per sequence) only; this model predicts every position (a character LM)")
+    if model.readout not in ("last", "all"):
+        raise UnsupportedModelError(f"unknown transformer readout {model.readout!r}; expected 'last' or 'all'")
 
 
 class AnswerTail(nn.Module):
@@ -189,15 +192,18 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
                                  negative_ratio: float = 1.0, random_state: int = 0, progress: bool = True,
                                  n_jobs: int = 1, scheduler: Any = None, label_names=None,
                                  **kwargs: Any) -> Dict[int, Circuit]:
-    """One circuit per answer class of a modular-addition transformer (see the module docstring).
+    """One circuit per answer class of a modular-addition transformer, or per next character of a
+    character LM (see the module docstring).
 
     Parameters
     ----------
     model : Transformer
-        ``readout="last"``; its weights are unchanged afterwards.
+        Its weights are unchanged afterwards.
     x, y : Tensor
         Token ids ``(N, T)`` and answers ``(N,)`` (e.g. the test split of
-        :func:`graphinterp.data.tasks.modular_addition`).
+        :func:`graphinterp.data.tasks.modular_addition`, or
+        :meth:`graphinterp.data.tasks.CharCorpus.next_char_windows`); the answer of a character
+        LM's window is the character after it.
     labels : "all" or iterable of int
         Answer classes in ``0..n_out-1``.
     max_examples, negative_ratio, random_state
@@ -221,7 +227,7 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
     DataError
         Labels outside ``0..n_out-1`` or without examples, mismatched ``x`` / ``y``.
     UnsupportedModelError
-        Not a graphinterp transformer, or a per-position (character LM) model.
+        Not a graphinterp transformer.
     """
     from tqdm.auto import tqdm
 
