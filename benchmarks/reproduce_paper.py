@@ -247,7 +247,9 @@ def _settings(args) -> dict:
 def merge_runs(args, folders) -> Dict[str, list]:
     """The per-seed results of several runs (their ``results.json``) as one, for one report over all their seeds.
 
-    Seeds found in more than one run are taken from the first; runs whose settings differ from this
+    A seed found in more than one run is merged: each quantity (e.g. one circuit criterion's ECS)
+    comes from the first run that has it, so criteria computed by separate runs on the same
+    checkpoints (``--resume``) join into one row per seed. Runs whose settings differ from this
     command's are refused (their results would not be comparable).
     """
     results: Dict[str, list] = {}
@@ -261,8 +263,12 @@ def merge_runs(args, folders) -> Dict[str, list]:
         if theirs is not None and theirs != _settings(args):
             sys.exit(f"error: --merge {folder}: its settings {theirs} differ from this command's {_settings(args)}")
         for tag, runs in data["results"].items():
-            have = {r["seed"] for r in results.setdefault(tag, [])}
-            results[tag] += [r for r in runs if r["seed"] not in have]
+            have = {r["seed"]: r for r in results.setdefault(tag, [])}
+            for r in runs:
+                if r["seed"] in have:
+                    have[r["seed"]].update({k: v for k, v in r.items() if k not in have[r["seed"]]})
+                else:
+                    results[tag].append(dict(r))
         for key, v in data.get("times", {}).items():
             TIMES[f"{key} ({Path(folder).name})"] = v
         for key, v in data.get("cpu_times", {}).items():
