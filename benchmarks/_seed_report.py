@@ -55,7 +55,7 @@ def comparison_rows(runs: Sequence[dict], k: int, modes: Sequence[str]) -> List[
         if not runs:
             continue
         if len(runs) < len(all_runs):
-            what += f"; seeds {', '.join(str(r['seed']) for r in runs)} only"
+            what += f"; seed{'s' if len(runs) > 1 else ''} {', '.join(str(r['seed']) for r in runs)} only"
         paper = "+61.25% (CIFAR-10)" if mode == "authors" else "+61.25% (CIFAR-10, authors' criterion)"
         rows += [
             (f"average ECS, unclustered ({what})", "-", _get(runs, lambda r: float(np.mean(r[key]["ecs_a"]))),

@@ -205,7 +205,7 @@ def write_markdown(out: Path, results: Dict[str, list], args) -> str:
              "the full model's). Each row: mean ± standard deviation [95% t interval] over seeds, and in how "
              "many seeds the sign holds where a sign is expected.", ""]
     for tag, runs in results.items():
-        lines += [f"## {tag.upper()} ({len(runs)} seeds)", "", "| quantity | paper | ours over seeds | sign holds |",
+        lines += [f"## {tag.upper()} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "", "| quantity | paper | ours over seeds | sign holds |",
                   "|---|---|---|---|"]
         for name, paper, summ, fmt_kw, sign in comparison_rows(runs, args.k, args.modes):
             held = f"{summ.sign_holds(sign)} of {summ.n}" if sign else "-"
@@ -217,7 +217,7 @@ def write_markdown(out: Path, results: Dict[str, list], args) -> str:
             stopped = sum(not c for r in runs_m for c in r[key]["converged_a"] + r[key]["converged_b"])
             total = sum(len(r[key]["converged_a"]) * 2 for r in runs_m)
             seconds = sum(sum(r[key]["seconds"]) for r in runs_m)
-            lines += ["", f"Per-label ECS, {MODE_NAMES[mode]}, {len(runs_m)} seeds ({stopped} of {total} searches stopped at their "
+            lines += ["", f"Per-label ECS, {MODE_NAMES[mode]}, {len(runs_m)} seed{'s' if len(runs_m) > 1 else ''} ({stopped} of {total} searches stopped at their "
                           f"evaluation budget; {seconds:.0f} s of search in all):", ""] + label_rows(runs, mode)
         lines.append("")
     lines += ["## Time", "", f"{torch.get_num_threads()} torch threads, circuits on {args.jobs} process(es). CPU "
