@@ -287,12 +287,14 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) 
             "time": time.perf_counter() - start,
         })
         if path is not None and rank == 0:
-            save_train_state(path, model, arch, config, history, clustering, clustering, opt, gen, epoch, gradsim)
+            save_train_state(path, model, arch=arch, config=config, history=history, clustering=clustering,
+                             train_clustering=clustering, opt=opt, gen=gen, epoch=epoch, gradsim=gradsim)
     final = clustering
     if config.lam == 0 and history:  # the baseline: E of a clustering fitted to the final weights
         final = _cluster(graph, layers, config, None, rank, world)
         final.meta["fitted"] = "final weights"
         history[-1]["E_refit"] = EnmeshmentLoss(model, final, graph=graph).clusterability()
         if path is not None and rank == 0:
-            save_train_state(path, model, arch, config, history, final, clustering, opt, gen, config.total_epochs, gradsim)
+            save_train_state(path, model, arch=arch, config=config, history=history, clustering=final,
+                             train_clustering=clustering, opt=opt, gen=gen, epoch=config.total_epochs, gradsim=gradsim)
     return TrainResult(model, arch, final, history)

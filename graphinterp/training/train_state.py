@@ -104,7 +104,14 @@ def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, op
     return {"epoch": epoch, "history": history, "gradsim": state.get("gradsim"), "clustering": clustering}
 
 
-def save_train_state(path, model, arch, config, history, clustering, train_clustering, opt, gen, epoch, gradsim) -> None:
+def save_train_state(path, model, *, arch, config, history, clustering, train_clustering, opt, gen, epoch: int,
+                     gradsim) -> None:
+    """Write the checkpoint of a training run after ``epoch`` epochs (atomically, see
+    :func:`graphinterp.sources.checkpoint.save_checkpoint`): the model and its ``arch``, the
+    ``clustering`` to report (the refit one after a baseline's last epoch), the ``history``, and what
+    resuming needs: the ``config``, the clustering the loss was trained with (``train_clustering``),
+    the optimiser ``opt``, the random streams (torch's and the shuffle generator ``gen``) and the
+    gradient-similarity accumulator ``gradsim`` (or None). Everything after ``model`` is keyword-only."""
     rng = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
