@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from graphinterp.common.inference import eval_mode
 from graphinterp.graph.coverage import Coverage, MissingModule
 from graphinterp.graph.dag import graph_from_calls
 from graphinterp.common.errors import UnsupportedModelError
@@ -101,9 +102,7 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
             "pass example=... (one input batch)"
         )
     last_error: Optional[BaseException] = None
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for args, kwargs, dim in candidates:
             tracer = ChannelTracer(model, fold=fold)
             try:
@@ -122,8 +121,6 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
             graph = graph_from_calls(tracer, model, coverage)
             graph.coverage = coverage
             return graph
-    finally:
-        model.train(was_training)
     detail = str(last_error).strip().splitlines()[0][:160] if last_error else ""
     raise UnsupportedModelError(
         f"could not run {type(model).__name__} on a guessed example input ({type(last_error).__name__}: "

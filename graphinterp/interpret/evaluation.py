@@ -1,14 +1,14 @@
 """Evaluation helpers shared by ablation and circuit extraction: data as tensors, class-wise accuracy."""
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from graphinterp.common.files import resolve_device
+from graphinterp.common.inference import eval_mode, predictions  # noqa: F401  (re-exported)
 from graphinterp.common.errors import DataError
 
 __all__ = ["as_tensors", "class_accuracy", "eval_mode", "load_runnable", "per_class", "predictions"]
@@ -44,24 +44,6 @@ def as_tensors(data: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str
     if len(y) == 0:
         raise DataError("the dataset is empty; pass at least one labelled example")
     return x, y.long(), classes
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def predictions(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    preds = []
-    with eval_mode(model), torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            preds.append(model(x[start:start + batch_size].to(device)).argmax(-1).cpu())
-    return torch.cat(preds)
 
 
 def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, device=None,

@@ -39,6 +39,7 @@ from torch import nn
 
 from graphinterp.interpret.circuits import Circuit, _labels, extract_circuit
 from graphinterp.common.errors import DataError, UnsupportedModelError
+from graphinterp.common.inference import eval_mode
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import interventions
 from graphinterp.interpret.label_tasks import LabelTask, label_task
@@ -134,16 +135,12 @@ def stream_input(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 4096)
     device = next(model.parameters()).device
     first, one = model.blocks[0], len(model.blocks) == 1
     out = []
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for s in range(0, len(ids), batch_size):
             x = ids[s:s + batch_size, -model.n_ctx:].to(device)
             h = model.embed(x) + model.pos(torch.arange(x.shape[1], device=device))
             a = first.attn(first.ln1(h), one)
             out.append(h[:, -1] + a[:, 0] if one else h + a)
-    finally:
-        model.train(was)
     return torch.cat(out)
 
 

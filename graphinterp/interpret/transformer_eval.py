@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from graphinterp.common.inference import predictions
 from graphinterp.interpret.block_ablation import ablate_clusters
 from graphinterp.clustering.cluster import Clustering
 
@@ -37,20 +38,9 @@ __all__ = ["OnOffResult", "class_accuracy_tokens", "onoff_matrix", "specialisati
 def class_accuracy_tokens(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, *,
                           batch_size: int = 4096) -> np.ndarray:
     """Accuracy per target class (NaN for a class with no example); ``y`` of shape (N,) or (N, T)."""
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    correct = torch.zeros(n_classes, dtype=torch.float64)
-    count = torch.zeros(n_classes, dtype=torch.float64)
-    try:
-        for i in range(0, len(x), batch_size):
-            out = model(x[i:i + batch_size].to(device))
-            t = y[i:i + batch_size].reshape(-1)
-            pred = out.reshape(-1, out.shape[-1]).argmax(-1).cpu()
-            count.index_add_(0, t, torch.ones_like(t, dtype=torch.float64))
-            correct.index_add_(0, t, (pred == t).double())
-    finally:
-        model.train(was)
+    pred, t = predictions(model, x, batch_size).reshape(-1), y.reshape(-1)  # one per position of a language model
+    correct = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, t, (pred == t).double())
+    count = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, t, torch.ones_like(t, dtype=torch.float64))
     acc = correct / count
     acc[count == 0] = float("nan")
     return acc.numpy()

@@ -41,6 +41,7 @@ from torch import nn
 
 from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.distributed import rank_and_world
+from graphinterp.common.inference import predictions
 from graphinterp.common.files import check_writable, output_lock, resolve_device
 from graphinterp.clustering.cluster import Clustering, cluster_network
 from graphinterp.clustering.labels import stored_clustering
@@ -81,17 +82,7 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor
 @torch.no_grad()
 def evaluate(model: nn.Module, data: LabeledTensors, *, batch_size: int = 1024) -> float:
     """Accuracy of ``model`` on ``data`` (evaluated in eval mode on the model's device)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        correct = 0
-        for i in range(0, len(data), batch_size):
-            pred = model(data.x[i:i + batch_size].to(device)).argmax(1)
-            correct += int((pred == data.y[i:i + batch_size].to(device)).sum())
-    finally:
-        model.train(was_training)
-    return correct / max(len(data), 1)
+    return int((predictions(model, data.x, batch_size) == data.y).sum()) / max(len(data), 1)
 
 
 def _as_data(data, name: str) -> LabeledTensors:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphinterp.common.inference import eval_mode
 from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.files import check_writable, output_lock, resolve_device
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
@@ -60,9 +61,7 @@ def task_data(config: TransformerConfig) -> Dict[str, Any]:
 def evaluate_task(model: nn.Module, data: Dict[str, Any], batch_size: int = 4096) -> Dict[str, float]:
     """``{"test_loss", "test_acc"}`` on the test split (modadd) or the validation windows (chars)."""
     device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         test = data["test"]
         x, y = (test.x, test.y) if hasattr(test, "x") else test
         loss, correct, n = 0.0, 0, 0
@@ -73,8 +72,6 @@ def evaluate_task(model: nn.Module, data: Dict[str, Any], batch_size: int = 4096
             loss += float(F.cross_entropy(out, t, reduction="sum"))
             correct += int((out.argmax(-1) == t).sum())
             n += t.numel()
-    finally:
-        model.train(was)
     return {"test_loss": loss / n, "test_acc": correct / n}
 
 
