@@ -155,16 +155,22 @@ def test_cli_compare_plot_and_json(ckpts, tmp_path):
     assert 0 <= out["circuits"][0]["ecs"] <= 1 and out["circuits"][0]["converged"] is not None
 
 
+def _char_lm(tmp_path, *, batch_size: int, warmup_steps: int, steps: int):
+    """A tiny character LM trained on a repeated sentence: ``(corpus path, checkpoint path)``."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 40)
+    lm = tmp_path / "lm.pt"
+    train_transformer(TransformerConfig(task="chars", corpus=str(corpus), n_ctx=8, batch_size=batch_size, d_model=16,
+                                        n_heads=2, d_mlp=32, n_layers=1, k=2, warmup_steps=warmup_steps, steps=steps,
+                                        eval_every=max(2, steps), eval_windows=4, quiet=True), checkpoint=lm)
+    return corpus, lm
+
+
 def test_cli_bad_inputs_give_one_error_line(ckpts, tmp_path):
     a, _, _ = ckpts
     plain = tmp_path / "plain.pt"
     torch.save({"0.weight": torch.ones(3, 2)}, plain)
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("to be or not to be, that is the question. " * 40)
-    lm = tmp_path / "lm.pt"
-    train_transformer(TransformerConfig(task="chars", corpus=str(corpus), n_ctx=8, batch_size=4, d_model=16, n_heads=2,
-                                        d_mlp=32, n_layers=1, k=2, warmup_steps=1, steps=1, eval_every=2,
-                                        eval_windows=4, quiet=True), checkpoint=lm)
+    corpus, lm = _char_lm(tmp_path, batch_size=4, warmup_steps=1, steps=1)
     cases = [
         (["circuits", str(a), "--labels", "0,200"], "0..10"),
         (["circuits", str(a), "--labels", "x"], "--labels"),
@@ -216,12 +222,7 @@ def test_next_char_windows_label_every_window_with_the_next_character():
 
 
 def test_cli_circuits_of_a_character_lm(tmp_path):
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("to be or not to be, that is the question. " * 40)
-    lm = tmp_path / "lm.pt"
-    train_transformer(TransformerConfig(task="chars", corpus=str(corpus), n_ctx=8, batch_size=8, d_model=16, n_heads=2,
-                                        d_mlp=32, n_layers=1, k=2, warmup_steps=2, steps=30, eval_every=30,
-                                        eval_windows=4, quiet=True), checkpoint=lm)
+    corpus, lm = _char_lm(tmp_path, batch_size=8, warmup_steps=2, steps=30)
     moved = tmp_path / "moved.txt"
     corpus.rename(moved)  # the corpus it was trained on is gone: --corpus names it
     r = _cli(["circuits", str(lm), "--labels", "all", "--max-evals", "300", "--limit", "400", "--json"])

@@ -201,7 +201,8 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
                     cand = torch.nonzero(mask.flatten()).flatten()
                     cand = cand[torch.argsort(scores[layer.name].detach().flatten()[cand].to(torch.float64), stable=True)]
                 else:
-                    cand = torch.tensor([i for i in near.get(layer.name, []) if bool(mask.view(-1)[i])], dtype=torch.long)
+                    cand = torch.tensor(near.get(layer.name, []), dtype=torch.long)
+                    cand = cand[mask.view(-1)[cand]]  # still kept
                 removed, n, finished = sequential_pass(ev.model, layer, mod, mask, cand, metrics, ok_all,
                                                        batch_size=ev.batch_size, max_evals=budget - used, kept=seen)
                 used, removed_pass, tried = used + n, removed_pass + removed, tried + n
