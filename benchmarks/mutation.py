@@ -1,8 +1,8 @@
 """Mutation pass: do the unit tests notice when the code they cover is broken?
 
 A hand-made set of mutants of the core modules (bsgc, kmeans_batch, metrics, loss, masks, hooks,
-circuit_eval, circuit_batch). Each mutant is one ``(module, exact old text, new text, why)`` edit
-that must match its file exactly once: a flipped comparison, a dropped normalisation, an
+circuit_eval, circuit_batch, linear_states, piecewise, label_tasks). Each mutant is one ``(module,
+exact old text, new text, why)`` edit that must match its file exactly once: a flipped comparison, a dropped normalisation, an
 off-by-one, swapped rows and columns, a removed ``.detach()``, a changed reduction, a restore
 skipped in a ``finally``... For each mutant the script applies the edit to a private copy of the
 repository (copied once per worker into a temporary folder; the edit is reverted after the run),
@@ -70,6 +70,8 @@ TESTS: Dict[str, List[str]] = {
     "circuit_batch": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
     "circuit_search": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
     "piecewise": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
+    "linear_states": ["tests/test_circuits.py", "tests/test_circuit_modes.py", "tests/test_transformer_circuits.py"],
+    "label_tasks": ["tests/test_circuits.py", "tests/test_circuit_modes.py", "tests/test_ablate.py"],
 }
 
 
@@ -80,7 +82,8 @@ PATHS = {"spectral": "clustering/spectral", "pairing": "clustering/pairing", "ma
          "loss": "training/loss", "masks": "training/masks", "hooks": "interpret/hooks",
          "interventions": "interpret/interventions",
          "circuit_eval": "interpret/circuit_eval", "circuit_batch": "interpret/circuit_batch",
-         "circuit_search": "interpret/circuit_search", "piecewise": "interpret/piecewise"}
+         "circuit_search": "interpret/circuit_search", "piecewise": "interpret/piecewise",
+         "linear_states": "interpret/linear_states", "label_tasks": "interpret/label_tasks"}
 
 
 @dataclass(frozen=True)
@@ -270,16 +273,22 @@ MUTANTS: List[Mutant] = [
                  "`changed` is taken against whatever state is committed, so committing the last evaluated "
                  "state instead of skipping gives the same values"),
     # --------------------------------------------------------------------------------- circuit_batch
-    M("circuit_batch", "loss = torch.logsumexp(logits, -1) - logits[..., self.label]",
-      "loss = torch.logsumexp(logits, -1) + logits[..., self.label]", "cross-entropy sign"),
-    M("circuit_batch", "hit = logits.argmax(-1) == self.label", "hit = logits.argmin(-1) == self.label",
-      "accuracy from the least likely class"),
-    M("circuit_batch", "d = -(self.w[o, i][:, None] * self.a[:, i].T)", "d = (self.w[o, i][:, None] * self.a[:, i].T)",
+    M("label_tasks", "torch.where(positive, lse - z, lse - lse_others)", "torch.where(positive, lse + z, lse - lse_others)",
+      "cross-entropy sign"),
+    M("label_tasks", "says = z > maxima[0] if label > 0 else z >= maxima[0]",
+      "says = z < maxima[0] if label > 0 else z <= maxima[0]", "accuracy from a class below the maximum"),
+    M("label_tasks", "lse_others = max_others + torch.log(total)", "lse_others = torch.log(total)",
+      "log-sum-exp of the other classes without its shift"),
+    M("linear_states", "d = -(self.w[o, i][:, None] * self.a_t[i])", "d = (self.w[o, i][:, None] * self.a_t[i])",
       "removing an edge adds its contribution"),
-    M("circuit_batch", "after[run] = col + acc(d[run])", "after[run] = col + d[run]",
+    M("linear_states", "after[run] = col + acc(d[run])", "after[run] = col + d[run]",
       "states not cumulative"),
-    M("circuit_batch", "self.z.index_add_(1, o, -(self.w[o, i][None, :] * self.a[:, i]))",
-      "self.z.index_add_(1, o, (self.w[o, i][None, :] * self.a[:, i]))", "commit updates the state with the wrong sign"),
+    M("linear_states", "self.z_t.index_add_(0, o, -(self.w[o, i][:, None] * self.a_t[i]))",
+      "self.z_t.index_add_(0, o, (self.w[o, i][:, None] * self.a_t[i]))", "commit updates the state with the wrong sign"),
+    M("linear_states", "g = self._act(self.z_t[o[0]] + acc(d)) - base", "g = self._act(self.z_t[o[0]] + acc(d)) - self._act(self.z_t[o[0]])",
+      "piecewise shifts measured from the current circuit, not from where the unit's pieces were built"),
+    M("circuit_batch", "evals += min(j + 1, block.numel())", "evals += block.numel()",
+      "states evaluated past the end of a run counted as evaluations"),
     M("circuit_batch", "j = int(change[0]) if change.numel() else block.numel()",
       "j = int(change[-1]) if change.numel() else block.numel()", "decisions after the end of a run taken from the batch"),
     M("circuit_batch", "mask.view(-1)[block[:j]] = False", "mask.view(-1)[block[:j + 1]] = False",
@@ -290,9 +299,9 @@ MUTANTS: List[Mutant] = [
       "active0 = (~moving & (y > 0)) | (moving & (m > 0))", "piecewise-linear evaluation starts from the wrong units"),
     M("circuit_batch", "                module.weight[o, i] = saved", "                pass",
       "a rejected conv edge is not restored"),
-    M("circuit_batch", "        finally:\n            handle.remove()\n        return self.metrics(logits)",
+    M("linear_states", "        finally:\n            handle.remove()\n        return self.metrics(logits)",
       "        finally:\n            pass\n        return self.metrics(logits)", "the state hook is never removed"),
-    M("circuit_batch", "if self.commits >= 64:", "if self.commits >= 1:", "exact recompute after every commit",
+    M("linear_states", "if self.commits >= 64:", "if self.commits >= 1:", "exact recompute after every commit",
       equivalent="only recomputes the state exactly more often (the same values up to float rounding): slower, "
                  "not different"),
     M("circuit_search", "            if removed_pass == 0 and near is None:", "            if removed_pass == 0:",
@@ -301,11 +310,11 @@ MUTANTS: List[Mutant] = [
       "return acc >= self.min_accuracy * full_acc - 1e-12", "the loss tolerance is ignored"),
     M("circuit_batch", "            states.commit(o[j:j + 1], i[j:j + 1])", "            pass",
       "an edge removed after a run of kept ones is masked but its weight stays in the state"),
-    M("circuit_batch", "torch.cat([col[None], after[start:end]]) if cumulative else col",
+    M("linear_states", "torch.cat([col[None], after[start:end]]) if cumulative else col",
       "torch.cat([col[None], after[start:end]])", "single removals measured against the wrong previous state"),
     M("circuit_batch", "change = torch.nonzero(~ok if removing else ok).flatten()", "change = torch.nonzero(~ok).flatten()",
       "a batch of single removals read as if it were cumulative"),
-    M("circuit_batch", "acc = (lambda v: torch.cumsum(v, 0)) if cumulative else (lambda v: v)",
+    M("linear_states", "acc = (lambda v: torch.cumsum(v, 0)) if cumulative else (lambda v: v)",
       "acc = (lambda v: torch.cumsum(v, 0))", "single-removal states accumulate earlier removals"),
 ]
 

@@ -114,15 +114,19 @@ def test_authors_mode_float32_matches_brute_force_on_digits_like_mlp():
     assert differ <= 0.002 * total, f"{differ} of {total} decisions differ from the float64 brute force"
 
 
-@pytest.mark.parametrize("deep", [False, True])
-def test_sequential_pass_in_batches_equals_one_by_one(deep):
+@pytest.mark.parametrize("deep,piecewise", [(False, False), (True, False), (True, True)])
+def test_sequential_pass_in_batches_equals_one_by_one(deep, piecewise, monkeypatch):
     """The batched pass with graphinterp's tolerance equals the same walk done with one forward pass per edge.
 
     Kept and removed edges alternate in runs, so batches of both kinds (cumulative removals and
-    single removals) are taken; ``deep`` takes the piecewise-linear path (ReLU -> Linear after the
-    next Linear layer), the other model the rank-one update of the next layer."""
+    single removals) are taken; ``deep`` has ReLU -> Linear after the next Linear layer: with
+    ``piecewise`` every unit takes the piecewise-linear path (:class:`PiecewiseLogits`, one unit per
+    block), without it blocks span units and update the next layer by rank-one terms; the shallow
+    model updates the next layer's output, the logits."""
+    from graphinterp.interpret import circuit_batch
     from graphinterp.interpret.circuit_batch import TaskMetrics, _one_by_one, forward_metrics, sequential_pass
 
+    monkeypatch.setattr(circuit_batch, "PIECEWISE_MIN_EDGES", 1 if piecewise else 10_000)
     torch.manual_seed(2)
     tail = [nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)] if deep else [nn.Linear(8, 3)]
     model = nn.Sequential(nn.Flatten(), nn.Linear(10, 8), nn.ReLU(), *tail).double()
@@ -138,6 +142,8 @@ def test_sequential_pass_in_batches_equals_one_by_one(deep):
         layer = edge_layers(m)[0]
         mask = torch.ones(8, 10, dtype=torch.bool)
         order = torch.randperm(80, generator=torch.Generator().manual_seed(0))
+        if piecewise:  # unit by unit, as the authors' criterion walks (a unit's pieces serve several blocks)
+            order = order[torch.argsort(order // 10, stable=True)]
         if runner is sequential_pass:
             removed, evals, done = runner(m, layer, m[1], mask, order, metrics,
                                           lambda a, l: tol.accepts_all(a, l, full_acc, full_loss))
@@ -145,7 +151,7 @@ def test_sequential_pass_in_batches_equals_one_by_one(deep):
             removed, evals, done = runner(m, layer, m[1], mask, order, metrics,
                                           lambda a, l: tol.accepts_all(a, l, full_acc, full_loss), 64, None)
         results.append((mask, removed))
-        assert done and torch.equal(m[1].weight == 0, ~mask)
+        assert done and torch.equal(m[1].weight == 0, ~mask) and evals == 80  # one evaluation per edge walked
     assert torch.equal(results[0][0], results[1][0]) and 10 < results[0][1] < 70
 
 

@@ -14,183 +14,29 @@ batch thus speculates that the current run of equal decisions goes on, and ``T``
 observed run length, so few states are evaluated past the end of a run (passes that keep almost
 every edge, such as the last passes of a search, cost about one state per edge).
 
-A state of a Linear layer ``L`` is its output ``z`` on the task with some edges removed; removing
-edge ``(o, i)`` subtracts ``w_oi * a_i`` from output ``o`` (``a``: the layer's input, fixed during
-the pass because only ``L`` changes). When ``L`` is a direct child of a plain ``nn.Sequential``,
-only the modules after it run (a model may also list them itself, ``model.linear_suffix(layer, x)``:
-:class:`graphinterp.interpret.transformer_circuits.AnswerTail`); when they start with an elementwise
-activation followed by a Linear layer ``M``, ``M``'s output is updated by rank-one terms
-``W_M[:, o] (act(z_o') - act(z_o))`` and only the modules after ``M`` run (for the paper's CNN
-this turns ``fc1``'s states into a cumulative sum and one 64 x 10 product per example).
-Other Linear layers are evaluated by a forward pass of the whole model over the ``T`` states (a
-forward hook replaces ``L``'s output); convolution kernels one at a time by a forward pass. Values
-equal those of a forward pass up to float rounding (a decision whose test value lies within
-rounding of its threshold may differ).
+Linear layers are evaluated as stacks of states by
+:class:`~graphinterp.interpret.linear_states.LinearStates`; convolution kernels one at a time by a
+forward pass. Logits are reduced with the classes first
+(:class:`~graphinterp.interpret.label_tasks.TaskMetrics`). A pass counts one evaluation per edge
+walked (the states a one-at-a-time walk evaluates), whatever the batching.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
 from graphinterp.interpret.edges import EdgeLayer
-from graphinterp.interpret.piecewise import piecewise_logits
-from graphinterp.interpret.label_tasks import LabelTask, task_terms
+from graphinterp.interpret.label_tasks import TaskMetrics
+from graphinterp.interpret.linear_states import ELEMENTWISE, LinearStates
 
 __all__ = ["TaskMetrics", "LinearStates", "forward_metrics", "sequential_pass", "ELEMENTWISE"]
 
-#: Modules that act elementwise (in eval mode): the fast path may look through them.
-ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Identity, nn.Dropout)
-_MAX_ELEMENTS = 1 << 24  # largest (states x examples x width) tensor of one batch (64 MB in float32)
+#: A unit needs this many edges in a pass for PiecewiseLogits (built once per unit) to beat direct evaluation.
+PIECEWISE_MIN_EDGES = 256
 
 Accept = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class TaskMetrics:
-    """Balanced ``(accuracy, loss)`` of a :class:`LabelTask` for a stack of ``T`` states' logits."""
-
-    def __init__(self, task: LabelTask, device) -> None:
-        self.label, self.x = task.label, task.x.to(device)
-        self.pos, self.w = task.positive.to(device), task.weights().to(device)
-
-    def __call__(self, logits: torch.Tensor, examples_first: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``logits`` of shape ``(T, N, C)`` (``(N, T, C)`` with ``examples_first``) -> accuracy and loss,
-        float64 tensors of shape ``(T,)``."""
-        if examples_first:
-            logits = logits.transpose(0, 1)
-        t, n = logits.shape[:2]
-        if bool(self.pos.all()):  # positives only: plain cross-entropy, without copies
-            loss = torch.logsumexp(logits, -1) - logits[..., self.label]
-            hit = logits.argmax(-1) == self.label
-            return hit.double() @ self.w, loss.double() @ self.w
-        hit, loss = task_terms(logits.reshape(t * n, -1), self.label, self.pos.repeat(t))
-        return hit.view(t, n).double() @ self.w, loss.view(t, n).double() @ self.w
-
-
-def _sequential_children(model: nn.Module, module: nn.Module) -> Optional[List[nn.Module]]:
-    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
-        return None
-    children = list(model)
-    for k, child in enumerate(children):
-        if child is module:
-            return children[k + 1:]
-    return None
-
-
-class LinearStates:
-    """Cumulative single-edge removals in one Linear layer, evaluated as a batch of states.
-
-    The model's weights must hold the current circuit (masked in place) while this object lives;
-    the layer's own weight is read from ``module`` and written back by :meth:`commit`.
-    """
-
-    def __init__(self, model: nn.Module, module: nn.Linear, metrics: TaskMetrics, batch_size: int = 4096) -> None:
-        self.model, self.module, self.metrics = model, module, metrics
-        seen: list = []
-        handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
-        try:
-            with torch.no_grad():
-                for s in range(0, len(metrics.x), batch_size):
-                    model(metrics.x[s:s + batch_size])
-        finally:
-            handle.remove()
-        self.a = torch.cat(seen)
-        if self.a.dim() != 2:
-            raise ValueError("the layer's input is not (N, features)")
-        self.w = module.weight.detach()
-        self.bias = None if module.bias is None else module.bias.detach()
-        suffix = _sequential_children(model, module)
-        if suffix is None and hasattr(model, "linear_suffix"):  # a model that says what follows the layer
-            suffix = model.linear_suffix(module, metrics.x)
-        self.suffix, self.M, self.acts, self.rest = suffix, None, [], None
-        if suffix is not None:
-            k = 0
-            while k < len(suffix) and isinstance(suffix[k], ELEMENTWISE):
-                k += 1
-            if 0 < k < len(suffix) and isinstance(suffix[k], nn.Linear):
-                self.acts, self.M, self.rest = suffix[:k], suffix[k], nn.Sequential(*suffix[k + 1:])
-            else:
-                self.rest = nn.Sequential(*suffix)
-        rest = list(self.rest) if self.rest is not None else []
-        # rest = ReLU -> Linear: the logits are piecewise linear in a rank-one change of M's output
-        self.pl = self.M is not None and len(rest) == 2 and type(rest[0]) is nn.ReLU and isinstance(rest[1], nn.Linear)
-        self.width = self.M.out_features if self.M is not None else module.out_features
-        self._exact()
-
-    def _act(self, z: torch.Tensor) -> torch.Tensor:
-        for m in self.acts:
-            z = m(z)
-        return z
-
-    def _exact(self) -> None:
-        with torch.no_grad():
-            self.z = self.a @ self.w.T
-            if self.bias is not None:
-                self.z += self.bias
-            self.y = self.M(self._act(self.z)) if self.M is not None else None
-        self.commits = 0
-
-    def max_states(self) -> int:
-        return max(1, _MAX_ELEMENTS // max(1, len(self.a) * max(self.width, self.z.shape[1])))
-
-    @torch.no_grad()
-    def evaluate(self, o: torch.Tensor, i: torch.Tensor, cumulative: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Metrics of the states "edges ``(o[:t+1], i[:t+1])`` removed", t = 0..T-1 (edges not yet removed);
-        with ``cumulative=False``, of the states "edge ``(o[t], i[t])`` removed alone"."""
-        d = -(self.w[o, i][:, None] * self.a[:, i].T)  # (T, N): change of output o_t
-        t, n = d.shape
-        acc = (lambda v: torch.cumsum(v, 0)) if cumulative else (lambda v: v)
-        if self.M is not None:
-            after = torch.empty_like(d)
-            before = torch.empty_like(d)
-            start = 0
-            bounds = torch.nonzero(o[1:] != o[:-1]).flatten().tolist() + [t - 1]
-            for end in bounds:  # runs of the same output unit (row-major order keeps them contiguous)
-                run = slice(start, end + 1)
-                col = self.z[:, o[start]]
-                after[run] = col + acc(d[run])
-                before[run] = torch.cat([col[None], after[start:end]]) if cumulative else col
-                start = end + 1
-            if self.pl and len(bounds) == 1:
-                return self.metrics(piecewise_logits(self.rest[1], self.M.weight[:, int(o[0])], self.y,
-                                                     self._act(after) - self._act(self.z[:, o[0]])),
-                                    examples_first=True)
-            r = self._act(after) - self._act(before)  # (T, N)
-            upd = r[:, :, None] * self.M.weight.T[o][:, None, :]  # (T, N, width)
-            y = self.y + acc(upd)
-            logits = self.rest(y.reshape(t * n, -1)).reshape(t, n, -1)
-            return self.metrics(logits)
-        e = torch.zeros(t, n, self.z.shape[1], dtype=d.dtype, device=d.device)
-        e[torch.arange(t, device=d.device), :, o] = d
-        z = self.z + acc(e)
-        if self.rest is not None:
-            logits = self.rest(z.reshape(t * n, -1)).reshape(t, n, -1)
-            return self.metrics(logits)
-        return self._through_model(z)
-
-    def _through_model(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        t, n = z.shape[:2]
-        handle = self.module.register_forward_hook(lambda _m, _args, _out: z.reshape(t * n, -1))
-        try:
-            x = self.metrics.x.repeat(t, *([1] * (self.metrics.x.dim() - 1)))
-            logits = self.model(x).reshape(t, n, -1)
-        finally:
-            handle.remove()
-        return self.metrics(logits)
-
-    @torch.no_grad()
-    def commit(self, o: torch.Tensor, i: torch.Tensor) -> None:
-        """Remove edges ``(o, i)`` for good: zero them in the module's weight and update the state."""
-        if o.numel() == 0:
-            return
-        self.z.index_add_(1, o, -(self.w[o, i][None, :] * self.a[:, i]))
-        self.module.weight[o, i] = 0.0
-        self.commits += 1
-        if self.commits >= 64:
-            self._exact()
-        elif self.M is not None:
-            self.y = self.M(self._act(self.z))
 
 
 def forward_metrics(model: nn.Module, metrics: TaskMetrics, batch_size: int) -> Tuple[float, float]:
@@ -209,7 +55,10 @@ def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask:
     ``accept(acc, loss)`` fails for the state with it removed; updates ``mask`` and ``module.weight`` in place.
 
     The model's weights must hold the current circuit (masked in place). Returns ``(removed,
-    evaluations, finished)``; ``finished`` is False when ``max_evals`` stopped the walk. When a list
+    evaluations, finished)``; ``finished`` is False when ``max_evals`` stopped the walk.
+    Evaluations count the states decided on, one per edge walked, as a one-at-a-time walk would
+    evaluate them: states evaluated speculatively past the end of a run and discarded are not
+    counted, so the decisions and the count do not depend on how the walk is batched. When a list
     ``kept`` is given, ``(flat index, loss)`` of every edge the walk kept is appended to it, the loss
     being that of the state that removed the edge (how far it was from being removable).
 
@@ -241,19 +90,22 @@ def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask:
     except ValueError:
         return _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals, kept)
     cap, size, pos, removing = states.max_states(), 16, 0, True
+    # units with many edges to walk go through PiecewiseLogits (built once per unit); the others directly
+    many = torch.bincount(order // n_cols, minlength=mask.shape[0]) >= PIECEWISE_MIN_EDGES if states.pl else None
     while pos < order.numel():
         if max_evals is not None and evals >= max_evals:
             return removed, evals, False
         block = order[pos:pos + min(size, cap, max_evals - evals if max_evals is not None else cap)]
         o, i = block // n_cols, block % n_cols
-        if states.pl:  # one output unit per block: the piecewise-linear evaluation applies
+        piecewise = many is not None and bool(many[o[0]])
+        if piecewise:  # one output unit per block: the piecewise-linear evaluation applies
             same = int((o == o[0]).sum()) if bool((o == o[0])[-1]) else int(torch.nonzero(o != o[0])[0])
             block, o, i = block[:same], o[:same], i[:same]
-        acc, loss = states.evaluate(o, i, cumulative=removing)
-        evals += block.numel()
+        acc, loss = states.evaluate(o, i, cumulative=removing, piecewise=piecewise)
         ok = accept(acc, loss)
         change = torch.nonzero(~ok if removing else ok).flatten()  # where the run of equal decisions ends
         j = int(change[0]) if change.numel() else block.numel()
+        evals += min(j + 1, block.numel())  # the states decided on; those past the run's end are discarded
         if removing:  # states 0..j-1 removed their edges cumulatively; state j (if any) keeps its edge
             states.commit(o[:j], i[:j])
             mask.view(-1)[block[:j]] = False

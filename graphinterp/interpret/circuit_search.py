@@ -60,7 +60,9 @@ class Schedule:
     patience : int
         A round ends after this many blocks in a row were kept at the smallest step.
     max_rounds, max_evals : int
-        Safety caps per label (``max_evals`` counts every evaluated candidate, batched ones included).
+        Safety caps per label. ``max_evals`` counts the candidates decided on, as a one-at-a-time
+        search evaluates them: one per block of a round, one per edge walked by a final pass
+        (states that a batch evaluates past the end of a run and discards are not counted).
     final_pass : bool
         After the rounds, walk every kept edge (weakest first, layer by layer from the last) and
         remove it if the task stays within tolerance, until a whole pass removes nothing: the
