@@ -12,7 +12,8 @@ layer* is the first Linear layer:
 * its input is fixed as long as the masks of the layers before it (a CNN's convolutions; none in an
   MLP) stay as accepted, so that input is captured once per accepted prefix;
 * its output is kept for the last accepted mask and updated for a candidate from the changed edges
-  only: removing edge ``(o, i)`` subtracts ``w_oi * a_i`` from output ``o`` (exact up to float
+  only: removing edge ``(o, i)`` subtracts ``w_oi * a_i`` from output ``o`` (in a sequence model,
+  at every position: the input's leading dimensions are flattened into rows; exact up to float
   rounding; recomputed exactly after large changes, and at the latest every ``EXACT_EVERY`` = 256th
   accepted step);
 * when it is the first layer (an MLP) the model runs with that layer's output overridden by the
@@ -100,11 +101,12 @@ class TaskEvaluator:
         self.j, self.suffix = 0, None  # its index; the modules after it when only they need to run
         self.offset = 0  # flat index of its first edge
         self.recommit_after = 0  # more changed edges than this: recompute its output exactly
-        self.a_t: Optional[torch.Tensor] = None  # its input on the task, (in, N)
+        self.a_t: Optional[torch.Tensor] = None  # its input on the task, (in, rows), rows = N x positions
+        self.extra: Tuple[int, ...] = ()  # the positions of its input, if any
         self.bias: Optional[torch.Tensor] = None  # its bias as a column, or None
         self.prefix: Dict[str, torch.Tensor] = {}  # the masks of the layers before it when a_t was captured
         self.committed: Optional[torch.Tensor] = None  # its accepted mask ...
-        self.z_t: Optional[torch.Tensor] = None  # ... and output, (out, N)
+        self.z_t: Optional[torch.Tensor] = None  # ... and output, (out, rows)
         self.since_exact = 0  # accepted steps since z_t was last computed exactly
         if incremental:
             self._choose_incremental_layer()
@@ -139,10 +141,11 @@ class TaskEvaluator:
             for start in range(0, len(self.x), self.batch_size):
                 self.model(self.x[start:start + self.batch_size])
         a = torch.cat(seen)
-        if a.dim() != 2:
+        if a.dim() < 2 or a.shape[0] != len(self.x) or (a.dim() > 2 and self.suffix is not None):
             self.first = None
             return
-        self.a_t = a.T.contiguous()  # (in, N)
+        self.extra = tuple(a.shape[1:-1])  # a sequence model's positions: N x positions rows
+        self.a_t = a.reshape(-1, a.shape[-1]).T.contiguous()  # (in, rows)
         self.bias = None if self.first.bias is None else self.first.bias.detach()[:, None]
         self.prefix = {name: m.clone() for name, m in prefix.items()}
 
@@ -182,6 +185,12 @@ class TaskEvaluator:
                     z_t = z_t.index_add(0, o, self.a_t[i] * self.inc_layer.weight[o, i][:, None], alpha=sign)
         self._last = LastEval(Pending.LAYER, mask.clone(), z_t, exact)
         return z_t
+
+    def _rows(self, z_t: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """The layer's output for examples ``start:end``, in the shape the model expects."""
+        per = z_t.shape[1] // len(self.x)
+        out = z_t[:, start * per:end * per].T
+        return out.reshape(-1, *self.extra, out.shape[-1]) if self.extra else out
 
     def accept(self, masks: Dict[str, torch.Tensor]) -> None:
         """Tell the evaluator that ``masks`` (just evaluated) is the new state: later diffs start from it."""
@@ -240,7 +249,7 @@ class TaskEvaluator:
                     if z_t is not None and self.suffix is not None:
                         logits = self.suffix(z_t[:, start:end].T)
                     else:
-                        self._lookup = None if z_t is None else z_t[:, start:end].T
+                        self._lookup = None if z_t is None else self._rows(z_t, start, end)
                         logits = self.model(self.x[start:end])
                     hit, l = task_terms(logits, self.task.label, self.pos[start:end])
                     acc += float(self.w[start:end] @ hit.double())

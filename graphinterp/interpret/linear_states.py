@@ -60,12 +60,14 @@ class LinearStates:
         finally:
             handle.remove()
         a = torch.cat(seen)
-        if a.dim() != 2:
-            raise ValueError("the layer's input is not (N, features)")
-        self.a_t = a.T.contiguous()  # (in, N): one row per input unit
+        self.n_examples = len(metrics.x)
+        if a.dim() < 2 or a.shape[0] != self.n_examples:
+            raise ValueError("the layer's input is not (N, ..., features)")
+        self.extra = tuple(a.shape[1:-1])  # positions of a sequence model: rows = N x positions
+        self.a_t = a.reshape(-1, a.shape[-1]).T.contiguous()  # (in, rows): one row per input unit
         self.w = module.weight.detach()
         self.bias = None if module.bias is None else module.bias.detach()
-        suffix = _sequential_children(model, module)
+        suffix = None if self.extra else _sequential_children(model, module)
         if suffix is None and hasattr(model, "linear_suffix"):  # a model that says what follows the layer
             suffix = model.linear_suffix(module, metrics.x)
         self.suffix, self.M, self.acts, self.rest = suffix, None, [], None
@@ -79,7 +81,8 @@ class LinearStates:
                 self.rest = nn.Sequential(*suffix)
         rest = list(self.rest) if self.rest is not None else []
         # rest = ReLU -> Linear: the logits are piecewise linear in a rank-one change of M's output
-        self.pl = self.M is not None and len(rest) == 2 and type(rest[0]) is nn.ReLU and isinstance(rest[1], nn.Linear)
+        self.pl = (self.M is not None and len(rest) == 2 and type(rest[0]) is nn.ReLU and isinstance(rest[1], nn.Linear)
+                   and self.a_t.shape[1] == self.n_examples)
         self.width = self.M.out_features if self.M is not None else module.out_features
         self._pieces: Optional[Tuple[int, PiecewiseLogits, torch.Tensor]] = None
         self._exact()
@@ -144,19 +147,19 @@ class LinearStates:
             r = self._act(after) - self._act(before)  # (T, N)
             upd = r[:, :, None] * self.M.weight.T[o][:, None, :]  # (T, N, width)
             y = self.y + acc(upd)
-            logits = self.rest(y.reshape(t * n, -1)).reshape(t, n, -1)
+            logits = self.rest(y.reshape(t * n, -1)).reshape(t, self.n_examples, -1)
             return self.metrics(logits)
         e = torch.zeros(t, n, self.z_t.shape[0], dtype=d.dtype, device=d.device)
         e[torch.arange(t, device=d.device), :, o] = d
         z = self.z_t.T + acc(e)
         if self.rest is not None:
-            logits = self.rest(z.reshape(t * n, -1)).reshape(t, n, -1)
+            logits = self.rest(z.reshape(t * n, -1)).reshape(t, self.n_examples, -1)
             return self.metrics(logits)
         return self._through_model(z)
 
     def _through_model(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        t, n = z.shape[:2]
-        handle = self.module.register_forward_hook(lambda _m, _args, _out: z.reshape(t * n, -1))
+        t, n = z.shape[0], self.n_examples
+        handle = self.module.register_forward_hook(lambda _m, _args, _out: z.reshape(t * n, *self.extra, -1))
         try:
             x = self.metrics.x.repeat(t, *([1] * (self.metrics.x.dim() - 1)))
             logits = self.model(x).reshape(t, n, -1)

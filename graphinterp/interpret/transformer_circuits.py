@@ -15,9 +15,10 @@ never pruned; the ECS is the share of the MLP blocks' non-zero weights that the 
 
 **How it is evaluated.** Nothing before the first block's MLP is pruned, so the residual stream
 there (after the embeddings and the first attention layer) is computed once for the data; the
-search then runs :class:`AnswerTail`, the rest of the transformer from that stream to the answer
-logits (for the default one-layer model: ``unembed(h + fc_out(relu(fc_in(h))))`` on the last
-position, an ``(N, d_model)`` input). Candidate weights are written into the model's own
+search then runs :class:`~graphinterp.interpret.answer_tail.AnswerTail`, the rest of the transformer
+from that stream to the answer logits (for the default one-layer model:
+``unembed(h + fc_out(relu(fc_in(h))))`` on the last position, an ``(N, d_model)`` input), which
+skips pruned hidden units and, in deeper models, re-runs only the stages a candidate changed. Candidate weights are written into the model's own
 parameters inside a context that restores them in ``finally``
 (:class:`graphinterp.interpret.circuit_eval.TaskEvaluator`, or :func:`masked_mlp` for a ``with`` block).
 
@@ -31,117 +32,21 @@ the same as for modular addition.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from graphinterp.interpret.answer_tail import AnswerTail, check_transformer, stream_input
 from graphinterp.interpret.circuits import Circuit, _labels, extract_circuit
-from graphinterp.common.errors import DataError, UnsupportedModelError
-from graphinterp.common.inference import eval_mode
+from graphinterp.common.errors import DataError
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import interventions
 from graphinterp.interpret.label_tasks import LabelTask, label_task
-from graphinterp.sources.transformer import _ACTS
 
 __all__ = ["AnswerTail", "stream_input", "mlp_edges", "masked_mlp", "extract_transformer_circuits"]
 
 _PARTS = ("fc_in", "fc_out")
-
-
-def _check(model: nn.Module) -> None:
-    if not (hasattr(model, "blocks") and hasattr(model, "unembed") and hasattr(model, "readout")):
-        raise UnsupportedModelError(f"{type(model).__name__} is not a graphinterp transformer "
-                                    "(graphinterp.sources.transformer.transformer); transformer circuits need one")
-    if model.readout not in ("last", "all"):
-        raise UnsupportedModelError(f"unknown transformer readout {model.readout!r}; expected 'last' or 'all'")
-
-
-class AnswerTail(nn.Module):
-    """The transformer from the residual stream before the first MLP block to the answer logits.
-
-    Input: :func:`stream_input` of the token ids, ``(N, d_model)`` for a one-layer model (the last
-    position only), ``(N, T, d_model)`` otherwise. Output: the logits ``(N, n_out)``, equal to
-    ``model(ids)``. The modules are the model's own (shared, not copied), and parameter names match
-    the model's (``blocks.0.mlp.fc_in.weight``).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        _check(model)
-        self.blocks, self.ln_f, self.unembed = model.blocks, model.ln_f, model.unembed
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        first = self.blocks[0]
-        h = h + _sparse_mlp(first.mlp, first.ln2(h))
-        last = len(self.blocks) - 1
-        for i in range(1, len(self.blocks)):
-            h = self.blocks[i](h, last_only=i == last)
-        if h.dim() == 3:
-            h = h[:, -1]
-        return self.unembed(self.ln_f(h))
-
-    def linear_suffix(self, module: nn.Module, x: torch.Tensor) -> Optional[List[nn.Module]]:
-        """What follows ``module`` on the task input ``x``, as modules applied in turn to its ``(rows, out)``
-        output, for the batched single-edge passes (:class:`graphinterp.interpret.circuit_batch.LinearStates`);
-        one-layer models only (None otherwise). ``rows`` may be any multiple of ``len(x)``: states of
-        the same examples one after the other."""
-        if len(self.blocks) != 1 or x.dim() != 2:
-            return None
-        mlp = self.blocks[0].mlp
-        readout = _Readout(x, self.ln_f, self.unembed)
-        if module is mlp.fc_out:
-            return [readout]
-        if module is mlp.fc_in:
-            return [nn.ReLU() if mlp.act == "relu" else nn.GELU(), mlp.fc_out, readout]
-        return None
-
-
-def _sparse_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``mlp(x)`` computed over the hidden units that ``fc_out`` still reads (the others add exactly 0).
-
-    Pruned circuits keep few units, so this spares most of ``fc_out``; with hooks on ``fc_out`` (the
-    batched passes capture its input) the module runs as usual.
-    """
-    out = mlp.fc_out
-    if out._forward_pre_hooks or out._forward_hooks:
-        return mlp(x)
-    z = _ACTS[mlp.act](mlp.fc_in(x))
-    alive = torch.nonzero(out.weight.detach().ne(0).any(0)).flatten()
-    if alive.numel() > 0.5 * z.shape[-1]:
-        return out(z)
-    return F.linear(z.index_select(-1, alive), out.weight.index_select(1, alive), out.bias)
-
-
-class _Readout(nn.Module):
-    """``unembed(ln_f(y + h))`` for an MLP output ``y`` of the examples whose stream is ``h`` (tiled)."""
-
-    def __init__(self, h: torch.Tensor, ln_f: nn.Module, unembed: nn.Module) -> None:
-        super().__init__()
-        self.h, self.ln_f, self.unembed = h, ln_f, unembed
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        h = self.h.to(y.dtype)
-        return self.unembed(self.ln_f((y.view(-1, *h.shape) + h).view(y.shape)))
-
-
-@torch.no_grad()
-def stream_input(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 4096) -> torch.Tensor:
-    """The residual stream that :class:`AnswerTail` reads: embeddings plus the first attention layer."""
-    _check(model)
-    if ids.dim() != 2:
-        raise DataError(f"expected token ids of shape (N, T), got {tuple(ids.shape)}")
-    device = next(model.parameters()).device
-    first, one = model.blocks[0], len(model.blocks) == 1
-    out = []
-    with eval_mode(model):
-        for s in range(0, len(ids), batch_size):
-            x = ids[s:s + batch_size, -model.n_ctx:].to(device)
-            h = model.embed(x) + model.pos(torch.arange(x.shape[1], device=device))
-            a = first.attn(first.ln1(h), one)
-            out.append(h[:, -1] + a[:, 0] if one else h + a)
-    return torch.cat(out)
 
 
 def mlp_edges(model: nn.Module, device=None) -> Tuple[List[EdgeLayer], List[nn.Module]]:
@@ -228,7 +133,7 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
     """
     from tqdm.auto import tqdm
 
-    _check(model)
+    check_transformer(model)
     if len(x) != len(y) or y.dim() != 1:
         raise DataError(f"expected one answer per sequence: x has {len(x)} rows, y has shape {tuple(y.shape)}")
     wanted = _labels(labels, model.unembed.out_features)
