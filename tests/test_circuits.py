@@ -311,7 +311,7 @@ def test_incremental_first_layer_matches_plain_evaluation():
 
 def test_incremental_layer_after_convolutions_matches_plain_evaluation():
     """CNN: fc1 is evaluated incrementally from the captured conv features; changes to conv kernels
-    fall back to a full pass and, when accepted, re-capture those features."""
+    go through the channel prefix (tests/test_conv_prefix.py) and, when accepted, update those features."""
     from graphinterp.interpret.circuit_search import TaskEvaluator
     from graphinterp.interpret.interventions import module_of
     from graphinterp.interpret.edges import flat_masks

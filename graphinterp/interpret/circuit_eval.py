@@ -21,8 +21,12 @@ layer* is the first Linear layer:
   direct child, and only the modules after it run (for the paper's CNN this skips the convolution
   and pooling, about three quarters of a forward pass, and the 4096-input ``fc1``).
 
-A candidate that changes an edge before the incremental layer is evaluated by a full forward pass;
-accepting it re-captures the layer's input.
+A candidate that changes an edge before the incremental layer is evaluated by a full forward pass,
+and accepting it re-captures the layer's input, unless that edge is a kernel of a single
+convolution right before it (the paper's CNN): then
+:class:`~graphinterp.interpret.conv_prefix.ChannelPrefix` recomputes only the changed output
+channels and the layer's output is updated from the input features they feed (re-captured every 64
+such accepted steps).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from graphinterp.interpret.conv_prefix import ChannelPrefix
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import Interventions, interventions
 from graphinterp.interpret.label_tasks import LabelTask, task_terms
@@ -50,6 +55,7 @@ class Pending(enum.Enum):
     NOTHING = "nothing"  # no incremental state to update (or already committed)
     PREFIX = "prefix"  # a layer before the incremental layer changed: its input must be captured again
     LAYER = "layer"  # only the incremental layer changed: commit the evaluated mask and output
+    CHANNELS = "channels"  # the convolution before it changed too: also commit the recomputed channels
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class LastEval:
     mask: Optional[torch.Tensor] = None
     z_t: Optional[torch.Tensor] = None
     exact: bool = False
+    channels: Optional[tuple] = None  # Pending.CHANNELS: (prefix masks, features, their values, conv channels)
 
 
 _NOTHING = LastEval()
@@ -108,6 +115,8 @@ class TaskEvaluator:
         self.committed: Optional[torch.Tensor] = None  # its accepted mask ...
         self.z_t: Optional[torch.Tensor] = None  # ... and output, (out, rows)
         self.since_exact = 0  # accepted steps since z_t was last computed exactly
+        self.conv_prefix: Optional[ChannelPrefix] = None  # a convolution before it, evaluated channel by channel
+        self.channel_commits = 0  # candidates committed through it since the last capture
         if incremental:
             self._choose_incremental_layer()
 
@@ -124,6 +133,8 @@ class TaskEvaluator:
         self.j, self.suffix, self.first = j, suffix, self.modules[j]
         self.offset = sum(layer.live.numel() for layer in self.layers[:j])
         self.recommit_after = max(64, self.layers[j].live.numel() // 20)
+        if j == 1 and self.layers[0].is_conv:
+            self.conv_prefix = ChannelPrefix.build(self.model, self.modules[0], self.first)
         self._capture_first_input({l.name: l.live for l in self.layers[:j]})  # prune starts from the live edges
         if self.first is not None:
             ones = torch.ones_like(self.layers[j].live)
@@ -138,8 +149,13 @@ class TaskEvaluator:
         seen: list = []
         with interventions(self.model) as iv, torch.no_grad():
             iv.record(self.first, lambda a: seen.append(a.detach()))
+            if self.conv_prefix is not None:
+                self.conv_prefix.hooks(iv)
             for start in range(0, len(self.x), self.batch_size):
                 self.model(self.x[start:start + self.batch_size])
+        if self.conv_prefix is not None:
+            self.conv_prefix.capture()
+            self.channel_commits = 0
         a = torch.cat(seen)
         if a.dim() < 2 or a.shape[0] != len(self.x) or (a.dim() > 2 and self.suffix is not None):
             self.first = None
@@ -186,6 +202,18 @@ class TaskEvaluator:
         self._last = LastEval(Pending.LAYER, mask.clone(), z_t, exact)
         return z_t
 
+    def _prefix_output(self, masks: Dict[str, torch.Tensor], changed: Optional[torch.Tensor]) -> torch.Tensor:
+        """The layer's output for a candidate that also changes the convolution before it (channel by channel)."""
+        conv = self.layers[0]
+        feats, vals, chans = self.conv_prefix.changed_inputs(conv.weight, self.prefix[conv.name], masks[conv.name])
+        mask = masks[self.inc_layer.name]
+        z_t = self._first_output(mask, changed)  # the layer's own changes, on the committed input
+        if feats.numel():
+            z_t = z_t + self.inc_layer.masked(mask)[:, feats] @ (vals - self.a_t[feats])
+        prefix = {conv.name: masks[conv.name].clone()}
+        self._last = LastEval(Pending.CHANNELS, mask.clone(), z_t, False, (prefix, feats, vals, chans))
+        return z_t
+
     def _rows(self, z_t: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """The layer's output for examples ``start:end``, in the shape the model expects."""
         per = z_t.shape[1] // len(self.x)
@@ -205,6 +233,19 @@ class TaskEvaluator:
             return
         if not torch.equal(last.mask, masks[self.inc_layer.name]):
             return
+        if last.kind is Pending.CHANNELS:
+            prefix, feats, vals, chans = last.channels
+            if any(not torch.equal(m, masks[name]) for name, m in prefix.items()):
+                return
+            self.channel_commits += 1
+            if self.channel_commits >= 64:  # bound the accumulation of rounding errors: capture again
+                self._capture_first_input(prefix)
+                if self.first is not None:
+                    self._commit(last.mask, self._full_first(last.mask))
+                return
+            self.a_t[feats] = vals
+            self.conv_prefix.commit(chans)
+            self.prefix = prefix
         mask, z_t, exact = last.mask, last.z_t, last.exact
         if not exact and self.since_exact + 1 >= EXACT_EVERY:  # bound the accumulation of rounding errors
             z_t, exact = self._full_first(mask), True
@@ -236,7 +277,10 @@ class TaskEvaluator:
             z_t = None
             if self.first is not None:
                 if self._prefix_changed(masks, changed):
-                    self._last = LastEval(Pending.PREFIX)
+                    if self.conv_prefix is not None:
+                        z_t = self._prefix_output(masks, changed)
+                    else:
+                        self._last = LastEval(Pending.PREFIX)
                 else:
                     z_t = self._first_output(masks[self.inc_layer.name], changed)
             for layer, mod in zip(self.layers, self.modules):
