@@ -97,10 +97,12 @@ def _loss_cost(model, clustering, x, y, lam, n):
     return float(np.median(times[False])), float(np.median(times[True]))
 
 
-def circuits(res, data, out_dir: Path, labels, jobs: int, max_evals: int, task: str = "modadd", n_chars: int = 10):
+def circuits(res, data, out_dir: Path, labels, jobs: int, max_evals: int, task: str = "modadd", n_chars: int = 10,
+             char_examples: int = 100):
     """ECS per label of both models (same settings), their comparison and its figure. modadd: a label is an
-    answer class (the test pairs); chars: the character after a window of the validation text, for the
-    ``n_chars`` most frequent ones among 5,000 seeded windows."""
+    answer class (the test pairs, all of them: about 79 per answer and as many others); chars: the character
+    after a window of the validation text, for the ``n_chars`` most frequent ones among 5,000 seeded windows,
+    each task made of ``char_examples`` windows followed by that character and as many followed by another."""
     from graphinterp.reports.viz import plot_ecs_comparison
 
     found = {}
@@ -112,7 +114,8 @@ def circuits(res, data, out_dir: Path, labels, jobs: int, max_evals: int, task: 
         labels = torch.bincount(y, minlength=len(names)).argsort(descending=True)[:n_chars].sort().values.tolist()
     for name in ("baseline", "modular"):
         t = time.perf_counter()
-        found[name] = extract_transformer_circuits(res[name]["result"].model, x, y, labels, n_jobs=jobs,
+        extra = {} if task == "modadd" else {"max_examples": char_examples}
+        found[name] = extract_transformer_circuits(res[name]["result"].model, x, y, labels, n_jobs=jobs, **extra,
                                                    schedule=Schedule(max_evals=max_evals), progress=False, device="cpu",
                                                    label_names=names)
         res[name]["circuits_s"] = time.perf_counter() - t
@@ -132,8 +135,9 @@ def circuit_lines(res, task: str = "modadd") -> list:
     smaller = int((b < a).sum())
     direction = "smaller" if b.mean() < a.mean() else "larger"
     what = ("One circuit per answer class" if task == "modadd" else
-            f"One circuit for each of the {len(a)} most frequent next characters (5,000 seeded windows of the "
-            "validation text; a label is the character after a window)")
+            f"One circuit for each of the {len(a)} most frequent next characters (a label is the character after a "
+            f"window of the validation text; its task: {res.get('char_examples')} of 5,000 seeded windows followed "
+            "by it and as many followed by another character)")
     lines = [f"### Circuits ({task})", "",
              f"{what} by iterative edge pruning over the MLP weights (fc_in, fc_out; attention, "
              "embeddings and unembedding kept whole), one-vs-rest task, tolerance 0.95 x accuracy and "
@@ -194,9 +198,10 @@ def run_task(task, out_dir: Path, corpus, n_shuffles, k, lam, circuit_args=None)
         xb, yb = data["corpus"].batch(32, res["modular"]["config"].n_ctx, torch.Generator().manual_seed(0))
     res["cost"] = loss_cost(res["modular"]["result"].model, res["modular"]["result"].clustering, xb, yb, lam)
     if circuit_args is not None:
-        labels, jobs, max_evals, n_chars = circuit_args
+        labels, jobs, max_evals, n_chars, char_examples = circuit_args
+        res["char_examples"] = char_examples
         if task == "modadd" or n_chars > 0:
-            res["circuits"] = circuits(res, data, out_dir, labels, jobs, max_evals, task, n_chars)
+            res["circuits"] = circuits(res, data, out_dir, labels, jobs, max_evals, task, n_chars, char_examples)
     return res
 
 
@@ -242,6 +247,12 @@ def report(all_res, out_dir: Path, load_before, load_after, total_s):
                   f"| {m['spec']['mean_off_damage']:.3f} / {m['spec']['mean_on_acc']:.3f} | |",
                   "", f"![{task} baseline ON/OFF]({task}-baseline-onoff.png)", f"![{task} modular ON/OFF]({task}-modular-onoff.png)",
                   ""]
+        bg, mg = b["spec"]["off_gini"], m["spec"]["off_gini"]
+        verdict = ("about as much as the baseline's (a difference under 0.02 is read as none)" if abs(mg - bg) <= 0.02
+                   else "more than the baseline's" if mg > bg else "less than the baseline's")
+        lines += [f"Specialisation: OFF-damage Gini {mg:.3f} for the modular model's clusters against {bg:.3f} for a BSGC "
+                  f"clustering of the baseline (higher: switching a cluster off hurts fewer classes); the modular "
+                  f"model's clusters specialise {verdict}.", ""]
         for name in ("baseline", "modular"):
             ov = res[name]["onoff"].overall()
             lines.append(f"{name} overall accuracy: full {ov['full']:.4f}; ON " + ", ".join(f"{v:.3f}" for v in ov["on"])
@@ -282,9 +293,13 @@ def main():
                     help="modadd answers to extract circuits for, in both models: all, 0-19 (default: 40 searches, "
                          "so that the whole run fits in 15 minutes on 2 cores; all 113 answers take 226), none")
     ap.add_argument("--circuit-jobs", type=int, default=2, help="worker processes for the circuits")
-    ap.add_argument("--circuit-max-evals", type=int, default=10000)
+    ap.add_argument("--circuit-max-evals", type=int, default=30000,
+                    help="evaluation budget of each circuit search (a safety cap: a search that reaches it is an "
+                         "upper bound, and the report counts them)")
     ap.add_argument("--char-circuits", type=int, default=10,
                     help="chars: circuits of this many most frequent next characters (0: none)")
+    ap.add_argument("--char-examples", type=int, default=100,
+                    help="chars: windows followed by the label in each circuit's task (and as many others)")
     args = ap.parse_args()
     labels = None if args.circuit_labels == "none" else ("all" if args.circuit_labels == "all" else
                                                         _ranges(args.circuit_labels))
@@ -292,7 +307,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     before, t0 = uptime(), time.perf_counter()
     print(f"uptime before: {before}", flush=True)
-    circuit_args = None if labels is None else (labels, args.circuit_jobs, args.circuit_max_evals, args.char_circuits)
+    circuit_args = None if labels is None else (labels, args.circuit_jobs, args.circuit_max_evals, args.char_circuits,
+                                                args.char_examples)
     res = {task: run_task(task, out, args.corpus, args.shuffles, args.k, args.lam, circuit_args)
            for task in args.tasks.split(",")}
     after = uptime()
