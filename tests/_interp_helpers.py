@@ -64,3 +64,22 @@ def run_cli(args):
     from graphinterp.cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def fast_and_plain_evaluators(model, x, input_shape, batch_size):
+    """The model's edge layers and two TaskEvaluators on the task of the first example's predicted
+    label: incremental (``fast``) and plain full passes (``plain``), for comparing the two."""
+    from graphinterp.graph.layered import LayeredGraph
+    from graphinterp.interpret.circuit_search import TaskEvaluator
+    from graphinterp.interpret.edges import edge_layers
+    from graphinterp.interpret.interventions import module_of
+    from graphinterp.interpret.label_tasks import label_task
+
+    y = model(x).argmax(1).detach()
+    graph = LayeredGraph.from_module(model, input_shape=input_shape)
+    layers = edge_layers(model, graph)
+    mods = [module_of(model, graph, l.name)[0] for l in layers]
+    task = label_task(x, y, int(y[0]), random_state=0)
+    fast = TaskEvaluator(model, layers, task, modules=mods, batch_size=batch_size)
+    plain = TaskEvaluator(model, layers, task, modules=mods, batch_size=batch_size, incremental=False)
+    return layers, fast, plain, task

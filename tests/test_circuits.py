@@ -19,7 +19,7 @@ from graphinterp.interpret.edges import edge_layers
 from graphinterp.interpret.interventions import interventions
 from graphinterp.interpret.label_tasks import label_task
 
-from _interp_helpers import digits_checkpoint, run_cli
+from _interp_helpers import digits_checkpoint, fast_and_plain_evaluators, run_cli
 
 # label 0's circuit: x_j -> h_j for j = 0, 1, 2 (fc1) and h_0 -> z_0 (+), h_1 -> z_0, h_2 -> z_0 (-) (fc2)
 PLANTED = {"fc1": {(0, 0), (1, 1), (2, 2)}, "fc2": {(0, 0), (0, 1), (0, 2)}}
@@ -320,13 +320,7 @@ def test_incremental_layer_after_convolutions_matches_plain_evaluation():
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3, bias=False))
     x = torch.randn(60, 2, 4, 4)
-    y = model(x).argmax(1).detach()
-    graph = LayeredGraph.from_module(model, input_shape=(2, 4, 4))
-    layers = edge_layers(model, graph)
-    mods = [module_of(model, graph, l.name)[0] for l in layers]
-    task = label_task(x, y, int(y[0]), random_state=0)
-    fast = TaskEvaluator(model, layers, task, modules=mods, batch_size=25)
-    plain = TaskEvaluator(model, layers, task, modules=mods, batch_size=25, incremental=False)
+    layers, fast, plain, task = fast_and_plain_evaluators(model, x, (2, 4, 4), batch_size=25)
     assert fast.first is model[4] and fast.suffix is not None and fast.offset == 6
     flat = torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool)
     masks = flat_masks(layers, flat)

@@ -3,13 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret import conv_prefix
-from graphinterp.interpret.circuit_search import TaskEvaluator
 from graphinterp.interpret.conv_prefix import ChannelPrefix, _max_pool, _tiled_max_pool
-from graphinterp.interpret.edges import edge_layers, flat_masks
-from graphinterp.interpret.interventions import interventions, module_of
-from graphinterp.interpret.label_tasks import label_task
+from graphinterp.interpret.edges import flat_masks
+from graphinterp.interpret.interventions import interventions
+
+from _interp_helpers import fast_and_plain_evaluators
 
 
 def _cnn(between):
@@ -115,13 +114,7 @@ def test_evaluator_uses_channels_and_captures_again(monkeypatch):
     match a plain evaluation over many accepted steps, and the state is re-captured every 64 commits."""
     model = _cnn(BETWEENS["gelu-overlapping-max"])
     x = torch.randn(40, 3, 6, 6)
-    y = model(x).argmax(1).detach()
-    graph = LayeredGraph.from_module(model, input_shape=(3, 6, 6))
-    layers = edge_layers(model, graph)
-    mods = [module_of(model, graph, l.name)[0] for l in layers]
-    task = label_task(x, y, int(y[0]), random_state=0)
-    fast = TaskEvaluator(model, layers, task, modules=mods, batch_size=16)
-    plain = TaskEvaluator(model, layers, task, modules=mods, batch_size=16, incremental=False)
+    layers, fast, plain, _ = fast_and_plain_evaluators(model, x, (3, 6, 6), batch_size=16)
     assert fast.conv_prefix is not None and fast.offset == 12
     captures = []
     real = fast._capture_first_input

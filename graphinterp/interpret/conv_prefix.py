@@ -31,17 +31,21 @@ _PER_CHANNEL = ELEMENTWISE + (nn.MaxPool2d, nn.AvgPool2d)
 _MAX_PATCH_BYTES = 1 << 29  # the convolution's input is kept as patches when they take at most this (512 MiB)
 
 
+def _pair(v) -> tuple:
+    """A pooling size given as one int or a pair, as a pair."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 def _tiled_max_pool(m: nn.Module) -> bool:
     """A max-pool whose windows tile the input (kernel = stride, no padding or dilation)."""
     if type(m) is not nn.MaxPool2d or m.ceil_mode or m.return_indices:
         return False
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-    return pair(m.kernel_size) == pair(m.stride) and pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1)
+    return _pair(m.kernel_size) == _pair(m.stride) and _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1)
 
 
 def _max_pool(m: nn.MaxPool2d, y: torch.Tensor) -> torch.Tensor:
     """``m(y)`` as the maximum of the strided slices of each window position (several times faster on a CPU)."""
-    kh, kw = m.kernel_size if isinstance(m.kernel_size, (tuple, list)) else (m.kernel_size, m.kernel_size)
+    kh, kw = _pair(m.kernel_size)
     h, w = (y.shape[-2] // kh) * kh, (y.shape[-1] // kw) * kw
     cols = y[..., :h, 0:w:kw]  # along the width first, then along the height
     for b in range(1, kw):
