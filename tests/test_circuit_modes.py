@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphinterp.interpret.circuits import Schedule, Tolerance, extract_circuit, extract_circuits
+from graphinterp.interpret.circuits import Schedule, Tolerance, compare_circuits, extract_circuit, extract_circuits
 from graphinterp.common.errors import DataError
 from graphinterp.interpret.edges import edge_layers
 from graphinterp.interpret.label_tasks import label_task
@@ -243,6 +243,25 @@ def test_jobs_give_the_same_circuits_as_serial():
     for c in serial:
         assert all(torch.equal(serial[c].masks[k], parallel[c].masks[k]) for k in serial[c].masks)
         assert serial[c].n_evals == parallel[c].n_evals
+
+
+def test_compare_with_jobs_runs_both_models_in_one_pool_and_matches_serial():
+    """compare_circuits on 2 processes: the same circuits as a serial run, each model's on its own side."""
+    torch.manual_seed(6)
+    a = nn.Sequential(nn.Linear(8, 12, bias=False), nn.ReLU(), nn.Linear(12, 3, bias=False))
+    b = nn.Sequential(nn.Linear(8, 12, bias=False), nn.ReLU(), nn.Linear(12, 3, bias=False))
+    x = torch.randn(120, 8)
+    y = a(x).argmax(1).detach()
+    kw = dict(progress=False, device="cpu", max_examples=30, random_state=2)
+    serial = compare_circuits(a, b, (x, y), **kw)
+    parallel = compare_circuits(a, b, (x, y), n_jobs=2, **kw)
+    assert list(serial.ecs_a) != list(serial.ecs_b)  # two different models: a swap of the sides would show
+    assert list(parallel.ecs_a) == list(serial.ecs_a) and list(parallel.ecs_b) == list(serial.ecs_b)
+    for side in ("circuits_a", "circuits_b"):
+        for c, circ in getattr(serial, side).items():
+            other = getattr(parallel, side)[c]
+            assert circ.n_evals == other.n_evals and circ.n_pos == other.n_pos
+            assert all(torch.equal(circ.masks[k], other.masks[k]) for k in circ.masks)
 
 
 @pytest.fixture(scope="module")

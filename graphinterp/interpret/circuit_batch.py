@@ -16,7 +16,8 @@ every edge, such as the last passes of a search, cost about one state per edge).
 
 Linear layers are evaluated as stacks of states by
 :class:`~graphinterp.interpret.linear_states.LinearStates`; convolution kernels one at a time by a
-forward pass. Logits are reduced with the classes first
+forward pass (a search's final passes walk the kernels of a CNN's convolution through its evaluator
+instead, :mod:`graphinterp.interpret.conv_pass`). Logits are reduced with the classes first
 (:class:`~graphinterp.interpret.label_tasks.TaskMetrics`). A pass counts one evaluation per edge
 walked (the states a one-at-a-time walk evaluates), whatever the batching.
 """
@@ -50,7 +51,8 @@ def forward_metrics(model: nn.Module, metrics: TaskMetrics, batch_size: int) -> 
 
 def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask: torch.Tensor, order: torch.Tensor,
                     metrics: TaskMetrics, accept: Accept, *, batch_size: int = 4096,
-                    max_evals: Optional[int] = None, kept: Optional[list] = None) -> Tuple[int, int, bool]:
+                    max_evals: Optional[int] = None, kept: Optional[list] = None,
+                    layer_input: Optional[torch.Tensor] = None) -> Tuple[int, int, bool]:
     """Walk the edges ``order`` (flat indices into ``mask``, all kept) of one layer and remove each unless
     ``accept(acc, loss)`` fails for the state with it removed; updates ``mask`` and ``module.weight`` in place.
 
@@ -61,6 +63,8 @@ def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask:
     counted, so the decisions and the count do not depend on how the walk is batched. When a list
     ``kept`` is given, ``(flat index, loss)`` of every edge the walk kept is appended to it, the loss
     being that of the state that removed the edge (how far it was from being removable).
+    ``layer_input``, the layer's input on the task for the current circuit
+    (:func:`~graphinterp.interpret.linear_states.capture_inputs`), spares a forward pass.
 
     Examples
     --------
@@ -86,7 +90,7 @@ def sequential_pass(model: nn.Module, layer: EdgeLayer, module: nn.Module, mask:
     if layer.is_conv or not isinstance(module, nn.Linear):
         return _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals, kept)
     try:
-        states = LinearStates(model, module, metrics, batch_size)
+        states = LinearStates(model, module, metrics, batch_size, layer_input)
     except ValueError:
         return _one_by_one(model, layer, module, mask, order, metrics, accept, batch_size, max_evals, kept)
     cap, size, pos, removing = states.max_states(), 16, 0, True

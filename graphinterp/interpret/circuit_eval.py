@@ -41,6 +41,7 @@ from torch import nn
 from graphinterp.interpret.conv_prefix import ChannelPrefix
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import Interventions, interventions
+from graphinterp.interpret.linear_states import sequential_suffix
 from graphinterp.interpret.label_tasks import LabelTask, task_terms
 
 __all__ = ["TaskEvaluator", "EXACT_EVERY"]
@@ -70,17 +71,6 @@ class LastEval:
 
 
 _NOTHING = LastEval()
-
-
-def _suffix(model: nn.Module, module: nn.Module) -> Optional[nn.Sequential]:
-    """The modules after ``module`` when ``model`` is a plain ``nn.Sequential`` holding it as a child."""
-    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
-        return None
-    children = list(model)
-    for i, child in enumerate(children):
-        if child is module:
-            return nn.Sequential(*children[i + 1:])
-    return None
 
 
 class TaskEvaluator:
@@ -127,10 +117,12 @@ class TaskEvaluator:
                 break
         else:
             return
-        suffix = _suffix(self.model, self.modules[j]) if j > 0 else None
-        if j > 0 and suffix is None:
+        after = sequential_suffix(self.model, self.modules[j]) if j > 0 else None
+        if j > 0 and after is None:
             return
-        self.j, self.suffix, self.first = j, suffix, self.modules[j]
+        self.j, self.first = j, self.modules[j]
+        if after is not None:
+            self.suffix = nn.Sequential(*after)
         self.offset = sum(layer.live.numel() for layer in self.layers[:j])
         self.recommit_after = max(64, self.layers[j].live.numel() // 20)
         if j == 1 and self.layers[0].is_conv:
@@ -209,7 +201,8 @@ class TaskEvaluator:
         mask = masks[self.inc_layer.name]
         z_t = self._first_output(mask, changed)  # the layer's own changes, on the committed input
         if feats.numel():
-            z_t = z_t + self.inc_layer.masked(mask)[:, feats] @ (vals - self.a_t[feats])
+            w = self.inc_layer.weight[:, feats] * mask[:, feats].to(self.inc_layer.weight.dtype)  # those columns only
+            z_t = z_t + w @ (vals - self.a_t[feats])
         prefix = {conv.name: masks[conv.name].clone()}
         self._last = LastEval(Pending.CHANNELS, mask.clone(), z_t, False, (prefix, feats, vals, chans))
         return z_t
@@ -250,6 +243,21 @@ class TaskEvaluator:
         if not exact and self.since_exact + 1 >= EXACT_EVERY:  # bound the accumulation of rounding errors
             z_t, exact = self._full_first(mask), True
         self._commit(mask, z_t, exact)
+
+    def rebase(self, masks: Dict[str, torch.Tensor]) -> None:
+        """Make ``masks`` the state later diffs start from, the model's weights holding them in place
+        (a final pass changes masks and weights without the evaluator): the layer's input is captured
+        again if the layers before it changed, its output recomputed exactly if its own mask did."""
+        if self.first is None:
+            return
+        prefix = {l.name: masks[l.name] for l in self.layers[:self.j]}
+        moved = any(not torch.equal(m, self.prefix[name]) for name, m in prefix.items())
+        if moved:
+            self._capture_first_input(prefix)
+        mask = masks[self.inc_layer.name]
+        if self.first is not None and (moved or not torch.equal(mask, self.committed)):
+            self._commit(mask, self._full_first(mask))
+        self._last = _NOTHING
 
     # ------------------------------------------------------------------ evaluation
     @contextlib.contextmanager

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from graphinterp.interpret.circuit_batch import TaskMetrics, forward_metrics, sequential_pass
+from graphinterp.interpret.linear_states import capture_inputs
 from graphinterp.interpret.circuit_eval import TaskEvaluator
 from graphinterp.interpret.circuit_result import Circuit
+from graphinterp.interpret.conv_pass import channel_pass, walks_channels
 from graphinterp.interpret.interventions import interventions
 from graphinterp.interpret.edges import EdgeLayer, flat_live, flat_masks, flat_scores
 from graphinterp.interpret.label_tasks import LabelTask
@@ -197,6 +199,10 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
         for rnd in itertools.count(round0):
             scores = None if near is not None else score_fn(ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks)))
             removed_pass, tried, kept = 0, 0, []
+            # one forward pass for the inputs of all Linear layers: walking a layer changes only what comes
+            # after it, and the layers are walked from the last
+            linear = [m for l, m in zip(layers, ev.modules) if isinstance(m, nn.Linear) and not l.is_conv]
+            inputs = dict(zip(map(id, linear), capture_inputs(ev.model, linear, metrics.x, ev.batch_size)))
             for layer, mod in reversed(list(zip(layers, ev.modules))):
                 mask, seen = masks[layer.name], []
                 if near is None:
@@ -205,8 +211,13 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
                 else:
                     cand = torch.tensor(near.get(layer.name, []), dtype=torch.long)
                     cand = cand[mask.view(-1)[cand]]  # still kept
-                removed, n, finished = sequential_pass(ev.model, layer, mod, mask, cand, metrics, ok_all,
-                                                       batch_size=ev.batch_size, max_evals=budget - used, kept=seen)
+                if walks_channels(ev, layer):
+                    removed, n, finished = channel_pass(ev, masks, layer, mod, cand, ok_all, max_evals=budget - used,
+                                                        kept=seen)
+                else:
+                    removed, n, finished = sequential_pass(ev.model, layer, mod, mask, cand, metrics, ok_all,
+                                                           batch_size=ev.batch_size, max_evals=budget - used, kept=seen,
+                                                           layer_input=inputs.get(id(mod)))
                 used, removed_pass, tried = used + n, removed_pass + removed, tried + n
                 kept += [(layer.name, i, loss) for i, loss in seen]
                 if not finished:
@@ -278,12 +289,14 @@ def _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step):
         cand = torch.nonzero(keep).flatten()
         cand = cand[torch.argsort(scores[cand], stable=True)]
         pos, step, fails, pruned = 0, max(min_step, math.ceil(schedule.initial_step * cand.numel())), 0, 0
+        n_kept = cand.numel()  # keep.sum(), counted along (every block is kept when it is tried)
         while pos < cand.numel() and ev.n_evals < schedule.max_evals and fails < schedule.patience:
             block = cand[pos:pos + step]
             keep[block] = False
             acc, loss = ev(masks, changed=block)
             accepted = ok(acc, loss)
-            history.append((int(keep.sum()) + (0 if accepted else block.numel()), accepted))
+            n_kept -= block.numel() if accepted else 0
+            history.append((n_kept, accepted))
             yield PruneStep("round", rnd, block.numel(), accepted, history[-1][0], ev.n_evals, float(acc), float(loss))
             if accepted:
                 ev.accept(masks)

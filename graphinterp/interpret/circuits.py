@@ -237,26 +237,34 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
     """
     from tqdm.auto import tqdm
 
-    x, y, names = as_tensors(data)
-    graph = graph if graph is not None else LayeredGraph.from_module(model)
-    wanted = _labels(labels, graph.layers[-1].n_out)
-    tasks = {c: label_task(x, y, c, max_examples=max_examples, negative_ratio=negative_ratio,
-                           random_state=random_state) for c in wanted}
-    if kwargs.get("mode", "graphinterp") not in MODES:
-        raise DataError(f"unknown circuit mode {kwargs['mode']!r}; use one of {list(MODES)}")
-    label_names = {c: names[c] if names is not None and c < len(names) else str(c) for c in wanted}
+    wanted, tasks = _label_tasks(model, data, labels, kwargs, graph=graph, max_examples=max_examples,
+                                 negative_ratio=negative_ratio, random_state=random_state)
     if n_jobs != 1 or scheduler is not None:
         from graphinterp.common.parallel import run_tasks
 
-        found = run_tasks(_extract_one, [(model, tasks[c], graph, label_names[c], kwargs) for c in wanted],
-                          n_jobs=n_jobs, scheduler=scheduler)
-        return dict(zip(wanted, found))
+        return dict(zip(wanted, run_tasks(_extract_one, tasks, n_jobs=n_jobs, scheduler=scheduler)))
     out: Dict[int, Circuit] = {}
-    bar = tqdm(wanted, desc="circuits", unit="label", disable=not progress)
-    for c in bar:
-        out[c] = extract_circuit(model, tasks[c], graph=graph, label_name=label_names[c], **kwargs)
-        bar.set_postfix(label=label_names[c], ecs=f"{out[c].ecs:.3f}")
+    bar = tqdm(tasks, desc="circuits", unit="label", disable=not progress)
+    for c, t in zip(wanted, bar):
+        out[c] = _extract_one(*t)
+        bar.set_postfix(label=t[3], ecs=f"{out[c].ecs:.3f}")
     return out
+
+
+def _label_tasks(model: nn.Module, data: Any, labels, kwargs: dict, *, graph: Optional[LayeredGraph] = None,
+                 max_examples: int = 500, negative_ratio: float = 1.0, random_state: int = 0
+                 ) -> Tuple[List[int], List[tuple]]:
+    """The labels wanted and the arguments of :func:`_extract_one` for each (checked before any search)."""
+    x, y, names = as_tensors(data)
+    graph = graph if graph is not None else LayeredGraph.from_module(model)
+    wanted = _labels(labels, graph.layers[-1].n_out)
+    if kwargs.get("mode", "graphinterp") not in MODES:
+        raise DataError(f"unknown circuit mode {kwargs['mode']!r}; use one of {list(MODES)}")
+    tasks = []
+    for c in wanted:
+        task = label_task(x, y, c, max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
+        tasks.append((model, task, graph, names[c] if names is not None and c < len(names) else str(c), kwargs))
+    return wanted, tasks
 
 
 def _extract_one(model: nn.Module, task: LabelTask, graph: LayeredGraph, name: str, kwargs: dict) -> Circuit:
@@ -267,6 +275,9 @@ def _extract_one(model: nn.Module, task: LabelTask, graph: LayeredGraph, name: s
 def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: Union[str, Iterable[int]] = "all",
                      *, names: Sequence[str] = ("a", "b"), **kwargs: Any) -> CircuitComparison:
     """Extract circuits of both models with the same settings (``kwargs`` of :func:`extract_circuits`).
+
+    With ``n_jobs`` or ``scheduler``, the searches of both models run in one pool (no worker idles
+    while the other finishes the first model's last label); the circuits are the same as a serial run's.
 
     Model a is typically the unclustered baseline and b the modular model (the paper's Figure 3).
 
@@ -281,6 +292,17 @@ def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: 
     >>> comp.labels, comp.mean_relative_change
     ([0, 1], 0.0)
     """
-    a = extract_circuits(model_a, data, labels, **kwargs)
-    b = extract_circuits(model_b, data, labels, **kwargs)
+    n_jobs, scheduler = kwargs.pop("n_jobs", 1), kwargs.pop("scheduler", None)
+    if n_jobs == 1 and scheduler is None:
+        a = extract_circuits(model_a, data, labels, **kwargs)
+        b = extract_circuits(model_b, data, labels, **kwargs)
+        return CircuitComparison.from_circuits(a, b, names=names)
+    from graphinterp.common.parallel import run_tasks
+
+    task_kw = {k: kwargs.pop(k) for k in ("graph", "max_examples", "negative_ratio", "random_state") if k in kwargs}
+    kwargs.pop("progress", None)
+    wanted, tasks_a = _label_tasks(model_a, data, labels, kwargs, **task_kw)
+    _, tasks_b = _label_tasks(model_b, data, labels, kwargs, **task_kw)
+    found = run_tasks(_extract_one, tasks_a + tasks_b, n_jobs=n_jobs, scheduler=scheduler)  # one pool: no idle tail
+    a, b = dict(zip(wanted, found[:len(wanted)])), dict(zip(wanted, found[len(wanted):]))
     return CircuitComparison.from_circuits(a, b, names=names)

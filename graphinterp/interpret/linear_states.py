@@ -25,14 +25,18 @@ from torch import nn
 from graphinterp.interpret.label_tasks import TaskMetrics
 from graphinterp.interpret.piecewise import PiecewiseLogits
 
-__all__ = ["LinearStates", "ELEMENTWISE"]
+__all__ = ["LinearStates", "ELEMENTWISE", "capture_inputs", "sequential_suffix"]
 
 #: Modules that act elementwise (in eval mode): the fast path may look through them.
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Identity, nn.Dropout)
-_MAX_ELEMENTS = 1 << 24  # largest (states x examples x width) tensor of one batch (64 MB in float32)
+# largest (states x examples x width) tensor of one batch: 16 MB in float32, under glibc's largest mmap
+# threshold (32 MB), so the batches reuse heap memory instead of mapping (and zeroing) fresh pages each
+# time: on CIFAR-10 the final passes spent a fifth of their time in the kernel with 64 MB batches
+_MAX_ELEMENTS = 1 << 22
 
 
-def _sequential_children(model: nn.Module, module: nn.Module) -> Optional[List[nn.Module]]:
+def sequential_suffix(model: nn.Module, module: nn.Module) -> Optional[List[nn.Module]]:
+    """The modules after ``module`` when ``model`` is a plain ``nn.Sequential`` holding it as a child, else None."""
     if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
         return None
     children = list(model)
@@ -42,6 +46,22 @@ def _sequential_children(model: nn.Module, module: nn.Module) -> Optional[List[n
     return None
 
 
+def capture_inputs(model: nn.Module, modules: List[nn.Module], x: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+    """The input of each of ``modules`` on ``x`` (its calls concatenated), from one forward pass of ``model``
+    with its weights as they are now."""
+    seen: List[list] = [[] for _ in modules]
+    handles = [m.register_forward_pre_hook(lambda _m, args, out=out: out.append(args[0].detach()))
+               for m, out in zip(modules, seen)]
+    try:
+        with torch.no_grad():
+            for s in range(0, len(x), batch_size):
+                model(x[s:s + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    return [torch.cat(out) for out in seen]
+
+
 class LinearStates:
     """Cumulative single-edge removals in one Linear layer, evaluated as a batch of states.
 
@@ -49,17 +69,10 @@ class LinearStates:
     the layer's own weight is read from ``module`` and written back by :meth:`commit`.
     """
 
-    def __init__(self, model: nn.Module, module: nn.Linear, metrics: TaskMetrics, batch_size: int = 4096) -> None:
+    def __init__(self, model: nn.Module, module: nn.Linear, metrics: TaskMetrics, batch_size: int = 4096,
+                 layer_input: Optional[torch.Tensor] = None) -> None:
         self.model, self.module, self.metrics = model, module, metrics
-        seen: list = []
-        handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
-        try:
-            with torch.no_grad():
-                for s in range(0, len(metrics.x), batch_size):
-                    model(metrics.x[s:s + batch_size])
-        finally:
-            handle.remove()
-        a = torch.cat(seen)
+        a = capture_inputs(model, [module], metrics.x, batch_size)[0] if layer_input is None else layer_input
         self.n_examples = len(metrics.x)
         if a.dim() < 2 or a.shape[0] != self.n_examples:
             raise ValueError("the layer's input is not (N, ..., features)")
@@ -67,7 +80,7 @@ class LinearStates:
         self.a_t = a.reshape(-1, a.shape[-1]).T.contiguous()  # (in, rows): one row per input unit
         self.w = module.weight.detach()
         self.bias = None if module.bias is None else module.bias.detach()
-        suffix = None if self.extra else _sequential_children(model, module)
+        suffix = None if self.extra else sequential_suffix(model, module)
         if suffix is None and hasattr(model, "linear_suffix"):  # a model that says what follows the layer
             suffix = model.linear_suffix(module, metrics.x)
         self.suffix, self.M, self.acts, self.rest = suffix, None, [], None
