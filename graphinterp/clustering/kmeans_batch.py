@@ -173,7 +173,7 @@ def _lloyd(Z: torch.Tensor, Zt: torch.Tensor, centres: torch.Tensor, mask: torch
             copy = active // R
             dist = torch.baddbmm(norms, cur, Zt[copy], alpha=-2)
             z1 = Z1[copy]
-        one_hot = (dist == dist.amin(1, keepdim=True)).to(Zt.dtype)
+        one_hot = dist.eq_(dist.amin(1, keepdim=True))  # in place: 1 where a centre is nearest (ties: all of them)
         if z1 is None:  # (P, k, d + 1): coordinate sums and counts
             sums = torch.bmm(one_hot.view(C, R * k, N), Z1).view(P, k, d + 1)
         else:
