@@ -264,6 +264,24 @@ def test_compare_with_jobs_runs_both_models_in_one_pool_and_matches_serial():
             assert all(torch.equal(circ.masks[k], other.masks[k]) for k in circ.masks)
 
 
+def test_compare_checks_both_models_before_any_search(monkeypatch):
+    """Models with different outputs are refused before any search; labels given as a generator serve both."""
+    from graphinterp.interpret import circuits
+
+    torch.manual_seed(7)
+    a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    b = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    x, y = torch.randn(80, 6), torch.arange(80) % 4  # every label of both models has examples
+    searched = []
+    real = circuits._extract_one
+    monkeypatch.setattr(circuits, "_extract_one", lambda *t: searched.append(t[1].label) or real(*t))
+    with pytest.raises(DataError, match="same outputs"):
+        compare_circuits(a, b, (x, y), progress=False, device="cpu")
+    assert searched == []
+    comp = compare_circuits(a, b, (x, y), (c for c in [0, 2]), progress=False, device="cpu", max_examples=20)
+    assert comp.labels == [0, 2] and sorted(comp.circuits_b) == [0, 2] and searched == [0, 2, 0, 2]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return digits_checkpoint(tmp_path_factory.mktemp("ckpt") / "modular.pt", clustering=True)

@@ -66,30 +66,77 @@ def test_channel_pass_decides_as_a_forward_pass_per_kernel(slack):
 def test_channel_pass_stops_at_its_budget():
     model, layers, fast, task = _setup()
     masks = flat_masks(layers, torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool))
+    calls = fast.n_evals
     with _masked_in_place(model, layers, fast.modules, masks):
         removed, n, finished = channel_pass(fast, masks, layers[0], fast.modules[0], torch.arange(18),
                                             lambda acc, loss: torch.ones_like(acc, dtype=torch.bool), max_evals=5)
+        zeroed = (fast.modules[0].weight.detach() == 0).all(-1).all(-1)
     assert (removed, n, finished) == (5, 5, False) and int(masks[layers[0].name].sum()) == 13
+    assert torch.equal(zeroed, ~masks[layers[0].name]) and fast.n_evals == calls
+    assert channel_pass(fast, masks, layers[0], fast.modules[0], torch.arange(0), None) == (0, 0, True)
+
+
+def _search(seed=0):
+    """A whole search on a small CNN with one coarse round, so that the final passes (full and focused)
+    have kernels left to remove."""
+    model, layers, fast, task = _setup(seed)
+    full_acc, full_loss = fast({l.name: torch.ones_like(l.live) for l in layers})
+    tol, status, steps = Tolerance(max_loss_increase=0.1), {}, []
+    masks = prune(fast, layers, magnitude_score, lambda a, l: tol.accepts(a, l, full_acc, full_loss),
+                  Schedule(focus=0.5, initial_step=0.5, max_rounds=1, patience=1, resolution=0.3), steps,
+                  status=status, ok_all=lambda a, l: tol.accepts_all(a, l, full_acc, full_loss))
+    return masks, status, layers
 
 
 def test_final_passes_through_the_evaluator_give_the_same_circuit(monkeypatch):
-    """A whole search on a CNN: the same kept edges and evaluation count whether the final passes walk the
-    convolution through the evaluator or by forward passes."""
-    found = []
-    for fast_walk in (True, False):
-        if not fast_walk:
-            monkeypatch.setattr(circuit_search, "walks_channels", lambda ev, layer: False)
-        model, layers, fast, task = _setup(seed=3)
-        full_acc, full_loss = fast({l.name: torch.ones_like(l.live) for l in layers})
-        tol, status = Tolerance(max_loss_increase=0.05), {}
-        masks = prune(fast, layers, magnitude_score, lambda a, l: tol.accepts(a, l, full_acc, full_loss),
-                      Schedule(focus=0.2), status=status, ok_all=lambda a, l: tol.accepts_all(a, l, full_acc, full_loss))
-        found.append((masks, status))
-    (ma, sa), (mb, sb) = found
+    """The same kept edges and evaluation count whether the final passes walk the convolution through the
+    evaluator or by forward passes; the evaluator path removed kernels in full and in focused passes."""
+    calls = []
+    real = circuit_search.channel_pass
+
+    def spy(ev, masks, layer, module, order, *args, **kwargs):
+        out = real(ev, masks, layer, module, order, *args, **kwargs)
+        calls.append((order.numel(), out[0]))
+        return out
+
+    monkeypatch.setattr(circuit_search, "channel_pass", spy)
+    ma, sa, layers = _search()
+    removed = [r for _, r in calls]
+    assert sum(removed) >= 3 and sum(r > 0 for r in removed) >= 2  # kernels removed in more than one pass
+    assert len({n for n, _ in calls}) > 2  # full passes and focused ones (fewer candidates)
+    monkeypatch.setattr(circuit_search, "walks_channels", lambda ev, layer: False)
+    mb, sb, _ = _search()
     assert sa == sb and sa["converged"]
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
-    conv_kept = int(ma[layers[0].name].sum())
-    assert 0 < conv_kept < 18  # the convolution was pruned, not left whole or emptied
+    assert 0 < int(ma[layers[0].name].sum()) < 18  # the convolution was pruned, not left whole or emptied
+
+
+def test_inputs_captured_once_per_pass_give_the_same_circuit(monkeypatch):
+    """The Linear layers' inputs captured once per final pass decide as each layer capturing its own."""
+    captures = []
+    real = circuit_search._linear_inputs
+    monkeypatch.setattr(circuit_search, "_linear_inputs", lambda *a: captures.append(1) or real(*a))
+    ma, sa, _ = _search()
+    assert captures
+    monkeypatch.setattr(circuit_search, "_linear_inputs", lambda *a: {})  # every layer captures its own
+    mb, sb, _ = _search()
+    assert sa == sb and all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_channel_pass_restores_kept_kernels_inside_a_session():
+    """Inside an open evaluator session (which leaves candidates' weights in place), a rejected kernel's
+    weight is written back and a removed one stays zero."""
+    model, layers, fast, task = _setup()
+    masks = flat_masks(layers, torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool))
+    conv = fast.modules[0]
+    metrics = TaskMetrics(task, "cpu")
+    with _masked_in_place(model, layers, fast.modules, masks), fast.session():
+        full_loss = metrics(model(task.x)[None])[1].item()
+        removed, n, _ = channel_pass(fast, masks, layers[0], conv, torch.arange(18), _accept_within(full_loss, 0.01))
+        weight = conv.weight.detach().clone()
+    kept = masks[layers[0].name]
+    assert 0 < removed < 18 and n == 18
+    assert torch.equal(weight[kept], layers[0].weight[kept]) and not weight[~kept].any()
 
 
 @pytest.mark.parametrize("before", ["conv", "linear", "both"])

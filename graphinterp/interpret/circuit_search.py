@@ -198,26 +198,26 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
     with _masked_in_place(ev.model, layers, ev.modules, masks):
         for rnd in itertools.count(round0):
             scores = None if near is not None else score_fn(ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks)))
-            removed_pass, tried, kept = 0, 0, []
-            # one forward pass for the inputs of all Linear layers: walking a layer changes only what comes
-            # after it, and the layers are walked from the last
-            linear = [m for l, m in zip(layers, ev.modules) if isinstance(m, nn.Linear) and not l.is_conv]
-            inputs = dict(zip(map(id, linear), capture_inputs(ev.model, linear, metrics.x, ev.batch_size)))
-            for layer, mod in reversed(list(zip(layers, ev.modules))):
+            removed_pass, tried, kept, inputs = 0, 0, [], None
+            walk = list(zip(layers, ev.modules))
+            for pos in range(len(walk) - 1, -1, -1):
+                layer, mod = walk[pos]
                 mask, seen = masks[layer.name], []
                 if near is None:
                     cand = torch.nonzero(mask.flatten()).flatten()
                     cand = cand[torch.argsort(scores[layer.name].detach().flatten()[cand].to(torch.float64), stable=True)]
                 else:
-                    cand = torch.tensor(near.get(layer.name, []), dtype=torch.long)
+                    cand = torch.tensor(near.get(layer.name, []), dtype=torch.long, device=mask.device)
                     cand = cand[mask.view(-1)[cand]]  # still kept
                 if walks_channels(ev, layer):
                     removed, n, finished = channel_pass(ev, masks, layer, mod, cand, ok_all, max_evals=budget - used,
                                                         kept=seen)
                 else:
+                    if inputs is None and cand.numel() and isinstance(mod, nn.Linear):
+                        inputs = _linear_inputs(ev, walk[:pos + 1], metrics)
                     removed, n, finished = sequential_pass(ev.model, layer, mod, mask, cand, metrics, ok_all,
                                                            batch_size=ev.batch_size, max_evals=budget - used, kept=seen,
-                                                           layer_input=inputs.get(id(mod)))
+                                                           layer_input=(inputs or {}).pop(id(mod), None))
                 used, removed_pass, tried = used + n, removed_pass + removed, tried + n
                 kept += [(layer.name, i, loss) for i, loss in seen]
                 if not finished:
@@ -230,6 +230,14 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
             if used >= budget:
                 return False, used
             near = _nearest(kept, focus, history[-1][0]) if removed_pass and focus > 0 else None
+
+
+def _linear_inputs(ev: TaskEvaluator, walk: list, metrics: TaskMetrics) -> Dict[int, torch.Tensor]:
+    """The inputs of the Linear layers among ``walk`` (the layers not yet walked in this pass, in model
+    order), from one forward pass: walking a layer changes only what comes after it, and a pass walks
+    the layers from the last, so each input stays valid until its layer's turn."""
+    linear = [m for l, m in walk if isinstance(m, nn.Linear) and not l.is_conv]
+    return dict(zip(map(id, linear), capture_inputs(ev.model, linear, metrics.x, ev.batch_size)))
 
 
 def _nearest(kept: list, focus: float, n_kept: int) -> Dict[str, list]:

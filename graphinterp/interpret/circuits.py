@@ -276,8 +276,9 @@ def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: 
                      *, names: Sequence[str] = ("a", "b"), **kwargs: Any) -> CircuitComparison:
     """Extract circuits of both models with the same settings (``kwargs`` of :func:`extract_circuits`).
 
-    With ``n_jobs`` or ``scheduler``, the searches of both models run in one pool (no worker idles
-    while the other finishes the first model's last label); the circuits are the same as a serial run's.
+    Both models' tasks are built (and checked: the same labels for both) before any search. With
+    ``n_jobs`` or ``scheduler`` the searches of both models run in one pool (no worker idles while the
+    other finishes the first model's last label); the circuits are the same as a serial run's.
 
     Model a is typically the unclustered baseline and b the modular model (the paper's Figure 3).
 
@@ -292,17 +293,22 @@ def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: 
     >>> comp.labels, comp.mean_relative_change
     ([0, 1], 0.0)
     """
-    n_jobs, scheduler = kwargs.pop("n_jobs", 1), kwargs.pop("scheduler", None)
-    if n_jobs == 1 and scheduler is None:
-        a = extract_circuits(model_a, data, labels, **kwargs)
-        b = extract_circuits(model_b, data, labels, **kwargs)
-        return CircuitComparison.from_circuits(a, b, names=names)
-    from graphinterp.common.parallel import run_tasks
+    from tqdm.auto import tqdm
 
+    n_jobs, scheduler = kwargs.pop("n_jobs", 1), kwargs.pop("scheduler", None)
+    progress = kwargs.pop("progress", True)
     task_kw = {k: kwargs.pop(k) for k in ("graph", "max_examples", "negative_ratio", "random_state") if k in kwargs}
-    kwargs.pop("progress", None)
+    labels = labels if isinstance(labels, str) else list(labels)  # used twice: a generator would be spent
     wanted, tasks_a = _label_tasks(model_a, data, labels, kwargs, **task_kw)
-    _, tasks_b = _label_tasks(model_b, data, labels, kwargs, **task_kw)
-    found = run_tasks(_extract_one, tasks_a + tasks_b, n_jobs=n_jobs, scheduler=scheduler)  # one pool: no idle tail
+    wanted_b, tasks_b = _label_tasks(model_b, data, labels, kwargs, **task_kw)
+    if wanted_b != wanted:  # checked before any search
+        raise DataError(f"the two models do not have the same outputs ({len(wanted)} and {len(wanted_b)} labels "
+                        "compared); compare models of the same task, or pass the labels to compare")
+    if n_jobs != 1 or scheduler is not None:
+        from graphinterp.common.parallel import run_tasks
+
+        found = run_tasks(_extract_one, tasks_a + tasks_b, n_jobs=n_jobs, scheduler=scheduler)  # one pool
+    else:
+        found = [_extract_one(*t) for t in tqdm(tasks_a + tasks_b, desc="circuits", unit="label", disable=not progress)]
     a, b = dict(zip(wanted, found[:len(wanted)])), dict(zip(wanted, found[len(wanted):]))
     return CircuitComparison.from_circuits(a, b, names=names)

@@ -34,11 +34,14 @@ def channel_pass(ev: TaskEvaluator, masks: Dict[str, torch.Tensor], layer: EdgeL
     """:func:`~graphinterp.interpret.circuit_batch.sequential_pass` for the convolution ``layer``
     (:func:`walks_channels`), one kernel at a time through ``ev``.
 
-    The model's weights must hold ``masks`` in place; ``masks[layer.name]`` and ``module.weight``
-    are updated in place as the walk removes kernels. Returns ``(removed, evaluations, finished)``
-    and fills ``kept`` as ``sequential_pass`` does; the evaluator's own count is left unchanged
-    (the caller counts the walk's evaluations).
+    The model's weights must hold ``masks`` in place (``ev.rebase`` then makes them the evaluator's
+    state); ``masks[layer.name]`` and ``module.weight`` are updated in place as the walk removes
+    kernels, and a kept kernel's weight is written back whether or not an evaluator session is open.
+    Returns ``(removed, evaluations, finished)`` and fills ``kept`` as ``sequential_pass`` does; the
+    evaluator's own count is left unchanged (the caller counts the walk's evaluations).
     """
+    if order.numel() == 0:
+        return 0, 0, True
     mask, n_cols = masks[layer.name], masks[layer.name].shape[1]
     removed = evals = 0
     calls = ev.n_evals
@@ -51,9 +54,10 @@ def channel_pass(ev: TaskEvaluator, masks: Dict[str, torch.Tensor], layer: EdgeL
             mask[o, i] = False
             acc, loss = ev(masks, changed=torch.tensor([idx], device=mask.device))  # flat index: the first layer
             evals += 1
-            if bool(accept(torch.tensor([acc], dtype=torch.float64), torch.tensor([loss], dtype=torch.float64))[0]):
-                with torch.no_grad():
-                    module.weight[o, i] = 0.0
+            removed_now = bool(accept(torch.tensor([acc], dtype=torch.float64), torch.tensor([loss], dtype=torch.float64))[0])
+            with torch.no_grad():  # an open session leaves the candidate's weights in place: set them either way
+                module.weight[o, i] = 0.0 if removed_now else layer.weight[o, i].to(module.weight.dtype)
+            if removed_now:
                 ev.accept(masks)  # after the weight: a re-capture runs the model as it now is
                 removed += 1
             else:
