@@ -25,7 +25,7 @@ Accept = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def walks_channels(ev: TaskEvaluator, layer: EdgeLayer) -> bool:
     """Whether ``ev`` evaluates a kernel of ``layer`` without a full forward pass (its channel prefix)."""
-    return ev.conv_prefix is not None and ev.first is not None and ev.j == 1 and layer is ev.layers[0]
+    return ev.conv_prefix is not None and ev.first is not None and layer is ev.layers[0]  # the prefix implies j == 1
 
 
 def channel_pass(ev: TaskEvaluator, masks: Dict[str, torch.Tensor], layer: EdgeLayer, module: nn.Module,
