@@ -13,7 +13,8 @@ Matrix kinds: ``gaussian`` |N(0, 1)|, ``heavy`` |Student-t, 3 degrees of freedom
 weights, like trained layers), ``planted`` k modules of unequal sizes in Gaussian noise.
 scikit-learn's KMeans runs with one OpenMP thread (with torch loaded, two OpenMP runtimes spin
 against each other on 2 cores and KMeans becomes ~100x slower, which would flatter graphinterp);
-graphinterp uses torch's default threads. With ``--device cuda`` graphinterp and the floor run on
+graphinterp uses torch's default threads. The three get the same matrix, allocated by torch
+(64-byte aligned, as a model's weights are). With ``--device cuda`` graphinterp and the floor run on
 the GPU (the matrix is copied there once, outside the timings; each timing ends with a
 synchronisation); scikit-learn stays on the CPU.
 """
@@ -113,7 +114,9 @@ def main() -> None:
         repeats = args.repeats if size <= 1 << 20 else max(1, min(args.repeats, 5 if size <= 1 << 24 else 3))
         for kind in args.kinds:
             W = make_layer(kind, m, n, args.k, rng)
-            A = np.abs(W)
+            # One 64-byte-aligned matrix for all three, as torch allocates a model's weights (numpy's own
+            # arrays are 16-byte aligned, and at 1024 x 1024 BLAS reads them up to 1.6x slower).
+            A = torch.from_numpy(W).abs().numpy()
             At = torch.from_numpy(A).to(device)  # on the CPU: the same memory as A, no copy
             fns = {
                 "ours": lambda: fit_ours(At, args.k, args.seed),

@@ -224,6 +224,21 @@ def test_input_layouts_give_the_same_clustering():
                                    np.r_[est.row_labels_, est.column_labels_]) == 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("q", [5, 13, 16, 17])
+def test_thin_products_are_the_plain_matmul(C, q, dtype):
+    from graphinterp.clustering.spectral import _times, _times_t
+
+    g = torch.Generator().manual_seed(q)
+    A = torch.rand(C, 300, 200, generator=g, dtype=dtype)
+    X, Y = torch.randn(C, 200, q, generator=g, dtype=dtype), torch.randn(C, 300, q, generator=g, dtype=dtype)
+    out = _times(A, X)  # zero columns added for the BLAS kernel, sliced off again
+    assert out.shape == (C, 300, q)
+    torch.testing.assert_close(out, torch.matmul(A, X), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_times_t(Y, A), torch.matmul(A.transpose(1, 2), Y), rtol=1e-5, atol=1e-5)
+
+
 def test_fit_k_range_reuses_one_svd_and_clusters_each_k():
     W, rows, cols = planted([40, 10, 25, 5], [12, 30, 6, 20], seed=0)
     A = np.abs(W)
@@ -460,7 +475,19 @@ def test_best_restart_is_the_lowest_inertia():
     from graphinterp.clustering.pairing import _best_inertia
 
     labels = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 0, 0]])
-    assert _best_inertia(labels, torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)).tolist() == [0, 1, 1]
+    assert _best_inertia(labels, torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64), 2).tolist() == [0, 1, 1]
+
+
+def test_best_restart_keeps_the_numbering_of_the_first_restart_with_that_partition():
+    from graphinterp.clustering.pairing import _best_inertia
+
+    # restarts 0 and 2 found the same partition, numbered differently; restart 2's inertia is lower by
+    # rounding alone: the partition is restart 2's, the numbering restart 0's
+    labels = torch.tensor([[1, 1, 0, 2], [0, 1, 1, 2], [2, 2, 1, 0]])
+    inertia = torch.tensor([1.0 + 1e-12, 0.5 + 1.0, 1.0], dtype=torch.float64)
+    assert _best_inertia(labels, inertia, 3).tolist() == [1, 1, 0, 2]
+    inertia = torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64)  # a different partition wins outright
+    assert _best_inertia(labels, inertia, 3).tolist() == [0, 1, 1, 2]
 
 
 def test_repair_never_empties_the_cluster_it_takes_from():

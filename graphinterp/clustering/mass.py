@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["cluster_mass", "match_clusters", "matching", "canonical", "unique_rows", "column_products",
-           "squared_products", "scatter_batch"]
+__all__ = ["cluster_mass", "match_clusters", "matching", "canonical", "unique_rows", "squared_products", "scatter_batch"]
 
 _CHUNK_ELEMENTS = 1 << 21  # block size (elements) for squaring A when scoring candidates
 
@@ -67,22 +66,20 @@ def match_clusters(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k:
 
 def canonical(labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Labellings (T, N) renumbered in order of first appearance, and the maps ``f`` (T, k) with
-    ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last)."""
+    ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last).
+
+    Examples
+    --------
+    >>> canon, f = canonical(np.array([[2, 2, 0], [0, 0, 1]]), 3)
+    >>> canon.tolist(), f.tolist()
+    ([[0, 0, 1], [0, 0, 1]], [[1, 2, 0], [0, 1, 2]])
+    """
     T, N = labels.shape
-    present = labels[:, None, :] == np.arange(k)[None, :, None]  # (T, k, N)
-    first = np.where(present.any(-1), present.argmax(-1), N)
-    order = np.argsort(first, axis=1, kind="stable")
-    f = np.empty((T, k), dtype=np.int64)
-    np.put_along_axis(f, order, np.arange(k)[None, :].repeat(T, 0), axis=1)
-    return np.take_along_axis(f, labels, axis=1), f
-
-
-def column_products(A: torch.Tensor, labels: np.ndarray, k: int) -> np.ndarray:
-    """``(A o A) @ onehot(labels_t)`` (T, m, k) for ``T`` column labellings, each distinct partition computed once."""
-    canon, maps = canonical(labels, k)
-    first, inverse = unique_rows(canon)
-    P = squared_products(A, canon[first], k, "cols").numpy()  # (U, m, k)
-    return np.stack([P[u][:, f] for u, f in zip(inverse, maps)])
+    L = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    first = torch.full((T, k), N, dtype=torch.int64).scatter_reduce_(1, L, torch.arange(N).expand(T, N), "amin")
+    order = first.argsort(dim=1, stable=True)
+    f = torch.empty_like(order).scatter_(1, order, torch.arange(k).expand(T, k))
+    return f.gather(1, L).numpy(), f.numpy()
 
 
 def unique_rows(a: np.ndarray) -> Tuple[List[int], List[int]]:

@@ -40,8 +40,7 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.kmeans_batch import batched_kmeans
-from graphinterp.clustering.mass import (canonical, column_products, matching, scatter_batch, squared_products,
-                                         unique_rows)
+from graphinterp.clustering.mass import canonical, matching, scatter_batch, squared_products, unique_rows
 from graphinterp.clustering.spectral import _Spectrum
 
 __all__ = ["PAIRINGS", "fit_spectrum"]
@@ -54,8 +53,17 @@ _TOL_PAIRED = 1e-2  # looser for the paired modes: their restarts are candidates
 _MAX_ITER_PAIRED = 300
 
 
-def _best_inertia(labels: torch.Tensor, inertia: torch.Tensor) -> np.ndarray:
-    return labels[int(inertia.argmin())].numpy().astype(np.int64)
+def _best_inertia(labels: torch.Tensor, inertia: torch.Tensor, k: int) -> np.ndarray:
+    """The restarts' (R, N) labels with the lowest inertia, numbered as the first restart that found that partition.
+
+    Restarts that converge to one partition number its clusters differently, and their inertias
+    may differ by rounding alone; Algorithm 1's unpaired E depends on the numbering, so the
+    numbering kept is that of the first such restart (ties in the partition go to the earlier restart).
+    """
+    labels = labels.numpy()
+    canon = canonical(labels, k)[0]
+    same = (canon == canon[int(inertia.argmin())]).all(1)
+    return labels[int(np.flatnonzero(same)[0])].astype(np.int64)
 
 
 def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -67,43 +75,57 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
     of every candidate has both rows and columns when ``k <= min(m_live, n_live)``. The kept
     candidate is the first one that is full (all k clusters with rows and columns), then has the
     highest E. Candidates that are the same partition as an earlier one (up to renumbering) are
-    dropped first: they would score the same and lose the tie.
+    dropped first: they would score the same and lose the tie. Only the kept candidate's labels are
+    built.
     """
-    key = np.concatenate([canonical(rows, k)[0], canonical(cols, k)[0]], 1)
-    first = unique_rows(key)[0]
-    rows, cols = rows[first], cols[first]
+    canon_r = canonical(rows, k)[0]
+    canon_c, maps_c = canonical(cols, k)
+    first = unique_rows(np.concatenate([canon_r, canon_c], 1))[0]
+    rows, cols, canon_c, maps_c = rows[first], cols[first], canon_c[first], maps_c[first]
     T = len(rows)
-    full_r, full_c = scatter_batch(rows, sp.live_r, 0), scatter_batch(cols, sp.live_c, 0)
-    P = column_products(sp.A[copy], full_c, k)  # (T, m, k): mass of each row in each column cluster
-    index = torch.from_numpy(full_r)[:, :, None].expand(P.shape)
-    masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, index, torch.from_numpy(P)).numpy()
-    total = float(P[0].sum())
+    P_canon = _column_masses(sp.A[copy], scatter_batch(canon_c, sp.live_c, 0), k)  # (T, m, k), canonical columns
+    full_r = torch.from_numpy(scatter_batch(rows, sp.live_r, 0))
+    masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, full_r[:, :, None].expand(P_canon.shape), P_canon)
+    masses = np.take_along_axis(masses.numpy(), maps_c[:, None, :], 2)  # columns in each candidate's own labels
+    P0 = P_canon[0].numpy()[:, maps_c[0]]
+    total = float(P0.sum())
     scale = 1.0 / total if total > 0 else 0.0
-    cands, need_cols = [], []
+    empty_r, empty_c = _has_empty(rows, k), _has_empty(cols, k)
+    best_key, best = None, None
     for t in range(T):
         new_label = matching(masses[t])
         E = masses[t][new_label, np.arange(k)].sum() * scale
-        r, c = rows[t], new_label[cols[t]]
-        if np.bincount(r, minlength=k).min() == 0:  # repair the rows, given the matched columns
+        r = c = None
+        if empty_r[t]:  # repair the rows, given the matched columns
             Pt = np.empty((sp.m_live, k))
-            Pt[:, new_label] = P[t][sp.live_r]
-            r = r.copy()
+            Pt[:, new_label] = P_canon[t].numpy()[:, maps_c[t]][sp.live_r]
+            r = rows[t].copy()
             E += _repair(r, Pt, k) * scale
-        cands.append([r, c, E])
-        if np.bincount(c, minlength=k).min() == 0:
-            need_cols.append(t)
-    if need_cols:  # columns' mass in each (repaired) row cluster, for the candidates that need it
-        Q = squared_products(sp.A[copy], scatter_batch(np.stack([cands[t][0] for t in need_cols]), sp.live_r, 0), k, "rows")
-        Q = Q.numpy()[:, sp.live_c]
-        for q, t in enumerate(need_cols):
-            cands[t][1] = cands[t][1].copy()
-            cands[t][2] += _repair(cands[t][1], Q[q], k) * scale
-    best_key, best = None, None
-    for r, c, E in cands:
-        key = _rank_key(r, c, E, k)
+        if empty_c[t]:  # and the columns, given the (repaired) rows
+            c = new_label[cols[t]]
+            r_t = rows[t] if r is None else r
+            Q = squared_products(sp.A[copy], scatter_batch(r_t[None], sp.live_r, 0), k, "rows").numpy()[0, sp.live_c]
+            E += _repair(c, Q, k) * scale
+        key = (not (empty_r[t] or empty_c[t]), E) if r is None and c is None else \
+            _rank_key(rows[t] if r is None else r, new_label[cols[t]] if c is None else c, E, k)
         if best_key is None or key > best_key:
-            best_key, best = key, (r, c)
-    return best
+            best_key, best = key, (t, r, c, new_label)
+    t, r, c, new_label = best
+    return (rows[t] if r is None else r), (new_label[cols[t]] if c is None else c)
+
+
+def _has_empty(labels: np.ndarray, k: int) -> np.ndarray:
+    """Per labelling (T, N): True when one of the k labels does not occur."""
+    T = len(labels)
+    counts = np.bincount((labels + k * np.arange(T)[:, None]).ravel(), minlength=T * k).reshape(T, k)
+    return counts.min(1) == 0
+
+
+def _column_masses(A: torch.Tensor, labels: np.ndarray, k: int) -> torch.Tensor:
+    """``(A o A) @ onehot(labels_t)`` (T, m, k), float64, for canonical column labellings; repeated ones computed once."""
+    first, inverse = unique_rows(labels)
+    P = squared_products(A, labels[first], k, "cols")
+    return P if len(first) == len(labels) else P[torch.as_tensor(inverse)]
 
 
 def _rank_key(rows: np.ndarray, cols: np.ndarray, E: float, k: int) -> Tuple[bool, float]:
@@ -163,7 +185,7 @@ def fit_spectrum(sp: _Spectrum, k: int, ncomp: int, n_init: int, gens: List[torc
         ones = torch.ones(n_init, ncomp)
         r_lab, r_in = batched_kmeans(U, k, ones, gens, max_iter=_MAX_ITER, tol=_TOL)
         c_lab, c_in = batched_kmeans(V, k, ones, gens, max_iter=_MAX_ITER, tol=_TOL)
-        return [(_scatter(_best_inertia(r_lab[c], r_in[c]), sp.live_r), _scatter(_best_inertia(c_lab[c], c_in[c]), sp.live_c))
+        return [(_scatter(_best_inertia(r_lab[c], r_in[c], k), sp.live_r), _scatter(_best_inertia(c_lab[c], c_in[c], k), sp.live_c))
                 for c in range(sp.n_copies)]
     rows, cols = _paired_candidates(sp, k, ncomp, n_init, gens, pairing, n_components)
     out = []
