@@ -63,7 +63,9 @@ class BSGC(BiclusterMixin, BaseEstimator):
         KMeans restarts per KMeans problem, always k-means++ seeded. What a restart is, per pairing:
 
         * ``"independent"``: ``n_init`` restarts on the rows and ``n_init`` on the columns; on each
-          side the lowest inertia is kept, as in scikit-learn's KMeans.
+          side the lowest inertia is kept, as in scikit-learn's KMeans, numbered as the first restart
+          that found that partition (the unpaired E depends on the numbering, and restarts with the
+          same partition can differ in inertia by rounding alone).
         * ``"joint"``: ``n_init`` restarts of the joint KMeans per embedding, so ``2 * n_init``
           candidates when Dhillon's embedding is used as well (``n_components=None`` and
           ``1 + ceil(log2 k) < k``, i.e. k >= 4), else ``n_init``.

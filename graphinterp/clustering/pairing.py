@@ -19,7 +19,8 @@ weight is no better than a random partition's. graphinterp therefore pairs the t
     embeddings as ``"joint"``; restart ``t`` of the rows is paired with restart ``t`` of the columns by
     the optimal matching; the kept restart follows the rule below.
 ``"independent"``
-    Algorithm 1 verbatim: KMeans (k-means++, ``n_init`` restarts, lowest inertia kept) on the rows of
+    Algorithm 1 verbatim: KMeans (k-means++, ``n_init`` restarts, lowest inertia kept, numbered as the
+    first restart that found that partition) on the rows of
     :math:`U_k` and, separately, on the rows of :math:`V_k` (the first k singular vectors of
     :math:`\\tilde A`, unscaled); no pairing and no E-based choice.
 
