@@ -490,6 +490,34 @@ def test_best_restart_keeps_the_numbering_of_the_first_restart_with_that_partiti
     assert _best_inertia(labels, inertia, 3).tolist() == [0, 1, 1, 2]
 
 
+def _spectrum_of(A: torch.Tensor):
+    from graphinterp.clustering.spectral import _Spectrum, _inv_sqrt
+
+    du, dv = A.sum(1), A.sum(0)
+    return _Spectrum(A[None], _inv_sqrt(du)[None], _inv_sqrt(dv)[None], (du > 0).numpy(), (dv > 0).numpy(), [None])
+
+
+@pytest.mark.parametrize("side", ["rows", "columns"])
+def test_a_repaired_candidate_is_ranked_by_its_repaired_E(side):
+    """Candidate a leaves a cluster without rows (or columns): before its repair it has E 0.67, after it
+    0.83; candidate b is full with E 0.75. The kept one must be a, repaired."""
+    from graphinterp.clustering.mass import canonical
+    from graphinterp.clustering.pairing import _choose
+
+    A = torch.tensor(np.kron(np.eye(3), np.ones((2, 2))) + 0.01)
+    a = (np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 2, 2]))  # row cluster 2 is empty
+    b = (np.array([2, 2, 1, 1, 1, 0]), np.array([0, 0, 2, 2, 1, 0]))
+    if side == "columns":  # the same on the transposed layer: column cluster 2 is empty
+        A, a, b = A.T.contiguous(), a[::-1], b[::-1]
+    sq = A ** 2
+    assert float(clusterability(sq, *_choose(_spectrum_of(A), 0, b[0][None], b[1][None], 3))) == pytest.approx(0.75, abs=1e-3)
+    rows, cols = _choose(_spectrum_of(A), 0, np.stack([a[0], b[0]]), np.stack([a[1], b[1]]), 3)
+    assert np.bincount(rows, minlength=3).min() > 0 and np.bincount(cols, minlength=3).min() > 0
+    assert float(clusterability(sq, rows, cols)) == pytest.approx(0.833, abs=1e-3)
+    repaired = canonical((rows if side == "rows" else cols)[None], 3)[0][0]
+    assert repaired.tolist() == [0, 0, 1, 0, 2, 2]  # node 2 moved into the empty cluster
+
+
 def test_repair_never_empties_the_cluster_it_takes_from():
     from graphinterp.clustering.pairing import _repair
 

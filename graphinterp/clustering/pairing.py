@@ -196,12 +196,17 @@ def fit_spectrum(sp: _Spectrum, k: int, ncomp: int, n_init: int, gens: List[torc
     return out
 
 
+def _live(X: torch.Tensor, live: np.ndarray) -> torch.Tensor:
+    """The rows (dim 1) of ``X`` (C, N, d) of the non-isolated nodes; ``X`` itself when none is isolated."""
+    return X if live.all() else X[:, live]
+
+
 def _paired_candidates(sp: _Spectrum, k: int, ncomp: int, n_init: int, gens, pairing: str, n_components: Optional[int]):
     """All KMeans restarts of all copies at once: candidate labels (C, T, m_live) and (C, T, n_live)."""
     # Scaled embedding without the trivial first vector (constant after scaling); keep it only if alone.
     first = 1 if ncomp > 1 else 0
-    Zu = (sp.du_is[:, sp.live_r, None] * sp.U[:, sp.live_r, first:ncomp]).float().cpu()
-    Zv = (sp.dv_is[:, sp.live_c, None] * sp.V[:, sp.live_c, first:ncomp]).float().cpu()
+    Zu = _live(sp.du_is[:, :, None] * sp.U[:, :, first:ncomp], sp.live_r).float().cpu()
+    Zv = _live(sp.dv_is[:, :, None] * sp.V[:, :, first:ncomp], sp.live_c).float().cpu()
     dims = [ncomp - first]
     n_log = 1 + int(np.ceil(np.log2(k)))
     if n_components is None and n_log < ncomp:  # Dhillon's embedding: vectors 2..1+ceil(log2 k)
