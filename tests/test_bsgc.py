@@ -412,11 +412,15 @@ def test_matching_maximises_within_mass():
         [[9.0, 0, 0], [0, 0, 4], [0, 0, 0]]
 
 
-@pytest.mark.parametrize("shape", [(30, 20), (300, 200)])  # exact SVD path and randomized SVD path
-def test_fit_batch_equals_each_fit(shape):
-    """Batched clustering of copies of one shape: the same labels and E as one BSGC.fit per copy and seed."""
+@pytest.mark.parametrize("shape, dtype", [((30, 20), np.float64), ((300, 200), np.float64),  # exact and randomized SVD
+                                          ((200, 150), np.float32), ((257, 131), np.float32)])
+def test_fit_batch_equals_each_fit(shape, dtype):
+    """Batched clustering of copies of one shape: the same labels and E as one BSGC.fit per copy and seed.
+
+    The singular values are compared bit for bit: a batched product rounds differently for one
+    matrix and for several, and that once changed a KMeans restart and so a copy's labels."""
     rng = np.random.default_rng(1)
-    As = np.abs(rng.standard_normal((4, *shape)))
+    As = np.abs(rng.standard_normal((4, *shape))).astype(dtype)
     As[2, 3] = 0.0  # a copy with a dead input is clustered in its own group
     seeds = [5, 6, 7, 8]
     for pairing in ("joint", "matched", "independent"):
@@ -428,6 +432,22 @@ def test_fit_batch_equals_each_fit(shape):
     assert fits[2].row_labels_[3] == -1
     with pytest.raises(ClusteringError, match="one random_state per matrix"):
         fit_batch(As, 3, [1])
+
+
+@pytest.mark.parametrize("shape, dtype", [((300, 200), np.float64), ((200, 150), np.float32), ((257, 131), np.float32)])
+def test_a_copys_spectrum_is_the_same_alone_and_in_a_batch(shape, dtype):
+    """Every product of the randomized SVD is computed copy by copy, so a copy's singular vectors are
+    bit-identical whether it is alone or one of several (a batched product rounds differently)."""
+    from graphinterp.clustering.spectral import _degrees, _Spectrum
+    from graphinterp.common.seeds import check_random_state
+
+    As = torch.from_numpy(np.abs(np.random.default_rng(2).standard_normal((3, *shape))).astype(dtype))
+    du, dv = _degrees(As)
+    batch = _Spectrum.compute(As, du, dv, 5, None, [check_random_state(s) for s in (1, 2, 3)], ks=[5])
+    for c, s in enumerate((1, 2, 3)):
+        alone = _Spectrum.compute(As[c:c + 1], du[c:c + 1], dv[c:c + 1], 5, None, [check_random_state(s)], ks=[5])
+        for x, y in ((alone.U, batch.U), (alone.S, batch.S), (alone.V, batch.V)):
+            assert torch.equal(x[0], y[c])
 
 
 # --- tests added by the mutation pass (benchmarks/mutation.py) ------------------------------------------
@@ -469,6 +489,8 @@ def test_kmeans_ties_go_to_the_lower_label():
     assert labels[0, 0].tolist() == [0, 0, 1]
     centres = torch.tensor([[[[2.0], [0.0]]]])
     assert _assign(Zt, centres)[1][0, 0].tolist() == [1, 0, 0]
+    # a point at NaN distance from every centre still gets a label in 0..k-1
+    assert _assign(torch.tensor([[[0.0, 1.0, float("nan")]]]), torch.tensor([[[[0.0], [1.0]]]]))[1][0, 0].tolist() == [0, 1, 0]
 
 
 def test_best_restart_is_the_lowest_inertia():

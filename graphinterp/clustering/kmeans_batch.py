@@ -142,7 +142,7 @@ def _assign(Zt: torch.Tensor, centres: torch.Tensor) -> Tuple[torch.Tensor, torc
     k = dist.shape[2]
     values = dist.amin(2, keepdim=True)
     weights = torch.arange(k, 0, -1, dtype=dist.dtype)[:, None]  # k - c
-    labels = k - dist.eq_(values).mul_(weights).amax(2).long()  # in place: dist is not used again
+    labels = (k - dist.eq_(values).mul_(weights).amax(2).long()) % k  # in place; % k: a NaN point gets 0, not k
     return values.squeeze(2), labels
 
 

@@ -65,8 +65,8 @@ def match_clusters(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k:
 
 
 def canonical(labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Labellings (T, N) renumbered in order of first appearance, and the maps ``f`` (T, k) with
-    ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last).
+    """Labellings (T, N) of labels in ``0..k-1`` renumbered in order of first appearance, and the maps
+    ``f`` (T, k) with ``canonical[t] = f[t][labels[t]]`` (labels that do not occur come last).
 
     Examples
     --------

@@ -81,28 +81,54 @@ def randomized_svd(
     return U[0, :, :rank].to(A.dtype), S[0, :rank].to(A.dtype), V[0, :, :rank].to(A.dtype)
 
 
-def _times(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``A @ X`` for matrices ``A`` (C, m, n) and thin ``X`` (C, n, q), the same values as ``torch.matmul``.
+def _each(P: torch.Tensor, Q: torch.Tensor, *, batched: bool = True) -> torch.Tensor:
+    """``P[c] @ Q[c]`` for every copy ``c``, with the same values as for that copy alone.
 
-    For a float32 ``A`` on the CPU, ``X`` gets zero columns up to a multiple of ``_PANEL``: each output
-    column depends only on its own column of ``X``, so the values do not change (checked bit for bit
-    on BSGC's fits), and the BLAS kernels for a tall matrix times 13 or 14 columns are about half as
-    fast as for 16 (measured at 1024 and 4096). Float64 is left as it is: there, 16 columns are no
-    faster than 13 and other widths change the rounding. One matrix (``C == 1``) goes through ``mm``,
-    which is up to 1.4x faster than a batched product of one.
+    A batched product rounds differently for a batch of one and a batch of several, so every copy
+    gets its own product: a batched product of one (``batched=True``, the small factors of the SVD)
+    or ``mm`` (``batched=False``, the products with the layer, where ``mm`` is up to 1.4x faster).
+    MKL's kernels for a transposed thin factor also round differently when its first element is not
+    64-byte aligned, as a copy's slice of a batch often is; such a factor (the smaller operand) is
+    copied to fresh, aligned memory first. The QRs and eigendecompositions of the SVD likewise run
+    one 2-D matrix at a time. A copy's values are then bit-identical whether it is clustered alone
+    (:meth:`BSGC.fit`) or with others (:func:`~graphinterp.clustering.bsgc_batch.fit_batch`); checked
+    by tests/test_bsgc.py on float32 and float64 layers.
+    """
+    if len(P) == 1:
+        return torch.matmul(P, Q) if batched else torch.mm(P[0], Q[0])[None]
+    if batched:
+        return torch.cat([torch.matmul(_aligned(p, q)[None], _aligned(q, p)[None]) for p, q in zip(P, Q)])
+    return torch.stack([torch.mm(_aligned(p, q), _aligned(q, p)) for p, q in zip(P, Q)])
+
+
+def _aligned(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``x``, or a copy of it in fresh (64-byte aligned) memory when it is misaligned and no bigger than ``other``."""
+    if x.is_cuda or x.data_ptr() % 64 == 0 or x.numel() > other.numel():
+        return x
+    return x.clone()
+
+
+def _times(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``A[c] @ X[c]`` for matrices ``A`` (C, m, n) and thin ``X`` (C, n, q), copy by copy (:func:`_each`).
+
+    For a float32 ``A`` not on CUDA and ``q >= 12``, ``X`` gets zero columns up to a multiple of
+    ``_PANEL``: MKL's kernels for a tall matrix times 13 or 14 columns are about half as fast as for
+    16 (measured at 1024 and 4096), and from 12 columns on the padded product has exactly the same
+    values (checked for q = 12..32 on six shapes, one and two threads; below 12 it rounds
+    differently, so narrower ``X`` is not padded). Float64 is never padded: there 16 columns are no
+    faster than 13, and other widths change the rounding.
     """
     q = X.shape[2]
-    pad = -q % _PANEL if A.dtype == torch.float32 and not A.is_cuda else 0
+    pad = -q % _PANEL if A.dtype == torch.float32 and not A.is_cuda and q >= 12 else 0
     if pad:
         X = torch.cat([X, X.new_zeros(X.shape[0], X.shape[1], pad)], 2)
-    out = torch.mm(A[0], X[0])[None] if len(A) == 1 else torch.matmul(A, X)
+    out = _each(A, X, batched=False)
     return out[:, :, :q] if pad else out
 
 
 def _times_t(Y: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """``A^T @ Y`` (C, n, q) for ``A`` (C, m, n) and thin ``Y`` (C, m, q), computed as ``(Y^T A)^T`` (``A`` read row-major)."""
-    out = torch.mm(Y[0].T, A[0])[None] if len(A) == 1 else torch.matmul(Y.transpose(1, 2), A)
-    return out.transpose(1, 2)
+    """``A[c]^T @ Y[c]`` (C, n, q) for ``A`` (C, m, n) and thin ``Y`` (C, m, q), as ``(Y^T A)^T`` (``A`` read row-major)."""
+    return _each(Y.transpose(1, 2), A, batched=False).transpose(1, 2)
 
 
 def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generators: Sequence[torch.Generator]):
@@ -116,7 +142,7 @@ def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generators
         if X.is_cuda:
             return torch.linalg.qr(X)[0]
         with one_thread():
-            return torch.linalg.qr(X)[0]
+            return torch.stack([torch.linalg.qr(x)[0] for x in X])  # copy by copy: see _each
 
     Q = orth(matmul(omega))
     for _ in range(n_iter):
@@ -128,7 +154,7 @@ def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generators
     else:
         with one_thread():
             Ub, S, V = _gram_svd(B)
-    return torch.matmul(Q.double(), Ub).to(A.dtype), S.to(A.dtype), V.to(A.dtype)
+    return _each(Q.double(), Ub).to(A.dtype), S.to(A.dtype), V.to(A.dtype)
 
 
 def _gram_svd(B: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,11 +168,15 @@ def _gram_svd(B: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor
     flip = B.shape[1] > B.shape[2]
     if flip:
         B = B.transpose(1, 2)
-    evals, W = torch.linalg.eigh(torch.matmul(B, B.transpose(1, 2)))
+    G = _each(B, B.transpose(1, 2))
+    if G.is_cuda:
+        evals, W = torch.linalg.eigh(G)
+    else:  # copy by copy (one 2-D call each, alone or in a batch): see _each
+        evals, W = (torch.stack(t) for t in zip(*(torch.linalg.eigh(g) for g in G)))
     evals, W = evals.flip(-1), W.flip(-1)
     S = evals.clamp_min(0).sqrt()
     keep = S > 1e-12 * S[:, :1].clamp_min(torch.finfo(torch.float64).tiny)
-    Vt = torch.matmul(W.transpose(1, 2), B) / torch.where(keep, S, torch.ones_like(S))[:, :, None]
+    Vt = _each(W.transpose(1, 2), B) / torch.where(keep, S, torch.ones_like(S))[:, :, None]
     Vt = Vt * keep[:, :, None]
     U, V = W, Vt.transpose(1, 2)
     return (V, S, U) if flip else (U, S, V)
@@ -253,11 +283,11 @@ def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gens):
         U, S, V = U.to(A.dtype), S.to(A.dtype), V.to(A.dtype)
     else:
         def matmul(X):
-            return du_is[:, :, None] * _times(A, dv_is[:, :, None] * X) - u1[:, :, None] * torch.matmul(v1[:, None, :], X)
+            return du_is[:, :, None] * _times(A, dv_is[:, :, None] * X) - u1[:, :, None] * _each(v1[:, None, :], X)
 
         def rmatmul(Y):
             AtY = _times_t(du_is[:, :, None] * Y, A)
-            return dv_is[:, :, None] * AtY - v1[:, :, None] * torch.matmul(u1[:, None, :], Y)
+            return dv_is[:, :, None] * AtY - v1[:, :, None] * _each(u1[:, None, :], Y)
 
         U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gens)
     one = torch.ones(C, 1, dtype=A.dtype, device=A.device)
