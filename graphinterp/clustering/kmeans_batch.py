@@ -110,8 +110,8 @@ def _kmeans_pp(Z: torch.Tensor, Zt: torch.Tensor, k: int, mask: torch.Tensor, ge
     closest = _sqdist(centres[:, :, :1], Zt, znorm)[:, :, 0].clamp_min_(0)  # (C, R, N)
     for i in range(1, k):
         total = closest.sum(-1, keepdim=True)
+        # a restart whose points all sit on its centres draws uniformly
         weights = closest if bool((total > 0).all()) else torch.where(total > 0, closest, torch.ones_like(closest))
-        # (all points of a restart on its centres: uniform weights)
         cand = torch.stack([torch.multinomial(weights[c], n_trials, replacement=True, generator=g)
                             for c, g in enumerate(generators)])  # (C, R, T)
         cc = Z[ci[:, :, None], cand] * mask[None, :, None, :]  # (C, R, T, d)

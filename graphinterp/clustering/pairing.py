@@ -107,8 +107,10 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
             r_t = rows[t] if r is None else r
             Q = squared_products(sp.A[copy], scatter_batch(r_t[None], sp.live_r, 0), k, "rows").numpy()[0, sp.live_c]
             E += _repair(c, Q, k) * scale
-        key = (not (empty_r[t] or empty_c[t]), E) if r is None and c is None else \
-            _rank_key(rows[t] if r is None else r, new_label[cols[t]] if c is None else c, E, k)
+        if r is None and c is None:  # nothing to repair: every cluster has rows and columns
+            key = (True, E)
+        else:
+            key = _rank_key(rows[t] if r is None else r, new_label[cols[t]] if c is None else c, E, k)
         if best_key is None or key > best_key:
             best_key, best = key, (t, r, c, new_label)
     t, r, c, new_label = best
