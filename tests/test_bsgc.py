@@ -480,6 +480,24 @@ def test_kmeans_plus_plus_seeding_is_scikit_learns_on_average():
     assert float(inertia.mean()) == pytest.approx(ref, rel=0.1)
 
 
+@pytest.mark.parametrize("copies", [1, 3])
+def test_lloyd_stops_after_max_iter_with_the_last_update(copies):
+    """max_iter=1 on restarts that are all still moving: the labels are those of the seeds' clusters'
+    means (one Lloyd update, the masked coordinate kept at 0), for every copy and restart."""
+    Z = torch.stack([_blobs(noise=3.0, per=20) + c for c in range(copies)])  # (C, 160, 2)
+    mask = torch.tensor([[1.0, 1.0]] * 3 + [[1.0, 0.0]] * 2)  # restarts on 2 coordinates and on the first only
+    gens = lambda: [torch.Generator().manual_seed(10 + c) for c in range(copies)]  # noqa: E731
+    seeds, _ = batched_kmeans(Z, 6, mask, gens(), max_iter=0, tol=0.0)
+    labels, _ = batched_kmeans(Z, 6, mask, gens(), max_iter=1, tol=0.0)
+    for c in range(copies):
+        for r, m in enumerate(mask):
+            Zm = Z[c].double() * m.double()
+            means = torch.stack([Zm[seeds[c, r] == j].mean(0) for j in range(6)])
+            expected = ((Zm[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+            assert torch.equal(labels[c, r], expected)
+    assert not torch.equal(labels, seeds)  # the update moved some points
+
+
 def test_kmeans_ties_go_to_the_lower_label():
     from graphinterp.clustering.kmeans_batch import _assign
 
