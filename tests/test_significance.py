@@ -38,6 +38,29 @@ def test_shuffle_weights_permutes_every_copy():
     assert torch.equal(S, again)
 
 
+@pytest.mark.parametrize("kw", [{}, {"nonzero_only": True}, {"support": "half"}])
+def test_shuffle_weights_copy_i_is_the_ith_randperm_of_the_generator(kw):
+    """The documented permutation: copy i is W's entries (those that move) taken in the order of the
+    i-th ``torch.randperm`` (int64) drawn from the generator, so a seed gives the same null as before."""
+    W = torch.randn(9, 7, dtype=torch.float64)
+    W[W.abs() < 0.4] = 0
+    support = torch.arange(63).reshape(9, 7) % 2 == 0
+    if kw.get("support"):
+        kw = {"support": support}
+    S = shuffle_weights(W, 4, generator=torch.Generator().manual_seed(3), **kw)
+    keep = torch.ones(63, dtype=torch.bool)
+    if "support" in kw:
+        keep &= support.flatten()
+    if kw.get("nonzero_only"):
+        keep &= W.flatten() != 0
+    where = torch.nonzero(keep)[:, 0]
+    g = torch.Generator().manual_seed(3)
+    for copy in S:
+        expected = W.flatten().clone()
+        expected[where] = W.flatten()[where][torch.randperm(len(where), generator=g)]
+        assert torch.equal(copy.flatten(), expected)
+
+
 def test_shuffle_weights_nonzero_only_keeps_the_sparsity_pattern():
     W, _, _ = _planted(0, 12, 10, zeros=True)
     W = torch.as_tensor(W)

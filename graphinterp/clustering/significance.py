@@ -41,6 +41,7 @@ import torch
 
 from graphinterp.common.files import resolve_device
 from graphinterp.clustering.bsgc_batch import fit_batch
+from graphinterp.clustering.spectral import _as_matrix
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import normalized_score, random_partition_expectation
@@ -100,27 +101,43 @@ def shuffle_weights(
     """
     flat = matrix.reshape(-1)
     if support is None and not nonzero_only:  # every entry moves: one gather per copy
-        perms = torch.stack([torch.randperm(flat.numel(), generator=generator) for _ in range(n)]).to(flat.device)
-        return flat[perms].reshape(n, *matrix.shape)
+        out = torch.empty(n, flat.numel(), dtype=flat.dtype, device=flat.device)
+        for i in range(n):
+            torch.index_select(flat, 0, _permutation(flat.numel(), generator, flat.device), out=out[i])
+        return out.reshape(n, *matrix.shape)
     keep = torch.ones_like(flat, dtype=torch.bool) if support is None else support.reshape(-1).to(flat.device)
     if nonzero_only:
         keep = keep & (flat != 0)
     where = torch.nonzero(keep, as_tuple=True)[0]
-    m = where.numel()
-    perms = torch.stack([torch.randperm(m, generator=generator) for _ in range(n)]).to(flat.device)
+    values = flat[where]
     out = flat.unsqueeze(0).repeat(n, 1)
-    out[:, where] = flat[where][perms]
+    for i in range(n):
+        out[i].index_copy_(0, where, values.index_select(0, _permutation(where.numel(), generator, flat.device)))
     return out.reshape(n, *matrix.shape)
 
 
+def _permutation(m: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    """``torch.randperm(m, generator=generator)`` on ``device``, as int32 when ``m`` allows.
+
+    The int32 permutation is the same as the int64 one (the same draws; checked by
+    tests/test_significance.py) and 1.5x faster to make; with ``index_select`` into each copy's
+    row, a 784 x 512 layer's 10 shuffled copies take 25 ms instead of 74 ms (one thread), where
+    ``flat[stack(perms)]`` gathered all copies into fresh memory at once.
+    """
+    dtype = torch.int32 if m < 2**31 else torch.int64
+    return torch.randperm(m, generator=generator, dtype=dtype).to(device)
+
+
 def _edge_magnitudes(layer_or_matrix: Union[Layer, torch.Tensor, np.ndarray]) -> Tuple[str, torch.Tensor]:
+    """``(name, |edge weights|)`` in the precision BSGC clusters them in: float32 for float32 (or half)
+    weights, as :func:`graphinterp.clustering.cluster.cluster_layers` does; float64 stays float64."""
     if isinstance(layer_or_matrix, Layer):
-        return layer_or_matrix.name, layer_or_matrix.magnitude().double()
+        return layer_or_matrix.name, _as_matrix(layer_or_matrix.magnitude())
     A = torch.as_tensor(np.asarray(layer_or_matrix) if not isinstance(layer_or_matrix, torch.Tensor)
                         else layer_or_matrix).detach()
     if A.dim() != 2:
         raise ClusteringError(f"a layer's edge-weight matrix must be 2-D (n_in, n_out), got shape {tuple(A.shape)}")
-    return "layer", A.double().abs()
+    return "layer", _as_matrix(A).abs()
 
 
 def _within_share(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> float:
@@ -134,7 +151,8 @@ def _within_share(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: 
 
 
 def _measure(A: torch.Tensor, k: int, rows: np.ndarray, cols: np.ndarray) -> Tuple[float, float, float]:
-    E = _within_share(A.square(), np.asarray(rows), np.asarray(cols), k)
+    """E (in float64, whatever ``A``'s precision), the random-partition E and the normalised score of a clustering of ``A``."""
+    E = _within_share(A.double().square(), np.asarray(rows), np.asarray(cols), k)
     E_rand = random_partition_expectation(rows, cols, k)
     return E, E_rand, normalized_score(E, E_rand)
 

@@ -40,8 +40,8 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
     """BSGC at every k that fits the layer (one SVD for all k), the scores, and the shuffle test reusing the
     table's clustering."""
     start = time.perf_counter()
-    A = layer.magnitude().double().to(device)
-    sq = A.square()
+    A = layer.magnitude().to(device)  # clustered in the layer's precision (float32 weights: float32, as analyze does)
+    sq = A.double().square()  # E and the layer's squared mass in float64
     lb = LayerBenchmark(layer.name, layer.kind, tuple(layer.shape()), float(sq.sum()))
     fitting = [k for k in ks if min(live) >= k]
     fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1)))
