@@ -595,3 +595,29 @@ def test_kmeans_copy_result_is_the_same_alone_and_in_a_batch():
     # and the hard copy's best restart is as good as scikit-learn's best of 10 (Lloyd runs to convergence)
     best_sklearn = min(KMeans(4, n_init=10, random_state=s).fit(hard.double().numpy()).inertia_ for s in range(3))
     assert float(both[1][1].min()) <= 1.02 * best_sklearn
+
+
+def test_seed_draws_are_the_random_states_draws_in_any_thread():
+    """An int seed's draws (without building a RandomState per seed) are RandomState(seed)'s, interleaved
+    with other seeds' draws and in several threads at once (one reseeded generator per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from graphinterp.clustering.spectral import _random_state, _SeedDraws
+
+    def draws(seed):
+        d, other = _random_state(seed), _SeedDraws(seed + 1)
+        out = []
+        for high in (2**31 - 1, 10, 2**31 - 1, 3) * 50:
+            out.append(d.randint(high))
+            other.randint(high)  # another seed drawn in between, on the same thread's generator
+        return out
+
+    def expected(seed):
+        rs = np.random.RandomState(seed)
+        return [rs.randint(high) for high in (2**31 - 1, 10, 2**31 - 1, 3) * 50]
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(draws, range(16)))
+    assert got == [expected(s) for s in range(16)]
+    rs = np.random.RandomState(3)
+    assert _random_state(rs) is rs and isinstance(_random_state(np.int64(5)), _SeedDraws)
