@@ -621,3 +621,23 @@ def test_seed_draws_are_the_random_states_draws_in_any_thread():
     assert got == [expected(s) for s in range(16)]
     rs = np.random.RandomState(3)
     assert _random_state(rs) is rs and isinstance(_random_state(np.int64(5)), _SeedDraws)
+
+
+def test_fit_batch_runs_on_the_threads_of_one_copys_fit(monkeypatch):
+    """Threads change rounding, so a batch of copies runs on the thread count of one copy's own fit:
+    one thread for copies below 2**20 entries, however many copies (a 150 x 700 copy once got other
+    labels in a batch of 10, which ran on two threads, than alone, on one)."""
+    import graphinterp.clustering.bsgc_batch as bb
+
+    seen = []
+    real = bb._fit_groups
+    monkeypatch.setattr(bb, "_fit_groups", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    small = torch.rand(12, 300, 300)  # 1.08M entries in all, 90,000 per copy
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit_batch(small, 3, list(range(12)), n_init=2)
+        fit_batch(torch.rand(1, 1024, 1024), 3, [0], n_init=1)  # a copy of 2**20 entries keeps the threads
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
