@@ -1,7 +1,8 @@
 """BSGC vs scikit-learn's SpectralCoclustering: time and clusterability E on the same matrices.
 
 Prints, per layer shape and matrix kind, graphinterp's time and E, scikit-learn's time and E
-(measured in the same run, repeats interleaved, medians), the ratios, and the floor: one
+(measured in the same run, in interleaved rounds of a few back-to-back calls each, medians), the
+ratios, and the floor: one
 normalisation pass plus a rank-k randomized SVD (``normalize_bipartite`` + ``randomized_svd``), the
 cheapest thing that computes the embedding. The load average is printed before and after.
 
@@ -70,21 +71,27 @@ def fit_floor(A: torch.Tensor, k: int, seed: int):
     return out
 
 
-def interleaved(fns: dict, repeats: int, gap: float) -> tuple:
-    """Run every function once per round, ``repeats`` rounds; median time and last output of each.
+def interleaved(fns: dict, repeats: int, gap: float, block: int = 1) -> tuple:
+    """Run every function in turn, ``repeats`` rounds; median time and last output of each.
 
-    Each call starts ``gap`` seconds after the previous one ended, so that BLAS/OpenMP threads left
-    spinning by the previous call (scikit-learn's OpenBLAS and OpenMP, torch's OpenMP) have gone to
-    sleep and do not slow down the next one.
+    In a round each function gets a block: ``gap`` seconds of idle time, so that BLAS/OpenMP threads
+    left spinning by the previous function (scikit-learn's OpenBLAS and OpenMP, torch's OpenMP) have
+    gone to sleep and do not slow it down; then, with ``block > 1``, one untimed call and ``block``
+    timed calls back to back. The untimed call absorbs the cost of waking from idle (on these virtual
+    machines the first call after 0.3 s idle is 3-15 ms slower, whichever function it is), which
+    with ``block=1`` lands on every timed call and dominates the spread at 1024 x 1024.
     """
     times = {name: [] for name in fns}
     out = {}
     for _ in range(repeats):
         for name, fn in fns.items():
             time.sleep(gap)
-            t0 = time.perf_counter()
-            out[name] = fn()
-            times[name].append(time.perf_counter() - t0)
+            if block > 1:
+                fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                out[name] = fn()
+                times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}, out
 
 
@@ -97,7 +104,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7, help="rounds for small layers (fewer for big ones)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gap", type=float, default=0.3, help="seconds of idle time before each timed call")
+    parser.add_argument("--gap", type=float, default=0.3, help="seconds of idle time before each function's block")
+    parser.add_argument("--block", type=int, default=5,
+                        help="timed calls back to back per function and round, after one untimed call (1: one call, "
+                             "no untimed call; the first call after idle pays the wake-up)")
     parser.add_argument("--device", default="cpu", help="torch device of graphinterp and the floor (cpu, cuda, cuda:1)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -124,7 +134,7 @@ def main() -> None:
                 "floor": lambda: fit_floor(At, args.k, args.seed),
             }
             fit_ours(At, args.k, args.seed)  # warm-up (first-touch allocations, lazy imports, CUDA kernels)
-            t, out = interleaved(fns, repeats, args.gap)
+            t, out = interleaved(fns, repeats, args.gap, args.block if size <= 1 << 22 else 1)
             W2 = torch.from_numpy(W).square()
             e_ours = float(clusterability(W2, *out["ours"]))
             e_sk = float(clusterability(W2, *out["sklearn"]))

@@ -176,7 +176,9 @@ def shuffle_test(
     Parameters
     ----------
     layer : Layer or array of shape (n_in, n_out)
-        The layer, or its edge-weight matrix (absolute values are taken).
+        The layer, or its edge-weight matrix (absolute values are taken). It and its copies are
+        clustered in its own precision (float32 for float32 or half weights, float64 for float64),
+        as :func:`graphinterp.clustering.cluster.cluster_layers` clusters it; E is computed in float64.
     k : int, default 4
         Number of clusters.
     n_shuffles : int, default 20
