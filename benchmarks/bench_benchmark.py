@@ -43,7 +43,7 @@ def layer_matrices(paths):
             layer = graph[name]
             if layer.structure == "depthwise":
                 continue
-            A = layer.magnitude()  # the layer's precision (float32), as graphinterp clusters it; scikit-learn casts to float64
+            A = layer.magnitude()  # float32, as graphinterp clusters it (scikit-learn casts to float64)
             if min(int((A.sum(1) > 0).sum()), int((A.sum(0) > 0).sum())) >= 4:
                 out.append((f"{p.stem}:{name}", A))
     return out

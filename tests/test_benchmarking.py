@@ -317,11 +317,12 @@ def test_layers_are_clustered_in_their_own_precision():
         np.testing.assert_array_equal(lb.labels[3][1], fits[dtype].column_labels_)
         null_seed = int(rng.randint(2**31 - 1))
         for dt, same in ((dtype, True), (other, False)):
-            t = shuffle_test(layer.magnitude().to(dt), 3, n_shuffles=3, labels=lb.labels[3], n_init=2, random_state=null_seed)
+            t = shuffle_test(layer.magnitude().to(dt), 3, n_shuffles=3, labels=lb.labels[3], n_init=2,
+                             random_state=null_seed)
             assert np.array_equal(t.E.null, lb.significance.E.null) == same
         sq = layer.magnitude().double().square()
         assert lb.scores[3]["E"] == float(clusterability(sq, *lb.labels[3]))
-        assert lb.significance.E.observed == pytest.approx(lb.scores[3]["E"], rel=1e-12, abs=0)  # float64 in the null too
+        assert lb.significance.E.observed == pytest.approx(lb.scores[3]["E"], rel=1e-12, abs=0)  # float64 there too
 
 
 def test_many_layers_are_split_over_several_figures(tmp_path):

@@ -30,8 +30,8 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError, Str
 
 from graphinterp.clustering.mass import cluster_mass, match_clusters
 from graphinterp.clustering.pairing import PAIRINGS, fit_spectrum
-from graphinterp.clustering.spectral import (ArrayLike, _as_matrix, _check_k, _degrees, _generators, _random_state, _Spectrum,
-                                             _threads_for, normalize_bipartite, randomized_svd)
+from graphinterp.clustering.spectral import (ArrayLike, _as_matrix, _check_k, _degrees, _generators, _random_state,
+                                             _Spectrum, _threads_for, normalize_bipartite, randomized_svd)
 from graphinterp.common.errors import ClusteringError
 
 __all__ = ["BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters", "cluster_mass"]

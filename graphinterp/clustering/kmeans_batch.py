@@ -189,7 +189,7 @@ def _lloyd(Z: torch.Tensor, Zt: torch.Tensor, centres: torch.Tensor, mask: torch
         else:
             sums = torch.bmm(Z1t[copy], one_hot.transpose(1, 2)).transpose(1, 2)
         counts = sums[..., d:]
-        new = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), cur).mul_(masks).contiguous()  # sums' strides
+        new = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), cur).mul_(masks).contiguous()  # (sums')
         moving = (new - cur).square_().sum((1, 2)) > tols
         if bool(moving.all()):  # nothing to write back or drop (the common case in the first iterations)
             cur = new
