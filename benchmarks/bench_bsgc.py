@@ -2,9 +2,8 @@
 
 Prints, per layer shape and matrix kind, graphinterp's time and E, scikit-learn's time and E
 (measured in the same run, in interleaved rounds of a few back-to-back calls each, medians), the
-ratios, and the floor: one
-normalisation pass plus a rank-k randomized SVD (``normalize_bipartite`` + ``randomized_svd``), the
-cheapest thing that computes the embedding. The load average is printed before and after.
+ratios, and the floor: one normalisation pass plus a rank-k randomized SVD (``normalize_bipartite`` +
+``randomized_svd``), the cheapest thing that computes the embedding. The load average is printed before and after.
 
     python benchmarks/bench_bsgc.py                        # 64, 256, 1024, 4096 square and 4096 x 16384
     python benchmarks/bench_bsgc.py --sizes 64 256 --no-wide --repeats 3
@@ -107,9 +106,12 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.3, help="seconds of idle time before each function's block")
     parser.add_argument("--block", type=int, default=5,
                         help="timed calls back to back per function and round, after one untimed call (1: one call, "
-                             "no untimed call; the first call after idle pays the wake-up)")
+                             "no untimed call; the first call after idle pays the wake-up); layers above 2**22 "
+                             "entries always use 1")
     parser.add_argument("--device", default="cpu", help="torch device of graphinterp and the floor (cpu, cuda, cuda:1)")
     args = parser.parse_args()
+    if args.block < 1 or args.repeats < 1:
+        parser.error("--block and --repeats must be at least 1")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")

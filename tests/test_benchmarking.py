@@ -296,30 +296,29 @@ def test_layer_scores_match_a_dense_reference():
         assert s["sizes"] == [np.bincount(rows, minlength=k).tolist(), np.bincount(cols, minlength=k).tolist()]
 
 
-def test_layers_are_clustered_in_their_own_precision():
+def test_layers_are_clustered_in_their_own_precision(monkeypatch):
     """A float32 layer is clustered in float32 (as ``analyze`` / ``cluster_layers`` cluster it), the
     observed layer and its shuffled copies alike; a float64 one in float64. E is reported in float64."""
-    from graphinterp.clustering.bsgc_batch import fit_k_range
-    from graphinterp.clustering.significance import shuffle_test
+    import graphinterp.clustering.significance as significance
+    import graphinterp.reports.benchmarking as benchmarking
+    from graphinterp.clustering.bsgc_batch import fit_batch, fit_k_range
 
+    seen = []
+    monkeypatch.setattr(benchmarking, "fit_k_range",
+                        lambda A, *a, **kw: seen.append(("k", A.dtype)) or fit_k_range(A, *a, **kw))
+    monkeypatch.setattr(significance, "fit_batch",
+                        lambda As, *a, **kw: seen.append(("null", As.dtype)) or fit_batch(As, *a, **kw))
     torch.manual_seed(0)
     for dtype in (torch.float32, torch.float64):
+        seen.clear()
         graph = LayeredGraph.from_module(torch.nn.Sequential(torch.nn.Linear(110, 100, bias=False)).to(dtype))
         layer = graph[graph.layer_names[0]]
         (lb,), _ = benchmark_graph(graph, [3], significance_k=3, n_shuffles=3, n_init=2, random_state=0)
+        assert seen == [("k", dtype), ("null", dtype)]
         rng = np.random.RandomState([0, 0])  # the layer's seed: [random_state, its index]
-        fit_seed = int(rng.randint(2**31 - 1))
-        fits = {dt: fit_k_range(layer.magnitude().to(dt), [3], n_init=2, random_state=fit_seed)[3]
-                for dt in (torch.float32, torch.float64)}
-        other = torch.float64 if dtype == torch.float32 else torch.float32
-        assert not np.array_equal(fits[dtype].row_labels_, fits[other].row_labels_)  # the precisions differ here
-        np.testing.assert_array_equal(lb.labels[3][0], fits[dtype].row_labels_)
-        np.testing.assert_array_equal(lb.labels[3][1], fits[dtype].column_labels_)
-        null_seed = int(rng.randint(2**31 - 1))
-        for dt, same in ((dtype, True), (other, False)):
-            t = shuffle_test(layer.magnitude().to(dt), 3, n_shuffles=3, labels=lb.labels[3], n_init=2,
-                             random_state=null_seed)
-            assert np.array_equal(t.E.null, lb.significance.E.null) == same
+        fit = fit_k_range(layer.magnitude(), [3], n_init=2, random_state=int(rng.randint(2**31 - 1)))[3]
+        np.testing.assert_array_equal(lb.labels[3][0], fit.row_labels_)
+        np.testing.assert_array_equal(lb.labels[3][1], fit.column_labels_)
         sq = layer.magnitude().double().square()
         assert lb.scores[3]["E"] == float(clusterability(sq, *lb.labels[3]))
         assert lb.significance.E.observed == pytest.approx(lb.scores[3]["E"], rel=1e-12, abs=0)  # float64 there too

@@ -602,10 +602,10 @@ def test_seed_draws_are_the_random_states_draws_in_any_thread():
     with other seeds' draws and in several threads at once (one reseeded generator per thread)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from graphinterp.clustering.spectral import _random_state, _SeedDraws
+    from graphinterp.common.seeds import fast_random_state, SeedDraws
 
     def draws(seed):
-        d, other = _random_state(seed), _SeedDraws(seed + 1)
+        d, other = fast_random_state(seed), SeedDraws(seed + 1)
         out = []
         for high in (2**31 - 1, 10, 2**31 - 1, 3) * 50:
             out.append(d.randint(high))
@@ -620,7 +620,12 @@ def test_seed_draws_are_the_random_states_draws_in_any_thread():
         got = list(pool.map(draws, range(16)))
     assert got == [expected(s) for s in range(16)]
     rs = np.random.RandomState(3)
-    assert _random_state(rs) is rs and isinstance(_random_state(np.int64(5)), _SeedDraws)
+    assert fast_random_state(rs) is rs and isinstance(fast_random_state(np.int64(5)), SeedDraws)
+    for bad in (-1, 2**32):  # numpy's error, at once
+        with pytest.raises(ValueError, match="Seed must be between 0 and 2\\*\\*32 - 1"):
+            fast_random_state(bad)
+        with pytest.raises(ValueError, match="Seed must be between 0 and 2\\*\\*32 - 1"):
+            np.random.RandomState(bad)
 
 
 def test_fit_batch_runs_on_the_threads_of_one_copys_fit(monkeypatch):

@@ -38,6 +38,17 @@ def test_shuffle_weights_permutes_every_copy():
     assert torch.equal(S, again)
 
 
+def test_shuffle_weights_of_a_parameter_is_differentiable():
+    """A tensor that requires grad (e.g. a layer's weight) gives differentiable copies: each entry
+    appears once per copy, so the gradient of their sum is the number of copies."""
+    W = torch.nn.Parameter(torch.randn(5, 4))
+    S = shuffle_weights(W, 3, generator=torch.Generator().manual_seed(0))
+    assert S.requires_grad
+    assert torch.equal(S.detach(), shuffle_weights(W.detach(), 3, generator=torch.Generator().manual_seed(0)))
+    S.sum().backward()
+    assert torch.equal(W.grad, torch.full_like(W, 3.0))
+
+
 @pytest.mark.parametrize("kw", [{}, {"nonzero_only": True}, {"support": "half"}])
 def test_shuffle_weights_copy_i_is_the_ith_randperm_of_the_generator(kw):
     """The documented permutation: copy i is W's entries (those that move) taken in the order of the

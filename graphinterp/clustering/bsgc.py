@@ -30,9 +30,10 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError, Str
 
 from graphinterp.clustering.mass import cluster_mass, match_clusters
 from graphinterp.clustering.pairing import PAIRINGS, fit_spectrum
-from graphinterp.clustering.spectral import (ArrayLike, _as_matrix, _check_k, _degrees, _generators, _random_state,
-                                             _Spectrum, _threads_for, normalize_bipartite, randomized_svd)
+from graphinterp.clustering.spectral import (ArrayLike, _as_matrix, _check_k, _degrees, _generators, _Spectrum,
+                                             _threads_for, normalize_bipartite, randomized_svd)
 from graphinterp.common.errors import ClusteringError
+from graphinterp.common.seeds import fast_random_state
 
 __all__ = ["BSGC", "PAIRINGS", "randomized_svd", "normalize_bipartite", "match_clusters", "cluster_mass"]
 
@@ -166,7 +167,7 @@ class BSGC(BiclusterMixin, BaseEstimator):
         with _threads_for(A):
             du, dv = _degrees(A[None])
             sp = _Spectrum.compute(A[None], du, dv, self._needed_rank(), self.n_iter,
-                                   [_random_state(self.random_state)], ks=[self.n_clusters])
+                                   [fast_random_state(self.random_state)], ks=[self.n_clusters])
             self._set_labels(*self._fit_spectrum(sp)[0], sp, 0)
         return self
 

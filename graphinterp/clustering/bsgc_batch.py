@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.bsgc import BSGC
-from graphinterp.clustering.spectral import ArrayLike, _as_matrix, _degrees, _random_state, _Spectrum, _threads_for
+from graphinterp.clustering.spectral import ArrayLike, _as_matrix, _degrees, _Spectrum, _threads_for
 from graphinterp.common.errors import ClusteringError
+from graphinterp.common.seeds import fast_random_state
 
 __all__ = ["fit_k_range", "fit_batch"]
 
@@ -54,7 +55,7 @@ def fit_k_range(
     with _threads_for(A):
         du, dv = _degrees(A[None])
         sp = _Spectrum.compute(A[None], du, dv, max(max(ints) if ints else 2, 2), n_iter,
-                               [_random_state(random_state)], ks=ks)
+                               [fast_random_state(random_state)], ks=ks)
         for k in ks:
             est = BSGC(int(k), pairing=pairing, n_init=n_init, n_iter=n_iter, random_state=random_state)
             out[int(k)] = est._set_labels(*est._fit_spectrum(sp)[0], sp, 0)
@@ -118,7 +119,7 @@ def _fit_groups(As, k, random_states, pairing, n_init, n_iter, n_components) -> 
                 for c in idx]
         sel = torch.as_tensor(idx)
         sp = _Spectrum.compute(As[sel] if len(idx) < len(As) else As, du[sel], dv[sel], ests[0]._needed_rank(), n_iter,
-                               [_random_state(random_states[c]) for c in idx], ks=[k])
+                               [fast_random_state(random_states[c]) for c in idx], ks=[k])
         for j, (rows, cols) in enumerate(ests[0]._fit_spectrum(sp)):
             fits[idx[j]] = ests[j]._set_labels(rows, cols, sp, j)
     return fits

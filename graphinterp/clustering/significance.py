@@ -101,6 +101,9 @@ def shuffle_weights(
     """
     flat = matrix.reshape(-1)
     if support is None and not nonzero_only:  # every entry moves: one gather per copy
+        if flat.requires_grad and torch.is_grad_enabled():  # out= is not differentiable
+            return torch.stack([flat.index_select(0, _permutation(flat.numel(), generator, flat.device))
+                                for _ in range(n)]).reshape(n, *matrix.shape)
         out = torch.empty(n, flat.numel(), dtype=flat.dtype, device=flat.device)
         for i in range(n):
             torch.index_select(flat, 0, _permutation(flat.numel(), generator, flat.device), out=out[i])
@@ -129,8 +132,7 @@ def _permutation(m: int, generator: Optional[torch.Generator], device: torch.dev
 
 
 def _edge_magnitudes(layer_or_matrix: Union[Layer, torch.Tensor, np.ndarray]) -> Tuple[str, torch.Tensor]:
-    """``(name, |edge weights|)`` in the precision BSGC clusters them in: float32 for float32 (or half)
-    weights, as :func:`graphinterp.clustering.cluster.cluster_layers` does; float64 stays float64."""
+    """``(name, |edge weights|)`` in the precision BSGC clusters them in (see :func:`shuffle_test`)."""
     if isinstance(layer_or_matrix, Layer):
         return layer_or_matrix.name, _as_matrix(layer_or_matrix.magnitude())
     A = torch.as_tensor(np.asarray(layer_or_matrix) if not isinstance(layer_or_matrix, torch.Tensor)
@@ -177,8 +179,9 @@ def shuffle_test(
     ----------
     layer : Layer or array of shape (n_in, n_out)
         The layer, or its edge-weight matrix (absolute values are taken). It and its copies are
-        clustered in its own precision (float32 for float32 or half weights, float64 for float64),
-        as :func:`graphinterp.clustering.cluster.cluster_layers` clusters it; E is computed in float64.
+        clustered in its own precision (float32 for float32 or half weights, float64 for float64 and
+        for integer or bool matrices), as :func:`graphinterp.clustering.cluster.cluster_layers`
+        clusters it; E is computed in float64.
     k : int, default 4
         Number of clusters.
     n_shuffles : int, default 20

@@ -12,7 +12,6 @@ share one computation between copies or between values of k.
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -20,7 +19,6 @@ import torch
 
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.errors import ClusteringError, InvalidWeightsError
-from graphinterp.common.seeds import check_random_state
 
 __all__ = ["normalize_bipartite", "randomized_svd"]
 
@@ -229,45 +227,6 @@ def _threads_for(A: torch.Tensor):
 def _generators(rngs: Sequence[np.random.RandomState]) -> List[torch.Generator]:
     """One seeded ``torch.Generator`` per copy, each seed drawn from that copy's ``RandomState``."""
     return [torch.Generator().manual_seed(int(rng.randint(2**31 - 1))) for rng in rngs]
-
-
-def _random_state(seed) -> Union["_SeedDraws", np.random.RandomState]:
-    """The random state BSGC draws its seeds from: :func:`check_random_state`'s, made cheap for an int seed."""
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return _SeedDraws(int(seed))
-    return check_random_state(seed)
-
-
-class _SeedDraws:
-    """The successive ``randint`` draws of ``np.random.RandomState(seed)``, without building that RandomState.
-
-    Building a RandomState costs about 90 us (its generator is first seeded from the OS's entropy,
-    then reseeded), which was 4% of ``graphinterp benchmark``: every shuffled copy of every layer
-    has its own seed. Here one RandomState per thread is reseeded (1.5 us) and replays the draws
-    already made. Only ``randint(high)`` is provided, the one draw BSGC makes; the values are those
-    of ``np.random.RandomState(seed).randint(high)`` called the same number of times.
-
-    Examples
-    --------
-    >>> d, rs = _SeedDraws(7), np.random.RandomState(7)
-    >>> [d.randint(100) for _ in range(3)] == [rs.randint(100) for _ in range(3)]
-    True
-    """
-
-    _local = threading.local()
-
-    def __init__(self, seed: int) -> None:
-        self.seed, self.highs = seed, []
-
-    def randint(self, high: int) -> int:
-        rs = getattr(self._local, "rs", None)
-        if rs is None:
-            rs = self._local.rs = np.random.RandomState(0)
-        rs.seed(self.seed)
-        for h in self.highs:
-            rs.randint(h)
-        self.highs.append(high)
-        return rs.randint(high)
 
 
 class _Spectrum:
