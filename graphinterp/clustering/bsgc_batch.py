@@ -103,7 +103,7 @@ def fit_batch(
         raise ClusteringError(f"fit_batch needs one random_state per matrix: {len(random_states)} for {len(As)}")
     As = torch.stack([_as_matrix(a) for a in As]) if not torch.is_floating_point(As) or As.dtype not in (
         torch.float32, torch.float64) else As
-    with _threads_for(As[0] if len(As) else As):  # one copy's size decides, as in its own fit (threads change rounding)
+    with _threads_for(As):
         return _fit_groups(As, k, random_states, pairing, n_init, n_iter, n_components)
 
 

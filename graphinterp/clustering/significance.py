@@ -100,13 +100,10 @@ def shuffle_weights(
     (torch.Size([3, 2, 2]), True, [0.0, 1.0, 2.0, 3.0])
     """
     flat = matrix.reshape(-1)
-    if support is None and not nonzero_only:  # every entry moves: one gather per copy
-        if flat.requires_grad and torch.is_grad_enabled():  # out= is not differentiable
-            return torch.stack([flat.index_select(0, _permutation(flat.numel(), generator, flat.device))
-                                for _ in range(n)]).reshape(n, *matrix.shape)
+    if support is None and not nonzero_only:  # every entry moves: one gather per copy, into its row
         out = torch.empty(n, flat.numel(), dtype=flat.dtype, device=flat.device)
-        for i in range(n):
-            torch.index_select(flat, 0, _permutation(flat.numel(), generator, flat.device), out=out[i])
+        for i in range(n):  # (a copy assigned, not index_select(out=), so that autograd follows a Parameter)
+            out[i] = flat.index_select(0, _permutation(flat.numel(), generator, flat.device))
         return out.reshape(n, *matrix.shape)
     keep = torch.ones_like(flat, dtype=torch.bool) if support is None else support.reshape(-1).to(flat.device)
     if nonzero_only:
@@ -123,8 +120,8 @@ def _permutation(m: int, generator: Optional[torch.Generator], device: torch.dev
     """``torch.randperm(m, generator=generator)`` on ``device``, as int32 when ``m`` allows.
 
     The int32 permutation is the same as the int64 one (the same draws; checked by
-    tests/test_significance.py) and 1.5x faster to make; with ``index_select`` into each copy's
-    row, a 784 x 512 layer's 10 shuffled copies take 25 ms instead of 74 ms (one thread), where
+    tests/test_significance.py) and 1.5x faster to make; gathered with ``index_select`` into each
+    copy's row, a 784 x 512 layer's 10 shuffled copies take 25 ms instead of 74 ms (one thread), where
     ``flat[stack(perms)]`` gathered all copies into fresh memory at once.
     """
     dtype = torch.int32 if m < 2**31 else torch.int64

@@ -213,13 +213,14 @@ def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _threads_for(A: torch.Tensor):
-    """One torch thread for a small CPU problem (below ``_SMALL_ELEMENTS`` entries in all), else no change.
+    """One torch thread for a small CPU matrix (below ``_SMALL_ELEMENTS`` entries), else no change.
 
     Every operation on a small layer is a few microseconds of work; with several threads each one
     also waits for the others, which on busy cores (other processes, or joblib workers) made BSGC
-    on a 256 x 256 layer 10-50x slower.
+    on a 256 x 256 layer 10-50x slower. For a stack (C, m, n) one matrix's size decides, so that a
+    copy in a batch runs on the threads of its own fit (threads change rounding, so labels too).
     """
-    if A.is_cuda or A.numel() >= _SMALL_ELEMENTS:
+    if A.is_cuda or A.shape[-2:].numel() >= _SMALL_ELEMENTS:
         return contextlib.nullcontext()
     return one_thread()
 
