@@ -4,7 +4,8 @@
 #     bash benchmarks/gpu_check.sh            # fails at once if torch sees no CUDA device
 #     bash benchmarks/gpu_check.sh cpu        # the same commands on the CPU (a dry run of the script)
 #
-# 1. the tests that need CUDA (their names contain "cuda"; they skip without a GPU, so here they must run),
+# 1. the tests that need CUDA (their names or parameter ids contain "cuda", e.g. tests/test_cuda_paths.py[cuda];
+#    they skip without a GPU, so here they must run),
 # 2. GPU variants of the benchmarks, briefly (BSGC at 1024 and 4096; the MNIST training pipeline on a
 #    subset when ../shared/datasets is there),
 # 3. `graphinterp train --device cuda` on digits and `graphinterp analyze` of the result; with two or
@@ -51,15 +52,15 @@ step "3a. graphinterp train --device $DEVICE on digits"
 "$PY" -m graphinterp.cli train --dataset digits --k 4 --warmup-epochs 1 --epochs 3 --device "$DEVICE" --quiet \
     --out "$OUT/digits.pt"
 
-step "3b. graphinterp analyze of the result"
-"$PY" -m graphinterp.cli analyze "$OUT/digits.pt" --k 4
+step "3b. graphinterp analyze --device $DEVICE of the result"
+"$PY" -m graphinterp.cli analyze "$OUT/digits.pt" --k 4 --device "$DEVICE"
 
 if (( NGPU >= 2 )); then
     step "3c. torchrun --nproc-per-node 2 (NCCL, one GPU per process)"
     "$PY" -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port 29517 \
         -m graphinterp.cli train --dataset digits --k 4 --warmup-epochs 1 --epochs 3 --device cuda --quiet \
         --out "$OUT/ddp.pt"
-    "$PY" -m graphinterp.cli analyze "$OUT/ddp.pt" --k 4
+    "$PY" -m graphinterp.cli analyze "$OUT/ddp.pt" --k 4 --device cuda
 fi
 
 step "gpu_check: all steps passed on $DEVICE"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from graphinterp import analyze, clusterability_report, graph_structure, load_graph, stored_clustering
+from graphinterp import analyze, clusterability_report, graph_structure, load_graph, resolve_device, stored_clustering
 from graphinterp.cli._common import (
-    FIGURE_SUFFIXES, check_layers, check_output_path, emit_json, format_table, json_option, layers_option,
+    FIGURE_SUFFIXES, check_layers, check_output_path, device_option, emit_json, format_table, json_option, layers_option,
     parse_k_values, parse_layers, seed_option, trust_pickle_option,
 )
 from graphinterp.cli._source_options import parse_input_shape
@@ -37,10 +37,11 @@ __all__ = ["command"]
               help="Shape of one input without the batch dimension, when it cannot be guessed (e.g. 3,64,64).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure of E against k (PNG/SVG/PDF by suffix).")
+@device_option
 @trust_pickle_option
 @json_option
 def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights, no_fold, input_shape, plot_path,
-            trust_pickle, as_json):
+            device, trust_pickle, as_json):
     """Cluster each layer of MODEL with BSGC and report its clusterability.
 
     MODEL is a graphinterp checkpoint, a bare state_dict (e.g. a third-party .pth), a TorchScript
@@ -67,8 +68,9 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
     loaded, graph = load_graph(model, trust_pickle=trust_pickle, layerwise=layerwise, weights=weights,
                                fold=not no_fold, input_shape=shape)
     names = check_layers(graph, parse_layers(layers))
+    device = resolve_device(device)
     result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
-                     progress=len(ks) > 1 and not as_json)
+                     progress=len(ks) > 1 and not as_json, device=device)
     stored = None
     clustering = stored_clustering(loaded.clustering, graph)
     if clustering is not None:
@@ -85,7 +87,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
                    "chained": graph.chained, "structure": graph_structure(graph),
                    "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
                    "notes": list(loaded.notes),
-                   **result.to_dict()}
+                   "device": str(device), **result.to_dict()}
         if stored is not None:
             payload["stored_clustering"] = stored.to_dict()
         emit_json(payload)

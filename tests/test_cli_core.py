@@ -36,6 +36,14 @@ def test_analyze_table_and_json(mlp_file):
     assert 0 <= data["results"][0]["E"] <= 1
 
 
+def test_analyze_device_option(mlp_file):
+    default = json.loads(run("analyze", mlp_file, "--k", "3", "--json").output)
+    data = json.loads(run("analyze", mlp_file, "--k", "3", "--json", "--device", "cpu").output)
+    assert data["device"] == "cpu" and default["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    res = run("analyze", mlp_file, "--k", "3", "--device", "cuda:99")
+    assert res.exit_code == 2 and "--device" in res.output and "Traceback" not in res.output
+
+
 def test_analyze_k_range_and_plot(mlp_file, tmp_path):
     out = tmp_path / "curve.png"
     res = run("analyze", mlp_file, "--k", "2..4", "--json", "--plot", out)

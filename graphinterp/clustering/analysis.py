@@ -83,13 +83,15 @@ def analyze(
     pairing: str = "joint",
     random_state: Optional[int] = 0,
     progress: bool = False,
+    device=None,
 ) -> Analysis:
     """Cluster each selected layer with BSGC for every k and score the clusterings.
 
     Layers too small for a k (fewer non-isolated inputs or outputs than k, e.g. a 3-channel input
     conv at k = 4) are left out of that k with the reason recorded in ``skipped`` when ``layers``
     is not given; naming such a layer explicitly raises :class:`ClusteringError` (the rule of
-    :func:`graphinterp.clustering.validation.check_k`).
+    :func:`graphinterp.clustering.validation.check_k`). ``device`` is where BSGC runs (as in
+    :func:`graphinterp.clustering.cluster.cluster_layers`; default: the graph's device).
 
     Examples
     --------
@@ -127,7 +129,8 @@ def analyze(
             chosen.append(name)
         if not chosen:
             raise ClusteringError(f"no layer has at least k={k} nodes on both sides; use a smaller k")
-        clustering = cluster_layers(graph, k, layers=chosen, pairing=pairing, random_state=random_state)
+        clustering = cluster_layers(graph, k, layers=chosen, pairing=pairing, random_state=random_state,
+                                    device=device)
         clusterings[k] = clustering
         reports[k] = clusterability_report(graph, clustering)
     return Analysis(reports, clusterings, skipped)

@@ -9,6 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
 from graphinterp.clustering.bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
+from graphinterp.common.devices import resolve_device
 from graphinterp.common.errors import ClusteringError
 from graphinterp.clustering.dag_cluster import cluster_dag
 from graphinterp.clustering.labels import Clustering
@@ -66,6 +67,7 @@ def cluster_layers(
     similarity: Optional[Mapping[str, Any]] = None,
     pairing: str = "joint",
     random_state=None,
+    device=None,
 ) -> Clustering:
     """Cluster each layer on its own with :class:`BSGC` (the paper's bipartite clustering).
 
@@ -81,6 +83,10 @@ def cluster_layers(
         Similarity matrices (e.g. from :mod:`graphinterp.training.gradsim`); default ``|W|``.
     pairing : {"joint", "matched", "independent"}
     random_state : int or None
+    device : str or torch.device, optional
+        Where BSGC runs (``"auto"``: CUDA when available); each similarity matrix is moved there in
+        turn. Default: where the matrix already is (the model's device for ``|W|``). Labels on CUDA
+        can differ from the CPU's where float rounding decides between two nearly equal candidates.
 
     Examples
     --------
@@ -95,10 +101,12 @@ def cluster_layers(
     sims = _similarities(graph, names, similarity)
     k = check_k(k, sims, names)  # the similarity's zero rows / columns are the isolated nodes
     rng = check_random_state(random_state)
+    where = None if device is None else resolve_device(device)
     rows, cols = {}, {}
     for name in names:
         try:
-            est = BSGC(k, pairing=pairing, random_state=int(rng.randint(2**31 - 1))).fit(sims[name])
+            A = sims[name] if where is None else sims[name].to(where)
+            est = BSGC(k, pairing=pairing, random_state=int(rng.randint(2**31 - 1))).fit(A)
         except ClusteringError as err:
             raise ClusteringError(f"layer {name!r}: {err}") from None
         rows[name], cols[name] = est.row_labels_, est.column_labels_

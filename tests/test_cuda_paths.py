@@ -1,0 +1,147 @@
+"""BSGC, the shuffle null, the enmeshment loss and circuit search on every device torch offers.
+
+Each test runs on the CPU and, where torch finds a GPU, on CUDA (the ``[cuda]`` cases, which
+``benchmarks/gpu_check.sh`` selects with ``-k cuda`` and requires not to skip). The checks are the
+same on both: planted modules recovered exactly, E and the loss against float64 references computed
+on the CPU, the shuffled copies identical on every device, and a circuit found on the device valid
+when its masks are applied to the model on the CPU. The CUDA cases are what makes these more than
+the CPU tests elsewhere: the code has CUDA branches (no thread pinning, batched QR and eigh, no
+padding of thin factors) that only they cover.
+"""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graphinterp.clustering.analysis import analyze
+from graphinterp.clustering.bsgc import BSGC
+from graphinterp.clustering.bsgc_batch import fit_batch
+from graphinterp.clustering.cluster import cluster_network
+from graphinterp.clustering.metrics import clusterability
+from graphinterp.clustering.significance import shuffle_test, shuffle_weights
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.interpret.circuits import extract_circuit
+from graphinterp.interpret.label_tasks import label_task
+from graphinterp.sources.models import mlp
+from graphinterp.training.loss import EnmeshmentLoss
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def planted(m, n, k, seed=0, noise=0.05):
+    """|W| of k planted modules of unequal sizes plus noise, rows and columns shuffled; and the modules."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.sort(rng.integers(0, k, m)), np.sort(rng.integers(0, k, n))
+    W = noise * np.abs(rng.standard_normal((m, n))) + (rows[:, None] == cols[None, :]) * (1 + rng.random((m, n)))
+    pr, pc = rng.permutation(m), rng.permutation(n)
+    return W[pr][:, pc], rows[pr], cols[pc]
+
+
+def same_partition(a, b):
+    """True when labelings ``a`` and ``b`` are the same partition (up to renumbering)."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_bsgc_recovers_planted_modules_on_each_device(device, dtype):
+    # 400 x 700 takes the randomized SVD (on CUDA: batched QR, eigh on the device), not the exact one
+    W, rows, cols = planted(400, 700, 3)
+    A = torch.as_tensor(W, dtype=dtype, device=device)
+    fit = BSGC(3, random_state=0).fit(A)
+    assert same_partition(fit.row_labels_, rows) and same_partition(fit.column_labels_, cols)
+    assert same_partition(np.concatenate([fit.row_labels_, fit.column_labels_]), np.concatenate([rows, cols]))
+    # the leading singular values against a float64 SVD of the normalised matrix on the CPU
+    W64 = torch.as_tensor(W, dtype=torch.float64)
+    An = W64 / W64.sum(1, keepdim=True).sqrt() / W64.sum(0, keepdim=True).sqrt()
+    exact = torch.linalg.svdvals(An)[:3].numpy()
+    assert np.allclose(fit.singular_values_, exact, atol=1e-4 if dtype == torch.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_batch_equals_each_fit_on_each_device(device):
+    rng = np.random.default_rng(1)
+    As = torch.as_tensor(np.abs(rng.standard_t(3, (3, 300, 900))), dtype=torch.float32, device=device)
+    seeds = [4, 5, 6]
+    for got, a, s in zip(fit_batch(As, 4, seeds), As, seeds):
+        alone = BSGC(4, random_state=s).fit(a)
+        assert np.array_equal(got.row_labels_, alone.row_labels_)
+        assert np.array_equal(got.column_labels_, alone.column_labels_)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_analyze_clusters_on_the_device_asked_for(device, monkeypatch):
+    W, rows, cols = planted(60, 40, 3, seed=3)
+    model = nn.Sequential(nn.Linear(60, 40, bias=False), nn.ReLU(), nn.Linear(40, 5, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.as_tensor(W.T, dtype=torch.float32))
+    graph = LayeredGraph.from_module(model)
+    seen = []
+    fit = BSGC.fit
+    monkeypatch.setattr(BSGC, "fit", lambda self, A, y=None: (seen.append(A.device.type), fit(self, A))[1])
+    result = analyze(graph, 3, device=device)
+    assert seen == [torch.device(device).type] * 2  # both layers clustered there
+    got_rows, got_cols = result.clusterings[3].labels("0")
+    assert same_partition(got_rows, rows) and same_partition(got_cols, cols)
+    assert model[0].weight.device.type == "cpu" and graph["0"].weight.device.type == "cpu"  # inputs stay put
+    assert result.reports[3].layers[0].E > 0.99
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shuffle_null_on_each_device(device):
+    W, _, _ = planted(120, 90, 3, seed=2)
+    A = torch.as_tensor(W, dtype=torch.float32)
+    # the shuffled copies are the same on every device for the same generator seed
+    here = shuffle_weights(A.to(device), 4, generator=torch.Generator().manual_seed(3))
+    cpu = shuffle_weights(A, 4, generator=torch.Generator().manual_seed(3))
+    assert here.device.type == torch.device(device).type and torch.equal(here.cpu(), cpu)
+    t = shuffle_test(W, 3, n_shuffles=9, random_state=0, device=device)
+    ref = shuffle_test(W, 3, n_shuffles=9, random_state=0, device="cpu")
+    assert t.score.p_value == t.min_p_value == 0.1 and t.score.z > 5  # planted modules: far above the null
+    assert t.E.observed == pytest.approx(ref.E.observed, abs=1e-6)
+    # the shuffles are the same matrices; their clusterings may differ by float rounding on another device
+    assert t.E.mean == pytest.approx(ref.E.mean, abs=0.01)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_enmeshment_loss_and_gradient_on_each_device(device):
+    torch.manual_seed(0)
+    model = mlp(12, [10, 8], 3).double()
+    clustering = cluster_network(LayeredGraph.from_module(model), 2, random_state=0)
+    model.to(device)
+    loss = EnmeshmentLoss(model, clustering)
+    value = loss()
+    value.backward()
+    assert value.device.type == torch.device(device).type
+    # float64 reference on the CPU: 1 - mean of the layers' within-cluster shares of squared weight
+    cpu = {n: p.detach().cpu().clone().requires_grad_(True) for n, p in model.named_parameters()}
+    shares = [clusterability(cpu[f"{name}.weight"].T.square(), *clustering.labels(name)) for name in loss.layers]
+    ref = 1 - torch.stack(shares).mean()
+    ref.backward()
+    assert value.item() == pytest.approx(ref.item(), abs=1e-12)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad.cpu(), cpu[n].grad, atol=1e-12), n
+    assert torch.autograd.gradcheck(lambda *_: loss(), tuple(p for p in model.parameters() if p.requires_grad))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_circuit_found_on_each_device_holds_on_the_cpu(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16, bias=False), nn.ReLU(), nn.Linear(16, 3, bias=False))
+    x = torch.randn(300, 6)
+    y = model(x).argmax(1).detach()
+    task = label_task(x, y, 1)
+    c = extract_circuit(model, task, device=device)
+    assert c.accuracy >= 0.95 * c.full_accuracy
+    masked = nn.Sequential(nn.Linear(6, 16, bias=False), nn.ReLU(), nn.Linear(16, 3, bias=False))
+    with torch.no_grad():
+        for i in ("0", "2"):
+            assert c.masks[i].shape == model[int(i)].weight.shape
+            masked[int(i)].weight.copy_(model[int(i)].weight.cpu() * c.masks[i].cpu())
+        acc, loss = task.metrics(masked(task.x))
+        full_acc, _ = task.metrics(model.cpu()(task.x))
+    assert acc == pytest.approx(c.accuracy, abs=1e-9) and full_acc == pytest.approx(c.full_accuracy, abs=1e-9)
+    assert loss == pytest.approx(c.loss, rel=1e-4)
+    assert sum(int(m.sum()) for m in c.masks.values()) < sum(m.numel() for m in c.masks.values())  # something was pruned
