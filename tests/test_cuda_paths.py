@@ -20,7 +20,11 @@ from graphinterp.clustering.cluster import cluster_network
 from graphinterp.clustering.metrics import clusterability
 from graphinterp.clustering.significance import shuffle_test, shuffle_weights
 from graphinterp.graph.layered import LayeredGraph
+from graphinterp.clustering.labels import Clustering
+from graphinterp.common.inference import on_device
+from graphinterp.interpret.ablate import ablation_matrix
 from graphinterp.interpret.circuits import extract_circuit
+from graphinterp.interpret.evaluation import class_accuracy
 from graphinterp.interpret.label_tasks import label_task
 from graphinterp.sources.models import mlp
 from graphinterp.training.loss import EnmeshmentLoss
@@ -134,6 +138,7 @@ def test_circuit_found_on_each_device_holds_on_the_cpu(device):
     y = model(x).argmax(1).detach()
     task = label_task(x, y, 1)
     c = extract_circuit(model, task, device=device)
+    assert all(p.device.type == "cpu" for p in model.parameters())  # moved back after the search
     assert c.accuracy >= 0.95 * c.full_accuracy
     masked = nn.Sequential(nn.Linear(6, 16, bias=False), nn.ReLU(), nn.Linear(16, 3, bias=False))
     with torch.no_grad():
@@ -145,3 +150,40 @@ def test_circuit_found_on_each_device_holds_on_the_cpu(device):
     assert acc == pytest.approx(c.accuracy, abs=1e-9) and full_acc == pytest.approx(c.full_accuracy, abs=1e-9)
     assert loss == pytest.approx(c.loss, rel=1e-4)
     assert sum(int(m.sum()) for m in c.masks.values()) < sum(m.numel() for m in c.masks.values())  # something was pruned
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluations_on_a_device_leave_the_model_where_it_was(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False))
+    x = torch.randn(200, 6)
+    y = model(x).argmax(1).detach()
+    c = Clustering(2, {"0": np.array([0, 1] * 3)}, {"0": np.array([0, 1] * 4)})
+    acc = class_accuracy(model, (x, y), device=device)
+    res = ablation_matrix(model, None, c, (x, y), device=device)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert np.array_equal(acc, np.ones(3)) and np.array_equal(res.full, acc)  # y is the model's own argmax
+    assert np.array_equal(res.off, ablation_matrix(model, None, c, (x, y), device="cpu").off)
+
+
+def test_on_device_moves_the_model_there_and_back_even_on_error(monkeypatch):
+    model = nn.Linear(2, 2)
+    moves = []
+    monkeypatch.setattr(model, "to", lambda d: moves.append(torch.device(d)) or model)  # a fake move: no GPU needed
+    with pytest.raises(RuntimeError, match="inside"):
+        with on_device(model, torch.device("cuda")):
+            assert moves == [torch.device("cuda")]
+            raise RuntimeError("inside")
+    assert moves == [torch.device("cuda"), torch.device("cpu")]
+    moves.clear()
+    with on_device(model, torch.device("cpu")):
+        pass
+    assert moves == []  # already there: nothing moved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_device_puts_each_tensor_of_a_split_model_back_cuda():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).cuda())
+    with on_device(model, torch.device("cuda")):
+        assert all(p.is_cuda for p in model.parameters())
+    assert [p.device.type for p in model.parameters()] == ["cpu", "cpu", "cuda", "cuda"]

@@ -1,8 +1,9 @@
-"""Running a model for its outputs: eval mode for a block (restored afterwards) and batched predictions.
+"""Running a model for its outputs: eval mode and a device for a block (restored afterwards), batched predictions.
 
 The one place for "put the model in eval mode, run it, put it back": training's evaluation, the
-tracer, ablation, circuits and the transformer tasks all use :func:`eval_mode`, and every
-class-prediction loop is :func:`predictions`.
+tracer, ablation, circuits and the transformer tasks all use :func:`eval_mode`; the evaluations that
+take a ``device`` (class accuracy, ablation, circuits) run the model there inside :func:`on_device`,
+which moves it back afterwards; every class-prediction loop is :func:`predictions`.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "predictions"]
+__all__ = ["eval_mode", "on_device", "predictions"]
 
 
 @contextlib.contextmanager
@@ -34,6 +35,41 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` moved to ``device`` inside the block; every parameter and buffer goes back to its own
+    device in ``finally``.
+
+    An evaluation asked to run on CUDA (``device="auto"`` on a GPU machine included) must not leave
+    the caller's CPU model on the GPU. Nothing is copied when the model is already there.
+
+    Examples
+    --------
+    >>> m = nn.Linear(2, 2)
+    >>> with on_device(m, torch.device("cpu")) as same:
+    ...     same is m, m.weight.device.type
+    (True, 'cpu')
+    >>> m.weight.device.type
+    'cpu'
+    """
+    tensors = list(model.parameters()) + list(model.buffers())
+    before = [t.device for t in tensors]
+    if all(d == device for d in before):
+        yield model
+        return
+    model.to(device)
+    try:
+        yield model
+    finally:
+        if len(set(before)) == 1:
+            model.to(before[0])
+        else:  # a model spread over several devices: each tensor back where it was
+            with torch.no_grad():
+                for t, d in zip(list(model.parameters()) + list(model.buffers()), before):
+                    if t.device != d:
+                        t.data = t.data.to(d)
 
 
 def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,

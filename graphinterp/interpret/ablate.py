@@ -34,7 +34,7 @@ from torch import nn
 from graphinterp.common.files import resolve_device
 from graphinterp.clustering.labels import Clustering, require_clustering
 from graphinterp.common.errors import ClusteringError
-from graphinterp.interpret.evaluation import as_tensors, class_accuracy, per_class, predictions
+from graphinterp.interpret.evaluation import as_tensors, class_accuracy, on_device, per_class, predictions
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.hooks import AblationHandle, NeuronSpec, ablate, level_means, run_with_ablation
 
@@ -148,7 +148,7 @@ def ablation_matrix(model: nn.Module, graph: Optional[LayeredGraph], clustering:
     mode : {"zero", "mean"}
     batch_size : int
     device : str or torch.device, optional
-        Default CUDA when available; the model is moved there.
+        Default CUDA when available; the model runs there and is moved back afterwards.
     progress : bool
         Show a tqdm bar over the 2k ablations.
 
@@ -180,19 +180,19 @@ def ablation_matrix(model: nn.Module, graph: Optional[LayeredGraph], clustering:
     clustering = require_clustering(clustering, "ablation_matrix")
     x, y, names = as_tensors(data)
     device = resolve_device(device)
-    model.to(device)
-    graph = graph if graph is not None else LayeredGraph.from_module(model)
-    specs = {(c, s): cluster_neurons(graph, clustering, c, s) for c in range(clustering.k) for s in ("on", "off")}
-    means = None
-    if mode == "mean":
-        means = level_means(model, graph, reference if reference is not None else x,
-                            levels=sorted({n for spec in specs.values() for n in spec}), batch_size=batch_size)
-    n_out = graph.layers[-1].n_out
-    full = per_class(predictions(model, x, batch_size, device), y, n_out)
-    rows = {}
-    for key in tqdm(specs, desc="ablations", disable=not progress, leave=False):
-        with ablate(model, graph, specs[key], mode=mode, means=means):
-            rows[key] = per_class(predictions(model, x, batch_size, device), y, n_out)
+    with on_device(model, device):
+        graph = graph if graph is not None else LayeredGraph.from_module(model)
+        specs = {(c, s): cluster_neurons(graph, clustering, c, s) for c in range(clustering.k) for s in ("on", "off")}
+        means = None
+        if mode == "mean":
+            means = level_means(model, graph, reference if reference is not None else x,
+                                levels=sorted({n for spec in specs.values() for n in spec}), batch_size=batch_size)
+        n_out = graph.layers[-1].n_out
+        full = per_class(predictions(model, x, batch_size, device), y, n_out)
+        rows = {}
+        for key in tqdm(specs, desc="ablations", disable=not progress, leave=False):
+            with ablate(model, graph, specs[key], mode=mode, means=means):
+                rows[key] = per_class(predictions(model, x, batch_size, device), y, n_out)
     counts = torch.bincount(y, minlength=len(full)).numpy()
     present = np.flatnonzero(counts > 0)
     names = names if names is not None and len(names) >= len(full) else [str(i) for i in range(len(full))]

@@ -60,7 +60,7 @@ from graphinterp.common.files import resolve_device
 from graphinterp.interpret.circuit_compare import CircuitComparison, cluster_share
 from graphinterp.interpret.circuit_search import Circuit, Schedule, TaskEvaluator, Tolerance, authors_prune, prune
 from graphinterp.common.errors import DataError
-from graphinterp.interpret.evaluation import as_tensors, eval_mode
+from graphinterp.interpret.evaluation import as_tensors, eval_mode, on_device
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ecs import circuit_size
 from graphinterp.interpret.edges import EdgeLayer, edge_layers
@@ -88,7 +88,8 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     Parameters
     ----------
     model : nn.Module
-        Evaluated in eval mode on ``device`` (moved there); its weights are unchanged afterwards.
+        Evaluated in eval mode on ``device`` (moved there for the search, then back to its own
+        device); its weights and mode are unchanged afterwards.
     task : LabelTask
         From :func:`graphinterp.interpret.label_tasks.label_task`.
     graph : LayeredGraph, optional
@@ -146,7 +147,7 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     status: dict = {}
     history: list = []
     try:
-        with eval_mode(model.to(device)):
+        with on_device(model, device), eval_mode(model):
             if edges is not None:
                 layers, modules = edges(model, device)
             else:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from graphinterp.common.files import resolve_device
-from graphinterp.common.inference import eval_mode, predictions  # noqa: F401  (re-exported)
+from graphinterp.common.inference import eval_mode, on_device, predictions  # noqa: F401  (re-exported)
 from graphinterp.common.errors import DataError
 
 __all__ = ["as_tensors", "class_accuracy", "eval_mode", "load_runnable", "per_class", "predictions"]
@@ -48,7 +48,7 @@ def as_tensors(data: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str
 
 def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, device=None,
                    num_classes: Optional[int] = None) -> np.ndarray:
-    """Accuracy on each class's examples, batched on ``device`` (the model is moved there).
+    """Accuracy on each class's examples, batched on ``device`` (the model runs there and is moved back afterwards).
 
     Returns
     -------
@@ -69,8 +69,8 @@ def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, devic
     """
     x, y, _ = as_tensors(data)
     device = resolve_device(device)
-    model.to(device)
-    pred = predictions(model, x, batch_size, device)
+    with on_device(model, device):
+        pred = predictions(model, x, batch_size, device)
     return per_class(pred, y, num_classes)
 
 
