@@ -41,6 +41,14 @@ def planted(m, n, k, seed=0, noise=0.05):
     return W[pr][:, pc], rows[pr], cols[pc]
 
 
+def mlp_and_its_labels(hidden, n=300):
+    """A random two-layer ReLU MLP (6 inputs, 3 classes), ``n`` Gaussian inputs and the model's own argmax."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, 3, bias=False))
+    x = torch.randn(n, 6)
+    return model, x, model(x).argmax(1).detach()
+
+
 def same_partition(a, b):
     """True when labelings ``a`` and ``b`` are the same partition (up to renumbering)."""
     pairs = set(zip(a.tolist(), b.tolist()))
@@ -132,15 +140,12 @@ def test_enmeshment_loss_and_gradient_on_each_device(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_circuit_found_on_each_device_holds_on_the_cpu(device):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16, bias=False), nn.ReLU(), nn.Linear(16, 3, bias=False))
-    x = torch.randn(300, 6)
-    y = model(x).argmax(1).detach()
+    model, x, y = mlp_and_its_labels(16)
     task = label_task(x, y, 1)
     c = extract_circuit(model, task, device=device)
     assert all(p.device.type == "cpu" for p in model.parameters())  # moved back after the search
     assert c.accuracy >= 0.95 * c.full_accuracy
-    masked = nn.Sequential(nn.Linear(6, 16, bias=False), nn.ReLU(), nn.Linear(16, 3, bias=False))
+    masked = mlp_and_its_labels(16)[0]
     with torch.no_grad():
         for i in ("0", "2"):
             assert c.masks[i].shape == model[int(i)].weight.shape
@@ -154,10 +159,7 @@ def test_circuit_found_on_each_device_holds_on_the_cpu(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_evaluations_on_a_device_leave_the_model_where_it_was(device):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False))
-    x = torch.randn(200, 6)
-    y = model(x).argmax(1).detach()
+    model, x, y = mlp_and_its_labels(8, n=200)
     c = Clustering(2, {"0": np.array([0, 1] * 3)}, {"0": np.array([0, 1] * 4)})
     acc = class_accuracy(model, (x, y), device=device)
     res = ablation_matrix(model, None, c, (x, y), device=device)
