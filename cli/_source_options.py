@@ -12,8 +12,9 @@ def parse_input_shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
     """``"3,64,64"`` -> ``(3, 64, 64)``; None -> None; a click error for anything else."""
     if not text:
         return None
+    parts = text.replace("x", ",").split(",")  # 3,64,64 or 3x64x64; every part must be a size
     try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        shape = tuple(int(p) for p in parts)
     except ValueError:
         shape = ()
     if not shape or any(s < 1 or s > 100_000 for s in shape) or len(shape) > 5:

@@ -187,6 +187,7 @@ def test_torchvision_weights_load_and_bad_inputs_fail(tmp_path):
     (["--arch", "resnet18", "--weights", "WEIGHTS"], "does not fit torchvision 'resnet18'"),
     (["GOOD", "--k", "1..3"], "k must be at least 2"),
     (["GOOD", "--k", "2..1000000000000"], "more than 1000 values of k"),
+    (["GOOD", "--k", "500"], "no layer can be clustered at k=500"),
     (["GOOD", "--significance-k", "1"], "--significance-k"),
     (["GOOD", "--out", "FILE"], "is a file"),
     (["GOOD", "--out", "FILE/sub"], "--out"),

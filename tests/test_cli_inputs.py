@@ -109,6 +109,19 @@ def test_bad_device(ckpt_file, tmp_path, device):
         resolve_device(device)
 
 
+@pytest.mark.parametrize("shape", ["3,64,x", "3,,64", "3,64,", "x", "0,8", "3,1e3", "1,2,3,4,5,6"])
+def test_bad_input_shape_is_refused_whole(sd_file, shape):
+    # every part must be a size: a stray letter or empty part is not dropped (3,64,x is not (3, 64))
+    assert "--input-shape" in one_error(invoke("analyze", sd_file, "--input-shape", shape), 2)
+
+
+def test_input_shape_forms():
+    from graphinterp.cli._source_options import parse_input_shape
+
+    assert parse_input_shape("3,64,64") == parse_input_shape("3x64x64") == parse_input_shape(" 3, 64 ,64") == (3, 64, 64)
+    assert parse_input_shape(None) is None and parse_input_shape("") is None
+
+
 def test_figure_suffix_is_checked_before_any_work(ckpt_file, tmp_path, monkeypatch):
     import graphinterp.cli.ablate as ablate_cli
 

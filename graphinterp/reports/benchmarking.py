@@ -194,7 +194,8 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     -------
     BenchmarkReport
         A source that cannot be loaded (missing or corrupt file, unknown architecture, weights that
-        do not fit) is listed in ``failed`` with its error; the others are benchmarked.
+        do not fit), or none of whose layers has k nodes on both sides for the smallest k, is listed in
+        ``failed`` with its error; the others are benchmarked.
 
     Raises
     ------
@@ -229,6 +230,12 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
             failed[name] = f"{_describe(source)}: {err}"
             continue
         tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
+        if not tasks:  # nothing to benchmark is a failure, not an empty report
+            why = "; ".join(f"{layer}: {reason}" for layer, reason in list(skipped.items())[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            failed[name] = (f"{_describe(source)}: no layer can be clustered at k={ks[0]} ({why}{more}); "
+                            f"use a smaller k")
+            continue
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
     serial = n_jobs == 1 and scheduler is None
     common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
