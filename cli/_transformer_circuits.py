@@ -51,7 +51,7 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
     import torch
 
     from graphinterp import DataError
-    from graphinterp import task_data
+    from graphinterp import checkpoint_task_data
 
     config = _config(path, ckpt, corpus)
     if other_ckpt is not None:
@@ -60,7 +60,7 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
             raise DataError(f"{path} was trained on {config.task} but {other} on {cfg_b.task}; compare models of one task")
         if config.task == "modadd" and cfg_b.p != config.p:
             raise DataError(f"{path} adds mod {config.p} but {other} adds mod {cfg_b.p}; compare models of one task")
-    data = task_data(config)
+    data = checkpoint_task_data(ckpt, config, path, [(other_ckpt, other)] if other_ckpt is not None else [])
     if config.task == "chars":
         return _char_data(config, data, path, other_ckpt, other, split, limit, seed)
     part = data["test" if split == "test" else "train"]
@@ -88,11 +88,7 @@ def extract_transformer(path: str, ckpt: Dict[str, Any], data: TransformerData, 
 
 def _char_data(config, data, path, other_ckpt, other, split, limit, seed) -> TransformerData:
     """Next-character windows of a character LM's split (``test`` reads the validation text)."""
-    from graphinterp import DataError
-
-    corpus = data["corpus"]
-    if other_ckpt is not None and other_ckpt["arch"].get("kwargs", {}).get("vocab", corpus.vocab) != corpus.vocab:
-        raise DataError(f"{path} and {other} have different vocabularies; compare models of one corpus")
+    corpus = data["corpus"]  # its vocabulary was checked against both models by checkpoint_task_data
     part = corpus.next_char_windows(config.n_ctx, "val" if split == "test" else "train",
                                     limit=CHAR_WINDOWS if limit is None else limit, seed=seed)
     present = sorted(set(part.y.tolist()))

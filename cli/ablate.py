@@ -224,7 +224,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, p
     from graphinterp import cluster_mlp_blocks
     from graphinterp import trace_graph
     from graphinterp import build_model
-    from graphinterp import TransformerConfig, task_data
+    from graphinterp import TransformerConfig, checkpoint_task_data
     from graphinterp import onoff_matrix, specialisation
 
     ckpt = validate_checkpoint(ckpt)
@@ -234,7 +234,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, p
     config = TransformerConfig.from_dict({**saved, **({"corpus": corpus} if corpus else {})})
     net = build_model(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
-    data = task_data(config)
+    data = checkpoint_task_data(ckpt, config, path)
     if split == "train":
         if config.task == "modadd":
             x, y = data["train"].x, data["train"].y

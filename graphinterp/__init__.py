@@ -69,7 +69,8 @@ _EXPORTS = {
     "SIMILARITIES": "training.train", "TrainConfig": "training.train", "TrainResult": "training.train",
     "TransformerConfig": "training.transformer_config", "default_cluster_layers": "training.masks",
     "enmeshment_loss": "training.loss", "format_history": "training.train_config",
-    "parameter_masks": "training.masks", "task_data": "training.train_transformer", "train": "training.train",
+    "parameter_masks": "training.masks", "task_data": "training.train_transformer",
+    "checkpoint_task_data": "training.train_transformer", "train": "training.train",
     "train_transformer": "training.train_transformer",
     # interpret: interpretability: ablation and circuits
     "Circuit": "interpret.circuit_result", "CircuitComparison": "interpret.circuit_compare",

@@ -235,3 +235,31 @@ def test_cli_circuits_of_a_character_lm(tmp_path):
     assert [c["label_name"] for c in out["circuits"]] == [repr(ch) if ch == " " else ch for ch in present]
     assert out["dataset"].startswith("val next-character windows")
     assert all(0 <= c["ecs"] <= 1 and c["accuracy"] >= 0.95 * c["full_accuracy"] - 1e-9 for c in out["circuits"])
+
+
+def test_a_character_lm_refuses_a_corpus_with_another_vocabulary(tmp_path):
+    from graphinterp.sources.checkpoint import load_checkpoint
+
+    corpus, lm = _char_lm(tmp_path, batch_size=4, warmup_steps=2, steps=0)
+    text = corpus.read_text()
+    assert load_checkpoint(lm)["meta"]["vocabulary"] == "".join(sorted(set(text)))
+    same_size = tmp_path / "upper.txt"  # as many distinct characters, other ones: every id would mean another letter
+    same_size.write_text(text.replace("q", "Q"))
+    fewer = tmp_path / "fewer.txt"
+    fewer.write_text(text.replace("q", "t"))
+    for other, shown in [(same_size, "never saw: 'Q'"), (fewer, "missing: 'q'")]:
+        for cmd in (["circuits", str(lm), "--labels", "0", "--max-evals", "50"], ["ablate", str(lm)]):
+            r = _cli([*cmd, "--corpus", str(other)])
+            assert r.exit_code != 0 and r.output.startswith("error: corpus") and shown in r.output, r.output
+            assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    # a corpus whose text differs but whose characters are the model's is accepted (it is the user's choice of text)
+    shuffled = tmp_path / "same_chars.txt"
+    shuffled.write_text(text[::-1])
+    assert _cli(["ablate", str(lm), "--corpus", str(shuffled), "--limit", "50"]).exit_code == 0
+    # a checkpoint without the recorded vocabulary (older files) is still checked by the vocabulary size
+    ck = torch.load(lm, weights_only=True)
+    del ck["meta"]["vocabulary"]
+    torch.save(ck, tmp_path / "old.pt")
+    r = _cli(["ablate", str(tmp_path / "old.pt"), "--corpus", str(fewer)])
+    assert r.exit_code != 0 and "distinct characters" in r.output, r.output
+    assert _cli(["ablate", str(tmp_path / "old.pt"), "--corpus", str(same_size), "--limit", "50"]).exit_code == 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.files import check_writable, output_lock, resolve_device
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.clustering.labels import Clustering, stored_clustering
-from graphinterp.common.errors import GraphinterpError, TrainingError
+from graphinterp.common.errors import DataError, GraphinterpError, TrainingError
 from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.clustering.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks, find_mlp_blocks
@@ -42,7 +42,7 @@ from graphinterp.data.tasks import load_corpus, modular_addition
 from graphinterp.training.train_config import TrainResult
 from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
 
-__all__ = ["TransformerConfig", "train_transformer", "task_data", "evaluate_task"]
+__all__ = ["TransformerConfig", "train_transformer", "task_data", "checkpoint_task_data", "evaluate_task"]
 
 
 def task_data(config: TransformerConfig) -> Dict[str, Any]:
@@ -55,6 +55,44 @@ def task_data(config: TransformerConfig) -> Dict[str, Any]:
     kwargs = dict(vocab=corpus.vocab, n_out=corpus.vocab, n_ctx=config.n_ctx, readout="all")
     return {"corpus": corpus, "test": corpus.windows(config.n_ctx, "val", limit=config.eval_windows),
             "kwargs": kwargs, "classes": corpus.chars}
+
+
+def checkpoint_task_data(ckpt: Dict[str, Any], config: TransformerConfig, path: str,
+                         others: Sequence[Tuple[Dict[str, Any], str]] = ()) -> Dict[str, Any]:
+    """:func:`task_data` for evaluating the transformer checkpoint ``ckpt`` (from ``path``), checked against it
+    and against the ``(checkpoint, path)`` pairs of ``others`` (models compared on the same data).
+
+    A character LM only makes sense on text with the vocabulary it was trained on: token ids are
+    positions in the corpus's sorted characters, so another corpus with the same number of distinct
+    characters would silently map every id to another character. The corpus must have the model's
+    vocabulary size and, when the checkpoint records it (graphinterp writes ``meta["vocabulary"]``),
+    exactly its characters.
+
+    Raises
+    ------
+    DataError
+        If the corpus does not fit the model, saying which characters differ.
+    """
+    data = task_data(config)
+    if config.task != "chars":
+        return data
+    for ck, name in [(ckpt, path), *others]:
+        _check_vocabulary(ck, data["corpus"], name)
+    return data
+
+
+def _check_vocabulary(ckpt: Dict[str, Any], corpus, path: str) -> None:
+    size = ckpt["arch"].get("kwargs", {}).get("vocab")
+    stored = (ckpt.get("meta") or {}).get("vocabulary")
+    text = "".join(corpus.chars)
+    if (size is not None and size != corpus.vocab) or (stored is not None and stored != text):
+        extra = sorted(set(text) - set(stored or text))
+        missing = sorted(set(stored or "") - set(text))
+        detail = "".join(f"; {what}: {''.join(chars)!r}" for what, chars in
+                         (("characters the model never saw", extra), ("characters of its training text missing", missing))
+                         if chars)
+        raise DataError(f"corpus {corpus.path} has {corpus.vocab} distinct characters but {path} was trained on "
+                        f"{size if size is not None else len(stored)}{detail}; pass its training text with --corpus")
 
 
 @torch.no_grad()
@@ -182,7 +220,7 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model) -> TrainRes
             history.append(_row(config, model, data, loss_fn, clustering, step, modular, sums, start))
             sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
             if checkpoint is not None:
-                _save(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim)
+                _save(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim, data=data)
             if not config.quiet:
                 r = history[-1]
                 print(f"step {step}/{total} [{r['phase']}] ce {r['ce']:.4f} E {r['E'] if r['E'] is None else round(r['E'], 4)} "
@@ -195,7 +233,8 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model) -> TrainRes
         history[-1]["E_refit"] = refit.clusterability()
         history[-1]["E_blocks_refit"] = block_clusterability(refit.masks, blocks_from_clustering(final))
         if checkpoint is not None:
-            _save(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering)
+            _save(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering,
+                  data=data)
     return TrainResult(model, arch, final, history)
 
 
@@ -210,13 +249,21 @@ def _row(config, model, data, loss_fn, clustering, step, modular, sums, start) -
             **evaluate_task(model, data), "time": time.perf_counter() - start}
 
 
-def _save(path, model, arch, config, history, clustering, opt, gen, step, gradsim, trained=None) -> None:
+def _save(path, model, arch, config, history, clustering, opt, gen, step, gradsim, trained=None, data=None) -> None:
     state = {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
              "torch_rng": torch.get_rng_state(), "config": config.to_dict(),
              "train_clustering": (trained or clustering).to_dict() if (trained or clustering) else None,
              "gradsim": gradsim.state_dict() if gradsim is not None else None}
     save_checkpoint(path, model, arch=arch, clustering=clustering.to_dict() if clustering else None,
-                    history=history, train_state=state, meta={"trainer": "graphinterp.training.train_transformer"})
+                    history=history, train_state=state, meta=_meta(data))
+
+
+def _meta(data) -> Dict[str, Any]:
+    """The checkpoint's meta: the trainer, and a character LM's vocabulary (checked by :func:`checkpoint_task_data`)."""
+    meta = {"trainer": "graphinterp.training.train_transformer"}
+    if data is not None and "corpus" in data:
+        meta["vocabulary"] = "".join(data["corpus"].chars)
+    return meta
 
 
 def _resume(path, config: TransformerConfig, arch, model, opt, gen, gradsim):
