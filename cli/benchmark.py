@@ -57,8 +57,10 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     and random-weight references (--random-arch resnet18). A model that cannot be loaded is
     reported and left out; the others are benchmarked and the command then exits with status 1.
 
-    Each model becomes a layered graph: one graph when its layers form a chain, otherwise (residual
-    blocks, branches) each Linear/Conv2d on its own; the report says which and why. Every layer is
+    Each model becomes a layered graph, as in `analyze`: a chain, a DAG for residual blocks and
+    branches, or (--layerwise, or a bare state_dict of unknown layout) each Linear/Conv2d on its own;
+    the report says which and why. The clusterings of a layer for several k share one SVD, so its E at
+    one k can differ slightly from `analyze`'s, whose SVD has rank k. Every layer is
     clustered with BSGC for each k and reported with its clusterability E (share of squared weight
     inside clusters), the E of a random partition with the same cluster sizes, and the normalised
     score (E - E_rand) / (1 - E_rand). At --significance-k each layer is compared with --shuffles

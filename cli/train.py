@@ -66,7 +66,7 @@ __all__ = ["command"]
                    "that analyze reports).")
 @click.option("--layers", default=None, metavar="NAMES",
               help="Comma-separated layers to cluster (e.g. fc1,fc2). Default: every Linear layer between two hidden "
-                   "levels (fc2 for the MLP, fc1,fc2 for the CNN).")
+                   "levels (fc2 for the MLP and for the CNN, whose fc1 reads the conv channels).")
 @seed_option
 @device_option
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,

@@ -285,3 +285,19 @@ def test_bad_inputs(tmp_path):
         assert words in message and str(tmp_path / name) in message, (name, message)
     assert load_model_file(tmp_path / "legacy.pt").kind == "state_dict"
     assert isinstance(ModelFileError("x"), OSError)
+
+
+def test_a_bare_state_dict_notes_unfolded_normalisation_only_when_it_has_some(tmp_path):
+    from graphinterp.graph.load import load_graph
+
+    plain = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    normed = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    for model, name in [(plain, "plain.pt"), (normed, "normed.pt")]:
+        torch.save(model.state_dict(), tmp_path / name)
+    _, graph = load_graph(str(tmp_path / "plain.pt"))
+    assert not any("normalisation" in note for note in graph.coverage.notes)
+    _, graph = load_graph(str(tmp_path / "normed.pt"))
+    notes = [(note, n) for note, n in graph.coverage.notes.items() if "normalisation" in note]
+    assert notes == [("no architecture: the normalisation in this state_dict cannot be folded (e.g. 1.weight)", 3)]
+    _, graph = load_graph(str(tmp_path / "normed.pt"), fold=False)  # nothing was to be folded: no note
+    assert not any("normalisation" in note for note in graph.coverage.notes)

@@ -181,7 +181,7 @@ def _fit_weights(arch: str, weights: str, trust_pickle: bool) -> torch.nn.Module
                  f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
         raise InvalidWeightsError(
             f"{weights} does not fit torchvision {arch!r}: {', '.join(p for p in parts if p)} key(s); "
-            f"pass the architecture the weights were saved from (--arch), or the file as a MODEL argument")
+            f"give the architecture the weights were saved from, or the file itself as the MODEL")
     model.load_state_dict(state)
     return model.eval()
 
@@ -253,9 +253,18 @@ def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = Tr
     if opened.module is not None:
         return LayeredGraph.from_module(opened.module, layerwise=layerwise, fold=fold, input_shape=input_shape)
     graph = LayeredGraph.from_state_dict(opened.state_dict, layerwise=layerwise)
-    if graph.coverage is not None and fold:
-        graph.coverage.notes.setdefault("no architecture: normalisation cannot be folded from a bare state_dict", 1)
+    norms = _normalisation_tensors(opened.state_dict)
+    if graph.coverage is not None and fold and norms:
+        graph.coverage.notes.setdefault(
+            f"no architecture: the normalisation in this state_dict cannot be folded (e.g. {norms[0]})", len(norms))
     return graph
+
+
+def _normalisation_tensors(state) -> list:
+    """Names of a state_dict's normalisation tensors: running statistics and 1-D weights (BatchNorm,
+    LayerNorm and RMSNorm gains); a model without them has nothing to fold."""
+    return [k for k, v in state.items() if isinstance(v, torch.Tensor) and (
+        k.endswith(("running_mean", "running_var")) or (k.endswith("weight") and v.dim() == 1))]
 
 
 def load_graph(source: Source, *, weights: Optional[str] = None, trust_pickle: bool = False,

@@ -122,9 +122,12 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
             graph.coverage = coverage
             return graph
     detail = str(last_error).strip().splitlines()[0][:160] if last_error else ""
+    what = ("the example input" if example is not None else
+            f"an input of the given shape {tuple(input_shape)}" if input_shape is not None else "a guessed example input")
     raise UnsupportedModelError(
-        f"could not run {type(model).__name__} on a guessed example input ({type(last_error).__name__}: "
-        f"{detail}); pass input_shape=(C, H, W) / --input-shape, or an example input"
+        f"could not run {type(model).__name__} on {what} ({type(last_error).__name__}: {detail}); "
+        "check that the model and the input (or the dataset) belong together, or give the input's shape "
+        "(input_shape=(C, H, W); --input-shape where a command has it)"
     )
 
 
@@ -168,7 +171,7 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
             continue
         mtype = owners.get(name, "tensor")
         if first in tracer.embeddings:
-            reason = "token embedding (a lookup, not a bipartite layer); its output dimensions are graph nodes"
+            reason = "embedding (token or position; a lookup, not a bipartite layer); its output dimensions are graph nodes"
         elif mtype in ("LSTM", "GRU", "RNN"):
             reason = "recurrent layers are not supported as graph edges"
         else:
