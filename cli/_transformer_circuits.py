@@ -62,7 +62,7 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
             raise DataError(f"{path} adds mod {config.p} but {other} adds mod {cfg_b.p}; compare models of one task")
     data = checkpoint_task_data(ckpt, config, path, [(other_ckpt, other)] if other_ckpt is not None else [])
     if config.task == "chars":
-        return _char_data(config, data, path, other_ckpt, other, split, limit, seed)
+        return _char_data(config, data, split, limit, seed)
     part = data["test" if split == "test" else "train"]
     x, y = part.x, part.y
     if limit is not None and limit < len(x):
@@ -86,7 +86,7 @@ def extract_transformer(path: str, ckpt: Dict[str, Any], data: TransformerData, 
     return None, clustering, circuits
 
 
-def _char_data(config, data, path, other_ckpt, other, split, limit, seed) -> TransformerData:
+def _char_data(config, data, split, limit, seed) -> TransformerData:
     """Next-character windows of a character LM's split (``test`` reads the validation text)."""
     corpus = data["corpus"]  # its vocabulary was checked against both models by checkpoint_task_data
     part = corpus.next_char_windows(config.n_ctx, "val" if split == "test" else "train",

@@ -54,8 +54,7 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     >>> m.weight.device.type
     'cpu'
     """
-    tensors = list(model.parameters()) + list(model.buffers())
-    before = [t.device for t in tensors]
+    before = [t.device for t in _tensors(model)]
     if all(d == device for d in before):
         yield model
         return
@@ -67,9 +66,13 @@ def on_device(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
             model.to(before[0])
         else:  # a model spread over several devices: each tensor back where it was
             with torch.no_grad():
-                for t, d in zip(list(model.parameters()) + list(model.buffers()), before):
+                for t, d in zip(_tensors(model), before):  # listed again: moving replaced the buffers
                     if t.device != d:
                         t.data = t.data.to(d)
+
+
+def _tensors(model: nn.Module) -> list:
+    return list(model.parameters()) + list(model.buffers())
 
 
 def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
