@@ -105,7 +105,9 @@ def device_option(f: Callable) -> Callable:
 
 
 def quiet_option(f: Callable) -> Callable:
-    return click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="No progress bars or progress lines. Results, coverage lines, notes, warnings and "
+                             "errors are still printed.")(f)
 
 
 def trust_pickle_option(f: Callable) -> Callable:

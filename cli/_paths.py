@@ -1,13 +1,25 @@
-"""Output paths checked before any work: a file that can be written and is not an input, a folder that can be filled."""
+"""Output paths checked before any work, and what a command left at its outputs when it was interrupted.
+
+The rule for folders, like most Unix tools: an output file's folder must already exist (a typo such
+as ``--plot reslts/fig.png`` is an error, not a new folder ``reslts``); an output folder
+(``benchmark --out report/``) may be created, but only its last component, in a folder that exists
+(``mkdir``, not ``mkdir -p``). Both are checked here and nothing is created before the work is done.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import click
 
-__all__ = ["FIGURE_SUFFIXES", "check_output_path", "check_output_dir"]
+__all__ = ["FIGURE_SUFFIXES", "check_output_path", "check_output_dir", "record_left_behind", "interrupted_message"]
+
+#: Keys in ``click.Context.meta`` (shared by a command and the group): what an interrupted command
+#: left behind, in its own words, and the outputs it checked with their state before any work.
+LEFT_BEHIND = "graphinterp.left_behind"
+_OUTPUTS = "graphinterp.outputs"
+_LISTED = 3  # written files named in the interrupt message; the rest are counted
 
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -28,9 +40,10 @@ def check_output_path(path, *, inputs: Sequence = (), suffixes: Optional[Sequenc
     * a suffix not in ``suffixes`` (case-insensitive; e.g. :data:`FIGURE_SUFFIXES`), when given;
     * a path that is, or resolves to, one of ``inputs`` (e.g. ``export m.pt m.pt``);
     * an existing path that is not a regular file: a folder, a symbolic link, a device, a FIFO;
-    * a parent that is a file, or a folder in which no file can be created (read-only).
+    * a folder that does not exist (``folder 'reslts' does not exist; create it first or fix the
+      path``), a parent that is a file, or a folder in which no file can be created (read-only).
 
-    Nothing is created: missing parent folders are made later by the writer.
+    Nothing is created.
 
     Examples
     --------
@@ -55,17 +68,28 @@ def check_output_path(path, *, inputs: Sequence = (), suffixes: Optional[Sequenc
             raise click.BadParameter(f"{text} is also an input; writing it would destroy {os.fspath(source)}: "
                                      "choose another output", param_hint=param_hint)
     try:
-        check_writable(p)
+        check_writable(p, parent_must_exist=True)
     except OutputPathError as err:
         raise click.BadParameter(str(err), param_hint=param_hint) from None
+    _declare(p, folder=False)
     return text
 
 
 def check_output_dir(path, *, param_hint: Optional[str] = None) -> str:
-    """Check, before any work, that files can be written into the folder ``path`` (created later if missing).
+    """Check, before any work, that files can be written into the folder ``path``; return it as a string.
 
-    Refused with :class:`click.BadParameter`: an existing non-folder, a parent that is a file, a
-    folder (or nearest existing ancestor) in which nothing can be created.
+    An existing folder must be writable. A missing one is created later by the writer, but only
+    as the last component of the path: its parent must exist and be writable (``mkdir``, not
+    ``mkdir -p``). Refused with :class:`click.BadParameter`: an existing non-folder, a missing
+    parent (``folder 'x' does not exist; create it first or fix the path``), a parent that is a
+    file, a folder in which nothing can be created. Nothing is created here.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> os.path.basename(check_output_dir(os.path.join(d, "report")))
+    'report'
     """
     from graphinterp import OutputPathError, check_writable
 
@@ -73,8 +97,82 @@ def check_output_dir(path, *, param_hint: Optional[str] = None) -> str:
     p = Path(text)
     if p.exists() and not p.is_dir():
         raise click.BadParameter(f"{text} exists and is not a folder", param_hint=param_hint)
-    try:
-        check_writable(p / ".graphinterp-probe")
+    try:  # creating the folder is writing an entry into its parent, under the rule for files
+        check_writable(p / ".graphinterp-probe" if p.is_dir() else p, parent_must_exist=True)
     except OutputPathError as err:
         raise click.BadParameter(str(err).replace(os.sep + ".graphinterp-probe", ""), param_hint=param_hint) from None
+    _declare(p, folder=True)
     return text
+
+
+def record_left_behind(text: str) -> None:
+    """Say what the running command leaves behind if it is interrupted now; ``graphinterp`` prints it on Ctrl-C.
+
+    ``text`` follows ``interrupted; `` in the error line (e.g. where a resumable checkpoint is and
+    how to resume). Without it, :func:`interrupted_message` names the outputs that were written.
+    """
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[LEFT_BEHIND] = text
+
+
+def interrupted_message(ctx: Optional[click.Context]) -> str:
+    """The ``error:`` line's text after Ctrl-C: what the command recorded, else the outputs it wrote.
+
+    Every output is written to a temporary file and renamed (:func:`graphinterp.atomic_write`), so
+    an interrupted command never leaves a half-written file; but a command with several outputs
+    (``benchmark --out``, ``circuits --graphml-dir``) may have written only some. The outputs are the
+    paths that :func:`check_output_path` and :func:`check_output_dir` checked, and one counts as
+    written when it (or a file in the folder) changed since the check.
+
+    Examples
+    --------
+    >>> interrupted_message(None)
+    'interrupted; no output was written'
+    """
+    meta = ctx.meta if ctx is not None else {}
+    if meta.get(LEFT_BEHIND):
+        return f"interrupted; {meta[LEFT_BEHIND]}"
+    outputs = meta.get(_OUTPUTS, {})
+    names = [os.fspath(path) for path in _changed(outputs)]
+    if not names:
+        existed = any(before for _, before in outputs.values())  # an existing file, or a folder with files
+        return "interrupted; no output was written" + (" (existing files are unchanged)" if existed else "")
+    listed = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+    return f"interrupted after writing {listed} (each file complete; outputs not named were not written)"
+
+
+def _state(path: Path):
+    """What tells a rewritten file apart (atomic writes replace the inode); None when absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _files_in(folder: Path) -> dict:
+    try:
+        return {entry: _state(entry) for entry in sorted(folder.iterdir()) if entry.is_file()}
+    except OSError:
+        return {}
+
+
+def _declare(path: Path, *, folder: bool) -> None:
+    """Remember the checked output ``path`` (and, for a folder, its files) as it is before any work."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta.setdefault(_OUTPUTS, {})[path] = (folder, _files_in(path) if folder else _state(path))
+
+
+def _changed(outputs: dict) -> List[Path]:
+    """The declared output files, and files in declared output folders, written since they were declared."""
+    changed = []
+    for path, (folder, before) in outputs.items():
+        if not folder:
+            now = _state(path)
+            if now is not None and now != before:
+                changed.append(path)
+            continue
+        changed += [f for f, now in _files_in(path).items() if now is not None and now != before.get(f)]
+    return changed

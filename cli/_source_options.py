@@ -1,11 +1,125 @@
-"""Options that say where a model comes from and how its graph is built (analyze, benchmark, export)."""
+"""How a command is given a model and how its graph is built: one declaration for analyze, export and plot layer.
+
+A command takes its model as the ``MODEL`` argument (:func:`model_argument`) and the options that say
+how to read it (:func:`model_source_options`: ``--weights``, ``--no-fold``, ``--input-shape``,
+``--trust-pickle``). The options reach the command as one :class:`SourceOptions` whose
+:meth:`SourceOptions.load` opens the model with :func:`graphinterp.load_graph`, so every command accepts
+the same sources: graphinterp checkpoints, bare state_dicts, TorchScript, ``.safetensors``,
+HuggingFace folders, torchvision names (random weights, or ``--weights FILE``) and, with
+``--trust-pickle``, pickled modules. ``benchmark`` pairs ``--arch`` with ``--weights`` for several
+models and declares its own.
+"""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import functools
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
 import click
 
-__all__ = ["parse_input_shape", "coverage_lines"]
+from graphinterp.cli._options import trust_pickle_option
+
+__all__ = [
+    "SourceOptions", "model_argument", "model_source_options", "layerwise_option", "parse_input_shape",
+    "coverage_lines", "note_lines",
+]
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The shared model-source options of a command, read from its command line.
+
+    Attributes
+    ----------
+    weights : str or None
+        Weights file for a MODEL given as a torchvision architecture name (``--weights``).
+    fold : bool
+        Fold normalisation (BatchNorm scale, LayerNorm/RMSNorm gains, layer_scale) into the weights
+        (False with ``--no-fold``).
+    input_shape : tuple of int or None
+        Shape of one input without the batch dimension, for tracing (``--input-shape``).
+    trust_pickle : bool
+        Allow a fully pickled ``nn.Module`` (``--trust-pickle``).
+
+    Examples
+    --------
+    >>> SourceOptions(weights="w.pth").inputs
+    ('w.pth',)
+    """
+
+    weights: Optional[str] = None
+    fold: bool = True
+    input_shape: Optional[Tuple[int, ...]] = None
+    trust_pickle: bool = False
+
+    @property
+    def inputs(self) -> Tuple[str, ...]:
+        """Files read besides MODEL (an output must not overwrite them)."""
+        return (self.weights,) if self.weights else ()
+
+    def load(self, model: str, *, layerwise: bool = False):
+        """Open ``model`` and build its graph with :func:`graphinterp.load_graph`; ``(opened, graph)``.
+
+        Parameters
+        ----------
+        model : str
+            The MODEL argument: a file, a HuggingFace folder or a torchvision name.
+        layerwise : bool
+            Every weight layer as its own bipartite graph (``--layerwise``).
+
+        Raises
+        ------
+        GraphinterpError
+            A missing, unreadable or unsafe file, an unknown architecture, weights that do not fit
+            (printed by ``graphinterp`` as one ``error:`` line, exit code 1).
+        """
+        from graphinterp import load_graph
+
+        return load_graph(model, trust_pickle=self.trust_pickle, layerwise=layerwise, weights=self.weights,
+                          fold=self.fold, input_shape=self.input_shape)
+
+
+def model_argument(f: Callable) -> Callable:
+    """The ``MODEL`` argument: a file, a HuggingFace folder or a torchvision name (read by :meth:`SourceOptions.load`)."""
+    return click.argument("model", type=click.Path(), metavar="MODEL")(f)
+
+
+def model_source_options(f: Callable) -> Callable:
+    """Add ``--weights``, ``--no-fold``, ``--input-shape`` and ``--trust-pickle``; pass them as ``source``.
+
+    The decorated command receives one keyword argument ``source`` (a :class:`SourceOptions`) instead
+    of the four option values. ``--input-shape`` is parsed (a usage error when malformed) before
+    the command runs.
+    """
+
+    @functools.wraps(f)
+    def command(*args, weights: Optional[str], no_fold: bool, input_shape: Optional[str], trust_pickle: bool,
+                **kwargs):
+        source = SourceOptions(weights=weights, fold=not no_fold, input_shape=parse_input_shape(input_shape),
+                             trust_pickle=trust_pickle)
+        return f(*args, source=source, **kwargs)
+
+    options = [
+        click.option("--weights", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Weights file for MODEL given as a torchvision architecture name (e.g. resnet18); "
+                          "without it a torchvision name has random weights."),
+        click.option("--no-fold", "no_fold", is_flag=True,
+                     help="Do not fold normalisation (BatchNorm scale, LayerNorm/RMSNorm gains, layer_scale) "
+                          "into weights."),
+        click.option("--input-shape", default=None, metavar="C,H,W",
+                     help="Shape of one input without the batch dimension, when it cannot be guessed (e.g. 3,64,64)."),
+        trust_pickle_option,
+    ]
+    for option in reversed(options):  # --help lists them in the order above
+        command = option(command)
+    return command
+
+
+def layerwise_option(f: Callable) -> Callable:
+    """The ``--layerwise`` flag: every weight layer as its own bipartite graph."""
+    return click.option("--layerwise", is_flag=True,
+                        help="Treat every weight layer as its own bipartite graph (unlinked). By default a module is "
+                             "traced into its graph: a chain, or a DAG for residual / attention models.")(f)
 
 
 def parse_input_shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
@@ -27,3 +141,9 @@ def coverage_lines(graph) -> List[str]:
     """The coverage summary of a graph (empty when it was not measured)."""
     coverage = getattr(graph, "coverage", None)
     return coverage.summary_lines() if coverage is not None else []
+
+
+def note_lines(opened) -> List[str]:
+    """``note: ...`` lines for what opening the model found (random weights, a recognised architecture,
+    ignored tensors); the TorchScript note is left out, it is among the coverage lines."""
+    return [f"note: {note}" for note in opened.notes if not note.startswith("TorchScript")]

@@ -1,23 +1,39 @@
-"""``graphinterp circuits`` on transformer checkpoints: the task data and the extraction.
+"""Transformer checkpoints in ``graphinterp ablate`` and ``graphinterp circuits``: which options apply, the task
+data, the class names, and the circuit extraction.
 
 Modular addition: the split's pairs, a label is an answer. Character LM: windows of the split's text
 (every position, a seeded subset of ``--limit`` windows, default :data:`CHAR_WINDOWS`), a label is the
 character after the window; ``--labels all`` takes the characters that occur as such.
+
+Both commands check their options through :func:`check_task_options` (the one place that says which
+options apply to which kind of model) and rebuild a transformer's task through :func:`task_config`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
 
-__all__ = ["TransformerData", "transformer_data", "extract_transformer", "CHAR_WINDOWS"]
+import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from graphinterp import TransformerConfig
+
+__all__ = ["TransformerData", "transformer_data", "extract_transformer", "task_config", "check_task_options",
+           "class_name", "CHAR_WINDOWS", "DATASET_OPTIONS"]
 
 #: Windows of a character LM's split that its circuits are extracted on, unless --limit says otherwise.
 CHAR_WINDOWS = 20000
 
+#: Options (parameter name, flag) that choose the evaluation data of a model that is not a transformer checkpoint.
+DATASET_OPTIONS = (("dataset", "--dataset"), ("data_dir", "--data-dir"))
+
 
 @dataclass
 class TransformerData:
-    """The examples the circuits are extracted on (what the report prints)."""
+    """The examples the circuits are extracted on (what the report prints).
+
+    ``vocabulary`` is a character LM's characters, in token-id order (None for modular addition).
+    """
 
     x: Any
     y: Any
@@ -25,12 +41,70 @@ class TransformerData:
     name: str
     scope: str = " in the MLP blocks (attention, embeddings and unembedding kept whole)"
     present: Optional[list] = None  # labels with at least one example (a character LM's "all")
+    vocabulary: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.y)
 
 
-def _config(path: str, ckpt: Dict[str, Any], corpus: Optional[str] = None):
+def class_name(c: str) -> str:
+    r"""How a class (an answer, or a character of a character LM) is shown in tables and as a label name.
+
+    Printable characters as themselves; spaces, newlines and other invisible characters as their
+    Python ``repr`` so that they can be seen. Used by ``ablate`` and ``circuits`` alike.
+
+    Examples
+    --------
+    >>> class_name("e"), class_name("10"), class_name(" "), class_name("\n")
+    ('e', '10', "' '", "'\\n'")
+    """
+    return c if c.isprintable() and not c.isspace() else repr(c)
+
+
+def _given(ctx: click.Context, names: Iterable[str]) -> List[str]:
+    """Which of the parameters ``names`` the user gave (on the command line or in the environment), not defaults."""
+    from click.core import ParameterSource
+
+    return [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+
+
+def check_task_options(path: str, ckpt: Optional[Dict[str, Any]], corpus: Optional[str],
+                       ctx: Optional[click.Context] = None) -> None:
+    """Refuse the options that do not apply to the kind of model in ``path`` (before any long work).
+
+    ``--corpus`` applies to character LMs only; ``--dataset`` and ``--data-dir`` to models that are not
+    transformer checkpoints (those are evaluated on their own task). ``ckpt`` is the loaded transformer
+    checkpoint, or None for any other model.
+
+    Raises
+    ------
+    click.UsageError
+        Naming the option and what kind of model it applies to.
+    """
+    if ckpt is None:
+        if corpus is not None:
+            raise _corpus_error(path, "is not a transformer checkpoint")
+        return
+    given = _given(ctx, [name for name, _ in DATASET_OPTIONS]) if ctx is not None else []
+    flags = [flag for name, flag in DATASET_OPTIONS if name in given]
+    if flags:
+        raise click.UsageError(f"{' and '.join(flags)} {'do' if len(flags) > 1 else 'does'} not apply to {path}: a "
+                               "transformer checkpoint is evaluated on its own task (--corpus chooses a character "
+                               "LM's text)")
+    task_config(path, ckpt, corpus)
+
+
+def task_config(path: str, ckpt: Dict[str, Any], corpus: Optional[str] = None) -> "TransformerConfig":
+    """The :class:`~graphinterp.TransformerConfig` a transformer checkpoint was trained with, ``corpus`` replacing
+    its text (refused unless the model is a character LM).
+
+    Raises
+    ------
+    DataError
+        The checkpoint holds no training settings.
+    click.UsageError
+        ``corpus`` given for a model that was not trained on chars.
+    """
     from graphinterp import validate_checkpoint
     from graphinterp import DataError
     from graphinterp import TransformerConfig
@@ -41,8 +115,13 @@ def _config(path: str, ckpt: Dict[str, Any], corpus: Optional[str] = None):
         raise DataError(f"{path} holds no transformer training settings; cannot rebuild its task data")
     config = TransformerConfig.from_dict({**saved, **({"corpus": corpus} if corpus else {})})
     if corpus and config.task != "chars":
-        raise DataError(f"--corpus applies to transformers trained on chars; {path} was trained on {config.task}")
+        raise _corpus_error(path, f"was trained on {config.task}")
     return config
+
+
+def _corpus_error(path: str, what: str) -> click.UsageError:
+    """The refusal of ``--corpus`` for a model that is not a character LM (``what`` it is instead)."""
+    return click.UsageError(f"--corpus applies to transformers trained on chars only; {path} {what}")
 
 
 def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], other_ckpt: Optional[Dict[str, Any]],
@@ -53,9 +132,9 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
     from graphinterp import DataError
     from graphinterp import checkpoint_task_data
 
-    config = _config(path, ckpt, corpus)
+    config = task_config(path, ckpt, corpus)
     if other_ckpt is not None:
-        cfg_b = _config(other, other_ckpt, corpus)
+        cfg_b = task_config(other, other_ckpt, corpus)
         if cfg_b.task != config.task:
             raise DataError(f"{path} was trained on {config.task} but {other} on {cfg_b.task}; compare models of one task")
         if config.task == "modadd" and cfg_b.p != config.p:
@@ -92,5 +171,6 @@ def _char_data(config, data, split, limit, seed) -> TransformerData:
     part = corpus.next_char_windows(config.n_ctx, "val" if split == "test" else "train",
                                     limit=CHAR_WINDOWS if limit is None else limit, seed=seed)
     present = sorted(set(part.y.tolist()))
-    names = [c if c.isprintable() and not c.isspace() else repr(c) for c in corpus.chars]  # ' ' and '\n' visible
-    return TransformerData(part.x, part.y, names, f"{part.name} of {corpus.path}", present=present)
+    names = [class_name(c) for c in corpus.chars]
+    return TransformerData(part.x, part.y, names, f"{part.name} of {corpus.path}", present=present,
+                           vocabulary="".join(corpus.chars))

@@ -11,6 +11,7 @@ from graphinterp.cli._common import (
     format_table, json_option, parse_int_ranges, parse_layers, plain_text, seed_option, trust_pickle_option,
 )
 from graphinterp import DATASETS
+from graphinterp.cli._transformer_circuits import check_task_options
 
 __all__ = ["command", "parse_neurons", "load_eval_data", "check_outputs", "data_options"]
 
@@ -110,6 +111,8 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     A transformer checkpoint (`graphinterp train --model transformer`) is evaluated on its own task
     (modadd: the test pairs, per answer; chars: validation windows, per target character), with the
     clusters of its MLP blocks ON / OFF (hidden units zeroed); --k K clusters every MLP block now.
+    --dataset and --data-dir do not apply to it, and --corpus applies to character LMs only (each is
+    refused where it does not apply).
     """
     from graphinterp import ablate, ablation_matrix, class_accuracy
     from graphinterp import cluster_network, stored_clustering
@@ -124,14 +127,13 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     if plot_path:
         check_output_path(plot_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
     ckpt = _transformer_checkpoint(model)
+    check_task_options(model, ckpt, corpus, click.get_current_context())
     if ckpt is not None:
         if neurons or mode != "zero" or layers is not None:
             raise click.UsageError("a transformer checkpoint is ablated by MLP-block clusters with zero ablation; "
                                    "--neurons, --mode mean and --layers do not apply")
-        _ablate_transformer(model, ckpt, k, corpus, split, limit, seed, batch_size, plot_path, as_json)
+        _ablate_transformer(model, ckpt, k, corpus, split, limit, seed, batch_size, device, plot_path, as_json)
         return
-    if corpus is not None:
-        raise click.UsageError("--corpus applies to transformer checkpoints trained on chars only")
     data = load_eval_data(dataset, split, data_dir, limit, seed)
     loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     check_outputs(graph, data, model)
@@ -218,20 +220,18 @@ def torch_load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, plot_path, as_json) -> None:
+def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, device, plot_path, as_json) -> None:
     from graphinterp import validate_checkpoint
     from graphinterp import ClusteringError, stored_clustering
     from graphinterp import cluster_mlp_blocks
     from graphinterp import trace_graph
     from graphinterp import build_model
-    from graphinterp import TransformerConfig, checkpoint_task_data
+    from graphinterp import checkpoint_task_data
     from graphinterp import onoff_matrix, specialisation
+    from graphinterp.cli._transformer_circuits import class_name, task_config
 
+    config = task_config(path, ckpt, corpus)
     ckpt = validate_checkpoint(ckpt)
-    saved = (ckpt.get("train_state") or {}).get("config")
-    if not saved:
-        raise ClusteringError(f"{path} holds no transformer training settings; cannot rebuild its task data")
-    config = TransformerConfig.from_dict({**saved, **({"corpus": corpus} if corpus else {})})
     net = build_model(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
     data = checkpoint_task_data(ckpt, config, path)
@@ -256,14 +256,14 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, p
     else:
         raise ClusteringError(f"{path} holds no clustering; pass --k K to cluster its MLP blocks now")
     classes = data["classes"]
-    result = onoff_matrix(net, clustering, x, y, classes, batch_size=batch_size)
-    names = [plain_text(repr(c)[1:-1]) for c in classes]
+    result = onoff_matrix(net, clustering, x, y, classes, batch_size=batch_size, device=device)
+    names = [class_name(c) for c in classes]  # the terminal shows the text itself; only figure text is escaped
     if plot_path:
         from graphinterp import plot_ablation
 
         live = np.isfinite(result.full)  # classes with examples
         plot_ablation(result.on[:, live], result.off[:, live], full=result.full[live],
-                      class_names=[n for n, ok in zip(names, live) if ok],
+                      class_names=[plain_text(n) for n, ok in zip(names, live) if ok],
                       title=f"{plain_text(path)}: accuracy per class, MLP clusters ON / OFF", out=plot_path)
     if as_json:
         emit_json({"model": str(path), "task": config.task, "split": split, "n_examples": len(x), "k": clustering.k,

@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import click
 
-from graphinterp import analyze, clusterability_report, graph_structure, load_graph, resolve_device, stored_clustering
+from graphinterp import analyze, clusterability_report, graph_structure, resolve_device, stored_clustering
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, check_layers, check_output_path, device_option, emit_json, format_table, json_option, layers_option,
-    parse_k_values, parse_layers, seed_option, trust_pickle_option,
+    parse_k_values, parse_layers, quiet_option, seed_option,
 )
-from graphinterp.cli._source_options import parse_input_shape
+from graphinterp.cli._source_options import (
+    coverage_lines, layerwise_option, model_argument, model_source_options, note_lines,
+)
 
 __all__ = ["command"]
 
 
 @click.command("analyze")
-@click.argument("model", type=click.Path())
+@model_argument
 @click.option("--k", "k_text", default="4", show_default=True, metavar="K|A..B|A,B",
               help="Number of clusters: one value (4), a range (2..10) or a list (2,4,8).")
 @layers_option
@@ -26,22 +28,14 @@ __all__ = ["command"]
               show_default=True,
               help="How row and column clusters are paired: joint embedding (Dhillon), independent KMeans "
                    "+ optimal matching, or Algorithm 1 verbatim (independent, unpaired).")
-@click.option("--layerwise", is_flag=True,
-              help="Treat every weight layer as its own bipartite graph (unlinked). By default a module is "
-                   "traced into its graph: a chain, or a DAG for residual / attention models.")
-@click.option("--weights", default=None, type=click.Path(dir_okay=False),
-              help="Weights file for MODEL given as a torchvision architecture name (e.g. resnet18).")
-@click.option("--no-fold", "no_fold", is_flag=True,
-              help="Do not fold normalisation (BatchNorm scale, LayerNorm/RMSNorm gains, layer_scale) into weights.")
-@click.option("--input-shape", default=None, metavar="C,H,W",
-              help="Shape of one input without the batch dimension, when it cannot be guessed (e.g. 3,64,64).")
+@layerwise_option
+@model_source_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure of E against k (PNG/SVG/PDF by suffix).")
 @device_option
-@trust_pickle_option
+@quiet_option
 @json_option
-def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights, no_fold, input_shape, plot_path,
-            device, trust_pickle, as_json):
+def command(model, k_text, layers, seed, similarity, pairing, layerwise, source, plot_path, device, quiet, as_json):
     """Cluster each layer of MODEL with BSGC and report its clusterability.
 
     MODEL is a graphinterp checkpoint, a bare state_dict (e.g. a third-party .pth), a TorchScript
@@ -53,6 +47,9 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
     clusters), the E expected of a random partition with the same sizes, and the normalised
     score (E - E_rand) / (1 - E_rand).
 
+    --quiet hides only the progress bar over a range of k (stderr); the report, its coverage
+    lines, notes, skipped layers and errors are always printed.
+
     \b
     Examples:
       graphinterp analyze model.pt --k 4
@@ -62,15 +59,13 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
       graphinterp analyze ./my-gpt2-folder --k 4
     """
     ks = parse_k_values(k_text, param_hint="--k")
-    shape = parse_input_shape(input_shape)
     if plot_path:
-        check_output_path(plot_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
-    loaded, graph = load_graph(model, trust_pickle=trust_pickle, layerwise=layerwise, weights=weights,
-                               fold=not no_fold, input_shape=shape)
+        check_output_path(plot_path, inputs=(model, *source.inputs), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
+    loaded, graph = source.load(model, layerwise=layerwise)
     names = check_layers(graph, parse_layers(layers))
     device = resolve_device(device)
     result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
-                     progress=len(ks) > 1 and not as_json, device=device)
+                     progress=len(ks) > 1 and not (as_json or quiet), device=device)
     stored = None
     clustering = stored_clustering(loaded.clustering, graph)
     if clustering is not None:
@@ -95,11 +90,8 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, weights
     structure = {"chained": "", "dag": " (a DAG: residual streams and branches on shared nodes)",
                  "layerwise": " (layer by layer)"}[graph_structure(graph)]
     click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {graph.num_params():,} weights{structure}")
-    for line in (graph.coverage.summary_lines() if graph.coverage is not None else []):
+    for line in coverage_lines(graph) + note_lines(loaded):
         click.echo(line)
-    for note in loaded.notes:
-        if not note.startswith("TorchScript"):  # that one is in the coverage lines
-            click.echo(f"note: {note}")
     if len(ks) == 1:
         rep = result.reports[ks[0]]
         rows = [(s.layer, f"{s.shape[0]}x{s.shape[1]}", " ".join(f"{a}/{b}" for a, b in s.sizes),

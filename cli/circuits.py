@@ -1,32 +1,22 @@
 """``graphinterp circuits``: one circuit per label by iterative edge pruning, its ECS, GraphML export, comparison."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import click
 
 from graphinterp.cli._common import (
-    FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option, emit_json,
-    format_table, json_option, parse_int_ranges, plain_text, quiet_option, seed_option, trust_pickle_option,
+    FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option,
+    emit_json, format_table, json_option, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
 from graphinterp.cli.ablate import _transformer_checkpoint, data_options, load_eval_data, check_outputs
+from graphinterp.cli._labels import parse_labels, resolve_labels
+from graphinterp.cli._transformer_circuits import check_task_options
 
-__all__ = ["command", "parse_labels"]
-
-
-def parse_labels(text: str) -> Union[str, List[int]]:
-    """``"all"`` or ``"0,3,5-7"`` -> ``"all"`` or ``[0, 3, 5, 6, 7]``.
-
-    Examples
-    --------
-    >>> parse_labels("all"), parse_labels("1,4-5")
-    ('all', [1, 4, 5])
-    """
-    if text.strip().lower() == "all":
-        return "all"
-    return parse_int_ranges(text, param_hint="--labels", example="all or 0,3,5-7")
+__all__ = ["command", "parse_labels", "resolve_labels"]
 
 
 def _stem(path: str) -> str:
@@ -65,8 +55,11 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @click.command("circuits")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
-@click.option("--labels", "labels_text", default="all", show_default=True, metavar="all|0,3,5-7",
-              help="Labels (output indices) to extract a circuit for.")
+@click.option("--labels", "labels_text", default="all", show_default=True, metavar="all|0,3,5-7|e,t|chars:TEXT",
+              help="Labels to extract a circuit for: all, or output indices and ranges (0,3,5-7). A character LM's "
+                   "labels can also be its characters: e,t,a (one character per item; an integer is always an index), "
+                   "or chars:TEXT, where every character of TEXT is one label, for digits, comma and space "
+                   "(--labels 'chars:3, ' is '3', ',' and ' '). Characters not in the model's vocabulary are an error.")
 @click.option("--compare", "other", type=click.Path(dir_okay=False), default=None,
               help="Extract the same circuits from this second model (e.g. the unclustered baseline) and report the "
                    "ECS change per label (the paper's Figure 3).")
@@ -121,15 +114,21 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
       graphinterp circuits modular.pt --compare baseline.pt --dataset mnist --plot ecs.png
       graphinterp circuits modadd.pt --labels all --compare modadd-base.pt --plot ecs.png --jobs 2
       graphinterp circuits lm.pt --corpus input.txt --labels all --limit 5000
+      graphinterp circuits lm.pt --labels e,t,a --limit 5000
 
-    A modular-addition transformer checkpoint (`graphinterp train --dataset modadd`) is evaluated on
-    its own task (--split test: the held-out pairs; --dataset and --data-dir do not apply): a label is
-    an answer 0..p-1, and the edges pruned are the weights of every MLP block (fc_in, fc_out);
+    A transformer checkpoint is evaluated on its own task (--dataset and --data-dir are refused). A
+    modular-addition one (`graphinterp train --dataset modadd`; --split test: the held-out pairs): a
+    label is an answer 0..p-1, and the edges pruned are the weights of every MLP block (fc_in, fc_out);
     attention, embeddings and the unembedding are kept whole, and the ECS is over the MLP weights.
     A character LM (`graphinterp train --dataset chars`) is evaluated on windows of its corpus's
     validation text (every position; a seeded subset of --limit windows, default 20,000): a label is
     the character that follows a window (the model's prediction at the last position), --labels all
-    the characters that occur as such; the MLP weights are pruned as for modular addition.
+    the characters that occur as such; the MLP weights are pruned as for modular addition. Its labels
+    can be given as characters: --labels e,t,a, or --labels 'chars:3, ' for the characters 3, comma
+    and space (an integer item is always an output index).
+
+    A circuit with no weight at all (ECS 0) gets a note saying why: the full model is no better than
+    chance on the label (e.g. it never predicts it), or the tolerance is met without any weight.
     """
     from graphinterp import CircuitComparison, Schedule, Tolerance, cluster_share
 
@@ -157,8 +156,9 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     if ckpts[0] is not None and graphml_dir:
         raise click.UsageError("--graphml-dir is not available for transformer circuits (their MLP blocks are not a "
                                "layered graph); use --json for the circuits")
-    if corpus is not None and ckpts[0] is None:
-        raise click.UsageError("--corpus applies to transformer checkpoints trained on chars only")
+    check_task_options(model, ckpts[0], corpus, click.get_current_context())
+    if ckpts[0] is None:
+        labels = resolve_labels(labels, None, model)
     data = load_eval_data(dataset, split, data_dir, limit, seed) if ckpts[0] is None else None
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
@@ -167,6 +167,7 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
         from graphinterp.cli._transformer_circuits import transformer_data, extract_transformer
 
         data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus)
+        labels = resolve_labels(labels, data.vocabulary, model)
         graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
     else:
         graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)
@@ -222,6 +223,7 @@ def _print(model, data, circuits, shares, comparison, written, plot_path) -> Non
         rows.append(row)
     headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full"]
     click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
+    _echo_notes(circuits)
     stopped = [ci.label_name for ci in circuits.values() if ci.converged is False]
     if stopped:
         click.echo(f"{len(stopped)} of {len(circuits)} searches used the whole --max-evals before reaching a local "
@@ -229,15 +231,30 @@ def _print(model, data, circuits, shares, comparison, written, plot_path) -> Non
     if comparison is not None:
         a, b = comparison.names
         rel = comparison.relative_change
-        rows = [[n, 100 * ea, 100 * eb, f"{100 * r:+.1f}%"] for n, ea, eb, r in
-                zip(comparison.label_names, comparison.ecs_a, comparison.ecs_b, rel)]
+        rows = [[n, 100 * ea, 100 * eb, f"n/a (empty in {a})" if math.isnan(r) else _percent(r)]
+                for n, ea, eb, r in zip(comparison.label_names, comparison.ecs_a, comparison.ecs_b, rel)]
         click.echo("")
         click.echo(format_table(rows, ["label", f"ECS % {a}", f"ECS % {b}", f"change {a} -> {b}"]))
-        click.echo(f"mean relative change {a} -> {b}: {100 * comparison.mean_relative_change:+.1f}%; "
-                   f"{a}'s circuits hold on average {100 * comparison.a_over_b:+.1f}% parameters relative to {b}'s")
+        _echo_notes(comparison.circuits_a, f"{a}, ")
+        left_out = any(c.empty for c in [*comparison.circuits_a.values(), *comparison.circuits_b.values()])
+        click.echo(f"mean relative change {a} -> {b}: {_percent(comparison.mean_relative_change)}; "
+                   f"{a}'s circuits hold on average {_percent(comparison.a_over_b)} parameters relative to {b}'s"
+                   + ("; labels with an empty circuit are left out of these means" if left_out else ""))
     for path in written[:3]:
         click.echo(f"wrote {path}")
     if len(written) > 3:
         click.echo(f"... and {len(written) - 3} more GraphML files")
     if plot_path:
         click.echo(f"wrote {plot_path}")
+
+
+def _percent(value: float) -> str:
+    """A relative change as ``+12.3%``; ``n/a`` when it is undefined (every circuit it averages is empty)."""
+    return "n/a" if math.isnan(value) else f"{100 * value:+.1f}%"
+
+
+def _echo_notes(circuits, prefix: str = "") -> None:
+    """One ``note:`` line per empty circuit, saying which label and why (:attr:`graphinterp.Circuit.note`)."""
+    for ci in circuits.values():
+        if ci.note is not None:
+            click.echo(f"note: {prefix}label {ci.label_name}: {ci.note}")

@@ -11,15 +11,21 @@ from graphinterp import (
     export_graphml,
     graph_structure,
     live_sizes,
-    load_graph,
+    resolve_device,
     stored_clustering,
 )
 from graphinterp.cli._common import (
-    FiniteFloat, check_layers, check_output_path, emit_json, json_option, layers_option, parse_layers, seed_option,
-    trust_pickle_option,
+    FiniteFloat, check_layers, check_output_path, device_option, emit_json, json_option, layers_option, parse_layers,
+    seed_option,
+)
+from graphinterp.cli._source_options import (
+    coverage_lines, layerwise_option, model_argument, model_source_options, note_lines,
 )
 
-__all__ = ["command", "NETWORK_MAX_NODES"]
+__all__ = ["command", "EXPORT_SUFFIXES", "NETWORK_MAX_NODES"]
+
+#: What export writes, by the suffix of OUT: GraphML only.
+EXPORT_SUFFIXES = (".graphml",)
 
 #: Network-wide clustering eigendecomposes a dense matrix over all nodes of a run of layers;
 #: past this many nodes the default export keeps per-layer labels only (and says so).
@@ -27,7 +33,7 @@ NETWORK_MAX_NODES = 12000
 
 
 @click.command("export")
-@click.argument("model", type=click.Path(dir_okay=False))
+@model_argument
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--k", type=click.IntRange(min=2), default=4, show_default=True, help="Number of clusters.")
 @layers_option
@@ -44,12 +50,19 @@ NETWORK_MAX_NODES = 12000
                    "(single layers or --layerwise only).")
 @click.option("--min-weight", type=FiniteFloat(0), default=0.0, show_default=True,
               help="Drop edges with |weight| at or below this value (keeps large graphs small).")
-@click.option("--layerwise", is_flag=True, help="Every Linear/Conv2d as its own bipartite graph.")
-@trust_pickle_option
+@layerwise_option
+@model_source_options
+@device_option
 @json_option
-def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, view, min_weight, layerwise,
-            trust_pickle, as_json):
-    """Export MODEL as a clustered layered graph to OUT (GraphML).
+def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, view, min_weight, layerwise, source,
+            device, as_json):
+    """Export MODEL as a clustered layered graph to OUT (GraphML: a name ending in .graphml).
+
+    MODEL is given as to `analyze`: a graphinterp checkpoint, a bare state_dict, a TorchScript
+    file, a .safetensors file, a HuggingFace model folder, a torchvision architecture name (random
+    weights, or --weights FILE), or (with --trust-pickle) a pickled nn.Module. The output starts
+    with the graph's coverage, as in `analyze`. --device is where the per-layer BSGC runs; the
+    network-wide labels are computed on the CPU.
 
     Nodes are neurons or channels with attributes layer, level, index and three labels:
     cluster, one network-wide label per node that means the same on every level (color by it);
@@ -65,8 +78,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     """
     if network_wide and per_layer:
         raise click.UsageError("--network-wide and --per-layer exclude each other")
-    check_output_path(out, inputs=(model,), param_hint="OUT")
-    loaded, graph = load_graph(model, trust_pickle=trust_pickle, layerwise=layerwise)
+    # an output that is an input is the graver mistake: said first, then the format
+    check_output_path(out, inputs=(model, *source.inputs), param_hint="OUT")
+    check_output_path(out, suffixes=EXPORT_SUFFIXES, param_hint="OUT")
+    device = resolve_device(device)
+    loaded, graph = source.load(model, layerwise=layerwise)
     names = check_layers(graph, parse_layers(layers))
     if view == "fine" and graph.chained and any(layer.in_groups for layer in graph.layers[1:]):
         raise click.BadParameter("the fine view breaks the chain at a Flatten; use --view grouped or --layerwise",
@@ -89,7 +105,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             check_k(k, graph, names)  # the layers asked for must all fit k
         chosen = names or _clusterable(graph, k)
         if not network_wide:
-            clustering = cluster_layers(graph, k, layers=chosen, random_state=seed)
+            clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)
         if shared and not per_layer:
             if network_wide:
                 network = cluster_network(graph, k, layers=chosen, random_state=seed)
@@ -99,12 +115,16 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     labelled = network if network is not None else clustering
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
-               "E_network": G.graph.get("E_network")}
+               "E_network": G.graph.get("E_network"), "device": str(device),
+               "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
+               "notes": list(loaded.notes)}
     if note:
         click.echo(f"warning: {note}", err=True)
     if as_json:
         emit_json(summary)
     else:
+        for line in coverage_lines(graph) + note_lines(loaded):
+            click.echo(line)
         source = {"network": "network-wide", "per-layer": "per layer"}[summary["cluster"]]
         extra = f", E={summary['E_network']:.4f}" if summary["E_network"] is not None else ""
         click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges, k={labelled.k}, "

@@ -8,6 +8,7 @@ from typing import List, Optional
 import click
 
 from graphinterp import GraphinterpError
+from graphinterp.cli._paths import interrupted_message
 
 __all__ = ["cli", "main"]
 
@@ -49,8 +50,8 @@ class _LazyGroup(click.Group):
         except OSError as err:  # a file that vanished or cannot be read/written outside our checks
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
             _fail(f"{(err.strerror or str(err) or type(err).__name__)}{where}", 1)
-        except KeyboardInterrupt:
-            _fail("interrupted; no partial output was written", 130)
+        except KeyboardInterrupt:  # what the command left behind: its own note (train), else its outputs
+            _fail(interrupted_message(ctx), 130)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Like click's, but a usage error is one ``error: ...`` line on stderr (exit code 2)."""

@@ -1,21 +1,20 @@
-"""``graphinterp plot``: figures of a model file (``plot layer``: the clustered layer, Figure 7)."""
+"""``graphinterp plot``: figures of a model (``plot layer``: the clustered layer, Figure 7)."""
 from __future__ import annotations
 
 from typing import Optional
 
 import click
 
-from graphinterp import BSGC, ClusteringError, graph_with_fallback, stored_clustering
-from graphinterp.cli._common import (
-    FIGURE_SUFFIXES, check_output_path, check_title, plain_text, seed_option, trust_pickle_option,
-)
+from graphinterp import BSGC, ClusteringError, stored_clustering
+from graphinterp.cli._common import FIGURE_SUFFIXES, check_layers, check_output_path, check_title, plain_text, seed_option
+from graphinterp.cli._source_options import SourceOptions, model_argument, model_source_options, note_lines
 
 __all__ = ["command"]
 
 
 @click.group("plot")
 def command() -> None:
-    """Draw figures of a model file.
+    """Draw figures of a model.
 
     \b
     Subcommands:
@@ -24,7 +23,7 @@ def command() -> None:
 
 
 @command.command("layer")
-@click.argument("model", type=click.Path(dir_okay=False))
+@model_argument
 @click.option("--layer", "layer_name", required=True, metavar="NAME",
               help="Layer to draw, by name as printed by `graphinterp analyze` (e.g. fc2).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
@@ -39,13 +38,16 @@ def command() -> None:
               help="Draw only this many largest-|w| edges (graph view).")
 @click.option("--title", default=None, help="Figure title (default: layer names, shape and k).")
 @seed_option
-@trust_pickle_option
+@model_source_options
 def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], kind: str, max_edges: int,
-                  title: Optional[str], seed: int, trust_pickle: bool) -> None:
+                  title: Optional[str], seed: int, source: SourceOptions) -> None:
     """Draw one LAYER of MODEL with its neurons grouped by cluster (the paper's Figure 7).
 
-    MODEL is a graphinterp checkpoint, a bare state_dict or a TorchScript file. Input nodes are on
-    the left, output nodes on the right, clusters in the same order on both sides over shaded bands;
+    MODEL is given as to `analyze`: a graphinterp checkpoint, a bare state_dict, a TorchScript
+    file, a .safetensors file, a HuggingFace model folder, a torchvision architecture name (random
+    weights, or --weights FILE), or (with --trust-pickle) a pickled nn.Module; the layer's weights
+    are those `analyze` clusters (normalisation folded unless --no-fold). Input nodes are on the
+    left, output nodes on the right, clusters in the same order on both sides over shaded bands;
     edges are red for negative and blue for positive weights, more opaque the larger |w|. Conv2d
     layers are drawn per channel (edge = kernel norm, signed by the kernel's sum).
 
@@ -53,18 +55,15 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     Examples:
       graphinterp plot layer modular.pt --layer fc2 --out fc2.png
       graphinterp plot layer baseline.pt --layer fc2 --k 4 --kind matrix --out fc2_matrix.svg
+      graphinterp plot layer resnet18 --weights resnet18.pth --layer layer1.0.conv1 --out conv.png
     """
-    from graphinterp import load_model_file, plot_clustered_layer
+    from graphinterp import plot_clustered_layer
 
-    check_output_path(out_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--out")
+    check_output_path(out_path, inputs=(model, *source.inputs), suffixes=FIGURE_SUFFIXES, param_hint="--out")
     check_title(title)
-    loaded = load_model_file(model, trust_pickle=trust_pickle)
-    graph, _, _ = graph_with_fallback(loaded)
-    try:
-        layer = graph[layer_name]
-    except KeyError:
-        raise ClusteringError(
-            f"no layer named {layer_name!r} in {model}; layers are {', '.join(graph.layer_names)}") from None
+    loaded, graph = source.load(model)
+    check_layers(graph, [layer_name], param_hint="--layer")
+    layer = graph[layer_name]
     labels, origin = None, ""
     clustering = stored_clustering(loaded.clustering, graph)
     if clustering is not None:
@@ -82,4 +81,6 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     weight = layer.signed().cpu().double().numpy()
     plot_clustered_layer(weight, labels[0], labels[1], in_name=plain_text(in_name), out_name=plain_text(layer_name),
                          kind=kind, max_edges=max_edges, title=title, out=out_path)
+    for line in note_lines(loaded):
+        click.echo(line)
     click.echo(f"wrote {out_path} ({layer_name}: {weight.shape[0]}x{weight.shape[1]}, {origin})")

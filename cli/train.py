@@ -1,7 +1,8 @@
 """``graphinterp train``: train a model for modularity (warm-up, BSGC, CE + lambda * L_E)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Iterator, Optional, Tuple
 
 import click
 import torch
@@ -10,6 +11,7 @@ from graphinterp.cli._common import (
     POSITIVE_INT, check_output_path, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
     seed_option,
 )
+from graphinterp.cli._paths import record_left_behind
 from graphinterp import (
     check_device,
     DATASETS,
@@ -74,13 +76,16 @@ __all__ = ["command"]
                    "(default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")
 @click.option("--download", is_flag=True,
               help="Download the dataset into --data-dir if it is missing (never done otherwise).")
-@click.option("--max-train", type=POSITIVE_INT, default=None, metavar="N", help="Train on a seeded random subset of N examples.")
+@click.option("--max-train", type=POSITIVE_INT, default=None, metavar="N",
+              help="Train on a seeded random subset of N examples (N >= 1); when the training set is smaller, "
+                   "all of it is used and a note says so.")
 @click.option("--out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
               help="Checkpoint written atomically after every epoch "
                    "(weights, architecture, clustering, history, training state); locked while training, so two "
                    "runs cannot write the same file.")
 @click.option("--resume", is_flag=True,
-              help="Continue from --out if it exists (same settings; --epochs may be raised).")
+              help="Continue from --out if it exists (same settings; --epochs may be raised). After Ctrl-C the "
+                   "error line says what --out holds and whether --resume continues it.")
 @quiet_option
 @json_option
 def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: int, epochs: int, batch_size: int,
@@ -126,8 +131,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
                          max_train=max_train, quiet=quiet or as_json).validate()
     check_output_path(out, param_hint="--out")
-    with process_group(launch, torch_device):  # every argument is checked above, on every rank
-        result = train(config, checkpoint=out, resume=resume)
+    with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
+        result = train(config, checkpoint=out, resume=resume, on_note=_note)
     if not launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
         return
     last = result.history[-1]
@@ -137,7 +142,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
 
         per_layer = EnmeshmentLoss(result.model, result.clustering).per_layer()
     if as_json:
-        emit_json({"config": config.to_dict(), "checkpoint": out, "history": result.history,
+        emit_json({"config": config.to_dict(), "checkpoint": out, "notes": result.notes, "history": result.history,
                    "final": {"test_acc": last["test_acc"], "E": last.get("E_refit", last["E"]),
                              "E_per_layer": per_layer,
                              "clustering": result.clustering.to_dict() if result.clustering else None}})
@@ -149,6 +154,29 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
         click.echo(format_table([[name, k, value] for name, value in per_layer.items()], ["layer", "k", f"E ({what})"]))
     E = last.get("E_refit", last["E"])
     click.echo(f"final test accuracy {last['test_acc']:.4f}; E = {E:.4f}; checkpoint: {out}")
+
+
+def _note(text: str) -> None:
+    """A note about the run (e.g. --max-train above the training set), on stderr as it arises."""
+    click.echo(f"note: {text}", err=True)
+
+
+@contextlib.contextmanager
+def _resume_hint(resume: bool, record: bool = True) -> Iterator[None]:
+    """On Ctrl-C, record for ``graphinterp``'s error line what --out holds and how to resume it.
+
+    The trainers raise :class:`graphinterp.TrainingInterrupted` (a ``KeyboardInterrupt`` that
+    describes the checkpoint). ``record`` is False on the torchrun ranks that write no checkpoint.
+    """
+    from graphinterp import TrainingInterrupted
+
+    try:
+        yield
+    except TrainingInterrupted as err:
+        if record:
+            record_left_behind(err.describe("run the same command again to continue" if resume
+                                            else "continue with the same command plus --resume"))
+        raise
 
 
 def _launch(model_name: str, resume: bool, device: str) -> Tuple[Launch, torch.device]:
@@ -189,12 +217,13 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
         from graphinterp import load_corpus
 
         load_corpus(config.corpus, data_dir=config.data_dir, n_ctx=config.n_ctx, max_chars=config.max_chars)
-    result = train_transformer(config, checkpoint=out, resume=resume)
+    with _resume_hint(resume):
+        result = train_transformer(config, checkpoint=out, resume=resume)
     last = result.history[-1]
     per_block = last.get("E_blocks_refit") or last.get("E_blocks") or {}
     E = last.get("E_refit", last["E"])
     if as_json:
-        emit_json({"config": config.to_dict(), "checkpoint": out, "history": result.history,
+        emit_json({"config": config.to_dict(), "checkpoint": out, "notes": result.notes, "history": result.history,
                    "final": {"test_acc": last["test_acc"], "test_loss": last["test_loss"], "E": E,
                              "E_per_block": per_block,
                              "clustering": result.clustering.to_dict() if result.clustering else None}})

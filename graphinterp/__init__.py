@@ -71,7 +71,7 @@ _EXPORTS = {
     "enmeshment_loss": "training.loss", "format_history": "training.train_config",
     "parameter_masks": "training.masks", "task_data": "training.train_transformer",
     "checkpoint_task_data": "training.train_transformer", "train": "training.train",
-    "train_transformer": "training.train_transformer",
+    "train_transformer": "training.train_transformer", "TrainingInterrupted": "training.train_state",
     # interpret: interpretability: ablation and circuits
     "Circuit": "interpret.circuit_result", "CircuitComparison": "interpret.circuit_compare",
     "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",

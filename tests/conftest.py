@@ -39,3 +39,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def sd_file(tmp_path) -> Path:
+    """A bare state_dict of a 10-8-6 Linear chain (no biases)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 6, bias=False))
+    path = tmp_path / "m.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def mlp_file(tmp_path) -> Path:
+    """A bare state_dict of a 20-12-12-5 Linear chain (no biases)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 12, bias=False), nn.ReLU(), nn.Linear(12, 12, bias=False), nn.ReLU(),
+                          nn.Linear(12, 5, bias=False))
+    path = tmp_path / "mlp.pt"
+    torch.save(model.state_dict(), path)
+    return path

@@ -5,7 +5,6 @@ import torch
 from graphinterp.interpret import answer_tail
 from graphinterp.interpret.answer_tail import AnswerTail, stream_input
 from graphinterp.interpret.circuit_batch import TaskMetrics, forward_metrics, sequential_pass
-from graphinterp.interpret.edges import edge_layers
 from graphinterp.interpret.label_tasks import label_task
 from graphinterp.interpret.linear_states import LinearStates
 from graphinterp.interpret.transformer_circuits import mlp_edges

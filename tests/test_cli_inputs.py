@@ -1,7 +1,6 @@
 """Bad command-line input: one ``error: ...`` line on stderr and a non-zero exit, never a traceback or a wrong success."""
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import stat
@@ -15,9 +14,9 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import graphinterp.training.train as train_mod
+from _cli_helpers import invoke, one_error
 from graphinterp.common.files import OutputPathError, atomic_write, check_writable, output_lock, resolve_device
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.cli._common import (
@@ -33,33 +32,6 @@ from graphinterp.training.train import TrainConfig, train
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [12, 12], "num_classes": 10}}
-
-
-def invoke(*args):
-    """Run ``graphinterp ARGS`` in-process with stdout and stderr kept apart."""
-    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters else {}
-    return CliRunner(**kwargs).invoke(cli, [str(a) for a in args])
-
-
-def one_error(res, code=None) -> str:
-    """Assert a clean failure: non-zero exit, exactly one ``error:`` line on stderr, no traceback."""
-    assert res.exit_code != 0, res.output
-    if code is not None:
-        assert res.exit_code == code, (res.exit_code, res.stderr)
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert "Traceback" not in res.stdout + res.stderr
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, res.stderr
-    return lines[0]
-
-
-@pytest.fixture
-def sd_file(tmp_path):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(10, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 6, bias=False))
-    path = tmp_path / "m.pt"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture
@@ -455,7 +427,9 @@ def test_validators():
 def test_check_output_path_and_dir(tmp_path):
     src = tmp_path / "in.pt"
     src.write_bytes(b"x")
-    assert check_output_path(tmp_path / "new" / "deep" / "o.svg", suffixes=(".svg",)).endswith("o.svg")
+    assert check_output_path(tmp_path / "o.svg", suffixes=(".svg",)).endswith("o.svg")
+    with pytest.raises(click.BadParameter, match="folder .* does not exist; create it first or fix the path"):
+        check_output_path(tmp_path / "new" / "deep" / "o.svg", suffixes=(".svg",))  # no mkdir -p for a typo
     assert not (tmp_path / "new").exists()  # nothing created
     with pytest.raises(click.BadParameter, match="also an input"):
         check_output_path(src, inputs=[src])
@@ -466,6 +440,8 @@ def test_check_output_path_and_dir(tmp_path):
     with pytest.raises(click.BadParameter, match="not a folder"):
         check_output_dir(src)
     assert check_output_dir(tmp_path / "gml") == str(tmp_path / "gml") and not (tmp_path / "gml").exists()
+    with pytest.raises(click.BadParameter, match="does not exist"):  # only the last component may be created
+        check_output_dir(tmp_path / "new" / "gml")
     assert sorted(os.listdir(tmp_path)) == ["in.pt"]
 
 

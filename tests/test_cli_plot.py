@@ -68,14 +68,14 @@ def test_plot_layer_of_a_bare_state_dict_as_svg(tmp_path):
     assert b"<svg" in out.read_bytes()[:2000]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--layer", "fc9"], "no layer named 'fc9'"),
-    (["--layer", "fc3", "--k", "5"], "k=5 is out of range"),
+@pytest.mark.parametrize("args, message, code", [
+    (["--layer", "fc9"], "no layer named 'fc9'; the layers are fc1, fc2, fc3", 2),  # a usage error, as for --layers
+    (["--layer", "fc3", "--k", "5"], "k=5 is out of range", 1),
 ])
-def test_plot_layer_bad_inputs(modular, tmp_path, args, message):
+def test_plot_layer_bad_inputs(modular, tmp_path, args, message, code):
     out = tmp_path / "x.png"
     result = _invoke(["layer", str(modular), "--out", str(out), *args])
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert not out.exists()
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from graphinterp.interpret import circuit_search, conv_pass
+from graphinterp.interpret import circuit_search
 from graphinterp.interpret.circuit_batch import TaskMetrics, sequential_pass
 from graphinterp.interpret.circuit_search import Schedule, Tolerance, _masked_in_place, prune
 from graphinterp.interpret.conv_pass import channel_pass, walks_channels

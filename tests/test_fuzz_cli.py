@@ -190,7 +190,7 @@ def test_export_output_paths(scenario, name):
         sub.mkdir()
         out, rel, must_fail = sub / "g.graphml", "sub/g.graphml", False
         if scenario == "nested":
-            out, rel = sub / "a" / "b" / "g.graphml", "sub/a/b/g.graphml"
+            out, rel, must_fail = sub / "a" / "b" / "g.graphml", "sub/a/b/g.graphml", True  # missing folders
         elif scenario == "same":
             out, must_fail = folder / "m.pt", True
         elif scenario == "dotdot-same":

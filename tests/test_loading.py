@@ -301,3 +301,15 @@ def test_a_bare_state_dict_notes_unfolded_normalisation_only_when_it_has_some(tm
     assert notes == [("no architecture: the normalisation in this state_dict cannot be folded (e.g. 1.weight)", 3)]
     _, graph = load_graph(str(tmp_path / "normed.pt"), fold=False)  # nothing was to be folded: no note
     assert not any("normalisation" in note for note in graph.coverage.notes)
+
+
+def test_an_input_shape_for_a_bare_state_dict_is_noted_not_dropped(tmp_path):
+    from graphinterp.graph.load import load_graph
+
+    torch.save(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).state_dict(), tmp_path / "sd.pt")
+    opened, graph = load_graph(str(tmp_path / "sd.pt"))
+    assert not any("input shape" in note for note in opened.notes)
+    opened, graph = load_graph(str(tmp_path / "sd.pt"), input_shape=(6,))
+    assert [n for n in opened.notes if "input shape" in n] == [
+        "input shape (6,) not used: a file without an architecture is read from its tensors, nothing is traced"]
+    assert graph.coverage.complete  # a note, not a gap in the graph

@@ -1,5 +1,11 @@
 """Small file utilities shared by every module: atomic writes, output checks, locks.
 
+Missing folders: the writers here (:func:`atomic_write`, :func:`output_lock`) create the missing
+parent folders of their path, a convenience of the Python API (``save_checkpoint("runs/a/m.pt", ...)``
+works like ``mkdir -p``). The command line does not: it checks every output with
+``check_writable(path, parent_must_exist=True)`` before any work, so an output file's folder must
+already exist there and a typo never creates a folder (the one rule, in :func:`check_writable`).
+
 ``resolve_device`` lives in :mod:`graphinterp.common.devices` and is re-exported here.
 """
 from __future__ import annotations
@@ -30,7 +36,7 @@ class OutputPathError(GraphinterpError, OSError):
     """An output path cannot be written: its folder is a file or read-only, or it is not a regular file."""
 
 
-def check_writable(path: PathLike) -> Path:
+def check_writable(path: PathLike, *, parent_must_exist: bool = False) -> Path:
     """Raise :class:`OutputPathError` unless a regular file can be (re)placed at ``path``.
 
     Refused: an existing ``path`` that is not a regular file (a folder, a symbolic link, a device,
@@ -39,12 +45,36 @@ def check_writable(path: PathLike) -> Path:
     creating and removing a temporary file, so it is right also for root and read-only mounts.
     Nothing is left behind and no folder is created.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to be written.
+    parent_must_exist : bool, default False
+        Refuse a ``path`` whose folder does not exist yet (``folder 'x' does not exist; create it
+        first or fix the path``). The command line's rule, so that a typo in an output path never
+        creates a folder; the default suits the Python writers, which create missing folders.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` cannot be written.
+
     Examples
     --------
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp()
     >>> check_writable(os.path.join(d, "new", "x.json")).name
     'x.json'
+    >>> try:
+    ...     check_writable(os.path.join(d, "new", "x.json"), parent_must_exist=True)
+    ... except OutputPathError as err:
+    ...     print(str(err).split(": ", 1)[1].replace(d + os.sep, ""))
+    folder 'new' does not exist; create it first or fix the path
     >>> try:
     ...     check_writable(d)
     ... except OutputPathError as err:
@@ -58,6 +88,9 @@ def check_writable(path: PathLike) -> Path:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise OutputPathError(f"cannot write {path}: {ancestor} is not a folder")
+    if parent_must_exist and ancestor != path.parent:
+        raise OutputPathError(f"cannot write {path}: folder {str(path.parent)!r} does not exist; "
+                              "create it first or fix the path")
     try:
         fd, probe = _mkstemp(ancestor, path.name)
     except OSError as err:
@@ -146,7 +179,9 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     Parameters
     ----------
     path : str or os.PathLike
-        Final destination. Its parent folder is created if needed.
+        Final destination. Missing parent folders are created (like ``mkdir -p``), for callers
+        from Python; the command line has refused a missing folder before any work (see the
+        module docstring).
     mode : {"wb", "w"}
         Binary or text mode.
 
@@ -199,7 +234,8 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
 def output_lock(path: PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` for the duration of the ``with`` block.
 
-    The lock is ``.<name>.lock`` beside ``path`` (its folder is created), taken with
+    The lock is ``.<name>.lock`` beside ``path`` (missing folders are created, as by
+    :func:`atomic_write`), taken with
     ``fcntl.flock`` so it is released when the process dies; the file is removed on exit. A second
     process asking for the same lock gets :class:`OutputPathError` at once instead of silently
     overwriting the first one's output. Where ``fcntl`` does not exist the block runs unlocked.

@@ -249,10 +249,18 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
 
 def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = True,
                 input_shape: Optional[Sequence[int]] = None) -> LayeredGraph:
-    """The graph of an opened model: traced from its module, else read from its state_dict."""
+    """The graph of an opened model: traced from its module, else read from its state_dict.
+
+    ``input_shape`` is the example input a module is traced with; for a state_dict (no module) it
+    has no use, and ``opened.notes`` says so rather than dropping it silently.
+    """
     if opened.module is not None:
         return LayeredGraph.from_module(opened.module, layerwise=layerwise, fold=fold, input_shape=input_shape)
     graph = LayeredGraph.from_state_dict(opened.state_dict, layerwise=layerwise)
+    unused = (f"input shape {tuple(input_shape)} not used: a file without an architecture is read from its tensors, "
+              "nothing is traced") if input_shape is not None else None
+    if unused and unused not in opened.notes:
+        opened.notes.append(unused)
     norms = _normalisation_tensors(opened.state_dict)
     if graph.coverage is not None and fold and norms:
         graph.coverage.notes.setdefault(

@@ -177,11 +177,13 @@ def _sparse_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` computed over the hidden units that ``fc_out`` still reads (the others add exactly 0).
 
     Pruned circuits keep few units, so this spares most of ``fc_in`` and ``fc_out``; with hooks on
-    either (the batched passes capture their input) the module runs as usual.
+    either (the batched passes capture their input), or when gradients are recorded (the attribution
+    score differentiates the task loss with respect to every weight, pruned units' included), the
+    module runs as usual.
     """
     fc_in, out = mlp.fc_in, mlp.fc_out
     act = _ACTS[mlp.act]
-    if not _plain([out]):
+    if not _plain([out]) or torch.is_grad_enabled():
         return mlp(x)
     w = out.weight.detach()
     nonzero = w.ne(0)

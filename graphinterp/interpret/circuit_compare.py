@@ -41,12 +41,12 @@ class CircuitComparison:
 
     @property
     def mean_relative_change(self) -> float:
-        return float(np.nanmean(self.relative_change))
+        return _nanmean(self.relative_change)
 
     @property
     def a_over_b(self) -> float:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.nanmean(np.where(self.ecs_b > 0, (self.ecs_a - self.ecs_b) / self.ecs_b, np.nan)))
+            return _nanmean(np.where(self.ecs_b > 0, (self.ecs_a - self.ecs_b) / self.ecs_b, np.nan))
 
     @property
     def ratio_of_means(self) -> float:
@@ -82,10 +82,28 @@ class CircuitComparison:
         return {"names": list(self.names), "labels": self.labels, "label_names": self.label_names,
                 "ecs_a": self.ecs_a.tolist(), "ecs_b": self.ecs_b.tolist(),
                 "relative_change": [None if np.isnan(v) else float(v) for v in self.relative_change],
-                "mean_relative_change": self.mean_relative_change, "a_over_b": self.a_over_b,
-                "ratio_of_means": self.ratio_of_means,
+                "mean_relative_change": _defined(self.mean_relative_change), "a_over_b": _defined(self.a_over_b),
+                "ratio_of_means": _defined(self.ratio_of_means),
                 "n_evals_a": [self.circuits_a[c].n_evals for c in self.labels if c in self.circuits_a],
                 "n_evals_b": [self.circuits_b[c].n_evals for c in self.labels if c in self.circuits_b]}
+
+
+def _defined(value: float):
+    """``value``, or None for NaN (JSON has no NaN; the mean is undefined when every circuit it averages is empty)."""
+    return None if np.isnan(value) else value
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the defined values (a label whose circuit is empty has no relative change); NaN, without a
+    warning, when there is none.
+
+    Examples
+    --------
+    >>> _nanmean(np.array([0.5, np.nan, 1.5])), str(_nanmean(np.array([np.nan])))
+    (1.0, 'nan')
+    """
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")
 
 
 def cluster_share(circuit: Circuit, graph: LayeredGraph, clustering) -> Dict[str, Any]:

@@ -65,12 +65,58 @@ class Circuit:
     def ecs_per_layer(self) -> Dict[str, float]:
         return dict(self.size.ecs_per_layer)
 
+    @property
+    def empty(self) -> bool:
+        """Whether the circuit keeps no weight at all (``kept_params == 0``, an ECS of 0)."""
+        return self.size.kept_params == 0
+
+    @property
+    def chance_accuracy(self) -> float:
+        """The task's accuracy at chance: 0.5 for a balanced one-vs-rest task, 0 on the label's examples alone."""
+        return 0.5 if self.n_neg else 0.0
+
+    @property
+    def note(self) -> Optional[str]:
+        """Why the circuit is empty, in one sentence; None when it keeps weights.
+
+        An empty circuit is no finding about the label: either the full model is no better than
+        chance on the label's task (e.g. it never predicts the label), so removing every weight
+        loses nothing, or the tolerance is met with every weight removed (what is not pruned, such
+        as biases or a transformer's attention, decides the label, or the tolerance is loose).
+
+        Examples
+        --------
+        >>> from graphinterp.interpret.ecs import CircuitSize
+        >>> size = CircuitSize(0.0, 0.0, {}, {}, 0, 10, 0, 10)
+        >>> Circuit(3, "3", {}, size, 0.5, 0.7, 0.5, 0.69, 20, 20).note.split(":")[0]
+        'empty circuit (0 of 10 weights kept)'
+        >>> Circuit(3, "3", {}, CircuitSize(0.5, 0.5, {}, {}, 5, 10, 5, 10), 1.0, 0.1, 1.0, 0.1, 20, 20).note is None
+        True
+        """
+        if not self.empty:
+            return None
+        head = f"empty circuit (0 of {self.size.total_params:,} weights kept): "
+        if self.size.total_params == 0:
+            return head + "the pruned layers hold no non-zero weight"
+        tail = "; its ECS of 0 says nothing about how the model computes the label"
+        if self.full_accuracy <= self.chance_accuracy + 1e-6:  # accuracies are summed in float32
+            return (head + f"the full model is no better than chance on the label's task (accuracy "
+                    f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}; e.g. it never predicts the label), "
+                    "so removing every weight loses nothing" + tail)
+        if self.mode == "authors":
+            return (head + f"with every weight removed the loss on the label's examples does not rise above the full "
+                    f"model's ({self.loss:.3f} vs {self.full_loss:.3f})" + tail)
+        return (head + f"the tolerance is met with every weight removed (accuracy {self.accuracy:.3f} vs the full "
+                f"model's {self.full_accuracy:.3f}, loss {self.loss:.3f} vs {self.full_loss:.3f}): what is not pruned "
+                "decides the label, or the tolerance is too loose" + tail)
+
     def to_dict(self, *, include_masks: bool = False) -> Dict[str, Any]:
-        """Plain values for JSON (masks as nested lists only when asked)."""
+        """Plain values for JSON (masks as nested lists only when asked); ``empty`` and ``note`` say whether the
+        circuit keeps no weight and why (:attr:`note`)."""
         out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
                                              "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score", "mode",
                                              "converged")}
-        out.update(ecs=self.ecs, size=self.size.to_dict())
+        out.update(ecs=self.ecs, size=self.size.to_dict(), empty=self.empty, note=self.note)
         if include_masks:
             out["masks"] = {k: v.int().tolist() for k, v in self.masks.items()}
         return out

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphinterp.common.inference import predictions
+from graphinterp.common.devices import resolve_device
+from graphinterp.common.inference import on_device, predictions
 from graphinterp.interpret.block_ablation import ablate_clusters
 from graphinterp.clustering.cluster import Clustering
 
@@ -71,15 +72,20 @@ class OnOffResult:
 
 
 def onoff_matrix(model: nn.Module, clustering: Clustering, x: torch.Tensor, y: torch.Tensor,
-                 classes: List[str], *, stream: bool = False, batch_size: int = 4096) -> OnOffResult:
-    """Accuracy per class with each cluster ON and OFF (see the module docstring)."""
+                 classes: List[str], *, stream: bool = False, batch_size: int = 4096, device=None) -> OnOffResult:
+    """Accuracy per class with each cluster ON and OFF (see the module docstring).
+
+    The model runs on ``device`` (``None`` or ``"auto"``: CUDA when available) and is moved back to
+    its own device afterwards.
+    """
     n = len(classes)
-    full = class_accuracy_tokens(model, x, y, n, batch_size=batch_size)
     on, off = np.zeros((clustering.k, n)), np.zeros((clustering.k, n))
-    for c in range(clustering.k):
-        for state, out in (("on", on), ("off", off)):
-            with ablate_clusters(model, clustering, c, state, stream=stream):
-                out[c] = class_accuracy_tokens(model, x, y, n, batch_size=batch_size)
+    with on_device(model, resolve_device(device)):
+        full = class_accuracy_tokens(model, x, y, n, batch_size=batch_size)
+        for c in range(clustering.k):
+            for state, out in (("on", on), ("off", off)):
+                with ablate_clusters(model, clustering, c, state, stream=stream):
+                    out[c] = class_accuracy_tokens(model, x, y, n, batch_size=batch_size)
     counts = np.bincount(y.reshape(-1).numpy(), minlength=n).astype(np.float64)
     return OnOffResult(full, on, off, list(classes), counts)
 

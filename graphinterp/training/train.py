@@ -54,9 +54,12 @@ from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.training.masks import default_cluster_layers, trace_graph
 from graphinterp.sources.models import build_model, default_spec
 from graphinterp.training.train_config import SIMILARITIES, TrainConfig, TrainResult, format_history
-from graphinterp.training.train_state import load_train_state, save_train_state
+from graphinterp.training.train_state import (
+    CheckpointProgress, TrainingInterrupted, load_train_state, save_train_state,
+)
 
-__all__ = ["SIMILARITIES", "TrainConfig", "TrainResult", "train", "train_step", "evaluate", "format_history"]
+__all__ = ["SIMILARITIES", "TrainConfig", "TrainResult", "TrainingInterrupted", "train", "train_step", "evaluate",
+           "format_history"]
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                loss_fn: Optional[Callable[[], torch.Tensor]] = None, lam: float = 0.0, ce_scale: Optional[float] = None,
@@ -94,12 +97,18 @@ def _as_data(data, name: str) -> LabeledTensors:
     raise TrainingError(f"{name} must be a LabeledTensors or an (x, y) pair of tensors, got {type(data).__name__}")
 
 
-def _load_data(config: TrainConfig, train_data, test_data) -> Tuple[LabeledTensors, LabeledTensors]:
+def _load_data(config: TrainConfig, train_data, test_data,
+               note: Callable[[str], None]) -> Tuple[LabeledTensors, LabeledTensors]:
+    """The train and test sets, cut to ``max_train``/``max_test``; ``note`` hears of a limit above a set's size."""
     out = []
     for data, split, limit in ((train_data, "train", config.max_train), (test_data, "test", config.max_test)):
         if data is None:
             data = load_dataset(config.dataset, split=split, data_dir=config.data_dir, download=config.download)
         data = _as_data(data, f"{split}_data")
+        if limit and limit > len(data):  # subset() keeps everything: say so rather than train on fewer silently
+            what = "training" if split == "train" else "test"
+            note(f"{data.name or config.dataset} has only {len(data)} {what} examples, fewer than the {limit} asked "
+                 f"for; all {len(data)} are used")
         out.append(data.subset(limit, seed=config.seed) if limit else data)
     return out[0], out[1]
 
@@ -161,7 +170,7 @@ def _epoch(net, opt, x, y, gen, config: TrainConfig, rank: int, world: int, bar,
 
 
 def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=None, test_data=None,
-          checkpoint=None, resume: bool = False) -> TrainResult:
+          checkpoint=None, resume: bool = False, on_note: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Run the modular-training pipeline of Section 3 (see the module docstring).
 
     Parameters
@@ -178,6 +187,9 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
         checkpoint fails at once instead of silently overwriting this one.
     resume : bool
         Continue from ``checkpoint`` if it exists (same settings required; ``epochs`` may grow).
+    on_note : callable, optional
+        Called (on rank 0) with each note about the run as it arises, e.g. a ``max_train`` larger
+        than the training set, which is then used whole. The notes are also in ``TrainResult.notes``.
 
     Returns
     -------
@@ -191,6 +203,9 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
     OutputPathError
         The checkpoint cannot be written (a folder, link or device; a read-only folder), or
         another run holds its lock.
+    TrainingInterrupted
+        A :class:`KeyboardInterrupt` (Ctrl-C) during training, saying what ``checkpoint`` holds:
+        the state after the last finished epoch, which ``resume=True`` continues, or nothing yet.
 
     Examples
     --------
@@ -200,22 +215,40 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
     (['warmup', 'modular'], ['fc2'])
     """
     config = config.validate()
+    writes = checkpoint is not None and rank_and_world()[0] == 0
+    progress = CheckpointProgress(checkpoint if writes else None, unit="epoch", total=config.total_epochs,
+                                  resume=resume)
+    notes: List[str] = []
+
+    def note(text: str) -> None:
+        notes.append(text)
+        if on_note is not None and rank_and_world()[0] == 0:
+            on_note(text)
+
     with contextlib.ExitStack() as stack:
-        if checkpoint is not None and rank_and_world()[0] == 0:
+        if writes:
             check_writable(checkpoint)
             stack.enter_context(output_lock(checkpoint))
         stack.enter_context(flush_denormals())  # see the module docstring; a no-op where unsupported
-        return _run(config, model, train_data, test_data, checkpoint, resume)
+        try:
+            result = _run(config, model, train_data, test_data, checkpoint, resume, progress, note)
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt as err:
+            raise progress.interrupted() from err
+        result.notes = notes
+        return result
 
 
-def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) -> TrainResult:
+def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, progress: CheckpointProgress,
+         note: Callable[[str], None]) -> TrainResult:
     from tqdm.auto import tqdm
 
     rank, world = rank_and_world()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    train_set, test_set = _load_data(config, train_data, test_data)
+    train_set, test_set = _load_data(config, train_data, test_data, note)
     torch.manual_seed(config.seed)
     arch = None
     if model is None:
@@ -234,6 +267,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) 
     path = Path(checkpoint) if checkpoint is not None else None
     if resume and path is not None and path.exists():
         state = load_train_state(path, config, arch, model, opt, gen)
+        progress.resumed_from = state["epoch"]
         if state["clustering"] is not None:
             try:
                 state["clustering"].validate(graph)
@@ -280,6 +314,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) 
         if path is not None and rank == 0:
             save_train_state(path, model, arch=arch, config=config, history=history, clustering=clustering,
                              train_clustering=clustering, opt=opt, gen=gen, epoch=epoch, gradsim=gradsim)
+            progress.saved = epoch
     final = clustering
     if config.lam == 0 and history:  # the baseline: E of a clustering fitted to the final weights
         final = _cluster(graph, layers, config, None, rank, world)
@@ -288,4 +323,5 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume) 
         if path is not None and rank == 0:
             save_train_state(path, model, arch=arch, config=config, history=history, clustering=final,
                              train_clustering=clustering, opt=opt, gen=gen, epoch=config.total_epochs, gradsim=gradsim)
+            progress.saved = config.total_epochs
     return TrainResult(model, arch, final, history)

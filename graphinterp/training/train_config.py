@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from torch import nn
@@ -131,12 +131,17 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns; ``table()`` formats the history."""
+    """What :func:`train` returns; ``table()`` formats the history.
+
+    ``notes`` are one-line remarks about the run that change no result but that a user should know,
+    e.g. that ``max_train`` exceeded the training set, which was then used whole.
+    """
 
     model: nn.Module
     arch: Optional[Dict[str, Any]]
     clustering: Optional[Clustering]
     history: List[Dict[str, Any]]
+    notes: List[str] = field(default_factory=list)
 
     def table(self) -> str:
         return format_history(self.history)

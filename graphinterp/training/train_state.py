@@ -7,8 +7,9 @@ so a resumed run ends with exactly the weights an uninterrupted one would have.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -18,9 +19,94 @@ from graphinterp.clustering.labels import stored_clustering
 from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.train_config import RESUME_FIXED, TrainConfig
 
-__all__ = ["load_train_state", "save_train_state", "check_history"]
+__all__ = ["load_train_state", "save_train_state", "check_history", "TrainingInterrupted", "CheckpointProgress"]
 
 _PHASES = ("warmup", "modular", "train")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by an interrupt (Ctrl-C), saying what its checkpoint holds.
+
+    A :class:`KeyboardInterrupt`, so code that catches that still does; raised by
+    :func:`graphinterp.training.train.train` and :func:`graphinterp.training.train_transformer.train_transformer`
+    from the interrupt. The checkpoint is written atomically, so it always holds a whole state.
+
+    Attributes
+    ----------
+    checkpoint : str or None
+        The checkpoint path, None when none was asked for (or on a rank that does not write it).
+    unit : {"epoch", "step"}
+        What training counts.
+    total : int
+        Epochs (steps) the run was to reach.
+    saved : int or None
+        Epochs (steps) in the checkpoint this run wrote; None when it wrote none.
+    resumed_from : int or None
+        Epochs (steps) in the checkpoint the run resumed from, which is still there when ``saved``
+        is None; None when it did not resume (or was interrupted before reading it).
+    existed : bool
+        Whether ``checkpoint`` existed when the run started.
+    resume : bool
+        Whether the run was asked to resume.
+    """
+
+    def __init__(self, checkpoint: Optional[str], *, unit: str, total: int, saved: Optional[int],
+                 resumed_from: Optional[int], existed: bool, resume: bool) -> None:
+        self.checkpoint, self.unit, self.total = checkpoint, unit, total
+        self.saved, self.resumed_from, self.existed, self.resume = saved, resumed_from, existed, resume
+        super().__init__(f"training interrupted; {self.describe('train again with resume=True to continue')}")
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the checkpoint holds a state that resuming continues."""
+        return self.checkpoint is not None and (self.saved is not None or self.resumed_from is not None
+                                                or (self.existed and self.resume))
+
+    def describe(self, how_to_resume: str) -> str:
+        """What the checkpoint holds and, when it can be resumed, ``how_to_resume``; one sentence.
+
+        Examples
+        --------
+        >>> TrainingInterrupted("m.pt", unit="epoch", total=11, saved=3, resumed_from=None, existed=False,
+        ...                     resume=False).describe("rerun with --resume")
+        'm.pt holds the training state after epoch 3 of 11; rerun with --resume'
+        """
+        path, unit = self.checkpoint, self.unit
+        if path is None:
+            return "this process writes no checkpoint, so nothing was saved"
+        if self.saved is not None:
+            return f"{path} holds the training state after {unit} {self.saved} of {self.total}; {how_to_resume}"
+        if self.resumed_from is not None:
+            return (f"no {unit} finished since resuming; {path} is unchanged and holds the training state after "
+                    f"{unit} {self.resumed_from} of {self.total}; {how_to_resume}")
+        if self.existed:
+            return f"nothing was written; {path} is unchanged" + (f"; {how_to_resume}" if self.resume else "")
+        return f"no checkpoint had been written to {path} yet; run again to start over"
+
+
+class CheckpointProgress:
+    """What a training run has saved so far, to raise :class:`TrainingInterrupted` from an interrupt.
+
+    Parameters
+    ----------
+    checkpoint : path or None
+        The run's checkpoint (None where this process writes none).
+    unit : {"epoch", "step"}
+    total : int
+    resume : bool
+    """
+
+    def __init__(self, checkpoint, *, unit: str, total: int, resume: bool) -> None:
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.unit, self.total, self.resume = unit, total, resume
+        self.existed = self.checkpoint is not None and os.path.exists(self.checkpoint)
+        self.saved: Optional[int] = None
+        self.resumed_from: Optional[int] = None
+
+    def interrupted(self) -> TrainingInterrupted:
+        """The exception to raise from the interrupt."""
+        return TrainingInterrupted(self.checkpoint, unit=self.unit, total=self.total, saved=self.saved,
+                                   resumed_from=self.resumed_from, existed=self.existed, resume=self.resume)
 
 
 def check_history(history: Any, epochs: int, path) -> List[Dict[str, Any]]:

@@ -40,6 +40,7 @@ from graphinterp.graph.model_trace import trace_graph
 from graphinterp.sources.models import build_model
 from graphinterp.data.tasks import load_corpus, modular_addition
 from graphinterp.training.train_config import TrainResult
+from graphinterp.training.train_state import CheckpointProgress, TrainingInterrupted
 from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
 
 __all__ = ["TransformerConfig", "train_transformer", "task_data", "checkpoint_task_data", "evaluate_task"]
@@ -147,6 +148,12 @@ def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: boo
         ``history`` has one row per evaluation: ``step, phase, lam, loss, ce, l_e, E, E_blocks,
         test_loss, test_acc, time``.
 
+    Raises
+    ------
+    TrainingInterrupted
+        A :class:`KeyboardInterrupt` (Ctrl-C) during training, saying what ``checkpoint`` holds:
+        the state at the last evaluation step, which ``resume=True`` continues, or nothing yet.
+
     Examples
     --------
     >>> cfg = TransformerConfig(task="modadd", p=11, train_frac=0.5, d_model=16, n_heads=2, d_mlp=32, k=2,
@@ -156,15 +163,21 @@ def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: boo
     (['warmup', 'modular'], ['blocks.0.mlp.fc_in', 'blocks.0.mlp.fc_out'])
     """
     config = config.validate()
+    progress = CheckpointProgress(checkpoint, unit="step", total=config.warmup_steps + config.steps, resume=resume)
     with contextlib.ExitStack() as stack:
         if checkpoint is not None:
             check_writable(checkpoint)
             stack.enter_context(output_lock(checkpoint))
         stack.enter_context(flush_denormals())
-        return _run(config, checkpoint, resume, model)
+        try:
+            return _run(config, checkpoint, resume, model, progress)
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt as err:
+            raise progress.interrupted() from err
 
 
-def _run(config: TransformerConfig, checkpoint, resume: bool, model) -> TrainResult:
+def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: CheckpointProgress) -> TrainResult:
     device = resolve_device(config.device)
     data = task_data(config)
     torch.manual_seed(config.seed)
@@ -189,6 +202,7 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model) -> TrainRes
     step, history, clustering = 0, [], None
     if resume and checkpoint is not None:
         step, history, clustering = _resume(checkpoint, config, arch, model, opt, gen, gradsim)
+        progress.resumed_from = step if history else None
     loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction) if clustering else None
     if clustering is None and config.warmup_steps == 0:
         clustering, graph = _cluster(model, x0, config, None)
@@ -221,6 +235,7 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model) -> TrainRes
             sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
             if checkpoint is not None:
                 _save(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim, data=data)
+                progress.saved = step
             if not config.quiet:
                 r = history[-1]
                 print(f"step {step}/{total} [{r['phase']}] ce {r['ce']:.4f} E {r['E'] if r['E'] is None else round(r['E'], 4)} "
@@ -235,6 +250,7 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model) -> TrainRes
         if checkpoint is not None:
             _save(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering,
                   data=data)
+            progress.saved = step
     return TrainResult(model, arch, final, history)
 
 

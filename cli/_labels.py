@@ -1,0 +1,100 @@
+"""``--labels`` of ``graphinterp circuits``: output indices, or a character LM's characters, turned into indices."""
+from __future__ import annotations
+
+from typing import List, Optional, Union
+
+import click
+
+from graphinterp import MAX_RANGE_VALUES
+from graphinterp import parse_int_ranges as _parse_int_ranges
+
+__all__ = ["CHARS_PREFIX", "LABEL_FORMS", "parse_labels", "resolve_labels"]
+
+
+#: Prefix of ``--labels`` that names a character LM's labels by their characters, each character one label.
+CHARS_PREFIX = "chars:"
+
+#: The label forms, as ``--help`` and the error messages state them.
+LABEL_FORMS = "all, indices such as 0,3,5-7, or (character LMs) characters such as e,t,a or chars:TEXT"
+
+LabelSpec = Union[str, List[Union[int, str]]]
+
+
+def parse_labels(text: str) -> LabelSpec:
+    """The syntax of ``--labels``: ``"all"``, or a list of output indices (int) and characters (str).
+
+    * ``all``;
+    * comma-separated items: an integer or a range ``A-B`` is an output index (on every model, so
+      ``3`` is always index 3); any other single character is that character (character LMs only);
+      spaces around items are ignored;
+    * ``chars:TEXT``: every character of TEXT, literally, is one label (digits, comma and space
+      included): ``chars:3, `` means the characters ``'3'``, ``','`` and ``' '``.
+
+    Characters are turned into indices by :func:`resolve_labels` once the model's vocabulary is known.
+
+    Raises
+    ------
+    click.BadParameter
+        Garbage, an empty list, or too many indices.
+
+    Examples
+    --------
+    >>> parse_labels("all"), parse_labels("1,4-5")
+    ('all', [1, 4, 5])
+    >>> parse_labels("e, 3,t"), parse_labels("chars:3, ")
+    (['e', 3, 't'], ['3', ',', ' '])
+    """
+    if text.strip().lower() == "all":
+        return "all"
+    if text.startswith(CHARS_PREFIX):
+        chars = list(dict.fromkeys(text[len(CHARS_PREFIX):]))
+        if not chars:
+            raise click.BadParameter(f"{text!r} names no character; use {LABEL_FORMS}", param_hint="--labels")
+        return chars
+    out: List[Union[int, str]] = []
+    left = MAX_RANGE_VALUES
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if len(item) == 1 and not item.isdigit():
+            out.append(item)
+            continue
+        try:
+            idx = _parse_int_ranges(item, max_values=left)
+        except ValueError as err:
+            raise click.BadParameter(f"{item!r}: {err}; use {LABEL_FORMS}", param_hint="--labels") from None
+        left -= len(idx)
+        out.extend(idx)
+    if not out:
+        raise click.BadParameter(f"{text!r} names no label; use {LABEL_FORMS}", param_hint="--labels")
+    return out
+
+
+def resolve_labels(spec: LabelSpec, vocabulary: Optional[str], path: str) -> Union[str, List[int]]:
+    """``"all"`` or the output indices of ``spec`` (from :func:`parse_labels`), characters looked up in ``vocabulary``.
+
+    ``vocabulary`` is a character LM's characters in token-id order, None for any other model.
+    Duplicates are dropped, the first occurrence keeps its place.
+
+    Raises
+    ------
+    click.BadParameter
+        Characters for a model that is not a character LM, or characters not in its vocabulary
+        (named, with the vocabulary).
+
+    Examples
+    --------
+    >>> resolve_labels(["t", 0, "e"], " et", "lm.pt")
+    [2, 0, 1]
+    """
+    if spec == "all":
+        return "all"
+    chars = list(dict.fromkeys(c for c in spec if isinstance(c, str)))
+    if chars and vocabulary is None:
+        raise click.BadParameter(f"{', '.join(map(repr, chars))}: characters name the labels of character language "
+                                 f"models only; {path} is not one, use output indices such as 0,3,5-7",
+                                 param_hint="--labels")
+    missing = [c for c in chars if c not in vocabulary]
+    if missing:
+        raise click.BadParameter(f"{', '.join(map(repr, missing))} not in the vocabulary of {path} "
+                                 f"({len(vocabulary)} characters: {vocabulary!r})", param_hint="--labels")
+    index = {c: i for i, c in enumerate(vocabulary or "")}
+    return list(dict.fromkeys(index[c] if isinstance(c, str) else c for c in spec))

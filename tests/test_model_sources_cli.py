@@ -1,0 +1,163 @@
+"""export and plot layer read a model the way analyze does, export names only formats it writes,
+and analyze --quiet hides progress but never the report's coverage lines.
+
+Every model is built here with random weights and a tiny size: a Linear chain, torchvision's
+squeezenet1_1 (no download) and a two-layer Llama saved as a HuggingFace folder.
+"""
+from __future__ import annotations
+
+import json
+
+import click
+import networkx as nx
+import pytest
+import torch
+from torch import nn
+
+from _cli_helpers import invoke, one_error
+from graphinterp.cli.main import cli
+
+SQUEEZE = "features.3.squeeze"  # squeezenet1_1's first 1x1 conv: 64 -> 16 channels, 1,024 edges
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A two-layer Llama with random weights saved as a HuggingFace folder (its embedding is not covered)."""
+    T = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    torch.manual_seed(0)
+    model = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=48, vocab_size=50, max_position_embeddings=16))
+    folder = tmp_path_factory.mktemp("hf") / "llama"
+    model.save_pretrained(folder)
+    return folder
+
+
+def _squeezenet_weights(path, scale: float = 1.0):
+    """squeezenet1_1 weights (seed 1) with the SQUEEZE conv multiplied by ``scale``."""
+    from torchvision.models import squeezenet1_1
+
+    torch.manual_seed(1)
+    state = squeezenet1_1().state_dict()
+    state[f"{SQUEEZE}.weight"] = state[f"{SQUEEZE}.weight"] * scale
+    torch.save(state, path)
+    return path
+
+
+# ------------------------------------------------------------------ 1. export: only the formats it writes
+def test_export_refuses_an_output_format_it_cannot_write_before_loading(mlp_file, tmp_path):
+    out = tmp_path / "o.txt"
+    msg = one_error(invoke("export", mlp_file, out, "--k", "4"), 2)
+    assert "'" + str(out) + "'" in msg and ".graphml" in msg
+    # checked before the model is read: a missing model is not what is reported
+    msg = one_error(invoke("export", tmp_path / "missing.pt", out), 2)
+    assert ".graphml" in msg and "not found" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.pt"]
+    # an output that would overwrite the model is still named as such
+    assert "also an input" in one_error(invoke("export", mlp_file, mlp_file), 2)
+
+
+# ------------------------------------------------------------------ 2. export: analyze's model sources, --device
+def test_export_reads_a_torchvision_name_with_its_weights_file(tmp_path):
+    weights = _squeezenet_weights(tmp_path / "sq.pth", scale=1e6)
+    out = tmp_path / "sq.graphml"
+    # only the scaled conv has edges above 10: the weights file, not a random initialisation, was exported
+    common = ("--k", "2", "--per-layer", "--layers", SQUEEZE, "--min-weight", "10", "--json")
+    res = invoke("export", "squeezenet1_1", out, "--weights", weights, "--no-fold", *common)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["edges"] == 64 * 16 and summary["coverage"]["share"] == 1.0 and summary["notes"] == []
+    assert nx.read_graphml(out).number_of_edges() == 64 * 16
+    res = invoke("export", "squeezenet1_1", out, *common)  # random weights: said, and no edge that large
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["edges"] == 0 and summary["notes"] == ["random initialisation (torchvision default, seed 0)"]
+    # weights that do not fit the architecture: one line, as in analyze
+    misfit = tmp_path / "mlp.pth"
+    torch.save(nn.Sequential(nn.Linear(4, 3)).state_dict(), misfit)
+    assert "does not fit torchvision 'squeezenet1_1'" in one_error(
+        invoke("export", "squeezenet1_1", out, "--weights", misfit), 1)
+
+
+def test_export_reads_a_huggingface_folder_and_prints_its_coverage(llama_dir, tmp_path):
+    out = tmp_path / "llama.graphml"
+    res = invoke("export", llama_dir, out, "--k", "2", "--per-layer", "--layers", "model.layers.0.mlp.up_proj")
+    assert res.exit_code == 0, res.output
+    assert "not covered: Embedding" in res.stdout  # the part of the model that is not in the file
+    assert res.stdout.splitlines()[-1].startswith(f"wrote {out}: ")
+    assert nx.read_graphml(out).graph["k"] == 2
+
+
+def test_export_runs_its_clustering_on_the_device_given(mlp_file, tmp_path, monkeypatch):
+    import graphinterp.cli.export as export_module
+
+    seen = []
+    real = export_module.cluster_layers
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "cluster_layers", spy)
+    out = tmp_path / "g.graphml"
+    res = invoke("export", mlp_file, out, "--k", "3", "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    assert seen == [torch.device("cpu")] and json.loads(res.stdout)["device"] == "cpu"
+    assert "--device" in one_error(invoke("export", mlp_file, out, "--device", "nosuch"), 2)
+    assert "--input-shape" in one_error(invoke("export", mlp_file, out, "--input-shape", "3,x"), 2)
+
+
+def test_source_options_are_declared_once_for_analyze_export_and_plot_layer():
+    ctx = click.Context(cli)
+    commands = {"analyze": cli.get_command(ctx, "analyze"), "export": cli.get_command(ctx, "export"),
+                "plot layer": cli.get_command(ctx, "plot").get_command(ctx, "layer")}
+    shared = ("--weights", "--no-fold", "--input-shape", "--trust-pickle")
+    helps = {}
+    for name, cmd in commands.items():
+        options = {opt: p for p in cmd.params for opt in getattr(p, "opts", [])}
+        assert set(shared) <= set(options), name
+        helps[name] = tuple(options[o].help for o in shared)
+        model = next(p for p in cmd.params if p.name == "model")
+        assert model.type.dir_okay, name  # an HF folder is a MODEL
+    assert len(set(helps.values())) == 1
+    assert "--device" in {o for p in commands["export"].params for o in getattr(p, "opts", [])}
+
+
+# ------------------------------------------------------------------ 3. plot layer: the same sources
+def test_plot_layer_reads_torchvision_names_and_huggingface_folders(llama_dir, tmp_path):
+    out = tmp_path / "sq.png"
+    res = invoke("plot", "layer", "squeezenet1_1", "--layer", SQUEEZE, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "note: random initialisation" in res.stdout and f"{SQUEEZE}: 64x16, BSGC, k=4" in res.stdout
+    assert out.stat().st_size > 1000
+    weights = _squeezenet_weights(tmp_path / "sq.pth")
+    res = invoke("plot", "layer", "squeezenet1_1", "--weights", weights, "--layer", SQUEEZE, "--out", out)
+    assert res.exit_code == 0 and "random initialisation" not in res.stdout, res.output
+    res = invoke("plot", "layer", llama_dir, "--layer", "model.layers.0.mlp.up_proj", "--k", "2", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "model.layers.0.mlp.up_proj: 32x48, BSGC, k=2" in res.stdout
+
+
+def test_plot_layer_names_the_layers_of_the_model(tmp_path):
+    msg = one_error(invoke("plot", "layer", "squeezenet1_1", "--layer", "fc2", "--out", tmp_path / "x.png"), 2)
+    assert "--layer" in msg and "no layer named 'fc2'" in msg and SQUEEZE in msg
+    assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------ 4. analyze --quiet
+def test_analyze_quiet_hides_the_progress_bar_only(mlp_file):
+    loud = invoke("analyze", mlp_file, "--k", "2..6")
+    assert loud.exit_code == 0, loud.output
+    assert "k:" in loud.stderr  # the progress bar over k
+    quiet = invoke("analyze", mlp_file, "--k", "2..6", "--quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and quiet.stdout == loud.stdout
+    assert "coverage: 444 of 444 weights" in quiet.stdout and "skipped 4: fewer than k=6" in quiet.stdout
+    assert invoke("analyze", mlp_file, "--k", "2..3", "-q").stderr == ""
+    assert "--k" in one_error(invoke("analyze", mlp_file, "--k", "1", "--quiet"), 2)  # errors are never hidden
+
+
+def test_analyze_quiet_keeps_the_coverage_of_a_partly_covered_model(llama_dir):
+    res = invoke("analyze", llama_dir, "--k", "2..3", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "not covered: Embedding (1,600 weights" in res.stdout and res.stderr == ""

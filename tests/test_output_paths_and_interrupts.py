@@ -1,0 +1,191 @@
+"""Output folders must exist, Ctrl-C says what was left behind, --max-train above the data is a note.
+
+Each test uses the embedded digits data or a tiny random model and runs in a few seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+import pytest
+
+import graphinterp.cli.benchmark as benchmark_cli
+import graphinterp.cli.export as export_cli
+import graphinterp.training.train as train_mod
+from _cli_helpers import invoke, one_error
+from graphinterp.cli._common import check_output_dir, check_output_path
+from graphinterp.common.files import OutputPathError, atomic_write, check_writable
+from graphinterp.sources.checkpoint import load_checkpoint
+from graphinterp.training.train import TrainConfig, TrainingInterrupted, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MISSING = "folder 'reslts' does not exist; create it first or fix the path"
+FAST = ["--k", "2", "--warmup-epochs", "1", "--max-train", "200", "--device", "cpu", "--quiet"]
+
+
+# ------------------------------------------------------------------ 1. an output file's folder must exist
+def test_output_file_in_a_missing_folder_is_refused_before_any_work(sd_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_mod, "_epoch", lambda *a, **k: pytest.fail("trained before checking --out"))
+    for args in (["analyze", "m.pt", "--k", "2", "--plot", "reslts/fig.png"],
+                 ["export", "m.pt", "reslts/g.graphml", "--k", "2"],
+                 ["train", "--out", "reslts/m.pt", *FAST]):
+        assert MISSING in one_error(invoke(*args), 2), args
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]  # no folder 'reslts' was made
+    # nested: the folder named is the output's own folder
+    assert "folder 'a/b' does not exist" in one_error(invoke("export", "m.pt", "a/b/g.graphml", "--k", "2"), 2)
+    # an existing folder still works
+    (tmp_path / "results").mkdir()
+    assert invoke("export", "m.pt", "results/g.graphml", "--k", "2").exit_code == 0
+    assert (tmp_path / "results" / "g.graphml").is_file()
+
+
+def test_the_rule_lives_in_check_writable(tmp_path):
+    with pytest.raises(OutputPathError, match="does not exist; create it first"):
+        check_writable(tmp_path / "new" / "x.json", parent_must_exist=True)
+    assert check_writable(tmp_path / "new" / "x.json").name == "x.json"  # the Python writers create folders
+    with pytest.raises(click.BadParameter, match="folder .*new.* does not exist"):
+        check_output_path(tmp_path / "new" / "o.svg")
+    assert not (tmp_path / "new").exists()
+
+
+def test_output_folder_is_created_only_as_the_last_component(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_output_dir("report") == "report" and not (tmp_path / "report").exists()
+    with pytest.raises(click.BadParameter, match="folder 'reslts' does not exist; create it first or fix the path"):
+        check_output_dir("reslts/report")
+    monkeypatch.setattr(benchmark_cli, "run_benchmark", lambda *a, **k: pytest.fail("benchmarked before checking"))
+    assert MISSING in one_error(invoke("benchmark", "x.pt", "--out", "reslts/report"), 2)
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ 2. Ctrl-C says what was left behind
+def _interrupt_at_evaluation(monkeypatch, n):
+    """Make the ``n``-th end-of-epoch evaluation raise KeyboardInterrupt (epoch ``n`` is not saved)."""
+    real, calls = train_mod.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    return real
+
+
+def test_interrupted_train_says_where_the_resumable_state_is(tmp_path, monkeypatch):
+    out = tmp_path / "m.pt"
+    real = _interrupt_at_evaluation(monkeypatch, 2)
+    msg = one_error(invoke("train", "--epochs", "2", "--out", out, *FAST), 130)
+    assert msg == (f"error: interrupted; {out} holds the training state after epoch 1 of 3; "
+                   "continue with the same command plus --resume")
+    assert load_checkpoint(out)["train_state"]["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no lock or temporary file left
+    # the advice works: --resume finishes the run
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    res = invoke("train", "--epochs", "2", "--out", out, "--resume", "--json", *FAST)
+    assert res.exit_code == 0, res.stderr
+    assert [r["epoch"] for r in json.loads(res.stdout)["history"]] == [1, 2, 3]
+
+
+def test_interrupted_train_before_a_checkpoint_says_nothing_was_written(tmp_path, monkeypatch):
+    out = tmp_path / "m.pt"
+    _interrupt_at_evaluation(monkeypatch, 1)
+    msg = one_error(invoke("train", "--epochs", "1", "--out", out, *FAST), 130)
+    assert msg == f"error: interrupted; no checkpoint had been written to {out} yet; run again to start over"
+    assert not out.exists()
+    out.write_bytes(b"an older file")  # without --resume an existing --out is left as it was
+    _interrupt_at_evaluation(monkeypatch, 1)
+    msg = one_error(invoke("train", "--epochs", "1", "--out", out, *FAST), 130)
+    assert msg == f"error: interrupted; nothing was written; {out} is unchanged"
+    assert out.read_bytes() == b"an older file"
+
+
+def test_training_interrupted_is_a_keyboard_interrupt_with_the_state(tmp_path, monkeypatch):
+    out = tmp_path / "m.pt"
+    _interrupt_at_evaluation(monkeypatch, 2)
+    cfg = TrainConfig(k=2, warmup_epochs=1, epochs=1, max_train=200, quiet=True, device="cpu")
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(cfg, checkpoint=out)
+    err = info.value
+    assert isinstance(err, TrainingInterrupted) and err.resumable
+    assert (err.checkpoint, err.unit, err.saved, err.total) == (str(out), "epoch", 1, 2)
+    assert str(err) == f"training interrupted; {out} holds the training state after epoch 1 of 2; " \
+                       "train again with resume=True to continue"
+
+
+def test_interrupted_command_names_the_outputs_it_wrote(sd_file, tmp_path, monkeypatch):
+    out = tmp_path / "g.graphml"
+
+    def write_then_stop(graph, path, *args, **kwargs):
+        with atomic_write(path, "w") as handle:
+            handle.write("<graphml/>")
+        raise KeyboardInterrupt
+
+    def stop_while_writing(graph, path, *args, **kwargs):
+        with atomic_write(path, "w") as handle:
+            handle.write("<graph")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_cli, "export_graphml", stop_while_writing)
+    assert one_error(invoke("export", sd_file, out, "--k", "2"), 130) == "error: interrupted; no output was written"
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+    out.write_text("old")
+    assert one_error(invoke("export", sd_file, out, "--k", "2"), 130) == \
+        "error: interrupted; no output was written (existing files are unchanged)"
+    assert out.read_text() == "old"
+    monkeypatch.setattr(export_cli, "export_graphml", write_then_stop)
+    msg = one_error(invoke("export", sd_file, out, "--k", "2"), 130)
+    assert msg == f"error: interrupted after writing {out} (each file complete; outputs not named were not written)"
+
+
+def test_interrupted_benchmark_names_the_report_files_it_wrote(tmp_path, monkeypatch):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "old.csv").write_text("from an earlier run")
+
+    class Report:
+        models = ["m"]
+
+    def write_two_then_stop(rep, out, **kwargs):
+        for name in ("benchmark.json", "clusterability.csv"):
+            with atomic_write(Path(out) / name, "w") as handle:
+                handle.write("x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark_cli, "run_benchmark", lambda *a, **k: Report())
+    monkeypatch.setattr(benchmark_cli, "write_report", write_two_then_stop)
+    msg = one_error(invoke("benchmark", "x.pt", "--out", report), 130)
+    assert msg == (f"error: interrupted after writing {report / 'benchmark.json'}, {report / 'clusterability.csv'} "
+                   "(each file complete; outputs not named were not written)")
+
+
+# ------------------------------------------------------------------ 3. --max-train above the training set
+def test_max_train_above_the_training_set_is_a_note(tmp_path):
+    out = tmp_path / "m.pt"
+    note = "digits has only 1437 training examples, fewer than the 5000 asked for; all 1437 are used"
+    res = invoke("train", "--epochs", "0", "--k", "2", "--max-train", "5000", "--device", "cpu", "--json", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    assert f"note: {note}" in res.stderr.splitlines()
+    assert json.loads(res.stdout)["notes"] == [note]
+    res = invoke("train", "--epochs", "0", "--k", "2", "--max-train", "1437", "--device", "cpu", "--json", "--out", out)
+    assert res.exit_code == 0 and "note:" not in res.stderr and json.loads(res.stdout)["notes"] == []
+
+
+def test_max_train_note_in_python(monkeypatch):
+    heard = []
+    cfg = TrainConfig(k=2, warmup_epochs=1, epochs=0, max_train=5000, max_test=10, quiet=True, device="cpu")
+    result = train(cfg, on_note=heard.append)
+    assert heard == result.notes and len(heard) == 1 and "all 1437 are used" in heard[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_train_below_one_is_refused_before_work(tmp_path, monkeypatch, value):
+    monkeypatch.setattr(train_mod, "_load_data", lambda *a, **k: pytest.fail("loaded data before checking"))
+    msg = one_error(invoke("train", "--max-train", value, "--out", tmp_path / "m.pt"), 2)
+    assert "--max-train" in msg and f"{value} is not in the range x>=1" in msg
+    assert os.listdir(tmp_path) == []
