@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from graphinterp import (
     cluster_layers,
@@ -75,9 +76,15 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     \b
     Example:
       graphinterp export model.pt clustered.graphml --k 4
+
+    With --stored the checkpoint's own clustering is exported as it is: a network-wide one as cluster,
+    a per-layer one as cluster_in / cluster_out (and cluster where the layers agree), never a new one.
     """
     if network_wide and per_layer:
         raise click.UsageError("--network-wide and --per-layer exclude each other")
+    ctx = click.get_current_context()
+    if use_stored and ctx.get_parameter_source("k") not in (None, ParameterSource.DEFAULT):
+        raise click.UsageError("--k does not apply with --stored (the stored clustering has its own k); drop one")
     # an output that is an input is the graver mistake: said first, then the format
     check_output_path(out, inputs=(model, *source.inputs), param_hint="OUT")
     check_output_path(out, suffixes=EXPORT_SUFFIXES, param_hint="OUT")
@@ -97,13 +104,15 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         if clustering is None:
             raise click.UsageError(f"{model} holds no stored clustering; drop --stored to cluster with --k")
         if clustering.network_wide:
-            network = clustering
-        elif shared and not per_layer:
-            network, note = _network(graph, clustering.k, clustering.layer_names, seed)
+            network = clustering  # else cluster is the stored per-layer labels: no fresh network-wide clustering
     else:
         if names:
             check_k(k, graph, names)  # the layers asked for must all fit k
         chosen = names or _clusterable(graph, k)
+        skipped = [n for n in graph.layer_names if chosen is not None and n not in chosen and not names]
+        if skipped:
+            click.echo(f"note: not clustered (fewer than k={k} non-isolated nodes on a side): {', '.join(skipped)}",
+                       err=True)
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)
         if shared and not per_layer:

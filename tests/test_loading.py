@@ -313,3 +313,13 @@ def test_an_input_shape_for_a_bare_state_dict_is_noted_not_dropped(tmp_path):
     assert [n for n in opened.notes if "input shape" in n] == [
         "input shape (6,) not used: a file without an architecture is read from its tensors, nothing is traced"]
     assert graph.coverage.complete  # a note, not a gap in the graph
+
+
+def test_weights_with_a_model_file_is_refused_naming_both(tmp_path):
+    from graphinterp.common.errors import ModelFileError
+    from graphinterp.graph.load import open_model
+
+    path = tmp_path / "sd.pt"
+    torch.save(nn.Sequential(nn.Linear(6, 5)).state_dict(), path)
+    with pytest.raises(ModelFileError, match="holds its own: a weights file goes with a torchvision architecture"):
+        open_model(str(path), weights=str(path))

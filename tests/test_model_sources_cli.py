@@ -161,3 +161,36 @@ def test_analyze_quiet_keeps_the_coverage_of_a_partly_covered_model(llama_dir):
     res = invoke("analyze", llama_dir, "--k", "2..3", "--quiet")
     assert res.exit_code == 0, res.output
     assert "not covered: Embedding (1,600 weights" in res.stdout and res.stderr == ""
+
+
+def test_export_stored_writes_the_stored_per_layer_labels_and_refuses_k(tmp_path):
+    from graphinterp import Clustering, LayeredGraph, cluster_layers
+    from graphinterp.sources.checkpoint import save_checkpoint
+    from graphinterp.sources.models import build_model
+
+    spec = {"name": "mlp", "kwargs": {"in_features": 12, "hidden": [10, 10], "num_classes": 4}}
+    torch.manual_seed(0)
+    model = build_model(spec)
+    graph = LayeredGraph.from_module(model)
+    stored = cluster_layers(graph, 2, random_state=3)
+    assert not stored.network_wide
+    path, out = tmp_path / "m.pt", tmp_path / "s.graphml"
+    save_checkpoint(path, model, arch=spec, clustering=stored.to_dict())
+    assert "--k does not apply with --stored" in one_error(invoke("export", path, out, "--stored", "--k", "3"), 2)
+    res = invoke("export", path, out, "--stored")
+    assert res.exit_code == 0, res.output
+    assert "cluster labels per layer" in res.stdout  # not a fresh network-wide clustering
+    G = nx.read_graphml(out)
+    for name in stored.layer_names:  # every edge's within is the stored clustering's, not a fresh one's
+        rows, cols = stored.labels(name)
+        for u, v, d in G.edges(data=True):
+            if d["layer"] == name:
+                i, j = G.nodes[u]["index"], G.nodes[v]["index"]
+                assert bool(d["within"]) == (rows[i] == cols[j] and rows[i] >= 0)
+    assert isinstance(Clustering.from_dict(stored.to_dict()), Clustering)
+
+
+def test_export_notes_the_layers_it_leaves_unclustered(mlp_file, tmp_path):
+    res = invoke("export", mlp_file, tmp_path / "g.graphml", "--k", "6")
+    assert res.exit_code == 0, res.stderr
+    assert "note: not clustered (fewer than k=6 non-isolated nodes on a side): 4" in res.stderr

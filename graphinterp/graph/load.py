@@ -117,6 +117,9 @@ def open_model(source: Source, *, weights: Optional[str] = None, trust_pickle: b
     if isinstance(source, Mapping):
         return _with_known_architecture(OpenedModel("state_dict", "state_dict", None, dict(source)))
     path = Path(source).expanduser()
+    if weights is not None and path.exists():
+        raise ModelFileError(f"weights {weights} were given for the model file {source}, which holds its own: a weights "
+                             "file goes with a torchvision architecture name (e.g. resnet18 --weights FILE)")
     if weights is not None or (not path.exists() and _looks_like_arch(str(source))):
         return _torchvision(str(source), weights, trust_pickle, random_state)
     if path.is_dir():
