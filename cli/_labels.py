@@ -8,7 +8,7 @@ import click
 from graphinterp import MAX_RANGE_VALUES
 from graphinterp import parse_int_ranges as _parse_int_ranges
 
-__all__ = ["CHARS_PREFIX", "LABEL_FORMS", "parse_labels", "resolve_labels"]
+__all__ = ["CHARS_PREFIX", "LABEL_FORMS", "parse_labels", "resolve_labels", "check_examples"]
 
 
 #: Prefix of ``--labels`` that names a character LM's labels by their characters, each character one label.
@@ -98,3 +98,29 @@ def resolve_labels(spec: LabelSpec, vocabulary: Optional[str], path: str) -> Uni
                                  f"({len(vocabulary)} characters: {vocabulary!r})", param_hint="--labels")
     index = {c: i for i, c in enumerate(vocabulary or "")}
     return list(dict.fromkeys(index[c] if isinstance(c, str) else c for c in spec))
+
+
+def check_examples(labels, y, classes, data_name: str) -> None:
+    """Refuse, before any search, the asked-for labels that have no example in the evaluation data.
+
+    ``labels`` is ``"all"`` (never refused: it means the labels present) or output indices; the
+    labels are named by their class names (a character, not its token id).
+
+    Raises
+    ------
+    click.BadParameter
+        Naming every label without an example, and what to do.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_examples([0, 1], torch.tensor([0, 1, 1]), ["a", "b"], "val")
+    """
+    if labels == "all":
+        return
+    present = set(int(v) for v in y.unique().tolist()) if hasattr(y, "unique") else set(int(v) for v in y)
+    missing = [c for c in labels if 0 <= c < len(classes) and c not in present]  # out of range: the model's check
+    if missing:
+        names = ", ".join(repr(classes[c]) for c in missing)
+        raise click.BadParameter(f"no example of label(s) {names} in the {len(y):,} examples of {data_name}; leave "
+                                 "them out, or evaluate on more data (--limit)", param_hint="--labels")

@@ -13,7 +13,7 @@ from graphinterp.cli._common import (
     emit_json, format_table, json_option, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
 from graphinterp.cli.ablate import _transformer_checkpoint, data_options, load_eval_data, check_outputs
-from graphinterp.cli._labels import parse_labels, resolve_labels
+from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
 
 __all__ = ["command", "parse_labels", "resolve_labels"]
@@ -168,8 +168,10 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
 
         data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus)
         labels = resolve_labels(labels, data.vocabulary, model)
+        check_examples(labels, data.y, data.classes, data.name)
         graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
     else:
+        check_examples(labels, data.y, data.classes, data.name)
         graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}

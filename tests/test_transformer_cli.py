@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import pytest
 import torch
 from torch import nn
@@ -190,3 +191,12 @@ def test_ablate_runs_a_transformer_on_the_device_asked_for(models, monkeypatch):
     res = run_cli(["ablate", models["modadd"], "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
     assert [d.type for d in seen] == ["cpu"]
+
+
+def test_a_label_without_examples_is_refused_by_its_name_before_any_search():
+    from graphinterp.cli._labels import check_examples
+
+    check_examples("all", torch.tensor([0, 0]), ["a", "b"], "val")  # "all" means the labels present
+    with pytest.raises(click.BadParameter, match=r"no example of label\(s\) 'b' in the 2 examples of val"):
+        check_examples([0, 1], torch.tensor([0, 0]), ["a", "b"], "val")
+    check_examples([5], torch.tensor([0, 0]), ["a", "b"], "val")  # out of range: refused by the model's own check
