@@ -18,7 +18,7 @@ from graphinterp import parse_k_values as _parse_k_values
 __all__ = [
     "json_option", "seed_option", "device_option", "quiet_option", "trust_pickle_option", "layers_option",
     "parse_layers", "SEED_MAX", "SEED", "DEVICE", "POSITIVE_INT", "FiniteFloat", "MAX_RANGE_VALUES",
-    "check_seed", "check_device", "check_layers", "parse_int_ranges", "parse_k_values",
+    "check_seed", "check_device", "check_layers", "parse_int_ranges", "parse_k_values", "given_options",
 ]
 
 SEED_MAX = 2**32 - 1
@@ -227,3 +227,10 @@ def parse_k_values(text: str, *, param_hint: str = "--k", max_values: int = 1000
         return _parse_k_values(text, max_values=max_values)
     except ValueError as err:
         raise click.BadParameter(f"{text!r}: {err}; use 4, 2..10 or 2,4,8", param_hint=param_hint) from None
+
+
+def given_options(ctx: click.Context, names: Iterable[str]) -> List[str]:
+    """Which of the parameters ``names`` the user gave (command line or environment), not left at their defaults."""
+    from click.core import ParameterSource
+
+    return [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]

@@ -11,9 +11,11 @@ options apply to which kind of model) and rebuild a transformer's task through :
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import click
+
+from graphinterp.cli._options import given_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphinterp import TransformerConfig
@@ -61,13 +63,6 @@ def class_name(c: str) -> str:
     return c if c.isprintable() and not c.isspace() else repr(c)
 
 
-def _given(ctx: click.Context, names: Iterable[str]) -> List[str]:
-    """Which of the parameters ``names`` the user gave (on the command line or in the environment), not defaults."""
-    from click.core import ParameterSource
-
-    return [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
-
-
 def check_task_options(path: str, ckpt: Optional[Dict[str, Any]], corpus: Optional[str],
                        ctx: Optional[click.Context] = None) -> None:
     """Refuse the options that do not apply to the kind of model in ``path`` (before any long work).
@@ -85,7 +80,7 @@ def check_task_options(path: str, ckpt: Optional[Dict[str, Any]], corpus: Option
         if corpus is not None:
             raise _corpus_error(path, "is not a transformer checkpoint")
         return
-    given = _given(ctx, [name for name, _ in DATASET_OPTIONS]) if ctx is not None else []
+    given = given_options(ctx, [name for name, _ in DATASET_OPTIONS]) if ctx is not None else []
     flags = [flag for name, flag in DATASET_OPTIONS if name in given]
     if flags:
         raise click.UsageError(f"{' and '.join(flags)} {'do' if len(flags) > 1 else 'does'} not apply to {path}: a "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import click
-from click.core import ParameterSource
 
 from graphinterp import (
     cluster_layers,
@@ -16,8 +15,8 @@ from graphinterp import (
     stored_clustering,
 )
 from graphinterp.cli._common import (
-    FiniteFloat, check_layers, check_output_path, device_option, emit_json, json_option, layers_option, parse_layers,
-    seed_option,
+    FiniteFloat, check_layers, check_output_path, device_option, emit_json, given_options, json_option, layers_option,
+    parse_layers, seed_option,
 )
 from graphinterp.cli._source_options import (
     coverage_lines, layerwise_option, model_argument, model_source_options, note_lines,
@@ -82,8 +81,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     """
     if network_wide and per_layer:
         raise click.UsageError("--network-wide and --per-layer exclude each other")
-    ctx = click.get_current_context()
-    if use_stored and ctx.get_parameter_source("k") not in (None, ParameterSource.DEFAULT):
+    if use_stored and given_options(click.get_current_context(), ["k"]):
         raise click.UsageError("--k does not apply with --stored (the stored clustering has its own k); drop one")
     # an output that is an input is the graver mistake: said first, then the format
     check_output_path(out, inputs=(model, *source.inputs), param_hint="OUT")
@@ -109,7 +107,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         if names:
             check_k(k, graph, names)  # the layers asked for must all fit k
         chosen = names or _clusterable(graph, k)
-        skipped = [n for n in graph.layer_names if chosen is not None and n not in chosen and not names]
+        skipped = [n for n in graph.layer_names if n not in chosen] if chosen and not names else []
         if skipped:
             click.echo(f"note: not clustered (fewer than k={k} non-isolated nodes on a side): {', '.join(skipped)}",
                        err=True)
