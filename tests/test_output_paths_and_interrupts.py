@@ -1,24 +1,33 @@
-"""Output folders must exist, Ctrl-C says what was left behind, --max-train above the data is a note.
+"""Output folders must exist, Ctrl-C says what was left behind (and is never lost), --max-train above the
+data is a note.
 
 Each test uses the embedded digits data or a tiny random model and runs in a few seconds.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import click
 import pytest
+import torch
 
 import graphinterp.cli.benchmark as benchmark_cli
 import graphinterp.cli.export as export_cli
 import graphinterp.training.train as train_mod
 from _cli_helpers import invoke, one_error
 from graphinterp.cli._common import check_output_dir, check_output_path
+from graphinterp.common.denormal import _openmp_parallel, denormals_flushed
 from graphinterp.common.files import OutputPathError, atomic_write, check_writable
 from graphinterp.sources.checkpoint import load_checkpoint
 from graphinterp.training.train import TrainConfig, TrainingInterrupted, train
+from graphinterp.training.train_state import held_interrupts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,6 +171,124 @@ def test_interrupted_benchmark_names_the_report_files_it_wrote(tmp_path, monkeyp
     msg = one_error(invoke("benchmark", "x.pt", "--out", report), 130)
     assert msg == (f"error: interrupted after writing {report / 'benchmark.json'}, {report / 'clusterability.csv'} "
                    "(each file complete; outputs not named were not written)")
+
+
+# ------------------------------------------------------------------ 2b. a real Ctrl-C is never lost
+# Each test sends a real SIGINT (``signal.raise_signal``) at a place where Python would lose the
+# KeyboardInterrupt, and bounds what a lost one would cost, so a regression fails instead of hanging.
+def _sigint() -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def test_held_interrupts_delivers_the_interrupt_when_the_block_ends():
+    done = []
+    with pytest.raises(KeyboardInterrupt), held_interrupts():
+        _sigint()
+        done.append("block")
+    assert done == ["block"]
+    with pytest.raises(KeyboardInterrupt) as info, held_interrupts():  # also after an error, its context
+        _sigint()
+        raise ValueError("disk full")
+    assert isinstance(info.value.__context__, ValueError)
+    # a KeyboardInterrupt from the block is the only one
+    with pytest.raises(KeyboardInterrupt) as info, held_interrupts():
+        _sigint()
+        raise KeyboardInterrupt("mine")
+    assert str(info.value) == "mine"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_subnormal_flushing_starts_is_not_lost(tmp_path, monkeypatch):
+    """flush_denormals sets each OpenMP thread's flag from a ctypes callback, and ctypes drops an exception
+    raised there: the KeyboardInterrupt used to vanish and the run trained to its end. Held, it is raised
+    once flush_denormals is entered and its exit registered."""
+    if not _openmp_parallel():
+        pytest.skip("no OpenMP runtime to run the callback on")
+    real, fired = torch.set_flush_denormal, []
+
+    def set_flush_denormal(flag):
+        if sys._getframe(1).f_code.co_name == "<lambda>" and threading.current_thread() is threading.main_thread() \
+                and not fired:
+            fired.append(flag)
+            _sigint()  # Ctrl-C inside the callback, in the main thread, which handles it
+        return real(flag)
+
+    monkeypatch.setattr(torch, "set_flush_denormal", set_flush_denormal)
+    was, threads = denormals_flushed(), torch.get_num_threads()
+    torch.set_num_threads(2)  # the callback runs only with more than one thread
+    try:
+        cfg = TrainConfig(k=2, warmup_epochs=1, epochs=2, max_train=200, quiet=True, device="cpu")
+        with pytest.raises(TrainingInterrupted) as info:
+            train(cfg, checkpoint=tmp_path / "m.pt")
+    finally:
+        torch.set_num_threads(threads)
+    assert fired == [True]
+    assert info.value.saved is None and not (tmp_path / "m.pt").exists()
+    # and the flag was restored: a flush_denormals left entered made the interpreter hang at exit
+    assert denormals_flushed() == was
+
+
+def test_ctrl_c_just_after_the_checkpoint_is_renamed_reports_that_checkpoint(tmp_path, monkeypatch):
+    """The checkpoint is in place before the run records it: an interrupt between the two used to report
+    the epoch before the one the file holds."""
+    out = tmp_path / "m.pt"
+    real, renames = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        if Path(dst) == out:
+            renames.append(dst)
+            if len(renames) == 2:
+                _sigint()
+
+    monkeypatch.setattr(os, "replace", replace)
+    msg = one_error(invoke("train", "--epochs", "2", "--out", out, *FAST), 130)
+    epoch = load_checkpoint(out)["train_state"]["epoch"]
+    assert epoch == 2
+    assert msg == (f"error: interrupted; {out} holds the training state after epoch {epoch} of 3; "
+                   "continue with the same command plus --resume")
+
+
+@pytest.mark.parametrize("where", ["import", "__del__"])
+def test_ctrl_c_where_python_would_lose_it_still_ends_train(where, tmp_path, monkeypatch):
+    """A Ctrl-C while a module initialises (``import torch`` drops one raised while torch._C imports numpy)
+    or inside ``__del__`` ("Exception ignored") is held until that ends, then ends the command."""
+    name = f"graphinterp_test_drops_interrupt_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(
+        "import signal\n"
+        "try:  # Ctrl-C while this module initialises ...\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "except KeyboardInterrupt:  # ... which it drops, as the initialisation of torch._C does\n"
+        "    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Dropper:
+        def __del__(self):
+            _sigint()
+
+    real_epoch, calls = train_mod._epoch, []
+
+    def epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            if where == "import":
+                importlib.import_module(name)
+            else:
+                Dropper()  # collected at once
+            deadline = time.monotonic() + 3  # the held interrupt arrives here; a lost one lets training go on
+            while time.monotonic() < deadline:
+                time.sleep(0.005)
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_epoch", epoch)
+    out = tmp_path / "m.pt"
+    try:
+        msg = one_error(invoke("train", "--epochs", "2", "--out", out, *FAST), 130)
+    finally:
+        sys.modules.pop(name, None)
+    assert msg == (f"error: interrupted; {out} holds the training state after epoch 1 of 3; "
+                   "continue with the same command plus --resume")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handler is gone
 
 
 # ------------------------------------------------------------------ 3. --max-train above the training set

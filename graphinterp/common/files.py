@@ -95,9 +95,11 @@ def check_writable(path: PathLike, *, parent_must_exist: bool = False) -> Path:
         fd, probe = _mkstemp(ancestor, path.name)
     except OSError as err:
         raise OutputPathError(f"cannot write {path}: {_reason(err)} in {ancestor}") from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+    try:
+        os.close(fd)
+    finally:  # also on Ctrl-C: no probe is left beside the output
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
     return path
 
 

@@ -21,7 +21,6 @@ from graphinterp.reports.viz_common import (_DPI, _GREY, _NEG, _PALETTE, _POS, P
                          _names, _xticklabels, save_figure)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["plot_clusterability_vs_k", "plot_ablation", "plot_ecs_comparison", "plot_clustered_layer",

@@ -33,16 +33,15 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.distributed import rank_and_world
 from graphinterp.common.inference import predictions
-from graphinterp.common.files import check_writable, output_lock, resolve_device
+from graphinterp.common.files import resolve_device
 from graphinterp.clustering.cluster import Clustering, cluster_network
 from graphinterp.clustering.labels import stored_clustering
 from graphinterp.clustering.validation import check_k
@@ -55,7 +54,7 @@ from graphinterp.training.masks import default_cluster_layers, trace_graph
 from graphinterp.sources.models import build_model, default_spec
 from graphinterp.training.train_config import SIMILARITIES, TrainConfig, TrainResult, format_history
 from graphinterp.training.train_state import (
-    CheckpointProgress, TrainingInterrupted, load_train_state, save_train_state,
+    CheckpointProgress, TrainingInterrupted, held_interrupts, load_train_state, save_train_state, training_run,
 )
 
 __all__ = ["SIMILARITIES", "TrainConfig", "TrainResult", "TrainingInterrupted", "train", "train_step", "evaluate",
@@ -225,25 +224,34 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
         if on_note is not None and rank_and_world()[0] == 0:
             on_note(text)
 
-    with contextlib.ExitStack() as stack:
-        if writes:
-            check_writable(checkpoint)
-            stack.enter_context(output_lock(checkpoint))
-        stack.enter_context(flush_denormals())  # see the module docstring; a no-op where unsupported
-        try:
-            result = _run(config, model, train_data, test_data, checkpoint, resume, progress, note)
-        except TrainingInterrupted:
-            raise
-        except KeyboardInterrupt as err:
-            raise progress.interrupted() from err
-        result.notes = notes
-        return result
+    with training_run(progress):  # locks the checkpoint, flushes subnormals (module docstring), reports Ctrl-C
+        result = _run(config, model, train_data, test_data, checkpoint, resume, progress, note)
+    result.notes = notes
+    return result
+
+
+@contextlib.contextmanager
+def _progress_bar(**kwargs) -> Iterator[Any]:
+    """A tqdm bar (``kwargs``) for the block, made and closed with Ctrl-C held.
+
+    A bar interrupted while it draws or clears itself would stay on screen, with the
+    ``error: interrupted`` line appended to it.
+    """
+    from tqdm.auto import tqdm
+
+    bar = None
+    try:
+        with held_interrupts():
+            bar = tqdm(**kwargs)
+        yield bar
+    finally:
+        if bar is not None:
+            with held_interrupts():
+                bar.close()
 
 
 def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, progress: CheckpointProgress,
          note: Callable[[str], None]) -> TrainResult:
-    from tqdm.auto import tqdm
-
     rank, world = rank_and_world()
     device = resolve_device(config.device)
     if world > 1 and device.type == "cuda" and device.index is None:
@@ -292,14 +300,11 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     for epoch in range(state["epoch"] + 1, config.total_epochs + 1):
         start, modular = time.perf_counter(), epoch > config.warmup_epochs
         phase = ("modular" if config.lam > 0 else "train") if modular else "warmup"  # "train": the baseline
-        bar = tqdm(total=math.ceil(len(y) / config.batch_size), desc=f"epoch {epoch}/{config.total_epochs} "
-                   f"[{phase}]", disable=not show, leave=False, unit="batch")
-        try:
+        with _progress_bar(total=math.ceil(len(y) / config.batch_size), desc=f"epoch {epoch}/{config.total_epochs} "
+                           f"[{phase}]", disable=not show, leave=False, unit="batch") as bar:
             ce_mean, le_mean = _epoch(net, opt, x, y, gen, config, rank, world, bar,
                                       loss_fn if modular and config.lam > 0 else None,
                                       gradsim if not modular else None)
-        finally:
-            bar.close()
         if epoch == config.warmup_epochs:
             clustering = _cluster(graph, layers, config, gradsim, rank, world)
             loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
@@ -312,16 +317,17 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
             "time": time.perf_counter() - start,
         })
         if path is not None and rank == 0:
-            save_train_state(path, model, arch=arch, config=config, history=history, clustering=clustering,
-                             train_clustering=clustering, opt=opt, gen=gen, epoch=epoch, gradsim=gradsim)
-            progress.saved = epoch
+            with progress.saving(epoch):
+                save_train_state(path, model, arch=arch, config=config, history=history, clustering=clustering,
+                                 train_clustering=clustering, opt=opt, gen=gen, epoch=epoch, gradsim=gradsim)
     final = clustering
     if config.lam == 0 and history:  # the baseline: E of a clustering fitted to the final weights
         final = _cluster(graph, layers, config, None, rank, world)
         final.meta["fitted"] = "final weights"
         history[-1]["E_refit"] = EnmeshmentLoss(model, final, graph=graph).clusterability()
         if path is not None and rank == 0:
-            save_train_state(path, model, arch=arch, config=config, history=history, clustering=final,
-                             train_clustering=clustering, opt=opt, gen=gen, epoch=config.total_epochs, gradsim=gradsim)
-            progress.saved = config.total_epochs
+            with progress.saving(config.total_epochs):
+                save_train_state(path, model, arch=arch, config=config, history=history, clustering=final,
+                                 train_clustering=clustering, opt=opt, gen=gen, epoch=config.total_epochs,
+                                 gradsim=gradsim)
     return TrainResult(model, arch, final, history)

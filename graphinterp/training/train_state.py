@@ -3,23 +3,38 @@
 A checkpoint holds the model, its architecture, the clustering, the history and the training state
 (optimiser, epoch, RNG streams, the clustering trained against, accumulated gradient similarities),
 so a resumed run ends with exactly the weights an uninterrupted one would have.
+
+Ctrl-C: :func:`training_run` frames a run and turns a :class:`KeyboardInterrupt` into
+:class:`TrainingInterrupted`, which says what the checkpoint holds. Two places must not be cut by
+the interrupt, so a Ctrl-C there is held (:func:`held_interrupts`) and raised when they end:
+writing a checkpoint together with recording it (:meth:`CheckpointProgress.saving`; otherwise an
+interrupt right after the file is renamed into place would report the previous epoch), and switching
+subnormal flushing on and off (:func:`graphinterp.common.denormal.flush_denormals` runs Python in a
+ctypes callback, and ctypes prints and drops an exception raised there: the Ctrl-C would be lost
+and training would go on).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.clustering.labels import stored_clustering
+from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.errors import GraphinterpError, TrainingError
+from graphinterp.common.files import check_writable, output_lock
 from graphinterp.training.train_config import RESUME_FIXED, TrainConfig
 
-__all__ = ["load_train_state", "save_train_state", "check_history", "TrainingInterrupted", "CheckpointProgress"]
+__all__ = ["load_train_state", "save_train_state", "check_history", "TrainingInterrupted", "CheckpointProgress",
+           "held_interrupts", "training_run"]
 
 _PHASES = ("warmup", "modular", "train")
 
@@ -107,6 +122,93 @@ class CheckpointProgress:
         """The exception to raise from the interrupt."""
         return TrainingInterrupted(self.checkpoint, unit=self.unit, total=self.total, saved=self.saved,
                                    resumed_from=self.resumed_from, existed=self.existed, resume=self.resume)
+
+    @contextlib.contextmanager
+    def saving(self, count: int) -> Iterator[None]:
+        """Write the checkpoint after ``count`` epochs (steps) in the block; ``saved`` becomes ``count`` after it.
+
+        A Ctrl-C during the block is held until the checkpoint is written and recorded, so what
+        :meth:`interrupted` reports is what the file holds.
+        """
+        with held_interrupts():
+            yield
+            self.saved = count
+
+
+@contextlib.contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) for the block and deliver it when the block ends; never lose it.
+
+    Within the block a SIGINT is only recorded; afterwards the previous handler is restored and
+    the signal raised again, so it acts as it would have (a :class:`KeyboardInterrupt` with
+    Python's handler, nothing when SIGINT is ignored). When the block ends with an exception the
+    held interrupt still follows it, unless that exception is itself a ``KeyboardInterrupt``. Only
+    the main thread handles signals: elsewhere, or where Python does not own the SIGINT handler,
+    the block runs unchanged.
+
+    Examples
+    --------
+    >>> import signal
+    >>> try:
+    ...     with held_interrupts():
+    ...         signal.raise_signal(signal.SIGINT)
+    ...         print("the block ends first")
+    ... except KeyboardInterrupt:
+    ...     print("then the interrupt")
+    the block ends first
+    then the interrupt
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held: List[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    except KeyboardInterrupt:
+        held.clear()  # one is on its way already
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)
+
+
+def _enter_held(stack: contextlib.ExitStack, cm: ContextManager) -> None:
+    """Enter ``cm`` on ``stack``, holding Ctrl-C while it is entered and while it is left."""
+    def leave(exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            return cm.__exit__(exc_type, exc, tb)  # interrupted already: a second Ctrl-C changes nothing
+        with held_interrupts():
+            return cm.__exit__(exc_type, exc, tb)
+
+    with held_interrupts():  # a Ctrl-C held here is raised after ``leave`` is on the stack
+        cm.__enter__()
+        stack.push(leave)
+
+
+@contextlib.contextmanager
+def training_run(progress: CheckpointProgress) -> Iterator[None]:
+    """Frame one training run: its checkpoint checked and locked, subnormals flushed, Ctrl-C reported.
+
+    ``progress.checkpoint`` (None where this process writes none) is checked to be writable and
+    locked for the block (:func:`graphinterp.common.files.output_lock`); subnormal floats are
+    flushed to zero (:func:`graphinterp.common.denormal.flush_denormals`); a
+    :class:`KeyboardInterrupt` anywhere in the frame, setting up and tearing down included, leaves
+    it as ``progress.interrupted()``. Set ``progress.saved`` through :meth:`CheckpointProgress.saving`.
+    """
+    try:
+        with contextlib.ExitStack() as stack:
+            if progress.checkpoint is not None:
+                check_writable(progress.checkpoint)
+                _enter_held(stack, output_lock(progress.checkpoint))
+            _enter_held(stack, flush_denormals())  # its ctypes callback would swallow a KeyboardInterrupt
+            yield
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as err:
+        raise progress.interrupted() from err
 
 
 def check_history(history: Any, epochs: int, path) -> List[Dict[str, Any]]:

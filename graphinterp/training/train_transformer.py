@@ -19,7 +19,6 @@ atomically, so ``resume=True`` continues an interrupted run to the same weights.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -28,8 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphinterp.common.inference import eval_mode
-from graphinterp.common.denormal import flush_denormals
-from graphinterp.common.files import check_writable, output_lock, resolve_device
+from graphinterp.common.files import resolve_device
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.clustering.labels import Clustering, stored_clustering
 from graphinterp.common.errors import DataError, GraphinterpError, TrainingError
@@ -40,7 +38,7 @@ from graphinterp.graph.model_trace import trace_graph
 from graphinterp.sources.models import build_model
 from graphinterp.data.tasks import load_corpus, modular_addition
 from graphinterp.training.train_config import TrainResult
-from graphinterp.training.train_state import CheckpointProgress, TrainingInterrupted
+from graphinterp.training.train_state import CheckpointProgress, training_run
 from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
 
 __all__ = ["TransformerConfig", "train_transformer", "task_data", "checkpoint_task_data", "evaluate_task"]
@@ -164,17 +162,8 @@ def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: boo
     """
     config = config.validate()
     progress = CheckpointProgress(checkpoint, unit="step", total=config.warmup_steps + config.steps, resume=resume)
-    with contextlib.ExitStack() as stack:
-        if checkpoint is not None:
-            check_writable(checkpoint)
-            stack.enter_context(output_lock(checkpoint))
-        stack.enter_context(flush_denormals())
-        try:
-            return _run(config, checkpoint, resume, model, progress)
-        except TrainingInterrupted:
-            raise
-        except KeyboardInterrupt as err:
-            raise progress.interrupted() from err
+    with training_run(progress):  # locks the checkpoint, flushes subnormals, reports Ctrl-C
+        return _run(config, checkpoint, resume, model, progress)
 
 
 def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: CheckpointProgress) -> TrainResult:
@@ -234,8 +223,8 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
             history.append(_row(config, model, data, loss_fn, clustering, step, modular, sums, start))
             sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
             if checkpoint is not None:
-                _save(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim, data=data)
-                progress.saved = step
+                with progress.saving(step):
+                    _save(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim, data=data)
             if not config.quiet:
                 r = history[-1]
                 print(f"step {step}/{total} [{r['phase']}] ce {r['ce']:.4f} E {r['E'] if r['E'] is None else round(r['E'], 4)} "
@@ -248,9 +237,9 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
         history[-1]["E_refit"] = refit.clusterability()
         history[-1]["E_blocks_refit"] = block_clusterability(refit.masks, blocks_from_clustering(final))
         if checkpoint is not None:
-            _save(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering,
-                  data=data)
-            progress.saved = step
+            with progress.saving(step):
+                _save(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering,
+                      data=data)
     return TrainResult(model, arch, final, history)
 
 
