@@ -11,10 +11,11 @@ options apply to which kind of model) and rebuild a transformer's task through :
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import click
 
+from graphinterp.cli._eval_data import limit_note, limit_rows
 from graphinterp.cli._options import given_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,10 +121,12 @@ def _corpus_error(path: str, what: str) -> click.UsageError:
 
 
 def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], other_ckpt: Optional[Dict[str, Any]],
-                     split: str, limit: Optional[int], seed: int, corpus: Optional[str] = None) -> TransformerData:
-    """The split of the first model's task (both models must share the task: the modulus, or the vocabulary)."""
-    import torch
+                     split: str, limit: Optional[int], seed: int, corpus: Optional[str] = None,
+                     notes: Optional[List[str]] = None) -> TransformerData:
+    """The split of the first model's task (both models must share the task: the modulus, or the vocabulary).
 
+    A ``limit`` above the split's examples is noted in ``notes``.
+    """
     from graphinterp import DataError
     from graphinterp import checkpoint_task_data
 
@@ -135,13 +138,11 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
         if config.task == "modadd" and cfg_b.p != config.p:
             raise DataError(f"{path} adds mod {config.p} but {other} adds mod {cfg_b.p}; compare models of one task")
     data = checkpoint_task_data(ckpt, config, path, [(other_ckpt, other)] if other_ckpt is not None else [])
+    notes = [] if notes is None else notes
     if config.task == "chars":
-        return _char_data(config, data, split, limit, seed)
+        return _char_data(config, data, split, limit, seed, notes)
     part = data["test" if split == "test" else "train"]
-    x, y = part.x, part.y
-    if limit is not None and limit < len(x):
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        x, y = x[idx], y[idx]
+    x, y = limit_rows(part.x, part.y, limit, seed, f"{part.name} pairs", notes)
     return TransformerData(x, y, list(data["classes"]), part.name)
 
 
@@ -160,11 +161,14 @@ def extract_transformer(path: str, ckpt: Dict[str, Any], data: TransformerData, 
     return None, clustering, circuits
 
 
-def _char_data(config, data, split, limit, seed) -> TransformerData:
+def _char_data(config, data, split, limit, seed, notes: List[str]) -> TransformerData:
     """Next-character windows of a character LM's split (``test`` reads the validation text)."""
     corpus = data["corpus"]  # its vocabulary was checked against both models by checkpoint_task_data
-    part = corpus.next_char_windows(config.n_ctx, "val" if split == "test" else "train",
-                                    limit=CHAR_WINDOWS if limit is None else limit, seed=seed)
+    text = "val" if split == "test" else "train"
+    part = corpus.next_char_windows(config.n_ctx, text, limit=CHAR_WINDOWS if limit is None else limit, seed=seed)
+    note = limit_note(limit, len(part), f"next-character windows of the {text} text")
+    if note is not None:
+        notes.append(note)
     present = sorted(set(part.y.tolist()))
     names = [class_name(c) for c in corpus.chars]
     return TransformerData(part.x, part.y, names, f"{part.name} of {corpus.path}", present=present,

@@ -1,19 +1,23 @@
 """``graphinterp ablate``: class-wise accuracy with each cluster ON and OFF, or with chosen neurons ablated."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import click
 import numpy as np
 
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, MAX_RANGE_VALUES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json,
-    format_table, json_option, parse_int_ranges, parse_layers, plain_text, seed_option, trust_pickle_option,
+    format_table, json_option, parse_int_ranges, parse_layers, plain_text, quiet_option, seed_option,
+    trust_pickle_option,
 )
-from graphinterp import DATASETS
+from graphinterp.cli._eval_data import (
+    check_outputs, data_options, inputs_error, limit_rows, load_eval_data, read_checkpoint, resolve_dataset,
+    transformer_checkpoint,
+)
 from graphinterp.cli._transformer_circuits import check_task_options
 
-__all__ = ["command", "parse_neurons", "load_eval_data", "check_outputs", "data_options"]
+__all__ = ["command", "parse_neurons"]
 
 
 def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) -> Dict[str, List[int]]:
@@ -39,36 +43,6 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
     return out
 
 
-def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Optional[int], seed: int):
-    """The evaluation split (a seeded subset of ``limit`` examples when given)."""
-    from graphinterp import load_dataset
-
-    data = load_dataset(dataset, split=split, data_dir=data_dir)
-    return data.subset(limit, seed=seed) if limit is not None else data
-
-
-def check_outputs(graph, data, path: str) -> None:
-    """Raise DataError unless the model has one output per class of ``data``."""
-    from graphinterp import DataError
-
-    n_out = graph.layers[-1].n_out
-    if n_out != len(data.classes):
-        raise DataError(f"{path} has {n_out} outputs but {data.name} has {len(data.classes)} classes; "
-                        "pass the dataset the model was trained on")
-
-
-def data_options(f):
-    """--dataset, --split, --data-dir, --limit."""
-    f = click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
-                     help="Evaluate on a seeded random subset of N examples.")(f)
-    f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder holding the dataset (default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")(f)
-    f = click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
-                     help="Which split to evaluate on.")(f)
-    return click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True,
-                        help="Evaluation data; 'digits' is built in and works offline.")(f)
-
-
 @click.command("ablate")
 @click.argument("model", type=click.Path(dir_okay=False))
 @data_options
@@ -91,9 +65,10 @@ def data_options(f):
 @seed_option
 @device_option
 @trust_pickle_option
+@quiet_option
 @json_option
 def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, batch_size, plot_path, corpus, seed,
-            device, trust_pickle, as_json):
+            device, trust_pickle, quiet, as_json):
     """Class-wise accuracy of MODEL with each cluster switched ON and OFF (the paper's Figure 2).
 
     ON keeps only one cluster: every other neuron of the clustered layers' hidden levels is
@@ -116,7 +91,7 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     """
     from graphinterp import ablate, ablation_matrix, class_accuracy
     from graphinterp import cluster_network, stored_clustering
-    from graphinterp import ClusteringError
+    from graphinterp import ClusteringError, InputMismatchError
     from graphinterp import load_runnable
 
     if neurons and (plot_path or k):
@@ -126,7 +101,8 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     spec = parse_neurons(neurons) if neurons else None
     if plot_path:
         check_output_path(plot_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
-    ckpt = _transformer_checkpoint(model)
+    stored = read_checkpoint(model)
+    ckpt = transformer_checkpoint(stored)
     check_task_options(model, ckpt, corpus, click.get_current_context())
     if ckpt is not None:
         if neurons or mode != "zero" or layers is not None:
@@ -134,15 +110,20 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
                                    "--neurons, --mode mean and --layers do not apply")
         _ablate_transformer(model, ckpt, k, corpus, split, limit, seed, batch_size, device, plot_path, as_json)
         return
-    data = load_eval_data(dataset, split, data_dir, limit, seed)
-    loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
+    notes: List[str] = []
+    dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
+    data = load_eval_data(dataset, split, data_dir, limit, seed, notes)
+    try:
+        loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
+    except InputMismatchError as err:
+        raise inputs_error(model, data, defaulted) from err
     check_outputs(graph, data, model)
     names = check_layers(graph, parse_layers(layers))
     if spec is not None:
         full = class_accuracy(net, data, batch_size=batch_size, device=device)
         with ablate(net, graph, spec, mode=mode, reference=data, batch_size=batch_size):
             ablated = class_accuracy(net, data, batch_size=batch_size, device=device)
-        _report_neurons(model, data, mode, spec, full, ablated, as_json)
+        _report_neurons(model, data, mode, spec, full, ablated, as_json, notes)
         return
     if k is not None:
         from graphinterp import default_cluster_layers
@@ -157,7 +138,8 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
         raise ClusteringError(f"{model} holds no clustering; pass --k K to cluster it now, or use a modular checkpoint "
                               "written by `graphinterp train`")
     result = ablation_matrix(net, graph, clustering, data, mode=mode, batch_size=batch_size, device=device,
-                             progress=not as_json)
+                             progress=not (quiet or as_json))
+    _note_chance(result.overall()["full"], data.y, notes)
     if plot_path:
         from graphinterp import plot_ablation
 
@@ -167,8 +149,9 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "n_examples": len(data),
                    "k": clustering.k, "clustered_layers": clustering.layer_names, "clustering": source,
-                   **result.to_dict()})
+                   "notes": notes, **result.to_dict()})
         return
+    _echo_notes(notes)
     overall = result.overall()
     click.echo(f"{model}: k={clustering.k} clusters {source}; layers {', '.join(clustering.layer_names)}; "
                f"ablated levels {', '.join(result.levels)}; {mode} ablation; {len(data)} {data.name} {split} examples")
@@ -180,44 +163,35 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
         click.echo(f"wrote {plot_path}")
 
 
-def _report_neurons(model, data, mode, spec, full, ablated, as_json) -> None:
-    import numpy as np
+def _echo_notes(notes: List[str]) -> None:
+    for text in notes:
+        click.echo(f"note: {text}")
 
+
+def _note_chance(accuracy: float, y, notes: List[str], about: str = "its clusters' ON/OFF accuracies") -> None:
+    """Append the caveat for a model not clearly better than always predicting the most common class."""
+    from graphinterp.interpret.chance import chance_note
+
+    note = chance_note(float(accuracy), y.reshape(-1).cpu().numpy(), about)
+    if note is not None:
+        notes.append(note)
+
+
+def _report_neurons(model, data, mode, spec, full, ablated, as_json, notes) -> None:
     present = np.flatnonzero(np.isfinite(full))
     names = [data.classes[i] for i in present]
-    if as_json:
-        emit_json({"model": str(model), "dataset": data.name, "mode": mode, "neurons": spec, "classes": names,
-                   "full": full[present].tolist(), "ablated": ablated[present].tolist()})
-        return
     counts = np.bincount(data.y.numpy(), minlength=len(full))[present]
     w = counts / counts.sum()
+    _note_chance(float(full[present] @ w), data.y, notes, "the accuracies with these neurons ablated")
+    if as_json:
+        emit_json({"model": str(model), "dataset": data.name, "mode": mode, "neurons": spec, "classes": names,
+                   "full": full[present].tolist(), "ablated": ablated[present].tolist(), "notes": notes})
+        return
+    _echo_notes(notes)
     click.echo(f"{model}: {mode}-ablating " + "; ".join(f"{k}: {len(v)} neuron(s)" for k, v in spec.items()))
     rows = [["full", float(full[present] @ w), *map(float, full[present])],
             ["ablated", float(ablated[present] @ w), *map(float, ablated[present])]]
     click.echo(format_table(rows, ["", "all", *names]))
-
-
-def _transformer_checkpoint(path):
-    """The loaded checkpoint when ``path`` is a graphinterp checkpoint of a transformer, else None."""
-    from pathlib import Path
-
-    from graphinterp import is_checkpoint
-
-    if not Path(path).is_file():
-        return None
-    try:
-        obj = torch_load(path)
-    except Exception:  # not a plain checkpoint: the generic path reports it
-        return None
-    if is_checkpoint(obj) and isinstance(obj.get("arch"), dict) and obj["arch"].get("name") == "transformer":
-        return obj
-    return None
-
-
-def torch_load(path):
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, device, plot_path, as_json) -> None:
@@ -235,18 +209,16 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     net = build_model(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
     data = checkpoint_task_data(ckpt, config, path)
-    if split == "train":
-        if config.task == "modadd":
-            x, y = data["train"].x, data["train"].y
-        else:
-            x, y = data["corpus"].windows(config.n_ctx, "train", limit=config.eval_windows)
-    else:
-        x, y = (data["test"].x, data["test"].y) if config.task == "modadd" else data["test"]
-    if limit is not None and limit < len(x):
-        import torch
-
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        x, y = x[idx], y[idx]
+    notes: List[str] = []
+    if config.task == "modadd":
+        part = data["train" if split == "train" else "test"]
+        x, y = limit_rows(part.x, part.y, limit, seed, f"{split} pairs", notes)
+        what = f"{len(x)} {split} pairs"
+    else:  # every non-overlapping window of the split's text, each predicting all of its positions
+        text = "train" if split == "train" else "val"
+        x, y = data["corpus"].windows(config.n_ctx, text)
+        x, y = limit_rows(x, y, limit, seed, f"windows of {config.n_ctx} characters in the {text} text", notes)
+        what = f"{len(x)} windows of the {text} text ({y.numel():,} next-character predictions)"
     if k is not None:
         clustering = cluster_mlp_blocks(trace_graph(net, example=x[:2]), k, random_state=seed)
         source = f"clustered now (k={k}, BSGC per MLP block)"
@@ -257,6 +229,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
         raise ClusteringError(f"{path} holds no clustering; pass --k K to cluster its MLP blocks now")
     classes = data["classes"]
     result = onoff_matrix(net, clustering, x, y, classes, batch_size=batch_size, device=device)
+    _note_chance(result.overall()["full"], y, notes)
     names = [class_name(c) for c in classes]  # the terminal shows the text itself; only figure text is escaped
     if plot_path:
         from graphinterp import plot_ablation
@@ -266,12 +239,14 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
                       class_names=[plain_text(n) for n, ok in zip(names, live) if ok],
                       title=f"{plain_text(path)}: accuracy per class, MLP clusters ON / OFF", out=plot_path)
     if as_json:
-        emit_json({"model": str(path), "task": config.task, "split": split, "n_examples": len(x), "k": clustering.k,
-                   "clustered_layers": clustering.layer_names, "clustering": source, **result.to_dict()})
+        emit_json({"model": str(path), "task": config.task, "split": split, "n_examples": len(x),
+                   "n_predictions": int(y.numel()), "k": clustering.k, "clustered_layers": clustering.layer_names,
+                   "clustering": source, "notes": notes, **result.to_dict()})
         return
+    _echo_notes(notes)
     overall, spec = result.overall(), specialisation(result)
     click.echo(f"{path}: transformer ({config.task}), k={clustering.k} clusters {source}; MLP layers "
-               f"{', '.join(clustering.layer_names)}; {len(x)} {split} sequences")
+               f"{', '.join(clustering.layer_names)}; {what}")
     rows = [["full", overall["full"], *np.nan_to_num(result.full, nan=-1)]]
     rows += [[f"ON {c}", overall["on"][c], *np.nan_to_num(result.on[c], nan=-1)] for c in range(clustering.k)]
     rows += [[f"OFF {c}", overall["off"][c], *np.nan_to_num(result.off[c], nan=-1)] for c in range(clustering.k)]

@@ -1,11 +1,13 @@
 """``graphinterp benchmark``: clusterability of a set of models, layer by layer, with a shuffle test."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Tuple
 
 import click
 
 from graphinterp import format_report, ModelSource, run_benchmark, SCHEDULER_ENV, write_report
+from graphinterp.reports.benchmarking import SignificanceKError
 from graphinterp.cli._common import (POSITIVE_INT, check_output_dir, device_option, emit_json, parse_k_values,
                                      quiet_option, seed_option, trust_pickle_option)
 
@@ -18,15 +20,18 @@ __all__ = ["command"]
               help="A torchvision architecture (e.g. resnet18) whose weights are given by --weights; "
                    "repeat --arch/--weights for several models, paired in order.")
 @click.option("--weights", "weights", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
-              help="Local weights file (a state_dict, read with weights_only=True) for the matching --arch.")
+              help="Local weights file (a state_dict, read with weights_only=True) for the matching --arch; "
+                   "with no --arch, for a single MODEL given as a torchvision name (as in analyze).")
 @click.option("--random-arch", "random_archs", multiple=True, metavar="NAME",
               help="A torchvision architecture with random weights (seeded) as a reference; repeatable.")
 @click.option("--k", "k_text", default="2..10", show_default=True, metavar="K|A..B|A,B",
               help="Numbers of clusters: one value, a range (2..10) or a list (2,4,8).")
 @click.option("--significance-k", type=click.IntRange(min=2), default=4, show_default=True,
-              help="k at which each layer is tested against its shuffled copies.")
+              help="k at which each layer is tested against its shuffled copies (layers with fewer nodes are "
+                   "reported untested; refused when no layer has that many). Need not be in --k.")
 @click.option("--shuffles", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Shuffled copies per layer (0: no significance test). p-values go down to 1/(N+1).")
+              help="Shuffled copies per layer (0: no significance test; 1 is refused: no spread, no z). "
+                   "p-values go down to 1/(N+1).")
 @click.option("--nonzero-only", is_flag=True,
               help="Shuffle only non-zero weights, keeping the sparsity pattern (for pruned models).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmark-report", show_default=True,
@@ -53,8 +58,9 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
 
     MODELS are model files (graphinterp checkpoints, bare or wrapped state_dicts, TorchScript,
     .safetensors), HuggingFace model folders, or torchvision names such as resnet18 (random weights).
-    Add torchvision architectures with local weights (--arch resnet18 --weights resnet18.pth),
-    and random-weight references (--random-arch resnet18). A model that cannot be loaded is
+    Add torchvision architectures with local weights (--arch resnet18 --weights resnet18.pth; for a
+    single model also resnet18 --weights resnet18.pth, as in analyze), and random-weight references
+    (--random-arch resnet18). A model that cannot be loaded is
     reported and left out; the others are benchmarked and the command then exits with status 1.
 
     Each model becomes a layered graph, as in `analyze`: a chain, a DAG for residual blocks and
@@ -80,6 +86,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
       graphinterp benchmark --arch resnet18 --weights resnet18.pth --random-arch resnet18 --k 2..6
       graphinterp benchmark resnet20.th --shuffles 50 --significance-k 4 --json
     """
+    models, archs = _single_model_weights(models, archs, weights)
     if len(archs) != len(weights):
         raise click.UsageError(f"--arch and --weights must come in pairs; got {len(archs)} --arch and "
                                f"{len(weights)} --weights (use --random-arch for random weights)")
@@ -87,12 +94,19 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
                + [ModelSource(arch=a) for a in random_archs])
     if not sources:
         raise click.UsageError("give at least one MODEL file, --arch NAME --weights FILE, or --random-arch NAME")
+    if shuffles == 1:
+        raise click.BadParameter("a null of 1 shuffle has no spread, so no z-score, and its p-value is at least 0.5; "
+                                 "give 2 or more (p goes down to 1/(N+1)), or 0 for no shuffle test",
+                                 param_hint="--shuffles")
     ks = parse_k_values(k_text, param_hint="--k")
     check_output_dir(out_dir, param_hint="--out")
-    report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,
-                           nonzero_only=nonzero_only, layerwise=layerwise, trust_pickle=trust_pickle,
-                           n_init=n_init, device=device, random_state=seed, progress=not quiet and n_jobs == 1,
-                           n_jobs=n_jobs, scheduler=scheduler or None)
+    try:
+        report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,
+                               nonzero_only=nonzero_only, layerwise=layerwise, trust_pickle=trust_pickle,
+                               n_init=n_init, device=device, random_state=seed, progress=not quiet and n_jobs == 1,
+                               n_jobs=n_jobs, scheduler=scheduler or None)
+    except SignificanceKError as err:  # found after loading the models, before any clustering
+        raise click.BadParameter(str(err), param_hint="--significance-k") from None
     if not report.models:  # nothing could be loaded: nothing to write
         for why in report.failed.values():
             click.echo(f"error: {why}", err=True)
@@ -109,3 +123,23 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         for why in report.failed.values():
             click.echo(f"error: {why}", err=True)
         raise click.exceptions.Exit(1)
+
+
+def _single_model_weights(models: Tuple[str, ...], archs: Tuple[str, ...], weights: Tuple[str, ...]):
+    """``(models, archs)`` with ``NAME --weights FILE`` (one MODEL, as in analyze) read as ``--arch NAME --weights FILE``.
+
+    With no --arch, one --weights goes with a single MODEL naming a torchvision architecture; any other
+    use of --weights without --arch is a usage error saying how to pair them.
+    """
+    if archs or not weights:
+        return models, archs
+    how = "pair each weights file with its architecture: --arch NAME --weights FILE (repeatable)"
+    if len(models) != 1 or len(weights) != 1:
+        raise click.UsageError(f"--weights without --arch goes with a single MODEL (a torchvision name, as in "
+                               f"`benchmark resnet18 --weights FILE`); got {len(models)} MODEL(s) and "
+                               f"{len(weights)} --weights: {how}")
+    if Path(models[0]).expanduser().exists():
+        raise click.UsageError(f"--weights {weights[0]} was given for the model file {models[0]}, which holds its "
+                               f"own weights: --weights goes with a torchvision architecture name "
+                               f"(`benchmark resnet18 --weights FILE`), or {how}")
+    return (), (models[0],)

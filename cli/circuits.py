@@ -12,7 +12,9 @@ from graphinterp.cli._common import (
     FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option,
     emit_json, format_table, json_option, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
-from graphinterp.cli.ablate import _transformer_checkpoint, data_options, load_eval_data, check_outputs
+from graphinterp.cli._eval_data import (
+    check_outputs, data_options, inputs_error, load_eval_data, read_checkpoint, resolve_dataset, transformer_checkpoint,
+)
 from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
 
@@ -23,19 +25,29 @@ def _stem(path: str) -> str:
     return Path(path).stem or "model"
 
 
-def _bar_plot(circuits, title: str, out: str) -> None:
+def _weights(data) -> str:
+    """What the ECS in a figure is a fraction of (a transformer's circuits prune its MLP blocks only)."""
+    from graphinterp.cli._transformer_circuits import TransformerData
+
+    return "the MLP blocks' non-zero weights" if isinstance(data, TransformerData) else "the model's non-zero weights"
+
+
+def _bar_plot(circuits, title: str, weights: str, out: str) -> None:
     from graphinterp import plot_ecs_per_label
 
     cs = list(circuits.values())
     per_layer = {plain_text(layer): [c.size.ecs_per_layer[layer] for c in cs] for layer in cs[0].size.ecs_per_layer}
     plot_ecs_per_label([c.ecs for c in cs], per_layer=per_layer, labels=[plain_text(c.label_name) for c in cs],
-                       title=title, out=out)
+                       title=title, weights=weights, out=out)
 
 
-def _extract(path, data, labels, trust_pickle, kwargs):
-    from graphinterp import extract_circuits, load_runnable, stored_clustering
+def _extract(path, data, labels, trust_pickle, kwargs, defaulted=False):
+    from graphinterp import InputMismatchError, extract_circuits, load_runnable, stored_clustering
 
-    loaded, net, graph = load_runnable(path, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
+    try:
+        loaded, net, graph = load_runnable(path, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
+    except InputMismatchError as err:
+        raise inputs_error(path, data, defaulted) from err
     check_outputs(graph, data, path)
     clustering = stored_clustering(loaded.clustering, graph)
     return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs)
@@ -149,7 +161,8 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
                     and any(re.fullmatch(re.escape(st) + r"_label\d+\.graphml", os.path.basename(source)) for st in stems)):
                 raise click.BadParameter(f"{source} could be overwritten by a circuit's GraphML file; "
                                          "choose another folder", param_hint="--graphml-dir")
-    ckpts = (_transformer_checkpoint(model), _transformer_checkpoint(other) if other else None)
+    stored = read_checkpoint(model)
+    ckpts = (transformer_checkpoint(stored), transformer_checkpoint(read_checkpoint(other)) if other else None)
     if other and (ckpts[0] is None) != (ckpts[1] is None):
         t, n = (model, other) if ckpts[1] is None else (other, model)
         raise click.UsageError(f"{t} is a transformer checkpoint and {n} is not; --compare needs two models of one kind")
@@ -159,20 +172,24 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     check_task_options(model, ckpts[0], corpus, click.get_current_context())
     if ckpts[0] is None:
         labels = resolve_labels(labels, None, model)
-    data = load_eval_data(dataset, split, data_dir, limit, seed) if ckpts[0] is None else None
+    notes: List[str] = []
+    defaulted = False
+    if ckpts[0] is None:
+        dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
+        data = load_eval_data(dataset, split, data_dir, limit, seed, notes)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
                   progress=not (quiet or as_json), mode=mode, n_jobs=jobs)
     if ckpts[0] is not None:
         from graphinterp.cli._transformer_circuits import transformer_data, extract_transformer
 
-        data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus)
+        data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus, notes=notes)
         labels = resolve_labels(labels, data.vocabulary, model)
         check_examples(labels, data.y, data.classes, data.name)
         graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
     else:
         check_examples(labels, data.y, data.classes, data.name)
-        graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs)
+        graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs, defaulted)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}
     comparison: Optional[CircuitComparison] = None
@@ -183,7 +200,7 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
         if ckpts[1] is not None:
             graph_b, clustering_b, circuits_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
         else:
-            graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs)
+            graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs, defaulted)
         # a: the --compare model (e.g. the unclustered baseline), b: MODEL; changes are reported a -> b
         comparison = CircuitComparison.from_circuits(circuits_b, circuits, names=(_stem(other), _stem(model)))
         if graphml_dir:
@@ -193,23 +210,27 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
             from graphinterp import plot_ecs_comparison
 
             plot_ecs_comparison(comparison.ecs_a, comparison.ecs_b, labels=[plain_text(n) for n in comparison.label_names],
-                                names=tuple(plain_text(n) for n in comparison.names), out=plot_path)
+                                names=tuple(plain_text(n) for n in comparison.names), weights=_weights(data),
+                                out=plot_path)
         else:
-            _bar_plot(circuits, f"Effective circuit size per label: {plain_text(_stem(model))}", plot_path)
+            _bar_plot(circuits, f"Effective circuit size per label: {plain_text(_stem(model))}", _weights(data),
+                      plot_path)
     if as_json:
         payload = {"model": str(model), "dataset": data.name, "split": split, "mode": mode, "score": score,
                    "tolerance": {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
                    "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
-                                for c, ci in circuits.items()], "graphml": written}
+                                for c, ci in circuits.items()], "graphml": written, "notes": notes}
         if comparison is not None:
             payload["compare"] = {"model": str(other), **comparison.to_dict(),
                                   "circuits": [ci.to_dict() for ci in comparison.circuits_a.values()]}
         emit_json(payload)
         return
-    _print(model, data, circuits, shares, comparison, written, plot_path)
+    _print(model, data, circuits, shares, comparison, written, plot_path, notes)
 
 
-def _print(model, data, circuits, shares, comparison, written, plot_path) -> None:
+def _print(model, data, circuits, shares, comparison, written, plot_path, notes) -> None:
+    for text in notes:
+        click.echo(f"note: {text}")
     layers = list(next(iter(circuits.values())).size.ecs_per_layer)
     first = next(iter(circuits.values()))
     scope = getattr(data, "scope", "")

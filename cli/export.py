@@ -7,6 +7,7 @@ from graphinterp import (
     cluster_layers,
     check_k,
     cluster_network,
+    clusterability_report,
     ClusteringError,
     export_graphml,
     graph_structure,
@@ -120,9 +121,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
                 network, note = _network(graph, k, chosen or graph.layer_names, seed)
     G = export_graphml(graph, out, clustering, network=network, view=view, min_abs_weight=min_weight)
     labelled = network if network is not None else clustering
+    score = clusterability_report(graph, labelled)  # E beside its baseline, of the labels the file is coloured by
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
-               "E_network": G.graph.get("E_network"), "device": str(device),
+               "E_network": G.graph.get("E_network"), "E": score.E, "E_random": score.E_random, "score": score.score,
+               "device": str(device),
                "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
                "notes": list(loaded.notes)}
     if note:
@@ -133,9 +136,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         for line in coverage_lines(graph) + note_lines(loaded):
             click.echo(line)
         source = {"network": "network-wide", "per-layer": "per layer"}[summary["cluster"]]
-        extra = f", E={summary['E_network']:.4f}" if summary["E_network"] is not None else ""
         click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges, k={labelled.k}, "
-                   f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}{extra}")
+                   f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}")
+        click.echo(f"E = {score.E:.4f} ({source} labels) against {score.E_random:.4f} for a random partition with "
+                   f"the same cluster sizes: normalised score {score.score:.3f} (0: chance, 1: no weight between "
+                   "clusters; `graphinterp benchmark MODEL --shuffles N` adds a shuffle null)")
 
 
 def _network(graph, k: int, names, seed: int):

@@ -7,7 +7,9 @@ import click
 
 from graphinterp import BSGC, ClusteringError, stored_clustering
 from graphinterp.cli._common import FIGURE_SUFFIXES, check_layers, check_output_path, check_title, plain_text, seed_option
-from graphinterp.cli._source_options import SourceOptions, model_argument, model_source_options, note_lines
+from graphinterp.cli._source_options import (
+    SourceOptions, coverage_lines, model_argument, model_source_options, note_lines,
+)
 
 __all__ = ["command"]
 
@@ -81,6 +83,6 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     weight = layer.signed().cpu().double().numpy()
     plot_clustered_layer(weight, labels[0], labels[1], in_name=plain_text(in_name), out_name=plain_text(layer_name),
                          kind=kind, max_edges=max_edges, title=title, out=out_path)
-    for line in note_lines(loaded):
+    for line in coverage_lines(graph) + note_lines(loaded):
         click.echo(line)
     click.echo(f"wrote {out_path} ({layer_name}: {weight.shape[0]}x{weight.shape[1]}, {origin})")

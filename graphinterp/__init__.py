@@ -33,7 +33,7 @@ _EXPORTS = {
     "ClusteringError": "common.errors", "DataError": "common.errors", "GraphinterpError": "common.errors",
     "InvalidWeightsError": "common.errors", "Launch": "common.distributed", "ModelFileError": "common.errors",
     "OutputPathError": "common.files", "SCHEDULER_ENV": "common.parallel", "TrainingError": "common.errors",
-    "UnsupportedModelError": "common.errors", "atomic_write": "common.files",
+    "UnsupportedModelError": "common.errors", "InputMismatchError": "common.errors", "atomic_write": "common.files",
     "check_device": "common.distributed", "check_writable": "common.files", "deterministic": "common.seeds",
     "flush_denormals": "common.denormal", "launch_from_env": "common.distributed",
     "process_group": "common.distributed", "resolve_device": "common.files", "summarize": "common.seeds",

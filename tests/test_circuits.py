@@ -510,3 +510,16 @@ def test_iter_authors_prune_steps_end_at_authors_prunes_result():
     next(gen)
     gen.close()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_circuit_of_a_model_at_chance_carries_a_caveat():
+    from graphinterp.interpret.circuit_result import Circuit
+    from graphinterp.interpret.ecs import CircuitSize
+
+    size = CircuitSize(0.5, 0.5, {}, {}, 5, 10, 5, 10)
+    # balanced one-vs-rest task of 20 + 20 examples: chance 0.5, sd 0.079; 3 sd is 0.737
+    assert Circuit(3, "3", {}, size, 0.7, 0.1, 0.7, 0.1, 20, 20).note.startswith(
+        "the full model is not clearly better than chance on the label's task (accuracy 0.700, chance 0.5)")
+    assert Circuit(3, "3", {}, size, 0.75, 0.1, 0.75, 0.1, 20, 20).note is None
+    assert Circuit(3, "3", {}, size, 0.7, 0.1, 0.7, 0.1, 2000, 2000).note is None  # more examples: clearly above
+    assert Circuit(3, "3", {}, size, 0.1, 0.1, 0.1, 0.1, 20, 0).note is None  # authors' task: positives only

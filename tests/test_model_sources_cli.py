@@ -84,7 +84,8 @@ def test_export_reads_a_huggingface_folder_and_prints_its_coverage(llama_dir, tm
     res = invoke("export", llama_dir, out, "--k", "2", "--per-layer", "--layers", "model.layers.0.mlp.up_proj")
     assert res.exit_code == 0, res.output
     assert "not covered: Embedding" in res.stdout  # the part of the model that is not in the file
-    assert res.stdout.splitlines()[-1].startswith(f"wrote {out}: ")
+    assert res.stdout.splitlines()[-2].startswith(f"wrote {out}: ")
+    assert res.stdout.splitlines()[-1].startswith("E = ")  # beside its random-partition baseline
     assert nx.read_graphml(out).graph["k"] == 2
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "GraphinterpError",
     "ModelFileError",
     "UnsupportedModelError",
+    "InputMismatchError",
     "InvalidWeightsError",
     "ClusteringError",
     "DataError",
@@ -26,6 +27,10 @@ class ModelFileError(GraphinterpError, OSError):
 
 class UnsupportedModelError(GraphinterpError, ValueError):
     """The model's structure cannot be turned into a layered graph (e.g. residual blocks)."""
+
+
+class InputMismatchError(UnsupportedModelError):
+    """The model could not run on the input given (or guessed) for it: model and input do not belong together."""
 
 
 class InvalidWeightsError(GraphinterpError, ValueError):

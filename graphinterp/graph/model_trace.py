@@ -15,7 +15,7 @@ from torch import nn
 from graphinterp.common.inference import eval_mode
 from graphinterp.graph.coverage import Coverage, MissingModule
 from graphinterp.graph.dag import graph_from_calls
-from graphinterp.common.errors import UnsupportedModelError
+from graphinterp.common.errors import InputMismatchError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.trace import ChannelTracer
 
@@ -124,7 +124,7 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
     detail = str(last_error).strip().splitlines()[0][:160] if last_error else ""
     what = ("the example input" if example is not None else
             f"an input of the given shape {tuple(input_shape)}" if input_shape is not None else "a guessed example input")
-    raise UnsupportedModelError(
+    raise InputMismatchError(
         f"could not run {type(model).__name__} on {what} ({type(last_error).__name__}: {detail}); "
         "check that the model and the input (or the dataset) belong together, or give the input's shape "
         "(input_shape=(C, H, W); --input-shape where a command has it)"

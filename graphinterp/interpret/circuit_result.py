@@ -9,6 +9,7 @@ import torch
 from graphinterp.graph.layer import Layer
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ecs import CircuitSize
+from graphinterp.interpret.chance import clearly_above
 
 __all__ = ["Circuit"]
 
@@ -26,7 +27,11 @@ class Circuit:
     size : CircuitSize
     accuracy, loss : float
         The circuit on its task; ``full_accuracy``, ``full_loss``: the full model on it.
-    n_pos, n_neg, n_evals : int
+    n_pos, n_neg : int
+        Examples of the label and of the other labels in the task.
+    n_evals : int
+        Candidates evaluated by the search, as :attr:`Schedule.max_evals` counts them (at most that
+        many; the evaluations of the full model and of the final circuit are not counted).
     seconds : float
     history : list of (int, bool)
         Kept edges after each evaluation of the rounds (and after each final pass), and whether
@@ -75,9 +80,22 @@ class Circuit:
         """The task's accuracy at chance: 0.5 for a balanced one-vs-rest task, 0 on the label's examples alone."""
         return 0.5 if self.n_neg else 0.0
 
+    def _chance_note(self) -> Optional[str]:
+        """The caveat for a circuit of a model not clearly above chance on the label's balanced task."""
+        if not self.n_neg or not self.n_pos:
+            return None
+        n = 4.0 / (1.0 / self.n_pos + 1.0 / self.n_neg)  # the balanced accuracy's binomial size at chance
+        if clearly_above(self.full_accuracy, self.chance_accuracy, n):
+            return None
+        return (f"the full model is not clearly better than chance on the label's task (accuracy "
+                f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}): its circuit of "
+                f"{self.size.kept_params:,} weights describes noise, not how the model computes the label")
+
     @property
     def note(self) -> Optional[str]:
-        """Why the circuit is empty, in one sentence; None when it keeps weights.
+        """Why the circuit is empty, in one sentence; for a circuit that keeps weights, a caveat when the full
+        model is not clearly better than chance on the label's task (:func:`~graphinterp.interpret.chance.
+        clearly_above`); else None.
 
         An empty circuit is no finding about the label: either the full model is no better than
         chance on the label's task (e.g. it never predicts the label), so removing every weight
@@ -94,7 +112,7 @@ class Circuit:
         True
         """
         if not self.empty:
-            return None
+            return self._chance_note()
         head = f"empty circuit (0 of {self.size.total_params:,} weights kept): "
         if self.size.total_params == 0:
             return head + "the pruned layers hold no non-zero weight"

@@ -162,11 +162,11 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
             else:
                 ev = TaskEvaluator(model, layers, task, modules=modules, batch_size=batch_size, device=device)
                 full_acc, full_loss = ev({l.name: torch.ones_like(l.live) for l in layers})
+                ev.n_evals = 0  # the reference is not a candidate: n_evals counts what Schedule.max_evals caps
                 masks = prune(ev, layers, score_fn, lambda a, l: tolerance.accepts(a, l, full_acc, full_loss),
                               schedule, history, status=status,
                               ok_all=lambda a, l: tolerance.accepts_all(a, l, full_acc, full_loss))
-                acc, loss = ev({k: v.to(device) for k, v in masks.items()})
-                status["n_evals"] += 1
+                acc, loss = ev({k: v.to(device) for k, v in masks.items()})  # the result, not a candidate
                 sized = layers
     finally:
         torch.set_num_threads(threads)

@@ -31,7 +31,7 @@ from graphinterp.clustering.validation import check_k, live_sizes
 from graphinterp.reports.model_sources import ModelSource, graph_with_fallback, load_source
 
 __all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
-           "benchmark_graph", "run_benchmark", "safe_name"]
+           "benchmark_graph", "run_benchmark", "safe_name", "SignificanceKError"]
 
 
 def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
@@ -47,20 +47,47 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
     fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1)))
     for k in ks:
         if min(live) < k:
-            lb.skipped_k[k] = f"fewer than k={k} nodes with weights ({live[0]}x{live[1]})"
+            lb.skipped_k[k] = _too_few(k, live)
             continue
         rows, cols = fits[k].row_labels_, fits[k].column_labels_
         E, E_rand = float(clusterability(sq, rows, cols)), random_partition_expectation(rows, cols, k)
         lb.labels[k] = (rows, cols)
         lb.scores[k] = {"E": E, "E_random": E_rand, "score": normalized_score(E, E_rand),
                         "sizes": [np.bincount(x[x >= 0], minlength=k).tolist() for x in (rows, cols)]}
-    if significance_k is not None and n_shuffles > 0 and min(live) >= significance_k:
+    if significance_k is not None and n_shuffles > 0 and min(live) < significance_k:
+        lb.significance_skipped = _too_few(significance_k, live)
+    elif significance_k is not None and n_shuffles > 0:
         lb.significance = shuffle_test(
             layer, significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
             labels=lb.labels.get(significance_k), pairing=pairing, n_init=n_init, device=device,
             random_state=int(rng.randint(2**31 - 1)), progress=progress)
     lb.seconds = time.perf_counter() - start
     return lb
+
+
+def _too_few(k: int, live: Tuple[int, int]) -> str:
+    return f"fewer than k={k} nodes with weights ({live[0]}x{live[1]})"
+
+
+class SignificanceKError(ClusteringError):
+    """The significance k is larger than every layer of every model: the shuffle test could test nothing.
+
+    Raised by :func:`run_benchmark` after loading the models and before any clustering.
+    """
+
+
+def _check_significance_k(loaded, significance_k: Optional[int], n_shuffles: int) -> None:
+    """Refuse a shuffle test that no layer of any loaded model can take (too few nodes for its k)."""
+    if significance_k is None or n_shuffles <= 0 or not loaded:
+        return
+    best = max((min(live), name, layer.name, live) for _, name, _, _, tasks, _, _ in loaded
+               for layer, live, _ in tasks)
+    if best[0] < significance_k:
+        largest, name, lname, live = best
+        raise SignificanceKError(
+            f"no layer can be tested at k={significance_k}: every layer has fewer than {significance_k} nodes with "
+            f"weights on one side (the largest, {name} {lname}, has {live[0]}x{live[1]}); use a k of at most "
+            f"{largest}")
 
 
 def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], random_state: Optional[int]):
@@ -201,6 +228,11 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     ------
     ClusteringError
         For a k below 2.
+    SignificanceKError
+        When the shuffle test is asked for (``significance_k`` and ``n_shuffles > 0``) and no layer of
+        any loaded model has ``significance_k`` nodes with weights on both sides (checked after loading,
+        before any clustering). Layers of some models too small for it are benchmarked without the
+        test, with the reason in ``LayerBenchmark.significance_skipped``.
 
     Examples
     --------
@@ -237,6 +269,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
                             f"use a smaller k")
             continue
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
+    _check_significance_k(loaded, significance_k, n_shuffles)
     serial = n_jobs == 1 and scheduler is None
     common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
     everything = [(*t, *common) for *_, tasks, _, _ in loaded for t in tasks]  # all layers of all models at once

@@ -106,7 +106,9 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     each layer's clusters are renumbered to agree as far as possible with ``network``'s (a
     renumbering changes nothing else: sizes and E stay the same). Graph attributes: ``k``,
     ``network_wide`` (``cluster_in``/``cluster_out`` are network-wide too), ``similarity``,
-    ``cluster_source`` and, with network-wide labels, ``E_network``.
+    ``cluster_source`` and, with network-wide labels, ``E_network`` with its baseline ``E_network_random``
+    (a random partition with the same cluster sizes) and ``score_network``, the normalised score
+    :math:`(E - E_{rand}) / (1 - E_{rand})`.
 
     Parameters
     ----------
@@ -126,7 +128,9 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     if network is not None or (clustering is not None and clustering.network_wide):
         from graphinterp.clustering.metrics import clusterability_report
 
-        G.graph["E_network"] = float(clusterability_report(graph, network if network is not None else clustering).E)
+        report = clusterability_report(graph, network if network is not None else clustering)
+        G.graph.update(E_network=float(report.E), E_network_random=float(report.E_random),
+                       score_network=float(report.score))
     write_graphml(G, path)
     return G
 

@@ -83,7 +83,7 @@ def plot_ablation(on: np.ndarray, off: np.ndarray, *, full: Optional[np.ndarray]
 
 def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, *, labels: Optional[Sequence[str]] = None,
                         names: Tuple[str, str] = ("unclustered", "modular"), title: Optional[str] = None,
-                        out: Optional[PathLike] = None) -> "Figure":
+                        weights: str = "the model's non-zero weights", out: Optional[PathLike] = None) -> "Figure":
     """Per-label effective circuit size (ECS) of two models, with an arrow from a to b (Fig. 3/6).
 
     Each label is annotated with the relative change ``(b - a) / a`` in % ("n/a" where a = 0); the
@@ -96,6 +96,9 @@ def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, *, labels: Optiona
     labels : sequence of str, optional
     names : tuple of two str
     title : str, optional
+    weights : str, default "the model's non-zero weights"
+        What the ECS is a fraction of, for the y axis (e.g. "the MLP blocks' non-zero weights" for a
+        transformer, whose attention and embeddings are kept whole).
     out : str or os.PathLike, optional
 
     Returns
@@ -139,7 +142,7 @@ def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, *, labels: Optiona
                    clip_on=False, label=str(name))
     _xticklabels(ax, labels)
     ax.set(xlim=(-0.6, n - 0.4), ylim=(0, max(a.max(), b.max()) * 1.2 + 1e-3), xlabel="label",
-           ylabel="ECS (fraction of the model's weights)",
+           ylabel=f"ECS (fraction of {weights})",
            title=f"{title or 'Effective circuit size per label'}\n"
                  f"mean relative change {names[0]} \u2192 {names[1]}: {mean}")
     ax.grid(axis="y", alpha=0.3)
@@ -148,7 +151,8 @@ def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, *, labels: Optiona
 
 
 def plot_ecs_per_label(ecs: np.ndarray, *, per_layer: Optional[dict] = None, labels: Optional[Sequence[str]] = None,
-                       title: Optional[str] = None, out: Optional[PathLike] = None) -> "Figure":
+                       title: Optional[str] = None, weights: str = "the model's non-zero weights",
+                       out: Optional[PathLike] = None) -> "Figure":
     """Effective circuit size of each label of one model, overall and per pruned layer (grouped bars).
 
     Parameters
@@ -157,7 +161,7 @@ def plot_ecs_per_label(ecs: np.ndarray, *, per_layer: Optional[dict] = None, lab
         Each label's ECS over all pruned weights, a fraction in [0, 1].
     per_layer : dict of str to array of shape (n_labels,), optional
         Each layer's ECS per label, drawn beside the overall bar.
-    labels, title, out
+    labels, title, weights, out
         As in :func:`plot_ecs_comparison`.
 
     Returns
@@ -180,7 +184,7 @@ def plot_ecs_per_label(ecs: np.ndarray, *, per_layer: Optional[dict] = None, lab
     for i, (name, v) in enumerate(layers.items(), start=1):
         ax.bar(x - 0.4 + width * (i + 0.5), v, width, label=name, alpha=0.8)
     _xticklabels(ax, labels)
-    ax.set(xlabel="label", ylabel="ECS (fraction of non-zero weights kept)",
+    ax.set(xlabel="label", ylabel=f"ECS (fraction of {weights} kept)",
            title=title if title is not None else "Effective circuit size per label")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     return _finish(fig, out)

@@ -1,0 +1,146 @@
+"""The evaluation data of ``graphinterp ablate`` and ``graphinterp circuits``: which dataset, how many examples.
+
+One place decides what a model is evaluated on, and says so where it is not what was asked:
+
+* ``--dataset`` not given: a graphinterp checkpoint is evaluated on the dataset it was trained on
+  (read from its training settings, with the folder it was read from unless ``--data-dir`` is
+  given); any other model on the built-in ``digits``, and a model that does not take digits'
+  inputs is refused with a hint to pass ``--dataset`` (:func:`inputs_error`).
+* ``--limit N`` keeps a seeded random subset of N examples; at or above the split's size every
+  example is used, with a note when it is above.
+
+Notes are returned as text (``note: ...`` in the report, ``notes`` in ``--json``); nothing here prints.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import click
+
+from graphinterp import DATASETS
+from graphinterp.cli._options import POSITIVE_INT
+
+__all__ = ["data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
+           "limit_rows", "limit_note", "check_outputs", "inputs_error"]
+
+
+def data_options(f):
+    """--dataset, --split, --data-dir, --limit."""
+    f = click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
+                     help="Evaluate on a seeded random subset of N examples (all of them when N is at least "
+                          "the split's size; a note says so when it is above).")(f)
+    f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the dataset (default: the folder a graphinterp checkpoint was trained "
+                          "from, else $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")(f)
+    f = click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+                     help="Which split to evaluate on.")(f)
+    return click.option("--dataset", type=click.Choice(DATASETS), default=None,
+                        help="Evaluation data (default: the dataset a graphinterp checkpoint was trained on, "
+                             "else 'digits', which is built in and works offline).")(f)
+
+
+def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
+    """The checkpoint in ``path`` when it is a graphinterp checkpoint (read with ``weights_only``), else None."""
+    from pathlib import Path
+
+    import torch
+
+    from graphinterp import is_checkpoint
+
+    if not Path(path).is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a plain checkpoint: the generic loader reports what it is
+        return None
+    return obj if is_checkpoint(obj) else None
+
+
+def transformer_checkpoint(ckpt: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """``ckpt`` when it holds a graphinterp transformer, else None."""
+    arch = ckpt.get("arch") if ckpt is not None else None
+    return ckpt if isinstance(arch, dict) and arch.get("name") == "transformer" else None
+
+
+def _trained_on(ckpt: Optional[Dict[str, Any]]) -> Tuple[Optional[str], Optional[str]]:
+    """(dataset, data folder) in a checkpoint's training settings, each None when not recorded."""
+    config = ((ckpt or {}).get("train_state") or {}).get("config") or {}
+    dataset = config.get("dataset")
+    data_dir = config.get("data_dir")
+    return (dataset if dataset in DATASETS else None), (data_dir if isinstance(data_dir, str) else None)
+
+
+def resolve_dataset(path: str, ckpt: Optional[Dict[str, Any]], dataset: Optional[str], data_dir: Optional[str],
+                    notes: List[str]) -> Tuple[str, Optional[str], bool]:
+    """``(dataset, data_dir, defaulted)``: what ``path`` is evaluated on (module docstring).
+
+    ``defaulted`` is True when neither the user nor the checkpoint chose the data (built-in digits).
+    A note is appended where the choice is not the one the user can see on the command line.
+    """
+    trained, trained_dir = _trained_on(ckpt)
+    if dataset is not None:
+        if trained is not None and trained != dataset:
+            notes.append(f"{path} was trained on {trained}; evaluating on {dataset} as asked")
+        return dataset, data_dir, False
+    if trained is None:
+        return "digits", data_dir, True
+    if data_dir is None and trained_dir is not None and trained != "digits":
+        data_dir = trained_dir
+        notes.append(f"evaluating on {trained}, the dataset {path} was trained on, from {trained_dir} "
+                     "(--dataset and --data-dir choose others)")
+    else:
+        notes.append(f"evaluating on {trained}, the dataset {path} was trained on (--dataset chooses another)")
+    return trained, data_dir, False
+
+
+def limit_note(limit: Optional[int], n: int, what: str) -> Optional[str]:
+    """The note for a ``--limit`` above the ``n`` examples of ``what`` (None when it is not above)."""
+    if limit is None or limit <= n:
+        return None
+    return f"--limit {limit} is above the {n:,} {what}; all {n:,} are used"
+
+
+def limit_rows(x, y, limit: Optional[int], seed: int, what: str, notes: List[str]):
+    """``(x, y)`` cut to a seeded random subset of ``limit`` rows, kept in order (all rows when it is not below)."""
+    import torch
+
+    note = limit_note(limit, len(x), what)
+    if note is not None:
+        notes.append(note)
+    if limit is None or limit >= len(x):
+        return x, y
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return x[idx], y[idx]
+
+
+def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Optional[int], seed: int,
+                   notes: Optional[List[str]] = None):
+    """The evaluation split (a seeded subset of ``limit`` examples when given; see :func:`limit_note`)."""
+    from graphinterp import load_dataset
+
+    data = load_dataset(dataset, split=split, data_dir=data_dir)
+    note = limit_note(limit, len(data), f"examples of {data.name} {split}")
+    if note is not None and notes is not None:
+        notes.append(note)
+    return data.subset(limit, seed=seed) if limit is not None else data
+
+
+def check_outputs(graph, data, path: str) -> None:
+    """Raise DataError unless the model has one output per class of ``data``."""
+    from graphinterp import DataError
+
+    n_out = graph.layers[-1].n_out
+    if n_out != len(data.classes):
+        raise DataError(f"{path} has {n_out} outputs but {data.name} has {len(data.classes)} classes; "
+                        "pass the dataset the model was trained on with --dataset")
+
+
+def inputs_error(path: str, data, defaulted: bool) -> Exception:
+    """The error for a model that cannot run on the inputs of ``data`` (its loader's message names
+    ``--input-shape``, which these commands take from the dataset)."""
+    from graphinterp import DataError
+
+    shape = "x".join(str(s) for s in data.x.shape[1:])
+    default = ", the default evaluation data" if defaulted else ""
+    return DataError(f"{path} does not take the {shape} inputs of {data.name}{default}; pass the dataset it was "
+                     "trained on with --dataset (and --data-dir)")

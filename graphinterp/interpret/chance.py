@@ -1,0 +1,64 @@
+"""Is a model's accuracy clearly above chance? The caveat printed beside results of a model that is not.
+
+Ablation tables and circuits describe how a model computes its answers; for a model no better
+than guessing (untrained, broken, or evaluated on data it was not trained on) they describe noise.
+A result is flagged when its accuracy is within :data:`MARGIN_SD` standard deviations of what a
+trivial predictor gets on the same examples: always the most common class for class-wise accuracy,
+0.5 for a balanced one-vs-rest task (:func:`clearly_above`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["MARGIN_SD", "clearly_above", "majority_rate", "chance_note"]
+
+#: How many binomial standard deviations above the trivial predictor's accuracy count as "clearly above".
+MARGIN_SD = 3.0
+
+
+def clearly_above(accuracy: float, rate: float, n: float) -> bool:
+    """Whether ``accuracy`` on ``n`` examples exceeds a trivial predictor's ``rate`` by :data:`MARGIN_SD` binomial sds.
+
+    Examples
+    --------
+    >>> clearly_above(0.2, 0.1, 1000), clearly_above(0.11, 0.1, 1000), clearly_above(1.0, 1.0, 50)
+    (True, False, False)
+    """
+    sd = math.sqrt(max(rate * (1.0 - rate), 0.0) / max(n, 1.0))
+    return accuracy > rate + MARGIN_SD * sd + 1e-9
+
+
+def majority_rate(labels: Sequence[int]) -> float:
+    """Share of the most common label: the accuracy of always predicting it.
+
+    Examples
+    --------
+    >>> majority_rate([0, 1, 1, 2])
+    0.5
+    """
+    y = np.asarray(labels).reshape(-1)
+    return float(np.bincount(y).max() / y.size) if y.size else 0.0
+
+
+def chance_note(accuracy: float, labels: Sequence[int], about: str = "its clusters' ON/OFF accuracies"
+                ) -> Optional[str]:
+    """A caveat when ``accuracy`` on examples with these ``labels`` is not clearly above always predicting the
+    most common one (None when it is); ``about`` names the results it puts in doubt.
+
+    Examples
+    --------
+    >>> chance_note(0.97, [0, 1] * 50) is None
+    True
+    >>> chance_note(0.52, [0, 1] * 50).split(":")[0]
+    'the model is not clearly better than chance here (accuracy 0.520; always predicting the most common class'
+    """
+    n = int(np.asarray(labels).size)
+    rate = majority_rate(labels)
+    if clearly_above(accuracy, rate, n):
+        return None
+    return (f"the model is not clearly better than chance here (accuracy {accuracy:.3f}; always predicting the most "
+            f"common class: {rate:.3f}): {about} describe noise, not how it computes; check that the model is "
+            "trained and that the data is the one it was trained on")

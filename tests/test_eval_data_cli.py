@@ -1,0 +1,166 @@
+"""What ``ablate`` and ``circuits`` evaluate on: the dataset a checkpoint was trained on unless --dataset says
+otherwise, a clear error for a model that does not take the default data's inputs, a note for --limit above the
+data, and every window of a character LM's text (not the 256 its training evaluated on)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import graphinterp
+from graphinterp.data.datasets import load_dataset
+from graphinterp.sources.checkpoint import save_checkpoint
+from graphinterp.sources.models import build_model
+from graphinterp.data.tasks import load_corpus
+from graphinterp.training.train_transformer import TransformerConfig, train_transformer
+
+from _cli_helpers import invoke, one_error
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST_CIRCUITS = ("--labels", "0", "--max-evals", "5", "-q", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A digits MLP written by ``graphinterp train`` (its checkpoint records the dataset it was trained on)."""
+    path = tmp_path_factory.mktemp("eval") / "m.pt"
+    res = invoke("train", "--epochs", "1", "--warmup-epochs", "1", "--out", path, "-q", "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    return path
+
+
+def _retarget(src, dst, dataset: str, data_dir: str):
+    """A copy of the checkpoint ``src`` whose training settings say it was trained on ``dataset`` from ``data_dir``."""
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["train_state"]["config"].update(dataset=dataset, data_dir=data_dir)
+    torch.save(ckpt, dst)
+    return dst
+
+
+@pytest.fixture
+def recorded_loads(monkeypatch):
+    """Every (dataset, data_dir) the commands load; the built-in digits are returned for each (offline)."""
+    calls = []
+
+    def fake(name, split="test", data_dir=None, **kwargs):
+        calls.append((name, data_dir))
+        return load_dataset("digits", split=split)
+
+    monkeypatch.setattr(graphinterp, "load_dataset", fake)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits"])
+def test_a_checkpoint_is_evaluated_on_the_dataset_it_was_trained_on(command, trained, tmp_path, recorded_loads):
+    model = _retarget(trained, tmp_path / "fm.pt", "fashion-mnist", str(tmp_path / "where-it-trained"))
+    extra = FAST_CIRCUITS if command == "circuits" else ()
+    res = invoke(command, model, "--json", *extra)
+    assert res.exit_code == 0, res.stderr
+    assert recorded_loads == [("fashion-mnist", str(tmp_path / "where-it-trained"))]
+    assert json.loads(res.stdout)["notes"] == [
+        f"evaluating on fashion-mnist, the dataset {model} was trained on, from {tmp_path / 'where-it-trained'} "
+        "(--dataset and --data-dir choose others)"]
+    # --data-dir given: that folder; --dataset given: that dataset, with a note that it differs
+    recorded_loads.clear()
+    res = invoke(command, model, "--data-dir", tmp_path, "--json", *extra)
+    assert res.exit_code == 0 and recorded_loads == [("fashion-mnist", str(tmp_path))]
+    recorded_loads.clear()
+    res = invoke(command, model, "--dataset", "mnist", "--json", *extra)
+    assert res.exit_code == 0 and recorded_loads == [("mnist", None)]
+    assert json.loads(res.stdout)["notes"] == [f"{model} was trained on fashion-mnist; evaluating on mnist as asked"]
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits"])
+def test_a_model_that_does_not_take_the_default_digits_is_refused_with_the_option_to_use(command, tmp_path):
+    spec = {"name": "mlp", "kwargs": {"in_features": 784, "hidden": [16]}}
+    path = tmp_path / "mnist-mlp.pt"
+    save_checkpoint(path, build_model(spec), arch=spec)  # it records no dataset
+    extra = FAST_CIRCUITS if command == "circuits" else ()
+    line = one_error(invoke(command, path, *extra), 1)
+    assert line == (f"error: {path} does not take the 1x8x8 inputs of digits, the default evaluation data; pass the "
+                    "dataset it was trained on with --dataset (and --data-dir)")  # was: a hint to --input-shape
+    line = one_error(invoke(command, path, "--dataset", "digits", *extra), 1)
+    assert line == (f"error: {path} does not take the 1x8x8 inputs of digits; pass the dataset it was trained on "
+                    "with --dataset (and --data-dir)")
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits"])
+def test_limit_above_the_evaluation_data_is_noted(command, trained):
+    extra = FAST_CIRCUITS if command == "circuits" else ()
+    n = len(load_dataset("digits", split="test"))
+    res = invoke(command, trained, "--limit", n + 1, "--json", *extra)
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert f"--limit {n + 1} is above the {n:,} examples of digits test; all {n:,} are used" in out["notes"]
+    res = invoke(command, trained, "--limit", n, *extra)  # at the size: every example, nothing to note
+    assert res.exit_code == 0 and "--limit" not in res.stdout
+
+
+@pytest.fixture(scope="module")
+def char_lm(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lm")
+    corpus, lm = d / "c.txt", d / "lm.pt"
+    corpus.write_text("to be or not to be, that is the question. " * 60)
+    train_transformer(TransformerConfig(task="chars", corpus=str(corpus), n_ctx=8, batch_size=8, d_model=16, n_heads=2,
+                                        d_mlp=32, n_layers=1, k=2, warmup_steps=2, steps=4, eval_every=4,
+                                        eval_windows=4, quiet=True), checkpoint=lm)
+    return lm, corpus
+
+
+def test_ablate_evaluates_a_character_lm_on_every_window_of_its_text(char_lm):
+    lm, corpus = char_lm
+    val = load_corpus(str(corpus)).val
+    windows = (len(val) - 1) // 8  # non-overlapping windows of n_ctx = 8, each predicting all 8 positions
+    assert windows > 4  # more than the 4 its training evaluated on (it used to stop there, silently)
+    out = json.loads(invoke("ablate", lm, "--json", "-q").stdout)
+    assert (out["n_examples"], out["n_predictions"]) == (windows, 8 * windows)
+    assert not [n for n in out["notes"] if "--limit" in n]
+    out = json.loads(invoke("ablate", lm, "--json", "--limit", 3).stdout)
+    assert (out["n_examples"], out["n_predictions"]) == (3, 24)
+    out = json.loads(invoke("ablate", lm, "--json", "--limit", windows + 5).stdout)
+    assert out["n_examples"] == windows
+    assert out["notes"][0] == (f"--limit {windows + 5} is above the {windows} windows of 8 characters in the val "
+                               f"text; all {windows} are used")
+    assert out["notes"][1:] == [n for n in out["notes"] if "not clearly better than chance" in n]  # 4 steps of training
+
+
+def test_circuits_notes_a_limit_above_a_character_lms_windows(char_lm):
+    lm, _ = char_lm
+    out = json.loads(invoke("circuits", lm, "--labels", "e", "--max-evals", "5", "--limit", 10 ** 6, "--json").stdout)
+    (note,) = out["notes"]
+    assert note.startswith("--limit 1000000 is above the ") and note.endswith(" are used")
+    assert "next-character windows of the val text" in note
+
+
+def test_a_circuit_search_evaluates_at_most_max_evals_candidates(trained):
+    """n_evals counts what --max-evals caps (it also counted the full model and the final circuit: 21 of 20)."""
+    out = json.loads(invoke("circuits", trained, "--labels", "0", "--max-evals", 7, "--json", "-q").stdout)
+    (circuit,) = out["circuits"]
+    assert (circuit["n_evals"], circuit["converged"]) == (7, False)
+
+
+def test_a_transformers_ecs_figure_says_its_fraction_is_of_the_mlp_blocks(char_lm, trained, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(graphinterp, "plot_ecs_per_label", lambda *a, **kw: seen.append(kw["weights"]))
+    lm, _ = char_lm
+    for model in (lm, trained):
+        labels = "e" if model == lm else "0"
+        res = invoke("circuits", model, "--labels", labels, "--max-evals", 5, "-q", "--plot", tmp_path / "f.png")
+        assert res.exit_code == 0, res.stderr
+    assert seen == ["the MLP blocks' non-zero weights", "the model's non-zero weights"]
+
+
+def test_results_of_a_model_at_chance_carry_a_caveat(tmp_path, trained):
+    spec = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16, 16]}}
+    torch.manual_seed(0)
+    untrained = tmp_path / "untrained.pt"
+    save_checkpoint(untrained, build_model(spec), arch=spec)
+    notes = json.loads(invoke("ablate", untrained, "--k", 2, "--json", "-q").stdout)["notes"]
+    assert len(notes) == 1 and notes[0].startswith("the model is not clearly better than chance here (accuracy ")
+    assert "its clusters' ON/OFF accuracies describe noise" in notes[0]
+    notes = json.loads(invoke("ablate", untrained, "--neurons", "fc1:0-3", "--json").stdout)["notes"]
+    assert len(notes) == 1 and "the accuracies with these neurons ablated describe noise" in notes[0]
+    assert json.loads(invoke("ablate", trained, "--json", "-q").stdout)["notes"] == [
+        f"evaluating on digits, the dataset {trained} was trained on (--dataset chooses another)"]
