@@ -1,6 +1,8 @@
 """``--labels`` of ``graphinterp circuits``: output indices, or a character LM's characters, turned into indices."""
 from __future__ import annotations
 
+import ast
+import re
 from typing import List, Optional, Union
 
 import click
@@ -15,18 +17,20 @@ __all__ = ["CHARS_PREFIX", "LABEL_FORMS", "parse_labels", "resolve_labels", "che
 CHARS_PREFIX = "chars:"
 
 #: The label forms, as ``--help`` and the error messages state them.
-LABEL_FORMS = "all, indices such as 0,3,5-7, or (character LMs) characters such as e,t,a or chars:TEXT"
+LABEL_FORMS = ("all, indices such as 0,3,5-7, or (character LMs) characters such as e,t,a, '\\n' or ' ' (as "
+               "tables show them) or chars:TEXT")
 
 LabelSpec = Union[str, List[Union[int, str]]]
 
 
 def parse_labels(text: str) -> LabelSpec:
-    """The syntax of ``--labels``: ``"all"``, or a list of output indices (int) and characters (str).
+    r"""The syntax of ``--labels``: ``"all"``, or a list of output indices (int) and characters (str).
 
     * ``all``;
     * comma-separated items: an integer or a range ``A-B`` is an output index (on every model, so
       ``3`` is always index 3); any other single character is that character (character LMs only);
-      spaces around items are ignored;
+      so is a character written as the tables show invisible ones, quoted (``'\n'``, ``' '``), or
+      as a backslash escape (``\n``, ``\t``); spaces around items are ignored;
     * ``chars:TEXT``: every character of TEXT, literally, is one label (digits, comma and space
       included): ``chars:3, `` means the characters ``'3'``, ``','`` and ``' '``.
 
@@ -43,6 +47,8 @@ def parse_labels(text: str) -> LabelSpec:
     ('all', [1, 4, 5])
     >>> parse_labels("e, 3,t"), parse_labels("chars:3, ")
     (['e', 3, 't'], ['3', ',', ' '])
+    >>> parse_labels("'\\n',' ',\\t")
+    ['\n', ' ', '\t']
     """
     if text.strip().lower() == "all":
         return "all"
@@ -53,9 +59,13 @@ def parse_labels(text: str) -> LabelSpec:
         return chars
     out: List[Union[int, str]] = []
     left = MAX_RANGE_VALUES
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if len(item) == 1 and not item.isdigit():
-            out.append(item)
+    for item in _ITEM.findall(text):
+        item = item.strip()
+        if not item:
+            continue
+        char = _written_char(item)
+        if char is not None:
+            out.append(char)
             continue
         try:
             idx = _parse_int_ranges(item, max_values=left)
@@ -66,6 +76,26 @@ def parse_labels(text: str) -> LabelSpec:
     if not out:
         raise click.BadParameter(f"{text!r} names no label; use {LABEL_FORMS}", param_hint="--labels")
     return out
+
+
+#: One comma-separated item of ``--labels``: a quoted character (which may be a comma) or a run without commas.
+_ITEM = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,]+)\s*""")
+
+
+def _written_char(item: str) -> Optional[str]:
+    """The character ``item`` writes (itself, quoted as a table shows it, or a backslash escape), or None for an index."""
+    if len(item) == 1 and not item.isdigit():
+        return item
+    quoted = len(item) >= 3 and item[0] == item[-1] and item[0] in "'\""
+    if quoted or item.startswith("\\"):
+        try:
+            char = ast.literal_eval(item if quoted else f"'{item}'")
+        except (ValueError, SyntaxError):
+            char = None
+        if not isinstance(char, str) or len(char) != 1:
+            raise click.BadParameter(f"{item!r} is not one character; use {LABEL_FORMS}", param_hint="--labels")
+        return char
+    return None
 
 
 def resolve_labels(spec: LabelSpec, vocabulary: Optional[str], path: str) -> Union[str, List[int]]:

@@ -141,6 +141,10 @@ def test_character_lm_labels_given_as_characters(models):
     assert got == [(vocab.index("3"), "3"), (vocab.index(","), ","), (vocab.index(" "), "' '")]
     got = _labels_of(run_cli(["circuits", lm, "--labels", "3,e,4", *fast]))  # integers stay output indices
     assert got == [(3, vocab[3]), (vocab.index("e"), "e"), (4, vocab[4])] and vocab[3] != "3"
+    # a label written as the tables show it (quoted), or as a backslash escape, is typed back
+    got = _labels_of(run_cli(["circuits", lm, "--labels", "' ',',',\\x33", *fast]))
+    assert got == [(vocab.index(" "), "' '"), (vocab.index(","), ","), (vocab.index("3"), "3")]
+    assert "is not one character" in _one_error(run_cli(["circuits", lm, "--labels", "'ab'", *fast]))
     line = _one_error(run_cli(["circuits", lm, "--labels", "e,Z,x", *fast]))
     assert "'Z', 'x' not in the vocabulary of" in line and repr(vocab) in line
     line = _one_error(run_cli(["circuits", models["modadd"], "--labels", "e"]))
