@@ -11,6 +11,7 @@ from graphinterp.cli._common import (
     POSITIVE_INT, check_output_path, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
     seed_option,
 )
+from graphinterp.cli._options import given_options
 from graphinterp.cli._paths import record_left_behind
 from graphinterp import (
     check_device,
@@ -44,11 +45,11 @@ __all__ = ["command"]
               help="Weight of the enmeshment loss L_E = 1 - E in CE + lambda * L_E, 0..1e6; 0 trains the unclustered "
                    "baseline.")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Epochs of plain cross-entropy training before the layers are clustered.")
+              help="mlp and cnn: epochs of plain cross-entropy training before the layers are clustered.")
 @click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Epochs of training with the enmeshment loss after clustering.")
+              help="mlp and cnn: epochs of training with the enmeshment loss after clustering.")
 @click.option("--batch-size", type=POSITIVE_INT, default=None,
-              help="Mini-batch size [default: 64; chars: 32 windows; modadd trains full-batch].")
+              help="Mini-batch size [default: 64; chars: 32 windows; not for modadd, which trains full-batch].")
 @click.option("--lr", type=float, default=None, help="Learning rate [default: Adam 1e-3; transformer: AdamW 1e-2 on modadd, 3e-3 on chars].")
 @click.option("--steps", type=click.IntRange(min=0), default=None,
               help="Transformer: optimiser steps with the enmeshment loss after clustering "
@@ -67,25 +68,25 @@ __all__ = ["command"]
                    "same, e.g. a CNN's small fc2 beside a 4096-input fc1) or mass-weighted (the model-wide E "
                    "that analyze reports).")
 @click.option("--layers", default=None, metavar="NAMES",
-              help="Comma-separated layers to cluster (e.g. fc1,fc2). Default: every Linear layer between two hidden "
-                   "levels (fc2 for the MLP and for the CNN, whose fc1 reads the conv channels).")
+              help="mlp and cnn: comma-separated layers to cluster (e.g. fc1,fc2). Default: every Linear layer "
+                   "between two hidden levels (fc2 for the MLP and for the CNN, whose fc1 reads the conv channels).")
 @seed_option
 @device_option
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder holding the dataset files "
-                   "(default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")
+              help="Folder holding the dataset files, or chars' default corpus (not with --corpus; modadd is "
+                   "generated) (default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")
 @click.option("--download", is_flag=True,
-              help="Download the dataset into --data-dir if it is missing (never done otherwise).")
+              help="mlp and cnn: download the dataset into --data-dir if it is missing (never done otherwise).")
 @click.option("--max-train", type=POSITIVE_INT, default=None, metavar="N",
-              help="Train on a seeded random subset of N examples (N >= 1); when the training set is smaller, "
-                   "all of it is used and a note says so.")
+              help="mlp and cnn: train on a seeded random subset of N examples (N >= 1); when the training set "
+                   "is smaller, all of it is used and a note says so.")
 @click.option("--out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
-              help="Checkpoint written atomically after every epoch "
+              help="Checkpoint written atomically after every epoch (transformer: every 100 steps and the last) "
                    "(weights, architecture, clustering, history, training state); locked while training, so two "
                    "runs cannot write the same file.")
 @click.option("--resume", is_flag=True,
-              help="Continue from --out if it exists (same settings; --epochs may be raised). After Ctrl-C the "
-                   "error line says what --out holds and whether --resume continues it.")
+              help="Continue from --out if it exists (same settings; --epochs, or a transformer's --steps, may be "
+                   "raised). After Ctrl-C the error line says what --out holds and whether --resume continues it.")
 @quiet_option
 @json_option
 def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: int, epochs: int, batch_size: int,
@@ -105,6 +106,10 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
       graphinterp train --dataset chars --corpus input.txt --lambda 0 --out chars-base.pt
       torchrun --nproc-per-node 2 -m graphinterp.cli train --dataset digits --out ddp.pt
 
+    Options that the chosen --dataset's training would not use are refused, not ignored: --epochs,
+    --warmup-epochs, --layers, --max-train and --download are for mlp and cnn, --steps, --warmup-steps
+    and --weight-decay for transformers, --corpus for chars, --data-dir and --batch-size not for modadd.
+
     Under torchrun (mlp and cnn only, no --resume) every process trains its share of each batch
     (gloo on the CPU, NCCL with one GPU per process); the result equals a one-process run, and only
     rank 0 prints and writes --out.
@@ -117,15 +122,12 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     if (model_name == "transformer") != (dataset in TASKS):
         raise click.UsageError(f"--model {model_name} does not train on --dataset {dataset}: the transformer trains on "
                                f"{' or '.join(TASKS)}, mlp and cnn on {', '.join(DATASETS)}")
+    check_training_options(click.get_current_context(), dataset)
     launch, torch_device = _launch(model_name, resume, device)
     if model_name == "transformer":
         _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
-                           layers, seed, device, data_dir, corpus, out, resume, quiet, as_json)
+                           seed, device, data_dir, corpus, out, resume, quiet, as_json)
         return
-    for name, value in (("--steps", steps), ("--warmup-steps", warmup_steps), ("--weight-decay", weight_decay),
-                        ("--corpus", corpus)):
-        if value is not None:
-            raise click.UsageError(f"{name} applies to --model transformer only (use --epochs / --warmup-epochs)")
     config = TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs, epochs=epochs,
                          batch_size=batch_size or 64, lr=1e-3 if lr is None else lr, similarity=similarity, reduction=reduction,
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
@@ -154,6 +156,51 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
         click.echo(format_table([[name, k, value] for name, value in per_layer.items()], ["layer", "k", f"E ({what})"]))
     E = last.get("E_refit", last["E"])
     click.echo(f"final test accuracy {last['test_acc']:.4f}; E = {E:.4f}; checkpoint: {out}")
+
+
+#: What each kind of training is, as the error line says it: mlp and cnn on an image dataset, or a transformer task.
+_KINDS = {"epochs": "trained in epochs by --model mlp or cnn",
+          "modadd": "a generated transformer task, trained full-batch in steps",
+          "chars": "a transformer task trained in steps"}
+_TRANSFORMER = ("modadd", "chars")
+#: The one rule on which ``train`` options apply to which kind of training (the others apply to all):
+#: parameter -> (the kinds it applies to, what to do instead, one hint or one per kind it is refused for).
+TRAINING_OPTIONS = {
+    "corpus": (("chars",), "--corpus FILE is the text of --dataset chars; use that dataset or leave --corpus out"),
+    "epochs": (("epochs",), "use --steps"),
+    "warmup_epochs": (("epochs",), "use --warmup-steps"),
+    "layers": (("epochs",), "every MLP block is clustered; leave --layers out"),
+    "max_train": (("epochs",), {"modadd": "modadd trains on a fixed 30% of the pairs; leave --max-train out",
+                                "chars": "train on a shorter --corpus FILE instead"}),
+    "download": (("epochs",), {"modadd": "leave --download out",
+                               "chars": "pass the text with --corpus FILE instead"}),
+    "data_dir": (("epochs", "chars"), "leave --data-dir out"),
+    "batch_size": (("epochs", "chars"), "leave --batch-size out"),
+    "steps": (_TRANSFORMER, "use --epochs"),
+    "warmup_steps": (_TRANSFORMER, "use --warmup-epochs"),
+    "weight_decay": (_TRANSFORMER, "mlp and cnn train with Adam, without weight decay; leave --weight-decay out"),
+}
+
+
+def check_training_options(ctx: click.Context, dataset: str) -> None:
+    """Refuse every option the user gave that ``--dataset``'s kind of training would ignore (see
+    :data:`TRAINING_OPTIONS`); options left at their defaults are never refused.
+
+    Raises
+    ------
+    click.UsageError
+        ``--X does not apply to --dataset D (what D is); what to do instead``, for the first such option.
+    """
+    kind = dataset if dataset in _TRANSFORMER else "epochs"
+    flags = {p.name: max(p.opts, key=len) for p in ctx.command.params}
+    for name in given_options(ctx, TRAINING_OPTIONS):
+        kinds, hint = TRAINING_OPTIONS[name]
+        if kind not in kinds:
+            hint = hint[kind] if isinstance(hint, dict) else hint
+            raise click.UsageError(f"{flags[name]} does not apply to --dataset {dataset} ({_KINDS[kind]}); {hint}")
+    if kind == "chars" and set(given_options(ctx, ("corpus", "data_dir"))) == {"corpus", "data_dir"}:
+        raise click.UsageError("--data-dir does not apply with --corpus FILE (it only locates the default corpus, "
+                               "<data-dir>/tinyshakespeare/input.txt); leave one of them out")
 
 
 def _note(text: str) -> None:
@@ -197,17 +244,11 @@ def _launch(model_name: str, resume: bool, device: str) -> Tuple[Launch, torch.d
         raise click.BadParameter(str(err), param_hint="--device") from None
 
 
-def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction, layers,
+def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
                        seed, device, data_dir, corpus, out, resume, quiet, as_json) -> None:
     from graphinterp import blocks_from_clustering
     from graphinterp import TransformerConfig, train_transformer
 
-    if layers is not None:
-        raise click.UsageError("--layers does not apply to the transformer: every MLP block is clustered")
-    if corpus is not None and task != "chars":
-        raise click.UsageError("--corpus applies to --dataset chars only")
-    if batch_size is not None and task == "modadd":
-        raise click.UsageError("modadd trains full-batch; --batch-size does not apply")
     config = TransformerConfig(task=task, k=k, lam=lam, steps=steps, warmup_steps=warmup_steps, lr=lr,
                                weight_decay=weight_decay, similarity=similarity, reduction=reduction, seed=seed,
                                device=device, data_dir=data_dir, corpus=corpus, quiet=quiet or as_json,

@@ -190,7 +190,7 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
         gradsim = GradientSimilarity(model, [n for b in blocks for n in b.layers], graph=graph)
     step, history, clustering = 0, [], None
     if resume and checkpoint is not None:
-        step, history, clustering = _resume(checkpoint, config, arch, model, opt, gen, gradsim)
+        step, history, clustering = _resume(checkpoint, config, arch, model, opt, gen, gradsim, data)
         progress.resumed_from = step if history else None
     loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction) if clustering else None
     if clustering is None and config.warmup_steps == 0:
@@ -271,7 +271,10 @@ def _meta(data) -> Dict[str, Any]:
     return meta
 
 
-def _resume(path, config: TransformerConfig, arch, model, opt, gen, gradsim):
+def _resume(path, config: TransformerConfig, arch, model, opt, gen, gradsim, data):
+    """Load the state of ``path`` into the run; refused when the run would continue it wrongly: other settings
+    or architecture, more steps done than asked for (it would be returned as if it were the shorter run), or a
+    character LM's text with other characters (ids would silently mean other characters)."""
     from pathlib import Path
 
     if not Path(path).exists():
@@ -286,6 +289,16 @@ def _resume(path, config: TransformerConfig, arch, model, opt, gen, gradsim):
                                 "use the same settings or another --out")
         if ckpt["arch"] != arch:
             raise TrainingError(f"cannot resume {path}: it holds another architecture")
+        total = config.warmup_steps + config.steps
+        if int(state["step"]) > total:
+            raise TrainingError(f"{path} already has {int(state['step'])} steps, more than the {total} requested "
+                                f"(warmup_steps + steps); ask for at least {int(state['step'])} or train into another "
+                                "--out")
+        if config.task == "chars":
+            try:
+                _check_vocabulary(ckpt, data["corpus"], str(path))
+            except DataError as err:
+                raise TrainingError(f"cannot resume {path}: {err}") from None
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])

@@ -4,9 +4,9 @@ Defaults per task (``None`` fields are filled from :data:`TASK_DEFAULTS` by :met
 
 ========  ==================================================================================
 modadd    p = 113, 30% of the pairs train (Nanda et al.); 1 layer, d_model 128, 4 heads,
-          d_mlp 512, ReLU, no LayerNorm; AdamW lr 3e-3, weight decay 1, betas (0.9, 0.98),
-          full batch; weights and embeddings drawn N(0, 1/d_model); AdamW lr 1e-2 (not 1e-3:
-          it generalises within ~500 steps instead of thousands, see benchmarks/README.md)
+          d_mlp 512, ReLU, no LayerNorm; AdamW lr 1e-2 (not 1e-3: it generalises within ~500
+          steps instead of thousands, see benchmarks/README.md), weight decay 1, betas
+          (0.9, 0.98), full batch; weights and embeddings drawn N(0, 1/d_model); 200 + 600 steps
 chars     windows of 32 characters, batches of 32; 2 layers, d_model 64, 4 heads, d_mlp 256,
           ReLU, pre-LayerNorm; AdamW lr 3e-3, weight decay 0.1, betas (0.9, 0.98); 100 + 500 steps
 ========  ==================================================================================

@@ -1,0 +1,129 @@
+"""``graphinterp train`` refuses, before any training, every option that the chosen --dataset's kind of training
+would ignore (one table in cli/train.py, both directions), never an option left at its default; and a transformer
+run resumed from a checkpoint with more steps than asked for is refused as the MLP one is."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from _cli_helpers import invoke, one_error
+
+MODADD = "(a generated transformer task, trained full-batch in steps)"
+CHARS = "(a transformer task trained in steps)"
+EPOCHS = "(trained in epochs by --model mlp or cnn)"
+
+
+def usage_error(res) -> str:
+    """The one ``error:`` line of a usage error (exit code 2), less the ``(see '... train --help')`` that
+    graphinterp's entry point adds (in-process click names the program ``cli``)."""
+    line = one_error(res, 2)
+    match = re.fullmatch(r"error: (.*) \(see '\S+ train --help'\)", line)
+    assert match, line
+    return match.group(1)
+
+
+@pytest.mark.parametrize("args, line", [
+    # MLP/CNN options given to a transformer task
+    (["--dataset", "modadd", "--epochs", "3"], f"--epochs does not apply to --dataset modadd {MODADD}; use --steps"),
+    (["--dataset", "chars", "--epochs", "3"], f"--epochs does not apply to --dataset chars {CHARS}; use --steps"),
+    (["--dataset", "modadd", "--warmup-epochs", "2"],
+     f"--warmup-epochs does not apply to --dataset modadd {MODADD}; use --warmup-steps"),
+    (["--dataset", "modadd", "--max-train", "5"],
+     f"--max-train does not apply to --dataset modadd {MODADD}; modadd trains on a fixed 30% of the pairs; "
+     "leave --max-train out"),
+    (["--dataset", "chars", "--max-train", "5"],
+     f"--max-train does not apply to --dataset chars {CHARS}; train on a shorter --corpus FILE instead"),
+    (["--dataset", "modadd", "--download"], f"--download does not apply to --dataset modadd {MODADD}; leave --download out"),
+    (["--dataset", "chars", "--download"],
+     f"--download does not apply to --dataset chars {CHARS}; pass the text with --corpus FILE instead"),
+    (["--dataset", "modadd", "--data-dir", "."], f"--data-dir does not apply to --dataset modadd {MODADD}; leave --data-dir out"),
+    (["--dataset", "modadd", "--layers", "fc1"],
+     f"--layers does not apply to --dataset modadd {MODADD}; every MLP block is clustered; leave --layers out"),
+    (["--dataset", "modadd", "--batch-size", "8"],
+     f"--batch-size does not apply to --dataset modadd {MODADD}; leave --batch-size out"),
+    # given explicitly at its default value, it is still an option the run would ignore
+    (["--dataset", "modadd", "--epochs", "10"], f"--epochs does not apply to --dataset modadd {MODADD}; use --steps"),
+    # transformer options given to an MLP/CNN dataset: the same table, the same words
+    (["--dataset", "digits", "--steps", "5"], f"--steps does not apply to --dataset digits {EPOCHS}; use --epochs"),
+    (["--dataset", "digits", "--warmup-steps", "5"],
+     f"--warmup-steps does not apply to --dataset digits {EPOCHS}; use --warmup-epochs"),
+    (["--dataset", "mnist", "--model", "cnn", "--weight-decay", "0.1"],
+     f"--weight-decay does not apply to --dataset mnist {EPOCHS}; mlp and cnn train with Adam, without weight "
+     "decay; leave --weight-decay out"),
+])
+def test_an_option_the_run_would_ignore_is_refused(tmp_path, args, line):
+    out = tmp_path / "m.pt"
+    fast = ["--warmup-steps", "0", "--steps", "1"] if "modadd" in args else []  # should the option not be refused
+    res = invoke("train", *args, *fast, "--out", out, "--device", "cpu")
+    assert usage_error(res) == line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dataset", [None, "digits", "modadd"])
+def test_a_corpus_without_dataset_chars_says_to_add_it_not_to_use_epochs(tmp_path, dataset):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be " * 50)
+    args = ["--dataset", dataset] if dataset else []
+    # --steps too: the corpus, which shows what the user meant, is named, not --steps
+    res = invoke("train", *args, "--corpus", corpus, "--steps", "1", "--out", tmp_path / "m.pt")
+    described = MODADD if dataset == "modadd" else EPOCHS
+    assert usage_error(res) == (f"--corpus does not apply to --dataset {dataset or 'digits'} {described}; "
+                                "--corpus FILE is the text of --dataset chars; use that dataset or leave --corpus out")
+
+
+def test_data_dir_with_a_corpus_is_refused(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be " * 50)
+    res = invoke("train", "--dataset", "chars", "--corpus", corpus, "--data-dir", tmp_path, "--out", tmp_path / "m.pt")
+    assert usage_error(res) == ("--data-dir does not apply with --corpus FILE (it only locates the default corpus, "
+                                "<data-dir>/tinyshakespeare/input.txt); leave one of them out")
+
+
+@pytest.mark.parametrize("args, line", [
+    # defaults of the options of the other kind (--epochs 10, --warmup-epochs 1, no --download) are not refused:
+    # each run gets as far as its own settings check
+    (["--dataset", "modadd", "--steps", "0", "--warmup-steps", "0"], "warmup_steps + steps must be at least 1"),
+    (["--dataset", "digits", "--epochs", "0", "--warmup-epochs", "0"], "warmup_epochs + epochs must be at least 1"),
+    # --data-dir still locates chars' default corpus
+    (["--dataset", "chars", "--data-dir", "DIR"],
+     "corpus file DIR/tinyshakespeare/input.txt not found; pass a UTF-8 text file with --corpus FILE (or put Tiny "
+     "Shakespeare at <data-dir>/tinyshakespeare/input.txt)"),
+])
+def test_options_left_at_their_defaults_are_not_refused(tmp_path, args, line):
+    args = [str(tmp_path) if a == "DIR" else a for a in args]
+    res = invoke("train", *args, "--out", tmp_path / "m.pt", "--device", "cpu")
+    assert one_error(res, 1) == "error: " + line.replace("DIR", str(tmp_path))
+
+
+def test_resuming_a_transformer_past_the_steps_asked_for_is_refused(tmp_path):
+    from graphinterp.training.train_transformer import TransformerConfig, train_transformer
+
+    out = tmp_path / "modadd.pt"  # the settings of `train --dataset modadd --warmup-steps 1 --steps 1`
+    train_transformer(TransformerConfig(task="modadd", warmup_steps=1, steps=1, device="cpu", quiet=True), checkpoint=out)
+    before = out.read_bytes()
+    # it was: exit 0 and the 2-step model reported as the 1-step run
+    res = invoke("train", "--dataset", "modadd", "--warmup-steps", "1", "--steps", "0", "--out", out, "--resume",
+                 "--device", "cpu")
+    assert one_error(res, 1) == (f"error: {out} already has 2 steps, more than the 1 requested (warmup_steps + "
+                                 "steps); ask for at least 2 or train into another --out")
+    assert out.read_bytes() == before
+
+
+def test_resuming_a_character_lm_on_a_text_with_other_characters_is_refused(tmp_path):
+    from graphinterp.training.train_transformer import TransformerConfig, train_transformer
+
+    first, other, out = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "lm.pt"
+    first.write_text("abcd efgh " * 100)
+    other.write_text("ijkl mnop " * 100)  # as many characters: the same model, each id another character
+    train_transformer(TransformerConfig(task="chars", corpus=str(first), warmup_steps=1, steps=1, device="cpu",
+                                        quiet=True), checkpoint=out)
+    before = out.read_bytes()
+    # it was: exit 0, the model trained on in the other text's ids
+    res = invoke("train", "--dataset", "chars", "--corpus", other, "--warmup-steps", "1", "--steps", "2", "--out", out,
+                 "--resume", "--device", "cpu")
+    line = one_error(res, 1)
+    assert line.startswith(f"error: cannot resume {out}: corpus {other} has 9 distinct characters but {out} was "
+                           "trained on 9; ")
+    assert "characters the model never saw: 'ijklmnop'" in line and line.endswith("pass its training text with --corpus")
+    assert out.read_bytes() == before
