@@ -13,6 +13,7 @@ Notes are returned as text (``note: ...`` in the report, ``notes`` in ``--json``
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
@@ -21,11 +22,16 @@ from graphinterp import DATASETS
 from graphinterp.cli._options import POSITIVE_INT
 
 __all__ = ["data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
-           "limit_rows", "limit_note", "check_outputs", "inputs_error"]
+           "inputs_note", "limit_rows", "limit_note", "check_outputs", "inputs_error"]
 
 
 def data_options(f):
-    """--dataset, --split, --data-dir, --limit."""
+    """--dataset, --split, --data-dir, --limit, --inputs."""
+    f = click.option("--inputs", type=click.Choice(["standardised", "unit"]), default="standardised",
+                     show_default=True,
+                     help="Preprocessing of the images: standardised per channel with the dataset's mean and std, "
+                          "as `graphinterp train` trains; unit: pixels in [0, 1], for models trained without "
+                          "normalisation (e.g. ToTensor() only).")(f)
     f = click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
                      help="Evaluate on a seeded random subset of N examples (all of them when N is at least "
                           "the split's size; a note says so when it is above).")(f)
@@ -50,7 +56,9 @@ def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
     if not Path(path).is_file():
         return None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "looks like a TorchScript archive": the generic loader handles those
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not a plain checkpoint: the generic loader reports what it is
         return None
     return obj if is_checkpoint(obj) else None
@@ -76,14 +84,33 @@ def resolve_dataset(path: str, ckpt: Optional[Dict[str, Any]], dataset: Optional
 
     ``defaulted`` is True when neither the user nor the checkpoint chose the data (built-in digits).
     A note is appended where the choice is not the one the user can see on the command line.
+
+    Raises
+    ------
+    click.UsageError
+        ``data_dir`` given for the built-in digits, which reads no folder.
     """
+    chosen = _resolve(path, ckpt, dataset, data_dir, notes)
+    if chosen[0] == "digits" and data_dir is not None:
+        raise click.UsageError("--data-dir does not apply to digits (built in, read from no folder); leave it out, or "
+                               "pass the dataset it holds with --dataset")
+    return chosen
+
+
+def _resolve(path, ckpt, dataset, data_dir, notes) -> Tuple[str, Optional[str], bool]:
     trained, trained_dir = _trained_on(ckpt)
-    if dataset is not None:
-        if trained is not None and trained != dataset:
+    if dataset is not None and dataset != trained:
+        if trained is not None:
             notes.append(f"{path} was trained on {trained}; evaluating on {dataset} as asked")
         return dataset, data_dir, False
     if trained is None:
         return "digits", data_dir, True
+    if dataset is not None:  # the dataset it was trained on, named: still read from where it was trained
+        if data_dir is None and trained_dir is not None and trained != "digits":
+            notes.append(f"reading {trained} from {trained_dir}, where {path} was trained on it (--data-dir "
+                         "chooses another folder)")
+            data_dir = trained_dir
+        return trained, data_dir, False
     if data_dir is None and trained_dir is not None and trained != "digits":
         data_dir = trained_dir
         notes.append(f"evaluating on {trained}, the dataset {path} was trained on, from {trained_dir} "
@@ -91,6 +118,25 @@ def resolve_dataset(path: str, ckpt: Optional[Dict[str, Any]], dataset: Optional
     else:
         notes.append(f"evaluating on {trained}, the dataset {path} was trained on (--dataset chooses another)")
     return trained, data_dir, False
+
+
+def inputs_note(path: str, ckpt: Optional[Dict[str, Any]], dataset: str, inputs: str, notes: List[str]) -> None:
+    """Append a note when the inputs' preprocessing may not be the model's: a model not trained by graphinterp
+    given standardised inputs (one trained on ``[0, 1]`` pixels would see inputs it never saw), or a graphinterp
+    model given ``[0, 1]`` pixels."""
+    from graphinterp.data.datasets import NORMALIZATION
+
+    if _trained_on(ckpt)[0] is not None:
+        if inputs == "unit":
+            notes.append(f"{path} was trained by graphinterp on standardised inputs; --inputs unit gives it pixels "
+                         "in [0, 1], which it never saw")
+        return
+    if inputs != "standardised":
+        return
+    mean, std = (", ".join(f"{v:g}" for v in vs) for vs in NORMALIZATION[dataset])
+    notes.append(f"{path} was not trained by graphinterp: its inputs are standardised as graphinterp trains on "
+                 f"{dataset} ((x - {mean}) / {std} per channel); for a model trained on pixels in [0, 1] pass "
+                 "--inputs unit")
 
 
 def limit_note(limit: Optional[int], n: int, what: str) -> Optional[str]:
@@ -114,11 +160,12 @@ def limit_rows(x, y, limit: Optional[int], seed: int, what: str, notes: List[str
 
 
 def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Optional[int], seed: int,
-                   notes: Optional[List[str]] = None):
-    """The evaluation split (a seeded subset of ``limit`` examples when given; see :func:`limit_note`)."""
+                   notes: Optional[List[str]] = None, inputs: str = "standardised"):
+    """The evaluation split (a seeded subset of ``limit`` examples when given; see :func:`limit_note`), its
+    images standardised per channel or (``inputs="unit"``) in ``[0, 1]``."""
     from graphinterp import load_dataset
 
-    data = load_dataset(dataset, split=split, data_dir=data_dir)
+    data = load_dataset(dataset, split=split, data_dir=data_dir, normalize=inputs == "standardised")
     note = limit_note(limit, len(data), f"examples of {data.name} {split}")
     if note is not None and notes is not None:
         notes.append(note)

@@ -60,9 +60,10 @@ def parse_labels(text: str) -> LabelSpec:
     out: List[Union[int, str]] = []
     left = MAX_RANGE_VALUES
     for item in _ITEM.findall(text):
+        if not item.strip():  # "e, ,t": a space meant as a label is written quoted
+            raise click.BadParameter(f"{text!r} has an item of only spaces; write a space label as ' ' (quoted) or "
+                                     "with chars:TEXT", param_hint="--labels")
         item = item.strip()
-        if not item:
-            continue
         char = _written_char(item)
         if char is not None:
             out.append(char)

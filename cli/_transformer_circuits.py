@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 import click
 
 from graphinterp.cli._eval_data import limit_note, limit_rows
-from graphinterp.cli._options import given_options
+from graphinterp.cli._options import refuse_given
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphinterp import TransformerConfig
@@ -28,7 +28,7 @@ __all__ = ["TransformerData", "transformer_data", "extract_transformer", "task_c
 CHAR_WINDOWS = 20000
 
 #: Options (parameter name, flag) that choose the evaluation data of a model that is not a transformer checkpoint.
-DATASET_OPTIONS = (("dataset", "--dataset"), ("data_dir", "--data-dir"))
+DATASET_OPTIONS = (("dataset", "--dataset"), ("data_dir", "--data-dir"), ("inputs", "--inputs"))
 
 
 @dataclass
@@ -81,12 +81,8 @@ def check_task_options(path: str, ckpt: Optional[Dict[str, Any]], corpus: Option
         if corpus is not None:
             raise _corpus_error(path, "is not a transformer checkpoint")
         return
-    given = given_options(ctx, [name for name, _ in DATASET_OPTIONS]) if ctx is not None else []
-    flags = [flag for name, flag in DATASET_OPTIONS if name in given]
-    if flags:
-        raise click.UsageError(f"{' and '.join(flags)} {'do' if len(flags) > 1 else 'does'} not apply to {path}: a "
-                               "transformer checkpoint is evaluated on its own task (--corpus chooses a character "
-                               "LM's text)")
+    refuse_given(ctx, [name for name, _ in DATASET_OPTIONS], f"to {path}",
+                 "a transformer checkpoint is evaluated on its own task (--corpus chooses a character LM's text)")
     task_config(path, ckpt, corpus)
 
 

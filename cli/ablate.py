@@ -12,8 +12,8 @@ from graphinterp.cli._common import (
     trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    check_outputs, data_options, inputs_error, limit_rows, load_eval_data, read_checkpoint, resolve_dataset,
-    transformer_checkpoint,
+    check_outputs, data_options, inputs_error, inputs_note, limit_rows, load_eval_data, read_checkpoint,
+    resolve_dataset, transformer_checkpoint,
 )
 from graphinterp.cli._transformer_circuits import check_task_options
 
@@ -67,7 +67,7 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
 @trust_pickle_option
 @quiet_option
 @json_option
-def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, batch_size, plot_path, corpus, seed,
+def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neurons, batch_size, plot_path, corpus, seed,
             device, trust_pickle, quiet, as_json):
     """Class-wise accuracy of MODEL with each cluster switched ON and OFF (the paper's Figure 2).
 
@@ -112,7 +112,8 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
         return
     notes: List[str] = []
     dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
-    data = load_eval_data(dataset, split, data_dir, limit, seed, notes)
+    data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
+    inputs_note(model, stored, dataset, inputs, notes)
     try:
         loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     except InputMismatchError as err:
@@ -140,6 +141,8 @@ def command(model, dataset, split, data_dir, limit, k, layers, mode, neurons, ba
     result = ablation_matrix(net, graph, clustering, data, mode=mode, batch_size=batch_size, device=device,
                              progress=not (quiet or as_json))
     _note_chance(result.overall()["full"], data.y, notes)
+    _note_missing([c for i, c in enumerate(data.classes) if i not in set(result.class_ids)],
+                  f"the {len(data):,} examples", notes)
     if plot_path:
         from graphinterp import plot_ablation
 
@@ -177,9 +180,18 @@ def _note_chance(accuracy: float, y, notes: List[str], about: str = "its cluster
         notes.append(note)
 
 
+def _note_missing(names: List[str], where: str, notes: List[str]) -> None:
+    """Append which classes have no example (left out of the table and the figure), if any."""
+    if names:
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        notes.append(f"{len(names)} class(es) without an example in {where}, left out of the table: {shown}")
+
+
 def _report_neurons(model, data, mode, spec, full, ablated, as_json, notes) -> None:
     present = np.flatnonzero(np.isfinite(full))
     names = [data.classes[i] for i in present]
+    _note_missing([c for i, c in enumerate(data.classes) if i not in set(present.tolist())],
+                  f"the {len(data):,} examples", notes)
     counts = np.bincount(data.y.numpy(), minlength=len(full))[present]
     w = counts / counts.sum()
     _note_chance(float(full[present] @ w), data.y, notes, "the accuracies with these neurons ablated")
@@ -231,10 +243,12 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     result = onoff_matrix(net, clustering, x, y, classes, batch_size=batch_size, device=device)
     _note_chance(result.overall()["full"], y, notes)
     names = [class_name(c) for c in classes]  # the terminal shows the text itself; only figure text is escaped
+    live = np.isfinite(result.full)  # classes with examples
+    _note_missing([n for n, ok in zip(names, live) if not ok], f"the {len(x):,} windows" if config.task == "chars"
+                  else f"the {len(x):,} pairs", notes)
     if plot_path:
         from graphinterp import plot_ablation
 
-        live = np.isfinite(result.full)  # classes with examples
         plot_ablation(result.on[:, live], result.off[:, live], full=result.full[live],
                       class_names=[plain_text(n) for n, ok in zip(names, live) if ok],
                       title=f"{plain_text(path)}: accuracy per class, MLP clusters ON / OFF", out=plot_path)
@@ -247,11 +261,12 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     overall, spec = result.overall(), specialisation(result)
     click.echo(f"{path}: transformer ({config.task}), k={clustering.k} clusters {source}; MLP layers "
                f"{', '.join(clustering.layer_names)}; {what}")
-    rows = [["full", overall["full"], *np.nan_to_num(result.full, nan=-1)]]
-    rows += [[f"ON {c}", overall["on"][c], *np.nan_to_num(result.on[c], nan=-1)] for c in range(clustering.k)]
-    rows += [[f"OFF {c}", overall["off"][c], *np.nan_to_num(result.off[c], nan=-1)] for c in range(clustering.k)]
-    click.echo(format_table([[r[0], *map(float, r[1:])] for r in rows], ["", "all", *names]))
+    rows = [["full", overall["full"], *result.full[live]]]
+    rows += [[f"ON {c}", overall["on"][c], *result.on[c][live]] for c in range(clustering.k)]
+    rows += [[f"OFF {c}", overall["off"][c], *result.off[c][live]] for c in range(clustering.k)]
+    click.echo(format_table([[r[0], *map(float, r[1:])] for r in rows],
+                            ["", "all", *(n for n, ok in zip(names, live) if ok)]))
     click.echo(f"specialisation: OFF-damage Gini {spec['off_gini']:.3f}, ON-accuracy Gini {spec['on_gini']:.3f} "
-               "(0: every class alike; near 1: confined to few classes); -1 marks a class without examples")
+               "(0: every class alike; near 1: confined to few classes)")
     if plot_path:
         click.echo(f"wrote {plot_path}")

@@ -12,8 +12,10 @@ from graphinterp.cli._common import (
     FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option,
     emit_json, format_table, json_option, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
+from graphinterp.cli._options import refuse_given
 from graphinterp.cli._eval_data import (
-    check_outputs, data_options, inputs_error, load_eval_data, read_checkpoint, resolve_dataset, transformer_checkpoint,
+    check_outputs, data_options, inputs_error, inputs_note, load_eval_data, read_checkpoint, resolve_dataset,
+    transformer_checkpoint,
 )
 from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -90,7 +92,8 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @click.option("--max-examples", type=POSITIVE_INT, default=500, show_default=True,
               help="Examples of the label in its task (as many examples of other labels are added).")
 @click.option("--max-evals", type=POSITIVE_INT, default=10000, show_default=True,
-              help="Forward passes allowed per label (a safety cap; the search usually stops by itself before).")
+              help="Candidate circuits evaluated per label at most (a safety cap; the search usually stops by itself "
+                   "before; the full model and the final circuit are evaluated besides).")
 @click.option("--graphml-dir", type=click.Path(file_okay=False), default=None,
               help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -108,7 +111,7 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @quiet_option
 @trust_pickle_option
 @json_option
-def command(model, dataset, split, data_dir, limit, labels_text, other, mode, score, min_accuracy, max_loss_increase,
+def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, mode, score, min_accuracy, max_loss_increase,
             max_examples, max_evals, graphml_dir, plot_path, corpus, batch_size, threads, jobs, seed, device, quiet,
             trust_pickle, as_json):
     """Extract each label's circuit from MODEL by iterative edge pruning and report its Effective Circuit Size.
@@ -139,12 +142,16 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     can be given as characters: --labels e,t,a, or --labels 'chars:3, ' for the characters 3, comma
     and space (an integer item is always an output index).
 
-    A circuit with no weight at all (ECS 0) gets a note saying why: the full model is no better than
+    A circuit with no weight at all (ECS 0) gets a note saying why: the full model is not clearly better than
     chance on the label (e.g. it never predicts it), or the tolerance is met without any weight.
     """
     from graphinterp import CircuitComparison, Schedule, Tolerance, cluster_share
 
     labels = parse_labels(labels_text)
+    if mode == "authors":
+        refuse_given(click.get_current_context(), ["score", "min_accuracy", "max_loss_increase", "max_evals"],
+                     "with --mode authors (the paper's criterion: a weight stays removed unless the loss on the "
+                     "label's examples rises)", "leave them out, or use --mode graphinterp")
     inputs = (model, other)
     if plot_path:
         check_output_path(plot_path, inputs=inputs, suffixes=FIGURE_SUFFIXES, param_hint="--plot")
@@ -176,7 +183,8 @@ def command(model, dataset, split, data_dir, limit, labels_text, other, mode, sc
     defaulted = False
     if ckpts[0] is None:
         dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
-        data = load_eval_data(dataset, split, data_dir, limit, seed, notes)
+        data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
+        inputs_note(model, stored, dataset, inputs, notes)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
                   progress=not (quiet or as_json), mode=mode, n_jobs=jobs)
@@ -234,7 +242,8 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
     layers = list(next(iter(circuits.values())).size.ecs_per_layer)
     first = next(iter(circuits.values()))
     scope = getattr(data, "scope", "")
-    click.echo(f"{model}: circuits on {len(data)} {data.name} examples; {first.size.total_params:,} non-zero weights"
+    examples = f"{len(data):,} {data.name}" + ("" if "windows" in data.name else " examples")
+    click.echo(f"{model}: circuits on {examples}; {first.size.total_params:,} non-zero weights"
                f"{scope}, {first.size.total_edges:,} edges; ECS = kept weights / non-zero weights")
     rows = []
     for c, ci in circuits.items():
@@ -242,15 +251,12 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
                f"{ci.accuracy:.3f}/{ci.full_accuracy:.3f}", f"{ci.loss:.3f}/{ci.full_loss:.3f}"]
         if shares:
             s = shares[c]
-            row.append(f"{s['dominant']} ({100 * s['mass'][s['dominant']]:.0f}%)")
+            row.append("-" if ci.empty else f"{s['dominant']} ({100 * s['mass'][s['dominant']]:.0f}%)")
         rows.append(row)
     headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full"]
     click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
     _echo_notes(circuits)
-    stopped = [ci.label_name for ci in circuits.values() if ci.converged is False]
-    if stopped:
-        click.echo(f"{len(stopped)} of {len(circuits)} searches used the whole --max-evals before reaching a local "
-                   f"minimum (labels {', '.join(stopped)}): their ECS are upper bounds")
+    _echo_stopped(circuits, "")
     if comparison is not None:
         a, b = comparison.names
         rel = comparison.relative_change
@@ -259,10 +265,14 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
         click.echo("")
         click.echo(format_table(rows, ["label", f"ECS % {a}", f"ECS % {b}", f"change {a} -> {b}"]))
         _echo_notes(comparison.circuits_a, f"{a}, ")
-        left_out = any(c.empty for c in [*comparison.circuits_a.values(), *comparison.circuits_b.values()])
+        _echo_stopped(comparison.circuits_a, f"{a}: ")
+        both = [*comparison.circuits_a.values(), *comparison.circuits_b.values()]
+        left_out = any(c.empty for c in both)
+        bounds = ("; some ECS are upper bounds (searches stopped at --max-evals): raise it before reading the change"
+                  if any(c.converged is False for c in both) else "")
         click.echo(f"mean relative change {a} -> {b}: {_percent(comparison.mean_relative_change)}; "
                    f"{a}'s circuits hold on average {_percent(comparison.a_over_b)} parameters relative to {b}'s"
-                   + ("; labels with an empty circuit are left out of these means" if left_out else ""))
+                   + ("; labels with an empty circuit are left out of these means" if left_out else "") + bounds)
     for path in written[:3]:
         click.echo(f"wrote {path}")
     if len(written) > 3:
@@ -274,6 +284,14 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
 def _percent(value: float) -> str:
     """A relative change as ``+12.3%``; ``n/a`` when it is undefined (every circuit it averages is empty)."""
     return "n/a" if math.isnan(value) else f"{100 * value:+.1f}%"
+
+
+def _echo_stopped(circuits, prefix: str) -> None:
+    """The searches that ran out of --max-evals (their ECS are upper bounds), if any."""
+    stopped = [ci.label_name for ci in circuits.values() if ci.converged is False]
+    if stopped:
+        click.echo(f"{prefix}{len(stopped)} of {len(circuits)} searches used the whole --max-evals before reaching a "
+                   f"local minimum (labels {', '.join(stopped)}): their ECS are upper bounds")
 
 
 def _echo_notes(circuits, prefix: str = "") -> None:

@@ -16,9 +16,10 @@ from graphinterp import (
     stored_clustering,
 )
 from graphinterp.cli._common import (
-    FiniteFloat, check_layers, check_output_path, device_option, emit_json, given_options, json_option, layers_option,
+    FiniteFloat, check_layers, check_output_path, device_option, emit_json, json_option, layers_option,
     parse_layers, seed_option,
 )
+from graphinterp.cli._options import refuse_given
 from graphinterp.cli._source_options import (
     coverage_lines, layerwise_option, model_argument, model_source_options, note_lines,
 )
@@ -82,8 +83,9 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     """
     if network_wide and per_layer:
         raise click.UsageError("--network-wide and --per-layer exclude each other")
-    if use_stored and given_options(click.get_current_context(), ["k"]):
-        raise click.UsageError("--k does not apply with --stored (the stored clustering has its own k); drop one")
+    if use_stored:
+        refuse_given(click.get_current_context(), ["k", "layers"], "with --stored (the stored clustering has its "
+                     "own k and layers)", "leave them out, or drop --stored")
     # an output that is an input is the graver mistake: said first, then the format
     check_output_path(out, inputs=(model, *source.inputs), param_hint="OUT")
     check_output_path(out, suffixes=EXPORT_SUFFIXES, param_hint="OUT")
@@ -98,6 +100,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         raise click.UsageError("--network-wide needs a chained or DAG graph, not a layer-by-layer one; drop --layerwise")
     clustering = network = None
     note = ""
+    notes = list(loaded.notes)  # what opening the model found, then what clustering it left out
     if use_stored:
         clustering = stored_clustering(loaded.clustering, graph)
         if clustering is None:
@@ -110,8 +113,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         chosen = names or _clusterable(graph, k)
         skipped = [n for n in graph.layer_names if n not in chosen] if chosen and not names else []
         if skipped:
-            click.echo(f"note: not clustered (fewer than k={k} non-isolated nodes on a side): {', '.join(skipped)}",
-                       err=True)
+            notes.append(f"not clustered (fewer than k={k} non-isolated nodes on a side): {', '.join(skipped)}")
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)
         if shared and not per_layer:
@@ -127,14 +129,14 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
                "E_network": G.graph.get("E_network"), "E": score.E, "E_random": score.E_random, "score": score.score,
                "device": str(device),
                "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
-               "notes": list(loaded.notes)}
-    if note:
-        click.echo(f"warning: {note}", err=True)
+               "notes": notes + ([note] if note else [])}
     if as_json:
         emit_json(summary)
     else:
-        for line in coverage_lines(graph) + note_lines(loaded):
+        for line in coverage_lines(graph) + note_lines(loaded) + [f"note: {n}" for n in notes[len(loaded.notes):]]:
             click.echo(line)
+        if note:
+            click.echo(f"warning: {note}")
         source = {"network": "network-wide", "per-layer": "per layer"}[summary["cluster"]]
         click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges, k={labelled.k}, "
                    f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}")

@@ -8,13 +8,15 @@ instead and delays the exception out of those places (see its docstring).
 from __future__ import annotations
 
 import _thread
+import contextlib
 import importlib
 import signal
 import sys
 import threading
 import time
+import warnings
 from types import FrameType
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import click
 
@@ -157,6 +159,18 @@ class _InterruptGuard:
 _INTERRUPTS = _InterruptGuard()
 
 
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Python warnings as one line ``warning: <message>`` while a command runs (not the file, line and source
+    line of the code that warned, which mean nothing to a user of the command)."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 class _LazyGroup(click.Group):
     """Import each command's module only when it is used (keeps ``--help`` and startup fast)."""
 
@@ -191,7 +205,7 @@ class _LazyGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """Like click's, but a usage error is one ``error: ...`` line on stderr (exit code 2), and Ctrl-C
         is handled by :class:`_InterruptGuard` while the command runs."""
-        with _INTERRUPTS:
+        with _INTERRUPTS, _one_line_warnings():
             return self._main(args, prog_name, complete_var, standalone_mode, **extra)
 
     def _main(self, args, prog_name, complete_var, standalone_mode, **extra):

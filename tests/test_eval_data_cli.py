@@ -157,10 +157,94 @@ def test_results_of_a_model_at_chance_carry_a_caveat(tmp_path, trained):
     torch.manual_seed(0)
     untrained = tmp_path / "untrained.pt"
     save_checkpoint(untrained, build_model(spec), arch=spec)
-    notes = json.loads(invoke("ablate", untrained, "--k", 2, "--json", "-q").stdout)["notes"]
+    notes = [n for n in json.loads(invoke("ablate", untrained, "--k", 2, "--json", "-q").stdout)["notes"]
+             if "chance" in n]
     assert len(notes) == 1 and notes[0].startswith("the model is not clearly better than chance here (accuracy ")
     assert "its clusters' ON/OFF accuracies describe noise" in notes[0]
-    notes = json.loads(invoke("ablate", untrained, "--neurons", "fc1:0-3", "--json").stdout)["notes"]
+    notes = [n for n in json.loads(invoke("ablate", untrained, "--neurons", "fc1:0-3", "--json").stdout)["notes"]
+             if "chance" in n]
     assert len(notes) == 1 and "the accuracies with these neurons ablated describe noise" in notes[0]
     assert json.loads(invoke("ablate", trained, "--json", "-q").stdout)["notes"] == [
         f"evaluating on digits, the dataset {trained} was trained on (--dataset chooses another)"]
+
+
+# ----------------------------------------------------------------------------- third walkthrough
+def test_naming_the_dataset_a_checkpoint_was_trained_on_keeps_its_folder(trained, tmp_path, recorded_loads):
+    model = _retarget(trained, tmp_path / "fm.pt", "fashion-mnist", str(tmp_path / "where"))
+    out = json.loads(invoke("ablate", model, "--dataset", "fashion-mnist", "--json", "-q").stdout)
+    assert recorded_loads == [("fashion-mnist", str(tmp_path / "where"))]  # was: the default folder
+    assert out["notes"] == [f"reading fashion-mnist from {tmp_path / 'where'}, where {model} was trained on it "
+                            "(--data-dir chooses another folder)"]
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits"])
+def test_a_data_folder_for_the_built_in_digits_is_refused(command, trained, tmp_path):
+    line = one_error(invoke(command, trained, "--data-dir", tmp_path), 2)
+    assert line.startswith("error: --data-dir does not apply to digits (built in, read from no folder)")
+
+
+def test_inputs_are_standardised_unless_asked_and_a_foreign_model_gets_a_note(trained, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(graphinterp, "load_dataset", lambda name, split="test", data_dir=None, normalize=True:
+                        seen.append(normalize) or load_dataset("digits", split=split, normalize=normalize))
+    spec = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16, 16]}}
+    foreign = tmp_path / "foreign.pt"
+    save_checkpoint(foreign, build_model(spec), arch=spec)  # not written by graphinterp train: no training settings
+    notes = json.loads(invoke("ablate", foreign, "--k", 2, "--json", "-q").stdout)["notes"]
+    assert seen == [True] and any(n.startswith(f"{foreign} was not trained by graphinterp: its inputs are "
+                                               "standardised as graphinterp trains on digits ((x - 0.3054) / 0.3761")
+                                  and n.endswith("pass --inputs unit") for n in notes)
+    notes = json.loads(invoke("ablate", foreign, "--k", 2, "--json", "-q", "--inputs", "unit").stdout)["notes"]
+    assert seen == [True, False] and not any("graphinterp" in n for n in notes)
+    notes = json.loads(invoke("ablate", trained, "--json", "-q", "--inputs", "unit").stdout)["notes"]
+    assert f"{trained} was trained by graphinterp on standardised inputs; --inputs unit gives it pixels in [0, 1], " \
+           "which it never saw" in notes
+
+
+def test_classes_without_an_example_are_named(tmp_path):
+    spec = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16, 16]}}
+    model = tmp_path / "m.pt"
+    save_checkpoint(model, build_model(spec), arch=spec)
+    y = load_dataset("digits", split="test").subset(12, seed=0).y
+    missing = sorted(set(range(10)) - set(y.tolist()))
+    assert missing  # 12 examples cannot hold the 10 classes evenly; the seed leaves some out
+    out = json.loads(invoke("ablate", model, "--k", 2, "--limit", 12, "--json", "-q").stdout)
+    assert f"{len(missing)} class(es) without an example in the 12 examples, left out of the table: " \
+           f"{', '.join(map(str, missing))}" in out["notes"]
+    assert out["classes"] == [str(c) for c in range(10) if c not in missing]
+
+
+def test_a_character_lms_classes_without_an_example_are_named_not_minus_one(char_lm):
+    lm, _ = char_lm
+    res = invoke("ablate", lm, "--limit", 2, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "-1" not in res.stdout.replace("--", "")
+    assert any(line.startswith("note: ") and "without an example in the 2 windows, left out of the table" in line
+               for line in res.stdout.splitlines())
+    assert "does not apply" in one_error(invoke("ablate", lm, "--inputs", "unit"), 2)
+
+
+def test_reading_a_checkpoint_of_another_format_does_not_warn(tmp_path):
+    import warnings
+
+    from torch import nn
+
+    from graphinterp.cli._eval_data import read_checkpoint
+
+    path = tmp_path / "ts.pt"
+    torch.jit.script(nn.Sequential(nn.Linear(4, 2))).save(str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_checkpoint(str(path)) is None
+    assert not caught  # torch's "looks like a TorchScript archive" came before the command's own error line
+
+
+def test_warnings_are_one_line_while_a_command_runs():
+    import warnings
+
+    from graphinterp.cli.main import _one_line_warnings
+
+    with _one_line_warnings():
+        text = warnings.formatwarning("loading x with weights_only=False", UserWarning, "/a/b.py", 3, "code")
+    assert text == "warning: loading x with weights_only=False\n"
+    assert "UserWarning" in warnings.formatwarning("m", UserWarning, "/a/b.py", 3, "code")  # restored after

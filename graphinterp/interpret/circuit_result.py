@@ -80,12 +80,16 @@ class Circuit:
         """The task's accuracy at chance: 0.5 for a balanced one-vs-rest task, 0 on the label's examples alone."""
         return 0.5 if self.n_neg else 0.0
 
+    def _at_chance(self) -> bool:
+        """Whether the full model is not clearly better than chance on the label's balanced task."""
+        if not self.n_neg or not self.n_pos:
+            return False
+        n = 4.0 / (1.0 / self.n_pos + 1.0 / self.n_neg)  # the balanced accuracy's binomial size at chance
+        return not clearly_above(self.full_accuracy, self.chance_accuracy, n)
+
     def _chance_note(self) -> Optional[str]:
         """The caveat for a circuit of a model not clearly above chance on the label's balanced task."""
-        if not self.n_neg or not self.n_pos:
-            return None
-        n = 4.0 / (1.0 / self.n_pos + 1.0 / self.n_neg)  # the balanced accuracy's binomial size at chance
-        if clearly_above(self.full_accuracy, self.chance_accuracy, n):
+        if not self._at_chance():
             return None
         return (f"the full model is not clearly better than chance on the label's task (accuracy "
                 f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}): its circuit of "
@@ -117,8 +121,8 @@ class Circuit:
         if self.size.total_params == 0:
             return head + "the pruned layers hold no non-zero weight"
         tail = "; its ECS of 0 says nothing about how the model computes the label"
-        if self.full_accuracy <= self.chance_accuracy + 1e-6:  # accuracies are summed in float32
-            return (head + f"the full model is no better than chance on the label's task (accuracy "
+        if self.full_accuracy <= self.chance_accuracy + 1e-6 or self._at_chance():  # float32 sums: the margin
+            return (head + f"the full model is not clearly better than chance on the label's task (accuracy "
                     f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}; e.g. it never predicts the label), "
                     "so removing every weight loses nothing" + tail)
         if self.mode == "authors":
