@@ -84,9 +84,10 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
       graphinterp ablate modadd.pt --plot onoff.png
 
     A transformer checkpoint (`graphinterp train --model transformer`) is evaluated on its own task
-    (modadd: the test pairs, per answer; chars: validation windows, per target character), with the
+    (modadd: the test pairs, per answer; chars: every non-overlapping window of the validation text, each
+    predicting all its positions, per target character; --limit N keeps N windows), with the
     clusters of its MLP blocks ON / OFF (hidden units zeroed); --k K clusters every MLP block now.
-    --dataset and --data-dir do not apply to it, and --corpus applies to character LMs only (each is
+    --dataset, --data-dir and --inputs do not apply to it, and --corpus applies to character LMs only (each is
     refused where it does not apply).
     """
     from graphinterp import ablate, ablation_matrix, class_accuracy
