@@ -118,7 +118,7 @@ def test_ablate_evaluates_a_character_lm_on_every_window_of_its_text(char_lm):
     assert (out["n_examples"], out["n_predictions"]) == (windows, 8 * windows)
     assert not [n for n in out["notes"] if "--limit" in n]
     out = json.loads(invoke("ablate", lm, "--json", "--limit", 3).stdout)
-    assert (out["n_examples"], out["n_predictions"]) == (3, 24)
+    assert (out["n_examples"], out["n_predictions"], sum(out["counts"])) == (3, 24, 24)  # counts per class, as an MLP's
     out = json.loads(invoke("ablate", lm, "--json", "--limit", windows + 5).stdout)
     assert out["n_examples"] == windows
     assert out["notes"][0] == (f"--limit {windows + 5} is above the {windows} windows of 8 characters in the val "

@@ -65,7 +65,7 @@ class OnOffResult:
 
     def to_dict(self) -> Dict[str, Any]:
         plain = lambda a: [None if not np.isfinite(v) else float(v) for v in np.ravel(a)]  # noqa: E731
-        return {"classes": list(self.classes), "full": plain(self.full),
+        return {"classes": list(self.classes), "counts": [int(c) for c in self.counts], "full": plain(self.full),
                 "on": [plain(r) for r in self.on], "off": [plain(r) for r in self.off],
                 "overall": self.overall(),
                 "specialisation": {k: (v if np.isfinite(v) else None) for k, v in specialisation(self).items()}}
