@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -196,6 +197,9 @@ class _LazyGroup(click.Group):
             _fail(str(err), 1)
         except MemoryError:
             _fail("out of memory; use a smaller input, fewer values or a smaller --batch-size", 1)
+        except BrokenPipeError:  # the reader of the output has gone (`... | head`): stop as quietly as a shell tool
+            _close_stdout()
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a pipeline's writer killed by it
         except OSError as err:  # a file that vanished or cannot be read/written outside our checks
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
             _fail(f"{(err.strerror or str(err) or type(err).__name__)}{where}", 1)
@@ -228,6 +232,16 @@ class _LazyGroup(click.Group):
                 _fail(interrupted_message(None), 130)
             _fail("aborted", 1)
         sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+def _close_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (e.g. click's test runner): nothing to flush
+        pass
 
 
 def _fail(message: str, code: int):

@@ -316,3 +316,16 @@ def test_max_train_below_one_is_refused_before_work(tmp_path, monkeypatch, value
     msg = one_error(invoke("train", "--max-train", value, "--out", tmp_path / "m.pt"), 2)
     assert "--max-train" in msg and f"{value} is not in the range x>=1" in msg
     assert os.listdir(tmp_path) == []
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly(tmp_path):
+    """`graphinterp ... | head -1`: the reader goes away; no 'error: Broken pipe' line, the shell's SIGPIPE status."""
+    import subprocess
+
+    model = tmp_path / "m.pt"
+    assert invoke("train", "--epochs", "1", "--out", model, *FAST).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "graphinterp.cli", "analyze", str(model), "--k", "2..6", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # nobody reads the report
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err.decode()) == (141, "")
