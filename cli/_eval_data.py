@@ -124,7 +124,7 @@ def inputs_note(path: str, ckpt: Optional[Dict[str, Any]], dataset: str, inputs:
     """Append a note when the inputs' preprocessing may not be the model's: a model not trained by graphinterp
     given standardised inputs (one trained on ``[0, 1]`` pixels would see inputs it never saw), or a graphinterp
     model given ``[0, 1]`` pixels."""
-    from graphinterp.data.datasets import NORMALIZATION
+    from graphinterp import NORMALIZATION
 
     if _trained_on(ckpt)[0] is not None:
         if inputs == "unit":

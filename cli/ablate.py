@@ -174,7 +174,7 @@ def _echo_notes(notes: List[str]) -> None:
 
 def _note_chance(accuracy: float, y, notes: List[str], about: str = "its clusters' ON/OFF accuracies") -> None:
     """Append the caveat for a model not clearly better than always predicting the most common class."""
-    from graphinterp.interpret.chance import chance_note
+    from graphinterp import chance_note
 
     note = chance_note(float(accuracy), y.reshape(-1).cpu().numpy(), about)
     if note is not None:

@@ -45,7 +45,9 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     coverage: the share of the model's weights it holds, modules not covered, what was folded. For every layer: its shape, the cluster
     sizes (inputs/outputs per cluster), clusterability E (share of squared weight inside
     clusters), the E expected of a random partition with the same sizes, and the normalised
-    score (E - E_rand) / (1 - E_rand).
+    score (E - E_rand) / (1 - E_rand). Over a range of k the model-wide E is mass-weighted over the
+    layers scored at every k (as in `benchmark`; a note names any layer left out), and each layer's own E
+    is shown at every k it fits; with --layers it covers only the chosen layers, and says so.
 
     --quiet hides only the progress bar over a range of k (stderr); the report, its coverage
     lines, notes, skipped layers and errors are always printed.
@@ -66,6 +68,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     device = resolve_device(device)
     result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
                      progress=len(ks) > 1 and not (as_json or quiet), device=device)
+    mw = result.mass_weighted()  # the model-wide E: over the layers scored at every k (as benchmark's)
     stored = None
     clustering = stored_clustering(loaded.clustering, graph)
     if clustering is not None:
@@ -74,11 +77,11 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
         from graphinterp import plot_clusterability_vs_k
 
         name = loaded.path.rsplit("/", 1)[-1] if loaded.path else "model"
-        plot_clusterability_vs_k({name: {k: result.reports[k].E for k in result.ks}},
-                                 baselines={name: {k: result.reports[k].E_random for k in result.ks}},
-                                 title=f"Clusterability of {name}", out=plot_path)
+        over = f" ({_over(result, names, len(graph))})" if _over(result, names, len(graph)) else ""
+        plot_clusterability_vs_k({name: mw["E"]}, baselines={name: mw["E_random"]},
+                                 title=f"Clusterability of {name}{over}", out=plot_path)
     if as_json:
-        payload = {"model": str(model), "kind": loaded.kind, "layers": graph.layer_names,
+        payload = {"model": str(model), "kind": loaded.kind, "layers": graph.layer_names, "chosen_layers": names,
                    "chained": graph.chained, "structure": graph_structure(graph),
                    "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
                    "notes": list(loaded.notes),
@@ -92,24 +95,42 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {graph.num_params():,} weights{structure}")
     for line in coverage_lines(graph) + note_lines(loaded):
         click.echo(line)
+    over = _over(result, names, len(graph))
+    label = f"{over.split(' (')[0] if over else 'model'} (mass-weighted)"
     if len(ks) == 1:
         rep = result.reports[ks[0]]
         rows = [(s.layer, f"{s.shape[0]}x{s.shape[1]}", " ".join(f"{a}/{b}" for a, b in s.sizes),
                  s.E, s.E_random, s.score) for s in rep.layers]
-        rows.append(("model (mass-weighted)", "", "", rep.E, rep.E_random, rep.score))
+        rows.append((label, "", "", rep.E, rep.E_random, rep.score))
         click.echo(format_table(rows, ["layer", "in x out", "cluster sizes in/out", "E", "E_random", "score"]))
     else:
-        names = [s.layer for s in result.reports[ks[-1]].layers]
+        scored = result.scored_layers()  # every layer scored at some k gets its column ("-" where it does not fit)
         rows = []
-        for k in ks:
-            rep = result.reports[k]
-            per = {s.layer: s.E for s in rep.layers}
-            rows.append([k, rep.E, rep.E_random, rep.score] + [per.get(n, "-") for n in names])
-        click.echo(format_table(rows, ["k", "E", "E_random", "score"] + [f"E[{n}]" for n in names]))
+        for k in result.ks:
+            per = {s.layer: s.E for s in result.reports[k].layers}
+            rows.append([k, mw["E"][k], mw["E_random"][k], mw["score"][k]] + [per.get(n, "-") for n in scored])
+        click.echo(format_table(rows, ["k", "E", "E_random", "score"] + [f"E[{n}]" for n in scored]))
+        if names is not None:
+            click.echo(f"E, E_random and score: mass-weighted over the {over}, not the whole model")
+    if mw["note"]:
+        click.echo(f"note: {mw['note']}")
     for name, reason in result.skipped.items():
-        click.echo(f"skipped {name}: {reason}")
+        at = [k for k in result.ks if any(s.layer == name for s in result.reports[k].layers)]
+        scored_at = f"; scored at k={','.join(map(str, at))} (column E[{name}])" if at else ""
+        click.echo(f"skipped {name}: {reason}{scored_at}")
     if stored is not None:
         click.echo(f"stored clustering (k={stored.k}, from the checkpoint): E={stored.E:.4f} over "
                    f"{', '.join(s.layer for s in stored.layers)} (E_random={stored.E_random:.3f})")
     if plot_path:
         click.echo(f"wrote {plot_path}")
+
+
+def _over(result, chosen, n_graph: int) -> str:
+    """What the model-wide E covers when it is not the whole model: ``""``, ``"chosen layers (fc2)"`` or
+    ``"5 of 6 layers (...)"`` (the layers scored at every k)."""
+    common = result.common_layers()
+    if chosen is not None:
+        return f"chosen layers ({', '.join(common)})"
+    if len(common) < n_graph:
+        return f"{len(common)} of {n_graph} layers ({', '.join(common)}) scored at every k"
+    return ""

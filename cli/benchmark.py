@@ -6,8 +6,7 @@ from typing import Tuple
 
 import click
 
-from graphinterp import format_report, ModelSource, run_benchmark, SCHEDULER_ENV, write_report
-from graphinterp.reports.benchmarking import SignificanceKError
+from graphinterp import format_report, ModelSource, run_benchmark, SCHEDULER_ENV, SignificanceKError, write_report
 from graphinterp.cli._common import (POSITIVE_INT, check_output_dir, device_option, emit_json, parse_k_values,
                                      quiet_option, seed_option, trust_pickle_option)
 
@@ -73,7 +72,9 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     copies of itself with the weights permuted and reclustered the same way (Filan et al. 2021):
     z-score and empirical p-value (r + 1) / (N + 1), for raw E and for the normalised score (raw E
     depends on the cluster sizes BSGC finds, the score corrects for them). Layers with fewer nodes
-    than k are left out for that k, and the report says so.
+    than k are left out for that k, and the report says so. The table gives E and E_rand at every k (up to
+    five k; else the first, the last and the significance k, the rest in clusterability.csv and the JSON); a
+    model's mass-weighted E over the k range is over its layers scored at every k, as in `analyze`.
 
     \b
     Outputs in --out: benchmark.json, clusterability.csv (model, layer, k), significance.csv
@@ -103,7 +104,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     try:
         report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,
                                nonzero_only=nonzero_only, layerwise=layerwise, trust_pickle=trust_pickle,
-                               n_init=n_init, device=device, random_state=seed, progress=not quiet and n_jobs == 1,
+                               n_init=n_init, device=device, random_state=seed, progress=not (quiet or as_json) and n_jobs == 1,
                                n_jobs=n_jobs, scheduler=scheduler or None)
     except SignificanceKError as err:  # found after loading the models, before any clustering
         raise click.BadParameter(str(err), param_hint="--significance-k") from None

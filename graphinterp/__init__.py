@@ -42,7 +42,8 @@ _EXPORTS = {
     "parse_int_ranges": "common.text",
     "parse_k_values": "common.text",
     # data: datasets and tasks
-    "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "TASKS": "data.tasks",
+    "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "NORMALIZATION": "data.datasets",
+    "TASKS": "data.tasks",
     "load_corpus": "data.tasks", "load_dataset": "data.datasets",
     # sources: models and model files
     "LoadedModel": "sources.loading", "Transformer": "sources.transformer", "transformer": "sources.transformer", "build_model": "sources.models",
@@ -74,6 +75,7 @@ _EXPORTS = {
     "train_transformer": "training.train_transformer", "TrainingInterrupted": "training.train_state",
     # interpret: interpretability: ablation and circuits
     "Circuit": "interpret.circuit_result", "CircuitComparison": "interpret.circuit_compare",
+    "chance_note": "interpret.chance", "clearly_above": "interpret.chance",
     "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
     "ablation_matrix": "interpret.ablate", "class_accuracy": "interpret.ablate",
     "cluster_share": "interpret.circuit_compare", "compare_circuits": "interpret.circuits",
@@ -86,7 +88,7 @@ _EXPORTS = {
     "format_report": "reports.benchmark_report", "graph_with_fallback": "reports.model_sources",
     "plot_ablation": "reports.viz", "plot_clusterability_vs_k": "reports.viz",
     "plot_clustered_layer": "reports.viz", "plot_ecs_comparison": "reports.viz", "plot_ecs_per_label": "reports.viz_eval",
-    "run_benchmark": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io",
+    "run_benchmark": "reports.benchmarking", "SignificanceKError": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io",
     "write_json": "reports.io", "write_report": "reports.benchmark_report",
     "json_default": "reports.io",
 }

@@ -82,7 +82,8 @@ def test_one_shuffle_report_shows_the_value_without_sd_and_valid_json(small):
 def test_columns_follow_k_without_a_test(small, tmp_path):
     res = invoke("benchmark", small, "--k", "2..3", "--shuffles", "0", "--out", tmp_path / "o", *FAST)
     assert res.exit_code == 0, res.stderr
-    assert _table(res.stdout)[0] == ["model", "layer", "in x out", "E k=2", "E k=3", "E_rand k=3", "score k=3"]
+    assert _table(res.stdout)[0] == ["model", "layer", "in x out", "E k=2", "E_rand k=2", "E k=3", "E_rand k=3",
+                                     "score k=3"]
     assert "no shuffle test (0 shuffles)" in res.stdout
     assert "small: chained, mass-weighted E k=2: " in res.stdout and ", k=3: " in res.stdout
 
@@ -92,8 +93,9 @@ def test_significance_k_outside_k_is_filled_from_the_test(small, tmp_path):
                  tmp_path / "o", *FAST)
     assert res.exit_code == 0, res.stderr
     header, first = _table(res.stdout)[:2]
-    assert header[:7] == ["model", "layer", "in x out", "E k=2", "E k=4", "E_rand k=4", "score k=4"]
-    assert all(v != "-" for v in first[3:7]), first
+    assert header[:10] == ["model", "layer", "in x out", "E k=2", "E_rand k=2", "E k=3", "E_rand k=3", "E k=4",
+                           "E_rand k=4", "score k=4"]
+    assert all(v != "-" for v in first[3:10]), first
     assert ("k=4 (the significance k) is not among the k benchmarked (2,3): its E, E_rand and score are from the "
             "shuffle test's own clustering, and it is not in clusterability.csv") in res.stdout
 
@@ -109,7 +111,7 @@ def test_one_k_gives_one_e_column(small, tmp_path):
 def test_mass_weighted_line_says_which_layers_it_covers(small, tmp_path):
     res = invoke("benchmark", small, "--k", "2..4", "--shuffles", "0", "--out", tmp_path / "o", *FAST)
     assert res.exit_code == 0, res.stderr
-    assert "(over the 1 of 2 layers scored at every k)" in res.stdout
+    assert "(over the 1 of 2 layers scored at every k; left out: 2)" in res.stdout
 
 
 # 4. NAME --weights FILE for a single model, as analyze takes it; other uses say how to pair

@@ -11,7 +11,7 @@ from graphinterp.clustering.validation import check_k, live_sizes
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import DEPTHWISE_REASON
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report
+from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report, normalized_score
 
 __all__ = ["Analysis", "analyze", "graph_from_loaded", "load_graph"]
 
@@ -64,11 +64,51 @@ class Analysis:
         """The k values analysed."""
         return sorted(self.reports)
 
+    def scored_layers(self) -> List[str]:
+        """Every layer scored at one k at least, in the order of the first report that has it."""
+        return list(dict.fromkeys(s.layer for k in self.ks for s in self.reports[k].layers))
+
+    def common_layers(self) -> List[str]:
+        """The layers scored at every k: those the model-wide E over the k range is mass-weighted over."""
+        at = [{s.layer for s in self.reports[k].layers} for k in self.ks]
+        return [n for n in self.scored_layers() if all(n in s for s in at)]
+
+    def mass_weighted(self) -> dict:
+        """Model-wide E, E_random and score per k over :meth:`common_layers` (one set of layers for every k,
+        the rule ``benchmark`` uses), with the layers used and those left out (scored at some k only) and why.
+
+        For a single k, or when every layer is scored at every k, the values are the reports' own.
+        """
+        common, scored = self.common_layers(), self.scored_layers()
+        left_out = {}
+        for n in scored:
+            if n not in common:
+                at = [k for k in self.ks if any(s.layer == n for s in self.reports[k].layers)]
+                why = self.skipped.get(n)
+                left_out[n] = f"scored at k={','.join(map(str, at))} only" + (f" ({why})" if why else "")
+        note = None
+        if left_out:
+            note = (f"model-wide E, E_random and score are mass-weighted over the {len(common)} of {len(scored)} "
+                    f"layers scored at every k ({', '.join(common)}), the same layers at every k; left out: "
+                    + "; ".join(f"{n}, {why}" for n, why in left_out.items()))
+        out = {"layers": common, "left_out": left_out, "note": note, "E": {}, "E_random": {}, "score": {}}
+        for k in self.ks:
+            chosen = [s for s in self.reports[k].layers if s.layer in common]
+            mass = sum(s.mass for s in chosen)
+            E = sum(s.E * s.mass for s in chosen) / mass if mass else 0.0
+            R = sum(s.E_random * s.mass for s in chosen) / mass if mass else 0.0
+            out["E"][k], out["E_random"][k], out["score"][k] = E, R, normalized_score(E, R)
+        return out
+
     def to_dict(self) -> dict:
-        """JSON-ready dict: one entry per k with the per-layer scores and the cluster labels."""
+        """JSON-ready dict: one entry per k with the per-layer scores and the cluster labels (each entry's
+        E is over the layers scored at that k), and ``mass_weighted``: E, E_random and score per k over the
+        layers scored at every k (the model-wide curve; see :meth:`mass_weighted`)."""
         return {
             "ks": self.ks,
             "skipped": dict(self.skipped),
+            "mass_weighted": {key: ({str(k): v for k, v in val.items()} if key in ("E", "E_random", "score")
+                                    else val) for key, val in self.mass_weighted().items()},
             "results": [
                 {**self.reports[k].to_dict(), "clustering": self.clusterings[k].to_dict()} for k in self.ks
             ],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-__all__ = ["Coverage", "MissingModule"]
+__all__ = ["Coverage", "MissingModule", "describe_norms"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class Coverage:
     unfolded : dict of str to str
         Normalisation parameters that were not folded, and why.
     notes : dict of str to int
-        Operations the tracer approximated or could not follow, with their number of calls.
+        Operations the tracer approximated or could not follow, with their number of calls (1 for a note
+        said once, e.g. on what a state_dict without an architecture cannot fold; not shown as "(1x)").
     """
 
     total: int
@@ -93,7 +94,7 @@ class Coverage:
         for name, why in list(self.unfolded.items())[:max_items]:
             lines.append(f"not folded: {name}: {why}")
         for note, count in list(self.notes.items())[:max_items]:
-            lines.append(f"approximated: {note} ({count}x)")
+            lines.append(f"approximated: {note}" + (f" ({count}x)" if count != 1 else ""))
         return lines
 
     def to_dict(self) -> dict:
@@ -103,3 +104,25 @@ class Coverage:
             "missing": [m.__dict__ for m in self.missing], "folded": list(self.folded),
             "unfolded": dict(self.unfolded), "notes": dict(self.notes),
         }
+
+
+def describe_norms(norms: list) -> str:
+    """What the unfolded normalisation tensors are, counted by layer: ``"4 BatchNorm layers (12 tensors:
+    weight, running_mean, running_var), e.g. bn1"``; a layer with running statistics is a BatchNorm, one
+    with only a 1-D weight a LayerNorm or RMSNorm.
+
+    Examples
+    --------
+    >>> describe_norms(["bn1.weight", "bn1.running_mean", "bn1.running_var", "ln.weight"])
+    '1 BatchNorm layer and 1 LayerNorm/RMSNorm layer (4 tensors: weight, running_mean, running_var), e.g. bn1'
+    """
+    layers: dict = {}
+    for name in norms:
+        prefix, _, leaf = name.rpartition(".")
+        layers.setdefault(prefix, []).append(leaf)
+    bn = [p for p, leaves in layers.items() if {"running_mean", "running_var"} & set(leaves)]
+    kinds = [(len(bn), "BatchNorm"), (len(layers) - len(bn), "LayerNorm/RMSNorm")]
+    leaves = ", ".join(dict.fromkeys(leaf for lv in layers.values() for leaf in lv))
+    counted = " and ".join(f"{n} {kind} layer{'s' if n != 1 else ''}" for n, kind in kinds if n)
+    example = next(iter(layers)) or norms[0]
+    return f"{counted} ({len(norms)} tensor{'s' if len(norms) != 1 else ''}: {leaves}), e.g. {example}"

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from graphinterp.common.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
+from graphinterp.graph.coverage import describe_norms
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["OpenedModel", "open_model", "opened_from_loaded", "model_graph", "load_graph", "graph_structure"]
@@ -267,8 +268,9 @@ def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = Tr
     norms = _normalisation_tensors(opened.state_dict)
     if graph.coverage is not None and fold and norms:
         graph.coverage.notes.setdefault(
-            f"no architecture: the normalisation in this state_dict cannot be folded (e.g. {norms[0]})", len(norms))
+            f"no architecture: the normalisation in this state_dict cannot be folded: {describe_norms(norms)}", 1)
     return graph
+
 
 
 def _normalisation_tensors(state) -> list:

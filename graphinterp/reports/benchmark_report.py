@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from graphinterp.common.files import atomic_write
+from graphinterp.clustering.metrics import normalized_score
 from graphinterp.clustering.significance import ShuffleTest
 from graphinterp.reports.benchmark_table import format_report
 from graphinterp.reports.io import json_safe, write_json
@@ -83,6 +84,20 @@ class ModelBenchmark:
         R = {k: sum(lb.scores[k]["E_random"] * lb.mass for lb in common) / mass for k in ks}
         return E, R
 
+    def mass_weighted(self, ks: Sequence[int]) -> Optional[dict]:
+        """The model-wide curve for JSON: E, E_random and score per k over the layers scored at every k
+        (``layers``), the layers left out of it and the k they lack (``left_out``); None when no layer is
+        scored at every k (the same rule as ``analyze``)."""
+        E, R = self.curve(ks)
+        if not E:
+            return None
+        common = [lb.layer for lb in self.layers if all(k in lb.scores for k in ks)]
+        left_out = {lb.layer: f"not scored at k={','.join(map(str, sorted(lb.skipped_k)))} (too few nodes)"
+                    for lb in self.layers if lb.layer not in common}
+        return {"layers": common, "left_out": left_out, "E": {str(k): E[k] for k in ks},
+                "E_random": {str(k): R[k] for k in ks},
+                "score": {str(k): normalized_score(E[k], R[k]) for k in ks}}
+
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {"name": self.name, "source": self.source, "structure": self.structure,
@@ -106,7 +121,8 @@ class BenchmarkReport:
         """JSON-ready dict (NaN and infinite values become None)."""
         return json_safe({"ks": list(self.ks), "significance_k": self.significance_k, "n_shuffles": self.n_shuffles,
                           "settings": dict(self.settings), "seconds": self.seconds,
-                          "models": [m.to_dict() for m in self.models], "failed": dict(self.failed)})
+                          "models": [{**m.to_dict(), "mass_weighted": m.mass_weighted(self.ks)} for m in self.models],
+                          "failed": dict(self.failed)})
 
 
 def safe_name(name: str) -> str:

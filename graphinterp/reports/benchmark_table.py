@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from graphinterp.common.text import format_table
-
-if TYPE_CHECKING:  # pragma: no cover
-    from graphinterp.reports.benchmark_report import BenchmarkReport
 
 __all__ = ["format_report"]
 
@@ -24,36 +21,63 @@ def _z(x: float) -> Optional[float]:
     return None if math.isnan(x) else x
 
 
-def format_report(report: BenchmarkReport) -> str:
-    """The terminal table: one row per model and layer, then the layers left out and why.
+MAX_K_COLUMNS = 5  # up to this many k get their own E and E_rand columns; beyond it the first, last and tested k
 
-    Columns: shape, E at the smallest k and at the significance k (the largest k without a shuffle
-    test), E_random and the normalised score at that k, then the shuffle test on both measures (null
-    mean±sd, z and p; left out when no test was run). When the significance k is not among the
-    report's k, its E, E_random and score are those of the shuffle test's own clustering (said below).
+
+def shown_ks(ks, kk: int) -> list:
+    """The k with E and E_rand columns in the table: every k when there are at most :data:`MAX_K_COLUMNS`,
+    else the first, the last and ``kk`` (the significance k, or the last k without a test); ``kk`` is always in.
+
+    Examples
+    --------
+    >>> shown_ks([2, 3], 4), shown_ks(list(range(2, 11)), 4)
+    ([2, 3, 4], [2, 4, 10])
+    """
+    ks = list(ks)
+    picked = ks if len(ks) <= MAX_K_COLUMNS else [ks[0], ks[-1]]
+    return sorted(set(picked) | {kk})
+
+
+def format_report(report) -> str:
+    """The terminal table of a :class:`graphinterp.reports.benchmark_report.BenchmarkReport` (not imported
+    here: that module imports this one): one row per model and layer, then the layers left out and why.
+
+    Columns: shape, E and E_random at each k (every k when there are at most five, else the first, the last
+    and the significance k, with a line naming the others, which are in clusterability.csv and the JSON),
+    the normalised score at the significance k (the largest k without a shuffle test), then the shuffle
+    test on both measures (null mean±sd, z and p; left out when no test was run). When the significance k
+    is not among the report's k, its E, E_random and score are those of the shuffle test's own clustering
+    (said below).
     """
     tested = report.significance_k is not None and report.n_shuffles > 0
-    k0 = report.ks[0]
     kk = report.significance_k if tested else report.ks[-1]
-    headers = ["model", "layer", "in x out", f"E k={k0}"] + ([f"E k={kk}"] if kk != k0 else []) + [
-        f"E_rand k={kk}", f"score k={kk}"]
+    cols = shown_ks(report.ks, kk)
+    hidden = [k for k in report.ks if k not in cols]
+    headers = ["model", "layer", "in x out"]
+    for k in cols:
+        headers += [f"E k={k}", f"E_rand k={k}"] + ([f"score k={k}"] if k == kk else [])
     if tested:
         headers += ["null E", "z(E)", "p(E)", "null score", "z(score)", "p(score)"]
     rows = []
     for m in report.models:
         for lb in m.layers:
-            s = lb.scores.get(kk, {})
             t = lb.significance if tested else None
-            if not s and t is not None:  # kk is not among report.ks: the shuffle test's clustering at kk
-                s = {"E": t.E.observed, "E_random": t.E_random, "score": t.score.observed}
-            row = [m.name, lb.layer, f"{lb.shape[0]}x{lb.shape[1]}", lb.scores.get(k0, {}).get("E")]
-            row += ([s.get("E")] if kk != k0 else []) + [s.get("E_random"), s.get("score")]
+            row = [m.name, lb.layer, f"{lb.shape[0]}x{lb.shape[1]}"]
+            for k in cols:
+                s = lb.scores.get(k, {})
+                if k == kk and not s and t is not None:  # kk not among report.ks: the shuffle test's clustering
+                    s = {"E": t.E.observed, "E_random": t.E_random, "score": t.score.observed}
+                row += [s.get("E"), s.get("E_random")] + ([s.get("score")] if k == kk else [])
             if tested:
                 row += [_spread(t.E if t else None), _z(t.E.z) if t else None,
                         t.E.p_value if t else None, _spread(t.score if t else None),
                         _z(t.score.z) if t else None, t.score.p_value if t else None]
             rows.append(row)
     lines = [format_table(rows, headers)]
+    if hidden:
+        lines.append(f"E and E_rand at k={','.join(map(str, hidden))} are not in this table (more than "
+                     f"{MAX_K_COLUMNS} k: only the first, last and {'significance' if tested else 'score'} k are "
+                     f"shown): every layer at every k is in clusterability.csv and benchmark.json (--json)")
     if tested:
         lines.append(f"shuffle test at k={kk} with n={report.n_shuffles} shuffles per layer (smallest possible "
                      f"p = {1 / (report.n_shuffles + 1):.3f}); z = (observed - null mean) / null sd"
@@ -68,11 +92,12 @@ def format_report(report: BenchmarkReport) -> str:
     for m in report.models:
         curve, base = m.curve(report.ks)
         if curve:
-            n_common = sum(all(k in lb.scores for k in report.ks) for lb in m.layers)
-            over = (f" (over the {n_common} of {len(m.layers)} layers scored at every k)"
-                    if n_common < len(m.layers) else "")
+            out = [lb.layer for lb in m.layers if not all(k in lb.scores for k in report.ks)]
+            over = (f" (over the {len(m.layers) - len(out)} of {len(m.layers)} layers scored at every k; "
+                    f"left out: {', '.join(out)})" if out else "")
+            rest = (f"; k={','.join(map(str, hidden))} in benchmark.json (models[].mass_weighted)" if hidden else "")
             lines.append(f"{m.name}: {m.structure}, mass-weighted E " + ", ".join(
-                f"k={k}: {curve[k]:.3f} (rand {base[k]:.3f})" for k in dict.fromkeys((k0, kk)) if k in curve) + over)
+                f"k={k}: {curve[k]:.3f} (rand {base[k]:.3f})" for k in cols if k in curve) + over + rest)
         for note in m.notes:
             lines.append(f"{m.name}: {note}")
         for layer, why in m.skipped.items():

@@ -148,15 +148,26 @@ def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: O
     names = list(layers) if layers is not None else graph.layer_names
     tasks, skipped = _layer_tasks(graph, ks, names, random_state)
     serial = n_jobs == 1 and scheduler is None
-    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
+    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), False)
     if serial:
-        todo = tasks
-        if progress:
-            from tqdm.auto import tqdm
-
-            todo = tqdm(tasks, desc=f"layers of {name}", leave=False)
-        return [_run_layer(*t, *common) for t in todo], skipped
+        return _serial([(*t, *common) for t in tasks], [name] * len(tasks), progress), skipped
     return run_tasks(_run_layer, [(*t, *common) for t in tasks], n_jobs=n_jobs, scheduler=scheduler), skipped
+
+
+def _serial(tasks: list, owners: List[str], progress: bool) -> List[LayerBenchmark]:
+    """Run the layer tasks here under one progress bar (stderr) that advances per layer, names the layer in
+    hand and is cleared when done (no inner bar per layer: a small layer's shuffles are one batch)."""
+    if not progress or not tasks:
+        return [_run_layer(*t) for t in tasks]
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=len(tasks), desc="benchmark", unit="layer", leave=False, position=0, dynamic_ncols=True) as bar:
+        for task, owner in zip(tasks, owners):
+            bar.set_postfix_str(f"{owner} {task[0].name}", refresh=True)
+            out.append(_run_layer(*task))
+            bar.update(1)
+    return out
 
 
 def _check_ks(ks: Sequence[int], significance_k: Optional[int]) -> List[int]:
@@ -211,7 +222,8 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     device : str, optional
     random_state : int or None
     progress : bool
-        tqdm bars over models, layers and shuffles (serial runs only).
+        A tqdm bar over the models being loaded, then one over all layers of all models (serial runs
+        only; both cleared when done).
     n_jobs : int, default 1
         Worker processes over the layers of all models (joblib); results do not depend on it.
     scheduler : str or distributed.Client, optional
@@ -252,7 +264,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc="loading models", leave=False)
+        iterator = tqdm(iterator, desc="loading models", leave=False, position=0, dynamic_ncols=True)
     for source, name in iterator:
         t0 = time.perf_counter()
         try:
@@ -271,14 +283,11 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
     _check_significance_k(loaded, significance_k, n_shuffles)
     serial = n_jobs == 1 and scheduler is None
-    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), progress and serial)
+    common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), False)
     everything = [(*t, *common) for *_, tasks, _, _ in loaded for t in tasks]  # all layers of all models at once
     if serial:
-        if progress:
-            from tqdm.auto import tqdm
-
-            everything = tqdm(everything, desc="layers")
-        results = iter([_run_layer(*t) for t in everything])
+        owners = [name for _, name, _, _, tasks, _, _ in loaded for _ in tasks]
+        results = iter(_serial(everything, owners, progress))
     else:
         results = iter(run_tasks(_run_layer, everything, n_jobs=n_jobs, scheduler=scheduler))
     models = []
