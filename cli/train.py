@@ -8,15 +8,14 @@ import click
 import torch
 
 from graphinterp.cli._common import (
-    POSITIVE_INT, check_output_path, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
-    seed_option,
+    POSITIVE_INT, check_output_path, device_option, json_option, parse_layers, quiet_option, seed_option,
 )
 from graphinterp.cli._options import given_options
 from graphinterp.cli._paths import record_left_behind
+from graphinterp.cli._train_report import report_training, report_transformer
 from graphinterp import (
     check_device,
     DATASETS,
-    format_history,
     GraphinterpError,
     Launch,
     launch_from_env,
@@ -108,14 +107,18 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
 
     Options that the chosen --dataset's training would not use are refused, not ignored: --epochs,
     --warmup-epochs, --layers, --max-train and --download are for mlp and cnn, --steps, --warmup-steps
-    and --weight-decay for transformers, --corpus for chars, --data-dir and --batch-size not for modadd.
+    and --weight-decay for transformers, --corpus for chars, --data-dir and --batch-size not for modadd,
+    --data-dir and --download not for the built-in digits.
 
     Under torchrun (mlp and cnn only, no --resume) every process trains its share of each batch
     (gloo on the CPU, NCCL with one GPU per process); the result equals a one-process run, and only
     rank 0 prints and writes --out.
 
-    Prints the per-epoch history (loss, CE, L_E, clusterability E of the clustered layers, test
-    accuracy) and the final E and accuracy. Inspect the result with `graphinterp analyze OUT --k K`.
+    Prints the per-epoch history (loss, CE, L_E, clusterability E of the clustered layers beside
+    E_rand, the E of a random partition with the same cluster sizes, and the normalised score
+    (E - E_rand) / (1 - E_rand), test accuracy) and the final E, E_random, score and accuracy.
+    --data-dir and --corpus are stored as absolute paths, so OUT can be evaluated from any folder.
+    Inspect the result with `graphinterp analyze OUT --k K`.
     """
     if model_name is None:
         model_name = "transformer" if dataset in TASKS else "mlp"
@@ -135,47 +138,32 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     check_output_path(out, param_hint="--out")
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
         result = train(config, checkpoint=out, resume=resume, on_note=_note)
-    if not launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
-        return
-    last = result.history[-1]
-    per_layer = {}
-    if result.clustering is not None:
-        from graphinterp import EnmeshmentLoss
-
-        per_layer = EnmeshmentLoss(result.model, result.clustering).per_layer()
-    if as_json:
-        emit_json({"config": config.to_dict(), "checkpoint": out, "notes": result.notes, "history": result.history,
-                   "final": {"test_acc": last["test_acc"], "E": last.get("E_refit", last["E"]),
-                             "E_per_layer": per_layer,
-                             "clustering": result.clustering.to_dict() if result.clustering else None}})
-        return
-    click.echo(format_history(result.history))
-    click.echo("")
-    if per_layer:
-        what = "clustering fitted to the final weights" if lam == 0 else "training clustering"
-        click.echo(format_table([[name, k, value] for name, value in per_layer.items()], ["layer", "k", f"E ({what})"]))
-    E = last.get("E_refit", last["E"])
-    click.echo(f"final test accuracy {last['test_acc']:.4f}; E = {E:.4f}; checkpoint: {out}")
+    if launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
+        report_training(config, result, out, lam, k, as_json)
 
 
-#: What each kind of training is, as the error line says it: mlp and cnn on an image dataset, or a transformer task.
+#: What each kind of training is, as the error line says it: mlp and cnn on an image dataset read from
+#: --data-dir ("epochs") or on the built-in digits, or a transformer task.
 _KINDS = {"epochs": "trained in epochs by --model mlp or cnn",
+          "digits": "trained in epochs by --model mlp or cnn",
           "modadd": "a generated transformer task, trained full-batch in steps",
           "chars": "a transformer task trained in steps"}
 _TRANSFORMER = ("modadd", "chars")
+_EPOCHS = ("epochs", "digits")
 #: The one rule on which ``train`` options apply to which kind of training (the others apply to all):
 #: parameter -> (the kinds it applies to, what to do instead, one hint or one per kind it is refused for).
 TRAINING_OPTIONS = {
     "corpus": (("chars",), "--corpus FILE is the text of --dataset chars; use that dataset or leave --corpus out"),
-    "epochs": (("epochs",), "use --steps"),
-    "warmup_epochs": (("epochs",), "use --warmup-steps"),
-    "layers": (("epochs",), "every MLP block is clustered; leave --layers out"),
-    "max_train": (("epochs",), {"modadd": "modadd trains on a fixed 30% of the pairs; leave --max-train out",
-                                "chars": "train on a shorter --corpus FILE instead"}),
-    "download": (("epochs",), {"modadd": "leave --download out",
+    "epochs": (_EPOCHS, "use --steps"),
+    "warmup_epochs": (_EPOCHS, "use --warmup-steps"),
+    "layers": (_EPOCHS, "every MLP block is clustered; leave --layers out"),
+    "max_train": (_EPOCHS, {"modadd": "modadd trains on a fixed 30% of the pairs; leave --max-train out",
+                            "chars": "train on a shorter --corpus FILE instead"}),
+    "download": (("epochs",), {"modadd": "leave --download out", "digits": "digits is built in; leave --download out",
                                "chars": "pass the text with --corpus FILE instead"}),
-    "data_dir": (("epochs", "chars"), "leave --data-dir out"),
-    "batch_size": (("epochs", "chars"), "leave --batch-size out"),
+    "data_dir": (("epochs", "chars"), {"modadd": "leave --data-dir out",
+                                       "digits": "digits is built in; leave --data-dir out"}),
+    "batch_size": (_EPOCHS + ("chars",), "leave --batch-size out"),
     "steps": (_TRANSFORMER, "use --epochs"),
     "warmup_steps": (_TRANSFORMER, "use --warmup-epochs"),
     "weight_decay": (_TRANSFORMER, "mlp and cnn train with Adam, without weight decay; leave --weight-decay out"),
@@ -191,7 +179,7 @@ def check_training_options(ctx: click.Context, dataset: str) -> None:
     click.UsageError
         ``--X does not apply to --dataset D (what D is); what to do instead``, for the first such option.
     """
-    kind = dataset if dataset in _TRANSFORMER else "epochs"
+    kind = dataset if dataset in _TRANSFORMER + ("digits",) else "epochs"
     flags = {p.name: max(p.opts, key=len) for p in ctx.command.params}
     for name in given_options(ctx, TRAINING_OPTIONS):
         kinds, hint = TRAINING_OPTIONS[name]
@@ -246,38 +234,22 @@ def _launch(model_name: str, resume: bool, device: str) -> Tuple[Launch, torch.d
 
 def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
                        seed, device, data_dir, corpus, out, resume, quiet, as_json) -> None:
-    from graphinterp import blocks_from_clustering
     from graphinterp import TransformerConfig, train_transformer
 
     config = TransformerConfig(task=task, k=k, lam=lam, steps=steps, warmup_steps=warmup_steps, lr=lr,
                                weight_decay=weight_decay, similarity=similarity, reduction=reduction, seed=seed,
                                device=device, data_dir=data_dir, corpus=corpus, quiet=quiet or as_json,
                                **({"batch_size": batch_size} if batch_size is not None else {})).validate()
-    check_output_path(out, param_hint="--out")
+    inputs = []
+    if task == "chars":
+        from graphinterp import default_corpus_path
+
+        inputs.append(corpus or default_corpus_path(config.data_dir))
+    check_output_path(out, inputs=inputs, param_hint="--out")  # --resume reads --out itself, which is fine
     if task == "chars":  # a missing or empty corpus is reported before the model is built
         from graphinterp import load_corpus
 
         load_corpus(config.corpus, data_dir=config.data_dir, n_ctx=config.n_ctx, max_chars=config.max_chars)
     with _resume_hint(resume):
-        result = train_transformer(config, checkpoint=out, resume=resume)
-    last = result.history[-1]
-    per_block = last.get("E_blocks_refit") or last.get("E_blocks") or {}
-    E = last.get("E_refit", last["E"])
-    if as_json:
-        emit_json({"config": config.to_dict(), "checkpoint": out, "notes": result.notes, "history": result.history,
-                   "final": {"test_acc": last["test_acc"], "test_loss": last["test_loss"], "E": E,
-                             "E_per_block": per_block,
-                             "clustering": result.clustering.to_dict() if result.clustering else None}})
-        return
-    rows = [[r["step"], r["phase"], r["ce"], "-" if r["l_e"] is None else r["l_e"], "-" if r["E"] is None else r["E"],
-             r["test_loss"], r["test_acc"], r["time"]] for r in result.history]
-    click.echo(format_table(rows, ["step", "phase", "CE", "L_E", "E", "test loss", "test acc", "time (s)"]))
-    click.echo("")
-    if per_block and result.clustering is not None:
-        what = "clustering fitted to the final weights" if lam == 0 else "training clustering"
-        blocks = {b.name: b for b in blocks_from_clustering(result.clustering)}
-        click.echo(format_table([[name, f"{blocks[name].d_model}->{blocks[name].d_hidden}->{blocks[name].d_model}",
-                                  k, value] for name, value in per_block.items()],
-                                ["MLP block", "stream->hidden->stream", "k", f"E ({what})"]))
-    click.echo(f"final test accuracy {last['test_acc']:.4f}; test loss {last['test_loss']:.4f}; E = {E:.4f}; "
-               f"checkpoint: {out}")
+        result = train_transformer(config, checkpoint=out, resume=resume, on_note=_note)
+    report_transformer(config, result, out, lam, k, as_json)

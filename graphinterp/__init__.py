@@ -44,7 +44,7 @@ _EXPORTS = {
     # data: datasets and tasks
     "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "NORMALIZATION": "data.datasets",
     "TASKS": "data.tasks",
-    "load_corpus": "data.tasks", "load_dataset": "data.datasets",
+    "load_corpus": "data.tasks", "load_dataset": "data.datasets", "default_corpus_path": "data.tasks",
     # sources: models and model files
     "LoadedModel": "sources.loading", "Transformer": "sources.transformer", "transformer": "sources.transformer", "build_model": "sources.models",
     "cnn": "sources.models", "default_spec": "sources.models", "is_checkpoint": "sources.checkpoint",
@@ -69,6 +69,7 @@ _EXPORTS = {
     "EnmeshmentLoss": "training.loss", "GradientSimilarity": "training.gradsim",
     "SIMILARITIES": "training.train", "TrainConfig": "training.train", "TrainResult": "training.train",
     "TransformerConfig": "training.transformer_config", "default_cluster_layers": "training.masks",
+    "layer_random": "training.baselines", "with_baseline": "training.baselines",
     "enmeshment_loss": "training.loss", "format_history": "training.train_config",
     "parameter_masks": "training.masks", "task_data": "training.train_transformer",
     "checkpoint_task_data": "training.train_transformer", "train": "training.train",

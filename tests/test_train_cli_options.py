@@ -83,8 +83,10 @@ def test_data_dir_with_a_corpus_is_refused(tmp_path):
 @pytest.mark.parametrize("args, line", [
     # defaults of the options of the other kind (--epochs 10, --warmup-epochs 1, no --download) are not refused:
     # each run gets as far as its own settings check
-    (["--dataset", "modadd", "--steps", "0", "--warmup-steps", "0"], "warmup_steps + steps must be at least 1"),
-    (["--dataset", "digits", "--epochs", "0", "--warmup-epochs", "0"], "warmup_epochs + epochs must be at least 1"),
+    (["--dataset", "modadd", "--steps", "0", "--warmup-steps", "0"], "--warmup-steps + --steps must be at least 1, got 0 + 0; "
+     "train for at least one step"),
+    (["--dataset", "digits", "--epochs", "0", "--warmup-epochs", "0"], "--warmup-epochs + --epochs must be at least 1, got 0 + 0; "
+     "train for at least one epoch"),
     # --data-dir still locates chars' default corpus
     (["--dataset", "chars", "--data-dir", "DIR"],
      "corpus file DIR/tinyshakespeare/input.txt not found; pass a UTF-8 text file with --corpus FILE (or put Tiny "
@@ -105,8 +107,8 @@ def test_resuming_a_transformer_past_the_steps_asked_for_is_refused(tmp_path):
     # it was: exit 0 and the 2-step model reported as the 1-step run
     res = invoke("train", "--dataset", "modadd", "--warmup-steps", "1", "--steps", "0", "--out", out, "--resume",
                  "--device", "cpu")
-    assert one_error(res, 1) == (f"error: {out} already has 2 steps, more than the 1 requested (warmup_steps + "
-                                 "steps); ask for at least 2 or train into another --out")
+    assert one_error(res, 1) == (f"error: {out} already has 2 steps, more than the 1 requested (--warmup-steps 1 + "
+                                 "--steps 0); ask for at least 2 in all (e.g. --steps 1) or train into another --out")
     assert out.read_bytes() == before
 
 

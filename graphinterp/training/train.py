@@ -6,11 +6,12 @@
    on :mod:`graphinterp.training.gradsim` similarities accumulated during warm-up (gradient-based).
 3. Train ``epochs`` more epochs with ``CE + lam * L_E`` (:class:`graphinterp.training.loss.EnmeshmentLoss`).
    ``lam = 0`` is the unclustered baseline; its final history row also records ``E_refit``, the E
-   of a clustering fitted to the final weights.
+   of a clustering fitted to the final weights (with ``E_random_refit`` and ``score_refit``).
 
-Every epoch appends a history row (``epoch, phase, loss, ce, l_e, E, E_layers, test_acc, time``;
-``phase`` is ``warmup``, ``modular``, or ``train`` after warm-up when ``lam = 0``; ``E`` is
-mass-weighted over the clustered layers and ``E_layers`` per layer) and, when a
+Every epoch appends a history row (``epoch, phase, loss, ce, l_e, E, E_random, score, E_layers, test_acc,
+time``; ``phase`` is ``warmup``, ``modular``, or ``train`` after warm-up when ``lam = 0``; ``E`` is
+mass-weighted over the clustered layers, beside its random-partition baseline ``E_random`` and the
+normalised score (:mod:`graphinterp.training.baselines`), and ``E_layers`` per layer) and, when a
 checkpoint path is given, writes an atomic checkpoint holding the architecture, the clustering, the
 history and the training state (optimiser, epoch, RNG streams), so ``resume=True`` continues an
 interrupted run and ends with exactly the weights an uninterrupted run would have.
@@ -47,6 +48,7 @@ from graphinterp.clustering.labels import stored_clustering
 from graphinterp.clustering.validation import check_k
 from graphinterp.data.datasets import LabeledTensors, load_dataset
 from graphinterp.common.errors import ClusteringError, TrainingError
+from graphinterp.training.baselines import loss_scores
 from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.training.loss import EnmeshmentLoss
@@ -273,6 +275,8 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     gradsim = GradientSimilarity(model, layers, graph=graph) if config.similarity == "gradient" else None
     state: Dict[str, Any] = {"epoch": 0, "history": [], "clustering": None, "gradsim": None}
     path = Path(checkpoint) if checkpoint is not None else None
+    if resume and path is not None and not path.exists():
+        note(f"{path} does not exist yet: starting a new run")
     if resume and path is not None and path.exists():
         state = load_train_state(path, config, arch, model, opt, gen)
         progress.resumed_from = state["epoch"]
@@ -312,7 +316,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
         history.append({
             "epoch": epoch, "phase": phase, "lam": float(config.lam) if modular else 0.0,
             "loss": ce_mean + (config.lam * le_mean if le_mean is not None else 0.0), "ce": ce_mean, "l_e": l_e,
-            "E": loss_fn.clusterability() if loss_fn else None, "E_layers": loss_fn.per_layer() if loss_fn else None,
+            **loss_scores(loss_fn), "E_layers": loss_fn.per_layer() if loss_fn else None,
             "test_acc": evaluate(model, test_set),
             "time": time.perf_counter() - start,
         })
@@ -324,7 +328,8 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     if config.lam == 0 and history:  # the baseline: E of a clustering fitted to the final weights
         final = _cluster(graph, layers, config, None, rank, world)
         final.meta["fitted"] = "final weights"
-        history[-1]["E_refit"] = EnmeshmentLoss(model, final, graph=graph).clusterability()
+        refit = loss_scores(EnmeshmentLoss(model, final, graph=graph))
+        history[-1].update(E_refit=refit["E"], E_random_refit=refit["E_random"], score_refit=refit["score"])
         if path is not None and rank == 0:
             with progress.saving(config.total_epochs):
                 save_train_state(path, model, arch=arch, config=config, history=history, clustering=final,

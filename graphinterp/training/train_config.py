@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -13,7 +14,8 @@ from graphinterp.data.datasets import dataset_info
 from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.loss import REDUCTIONS
 
-__all__ = ["SIMILARITIES", "RESUME_FIXED", "LAMBDA_MAX", "SEED_MAX", "TrainConfig", "TrainResult", "format_history"]
+__all__ = ["SIMILARITIES", "RESUME_FIXED", "LAMBDA_MAX", "SEED_MAX", "SETTING_FLAGS", "setting_name", "format_setting",
+           "absolute_path", "settings_mismatch", "too_many_done", "TrainConfig", "TrainResult", "format_history"]
 
 SIMILARITIES = ("weight", "gradient")
 RESUME_FIXED = ("dataset", "model", "arch", "k", "lam", "warmup_epochs", "batch_size", "lr", "similarity",
@@ -26,6 +28,72 @@ LAMBDA_MAX = 1e6
 SEED_MAX = 2**32 - 1
 #: Largest learning rate accepted (Adam's steps are about lr in size; far beyond this, weights blow up).
 LR_MAX = 10.0
+
+
+#: The ``graphinterp train`` option that sets each training setting (TrainConfig or TransformerConfig
+#: field): the one place messages look the flag names up. Fields without one are named as they are.
+SETTING_FLAGS = {
+    "dataset": "--dataset", "task": "--dataset", "model": "--model", "k": "--k", "lam": "--lambda",
+    "warmup_epochs": "--warmup-epochs", "epochs": "--epochs", "warmup_steps": "--warmup-steps", "steps": "--steps",
+    "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay", "similarity": "--similarity",
+    "reduction": "--reduction", "layers": "--layers", "seed": "--seed", "device": "--device",
+    "data_dir": "--data-dir", "download": "--download", "max_train": "--max-train", "corpus": "--corpus",
+}
+
+
+def setting_name(name: str) -> str:
+    """How messages name a training setting: its flag, plus the field when that is not simply the flag's name.
+
+    Examples
+    --------
+    >>> setting_name("warmup_epochs"), setting_name("lam"), setting_name("n_ctx")
+    ('--warmup-epochs', '--lambda (lam)', 'n_ctx')
+    """
+    flag = SETTING_FLAGS.get(name)
+    if flag is None:
+        return name
+    return flag if flag == "--" + name.replace("_", "-") else f"{flag} ({name})"
+
+
+def format_setting(value: Any) -> str:
+    """A setting's value as the command line writes it (``unset`` for None, a list comma-separated).
+
+    Examples
+    --------
+    >>> format_setting(20.0), format_setting(None), format_setting(["fc1", "fc2"])
+    ('20.0', 'unset', 'fc1,fc2')
+    """
+    if value is None:
+        return "unset"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def absolute_path(path) -> Optional[str]:
+    """``path`` made absolute (``~`` expanded; None stays None), so a checkpoint that records it can be
+    evaluated from any folder."""
+    return None if path is None else os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def settings_mismatch(path, saved: Dict[str, Any], now: Dict[str, Any], fixed) -> Optional[str]:
+    """Why ``path`` (trained with ``saved``) cannot be resumed with ``now``: the ``fixed`` settings that differ,
+    by flag and value; None when they all agree."""
+    diff = [k for k in fixed if saved.get(k) != now.get(k)]
+    if not diff:
+        return None
+    was = "; ".join(f"{setting_name(k)} was {format_setting(saved.get(k))}, now {format_setting(now.get(k))}"
+                    for k in diff)
+    return f"cannot resume {path}: it was trained with other settings ({was}); use the same settings or train into another --out"
+
+
+def too_many_done(path, done: int, unit: str, warmup: str, more: str, config) -> str:
+    """The refusal to resume ``path``, which holds ``done`` epochs (steps), more than ``config`` asks for in all
+    (its fields ``warmup`` + ``more``), saying how many to ask for instead."""
+    w, m = getattr(config, warmup), getattr(config, more)
+    return (f"{path} already has {done} {unit}s, more than the {w + m} requested ({setting_name(warmup)} {w} + "
+            f"{setting_name(more)} {m}); ask for at least {done} in all (e.g. {setting_name(more)} {done - w}) "
+            "or train into another --out")
 
 
 def check_clustering_options(similarity: str, reduction: str, warmup_name: str, warmup: int) -> None:
@@ -51,7 +119,8 @@ class TrainConfig:
 
     ``layers=None`` clusters :func:`graphinterp.training.masks.default_cluster_layers`; ``arch`` overrides
     :func:`graphinterp.sources.models.default_spec` (e.g. other hidden widths); ``max_train``/``max_test``
-    take seeded random subsets; ``device="auto"`` uses CUDA when available.
+    take seeded random subsets; ``device="auto"`` uses CUDA when available. ``validate()`` makes
+    ``data_dir`` absolute, so the checkpoint's record of it holds from any folder.
 
     ``reduction`` is the :class:`~graphinterp.training.loss.EnmeshmentLoss` layer weighting. The default,
     ``"mean"``, drives every clustered layer towards E = 1; ``"mass"`` trains the model-wide E that
@@ -104,7 +173,8 @@ class TrainConfig:
         if self.seed > SEED_MAX:
             raise TrainingError(f"seed must lie in 0..{SEED_MAX}, got {self.seed!r}")
         if self.total_epochs < 1:
-            raise TrainingError("warmup_epochs + epochs must be at least 1")
+            raise TrainingError(f"{setting_name('warmup_epochs')} + {setting_name('epochs')} must be at least 1, got "
+                                f"{self.warmup_epochs} + {self.epochs}; train for at least one epoch")
         lr = self.lr
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= LR_MAX:
             raise TrainingError(f"lr must be a positive number up to {LR_MAX:g}, got {lr!r}")
@@ -115,6 +185,7 @@ class TrainConfig:
         except GraphinterpError as err:
             raise TrainingError(str(err)) from None
         check_clustering_options(self.similarity, self.reduction, "warmup_epochs", self.warmup_epochs)
+        self.data_dir = absolute_path(self.data_dir)
         for name in ("max_train", "max_test"):
             if getattr(self, name) is not None:
                 integer(name, 1)
@@ -152,13 +223,17 @@ def format_history(history: List[Dict[str, Any]]) -> str:
 
     Examples
     --------
+    ``E_rand`` is E's random-partition baseline and ``score`` the normalised score (absent in rows of
+    older checkpoints: ``-``).
+
     >>> print(format_history([{"epoch": 1, "phase": "warmup", "loss": 0.5, "ce": 0.5, "l_e": None,
-    ...                        "E": 0.3, "test_acc": 0.9, "time": 1.0}]))
-    epoch  phase   loss    CE      L_E  E       test acc  time (s)
-    1      warmup  0.5000  0.5000  -    0.3000  0.9000    1.0
+    ...                        "E": 0.3, "E_random": 0.25, "score": 0.0667, "test_acc": 0.9, "time": 1.0}]))
+    epoch  phase   loss    CE      L_E  E       E_rand  score   test acc  time (s)
+    1      warmup  0.5000  0.5000  -    0.3000  0.2500  0.0667  0.9000    1.0
     """
     cols = [("epoch", "epoch", "{}"), ("phase", "phase", "{}"), ("loss", "loss", "{:.4f}"), ("CE", "ce", "{:.4f}"),
-            ("L_E", "l_e", "{:.4f}"), ("E", "E", "{:.4f}"), ("test acc", "test_acc", "{:.4f}"),
+            ("L_E", "l_e", "{:.4f}"), ("E", "E", "{:.4f}"), ("E_rand", "E_random", "{:.4f}"),
+            ("score", "score", "{:.4f}"), ("test acc", "test_acc", "{:.4f}"),
             ("time (s)", "time", "{:.1f}")]
     rows = [[("-" if r.get(key) is None else fmt.format(r[key])) for _, key, fmt in cols] for r in history]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, (h, _, _) in enumerate(cols)]

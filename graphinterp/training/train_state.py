@@ -31,7 +31,7 @@ from graphinterp.clustering.labels import stored_clustering
 from graphinterp.common.denormal import flush_denormals
 from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.common.files import check_writable, output_lock
-from graphinterp.training.train_config import RESUME_FIXED, TrainConfig
+from graphinterp.training.train_config import RESUME_FIXED, TrainConfig, settings_mismatch, too_many_done
 
 __all__ = ["load_train_state", "save_train_state", "check_history", "TrainingInterrupted", "CheckpointProgress",
            "held_interrupts", "training_run"]
@@ -215,8 +215,9 @@ def check_history(history: Any, epochs: int, path) -> List[Dict[str, Any]]:
     """Raise :class:`TrainingError` unless ``history`` is the per-epoch table of ``epochs`` finished epochs.
 
     Each row is a dict with ``epoch`` (1, 2, ...), ``phase`` (warmup, modular or train) and finite
-    numbers for ``loss``, ``ce``, ``test_acc`` and ``time``; ``l_e``, ``E``, ``lam`` and
-    ``E_refit`` are finite numbers or None, ``E_layers`` a dict of numbers or None.
+    numbers for ``loss``, ``ce``, ``test_acc`` and ``time``; ``l_e``, ``E``, ``lam``, ``E_refit`` and
+    their baselines (``E_random``, ``score``, ``E_random_refit``, ``score_refit``; absent in older
+    checkpoints) are finite numbers or None, ``E_layers`` a dict of numbers or None.
     """
     def bad(why: str):
         raise TrainingError(f"cannot resume {path}: its history is malformed ({why}); train into another --out")
@@ -238,7 +239,7 @@ def check_history(history: Any, epochs: int, path) -> List[Dict[str, Any]]:
         for key in ("loss", "ce", "test_acc", "time"):
             if not number(row.get(key)):
                 bad(f"row {i} has {key}={row.get(key)!r}")
-        for key in ("l_e", "E", "lam", "E_refit"):
+        for key in ("l_e", "E", "lam", "E_refit", "E_random", "score", "E_random_refit", "score_refit"):
             if row.get(key) is not None and not number(row[key]):
                 bad(f"row {i} has {key}={row[key]!r}")
         layers = row.get("E_layers")
@@ -255,15 +256,11 @@ def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, op
         raise TrainingError(f"{path} holds no training state and cannot be resumed; train into another --out")
     if not isinstance(state["config"], dict):
         raise TrainingError(f"cannot resume {path}: its training settings are damaged; train into another --out")
-    old, new = state["config"], config.to_dict()
-    diff = [k for k in RESUME_FIXED if old.get(k) != new.get(k)]
-    if diff:
-        was = ", ".join(f"{k}={old.get(k)!r}" for k in diff)
-        raise TrainingError(f"cannot resume {path}: it was trained with other settings ({was}); "
-                            "use the same settings or another --out")
+    mismatch = settings_mismatch(path, state["config"], config.to_dict(), RESUME_FIXED)
+    if mismatch:
+        raise TrainingError(mismatch)
     if isinstance(state["epoch"], int) and state["epoch"] > config.total_epochs:
-        raise TrainingError(f"{path} already has {state['epoch']} epochs, "
-                            f"more than the {config.total_epochs} requested")
+        raise TrainingError(too_many_done(path, state["epoch"], "epoch", "warmup_epochs", "epochs", config))
     if arch is not None and ckpt["arch"] != arch:
         raise TrainingError(f"cannot resume {path}: its architecture {ckpt['arch']} differs from {arch}")
     try:

@@ -19,8 +19,9 @@ atomically, so ``resume=True`` continues an interrupted run to the same weights.
 """
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +29,9 @@ from torch import nn
 
 from graphinterp.common.inference import eval_mode
 from graphinterp.common.files import resolve_device
-from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
-from graphinterp.clustering.labels import Clustering, stored_clustering
-from graphinterp.common.errors import DataError, GraphinterpError, TrainingError
+from graphinterp.clustering.labels import Clustering
+from graphinterp.common.errors import TrainingError
+from graphinterp.training.baselines import block_random, loss_scores
 from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.clustering.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks, find_mlp_blocks
@@ -39,7 +40,8 @@ from graphinterp.sources.models import build_model
 from graphinterp.data.tasks import load_corpus, modular_addition
 from graphinterp.training.train_config import TrainResult
 from graphinterp.training.train_state import CheckpointProgress, training_run
-from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
+from graphinterp.training.transformer_config import TransformerConfig
+from graphinterp.training.transformer_state import check_vocabulary, resume_state, save_state
 
 __all__ = ["TransformerConfig", "train_transformer", "task_data", "checkpoint_task_data", "evaluate_task"]
 
@@ -76,22 +78,8 @@ def checkpoint_task_data(ckpt: Dict[str, Any], config: TransformerConfig, path: 
     if config.task != "chars":
         return data
     for ck, name in [(ckpt, path), *others]:
-        _check_vocabulary(ck, data["corpus"], name)
+        check_vocabulary(ck, data["corpus"], name)
     return data
-
-
-def _check_vocabulary(ckpt: Dict[str, Any], corpus, path: str) -> None:
-    size = ckpt["arch"].get("kwargs", {}).get("vocab")
-    stored = (ckpt.get("meta") or {}).get("vocabulary")
-    text = "".join(corpus.chars)
-    if (size is not None and size != corpus.vocab) or (stored is not None and stored != text):
-        extra = sorted(set(text) - set(stored or text))
-        missing = sorted(set(stored or "") - set(text))
-        detail = "".join(f"; {what}: {''.join(chars)!r}" for what, chars in
-                         (("characters the model never saw", extra), ("characters of its training text missing", missing))
-                         if chars)
-        raise DataError(f"corpus {corpus.path} has {corpus.vocab} distinct characters but {path} was trained on "
-                        f"{size if size is not None else len(stored)}{detail}; pass its training text with --corpus")
 
 
 @torch.no_grad()
@@ -127,7 +115,7 @@ def _cluster(model, x, config: TransformerConfig, gradsim, graph=None) -> Tuple[
 
 
 def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: bool = False,
-                      model: Optional[nn.Module] = None) -> TrainResult:
+                      model: Optional[nn.Module] = None, on_note: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Run modular training of a transformer (see the module docstring).
 
     Parameters
@@ -139,12 +127,16 @@ def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: boo
         Continue from ``checkpoint`` if it exists (same settings; ``steps`` may grow).
     model : nn.Module, optional
         Train this model instead of building one (then it is not saved with an architecture).
+    on_note : callable, optional
+        Called with each note about the run as it arises (e.g. ``resume=True`` with no checkpoint
+        yet); the notes are also in ``TrainResult.notes``.
 
     Returns
     -------
     TrainResult
-        ``history`` has one row per evaluation: ``step, phase, lam, loss, ce, l_e, E, E_blocks,
-        test_loss, test_acc, time``.
+        ``history`` has one row per evaluation: ``step, phase, lam, loss, ce, l_e, E, E_random, score,
+        E_blocks, E_blocks_random, test_loss, test_acc, time`` (``E_random``: the random-partition
+        baseline of ``E``, see :mod:`graphinterp.training.baselines`).
 
     Raises
     ------
@@ -162,8 +154,19 @@ def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: boo
     """
     config = config.validate()
     progress = CheckpointProgress(checkpoint, unit="step", total=config.warmup_steps + config.steps, resume=resume)
+    notes: List[str] = []
+
+    def note(text: str) -> None:
+        notes.append(text)
+        if on_note is not None:
+            on_note(text)
+
+    if resume and checkpoint is not None and not os.path.exists(checkpoint):
+        note(f"{os.fspath(checkpoint)} does not exist yet: starting a new run")
     with training_run(progress):  # locks the checkpoint, flushes subnormals, reports Ctrl-C
-        return _run(config, checkpoint, resume, model, progress)
+        result = _run(config, checkpoint, resume, model, progress)
+    result.notes = notes
+    return result
 
 
 def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: CheckpointProgress) -> TrainResult:
@@ -190,7 +193,7 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
         gradsim = GradientSimilarity(model, [n for b in blocks for n in b.layers], graph=graph)
     step, history, clustering = 0, [], None
     if resume and checkpoint is not None:
-        step, history, clustering = _resume(checkpoint, config, arch, model, opt, gen, gradsim, data)
+        step, history, clustering = resume_state(checkpoint, config, arch, model, opt, gen, gradsim, data)
         progress.resumed_from = step if history else None
     loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction) if clustering else None
     if clustering is None and config.warmup_steps == 0:
@@ -224,21 +227,24 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
             sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
             if checkpoint is not None:
                 with progress.saving(step):
-                    _save(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim, data=data)
+                    save_state(checkpoint, model, arch, config, history, clustering, opt, gen, step, gradsim, data=data)
             if not config.quiet:
                 r = history[-1]
-                print(f"step {step}/{total} [{r['phase']}] ce {r['ce']:.4f} E {r['E'] if r['E'] is None else round(r['E'], 4)} "
+                E = "-" if r["E"] is None else f"{r['E']:.4f} (E_random {r['E_random']:.4f}, score {r['score']:.4f})"
+                print(f"step {step}/{total} [{r['phase']}] ce {r['ce']:.4f} E {E} "
                       f"test_loss {r['test_loss']:.4f} test_acc {r['test_acc']:.4f}", flush=True)
     final = clustering
     if config.lam == 0 and history:
         final, _ = _cluster(model, x0, config, None)
         final.meta["fitted"] = "final weights"
         refit = EnmeshmentLoss(model, final, reduction=config.reduction, graph=trace_graph(model, example=x0[:2]))
-        history[-1]["E_refit"] = refit.clusterability()
-        history[-1]["E_blocks_refit"] = block_clusterability(refit.masks, blocks_from_clustering(final))
+        scores = loss_scores(refit)
+        history[-1].update(E_refit=scores["E"], E_random_refit=scores["E_random"], score_refit=scores["score"],
+                           E_blocks_refit=block_clusterability(refit.masks, blocks_from_clustering(final)),
+                           E_blocks_random_refit=block_random(refit.masks, blocks_from_clustering(final)))
         if checkpoint is not None:
             with progress.saving(step):
-                _save(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering,
+                save_state(checkpoint, model, arch, config, history, final, opt, gen, step, gradsim, trained=clustering,
                       data=data)
     return TrainResult(model, arch, final, history)
 
@@ -247,67 +253,9 @@ def _row(config, model, data, loss_fn, clustering, step, modular, sums, start) -
     phase = ("modular" if config.lam > 0 else "train") if modular else "warmup"
     ce = sums["ce"] / max(sums["n"], 1)
     l_e = sums["le"] / sums["n_le"] if sums["n_le"] else (float(loss_fn().detach()) if loss_fn else None)
-    E_blocks = block_clusterability(loss_fn.masks, blocks_from_clustering(clustering)) if loss_fn else None
+    blocks = blocks_from_clustering(clustering) if loss_fn else None
     return {"step": step, "phase": phase, "lam": float(config.lam) if modular else 0.0,
-            "loss": ce + (config.lam * l_e if sums["n_le"] else 0.0), "ce": ce, "l_e": l_e,
-            "E": loss_fn.clusterability() if loss_fn else None, "E_blocks": E_blocks,
+            "loss": ce + (config.lam * l_e if sums["n_le"] else 0.0), "ce": ce, "l_e": l_e, **loss_scores(loss_fn),
+            "E_blocks": block_clusterability(loss_fn.masks, blocks) if loss_fn else None,
+            "E_blocks_random": block_random(loss_fn.masks, blocks) if loss_fn else None,
             **evaluate_task(model, data), "time": time.perf_counter() - start}
-
-
-def _save(path, model, arch, config, history, clustering, opt, gen, step, gradsim, trained=None, data=None) -> None:
-    state = {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
-             "torch_rng": torch.get_rng_state(), "config": config.to_dict(),
-             "train_clustering": (trained or clustering).to_dict() if (trained or clustering) else None,
-             "gradsim": gradsim.state_dict() if gradsim is not None else None}
-    save_checkpoint(path, model, arch=arch, clustering=clustering.to_dict() if clustering else None,
-                    history=history, train_state=state, meta=_meta(data))
-
-
-def _meta(data) -> Dict[str, Any]:
-    """The checkpoint's meta: the trainer, and a character LM's vocabulary (checked by :func:`checkpoint_task_data`)."""
-    meta = {"trainer": "graphinterp.training.train_transformer"}
-    if data is not None and "corpus" in data:
-        meta["vocabulary"] = "".join(data["corpus"].chars)
-    return meta
-
-
-def _resume(path, config: TransformerConfig, arch, model, opt, gen, gradsim, data):
-    """Load the state of ``path`` into the run; refused when the run would continue it wrongly: other settings
-    or architecture, more steps done than asked for (it would be returned as if it were the shorter run), or a
-    character LM's text with other characters (ids would silently mean other characters)."""
-    from pathlib import Path
-
-    if not Path(path).exists():
-        return 0, [], None
-    try:
-        ckpt = load_checkpoint(path)
-        state = ckpt["train_state"] or {}
-        saved = state.get("config") or {}
-        diff = [k for k in RESUME_FIXED if saved.get(k) != config.to_dict().get(k)]
-        if diff:
-            raise TrainingError(f"cannot resume {path}: it was trained with other settings ({', '.join(diff)}); "
-                                "use the same settings or another --out")
-        if ckpt["arch"] != arch:
-            raise TrainingError(f"cannot resume {path}: it holds another architecture")
-        total = config.warmup_steps + config.steps
-        if int(state["step"]) > total:
-            raise TrainingError(f"{path} already has {int(state['step'])} steps, more than the {total} requested "
-                                f"(warmup_steps + steps); ask for at least {int(state['step'])} or train into another "
-                                "--out")
-        if config.task == "chars":
-            try:
-                _check_vocabulary(ckpt, data["corpus"], str(path))
-            except DataError as err:
-                raise TrainingError(f"cannot resume {path}: {err}") from None
-        model.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if gradsim is not None and state.get("gradsim") is not None:
-            gradsim.load_state_dict(state["gradsim"])
-        trained = state.get("train_clustering")
-        return int(state["step"]), list(ckpt["history"]), stored_clustering(trained)
-    except GraphinterpError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise TrainingError(f"cannot resume {path}: it is not a transformer training checkpoint ({err})") from None

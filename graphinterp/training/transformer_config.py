@@ -19,7 +19,9 @@ from typing import Any, Dict, Optional
 
 from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
 from graphinterp.data.tasks import TASKS
-from graphinterp.training.train_config import LAMBDA_MAX, LR_MAX, SEED_MAX, check_clustering_options
+from graphinterp.training.train_config import (
+    LAMBDA_MAX, LR_MAX, SEED_MAX, absolute_path, check_clustering_options, setting_name,
+)
 
 __all__ = ["TransformerConfig", "TASK_DEFAULTS", "RESUME_FIXED"]
 
@@ -37,7 +39,10 @@ RESUME_FIXED = ("task", "k", "lam", "warmup_steps", "lr", "weight_decay", "beta1
 
 @dataclass
 class TransformerConfig:
-    """Everything that defines a transformer training run (``None``: the task's default)."""
+    """Everything that defines a transformer training run (``None``: the task's default).
+
+    ``validate()`` makes ``corpus`` and ``data_dir`` absolute, so the checkpoint's record of them holds
+    from any folder."""
 
     task: str = "modadd"
     k: int = 4
@@ -96,7 +101,8 @@ class TransformerConfig:
         if self.seed > SEED_MAX:
             raise TrainingError(f"seed must lie in 0..{SEED_MAX}, got {self.seed!r}")
         if self.warmup_steps + self.steps < 1:
-            raise TrainingError("warmup_steps + steps must be at least 1")
+            raise TrainingError(f"{setting_name('warmup_steps')} + {setting_name('steps')} must be at least 1, got "
+                                f"{self.warmup_steps} + {self.steps}; train for at least one step")
         if self.d_model % self.n_heads:
             raise TrainingError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         for name, low, high in (("lr", 0.0, LR_MAX), ("weight_decay", -1e-12, 1e3), ("beta1", -1e-12, 1.0),
@@ -105,6 +111,7 @@ class TransformerConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
                 raise TrainingError(f"{name} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
         check_clustering_options(self.similarity, self.reduction, "warmup_steps", self.warmup_steps)
+        self.corpus, self.data_dir = absolute_path(self.corpus), absolute_path(self.data_dir)
         if self.act not in ("relu", "gelu"):
             raise TrainingError(f"act must be 'relu' or 'gelu', got {self.act!r}")
         from graphinterp.common.files import resolve_device

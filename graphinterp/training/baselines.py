@@ -1,0 +1,66 @@
+"""The random-partition baseline of the E that training reports.
+
+Every E a trainer reports (per epoch or step, per clustered layer or MLP block, the final one) is
+given with ``E_random``, the expected E of a random partition with the same cluster sizes, and the
+normalised score ``(E - E_random) / (1 - E_random)``
+(:func:`graphinterp.clustering.metrics.random_partition_expectation`,
+:func:`graphinterp.clustering.metrics.normalized_score`).
+
+For one layer, ``E_random`` is the share of the layer's weight entries that lie within a cluster,
+which is the mean of its within-cluster mask (:class:`~graphinterp.training.masks.ParameterMask`):
+with ``r_c`` of ``m`` rows and ``s_c`` of ``n`` columns in cluster ``c``, the mask has
+``sum_c r_c s_c`` ones among ``m n`` entries. It depends only on the cluster sizes. Over several
+layers it is mass-weighted like E (the expected within-cluster share of all their squared weight),
+so it follows the layers' weight masses from one epoch to the next.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping, Optional
+
+from graphinterp.clustering.metrics import normalized_score
+
+__all__ = ["layer_random", "random_expectation", "block_random", "with_baseline", "loss_scores"]
+
+
+def layer_random(masks: Mapping) -> Dict[str, float]:
+    """``E_random`` of each clustered layer: the share of its weight entries within a cluster (module docstring).
+
+    ``masks``: :class:`~graphinterp.training.masks.ParameterMask` per layer (``EnmeshmentLoss.masks``).
+    """
+    return {name: float(m.mask.double().mean()) for name, m in masks.items()}
+
+
+def random_expectation(masks: Mapping, names: Optional[Iterable[str]] = None) -> float:
+    """Mass-weighted ``E_random`` of the layers ``names`` (default all of ``masks``) at their weights now."""
+    names = list(masks) if names is None else list(names)
+    per = layer_random({n: masks[n] for n in names})
+    mass = {n: float(masks[n].param.detach().double().square().sum()) for n in names}
+    total = sum(mass.values())
+    return sum(per[n] * mass[n] for n in names) / total if total > 0 else 0.0
+
+
+def block_random(masks: Mapping, blocks) -> Dict[str, float]:
+    """``E_random`` of each MLP block (mass-weighted over its layers), beside
+    :func:`graphinterp.clustering.mlp_blocks.block_clusterability`."""
+    return {b.name: random_expectation(masks, b.layers) for b in blocks}
+
+
+def with_baseline(E: Optional[float], E_random: Optional[float]) -> Dict[str, Optional[float]]:
+    """``{"E", "E_random", "score"}``; all None when there is no E.
+
+    Examples
+    --------
+    >>> with_baseline(0.9, 0.5)
+    {'E': 0.9, 'E_random': 0.5, 'score': 0.8}
+    """
+    if E is None or E_random is None:
+        return {"E": None, "E_random": None, "score": None}
+    return {"E": E, "E_random": E_random, "score": normalized_score(E, E_random)}
+
+
+def loss_scores(loss_fn) -> Dict[str, Optional[float]]:
+    """:func:`scored` for the clustered layers of an :class:`~graphinterp.training.loss.EnmeshmentLoss` now
+    (mass-weighted E, as ``loss_fn.clusterability()``); all None when ``loss_fn`` is None."""
+    if loss_fn is None:
+        return with_baseline(None, None)
+    return with_baseline(loss_fn.clusterability(), random_expectation(loss_fn.masks))

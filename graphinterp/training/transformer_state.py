@@ -1,0 +1,87 @@
+"""Checkpoints of transformer training: write the run's state, and check and load it to resume.
+
+:func:`graphinterp.training.train_transformer.train_transformer` saves every evaluation step with
+:func:`save_state` and resumes with :func:`resume_state`, which refuses a checkpoint the run would
+continue wrongly. :func:`check_vocabulary` checks that a character LM's text is the one it was trained on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from graphinterp.clustering.labels import stored_clustering
+from graphinterp.common.errors import DataError, GraphinterpError, TrainingError
+from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
+from graphinterp.training.train_config import settings_mismatch, too_many_done
+from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
+
+__all__ = ["check_vocabulary", "save_state", "resume_state"]
+
+
+def check_vocabulary(ckpt: Dict[str, Any], corpus, path: str) -> None:
+    size = ckpt["arch"].get("kwargs", {}).get("vocab")
+    stored = (ckpt.get("meta") or {}).get("vocabulary")
+    text = "".join(corpus.chars)
+    if (size is not None and size != corpus.vocab) or (stored is not None and stored != text):
+        extra = sorted(set(text) - set(stored or text))
+        missing = sorted(set(stored or "") - set(text))
+        detail = "".join(f"; {what}: {''.join(chars)!r}" for what, chars in
+                         (("characters the model never saw", extra), ("characters of its training text missing", missing))
+                         if chars)
+        raise DataError(f"corpus {corpus.path} has {corpus.vocab} distinct characters but {path} was trained on "
+                        f"{size if size is not None else len(stored)}{detail}; pass its training text with --corpus")
+
+
+def save_state(path, model, arch, config, history, clustering, opt, gen, step, gradsim, trained=None, data=None) -> None:
+    state = {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
+             "torch_rng": torch.get_rng_state(), "config": config.to_dict(),
+             "train_clustering": (trained or clustering).to_dict() if (trained or clustering) else None,
+             "gradsim": gradsim.state_dict() if gradsim is not None else None}
+    save_checkpoint(path, model, arch=arch, clustering=clustering.to_dict() if clustering else None,
+                    history=history, train_state=state, meta=_meta(data))
+
+
+def _meta(data) -> Dict[str, Any]:
+    """The checkpoint's meta: the trainer, and a character LM's vocabulary (checked by :func:`checkpoint_task_data`)."""
+    meta = {"trainer": "graphinterp.training.train_transformer"}
+    if data is not None and "corpus" in data:
+        meta["vocabulary"] = "".join(data["corpus"].chars)
+    return meta
+
+
+def resume_state(path, config: TransformerConfig, arch, model, opt, gen, gradsim, data):
+    """Load the state of ``path`` into the run; refused when the run would continue it wrongly: other settings
+    or architecture, more steps done than asked for (it would be returned as if it were the shorter run), or a
+    character LM's text with other characters (ids would silently mean other characters)."""
+    if not Path(path).exists():
+        return 0, [], None
+    try:
+        ckpt = load_checkpoint(path)
+        state = ckpt["train_state"] or {}
+        saved = state.get("config") or {}
+        mismatch = settings_mismatch(path, saved, config.to_dict(), RESUME_FIXED)
+        if mismatch:
+            raise TrainingError(mismatch)
+        if ckpt["arch"] != arch:
+            raise TrainingError(f"cannot resume {path}: it holds another architecture")
+        if int(state["step"]) > config.warmup_steps + config.steps:
+            raise TrainingError(too_many_done(path, int(state["step"]), "step", "warmup_steps", "steps", config))
+        if config.task == "chars":
+            try:
+                check_vocabulary(ckpt, data["corpus"], str(path))
+            except DataError as err:
+                raise TrainingError(f"cannot resume {path}: {err}") from None
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if gradsim is not None and state.get("gradsim") is not None:
+            gradsim.load_state_dict(state["gradsim"])
+        trained = state.get("train_clustering")
+        return int(state["step"]), list(ckpt["history"]), stored_clustering(trained)
+    except GraphinterpError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise TrainingError(f"cannot resume {path}: it is not a transformer training checkpoint ({err})") from None
