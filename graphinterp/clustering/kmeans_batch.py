@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 __all__ = ["batched_kmeans", "one_thread"]
@@ -49,8 +50,8 @@ def one_thread() -> Iterator[None]:
 
 def batched_kmeans(
     Z: torch.Tensor, k: int, mask: torch.Tensor, generators: Sequence[torch.Generator], *,
-    max_iter: int = 300, tol: float = 1e-4,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    max_iter: int = 300, tol: float = 1e-4, inertia: bool = True,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """KMeans on ``C`` point sets ``Z`` (C, N, d), ``R = len(mask)`` restarts each.
 
     Parameters
@@ -65,11 +66,14 @@ def batched_kmeans(
     max_iter, tol
         Lloyd iterations at most, and the stopping threshold on the squared centre shift relative to
         the mean per-coordinate variance of the copy's points (scikit-learn's criterion).
+    inertia : bool, default True
+        Compute the inertias; the paired modes of BSGC rank restarts by E and pass False, which
+        skips a float64 pass over the distances (the labels are the same either way).
 
     Returns
     -------
     labels : (C, R, N) int64
-    inertia : (C, R) float64
+    inertia : (C, R) float64, or None when ``inertia=False``
 
     Examples
     --------
@@ -87,15 +91,20 @@ def batched_kmeans(
         Zt = Z.transpose(1, 2).contiguous()
         centres = _lloyd(Z, Zt, _kmeans_pp(Z, Zt, k, mask, generators), mask, max_iter, tol_abs)
         values, labels = _assign(Zt, centres)
+        if not inertia:
+            return labels, None
         znorm = torch.matmul(Z.double() ** 2, mask.double().T).transpose(1, 2)  # (C, R, N)
-        inertia = (values.double() + znorm).clamp_min(0).sum(-1)
-    return labels, inertia
+        total = (values.double() + znorm).clamp_min(0).sum(-1)
+    return labels, total
 
 
 def _sqdist(P: torch.Tensor, Zt: torch.Tensor, znorm: torch.Tensor) -> torch.Tensor:
     """Squared distances (C, R, t, N) of ``t`` points ``P`` (C, R, t, d) per restart, already masked, to all points."""
     cross = torch.matmul(P, Zt[:, None])  # (C, R, t, N)
-    return cross.mul_(-2).add_(znorm[:, :, None, :]).add_((P * P).sum(-1, keepdim=True))  # znorm - 2 cross + |p|^2
+    # znorm - 2 cross + |p|^2 in two passes, not three: -2 * cross is exact (a power of two), so adding
+    # it with alpha=-2 rounds once, exactly as the former cross.mul_(-2).add_(znorm) did
+    dist = torch.add(znorm[:, :, None, :], cross, alpha=-2, out=cross)
+    return dist.add_((P * P).sum(-1, keepdim=True))
 
 
 def _kmeans_pp(Z: torch.Tensor, Zt: torch.Tensor, k: int, mask: torch.Tensor, generators) -> torch.Tensor:
@@ -183,8 +192,14 @@ def _lloyd(Z: torch.Tensor, Zt: torch.Tensor, centres: torch.Tensor, mask: torch
             sums = torch.bmm(Z1t, one_hot.view(C, R * k, N).transpose(1, 2)).transpose(1, 2).reshape(P, k, d + 1)
         else:
             sums = torch.bmm(Z1t[copy], one_hot.transpose(1, 2)).transpose(1, 2)
-        counts = sums[..., d:]
-        new = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), cur).mul_(masks).contiguous()  # (sums')
+        if cur.is_cuda:
+            counts = sums[..., d:]
+            new = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), cur).mul_(masks).contiguous()
+        else:  # in numpy: these (P, k, d) arrays are tiny, and each torch call costs a few microseconds
+            s, new = sums.numpy(), torch.empty_like(cur)  # torch's memory: 64-byte aligned, as MKL rounds alike
+            counts = s[..., d:]  # division, selection and the 0/1 mask round exactly as in torch (IEEE)
+            np.multiply(np.where(counts > 0, s[..., :d] / np.maximum(counts, 1), cur.numpy()), masks.numpy(),
+                        out=new.numpy())
         moving = (new - cur).square_().sum((1, 2)) > tols
         if bool(moving.all()):  # nothing to write back or drop (the common case in the first iterations)
             cur = new

@@ -83,6 +83,9 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
     canon_c, maps_c = canonical(cols, k)
     first = unique_rows(np.concatenate([canon_r, canon_c], 1))[0]
     rows, cols, canon_c, maps_c = rows[first], cols[first], canon_c[first], maps_c[first]
+    # a canonical labelling numbers its clusters 0, 1, ... in order of appearance, so one of the k
+    # clusters is empty exactly when its largest label is below k - 1 (no bincount needed)
+    empty_r, empty_c = canon_r[first].max(1) < k - 1, canon_c.max(1) < k - 1
     T = len(rows)
     P_canon = _column_masses(sp.A[copy], scatter_batch(canon_c, sp.live_c, 0), k)  # (T, m, k), canonical columns
     full_r = torch.from_numpy(scatter_batch(rows, sp.live_r, 0))
@@ -91,7 +94,6 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
     P0 = P_canon[0].numpy()[:, maps_c[0]]
     total = float(P0.sum())
     scale = 1.0 / total if total > 0 else 0.0
-    empty_r, empty_c = _has_empty(rows, k), _has_empty(cols, k)
     best_key, best = None, None
     for t in range(T):
         new_label = matching(masses[t])
@@ -115,13 +117,6 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
             best_key, best = key, (t, r, c, new_label)
     t, r, c, new_label = best
     return (rows[t] if r is None else r), (new_label[cols[t]] if c is None else c)
-
-
-def _has_empty(labels: np.ndarray, k: int) -> np.ndarray:
-    """Per labelling (T, N): True when one of the k labels does not occur."""
-    T = len(labels)
-    counts = np.bincount((labels + k * np.arange(T)[:, None]).ravel(), minlength=T * k).reshape(T, k)
-    return counts.min(1) == 0
 
 
 def _column_masses(A: torch.Tensor, labels: np.ndarray, k: int) -> torch.Tensor:
@@ -216,7 +211,7 @@ def _paired_candidates(sp: _Spectrum, k: int, ncomp: int, n_init: int, gens, pai
     mask = torch.zeros(len(dims) * n_init, Zu.shape[2])
     for e, d in enumerate(dims):
         mask[e * n_init:(e + 1) * n_init, :d] = 1.0
-    kw = dict(max_iter=_MAX_ITER_PAIRED, tol=_TOL_PAIRED)
+    kw = dict(max_iter=_MAX_ITER_PAIRED, tol=_TOL_PAIRED, inertia=False)  # ranked by E, not inertia
     if pairing == "joint":
         labels, _ = batched_kmeans(torch.cat([Zu, Zv], 1), k, mask, gens, **kw)
         rows, cols = labels[:, :, : Zu.shape[1]], labels[:, :, Zu.shape[1]:]
