@@ -247,15 +247,27 @@ def test_a_character_lm_refuses_a_corpus_with_another_vocabulary(tmp_path):
     same_size.write_text(text.replace("q", "Q"))
     fewer = tmp_path / "fewer.txt"
     fewer.write_text(text.replace("q", "t"))
-    for other, shown in [(same_size, "never saw: 'Q'"), (fewer, "missing: 'q'")]:
-        for cmd in (["circuits", str(lm), "--labels", "0", "--max-evals", "50"], ["ablate", str(lm)]):
-            r = _cli([*cmd, "--corpus", str(other)])
-            assert r.exit_code != 0 and r.output.startswith("error: corpus") and shown in r.output, r.output
-            assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    for cmd in (["circuits", str(lm), "--labels", "0", "--max-evals", "50"], ["ablate", str(lm)]):
+        r = _cli([*cmd, "--corpus", str(same_size)])
+        assert r.exit_code != 0 and r.output.startswith("error: corpus") and "outside the model's vocabulary of " \
+            f"{len(set(text))}: 'Q'" in r.output, r.output
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    # a text written with some of the model's characters keeps its ids: a held-out text of the same language
+    r = _cli(["ablate", str(lm), "--corpus", str(fewer), "--limit", "50", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["classes"] == sorted(set(text)) and out["counts"][sorted(set(text)).index("q")] == 0
     # a corpus whose text differs but whose characters are the model's is accepted (it is the user's choice of text)
     shuffled = tmp_path / "same_chars.txt"
     shuffled.write_text(text[::-1])
     assert _cli(["ablate", str(lm), "--corpus", str(shuffled), "--limit", "50"]).exit_code == 0
+    # models compared must share the vocabulary (ids mean characters): a model of another text is refused
+    other_lm = tmp_path / "other.pt"
+    ck = torch.load(lm, weights_only=True)
+    ck["meta"]["vocabulary"] = "".join(sorted(set(text.replace("q", "Q"))))
+    torch.save(ck, other_lm)
+    r = _cli(["circuits", str(lm), "--compare", str(other_lm), "--labels", "0", "--max-evals", "5"])
+    assert r.exit_code != 0 and "trained on texts with other characters" in r.output, r.output
     # a checkpoint without the recorded vocabulary (older files) is still checked by the vocabulary size
     ck = torch.load(lm, weights_only=True)
     del ck["meta"]["vocabulary"]

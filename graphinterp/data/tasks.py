@@ -142,7 +142,7 @@ def default_corpus_path(data_dir: Optional[str] = None) -> Path:
 
 
 def load_corpus(path=None, *, data_dir: Optional[str] = None, val_frac: float = 0.1, n_ctx: int = 64,
-                max_chars: Optional[int] = None) -> CharCorpus:
+                max_chars: Optional[int] = None, vocabulary: Optional[str] = None) -> CharCorpus:
     """Read a UTF-8 text file as a :class:`CharCorpus` (see the module docstring).
 
     Parameters
@@ -155,11 +155,16 @@ def load_corpus(path=None, *, data_dir: Optional[str] = None, val_frac: float = 
         Window length the corpus must fit (each split needs more than ``n_ctx + 1`` characters).
     max_chars : int, optional
         Use only the first ``max_chars`` characters.
+    vocabulary : str, optional
+        The characters in token-id order (a trained model's): the text is encoded with them, so another
+        text of the same language (a held-out part, a subset of the characters) keeps the model's ids.
+        Default: the text's own sorted characters.
 
     Raises
     ------
     DataError
-        If the file is missing, not a file, unreadable, not UTF-8, empty or too short.
+        If the file is missing, not a file, unreadable, not UTF-8, empty or too short, or (with
+        ``vocabulary``) holds characters outside it.
     """
     path = Path(path).expanduser() if path is not None else default_corpus_path(data_dir)
     if not path.exists():
@@ -179,8 +184,13 @@ def load_corpus(path=None, *, data_dir: Optional[str] = None, val_frac: float = 
         raise DataError(f"corpus {path} is empty")
     if not 0 < val_frac < 1:
         raise DataError(f"val_frac must lie in (0, 1), got {val_frac!r}")
-    chars = sorted(set(text))
+    chars = sorted(set(text)) if vocabulary is None else list(vocabulary)
     lookup = {c: i for i, c in enumerate(chars)}
+    unknown = sorted(set(text) - set(lookup))
+    if unknown:
+        raise DataError(f"corpus {path} has {len(unknown)} character(s) outside the model's vocabulary of "
+                        f"{len(chars)}: {''.join(unknown)!r}; pass a text written with the characters it was "
+                        "trained on")
     ids = torch.tensor([lookup[c] for c in text], dtype=torch.int64)
     cut = int(len(ids) * (1 - val_frac))
     if min(cut, len(ids) - cut) <= n_ctx + 1:

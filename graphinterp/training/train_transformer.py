@@ -30,7 +30,7 @@ from torch import nn
 from graphinterp.common.inference import eval_mode
 from graphinterp.common.files import resolve_device
 from graphinterp.clustering.labels import Clustering
-from graphinterp.common.errors import TrainingError
+from graphinterp.common.errors import DataError, TrainingError
 from graphinterp.training.baselines import block_random, loss_scores
 from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.training.loss import EnmeshmentLoss
@@ -46,13 +46,15 @@ from graphinterp.training.transformer_state import check_vocabulary, resume_stat
 __all__ = ["TransformerConfig", "train_transformer", "task_data", "checkpoint_task_data", "evaluate_task"]
 
 
-def task_data(config: TransformerConfig) -> Dict[str, Any]:
-    """The task's data and the model spec that fits it."""
+def task_data(config: TransformerConfig, vocabulary: Optional[str] = None) -> Dict[str, Any]:
+    """The task's data and the model spec that fits it (a character LM's text encoded with ``vocabulary``
+    when given, see :func:`graphinterp.data.tasks.load_corpus`)."""
     if config.task == "modadd":
         train, test = modular_addition(config.p, config.train_frac, config.data_seed)
         kwargs = dict(vocab=config.p + 1, n_out=config.p, n_ctx=3, readout="last")
         return {"train": train, "test": test, "kwargs": kwargs, "classes": train.classes}
-    corpus = load_corpus(config.corpus, data_dir=config.data_dir, n_ctx=config.n_ctx, max_chars=config.max_chars)
+    corpus = load_corpus(config.corpus, data_dir=config.data_dir, n_ctx=config.n_ctx, max_chars=config.max_chars,
+                         vocabulary=vocabulary)
     kwargs = dict(vocab=corpus.vocab, n_out=corpus.vocab, n_ctx=config.n_ctx, readout="all")
     return {"corpus": corpus, "test": corpus.windows(config.n_ctx, "val", limit=config.eval_windows),
             "kwargs": kwargs, "classes": corpus.chars}
@@ -64,19 +66,26 @@ def checkpoint_task_data(ckpt: Dict[str, Any], config: TransformerConfig, path: 
     and against the ``(checkpoint, path)`` pairs of ``others`` (models compared on the same data).
 
     A character LM only makes sense on text with the vocabulary it was trained on: token ids are
-    positions in the corpus's sorted characters, so another corpus with the same number of distinct
-    characters would silently map every id to another character. The corpus must have the model's
-    vocabulary size and, when the checkpoint records it (graphinterp writes ``meta["vocabulary"]``),
-    exactly its characters.
+    positions in its training text's sorted characters. When the checkpoint records them (graphinterp
+    writes ``meta["vocabulary"]``) the corpus is encoded with them, so any text written with those
+    characters (a held-out part, one that lacks some) keeps the model's ids; the models compared must
+    share it. Without the record the corpus must have exactly the model's vocabulary size, as another
+    corpus with as many distinct characters would silently map every id to another character.
 
     Raises
     ------
     DataError
         If the corpus does not fit the model, saying which characters differ.
     """
-    data = task_data(config)
     if config.task != "chars":
-        return data
+        return task_data(config)
+    stored = [((ck.get("meta") or {}).get("vocabulary"), name) for ck, name in [(ckpt, path), *others]]
+    vocabulary = stored[0][0] if isinstance(stored[0][0], str) else None
+    for other, name in stored[1:]:
+        if vocabulary is not None and isinstance(other, str) and other != vocabulary:
+            raise DataError(f"{path} and {name} were trained on texts with other characters; compare models of "
+                            "one vocabulary")
+    data = task_data(config, vocabulary)
     for ck, name in [(ckpt, path), *others]:
         check_vocabulary(ck, data["corpus"], name)
     return data
