@@ -61,7 +61,7 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the ON/OFF heatmaps (PNG/SVG/PDF by suffix).")
 @click.option("--corpus", type=click.Path(dir_okay=False), default=None,
-              help="Transformer trained on chars: the corpus (default: the one it was trained on).")
+              help="Transformer trained on chars: the text to evaluate on, any written with its characters (default: its training text).")
 @seed_option
 @device_option
 @trust_pickle_option

@@ -99,7 +99,7 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
 @click.option("--corpus", type=click.Path(dir_okay=False), default=None,
-              help="Transformer trained on chars: the corpus (default: the one it was trained on).")
+              help="Transformer trained on chars: the text to evaluate on, any written with its characters (default: its training text).")
 @click.option("--batch-size", type=POSITIVE_INT, default=4096, show_default=True, help="Evaluation batch size.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
               help="Torch CPU threads during the search. It runs thousands of small forward passes, which gain nothing "
