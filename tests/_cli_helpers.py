@@ -26,3 +26,14 @@ def one_error(res: Result, code: Optional[int] = None) -> str:
     lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, res.stderr
     return lines[0]
+
+
+def usage_error(res: Result) -> str:
+    """The one ``error:`` line of a usage error (exit code 2), less the ``(see '... --help')`` hint that
+    graphinterp's entry point adds (in-process click names the program ``cli``)."""
+    import re
+
+    line = one_error(res, 2)
+    match = re.fullmatch(r"error: (.*) \(see '[^']+ --help'\)", line)
+    assert match, line
+    return match.group(1)

@@ -27,24 +27,26 @@ def _header(stdout: str) -> list:
     return re.split(r"\s{2,}", stdout.splitlines()[0].strip())
 
 
+def _chain(path, sizes):
+    """A bare state_dict of a ReLU chain of Linear layers ``sizes[0] -> ... -> sizes[-1]``, seeded."""
+    torch.manual_seed(0)
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    torch.save(nn.Sequential(*layers[:-1]).state_dict(), path)
+    return path
+
+
 @pytest.fixture
 def wide(tmp_path):
     """A 16-16-16-16 chain: every layer fits k up to 16."""
-    torch.manual_seed(0)
-    path = tmp_path / "wide.pt"
-    torch.save(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
-               .state_dict(), path)
-    return path
+    return _chain(tmp_path / "wide.pt", [16, 16, 16, 16])
 
 
 @pytest.fixture
 def narrow_first(tmp_path):
     """A 3-12-12-6 chain: layer '0' (3x12) is scored at k=2,3 only, '2' and '4' at k=2..4."""
-    torch.manual_seed(0)
-    path = tmp_path / "narrow.pt"
-    torch.save(nn.Sequential(nn.Linear(3, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 6))
-               .state_dict(), path)
-    return path
+    return _chain(tmp_path / "narrow.pt", [3, 12, 12, 6])
 
 
 # 1. the benchmark table: every k asked for (up to five), each E beside its E_rand

@@ -3,24 +3,14 @@ would ignore (one table in cli/train.py, both directions), never an option left 
 run resumed from a checkpoint with more steps than asked for is refused as the MLP one is."""
 from __future__ import annotations
 
-import re
 
 import pytest
 
-from _cli_helpers import invoke, one_error
+from _cli_helpers import invoke, one_error, usage_error
 
 MODADD = "(a generated transformer task, trained full-batch in steps)"
 CHARS = "(a transformer task trained in steps)"
 EPOCHS = "(trained in epochs by --model mlp or cnn)"
-
-
-def usage_error(res) -> str:
-    """The one ``error:`` line of a usage error (exit code 2), less the ``(see '... train --help')`` that
-    graphinterp's entry point adds (in-process click names the program ``cli``)."""
-    line = one_error(res, 2)
-    match = re.fullmatch(r"error: (.*) \(see '\S+ train --help'\)", line)
-    assert match, line
-    return match.group(1)
 
 
 @pytest.mark.parametrize("args, line", [

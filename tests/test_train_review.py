@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests._cli_helpers import invoke, one_error
+from _cli_helpers import invoke, one_error, usage_error
 
 DIGITS = ("--dataset", "digits", "--max-train", "128", "--device", "cpu")
 TINY = ("--warmup-epochs", "1", "--epochs", "1")
@@ -29,15 +29,6 @@ def _corpus(folder, name="small.txt"):
 def _json(res):
     assert res.exit_code == 0, res.stderr
     return json.loads(res.stdout)
-
-
-def usage_error(res) -> str:
-    """The one ``error:`` line of a usage error (exit code 2), less the ``(see '... train --help')`` that
-    graphinterp's entry point adds (in-process click names the program ``cli``)."""
-    line = one_error(res, 2)
-    match = re.fullmatch(r"error: (.*) \(see '\S+ train --help'\)", line)
-    assert match, line
-    return match.group(1)
 
 
 def _saved_config(path):
