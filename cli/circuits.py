@@ -271,7 +271,7 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
         bounds = ("; some ECS are upper bounds (searches stopped at --max-evals): raise it before reading the change"
                   if any(c.converged is False for c in both) else "")
         click.echo(f"mean relative change {a} -> {b}: {_percent(comparison.mean_relative_change)}; "
-                   f"{a}'s circuits hold on average {_percent(comparison.a_over_b)} parameters relative to {b}'s"
+                   f"{a}'s circuits hold on average {_more_or_fewer(comparison.a_over_b)} parameters than {b}'s"
                    + ("; labels with an empty circuit are left out of these means" if left_out else "") + bounds)
     for path in written[:3]:
         click.echo(f"wrote {path}")
@@ -279,6 +279,11 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
         click.echo(f"... and {len(written) - 3} more GraphML files")
     if plot_path:
         click.echo(f"wrote {plot_path}")
+
+
+def _more_or_fewer(value: float) -> str:
+    """A relative size as ``12.3% more`` / ``4.5% fewer``; ``n/a`` when undefined."""
+    return "n/a" if math.isnan(value) else f"{100 * abs(value):.1f}% {'more' if value >= 0 else 'fewer'}"
 
 
 def _percent(value: float) -> str:

@@ -2,6 +2,8 @@
 criterion ignores are refused, and a label list cannot silently drop a space."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from _cli_helpers import invoke, one_error
@@ -27,6 +29,7 @@ def test_compare_says_when_the_compared_models_searches_hit_the_budget(pair):
            "ECS are upper bounds" in lines  # was said for MODEL only
     assert lines[-1].endswith("; some ECS are upper bounds (searches stopped at --max-evals): raise it before "
                               "reading the change")
+    assert re.search(r"b's circuits hold on average \d+\.\d% (more|fewer) parameters than a's", lines[-1])
 
 
 def test_the_authors_criterion_refuses_the_options_it_ignores(pair):
