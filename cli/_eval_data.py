@@ -134,7 +134,7 @@ def inputs_note(path: str, ckpt: Optional[Dict[str, Any]], dataset: str, inputs:
     if inputs != "standardised":
         return
     mean, std = (", ".join(f"{v:g}" for v in vs) for vs in NORMALIZATION[dataset])
-    notes.append(f"{path} was not trained by graphinterp: its inputs are standardised as graphinterp trains on "
+    notes.append(f"{path} records no training by `graphinterp train`: its inputs are standardised as that trains on "
                  f"{dataset} ((x - {mean}) / {std} per channel); for a model trained on pixels in [0, 1] pass "
                  "--inputs unit")
 
@@ -182,12 +182,13 @@ def check_outputs(graph, data, path: str) -> None:
                         "pass the dataset the model was trained on with --dataset")
 
 
-def inputs_error(path: str, data, defaulted: bool) -> Exception:
+def inputs_error(path: str, data, defaulted: bool, detail: str = "") -> Exception:
     """The error for a model that cannot run on the inputs of ``data`` (its loader's message names
-    ``--input-shape``, which these commands take from the dataset)."""
+    ``--input-shape``, which these commands take from the dataset); ``detail``: the model's own error."""
     from graphinterp import DataError
 
     shape = "x".join(str(s) for s in data.x.shape[1:])
     default = ", the default evaluation data" if defaulted else ""
-    return DataError(f"{path} does not take the {shape} inputs of {data.name}{default}; pass the dataset it was "
-                     "trained on with --dataset (and --data-dir)")
+    why = f" (running it failed with {detail})" if detail else ""
+    return DataError(f"{path} does not take the {shape} inputs of {data.name}{default}{why}; pass the dataset it "
+                     "was trained on with --dataset (and --data-dir)")

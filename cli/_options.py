@@ -236,15 +236,17 @@ def given_options(ctx: click.Context, names: Iterable[str]) -> List[str]:
     return [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
 
 
-def refuse_given(ctx: Optional[click.Context], names: Iterable[str], context: str, fix: str) -> None:
+def refuse_given(ctx: Optional[click.Context], names: Iterable[str], context: str, instead: str = "") -> None:
     """Refuse the options ``names`` that the user gave where they do not apply (defaults are never refused).
 
     Raises
     ------
     click.UsageError
-        ``--a and --b do not apply {context}; {fix}``, naming every such option given.
+        ``--a and --b do not apply {context}; leave them out[, or {instead}]``, naming every such option given.
     """
     given = given_options(ctx, names) if ctx is not None else []
     if given:
         flags = " and ".join("--" + name.replace("_", "-") for name in given)
-        raise click.UsageError(f"{flags} {'do' if len(given) > 1 else 'does'} not apply {context}; {fix}")
+        verb, them = ("do", "them") if len(given) > 1 else ("does", "it")
+        raise click.UsageError(f"{flags} {verb} not apply {context}; leave {them} out" + (f", or {instead}" if instead
+                                                                                          else ""))

@@ -1,21 +1,20 @@
 """What the commands print and draw: JSON on stdout or in a file, plain-text tables, text safe for figures."""
 from __future__ import annotations
 
-import json
 from typing import Any, Optional, Sequence
 
 import click
 
 from graphinterp import format_table as _format_table
-from graphinterp import json_default
+from graphinterp import json_text
 from graphinterp import write_json as _write_json
 
 __all__ = ["emit_json", "write_json", "format_table", "check_title", "plain_text"]
 
 
 def emit_json(obj: Any) -> None:
-    """Print ``obj`` as indented JSON on stdout (arrays and results through :func:`graphinterp.json_default`)."""
-    click.echo(json.dumps(obj, indent=2, default=json_default))
+    """Print ``obj`` as indented, strictly valid JSON on stdout (:func:`graphinterp.json_text`: NaN as null)."""
+    click.echo(json_text(obj))
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -27,8 +27,8 @@ __all__ = ["TransformerData", "transformer_data", "extract_transformer", "task_c
 #: Windows of a character LM's split that its circuits are extracted on, unless --limit says otherwise.
 CHAR_WINDOWS = 20000
 
-#: Options (parameter name, flag) that choose the evaluation data of a model that is not a transformer checkpoint.
-DATASET_OPTIONS = (("dataset", "--dataset"), ("data_dir", "--data-dir"), ("inputs", "--inputs"))
+#: Options (parameter names) that choose the evaluation data of a model that is not a transformer checkpoint.
+DATASET_OPTIONS = ("dataset", "data_dir", "inputs")
 
 
 @dataclass
@@ -81,8 +81,8 @@ def check_task_options(path: str, ckpt: Optional[Dict[str, Any]], corpus: Option
         if corpus is not None:
             raise _corpus_error(path, "is not a transformer checkpoint")
         return
-    refuse_given(ctx, [name for name, _ in DATASET_OPTIONS], f"to {path}",
-                 "a transformer checkpoint is evaluated on its own task (--corpus chooses a character LM's text)")
+    refuse_given(ctx, DATASET_OPTIONS, f"to {path}: a transformer checkpoint is evaluated on "
+                 "its own task (--corpus chooses a character LM's text)")
     task_config(path, ckpt, corpus)
 
 

@@ -118,7 +118,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     try:
         loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     except InputMismatchError as err:
-        raise inputs_error(model, data, defaulted) from err
+        raise inputs_error(model, data, defaulted, err.detail) from err
     check_outputs(graph, data, model)
     names = check_layers(graph, parse_layers(layers))
     if spec is not None:

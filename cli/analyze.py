@@ -42,12 +42,15 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     file, a .safetensors file, a HuggingFace model folder (config.json + weights; needs
     `pip install graphinterp[hf]`), a torchvision architecture name (random weights, or --weights
     FILE), or (with --trust-pickle) a pickled nn.Module. The report starts with the graph's
-    coverage: the share of the model's weights it holds, modules not covered, what was folded. For every layer: its shape, the cluster
-    sizes (inputs/outputs per cluster), clusterability E (share of squared weight inside
+    coverage: the share of the model's weights it holds, modules not covered, what was folded. For
+    every layer: its shape, the cluster sizes (inputs/outputs per cluster), clusterability E (share
+    of squared weight inside
     clusters), the E expected of a random partition with the same sizes, and the normalised
     score (E - E_rand) / (1 - E_rand). Over a range of k the model-wide E is mass-weighted over the
     layers scored at every k (as in `benchmark`; a note names any layer left out), and each layer's own E
-    is shown at every k it fits; with --layers it covers only the chosen layers, and says so.
+    is shown at every k it fits; with --layers it covers only the chosen layers, and says so. In
+    --json the table's model-wide values are under mass_weighted; each results[i].E is over the
+    layers scored at that k.
 
     --quiet hides only the progress bar over a range of k (stderr); the report, its coverage
     lines, notes, skipped layers and errors are always printed.

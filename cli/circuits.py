@@ -49,7 +49,7 @@ def _extract(path, data, labels, trust_pickle, kwargs, defaulted=False):
     try:
         loaded, net, graph = load_runnable(path, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     except InputMismatchError as err:
-        raise inputs_error(path, data, defaulted) from err
+        raise inputs_error(path, data, defaulted, err.detail) from err
     check_outputs(graph, data, path)
     clustering = stored_clustering(loaded.clustering, graph)
     return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs)
@@ -73,7 +73,9 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
               help="Labels to extract a circuit for: all, or output indices and ranges (0,3,5-7). A character LM's "
                    "labels can also be its characters: e,t,a (one character per item; an integer is always an index), "
                    "or chars:TEXT, where every character of TEXT is one label, for digits, comma and space "
-                   "(--labels 'chars:3, ' is '3', ',' and ' '). Characters not in the model's vocabulary are an error.")
+                   "(--labels 'chars:3, ' is '3', ',' and ' '), or a character written as the tables show it, "
+                   "quoted (' ', '\\n') or as a backslash escape (\\t). Characters not in the model's vocabulary are "
+                   "an error.")
 @click.option("--compare", "other", type=click.Path(dir_okay=False), default=None,
               help="Extract the same circuits from this second model (e.g. the unclustered baseline) and report the "
                    "ECS change per label (the paper's Figure 3).")
@@ -142,8 +144,9 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
     can be given as characters: --labels e,t,a, or --labels 'chars:3, ' for the characters 3, comma
     and space (an integer item is always an output index).
 
-    A circuit with no weight at all (ECS 0) gets a note saying why: the full model is not clearly better than
-    chance on the label (e.g. it never predicts it), or the tolerance is met without any weight.
+    A circuit with no weight at all (ECS 0) gets a note saying why: the full model is no better than chance
+    on the label (e.g. it never predicts it), or the tolerance is met without any weight. A circuit of a
+    model not clearly better than chance on the label (3 binomial standard deviations) gets a note too.
     """
     from graphinterp import CircuitComparison, Schedule, Tolerance, cluster_share
 
@@ -151,7 +154,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
     if mode == "authors":
         refuse_given(click.get_current_context(), ["score", "min_accuracy", "max_loss_increase", "max_evals"],
                      "with --mode authors (the paper's criterion: a weight stays removed unless the loss on the "
-                     "label's examples rises)", "leave them out, or use --mode graphinterp")
+                     "label's examples rises)", "use --mode graphinterp")
     inputs = (model, other)
     if plot_path:
         check_output_path(plot_path, inputs=inputs, suffixes=FIGURE_SUFFIXES, param_hint="--plot")
@@ -185,6 +188,8 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
         data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
         inputs_note(model, stored, dataset, inputs, notes)
+        if other:
+            inputs_note(other, read_checkpoint(other), dataset, inputs, notes)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
                   progress=not (quiet or as_json), mode=mode, n_jobs=jobs)

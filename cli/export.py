@@ -85,7 +85,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         raise click.UsageError("--network-wide and --per-layer exclude each other")
     if use_stored:
         refuse_given(click.get_current_context(), ["k", "layers"], "with --stored (the stored clustering has its "
-                     "own k and layers)", "leave them out, or drop --stored")
+                     "own k and layers)", "drop --stored")
     # an output that is an input is the graver mistake: said first, then the format
     check_output_path(out, inputs=(model, *source.inputs), param_hint="OUT")
     check_output_path(out, suffixes=EXPORT_SUFFIXES, param_hint="OUT")
@@ -137,7 +137,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             click.echo(line)
         if note:
             click.echo(f"warning: {note}")
-        source = {"network": "network-wide", "per-layer": "per layer"}[summary["cluster"]]
+        source = {"network": "network-wide", "per-layer": "per-layer"}[summary["cluster"]]
         click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges, k={labelled.k}, "
                    f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}")
         click.echo(f"E = {score.E:.4f} ({source} labels) against {score.E_random:.4f} for a random partition with "

@@ -145,7 +145,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
 #: What each kind of training is, as the error line says it: mlp and cnn on an image dataset read from
 #: --data-dir ("epochs") or on the built-in digits, or a transformer task.
 _KINDS = {"epochs": "trained in epochs by --model mlp or cnn",
-          "digits": "trained in epochs by --model mlp or cnn",
+          "digits": "built in, read from no folder; trained in epochs by --model mlp or cnn",
           "modadd": "a generated transformer task, trained full-batch in steps",
           "chars": "a transformer task trained in steps"}
 _TRANSFORMER = ("modadd", "chars")
@@ -159,10 +159,10 @@ TRAINING_OPTIONS = {
     "layers": (_EPOCHS, "every MLP block is clustered; leave --layers out"),
     "max_train": (_EPOCHS, {"modadd": "modadd trains on a fixed 30% of the pairs; leave --max-train out",
                             "chars": "train on a shorter --corpus FILE instead"}),
-    "download": (("epochs",), {"modadd": "leave --download out", "digits": "digits is built in; leave --download out",
+    "download": (("epochs",), {"modadd": "leave --download out", "digits": "leave --download out",
                                "chars": "pass the text with --corpus FILE instead"}),
     "data_dir": (("epochs", "chars"), {"modadd": "leave --data-dir out",
-                                       "digits": "digits is built in; leave --data-dir out"}),
+                                       "digits": "leave --data-dir out"}),
     "batch_size": (_EPOCHS + ("chars",), "leave --batch-size out"),
     "steps": (_TRANSFORMER, "use --epochs"),
     "warmup_steps": (_TRANSFORMER, "use --warmup-epochs"),

@@ -91,7 +91,7 @@ _EXPORTS = {
     "plot_clustered_layer": "reports.viz", "plot_ecs_comparison": "reports.viz", "plot_ecs_per_label": "reports.viz_eval",
     "run_benchmark": "reports.benchmarking", "SignificanceKError": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io",
     "write_json": "reports.io", "write_report": "reports.benchmark_report",
-    "json_default": "reports.io",
+    "json_default": "reports.io", "json_text": "reports.io",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__", "LAYERS"]

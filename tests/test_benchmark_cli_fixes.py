@@ -42,6 +42,11 @@ def test_significance_k_above_every_layer_is_refused(small, tmp_path):
                            "has fewer than 40 nodes with weights on one side (the largest, small 0, has 12x10); "
                            "use a k of at most 10"), line
     assert not (out / "benchmark.json").exists()
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not a model")
+    res = invoke("benchmark", small, broken, "--k", "2", "--significance-k", "40", "--shuffles", "2", "--out", out,
+                 *FAST)
+    assert "; besides, broken failed: " in one_error(res, 2)  # the models that failed to load are not hidden by it
 
 
 def test_significance_k_above_some_layers_names_them(small, tmp_path):

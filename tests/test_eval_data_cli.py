@@ -78,12 +78,13 @@ def test_a_model_that_does_not_take_the_default_digits_is_refused_with_the_optio
     path = tmp_path / "mnist-mlp.pt"
     save_checkpoint(path, build_model(spec), arch=spec)  # it records no dataset
     extra = FAST_CIRCUITS if command == "circuits" else ()
+    why = "(running it failed with RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x64 and 784x16))"
     line = one_error(invoke(command, path, *extra), 1)
-    assert line == (f"error: {path} does not take the 1x8x8 inputs of digits, the default evaluation data; pass the "
-                    "dataset it was trained on with --dataset (and --data-dir)")  # was: a hint to --input-shape
+    assert line == (f"error: {path} does not take the 1x8x8 inputs of digits, the default evaluation data {why}; "
+                    "pass the dataset it was trained on with --dataset (and --data-dir)")  # was: a hint to --input-shape
     line = one_error(invoke(command, path, "--dataset", "digits", *extra), 1)
-    assert line == (f"error: {path} does not take the 1x8x8 inputs of digits; pass the dataset it was trained on "
-                    "with --dataset (and --data-dir)")
+    assert line == (f"error: {path} does not take the 1x8x8 inputs of digits {why}; pass the dataset it was trained "
+                    "on with --dataset (and --data-dir)")
 
 
 @pytest.mark.parametrize("command", ["ablate", "circuits"])
@@ -191,8 +192,8 @@ def test_inputs_are_standardised_unless_asked_and_a_foreign_model_gets_a_note(tr
     foreign = tmp_path / "foreign.pt"
     save_checkpoint(foreign, build_model(spec), arch=spec)  # not written by graphinterp train: no training settings
     notes = json.loads(invoke("ablate", foreign, "--k", 2, "--json", "-q").stdout)["notes"]
-    assert seen == [True] and any(n.startswith(f"{foreign} was not trained by graphinterp: its inputs are "
-                                               "standardised as graphinterp trains on digits ((x - 0.3054) / 0.3761")
+    assert seen == [True] and any(n.startswith(f"{foreign} records no training by `graphinterp train`: its inputs "
+                                               "are standardised as that trains on digits ((x - 0.3054) / 0.3761")
                                   and n.endswith("pass --inputs unit") for n in notes)
     notes = json.loads(invoke("ablate", foreign, "--k", 2, "--json", "-q", "--inputs", "unit").stdout)["notes"]
     assert seen == [True, False] and not any("graphinterp" in n for n in notes)
@@ -242,9 +243,23 @@ def test_reading_a_checkpoint_of_another_format_does_not_warn(tmp_path):
 def test_warnings_are_one_line_while_a_command_runs():
     import warnings
 
-    from graphinterp.cli.main import _one_line_warnings
+    from graphinterp.cli._interrupts import command_frame
 
-    with _one_line_warnings():
+    with command_frame():
         text = warnings.formatwarning("loading x with weights_only=False", UserWarning, "/a/b.py", 3, "code")
+        two = warnings.formatwarning("TypedStorage is deprecated.\nIt will be removed", UserWarning, "/a.py", 1)
     assert text == "warning: loading x with weights_only=False\n"
+    assert two == "warning: TypedStorage is deprecated. It will be removed\n"  # torch's messages span lines
     assert "UserWarning" in warnings.formatwarning("m", UserWarning, "/a/b.py", 3, "code")  # restored after
+
+
+def test_json_output_is_strict_even_with_nan(capsys):
+    """--json of every command goes through emit_json: a NaN (a diverged loss, an undefined accuracy) is null."""
+    import numpy as np
+
+    from graphinterp.cli._output import emit_json
+
+    emit_json({"loss": float("nan"), "acc": np.array([0.5, np.inf]), "ok": 1.0})
+    assert json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {
+        "loss": None, "acc": [0.5, None], "ok": 1.0}
+

@@ -180,7 +180,7 @@ def test_export_stored_writes_the_stored_per_layer_labels_and_refuses_k(tmp_path
     assert "--k does not apply with --stored" in one_error(invoke("export", path, out, "--stored", "--k", "3"), 2)
     res = invoke("export", path, out, "--stored")
     assert res.exit_code == 0, res.output
-    assert "cluster labels per layer" in res.stdout  # not a fresh network-wide clustering
+    assert "cluster labels per-layer" in res.stdout  # not a fresh network-wide clustering
     G = nx.read_graphml(out)
     for name in stored.layer_names:  # every edge's within is the stored clustering's, not a fresh one's
         rows, cols = stored.labels(name)

@@ -329,3 +329,28 @@ def test_a_closed_output_pipe_ends_the_command_quietly(tmp_path):
     proc.stdout.close()  # nobody reads the report
     _, err = proc.communicate(timeout=120)
     assert (proc.returncode, err.decode()) == (141, "")
+
+
+def test_a_command_inside_another_or_in_a_thread_leaves_the_ctrl_c_guard_alone():
+    """Only the outermost command of the main thread switches SIGINT handling on and off: a nested command, or one
+    run in another thread (a test runner, a notebook), used to switch it off under the running command, or to leave
+    a handler that swallowed every later Ctrl-C."""
+    import warnings
+
+    from graphinterp.cli._interrupts import command_frame
+
+    with command_frame():
+        handler, fmt = signal.getsignal(signal.SIGINT), warnings.formatwarning
+        assert handler is not signal.default_int_handler
+        assert invoke("--help").exit_code == 0  # a command inside this one
+        done = []
+        thread = threading.Thread(target=lambda: done.append(invoke("--help").exit_code))
+        thread.start()
+        thread.join()
+        assert done == [0]
+        assert (signal.getsignal(signal.SIGINT), warnings.formatwarning) == (handler, fmt)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # and Ctrl-C works afterwards
+        _sigint()
+        time.sleep(0.05)
+

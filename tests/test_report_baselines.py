@@ -40,6 +40,15 @@ def test_export_gives_e_beside_its_random_baseline_and_score(model, tmp_path):
             f"the same cluster sizes: normalised score {expected.score:.3f}") in text
 
 
+def test_export_stores_the_baseline_of_per_layer_labels_too(model, tmp_path):
+    out = tmp_path / "p.graphml"
+    summary = json.loads(invoke("export", model, out, "--k", 2, "--per-layer", "--json").stdout)
+    attrs = nx.read_graphml(out).graph
+    assert summary["cluster"] == "per-layer" and "E_network" not in attrs
+    assert (attrs["E"], attrs["E_random"], attrs["score"]) == pytest.approx(
+        (summary["E"], summary["E_random"], summary["score"]))
+
+
 def test_export_of_fresh_labels_scores_those_labels(model, tmp_path):
     summary = json.loads(invoke("export", model, tmp_path / "g.graphml", "--k", 3, "--json", "--seed", 1).stdout)
     _, _, graph = load_runnable(model)

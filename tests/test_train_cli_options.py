@@ -11,6 +11,7 @@ from _cli_helpers import invoke, one_error, usage_error
 MODADD = "(a generated transformer task, trained full-batch in steps)"
 CHARS = "(a transformer task trained in steps)"
 EPOCHS = "(trained in epochs by --model mlp or cnn)"
+DIGITS = "(built in, read from no folder; trained in epochs by --model mlp or cnn)"
 
 
 @pytest.mark.parametrize("args, line", [
@@ -35,9 +36,9 @@ EPOCHS = "(trained in epochs by --model mlp or cnn)"
     # given explicitly at its default value, it is still an option the run would ignore
     (["--dataset", "modadd", "--epochs", "10"], f"--epochs does not apply to --dataset modadd {MODADD}; use --steps"),
     # transformer options given to an MLP/CNN dataset: the same table, the same words
-    (["--dataset", "digits", "--steps", "5"], f"--steps does not apply to --dataset digits {EPOCHS}; use --epochs"),
+    (["--dataset", "digits", "--steps", "5"], f"--steps does not apply to --dataset digits {DIGITS}; use --epochs"),
     (["--dataset", "digits", "--warmup-steps", "5"],
-     f"--warmup-steps does not apply to --dataset digits {EPOCHS}; use --warmup-epochs"),
+     f"--warmup-steps does not apply to --dataset digits {DIGITS}; use --warmup-epochs"),
     (["--dataset", "mnist", "--model", "cnn", "--weight-decay", "0.1"],
      f"--weight-decay does not apply to --dataset mnist {EPOCHS}; mlp and cnn train with Adam, without weight "
      "decay; leave --weight-decay out"),
@@ -57,7 +58,7 @@ def test_a_corpus_without_dataset_chars_says_to_add_it_not_to_use_epochs(tmp_pat
     args = ["--dataset", dataset] if dataset else []
     # --steps too: the corpus, which shows what the user meant, is named, not --steps
     res = invoke("train", *args, "--corpus", corpus, "--steps", "1", "--out", tmp_path / "m.pt")
-    described = MODADD if dataset == "modadd" else EPOCHS
+    described = {"modadd": MODADD, "mnist": EPOCHS}.get(dataset, DIGITS)
     assert usage_error(res) == (f"--corpus does not apply to --dataset {dataset or 'digits'} {described}; "
                                 "--corpus FILE is the text of --dataset chars; use that dataset or leave --corpus out")
 

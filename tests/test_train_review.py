@@ -174,8 +174,8 @@ def test_an_old_checkpoint_with_a_relative_corpus_still_resumes(tmp_path, monkey
 @pytest.mark.parametrize("args, flag", [(["--data-dir", "/nonexistent"], "--data-dir"), (["--download"], "--download")])
 def test_data_dir_and_download_do_not_apply_to_digits(tmp_path, args, flag):
     res = invoke("train", *DIGITS, *TINY, *args, "--out", tmp_path / "m.pt", "-q")
-    assert usage_error(res) == (f"{flag} does not apply to --dataset digits (trained in epochs by --model mlp or "
-                                f"cnn); digits is built in; leave {flag} out")
+    assert usage_error(res) == (f"{flag} does not apply to --dataset digits (built in, read from no folder; trained "
+                                f"in epochs by --model mlp or cnn); leave {flag} out")
     assert not (tmp_path / "m.pt").exists()
 
 

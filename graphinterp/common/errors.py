@@ -30,7 +30,14 @@ class UnsupportedModelError(GraphinterpError, ValueError):
 
 
 class InputMismatchError(UnsupportedModelError):
-    """The model could not run on the input given (or guessed) for it: model and input do not belong together."""
+    """The model could not run on the input given (or guessed) for it: model and input do not belong together.
+
+    ``detail`` is the model's own error (``"RuntimeError: mat1 and mat2 shapes cannot be multiplied ..."``).
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class InvalidWeightsError(GraphinterpError, ValueError):

@@ -127,7 +127,7 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
     raise InputMismatchError(
         f"could not run {type(model).__name__} on {what} ({type(last_error).__name__}: {detail}); "
         "check that the model and the input (or the dataset) belong together, or give the input's shape "
-        "(input_shape=(C, H, W); --input-shape where a command has it)"
+        "(input_shape=(C, H, W); --input-shape where a command has it)", detail=f"{type(last_error).__name__}: {detail}"
     )
 
 

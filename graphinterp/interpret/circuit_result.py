@@ -121,10 +121,15 @@ class Circuit:
         if self.size.total_params == 0:
             return head + "the pruned layers hold no non-zero weight"
         tail = "; its ECS of 0 says nothing about how the model computes the label"
-        if self.full_accuracy <= self.chance_accuracy + 1e-6 or self._at_chance():  # float32 sums: the margin
-            return (head + f"the full model is not clearly better than chance on the label's task (accuracy "
+        if self.full_accuracy <= self.chance_accuracy + 1e-6:  # accuracies are summed in float32
+            return (head + f"the full model is no better than chance on the label's task (accuracy "
                     f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}; e.g. it never predicts the label), "
                     "so removing every weight loses nothing" + tail)
+        if self._at_chance():
+            return (head + f"the full model is not clearly better than chance on the label's task (accuracy "
+                    f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}), and the tolerance accepts the "
+                    f"circuit with every weight removed (accuracy {self.accuracy:.3f}, loss {self.loss:.3f} vs "
+                    f"{self.full_loss:.3f})" + tail)
         if self.mode == "authors":
             return (head + f"with every weight removed the loss on the label's examples does not rise above the full "
                     f"model's ({self.loss:.3f} vs {self.full_loss:.3f})" + tail)

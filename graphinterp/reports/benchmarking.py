@@ -76,8 +76,9 @@ class SignificanceKError(ClusteringError):
     """
 
 
-def _check_significance_k(loaded, significance_k: Optional[int], n_shuffles: int) -> None:
-    """Refuse a shuffle test that no layer of any loaded model can take (too few nodes for its k)."""
+def _check_significance_k(loaded, significance_k: Optional[int], n_shuffles: int, failed: Dict[str, str]) -> None:
+    """Refuse a shuffle test that no layer of any loaded model can take (too few nodes for its k); the models
+    that failed to load are named in the same message (it ends the run)."""
     if significance_k is None or n_shuffles <= 0 or not loaded:
         return
     best = max((min(live), name, layer.name, live) for _, name, _, _, tasks, _, _ in loaded
@@ -87,7 +88,7 @@ def _check_significance_k(loaded, significance_k: Optional[int], n_shuffles: int
         raise SignificanceKError(
             f"no layer can be tested at k={significance_k}: every layer has fewer than {significance_k} nodes with "
             f"weights on one side (the largest, {name} {lname}, has {live[0]}x{live[1]}); use a k of at most "
-            f"{largest}")
+            f"{largest}" + "".join(f"; besides, {n} failed: {why}" for n, why in failed.items()))
 
 
 def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], random_state: Optional[int]):
@@ -281,7 +282,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
                             f"use a smaller k")
             continue
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
-    _check_significance_k(loaded, significance_k, n_shuffles)
+    _check_significance_k(loaded, significance_k, n_shuffles, failed)
     serial = n_jobs == 1 and scheduler is None
     common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), False)
     everything = [(*t, *common) for *_, tasks, _, _ in loaded for t in tasks]  # all layers of all models at once

@@ -14,7 +14,7 @@ import numpy as np
 from graphinterp.common.files import atomic_write
 from graphinterp.graph.layered import LayeredGraph
 
-__all__ = ["write_graphml", "read_graphml", "export_graphml", "align_labels", "xml_safe", "json_default", "json_safe",
+__all__ = ["write_graphml", "read_graphml", "export_graphml", "align_labels", "xml_safe", "json_default", "json_safe", "json_text",
            "write_json", "write_csv"]
 
 
@@ -106,9 +106,11 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     each layer's clusters are renumbered to agree as far as possible with ``network``'s (a
     renumbering changes nothing else: sizes and E stay the same). Graph attributes: ``k``,
     ``network_wide`` (``cluster_in``/``cluster_out`` are network-wide too), ``similarity``,
-    ``cluster_source`` and, with network-wide labels, ``E_network`` with its baseline ``E_network_random``
-    (a random partition with the same cluster sizes) and ``score_network``, the normalised score
-    :math:`(E - E_{rand}) / (1 - E_{rand})`.
+    ``cluster_source``, and ``E``, ``E_random`` and ``score`` of the labels the edges' ``within`` follows
+    (``network``'s when given, else ``clustering``'s): the share of squared weight inside clusters, its
+    baseline (a random partition with the same cluster sizes) and the normalised score
+    :math:`(E - E_{rand}) / (1 - E_{rand})`; with network-wide labels also as ``E_network``,
+    ``E_network_random`` and ``score_network``.
 
     Parameters
     ----------
@@ -125,12 +127,15 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     first = clustering if clustering is not None else network
     if first is not None:
         G.graph.update(k=int(first.k), network_wide=bool(first.network_wide), similarity=first.similarity)
-    if network is not None or (clustering is not None and clustering.network_wide):
+    if first is not None:
         from graphinterp.clustering.metrics import clusterability_report
 
         report = clusterability_report(graph, network if network is not None else clustering)
-        G.graph.update(E_network=float(report.E), E_network_random=float(report.E_random),
-                       score_network=float(report.score))
+        scores = {"E": float(report.E), "E_random": float(report.E_random), "score": float(report.score)}
+        G.graph.update(scores)
+        if network is not None or clustering.network_wide:
+            G.graph.update({f"{key}_network" if key != "E_random" else "E_network_random": value
+                            for key, value in scores.items()})
     write_graphml(G, path)
     return G
 
@@ -209,10 +214,23 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented, strictly valid JSON: arrays and objects with ``to_dict`` converted
+    (:func:`json_default`), every NaN and infinity written as ``null`` (:func:`json_safe`).
+
+    Examples
+    --------
+    >>> json_text({"loss": float("nan")})
+    '{\\n  "loss": null\\n}'
+    """
+    plain = json.loads(json.dumps(obj, default=json_default))  # NaN survives this round trip; json_safe drops it
+    return json.dumps(json_safe(plain), indent=2, allow_nan=False)
+
+
 def write_json(path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (arrays and dataclasses with ``to_dict`` allowed: :func:`json_default`)."""
+    """Write ``obj`` as indented JSON atomically (:func:`json_text`: strictly valid, NaN written as null)."""
     with atomic_write(path, "w") as fh:
-        json.dump(obj, fh, indent=2, default=json_default)
+        fh.write(json_text(obj))
 
 
 def write_csv(path, rows: Sequence[Mapping[str, Any]], fieldnames: Optional[Sequence[str]] = None) -> None:
