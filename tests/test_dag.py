@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphinterp.clustering.cluster import cluster_network
+from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.dag import ModelGraph
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.model_trace import trace_graph
@@ -216,3 +217,20 @@ def test_export_of_a_dag_carries_network_labels_read_back_with_networkx(tmp_path
     assert (sq * same).sum() / sq.sum() == pytest.approx(G.graph["E_network"], abs=1e-6)
     # the residual stream is one node set: 'b' writes the nodes that 'a' and 'c' read
     assert {v for _, v, d in G.edges(data=True) if d["layer"] == "b"} == {f"stream@input:{i}" for i in range(D)}
+
+
+def test_grouped_convs_are_left_out_of_clusterability_as_depthwise_ones_are():
+    """A grouped conv is block-diagonal by construction: it scored E = 1.000, score 1.000 (resnext's conv2, regnet's
+    f.b.0) and entered the model-wide E; analyze and benchmark now leave it out, saying why."""
+    from graphinterp.clustering.analysis import analyze
+    from graphinterp.reports.benchmarking import benchmark_graph
+
+    torch.manual_seed(0)
+    g = trace_graph(nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, groups=4), nn.Conv2d(16, 8, 1)))
+    result = analyze(g, 2, random_state=0)
+    assert result.skipped["1"].startswith("grouped convolution (4 groups): ")
+    assert [s.layer for s in result.reports[2].layers] == ["0", "2"]
+    layers, skipped = benchmark_graph(g, [2], n_shuffles=0, random_state=0)
+    assert "grouped convolution (4 groups)" in skipped["1"] and [lb.layer for lb in layers] == ["0", "2"]
+    with pytest.raises(ClusteringError, match="grouped convolution"):
+        analyze(g, 2, layers=["1"], random_state=0)

@@ -9,7 +9,6 @@ import numpy as np
 from graphinterp.clustering.cluster import Clustering, cluster_layers
 from graphinterp.clustering.validation import check_k, live_sizes
 from graphinterp.common.errors import ClusteringError
-from graphinterp.graph.layer import DEPTHWISE_REASON
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report, normalized_score
 
@@ -155,10 +154,11 @@ def analyze(
     for k in iterator:
         chosen = []
         for name in names:
-            if graph[name].structure == "depthwise":
+            reason = graph[name].block_diagonal_reason
+            if reason is not None:
                 if explicit:
-                    raise ClusteringError(f"layer {name!r}: {DEPTHWISE_REASON}")
-                skipped[name] = DEPTHWISE_REASON
+                    raise ClusteringError(f"layer {name!r}: {reason}")
+                skipped[name] = reason
                 continue
             live = live_sizes(graph[name])
             if min(live) < k:

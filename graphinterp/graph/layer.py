@@ -14,6 +14,10 @@ VIEWS = ("grouped", "fine")
 #: Why depthwise convolutions are left out of clusterability (one place for the rule and its words).
 DEPTHWISE_REASON = ("depthwise convolution: each output reads one input channel, so the layer is block-diagonal "
                     "by construction (E = 1 for any matched clustering); left out of clusterability")
+#: Why grouped convolutions are left out of clusterability (``{groups}``: their number).
+GROUPED_REASON = ("grouped convolution ({groups} groups): each output reads only its group's input channels, so the "
+                  "layer is block-diagonal by construction (E = 1 at any k up to {groups} for a clustering that follows "
+                  "the groups); E would measure the grouping, not learned modularity; left out of clusterability")
 #: Layer kinds and the number of dimensions of their torch weight.
 KINDS = {"linear": 2, "conv1d": 3, "conv2d": 4, "conv3d": 5}
 
@@ -150,6 +154,15 @@ class Layer:
         if not self.is_conv or self.groups == 1:
             return "dense"
         return "depthwise" if self.weight.shape[1] == 1 else "grouped"
+
+    @property
+    def block_diagonal_reason(self) -> Optional[str]:
+        """Why the layer is left out of clusterability (a depthwise or grouped convolution), or None."""
+        if self.structure == "depthwise":
+            return DEPTHWISE_REASON
+        if self.structure == "grouped":
+            return GROUPED_REASON.format(groups=self.groups)
+        return None
 
     def n_in(self, view: str = "grouped") -> int:
         """Number of input nodes in ``view``."""

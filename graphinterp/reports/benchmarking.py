@@ -22,7 +22,7 @@ from graphinterp.reports.benchmark_report import BenchmarkReport, LayerBenchmark
 from graphinterp.clustering.bsgc_batch import fit_k_range
 from graphinterp.common.errors import ClusteringError, GraphinterpError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.graph.layer import DEPTHWISE_REASON, Layer
+from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
@@ -100,8 +100,8 @@ def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], rando
     tasks, skipped = [], {}
     for lname in names:
         layer = graph[lname]
-        if layer.structure == "depthwise":
-            skipped[lname] = DEPTHWISE_REASON
+        if layer.block_diagonal_reason is not None:
+            skipped[lname] = layer.block_diagonal_reason
             continue
         live = live_sizes(layer)
         if min(live) < ks[0]:
