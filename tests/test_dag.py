@@ -234,3 +234,16 @@ def test_grouped_convs_are_left_out_of_clusterability_as_depthwise_ones_are():
     assert "grouped convolution (4 groups)" in skipped["1"] and [lb.layer for lb in layers] == ["0", "2"]
     with pytest.raises(ClusteringError, match="grouped convolution"):
         analyze(g, 2, layers=["1"], random_state=0)
+
+
+def test_an_all_zero_layer_is_said_to_be_all_zero():
+    """torchvision initialises ViT's head to zero: 'use 2 <= k <= 0' said nothing useful."""
+    from graphinterp.clustering.analysis import analyze
+    from graphinterp.clustering.bsgc import BSGC
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    nn.init.zeros_(model[2].weight)
+    result = analyze(trace_graph(model), 2, random_state=0)
+    assert result.skipped["2"] == "all its weights are zero"
+    with pytest.raises(ClusteringError, match="all its weights are zero"):
+        BSGC(2).fit(torch.zeros(5, 8))

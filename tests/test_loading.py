@@ -324,3 +324,15 @@ def test_weights_with_a_model_file_is_refused_naming_both(tmp_path):
     torch.save(nn.Sequential(nn.Linear(6, 5)).state_dict(), path)
     with pytest.raises(ModelFileError, match="holds its own: a weights file goes with a torchvision architecture"):
         open_model(str(path), weights=str(path))
+
+
+def test_coverage_lists_say_when_they_are_cut_short():
+    """densenet121 has 62 unfolded normalisations; the text showed 6 and stopped without saying so."""
+    from graphinterp.graph.coverage import Coverage
+
+    cov = Coverage(10, 10, unfolded={f"n{i}.weight": "why" for i in range(9)}, notes={f"op{i}": 2 for i in range(8)})
+    lines = cov.summary_lines(max_items=6)
+    assert lines[7] == "not folded: ... and 3 more (n6.weight, n7.weight, n8.weight; all are in --json under " \
+                       "coverage.unfolded)"
+    assert lines[-1] == "approximated: ... and 2 more (all are in --json under coverage.notes)"
+    assert len(Coverage(1, 1, unfolded={"a": "b"}).summary_lines()) == 2  # nothing cut: no such line

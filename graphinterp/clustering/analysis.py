@@ -164,7 +164,8 @@ def analyze(
             if min(live) < k:
                 if explicit:
                     check_k(k, graph, [name])  # raises, naming the layer and the largest k
-                skipped[name] = f"fewer than k={k} non-isolated nodes ({live[0]}x{live[1]})"
+                skipped[name] = ("all its weights are zero" if max(live) == 0 else
+                                 f"fewer than k={k} non-isolated nodes ({live[0]}x{live[1]})")
                 continue
             chosen.append(name)
         if not chosen:

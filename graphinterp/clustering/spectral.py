@@ -256,6 +256,11 @@ class _Spectrum:
 def _check_k(k, sp: _Spectrum) -> None:
     if not isinstance(k, (int, np.integer)) or k < 2 or k > min(sp.m_live, sp.n_live):
         m, n = sp.A.shape[1:]
+        if min(sp.m_live, sp.n_live) < 2:
+            raise ClusteringError(
+                f"a {m}x{n} layer with {sp.m_live} non-isolated inputs and {sp.n_live} non-isolated outputs cannot "
+                "be clustered (at least 2 of each are needed" + ("; all its weights are zero, e.g. a classifier head "
+                "initialised to zero)" if sp.m_live == sp.n_live == 0 else ")"))
         raise ClusteringError(
             f"k={k} is out of range for a {m}x{n} layer with {sp.m_live} non-isolated "
             f"inputs and {sp.n_live} non-isolated outputs: use 2 <= k <= {min(sp.m_live, sp.n_live)}"

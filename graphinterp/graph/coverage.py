@@ -93,8 +93,15 @@ class Coverage:
                          + "; ".join(self.folded[:max_items // 2]))
         for name, why in list(self.unfolded.items())[:max_items]:
             lines.append(f"not folded: {name}: {why}")
+        if len(self.unfolded) > max_items:
+            more = list(self.unfolded)[max_items:]
+            lines.append(f"not folded: ... and {len(more)} more ({', '.join(more[:3])}{', ...' if len(more) > 3 else ''}; "
+                         "all are in --json under coverage.unfolded)")
         for note, count in list(self.notes.items())[:max_items]:
             lines.append(f"approximated: {note}" + (f" ({count}x)" if count != 1 else ""))
+        if len(self.notes) > max_items:
+            lines.append(f"approximated: ... and {len(self.notes) - max_items} more (all are in --json under "
+                         "coverage.notes)")
         return lines
 
     def to_dict(self) -> dict:
