@@ -15,7 +15,11 @@ the element belongs to, or ``-1`` when it has none (attention scores, statistics
   and write to); a gate ``act(gate(x)) * up(x)`` makes gate and up units one set of hidden units.
 * ``attn @ v`` and ``scaled_dot_product_attention`` keep ``v``'s nodes; ``q @ k^T`` has none.
 * Normalisation is recorded for folding: BatchNorm's eval scale and layer_scale into the weight
-  layer that produced the tensor, LayerNorm / RMSNorm gains into the layers that consume it.
+  layer that produced the tensor, LayerNorm / RMSNorm gains into the layers that consume it. A gain
+  is folded into its consumers only when weight layers are the only readers of the normalised tensor
+  (pre-LN: ``ln_1 -> q, k, v``); when anything else reads it too (a post-LN or ConvNeXt-stem norm whose
+  output is the residual stream, an activation, a concatenation) no layer can absorb it exactly, so the
+  fold is undone and the norm is listed in ``unfolded`` with the readers that prevent it.
 
 Operations the tracer does not know are never silent: they are counted in ``notes``.
 """
@@ -59,6 +63,8 @@ class ChannelTracer(TorchFunctionMode):
         self._shadow: Dict[int, torch.Tensor] = {}
         self._direct: Dict[int, int] = {}
         self._gain: Dict[int, _Gain] = {}
+        self._gains: List[_Gain] = []  # every pending gain, settled when the trace ends
+        self._settled = False
         self._param_view: Dict[int, Tuple[str, torch.Tensor]] = {}
         self._keep: List[Any] = []
         self._uses: Counter = Counter()
@@ -139,6 +145,7 @@ class ChannelTracer(TorchFunctionMode):
         out = func(*args, **kwargs)
         if name in _SKIP or not _has_tensor(out):
             return out
+        read = self._gains_read(args, kwargs) if self._gain else []
         if isinstance(out, torch.Tensor) and name not in _IDENTITY and name not in _LAYOUT:
             self._gain.pop(id(out), None)  # an in-place op (relu_) on a normalised or direct output
             self._direct.pop(id(out), None)
@@ -146,11 +153,75 @@ class ChannelTracer(TorchFunctionMode):
             apply_rule(self, name, args, kwargs, out)
         except Exception as exc:  # never break the model's forward; report instead
             self.notes[f"{name}: not followed ({type(exc).__name__})"] += 1
+        for gain, n_folded in read:
+            outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+            if len(gain.folded_by) == n_folded and not any(self._gain.get(id(o)) is gain for o in outs):
+                gain.leaks[name] += 1  # read by something that neither folds nor carries the gain
         return out
+
+    def __exit__(self, *exc):
+        result = super().__exit__(*exc)
+        self.settle_gains()
+        return result
+
+    # ------------------------------------------------------------ gains
+    def _gains_read(self, args, kwargs) -> List[Tuple[_Gain, int]]:
+        """The pending gains on the tensors an operation reads, with how many layers had folded each."""
+        found: Dict[int, Tuple[_Gain, int]] = {}
+        for a in list(args) + list(kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else (a,)):
+                gain = self._gain.get(id(t)) if isinstance(t, torch.Tensor) else None
+                if gain is not None:
+                    found.setdefault(id(gain), (gain, len(gain.folded_by)))
+        return list(found.values())
+
+    def settle_gains(self) -> None:
+        """Undo the input-gain folds of every gain whose tensor was also read by a non-weight operation.
+
+        ``W @ (g * x)`` equals ``(W * g) @ x`` for each layer that reads ``g * x``, but a residual sum
+        ``g * x + f(g * x)`` (or an activation, a concatenation) keeps ``g`` outside every layer: folding
+        it into some of the readers only would make the graph describe another function. Such a norm is
+        left unfolded (raw weights, as for any unfoldable normalisation) and listed in ``unfolded``.
+        Called when the trace ends; idempotent.
+        """
+        if self._settled:
+            return
+        self._settled = True
+        for gain in self._gains:
+            if not gain.leaks or not gain.folded_by:
+                continue
+            tag = f"{gain.source} (input gain)"
+            layers = []
+            for i in gain.folded_by:
+                call = self.calls[i]
+                if tag in call.folded:
+                    call.folded.remove(tag)
+                call.in_scale = None
+                layers.append(call.name)
+            gain.used = False
+            self.unfolded[gain.source] = _leak_reason(gain, layers)
+
+
+_SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
+
+
+def _leak_reason(gain: _Gain, layers: List[str]) -> str:
+    """Why ``gain`` is not folded, for ``unfolded``: ``"LayerNorm gain: its output is read by a residual sum
+    (add): it is the residual stream, as well as by the layer b.0; folding ..."``."""
+    others = sorted(set(gain.leaks) - _SUMS)
+    readers = []
+    if set(gain.leaks) & _SUMS:
+        readers.append("a residual sum (add): it is the residual stream")
+    if others:
+        readers.append("non-weight operations (" + ", ".join(others[:4]) + (", ..." if len(others) > 4 else "") + ")")
+    shown = ", ".join(layers[:3]) + (f", ... ({len(layers)} layers)" if len(layers) > 3 else "")
+    one = len(layers) == 1
+    return (f"{gain.kind}: its output is read by " + " and by ".join(readers)
+            + f", as well as by the layer{'' if one else 's'} {shown}; folding the gain into "
+            + ("that layer" if one else "those layers") + " alone would change the model's function")
 
 
 def _has_tensor(out: Any) -> bool:
     if isinstance(out, torch.Tensor):
         return True
     return isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
-

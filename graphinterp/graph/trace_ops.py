@@ -6,6 +6,7 @@ rule per family), so that neither imports the other's internals.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -62,12 +63,21 @@ class LayerCall:
 
 
 class _Gain:
-    """A per-node scale waiting to be folded into the layers that read these nodes."""
+    """A per-node scale waiting to be folded into the layers that read these nodes.
 
-    def __init__(self, ids: torch.Tensor, scale: torch.Tensor, source: str) -> None:
+    Folding it as an input gain is exact only when weight layers are the *only* readers of the scaled
+    tensor (and of its re-layouts): ``folded_by`` lists the layer calls that took it, ``leaks`` counts
+    the other operations that read it (a residual sum, an activation, a concatenation, ...). The
+    tracer undoes the fold when there is any leak (:meth:`ChannelTracer.settle_gains`).
+    """
+
+    def __init__(self, ids: torch.Tensor, scale: torch.Tensor, source: str, kind: str = "gain") -> None:
         self.by_id = dict(zip(ids.tolist(), scale.tolist()))
         self.source = source
+        self.kind = kind
         self.used = False
+        self.folded_by: List[int] = []  # indices into the tracer's calls
+        self.leaks: Counter = Counter()  # operation name -> times it read the scaled tensor
 
 
 _KNOWN = (_IDENTITY | _LAYOUT | _BINARY | _MATMUL | _REDUCE | _SPATIAL | _NORMS | set(_CONV)

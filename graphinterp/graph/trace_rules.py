@@ -112,6 +112,7 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
         call.in_scale = torch.tensor([gain.by_id.get(int(i), 1.0) for i in src], dtype=weight.dtype)
         call.folded.append(f"{gain.source} (input gain)")
         gain.used = True
+        gain.folded_by.append(len(tr.calls))  # undone at the end if anything else reads the tensor
     tr.calls.append(call)
     shape = [1] * out.dim()
     shape[dim] = -1
@@ -203,9 +204,19 @@ def _scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
         _fold_out(tr, layer, ids, scale, f"{_layer_name(pname)} (scale)")
         tr._direct[id(out)] = layer
     else:
-        tr._gain[id(out)] = T._Gain(ids, scale, _layer_name(pname))
+        _pending_gain(tr, out, T._Gain(ids, scale, _layer_name(pname), "per-channel scale"))
         tr.unfolded.setdefault(_layer_name(pname), "gain not directly followed by a weight layer")
     return True
+
+
+def _pending_gain(tr, out, gain) -> None:
+    """Attach a scale to ``out`` for the weight layers that read it (see :meth:`ChannelTracer.settle_gains`)."""
+    tr._gain[id(out)] = gain
+    tr._gains.append(gain)
+
+
+_NORM_KIND = {"layer_norm": "LayerNorm gain", "rms_norm": "RMSNorm gain", "group_norm": "GroupNorm gain",
+              "instance_norm": "InstanceNorm gain"}
 
 
 def _per_node(s: torch.Tensor, vals: torch.Tensor):
@@ -251,7 +262,7 @@ def _batch_norm(tr, args, kwargs, out) -> None:
         _fold_out(tr, layer, vec, scale, f"{name} (BatchNorm scale)")
         tr._direct[id(out)] = layer
     else:  # folded into the layers that read it directly (a gain is never carried through an activation)
-        tr._gain[id(out)] = T._Gain(vec, scale, name)
+        _pending_gain(tr, out, T._Gain(vec, scale, name, "BatchNorm scale"))
         tr.unfolded[name] = "BatchNorm after a non-weight operation (e.g. a concatenation or residual sum)"
 
 
@@ -274,5 +285,5 @@ def _norm(tr, name: str, args, kwargs, out) -> None:
     if not bool(torch.isfinite(w).all()):
         tr.unfolded[pname] = "norm gain not finite"
         return
-    tr._gain[id(out)] = T._Gain(vec, w, pname)
+    _pending_gain(tr, out, T._Gain(vec, w, pname, _NORM_KIND.get(name, "norm gain")))
     tr.unfolded.setdefault(pname, "gain not directly followed by a weight layer")

@@ -94,12 +94,20 @@ def pad(tr, args, kwargs, out) -> None:
 
 
 def broadcast_from(tr, v, out, *, along: int) -> None:
+    """``out`` carries ``v``'s node ids, constant ``along`` a dimension (attention output: the value's features).
+
+    With grouped-query attention (``scaled_dot_product_attention(..., enable_gqa=True)``) the value
+    has fewer heads (dimension -3) than the output; as the operation does, each value head serves
+    ``heads / kv_heads`` consecutive query heads (``repeat_interleave``).
+    """
     s = tr.shadow(v)
     if s is None or not isinstance(out, torch.Tensor) or s.dim() != out.dim():
         return
     row = s.narrow(along, 0, 1)
     if not bool((s == row).all()):
         return
+    if row.dim() >= 3 and row.shape[-3] != out.shape[-3] and out.shape[-3] % row.shape[-3] == 0:
+        row = row.repeat_interleave(out.shape[-3] // row.shape[-3], dim=-3)
     tr._set(out, row.expand(out.shape))
 
 

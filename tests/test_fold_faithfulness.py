@@ -1,0 +1,143 @@
+"""A normalisation gain is folded into the layers that read it only where that reproduces the model.
+
+``W @ (g * x)`` is ``(W * g) @ x`` for every layer that reads ``g * x``; but when the normalised tensor
+is also read by anything else (it is the residual stream: ``h + f(h)``; an activation; ...), folding
+``g`` into the layers only would make the graph describe another function. Such a gain is left unfolded
+and the coverage says why. Tiny models with random weights; no downloads.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphinterp.graph.model_trace import trace_graph
+
+
+def _randomise(norm: nn.Module, gen: torch.Generator) -> torch.Tensor:
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(norm.weight.shape, generator=gen) * 2.8 + 0.2)  # far from ones
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=gen))
+    return norm.weight.detach().clone()
+
+
+class _PostNormResidual(nn.Module):
+    """``h = ln(stem(x))`` is the residual stream: read by ``fc`` and by the sum ``h + fc2(relu(fc(h)))``."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.stem, self.ln = nn.Linear(4, d), nn.LayerNorm(d)
+        self.fc, self.fc2, self.head = nn.Linear(d, 12), nn.Linear(12, d), nn.Linear(d, 3)
+
+    def forward(self, x):
+        h = self.ln(self.stem(x))
+        return self.head(h + self.fc2(torch.relu(self.fc(h))))
+
+
+class _PreNormBlock(nn.Module):
+    """GPT-2-like pre-LN block: ``x + fc2(gelu(fc1(ln(x))))``: ``ln``'s output is read by ``fc1`` only."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.stem, self.ln = nn.Linear(4, d), nn.LayerNorm(d)
+        self.fc1, self.fc2, self.head = nn.Linear(d, 16), nn.Linear(16, d), nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.fc2(F.gelu(self.fc1(self.ln(x))))
+        return self.head(x)
+
+
+def test_a_norm_whose_output_is_the_residual_stream_is_not_folded_and_is_reported():
+    gen = torch.Generator().manual_seed(0)
+    model = _PostNormResidual().eval()
+    _randomise(model.ln, gen)
+    g = trace_graph(model)
+    cov = g.coverage
+    assert not any("ln (input gain)" in f for f in cov.folded), cov.folded
+    # raw weights: the graph does not pretend that fc alone carries the gain
+    torch.testing.assert_close(g["fc"].weight, model.fc.weight.detach(), rtol=0, atol=0)
+    assert "ln" in cov.unfolded and "residual" in cov.unfolded["ln"] and "fc" in cov.unfolded["ln"]
+    assert any(line.startswith("not folded: ln: LayerNorm gain") for line in cov.summary_lines()), cov.summary_lines()
+    assert cov.to_dict()["unfolded"]["ln"] == cov.unfolded["ln"]
+
+
+def test_a_norm_also_read_by_an_activation_is_not_folded():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.ln, self.fc, self.head = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.ln(self.stem(x))
+            return self.head(self.fc(h) * torch.sigmoid(h))
+
+    model = Net().eval()
+    _randomise(model.ln, torch.Generator().manual_seed(1))
+    g = trace_graph(model)
+    assert "ln" in g.coverage.unfolded and "sigmoid" in g.coverage.unfolded["ln"]
+    torch.testing.assert_close(g["fc"].weight, model.fc.weight.detach(), rtol=0, atol=0)
+
+
+def test_a_pre_ln_gain_is_folded_exactly_into_its_only_reader():
+    gen = torch.Generator().manual_seed(2)
+    model = _PreNormBlock().eval()
+    gamma = _randomise(model.ln, gen)
+    g = trace_graph(model)
+    cov = g.coverage
+    assert any(f == "fc1: ln (input gain)" for f in cov.folded) and not cov.unfolded, cov.summary_lines()
+    torch.testing.assert_close(g["fc1"].weight, model.fc1.weight.detach() * gamma[None, :], rtol=0, atol=0)
+    # and the folded weight reproduces the layer's output on the un-scaled normalised input
+    x = torch.randn(5, 8, generator=gen)
+    bias = model.fc1.bias + model.fc1.weight @ model.ln.bias
+    torch.testing.assert_close(F.linear(F.layer_norm(x, (8,)), g["fc1"].weight, bias),
+                               model.fc1(model.ln(x)).detach(), rtol=1e-5, atol=1e-5)
+    for name in ("stem", "fc2", "head"):
+        assert torch.equal(g[name].weight, getattr(model, name).weight.detach())
+
+
+def test_a_gain_read_only_by_several_layers_is_folded_into_each():
+    class QKV(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.ln = nn.Linear(4, 8), nn.LayerNorm(8)
+            self.q, self.k, self.v, self.o = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            x = self.stem(x)
+            h = self.ln(x).view(x.shape)  # a re-layout still carries the gain
+            return x + self.o(self.q(h) * self.k(h) + self.v(h))
+
+    model = QKV().eval()
+    gamma = _randomise(model.ln, torch.Generator().manual_seed(3))
+    g = trace_graph(model)
+    assert not g.coverage.unfolded, g.coverage.unfolded
+    for name in ("q", "k", "v"):
+        torch.testing.assert_close(g[name].weight, getattr(model, name).weight.detach() * gamma[None, :],
+                                   rtol=0, atol=0)
+
+
+def test_convnext_stem_norm_is_not_folded_but_its_block_norms_are():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny().eval()
+    gen = torch.Generator().manual_seed(4)
+    stem_gamma = _randomise(model.features[0][1], gen)  # LayerNorm2d: its output is stage 1's residual stream
+    block_gamma = _randomise(model.features[1][0].block[2], gen)  # LayerNorm read only by block.3 (Linear)
+    down_gamma = _randomise(model.features[2][0], gen)  # the downsample's LayerNorm2d, read only by its conv
+    g = trace_graph(model)
+    cov = g.coverage
+    raw = dict(model.named_parameters())
+    # the stem's gain: no reader carries it (before the fix block 1.0's depthwise conv alone was scaled)
+    for name in ("features.1.0.block.0", "features.1.1.block.0"):
+        torch.testing.assert_close(g[name].weight, raw[name + ".weight"].detach(), rtol=0, atol=0)
+    assert not any(f.startswith("features.0.1 ") for f in cov.folded), cov.folded
+    assert "residual" in cov.unfolded.get("features.0.1", ""), cov.unfolded
+    assert any(line.startswith("not folded: features.0.1: LayerNorm gain") for line in cov.summary_lines())
+    assert len(stem_gamma) == 96
+    # a norm read by one layer only is folded exactly: columns (input channels) times the gain
+    torch.testing.assert_close(g["features.1.0.block.3"].weight,
+                               raw["features.1.0.block.3.weight"].detach() * block_gamma[None, :], rtol=0, atol=0)
+    torch.testing.assert_close(g["features.2.1"].weight,
+                               raw["features.2.1.weight"].detach() * down_gamma[None, :, None, None], rtol=0, atol=0)
+    assert list(cov.unfolded) == ["features.0.1"]
