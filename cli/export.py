@@ -17,17 +17,20 @@ from graphinterp import (
 )
 from graphinterp.cli._common import (
     FiniteFloat, check_layers, check_output_path, device_option, emit_json, json_option, layers_option,
-    parse_layers, seed_option,
+    parse_layers, quiet_option, seed_option,
 )
 from graphinterp.cli._options import refuse_given
 from graphinterp.cli._source_options import (
     coverage_lines, layerwise_option, model_argument, model_source_options, note_lines,
 )
 
-__all__ = ["command", "EXPORT_SUFFIXES", "NETWORK_MAX_NODES"]
+__all__ = ["command", "EXPORT_SUFFIXES", "NETWORK_MAX_NODES", "LARGE_EDGES"]
 
 #: What export writes, by the suffix of OUT: GraphML only.
 EXPORT_SUFFIXES = (".graphml",)
+
+#: Past this many edges export says, before writing, how large the file will be and how to make it smaller.
+LARGE_EDGES = 1_000_000
 
 #: Network-wide clustering eigendecomposes a dense matrix over all nodes of a run of layers;
 #: past this many nodes the default export keeps per-layer labels only (and says so).
@@ -55,9 +58,10 @@ NETWORK_MAX_NODES = 12000
 @layerwise_option
 @model_source_options
 @device_option
+@quiet_option
 @json_option
 def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, view, min_weight, layerwise, source,
-            device, as_json):
+            device, quiet, as_json):
     """Export MODEL as a clustered layered graph to OUT (GraphML: a name ending in .graphml).
 
     MODEL is given as to `analyze`: a graphinterp checkpoint, a bare state_dict, a TorchScript
@@ -72,7 +76,15 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     and as an output of its own layer (the clusterings `analyze` scores, renumbered to agree
     with cluster). Edges carry weight (signed), abs_weight, sign, layer, within (both ends in one
     cluster of that layer's clustering) and same_cluster (both ends with the same cluster).
-    Open it in Gephi or Cytoscape, or with networkx.read_graphml.
+    Open it in Gephi or Cytoscape, or with networkx.read_graphml. Every weight is one edge: where
+    two layers connect the same pair of nodes (a SwiGLU MLP's gate and up projections, in a model
+    with a residual stream) the file holds two parallel edges, one per layer (a multigraph; graph
+    attribute multigraph=true). Graph attributes cluster_source and cluster_in_out_source say where
+    cluster and cluster_in / cluster_out come from (network, per-layer or none).
+
+    Progress bars (building, writing) go to stderr; --quiet or --json hides them. A graph of more
+    than a million edges gets a note with the file's expected size before it is written
+    (--min-weight drops small edges).
 
     \b
     Example:
@@ -121,11 +133,14 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
                 network = cluster_network(graph, k, layers=chosen, random_state=seed)
             else:
                 network, note = _network(graph, k, chosen or graph.layer_names, seed)
-    G = export_graphml(graph, out, clustering, network=network, view=view, min_abs_weight=min_weight)
+    G = export_graphml(graph, out, clustering, network=network, view=view, min_abs_weight=min_weight,
+                       progress=not (quiet or as_json), before_write=lambda G, size: _large_note(G, size, notes if as_json else None))
     labelled = network if network is not None else clustering
     score = clusterability_report(graph, labelled)  # E beside its baseline, of the labels the file is coloured by
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
+               "cluster_in_out": G.graph.get("cluster_in_out_source"),
+               "multi_edge_pairs": int(G.graph.get("multi_edge_pairs", 0)),
                "E_network": G.graph.get("E_network"), "E": score.E, "E_random": score.E_random, "score": score.score,
                "device": str(device),
                "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
@@ -137,12 +152,29 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             click.echo(line)
         if note:
             click.echo(f"warning: {note}")
-        source = {"network": "network-wide", "per-layer": "per-layer"}[summary["cluster"]]
-        click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges, k={labelled.k}, "
-                   f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}")
+        words = {"network": "network-wide", "per-layer": "per-layer", "none": "none"}
+        source = words[summary["cluster"]]
+        sides = words[G.graph.get("cluster_in_out_source", "none")]
+        parallel = (f" ({G.graph['multi_edge_pairs']} pairs of nodes joined by several layers: one edge per layer, "
+                    "a multigraph)" if G.graph.get("multi_edge_pairs") else "")
+        click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges{parallel}, k={labelled.k}, "
+                   f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}, "
+                   f"cluster_in / cluster_out {sides}")
         click.echo(f"E = {score.E:.4f} ({source} labels) against {score.E_random:.4f} for a random partition with "
                    f"the same cluster sizes: normalised score {score.score:.3f} (0: chance, 1: no weight between "
                    "clusters; `graphinterp benchmark MODEL --shuffles N` adds a shuffle null)")
+
+
+def _large_note(G, size: int, notes=None) -> None:
+    """Before a large graph is written: its expected size and how to write a smaller one (on stderr at once;
+    also appended to ``notes``, the JSON summary's, when given)."""
+    edges = G.number_of_edges()
+    if edges > LARGE_EDGES:
+        line = (f"writing {edges:,} edges, about {size / 1e6:,.0f} MB of GraphML; --min-weight W drops edges "
+                "with |weight| <= W")
+        click.echo(f"note: {line}", err=True)
+        if notes is not None:
+            notes.append(line)
 
 
 def _network(graph, k: int, names, seed: int):

@@ -38,7 +38,8 @@ def test_graphml_roundtrip(graph, tmp_path, network_wide):
     rows, cols = c.labels("5")
     assert [H.nodes[f"5:{j}"]["cluster_out"] for j in range(5)] == cols.tolist()
     assert [H.nodes[f"3:{i}"]["cluster_in"] for i in range(8)] == rows.tolist()
-    assert H.graph["k"] == 2 and H.graph["network_wide"] == network_wide
+    assert H.graph["k"] == 2 and H.graph["cluster_in_out_network_wide"] == network_wide
+    assert H.graph["cluster_in_out_source"] == ("network" if network_wide else "per-layer")
     # the mass inside clusters in the file equals E from the metrics
     within = sum(d["weight"] ** 2 for _, _, d in H.edges(data=True) if d["layer"] == "5" and d["within"])
     total = sum(d["weight"] ** 2 for _, _, d in H.edges(data=True) if d["layer"] == "5")

@@ -87,8 +87,15 @@ class ModelGraph(LayeredGraph):
         return A + A.T
 
     def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
-                    network=None):
-        """``networkx.DiGraph`` over the global nodes; an edge per (layer, input node, output node).
+                    network=None, progress: bool = False):
+        """``networkx.MultiDiGraph`` over the global nodes; an edge per (layer, input node, output node).
+
+        A multigraph, because two layers can connect the same pair of nodes (a SwiGLU MLP's gate and
+        up projections both read the residual stream and write the same hidden nodes): each keeps
+        its own edge, keyed by the layer's name (``G.edges[u, v, "mlp.up_proj"]``), so there is
+        exactly one edge per weight with ``|weight| > min_abs_weight``. Graph attributes:
+        ``multigraph`` (true: :func:`~graphinterp.reports.io.read_graphml` reads the file back as a
+        ``MultiDiGraph``) and ``multi_edge_pairs`` (how many pairs of nodes have several edges).
 
         The same attribute contract as :meth:`LayeredGraph.to_networkx`, on shared nodes:
 
@@ -100,38 +107,52 @@ class ModelGraph(LayeredGraph):
           clustered layers give it different labels, as on a residual stream with per-layer labels);
         * edge attributes ``weight`` (signed), ``abs_weight``, ``sign``, ``layer``, ``within`` (both
           ends in one cluster of that layer's clustering) and ``same_cluster`` (both ends share a
-          ``cluster`` >= 0). Two layers that connect the same pair of nodes keep the larger edge and
-          list both in ``layer``.
+          ``cluster`` >= 0).
+
+        ``progress`` shows a tqdm bar over the layers on stderr.
         """
         import networkx as nx
 
         if view != "grouped":
             raise ValueError("a model graph is exported in the 'grouped' view (one node per channel)")
+        if not (isinstance(min_abs_weight, (int, float)) and not isinstance(min_abs_weight, bool)
+                and np.isfinite(min_abs_weight) and min_abs_weight >= 0):
+            raise ValueError(f"min_abs_weight must be a finite number >= 0, got {min_abs_weight!r}")
         if network is None and clustering is not None and getattr(clustering, "network_wide", False):
             network = clustering
         labels = _node_labels(self, network)
         c_in, c_out = _side_labels(self, clustering, "in"), _side_labels(self, clustering, "out")
         source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
-        G = nx.DiGraph(chained=False, view=view, dag=True, cluster_source=source)
+        G = nx.MultiDiGraph(chained=False, view=view, dag=True, multigraph=True, cluster_source=source)
         for i, name in enumerate(self.node_names):
             space, _, idx = name.rpartition(":")
             G.add_node(name, layer=space, space=space, index=int(idx), cluster=int(labels[i]),
                        cluster_in=int(c_in[i]), cluster_out=int(c_out[i]))
-        for layer in self:
+        names = np.asarray(self.node_names, dtype=object)
+        layers = self.layers
+        if progress:
+            from tqdm.auto import tqdm
+
+            layers = tqdm(layers, desc="building graph", unit="layer", leave=False, dynamic_ncols=True)
+        for layer in layers:
             w = layer.signed().cpu().numpy()
             src, dst = self._src[layer.name], self._dst[layer.name]
-            rows = cols = None
+            ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
+            vals = w[ii, jj].astype(np.float64)
             if clustering is not None and layer.name in clustering.layer_names:
                 rows, cols = (np.asarray(a) for a in clustering.labels(layer.name))
-            for i, j in zip(*np.nonzero(np.abs(w) > min_abs_weight)):
-                u, v, val = self.node_names[src[i]], self.node_names[dst[j]], float(w[i, j])
-                if G.has_edge(u, v) and G[u][v]["abs_weight"] >= abs(val):
-                    G[u][v]["layer"] += f",{layer.name}"
-                    continue
-                within = bool(rows is not None and rows[i] >= 0 and rows[i] == cols[j])
-                same = bool(labels[src[i]] >= 0 and labels[src[i]] == labels[dst[j]])
-                G.add_edge(u, v, weight=val, abs_weight=abs(val), sign=int(np.sign(val)), layer=layer.name,
-                           within=within, same_cluster=same)
+                within = (rows[ii] >= 0) & (rows[ii] == cols[jj])
+            else:
+                within = np.zeros(len(ii), dtype=bool)
+            u, v = src[ii], dst[jj]
+            same = (labels[u] >= 0) & (labels[u] == labels[v])
+            G.add_edges_from(
+                (a, b, layer.name, {"weight": val, "abs_weight": abs(val), "sign": int(np.sign(val)),
+                                    "layer": layer.name, "within": wi, "same_cluster": sa})
+                for a, b, val, wi, sa in zip(names[u].tolist(), names[v].tolist(), vals.tolist(), within.tolist(),
+                                             same.tolist())
+            )
+        G.graph["multi_edge_pairs"] = sum(1 for nbrs in G.adj.values() for keys in nbrs.values() if len(keys) > 1)
         return G
 
 

@@ -155,7 +155,7 @@ class LayeredGraph:
 
     # ------------------------------------------------------------ networkx
     def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
-                    network=None) -> "nx.DiGraph":
+                    network=None, progress: bool = False) -> "nx.DiGraph":
         """Return a ``networkx.DiGraph`` with node and edge attributes.
 
         Nodes are ``"<level>:<index>"`` (``"input:3"``, ``"fc1:10"``) for a chained graph and
@@ -190,6 +190,14 @@ class LayeredGraph:
         network : Clustering, optional
             A network-wide clustering (``network_wide=True``) whose labels become ``cluster``; by
             default ``clustering`` when it is network-wide.
+        progress : bool
+            A tqdm bar over the layers on stderr.
+
+        A layered graph never has two edges between one pair of nodes (each layer joins its own
+        pair of levels, or its own nodes when layer by layer), so it is a ``DiGraph`` with one edge
+        per weight with ``|weight| > min_abs_weight`` (in the ``"grouped"`` view of a conv layer, one
+        edge per pair of channels); :class:`~graphinterp.graph.dag.ModelGraph`, whose layers share nodes,
+        gives a ``MultiDiGraph``.
 
         Examples
         --------
@@ -218,7 +226,13 @@ class LayeredGraph:
         G = nx.DiGraph(chained=self.chained, view=view, cluster_source=source)
         node_cluster: dict = {}  # node -> list of candidate labels (network: one; per-layer: one per side)
         edges = []
-        for t, layer in enumerate(self.layers):
+        layers = enumerate(self.layers)
+        if progress:
+            from tqdm.auto import tqdm
+
+            layers = tqdm(layers, total=len(self.layers), desc="building graph", unit="layer", leave=False,
+                          dynamic_ncols=True)
+        for t, layer in layers:
             rows, cols = _labels_for(clustering, layer, view)
             src = self._node_ids(t, "in", layer.n_in(view))
             dst = self._node_ids(t, "out", layer.n_out)

@@ -1,102 +1,26 @@
-"""Writing results: GraphML export of layered graphs and circuits, JSON and CSV (all atomic)."""
+"""Writing results: GraphML export of layered graphs and circuits (written by :mod:`graphinterp.reports.graphml`),
+JSON and CSV (all atomic)."""
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 import math
-import re
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import networkx as nx
 import numpy as np
 
 from graphinterp.common.files import atomic_write
 from graphinterp.graph.layered import LayeredGraph
+from graphinterp.reports.graphml import graphml_size_estimate, read_graphml, write_graphml, xml_safe
 
-__all__ = ["write_graphml", "read_graphml", "export_graphml", "align_labels", "xml_safe", "json_default", "json_safe", "json_text",
-           "write_json", "write_csv"]
-
-
-# characters XML 1.0 cannot hold, even as character references
-_XML_BAD = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def xml_safe(text: str) -> str:
-    r"""``text`` with every character that XML 1.0 cannot hold written as ``\xNN`` / ``\uNNNN``.
-
-    Layer names come from model files and may hold control characters; GraphML (XML) cannot,
-    so node ids, keys and string attributes are written through this function.
-
-    Examples
-    --------
-    >>> xml_safe("fc\x01:3")
-    'fc\\x01:3'
-    """
-    return _XML_BAD.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
-                        text)
-
-
-def _scalar(value: Any) -> Any:
-    """Flatten an attribute value to a GraphML type (int, float, str, bool)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    if isinstance(value, str):
-        return xml_safe(value)
-    if value is None:
-        return ""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    return xml_safe(json.dumps(value))
-
-
-def _node_id(node: Any) -> Any:
-    return xml_safe(node) if isinstance(node, str) else node
-
-
-def write_graphml(G: nx.Graph, path) -> None:
-    """Write ``G`` to GraphML atomically, flattening attributes to GraphML's scalar types.
-
-    Lists, dicts and arrays become JSON strings, ``None`` an empty string, numpy scalars Python
-    scalars; characters that XML cannot hold (control characters, e.g. in layer names read from a
-    model file) are written as ``\\xNN`` escapes in ids, keys and strings (:func:`xml_safe`), so
-    the file always parses. An interrupted write leaves no partial file.
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> G = nx.DiGraph(); G.add_edge("a", "b", weight=0.5, tags=[1, 2])
-    >>> path = os.path.join(tempfile.mkdtemp(), "g.graphml")
-    >>> write_graphml(G, path)
-    >>> read_graphml(path).edges["a", "b"]["tags"]
-    '[1, 2]'
-    """
-    H = G.__class__()
-    H.graph.update({xml_safe(str(k)): _scalar(v) for k, v in G.graph.items()})
-    H.add_nodes_from((_node_id(n), {xml_safe(str(k)): _scalar(v) for k, v in d.items()}) for n, d in G.nodes(data=True))
-    if H.number_of_nodes() != G.number_of_nodes():
-        from graphinterp.common.errors import UnsupportedModelError
-
-        raise UnsupportedModelError("two node ids differ only in characters that XML cannot hold; rename the layers")
-    H.add_edges_from((_node_id(u), _node_id(v), {xml_safe(str(k)): _scalar(x) for k, x in d.items()})
-                     for u, v, d in G.edges(data=True))
-    buffer = _io.BytesIO()
-    nx.write_graphml(H, buffer)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buffer.getvalue())
-
-
-def read_graphml(path) -> nx.DiGraph:
-    """Read a GraphML file written by :func:`write_graphml` (node ids as strings)."""
-    return nx.read_graphml(path)
+__all__ = ["write_graphml", "read_graphml", "export_graphml", "graphml_size_estimate", "align_labels", "xml_safe",
+           "json_default", "json_safe", "json_text", "write_json", "write_csv"]
 
 
 def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, view: str = "grouped",
-                   min_abs_weight: float = 0.0) -> nx.DiGraph:
+                   min_abs_weight: float = 0.0, progress: bool = False,
+                   before_write: Optional[Callable[[nx.Graph, int], None]] = None) -> nx.DiGraph:
     """Write ``graph`` with cluster labels to GraphML; returns the networkx graph written.
 
     Node attribute ``cluster`` is one label per node with the same meaning on every level: the
@@ -104,13 +28,26 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     ``clustering`` when it is network-wide (see :meth:`LayeredGraph.to_networkx`). ``cluster_in``
     and ``cluster_out`` hold ``clustering``'s labels, e.g. per-layer BSGC; when both are given,
     each layer's clusters are renumbered to agree as far as possible with ``network``'s (a
-    renumbering changes nothing else: sizes and E stay the same). Graph attributes: ``k``,
-    ``network_wide`` (``cluster_in``/``cluster_out`` are network-wide too), ``similarity``,
-    ``cluster_source``, and ``E``, ``E_random`` and ``score`` of the labels the edges' ``within`` follows
-    (``network``'s when given, else ``clustering``'s): the share of squared weight inside clusters, its
+    renumbering changes nothing else: sizes and E stay the same).
+
+    Graph attributes say where each label comes from, in the same words (``"network"``: one
+    network-wide clustering; ``"per-layer"``: each layer clustered on its own, labels of two
+    layers unrelated; ``"none"``: no labels, all -1):
+
+    * ``cluster_source``: what node attribute ``cluster`` holds;
+    * ``cluster_in_out_source``: what ``cluster_in`` / ``cluster_out`` (and the edges' ``within``) hold;
+    * ``cluster_in_out_network_wide``: ``cluster_in_out_source == "network"`` (was called
+      ``network_wide``, which read as if it were about ``cluster``; with ``cluster_source = "network"``
+      and per-layer ``cluster_in`` / ``cluster_out`` it is false);
+
+    and ``k``, ``similarity``, and ``E``, ``E_random`` and ``score`` of the labels the edges' ``within``
+    follows (``network``'s when given, else ``clustering``'s): the share of squared weight inside clusters, its
     baseline (a random partition with the same cluster sizes) and the normalised score
     :math:`(E - E_{rand}) / (1 - E_{rand})`; with network-wide labels also as ``E_network``,
-    ``E_network_random`` and ``score_network``.
+    ``E_network_random`` and ``score_network``. A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
+    multigraph (graph attribute ``multigraph`` true): one edge per layer and pair of nodes, so that two layers
+    writing onto the same nodes (a SwiGLU MLP's gate and up projections) both keep their weight; the
+    file has exactly one edge per weight with ``|weight| > min_abs_weight``.
 
     Parameters
     ----------
@@ -120,13 +57,21 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     view : {"grouped", "fine"}
     min_abs_weight : float
         Drop edges with ``|weight| <= min_abs_weight``.
+    progress : bool
+        tqdm bars on stderr: over the layers while building the graph, over the edges while writing.
+    before_write : callable, optional
+        Called as ``before_write(G, estimated_bytes)`` once the graph is built, before the file is written
+        (the command line uses it to warn about very large files).
     """
     if clustering is not None and network is not None and not clustering.network_wide:
         clustering = align_labels(clustering, network)
-    G = graph.to_networkx(clustering, view=view, min_abs_weight=min_abs_weight, network=network)
+    G = graph.to_networkx(clustering, view=view, min_abs_weight=min_abs_weight, network=network, progress=progress)
     first = clustering if clustering is not None else network
+    side = ("none" if clustering is None and network is None
+            else "network" if (clustering if clustering is not None else network).network_wide else "per-layer")
+    G.graph.update(cluster_in_out_source=side, cluster_in_out_network_wide=side == "network")
     if first is not None:
-        G.graph.update(k=int(first.k), network_wide=bool(first.network_wide), similarity=first.similarity)
+        G.graph.update(k=int(first.k), similarity=first.similarity)
     if first is not None:
         from graphinterp.clustering.metrics import clusterability_report
 
@@ -136,7 +81,9 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
         if network is not None or clustering.network_wide:
             G.graph.update({f"{key}_network" if key != "E_random" else "E_network_random": value
                             for key, value in scores.items()})
-    write_graphml(G, path)
+    if before_write is not None:
+        before_write(G, graphml_size_estimate(G))
+    write_graphml(G, path, progress=progress)
     return G
 
 
