@@ -79,7 +79,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     \b
     Outputs in --out: benchmark.json, clusterability.csv (model, layer, k), significance.csv
     (model, layer), clusterability_vs_k.png/.svg (Figure 1 style), <model>_layers.png and
-    <model>_significance.png.
+    <model>_significance.png (split into _1, _2, ... files for models with many layers).
 
     \b
     Examples:

@@ -85,4 +85,6 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
                          kind=kind, max_edges=max_edges, title=title, out=out_path)
     for line in coverage_lines(graph) + note_lines(loaded):
         click.echo(line)
+    if layer.block_diagonal_reason is not None:  # drawn as asked, but its clusters say nothing learned
+        click.echo(f"note: {layer_name}: {layer.block_diagonal_reason}")
     click.echo(f"wrote {out_path} ({layer_name}: {weight.shape[0]}x{weight.shape[1]}, {origin})")

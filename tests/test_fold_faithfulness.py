@@ -141,3 +141,12 @@ def test_convnext_stem_norm_is_not_folded_but_its_block_norms_are():
     torch.testing.assert_close(g["features.2.1"].weight,
                                raw["features.2.1.weight"].detach() * down_gamma[None, :, None, None], rtol=0, atol=0)
     assert list(cov.unfolded) == ["features.0.1"]
+
+
+def test_no_fold_says_what_it_left_unfolded():
+    """--no-fold used to print nothing: the raw weights looked like the model's function."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.LayerNorm(6), nn.Linear(6, 3)).eval()
+    g = trace_graph(model, example=torch.randn(2, 4), fold=False)
+    assert set(g.coverage.unfolded) == {"1", "3"}
+    assert all(why.startswith("not folded as asked (fold=False, --no-fold)") for why in g.coverage.unfolded.values())
+    assert not trace_graph(model, example=torch.randn(2, 4)).coverage.unfolded  # folded by default: nothing to say

@@ -60,3 +60,16 @@ def test_plot_layer_prints_the_coverage_of_the_graph(model, tmp_path):
     res = invoke("plot", "layer", model, "--layer", "fc2", "--out", tmp_path / "l.png")
     assert res.exit_code == 0, res.stderr
     assert res.stdout.splitlines()[0].startswith("coverage: ") and "(100.0%)" in res.stdout.splitlines()[0]
+
+
+def test_plot_layer_of_a_depthwise_conv_says_it_is_block_diagonal(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    path = tmp_path / "dw.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 4, 1)), path)
+    res = invoke("plot", "layer", path, "--layer", "1", "--out", tmp_path / "l.png", "--trust-pickle",
+                 "--input-shape", "3,8,8")
+    assert res.exit_code == 0, res.stderr
+    assert "note: 1: depthwise convolution: each output reads one input channel" in res.stdout

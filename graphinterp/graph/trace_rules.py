@@ -250,7 +250,10 @@ def _batch_norm(tr, args, kwargs, out) -> None:
     var = _arg(args, kwargs, 2, "running_var")  # the running mean only shifts (a bias): not an edge weight
     weight, eps = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 7, "eps", 1e-5)
     name = _layer_name(tr.param_names.get(id(weight), "batchnorm")) if weight is not None else "batchnorm"
-    if not tr.fold or var is None:
+    if var is None:
+        return
+    if not tr.fold:
+        tr.unfolded[name] = _NOT_FOLDING
         return
     scale = (weight.detach() if weight is not None else torch.ones_like(var)) / torch.sqrt(var.detach() + eps)
     vec = _channel_vector(s, 1)
@@ -266,6 +269,11 @@ def _batch_norm(tr, args, kwargs, out) -> None:
         tr.unfolded[name] = "BatchNorm after a non-weight operation (e.g. a concatenation or residual sum)"
 
 
+#: Why a normalisation is not folded when folding is off (``fold=False``, ``--no-fold``).
+_NOT_FOLDING = ("not folded as asked (fold=False, --no-fold): the graph's weights are the raw parameters, not the "
+                "function the model computes")
+
+
 def _norm(tr, name: str, args, kwargs, out) -> None:
     x = args[0]
     s = tr.shadow(x)
@@ -273,7 +281,10 @@ def _norm(tr, name: str, args, kwargs, out) -> None:
         return
     tr._set(out, s)
     weight = _arg(args, kwargs, 2, "weight")
-    if not tr.fold or weight is None or id(weight) not in tr.param_names:
+    if weight is None or id(weight) not in tr.param_names:
+        return
+    if not tr.fold:
+        tr.unfolded[_layer_name(tr.param_names[id(weight)])] = _NOT_FOLDING
         return
     dim = 1 if name in ("group_norm", "instance_norm") else -1
     vec = _channel_vector(s, dim)
