@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, List, Sequence
 
-__all__ = ["MAX_RANGE_VALUES", "parse_int_ranges", "parse_k_values", "format_cell", "format_table"]
+__all__ = ["first_line", "MAX_RANGE_VALUES", "parse_int_ranges", "parse_k_values", "format_cell", "format_table"]
 
 #: Most values a range (``--labels``, ``--neurons``, ``--k``) may expand to.
 MAX_RANGE_VALUES = 100_000
@@ -137,3 +137,23 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *,
 
     head = [line(headers)] + ([line(["-" * w for w in widths])] if rule else [])
     return "\n".join(head + [line(r) for r in cells])
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line (first sentence) of an exception's message for an error line, cut at a word and marked
+    with "..." when longer than ``limit`` characters; the exception's type when it has no message.
+
+    Examples
+    --------
+    >>> first_line(ValueError("model type `x` is not known to Transformers. Upgrade it."))
+    'model type `x` is not known to Transformers'
+    >>> first_line(ValueError("word " * 50), limit=22)
+    'word word word word...'
+    """
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0].split(". ")[0]
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + "..."

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from graphinterp.common.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
+from graphinterp.common.text import first_line
 from graphinterp.graph.coverage import describe_norms
 from graphinterp.graph.layered import LayeredGraph
 
@@ -205,7 +206,7 @@ def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # SafetensorError: header or data damaged
-        raise ModelFileError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from exc
+        raise ModelFileError(f"{path} is not a readable safetensors file ({first_line(exc)})") from exc
 
 
 def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel:
@@ -221,7 +222,7 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as exc:
-        raise ModelFileError(f"{config_path} is not a usable HuggingFace config ({str(exc).splitlines()[0][:120]})") from exc
+        raise ModelFileError(f"{config_path} is not a usable HuggingFace config ({first_line(exc)})") from exc
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     cls = cls or transformers.AutoModel
@@ -236,7 +237,7 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
             model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
                                               use_safetensors=True if any(folder.glob("*.safetensors")) else None)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelFileError(f"{folder}: the weights cannot be loaded ({str(exc).strip().splitlines()[0][:160]})") from exc
+        raise ModelFileError(f"{folder}: the weights cannot be loaded ({first_line(exc)})") from exc
     tied = getattr(config, "tie_word_embeddings", False)
     missing = [k for k in info.get("missing_keys", []) if not (tied and "lm_head" in k)
                and not k.endswith(("position_ids", "masked_bias"))]

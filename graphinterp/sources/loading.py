@@ -20,6 +20,7 @@ from torch import nn
 
 from graphinterp.sources.checkpoint import is_checkpoint, validate_checkpoint
 from graphinterp.common.errors import GraphinterpError, ModelFileError
+from graphinterp.common.text import first_line
 from graphinterp.sources.models import build_model
 
 __all__ = ["CONTAINER_KEYS", "LoadedModel", "load_model_file"]
@@ -62,11 +63,6 @@ class LoadedModel:
     path: str = ""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
-
-
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -93,7 +89,7 @@ def _explain_failure(path: Path, exc: BaseException) -> Tuple[ModelFileError, bo
                 message = f"{path} is a zip archive but not a PyTorch file; pass a file written by torch.save"
                 return ModelFileError(message), False
     if head.startswith(b"PK\x03\x04") or head == _LEGACY_MAGIC:
-        message = f"{path} is a truncated or corrupt PyTorch file ({_first_line(exc)}); re-download or re-save it"
+        message = f"{path} is a truncated or corrupt PyTorch file ({first_line(exc)}); re-download or re-save it"
         return ModelFileError(message), False
     message = f"{path} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"
     return ModelFileError(message), False
@@ -132,7 +128,7 @@ def _from_checkpoint(obj: Dict[str, Any], path: Path, map_location: Any) -> Load
             module = build_model(obj["arch"])
             module.load_state_dict(state)
         except (GraphinterpError, RuntimeError) as exc:
-            detail = f"{obj['arch']} ({_first_line(exc)})"
+            detail = f"{obj['arch']} ({first_line(exc)})"
             raise ModelFileError(f"{path}: weights do not fit architecture {detail}; the file is damaged") from exc
         module = module.to(map_location).eval()
     return LoadedModel("checkpoint", state, module, obj["arch"], obj["clustering"], list(obj["history"]),
@@ -174,7 +170,7 @@ def _load_torchscript(path: Path, map_location: Any) -> LoadedModel:
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
             module = torch.jit.load(str(path), map_location=map_location)
     except Exception as exc:  # RuntimeError from the TorchScript reader
-        detail = _first_line(exc)
+        detail = first_line(exc)
         raise ModelFileError(f"{path} looks like TorchScript but cannot be loaded ({detail}); re-export it") from exc
     state = _strip_prefix({k: v.detach().cpu() for k, v in module.state_dict().items()})
     return LoadedModel("torchscript", state, module.eval(), path=str(path))
@@ -191,11 +187,11 @@ def _load_pickle(path: Path, map_location: Any) -> Any:
         return torch.load(path, map_location=map_location, weights_only=False)
     except (ImportError, AttributeError) as exc:
         raise ModelFileError(
-            f"{path} needs Python code that is not importable here ({_first_line(exc)}); "
+            f"{path} needs Python code that is not importable here ({first_line(exc)}); "
             "import the module that defines the model first, or re-save it as a state_dict"
         ) from exc
     except Exception as exc:
-        raise ModelFileError(f"{path} cannot be unpickled ({_first_line(exc)}); re-save it as a state_dict") from exc
+        raise ModelFileError(f"{path} cannot be unpickled ({first_line(exc)}); re-save it as a state_dict") from exc
 
 
 def load_model_file(
