@@ -150,3 +150,53 @@ def test_no_fold_says_what_it_left_unfolded():
     assert set(g.coverage.unfolded) == {"1", "3"}
     assert all(why.startswith("not folded as asked (fold=False, --no-fold)") for why in g.coverage.unfolded.values())
     assert not trace_graph(model, example=torch.randn(2, 4)).coverage.unfolded  # folded by default: nothing to say
+
+
+class _PreAct(nn.Module):
+    """The stem of a pre-activation ResNet: conv1's raw output is both bn1's input and the identity shortcut."""
+
+    def __init__(self, other: str = "add"):
+        super().__init__()
+        self.other = other
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c, self.fc = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        if self.other == "add":
+            out = self.c(F.relu(self.bn1(x))) + x
+        else:  # only bn1 reads conv1's output: the fold is exact
+            out = self.c(F.relu(self.bn1(x)))
+        return self.fc(out.mean((2, 3)))
+
+
+@pytest.mark.parametrize("other", ["add", "none"])
+def test_a_batchnorm_is_folded_into_its_producer_only_when_it_is_the_producers_only_reader(other):
+    torch.manual_seed(0)
+    m = _PreAct(other).eval()
+    with torch.no_grad():
+        m.bn1.weight.uniform_(0.5, 2.0)
+        m.bn1.running_var.uniform_(0.5, 2.0)
+    g = trace_graph(m, example=torch.randn(1, 3, 8, 8))
+    if other == "add":  # was: folded into conv1, so the shortcut carried the BatchNorm scale in the graph
+        assert g["conv1"].folded == () and torch.equal(g["conv1"].weight, m.conv1.weight)
+        assert g.coverage.unfolded["bn1"].startswith("BatchNorm scale: the raw output of conv1 is also read by add")
+    else:
+        scale = m.bn1.weight / torch.sqrt(m.bn1.running_var + m.bn1.eps)
+        assert g["conv1"].folded == ("bn1 (BatchNorm scale)",) and "bn1" not in g.coverage.unfolded
+        assert torch.allclose(g["conv1"].weight, m.conv1.weight * scale[:, None, None, None])
+
+
+def test_no_fold_lists_gains_written_as_a_parameter_times_x():
+    """HF's RMSNorm and ConvNeXt's layer_scale multiply by a parameter; --no-fold listed neither."""
+
+    class RMS(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.fc = nn.Parameter(torch.rand(6) + 0.5), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)))
+
+    g = trace_graph(RMS(), example=torch.randn(2, 6), fold=False)
+    assert g.coverage.unfolded.get("weight", "").startswith("not folded as asked")

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 
-from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain
+from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds
 from graphinterp.graph.trace_rules import apply_rule
 
 __all__ = ["ChannelTracer", "LayerCall"]
@@ -62,6 +62,7 @@ class ChannelTracer(TorchFunctionMode):
         self._space_of: List[int] = []
         self._shadow: Dict[int, torch.Tensor] = {}
         self._direct: Dict[int, int] = {}
+        self._out_folds = _OutFolds()  # out-folds (BatchNorm, layer_scale) and the other readers of their inputs
         self._gain: Dict[int, _Gain] = {}
         self._gains: List[_Gain] = []  # every pending gain, settled when the trace ends
         self._settled = False
@@ -146,6 +147,9 @@ class ChannelTracer(TorchFunctionMode):
         if name in _SKIP or not _has_tensor(out):
             return out
         read = self._gains_read(args, kwargs) if self._gain else []
+        direct = [id(t) for a in list(args) + list(kwargs.values())
+                  for t in (a if isinstance(a, (list, tuple)) else (a,))
+                  if isinstance(t, torch.Tensor) and id(t) in self._direct]
         if isinstance(out, torch.Tensor) and name not in _IDENTITY and name not in _LAYOUT:
             self._gain.pop(id(out), None)  # an in-place op (relu_) on a normalised or direct output
             self._direct.pop(id(out), None)
@@ -153,6 +157,8 @@ class ChannelTracer(TorchFunctionMode):
             apply_rule(self, name, args, kwargs, out)
         except Exception as exc:  # never break the model's forward; report instead
             self.notes[f"{name}: not followed ({type(exc).__name__})"] += 1
+        if direct:
+            self._out_folds.read(name, direct, out, self._direct)
         for gain, n_folded in read:
             outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
             if len(gain.folded_by) == n_folded and not any(self._gain.get(id(o)) is gain for o in outs):
@@ -200,6 +206,16 @@ class ChannelTracer(TorchFunctionMode):
                 layers.append(call.name)
             gain.used = False
             self.unfolded[gain.source] = _leak_reason(gain, layers)
+        for layer, readers in self._out_folds.leaking().items():  # BN(conv(x)) where conv's output is read too
+            call = self.calls[layer]
+            call.out_scale = None
+            for tag in self._out_folds.tags.get(layer, []):
+                if tag in call.folded:
+                    call.folded.remove(tag)
+                source, kind = tag.split(" ", 1)
+                self.unfolded[source] = (f"{kind.strip('()')}: the raw output of {call.name} is also read by "
+                                         f"{', '.join(sorted(set(readers))[:4])}; folding the scale into "
+                                         f"{call.name} would change what those read")
 
 
 _SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}

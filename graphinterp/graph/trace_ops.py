@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -89,3 +89,54 @@ _KNOWN = (_IDENTITY | _LAYOUT | _BINARY | _MATMUL | _REDUCE | _SPATIAL | _NORMS 
              "__pow__", "__rpow__", "__abs__", "sign", "softsign", "logsigmoid", "celu", "selu", "prelu",
              "hardswish_", "hardsigmoid_", "leaky_relu_", "threshold", "softmin", "float_power", "tril",
              "triu", "masked_fill", "nan_to_num", "cumsum"})
+
+
+class _OutFolds:
+    """Scales folded into the layer that produced a tensor (BatchNorm, layer_scale), and who else read it.
+
+    ``BN(conv(x))`` folds into conv's output rows, which is exact only when the BatchNorm is the only
+    reader of conv's raw output (and of the views of it the fold read through): in a pre-activation
+    ResNet the stem conv's output is also the identity shortcut, which carries no scale. Reads of a
+    layer's direct outputs are counted; a fold whose input was also read by anything but the fold and
+    re-layouts is undone when the trace ends (:meth:`ChannelTracer.settle_gains`).
+    """
+
+    def __init__(self) -> None:
+        self.through: Dict[int, int] = {}  # tensor id -> layer whose fold read it (or a view of it)
+        self.parent: Dict[int, int] = {}  # a re-layout's output tensor id -> the tensor id it viewed
+        self.reads: Dict[int, Counter] = {}  # direct-output tensor id -> operations that read it
+        self.tags: Dict[int, List[str]] = {}  # layer -> the out-folds it took ("bn1 (BatchNorm scale)")
+        self.just_folded: set = set()  # tensor ids folded through by the operation now being applied
+        self.keep: List[torch.Tensor] = []  # the tensors above, alive so that their ids are not reused
+
+    def fold(self, x: torch.Tensor, layer: int, tag: str) -> None:
+        """Record that ``tag`` was folded into ``layer`` reading ``x`` (and, through views, its ancestors)."""
+        self.tags.setdefault(layer, []).append(tag)
+        self.just_folded.add(id(x))
+        self.keep.append(x)
+        t = id(x)
+        while t is not None and t not in self.through:
+            self.through[t] = layer
+            t = self.parent.get(t)
+
+    def read(self, name: str, x_ids: List[int], out, direct: Dict[int, int]) -> None:
+        """Count the operation ``name`` reading the direct outputs ``x_ids`` (a re-layout keeping them direct
+        is a view, not a reader; the fold itself is not counted)."""
+        outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+        for t in x_ids:
+            if t in self.just_folded:
+                continue
+            if name in _IDENTITY | _LAYOUT and any(direct.get(id(o)) == direct.get(t) for o in outs):
+                for o in outs:
+                    self.parent.setdefault(id(o), t)
+                continue
+            self.reads.setdefault(t, Counter())[name] += 1
+        self.just_folded.clear()
+
+    def leaking(self) -> Dict[int, List[str]]:
+        """Layer -> the operations that read an input of its out-fold besides the fold (layers to undo)."""
+        out: Dict[int, List[str]] = {}
+        for t, layer in self.through.items():
+            for name in self.reads.get(t, ()):
+                out.setdefault(layer, []).append(name)
+        return out

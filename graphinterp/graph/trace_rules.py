@@ -169,9 +169,12 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
     tracked = [t for t in tensors if tr.shadow(t) is not None]
     if not tracked:
         return
-    if tr.fold and name in ("mul", "__mul__", "__rmul__", "mul_", "__imul__") and len(tensors) == 2:
-        if _scale_by_param(tr, tensors, out):
+    if name in ("mul", "__mul__", "__rmul__", "mul_", "__imul__") and len(tensors) == 2:
+        if tr.fold and _scale_by_param(tr, tensors, out):
             return
+        p = next((t for t in tensors if id(t) in tr.param_names and t.numel() > 1), None)
+        if not tr.fold and p is not None:  # a gain written as param * x (HF RMSNorm, layer_scale), left as asked
+            tr.unfolded[_layer_name(tr.param_names[id(p)])] = _NOT_FOLDING
     res = None
     for t in tracked:
         s = tr.shadow(t).expand(out.shape) if t.dim() <= out.dim() else None
@@ -201,7 +204,7 @@ def _scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
     tr._set(out, s)
     layer = tr._direct.get(id(x))
     if layer is not None:  # exact for any sign (so is a gain read directly by the next layer)
-        _fold_out(tr, layer, ids, scale, f"{_layer_name(pname)} (scale)")
+        _fold_out(tr, layer, ids, scale, f"{_layer_name(pname)} (scale)", x)
         tr._direct[id(out)] = layer
     else:
         _pending_gain(tr, out, T._Gain(ids, scale, _layer_name(pname), "per-channel scale"))
@@ -232,7 +235,9 @@ def _per_node(s: torch.Tensor, vals: torch.Tensor):
     return ids, first
 
 
-def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str) -> None:
+def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str, via: torch.Tensor) -> None:
+    """Fold a per-node ``scale`` into ``layer``'s output rows, read through ``via`` (undone if ``via`` has other readers)."""
+    tr._out_folds.fold(via, layer, what)
     call = tr.calls[layer]
     by_id = dict(zip(ids.tolist(), scale.tolist()))
     vec = torch.tensor([by_id.get(int(i), 1.0) for i in call.dst], dtype=call.weight.dtype)
@@ -262,7 +267,7 @@ def _batch_norm(tr, args, kwargs, out) -> None:
         tr.unfolded[name] = "BatchNorm channels ambiguous or scale not finite"
         return
     if layer is not None:  # exact for any sign: BN(conv(x)) = conv'(x) + b with rows scaled
-        _fold_out(tr, layer, vec, scale, f"{name} (BatchNorm scale)")
+        _fold_out(tr, layer, vec, scale, f"{name} (BatchNorm scale)", x)
         tr._direct[id(out)] = layer
     else:  # folded into the layers that read it directly (a gain is never carried through an activation)
         _pending_gain(tr, out, T._Gain(vec, scale, name, "BatchNorm scale"))
