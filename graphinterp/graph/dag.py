@@ -92,8 +92,10 @@ class ModelGraph(LayeredGraph):
 
         A multigraph, because two layers can connect the same pair of nodes (a SwiGLU MLP's gate and
         up projections both read the residual stream and write the same hidden nodes): each keeps
-        its own edge, keyed by the layer's name (``G.edges[u, v, "mlp.up_proj"]``), so there is
-        exactly one edge per weight with ``|weight| > min_abs_weight``. Graph attributes:
+        its own edge, keyed by the layer's name (``G.edges[u, v, "mlp.up_proj"]`` in memory; a file read
+        back numbers the keys), so there is one edge per layer and pair of nodes with ``|weight| >
+        min_abs_weight`` (input features that share a node, e.g. the query heads that one value head
+        serves under grouped-query attention, are one edge: the grouped view's norm). Graph attributes:
         ``multigraph`` (true: :func:`~graphinterp.reports.io.read_graphml` reads the file back as a
         ``MultiDiGraph``) and ``multi_edge_pairs`` (how many pairs of nodes have several edges).
 

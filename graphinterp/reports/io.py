@@ -47,7 +47,8 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     ``E_network_random`` and ``score_network``. A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
     multigraph (graph attribute ``multigraph`` true): one edge per layer and pair of nodes, so that two layers
     writing onto the same nodes (a SwiGLU MLP's gate and up projections) both keep their weight; the
-    file has exactly one edge per weight with ``|weight| > min_abs_weight``.
+    file has one edge per layer and pair of nodes with ``|weight| > min_abs_weight`` (input features
+    sharing a node, as in the grouped view, are one edge).
 
     Parameters
     ----------
