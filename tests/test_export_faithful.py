@@ -216,3 +216,20 @@ def test_cli_export_notes_a_large_file_before_writing(swiglu_file, tmp_path, mon
     res = _export(swiglu_file, tmp_path / "c.graphml", "--k", "2", "--json")
     assert res.exit_code == 0 and "note: writing" in res.stderr
     assert any(n.startswith("writing") and "--min-weight" in n for n in json.loads(res.stdout)["notes"])
+
+
+def test_special_doubles_are_written_as_xml_schema_spells_them(tmp_path):
+    """Java GraphML readers (Gephi) parse NaN / INF / -INF, not Python's nan / inf."""
+    import math
+
+    import networkx as nx
+
+    G = nx.DiGraph()
+    G.add_edge(1, 2, weight=float("nan"))
+    G.add_edge(2, 3, weight=float("inf"))
+    G.add_edge(3, 4, weight=-float("inf"))
+    write_graphml(G, tmp_path / "s.graphml")
+    text = (tmp_path / "s.graphml").read_text()
+    assert ">NaN<" in text and ">INF<" in text and ">-INF<" in text and ">nan<" not in text
+    back = [d["weight"] for _, _, d in read_graphml(tmp_path / "s.graphml").edges(data=True)]
+    assert math.isnan(back[0]) and back[1:] == [float("inf"), -float("inf")]

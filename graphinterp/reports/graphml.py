@@ -86,8 +86,9 @@ def _graphml_type(types: set) -> str:
 def _text(value: Any, kind: str) -> str:
     if kind == "boolean":
         return "true" if value else "false"
-    if kind == "double":
-        return repr(float(value))
+    if kind == "double":  # XML Schema spells the special doubles NaN, INF and -INF (Java readers: Gephi)
+        x = float(value)
+        return repr(x) if x == x and abs(x) != float("inf") else ("NaN" if x != x else "INF" if x > 0 else "-INF")
     return _esc(str(value))
 
 
