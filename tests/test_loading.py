@@ -336,3 +336,19 @@ def test_coverage_lists_say_when_they_are_cut_short():
                        "coverage.unfolded)"
     assert lines[-1] == "approximated: ... and 2 more (all are in --json under coverage.notes)"
     assert len(Coverage(1, 1, unfolded={"a": "b"}).summary_lines()) == 2  # nothing cut: no such line
+
+
+def test_a_huggingface_folder_loads_without_transformers_log_lines(tmp_path):
+    """transformers lints a config (e.g. bos_token_id outside a small vocabulary) with raw '[transformers] ...'
+    lines on stderr; reports are graphinterp's own lines only."""
+    transformers = pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    cfg = transformers.GPT2Config(vocab_size=100, n_positions=16, n_embd=16, n_layer=1, n_head=2)  # bos 50256
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    # a fresh process: transformers says each lint once per process, and this one has said it already
+    code = f"from graphinterp import open_model; open_model({str(tmp_path / 'gpt2')!r})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "[transformers]" not in run.stderr

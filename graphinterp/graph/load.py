@@ -219,6 +219,8 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
     except ImportError as exc:
         raise ModelFileError(f"reading the HuggingFace folder {folder} needs transformers: "
                              "pip install 'graphinterp[hf]'") from exc
+    transformers.utils.logging.disable_progress_bar()  # our own report says what was loaded
+    transformers.utils.logging.set_verbosity_error()  # its config lint came as raw "[transformers] ..." lines
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as exc:
@@ -230,8 +232,6 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
         raise ModelFileError(f"{weights_file} sits beside a config.json: pass the folder {folder} instead")
     if not weights_file and not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").is_file():
         raise ModelFileError(f"{folder} has config.json but no weights (*.safetensors or pytorch_model.bin)")
-    transformers.utils.logging.disable_progress_bar()  # our own report says what was loaded
-    transformers.utils.logging.set_verbosity_error()
     try:
         with torch.random.fork_rng(devices=[]):
             model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
