@@ -22,7 +22,7 @@ from graphinterp import DATASETS
 from graphinterp.cli._options import POSITIVE_INT
 
 __all__ = ["data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
-           "inputs_note", "limit_rows", "limit_note", "check_outputs", "inputs_error"]
+           "inputs_note", "coverage_note", "limit_rows", "limit_note", "check_outputs", "inputs_error"]
 
 
 def data_options(f):
@@ -137,6 +137,16 @@ def inputs_note(path: str, ckpt: Optional[Dict[str, Any]], dataset: str, inputs:
     notes.append(f"{path} records no training by `graphinterp train`: its inputs are standardised as that trains on "
                  f"{dataset} ((x - {mean}) / {std} per channel); for a model trained on pixels in [0, 1] pass "
                  "--inputs unit")
+
+
+def coverage_note(path: str, graph, notes: List[str]) -> None:
+    """Append what of ``path``'s model its graph does not cover, if anything (modules left out, operations
+    approximated): ablation and circuits act on the graph's layers only."""
+    coverage = getattr(graph, "coverage", None)
+    if coverage is None or coverage.complete:
+        return
+    lines = [line for line in coverage.summary_lines() if not line.startswith("folded:")]
+    notes.append(f"{path}: " + "; ".join(lines) + "; only the layers in the graph are ablated or pruned")
 
 
 def limit_note(limit: Optional[int], n: int, what: str) -> Optional[str]:

@@ -12,7 +12,7 @@ from graphinterp.cli._common import (
     trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    check_outputs, data_options, inputs_error, inputs_note, limit_rows, load_eval_data, read_checkpoint,
+    check_outputs, coverage_note, data_options, inputs_error, inputs_note, limit_rows, load_eval_data, read_checkpoint,
     resolve_dataset, transformer_checkpoint,
 )
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -120,6 +120,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     except InputMismatchError as err:
         raise inputs_error(model, data, defaulted, err.detail) from err
     check_outputs(graph, data, model)
+    coverage_note(model, graph, notes)
     names = check_layers(graph, parse_layers(layers))
     if spec is not None:
         full = class_accuracy(net, data, batch_size=batch_size, device=device)

@@ -14,8 +14,8 @@ from graphinterp.cli._common import (
 )
 from graphinterp.cli._options import refuse_given
 from graphinterp.cli._eval_data import (
-    check_outputs, data_options, inputs_error, inputs_note, load_eval_data, read_checkpoint, resolve_dataset,
-    transformer_checkpoint,
+    check_outputs, coverage_note, data_options, inputs_error, inputs_note, load_eval_data, read_checkpoint,
+    resolve_dataset, transformer_checkpoint,
 )
 from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -43,7 +43,7 @@ def _bar_plot(circuits, title: str, weights: str, out: str) -> None:
                        title=title, weights=weights, out=out)
 
 
-def _extract(path, data, labels, trust_pickle, kwargs, defaulted=False):
+def _extract(path, data, labels, trust_pickle, kwargs, notes, defaulted=False):
     from graphinterp import InputMismatchError, extract_circuits, load_runnable, stored_clustering
 
     try:
@@ -51,6 +51,7 @@ def _extract(path, data, labels, trust_pickle, kwargs, defaulted=False):
     except InputMismatchError as err:
         raise inputs_error(path, data, defaulted, err.detail) from err
     check_outputs(graph, data, path)
+    coverage_note(path, graph, notes)
     clustering = stored_clustering(loaded.clustering, graph)
     return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs)
 
@@ -202,7 +203,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
     else:
         check_examples(labels, data.y, data.classes, data.name)
-        graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs, defaulted)
+        graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs, notes, defaulted)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}
     comparison: Optional[CircuitComparison] = None
@@ -213,7 +214,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         if ckpts[1] is not None:
             graph_b, clustering_b, circuits_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
         else:
-            graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs, defaulted)
+            graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs, notes, defaulted)
         # a: the --compare model (e.g. the unclustered baseline), b: MODEL; changes are reported a -> b
         comparison = CircuitComparison.from_circuits(circuits_b, circuits, names=(_stem(other), _stem(model)))
         if graphml_dir:

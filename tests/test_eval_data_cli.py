@@ -263,3 +263,32 @@ def test_json_output_is_strict_even_with_nan(capsys):
     assert json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {
         "loss": None, "acc": [0.5, None], "ok": 1.0}
 
+
+
+class WithUnused(torch.nn.Module):
+    """A digits MLP holding a layer its forward never uses: its graph covers part of the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                                       torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+        self.unused = torch.nn.Linear(32, 32)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits"])
+def test_ablate_and_circuits_say_what_the_graph_does_not_cover(command, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "partial.pt"
+    torch.save(WithUnused(), path)
+    extra = FAST_CIRCUITS if command == "circuits" else ("--k", 2, "-q")
+    out = json.loads(invoke(command, path, "--trust-pickle", "--json", *extra).stdout)
+    (note,) = [n for n in out["notes"] if "not covered" in n]
+    assert note.startswith(f"{path}: coverage: 1,440 of 2,464 weights in the graph (58.4%); not covered: Linear ")
+    assert note.endswith("only the layers in the graph are ablated or pruned")
+    spec = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16, 16]}}
+    save_checkpoint(tmp_path / "whole.pt", build_model(spec), arch=spec)  # complete: nothing to say
+    out = json.loads(invoke("ablate", tmp_path / "whole.pt", "--k", 2, "--json", "-q").stdout)
+    assert not [n for n in out["notes"] if "coverage" in n]
