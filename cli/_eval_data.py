@@ -158,14 +158,14 @@ def limit_note(limit: Optional[int], n: int, what: str) -> Optional[str]:
 
 def limit_rows(x, y, limit: Optional[int], seed: int, what: str, notes: List[str]):
     """``(x, y)`` cut to a seeded random subset of ``limit`` rows, kept in order (all rows when it is not below)."""
-    import torch
+    from graphinterp import subset_indices
 
     note = limit_note(limit, len(x), what)
     if note is not None:
         notes.append(note)
     if limit is None or limit >= len(x):
         return x, y
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    idx = subset_indices(len(x), limit, seed)
     return x[idx], y[idx]
 
 

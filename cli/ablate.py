@@ -143,7 +143,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     result = ablation_matrix(net, graph, clustering, data, mode=mode, batch_size=batch_size, device=device,
                              progress=not (quiet or as_json))
     _note_chance(result.overall()["full"], data.y, notes)
-    _note_missing([c for i, c in enumerate(data.classes) if i not in set(result.class_ids)],
+    _note_missing([c for i, c in enumerate(data.classes) if i not in result.class_ids],
                   f"the {len(data):,} examples", notes)
     if plot_path:
         from graphinterp import plot_ablation
@@ -192,7 +192,7 @@ def _note_missing(names: List[str], where: str, notes: List[str]) -> None:
 def _report_neurons(model, data, mode, spec, full, ablated, as_json, notes) -> None:
     present = np.flatnonzero(np.isfinite(full))
     names = [data.classes[i] for i in present]
-    _note_missing([c for i, c in enumerate(data.classes) if i not in set(present.tolist())],
+    _note_missing([c for i, c in enumerate(data.classes) if i not in present],
                   f"the {len(data):,} examples", notes)
     counts = np.bincount(data.y.numpy(), minlength=len(full))[present]
     w = counts / counts.sum()

@@ -172,8 +172,8 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                     and any(re.fullmatch(re.escape(st) + r"_label\d+\.graphml", os.path.basename(source)) for st in stems)):
                 raise click.BadParameter(f"{source} could be overwritten by a circuit's GraphML file; "
                                          "choose another folder", param_hint="--graphml-dir")
-    stored = read_checkpoint(model)
-    ckpts = (transformer_checkpoint(stored), transformer_checkpoint(read_checkpoint(other)) if other else None)
+    stored, stored_other = read_checkpoint(model), (read_checkpoint(other) if other else None)
+    ckpts = (transformer_checkpoint(stored), transformer_checkpoint(stored_other) if other else None)
     if other and (ckpts[0] is None) != (ckpts[1] is None):
         t, n = (model, other) if ckpts[1] is None else (other, model)
         raise click.UsageError(f"{t} is a transformer checkpoint and {n} is not; --compare needs two models of one kind")
@@ -190,7 +190,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
         inputs_note(model, stored, dataset, inputs, notes)
         if other:
-            inputs_note(other, read_checkpoint(other), dataset, inputs, notes)
+            inputs_note(other, stored_other, dataset, inputs, notes)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
                   progress=not (quiet or as_json), mode=mode, n_jobs=jobs)

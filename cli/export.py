@@ -7,7 +7,6 @@ from graphinterp import (
     cluster_layers,
     check_k,
     cluster_network,
-    clusterability_report,
     ClusteringError,
     export_graphml,
     graph_structure,
@@ -134,14 +133,15 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             else:
                 network, note = _network(graph, k, chosen or graph.layer_names, seed)
     G = export_graphml(graph, out, clustering, network=network, view=view, min_abs_weight=min_weight,
-                       progress=not (quiet or as_json), before_write=lambda G, size: _large_note(G, size, notes if as_json else None))
+                       progress=not (quiet or as_json),
+                       before_write=lambda G, size: _large_note(G, size, notes if as_json else None))
     labelled = network if network is not None else clustering
-    score = clusterability_report(graph, labelled)  # E beside its baseline, of the labels the file is coloured by
+    E, E_random, score = (G.graph[key] for key in ("E", "E_random", "score"))  # of the labels `cluster` follows
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
                "cluster_in_out": G.graph.get("cluster_in_out_source"),
                "multi_edge_pairs": int(G.graph.get("multi_edge_pairs", 0)),
-               "E_network": G.graph.get("E_network"), "E": score.E, "E_random": score.E_random, "score": score.score,
+               "E_network": G.graph.get("E_network"), "E": E, "E_random": E_random, "score": score,
                "device": str(device),
                "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
                "notes": notes + ([note] if note else [])}
@@ -160,8 +160,8 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges{parallel}, k={labelled.k}, "
                    f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}, "
                    f"cluster_in / cluster_out {sides}")
-        click.echo(f"E = {score.E:.4f} ({source} labels) against {score.E_random:.4f} for a random partition with "
-                   f"the same cluster sizes: normalised score {score.score:.3f} (0: chance, 1: no weight between "
+        click.echo(f"E = {E:.4f} ({source} labels) against {E_random:.4f} for a random partition with "
+                   f"the same cluster sizes: normalised score {score:.3f} (0: chance, 1: no weight between "
                    "clusters; `graphinterp benchmark MODEL --shuffles N` adds a shuffle null)")
 
 

@@ -42,7 +42,7 @@ _EXPORTS = {
     "parse_int_ranges": "common.text",
     "parse_k_values": "common.text",
     # data: datasets and tasks
-    "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "NORMALIZATION": "data.datasets",
+    "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "NORMALIZATION": "data.datasets", "subset_indices": "data.datasets",
     "TASKS": "data.tasks",
     "load_corpus": "data.tasks", "load_dataset": "data.datasets", "default_corpus_path": "data.tasks",
     # sources: models and model files

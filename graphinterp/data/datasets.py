@@ -24,6 +24,7 @@ from graphinterp.data.readers import _failed, _load_image_folder, _load_mnist_li
 from graphinterp.common.errors import DataError
 
 __all__ = [
+    "subset_indices",
     "DATASETS",
     "CIFAR10_CLASSES",
     "NORMALIZATION",
@@ -99,9 +100,20 @@ class LabeledTensors:
             raise DataError(f"subset size must be a positive integer, got {n!r}")
         if n >= len(self):
             return self
-        gen = torch.Generator().manual_seed(int(seed))
-        idx = torch.randperm(len(self), generator=gen)[:n].sort().values
+        idx = subset_indices(len(self), n, seed)
         return LabeledTensors(self.x[idx], self.y[idx], list(self.classes), self.name)
+
+
+def subset_indices(total: int, n: int, seed: int = 0) -> torch.Tensor:
+    """The indices of a seeded random subset of ``n`` of ``total`` items, in order (the one rule behind every
+    ``--limit``, ``--max-train`` and windows subset).
+
+    Examples
+    --------
+    >>> subset_indices(10, 3, seed=0).tolist() == sorted(subset_indices(10, 3, seed=0).tolist())
+    True
+    """
+    return torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:int(n)].sort().values
 
 
 def _canonical(name: str) -> str:

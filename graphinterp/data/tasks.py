@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from graphinterp.common.errors import DataError
+from graphinterp.data.datasets import subset_indices
 
 __all__ = ["SequenceData", "CharCorpus", "modular_addition", "load_corpus", "default_corpus_path", "TASKS"]
 
@@ -125,7 +126,7 @@ class CharCorpus:
             raise DataError(f"the {split} split has {len(ids)} characters: too few for windows of {n_ctx}")
         start = torch.arange(n)
         if limit is not None and limit < n:
-            start = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:int(limit)].sort().values
+            start = subset_indices(n, limit, seed)
         x = ids[start[:, None] + torch.arange(n_ctx)[None, :]]
         return SequenceData(x, ids[start + n_ctx], list(self.chars), f"{split} next-character windows")
 
