@@ -171,6 +171,12 @@ def test_torchvision_weights_load_and_bad_inputs_fail(tmp_path):
     torch.save(torchvision_model("squeezenet1_1", num_classes=10).state_dict(), weights)
     graph, structure, _ = load_source(ModelSource(arch="squeezenet1_1", weights=str(weights)))
     assert graph["classifier.1"].n_out == 10  # number of classes read from the weights
+    # a file saved without BatchNorm's step counters (older torch) fits: they are not weights (was refused)
+    old = tmp_path / "old.pth"
+    state = torchvision_model("resnet18", num_classes=10).state_dict()
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, old)
+    graph, _, _ = load_source(ModelSource(arch="resnet18", weights=str(old)))
+    assert torch.equal(graph["fc"].weight, state["fc.weight"]) and graph.coverage.share == 1.0
     with pytest.raises(InvalidWeightsError, match="does not fit torchvision 'resnet18'"):
         load_source(ModelSource(arch="resnet18", weights=str(weights)))
     with pytest.raises(UnsupportedModelError, match="unknown torchvision model"):

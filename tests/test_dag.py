@@ -128,9 +128,15 @@ def test_plain_gpt_with_tied_head_counts_the_weight_once():
             h = h + self.fc_out(F.gelu(self.fc_in(h)))
             return self.head(h)
 
-    g = trace_graph(GPT())
+    model = GPT()
+    g = trace_graph(model)
     assert g.coverage.total == 20 * 16 + 2 * 16 * 64 and g.coverage.share == 1.0
     assert list(g.src_nodes("fc_in")) == list(g.dst_nodes("fc_out"))
+    # the output projection is named after the module that applies it (was "wte", the embedding), and said tied
+    assert g.layer_names[-1] == "head" and g["head"].param == "wte.weight"
+    assert model.get_submodule("head").weight is dict(model.named_parameters())[g["head"].param]
+    assert g.coverage.tied == {"head": "wte.weight"}
+    assert any(line.startswith("tied: layer head applies wte.weight") for line in g.coverage.summary_lines())
 
 
 D, H, K = 12, 24, 3

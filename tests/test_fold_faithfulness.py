@@ -200,3 +200,66 @@ def test_no_fold_lists_gains_written_as_a_parameter_times_x():
 
     g = trace_graph(RMS(), example=torch.randn(2, 6), fold=False)
     assert g.coverage.unfolded.get("weight", "").startswith("not folded as asked")
+
+
+class _ReturnsNormalised(nn.Module):
+    """A bare encoder: the normalised last hidden state is returned and also read by a pooler (BertModel)."""
+
+    def __init__(self, as_dict: bool):
+        super().__init__()
+        self.as_dict = as_dict
+        self.stem, self.ln, self.pooler = nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.ln(self.stem(x))
+        pooled = torch.tanh(self.pooler(h[:, 0]))
+        return {"last_hidden_state": h, "pooler_output": pooled} if self.as_dict else (h, pooled)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_norm_whose_output_the_model_returns_is_not_folded(as_dict):
+    """The returned hidden state carries the gain, so the pooler alone may not: was folded into it."""
+    model = _ReturnsNormalised(as_dict).eval()
+    _randomise(model.ln, torch.Generator().manual_seed(5))
+    g = trace_graph(model, example=torch.randn(2, 3, 4))
+    torch.testing.assert_close(g["pooler"].weight, model.pooler.weight.detach(), rtol=0, atol=0)
+    assert "the model's output" in g.coverage.unfolded["ln"] and "pooler" in g.coverage.unfolded["ln"]
+
+
+def test_a_norm_read_by_a_layer_whose_output_is_returned_is_still_folded():
+    """Returning the layer's output, not the normalised tensor, leaves the fold exact."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3)).eval()
+    gamma = _randomise(model[1], torch.Generator().manual_seed(6))
+    g = trace_graph(model, example=torch.randn(2, 4))
+    assert not g.coverage.unfolded
+    torch.testing.assert_close(g["2"].weight, model[2].weight.detach() * gamma[None, :], rtol=0, atol=0)
+
+
+def test_a_batchnorm_is_not_folded_into_a_layer_whose_raw_output_is_returned():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.bn, self.head = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            z = self.fc(x)
+            return self.head(self.bn(z)), z
+
+    model = Net().eval()
+    with torch.no_grad():
+        model.bn.weight.uniform_(0.5, 2.0)
+    g = trace_graph(model, example=torch.randn(3, 4))
+    assert torch.equal(g["fc"].weight, model.fc.weight) and "the model's output" in g.coverage.unfolded["bn"]
+
+
+def test_a_bare_hf_bert_model_does_not_fold_its_returned_last_norm_into_the_pooler():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    ln = model.encoder.layer[0].output.LayerNorm
+    _randomise(ln, torch.Generator().manual_seed(7))
+    g = trace_graph(model, example={"input_ids": torch.randint(0, 50, (1, 6))})
+    torch.testing.assert_close(g["pooler.dense"].weight, model.pooler.dense.weight.detach(), rtol=0, atol=0)
+    assert "the model's output" in g.coverage.unfolded["encoder.layer.0.output.LayerNorm"]

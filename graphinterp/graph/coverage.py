@@ -52,6 +52,9 @@ class Coverage:
     notes : dict of str to int
         Operations the tracer approximated or could not follow, with their number of calls (1 for a note
         said once, e.g. on what a state_dict without an architecture cannot fold; not shown as "(1x)").
+    tied : dict of str to str
+        Layers that apply a weight tensor owned by another module (tied weights: GPT-2's ``lm_head``
+        applies ``transformer.wte.weight``), with that tensor's name.
     """
 
     total: int
@@ -60,6 +63,7 @@ class Coverage:
     folded: List[str] = field(default_factory=list)
     unfolded: Dict[str, str] = field(default_factory=dict)
     notes: Dict[str, int] = field(default_factory=dict)
+    tied: Dict[str, str] = field(default_factory=dict)
 
     @property
     def share(self) -> float:
@@ -88,6 +92,9 @@ class Coverage:
             shown = ", ".join(names[:3]) + (f", ... ({len(names)} tensors)" if len(names) > 3 else "")
             reason = next(m.reason for m in self.missing if m.module_type == mtype)
             lines.append(f"not covered: {mtype} ({numel:,} weights: {shown}): {reason}")
+        for layer, param in self.tied.items():
+            lines.append(f"tied: layer {layer} applies {param} (one tensor, counted once; masking or training "
+                         f"{layer} changes {param.rpartition('.')[0] or param} too)")
         if self.folded:
             lines.append(f"folded: {len(self.folded)} normalisation scale(s), e.g. "
                          + "; ".join(self.folded[:max_items // 2]))
@@ -109,7 +116,7 @@ class Coverage:
         return {
             "total_weights": self.total, "covered_weights": self.covered, "share": self.share,
             "missing": [m.__dict__ for m in self.missing], "folded": list(self.folded),
-            "unfolded": dict(self.unfolded), "notes": dict(self.notes),
+            "unfolded": dict(self.unfolded), "notes": dict(self.notes), "tied": dict(self.tied),
         }
 
 

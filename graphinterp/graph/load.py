@@ -176,7 +176,8 @@ def _fit_weights(arch: str, weights: str, trust_pickle: bool) -> torch.nn.Module
     if heads and heads[-1].shape[0] != 1000:  # the last weight is the classifier: another number of classes
         with contextlib.suppress(UnsupportedModelError):
             model, ours = _with_classes(arch, int(heads[-1].shape[0]))
-    missing = [k for k in ours if k not in state]
+    # BatchNorm's step counter is not a weight, and files saved without it load (torch fills it in)
+    missing = [k for k in ours if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in ours]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in ours.items()
              if k in state and state[k].shape != v.shape]

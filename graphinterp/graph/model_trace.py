@@ -113,7 +113,7 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
                             tracer._set(t, ids.expand(t.shape))
                         elif isinstance(t, torch.Tensor) and t.is_floating_point() and dim is not None:
                             tracer.tag(t, tracer.new_space("input", t.shape[dim]), dim)
-                    model(*args, **kwargs)
+                    tracer.returned(model(*args, **kwargs))
             except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as err:
                 last_error = err
                 continue
@@ -179,4 +179,6 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
         missing.append(MissingModule(name, mtype, p.numel(), reason))
     unfolded = {k: v for k, v in tracer.unfolded.items() if not any(k in f for c in tracer.calls for f in c.folded)}
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
-    return Coverage(total, covered, missing, folded, unfolded, dict(tracer.notes))
+    tied_params = {tracer.param_names[pid] for pid in tracer.tied}
+    tied = {c.name: c.param for c in tracer.calls if c.param in tied_params}
+    return Coverage(total, covered, missing, folded, unfolded, dict(tracer.notes), tied)

@@ -51,8 +51,11 @@ class ChannelTracer(TorchFunctionMode):
         super().__init__()
         self.fold = fold
         self.param_names: Dict[int, str] = {}
+        aliases: Dict[int, List[str]] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             self.param_names.setdefault(id(p), name)
+            aliases.setdefault(id(p), []).append(name)
+        self.tied = _tied_layers(model, aliases)
         self.calls: List[LayerCall] = []
         self.embeddings: Dict[str, int] = {}
         self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)
@@ -170,6 +173,23 @@ class ChannelTracer(TorchFunctionMode):
         self.settle_gains()
         return result
 
+    def returned(self, output: Any) -> None:
+        """Count the model's return value as a reader of every tensor in it (call before the trace ends).
+
+        A normalised tensor that the model also returns (a bare ``BertModel``'s last hidden state, read
+        by the pooler too) keeps its gain on that path, so folding the gain into the weight layers
+        would describe another function; a layer's raw output that is returned likewise keeps a
+        BatchNorm scale out of that layer. Tensors are found in tuples, lists, dicts (HuggingFace
+        ``ModelOutput`` included) and dataclasses, a few levels deep.
+        """
+        self._out_folds.just_folded.clear()
+        for t in _tensors_in(output):
+            gain = self._gain.get(id(t))
+            if gain is not None:
+                gain.leaks[_RETURNED] += 1
+            if id(t) in self._direct:
+                self._out_folds.read(_RETURNED, [id(t)], (), self._direct)
+
     # ------------------------------------------------------------ gains
     def _gains_read(self, args, kwargs) -> List[Tuple[_Gain, int]]:
         """The pending gains on the tensors an operation reads, with how many layers had folded each."""
@@ -219,13 +239,33 @@ class ChannelTracer(TorchFunctionMode):
 
 
 _SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
+_RETURNED = "the model's output"  # the reader name of a returned tensor (see ChannelTracer.returned)
+
+
+def _tensors_in(value: Any, depth: int = 4) -> List[torch.Tensor]:
+    """The tensors in a model's return value: itself, or inside tuples, lists, dicts and dataclasses."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth == 0:
+        return []
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (tuple, list)):
+        items = list(value)
+    elif hasattr(value, "__dataclass_fields__"):
+        items = [getattr(value, f, None) for f in value.__dataclass_fields__]
+    else:
+        return []
+    return [t for v in items for t in _tensors_in(v, depth - 1)]
 
 
 def _leak_reason(gain: _Gain, layers: List[str]) -> str:
     """Why ``gain`` is not folded, for ``unfolded``: ``"LayerNorm gain: its output is read by a residual sum
     (add): it is the residual stream, as well as by the layer b.0; folding ..."``."""
-    others = sorted(set(gain.leaks) - _SUMS)
+    others = sorted(set(gain.leaks) - _SUMS - {_RETURNED})
     readers = []
+    if _RETURNED in gain.leaks:
+        readers.append("the model's output (the model returns it)")
     if set(gain.leaks) & _SUMS:
         readers.append("a residual sum (add): it is the residual stream")
     if others:
@@ -235,6 +275,19 @@ def _leak_reason(gain: _Gain, layers: List[str]) -> str:
     return (f"{gain.kind}: its output is read by " + " and by ".join(readers)
             + f", as well as by the layer{'' if one else 's'} {shown}; folding the gain into "
             + ("that layer" if one else "those layers") + " alone would change the model's function")
+
+
+def _tied_layers(model: torch.nn.Module, aliases: Dict[int, List[str]]) -> Dict[int, str]:
+    """Parameter id -> the name of the non-embedding module owning a tied weight (``lm_head.weight`` for
+    GPT-2's output projection, which is ``transformer.wte.weight``): weight layers that apply a tied
+    tensor are named after that module, not after the embedding that owns the tensor's first name."""
+    embeddings = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
+    out = {}
+    for pid, names in aliases.items():
+        applying = [n for n in names[1:] if n.rpartition(".")[0] not in embeddings]
+        if applying and names[0].rpartition(".")[0] in embeddings:
+            out[pid] = applying[0]
+    return out
 
 
 def _has_tensor(out: Any) -> bool:

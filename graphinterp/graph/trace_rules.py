@@ -101,7 +101,7 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
         pname, raw, transposed = tr.param_names[id(w)], w, matmul
     weight = (raw.t() if transposed else raw).detach()
     tr._uses[pname] += 1
-    name = _layer_name(pname) + (f"#{tr._uses[pname]}" if tr._uses[pname] > 1 else "")
+    name = _layer_name(tr.tied.get(id(raw), pname)) + (f"#{tr._uses[pname]}" if tr._uses[pname] > 1 else "")
     dim = 1 if kind != "linear" else -1
     n_in = weight.shape[1] * (groups if kind != "linear" else 1)
     src = _features(tr, x, dim, n_in, name)
