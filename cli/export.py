@@ -5,12 +5,12 @@ import click
 
 from graphinterp import (
     cluster_layers,
-    check_k,
     cluster_network,
+    clusterable_layers,
     ClusteringError,
     export_graphml,
     graph_structure,
-    live_sizes,
+    require_clusterable,
     resolve_device,
     stored_clustering,
 )
@@ -120,11 +120,15 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             network = clustering  # else cluster is the stored per-layer labels: no fresh network-wide clustering
     else:
         if names:
-            check_k(k, graph, names)  # the layers asked for must all fit k
-        chosen = names or _clusterable(graph, k)
-        skipped = [n for n in graph.layer_names if n not in chosen] if chosen and not names else []
-        if skipped:
-            notes.append(f"not clustered (fewer than k={k} non-isolated nodes on a side): {', '.join(skipped)}")
+            require_clusterable(graph, k, names)  # the layers asked for must all be clusterable at k
+            chosen = names
+        else:
+            chosen, left_out = clusterable_layers(graph, k)
+            if not chosen:
+                raise click.UsageError(f"no layer can be clustered at k={k} ("
+                                       + "; ".join(f"{n}: {why}" for n, why in list(left_out.items())[:3])
+                                       + "); use a smaller --k")
+            notes.extend(f"not clustered: {n}: {why}" for n, why in left_out.items())
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)
         if shared and not per_layer:
@@ -142,6 +146,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
                "cluster_in_out": G.graph.get("cluster_in_out_source"),
                "multi_edge_pairs": int(G.graph.get("multi_edge_pairs", 0)),
                "E_network": G.graph.get("E_network"), "E": E, "E_random": E_random, "score": score,
+               "E_per_layer": G.graph.get("E_per_layer"), "E_per_layer_random": G.graph.get("E_per_layer_random"),
                "device": str(device),
                "coverage": graph.coverage.to_dict() if graph.coverage is not None else None,
                "notes": notes + ([note] if note else [])}
@@ -163,6 +168,10 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         click.echo(f"E = {E:.4f} ({source} labels) against {E_random:.4f} for a random partition with "
                    f"the same cluster sizes: normalised score {score:.3f} (0: chance, 1: no weight between "
                    "clusters; `graphinterp benchmark MODEL --shuffles N` adds a shuffle null)")
+        if summary["E_per_layer"] is not None:
+            click.echo(f"E = {summary['E_per_layer']:.4f} (per-layer labels: cluster_in / cluster_out and the edges' "
+                       f"within, as `analyze` scores them) against {summary['E_per_layer_random']:.4f} for a random "
+                       "partition")
 
 
 def _large_note(G, size: int, notes=None) -> None:
@@ -201,9 +210,3 @@ def _network(graph, k: int, names, seed: int):
         return cluster_network(graph, k, layers=list(names), random_state=seed), ""
     except ClusteringError as err:
         return None, f"no network-wide labels ({err}); cluster is per layer, -1 on hidden levels between clustered layers"
-
-
-def _clusterable(graph, k: int):
-    """Layers with at least k non-isolated nodes on both sides (others keep label -1)."""
-    keep = [layer.name for layer in graph if min(live_sizes(layer)) >= k]
-    return keep or None

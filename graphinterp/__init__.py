@@ -64,6 +64,8 @@ _EXPORTS = {
     "shuffle_test": "clustering.significance", "within_share": "clustering.metrics",
     "check_k": "clustering.validation",
     "live_sizes": "clustering.validation",
+    "clusterable_layers": "clustering.validation",
+    "require_clusterable": "clustering.validation",
     "stored_clustering": "clustering.labels",
     # training: training for modularity
     "EnmeshmentLoss": "training.loss", "GradientSimilarity": "training.gradsim",

@@ -442,7 +442,7 @@ def test_a_copys_spectrum_is_the_same_alone_and_in_a_batch(shape, dtype):
     from graphinterp.common.seeds import check_random_state
 
     As = torch.from_numpy(np.abs(np.random.default_rng(2).standard_normal((3, *shape))).astype(dtype))
-    du, dv = _degrees(As)
+    As, du, dv = _degrees(As)
     batch = _Spectrum.compute(As, du, dv, 5, None, [check_random_state(s) for s in (1, 2, 3)], ks=[5])
     for c, s in enumerate((1, 2, 3)):
         alone = _Spectrum.compute(As[c:c + 1], du[c:c + 1], dv[c:c + 1], 5, None, [check_random_state(s)], ks=[5])
@@ -646,3 +646,31 @@ def test_fit_batch_runs_on_the_threads_of_one_copys_fit(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [1, 2]
+
+
+@pytest.mark.parametrize("dtype, scales", [(np.float64, [1e-300, 1e-200, 1e150, 1e300]),
+                                           (np.float32, [1e-40, 1e-25, 1e19, 1e30])])
+def test_labels_do_not_depend_on_the_scale_of_the_matrix(dtype, scales):
+    """The squared masses overflowed or vanished: a clean 3-block matrix times 1e-200 got random labels, and
+    float32 entries of 1e19 gave a raw ValueError from scipy."""
+    rng = np.random.default_rng(0)
+    lab = np.repeat(np.arange(3), 10)
+    A = ((lab[:, None] == lab[None, :]) + 0.01 * rng.random((30, 30))).astype(dtype)
+    base = BSGC(3, random_state=0).fit(A)
+    assert adjusted_rand_score(lab, base.row_labels_) == 1.0
+    for s in scales:
+        scaled = (A.astype(np.float64) * s).astype(dtype)
+        est = BSGC(3, random_state=0).fit(scaled)
+        assert np.array_equal(est.row_labels_, base.row_labels_) and np.array_equal(est.column_labels_, base.column_labels_)
+    batch = fit_batch(np.stack([A, (A.astype(np.float64) * scales[0]).astype(dtype)]), 3, [0, 0])
+    assert all(np.array_equal(f.row_labels_, base.row_labels_) for f in batch)
+
+
+def test_inputs_that_are_not_real_dense_arrays_get_one_line_errors():
+    import scipy.sparse
+
+    for A, message in ((scipy.sparse.random(10, 10, density=0.5, format="csr", random_state=0), "scipy.sparse"),
+                       (np.array([[1, "a"], [2, 3]], dtype=object), "ndarray of dtype object"),
+                       (np.ones((4, 4)) * (1 + 1j), "complex")):
+        with pytest.raises(ClusteringError, match=message):
+            BSGC(2).fit(A)

@@ -188,6 +188,9 @@ def test_bad_inputs():
         extract_circuits(model, (x, y), [0], score="random", progress=False, device="cpu")
     with pytest.raises(DataError, match="'all'"):
         extract_circuits(model, (x, y), "some", progress=False, device="cpu")
+    for bad in (3.7, 1.0, True):  # int(3.7) ran label 3 without a word
+        with pytest.raises(DataError, match="must be integers"):
+            extract_circuits(model, (x, y), [bad], progress=False, device="cpu")
 
 
 def test_label_task_is_balanced_and_seeded():

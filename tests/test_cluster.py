@@ -207,3 +207,48 @@ def test_network_wide_labels_must_agree_between_consecutive_layers():
         stored_clustering(record, g)
     record["network_wide"] = False  # per-layer labels of two layers are unrelated
     assert stored_clustering(record, g).layer_names == ["0", "2"]
+
+
+def _with_depthwise():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                      nn.Conv2d(8, 6, 1))
+    return LayeredGraph.from_module(m, input_shape=(3, 8, 8))
+
+
+def test_the_python_path_leaves_block_diagonal_layers_out_as_analyze_does():
+    """cluster_layers + clusterability_report scored a depthwise conv at E = 1 (model E 0.82 vs analyze's 0.73)."""
+    from graphinterp import analyze, clusterability_report
+
+    g = _with_depthwise()
+    c = cluster_layers(g, 2, random_state=0)
+    assert c.layer_names == ["0", "4"] and "depthwise" in c.meta["left_out"]["2"]
+    assert clusterability_report(g, c).E == pytest.approx(analyze(g, 2, random_state=0).reports[2].E)
+    net = cluster_network(g, 2, random_state=0)
+    assert "2" not in net.layer_names and "2" in net.meta["left_out"]
+    with pytest.raises(ClusteringError, match="layer '2': depthwise convolution"):
+        cluster_layers(g, 2, layers=["0", "2"], random_state=0)
+    # labels made by hand for the depthwise layer: refused, not scored at E = 1
+    forced = Clustering(2, {"2": np.arange(8) % 2}, {"2": np.arange(8) % 2})
+    with pytest.raises(ClusteringError, match="covers layer '2', a depthwise convolution: E would be 1"):
+        clusterability_report(g, forced)
+
+
+def test_export_notes_and_skips_block_diagonal_layers(tmp_path):
+    """export stored E with the depthwise layer scored at 1 (its own layer choice checked sizes only)."""
+    import networkx as nx
+    from click.testing import CliRunner
+
+    from graphinterp.cli.main import cli as main
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 6, 1))
+    path, out = tmp_path / "dw.pt", tmp_path / "dw.graphml"
+    torch.save(net, path)
+    res = CliRunner().invoke(main, ["export", str(path), str(out), "--trust-pickle", "--input-shape", "3,8,8",
+                                    "--k", "2", "--per-layer", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "not clustered: 2: depthwise convolution" in res.output
+    expected = analyze(LayeredGraph.from_module(net, input_shape=(3, 8, 8)), 2, random_state=0).reports[2].E
+    assert nx.read_graphml(out).graph["E"] == pytest.approx(expected, abs=1e-6)

@@ -144,6 +144,13 @@ def test_library_export_with_both_clusterings(planted_file, tmp_path):
     network = cluster_network(graph, K, random_state=1)
     G = export_graphml(graph, tmp_path / "b.graphml", per_layer, network=network)
     assert adjusted_rand_score(truth, [G.nodes[n]["cluster"] for n in _nodes(graph)]) == 1.0
+    # E is of `cluster` (network); the labels `within` follows have their own E (was missing: E did not match within)
+    edges = list(G.edges(data=True))
+    inside = sum(d["weight"] ** 2 for _, _, d in edges if d["within"]) / sum(d["weight"] ** 2 for _, _, d in edges)
+    assert G.graph["E"] == pytest.approx(clusterability_report(graph, network).E, rel=1e-9)
+    assert G.graph["E_per_layer"] == pytest.approx(inside, rel=1e-9)
+    assert G.graph["E_per_layer"] == pytest.approx(clusterability_report(graph, per_layer).E, rel=1e-9)
+    assert nx.read_graphml(tmp_path / "b.graphml").graph["E_per_layer"] == pytest.approx(G.graph["E_per_layer"])
     aligned = align_labels(per_layer, network)
     for name in graph.layer_names:  # renumbering keeps each layer's E
         assert clusterability_report(graph, aligned).layers[graph.index(name)].E == pytest.approx(

@@ -263,3 +263,23 @@ def test_a_bare_hf_bert_model_does_not_fold_its_returned_last_norm_into_the_pool
     g = trace_graph(model, example={"input_ids": torch.randint(0, 50, (1, 6))})
     torch.testing.assert_close(g["pooler.dense"].weight, model.pooler.dense.weight.detach(), rtol=0, atol=0)
     assert "the model's output" in g.coverage.unfolded["encoder.layer.0.output.LayerNorm"]
+
+
+def test_a_batchnorm_without_running_statistics_is_reported_unfolded():
+    """It uses each batch's statistics, so nothing can be folded; coverage said nothing (looked complete)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.ReLU(), nn.Linear(4, 2))
+    g = trace_graph(model, example=torch.randn(3, 4))
+    assert "track_running_stats=False" in g.coverage.unfolded["1"]
+    assert torch.equal(g["0"].weight, model[0].weight)
+
+
+def test_building_a_graph_leaves_the_model_in_its_mode():
+    """load_graph(module) switched a model in training to eval mode and left it there (dropout off)."""
+    from graphinterp import load_graph
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train()
+    load_graph(model)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    load_graph(model)
+    assert not model.training

@@ -91,6 +91,20 @@ def test_mass_value_is_the_reported_clusterability():
     assert mean().item() == pytest.approx(1 - np.mean([s.E for s in report.layers]), rel=1e-12)
 
 
+def test_with_a_folded_batchnorm_the_loss_is_the_raw_graphs_E_as_documented():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4, bias=False)).double()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.2, 3.0)
+    model.eval()
+    raw = LayeredGraph.from_module(model, fold=False)
+    folded = LayeredGraph.from_module(model)
+    c = cluster_network(raw, 2, random_state=0)
+    loss = EnmeshmentLoss(model, c, graph=raw, reduction="mass")
+    assert loss.clusterability() == pytest.approx(clusterability_report(raw, c).E, rel=1e-12)
+    assert abs(loss.clusterability() - clusterability_report(folded, c).E) > 1e-4  # the scales reweigh rows
+
+
 def test_never_writes_grad_and_accumulates_like_any_loss():
     model, graph, c = _model_and_clustering()
     loss = EnmeshmentLoss(model, c, graph=graph)

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from graphinterp.clustering.cluster import Clustering, cluster_layers
-from graphinterp.clustering.validation import check_k, live_sizes
+from graphinterp.clustering.validation import check_k, clusterable_layers, require_clusterable
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report, normalized_score
@@ -152,22 +152,12 @@ def analyze(
 
         iterator = tqdm(ks, desc="k", leave=False)
     for k in iterator:
-        chosen = []
-        for name in names:
-            reason = graph[name].block_diagonal_reason
-            if reason is not None:
-                if explicit:
-                    raise ClusteringError(f"layer {name!r}: {reason}")
-                skipped[name] = reason
-                continue
-            live = live_sizes(graph[name])
-            if min(live) < k:
-                if explicit:
-                    check_k(k, graph, [name])  # raises, naming the layer and the largest k
-                skipped[name] = ("all its weights are zero" if max(live) == 0 else
-                                 f"fewer than k={k} non-isolated nodes ({live[0]}x{live[1]})")
-                continue
-            chosen.append(name)
+        if explicit:
+            require_clusterable(graph, k, names)  # named layers are never skipped
+            chosen = names
+        else:
+            chosen, left_out = clusterable_layers(graph, k, names)
+            skipped.update(left_out)
         if not chosen:
             raise ClusteringError(f"no layer has at least k={k} nodes on both sides; use a smaller k")
         clustering = cluster_layers(graph, k, layers=chosen, pairing=pairing, random_state=random_state,

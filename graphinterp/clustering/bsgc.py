@@ -165,8 +165,8 @@ class BSGC(BiclusterMixin, BaseEstimator):
         """
         A = _as_matrix(A)
         with _threads_for(A):
-            du, dv = _degrees(A[None])
-            sp = _Spectrum.compute(A[None], du, dv, self._needed_rank(), self.n_iter,
+            A3, du, dv = _degrees(A[None])
+            sp = _Spectrum.compute(A3, du, dv, self._needed_rank(), self.n_iter,
                                    [fast_random_state(self.random_state)], ks=[self.n_clusters])
             self._set_labels(*self._fit_spectrum(sp)[0], sp, 0)
         return self

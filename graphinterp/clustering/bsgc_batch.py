@@ -53,8 +53,8 @@ def fit_k_range(
     A = _as_matrix(A)
     out = {}
     with _threads_for(A):
-        du, dv = _degrees(A[None])
-        sp = _Spectrum.compute(A[None], du, dv, max(max(ints) if ints else 2, 2), n_iter,
+        A3, du, dv = _degrees(A[None])
+        sp = _Spectrum.compute(A3, du, dv, max(max(ints) if ints else 2, 2), n_iter,
                                [fast_random_state(random_state)], ks=ks)
         for k in ks:
             est = BSGC(int(k), pairing=pairing, n_init=n_init, n_iter=n_iter, random_state=random_state)
@@ -108,7 +108,7 @@ def fit_batch(
 
 
 def _fit_groups(As, k, random_states, pairing, n_init, n_iter, n_components) -> List[BSGC]:
-    du, dv = _degrees(As)
+    As, du, dv = _degrees(As)
     groups: Dict[bytes, List[int]] = {}
     live = torch.cat([du > 0, dv > 0], 1).cpu().numpy()
     for c in range(len(As)):

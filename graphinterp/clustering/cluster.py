@@ -13,7 +13,7 @@ from graphinterp.common.devices import resolve_device
 from graphinterp.common.errors import ClusteringError
 from graphinterp.clustering.dag_cluster import cluster_dag
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.validation import check_k
+from graphinterp.clustering.validation import check_k, refuse_block_diagonal
 from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
 
@@ -78,7 +78,9 @@ def cluster_layers(
         Number of clusters, ``2 <= k <= min(non-isolated inputs, non-isolated outputs)`` of every
         selected layer (:func:`graphinterp.clustering.validation.check_k`).
     layers : sequence of str, optional
-        Layers to cluster; all by default.
+        Layers to cluster. By default every layer except depthwise and grouped convolutions, which are
+        block-diagonal by construction (E = 1 whatever was learned): they are named, with the reason, in
+        the result's ``meta["left_out"]``; naming one here raises :class:`ClusteringError`.
     similarity : mapping of layer name to (n_in, n_out) array, optional
         Similarity matrices (e.g. from :mod:`graphinterp.training.gradsim`); default ``|W|``.
     pairing : {"joint", "matched", "independent"}
@@ -97,7 +99,7 @@ def cluster_layers(
     >>> c.layer_names, c.sizes("0").sum(0).tolist()
     (['0', '2'], [8, 6])
     """
-    names = list(layers) if layers is not None else graph.layer_names
+    names, left_out = _selected(graph, k, layers)
     sims = _similarities(graph, names, similarity)
     k = check_k(k, sims, names)  # the similarity's zero rows / columns are the isolated nodes
     rng = check_random_state(random_state)
@@ -111,8 +113,26 @@ def cluster_layers(
             raise ClusteringError(f"layer {name!r}: {err}") from None
         rows[name], cols[name] = est.row_labels_, est.column_labels_
     kind = "weight" if similarity is None else "given"
+    meta = {"method": "bsgc", "pairing": pairing, "random_state": _seed_repr(random_state)}
     return Clustering(k, rows, cols, network_wide=False, similarity=kind,
-                      meta={"method": "bsgc", "pairing": pairing, "random_state": _seed_repr(random_state)})
+                      meta={**meta, "left_out": left_out} if left_out else meta)
+
+
+def _selected(graph: LayeredGraph, k: int, layers: Optional[Sequence[str]]):
+    """The layers to cluster and those left out (name -> reason). Named layers are all kept, and refused if
+    one is block-diagonal by construction (a depthwise or grouped convolution); by default every layer
+    but those. Either way k must then fit every kept layer (``check_k``: an error, not a skip)."""
+    k = check_k(k)
+    if layers is not None:
+        names = list(layers)
+        refuse_block_diagonal(graph, names)  # KeyError with the valid names for an unknown layer
+        return names, {}
+    names = [n for n in graph.layer_names if graph[n].block_diagonal_reason is None]
+    left_out = {n: graph[n].block_diagonal_reason for n in graph.layer_names if n not in names}
+    if not names:
+        raise ClusteringError(f"no layer of the graph can be clustered at k={k}: "
+                              + "; ".join(f"{n}: {why}" for n, why in list(left_out.items())[:3]))
+    return names, left_out
 
 
 def cluster_network(
@@ -145,10 +165,14 @@ def cluster_network(
     if hasattr(graph, "src_nodes"):  # a DAG (residual streams, attention): one label per shared node
         if similarity is not None:
             raise ClusteringError("network-wide clustering of a DAG graph uses |W|; similarity= is not supported")
-        return cluster_dag(graph, k, layers=layers, n_init=n_init, random_state=random_state)
+        names, left_out = _selected(graph, k, layers)
+        out = cluster_dag(graph, k, layers=names, n_init=n_init, random_state=random_state)
+        if left_out:
+            out.meta["left_out"] = left_out
+        return out
     if not graph.chained:
         raise ClusteringError("network-wide clustering needs a chained or DAG graph; use cluster_layers")
-    names = list(layers) if layers is not None else graph.layer_names
+    names, left_out = _selected(graph, k, layers)
     sims = _similarities(graph, names, similarity)
     k = check_k(k, sims, names)
     idx = sorted(graph.index(n) for n in names)
@@ -167,9 +191,10 @@ def cluster_network(
             name = graph.layers[i].name
             rows[name], cols[name] = levels[j], levels[j + 1]
     ordered = [graph.layers[i].name for i in idx]
+    meta = {"method": "spectral-network", "random_state": _seed_repr(random_state)}
     return Clustering(k, {n: rows[n] for n in ordered}, {n: cols[n] for n in ordered}, network_wide=True,
                       similarity="weight" if similarity is None else "given",
-                      meta={"method": "spectral-network", "random_state": _seed_repr(random_state)})
+                      meta={**meta, "left_out": left_out} if left_out else meta)
 
 
 def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng) -> List[np.ndarray]:

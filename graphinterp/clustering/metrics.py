@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.cluster import Clustering
+from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = [
@@ -135,6 +136,25 @@ class ClusterabilityReport:
 def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> ClusterabilityReport:
     """Score every clustered layer of ``graph`` (E, random-partition E, normalised score, sizes).
 
+    Parameters
+    ----------
+    graph : LayeredGraph or ModelGraph
+        The graph whose weights are scored (folded where the graph folded them).
+    clustering : Clustering
+        Labels of some of the graph's layers (validated against the graph).
+
+    Returns
+    -------
+    ClusterabilityReport
+        Per layer and model-wide (squared-weight-weighted) E, E_random and score.
+
+    Raises
+    ------
+    ClusteringError
+        If the clustering does not fit the graph, or covers a depthwise or grouped convolution (block-diagonal
+        by construction, so E = 1 whatever was learned; see
+        :func:`graphinterp.clustering.validation.clusterable_layers`).
+
     Examples
     --------
     >>> from torch import nn
@@ -145,6 +165,12 @@ def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> Cluste
     True
     """
     clustering.validate(graph)
+    for name in clustering.layer_names:  # E = 1 by construction would inflate the model's E
+        reason = graph[name].block_diagonal_reason
+        if reason is not None:
+            raise ClusteringError(f"the clustering covers layer {name!r}, a {reason.split(':')[0]}: E would be 1 by "
+                                  "construction, whatever the model learned; cluster without it (by default "
+                                  "cluster_layers, cluster_network and analyze leave such layers out)")
     scores = []
     inside_total, mass_total, random_total = 0.0, 0.0, 0.0
     for name in clustering.layer_names:

@@ -185,7 +185,15 @@ def _gram_svd(B: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 def _as_matrix(A: ArrayLike) -> torch.Tensor:
     """``A`` as a float32/float64 torch tensor, without a copy when it already is one (or a numpy array)."""
-    A = torch.as_tensor(A).detach()
+    if hasattr(A, "toarray") and hasattr(A, "nnz"):  # scipy.sparse: not densified behind the user's back
+        raise ClusteringError("the similarity matrix is a scipy.sparse matrix; pass a dense array (A.toarray())")
+    try:
+        A = torch.as_tensor(A).detach()
+    except (TypeError, ValueError, RuntimeError):
+        what = type(A).__name__ + (f" of dtype {A.dtype}" if hasattr(A, "dtype") else "")
+        raise ClusteringError(f"the similarity matrix must be a real numeric array or tensor, got {what}") from None
+    if A.is_complex():
+        raise ClusteringError("the similarity matrix is complex; pass real magnitudes (e.g. A.abs())")
     if A.dim() != 2:
         raise ClusteringError(f"the similarity matrix must be 2-D, got shape {tuple(A.shape)}")
     if not torch.is_floating_point(A):
@@ -195,12 +203,16 @@ def _as_matrix(A: ArrayLike) -> torch.Tensor:
     return A
 
 
-def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Row and column sums (C, m) and (C, n) of the matrices ``A`` (C, m, n), checking that they are finite
-    and non-negative (two cheap passes).
+def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(A, du, dv)``: the row and column sums (C, m) and (C, n) of the matrices ``A`` (C, m, n), checking
+    that they are finite and non-negative (two cheap passes), and ``A`` itself or, rarely, a rescaled copy.
 
     Finite sums of non-negative entries imply finite entries, so the element-wise test only runs
-    when a sum is not finite.
+    when a sum is not finite. A copy whose largest row sum lies outside :math:`2^{\pm 40}` (float32)
+    or :math:`2^{\pm 300}` (float64) is multiplied by a power of two that brings it near 1, in a new
+    tensor: the squared masses that score the candidates would otherwise overflow or vanish (a 3-block
+    matrix times 1e-200 was clustered at random). BSGC does not depend on the scale, and a power of two
+    rescales exactly, so the labels are those of the matrix itself; matrices in range are not copied.
     """
     du, dv = A.sum(2), A.sum(1)
     if not (bool(torch.isfinite(du).all()) and bool(torch.isfinite(dv).all())):
@@ -209,7 +221,14 @@ def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         du, dv = A.double().sum(2), A.double().sum(1)  # finite entries whose float32 sum overflowed
     if A.numel() and float(A.amin()) < 0:
         raise ClusteringError("the similarity matrix must be non-negative: pass |W|, not W")
-    return du, dv
+    if A.numel():
+        top = du.double().amax(1)
+        bound = 2.0 ** (40 if A.dtype == torch.float32 else 300)
+        if bool(((top > bound) | ((top > 0) & (top < 1 / bound))).any()):
+            scale = torch.where(top > 0, torch.exp2(-torch.frexp(top)[1].double()), torch.ones_like(top))
+            A = (A.double() * scale[:, None, None]).to(A.dtype)
+            du, dv = A.sum(2), A.sum(1)
+    return A, du, dv
 
 
 def _threads_for(A: torch.Tensor):

@@ -18,13 +18,13 @@ direct users of the estimator.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from graphinterp.common.errors import ClusteringError
 
-__all__ = ["check_k", "live_sizes"]
+__all__ = ["check_k", "clusterable_layers", "live_sizes", "refuse_block_diagonal", "require_clusterable"]
 
 
 def live_sizes(layer) -> Tuple[int, int]:
@@ -90,3 +90,54 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
                 f"non-isolated outputs; use 2 <= k <= {min(n_in, n_out)}, or leave layer {name!r} out (--layers)"
             )
     return k
+
+
+def clusterable_layers(graph, k: int, layers: Optional[Sequence[str]] = None) -> Tuple[List[str], Dict[str, str]]:
+    """``(chosen, left_out)``: which of ``layers`` (all by default) can be clustered at ``k``, and why the others cannot.
+
+    The one rule for which layers a clusterability figure covers. A layer is left out when it is
+    block-diagonal by construction (a depthwise or grouped convolution: any clustering that follows
+    its groups scores E = 1, which measures the architecture, not learned modularity), when all its
+    weights are zero, or when it has fewer than ``k`` non-isolated inputs or outputs (:func:`check_k`).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from graphinterp.graph.layered import LayeredGraph
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8),
+    ...                                            nn.ReLU(), nn.Conv2d(8, 6, 1)), input_shape=(3, 8, 8))
+    >>> chosen, left_out = clusterable_layers(g, 4)
+    >>> chosen, sorted(left_out)
+    (['4'], ['0', '2'])
+    """
+    chosen, left_out = [], {}
+    for name in (list(layers) if layers is not None else list(graph.layer_names)):
+        layer = graph[name]
+        reason = getattr(layer, "block_diagonal_reason", None)
+        if reason is None:
+            live = live_sizes(layer)
+            if max(live) == 0:
+                reason = "all its weights are zero"
+            elif min(live) < k:
+                reason = f"fewer than k={k} non-isolated nodes ({live[0]}x{live[1]})"
+        if reason is None:
+            chosen.append(name)
+        else:
+            left_out[name] = reason
+    return chosen, left_out
+
+
+def refuse_block_diagonal(graph, layers: Sequence[str]) -> None:
+    """Raise :class:`ClusteringError` (one line) if one of ``layers`` is block-diagonal by construction
+    (a depthwise or grouped convolution; see :func:`clusterable_layers`)."""
+    for name in layers:
+        reason = getattr(graph[name], "block_diagonal_reason", None)
+        if reason is not None:
+            raise ClusteringError(f"layer {name!r}: {reason}; leave layer {name!r} out (--layers)")
+
+
+def require_clusterable(graph, k: int, layers: Sequence[str]) -> None:
+    """Raise :class:`ClusteringError` (one line, naming the layer) unless every one of ``layers`` can be
+    clustered at ``k`` (the rule of :func:`clusterable_layers`; layers named explicitly are never skipped)."""
+    refuse_block_diagonal(graph, layers)
+    check_k(k, graph, layers)

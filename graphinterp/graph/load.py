@@ -115,7 +115,7 @@ def open_model(source: Source, *, weights: Optional[str] = None, trust_pickle: b
     ('module', ['0.weight', '0.bias'])
     """
     if isinstance(source, nn.Module):
-        return OpenedModel(type(source).__name__, "module", source.eval(), _cpu_state(source))
+        return OpenedModel(type(source).__name__, "module", source, _cpu_state(source))  # its train/eval mode untouched
     if isinstance(source, Mapping):
         return _with_known_architecture(OpenedModel("state_dict", "state_dict", None, dict(source)))
     path = Path(source).expanduser()

@@ -53,6 +53,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -181,7 +182,14 @@ def _labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
         if labels != "all":
             raise DataError(f"labels must be 'all' or a list of integers, got {labels!r}")
         return list(range(n_out))
-    out = [int(c) for c in labels]
+    try:
+        items = list(labels)
+    except TypeError:
+        raise DataError(f"labels must be 'all' or a list of integers, got {labels!r}") from None
+    wrong = [c for c in items if isinstance(c, bool) or not isinstance(c, (int, np.integer))]
+    if wrong:  # int(3.7) would silently run label 3
+        raise DataError(f"labels must be integers (output indices), got {wrong[0]!r}")
+    out = [int(c) for c in items]
     bad = [c for c in out if not 0 <= c < n_out]
     if bad or not out:
         raise DataError(f"label(s) {bad or 'none'} not in the model's output: it has {n_out} outputs, use labels in 0..{n_out - 1}")

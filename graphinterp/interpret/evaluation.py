@@ -50,11 +50,23 @@ def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, devic
                    num_classes: Optional[int] = None) -> np.ndarray:
     """Accuracy on each class's examples, batched on ``device`` (the model runs there and is moved back afterwards).
 
+    Parameters
+    ----------
+    model : nn.Module
+        Returns one score per class on its last dimension; the prediction is the argmax.
+    data : LabeledTensors, (x, y) or TensorDataset
+    batch_size : int
+    device : str or torch.device, optional
+        Where the model runs (``"auto"``: CUDA when available); default: where its parameters are.
+    num_classes : int, optional
+        Length of the result: the larger of this and ``max(y) + 1`` (the default is ``max(y) + 1``, so
+        output classes above the largest label in ``y`` are not listed; pass the model's number of
+        outputs to get one entry per output).
+
     Returns
     -------
-    ndarray of shape (num_classes,)
-        ``NaN`` for a class without examples. ``num_classes`` defaults to the larger of the
-        number of outputs and ``max(y) + 1``.
+    ndarray of shape (max(num_classes, max(y) + 1),)
+        ``NaN`` for a class without examples.
 
     Examples
     --------

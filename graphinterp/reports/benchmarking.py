@@ -27,7 +27,7 @@ from graphinterp.clustering.metrics import clusterability, normalized_score, ran
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
 from graphinterp.clustering.significance import shuffle_test, single_threaded_blas
-from graphinterp.clustering.validation import check_k, live_sizes
+from graphinterp.clustering.validation import check_k, clusterable_layers, live_sizes
 from graphinterp.reports.model_sources import ModelSource, graph_with_fallback, load_source
 
 __all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
@@ -97,19 +97,9 @@ def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], rando
     A layer's seed is ``[random_state, its index in the graph]``: its result depends on nothing else,
     so it is the same whichever layers, models, processes or machines are involved.
     """
-    tasks, skipped = [], {}
-    for lname in names:
-        layer = graph[lname]
-        if layer.block_diagonal_reason is not None:
-            skipped[lname] = layer.block_diagonal_reason
-            continue
-        live = live_sizes(layer)
-        if min(live) < ks[0]:
-            why = "all its weights are zero" if min(live) == 0 else f"fewer than k={ks[0]} nodes with weights"
-            skipped[lname] = f"{why} ({live[0]}x{live[1]})"
-            continue
-        seed = None if random_state is None else [int(random_state), graph.index(lname)]
-        tasks.append((layer, live, seed))
+    chosen, skipped = clusterable_layers(graph, ks[0], names)
+    tasks = [(graph[lname], live_sizes(graph[lname]), None if random_state is None else
+              [int(random_state), graph.index(lname)]) for lname in chosen]
     return tasks, skipped
 
 

@@ -40,11 +40,13 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
       ``network_wide``, which read as if it were about ``cluster``; with ``cluster_source = "network"``
       and per-layer ``cluster_in`` / ``cluster_out`` it is false);
 
-    and ``k``, ``similarity``, and ``E``, ``E_random`` and ``score`` of the labels the edges' ``within``
-    follows (``network``'s when given, else ``clustering``'s): the share of squared weight inside clusters, its
-    baseline (a random partition with the same cluster sizes) and the normalised score
+    and ``k``, ``similarity``, and ``E``, ``E_random`` and ``score`` of the labels the node attribute
+    ``cluster`` follows (``network``'s when given, else ``clustering``'s): the share of squared weight inside
+    clusters, its baseline (a random partition with the same cluster sizes) and the normalised score
     :math:`(E - E_{rand}) / (1 - E_{rand})`; with network-wide labels also as ``E_network``,
-    ``E_network_random`` and ``score_network``. A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
+    ``E_network_random`` and ``score_network``. When both a per-layer ``clustering`` and ``network`` are
+    given, the edges' ``within`` follows the per-layer labels, whose scores are ``E_per_layer``,
+    ``E_per_layer_random`` and ``score_per_layer`` (the E that ``analyze`` reports). A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
     multigraph (graph attribute ``multigraph`` true): one edge per layer and pair of nodes, so that two layers
     writing onto the same nodes (a SwiGLU MLP's gate and up projections) both keep their weight; the
     file has one edge per layer and pair of nodes with ``|weight| > min_abs_weight`` (input features
@@ -76,12 +78,18 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     if first is not None:
         from graphinterp.clustering.metrics import clusterability_report
 
-        report = clusterability_report(graph, network if network is not None else clustering)
-        scores = {"E": float(report.E), "E_random": float(report.E_random), "score": float(report.score)}
-        G.graph.update(scores)
+        def scores(c):
+            report = clusterability_report(graph, c)
+            return {"E": float(report.E), "E_random": float(report.E_random), "score": float(report.score)}
+
+        first_scores = scores(network if network is not None else clustering)  # the labels `cluster` follows
+        G.graph.update(first_scores)
         if network is not None or clustering.network_wide:
             G.graph.update({f"{key}_network" if key != "E_random" else "E_network_random": value
-                            for key, value in scores.items()})
+                            for key, value in first_scores.items()})
+        if network is not None and clustering is not None and not clustering.network_wide:
+            G.graph.update({f"{key}_per_layer" if key != "E_random" else "E_per_layer_random": value
+                            for key, value in scores(clustering).items()})  # the labels `within` follows
     if before_write is not None:
         before_write(G, graphml_size_estimate(G))
     write_graphml(G, path, progress=progress)

@@ -14,7 +14,10 @@ Section 2 of the paper trains with :math:`L = L_{CE} + \\lambda L_E`. With the w
 **The per-layer mean is the default**: every clustered layer gets the same say whatever its size, so
 each one is driven towards E = 1. With ``"mass"`` the loss is the share of *all* squared weight of
 the clustered layers that crosses clusters (exactly the model-wide E of
-:func:`graphinterp.clustering.metrics.clusterability_report`) and a layer counts in proportion to its weight
+:func:`graphinterp.clustering.metrics.clusterability_report` on the graph of the raw parameters,
+``fold=False``; where a BatchNorm, LayerNorm or layer_scale is folded into a clustered layer, the
+default graph's weights are the parameters times those scales and its E differs: the loss measures
+the parameters it trains) and a layer counts in proportion to its weight
 mass; when the clustered layers differ greatly in size a big layer dominates and the small ones stay
 less modular (paper's CIFAR-10 CNN, ``fc1`` 4096 x 64 and ``fc2`` 64 x 64 clustered, 1 + 10
 epochs: E of ``fc2`` 0.904 with ``"mass"`` against 0.9997 with ``"mean"``). For a single clustered
