@@ -124,10 +124,14 @@ def layers_option(f: Callable) -> Callable:
 
 
 def parse_layers(text: Optional[str]) -> Optional[List[str]]:
-    """``"fc1,fc2"`` -> ``["fc1", "fc2"]``; None or empty -> None."""
-    if not text:
+    """``"fc1,fc2"`` -> ``["fc1", "fc2"]``; None (option not given) -> None; no name at all (``--layers ""``,
+    which silently meant the default layers, or ``","``) is a usage error."""
+    if text is None:
         return None
-    return [p.strip() for p in text.split(",") if p.strip()]
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise click.BadParameter("no layer named; give comma-separated layer names", param_hint="--layers")
+    return names
 
 
 # ------------------------------------------------------------------ checks

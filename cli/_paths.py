@@ -31,14 +31,24 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_output_path(path, *, inputs: Sequence = (), suffixes: Optional[Sequence[str]] = None,
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) lies inside ``folder``."""
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return False
+    return True
+
+
+def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (), suffixes: Optional[Sequence[str]] = None,
                       param_hint: Optional[str] = None) -> str:
     """Check, before any work, that a file can be written at ``path``; return ``path`` as a string.
 
     Refused with :class:`click.BadParameter`:
 
     * a suffix not in ``suffixes`` (case-insensitive; e.g. :data:`FIGURE_SUFFIXES`), when given;
-    * a path that is, or resolves to, one of ``inputs`` (e.g. ``export m.pt m.pt``);
+    * a path that is, or resolves to, one of ``inputs`` (e.g. ``export m.pt m.pt``), or an existing file
+      inside one of the folders ``input_dirs`` (``train --out`` onto a file of ``--data-dir``);
     * an existing path that is not a regular file: a folder, a symbolic link, a device, a FIFO;
     * a folder that does not exist (``folder 'reslts' does not exist; create it first or fix the
       path``), a parent that is a file, or a folder in which no file can be created (read-only).
@@ -67,6 +77,11 @@ def check_output_path(path, *, inputs: Sequence = (), suffixes: Optional[Sequenc
         if source is not None and os.path.lexists(text) and _same_file(p, Path(os.fspath(source))):
             raise click.BadParameter(f"{text} is also an input; writing it would destroy {os.fspath(source)}: "
                                      "choose another output", param_hint=param_hint)
+    for folder in input_dirs:
+        if folder is not None and os.path.lexists(text) and _inside(p, Path(os.fspath(folder))):
+            raise click.BadParameter(f"{text} is a file inside {os.fspath(folder)}, which is read as input; writing it "
+                                     "could destroy the data: choose an output outside that folder",
+                                     param_hint=param_hint)
     try:
         check_writable(p, parent_must_exist=True)
     except OutputPathError as err:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Optional, Tuple
 
 import click
@@ -127,6 +128,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                                f"{' or '.join(TASKS)}, mlp and cnn on {', '.join(DATASETS)}")
     check_training_options(click.get_current_context(), dataset)
     launch, torch_device = _launch(model_name, resume, device)
+    if not resume and os.path.isfile(out) and launch.is_main:
+        _note(f"{out} exists: this new run replaces it when it writes its first checkpoint (pass --resume to continue it)")
     if model_name == "transformer":
         _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
                            seed, device, data_dir, corpus, out, resume, quiet, as_json)
@@ -135,7 +138,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                          batch_size=batch_size or 64, lr=1e-3 if lr is None else lr, similarity=similarity, reduction=reduction,
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
                          max_train=max_train, quiet=quiet or as_json).validate()
-    check_output_path(out, param_hint="--out")
+    check_output_path(out, input_dirs=[config.data_dir], param_hint="--out")
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
         result = train(config, checkpoint=out, resume=resume, on_note=_note)
     if launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
@@ -245,7 +248,8 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
         from graphinterp import default_corpus_path
 
         inputs.append(corpus or default_corpus_path(config.data_dir))
-    check_output_path(out, inputs=inputs, param_hint="--out")  # --resume reads --out itself, which is fine
+    check_output_path(out, inputs=inputs, input_dirs=[config.data_dir] if task == "chars" and not corpus else [],
+                      param_hint="--out")  # --resume reads --out itself, which is fine
     if task == "chars":  # a missing or empty corpus is reported before the model is built
         from graphinterp import load_corpus
 

@@ -196,9 +196,9 @@ def test_export_notes_the_layers_it_leaves_unclustered(mlp_file, tmp_path):
     assert res.exit_code == 0, res.stderr
     lines = res.stdout.splitlines()  # after the coverage lines, as every report starts with them
     assert lines[0].startswith("coverage: ")
-    assert "note: not clustered (fewer than k=6 non-isolated nodes on a side): 4" in lines
+    assert "note: not clustered: 4: fewer than k=6 non-isolated nodes (12x5)" in lines
     out = json.loads(invoke("export", mlp_file, tmp_path / "h.graphml", "--k", "6", "--json").stdout)
-    assert "not clustered (fewer than k=6 non-isolated nodes on a side): 4" in out["notes"]
+    assert "not clustered: 4: fewer than k=6 non-isolated nodes (12x5)" in out["notes"]
     # --stored exports the stored clustering: --k and --layers are refused, not ignored
     assert "--layers does not apply with --stored" in one_error(
         invoke("export", mlp_file, tmp_path / "i.graphml", "--stored", "--layers", "2"), 2)

@@ -299,7 +299,8 @@ def test_max_train_above_the_training_set_is_a_note(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert f"note: {note}" in res.stderr.splitlines()
     assert json.loads(res.stdout)["notes"] == [note]
-    res = invoke("train", "--epochs", "0", "--k", "2", "--max-train", "1437", "--device", "cpu", "--json", "--out", out)
+    res = invoke("train", "--epochs", "0", "--k", "2", "--max-train", "1437", "--device", "cpu", "--json", "--out",
+                 tmp_path / "other.pt")
     assert res.exit_code == 0 and "note:" not in res.stderr and json.loads(res.stdout)["notes"] == []
 
 

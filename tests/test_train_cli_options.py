@@ -120,3 +120,71 @@ def test_resuming_a_character_lm_on_a_text_with_other_characters_is_refused(tmp_
                            "trained on 9; ")
     assert "characters the model never saw: 'ijklmnop'" in line and line.endswith("pass its training text with --corpus")
     assert out.read_bytes() == before
+
+
+def test_resuming_a_character_lm_on_another_text_with_the_same_characters_is_refused(tmp_path):
+    """The vocabulary check passed, so the run went on on another text (its history mixing two validation sets)."""
+    from graphinterp.training.train_transformer import TransformerConfig, train_transformer
+
+    first, other, moved, out = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "moved.txt", tmp_path / "lm.pt"
+    first.write_text("abcd efgh " * 100)
+    other.write_text("hgfe dcba " * 100)  # the same characters, another text
+    moved.write_text(first.read_text())
+    train_transformer(TransformerConfig(task="chars", corpus=str(first), warmup_steps=1, steps=1, device="cpu",
+                                        quiet=True), checkpoint=out)
+    before = out.read_bytes()
+    res = invoke("train", "--dataset", "chars", "--corpus", other, "--warmup-steps", "1", "--steps", "2", "--out", out,
+                 "--resume", "--device", "cpu")
+    assert one_error(res, 1) == (f"error: cannot resume {out}: it was trained on another text than {other} (same "
+                                 "characters, other content); pass its training text with --corpus")
+    assert out.read_bytes() == before
+    # the same text under another name resumes
+    res = invoke("train", "--dataset", "chars", "--corpus", moved, "--warmup-steps", "1", "--steps", "2", "--out", out,
+                 "--resume", "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.stderr
+
+
+def test_out_onto_a_file_of_the_data_folder_is_refused(tmp_path):
+    """--out inside --data-dir overwrote MNIST's label file (the next run found the dataset damaged)."""
+    data = tmp_path / "data" / "MNIST" / "raw"
+    data.mkdir(parents=True)
+    target = data / "t10k-labels-idx1-ubyte"
+    target.write_bytes(b"labels")
+    res = invoke("train", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--out", target, "--device", "cpu")
+    assert "is a file inside" in usage_error(res) and target.read_bytes() == b"labels"
+
+
+@pytest.mark.parametrize("layers, line", [
+    ("", "Invalid value for --layers: no layer named; give comma-separated layer names"),
+    (",", "Invalid value for --layers: no layer named; give comma-separated layer names"),
+])
+def test_an_empty_layer_list_is_refused_not_read_as_the_default(tmp_path, layers, line):
+    res = invoke("train", "--dataset", "digits", "--layers", layers, "--out", tmp_path / "m.pt", "--device", "cpu")
+    assert usage_error(res) == line
+
+
+def test_a_layer_named_twice_is_refused(tmp_path):
+    """fc2,fc2 clustered fc2 twice, the second overwriting the first: another E than --layers fc2."""
+    res = invoke("train", "--dataset", "digits", "--layers", "fc2,fc2", "--out", tmp_path / "m.pt", "--device", "cpu")
+    assert one_error(res, 1) == "error: layers names fc2 more than once; give each layer once"
+
+
+def test_a_new_run_onto_an_existing_checkpoint_says_it_replaces_it(tmp_path):
+    out = tmp_path / "m.pt"
+    args = ("train", "--dataset", "digits", "--warmup-epochs", "0", "--epochs", "1", "--out", out, "--device", "cpu",
+            "-q")
+    assert invoke(*args).exit_code == 0
+    res = invoke(*args)
+    assert res.exit_code == 0 and f"note: {out} exists: this new run replaces it" in res.stderr
+
+
+def test_a_character_lm_is_evaluated_on_every_held_out_window_by_default(tmp_path):
+    """The test loss and accuracy were those of the first 256 windows (7% of Tiny Shakespeare's), unsaid."""
+    from graphinterp.training.train_transformer import TransformerConfig, task_data
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 1000)
+    cfg = TransformerConfig(task="chars", corpus=str(corpus), n_ctx=8).validate()
+    x, _ = task_data(cfg)["test"]
+    val = task_data(cfg)["corpus"].val
+    assert len(x) == (len(val) - 1) // 8 > 256

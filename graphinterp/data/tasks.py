@@ -84,6 +84,17 @@ class CharCorpus:
     def vocab(self) -> int:
         return len(self.chars)
 
+    @property
+    def fingerprint(self) -> str:
+        """A short SHA-256 of the characters and both splits: equal exactly when the token streams are
+        (what a resumed run must train on; a file's path or name may change)."""
+        import hashlib
+
+        h = hashlib.sha256("".join(self.chars).encode("utf-8"))
+        for part in (self.train, self.val):
+            h.update(part.to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def batch(self, batch_size: int, n_ctx: int, generator: torch.Generator,
               split: str = "train") -> Tuple[torch.Tensor, torch.Tensor]:
         """Random windows ``(x, y)`` of shape ``(batch_size, n_ctx)``; ``y`` is ``x`` shifted by one."""

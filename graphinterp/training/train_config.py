@@ -193,6 +193,9 @@ class TrainConfig:
             if isinstance(self.layers, str) or not self.layers or not all(isinstance(n, str) for n in self.layers):
                 raise TrainingError(f"layers must be a non-empty list of layer names or None, got {self.layers!r}")
             self.layers = list(self.layers)
+            twice = sorted({n for n in self.layers if self.layers.count(n) > 1})
+            if twice:  # each occurrence was clustered again, the last overwriting the first
+                raise TrainingError(f"layers names {', '.join(twice)} more than once; give each layer once")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -13,7 +13,8 @@ The transformer counterpart of :func:`graphinterp.training.train.train`, counted
 
 Tasks (:mod:`graphinterp.data.tasks`): ``modadd`` trains full-batch on the train split and reports test
 accuracy; ``chars`` trains on random windows of the corpus and reports validation loss and accuracy
-on fixed windows of the held-out text. Every ``eval_every`` steps a history row is appended and the
+on every non-overlapping window of the held-out text (the first ``eval_windows`` of them when that cap is
+set, with a note). Every ``eval_every`` steps a history row is appended and the
 checkpoint (weights, architecture, clustering, history, optimiser and RNG state) is written
 atomically, so ``resume=True`` continues an interrupted run to the same weights.
 """
@@ -172,6 +173,9 @@ def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: boo
 
     if resume and checkpoint is not None and not os.path.exists(checkpoint):
         note(f"{os.fspath(checkpoint)} does not exist yet: starting a new run")
+    if config.task == "chars" and config.eval_windows is not None:
+        note(f"test loss and accuracy are over at most the first {config.eval_windows} windows of the held-out text "
+             "(eval_windows); eval_windows=None evaluates them all")
     with training_run(progress):  # locks the checkpoint, flushes subnormals, reports Ctrl-C
         result = _run(config, checkpoint, resume, model, progress)
     result.notes = notes

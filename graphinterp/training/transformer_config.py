@@ -76,7 +76,7 @@ class TransformerConfig:
     n_ctx: int = 32
     batch_size: int = 32
     max_chars: Optional[int] = None
-    eval_windows: int = 256
+    eval_windows: Optional[int] = None  # None: every validation window (was 256: 7% of Tiny Shakespeare's, unsaid)
     quiet: bool = False
 
     def validate(self) -> "TransformerConfig":
@@ -96,6 +96,8 @@ class TransformerConfig:
                           ("n_heads", 1), ("d_mlp", 1), ("n_layers", 1), ("p", 2), ("data_seed", 0), ("n_ctx", 2),
                           ("batch_size", 1), ("eval_windows", 1)):
             v = getattr(self, name)
+            if name == "eval_windows" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise TrainingError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.seed > SEED_MAX:

@@ -48,6 +48,7 @@ def _meta(data) -> Dict[str, Any]:
     meta = {"trainer": "graphinterp.training.train_transformer"}
     if data is not None and "corpus" in data:
         meta["vocabulary"] = "".join(data["corpus"].chars)
+        meta["corpus_sha256"] = data["corpus"].fingerprint
     return meta
 
 
@@ -73,6 +74,10 @@ def resume_state(path, config: TransformerConfig, arch, model, opt, gen, gradsim
                 check_vocabulary(ckpt, data["corpus"], str(path))
             except DataError as err:
                 raise TrainingError(f"cannot resume {path}: {err}") from None
+            stored = (ckpt.get("meta") or {}).get("corpus_sha256")
+            if stored is not None and stored != data["corpus"].fingerprint:  # same characters, another text
+                raise TrainingError(f"cannot resume {path}: it was trained on another text than {data['corpus'].path} "
+                                    "(same characters, other content); pass its training text with --corpus")
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
