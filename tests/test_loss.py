@@ -91,18 +91,56 @@ def test_mass_value_is_the_reported_clusterability():
     assert mean().item() == pytest.approx(1 - np.mean([s.E for s in report.layers]), rel=1e-12)
 
 
-def test_with_a_folded_batchnorm_the_loss_is_the_raw_graphs_E_as_documented():
-    torch.manual_seed(3)
+def _bn_mlp(seed=3):
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4, bias=False)).double()
     with torch.no_grad():
         model[1].weight.uniform_(0.2, 3.0)
-    model.eval()
-    raw = LayeredGraph.from_module(model, fold=False)
-    folded = LayeredGraph.from_module(model)
-    c = cluster_network(raw, 2, random_state=0)
-    loss = EnmeshmentLoss(model, c, graph=raw, reduction="mass")
-    assert loss.clusterability() == pytest.approx(clusterability_report(raw, c).E, rel=1e-12)
-    assert abs(loss.clusterability() - clusterability_report(folded, c).E) > 1e-4  # the scales reweigh rows
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_with_a_folded_batchnorm_the_loss_scores_the_graphs_weights():
+    """The loss and E were of the raw parameters while the graph, its clustering and the report use the
+    folded ones (report 0.3692 vs loss 0.3470 on the shared MNIST BatchNorm MLP)."""
+    model = _bn_mlp()
+    folded, raw = LayeredGraph.from_module(model), LayeredGraph.from_module(model, fold=False)
+    c = cluster_network(folded, 2, random_state=0)
+    for reduction in ("mass", "mean"):
+        loss = EnmeshmentLoss(model, c, graph=folded, reduction=reduction)
+        report = clusterability_report(folded, c)
+        assert loss.clusterability() == pytest.approx(report.E, rel=1e-10)
+        assert loss.per_layer() == pytest.approx({s.layer: s.E for s in report.layers}, rel=1e-10)
+    assert abs(clusterability_report(raw, c).E - clusterability_report(folded, c).E) > 1e-4  # folding matters here
+    raw_loss = EnmeshmentLoss(model, c, graph=raw, reduction="mass")  # a fold=False graph: the raw weights
+    assert raw_loss.clusterability() == pytest.approx(clusterability_report(raw, c).E, rel=1e-10)
+
+
+def test_a_rescaling_that_the_batchnorm_absorbs_does_not_change_the_loss():
+    """Rows of the layer shrunk and the BatchNorm's variance shrunk to match: same function, and so the same
+    loss (the raw-parameter loss dropped, so training could game it)."""
+    model = _bn_mlp()
+    model[1].eps = 0.0  # so that the compensation below is exact
+    graph = LayeredGraph.from_module(model)
+    c = cluster_network(graph, 2, random_state=0)
+    loss = EnmeshmentLoss(model, c, graph=graph, reduction="mass")
+    x = torch.randn(5, 6, dtype=torch.float64)
+    before_out, before = model(x), loss().item()
+    with torch.no_grad():
+        factor = torch.linspace(0.2, 3.0, 8, dtype=torch.float64)
+        model[0].weight.mul_(factor[:, None])
+        model[1].running_mean.mul_(factor)
+        model[1].running_var.mul_(factor ** 2)
+    torch.testing.assert_close(model(x), before_out, rtol=1e-9, atol=1e-12)
+    assert loss().item() == pytest.approx(before, rel=1e-9)
+
+
+def test_the_loss_gradient_reaches_the_batchnorm_gain():
+    model = _bn_mlp()
+    graph = LayeredGraph.from_module(model)
+    loss = EnmeshmentLoss(model, cluster_network(graph, 2, layers=["0"], random_state=0), graph=graph)
+    loss().backward()
+    assert model[1].weight.grad is not None and float(model[1].weight.grad.abs().sum()) > 0
 
 
 def test_never_writes_grad_and_accumulates_like_any_loss():
@@ -229,3 +267,44 @@ def test_one_zero_layer_gives_one():
     value = loss()
     value.backward()
     assert value.item() == 1.0 and not model.fc2.weight.grad.any()
+
+
+class _Folds(nn.Module):
+    """conv -> BatchNorm2d (rows of conv), pool -> BatchNorm2d -> flatten -> fc (a per-channel gain on fc's
+    flattened columns), fc -> layer_scale (rows of fc)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.bn_in = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 2 * 2, 6, bias=False)
+        self.layer_scale = nn.Parameter(torch.rand(6) + 0.5)
+        self.head = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        h = self.bn_in(torch.nn.functional.max_pool2d(h, 2)).flatten(1)
+        return self.head(torch.relu(self.layer_scale * self.fc(h)))
+
+
+def test_the_loss_follows_every_kind_of_fold_live():
+    torch.manual_seed(0)
+    model = _Folds().double().eval()
+    with torch.no_grad():
+        for bn in (model.bn, model.bn_in):
+            bn.weight.uniform_(0.3, 2.0)
+            bn.running_var.uniform_(0.5, 2.0)
+    example = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    graph = LayeredGraph.from_module(model, input_shape=(3, 4, 4))
+    folds = {name: graph[name].folded for name in ("conv", "fc")}
+    assert folds["conv"] == ("bn (BatchNorm scale)",) and set(folds["fc"]) == {"bn_in (input gain)", "layer_scale (scale)"}
+    c = cluster_network(graph, 2, layers=["conv", "fc"], random_state=0)
+    loss = EnmeshmentLoss(model, c, graph=graph, reduction="mass")
+    assert loss.clusterability() == pytest.approx(clusterability_report(graph, c).E, rel=1e-10)
+    with torch.no_grad():  # the model trains on: the loss follows its current scales, as a fresh graph does
+        model.bn.weight.mul_(torch.linspace(0.5, 2.0, 4, dtype=torch.float64))
+        model.bn_in.running_var.mul_(torch.linspace(2.0, 0.5, 4, dtype=torch.float64))
+        model.layer_scale.mul_(torch.linspace(0.3, 3.0, 6, dtype=torch.float64))
+    fresh = LayeredGraph.from_module(model, input_shape=(3, 4, 4))
+    assert loss.clusterability() == pytest.approx(clusterability_report(fresh, c).E, rel=1e-10)
+    assert model(example).shape == (2, 3)

@@ -147,6 +147,10 @@ def test_hf_adapter_finds_blocks_and_fine_tuning_lowers_L_E_without_touching_oth
     c = cluster_mlp_blocks(g, 4, random_state=0)
     loss = EnmeshmentLoss(model, c, graph=g)
     masked = {id(m.param) for m in loss.masks.values()}
+    # the norm gains the graph folded into the clustered layers: the loss scores the folded weights, so they train too
+    gains = {id(model.get_submodule(tag.rpartition(" (")[0]).weight) for n in loss.masks for tag in g[n].folded}
+    assert gains and all(tag.endswith("(input gain)") for n in loss.masks for tag in g[n].folded)
+    masked |= gains
     for name, m in loss.masks.items():  # GPT-2 Conv1D: the mask is in the stored (in, out) layout
         layer = g[name]
         rows, cols = c.labels(name)

@@ -268,13 +268,14 @@ def blocks_from_clustering(clustering: Clustering) -> List[MLPBlock]:
 
 @torch.no_grad()
 def block_clusterability(masks: Mapping, blocks: Sequence[MLPBlock]) -> Dict[str, float]:
-    """E of each block on the raw parameters: within-cluster squared weight / all squared weight.
+    """E of each block: within-cluster squared weight / all squared weight (weights as the graph holds them).
 
     ``masks`` are :class:`~graphinterp.training.masks.ParameterMask` per layer (e.g. ``EnmeshmentLoss.masks``).
     """
     out = {}
     for block in blocks:
-        within = sum(float((masks[n].param.double().square() * masks[n].mask.double()).sum()) for n in block.layers)
-        total = sum(float(masks[n].param.double().square().sum()) for n in block.layers)
+        within = sum(float((masks[n].effective().double().square() * masks[n].mask.double()).sum())
+                     for n in block.layers)
+        total = sum(float(masks[n].effective().double().square().sum()) for n in block.layers)
         out[block.name] = within / total if total > 0 else 0.0
     return out

@@ -208,8 +208,8 @@ def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     that they are finite and non-negative (two cheap passes), and ``A`` itself or, rarely, a rescaled copy.
 
     Finite sums of non-negative entries imply finite entries, so the element-wise test only runs
-    when a sum is not finite. A copy whose largest row sum lies outside :math:`2^{\pm 40}` (float32)
-    or :math:`2^{\pm 300}` (float64) is multiplied by a power of two that brings it near 1, in a new
+    when a sum is not finite. A copy whose largest row sum lies outside 2^-40 .. 2^40 (float32)
+    or 2^-300 .. 2^300 (float64) is multiplied by a power of two that brings it near 1, in a new
     tensor: the squared masses that score the candidates would otherwise overflow or vanish (a 3-block
     matrix times 1e-200 was clustered at random). BSGC does not depend on the scale, and a power of two
     rescales exactly, so the labels are those of the matrix itself; matrices in range are not copied.

@@ -216,7 +216,7 @@ def graph_from_calls(tracer, model: nn.Module, coverage: Coverage) -> LayeredGra
         if call.kind != "linear" and len(nodes) != len(s_glob):
             raise UnsupportedModelError(f"layer {call.name!r}: two of its input channels are the same node")
         layer = Layer(call.name, call.kind, _folded_weight(call), groups=call.groups, param=call.param,
-                      transposed=call.transposed, folded=tuple(call.folded),
+                      transposed=call.transposed, folded=tuple(call.folded), fold_maps=tuple(call.fold_maps),
                       in_index=torch.as_tensor(in_index) if len(nodes) != len(s_glob) else None)
         layers.append(layer)
         src.append(nodes if len(nodes) != len(s_glob) else s_glob)
@@ -275,6 +275,7 @@ def _as_chain(layers: List[Layer], src: List[np.ndarray], dst: List[np.ndarray])
             if not torch.equal(idx, torch.arange(n).repeat_interleave(per)):
                 return None  # a channels-last flatten: keep the node map of the DAG graph
             layer = Layer(layer.name, layer.kind, layer.weight, in_groups=n, groups=layer.groups,
-                          param=layer.param, transposed=layer.transposed, folded=layer.folded)
+                          param=layer.param, transposed=layer.transposed, folded=layer.folded,
+                          fold_maps=layer.fold_maps)
         channel_major.append(layer)
     return LayeredGraph(channel_major, chained=True)

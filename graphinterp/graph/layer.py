@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -66,6 +66,11 @@ class Layer:
     folded : tuple of str
         What was folded into ``weight`` (e.g. ``"bn1 (BatchNorm2d scale)"``); ``weight`` is then the
         folded weight and differs from the raw parameter by a positive diagonal scaling.
+    fold_maps : tuple
+        For each fold, ``(tag, side, index)``: ``side`` ``"out"`` (rows) or ``"in"`` (input features), and
+        for each row or input feature the index of its scale in the folded module's flattened
+        per-channel vector (-1: not scaled; None: unknown). What training needs to recompute the
+        folded weight from the live model (:mod:`graphinterp.training.folded_scales`).
 
     Examples
     --------
@@ -85,6 +90,7 @@ class Layer:
     param: Optional[str] = None
     transposed: bool = False
     folded: Tuple[str, ...] = ()
+    fold_maps: Tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

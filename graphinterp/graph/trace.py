@@ -222,6 +222,7 @@ class ChannelTracer(TorchFunctionMode):
                 call = self.calls[i]
                 if tag in call.folded:
                     call.folded.remove(tag)
+                call.fold_maps = [m for m in call.fold_maps if m[0] != tag]
                 call.in_scale = None
                 layers.append(call.name)
             gain.used = False
@@ -229,6 +230,7 @@ class ChannelTracer(TorchFunctionMode):
         for layer, readers in self._out_folds.leaking().items():  # BN(conv(x)) where conv's output is read too
             call = self.calls[layer]
             call.out_scale = None
+            call.fold_maps = [m for m in call.fold_maps if m[1] != "out"]
             for tag in self._out_folds.tags.get(layer, []):
                 if tag in call.folded:
                     call.folded.remove(tag)

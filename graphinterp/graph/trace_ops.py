@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -60,6 +60,9 @@ class LayerCall:
     in_scale: Optional[torch.Tensor] = None  # per input feature (folded gains)
     out_scale: Optional[torch.Tensor] = None  # per output (folded BatchNorm / layer_scale)
     folded: List[str] = field(default_factory=list)
+    # per fold: (tag, "out" or "in", for each row / input feature the index of its scale in the source's
+    # flattened per-channel vector, -1 where it has none; None when that index is unknown)
+    fold_maps: List[Tuple[str, str, Optional[List[int]]]] = field(default_factory=list)
 
 
 class _Gain:
@@ -71,8 +74,12 @@ class _Gain:
     tracer undoes the fold when there is any leak (:meth:`ChannelTracer.settle_gains`).
     """
 
-    def __init__(self, ids: torch.Tensor, scale: torch.Tensor, source: str, kind: str = "gain") -> None:
+    def __init__(self, ids: torch.Tensor, scale: torch.Tensor, source: str, kind: str = "gain",
+                 elems: Optional[torch.Tensor] = None, known: bool = True) -> None:
         self.by_id = dict(zip(ids.tolist(), scale.tolist()))
+        # node id -> index of its scale in the source's flattened vector (its position in ``ids`` by default)
+        self.elem_by_id = (dict(zip(ids.tolist(), (elems if elems is not None else torch.arange(len(ids))).tolist()))
+                           if known else None)
         self.source = source
         self.kind = kind
         self.used = False

@@ -7,7 +7,7 @@ matmuls between activations, the element-wise fallback) are in :mod:`graphinterp
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 
@@ -111,6 +111,8 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
     if gain is not None:
         call.in_scale = torch.tensor([gain.by_id.get(int(i), 1.0) for i in src], dtype=weight.dtype)
         call.folded.append(f"{gain.source} (input gain)")
+        call.fold_maps.append((f"{gain.source} (input gain)", "in", None if gain.elem_by_id is None else
+                               [gain.elem_by_id.get(int(i), -1) for i in src]))
         gain.used = True
         gain.folded_by.append(len(tr.calls))  # undone at the end if anything else reads the tensor
     tr.calls.append(call)
@@ -200,14 +202,18 @@ def _scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
     ids, scale = _per_node(s, vals)
     if ids is None:
         return False
+    # the element of p behind each node's scale (for following the fold live while training)
+    elem_ids, elems = _per_node(s, torch.arange(p.numel(), dtype=torch.float64).view(p.shape).expand(out.shape))
+    known = elem_ids is not None and torch.equal(elem_ids, ids)
+    elems = elems.long() if known else None
     pname = tr.param_names[id(p)]
     tr._set(out, s)
     layer = tr._direct.get(id(x))
     if layer is not None:  # exact for any sign (so is a gain read directly by the next layer)
-        _fold_out(tr, layer, ids, scale, f"{_layer_name(pname)} (scale)", x)
+        _fold_out(tr, layer, ids, scale, f"{_layer_name(pname)} (scale)", x, elems, known)
         tr._direct[id(out)] = layer
     else:
-        _pending_gain(tr, out, T._Gain(ids, scale, _layer_name(pname), "per-channel scale"))
+        _pending_gain(tr, out, T._Gain(ids, scale, _layer_name(pname), "per-channel scale", elems, known))
         tr.unfolded.setdefault(_layer_name(pname), "gain not directly followed by a weight layer")
     return True
 
@@ -235,14 +241,20 @@ def _per_node(s: torch.Tensor, vals: torch.Tensor):
     return ids, first
 
 
-def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str, via: torch.Tensor) -> None:
-    """Fold a per-node ``scale`` into ``layer``'s output rows, read through ``via`` (undone if ``via`` has other readers)."""
+def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str, via: torch.Tensor,
+              elems: Optional[torch.Tensor] = None, known: bool = True) -> None:
+    """Fold a per-node ``scale`` into ``layer``'s output rows, read through ``via`` (undone if ``via`` has other readers).
+
+    ``elems[i]`` is the index of node ``ids[i]``'s scale in the source's flattened vector (default: ``i``);
+    ``known=False`` when there is no such index."""
     tr._out_folds.fold(via, layer, what)
     call = tr.calls[layer]
     by_id = dict(zip(ids.tolist(), scale.tolist()))
     vec = torch.tensor([by_id.get(int(i), 1.0) for i in call.dst], dtype=call.weight.dtype)
     call.out_scale = vec if call.out_scale is None else call.out_scale * vec
     call.folded.append(what)
+    elem = dict(zip(ids.tolist(), (elems if elems is not None else torch.arange(len(ids))).tolist()))
+    call.fold_maps.append((what, "out", [elem.get(int(i), -1) for i in call.dst] if known else None))
     tr.unfolded.pop(what.split(" ")[0], None)
 
 

@@ -34,7 +34,7 @@ def random_expectation(masks: Mapping, names: Optional[Iterable[str]] = None) ->
     """Mass-weighted ``E_random`` of the layers ``names`` (default all of ``masks``) at their weights now."""
     names = list(masks) if names is None else list(names)
     per = layer_random({n: masks[n] for n in names})
-    mass = {n: float(masks[n].param.detach().double().square().sum()) for n in names}
+    mass = {n: float(masks[n].effective().detach().double().square().sum()) for n in names}
     total = sum(mass.values())
     return sum(per[n] * mass[n] for n in names) / total if total > 0 else 0.0
 

@@ -2,7 +2,9 @@
 
 Section 2 of the paper trains with :math:`L = L_{CE} + \\lambda L_E`. With the within-cluster masks
 :math:`M_l` of the clustered layers (:func:`graphinterp.training.masks.parameter_masks`) and their weights
-:math:`W_l`,
+:math:`W_l` as the graph holds them (the parameters, times the normalisation scales the graph folded into
+them, recomputed every call from the live BatchNorm statistics and gains, so that no rescaling that a
+norm absorbs can lower the loss without changing the function; :mod:`graphinterp.training.folded_scales`),
 
 .. math::
 
@@ -14,10 +16,8 @@ Section 2 of the paper trains with :math:`L = L_{CE} + \\lambda L_E`. With the w
 **The per-layer mean is the default**: every clustered layer gets the same say whatever its size, so
 each one is driven towards E = 1. With ``"mass"`` the loss is the share of *all* squared weight of
 the clustered layers that crosses clusters (exactly the model-wide E of
-:func:`graphinterp.clustering.metrics.clusterability_report` on the graph of the raw parameters,
-``fold=False``; where a BatchNorm, LayerNorm or layer_scale is folded into a clustered layer, the
-default graph's weights are the parameters times those scales and its E differs: the loss measures
-the parameters it trains) and a layer counts in proportion to its weight
+:func:`graphinterp.clustering.metrics.clusterability_report` on the same graph) and a layer counts in
+proportion to its weight
 mass; when the clustered layers differ greatly in size a big layer dominates and the small ones stay
 less modular (paper's CIFAR-10 CNN, ``fc1`` 4096 x 64 and ``fc2`` 64 x 64 clustered, 1 + 10
 epochs: E of ``fc2`` 0.904 with ``"mass"`` against 0.9997 with ``"mean"``). For a single clustered
@@ -123,6 +123,7 @@ class EnmeshmentLoss:
             raise ClusteringError("the clustering has no layers; cluster at least one layer first")
         self.layers: List[str] = list(self.masks)
         self._params = [m.param for m in self.masks.values()]
+        self._scales = [m.scale for m in self.masks.values()]  # folded normalisation scales, live (or None)
         self._mask_tensors = [m.mask for m in self.masks.values()]
         self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]  # flat between-cluster masks
 
@@ -138,8 +139,8 @@ class EnmeshmentLoss:
         self._current_masks()  # follows the model to another device or dtype
         tiny = torch.finfo(self._params[0].dtype).tiny
         between, total = [], []
-        for p, m in zip(self._params, self._between):
-            w = p.reshape(-1)
+        for p, s, m in zip(self._params, self._scales, self._between):
+            w = (p if s is None else p * s()).reshape(-1)
             between.append(torch.dot(w, w * m))
             total.append(torch.dot(w, w))
         if len(between) == 1:
@@ -151,13 +152,14 @@ class EnmeshmentLoss:
     @torch.no_grad()
     def clusterability(self) -> float:
         """Mass-weighted E of the clustered layers now (a float, no autograd), whatever ``reduction``."""
-        return float(within_share([p.square() for p in self._params], self._current_masks()))
+        masks = self._current_masks()
+        return float(within_share([m.effective().square() for m in self.masks.values()], masks))
 
     @torch.no_grad()
     def per_layer(self) -> Dict[str, float]:
         """E of each clustered layer now."""
-        return {name: float(within_share([p.square()], [m]))
-                for name, p, m in zip(self.layers, self._params, self._current_masks())}
+        return {name: float(within_share([pm.effective().square()], [m]))
+                for (name, pm), m in zip(self.masks.items(), self._current_masks())}
 
     def __repr__(self) -> str:
         return f"EnmeshmentLoss(layers={self.layers}, reduction={self.reduction!r})"

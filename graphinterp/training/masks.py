@@ -18,12 +18,15 @@ channels (``Layer.in_groups``)      are expanded over each channel's features wi
 ``u`` are the input-node labels, ``v`` the output-node labels; label ``-1`` (isolated node) is in no
 cluster, so its edges are never "within". Because squared edge weights of the layered graph are
 sums of squared parameters (see :mod:`graphinterp.graph.layer`), ``sum(W**2 * M) / sum(W**2)`` equals the
-graph-level clusterability E of :func:`graphinterp.clustering.metrics.clusterability` exactly.
+graph-level clusterability E of :func:`graphinterp.clustering.metrics.clusterability` exactly, with ``W`` the
+weight as the graph holds it: where the graph folded normalisation scales into a layer, its
+:class:`ParameterMask` carries them live (``ParameterMask.effective()``, see
+:mod:`graphinterp.training.folded_scales`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +37,7 @@ from graphinterp.clustering.labels import require_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.clustering.metrics import within_mask
+from graphinterp.training.folded_scales import live_scale
 
 __all__ = ["ParameterMask", "default_cluster_layers", "parameter_masks", "layer_parameter", "trace_graph",
            "unwrap_model"]
@@ -51,11 +55,20 @@ class ParameterMask:
         The live weight of that layer (not a copy: the optimizer's updates are seen).
     mask : torch.Tensor
         Same shape, dtype and device as ``param``; 1 on within-cluster parameters, 0 elsewhere.
+    scale : callable or None
+        For a layer into which the graph folded normalisation scales (a BatchNorm after it, a LayerNorm
+        gain before it), a function returning those scales now, broadcastable to ``param``
+        (:func:`graphinterp.training.folded_scales.live_scale`); None when nothing was folded.
     """
 
     layer: str
     param: torch.nn.Parameter
     mask: torch.Tensor
+    scale: Optional[Callable[[], torch.Tensor]] = None
+
+    def effective(self) -> torch.Tensor:
+        """The weight as the graph scores it: ``param``, times the folded scales when there are any."""
+        return self.param if self.scale is None else self.param * self.scale()
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -231,5 +244,5 @@ def parameter_masks(
         mask = _torch_layout_mask(layer, rows, cols, param.device)
         if getattr(layer, "transposed", False):  # stored (in, out): GPT-2 Conv1D
             mask = mask.T
-        out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous())
+        out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(), live_scale(model, layer, param))
     return out
