@@ -526,3 +526,19 @@ def test_a_circuit_of_a_model_at_chance_carries_a_caveat():
     assert Circuit(3, "3", {}, size, 0.75, 0.1, 0.75, 0.1, 20, 20).note is None
     assert Circuit(3, "3", {}, size, 0.7, 0.1, 0.7, 0.1, 2000, 2000).note is None  # more examples: clearly above
     assert Circuit(3, "3", {}, size, 0.1, 0.1, 0.1, 0.1, 20, 0).note is None  # authors' task: positives only
+
+
+def test_edge_masks_are_checked():
+    """A mask of 2s doubled the weights, and one in the graph's (in, out) orientation pruned other edges."""
+    from graphinterp.interpret.interventions import interventions
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2, bias=False))
+    for mask, message in ((torch.full((2, 3), 2), "0/1 or True/False only"),
+                          (torch.ones(3, 2, dtype=torch.bool), r"must be the weight's \(out, in\) = \(2, 3\)"),
+                          (torch.ones(1, 3, dtype=torch.bool), "has shape")):
+        with pytest.raises(DataError, match=message):
+            with interventions(net, edge_masks={"0": mask}):
+                pass
+    with interventions(net, edge_masks={"0": torch.tensor([[1, 0, 1], [0, 1, 1]])}):
+        assert torch.equal(net[0].weight == 0, torch.tensor([[False, True, False], [True, False, False]]))

@@ -283,3 +283,14 @@ def test_building_a_graph_leaves_the_model_in_its_mode():
     model.eval()
     load_graph(model)
     assert not model.training
+
+
+def test_a_state_dict_graph_says_its_normalisation_is_not_folded_by_either_route():
+    """load_graph(sd) said so, LayeredGraph.from_state_dict(sd) did not."""
+    from graphinterp import LayeredGraph, load_graph
+
+    sd = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).state_dict()
+    for graph in (LayeredGraph.from_state_dict(sd), load_graph(sd)[1]):
+        assert any(n.startswith("no architecture: the normalisation in this state_dict cannot be folded")
+                   for n in graph.coverage.notes), graph.coverage.notes
+    assert not any("cannot be folded" in n for n in load_graph(sd, fold=False)[1].coverage.notes)

@@ -23,7 +23,7 @@ from torch import nn
 
 from graphinterp.common.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
 from graphinterp.common.text import first_line
-from graphinterp.graph.coverage import describe_norms
+from graphinterp.graph.state_graph import NORMS_NOTE
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["OpenedModel", "open_model", "opened_from_loaded", "model_graph", "load_graph", "graph_structure"]
@@ -267,19 +267,9 @@ def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = Tr
               "nothing is traced") if input_shape is not None else None
     if unused and unused not in opened.notes:
         opened.notes.append(unused)
-    norms = _normalisation_tensors(opened.state_dict)
-    if graph.coverage is not None and fold and norms:
-        graph.coverage.notes.setdefault(
-            f"no architecture: the normalisation in this state_dict cannot be folded: {describe_norms(norms)}", 1)
+    if graph.coverage is not None and not fold:  # nothing was asked to be folded: no note that it could not be
+        graph.coverage.notes = {k: v for k, v in graph.coverage.notes.items() if not k.startswith(NORMS_NOTE)}
     return graph
-
-
-
-def _normalisation_tensors(state) -> list:
-    """Names of a state_dict's normalisation tensors: running statistics and 1-D weights (BatchNorm,
-    LayerNorm and RMSNorm gains); a model without them has nothing to fold."""
-    return [k for k, v in state.items() if isinstance(v, torch.Tensor) and (
-        k.endswith(("running_mean", "running_var")) or (k.endswith("weight") and v.dim() == 1))]
 
 
 def load_graph(source: Source, *, weights: Optional[str] = None, trust_pickle: bool = False,

@@ -19,7 +19,7 @@ from typing import List, Mapping, Optional, Tuple
 
 import torch
 
-from graphinterp.graph.coverage import Coverage, MissingModule
+from graphinterp.graph.coverage import Coverage, MissingModule, describe_norms
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layer import KINDS, Layer
 
@@ -106,7 +106,21 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
     if not chained and not layerwise:
         layers = [Layer(l.name, l.kind, l.weight, groups=l.groups, param=l.param, transposed=l.transposed)
                   for l in layers]
+    norms = _normalisation_tensors(state_dict)
+    if norms:  # it never folds: say what it leaves out (the weights around them are raw)
+        notes[f"{NORMS_NOTE}: {describe_norms(norms)}"] = 1
     return layers, chained, Coverage(total, covered, missing, notes=notes)
+
+
+#: The start of the note on a state_dict's normalisation tensors, which a graph without an architecture cannot fold.
+NORMS_NOTE = "no architecture: the normalisation in this state_dict cannot be folded"
+
+
+def _normalisation_tensors(state) -> list:
+    """Names of a state_dict's normalisation tensors: running statistics and 1-D weights (BatchNorm,
+    LayerNorm and RMSNorm gains); a model without them has nothing to fold."""
+    return [k for k, v in state.items() if isinstance(v, torch.Tensor) and (
+        k.endswith(("running_mean", "running_var")) or (k.endswith("weight") and v.dim() == 1))]
 
 
 def layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, layerwise: bool = False) -> List[Layer]:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphinterp.common.errors import ClusteringError, UnsupportedModelError
+from graphinterp.common.errors import ClusteringError, DataError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["Interventions", "interventions", "module_of"]
@@ -153,7 +153,17 @@ class Interventions:
         """Zero the pruned edges (``mask`` of shape ``(out, in)``, False = pruned) of the layer's original weight."""
         mod = self.module(layer)
         w = self.original(mod)
-        m = mask.to(w.device)
+        m = torch.as_tensor(mask)
+        name = layer if isinstance(layer, str) else type(layer).__name__
+        if m.dtype != torch.bool:  # 0/1 only: any other value would rescale weights, not prune them
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise DataError(f"the edge mask of layer {name!r} must hold 0/1 or True/False only (False = pruned); "
+                                "it holds other values, which would rescale weights instead of pruning them")
+            m = m != 0
+        if tuple(m.shape) != tuple(w.shape[:2]):
+            raise DataError(f"the edge mask of layer {name!r} has shape {tuple(m.shape)}; it must be the weight's "
+                            f"(out, in) = {tuple(w.shape[:2])}, not the graph's (in, out)")
+        m = m.to(w.device)
         self.set_weight(mod, w * (m[..., None, None] if w.dim() == 4 else m).to(w.dtype))
 
     # ------------------------------------------------------------------ activations
