@@ -253,3 +253,23 @@ def test_an_all_zero_layer_is_said_to_be_all_zero():
     assert result.skipped["2"] == "all its weights are zero"
     with pytest.raises(ClusteringError, match="all its weights are zero"):
         BSGC(2).fit(torch.zeros(5, 8))
+
+
+def test_coverage_names_a_pruned_layer_and_a_module_applied_twice():
+    import torch.nn.utils.prune as prune
+
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    prune.l1_unstructured(m[2], "weight", 0.5)
+    cov = trace_graph(m, example=torch.randn(2, 4)).coverage
+    assert cov.missing[0].name == "2.weight_orig" and "torch.nn.utils.prune.remove(module, 'weight')" in cov.missing[0].reason
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(torch.relu(self.a(x)))))
+
+    g = trace_graph(Twice(), example=torch.randn(2, 4))
+    assert g.layer_names == ["a", "a#2", "b"] and g.coverage.tied == {"a#2": "a.weight"}

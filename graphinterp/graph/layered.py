@@ -151,7 +151,10 @@ class LayeredGraph:
 
     def _need_chain(self, what: str) -> None:
         if not self.chained:
-            raise UnsupportedModelError(f"{what} needs a chained graph; this one is layer by layer")
+            kind = ("a DAG (a residual stream, attention or branches join its layers)" if hasattr(self, "src_nodes")
+                    else "layer by layer (its layers are not linked)")
+            raise UnsupportedModelError(f"{what} needs a chained graph (each layer reading the previous one's outputs); "
+                                        f"this one is {kind}")
 
     # ------------------------------------------------------------ networkx
     def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,

@@ -170,7 +170,11 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
             covered += p.numel()
             continue
         mtype = owners.get(name, "tensor")
-        if first in tracer.embeddings:
+        if name.endswith("_orig") and _has_buffer(model, name[:-5] + "_mask"):
+            reason = (f"pruned with torch.nn.utils.prune: the forward uses {name[:-5]} = {name} * its mask, a tensor "
+                      f"the graph cannot bind to a parameter; call torch.nn.utils.prune.remove(module, "
+                      f"'{name.rpartition('.')[2][:-5]}') first to make the pruned weight the parameter")
+        elif first in tracer.embeddings:
             reason = "embedding (token or position; a lookup, not a bipartite layer); its output dimensions are graph nodes"
         elif mtype in ("LSTM", "GRU", "RNN"):
             reason = "recurrent layers are not supported as graph edges"
@@ -180,5 +184,14 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     unfolded = {k: v for k, v in tracer.unfolded.items() if not any(k in f for c in tracer.calls for f in c.folded)}
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
     tied_params = {tracer.param_names[pid] for pid in tracer.tied}
-    tied = {c.name: c.param for c in tracer.calls if c.param in tied_params}
+    # tied weights (GPT-2's lm_head) and a module applied more than once ("a", "a#2"): one tensor, several layers
+    tied = {c.name: c.param for c in tracer.calls if c.param in tied_params or "#" in c.name}
     return Coverage(total, covered, missing, folded, unfolded, dict(tracer.notes), tied)
+
+
+def _has_buffer(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_buffer(name)
+    except AttributeError:
+        return False
+    return True
