@@ -26,6 +26,29 @@ def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, w
                fold: bool = True, input_shape: Optional[Sequence[int]] = None):
     """Open any model source and build its graph; returns ``(OpenedModel, graph)``.
 
+    Parameters
+    ----------
+    source : str, os.PathLike, torch.nn.Module or mapping of str to torch.Tensor
+        A model file, HuggingFace folder, torchvision name, module or state_dict
+        (:func:`graphinterp.graph.load.open_model`).
+    trust_pickle : bool, default False
+        Allow unpickling a file that holds a pickled module (can run arbitrary code).
+    layerwise : bool, default False
+        Keep every weight layer as its own bipartite graph (unlinked).
+    weights : str, optional
+        A local weights file for a torchvision architecture name.
+    fold : bool, default True
+        Fold normalisation scales into the weights.
+    input_shape : sequence of int, optional
+        Input shape without the batch dimension, to guide the guess of the example input a module is traced with.
+
+    Returns
+    -------
+    opened : OpenedModel
+        The resolved source (module, state_dict, stored clustering and history, notes).
+    graph : LayeredGraph
+        Its graph (a :class:`~graphinterp.graph.dag.ModelGraph` for residual and attention models).
+
     Examples
     --------
     >>> import tempfile, os, torch
@@ -131,6 +154,35 @@ def analyze(
     is not given; naming such a layer explicitly raises :class:`ClusteringError` (the rule of
     :func:`graphinterp.clustering.validation.check_k`). ``device`` is where BSGC runs (as in
     :func:`graphinterp.clustering.cluster.cluster_layers`; default: the graph's device).
+
+    Parameters
+    ----------
+    graph : LayeredGraph
+        The graph to analyse.
+    ks : int or sequence of int
+        One k or several; each at least 2 (:func:`graphinterp.clustering.validation.check_k`).
+    layers : sequence of str, optional
+        Layers to cluster, never skipped; default every layer, less those too small for each k.
+    pairing : {"joint", "matched", "independent"}, default "joint"
+        How BSGC pairs row and column clusters (:class:`~graphinterp.clustering.bsgc.BSGC`).
+    random_state : int or None, default 0
+        Seed of the clustering; the same seed is used for every k.
+    progress : bool, default False
+        Show a tqdm bar over the k values.
+    device : str or torch.device, optional
+        Where BSGC runs (``"auto"``: CUDA when available).
+
+    Returns
+    -------
+    Analysis
+        One report and one clustering per k, and the layers skipped with the reason.
+
+    Raises
+    ------
+    ClusteringError
+        A k below 2, a named layer too small for a k, or no layer large enough for a k.
+    KeyError
+        A name in ``layers`` that is not a layer of the graph.
 
     Examples
     --------

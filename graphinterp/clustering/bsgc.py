@@ -195,7 +195,22 @@ class BSGC(BiclusterMixin, BaseEstimator):
         return self
 
     def fit_predict(self, A: ArrayLike, y=None) -> Tuple[np.ndarray, np.ndarray]:
-        """Fit and return ``(row_labels_, column_labels_)``."""
+        """Fit and return ``(row_labels_, column_labels_)``.
+
+        Parameters
+        ----------
+        A : array-like or tensor of shape (m, n)
+            Non-negative, finite similarity matrix, as in :meth:`fit`.
+        y : None
+            Ignored (scikit-learn's convention).
+
+        Returns
+        -------
+        row_labels_ : ndarray of shape (m,)
+            Cluster of each row; ``-1`` for an isolated row.
+        column_labels_ : ndarray of shape (n,)
+            Cluster of each column; ``-1`` for an isolated column.
+        """
         self.fit(A)
         return self.row_labels_, self.column_labels_
 

@@ -90,6 +90,19 @@ def cluster_layers(
         turn. Default: where the matrix already is (the model's device for ``|W|``). Labels on CUDA
         can differ from the CPU's where float rounding decides between two nearly equal candidates.
 
+    Returns
+    -------
+    Clustering
+        Per-layer labels (``network_wide=False``), with the method, pairing and seed in ``meta``.
+
+    Raises
+    ------
+    ClusteringError
+        A k out of range, a named block-diagonal layer, a missing or misshapen similarity matrix, or no
+        layer that can be clustered.
+    KeyError
+        A name in ``layers`` that is not a layer of the graph.
+
     Examples
     --------
     >>> import torch
@@ -161,6 +174,31 @@ def cluster_network(
     Parameters are as in :func:`cluster_layers`; ``k`` follows the same rule, on each side of each
     selected layer (:func:`graphinterp.clustering.validation.check_k`), except on a DAG (limit: its
     connected nodes, see :func:`graphinterp.clustering.dag_cluster.cluster_dag`).
+
+    Parameters
+    ----------
+    graph : LayeredGraph
+        A chained graph or a :class:`~graphinterp.graph.dag.ModelGraph` (not a layer-by-layer one).
+    k : int
+        Number of clusters.
+    layers : sequence of str, optional
+        Layers to cluster; default every layer but depthwise and grouped convolutions (named in
+        ``meta["left_out"]``).
+    similarity : mapping of layer name to (n_in, n_out) array, optional
+        Similarity matrices; default ``|W|``. Not supported on a DAG.
+    n_init : int, default 10
+        KMeans restarts on the embedding of each run of consecutive layers.
+    random_state : int or None
+
+    Returns
+    -------
+    Clustering
+        Network-wide labels (``network_wide=True``).
+
+    Raises
+    ------
+    ClusteringError
+        A k out of range, a layer-by-layer graph, ``similarity`` on a DAG, or as in :func:`cluster_layers`.
     """
     if hasattr(graph, "src_nodes"):  # a DAG (residual streams, attention): one label per shared node
         if similarity is not None:

@@ -33,18 +33,24 @@ class Clustering:
     matrices, E per cluster). A clustering of no layers is allowed here and refused by consumers.
     Labels are stored as int64 arrays. :meth:`validate` checks it against a graph.
 
-    Attributes
+    Parameters
     ----------
     k : int
+        Number of clusters, an integer >= 2, each used by some node.
     row_labels, col_labels : dict of str to ndarray
         Per layer name, labels of the layer's input and output nodes.
-    network_wide : bool
+    network_wide : bool, default False
         True when each hidden neuron has one label: ``col_labels[l] == row_labels[l + 1]`` for
         consecutive clustered layers.
-    similarity : str
+    similarity : str, default "weight"
         ``"weight"`` or ``"gradient"`` (what BSGC clustered).
-    meta : dict
-        Free-form provenance (seed, pairing, ...).
+    meta : dict, optional
+        Free-form provenance (seed, pairing, ...); copied.
+
+    Raises
+    ------
+    ClusteringError
+        Any of the checks above fails.
     """
 
     k: int
@@ -83,13 +89,40 @@ class Clustering:
         return list(self.row_labels)
 
     def labels(self, layer: str) -> Tuple[np.ndarray, np.ndarray]:
-        """``(row_labels, col_labels)`` of ``layer``."""
+        """``(row_labels, col_labels)`` of ``layer``.
+
+        Parameters
+        ----------
+        layer : str
+            A clustered layer's name.
+
+        Returns
+        -------
+        row_labels, col_labels : ndarray of int64
+            Labels of the layer's input (grouped view) and output nodes; ``-1`` for isolated nodes.
+
+        Raises
+        ------
+        ClusteringError
+            ``layer`` is not clustered.
+        """
         if layer not in self.row_labels:
             raise ClusteringError(f"layer {layer!r} is not clustered; clustered layers: {self.layer_names}")
         return self.row_labels[layer], self.col_labels[layer]
 
     def sizes(self, layer: str) -> np.ndarray:
-        """``(k, 2)`` array: number of input and output nodes in each cluster of ``layer``."""
+        """``(k, 2)`` array: number of input and output nodes in each cluster of ``layer``.
+
+        Parameters
+        ----------
+        layer : str
+            A clustered layer's name (:class:`ClusteringError` otherwise).
+
+        Returns
+        -------
+        ndarray of shape (k, 2)
+            Column 0 counts input nodes, column 1 output nodes; isolated nodes (``-1``) are not counted.
+        """
         rows, cols = self.labels(layer)
         return np.stack([np.bincount(rows[rows >= 0], minlength=self.k),
                          np.bincount(cols[cols >= 0], minlength=self.k)], axis=1)
@@ -100,6 +133,16 @@ class Clustering:
         The labels themselves were checked when the clustering was built; this checks the fit to a model
         and, for a network-wide clustering of a chained graph, that the output labels of each layer are
         the input labels of the next clustered layer (one label per neuron).
+
+        Parameters
+        ----------
+        graph : LayeredGraph
+            The graph of the model the clustering is applied to.
+
+        Returns
+        -------
+        Clustering
+            ``self``, for chaining.
         """
         for name in self.layer_names:
             if name not in graph.layer_names:
@@ -142,6 +185,16 @@ class Clustering:
         string ``"4"`` is refused), integer labels (floats, booleans and strings refused) in
         ``-1..k-1``, every cluster used somewhere (a stored ``k = 1000`` over labels ``0..3`` is
         refused). Use :func:`stored_clustering` to read a checkpoint's record.
+
+        Parameters
+        ----------
+        data : mapping
+            A record as written by :meth:`to_dict`: ``k``, ``layers`` (each with ``name``, ``rows`` and
+            ``cols``) and optionally ``network_wide``, ``similarity`` and ``meta``.
+
+        Returns
+        -------
+        Clustering
 
         Examples
         --------
@@ -214,6 +267,17 @@ def stored_clustering(record: Optional[Mapping[str, Any]], graph: Optional[Layer
 
     The one place where a stored record becomes a ``Clustering``: every command reading a checkpoint
     calls it. With ``graph``, the clustering is also validated against that model's graph.
+
+    Parameters
+    ----------
+    record : mapping or None
+        The stored dict (:meth:`Clustering.to_dict`); None or an empty dict means no clustering.
+    graph : LayeredGraph, optional
+        The model's graph to validate the clustering against (:meth:`Clustering.validate`).
+
+    Returns
+    -------
+    Clustering or None
 
     Raises
     ------

@@ -52,6 +52,18 @@ def within_share(squares: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
     (squared weights) and ``M_l`` masks of the same shape (bool or float). Differentiable in ``S``.
     Returns 0 when all squares are zero.
 
+    Parameters
+    ----------
+    squares : sequence of torch.Tensor
+        Non-negative tensors (squared weights), at least one.
+    masks : sequence of torch.Tensor
+        One mask per tensor of ``squares``, of its shape (or broadcastable to it); bool or float.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar in ``[0, 1]`` for 0/1 masks.
+
     Examples
     --------
     >>> S = torch.tensor([[4.0, 1.0], [0.0, 5.0]])
@@ -73,6 +85,18 @@ def within_mask(row_labels, col_labels, *, device: Optional[torch.device] = None
 def clusterability(squared: torch.Tensor, row_labels, col_labels) -> torch.Tensor:
     """E of one layer from its ``(n_in, n_out)`` squared edge weights and labels (differentiable).
 
+    Parameters
+    ----------
+    squared : torch.Tensor of shape (n_in, n_out)
+        Squared edge weights (:meth:`graphinterp.graph.layer.Layer.squared`).
+    row_labels, col_labels : array-like of int
+        Labels of the input and output nodes; ``-1`` is in no cluster.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar: the within-cluster share of ``squared`` (0 when it is all zero).
+
     Examples
     --------
     >>> W = torch.tensor([[3.0, 1.0], [1.0, 3.0]])
@@ -84,6 +108,19 @@ def clusterability(squared: torch.Tensor, row_labels, col_labels) -> torch.Tenso
 
 def random_partition_expectation(row_labels, col_labels, k: int) -> float:
     """Expected E of a random partition with the same cluster sizes (see the module docstring).
+
+    Parameters
+    ----------
+    row_labels, col_labels : array-like of int
+        Labels in ``-1..k-1`` of the input and output nodes; isolated ones (``-1``) count in ``m`` and ``n``
+        but in no cluster.
+    k : int
+        Number of clusters.
+
+    Returns
+    -------
+    float
+        :math:`\\sum_c (r_c / m) (s_c / n)`.
 
     Examples
     --------

@@ -211,6 +211,8 @@ def cluster_mlp_blocks(graph, k: int, *, blocks: Optional[Sequence[MLPBlock]] = 
         Default :func:`find_mlp_blocks`.
     similarity : dict of str to Tensor, optional
         Per-layer similarity matrices (gradient-based BSGC) instead of ``|W|``.
+    n_init : int, default 10
+        KMeans restarts of each block's BSGC (:class:`~graphinterp.clustering.bsgc.BSGC`).
     random_state : int, optional
 
     Returns
@@ -258,7 +260,23 @@ def cluster_mlp_blocks(graph, k: int, *, blocks: Optional[Sequence[MLPBlock]] = 
 
 
 def blocks_from_clustering(clustering: Clustering) -> List[MLPBlock]:
-    """The :class:`MLPBlock` list stored in a clustering's ``meta`` by :func:`cluster_mlp_blocks`."""
+    """The :class:`MLPBlock` list stored in a clustering's ``meta`` by :func:`cluster_mlp_blocks`.
+
+    Parameters
+    ----------
+    clustering : Clustering
+        A clustering made by :func:`cluster_mlp_blocks` (its ``meta["blocks"]``).
+
+    Returns
+    -------
+    list of MLPBlock
+        The blocks, in the stored order.
+
+    Raises
+    ------
+    ClusteringError
+        The clustering lists no MLP blocks.
+    """
     stored = (clustering.meta or {}).get("blocks")
     if not stored:
         raise ClusteringError("this clustering was not made by cluster_mlp_blocks (it lists no MLP blocks)")

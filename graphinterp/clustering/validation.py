@@ -30,6 +30,17 @@ __all__ = ["check_k", "clusterable_layers", "live_sizes", "refuse_block_diagonal
 def live_sizes(layer) -> Tuple[int, int]:
     """``(non-isolated inputs, non-isolated outputs)`` of a layer (grouped view), or of an ``(n_in, n_out)`` matrix.
 
+    Parameters
+    ----------
+    layer : Layer or torch.Tensor
+        A layer (its :meth:`~graphinterp.graph.layer.Layer.squared` weights are used) or an
+        ``(n_in, n_out)`` tensor of weights or similarities.
+
+    Returns
+    -------
+    tuple of int
+        Rows and columns with at least one non-zero entry.
+
     Examples
     --------
     >>> import torch
@@ -51,6 +62,11 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
         When given, ``k`` must also be at most the non-isolated inputs and outputs of each of ``layers``.
     layers : sequence of str, optional
         The clustered layers; all of ``graph``'s by default.
+
+    Returns
+    -------
+    int
+        ``k`` as a Python int.
 
     Raises
     ------
@@ -100,6 +116,22 @@ def clusterable_layers(graph, k: int, layers: Optional[Sequence[str]] = None) ->
     its groups scores E = 1, which measures the architecture, not learned modularity), when all its
     weights are zero, or when it has fewer than ``k`` non-isolated inputs or outputs (:func:`check_k`).
 
+    Parameters
+    ----------
+    graph : LayeredGraph or ModelGraph
+        The graph whose layers are checked.
+    k : int
+        Number of clusters.
+    layers : sequence of str, optional
+        Layers to check, in order; all of ``graph``'s by default.
+
+    Returns
+    -------
+    chosen : list of str
+        The layers that can be clustered at ``k``, in the order given.
+    left_out : dict of str to str
+        Each other layer with the reason it is left out.
+
     Examples
     --------
     >>> from torch import nn
@@ -138,6 +170,21 @@ def refuse_block_diagonal(graph, layers: Sequence[str]) -> None:
 
 def require_clusterable(graph, k: int, layers: Sequence[str]) -> None:
     """Raise :class:`ClusteringError` (one line, naming the layer) unless every one of ``layers`` can be
-    clustered at ``k`` (the rule of :func:`clusterable_layers`; layers named explicitly are never skipped)."""
+    clustered at ``k`` (the rule of :func:`clusterable_layers`; layers named explicitly are never skipped).
+
+    Parameters
+    ----------
+    graph : LayeredGraph or ModelGraph
+        The graph whose layers are checked.
+    k : int
+        Number of clusters (:func:`check_k`).
+    layers : sequence of str
+        The layers named for clustering.
+
+    Raises
+    ------
+    ClusteringError
+        A layer is block-diagonal by construction or too small for ``k``, or ``k`` is not an integer >= 2.
+    """
     refuse_block_diagonal(graph, layers)
     check_k(k, graph, layers)

@@ -74,6 +74,16 @@ def flush_denormals(enabled: bool = True) -> Iterator[Optional[bool]]:
 
     The calling thread's previous setting is restored everywhere afterwards (also on an exception).
 
+    Parameters
+    ----------
+    enabled : bool, default True
+        When False the block runs unchanged: no flag is set or restored.
+
+    Yields
+    ------
+    bool or None
+        Whether the calling thread already flushed subnormals before the block; None when not ``enabled``.
+
     Examples
     --------
     >>> with flush_denormals():

@@ -15,6 +15,17 @@ _DEVICE_TYPES = ("cpu", "cuda", "mps")
 def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
     """Return ``device`` as a :class:`torch.device`; ``None`` or ``"auto"`` picks CUDA when present.
 
+    Parameters
+    ----------
+    device : str or torch.device, optional
+        A device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"auto"``) or a :class:`torch.device`.
+        Default None: CUDA when available, else the CPU.
+
+    Returns
+    -------
+    torch.device
+        The device, checked to be of a type graphinterp computes on and available on this machine.
+
     Raises
     ------
     GraphinterpError

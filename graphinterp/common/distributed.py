@@ -30,6 +30,15 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 class Launch:
     """Where this process sits in a launch: its global ``rank`` of ``world_size`` and its ``local_rank`` on the node.
 
+    Parameters
+    ----------
+    rank : int, default 0
+        Global rank of this process (``RANK``), ``0 <= rank < world_size``.
+    world_size : int, default 1
+        Number of processes in the launch (``WORLD_SIZE``); 1 for a plain process.
+    local_rank : int, default 0
+        Rank of this process on its node (``LOCAL_RANK``); the CUDA device index it trains on.
+
     Examples
     --------
     >>> Launch(0, 1, 0).distributed, Launch(1, 2, 1).is_main
@@ -55,6 +64,17 @@ def launch_from_env(environ: Optional[Mapping[str, str]] = None) -> Launch:
     """Read the launch set by ``torchrun`` from ``environ`` (default ``os.environ``).
 
     Without ``WORLD_SIZE`` (a plain process) or with ``WORLD_SIZE=1`` the result is ``Launch(0, 1, 0)``.
+
+    Parameters
+    ----------
+    environ : mapping of str to str, optional
+        The environment to read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
+        from; default ``os.environ``.
+
+    Returns
+    -------
+    Launch
+        This process's rank, world size and local rank.
 
     Raises
     ------
@@ -102,6 +122,25 @@ def check_device(launch: Launch, device: Optional[str]) -> torch.device:
     In a distributed launch ``auto`` / ``cuda`` mean ``cuda:LOCAL_RANK`` (one GPU per process) and
     ``cpu`` the CPU; a device with an explicit index (every rank would use the same GPU) and other
     device types (``mps``) are refused. Outside a launch the device is returned as resolved.
+
+    Parameters
+    ----------
+    launch : Launch
+        From :func:`launch_from_env`.
+    device : str or None
+        The requested device (``"auto"``, ``"cpu"``, ``"cuda"``, ...); None means ``"auto"``
+        (:func:`graphinterp.common.devices.resolve_device`).
+
+    Returns
+    -------
+    torch.device
+        The device of this rank: ``cuda:LOCAL_RANK`` for CUDA in a distributed launch.
+
+    Raises
+    ------
+    GraphinterpError
+        The device cannot be resolved, is neither the CPU nor CUDA in a distributed launch, names one
+        GPU for all ranks, or ``LOCAL_RANK`` exceeds the number of GPUs.
 
     Examples
     --------

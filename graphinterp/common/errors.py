@@ -33,6 +33,13 @@ class InputMismatchError(UnsupportedModelError):
     """The model could not run on the input given (or guessed) for it: model and input do not belong together.
 
     ``detail`` is the model's own error (``"RuntimeError: mat1 and mat2 shapes cannot be multiplied ..."``).
+
+    Parameters
+    ----------
+    message : str
+        The one-line message of the error.
+    detail : str, default ""
+        The model's own error, kept as the ``detail`` attribute.
     """
 
     def __init__(self, message: str, detail: str = "") -> None:

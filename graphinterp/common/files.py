@@ -185,7 +185,12 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         from Python; the command line has refused a missing folder before any work (see the
         module docstring).
     mode : {"wb", "w"}
-        Binary or text mode.
+        Binary or text mode (text is written as UTF-8).
+
+    Yields
+    ------
+    file object
+        The open temporary file; write to it inside the ``with`` block.
 
     Raises
     ------

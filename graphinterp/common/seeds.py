@@ -181,6 +181,16 @@ def _t975(df: int) -> float:
 def summarize(values: Iterable[float]) -> SeedSummary:
     """Mean, std, 95% t interval and sign counts of per-seed values.
 
+    Parameters
+    ----------
+    values : iterable of float
+        One value per seed; non-finite ones are kept in ``values`` but left out of the statistics.
+
+    Returns
+    -------
+    SeedSummary
+        Mean, sample std, 95% t interval (NaN with fewer than 2 finite values) and sign counts.
+
     Examples
     --------
     >>> s = summarize([0.2, 0.4, 0.3])

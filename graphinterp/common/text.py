@@ -18,6 +18,20 @@ MAX_RANGE_VALUES = 100_000
 def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RANGE_VALUES) -> List[int]:
     """Parse ``"1,3,5-7"`` into ``[1, 3, 5, 6, 7]``, refusing huge or empty ranges before expanding them.
 
+    Parameters
+    ----------
+    text : str
+        Comma-separated integers and inclusive ranges ``A-B``; blank parts are ignored.
+    min_value : int, default 0
+        Smallest value allowed.
+    max_values : int, default MAX_RANGE_VALUES
+        Most values all parts may expand to together.
+
+    Returns
+    -------
+    list of int
+        The values in the order given (duplicates kept).
+
     Raises
     ------
     ValueError
@@ -59,6 +73,18 @@ def parse_k_values(text: str, *, max_values: int = 1000) -> List[int]:
     """Parse ``"4"``, ``"2..10"`` or ``"2,4,8"`` into k values (each >= 2), at most ``max_values`` of them.
 
     A huge range (``2..1000000000000``) is refused before it is expanded.
+
+    Parameters
+    ----------
+    text : str
+        One k, an inclusive range ``lo..hi``, or comma-separated values.
+    max_values : int, default 1000
+        Most k values allowed.
+
+    Returns
+    -------
+    list of int
+        The k values, in the order given.
 
     Raises
     ------
@@ -120,6 +146,22 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *,
 
     Each value is written with ``cell`` (default :func:`format_cell`); columns are two spaces apart and
     lines carry no trailing blanks.
+
+    Parameters
+    ----------
+    rows : sequence of sequence
+        The table's rows, one value per column.
+    headers : sequence of str
+        Column headers; their number sets the number of columns.
+    cell : callable, default format_cell
+        Turns one value into its text.
+    rule : bool, default True
+        Whether a line of dashes separates the headers from the rows.
+
+    Returns
+    -------
+    str
+        The table, lines joined by newlines (no trailing newline).
 
     Examples
     --------

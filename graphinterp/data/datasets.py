@@ -58,7 +58,7 @@ _DIGITS_SEED = 0
 class LabeledTensors:
     """A whole dataset split held in memory.
 
-    Attributes
+    Parameters
     ----------
     x : torch.Tensor of shape (N, C, H, W), float32
         Normalised images (in ``[0, 1]`` if loaded with ``normalize=False``).
@@ -95,7 +95,20 @@ class LabeledTensors:
         return torch.utils.data.TensorDataset(self.x, self.y)
 
     def subset(self, n: int, seed: int = 0) -> "LabeledTensors":
-        """``n`` samples drawn without replacement, kept in order; all if ``n >= len`` (DataError if ``n < 1``)."""
+        """``n`` samples drawn without replacement, kept in order; all if ``n >= len`` (DataError if ``n < 1``).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples to keep (a positive integer).
+        seed : int, default 0
+            Seed of the draw (:func:`subset_indices`).
+
+        Returns
+        -------
+        LabeledTensors
+            The subset, with the same classes and name; ``self`` itself when ``n >= len(self)``.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise DataError(f"subset size must be a positive integer, got {n!r}")
         if n >= len(self):
@@ -107,6 +120,20 @@ class LabeledTensors:
 def subset_indices(total: int, n: int, seed: int = 0) -> torch.Tensor:
     """The indices of a seeded random subset of ``n`` of ``total`` items, in order (the one rule behind every
     ``--limit``, ``--max-train`` and windows subset).
+
+    Parameters
+    ----------
+    total : int
+        Number of items to draw from (indices ``0 .. total - 1``).
+    n : int
+        Number of indices to draw, without replacement; all ``total`` when ``n >= total``.
+    seed : int, default 0
+        Seed of the :class:`torch.Generator` behind the draw.
+
+    Returns
+    -------
+    torch.Tensor of int64
+        The drawn indices, sorted ascending.
 
     Examples
     --------

@@ -146,7 +146,19 @@ class CharCorpus:
 
 
 def default_corpus_path(data_dir: Optional[str] = None) -> Path:
-    """``<data_dir>/tinyshakespeare/input.txt`` (``data_dir`` defaults to :func:`graphinterp.data.datasets.default_data_dir`)."""
+    """``<data_dir>/tinyshakespeare/input.txt`` (``data_dir`` defaults to
+    :func:`graphinterp.data.datasets.default_data_dir`).
+
+    Parameters
+    ----------
+    data_dir : str, optional
+        Data folder (``~`` is expanded); default (None or empty) :func:`graphinterp.data.datasets.default_data_dir`.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of the corpus file (not checked to exist).
+    """
     from graphinterp.data.datasets import default_data_dir
 
     return Path(data_dir).expanduser() / "tinyshakespeare" / "input.txt" if data_dir else \
@@ -161,6 +173,8 @@ def load_corpus(path=None, *, data_dir: Optional[str] = None, val_frac: float = 
     ----------
     path : path, optional
         The text file; default :func:`default_corpus_path`.
+    data_dir : str, optional
+        Data folder of the default path, when ``path`` is None (:func:`default_corpus_path`).
     val_frac : float
         Share of the text (its end) held out for validation.
     n_ctx : int
@@ -171,6 +185,11 @@ def load_corpus(path=None, *, data_dir: Optional[str] = None, val_frac: float = 
         The characters in token-id order (a trained model's): the text is encoded with them, so another
         text of the same language (a held-out part, a subset of the characters) keeps the model's ids.
         Default: the text's own sorted characters.
+
+    Returns
+    -------
+    CharCorpus
+        The encoded text, split into training and validation parts.
 
     Raises
     ------

@@ -38,13 +38,14 @@ class MissingModule:
 class Coverage:
     """How much of a model a graph covers.
 
-    Attributes
+    Parameters
     ----------
     total : int
         Number of weights in the model's weight tensors (2-D and larger), tied tensors once.
     covered : int
         Number of those weights that are edges of the graph.
     missing : list of MissingModule
+        Weight parameters that are not part of the graph, with the reason (default: none).
     folded : list of str
         ``"<layer>: <what>"`` for each normalisation scale folded into a layer's weight.
     unfolded : dict of str to str
@@ -85,7 +86,19 @@ class Coverage:
         return sorted(((k, v[0], v[1]) for k, v in acc.items()), key=lambda r: -r[2])
 
     def summary_lines(self, *, max_items: int = 6) -> List[str]:
-        """Human-readable lines for a report (coverage first, then what is missing or approximated)."""
+        """Human-readable lines for a report (coverage first, then what is missing or approximated).
+
+        Parameters
+        ----------
+        max_items : int, default 6
+            Most unfolded parameters and most notes listed one per line (the rest are counted); the folded
+            scales show ``max_items // 2`` examples.
+
+        Returns
+        -------
+        list of str
+            One line each, without trailing newlines.
+        """
         lines = [f"coverage: {self.covered:,} of {self.total:,} weights in the graph ({100 * self.share:.1f}%)"]
         for mtype, count, numel in self.missing_by_type():
             names = [m.name for m in self.missing if m.module_type == mtype]

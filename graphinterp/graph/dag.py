@@ -39,6 +39,12 @@ class ModelGraph(LayeredGraph):
         ``"<space>:<index>"`` of every global node; the space is the first layer (or ``input``,
         or an embedding) that created it, prefixed with ``stream@`` when several layers write it.
     coverage : Coverage, optional
+        What part of the model the graph covers (kept as ``coverage``).
+
+    Raises
+    ------
+    UnsupportedModelError
+        A layer's node lists do not fit its shape, or name a node beyond ``node_names``.
     """
 
     def __init__(self, layers: Sequence[Layer], src: Sequence[np.ndarray], dst: Sequence[np.ndarray],
@@ -59,15 +65,53 @@ class ModelGraph(LayeredGraph):
         return len(self.node_names)
 
     def src_nodes(self, name: str) -> np.ndarray:
-        """Global nodes read by layer ``name`` (its grouped input nodes, in order)."""
+        """Global nodes read by layer ``name`` (its grouped input nodes, in order).
+
+        Parameters
+        ----------
+        name : str
+            A layer name.
+
+        Returns
+        -------
+        ndarray of int64
+            Indices into ``node_names``.
+        """
         return self._src[name]
 
     def dst_nodes(self, name: str) -> np.ndarray:
-        """Global nodes written by layer ``name`` (its output nodes, in order)."""
+        """Global nodes written by layer ``name`` (its output nodes, in order).
+
+        Parameters
+        ----------
+        name : str
+            A layer name.
+
+        Returns
+        -------
+        ndarray of int64
+            Indices into ``node_names``.
+        """
         return self._dst[name]
 
     def select(self, names: Optional[Sequence[str]]) -> "ModelGraph":
-        """Sub-graph of the named layers, on the same nodes."""
+        """Sub-graph of the named layers, on the same nodes.
+
+        Parameters
+        ----------
+        names : sequence of str or None
+            Layers to keep (kept in forward order); None keeps all and returns ``self``.
+
+        Returns
+        -------
+        ModelGraph
+            Over all of this graph's nodes, with the same coverage.
+
+        Raises
+        ------
+        KeyError
+            A name that is not a layer of the graph.
+        """
         if names is None:
             return self
         keep = [self[n] for n in sorted({self.index(n) for n in names})]
@@ -78,7 +122,18 @@ class ModelGraph(LayeredGraph):
         return f"ModelGraph({len(self)} layers, {self.n_nodes} nodes)"
 
     def adjacency(self, layers: Optional[Sequence[str]] = None) -> "torch.Tensor":
-        """Symmetric ``(n_nodes, n_nodes)`` matrix of summed edge magnitudes |w| (for network-wide clustering)."""
+        """Symmetric ``(n_nodes, n_nodes)`` matrix of summed edge magnitudes |w| (for network-wide clustering).
+
+        Parameters
+        ----------
+        layers : sequence of str, optional
+            Layers whose edges are summed; default (None or empty) all.
+
+        Returns
+        -------
+        torch.Tensor of float64, shape (n_nodes, n_nodes)
+            On the CPU; ``A + A.T`` of the summed ``|w|`` from input to output nodes.
+        """
         A = torch.zeros(self.n_nodes, self.n_nodes, dtype=torch.float64)
         for layer in (self.select(layers) if layers else self):
             M = layer.magnitude().double().cpu()
@@ -111,7 +166,29 @@ class ModelGraph(LayeredGraph):
           ends in one cluster of that layer's clustering) and ``same_cluster`` (both ends share a
           ``cluster`` >= 0).
 
-        ``progress`` shows a tqdm bar over the layers on stderr.
+        Parameters
+        ----------
+        clustering : Clustering, optional
+            Labels for ``cluster_in``, ``cluster_out`` and ``within``; also the ``cluster`` labels when it is
+            network-wide and ``network`` is None.
+        view : {"grouped"}
+            Only the grouped view (one node per channel) exists on shared nodes; others raise ValueError.
+        min_abs_weight : float, default 0.0
+            Drop edges with ``|weight| <= min_abs_weight`` (a finite number >= 0).
+        network : Clustering, optional
+            Network-wide labels for ``cluster``: ``meta["node_labels"]`` when it has one per node, else
+            read off the ends of its layers.
+        progress : bool, default False
+            Show a tqdm bar over the layers on stderr.
+
+        Returns
+        -------
+        networkx.MultiDiGraph
+
+        Raises
+        ------
+        ValueError
+            ``view`` is not ``"grouped"``, or ``min_abs_weight`` is negative or not a finite number.
         """
         import networkx as nx
 

@@ -171,14 +171,34 @@ class Layer:
         return None
 
     def n_in(self, view: str = "grouped") -> int:
-        """Number of input nodes in ``view``."""
+        """Number of input nodes in ``view``.
+
+        Parameters
+        ----------
+        view : {"grouped", "fine"}, default "grouped"
+            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
+
+        Returns
+        -------
+        int
+        """
         _check_view(view)
         if view == "grouped" and self.in_index is not None:
             return int(self.in_index.max()) + 1 if self.in_index.numel() else 0
         return self.n_in_fine
 
     def shape(self, view: str = "grouped") -> tuple:
-        """``(n_in, n_out)`` in ``view``."""
+        """``(n_in, n_out)`` in ``view``.
+
+        Parameters
+        ----------
+        view : {"grouped", "fine"}, default "grouped"
+            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
+
+        Returns
+        -------
+        tuple of int
+        """
         return (self.n_in(view), self.n_out)
 
     @property
@@ -187,17 +207,49 @@ class Layer:
         return int(self.weight.numel())
 
     def with_weight(self, weight: torch.Tensor) -> "Layer":
-        """The same layer (name, kind, structure, binding) with another weight tensor."""
+        """The same layer (name, kind, structure, binding) with another weight tensor.
+
+        Parameters
+        ----------
+        weight : torch.Tensor
+            The new weight, in torch layout and of the same number of dimensions (checked as in the constructor).
+
+        Returns
+        -------
+        Layer
+            A copy (:func:`dataclasses.replace`); this layer is unchanged.
+        """
         return replace(self, weight=weight)
 
     # --------------------------------------------------------------- matrices
     def support(self, view: str = "grouped") -> torch.Tensor:
-        """Boolean ``(n_in, n_out)``: edges that exist structurally (False across conv groups)."""
+        """Boolean ``(n_in, n_out)``: edges that exist structurally (False across conv groups).
+
+        Parameters
+        ----------
+        view : {"grouped", "fine"}, default "grouped"
+            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
+
+        Returns
+        -------
+        torch.Tensor of bool, shape (n_in, n_out)
+        """
         ones = self.with_weight(torch.ones_like(self.weight))
         return ones.squared(view) > 0
 
     def squared(self, view: str = "grouped") -> torch.Tensor:
-        """Squared edge weights, shape ``(n_in, n_out)``; sums to ``(weight ** 2).sum()``."""
+        """Squared edge weights, shape ``(n_in, n_out)``; sums to ``(weight ** 2).sum()``.
+
+        Parameters
+        ----------
+        view : {"grouped", "fine"}, default "grouped"
+            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
+
+        Returns
+        -------
+        torch.Tensor, shape (n_in, n_out)
+            On the weight's device and in its dtype.
+        """
         _check_view(view)
         w2 = self.weight.detach().square()
         if self.is_conv:
@@ -213,11 +265,33 @@ class Layer:
         return out.index_add_(1, idx, per_feature)
 
     def magnitude(self, view: str = "grouped") -> torch.Tensor:
-        """Unsigned edge weights :math:`|w_{ij}|` (the BSGC similarity), shape ``(n_in, n_out)``."""
+        """Unsigned edge weights :math:`|w_{ij}|` (the BSGC similarity), shape ``(n_in, n_out)``.
+
+        Parameters
+        ----------
+        view : {"grouped", "fine"}, default "grouped"
+            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
+
+        Returns
+        -------
+        torch.Tensor, shape (n_in, n_out)
+            The square root of :meth:`squared`.
+        """
         return self.squared(view).sqrt()
 
     def signed(self, view: str = "grouped") -> torch.Tensor:
-        """Signed edge weights; grouped edges take the sign of the sum of their parameters."""
+        """Signed edge weights; grouped edges take the sign of the sum of their parameters.
+
+        Parameters
+        ----------
+        view : {"grouped", "fine"}, default "grouped"
+            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
+
+        Returns
+        -------
+        torch.Tensor, shape (n_in, n_out)
+            :meth:`magnitude` with a sign (the weight itself, transposed, for a Linear without grouped inputs).
+        """
         _check_view(view)
         w = self.weight.detach()
         if not self.is_conv and (view == "fine" or self.in_index is None):
@@ -229,7 +303,19 @@ class Layer:
         return self.magnitude(view) * sign
 
     def expand_input_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Map labels of grouped input nodes to the layer's input features (identity otherwise)."""
+        """Map labels of grouped input nodes to the layer's input features (identity otherwise).
+
+        Parameters
+        ----------
+        labels : torch.Tensor of shape (n_in("grouped"),)
+            One label per grouped input node.
+
+        Returns
+        -------
+        torch.Tensor
+            One label per input feature for a Linear with ``in_index``; ``labels`` itself otherwise (also
+            when its length is not the number of grouped input nodes).
+        """
         if not self.is_conv and self.in_index is not None and labels.numel() == self.n_in("grouped"):
             return labels[self.in_index.to(labels.device)]
         return labels

@@ -30,7 +30,15 @@ class LayeredGraph:
     Parameters
     ----------
     layers : sequence of Layer
-    chained : bool
+        The weight layers in forward order; at least one, with unique names.
+    chained : bool, default True
+        Whether each layer reads the previous one's outputs (checked: output and grouped input counts
+        must match).
+
+    Raises
+    ------
+    UnsupportedModelError
+        No layer, duplicate names, or (when ``chained``) layers whose sizes do not chain.
 
     Examples
     --------
@@ -74,6 +82,24 @@ class LayeredGraph:
         branches and attention give a :class:`~graphinterp.graph.dag.ModelGraph`. ``fold`` folds
         normalisation scales into the weights. ``layerwise=True`` keeps every weight layer as its
         own bipartite graph (the traced layers, unlinked).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The model to trace.
+        input_shape : sequence of int, optional
+            Input shape without the batch dimension, to guide the guess of an example input.
+        layerwise : bool, default False
+            Return an unchained graph of the traced layers (the coverage is kept).
+        fold : bool, default True
+            Fold normalisation scales (BatchNorm, LayerNorm / RMSNorm gains) into the weights.
+        example : tensor or tuple or dict, optional
+            One example input batch (keyword arguments as a dict); guessed when omitted.
+
+        Returns
+        -------
+        LayeredGraph or ModelGraph
+            With ``coverage`` set.
         """
         from graphinterp.graph.model_trace import trace_graph
 
@@ -91,6 +117,18 @@ class LayeredGraph:
         Names that look like residual blocks, or shapes that do not chain, give a layer-by-layer
         graph; ``graph.coverage`` says why, and lists tensors that are not layers (embeddings,
         recurrent weights) with the reason (see :mod:`graphinterp.graph.state_graph`).
+
+        Parameters
+        ----------
+        state_dict : mapping of str to torch.Tensor
+            Parameter name to tensor, in the model's order.
+        layerwise : bool, default False
+            Build a layer-by-layer graph even when the layers would chain.
+
+        Returns
+        -------
+        LayeredGraph
+            With ``coverage`` set.
         """
         from graphinterp.graph.state_graph import graph_layers_from_state_dict
 
@@ -121,14 +159,46 @@ class LayeredGraph:
         return [layer.name for layer in self.layers]
 
     def index(self, name: str) -> int:
-        """Position of the layer called ``name``."""
+        """Position of the layer called ``name``.
+
+        Parameters
+        ----------
+        name : str
+            A layer name.
+
+        Returns
+        -------
+        int
+            Its index in ``layers``.
+
+        Raises
+        ------
+        KeyError
+            No layer is called ``name`` (the message lists the layer names).
+        """
         for i, layer in enumerate(self.layers):
             if layer.name == name:
                 return i
         raise KeyError(f"no layer named {name!r}; layers are {self.layer_names}")
 
     def level_sizes(self, view: str = "grouped") -> List[int]:
-        """Number of nodes at each level (chained graphs only)."""
+        """Number of nodes at each level (chained graphs only).
+
+        Parameters
+        ----------
+        view : {"grouped", "fine"}, default "grouped"
+            The view of the input level (see :meth:`Layer.n_in`); later levels are output nodes.
+
+        Returns
+        -------
+        list of int
+            ``len(layers) + 1`` sizes, the input level first.
+
+        Raises
+        ------
+        UnsupportedModelError
+            The graph is not chained.
+        """
         self._need_chain("level_sizes")
         return [self.layers[0].n_in(view)] + [layer.n_out for layer in self.layers]
 
@@ -138,7 +208,23 @@ class LayeredGraph:
         return ["input"] + self.layer_names
 
     def select(self, names: Optional[Sequence[str]]) -> "LayeredGraph":
-        """Sub-graph of the named layers (all when ``names`` is None); chained if they are consecutive."""
+        """Sub-graph of the named layers (all when ``names`` is None); chained if they are consecutive.
+
+        Parameters
+        ----------
+        names : sequence of str or None
+            Layers to keep; they are kept in forward order, whatever the order given.
+
+        Returns
+        -------
+        LayeredGraph
+            ``self`` when ``names`` is None; else a new graph (without ``coverage``).
+
+        Raises
+        ------
+        KeyError
+            A name that is not a layer of the graph.
+        """
         if names is None:
             return self
         idx = sorted({self.index(n) for n in names})
@@ -195,6 +281,17 @@ class LayeredGraph:
             default ``clustering`` when it is network-wide.
         progress : bool
             A tqdm bar over the layers on stderr.
+
+        Returns
+        -------
+        networkx.DiGraph
+
+        Raises
+        ------
+        UnsupportedModelError
+            The ``"fine"`` view of a chained graph with a Flatten between layers.
+        ValueError
+            ``min_abs_weight`` is negative or not a finite number, or ``network`` is not network-wide.
 
         A layered graph never has two edges between one pair of nodes (each layer joins its own
         pair of levels, or its own nodes when layer by layer), so it is a ``DiGraph`` with one edge
@@ -299,7 +396,25 @@ def _labels_for(clustering, layer: Layer, view: str):
 
 
 def layered_graph(model: Union[nn.Module, Mapping[str, torch.Tensor]], **kwargs) -> LayeredGraph:
-    """Build a :class:`LayeredGraph` from an ``nn.Module`` or a state_dict (networkx-style helper)."""
+    """Build a :class:`LayeredGraph` from an ``nn.Module`` or a state_dict (networkx-style helper).
+
+    Parameters
+    ----------
+    model : torch.nn.Module or mapping of str to torch.Tensor
+        A module (traced, :meth:`LayeredGraph.from_module`) or a state_dict
+        (:meth:`LayeredGraph.from_state_dict`).
+    **kwargs
+        Keyword arguments of the builder used.
+
+    Returns
+    -------
+    LayeredGraph
+
+    Raises
+    ------
+    TypeError
+        ``model`` is neither a module nor a mapping.
+    """
     if isinstance(model, nn.Module):
         return LayeredGraph.from_module(model, **kwargs)
     if isinstance(model, Mapping):

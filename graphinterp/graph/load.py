@@ -101,11 +101,30 @@ def open_model(source: Source, *, weights: Optional[str] = None, trust_pickle: b
                random_state: Optional[int] = 0) -> OpenedModel:
     """Resolve ``source`` (see the module docstring) into an :class:`OpenedModel`.
 
+    Parameters
+    ----------
+    source : str, os.PathLike, torch.nn.Module or mapping of str to torch.Tensor
+        A module, a state_dict, a model file, a HuggingFace model folder or a torchvision architecture name.
+    weights : str, optional
+        A local weights file for a torchvision architecture name (not for a model file, which holds its own).
+    trust_pickle : bool, default False
+        Allow unpickling a file that holds a pickled module (can run arbitrary code).
+    random_state : int or None, default 0
+        Seed of the random initialisation of a torchvision architecture without ``weights`` (None: 0).
+
+    Returns
+    -------
+    OpenedModel
+
     Raises
     ------
     ModelFileError
         A missing, unreadable or unsafe file; an HF folder without ``config.json``; a safetensors file
-        with missing tensors; an unknown torchvision name.
+        with missing tensors; ``weights`` given with a model file or missing.
+    UnsupportedModelError
+        An unknown torchvision name.
+    InvalidWeightsError
+        ``weights`` that do not fit the torchvision architecture.
 
     Examples
     --------
@@ -259,6 +278,23 @@ def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = Tr
 
     ``input_shape`` is the example input a module is traced with; for a state_dict (no module) it
     has no use, and ``opened.notes`` says so rather than dropping it silently.
+
+    Parameters
+    ----------
+    opened : OpenedModel
+        From :func:`open_model`.
+    layerwise : bool, default False
+        Keep every weight layer as its own bipartite graph (unlinked).
+    fold : bool, default True
+        Fold normalisation scales into the weights (traced modules); when False, a state_dict's note that
+        its normalisation could not be folded is dropped.
+    input_shape : sequence of int, optional
+        Input shape without the batch dimension, to guide the guess of the example input of a module.
+
+    Returns
+    -------
+    LayeredGraph
+        A :class:`LayeredGraph` or :class:`~graphinterp.graph.dag.ModelGraph`, with ``coverage``.
     """
     if opened.module is not None:
         return LayeredGraph.from_module(opened.module, layerwise=layerwise, fold=fold, input_shape=input_shape)
@@ -291,7 +327,18 @@ def load_graph(source: Source, *, weights: Optional[str] = None, trust_pickle: b
 
 
 def graph_structure(graph: LayeredGraph) -> str:
-    """``"chained"``, ``"dag"`` (a :class:`~graphinterp.graph.dag.ModelGraph`) or ``"layerwise"``."""
+    """``"chained"``, ``"dag"`` (a :class:`~graphinterp.graph.dag.ModelGraph`) or ``"layerwise"``.
+
+    Parameters
+    ----------
+    graph : LayeredGraph
+        Any graph built by graphinterp.
+
+    Returns
+    -------
+    str
+        ``"chained"`` when ``graph.chained``; ``"dag"`` for a graph with shared nodes; else ``"layerwise"``.
+    """
     if graph.chained:
         return "chained"
     return "dag" if hasattr(graph, "src_nodes") else "layerwise"

@@ -22,6 +22,20 @@ MARGIN_SD = 3.0
 def clearly_above(accuracy: float, rate: float, n: float) -> bool:
     """Whether ``accuracy`` on ``n`` examples exceeds a trivial predictor's ``rate`` by :data:`MARGIN_SD` binomial sds.
 
+    Parameters
+    ----------
+    accuracy : float
+        The model's accuracy, in ``[0, 1]``.
+    rate : float
+        The trivial predictor's accuracy on the same examples (e.g. :func:`majority_rate`).
+    n : float
+        Number of examples (taken as at least 1).
+
+    Returns
+    -------
+    bool
+        True when ``accuracy > rate + MARGIN_SD * sqrt(rate * (1 - rate) / n)``.
+
     Examples
     --------
     >>> clearly_above(0.2, 0.1, 1000), clearly_above(0.11, 0.1, 1000), clearly_above(1.0, 1.0, 50)
@@ -47,6 +61,20 @@ def chance_note(accuracy: float, labels: Sequence[int], about: str = "its cluste
                 ) -> Optional[str]:
     """A caveat when ``accuracy`` on examples with these ``labels`` is not clearly above always predicting the
     most common one (None when it is); ``about`` names the results it puts in doubt.
+
+    Parameters
+    ----------
+    accuracy : float
+        The model's accuracy on the examples.
+    labels : sequence of int
+        The examples' true labels (non-negative integers).
+    about : str, default "its clusters' ON/OFF accuracies"
+        The results the caveat puts in doubt, as a plural noun phrase.
+
+    Returns
+    -------
+    str or None
+        One sentence with the accuracy and the majority rate; None when the accuracy is clearly above chance.
 
     Examples
     --------

@@ -23,7 +23,20 @@ class CircuitComparison:
     ``(ecs_a - ecs_b) / ecs_b``, i.e. how many more parameters model a's circuits hold on average
     (the paper: an unclustered model a has on average 61.25% more than the clustered model b);
     ``ratio_of_means`` is ``mean(ecs_a) / mean(ecs_b) - 1``, the same question weighted by circuit
-    size (less sensitive to labels whose circuits are tiny).
+    size (less sensitive to labels whose circuits are tiny). Build one with :meth:`from_circuits`.
+
+    Parameters
+    ----------
+    labels : list of int
+        The labels compared, in order.
+    label_names : list of str
+        Their names.
+    ecs_a, ecs_b : ndarray of shape (len(labels),)
+        Effective circuit size of each label's circuit in model a and model b.
+    names : tuple of (str, str)
+        Names of model a and model b.
+    circuits_a, circuits_b : dict of int to Circuit, optional
+        The circuits themselves, by label (empty by default).
     """
 
     labels: List[int]
@@ -59,6 +72,22 @@ class CircuitComparison:
         """The comparison of circuits already extracted: ``circuits_a`` of model ``names[0]``, ``circuits_b`` of ``names[1]``.
 
         Labels are those of ``circuits_a`` (sorted), each of which ``circuits_b`` must hold.
+
+        Parameters
+        ----------
+        circuits_a, circuits_b : mapping of int to Circuit
+            Circuits of model a and model b, by label.
+        names : sequence of str, default ("a", "b")
+            Names of the two models (the first two are used).
+
+        Returns
+        -------
+        CircuitComparison
+
+        Raises
+        ------
+        DataError
+            A label of ``circuits_a`` has no circuit in ``circuits_b``.
 
         Examples
         --------
@@ -114,6 +143,21 @@ def cluster_share(circuit: Circuit, graph: LayeredGraph, clustering) -> Dict[str
     ``-1``. Returns ``{"edges": [k shares], "mass": [k shares], "between": {...}, "unclustered":
     {...}, "dominant": cluster with the largest mass share}``; shares are of the circuit's kept
     edges (count) and squared weight in the clustered layers.
+
+    Parameters
+    ----------
+    circuit : Circuit
+        A circuit whose ``masks`` cover every clustered layer.
+    graph : LayeredGraph
+        The graph of the circuit's model.
+    clustering : Clustering
+        Cluster labels of (some of) its layers; only these layers are counted.
+
+    Returns
+    -------
+    dict
+        ``edges`` and ``mass`` (lists of k shares), ``between`` and ``unclustered`` (dicts with ``edges``
+        and ``mass``) and ``dominant`` (int).
 
     Examples
     --------

@@ -18,21 +18,29 @@ __all__ = ["Circuit"]
 class Circuit:
     """The circuit of one label: kept edges (masks), its ECS and its performance on the task.
 
-    Attributes
+    Parameters
     ----------
     label : int
+        The output label the circuit computes.
     label_name : str
+        Its name.
     masks : dict of str to BoolTensor of shape (out, in)
         Kept edges per layer (a conv edge is a kernel).
     size : CircuitSize
+        Kept and total weights and edges, overall and per layer (the ECS).
     accuracy, loss : float
         The circuit on its task; ``full_accuracy``, ``full_loss``: the full model on it.
+    full_accuracy, full_loss : float
+        The full model's accuracy and loss on the task.
     n_pos, n_neg : int
         Examples of the label and of the other labels in the task.
     n_evals : int
         Candidates evaluated by the search, as :attr:`Schedule.max_evals` counts them (at most that
         many; the evaluations of the full model and of the final circuit are not counted).
-    seconds : float
+    seconds : float, default 0.0
+        Wall-clock time of the search.
+    score : str, default "magnitude"
+        Name of the edge score used (a callable's ``__name__``; ``"layer order"`` in ``"authors"`` mode).
     history : list of (int, bool)
         Kept edges after each evaluation of the rounds (and after each final pass), and whether
         that step was accepted (whether the pass removed anything).
@@ -139,7 +147,18 @@ class Circuit:
 
     def to_dict(self, *, include_masks: bool = False) -> Dict[str, Any]:
         """Plain values for JSON (masks as nested lists only when asked); ``empty`` and ``note`` say whether the
-        circuit keeps no weight and why (:attr:`note`)."""
+        circuit keeps no weight and why (:attr:`note`).
+
+        Parameters
+        ----------
+        include_masks : bool, default False
+            Add ``masks``: per layer, the kept-edge mask as nested lists of 0 and 1.
+
+        Returns
+        -------
+        dict
+            The fields (``history`` and ``masks`` aside), ``ecs``, ``size``, ``empty`` and ``note``.
+        """
         out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
                                              "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score", "mode",
                                              "converged")}
@@ -156,6 +175,18 @@ class Circuit:
         ``label_name``, ``ecs``, ``ecs_edges``, ``accuracy``, ``loss`` and ``ecs:<layer>`` per
         layer. Nodes are in the graph's ``"grouped"`` view: after a Flatten of conv channels, a
         channel-to-neuron edge is present when any of its kept weights is non-zero.
+
+        Parameters
+        ----------
+        graph : LayeredGraph
+            The graph of the circuit's model; :attr:`masks` must cover every one of its layers.
+        clustering : Clustering, optional
+            Cluster labels for the node and edge attributes.
+
+        Returns
+        -------
+        networkx.DiGraph
+            The kept edges and the nodes they touch (isolated nodes removed).
         """
         layers = []
         for layer in graph.layers:

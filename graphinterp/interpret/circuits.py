@@ -291,6 +291,32 @@ def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: 
 
     Model a is typically the unclustered baseline and b the modular model (the paper's Figure 3).
 
+    Parameters
+    ----------
+    model_a, model_b : nn.Module
+        The two models, with the same outputs.
+    data : LabeledTensors, (x, y) or TensorDataset
+        Evaluation data, the same for both models.
+    labels : "all" or iterable of int, default "all"
+        Output indices to compare; "all" = every output.
+    names : sequence of str, default ("a", "b")
+        Names of the two models in the result.
+    **kwargs
+        Settings of :func:`extract_circuits`, the same for both models: ``max_examples``, ``negative_ratio``,
+        ``random_state``, ``progress``, ``n_jobs``, ``scheduler``, and ``score``, ``tolerance``, ``schedule``,
+        ``batch_size``, ``device``, ``num_threads``, ``mode`` of :func:`extract_circuit` (a ``graph`` is used
+        for both models).
+
+    Returns
+    -------
+    CircuitComparison
+        The per-label ECS of both models, with the circuits.
+
+    Raises
+    ------
+    DataError
+        As in :func:`extract_circuits`, or the two models have different numbers of outputs.
+
     Examples
     --------
     >>> import torch

@@ -103,6 +103,24 @@ def load_runnable(path, *, trust_pickle: bool = False, input_shape=None):
     so the file must hold its architecture: a graphinterp checkpoint (with ``arch``) or, with
     ``trust_pickle``, a pickled module.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model file.
+    trust_pickle : bool, default False
+        Allow unpickling a file that holds a pickled module (can run arbitrary code).
+    input_shape : sequence of int, optional
+        Input shape without the batch dimension, to trace the model with (e.g. the dataset's).
+
+    Returns
+    -------
+    loaded : LoadedModel
+        What the file held (state_dict, arch, stored clustering, history).
+    module : nn.Module
+        The runnable model (``loaded.module``).
+    graph : LayeredGraph
+        Its traced graph.
+
     Raises
     ------
     ModelFileError

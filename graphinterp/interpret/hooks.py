@@ -123,6 +123,23 @@ def run_with_ablation(model: nn.Module, graph: Optional[LayeredGraph], spec: Neu
                       **kwargs: Any) -> torch.Tensor:
     """``model(x)`` with the neurons in ``spec`` ablated (keyword arguments as in :func:`ablate`).
 
+    Parameters
+    ----------
+    model : nn.Module
+    graph : LayeredGraph or None
+        The model's layered graph (traced from ``model`` when None).
+    spec : mapping of level name to indices or boolean mask
+        Neurons (channels for conv levels) to ablate, e.g. ``{"fc1": [1, 2, 3]}``.
+    x : torch.Tensor
+        The input batch, passed to ``model`` as is (on the model's device).
+    **kwargs
+        ``mode``, ``means``, ``reference`` and ``batch_size`` of :func:`ablate`.
+
+    Returns
+    -------
+    torch.Tensor
+        The model's output; the hooks are removed before this returns.
+
     Examples
     --------
     >>> import torch

@@ -77,6 +77,31 @@ def onoff_matrix(model: nn.Module, clustering: Clustering, x: torch.Tensor, y: t
 
     The model runs on ``device`` (``None`` or ``"auto"``: CUDA when available) and is moved back to
     its own device afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A transformer.
+    clustering : Clustering
+        From :func:`graphinterp.clustering.mlp_blocks.cluster_mlp_blocks`.
+    x : torch.Tensor
+        Input token ids.
+    y : torch.Tensor of int64, shape (N,) or (N, T)
+        Target classes (one per example, or one per position of a language model).
+    classes : list of str
+        Class names; their number sets the number of classes.
+    stream : bool, default False
+        Also cut each block's reads and writes of the removed stream dimensions
+        (:func:`graphinterp.interpret.block_ablation.ablate_clusters`).
+    batch_size : int, default 4096
+        Examples per forward pass.
+    device : str or torch.device, optional
+        Where the model runs.
+
+    Returns
+    -------
+    OnOffResult
+        Per-class accuracies of the intact model and with each cluster ON and OFF, and the class counts.
     """
     n = len(classes)
     on, off = np.zeros((clustering.k, n)), np.zeros((clustering.k, n))
@@ -99,7 +124,19 @@ def _gini(v: np.ndarray) -> float:
 
 
 def specialisation(result: OnOffResult) -> Dict[str, Optional[float]]:
-    """``{"off_gini", "on_gini", "mean_off_damage", "mean_on_acc"}`` (see the module docstring)."""
+    """``{"off_gini", "on_gini", "mean_off_damage", "mean_on_acc"}`` (see the module docstring).
+
+    Parameters
+    ----------
+    result : OnOffResult
+        From :func:`onoff_matrix`; classes with no example (NaN ``full``) are left out.
+
+    Returns
+    -------
+    dict of str to float
+        ``off_gini`` (damage-weighted mean Gini of the OFF damage; NaN without damage), ``on_gini`` (mean Gini
+        of the ON accuracies), ``mean_off_damage`` and ``mean_on_acc``.
+    """
     live = np.isfinite(result.full)
     damage = np.clip(result.full[None, live] - result.off[:, live], 0, None)
     weights = damage.sum(1)

@@ -235,6 +235,23 @@ def write_report(report: BenchmarkReport, out: Union[str, Path], *, figures: boo
     """Write JSON, the two CSVs and (optionally) the figures into the folder ``out``.
 
     Returns ``{file name: path}`` of everything written. Every file is written atomically.
+
+    Parameters
+    ----------
+    report : BenchmarkReport
+        The benchmark's results.
+    out : str or pathlib.Path
+        Output folder (``~`` expanded); created with its parents when missing.
+    figures : bool, default True
+        Also draw the figures: E against k over all models, and per model its layers' E against k and
+        its shuffle tests.
+    formats : sequence of str, default ("png", "svg")
+        File formats of the all-models figure (the per-model figures are PNG).
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        File name to path, for every file written.
     """
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,16 @@ def format_report(report) -> str:
     test on both measures (null mean±sd, z and p; left out when no test was run). When the significance k
     is not among the report's k, its E, E_random and score are those of the shuffle test's own clustering
     (said below).
+
+    Parameters
+    ----------
+    report : BenchmarkReport
+        The benchmark's results.
+
+    Returns
+    -------
+    str
+        The table and the lines below it, joined by newlines.
     """
     tested = report.significance_k is not None and report.n_shuffles > 0
     kk = report.significance_k if tested else report.ks[-1]

@@ -198,6 +198,20 @@ def write_graphml(G: nx.Graph, path, *, progress: bool = False) -> None:
     ``0 .. E-1`` (unique in the file, as GraphML asks; the layer is in the edge's ``layer``
     attribute). :func:`read_graphml` reads such a file back as a ``MultiDiGraph``.
 
+    Parameters
+    ----------
+    G : networkx.Graph
+        Any networkx graph (directed or not, multigraph or not).
+    path : str or os.PathLike
+        The file to write; missing parent folders are created.
+    progress : bool, default False
+        Show a tqdm bar over the edges on stderr.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` cannot be written (see :func:`graphinterp.common.files.atomic_write`).
+
     Examples
     --------
     >>> import tempfile, os

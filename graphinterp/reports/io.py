@@ -65,6 +65,12 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     before_write : callable, optional
         Called as ``before_write(G, estimated_bytes)`` once the graph is built, before the file is written
         (the command line uses it to warn about very large files).
+
+    Returns
+    -------
+    networkx.DiGraph
+        The graph written (a ``MultiDiGraph`` for a :class:`~graphinterp.graph.dag.ModelGraph`), before the
+        attributes were flattened for GraphML.
     """
     if clustering is not None and network is not None and not clustering.network_wide:
         clustering = align_labels(clustering, network)
@@ -140,6 +146,21 @@ def align_labels(clustering, reference):
 def json_default(value: Any) -> Any:
     """The ``default=`` of :func:`json.dump` used by graphinterp: arrays and tensors as lists, results by ``to_dict()``.
 
+    Parameters
+    ----------
+    value : object
+        A value :mod:`json` cannot write itself.
+
+    Returns
+    -------
+    object
+        ``value.tolist()`` when it has one (arrays, tensors, numpy scalars), else ``value.to_dict()``.
+
+    Raises
+    ------
+    TypeError
+        ``value`` has neither method.
+
     Examples
     --------
     >>> import json
@@ -174,6 +195,16 @@ def json_text(obj: Any) -> str:
     """``obj`` as indented, strictly valid JSON: arrays and objects with ``to_dict`` converted
     (:func:`json_default`), every NaN and infinity written as ``null`` (:func:`json_safe`).
 
+    Parameters
+    ----------
+    obj : object
+        Anything :func:`json.dumps` writes with :func:`json_default`.
+
+    Returns
+    -------
+    str
+        JSON indented by 2 spaces, without a trailing newline.
+
     Examples
     --------
     >>> json_text({"loss": float("nan")})
@@ -184,7 +215,15 @@ def json_text(obj: Any) -> str:
 
 
 def write_json(path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (:func:`json_text`: strictly valid, NaN written as null)."""
+    """Write ``obj`` as indented JSON atomically (:func:`json_text`: strictly valid, NaN written as null).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write (replaced only once the whole text is written; :func:`atomic_write`).
+    obj : object
+        Anything :func:`json_text` accepts.
+    """
     with atomic_write(path, "w") as fh:
         fh.write(json_text(obj))
 

@@ -21,6 +21,22 @@ class ModelSource:
     ``arch`` with ``weights`` (a torchvision architecture and a local weights file); ``arch`` alone
     (that architecture with random weights, seeded, as a reference).
 
+    Parameters
+    ----------
+    path : str, optional
+        A model file.
+    arch : str, optional
+        A torchvision architecture name.
+    weights : str, optional
+        A local weights file for ``arch``.
+    name : str, optional
+        Display name (:attr:`label`); default the file's stem or the architecture.
+
+    Raises
+    ------
+    UnsupportedModelError
+        Both or neither of ``path`` and ``arch`` given, or ``weights`` without ``arch``.
+
     Examples
     --------
     >>> ModelSource(arch="resnet18").label, ModelSource(path="runs/modular.pt").label
@@ -56,6 +72,19 @@ def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGrap
 
     ``structure`` is ``"chained"``, ``"dag"`` or ``"layerwise"``; the notes give the coverage,
     what was folded, and why a state_dict was read layer by layer.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        What :func:`graphinterp.sources.loading.load_model_file` read.
+    layerwise : bool, default False
+        Keep every weight layer as its own bipartite graph.
+
+    Returns
+    -------
+    graph : LayeredGraph
+    structure : str
+    notes : list of str
     """
     from graphinterp.graph.load import opened_from_loaded
 

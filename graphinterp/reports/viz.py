@@ -104,6 +104,17 @@ def plot_ablation(on: np.ndarray, off: np.ndarray, **kwargs) -> "Figure":
     """Figure 2/5: class-wise accuracy with each cluster ON and OFF, as two annotated heatmaps.
 
     See :func:`graphinterp.reports.viz_eval.plot_ablation` for the parameters.
+
+    Parameters
+    ----------
+    on, off : ndarray of shape (n_clusters, n_classes)
+        Accuracy in [0, 1] with only cluster i active (``on[i]``) or with cluster i ablated (``off[i]``).
+    **kwargs
+        ``full``, ``class_names``, ``title`` and ``out`` of :func:`graphinterp.reports.viz_eval.plot_ablation`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     from graphinterp.reports.viz_eval import plot_ablation as _plot
 
@@ -114,6 +125,18 @@ def plot_ecs_comparison(ecs_a: np.ndarray, ecs_b: np.ndarray, **kwargs) -> "Figu
     """Figure 3/6: per-label effective circuit size of two models, with an arrow from a to b.
 
     See :func:`graphinterp.reports.viz_eval.plot_ecs_comparison` for the parameters.
+
+    Parameters
+    ----------
+    ecs_a, ecs_b : ndarray of shape (n_labels,)
+        ECS of each label, as a fraction in [0, 1], for model a and model b.
+    **kwargs
+        ``labels``, ``names``, ``title``, ``weights`` and ``out`` of
+        :func:`graphinterp.reports.viz_eval.plot_ecs_comparison`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     from graphinterp.reports.viz_eval import plot_ecs_comparison as _plot
 
@@ -124,6 +147,20 @@ def plot_clustered_layer(weight: np.ndarray, row_labels: np.ndarray, col_labels:
     """Figure 7: a clustered layer as a bipartite graph and/or a reordered weight matrix.
 
     See :func:`graphinterp.reports.viz_layer.plot_clustered_layer` for the parameters.
+
+    Parameters
+    ----------
+    weight : ndarray of shape (n_in, n_out)
+        The layer's edge weights.
+    row_labels, col_labels : ndarray of int of shape (n_in,) and (n_out,)
+        Cluster of each input and output node; -1 marks an isolated node.
+    **kwargs
+        ``in_name``, ``out_name``, ``kind``, ``max_edges``, ``title`` and ``out`` of
+        :func:`graphinterp.reports.viz_layer.plot_clustered_layer`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
     from graphinterp.reports.viz_layer import plot_clustered_layer as _plot
 

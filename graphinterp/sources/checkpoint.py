@@ -133,6 +133,16 @@ def save_checkpoint(
 def is_checkpoint(obj: Any) -> bool:
     """Whether ``obj`` (a loaded object) claims to be a graphinterp checkpoint.
 
+    Parameters
+    ----------
+    obj : object
+        What ``torch.load`` returned.
+
+    Returns
+    -------
+    bool
+        True for a dict whose ``"format"`` is ``"graphinterp-checkpoint"`` (its other entries are not checked).
+
     Examples
     --------
     >>> is_checkpoint({"format": "graphinterp-checkpoint", "version": 1}), is_checkpoint({"fc1.weight": 0})
@@ -143,6 +153,16 @@ def is_checkpoint(obj: Any) -> bool:
 
 def validate_checkpoint(obj: Any) -> Dict[str, Any]:
     """Check the structure of a loaded graphinterp checkpoint and return it.
+
+    Parameters
+    ----------
+    obj : object
+        What ``torch.load`` returned.
+
+    Returns
+    -------
+    dict
+        ``obj`` itself, unchanged.
 
     Raises
     ------

@@ -36,7 +36,7 @@ _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 class LoadedModel:
     """What :func:`load_model_file` found in a file.
 
-    Attributes
+    Parameters
     ----------
     kind : {"checkpoint", "state_dict", "torchscript", "module"}
         graphinterp checkpoint, bare or wrapped state_dict, TorchScript archive, pickled module.
@@ -46,11 +46,14 @@ class LoadedModel:
     module : torch.nn.Module or None
         Rebuilt from ``arch`` for checkpoints with a spec, the loaded object for TorchScript and
         pickled modules, ``None`` otherwise.
-    arch, clustering : dict or None
-    history : list of dict
-    meta : dict
+    arch, clustering : dict or None, optional
+        A checkpoint's architecture spec and stored clustering; None for other files.
+    history : list of dict, optional
+        A checkpoint's training history (one dict per epoch or evaluation); empty for other files.
+    meta : dict, optional
         The checkpoint's meta, or a container's other top-level entries (e.g. ``best_prec1``).
-    path : str
+    path : str, optional
+        The file read (``""`` when not from a file).
     """
 
     kind: str

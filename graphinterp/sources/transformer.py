@@ -90,7 +90,23 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Decoder-only transformer; see the module docstring and :func:`transformer` for the parameters."""
+    """Decoder-only transformer; see the module docstring and :func:`transformer` for the parameters.
+
+    The constructor does not check its arguments; :func:`transformer` does, and fills in ``d_head``.
+
+    Parameters
+    ----------
+    vocab, n_out, n_ctx : int
+        Input tokens, output classes, longest sequence (positions embedded).
+    d_model, n_heads, d_head, d_mlp, n_layers : int
+        Residual width, attention heads per block and their width, MLP hidden width, number of blocks.
+    act : {"relu", "gelu"}
+        The MLP's activation.
+    layernorm : bool
+        Pre-norm LayerNorms in each block and before the unembedding (else identities).
+    readout : {"last", "all"}
+        Logits of the last position ``(B, n_out)`` or of every position ``(B, T, n_out)``.
+    """
 
     def __init__(self, vocab: int, n_out: int, n_ctx: int, d_model: int, n_heads: int, d_head: int, d_mlp: int,
                  n_layers: int, act: str, layernorm: bool, readout: str) -> None:
@@ -103,6 +119,23 @@ class Transformer(nn.Module):
         self.unembed = nn.Linear(d_model, n_out, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of token sequences.
+
+        Parameters
+        ----------
+        ids : torch.Tensor of int64, shape (B, T)
+            Token ids in ``0..vocab-1``; only the last ``n_ctx`` positions are read.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, n_out)`` with ``readout="last"``, else ``(B, min(T, n_ctx), n_out)``.
+
+        Raises
+        ------
+        ValueError
+            ``ids`` is not two-dimensional.
+        """
         if ids.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, T), got {tuple(ids.shape)}")
         ids = ids[:, -self.n_ctx:]  # a longer sequence is read through a window of the last n_ctx tokens
@@ -134,6 +167,10 @@ def transformer(vocab: int = 114, n_out: int = 113, n_ctx: int = 3, d_model: int
     init_std : float, optional
         Draw every weight matrix and embedding from N(0, init_std^2) (biases zero) instead of
         PyTorch's defaults; e.g. ``1 / sqrt(d_model)``.
+
+    Returns
+    -------
+    Transformer
 
     Raises
     ------

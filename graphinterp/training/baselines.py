@@ -26,6 +26,16 @@ def layer_random(masks: Mapping) -> Dict[str, float]:
     """``E_random`` of each clustered layer: the share of its weight entries within a cluster (module docstring).
 
     ``masks``: :class:`~graphinterp.training.masks.ParameterMask` per layer (``EnmeshmentLoss.masks``).
+
+    Parameters
+    ----------
+    masks : mapping of str to ParameterMask
+        Within-cluster masks per layer name.
+
+    Returns
+    -------
+    dict of str to float
+        Per layer, the mean of its mask.
     """
     return {name: float(m.mask.double().mean()) for name, m in masks.items()}
 
@@ -47,6 +57,19 @@ def block_random(masks: Mapping, blocks) -> Dict[str, float]:
 
 def with_baseline(E: Optional[float], E_random: Optional[float]) -> Dict[str, Optional[float]]:
     """``{"E", "E_random", "score"}``; all None when there is no E.
+
+    Parameters
+    ----------
+    E : float or None
+        Clusterability.
+    E_random : float or None
+        Its random-partition baseline.
+
+    Returns
+    -------
+    dict of str to float or None
+        ``E``, ``E_random`` and the normalised score ``(E - E_random) / (1 - E_random)`` (0 when
+        ``E_random >= 1``); all None when either is None.
 
     Examples
     --------

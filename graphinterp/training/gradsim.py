@@ -67,6 +67,11 @@ class GradientSimilarity:
     graph : LayeredGraph, optional
         The model's graph; traced when omitted.
 
+    Raises
+    ------
+    TrainingError
+        A name in ``layers`` that is not a layer of the graph.
+
     Attributes
     ----------
     layers : list of str
@@ -154,7 +159,18 @@ class GradientSimilarity:
                 "counts": {n: int(c) for n, c in self._counts.items()}}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (same layers)."""
+        """Restore :meth:`state_dict` output (same layers).
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of a tracker of the same layers: ``layers``, ``sums`` and ``counts``.
+
+        Raises
+        ------
+        TrainingError
+            ``state`` is for other layers.
+        """
         if list(state.get("layers", [])) != self.layers:
             raise TrainingError(f"gradient-similarity state is for layers {state.get('layers')}, not {self.layers}")
         for n in self.layers:

@@ -127,6 +127,46 @@ class TrainConfig:
     ``analyze`` reports, where a big layer dominates a small one (CIFAR-10 CNN, ``fc1`` and ``fc2``
     clustered, 1 + 10 epochs: E of ``fc2`` 0.9997 with ``"mean"``, 0.904 with ``"mass"``). With one
     clustered layer they are the same.
+
+    Parameters
+    ----------
+    dataset : {"digits", "mnist", "fashion-mnist", "cifar10"}, default "digits"
+    model : {"mlp", "cnn"}, default "mlp"
+        Architecture of :func:`graphinterp.sources.models.default_spec` for ``dataset``.
+    k : int, default 4
+        Number of clusters (>= 2).
+    lam : float, default 20.0
+        Weight of the enmeshment loss in ``CE + lam * L_E``, in ``0..LAMBDA_MAX``; 0 trains the unclustered
+        baseline.
+    warmup_epochs : int, default 1
+        Epochs of cross-entropy only before the clustering.
+    epochs : int, default 10
+        Epochs after the clustering (``warmup_epochs + epochs >= 1``).
+    batch_size : int, default 64
+        Global batch size (split over the ranks of a distributed run).
+    lr : float, default 1e-3
+        Adam's learning rate, in ``(0, LR_MAX]``.
+    similarity : {"weight", "gradient"}, default "weight"
+        What BSGC clusters: ``|W|``, or gradient similarities accumulated during warm-up (needs
+        ``warmup_epochs >= 1``).
+    layers : list of str, optional
+        Layers to cluster; default :func:`graphinterp.training.masks.default_cluster_layers`.
+    reduction : {"mean", "mass"}, default "mean"
+        The layer weighting of L_E (above).
+    seed : int, default 0
+        Seed of the initialisation, batch order, subsets and clustering, in ``0..SEED_MAX``.
+    device : str, default "auto"
+        Where training runs (:func:`graphinterp.common.devices.resolve_device`).
+    data_dir : str, optional
+        Folder of the datasets; default :func:`graphinterp.data.datasets.default_data_dir`.
+    download : bool, default False
+        Download a missing dataset.
+    max_train, max_test : int, optional
+        Sizes of seeded random subsets of the training and test sets (>= 1); default whole sets.
+    arch : dict, optional
+        An architecture spec for :func:`graphinterp.sources.models.build_model`, used instead of the default.
+    quiet : bool, default False
+        No progress bars.
     """
 
     dataset: str = "digits"
@@ -209,6 +249,19 @@ class TrainResult:
 
     ``notes`` are one-line remarks about the run that change no result but that a user should know,
     e.g. that ``max_train`` exceeded the training set, which was then used whole.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model.
+    arch : dict or None
+        Its architecture spec (None for a model passed in without one).
+    clustering : Clustering or None
+        The clustering trained with; for ``lam = 0``, one fitted to the final weights.
+    history : list of dict
+        One row per epoch (see :func:`format_history`).
+    notes : list of str, optional
+        One-line remarks about the run.
     """
 
     model: nn.Module
@@ -223,6 +276,17 @@ class TrainResult:
 
 def format_history(history: List[Dict[str, Any]]) -> str:
     """The per-epoch history as a plain-text table (``-`` where a value does not exist yet).
+
+    Parameters
+    ----------
+    history : list of dict
+        One row per epoch with (some of) ``epoch``, ``phase``, ``loss``, ``ce``, ``l_e``, ``E``, ``E_random``,
+        ``score``, ``test_acc`` and ``time``; other keys are ignored.
+
+    Returns
+    -------
+    str
+        A header line and one line per row, joined by newlines.
 
     Examples
     --------

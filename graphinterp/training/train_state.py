@@ -45,8 +45,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     A :class:`KeyboardInterrupt`, so code that catches that still does; raised by
     :func:`graphinterp.training.train.train` and :func:`graphinterp.training.train_transformer.train_transformer`
     from the interrupt. The checkpoint is written atomically, so it always holds a whole state.
+    Each parameter is kept as the attribute of the same name.
 
-    Attributes
+    Parameters
     ----------
     checkpoint : str or None
         The checkpoint path, None when none was asked for (or on a rank that does not write it).
@@ -79,6 +80,15 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def describe(self, how_to_resume: str) -> str:
         """What the checkpoint holds and, when it can be resumed, ``how_to_resume``; one sentence.
+
+        Parameters
+        ----------
+        how_to_resume : str
+            The hint appended when resuming continues the run (e.g. ``"rerun with --resume"``).
+
+        Returns
+        -------
+        str
 
         Examples
         --------

@@ -49,7 +49,28 @@ __all__ = ["TransformerConfig", "train_transformer", "task_data", "checkpoint_ta
 
 def task_data(config: TransformerConfig, vocabulary: Optional[str] = None) -> Dict[str, Any]:
     """The task's data and the model spec that fits it (a character LM's text encoded with ``vocabulary``
-    when given, see :func:`graphinterp.data.tasks.load_corpus`)."""
+    when given, see :func:`graphinterp.data.tasks.load_corpus`).
+
+    Parameters
+    ----------
+    config : TransformerConfig
+        The run's settings (``task`` and its data settings).
+    vocabulary : str, optional
+        The characters in token-id order, for ``task="chars"`` (ignored for ``"modadd"``); default the
+        corpus's own sorted characters.
+
+    Returns
+    -------
+    dict
+        ``"test"`` (the test split, or the validation windows of a corpus), ``"kwargs"`` (the
+        :func:`graphinterp.sources.transformer.transformer` sizes that fit the task), ``"classes"``, and
+        ``"train"`` (modadd) or ``"corpus"`` (chars).
+
+    Raises
+    ------
+    DataError
+        The corpus cannot be read or does not fit (:func:`graphinterp.data.tasks.load_corpus`).
+    """
     if config.task == "modadd":
         train, test = modular_addition(config.p, config.train_frac, config.data_seed)
         kwargs = dict(vocab=config.p + 1, n_out=config.p, n_ctx=3, readout="last")
@@ -72,6 +93,22 @@ def checkpoint_task_data(ckpt: Dict[str, Any], config: TransformerConfig, path: 
     characters (a held-out part, one that lacks some) keeps the model's ids; the models compared must
     share it. Without the record the corpus must have exactly the model's vocabulary size, as another
     corpus with as many distinct characters would silently map every id to another character.
+
+    Parameters
+    ----------
+    ckpt : dict
+        The loaded checkpoint (its ``meta["vocabulary"]`` is read when present).
+    config : TransformerConfig
+        Its training settings, with the corpus to evaluate on.
+    path : str
+        The checkpoint's path, for messages.
+    others : sequence of (dict, str), default ()
+        ``(checkpoint, path)`` of other models evaluated on the same data.
+
+    Returns
+    -------
+    dict
+        As :func:`task_data`.
 
     Raises
     ------

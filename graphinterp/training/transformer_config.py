@@ -42,7 +42,56 @@ class TransformerConfig:
     """Everything that defines a transformer training run (``None``: the task's default).
 
     ``validate()`` makes ``corpus`` and ``data_dir`` absolute, so the checkpoint's record of them holds
-    from any folder."""
+    from any folder.
+
+    Parameters
+    ----------
+    task : {"modadd", "chars"}, default "modadd"
+        Modular addition, or a character language model on a text corpus.
+    k : int, default 4
+        Number of clusters of the MLP blocks (>= 2).
+    lam : float, default 20.0
+        Weight of the enmeshment loss in ``CE + lam * L_E``, in ``0..LAMBDA_MAX``; 0 trains the baseline.
+    warmup_steps, steps : int, optional
+        Optimiser steps before and after the clustering (``warmup_steps + steps >= 1``).
+    lr, weight_decay : float, optional
+        AdamW's learning rate (in ``(0, LR_MAX]``) and weight decay.
+    beta1, beta2 : float, default 0.9 and 0.98
+        AdamW's betas, in ``(0, 1]``.
+    similarity : {"weight", "gradient"}, default "weight"
+        What BSGC clusters: ``|W|``, or gradient similarities accumulated during warm-up.
+    reduction : {"mean", "mass"}, default "mean"
+        Layer weighting of L_E (:class:`~graphinterp.training.loss.EnmeshmentLoss`).
+    seed : int, default 0
+        Seed of the initialisation, batches and clustering, in ``0..SEED_MAX``.
+    device : str, default "auto"
+        Where training runs (:func:`graphinterp.common.devices.resolve_device`).
+    eval_every : int, optional
+        Steps between evaluations (history rows, checkpoints, progress lines); the last step is always one.
+    d_model, n_heads, d_mlp, n_layers, act, layernorm, init_std
+        Model sizes and settings of :func:`graphinterp.sources.transformer.transformer`
+        (``d_model`` divisible by ``n_heads``; ``n_heads`` default 4, ``act`` default ``"relu"``).
+    p : int, default 113
+        Modulus of modular addition (``task="modadd"``).
+    train_frac : float, default 0.3
+        Share of the ``p * p`` pairs in the training split (modadd).
+    data_seed : int, default 0
+        Seed of the train/test split (modadd).
+    corpus : str, optional
+        Text file of ``task="chars"``; default :func:`graphinterp.data.tasks.default_corpus_path`.
+    data_dir : str, optional
+        Data folder of the default corpus.
+    n_ctx : int, default 32
+        Window length of the character LM (>= 2).
+    batch_size : int, default 32
+        Windows per step (chars; modadd trains on the full training split).
+    max_chars : int, optional
+        Use only the corpus's first ``max_chars`` characters.
+    eval_windows : int, optional
+        Validation windows evaluated (the first ones, consecutive and non-overlapping); default every one.
+    quiet : bool, default False
+        No progress lines.
+    """
 
     task: str = "modadd"
     k: int = 4
@@ -134,5 +183,17 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TransformerConfig":
+        """The config recorded by :meth:`to_dict` (unknown keys are ignored, missing ones take their defaults).
+
+        Parameters
+        ----------
+        data : dict
+            Field name to value, e.g. a checkpoint's record of the run's settings.
+
+        Returns
+        -------
+        TransformerConfig
+            Not validated (call :meth:`validate`).
+        """
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
