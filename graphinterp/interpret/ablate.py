@@ -146,6 +146,9 @@ def ablation_matrix(model: nn.Module, graph: Optional[LayeredGraph], clustering:
     data : LabeledTensors, (x, y) or TensorDataset
         Evaluation data (the means of mean mode come from ``reference``, default ``data``).
     mode : {"zero", "mean"}
+        What an ablated neuron outputs: 0, or its mean activation over ``reference``.
+    reference : LabeledTensors, (x, y) or TensorDataset, optional
+        The inputs whose mean activations ``mode="mean"`` uses (e.g. the training split); default ``data``.
     batch_size : int
     device : str or torch.device, optional
         Default CUDA when available; the model runs there and is moved back afterwards.
