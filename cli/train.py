@@ -138,7 +138,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                          batch_size=batch_size or 64, lr=1e-3 if lr is None else lr, similarity=similarity, reduction=reduction,
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
                          max_train=max_train, quiet=quiet or as_json).validate()
-    check_output_path(out, input_dirs=[config.data_dir], param_hint="--out")
+    check_output_path(out, input_dirs=[_data_folder(config.data_dir)] if config.dataset != "digits" else [],
+                      param_hint="--out")
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
         result = train(config, checkpoint=out, resume=resume, on_note=_note)
     if launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
@@ -192,6 +193,13 @@ def check_training_options(ctx: click.Context, dataset: str) -> None:
     if kind == "chars" and set(given_options(ctx, ("corpus", "data_dir"))) == {"corpus", "data_dir"}:
         raise click.UsageError("--data-dir does not apply with --corpus FILE (it only locates the default corpus, "
                                "<data-dir>/tinyshakespeare/input.txt); leave one of them out")
+
+
+def _data_folder(data_dir: Optional[str]) -> str:
+    """The folder the data is read from: --data-dir, else the default ($GRAPHINTERP_DATA_DIR or the cache)."""
+    from graphinterp import default_data_dir
+
+    return str(data_dir) if data_dir is not None else str(default_data_dir())
 
 
 def _note(text: str) -> None:
@@ -248,8 +256,8 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
         from graphinterp import default_corpus_path
 
         inputs.append(corpus or default_corpus_path(config.data_dir))
-    check_output_path(out, inputs=inputs, input_dirs=[config.data_dir] if task == "chars" and not corpus else [],
-                      param_hint="--out")  # --resume reads --out itself, which is fine
+    check_output_path(out, inputs=inputs, input_dirs=[_data_folder(config.data_dir)] if task == "chars" and not corpus
+                      else [], param_hint="--out")  # --resume reads --out itself, which is fine
     if task == "chars":  # a missing or empty corpus is reported before the model is built
         from graphinterp import load_corpus
 

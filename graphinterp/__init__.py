@@ -44,7 +44,7 @@ _EXPORTS = {
     # data: datasets and tasks
     "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "NORMALIZATION": "data.datasets", "subset_indices": "data.datasets",
     "TASKS": "data.tasks",
-    "load_corpus": "data.tasks", "load_dataset": "data.datasets", "default_corpus_path": "data.tasks",
+    "load_corpus": "data.tasks", "load_dataset": "data.datasets", "default_corpus_path": "data.tasks", "default_data_dir": "data.datasets",
     # sources: models and model files
     "LoadedModel": "sources.loading", "Transformer": "sources.transformer", "transformer": "sources.transformer", "build_model": "sources.models",
     "cnn": "sources.models", "default_spec": "sources.models", "is_checkpoint": "sources.checkpoint",

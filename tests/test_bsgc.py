@@ -671,6 +671,7 @@ def test_inputs_that_are_not_real_dense_arrays_get_one_line_errors():
 
     for A, message in ((scipy.sparse.random(10, 10, density=0.5, format="csr", random_state=0), "scipy.sparse"),
                        (np.array([[1, "a"], [2, 3]], dtype=object), "ndarray of dtype object"),
-                       (np.ones((4, 4)) * (1 + 1j), "complex")):
+                       (np.ones((4, 4)) * (1 + 1j), "complex"),
+                       (torch.eye(4).to_sparse(), "sparse torch tensor")):
         with pytest.raises(ClusteringError, match=message):
             BSGC(2).fit(A)

@@ -188,9 +188,12 @@ def test_bad_inputs():
         extract_circuits(model, (x, y), [0], score="random", progress=False, device="cpu")
     with pytest.raises(DataError, match="'all'"):
         extract_circuits(model, (x, y), "some", progress=False, device="cpu")
-    for bad in (3.7, 1.0, True):  # int(3.7) ran label 3 without a word
+    for bad in (3.7, 1.0, True, torch.tensor(1.0)):  # int(3.7) ran label 3 without a word
         with pytest.raises(DataError, match="must be integers"):
             extract_circuits(model, (x, y), [bad], progress=False, device="cpu")
+    from graphinterp.interpret.circuits import _labels
+
+    assert _labels(torch.arange(2), 3) == [0, 1] and _labels(np.array([2]), 3) == [2]  # integer tensors and arrays
 
 
 def test_label_task_is_balanced_and_seeded():

@@ -139,6 +139,22 @@ def test_enmeshment_loss_and_gradient_on_each_device(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_a_loss_with_folded_scales_follows_the_model_to_the_device(device):
+    """Built on the CPU, then the model moves: the folded BatchNorm's channel indices must move with it."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4, bias=False))
+    model = model.double().eval()
+    graph = LayeredGraph.from_module(model)
+    loss = EnmeshmentLoss(model, cluster_network(graph, 2, random_state=0), graph=graph)
+    before = loss().item()
+    model.to(device)
+    value = loss()
+    assert value.device.type == torch.device(device).type and value.item() == pytest.approx(before, rel=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_circuit_found_on_each_device_holds_on_the_cpu(device):
     model, x, y = mlp_and_its_labels(16)
     task = label_task(x, y, 1)

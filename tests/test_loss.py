@@ -308,3 +308,46 @@ def test_the_loss_follows_every_kind_of_fold_live():
     fresh = LayeredGraph.from_module(model, input_shape=(3, 4, 4))
     assert loss.clusterability() == pytest.approx(clusterability_report(fresh, c).E, rel=1e-10)
     assert model(example).shape == (2, 3)
+
+
+def test_a_batchnorm_without_affine_weight_is_followed_live():
+    """It was named "batchnorm", so the loss could not find it and training stopped after the warm-up."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.BatchNorm1d(8, affine=False), nn.ReLU(),
+                          nn.Linear(8, 4, bias=False)).double().eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.3, 3.0)
+    graph = LayeredGraph.from_module(model)
+    assert graph["0"].folded == ("1 (BatchNorm scale)",)
+    c = cluster_network(graph, 2, random_state=0)
+    loss = EnmeshmentLoss(model, c, graph=graph, reduction="mass")
+    assert loss.clusterability() == pytest.approx(clusterability_report(graph, c).E, rel=1e-10)
+
+
+def test_train_clusters_a_folded_layer_on_its_trained_weights():
+    """The graph was traced once, before warm-up: a layer with a folded norm kept its initial weights in it, so
+    the clustering after warm-up (and the baseline's refit) saw the untrained layer."""
+    from graphinterp.training import train as train_mod
+    from graphinterp.training.train import train
+    from graphinterp.training.train_config import TrainConfig
+
+    seen = []
+    original = train_mod._cluster
+
+    def spy(graph, layers, config, gradsim, rank, world):
+        seen.append(graph["3"].weight.detach().clone())
+        return original(graph, layers, config, gradsim, rank, world)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.BatchNorm1d(32),
+                          nn.ReLU(), nn.Linear(32, 10))
+    start = LayeredGraph.from_module(model)["3"].weight.detach().clone()  # folded, before training
+    import unittest.mock as mock
+    with mock.patch.object(train_mod, "_cluster", spy):
+        train(TrainConfig(dataset="digits", warmup_epochs=1, epochs=0, lam=0.0, quiet=True, layers=["3"]).validate(),
+              model=model)
+    bn = model[4]
+    now = model[3].weight.detach() * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()[:, None]
+    assert len(seen) == 2 and not torch.allclose(seen[0], start)  # warm-up clustering and the baseline's refit
+    assert all(torch.allclose(w, now, rtol=1e-5, atol=1e-7) for w in seen)
+

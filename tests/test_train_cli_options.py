@@ -188,3 +188,14 @@ def test_a_character_lm_is_evaluated_on_every_held_out_window_by_default(tmp_pat
     x, _ = task_data(cfg)["test"]
     val = task_data(cfg)["corpus"].val
     assert len(x) == (len(val) - 1) // 8 > 256
+
+
+def test_out_onto_a_file_of_the_default_data_folder_is_refused(tmp_path, monkeypatch):
+    """Without --data-dir the default folder ($GRAPHINTERP_DATA_DIR) was not checked."""
+    data = tmp_path / "data" / "MNIST" / "raw"
+    data.mkdir(parents=True)
+    target = data / "t10k-labels-idx1-ubyte"
+    target.write_bytes(b"labels")
+    monkeypatch.setenv("GRAPHINTERP_DATA_DIR", str(tmp_path / "data"))
+    res = invoke("train", "--dataset", "mnist", "--out", target, "--device", "cpu")
+    assert "is a file inside" in usage_error(res) and target.read_bytes() == b"labels"

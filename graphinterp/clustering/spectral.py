@@ -187,6 +187,9 @@ def _as_matrix(A: ArrayLike) -> torch.Tensor:
     """``A`` as a float32/float64 torch tensor, without a copy when it already is one (or a numpy array)."""
     if hasattr(A, "toarray") and hasattr(A, "nnz"):  # scipy.sparse: not densified behind the user's back
         raise ClusteringError("the similarity matrix is a scipy.sparse matrix; pass a dense array (A.toarray())")
+    if isinstance(A, torch.Tensor) and A.layout != torch.strided:
+        raise ClusteringError(f"the similarity matrix is a sparse torch tensor ({A.layout}); pass a dense one "
+                              "(A.to_dense())")
     try:
         A = torch.as_tensor(A).detach()
     except (TypeError, ValueError, RuntimeError):

@@ -56,6 +56,8 @@ class ChannelTracer(TorchFunctionMode):
             self.param_names.setdefault(id(p), name)
             aliases.setdefault(id(p), []).append(name)
         self.tied = _tied_layers(model, aliases)
+        # buffer id -> its module's name (a BatchNorm without affine weight is named by its running statistics)
+        self.buffer_owner: Dict[int, str] = {id(b): name.rpartition(".")[0] for name, b in model.named_buffers()}
         self.calls: List[LayerCall] = []
         self.embeddings: Dict[str, int] = {}
         self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)

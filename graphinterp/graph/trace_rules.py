@@ -266,7 +266,8 @@ def _batch_norm(tr, args, kwargs, out) -> None:
     tr._set(out, s)
     var = _arg(args, kwargs, 2, "running_var")  # the running mean only shifts (a bias): not an edge weight
     weight, eps = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 7, "eps", 1e-5)
-    name = _layer_name(tr.param_names.get(id(weight), "batchnorm")) if weight is not None else "batchnorm"
+    name = (_layer_name(tr.param_names[id(weight)]) if weight is not None and id(weight) in tr.param_names
+            else tr.buffer_owner.get(id(var), "batchnorm"))  # affine=False: named after its statistics' module
     if var is None:  # no running statistics: it divides by each batch's own spread, which no weight can hold
         tr.unfolded[name] = ("BatchNorm without running statistics (track_running_stats=False): it normalises by "
                              "each batch's own statistics, so no fixed scale can be folded; the graph's weights "

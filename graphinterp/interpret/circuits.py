@@ -186,7 +186,12 @@ def _labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
         items = list(labels)
     except TypeError:
         raise DataError(f"labels must be 'all' or a list of integers, got {labels!r}") from None
-    wrong = [c for c in items if isinstance(c, bool) or not isinstance(c, (int, np.integer))]
+    def integer(c) -> bool:  # Python, numpy and 0-d torch integers (y.unique()); not bools or floats
+        if isinstance(c, torch.Tensor):
+            return c.dim() == 0 and not c.is_floating_point() and not c.is_complex() and c.dtype != torch.bool
+        return isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
+
+    wrong = [c for c in items if not integer(c)]
     if wrong:  # int(3.7) would silently run label 3
         raise DataError(f"labels must be integers (output indices), got {wrong[0]!r}")
     out = [int(c) for c in items]

@@ -101,9 +101,10 @@ def live_scale(model: nn.Module, layer, param: torch.Tensor) -> Optional[Callabl
     extra = (1,) * (len(torch_shape) - 2)
 
     def scale() -> torch.Tensor:
-        s = torch.ones((), dtype=param.dtype, device=param.device)
+        s = torch.ones((), dtype=param.dtype, device=param.device)  # param is the live tensor: it moves with the model
         for side, get, idx in parts:
             vec = get().to(param.dtype).reshape(-1)
+            idx = idx.to(vec.device)  # the model may have moved since the loss was built
             vec = torch.where(idx >= 0, vec[idx.clamp_min(0)], torch.ones((), dtype=vec.dtype, device=vec.device))
             s = s * (vec.reshape(-1, 1, *extra) if side == "out" else vec.reshape(1, -1, *extra))
         return s.transpose(0, 1) if transposed and s.dim() >= 2 else s

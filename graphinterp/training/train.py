@@ -135,6 +135,15 @@ def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsi
     return stored_clustering(payload[0])
 
 
+def _current(graph: LayeredGraph, model: nn.Module, train_set) -> LayeredGraph:
+    """``graph`` with the model's weights of now: its unfolded layers are views of the live parameters, but a
+    layer with a folded normalisation holds the product of the weights when it was traced, so such a graph
+    is traced again (clustering after warm-up, or the baseline's refit, would otherwise see the first weights)."""
+    if not any(layer.folded for layer in graph):
+        return graph
+    return trace_graph(model, input_shape=tuple(train_set.x.shape[1:]))
+
+
 def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
     layers = list(config.layers) if config.layers is not None else default_cluster_layers(graph)
     for name in layers:
@@ -294,7 +303,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
                 raise TrainingError(f"cannot resume {path}: its gradient similarities are damaged ({err})") from None
     history, clustering = state["history"], state["clustering"]
     if clustering is None and config.warmup_epochs == 0:
-        clustering = _cluster(graph, layers, config, None, rank, world)
+        clustering = _cluster(_current(graph, model, train_set), layers, config, None, rank, world)
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -310,7 +319,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
                                       loss_fn if modular and config.lam > 0 else None,
                                       gradsim if not modular else None)
         if epoch == config.warmup_epochs:
-            clustering = _cluster(graph, layers, config, gradsim, rank, world)
+            clustering = _cluster(_current(graph, model, train_set), layers, config, gradsim, rank, world)
             loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
         l_e = le_mean if le_mean is not None else (float(loss_fn().detach()) if loss_fn else None)
         history.append({
@@ -326,7 +335,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
                                  train_clustering=clustering, opt=opt, gen=gen, epoch=epoch, gradsim=gradsim)
     final = clustering
     if config.lam == 0 and history:  # the baseline: E of a clustering fitted to the final weights
-        final = _cluster(graph, layers, config, None, rank, world)
+        final = _cluster(_current(graph, model, train_set), layers, config, None, rank, world)
         final.meta["fitted"] = "final weights"
         refit = loss_scores(EnmeshmentLoss(model, final, graph=graph))
         history[-1].update(E_refit=refit["E"], E_random_refit=refit["E_random"], score_refit=refit["score"])
