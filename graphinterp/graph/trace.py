@@ -184,13 +184,12 @@ class ChannelTracer(TorchFunctionMode):
         BatchNorm scale out of that layer. Tensors are found in tuples, lists, dicts (HuggingFace
         ``ModelOutput`` included) and dataclasses, a few levels deep.
         """
-        self._out_folds.just_folded.clear()
         for t in _tensors_in(output):
             gain = self._gain.get(id(t))
             if gain is not None:
                 gain.leaks[_RETURNED] += 1
             if id(t) in self._direct:
-                self._out_folds.read(_RETURNED, [id(t)], (), self._direct)
+                self._out_folds.returned(id(t), _RETURNED)
 
     # ------------------------------------------------------------ gains
     def _gains_read(self, args, kwargs) -> List[Tuple[_Gain, int]]:

@@ -65,6 +65,21 @@ class LayerCall:
     fold_maps: List[Tuple[str, str, Optional[List[int]]]] = field(default_factory=list)
 
 
+def element_index(ids: torch.Tensor, elems: Optional[torch.Tensor] = None,
+                  known: bool = True) -> Optional[Dict[int, int]]:
+    """Node id -> the index of its scale in the folded source's flattened per-channel vector: ``elems[i]`` for
+    ``ids[i]``, its position in ``ids`` by default; None when the index is not known."""
+    if not known:
+        return None
+    return dict(zip(ids.tolist(), (elems if elems is not None else torch.arange(len(ids))).tolist()))
+
+
+def fold_index(elem_by_id: Optional[Dict[int, int]], nodes: torch.Tensor) -> Optional[List[int]]:
+    """The index (:func:`element_index`) behind each of a layer's ``nodes``, -1 for a node without a scale;
+    None when not known: a ``LayerCall.fold_maps`` entry."""
+    return None if elem_by_id is None else [elem_by_id.get(int(i), -1) for i in nodes]
+
+
 class _Gain:
     """A per-node scale waiting to be folded into the layers that read these nodes.
 
@@ -78,8 +93,7 @@ class _Gain:
                  elems: Optional[torch.Tensor] = None, known: bool = True) -> None:
         self.by_id = dict(zip(ids.tolist(), scale.tolist()))
         # node id -> index of its scale in the source's flattened vector (its position in ``ids`` by default)
-        self.elem_by_id = (dict(zip(ids.tolist(), (elems if elems is not None else torch.arange(len(ids))).tolist()))
-                           if known else None)
+        self.elem_by_id = element_index(ids, elems, known)
         self.source = source
         self.kind = kind
         self.used = False
@@ -139,6 +153,11 @@ class _OutFolds:
                 continue
             self.reads.setdefault(t, Counter())[name] += 1
         self.just_folded.clear()
+
+    def returned(self, x_id: int, name: str) -> None:
+        """Count the model's return value (reader ``name``) as reading the direct output ``x_id``."""
+        self.just_folded.clear()  # no operation is being applied: nothing was just folded through
+        self.reads.setdefault(x_id, Counter())[name] += 1
 
     def leaking(self) -> Dict[int, List[str]]:
         """Layer -> the operations that read an input of its out-fold besides the fold (layers to undo)."""

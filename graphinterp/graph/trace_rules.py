@@ -111,8 +111,7 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
     if gain is not None:
         call.in_scale = torch.tensor([gain.by_id.get(int(i), 1.0) for i in src], dtype=weight.dtype)
         call.folded.append(f"{gain.source} (input gain)")
-        call.fold_maps.append((f"{gain.source} (input gain)", "in", None if gain.elem_by_id is None else
-                               [gain.elem_by_id.get(int(i), -1) for i in src]))
+        call.fold_maps.append((f"{gain.source} (input gain)", "in", T.fold_index(gain.elem_by_id, src)))
         gain.used = True
         gain.folded_by.append(len(tr.calls))  # undone at the end if anything else reads the tensor
     tr.calls.append(call)
@@ -253,8 +252,7 @@ def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str,
     vec = torch.tensor([by_id.get(int(i), 1.0) for i in call.dst], dtype=call.weight.dtype)
     call.out_scale = vec if call.out_scale is None else call.out_scale * vec
     call.folded.append(what)
-    elem = dict(zip(ids.tolist(), (elems if elems is not None else torch.arange(len(ids))).tolist()))
-    call.fold_maps.append((what, "out", [elem.get(int(i), -1) for i in call.dst] if known else None))
+    call.fold_maps.append((what, "out", T.fold_index(T.element_index(ids, elems, known), call.dst)))
     tr.unfolded.pop(what.split(" ")[0], None)
 
 

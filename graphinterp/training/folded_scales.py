@@ -27,10 +27,6 @@ from graphinterp.common.errors import ClusteringError
 
 __all__ = ["live_scale"]
 
-_OUTPUT_KINDS = ("BatchNorm scale", "scale")  # folded into the layer that produced the tensor (rows)
-_INPUT_KINDS = ("input gain",)  # folded into the layers that read the tensor (columns)
-
-
 def _provider(model: nn.Module, source: str) -> Optional[Callable[[], torch.Tensor]]:
     """A function returning the current per-channel scale of the module or parameter ``source``, or None."""
     try:
@@ -56,10 +52,9 @@ def _provider(model: nn.Module, source: str) -> Optional[Callable[[], torch.Tens
     return None
 
 
-def _parse(tag: str) -> Tuple[str, str]:
-    """``"bn1 (BatchNorm scale)"`` -> ``("bn1", "BatchNorm scale")``."""
-    source, _, kind = tag.rpartition(" (")
-    return source, kind.rstrip(")")
+def _source(tag: str) -> str:
+    """``"bn1 (BatchNorm scale)"`` -> ``"bn1"``: the module or parameter a fold came from."""
+    return tag.rpartition(" (")[0]
 
 
 def live_scale(model: nn.Module, layer, param: torch.Tensor) -> Optional[Callable[[], torch.Tensor]]:
@@ -81,14 +76,12 @@ def live_scale(model: nn.Module, layer, param: torch.Tensor) -> Optional[Callabl
     maps = {tag: (side, index) for tag, side, index in getattr(layer, "fold_maps", ()) or ()}
     transposed = bool(getattr(layer, "transposed", False))
     torch_shape = tuple(param.shape[::-1]) if transposed else tuple(param.shape)
-    n_cols = torch_shape[1] if layer.kind == "linear" else torch_shape[1] * int(getattr(layer, "groups", 1))
     parts: List[Tuple[str, Callable[[], torch.Tensor], torch.Tensor]] = []
     for tag in folded:
-        source, kind = _parse(tag)
+        source = _source(tag)
         get = _provider(model, source)
-        side, index = maps.get(tag, (None, None))
-        size = torch_shape[0] if side == "out" else n_cols
-        if get is None or index is None or kind not in _OUTPUT_KINDS + _INPUT_KINDS or len(index) != size or (
+        side, index = maps.get(tag, (None, None))  # "out": rows, "in": columns (input features or channels)
+        if get is None or index is None or len(index) != torch_shape[0 if side == "out" else 1] or (
                 side == "in" and getattr(layer, "groups", 1) != 1):
             raise ClusteringError(f"layer {layer.name!r}: the graph folded {tag} into it, which cannot be recomputed "
                                   "from the model while it trains; build the graph with fold=False to train the raw "
