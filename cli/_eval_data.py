@@ -102,6 +102,10 @@ def _resolve(path, ckpt, dataset, data_dir, notes) -> Tuple[str, Optional[str], 
     if dataset is not None and dataset != trained:
         if trained is not None:
             notes.append(f"{path} was trained on {trained}; evaluating on {dataset} as asked")
+        if data_dir is None and trained_dir is not None and dataset != "digits":
+            notes.append(f"reading {dataset} from {trained_dir}, the data folder {path} was trained from "
+                         "(--data-dir chooses another)")
+            data_dir = trained_dir
         return dataset, data_dir, False
     if trained is None:
         return "digits", data_dir, True
@@ -175,7 +179,16 @@ def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Opt
     images standardised per channel or (``inputs="unit"``) in ``[0, 1]``."""
     from graphinterp import load_dataset
 
-    data = load_dataset(dataset, split=split, data_dir=data_dir, normalize=inputs == "standardised")
+    from graphinterp import DataError
+
+    try:
+        data = load_dataset(dataset, split=split, data_dir=data_dir, normalize=inputs == "standardised")
+    except DataError as err:  # this command has no --download: say how to fetch it instead
+        text = str(err).replace("pass --download to fetch it,",
+                                f"fetch it once with `graphinterp train --dataset {dataset} --download`,")
+        if text == str(err):
+            raise
+        raise DataError(text) from None
     note = limit_note(limit, len(data), f"examples of {data.name} {split}")
     if note is not None and notes is not None:
         notes.append(note)

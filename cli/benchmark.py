@@ -1,6 +1,8 @@
 """``graphinterp benchmark``: clusterability of a set of models, layer by layer, with a shuffle test."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Tuple
 
@@ -63,9 +65,12 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     reported and left out; the others are benchmarked and the command then exits with status 1.
 
     Each model becomes a layered graph, as in `analyze`: a chain, a DAG for residual blocks and
-    branches, or (--layerwise, or a bare state_dict of unknown layout) each Linear/Conv2d on its own;
-    the report says which and why. The clusterings of a layer for several k share one SVD, so its E at
-    one k can differ slightly from `analyze`'s, whose SVD has rank k. Every layer is
+    branches, a bare state_dict's layers in key order where their shapes chain (a guess, noted), or
+    (--layerwise, or a state_dict whose shapes do not chain) each Linear/Conv2d on its own;
+    the report says which and why. A layer gets the seed `analyze` gives it (from --seed and its
+    position), so at a single --k the two report the same labels and E; the clusterings of a layer
+    for several k share one SVD of the largest k's rank, which on a layer of more than 96 nodes a
+    side can move its E at a smaller k slightly away from `analyze`'s. Every layer is
     clustered with BSGC for each k and reported with its clusterability E (share of squared weight
     inside clusters), the E of a random partition with the same cluster sizes, and the normalised
     score (E - E_rand) / (1 - E_rand). At --significance-k each layer is compared with --shuffles
@@ -101,6 +106,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
                                  param_hint="--shuffles")
     ks = parse_k_values(k_text, param_hint="--k")
     check_output_dir(out_dir, param_hint="--out")
+    _refuse_overwriting_inputs(out_dir, list(models) + list(weights))
     try:
         report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,
                                nonzero_only=nonzero_only, layerwise=layerwise, trust_pickle=trust_pickle,
@@ -124,6 +130,21 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         for why in report.failed.values():
             click.echo(f"error: {why}", err=True)
         raise click.exceptions.Exit(1)
+
+
+#: The report's file names in --out (figures: <model>_layers.png, <model>_significance_2.png, ...).
+_REPORT_NAME = re.compile(r"^(benchmark\.json|clusterability\.csv|significance\.csv|clusterability_vs_k\.(png|svg)"
+                          r"|.*_(layers|significance)(_\d+)?\.png)$")
+
+
+def _refuse_overwriting_inputs(out_dir: str, inputs) -> None:
+    """An input file in --out under a name the report writes would be overwritten: refused before any work."""
+    folder = os.path.realpath(out_dir)
+    for path in inputs:
+        if os.path.isfile(path) and os.path.dirname(os.path.realpath(path)) == folder and \
+                _REPORT_NAME.match(os.path.basename(os.path.realpath(path))):
+            raise click.BadParameter(f"{path} is an input, and the report writes a file of that name in {out_dir}: "
+                                     "choose another --out folder or rename the input", param_hint="--out")
 
 
 def _single_model_weights(models: Tuple[str, ...], archs: Tuple[str, ...], weights: Tuple[str, ...]):

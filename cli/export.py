@@ -119,6 +119,10 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         if clustering.network_wide:
             network = clustering  # else cluster is the stored per-layer labels: no fresh network-wide clustering
     else:
+        own = stored_clustering(loaded.clustering, graph) if loaded.clustering is not None else None
+        if own is not None:  # the modules it was trained into: a fresh network-wide clustering need not keep them
+            notes.append(f"{model} stores the clustering it was trained with (k={own.k} over "
+                         f"{', '.join(own.layer_names)}); --stored exports those labels instead of clustering again")
         if names:
             require_clusterable(graph, k, names)  # the layers asked for must all be clusterable at k
             chosen = names

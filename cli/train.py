@@ -11,6 +11,7 @@ import torch
 from graphinterp.cli._common import (
     POSITIVE_INT, check_output_path, device_option, json_option, parse_layers, quiet_option, seed_option,
 )
+from graphinterp.cli._eval_data import read_checkpoint
 from graphinterp.cli._options import given_options
 from graphinterp.cli._paths import record_left_behind
 from graphinterp.cli._train_report import report_training, report_transformer
@@ -128,8 +129,6 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                                f"{' or '.join(TASKS)}, mlp and cnn on {', '.join(DATASETS)}")
     check_training_options(click.get_current_context(), dataset)
     launch, torch_device = _launch(model_name, resume, device)
-    if not resume and os.path.isfile(out) and launch.is_main:
-        _note(f"{out} exists: this new run replaces it when it writes its first checkpoint (pass --resume to continue it)")
     if model_name == "transformer":
         _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
                            seed, device, data_dir, corpus, out, resume, quiet, as_json)
@@ -140,6 +139,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                          max_train=max_train, quiet=quiet or as_json).validate()
     check_output_path(out, input_dirs=[_data_folder(config.data_dir)] if config.dataset != "digits" else [],
                       param_hint="--out")
+    _replacing(out, resume, launch.is_main)
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
         result = train(config, checkpoint=out, resume=resume, on_note=_note)
     if launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
@@ -207,6 +207,20 @@ def _note(text: str) -> None:
     click.echo(f"note: {text}", err=True)
 
 
+def _replacing(out: str, resume: bool, is_main: bool) -> None:
+    """A new run onto an existing --out: refused unless that file is a graphinterp checkpoint (a third-party
+    model, data or any other file is never replaced), else a note that the run replaces it."""
+    if resume or not os.path.isfile(out):
+        return
+    if read_checkpoint(out) is None:
+        raise click.BadParameter(f"{out} exists and is not a graphinterp checkpoint, so a new run will not replace it: "
+                                 "choose another path (or delete the file first if it is meant to go)",
+                                 param_hint="--out")
+    if is_main:
+        _note(f"{out} exists: this new run replaces it when it writes its first checkpoint (pass --resume to "
+              "continue it)")
+
+
 @contextlib.contextmanager
 def _resume_hint(resume: bool, record: bool = True) -> Iterator[None]:
     """On Ctrl-C, record for ``graphinterp``'s error line what --out holds and how to resume it.
@@ -258,6 +272,7 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
         inputs.append(corpus or default_corpus_path(config.data_dir))
     check_output_path(out, inputs=inputs, input_dirs=[_data_folder(config.data_dir)] if task == "chars" and not corpus
                       else [], param_hint="--out")  # --resume reads --out itself, which is fine
+    _replacing(out, resume, True)
     if task == "chars":  # a missing or empty corpus is reported before the model is built
         from graphinterp import load_corpus
 

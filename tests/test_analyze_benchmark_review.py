@@ -107,7 +107,9 @@ def test_analyze_uses_the_layers_scored_at_every_k_as_benchmark_does(narrow_firs
     monkeypatch.setattr(graphinterp, "plot_clusterability_vs_k", lambda curves, **kw: seen.update(curves=curves, **kw))
     text = invoke("analyze", narrow_first, "--k", "2..4", "-q", "--plot", tmp_path / "e.png")
     assert text.exit_code == 0, text.stderr
-    assert _header(text.stdout.split("\n", 2)[2])[:7] == ["k", "E", "E_random", "score", "E[0]", "E[2]", "E[4]"]
+    table = next(i for i, line in enumerate(text.stdout.splitlines()) if line.startswith("k "))  # after the notes
+    assert _header("\n".join(text.stdout.splitlines()[table:]))[:7] == ["k", "E", "E_random", "score", "E[0]", "E[2]",
+                                                                       "E[4]"]
     rows = {r.split()[0]: r.split() for r in text.stdout.splitlines() if r[:1] in "234" and r[:2] != "2:"}
     assert rows["4"][4] == "-" and rows["2"][4] != "-"  # layer 0: its E where it fits, "-" where it does not
     assert float(rows["2"][1]) == pytest.approx(mw["E"]["2"], abs=6e-4)

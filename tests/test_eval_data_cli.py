@@ -67,9 +67,12 @@ def test_a_checkpoint_is_evaluated_on_the_dataset_it_was_trained_on(command, tra
     res = invoke(command, model, "--data-dir", tmp_path, "--json", *extra)
     assert res.exit_code == 0 and recorded_loads == [("fashion-mnist", str(tmp_path))]
     recorded_loads.clear()
-    res = invoke(command, model, "--dataset", "mnist", "--json", *extra)
-    assert res.exit_code == 0 and recorded_loads == [("mnist", None)]
-    assert json.loads(res.stdout)["notes"] == [f"{model} was trained on fashion-mnist; evaluating on mnist as asked"]
+    res = invoke(command, model, "--dataset", "mnist", "--json", *extra)  # read from where it trained, as --help says
+    assert res.exit_code == 0 and recorded_loads == [("mnist", str(tmp_path / "where-it-trained"))]
+    assert json.loads(res.stdout)["notes"] == [
+        f"{model} was trained on fashion-mnist; evaluating on mnist as asked",
+        f"reading mnist from {tmp_path / 'where-it-trained'}, the data folder {model} was trained from "
+        "(--data-dir chooses another)"]
 
 
 @pytest.mark.parametrize("command", ["ablate", "circuits"])

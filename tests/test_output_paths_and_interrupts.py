@@ -107,11 +107,16 @@ def test_interrupted_train_before_a_checkpoint_says_nothing_was_written(tmp_path
     msg = one_error(invoke("train", "--epochs", "1", "--out", out, *FAST), 130)
     assert msg == f"error: interrupted; no checkpoint had been written to {out} yet; run again to start over"
     assert not out.exists()
-    out.write_bytes(b"an older file")  # without --resume an existing --out is left as it was
-    _interrupt_at_evaluation(monkeypatch, 1)
+    out.write_bytes(b"an older file")  # not a graphinterp checkpoint: a new run refuses to replace it
+    assert "is not a graphinterp checkpoint" in one_error(invoke("train", "--epochs", "1", "--out", out, *FAST), 2)
+    assert out.read_bytes() == b"an older file"
+    out.unlink()
+    assert invoke("train", "--epochs", "1", "--out", out, *FAST).exit_code == 0  # an older checkpoint
+    older = out.read_bytes()
+    _interrupt_at_evaluation(monkeypatch, 1)  # without --resume an existing --out is left as it was
     msg = one_error(invoke("train", "--epochs", "1", "--out", out, *FAST), 130)
     assert msg == f"error: interrupted; nothing was written; {out} is unchanged"
-    assert out.read_bytes() == b"an older file"
+    assert out.read_bytes() == older
 
 
 def test_training_interrupted_is_a_keyboard_interrupt_with_the_state(tmp_path, monkeypatch):

@@ -97,7 +97,8 @@ class Analysis:
 
     def mass_weighted(self) -> dict:
         """Model-wide E, E_random and score per k over :meth:`common_layers` (one set of layers for every k,
-        the rule ``benchmark`` uses), with the layers used and those left out (scored at some k only) and why.
+        the rule ``benchmark`` uses), with the layers used and those left out and why: scored at some k only,
+        or at none (an all-zero layer, too few nodes for every k: also in ``skipped``).
 
         For a single k, or when every layer is scored at every k, the values are the reports' own.
         """
@@ -108,8 +109,11 @@ class Analysis:
                 at = [k for k in self.ks if any(s.layer == n for s in self.reports[k].layers)]
                 why = self.skipped.get(n)
                 left_out[n] = f"scored at k={','.join(map(str, at))} only" + (f" ({why})" if why else "")
+        for n, why in self.skipped.items():  # scored at no k: left out of every mass-weighted figure too
+            if n not in scored:
+                left_out[n] = f"not scored ({why})"
         note = None
-        if left_out:
+        if any(n in scored for n in left_out):
             note = (f"model-wide E, E_random and score are mass-weighted over the {len(common)} of {len(scored)} "
                     f"layers scored at every k ({', '.join(common)}), the same layers at every k; left out: "
                     + "; ".join(f"{n}, {why}" for n, why in left_out.items()))

@@ -141,6 +141,11 @@ class BSGC(BiclusterMixin, BaseEstimator):
         self.n_iter = n_iter
         self.random_state = random_state
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True  # a similarity matrix: |W|, never W
+        return tags
+
     def _validate_params(self) -> None:
         """scikit-learn's check of ``_parameter_constraints``, raising graphinterp's :class:`ClusteringError`."""
         try:
@@ -164,6 +169,7 @@ class BSGC(BiclusterMixin, BaseEstimator):
         self : BSGC
         """
         A = _as_matrix(A)
+        self.n_features_in_ = int(A.shape[1])
         with _threads_for(A):
             A3, du, dv = _degrees(A[None])
             sp = _Spectrum.compute(A3, du, dv, self._needed_rank(), self.n_iter,

@@ -16,7 +16,7 @@ import torch
 from graphinterp.clustering.bsgc import BSGC
 from graphinterp.clustering.spectral import ArrayLike, _as_matrix, _degrees, _Spectrum, _threads_for
 from graphinterp.common.errors import ClusteringError
-from graphinterp.common.seeds import fast_random_state
+from graphinterp.common.seeds import SeedDraws, fast_random_state
 
 __all__ = ["fit_k_range", "fit_batch"]
 
@@ -29,9 +29,10 @@ def fit_k_range(
 
     The matrix is validated and normalised once and its SVD computed once, at rank ``max(ks)``; each
     k then only runs its KMeans restarts and candidate scoring on the first k singular vectors. The
-    algorithm is the one of ``BSGC(k, ...).fit(A)``, but labels need not be identical to a lone
-    fit's, whose SVD has rank k (the randomized SVD's subspace, and so the vectors, differ slightly).
-    Deterministic for an integer ``random_state``.
+    algorithm is the one of ``BSGC(k, ...).fit(A)``, and each k's KMeans draws the seed a lone fit
+    draws, whatever the other ks and their order; labels need not be identical to a lone fit's only
+    where its SVD has rank k (a randomized SVD's subspace, and so the vectors, differ slightly; a small
+    matrix's exact SVD does not). Deterministic for an integer ``random_state``.
 
     Returns
     -------
@@ -56,10 +57,31 @@ def fit_k_range(
         A3, du, dv = _degrees(A[None])
         sp = _Spectrum.compute(A3, du, dv, max(max(ints) if ints else 2, 2), n_iter,
                                [fast_random_state(random_state)], ks=ks)
+        rng = sp.rngs[0]
+        after_svd = _snapshot(rng)
         for k in ks:
+            _restore(rng, after_svd)  # each k draws its KMeans seed as a lone fit does, whatever the other ks
             est = BSGC(int(k), pairing=pairing, n_init=n_init, n_iter=n_iter, random_state=random_state)
             out[int(k)] = est._set_labels(*est._fit_spectrum(sp)[0], sp, 0)
     return out
+
+
+def _snapshot(rng):
+    """The draws made so far by a seeded ``rng`` (None for numpy's global one, which is never rewound)."""
+    if isinstance(rng, SeedDraws):
+        return list(rng.highs)
+    if isinstance(rng, np.random.RandomState) and rng is not np.random.mtrand._rand:
+        return rng.get_state()
+    return None
+
+
+def _restore(rng, state) -> None:
+    if state is None:
+        return
+    if isinstance(rng, SeedDraws):
+        rng.highs = list(state)
+    else:
+        rng.set_state(state)
 
 
 def fit_batch(

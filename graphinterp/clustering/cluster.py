@@ -5,7 +5,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
 from graphinterp.clustering.bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
@@ -14,7 +13,7 @@ from graphinterp.common.errors import ClusteringError
 from graphinterp.clustering.dag_cluster import cluster_dag
 from graphinterp.clustering.labels import Clustering
 from graphinterp.clustering.validation import check_k, refuse_block_diagonal
-from graphinterp.common.seeds import check_random_state
+from graphinterp.common.seeds import check_random_state, layer_seed
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["BSGC", "Clustering", "cluster_layers", "cluster_network", "parse_k_range"]
@@ -116,12 +115,15 @@ def cluster_layers(
     sims = _similarities(graph, names, similarity)
     k = check_k(k, sims, names)  # the similarity's zero rows / columns are the isolated nodes
     rng = check_random_state(random_state)
+    per_layer = isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool)
     where = None if device is None else resolve_device(device)
     rows, cols = {}, {}
     for name in names:
+        # an integer seed gives each layer its own (layer_seed): its labels do not depend on the other layers
+        seed = layer_seed(random_state, graph.index(name)) if per_layer else int(rng.randint(2**31 - 1))
         try:
             A = sims[name] if where is None else sims[name].to(where)
-            est = BSGC(k, pairing=pairing, random_state=int(rng.randint(2**31 - 1))).fit(A)
+            est = BSGC(k, pairing=pairing, random_state=seed).fit(A)
         except ClusteringError as err:
             raise ClusteringError(f"layer {name!r}: {err}") from None
         rows[name], cols[name] = est.row_labels_, est.column_labels_
@@ -263,25 +265,35 @@ def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng) -> List[np.
     for j in range(len(sizes)):
         lab = labels[offsets[j]:offsets[j + 1]].copy()
         on = lab >= 0
-        if np.unique(lab[on]).size < k:  # a cluster has no node at this level: balance the level
-            lab[on] = _balanced_assign(Z_full[offsets[j]:offsets[j + 1]][on], km.cluster_centers_)
+        if np.unique(lab[on]).size < k:  # a cluster has no node at this level: give it the nearest ones
+            lab[on] = _fill_empty(lab[on], Z_full[offsets[j]:offsets[j + 1]][on], km.cluster_centers_)
         levels.append(lab)
     return levels
 
 
-def _balanced_assign(Z: np.ndarray, centers: np.ndarray, slack: float = 1.0) -> np.ndarray:
-    """Assign points to their nearest centres with at most ``ceil(n / k)`` points per centre.
+def _fill_empty(labels: np.ndarray, Z: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Give every cluster without a node at this level the one node whose move costs least.
 
-    Used when KMeans leaves a cluster without any node at some level (e.g. a level of few,
-    nearly identical conv channels): every cluster then keeps inputs and outputs, so no cluster
-    is cut off from the rest of the network. Solved exactly as an assignment problem.
+    KMeans over all levels can leave a cluster without any node at some level (e.g. a level of few,
+    nearly identical conv channels), which would cut that cluster off from the rest of the network.
+    Each empty cluster takes the node with the smallest increase in squared distance (its distance
+    to the empty cluster's centre less that to its own), from a cluster that keeps at least one node;
+    every other node keeps its KMeans label, so the level's structure is kept (an earlier version
+    rebalanced the whole level into equal sizes, which erased a trained model's modules).
     """
     k = len(centers)
-    cap = int(np.ceil(slack * len(Z) / k))
+    out = labels.copy()
     cost = ((Z[:, None, :] - centers[None, :, :]) ** 2).sum(-1)  # (n, k)
-    rows, cols = linear_sum_assignment(np.repeat(cost, cap, axis=1))
-    out = np.empty(len(Z), dtype=np.int64)
-    out[rows] = cols // cap
+    counts = np.bincount(out, minlength=k)
+    for c in np.flatnonzero(counts == 0):
+        extra = cost[:, c] - cost[np.arange(len(out)), out]
+        extra[counts[out] < 2] = np.inf
+        if not np.isfinite(extra).any():
+            break  # fewer nodes than clusters at this level
+        i = int(np.argmin(extra))
+        counts[out[i]] -= 1
+        counts[c] += 1
+        out[i] = c
     return out
 
 

@@ -70,8 +70,8 @@ class Clustering:
         if list(self.row_labels) != list(self.col_labels):
             raise ClusteringError(f"row_labels and col_labels must name the same layers in the same order, got "
                                   f"{list(self.row_labels)} and {list(self.col_labels)}")
-        self.row_labels = {n: _labels(v, n, "row", self.k) for n, v in self.row_labels.items()}
-        self.col_labels = {n: _labels(v, n, "column", self.k) for n, v in self.col_labels.items()}
+        self.row_labels = {n: check_labels(v, n, "row", self.k) for n, v in self.row_labels.items()}
+        self.col_labels = {n: check_labels(v, n, "column", self.k) for n, v in self.col_labels.items()}
         if self.row_labels:
             used = np.unique(np.concatenate([*self.row_labels.values(), *self.col_labels.values()]))
             used = used[used >= 0]
@@ -237,16 +237,25 @@ class Clustering:
             bad(str(err))
 
 
-def _labels(value, name: str, side: str, k: int) -> np.ndarray:
-    """One layer's labels as a 1-D int64 array in ``-1..k-1`` (the constructor's check)."""
+def check_labels(value, name: Optional[str], side: str, k: int) -> np.ndarray:
+    """One layer's labels as a 1-D int64 array in ``-1..k-1`` (:class:`ClusteringError` otherwise: the one
+    check of labels, used by :class:`Clustering`, the shuffle test and the random-partition baseline).
+
+    Examples
+    --------
+    >>> check_labels([0, 1, -1], "fc1", "row", 2).tolist()
+    [0, 1, -1]
+    """
     arr = np.asarray(value)
+    where = f" of layer {name!r}" if name is not None else ""
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ClusteringError(f"{side} labels of layer {name!r} must be a flat array of integers, got {arr.dtype} "
+        raise ClusteringError(f"{side} labels{where} must be a flat array of integers, got {arr.dtype} "
                               f"values of shape {arr.shape}")
     if arr.min() < -1 or arr.max() >= k:
-        raise ClusteringError(f"{side} labels of layer {name!r} must lie in -1..{k - 1}")
+        raise ClusteringError(f"{side} labels{where} must lie in -1..{k - 1} for k={k}, got {arr.min()}..{arr.max()}"
+                              + (": labels from a clustering at another k?" if arr.max() >= k else ""))
     return arr.astype(np.int64, copy=False)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.cluster import Clustering
+from graphinterp.clustering.labels import check_labels
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 
@@ -127,7 +128,7 @@ def random_partition_expectation(row_labels, col_labels, k: int) -> float:
     >>> random_partition_expectation([0, 0, 1, 1], [0, 1], 2)
     0.5
     """
-    rows, cols = np.asarray(row_labels), np.asarray(col_labels)
+    rows, cols = check_labels(row_labels, None, "row", k), check_labels(col_labels, None, "column", k)
     r = np.bincount(rows[rows >= 0], minlength=k) / max(len(rows), 1)
     s = np.bincount(cols[cols >= 0], minlength=k) / max(len(cols), 1)
     return float(r @ s)

@@ -46,6 +46,7 @@ from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import normalized_score, random_partition_expectation
 from graphinterp.common.seeds import check_random_state
+from graphinterp.clustering.labels import check_labels
 from graphinterp.clustering.shuffle_results import NullComparison, ShuffleTest
 
 __all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas"]
@@ -248,7 +249,7 @@ def _run(A, name, k, n_shuffles, nonzero_only, labels, cluster, rng, progress, s
          batch_size: int = 1) -> ShuffleTest:
     """The observed clustering, the ``n_shuffles`` reclustered permutations and their summary."""
     if labels is not None:
-        rows, cols = np.asarray(labels[0]), np.asarray(labels[1])
+        rows, cols = check_labels(labels[0], name, "row", k), check_labels(labels[1], name, "column", k)
     else:
         rows, cols = cluster(A[None], [int(rng.randint(2**31 - 1))])[0]
     if rows.shape != (A.shape[0],) or cols.shape != (A.shape[1],):
@@ -266,7 +267,12 @@ def _run(A, name, k, n_shuffles, nonzero_only, labels, cluster, rng, progress, s
     for i0 in starts:  # batch_size copies at a time: memory stays bounded however large n is
         i1 = min(n_shuffles, i0 + batch_size)
         shuffled = shuffle_weights(A, i1 - i0, nonzero_only=nonzero_only, generator=gen, support=support)
-        for i, (M, (r, c)) in enumerate(zip(shuffled, cluster(shuffled, seeds[i0:i1])), start=i0):
+        try:
+            fits = cluster(shuffled, seeds[i0:i1])
+        except ClusteringError as err:  # a permutation can leave too few nodes with weight for k
+            raise ClusteringError(f"a shuffled copy of {err} (a layer this sparse has no shuffle null at k={k}; use a "
+                                  "smaller k or --nonzero-only)") from None
+        for i, (M, (r, c)) in enumerate(zip(shuffled, fits), start=i0):
             E, _, S = _measure(M, k, r, c)
             null[i] = E, S
     sizes = np.stack([np.bincount(x[x >= 0], minlength=k) for x in (rows, cols)])

@@ -190,15 +190,24 @@ def _as_matrix(A: ArrayLike) -> torch.Tensor:
     if isinstance(A, torch.Tensor) and A.layout != torch.strided:
         raise ClusteringError(f"the similarity matrix is a sparse torch tensor ({A.layout}); pass a dense one "
                               "(A.to_dense())")
+    if isinstance(A, np.ndarray) and A.dtype == object:  # numbers held as Python objects (scikit-learn accepts them)
+        try:
+            A = A.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
     try:
         A = torch.as_tensor(A).detach()
     except (TypeError, ValueError, RuntimeError):
         what = type(A).__name__ + (f" of dtype {A.dtype}" if hasattr(A, "dtype") else "")
         raise ClusteringError(f"the similarity matrix must be a real numeric array or tensor, got {what}") from None
     if A.is_complex():
-        raise ClusteringError("the similarity matrix is complex; pass real magnitudes (e.g. A.abs())")
+        raise ClusteringError("Complex data not supported: the similarity matrix is complex; pass real magnitudes "
+                              "(e.g. A.abs())")
     if A.dim() != 2:
         raise ClusteringError(f"the similarity matrix must be 2-D, got shape {tuple(A.shape)}")
+    if 0 in A.shape:
+        raise ClusteringError(f"the similarity matrix has {A.shape[0]} sample(s) and {A.shape[1]} feature(s) (shape="
+                              f"{tuple(A.shape)}) while a minimum of 2 is required on each side")
     if not torch.is_floating_point(A):
         A = A.double()
     elif A.dtype not in (torch.float32, torch.float64):
@@ -223,7 +232,7 @@ def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
             raise InvalidWeightsError("the similarity matrix contains NaN or inf; check the model's weights")
         du, dv = A.double().sum(2), A.double().sum(1)  # finite entries whose float32 sum overflowed
     if A.numel() and float(A.amin()) < 0:
-        raise ClusteringError("the similarity matrix must be non-negative: pass |W|, not W")
+        raise ClusteringError("Negative values in data: the similarity matrix must be non-negative; pass |W|, not W")
     if A.numel():
         top = du.double().amax(1)
         bound = 2.0 ** (40 if A.dtype == torch.float32 else 300)

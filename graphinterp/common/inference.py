@@ -18,23 +18,26 @@ __all__ = ["eval_mode", "on_device", "predictions"]
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode inside the block; its previous mode is restored in ``finally``.
+    """``model`` in eval mode inside the block; every submodule's own mode is restored in ``finally``
+    (a BatchNorm frozen with ``.eval()`` inside a model that trains stays frozen).
 
     Examples
     --------
-    >>> m = nn.Dropout().train()
+    >>> m = nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2)).train()
+    >>> _ = m[1].eval()
     >>> with eval_mode(m):
-    ...     m.training
-    False
-    >>> m.training
-    True
+    ...     m.training, m[0].training
+    (False, False)
+    >>> m.training, m[0].training, m[1].training
+    (True, True, False)
     """
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 @contextlib.contextmanager

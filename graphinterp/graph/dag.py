@@ -214,7 +214,7 @@ class ModelGraph(LayeredGraph):
 
             layers = tqdm(layers, desc="building graph", unit="layer", leave=False, dynamic_ncols=True)
         for layer in layers:
-            w = layer.signed().cpu().numpy()
+            w = layer.signed().detach().cpu().double().numpy()  # numpy has no bfloat16
             src, dst = self._src[layer.name], self._dst[layer.name]
             ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
             vals = w[ii, jj].astype(np.float64)

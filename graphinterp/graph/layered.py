@@ -354,7 +354,7 @@ class LayeredGraph:
                     data[attr] = int(labels[i])
                     if covered:
                         node_cluster.setdefault(node, []).append(int(net[i]))
-            w = layer.signed(view).cpu().numpy()
+            w = layer.signed(view).detach().cpu().double().numpy()  # numpy has no bfloat16
             ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
             vals = w[ii, jj]
             within = (rows[ii] == cols[jj]) & (rows[ii] >= 0)

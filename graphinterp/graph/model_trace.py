@@ -157,11 +157,15 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     for mod_name, mod in model.named_modules():
         for p_name, _ in mod.named_parameters(recurse=False):
             owners[f"{mod_name}.{p_name}" if mod_name else p_name] = type(mod).__name__
+    # a Linear(n, 1) or Conv2d(1, c, 1) weight is a weight matrix too, whatever its shape
+    weights_of_layers = {name for name, _ in model.named_parameters(remove_duplicate=False)
+                         if name.rpartition(".")[2] == "weight" and isinstance(_owner(model, name), _LAYER_TYPES)}
+    weights_of_layers |= covered_params
     total = covered = 0
     missing = []
     seen = set()
     for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen or sum(d > 1 for d in p.shape) < 2:
+        if id(p) in seen or (sum(d > 1 for d in p.shape) < 2 and name not in weights_of_layers):
             continue  # vectors (biases, norm gains, layer_scale, class tokens) are not weight matrices
         seen.add(id(p))
         first = tracer.param_names.get(id(p), name)
@@ -174,6 +178,14 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
             reason = (f"pruned with torch.nn.utils.prune: the forward uses {name[:-5]} = {name} * its mask, a tensor "
                       f"the graph cannot bind to a parameter; call torch.nn.utils.prune.remove(module, "
                       f"'{name.rpartition('.')[2][:-5]}') first to make the pruned weight the parameter")
+        elif ".parametrizations." in name:
+            module = name.partition(".parametrizations.")[0]
+            what = name.partition(".parametrizations.")[2].partition(".")[0]
+            reason = (f"parametrized with torch.nn.utils.parametrize (weight_norm, spectral_norm, ...): the forward "
+                      f"computes {module}.{what} from this tensor, which the graph cannot bind to a parameter; call "
+                      f"torch.nn.utils.parametrize.remove_parametrizations({module or 'model'}, '{what}') first")
+        elif mtype.startswith("ConvTranspose"):
+            reason = "transposed convolutions are not supported as graph edges (the graph is cut there)"
         elif first in tracer.embeddings:
             reason = "embedding (token or position; a lookup, not a bipartite layer); its output dimensions are graph nodes"
         elif mtype in ("LSTM", "GRU", "RNN"):
@@ -181,12 +193,29 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
         else:
             reason = "not used as a Linear/Conv weight in the traced forward pass"
         missing.append(MissingModule(name, mtype, p.numel(), reason))
-    unfolded = {k: v for k, v in tracer.unfolded.items() if not any(k in f for c in tracer.calls for f in c.folded)}
+    folded_sources = {f.rpartition(" (")[0] for c in tracer.calls for f in c.folded}  # "bn1 (BatchNorm scale)" -> bn1
+    unfolded = {k: v for k, v in tracer.unfolded.items() if k not in folded_sources}
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
     tied_params = {tracer.param_names[pid] for pid in tracer.tied}
     # tied weights (GPT-2's lm_head) and a module applied more than once ("a", "a#2"): one tensor, several layers
     tied = {c.name: c.param for c in tracer.calls if c.param in tied_params or "#" in c.name}
-    return Coverage(total, covered, missing, folded, unfolded, dict(tracer.notes), tied)
+    notes = dict(tracer.notes)
+    if tracer.fresh_inputs:
+        names = list(tracer.fresh_inputs)
+        notes[f"{len(names)} layer(s) read inputs not traced back to the model's input or an earlier layer, so they "
+              f"start from fresh input nodes: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; unless that "
+              "input is a learned constant (a latent array, query embeddings), the graph is cut before them"] = 1
+    return Coverage(total, covered, missing, folded, unfolded, notes, tied)
+
+
+_LAYER_TYPES = _WEIGHT_TYPES + (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+
+
+def _owner(model: nn.Module, name: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(name.rpartition(".")[0])
+    except AttributeError:
+        return None
 
 
 def _has_buffer(model: nn.Module, name: str) -> bool:

@@ -9,8 +9,10 @@ returned :class:`~graphinterp.graph.coverage.Coverage`:
   and read transposed;
 * grouped and depthwise convolutions get ``groups`` from the shapes (in-channels per group
   against the previous layer's outputs);
-* embeddings (``embed``, ``wte``, ``wpe``, ``*_embeddings``), recurrent weights (``weight_ih_l0``)
-  and other tensors are listed as not covered, with the reason; tied tensors count once.
+* embeddings (by the last part of the name: ``embed``, ``wte``, ``wpe``, ``*_embeddings``), recurrent
+  weights (``weight_ih_l0``) and other tensors are listed as not covered, with the reason; tensors
+  sharing storage (and copies of an embedding) count once and are listed as tied;
+* layers are linked in key order where their shapes chain, which is a guess and is noted.
 """
 from __future__ import annotations
 
@@ -27,14 +29,26 @@ __all__ = ["graph_layers_from_state_dict", "layers_from_state_dict", "RESIDUAL_K
 
 RESIDUAL_KEY = re.compile(r"(^|\.)(layer\d+\.\d+\.|downsample\.|shortcut\.|blocks?\.\d+\.|layers?\.\d+\.|h\.\d+\.)")
 _TRANSPOSED = re.compile(r"(^|\.)(c_attn|c_fc|c_proj|q_attn)$")  # HF GPT-2 Conv1D: weight (in, out)
-_EMBEDDING = re.compile(r"(embed|(^|\.)wte$|(^|\.)wpe$|embeddings?$|pos_embedding|class_token|cls_token)", re.I)
+_EMBEDDING_NAMES = {"embed", "embeds", "emb", "embedding", "embeddings", "embed_tokens", "embed_positions", "embed_in",
+                    "wte", "wpe", "class_token", "cls_token", "pos_embed", "pos_embedding"}
 _RECURRENT = re.compile(r"(^|\.)weight_(ih|hh)_l\d+")
 _KIND_OF_DIM = {v: k for k, v in KINDS.items()}
 _SUPPORTED_TEXT = "graphinterp reads Linear (2-D), Conv1d/2d/3d (3-5-D) and GPT-2 Conv1D weights"
 
 
-def _is_weight_matrix(t: torch.Tensor) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_floating_point() and sum(d > 1 for d in t.shape) >= 2
+def _is_weight_matrix(key: str, t: torch.Tensor) -> bool:
+    """A layer's weight (any 2-5-D ``*.weight``, a ``Linear(n, 1)`` head included) or another tensor of two
+    dimensions or more above 1; not biases, norm gains, layer_scale vectors."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        return False
+    return sum(d > 1 for d in t.shape) >= 2 or (key.endswith("weight") and t.dim() >= 2)
+
+
+def _is_embedding(name: str) -> bool:
+    """By the last part of the name: ``wte``, ``embed_tokens``, ``word_embeddings``, ``cls_token``, ... (not
+    ``unembed``, nor ``patch_embed.proj``, a convolution)."""
+    last = name.rpartition(".")[2].lower()
+    return last in _EMBEDDING_NAMES or last.endswith(("_embeddings", "_embedding", "_embed", "_emb"))
 
 
 def _strip(name: str) -> str:
@@ -51,20 +65,27 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
     items: List[Tuple[str, str, torch.Tensor, bool]] = []
     missing: List[MissingModule] = []
     seen = {}
+    tied = {}
     total = covered = 0
     for key, value in state_dict.items():
-        if not _is_weight_matrix(value) or key.endswith("bias") or key.endswith("running_mean"):
+        if not _is_weight_matrix(key, value) or key.endswith("bias") or key.endswith("running_mean"):
             continue
         ident = (value.data_ptr(), tuple(value.shape), tuple(value.stride())) if value.numel() else key
         name = _strip(key)[: -len("weight")].rstrip(".") if key.endswith("weight") else _strip(key)
-        if ident in seen or any(v.shape == value.shape and torch.equal(v, value) for v in seen.values()):
-            continue  # a tied tensor (lm_head = wte): counted once
-        seen[ident] = value
+        if ident in seen:  # one storage under two names (lm_head = wte): counted once
+            tied[name or key] = seen[ident][1]
+            continue
+        twin = next((k for k, (n, _, v) in seen.items() if _is_embedding(n) and v.shape == value.shape
+                     and torch.equal(v, value)), None) if value.numel() else None
+        if twin is not None:  # a copy of an embedding (tied weights saved twice, e.g. by safetensors)
+            tied[name or key] = seen[twin][1]
+            continue
+        seen[ident] = (name, key, value)
         total += value.numel()
         if _RECURRENT.search(key):
             missing.append(MissingModule(key, "RNN/LSTM/GRU", value.numel(),
                                          "recurrent layers are not supported as graph edges"))
-        elif _EMBEDDING.search(name):
+        elif _is_embedding(name):
             missing.append(MissingModule(key, "Embedding", value.numel(),
                                          "token/position embedding (a lookup, not a bipartite layer)"))
         elif not key.endswith("weight") or value.dim() not in _KIND_OF_DIM:
@@ -109,7 +130,13 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
     norms = _normalisation_tensors(state_dict)
     if norms:  # it never folds: say what it leaves out (the weights around them are raw)
         notes[f"{NORMS_NOTE}: {describe_norms(norms)}"] = 1
-    return layers, chained, Coverage(total, covered, missing, notes=notes)
+    return layers, chained, Coverage(total, covered, missing, notes=notes, tied=tied)
+
+
+#: The note on a state_dict whose layers were linked by their shapes (no architecture says so); added to
+#: the opened model's notes by :func:`graphinterp.graph.load.model_graph`.
+CHAIN_GUESS_NOTE = ("no architecture: the layers are linked in key order because their shapes chain (a guess; load "
+                    "the model as a module, a graphinterp checkpoint or --arch NAME --weights FILE for a traced graph)")
 
 
 #: The start of the note on a state_dict's normalisation tensors, which a graph without an architecture cannot fold.

@@ -32,6 +32,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds
+from graphinterp.graph.trace_folds import RETURNED, settle
 from graphinterp.graph.trace_rules import apply_rule
 
 __all__ = ["ChannelTracer", "LayerCall"]
@@ -56,6 +57,7 @@ class ChannelTracer(TorchFunctionMode):
             self.param_names.setdefault(id(p), name)
             aliases.setdefault(id(p), []).append(name)
         self.tied = _tied_layers(model, aliases)
+        self.params: Dict[str, torch.Tensor] = dict(model.named_parameters())  # first name -> tensor
         # buffer id -> its module's name (a BatchNorm without affine weight is named by its running statistics)
         self.buffer_owner: Dict[int, str] = {id(b): name.rpartition(".")[0] for name, b in model.named_buffers()}
         self.calls: List[LayerCall] = []
@@ -63,6 +65,7 @@ class ChannelTracer(TorchFunctionMode):
         self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)
         self.notes: Counter = Counter()
         self.unfolded: Dict[str, str] = {}
+        self.fresh_inputs: Dict[str, int] = {}  # layer -> input features it read without nodes (not the first layer)
         self._parent: List[int] = []
         self._space_of: List[int] = []
         self._shadow: Dict[int, torch.Tensor] = {}
@@ -72,6 +75,9 @@ class ChannelTracer(TorchFunctionMode):
         self._gains: List[_Gain] = []  # every pending gain, settled when the trace ends
         self._settled = False
         self._param_view: Dict[int, Tuple[str, torch.Tensor]] = {}
+        # a tensor computed from one parameter alone (gamma.view(1, -1, 1, 1), Gemma's 1 + weight, a cast):
+        # id -> (parameter name, flat index into it of each element or None, whether the values are the parameter's)
+        self._derived: Dict[int, Tuple[str, Optional[torch.Tensor], bool]] = {}
         self._keep: List[Any] = []
         self._uses: Counter = Counter()
 
@@ -119,6 +125,14 @@ class ChannelTracer(TorchFunctionMode):
             if rx != ry:
                 self._parent[max(rx, ry)] = min(rx, ry)
 
+    def canon(self, s: torch.Tensor) -> torch.Tensor:
+        """The shadow ``s`` with every node id replaced by its current root (``-1`` kept)."""
+        if s.numel() == 0:
+            return s
+        uniq, inv = torch.unique(s, return_inverse=True)
+        roots = torch.tensor([self._find(u) if u >= 0 else -1 for u in uniq.tolist()], dtype=s.dtype)
+        return roots[inv]
+
     def _group(self, root: int) -> int:
         return self._space_of[root]
 
@@ -149,8 +163,13 @@ class ChannelTracer(TorchFunctionMode):
         if name == "__get__":
             name = getattr(getattr(func, "__self__", None), "__name__", "__get__")
         out = func(*args, **kwargs)
+        if name == "__setitem__" and args and isinstance(args[0], torch.Tensor):
+            self._setitem(args)
+            return out
         if name in _SKIP or not _has_tensor(out):
             return out
+        if isinstance(out, torch.Tensor) and id(out) not in self.param_names:
+            self._derive(name, args, kwargs, out)
         read = self._gains_read(args, kwargs) if self._gain else []
         direct = [id(t) for a in list(args) + list(kwargs.values())
                   for t in (a if isinstance(a, (list, tuple)) else (a,))
@@ -175,6 +194,66 @@ class ChannelTracer(TorchFunctionMode):
         self.settle_gains()
         return result
 
+    def param_of(self, t: Any) -> Optional[Tuple[str, Optional[torch.Tensor], bool]]:
+        """``(name, index, exact)`` when ``t`` is a parameter or computed from one alone (see ``_derived``)."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        if id(t) in self.param_names:
+            return self.param_names[id(t)], torch.arange(t.numel()).view(t.shape), True
+        return self._derived.get(id(t))
+
+    def _derive(self, name: str, args, kwargs, out: torch.Tensor) -> None:
+        """Record ``out`` as derived from a parameter when that parameter is its only tensor operand."""
+        tensors = [t for a in list(args) + list(kwargs.values())
+                   for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
+        if len(tensors) != 1 or self.shadow(tensors[0]) is not None:
+            return
+        src = self.param_of(tensors[0])
+        if src is None:
+            return
+        pname, index, exact = src
+        if name in _LAYOUT and index is not None:
+            try:
+                fn = getattr(torch.Tensor, name, None) or getattr(torch, name)
+                index = getattr(index, name) if name in ("T", "mT") else fn(index, *args[1:], **kwargs)
+            except Exception:
+                index = None
+            if not isinstance(index, torch.Tensor) or index.shape != out.shape:
+                index = None
+        elif out.shape != tensors[0].shape:
+            index = None
+        self._derived[id(out)] = (pname, index, exact and (name in _IDENTITY or name in _LAYOUT))
+        self._keep.append(out)
+
+    def _setitem(self, args) -> None:
+        """``target[index] = value``: the target's elements at ``index`` now carry ``value``'s nodes.
+
+        Writing into a normalised tensor or a layer's raw output changes it for every reader, so a pending
+        gain or an out-fold on either tensor is treated as read by an operation that does not fold it.
+        """
+        target, index, value = args[0], args[1], args[2] if len(args) > 2 else None
+        s_value = self.shadow(value)
+        s_target = self.shadow(target)
+        if s_value is None and s_target is None:
+            return
+        try:
+            res = (s_target if s_target is not None else torch.full(target.shape, -1, dtype=torch.long)).clone()
+            res[index] = s_value if s_value is not None else -1
+        except Exception as exc:  # never break the model's forward; report instead
+            self.notes[f"__setitem__: not followed ({type(exc).__name__})"] += 1
+            return
+        self._shadow.pop(id(target), None)
+        self._set(target, res)
+        for t in (target, value):
+            gain = self._gain.get(id(t)) if isinstance(t, torch.Tensor) else None
+            if gain is not None:
+                gain.leaks["__setitem__"] += 1
+        direct = [id(t) for t in (target, value) if isinstance(t, torch.Tensor) and id(t) in self._direct]
+        if direct:
+            self._out_folds.read("__setitem__", direct, target, self._direct)
+        self._gain.pop(id(target), None)
+        self._direct.pop(id(target), None)
+
     def returned(self, output: Any) -> None:
         """Count the model's return value as a reader of every tensor in it (call before the trace ends).
 
@@ -187,9 +266,9 @@ class ChannelTracer(TorchFunctionMode):
         for t in _tensors_in(output):
             gain = self._gain.get(id(t))
             if gain is not None:
-                gain.leaks[_RETURNED] += 1
+                gain.leaks[RETURNED] += 1
             if id(t) in self._direct:
-                self._out_folds.returned(id(t), _RETURNED)
+                self._out_folds.returned(id(t), RETURNED)
 
     # ------------------------------------------------------------ gains
     def _gains_read(self, args, kwargs) -> List[Tuple[_Gain, int]]:
@@ -214,35 +293,7 @@ class ChannelTracer(TorchFunctionMode):
         if self._settled:
             return
         self._settled = True
-        for gain in self._gains:
-            if not gain.leaks or not gain.folded_by:
-                continue
-            tag = f"{gain.source} (input gain)"
-            layers = []
-            for i in gain.folded_by:
-                call = self.calls[i]
-                if tag in call.folded:
-                    call.folded.remove(tag)
-                call.fold_maps = [m for m in call.fold_maps if m[0] != tag]
-                call.in_scale = None
-                layers.append(call.name)
-            gain.used = False
-            self.unfolded[gain.source] = _leak_reason(gain, layers)
-        for layer, readers in self._out_folds.leaking().items():  # BN(conv(x)) where conv's output is read too
-            call = self.calls[layer]
-            call.out_scale = None
-            call.fold_maps = [m for m in call.fold_maps if m[1] != "out"]
-            for tag in self._out_folds.tags.get(layer, []):
-                if tag in call.folded:
-                    call.folded.remove(tag)
-                source, kind = tag.split(" ", 1)
-                self.unfolded[source] = (f"{kind.strip('()')}: the raw output of {call.name} is also read by "
-                                         f"{', '.join(sorted(set(readers))[:4])}; folding the scale into "
-                                         f"{call.name} would change what those read")
-
-
-_SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
-_RETURNED = "the model's output"  # the reader name of a returned tensor (see ChannelTracer.returned)
+        settle(self)
 
 
 def _tensors_in(value: Any, depth: int = 4) -> List[torch.Tensor]:
@@ -260,24 +311,6 @@ def _tensors_in(value: Any, depth: int = 4) -> List[torch.Tensor]:
     else:
         return []
     return [t for v in items for t in _tensors_in(v, depth - 1)]
-
-
-def _leak_reason(gain: _Gain, layers: List[str]) -> str:
-    """Why ``gain`` is not folded, for ``unfolded``: ``"LayerNorm gain: its output is read by a residual sum
-    (add): it is the residual stream, as well as by the layer b.0; folding ..."``."""
-    others = sorted(set(gain.leaks) - _SUMS - {_RETURNED})
-    readers = []
-    if _RETURNED in gain.leaks:
-        readers.append("the model's output (the model returns it)")
-    if set(gain.leaks) & _SUMS:
-        readers.append("a residual sum (add): it is the residual stream")
-    if others:
-        readers.append("non-weight operations (" + ", ".join(others[:4]) + (", ..." if len(others) > 4 else "") + ")")
-    shown = ", ".join(layers[:3]) + (f", ... ({len(layers)} layers)" if len(layers) > 3 else "")
-    one = len(layers) == 1
-    return (f"{gain.kind}: its output is read by " + " and by ".join(readers)
-            + f", as well as by the layer{'' if one else 's'} {shown}; folding the gain into "
-            + ("that layer" if one else "those layers") + " alone would change the model's function")
 
 
 def _tied_layers(model: torch.nn.Module, aliases: Dict[int, List[str]]) -> Dict[int, str]:

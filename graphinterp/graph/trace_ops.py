@@ -15,7 +15,7 @@ import torch
 __all__ = ["LayerCall"]
 
 _CONV = {"conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d"}
-_IDENTITY = {"to", "type", "float", "double", "half", "bfloat16", "cpu", "cuda", "contiguous", "clone",
+_IDENTITY = {"to", "type", "type_as", "float", "double", "half", "bfloat16", "cpu", "cuda", "contiguous", "clone",
              "detach", "requires_grad_", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
              "feature_alpha_dropout", "identity", "data", "real"}
 _LAYOUT = {"view", "reshape", "permute", "transpose", "t", "flatten", "unflatten", "squeeze", "unsqueeze",
@@ -65,6 +65,14 @@ class LayerCall:
     fold_maps: List[Tuple[str, str, Optional[List[int]]]] = field(default_factory=list)
 
 
+def layer_name(param_name: str) -> str:
+    """``"fc1.weight"`` -> ``"fc1"``: a layer is named after its weight parameter."""
+    for suffix in (".weight", "_weight"):
+        if param_name.endswith(suffix):
+            return param_name[: -len(suffix)] or "weight"
+    return param_name
+
+
 def element_index(ids: torch.Tensor, elems: Optional[torch.Tensor] = None,
                   known: bool = True) -> Optional[Dict[int, int]]:
     """Node id -> the index of its scale in the folded source's flattened per-channel vector: ``elems[i]`` for
@@ -87,18 +95,55 @@ class _Gain:
     tensor (and of its re-layouts): ``folded_by`` lists the layer calls that took it, ``leaks`` counts
     the other operations that read it (a residual sum, an activation, a concatenation, ...). The
     tracer undoes the fold when there is any leak (:meth:`ChannelTracer.settle_gains`).
+
+    ``ids`` may repeat: a LayerNorm or BatchNorm1d over a conv's flattened output has one gain per
+    feature but one node per channel. When every feature of a node has the same gain (``uniform``) the
+    gain is folded by node; otherwise only a layer that reads the normalised tensor itself (or an
+    identity of it: dropout, a cast) along the gain's dimension can take it, one gain per input feature
+    (``per_feature``); any other reader is a leak.
     """
 
     def __init__(self, ids: torch.Tensor, scale: torch.Tensor, source: str, kind: str = "gain",
-                 elems: Optional[torch.Tensor] = None, known: bool = True) -> None:
-        self.by_id = dict(zip(ids.tolist(), scale.tolist()))
-        # node id -> index of its scale in the source's flattened vector (its position in ``ids`` by default)
-        self.elem_by_id = element_index(ids, elems, known)
+                 elems: Optional[torch.Tensor] = None, known: bool = True, *, dim: Optional[int] = None,
+                 tensor: Optional[torch.Tensor] = None) -> None:
+        by_id: Dict[int, float] = {}
+        first: Dict[int, int] = {}
+        self.uniform = True
+        for pos, (i, v) in enumerate(zip(ids.tolist(), scale.tolist())):
+            if i not in by_id:
+                by_id[i], first[i] = v, pos
+            elif by_id[i] != v:
+                self.uniform = False
+        self.by_id = by_id
+        where = elems.tolist() if elems is not None else None
+        # node id -> index of its scale in the source's flattened vector (its first position in ``ids`` by default)
+        self.elem_by_id = ({i: (where[p] if where is not None else p) for i, p in first.items()} if known else None)
+        self.values = scale.detach().reshape(-1).clone()  # one per feature along ``dim`` (the per-feature form)
+        self.elems, self.known = where, known
+        self.dim = dim
+        self.tensors = {id(tensor)} if tensor is not None else set()  # the normalised tensor and its identities
         self.source = source
         self.kind = kind
         self.used = False
         self.folded_by: List[int] = []  # indices into the tracer's calls
         self.leaks: Counter = Counter()  # operation name -> times it read the scaled tensor
+
+    def for_reader(self, x: torch.Tensor, dim: int, nodes: torch.Tensor, find) -> Optional[Tuple[List[float], Optional[List[int]]]]:
+        """``(scale, index)`` per input feature of a layer reading ``x`` along ``dim`` with input ``nodes``, or
+        None when no such per-feature scale is exact (a non-uniform gain read re-laid out). ``index`` is the
+        position of each scale in the source's vector (-1 for none; None when unknown); ``find`` maps a node
+        id to its current root (ids may have been merged since the gain was recorded)."""
+        n = len(nodes)
+        if (not self.uniform and id(x) in self.tensors and self.dim is not None
+                and self.dim % x.dim() == dim % x.dim() and self.values.numel() == n):
+            index = (self.elems if self.elems is not None else list(range(n))) if self.known else None
+            return self.values.tolist(), index
+        if not self.uniform:
+            return None
+        by_root = {find(k): v for k, v in self.by_id.items()}
+        elem = None if self.elem_by_id is None else {find(k): v for k, v in self.elem_by_id.items()}
+        roots = [find(int(i)) for i in nodes]
+        return [by_root.get(r, 1.0) for r in roots], (None if elem is None else [elem.get(r, -1) for r in roots])
 
 
 _KNOWN = (_IDENTITY | _LAYOUT | _BINARY | _MATMUL | _REDUCE | _SPATIAL | _NORMS | set(_CONV)
@@ -135,8 +180,12 @@ class _OutFolds:
         self.tags.setdefault(layer, []).append(tag)
         self.just_folded.add(id(x))
         self.keep.append(x)
-        t = id(x)
-        while t is not None and t not in self.through:
+        t, seen = id(x), set()
+        while t is not None and t not in seen:
+            seen.add(t)
+            if t in self.through:  # another fold already reads this tensor (two BatchNorms on one output)
+                self.reads.setdefault(t, Counter())[tag.rpartition(" (")[0] or tag] += 1
+                break
             self.through[t] = layer
             t = self.parent.get(t)
 
@@ -149,7 +198,8 @@ class _OutFolds:
                 continue
             if name in _IDENTITY | _LAYOUT and any(direct.get(id(o)) == direct.get(t) for o in outs):
                 for o in outs:
-                    self.parent.setdefault(id(o), t)
+                    if id(o) != t:  # x.contiguous() may return x itself
+                        self.parent.setdefault(id(o), t)
                 continue
             self.reads.setdefault(t, Counter())[name] += 1
         self.just_folded.clear()
@@ -162,7 +212,13 @@ class _OutFolds:
     def leaking(self) -> Dict[int, List[str]]:
         """Layer -> the operations that read an input of its out-fold besides the fold (layers to undo)."""
         out: Dict[int, List[str]] = {}
-        for t, layer in self.through.items():
-            for name in self.reads.get(t, ()):
-                out.setdefault(layer, []).append(name)
+        for t, names in self.reads.items():
+            u, seen = t, set()  # a read of the folded tensor, of one of its views, or of a sibling view (y.clone())
+            while u is not None and u not in self.through and u not in seen:
+                seen.add(u)
+                u = self.parent.get(u)
+            if u in seen:
+                u = None
+            if u is not None:
+                out.setdefault(self.through[u], []).extend(names)
         return out

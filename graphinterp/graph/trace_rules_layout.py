@@ -40,6 +40,9 @@ def identity(tr, x, out) -> None:
     if s is not None and out.shape == x.shape:
         tr._set(out, s)
         carry(tr, x, out)
+        gain = tr._gain.get(id(out))
+        if gain is not None and id(x) in gain.tensors:  # dropout, a cast: the normalised tensor itself
+            gain.tensors.add(id(out))
 
 
 def carry(tr, x, out) -> None:
@@ -68,6 +71,8 @@ def layout(tr, name: str, args, kwargs, out) -> None:
     s = tr.shadow(x)
     if name in ("T", "mT"):
         res = getattr(s, name)
+    elif name in ("view", "view_as"):  # the model's tensor allowed the view; its shadow may be a strided copy
+        res = s.reshape(*args[1:], **kwargs) if name == "view" else s.reshape_as(args[1])
     else:
         fn = getattr(torch.Tensor, name, None) or getattr(torch, name)
         res = fn(s, *args[1:], **kwargs)
@@ -111,8 +116,62 @@ def broadcast_from(tr, v, out, *, along: int) -> None:
     tr._set(out, row.expand(out.shape))
 
 
+def einsum(tr, args, out) -> None:
+    """``torch.einsum`` of two operands where one carries nodes and the other none (attention weights):
+    the output keeps the carrier's nodes along the indices it keeps, if they do not vary along the indices
+    summed over (``"bhij,bhjd->bhid"``: attention times values). Anything else is noted, not followed."""
+    if _einsum_nodes(tr, args, out) is None:
+        tr.notes["einsum: node identities not followed (layers reading its output start from fresh nodes)"] += 1
+
+
+def _einsum_nodes(tr, args, out) -> Optional[bool]:
+    ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    if not isinstance(args[0], str) or "->" not in args[0] or len(ops) != 2 or not isinstance(out, torch.Tensor):
+        return None
+    lhs, rhs = args[0].replace(" ", "").split("->")
+    terms = lhs.split(",")
+    if len(terms) != 2 or not all(isinstance(o, torch.Tensor) for o in ops):
+        return None
+    if "..." in args[0]:  # name the ellipsis' dimensions, aligned on the right as einsum broadcasts them
+        spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in args[0]][:max(out.dim() - (len(rhs) - 3), 0)]
+        terms = [_ellipsis(t, o.dim(), spare) for t, o in zip(terms, ops)]
+        rhs = _ellipsis(rhs, out.dim(), spare)
+    shadows = [tr.shadow(o) for o in ops]
+    carriers = [i for i, sh in enumerate(shadows) if sh is not None and bool((sh >= 0).any())]
+    if len(rhs) != out.dim() or any(len(t) != o.dim() for t, o in zip(terms, ops)):
+        return None
+    if len(carriers) == 2 and all(any(c not in rhs and not bool((sh == sh.narrow(d, 0, 1)).all())
+                                      for d, c in enumerate(t)) for t, sh in zip(terms, shadows)):
+        return True  # features contracted against features (q . k): scores, which belong to no node
+    if len(carriers) != 1:
+        return None
+    term, sh = terms[carriers[0]], shadows[carriers[0]]
+    if len(term) != sh.dim() or len(set(term)) != len(term):
+        return None
+    for d in reversed(range(len(term))):
+        if term[d] not in rhs:  # summed over: the nodes must not depend on it
+            if not bool((sh == sh.narrow(d, 0, 1)).all()):
+                return None
+            sh = sh.select(d, 0)
+    kept = [c for c in term if c in rhs]
+    sh = sh.permute(*sorted(range(len(kept)), key=lambda j: rhs.index(kept[j])))
+    shape = [sh.shape[sorted(kept, key=rhs.index).index(c)] if c in kept else 1 for c in rhs]
+    tr._set(out, sh.reshape(shape).expand(out.shape))
+    return True
+
+
+def _ellipsis(term: str, ndim: int, spare) -> str:
+    """``term`` with ``...`` replaced by the last of the letters ``spare`` it stands for (``ndim`` dimensions in all)."""
+    if "..." not in term:
+        return term
+    n = ndim - (len(term) - 3)
+    return term.replace("...", "".join(spare[len(spare) - n:]) if n > 0 else "")
+
+
 def matmul(tr, name: str, args, out) -> None:
-    if name == "einsum" or not isinstance(out, torch.Tensor):
+    if name == "einsum":
+        return einsum(tr, args, out)
+    if not isinstance(out, torch.Tensor):
         tr.notes[f"{name}: node identities not followed"] += 1
         return
     a, b = (args[1], args[2]) if name == "baddbmm" else (args[0], args[1])

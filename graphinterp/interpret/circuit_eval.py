@@ -117,6 +117,8 @@ class TaskEvaluator:
                 break
         else:
             return
+        if "forward" in self.modules[j].__dict__:  # a wrapper installed on the instance: its output is not W a + b
+            return
         after = sequential_suffix(self.model, self.modules[j]) if j > 0 else None
         if j > 0 and after is None:
             return
@@ -308,15 +310,24 @@ class TaskEvaluator:
                     loss += float(self.w[start:end] @ l.double())
             finally:
                 self._lookup = None
-        return acc, loss
+        return min(acc, 1.0), loss  # the weights sum to 1 up to rounding: an accuracy never above 1
 
     def gradients(self, masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Gradient of the task loss with respect to each masked weight (``functional_call``)."""
+        """Gradient of the task loss with respect to each masked weight (``functional_call``).
+
+        ``torch.autograd.grad`` over the masked weights only: the model's own parameters (biases, norms) take
+        part in the forward but their ``.grad`` is left as it was."""
         params = {l.key: l.masked(masks[l.name]).requires_grad_(True) for l in self.layers}
+        keys = [l.key for l in self.layers]
+        total = [torch.zeros_like(params[k]) for k in keys]
         with torch.enable_grad():
             for start in range(0, len(self.x), self.batch_size):
                 end = start + self.batch_size
                 logits = torch.func.functional_call(self.model, params, (self.x[start:end],))
                 _, l = task_terms(logits, self.task.label, self.pos[start:end])
-                (self.w[start:end] @ l.double()).backward()
-        return {l.name: params[l.key].grad for l in self.layers}
+                grads = torch.autograd.grad(self.w[start:end] @ l.double(), [params[k] for k in keys],
+                                            allow_unused=True)
+                for acc, g in zip(total, grads):
+                    if g is not None:
+                        acc.add_(g)
+        return {l.name: g for l, g in zip(self.layers, total)}

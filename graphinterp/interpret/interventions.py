@@ -68,8 +68,12 @@ def node_mask(graph: LayeredGraph, name: str, nodes: Any) -> torch.Tensor:
             raise ClusteringError(f"the boolean mask for level {name!r} must have {n} entries, got {tuple(t.shape)}")
         return t.clone()
     t = t.reshape(-1)
-    if t.numel() and (torch.is_floating_point(t) or int(t.min()) < 0 or int(t.max()) >= n):
+    if t.numel() and torch.is_floating_point(t):
         raise ClusteringError(f"neuron indices of level {name!r} must be integers in 0..{n - 1}, got {t.tolist()[:8]}")
+    bad = t[(t < 0) | (t >= n)] if t.numel() else t
+    if bad.numel():  # the offending indices, not the first valid ones
+        raise ClusteringError(f"neuron indices of level {name!r} must be integers in 0..{n - 1}; out of range: "
+                              f"{bad.tolist()[:8]}{' ...' if bad.numel() > 8 else ''}")
     mask = torch.zeros(n, dtype=torch.bool)
     mask[t.long()] = True
     return mask
@@ -105,7 +109,7 @@ class Interventions:
         self.active = True
         self._hooks: list = []
         self._saved: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
-        self._patched: List[nn.Module] = []
+        self._patched: List[Tuple[nn.Module, Optional[Callable]]] = []
         self._sites: Optional[List[nn.Module]] = None
 
     # ------------------------------------------------------------------ binding
@@ -201,11 +205,15 @@ class Interventions:
 
     def override(self, module: nn.Module, fn: Callable[[], Optional[torch.Tensor]]) -> None:
         """Run ``fn()`` instead of ``module.forward``; when it returns None the module runs as usual."""
+        previous = module.__dict__.get("forward")  # a forward installed on the instance, restored by remove()
+
         def forward(*args, **kwargs):
             out = fn()
-            return type(module).forward(module, *args, **kwargs) if out is None else out
+            if out is not None:
+                return out
+            return previous(*args, **kwargs) if previous is not None else type(module).forward(module, *args, **kwargs)
         module.forward = forward
-        self._patched.append(module)
+        self._patched.append((module, previous))
 
     # ------------------------------------------------------------------ undo
     def remove(self) -> None:
@@ -214,8 +222,10 @@ class Interventions:
             while self._hooks:
                 self._hooks.pop().remove()
             while self._patched:
-                mod = self._patched.pop()
-                if "forward" in mod.__dict__:
+                mod, previous = self._patched.pop()
+                if previous is not None:
+                    mod.forward = previous
+                elif "forward" in mod.__dict__:
                     del mod.forward
         finally:
             with torch.no_grad():

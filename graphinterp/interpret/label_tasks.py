@@ -33,13 +33,14 @@ class LabelTask:
         n_pos, n_neg = self.n_pos, self.n_neg
         if n_neg == 0:
             return torch.full((n_pos,), 1.0 / n_pos, dtype=torch.float64)
-        return torch.where(self.positive, 0.5 / n_pos, 0.5 / n_neg).to(torch.float64)
+        pos = torch.full(self.positive.shape, 0.5 / n_pos, dtype=torch.float64, device=self.positive.device)
+        return torch.where(self.positive, pos, torch.full_like(pos, 0.5 / n_neg))  # float64 throughout: sums to 1
 
     def metrics(self, logits: torch.Tensor) -> Tuple[float, float]:
         """``(accuracy, loss)`` of the task's logits (see :mod:`graphinterp.interpret.circuits`)."""
         hit, loss = task_terms(logits, self.label, self.positive.to(logits.device))
         w = self.weights().to(logits.device)
-        return float(w @ hit.double()), float(w @ loss.double())
+        return min(1.0, float(w @ hit.double())), float(w @ loss.double())  # rounding never lifts it above 1
 
 
 def task_terms(logits: torch.Tensor, label: int, positive: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +132,6 @@ class TaskMetrics:
         """:meth:`__call__` for logits with the classes first: ``(C, T, N)`` (``(C, N, T)`` with ``examples_first``)."""
         if examples_first:
             hit, loss = class_first_terms(logits, self.label, self.pos[:, None])
-            return self.w @ hit.double(), self.w @ loss.double()
+            return (self.w @ hit.double()).clamp_max(1.0), self.w @ loss.double()
         hit, loss = class_first_terms(logits, self.label, self.pos)
-        return hit.double() @ self.w, loss.double() @ self.w
+        return (hit.double() @ self.w).clamp_max(1.0), loss.double() @ self.w  # never above 1 by rounding

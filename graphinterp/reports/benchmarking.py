@@ -57,10 +57,14 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
     if significance_k is not None and n_shuffles > 0 and min(live) < significance_k:
         lb.significance_skipped = _too_few(significance_k, live)
     elif significance_k is not None and n_shuffles > 0:
-        lb.significance = shuffle_test(
-            layer, significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
-            labels=lb.labels.get(significance_k), pairing=pairing, n_init=n_init, device=device,
-            random_state=int(rng.randint(2**31 - 1)), progress=progress)
+        seed = int(rng.randint(2**31 - 1))
+        try:
+            lb.significance = shuffle_test(
+                layer, significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
+                labels=lb.labels.get(significance_k), pairing=pairing, n_init=n_init, device=device,
+                random_state=seed, progress=progress)
+        except ClusteringError as err:  # one degenerate shuffled copy: this layer untested, not the whole run
+            lb.significance_skipped = str(err)
     lb.seconds = time.perf_counter() - start
     return lb
 

@@ -123,6 +123,9 @@ class EnmeshmentLoss:
             raise ClusteringError("the clustering has no layers; cluster at least one layer first")
         self.layers: List[str] = list(self.masks)
         self._params = [m.param for m in self.masks.values()]
+        names = {id(p): n for n, p in unwrap_model(model).named_parameters(remove_duplicate=False)}
+        self._model = weakref.ref(unwrap_model(model))
+        self._names = [names.get(id(p)) for p in self._params]  # to notice a weight replaced after building
         self._scales = [m.scale for m in self.masks.values()]  # folded normalisation scales, live (or None)
         self._mask_tensors = [m.mask for m in self.masks.values()]
         self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]  # flat between-cluster masks
@@ -134,14 +137,43 @@ class EnmeshmentLoss:
             self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]
         return self._mask_tensors
 
+    def is_live(self, model: Optional[nn.Module] = None) -> bool:
+        """True while every clustered weight is still the model's parameter of that name (not replaced by
+        assignment, ``load_state_dict(assign=True)`` or a re-tie since the loss was built)."""
+        model = unwrap_model(model) if model is not None else self._model()
+        if model is None:
+            return False
+        for name, p in zip(self._names, self._params):
+            try:
+                if name is None or model.get_parameter(name) is not p:
+                    return False
+            except AttributeError:
+                return False
+        return True
+
     def __call__(self) -> torch.Tensor:
-        """``1 - E`` as a 0-d tensor attached to the autograd graph of the clustered weights."""
+        """``1 - E`` as a 0-d tensor attached to the autograd graph of the clustered weights.
+
+        Sums in float32 at least (a float16 model's squared weights underflow and its ``tiny`` is 6e-5).
+
+        Raises
+        ------
+        ClusteringError
+            When a clustered weight was replaced after the loss was built (build the loss again).
+        """
+        if not self.is_live():
+            stale = [layer for layer, name, p in zip(self.layers, self._names, self._params)
+                     if self._model() is None or name is None or _get(self._model(), name) is not p]
+            raise ClusteringError(f"the weight of layer(s) {', '.join(stale) or '?'} was replaced after this "
+                                  "EnmeshmentLoss was built (e.g. model.fc2.weight = nn.Parameter(...)); the loss "
+                                  "would score the old tensor: build the loss again for the model as it is now")
         self._current_masks()  # follows the model to another device or dtype
-        tiny = torch.finfo(self._params[0].dtype).tiny
+        acc = torch.promote_types(self._params[0].dtype, torch.float32)
+        tiny = torch.finfo(acc).tiny
         between, total = [], []
         for p, s, m in zip(self._params, self._scales, self._between):
-            w = (p if s is None else p * s()).reshape(-1)
-            between.append(torch.dot(w, w * m))
+            w = (p if s is None else p * s()).reshape(-1).to(acc)
+            between.append(torch.dot(w, w * m.to(acc)))
             total.append(torch.dot(w, w))
         if len(between) == 1:
             return (between[0] + tiny) / (total[0] + tiny)
@@ -153,39 +185,46 @@ class EnmeshmentLoss:
     def clusterability(self) -> float:
         """Mass-weighted E of the clustered layers now (a float, no autograd), whatever ``reduction``."""
         masks = self._current_masks()
-        return float(within_share([m.effective().square() for m in self.masks.values()], masks))
+        return float(within_share([_wide(m.effective()).square() for m in self.masks.values()], masks))
 
     @torch.no_grad()
     def per_layer(self) -> Dict[str, float]:
         """E of each clustered layer now."""
-        return {name: float(within_share([pm.effective().square()], [m]))
+        return {name: float(within_share([_wide(pm.effective()).square()], [m]))
                 for (name, pm), m in zip(self.masks.items(), self._current_masks())}
 
     def __repr__(self) -> str:
         return f"EnmeshmentLoss(layers={self.layers}, reduction={self.reduction!r})"
 
 
+def _wide(w: torch.Tensor) -> torch.Tensor:
+    """``w`` in float32 at least: a float16 layer's squared weights underflow."""
+    return w.to(torch.promote_types(w.dtype, torch.float32))
+
+
+def _get(model: nn.Module, name: str) -> Optional[torch.Tensor]:
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return None
+
+
 class _Entry:
     """Cache record: the loss object plus what it was built from."""
 
-    def __init__(self, loss: EnmeshmentLoss, clustering, reduction: str) -> None:
+    def __init__(self, loss: EnmeshmentLoss, clustering, reduction: str, graph=None) -> None:
         self.loss = loss
         self.reduction = reduction
+        self._graph = weakref.ref(graph) if graph is not None else (lambda: None)
         try:  # weak, so caching never keeps a clustering alive
             self._clustering = weakref.ref(clustering)
         except TypeError:  # a plain dict cannot be weakly referenced
             self._clustering = lambda c=clustering: c
 
-    def matches(self, model: nn.Module, clustering, reduction: str) -> bool:
-        if self._clustering() is not clustering or self.reduction != reduction:
+    def matches(self, model: nn.Module, clustering, reduction: str, graph=None) -> bool:
+        if self._clustering() is not clustering or self.reduction != reduction or self._graph() is not graph:
             return False
-        for name, m in self.loss.masks.items():  # parameters replaced since (e.g. model.fc2.weight = ...)?
-            try:
-                if model.get_submodule(name).weight is not m.param:
-                    return False
-            except AttributeError:
-                return False
-        return True
+        return self.loss.is_live(model)  # parameters replaced since (e.g. model.fc2.weight = ...)?
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, _Entry]" = weakref.WeakKeyDictionary()
@@ -227,7 +266,8 @@ def enmeshment_loss(
     """
     model = unwrap_model(model)
     entry = _CACHE.get(model)
-    if entry is None or not entry.matches(model, clustering, reduction):
-        entry = _Entry(EnmeshmentLoss(model, clustering, graph=graph, reduction=reduction), clustering, reduction)
+    if entry is None or not entry.matches(model, clustering, reduction, graph):
+        entry = _Entry(EnmeshmentLoss(model, clustering, graph=graph, reduction=reduction), clustering, reduction,
+                       graph)
         _CACHE[model] = entry
     return entry.loss()

@@ -165,6 +165,11 @@ def layer_parameter(model: nn.Module, layer: Layer) -> nn.Parameter:
     if not isinstance(weight, torch.Tensor):
         raise ClusteringError(f"the clustering names layer {layer.name!r}, which this model does not have; "
                               "cluster this model, or load the model the clustering was made for")
+    if not isinstance(weight, nn.Parameter):
+        raise ClusteringError(f"the weight of layer {layer.name!r} is computed in the forward pass (a "
+                              "torch.nn.utils.parametrize parametrization such as weight_norm, or a pruning mask), "
+                              "not a parameter the loss could train; remove the parametrization (or "
+                              "torch.nn.utils.prune.remove) first")
     expected = tuple(layer.weight.shape)
     if getattr(layer, "transposed", False):
         expected = expected[::-1]

@@ -1,0 +1,243 @@
+"""How normalisation scales are recorded for folding: BatchNorm and layer_scale into the layer before,
+LayerNorm / RMSNorm / GroupNorm gains and per-channel scales into the layers after.
+
+The rules of :mod:`graphinterp.graph.trace_rules` for ``batch_norm``, the norm functions and ``param * x``.
+A scale is folded only where one value per node (or, for a layer reading the normalised tensor itself,
+one per input feature) reproduces the model; otherwise it is listed in the tracer's ``unfolded`` with why.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from graphinterp.graph import trace_ops as T
+from graphinterp.graph.trace_rules_layout import arg as _arg, channel_vector as _channel_vector
+
+__all__ = ["MIXED_READ", "NOT_FOLDING", "RETURNED", "batch_norm", "norm", "scale_by_param", "settle"]
+
+
+def scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
+    """``param * x`` with a per-channel parameter: fold it (layer_scale, RMSNorm gain)."""
+    p, x = (tensors[0], tensors[1]) if tr.param_of(tensors[0]) is not None else (tensors[1], tensors[0])
+    source = tr.param_of(p)
+    if source is None or tr.shadow(x) is None or tr.shadow(p) is not None or p.numel() <= 1 or p.dim() > x.dim():
+        return False
+    s = tr.shadow(x).expand(out.shape)
+    vals = p.detach().expand(out.shape)
+    ids, scale = _per_node(s, vals)
+    if ids is None:
+        return False
+    # the element of the parameter behind each node's scale (for following the fold live while training); not
+    # known for a scale computed from the parameter (Gemma's 1 + weight): training refuses to follow that fold
+    pname, index, exact = source
+    known = False
+    if exact and index is not None:
+        elem_ids, elems = _per_node(s, index.double().expand(out.shape))
+        known = elem_ids is not None and torch.equal(elem_ids, ids)
+    elems = elems.long() if known else None
+    tr._set(out, s)
+    layer = tr._direct.get(id(x))
+    if layer is not None:  # exact for any sign (so is a gain read directly by the next layer)
+        _fold_out(tr, layer, ids, scale, f"{T.layer_name(pname)} (scale)", x, elems, known)
+        tr._direct[id(out)] = layer
+    else:
+        _pending_gain(tr, out, T._Gain(ids, scale, T.layer_name(pname), "per-channel scale", elems, known))
+        tr.unfolded.setdefault(T.layer_name(pname), "gain not directly followed by a weight layer")
+    return True
+
+
+def _pending_gain(tr, out, gain) -> None:
+    """Attach a scale to ``out`` for the weight layers that read it (see :meth:`ChannelTracer.settle_gains`)."""
+    tr._gain[id(out)] = gain
+    tr._gains.append(gain)
+
+
+_NORM_KIND = {"layer_norm": "LayerNorm gain", "rms_norm": "RMSNorm gain", "group_norm": "GroupNorm gain",
+              "instance_norm": "InstanceNorm gain"}
+
+
+def _per_node(s: torch.Tensor, vals: torch.Tensor):
+    flat_s, flat_v = s.reshape(-1), vals.reshape(-1)
+    keep = flat_s >= 0
+    ids, inv = torch.unique(flat_s[keep], return_inverse=True)
+    first = torch.full((ids.numel(),), float("nan"), dtype=flat_v.dtype).scatter_reduce(
+        0, inv, flat_v[keep], reduce="amax", include_self=False)
+    low = torch.full_like(first, float("nan")).scatter_reduce(0, inv, flat_v[keep], reduce="amin",
+                                                             include_self=False)
+    if not torch.equal(first, low) or not bool(torch.isfinite(first).all()):
+        return None, None  # not one scale per node: cannot fold as a diagonal
+    return ids, first
+
+
+def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str, via: torch.Tensor,
+              elems: Optional[torch.Tensor] = None, known: bool = True) -> None:
+    """Fold a per-node ``scale`` into ``layer``'s output rows, read through ``via`` (undone if ``via`` has other readers).
+
+    ``elems[i]`` is the index of node ``ids[i]``'s scale in the source's flattened vector (default: ``i``);
+    ``known=False`` when there is no such index."""
+    tr._out_folds.fold(via, layer, what)
+    call = tr.calls[layer]
+    if torch.equal(ids, call.dst):  # the common case (BN(conv(x))): one scale per row, in order
+        vec = scale.to(call.weight.dtype).clone()
+        index = None if not known else (elems if elems is not None else torch.arange(len(ids))).tolist()
+    else:  # by root: ids may be roots of call.dst's raw ids, in another order or a subset
+        by_id = {tr._find(i): v for i, v in zip(ids.tolist(), scale.tolist())}
+        roots = torch.tensor([tr._find(int(i)) for i in call.dst])
+        vec = torch.tensor([by_id.get(int(r), 1.0) for r in roots], dtype=call.weight.dtype)
+        elem = T.element_index(ids, elems, known)
+        index = T.fold_index(None if elem is None else {tr._find(k): v for k, v in elem.items()}, roots)
+    call.out_scale = vec if call.out_scale is None else call.out_scale * vec
+    call.folded.append(what)
+    call.fold_maps.append((what, "out", index))
+    tr.unfolded.pop(what.split(" ")[0], None)
+
+
+def batch_norm(tr, args, kwargs, out) -> None:
+    x = args[0]
+    s = tr.shadow(x)
+    if s is None or not isinstance(out, torch.Tensor):
+        return
+    tr._set(out, s)
+    var = _arg(args, kwargs, 2, "running_var")  # the running mean only shifts (a bias): not an edge weight
+    weight, eps = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 7, "eps", 1e-5)
+    name = (T.layer_name(tr.param_names[id(weight)]) if weight is not None and id(weight) in tr.param_names
+            else tr.buffer_owner.get(id(var), "batchnorm"))  # affine=False: named after its statistics' module
+    if var is None:  # no running statistics: it divides by each batch's own spread, which no weight can hold
+        tr.unfolded[name] = ("BatchNorm without running statistics (track_running_stats=False): it normalises by "
+                             "each batch's own statistics, so no fixed scale can be folded; the graph's weights "
+                             "around it are the raw parameters")
+        return
+    if not tr.fold:
+        tr.unfolded[name] = NOT_FOLDING
+        return
+    scale = (weight.detach() if weight is not None else torch.ones_like(var)) / torch.sqrt(var.detach() + eps)
+    vec = _channel_vector(s, 1)
+    if vec is None:
+        vec = _channel_vector(tr.canon(s), 1)
+    layer = tr._direct.get(id(x))
+    if vec is None or not bool(torch.isfinite(scale).all()):
+        tr.unfolded[name] = "BatchNorm channels ambiguous or scale not finite"
+        return
+    per_node = _one_per_node(vec, scale)
+    if layer is not None and per_node is not None:  # exact for any sign: BN(conv(x)) = conv'(x) + b, rows scaled
+        _fold_out(tr, layer, per_node[0], per_node[1], f"{name} (BatchNorm scale)", x, per_node[2])
+        tr._direct[id(out)] = layer
+        return
+    # folded into the layers that read it directly (a gain is never carried through an activation); also a
+    # BatchNorm1d over a conv's flattened output, whose features of one channel have different scales
+    _pending_gain(tr, out, T._Gain(vec, scale, name, "BatchNorm scale", dim=1, tensor=out))
+    tr.unfolded[name] = ("BatchNorm after a non-weight operation (e.g. a concatenation or residual sum)"
+                         if layer is None else f"BatchNorm scale differs between the features of one node of {tr.calls[layer].name} "
+                         "(a BatchNorm1d over a flattened conv output: one node per channel), so its rows cannot "
+                         "hold it, and no weight layer reads its output directly")
+
+
+def _one_per_node(vec: torch.Tensor, scale: torch.Tensor):
+    """``(ids, scales, positions)`` with one entry per distinct node of ``vec``, or None when two features of
+    one node have different scales."""
+    if torch.unique(vec).numel() == vec.numel():  # every feature its own node (the common case)
+        return vec, scale, torch.arange(vec.numel())
+    by_id, first = {}, []
+    for pos, (i, v) in enumerate(zip(vec.tolist(), scale.tolist())):
+        if i not in by_id:
+            by_id[i] = v
+            first.append(pos)
+        elif by_id[i] != v:
+            return None
+    idx = torch.tensor(first, dtype=torch.long)
+    return vec[idx], scale[idx], idx
+
+
+#: Why a normalisation is not folded when folding is off (``fold=False``, ``--no-fold``).
+NOT_FOLDING = ("not folded as asked (fold=False, --no-fold): the graph's weights are the raw parameters, not the "
+                "function the model computes")
+
+
+def norm(tr, name: str, args, kwargs, out) -> None:
+    x = args[0]
+    s = tr.shadow(x)
+    if s is None or not isinstance(out, torch.Tensor):
+        return
+    tr._set(out, s)
+    weight = _arg(args, kwargs, 2, "weight")
+    if weight is None or id(weight) not in tr.param_names:
+        return
+    if not tr.fold:
+        tr.unfolded[T.layer_name(tr.param_names[id(weight)])] = NOT_FOLDING
+        return
+    dim = 1 if name in ("group_norm", "instance_norm") else -1
+    vec = _channel_vector(s, dim)
+    if vec is None:
+        vec = _channel_vector(tr.canon(s), dim)
+    pname = T.layer_name(tr.param_names[id(weight)])
+    w = weight.detach().reshape(-1)
+    if vec is None or w.numel() != vec.numel():
+        tr.unfolded[pname] = "norm gain over several dimensions"
+        return
+    if not bool(torch.isfinite(w).all()):
+        tr.unfolded[pname] = "norm gain not finite"
+        return
+    _pending_gain(tr, out, T._Gain(vec, w, pname, _NORM_KIND.get(name, "norm gain"), dim=dim, tensor=out))
+    tr.unfolded.setdefault(pname, "gain not directly followed by a weight layer")
+
+
+#: The reader counted as a leak of a gain with several values per node, read re-laid out (see ``_Gain``).
+MIXED_READ = "a layer reading it re-laid out, where one node has several gains"
+_SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
+RETURNED = "the model's output"  # the reader name of a returned tensor (see ChannelTracer.returned)
+
+
+def settle(tr) -> None:
+    """Undo every fold that another reader of its tensor makes inexact (see ``ChannelTracer.settle_gains``):
+    input gains whose normalised tensor is also read by a non-weight operation, and out-folds (BatchNorm,
+    layer_scale) whose layer's raw output is also read by anything but the fold."""
+    for gain in tr._gains:
+        if not gain.leaks or (not gain.folded_by and MIXED_READ not in gain.leaks):
+            continue
+        tag = f"{gain.source} (input gain)"
+        layers = []
+        for i in gain.folded_by:
+            call = tr.calls[i]
+            if tag in call.folded:
+                call.folded.remove(tag)
+            call.fold_maps = [m for m in call.fold_maps if m[0] != tag]
+            call.in_scale = None
+            layers.append(call.name)
+        gain.used = False
+        tr.unfolded[gain.source] = _leak_reason(gain, layers)
+    for layer, readers in tr._out_folds.leaking().items():  # BN(conv(x)) where conv's output is read too
+        call = tr.calls[layer]
+        call.out_scale = None
+        call.fold_maps = [m for m in call.fold_maps if m[1] != "out"]
+        tags = tr._out_folds.tags.get(layer, [])
+        for tag in tags:
+            if tag in call.folded:
+                call.folded.remove(tag)
+            source, kind = tag.split(" ", 1)
+            others = sorted(set(readers) - {source}) or sorted({t.split(" ", 1)[0] for t in tags} - {source})
+            tr.unfolded[source] = (f"{kind.strip('()')}: the raw output of {call.name} is also read by "
+                                   f"{', '.join(others[:4])}; folding the scale into {call.name} would change "
+                                   "what those read")
+
+
+def _leak_reason(gain: T._Gain, layers: List[str]) -> str:
+    """Why ``gain`` is not folded, for ``unfolded``: ``"LayerNorm gain: its output is read by a residual sum
+    (add): it is the residual stream, as well as by the layer b.0; folding ..."``."""
+    others = sorted(set(gain.leaks) - _SUMS - {RETURNED, MIXED_READ})
+    readers = []
+    if MIXED_READ in gain.leaks:
+        readers.append(MIXED_READ + " (a norm over a flattened conv's features)")
+    if RETURNED in gain.leaks:
+        readers.append("the model's output (the model returns it)")
+    if set(gain.leaks) & _SUMS:
+        readers.append("a residual sum (add): it is the residual stream")
+    if others:
+        readers.append("non-weight operations (" + ", ".join(others[:4]) + (", ..." if len(others) > 4 else "") + ")")
+    if not layers:
+        return f"{gain.kind}: its output is read by " + " and by ".join(readers) + "; no weight layer can hold it"
+    shown = ", ".join(layers[:3]) + (f", ... ({len(layers)} layers)" if len(layers) > 3 else "")
+    one = len(layers) == 1
+    return (f"{gain.kind}: its output is read by " + " and by ".join(readers)
+            + f", as well as by the layer{'' if one else 's'} {shown}; folding the gain into "
+            + ("that layer" if one else "those layers") + " alone would change the model's function")

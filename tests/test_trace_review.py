@@ -1,0 +1,304 @@
+"""Tracer faithfulness cases found in review: each graph is checked against the model's own weights or forward.
+
+Norm gains that differ within one node (a norm over a conv's flattened output), two folds on one output, a
+fold whose tensor is also read through a copy, channel shuffles, slice assignment, gains computed from a
+parameter (Gemma's ``1 + w``), weight layers the graph cannot hold (parametrizations, transposed convs,
+recurrent layers), einsum attention, positions holding two ids of one merged node, and what coverage counts.
+Tiny models with random weights; no downloads.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphinterp.common.errors import ClusteringError
+from graphinterp.common.inference import eval_mode
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.training.folded_scales import live_scale
+
+
+def _randomise(norm: nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(norm.weight.shape, generator=gen) * 2.8 + 0.2)
+        if getattr(norm, "running_var", None) is not None:
+            norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=gen) * 3 + 0.1)
+
+
+def _reads(g, layer):
+    return [g.node_names[i] for i in g.src_nodes(layer)]
+
+
+def test_a_batchnorm1d_over_a_flattened_conv_is_not_folded_into_the_conv_rows():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.BatchNorm1d(4 * 6 * 6), nn.ReLU(),
+                      nn.Linear(4 * 6 * 6, 5)).eval()
+    _randomise(m[2])
+    g = trace_graph(m, input_shape=(3, 8, 8))
+    torch.testing.assert_close(g["0"].weight, m[0].weight.detach(), rtol=0, atol=0)  # one scale per channel: none
+    assert "differs between the features of one node" in g.coverage.unfolded["2"]
+
+
+def test_a_batchnorm1d_with_one_scale_per_channel_is_still_folded():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.BatchNorm1d(4 * 6 * 6), nn.ReLU(),
+                      nn.Linear(4 * 6 * 6, 5)).eval()
+    with torch.no_grad():
+        m[2].weight.copy_(torch.arange(1.0, 5.0).repeat_interleave(36))
+    g = trace_graph(m, input_shape=(3, 8, 8))
+    scale = (m[2].weight / torch.sqrt(m[2].running_var + m[2].eps)).detach().view(4, 36)[:, 0]
+    torch.testing.assert_close(g["0"].weight, m[0].weight.detach() * scale[:, None, None, None])
+
+
+def test_a_layernorm_over_flattened_conv_features_is_folded_per_feature_into_its_reader():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LayerNorm(4 * 6 * 6), nn.Linear(4 * 6 * 6, 5)).eval()
+    _randomise(m[2])
+    g = trace_graph(m, input_shape=(3, 8, 8))
+    W = g["3"].weight
+    x = torch.randn(2, 3, 8, 8)
+    h = F.layer_norm(m[1](m[0](x)), (144,))  # normalised, without the gain
+    with torch.no_grad():
+        expected = m(x) - m[3].bias - m[2].bias @ m[3].weight.T
+    torch.testing.assert_close(h @ W.T, expected, rtol=1e-5, atol=1e-5)  # the graph's weight reproduces the forward
+    # and the loss follows the same per-feature gain while training
+    scale = live_scale(m, g["3"], m[3].weight)
+    torch.testing.assert_close((m[3].weight * scale()).detach(), W)
+
+
+class _TwoNorms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn_a, self.bn_b = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.head_a, self.head_b = nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head_a(torch.relu(self.bn_a(y))) + self.head_b(torch.relu(self.bn_b(y)))
+
+
+def test_two_batchnorms_on_one_output_are_neither_folded():
+    m = _TwoNorms().eval()
+    _randomise(m.bn_a, 1)
+    _randomise(m.bn_b, 2)
+    g = trace_graph(m, input_shape=(3, 8, 8))
+    torch.testing.assert_close(g["conv"].weight, m.conv.weight.detach(), rtol=0, atol=0)
+    assert "bn_b" in g.coverage.unfolded["bn_a"] and "bn_a" in g.coverage.unfolded["bn_b"]
+
+
+class _Shortcut(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.bn, self.head = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        short = {"clone": lambda t: t.clone(), "slice": lambda t: t[:], "view": lambda t: t.view(t.shape),
+                 "contiguous": lambda t: t.contiguous()}[self.how](y)
+        return self.head(torch.relu(self.bn(y)) + short)
+
+
+@pytest.mark.parametrize("how", ["clone", "slice", "view", "contiguous"])
+def test_a_batchnorm_is_not_folded_when_a_copy_or_view_of_its_input_is_read_too(how):
+    m = _Shortcut(how).eval()
+    _randomise(m.bn)
+    g = trace_graph(m, input_shape=(4, 8, 8))
+    assert not g.coverage.folded and "bn" in g.coverage.unfolded
+    torch.testing.assert_close(g["conv"].weight, m.conv.weight.detach(), rtol=0, atol=0)
+
+
+class _Shuffle(nn.Module):
+    """torchvision's channel_shuffle: view, transpose, contiguous, view."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        return self.b(y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w))
+
+
+def test_a_channel_shuffle_keeps_the_channels_in_their_shuffled_order():
+    g = trace_graph(_Shuffle().eval(), input_shape=(3, 4, 4))
+    assert not g.coverage.notes
+    assert _reads(g, "b") == ["a:0", "a:2", "a:1", "a:3"]
+
+
+class _SliceAssign(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(8, 3)
+
+    def forward(self, x):
+        out = x.new_zeros(x.shape[0], 8)
+        out[:, :4] = torch.relu(self.a(x))
+        out[:, 4:] = torch.relu(self.b(x))
+        return self.c(out)
+
+
+def test_slice_assignment_into_a_buffer_links_the_layers_like_a_concatenation():
+    g = trace_graph(_SliceAssign().eval(), input_shape=(6,))
+    assert _reads(g, "c") == [f"a:{i}" for i in range(4)] + [f"b:{i}" for i in range(4)]
+
+
+class _OffsetNorm(nn.Module):
+    """Gemma's RMSNorm: ``x_hat * (1 + w)``."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return (x * (1.0 + self.weight.float())).type_as(x)
+
+
+def test_a_gain_computed_from_a_parameter_is_folded_and_training_refuses_to_follow_it():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), _OffsetNorm(8), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        m[1].weight.copy_(torch.randn(8))
+    g = trace_graph(m)
+    torch.testing.assert_close(g["2"].weight, m[2].weight.detach() * (1 + m[1].weight.detach())[None, :])
+    with pytest.raises(ClusteringError, match="cannot be recomputed"):
+        live_scale(m, g["2"], m[2].weight)
+
+
+class _ViewedScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gamma, self.head = nn.Conv2d(3, 4, 1), nn.Parameter(torch.rand(4) + 0.5), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x) * self.gamma.view(1, -1, 1, 1)))
+
+
+def test_a_layer_scale_applied_through_a_view_of_the_parameter_is_folded_and_followed():
+    m = _ViewedScale().eval()
+    g = trace_graph(m, input_shape=(3, 4, 4))
+    torch.testing.assert_close(g["conv"].weight, m.conv.weight.detach() * m.gamma.detach()[:, None, None, None])
+    torch.testing.assert_close((m.conv.weight * live_scale(m, g["conv"], m.conv.weight)()).detach(), g["conv"].weight)
+
+
+def test_an_unfolded_norm_is_reported_even_when_its_name_is_part_of_a_folded_one():
+    layers = [nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU()] + [nn.Linear(8, 8), nn.ReLU()] * 3
+    layers += [nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)]  # "10" is folded; "1" is not
+    m = nn.Sequential(*layers).eval()
+    _randomise(m[1])
+    _randomise(m[10])
+    cov = trace_graph(m).coverage
+    assert any(f.endswith("10 (BatchNorm scale)") for f in cov.folded) and "1" in cov.unfolded
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "conv_transpose", "lstm"])
+def test_a_weight_layer_the_graph_cannot_hold_cuts_the_graph_and_says_so(wrap):
+    from torch.nn.utils.parametrizations import weight_norm
+    if wrap == "weight_norm":
+        m, shape = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), weight_norm(nn.Linear(8, 8)), nn.ReLU(),
+                                 nn.Linear(8, 3)), None
+        last, hint = "4", "remove_parametrizations"
+    elif wrap == "conv_transpose":
+        m, shape = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.ConvTranspose2d(4, 4, 1), nn.ReLU(),
+                                 nn.Conv2d(4, 2, 1)), (3, 4, 4)
+        last, hint = "4", "transposed"
+    else:
+        class _Rnn(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.rnn, self.out = nn.Linear(8, 8), nn.LSTM(8, 8, batch_first=True), nn.Linear(8, 3)
+
+            def forward(self, x):
+                return self.out(self.rnn(self.a(x))[0])
+        m, shape, last, hint = _Rnn(), None, "out", "recurrent"
+    g = trace_graph(m.eval(), example=torch.randn(1, 5, 8)) if wrap == "lstm" else trace_graph(m.eval(), input_shape=shape)
+    cov = g.coverage
+    assert not cov.complete and cov.share < 1
+    assert any(hint in mm.reason for mm in cov.missing)
+    assert any("the graph is cut there" in n for n in cov.notes)
+    assert not any(name.startswith(("0:", "a:")) for name in _reads(g, last))  # not linked across the cut
+
+
+class _ClassToken(nn.Module):
+    """A class token beside patches, plus a position table: two raw ids of one merged node per feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.cls, self.pos = nn.Linear(6, 8), nn.Parameter(torch.randn(1, 1, 8)), nn.Embedding(5, 8)
+        self.ln, self.fc = nn.LayerNorm(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.cat([self.cls.expand(x.shape[0], 1, 8), self.patch(x)], 1) + self.pos(torch.arange(5))
+        return self.fc(self.ln(h))
+
+
+def test_a_class_token_beside_patches_does_not_stop_the_norm_fold():
+    m = _ClassToken().eval()
+    _randomise(m.ln)
+    g = trace_graph(m, example=torch.randn(1, 4, 6))
+    assert not g.coverage.notes and not g.coverage.unfolded
+    torch.testing.assert_close(g["fc"].weight, m.fc.weight.detach() * m.ln.weight.detach()[None, :])
+
+
+class _EinsumAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 2, 4).unbind(2)
+        a = torch.einsum("bihd,bjhd->bhij", q, k).softmax(-1)
+        return self.o(torch.einsum("bhij,...jhd->...ihd", a, v).reshape(x.shape[0], x.shape[1], 8))
+
+
+def test_einsum_attention_keeps_the_value_nodes():
+    g = trace_graph(_EinsumAttention().eval(), example=torch.randn(1, 5, 8))
+    assert not g.coverage.notes
+    assert _reads(g, "o") == [f"qkv:{i}" for i in range(16, 24)]
+
+
+def test_an_einsum_the_tracer_cannot_follow_says_the_graph_starts_afresh():
+    class _Mix(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.w = nn.Linear(4, 6), nn.Linear(6, 2), nn.Parameter(torch.randn(6, 6))
+
+        def forward(self, x):
+            return self.b(torch.einsum("bi,ij->bj", self.a(x), self.w))
+    cov = trace_graph(_Mix().eval()).coverage
+    assert any(n.startswith("einsum: node identities not followed") for n in cov.notes)
+    assert any("start from fresh input nodes: b" in n for n in cov.notes)
+
+
+def test_weights_with_a_dimension_of_one_are_counted():
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)).eval()
+    cov = trace_graph(m).coverage
+    assert cov.total == 8 * 16 + 16 and cov.covered == cov.total
+
+
+def test_eval_mode_restores_each_submodules_own_mode():
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout()).train()
+    m[1].eval()  # a frozen BatchNorm inside a model that trains
+    with eval_mode(m):
+        assert not any(mod.training for mod in m.modules())
+    assert [mod.training for mod in m.modules()] == [True, True, False, True]
+    trace_graph(m)
+    assert [mod.training for mod in m.modules()] == [True, True, False, True]
+
+
+def test_a_per_feature_gain_read_through_a_reshape_is_left_unfolded_and_says_why():
+    class _Reshaped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.ln, self.fc = nn.Conv2d(3, 4, 3), nn.LayerNorm(4 * 6 * 6), nn.Linear(4 * 6 * 6, 5)
+
+        def forward(self, x):
+            h = self.ln(self.conv(x).flatten(1))
+            return self.fc(h.view(h.shape[0], 4, 36).reshape(h.shape[0], -1))
+    m = _Reshaped().eval()
+    _randomise(m.ln)
+    g = trace_graph(m, input_shape=(3, 8, 8))
+    torch.testing.assert_close(g["fc"].weight, m.fc.weight.detach(), rtol=0, atol=0)
+    assert "several gains" in g.coverage.unfolded["ln"]
