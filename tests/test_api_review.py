@@ -150,3 +150,18 @@ def test_bsgc_declares_non_negative_input_to_scikit_learn():
         gi.BSGC(2).fit(-A)
     obj = gi.BSGC(2, random_state=0).fit(A.astype(object))
     np.testing.assert_array_equal(obj.row_labels_, gi.BSGC(2, random_state=0).fit(A).row_labels_)
+
+
+def test_the_loss_watches_each_layers_own_name_for_a_tied_weight():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 6, bias=False), nn.ReLU(), nn.Linear(6, 6, bias=False))
+    m[2].weight = m[0].weight  # tied
+    c = gi.cluster_layers(gi.LayeredGraph.from_module(m), 2, layers=["0"], random_state=0)
+    loss = gi.EnmeshmentLoss(m, c)
+    m[2].weight = nn.Parameter(torch.randn(6, 6))  # untying the other layer leaves layer 0's weight alone
+    assert loss.is_live() and float(loss()) >= 0
+    m[0].weight = nn.Parameter(torch.randn(6, 6))
+    assert not loss.is_live()
+    assert gi.enmeshment_loss(m, c).requires_grad  # the function form rebuilds for the new tensor
+    from graphinterp.training import loss as loss_module
+    assert loss_module._CACHE[m].loss._params[0] is m[0].weight

@@ -131,3 +131,12 @@ def test_analyze_json_lists_a_layer_scored_at_no_k_as_left_out(tmp_path):
     torch.save(m.state_dict(), tmp_path / "zero.pt")
     out = json.loads(invoke("analyze", tmp_path / "zero.pt", "--k", "2", "--json").stdout)
     assert out["mass_weighted"]["layers"] == ["0", "2"] and "4" in out["mass_weighted"]["left_out"]
+
+
+def test_a_tied_copy_is_found_whichever_of_the_two_comes_first():
+    wte = torch.randn(50, 8)
+    for order in (["wte.weight", "h.weight", "lm_head.weight"], ["lm_head.weight", "h.weight", "wte.weight"]):
+        tensors = {"wte.weight": wte, "h.weight": torch.randn(8, 8), "lm_head.weight": wte.clone()}
+        layers, _, cov = graph_layers_from_state_dict({k: tensors[k] for k in order})
+        assert [l.name for l in layers] == ["h"] and cov.total == 400 + 64 and cov.covered == 64
+        assert cov.tied == {"lm_head": "wte.weight"} and [m.name for m in cov.missing] == ["wte.weight"]

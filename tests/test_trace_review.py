@@ -302,3 +302,72 @@ def test_a_per_feature_gain_read_through_a_reshape_is_left_unfolded_and_says_why
     g = trace_graph(m, input_shape=(3, 8, 8))
     torch.testing.assert_close(g["fc"].weight, m.fc.weight.detach(), rtol=0, atol=0)
     assert "several gains" in g.coverage.unfolded["ln"]
+
+
+def test_an_example_image_without_its_batch_dimension_is_traced_like_a_batch():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    one, batch = trace_graph(m, example=torch.randn(3, 8, 8)), trace_graph(m, example=torch.randn(2, 3, 8, 8))
+    assert one.layer_names == batch.layer_names == ["0", "2"] and one.chained and not one.coverage.notes
+
+
+def test_a_conv_reading_one_tensor_twice_is_refused_with_what_to_do():
+    from graphinterp.common.errors import UnsupportedModelError
+
+    class _CRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(torch.cat([torch.relu(y), torch.relu(-y)], 1))
+    with pytest.raises(UnsupportedModelError, match="--layerwise"):
+        trace_graph(_CRelu().eval(), input_shape=(3, 4, 4))
+
+
+@pytest.mark.parametrize("mode", ["mul_", "setitem", "iadd"])
+def test_a_copy_of_a_weight_changed_in_place_is_not_taken_for_the_parameter(mode):
+    class _Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(4, 3), nn.Linear(3, 2)
+            self.register_buffer("mask", torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]))
+
+        def forward(self, x):
+            w = self.fc.weight.clone()
+            if mode == "mul_":
+                w.mul_(self.mask)
+            elif mode == "setitem":
+                w[self.mask == 0] = 0.0
+            else:
+                w += 10 * self.mask
+            return self.head(F.linear(x, w, self.fc.bias))
+    g = trace_graph(_Masked().eval())
+    assert g.layer_names == ["head"] and any("not a parameter" in n for n in g.coverage.notes)
+
+
+def test_a_reshaped_parameter_used_as_a_weight_is_cut_not_crashed():
+    class _Reshaped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(5, 4, 1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.relu(F.linear(x, self.conv.weight.view(4, 5))))
+    g = trace_graph(_Reshaped().eval(), example=torch.randn(2, 5))
+    assert g.layer_names == ["head"] and any("not a parameter" in n for n in g.coverage.notes)
+
+
+def test_eval_mode_restores_through_train_so_overrides_run():
+    class _Fusing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.fused = nn.Linear(2, 2), False
+
+        def train(self, mode=True):
+            self.fused = not mode
+            return super().train(mode)
+    m = nn.Sequential(_Fusing(), nn.Dropout()).train()
+    with eval_mode(m):
+        assert m[0].fused
+    assert m.training and not m[0].fused

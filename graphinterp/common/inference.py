@@ -31,13 +31,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     >>> m.training, m[0].training, m[1].training
     (True, True, False)
     """
-    modes = [(module, module.training) for module in model.modules()]
+    modes = [(module, module.training) for module in model.modules()]  # parents before children
     model.eval()
     try:
         yield model
     finally:
-        for module, training in modes:
-            module.training = training
+        model.train(modes[0][1])  # through train(), so a module that overrides it undoes what eval() did
+        for module, training in modes[1:]:
+            if module.training != training:
+                module.train(training)
 
 
 @contextlib.contextmanager

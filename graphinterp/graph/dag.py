@@ -291,7 +291,11 @@ def graph_from_calls(tracer, model: nn.Module, coverage: Coverage) -> LayeredGra
             raise UnsupportedModelError(f"layer {call.name!r}: two of its outputs were traced to the same node")
         nodes, in_index = np.unique(s_glob, return_inverse=True)
         if call.kind != "linear" and len(nodes) != len(s_glob):
-            raise UnsupportedModelError(f"layer {call.name!r}: two of its input channels are the same node")
+            raise UnsupportedModelError(
+                f"layer {call.name!r}: two of its input channels are the same node (one tensor concatenated with "
+                "itself, e.g. CReLU's cat([relu(y), relu(-y)]), or an example input without its batch dimension); "
+                "a convolution's graph cannot read one node twice: analyse it layer by layer (--layerwise, "
+                "layerwise=True)")
         layer = Layer(call.name, call.kind, _folded_weight(call), groups=call.groups, param=call.param,
                       transposed=call.transposed, folded=tuple(call.folded), fold_maps=tuple(call.fold_maps),
                       in_index=torch.as_tensor(in_index) if len(nodes) != len(s_glob) else None)

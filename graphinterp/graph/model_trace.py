@@ -95,7 +95,7 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    candidates = [_as_call(example)] if example is not None else list(example_inputs(model, input_shape))
+    candidates = [_as_call(example, model)] if example is not None else list(example_inputs(model, input_shape))
     if not candidates:
         raise UnsupportedModelError(
             f"{type(model).__name__} has no Linear, Conv or Embedding module to guess an input from; "
@@ -138,16 +138,24 @@ def _prod(shape) -> int:
     return out
 
 
-def _as_call(example: Any):
+def _as_call(example: Any, model: Optional[nn.Module] = None):
     if isinstance(example, dict):
-        return (), dict(example), _guess_dim(next(iter(example.values()), None))
+        return (), dict(example), _guess_dim(next(iter(example.values()), None), model)
     args = example if isinstance(example, tuple) else (example,)
-    return args, {}, _guess_dim(args[0] if args else None)
+    return args, {}, _guess_dim(args[0] if args else None, model)
 
 
-def _guess_dim(t: Any) -> Optional[int]:
+_CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def _guess_dim(t: Any, model: Optional[nn.Module] = None) -> Optional[int]:
+    """The channel dimension of an example input: 1 for a batch of images, 0 for one image without its batch
+    dimension (a Conv2d model given (C, H, W)), the last for features."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         return None
+    first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES)), None) if model is not None else None
+    if type(first) in _CONV_DIMS:
+        return 0 if t.dim() == _CONV_DIMS[type(first)] + 1 else 1
     return 1 if t.dim() >= 4 else -1
 
 

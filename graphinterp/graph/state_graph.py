@@ -75,11 +75,20 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
         if ident in seen:  # one storage under two names (lm_head = wte): counted once
             tied[name or key] = seen[ident][1]
             continue
-        twin = next((k for k, (n, _, v) in seen.items() if _is_embedding(n) and v.shape == value.shape
-                     and torch.equal(v, value)), None) if value.numel() else None
-        if twin is not None:  # a copy of an embedding (tied weights saved twice, e.g. by safetensors)
+        # a copy of an embedding (tied weights saved twice, e.g. by safetensors), whichever comes first
+        twin = next((k for k, (n, _, v) in seen.items() if _is_embedding(n) != _is_embedding(name)
+                     and v.shape == value.shape and torch.equal(v, value)), None) if value.numel() else None
+        if twin is not None and _is_embedding(seen[twin][0]):
             tied[name or key] = seen[twin][1]
             continue
+        if twin is not None:  # the applying layer came first (lm_head before wte): it is the tied copy
+            earlier, earlier_key, _ = seen.pop(twin)
+            if any(item[1] == earlier_key for item in items):
+                items = [item for item in items if item[1] != earlier_key]
+                covered -= value.numel()
+            missing = [m for m in missing if m.name != earlier_key]
+            total -= value.numel()
+            tied[earlier or earlier_key] = key
         seen[ident] = (name, key, value)
         total += value.numel()
         if _RECURRENT.search(key):

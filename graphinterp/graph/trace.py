@@ -163,6 +163,9 @@ class ChannelTracer(TorchFunctionMode):
         if name == "__get__":
             name = getattr(getattr(func, "__self__", None), "__name__", "__get__")
         out = func(*args, **kwargs)
+        if self._derived and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self._derived and (
+                name in _IN_PLACE or (name.endswith("_") and not name.startswith("__"))):
+            del self._derived[id(args[0])]  # written in place: no longer the parameter's values (w.mul_(mask))
         if name == "__setitem__" and args and isinstance(args[0], torch.Tensor):
             self._setitem(args)
             return out
@@ -199,7 +202,8 @@ class ChannelTracer(TorchFunctionMode):
         if not isinstance(t, torch.Tensor):
             return None
         if id(t) in self.param_names:
-            return self.param_names[id(t)], torch.arange(t.numel()).view(t.shape), True
+            index = torch.arange(t.numel()).view(t.shape) if t.numel() <= _DERIVED_MAX else None
+            return self.param_names[id(t)], index, True
         return self._derived.get(id(t))
 
     def _derive(self, name: str, args, kwargs, out: torch.Tensor) -> None:
@@ -212,7 +216,9 @@ class ChannelTracer(TorchFunctionMode):
         if src is None:
             return
         pname, index, exact = src
-        if name in _LAYOUT and index is not None:
+        if name in _IDENTITY and out.shape == tensors[0].shape:
+            pass  # the same elements (a cast, a copy): a weight layer reading it reads the parameter
+        elif name in _LAYOUT and index is not None:
             try:
                 fn = getattr(torch.Tensor, name, None) or getattr(torch, name)
                 index = getattr(index, name) if name in ("T", "mT") else fn(index, *args[1:], **kwargs)
@@ -222,7 +228,8 @@ class ChannelTracer(TorchFunctionMode):
                 index = None
         elif out.shape != tensors[0].shape:
             index = None
-        self._derived[id(out)] = (pname, index, exact and (name in _IDENTITY or name in _LAYOUT))
+        same = name in _IDENTITY and out.shape == tensors[0].shape
+        self._derived[id(out)] = (pname, index, exact and (same or (name in _LAYOUT and index is not None)))
         self._keep.append(out)
 
     def _setitem(self, args) -> None:
@@ -294,6 +301,10 @@ class ChannelTracer(TorchFunctionMode):
             return
         self._settled = True
         settle(self)
+
+
+_IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "copy_"}
+_DERIVED_MAX = 1 << 20  # largest parameter whose derived tensors are followed (an index per element is kept)
 
 
 def _tensors_in(value: Any, depth: int = 4) -> List[torch.Tensor]:

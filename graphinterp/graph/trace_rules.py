@@ -63,6 +63,7 @@ def apply_rule(tr: Any, name: str, args, kwargs, out) -> None:
         return _channelwise(tr, args[0], out, known=True, name=name)
     if name == "copy_" and len(args) >= 2 and isinstance(out, torch.Tensor):  # target.copy_(source): the source's nodes
         s = tr.shadow(args[1])
+        tr._shadow.pop(id(out), None)  # the old nodes are overwritten, whether or not the source carries any
         return tr._set(out, s.expand(out.shape).clone() if s is not None else None)
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if first is None or tr.shadow(first) is None:
@@ -112,8 +113,10 @@ def _unbound(tr, out, kind: str, dim: int, why: str) -> None:
 def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = False) -> None:
     if isinstance(w, torch.Tensor) and not _param(tr, w):
         derived = tr.param_of(w)  # a cast of a parameter (W.to(x.dtype)) is that parameter
-        if derived is not None and derived[2] and derived[1] is not None and torch.equal(
-                derived[1].reshape(-1), torch.arange(w.numel())) and isinstance(out, torch.Tensor):
+        raw = tr.params.get(derived[0]) if derived is not None else None
+        if (derived is not None and derived[2] and raw is not None and raw.shape == w.shape
+                and (derived[1] is None or torch.equal(derived[1].reshape(-1), torch.arange(w.numel())))
+                and isinstance(out, torch.Tensor)):
             return _weight_op(tr, x, tr.params[derived[0]], out, kind, groups=groups, matmul=matmul)
         if isinstance(out, torch.Tensor) and not matmul:
             return _unbound(tr, out, kind, 1 if kind != "linear" else -1,
@@ -129,7 +132,7 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
     weight = (raw.t() if transposed else raw).detach()
     tr._uses[pname] += 1
     name = T.layer_name(tr.tied.get(id(raw), pname)) + (f"#{tr._uses[pname]}" if tr._uses[pname] > 1 else "")
-    dim = 1 if kind != "linear" else -1
+    dim = -1 if kind == "linear" else (0 if x.dim() == int(kind[4]) + 1 else 1)  # a conv's unbatched input: (C, ...)
     n_in = weight.shape[1] * (groups if kind != "linear" else 1)
     src = _features(tr, x, dim, n_in, name)
     dst = tr.new_space(name, weight.shape[0])

@@ -123,9 +123,13 @@ class EnmeshmentLoss:
             raise ClusteringError("the clustering has no layers; cluster at least one layer first")
         self.layers: List[str] = list(self.masks)
         self._params = [m.param for m in self.masks.values()]
-        names = {id(p): n for n, p in unwrap_model(model).named_parameters(remove_duplicate=False)}
+        aliases: Dict[int, List[str]] = {}
+        for n, p in unwrap_model(model).named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(n)
         self._model = weakref.ref(unwrap_model(model))
-        self._names = [names.get(id(p)) for p in self._params]  # to notice a weight replaced after building
+        # each layer's own name for its weight (a tied tensor has several), to notice it replaced after building
+        self._names = [next((n for n in aliases.get(id(p), []) if n.rpartition(".")[0] == layer),
+                            (aliases.get(id(p)) or [None])[0]) for layer, p in zip(self.layers, self._params)]
         self._scales = [m.scale for m in self.masks.values()]  # folded normalisation scales, live (or None)
         self._mask_tensors = [m.mask for m in self.masks.values()]
         self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]  # flat between-cluster masks
