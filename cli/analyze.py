@@ -95,7 +95,9 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
         return
     structure = {"chained": "", "dag": " (a DAG: residual streams and branches on shared nodes)",
                  "layerwise": " (layer by layer)"}[graph_structure(graph)]
-    click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {graph.num_params():,} weights{structure}")
+    edges, weights = graph.num_params(), graph.num_params(unique=True)
+    shared = f" ({edges:,} edges: a tensor applied by several layers is counted once)" if edges != weights else ""
+    click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {weights:,} weights{shared}{structure}")
     for line in coverage_lines(graph) + note_lines(loaded):
         click.echo(line)
     over = _over(result, names, len(graph))

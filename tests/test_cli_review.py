@@ -140,3 +140,11 @@ def test_a_tied_copy_is_found_whichever_of_the_two_comes_first():
         layers, _, cov = graph_layers_from_state_dict({k: tensors[k] for k in order})
         assert [l.name for l in layers] == ["h"] and cov.total == 400 + 64 and cov.covered == 64
         assert cov.tied == {"lm_head": "wte.weight"} and [m.name for m in cov.missing] == ["wte.weight"]
+
+
+def test_analyze_counts_a_module_applied_twice_once_as_coverage_does(tmp_path):
+    shared = nn.Linear(8, 8)
+    torch.save(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(8, 3)),
+               tmp_path / "twice.pt")
+    out = invoke("analyze", tmp_path / "twice.pt", "--k", "2", "--trust-pickle").stdout
+    assert "4 layers, 152 weights (216 edges" in out and "coverage: 152 of 152" in out

@@ -231,9 +231,24 @@ class LayeredGraph:
         consecutive = self.chained and idx == list(range(idx[0], idx[-1] + 1))
         return LayeredGraph([self.layers[i] for i in idx], chained=consecutive)
 
-    def num_params(self) -> int:
-        """Total number of weights over all layers."""
-        return sum(layer.num_params for layer in self.layers)
+    def num_params(self, *, unique: bool = False) -> int:
+        """Total number of weights over all layers (edges); with ``unique``, a weight tensor applied by several
+        layers (tied weights, a module called twice) counts once, as coverage counts it.
+
+        Parameters
+        ----------
+        unique : bool, default False
+
+        Returns
+        -------
+        int
+        """
+        if not unique:
+            return sum(layer.num_params for layer in self.layers)
+        per_tensor = {}
+        for layer in self.layers:
+            per_tensor.setdefault(layer.param_name, layer.num_params)
+        return sum(per_tensor.values())
 
     def _need_chain(self, what: str) -> None:
         if not self.chained:
