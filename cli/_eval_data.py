@@ -150,7 +150,11 @@ def coverage_note(path: str, graph, notes: List[str]) -> None:
     if coverage is None or coverage.complete:
         return
     lines = [line for line in coverage.summary_lines() if not line.startswith("folded:")]
-    notes.append(f"{path}: " + "; ".join(lines) + "; only the layers in the graph are ablated or pruned")
+    outside = coverage.total - coverage.covered
+    notes.append(f"{path}: " + "; ".join(lines) + "; only the layers in the graph are ablated or pruned: a neuron is "
+                 "silenced where the graph's layers read it, not for a module outside the graph that reads it too"
+                 + (f", and a circuit's ECS counts the graph's weights only (the {outside:,} outside it are kept "
+                    "whole)" if outside else ""))
 
 
 def limit_note(limit: Optional[int], n: int, what: str) -> Optional[str]:
@@ -177,6 +181,8 @@ def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Opt
                    notes: Optional[List[str]] = None, inputs: str = "standardised"):
     """The evaluation split (a seeded subset of ``limit`` examples when given; see :func:`limit_note`), its
     images standardised per channel or (``inputs="unit"``) in ``[0, 1]``."""
+    if inputs not in ("standardised", "unit"):  # a wrong value would silently mean unit pixels
+        raise ValueError(f"inputs must be 'standardised' or 'unit', got {inputs!r}")
     from graphinterp import load_dataset
 
     from graphinterp import DataError

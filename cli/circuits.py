@@ -156,9 +156,9 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         refuse_given(click.get_current_context(), ["score", "min_accuracy", "max_loss_increase", "max_evals"],
                      "with --mode authors (the paper's criterion: a weight stays removed unless the loss on the "
                      "label's examples rises)", "use --mode graphinterp")
-    inputs = (model, other)
+    sources = (model, other)  # the files read (not --inputs, the preprocessing)
     if plot_path:
-        check_output_path(plot_path, inputs=inputs, suffixes=FIGURE_SUFFIXES, param_hint="--plot")
+        check_output_path(plot_path, inputs=sources, suffixes=FIGURE_SUFFIXES, param_hint="--plot")
     if graphml_dir:
         check_output_dir(graphml_dir, param_hint="--graphml-dir")
         stems = {_stem(model)} | ({_stem(other)} if other else set())
@@ -167,7 +167,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                                      "each other's GraphML files; rename one", param_hint="--graphml-dir")
         import re
 
-        for source in filter(None, inputs):
+        for source in filter(None, sources):
             if (os.path.realpath(os.path.dirname(os.path.abspath(source))) == os.path.realpath(graphml_dir)
                     and any(re.fullmatch(re.escape(st) + r"_label\d+\.graphml", os.path.basename(source)) for st in stems)):
                 raise click.BadParameter(f"{source} could be overwritten by a circuit's GraphML file; "
@@ -251,6 +251,10 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
     examples = f"{len(data):,} {data.name}" + ("" if "windows" in data.name else " examples")
     click.echo(f"{model}: circuits on {examples}; {first.size.total_params:,} non-zero weights"
                f"{scope}, {first.size.total_edges:,} edges; ECS = kept weights / non-zero weights")
+    sizes = sorted({ci.n_pos + ci.n_neg for ci in circuits.values()})
+    click.echo(f"each label's circuit is searched and its criterion checked on the same {sizes[0]:,}"
+               + (f"-{sizes[-1]:,}" if len(sizes) > 1 else "") + " examples (the label's and as many others, "
+               "--max-examples); nothing is held out, so accuracy on other examples can be lower")
     rows = []
     for c, ci in circuits.items():
         row = [ci.label_name, 100 * ci.ecs, ci.size.kept_params, *[100 * ci.size.ecs_per_layer[l] for l in layers],

@@ -72,13 +72,17 @@ def test_cluster_on_off_gives_exact_logits(cluster, state, keep1, keep2):
     assert torch.equal(model(X), dense(X)) and no_hooks(model)
 
 
-def test_per_layer_labels_are_combined_on_a_shared_level():
+def test_per_layer_labels_that_disagree_on_a_shared_level_are_refused():
     model = hand_mlp()
     graph = LayeredGraph.from_module(model)
     per_layer = Clustering(2, {"fc2": np.array([0, 0, 1, 1]), "fc3": np.array([0, 1, 0, 1])},
                            {"fc2": np.array([0, 1, 1, 0]), "fc3": np.array([0, 1])})
-    spec = cluster_neurons(graph, per_layer, 0, "on")  # level fc2: fc2's cols and fc3's rows disagree
-    assert spec["fc2"].tolist() == [False, True, True, True] and "fc3" not in spec  # logits never ablated
+    with pytest.raises(ClusteringError, match="clustered independently"):  # level fc2: fc2's cols, fc3's rows
+        cluster_neurons(graph, per_layer, 0, "on")
+    agreeing = Clustering(2, {"fc2": np.array([0, 0, 1, 1]), "fc3": np.array([0, 1, 1, 0])},
+                          {"fc2": np.array([0, 1, 1, 0]), "fc3": np.array([0, 1])})
+    spec = cluster_neurons(graph, agreeing, 0, "on")
+    assert spec["fc2"].tolist() == [False, True, True, False] and "fc3" not in spec  # logits never ablated
 
 
 def test_neuron_list_and_input_level_match_dense_reference():

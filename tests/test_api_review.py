@@ -165,3 +165,16 @@ def test_the_loss_watches_each_layers_own_name_for_a_tied_weight():
     assert gi.enmeshment_loss(m, c).requires_grad  # the function form rebuilds for the new tensor
     from graphinterp.training import loss as loss_module
     assert loss_module._CACHE[m].loss._params[0] is m[0].weight
+
+
+def test_ablation_refuses_layers_clustered_independently_that_share_a_level():
+    from graphinterp.interpret.ablate import cluster_neurons
+    m = mlp(16, [12, 10, 8], 3)
+    g = gi.LayeredGraph.from_module(m)
+    per_layer = gi.cluster_layers(g, 3, layers=["fc1", "fc2"], random_state=0)
+    with pytest.raises(ClusteringError, match="clustered independently"):
+        cluster_neurons(g, per_layer, 0, "off")
+    one = gi.cluster_layers(g, 3, layers=["fc2"], random_state=0)
+    assert set(cluster_neurons(g, one, 0, "off")) == {"fc1", "fc2"}
+    network = gi.cluster_network(g, 3, layers=["fc1", "fc2"], random_state=0)
+    assert set(cluster_neurons(g, network, 0, "off")) == {"fc1", "fc2"}

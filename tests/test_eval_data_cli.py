@@ -290,8 +290,27 @@ def test_ablate_and_circuits_say_what_the_graph_does_not_cover(command, tmp_path
     out = json.loads(invoke(command, path, "--trust-pickle", "--json", *extra).stdout)
     (note,) = [n for n in out["notes"] if "not covered" in n]
     assert note.startswith(f"{path}: coverage: 1,440 of 2,464 weights in the graph (58.4%); not covered: Linear ")
-    assert note.endswith("only the layers in the graph are ablated or pruned")
+    assert "only the layers in the graph are ablated or pruned" in note
+    assert note.endswith("a circuit's ECS counts the graph's weights only (the 1,024 outside it are kept whole)")
     spec = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16, 16]}}
     save_checkpoint(tmp_path / "whole.pt", build_model(spec), arch=spec)  # complete: nothing to say
     out = json.loads(invoke("ablate", tmp_path / "whole.pt", "--k", 2, "--json", "-q").stdout)
     assert not [n for n in out["notes"] if "coverage" in n]
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits"])
+def test_inputs_chooses_the_preprocessing_of_the_evaluation_data(command, trained, monkeypatch):
+    """--inputs standardised (the default) or unit reaches the data loader for both commands (circuits once
+    ignored it and always searched raw pixels, so its accuracies described inputs the model never saw)."""
+    seen = []
+
+    def fake(name, split="test", data_dir=None, normalize=True, **kwargs):
+        seen.append(normalize)
+        return load_dataset("digits", split=split, normalize=normalize)
+
+    monkeypatch.setattr(graphinterp, "load_dataset", fake)
+    extra = FAST_CIRCUITS if command == "circuits" else ()
+    assert invoke(command, trained, "--json", *extra).exit_code == 0
+    res = invoke(command, trained, "--inputs", "unit", "--json", *extra)
+    assert res.exit_code == 0 and seen == [True, False]
+    assert any("--inputs unit gives it pixels" in n for n in json.loads(res.stdout)["notes"])

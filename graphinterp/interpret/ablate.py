@@ -18,9 +18,11 @@ With a :class:`~graphinterp.clustering.cluster.Clustering`, the ablated levels a
 the clustered layers: the outputs of each clustered layer and its inputs, leaving out the model
 input and the logits. Switching cluster ``c`` **ON** zero-ablates every neuron of those levels not
 in ``c`` (isolated neurons, label ``-1``, included); **OFF** zero-ablates the neurons of ``c`` only.
-Each layer's own labels are used (row labels for its inputs, column labels for its outputs); a
-level shared by two clustered layers of a per-layer clustering is ablated wherever either layer's
-labels say so (for a network-wide clustering both agree).
+Each layer's own labels are used (row labels for its inputs, column labels for its outputs). A level
+shared by two clustered layers must get the same labels from both, as a network-wide clustering gives;
+two layers clustered independently (a per-layer clustering) number their clusters independently, so
+"cluster c" means nothing there and is refused (:class:`ClusteringError`), rather than ablating
+wherever either layer's labels say so (overlapping OFF sets, a near-empty ON).
 """
 from __future__ import annotations
 
@@ -75,12 +77,20 @@ def cluster_neurons(graph: LayeredGraph, clustering: Clustering, cluster: int, s
     clustering.validate(graph)
     names, L = graph.level_names(), len(graph)
     out: Dict[str, torch.Tensor] = {}
+    seen: Dict[int, tuple] = {}  # level -> (layer, labels) that set it
     for layer_name in clustering.layer_names:
         t = graph.index(layer_name)
         rows, cols = clustering.labels(layer_name)
         for level, labels in ((t, rows), (t + 1, cols)):
             if level in (0, L):
                 continue
+            if level in seen and not np.array_equal(seen[level][1], labels):
+                raise ClusteringError(
+                    f"layers {seen[level][0]!r} and {layer_name!r} label the level they share ({names[level]!r}) "
+                    "differently: they were clustered independently, so their cluster numbers are unrelated there "
+                    "and 'cluster c' has no single meaning; ablate one layer's clustering at a time, or use a "
+                    "network-wide clustering (cluster_network, what `graphinterp train` stores)")
+            seen[level] = (layer_name, np.asarray(labels))
             lab = torch.as_tensor(np.asarray(labels))
             ablated = (lab != cluster) if state == "on" else (lab == cluster)
             key = names[level]
