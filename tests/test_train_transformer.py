@@ -119,7 +119,7 @@ def _cli(args):
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "chars", "--corpus", "MISSING"], "not found"),
     (["--dataset", "chars", "--corpus", "EMPTY"], "is empty"),
-    (["--dataset", "modadd", "--k", "600", "--steps", "1", "--warmup-steps", "1"], "larger than MLP block"),
+    (["--dataset", "modadd", "--k", "600", "--steps", "1", "--warmup-steps", "1"], "larger than the MLP blocks allow"),
     (["--dataset", "modadd", "--model", "mlp"], "does not train on"),
     (["--dataset", "digits", "--model", "transformer"], "does not train on"),
 ])

@@ -25,8 +25,9 @@ weight layer of the blocks (input layers: rows = stream labels, columns = hidden
 layer: rows = hidden labels, columns = stream labels), so :class:`~graphinterp.training.loss.EnmeshmentLoss`,
 ``analyze`` and checkpoints use it unchanged.
 
-Normalisation gains folded into the graph (LayerNorm before the block) enter ``B``; the loss and E
-of the loss are on the raw parameters.
+Normalisation gains folded into the graph (LayerNorm before the block) enter ``B``, and the loss scores
+the same folded weights (recomputed from the live gain at every call; see
+:mod:`graphinterp.training.folded_scales`).
 
 **On your own HuggingFace causal LM** (``pip install graphinterp[hf]``; any device)::
 
@@ -164,7 +165,11 @@ def find_mlp_blocks(graph) -> List[MLPBlock]:
     if not blocks:
         raise UnsupportedModelError(
             "no MLP blocks found: no Linear layers read the residual stream into hidden units that one Linear "
-            f"writes back (layers: {', '.join(graph.layer_names[:6])}{' ...' if len(graph) > 6 else ''})")
+            f"writes back (layers: {', '.join(graph.layer_names[:6])}{' ...' if len(graph) > 6 else ''})"
+            + ("; its gate and up projections are fused in one layer (e.g. Phi-3's gate_up_proj), which is not "
+               "split into gate and up units" if any("fused gate/up" in n for n in (getattr(graph, "coverage", None)
+                                                                                   and graph.coverage.notes or {}))
+               else ""))
     return blocks
 
 

@@ -288,7 +288,11 @@ def graph_from_calls(tracer, model: nn.Module, coverage: Coverage) -> LayeredGra
         s_glob = np.array([compact[int(r)] for r in roots[call.src.numpy()]], dtype=np.int64)
         d_glob = np.array([compact[int(r)] for r in roots[call.dst.numpy()]], dtype=np.int64)
         if len(np.unique(d_glob)) != len(d_glob):
-            raise UnsupportedModelError(f"layer {call.name!r}: two of its outputs were traced to the same node")
+            raise UnsupportedModelError(
+                f"layer {call.name!r}: two of its outputs were traced to the same node (an operation the tracer "
+                "does not know mixes this layer's own outputs, e.g. a state-space scan or a gated convolution); "
+                "this model's graph cannot be traced; its weight file alone (a .safetensors file or a state_dict, "
+                "without the folder's config.json) is read layer by layer")
         nodes, in_index = np.unique(s_glob, return_inverse=True)
         if call.kind != "linear" and len(nodes) != len(s_glob):
             raise UnsupportedModelError(

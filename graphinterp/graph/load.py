@@ -269,6 +269,11 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
                              "for another architecture")
     unexpected = info.get("unexpected_keys", [])
     notes = [f"unexpected tensors ignored: {len(unexpected)} (e.g. {sorted(unexpected)[0]})"] if unexpected else []
+    if cls is transformers.AutoModel:  # no head class: a task head (lm_head, classifier) is not in the graph
+        what = f"names an architecture transformers does not have ({arch})" if arch else "names no architecture"
+        notes.insert(0, f"config.json {what}: loaded the base model {type(model).__name__}, so a task head (lm_head, "
+                        "a classifier) is not in the graph; add \"architectures\": [\"...ForCausalLM\"] (or the "
+                        "right class) to config.json to include it")
     return OpenedModel(folder.name, "hf", model.eval(), _cpu_state(model), notes=notes, path=str(folder))
 
 

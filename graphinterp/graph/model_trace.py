@@ -32,6 +32,13 @@ def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None
     device = param.device if param is not None else torch.device("cpu")
     gen = torch.Generator().manual_seed(0)  # a local generator: tracing never consumes the global RNG
     first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES + (nn.Embedding,))), None)
+    config = getattr(model, "config", None)
+    tokens = isinstance(first, nn.Embedding) or config is not None and hasattr(config, "vocab_size")
+    if input_shape is not None and tokens:  # a sequence of token ids, not floats
+        vocab = int(getattr(config, "vocab_size", None) or first.num_embeddings)
+        ids = torch.randint(0, vocab, (1, *(int(s) for s in input_shape)), generator=gen).to(device)
+        yield ((ids,) if config is None else ()), ({"input_ids": ids} if config is not None else {}), None
+        return
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         dim = 1 if len(shape) >= 2 and isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else -1
@@ -39,10 +46,11 @@ def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None
             dim = "all"  # an MLP on images: one input node per pixel, flattened before the first Linear
         yield (torch.randn(1, *shape, generator=gen, dtype=dtype).to(device),), {}, dim
         return
-    config = getattr(model, "config", None)
-    if isinstance(first, nn.Embedding) or config is not None and hasattr(config, "vocab_size"):
+    if tokens:
         vocab = int(getattr(config, "vocab_size", None) or first.num_embeddings)
-        ids = torch.randint(0, vocab, (1, 8), generator=gen).to(device)
+        limits = [getattr(config, a, None) for a in ("n_positions", "max_position_embeddings", "n_ctx")]
+        length = min([8] + [int(v) for v in limits if isinstance(v, int) and v > 0])  # within the position table
+        ids = torch.randint(0, vocab, (1, length), generator=gen).to(device)
         kwargs = {"input_ids": ids} if config is not None else {}
         yield ((ids,) if config is None else ()), kwargs, None
         return

@@ -105,8 +105,12 @@ class ChannelTracer(TorchFunctionMode):
         """Canonical node id of every raw node id (after all merges)."""
         return torch.tensor([self._find(i) for i in range(self.n_nodes)], dtype=torch.long)
 
-    def _merge(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Identify nodes ``a[i]`` and ``b[i]`` (both >= 0) unless that would merge one space with itself."""
+    def _merge(self, a: torch.Tensor, b: torch.Tensor, op: str = "add") -> None:
+        """Identify nodes ``a[i]`` and ``b[i]`` (both >= 0) unless that would merge one space with itself.
+
+        Within one space, a sum is a rotary embedding's mix of halves (harmless: noted and ignored); a product
+        is a fused gate/up projection (Phi-3's ``gate_up_proj``), whose gate half then has no reader in the
+        graph: noted as a cut."""
         n = max(self.n_nodes, 1)
         keys = torch.unique(a.reshape(-1) * n + b.reshape(-1))
         pairs = torch.stack([keys // n, keys % n], 1).tolist()
@@ -117,7 +121,8 @@ class ChannelTracer(TorchFunctionMode):
                 continue
             gx, gy = self._group(rx), self._group(ry)
             if gx == gy:
-                self.notes["elementwise mix of nodes of one space (ignored, e.g. rotary embeddings)"] += 1
+                self.notes[_SAME_SPACE_PRODUCT if op in _PRODUCTS else
+                           "elementwise mix of nodes of one space (ignored, e.g. rotary embeddings)"] += 1
                 continue
             groups[(rx, ry)] = True
         for rx, ry in groups:
@@ -303,6 +308,10 @@ class ChannelTracer(TorchFunctionMode):
         settle(self)
 
 
+_PRODUCTS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__"}
+_SAME_SPACE_PRODUCT = ("product of two parts of one layer's output (a fused gate/up projection such as Phi-3's "
+                       "gate_up_proj): not split into gate and up units, so the gate half has no reader in the "
+                       "graph (that path is cut)")
 _IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "copy_"}
 _DERIVED_MAX = 1 << 20  # largest parameter whose derived tensors are followed (an index per element is kept)
 

@@ -225,7 +225,7 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
             continue
         both = (res >= 0) & (s >= 0) & (res != s)
         if bool(both.any()):
-            tr._merge(res[both], s[both])
+            tr._merge(res[both], s[both], name)
         res = torch.where(res >= 0, res, s)
     tr._set(out, res)
 

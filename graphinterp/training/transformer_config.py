@@ -156,6 +156,9 @@ class TransformerConfig:
                                 f"{self.warmup_steps} + {self.steps}; train for at least one step")
         if self.d_model % self.n_heads:
             raise TrainingError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.k > min(self.d_model, self.d_mlp):  # before any data is read or step taken
+            raise TrainingError(f"k={self.k} is larger than the MLP blocks allow (d_model {self.d_model}, d_mlp "
+                                f"{self.d_mlp}): use k <= {min(self.d_model, self.d_mlp)}")
         for name, low, high in (("lr", 0.0, LR_MAX), ("weight_decay", -1e-12, 1e3), ("beta1", -1e-12, 1.0),
                                 ("beta2", -1e-12, 1.0), ("train_frac", 0.0, 1.0)):
             v = getattr(self, name)

@@ -1,0 +1,60 @@
+"""Transformer cases found in review: token models with short position tables, configs naming no head,
+fused gate/up projections, and an impossible k refused before training. Tiny random models; no downloads."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from graphinterp.clustering.mlp_blocks import find_mlp_blocks
+from graphinterp.common.errors import TrainingError, UnsupportedModelError
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.training.transformer_config import TransformerConfig
+
+from _cli_helpers import invoke
+
+
+def test_a_token_model_with_a_short_position_table_is_traced_and_input_shape_gives_token_ids():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=7, n_positions=3, n_embd=16, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    assert "lm_head" in trace_graph(model).layer_names  # 8 guessed tokens would not fit 3 positions
+    assert "lm_head" in trace_graph(model, input_shape=(2,)).layer_names  # ids of length 2, not floats
+
+
+def test_a_config_naming_no_architecture_says_the_head_is_left_out(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config.pop("architectures")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    out = invoke("analyze", tmp_path / "m", "--k", "2").stdout
+    assert "config.json names no architecture: loaded the base model GPT2Model" in out
+
+
+class _FusedGateUp(nn.Module):
+    """Phi-3's MLP: one projection holds gate and up; ``up * act(gate)``; in a residual block."""
+
+    def __init__(self, d=8, h=16):
+        super().__init__()
+        self.stem, self.gate_up, self.down, self.head = nn.Linear(4, d), nn.Linear(d, 2 * h), nn.Linear(h, d), \
+            nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.head(x + self.down(up * torch.nn.functional.silu(gate)))
+
+
+def test_a_fused_gate_up_projection_is_noted_as_cutting_the_gate_path():
+    g = trace_graph(_FusedGateUp().eval())
+    assert any("fused gate/up projection" in n and "cut" in n for n in g.coverage.notes)
+    with pytest.raises(UnsupportedModelError, match="gate and up projections are fused"):
+        find_mlp_blocks(g)
+
+
+def test_an_impossible_k_for_the_transformer_is_refused_before_training():
+    with pytest.raises(TrainingError, match="k=300 is larger than the MLP blocks allow"):
+        TransformerConfig(task="chars", k=300).validate()
+    assert TransformerConfig(task="chars", k=4).validate().k == 4
