@@ -126,7 +126,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
         full = class_accuracy(net, data, batch_size=batch_size, device=device)
         with ablate(net, graph, spec, mode=mode, reference=data, batch_size=batch_size):
             ablated = class_accuracy(net, data, batch_size=batch_size, device=device)
-        _report_neurons(model, data, mode, spec, full, ablated, as_json, notes)
+        _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes)
         return
     if k is not None:
         from graphinterp import default_cluster_layers
@@ -189,7 +189,7 @@ def _note_missing(names: List[str], where: str, notes: List[str]) -> None:
         notes.append(f"{len(names)} class(es) without an example in {where}, left out of the table: {shown}")
 
 
-def _report_neurons(model, data, mode, spec, full, ablated, as_json, notes) -> None:
+def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes) -> None:
     present = np.flatnonzero(np.isfinite(full))
     names = [data.classes[i] for i in present]
     _note_missing([c for i, c in enumerate(data.classes) if i not in present],
@@ -198,8 +198,11 @@ def _report_neurons(model, data, mode, spec, full, ablated, as_json, notes) -> N
     w = counts / counts.sum()
     _note_chance(float(full[present] @ w), data.y, notes, "the accuracies with these neurons ablated")
     if as_json:
-        emit_json({"model": str(model), "dataset": data.name, "mode": mode, "neurons": spec, "classes": names,
-                   "full": full[present].tolist(), "ablated": ablated[present].tolist(), "notes": notes})
+        emit_json({"model": str(model), "dataset": data.name, "split": split, "n_examples": len(data), "mode": mode,
+                   "neurons": spec, "classes": names, "full": full[present].tolist(),
+                   "ablated": ablated[present].tolist(),
+                   "overall": {"full": float(full[present] @ w), "ablated": float(ablated[present] @ w)},
+                   "notes": notes})
         return
     _echo_notes(notes)
     click.echo(f"{model}: {mode}-ablating " + "; ".join(f"{k}: {len(v)} neuron(s)" for k, v in spec.items()))

@@ -203,6 +203,13 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
     else:
         check_examples(labels, data.y, data.classes, data.name)
+        if labels == "all":  # the labels present, as ablate's table: a class without examples has no task
+            present = sorted(set(int(v) for v in data.y.unique().tolist()))
+            absent = [c for c in range(len(data.classes)) if c not in present]
+            if absent:
+                notes.append(f"{len(absent)} class(es) without an example in the {len(data.y):,} examples, left out: "
+                             + ", ".join(str(data.classes[c]) for c in absent))
+                labels = present
         graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs, notes, defaulted)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}
@@ -252,9 +259,11 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
     click.echo(f"{model}: circuits on {examples}; {first.size.total_params:,} non-zero weights"
                f"{scope}, {first.size.total_edges:,} edges; ECS = kept weights / non-zero weights")
     sizes = sorted({ci.n_pos + ci.n_neg for ci in circuits.values()})
+    which = ("the label's and as many others, --max-examples" if any(ci.n_neg for ci in circuits.values())
+             else "the label's own, as --mode authors uses")
     click.echo(f"each label's circuit is searched and its criterion checked on the same {sizes[0]:,}"
-               + (f"-{sizes[-1]:,}" if len(sizes) > 1 else "") + " examples (the label's and as many others, "
-               "--max-examples); nothing is held out, so accuracy on other examples can be lower")
+               + (f"-{sizes[-1]:,}" if len(sizes) > 1 else "") + f" examples ({which}); nothing is held out, so "
+               "accuracy on other examples can be lower")
     rows = []
     for c, ci in circuits.items():
         row = [ci.label_name, 100 * ci.ecs, ci.size.kept_params, *[100 * ci.size.ecs_per_layer[l] for l in layers],
@@ -265,6 +274,9 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
         rows.append(row)
     headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full"]
     click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
+    if shares:
+        click.echo("main cluster: the cluster holding most of the circuit's kept squared weight within the "
+                   "clustered layers (the share in brackets), as cluster_share computes it")
     _echo_notes(circuits)
     _echo_stopped(circuits, "")
     if comparison is not None:

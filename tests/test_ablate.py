@@ -247,6 +247,8 @@ def test_cli_ablate_neurons_and_mean_mode(checkpoints):
     assert res.exit_code == 0, res.output
     payload = json.loads(res.output)
     assert payload["neurons"] == {"fc1": [0, 1, 2], "fc2": [3]} and len(payload["ablated"]) == 10
+    assert payload["split"] == "test" and payload["n_examples"] == 360  # the same keys as the cluster table's
+    assert 0 <= payload["overall"]["ablated"] <= 1 and 0 <= payload["overall"]["full"] <= 1
     res = run_cli(["ablate", str(modular), "--dataset", "digits", "--neurons", "fc7:1"])
     assert res.exit_code == 1 and "unknown level 'fc7'" in res.output
 

@@ -148,3 +148,14 @@ def test_analyze_counts_a_module_applied_twice_once_as_coverage_does(tmp_path):
                tmp_path / "twice.pt")
     out = invoke("analyze", tmp_path / "twice.pt", "--k", "2", "--trust-pickle").stdout
     assert "4 layers, 152 weights (216 edges" in out and "coverage: 152 of 152" in out
+
+
+def test_circuits_of_all_labels_leave_out_classes_without_examples(tmp_path):
+    ckpt = tmp_path / "digits.pt"
+    assert invoke("train", "--epochs", "1", "--warmup-epochs", "0", "--quiet", "--out", ckpt).exit_code == 0
+    res = invoke("circuits", ckpt, "--labels", "all", "--limit", "8", "--max-evals", "5", "-q", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    note = next(n for n in out["notes"] if "without an example" in n)
+    absent = [int(c) for c in note.rpartition(": ")[2].split(", ")]
+    assert absent and not set(absent) & {c["label"] for c in out["circuits"]}

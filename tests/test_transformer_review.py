@@ -58,3 +58,23 @@ def test_an_impossible_k_for_the_transformer_is_refused_before_training():
     with pytest.raises(TrainingError, match="k=300 is larger than the MLP blocks allow"):
         TransformerConfig(task="chars", k=300).validate()
     assert TransformerConfig(task="chars", k=4).validate().k == 4
+
+
+def test_input_shape_still_gives_floats_to_a_module_that_reads_floats_beside_an_embedding():
+    class _FloatWithPositions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos, self.fc1, self.fc2 = nn.Embedding(16, 12), nn.Linear(8, 12), nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x) + self.pos(torch.arange(x.shape[1]))))
+    assert trace_graph(_FloatWithPositions().eval(), input_shape=(4, 8)).layer_names == ["fc1", "fc2"]
+
+
+def test_an_hf_model_whose_main_input_is_not_token_ids_gets_floats():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32)
+    model = transformers.ViTModel(cfg).eval()
+    model.config.vocab_size = 100  # as BEiT's config has: still pixels
+    assert "embeddings.patch_embeddings.projection" in trace_graph(model, input_shape=(3, 8, 8)).layer_names

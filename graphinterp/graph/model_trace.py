@@ -33,12 +33,18 @@ def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None
     gen = torch.Generator().manual_seed(0)  # a local generator: tracing never consumes the global RNG
     first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES + (nn.Embedding,))), None)
     config = getattr(model, "config", None)
-    tokens = isinstance(first, nn.Embedding) or config is not None and hasattr(config, "vocab_size")
-    if input_shape is not None and tokens:  # a sequence of token ids, not floats
+    # a token model: an HF model whose main input is input_ids (not BEiT's pixels, Wav2Vec2's audio), or a
+    # module whose first weight module is an Embedding
+    if config is not None:
+        tokens = hasattr(config, "vocab_size") and getattr(model, "main_input_name", "input_ids") == "input_ids"
+    else:
+        tokens = isinstance(first, nn.Embedding)
+    if input_shape is not None and tokens:  # a sequence of token ids first, then (a module) floats of that shape
         vocab = int(getattr(config, "vocab_size", None) or first.num_embeddings)
         ids = torch.randint(0, vocab, (1, *(int(s) for s in input_shape)), generator=gen).to(device)
         yield ((ids,) if config is None else ()), ({"input_ids": ids} if config is not None else {}), None
-        return
+        if config is not None:
+            return
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         dim = 1 if len(shape) >= 2 and isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else -1
