@@ -21,7 +21,7 @@ import click
 from graphinterp import DATASETS
 from graphinterp.cli._options import POSITIVE_INT
 
-__all__ = ["data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
+__all__ = ["note_missing", "data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
            "inputs_note", "coverage_note", "limit_rows", "limit_note", "check_outputs", "inputs_error"]
 
 
@@ -155,6 +155,13 @@ def coverage_note(path: str, graph, notes: List[str]) -> None:
                  "silenced where the graph's layers read it, not for a module outside the graph that reads it too"
                  + (f", and a circuit's ECS counts the graph's weights only (the {outside:,} outside it are kept "
                     "whole)" if outside else ""))
+
+
+def note_missing(names: List[str], where: str, notes: List[str]) -> None:
+    """Append which classes have no example in ``where`` (left out of the table and the figure), if any."""
+    if names:
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        notes.append(f"{len(names)} class(es) without an example in {where}, left out of the table: {shown}")
 
 
 def limit_note(limit: Optional[int], n: int, what: str) -> Optional[str]:

@@ -12,8 +12,8 @@ from graphinterp.cli._common import (
     trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    check_outputs, coverage_note, data_options, inputs_error, inputs_note, limit_rows, load_eval_data, read_checkpoint,
-    resolve_dataset, transformer_checkpoint,
+    check_outputs, coverage_note, data_options, inputs_error, inputs_note, limit_rows, load_eval_data, note_missing,
+    read_checkpoint, resolve_dataset, transformer_checkpoint,
 )
 from graphinterp.cli._transformer_circuits import check_task_options
 
@@ -143,7 +143,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     result = ablation_matrix(net, graph, clustering, data, mode=mode, batch_size=batch_size, device=device,
                              progress=not (quiet or as_json))
     _note_chance(result.overall()["full"], data.y, notes)
-    _note_missing([c for i, c in enumerate(data.classes) if i not in result.class_ids],
+    note_missing([c for i, c in enumerate(data.classes) if i not in result.class_ids],
                   f"the {len(data):,} examples", notes)
     if plot_path:
         from graphinterp import plot_ablation
@@ -182,17 +182,10 @@ def _note_chance(accuracy: float, y, notes: List[str], about: str = "its cluster
         notes.append(note)
 
 
-def _note_missing(names: List[str], where: str, notes: List[str]) -> None:
-    """Append which classes have no example (left out of the table and the figure), if any."""
-    if names:
-        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-        notes.append(f"{len(names)} class(es) without an example in {where}, left out of the table: {shown}")
-
-
 def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes) -> None:
     present = np.flatnonzero(np.isfinite(full))
     names = [data.classes[i] for i in present]
-    _note_missing([c for i, c in enumerate(data.classes) if i not in present],
+    note_missing([c for i, c in enumerate(data.classes) if i not in present],
                   f"the {len(data):,} examples", notes)
     counts = np.bincount(data.y.numpy(), minlength=len(full))[present]
     w = counts / counts.sum()
@@ -249,7 +242,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     _note_chance(result.overall()["full"], y, notes)
     names = [class_name(c) for c in classes]  # the terminal shows the text itself; only figure text is escaped
     live = np.isfinite(result.full)  # classes with examples
-    _note_missing([n for n, ok in zip(names, live) if not ok], f"the {len(x):,} windows" if config.task == "chars"
+    note_missing([n for n, ok in zip(names, live) if not ok], f"the {len(x):,} windows" if config.task == "chars"
                   else f"the {len(x):,} pairs", notes)
     if plot_path:
         from graphinterp import plot_ablation

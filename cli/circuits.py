@@ -14,8 +14,8 @@ from graphinterp.cli._common import (
 )
 from graphinterp.cli._options import refuse_given
 from graphinterp.cli._eval_data import (
-    check_outputs, coverage_note, data_options, inputs_error, inputs_note, load_eval_data, read_checkpoint,
-    resolve_dataset, transformer_checkpoint,
+    check_outputs, coverage_note, data_options, inputs_error, inputs_note, load_eval_data, note_missing,
+    read_checkpoint, resolve_dataset, transformer_checkpoint,
 )
 from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -205,11 +205,9 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         check_examples(labels, data.y, data.classes, data.name)
         if labels == "all":  # the labels present, as ablate's table: a class without examples has no task
             present = sorted(set(int(v) for v in data.y.unique().tolist()))
-            absent = [c for c in range(len(data.classes)) if c not in present]
-            if absent:
-                notes.append(f"{len(absent)} class(es) without an example in the {len(data.y):,} examples, left out: "
-                             + ", ".join(str(data.classes[c]) for c in absent))
-                labels = present
+            absent = [str(data.classes[c]) for c in range(len(data.classes)) if c not in present]
+            note_missing(absent, f"the {len(data.y):,} examples", notes)
+            labels = present if absent else labels
         graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs, notes, defaulted)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}

@@ -202,6 +202,10 @@ class ChannelTracer(TorchFunctionMode):
         self.settle_gains()
         return result
 
+    def is_param_like(self, t: Any) -> bool:
+        """Whether ``t`` is a parameter or computed from one alone (:meth:`param_of` without building its index)."""
+        return isinstance(t, torch.Tensor) and (id(t) in self.param_names or id(t) in self._derived)
+
     def param_of(self, t: Any) -> Optional[Tuple[str, Optional[torch.Tensor], bool]]:
         """``(name, index, exact)`` when ``t`` is a parameter or computed from one alone (see ``_derived``)."""
         if not isinstance(t, torch.Tensor):

@@ -19,7 +19,7 @@ __all__ = ["MIXED_READ", "NOT_FOLDING", "RETURNED", "batch_norm", "norm", "scale
 
 def scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
     """``param * x`` with a per-channel parameter: fold it (layer_scale, RMSNorm gain)."""
-    p, x = (tensors[0], tensors[1]) if tr.param_of(tensors[0]) is not None else (tensors[1], tensors[0])
+    p, x = (tensors[0], tensors[1]) if tr.is_param_like(tensors[0]) else (tensors[1], tensors[0])
     source = tr.param_of(p)
     if source is None or tr.shadow(x) is None or tr.shadow(p) is not None or p.numel() <= 1 or p.dim() > x.dim():
         return False
@@ -119,7 +119,7 @@ def batch_norm(tr, args, kwargs, out) -> None:
     if vec is None or not bool(torch.isfinite(scale).all()):
         tr.unfolded[name] = "BatchNorm channels ambiguous or scale not finite"
         return
-    per_node = _one_per_node(vec, scale)
+    per_node = T.one_per_node(vec, scale)
     if layer is not None and per_node is not None:  # exact for any sign: BN(conv(x)) = conv'(x) + b, rows scaled
         _fold_out(tr, layer, per_node[0], per_node[1], f"{name} (BatchNorm scale)", x, per_node[2])
         tr._direct[id(out)] = layer
@@ -133,25 +133,9 @@ def batch_norm(tr, args, kwargs, out) -> None:
                          "hold it, and no weight layer reads its output directly")
 
 
-def _one_per_node(vec: torch.Tensor, scale: torch.Tensor):
-    """``(ids, scales, positions)`` with one entry per distinct node of ``vec``, or None when two features of
-    one node have different scales."""
-    if torch.unique(vec).numel() == vec.numel():  # every feature its own node (the common case)
-        return vec, scale, torch.arange(vec.numel())
-    by_id, first = {}, []
-    for pos, (i, v) in enumerate(zip(vec.tolist(), scale.tolist())):
-        if i not in by_id:
-            by_id[i] = v
-            first.append(pos)
-        elif by_id[i] != v:
-            return None
-    idx = torch.tensor(first, dtype=torch.long)
-    return vec[idx], scale[idx], idx
-
-
 #: Why a normalisation is not folded when folding is off (``fold=False``, ``--no-fold``).
 NOT_FOLDING = ("not folded as asked (fold=False, --no-fold): the graph's weights are the raw parameters, not the "
-                "function the model computes")
+               "function the model computes")
 
 
 def norm(tr, name: str, args, kwargs, out) -> None:

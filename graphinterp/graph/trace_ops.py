@@ -88,6 +88,22 @@ def fold_index(elem_by_id: Optional[Dict[int, int]], nodes: torch.Tensor) -> Opt
     return None if elem_by_id is None else [elem_by_id.get(int(i), -1) for i in nodes]
 
 
+def one_per_node(vec: torch.Tensor, scale: torch.Tensor):
+    """``(ids, scales, positions)`` with one entry per distinct node of ``vec`` (its first feature), or None when
+    two features of one node have different scales."""
+    if torch.unique(vec).numel() == vec.numel():  # every feature its own node (the common case)
+        return vec, scale, torch.arange(vec.numel())
+    by_id, first = {}, []
+    for pos, (i, v) in enumerate(zip(vec.tolist(), scale.tolist())):
+        if i not in by_id:
+            by_id[i] = v
+            first.append(pos)
+        elif by_id[i] != v:
+            return None
+    idx = torch.tensor(first, dtype=torch.long)
+    return vec[idx], scale[idx], idx
+
+
 class _Gain:
     """A per-node scale waiting to be folded into the layers that read these nodes.
 
@@ -106,18 +122,14 @@ class _Gain:
     def __init__(self, ids: torch.Tensor, scale: torch.Tensor, source: str, kind: str = "gain",
                  elems: Optional[torch.Tensor] = None, known: bool = True, *, dim: Optional[int] = None,
                  tensor: Optional[torch.Tensor] = None) -> None:
-        by_id: Dict[int, float] = {}
-        first: Dict[int, int] = {}
-        self.uniform = True
-        for pos, (i, v) in enumerate(zip(ids.tolist(), scale.tolist())):
-            if i not in by_id:
-                by_id[i], first[i] = v, pos
-            elif by_id[i] != v:
-                self.uniform = False
-        self.by_id = by_id
+        per_node = one_per_node(ids, scale)
+        self.uniform = per_node is not None
+        nodes, scales, first = per_node if per_node is not None else (ids[:0], scale[:0], ids[:0])
+        self.by_id = dict(zip(nodes.tolist(), scales.tolist()))  # used only when uniform
         where = elems.tolist() if elems is not None else None
         # node id -> index of its scale in the source's flattened vector (its first position in ``ids`` by default)
-        self.elem_by_id = ({i: (where[p] if where is not None else p) for i, p in first.items()} if known else None)
+        self.elem_by_id = ({i: (where[p] if where is not None else p) for i, p in zip(nodes.tolist(), first.tolist())}
+                           if known else None)
         self.values = scale.detach().reshape(-1).clone()  # one per feature along ``dim`` (the per-feature form)
         self.elems, self.known = where, known
         self.dim = dim

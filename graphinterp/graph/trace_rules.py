@@ -206,7 +206,7 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
     if name in ("mul", "__mul__", "__rmul__", "mul_", "__imul__") and len(tensors) == 2:
         if tr.fold and scale_by_param(tr, tensors, out):
             return
-        p = next((t for t in tensors if tr.param_of(t) is not None and t.numel() > 1 and tr.shadow(t) is None), None)
+        p = next((t for t in tensors if tr.is_param_like(t) and t.numel() > 1 and tr.shadow(t) is None), None)
         if p is not None and any(tr.shadow(t) is not None for t in tensors):
             pname = T.layer_name(tr.param_of(p)[0])
             if not tr.fold:  # a gain written as param * x (HF RMSNorm, layer_scale), left as asked

@@ -172,7 +172,7 @@ class EnmeshmentLoss:
                                   "EnmeshmentLoss was built (e.g. model.fc2.weight = nn.Parameter(...)); the loss "
                                   "would score the old tensor: build the loss again for the model as it is now")
         self._current_masks()  # follows the model to another device or dtype
-        acc = torch.promote_types(self._params[0].dtype, torch.float32)
+        acc = _wide_dtype(self._params[0].dtype)
         tiny = torch.finfo(acc).tiny
         between, total = [], []
         for p, s, m in zip(self._params, self._scales, self._between):
@@ -201,9 +201,13 @@ class EnmeshmentLoss:
         return f"EnmeshmentLoss(layers={self.layers}, reduction={self.reduction!r})"
 
 
+def _wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 at least: a float16 layer's squared weights underflow (the loss and E are summed in it)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _wide(w: torch.Tensor) -> torch.Tensor:
-    """``w`` in float32 at least: a float16 layer's squared weights underflow."""
-    return w.to(torch.promote_types(w.dtype, torch.float32))
+    return w.to(_wide_dtype(w.dtype))
 
 
 def _get(model: nn.Module, name: str) -> Optional[torch.Tensor]:
