@@ -123,10 +123,19 @@ def circuits_report(tag: str, path: Path, test, score: str, args, mode: str = "g
         torch.set_num_threads(threads)
     print(f"{tag:>9} [{score if mode == 'graphinterp' else mode}]: 10 circuits in {wall:.1f} s ({n_evals} evaluations, {args.search_threads} thread(s)); "
           f"floor, the same number of plain forward passes of a task batch: {floor:.1f} s")
+    held = [circuits[c].heldout for c in range(10)]
+    if all(h is not None for h in held):
+        print(f"{'':>9} held out ({held[0].n_pos + held[0].n_neg}-{max(h.n_pos + h.n_neg for h in held)} unseen test "
+              f"examples per label): {sum(h.within_tolerance for h in held)}/10 circuits meet their criterion, "
+              f"{sum(h.clearly_outside for h in held)}/10 miss it by more than sampling noise; accuracy circuit/full "
+              f"searched {np.mean([circuits[c].accuracy for c in range(10)]):.3f}/"
+              f"{np.mean([circuits[c].full_accuracy for c in range(10)]):.3f}, held out "
+              f"{np.mean([h.accuracy for h in held]):.3f}/{np.mean([h.full_accuracy for h in held]):.3f} (means)")
     return {"ecs": [circuits[c].ecs for c in range(10)], "ecs_per_layer": {c: circuits[c].size.ecs_per_layer
             for c in range(10)}, "accuracy": [circuits[c].accuracy for c in range(10)],
             "full_accuracy": [circuits[c].full_accuracy for c in range(10)], "seconds": wall, "n_evals": n_evals,
-            "floor_seconds": floor, "converged": [circuits[c].converged for c in range(10)]}
+            "floor_seconds": floor, "converged": [circuits[c].converged for c in range(10)],
+            "heldout": [None if circuits[c].heldout is None else circuits[c].heldout.to_dict() for c in range(10)]}
 
 
 def main() -> None:

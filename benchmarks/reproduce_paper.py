@@ -35,8 +35,9 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _shared_data when run as a script
@@ -155,6 +156,8 @@ def _rest(args, res, results, graphs, test_set, out, tag, seed, first) -> dict:
             d["converged_a"] = [cmp.circuits_a[c].converged for c in cmp.labels]
             d["converged_b"] = [cmp.circuits_b[c].converged for c in cmp.labels]
             d["seconds"] = [cmp.circuits_a[c].seconds + cmp.circuits_b[c].seconds for c in cmp.labels]
+            for side, cs in (("a", cmp.circuits_a), ("b", cmp.circuits_b)):
+                d[f"heldout_{side}"] = [None if cs[c].heldout is None else cs[c].heldout.to_dict() for c in cmp.labels]
             res[f"ecs_{mode}"] = d
             print("   label  ECS unclustered  ECS modular  change")
             for i, lab in enumerate(cmp.label_names):
@@ -162,6 +165,7 @@ def _rest(args, res, results, graphs, test_set, out, tag, seed, first) -> dict:
             print(f"   unclustered circuits hold {cmp.a_over_b:+.1%} more weights on average "
                   f"(modular vs unclustered: {cmp.mean_relative_change:+.1%}); "
                   f"{sum(not c for c in d['converged_a'] + d['converged_b'])} of 20 searches stopped at the budget")
+            print(f"   {heldout_summary([d])}")
     if not first:
         return res
     with part(f"{tag_s}: Figure 7"):
@@ -190,6 +194,22 @@ def circuit_settings(args, mode: str = "graphinterp", dataset: Optional[str] = N
     if budget is not None and mode == "graphinterp":
         out["schedule"] = Schedule(max_evals=budget)
     return out
+
+
+def heldout_summary(ecs_runs: List[dict]) -> str:
+    """How many circuits (both models, every run) meet their criterion on test images their search never saw."""
+    parts = []
+    for side, name in (("a", "unclustered"), ("b", "modular")):
+        held = [h for d in ecs_runs for h in d.get(f"heldout_{side}", [])]
+        checked = [h for h in held if h is not None]
+        if not checked:
+            parts.append(f"{name} not checked" + (f" ({len(held)} labels had no test image left out)" if held else ""))
+            continue
+        parts.append(f"{name} {sum(h['within_tolerance'] for h in checked)} of {len(checked)} meet their criterion "
+                     f"({sum(h['clearly_outside'] for h in checked)} miss it by more than sampling noise; held-out "
+                     f"accuracy circuit/full {np.mean([h['accuracy'] for h in checked]):.3f}/"
+                     f"{np.mean([h['full_accuracy'] for h in checked]):.3f})")
+    return "circuits on held-out test images (the label's images the search left out): " + "; ".join(parts)
 
 
 def fmt(x, pct=False):
@@ -226,6 +246,7 @@ def write_markdown(out: Path, results: Dict[str, list], args) -> str:
             seconds = sum(sum(r[key]["seconds"]) for r in runs_m)
             lines += ["", f"Per-label ECS, {MODE_NAMES[mode]}, {len(runs_m)} seed{'s' if len(runs_m) > 1 else ''} ({stopped} of {total} searches stopped at their "
                           f"evaluation budget; {seconds:.0f} s of search in all):", ""] + label_rows(runs, mode)
+            lines += ["", heldout_summary([r[key] for r in runs_m]) + "."]
         lines.append("")
     lines += ["## Time", "", f"{torch.get_num_threads()} torch threads, circuits on {args.jobs} process(es). CPU "
               "time is the process's own (all threads; worker processes not included); wall time also counts waiting "

@@ -148,6 +148,11 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
     A circuit with no weight at all (ECS 0) gets a note saying why: the full model is no better than chance
     on the label (e.g. it never predicts it), or the tolerance is met without any weight. A circuit of a
     model not clearly better than chance on the label (3 binomial standard deviations) gets a note too.
+
+    Each circuit is then checked on the label's examples its task left out (up to --max-examples
+    of them, with as many others): the held-out column gives the circuit's and the full model's
+    accuracy there, marked (~) when the circuit misses its criterion within sampling noise and (!)
+    when by more (3 standard errors; then a note says so); --json has them under "heldout".
     """
     from graphinterp import CircuitComparison, Schedule, Tolerance, cluster_share
 
@@ -259,19 +264,23 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
     sizes = sorted({ci.n_pos + ci.n_neg for ci in circuits.values()})
     which = ("the label's and as many others, --max-examples" if any(ci.n_neg for ci in circuits.values())
              else "the label's own, as --mode authors uses")
-    click.echo(f"each label's circuit is searched and its criterion checked on the same {sizes[0]:,}"
-               + (f"-{sizes[-1]:,}" if len(sizes) > 1 else "") + f" examples ({which}); nothing is held out, so "
-               "accuracy on other examples can be lower")
+    click.echo(f"each label's circuit is searched and its criterion checked on the same {_span(sizes)} examples "
+               f"({which}), then checked on held-out ones: {_heldout_scope(circuits)}")
     rows = []
     for c, ci in circuits.items():
+        h = ci.heldout
         row = [ci.label_name, 100 * ci.ecs, ci.size.kept_params, *[100 * ci.size.ecs_per_layer[l] for l in layers],
-               f"{ci.accuracy:.3f}/{ci.full_accuracy:.3f}", f"{ci.loss:.3f}/{ci.full_loss:.3f}"]
+               f"{ci.accuracy:.3f}/{ci.full_accuracy:.3f}", f"{ci.loss:.3f}/{ci.full_loss:.3f}",
+               "n/a" if h is None else f"{h.accuracy:.3f}/{h.full_accuracy:.3f}" + ("" if h.within_tolerance else
+                                                                                   " (!)" if h.clearly_outside else " (~)")]
         if shares:
             s = shares[c]
             row.append("-" if ci.empty else f"{s['dominant']} ({100 * s['mass'][s['dominant']]:.0f}%)")
         rows.append(row)
-    headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full"]
+    headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full",
+               "held-out acc circuit/full"]
     click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
+    _echo_heldout(circuits)
     if shares:
         click.echo("main cluster: the cluster holding most of the circuit's kept squared weight within the "
                    "clustered layers (the share in brackets), as cluster_share computes it")
@@ -317,6 +326,42 @@ def _echo_stopped(circuits, prefix: str) -> None:
     if stopped:
         click.echo(f"{prefix}{len(stopped)} of {len(circuits)} searches used the whole --max-evals before reaching a "
                    f"local minimum (labels {', '.join(stopped)}): their ECS are upper bounds")
+
+
+def _span(sizes) -> str:
+    """``500`` or ``480-500``: the smallest and largest of some counts."""
+    return f"{sizes[0]:,}" + (f"-{sizes[-1]:,}" if len(sizes) > 1 else "")
+
+
+def _heldout_scope(circuits) -> str:
+    """How many held-out examples the circuits were checked on, and which labels had none left."""
+    checked = [ci for ci in circuits.values() if ci.heldout is not None]
+    missing = [ci.label_name for ci in circuits.values() if ci.heldout is None]
+    parts = []
+    if checked:
+        parts.append(f"{_span(sorted({ci.heldout.n_pos + ci.heldout.n_neg for ci in checked}))} examples of the same "
+                     "split that the search never saw")
+    if missing:
+        which = ("every label" if not checked else f"label{'s' if len(missing) > 1 else ''} " + ", ".join(missing[:8])
+                 + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        parts.append(f"none for {which} (all {'their' if len(missing) > 1 else 'its'} examples are in the search; lower "
+                     "--max-examples or give more data to hold some out)")
+    return "; ".join(parts)
+
+
+def _echo_heldout(circuits) -> None:
+    """Whether the circuits still meet their criterion on held-out examples: the table's marks explained."""
+    checked = [ci for ci in circuits.values() if ci.heldout is not None]
+    if not checked:
+        return
+    within = sum(ci.heldout.within_tolerance for ci in checked)
+    clearly = [ci.label_name for ci in checked if ci.heldout.clearly_outside]
+    line = f"held out: {within} of {len(checked)} circuits meet their criterion on examples the search never saw"
+    if within < len(checked):
+        line += ("; (~) misses it within sampling noise (a circuit pruned to the edge of its tolerance does so half the "
+                 "time by chance), (!) by more than 3 standard errors"
+                 + (f": label{'s' if len(clearly) > 1 else ''} {', '.join(clearly)}" if clearly else ": none"))
+    click.echo(line)
 
 
 def _echo_notes(circuits, prefix: str = "") -> None:

@@ -5,7 +5,7 @@ from torch import nn
 
 from graphinterp.interpret import circuit_search
 from graphinterp.interpret.circuit_batch import TaskMetrics, sequential_pass
-from graphinterp.interpret.circuit_search import Schedule, Tolerance, _masked_in_place, prune
+from graphinterp.interpret.circuit_search import Schedule, Tolerance, masked_in_place, prune
 from graphinterp.interpret.conv_pass import channel_pass, walks_channels
 from graphinterp.interpret.edges import flat_masks
 from graphinterp.interpret.linear_states import capture_inputs
@@ -44,7 +44,7 @@ def test_channel_pass_decides_as_a_forward_pass_per_kernel(slack):
         masks[layers[1].name].view(-1)[::7] = False  # the Linear layer moved on since the evaluator's state
         metrics = TaskMetrics(task, "cpu")
         conv = fast.modules[0]
-        with _masked_in_place(model, layers, fast.modules, masks):
+        with masked_in_place(model, layers, fast.modules, masks):
             full_loss = metrics(model(task.x)[None])[1].item()
             order = torch.randperm(18, generator=torch.Generator().manual_seed(1))
             kept, calls = [], fast.n_evals
@@ -67,7 +67,7 @@ def test_channel_pass_stops_at_its_budget():
     model, layers, fast, task = _setup()
     masks = flat_masks(layers, torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool))
     calls = fast.n_evals
-    with _masked_in_place(model, layers, fast.modules, masks):
+    with masked_in_place(model, layers, fast.modules, masks):
         removed, n, finished = channel_pass(fast, masks, layers[0], fast.modules[0], torch.arange(18),
                                             lambda acc, loss: torch.ones_like(acc, dtype=torch.bool), max_evals=5)
         zeroed = (fast.modules[0].weight.detach() == 0).all(-1).all(-1)
@@ -130,7 +130,7 @@ def test_channel_pass_restores_kept_kernels_inside_a_session():
     masks = flat_masks(layers, torch.ones(sum(l.live.numel() for l in layers), dtype=torch.bool))
     conv = fast.modules[0]
     metrics = TaskMetrics(task, "cpu")
-    with _masked_in_place(model, layers, fast.modules, masks), fast.session():
+    with masked_in_place(model, layers, fast.modules, masks), fast.session():
         full_loss = metrics(model(task.x)[None])[1].item()
         removed, n, _ = channel_pass(fast, masks, layers[0], conv, torch.arange(18), _accept_within(full_loss, 0.01))
         weight = conv.weight.detach().clone()
@@ -157,7 +157,7 @@ def test_rebase_makes_the_evaluator_match_the_model_again(before, channel_prefix
         masks[layers[0].name][0, 1] = masks[layers[0].name][4, 2] = False
     if before in ("linear", "both"):
         masks[layers[1].name].view(-1)[::5] = False
-    with _masked_in_place(model, layers, fast.modules, masks):
+    with masked_in_place(model, layers, fast.modules, masks):
         fast.rebase(masks)
         masks[layers[1].name][3, 7] = False  # a Linear edge (flat index 18 + 3 * 54 + 7)
         assert fast(masks, changed=torch.tensor([18 + 3 * 54 + 7])) == pytest.approx(plain(masks), abs=1e-5)

@@ -275,3 +275,23 @@ def test_a_character_lm_refuses_a_corpus_with_another_vocabulary(tmp_path):
     r = _cli(["ablate", str(tmp_path / "old.pt"), "--corpus", str(fewer)])
     assert r.exit_code != 0 and "distinct characters" in r.output, r.output
     assert _cli(["ablate", str(tmp_path / "old.pt"), "--corpus", str(same_size), "--limit", "50"]).exit_code == 0
+
+
+def test_transformer_circuits_are_checked_on_held_out_answers_by_an_independent_forward(ckpts):
+    from graphinterp.interpret.label_tasks import heldout_task
+
+    model = ckpts[2].eval()
+    _, test = modular_addition(11, 0.6)
+    circuits = extract_transformer_circuits(model, test.x, test.y, [0, 3], max_examples=2, tolerance=Tolerance(0.9, 0.2),
+                                            schedule=Schedule(max_evals=200), progress=False, device="cpu")
+    for c, ci in circuits.items():
+        held = heldout_task(test.x, test.y, c, max_examples=2)  # the same examples, as token ids
+        assert ci.heldout is not None and (ci.heldout.n_pos, ci.heldout.n_neg) == (held.n_pos, held.n_neg)
+        full_acc, full_loss = _by_hand(model, held.x, held)
+        with masked_mlp(model, ci.masks):
+            acc, loss = _by_hand(model, held.x, held)
+        h = ci.heldout
+        assert (h.accuracy, h.full_accuracy) == (pytest.approx(acc, abs=1e-6), pytest.approx(full_acc, abs=1e-6))
+        assert (h.loss, h.full_loss) == (pytest.approx(loss, abs=1e-4), pytest.approx(full_loss, abs=1e-4))
+    assert extract_transformer_circuits(model, test.x, test.y, [0], progress=False, device="cpu",
+                                        schedule=Schedule(max_evals=20))[0].heldout is None  # every answer-0 pair searched

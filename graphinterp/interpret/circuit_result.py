@@ -11,7 +11,43 @@ from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ecs import CircuitSize
 from graphinterp.interpret.chance import clearly_above
 
-__all__ = ["Circuit"]
+__all__ = ["Circuit", "HeldOut"]
+
+
+@dataclass
+class HeldOut:
+    """A circuit checked on examples its search never saw (:func:`~graphinterp.interpret.label_tasks.heldout_task`).
+
+    Parameters
+    ----------
+    accuracy, loss : float
+        The circuit on the held-out task, measured as on the search task.
+    full_accuracy, full_loss : float
+        The full model on the held-out task.
+    n_pos, n_neg : int
+        Held-out examples of the label and of the other labels.
+    within_tolerance : bool
+        Whether the circuit meets the search's own criterion on these examples (the tolerance
+        against the full model's held-out figures; in ``"authors"`` mode, loss not above the full model's).
+    clearly_outside : bool
+        Whether it misses that criterion by more than sampling noise
+        (:mod:`graphinterp.interpret.circuit_heldout`): a circuit pruned to the edge of its tolerance
+        misses it on fresh examples about half the time by chance alone.
+    """
+
+    accuracy: float
+    loss: float
+    full_accuracy: float
+    full_loss: float
+    n_pos: int
+    n_neg: int
+    within_tolerance: bool
+    clearly_outside: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as plain values (for JSON)."""
+        return {k: getattr(self, k) for k in ("accuracy", "loss", "full_accuracy", "full_loss", "n_pos", "n_neg",
+                                              "within_tolerance", "clearly_outside")}
 
 
 @dataclass
@@ -50,6 +86,9 @@ class Circuit:
         Whether the search ended at a local minimum (a final pass removed nothing) before its
         budget; always True in ``"authors"`` mode (one pass by definition), None when the final
         pass was switched off.
+    heldout : HeldOut or None
+        The circuit and the full model on held-out examples of the label (None when none were left
+        out of the search, or none were asked for).
     """
 
     label: int
@@ -68,6 +107,7 @@ class Circuit:
     history: List[Tuple[int, bool]] = field(default_factory=list, repr=False)
     mode: str = "graphinterp"
     converged: Optional[bool] = None
+    heldout: Optional[HeldOut] = None
 
     @property
     def ecs(self) -> float:
@@ -103,11 +143,21 @@ class Circuit:
                 f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}): its circuit of "
                 f"{self.size.kept_params:,} weights describes noise, not how the model computes the label")
 
+    def _heldout_note(self) -> Optional[str]:
+        """The caveat for a circuit that misses its criterion on held-out examples by more than sampling noise."""
+        h = self.heldout
+        if h is None or not h.clearly_outside:
+            return None
+        return (f"on {h.n_pos + h.n_neg:,} held-out examples the circuit misses the search's criterion by more than "
+                f"sampling noise (accuracy {h.accuracy:.3f} vs the full model's {h.full_accuracy:.3f}, loss "
+                f"{h.loss:.3f} vs {h.full_loss:.3f}): it fits the examples it was pruned on, not only the label")
+
     @property
     def note(self) -> Optional[str]:
         """Why the circuit is empty, in one sentence; for a circuit that keeps weights, a caveat when the full
         model is not clearly better than chance on the label's task (:func:`~graphinterp.interpret.chance.
-        clearly_above`); else None.
+        clearly_above`) and one when the circuit misses its criterion on held-out examples (:attr:`heldout`);
+        else None.
 
         An empty circuit is no finding about the label: either the full model is no better than
         chance on the label's task (e.g. it never predicts the label), so removing every weight
@@ -124,7 +174,7 @@ class Circuit:
         True
         """
         if not self.empty:
-            return self._chance_note()
+            return "; ".join(filter(None, [self._chance_note(), self._heldout_note()])) or None
         head = f"empty circuit (0 of {self.size.total_params:,} weights kept): "
         if self.size.total_params == 0:
             return head + "the pruned layers hold no non-zero weight"
@@ -157,12 +207,14 @@ class Circuit:
         Returns
         -------
         dict
-            The fields (``history`` and ``masks`` aside), ``ecs``, ``size``, ``empty`` and ``note``.
+            The fields (``history`` and ``masks`` aside, ``heldout`` as a dict or None), ``ecs``, ``size``,
+            ``empty`` and ``note``.
         """
         out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
                                              "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score", "mode",
                                              "converged")}
-        out.update(ecs=self.ecs, size=self.size.to_dict(), empty=self.empty, note=self.note)
+        out.update(ecs=self.ecs, size=self.size.to_dict(), empty=self.empty, note=self.note,
+                   heldout=None if self.heldout is None else self.heldout.to_dict())
         if include_masks:
             out["masks"] = {k: v.int().tolist() for k, v in self.masks.items()}
         return out

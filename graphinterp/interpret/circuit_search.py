@@ -24,9 +24,12 @@ from graphinterp.interpret.label_tasks import LabelTask
 from graphinterp.interpret.scores import ScoreContext
 
 __all__ = ["Tolerance", "Schedule", "TaskEvaluator", "PruneStep", "iter_prune", "prune", "iter_authors_prune",
-           "authors_prune", "Circuit"]
+           "authors_prune", "Circuit", "masked_in_place", "AUTHORS_RTOL"]
 
 ScoreFn = Callable[[ScoreContext], Dict[str, torch.Tensor]]
+
+#: The authors' criterion keeps a removal while the loss is at most the full model's times ``1 + AUTHORS_RTOL``.
+AUTHORS_RTOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ def iter_prune(ev: TaskEvaluator, layers: List[EdgeLayer], score_fn: ScoreFn, ok
 
 
 @contextlib.contextmanager
-def _masked_in_place(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor]):
+def masked_in_place(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor]):
     """Write the masked weights into the modules for a block (one :func:`interventions` block: restored in ``finally``)."""
     with interventions(model) as iv:
         for layer, mod in zip(layers, modules):
@@ -228,7 +231,7 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
     fraction of a full pass's cost.
     """
     metrics, used, near = TaskMetrics(ev.task, ev.x.device), 0, None
-    with _masked_in_place(ev.model, layers, ev.modules, masks):
+    with masked_in_place(ev.model, layers, ev.modules, masks):
         for rnd in itertools.count(round0):
             scores = None if near is not None else score_fn(ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks)))
             removed_pass, tried, kept, inputs = 0, 0, [], None
@@ -283,13 +286,13 @@ def _nearest(kept: list, focus: float, n_kept: int) -> Dict[str, list]:
 
 
 def authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], task: LabelTask, *,
-                  batch_size: int = 4096, rtol: float = 1e-6) -> Tuple[Dict[str, torch.Tensor], dict]:
+                  batch_size: int = 4096, rtol: float = AUTHORS_RTOL) -> Tuple[Dict[str, torch.Tensor], dict]:
     """Exhaust :func:`iter_authors_prune` (same arguments) and return its result."""
     return _drain(iter_authors_prune(model, layers, modules, task, batch_size=batch_size, rtol=rtol))
 
 
 def iter_authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], task: LabelTask, *,
-                       batch_size: int = 4096, rtol: float = 1e-6):
+                       batch_size: int = 4096, rtol: float = AUTHORS_RTOL):
     """The paper's authors' criterion: weight by weight, Linear layers only, last layer first.
 
     Every non-zero weight of every Linear layer is visited once, layers from the last to the first
@@ -304,7 +307,7 @@ def iter_authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[
     metrics = TaskMetrics(task, task_device(layers))
     masks = {l.name: l.live.clone() for l in layers}
     info: dict = {"n_evals": 0}
-    with _masked_in_place(model, layers, modules, masks):
+    with masked_in_place(model, layers, modules, masks):
         info["full_accuracy"], info["full_loss"] = forward_metrics(model, metrics, batch_size)
         limit = info["full_loss"] + rtol * abs(info["full_loss"])
         for rnd, (layer, mod) in enumerate(reversed(list(zip(layers, modules)))):

@@ -59,6 +59,7 @@ from torch import nn
 
 from graphinterp.common.files import resolve_device
 from graphinterp.interpret.circuit_compare import CircuitComparison, cluster_share
+from graphinterp.interpret.circuit_heldout import check_heldout
 from graphinterp.interpret.circuit_search import Circuit, Schedule, TaskEvaluator, Tolerance, authors_prune, prune
 from graphinterp.common.errors import DataError
 from graphinterp.interpret.evaluation import as_tensors, eval_mode, on_device
@@ -66,7 +67,7 @@ from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ecs import circuit_size
 from graphinterp.interpret.edges import EdgeLayer, edge_layers
 from graphinterp.interpret.interventions import module_of
-from graphinterp.interpret.label_tasks import LabelTask, label_task
+from graphinterp.interpret.label_tasks import LabelTask, heldout_task, label_task
 from graphinterp.interpret.scores import SCORES, ScoreContext
 
 __all__ = ["MODES", "Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",
@@ -83,7 +84,8 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
                     score: Union[str, ScoreFn] = "magnitude", tolerance: Optional[Tolerance] = None,
                     schedule: Optional[Schedule] = None, label_name: Optional[str] = None,
                     batch_size: int = 4096, device=None, num_threads: Optional[int] = 1,
-                    mode: str = "graphinterp", edges: Optional[EdgesFn] = None) -> Circuit:
+                    mode: str = "graphinterp", edges: Optional[EdgesFn] = None,
+                    heldout: Optional[LabelTask] = None) -> Circuit:
     """The circuit of one :class:`~graphinterp.interpret.label_tasks.LabelTask` (see the module docstring).
 
     Parameters
@@ -116,6 +118,10 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
         ``edges(model, device) -> (layers, modules)``: the :class:`~graphinterp.interpret.edges.EdgeLayer`
         list to prune and the ``nn.Linear`` modules holding them (models that are not a layered
         graph, e.g. :mod:`graphinterp.interpret.transformer_circuits`); ``graph`` is then not used.
+    heldout : LabelTask, optional
+        Examples the search does not see (:func:`~graphinterp.interpret.label_tasks.heldout_task`):
+        the circuit and the full model are evaluated on them afterwards (:attr:`Circuit.heldout`,
+        :func:`~graphinterp.interpret.circuit_heldout.check_heldout`); the search is the same with or without.
 
     Returns
     -------
@@ -169,12 +175,14 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
                               ok_all=lambda a, l: tolerance.accepts_all(a, l, full_acc, full_loss))
                 acc, loss = ev({k: v.to(device) for k, v in masks.items()})  # the result, not a candidate
                 sized = layers
+            checked = None if heldout is None else check_heldout(model, layers, modules, masks, heldout, mode=mode,
+                                                                 tolerance=tolerance, batch_size=batch_size)
     finally:
         torch.set_num_threads(threads)
     name = "layer order" if mode == "authors" else (score if isinstance(score, str) else getattr(score, "__name__", "custom"))
     return Circuit(task.label, str(task.label if label_name is None else label_name), masks,
                    circuit_size(sized, masks), acc, loss, full_acc, full_loss, task.n_pos, task.n_neg,
-                   status["n_evals"], time.perf_counter() - start, name, history, mode, status.get("converged"))
+                   status["n_evals"], time.perf_counter() - start, name, history, mode, status.get("converged"), checked)
 
 
 def _labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
@@ -203,8 +211,8 @@ def _labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
 
 def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[int]] = "all", *,
                      graph: Optional[LayeredGraph] = None, max_examples: int = 500, negative_ratio: float = 1.0,
-                     random_state: int = 0, progress: bool = True, n_jobs: int = 1, scheduler: Any = None,
-                     **kwargs: Any) -> Dict[int, Circuit]:
+                     random_state: int = 0, heldout: bool = True, progress: bool = True, n_jobs: int = 1,
+                     scheduler: Any = None, **kwargs: Any) -> Dict[int, Circuit]:
     """Extract one circuit per label.
 
     Parameters
@@ -218,6 +226,10 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
         Traced from ``model`` when omitted.
     max_examples, negative_ratio, random_state
         The task of each label (:func:`graphinterp.interpret.label_tasks.label_task`).
+    heldout : bool, default True
+        Check each circuit on the label's examples its task leaves out (up to ``max_examples``, with
+        negatives at the same ratio: :func:`~graphinterp.interpret.label_tasks.heldout_task`), in
+        :attr:`Circuit.heldout`; None for a label with no example left out. The search is the same either way.
     progress : bool
         tqdm bar over labels (serial runs only).
     n_jobs : int, default 1
@@ -252,7 +264,7 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
     from tqdm.auto import tqdm
 
     wanted, tasks = _label_tasks(model, data, labels, kwargs, graph=graph, max_examples=max_examples,
-                                 negative_ratio=negative_ratio, random_state=random_state)
+                                 negative_ratio=negative_ratio, random_state=random_state, heldout=heldout)
     if n_jobs != 1 or scheduler is not None:
         from graphinterp.common.parallel import run_tasks
 
@@ -266,7 +278,7 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
 
 
 def _label_tasks(model: nn.Module, data: Any, labels, kwargs: dict, *, graph: Optional[LayeredGraph] = None,
-                 max_examples: int = 500, negative_ratio: float = 1.0, random_state: int = 0
+                 max_examples: int = 500, negative_ratio: float = 1.0, random_state: int = 0, heldout: bool = True
                  ) -> Tuple[List[int], List[tuple]]:
     """The labels wanted and the arguments of :func:`_extract_one` for each (checked before any search)."""
     x, y, names = as_tensors(data)
@@ -275,9 +287,11 @@ def _label_tasks(model: nn.Module, data: Any, labels, kwargs: dict, *, graph: Op
     if kwargs.get("mode", "graphinterp") not in MODES:
         raise DataError(f"unknown circuit mode {kwargs['mode']!r}; use one of {list(MODES)}")
     tasks = []
+    draw = dict(max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
     for c in wanted:
-        task = label_task(x, y, c, max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
-        tasks.append((model, task, graph, names[c] if names is not None and c < len(names) else str(c), kwargs))
+        task, held = label_task(x, y, c, **draw), (heldout_task(x, y, c, **draw) if heldout else None)
+        tasks.append((model, task, graph, names[c] if names is not None and c < len(names) else str(c),
+                      {**kwargs, "heldout": held}))
     return wanted, tasks
 
 
@@ -308,7 +322,7 @@ def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: 
         Names of the two models in the result.
     **kwargs
         Settings of :func:`extract_circuits`, the same for both models: ``max_examples``, ``negative_ratio``,
-        ``random_state``, ``progress``, ``n_jobs``, ``scheduler``, and ``score``, ``tolerance``, ``schedule``,
+        ``random_state``, ``heldout``, ``progress``, ``n_jobs``, ``scheduler``, and ``score``, ``tolerance``, ``schedule``,
         ``batch_size``, ``device``, ``num_threads``, ``mode`` of :func:`extract_circuit` (a ``graph`` is used
         for both models).
 
@@ -337,7 +351,8 @@ def compare_circuits(model_a: nn.Module, model_b: nn.Module, data: Any, labels: 
 
     n_jobs, scheduler = kwargs.pop("n_jobs", 1), kwargs.pop("scheduler", None)
     progress = kwargs.pop("progress", True)
-    task_kw = {k: kwargs.pop(k) for k in ("graph", "max_examples", "negative_ratio", "random_state") if k in kwargs}
+    task_kw = {k: kwargs.pop(k) for k in ("graph", "max_examples", "negative_ratio", "random_state", "heldout")
+               if k in kwargs}
     labels = labels if isinstance(labels, str) else list(labels)  # used twice: a generator would be spent
     wanted, tasks_a = _label_tasks(model_a, data, labels, kwargs, **task_kw)
     wanted_b, tasks_b = _label_tasks(model_b, data, labels, kwargs, **task_kw)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from graphinterp.common.errors import DataError
 
-__all__ = ["LabelTask", "label_task", "task_terms", "class_first_terms", "TaskMetrics"]
+__all__ = ["LabelTask", "label_task", "heldout_task", "task_terms", "class_first_terms", "TaskMetrics"]
 
 
 @dataclass
@@ -102,14 +102,52 @@ def label_task(x: torch.Tensor, y: torch.Tensor, label: int, *, max_examples: in
     >>> task.n_pos, task.n_neg, float(task.weights().sum())
     (4, 4, 1.0)
     """
+    pos, neg, n_pos, n_neg = _draws(y, label, max_examples, negative_ratio, random_state)
+    return _task(x, label, pos[:n_pos], neg[:n_neg])
+
+
+def heldout_task(x: torch.Tensor, y: torch.Tensor, label: int, *, max_examples: int = 500,
+                 negative_ratio: float = 1.0, random_state: int = 0) -> Optional[LabelTask]:
+    """The examples :func:`label_task` (same arguments) leaves out, as a task of the same kind: up to
+    ``max_examples`` of the label's other examples and ``negative_ratio`` times as many other
+    unused examples, in the same seeded order. A circuit is searched on :func:`label_task`'s
+    examples; this task checks it on examples the search never saw.
+
+    Returns None when every example of the label is in :func:`label_task`'s task, or when that task
+    has negatives and no other example is left to be one (a held-out task of positives alone would
+    measure something else).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, y = torch.arange(20.0)[:, None], torch.tensor([0, 1] * 10)
+    >>> search, held = label_task(x, y, 1, max_examples=4), heldout_task(x, y, 1, max_examples=4)
+    >>> held.n_pos, held.n_neg, bool(set(search.x.flatten().tolist()) & set(held.x.flatten().tolist()))
+    (4, 4, False)
+    >>> heldout_task(x, y, 1, max_examples=10) is None  # all 10 examples of label 1 are searched on
+    True
+    """
+    pos, neg, n_pos, n_neg = _draws(y, label, max_examples, negative_ratio, random_state)
+    pos, neg = pos[n_pos:n_pos + max_examples], neg[n_neg:]
+    if pos.numel() == 0 or (n_neg and neg.numel() == 0):
+        return None
+    return _task(x, label, pos, neg[:min(neg.numel(), int(round(negative_ratio * pos.numel())))])
+
+
+def _draws(y: torch.Tensor, label: int, max_examples: int, negative_ratio: float, random_state: int):
+    """The label's examples and the others in their seeded order, and how many of each :func:`label_task` takes."""
     gen = torch.Generator().manual_seed(int(random_state) + 7919 * int(label))
     pos = torch.nonzero(y == label).flatten()
     neg = torch.nonzero(y != label).flatten()
     if pos.numel() == 0:
         raise DataError(f"label {label} has no example in the data; pass data that contains it or leave it out of --labels")
-    pos = pos[torch.randperm(pos.numel(), generator=gen)[:max_examples]]
-    n_neg = min(neg.numel(), int(round(negative_ratio * pos.numel())))
-    neg = neg[torch.randperm(neg.numel(), generator=gen)[:n_neg]]
+    pos = pos[torch.randperm(pos.numel(), generator=gen)]
+    neg = neg[torch.randperm(neg.numel(), generator=gen)]
+    n_pos = min(pos.numel(), int(max_examples))
+    return pos, neg, n_pos, min(neg.numel(), int(round(negative_ratio * n_pos)))
+
+
+def _task(x: torch.Tensor, label: int, pos: torch.Tensor, neg: torch.Tensor) -> LabelTask:
     idx = torch.cat([pos, neg])
     positive = torch.zeros(idx.numel(), dtype=torch.bool)
     positive[: pos.numel()] = True

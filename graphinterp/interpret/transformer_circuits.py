@@ -42,7 +42,7 @@ from graphinterp.interpret.circuits import Circuit, _labels, extract_circuit
 from graphinterp.common.errors import DataError
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import interventions
-from graphinterp.interpret.label_tasks import LabelTask, label_task
+from graphinterp.interpret.label_tasks import LabelTask, heldout_task, label_task
 
 __all__ = ["AnswerTail", "stream_input", "mlp_edges", "masked_mlp", "extract_transformer_circuits"]
 
@@ -91,7 +91,8 @@ def masked_mlp(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Iterator[
 
 def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                  labels: Union[str, Iterable[int]] = "all", *, max_examples: int = 500,
-                                 negative_ratio: float = 1.0, random_state: int = 0, progress: bool = True,
+                                 negative_ratio: float = 1.0, random_state: int = 0, heldout: bool = True,
+                                 progress: bool = True,
                                  n_jobs: int = 1, scheduler: Any = None, label_names=None,
                                  **kwargs: Any) -> Dict[int, Circuit]:
     """One circuit per answer class of a modular-addition transformer, or per next character of a
@@ -110,6 +111,9 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
         Answer classes in ``0..n_out-1``.
     max_examples, negative_ratio, random_state
         The task of each label (:func:`graphinterp.interpret.label_tasks.label_task`).
+    heldout : bool, default True
+        Check each circuit on the label's examples its task leaves out, as
+        :func:`graphinterp.interpret.circuits.extract_circuits` does.
     progress : bool
         tqdm bar over labels (serial runs).
     n_jobs, scheduler
@@ -139,19 +143,21 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
     wanted = _labels(labels, model.unembed.out_features)
     model.eval()
     feats = stream_input(model, x, batch_size=kwargs.get("batch_size", 4096)).cpu()
-    tasks = {c: label_task(feats, y, c, max_examples=max_examples, negative_ratio=negative_ratio,
-                           random_state=random_state) for c in wanted}
+    draw = dict(max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
+    tasks = {c: label_task(feats, y, c, **draw) for c in wanted}
+    held = {c: heldout_task(feats, y, c, **draw) if heldout else None for c in wanted}
     names = {c: str(label_names[c]) if label_names is not None and c < len(label_names) else str(c) for c in wanted}
     tail = AnswerTail(model)
     if n_jobs != 1 or scheduler is not None:
         from graphinterp.common.parallel import run_tasks
 
-        found = run_tasks(_one, [(tail, tasks[c], names[c], kwargs) for c in wanted], n_jobs=n_jobs, scheduler=scheduler)
+        found = run_tasks(_one, [(tail, tasks[c], names[c], {**kwargs, "heldout": held[c]}) for c in wanted],
+                          n_jobs=n_jobs, scheduler=scheduler)
         return dict(zip(wanted, found))
     out: Dict[int, Circuit] = {}
     bar = tqdm(wanted, desc="circuits", unit="label", disable=not progress)
     for c in bar:
-        out[c] = _one(tail, tasks[c], names[c], kwargs)
+        out[c] = _one(tail, tasks[c], names[c], {**kwargs, "heldout": held[c]})
         bar.set_postfix(label=names[c], ecs=f"{out[c].ecs:.3f}")
     return out
 

@@ -1,0 +1,115 @@
+"""A found circuit checked on examples its search never saw.
+
+The search (:mod:`graphinterp.interpret.circuits`) prunes edges for as long as the circuit meets its
+criterion on the label's task, so the circuit's accuracy and loss on that task are in-sample
+figures: edges the label needs on other examples may have gone because these examples did not
+need them. :func:`check_heldout` evaluates the circuit and the full model on a disjoint task of
+the same kind (:func:`~graphinterp.interpret.label_tasks.heldout_task`) and says whether the
+circuit still meets the search's own criterion there.
+
+A circuit is pruned until it sits at the edge of its tolerance on the search examples, so on a fresh
+sample it misses the tolerance about half the time by sampling noise alone. Each criterion is
+therefore also written as a mean of per-example terms that is non-negative where the criterion is
+met (``hit_circuit - min_accuracy * hit_full`` and ``loss_full + max_loss_increase - loss_circuit``,
+weighted as the task weighs its examples; for the authors' criterion ``loss_full - loss_circuit``),
+and the circuit is *clearly outside* when one of these means is below zero by more than
+:data:`~graphinterp.interpret.chance.MARGIN_SD` standard errors: it fits the examples it was pruned
+on, not only the label.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from graphinterp.interpret.chance import MARGIN_SD
+from graphinterp.interpret.circuit_result import HeldOut
+from graphinterp.interpret.circuit_search import AUTHORS_RTOL, Tolerance, masked_in_place
+from graphinterp.interpret.edges import EdgeLayer
+from graphinterp.interpret.label_tasks import LabelTask, task_terms
+
+__all__ = ["check_heldout"]
+
+
+def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor],
+                  task: LabelTask, *, mode: str, tolerance: Tolerance, batch_size: int = 4096) -> HeldOut:
+    """The circuit ``masks`` and the full model on the held-out ``task``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        On the layers' device and in eval mode (as during the search).
+    layers, modules : list
+        The pruned :class:`~graphinterp.interpret.edges.EdgeLayer` and the modules holding them.
+    masks : dict of str to BoolTensor
+        The circuit's kept edges per layer.
+    task : LabelTask
+        Held-out examples; in ``"authors"`` mode only its positives are used, as the search does.
+    mode : {"graphinterp", "authors"}
+        The search's criterion: ``tolerance`` against the full model, or the authors' (the loss not
+        above the full model's).
+    tolerance : Tolerance
+    batch_size : int
+
+    Returns
+    -------
+    HeldOut
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from graphinterp.interpret.edges import edge_layers
+    >>> from graphinterp.interpret.label_tasks import label_task
+    >>> from graphinterp.graph.layered import LayeredGraph
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False)).eval()
+    >>> x = torch.randn(90, 4); y = model(x).argmax(1)
+    >>> layers = edge_layers(model, LayeredGraph.from_module(model))
+    >>> full = {l.name: l.live.clone() for l in layers}
+    >>> h = check_heldout(model, layers, [model[0], model[2]], full, label_task(x, y, 0), mode="graphinterp",
+    ...                   tolerance=Tolerance())
+    >>> h.accuracy == h.full_accuracy, h.within_tolerance, h.clearly_outside
+    (True, True, False)
+    """
+    if mode == "authors" and task.n_neg:
+        task = LabelTask(task.label, task.x[task.positive], task.positive[task.positive])
+    device = layers[0].weight.device
+    x, pos, w = task.x.to(device), task.positive.to(device), task.weights().to(device)
+    full = task_terms(_logits(model, x, batch_size), task.label, pos)
+    with masked_in_place(model, layers, modules, {k: v.to(device) for k, v in masks.items()}):
+        circuit = task_terms(_logits(model, x, batch_size), task.label, pos)
+    (hit_f, loss_f), (hit_c, loss_c) = ((h.double(), l.double()) for h, l in (full, circuit))
+    acc, loss, full_acc, full_loss = (float(w @ t) for t in (hit_c, loss_c, hit_f, loss_f))
+    acc, full_acc = min(acc, 1.0), min(full_acc, 1.0)  # rounding never lifts them above 1
+    if mode == "authors":
+        within = loss <= full_loss + AUTHORS_RTOL * abs(full_loss)
+        margins = [loss_f - loss_c]
+    else:
+        within = tolerance.accepts(acc, loss, full_acc, full_loss)
+        margins = [hit_c - tolerance.min_accuracy * hit_f, loss_f + tolerance.max_loss_increase - loss_c]
+    clearly = any(_mean_and_se(e, w, pos) for e in margins)
+    return HeldOut(acc, loss, full_acc, full_loss, task.n_pos, task.n_neg, bool(within), clearly)
+
+
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
+def _mean_and_se(terms: torch.Tensor, w: torch.Tensor, positive: torch.Tensor) -> bool:
+    """Whether the weighted mean of the per-example criterion ``terms`` (>= 0 where met) is below zero by more
+    than :data:`~graphinterp.interpret.chance.MARGIN_SD` standard errors.
+
+    The examples are independent draws within two groups (positives, negatives), each term's weight
+    fixed by its group; the standard error is that of the weighted sum, from each group's spread.
+    """
+    mean = float(w @ terms)
+    var = 0.0
+    for group in (positive, ~positive):
+        if bool(group.any()):
+            t = terms[group]
+            var += float((w[group] ** 2) @ (t - t.mean()) ** 2)
+    return mean < -MARGIN_SD * math.sqrt(var) - 1e-12
