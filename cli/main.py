@@ -28,6 +28,7 @@ COMMANDS = {
     "circuits": ("circuits", "Extract per-label circuits by edge pruning; Effective Circuit Size."),
     "benchmark": ("benchmark", "Clusterability of many models against k, with a shuffle significance test."),
     "plot": ("plot", "Figures, e.g. a clustered layer drawn as a bipartite graph."),
+    "associate": ("associate", "Functional modules: units clustered by association on data, vs the weight clusters."),
 }
 
 

@@ -63,6 +63,8 @@ _EXPORTS = {
     "load_graph": "clustering.analysis", "random_partition_expectation": "clustering.metrics",
     "shuffle_test": "clustering.significance", "within_share": "clustering.metrics",
     "check_k": "clustering.validation",
+    "UnitClusters": "clustering.modularity", "cluster_units": "clustering.modularity",
+    "modularity": "clustering.modularity", "modularity_test": "clustering.modularity",
     "live_sizes": "clustering.validation",
     "clusterable_layers": "clustering.validation",
     "require_clusterable": "clustering.validation",
@@ -78,6 +80,9 @@ _EXPORTS = {
     "train_transformer": "training.train_transformer", "TrainingInterrupted": "training.train_state",
     # interpret: interpretability: ablation and circuits
     "Circuit": "interpret.circuit_result", "CircuitComparison": "interpret.circuit_compare",
+    "HeldOut": "interpret.circuit_result", "heldout_task": "interpret.label_tasks", "label_task": "interpret.label_tasks",
+    "ASSOCIATION_KINDS": "interpret.association", "association_matrices": "interpret.association",
+    "FunctionalModules": "interpret.functional_modules", "functional_modules": "interpret.functional_modules",
     "chance_note": "interpret.chance", "clearly_above": "interpret.chance",
     "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
     "ablation_matrix": "interpret.ablate", "class_accuracy": "interpret.ablate",

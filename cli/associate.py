@@ -1,0 +1,154 @@
+"""``graphinterp associate``: functional modules of each hidden level from association matrices (Lange et al.),
+against a shuffle null and against the weight clusters."""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import click
+
+from graphinterp.cli._common import (
+    POSITIVE_INT, check_layers, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
+    seed_option, trust_pickle_option,
+)
+from graphinterp.cli._eval_data import (
+    check_outputs, coverage_note, data_options, inputs_error, inputs_note, load_eval_data, read_checkpoint,
+    resolve_dataset, transformer_checkpoint,
+)
+
+__all__ = ["command", "parse_kinds"]
+
+
+def parse_kinds(text: str) -> List[str]:
+    """``"correlation,upstream"`` -> ``["correlation", "upstream"]``, each kind once, known kinds only.
+
+    Examples
+    --------
+    >>> parse_kinds("upstream, downstream,upstream")
+    ['upstream', 'downstream']
+    """
+    from graphinterp import ASSOCIATION_KINDS
+
+    kinds = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [k for k in kinds if k not in ASSOCIATION_KINDS]
+    if bad or not kinds:
+        raise click.BadParameter(f"unknown kind(s) {', '.join(bad) or '(none given)'}; use comma-separated kinds "
+                                 f"from {', '.join(ASSOCIATION_KINDS)}", param_hint="--kinds")
+    return kinds
+
+
+@click.command("associate")
+@click.argument("model", type=click.Path(dir_okay=False))
+@data_options
+@click.option("--k", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Clusters per level, for the association clusters and (when clustering now) the weight clusters.")
+@click.option("--kinds", "kinds_text", default="correlation,upstream,downstream", show_default=True,
+              help="Association kinds, comma-separated: correlation or covariance of the units' activations and "
+                   "upstream (forward Jacobian, what moves them) look upstream; downstream (backward Jacobian of the "
+                   "logits, what they move) looks downstream.")
+@click.option("--layers", default=None, metavar="NAMES",
+              help="Weight clusters to compare with, when the checkpoint stores none: network-wide BSGC on these "
+                   "layers now (default: the hidden Linear layers, fc2 for the paper's MLP).")
+@click.option("--shuffles", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Shuffled copies of each association matrix for the modularity null (0: no test).")
+@click.option("--max-examples", type=POSITIVE_INT, default=2000, show_default=True,
+              help="Examples the associations are measured on (the first N of the evaluation data).")
+@click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Evaluation batch size.")
+@seed_option
+@device_option
+@trust_pickle_option
+@quiet_option
+@json_option
+def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layers, shuffles, max_examples, batch_size,
+            seed, device, trust_pickle, quiet, as_json):
+    """Cluster the units of every hidden level of MODEL by how they behave on data, and compare with its weights.
+
+    For each hidden level (a layer's outputs, where the next layer reads them) and each association
+    kind, an association matrix between the level's units is measured on the evaluation data, the
+    units are split into --k clusters (spectral clustering), and the split is scored by Newman's
+    modularity Q against --shuffles symmetric shuffles of the matrix (z, p). The clusterings are then
+    compared with the level's weight clusters (the checkpoint's stored clustering, else network-wide
+    BSGC now) by adjusted mutual information (AMI: 1 the same partition, about 0 unrelated), and
+    with each other: do units that the weights group respond alike (upstream) and act alike on the
+    outputs (downstream)? (Lange, Rolnick & Kording 2022.)
+
+    \b
+    Examples:
+      graphinterp associate modular.pt --dataset mnist
+      graphinterp associate baseline.pt --dataset mnist --kinds upstream,downstream --shuffles 50 --json
+    """
+    from graphinterp import (
+        ClusteringError, InputMismatchError, UnsupportedModelError, cluster_network, default_cluster_layers,
+        functional_modules, load_runnable, stored_clustering,
+    )
+
+    kinds = parse_kinds(kinds_text)
+    layer_names = parse_layers(layers)
+    stored = read_checkpoint(model)
+    if transformer_checkpoint(stored) is not None:
+        raise click.UsageError("associate works on chains of Linear/Conv2d layers; a transformer checkpoint's "
+                               "MLP blocks are not one (use `graphinterp ablate` for its clusters)")
+    notes: List[str] = []
+    dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
+    data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
+    inputs_note(model, stored, dataset, inputs, notes)
+    try:
+        loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
+    except InputMismatchError as err:
+        raise inputs_error(model, data, defaulted, err.detail) from err
+    if not graph.chained:
+        raise UnsupportedModelError(f"{model}'s graph is not a chain of layers (residual or attention model): "
+                                    "associate needs a chained graph, as ablate does")
+    check_outputs(graph, data, model)
+    coverage_note(model, graph, notes)
+    names = check_layers(graph, layer_names)
+    if loaded.clustering and names is None:
+        clustering = stored_clustering(loaded.clustering, graph)
+        source = f"stored in the checkpoint (k={clustering.k}, layers {', '.join(clustering.layer_names)})"
+    else:
+        try:
+            clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph), random_state=seed)
+        except ClusteringError as err:
+            raise ClusteringError(f"the weight clusters to compare with: {err}") from err
+        source = f"network-wide BSGC now (k={k}, layers {', '.join(clustering.layer_names)})"
+    if len(data) > max_examples:
+        notes.append(f"associations measured on the first {max_examples:,} of {len(data):,} examples (--max-examples)")
+    if not quiet and not as_json:
+        click.echo(f"measuring {', '.join(kinds)} on {min(len(data), max_examples):,} examples ...", err=True)
+    result = functional_modules(net, data, k, graph=graph, kinds=kinds, clustering=clustering, n_shuffles=shuffles,
+                                max_examples=max_examples, batch_size=batch_size, device=device, random_state=seed)
+    if as_json:
+        emit_json({"model": str(model), "dataset": data.name, "split": split, "weight_clusters": source,
+                   "notes": notes, **result.to_dict()})
+        return
+    _print(model, data, split, result, source, shuffles, notes)
+
+
+def _print(model, data, split, result, source, shuffles, notes) -> None:
+    for text in notes:
+        click.echo(f"note: {text}")
+    click.echo(f"{model}: k={result.k} clusters per level from association matrices on {result.n_examples:,} "
+               f"{data.name} {split} examples; weight clusters: {source}")
+    rows = []
+    for lv in result.levels.values():
+        for kind, c in lv.clusters.items():
+            m = c.modularity
+            null = "-" if not shuffles else f"{m.mean:.3f} ± {m.std:.3f}"
+            ami = lv.agreement.get(f"{kind}~weights")
+            rows.append([lv.level, lv.n_units - c.n_left_out, kind, f"{m.observed:.3f}", null,
+                         "-" if not shuffles or math.isnan(m.z) else f"{m.z:+.1f}",
+                         "-" if not shuffles else f"{m.p_value:.3f}",
+                         "-" if lv.weight_labels is None else f"{lv.weight_modularity[kind]:.3f}",
+                         "-" if ami is None or math.isnan(ami) else f"{ami:.2f}"])
+    click.echo(format_table(rows, ["level", "units", "kind", "Q", "null Q", "z", "p", "Q of weight clusters",
+                                   "AMI with weights"]))
+    click.echo("Q: Newman modularity of the kind's own clusters on its association graph; null Q: the same for "
+               f"{shuffles} symmetric shuffles of the matrix (mean ± sd), z and p = (r + 1) / (n + 1); Q of weight "
+               "clusters: the weight clusters scored on that graph; AMI: adjusted mutual information with the "
+               "weight clusters (1 same partition, about 0 unrelated). units: those with any association (dead or "
+               "constant units are left out).")
+    kinds = result.kinds
+    if len(kinds) > 1:
+        for lv in result.levels.values():
+            pairs = [f"{a}~{b} {lv.agreement[f'{a}~{b}']:.2f}" for i, a in enumerate(kinds) for b in kinds[i + 1:]]
+            click.echo(f"{lv.level}: AMI between kinds: {', '.join(pairs)}")
