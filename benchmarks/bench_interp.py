@@ -149,7 +149,7 @@ def circuits_report(tag: str, path: Path, test, score: str, args, mode: str = "g
           f"floor, the same number of plain forward passes of a task batch: {floor:.1f} s")
     held = [circuits[c].heldout for c in range(10)]
     if all(h is not None for h in held):
-        print(f"{'':>9} held out ({held[0].n_pos + held[0].n_neg}-{max(h.n_pos + h.n_neg for h in held)} unseen test "
+        print(f"{'':>9} held out ({min(h.n_pos + h.n_neg for h in held)}-{max(h.n_pos + h.n_neg for h in held)} unseen test "
               f"examples per label): {sum(h.within_tolerance for h in held)}/10 circuits meet their criterion, "
               f"{sum(h.clearly_outside for h in held)}/10 miss it by more than sampling noise; accuracy circuit/full "
               f"searched {np.mean([circuits[c].accuracy for c in range(10)]):.3f}/"

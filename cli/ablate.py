@@ -12,8 +12,8 @@ from graphinterp.cli._common import (
     trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    check_outputs, coverage_note, data_options, inputs_error, inputs_note, limit_rows, load_eval_data, note_missing,
-    read_checkpoint, resolve_dataset, transformer_checkpoint,
+    data_options, limit_rows, note_missing, open_for_eval,
+    read_checkpoint, transformer_checkpoint,
 )
 from graphinterp.cli._transformer_circuits import check_task_options
 
@@ -92,8 +92,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     """
     from graphinterp import ablate, ablation_matrix, class_accuracy
     from graphinterp import cluster_network, stored_clustering
-    from graphinterp import ClusteringError, InputMismatchError
-    from graphinterp import load_runnable
+    from graphinterp import ClusteringError
 
     if neurons and (plot_path or k):
         raise click.UsageError("--neurons ablates the given neurons; it cannot be combined with --k or --plot")
@@ -112,15 +111,8 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
         _ablate_transformer(model, ckpt, k, corpus, split, limit, seed, batch_size, device, plot_path, as_json)
         return
     notes: List[str] = []
-    dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
-    data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
-    inputs_note(model, stored, dataset, inputs, notes)
-    try:
-        loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
-    except InputMismatchError as err:
-        raise inputs_error(model, data, defaulted, err.detail) from err
-    check_outputs(graph, data, model)
-    coverage_note(model, graph, notes)
+    data, loaded, net, graph = open_for_eval(model, stored, dataset, split, data_dir, limit, seed, inputs, trust_pickle,
+                                             notes)
     names = check_layers(graph, parse_layers(layers))
     if spec is not None:
         full = class_accuracy(net, data, batch_size=batch_size, device=device)

@@ -11,10 +11,7 @@ from graphinterp.cli._common import (
     POSITIVE_INT, check_layers, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
     seed_option, trust_pickle_option,
 )
-from graphinterp.cli._eval_data import (
-    check_outputs, coverage_note, data_options, inputs_error, inputs_note, load_eval_data, read_checkpoint,
-    resolve_dataset, transformer_checkpoint,
-)
+from graphinterp.cli._eval_data import data_options, open_for_eval, read_checkpoint, transformer_checkpoint
 
 __all__ = ["command", "parse_kinds"]
 
@@ -78,8 +75,8 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
       graphinterp associate baseline.pt --dataset mnist --kinds upstream,downstream --shuffles 50 --json
     """
     from graphinterp import (
-        ClusteringError, InputMismatchError, UnsupportedModelError, cluster_network, default_cluster_layers,
-        functional_modules, load_runnable, stored_clustering,
+        ClusteringError, UnsupportedModelError, cluster_network, default_cluster_layers, functional_modules,
+        stored_clustering,
     )
 
     kinds = parse_kinds(kinds_text)
@@ -89,18 +86,11 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
         raise click.UsageError("associate works on chains of Linear/Conv2d layers; a transformer checkpoint's "
                                "MLP blocks are not one (use `graphinterp ablate` for its clusters)")
     notes: List[str] = []
-    dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
-    data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
-    inputs_note(model, stored, dataset, inputs, notes)
-    try:
-        loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
-    except InputMismatchError as err:
-        raise inputs_error(model, data, defaulted, err.detail) from err
+    data, loaded, net, graph = open_for_eval(model, stored, dataset, split, data_dir, limit, seed, inputs, trust_pickle,
+                                             notes)
     if not graph.chained:
         raise UnsupportedModelError(f"{model}'s graph is not a chain of layers (residual or attention model): "
                                     "associate needs a chained graph, as ablate does")
-    check_outputs(graph, data, model)
-    coverage_note(model, graph, notes)
     names = check_layers(graph, layer_names)
     if loaded.clustering and names is None:
         clustering = stored_clustering(loaded.clustering, graph)

@@ -93,7 +93,8 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @click.option("--max-loss-increase", type=FiniteFloat(0), default=0.1, show_default=True,
               help="... and its one-vs-rest cross-entropy rises by at most this much (nats).")
 @click.option("--max-examples", type=POSITIVE_INT, default=500, show_default=True,
-              help="Examples of the label in its task (as many examples of other labels are added).")
+              help="Examples of the label in its task (as many examples of other labels are added); up to as many "
+                   "again of the unused ones check the circuit afterwards (held out).")
 @click.option("--max-evals", type=POSITIVE_INT, default=10000, show_default=True,
               help="Candidate circuits evaluated per label at most (a safety cap; the search usually stops by itself "
                    "before; the full model and the final circuit are evaluated besides).")
@@ -150,9 +151,11 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
     model not clearly better than chance on the label (3 binomial standard deviations) gets a note too.
 
     Each circuit is then checked on the label's examples its task left out (up to --max-examples
-    of them, with as many others): the held-out column gives the circuit's and the full model's
-    accuracy there, marked (~) when the circuit misses its criterion within sampling noise and (!)
-    when by more (3 standard errors; then a note says so); --json has them under "heldout".
+    of them, with as many others; the label's own only with --mode authors): the held-out columns
+    give the circuit's and the full model's accuracy and loss there, the part of the criterion
+    missed marked (~) within 3 standard errors, (!) beyond (then a note says so) or (?) with too
+    few examples to tell; --json has them under "heldout". A character LM's windows overlap, so its
+    held-out windows share text with the searched ones.
     """
     from graphinterp import CircuitComparison, Schedule, Tolerance, cluster_share
 
@@ -271,14 +274,14 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
         h = ci.heldout
         row = [ci.label_name, 100 * ci.ecs, ci.size.kept_params, *[100 * ci.size.ecs_per_layer[l] for l in layers],
                f"{ci.accuracy:.3f}/{ci.full_accuracy:.3f}", f"{ci.loss:.3f}/{ci.full_loss:.3f}",
-               "n/a" if h is None else f"{h.accuracy:.3f}/{h.full_accuracy:.3f}" + ("" if h.within_tolerance else
-                                                                                   " (!)" if h.clearly_outside else " (~)")]
+               "n/a" if h is None else f"{h.accuracy:.3f}/{h.full_accuracy:.3f} {h.mark('accuracy')}".rstrip(),
+               "n/a" if h is None else f"{h.loss:.3f}/{h.full_loss:.3f} {h.mark('loss')}".rstrip()]
         if shares:
             s = shares[c]
             row.append("-" if ci.empty else f"{s['dominant']} ({100 * s['mass'][s['dominant']]:.0f}%)")
         rows.append(row)
     headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full",
-               "held-out acc circuit/full"]
+               "held-out acc circuit/full", "held-out loss circuit/full"]
     click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
     _echo_heldout(circuits)
     if shares:
@@ -295,6 +298,7 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
         click.echo(format_table(rows, ["label", f"ECS % {a}", f"ECS % {b}", f"change {a} -> {b}"]))
         _echo_notes(comparison.circuits_a, f"{a}, ")
         _echo_stopped(comparison.circuits_a, f"{a}: ")
+        _echo_heldout(comparison.circuits_a, f"{a}: ")
         both = [*comparison.circuits_a.values(), *comparison.circuits_b.values()]
         left_out = any(c.empty for c in both)
         bounds = ("; some ECS are upper bounds (searches stopped at --max-evals): raise it before reading the change"
@@ -344,28 +348,38 @@ def _heldout_scope(circuits) -> str:
     if missing:
         which = ("every label" if not checked else f"label{'s' if len(missing) > 1 else ''} " + ", ".join(missing[:8])
                  + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
-        parts.append(f"none for {which} (all {'their' if len(missing) > 1 else 'its'} examples are in the search; lower "
+        parts.append(f"none for {which} (no unused example of the label, or of the other labels, is left; lower "
                      "--max-examples or give more data to hold some out)")
     return "; ".join(parts)
 
 
-def _echo_heldout(circuits) -> None:
-    """Whether the circuits still meet their criterion on held-out examples: the table's marks explained."""
+def _echo_heldout(circuits, prefix: str = "") -> None:
+    """Whether the circuits still meet their criterion on held-out examples, and the table's marks explained."""
     checked = [ci for ci in circuits.values() if ci.heldout is not None]
     if not checked:
         return
     within = sum(ci.heldout.within_tolerance for ci in checked)
-    clearly = [ci.label_name for ci in checked if ci.heldout.clearly_outside]
-    line = f"held out: {within} of {len(checked)} circuits meet their criterion on examples the search never saw"
-    if within < len(checked):
-        line += ("; (~) misses it within sampling noise (a circuit pruned to the edge of its tolerance does so half the "
-                 "time by chance), (!) by more than 3 standard errors"
-                 + (f": label{'s' if len(clearly) > 1 else ''} {', '.join(clearly)}" if clearly else ": none"))
-    click.echo(line)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    click.echo(f"{prefix}held out: {within} of {len(checked)} circuits meet their criterion on examples the search never "
+               f"saw; mean accuracy circuit/full {mean([ci.accuracy for ci in checked]):.3f}/"
+               f"{mean([ci.full_accuracy for ci in checked]):.3f} searched, "
+               f"{mean([ci.heldout.accuracy for ci in checked]):.3f}/"
+               f"{mean([ci.heldout.full_accuracy for ci in checked]):.3f} held out")
+    marks = {m for ci in checked for m in (ci.heldout.mark("accuracy"), ci.heldout.mark("loss")) if m}
+    if prefix or not marks:
+        return
+    from graphinterp import HELDOUT_MIN_GROUP as MIN_GROUP
+
+    legend = {"(~)": "(~) missed by less than 3 standard errors of the label's held-out examples, so not told apart from "
+                     "noise for this label alone (circuits pruned to the edge of their tolerance are expected to lose a "
+                     "little on new examples)",
+              "(!)": "(!) missed by more (a note follows)",
+              "(?)": f"(?) missed, with too few held-out examples to tell (fewer than {MIN_GROUP} of the label or of the others)"}
+    click.echo("; ".join(legend[m] for m in ("(~)", "(!)", "(?)") if m in marks))
 
 
 def _echo_notes(circuits, prefix: str = "") -> None:
-    """One ``note:`` line per empty circuit, saying which label and why (:attr:`graphinterp.Circuit.note`)."""
+    """One ``note:`` line per circuit with a caveat, saying which label and why (:attr:`graphinterp.Circuit.note`)."""
     for ci in circuits.values():
         if ci.note is not None:
             click.echo(f"note: {prefix}label {ci.label_name}: {ci.note}")

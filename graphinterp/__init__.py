@@ -80,7 +80,7 @@ _EXPORTS = {
     "train_transformer": "training.train_transformer", "TrainingInterrupted": "training.train_state",
     # interpret: interpretability: ablation and circuits
     "Circuit": "interpret.circuit_result", "CircuitComparison": "interpret.circuit_compare",
-    "HeldOut": "interpret.circuit_result", "heldout_task": "interpret.label_tasks", "label_task": "interpret.label_tasks",
+    "HeldOut": "interpret.circuit_result", "HELDOUT_MIN_GROUP": "interpret.circuit_heldout", "heldout_task": "interpret.label_tasks", "label_task": "interpret.label_tasks",
     "ASSOCIATION_KINDS": "interpret.association", "association_matrices": "interpret.association",
     "FunctionalModules": "interpret.functional_modules", "functional_modules": "interpret.functional_modules",
     "chance_note": "interpret.chance", "clearly_above": "interpret.chance",

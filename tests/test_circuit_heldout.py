@@ -12,8 +12,8 @@ from torch import nn
 from _cli_helpers import invoke
 from _interp_helpers import digits_checkpoint
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.circuit_heldout import _mean_and_se, check_heldout
-from graphinterp.interpret.circuits import Tolerance, extract_circuit, extract_circuits
+from graphinterp.interpret.circuit_heldout import MIN_GROUP, _clearly_below_zero, check_heldout
+from graphinterp.interpret.circuits import Schedule, Tolerance, extract_circuit, extract_circuits
 from graphinterp.interpret.edges import edge_layers
 from graphinterp.interpret.label_tasks import heldout_task, label_task
 
@@ -127,17 +127,40 @@ def test_a_miss_within_sampling_noise_is_not_clearly_outside():
     w = torch.full((100,), 0.01, dtype=torch.float64)
     pos = torch.arange(100) < 50
     noisy = torch.where(torch.arange(100) % 2 == 0, 1.0, -1.02).double()  # mean -0.01, spread 1: se 0.1
-    assert float(w @ noisy) < 0 and not _mean_and_se(noisy, w, pos)
+    assert float(w @ noisy) < 0 and not _clearly_below_zero(noisy, w, pos)
     steady = torch.full((100,), -0.01, dtype=torch.float64)  # the same mean with no spread
-    assert _mean_and_se(steady, w, pos)
-    assert not _mean_and_se(torch.zeros(100, dtype=torch.float64), w, pos)  # met exactly
+    assert _clearly_below_zero(steady, w, pos)
+    assert not _clearly_below_zero(torch.zeros(100, dtype=torch.float64), w, pos)  # met exactly
+    inf = torch.zeros(100, dtype=torch.float64)
+    inf[3] = -float("inf")  # an infinite loss on one example: clearly missed, not "noise"
+    assert _clearly_below_zero(inf, w, pos)
 
 
-def test_authors_mode_checks_positives_only():
+def test_too_few_heldout_examples_are_never_called_clear():
+    model, x, y = _model_and_data()
+    layers = edge_layers(model, LayeredGraph.from_module(model))
+    none = {l.name: torch.zeros_like(l.live) for l in layers}
+    for n, too_few in ((MIN_GROUP - 1, True), (MIN_GROUP, False)):
+        idx = torch.cat([torch.nonzero(y == 0).flatten()[:n], torch.nonzero(y != 0).flatten()[:n]])
+        held = label_task(x[idx], y[idx], 0, max_examples=n)
+        h = check_heldout(model, layers, [model[0], model[2]], none, held, mode="graphinterp", tolerance=Tolerance())
+        assert h.too_few == too_few and not h.within_tolerance and h.missed
+        assert h.clearly_outside == (not too_few) and h.mark(h.missed[0]) == ("(?)" if too_few else "(!)")
+
+
+def test_authors_mode_checks_positives_only_even_when_no_negative_is_left():
     model, x, y = _model_and_data()
     c = extract_circuits(model, (x, y), [2], max_examples=150, mode="authors", progress=False, device="cpu")[2]
     assert c.heldout.n_neg == 0 and c.heldout.n_pos == 150
     assert c.heldout.within_tolerance == (c.heldout.loss <= c.heldout.full_loss * (1 + 1e-6))
+    assert c.heldout.missed == (() if c.heldout.within_tolerance else ("loss",))
+    few = torch.cat([torch.nonzero(y == 0).flatten()[:100], torch.nonzero(y != 0).flatten()[:20]])
+    xs, ys = x[few], y[few]  # 100 of label 0, 20 others: the search's 40 + 40 use up the negatives
+    found = extract_circuits(model, (xs, ys), [0], max_examples=40, progress=False, device="cpu",
+                             schedule=Schedule(max_evals=50))
+    assert found[0].heldout is None  # a one-vs-rest check needs negatives
+    authors = extract_circuits(model, (xs, ys), [0], max_examples=40, mode="authors", progress=False, device="cpu")
+    assert authors[0].heldout.n_pos == 40 and authors[0].heldout.n_neg == 0  # the authors' task has none
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +177,18 @@ def test_cli_reports_heldout_figures_and_says_when_none_are_left(ckpt):
         h = ci["heldout"]
         assert h["n_pos"] == 40 and h["n_neg"] == 40
         assert set(h) == {"accuracy", "loss", "full_accuracy", "full_loss", "n_pos", "n_neg", "within_tolerance",
-                          "clearly_outside"}
+                          "clearly_outside", "too_few", "missed", "clearly_missed", "limits"}
+        assert h["within_tolerance"] == (not h["missed"]) and set(h["clearly_missed"]) <= set(h["missed"])
     res = invoke("circuits", ckpt, "--labels", "0,1", "--split", "train", "--max-examples", 40, "--max-evals", 300, "-q")
     assert res.exit_code == 0, res.stderr
     assert "then checked on held-out ones: 80 examples of the same split that the search never saw" in res.stdout
-    assert "held-out acc circuit/full" in res.stdout
-    assert "circuits meet their criterion on examples the search never saw" in res.stdout
+    assert "held-out acc circuit/full" in res.stdout and "held-out loss circuit/full" in res.stdout
+    assert "circuits meet their criterion on examples the search never saw; mean accuracy circuit/full" in res.stdout
+    res = invoke("circuits", ckpt, "--labels", "0,1", "--split", "train", "--max-examples", 40, "--max-evals", 300,
+                 "--compare", ckpt, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert sum("held out: " in line for line in res.stdout.splitlines()) == 2  # the compared model's too
     res = invoke("circuits", ckpt, "--labels", "0,1", "--max-evals", 300, "-q")  # the test split: ~36 per label
     assert res.exit_code == 0, res.stderr
-    assert ("then checked on held-out ones: none for every label (all their examples are in the search; lower "
-            "--max-examples or give more data to hold some out)") in res.stdout
+    assert ("then checked on held-out ones: none for every label (no unused example of the label, or of the other "
+            "labels, is left; lower --max-examples or give more data to hold some out)") in res.stdout

@@ -97,7 +97,7 @@ def test_input_shape_forms():
 def test_figure_suffix_is_checked_before_any_work(ckpt_file, tmp_path, monkeypatch):
     import graphinterp.cli.ablate as ablate_cli
 
-    monkeypatch.setattr(ablate_cli, "load_eval_data", lambda *a, **k: pytest.fail("loaded data before checking"))
+    monkeypatch.setattr(ablate_cli, "open_for_eval", lambda *a, **k: pytest.fail("loaded data before checking"))
     assert ".png" in one_error(invoke("ablate", ckpt_file, "--plot", tmp_path / "fig.txt", "--device", "cpu"), 2)
     assert ".png" in one_error(invoke("circuits", ckpt_file, "--plot", tmp_path / "fig.gif", "--device", "cpu"), 2)
     assert ".png" in one_error(invoke("plot", "layer", ckpt_file, "--layer", "fc2", "--out", tmp_path / "fig"), 2)

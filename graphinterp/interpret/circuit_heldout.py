@@ -7,14 +7,15 @@ need them. :func:`check_heldout` evaluates the circuit and the full model on a d
 the same kind (:func:`~graphinterp.interpret.label_tasks.heldout_task`) and says whether the
 circuit still meets the search's own criterion there.
 
-A circuit is pruned until it sits at the edge of its tolerance on the search examples, so on a fresh
-sample it misses the tolerance about half the time by sampling noise alone. Each criterion is
-therefore also written as a mean of per-example terms that is non-negative where the criterion is
+A circuit is pruned until it sits at the edge of its tolerance on the search examples, and that
+selection makes it lose a little on new examples: most circuits miss the tolerance held out, by
+amounts that one label's examples cannot tell from noise. Each criterion is therefore also written as a mean of per-example terms that is non-negative where the criterion is
 met (``hit_circuit - min_accuracy * hit_full`` and ``loss_full + max_loss_increase - loss_circuit``,
 weighted as the task weighs its examples; for the authors' criterion ``loss_full - loss_circuit``),
 and the circuit is *clearly outside* when one of these means is below zero by more than
 :data:`~graphinterp.interpret.chance.MARGIN_SD` standard errors: it fits the examples it was pruned
-on, not only the label.
+on, not only the label. With fewer than :data:`MIN_GROUP` held-out examples of the label or of the
+others nothing is called clear (``HeldOut.too_few``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ from graphinterp.interpret.circuit_search import AUTHORS_RTOL, Tolerance, masked
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.label_tasks import LabelTask, task_terms
 
-__all__ = ["check_heldout"]
+__all__ = ["check_heldout", "MIN_GROUP", "HELDOUT_MIN_GROUP"]
+
+#: Held-out examples of the label, and of the others, needed to tell a miss from sampling noise.
+MIN_GROUP = 10
+HELDOUT_MIN_GROUP = MIN_GROUP
 
 
 def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor],
@@ -71,8 +76,8 @@ def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
     >>> full = {l.name: l.live.clone() for l in layers}
     >>> h = check_heldout(model, layers, [model[0], model[2]], full, label_task(x, y, 0), mode="graphinterp",
     ...                   tolerance=Tolerance())
-    >>> h.accuracy == h.full_accuracy, h.within_tolerance, h.clearly_outside
-    (True, True, False)
+    >>> h.accuracy == h.full_accuracy, h.within_tolerance, h.clearly_outside, h.missed
+    (True, True, False, ())
     """
     if mode == "authors" and task.n_neg:
         task = LabelTask(task.label, task.x[task.positive], task.positive[task.positive])
@@ -84,14 +89,19 @@ def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
     (hit_f, loss_f), (hit_c, loss_c) = ((h.double(), l.double()) for h, l in (full, circuit))
     acc, loss, full_acc, full_loss = (float(w @ t) for t in (hit_c, loss_c, hit_f, loss_f))
     acc, full_acc = min(acc, 1.0), min(full_acc, 1.0)  # rounding never lifts them above 1
-    if mode == "authors":
-        within = loss <= full_loss + AUTHORS_RTOL * abs(full_loss)
-        margins = [loss_f - loss_c]
+    if mode == "authors":  # the loss not above the full model's
+        limits = {"loss": full_loss + AUTHORS_RTOL * abs(full_loss)}
+        terms = {"loss": loss_f - loss_c}
     else:
-        within = tolerance.accepts(acc, loss, full_acc, full_loss)
-        margins = [hit_c - tolerance.min_accuracy * hit_f, loss_f + tolerance.max_loss_increase - loss_c]
-    clearly = any(_mean_and_se(e, w, pos) for e in margins)
-    return HeldOut(acc, loss, full_acc, full_loss, task.n_pos, task.n_neg, bool(within), clearly)
+        limits = {"accuracy": tolerance.min_accuracy * full_acc - 1e-12, "loss": full_loss + tolerance.max_loss_increase}
+        terms = {"accuracy": hit_c - tolerance.min_accuracy * hit_f,
+                 "loss": loss_f + tolerance.max_loss_increase - loss_c}
+    value = {"accuracy": acc, "loss": loss}
+    missed = tuple(n for n in limits if not (value[n] >= limits[n] if n == "accuracy" else value[n] <= limits[n]))
+    too_few = any(0 < n < MIN_GROUP for n in (task.n_pos, task.n_neg))
+    clearly = () if too_few else tuple(n for n in missed if _clearly_below_zero(terms[n], w, pos))
+    return HeldOut(acc, loss, full_acc, full_loss, task.n_pos, task.n_neg, not missed, bool(clearly), missed, clearly,
+                   too_few, limits)
 
 
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -99,17 +109,21 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
 
 
-def _mean_and_se(terms: torch.Tensor, w: torch.Tensor, positive: torch.Tensor) -> bool:
+def _clearly_below_zero(terms: torch.Tensor, w: torch.Tensor, positive: torch.Tensor) -> bool:
     """Whether the weighted mean of the per-example criterion ``terms`` (>= 0 where met) is below zero by more
     than :data:`~graphinterp.interpret.chance.MARGIN_SD` standard errors.
 
     The examples are independent draws within two groups (positives, negatives), each term's weight
-    fixed by its group; the standard error is that of the weighted sum, from each group's spread.
+    fixed by its group; the standard error is that of the weighted sum, from each group's spread
+    (``ddof=1``; groups of at least :data:`MIN_GROUP` examples). A mean that is not finite (an
+    infinite loss) is clearly below zero.
     """
     mean = float(w @ terms)
+    if not math.isfinite(mean):
+        return True
     var = 0.0
     for group in (positive, ~positive):
-        if bool(group.any()):
+        if int(group.sum()) > 1:
             t = terms[group]
-            var += float((w[group] ** 2) @ (t - t.mean()) ** 2)
+            var += float((w[group] ** 2).sum() * t.var(unbiased=True))
     return mean < -MARGIN_SD * math.sqrt(var) - 1e-12

@@ -31,8 +31,16 @@ class HeldOut:
         against the full model's held-out figures; in ``"authors"`` mode, loss not above the full model's).
     clearly_outside : bool
         Whether it misses that criterion by more than sampling noise
-        (:mod:`graphinterp.interpret.circuit_heldout`): a circuit pruned to the edge of its tolerance
-        misses it on fresh examples about half the time by chance alone.
+        (:mod:`graphinterp.interpret.circuit_heldout`).
+    missed : tuple of str
+        The parts of the criterion missed: ``"accuracy"``, ``"loss"``.
+    clearly_missed : tuple of str
+        Those missed by more than sampling noise.
+    too_few : bool
+        Fewer than :data:`~graphinterp.interpret.circuit_heldout.MIN_GROUP` held-out examples of the
+        label or of the others: no miss is called clear.
+    limits : dict of str to float
+        What each part needed: the least accuracy, the most loss.
     """
 
     accuracy: float
@@ -43,11 +51,24 @@ class HeldOut:
     n_neg: int
     within_tolerance: bool
     clearly_outside: bool = False
+    missed: Tuple[str, ...] = ()
+    clearly_missed: Tuple[str, ...] = ()
+    too_few: bool = False
+    limits: Dict[str, float] = field(default_factory=dict)
+
+    def mark(self, part: str) -> str:
+        """The table mark of one part of the criterion: '' met, '(!)' missed clearly, '(?)' too few examples to
+        tell, '(~)' missed within sampling noise."""
+        if part not in self.missed:
+            return ""
+        return "(!)" if part in self.clearly_missed else "(?)" if self.too_few else "(~)"
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as plain values (for JSON)."""
-        return {k: getattr(self, k) for k in ("accuracy", "loss", "full_accuracy", "full_loss", "n_pos", "n_neg",
-                                              "within_tolerance", "clearly_outside")}
+        out = {k: getattr(self, k) for k in ("accuracy", "loss", "full_accuracy", "full_loss", "n_pos", "n_neg",
+                                             "within_tolerance", "clearly_outside", "too_few")}
+        out.update(missed=list(self.missed), clearly_missed=list(self.clearly_missed), limits=dict(self.limits))
+        return out
 
 
 @dataclass
@@ -148,16 +169,18 @@ class Circuit:
         h = self.heldout
         if h is None or not h.clearly_outside:
             return None
+        parts = [f"accuracy {h.accuracy:.3f} < {h.limits['accuracy']:.3f} (the full model: {h.full_accuracy:.3f})"
+                 if p == "accuracy" else f"loss {h.loss:.3f} > {h.limits['loss']:.3f} (the full model: {h.full_loss:.3f})"
+                 for p in h.clearly_missed]
         return (f"on {h.n_pos + h.n_neg:,} held-out examples the circuit misses the search's criterion by more than "
-                f"sampling noise (accuracy {h.accuracy:.3f} vs the full model's {h.full_accuracy:.3f}, loss "
-                f"{h.loss:.3f} vs {h.full_loss:.3f}): it fits the examples it was pruned on, not only the label")
+                f"sampling noise ({', '.join(parts)}): it fits the examples it was pruned on, not only the label")
 
     @property
     def note(self) -> Optional[str]:
         """Why the circuit is empty, in one sentence; for a circuit that keeps weights, a caveat when the full
         model is not clearly better than chance on the label's task (:func:`~graphinterp.interpret.chance.
-        clearly_above`) and one when the circuit misses its criterion on held-out examples (:attr:`heldout`);
-        else None.
+        clearly_above`); for any circuit, one when it misses its criterion on held-out examples by more than
+        sampling noise (:attr:`heldout`); else None.
 
         An empty circuit is no finding about the label: either the full model is no better than
         chance on the label's task (e.g. it never predicts the label), so removing every weight
@@ -175,6 +198,10 @@ class Circuit:
         """
         if not self.empty:
             return "; ".join(filter(None, [self._chance_note(), self._heldout_note()])) or None
+        return "; ".join(filter(None, [self._empty_note(), self._heldout_note()]))
+
+    def _empty_note(self) -> str:
+        """Why the circuit keeps no weight (see :attr:`note`)."""
         head = f"empty circuit (0 of {self.size.total_params:,} weights kept): "
         if self.size.total_params == 0:
             return head + "the pruned layers hold no non-zero weight"

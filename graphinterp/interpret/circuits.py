@@ -228,8 +228,9 @@ def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[in
         The task of each label (:func:`graphinterp.interpret.label_tasks.label_task`).
     heldout : bool, default True
         Check each circuit on the label's examples its task leaves out (up to ``max_examples``, with
-        negatives at the same ratio: :func:`~graphinterp.interpret.label_tasks.heldout_task`), in
-        :attr:`Circuit.heldout`; None for a label with no example left out. The search is the same either way.
+        negatives at the same ratio, none in ``"authors"`` mode:
+        :func:`~graphinterp.interpret.label_tasks.heldout_task`), in :attr:`Circuit.heldout`; None for a
+        label with no example (or no negative) left out. The search is the same either way.
     progress : bool
         tqdm bar over labels (serial runs only).
     n_jobs : int, default 1
@@ -288,8 +289,9 @@ def _label_tasks(model: nn.Module, data: Any, labels, kwargs: dict, *, graph: Op
         raise DataError(f"unknown circuit mode {kwargs['mode']!r}; use one of {list(MODES)}")
     tasks = []
     draw = dict(max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
+    held_draw = {**draw, "negative_ratio": 0.0} if kwargs.get("mode") == "authors" else draw  # positives only
     for c in wanted:
-        task, held = label_task(x, y, c, **draw), (heldout_task(x, y, c, **draw) if heldout else None)
+        task, held = label_task(x, y, c, **draw), (heldout_task(x, y, c, **held_draw) if heldout else None)
         tasks.append((model, task, graph, names[c] if names is not None and c < len(names) else str(c),
                       {**kwargs, "heldout": held}))
     return wanted, tasks
