@@ -8,8 +8,8 @@ from typing import List
 import click
 
 from graphinterp.cli._common import (
-    POSITIVE_INT, check_layers, device_option, emit_json, format_table, json_option, parse_layers, quiet_option,
-    seed_option, trust_pickle_option,
+    FIGURE_SUFFIXES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json, format_table, json_option,
+    parse_layers, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
 from graphinterp.cli._eval_data import data_options, open_for_eval, read_checkpoint, transformer_checkpoint
 
@@ -51,13 +51,16 @@ def parse_kinds(text: str) -> List[str]:
 @click.option("--max-examples", type=POSITIVE_INT, default=2000, show_default=True,
               help="Examples the associations are measured on (the first N of the evaluation data).")
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Evaluation batch size.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Save the association matrices as heatmaps (a row per level, a column per kind), units ordered by "
+                   "the weight clusters (PNG/SVG/PDF by suffix).")
 @seed_option
 @device_option
 @trust_pickle_option
 @quiet_option
 @json_option
 def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layers, shuffles, max_examples, batch_size,
-            seed, device, trust_pickle, quiet, as_json):
+            plot_path, seed, device, trust_pickle, quiet, as_json):
     """Cluster the units of every hidden level of MODEL by how they behave on data, and compare with its weights.
 
     For each hidden level (a layer's outputs, where the next layer reads them) and each association
@@ -81,6 +84,8 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
 
     kinds = parse_kinds(kinds_text)
     layer_names = parse_layers(layers)
+    if plot_path:
+        check_output_path(plot_path, inputs=(model,), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
     stored = read_checkpoint(model)
     if transformer_checkpoint(stored) is not None:
         raise click.UsageError("associate works on chains of Linear/Conv2d layers; a transformer checkpoint's "
@@ -107,11 +112,27 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
         click.echo(f"measuring {', '.join(kinds)} on {min(len(data), max_examples):,} examples ...", err=True)
     result = functional_modules(net, data, k, graph=graph, kinds=kinds, clustering=clustering, n_shuffles=shuffles,
                                 max_examples=max_examples, batch_size=batch_size, device=device, random_state=seed)
+    if plot_path:
+        _plot(model, result, plot_path)
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "weight_clusters": source,
                    "notes": notes, **result.to_dict()})
         return
     _print(model, data, split, result, source, shuffles, notes)
+    if plot_path:
+        click.echo(f"wrote {plot_path}")
+
+
+def _plot(model, result, path) -> None:
+    """Heatmaps ordered by the weight clusters where the level has them, else by the first kind's clusters."""
+    from graphinterp import plot_association
+
+    levels = list(result.levels.values())
+    by_weights = all(lv.weight_labels is not None for lv in levels)
+    order = {lv.level: lv.weight_labels if by_weights else lv.clusters[result.kinds[0]].labels for lv in levels}
+    plot_association({lv.level: lv.matrices for lv in levels}, order,
+                     ordered_by="weight clusters" if by_weights else f"{result.kinds[0]} clusters",
+                     title=f"{plain_text(model)}: association between units", out=path)
 
 
 def _print(model, data, split, result, source, shuffles, notes) -> None:

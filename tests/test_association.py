@@ -178,3 +178,26 @@ def test_cli_associate_json_and_table(ckpt):
 def test_cli_associate_refuses_bad_input(ckpt):
     assert "unknown kind(s) hessian" in one_error(invoke("associate", ckpt, "--kinds", "upstream,hessian"), 2)
     assert "no layer named 'fc9'" in one_error(invoke("associate", ckpt, "--layers", "fc9"), 2)
+
+
+def test_association_figure_orders_units_by_cluster(tmp_path):
+    from graphinterp.reports.viz_assoc import plot_association
+
+    A = np.kron(np.eye(2), np.ones((3, 3)))
+    perm = np.array([0, 3, 1, 4, 2, 5])  # interleaved: the blocks only show once ordered
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    fig = plot_association({"fc1": {"upstream": A[np.ix_(perm, perm)], "downstream": A[np.ix_(perm, perm)]}},
+                           {"fc1": labels}, out=tmp_path / "a.png")
+    shown = fig.axes[0].images[0].get_array()
+    assert np.array_equal(np.asarray(shown), A) and (tmp_path / "a.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="has shape"):
+        plot_association({"fc1": {"upstream": A}}, {"fc1": labels[:4]})
+    with pytest.raises(ValueError, match="same association kinds"):
+        plot_association({"a": {"upstream": A}, "b": {"downstream": A}}, {"a": labels, "b": labels})
+
+
+def test_cli_associate_plot(ckpt, tmp_path):
+    res = invoke("associate", ckpt, "--kinds", "correlation", "--shuffles", 0, "--plot", tmp_path / "a.svg", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.rstrip().endswith(f"wrote {tmp_path / 'a.svg'}") and (tmp_path / "a.svg").stat().st_size > 0
+    assert ".png" in one_error(invoke("associate", ckpt, "--plot", tmp_path / "a.txt"), 2)

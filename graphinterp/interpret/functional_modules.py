@@ -43,6 +43,8 @@ class LevelModules:
         Per kind, the modularity of the weight clusters on that kind's association graph.
     agreement : dict of str to float
         Adjusted mutual information of each pair of clusterings, keyed ``"a~b"`` (kinds and ``"weights"``).
+    matrices : dict of str to ndarray
+        Per kind, the association matrix (not in :meth:`to_dict`).
     """
 
     level: str
@@ -51,6 +53,7 @@ class LevelModules:
     weight_labels: Optional[np.ndarray] = None
     weight_modularity: Dict[str, float] = field(default_factory=dict)
     agreement: Dict[str, float] = field(default_factory=dict)
+    matrices: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict."""
@@ -130,7 +133,8 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
     for name in names:
         clusters = {kind: modularity_test(mats[kind][name].numpy(), k, n_shuffles=n_shuffles, random_state=rng)
                     for kind in kinds}
-        lv = LevelModules(name, int(first[name].shape[0]), clusters, weights.get(name))
+        lv = LevelModules(name, int(first[name].shape[0]), clusters, weights.get(name),
+                          matrices={kind: mats[kind][name].numpy() for kind in kinds})
         labelled = {kind: c.labels for kind, c in clusters.items()}
         if lv.weight_labels is not None:
             labelled["weights"] = lv.weight_labels
