@@ -13,7 +13,7 @@ Trains (or loads) the paper's 784-64-64-10 MLP twice with the training pipeline,
    floor measured in the same run: the same number of plain forward passes over a task-sized batch;
 4. (unless ``--no-associate``) functional modules (Lange et al. 2022): each hidden level's units
    clustered by activation correlation, upstream and downstream Jacobians on 2,000 test images,
-   modularity against 20 shuffles, and the agreement (AMI) with the model's weight clusters.
+   modularity against 20 copies in random orthonormal bases, and the agreement (AMI) with the weight clusters.
 
 Examples
 --------
@@ -119,7 +119,7 @@ def functional_report(tag: str, path: Path, test, args) -> dict:
     clustering = stored_clustering(loaded.clustering, graph) if loaded.clustering else \
         cluster_network(graph, args.k, layers=default_cluster_layers(graph), random_state=0)
     start = time.perf_counter()
-    res = functional_modules(net, test, args.k, graph=graph, clustering=clustering, n_shuffles=20, device=args.device)
+    res = functional_modules(net, test, args.k, graph=graph, clustering=clustering, n_null=20, device=args.device)
     print(f"{tag:>9}: functional modules in {time.perf_counter() - start:.1f} s (weight clusters of "
           f"{', '.join(clustering.layer_names)})")
     for lv in res.levels.values():
@@ -216,7 +216,7 @@ def main() -> None:
             acc = class_accuracy(net, test, device=args.device)
             rep["models"][tag] = {"test_acc_per_class": acc.tolist(), "ablation": ablation_report(tag, path, test, args)}
         if not args.no_associate:
-            print(f"\n== functional modules (k = {args.k}; association on 2,000 test images, 20 shuffles)")
+            print(f"\n== functional modules (k = {args.k}; association on 2,000 test images, 20 rotated copies as the null)")
             for tag, path in paths.items():
                 rep["models"][tag]["functional"] = functional_report(tag, path, test, args)
         for mode, score in variants:

@@ -44,10 +44,16 @@ def parse_kinds(text: str) -> List[str]:
                    "upstream (forward Jacobian, what moves them) look upstream; downstream (backward Jacobian of the "
                    "logits, what they move) looks downstream.")
 @click.option("--layers", default=None, metavar="NAMES",
-              help="Weight clusters to compare with, when the checkpoint stores none: network-wide BSGC on these "
-                   "layers now (default: the hidden Linear layers, fc2 for the paper's MLP).")
-@click.option("--shuffles", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Shuffled copies of each association matrix for the modularity null (0: no test).")
+              help="Compare with weight clusters computed now, network-wide BSGC on these layers, instead of the "
+                   "checkpoint's stored clustering (without one, the default layers: the hidden Linear layers, fc2 "
+                   "for the paper's MLP).")
+@click.option("--null", "null_model", type=click.Choice(["rotation", "shuffle"]), default="rotation",
+              show_default=True,
+              help="The modularity null: rotation, the same matrix in random orthonormal bases (same spectrum, no "
+                   "preferred units: are there modules of units?); shuffle, its entries permuted (also destroys "
+                   "low-rank structure, so many module-free matrices look significant).")
+@click.option("--null-copies", type=click.IntRange(min=0), default=20, show_default=True, metavar="N",
+              help="Null copies of each association matrix (0: no test).")
 @click.option("--max-examples", type=POSITIVE_INT, default=2000, show_default=True,
               help="Examples the associations are measured on (the first N of the evaluation data).")
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Evaluation batch size.")
@@ -59,14 +65,15 @@ def parse_kinds(text: str) -> List[str]:
 @trust_pickle_option
 @quiet_option
 @json_option
-def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layers, shuffles, max_examples, batch_size,
-            plot_path, seed, device, trust_pickle, quiet, as_json):
+def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layers, null_model, null_copies, max_examples,
+            batch_size, plot_path, seed, device, trust_pickle, quiet, as_json):
     """Cluster the units of every hidden level of MODEL by how they behave on data, and compare with its weights.
 
     For each hidden level (a layer's outputs, where the next layer reads them) and each association
     kind, an association matrix between the level's units is measured on the evaluation data, the
     units are split into --k clusters (spectral clustering), and the split is scored by Newman's
-    modularity Q against --shuffles symmetric shuffles of the matrix (z, p). The clusterings are then
+    modularity Q against --null-copies copies of the matrix under the --null model (z, p). The
+    clusterings are then
     compared with the level's weight clusters (the checkpoint's stored clustering, else network-wide
     BSGC now) by adjusted mutual information (AMI: 1 the same partition, about 0 unrelated), and
     with each other: do units that the weights group respond alike (upstream) and act alike on the
@@ -108,17 +115,24 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
         source = f"network-wide BSGC now (k={k}, layers {', '.join(clustering.layer_names)})"
     if len(data) > max_examples:
         notes.append(f"associations measured on the first {max_examples:,} of {len(data):,} examples (--max-examples)")
+    widest = max(graph.level_sizes()[1:-1], default=0)
+    if min(len(data), max_examples) <= widest:
+        notes.append(f"{min(len(data), max_examples):,} examples for levels of up to {widest:,} units: the covariances "
+                     "are rank-deficient and noisy; use more examples")
+    if 0 < null_copies < 10:
+        notes.append(f"{null_copies} null copies: z is rough and p is at least 1/{null_copies + 1}; use 20 or more")
     if not quiet and not as_json:
         click.echo(f"measuring {', '.join(kinds)} on {min(len(data), max_examples):,} examples ...", err=True)
-    result = functional_modules(net, data, k, graph=graph, kinds=kinds, clustering=clustering, n_shuffles=shuffles,
-                                max_examples=max_examples, batch_size=batch_size, device=device, random_state=seed)
+    result = functional_modules(net, data, k, graph=graph, kinds=kinds, clustering=clustering, null=null_model,
+                                n_null=null_copies, max_examples=max_examples, batch_size=batch_size, device=device,
+                                random_state=seed)
     if plot_path:
         _plot(model, result, plot_path)
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "weight_clusters": source,
                    "notes": notes, **result.to_dict()})
         return
-    _print(model, data, split, result, source, shuffles, notes)
+    _print(model, data, split, result, source, notes)
     if plot_path:
         click.echo(f"wrote {plot_path}")
 
@@ -135,29 +149,31 @@ def _plot(model, result, path) -> None:
                      title=f"{plain_text(model)}: association between units", out=path)
 
 
-def _print(model, data, split, result, source, shuffles, notes) -> None:
+def _print(model, data, split, result, source, notes) -> None:
     for text in notes:
         click.echo(f"note: {text}")
     click.echo(f"{model}: k={result.k} clusters per level from association matrices on {result.n_examples:,} "
                f"{data.name} {split} examples; weight clusters: {source}")
-    rows = []
+    rows, tested = [], bool(result.n_null)
     for lv in result.levels.values():
         for kind, c in lv.clusters.items():
             m = c.modularity
-            null = "-" if not shuffles else f"{m.mean:.3f} ± {m.std:.3f}"
             ami = lv.agreement.get(f"{kind}~weights")
-            rows.append([lv.level, lv.n_units - c.n_left_out, kind, f"{m.observed:.3f}", null,
-                         "-" if not shuffles or math.isnan(m.z) else f"{m.z:+.1f}",
-                         "-" if not shuffles else f"{m.p_value:.3f}",
+            rows.append([lv.level, lv.n_units - c.n_left_out, kind, f"{m.observed:.3f}",
+                         f"{m.mean:.3f} ± {m.std:.3f}" if m.null.size > 1 else "-",
+                         "-" if math.isnan(m.z) else f"{m.z:+.1f}", "-" if math.isnan(m.p_value) else f"{m.p_value:.3f}",
                          "-" if lv.weight_labels is None else f"{lv.weight_modularity[kind]:.3f}",
                          "-" if ami is None or math.isnan(ami) else f"{ami:.2f}"])
     click.echo(format_table(rows, ["level", "units", "kind", "Q", "null Q", "z", "p", "Q of weight clusters",
                                    "AMI with weights"]))
-    click.echo("Q: Newman modularity of the kind's own clusters on its association graph; null Q: the same for "
-               f"{shuffles} symmetric shuffles of the matrix (mean ± sd), z and p = (r + 1) / (n + 1); Q of weight "
-               "clusters: the weight clusters scored on that graph; AMI: adjusted mutual information with the "
-               "weight clusters (1 same partition, about 0 unrelated). units: those with any association (dead or "
-               "constant units are left out).")
+    used = sorted({c.modularity.null.size for lv in result.levels.values() for c in lv.clusters.values()})
+    null = (f"the same for {used[0]}" + (f"-{used[-1]}" if len(used) > 1 else "") + " copies of the matrix "
+            + ("in random orthonormal bases" if result.null == "rotation" else "with its entries shuffled")
+            + " (mean ± sd), z and p = (r + 1) / (n + 1)") if tested else "not tested (--null-copies 0)"
+    click.echo(f"Q: Newman modularity of the kind's own clusters on its association graph; null Q: {null}; Q of weight "
+               "clusters: the weight clusters scored on that graph; AMI: adjusted mutual information with the weight "
+               "clusters (1 same partition, about 0 unrelated); units: those with any association of that kind (a "
+               "unit that never varies has no correlation or upstream association, but may act downstream).")
     kinds = result.kinds
     if len(kinds) > 1:
         for lv in result.levels.values():

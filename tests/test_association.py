@@ -13,9 +13,9 @@ from torch import nn
 from _cli_helpers import invoke, one_error
 from _interp_helpers import digits_checkpoint
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.modularity import cluster_units, modularity, modularity_test
+from graphinterp.clustering.modularity import association_graph, cluster_units, modularity, modularity_test
 from graphinterp.common.errors import ClusteringError, DataError
-from graphinterp.interpret.association import association_matrices
+from graphinterp.interpret.association import association_matrices, association_moments
 from graphinterp.interpret.functional_modules import functional_modules
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,36 +47,58 @@ def test_modularity_equals_networkx():
     assert modularity(A, labels) == pytest.approx(nx.algorithms.community.modularity(G, parts, weight="weight"), abs=1e-12)
 
 
+def _planted(rng, n_modules=3, size=7, noise=0.8, n=3000, scales=None):
+    truth = np.repeat(np.arange(n_modules), size)
+    H = rng.randn(n, n_modules)[:, truth] + noise * rng.randn(n, truth.size)
+    if scales is not None:
+        H = H * scales
+    return np.cov(H.T), truth
+
+
 def test_planted_modules_are_recovered_exactly_and_dead_units_left_out():
-    rng = np.random.RandomState(1)
-    truth = np.repeat([0, 1, 2], 7)
-    A = np.where(truth[:, None] == truth[None, :], 1.0, 0.05) * (0.5 + rng.rand(21, 21))
-    A = (A + A.T) / 2
-    A = np.pad(A, ((0, 2), (0, 2)))  # two dead units
-    labels = cluster_units(A, 3, random_state=0)
-    assert (labels[-2:] == -1).all()
     from sklearn.metrics import adjusted_rand_score
-    assert adjusted_rand_score(truth, labels[:-2]) == 1.0
-    res = modularity_test(A, 3, n_shuffles=19, random_state=0)
-    assert res.modularity.p_value == pytest.approx(1 / 20) and res.modularity.z > 5 and res.n_left_out == 2
-    with pytest.raises(ClusteringError, match="k=22 is out of range"):
-        cluster_units(A, 22)
+
+    rng = np.random.RandomState(1)
+    C, truth = _planted(rng)
+    C = np.pad(C, ((0, 2), (0, 2)))  # two dead units: no variance
+    for null in ("rotation", "shuffle"):
+        res = modularity_test(C, 3, normalize=True, null=null, n_null=19, random_state=0)
+        assert (res.labels[-2:] == -1).all() and res.n_left_out == 2
+        assert adjusted_rand_score(truth, res.labels[:-2]) == 1.0
+        assert res.modularity.p_value == pytest.approx(1 / 20) and res.modularity.z > 5
+    with pytest.raises(ClusteringError, match="k=21 is out of range for 21 units with any association"):
+        cluster_units(association_graph(C, normalize=True), 21)
 
 
-def test_no_structure_is_not_significant():
-    rng = np.random.RandomState(2)
-    A = rng.rand(30, 30)
-    A = (A + A.T) / 2
-    res = modularity_test(A, 3, n_shuffles=30, random_state=0)
-    assert res.modularity.observed > 0  # spectral clustering finds some Q on anything ...
-    assert abs(res.modularity.z) < 3 and res.modularity.p_value > 0.05  # ... which the null explains
+def test_rotation_null_calls_module_free_structure_insignificant():
+    rng = np.random.RandomState(0)
+    W = rng.randn(40, 3)  # a rank-3 factor model: strong shared variation, no modules of units
+    C = np.cov((rng.randn(5000, 3) @ W.T + 0.5 * rng.randn(5000, 40)).T)
+    rot = modularity_test(C, 3, normalize=True, null="rotation", n_null=30, random_state=0)
+    shuf = modularity_test(C, 3, normalize=True, null="shuffle", n_null=30, random_state=0)
+    assert abs(rot.modularity.z) < 3 and rot.modularity.p_value > 0.05
+    assert shuf.modularity.z > 5  # the shuffle null destroys the low-rank structure, so it calls it modular
+    readout = rng.randn(10, 40)  # a downstream Gram W^T W: no modules either
+    res = modularity_test(readout.T @ readout, 3, null="rotation", n_null=30, random_state=0)
+    assert abs(res.modularity.z) < 3
+    scales = np.exp(rng.randn(21))  # planted modules whose units differ widely in scale (covariance, not corr)
+    C, _ = _planted(rng, scales=scales)
+    assert modularity_test(C, 3, null="rotation", n_null=19, random_state=0).modularity.p_value == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("bad,match", [(np.ones((2, 3)), "square"), (-np.ones((3, 3)), "non-negative"),
-                                       (np.triu(np.ones((3, 3))), "symmetric"), (np.full((3, 3), np.nan), "NaN")])
-def test_bad_association_matrices_are_refused(bad, match):
-    with pytest.raises(ClusteringError, match=match):
-        modularity_test(bad, 2, n_shuffles=0)
+def test_bad_association_matrices_are_refused():
+    for bad, match in ((np.ones((2, 3)), "square"), (np.triu(np.ones((3, 3))), "symmetric"),
+                       (np.full((3, 3), np.nan), "NaN")):
+        with pytest.raises(ClusteringError, match=match):
+            modularity_test(bad, 2, n_null=0)
+    with pytest.raises(ClusteringError, match="non-negative"):
+        cluster_units(-np.ones((4, 4)), 2)
+    with pytest.raises(ClusteringError, match="only 0 of 4 units have any association"):
+        modularity_test(np.zeros((4, 4)), 2)
+    with pytest.raises(ClusteringError, match="unknown null"):
+        modularity_test(np.eye(4), 2, null="permute")
+    res = modularity_test(_planted(np.random.RandomState(0))[0], 3, normalize=True, n_null=0)
+    assert np.isnan(res.modularity.p_value) and res.to_dict()["modularity"]["p_value"] is None
 
 
 def test_mlp_associations_match_independent_recomputations():
@@ -86,8 +108,10 @@ def test_mlp_associations_match_independent_recomputations():
     with torch.no_grad():  # hidden levels as the next layer reads them
         h1 = torch.tanh(net[0](x))
         h2 = torch.relu(net[2](h1))
+    M = association_moments(net, x, kinds=["covariance"], batch_size=50)["covariance"]
     for name, h in (("0", h1), ("2", h2)):
         cov = torch.from_numpy(np.cov(h.numpy().T, bias=True))
+        assert torch.allclose(M[name], cov, atol=1e-10)  # signed, with its diagonal
         assert torch.allclose(A["covariance"][name], _offdiag_abs(cov), atol=1e-10)
         corr = torch.from_numpy(np.nan_to_num(np.corrcoef(h.numpy().T)))
         assert torch.allclose(A["correlation"][name], _offdiag_abs(corr), atol=1e-10)
@@ -109,22 +133,50 @@ def test_mlp_associations_match_independent_recomputations():
     assert not net[0]._forward_pre_hooks and not net[2]._forward_pre_hooks and not net[4]._forward_pre_hooks
 
 
-def test_channels_are_units_with_positions_as_samples():
+def test_channels_pair_their_positions_position_by_position():
     gen = torch.Generator().manual_seed(3)
     net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.Linear(3 * 2 * 2, 2)).double()
     x = torch.randn(30, 2, 6, 6, generator=gen, dtype=torch.float64)
-    A = association_matrices(net, x, kinds=["correlation", "downstream", "upstream"], levels=["0", "2"])
+    M = association_moments(net, x, kinds=["covariance", "downstream", "upstream"], levels=["0", "2"], batch_size=7)
     with torch.no_grad():
-        h = torch.relu(net[0](x))  # (30, 4, 4, 4): every position a sample
-    samples = h.permute(0, 2, 3, 1).reshape(-1, 4).numpy()
-    assert torch.allclose(A["correlation"]["0"], _offdiag_abs(torch.from_numpy(np.corrcoef(samples.T))), atol=1e-10)
-    # level "2" is read by the Linear after the Flatten: 3 channels of 4 features each
-    assert A["downstream"]["2"].shape == (3, 3)
-    W = net[4].weight.detach().reshape(2, 3, 4).sum(2)  # a channel's shift moves the logits by its features' sum
-    assert torch.allclose(A["downstream"]["2"], _offdiag_abs(W.T @ W), atol=1e-10)
-    f = lambda v: torch.relu(net[0](v)).sum((2, 3))  # noqa: E731 (channel activation summed over positions)
-    J = torch.stack([torch.autograd.functional.jacobian(f, xi[None])[0].reshape(4, -1) for xi in x])
-    assert torch.allclose(A["upstream"]["0"], _offdiag_abs(torch.einsum("nid,njd->ij", J, J) / len(x)), atol=1e-9)
+        h = torch.relu(net[0](x)).reshape(30, 4, 16).numpy()  # 16 positions
+    cov = np.mean([np.cov(h[:, :, p].T, bias=True) for p in range(16)], axis=0)  # per position, then averaged
+    assert torch.allclose(M["covariance"]["0"], torch.from_numpy(cov), atol=1e-10)
+    # level "2" is read by the Linear after the Flatten: 3 channels of 4 features (positions) each
+    W = net[4].weight.detach().reshape(2, 3, 4)
+    assert torch.allclose(M["downstream"]["2"], torch.einsum("cip,cjp->ij", W, W) / 4, atol=1e-10)
+    f = lambda v: torch.relu(net[0](v)).reshape(4, 16)  # noqa: E731 (each channel at each position)
+    J = torch.stack([torch.autograd.functional.jacobian(f, xi[None]).reshape(4, 16, -1) for xi in x])  # (N, 4, 16, d)
+    assert torch.allclose(M["upstream"]["0"], torch.einsum("nipd,njpd->ij", J, J) / (30 * 16), atol=1e-9)
+
+
+def test_gradients_work_under_no_grad_and_inference_mode_is_refused():
+    net, x = _mlp()
+    A = association_matrices(net, x, kinds=["upstream", "downstream"])
+    with torch.no_grad():
+        B = association_matrices(net, x, kinds=["upstream", "downstream"])
+    assert all(torch.equal(A[k][n], B[k][n]) for k in A for n in A[k])
+    with torch.inference_mode(), pytest.raises(DataError, match="outside torch.inference_mode"):
+        association_matrices(net, x, kinds=["downstream"])
+    for p in net.parameters():
+        p.requires_grad_(False)  # frozen weights: the same matrices
+    C = association_matrices(net, x, kinds=["upstream", "downstream"])
+    assert all(torch.allclose(A[k][n], C[k][n]) for k in A for n in A[k])
+
+
+def test_constant_units_are_left_out_and_nonfinite_inputs_named():
+    net = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    with torch.no_grad():
+        net[0].weight[1] = 0
+        net[0].bias[1] = 0.1  # unit 1: constant 0.1 (its variance is rounding, about 1e-17)
+    x = torch.randn(333, 3)
+    for kind in ("covariance", "correlation"):
+        A = association_matrices(net, x, kinds=[kind], batch_size=7)[kind]["0"]
+        assert float(A[1].abs().max()) == 0.0 and float(A.sum()) > 0
+    bad = x.clone()
+    bad[5, 0] = float("inf")
+    with pytest.raises(DataError, match="level '0': the activations are not finite"):
+        association_matrices(net, bad)
 
 
 def test_association_errors_are_clear():
@@ -137,6 +189,15 @@ def test_association_errors_are_clear():
         association_matrices(net, x[:1])
 
 
+def test_each_kind_draws_its_own_seed():
+    net, x = _mlp()
+    one = functional_modules(net, x, 2, kinds=["upstream"], n_null=5)
+    two = functional_modules(net, x, 2, kinds=["correlation", "upstream"], n_null=5)
+    for level in one.levels:
+        a, b = one.levels[level].clusters["upstream"], two.levels[level].clusters["upstream"]
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.modularity.null, b.modularity.null)
+
+
 def test_block_modular_network_upstream_modules_are_its_weight_modules():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(9, 12, bias=False), nn.ReLU(), nn.Linear(12, 12, bias=False), nn.ReLU(),
@@ -147,12 +208,24 @@ def test_block_modular_network_upstream_modules_are_its_weight_modules():
         net[2].weight.mul_(torch.from_numpy((blocks_out[:, None] == blocks_in[None, :]).astype(np.float32))).abs_()
     x = torch.rand(400, 9)
     clustering = Clustering(3, {"2": blocks_in}, {"2": blocks_out})
-    res = functional_modules(net, x, 3, kinds=["upstream"], levels=["2"], clustering=clustering, n_shuffles=9)
+    res = functional_modules(net, x, 3, kinds=["upstream"], levels=["2"], clustering=clustering, n_null=9)
     lv = res.levels["2"]
     assert lv.agreement["upstream~weights"] == pytest.approx(1.0)
     assert lv.clusters["upstream"].modularity.p_value == pytest.approx(0.1)
     assert lv.weight_modularity["upstream"] == pytest.approx(lv.clusters["upstream"].modularity.observed)
     assert json.loads(json.dumps(res.to_dict()))["levels"][0]["level"] == "2"
+
+
+def test_weight_labels_of_a_level_are_its_layers_own_and_must_agree():
+    net, x = _mlp()  # levels "0" (7 units) and "2" (6 units)
+    rows2, cols2 = np.array([0, 1, 0, 1, 0, 1, 0]), np.array([1, 1, 0, 0, 1, 0])
+    res = functional_modules(net, x, 2, kinds=["correlation"], n_null=0, clustering=Clustering(2, {"2": rows2}, {"2": cols2}))
+    assert np.array_equal(res.levels["0"].weight_labels, rows2) and np.array_equal(res.levels["2"].weight_labels, cols2)
+    per_layer = Clustering(2, {"0": np.array([0, 1, 0, 1, 0]), "2": rows2}, {"0": 1 - rows2, "2": cols2})
+    with pytest.raises(ClusteringError, match="label the level they share"):
+        functional_modules(net, x, 2, kinds=["correlation"], n_null=0, clustering=per_layer)
+    with pytest.raises(ClusteringError, match="k=6 is out of range for level"):
+        functional_modules(net, x, 6, kinds=["correlation"], n_null=0)
 
 
 @pytest.fixture(scope="module")
@@ -161,18 +234,23 @@ def ckpt(tmp_path_factory):
 
 
 def test_cli_associate_json_and_table(ckpt):
-    res = invoke("associate", ckpt, "--kinds", "correlation,downstream", "--shuffles", 3, "--json")
+    res = invoke("associate", ckpt, "--kinds", "correlation,downstream", "--null-copies", 3, "--json")
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["kinds"] == ["correlation", "downstream"] and [lv["level"] for lv in out["levels"]] == ["fc1", "fc2"]
     assert out["weight_clusters"].startswith("stored in the checkpoint (k=2")
     lv = out["levels"][0]
     assert set(lv["agreement"]) == {"correlation~downstream", "correlation~weights", "downstream~weights"}
-    assert len(lv["clusters"]["correlation"]["modularity"]["null"]) == 3
-    res = invoke("associate", ckpt, "--kinds", "upstream", "--shuffles", 0, "--k", 3, "--layers", "fc1", "-q")
+    assert len(lv["clusters"]["correlation"]["modularity"]["null"]) == 3 and out["null"] == "rotation"
+    assert any("3 null copies: z is rough" in n for n in out["notes"])
+    res = invoke("associate", ckpt, "--kinds", "upstream", "--null-copies", 0, "--k", 3, "--layers", "fc1", "--json")
     assert res.exit_code == 0, res.stderr
-    assert "weight clusters: network-wide BSGC now (k=3, layers fc1)" in res.stdout
-    assert "AMI with weights" in res.stdout
+    out = json.loads(res.stdout)
+    assert out["weight_clusters"] == "network-wide BSGC now (k=3, layers fc1)"
+    assert out["levels"][0]["clusters"]["upstream"]["modularity"]["p_value"] is None  # no test, no p
+    res = invoke("associate", ckpt, "--kinds", "upstream", "--null", "shuffle", "--null-copies", 10, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "copies of the matrix with its entries shuffled" in res.stdout and "AMI with weights" in res.stdout
 
 
 def test_cli_associate_refuses_bad_input(ckpt):
@@ -197,7 +275,7 @@ def test_association_figure_orders_units_by_cluster(tmp_path):
 
 
 def test_cli_associate_plot(ckpt, tmp_path):
-    res = invoke("associate", ckpt, "--kinds", "correlation", "--shuffles", 0, "--plot", tmp_path / "a.svg", "-q")
+    res = invoke("associate", ckpt, "--kinds", "correlation", "--null-copies", 0, "--plot", tmp_path / "a.svg", "-q")
     assert res.exit_code == 0, res.stderr
     assert res.stdout.rstrip().endswith(f"wrote {tmp_path / 'a.svg'}") and (tmp_path / "a.svg").stat().st_size > 0
     assert ".png" in one_error(invoke("associate", ckpt, "--plot", tmp_path / "a.txt"), 2)

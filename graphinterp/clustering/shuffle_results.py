@@ -29,7 +29,7 @@ class NullComparison:
     z : float
         ``(observed - mean) / std``; ``+inf``/``-inf`` when the null has no spread and differs, NaN when equal.
     p_value : float
-        ``(r + 1) / (n + 1)`` with ``r`` the number of null values ``>= observed``.
+        ``(r + 1) / (n + 1)`` with ``r`` the number of null values ``>= observed``; NaN for an empty null.
     """
 
     observed: float
@@ -61,12 +61,12 @@ class NullComparison:
         else:
             z = math.nan
         r = int(np.count_nonzero(null >= observed - 1e-12))
-        return cls(float(observed), null, mean, std, float(z), (r + 1) / (n + 1))
+        return cls(float(observed), null, mean, std, float(z), (r + 1) / (n + 1) if n else math.nan)  # no null: no p
 
     def to_dict(self) -> dict:
         """JSON-ready dict (non-finite numbers become ``None``)."""
         return {"observed": self.observed, "null_mean": _finite(self.mean), "null_std": _finite(self.std),
-                "z": _finite(self.z), "p_value": self.p_value, "null": [float(v) for v in self.null]}
+                "z": _finite(self.z), "p_value": _finite(self.p_value), "null": [float(v) for v in self.null]}
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.hooks import AblationHandle, NeuronSpec, ablate, level_means, run_with_ablation
 
 __all__ = [
-    "AblationHandle", "AblationResult", "NeuronSpec", "ablate", "run_with_ablation", "cluster_neurons",
+    "AblationHandle", "AblationResult", "NeuronSpec", "ablate", "run_with_ablation", "cluster_neurons", "hidden_level_labels",
     "level_means", "class_accuracy", "ablation_matrix", "as_tensors",
 ]
 
@@ -74,9 +74,34 @@ def cluster_neurons(graph: LayeredGraph, clustering: Clustering, cluster: int, s
         raise ClusteringError(f"state must be 'on' or 'off', got {state!r}")
     if not 0 <= int(cluster) < clustering.k:
         raise ClusteringError(f"cluster {cluster} is out of range; the clustering has clusters 0..{clustering.k - 1}")
+    out: Dict[str, torch.Tensor] = {}
+    for key, labels in hidden_level_labels(graph, clustering).items():
+        lab = torch.as_tensor(labels)
+        out[key] = (lab != cluster) if state == "on" else (lab == cluster)
+    if not out:
+        raise ClusteringError(
+            f"the clustered layers {clustering.layer_names} touch no hidden level (only the input and the "
+            "output); cluster a hidden layer such as fc2"
+        )
+    return out
+
+
+def hidden_level_labels(graph: LayeredGraph, clustering: Clustering) -> Dict[str, np.ndarray]:
+    """The cluster of each neuron of every hidden level the clustered layers touch, by level name.
+
+    Each layer's own labels: row labels for its inputs, column labels for its outputs; the model's
+    input and output levels are left out. A level two clustered layers share must get the same
+    labels from both (a network-wide clustering), else :class:`ClusteringError` (see the module docstring).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    >>> hidden_level_labels(g, Clustering(2, {"2": np.array([0, 0, 1, 1])}, {"2": np.array([0, 1])}))
+    {'0': array([0, 0, 1, 1])}
+    """
     clustering.validate(graph)
     names, L = graph.level_names(), len(graph)
-    out: Dict[str, torch.Tensor] = {}
     seen: Dict[int, tuple] = {}  # level -> (layer, labels) that set it
     for layer_name in clustering.layer_names:
         t = graph.index(layer_name)
@@ -88,19 +113,10 @@ def cluster_neurons(graph: LayeredGraph, clustering: Clustering, cluster: int, s
                 raise ClusteringError(
                     f"layers {seen[level][0]!r} and {layer_name!r} label the level they share ({names[level]!r}) "
                     "differently: they were clustered independently, so their cluster numbers are unrelated there "
-                    "and 'cluster c' has no single meaning; ablate one layer's clustering at a time, or use a "
+                    "and 'cluster c' has no single meaning; use one layer's clustering at a time, or a "
                     "network-wide clustering (cluster_network, what `graphinterp train` stores)")
             seen[level] = (layer_name, np.asarray(labels))
-            lab = torch.as_tensor(np.asarray(labels))
-            ablated = (lab != cluster) if state == "on" else (lab == cluster)
-            key = names[level]
-            out[key] = out[key] | ablated if key in out else ablated
-    if not out:
-        raise ClusteringError(
-            f"the clustered layers {clustering.layer_names} touch no hidden level (only the input and the "
-            "output); cluster a hidden layer such as fc2"
-        )
-    return out
+    return {names[level]: labels for level, (_, labels) in sorted(seen.items())}
 
 
 @dataclass

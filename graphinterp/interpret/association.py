@@ -1,25 +1,32 @@
-r"""Association matrices between the units of a level, from data (Lange, Rolnick & Kording, 2022).
+r"""Association matrices between the units of a level, from data (after Lange, Rolnick & Kording, 2022).
 
 Weights say which units *could* work together; an association matrix says which ones *do*, on data.
-For a hidden level with units (neurons, or channels) :math:`a_1 .. a_n` it is a symmetric,
-non-negative ``(n, n)`` matrix with a zero diagonal; :mod:`graphinterp.clustering.modularity`
-clusters its units and scores the clustering. Four kinds, two looking upstream and two downstream:
+For a hidden level with units (neurons, or channels) :math:`a_1 .. a_n` this module measures a
+symmetric second-moment matrix ``M`` on data; its association graph (``|M|`` or ``|corr|``, zero
+diagonal: :func:`graphinterp.clustering.modularity.association_graph`) is what
+:mod:`graphinterp.clustering.modularity` clusters. Four kinds, two looking upstream, two downstream:
 
 ``"correlation"`` / ``"covariance"`` (upstream: what the units respond to)
-    :math:`|\mathrm{corr}(a_i, a_j)|` or :math:`|\mathrm{cov}(a_i, a_j)|` over the examples (and, for
-    channels, over positions: every position is a sample of the channel). A unit that never varies
-    has correlation 0 with every other.
+    The covariance of the units' activations over the examples; the graph of ``"correlation"`` is
+    its normalisation. A unit that never varies (dead, constant) gets no association.
 ``"upstream"`` (forward Jacobian)
-    :math:`|\mathbb E_x[\langle \nabla_x a_i, \nabla_x a_j \rangle]|`: units whose activations move
-    with the same input directions.
+    :math:`M_{ij} = \mathbb E_x[\langle \nabla_x a_i, \nabla_x a_j \rangle]`: units whose
+    activations move with the same input directions.
 ``"downstream"`` (backward Jacobian)
-    :math:`|\mathbb E_x[\sum_c \partial y_c / \partial a_i \; \partial y_c / \partial a_j]|`, ``y`` the
-    model's output (logits): units whose changes move the outputs alike.
+    :math:`M_{ij} = \mathbb E_x[\sum_c \partial y_c / \partial a_i \; \partial y_c / \partial a_j]`, ``y``
+    the model's output (logits): units whose changes move the outputs alike.
 
-A channel's Jacobians are those of its activation summed over positions (upstream) and of a shift of
-all its positions at once (downstream). Levels are hooked where the next layer reads them, as
-ablation does (:mod:`graphinterp.interpret.interventions`), so a level is exactly what the graph's
-next layer sees.
+The Jacobians are those of the whole network: with respect to its input (upstream) and of its
+logits (downstream), as in Lange et al.; the graph takes the absolute value of the expectation.
+A channel's positions pair position by position, as in Lange et al.'s code: the covariance is taken
+over the examples at each position and averaged over positions (differences between positions'
+means do not count), and the Jacobians pair :math:`a_{i,p}` with :math:`a_{j,p}` at the same
+position, averaged over positions (upstream on at most :data:`MAX_POSITIONS` positions, drawn once
+per level with a fixed seed). A Linear layer after a Flatten sees a channel's features as its
+positions. Lange et al.'s Hessian and normalised-Jacobian variants are not implemented.
+
+Levels are hooked where the next layer reads them, as ablation does
+(:mod:`graphinterp.interpret.interventions`), so a level is exactly what the graph's next layer sees.
 
 References
 ----------
@@ -33,51 +40,47 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from graphinterp.clustering.modularity import association_graph
 from graphinterp.common.errors import DataError
 from graphinterp.common.files import resolve_device
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.evaluation import as_tensors, eval_mode, on_device
 from graphinterp.interpret.interventions import interventions
 
-__all__ = ["KINDS", "ASSOCIATION_KINDS", "association_matrices", "hidden_levels"]
+__all__ = ["ASSOCIATION_KINDS", "MAX_POSITIONS", "association_matrices", "association_moments", "hidden_levels"]
 
 #: The association kinds, upstream first.
-KINDS = ("correlation", "covariance", "upstream", "downstream")
-ASSOCIATION_KINDS = KINDS
+ASSOCIATION_KINDS = ("correlation", "covariance", "upstream", "downstream")
+#: Positions of a channel whose input Jacobians are computed (a seeded subset above this).
+MAX_POSITIONS = 32
+_JACOBIAN_BUDGET = 1 << 24  # elements of one batch's upstream Jacobian (64 MB in float32)
 
 
 def hidden_levels(graph: LayeredGraph) -> List[str]:
-    """The levels between the model's input and its output (a chained graph's hidden layers' outputs)."""
-    return list(graph.level_names()[1:-1])
-
-
-def association_matrices(model: nn.Module, data: Any, *, graph: Optional[LayeredGraph] = None,
-                         kinds: Sequence[str] = ("correlation",), levels: Optional[Sequence[str]] = None,
-                         max_examples: Optional[int] = 2000, batch_size: int = 256, device=None,
-                         chunk: int = 64) -> Dict[str, Dict[str, torch.Tensor]]:
-    """The association matrices of ``levels`` (default: every hidden level) on ``data``.
+    """The levels between the model's input and its output (a chained graph's hidden layers' outputs).
 
     Parameters
     ----------
-    model : nn.Module
-        Evaluated in eval mode on ``device``; unchanged afterwards.
-    data : LabeledTensors, (x, y), TensorDataset or tensor
-        Inputs (labels are not used); the first ``max_examples`` examples.
-    graph : LayeredGraph, optional
-        A chained graph of ``model`` (traced when omitted).
-    kinds : sequence of {"correlation", "covariance", "upstream", "downstream"}
-    levels : sequence of str, optional
-        Level names (a layer's name for its outputs).
-    max_examples : int or None, default 2000
-    batch_size : int, default 256
-    device : str or torch.device, optional
-    chunk : int, default 64
-        Units whose upstream Jacobians are computed in one batched backward pass.
+    graph : LayeredGraph
+
+    Returns
+    -------
+    list of str
+    """
+    return list(graph.level_names()[1:-1])
+
+
+def association_matrices(model: nn.Module, data: Any, **kwargs: Any) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The association graphs of ``levels`` (default: every hidden level) on ``data``.
+
+    Takes the arguments of :func:`association_moments` and returns, per kind and level, the graph of
+    its second-moment matrix: ``|corr|`` for ``"correlation"``, else ``|M|``, zero diagonal, units
+    without variance isolated (:func:`~graphinterp.clustering.modularity.association_graph`).
 
     Returns
     -------
     dict
-        ``{kind: {level: (n, n) float64 tensor}}``, symmetric, non-negative, zero diagonal, on the CPU.
+        ``{kind: {level: (n, n) float64 tensor}}``, symmetric, non-negative, zero diagonal.
 
     Examples
     --------
@@ -91,9 +94,51 @@ def association_matrices(model: nn.Module, data: Any, *, graph: Optional[Layered
     >>> round(float(A["correlation"]["0"][0, 1]), 6), A["upstream"]["0"][0].tolist()  # unit 1 = 2 x unit 0
     (1.0, [0.0, 2.0, 0.0])
     """
-    unknown = [k for k in kinds if k not in KINDS]
+    moments = association_moments(model, data, **kwargs)
+    return {kind: {name: torch.from_numpy(association_graph(M.numpy(), normalize=kind == "correlation"))
+                   for name, M in levels.items()} for kind, levels in moments.items()}
+
+
+def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredGraph] = None,
+                        kinds: Sequence[str] = ("correlation",), levels: Optional[Sequence[str]] = None,
+                        max_examples: Optional[int] = 2000, batch_size: int = 256, device=None,
+                        chunk: int = 64) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The signed second-moment matrices behind the association graphs (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated in eval mode on ``device``; unchanged afterwards.
+    data : LabeledTensors, (x, y), TensorDataset or tensor
+        Inputs (labels are not used); the first ``max_examples`` examples.
+    graph : LayeredGraph, optional
+        A chained graph of ``model`` (traced when omitted).
+    kinds : sequence of {"correlation", "covariance", "upstream", "downstream"}
+        ``"correlation"`` and ``"covariance"`` share one matrix, the covariance.
+    levels : sequence of str, optional
+        Level names (a layer's name for its outputs).
+    max_examples : int or None, default 2000
+    batch_size : int, default 256
+        Examples per forward pass (fewer with ``"upstream"`` when one batch's Jacobians would exceed
+        2^24 elements).
+    device : str or torch.device, optional
+    chunk : int, default 64
+        Rows of upstream Jacobians (unit, position) computed in one batched backward pass.
+
+    Returns
+    -------
+    dict
+        ``{kind: {level: (n, n) float64 tensor}}``, symmetric, with the diagonal, on the CPU.
+
+    Raises
+    ------
+    DataError
+        An unknown kind or level, fewer than 2 examples, a graph that is not a chain, non-finite
+        activations or Jacobians, or a caller inside ``torch.inference_mode`` with a Jacobian kind.
+    """
+    unknown = [k for k in kinds if k not in ASSOCIATION_KINDS]
     if unknown or not kinds:
-        raise DataError(f"unknown association kind(s) {unknown or 'none'}; use some of {list(KINDS)}")
+        raise DataError(f"unknown association kind(s) {unknown or 'none'}; use some of {list(ASSOCIATION_KINDS)}")
     x = data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
     x = x[:max_examples] if max_examples is not None else x
     if len(x) < 2:
@@ -106,51 +151,60 @@ def association_matrices(model: nn.Module, data: Any, *, graph: Optional[Layered
     bad = [n for n in names if n not in graph.level_names()]
     if bad or not names:
         raise DataError(f"level(s) {bad or 'none'} not in the graph; its levels are {graph.level_names()}")
+    jacobians = bool({"upstream", "downstream"} & set(kinds))
+    if jacobians and torch.is_inference_mode_enabled():
+        raise DataError("upstream and downstream associations need gradients: call them outside torch.inference_mode()")
+    if "upstream" in kinds:  # one backward pass's Jacobians (whole positions' units x examples x input) within budget
+        sizes, all_names = graph.level_sizes(), graph.level_names()
+        widest = max(max(chunk, int(sizes[all_names.index(n)])) for n in names)
+        batch_size = max(1, min(batch_size, _JACOBIAN_BUDGET // max(1, widest * x[0].numel())))
+    stats = sorted({"cov" if k in ("correlation", "covariance") else k for k in kinds})
+    sums: Dict[str, Dict[str, Any]] = {s: {} for s in stats}
     device = resolve_device(device)
-    sums = {kind: {} for kind in kinds}
-    with on_device(model, device), eval_mode(model):
+    with on_device(model, device), eval_mode(model), torch.enable_grad() if jacobians else torch.no_grad():
         for start in range(0, len(x), batch_size):
-            _batch(model, graph, x[start:start + batch_size].to(device), names, kinds, sums, chunk)
-    return {kind: {name: _finish(kind, sums[kind][name], len(x)) for name in names} for kind in kinds}
+            _batch(model, graph, x[start:start + batch_size].to(device), names, stats, sums, chunk)
+    return {kind: {n: _finish(sums["cov" if kind in ("correlation", "covariance") else kind][n], len(x)) for n in names}
+            for kind in kinds}
 
 
-def _batch(model, graph, xb, names, kinds, sums, chunk) -> None:
-    """Add one batch's contributions to ``sums[kind][level]``.
+def _batch(model, graph, xb, names, stats, sums, chunk) -> None:
+    """Add one batch's contributions to ``sums[stat][level]``.
 
     Each level's activation is recorded where it is read; for the downstream Jacobian a zero probe is
     added to it there (``a + 0``, a leaf that requires grad), so that ``d out / d probe = d out / d a``
     with every path through the later levels intact.
     """
-    grads = bool({"upstream", "downstream"} & set(kinds))
     seen: Dict[str, tuple] = {}
 
     def reader(name, channel, per):
         def read(a):
-            probe = torch.zeros_like(a, requires_grad=True) if "downstream" in kinds else None
+            probe = torch.zeros_like(a, requires_grad=True) if "downstream" in stats else None
             seen[name] = (a, probe, channel, per)
             return None if probe is None else a + probe
         return read
 
-    with interventions(model, graph) as iv, torch.set_grad_enabled(grads):
+    with interventions(model, graph) as iv:
         for name in names:
             _, _, channel, per = iv.site(name)
             iv.hook(name, reader(name, channel, per))
-        if "upstream" in kinds:
+        if "upstream" in stats:
             xb = xb.detach().requires_grad_(True)
         out = model(xb)
-    for name in names:
-        a, probe, channel, per = seen[name]
+    grads = _downstream(out, [seen[n][1] for n in names]) if "downstream" in stats else None
+    for i, name in enumerate(names):
+        a, _, channel, per = seen[name]
         units = _units(a, channel, per)  # (B, n, positions)
-        for kind in kinds:
-            if kind in ("correlation", "covariance"):
-                s = units.detach().double().transpose(1, 2).reshape(-1, units.shape[1])
-                _add(sums[kind], name, (s.sum(0), s.T @ s, len(s)))
-            elif kind == "downstream":
-                J = _downstream(out, probe, channel, per)  # (B, C, n)
-                _add(sums[kind], name, torch.einsum("bci,bcj->ij", J, J))
-            else:
-                J = _upstream(units, xb, chunk)  # (B, n, d)
-                _add(sums[kind], name, torch.einsum("bid,bjd->ij", J, J))
+        _check_finite(units, name, "activations")
+        if "cov" in stats:
+            u = units.detach().double()
+            _add(sums["cov"], name, (torch.einsum("bip,bjp->ij", u, u), u.sum(0), u.shape[0] * u.shape[2]))
+        if "downstream" in stats:
+            g = [_units(gc[i], channel, per).double() for gc in grads]  # per class: (B, n, positions)
+            _check_finite(g[0], name, "downstream Jacobians")
+            _add(sums["downstream"], name, sum(torch.einsum("bip,bjp->ij", gc, gc) for gc in g) / units.shape[2])
+        if "upstream" in stats:
+            _add(sums["upstream"], name, _upstream(units, xb, chunk, name))
 
 
 def _units(a: torch.Tensor, channel: bool, per: int) -> torch.Tensor:
@@ -160,27 +214,36 @@ def _units(a: torch.Tensor, channel: bool, per: int) -> torch.Tensor:
     return a.reshape(a.shape[0], -1, per)
 
 
-def _downstream(out: torch.Tensor, probe: torch.Tensor, channel: bool, per: int) -> torch.Tensor:
-    """``d out_c / d a_i`` summed over a unit's positions: (B, C, n) float64."""
+def _downstream(out: torch.Tensor, probes: List[torch.Tensor]) -> List[List[torch.Tensor]]:
+    """Per output class, ``d out_c / d probe`` of every level: one backward pass per class for all levels."""
     logits = out.reshape(out.shape[0], -1)
-    rows = []
-    for c in range(logits.shape[1]):
-        g, = torch.autograd.grad(logits[:, c].sum(), probe, retain_graph=True)
-        rows.append(_units(g, channel, per).sum(2).double())
-    return torch.stack(rows, 1)
+    return [list(torch.autograd.grad(logits[:, c].sum(), probes, retain_graph=True)) for c in range(logits.shape[1])]
 
 
-def _upstream(a: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``d (sum of unit i's positions) / d x``: (B, n, d) float64, ``chunk`` units per batched backward pass."""
-    unit = a.sum(2)  # (B, n)
-    n, parts = unit.shape[1], []
-    for s in range(0, n, chunk):
-        idx = torch.arange(s, min(s + chunk, n), device=unit.device)
-        onehot = torch.zeros(len(idx), *unit.shape, dtype=unit.dtype, device=unit.device)
-        onehot[torch.arange(len(idx)), :, idx] = 1.0
-        g, = torch.autograd.grad(unit, x, grad_outputs=onehot, retain_graph=True, is_grads_batched=True)
-        parts.append(g.reshape(len(idx), x.shape[0], -1).transpose(0, 1).double())
-    return torch.cat(parts, 1)
+def _upstream(units: torch.Tensor, x: torch.Tensor, chunk: int, name: str) -> torch.Tensor:
+    """``sum_b sum_p <d a_{b,i,p} / d x, d a_{b,j,p} / d x>`` over (at most :data:`MAX_POSITIONS`) positions, / positions."""
+    B, n, P = units.shape
+    pos = torch.arange(P) if P <= MAX_POSITIONS else \
+        torch.randperm(P, generator=torch.Generator().manual_seed(0))[:MAX_POSITIONS].sort().values
+    total = torch.zeros(n, n, dtype=torch.float64)
+    rows = [(i, int(p)) for p in pos for i in range(n)]  # position-major: a chunk holds whole positions' units
+    J = torch.empty(0)
+    for s in range(0, len(rows), max(chunk, n) // n * n):
+        part = rows[s:s + max(chunk, n) // n * n]
+        onehot = torch.zeros(len(part), *units.shape, dtype=units.dtype, device=units.device)
+        idx = torch.arange(len(part))
+        onehot[idx, :, torch.tensor([r[0] for r in part]), torch.tensor([r[1] for r in part])] = 1.0
+        J, = torch.autograd.grad(units, x, grad_outputs=onehot, retain_graph=True, is_grads_batched=True)
+        J = J.reshape(len(part) // n, n, B, -1)  # (positions, units, B, d)
+        _check_finite(J, name, "upstream Jacobians")
+        total += torch.einsum("pibd,pjbd->ij", J, J).double()
+    return total / len(pos)
+
+
+def _check_finite(t: torch.Tensor, level: str, what: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise DataError(f"level {level!r}: the {what} are not finite (NaN or inf) on these inputs; check the data "
+                        "and the model's weights")
 
 
 def _add(store: Dict[str, Any], name: str, value) -> None:
@@ -192,19 +255,13 @@ def _add(store: Dict[str, Any], name: str, value) -> None:
         store[name] = store[name] + value
 
 
-def _finish(kind: str, acc, n_examples: int) -> torch.Tensor:
-    """The accumulated sums as a symmetric, non-negative matrix with a zero diagonal."""
-    if kind in ("correlation", "covariance"):
-        total, outer, n = acc
-        mean = total / n
-        A = outer / n - torch.outer(mean, mean)
-        if kind == "correlation":
-            sd = A.diagonal().clamp_min(0).sqrt()
-            live = sd > 1e-12 * sd.max().clamp_min(1e-300)
-            A = torch.where(live[:, None] & live[None, :], A / (sd[:, None] * sd[None, :]).clamp_min(1e-300),
-                            torch.zeros_like(A))
+def _finish(acc, n_examples: int) -> torch.Tensor:
+    """The accumulated sums as a symmetric second-moment matrix (covariance averaged over positions)."""
+    if isinstance(acc, tuple):  # covariance at each position, averaged over positions
+        outer, per_position, n_samples = acc
+        positions = per_position.shape[1]
+        mean = per_position / n_examples  # (n, positions)
+        M = outer / n_samples - mean @ mean.T / positions
     else:
-        A = acc / n_examples
-    A = ((A + A.T) / 2).abs().cpu()
-    A.fill_diagonal_(0.0)
-    return A
+        M = acc / n_examples
+    return ((M + M.T) / 2).cpu()

@@ -1,12 +1,17 @@
-"""Functional modules: clusters of each hidden level's units from association matrices, against a shuffle
-null and against the weight clusters (Lange, Rolnick & Kording, 2022, beside Golechha et al.'s BSGC).
+"""Functional modules: clusters of each hidden level's units from association matrices, against a null model
+and against the weight clusters (after Lange, Rolnick & Kording, 2022, beside Golechha et al.'s BSGC).
 
 For each hidden level and each association kind (:mod:`graphinterp.interpret.association`) the units
-are clustered and scored by modularity against a shuffle null (:mod:`graphinterp.clustering.modularity`);
-the clusterings of one level are then compared with each other and with the level's weight clusters
-(BSGC, e.g. what `graphinterp train` stores) by adjusted mutual information: 1 for the same partition,
-about 0 for unrelated ones. Do the units that the weights group also respond alike (upstream) and act
-alike on the outputs (downstream)?
+are split into ``k`` clusters by spectral clustering and scored by Newman's modularity against a null
+model (:mod:`graphinterp.clustering.modularity`; by default the same matrix in random orthonormal
+bases); the clusterings of one level are then compared with each other and with the level's weight
+clusters (BSGC, e.g. what `graphinterp train` stores) by adjusted mutual information: 1 for the same
+partition, about 0 for unrelated ones. Do the units that the weights group also respond alike
+(upstream) and act alike on the outputs (downstream)?
+
+Differences from Lange et al.: the number of clusters is fixed (``k``, to compare with the weight
+clusters) and the clustering is spectral (normalised cut) rather than a search for the highest Q;
+Q scores it either way.
 """
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ import torch
 from torch import nn
 
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.modularity import UnitClusters, modularity, modularity_test
+from graphinterp.clustering.modularity import UnitClusters, association_graph, modularity, modularity_test
+from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.association import association_matrices
+from graphinterp.interpret.ablate import hidden_level_labels
+from graphinterp.interpret.association import ASSOCIATION_KINDS, association_moments, hidden_levels
 from graphinterp.interpret.evaluation import as_tensors
 
-__all__ = ["LevelModules", "FunctionalModules", "functional_modules", "weight_level_labels"]
+__all__ = ["LevelModules", "FunctionalModules", "functional_modules"]
 
 
 @dataclass
@@ -44,7 +51,7 @@ class LevelModules:
     agreement : dict of str to float
         Adjusted mutual information of each pair of clusterings, keyed ``"a~b"`` (kinds and ``"weights"``).
     matrices : dict of str to ndarray
-        Per kind, the association matrix (not in :meth:`to_dict`).
+        Per kind, the association graph (not in :meth:`to_dict`).
     """
 
     level: str
@@ -56,34 +63,49 @@ class LevelModules:
     matrices: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:
-        """JSON-ready dict."""
+        """JSON-ready dict (NaN agreements, for too few units, as None)."""
         return {"level": self.level, "n_units": self.n_units,
                 "clusters": {k: v.to_dict() for k, v in self.clusters.items()},
                 "weight_labels": None if self.weight_labels is None else self.weight_labels.tolist(),
-                "weight_modularity": dict(self.weight_modularity), "agreement": dict(self.agreement)}
+                "weight_modularity": dict(self.weight_modularity),
+                "agreement": {k: None if np.isnan(v) else v for k, v in self.agreement.items()}}
 
 
 @dataclass
 class FunctionalModules:
-    """The result of :func:`functional_modules`: per level, its :class:`LevelModules`."""
+    """The result of :func:`functional_modules`.
+
+    Attributes
+    ----------
+    k : int
+    kinds : list of str
+    n_examples : int
+        Examples the associations were measured on.
+    null : str
+        The null model.
+    n_null : int
+        Null copies asked for per level and kind (``UnitClusters.modularity.null`` holds those scored).
+    levels : dict of str to LevelModules
+    """
 
     k: int
     kinds: List[str]
     n_examples: int
-    n_shuffles: int
+    null: str
+    n_null: int
     levels: Dict[str, LevelModules]
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict."""
-        return {"k": self.k, "kinds": list(self.kinds), "n_examples": self.n_examples, "n_shuffles": self.n_shuffles,
-                "levels": [lv.to_dict() for lv in self.levels.values()]}
+        return {"k": self.k, "kinds": list(self.kinds), "n_examples": self.n_examples, "null": self.null,
+                "n_null": self.n_null, "levels": [lv.to_dict() for lv in self.levels.values()]}
 
 
 def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[LayeredGraph] = None,
                        kinds: Sequence[str] = ("correlation", "upstream", "downstream"),
                        levels: Optional[Sequence[str]] = None, clustering: Optional[Clustering] = None,
-                       n_shuffles: int = 20, max_examples: Optional[int] = 2000, batch_size: int = 256,
-                       device=None, random_state=0) -> FunctionalModules:
+                       null: str = "rotation", n_null: int = 20, max_examples: Optional[int] = 2000,
+                       batch_size: int = 256, device=None, random_state=0) -> FunctionalModules:
     """Cluster each hidden level's units by each association kind and compare the clusterings.
 
     Parameters
@@ -92,20 +114,24 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
     data : LabeledTensors, (x, y), TensorDataset or tensor
         Inputs the associations are measured on (the first ``max_examples``).
     k : int
-        Clusters per level.
+        Clusters per level; ``2 <= k <`` the level's units (checked before any work).
     graph : LayeredGraph, optional
         A chained graph of ``model`` (traced when omitted).
     kinds : sequence of str
-        :data:`graphinterp.interpret.association.KINDS`.
+        :data:`graphinterp.interpret.association.ASSOCIATION_KINDS`.
     levels : sequence of str, optional
         Default: every hidden level.
     clustering : Clustering, optional
-        Weight clusters to compare with (e.g. a checkpoint's stored clustering, or :func:`cluster_network`).
-    n_shuffles : int, default 20
-        Shuffled copies of each association matrix for the modularity null.
+        Weight clusters to compare with (e.g. a checkpoint's stored clustering, or :func:`cluster_network`);
+        layers sharing a level must label it alike (a network-wide clustering).
+    null : {"rotation", "shuffle"}, default "rotation"
+        The modularity null (:func:`~graphinterp.clustering.modularity.modularity_test`).
+    n_null : int, default 20
+        Null copies per level and kind; 0: no test.
     max_examples, batch_size, device
-        As in :func:`~graphinterp.interpret.association.association_matrices`.
+        As in :func:`~graphinterp.interpret.association.association_moments`.
     random_state : int or RandomState, default 0
+        Each (level, kind) draws from its own stream, so a result does not depend on the other kinds asked for.
 
     Returns
     -------
@@ -117,47 +143,43 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
     >>> from torch import nn
     >>> _ = torch.manual_seed(0)
     >>> net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    >>> res = functional_modules(net, torch.randn(200, 6), 2, n_shuffles=5)
+    >>> res = functional_modules(net, torch.randn(200, 6), 2, n_null=5)
     >>> list(res.levels), sorted(res.levels["0"].clusters), res.levels["0"].n_units
     (['0'], ['correlation', 'downstream', 'upstream'], 8)
     """
     x = data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
     graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(x.shape[1:]))
-    mats = association_matrices(model, x, graph=graph, kinds=kinds, levels=levels, max_examples=max_examples,
-                                batch_size=batch_size, device=device)
-    first = next(iter(mats.values()))
-    names = list(first)
-    weights = weight_level_labels(graph, clustering) if clustering is not None else {}
-    rng = check_random_state(random_state)
+    names = list(levels) if levels is not None else hidden_levels(graph)
+    sizes = dict(zip(graph.level_names(), graph.level_sizes()))
+    small = [f"{n} ({sizes[n]} units)" for n in names if n in sizes and not 2 <= k < sizes[n]]
+    if small:
+        raise ClusteringError(f"k={k} is out of range for level(s) {', '.join(small)}: use 2 <= k < the level's units")
+    weights = hidden_level_labels(graph, clustering) if clustering is not None else {}
+    moments = association_moments(model, x, graph=graph, kinds=kinds, levels=names, max_examples=max_examples,
+                                  batch_size=batch_size, device=device)
+    base = int(check_random_state(random_state).randint(2**31 - 1))
     out: Dict[str, LevelModules] = {}
-    for name in names:
-        clusters = {kind: modularity_test(mats[kind][name].numpy(), k, n_shuffles=n_shuffles, random_state=rng)
-                    for kind in kinds}
-        lv = LevelModules(name, int(first[name].shape[0]), clusters, weights.get(name),
-                          matrices={kind: mats[kind][name].numpy() for kind in kinds})
+    for li, name in enumerate(names):
+        clusters, graphs = {}, {}
+        for kind in kinds:
+            M = moments[kind][name].numpy()
+            rng = np.random.RandomState(np.random.SeedSequence([base, li, ASSOCIATION_KINDS.index(kind)])
+                                        .generate_state(1)[0])
+            try:
+                clusters[kind] = modularity_test(M, k, normalize=kind == "correlation", null=null, n_null=n_null,
+                                                 random_state=rng)
+            except ClusteringError as err:
+                raise ClusteringError(f"level {name!r}, {kind}: {err}") from err
+            graphs[kind] = association_graph(M, normalize=kind == "correlation")
+        lv = LevelModules(name, int(sizes.get(name, len(M))), clusters, weights.get(name), matrices=graphs)
         labelled = {kind: c.labels for kind, c in clusters.items()}
         if lv.weight_labels is not None:
             labelled["weights"] = lv.weight_labels
-            lv.weight_modularity = {kind: modularity(mats[kind][name].numpy(), lv.weight_labels) for kind in kinds}
+            lv.weight_modularity = {kind: modularity(graphs[kind], lv.weight_labels) for kind in kinds}
         keys = list(labelled)
         lv.agreement = {f"{a}~{b}": _ami(labelled[a], labelled[b]) for i, a in enumerate(keys) for b in keys[i + 1:]}
         out[name] = lv
-    return FunctionalModules(int(k), list(kinds), min(len(x), max_examples or len(x)), int(n_shuffles), out)
-
-
-def weight_level_labels(graph: LayeredGraph, clustering: Clustering) -> Dict[str, np.ndarray]:
-    """The weight cluster of each unit of every hidden level a clustering labels: a layer's column labels for
-    its outputs, else the next layer's row labels."""
-    names, L, out = graph.level_names(), len(graph), {}
-    clustering.validate(graph)
-    for layer in clustering.layer_names:
-        t = graph.index(layer)
-        rows, cols = clustering.labels(layer)
-        if 0 < t + 1 < L:
-            out[names[t + 1]] = np.asarray(cols)  # a layer's own outputs first
-        if 0 < t < L:
-            out.setdefault(names[t], np.asarray(rows))
-    return out
+    return FunctionalModules(int(k), list(kinds), min(len(x), max_examples or len(x)), null, int(n_null), out)
 
 
 def _ami(a: np.ndarray, b: np.ndarray) -> float:
