@@ -82,7 +82,8 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     \b
     Examples:
       graphinterp associate modular.pt --dataset mnist
-      graphinterp associate baseline.pt --dataset mnist --kinds upstream,downstream --shuffles 50 --json
+      graphinterp associate baseline.pt --dataset mnist --kinds upstream,downstream --null-copies 50 --json
+      graphinterp associate modular.pt --dataset mnist --plot assoc.png
     """
     from graphinterp import (
         ClusteringError, UnsupportedModelError, cluster_network, default_cluster_layers, functional_modules,
