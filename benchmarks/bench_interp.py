@@ -49,7 +49,7 @@ from graphinterp.interpret.label_tasks import label_task  # noqa: E402
 from graphinterp.common.seeds import deterministic, parse_seeds, summarize  # noqa: E402
 from graphinterp.clustering.cluster import cluster_network  # noqa: E402
 from graphinterp.clustering.labels import stored_clustering  # noqa: E402
-from graphinterp.interpret.functional_modules import functional_modules  # noqa: E402
+from graphinterp.interpret.functional_modules import functional_modules, reinitialised  # noqa: E402
 from graphinterp.training.masks import default_cluster_layers  # noqa: E402
 
 from _shared_data import shared_datasets_dir  # noqa: E402
@@ -120,14 +120,18 @@ def functional_report(tag: str, path: Path, test, args) -> dict:
         cluster_network(graph, args.k, layers=default_cluster_layers(graph), random_state=0)
     start = time.perf_counter()
     res = functional_modules(net, test, args.k, graph=graph, clustering=clustering, n_null=20, device=args.device)
-    print(f"{tag:>9}: functional modules in {time.perf_counter() - start:.1f} s (weight clusters of "
-          f"{', '.join(clustering.layer_names)})")
+    ref = functional_modules(reinitialised(net, 0), test, args.k, graph=graph, n_null=20, device=args.device)
+    print(f"{tag:>9}: functional modules in {time.perf_counter() - start:.1f} s with the re-initialised reference "
+          f"(weight clusters of {', '.join(clustering.layer_names)})")
     for lv in res.levels.values():
-        cells = [f"{kind} Q {c.modularity.observed:.3f} (null {c.modularity.mean:.3f}, z {c.modularity.z:+.1f}), "
-                 f"AMI with weights {lv.agreement.get(kind + '~weights', float('nan')):.2f}"
-                 for kind, c in lv.clusters.items()]
+        cells = []
+        for kind, c in lv.clusters.items():
+            m, r = c.modularity, ref.levels[lv.level].clusters[kind].modularity
+            cells.append(f"{kind} Q {m.observed:.3f} (null {m.mean:.3f}, z {m.z:+.1f}, p {m.p_value:.3f}; reinit Q "
+                         f"{r.observed:.3f}, z {r.z:+.1f}, p {r.p_value:.3f}), AMI with weights "
+                         f"{lv.agreement.get(kind + '~weights', float('nan')):.2f}")
         print(f"{'':>11}{lv.level} ({lv.n_units} units): " + "; ".join(cells))
-    return res.to_dict()
+    return {**res.to_dict(), "reinitialised": ref.to_dict()}
 
 
 def circuits_report(tag: str, path: Path, test, score: str, args, mode: str = "graphinterp") -> dict:

@@ -1,5 +1,5 @@
-"""``graphinterp associate``: functional modules of each hidden level from association matrices (Lange et al.),
-against a shuffle null and against the weight clusters."""
+"""``graphinterp associate``: functional modules of each hidden level from association matrices (after Lange et
+al.), against a null model, the weight clusters and, with --reinit, the same architecture re-initialised."""
 from __future__ import annotations
 
 import math
@@ -54,6 +54,9 @@ def parse_kinds(text: str) -> List[str]:
                    "low-rank structure, so many module-free matrices look significant).")
 @click.option("--null-copies", type=click.IntRange(min=0), default=20, show_default=True, metavar="N",
               help="Null copies of each association matrix (0: no test).")
+@click.option("--reinit", is_flag=True,
+              help="Also measure the same architecture re-initialised (PyTorch's default init, --seed): the rotation "
+                   "null tests alignment with the units, which ReLUs give even untrained, so compare with this.")
 @click.option("--max-examples", type=POSITIVE_INT, default=2000, show_default=True,
               help="Examples the associations are measured on (the first N of the evaluation data).")
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Evaluation batch size.")
@@ -65,8 +68,8 @@ def parse_kinds(text: str) -> List[str]:
 @trust_pickle_option
 @quiet_option
 @json_option
-def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layers, null_model, null_copies, max_examples,
-            batch_size, plot_path, seed, device, trust_pickle, quiet, as_json):
+def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layers, null_model, null_copies, reinit,
+            max_examples, batch_size, plot_path, seed, device, trust_pickle, quiet, as_json):
     """Cluster the units of every hidden level of MODEL by how they behave on data, and compare with its weights.
 
     For each hidden level (a layer's outputs, where the next layer reads them) and each association
@@ -87,7 +90,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     """
     from graphinterp import (
         ClusteringError, UnsupportedModelError, cluster_network, default_cluster_layers, functional_modules,
-        stored_clustering,
+        reinitialised, stored_clustering,
     )
 
     kinds = parse_kinds(kinds_text)
@@ -119,38 +122,43 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     widest = max(graph.level_sizes()[1:-1], default=0)
     if min(len(data), max_examples) <= widest:
         notes.append(f"{min(len(data), max_examples):,} examples for levels of up to {widest:,} units: the covariances "
-                     "are rank-deficient and noisy; use more examples")
+                     "are rank-deficient and noisy (a channel's positions pair position by position, so they do not "
+                     "add examples); use more examples")
     if 0 < null_copies < 10:
-        notes.append(f"{null_copies} null copies: z is rough and p is at least 1/{null_copies + 1}; use 20 or more")
+        notes.append(f"{null_copies} null cop{'y' if null_copies == 1 else 'ies'}: z is rough and p is at least "
+                     f"1/{null_copies + 1}; use 20 or more")
     if not quiet and not as_json:
         click.echo(f"measuring {', '.join(kinds)} on {min(len(data), max_examples):,} examples ...", err=True)
-    result = functional_modules(net, data, k, graph=graph, kinds=kinds, clustering=clustering, null=null_model,
-                                n_null=null_copies, max_examples=max_examples, batch_size=batch_size, device=device,
-                                random_state=seed)
+    settings = dict(graph=graph, kinds=kinds, null=null_model, n_null=null_copies, max_examples=max_examples,
+                    batch_size=batch_size, device=device, random_state=seed)
+    result = functional_modules(net, data, k, clustering=clustering, **settings)
+    reference = functional_modules(reinitialised(net, seed), data, k, **settings) if reinit else None
     if plot_path:
         _plot(model, result, plot_path)
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "weight_clusters": source,
-                   "notes": notes, **result.to_dict()})
+                   "notes": notes, **result.to_dict(),
+                   **({"reinitialised": reference.to_dict()} if reference is not None else {})})
         return
-    _print(model, data, split, result, source, notes)
+    _print(model, data, split, result, source, notes, reference)
     if plot_path:
         click.echo(f"wrote {plot_path}")
 
 
 def _plot(model, result, path) -> None:
-    """Heatmaps ordered by the weight clusters where the level has them, else by the first kind's clusters."""
+    """Heatmaps, each level ordered by its weight clusters where it has them, else by the first kind's clusters."""
     from graphinterp import plot_association
 
     levels = list(result.levels.values())
-    by_weights = all(lv.weight_labels is not None for lv in levels)
-    order = {lv.level: lv.weight_labels if by_weights else lv.clusters[result.kinds[0]].labels for lv in levels}
-    plot_association({lv.level: lv.matrices for lv in levels}, order,
-                     ordered_by="weight clusters" if by_weights else f"{result.kinds[0]} clusters",
+    order = {lv.level: lv.weight_labels if lv.weight_labels is not None else lv.clusters[result.kinds[0]].labels
+             for lv in levels}
+    by = {lv.level: "weight clusters" if lv.weight_labels is not None else f"its {result.kinds[0]} clusters"
+          for lv in levels}
+    plot_association({lv.level: lv.matrices for lv in levels}, order, ordered_by=by,
                      title=f"{plain_text(model)}: association between units", out=path)
 
 
-def _print(model, data, split, result, source, notes) -> None:
+def _print(model, data, split, result, source, notes, reference=None) -> None:
     for text in notes:
         click.echo(f"note: {text}")
     click.echo(f"{model}: k={result.k} clusters per level from association matrices on {result.n_examples:,} "
@@ -160,13 +168,16 @@ def _print(model, data, split, result, source, notes) -> None:
         for kind, c in lv.clusters.items():
             m = c.modularity
             ami = lv.agreement.get(f"{kind}~weights")
-            rows.append([lv.level, lv.n_units - c.n_left_out, kind, f"{m.observed:.3f}",
-                         f"{m.mean:.3f} ± {m.std:.3f}" if m.null.size > 1 else "-",
-                         "-" if math.isnan(m.z) else f"{m.z:+.1f}", "-" if math.isnan(m.p_value) else f"{m.p_value:.3f}",
-                         "-" if lv.weight_labels is None else f"{lv.weight_modularity[kind]:.3f}",
-                         "-" if ami is None or math.isnan(ami) else f"{ami:.2f}"])
-    click.echo(format_table(rows, ["level", "units", "kind", "Q", "null Q", "z", "p", "Q of weight clusters",
-                                   "AMI with weights"]))
+            row = [lv.level, lv.n_units - c.n_left_out, kind, f"{m.observed:.3f}",
+                   f"{m.mean:.3f} ± {m.std:.3f}" if m.null.size > 1 else "-", _z(m), _p(m),
+                   "-" if lv.weight_labels is None else f"{lv.weight_modularity[kind]:.3f}",
+                   "-" if ami is None or math.isnan(ami) else f"{ami:.2f}"]
+            if reference is not None:
+                r = reference.levels[lv.level].clusters[kind].modularity
+                row += [f"{r.observed:.3f}", _z(r), _p(r)]
+            rows.append(row)
+    headers = ["level", "units", "kind", "Q", "null Q", "z", "p", "Q of weight clusters", "AMI with weights"]
+    click.echo(format_table(rows, headers + (["Q reinit", "z reinit", "p reinit"] if reference is not None else [])))
     used = sorted({c.modularity.null.size for lv in result.levels.values() for c in lv.clusters.values()})
     null = (f"the same for {used[0]}" + (f"-{used[-1]}" if len(used) > 1 else "") + " copies of the matrix "
             + ("in random orthonormal bases" if result.null == "rotation" else "with its entries shuffled")
@@ -180,3 +191,14 @@ def _print(model, data, split, result, source, notes) -> None:
         for lv in result.levels.values():
             pairs = [f"{a}~{b} {lv.agreement[f'{a}~{b}']:.2f}" for i, a in enumerate(kinds) for b in kinds[i + 1:]]
             click.echo(f"{lv.level}: AMI between kinds: {', '.join(pairs)}")
+    if reference is not None:
+        click.echo("reinit: the same architecture re-initialised (PyTorch's default init), measured the same way: what "
+                   "the architecture gives untrained (ReLUs align associations with units by themselves)")
+
+
+def _z(m) -> str:
+    return "-" if math.isnan(m.z) else f"{m.z:+.1f}"
+
+
+def _p(m) -> str:
+    return "-" if math.isnan(m.p_value) else f"{m.p_value:.3f}"

@@ -17,6 +17,9 @@ from graphinterp.cli._eval_data import (
     check_outputs, coverage_note, data_options, inputs_error, inputs_note, load_eval_data, note_missing,
     read_checkpoint, resolve_dataset, transformer_checkpoint,
 )
+from graphinterp.cli._circuit_report import (
+    echo_heldout, echo_notes, echo_stopped, heldout_scope, more_or_fewer, percent, span,
+)
 from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
 
@@ -267,8 +270,8 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
     sizes = sorted({ci.n_pos + ci.n_neg for ci in circuits.values()})
     which = ("the label's and as many others, --max-examples" if any(ci.n_neg for ci in circuits.values())
              else "the label's own, as --mode authors uses")
-    click.echo(f"each label's circuit is searched and its criterion checked on the same {_span(sizes)} examples "
-               f"({which}), then checked on held-out ones: {_heldout_scope(circuits)}")
+    click.echo(f"each label's circuit is searched and its criterion checked on the same {span(sizes)} examples "
+               f"({which}), then checked on held-out ones: {heldout_scope(circuits)}")
     rows = []
     for c, ci in circuits.items():
         h = ci.heldout
@@ -283,28 +286,28 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
     headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full",
                "held-out acc circuit/full", "held-out loss circuit/full"]
     click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
-    _echo_heldout(circuits)
+    echo_heldout(circuits)
     if shares:
         click.echo("main cluster: the cluster holding most of the circuit's kept squared weight within the "
                    "clustered layers (the share in brackets), as cluster_share computes it")
-    _echo_notes(circuits)
-    _echo_stopped(circuits, "")
+    echo_notes(circuits)
+    echo_stopped(circuits, "")
     if comparison is not None:
         a, b = comparison.names
         rel = comparison.relative_change
-        rows = [[n, 100 * ea, 100 * eb, f"n/a (empty in {a})" if math.isnan(r) else _percent(r)]
+        rows = [[n, 100 * ea, 100 * eb, f"n/a (empty in {a})" if math.isnan(r) else percent(r)]
                 for n, ea, eb, r in zip(comparison.label_names, comparison.ecs_a, comparison.ecs_b, rel)]
         click.echo("")
         click.echo(format_table(rows, ["label", f"ECS % {a}", f"ECS % {b}", f"change {a} -> {b}"]))
-        _echo_notes(comparison.circuits_a, f"{a}, ")
-        _echo_stopped(comparison.circuits_a, f"{a}: ")
-        _echo_heldout(comparison.circuits_a, f"{a}: ")
+        echo_notes(comparison.circuits_a, f"{a}, ")
+        echo_stopped(comparison.circuits_a, f"{a}: ")
+        echo_heldout(comparison.circuits_a, f"{a}: ")
         both = [*comparison.circuits_a.values(), *comparison.circuits_b.values()]
         left_out = any(c.empty for c in both)
         bounds = ("; some ECS are upper bounds (searches stopped at --max-evals): raise it before reading the change"
                   if any(c.converged is False for c in both) else "")
-        click.echo(f"mean relative change {a} -> {b}: {_percent(comparison.mean_relative_change)}; "
-                   f"{a}'s circuits hold on average {_more_or_fewer(comparison.a_over_b)} parameters than {b}'s"
+        click.echo(f"mean relative change {a} -> {b}: {percent(comparison.mean_relative_change)}; "
+                   f"{a}'s circuits hold on average {more_or_fewer(comparison.a_over_b)} parameters than {b}'s"
                    + ("; labels with an empty circuit are left out of these means" if left_out else "") + bounds)
     for path in written[:3]:
         click.echo(f"wrote {path}")
@@ -312,74 +315,3 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
         click.echo(f"... and {len(written) - 3} more GraphML files")
     if plot_path:
         click.echo(f"wrote {plot_path}")
-
-
-def _more_or_fewer(value: float) -> str:
-    """A relative size as ``12.3% more`` / ``4.5% fewer``; ``n/a`` when undefined."""
-    return "n/a" if math.isnan(value) else f"{100 * abs(value):.1f}% {'more' if value >= 0 else 'fewer'}"
-
-
-def _percent(value: float) -> str:
-    """A relative change as ``+12.3%``; ``n/a`` when it is undefined (every circuit it averages is empty)."""
-    return "n/a" if math.isnan(value) else f"{100 * value:+.1f}%"
-
-
-def _echo_stopped(circuits, prefix: str) -> None:
-    """The searches that ran out of --max-evals (their ECS are upper bounds), if any."""
-    stopped = [ci.label_name for ci in circuits.values() if ci.converged is False]
-    if stopped:
-        click.echo(f"{prefix}{len(stopped)} of {len(circuits)} searches used the whole --max-evals before reaching a "
-                   f"local minimum (labels {', '.join(stopped)}): their ECS are upper bounds")
-
-
-def _span(sizes) -> str:
-    """``500`` or ``480-500``: the smallest and largest of some counts."""
-    return f"{sizes[0]:,}" + (f"-{sizes[-1]:,}" if len(sizes) > 1 else "")
-
-
-def _heldout_scope(circuits) -> str:
-    """How many held-out examples the circuits were checked on, and which labels had none left."""
-    checked = [ci for ci in circuits.values() if ci.heldout is not None]
-    missing = [ci.label_name for ci in circuits.values() if ci.heldout is None]
-    parts = []
-    if checked:
-        parts.append(f"{_span(sorted({ci.heldout.n_pos + ci.heldout.n_neg for ci in checked}))} examples of the same "
-                     "split that the search never saw")
-    if missing:
-        which = ("every label" if not checked else f"label{'s' if len(missing) > 1 else ''} " + ", ".join(missing[:8])
-                 + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
-        parts.append(f"none for {which} (no unused example of the label, or of the other labels, is left; lower "
-                     "--max-examples or give more data to hold some out)")
-    return "; ".join(parts)
-
-
-def _echo_heldout(circuits, prefix: str = "") -> None:
-    """Whether the circuits still meet their criterion on held-out examples, and the table's marks explained."""
-    checked = [ci for ci in circuits.values() if ci.heldout is not None]
-    if not checked:
-        return
-    within = sum(ci.heldout.within_tolerance for ci in checked)
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
-    click.echo(f"{prefix}held out: {within} of {len(checked)} circuits meet their criterion on examples the search never "
-               f"saw; mean accuracy circuit/full {mean([ci.accuracy for ci in checked]):.3f}/"
-               f"{mean([ci.full_accuracy for ci in checked]):.3f} searched, "
-               f"{mean([ci.heldout.accuracy for ci in checked]):.3f}/"
-               f"{mean([ci.heldout.full_accuracy for ci in checked]):.3f} held out")
-    marks = {m for ci in checked for m in (ci.heldout.mark("accuracy"), ci.heldout.mark("loss")) if m}
-    if prefix or not marks:
-        return
-    from graphinterp import HELDOUT_MIN_GROUP as MIN_GROUP
-
-    legend = {"(~)": "(~) missed by less than 3 standard errors of the label's held-out examples, so not told apart from "
-                     "noise for this label alone (circuits pruned to the edge of their tolerance are expected to lose a "
-                     "little on new examples)",
-              "(!)": "(!) missed by more (a note follows)",
-              "(?)": f"(?) missed, with too few held-out examples to tell (fewer than {MIN_GROUP} of the label or of the others)"}
-    click.echo("; ".join(legend[m] for m in ("(~)", "(!)", "(?)") if m in marks))
-
-
-def _echo_notes(circuits, prefix: str = "") -> None:
-    """One ``note:`` line per circuit with a caveat, saying which label and why (:attr:`graphinterp.Circuit.note`)."""
-    for ci in circuits.values():
-        if ci.note is not None:
-            click.echo(f"note: {prefix}label {ci.label_name}: {ci.note}")

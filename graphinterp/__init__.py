@@ -84,6 +84,7 @@ _EXPORTS = {
     "ASSOCIATION_KINDS": "interpret.association", "association_matrices": "interpret.association",
     "association_moments": "interpret.association", "association_graph": "clustering.modularity",
     "FunctionalModules": "interpret.functional_modules", "functional_modules": "interpret.functional_modules",
+    "reinitialised": "interpret.functional_modules",
     "chance_note": "interpret.chance", "clearly_above": "interpret.chance",
     "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
     "ablation_matrix": "interpret.ablate", "class_accuracy": "interpret.ablate",

@@ -189,13 +189,48 @@ def test_association_errors_are_clear():
         association_matrices(net, x[:1])
 
 
-def test_each_kind_draws_its_own_seed():
+def test_each_level_and_kind_draws_its_own_seed():
     net, x = _mlp()
     one = functional_modules(net, x, 2, kinds=["upstream"], n_null=5)
     two = functional_modules(net, x, 2, kinds=["correlation", "upstream"], n_null=5)
+    alone = functional_modules(net, x, 2, kinds=["upstream"], levels=["2"], n_null=5)
     for level in one.levels:
         a, b = one.levels[level].clusters["upstream"], two.levels[level].clusters["upstream"]
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.modularity.null, b.modularity.null)
+    assert np.array_equal(alone.levels["2"].clusters["upstream"].modularity.null,
+                          one.levels["2"].clusters["upstream"].modularity.null)
+
+
+def test_only_hidden_levels_and_integer_k():
+    net, x = _mlp()
+    with pytest.raises(ClusteringError, match="are the model's input or output"):
+        functional_modules(net, x, 2, levels=["4"], n_null=0)
+    with pytest.raises(ClusteringError, match="k must be an integer"):
+        functional_modules(net, x, 2.0, n_null=0)
+
+
+def test_half_precision_upstream_is_summed_wide():
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 12)
+    x = torch.randn(512, 20, generator=gen)
+    ref = association_moments(net.double(), x.double(), kinds=["upstream"])["upstream"]["0"]
+    half = association_moments(net.half(), x, kinds=["upstream"])["upstream"]["0"]  # float32 data, cast
+    assert bool(torch.isfinite(half).all()) and float(ref.max()) * len(x) > 65504  # one batch's sum overflows float16
+    assert torch.allclose(half, ref, rtol=2e-2, atol=1e-2 * float(ref.abs().max()))
+
+
+def test_reinitialised_copy_is_a_fresh_model_and_leaves_the_rng():
+    from graphinterp.interpret.functional_modules import reinitialised
+
+    net, _ = _mlp()
+    state = torch.get_rng_state()
+    a, b = reinitialised(net, 3), reinitialised(net, 3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # seeded
+    assert not torch.equal(a[0].weight, net[0].weight) and a[0].weight.dtype == net[0].weight.dtype
 
 
 def test_block_modular_network_upstream_modules_are_its_weight_modules():
@@ -251,6 +286,13 @@ def test_cli_associate_json_and_table(ckpt):
     res = invoke("associate", ckpt, "--kinds", "upstream", "--null", "shuffle", "--null-copies", 10, "-q")
     assert res.exit_code == 0, res.stderr
     assert "copies of the matrix with its entries shuffled" in res.stdout and "AMI with weights" in res.stdout
+    res = invoke("associate", ckpt, "--kinds", "correlation", "--null-copies", 5, "--reinit", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    ref = out["reinitialised"]["levels"][0]["clusters"]["correlation"]
+    assert ref["modularity"]["observed"] != out["levels"][0]["clusters"]["correlation"]["modularity"]["observed"]
+    res = invoke("associate", ckpt, "--kinds", "correlation", "--null-copies", 5, "--reinit", "-q")
+    assert "Q reinit" in res.stdout and "reinit: the same architecture re-initialised" in res.stdout
 
 
 def test_cli_associate_refuses_bad_input(ckpt):

@@ -12,7 +12,7 @@ from torch import nn
 from _cli_helpers import invoke
 from _interp_helpers import digits_checkpoint
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.circuit_heldout import MIN_GROUP, _clearly_below_zero, check_heldout
+from graphinterp.interpret.circuit_heldout import HELDOUT_MIN_GROUP as MIN_GROUP, _clearly_below_zero, check_heldout
 from graphinterp.interpret.circuits import Schedule, Tolerance, extract_circuit, extract_circuits
 from graphinterp.interpret.edges import edge_layers
 from graphinterp.interpret.label_tasks import heldout_task, label_task
@@ -52,6 +52,8 @@ def test_no_heldout_task_without_negatives_left():
     x, y = torch.zeros(12, 1), torch.tensor([0] * 10 + [1] * 2)
     assert heldout_task(x, y, 0, max_examples=4) is None  # both other examples are the search's negatives
     held = heldout_task(x, y, 0, max_examples=4, negative_ratio=0.0)  # a task without negatives needs none
+    assert held.n_pos == 4 and held.n_neg == 0
+    held = heldout_task(x, y, 0, max_examples=4, mode="authors")  # the authors' criterion: positives only
     assert held.n_pos == 4 and held.n_neg == 0
 
 

@@ -205,3 +205,19 @@ def test_on_device_puts_each_tensor_of_a_split_model_back_cuda():
     with on_device(model, torch.device("cuda")):
         assert all(p.is_cuda for p in model.parameters())
     assert [p.device.type for p in model.parameters()] == ["cpu", "cpu", "cuda", "cuda"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_association_moments_on_the_device_equal_the_cpus(device):
+    from graphinterp.interpret.association import association_moments
+
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.ReLU(),
+                        nn.Linear(5, 2)).double()
+    x = torch.randn(20, 2, 6, 6, generator=gen, dtype=torch.float64)
+    kinds = ["covariance", "upstream", "downstream"]
+    ref = association_moments(net, x, kinds=kinds, device="cpu")
+    got = association_moments(net, x, kinds=kinds, device=device)
+    for kind in kinds:
+        for level, M in ref[kind].items():
+            assert got[kind][level].device.type == "cpu" and torch.allclose(got[kind][level], M, atol=1e-9)

@@ -19,7 +19,12 @@ Spectral clustering finds *some* partition with :math:`Q > 0` on any matrix, so 
     normalised to a correlation when the graph is one): the same eigenvalues, so the same amount and
     rank of shared variation, but no preferred units. It asks whether the associations are organised
     in modules of *units* beyond what the matrix's spectrum gives: a low-rank factor structure or a
-    readout :math:`W^T W` with no unit-aligned modules is not significant, planted modules are.
+    readout :math:`W^T W` with no unit-aligned modules is not significant, planted modules are. It
+    tests alignment with the units, which an elementwise nonlinearity gives by itself: the levels of
+    *untrained* ReLU MLPs on digits came out at p <= 0.05 in 6 of 10 seeds (tanh: about calibrated).
+    Compare with the same architecture re-initialised (``graphinterp associate --reinit``) before
+    reading a small p as learned modules; and read p, not z: from 20 copies z is heavy-tailed
+    (P(z > 3) was 2.8% under an exact null, where p <= 0.05 held 8% of the time).
 ``"shuffle"``
     The off-diagonal entries of the graph permuted symmetrically (same values, no arrangement). It
     also destroys the units' degrees and any low-rank structure, so it calls many module-free matrices
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -137,12 +142,15 @@ class UnitClusters:
         Observed Q against the Q of the null copies (an empty null, p-value NaN, without a test).
     null : str
         The null model (:data:`NULLS`).
+    graph : ndarray of shape (n, n)
+        The association graph clustered (not in :meth:`to_dict`).
     """
 
     labels: np.ndarray
     k: int
     modularity: NullComparison
     null: str = "rotation"
+    graph: np.ndarray = field(default=None, repr=False)
 
     @property
     def n_units(self) -> int:
@@ -207,7 +215,7 @@ def modularity_test(M: np.ndarray, k: int, *, normalize: bool = False, null: str
             values.append(modularity(copy, cluster_units(copy, k, random_state=rng)))
         except ClusteringError:  # a copy with fewer than k + 1 associated units has no value (counted in n_null)
             continue
-    return UnitClusters(labels, int(k), NullComparison.from_samples(observed, np.asarray(values)), null)
+    return UnitClusters(labels, int(k), NullComparison.from_samples(observed, np.asarray(values)), null, A)
 
 
 def _rotated(M: np.ndarray, rng: np.random.RandomState, normalize: bool) -> np.ndarray:

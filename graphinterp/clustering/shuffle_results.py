@@ -17,7 +17,7 @@ def _finite(x: float) -> Optional[float]:
 
 @dataclass(frozen=True)
 class NullComparison:
-    """One measure (E or the normalised score) of a layer against its shuffled null.
+    """One measure (E or the normalised score of a layer, a level's modularity) against its null samples.
 
     Attributes
     ----------

@@ -112,9 +112,9 @@ def hidden_level_labels(graph: LayeredGraph, clustering: Clustering) -> Dict[str
             if level in seen and not np.array_equal(seen[level][1], labels):
                 raise ClusteringError(
                     f"layers {seen[level][0]!r} and {layer_name!r} label the level they share ({names[level]!r}) "
-                    "differently: they were clustered independently, so their cluster numbers are unrelated there "
-                    "and 'cluster c' has no single meaning; use one layer's clustering at a time, or a "
-                    "network-wide clustering (cluster_network, what `graphinterp train` stores)")
+                    "differently: they were clustered independently, so their cluster numbers are unrelated there; "
+                    "use one layer's clustering at a time, or a network-wide clustering (cluster_network, what "
+                    "`graphinterp train` stores)")
             seen[level] = (layer_name, np.asarray(labels))
     return {names[level]: labels for level, (_, labels) in sorted(seen.items())}
 

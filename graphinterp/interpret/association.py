@@ -53,7 +53,7 @@ __all__ = ["ASSOCIATION_KINDS", "MAX_POSITIONS", "association_matrices", "associ
 ASSOCIATION_KINDS = ("correlation", "covariance", "upstream", "downstream")
 #: Positions of a channel whose input Jacobians are computed (a seeded subset above this).
 MAX_POSITIONS = 32
-_JACOBIAN_BUDGET = 1 << 24  # elements of one batch's upstream Jacobian (64 MB in float32)
+_JACOBIAN_BUDGET = 1 << 24  # elements of one upstream backward pass's cotangents or Jacobians (64 MB in float32)
 
 
 def hidden_levels(graph: LayeredGraph) -> List[str]:
@@ -66,6 +66,12 @@ def hidden_levels(graph: LayeredGraph) -> List[str]:
     Returns
     -------
     list of str
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> hidden_levels(LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))))
+    ['0']
     """
     return list(graph.level_names()[1:-1])
 
@@ -119,8 +125,8 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
         Level names (a layer's name for its outputs).
     max_examples : int or None, default 2000
     batch_size : int, default 256
-        Examples per forward pass (fewer with ``"upstream"`` when one batch's Jacobians would exceed
-        2^24 elements).
+        Examples per forward pass (fewer with ``"upstream"`` when one backward pass's cotangents or
+        Jacobians would exceed 2^24 elements).
     device : str or torch.device, optional
     chunk : int, default 64
         Rows of upstream Jacobians (unit, position) computed in one batched backward pass.
@@ -135,6 +141,17 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     DataError
         An unknown kind or level, fewer than 2 examples, a graph that is not a chain, non-finite
         activations or Jacobians, or a caller inside ``torch.inference_mode`` with a Jacobian kind.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Identity(), nn.Linear(2, 1, bias=False))
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    ...     _ = net[2].weight.copy_(torch.tensor([[3.0, -1.0]]))
+    >>> M = association_moments(net, torch.randn(10, 2), kinds=["upstream", "downstream"])
+    >>> M["upstream"]["0"].tolist(), M["downstream"]["0"].tolist()  # W1 W1^T and W2^T W2, whatever the inputs
+    ([[1.0, 1.0], [1.0, 2.0]], [[9.0, -3.0], [-3.0, 1.0]])
     """
     unknown = [k for k in kinds if k not in ASSOCIATION_KINDS]
     if unknown or not kinds:
@@ -154,10 +171,11 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     jacobians = bool({"upstream", "downstream"} & set(kinds))
     if jacobians and torch.is_inference_mode_enabled():
         raise DataError("upstream and downstream associations need gradients: call them outside torch.inference_mode()")
-    if "upstream" in kinds:  # one backward pass's Jacobians (whole positions' units x examples x input) within budget
-        sizes, all_names = graph.level_sizes(), graph.level_names()
-        widest = max(max(chunk, int(sizes[all_names.index(n)])) for n in names)
-        batch_size = max(1, min(batch_size, _JACOBIAN_BUDGET // max(1, widest * x[0].numel())))
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+        x = x.to(dtype)  # data read as float32 for a half / double model
+    if "upstream" in kinds:  # one backward pass (its one-hot cotangents and Jacobians) within the budget
+        batch_size = max(1, min(batch_size, _JACOBIAN_BUDGET // _upstream_cost(model, graph, x[:1], names, chunk)))
     stats = sorted({"cov" if k in ("correlation", "covariance") else k for k in kinds})
     sums: Dict[str, Dict[str, Any]] = {s: {} for s in stats}
     device = resolve_device(device)
@@ -201,10 +219,28 @@ def _batch(model, graph, xb, names, stats, sums, chunk) -> None:
             _add(sums["cov"], name, (torch.einsum("bip,bjp->ij", u, u), u.sum(0), u.shape[0] * u.shape[2]))
         if "downstream" in stats:
             g = [_units(gc[i], channel, per).double() for gc in grads]  # per class: (B, n, positions)
-            _check_finite(g[0], name, "downstream Jacobians")
+            for gc in g:
+                _check_finite(gc, name, "downstream Jacobians")
             _add(sums["downstream"], name, sum(torch.einsum("bip,bjp->ij", gc, gc) for gc in g) / units.shape[2])
         if "upstream" in stats:
             _add(sums["upstream"], name, _upstream(units, xb, chunk, name))
+
+
+def _upstream_cost(model, graph, x1, names, chunk) -> int:
+    """Elements per example of one upstream backward pass: its rows (whole positions' units) times the larger of
+    a level's activation (the one-hot cotangent) and the input (the Jacobian), at the widest level."""
+    shapes: Dict[str, tuple] = {}
+    with interventions(model, graph) as iv, torch.no_grad():
+        for name in names:
+            _, _, channel, per = iv.site(name)
+            iv.record(name, lambda a, name=name, channel=channel, per=per: shapes.__setitem__(
+                name, tuple(_units(a, channel, per).shape[1:])))
+        model(x1.to(next(model.parameters()).device))
+    cost = 1
+    for n, positions in shapes.values():
+        rows = max(chunk, n) // n * n
+        cost = max(cost, rows * max(n * positions, x1[0].numel()))
+    return cost
 
 
 def _units(a: torch.Tensor, channel: bool, per: int) -> torch.Tensor:
@@ -225,7 +261,7 @@ def _upstream(units: torch.Tensor, x: torch.Tensor, chunk: int, name: str) -> to
     B, n, P = units.shape
     pos = torch.arange(P) if P <= MAX_POSITIONS else \
         torch.randperm(P, generator=torch.Generator().manual_seed(0))[:MAX_POSITIONS].sort().values
-    total = torch.zeros(n, n, dtype=torch.float64)
+    total = torch.zeros(n, n, dtype=torch.float64, device=units.device)
     rows = [(i, int(p)) for p in pos for i in range(n)]  # position-major: a chunk holds whole positions' units
     J = torch.empty(0)
     for s in range(0, len(rows), max(chunk, n) // n * n):
@@ -236,7 +272,8 @@ def _upstream(units: torch.Tensor, x: torch.Tensor, chunk: int, name: str) -> to
         J, = torch.autograd.grad(units, x, grad_outputs=onehot, retain_graph=True, is_grads_batched=True)
         J = J.reshape(len(part) // n, n, B, -1)  # (positions, units, B, d)
         _check_finite(J, name, "upstream Jacobians")
-        total += torch.einsum("pibd,pjbd->ij", J, J).double()
+        J = J.double()  # float64 sums: a half-precision model's products overflow in float16
+        total += torch.einsum("pibd,pjbd->ij", J, J)
     return total / len(pos)
 
 

@@ -14,7 +14,7 @@ met (``hit_circuit - min_accuracy * hit_full`` and ``loss_full + max_loss_increa
 weighted as the task weighs its examples; for the authors' criterion ``loss_full - loss_circuit``),
 and the circuit is *clearly outside* when one of these means is below zero by more than
 :data:`~graphinterp.interpret.chance.MARGIN_SD` standard errors: it fits the examples it was pruned
-on, not only the label. With fewer than :data:`MIN_GROUP` held-out examples of the label or of the
+on, not only the label. With fewer than :data:`HELDOUT_MIN_GROUP` held-out examples of the label or of the
 others nothing is called clear (``HeldOut.too_few``).
 """
 from __future__ import annotations
@@ -31,11 +31,10 @@ from graphinterp.interpret.circuit_search import AUTHORS_RTOL, Tolerance, masked
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.label_tasks import LabelTask, task_terms
 
-__all__ = ["check_heldout", "MIN_GROUP", "HELDOUT_MIN_GROUP"]
+__all__ = ["check_heldout", "HELDOUT_MIN_GROUP"]
 
 #: Held-out examples of the label, and of the others, needed to tell a miss from sampling noise.
-MIN_GROUP = 10
-HELDOUT_MIN_GROUP = MIN_GROUP
+HELDOUT_MIN_GROUP = 10
 
 
 def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Module], masks: Dict[str, torch.Tensor],
@@ -98,7 +97,7 @@ def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
                  "loss": loss_f + tolerance.max_loss_increase - loss_c}
     value = {"accuracy": acc, "loss": loss}
     missed = tuple(n for n in limits if not (value[n] >= limits[n] if n == "accuracy" else value[n] <= limits[n]))
-    too_few = any(0 < n < MIN_GROUP for n in (task.n_pos, task.n_neg))
+    too_few = any(0 < n < HELDOUT_MIN_GROUP for n in (task.n_pos, task.n_neg))
     clearly = () if too_few else tuple(n for n in missed if _clearly_below_zero(terms[n], w, pos))
     return HeldOut(acc, loss, full_acc, full_loss, task.n_pos, task.n_neg, not missed, bool(clearly), missed, clearly,
                    too_few, limits)
@@ -115,7 +114,7 @@ def _clearly_below_zero(terms: torch.Tensor, w: torch.Tensor, positive: torch.Te
 
     The examples are independent draws within two groups (positives, negatives), each term's weight
     fixed by its group; the standard error is that of the weighted sum, from each group's spread
-    (``ddof=1``; groups of at least :data:`MIN_GROUP` examples). A mean that is not finite (an
+    (``ddof=1``; groups of at least :data:`HELDOUT_MIN_GROUP` examples). A mean that is not finite (an
     infinite loss) is clearly below zero.
     """
     mean = float(w @ terms)

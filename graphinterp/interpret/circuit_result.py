@@ -37,7 +37,7 @@ class HeldOut:
     clearly_missed : tuple of str
         Those missed by more than sampling noise.
     too_few : bool
-        Fewer than :data:`~graphinterp.interpret.circuit_heldout.MIN_GROUP` held-out examples of the
+        Fewer than :data:`~graphinterp.interpret.circuit_heldout.HELDOUT_MIN_GROUP` held-out examples of the
         label or of the others: no miss is called clear.
     limits : dict of str to float
         What each part needed: the least accuracy, the most loss.

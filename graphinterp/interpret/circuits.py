@@ -289,9 +289,9 @@ def _label_tasks(model: nn.Module, data: Any, labels, kwargs: dict, *, graph: Op
         raise DataError(f"unknown circuit mode {kwargs['mode']!r}; use one of {list(MODES)}")
     tasks = []
     draw = dict(max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
-    held_draw = {**draw, "negative_ratio": 0.0} if kwargs.get("mode") == "authors" else draw  # positives only
+    mode = kwargs.get("mode", "graphinterp")
     for c in wanted:
-        task, held = label_task(x, y, c, **draw), (heldout_task(x, y, c, **held_draw) if heldout else None)
+        task, held = label_task(x, y, c, **draw), (heldout_task(x, y, c, mode=mode, **draw) if heldout else None)
         tasks.append((model, task, graph, names[c] if names is not None and c < len(names) else str(c),
                       {**kwargs, "heldout": held}))
     return wanted, tasks

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.modularity import UnitClusters, association_graph, modularity, modularity_test
+from graphinterp.clustering.modularity import UnitClusters, modularity, modularity_test
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
@@ -31,7 +31,7 @@ from graphinterp.interpret.ablate import hidden_level_labels
 from graphinterp.interpret.association import ASSOCIATION_KINDS, association_moments, hidden_levels
 from graphinterp.interpret.evaluation import as_tensors
 
-__all__ = ["LevelModules", "FunctionalModules", "functional_modules"]
+__all__ = ["LevelModules", "FunctionalModules", "functional_modules", "reinitialised"]
 
 
 @dataclass
@@ -149,8 +149,15 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
     """
     x = data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
     graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(x.shape[1:]))
-    names = list(levels) if levels is not None else hidden_levels(graph)
-    sizes = dict(zip(graph.level_names(), graph.level_sizes()))
+    hidden, all_names = hidden_levels(graph), graph.level_names()
+    names = list(levels) if levels is not None else hidden
+    ends = [n for n in names if n in all_names and n not in hidden]
+    if ends:
+        raise ClusteringError(f"level(s) {ends} are the model's input or output (the downstream Jacobian of the logits "
+                              f"is the identity, the upstream one of the input too); use hidden levels: {hidden}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+        raise ClusteringError(f"k must be an integer, got {k!r}")
+    sizes = dict(zip(all_names, graph.level_sizes()))
     small = [f"{n} ({sizes[n]} units)" for n in names if n in sizes and not 2 <= k < sizes[n]]
     if small:
         raise ClusteringError(f"k={k} is out of range for level(s) {', '.join(small)}: use 2 <= k < the level's units")
@@ -159,19 +166,18 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
                                   batch_size=batch_size, device=device)
     base = int(check_random_state(random_state).randint(2**31 - 1))
     out: Dict[str, LevelModules] = {}
-    for li, name in enumerate(names):
-        clusters, graphs = {}, {}
-        for kind in kinds:
-            M = moments[kind][name].numpy()
-            rng = np.random.RandomState(np.random.SeedSequence([base, li, ASSOCIATION_KINDS.index(kind)])
-                                        .generate_state(1)[0])
+    for name in names:
+        clusters = {}
+        for kind in kinds:  # each (level, kind) its own stream: results do not depend on what else is asked
+            seq = np.random.SeedSequence([base, all_names.index(name), ASSOCIATION_KINDS.index(kind)])
             try:
-                clusters[kind] = modularity_test(M, k, normalize=kind == "correlation", null=null, n_null=n_null,
-                                                 random_state=rng)
+                clusters[kind] = modularity_test(moments[kind][name].numpy(), k, normalize=kind == "correlation",
+                                                 null=null, n_null=n_null,
+                                                 random_state=np.random.RandomState(seq.generate_state(1)[0]))
             except ClusteringError as err:
                 raise ClusteringError(f"level {name!r}, {kind}: {err}") from err
-            graphs[kind] = association_graph(M, normalize=kind == "correlation")
-        lv = LevelModules(name, int(sizes.get(name, len(M))), clusters, weights.get(name), matrices=graphs)
+        graphs = {kind: c.graph for kind, c in clusters.items()}
+        lv = LevelModules(name, int(sizes[name]), clusters, weights.get(name), matrices=graphs)
         labelled = {kind: c.labels for kind, c in clusters.items()}
         if lv.weight_labels is not None:
             labelled["weights"] = lv.weight_labels
@@ -180,6 +186,29 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
         lv.agreement = {f"{a}~{b}": _ami(labelled[a], labelled[b]) for i, a in enumerate(keys) for b in keys[i + 1:]}
         out[name] = lv
     return FunctionalModules(int(k), list(kinds), min(len(x), max_examples or len(x)), null, int(n_null), out)
+
+
+def reinitialised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every submodule that has ``reset_parameters`` re-initialised (PyTorch's default
+    init, seeded; the global RNG is left as it was): the same architecture, untrained, as a reference for
+    what the architecture alone gives (e.g. the unit alignment that ReLUs produce).
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(3, 2))
+    >>> copy = reinitialised(net)
+    >>> copy is not net, bool((copy[0].weight != net[0].weight).any()), type(copy[0]) is nn.Linear
+    (True, True, True)
+    """
+    import copy
+
+    fresh = copy.deepcopy(model)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+    return fresh
 
 
 def _ami(a: np.ndarray, b: np.ndarray) -> float:

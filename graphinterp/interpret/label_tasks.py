@@ -107,15 +107,16 @@ def label_task(x: torch.Tensor, y: torch.Tensor, label: int, *, max_examples: in
 
 
 def heldout_task(x: torch.Tensor, y: torch.Tensor, label: int, *, max_examples: int = 500,
-                 negative_ratio: float = 1.0, random_state: int = 0) -> Optional[LabelTask]:
+                 negative_ratio: float = 1.0, random_state: int = 0, mode: str = "graphinterp") -> Optional[LabelTask]:
     """The examples :func:`label_task` (same arguments) leaves out, as a task of the same kind: up to
     ``max_examples`` of the label's other examples and ``negative_ratio`` times as many other
     unused examples, in the same seeded order. A circuit is searched on :func:`label_task`'s
     examples; this task checks it on examples the search never saw.
 
-    Returns None when every example of the label is in :func:`label_task`'s task, or when that task
-    has negatives and no other example is left to be one (a held-out task of positives alone would
-    measure something else).
+    With ``mode="authors"`` (the paper's criterion, which uses the label's own examples only) the
+    held-out task has no negatives either. Returns None when every example of the label is in
+    :func:`label_task`'s task, or when that task has negatives and no other example is left to be
+    one (a held-out task of positives alone would measure something else).
 
     Examples
     --------
@@ -129,7 +130,9 @@ def heldout_task(x: torch.Tensor, y: torch.Tensor, label: int, *, max_examples: 
     """
     pos, neg, n_pos, n_neg = _draws(y, label, max_examples, negative_ratio, random_state)
     pos, neg = pos[n_pos:n_pos + max_examples], neg[n_neg:]
-    if pos.numel() == 0 or (n_neg and neg.numel() == 0):
+    if mode == "authors":
+        negative_ratio, neg = 0.0, neg[:0]
+    if pos.numel() == 0 or (n_neg and negative_ratio and neg.numel() == 0):
         return None
     return _task(x, label, pos, neg[:min(neg.numel(), int(round(negative_ratio * pos.numel())))])
 

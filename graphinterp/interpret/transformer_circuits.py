@@ -145,8 +145,8 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
     feats = stream_input(model, x, batch_size=kwargs.get("batch_size", 4096)).cpu()
     draw = dict(max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
     tasks = {c: label_task(feats, y, c, **draw) for c in wanted}
-    held_draw = {**draw, "negative_ratio": 0.0} if kwargs.get("mode") == "authors" else draw  # positives only
-    held = {c: heldout_task(feats, y, c, **held_draw) if heldout else None for c in wanted}
+    held = {c: heldout_task(feats, y, c, mode=kwargs.get("mode", "graphinterp"), **draw) if heldout else None
+            for c in wanted}
     names = {c: str(label_names[c]) if label_names is not None and c < len(label_names) else str(c) for c in wanted}
     tail = AnswerTail(model)
     if n_jobs != 1 or scheduler is not None:

@@ -7,7 +7,7 @@ picture means units that share a cluster are associated on data. See
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 import numpy as np
 
@@ -21,7 +21,7 @@ __all__ = ["plot_association"]
 
 
 def plot_association(matrices: Mapping[str, Mapping[str, np.ndarray]], order: Mapping[str, np.ndarray], *,
-                     ordered_by: str = "weight clusters", title: Optional[str] = None,
+                     ordered_by: Union[str, Mapping[str, str]] = "weight clusters", title: Optional[str] = None,
                      out: Optional[PathLike] = None) -> "Figure":
     """Heatmaps of association matrices, rows = levels, columns = kinds, units ordered by cluster.
 
@@ -31,8 +31,8 @@ def plot_association(matrices: Mapping[str, Mapping[str, np.ndarray]], order: Ma
         ``{level: {kind: (n, n) non-negative matrix}}``; every level has the same kinds.
     order : mapping of str to ndarray
         ``{level: cluster label per unit}`` (-1: left out, drawn last) that orders the units.
-    ordered_by : str, default "weight clusters"
-        What ``order`` is, for the axis labels.
+    ordered_by : str or mapping of str to str, default "weight clusters"
+        What ``order`` is, for the axis labels (one for all levels, or per level).
     title : str, optional
     out : str or os.PathLike, optional
 
@@ -71,7 +71,8 @@ def plot_association(matrices: Mapping[str, Mapping[str, np.ndarray]], order: Ma
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(f"units by {ordered_by}", fontsize=8)
+                by = ordered_by if isinstance(ordered_by, str) else ordered_by[level]
+                ax.set_ylabel(f"units by {by}", fontsize=8)
             fig.colorbar(image, ax=ax, shrink=0.8)  # each kind on its own scale
-    fig.suptitle(title or f"Association between units, ordered by {ordered_by}")
+    fig.suptitle(title or "Association between units, ordered by cluster")
     return _finish(fig, out)
