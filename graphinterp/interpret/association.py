@@ -228,7 +228,7 @@ def _batch(model, graph, xb, names, stats, sums, chunk) -> None:
 
 def _upstream_cost(model, graph, x1, names, chunk) -> int:
     """Elements per example of one upstream backward pass: its rows (whole positions' units) times the larger of
-    a level's activation (the one-hot cotangent) and the input (the Jacobian), at the widest level."""
+    a level's activation (the gradients flowing back through it) and the input (the Jacobian), at the widest level."""
     shapes: Dict[str, tuple] = {}
     with interventions(model, graph) as iv, torch.no_grad():
         for name in names:
@@ -239,7 +239,7 @@ def _upstream_cost(model, graph, x1, names, chunk) -> int:
     cost = 1
     for n, positions in shapes.values():
         rows = max(chunk, n) // n * n
-        cost = max(cost, rows * max(n * positions, x1[0].numel()))
+        cost = max(cost, rows * max(n * positions, x1[0].numel()))  # the backward's gradients are full size
     return cost
 
 
@@ -256,21 +256,31 @@ def _downstream(out: torch.Tensor, probes: List[torch.Tensor]) -> List[List[torc
     return [list(torch.autograd.grad(logits[:, c].sum(), probes, retain_graph=True)) for c in range(logits.shape[1])]
 
 
+def _positions(P: int) -> torch.Tensor:
+    """The positions whose input Jacobians are computed: all, or :data:`MAX_POSITIONS` drawn once (fixed seed)."""
+    if P <= MAX_POSITIONS:
+        return torch.arange(P)
+    return torch.randperm(P, generator=torch.Generator().manual_seed(0))[:MAX_POSITIONS].sort().values
+
+
 def _upstream(units: torch.Tensor, x: torch.Tensor, chunk: int, name: str) -> torch.Tensor:
-    """``sum_b sum_p <d a_{b,i,p} / d x, d a_{b,j,p} / d x>`` over (at most :data:`MAX_POSITIONS`) positions, / positions."""
-    B, n, P = units.shape
-    pos = torch.arange(P) if P <= MAX_POSITIONS else \
-        torch.randperm(P, generator=torch.Generator().manual_seed(0))[:MAX_POSITIONS].sort().values
+    """``sum_b sum_p <d a_{b,i,p} / d x, d a_{b,j,p} / d x>`` over (at most :data:`MAX_POSITIONS`) positions, / positions.
+
+    One batched backward pass per chunk of rows, a chunk holding whole positions (all units of each),
+    position-major. (Selecting the positions before the backward passes made the one-hot cotangents
+    smaller but the passes 1.7x slower, through the selection's own backward; the memory is bounded
+    by the batch size either way, :func:`_upstream_cost`.)
+    """
+    B, n, _ = units.shape
+    pos = _positions(units.shape[2])
+    per_chunk = max(chunk, n) // n  # positions per backward pass
     total = torch.zeros(n, n, dtype=torch.float64, device=units.device)
-    rows = [(i, int(p)) for p in pos for i in range(n)]  # position-major: a chunk holds whole positions' units
-    J = torch.empty(0)
-    for s in range(0, len(rows), max(chunk, n) // n * n):
-        part = rows[s:s + max(chunk, n) // n * n]
-        onehot = torch.zeros(len(part), *units.shape, dtype=units.dtype, device=units.device)
-        idx = torch.arange(len(part))
-        onehot[idx, :, torch.tensor([r[0] for r in part]), torch.tensor([r[1] for r in part])] = 1.0
+    for s in range(0, len(pos), per_chunk):
+        ps = pos[s:s + per_chunk].to(units.device)
+        onehot = torch.zeros(len(ps) * n, *units.shape, dtype=units.dtype, device=units.device)
+        onehot[torch.arange(len(ps) * n), :, torch.arange(n).repeat(len(ps)), ps.repeat_interleave(n)] = 1.0
         J, = torch.autograd.grad(units, x, grad_outputs=onehot, retain_graph=True, is_grads_batched=True)
-        J = J.reshape(len(part) // n, n, B, -1)  # (positions, units, B, d)
+        J = J.reshape(len(ps), n, B, -1)  # (positions, units, B, d)
         _check_finite(J, name, "upstream Jacobians")
         J = J.double()  # float64 sums: a half-precision model's products overflow in float16
         total += torch.einsum("pibd,pjbd->ij", J, J)
