@@ -21,7 +21,7 @@ import click
 from graphinterp import DATASETS
 from graphinterp.cli._options import POSITIVE_INT
 
-__all__ = ["open_for_eval", "note_missing", "data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
+__all__ = ["open_for_eval", "runnable_for", "note_missing", "data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
            "inputs_note", "coverage_note", "limit_rows", "limit_note", "check_outputs", "inputs_error"]
 
 
@@ -233,17 +233,24 @@ def inputs_error(path: str, data, defaulted: bool, detail: str = "") -> Exceptio
 def open_for_eval(model: str, stored, dataset, split: str, data_dir, limit, seed: int, inputs: str,
                   trust_pickle: bool, notes: List[str]):
     """The evaluation data of MODEL and the model itself, as ablate and associate read them: ``(data, loaded, net,
-    graph)``, with the dataset, inputs and coverage notes added to ``notes``; a model that cannot read the data's
-    inputs or has another number of outputs is a clear error."""
-    from graphinterp import InputMismatchError, load_runnable
-
+    graph)``, with the dataset, inputs and coverage notes added to ``notes`` (:func:`runnable_for`)."""
     dataset, data_dir, defaulted = resolve_dataset(model, stored, dataset, data_dir, notes)
     data = load_eval_data(dataset, split, data_dir, limit, seed, notes, inputs)
     inputs_note(model, stored, dataset, inputs, notes)
+    return (data, *runnable_for(model, data, defaulted, trust_pickle, notes))
+
+
+def runnable_for(model: str, data, defaulted: bool, trust_pickle: bool, notes: List[str]):
+    """MODEL as a runnable module for ``data``: ``(loaded, net, graph)``; a model that cannot read the data's inputs
+    or has another number of outputs is a clear error; coverage and precision notes go to ``notes``."""
+    from graphinterp import InputMismatchError, load_runnable
+
     try:
         loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     except InputMismatchError as err:
         raise inputs_error(model, data, defaulted, err.detail) from err
     check_outputs(graph, data, model)
     coverage_note(model, graph, notes)
-    return data, loaded, net, graph
+    if loaded.meta.get("cast_note"):
+        notes.append(loaded.meta["cast_note"])
+    return loaded, net, graph

@@ -114,9 +114,12 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     else:
         try:
             clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph), random_state=seed)
+            source = f"network-wide BSGC now (k={k}, layers {', '.join(clustering.layer_names)})"
         except ClusteringError as err:
-            raise ClusteringError(f"the weight clusters to compare with: {err}") from err
-        source = f"network-wide BSGC now (k={k}, layers {', '.join(clustering.layer_names)})"
+            if names is not None:  # asked for: its failure is the answer
+                raise ClusteringError(f"the weight clusters to compare with: {err}") from err
+            clustering, source = None, "none"  # the associations do not need them
+            notes.append(f"no weight clusters to compare with: {err} (--layers)")
     if len(data) > max_examples:
         notes.append(f"associations measured on the first {max_examples:,} of {len(data):,} examples (--max-examples)")
     widest = max(graph.level_sizes()[1:-1], default=0)

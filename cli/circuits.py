@@ -14,8 +14,8 @@ from graphinterp.cli._common import (
 )
 from graphinterp.cli._options import refuse_given
 from graphinterp.cli._eval_data import (
-    check_outputs, coverage_note, data_options, inputs_error, inputs_note, load_eval_data, note_missing,
-    read_checkpoint, resolve_dataset, transformer_checkpoint,
+    data_options, inputs_note, load_eval_data, note_missing, read_checkpoint, resolve_dataset, runnable_for,
+    transformer_checkpoint,
 )
 from graphinterp.cli._circuit_report import (
     echo_heldout, echo_notes, echo_stopped, heldout_scope, more_or_fewer, percent, span,
@@ -47,14 +47,9 @@ def _bar_plot(circuits, title: str, weights: str, out: str) -> None:
 
 
 def _extract(path, data, labels, trust_pickle, kwargs, notes, defaulted=False):
-    from graphinterp import InputMismatchError, extract_circuits, load_runnable, stored_clustering
+    from graphinterp import extract_circuits, stored_clustering
 
-    try:
-        loaded, net, graph = load_runnable(path, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
-    except InputMismatchError as err:
-        raise inputs_error(path, data, defaulted, err.detail) from err
-    check_outputs(graph, data, path)
-    coverage_note(path, graph, notes)
+    loaded, net, graph = runnable_for(path, data, defaulted, trust_pickle, notes)
     clustering = stored_clustering(loaded.clustering, graph)
     return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs)
 

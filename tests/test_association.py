@@ -321,3 +321,19 @@ def test_cli_associate_plot(ckpt, tmp_path):
     assert res.exit_code == 0, res.stderr
     assert res.stdout.rstrip().endswith(f"wrote {tmp_path / 'a.svg'}") and (tmp_path / "a.svg").stat().st_size > 0
     assert ".png" in one_error(invoke("associate", ckpt, "--plot", tmp_path / "a.txt"), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_model_in_another_precision_is_evaluated_in_float32_with_a_note(tmp_path, dtype):
+    path = tmp_path / "m.pt"
+    torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10)).to(dtype), path)
+    name = str(dtype).replace("torch.", "")
+    res = invoke("circuits", path, "--trust-pickle", "--labels", "0", "--max-evals", 5, "-q")
+    assert res.exit_code == 0, res.stderr  # was a RuntimeError traceback (mat1 and mat2 dtypes)
+    assert f"note: {path} holds {name} weights; it is evaluated in float32" in res.stdout
+    res = invoke("associate", path, "--trust-pickle", "--null-copies", 0, "--k", 2, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "note: no weight clusters to compare with: the model has no Linear layer between two hidden" in res.stdout
+    assert "weight clusters: none" in res.stdout
+    res = invoke("associate", path, "--trust-pickle", "--layers", "1", "--k", 2, "--null-copies", 0, "-q")
+    assert res.exit_code == 0 and "weight clusters: network-wide BSGC now (k=2, layers 1)" in res.stdout

@@ -101,7 +101,8 @@ def load_runnable(path, *, trust_pickle: bool = False, input_shape=None):
 
     Returns ``(LoadedModel, module, LayeredGraph)``. Ablation and circuit extraction run the model,
     so the file must hold its architecture: a graphinterp checkpoint (with ``arch``) or, with
-    ``trust_pickle``, a pickled module.
+    ``trust_pickle``, a pickled module. A model with float16, bfloat16 or float64 weights is
+    converted to float32, the data's precision, and ``loaded.meta["cast_note"]`` says so.
 
     Parameters
     ----------
@@ -139,6 +140,12 @@ def load_runnable(path, *, trust_pickle: bool = False, input_shape=None):
     if loaded.module is None:
         raise ModelFileError(f"{path} holds weights without an architecture, so the model cannot be run; save it with "
                              "graphinterp.sources.checkpoint.save_checkpoint(path, model, arch=spec) or train it with graphinterp train")
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in list(loaded.module.parameters()) +
+                     list(loaded.module.buffers()) if t.is_floating_point() and t.dtype != torch.float32})
+    if dtypes:  # the data is float32: a half / bfloat16 / float64 model is run in float32 (and says so)
+        loaded.module.float()
+        loaded.meta["cast_note"] = (f"{path} holds {', '.join(dtypes)} weights; it is evaluated in float32, as the "
+                                    "data is (the results can differ from the model's own precision in rounding)")
     try:
         graph = LayeredGraph.from_module(loaded.module, input_shape=input_shape)
     except UnsupportedModelError as err:
