@@ -58,7 +58,8 @@ def parse_kinds(text: str) -> List[str]:
               help="Also measure the same architecture re-initialised (PyTorch's default init, --seed): the rotation "
                    "null tests alignment with the units, which ReLUs give even untrained, so compare with this.")
 @click.option("--max-examples", type=POSITIVE_INT, default=2000, show_default=True,
-              help="Examples the associations are measured on (the first N of the evaluation data).")
+              help="Examples the associations are measured on: the first N of the evaluation data (which --limit "
+                   "makes a seeded random subset).")
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Evaluation batch size.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save the association matrices as heatmaps (a row per level, a column per kind), units ordered by "
@@ -111,6 +112,10 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     if loaded.clustering and names is None:
         clustering = stored_clustering(loaded.clustering, graph)
         source = f"stored in the checkpoint (k={clustering.k}, layers {', '.join(clustering.layer_names)})"
+        if clustering.k != k:
+            notes.append(f"the stored weight clusters have k={clustering.k} and the association clusters k={k}: AMI "
+                         f"between partitions into different numbers of clusters stays below 1 (--k {clustering.k} to "
+                         "match, or --layers to cluster the weights now at --k)")
     else:
         try:
             clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph), random_state=seed)
@@ -123,10 +128,10 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     if len(data) > max_examples:
         notes.append(f"associations measured on the first {max_examples:,} of {len(data):,} examples (--max-examples)")
     widest = max(graph.level_sizes()[1:-1], default=0)
-    if min(len(data), max_examples) <= widest:
-        notes.append(f"{min(len(data), max_examples):,} examples for levels of up to {widest:,} units: the covariances "
-                     "are rank-deficient and noisy (a channel's positions pair position by position, so they do not "
-                     "add examples); use more examples")
+    if min(len(data), max_examples) < 10 * widest:
+        notes.append(f"{min(len(data), max_examples):,} examples for levels of up to {widest:,} units: fewer than 10 "
+                     "per unit, so the matrices are noisy (rank-deficient below one per unit; a channel's positions "
+                     "pair position by position, so they do not add examples); use more examples")
     if 0 < null_copies < 10:
         notes.append(f"{null_copies} null cop{'y' if null_copies == 1 else 'ies'}: z is rough and p is at least "
                      f"1/{null_copies + 1}; use 20 or more")
@@ -184,10 +189,12 @@ def _print(model, data, split, result, source, notes, reference=None) -> None:
     used = sorted({c.modularity.null.size for lv in result.levels.values() for c in lv.clusters.values()})
     null = (f"the same for {used[0]}" + (f"-{used[-1]}" if len(used) > 1 else "") + " copies of the matrix "
             + ("in random orthonormal bases" if result.null == "rotation" else "with its entries shuffled")
-            + " (mean ± sd), z and p = (r + 1) / (n + 1)") if tested else "not tested (--null-copies 0)"
+            + " (mean ± sd), z = (Q - mean) / sd, p = (r + 1) / (n + 1) with r of the n copies at or above Q (<= at "
+            "its floor: raise --null-copies to resolve it)") if tested else "not tested (--null-copies 0)"
     click.echo(f"Q: Newman modularity of the kind's own clusters on its association graph; null Q: {null}; Q of weight "
                "clusters: the weight clusters scored on that graph; AMI: adjusted mutual information with the weight "
-               "clusters (1 same partition, about 0 unrelated); units: those with any association of that kind (a "
+               "clusters (1 same partition, about 0 unrelated; '-': no weight clusters at that level); level: a "
+               "layer's outputs, where the next layer reads them; units: those with any association of that kind (a "
                "unit that never varies has no correlation or upstream association, but may act downstream).")
     kinds = result.kinds
     if len(kinds) > 1:
@@ -204,4 +211,8 @@ def _z(m) -> str:
 
 
 def _p(m) -> str:
-    return "-" if math.isnan(m.p_value) else f"{m.p_value:.3f}"
+    """The p-value; at its floor 1 / (n + 1) (no null copy reached the observed Q) written as ``<=``."""
+    if math.isnan(m.p_value):
+        return "-"
+    floor = 1.0 / (m.null.size + 1)
+    return f"<={floor:.3f}" if m.p_value <= floor + 1e-12 else f"{m.p_value:.3f}"

@@ -241,8 +241,10 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
             _bar_plot(circuits, f"Effective circuit size per label: {plain_text(_stem(model))}", _weights(data),
                       plot_path)
     if as_json:
-        payload = {"model": str(model), "dataset": data.name, "split": split, "mode": mode, "score": score,
-                   "tolerance": {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
+        authors = mode == "authors"  # score and tolerance do not apply to the authors' criterion
+        payload = {"model": str(model), "dataset": data.name, "split": split, "mode": mode,
+                   "score": None if authors else score,
+                   "tolerance": None if authors else {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
                    "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
                                 for c, ci in circuits.items()], "graphml": written, "notes": notes}
         if comparison is not None:
@@ -281,6 +283,10 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes)
     headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full",
                "held-out acc circuit/full", "held-out loss circuit/full"]
     click.echo(format_table(rows, headers + (["main cluster (mass)"] if shares else [])))
+    click.echo(f"{', '.join(f'{l} %' for l in layers)}: the share of that layer's non-zero weights the circuit keeps"
+               + ("; accuracy in --mode authors is on the label's own examples only (the share answered with the "
+                  "label), so a circuit that always answers the label scores 1.000, above a full model that does not"
+                  if not any(ci.n_neg for ci in circuits.values()) else ""))
     echo_heldout(circuits)
     if shares:
         click.echo("main cluster: the cluster holding most of the circuit's kept squared weight within the "

@@ -39,7 +39,8 @@ __all__ = ["command"]
                    "language model on --corpus FILE, default <data-dir>/tinyshakespeare/input.txt).")
 @click.option("--model", "model_name", type=click.Choice(["mlp", "cnn", "transformer"]), default=None,
               help="Architecture: mlp (paper's Table 1: hidden 64, 64; 32, 32 on digits), cnn (conv 16 channels, "
-                   "2x2 max-pool, then 64, 64), or transformer (modadd, chars; every MLP block is clustered). "
+                   "2x2 max-pool, then 64, 64; 32, 32 on digits), or transformer (modadd, chars; every MLP block is "
+                   "clustered). "
                    "Default: transformer for modadd/chars, else mlp.")
 @click.option("--k", type=click.IntRange(min=2), default=4, show_default=True, help="Number of clusters per clustered layer.")
 @click.option("--lambda", "lam", type=float, default=20.0, show_default=True,

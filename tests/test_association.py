@@ -337,3 +337,16 @@ def test_a_model_in_another_precision_is_evaluated_in_float32_with_a_note(tmp_pa
     assert "weight clusters: none" in res.stdout
     res = invoke("associate", path, "--trust-pickle", "--layers", "1", "--k", 2, "--null-copies", 0, "-q")
     assert res.exit_code == 0 and "weight clusters: network-wide BSGC now (k=2, layers 1)" in res.stdout
+
+
+def test_cli_associate_says_when_k_differs_from_the_stored_clustering_and_p_is_at_its_floor(ckpt):
+    res = invoke("associate", ckpt, "--kinds", "correlation", "--k", 3, "--null-copies", 4, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "the stored weight clusters have k=2 and the association clusters k=3" in res.stdout
+    assert "z = (Q - mean) / sd, p = (r + 1) / (n + 1) with r of the n copies at or above Q" in res.stdout
+    from graphinterp.cli.associate import _p
+    from graphinterp.clustering.shuffle_results import NullComparison
+
+    assert _p(NullComparison.from_samples(0.9, np.array([0.1, 0.2, 0.3, 0.4]))) == "<=0.200"  # at the floor 1/5
+    assert _p(NullComparison.from_samples(0.25, np.array([0.1, 0.2, 0.3, 0.4]))) == "0.600"
+    assert _p(NullComparison.from_samples(0.25, np.array([]))) == "-"

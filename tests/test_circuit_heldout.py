@@ -194,3 +194,13 @@ def test_cli_reports_heldout_figures_and_says_when_none_are_left(ckpt):
     assert res.exit_code == 0, res.stderr
     assert ("then checked on held-out ones: none for every label (no unused example of the label, or of the other "
             "labels, is left; lower --max-examples or give more data to hold some out)") in res.stdout
+
+
+def test_authors_mode_says_what_its_accuracy_is_and_drops_the_settings_it_ignores(ckpt):
+    res = invoke("circuits", ckpt, "--labels", "0", "--mode", "authors", "--split", "train", "--max-examples", 20, "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "accuracy in --mode authors is on the label's own examples only" in res.stdout
+    assert "fc1 %, fc2 %, fc3 %: the share of that layer's non-zero weights the circuit keeps" in res.stdout
+    out = json.loads(invoke("circuits", ckpt, "--labels", "0", "--mode", "authors", "--split", "train",
+                            "--max-examples", 20, "--json").stdout)
+    assert out["score"] is None and out["tolerance"] is None
