@@ -77,7 +77,9 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
                    "an error.")
 @click.option("--compare", "other", type=click.Path(dir_okay=False), default=None,
               help="Extract the same circuits from this second model (e.g. the unclustered baseline) and report the "
-                   "ECS change per label (the paper's Figure 3).")
+                   "ECS change per label (the paper's Figure 3). In --json, \"compare\" has model a = this one and b = "
+                   "MODEL: ecs_a, ecs_b, relative_change (b - a) / a, a_over_b = mean (a - b) / b (0.6: a's circuits "
+                   "hold 60% more), ratio_of_means = mean(a) / mean(b) - 1.")
 @click.option("--mode", type=click.Choice(["graphinterp", "authors"]), default="graphinterp", show_default=True,
               help="Circuit criterion. graphinterp: prune ranked edges of every layer while the one-vs-rest task stays "
                    "within --min-accuracy/--max-loss-increase, then single-edge passes to a local minimum. authors: the "

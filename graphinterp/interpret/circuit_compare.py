@@ -108,6 +108,16 @@ class CircuitComparison:
                    dict(circuits_a), dict(circuits_b))
 
     def to_dict(self) -> Dict[str, Any]:
+        """Plain values for JSON: ``names`` (model a, model b), ``labels``, ``label_names``, ``ecs_a``/``ecs_b``
+        per label, ``relative_change`` per label (``(ecs_b - ecs_a) / ecs_a``) and its mean
+        (``mean_relative_change``), ``a_over_b`` (mean of ``(ecs_a - ecs_b) / ecs_b``: how many more parameters
+        a's circuits hold, 0.6 meaning 60% more), ``ratio_of_means`` (``mean(ecs_a) / mean(ecs_b) - 1``), and the
+        evaluations of each search; undefined values (every circuit empty) as None.
+
+        Returns
+        -------
+        dict
+        """
         return {"names": list(self.names), "labels": self.labels, "label_names": self.label_names,
                 "ecs_a": self.ecs_a.tolist(), "ecs_b": self.ecs_b.tolist(),
                 "relative_change": [None if np.isnan(v) else float(v) for v in self.relative_change],
