@@ -46,13 +46,14 @@ from graphinterp.common.files import resolve_device
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.evaluation import as_tensors, eval_mode, on_device
 from graphinterp.interpret.interventions import interventions
+from graphinterp.interpret.jacobians import (
+    MAX_POSITIONS, check_finite, downstream_grads, units_of, upstream_cost, upstream_gram,
+)
 
 __all__ = ["ASSOCIATION_KINDS", "MAX_POSITIONS", "association_matrices", "association_moments", "hidden_levels"]
 
 #: The association kinds, upstream first.
 ASSOCIATION_KINDS = ("correlation", "covariance", "upstream", "downstream")
-#: Positions of a channel whose input Jacobians are computed (a seeded subset above this).
-MAX_POSITIONS = 32
 _JACOBIAN_BUDGET = 1 << 24  # elements of one upstream backward pass's cotangents or Jacobians (64 MB in float32)
 
 
@@ -175,7 +176,7 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     if dtype is not None and x.is_floating_point() and x.dtype != dtype:
         x = x.to(dtype)  # data read as float32 for a half / double model
     if "upstream" in kinds:  # one backward pass (its one-hot cotangents and Jacobians) within the budget
-        batch_size = max(1, min(batch_size, _JACOBIAN_BUDGET // _upstream_cost(model, graph, x[:1], names, chunk)))
+        batch_size = max(1, min(batch_size, _JACOBIAN_BUDGET // upstream_cost(model, graph, x[:1], names, chunk)))
     stats = sorted({"cov" if k in ("correlation", "covariance") else k for k in kinds})
     sums: Dict[str, Dict[str, Any]] = {s: {} for s in stats}
     device = resolve_device(device)
@@ -209,88 +210,21 @@ def _batch(model, graph, xb, names, stats, sums, chunk) -> None:
         if "upstream" in stats:
             xb = xb.detach().requires_grad_(True)
         out = model(xb)
-    grads = _downstream(out, [seen[n][1] for n in names]) if "downstream" in stats else None
+    grads = downstream_grads(out, [seen[n][1] for n in names]) if "downstream" in stats else None
     for i, name in enumerate(names):
         a, _, channel, per = seen[name]
-        units = _units(a, channel, per)  # (B, n, positions)
-        _check_finite(units, name, "activations")
+        units = units_of(a, channel, per)  # (B, n, positions)
+        check_finite(units, name, "activations")
         if "cov" in stats:
             u = units.detach().double()
             _add(sums["cov"], name, (torch.einsum("bip,bjp->ij", u, u), u.sum(0), u.shape[0] * u.shape[2]))
         if "downstream" in stats:
-            g = [_units(gc[i], channel, per).double() for gc in grads]  # per class: (B, n, positions)
+            g = [units_of(gc[i], channel, per).double() for gc in grads]  # per class: (B, n, positions)
             for gc in g:
-                _check_finite(gc, name, "downstream Jacobians")
+                check_finite(gc, name, "downstream Jacobians")
             _add(sums["downstream"], name, sum(torch.einsum("bip,bjp->ij", gc, gc) for gc in g) / units.shape[2])
         if "upstream" in stats:
-            _add(sums["upstream"], name, _upstream(units, xb, chunk, name))
-
-
-def _upstream_cost(model, graph, x1, names, chunk) -> int:
-    """Elements per example of one upstream backward pass: its rows (whole positions' units) times the larger of
-    a level's activation (the gradients flowing back through it) and the input (the Jacobian), at the widest level."""
-    shapes: Dict[str, tuple] = {}
-    with interventions(model, graph) as iv, torch.no_grad():
-        for name in names:
-            _, _, channel, per = iv.site(name)
-            iv.record(name, lambda a, name=name, channel=channel, per=per: shapes.__setitem__(
-                name, tuple(_units(a, channel, per).shape[1:])))
-        model(x1.to(next(model.parameters()).device))
-    cost = 1
-    for n, positions in shapes.values():
-        rows = max(chunk, n) // n * n
-        cost = max(cost, rows * max(n * positions, x1[0].numel()))  # the backward's gradients are full size
-    return cost
-
-
-def _units(a: torch.Tensor, channel: bool, per: int) -> torch.Tensor:
-    """A level's activation as ``(B, n_units, positions)``."""
-    if channel:
-        return a.reshape(a.shape[0], a.shape[1], -1)
-    return a.reshape(a.shape[0], -1, per)
-
-
-def _downstream(out: torch.Tensor, probes: List[torch.Tensor]) -> List[List[torch.Tensor]]:
-    """Per output class, ``d out_c / d probe`` of every level: one backward pass per class for all levels."""
-    logits = out.reshape(out.shape[0], -1)
-    return [list(torch.autograd.grad(logits[:, c].sum(), probes, retain_graph=True)) for c in range(logits.shape[1])]
-
-
-def _positions(P: int) -> torch.Tensor:
-    """The positions whose input Jacobians are computed: all, or :data:`MAX_POSITIONS` drawn once (fixed seed)."""
-    if P <= MAX_POSITIONS:
-        return torch.arange(P)
-    return torch.randperm(P, generator=torch.Generator().manual_seed(0))[:MAX_POSITIONS].sort().values
-
-
-def _upstream(units: torch.Tensor, x: torch.Tensor, chunk: int, name: str) -> torch.Tensor:
-    """``sum_b sum_p <d a_{b,i,p} / d x, d a_{b,j,p} / d x>`` over (at most :data:`MAX_POSITIONS`) positions, / positions.
-
-    One batched backward pass per chunk of rows, a chunk holding whole positions (all units of each),
-    position-major. (Selecting the positions before the backward passes made the one-hot cotangents
-    smaller but the passes 1.7x slower, through the selection's own backward; the memory is bounded
-    by the batch size either way, :func:`_upstream_cost`.)
-    """
-    B, n, _ = units.shape
-    pos = _positions(units.shape[2])
-    per_chunk = max(chunk, n) // n  # positions per backward pass
-    total = torch.zeros(n, n, dtype=torch.float64, device=units.device)
-    for s in range(0, len(pos), per_chunk):
-        ps = pos[s:s + per_chunk].to(units.device)
-        onehot = torch.zeros(len(ps) * n, *units.shape, dtype=units.dtype, device=units.device)
-        onehot[torch.arange(len(ps) * n), :, torch.arange(n).repeat(len(ps)), ps.repeat_interleave(n)] = 1.0
-        J, = torch.autograd.grad(units, x, grad_outputs=onehot, retain_graph=True, is_grads_batched=True)
-        J = J.reshape(len(ps), n, B, -1)  # (positions, units, B, d)
-        _check_finite(J, name, "upstream Jacobians")
-        J = J.double()  # float64 sums: a half-precision model's products overflow in float16
-        total += torch.einsum("pibd,pjbd->ij", J, J)
-    return total / len(pos)
-
-
-def _check_finite(t: torch.Tensor, level: str, what: str) -> None:
-    if not bool(torch.isfinite(t).all()):
-        raise DataError(f"level {level!r}: the {what} are not finite (NaN or inf) on these inputs; check the data "
-                        "and the model's weights")
+            _add(sums["upstream"], name, upstream_gram(units, xb, chunk, name))
 
 
 def _add(store: Dict[str, Any], name: str, value) -> None:
