@@ -191,7 +191,7 @@ def test_bad_inputs():
     for bad in (3.7, 1.0, True, torch.tensor(1.0)):  # int(3.7) ran label 3 without a word
         with pytest.raises(DataError, match="must be integers"):
             extract_circuits(model, (x, y), [bad], progress=False, device="cpu")
-    from graphinterp.interpret.circuits import _labels
+    from graphinterp.interpret.label_tasks import output_labels as _labels
 
     assert _labels(torch.arange(2), 3) == [0, 1] and _labels(np.array([2]), 3) == [2]  # integer tensors and arrays
 

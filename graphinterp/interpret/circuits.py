@@ -53,7 +53,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -67,7 +66,7 @@ from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ecs import circuit_size
 from graphinterp.interpret.edges import EdgeLayer, edge_layers
 from graphinterp.interpret.interventions import module_of
-from graphinterp.interpret.label_tasks import LabelTask, heldout_task, label_task
+from graphinterp.interpret.label_tasks import LabelTask, heldout_task, label_task, output_labels
 from graphinterp.interpret.scores import SCORES, ScoreContext
 
 __all__ = ["MODES", "Tolerance", "Schedule", "Circuit", "extract_circuit", "extract_circuits", "CircuitComparison",
@@ -185,30 +184,6 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
                    status["n_evals"], time.perf_counter() - start, name, history, mode, status.get("converged"), checked)
 
 
-def _labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
-    if isinstance(labels, str):
-        if labels != "all":
-            raise DataError(f"labels must be 'all' or a list of integers, got {labels!r}")
-        return list(range(n_out))
-    try:
-        items = list(labels)
-    except TypeError:
-        raise DataError(f"labels must be 'all' or a list of integers, got {labels!r}") from None
-    def integer(c) -> bool:  # Python, numpy and 0-d torch integers (y.unique()); not bools or floats
-        if isinstance(c, torch.Tensor):
-            return c.dim() == 0 and not c.is_floating_point() and not c.is_complex() and c.dtype != torch.bool
-        return isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
-
-    wrong = [c for c in items if not integer(c)]
-    if wrong:  # int(3.7) would silently run label 3
-        raise DataError(f"labels must be integers (output indices), got {wrong[0]!r}")
-    out = [int(c) for c in items]
-    bad = [c for c in out if not 0 <= c < n_out]
-    if bad or not out:
-        raise DataError(f"label(s) {bad or 'none'} not in the model's output: it has {n_out} outputs, use labels in 0..{n_out - 1}")
-    return out
-
-
 def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[int]] = "all", *,
                      graph: Optional[LayeredGraph] = None, max_examples: int = 500, negative_ratio: float = 1.0,
                      random_state: int = 0, heldout: bool = True, progress: bool = True, n_jobs: int = 1,
@@ -284,7 +259,7 @@ def _label_tasks(model: nn.Module, data: Any, labels, kwargs: dict, *, graph: Op
     """The labels wanted and the arguments of :func:`_extract_one` for each (checked before any search)."""
     x, y, names = as_tensors(data)
     graph = graph if graph is not None else LayeredGraph.from_module(model)
-    wanted = _labels(labels, graph.layers[-1].n_out)
+    wanted = output_labels(labels, graph.layers[-1].n_out)
     if kwargs.get("mode", "graphinterp") not in MODES:
         raise DataError(f"unknown circuit mode {kwargs['mode']!r}; use one of {list(MODES)}")
     tasks = []

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from graphinterp.common.errors import DataError
 
-__all__ = ["LabelTask", "label_task", "heldout_task", "task_terms", "class_first_terms", "TaskMetrics"]
+__all__ = ["LabelTask", "label_task", "heldout_task", "output_labels", "task_terms", "class_first_terms", "TaskMetrics"]
 
 
 @dataclass
@@ -176,3 +177,35 @@ class TaskMetrics:
             return (self.w @ hit.double()).clamp_max(1.0), self.w @ loss.double()
         hit, loss = class_first_terms(logits, self.label, self.pos)
         return (hit.double() @ self.w).clamp_max(1.0), loss.double() @ self.w  # never above 1 by rounding
+
+
+def output_labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
+    """``labels`` as a list of output indices of a model with ``n_out`` outputs: ``"all"``, or integers in range
+    (Python, numpy or 0-d torch integers; not bools or floats, which would silently round).
+
+    Examples
+    --------
+    >>> output_labels("all", 3), output_labels([2, 0], 3)
+    ([0, 1, 2], [2, 0])
+    """
+    if isinstance(labels, str):
+        if labels != "all":
+            raise DataError(f"labels must be 'all' or a list of integers, got {labels!r}")
+        return list(range(n_out))
+    try:
+        items = list(labels)
+    except TypeError:
+        raise DataError(f"labels must be 'all' or a list of integers, got {labels!r}") from None
+    def integer(c) -> bool:  # Python, numpy and 0-d torch integers (y.unique()); not bools or floats
+        if isinstance(c, torch.Tensor):
+            return c.dim() == 0 and not c.is_floating_point() and not c.is_complex() and c.dtype != torch.bool
+        return isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
+
+    wrong = [c for c in items if not integer(c)]
+    if wrong:  # int(3.7) would silently run label 3
+        raise DataError(f"labels must be integers (output indices), got {wrong[0]!r}")
+    out = [int(c) for c in items]
+    bad = [c for c in out if not 0 <= c < n_out]
+    if bad or not out:
+        raise DataError(f"label(s) {bad or 'none'} not in the model's output: it has {n_out} outputs, use labels in 0..{n_out - 1}")
+    return out

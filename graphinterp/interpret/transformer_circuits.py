@@ -38,11 +38,11 @@ import torch
 from torch import nn
 
 from graphinterp.interpret.answer_tail import AnswerTail, check_transformer, stream_input
-from graphinterp.interpret.circuits import Circuit, _labels, extract_circuit
+from graphinterp.interpret.circuits import Circuit, extract_circuit
 from graphinterp.common.errors import DataError
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import interventions
-from graphinterp.interpret.label_tasks import LabelTask, heldout_task, label_task
+from graphinterp.interpret.label_tasks import LabelTask, heldout_task, label_task, output_labels
 
 __all__ = ["AnswerTail", "stream_input", "mlp_edges", "masked_mlp", "extract_transformer_circuits"]
 
@@ -140,7 +140,7 @@ def extract_transformer_circuits(model: nn.Module, x: torch.Tensor, y: torch.Ten
     check_transformer(model)
     if len(x) != len(y) or y.dim() != 1:
         raise DataError(f"expected one answer per sequence: x has {len(x)} rows, y has shape {tuple(y.shape)}")
-    wanted = _labels(labels, model.unembed.out_features)
+    wanted = output_labels(labels, model.unembed.out_features)
     model.eval()
     feats = stream_input(model, x, batch_size=kwargs.get("batch_size", 4096)).cpu()
     draw = dict(max_examples=max_examples, negative_ratio=negative_ratio, random_state=random_state)
