@@ -65,7 +65,11 @@ def association_graph(M: np.ndarray, *, normalize: bool = False) -> np.ndarray:
     >>> association_graph(np.array([[4.0, -2.0], [-2.0, 9.0]]), normalize=True).round(3).tolist()
     [[0.0, 0.333], [0.333, 0.0]]
     """
-    M = _square(M)
+    return _graph_of(_square(M), normalize)
+
+
+def _graph_of(M: np.ndarray, normalize: bool) -> np.ndarray:
+    """:func:`association_graph` of a matrix already checked."""
     d = np.clip(np.diag(M), 0, None)
     live = d > _DEAD * max(float(d.max(initial=0)), 1e-300)
     A = np.abs(M / np.sqrt(np.outer(np.where(live, d, 1), np.where(live, d, 1)))) if normalize else np.abs(M)
@@ -109,9 +113,13 @@ def cluster_units(A: np.ndarray, k: int, *, random_state=None) -> np.ndarray:
     >>> len(set(labels[:3])), len(set(labels[3:])), bool(labels[0] != labels[3])
     (1, 1, True)
     """
+    return _spectral(_graph(A), k, check_random_state(random_state))
+
+
+def _spectral(A: np.ndarray, k, rng: np.random.RandomState) -> np.ndarray:
+    """:func:`cluster_units` of a graph already checked (symmetric, non-negative, zero diagonal)."""
     from sklearn.cluster import SpectralClustering
 
-    A = _graph(A)
     live = A.sum(1) > 0
     n_live = int(live.sum())
     if n_live < 3:
@@ -120,7 +128,7 @@ def cluster_units(A: np.ndarray, k: int, *, random_state=None) -> np.ndarray:
     if not isinstance(k, (int, np.integer)) or k < 2 or k >= n_live:
         raise ClusteringError(f"k={k} is out of range for {n_live} units with any association (of {len(A)}): use "
                               f"2 <= k <= {n_live - 1}")
-    seed = int(check_random_state(random_state).randint(2**31 - 1))
+    seed = int(rng.randint(2**31 - 1))
     with _one_thread(), warnings.catch_warnings():  # a graph in pieces is clustered all the same (pieces first)
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
         labels = SpectralClustering(k, affinity="precomputed", random_state=seed).fit_predict(A[np.ix_(live, live)])
@@ -204,15 +212,15 @@ def modularity_test(M: np.ndarray, k: int, *, normalize: bool = False, null: str
         raise ClusteringError(f"n_null must be a non-negative integer, got {n_null!r}")
     rng = check_random_state(random_state)
     M = _square(M)
-    A = association_graph(M, normalize=normalize)
-    labels = cluster_units(A, k, random_state=rng)
+    A = _graph_of(M, normalize)
+    labels = _spectral(A, k, rng)
     observed = modularity(A, labels)
     live = np.flatnonzero(labels >= 0)
     values = []
     for _ in range(n_null):
         copy = _rotated(M[np.ix_(live, live)], rng, normalize) if null == "rotation" else _shuffled(A[np.ix_(live, live)], rng)
         try:
-            values.append(modularity(copy, cluster_units(copy, k, random_state=rng)))
+            values.append(modularity(copy, _spectral(copy, k, rng)))
         except ClusteringError:  # a copy with fewer than k + 1 associated units has no value (counted in n_null)
             continue
     return UnitClusters(labels, int(k), NullComparison.from_samples(observed, np.asarray(values)), null, A)
@@ -222,7 +230,7 @@ def _rotated(M: np.ndarray, rng: np.random.RandomState, normalize: bool) -> np.n
     """The graph of ``R M R^T`` for a Haar-random orthogonal ``R``."""
     Q, R = np.linalg.qr(rng.standard_normal(M.shape))
     Q = Q * np.sign(np.diag(R))  # Haar: fix the signs of the QR factor
-    return association_graph(Q @ M @ Q.T, normalize=normalize)
+    return _graph_of(Q @ M @ Q.T, normalize)  # symmetrised there
 
 
 def _shuffled(A: np.ndarray, rng: np.random.RandomState) -> np.ndarray:

@@ -44,7 +44,7 @@ from graphinterp.clustering.modularity import association_graph
 from graphinterp.common.errors import DataError
 from graphinterp.common.files import resolve_device
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.evaluation import as_tensors, eval_mode, on_device
+from graphinterp.interpret.evaluation import as_inputs, eval_mode, on_device
 from graphinterp.interpret.interventions import interventions
 from graphinterp.interpret.jacobians import (
     MAX_POSITIONS, check_finite, downstream_grads, units_of, upstream_cost, upstream_gram,
@@ -157,7 +157,7 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     unknown = [k for k in kinds if k not in ASSOCIATION_KINDS]
     if unknown or not kinds:
         raise DataError(f"unknown association kind(s) {unknown or 'none'}; use some of {list(ASSOCIATION_KINDS)}")
-    x = data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
+    x = as_inputs(data)
     x = x[:max_examples] if max_examples is not None else x
     if len(x) < 2:
         raise DataError(f"association matrices need at least 2 examples, got {len(x)}")

@@ -32,7 +32,7 @@ from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.label_tasks import TaskMetrics
 from graphinterp.interpret.linear_states import ELEMENTWISE, LinearStates
 
-__all__ = ["TaskMetrics", "LinearStates", "forward_metrics", "sequential_pass", "ELEMENTWISE"]
+__all__ = ["TaskMetrics", "LinearStates", "batched_logits", "forward_metrics", "sequential_pass", "ELEMENTWISE"]
 
 #: A unit needs this many edges in a pass for PiecewiseLogits (built once per unit) to beat direct evaluation.
 PIECEWISE_MIN_EDGES = 256
@@ -40,12 +40,14 @@ PIECEWISE_MIN_EDGES = 256
 Accept = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def forward_metrics(model: nn.Module, metrics: TaskMetrics, batch_size: int) -> Tuple[float, float]:
-    logits = []
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``model(x)`` without gradients, ``batch_size`` examples per forward pass."""
     with torch.no_grad():
-        for s in range(0, len(metrics.x), batch_size):
-            logits.append(model(metrics.x[s:s + batch_size]))
-    acc, loss = metrics(torch.cat(logits)[None])
+        return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+
+
+def forward_metrics(model: nn.Module, metrics: TaskMetrics, batch_size: int) -> Tuple[float, float]:
+    acc, loss = metrics(batched_logits(model, metrics.x, batch_size)[None])
     return float(acc[0]), float(loss[0])
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from graphinterp.interpret.chance import MARGIN_SD
+from graphinterp.interpret.circuit_batch import batched_logits
 from graphinterp.interpret.circuit_result import HeldOut
 from graphinterp.interpret.circuit_search import AUTHORS_RTOL, Tolerance, masked_in_place
 from graphinterp.interpret.edges import EdgeLayer
@@ -82,9 +83,9 @@ def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
         task = LabelTask(task.label, task.x[task.positive], task.positive[task.positive])
     device = layers[0].weight.device
     x, pos, w = task.x.to(device), task.positive.to(device), task.weights().to(device)
-    full = task_terms(_logits(model, x, batch_size), task.label, pos)
+    full = task_terms(batched_logits(model, x, batch_size), task.label, pos)
     with masked_in_place(model, layers, modules, {k: v.to(device) for k, v in masks.items()}):
-        circuit = task_terms(_logits(model, x, batch_size), task.label, pos)
+        circuit = task_terms(batched_logits(model, x, batch_size), task.label, pos)
     (hit_f, loss_f), (hit_c, loss_c) = ((h.double(), l.double()) for h, l in (full, circuit))
     acc, loss, full_acc, full_loss = (float(w @ t) for t in (hit_c, loss_c, hit_f, loss_f))
     acc, full_acc = min(acc, 1.0), min(full_acc, 1.0)  # rounding never lifts them above 1
@@ -101,11 +102,6 @@ def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
     clearly = () if too_few else tuple(n for n in missed if _clearly_below_zero(terms[n], w, pos))
     return HeldOut(acc, loss, full_acc, full_loss, task.n_pos, task.n_neg, not missed, bool(clearly), missed, clearly,
                    too_few, limits)
-
-
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
 
 
 def _clearly_below_zero(terms: torch.Tensor, w: torch.Tensor, positive: torch.Tensor) -> bool:

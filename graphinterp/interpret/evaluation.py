@@ -11,7 +11,7 @@ from graphinterp.common.files import resolve_device
 from graphinterp.common.inference import eval_mode, on_device, predictions  # noqa: F401  (re-exported)
 from graphinterp.common.errors import DataError
 
-__all__ = ["as_tensors", "class_accuracy", "eval_mode", "load_runnable", "per_class", "predictions"]
+__all__ = ["as_inputs", "as_tensors", "class_accuracy", "eval_mode", "load_runnable", "per_class", "predictions"]
 
 
 def as_tensors(data: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str]]]:
@@ -44,6 +44,17 @@ def as_tensors(data: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str
     if len(y) == 0:
         raise DataError("the dataset is empty; pass at least one labelled example")
     return x, y.long(), classes
+
+
+def as_inputs(data: Any) -> torch.Tensor:
+    """The inputs ``x`` of ``data``: a tensor as it is, else the ``x`` of :func:`as_tensors` (labels not needed).
+
+    Examples
+    --------
+    >>> as_inputs(torch.zeros(2, 3)).shape, as_inputs((torch.ones(4, 1), torch.zeros(4))).shape
+    (torch.Size([2, 3]), torch.Size([4, 1]))
+    """
+    return data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
 
 
 def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, device=None,

@@ -29,7 +29,7 @@ from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ablate import hidden_level_labels
 from graphinterp.interpret.association import ASSOCIATION_KINDS, association_moments, hidden_levels
-from graphinterp.interpret.evaluation import as_tensors
+from graphinterp.interpret.evaluation import as_inputs
 
 __all__ = ["LevelModules", "FunctionalModules", "functional_modules", "reinitialised"]
 
@@ -147,7 +147,7 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
     >>> list(res.levels), sorted(res.levels["0"].clusters), res.levels["0"].n_units
     (['0'], ['correlation', 'downstream', 'upstream'], 8)
     """
-    x = data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
+    x = as_inputs(data)
     graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(x.shape[1:]))
     hidden, all_names = hidden_levels(graph), graph.level_names()
     names = list(levels) if levels is not None else hidden

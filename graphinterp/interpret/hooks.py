@@ -13,7 +13,7 @@ from torch import nn
 
 from graphinterp.common.errors import ClusteringError, DataError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.evaluation import as_tensors, eval_mode
+from graphinterp.interpret.evaluation import as_inputs, eval_mode
 from graphinterp.interpret.interventions import Interventions, interventions, module_of, node_mask
 
 __all__ = ["AblationHandle", "NeuronSpec", "MODES", "ablate", "run_with_ablation", "level_means", "module_of"]
@@ -104,7 +104,7 @@ def ablate(
     if graph is None:
         shape = None
         if reference is not None:
-            ref = reference if isinstance(reference, torch.Tensor) else as_tensors(reference)[0]
+            ref = as_inputs(reference)
             shape = tuple(ref.shape[1:])
         graph = LayeredGraph.from_module(model, input_shape=shape)
     with interventions(model, graph) as iv:
@@ -171,7 +171,7 @@ def level_means(model: nn.Module, graph: Optional[LayeredGraph], reference: Any,
     >>> level_means(relu_net, None, torch.tensor([[1.0, -1.0], [3.0, 1.0]]), levels=["0"])["0"].tolist()
     [2.0, 0.5]
     """
-    x = reference if isinstance(reference, torch.Tensor) else as_tensors(reference)[0]
+    x = as_inputs(reference)
     if len(x) == 0:
         raise DataError("the reference data for mean ablation is empty")
     graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(x.shape[1:]))
