@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "on_device", "predictions"]
+__all__ = ["eval_mode", "in_model_dtype", "on_device", "predictions"]
 
 
 @contextlib.contextmanager
@@ -40,6 +40,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         for module, training in modes[1:]:
             if module.training != training:
                 module.train(training)
+
+
+def in_model_dtype(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Floating-point inputs ``x`` in the dtype of the model's floating-point parameters (``x`` itself when equal).
+
+    Data is read as float32; a model kept in float16, bfloat16 or float64 would otherwise fail in its
+    first product with torch's "mat1 and mat2 must have the same dtype". Integer inputs (token ids)
+    and models without floating-point parameters are left as they are.
+
+    Examples
+    --------
+    >>> in_model_dtype(nn.Linear(2, 1).double(), torch.ones(1, 2)).dtype
+    torch.float64
+    >>> in_model_dtype(nn.Embedding(3, 2), torch.tensor([1, 2])).dtype
+    torch.int64
+    """
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is None or not x.is_floating_point() or x.dtype == dtype:
+        return x
+    return x.to(dtype)
 
 
 @contextlib.contextmanager

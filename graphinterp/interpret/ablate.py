@@ -207,7 +207,7 @@ def ablation_matrix(model: nn.Module, graph: Optional[LayeredGraph], clustering:
     from tqdm.auto import tqdm
 
     clustering = require_clustering(clustering, "ablation_matrix")
-    x, y, names = as_tensors(data)
+    x, y, names = as_tensors(data, model)
     device = resolve_device(device)
     with on_device(model, device):
         graph = graph if graph is not None else LayeredGraph.from_module(model)

@@ -157,7 +157,7 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     unknown = [k for k in kinds if k not in ASSOCIATION_KINDS]
     if unknown or not kinds:
         raise DataError(f"unknown association kind(s) {unknown or 'none'}; use some of {list(ASSOCIATION_KINDS)}")
-    x = as_inputs(data)
+    x = as_inputs(data, model)  # float32 data for a half / double model: in the model's dtype
     x = x[:max_examples] if max_examples is not None else x
     if len(x) < 2:
         raise DataError(f"association matrices need at least 2 examples, got {len(x)}")
@@ -172,9 +172,6 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     jacobians = bool({"upstream", "downstream"} & set(kinds))
     if jacobians and torch.is_inference_mode_enabled():
         raise DataError("upstream and downstream associations need gradients: call them outside torch.inference_mode()")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    if dtype is not None and x.is_floating_point() and x.dtype != dtype:
-        x = x.to(dtype)  # data read as float32 for a half / double model
     if "upstream" in kinds:  # one backward pass (its one-hot cotangents and Jacobians) within the budget
         batch_size = max(1, min(batch_size, _JACOBIAN_BUDGET // upstream_cost(model, graph, x[:1], names, chunk)))
     stats = sorted({"cov" if k in ("correlation", "covariance") else k for k in kinds})

@@ -257,7 +257,7 @@ def _label_tasks(model: nn.Module, data: Any, labels, kwargs: dict, *, graph: Op
                  max_examples: int = 500, negative_ratio: float = 1.0, random_state: int = 0, heldout: bool = True
                  ) -> Tuple[List[int], List[tuple]]:
     """The labels wanted and the arguments of :func:`_extract_one` for each (checked before any search)."""
-    x, y, names = as_tensors(data)
+    x, y, names = as_tensors(data, model)
     graph = graph if graph is not None else LayeredGraph.from_module(model)
     wanted = output_labels(labels, graph.layers[-1].n_out)
     if kwargs.get("mode", "graphinterp") not in MODES:

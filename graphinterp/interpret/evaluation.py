@@ -8,14 +8,17 @@ import torch
 from torch import nn
 
 from graphinterp.common.files import resolve_device
-from graphinterp.common.inference import eval_mode, on_device, predictions  # noqa: F401  (re-exported)
+from graphinterp.common.inference import eval_mode, in_model_dtype, on_device, predictions  # noqa: F401  (re-exported)
 from graphinterp.common.errors import DataError
 
 __all__ = ["as_inputs", "as_tensors", "class_accuracy", "eval_mode", "load_runnable", "per_class", "predictions"]
 
 
-def as_tensors(data: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str]]]:
+def as_tensors(data: Any, model: Optional[nn.Module] = None) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str]]]:
     """``(x, y, class_names or None)`` from a ``LabeledTensors``, an ``(x, y)`` pair or a ``TensorDataset``.
+
+    With ``model``, floating-point ``x`` comes in the dtype of its parameters (:func:`in_model_dtype`:
+    float32 data for a float16, bfloat16 or float64 model).
 
     Raises
     ------
@@ -43,18 +46,20 @@ def as_tensors(data: Any) -> Tuple[torch.Tensor, torch.Tensor, Optional[List[str
         raise DataError(f"labels must be a 1-D tensor as long as the inputs, got x {tuple(x.shape)} and y {tuple(y.shape)}")
     if len(y) == 0:
         raise DataError("the dataset is empty; pass at least one labelled example")
-    return x, y.long(), classes
+    return (x if model is None else in_model_dtype(model, x)), y.long(), classes
 
 
-def as_inputs(data: Any) -> torch.Tensor:
-    """The inputs ``x`` of ``data``: a tensor as it is, else the ``x`` of :func:`as_tensors` (labels not needed).
+def as_inputs(data: Any, model: Optional[nn.Module] = None) -> torch.Tensor:
+    """The inputs ``x`` of ``data``: a tensor as it is, else the ``x`` of :func:`as_tensors` (labels not needed);
+    with ``model``, in the dtype of its parameters (:func:`in_model_dtype`).
 
     Examples
     --------
     >>> as_inputs(torch.zeros(2, 3)).shape, as_inputs((torch.ones(4, 1), torch.zeros(4))).shape
     (torch.Size([2, 3]), torch.Size([4, 1]))
     """
-    return data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
+    x = data if isinstance(data, torch.Tensor) else as_tensors(data)[0]
+    return x if model is None else in_model_dtype(model, x)
 
 
 def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, device=None,
@@ -90,7 +95,7 @@ def class_accuracy(model: nn.Module, data: Any, *, batch_size: int = 1024, devic
     >>> class_accuracy(model, (x, y), device="cpu").tolist()
     [1.0, 0.5]
     """
-    x, y, _ = as_tensors(data)
+    x, y, _ = as_tensors(data, model)
     device = resolve_device(device)
     with on_device(model, device):
         pred = predictions(model, x, batch_size, device)

@@ -171,7 +171,7 @@ def level_means(model: nn.Module, graph: Optional[LayeredGraph], reference: Any,
     >>> level_means(relu_net, None, torch.tensor([[1.0, -1.0], [3.0, 1.0]]), levels=["0"])["0"].tolist()
     [2.0, 0.5]
     """
-    x = as_inputs(reference)
+    x = as_inputs(reference, model)
     if len(x) == 0:
         raise DataError("the reference data for mean ablation is empty")
     graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(x.shape[1:]))
