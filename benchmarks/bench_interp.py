@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1", help="number of seeds (from --seed) or a list such as 0,3,5-7")
     parser.add_argument("--modes", default="graphinterp",
                         help="circuit criteria, comma-separated: graphinterp (with each --scores), authors")
-    parser.add_argument("--scores", default="magnitude", help="comma-separated: magnitude,attribution")
+    parser.add_argument("--scores", default="magnitude", help="comma-separated: magnitude,attribution,learned")
     parser.add_argument("--max-evals", type=int, default=Schedule().max_evals)
     parser.add_argument("--max-examples", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for training and the floor (2 cores)")

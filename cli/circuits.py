@@ -86,8 +86,10 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
                    "paper's code, weight by weight, Linear layers only, last layer first, on the label's own examples; a "
                    "weight stays removed unless the loss rises above the full model's (--score, the tolerances and "
                    "--max-evals do not apply).")
-@click.option("--score", type=click.Choice(["magnitude", "attribution"]), default="magnitude", show_default=True,
-              help="Edge ranking: |w| normalised per layer, or |w * dL/dw| on the label's task (re-scored each round).")
+@click.option("--score", type=click.Choice(["magnitude", "attribution", "learned"]), default="magnitude", show_default=True,
+              help="Edge ranking (re-scored each round): magnitude, |w| normalised per layer; attribution, |w * dL/dw| "
+                   "on the label's task; learned, mask logits trained on the task with a sparsity penalty (Csordas et "
+                   "al. 2021; slower per round, often smaller circuits in fewer evaluations).")
 @click.option("--min-accuracy", type=FiniteFloat(0, 1, low_open=True), default=0.95, show_default=True,
               help="A circuit keeps at least this fraction of the full model's balanced one-vs-rest accuracy.")
 @click.option("--max-loss-increase", type=FiniteFloat(0), default=0.1, show_default=True,

@@ -63,7 +63,7 @@ def kept_edges(circuit: Circuit):
     return {name: {tuple(map(int, e)) for e in torch.nonzero(m).tolist()} for name, m in circuit.masks.items()}
 
 
-@pytest.mark.parametrize("score", ["magnitude", "attribution"])
+@pytest.mark.parametrize("score", ["magnitude", "attribution", "learned"])
 def test_planted_circuit_is_found(score):
     model, (x, y) = planted_model(), planted_data()
     assert bool((model(x).argmax(1) == y).all())  # the planted net is a perfect classifier

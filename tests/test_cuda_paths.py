@@ -154,11 +154,12 @@ def test_a_loss_with_folded_scales_follows_the_model_to_the_device(device):
     assert value.device.type == torch.device(device).type and value.item() == pytest.approx(before, rel=1e-12)
 
 
+@pytest.mark.parametrize("score", ["magnitude", "learned"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_circuit_found_on_each_device_holds_on_the_cpu(device):
+def test_circuit_found_on_each_device_holds_on_the_cpu(device, score):
     model, x, y = mlp_and_its_labels(16)
     task = label_task(x, y, 1)
-    c = extract_circuit(model, task, device=device)
+    c = extract_circuit(model, task, device=device, score=score)
     assert all(p.device.type == "cpu" for p in model.parameters())  # moved back after the search
     assert c.accuracy >= 0.95 * c.full_accuracy
     masked = mlp_and_its_labels(16)[0]

@@ -112,7 +112,8 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
         chained = False
         notes[f"names such as {residual[0]!r} look like residual or transformer blocks; without the model's code "
               "the layers are analysed one by one (load the model as a module, a graphinterp checkpoint, an HF "
-              "folder or --arch NAME --weights FILE for the linked graph)"] = 1
+              "folder, or the architecture's torchvision name with the file: analyze NAME --weights FILE, benchmark "
+              "--arch NAME --weights FILE, for the linked graph)"] = 1
     layers: List[Layer] = []
     prev_out: Optional[int] = None
     prev_kind = None
@@ -145,7 +146,8 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
 #: The note on a state_dict whose layers were linked by their shapes (no architecture says so); added to
 #: the opened model's notes by :func:`graphinterp.graph.load.model_graph`.
 CHAIN_GUESS_NOTE = ("no architecture: the layers are linked in key order because their shapes chain (a guess; load "
-                    "the model as a module, a graphinterp checkpoint or --arch NAME --weights FILE for a traced graph)")
+                    "the model as a module, a graphinterp checkpoint, or the architecture's torchvision name with the "
+                    "file (analyze NAME --weights FILE, benchmark --arch NAME --weights FILE) for a traced graph)")
 
 
 #: The start of the note on a state_dict's normalisation tensors, which a graph without an architecture cannot fold.

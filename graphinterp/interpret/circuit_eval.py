@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -90,6 +90,7 @@ class TaskEvaluator:
         self.x, self.pos = task.x.to(device), task.positive.to(device)
         self.w = task.weights().to(device)
         self.n_evals = 0
+        self.score_state: Dict[str, Any] = {}  # what a score keeps between the rounds of this search (ScoreContext.state)
         self._session: Optional[Interventions] = None  # the open session's interventions
         self._lookup: Optional[torch.Tensor] = None  # the incremental layer's output for the current batch
         self._last: LastEval = _NOTHING
@@ -322,12 +323,22 @@ class TaskEvaluator:
         total = [torch.zeros_like(params[k]) for k in keys]
         with torch.enable_grad():
             for start in range(0, len(self.x), self.batch_size):
-                end = start + self.batch_size
-                logits = torch.func.functional_call(self.model, params, (self.x[start:end],))
-                _, l = task_terms(logits, self.task.label, self.pos[start:end])
-                grads = torch.autograd.grad(self.w[start:end] @ l.double(), [params[k] for k in keys],
+                index = torch.arange(start, min(start + self.batch_size, len(self.x)), device=self.x.device)
+                grads = torch.autograd.grad(self.task_loss(params, index, normalise=False), [params[k] for k in keys],
                                             allow_unused=True)
                 for acc, g in zip(total, grads):
                     if g is not None:
                         acc.add_(g)
         return {l.name: g for l, g in zip(self.layers, total)}
+
+    def task_loss(self, params: Dict[str, torch.Tensor], index: torch.Tensor, *, normalise: bool = True) -> torch.Tensor:
+        """The task loss on the examples ``index`` with the weights ``params`` (``{parameter name: tensor}``), differentiable.
+
+        The model runs through ``functional_call`` (its own parameters are not touched); the loss is
+        the examples' weighted binary cross-entropy (float64), over the weights' sum when ``normalise``
+        (a mini-batch's estimate of the task loss) or as is (its share of the task loss)."""
+        logits = torch.func.functional_call(self.model, params, (self.x[index],))
+        _, l = task_terms(logits, self.task.label, self.pos[index])
+        w = self.w[index]
+        total = w @ l.double()
+        return total / w.sum() if normalise else total

@@ -233,7 +233,7 @@ def _final_passes(ev: TaskEvaluator, layers, score_fn, ok_all, masks, budget: in
     metrics, used, near = TaskMetrics(ev.task, ev.x.device), 0, None
     with masked_in_place(ev.model, layers, ev.modules, masks):
         for rnd in itertools.count(round0):
-            scores = None if near is not None else score_fn(ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks)))
+            scores = None if near is not None else score_fn(score_context(ev, layers, masks))
             removed_pass, tried, kept, inputs = 0, 0, [], None
             walk = list(zip(layers, ev.modules))
             for pos in range(len(walk) - 1, -1, -1):
@@ -322,14 +322,19 @@ def iter_authors_prune(model: nn.Module, layers: List[EdgeLayer], modules: List[
     return {name: m.cpu().clone() for name, m in masks.items()}, info
 
 
+def score_context(ev: TaskEvaluator, layers: List[EdgeLayer], masks: Dict[str, torch.Tensor]) -> ScoreContext:
+    """What a score sees in a round of ``ev``'s search: the masks, the task's gradients and loss, the search's state."""
+    return ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks), loss_fn=ev.task_loss,
+                        n_examples=len(ev.x), state=ev.score_state)
+
+
 def task_device(layers: List[EdgeLayer]) -> torch.device:
     return layers[0].weight.device
 
 
 def _rounds(ev, layers, score_fn, ok, schedule, history, keep, masks, min_step):
     for rnd in range(schedule.max_rounds):
-        ctx = ScoreContext(layers, masks, grad_fn=lambda: ev.gradients(masks))
-        scores = flat_scores(score_fn(ctx), layers).to(keep.device)
+        scores = flat_scores(score_fn(score_context(ev, layers, masks)), layers).to(keep.device)
         cand = torch.nonzero(keep).flatten()
         cand = cand[torch.argsort(scores[cand], stable=True)]
         pos, step, fails, pruned = 0, max(min_step, math.ceil(schedule.initial_step * cand.numel())), 0, 0

@@ -96,8 +96,10 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
         From :func:`graphinterp.interpret.label_tasks.label_task`.
     graph : LayeredGraph, optional
         Traced from ``model`` with the task's input shape when omitted.
-    score : {"magnitude", "attribution"} or callable
-        Edge scores (:data:`graphinterp.interpret.scores.SCORES`); a callable takes a
+    score : {"magnitude", "attribution", "learned"} or callable
+        Edge scores (:data:`graphinterp.interpret.scores.SCORES`): which edges the search tries to
+        prune first; the criterion is the same for all. ``"learned"`` trains mask logits on the task
+        (:func:`graphinterp.interpret.scores.learned_score`). A callable takes a
         :class:`~graphinterp.interpret.scores.ScoreContext` and returns ``{layer: (out, in) tensor}``,
         higher meaning more important.
     tolerance : Tolerance, optional
