@@ -78,6 +78,9 @@ class ChannelTracer(TorchFunctionMode):
         # a tensor computed from one parameter alone (gamma.view(1, -1, 1, 1), Gemma's 1 + weight, a cast):
         # id -> (parameter name, flat index into it of each element or None, whether the values are the parameter's)
         self._derived: Dict[int, Tuple[str, Optional[torch.Tensor], bool]] = {}
+        # a tensor computed from buffers (and parameters) alone, not from the input: id -> the module whose buffer
+        # it reads (FrozenBatchNorm2d's weight * (running_var + eps).rsqrt()); such a scale is folded or reported
+        self._const: Dict[int, str] = {id(b): name.rpartition(".")[0] or name for name, b in model.named_buffers()}
         self._keep: List[Any] = []
         self._uses: Counter = Counter()
 
@@ -189,6 +192,8 @@ class ChannelTracer(TorchFunctionMode):
             apply_rule(self, name, args, kwargs, out)
         except Exception as exc:  # never break the model's forward; report instead
             self.notes[f"{name}: not followed ({type(exc).__name__})"] += 1
+        if isinstance(out, torch.Tensor) and self.shadow(out) is None:
+            self._constant(args, kwargs, out)
         if direct:
             self._out_folds.read(name, direct, out, self._direct)
         for gain, n_folded in read:
@@ -239,6 +244,24 @@ class ChannelTracer(TorchFunctionMode):
             index = None
         same = name in _IDENTITY and out.shape == tensors[0].shape
         self._derived[id(out)] = (pname, index, exact and (same or (name in _LAYOUT and index is not None)))
+        self._keep.append(out)
+
+    def constant_owner(self, t: Any) -> Optional[str]:
+        """The module whose buffers ``t`` was computed from (with parameters, but not the input), or None."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        return self._const.get(id(t))
+
+    def _constant(self, args, kwargs, out: torch.Tensor) -> None:
+        """Record ``out`` as a constant when its tensor operands are buffers, parameters or constants, one a buffer."""
+        if not self._const:
+            return
+        tensors = [t for a in list(args) + list(kwargs.values())
+                   for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
+        owners = [self.constant_owner(t) for t in tensors]
+        if not any(owners) or not all(o or self.is_param_like(t) for o, t in zip(owners, tensors)):
+            return
+        self._const[id(out)] = next(o for o in owners if o)
         self._keep.append(out)
 
     def _setitem(self, args) -> None:

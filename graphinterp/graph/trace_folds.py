@@ -1,7 +1,9 @@
-"""How normalisation scales are recorded for folding: BatchNorm and layer_scale into the layer before,
+"""How normalisation scales are recorded for folding: BatchNorm, layer_scale, ``x / param``, a single learned
+scale and scales computed from buffers (FrozenBatchNorm2d) into the layer before,
 LayerNorm / RMSNorm / GroupNorm gains and per-channel scales into the layers after.
 
-The rules of :mod:`graphinterp.graph.trace_rules` for ``batch_norm``, the norm functions and ``param * x``.
+The rules of :mod:`graphinterp.graph.trace_rules` for ``batch_norm``, the norm functions, ``param * x``,
+``x / param`` and ``x * c`` with ``c`` computed from buffers.
 A scale is folded only where one value per node (or, for a layer reading the normalised tensor itself,
 one per input feature) reproduces the model; otherwise it is listed in the tracer's ``unfolded`` with why.
 """
@@ -14,36 +16,80 @@ import torch
 from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_rules_layout import arg as _arg, channel_vector as _channel_vector
 
-__all__ = ["MIXED_READ", "NOT_FOLDING", "RETURNED", "batch_norm", "norm", "scale_by_param", "settle"]
+__all__ = ["DIVS", "MIXED_READ", "MULS", "NOT_FOLDING", "RETURNED", "batch_norm", "norm", "scale_by_constant",
+           "scale_by_param", "scale_operands", "settle"]
 
 
 def scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
-    """``param * x`` with a per-channel parameter: fold it (layer_scale, RMSNorm gain)."""
+    """``param * x`` with a per-channel parameter (layer_scale, RMSNorm gain), or a single one on a layer's
+    output (ReZero's alpha): fold it."""
     p, x = (tensors[0], tensors[1]) if tr.is_param_like(tensors[0]) else (tensors[1], tensors[0])
     source = tr.param_of(p)
-    if source is None or tr.shadow(x) is None or tr.shadow(p) is not None or p.numel() <= 1 or p.dim() > x.dim():
-        return False
-    s = tr.shadow(x).expand(out.shape)
-    vals = p.detach().expand(out.shape)
-    ids, scale = _per_node(s, vals)
-    if ids is None:
+    if source is None or tr.shadow(x) is None or tr.shadow(p) is not None or p.dim() > x.dim() or (
+            p.numel() <= 1 and tr._direct.get(id(x)) is None):
         return False
     # the element of the parameter behind each node's scale (for following the fold live while training); not
     # known for a scale computed from the parameter (Gemma's 1 + weight): training refuses to follow that fold
     pname, index, exact = source
-    known = False
-    if exact and index is not None:
+    index = index if exact and index is not None else None
+    return _fold_scale(tr, x, out, p.detach(), T.layer_name(pname), "per-channel scale", index)
+
+
+#: The operations that scale a tensor: ``x * c``, ``c * x`` and ``x / c``.
+MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__"}
+DIVS = {"div", "__truediv__", "div_", "__itruediv__", "true_divide"}
+
+
+def scale_by_constant(tr, name: str, tensors: List[torch.Tensor], out) -> bool:
+    """``x * c`` or ``x / c`` with ``c`` computed from buffers (FrozenBatchNorm2d's scale), or ``x / param``: fold it.
+
+    The values are the model's now (a buffer's); training cannot follow such a fold (no parameter element
+    per node) and refuses it with the reason."""
+    x, c = scale_operands(tr, name, tensors)
+    if x is None or c.dim() > x.dim() or (c.numel() <= 1 and tr._direct.get(id(x)) is None):
+        return False
+    owner, src = tr.constant_owner(c), tr.param_of(c)
+    if owner is None and (src is None or name not in DIVS):
+        return False
+    vals = c.detach()
+    source = owner if owner is not None else T.layer_name(src[0])
+    return _fold_scale(tr, x, out, 1 / vals if name in DIVS else vals, source,
+                       "constant scale" if owner is not None else "scale by 1 / parameter", None)
+
+
+def scale_operands(tr, name: str, tensors: List[torch.Tensor]):
+    """``(x, c)``: the tensor with nodes and the one that scales it, or ``(None, None)`` (both or neither carry
+    nodes, ``c / x``)."""
+    if len(tensors) != 2 or (name not in MULS and name not in DIVS):
+        return None, None
+    tracked = [tr.shadow(t) is not None for t in tensors]
+    if tracked[0] == tracked[1] or (name in DIVS and not tracked[0]):
+        return None, None
+    return (tensors[0], tensors[1]) if tracked[0] else (tensors[1], tensors[0])
+
+
+def _fold_scale(tr, x: torch.Tensor, out, vals: torch.Tensor, source: str, kind: str,
+                index: Optional[torch.Tensor]) -> bool:
+    """Fold ``vals`` (broadcast to ``out``) into the layer that produced ``x``, or the layers reading ``out``;
+    False when it is not one value per node. ``index``: the source element of each value, when known."""
+    s = tr.shadow(x).expand(out.shape)
+    ids, scale = _per_node(s, vals.expand(out.shape))
+    if ids is None:
+        return False
+    known, elems = False, None
+    if index is not None:
         elem_ids, elems = _per_node(s, index.double().expand(out.shape))
         known = elem_ids is not None and torch.equal(elem_ids, ids)
     elems = elems.long() if known else None
     tr._set(out, s)
     layer = tr._direct.get(id(x))
     if layer is not None:  # exact for any sign (so is a gain read directly by the next layer)
-        _fold_out(tr, layer, ids, scale, f"{T.layer_name(pname)} (scale)", x, elems, known)
+        _fold_out(tr, layer, ids, scale, f"{source} ({'scale' if kind == 'per-channel scale' else kind})", x,
+                  elems, known)
         tr._direct[id(out)] = layer
     else:
-        _pending_gain(tr, out, T._Gain(ids, scale, T.layer_name(pname), "per-channel scale", elems, known))
-        tr.unfolded.setdefault(T.layer_name(pname), "gain not directly followed by a weight layer")
+        _pending_gain(tr, out, T._Gain(ids, scale, source, kind, elems, known))
+        tr.unfolded.setdefault(source, "gain not directly followed by a weight layer")
     return True
 
 

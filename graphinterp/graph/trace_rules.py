@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from graphinterp.graph import trace_ops as T
-from graphinterp.graph.trace_folds import MIXED_READ, NOT_FOLDING, batch_norm, norm, scale_by_param
+from graphinterp.graph.trace_folds import (DIVS, MIXED_READ, MULS, NOT_FOLDING, batch_norm, norm, scale_by_constant,
+                                          scale_by_param, scale_operands)
 from graphinterp.graph.trace_rules_layout import (arg as _arg, broadcast_from as _broadcast_from,
                                                  channel_vector as _channel_vector, channelwise as _channelwise,
                                                  identity as _identity, layout as _layout, matmul as _matmul,
@@ -203,18 +204,11 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
     tracked = [t for t in tensors if tr.shadow(t) is not None]
     if not tracked:
         return
-    if name in ("mul", "__mul__", "__rmul__", "mul_", "__imul__") and len(tensors) == 2:
-        if tr.fold and scale_by_param(tr, tensors, out):
-            return
-        p = next((t for t in tensors if tr.is_param_like(t) and t.numel() > 1 and tr.shadow(t) is None), None)
-        if p is not None and any(tr.shadow(t) is not None for t in tensors):
-            pname = T.layer_name(tr.param_of(p)[0])
-            if not tr.fold:  # a gain written as param * x (HF RMSNorm, layer_scale), left as asked
-                tr.unfolded[pname] = NOT_FOLDING
-            else:
-                tr.unfolded[pname] = ("a scale by a parameter that is not one value per node of the tensor it "
-                                      "multiplies: no weight layer can hold it; the graph's weights around it are "
-                                      "the raw parameters")
+    if name in MULS and len(tensors) == 2 and tr.fold and scale_by_param(tr, tensors, out):
+        return
+    if tr.fold and scale_by_constant(tr, name, tensors, out):
+        return
+    _unfolded_scale(tr, name, tensors)
     res = None
     for t in tracked:
         s = tr.shadow(t).expand(out.shape) if t.dim() <= out.dim() else None
@@ -230,3 +224,26 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
     tr._set(out, res)
 
 
+def _unfolded_scale(tr, name: str, tensors) -> None:
+    """List in ``unfolded`` a scale by a parameter or a constant that was not folded (the graph's weights
+    around it are the raw parameters): never a silent difference between the graph and the model."""
+    x, c = scale_operands(tr, name, tensors)
+    if x is None:
+        return
+    src, owner = tr.param_of(c), tr.constant_owner(c)
+    if src is None and owner is None:
+        return  # a scale computed from the input (a gate) or a constant written in the code
+    where = T.layer_name(src[0]) if src is not None else owner
+    if not tr.fold:
+        tr.unfolded[where] = NOT_FOLDING
+    elif c.numel() <= 1:
+        tr.unfolded.setdefault(where, f"a single {'parameter' if src is not None else 'buffer'} value "
+                                      f"({float(c.detach().reshape(-1)[0]) if c.numel() else 'empty'}) scaling a "
+                                      "tensor that no weight layer produced directly (e.g. after an activation): "
+                                      "not folded; the graph's weights around it are the raw parameters")
+    else:
+        what = "a parameter" if src is not None else "a tensor computed from buffers"
+        op = "division by" if name in DIVS else "scale by"
+        tr.unfolded.setdefault(where, f"a {op} {what} that is not one value per node of the tensor it "
+                                      f"{'divides' if name in DIVS else 'multiplies'}: no weight layer can hold it; "
+                                      "the graph's weights around it are the raw parameters")
