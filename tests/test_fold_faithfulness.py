@@ -294,3 +294,40 @@ def test_a_state_dict_graph_says_its_normalisation_is_not_folded_by_either_route
         assert any(n.startswith("no architecture: the normalisation in this state_dict cannot be folded")
                    for n in graph.coverage.notes), graph.coverage.notes
     assert not any("cannot be folded" in n for n in load_graph(sd, fold=False)[1].coverage.notes)
+
+
+class _CrossAttention(nn.Module):
+    """A pre-LN decoder layer attending to an 'encoder': ``norm2`` scales the query only, yet ``in_proj`` is fused."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.enc, self.dec_in = nn.Linear(4, d), nn.Linear(4, d)
+        self.layer = nn.TransformerDecoderLayer(d, 2, 16, dropout=0.0, batch_first=True, norm_first=True)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(self.dec_in(x), self.enc(x)))
+
+
+def test_a_query_gain_is_not_folded_into_a_fused_cross_attention_and_the_cut_is_reported():
+    torch.manual_seed(0)
+    model = _CrossAttention().eval()
+    _randomise(model.layer.norm2, torch.Generator().manual_seed(2))
+    g = trace_graph(model, input_shape=(5, 4))
+    cov = g.coverage
+    fused = "layer.multihead_attn.in_proj"
+    # its k and v rows read the encoder's output, which norm2 does not scale: the raw weight, and why
+    torch.testing.assert_close(g[fused].weight, model.layer.multihead_attn.in_proj_weight.detach(), rtol=0, atol=0)
+    assert "layer.norm2" in cov.unfolded and "k and v rows" in cov.unfolded["layer.norm2"]
+    assert not any("norm2" in f for f in cov.folded)
+    assert "layer.self_attn.in_proj: layer.norm1 (input gain)" in cov.folded  # self-attention still folds
+    assert not cov.complete and any(fused in n and "not connected" in n for n in cov.notes)
+
+
+def test_a_layernorm_over_several_dimensions_is_listed_and_its_gain_is_not_counted_as_a_weight_matrix():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(),
+                          nn.Linear(80, 3)).eval()
+    cov = trace_graph(model, input_shape=(3, 8, 8)).coverage
+    weights = sum(m.weight.numel() for m in (model[0], model[3], model[5]))
+    assert cov.total == cov.covered == weights and cov.share == 1.0  # the (4, 6, 6) gain and bias are not matrices
+    assert "several dimensions" in cov.unfolded["1"] and "(4, 6, 6)" in cov.unfolded["1"]

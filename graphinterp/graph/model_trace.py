@@ -187,7 +187,8 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     missing = []
     seen = set()
     for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen or (sum(d > 1 for d in p.shape) < 2 and name not in weights_of_layers):
+        if id(p) in seen or (sum(d > 1 for d in p.shape) < 2 and name not in weights_of_layers) or (
+                name not in weights_of_layers and isinstance(_owner(model, name), _NORM_TYPES)):
             continue  # vectors (biases, norm gains, layer_scale, class tokens) are not weight matrices
         seen.add(id(p))
         first = tracer.param_names.get(id(p), name)
@@ -231,6 +232,10 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
 
 
 _LAYER_TYPES = _WEIGHT_TYPES + (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+#: Normalisations: their gains and biases are per-feature scales and shifts (folded or listed as not folded),
+#: never weight matrices, whatever their shape (LayerNorm([C, H, W]) has a (C, H, W) gain).
+_NORM_TYPES = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, getattr(nn, "RMSNorm", None))
+                    if t is not None)
 
 
 def _owner(model: nn.Module, name: str) -> Optional[nn.Module]:

@@ -203,7 +203,8 @@ def norm(tr, name: str, args, kwargs, out) -> None:
     pname = T.layer_name(tr.param_names[id(weight)])
     w = weight.detach().reshape(-1)
     if vec is None or w.numel() != vec.numel():
-        tr.unfolded[pname] = "norm gain over several dimensions"
+        tr.unfolded[pname] = (f"norm gain over several dimensions ({tuple(weight.shape)}: not one value per node); "
+                              "the graph's weights around it are the raw parameters")
         return
     if not bool(torch.isfinite(w).all()):
         tr.unfolded[pname] = "norm gain not finite"

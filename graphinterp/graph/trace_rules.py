@@ -176,7 +176,14 @@ def _mha(tr, args, kwargs, out) -> None:
         v_nodes = tr.calls[-1].dst[2 * E:]
     else:  # cross-attention with a fused weight: q from query, k and v from key / value
         _weight_op(tr, query, a["in_proj_weight"], _Probe(query.shape[:-1] + (3 * E,)), "linear")
-        tr.notes["cross-attention with a fused in_proj: k and v inputs taken as the query's nodes"] += 1
+        name = tr.calls[-1].name
+        tr.notes[f"cross-attention with a fused in_proj ({name}): its k and v rows are drawn reading the query's "
+                 "nodes, not the key's and value's, so what feeds the key and value (an encoder) is not connected "
+                 "to it in the graph"] += 1
+        gain = tr._gain.get(id(query))
+        if gain is not None:  # a query gain would scale the k and v rows' columns too: not exact, not folded
+            gain.leaks[f"{name}'s k and v rows (a cross-attention's fused in_proj: they read the key and value, "
+                       "not this tensor)"] += 1
         v_nodes = tr.calls[-1].dst[2 * E:]
     probe = _Probe(tuple(result.shape[:-1]) + (E,))
     tr._set(probe, v_nodes.expand(probe.shape))
