@@ -108,3 +108,32 @@ def test_scales_that_cannot_be_folded_are_listed():
     assert "a single parameter value (2.0)" in un["alpha"]
     assert "computed from buffers" in un["positional"] and "not one value per node" in un["positional"]
     assert any(line.startswith("not folded:") for line in g.coverage.summary_lines())
+
+
+class _InPlaceLayerScale(nn.Module):
+    """``y.mul_(gamma)`` (layer_scale written in place), optionally with ``y`` read before it is scaled."""
+
+    def __init__(self, read_before: bool, d=6):
+        super().__init__()
+        self.read_before = read_before
+        self.stem, self.fc1, self.fc2, self.head = nn.Linear(4, d), nn.Linear(d, 8), nn.Linear(8, d), nn.Linear(d, 3)
+        self.gamma = nn.Parameter(torch.rand(d) + 0.5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.fc2(torch.relu(self.fc1(h)))
+        raw = torch.relu(y) if self.read_before else 0
+        y.mul_(self.gamma)
+        return self.head(h + y + raw)
+
+
+def test_a_layer_scale_applied_in_place_is_folded_unless_the_raw_output_was_read():
+    torch.manual_seed(0)
+    model = _InPlaceLayerScale(read_before=False).eval()
+    g = trace_graph(model, input_shape=(4,))
+    torch.testing.assert_close(g["fc2"].weight, (model.fc2.weight * model.gamma[:, None]).detach())
+    assert g.coverage.folded == ["fc2: gamma (scale)"] and not g.coverage.unfolded
+    model = _InPlaceLayerScale(read_before=True).eval()
+    g = trace_graph(model, input_shape=(4,))
+    torch.testing.assert_close(g["fc2"].weight, model.fc2.weight.detach(), rtol=0, atol=0)
+    assert "gamma" in g.coverage.unfolded and not g.coverage.folded

@@ -82,6 +82,7 @@ class ChannelTracer(TorchFunctionMode):
         # it reads (FrozenBatchNorm2d's weight * (running_var + eps).rsqrt()); such a scale is folded or reported
         self._const: Dict[int, str] = {id(b): name.rpartition(".")[0] or name for name, b in model.named_buffers()}
         self._keep: List[Any] = []
+        self.inplace_direct: Optional[int] = None  # the layer whose raw output the in-place op being applied modifies
         self._uses: Counter = Counter()
 
     # ------------------------------------------------------------ nodes
@@ -187,7 +188,8 @@ class ChannelTracer(TorchFunctionMode):
                   if isinstance(t, torch.Tensor) and id(t) in self._direct]
         if isinstance(out, torch.Tensor) and name not in _IDENTITY and name not in _LAYOUT:
             self._gain.pop(id(out), None)  # an in-place op (relu_) on a normalised or direct output
-            self._direct.pop(id(out), None)
+            popped = self._direct.pop(id(out), None)
+            self.inplace_direct = popped if args and out is args[0] else None  # y.mul_(gamma) may fold into y's layer
         try:
             apply_rule(self, name, args, kwargs, out)
         except Exception as exc:  # never break the model's forward; report instead

@@ -26,7 +26,7 @@ def scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
     p, x = (tensors[0], tensors[1]) if tr.is_param_like(tensors[0]) else (tensors[1], tensors[0])
     source = tr.param_of(p)
     if source is None or tr.shadow(x) is None or tr.shadow(p) is not None or p.dim() > x.dim() or (
-            p.numel() <= 1 and tr._direct.get(id(x)) is None):
+            p.numel() <= 1 and _producer(tr, x, out)[0] is None):
         return False
     # the element of the parameter behind each node's scale (for following the fold live while training); not
     # known for a scale computed from the parameter (Gemma's 1 + weight): training refuses to follow that fold
@@ -46,7 +46,7 @@ def scale_by_constant(tr, name: str, tensors: List[torch.Tensor], out) -> bool:
     The values are the model's now (a buffer's); training cannot follow such a fold (no parameter element
     per node) and refuses it with the reason."""
     x, c = scale_operands(tr, name, tensors)
-    if x is None or c.dim() > x.dim() or (c.numel() <= 1 and tr._direct.get(id(x)) is None):
+    if x is None or c.dim() > x.dim() or (c.numel() <= 1 and _producer(tr, x, out)[0] is None):
         return False
     owner, src = tr.constant_owner(c), tr.param_of(c)
     if owner is None and (src is None or name not in DIVS):
@@ -82,15 +82,26 @@ def _fold_scale(tr, x: torch.Tensor, out, vals: torch.Tensor, source: str, kind:
         known = elem_ids is not None and torch.equal(elem_ids, ids)
     elems = elems.long() if known else None
     tr._set(out, s)
-    layer = tr._direct.get(id(x))
+    layer, via = _producer(tr, x, out)
     if layer is not None:  # exact for any sign (so is a gain read directly by the next layer)
-        _fold_out(tr, layer, ids, scale, f"{source} ({'scale' if kind == 'per-channel scale' else kind})", x,
+        _fold_out(tr, layer, ids, scale, f"{source} ({'scale' if kind == 'per-channel scale' else kind})", via,
                   elems, known)
         tr._direct[id(out)] = layer
     else:
         _pending_gain(tr, out, T._Gain(ids, scale, source, kind, elems, known))
         tr.unfolded.setdefault(source, "gain not directly followed by a weight layer")
     return True
+
+
+def _producer(tr, x: torch.Tensor, out):
+    """``(layer, via)``: the weight layer whose raw output ``x`` is (or None), and the tensor a fold into it reads.
+
+    ``y.mul_(gamma)`` scales ``y`` in place: ``y`` was the layer's raw output until this operation, and
+    nothing can read its raw values afterwards, so the fold reads a stand-in (unless ``y`` was read before)."""
+    layer = tr._direct.get(id(x))
+    if layer is not None or x is not out or tr.inplace_direct is None or tr._out_folds.reads.get(id(x)):
+        return layer, x
+    return tr.inplace_direct, torch.empty(0)
 
 
 def _pending_gain(tr, out, gain) -> None:
