@@ -161,3 +161,18 @@ def test_cifar_resnet_state_dict_is_rebuilt_and_traced_as_a_dag(tmp_path):
     broken = dict(model.state_dict())
     broken["linear.weight"] = torch.zeros(10, 32)
     assert recognise(broken) is None
+
+
+def test_an_encoder_decoder_is_traced_with_decoder_inputs_and_its_cross_attention_reads_the_encoder():
+    T = transformers
+    torch.manual_seed(0)
+    model = T.T5ForConditionalGeneration(T.T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                                    num_decoder_layers=1, num_heads=2)).eval()
+    g = trace_graph(model)  # guessed input: input_ids and, for an encoder-decoder, decoder_input_ids
+    assert {m.module_type for m in g.coverage.missing} <= {"Embedding"}
+    cross = "decoder.block.0.layer.1.EncDecAttention"
+    # k and v read the encoder's output stream (what its last layer writes), q the decoder's stream
+    enc_out = set(g.dst_nodes("encoder.block.0.layer.1.DenseReluDense.wo"))
+    assert set(g.src_nodes(f"{cross}.k")) == set(g.src_nodes(f"{cross}.v")) == enc_out
+    assert set(g.src_nodes(f"{cross}.q")) == set(g.dst_nodes("decoder.block.0.layer.0.SelfAttention.o"))
+    assert set(g.src_nodes(f"{cross}.q")) != enc_out

@@ -42,7 +42,7 @@ def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None
     if input_shape is not None and tokens:  # a sequence of token ids first, then (a module) floats of that shape
         vocab = int(getattr(config, "vocab_size", None) or first.num_embeddings)
         ids = torch.randint(0, vocab, (1, *(int(s) for s in input_shape)), generator=gen).to(device)
-        yield ((ids,) if config is None else ()), ({"input_ids": ids} if config is not None else {}), None
+        yield ((ids,) if config is None else ()), (_token_kwargs(config, ids) if config is not None else {}), None
         if config is not None:
             return
     if input_shape is not None:
@@ -57,7 +57,7 @@ def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None
         limits = [getattr(config, a, None) for a in ("n_positions", "max_position_embeddings", "n_ctx")]
         length = min([8] + [int(v) for v in limits if isinstance(v, int) and v > 0])  # within the position table
         ids = torch.randint(0, vocab, (1, length), generator=gen).to(device)
-        kwargs = {"input_ids": ids} if config is not None else {}
+        kwargs = _token_kwargs(config, ids) if config is not None else {}
         yield ((ids,) if config is None else ()), kwargs, None
         return
     if isinstance(first, nn.Linear):
@@ -68,6 +68,15 @@ def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None
         for size in _SPATIAL_GUESSES:
             x = torch.randn(1, first.in_channels, *([size] * nd), generator=gen, dtype=dtype).to(device)
             yield (x,), {}, 1
+
+
+def _token_kwargs(config, ids: torch.Tensor) -> dict:
+    """An HF token model's inputs: ``input_ids``, and for an encoder-decoder (T5, BART) the same ids as
+    ``decoder_input_ids`` (the decoder reads the encoder's output through its cross-attention)."""
+    kwargs = {"input_ids": ids}
+    if getattr(config, "is_encoder_decoder", False):
+        kwargs["decoder_input_ids"] = ids
+    return kwargs
 
 
 def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[Sequence[int]] = None,
