@@ -331,3 +331,28 @@ def test_a_layernorm_over_several_dimensions_is_listed_and_its_gain_is_not_count
     weights = sum(m.weight.numel() for m in (model[0], model[3], model[5]))
     assert cov.total == cov.covered == weights and cov.share == 1.0  # the (4, 6, 6) gain and bias are not matrices
     assert "several dimensions" in cov.unfolded["1"] and "(4, 6, 6)" in cov.unfolded["1"]
+
+
+class _MixerBlock(nn.Module):
+    """MLP-Mixer: a Linear over positions (``x.transpose(1, 2)``) and one over channels, each in a residual."""
+
+    def __init__(self, positions=5, d=8):
+        super().__init__()
+        self.stem, self.tok, self.ch, self.head = nn.Linear(4, d), nn.Linear(positions, positions), nn.Linear(d, d), \
+            nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.tok(x.transpose(1, 2)).transpose(1, 2)
+        x = x + self.ch(x)
+        return self.head(x.mean(1))
+
+
+def test_token_mixing_keeps_the_channels_and_is_listed_as_not_an_edge():
+    model = _MixerBlock().eval()
+    g = trace_graph(model, input_shape=(5, 4))
+    assert g.layer_names == ["stem", "ch", "head"]
+    assert list(g.src_nodes("ch")) == list(g.dst_nodes("stem")) == list(g.src_nodes("head"))  # the channel stream
+    (missing,) = g.coverage.missing
+    assert missing.name == "tok.weight" and "mixes positions" in missing.reason
+    assert g.coverage.covered == g.coverage.total - model.tok.weight.numel()

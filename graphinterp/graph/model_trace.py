@@ -218,6 +218,9 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
                       f"torch.nn.utils.parametrize.remove_parametrizations({module or 'model'}, '{what}') first")
         elif mtype.startswith("ConvTranspose"):
             reason = "transposed convolutions are not supported as graph edges (the graph is cut there)"
+        elif first in tracer.position_mixing:
+            reason = ("mixes positions, not nodes (a Linear over a transposed tensor: MLP-Mixer token mixing): like "
+                      "attention, each node's values move between positions; its output keeps its input's nodes")
         elif first in tracer.embeddings:
             reason = "embedding (token or position; a lookup, not a bipartite layer); its output dimensions are graph nodes"
         elif mtype in ("LSTM", "GRU", "RNN"):

@@ -62,6 +62,7 @@ class ChannelTracer(TorchFunctionMode):
         self.buffer_owner: Dict[int, str] = {id(b): name.rpartition(".")[0] for name, b in model.named_buffers()}
         self.calls: List[LayerCall] = []
         self.embeddings: Dict[str, int] = {}
+        self.position_mixing: Dict[str, int] = {}  # Linear weights applied over positions (token mixing): not edges
         self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)
         self.notes: Counter = Counter()
         self.unfolded: Dict[str, str] = {}

@@ -101,6 +101,23 @@ def _features(tr, x: torch.Tensor, dim: int, n: int, name: str) -> torch.Tensor:
     return vec
 
 
+def _mixes_positions(s) -> bool:
+    """Whether a Linear reading a tensor of shadow ``s`` mixes positions, not nodes: along its feature (last) dim
+    every element is the same node, which differs along another dim (MLP-Mixer's token mixing, ``x.transpose``)."""
+    if s is None or s.dim() < 2 or s.shape[-1] < 2 or not bool((s >= 0).all()):
+        return False
+    return bool((s == s[..., :1]).all()) and s.unique().numel() > 1
+
+
+def _position_mixing(tr, x, out, pname: str) -> None:
+    """A Linear over positions: like attention, it moves each node's values between positions, so its output
+    keeps the input's nodes and its weight is not an edge of the graph (listed in the coverage with why)."""
+    tr.position_mixing[pname] = int(tr.params[pname].numel()) if pname in tr.params else 0
+    if isinstance(out, torch.Tensor):
+        s = tr.shadow(x)
+        tr._set(out, s[..., :1].expand(out.shape))
+
+
 def _unbound(tr, out, kind: str, dim: int, why: str) -> None:
     """A weight layer the graph cannot hold: its output gets fresh nodes (the graph is cut there), with a note."""
     if isinstance(out, torch.Tensor) and out.dim() > 0:
@@ -130,6 +147,8 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
         transposed = not matmul  # F.linear(x, W.t()) reads W as (in, out); W.t() @ in matmul form is (out, in)
     else:
         pname, raw, transposed = tr.param_names[id(w)], w, matmul
+    if kind == "linear" and _mixes_positions(tr.shadow(x)):
+        return _position_mixing(tr, x, out, pname)
     weight = (raw.t() if transposed else raw).detach()
     tr._uses[pname] += 1
     name = T.layer_name(tr.tied.get(id(raw), pname)) + (f"#{tr._uses[pname]}" if tr._uses[pname] > 1 else "")
