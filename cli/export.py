@@ -10,6 +10,7 @@ from graphinterp import (
     ClusteringError,
     export_graphml,
     graph_structure,
+    nothing_clusterable,
     require_clusterable,
     resolve_device,
     stored_clustering,
@@ -95,8 +96,8 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     if network_wide and per_layer:
         raise click.UsageError("--network-wide and --per-layer exclude each other")
     if use_stored:
-        refuse_given(click.get_current_context(), ["k", "layers"], "with --stored (the stored clustering has its "
-                     "own k and layers)", "drop --stored")
+        refuse_given(click.get_current_context(), ["k", "layers", "network_wide", "per_layer"], "with --stored (the "
+                     "stored clustering is exported as it is, with its own k, layers and kind)", "drop --stored")
     # an output that is an input is the graver mistake: said first, then the format
     check_output_path(out, inputs=(model, *source.inputs), param_hint="OUT")
     check_output_path(out, suffixes=EXPORT_SUFFIXES, param_hint="OUT")
@@ -129,9 +130,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         else:
             chosen, left_out = clusterable_layers(graph, k)
             if not chosen:
-                raise click.UsageError(f"no layer can be clustered at k={k} ("
-                                       + "; ".join(f"{n}: {why}" for n, why in list(left_out.items())[:3])
-                                       + "); use a smaller --k")
+                raise click.UsageError(nothing_clusterable(k, left_out, flag="--k"))
             notes.extend(f"not clustered: {n}: {why}" for n, why in left_out.items())
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)

@@ -67,7 +67,7 @@ _EXPORTS = {
     "modularity": "clustering.modularity", "modularity_test": "clustering.modularity", "hidden_level_labels": "interpret.ablate",
     "live_sizes": "clustering.validation",
     "clusterable_layers": "clustering.validation",
-    "require_clusterable": "clustering.validation",
+    "require_clusterable": "clustering.validation", "nothing_clusterable": "clustering.validation",
     "stored_clustering": "clustering.labels",
     # training: training for modularity
     "EnmeshmentLoss": "training.loss", "GradientSimilarity": "training.gradsim",

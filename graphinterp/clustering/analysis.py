@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from graphinterp.clustering.cluster import Clustering, cluster_layers
-from graphinterp.clustering.validation import check_k, clusterable_layers, require_clusterable
+from graphinterp.clustering.validation import check_k, clusterable_layers, nothing_clusterable, require_clusterable
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report, normalized_score
@@ -215,7 +215,7 @@ def analyze(
             chosen, left_out = clusterable_layers(graph, k, names)
             skipped.update(left_out)
         if not chosen:
-            raise ClusteringError(f"no layer has at least k={k} nodes on both sides; use a smaller k")
+            raise ClusteringError(nothing_clusterable(k, left_out))
         clustering = cluster_layers(graph, k, layers=chosen, pairing=pairing, random_state=random_state,
                                     device=device)
         clusterings[k] = clustering

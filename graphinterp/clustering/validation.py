@@ -24,7 +24,8 @@ import numpy as np
 
 from graphinterp.common.errors import ClusteringError
 
-__all__ = ["check_k", "clusterable_layers", "live_sizes", "refuse_block_diagonal", "require_clusterable"]
+__all__ = ["check_k", "clusterable_layers", "live_sizes", "nothing_clusterable", "refuse_block_diagonal",
+           "require_clusterable"]
 
 
 def live_sizes(layer) -> Tuple[int, int]:
@@ -157,6 +158,23 @@ def clusterable_layers(graph, k: int, layers: Optional[Sequence[str]] = None) ->
         else:
             left_out[name] = reason
     return chosen, left_out
+
+
+def nothing_clusterable(k: int, left_out: Dict[str, str], *, flag: str = "k") -> str:
+    """The message when :func:`clusterable_layers` chose no layer: the reasons, and a smaller ``k`` only where
+    one would help (not for all-zero or block-diagonal layers, nor below k = 2).
+
+    Examples
+    --------
+    >>> nothing_clusterable(4, {"0": "all its weights are zero"})
+    'no layer can be clustered at k=4 (0: all its weights are zero)'
+    >>> nothing_clusterable(4, {"0": "fewer than k=4 non-isolated nodes (3x3)"})
+    'no layer can be clustered at k=4 (0: fewer than k=4 non-isolated nodes (3x3)); use a smaller k'
+    """
+    why = "; ".join(f"{n}: {r}" for n, r in list(left_out.items())[:3])
+    more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+    smaller = k > 2 and any(r.startswith("fewer than k") for r in left_out.values())
+    return f"no layer can be clustered at k={k} ({why}{more})" + (f"; use a smaller {flag}" if smaller else "")
 
 
 def refuse_block_diagonal(graph, layers: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from graphinterp.clustering.metrics import clusterability, normalized_score, ran
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
 from graphinterp.clustering.significance import shuffle_test, single_threaded_blas
-from graphinterp.clustering.validation import check_k, clusterable_layers, live_sizes
+from graphinterp.clustering.validation import check_k, clusterable_layers, live_sizes, nothing_clusterable
 from graphinterp.reports.model_sources import ModelSource, graph_with_fallback, load_source
 
 __all__ = ["ModelSource", "LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "load_source", "graph_with_fallback",
@@ -270,10 +270,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
             continue
         tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
         if not tasks:  # nothing to benchmark is a failure, not an empty report
-            why = "; ".join(f"{layer}: {reason}" for layer, reason in list(skipped.items())[:3])
-            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-            failed[name] = (f"{_describe(source)}: no layer can be clustered at k={ks[0]} ({why}{more}); "
-                            f"use a smaller k")
+            failed[name] = f"{_describe(source)}: {nothing_clusterable(ks[0], skipped)}"
             continue
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
     _check_significance_k(loaded, significance_k, n_shuffles, failed)

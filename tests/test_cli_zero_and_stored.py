@@ -1,0 +1,47 @@
+"""Errors that give the right advice: an all-zero model is not told to use a smaller k; --stored refuses the
+options that choose a new clustering."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from _cli_helpers import invoke, one_error
+from _interp_helpers import digits_checkpoint
+
+
+@pytest.fixture()
+def zero_model(tmp_path):
+    net = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        for i in (0, 2):
+            net[i].weight.zero_()
+    path = tmp_path / "zero.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("command", [["analyze", "--k", "2"], ["export", "OUT", "-q"],
+                                     ["benchmark", "--k", "2", "--shuffles", "0", "--no-figures", "-q", "--out", "B"]])
+def test_an_all_zero_model_is_told_why_not_to_use_a_smaller_k(zero_model, tmp_path, command):
+    args = [a.replace("OUT", str(tmp_path / "o.graphml")).replace("B", str(tmp_path / "b")) if a in ("OUT", "B") else a
+            for a in command]
+    res = invoke(args[0], zero_model, *args[1:], "--device", "cpu")
+    line = one_error(res)
+    assert "no layer can be clustered" in line and "0: all its weights are zero" in line, line
+    assert "smaller" not in line, line
+
+
+def test_a_layer_too_small_for_k_is_still_told_to_use_a_smaller_k(tmp_path):
+    path = tmp_path / "small.pt"
+    torch.save(nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 3)).state_dict(), path)
+    line = one_error(invoke("analyze", path, "--k", "4", "--device", "cpu"))
+    assert "fewer than k=4" in line and line.endswith("use a smaller k"), line
+
+
+@pytest.mark.parametrize("flag", ["--network-wide", "--per-layer"])
+def test_export_stored_refuses_a_choice_of_labels(tmp_path, flag):
+    model = digits_checkpoint(tmp_path / "m.pt", clustering=True)
+    line = one_error(invoke("export", model, tmp_path / "o.graphml", "--stored", flag))
+    assert line.startswith(f"error: {flag} does not apply with --stored"), line
+    assert not (tmp_path / "o.graphml").exists()
