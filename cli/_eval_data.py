@@ -21,7 +21,7 @@ import click
 from graphinterp import DATASETS
 from graphinterp.cli._options import POSITIVE_INT
 
-__all__ = ["open_for_eval", "runnable_for", "note_missing", "data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
+__all__ = ["require_chain", "open_for_eval", "runnable_for", "note_missing", "data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
            "inputs_note", "coverage_note", "limit_rows", "limit_note", "check_outputs", "inputs_error"]
 
 
@@ -228,6 +228,18 @@ def inputs_error(path: str, data, defaulted: bool, detail: str = "") -> Exceptio
     why = f" (running it failed with {detail})" if detail else ""
     return DataError(f"{path} does not take the {shape} inputs of {data.name}{default}{why}; pass the dataset it "
                      "was trained on with --dataset (and --data-dir)")
+
+
+def require_chain(graph, model: str, command: str) -> None:
+    """Refuse a model whose graph is not a chain of layers: ``command`` (ablate, associate) hooks levels of a chain."""
+    if not graph.chained:
+        from graphinterp import UnsupportedModelError, graph_structure
+
+        kind = ("a DAG: a residual, attention or branching model" if graph_structure(graph) == "dag"
+                else "its layers are read one by one")
+        raise UnsupportedModelError(f"{model}'s graph is not a chain of layers ({kind}): {command} works on chains of "
+                                    "Linear/Conv2d layers (a transformer trained by `graphinterp train` is ablated by "
+                                    "its MLP blocks)")
 
 
 def open_for_eval(model: str, stored, dataset, split: str, data_dir, limit, seed: int, inputs: str,

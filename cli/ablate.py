@@ -12,7 +12,7 @@ from graphinterp.cli._common import (
     trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    data_options, limit_rows, note_missing, open_for_eval,
+    data_options, limit_rows, note_missing, open_for_eval, require_chain,
     read_checkpoint, transformer_checkpoint,
 )
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -113,6 +113,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     notes: List[str] = []
     data, loaded, net, graph = open_for_eval(model, stored, dataset, split, data_dir, limit, seed, inputs, trust_pickle,
                                              notes)
+    require_chain(graph, model, "ablate")
     names = check_layers(graph, parse_layers(layers))
     if spec is not None:
         full = class_accuracy(net, data, batch_size=batch_size, device=device)

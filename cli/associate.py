@@ -11,7 +11,9 @@ from graphinterp.cli._common import (
     FIGURE_SUFFIXES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json, format_table, json_option,
     parse_layers, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
-from graphinterp.cli._eval_data import data_options, open_for_eval, read_checkpoint, transformer_checkpoint
+from graphinterp.cli._eval_data import (
+    data_options, open_for_eval, read_checkpoint, require_chain, transformer_checkpoint,
+)
 
 __all__ = ["command", "parse_kinds"]
 
@@ -90,7 +92,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
       graphinterp associate modular.pt --dataset mnist --plot assoc.png
     """
     from graphinterp import (
-        ClusteringError, UnsupportedModelError, cluster_network, default_cluster_layers, functional_modules,
+        ClusteringError, cluster_network, default_cluster_layers, functional_modules,
         reinitialised, stored_clustering,
     )
 
@@ -105,9 +107,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     notes: List[str] = []
     data, loaded, net, graph = open_for_eval(model, stored, dataset, split, data_dir, limit, seed, inputs, trust_pickle,
                                              notes)
-    if not graph.chained:
-        raise UnsupportedModelError(f"{model}'s graph is not a chain of layers (residual or attention model): "
-                                    "associate needs a chained graph, as ablate does")
+    require_chain(graph, model, "associate")
     names = check_layers(graph, layer_names)
     if loaded.clustering and names is None:
         clustering = stored_clustering(loaded.clustering, graph)

@@ -120,9 +120,13 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     candidates = [_as_call(example, model)] if example is not None else list(example_inputs(model, input_shape))
     if not candidates:
+        recurrent = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase)})
+        if recurrent:
+            raise UnsupportedModelError(f"{type(model).__name__}: recurrent layers ({', '.join(recurrent)}) are not "
+                                        "supported as graph edges")
         raise UnsupportedModelError(
-            f"{type(model).__name__} has no Linear, Conv or Embedding module to guess an input from; "
-            "pass example=... (one input batch)"
+            f"{type(model).__name__} has no Linear, Conv or Embedding module to guess an input from; give the "
+            "input's shape (input_shape=...; --input-shape where a command has it) or, in Python, example=(one batch)"
         )
     last_error: Optional[BaseException] = None
     with eval_mode(model):
@@ -147,11 +151,14 @@ def trace_graph(model: nn.Module, *, example: Any = None, input_shape: Optional[
     detail = str(last_error).strip().splitlines()[0][:160] if last_error else ""
     what = ("the example input" if example is not None else
             f"an input of the given shape {tuple(input_shape)}" if input_shape is not None else "a guessed example input")
-    raise InputMismatchError(
-        f"could not run {type(model).__name__} on {what} ({type(last_error).__name__}: {detail}); "
-        "check that the model and the input (or the dataset) belong together, or give the input's shape "
-        "(input_shape=(C, H, W); --input-shape where a command has it)", detail=f"{type(last_error).__name__}: {detail}"
-    )
+    if isinstance(last_error, TypeError) and "required positional argument" in detail:
+        advice = ("its forward takes more than one input, which no input shape supplies; in Python pass them all "
+                  "as example=(x, ...)")
+    else:
+        advice = ("check that the model and the input (or the dataset) belong together, or give the input's shape "
+                  "(input_shape=(C, H, W); --input-shape where a command has it)")
+    raise InputMismatchError(f"could not run {type(model).__name__} on {what} ({type(last_error).__name__}: {detail}); "
+                             + advice, detail=f"{type(last_error).__name__}: {detail}")
 
 
 def _prod(shape) -> int:

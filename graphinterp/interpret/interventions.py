@@ -43,12 +43,26 @@ def module_of(model: nn.Module, graph: LayeredGraph, name: str) -> Tuple[nn.Modu
         mod, prefix = model.get_submodule(name), f"{name}."
     except AttributeError:
         mod, prefix = (model, "") if (len(graph) == 1 and isinstance(model, (nn.Linear, nn.Conv2d))) else (None, "")
+    owner = "" if isinstance(mod, (nn.Linear, nn.Conv2d)) else _owner_type(model, getattr(layer, "param_name", "") or "")
+    if owner:  # a weight of this model, held by another kind of module (MultiheadAttention's in_proj)
+        raise UnsupportedModelError(
+            f"layer {name!r} is a weight of a {owner}, not a Linear/Conv2d module: interventions (ablation, "
+            "circuits) mask the weights of Linear and Conv2d layers only"
+        )
     if not isinstance(mod, (nn.Linear, nn.Conv2d)) or tuple(mod.weight.shape) != tuple(layer.weight.shape):
         raise UnsupportedModelError(
             f"layer {name!r} of the graph is not a matching Linear/Conv2d of the model; "
             "build the graph with LayeredGraph.from_module(model)"
         )
     return mod, prefix
+
+
+def _owner_type(model: nn.Module, param_name: str) -> str:
+    """The type of the module owning parameter ``param_name`` (``"MultiheadAttention"``), or ``""``."""
+    try:
+        return type(model.get_submodule(param_name.rpartition(".")[0])).__name__ if param_name else ""
+    except AttributeError:
+        return ""
 
 
 def level_index(graph: LayeredGraph, name: str) -> int:
