@@ -143,6 +143,10 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
                        progress=not (quiet or as_json),
                        before_write=lambda G, size: _large_note(G, size, notes if as_json else None))
     labelled = network if network is not None else clustering
+    if min_weight > 0 and G.number_of_edges() == 0:
+        largest = max((float(layer.weight.abs().max()) for layer in graph.layers if layer.weight.numel()), default=0.0)
+        notes.append(f"--min-weight {min_weight:g} dropped every edge (the largest |weight| is {largest:.4g}): the file "
+                     "holds the nodes only")
     E, E_random, score = (G.graph[key] for key in ("E", "E_random", "score"))  # of the labels `cluster` follows
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],

@@ -94,3 +94,13 @@ def test_a_forward_with_two_inputs_is_not_told_to_give_a_shape(tmp_path):
     torch.save(nn.TransformerDecoderLayer(16, 2, 32, batch_first=True), path)
     line = one_error(invoke("analyze", path, "--trust-pickle", "--k", "2", "--device", "cpu", "--input-shape", "5,16"))
     assert "'memory'" in line and "more than one input" in line and "--input-shape where" not in line, line
+
+
+def test_export_says_when_min_weight_dropped_every_edge(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)).state_dict(), path)
+    res = invoke("export", path, tmp_path / "o.graphml", "--k", "2", "--min-weight", "1e9", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "note: --min-weight 1e+09 dropped every edge" in res.stdout and ", 0 edges" in res.stdout
+    res = invoke("export", path, tmp_path / "p.graphml", "--k", "2", "--min-weight", "1e-9", "--device", "cpu")
+    assert "dropped every edge" not in res.stdout

@@ -89,7 +89,7 @@ def parse_k_values(text: str, *, max_values: int = 1000) -> List[int]:
     Raises
     ------
     ValueError
-        With the reason only (not a number, an empty range, too many values, k below 2).
+        With the reason only (not a number, an empty range, too many values, k below 2, a k given twice).
 
     Examples
     --------
@@ -118,6 +118,9 @@ def parse_k_values(text: str, *, max_values: int = 1000) -> List[int]:
         raise ValueError(f"more than {max_values} values of k")
     if min(ks) < 2:
         raise ValueError("k must be at least 2")
+    twice = sorted({k for k in ks if ks.count(k) > 1})
+    if twice:
+        raise ValueError(f"k={twice[0]} is given more than once")
     return ks
 
 
