@@ -86,7 +86,7 @@ _EXPORTS = {
     "FunctionalModules": "interpret.functional_modules", "functional_modules": "interpret.functional_modules",
     "reinitialised": "interpret.functional_modules",
     "chance_note": "interpret.chance", "clearly_above": "interpret.chance",
-    "SCORES": "interpret.scores", "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
+    "Schedule": "interpret.circuits", "Tolerance": "interpret.circuits", "ablate": "interpret.hooks",
     "ablation_matrix": "interpret.ablate", "class_accuracy": "interpret.ablate",
     "cluster_share": "interpret.circuit_compare", "compare_circuits": "interpret.circuits",
     "extract_circuit": "interpret.circuits", "extract_circuits": "interpret.circuits",

@@ -62,7 +62,7 @@ class ChannelTracer(TorchFunctionMode):
         self.buffer_owner: Dict[int, str] = {id(b): name.rpartition(".")[0] for name, b in model.named_buffers()}
         self.calls: List[LayerCall] = []
         self.embeddings: Dict[str, int] = {}
-        self.position_mixing: Dict[str, int] = {}  # Linear weights applied over positions (token mixing): not edges
+        self.position_mixing: set = set()  # parameters of Linears applied over positions (token mixing): not edges
         self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)
         self.notes: Counter = Counter()
         self.unfolded: Dict[str, str] = {}
@@ -181,12 +181,12 @@ class ChannelTracer(TorchFunctionMode):
             return out
         if name in _SKIP or not _has_tensor(out):
             return out
+        operands = [t for a in list(args) + list(kwargs.values())
+                    for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
         if isinstance(out, torch.Tensor) and id(out) not in self.param_names:
-            self._derive(name, args, kwargs, out)
+            self._derive(name, operands, args, kwargs, out)
         read = self._gains_read(args, kwargs) if self._gain else []
-        direct = [id(t) for a in list(args) + list(kwargs.values())
-                  for t in (a if isinstance(a, (list, tuple)) else (a,))
-                  if isinstance(t, torch.Tensor) and id(t) in self._direct]
+        direct = [id(t) for t in operands if id(t) in self._direct]
         if isinstance(out, torch.Tensor) and name not in _IDENTITY and name not in _LAYOUT:
             self._gain.pop(id(out), None)  # an in-place op (relu_) on a normalised or direct output
             popped = self._direct.pop(id(out), None)
@@ -196,7 +196,7 @@ class ChannelTracer(TorchFunctionMode):
         except Exception as exc:  # never break the model's forward; report instead
             self.notes[f"{name}: not followed ({type(exc).__name__})"] += 1
         if isinstance(out, torch.Tensor) and self.shadow(out) is None:
-            self._constant(args, kwargs, out)
+            self._constant(operands, out)
         if direct:
             self._out_folds.read(name, direct, out, self._direct)
         for gain, n_folded in read:
@@ -223,10 +223,8 @@ class ChannelTracer(TorchFunctionMode):
             return self.param_names[id(t)], index, True
         return self._derived.get(id(t))
 
-    def _derive(self, name: str, args, kwargs, out: torch.Tensor) -> None:
-        """Record ``out`` as derived from a parameter when that parameter is its only tensor operand."""
-        tensors = [t for a in list(args) + list(kwargs.values())
-                   for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
+    def _derive(self, name: str, tensors: List[torch.Tensor], args, kwargs, out: torch.Tensor) -> None:
+        """Record ``out`` as derived from a parameter when that parameter is its only tensor operand (``tensors``)."""
         if len(tensors) != 1 or self.shadow(tensors[0]) is not None:
             return
         src = self.param_of(tensors[0])
@@ -255,12 +253,10 @@ class ChannelTracer(TorchFunctionMode):
             return None
         return self._const.get(id(t))
 
-    def _constant(self, args, kwargs, out: torch.Tensor) -> None:
+    def _constant(self, tensors: List[torch.Tensor], out: torch.Tensor) -> None:
         """Record ``out`` as a constant when its tensor operands are buffers, parameters or constants, one a buffer."""
         if not self._const:
             return
-        tensors = [t for a in list(args) + list(kwargs.values())
-                   for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
         owners = [self.constant_owner(t) for t in tensors]
         if not any(owners) or not all(o or self.is_param_like(t) for o, t in zip(owners, tensors)):
             return

@@ -112,7 +112,7 @@ def _mixes_positions(s) -> bool:
 def _position_mixing(tr, x, out, pname: str) -> None:
     """A Linear over positions: like attention, it moves each node's values between positions, so its output
     keeps the input's nodes and its weight is not an edge of the graph (listed in the coverage with why)."""
-    tr.position_mixing[pname] = int(tr.params[pname].numel()) if pname in tr.params else 0
+    tr.position_mixing.add(pname)
     if isinstance(out, torch.Tensor):
         s = tr.shadow(x)
         tr._set(out, s[..., :1].expand(out.shape))
@@ -262,11 +262,11 @@ def _unfolded_scale(tr, name: str, tensors) -> None:
     where = T.layer_name(src[0]) if src is not None else owner
     if not tr.fold:
         tr.unfolded[where] = NOT_FOLDING
-    elif c.numel() <= 1:
+    elif c.numel() == 1:
         tr.unfolded.setdefault(where, f"a single {'parameter' if src is not None else 'buffer'} value "
-                                      f"({float(c.detach().reshape(-1)[0]) if c.numel() else 'empty'}) scaling a "
-                                      "tensor that no weight layer produced directly (e.g. after an activation): "
-                                      "not folded; the graph's weights around it are the raw parameters")
+                                      f"({float(c.detach())}) scaling a tensor that no weight layer produced directly "
+                                      "(e.g. after an activation): not folded; the graph's weights around it are the "
+                                      "raw parameters")
     else:
         what = "a parameter" if src is not None else "a tensor computed from buffers"
         op = "division by" if name in DIVS else "scale by"
