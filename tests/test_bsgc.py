@@ -185,23 +185,28 @@ def test_batched_kmeans_matches_sklearn_inertia():
     assert float(inertia.min()) == pytest.approx(direct, rel=1e-4)
 
 
-def test_implicit_normalised_svd_matches_exact():
-    """Randomized SVD of D^-1/2 A D^-1/2 applied implicitly, with the trivial pair deflated."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_implicit_normalised_svd_matches_exact(dtype):
+    """Randomized SVD of D^-1/2 A D^-1/2 applied implicitly, its iterates kept orthogonal to the trivial
+    pair (float32: with the vectors rounded up to 16, the width its products are padded to)."""
     W, _, _ = planted([150, 100, 80], [120, 90, 110], noise=0.5, seed=1)
-    A = torch.from_numpy(np.abs(W))
+    A = torch.from_numpy(np.abs(W)).to(dtype)
     du, dv = A.sum(1), A.sum(0)
     U, S, V = _normalized_svd(A[None], du[None], dv[None], du.rsqrt()[None], dv.rsqrt()[None], 4, 7,
                               [torch.Generator().manual_seed(0)])
-    U, S, V = U[0], S[0], V[0]
-    An = normalize_bipartite(A)[0].numpy()
+    U, S, V = U[0].double().numpy(), S[0].double().numpy(), V[0].double().numpy()
+    An = normalize_bipartite(A.double())[0].numpy()
     Ue, Se, Vte = np.linalg.svd(An)
+    tol = 1e-6 if dtype == torch.float64 else 1e-4
     # the trivial pair and the two planted directions are exact; the 4th lies in the noise bulk,
     # where a randomized range finder is accurate to its convergence tolerance only
-    np.testing.assert_allclose(S.numpy()[:3], Se[:3], rtol=1e-6)
-    np.testing.assert_allclose(S.numpy()[3], Se[3], rtol=1e-2)
-    # same subspaces (signs are arbitrary)
-    np.testing.assert_allclose(np.abs(np.sum(U.numpy()[:, :3] * Ue[:, :3], 0)), 1.0, atol=1e-6)
-    np.testing.assert_allclose(np.abs(np.sum(V.numpy()[:, :3] * Vte[:3].T, 0)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(S[:3], Se[:3], rtol=tol)
+    np.testing.assert_allclose(S[3], Se[3], rtol=1e-2)
+    # same subspaces (signs are arbitrary), and the trivial pair appears once only
+    np.testing.assert_allclose(np.abs(np.sum(U[:, :3] * Ue[:, :3], 0)), 1.0, atol=tol)
+    np.testing.assert_allclose(np.abs(np.sum(V[:, :3] * Vte[:3].T, 0)), 1.0, atol=tol)
+    np.testing.assert_allclose(U.T @ U, np.eye(4), atol=tol)
+    np.testing.assert_allclose(V.T @ V, np.eye(4), atol=tol)
 
 
 def test_deterministic_given_seed():

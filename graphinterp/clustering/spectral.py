@@ -4,7 +4,7 @@ Algorithm 1 normalises the similarity matrix, :math:`\\tilde A = D_U^{-1/2} A D_
 rank-k SVD :math:`\\tilde A \\approx U_k \\Sigma_k V_k^T`. Here the SVD is a randomized range finder
 (Halko et al. 2011) on the normalised operator applied implicitly (``A`` is never scaled, copied or
 cast), with the exactly known top singular pair (:math:`\\sigma_1 = 1`, :math:`u_1 \\propto \\sqrt{d_U}`,
-:math:`v_1 \\propto \\sqrt{d_V}`) deflated; small matrices get an exact SVD through the Gram matrix.
+:math:`v_1 \\propto \\sqrt{d_V}`) left out (deflated, or projected out of the randomized iterates); small matrices get an exact SVD through the Gram matrix.
 :class:`_Spectrum` holds ``C`` validated matrices of one shape with their degrees and SVDs, so that
 :func:`graphinterp.clustering.bsgc_batch.fit_batch` and :func:`~graphinterp.clustering.bsgc_batch.fit_k_range`
 share one computation between copies or between values of k.
@@ -131,23 +131,32 @@ def _times_t(Y: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     return _each(Y.transpose(1, 2), A, batched=False).transpose(1, 2)
 
 
-def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generators: Sequence[torch.Generator]):
+def _range_svd(matmul, rmatmul, A: torch.Tensor, q: int, n_iter: int, generators: Sequence[torch.Generator],
+               known: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
     """Randomized SVD of the batched operator ``X -> matmul(X)`` (adjoint ``rmatmul``) of ``A``'s shape (C, m, n).
 
-    ``q`` vectors; copy ``c``'s random start comes from ``generators[c]``.
+    ``q`` vectors; copy ``c``'s random start comes from ``generators[c]``. ``known``, unit vectors
+    ``(u, v)`` of shapes (C, m) and (C, n), is a singular pair of the operator to leave out: every
+    orthonormalisation is the QR of ``[u, Y]`` with its first column dropped, so the iterates stay
+    orthogonal to ``u`` (and ``v``) and the result is the SVD of the operator less that pair,
+    without deflating it in every product.
     """
     omega = torch.stack([torch.randn(A.shape[2], q, generator=g, dtype=A.dtype) for g in generators]).to(A.device)
 
-    def orth(X: torch.Tensor) -> torch.Tensor:  # thin QR of (C, m, q): small, one thread on the CPU
+    def orth(X: torch.Tensor, side: int) -> torch.Tensor:  # thin QR of (C, m, q): small, one thread on the CPU
+        if known is not None:
+            X = torch.cat([known[side][:, :, None], X], 2)
         if X.is_cuda:
-            return torch.linalg.qr(X)[0]
-        with one_thread():
-            return torch.stack([torch.linalg.qr(x)[0] for x in X])  # copy by copy: see _each
+            Q = torch.linalg.qr(X)[0]
+        else:
+            with one_thread():
+                Q = torch.stack([torch.linalg.qr(x)[0] for x in X])  # copy by copy: see _each
+        return Q if known is None else Q[:, :, 1:]
 
-    Q = orth(matmul(omega))
+    Q = orth(matmul(omega), 0)
     for _ in range(n_iter):
-        Q = orth(rmatmul(Q))
-        Q = orth(matmul(Q))
+        Q = orth(rmatmul(Q), 1)
+        Q = orth(matmul(Q), 0)
     B = rmatmul(Q).transpose(1, 2)  # the small (q, n) matrices Q^T op
     if B.is_cuda:
         Ub, S, V = _gram_svd(B)
@@ -303,9 +312,9 @@ def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gens):
 
     ``A`` is (C, m, n) and the degree vectors (C, m) / (C, n). The top pair is known exactly
     (:math:`\\sigma_1 = 1`, :math:`u_1 = \\sqrt{d_U / T}`, :math:`v_1 = \\sqrt{d_V / T}`, ``T`` the
-    total weight) and deflated; the rest comes from an exact SVD of the small deflated matrix, or a
-    randomized one of the deflated operator applied implicitly. Returns U (C, m, rank), S (C, rank),
-    V (C, n, rank).
+    total weight) and left out: the rest comes from an exact SVD of the small deflated matrix, or a
+    randomized one of the normalised operator applied implicitly, its iterates kept orthogonal to the
+    top pair (:func:`_range_svd`'s ``known``). Returns U (C, m, rank), S (C, rank), V (C, n, rank).
     """
     total = du.double().sum(-1, keepdim=True)
     u1 = (du.double() / total).sqrt().to(A.dtype)
@@ -320,13 +329,16 @@ def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gens):
         U, S, V = U.to(A.dtype), S.to(A.dtype), V.to(A.dtype)
     else:
         def matmul(X):
-            return du_is[:, :, None] * _times(A, dv_is[:, :, None] * X) - u1[:, :, None] * _each(v1[:, None, :], X)
+            return du_is[:, :, None] * _times(A, dv_is[:, :, None] * X)
 
         def rmatmul(Y):
-            AtY = _times_t(du_is[:, :, None] * Y, A)
-            return dv_is[:, :, None] * AtY - v1[:, :, None] * _each(u1[:, None, :], Y)
+            return dv_is[:, :, None] * _times_t(du_is[:, :, None] * Y, A)
 
-        U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gens)
+        # q up to the width _times pads a float32 product to anyway: the extra vectors cost no product
+        # time and make the leading ones more accurate
+        if A.dtype == torch.float32 and not A.is_cuda and q >= 12:
+            q = min(q + (-q % _PANEL), m - 1, n - 1)
+        U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gens, known=(u1, v1))
     one = torch.ones(C, 1, dtype=A.dtype, device=A.device)
     return (torch.cat([u1[:, :, None], U[:, :, : rank - 1]], 2), torch.cat([one, S[:, : rank - 1]], 1),
             torch.cat([v1[:, :, None], V[:, :, : rank - 1]], 2))
