@@ -85,7 +85,7 @@ _ITEM = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,]+)\s*""")
 
 def _written_char(item: str) -> Optional[str]:
     """The character ``item`` writes (itself, quoted as a table shows it, or a backslash escape), or None for an index."""
-    if len(item) == 1 and not item.isdigit():
+    if len(item) == 1 and not (item.isascii() and item.isdigit()):  # another script's digit is a character
         return item
     quoted = len(item) >= 3 and item[0] == item[-1] and item[0] in "'\""
     if quoted or item.startswith("\\"):

@@ -146,6 +146,8 @@ def check_seed(value: Any) -> int:
     try:
         if isinstance(value, bool):
             raise ValueError
+        if isinstance(value, str) and not value.strip().isascii():  # int() reads other scripts' digits
+            raise ValueError
         seed = int(value) if not isinstance(value, str) else int(value.strip(), 10)
         if isinstance(value, float) and seed != value:
             raise ValueError

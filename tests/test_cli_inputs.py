@@ -170,6 +170,26 @@ def test_huge_ranges_are_refused_before_they_are_expanded(ckpt_file):
         parse_k_values("2,3,2")
 
 
+@pytest.mark.parametrize("text", ["\u0663", "1_0", "+3", "\u0663-5", "\uff13"])
+def test_indices_and_k_are_ascii_decimals(text):
+    """int() reads other scripts' digits (Arabic-Indic 3, fullwidth 3), 1_0 and +3; an index or a k is refused."""
+    with pytest.raises(click.BadParameter):
+        parse_int_ranges(text, param_hint="--labels")
+    with pytest.raises(click.BadParameter):
+        parse_k_values(text)
+    from graphinterp.clustering.cluster import parse_k_range
+    from graphinterp.common.errors import ClusteringError
+
+    with pytest.raises(ClusteringError):
+        parse_k_range(text)
+
+
+def test_a_digit_of_another_script_is_a_character_label():
+    from graphinterp.cli._labels import parse_labels
+
+    assert parse_labels("\u0663,3") == ["\u0663", 3]  # Arabic-Indic 3 is a character of a vocabulary, 3 an index
+
+
 def test_limit_zero_is_an_error_not_the_whole_dataset(ckpt_file):
     assert "--limit" in one_error(invoke("ablate", ckpt_file, "--limit", "0", "--device", "cpu"), 2)
 
@@ -406,7 +426,7 @@ def test_live_writers_temp_files_are_kept(tmp_path):
 # ------------------------------------------------------------------ the validators themselves
 def test_validators():
     assert check_seed("0") == 0 and check_seed(2**32 - 1) == 2**32 - 1
-    for bad in (-1, 2**32, "1e3", True, 1.5):
+    for bad in (-1, 2**32, "1e3", True, 1.5, "\u0663", "\uff17"):
         with pytest.raises(click.BadParameter):
             check_seed(bad)
     assert check_device("cpu") == "cpu"

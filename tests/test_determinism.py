@@ -58,6 +58,6 @@ def test_summarize_against_scipy():
 def test_parse_seeds():
     assert parse_seeds("5") == [0, 1, 2, 3, 4] and parse_seeds("2", first=7) == [7, 8]
     assert parse_seeds("0,3,5-7") == [0, 3, 5, 6, 7] and parse_seeds([4, 2]) == [4, 2]
-    for bad in ("0", "a", "1,1", "3-x", ""):
+    for bad in ("0", "a", "1,1", "3-x", "", "\u0663", "1-\u0663"):
         with pytest.raises(ValueError):
             parse_seeds(bad)

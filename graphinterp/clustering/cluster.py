@@ -14,6 +14,7 @@ from graphinterp.clustering.dag_cluster import cluster_dag
 from graphinterp.clustering.labels import Clustering
 from graphinterp.clustering.validation import check_k, refuse_block_diagonal
 from graphinterp.common.seeds import check_random_state, layer_seed
+from graphinterp.common.text import parse_k_values
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["BSGC", "Clustering", "cluster_layers", "cluster_network", "parse_k_range"]
@@ -28,15 +29,9 @@ def parse_k_range(text: str) -> List[int]:
     ([2, 3, 4, 5], [3, 6])
     """
     try:
-        if ".." in text:
-            lo, hi = (int(p) for p in text.split(".."))
-            ks = list(range(lo, hi + 1))
-        else:
-            ks = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise ClusteringError(f"cannot read k from {text!r}: use 4, 2..10 or 2,4,8") from None
-    if not ks:
-        raise ClusteringError(f"cannot read k from {text!r}: use 4, 2..10 or 2,4,8")
+        ks = parse_k_values(text)  # the one reader of k values, shared with the CLI's --k
+    except ValueError as err:
+        raise ClusteringError(f"cannot read k from {text!r} ({err}): use 4, 2..10 or 2,4,8") from None
     return [check_k(k) for k in ks]
 
 

@@ -238,6 +238,8 @@ def parse_seeds(text: Union[str, int, Sequence[int]], first: int = 0) -> List[in
     if not isinstance(text, str):
         return [int(s) for s in text]
     text = text.strip()
+    if not text.isascii():  # str.isdigit and int() accept other scripts' digits
+        raise ValueError(f"--seeds: {text!r} is neither a count nor a list such as 0,3,5-7")
     if text.isdigit():
         n = int(text)
         if n < 1:

@@ -15,6 +15,27 @@ __all__ = ["first_line", "MAX_RANGE_VALUES", "parse_int_ranges", "parse_k_values
 MAX_RANGE_VALUES = 100_000
 
 
+def _decimal(text: str) -> int:
+    """A non-negative integer written in ASCII digits only.
+
+    Python's ``int`` also reads other scripts' digits (``int("\u0663")`` is 3), ``1_0`` and ``+3``;
+    on a command line those are more likely a character or a typo than an index.
+
+    Examples
+    --------
+    >>> _decimal(" 12 ")
+    12
+    >>> _decimal("\u0663")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a decimal number
+    """
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError("not a decimal number")
+    return int(text)
+
+
 def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RANGE_VALUES) -> List[int]:
     """Parse ``"1,3,5-7"`` into ``[1, 3, 5, 6, 7]``, refusing huge or empty ranges before expanding them.
 
@@ -52,8 +73,8 @@ def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RAN
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         lo, dash, hi = part.partition("-")
         try:
-            a = int(lo.strip(), 10)
-            b = int(hi.strip(), 10) if dash else a
+            a = _decimal(lo)
+            b = _decimal(hi) if dash else a
         except ValueError:
             raise ValueError(f"{part!r} is not an index or a range A-B") from None
         if a < min_value:
@@ -100,9 +121,9 @@ def parse_k_values(text: str, *, max_values: int = 1000) -> List[int]:
     try:
         if ".." in text:
             lo_s, hi_s = text.split("..")
-            bounds = int(lo_s.strip(), 10), int(hi_s.strip(), 10)
+            bounds = _decimal(lo_s), _decimal(hi_s)
         else:
-            ks = [int(p.strip(), 10) for p in text.split(",") if p.strip()]
+            ks = [_decimal(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise ValueError("not a number of clusters") from None
     if ".." in text:
