@@ -273,3 +273,29 @@ def test_coverage_names_a_pruned_layer_and_a_module_applied_twice():
 
     g = trace_graph(Twice(), example=torch.randn(2, 4))
     assert g.layer_names == ["a", "a#2", "b"] and g.coverage.tied == {"a#2": "a.weight"}
+
+
+def test_a_tied_weight_is_named_after_the_module_that_applies_it():
+    """b.weight = a.weight: the second layer is b (was "a#2"), listed as tied, and interventions find module b;
+    the trace's hooks are gone afterwards, also when the forward fails."""
+    from graphinterp.interpret.interventions import module_of
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    m = Tied()
+    g = trace_graph(m, example=torch.randn(2, 4))
+    assert g.layer_names == ["a", "b", "c"] and g.coverage.tied == {"b": "a.weight"}
+    assert any(line.startswith("tied: layer b applies a.weight") for line in g.coverage.summary_lines())
+    assert module_of(m, g, "b")[0] is m.b
+    assert torch.equal(g["b"].weight, m.a.weight.detach())
+    assert not any(mod._forward_pre_hooks or mod._forward_hooks for mod in m.modules())
+    with pytest.raises(Exception):
+        trace_graph(m, example=torch.randn(2, 5))  # wrong width: every candidate input fails
+    assert not any(mod._forward_pre_hooks or mod._forward_hooks for mod in m.modules())

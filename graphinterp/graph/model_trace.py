@@ -18,6 +18,7 @@ from graphinterp.graph.dag import graph_from_calls
 from graphinterp.common.errors import InputMismatchError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.trace import ChannelTracer
+from graphinterp.graph.trace_ops import layer_name
 
 __all__ = ["trace_graph", "example_inputs"]
 
@@ -238,9 +239,11 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     folded_sources = {f.rpartition(" (")[0] for c in tracer.calls for f in c.folded}  # "bn1 (BatchNorm scale)" -> bn1
     unfolded = {k: v for k, v in tracer.unfolded.items() if k not in folded_sources}
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
-    tied_params = {tracer.param_names[pid] for pid in tracer.tied}
-    # tied weights (GPT-2's lm_head) and a module applied more than once ("a", "a#2"): one tensor, several layers
-    tied = {c.name: c.param for c in tracer.calls if c.param in tied_params or "#" in c.name}
+    tied_params = {tracer.param_names[pid] for pid in tracer.tied} | tracer.aliased
+    # tied weights (GPT-2's lm_head, b.weight = a.weight) and a module applied more than once ("a", "a#2"): one
+    # tensor, several layers; listed: the layers not named after the parameter's first owner
+    tied = {c.name: c.param for c in tracer.calls
+            if (c.param in tied_params or "#" in c.name) and c.name != layer_name(c.param)}
     notes = dict(tracer.notes)
     if tracer.fresh_inputs:
         names = list(tracer.fresh_inputs)

@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds
 from graphinterp.graph.trace_folds import RETURNED, settle
 from graphinterp.graph.trace_rules import apply_rule
+from graphinterp.graph.trace_ties import TieOwners, embedding_ties
 
 __all__ = ["ChannelTracer", "LayerCall"]
 
@@ -56,7 +57,10 @@ class ChannelTracer(TorchFunctionMode):
         for name, p in model.named_parameters(remove_duplicate=False):
             self.param_names.setdefault(id(p), name)
             aliases.setdefault(id(p), []).append(name)
-        self.tied = _tied_layers(model, aliases)
+        self.tied = embedding_ties(model, aliases)
+        # first names of the parameters registered under several names (tied weights)
+        self.aliased = {names[0] for names in aliases.values() if len(names) > 1}
+        self.ties = TieOwners(model, aliases)
         self.params: Dict[str, torch.Tensor] = dict(model.named_parameters())  # first name -> tensor
         # buffer id -> its module's name (a BatchNorm without affine weight is named by its running statistics)
         self.buffer_owner: Dict[int, str] = {id(b): name.rpartition(".")[0] for name, b in model.named_buffers()}
@@ -205,9 +209,20 @@ class ChannelTracer(TorchFunctionMode):
                 gain.leaks[name] += 1  # read by something that neither folds nor carries the gain
         return out
 
+    def __enter__(self):
+        self.ties.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self.ties.__exit__(None, None, None)
+            raise
+
     def __exit__(self, *exc):
-        result = super().__exit__(*exc)
-        self.settle_gains()
+        try:
+            result = super().__exit__(*exc)
+            self.settle_gains()
+        finally:
+            self.ties.__exit__(*exc)
         return result
 
     def is_param_like(self, t: Any) -> bool:
@@ -357,19 +372,6 @@ def _tensors_in(value: Any, depth: int = 4) -> List[torch.Tensor]:
     else:
         return []
     return [t for v in items for t in _tensors_in(v, depth - 1)]
-
-
-def _tied_layers(model: torch.nn.Module, aliases: Dict[int, List[str]]) -> Dict[int, str]:
-    """Parameter id -> the name of the non-embedding module owning a tied weight (``lm_head.weight`` for
-    GPT-2's output projection, which is ``transformer.wte.weight``): weight layers that apply a tied
-    tensor are named after that module, not after the embedding that owns the tensor's first name."""
-    embeddings = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)}
-    out = {}
-    for pid, names in aliases.items():
-        applying = [n for n in names[1:] if n.rpartition(".")[0] not in embeddings]
-        if applying and names[0].rpartition(".")[0] in embeddings:
-            out[pid] = applying[0]
-    return out
 
 
 def _has_tensor(out: Any) -> bool:

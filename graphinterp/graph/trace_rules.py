@@ -150,8 +150,10 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
     if kind == "linear" and _mixes_positions(tr.shadow(x)):
         return _position_mixing(tr, x, out, pname)
     weight = (raw.t() if transposed else raw).detach()
-    tr._uses[pname] += 1
-    name = T.layer_name(tr.tied.get(id(raw), pname)) + (f"#{tr._uses[pname]}" if tr._uses[pname] > 1 else "")
+    # named after the module applying it: the owner running now of a tied weight, else its first name
+    base = T.layer_name(tr.ties.applier(id(raw)) or tr.tied.get(id(raw), pname))
+    tr._uses[base] += 1
+    name = base + (f"#{tr._uses[base]}" if tr._uses[base] > 1 else "")
     dim = -1 if kind == "linear" else (0 if x.dim() == int(kind[4]) + 1 else 1)  # a conv's unbatched input: (C, ...)
     n_in = weight.shape[1] * (groups if kind != "linear" else 1)
     src = _features(tr, x, dim, n_in, name)
