@@ -339,6 +339,10 @@ def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gens):
         if A.dtype == torch.float32 and not A.is_cuda and q >= 12:
             q = min(q + (-q % _PANEL), m - 1, n - 1)
         U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gens, known=(u1, v1))
+        # singular values at rounding level (sigma_1 = 1): their vectors are noise, zeros as in _gram_svd
+        null = S < 100 * torch.finfo(A.dtype).eps
+        if bool(null.any()):
+            U, V = U * ~null[:, None, :], V * ~null[:, None, :]
     one = torch.ones(C, 1, dtype=A.dtype, device=A.device)
     return (torch.cat([u1[:, :, None], U[:, :, : rank - 1]], 2), torch.cat([one, S[:, : rank - 1]], 1),
             torch.cat([v1[:, :, None], V[:, :, : rank - 1]], 2))
