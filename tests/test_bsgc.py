@@ -619,6 +619,22 @@ def test_kmeans_copy_result_is_the_same_alone_and_in_a_batch():
     assert float(both[1][1].min()) <= 1.02 * best_sklearn
 
 
+def test_kmeans_point_norms_are_the_same_alone_and_in_a_batch():
+    """The norms k-means++ starts from: as a product over the folded copies they rounded differently for
+    different batch sizes (5 of 200 such batches at d = 9), and a copy's restarts then numbered their
+    clusters differently alone and in a batch (10 x 300000 layers, k = 9, pairing "independent")."""
+    from graphinterp.clustering.kmeans_batch import _masked_norms
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        C, N = 2 + trial % 5, 9 + trial % 40
+        Z, mask = torch.randn(C, N, 9, generator=g), (torch.rand(10, 9, generator=g) < 0.8).float()
+        both = _masked_norms(Z, mask)
+        for c in range(C):
+            assert torch.equal(both[c], _masked_norms(Z[c:c + 1], mask)[0])
+        torch.testing.assert_close(both, torch.einsum("cnd,rd->crn", Z * Z, mask))
+
+
 def test_seed_draws_are_the_random_states_draws_in_any_thread():
     """An int seed's draws (without building a RandomState per seed) are RandomState(seed)'s, interleaved
     with other seeds' draws and in several threads at once (one reseeded generator per thread)."""
