@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Test files run for the mutants of each module (the module itself is added for its doctests).
 TESTS: Dict[str, List[str]] = {
     "spectral": ["tests/test_bsgc.py"],
+    "matrix_checks": ["tests/test_bsgc.py"],
     "pairing": ["tests/test_bsgc.py"],
     "mass": ["tests/test_bsgc.py"],
     "bsgc": ["tests/test_bsgc.py"],
@@ -76,7 +77,8 @@ TESTS: Dict[str, List[str]] = {
 
 
 # where each mutated module lives in the package layout
-PATHS = {"spectral": "clustering/spectral", "pairing": "clustering/pairing", "mass": "clustering/mass",
+PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_checks",
+         "pairing": "clustering/pairing", "mass": "clustering/mass",
          "bsgc": "clustering/bsgc", "bsgc_batch": "clustering/bsgc_batch",
          "kmeans_batch": "clustering/kmeans_batch", "metrics": "clustering/metrics",
          "loss": "training/loss", "masks": "training/masks", "hooks": "interpret/hooks",
@@ -128,7 +130,7 @@ MUTANTS: List[Mutant] = [
       "            + u1.double()[:, :, None] * v1.double()[:, None, :])", "deflation adds the top pair instead"),
     M("spectral", "        return Q if known is None else Q[:, :, 1:]", "        return Q if known is None else Q[:, :, :-1]",
       "the randomized SVD keeps the known top pair in its iterates (it comes back as a second singular pair)"),
-    M("spectral", "if A.numel() and float(A.amin()) < 0:", "if A.numel() and float(A.amin()) < -1:",
+    M("matrix_checks", "if A.numel() and float(A.amin()) < 0:", "if A.numel() and float(A.amin()) < -1:",
       "negative similarities accepted"),
     M("pairing", "same = (canon == canon[int(inertia.argmin())]).all(1)",
       "same = (canon == canon[int(inertia.argmax())]).all(1)", "the worst KMeans restart is kept"),

@@ -218,7 +218,8 @@ def test_an_exactly_low_rank_layer_has_no_noise_vectors(dtype):
     A = np.outer(g.random(500), g.random(400)).astype(dtype)
     fit = BSGC(3, random_state=0).fit(A)
     assert fit.singular_values_[0] == pytest.approx(1.0) and np.all(fit.singular_values_[1:] < 1e-4)
-    from graphinterp.clustering.spectral import _Spectrum, _degrees
+    from graphinterp.clustering.matrix_checks import _degrees
+    from graphinterp.clustering.spectral import _Spectrum
 
     A3, du, dv = _degrees(torch.from_numpy(A)[None])
     sp = _Spectrum.compute(A3, du, dv, 3, None, [np.random.RandomState(0)], ks=[3])
@@ -460,7 +461,8 @@ def test_fit_batch_equals_each_fit(shape, dtype):
 def test_a_copys_spectrum_is_the_same_alone_and_in_a_batch(shape, dtype):
     """Every product of the randomized SVD is computed copy by copy, so a copy's singular vectors are
     bit-identical whether it is alone or one of several (a batched product rounds differently)."""
-    from graphinterp.clustering.spectral import _degrees, _Spectrum
+    from graphinterp.clustering.matrix_checks import _degrees
+    from graphinterp.clustering.spectral import _Spectrum
     from graphinterp.common.seeds import check_random_state
 
     As = torch.from_numpy(np.abs(np.random.default_rng(2).standard_normal((3, *shape))).astype(dtype))

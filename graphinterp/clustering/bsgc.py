@@ -3,10 +3,11 @@
 Algorithm 1 normalises the similarity matrix, :math:`\\tilde A = D_U^{-1/2} A D_V^{-1/2}`, takes its
 rank-k SVD :math:`\\tilde A \\approx U_k \\Sigma_k V_k^T`, and clusters the rows of :math:`U_k` and,
 separately, the rows of :math:`V_k`. graphinterp pairs the row and column clusters instead (the
-``pairing`` modes). The work is split in five modules:
+``pairing`` modes). The work is split in six modules:
 
-* :mod:`graphinterp.clustering.spectral`: validation, normalisation, the randomized / Gram SVD of the
-  normalised matrix (``_Spectrum``);
+* :mod:`graphinterp.clustering.matrix_checks`: the similarity matrix read and checked, its degrees;
+* :mod:`graphinterp.clustering.spectral`: normalisation, the randomized / Gram SVD of the normalised
+  matrix (``_Spectrum``);
 * :mod:`graphinterp.clustering.pairing`: KMeans restarts (:mod:`graphinterp.clustering.kmeans_batch`)
   as candidates, row and column clusters matched and repaired, the kept candidate; its docstring
   states the three ``pairing`` modes and the choice rule;
@@ -30,8 +31,9 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError, Str
 
 from graphinterp.clustering.mass import cluster_mass, match_clusters
 from graphinterp.clustering.pairing import PAIRINGS, fit_spectrum
-from graphinterp.clustering.spectral import (ArrayLike, _as_matrix, _check_k, _degrees, _generators, _Spectrum,
-                                             _threads_for, normalize_bipartite, randomized_svd)
+from graphinterp.clustering.matrix_checks import ArrayLike, _as_matrix, _degrees
+from graphinterp.clustering.spectral import (_check_k, _generators, _Spectrum, _threads_for, normalize_bipartite,
+                                             randomized_svd)
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import fast_random_state
 

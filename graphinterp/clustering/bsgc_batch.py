@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.bsgc import BSGC
-from graphinterp.clustering.spectral import ArrayLike, _as_matrix, _degrees, _Spectrum, _threads_for
+from graphinterp.clustering.matrix_checks import ArrayLike, _as_matrix, _degrees
+from graphinterp.clustering.spectral import _Spectrum, _threads_for
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import SeedDraws, fast_random_state
 

@@ -41,7 +41,7 @@ import torch
 
 from graphinterp.common.files import resolve_device
 from graphinterp.clustering.bsgc_batch import fit_batch
-from graphinterp.clustering.spectral import _as_matrix
+from graphinterp.clustering.matrix_checks import _as_matrix
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import normalized_score, random_partition_expectation
