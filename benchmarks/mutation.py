@@ -195,9 +195,14 @@ MUTANTS: List[Mutant] = [
     M("metrics", "mass = float(sq.sum())", "mass = float(sq.sqrt().sum())", "layer mass from |W| instead of W**2"),
     # ------------------------------------------------------------------------------------------ loss
     M("loss", "        self._current_masks()  # follows the model to another device or dtype\n", "",
-      "masks do not follow the model to another dtype/device"),
+      "masks do not follow the model to another dtype/device",
+      equivalent="on the CPU only: the loss casts its masks to the accumulation dtype, so a dtype change is "
+                 "absorbed; a device move is caught by tests/test_cuda_paths.py::"
+                 "test_a_loss_with_folded_scales_follows_the_model_to_the_device on a GPU"),
     M("loss", "            self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]\n        return",
-      "        return", "refreshed masks, stale between-cluster masks"),
+      "        return", "refreshed masks, stale between-cluster masks",
+      equivalent="on the CPU only (as the mutant above): stale masks of another dtype are cast where used; on "
+                 "another device the CUDA test of the loss following the model fails"),
     M("loss", "return (between[0] + tiny) / (total[0] + tiny)", "return between[0] / (total[0] + tiny)",
       "one layer with zero weights gives 0 instead of 1"),
     M("loss", "return (torch.stack(between).sum() + tiny) / (torch.stack(total).sum() + tiny)",
