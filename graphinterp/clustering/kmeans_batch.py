@@ -101,11 +101,16 @@ def batched_kmeans(
 def _masked_norms(Z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Squared norms (C, R, N) of the points ``Z`` (C, N, d) in each restart's coordinates ``mask`` (R, d).
 
-    Summed element-wise over the d coordinates, not as ``(Z * Z) @ mask.T``: that product folds the copies
-    into its rows, and BLAS rounds a (C N, d) product differently for different C, so a copy's norms (and
-    then its k-means++ centres) differed alone and in a batch once d was large (9 at k = 10).
+    Summed element-wise over the d coordinates, in order, not as ``(Z * Z) @ mask.T``: that product folds
+    the copies into its rows, and BLAS rounds a (C N, d) product differently for different C, so a copy's
+    norms (and then its k-means++ centres) differed alone and in a batch once d was large (9 at k = 10).
+    One coordinate at a time, so that no (C, R, N, d) temporary is made.
     """
-    return (Z.square()[:, None, :, :] * mask[None, :, None, :]).sum(-1)
+    sq = Z.square()
+    out = sq[:, None, :, 0] * mask[None, :, None, 0]
+    for j in range(1, Z.shape[2]):
+        out.addcmul_(sq[:, None, :, j], mask[None, :, None, j])
+    return out
 
 
 def _sqdist(P: torch.Tensor, Zt: torch.Tensor, znorm: torch.Tensor) -> torch.Tensor:
