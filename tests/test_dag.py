@@ -275,21 +275,24 @@ def test_coverage_names_a_pruned_layer_and_a_module_applied_twice():
     assert g.layer_names == ["a", "a#2", "b"] and g.coverage.tied == {"a#2": "a.weight"}
 
 
+class TiedPair(nn.Module):
+    """a -> b -> c with b.weight = a.weight (one tensor applied by two modules)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
 def test_a_tied_weight_is_named_after_the_module_that_applies_it():
     """b.weight = a.weight: the second layer is b (was "a#2"), listed as tied, and interventions find module b;
     the trace's hooks are gone afterwards, also when the forward fails."""
     from graphinterp.interpret.interventions import module_of
 
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
-            self.b.weight = self.a.weight
-
-        def forward(self, x):
-            return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
-
-    m = Tied()
+    m = TiedPair()
     g = trace_graph(m, example=torch.randn(2, 4))
     assert g.layer_names == ["a", "b", "c"] and g.coverage.tied == {"b": "a.weight"}
     assert any(line.startswith("tied: layer b applies a.weight") for line in g.coverage.summary_lines())
@@ -299,3 +302,65 @@ def test_a_tied_weight_is_named_after_the_module_that_applies_it():
     with pytest.raises(Exception):
         trace_graph(m, example=torch.randn(2, 5))  # wrong width: every candidate input fails
     assert not any(mod._forward_pre_hooks or mod._forward_hooks for mod in m.modules())
+
+
+def test_one_module_under_two_names_keeps_its_first_name_and_is_not_tied():
+    """self.b = self.a, a ModuleList([block] * 3): one module (one owner), named by its first name as before;
+    a root parameter fc_weight beside a module fc is not a tie (it is applied once)."""
+    class Same(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b, self.c = self.a, nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.a(x)))
+
+    g = trace_graph(Same(), example=torch.randn(2, 4))
+    assert g.layer_names == ["a", "c"] and g.coverage.tied == {}
+    block = nn.Linear(4, 4)
+
+    class Repeated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers, self.c = nn.ModuleList([block] * 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = torch.relu(layer(x))
+            return self.c(x)
+
+    g = trace_graph(Repeated(), example=torch.randn(2, 4))
+    assert g.layer_names == ["layers.0", "layers.0#2", "layers.0#3", "c"]
+    assert g.coverage.tied == {"layers.0#2": "layers.0.weight", "layers.0#3": "layers.0.weight"}
+
+    class Collide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc_weight, self.fc = nn.Parameter(torch.randn(4, 4)), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(torch.nn.functional.linear(x, self.fc_weight)))
+
+    g = trace_graph(Collide(), example=torch.randn(2, 4))
+    assert len(set(g.layer_names)) == 2 and g.coverage.tied == {}
+
+
+def test_edges_of_tied_layers_are_refused_not_masked_into_one_tensor():
+    """Masking a's edges and b's into their one shared tensor let the last mask win silently (all of a pruned,
+    output unchanged): both interventions and circuit extraction refuse it in one line, and restore the weight."""
+    from graphinterp.common.errors import UnsupportedModelError
+    from graphinterp.interpret.edges import edge_layers
+    from graphinterp.interpret.interventions import interventions
+
+    m, x = TiedPair(), torch.randn(3, 4)
+    g = trace_graph(m, example=x)
+    before = m.a.weight.detach().clone()
+    with pytest.raises(UnsupportedModelError, match="'a' and 'b' apply one weight tensor"):
+        with interventions(m, g, edge_masks={"a": torch.zeros(4, 4, dtype=torch.bool), "b": torch.ones(4, 4, dtype=torch.bool)}):
+            pass
+    assert torch.equal(m.a.weight, before)
+    with pytest.raises(UnsupportedModelError, match="tied weights"):
+        edge_layers(m, g)
+    with interventions(m, g, edge_masks={"b": torch.ones(4, 4, dtype=torch.bool)}):  # one layer's mask: allowed
+        assert torch.allclose(m(x), m(x))

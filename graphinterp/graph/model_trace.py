@@ -7,6 +7,7 @@ chain or a :class:`~graphinterp.graph.dag.ModelGraph` otherwise, with its :class
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -242,8 +243,9 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     tied_params = {tracer.param_names[pid] for pid in tracer.tied} | tracer.aliased
     # tied weights (GPT-2's lm_head, b.weight = a.weight) and a module applied more than once ("a", "a#2"): one
     # tensor, several layers; listed: the layers not named after the parameter's first owner
+    applied = Counter(c.param for c in tracer.calls)
     tied = {c.name: c.param for c in tracer.calls
-            if (c.param in tied_params or "#" in c.name) and c.name != layer_name(c.param)}
+            if (c.param in tied_params or applied[c.param] > 1) and c.name != layer_name(c.param)}
     notes = dict(tracer.notes)
     if tracer.fresh_inputs:
         names = list(tracer.fresh_inputs)

@@ -4,7 +4,8 @@ A tensor registered under several names (``b.weight = a.weight``; GPT-2's ``lm_h
 ``transformer.wte.weight``) is one parameter but may be applied by several modules. The tracer sees only
 the tensor; :class:`TieOwners` tells it which of the tensor's owners is running, so that the layer is
 named after the module that applies it (``b``, not a second use of ``a``), and interventions find that
-module by the layer's name.
+module by the layer's name. One module registered under several names (``self.b = self.a``, a
+``ModuleList([block] * 3)``) is one owner, named by its first name.
 """
 from __future__ import annotations
 
@@ -54,9 +55,13 @@ class TieOwners:
     def __enter__(self) -> "TieOwners":
         try:
             for pid, names in self._shared.items():
+                hooked = set()  # one module registered under several names (s.b = s.a, [block] * 3): its first name
                 for name in names:
                     owner = name.rpartition(".")[0]
                     module = self._model.get_submodule(owner) if owner else self._model
+                    if id(module) in hooked:
+                        continue
+                    hooked.add(id(module))
                     self._handles.append(module.register_forward_pre_hook(partial(self._push, pid, name)))
                     self._handles.append(module.register_forward_hook(partial(self._pop, pid), always_call=True))
         except (AttributeError, RuntimeError):  # a module that takes no hooks (TorchScript): names as before

@@ -14,9 +14,9 @@ from typing import Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
-from graphinterp.common.errors import DataError
+from graphinterp.common.errors import DataError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.interpret.interventions import module_of
+from graphinterp.interpret.interventions import module_of, tied_edges_message
 
 __all__ = ["EdgeLayer", "edge_layers", "flat_masks", "flat_live", "flat_scores"]
 
@@ -62,9 +62,12 @@ class EdgeLayer:
 def edge_layers(model: nn.Module, graph: Optional[LayeredGraph] = None, *, device=None) -> List[EdgeLayer]:
     """The model's Linear/Conv2d layers in forward order, with copies of their weights on ``device``."""
     graph = graph if graph is not None else LayeredGraph.from_module(model)
-    out = []
+    out, seen = [], {}
     for layer in graph.layers:
         mod, key = module_of(model, graph, layer.name)
+        first = seen.setdefault(id(mod.weight), layer.name)
+        if first != layer.name:
+            raise UnsupportedModelError(tied_edges_message(first, layer.name))
         w = mod.weight.detach().to(device if device is not None else mod.weight.device).clone()
         nz = w != 0
         params = nz.flatten(2).sum(-1) if w.dim() == 4 else nz.long()

@@ -27,7 +27,7 @@ from torch import nn
 from graphinterp.common.errors import ClusteringError, DataError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 
-__all__ = ["Interventions", "interventions", "module_of"]
+__all__ = ["Interventions", "interventions", "module_of", "tied_edges_message"]
 
 
 def module_of(model: nn.Module, graph: LayeredGraph, name: str) -> Tuple[nn.Module, str]:
@@ -55,6 +55,13 @@ def module_of(model: nn.Module, graph: LayeredGraph, name: str) -> Tuple[nn.Modu
             "build the graph with LayeredGraph.from_module(model)"
         )
     return mod, prefix
+
+
+def tied_edges_message(first: str, second: str) -> str:
+    """The one-line refusal for edge masks on two layers that apply one weight tensor (tied weights)."""
+    return (f"layers {first!r} and {second!r} apply one weight tensor (tied weights): an edge cannot be kept in one "
+            "and pruned in the other; untie them to mask their edges (e.g. module.weight = "
+            "nn.Parameter(module.weight.detach().clone()) for the second)")
 
 
 def _owner_type(model: nn.Module, param_name: str) -> str:
@@ -125,6 +132,7 @@ class Interventions:
         self._saved: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._patched: List[Tuple[nn.Module, Optional[Callable]]] = []
         self._sites: Optional[List[nn.Module]] = None
+        self._masked_by: Dict[int, str] = {}  # weight tensor id -> the layer whose edge mask it holds
 
     # ------------------------------------------------------------------ binding
     def module(self, layer: Union[str, nn.Module]) -> nn.Module:
@@ -173,6 +181,9 @@ class Interventions:
         w = self.original(mod)
         m = torch.as_tensor(mask)
         name = layer if isinstance(layer, str) else type(layer).__name__
+        first = self._masked_by.setdefault(id(mod.weight), name)
+        if first != name:
+            raise UnsupportedModelError(tied_edges_message(first, name))
         if m.dtype != torch.bool:  # 0/1 only: any other value would rescale weights, not prune them
             if not bool(((m == 0) | (m == 1)).all()):
                 raise DataError(f"the edge mask of layer {name!r} must hold 0/1 or True/False only (False = pruned); "
