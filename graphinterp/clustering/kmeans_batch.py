@@ -216,39 +216,30 @@ def _lloyd(Z: torch.Tensor, Zt: torch.Tensor, centres: torch.Tensor, mask: torch
             sums = torch.bmm(Z1t, one_hot.view(C, R * k, N).transpose(1, 2)).transpose(1, 2).reshape(P, k, d + 1)
         else:
             sums = torch.bmm(Z1t[copy], one_hot.transpose(1, 2)).transpose(1, 2)
-        if not cpu:
+        if cpu:  # division, selection and the 0/1 mask round exactly as in torch (IEEE)
+            s, c, new = sums.numpy(), cur.numpy(), torch.empty_like(cur)
+            counts = s[..., d:]
+            np.multiply(np.where(counts > 0, s[..., :d] / np.maximum(counts, 1), c), masks, out=new.numpy())
+            moving = np.square(new.numpy() - c).sum((1, 2)) > tols
+        else:
             counts = sums[..., d:]
             new = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), cur).mul_(masks).contiguous()
             moving = (new - cur).square_().sum((1, 2)) > tols
-            if bool(moving.all()):
-                cur = new
-                continue
-            out[active] = new
-            active, cur, masks, tols = active[moving], new[moving], masks[moving], tols[moving]
-            P = len(active)
-            if P == 0:
-                break
-            continue
-        # division, selection and the 0/1 mask round exactly as in torch (IEEE)
-        s, c, new = sums.numpy(), cur.numpy(), torch.empty_like(cur)
-        n_ = new.numpy()
-        counts = s[..., d:]
-        np.multiply(np.where(counts > 0, s[..., :d] / np.maximum(counts, 1), c), masks, out=n_)
-        moving = np.square(n_ - c).sum((1, 2)) > tols
-        if moving.all():  # nothing to write back or drop (the common case in the first iterations)
+        if bool(moving.all()):  # nothing to write back or drop (the common case in the first iterations)
             cur = new
             continue
-        idx = active.numpy()
-        out.numpy()[idx] = n_  # the pairs' final (or latest) centres
-        keep = np.flatnonzero(moving)
-        P = len(keep)
+        out[active] = new  # the pairs' final (or latest) centres
+        if cpu:
+            keep = np.flatnonzero(moving)
+            active = torch.from_numpy(active.numpy()[keep])
+            cur = torch.empty(len(keep), k, d, dtype=new.dtype)
+            np.take(new.numpy(), keep, axis=0, out=cur.numpy())
+            masks, tols = masks[keep], tols[keep]
+        else:
+            active, cur, masks, tols = active[moving], new[moving], masks[moving], tols[moving]
+        P = len(active)
         if P == 0:
-            active = active[:0]
             break
-        active = torch.from_numpy(idx[keep])
-        cur = torch.empty(P, k, d, dtype=new.dtype)
-        np.take(n_, keep, axis=0, out=cur.numpy())
-        masks, tols = masks[keep], tols[keep]
-    if len(active) and cur is not out:  # pairs still moving after max_iter (none ran with max_iter=0)
+    if cur is not out:  # pairs still moving after max_iter (none ran with max_iter=0)
         out[active] = cur
     return out.view(C, R, k, d)

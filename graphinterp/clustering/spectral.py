@@ -119,11 +119,16 @@ def _times(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     faster than 13, and other widths change the rounding.
     """
     q = X.shape[2]
-    pad = -q % _PANEL if A.dtype == torch.float32 and not A.is_cuda and q >= 12 else 0
+    pad = _padded_width(A, q) - q
     if pad:
         X = torch.cat([X, X.new_zeros(X.shape[0], X.shape[1], pad)], 2)
     out = _each(A, X, batched=False)
     return out[:, :, :q] if pad else out
+
+
+def _padded_width(A: torch.Tensor, q: int) -> int:
+    """The width :func:`_times` pads ``q`` thin columns to for a product with ``A`` (``q`` itself when it does not pad)."""
+    return q + (-q % _PANEL) if A.dtype == torch.float32 and not A.is_cuda and q >= 12 else q
 
 
 def _times_t(Y: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
@@ -276,8 +281,8 @@ def _normalized_svd(A, du, dv, du_is, dv_is, rank: int, n_iter: int, gens):
 
         # q up to the width _times pads a float32 product to anyway: the extra vectors cost no product
         # time and make the leading ones more accurate
-        if A.dtype == torch.float32 and not A.is_cuda and q >= 12:
-            q = min(q + (-q % _PANEL), m - 1, n - 1)
+        if _padded_width(A, q) != q:
+            q = min(_padded_width(A, q), m - 1, n - 1)
         U, S, V = _range_svd(matmul, rmatmul, A, q, n_iter, gens, known=(u1, v1))
         # singular values at rounding level (sigma_1 = 1): their vectors are noise, zeros as in _gram_svd
         null = S < 100 * torch.finfo(A.dtype).eps

@@ -240,12 +240,11 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     folded_sources = {f.rpartition(" (")[0] for c in tracer.calls for f in c.folded}  # "bn1 (BatchNorm scale)" -> bn1
     unfolded = {k: v for k, v in tracer.unfolded.items() if k not in folded_sources}
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
-    tied_params = {tracer.param_names[pid] for pid in tracer.tied} | tracer.aliased
-    # tied weights (GPT-2's lm_head, b.weight = a.weight) and a module applied more than once ("a", "a#2"): one
-    # tensor, several layers; listed: the layers not named after the parameter's first owner
+    # tied weights (GPT-2's lm_head, b.weight = a.weight: a parameter under several names) and a module applied
+    # more than once ("a", "a#2"): one tensor, several layers; listed: the layers not named after its first owner
     applied = Counter(c.param for c in tracer.calls)
     tied = {c.name: c.param for c in tracer.calls
-            if (c.param in tied_params or applied[c.param] > 1) and c.name != layer_name(c.param)}
+            if (c.param in tracer.aliased or applied[c.param] > 1) and c.name != layer_name(c.param)}
     notes = dict(tracer.notes)
     if tracer.fresh_inputs:
         names = list(tracer.fresh_inputs)
