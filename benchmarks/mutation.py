@@ -160,7 +160,7 @@ MUTANTS: List[Mutant] = [
       "k-means++ without greedy local trials"),
     M("kmeans_batch", "best = dist.sum(-1).argmin(-1)", "best = dist.sum(-1).argmax(-1)",
       "greedy k-means++ keeps the worst trial"),
-    M("kmeans_batch", "return values.squeeze(2), (k - top).masked_fill_(top == 0, 0).long()",
+    M("kmeans_batch", "return values.squeeze(2), (k - top).mul_(top.clamp_max(1)).long()",
       "return values.squeeze(2), (k - top).long()", "a point at NaN distance from every centre gets label k"),
     M("kmeans_batch", "dist = torch.baddbmm((flat * flat).sum(-1, keepdim=True), flat, Zt, alpha=-2)",
       "dist = torch.baddbmm((flat * flat).sum(-1, keepdim=True), flat, Zt, alpha=-1)",
