@@ -364,3 +364,40 @@ def test_edges_of_tied_layers_are_refused_not_masked_into_one_tensor():
         edge_layers(m, g)
     with interventions(m, g, edge_masks={"b": torch.ones(4, 4, dtype=torch.bool)}):  # one layer's mask: allowed
         assert torch.allclose(m(x), m(x))
+
+
+def test_every_node_has_its_own_name_and_the_export_keeps_them_all():
+    """Two float inputs were both 'input', and two cuts by one kind of unsupported layer both
+    'conv_transpose2d:unbound': the export (which keys nodes by name) merged them and dropped edges."""
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(8, 2)
+
+        def forward(self, x, y):
+            return self.c(torch.cat([F.relu(self.a(x)), F.relu(self.b(y))], -1))
+
+    class TwoCuts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.c = nn.Conv2d(3, 3, 1), nn.Conv2d(8, 2, 1)
+            self.u1, self.u2 = nn.ConvTranspose2d(3, 4, 2, 2), nn.ConvTranspose2d(3, 4, 2, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.c(torch.cat([self.u1(x), self.u2(x)], 1))
+
+    for model, example in ((TwoInputs(), (torch.randn(2, 3), torch.randn(2, 3))), (TwoCuts(), torch.randn(1, 3, 4, 4))):
+        g = trace_graph(model.eval(), example=example)
+        assert len(set(g.node_names)) == g.n_nodes
+        G = g.to_networkx()
+        assert G.number_of_nodes() == g.n_nodes
+        for layer in g.layers:
+            assert sum(1 for *_, key in G.edges(keys=True) if key == layer.name) == layer.signed().numel()
+    g = trace_graph(TwoInputs().eval(), example=(torch.randn(2, 3), torch.randn(2, 3)))
+    assert not set(g.src_nodes("a")) & set(g.src_nodes("b"))
+    assert [g.node_names[i] for i in g.src_nodes("b")] == ["input#2:0", "input#2:1", "input#2:2"]
+    with pytest.raises(Exception, match="node names must be unique"):
+        ModelGraph(g.layers, [g.src_nodes(l.name) for l in g.layers], [g.dst_nodes(l.name) for l in g.layers],
+                   ["x"] * g.n_nodes)

@@ -371,3 +371,132 @@ def test_eval_mode_restores_through_train_so_overrides_run():
     with eval_mode(m):
         assert m[0].fused
     assert m.training and not m[0].fused
+
+
+class _Affine(nn.Module):
+    """A per-feature scale and shift written four ways: ``x * a + b``, timm ResMLP's ``addcmul(b, a, x)``,
+    ``einsum("bd,d->bd", x, a) + b`` and ``lerp(0, x, a) + b``."""
+
+    def __init__(self, d, how):
+        super().__init__()
+        self.how, self.alpha, self.beta = how, nn.Parameter(torch.rand(d) * 2 + 0.5), nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        if self.how == "addcmul":
+            return torch.addcmul(self.beta, self.alpha, x)
+        if self.how == "einsum":
+            return torch.einsum("bd,d->bd", x, self.alpha) + self.beta
+        return torch.lerp(torch.zeros_like(x), x, self.alpha) + self.beta
+
+
+@pytest.mark.parametrize("how", ["addcmul", "einsum", "lerp"])
+def test_a_scale_inside_a_fused_op_is_folded_or_listed_never_silent(how):
+    """These scales were neither folded nor listed: the graph's fc2 was the raw weight, with nothing said."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _Affine(8, how), nn.Linear(8, 3)).eval()
+    cov = (g := trace_graph(m, input_shape=(4,))).coverage
+    if how == "addcmul":  # the additive operand carries no nodes: x * alpha, folded into the reader
+        assert cov.folded == ["3: 2.alpha (input gain)"] and not cov.unfolded
+        torch.testing.assert_close(g["3"].weight, m[3].weight.detach() * m[2].alpha.detach())
+        torch.testing.assert_close((m[3].weight * live_scale(m, g["3"], m[3].weight)()).detach(), g["3"].weight)
+    else:
+        assert f"torch.{how}" in cov.unfolded["2.alpha"] and torch.equal(g["3"].weight, m[3].weight)
+
+
+def test_a_residual_addcmul_is_listed_and_attention_einsums_list_nothing():
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.gamma, self.head = nn.Linear(8, 8), nn.Parameter(torch.rand(8)), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(torch.addcmul(x, self.gamma, self.fc(x)))
+
+    assert "torch.addcmul" in trace_graph(Res().eval(), input_shape=(8,)).coverage.unfolded["gamma"]
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1).eval()
+    assert not any("einsum" in why for why in trace_graph(enc, input_shape=(5, 16)).coverage.unfolded.values())
+
+
+class _ComputedGainNorm(nn.Module):
+    """``F.layer_norm`` with a gain computed from the parameter (Megatron's ``apply_layernorm_1p``) or from the input."""
+
+    def __init__(self, d, how):
+        super().__init__()
+        self.how, self.weight, self.cond = how, nn.Parameter(torch.rand(d) * 2 - 0.5), nn.Linear(d, d)
+
+    def forward(self, x):
+        w = 1 + self.weight if self.how == "1p" else torch.sigmoid(self.cond(x.detach().mean(0)))
+        return F.layer_norm(x, x.shape[-1:], w)
+
+
+def test_a_norm_gain_computed_from_its_parameter_is_folded_and_one_from_the_input_is_noted():
+    """A computed gain was skipped without a word: the reader's graph weight was raw."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), _ComputedGainNorm(8, "1p"), nn.Linear(8, 3)).eval()
+    g = trace_graph(m, input_shape=(4,))
+    torch.testing.assert_close(g["2"].weight, m[2].weight.detach() * (1 + m[1].weight.detach())[None, :])
+    with pytest.raises(ClusteringError, match="cannot be recomputed"):
+        live_scale(m, g["2"], m[2].weight)
+    m = nn.Sequential(nn.Linear(4, 8), _ComputedGainNorm(8, "input"), nn.Linear(8, 3)).eval()
+    notes = trace_graph(m, input_shape=(4,)).coverage.notes
+    assert any("adaptive normalisation" in n for n in notes), notes
+
+
+def test_a_gathered_permutation_is_followed_and_a_bilinear_layer_cuts_the_graph():
+    """Both were assumed element-wise: b read a's nodes in the wrong order, and c read a's nodes through a
+    Bilinear layer as if it were not there."""
+
+    class Gather(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 6), nn.Linear(6, 2)
+            self.register_buffer("perm", torch.tensor([3, 1, 0, 5, 4, 2]))
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(torch.gather(y, -1, self.perm.expand_as(y)))
+
+    g = trace_graph(Gather().eval(), input_shape=(3,))
+    assert [g.node_names[i] for i in g.src_nodes("b")] == [f"a:{i}" for i in (3, 1, 0, 5, 4, 2)]
+
+    class Bil(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bil, self.c = nn.Linear(3, 4), nn.Bilinear(4, 4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.c(self.bil(h, h))
+
+    g = trace_graph(Bil().eval(), input_shape=(3,))
+    assert [g.node_names[i] for i in g.src_nodes("c")] == [f"bilinear:unbound:{i}" for i in range(4)]
+    assert any("bilinear" in note for note in g.coverage.notes)
+    assert [(m.name, m.numel) for m in g.coverage.missing] == [("bil.weight", 64)]
+
+
+@pytest.mark.parametrize("shape, expected", [((1, 4, 5, 3), (8, 3)), ((2, 1, 4, 6), (8, 24))])
+def test_an_example_input_for_a_linear_first_model_is_tagged_as_its_shape_would_be(shape, expected):
+    """A channels-last example (1, 4, 5, 3) for a per-pixel MLP was tagged along dim 1: 'mixes positions',
+    then 'no weight layer was called'. An image batch for a flattening MLP gets one node per pixel."""
+    flatten = shape[-1] != expected[1]
+    m = nn.Sequential(*([nn.Flatten()] if flatten else []), nn.Linear(expected[1], 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    g = trace_graph(m, example=torch.randn(*shape))
+    assert g.layers[0].shape() == expected[::-1] and len(g.layers) == 2
+
+
+def test_a_one_output_layer_broadcast_onto_a_wider_one_is_noted_not_merged():
+    """A dueling head, v(h) + a - mean(a), merged v's one node with all of a's: refused as 'a state-space scan'."""
+
+    class Dueling(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.v, self.a, self.head = nn.Linear(4, 16), nn.Linear(16, 1), nn.Linear(16, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            a = self.a(h)
+            return self.head(self.v(h) + a - a.mean(-1, keepdim=True))
+
+    g = trace_graph(Dueling().eval(), input_shape=(4,))
+    assert [g.node_names[i] for i in g.src_nodes("head")] == ["a:0", "a:1", "a:2"]
+    assert any("one node broadcast onto several" in note for note in g.coverage.notes)

@@ -9,6 +9,7 @@ the previous one wrote; :func:`trace_graph` then returns a chained :class:`Layer
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -57,6 +58,10 @@ class ModelGraph(LayeredGraph):
         self._src = {l.name: np.asarray(s, dtype=np.int64) for l, s in zip(self.layers, src)}
         self._dst = {l.name: np.asarray(d, dtype=np.int64) for l, d in zip(self.layers, dst)}
         self.node_names = list(node_names)
+        if len(set(self.node_names)) != n:  # the export keys nodes by name: two with one name would merge there
+            seen = Counter(self.node_names)
+            raise UnsupportedModelError("node names must be unique, got " + ", ".join(
+                f"{name!r} x{c}" for name, c in seen.most_common(3) if c > 1))
         self.coverage = coverage
 
     @property

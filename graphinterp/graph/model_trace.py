@@ -180,14 +180,20 @@ def _as_call(example: Any, model: Optional[nn.Module] = None):
 _CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 
 
-def _guess_dim(t: Any, model: Optional[nn.Module] = None) -> Optional[int]:
+def _guess_dim(t: Any, model: Optional[nn.Module] = None):
     """The channel dimension of an example input: 1 for a batch of images, 0 for one image without its batch
-    dimension (a Conv2d model given (C, H, W)), the last for features."""
+    dimension (a Conv2d model given (C, H, W)), the last for features; ``"all"`` (one node per element) for
+    an MLP on images, whose first Linear reads the flattened input, as :func:`example_inputs` decides."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         return None
     first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES)), None) if model is not None else None
     if type(first) in _CONV_DIMS:
         return 0 if t.dim() == _CONV_DIMS[type(first)] + 1 else 1
+    if isinstance(first, nn.Linear) and t.dim() > 2:  # a Linear reads the last dimension, or the flattened input
+        if t.shape[-1] == first.in_features:
+            return -1
+        if _prod(t.shape[1:]) == first.in_features:
+            return "all"
     return 1 if t.dim() >= 4 else -1
 
 

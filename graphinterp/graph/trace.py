@@ -68,6 +68,7 @@ class ChannelTracer(TorchFunctionMode):
         self.embeddings: Dict[str, int] = {}
         self.position_mixing: set = set()  # parameters of Linears applied over positions (token mixing): not edges
         self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)
+        self._space_names: set = set()
         self.notes: Counter = Counter()
         self.unfolded: Dict[str, str] = {}
         self.fresh_inputs: Dict[str, int] = {}  # layer -> input features it read without nodes (not the first layer)
@@ -96,7 +97,18 @@ class ChannelTracer(TorchFunctionMode):
         return len(self._parent)
 
     def new_space(self, name: str, size: int) -> torch.Tensor:
-        """Create ``size`` fresh nodes in a space called ``name``; return their ids."""
+        """Create ``size`` fresh nodes in a space called ``name``; return their ids.
+
+        Space names are unique, as node names (``space:index``) must be: a name already taken (a second
+        float input, a second use of one embedding, a second cut by an unsupported layer) gets ``#2``,
+        ``#3``, ... as a layer applied twice does.
+        """
+        if name in self._space_names:
+            base, n = name, 2
+            while f"{base}#{n}" in self._space_names:
+                n += 1
+            name = f"{base}#{n}"
+        self._space_names.add(name)
         start = len(self._parent)
         self._parent.extend(range(start, start + size))
         self._space_of.extend([len(self.spaces)] * size)

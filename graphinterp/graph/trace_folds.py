@@ -202,17 +202,28 @@ def norm(tr, name: str, args, kwargs, out) -> None:
         return
     tr._set(out, s)
     weight = _arg(args, kwargs, 2, "weight")
-    if weight is None or id(weight) not in tr.param_names:
+    if not isinstance(weight, torch.Tensor):
         return
+    # the parameter itself, or a tensor computed from it alone (Megatron's 1 + weight, a cast)
+    source = tr.param_of(weight)
+    if source is None:
+        owner = tr.constant_owner(weight)
+        if owner is not None:
+            tr.unfolded[owner] = f"{name} gain computed from buffers: not folded; the graph's weights around it are raw"
+        else:
+            tr.notes[f"{name} with a gain computed from the input (adaptive normalisation): not folded, the graph's "
+                     "weights around it are raw"] += 1
+        return
+    pname = T.layer_name(source[0])
     if not tr.fold:
-        tr.unfolded[T.layer_name(tr.param_names[id(weight)])] = NOT_FOLDING
+        tr.unfolded[pname] = NOT_FOLDING
         return
     dim = 1 if name in ("group_norm", "instance_norm") else -1
     vec = _channel_vector(s, dim)
     if vec is None:
         vec = _channel_vector(tr.canon(s), dim)
-    pname = T.layer_name(tr.param_names[id(weight)])
     w = weight.detach().reshape(-1)
+    exact = source[2] and source[1] is not None and source[1].numel() == w.numel()
     if vec is None or w.numel() != vec.numel():
         tr.unfolded[pname] = (f"norm gain over several dimensions ({tuple(weight.shape)}: not one value per node); "
                               "the graph's weights around it are the raw parameters")
@@ -220,7 +231,10 @@ def norm(tr, name: str, args, kwargs, out) -> None:
     if not bool(torch.isfinite(w).all()):
         tr.unfolded[pname] = "norm gain not finite"
         return
-    _pending_gain(tr, out, T._Gain(vec, w, pname, _NORM_KIND.get(name, "norm gain"), dim=dim, tensor=out))
+    # the parameter element behind each value (for following the fold while training): unknown for a computed gain
+    elems = source[1].reshape(-1) if exact else None
+    _pending_gain(tr, out, T._Gain(vec, w, pname, _NORM_KIND.get(name, "norm gain"), elems, known=exact, dim=dim,
+                                   tensor=out))
     tr.unfolded.setdefault(pname, "gain not directly followed by a weight layer")
 
 

@@ -24,7 +24,7 @@ _LAYOUT = {"view", "reshape", "permute", "transpose", "t", "flatten", "unflatten
            "swapdims", "repeat", "tile", "roll", "flip", "index_select", "cat", "concat", "concatenate",
            "stack", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
            "repeat_interleave", "broadcast_to", "mT", "T", "contiguous_format", "unsafe_view", "hsplit",
-           "vsplit"}
+           "vsplit", "gather", "take_along_dim"}
 _BINARY = {"add", "sub", "mul", "div", "true_divide", "where", "maximum", "minimum", "addcmul", "addcdiv",
            "lerp", "hypot", "fmax", "fmin", "rsub", "masked_fill", "add_", "sub_", "mul_", "div_",
            "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__",

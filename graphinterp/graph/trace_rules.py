@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from graphinterp.graph import trace_ops as T
+from graphinterp.graph.trace_fused import FUSED_SCALES, einsum_scale, fused_scale
 from graphinterp.graph.trace_folds import (DIVS, MIXED_READ, MULS, NOT_FOLDING, batch_norm, norm, scale_by_constant,
                                           scale_by_param, scale_operands)
 from graphinterp.graph.trace_rules_layout import (arg as _arg, broadcast_from as _broadcast_from,
@@ -36,6 +37,8 @@ def apply_rule(tr: Any, name: str, args, kwargs, out) -> None:
         return _weight_op(tr, args[0], args[1], out, "linear", matmul=True)
     if name in ("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
         return _unbound(tr, out, name, 1, "(a transposed convolution; not supported)")
+    if name == "bilinear":
+        return _unbound(tr, out, name, -1, "(a bilinear layer, which reads two inputs; not supported)")
     if name in ("lstm", "gru", "rnn_tanh", "rnn_relu") and isinstance(out, (tuple, list)) and out:
         return _unbound(tr, out[0], name, -1, "(a recurrent layer; not supported)")
     if name == "multi_head_attention_forward":
@@ -55,7 +58,8 @@ def apply_rule(tr: Any, name: str, args, kwargs, out) -> None:
     if name == "scaled_dot_product_attention":
         return _broadcast_from(tr, _arg(args, kwargs, 2, "value"), out, along=-2)
     if name in T._MATMUL:
-        return _matmul(tr, name, args, out)
+        _matmul(tr, name, args, out)
+        return einsum_scale(tr, args, out) if name == "einsum" else None
     if name in T._REDUCE:
         return _reduce(tr, args, kwargs, out)
     if name == "pad":
@@ -236,6 +240,8 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
         return
     if tr.fold and scale_by_constant(tr, name, tensors, out):
         return
+    if name in FUSED_SCALES and fused_scale(tr, name, args, kwargs, out):
+        return
     _unfolded_scale(tr, name, tensors)
     res = None
     for t in tracked:
@@ -247,6 +253,12 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
             continue
         both = (res >= 0) & (s >= 0) & (res != s)
         if bool(both.any()):
+            n_res, n_s = (len(torch.unique(tr.canon(v[both]))) for v in (res, s))
+            if min(n_res, n_s) == 1 < max(n_res, n_s):  # one node onto several: not one node per node, no merge
+                tr.notes[f"{name}: one node broadcast onto several (e.g. a one-output layer added to a wider "
+                         "tensor): not merged; the output keeps the wider operand's nodes"] += 1
+                res = torch.where(s >= 0, s, res) if n_s > n_res else res
+                continue
             tr._merge(res[both], s[both], name)
         res = torch.where(res >= 0, res, s)
     tr._set(out, res)
