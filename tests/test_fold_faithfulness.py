@@ -5,6 +5,7 @@ is also read by anything else (it is the residual stream: ``h + f(h)``; an activ
 ``g`` into the layers only would make the graph describe another function. Such a gain is left unfolded
 and the coverage says why. Tiny models with random weights; no downloads.
 """
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -309,19 +310,52 @@ class _CrossAttention(nn.Module):
         return self.head(self.layer(self.dec_in(x), self.enc(x)))
 
 
-def test_a_query_gain_is_not_folded_into_a_fused_cross_attention_and_the_cut_is_reported():
+def test_a_fused_cross_attention_is_three_layers_each_reading_its_own_input():
+    """Its k and v rows read the query's nodes (the encoder was not connected to it), and norm2's gain, which
+    scales the query only, could not be folded into the fused weight."""
     torch.manual_seed(0)
     model = _CrossAttention().eval()
     _randomise(model.layer.norm2, torch.Generator().manual_seed(2))
     g = trace_graph(model, input_shape=(5, 4))
-    cov = g.coverage
-    fused = "layer.multihead_attn.in_proj"
-    # its k and v rows read the encoder's output, which norm2 does not scale: the raw weight, and why
-    torch.testing.assert_close(g[fused].weight, model.layer.multihead_attn.in_proj_weight.detach(), rtol=0, atol=0)
-    assert "layer.norm2" in cov.unfolded and "k and v rows" in cov.unfolded["layer.norm2"]
-    assert not any("norm2" in f for f in cov.folded)
-    assert "layer.self_attn.in_proj: layer.norm1 (input gain)" in cov.folded  # self-attention still folds
-    assert not cov.complete and any(fused in n and "not connected" in n for n in cov.notes)
+    cov, fused = g.coverage, "layer.multihead_attn.in_proj"
+    W, gain = model.layer.multihead_attn.in_proj_weight.detach(), model.layer.norm2.weight.detach()
+    assert [g[f"{fused}[{p}]"].rows for p in "qkv"] == [(0, 8), (8, 16), (16, 24)]
+    # q reads the decoder stream through norm2, whose gain it takes; k and v read the encoder's output, raw
+    torch.testing.assert_close(g[f"{fused}[q]"].weight, W[:8] * gain[None, :])
+    torch.testing.assert_close(g[f"{fused}[k]"].weight, W[8:16], rtol=0, atol=0)
+    torch.testing.assert_close(g[f"{fused}[v]"].weight, W[16:], rtol=0, atol=0)
+    for part in "kv":
+        assert np.array_equal(g.src_nodes(f"{fused}[{part}]"), g.dst_nodes("enc"))
+    assert not set(g.src_nodes(f"{fused}[q]")) & set(g.dst_nodes("enc"))
+    assert np.array_equal(g.src_nodes("layer.multihead_attn.out_proj"), g.dst_nodes(f"{fused}[v]"))
+    assert f"{fused}[q]: layer.norm2 (input gain)" in cov.folded and "layer.norm2" not in cov.unfolded
+    assert cov.complete and not cov.tied and g.num_params(unique=True) == cov.total
+    assert not any("not connected" in n for n in cov.notes)
+
+
+def test_training_binds_each_slice_of_a_fused_in_proj_to_its_own_rows():
+    from graphinterp.clustering.cluster import cluster_layers
+    from graphinterp.clustering.metrics import clusterability
+    from graphinterp.training.gradsim import GradientSimilarity
+    from graphinterp.training.loss import EnmeshmentLoss
+
+    torch.manual_seed(0)
+    model = _CrossAttention().eval()
+    _randomise(model.layer.norm2, torch.Generator().manual_seed(2))
+    g = trace_graph(model, input_shape=(5, 4))
+    names = [f"layer.multihead_attn.in_proj[{p}]" for p in "qkv"]
+    c = cluster_layers(g, 2, layers=names, random_state=0)
+    loss = EnmeshmentLoss(model, c, graph=g)
+    expected = {n: float(clusterability(g[n].squared(), *c.labels(n))) for n in names}
+    assert loss.per_layer() == pytest.approx(expected, abs=1e-6)
+    loss().backward()
+    grad = model.layer.multihead_attn.in_proj_weight.grad
+    assert all(bool(grad[i:i + 8].abs().sum() > 0) for i in (0, 8, 16))
+    sim = GradientSimilarity(model, names, graph=g)
+    model.zero_grad()
+    model(torch.randn(2, 5, 4)).sum().backward()
+    sim.update()
+    assert all(tuple(v.shape) == (8, 8) for v in sim.similarity().values())
 
 
 def test_a_layernorm_over_several_dimensions_is_listed_and_its_gain_is_not_counted_as_a_weight_matrix():

@@ -307,7 +307,7 @@ def graph_from_calls(tracer, model: nn.Module, coverage: Coverage) -> LayeredGra
                 "layerwise=True)")
         layer = Layer(call.name, call.kind, _folded_weight(call), groups=call.groups, param=call.param,
                       transposed=call.transposed, folded=tuple(call.folded), fold_maps=tuple(call.fold_maps),
-                      in_index=torch.as_tensor(in_index) if len(nodes) != len(s_glob) else None)
+                      in_index=torch.as_tensor(in_index) if len(nodes) != len(s_glob) else None, rows=call.rows)
         layers.append(layer)
         src.append(nodes if len(nodes) != len(s_glob) else s_glob)
         dst.append(d_glob)
@@ -366,6 +366,6 @@ def _as_chain(layers: List[Layer], src: List[np.ndarray], dst: List[np.ndarray])
                 return None  # a channels-last flatten: keep the node map of the DAG graph
             layer = Layer(layer.name, layer.kind, layer.weight, in_groups=n, groups=layer.groups,
                           param=layer.param, transposed=layer.transposed, folded=layer.folded,
-                          fold_maps=layer.fold_maps)
+                          fold_maps=layer.fold_maps, rows=layer.rows)
         channel_major.append(layer)
     return LayeredGraph(channel_major, chained=True)

@@ -71,6 +71,9 @@ class Layer:
         for each row or input feature the index of its scale in the folded module's flattened
         per-channel vector (-1: not scaled; None: unknown). What training needs to recompute the
         folded weight from the live model (:mod:`graphinterp.training.folded_scales`).
+    rows : tuple of int, optional
+        ``(start, stop)``: the layer holds only these rows of the parameter (torch layout), e.g. the key
+        rows of a fused ``in_proj_weight`` in cross-attention, which read other nodes than its query rows.
 
     Examples
     --------
@@ -91,6 +94,7 @@ class Layer:
     transposed: bool = False
     folded: Tuple[str, ...] = ()
     fold_maps: Tuple[Any, ...] = ()
+    rows: Optional[Tuple[int, int]] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -125,6 +129,10 @@ class Layer:
             if idx.numel() and (int(idx.min()) < 0 or bool((torch.bincount(idx) == 0).any())):
                 raise InvalidWeightsError(f"layer {self.name!r}: in_index must number the input nodes 0..n-1")
             object.__setattr__(self, "in_index", idx)
+        if self.rows is not None and (self.transposed or len(self.rows) != 2
+                                      or self.rows[1] - self.rows[0] != self.weight.shape[0] or self.rows[0] < 0):
+            raise InvalidWeightsError(f"layer {self.name!r}: rows={self.rows} must be (start, start + "
+                                      f"{self.weight.shape[0]}) of a parameter stored (out, in)")
         if self.is_conv and (self.groups < 1 or self.weight.shape[0] % self.groups):
             raise InvalidWeightsError(f"layer {self.name!r}: groups={self.groups} does not divide its outputs")
 

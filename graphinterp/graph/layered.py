@@ -246,8 +246,8 @@ class LayeredGraph:
         if not unique:
             return sum(layer.num_params for layer in self.layers)
         per_tensor = {}
-        for layer in self.layers:
-            per_tensor.setdefault(layer.param_name, layer.num_params)
+        for layer in self.layers:  # the row slices of one parameter (a fused in_proj) are disjoint parts of it
+            per_tensor.setdefault((layer.param_name, layer.rows), layer.num_params)
         return sum(per_tensor.values())
 
     def _need_chain(self, what: str) -> None:

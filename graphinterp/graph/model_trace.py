@@ -248,9 +248,9 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
     # tied weights (GPT-2's lm_head, b.weight = a.weight: a parameter under several names) and a module applied
     # more than once ("a", "a#2"): one tensor, several layers; listed: the layers not named after its first owner
-    applied = Counter(c.param for c in tracer.calls)
+    applied = Counter((c.param, c.rows) for c in tracer.calls)  # row slices of one parameter are not ties
     tied = {c.name: c.param for c in tracer.calls
-            if (c.param in tracer.aliased or applied[c.param] > 1) and c.name != layer_name(c.param)}
+            if (c.param in tracer.aliased or applied[(c.param, c.rows)] > 1) and c.name != layer_name(c.param)}
     notes = dict(tracer.notes)
     if tracer.fresh_inputs:
         names = list(tracer.fresh_inputs)

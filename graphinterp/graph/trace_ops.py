@@ -63,6 +63,7 @@ class LayerCall:
     # per fold: (tag, "out" or "in", for each row / input feature the index of its scale in the source's
     # flattened per-channel vector, -1 where it has none; None when that index is unknown)
     fold_maps: List[Tuple[str, str, Optional[List[int]]]] = field(default_factory=list)
+    rows: Optional[Tuple[int, int]] = None  # the rows [start, stop) of the parameter this layer holds (a fused in_proj)
 
 
 def layer_name(param_name: str) -> str:

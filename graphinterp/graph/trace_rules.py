@@ -7,7 +7,7 @@ matmuls between activations, the element-wise fallback) are in :mod:`graphinterp
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -132,14 +132,17 @@ def _unbound(tr, out, kind: str, dim: int, why: str) -> None:
              "there)"] += 1
 
 
-def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = False) -> None:
+def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = False,
+               rows: Optional[Tuple[int, int, str]] = None) -> None:
+    """A weight layer ``kind`` applying parameter ``w`` to ``x``; ``rows=(start, stop, part)``: only those rows of
+    ``w``, a layer of their own named ``<layer>[part]`` (a fused projection whose parts read different inputs)."""
     if isinstance(w, torch.Tensor) and not _param(tr, w):
         derived = tr.param_of(w)  # a cast of a parameter (W.to(x.dtype)) is that parameter
         raw = tr.params.get(derived[0]) if derived is not None else None
         if (derived is not None and derived[2] and raw is not None and raw.shape == w.shape
                 and (derived[1] is None or torch.equal(derived[1].reshape(-1), torch.arange(w.numel())))
                 and isinstance(out, torch.Tensor)):
-            return _weight_op(tr, x, tr.params[derived[0]], out, kind, groups=groups, matmul=matmul)
+            return _weight_op(tr, x, tr.params[derived[0]], out, kind, groups=groups, matmul=matmul, rows=rows)
         if isinstance(out, torch.Tensor) and not matmul:
             return _unbound(tr, out, kind, 1 if kind != "linear" else -1,
                             "with a weight that is not a parameter (a torch.nn.utils.parametrize parametrization such "
@@ -156,13 +159,16 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
     weight = (raw.t() if transposed else raw).detach()
     # named after the module applying it: the owner running now of a tied weight, else its first name
     base = T.layer_name(tr.ties.applier(id(raw)) or tr.tied.get(id(raw), pname))
+    if rows is not None:
+        weight, base = weight[rows[0]:rows[1]], f"{base}[{rows[2]}]"
     tr._uses[base] += 1
     name = base + (f"#{tr._uses[base]}" if tr._uses[base] > 1 else "")
     dim = -1 if kind == "linear" else (0 if x.dim() == int(kind[4]) + 1 else 1)  # a conv's unbatched input: (C, ...)
     n_in = weight.shape[1] * (groups if kind != "linear" else 1)
     src = _features(tr, x, dim, n_in, name)
     dst = tr.new_space(name, weight.shape[0])
-    call = T.LayerCall(name, pname, kind, weight, transposed, int(groups), src, dst)
+    call = T.LayerCall(name, pname, kind, weight, transposed, int(groups), src, dst,
+                       rows=None if rows is None else (int(rows[0]), int(rows[1])))
     gain = tr._gain.get(id(x))
     per_feature = gain.for_reader(x, dim, src, tr._find) if gain is not None else None
     if per_feature is not None:
@@ -199,17 +205,10 @@ def _mha(tr, args, kwargs, out) -> None:
     elif key is query and value is query:
         _weight_op(tr, query, a["in_proj_weight"], _Probe(query.shape[:-1] + (3 * E,)), "linear")
         v_nodes = tr.calls[-1].dst[2 * E:]
-    else:  # cross-attention with a fused weight: q from query, k and v from key / value
-        _weight_op(tr, query, a["in_proj_weight"], _Probe(query.shape[:-1] + (3 * E,)), "linear")
-        name = tr.calls[-1].name
-        tr.notes[f"cross-attention with a fused in_proj ({name}): its k and v rows are drawn reading the query's "
-                 "nodes, not the key's and value's, so what feeds the key and value (an encoder) is not connected "
-                 "to it in the graph"] += 1
-        gain = tr._gain.get(id(query))
-        if gain is not None:  # a query gain would scale the k and v rows' columns too: not exact, not folded
-            gain.leaks[f"{name}'s k and v rows (a cross-attention's fused in_proj: they read the key and value, "
-                       "not this tensor)"] += 1
-        v_nodes = tr.calls[-1].dst[2 * E:]
+    else:  # cross-attention with a fused weight: its q, k and v rows read the query, key and value
+        for part, x, start in (("q", query, 0), ("k", key, E), ("v", value, 2 * E)):
+            _weight_op(tr, x, a["in_proj_weight"], _Probe(x.shape[:-1] + (E,)), "linear", rows=(start, start + E, part))
+        v_nodes = tr.calls[-1].dst
     probe = _Probe(tuple(result.shape[:-1]) + (E,))
     tr._set(probe, v_nodes.expand(probe.shape))
     _weight_op(tr, probe, a["out_proj_weight"], result, "linear")

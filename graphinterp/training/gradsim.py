@@ -46,7 +46,8 @@ from torch import nn
 
 from graphinterp.common.errors import TrainingError
 from graphinterp.graph.layered import Layer, LayeredGraph
-from graphinterp.training.masks import default_cluster_layers, layer_parameter, trace_graph, unwrap_model
+from graphinterp.training.masks import (bound_rows, default_cluster_layers, layer_parameter, trace_graph,
+                                         unwrap_model)
 
 __all__ = ["GradientSimilarity", "gradient_similarity"]
 
@@ -104,8 +105,10 @@ class GradientSimilarity:
         self.layers = names
         self._layers: Dict[str, Layer] = {n: graph[n] for n in names}
         self._params = {n: layer_parameter(model, graph[n]) for n in names}
+        self._rows = {n: graph[n].rows for n in names}  # the rows a layer holds of its parameter (or None)
         low = (torch.float16, torch.bfloat16)  # accumulate half-precision gradients in float32
-        self._sums = {n: torch.zeros_like(p, dtype=torch.float32 if p.dtype in low else p.dtype)
+        self._sums = {n: torch.zeros_like(bound_rows(p, self._rows[n]),
+                                          dtype=torch.float32 if p.dtype in low else p.dtype)
                       for n, p in self._params.items()}
         self._counts = {n: torch.zeros((), dtype=torch.int64, device=p.device) for n, p in self._params.items()}
 
@@ -121,7 +124,7 @@ class GradientSimilarity:
         for name, p in self._params.items():
             if p.grad is None:
                 raise TrainingError(f"layer {name!r} has no gradient; call update() after loss.backward()")
-            g = p.grad.to(self._sums[name].dtype)
+            g = bound_rows(p.grad, self._rows[name]).to(self._sums[name].dtype)
             norm = torch.linalg.vector_norm(g)
             live = norm > 0
             self._sums[name].add_(g / torch.where(live, norm, torch.ones_like(norm)))  # zero gradient adds nothing

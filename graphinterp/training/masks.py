@@ -26,7 +26,7 @@ weight as the graph holds it: where the graph folded normalisation scales into a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,8 +39,8 @@ from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.clustering.metrics import within_mask
 from graphinterp.training.folded_scales import live_scale
 
-__all__ = ["ParameterMask", "default_cluster_layers", "parameter_masks", "layer_parameter", "trace_graph",
-           "unwrap_model"]
+__all__ = ["ParameterMask", "bound_rows", "default_cluster_layers", "parameter_masks", "layer_parameter",
+           "trace_graph", "unwrap_model"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,10 +65,21 @@ class ParameterMask:
     param: torch.nn.Parameter
     mask: torch.Tensor
     scale: Optional[Callable[[], torch.Tensor]] = None
+    rows: Optional[Tuple[int, int]] = None
+
+    def weight(self) -> torch.Tensor:
+        """The live weight of the layer: ``param``, or its rows ``rows`` (a view, in the autograd graph)."""
+        return bound_rows(self.param, self.rows)
 
     def effective(self) -> torch.Tensor:
-        """The weight as the graph scores it: ``param``, times the folded scales when there are any."""
-        return self.param if self.scale is None else self.param * self.scale()
+        """The weight as the graph scores it: :meth:`weight`, times the folded scales when there are any."""
+        w = self.weight()
+        return w if self.scale is None else w * self.scale()
+
+
+def bound_rows(tensor: torch.Tensor, rows: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """``tensor``, or the rows ``[start, stop)`` of it that a layer holds (``Layer.rows``; a view)."""
+    return tensor if rows is None else tensor[rows[0]:rows[1]]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -145,7 +156,9 @@ def layer_parameter(model: nn.Module, layer: Layer) -> nn.Parameter:
     """The live weight parameter behind graph layer ``layer`` (its ``param_name``, checked by shape).
 
     A layer stored ``(in, out)`` (``layer.transposed``, HuggingFace GPT-2 ``Conv1D``) binds to a
-    parameter of the transposed shape; :func:`parameter_masks` transposes its mask to match.
+    parameter of the transposed shape; :func:`parameter_masks` transposes its mask to match. A layer
+    holding rows of a parameter (``layer.rows``, a cross-attention's fused ``in_proj``) binds to the
+    whole parameter; :func:`bound_rows` takes its rows.
 
     Raises
     ------
@@ -173,6 +186,9 @@ def layer_parameter(model: nn.Module, layer: Layer) -> nn.Parameter:
     expected = tuple(layer.weight.shape)
     if getattr(layer, "transposed", False):
         expected = expected[::-1]
+    rows = getattr(layer, "rows", None)
+    if rows is not None and tuple(weight.shape[1:]) == expected[1:] and rows[1] <= weight.shape[0]:
+        expected = tuple(weight.shape)  # the layer holds rows of it (a fused in_proj): those rows must exist
     if tuple(weight.shape) != expected:
         raise ClusteringError(
             f"layer {layer.name!r} has weight shape {tuple(weight.shape)} but the graph says "
@@ -249,5 +265,7 @@ def parameter_masks(
         mask = _torch_layout_mask(layer, rows, cols, param.device)
         if getattr(layer, "transposed", False):  # stored (in, out): GPT-2 Conv1D
             mask = mask.T
-        out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(), live_scale(model, layer, param))
+        part = getattr(layer, "rows", None)
+        out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(),
+                                  live_scale(model, layer, bound_rows(param, part)), part)
     return out
