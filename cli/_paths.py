@@ -22,6 +22,8 @@ _OUTPUTS = "graphinterp.outputs"
 _LISTED = 3  # written files named in the interrupt message; the rest are counted
 
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+#: A trained model's checkpoint (torch.save): the usual PyTorch suffixes
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -44,11 +46,11 @@ def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (),
                       param_hint: Optional[str] = None) -> str:
     """Check, before any work, that a file can be written at ``path``; return ``path`` as a string.
 
-    Refused with :class:`click.BadParameter`:
+    Refused with :class:`click.BadParameter`, in this order:
 
-    * a suffix not in ``suffixes`` (case-insensitive; e.g. :data:`FIGURE_SUFFIXES`), when given;
     * a path that is, or resolves to, one of ``inputs`` (e.g. ``export m.pt m.pt``), or an existing file
       inside one of the folders ``input_dirs`` (``train --out`` onto a file of ``--data-dir``);
+    * a suffix not in ``suffixes`` (case-insensitive; e.g. :data:`FIGURE_SUFFIXES`), when given;
     * an existing path that is not a regular file: a folder, a symbolic link, a device, a FIFO;
     * a folder that does not exist (``folder 'reslts' does not exist; create it first or fix the
       path``), a parent that is a file, or a folder in which no file can be created (read-only).
@@ -68,11 +70,6 @@ def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (),
     p = Path(text)
     if not text or text.endswith(("/", os.sep)):
         raise click.BadParameter(f"{text!r} is not a file name", param_hint=param_hint)
-    if suffixes is not None:
-        allowed = [s.lower() for s in suffixes]
-        if p.suffix.lower() not in allowed:
-            raise click.BadParameter(f"{text!r} has suffix {p.suffix or '(none)'!r}: use one of {', '.join(allowed)}",
-                                     param_hint=param_hint)
     for source in inputs:
         if source is not None and os.path.lexists(text) and _same_file(p, Path(os.fspath(source))):
             raise click.BadParameter(f"{text} is also an input; writing it would destroy {os.fspath(source)}: "
@@ -81,6 +78,11 @@ def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (),
         if folder is not None and os.path.lexists(text) and _inside(p, Path(os.fspath(folder))):
             raise click.BadParameter(f"{text} is a file inside {os.fspath(folder)}, which is read as input; writing it "
                                      "could destroy the data: choose an output outside that folder",
+                                     param_hint=param_hint)
+    if suffixes is not None:
+        allowed = [s.lower() for s in suffixes]
+        if p.suffix.lower() not in allowed:
+            raise click.BadParameter(f"{text!r} has suffix {p.suffix or '(none)'!r}: use one of {', '.join(allowed)}",
                                      param_hint=param_hint)
     try:
         check_writable(p, parent_must_exist=True)

@@ -52,8 +52,8 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     --json the table's model-wide values are under mass_weighted; each results[i].E is over the
     layers scored at that k.
 
-    --quiet hides only the progress bar over a range of k (stderr); the report, its coverage
-    lines, notes, skipped layers and errors are always printed.
+    --quiet hides only the progress bar over the layers being clustered (stderr); the report, its
+    coverage lines, notes, skipped layers and errors are always printed.
 
     \b
     Examples:
@@ -70,7 +70,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     names = check_layers(graph, parse_layers(layers))
     device = resolve_device(device)
     result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
-                     progress=len(ks) > 1 and not (as_json or quiet), device=device)
+                     progress=not (as_json or quiet), device=device)
     mw = result.mass_weighted()  # the model-wide E: over the layers scored at every k (as benchmark's)
     stored = None
     clustering = stored_clustering(loaded.clustering, graph)
@@ -119,6 +119,12 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
             click.echo(f"E, E_random and score: mass-weighted over the {over}, not the whole model")
     if mw["note"]:
         click.echo(f"note: {mw['note']}")
+    below = [(s.layer, k) for k in result.ks for s in result.reports[k].layers if s.score < 0]
+    if below:
+        where = ", ".join(f"{n}" + (f" (k={k})" if len(result.ks) > 1 else "") for n, k in below[:5])
+        click.echo(f"note: E below E_random (score < 0) for {where}{', ...' if len(below) > 5 else ''}: the "
+                   "clustering found there is no better than a random partition of the same sizes; try another k "
+                   "or --pairing")
     for name, reason in result.skipped.items():
         at = [k for k in result.ks if any(s.layer == name for s in result.reports[k].layers)]
         scored_at = f"; scored at k={','.join(map(str, at))} (column E[{name}])" if at else ""

@@ -119,6 +119,11 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
             click.echo(f"error: {why}", err=True)
         raise click.exceptions.Exit(1)
     written = write_report(report, out_dir, figures=not no_figures)
+    stale = _stale_report_files(out_dir, written)
+    if stale:
+        click.echo(f"note: {len(stale)} file(s) in {out_dir} are from an earlier report, not this one: "
+                   f"{', '.join(stale[:4])}{', ...' if len(stale) > 4 else ''}; remove them or use a fresh --out",
+                   err=True)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -135,6 +140,13 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
 #: The report's file names in --out (figures: <model>_layers.png, <model>_significance_2.png, ...).
 _REPORT_NAME = re.compile(r"^(benchmark\.json|clusterability\.csv|significance\.csv|clusterability_vs_k\.(png|svg)"
                           r"|.*_(layers|significance)(_\d+)?\.png)$")
+
+
+def _stale_report_files(out_dir: str, written) -> list:
+    """Files in ``out_dir`` named as a report's files that this run did not write (an earlier report's figures)."""
+    names = set(written)
+    return sorted(f for f in os.listdir(out_dir) if _REPORT_NAME.match(f) and f not in names
+                  and os.path.isfile(os.path.join(out_dir, f)))
 
 
 def _refuse_overwriting_inputs(out_dir: str, inputs) -> None:

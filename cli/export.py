@@ -51,8 +51,9 @@ NETWORK_MAX_NODES = 12000
 @click.option("--stored", "use_stored", is_flag=True,
               help="Use the clustering stored in a graphinterp checkpoint instead of clustering again.")
 @click.option("--view", type=click.Choice(["grouped", "fine"]), default="grouped", show_default=True,
-              help="grouped: one node per conv channel also after a Flatten; fine: one node per feature "
-                   "(single layers or --layerwise only).")
+              help="grouped: one node per conv channel also after a Flatten; fine: one node per input feature of "
+                   "a Linear after a Flatten (refused where that breaks a chained graph: use --layerwise; the same "
+                   "graph as grouped where no layer reads a flattened conv output).")
 @click.option("--min-weight", type=FiniteFloat(0), default=0.0, show_default=True,
               help="Drop edges with |weight| at or below this value (keeps large graphs small).")
 @layerwise_option

@@ -144,3 +144,20 @@ def test_weights_without_arch_otherwise_say_how_to_pair(small, tmp_path):
                             *FAST), 2)
     assert line.startswith("error: --weights without --arch goes with a single MODEL"), line
     assert "got 2 MODEL(s) and 1 --weights" in line and "--arch NAME --weights FILE" in line
+
+
+def test_an_earlier_reports_files_left_in_out_are_named(small, tmp_path):
+    """A second benchmark into the same --out left the first one's figures beside the new files, unsaid."""
+    out = tmp_path / "rep"
+    other = tmp_path / "other.pt"
+    torch.save(nn.Sequential(nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3)).state_dict(), other)
+    args = ["--k", "2", "--shuffles", "0", "--n-init", "2", "--quiet", "--out", out]
+    assert invoke("benchmark", small, other, *args).exit_code == 0
+    before = set(p.name for p in out.iterdir())
+    res = invoke("benchmark", small, *args)
+    assert res.exit_code == 0
+    stale = sorted(before - {"benchmark.json", "clusterability.csv", "significance.csv", "clusterability_vs_k.png",
+                             "clusterability_vs_k.svg", "small_layers.png"})
+    assert stale and all(name.startswith("other") for name in stale)
+    assert f"note: {len(stale)} file(s) in {out} are from an earlier report" in res.stderr
+    assert all(name in res.stderr for name in stale[:4])

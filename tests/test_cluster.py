@@ -252,3 +252,39 @@ def test_export_notes_and_skips_block_diagonal_layers(tmp_path):
     assert "not clustered: 2: depthwise convolution" in res.output
     expected = analyze(LayeredGraph.from_module(net, input_shape=(3, 8, 8)), 2, random_state=0).reports[2].E
     assert nx.read_graphml(out).graph["E"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_analyze_checks_every_k_first_and_reports_progress_per_layer(monkeypatch):
+    """The progress bar counted k values only: `analyze vit_b_16 --k 4` sat silent for 53 s. Now one tick per
+    layer clustered; and a k that fits no layer is refused before any clustering starts."""
+    import graphinterp.clustering.analysis as analysis_module
+    from graphinterp.clustering.analysis import analyze
+
+    g = LayeredGraph.from_module(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 5)))
+    ticks = []
+    c = cluster_layers(g, 2, random_state=0, progress=lambda: ticks.append(1))
+    assert len(ticks) == len(c.layer_names) == 3
+    calls = []
+    real = analysis_module.cluster_layers
+    monkeypatch.setattr(analysis_module, "cluster_layers", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    with pytest.raises(ClusteringError):
+        analyze(g, [2, 50], random_state=0)
+    assert calls == []
+    analyze(g, [2, 5], random_state=0, progress=True)
+    assert calls == [2, 5]
+
+
+def test_a_layer_skipped_over_a_range_of_k_is_said_to_miss_the_smallest_k():
+    """`--k 2..5` said 'fewer than k=5 non-isolated nodes' of a 3-input layer that was also skipped at k=4."""
+    g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8)))
+    result = analyze(g, [2, 3, 4, 5], random_state=0)
+    assert result.skipped == {"0": "fewer than k=4 non-isolated nodes (3x8)"}
+
+
+def test_a_state_dict_names_a_fused_in_proj_as_the_traced_module_does():
+    from graphinterp.graph.model_trace import trace_graph
+    from graphinterp.graph.state_graph import graph_layers_from_state_dict
+
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1).eval()
+    from_state = [layer.name for layer in graph_layers_from_state_dict(enc.state_dict(), layerwise=True)[0]]
+    assert from_state == trace_graph(enc, input_shape=(5, 16)).layer_names  # was 'layers.0.self_attn.in_proj_'

@@ -150,7 +150,8 @@ def test_plot_layer_names_the_layers_of_the_model(tmp_path):
 def test_analyze_quiet_hides_the_progress_bar_only(mlp_file):
     loud = invoke("analyze", mlp_file, "--k", "2..6")
     assert loud.exit_code == 0, loud.output
-    assert "k:" in loud.stderr  # the progress bar over k
+    assert "clustering:" in loud.stderr and "layer" in loud.stderr  # the progress bar over the layers clustered
+    assert "clustering:" in invoke("analyze", mlp_file, "--k", "2").stderr  # one k too (a big model sat silent)
     quiet = invoke("analyze", mlp_file, "--k", "2..6", "--quiet")
     assert quiet.exit_code == 0, quiet.output
     assert quiet.stderr == "" and quiet.stdout == loud.stdout

@@ -500,3 +500,20 @@ def test_a_one_output_layer_broadcast_onto_a_wider_one_is_noted_not_merged():
     g = trace_graph(Dueling().eval(), input_shape=(4,))
     assert [g.node_names[i] for i in g.src_nodes("head")] == ["a:0", "a:1", "a:2"]
     assert any("one node broadcast onto several" in note for note in g.coverage.notes)
+
+
+def test_a_raw_weight_on_the_flattened_input_gets_one_node_per_input_element():
+    """F.linear(x.flatten(1), self.w) with input shape (1, 8, 8): the input was tagged along its last dimension,
+    so w was an 8 x 32 layer of 'grouped' features (4 x 32 for (4, 4, 4)), at 100% coverage and without a note."""
+
+    class RawParam(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.fc = nn.Parameter(torch.randn(32, 64)), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(F.relu(F.linear(x.flatten(1), self.w)))
+
+    for shape in ((1, 8, 8), (4, 4, 4), (64,)):
+        assert trace_graph(RawParam().eval(), input_shape=shape)["w"].shape() == (64, 32)
+    assert trace_graph(RawParam().eval(), example=torch.randn(2, 4, 4, 4))["w"].shape() == (64, 32)

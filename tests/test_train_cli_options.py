@@ -199,3 +199,11 @@ def test_out_onto_a_file_of_the_default_data_folder_is_refused(tmp_path, monkeyp
     monkeypatch.setenv("GRAPHINTERP_DATA_DIR", str(tmp_path / "data"))
     res = invoke("train", "--dataset", "mnist", "--out", target, "--device", "cpu")
     assert "is a file inside" in usage_error(res) and target.read_bytes() == b"labels"
+
+
+@pytest.mark.parametrize("name", ["model.graphml", "model.json", "model.png", "model"])
+def test_out_with_a_suffix_of_another_format_is_refused_before_training(tmp_path, name):
+    """`train --out model.graphml` wrote a checkpoint named like a graph export."""
+    res = invoke("train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / name, "-q")
+    assert res.exit_code == 2 and "use one of .pt, .pth" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / name).exists()

@@ -172,7 +172,7 @@ def analyze(
     random_state : int or None, default 0
         Seed of the clustering; the same seed is used for every k.
     progress : bool, default False
-        Show a tqdm bar over the k values.
+        Show a tqdm bar over the layers clustered (at every k).
     device : str or torch.device, optional
         Where BSGC runs (``"auto"``: CUDA when available).
 
@@ -202,22 +202,33 @@ def analyze(
     for name in names:
         graph[name]  # KeyError with the valid names
     reports, clusterings, skipped = {}, {}, {}
-    iterator = ks
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(ks, desc="k", leave=False)
-    for k in iterator:
+    plan = []  # every k's layers, checked before any clustering starts
+    for k in ks:
         if explicit:
             require_clusterable(graph, k, names)  # named layers are never skipped
             chosen = names
         else:
             chosen, left_out = clusterable_layers(graph, k, names)
-            skipped.update(left_out)
+            for name, why in left_out.items():  # the smallest k it does not fit: true of every larger k too
+                skipped.setdefault(name, why)
         if not chosen:
             raise ClusteringError(nothing_clusterable(k, left_out))
-        clustering = cluster_layers(graph, k, layers=chosen, pairing=pairing, random_state=random_state,
-                                    device=device)
-        clusterings[k] = clustering
-        reports[k] = clusterability_report(graph, clustering)
+        plan.append((k, chosen))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(chosen) for _, chosen in plan), desc="clustering", unit="layer", leave=False,
+                   dynamic_ncols=True)
+    try:
+        for k, chosen in plan:
+            if bar is not None:
+                bar.set_postfix_str(f"k={k}", refresh=False)
+            clustering = cluster_layers(graph, k, layers=chosen, pairing=pairing, random_state=random_state,
+                                        device=device, progress=None if bar is None else bar.update)
+            clusterings[k] = clustering
+            reports[k] = clusterability_report(graph, clustering)
+    finally:
+        if bar is not None:
+            bar.close()
     return Analysis(reports, clusterings, skipped)

@@ -1,7 +1,7 @@
 """Cluster a layered graph: per layer (the paper's bipartite BSGC) or network-wide (one label per neuron)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ def cluster_layers(
     pairing: str = "joint",
     random_state=None,
     device=None,
+    progress: Optional[Callable[[], Any]] = None,
 ) -> Clustering:
     """Cluster each layer on its own with :class:`BSGC` (the paper's bipartite clustering).
 
@@ -83,6 +84,8 @@ def cluster_layers(
         Where BSGC runs (``"auto"``: CUDA when available); each similarity matrix is moved there in
         turn. Default: where the matrix already is (the model's device for ``|W|``). Labels on CUDA
         can differ from the CPU's where float rounding decides between two nearly equal candidates.
+    progress : callable, optional
+        Called with no argument after each layer is clustered (a tqdm bar's ``update``).
 
     Returns
     -------
@@ -122,6 +125,8 @@ def cluster_layers(
         except ClusteringError as err:
             raise ClusteringError(f"layer {name!r}: {err}") from None
         rows[name], cols[name] = est.row_labels_, est.column_labels_
+        if progress is not None:
+            progress()
     kind = "weight" if similarity is None else "given"
     meta = {"method": "bsgc", "pairing": pairing, "random_state": _seed_repr(random_state)}
     return Clustering(k, rows, cols, network_wide=False, similarity=kind,

@@ -50,7 +50,7 @@ def example_inputs(model: nn.Module, input_shape: Optional[Sequence[int]] = None
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         dim = 1 if len(shape) >= 2 and isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else -1
-        if isinstance(first, nn.Linear) and len(shape) > 1 and _prod(shape) == first.in_features:
+        if _flattened(model, shape):
             dim = "all"  # an MLP on images: one input node per pixel, flattened before the first Linear
         yield (torch.randn(1, *shape, generator=gen, dtype=dtype).to(device),), {}, dim
         return
@@ -189,12 +189,27 @@ def _guess_dim(t: Any, model: Optional[nn.Module] = None):
     first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES)), None) if model is not None else None
     if type(first) in _CONV_DIMS:
         return 0 if t.dim() == _CONV_DIMS[type(first)] + 1 else 1
-    if isinstance(first, nn.Linear) and t.dim() > 2:  # a Linear reads the last dimension, or the flattened input
-        if t.shape[-1] == first.in_features:
-            return -1
-        if _prod(t.shape[1:]) == first.in_features:
-            return "all"
+    if t.dim() > 2 and _flattened(model, t.shape[1:]):
+        return "all"
+    if isinstance(first, nn.Linear) and t.dim() > 2 and t.shape[-1] == first.in_features:
+        return -1  # a Linear reading the last dimension (channels last, tokens)
     return 1 if t.dim() >= 4 else -1
+
+
+def _flattened(model: Optional[nn.Module], shape) -> bool:
+    """Whether the model's first weight reads its input (``shape``, without the batch) flattened: its first
+    Linear, or its first 2-D parameter (a raw weight applied with ``F.linear`` or ``@``), has ``prod(shape)``
+    inputs and the input's last dimension is not that size. Such an input gets one node per element."""
+    n = _prod(shape)
+    if model is None or len(shape) < 2 or n == int(shape[-1]):
+        return False
+    first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES)), None)
+    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return False
+    if isinstance(first, nn.Linear) and first.in_features == n:
+        return True
+    p = next((p for p in model.parameters() if p.dim() == 2), None)
+    return p is not None and n in tuple(p.shape) and not (isinstance(first, nn.Linear) and p is first.weight)
 
 
 def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:

@@ -24,6 +24,7 @@ import torch
 from graphinterp.graph.coverage import Coverage, MissingModule, describe_norms
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layer import KINDS, Layer
+from graphinterp.graph.trace_ops import layer_name
 
 __all__ = ["graph_layers_from_state_dict", "layers_from_state_dict", "RESIDUAL_KEY"]
 
@@ -71,7 +72,8 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
         if not _is_weight_matrix(key, value) or key.endswith("bias") or key.endswith("running_mean"):
             continue
         ident = (value.data_ptr(), tuple(value.shape), tuple(value.stride())) if value.numel() else key
-        name = _strip(key)[: -len("weight")].rstrip(".") if key.endswith("weight") else _strip(key)
+        # named as a traced module's layer is (one rule: in_proj_weight -> in_proj, fc.weight -> fc)
+        name = (layer_name(_strip(key)) if _strip(key) != "weight" else "") if key.endswith("weight") else _strip(key)
         if ident in seen:  # one storage under two names (lm_head = wte): counted once
             tied[name or key] = seen[ident][1]
             continue
