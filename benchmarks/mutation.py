@@ -1,7 +1,8 @@
 """Mutation pass: do the unit tests notice when the code they cover is broken?
 
 A hand-made set of mutants of the core modules (bsgc, kmeans_batch, metrics, loss, masks, hooks,
-circuit_eval, circuit_batch, linear_states, piecewise, label_tasks). Each mutant is one ``(module,
+circuit_eval, circuit_batch, linear_states, piecewise, label_tasks, and the graph tracer's trace and
+trace_fused). Each mutant is one ``(module,
 exact old text, new text, why)`` edit that must match its file exactly once: a flipped comparison, a dropped normalisation, an
 off-by-one, swapped rows and columns, a removed ``.detach()``, a changed reduction, a restore
 skipped in a ``finally``... For each mutant the script applies the edit to a private copy of the
@@ -63,8 +64,10 @@ TESTS: Dict[str, List[str]] = {
     "bsgc_batch": ["tests/test_bsgc.py"],
     "kmeans_batch": ["tests/test_bsgc.py"],
     "metrics": ["tests/test_metrics.py"],
-    "loss": ["tests/test_loss.py"],
-    "masks": ["tests/test_masks.py", "tests/test_loss.py"],
+    "loss": ["tests/test_loss.py", "tests/test_fold_faithfulness.py"],
+    "masks": ["tests/test_masks.py", "tests/test_loss.py", "tests/test_fold_faithfulness.py"],
+    "trace": ["tests/test_dag.py", "tests/test_trace_review.py"],
+    "trace_fused": ["tests/test_trace_review.py"],
     "hooks": ["tests/test_ablate.py", "tests/test_circuits.py"],
     "interventions": ["tests/test_ablate.py", "tests/test_circuits.py"],
     "circuit_eval": ["tests/test_circuits.py", "tests/test_circuit_modes.py"],
@@ -82,6 +85,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "bsgc": "clustering/bsgc", "bsgc_batch": "clustering/bsgc_batch",
          "kmeans_batch": "clustering/kmeans_batch", "metrics": "clustering/metrics",
          "loss": "training/loss", "masks": "training/masks", "hooks": "interpret/hooks",
+         "trace": "graph/trace", "trace_fused": "graph/trace_fused",
          "interventions": "interpret/interventions",
          "circuit_eval": "interpret/circuit_eval", "circuit_batch": "interpret/circuit_batch",
          "circuit_search": "interpret/circuit_search", "piecewise": "interpret/piecewise",
@@ -236,6 +240,15 @@ MUTANTS: List[Mutant] = [
       'if layer.kind == "linear" and 0 <= t < last and graph[t - 1].kind == "linear"',
       "the first Linear is selected by default"),
     M("masks", "if tuple(weight.shape) != expected:", "if False:", "shape check of the bound parameter skipped"),
+    M("masks", "return tensor if rows is None else tensor[rows[0]:rows[1]]", "return tensor",
+      "a row-slice layer (a fused cross-attention in_proj) bound to the whole parameter"),
+    M("loss", "            p = bound_rows(p, r)\n", "", "the loss scores the whole fused parameter, not the layer's rows"),
+    M("trace", "        if name in self._space_names:", "        if False:",
+      "two spaces of one name (two float inputs): their nodes merge in the export"),
+    M("trace_fused", "if tr.is_param_like(p) and scale_by_param(tr, [p, x], out):", "if False:",
+      "addcmul(bias, param, x) not folded"),
+    M("trace_fused", '        unfolded_operand(tr, f"torch.{name}", op)', "        pass",
+      "a scale inside addcmul / lerp silently dropped"),
     M("masks", "per_channel = per_channel.gather(1, index)", "per_channel = per_channel[:, :in_per]",
       "grouped conv: every group reads the first group's in-channels"),
     # ----------------------------------------------------------------------------------------- hooks
