@@ -167,6 +167,9 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                      "with --mode authors (the paper's criterion: a weight stays removed unless the loss on the "
                      "label's examples rises)", "use --mode graphinterp")
     sources = (model, other)  # the files read (not --inputs, the preprocessing)
+    if other and os.path.exists(other) and os.path.exists(model) and os.path.samefile(other, model):
+        raise click.BadParameter(f"{other} is MODEL itself: every change would be +0.0%; compare with another model "
+                                 "(e.g. the baseline trained with --lambda 0)", param_hint="--compare")
     if plot_path:
         check_output_path(plot_path, inputs=sources, suffixes=FIGURE_SUFFIXES, param_hint="--plot")
     if graphml_dir:

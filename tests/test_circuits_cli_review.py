@@ -46,3 +46,10 @@ def test_an_item_of_only_spaces_in_labels_is_refused(pair, labels):
     a, _ = pair
     line = one_error(invoke("circuits", a, "--labels", labels), 2)
     assert "has an item of only spaces; write a space label as ' ' (quoted) or with chars:TEXT" in line
+
+
+def test_compare_with_the_model_itself_is_refused(pair):
+    """`--compare MODEL` ran both searches and reported +0.0% for every label."""
+    modular = pair[0]
+    line = one_error(invoke("circuits", modular, "--compare", modular, "--dataset", "digits", "--labels", "1"), 2)
+    assert "is MODEL itself" in line
