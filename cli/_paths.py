@@ -22,8 +22,8 @@ _OUTPUTS = "graphinterp.outputs"
 _LISTED = 3  # written files named in the interrupt message; the rest are counted
 
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
-#: A trained model's checkpoint (torch.save): the usual PyTorch suffixes
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+#: A trained model's checkpoint (torch.save): the usual PyTorch suffixes, or none
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".ckpt", ".bin", ".tar", "")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -82,7 +82,8 @@ def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (),
     if suffixes is not None:
         allowed = [s.lower() for s in suffixes]
         if p.suffix.lower() not in allowed:
-            raise click.BadParameter(f"{text!r} has suffix {p.suffix or '(none)'!r}: use one of {', '.join(allowed)}",
+            shown = ", ".join(a or "no suffix" for a in allowed)
+            raise click.BadParameter(f"{text!r} has suffix {p.suffix or '(none)'!r}: use one of {shown}",
                                      param_hint=param_hint)
     try:
         check_writable(p, parent_must_exist=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,8 +188,10 @@ def test_cli_reports_heldout_figures_and_says_when_none_are_left(ckpt):
     assert "then checked on held-out ones: 80 examples of the same split that the search never saw" in res.stdout
     assert "held-out acc circuit/full" in res.stdout and "held-out loss circuit/full" in res.stdout
     assert "circuits meet their criterion on examples the search never saw; mean accuracy circuit/full" in res.stdout
+    twin = Path(ckpt).with_name("m_copy.pt")  # another file: --compare MODEL itself is refused
+    shutil.copyfile(ckpt, twin)
     res = invoke("circuits", ckpt, "--labels", "0,1", "--split", "train", "--max-examples", 40, "--max-evals", 300,
-                 "--compare", ckpt, "-q")
+                 "--compare", twin, "-q")
     assert res.exit_code == 0, res.stderr
     assert sum("held out: " in line for line in res.stdout.splitlines()) == 2  # the compared model's too
     res = invoke("circuits", ckpt, "--labels", "0,1", "--max-evals", 300, "-q")  # the test split: ~36 per label

@@ -288,3 +288,8 @@ def test_a_state_dict_names_a_fused_in_proj_as_the_traced_module_does():
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1).eval()
     from_state = [layer.name for layer in graph_layers_from_state_dict(enc.state_dict(), layerwise=True)[0]]
     assert from_state == trace_graph(enc, input_shape=(5, 16)).layer_names  # was 'layers.0.self_attn.in_proj_'
+
+
+def test_the_skip_reason_names_the_smallest_k_whatever_the_order_given():
+    g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8)))
+    assert analyze(g, [6, 4, 2], random_state=0).skipped == {"0": "fewer than k=4 non-isolated nodes (3x8)"}

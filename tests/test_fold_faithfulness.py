@@ -390,3 +390,73 @@ def test_token_mixing_keeps_the_channels_and_is_listed_as_not_an_edge():
     (missing,) = g.coverage.missing
     assert missing.name == "tok.weight" and "mixes positions" in missing.reason
     assert g.coverage.covered == g.coverage.total - model.tok.weight.numel()
+
+
+def test_one_attention_module_used_for_self_and_cross_attention_is_tied_and_counted_once():
+    """Its slices were not listed as tied, and the unique weight count held the fused weight twice (536 of 344)."""
+
+    class SelfAndCross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec, self.att, self.head = nn.Linear(4, 8), nn.Linear(4, 8), nn.MultiheadAttention(8, 2), nn.Linear(8, 2)
+
+        def forward(self, x):
+            m, h = self.enc(x), self.dec(x)
+            h = h + self.att(h, h, h)[0]
+            return self.head(h + self.att(h, m, m)[0])
+
+    model = SelfAndCross().eval()
+    g = trace_graph(model, input_shape=(5, 4))
+    weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)
+    assert g.num_params(unique=True) == weights == g.coverage.total
+    assert {"att.in_proj[q]", "att.in_proj[k]", "att.in_proj[v]"} <= set(g.coverage.tied)
+    assert "att.in_proj" not in g.coverage.tied
+
+
+def test_a_decoder_layer_applied_twice_ties_only_its_second_application():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.dec_in = nn.Linear(4, 8), nn.Linear(4, 8)
+            self.layer = nn.TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+
+        def forward(self, x):
+            m = self.enc(x)
+            return self.layer(self.layer(self.dec_in(x), m), m)
+
+    cov = trace_graph(Twice().eval(), input_shape=(5, 4)).coverage
+    assert not any(name.startswith("layer.multihead_attn.in_proj[") and "#" not in name for name in cov.tied)
+    assert "layer.multihead_attn.in_proj[k]#2" in cov.tied
+
+
+def test_a_key_without_nodes_read_as_key_and_value_gets_one_set_of_input_nodes():
+    class Memory(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dec, self.att, self.head = nn.Linear(4, 8), nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 2)
+            self.register_buffer("memory", torch.randn(1, 3, 8))
+
+        def forward(self, x):
+            h = self.dec(x)
+            mem = self.memory.expand(x.shape[0], -1, -1)
+            return self.head(self.att(h, mem, mem)[0])
+
+    g = trace_graph(Memory().eval(), input_shape=(5, 4))
+    assert np.array_equal(g.src_nodes("att.in_proj[k]"), g.src_nodes("att.in_proj[v]"))
+
+
+def test_a_slice_with_a_folded_gain_follows_the_model_to_another_dtype():
+    from graphinterp.clustering.cluster import cluster_layers
+    from graphinterp.training.loss import EnmeshmentLoss
+
+    torch.manual_seed(0)
+    model = _CrossAttention().eval()
+    _randomise(model.layer.norm2, torch.Generator().manual_seed(2))
+    g = trace_graph(model, input_shape=(5, 4))
+    c = cluster_layers(g, 2, layers=["layer.multihead_attn.in_proj[q]"], random_state=0)
+    loss = EnmeshmentLoss(model, c, graph=g)
+    before = loss.per_layer()
+    model.double()
+    mask = loss.masks["layer.multihead_attn.in_proj[q]"]
+    assert mask.effective().dtype == torch.float64 and mask.scale().dtype == torch.float64
+    assert loss.per_layer() == pytest.approx(before, abs=1e-6)

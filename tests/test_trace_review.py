@@ -517,3 +517,30 @@ def test_a_raw_weight_on_the_flattened_input_gets_one_node_per_input_element():
     for shape in ((1, 8, 8), (4, 4, 4), (64,)):
         assert trace_graph(RawParam().eval(), input_shape=shape)["w"].shape() == (64, 32)
     assert trace_graph(RawParam().eval(), example=torch.randn(2, 4, 4, 4))["w"].shape() == (64, 32)
+
+
+def test_a_sequence_read_along_its_last_dimension_is_not_taken_for_a_flattened_input():
+    """A learned (T, H) position table registered before a Linear(1, H) made a (B, T, 1) input 'flattened':
+    one node per time step, a note, and a layer cut from the input."""
+
+    class Series(nn.Module):
+        def __init__(self, T=6, H=8):
+            super().__init__()
+            self.pos, self.inp, self.out = nn.Parameter(torch.randn(T, H)), nn.Linear(1, H), nn.Linear(H, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.inp(x) + self.pos))
+
+    for g in (trace_graph(Series().eval(), example=torch.randn(2, 6, 1)), trace_graph(Series().eval(), input_shape=(6, 1))):
+        assert g["inp"].shape() == (1, 8) and not g.coverage.notes
+
+    class Lens(nn.Module):  # TransformerLens style: x @ W_in over (B, 4, D), with 4 * D inputs nowhere flattened
+        def __init__(self, D=8):
+            super().__init__()
+            self.W_in, self.W_out = nn.Parameter(torch.randn(D, 4 * D)), nn.Parameter(torch.randn(4 * D, D))
+
+        def forward(self, x):
+            return x + torch.relu(x @ self.W_in) @ self.W_out
+
+    g = trace_graph(Lens().eval(), input_shape=(4, 8))
+    assert not any("different positions" in note for note in g.coverage.notes)

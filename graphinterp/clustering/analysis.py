@@ -202,18 +202,19 @@ def analyze(
     for name in names:
         graph[name]  # KeyError with the valid names
     reports, clusterings, skipped = {}, {}, {}
-    plan = []  # every k's layers, checked before any clustering starts
+    plan, left = [], {}  # every k's layers, checked before any clustering starts
     for k in ks:
         if explicit:
             require_clusterable(graph, k, names)  # named layers are never skipped
             chosen = names
         else:
-            chosen, left_out = clusterable_layers(graph, k, names)
-            for name, why in left_out.items():  # the smallest k it does not fit: true of every larger k too
-                skipped.setdefault(name, why)
+            chosen, left[k] = clusterable_layers(graph, k, names)
         if not chosen:
-            raise ClusteringError(nothing_clusterable(k, left_out))
+            raise ClusteringError(nothing_clusterable(k, left.get(k, {})))
         plan.append((k, chosen))
+    for k in sorted(left):  # the reason at the smallest k a layer does not fit: true of every larger k too
+        for name, why in left[k].items():
+            skipped.setdefault(name, why)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -245,10 +245,11 @@ class LayeredGraph:
         """
         if not unique:
             return sum(layer.num_params for layer in self.layers)
-        per_tensor = {}
-        for layer in self.layers:  # the row slices of one parameter (a fused in_proj) are disjoint parts of it
-            per_tensor.setdefault((layer.param_name, layer.rows), layer.num_params)
-        return sum(per_tensor.values())
+        per_tensor: dict = {}  # parameter -> {rows: weights}; the row slices of one (a fused in_proj) are its parts
+        for layer in self.layers:
+            per_tensor.setdefault(layer.param_name, {}).setdefault(layer.rows, layer.num_params)
+        # a parameter applied whole (as well) counts whole, else its distinct slices
+        return sum(parts[None] if None in parts else sum(parts.values()) for parts in per_tensor.values())
 
     def _need_chain(self, what: str) -> None:
         if not self.chained:

@@ -7,7 +7,7 @@ chain or a :class:`~graphinterp.graph.dag.ModelGraph` otherwise, with its :class
 """
 from __future__ import annotations
 
-from collections import Counter
+import re
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -180,6 +180,11 @@ def _as_call(example: Any, model: Optional[nn.Module] = None):
 _CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 
 
+def _overlap(a, b) -> bool:
+    """Whether two row ranges of one parameter (None: all rows) share a row."""
+    return a is None or b is None or (a[0] < b[1] and b[0] < a[1])
+
+
 def _guess_dim(t: Any, model: Optional[nn.Module] = None):
     """The channel dimension of an example input: 1 for a batch of images, 0 for one image without its batch
     dimension (a Conv2d model given (C, H, W)), the last for features; ``"all"`` (one node per element) for
@@ -200,16 +205,19 @@ def _flattened(model: Optional[nn.Module], shape) -> bool:
     """Whether the model's first weight reads its input (``shape``, without the batch) flattened: its first
     Linear, or its first 2-D parameter (a raw weight applied with ``F.linear`` or ``@``), has ``prod(shape)``
     inputs and the input's last dimension is not that size. Such an input gets one node per element."""
-    n = _prod(shape)
-    if model is None or len(shape) < 2 or n == int(shape[-1]):
+    n, last = _prod(shape), int(shape[-1])
+    if model is None or len(shape) < 2 or n == last:
         return False
     first = next((m for m in model.modules() if isinstance(m, _WEIGHT_TYPES)), None)
-    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return False
+    if isinstance(first, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or (isinstance(first, nn.Linear)
+                                                                 and first.in_features == last):
+        return False  # a conv, or a Linear reading the last dimension (tokens, time steps, channels last)
     if isinstance(first, nn.Linear) and first.in_features == n:
         return True
+    # a raw weight: one of its sizes is the flattened input's, none the last dimension's (x @ W reads the last)
     p = next((p for p in model.parameters() if p.dim() == 2), None)
-    return p is not None and n in tuple(p.shape) and not (isinstance(first, nn.Linear) and p is first.weight)
+    return (p is not None and n in tuple(p.shape) and last not in tuple(p.shape)
+            and not (isinstance(first, nn.Linear) and p is first.weight))
 
 
 def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
@@ -263,9 +271,13 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
     # tied weights (GPT-2's lm_head, b.weight = a.weight: a parameter under several names) and a module applied
     # more than once ("a", "a#2"): one tensor, several layers; listed: the layers not named after its first owner
-    applied = Counter((c.param, c.rows) for c in tracer.calls)  # row slices of one parameter are not ties
-    tied = {c.name: c.param for c in tracer.calls
-            if (c.param in tracer.aliased or applied[(c.param, c.rows)] > 1) and c.name != layer_name(c.param)}
+    tied = {}
+    for i, c in enumerate(tracer.calls):
+        if c.param in tracer.aliased:  # a parameter under several names: tied unless applied by its first owner
+            if re.sub(r"\[[qkv]\]", "", c.name) != layer_name(c.param):
+                tied[c.name] = c.param
+        elif any(e.param == c.param and _overlap(e.rows, c.rows) for e in tracer.calls[:i]):
+            tied[c.name] = c.param  # applied again (a module called twice), whole or in rows already applied
     notes = dict(tracer.notes)
     if tracer.fresh_inputs:
         names = list(tracer.fresh_inputs)

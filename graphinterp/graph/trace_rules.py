@@ -208,6 +208,8 @@ def _mha(tr, args, kwargs, out) -> None:
     else:  # cross-attention with a fused weight: its q, k and v rows read the query, key and value
         for part, x, start in (("q", query, 0), ("k", key, E), ("v", value, 2 * E)):
             _weight_op(tr, x, a["in_proj_weight"], _Probe(x.shape[:-1] + (E,)), "linear", rows=(start, start + E, part))
+            if part == "k" and value is key and tr.shadow(key) is None:  # fresh input nodes: v reads the same ones
+                tr.tag(key, tr.calls[-1].src, -1)
         v_nodes = tr.calls[-1].dst
     probe = _Probe(tuple(result.shape[:-1]) + (E,))
     tr._set(probe, v_nodes.expand(probe.shape))

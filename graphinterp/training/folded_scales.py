@@ -59,7 +59,8 @@ def _source(tag: str) -> str:
 
 def live_scale(model: nn.Module, layer, param: torch.Tensor) -> Optional[Callable[[], torch.Tensor]]:
     """A function returning the scales folded into graph layer ``layer``, broadcastable to ``param`` (its
-    live weight, in its own layout), or None when nothing was folded into it.
+    live weight, in its own layout; for a layer holding rows of it, ``layer.rows``, to those rows), or None
+    when nothing was folded into it.
 
     ``param * live_scale(...)()`` is the layer's weight as the graph holds it, with the scales of now:
     each fold's row or column indices into its module's per-channel vector were recorded by the trace
@@ -76,6 +77,9 @@ def live_scale(model: nn.Module, layer, param: torch.Tensor) -> Optional[Callabl
     maps = {tag: (side, index) for tag, side, index in getattr(layer, "fold_maps", ()) or ()}
     transposed = bool(getattr(layer, "transposed", False))
     torch_shape = tuple(param.shape[::-1]) if transposed else tuple(param.shape)
+    rows = getattr(layer, "rows", None)
+    if rows is not None:  # the layer holds these rows of the parameter (a fused in_proj's slice)
+        torch_shape = (rows[1] - rows[0],) + torch_shape[1:]
     parts: List[Tuple[str, Callable[[], torch.Tensor], torch.Tensor]] = []
     for tag in folded:
         source = _source(tag)

@@ -266,6 +266,6 @@ def parameter_masks(
         if getattr(layer, "transposed", False):  # stored (in, out): GPT-2 Conv1D
             mask = mask.T
         part = getattr(layer, "rows", None)
-        out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(),
-                                  live_scale(model, layer, bound_rows(param, part)), part)
+        out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(), live_scale(model, layer, param),
+                                  part)
     return out
