@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import click
 
-__all__ = ["span", "heldout_scope", "echo_heldout", "more_or_fewer", "percent", "echo_stopped", "echo_notes"]
+__all__ = ["span", "heldout_scope", "echo_heldout", "more_or_fewer", "percent", "echo_stopped", "stopped_note",
+           "echo_notes"]
 
 
 def span(sizes) -> str:
@@ -64,12 +66,20 @@ def percent(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:+.1f}%"
 
 
-def echo_stopped(circuits, prefix: str) -> None:
-    """The searches that ran out of --max-evals (their ECS are upper bounds), if any."""
+def stopped_note(circuits, prefix: str = "") -> Optional[str]:
+    """The searches that ran out of --max-evals (their ECS are upper bounds), or None when none did."""
     stopped = [ci.label_name for ci in circuits.values() if ci.converged is False]
-    if stopped:
-        click.echo(f"{prefix}{len(stopped)} of {len(circuits)} searches used the whole --max-evals before reaching a "
-                   f"local minimum (labels {', '.join(stopped)}): their ECS are upper bounds")
+    if not stopped:
+        return None
+    return (f"{prefix}{len(stopped)} of {len(circuits)} searches used the whole --max-evals before reaching a "
+            f"local minimum (labels {', '.join(stopped)}): their ECS are upper bounds")
+
+
+def echo_stopped(circuits, prefix: str) -> None:
+    """Print :func:`stopped_note`, if any."""
+    note = stopped_note(circuits, prefix)
+    if note:
+        click.echo(note)
 
 
 def echo_notes(circuits, prefix: str = "") -> None:

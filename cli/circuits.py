@@ -18,7 +18,7 @@ from graphinterp.cli._eval_data import (
     transformer_checkpoint,
 )
 from graphinterp.cli._circuit_report import (
-    echo_heldout, echo_notes, echo_stopped, heldout_scope, more_or_fewer, percent, span,
+    echo_heldout, echo_notes, echo_stopped, heldout_scope, more_or_fewer, percent, span, stopped_note,
 )
 from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -253,7 +253,9 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                    "score": None if authors else score,
                    "tolerance": None if authors else {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
                    "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
-                                for c, ci in circuits.items()], "graphml": written, "notes": notes}
+                                for c, ci in circuits.items()], "graphml": written, "notes": list(notes)}
+        payload["notes"] += [n for n in (stopped_note(circuits), comparison is not None and stopped_note(
+            comparison.circuits_a, f"{other}: ")) if n]  # the table's upper-bound warning, for --json readers too
         if comparison is not None:
             payload["compare"] = {"model": str(other), **comparison.to_dict(),
                                   "circuits": [ci.to_dict() for ci in comparison.circuits_a.values()]}

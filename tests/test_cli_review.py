@@ -159,3 +159,7 @@ def test_circuits_of_all_labels_leave_out_classes_without_examples(tmp_path):
     note = next(n for n in out["notes"] if "without an example" in n)
     absent = [int(c) for c in note.rpartition(": ")[2].split(", ")]
     assert absent and not set(absent) & {c["label"] for c in out["circuits"]}
+    # a budget too small for every search: the table's upper-bound warning is in --json's notes too
+    stopped = [c["label_name"] for c in out["circuits"] if c["converged"] is False]
+    assert stopped and any("their ECS are upper bounds" in n and f"{len(stopped)} of {len(out['circuits'])}" in n
+                           for n in out["notes"])
