@@ -30,12 +30,34 @@ def test_random_expectation_matches_monte_carlo():
     W2 = torch.tensor(rng.standard_normal((30, 20)) ** 2)
     rows = rng.integers(0, 3, 30)
     cols = rng.integers(0, 3, 20)
-    rows[0] = -1
+    rows[0] = -1  # an isolated input: no weight, no cluster; a random partition relabels the others
+    W2[0] = 0
     expected = random_partition_expectation(rows, cols, 3)
-    samples = [float(clusterability(W2, rng.permutation(rows), rng.permutation(cols))) for _ in range(4000)]
+    live = rows >= 0
+
+    def relabel(r):
+        out = r.copy()
+        out[live] = rng.permutation(r[live])
+        return out
+
+    samples = [float(clusterability(W2, relabel(rows), rng.permutation(cols))) for _ in range(4000)]
     assert np.mean(samples) == pytest.approx(expected, abs=0.005)
-    counts_r, counts_c = np.bincount(rows[rows >= 0], minlength=3), np.bincount(cols, minlength=3)
-    assert expected == pytest.approx(float(counts_r @ counts_c) / (30 * 20))
+    counts_r, counts_c = np.bincount(rows[live], minlength=3), np.bincount(cols, minlength=3)
+    assert expected == pytest.approx(float(counts_r @ counts_c) / (29 * 20))
+
+
+def test_dead_inputs_change_neither_the_baseline_nor_the_score():
+    """Counted in m, isolated inputs made a random partition drop weighted nodes from every cluster: 100 dead
+    inputs of 200 halved E_random (0.279 -> 0.148) and doubled the score of a layer without structure."""
+    from graphinterp.clustering.bsgc import BSGC
+
+    rng = np.random.default_rng(0)
+    W = np.abs(rng.standard_normal((100, 80)))
+    dead = np.concatenate([W, np.zeros((100, 80))])
+    a, b = BSGC(4, random_state=0).fit(W), BSGC(4, random_state=0).fit(dead)
+    assert (b.row_labels_[100:] == -1).all() and np.array_equal(a.row_labels_, b.row_labels_[:100])
+    E_a = random_partition_expectation(a.row_labels_, a.column_labels_, 4)
+    assert random_partition_expectation(b.row_labels_, b.column_labels_, 4) == pytest.approx(E_a)
 
 
 def test_normalized_score_bounds():

@@ -12,8 +12,9 @@ independent uniform permutations),
 
 .. math:: E_{rand} = \\sum_c \\frac{r_c}{m} \\frac{s_c}{n},
 
-(:math:`r_c`, :math:`s_c`: rows and columns in cluster ``c``; ``m``, ``n``: all rows and columns,
-isolated ones included) and the normalised score :math:`(E - E_{rand}) / (1 - E_{rand})`, which is 0
+(:math:`r_c`, :math:`s_c`: rows and columns in cluster ``c``; ``m``, ``n``: the rows and columns in a
+cluster, i.e. not the isolated ones, label -1: they carry no weight and BSGC leaves them out, so a random
+partition relabels the others) and the normalised score :math:`(E - E_{rand}) / (1 - E_{rand})`, which is 0
 for a random partition and 1 when no weight crosses clusters.
 
 The core, :func:`within_share`, is written once in torch and is differentiable; the training loss
@@ -113,8 +114,9 @@ def random_partition_expectation(row_labels, col_labels, k: int) -> float:
     Parameters
     ----------
     row_labels, col_labels : array-like of int
-        Labels in ``-1..k-1`` of the input and output nodes; isolated ones (``-1``) count in ``m`` and ``n``
-        but in no cluster.
+        Labels in ``-1..k-1`` of the input and output nodes. Isolated ones (``-1``, no weight) are left out
+        of ``m`` and ``n``: counting them, a random partition would drop weighted nodes from every cluster,
+        and a layer with dead inputs would score above chance with no structure at all.
     k : int
         Number of clusters.
 
@@ -127,10 +129,13 @@ def random_partition_expectation(row_labels, col_labels, k: int) -> float:
     --------
     >>> random_partition_expectation([0, 0, 1, 1], [0, 1], 2)
     0.5
+    >>> random_partition_expectation([0, 0, 1, 1, -1, -1], [0, 1], 2)  # two dead inputs change nothing
+    0.5
     """
     rows, cols = check_labels(row_labels, None, "row", k), check_labels(col_labels, None, "column", k)
-    r = np.bincount(rows[rows >= 0], minlength=k) / max(len(rows), 1)
-    s = np.bincount(cols[cols >= 0], minlength=k) / max(len(cols), 1)
+    rows, cols = rows[rows >= 0], cols[cols >= 0]
+    r = np.bincount(rows, minlength=k) / max(len(rows), 1)
+    s = np.bincount(cols, minlength=k) / max(len(cols), 1)
     return float(r @ s)
 
 

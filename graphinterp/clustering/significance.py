@@ -25,7 +25,10 @@ Conv2d layer an edge is a whole kernel (in-channel i to out-channel j) and for a
 Flatten a channel's block of weights, so the null keeps the distribution of edge weights (permuting
 single parameters across kernels would average their norms and make the null artificially flat).
 BSGC and E only see ``|w|``, so signs do not matter. One permutation is one ``torch.randperm``
-indexing of the flattened matrix.
+indexing of the flattened matrix. Isolated nodes (rows or columns without any weight: dead inputs, pruned
+units) stay isolated: the weights are permuted among the other rows and columns, as BSGC and
+:math:`E_{rand}` leave isolated nodes out (scattering weight onto them made a structureless layer with dead
+inputs look significant).
 
 References
 ----------
@@ -224,6 +227,10 @@ def shuffle_test(
     name, A = _edge_magnitudes(layer)
     A = A.to(resolve_device(device))
     support = layer.support() if isinstance(layer, Layer) and layer.structure != "dense" else None
+    live_r, live_c = A.sum(1) > 0, A.sum(0) > 0
+    if not nonzero_only and not (bool(live_r.all()) and bool(live_c.all())):  # isolated nodes stay isolated
+        live = live_r[:, None] & live_c[None, :]
+        support = live if support is None else support.to(live.device) & live
     rng = check_random_state(random_state)
 
     if batch_size is None:

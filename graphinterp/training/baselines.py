@@ -6,10 +6,9 @@ normalised score ``(E - E_random) / (1 - E_random)``
 (:func:`graphinterp.clustering.metrics.random_partition_expectation`,
 :func:`graphinterp.clustering.metrics.normalized_score`).
 
-For one layer, ``E_random`` is the share of the layer's weight entries that lie within a cluster,
-which is the mean of its within-cluster mask (:class:`~graphinterp.training.masks.ParameterMask`):
-with ``r_c`` of ``m`` rows and ``s_c`` of ``n`` columns in cluster ``c``, the mask has
-``sum_c r_c s_c`` ones among ``m n`` entries. It depends only on the cluster sizes. Over several
+For one layer, ``E_random`` is :math:`\sum_c (r_c / m)(s_c / n)` with ``r_c`` of the ``m`` clustered rows
+and ``s_c`` of the ``n`` clustered columns in cluster ``c`` (isolated nodes, label -1, left out), which
+:class:`~graphinterp.training.masks.ParameterMask` carries. It depends only on the cluster sizes. Over several
 layers it is mass-weighted like E (the expected within-cluster share of all their squared weight),
 so it follows the layers' weight masses from one epoch to the next.
 """
@@ -35,9 +34,11 @@ def layer_random(masks: Mapping) -> Dict[str, float]:
     Returns
     -------
     dict of str to float
-        Per layer, the mean of its mask.
+        Per layer, :func:`~graphinterp.clustering.metrics.random_partition_expectation` of its labels (isolated
+        nodes left out), as the mask carries it; the mean of the mask for a mask built without labels.
     """
-    return {name: float(m.mask.double().mean()) for name, m in masks.items()}
+    return {name: m.E_random if getattr(m, "E_random", None) is not None else float(m.mask.double().mean())
+            for name, m in masks.items()}
 
 
 def random_expectation(masks: Mapping, names: Optional[Iterable[str]] = None) -> float:

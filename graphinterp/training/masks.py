@@ -36,7 +36,7 @@ from graphinterp.clustering.cluster import Clustering
 from graphinterp.clustering.labels import require_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import Layer, LayeredGraph
-from graphinterp.clustering.metrics import within_mask
+from graphinterp.clustering.metrics import random_partition_expectation, within_mask
 from graphinterp.training.folded_scales import live_scale
 
 __all__ = ["ParameterMask", "bound_rows", "default_cluster_layers", "parameter_masks", "layer_parameter",
@@ -66,6 +66,7 @@ class ParameterMask:
     mask: torch.Tensor
     scale: Optional[Callable[[], torch.Tensor]] = None
     rows: Optional[Tuple[int, int]] = None
+    E_random: Optional[float] = None  # the random-partition E of the clustering's labels (isolated nodes left out)
 
     def weight(self) -> torch.Tensor:
         """The live weight of the layer: ``param``, or its rows ``rows`` (a view, in the autograd graph)."""
@@ -267,5 +268,5 @@ def parameter_masks(
             mask = mask.T
         part = getattr(layer, "rows", None)
         out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(), live_scale(model, layer, param),
-                                  part)
+                                  part, random_partition_expectation(rows, cols, clustering.k))
     return out
