@@ -342,3 +342,19 @@ def test_many_layers_are_split_over_several_figures(tmp_path):
     written = write_report(report, tmp_path / "out", formats=("png",))
     assert {"deep_layers_1.png", "deep_layers_2.png", "deep_significance.png"} <= set(written)
     assert "deep_layers.png" not in written
+
+
+def test_the_significance_figure_shows_the_score_the_table_leads_with(two_checkpoints, tmp_path, monkeypatch):
+    """It drew raw E, whose z (+116 on the MNIST MLP's fc1) contradicted the table's score z (-77, p = 1)."""
+    import graphinterp.reports.viz as viz
+    from graphinterp.reports.benchmark_report import write_report
+
+    report = run_benchmark([ModelSource(str(p)) for p in two_checkpoints], [4], significance_k=4, n_shuffles=3,
+                           n_init=2, random_state=0)
+    drawn = []
+    real = viz.plot_significance
+    monkeypatch.setattr(viz, "plot_significance", lambda obs, null, **kw: drawn.append((obs, kw)) or real(obs, null, **kw))
+    write_report(report, tmp_path / "rep")
+    assert len(drawn) == 2 and all("score" in kw["xlabel"] and "score" in kw["title"] for _, kw in drawn)
+    for m, (obs, _) in zip(report.models, drawn):
+        assert obs == {lb.layer: lb.significance.score.observed for lb in m.layers if lb.significance is not None}

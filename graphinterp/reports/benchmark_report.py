@@ -204,10 +204,12 @@ def _figures(report: BenchmarkReport, out: Path, names: Dict[str, str], formats:
             written[f"{names[m.name]}_layers{part[0]}.png"] = _save(fig, out / f"{names[m.name]}_layers{part[0]}.png")
         tested = [lb for lb in m.layers if lb.significance is not None]
         for part, chunk in _chunks(tested, _TESTS_PER_FIGURE):
-            fig = plot_significance({lb.layer: lb.significance.E.observed for lb in chunk},
-                                    {lb.layer: lb.significance.E.null for lb in chunk},
-                                    title=f"{m.name}: E at k={report.significance_k} against "
-                                          f"{report.n_shuffles} shuffles of each layer{part[1]}")
+            # the normalised score, as the table leads with: raw E rewards uneven cluster sizes
+            fig = plot_significance({lb.layer: lb.significance.score.observed for lb in chunk},
+                                    {lb.layer: lb.significance.score.null for lb in chunk},
+                                    title=f"{m.name}: score at k={report.significance_k} against "
+                                          f"{report.n_shuffles} shuffles of each layer{part[1]}",
+                                    xlabel="normalised score (E - E_random) / (1 - E_random)")
             stem = f"{names[m.name]}_significance{part[0]}.png"
             written[stem] = _save(fig, out / stem)
     return written

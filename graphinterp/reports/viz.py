@@ -168,7 +168,8 @@ def plot_clustered_layer(weight: np.ndarray, row_labels: np.ndarray, col_labels:
 
 
 def plot_significance(observed: Mapping[str, float], null_samples: Mapping[str, np.ndarray], *,
-                      out: Optional[PathLike] = None, title: Optional[str] = None) -> "Figure":
+                      out: Optional[PathLike] = None, title: Optional[str] = None,
+                      xlabel: str = "clusterability E") -> "Figure":
     """Observed clusterability of each layer against its shuffled-weight null distribution.
 
     One row per layer: the null samples as a jittered strip, the observed E as a diamond, and beside
@@ -183,11 +184,13 @@ def plot_significance(observed: Mapping[str, float], null_samples: Mapping[str, 
         E of the shuffled networks, with the same keys as ``observed``.
     out : str or os.PathLike, optional
     title : str, optional
+    xlabel : str, default "clusterability E"
+        What the values are (e.g. the normalised score).
 
     Returns
     -------
     matplotlib.figure.Figure
-        One axes: a row per layer, its null as a strip and its observed E as a diamond.
+        One axes: a row per layer, its null as a strip and its observed value as a diamond.
 
     Raises
     ------
@@ -224,7 +227,7 @@ def plot_significance(observed: Mapping[str, float], null_samples: Mapping[str, 
         p = (np.count_nonzero(null >= obs) + 1) / (null.size + 1)
         ax.text(1.02, row, f"{z}\np = {p:.2g} (n = {null.size})", transform=beside, va="center", fontsize=9)
     ax.set_yticks(range(len(layers)), layers)
-    ax.set(ylim=(len(layers) - 0.5, -0.5), xlabel="clusterability E")
+    ax.set(ylim=(len(layers) - 0.5, -0.5), xlabel=xlabel)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=9)
     fig.suptitle(title or "Clusterability against a shuffled-weight null")
