@@ -6,6 +6,7 @@ parameter (Gemma's ``1 + w``), weight layers the graph cannot hold (parametrizat
 recurrent layers), einsum attention, positions holding two ids of one merged node, and what coverage counts.
 Tiny models with random weights; no downloads.
 """
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -544,3 +545,26 @@ def test_a_sequence_read_along_its_last_dimension_is_not_taken_for_a_flattened_i
 
     g = trace_graph(Lens().eval(), input_shape=(4, 8))
     assert not any("different positions" in note for note in g.coverage.notes)
+
+
+class _BiasedAttention(nn.Module):
+    """Attention whose scores get a bias from a small MLP over a position table (Swin V2's cpb_mlp)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj, self.cpb = nn.Linear(16, 48), nn.Linear(16, 16), nn.Linear(4, 2)
+        self.register_buffer("table", torch.randn(25, 4))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        attn = q @ k.transpose(-2, -1) + self.cpb(self.table).view(N, N, 2).permute(2, 0, 1).unsqueeze(0)
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def test_attention_with_a_score_bias_from_a_layer_keeps_the_value_path():
+    """The scores then carried the bias layer's nodes, and `attn @ v` kept neither operand's: every Swin V2
+    block's proj started from fresh nodes (the graph cut between qkv and proj)."""
+    g = trace_graph(_BiasedAttention().eval(), example=torch.randn(1, 5, 16))
+    assert np.array_equal(g.src_nodes("proj"), g.dst_nodes("qkv")[32:])
+    assert "proj" not in str(g.coverage.notes)

@@ -295,9 +295,10 @@ def graph_from_calls(tracer, model: nn.Module, coverage: Coverage) -> LayeredGra
         if len(np.unique(d_glob)) != len(d_glob):
             raise UnsupportedModelError(
                 f"layer {call.name!r}: two of its outputs were traced to the same node (an operation the tracer "
-                "does not know mixes this layer's own outputs, e.g. a state-space scan or a gated convolution); "
-                "this model's graph cannot be traced; its weight file alone (a .safetensors file or a state_dict, "
-                "without the folder's config.json) is read layer by layer")
+                "does not follow mixes this layer's own outputs: a state-space scan, a gated convolution, a reshape "
+                "that moves outputs onto another dimension such as a detection head's box decoding); this model's "
+                "graph cannot be traced; its layers can be read one by one from its weights (a state_dict or "
+                ".safetensors file: --layerwise; in Python LayeredGraph.from_state_dict(model.state_dict()))")
         nodes, in_index = np.unique(s_glob, return_inverse=True)
         if call.kind != "linear" and len(nodes) != len(s_glob):
             raise UnsupportedModelError(

@@ -189,6 +189,13 @@ def matmul(tr, name: str, args, out) -> None:
                 return tr._set(out, s.expand(out.shape))
             except RuntimeError:
                 return None
+    # both carry nodes, neither along the summed dimension: attention weights whose scores got a learned bias
+    # from a layer (Swin V2's position-bias MLP) times the values; the output holds the values' nodes
+    if len(cand) == 2 and bool((cand[0][0] >= 0).any()):
+        try:
+            return tr._set(out, cand[0][0].expand(out.shape))
+        except RuntimeError:
+            return None
 
 
 def reduce(tr, args, kwargs, out) -> None:
