@@ -254,13 +254,17 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
             continue
         both = (res >= 0) & (s >= 0) & (res != s)
         if bool(both.any()):
-            n_res, n_s = (len(torch.unique(tr.canon(v[both]))) for v in (res, s))
-            if min(n_res, n_s) == 1 < max(n_res, n_s):  # one node onto several: not one node per node, no merge
+            a, b = res[both], s[both]
+            # one node onto several (cheap test on the raw ids first; roots only then): not one node per node
+            n_res = n_s = 0
+            if bool(a.min() == a.max()) != bool(b.min() == b.max()):
+                n_res, n_s = (len(torch.unique(tr.canon(v))) for v in (a, b))
+            if min(n_res, n_s) == 1 < max(n_res, n_s):  # no merge
                 tr.notes[f"{name}: one node broadcast onto several (e.g. a one-output layer added to a wider "
                          "tensor): not merged; the output keeps the wider operand's nodes"] += 1
                 res = torch.where(s >= 0, s, res) if n_s > n_res else res
                 continue
-            tr._merge(res[both], s[both], name)
+            tr._merge(a, b, name)
         res = torch.where(res >= 0, res, s)
     tr._set(out, res)
 
