@@ -134,3 +134,19 @@ def test_report_masses_isolated_counts_and_random_expectation_are_mass_weighted(
     assert rep.E_random == pytest.approx(float(np.dot(masses, [s.E_random for s in rep.layers]) / masses.sum()))
     assert rep.score == pytest.approx(normalized_score(rep.E, rep.E_random))
     assert abs(rep.E_random - np.mean([s.E_random for s in rep.layers])) > 1e-6  # the weighting matters here
+
+
+def test_the_baseline_leaves_out_the_nodes_without_weight_in_the_layer_whatever_their_label():
+    """Decided from the labels alone, a user's -1 on weighted rows made E_random 0.50 instead of 0.25 (a perfect
+    clustering of the rest scored as chance), and network-wide labels on a layer's dead outputs counted them."""
+    W2 = np.zeros((20, 20))
+    W2[:10, :15], W2[10:, 15:] = 1.0, 1.0  # two blocks: 10 x 15 and 10 x 5
+    rows, cols = np.repeat([0, 1], 10), np.repeat([0, 1], [15, 5])
+    assert random_partition_expectation(rows, cols, 2, W2) == pytest.approx(0.5 * 0.75 + 0.5 * 0.25)
+    half = rows.copy()
+    half[::2] = -1  # weighted rows in no cluster: they stay in m
+    assert random_partition_expectation(half, cols, 2, W2) == pytest.approx(0.25 * 0.75 + 0.25 * 0.25)
+    dead = np.concatenate([W2, np.zeros((5, 20))])  # five dead rows, labelled (as network-wide labels do)
+    labelled = np.concatenate([rows, np.zeros(5, dtype=np.int64)])
+    assert random_partition_expectation(labelled, cols, 2, dead) == pytest.approx(0.5)
+    assert random_partition_expectation(labelled, cols, 2) == pytest.approx(0.6 * 0.75 + 0.4 * 0.25)  # labels alone

@@ -568,3 +568,49 @@ def test_attention_with_a_score_bias_from_a_layer_keeps_the_value_path():
     g = trace_graph(_BiasedAttention().eval(), example=torch.randn(1, 5, 16))
     assert np.array_equal(g.src_nodes("proj"), g.dst_nodes("qkv")[32:])
     assert "proj" not in str(g.coverage.notes)
+
+
+class _Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fa, self.fb, self.out = nn.Linear(8, 4), nn.Linear(8, 5), nn.Linear(20, 3)
+
+    def forward(self, x):
+        return self.out((self.fa(x).unsqueeze(-1) @ self.fb(x).unsqueeze(-2)).flatten(1))
+
+
+class _TokenMix(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.mix, self.out = nn.Linear(8, 8), nn.Linear(6, 6), nn.Linear(8, 3)
+
+    def forward(self, x):  # (B, 6 tokens, 8): channels-first h times a token-mixing matrix made by a layer
+        h = self.a(x).transpose(1, 2)
+        return self.out((h @ self.mix(torch.eye(6))).transpose(1, 2))
+
+
+def test_the_attention_rule_does_not_wire_other_products_of_two_node_carrying_operands():
+    """The first version of the Swin V2 rule gave any such product the right operand's nodes: an outer product
+    read only fb's 5 nodes for its 20 inputs, and a token-mixing layer dropped out of the graph."""
+    g = trace_graph(_Outer().eval(), input_shape=(8,))
+    assert not set(g.src_nodes("out")) & set(g.dst_nodes("fb")) and any("out" in n for n in g.coverage.notes)
+    g = trace_graph(_TokenMix().eval(), input_shape=(6, 8))
+    assert "out" in g.layer_names and g.coverage.complete is not None and not g.coverage.missing
+
+
+def test_a_broadcast_of_two_merged_nodes_is_still_one_node():
+    """Two raw ids already merged into one node, added onto a wider layer's outputs: the raw-id test alone merged
+    them (a refusal: 'two of its outputs were traced to the same node')."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fa, self.fb, self.fc, self.out = nn.Linear(8, 1), nn.Linear(8, 1), nn.Linear(8, 2), nn.Linear(2, 3)
+
+        def forward(self, x):
+            a, b = self.fa(x), self.fb(x)
+            gate = a + b  # the two one-output layers' nodes merge
+            return self.out(torch.cat([a, b], 1) + self.fc(x)) * gate
+
+    g = trace_graph(M().eval(), input_shape=(8,))
+    assert [g.node_names[i] for i in g.src_nodes("out")] == ["fc:0", "fc:1"]

@@ -108,17 +108,22 @@ def clusterability(squared: torch.Tensor, row_labels, col_labels) -> torch.Tenso
     return within_share([squared], [within_mask(row_labels, col_labels, device=squared.device)])
 
 
-def random_partition_expectation(row_labels, col_labels, k: int) -> float:
+def random_partition_expectation(row_labels, col_labels, k: int, squared=None) -> float:
     """Expected E of a random partition with the same cluster sizes (see the module docstring).
 
     Parameters
     ----------
     row_labels, col_labels : array-like of int
-        Labels in ``-1..k-1`` of the input and output nodes. Isolated ones (``-1``, no weight) are left out
-        of ``m`` and ``n``: counting them, a random partition would drop weighted nodes from every cluster,
-        and a layer with dead inputs would score above chance with no structure at all.
+        Labels in ``-1..k-1`` of the input and output nodes.
     k : int
         Number of clusters.
+    squared : array-like of shape (n_in, n_out), optional
+        The layer's squared edge weights. Nodes without weight in this layer are left out of ``m`` and
+        ``n`` (and of the clusters), whatever their label: counting them, a random partition would drop
+        weighted nodes from every cluster, and a layer with dead inputs would score above chance with no
+        structure at all. A node with weight but label -1 (a user's clustering) counts in ``m`` or ``n``,
+        in no cluster. Without ``squared``, label -1 is taken to mark the nodes without weight (as BSGC
+        labels them).
 
     Returns
     -------
@@ -133,9 +138,15 @@ def random_partition_expectation(row_labels, col_labels, k: int) -> float:
     0.5
     """
     rows, cols = check_labels(row_labels, None, "row", k), check_labels(col_labels, None, "column", k)
-    rows, cols = rows[rows >= 0], cols[cols >= 0]
-    r = np.bincount(rows, minlength=k) / max(len(rows), 1)
-    s = np.bincount(cols, minlength=k) / max(len(cols), 1)
+    if squared is None:
+        live_r, live_c = rows >= 0, cols >= 0
+    else:
+        sq = torch.as_tensor(squared).detach()
+        if tuple(sq.shape) != (len(rows), len(cols)):
+            raise ClusteringError(f"squared has shape {tuple(sq.shape)} for {len(rows)} row and {len(cols)} column labels")
+        live_r, live_c = (sq.sum(1) > 0).cpu().numpy(), (sq.sum(0) > 0).cpu().numpy()
+    r = np.bincount(rows[live_r & (rows >= 0)], minlength=k) / max(int(live_r.sum()), 1)
+    s = np.bincount(cols[live_c & (cols >= 0)], minlength=k) / max(int(live_c.sum()), 1)
     return float(r @ s)
 
 
@@ -221,7 +232,7 @@ def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> Cluste
         rows, cols = clustering.labels(name)
         mass = float(sq.sum())
         E = float(clusterability(sq, rows, cols)) if mass > 0 else 0.0
-        E_rand = random_partition_expectation(rows, cols, clustering.k)
+        E_rand = random_partition_expectation(rows, cols, clustering.k, sq)
         scores.append(LayerScore(
             layer=name, shape=tuple(sq.shape), sizes=clustering.sizes(name).tolist(), E=E, E_random=E_rand,
             score=normalized_score(E, E_rand), mass=mass, n_isolated=int((rows < 0).sum() + (cols < 0).sum()),

@@ -155,8 +155,9 @@ def _within_share(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: 
 
 def _measure(A: torch.Tensor, k: int, rows: np.ndarray, cols: np.ndarray) -> Tuple[float, float, float]:
     """E (in float64, whatever ``A``'s precision), the random-partition E and the normalised score of a clustering."""
-    E = _within_share(A.double().square(), np.asarray(rows), np.asarray(cols), k)
-    E_rand = random_partition_expectation(rows, cols, k)
+    sq = A.double().square()
+    E = _within_share(sq, np.asarray(rows), np.asarray(cols), k)
+    E_rand = random_partition_expectation(rows, cols, k, sq)
     return E, E_rand, normalized_score(E, E_rand)
 
 

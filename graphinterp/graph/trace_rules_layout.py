@@ -189,9 +189,11 @@ def matmul(tr, name: str, args, out) -> None:
                 return tr._set(out, s.expand(out.shape))
             except RuntimeError:
                 return None
-    # both carry nodes, neither along the summed dimension: attention weights whose scores got a learned bias
-    # from a layer (Swin V2's position-bias MLP) times the values; the output holds the values' nodes
-    if len(cand) == 2 and bool((cand[0][0] >= 0).any()):
+    # both carry nodes: attention weights whose scores got a learned bias from a layer (Swin V2's position-bias
+    # MLP), nodes only along the heads (constant over both matrix dimensions), times the values (constant along
+    # the summed one): the output holds the values' nodes. Anything else (an outer product, a gate) is not followed.
+    if (len(cand) == 2 and sb is not None and bool((cand[0][0] >= 0).any())
+            and bool((sa == sa.narrow(-2, 0, 1)).all())):
         try:
             return tr._set(out, cand[0][0].expand(out.shape))
         except RuntimeError:

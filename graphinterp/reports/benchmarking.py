@@ -50,7 +50,7 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
             lb.skipped_k[k] = _too_few(k, live)
             continue
         rows, cols = fits[k].row_labels_, fits[k].column_labels_
-        E, E_rand = float(clusterability(sq, rows, cols)), random_partition_expectation(rows, cols, k)
+        E, E_rand = float(clusterability(sq, rows, cols)), random_partition_expectation(rows, cols, k, sq)
         lb.labels[k] = (rows, cols)
         lb.scores[k] = {"E": E, "E_random": E_rand, "score": normalized_score(E, E_rand),
                         "sizes": [np.bincount(x[x >= 0], minlength=k).tolist() for x in (rows, cols)]}

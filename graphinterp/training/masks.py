@@ -268,5 +268,5 @@ def parameter_masks(
             mask = mask.T
         part = getattr(layer, "rows", None)
         out[name] = ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(), live_scale(model, layer, param),
-                                  part, random_partition_expectation(rows, cols, clustering.k))
+                                  part, random_partition_expectation(rows, cols, clustering.k, layer.squared()))
     return out
