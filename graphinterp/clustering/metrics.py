@@ -12,9 +12,9 @@ independent uniform permutations),
 
 .. math:: E_{rand} = \\sum_c \\frac{r_c}{m} \\frac{s_c}{n},
 
-(:math:`r_c`, :math:`s_c`: rows and columns in cluster ``c``; ``m``, ``n``: the rows and columns in a
-cluster, i.e. not the isolated ones, label -1: they carry no weight and BSGC leaves them out, so a random
-partition relabels the others) and the normalised score :math:`(E - E_{rand}) / (1 - E_{rand})`, which is 0
+(:math:`r_c`, :math:`s_c`: rows and columns in cluster ``c``; ``m``, ``n``: the rows and columns with
+weight in the layer, not the isolated ones, which BSGC labels -1 and leaves out, so a random partition
+relabels the others) and the normalised score :math:`(E - E_{rand}) / (1 - E_{rand})`, which is 0
 for a random partition and 1 when no weight crosses clusters.
 
 The core, :func:`within_share`, is written once in torch and is differentiable; the training loss

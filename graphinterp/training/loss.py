@@ -57,7 +57,7 @@ from graphinterp.clustering.cluster import Clustering
 from graphinterp.clustering.labels import require_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.training.masks import bound_rows, parameter_masks, unwrap_model
+from graphinterp.training.masks import parameter_masks, unwrap_model
 from graphinterp.clustering.metrics import within_share
 
 __all__ = ["REDUCTIONS", "EnmeshmentLoss", "enmeshment_loss"]
@@ -130,8 +130,6 @@ class EnmeshmentLoss:
         # each layer's own name for its weight (a tied tensor has several), to notice it replaced after building
         self._names = [next((n for n in aliases.get(id(p), []) if n.rpartition(".")[0] == layer),
                             (aliases.get(id(p)) or [None])[0]) for layer, p in zip(self.layers, self._params)]
-        self._scales = [m.scale for m in self.masks.values()]  # folded normalisation scales, live (or None)
-        self._rows = [m.rows for m in self.masks.values()]  # the rows a layer holds of its parameter (or None)
         self._mask_tensors = [m.mask for m in self.masks.values()]
         self._between = [(1 - m).reshape(-1) for m in self._mask_tensors]  # flat between-cluster masks
 
@@ -176,9 +174,8 @@ class EnmeshmentLoss:
         acc = _wide_dtype(self._params[0].dtype)
         tiny = torch.finfo(acc).tiny
         between, total = [], []
-        for p, r, s, m in zip(self._params, self._rows, self._scales, self._between):
-            p = bound_rows(p, r)
-            w = (p if s is None else p * s()).reshape(-1).to(acc)
+        for pm, m in zip(self.masks.values(), self._between):
+            w = pm.effective().reshape(-1).to(acc)  # its rows of the parameter, times the folded scales
             between.append(torch.dot(w, w * m.to(acc)))
             total.append(torch.dot(w, w))
         if len(between) == 1:
