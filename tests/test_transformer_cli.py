@@ -173,7 +173,7 @@ def test_ablate_table_shows_characters_as_they_are_and_figures_escape_them(model
 # ----------------------------------------------------------------------------- attribution on a transformer
 def test_attribution_score_on_a_transformer_after_units_are_pruned(models):
     """Once most hidden units are pruned the MLP runs sparse; the gradients must still reach every weight."""
-    res = run_cli(["circuits", models["modadd"], "--labels", "0-2", "--score", "attribution", "--max-evals", "100",
+    res = run_cli(["circuits", models["modadd"], "--labels", "0-2", "--score", "attribution", "--max-evals", "300",
                    "--json"])
     assert res.exit_code == 0, res.output
     circuits = json.loads(res.output)["circuits"]

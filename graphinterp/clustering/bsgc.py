@@ -76,7 +76,8 @@ class BSGC(BiclusterMixin, BaseEstimator):
 
         In the paired modes the candidate kept is not the lowest inertia but the best by
         :func:`graphinterp.clustering.pairing._rank_key`: full (every cluster has rows and columns)
-        first, then the highest within-cluster share of squared similarity (the paper's E).
+        first, then the highest normalised score :math:`(E - E_{rand}) / (1 - E_{rand})` (the paper's
+        E against a random partition with the same cluster sizes; E alone rewards one giant cluster).
     n_iter : int, optional
         Power iterations of the randomized SVD. Default: 7 for a matrix of fewer than 2**20 entries
         (scikit-learn's choice for these ranks; passes are cheap there and small noisy layers need

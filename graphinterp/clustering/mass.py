@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["cluster_mass", "match_clusters", "matching", "canonical", "unique_rows", "squared_products", "scatter_batch"]
+__all__ = ["cluster_mass", "match_clusters", "matching", "canonical", "unique_rows", "squared_products", "scatter_batch",
+           "chance_share", "normalized_score"]
 
 _CHUNK_ELEMENTS = 1 << 21  # block size (elements) for squaring A when scoring candidates
 
@@ -37,6 +38,46 @@ def cluster_mass(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: i
     one_hot = torch.nn.functional.one_hot
     mass = one_hot(r, k + 1).to(squared.dtype).T @ (squared @ one_hot(c, k + 1).to(squared.dtype))
     return mass[:k, :k].double().cpu().numpy()
+
+
+def chance_share(row_sizes: np.ndarray, col_sizes: np.ndarray, m=None, n=None) -> np.ndarray:
+    """E of a random partition with these cluster sizes, :math:`\\sum_c (r_c / m) (s_c / n)`, per clustering.
+
+    ``row_sizes`` (..., k) and ``col_sizes`` (..., k) count the nodes with weight in each cluster; ``m``
+    and ``n`` are the nodes with weight in the layer, by default the sizes' totals (more when some nodes
+    with weight are in no cluster), taken as at least 1.
+
+    Examples
+    --------
+    >>> chance_share(np.array([2, 2]), np.array([1, 1])).item()
+    0.5
+    >>> chance_share(np.array([[3, 1], [2, 2]]), np.array([[1, 1], [2, 0]])).tolist()
+    [0.5, 0.5]
+    >>> chance_share(np.array([2, 2]), np.array([1, 1]), m=8).item()  # four rows with weight in no cluster
+    0.25
+    """
+    r = np.asarray(row_sizes, dtype=np.float64)
+    c = np.asarray(col_sizes, dtype=np.float64)
+    m = r.sum(-1) if m is None else np.asarray(m, dtype=np.float64)
+    n = c.sum(-1) if n is None else np.asarray(n, dtype=np.float64)
+    return (r * c).sum(-1) / (np.maximum(m, 1) * np.maximum(n, 1))
+
+
+def normalized_score(E, E_random):
+    """:math:`(E - E_{rand}) / (1 - E_{rand})`; 0 for chance, 1 for no weight between clusters.
+
+    A float for floats, an array for arrays (element-wise); 0 where ``E_random`` is 1.
+
+    Examples
+    --------
+    >>> normalized_score(0.75, 0.5)
+    0.5
+    >>> normalized_score(np.array([0.5, 1.0]), np.array([0.5, 1.0])).tolist()
+    [0.0, 0.0]
+    """
+    E_arr, R_arr = np.asarray(E, dtype=np.float64), np.asarray(E_random, dtype=np.float64)
+    out = np.where(R_arr < 1, (E_arr - R_arr) / np.where(R_arr < 1, 1.0 - R_arr, 1.0), 0.0)
+    return float(out) if out.ndim == 0 else out
 
 
 def matching(mass: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ import torch
 
 from graphinterp.clustering.cluster import Clustering
 from graphinterp.clustering.labels import check_labels
+from graphinterp.clustering.mass import chance_share, normalized_score
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 
@@ -145,14 +146,9 @@ def random_partition_expectation(row_labels, col_labels, k: int, squared=None) -
         if tuple(sq.shape) != (len(rows), len(cols)):
             raise ClusteringError(f"squared has shape {tuple(sq.shape)} for {len(rows)} row and {len(cols)} column labels")
         live_r, live_c = (sq.sum(1) > 0).cpu().numpy(), (sq.sum(0) > 0).cpu().numpy()
-    r = np.bincount(rows[live_r & (rows >= 0)], minlength=k) / max(int(live_r.sum()), 1)
-    s = np.bincount(cols[live_c & (cols >= 0)], minlength=k) / max(int(live_c.sum()), 1)
-    return float(r @ s)
-
-
-def normalized_score(E: float, E_random: float) -> float:
-    """:math:`(E - E_{rand}) / (1 - E_{rand})`; 0 for chance, 1 for no weight between clusters."""
-    return float((E - E_random) / (1.0 - E_random)) if E_random < 1 else 0.0
+    r = np.bincount(rows[live_r & (rows >= 0)], minlength=k)
+    s = np.bincount(cols[live_c & (cols >= 0)], minlength=k)
+    return float(chance_share(r, s, int(live_r.sum()), int(live_c.sum())))
 
 
 @dataclass
