@@ -44,21 +44,38 @@ MODELS = ("cifar-cnn.pth", "mnist-mlp-784-512-512-10.pt", "mnist-mlp-bn-300-301-
 
 
 def reinitialised(path: Path, folder: Path, seed: int) -> Path:
-    """Save a copy of ``path``'s state_dict with every Linear/Conv2d weight drawn from PyTorch's default init.
+    """Save a copy of ``path``'s state_dict as PyTorch's default initialisation would make it.
 
-    ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as nn.Linear/nn.Conv2d do.
+    Linear/Conv2d weights ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and their
+    biases from the same range, as nn.Linear/nn.Conv2d do; normalisation layers (a 1-D ``weight``) reset to
+    gain 1 and shift 0, with running mean 0 and variance 1. Keeping the trained BatchNorm statistics (as this
+    script did until 2026-12-07) folded trained per-channel scales into the "untrained" ResNets' convolutions:
+    their scores sat far below their shuffles (median z -5.6 on ResNet-56), which destroy those scales.
     """
     state = load_model_file(path).state_dict
     gen = torch.Generator().manual_seed(seed)
     fresh = {}
     for key, value in state.items():
+        prefix = key.rsplit(".", 1)[0] if "." in key else ""
+        weight = state.get(f"{prefix}.weight" if prefix else "weight")
         if key.endswith("weight") and value.dim() in (2, 4):
-            bound = 1.0 / math.sqrt(value[0].numel())
-            value = (torch.rand(value.shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
+            value = _uniform(value.shape, 1.0 / math.sqrt(value[0].numel()), gen)
+        elif key.endswith("bias") and weight is not None and weight.dim() in (2, 4):
+            value = _uniform(value.shape, 1.0 / math.sqrt(weight[0].numel()), gen)
+        elif key.endswith(("weight", "running_var")) and value.dim() == 1:
+            value = torch.ones_like(value)
+        elif key.endswith(("bias", "running_mean")) and value.dim() == 1:
+            value = torch.zeros_like(value)
+        elif key.endswith("num_batches_tracked"):
+            value = torch.zeros_like(value)
         fresh[key] = value
     out = folder / f"{path.stem} (re-init).pt"
     torch.save(fresh, out)
     return out
+
+
+def _uniform(shape, bound: float, gen: torch.Generator) -> torch.Tensor:
+    return (torch.rand(shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
 
 
 def summarise(report: BenchmarkReport) -> List[str]:
