@@ -358,3 +358,28 @@ def test_the_significance_figure_shows_the_score_the_table_leads_with(two_checkp
     assert len(drawn) == 2 and all("score" in kw["xlabel"] and "score" in kw["title"] for _, kw in drawn)
     for m, (obs, _) in zip(report.models, drawn):
         assert obs == {lb.layer: lb.significance.score.observed for lb in m.layers if lb.significance is not None}
+
+
+def test_run_pretrained_reinitialises_normalisation_layers_too(tmp_path):
+    """benchmarks/run_pretrained.py's re-initialised copies: BatchNorm reset to gain 1, shift 0, mean 0, variance
+    1 (kept trained statistics folded trained per-channel scales into the 'untrained' convolutions), weights and
+    biases in PyTorch's default range."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_pretrained", Path(__file__).parents[1] / "benchmarks" / "run_pretrained.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        net[1].weight.fill_(3.0), net[1].bias.fill_(2.0), net[1].running_mean.fill_(5.0), net[1].running_var.fill_(9.0)
+        net[0].weight.fill_(7.0), net[3].bias.fill_(7.0)
+    path = tmp_path / "m.pt"
+    torch.save(net.state_dict(), path)
+    fresh = torch.load(script.reinitialised(path, tmp_path, seed=0), weights_only=True)
+    assert set(fresh) == set(net.state_dict())
+    assert torch.equal(fresh["1.weight"], torch.ones(8)) and torch.equal(fresh["1.bias"], torch.zeros(8))
+    assert torch.equal(fresh["1.running_mean"], torch.zeros(8)) and torch.equal(fresh["1.running_var"], torch.ones(8))
+    assert int(fresh["1.num_batches_tracked"]) == 0
+    assert fresh["0.weight"].abs().max() <= 1 / 27 ** 0.5 and fresh["0.bias"].abs().max() <= 1 / 27 ** 0.5
+    assert fresh["3.weight"].abs().max() <= 1 / 8 ** 0.5 and fresh["3.bias"].abs().max() <= 1 / 8 ** 0.5
+    assert float(fresh["0.weight"].std()) > 0
