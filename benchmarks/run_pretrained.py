@@ -58,9 +58,9 @@ def reinitialised(path: Path, folder: Path, seed: int) -> Path:
     for key, value in state.items():
         prefix = key.rsplit(".", 1)[0] if "." in key else ""
         weight = state.get(f"{prefix}.weight" if prefix else "weight")
-        if key.endswith("weight") and value.dim() in (2, 4):
+        if key.endswith("weight") and value.dim() >= 2:  # Linear and Conv1d/2d/3d
             value = _uniform(value.shape, 1.0 / math.sqrt(value[0].numel()), gen)
-        elif key.endswith("bias") and weight is not None and weight.dim() in (2, 4):
+        elif key.endswith("bias") and weight is not None and weight.dim() >= 2:
             value = _uniform(value.shape, 1.0 / math.sqrt(weight[0].numel()), gen)
         elif key.endswith(("weight", "running_var")) and value.dim() == 1:
             value = torch.ones_like(value)

@@ -604,6 +604,55 @@ def test_the_kept_candidate_is_the_best_score_not_the_highest_E():
         assert rows.tolist() == cols.tolist() and sorted(np.bincount(rows).tolist()) == [3, 3]
 
 
+def _reference_choice(A: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int):
+    """The candidate _choose must keep, written out independently: each candidate's column clusters matched to its
+    row clusters (Hungarian on the k x k masses), E, the sizes in the matched labels, the score; the first best."""
+    from scipy.optimize import linear_sum_assignment
+
+    sq = A.astype(np.float64) ** 2
+    best, kept = None, None
+    for r, c in zip(rows, cols):
+        mass = np.array([[sq[np.ix_(r == a, c == b)].sum() for b in range(k)] for a in range(k)])
+        row_ind, col_ind = linear_sum_assignment(-mass)
+        relabel = np.empty(k, dtype=int)
+        relabel[col_ind] = row_ind
+        c2 = relabel[c]
+        E = sum(sq[np.ix_(r == a, c2 == a)].sum() for a in range(k)) / sq.sum()
+        E_rand = sum((r == a).mean() * (c2 == a).mean() for a in range(k))
+        score = (E - E_rand) / (1 - E_rand)
+        if best is None or score > best + 1e-12:
+            best, kept = score, (r, c2)
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_kept_candidate_is_the_first_best_score_of_a_written_out_reference(seed):
+    """Random layers and candidates whose column numbering is not the rows' (the matching permutes it) and
+    whose clusters have unequal sizes: _choose keeps exactly the candidate the reference keeps."""
+    from graphinterp.clustering.pairing import _choose
+
+    rng = np.random.default_rng(seed)
+    m, n, k, T = 9, 7, 3, 8
+    A = np.abs(rng.standard_t(3, (m, n))) * np.exp(rng.standard_normal(m))[:, None]
+    rows = np.stack([rng.permutation(np.r_[np.arange(k), rng.integers(0, k, m - k)]) for _ in range(T)])
+    cols = np.stack([rng.permutation(np.r_[np.arange(k), rng.integers(0, k, n - k)]) for _ in range(T)])
+    got = _choose(_spectrum_of(torch.from_numpy(A)), 0, rows, cols, k)
+    want = _reference_choice(A, rows, cols, k)
+    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+
+
+def test_candidates_of_equal_score_go_to_the_earlier_one():
+    """On a uniform layer every balanced 2-way split has the same E and score: the first candidate is kept,
+    whichever of two distinct ones comes first."""
+    from graphinterp.clustering.pairing import _choose
+
+    A = torch.ones(4, 4, dtype=torch.float64)
+    a, b = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    for first, second in ((a, b), (b, a)):
+        rows, cols = _choose(_spectrum_of(A), 0, np.stack([first, second]), np.stack([first, second]), 2)
+        assert rows.tolist() == first.tolist() and cols.tolist() == first.tolist()
+
+
 def test_repair_never_empties_the_cluster_it_takes_from():
     from graphinterp.clustering.pairing import _repair
 

@@ -67,7 +67,7 @@ def batched_kmeans(
         Lloyd iterations at most, and the stopping threshold on the squared centre shift relative to
         the mean per-coordinate variance of the copy's points (scikit-learn's criterion).
     inertia : bool, default True
-        Compute the inertias; the paired modes of BSGC rank restarts by E and pass False, which
+        Compute the inertias; the paired modes of BSGC rank restarts by score and pass False, which
         skips a float64 pass over the distances (the labels are the same either way).
 
     Returns

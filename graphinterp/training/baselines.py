@@ -1,4 +1,4 @@
-"""The random-partition baseline of the E that training reports.
+r"""The random-partition baseline of the E that training reports.
 
 Every E a trainer reports (per epoch or step, per clustered layer or MLP block, the final one) is
 given with ``E_random``, the expected E of a random partition with the same cluster sizes, and the
