@@ -25,18 +25,18 @@ weight is no better than a random partition's. graphinterp therefore pairs the t
     :math:`\\tilde A`, unscaled); no pairing and no E-based choice.
 
 Choice among restarts (``"joint"`` and ``"matched"``, :func:`_rank_key`): every candidate is ranked by
-the tuple ``(full, score)`` and the largest wins, ties (scores within 1e-12) going to the earlier restart. ``full`` is True
-when every one of the k clusters has at least one row and one column, so a full candidate beats any
-candidate with an empty side whatever their scores; among full candidates (or among all, if none is
-full) the highest normalised score :math:`(E - E_{rand}) / (1 - E_{rand})` wins: E is the share of
-squared similarity inside the paired clusters (the paper's clusterability) and :math:`E_{rand}` the E
-of a random partition with the candidate's cluster sizes, the score that every report leads with.
-Ranking by E alone, as graphinterp did until 2026-12-07, rewards one giant cluster: on the 32 layers of
-the shared pretrained models (k = 2..6, 160 fits) the kept candidate then scored below scikit-learn's
-in 54 fits (by up to 0.19); ranked by score, in 2 (by up to 0.019; 6 of 480 fits with seeds 0-2, by up to
-0.021). Every candidate's E comes from its
-``k x k`` mass matrix :math:`R^T (A \\circ A) C`, all candidates together in one matrix product with
-``A`` squared block by block (no copy of ``A``). Identical candidate clusterings are scored once.
+the tuple ``(full, score)`` and the largest wins, ties (scores within 1e-12) going to the earlier
+restart. ``full`` is True when every one of the k clusters has at least one row and one column, so a
+full candidate beats any candidate with an empty side whatever their scores; among full candidates (or
+among all, if none is full) the highest normalised score :math:`(E - E_{rand}) / (1 - E_{rand})` wins:
+E is the share of squared similarity inside the paired clusters (the paper's clusterability) and
+:math:`E_{rand}` the E of a random partition with the candidate's cluster sizes, the score that every
+report leads with. Ranking by E alone, as graphinterp did until 2026-12-07, rewards one giant cluster:
+on the 32 layers of the shared pretrained models (k = 2..6, 160 fits) the kept candidate then scored
+below scikit-learn's in 54 fits (by up to 0.19); ranked by score, in 2 (by up to 0.019; 6 of 480 fits
+with seeds 0-2, by up to 0.021). Every candidate's E comes from its ``k x k`` mass matrix
+:math:`R^T (A \\circ A) C`, all candidates together in one matrix product with ``A`` squared block by
+block (no copy of ``A``). Identical candidate clusterings are scored once.
 """
 from __future__ import annotations
 
