@@ -383,3 +383,25 @@ def test_run_pretrained_reinitialises_normalisation_layers_too(tmp_path):
     assert fresh["0.weight"].abs().max() <= 1 / 27 ** 0.5 and fresh["0.bias"].abs().max() <= 1 / 27 ** 0.5
     assert fresh["3.weight"].abs().max() <= 1 / 8 ** 0.5 and fresh["3.bias"].abs().max() <= 1 / 8 ** 0.5
     assert float(fresh["0.weight"].std()) > 0
+
+
+def test_layers_with_folded_normalisation_get_a_note_that_the_shuffle_test_is_conservative(tmp_path, two_checkpoints):
+    """Folded BatchNorm gives a layer per-channel scales, which the shuffles do not keep: the report says so for the
+    tested layers that have one, and not for a model without normalisation."""
+    from graphinterp.sources.cifar_resnet import cifar_resnet
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet8.th"
+    torch.save(cifar_resnet(depth=8).state_dict(), path)
+    report = run_benchmark([ModelSource(path=str(path)), ModelSource(path=str(two_checkpoints[1]))], [4],
+                           significance_k=4, n_shuffles=2, n_init=1)
+    resnet, mlp = report.models
+    tested = [lb for lb in resnet.layers if lb.significance is not None]
+    convs = [lb for lb in tested if lb.kind == "conv2d"]  # each followed by a BatchNorm; the Linear head is not
+    note = [n for n in resnet.notes if "conservative" in n]
+    assert 0 < len(convs) < len(tested) and len(note) == 1
+    assert note[0].startswith(f"{len(convs)} of {len(tested)} shuffle-tested layers")
+    assert not any("conservative" in n for n in mlp.notes)
+    assert "conservative" in format_report(report)
+    quiet = run_benchmark([ModelSource(path=str(path))], [4], significance_k=4, n_shuffles=0)
+    assert not any("conservative" in n for n in quiet.models[0].notes)  # no shuffle test, no note

@@ -175,6 +175,19 @@ def _check_ks(ks: Sequence[int], significance_k: Optional[int]) -> List[int]:
     return ks
 
 
+def _scaled_tested(tasks: list, layers: List[LayerBenchmark]) -> List[str]:
+    """The shuffle-tested layers with a normalisation folded into their weights (per-channel scales)."""
+    return [lb.layer for (layer, *_), lb in zip(tasks, layers) if layer.folded and lb.significance is not None]
+
+
+def _scaled_note(scaled: List[str], layers: List[LayerBenchmark]) -> str:
+    tested = sum(lb.significance is not None for lb in layers)
+    return (f"{len(scaled)} of {tested} shuffle-tested layers have a normalisation folded into their weights "
+            f"(e.g. {', '.join(scaled[:3])}): the shuffles do not keep the per-channel scales this gives them, and "
+            "a layer with such scales but no other structure scores below its shuffles, so on these layers the test "
+            "is conservative (a large p is weak evidence of no structure)")
+
+
 def _describe(source: ModelSource) -> str:
     if source.kind == "file":
         return str(source.path)
@@ -285,7 +298,9 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     models = []
     for source, name, structure, notes, tasks, skipped, load_seconds in loaded:
         layers = [next(results) for _ in tasks]
-        models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped, notes,
+        scaled = _scaled_tested(tasks, layers)
+        models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped,
+                                     notes + ([_scaled_note(scaled, layers)] if scaled else []),
                                      load_seconds + sum(lb.seconds for lb in layers)))
     settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
                 "random_state": random_state, "device": str(resolve_device(device))}
