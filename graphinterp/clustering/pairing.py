@@ -90,10 +90,9 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
     canon_c, maps_c = canonical(cols, k)
     first = unique_rows(np.concatenate([canon_r, canon_c], 1))[0]
     rows, cols, canon_c, maps_c = rows[first], cols[first], canon_c[first], maps_c[first]
-    # a canonical labelling numbers its clusters 0, 1, ... in order of appearance, so one of the k
-    # clusters is empty exactly when its largest label is below k - 1 (no bincount needed)
-    empty_r, empty_c = canon_r[first].max(1) < k - 1, canon_c.max(1) < k - 1
     T = len(rows)
+    row_sizes, own_col_sizes = _sizes(rows, k), _sizes(cols, k)
+    empty_r, empty_c = (row_sizes == 0).any(1), (own_col_sizes == 0).any(1)
     P_canon = _column_masses(sp.A[copy], scatter_batch(canon_c, sp.live_c, 0), k)  # (T, m, k), canonical columns
     full_r = torch.from_numpy(scatter_batch(rows, sp.live_r, 0))
     masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, full_r[:, :, None].expand(P_canon.shape), P_canon)
@@ -102,8 +101,8 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
     scale = 1.0 / total if total > 0 else 0.0
     new_labels = np.stack([matching(masses[t]) for t in range(T)])  # (T, k): column cluster b -> row cluster
     E = masses[np.arange(T)[:, None], new_labels, np.arange(k)].sum(1) * scale
-    row_sizes, col_sizes = _sizes(rows, k), np.zeros((T, k), dtype=np.int64)
-    np.put_along_axis(col_sizes, new_labels, _sizes(cols, k), 1)  # in the matched labels
+    col_sizes = np.zeros((T, k), dtype=np.int64)
+    np.put_along_axis(col_sizes, new_labels, own_col_sizes, 1)  # in the matched labels
     repaired = {}
     for t in np.flatnonzero(empty_r | empty_c):
         r, c = rows[t], new_labels[t][cols[t]]
