@@ -106,16 +106,51 @@ def test_scales_that_cannot_be_folded_are_listed():
     g = trace_graph(_ScaledAfterActivation().eval(), input_shape=(5, 4))
     un = g.coverage.unfolded
     assert "a single parameter value (2.0)" in un["alpha"]
-    assert "computed from buffers" in un["positional"] and "not one value per node" in un["positional"]
+    assert "from buffers" in un["positional"] and "not one value per node" in un["positional"]
     assert any(line.startswith("not folded:") for line in g.coverage.summary_lines())
+
+
+class _ScaledByConstants(nn.Module):
+    """``fc2(relu(fc1(x)) * s)`` with ``s`` a product of two parameters, a plain tensor attribute (not a buffer:
+    not in the state_dict) or a plain scalar tensor attribute; each was dropped without a word (coverage complete)."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.g = nn.Parameter(torch.tensor([1.0, -5.0, 0.01, 100.0, 1.0, 1.0]))
+        self.h = nn.Parameter(torch.full((6,), 2.0))
+        self.plain = torch.tensor([1.0, -5.0, 0.01, 100.0, 1.0, 1.0])
+        self.scalar = torch.tensor(3.0)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        s = {"two parameters": lambda: self.g * self.h, "attribute": lambda: self.plain,
+             "scalar attribute": lambda: self.scalar}[self.how]()
+        return self.fc2(h * s)
+
+
+@pytest.mark.parametrize("how", ["two parameters", "attribute"])
+def test_a_scale_by_several_parameters_or_a_tensor_attribute_is_folded_exactly(how):
+    torch.manual_seed(0)
+    model = _ScaledByConstants(how).eval()
+    g = trace_graph(model, example=torch.randn(3, 4))
+    scale = (model.g * model.h if how == "two parameters" else model.plain).detach()
+    torch.testing.assert_close(g["fc2"].weight, model.fc2.weight.detach() * scale[None, :])
+    assert g.coverage.folded and not g.coverage.unfolded
+
+
+def test_a_scalar_tensor_attribute_after_an_activation_is_listed():
+    g = trace_graph(_ScaledByConstants("scalar attribute").eval(), example=torch.randn(3, 4))
+    assert "a single constant value (3.0)" in g.coverage.unfolded["scalar"]
 
 
 class _InPlaceLayerScale(nn.Module):
     """``y.mul_(gamma)`` (layer_scale written in place), optionally with ``y`` read before it is scaled."""
 
-    def __init__(self, read_before: bool, d=6):
+    def __init__(self, read_before: bool, d=6, through_view: bool = False):
         super().__init__()
-        self.read_before = read_before
+        self.read_before, self.through_view = read_before, through_view
         self.stem, self.fc1, self.fc2, self.head = nn.Linear(4, d), nn.Linear(d, 8), nn.Linear(8, d), nn.Linear(d, 3)
         self.gamma = nn.Parameter(torch.rand(d) + 0.5)
 
@@ -123,7 +158,7 @@ class _InPlaceLayerScale(nn.Module):
         h = self.stem(x)
         y = self.fc2(torch.relu(self.fc1(h)))
         raw = torch.relu(y) if self.read_before else 0
-        y.mul_(self.gamma)
+        (y.view(-1, y.shape[-1]) if self.through_view else y).mul_(self.gamma)
         return self.head(h + y + raw)
 
 
@@ -137,3 +172,17 @@ def test_a_layer_scale_applied_in_place_is_folded_unless_the_raw_output_was_read
     g = trace_graph(model, input_shape=(4,))
     torch.testing.assert_close(g["fc2"].weight, model.fc2.weight.detach(), rtol=0, atol=0)
     assert "gamma" in g.coverage.unfolded and not g.coverage.folded
+
+
+@pytest.mark.parametrize("read_before", [False, True])
+def test_a_layer_scale_applied_in_place_through_a_view_is_folded_unless_the_raw_output_was_read(read_before):
+    """``y.view(...).mul_(gamma)`` after ``relu(y)`` read the raw ``y``: the fold scaled that path too."""
+    torch.manual_seed(0)
+    model = _InPlaceLayerScale(read_before=read_before, through_view=True).eval()
+    g = trace_graph(model, input_shape=(4,))
+    if read_before:
+        torch.testing.assert_close(g["fc2"].weight, model.fc2.weight.detach(), rtol=0, atol=0)
+        assert "gamma" in g.coverage.unfolded and not g.coverage.folded
+    else:
+        torch.testing.assert_close(g["fc2"].weight, (model.fc2.weight * model.gamma[:, None]).detach())
+        assert g.coverage.folded == ["fc2: gamma (scale)"]

@@ -274,6 +274,31 @@ def test_a_batchnorm_without_running_statistics_is_reported_unfolded():
     assert torch.equal(g["0"].weight, model[0].weight)
 
 
+def test_a_batch_norm_called_in_training_mode_is_reported_unfolded():
+    """F.batch_norm(..., training=True) normalises by the batch's statistics: its running variance was folded."""
+
+    class BatchStats(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn, self.c2 = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+            self.bn.running_var.uniform_(0.1, 4.0)
+
+        def forward(self, x):
+            bn = self.bn
+            h = F.batch_norm(self.c1(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, True, 0.0, bn.eps)
+            return self.c2(F.relu(h))
+
+    torch.manual_seed(0)
+    model = BatchStats().eval()
+    g = trace_graph(model, input_shape=(3, 8, 8))
+    assert "training=True" in g.coverage.unfolded["bn"]
+    assert torch.equal(g["c1"].weight, model.c1.weight)
+    eval_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1)).train()
+    eval_bn[1].running_var.uniform_(0.1, 4.0)  # a module in training mode is traced in eval mode: folded
+    g = trace_graph(eval_bn, input_shape=(3, 8, 8))
+    assert not g.coverage.unfolded and not torch.equal(g["0"].weight, eval_bn[0].weight)
+
+
 def test_building_a_graph_leaves_the_model_in_its_mode():
     """load_graph(module) switched a model in training to eval mode and left it there (dropout off)."""
     from graphinterp import load_graph

@@ -151,6 +151,26 @@ def test_state_dict_errors_and_layer_by_layer_fallback():
     assert not g.chained and any("residual" in n for n in g.coverage.notes)
 
 
+def test_state_dict_guesses_about_convolutions_are_said():
+    """A state_dict cannot tell a ConvTranspose2d weight (in, out, ...) from a Conv2d weight (out, in, ...):
+    the inferred groups and the orientation of a linked graph's convolutions are stated as guesses."""
+    from graphinterp.graph.load import OpenedModel, model_graph
+    from graphinterp.graph.state_graph import CONV_LAYOUT_NOTE
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.ConvTranspose2d(8, 4, 2, 2), nn.ReLU(), nn.Conv2d(4, 3, 1))
+    g = LayeredGraph.from_state_dict(model.state_dict())
+    assert g["2"].groups == 2  # (8, 4, 2, 2) read as 8 -> 8 in 2 groups: a guess, and said to be one
+    assert any(n.startswith("layer '2': groups=2 is a guess") for n in g.coverage.notes)
+    square = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, 2), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    opened = OpenedModel("sd", "state_dict", None, square.state_dict())
+    g = model_graph(opened)
+    assert g.chained and g["2"].groups == 1 and CONV_LAYOUT_NOTE in opened.notes
+    mlp = OpenedModel("sd", "state_dict", None, nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).state_dict())
+    model_graph(mlp)
+    assert CONV_LAYOUT_NOTE not in mlp.notes and not any("groups=" in n for n in g.coverage.notes)
+
+
 def test_third_party_state_dicts(pretrained_dir):
     sd = torch.load(pretrained_dir / "cifar-cnn.pth", map_location="cpu", weights_only=True)
     g = LayeredGraph.from_state_dict(sd)

@@ -23,7 +23,7 @@ from torch import nn
 
 from graphinterp.common.errors import InvalidWeightsError, ModelFileError, UnsupportedModelError
 from graphinterp.common.text import first_line
-from graphinterp.graph.state_graph import CHAIN_GUESS_NOTE, NORMS_NOTE
+from graphinterp.graph.state_graph import CHAIN_GUESS_NOTE, CONV_LAYOUT_NOTE, NORMS_NOTE
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["OpenedModel", "open_model", "opened_from_loaded", "model_graph", "load_graph", "graph_structure"]
@@ -308,8 +308,9 @@ def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = Tr
               "nothing is traced") if input_shape is not None else None
     if unused and unused not in opened.notes:
         opened.notes.append(unused)
-    if graph.chained and len(graph.layers) > 1 and CHAIN_GUESS_NOTE not in opened.notes:
-        opened.notes.append(CHAIN_GUESS_NOTE)
+    if graph.chained and len(graph.layers) > 1:
+        guesses = [CHAIN_GUESS_NOTE] + ([CONV_LAYOUT_NOTE] if any(l.kind != "linear" for l in graph.layers) else [])
+        opened.notes.extend(note for note in guesses if note not in opened.notes)
     if graph.coverage is not None and not fold:  # nothing was asked to be folded: no note that it could not be
         graph.coverage.notes = {k: v for k, v in graph.coverage.notes.items() if not k.startswith(NORMS_NOTE)}
     return graph

@@ -7,8 +7,11 @@ returned :class:`~graphinterp.graph.coverage.Coverage`:
 * 2-D ``*.weight`` tensors are Linear layers, 3-D Conv1d, 4-D Conv2d, 5-D Conv3d;
 * HuggingFace GPT-2 ``Conv1D`` weights (``c_attn``, ``c_fc``, ``c_proj``) are stored ``(in, out)``
   and read transposed;
+* convolution weights are read in Conv layout, ``(out, in, ...)``: a transposed convolution's
+  ``(in, out, ...)`` weight cannot be told apart, so a linked graph with convolutions says so
+  (:data:`CONV_LAYOUT_NOTE`, beside :data:`CHAIN_GUESS_NOTE`);
 * grouped and depthwise convolutions get ``groups`` from the shapes (in-channels per group
-  against the previous layer's outputs);
+  against the previous layer's outputs), a guess that is noted layer by layer;
 * embeddings (by the last part of the name: ``embed``, ``wte``, ``wpe``, ``*_embeddings``), recurrent
   weights (``weight_ih_l0``) and other tensors are listed as not covered, with the reason; tensors
   sharing storage (and copies of an embedding) count once and are listed as tied;
@@ -126,6 +129,9 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
         if prev_out is not None:
             if kind != "linear" and n_in != prev_out and prev_out % n_in == 0 and weight.shape[0] % (prev_out // n_in) == 0:
                 groups = prev_out // n_in  # grouped / depthwise convolution
+                notes[f"layer {name!r}: groups={groups} is a guess from the shapes ({n_in} input channels per group "
+                      f"against the {prev_out} outputs of the layer before); a state_dict does not store groups, and a "
+                      f"transposed convolution's weight, stored (in, out, ...), can look the same"] = 1
             elif kind == "linear" and prev_kind != "linear" and n_in % prev_out == 0 and n_in != prev_out:
                 in_groups = prev_out  # a Linear after a Flatten of conv channels
             elif n_in != prev_out or (kind != "linear" and prev_kind == "linear"):
@@ -150,6 +156,12 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
 CHAIN_GUESS_NOTE = ("no architecture: the layers are linked in key order because their shapes chain (a guess; load "
                     "the model as a module, a graphinterp checkpoint, or the architecture's torchvision name with the "
                     "file (analyze NAME --weights FILE, benchmark --arch NAME --weights FILE) for a traced graph)")
+
+
+#: The note on a linked state_dict graph with convolutions: their orientation is read from the layout, not known.
+CONV_LAYOUT_NOTE = ("no architecture: convolution weights are read as Conv layers store them, (out, in, ...); a "
+                    "transposed convolution (ConvTranspose) stores (in, out, ...), and would be linked with its inputs "
+                    "and outputs swapped (a square one without any sign of it)")
 
 
 #: The start of the note on a state_dict's normalisation tensors, which a graph without an architecture cannot fold.

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 
-from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds
+from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds, layer_name
 from graphinterp.graph.trace_folds import RETURNED, settle
 from graphinterp.graph.trace_rules import apply_rule
 from graphinterp.graph.trace_ties import TieOwners, embedding_ties
@@ -84,9 +84,11 @@ class ChannelTracer(TorchFunctionMode):
         # a tensor computed from one parameter alone (gamma.view(1, -1, 1, 1), Gemma's 1 + weight, a cast):
         # id -> (parameter name, flat index into it of each element or None, whether the values are the parameter's)
         self._derived: Dict[int, Tuple[str, Optional[torch.Tensor], bool]] = {}
-        # a tensor computed from buffers (and parameters) alone, not from the input: id -> the module whose buffer
-        # it reads (FrozenBatchNorm2d's weight * (running_var + eps).rsqrt()); such a scale is folded or reported
+        # a tensor computed from buffers, plain tensor attributes or several parameters alone, not from the input:
+        # id -> the module it comes from (FrozenBatchNorm2d's weight * (running_var + eps).rsqrt(), g * h); such a
+        # scale is folded or reported
         self._const: Dict[int, str] = {id(b): name.rpartition(".")[0] or name for name, b in model.named_buffers()}
+        self._const.update(_tensor_attributes(model, self._const))
         self._keep: List[Any] = []
         self.inplace_direct: Optional[int] = None  # the layer whose raw output the in-place op being applied modifies
         self._uses: Counter = Counter()
@@ -275,19 +277,25 @@ class ChannelTracer(TorchFunctionMode):
         self._keep.append(out)
 
     def constant_owner(self, t: Any) -> Optional[str]:
-        """The module whose buffers ``t`` was computed from (with parameters, but not the input), or None."""
+        """The module whose buffers (or tensor attributes, or several parameters) ``t`` was computed from, not
+        from the input; None otherwise (a parameter, or a tensor from one parameter alone: :meth:`param_of`)."""
         if not isinstance(t, torch.Tensor):
             return None
         return self._const.get(id(t))
 
     def _constant(self, tensors: List[torch.Tensor], out: torch.Tensor) -> None:
-        """Record ``out`` as a constant when its tensor operands are buffers, parameters or constants, one a buffer."""
-        if not self._const:
-            return
+        """Record ``out`` as a constant when its tensor operands are buffers, parameters or constants: one of
+        them a buffer or constant, or two parameters or more (one alone is :meth:`_derive`'s)."""
         owners = [self.constant_owner(t) for t in tensors]
-        if not any(owners) or not all(o or self.is_param_like(t) for o, t in zip(owners, tensors)):
+        if not tensors or not all(o or self.is_param_like(t) for o, t in zip(owners, tensors)):
             return
-        self._const[id(out)] = next(o for o in owners if o)
+        if any(owners):
+            self._const[id(out)] = next(o for o in owners if o)
+        elif len(tensors) >= 2:
+            src = self.param_of(tensors[0])
+            self._const[id(out)] = layer_name(src[0]) if src is not None else "parameters"
+        else:
+            return
         self._keep.append(out)
 
     def _setitem(self, args) -> None:
@@ -390,3 +398,19 @@ def _has_tensor(out: Any) -> bool:
     if isinstance(out, torch.Tensor):
         return True
     return isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
+
+
+def _tensor_attributes(model: torch.nn.Module, known: Dict[int, str]) -> Dict[int, str]:
+    """Tensors held as plain attributes of ``model``'s modules (neither parameters nor buffers): id -> module name.
+
+    They are constants of the forward like buffers, but not in the state_dict; a scale by one is folded
+    or reported as buffers are.
+    """
+    params = {id(p) for p in model.parameters()}
+    out: Dict[int, str] = {}
+    for mname, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not attr.startswith("_") and id(value) not in params \
+                    and id(value) not in known:
+                out[id(value)] = f"{mname}.{attr}" if mname else attr
+    return out

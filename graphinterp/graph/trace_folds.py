@@ -97,9 +97,12 @@ def _producer(tr, x: torch.Tensor, out):
     """``(layer, via)``: the weight layer whose raw output ``x`` is (or None), and the tensor a fold into it reads.
 
     ``y.mul_(gamma)`` scales ``y`` in place: ``y`` was the layer's raw output until this operation, and
-    nothing can read its raw values afterwards, so the fold reads a stand-in (unless ``y`` was read before)."""
+    nothing can read its raw values afterwards, so the fold reads a stand-in (unless ``y`` was read before,
+    or, for ``y.view(...).mul_(gamma)``, the tensor ``y`` is a view of)."""
     layer = tr._direct.get(id(x))
-    if layer is not None or x is not out or tr.inplace_direct is None or tr._out_folds.reads.get(id(x)):
+    reads = tr._out_folds.reads
+    if layer is not None or x is not out or tr.inplace_direct is None or reads.get(id(x)) or (
+            x._base is not None and reads.get(id(x._base))):
         return layer, x
     return tr.inplace_direct, torch.empty(0)
 
@@ -160,10 +163,11 @@ def batch_norm(tr, args, kwargs, out) -> None:
     weight, eps = _arg(args, kwargs, 3, "weight"), _arg(args, kwargs, 7, "eps", 1e-5)
     name = (T.layer_name(tr.param_names[id(weight)]) if weight is not None and id(weight) in tr.param_names
             else tr.buffer_owner.get(id(var), "batchnorm"))  # affine=False: named after its statistics' module
-    if var is None:  # no running statistics: it divides by each batch's own spread, which no weight can hold
-        tr.unfolded[name] = ("BatchNorm without running statistics (track_running_stats=False): it normalises by "
-                             "each batch's own statistics, so no fixed scale can be folded; the graph's weights "
-                             "around it are the raw parameters")
+    if var is None or _arg(args, kwargs, 5, "training", False):  # each batch's own spread, which no weight can hold
+        why = ("without running statistics (track_running_stats=False)" if var is None else
+               "called with training=True (F.batch_norm, or a BatchNorm module in training mode)")
+        tr.unfolded[name] = (f"BatchNorm {why}: it normalises by each batch's own statistics, so no fixed scale can be "
+                             "folded; the graph's weights around it are the raw parameters")
         return
     if not tr.fold:
         tr.unfolded[name] = NOT_FOLDING
@@ -209,7 +213,8 @@ def norm(tr, name: str, args, kwargs, out) -> None:
     if source is None:
         owner = tr.constant_owner(weight)
         if owner is not None:
-            tr.unfolded[owner] = f"{name} gain computed from buffers: not folded; the graph's weights around it are raw"
+            tr.unfolded[owner] = (f"{name} gain computed from buffers or several parameters: not folded; the graph's "
+                                  "weights around it are raw")
         else:
             tr.notes[f"{name} with a gain computed from the input (adaptive normalisation): not folded, the graph's "
                      "weights around it are raw"] += 1

@@ -67,6 +67,6 @@ def unfolded_operand(tr: Any, where: str, c: Optional[torch.Tensor]) -> None:
     if not tr.fold:
         tr.unfolded[key] = NOT_FOLDING
         return
-    tr.unfolded.setdefault(key, f"a scale by a {'parameter' if src is not None else 'buffer'} inside {where}, "
+    tr.unfolded.setdefault(key, f"a scale by a {'parameter' if src is not None else 'constant tensor'} inside {where}, "
                                 "which the tracer does not fold (x * scale it can); the graph's weights around it "
                                 "are the raw parameters")

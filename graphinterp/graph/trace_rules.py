@@ -279,8 +279,9 @@ def _one_node(tr, ids: torch.Tensor) -> bool:
 
 
 def _unfolded_scale(tr, name: str, tensors) -> None:
-    """List in ``unfolded`` a scale by a parameter or a constant that was not folded (the graph's weights
-    around it are the raw parameters): never a silent difference between the graph and the model."""
+    """List in ``unfolded`` a scale by a parameter or a constant (buffers, tensor attributes, several parameters:
+    ``constant_owner``) that was not folded (the graph's weights around it are the raw parameters): never a
+    silent difference between the graph and the model."""
     x, c = scale_operands(tr, name, tensors)
     if x is None:
         return
@@ -291,12 +292,12 @@ def _unfolded_scale(tr, name: str, tensors) -> None:
     if not tr.fold:
         tr.unfolded[where] = NOT_FOLDING
     elif c.numel() == 1:
-        tr.unfolded.setdefault(where, f"a single {'parameter' if src is not None else 'buffer'} value "
+        tr.unfolded.setdefault(where, f"a single {'parameter' if src is not None else 'constant'} value "
                                       f"({float(c.detach())}) scaling a tensor that no weight layer produced directly "
                                       "(e.g. after an activation): not folded; the graph's weights around it are the "
                                       "raw parameters")
     else:
-        what = "a parameter" if src is not None else "a tensor computed from buffers"
+        what = "a parameter" if src is not None else "a constant tensor (from buffers, tensor attributes or parameters)"
         op = "division by" if name in DIVS else "scale by"
         tr.unfolded.setdefault(where, f"a {op} {what} that is not one value per node of the tensor it "
                                       f"{'divides' if name in DIVS else 'multiplies'}: no weight layer can hold it; "
