@@ -22,7 +22,8 @@ from graphinterp import DATASETS
 from graphinterp.cli._options import POSITIVE_INT
 
 __all__ = ["require_chain", "open_for_eval", "runnable_for", "note_missing", "data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
-           "inputs_note", "coverage_note", "limit_rows", "limit_note", "check_outputs", "inputs_error"]
+           "inputs_note", "coverage_note", "coverage_line", "coverage_lines", "coverage_json", "limit_rows", "limit_note", "check_outputs",
+           "inputs_error"]
 
 
 def data_options(f):
@@ -157,6 +158,37 @@ def coverage_note(path: str, graph, notes: List[str]) -> None:
                     "whole)" if outside else ""))
 
 
+def coverage_line(coverage, who: str = "") -> Optional[str]:
+    """The report's first line: ``coverage: N of M weights in the graph (x%)`` (``who``: whose, when two models
+    are reported); None without a coverage. What is left out is in :func:`coverage_note`'s note.
+
+    Examples
+    --------
+    >>> from graphinterp.graph.coverage import Coverage
+    >>> coverage_line(Coverage(100, 90, []), "b.pt")
+    'coverage (b.pt): 90 of 100 weights in the graph (90.0%)'
+    """
+    if coverage is None:
+        return None
+    line = coverage.summary_lines()[0]
+    return line.replace("coverage:", f"coverage ({who}):", 1) if who else line
+
+
+def coverage_lines(coverage, who: str = "", details: bool = False) -> List[str]:
+    """:func:`coverage_line`, and with ``details`` what is not covered, tied, not folded or approximated (the
+    lines ``analyze`` prints; for a transformer, whose graph :func:`coverage_note` does not describe)."""
+    line = coverage_line(coverage, who)
+    if line is None:
+        return []
+    more = [text for text in coverage.summary_lines()[1:] if not text.startswith("folded:")] if details else []
+    return [line, *more]
+
+
+def coverage_json(coverage) -> Optional[dict]:
+    """The coverage as ``analyze --json`` gives it (None without one)."""
+    return None if coverage is None else coverage.to_dict()
+
+
 def note_missing(names: List[str], where: str, notes: List[str]) -> None:
     """Append which classes have no example in ``where`` (left out of the table and the figure), if any."""
     if names:
@@ -208,24 +240,31 @@ def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Opt
     return data.subset(limit, seed=seed) if limit is not None else data
 
 
-def check_outputs(graph, data, path: str) -> None:
-    """Raise DataError unless the model has one output per class of ``data``."""
+def check_outputs(graph, data, path: str, compared_with: Optional[str] = None) -> None:
+    """Raise DataError unless the model has one output per class of ``data``; ``compared_with``: the MODEL
+    whose data a ``--compare`` model is run on (the data is MODEL's, so --dataset is not the fix)."""
     from graphinterp import DataError
 
     n_out = graph.layers[-1].n_out
     if n_out != len(data.classes):
-        raise DataError(f"{path} has {n_out} outputs but {data.name} has {len(data.classes)} classes; "
-                        "pass the dataset the model was trained on with --dataset")
+        fix = (f"--compare needs a model of the same task as {compared_with}" if compared_with else
+               "pass the dataset the model was trained on with --dataset")
+        raise DataError(f"{path}{' (--compare)' if compared_with else ''} has {n_out} outputs but {data.name} has "
+                        f"{len(data.classes)} classes; {fix}")
 
 
-def inputs_error(path: str, data, defaulted: bool, detail: str = "") -> Exception:
+def inputs_error(path: str, data, defaulted: bool, detail: str = "", compared_with: Optional[str] = None) -> Exception:
     """The error for a model that cannot run on the inputs of ``data`` (its loader's message names
-    ``--input-shape``, which these commands take from the dataset); ``detail``: the model's own error."""
+    ``--input-shape``, which these commands take from the dataset); ``detail``: the model's own error;
+    ``compared_with``: as in :func:`check_outputs`."""
     from graphinterp import DataError
 
     shape = "x".join(str(s) for s in data.x.shape[1:])
-    default = ", the default evaluation data" if defaulted else ""
     why = f" (running it failed with {detail})" if detail else ""
+    if compared_with:
+        return DataError(f"{path} (--compare) does not take the {shape} inputs of {data.name}, which {compared_with} "
+                         f"is evaluated on{why}; --compare needs a model trained on the same data as {compared_with}")
+    default = ", the default evaluation data" if defaulted else ""
     return DataError(f"{path} does not take the {shape} inputs of {data.name}{default}{why}; pass the dataset it "
                      "was trained on with --dataset (and --data-dir)")
 
@@ -252,16 +291,18 @@ def open_for_eval(model: str, stored, dataset, split: str, data_dir, limit, seed
     return (data, *runnable_for(model, data, defaulted, trust_pickle, notes))
 
 
-def runnable_for(model: str, data, defaulted: bool, trust_pickle: bool, notes: List[str]):
+def runnable_for(model: str, data, defaulted: bool, trust_pickle: bool, notes: List[str],
+                 compared_with: Optional[str] = None):
     """MODEL as a runnable module for ``data``: ``(loaded, net, graph)``; a model that cannot read the data's inputs
-    or has another number of outputs is a clear error; coverage and precision notes go to ``notes``."""
+    or has another number of outputs is a clear error (for a ``--compare`` model, ``compared_with`` names the
+    model whose data it is); coverage and precision notes go to ``notes``."""
     from graphinterp import InputMismatchError, load_runnable
 
     try:
         loaded, net, graph = load_runnable(model, trust_pickle=trust_pickle, input_shape=tuple(data.x.shape[1:]))
     except InputMismatchError as err:
-        raise inputs_error(model, data, defaulted, err.detail) from err
-    check_outputs(graph, data, model)
+        raise inputs_error(model, data, defaulted, err.detail, compared_with) from err
+    check_outputs(graph, data, model, compared_with)
     coverage_note(model, graph, notes)
     if loaded.meta.get("cast_note"):
         notes.append(loaded.meta["cast_note"])

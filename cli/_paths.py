@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence
 
 import click
 
-__all__ = ["FIGURE_SUFFIXES", "check_output_path", "check_output_dir", "record_left_behind", "interrupted_message"]
+__all__ = ["FIGURE_SUFFIXES", "check_output_path", "check_output_dir", "record_left_behind", "interrupted_message",
+           "note_replaced_outputs"]
 
 #: Keys in ``click.Context.meta`` (shared by a command and the group): what an interrupted command
 #: left behind, in its own words, and the outputs it checked with their state before any work.
@@ -43,7 +44,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (), suffixes: Optional[Sequence[str]] = None,
-                      param_hint: Optional[str] = None) -> str:
+                      param_hint: Optional[str] = None, note_replaced: bool = True) -> str:
     """Check, before any work, that a file can be written at ``path``; return ``path`` as a string.
 
     Refused with :class:`click.BadParameter`, in this order:
@@ -55,7 +56,8 @@ def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (),
     * a folder that does not exist (``folder 'reslts' does not exist; create it first or fix the
       path``), a parent that is a file, or a folder in which no file can be created (read-only).
 
-    Nothing is created.
+    Nothing is created. An existing file may be replaced; when the command ends, a note says it was
+    (:func:`note_replaced_outputs`) unless ``note_replaced`` is False (a command that says so itself).
 
     Examples
     --------
@@ -89,18 +91,20 @@ def check_output_path(path, *, inputs: Sequence = (), input_dirs: Sequence = (),
         check_writable(p, parent_must_exist=True)
     except OutputPathError as err:
         raise click.BadParameter(str(err), param_hint=param_hint) from None
-    _declare(p, folder=False)
+    _declare(p, folder=False, note=note_replaced)
     return text
 
 
-def check_output_dir(path, *, param_hint: Optional[str] = None) -> str:
+def check_output_dir(path, *, param_hint: Optional[str] = None, note_stale: bool = True) -> str:
     """Check, before any work, that files can be written into the folder ``path``; return it as a string.
 
     An existing folder must be writable. A missing one is created later by the writer, but only
     as the last component of the path: its parent must exist and be writable (``mkdir``, not
     ``mkdir -p``). Refused with :class:`click.BadParameter`: an existing non-folder, a missing
     parent (``folder 'x' does not exist; create it first or fix the path``), a parent that is a
-    file, a folder in which nothing can be created. Nothing is created here.
+    file, a folder in which nothing can be created. Nothing is created here. When the command ends, a note
+    names the files the folder held before that it did not rewrite (:func:`note_replaced_outputs`), unless
+    ``note_stale`` is False (a command that says so itself).
 
     Examples
     --------
@@ -119,7 +123,7 @@ def check_output_dir(path, *, param_hint: Optional[str] = None) -> str:
         check_writable(p / ".graphinterp-probe" if p.is_dir() else p, parent_must_exist=True)
     except OutputPathError as err:
         raise click.BadParameter(str(err).replace(os.sep + ".graphinterp-probe", ""), param_hint=param_hint) from None
-    _declare(p, folder=True)
+    _declare(p, folder=True, note=note_stale)
     return text
 
 
@@ -176,11 +180,49 @@ def _files_in(folder: Path) -> dict:
         return {}
 
 
-def _declare(path: Path, *, folder: bool) -> None:
+def _declare(path: Path, *, folder: bool, note: bool = True) -> None:
     """Remember the checked output ``path`` (and, for a folder, its files) as it is before any work."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.meta.setdefault(_OUTPUTS, {})[path] = (folder, _files_in(path) if folder else _state(path))
+        if not note:
+            ctx.meta.setdefault(_SILENT, set()).add(path)
+
+
+_SILENT = "graphinterp.outputs_noted"  # declared outputs whose command says itself that it replaces them
+
+
+def note_replaced_outputs(ctx: Optional[click.Context]) -> List[str]:
+    """After a command has finished: notes (on stderr) on the existing files its outputs replaced, and on
+    the files an output folder held before that the command did not rewrite; returns them.
+
+    A report folder written twice (``benchmark --out report/``) would otherwise mix the figures of two
+    runs without a word: the second run's files are named by its models, and the first run's others stay.
+
+    Examples
+    --------
+    >>> note_replaced_outputs(None)
+    []
+    """
+    meta = ctx.meta if ctx is not None else {}
+    silent = meta.get(_SILENT, set())
+    notes = []
+    for path, (folder, before) in meta.get(_OUTPUTS, {}).items():
+        if not folder:
+            if before is not None and path not in silent and _state(path) not in (None, before):
+                notes.append(f"replaced the existing {os.fspath(path)}")
+            continue
+        now = _files_in(path)
+        if path in silent or not any(state != before.get(f) for f, state in now.items()):
+            continue  # nothing written there
+        stale = [f.name for f, state in now.items() if f in before and state == before[f]]
+        if stale:
+            listed = ", ".join(stale[:_LISTED]) + (f" and {len(stale) - _LISTED} more" if len(stale) > _LISTED else "")
+            notes.append(f"{os.fspath(path)} also holds {len(stale)} file(s) from before that this run did not write "
+                         f"({listed}): they are not part of this run's output")
+    for text in notes:
+        click.echo(f"note: {text}", err=True)
+    return notes
 
 
 def _changed(outputs: dict) -> List[Path]:

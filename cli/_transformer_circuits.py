@@ -143,18 +143,21 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
 
 
 def extract_transformer(path: str, ckpt: Dict[str, Any], data: TransformerData, labels, kwargs: Dict[str, Any]):
-    """``(None, clustering or None, circuits)`` of one transformer checkpoint."""
+    """``(None, clustering or None, circuits, coverage)`` of one transformer checkpoint (the coverage of its
+    traced graph: what the report leads with)."""
     from graphinterp import stored_clustering
     from graphinterp import build_model
     from graphinterp import extract_transformer_circuits
+    from graphinterp import trace_graph
 
     net = build_model(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
     clustering = stored_clustering(ckpt.get("clustering"))
     if labels == "all" and data.present is not None:
         labels = data.present
+    coverage = trace_graph(net, example=data.x[:2]).coverage
     circuits = extract_transformer_circuits(net, data.x, data.y, labels, label_names=data.classes, **kwargs)
-    return None, clustering, circuits
+    return None, clustering, circuits, coverage
 
 
 def _char_data(config, data, split, limit, seed, notes: List[str]) -> TransformerData:

@@ -12,7 +12,7 @@ from graphinterp.cli._common import (
     trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    data_options, limit_rows, note_missing, open_for_eval, require_chain,
+    coverage_json, coverage_lines, data_options, limit_rows, note_missing, open_for_eval, require_chain,
     read_checkpoint, transformer_checkpoint,
 )
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -119,7 +119,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
         full = class_accuracy(net, data, batch_size=batch_size, device=device)
         with ablate(net, graph, spec, mode=mode, reference=data, batch_size=batch_size):
             ablated = class_accuracy(net, data, batch_size=batch_size, device=device)
-        _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes)
+        _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes, graph.coverage)
         return
     if k is not None:
         from graphinterp import default_cluster_layers
@@ -147,8 +147,9 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "n_examples": len(data),
                    "k": clustering.k, "clustered_layers": clustering.layer_names, "clustering": source,
-                   "notes": notes, **result.to_dict()})
+                   "coverage": coverage_json(graph.coverage), "notes": notes, **result.to_dict()})
         return
+    _echo_coverage(graph.coverage)
     _echo_notes(notes)
     overall = result.overall()
     click.echo(f"{model}: k={clustering.k} clusters {source}; layers {', '.join(clustering.layer_names)}; "
@@ -159,6 +160,12 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     click.echo(format_table([[r[0], *map(float, r[1:])] for r in rows], ["", "all", *result.classes]))
     if plot_path:
         click.echo(f"wrote {plot_path}")
+
+
+def _echo_coverage(coverage, details: bool = False) -> None:
+    """The coverage line (what a chained model's graph leaves out is in its notes; ``details``: the lines here)."""
+    for line in coverage_lines(coverage, details=details):
+        click.echo(line)
 
 
 def _echo_notes(notes: List[str]) -> None:
@@ -175,7 +182,7 @@ def _note_chance(accuracy: float, y, notes: List[str], about: str = "its cluster
         notes.append(note)
 
 
-def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes) -> None:
+def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes, coverage=None) -> None:
     present = np.flatnonzero(np.isfinite(full))
     names = [data.classes[i] for i in present]
     note_missing([c for i, c in enumerate(data.classes) if i not in present],
@@ -188,8 +195,9 @@ def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, note
                    "neurons": spec, "classes": names, "full": full[present].tolist(),
                    "ablated": ablated[present].tolist(),
                    "overall": {"full": float(full[present] @ w), "ablated": float(ablated[present] @ w)},
-                   "notes": notes})
+                   "coverage": coverage_json(coverage), "notes": notes})
         return
+    _echo_coverage(coverage)
     _echo_notes(notes)
     click.echo(f"{model}: {mode}-ablating " + "; ".join(f"{k}: {len(v)} neuron(s)" for k, v in spec.items()))
     rows = [["full", float(full[present] @ w), *map(float, full[present])],
@@ -222,8 +230,9 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
         x, y = data["corpus"].windows(config.n_ctx, text)
         x, y = limit_rows(x, y, limit, seed, f"windows of {config.n_ctx} characters in the {text} text", notes)
         what = f"{len(x)} windows of the {text} text ({y.numel():,} next-character predictions)"
+    graph = trace_graph(net, example=x[:2])  # its coverage leads the report; --k clusters its MLP blocks
     if k is not None:
-        clustering = cluster_mlp_blocks(trace_graph(net, example=x[:2]), k, random_state=seed)
+        clustering = cluster_mlp_blocks(graph, k, random_state=seed)
         source = f"clustered now (k={k}, BSGC per MLP block)"
     elif ckpt["clustering"]:
         clustering = stored_clustering(ckpt["clustering"])
@@ -246,8 +255,10 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     if as_json:
         emit_json({"model": str(path), "task": config.task, "split": split, "n_examples": len(x),
                    "n_predictions": int(y.numel()), "k": clustering.k, "clustered_layers": clustering.layer_names,
-                   "clustering": source, "notes": notes, **result.to_dict()})
+                   "clustering": source, "coverage": coverage_json(graph.coverage), "notes": notes,
+                   **result.to_dict()})
         return
+    _echo_coverage(graph.coverage, details=True)  # the clusters are the MLP blocks' units (named below)
     _echo_notes(notes)
     overall, spec = result.overall(), specialisation(result)
     click.echo(f"{path}: transformer ({config.task}), k={clustering.k} clusters {source}; MLP layers "

@@ -3,7 +3,7 @@ al.), against a null model, the weight clusters and, with --reinit, the same arc
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, Optional
 
 import click
 
@@ -12,7 +12,7 @@ from graphinterp.cli._common import (
     parse_layers, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    data_options, open_for_eval, read_checkpoint, require_chain, transformer_checkpoint,
+    coverage_json, coverage_line, data_options, open_for_eval, read_checkpoint, require_chain, transformer_checkpoint,
 )
 
 __all__ = ["command", "parse_kinds"]
@@ -145,10 +145,10 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
         _plot(model, result, plot_path)
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "weight_clusters": source,
-                   "notes": notes, **result.to_dict(),
+                   "coverage": coverage_json(graph.coverage), "notes": notes, **result.to_dict(),
                    **({"reinitialised": reference.to_dict()} if reference is not None else {})})
         return
-    _print(model, data, split, result, source, notes, reference)
+    _print(model, data, split, result, source, notes, reference, coverage_line(graph.coverage))
     if plot_path:
         click.echo(f"wrote {plot_path}")
 
@@ -166,7 +166,9 @@ def _plot(model, result, path) -> None:
                      title=f"{plain_text(model)}: association between units", out=path)
 
 
-def _print(model, data, split, result, source, notes, reference=None) -> None:
+def _print(model, data, split, result, source, notes, reference=None, coverage: Optional[str] = None) -> None:
+    if coverage:
+        click.echo(coverage)
     for text in notes:
         click.echo(f"note: {text}")
     click.echo(f"{model}: k={result.k} clusters per level from association matrices on {result.n_examples:,} "

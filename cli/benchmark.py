@@ -105,7 +105,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
                                  "give 2 or more (p goes down to 1/(N+1)), or 0 for no shuffle test",
                                  param_hint="--shuffles")
     ks = parse_k_values(k_text, param_hint="--k")
-    check_output_dir(out_dir, param_hint="--out")
+    check_output_dir(out_dir, param_hint="--out", note_stale=False)  # its own note names an earlier report's files
     _refuse_overwriting_inputs(out_dir, list(models) + list(weights))
     try:
         report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,

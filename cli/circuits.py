@@ -14,8 +14,8 @@ from graphinterp.cli._common import (
 )
 from graphinterp.cli._options import refuse_given
 from graphinterp.cli._eval_data import (
-    data_options, inputs_note, load_eval_data, note_missing, read_checkpoint, resolve_dataset, runnable_for,
-    transformer_checkpoint,
+    coverage_json, coverage_lines, data_options, inputs_note, load_eval_data, note_missing, read_checkpoint,
+    resolve_dataset, runnable_for, transformer_checkpoint,
 )
 from graphinterp.cli._circuit_report import (
     echo_heldout, echo_notes, echo_stopped, heldout_scope, more_or_fewer, percent, span, stopped_note,
@@ -46,12 +46,13 @@ def _bar_plot(circuits, title: str, weights: str, out: str) -> None:
                        title=title, weights=weights, out=out)
 
 
-def _extract(path, data, labels, trust_pickle, kwargs, notes, defaulted=False):
+def _extract(runnable, data, labels, kwargs):
+    """``(graph, clustering, circuits, coverage)`` of a model loaded by :func:`runnable_for`."""
     from graphinterp import extract_circuits, stored_clustering
 
-    loaded, net, graph = runnable_for(path, data, defaulted, trust_pickle, notes)
+    loaded, net, graph = runnable
     clustering = stored_clustering(loaded.clustering, graph)
-    return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs)
+    return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs), graph.coverage
 
 
 def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> List[str]:
@@ -213,7 +214,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus, notes=notes)
         labels = resolve_labels(labels, data.vocabulary, model)
         check_examples(labels, data.y, data.classes, data.name)
-        graph, clustering, circuits = extract_transformer(model, ckpts[0], data, labels, kwargs)
+        graph, clustering, circuits, coverage = extract_transformer(model, ckpts[0], data, labels, kwargs)
     else:
         check_examples(labels, data.y, data.classes, data.name)
         if labels == "all":  # the labels present, as ablate's table: a class without examples has no task
@@ -221,18 +222,22 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
             absent = [str(data.classes[c]) for c in range(len(data.classes)) if c not in present]
             note_missing(absent, f"the {len(data.y):,} examples", notes)
             labels = present if absent else labels
-        graph, clustering, circuits = _extract(model, data, labels, trust_pickle, kwargs, notes, defaulted)
+        runnable = runnable_for(model, data, defaulted, trust_pickle, notes)
+        # the --compare model is loaded and checked against the data now, not after MODEL's circuits
+        runnable_b = runnable_for(other, data, defaulted, trust_pickle, notes, compared_with=model) if other else None
+        graph, clustering, circuits, coverage = _extract(runnable, data, labels, kwargs)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}
     comparison: Optional[CircuitComparison] = None
+    coverage_b = None
     written: List[str] = []
     if graphml_dir:
         written += _write_graphml(graphml_dir, _stem(model), graph, clustering, circuits)
     if other:
         if ckpts[1] is not None:
-            graph_b, clustering_b, circuits_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
+            graph_b, clustering_b, circuits_b, coverage_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
         else:
-            graph_b, clustering_b, circuits_b = _extract(other, data, labels, trust_pickle, kwargs, notes, defaulted)
+            graph_b, clustering_b, circuits_b, coverage_b = _extract(runnable_b, data, labels, kwargs)
         # a: the --compare model (e.g. the unclustered baseline), b: MODEL; changes are reported a -> b
         comparison = CircuitComparison.from_circuits(circuits_b, circuits, names=(_stem(other), _stem(model)))
         if graphml_dir:
@@ -253,18 +258,25 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                    "score": None if authors else score,
                    "tolerance": None if authors else {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
                    "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
-                                for c, ci in circuits.items()], "graphml": written, "notes": list(notes)}
+                                for c, ci in circuits.items()], "graphml": written,
+                   "coverage": coverage_json(coverage), "notes": list(notes)}
         payload["notes"] += [n for n in (stopped_note(circuits), comparison is not None and stopped_note(
             comparison.circuits_a, f"{other}: ")) if n]  # the table's upper-bound warning, for --json readers too
         if comparison is not None:
-            payload["compare"] = {"model": str(other), **comparison.to_dict(),
+            payload["compare"] = {"model": str(other), **comparison.to_dict(), "coverage": coverage_json(coverage_b),
                                   "circuits": [ci.to_dict() for ci in comparison.circuits_a.values()]}
         emit_json(payload)
         return
-    _print(model, data, circuits, shares, comparison, written, plot_path, notes)
+    transformer = ckpts[0] is not None  # a chained model's left-out parts are in its notes (coverage_note)
+    lines = coverage_lines(coverage, model if other else "", details=transformer)
+    if other:
+        lines += coverage_lines(coverage_b, other, details=transformer)
+    _print(model, data, circuits, shares, comparison, written, plot_path, notes, lines)
 
 
-def _print(model, data, circuits, shares, comparison, written, plot_path, notes) -> None:
+def _print(model, data, circuits, shares, comparison, written, plot_path, notes, coverage=()) -> None:
+    for line in coverage:
+        click.echo(line)
     for text in notes:
         click.echo(f"note: {text}")
     layers = list(next(iter(circuits.values())).size.ecs_per_layer)

@@ -15,7 +15,7 @@ import click
 
 from graphinterp import GraphinterpError
 from graphinterp.cli._interrupts import command_frame, settle_interrupts
-from graphinterp.cli._paths import interrupted_message
+from graphinterp.cli._paths import interrupted_message, note_replaced_outputs
 
 __all__ = ["cli", "main"]
 
@@ -52,6 +52,7 @@ class _LazyGroup(click.Group):
         try:
             rv = super().invoke(ctx)
             settle_interrupts()  # a Ctrl-C held during the command's last import is not lost
+            note_replaced_outputs(ctx)
             return rv
         except GraphinterpError as err:
             _fail(str(err), 1)

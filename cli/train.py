@@ -139,7 +139,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                          layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
                          max_train=max_train, quiet=quiet or as_json).validate()
     check_output_path(out, input_dirs=[_data_folder(config.data_dir)] if config.dataset != "digits" else [],
-                      suffixes=CHECKPOINT_SUFFIXES, param_hint="--out")
+                      suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # _replacing says so
     _replacing(out, resume, launch.is_main)
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
         result = train(config, checkpoint=out, resume=resume, on_note=_note)
@@ -272,8 +272,8 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
 
         inputs.append(corpus or default_corpus_path(config.data_dir))
     check_output_path(out, inputs=inputs, input_dirs=[_data_folder(config.data_dir)] if task == "chars" and not corpus
-                      else [], suffixes=CHECKPOINT_SUFFIXES, param_hint="--out")  # --resume reads --out itself
-    _replacing(out, resume, True)
+                      else [], suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # --resume reads
+    _replacing(out, resume, True)  # --out itself, and this says that a new run replaces it
     if task == "chars":  # a missing or empty corpus is reported before the model is built
         from graphinterp import load_corpus
 

@@ -87,6 +87,8 @@ def test_benchmark_json_output_matches_the_file(two_checkpoints, tmp_path):
     printed = json.loads(result.stdout)
     assert printed["models"][0]["name"] == "random"
     assert printed["models"] == json.loads((out / "benchmark.json").read_text())["models"]
+    coverage = printed["models"][0]["coverage"]  # structured, as analyze --json gives it (was only a note's text)
+    assert coverage["covered_weights"] == coverage["total_weights"] > 0 and coverage["share"] == 1.0
     assert not list(out.glob("*.png"))
 
 

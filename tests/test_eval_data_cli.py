@@ -95,6 +95,24 @@ def test_a_model_that_does_not_take_the_default_digits_is_refused_with_the_optio
                     "on with --dataset (and --data-dir)")
 
 
+def test_a_compare_model_for_other_data_is_refused_before_any_circuit_search(trained, tmp_path, monkeypatch):
+    """`circuits digits.pt --compare mnist.pt` told the user to pass --dataset (which breaks MODEL instead), and
+    only after MODEL's circuits had been searched."""
+    spec = {"name": "mlp", "kwargs": {"in_features": 784, "hidden": [16]}}
+    other = tmp_path / "mnist-mlp.pt"
+    save_checkpoint(other, build_model(spec), arch=spec)
+    monkeypatch.setattr(graphinterp, "extract_circuits", lambda *a, **k: pytest.fail("searched before checking"))
+    line = one_error(invoke("circuits", trained, "--compare", other, *FAST_CIRCUITS), 1)
+    assert line.startswith(f"error: {other} (--compare) does not take the 1x8x8 inputs of digits, which {trained} is "
+                           "evaluated on (running it failed with")
+    assert line.endswith(f"; --compare needs a model trained on the same data as {trained}")
+    ten_to_three = {"name": "mlp", "kwargs": {"in_features": 64, "hidden": [16], "num_classes": 3}}
+    save_checkpoint(other, build_model(ten_to_three), arch=ten_to_three)
+    line = one_error(invoke("circuits", trained, "--compare", other, *FAST_CIRCUITS), 1)
+    assert line == (f"error: {other} (--compare) has 3 outputs but digits has 10 classes; --compare needs a model "
+                    f"of the same task as {trained}")
+
+
 @pytest.mark.parametrize("command", ["ablate", "circuits"])
 def test_limit_above_the_evaluation_data_is_noted(command, trained):
     extra = FAST_CIRCUITS if command == "circuits" else ()
@@ -116,6 +134,30 @@ def char_lm(tmp_path_factory):
                                         d_mlp=32, n_layers=1, k=2, warmup_steps=2, steps=4, eval_every=4,
                                         eval_windows=4, quiet=True), checkpoint=lm)
     return lm, corpus
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits", "associate"])
+def test_every_evaluation_report_leads_with_the_graphs_coverage(command, trained):
+    """README: every report starts with the graph's coverage; ablate, circuits and associate printed none (and their
+    JSON had no coverage), even for a transformer whose graph leaves its embeddings out."""
+    extra = {"circuits": FAST_CIRCUITS, "associate": ("--null-copies", "2", "-q")}.get(command, ("-q",))
+    res = invoke(command, trained, *extra)
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.splitlines()[0] == "coverage: 3,392 of 3,392 weights in the graph (100.0%)"
+    out = json.loads(invoke(command, trained, "--json", *extra).stdout)
+    assert out["coverage"]["covered_weights"] == out["coverage"]["total_weights"] == 3392
+
+
+@pytest.mark.parametrize("command", ["ablate", "circuits"])
+def test_a_transformers_report_says_what_its_graph_leaves_out(command, char_lm):
+    lm, _ = char_lm
+    extra = ("--labels", "0", "--max-evals", "5", "-q") if command == "circuits" else ("-q",)
+    res = invoke(command, lm, *extra)
+    assert res.exit_code == 0, res.stderr
+    first, second = res.stdout.splitlines()[:2]
+    assert first.startswith("coverage: ") and "(100.0%)" not in first and second.startswith("not covered: Embedding")
+    out = json.loads(invoke(command, lm, "--json", *extra).stdout)
+    assert out["coverage"]["covered_weights"] < out["coverage"]["total_weights"]
 
 
 def test_ablate_evaluates_a_character_lm_on_every_window_of_its_text(char_lm):

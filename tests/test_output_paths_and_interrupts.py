@@ -178,6 +178,35 @@ def test_interrupted_benchmark_names_the_report_files_it_wrote(tmp_path, monkeyp
                    "(each file complete; outputs not named were not written)")
 
 
+def test_replaced_files_and_files_left_from_an_earlier_run_are_noted(sd_file, tmp_path, monkeypatch):
+    """A second `benchmark --out report/` left the first run's figures beside its own without a word; export,
+    `analyze --plot` and `plot` replaced an existing file silently (train already said so)."""
+    monkeypatch.chdir(tmp_path)
+    res = invoke("export", "m.pt", "g.graphml", "--k", "2")
+    assert res.exit_code == 0 and "note: replaced" not in res.stderr
+    res = invoke("export", "m.pt", "g.graphml", "--k", "2")
+    assert res.exit_code == 0 and "note: replaced the existing g.graphml" in res.stderr
+
+    # a folder: the files it held that the command did not rewrite (benchmark names its report's own)
+    from graphinterp.cli._paths import note_replaced_outputs
+
+    out = tmp_path / "circuits"
+    out.mkdir()
+    (out / "label_7.graphml").write_text("from an earlier run")
+    with click.Context(click.Command("x")) as ctx:
+        check_output_dir(out)
+        assert note_replaced_outputs(ctx) == []  # nothing written yet: nothing to say
+        with atomic_write(out / "label_0.graphml", "w") as handle:
+            handle.write("new")
+        assert note_replaced_outputs(ctx) == [f"{out} also holds 1 file(s) from before that this run did not write "
+                                              "(label_7.graphml): they are not part of this run's output"]
+    with click.Context(click.Command("x")) as ctx:
+        check_output_dir(out, note_stale=False)
+        with atomic_write(out / "label_0.graphml", "w") as handle:
+            handle.write("newer")
+        assert note_replaced_outputs(ctx) == []
+
+
 # ------------------------------------------------------------------ 2b. a real Ctrl-C is never lost
 # Each test sends a real SIGINT (``signal.raise_signal``) at a place where Python would lose the
 # KeyboardInterrupt, and bounds what a lost one would cost, so a regression fails instead of hanging.

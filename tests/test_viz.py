@@ -55,12 +55,19 @@ def test_clusterability_png_and_svg(tmp_path):
     _check_png(tmp_path / "e.png", fig)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["unclustered", "modular",
-                                                                   "random partition (dashed)"]
+                                                                   "random partition (dashed, hollow)"]
     assert list(ax.get_xticks()) == [2, 3, 4] and ax.get_ylim()[0] == 0
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert [line.get_color() for line in dashed] == [line.get_color() for line in ax.get_lines()[::2]]
     viz.plot_clusterability_vs_k(curves, out=tmp_path / "e.svg")
     assert b"<svg" in (tmp_path / "e.svg").read_bytes()[:2000]
+
+
+def test_a_baseline_at_a_single_k_is_drawn():
+    """A one-point dashed line is invisible: at a single --k the chance level the legend promises was not drawn."""
+    fig = viz.plot_clusterability_vs_k({"m": {4: 0.53}}, baselines={"m": {4: 0.27}})
+    base = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert len(base) == 1 and list(base[0].get_ydata()) == [0.27] and base[0].get_marker() not in (None, "", "None")
 
 
 def test_ablation_heatmaps_with_full_row(tmp_path):
@@ -229,3 +236,14 @@ def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path):
 def test_invalid_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_the_benchmark_curves_title_fits_in_the_figure(tmp_path):
+    from graphinterp.reports.benchmark_report import CURVES_TITLE
+
+    names = ["cifar-cnn", "mnist-mlp-784-512-512-10", "d"]  # a long legend narrows the axes the title is centred on
+    fig = viz.plot_clusterability_vs_k({n: {2: 0.5, 3: 0.4} for n in names}, baselines={n: {2: 0.5, 3: 0.33} for n in names},
+                                       title=CURVES_TITLE, out=tmp_path / "e.png")  # saving lays the figure out
+    assert fig.get_suptitle() == CURVES_TITLE
+    box, canvas = fig._suptitle.get_window_extent(), fig.bbox
+    assert box.x0 >= canvas.x0 and box.x1 <= canvas.x1 and box.y1 <= canvas.y1

@@ -73,6 +73,7 @@ class ModelBenchmark:
     skipped: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    coverage: Optional[dict] = None  # Coverage.to_dict() of its graph, as analyze --json gives it
 
     def curve(self, ks: Sequence[int]) -> Tuple[Dict[int, float], Dict[int, float]]:
         """Mass-weighted E and E_random against k over the layers scored at every k in ``ks``."""
@@ -102,7 +103,7 @@ class ModelBenchmark:
         """JSON-ready dict."""
         return {"name": self.name, "source": self.source, "structure": self.structure,
                 "layers": [lb.to_dict() for lb in self.layers], "skipped": dict(self.skipped),
-                "notes": list(self.notes), "seconds": self.seconds}
+                "notes": list(self.notes), "coverage": self.coverage, "seconds": self.seconds}
 
 
 @dataclass
@@ -182,6 +183,10 @@ def _write_csv(path: Path, rows: List[dict], columns: Sequence[str]) -> None:
                              for k, v in row.items()})
 
 
+#: The title of ``clusterability_vs_k.png`` (two lines: one was wider than the figure and lost its start).
+CURVES_TITLE = "Clusterability against k\n(each model's layers scored at every k, mass-weighted)"
+
+
 def _figures(report: BenchmarkReport, out: Path, names: Dict[str, str], formats: Sequence[str]) -> Dict[str, Path]:
     from graphinterp.reports.viz import plot_clusterability_vs_k, plot_significance
 
@@ -192,8 +197,7 @@ def _figures(report: BenchmarkReport, out: Path, names: Dict[str, str], formats:
         if curve:
             curves[m.name], bases[m.name] = curve, base
     if curves:
-        fig = plot_clusterability_vs_k(curves, baselines=bases,
-                                       title="Clusterability against k (mass-weighted over the layers of each model scored at every k)")
+        fig = plot_clusterability_vs_k(curves, baselines=bases, title=CURVES_TITLE)
         for fmt in formats:
             written[f"clusterability_vs_k.{fmt}"] = _save(fig, out / f"clusterability_vs_k.{fmt}")
     for m in report.models:

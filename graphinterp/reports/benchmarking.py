@@ -267,7 +267,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     ks = _check_ks(ks, significance_k)
     start = time.perf_counter()
     names = _unique_names(sources)
-    loaded, failed = [], {}
+    loaded, failed, coverages = [], {}, {}
     iterator = list(zip(sources, names))
     if progress:
         from tqdm.auto import tqdm
@@ -286,6 +286,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
             failed[name] = f"{_describe(source)}: {nothing_clusterable(ks[0], skipped)}"
             continue
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
+        coverages[name] = graph.coverage.to_dict() if graph.coverage is not None else None
     _check_significance_k(loaded, significance_k, n_shuffles, failed)
     serial = n_jobs == 1 and scheduler is None
     common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), False)
@@ -301,7 +302,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         scaled = _scaled_tested(tasks, layers)
         models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped,
                                      notes + ([_scaled_note(scaled, layers)] if scaled else []),
-                                     load_seconds + sum(lb.seconds for lb in layers)))
+                                     load_seconds + sum(lb.seconds for lb in layers), coverages[name]))
     settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
                 "random_state": random_state, "device": str(resolve_device(device))}
     return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start,

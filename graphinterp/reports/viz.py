@@ -46,7 +46,8 @@ def plot_clusterability_vs_k(curves: Mapping[str, Mapping[int, float]], *,
     curves : mapping of str to mapping of int to float
         ``{model name: {k: E}}`` with E in [0, 1].
     baselines : mapping of str to mapping of int to float, optional
-        Random-partition expectation per model (a subset of ``curves``' keys), dashed in its colour.
+        Random-partition expectation per model (a subset of ``curves``' keys), dashed in its colour with
+        hollow markers (so that a baseline at a single k shows).
     title : str, optional
     out : str or os.PathLike, optional
 
@@ -84,18 +85,22 @@ def plot_clusterability_vs_k(curves: Mapping[str, Mapping[int, float]], *,
         ks_seen.update(ks.tolist())
         if name in baselines:
             bk, be = _curve(baselines[name], f"baselines[{name!r}]")
-            ax.plot(bk, be, ls="--", color=colour, lw=1.5)
+            # hollow markers on the dashed line: a baseline at a single k is still drawn
+            ax.plot(bk, be, ls="--", color=colour, lw=1.5, marker=_MARKERS[i % len(_MARKERS)], ms=6, mfc="white")
             ks_seen.update(bk.tolist())
     handles, labels = ax.get_legend_handles_labels()
     if baselines:
-        handles, labels = handles + [Line2D([], [], ls="--", color="0.3")], labels + ["random partition (dashed)"]
+        handles = handles + [Line2D([], [], ls="--", color="0.3", marker="o", ms=6, mfc="white")]
+        labels = labels + ["random partition (dashed, hollow)"]
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     if len(ks_seen) <= 16:
         ax.set_xticks(sorted(ks_seen))
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(ylim=(0, 1.03), xlabel="number of clusters k", ylabel="clusterability E",
-           title=title or "Clusterability against the number of clusters")
+    ax.set(ylim=(0, 1.03), xlabel="number of clusters k", ylabel="clusterability E")
+    # over the whole figure, not the axes: a title wider than the axes (which the legend beside them narrows)
+    # ran off the figure's left edge
+    fig.suptitle(title or "Clusterability against the number of clusters")
     ax.grid(alpha=0.3)
     return _finish(fig, out)
 
