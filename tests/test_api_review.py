@@ -178,3 +178,28 @@ def test_ablation_refuses_layers_clustered_independently_that_share_a_level():
     assert set(cluster_neurons(g, one, 0, "off")) == {"fc1", "fc2"}
     network = gi.cluster_network(g, 3, layers=["fc1", "fc2"], random_state=0)
     assert set(cluster_neurons(g, network, 0, "off")) == {"fc1", "fc2"}
+
+
+def test_network_wide_clustering_checks_given_similarities_as_bsgc_does():
+    """cluster_network took negative or NaN similarities without a word: nodes with weight came back as isolated
+    (-1), or scikit-learn's KMeans failed with its own message."""
+    torch.manual_seed(0)
+    g = gi.LayeredGraph.from_module(nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8)))
+    good = {n: torch.rand(*g[n].shape()) for n in g.layer_names}
+    for value, error, words in ((-1.0, ClusteringError, "Negative values"), (float("nan"), gi.InvalidWeightsError, "NaN"),
+                                (float("inf"), gi.InvalidWeightsError, "inf")):
+        bad = {n: m.clone() for n, m in good.items()}
+        bad["2"][0, 0] = value
+        for cluster in (gi.cluster_network, gi.cluster_layers):
+            with pytest.raises(error, match=f"similarity for layer '2': .*{words}"):
+                cluster(g, 2, similarity=bad, random_state=0)
+    assert gi.cluster_network(g, 2, similarity=good, random_state=0).k == 2
+
+
+def test_estimators_from_batched_fits_are_complete_and_a_non_integer_k_is_named():
+    A = np.abs(np.random.default_rng(0).standard_normal((3, 20, 12)))
+    assert all(est.n_features_in_ == 12 for est in gi.fit_batch(A, 2, [0, 1, 2]))
+    assert all(est.n_features_in_ == 12 for est in fit_k_range(A[0], [2, 3], random_state=0).values())
+    for ks in ([2, 3.0], [2, "3"]):
+        with pytest.raises(ClusteringError, match="k must be an integer >= 2, got"):
+            fit_k_range(A[0], ks, random_state=0)

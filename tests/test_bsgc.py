@@ -760,11 +760,13 @@ def test_fit_batch_runs_on_the_threads_of_one_copys_fit(monkeypatch):
     assert seen == [1, 2]
 
 
-@pytest.mark.parametrize("dtype, scales", [(np.float64, [1e-300, 1e-200, 1e150, 1e300]),
-                                           (np.float32, [1e-40, 1e-25, 1e19, 1e30])])
+@pytest.mark.parametrize("dtype, scales", [(np.float64, [1e-300, 1e-200, 1e150, 1e300, 1e-312, 1.7e308]),
+                                           (np.float32, [1e-40, 1e-25, 1e19, 1e30, 1e37])])
 def test_labels_do_not_depend_on_the_scale_of_the_matrix(dtype, scales):
     """The squared masses overflowed or vanished: a clean 3-block matrix times 1e-200 got random labels, and
-    float32 entries of 1e19 gave a raw ValueError from scipy."""
+    float32 entries of 1e19 gave a raw ValueError from scipy. At the ends of float64's range (row sums below
+    2^-1022, or above its largest value though every entry is finite) the power of two itself overflowed or
+    was computed from an infinite sum: a LinAlgError."""
     rng = np.random.default_rng(0)
     lab = np.repeat(np.arange(3), 10)
     A = ((lab[:, None] == lab[None, :]) + 0.01 * rng.random((30, 30))).astype(dtype)

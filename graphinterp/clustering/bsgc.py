@@ -197,6 +197,7 @@ class BSGC(BiclusterMixin, BaseEstimator):
 
     def _set_labels(self, rows: np.ndarray, cols: np.ndarray, sp: _Spectrum, c: int) -> "BSGC":
         k = self.n_clusters
+        self.n_features_in_ = int(sp.A.shape[2])  # also for the estimators fit_batch and fit_k_range return
         self.row_labels_, self.column_labels_ = rows, cols
         self.rows_ = rows[None, :] == np.arange(k)[:, None]
         self.columns_ = cols[None, :] == np.arange(k)[:, None]

@@ -11,6 +11,7 @@ from graphinterp.clustering.bsgc import BSGC, normalize_bipartite  # noqa: F401 
 from graphinterp.common.devices import resolve_device
 from graphinterp.common.errors import ClusteringError
 from graphinterp.clustering.dag_cluster import cluster_dag
+from graphinterp.clustering.matrix_checks import check_values
 from graphinterp.clustering.labels import Clustering
 from graphinterp.clustering.validation import check_k, refuse_block_diagonal
 from graphinterp.common.seeds import check_random_state, layer_seed
@@ -49,6 +50,7 @@ def _similarities(graph: LayeredGraph, names: Sequence[str], similarity) -> Dict
             raise ClusteringError(
                 f"similarity for layer {name!r} has shape {tuple(A.shape)}, expected {layer.shape()} (n_in, n_out)"
             )
+        check_values(A, f"similarity for layer {name!r}: ")  # as BSGC checks it (network-wide runs do not use BSGC)
         out[name] = A
     return out
 

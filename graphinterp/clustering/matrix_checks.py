@@ -7,6 +7,7 @@ row and column sums that the normalisation needs anyway.
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple, Union
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from graphinterp.common.errors import ClusteringError, InvalidWeightsError
 
-__all__ = ["ArrayLike"]
+__all__ = ["ArrayLike", "check_values"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -51,6 +52,32 @@ def _as_matrix(A: ArrayLike) -> torch.Tensor:
     return A
 
 
+def check_values(A: torch.Tensor, where: str = "") -> None:
+    """Raise unless every entry of the similarity matrix ``A`` is finite and non-negative (the one rule for
+    what BSGC and network-wide clustering read; ``where`` prefixes the message, e.g. a layer's name).
+
+    Raises
+    ------
+    InvalidWeightsError
+        NaN or inf.
+    ClusteringError
+        A negative entry.
+
+    Examples
+    --------
+    >>> check_values(torch.tensor([[1.0, 0.0]]))
+    >>> check_values(torch.tensor([[1.0, -2.0]]), "layer 'fc1': ")
+    Traceback (most recent call last):
+    ...
+    graphinterp.common.errors.ClusteringError: layer 'fc1': Negative values in data: the similarity matrix must be non-negative; pass |W|, not W
+    """
+    if not bool(torch.isfinite(A).all()):
+        raise InvalidWeightsError(f"{where}the similarity matrix contains NaN or inf; check the model's weights")
+    if A.numel() and float(A.amin()) < 0:
+        raise ClusteringError(f"{where}Negative values in data: the similarity matrix must be non-negative; pass "
+                              "|W|, not W")
+
+
 def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(A, du, dv)``: the row and column sums (C, m) and (C, n) of the matrices ``A`` (C, m, n), checking
     that they are finite and non-negative (two cheap passes), and ``A`` itself or, rarely, a rescaled copy.
@@ -64,16 +91,22 @@ def _degrees(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     """
     du, dv = A.sum(2), A.sum(1)
     if not (bool(torch.isfinite(du).all()) and bool(torch.isfinite(dv).all())):
-        if not bool(torch.isfinite(A).all()):
-            raise InvalidWeightsError("the similarity matrix contains NaN or inf; check the model's weights")
+        check_values(A)  # NaN or inf
         du, dv = A.double().sum(2), A.double().sum(1)  # finite entries whose float32 sum overflowed
     if A.numel() and float(A.amin()) < 0:
-        raise ClusteringError("Negative values in data: the similarity matrix must be non-negative; pass |W|, not W")
+        check_values(A)  # negative
     if A.numel():
         top = du.double().amax(1)
         bound = 2.0 ** (40 if A.dtype == torch.float32 else 300)
         if bool(((top > bound) | ((top > 0) & (top < 1 / bound))).any()):
-            scale = torch.where(top > 0, torch.exp2(-torch.frexp(top)[1].double()), torch.ones_like(top))
-            A = (A.double() * scale[:, None, None]).to(A.dtype)
+            # the largest row sum's exponent; a float64 sum that overflowed (finite entries) is bounded by the
+            # largest entry times the row length
+            big = A.amax((1, 2)).double()
+            over = math.ceil(math.log2(max(A.shape[2], 1))) + 1
+            e = torch.where(torch.isfinite(top), torch.frexp(top)[1], torch.frexp(big)[1] + over)
+            e = torch.where(top > 0, e, torch.zeros_like(e)).double()
+            half = torch.floor(e / 2)  # 2^-e in two factors: alone it overflows (a row sum of 1e-310 needs 2^1029)
+            scale1, scale2 = torch.exp2(-half), torch.exp2(half - e)
+            A = (A.double() * scale1[:, None, None] * scale2[:, None, None]).to(A.dtype)
             du, dv = A.sum(2), A.sum(1)
     return A, du, dv

@@ -239,7 +239,9 @@ class _Spectrum:
 
 
 def _check_k(k, sp: _Spectrum) -> None:
-    if not isinstance(k, (int, np.integer)) or k < 2 or k > min(sp.m_live, sp.n_live):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ClusteringError(f"k must be an integer >= 2, got {k!r}")
+    if k < 2 or k > min(sp.m_live, sp.n_live):
         m, n = sp.A.shape[1:]
         if min(sp.m_live, sp.n_live) < 2:
             raise ClusteringError(
