@@ -130,6 +130,47 @@ def test_resume_refuses_other_settings(digits, tmp_path):
               checkpoint=path, resume=True)
 
 
+def test_a_resumed_baseline_records_the_refit_only_at_its_own_end(digits, tmp_path):
+    """The first run's final row kept its E_refit after --resume went on past it: the history said E was refitted
+    at an epoch that was not the end of training (an uninterrupted run has none there)."""
+    tr, te = digits
+    tr = tr.subset(200, seed=0)
+    full = train(_cfg(k=2, epochs=3, lam=0.0), train_data=tr, test_data=te)
+    path = tmp_path / "base.pt"
+    train(_cfg(k=2, epochs=1, lam=0.0), train_data=tr, test_data=te, checkpoint=path)
+    assert "E_refit" in load_checkpoint(path)["history"][-1]
+    resumed = train(_cfg(k=2, epochs=3, lam=0.0), train_data=tr, test_data=te, checkpoint=path, resume=True)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert drop(resumed.history) == drop(full.history)
+    assert [("E_refit" in r) for r in resumed.history] == [False, False, False, True]
+
+
+def test_a_transformer_checkpoint_is_not_resumed_as_an_mlp_and_says_why(digits, tmp_path):
+    from graphinterp.training.train_transformer import TransformerConfig, train_transformer
+
+    tr, te = digits
+    path = tmp_path / "modadd.pt"
+    train_transformer(TransformerConfig(warmup_steps=1, steps=0, d_model=16, n_heads=2, d_mlp=32, k=2, quiet=True),
+                      checkpoint=path)
+    with pytest.raises(TrainingError, match=r"is a transformer checkpoint \(trained in steps on modadd\), not a "
+                                            r"digits one; resume it with --dataset modadd"):
+        train(_cfg(k=2, epochs=1), train_data=tr, test_data=te, checkpoint=path, resume=True)
+    mlp_path = tmp_path / "mlp.pt"
+    train(_cfg(k=2, epochs=0), train_data=tr.subset(100, seed=0), test_data=te, checkpoint=mlp_path)
+    with pytest.raises(TrainingError, match="is a checkpoint of an MLP or CNN trained in epochs on digits, not a "
+                                            "modadd transformer; resume it with --dataset digits"):
+        train_transformer(TransformerConfig(warmup_steps=1, steps=0, d_model=16, n_heads=2, d_mlp=32, k=2, quiet=True),
+                          checkpoint=mlp_path, resume=True)
+
+
+def test_train_data_without_test_data_says_where_accuracy_is_measured(digits):
+    tr, _ = digits
+    result = train(_cfg(k=2, epochs=0, max_test=50), train_data=tr.subset(100, seed=0))
+    assert any("train_data was given without test_data: test accuracy is measured on the digits test split" in n
+               for n in result.notes)
+    assert not any("without test_data" in n for n in train(_cfg(k=2, epochs=0, max_test=50)).notes)
+
+
 def test_cnn_clusters_fc2_by_default_and_several_layers_on_request(digits):
     tr, te = digits
     result = train(_cfg(model="cnn", k=2, epochs=1, max_train=256, max_test=100), train_data=tr, test_data=te)

@@ -102,6 +102,9 @@ def _load_data(config: TrainConfig, train_data, test_data,
                note: Callable[[str], None]) -> Tuple[LabeledTensors, LabeledTensors]:
     """The train and test sets, cut to ``max_train``/``max_test``; ``note`` hears of a limit above a set's size."""
     out = []
+    if train_data is not None and test_data is None:  # right for a subset of that dataset, not for another task
+        note(f"train_data was given without test_data: test accuracy is measured on the {config.dataset} test split "
+             "(TrainConfig.dataset); pass test_data for held-out examples of the task train_data comes from")
     for data, split, limit in ((train_data, "train", config.max_train), (test_data, "test", config.max_test)):
         if data is None:
             data = load_dataset(config.dataset, split=split, data_dir=config.data_dir, download=config.download)

@@ -259,9 +259,30 @@ def check_history(history: Any, epochs: int, path) -> List[Dict[str, Any]]:
     return [dict(row) for row in history]
 
 
+def without_refit(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """``history`` for a resumed run: the baseline's ``*_refit`` scores belong to the end of the run that wrote
+    them, so they leave its last row (a resumed run records its own when it ends; an uninterrupted run has
+    none at that epoch).
+
+    Examples
+    --------
+    >>> without_refit([{"E": 0.3}, {"E": 0.4, "E_refit": 0.5, "score_refit": 0.1}])
+    [{'E': 0.3}, {'E': 0.4}]
+    """
+    if not history:
+        return history
+    last = {key: value for key, value in history[-1].items() if not key.endswith("_refit")}
+    return [*history[:-1], last]
+
+
 def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, opt, gen) -> Dict[str, Any]:
     ckpt = load_checkpoint(path)
     state = ckpt.get("train_state") or {}
+    if "step" in state and "epoch" not in state:  # a transformer's run counts steps
+        task = (state.get("config") or {}).get("task") if isinstance(state.get("config"), dict) else None
+        raise TrainingError(f"{path} is a transformer checkpoint (trained in steps{f' on {task}' if task else ''}), "
+                            f"not a {config.dataset} one; resume it with --dataset {task or 'modadd or chars'}, or "
+                            "train into another --out")
     if "epoch" not in state or "config" not in state:
         raise TrainingError(f"{path} holds no training state and cannot be resumed; train into another --out")
     if not isinstance(state["config"], dict):
@@ -281,7 +302,7 @@ def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, op
     epoch = state["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise TrainingError(f"cannot resume {path}: its training state has epoch {epoch!r}; train into another --out")
-    history = check_history(ckpt["history"], epoch, path)
+    history = without_refit(check_history(ckpt["history"], epoch, path))
     try:
         clustering = stored_clustering(state.get("train_clustering"))
     except GraphinterpError as err:

@@ -15,6 +15,7 @@ from graphinterp.clustering.labels import stored_clustering
 from graphinterp.common.errors import DataError, GraphinterpError, TrainingError
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.training.train_config import settings_mismatch, too_many_done
+from graphinterp.training.train_state import without_refit
 from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
 
 __all__ = ["check_vocabulary", "save_state", "resume_state"]
@@ -61,6 +62,11 @@ def resume_state(path, config: TransformerConfig, arch, model, opt, gen, gradsim
     try:
         ckpt = load_checkpoint(path)
         state = ckpt["train_state"] or {}
+        if "epoch" in state and "step" not in state:  # an MLP's or CNN's run counts epochs
+            dataset = (state.get("config") or {}).get("dataset") if isinstance(state.get("config"), dict) else None
+            raise TrainingError(f"{path} is a checkpoint of an MLP or CNN trained in epochs"
+                                f"{f' on {dataset}' if dataset else ''}, not a {config.task} transformer; resume it "
+                                f"with --dataset {dataset or 'its dataset'}, or train into another --out")
         saved = state.get("config") or {}
         mismatch = settings_mismatch(path, saved, config.to_dict(), RESUME_FIXED)
         if mismatch:
@@ -85,7 +91,7 @@ def resume_state(path, config: TransformerConfig, arch, model, opt, gen, gradsim
         if gradsim is not None and state.get("gradsim") is not None:
             gradsim.load_state_dict(state["gradsim"])
         trained = state.get("train_clustering")
-        return int(state["step"]), list(ckpt["history"]), stored_clustering(trained)
+        return int(state["step"]), without_refit(list(ckpt["history"])), stored_clustering(trained)
     except GraphinterpError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
