@@ -51,6 +51,19 @@ def test_resume_with_other_settings_is_refused(tmp_path):
                           checkpoint=tmp_path / "a.pt", resume=True)
 
 
+def test_a_modadd_run_records_the_character_lm_settings_as_unused(tmp_path):
+    """A modadd checkpoint recorded n_ctx 32 and batch size 32, which it never used (full-batch, 3 tokens)."""
+    path = tmp_path / "a.pt"
+    train_transformer(TransformerConfig(warmup_steps=3, steps=0, **TINY), checkpoint=path)
+    saved = load_checkpoint(path)["train_state"]["config"]
+    assert saved["task"] == "modadd" and saved["n_ctx"] is None and saved["batch_size"] is None
+    raw = torch.load(path, weights_only=True)  # as older checkpoints recorded them: resumable still
+    raw["train_state"]["config"].update(n_ctx=32, batch_size=32)
+    torch.save(raw, path)
+    resumed = train_transformer(TransformerConfig(warmup_steps=3, steps=3, **TINY), checkpoint=path, resume=True)
+    assert [r["step"] for r in resumed.history] == [3, 6]
+
+
 def _hand_forward(model, ids, hidden_off=(), heads_off=()):
     """The 1-layer transformer computed by hand, with hidden units / heads zeroed."""
     h = model.embed(ids) + model.pos(torch.arange(ids.shape[1]))

@@ -23,7 +23,7 @@ from graphinterp.training.train_config import (
     LAMBDA_MAX, LR_MAX, SEED_MAX, absolute_path, check_clustering_options, setting_name,
 )
 
-__all__ = ["TransformerConfig", "TASK_DEFAULTS", "RESUME_FIXED"]
+__all__ = ["TransformerConfig", "TASK_DEFAULTS", "RESUME_FIXED", "CHARS_ONLY"]
 
 TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "modadd": dict(warmup_steps=200, steps=600, lr=1e-2, weight_decay=1.0, n_layers=1, layernorm=False,
@@ -32,6 +32,8 @@ TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
                   eval_every=100, init_std=None, d_model=64, d_mlp=256),
 }
 #: Settings a resumed run must share with the checkpoint.
+#: Settings of the character LM only: a modadd run records them as None (it never uses them).
+CHARS_ONLY = ("corpus", "data_dir", "n_ctx", "batch_size", "max_chars", "eval_windows")
 RESUME_FIXED = ("task", "k", "lam", "warmup_steps", "lr", "weight_decay", "beta1", "beta2", "similarity",
                 "reduction", "seed", "p", "train_frac", "data_seed", "n_ctx", "batch_size", "d_model", "n_heads",
                 "d_mlp", "n_layers", "layernorm", "act", "init_std", "max_chars")
@@ -182,7 +184,16 @@ class TransformerConfig:
                     act=self.act, layernorm=bool(self.layernorm), init_std=self.init_std)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The settings as a checkpoint records them; a modadd run's character-LM settings are None (unused)."""
+        out = asdict(self)
+        if self.task == "modadd":
+            out.update({key: None for key in CHARS_ONLY})
+        return out
+
+    def resume_fixed(self) -> tuple:
+        """The settings a resumed run must share with the checkpoint (``RESUME_FIXED``, less the character LM's
+        for modadd, which older checkpoints recorded with the defaults they never used)."""
+        return RESUME_FIXED if self.task == "chars" else tuple(k for k in RESUME_FIXED if k not in CHARS_ONLY)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TransformerConfig":
@@ -199,4 +210,4 @@ class TransformerConfig:
             Not validated (call :meth:`validate`).
         """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in names and not (v is None and k in CHARS_ONLY)})

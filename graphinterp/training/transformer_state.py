@@ -16,7 +16,7 @@ from graphinterp.common.errors import DataError, GraphinterpError, TrainingError
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.training.train_config import settings_mismatch, too_many_done
 from graphinterp.training.train_state import without_refit
-from graphinterp.training.transformer_config import RESUME_FIXED, TransformerConfig
+from graphinterp.training.transformer_config import TransformerConfig
 
 __all__ = ["check_vocabulary", "save_state", "resume_state"]
 
@@ -68,7 +68,7 @@ def resume_state(path, config: TransformerConfig, arch, model, opt, gen, gradsim
                                 f"{f' on {dataset}' if dataset else ''}, not a {config.task} transformer; resume it "
                                 f"with --dataset {dataset or 'its dataset'}, or train into another --out")
         saved = state.get("config") or {}
-        mismatch = settings_mismatch(path, saved, config.to_dict(), RESUME_FIXED)
+        mismatch = settings_mismatch(path, saved, config.to_dict(), config.resume_fixed())
         if mismatch:
             raise TrainingError(mismatch)
         if ckpt["arch"] != arch:
