@@ -317,7 +317,8 @@ def _print(model, data, circuits, shares, comparison, written, plot_path, notes,
     if comparison is not None:
         a, b = comparison.names
         rel = comparison.relative_change
-        rows = [[n, 100 * ea, 100 * eb, f"n/a (empty in {a})" if math.isnan(r) else percent(r)]
+        rows = [[n, 100 * ea, 100 * eb, f"n/a (empty in {a})" if math.isnan(r)
+                 else f"{percent(r)} (empty in {b}: left out of the means)" if eb == 0 else percent(r)]
                 for n, ea, eb, r in zip(comparison.label_names, comparison.ecs_a, comparison.ecs_b, rel)]
         click.echo("")
         click.echo(format_table(rows, ["label", f"ECS % {a}", f"ECS % {b}", f"change {a} -> {b}"]))

@@ -300,3 +300,26 @@ def test_cli_mode_and_jobs(checkpoint):
     assert bad.exit_code != 0 and bad.output.startswith("error:") and "Traceback" not in bad.output
     bad = run_cli(args + ["--jobs", "0"])
     assert bad.exit_code != 0 and "--jobs" in bad.output
+
+
+def test_authors_mode_notes_a_model_that_cannot_tell_the_label_from_the_others():
+    """The authors' criterion judges a circuit on the label's examples alone: a model that answers the label for
+    every input passed (accuracy 1.0 there) and its circuit came without the caveat the other mode gives."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[2].bias.copy_(torch.tensor([0.0, 50.0, 0.0]))  # always answers 1
+    x = torch.randn(90, 6)
+    y = torch.arange(90) % 3
+    task = label_task(x, y, 1, max_examples=10_000, negative_ratio=1.0)
+    c = extract_circuit(model, task, mode="authors", device="cpu")
+    assert c.full_accuracy == 1.0 and c.task_check == (0.5, 30, 30)
+    assert c.note is not None and "not clearly better than chance at telling the label from the others" in c.note
+    assert c.to_dict()["task_check"]["full_balanced_accuracy"] == 0.5
+    good = nn.Sequential(nn.Linear(6, 3))
+    with torch.no_grad():
+        good[0].weight.zero_()
+        good[0].weight[1, 0] = 20.0  # answers 1 exactly when x0 > 0
+    y = (x[:, 0] > 0).long()
+    c = extract_circuit(good, label_task(x, y, 1, max_examples=10_000, negative_ratio=1.0), mode="authors", device="cpu")
+    assert c.task_check[0] > 0.9 and (c.note is None or "chance" not in c.note)

@@ -171,6 +171,12 @@ def test_comparison_arithmetic_and_same_model():
     assert json.loads(json.dumps(comp.to_dict()))["a_over_b"] == pytest.approx(1.0)
     skew = CircuitComparison([0, 1], ["a", "b"], np.array([0.3, 0.01]), np.array([0.1, 0.01]), ("base", "mod"))
     assert skew.a_over_b == pytest.approx(1.0) and skew.ratio_of_means == pytest.approx(0.31 / 0.11 - 1)
+    # labels whose circuit is empty in either model are left out of all three means (they counted in some)
+    empty = CircuitComparison([0, 1, 2], list("abc"), np.array([0.4, 0.3, 0.0]), np.array([0.2, 0.0, 0.1]),
+                              ("base", "mod"))
+    assert empty.compared.tolist() == [True, False, False]
+    assert empty.mean_relative_change == pytest.approx(-0.5) and empty.a_over_b == pytest.approx(1.0)
+    assert empty.ratio_of_means == pytest.approx(1.0) and empty.to_dict()["compared"] == [True, False, False]
     model, data = planted_model(), planted_data()
     same = compare_circuits(model, planted_model(), data, [0, 1], progress=False, device="cpu", names=("x", "y"))
     assert same.labels == [0, 1] and np.allclose(same.ecs_a, same.ecs_b) and same.mean_relative_change == 0.0

@@ -23,7 +23,9 @@ class CircuitComparison:
     ``(ecs_a - ecs_b) / ecs_b``, i.e. how many more parameters model a's circuits hold on average
     (the paper: an unclustered model a has on average 61.25% more than the clustered model b);
     ``ratio_of_means`` is ``mean(ecs_a) / mean(ecs_b) - 1``, the same question weighted by circuit
-    size (less sensitive to labels whose circuits are tiny). Build one with :meth:`from_circuits`.
+    size (less sensitive to labels whose circuits are tiny). The three means are over the same labels,
+    :attr:`compared`: those whose circuit keeps weights in both models (an empty circuit, ECS 0, says
+    nothing about how a model computes its label). Build one with :meth:`from_circuits`.
 
     Parameters
     ----------
@@ -53,18 +55,25 @@ class CircuitComparison:
             return np.where(self.ecs_a > 0, (self.ecs_b - self.ecs_a) / self.ecs_a, np.nan)
 
     @property
+    def compared(self) -> np.ndarray:
+        """The labels (a boolean mask) whose circuit keeps weights in both models: what the means average over."""
+        return (self.ecs_a > 0) & (self.ecs_b > 0)
+
+    @property
     def mean_relative_change(self) -> float:
-        return _nanmean(self.relative_change)
+        return _nanmean(np.where(self.compared, self.relative_change, np.nan))
 
     @property
     def a_over_b(self) -> float:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return _nanmean(np.where(self.ecs_b > 0, (self.ecs_a - self.ecs_b) / self.ecs_b, np.nan))
+            return _nanmean(np.where(self.compared, (self.ecs_a - self.ecs_b) / self.ecs_b, np.nan))
 
     @property
     def ratio_of_means(self) -> float:
-        mean_b = float(np.mean(self.ecs_b))
-        return float(np.mean(self.ecs_a)) / mean_b - 1 if mean_b > 0 else float("nan")
+        both = self.compared
+        if not both.any():
+            return float("nan")
+        return float(np.mean(self.ecs_a[both])) / float(np.mean(self.ecs_b[both])) - 1
 
     @classmethod
     def from_circuits(cls, circuits_a: Mapping[int, Circuit], circuits_b: Mapping[int, Circuit], *,
@@ -111,8 +120,9 @@ class CircuitComparison:
         """Plain values for JSON: ``names`` (model a, model b), ``labels``, ``label_names``, ``ecs_a``/``ecs_b``
         per label, ``relative_change`` per label (``(ecs_b - ecs_a) / ecs_a``) and its mean
         (``mean_relative_change``), ``a_over_b`` (mean of ``(ecs_a - ecs_b) / ecs_b``: how many more parameters
-        a's circuits hold, 0.6 meaning 60% more), ``ratio_of_means`` (``mean(ecs_a) / mean(ecs_b) - 1``), and the
-        evaluations of each search; undefined values (every circuit empty) as None.
+        a's circuits hold, 0.6 meaning 60% more), ``ratio_of_means`` (``mean(ecs_a) / mean(ecs_b) - 1``), the means
+        over ``compared`` (per label: whether its circuit keeps weights in both models), and the evaluations of each
+        search; undefined values (no label compared) as None.
 
         Returns
         -------
@@ -122,7 +132,7 @@ class CircuitComparison:
                 "ecs_a": self.ecs_a.tolist(), "ecs_b": self.ecs_b.tolist(),
                 "relative_change": [None if np.isnan(v) else float(v) for v in self.relative_change],
                 "mean_relative_change": _defined(self.mean_relative_change), "a_over_b": _defined(self.a_over_b),
-                "ratio_of_means": _defined(self.ratio_of_means),
+                "ratio_of_means": _defined(self.ratio_of_means), "compared": self.compared.tolist(),
                 "n_evals_a": [self.circuits_a[c].n_evals for c in self.labels if c in self.circuits_a],
                 "n_evals_b": [self.circuits_b[c].n_evals for c in self.labels if c in self.circuits_b]}
 

@@ -110,6 +110,10 @@ class Circuit:
     heldout : HeldOut or None
         The circuit and the full model on held-out examples of the label (None when none were left
         out of the search, or none were asked for).
+    task_check : (float, int, int) or None
+        In ``"authors"`` mode, which searches on the label's examples alone: the full model's balanced
+        accuracy at telling the label from the others on the task's examples, and their numbers of
+        positives and negatives; a circuit of a model not clearly above chance there gets a note.
     """
 
     label: int
@@ -129,6 +133,7 @@ class Circuit:
     mode: str = "graphinterp"
     converged: Optional[bool] = None
     heldout: Optional[HeldOut] = None
+    task_check: Optional[Tuple[float, int, int]] = None
 
     @property
     def ecs(self) -> float:
@@ -149,17 +154,32 @@ class Circuit:
         """The task's accuracy at chance: 0.5 for a balanced one-vs-rest task, 0 on the label's examples alone."""
         return 0.5 if self.n_neg else 0.0
 
+    def _balanced_task(self) -> Optional[Tuple[float, int, int]]:
+        """``(full model's balanced accuracy, n_pos, n_neg)`` on the label-against-the-rest task: the search's
+        own, or in ``"authors"`` mode (which searches on the label's examples alone) :attr:`task_check`."""
+        if self.n_neg and self.n_pos:
+            return self.full_accuracy, self.n_pos, self.n_neg
+        return self.task_check
+
     def _at_chance(self) -> bool:
         """Whether the full model is not clearly better than chance on the label's balanced task."""
-        if not self.n_neg or not self.n_pos:
+        task = self._balanced_task()
+        if task is None or not task[1] or not task[2]:
             return False
-        n = 4.0 / (1.0 / self.n_pos + 1.0 / self.n_neg)  # the balanced accuracy's binomial size at chance
-        return not clearly_above(self.full_accuracy, self.chance_accuracy, n)
+        accuracy, n_pos, n_neg = task
+        n = 4.0 / (1.0 / n_pos + 1.0 / n_neg)  # the balanced accuracy's binomial size at chance
+        return not clearly_above(accuracy, 0.5, n)
 
     def _chance_note(self) -> Optional[str]:
         """The caveat for a circuit of a model not clearly above chance on the label's balanced task."""
         if not self._at_chance():
             return None
+        if not self.n_neg:  # authors' mode: judged on the label's examples, checked on the label against the rest
+            accuracy, n_pos, n_neg = self.task_check
+            return (f"the full model is not clearly better than chance at telling the label from the others "
+                    f"(balanced accuracy {accuracy:.3f} on {n_pos:,} + {n_neg:,} examples, chance 0.5), though the "
+                    f"authors' criterion, on the label's examples alone, cannot see it: its circuit of "
+                    f"{self.size.kept_params:,} weights describes noise, not how the model computes the label")
         return (f"the full model is not clearly better than chance on the label's task (accuracy "
                 f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}): its circuit of "
                 f"{self.size.kept_params:,} weights describes noise, not how the model computes the label")
@@ -208,8 +228,10 @@ class Circuit:
         tail = "; its ECS of 0 says nothing about how the model computes the label"
         if self.full_accuracy <= self.chance_accuracy + 1e-6:  # accuracies are summed in float32
             return (head + f"the full model is no better than chance on the label's task (accuracy "
-                    f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}; e.g. it never predicts the label), "
-                    "so removing every weight loses nothing" + tail)
+                    f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}; e.g. it never predicts the label, "
+                    "or always does), so removing every weight loses nothing" + tail)
+        if self._at_chance() and not self.n_neg:  # authors' mode, checked on the label against the rest
+            return head + self._chance_note().split(": its circuit")[0] + tail
         if self._at_chance():
             return (head + f"the full model is not clearly better than chance on the label's task (accuracy "
                     f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}), and the tolerance accepts the "
@@ -240,6 +262,8 @@ class Circuit:
         out = {k: getattr(self, k) for k in ("label", "label_name", "accuracy", "loss", "full_accuracy",
                                              "full_loss", "n_pos", "n_neg", "n_evals", "seconds", "score", "mode",
                                              "converged")}
+        if self.task_check is not None:  # authors' mode: the full model on the label against the rest
+            out["task_check"] = dict(zip(("full_balanced_accuracy", "n_pos", "n_neg"), self.task_check))
         out.update(ecs=self.ecs, size=self.size.to_dict(), empty=self.empty, note=self.note,
                    heldout=None if self.heldout is None else self.heldout.to_dict())
         if include_masks:

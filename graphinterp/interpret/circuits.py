@@ -146,6 +146,7 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     score_fn = SCORES.get(score) if isinstance(score, str) else score
     if score_fn is None:
         raise DataError(f"unknown score {score!r}; use one of {sorted(SCORES)} or a callable")
+    whole = task  # the label against the rest: in "authors" mode only to check the model is above chance on it
     if mode == "authors" and task.n_neg:
         task = LabelTask(task.label, task.x[task.positive], task.positive[task.positive])
     device = resolve_device(device)
@@ -154,6 +155,7 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
         torch.set_num_threads(int(num_threads))
     status: dict = {}
     history: list = []
+    task_check = None
     try:
         with on_device(model, device), eval_mode(model):
             if edges is not None:
@@ -163,6 +165,9 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
                 layers = edge_layers(model, graph, device=device)
                 modules = [module_of(model, graph, l.name)[0] for l in layers]
             if mode == "authors":
+                if whole.n_neg and whole.n_pos:
+                    full = TaskEvaluator(model, layers, whole, modules=modules, batch_size=batch_size, device=device)
+                    task_check = (full({l.name: torch.ones_like(l.live) for l in layers})[0], whole.n_pos, whole.n_neg)
                 masks, info = authors_prune(model, layers, modules, task, batch_size=batch_size)
                 full_acc, full_loss, acc, loss = (info[k] for k in ("full_accuracy", "full_loss", "accuracy", "loss"))
                 status.update(converged=True, n_evals=info["n_evals"])
@@ -183,7 +188,8 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
     name = "layer order" if mode == "authors" else (score if isinstance(score, str) else getattr(score, "__name__", "custom"))
     return Circuit(task.label, str(task.label if label_name is None else label_name), masks,
                    circuit_size(sized, masks), acc, loss, full_acc, full_loss, task.n_pos, task.n_neg,
-                   status["n_evals"], time.perf_counter() - start, name, history, mode, status.get("converged"), checked)
+                   status["n_evals"], time.perf_counter() - start, name, history, mode, status.get("converged"), checked,
+                   task_check)
 
 
 def extract_circuits(model: nn.Module, data: Any, labels: Union[str, Iterable[int]] = "all", *,
