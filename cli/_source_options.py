@@ -57,7 +57,7 @@ class SourceOptions:
         """Files read besides MODEL (an output must not overwrite them)."""
         return (self.weights,) if self.weights else ()
 
-    def load(self, model: str, *, layerwise: bool = False):
+    def load(self, model: str, *, layerwise: bool = False, random_state: int = 0):
         """Open ``model`` and build its graph with :func:`graphinterp.load_graph`; ``(opened, graph)``.
 
         Parameters
@@ -66,6 +66,9 @@ class SourceOptions:
             The MODEL argument: a file, a HuggingFace folder or a torchvision name.
         layerwise : bool
             Every weight layer as its own bipartite graph (``--layerwise``).
+        random_state : int
+            Seed of a torchvision architecture's random weights (the command's ``--seed``, as ``benchmark``
+            uses it, so that the commands agree on one model).
 
         Raises
         ------
@@ -76,7 +79,7 @@ class SourceOptions:
         from graphinterp import load_graph
 
         return load_graph(model, trust_pickle=self.trust_pickle, layerwise=layerwise, weights=self.weights,
-                          fold=self.fold, input_shape=self.input_shape)
+                          fold=self.fold, input_shape=self.input_shape, random_state=random_state)
 
 
 def model_argument(f: Callable) -> Callable:

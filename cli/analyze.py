@@ -66,7 +66,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     ks = parse_k_values(k_text, param_hint="--k")
     if plot_path:
         check_output_path(plot_path, inputs=(model, *source.inputs), suffixes=FIGURE_SUFFIXES, param_hint="--plot")
-    loaded, graph = source.load(model, layerwise=layerwise)
+    loaded, graph = source.load(model, layerwise=layerwise, random_state=seed)
     names = check_layers(graph, parse_layers(layers))
     device = resolve_device(device)
     result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,

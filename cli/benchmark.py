@@ -38,8 +38,9 @@ __all__ = ["command"]
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmark-report", show_default=True,
               help="Folder for benchmark.json, clusterability.csv, significance.csv and the figures.")
 @click.option("--layerwise", is_flag=True,
-              help="Analyse every Linear/Conv2d as its own bipartite graph even when the model is a chain "
-                   "(models with residual blocks are analysed this way automatically).")
+              help="Analyse every Linear/Conv2d as its own bipartite graph, unlinked, even when the model is a "
+                   "chain or a DAG (a traced residual or attention model is a DAG; only a bare state_dict whose "
+                   "names or shapes do not chain is read layer by layer automatically).")
 @click.option("--n-init", type=click.IntRange(min=1), default=10, show_default=True,
               help="KMeans restarts per BSGC run (lower is faster; the same value is used for the null).")
 @click.option("--no-figures", is_flag=True, help="Write only the JSON and CSV files.")

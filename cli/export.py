@@ -103,7 +103,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     check_output_path(out, inputs=(model, *source.inputs), param_hint="OUT")
     check_output_path(out, suffixes=EXPORT_SUFFIXES, param_hint="OUT")
     device = resolve_device(device)
-    loaded, graph = source.load(model, layerwise=layerwise)
+    loaded, graph = source.load(model, layerwise=layerwise, random_state=seed)
     names = check_layers(graph, parse_layers(layers))
     if view == "fine" and graph.chained and any(layer.in_groups for layer in graph.layers[1:]):
         raise click.BadParameter("the fine view breaks the chain at a Flatten; use --view grouped or --layerwise",

@@ -5,7 +5,7 @@ from typing import Optional
 
 import click
 
-from graphinterp import BSGC, ClusteringError, stored_clustering
+from graphinterp import BSGC, ClusteringError, layer_seed, stored_clustering
 from graphinterp.cli._common import FIGURE_SUFFIXES, check_layers, check_output_path, check_title, plain_text, seed_option
 from graphinterp.cli._source_options import (
     SourceOptions, coverage_lines, model_argument, model_source_options, note_lines,
@@ -63,7 +63,7 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
 
     check_output_path(out_path, inputs=(model, *source.inputs), suffixes=FIGURE_SUFFIXES, param_hint="--out")
     check_title(title)
-    loaded, graph = source.load(model)
+    loaded, graph = source.load(model, random_state=seed)
     check_layers(graph, [layer_name], param_hint="--layer")
     layer = graph[layer_name]
     labels, origin = None, ""
@@ -74,7 +74,8 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     if labels is None:
         k = 4 if k is None else k
         try:
-            est = BSGC(k, random_state=seed).fit(layer.magnitude())
+            # seeded per layer as analyze, export and benchmark seed it: the same labels at the same --k and --seed
+            est = BSGC(k, random_state=layer_seed(seed, graph.index(layer_name))).fit(layer.magnitude())
         except ClusteringError as err:
             raise ClusteringError(f"layer {layer_name!r}: {err}") from None
         labels, origin = (est.row_labels_, est.column_labels_), f"BSGC, k={k}"

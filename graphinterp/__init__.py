@@ -37,6 +37,7 @@ _EXPORTS = {
     "check_device": "common.distributed", "check_writable": "common.files", "deterministic": "common.seeds",
     "flush_denormals": "common.denormal", "launch_from_env": "common.distributed",
     "process_group": "common.distributed", "resolve_device": "common.files", "summarize": "common.seeds",
+    "layer_seed": "common.seeds",
     "MAX_RANGE_VALUES": "common.text",
     "format_table": "common.text",
     "parse_int_ranges": "common.text",

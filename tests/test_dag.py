@@ -401,3 +401,42 @@ def test_every_node_has_its_own_name_and_the_export_keeps_them_all():
     with pytest.raises(Exception, match="node names must be unique"):
         ModelGraph(g.layers, [g.src_nodes(l.name) for l in g.layers], [g.dst_nodes(l.name) for l in g.layers],
                    ["x"] * g.n_nodes)
+
+
+def test_zero_sum_kernels_are_exported_as_edges_of_their_full_magnitude():
+    """A grouped edge is signed by the sum of its kernel: a Sobel-like kernel (sum 0) got weight 0 and was dropped
+    from GraphML, so the file's E could not be rebuilt from its edges."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.ReLU(), nn.Conv2d(4, 3, 1))
+    with torch.no_grad():
+        model[0].weight[:, 0] = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    g = LayeredGraph.from_module(model, input_shape=(2, 6, 6))
+    signed = g["0"].signed()
+    assert torch.equal(signed.abs(), g["0"].magnitude()) and bool((signed[0] > 0).all())
+    G = g.to_networkx()
+    edges = [d for *_, d in G.edges(data=True) if d["layer"] == "0"]
+    assert len(edges) == 8 and sum(d["abs_weight"] ** 2 for d in edges) == pytest.approx(float(g["0"].squared().sum()))
+
+
+def test_a_dag_exported_with_network_wide_labels_only_has_them_as_every_layers_in_and_out_labels():
+    """export --network-wide wrote cluster_in/out -1 on every node and within=False on every edge of a DAG."""
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.a, self.b, self.head = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.stem(x)
+            h = h + self.b(torch.relu(self.a(h)))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    g = trace_graph(Res().eval(), example=torch.randn(2, 6))
+    network = cluster_network(g, 2, random_state=0)
+    G = g.to_networkx(network=network)
+    assert G.graph["cluster_source"] == "network"
+    inner = [d for _, d in G.nodes(data=True) if d["cluster"] >= 0 and d["cluster_in"] >= 0]
+    assert inner and all(d["cluster_in"] == d["cluster"] for d in inner)
+    assert all(d["within"] == d["same_cluster"] for *_, d in G.edges(data=True))
+    assert any(d["within"] for *_, d in G.edges(data=True))

@@ -204,3 +204,25 @@ def test_export_notes_the_layers_it_leaves_unclustered(mlp_file, tmp_path):
     # --stored exports the stored clustering: --k and --layers are refused, not ignored
     assert "--layers does not apply with --stored" in one_error(
         invoke("export", mlp_file, tmp_path / "i.graphml", "--stored", "--layers", "2"), 2)
+
+
+def test_a_torchvision_names_random_weights_and_a_layers_labels_follow_seed_in_every_command(tmp_path, monkeypatch):
+    """analyze, export and plot layer built a torchvision name's random weights with seed 0 whatever --seed,
+    benchmark with --seed: at --seed 5 they reported different models; plot layer also seeded BSGC otherwise."""
+    import graphinterp
+
+    seed = ["--k", "2", "--seed", "5"]
+    layer = "features.4.squeeze"  # a layer whose labels differ between seed 5 and its per-layer seed
+    a = json.loads(invoke("analyze", "squeezenet1_1", "--layers", layer, "--json", *seed).stdout)
+    assert "random initialisation (torchvision default, seed 5)" in a["notes"]
+    b = json.loads(invoke("benchmark", "squeezenet1_1", "--shuffles", "0", "--no-figures", "--json",
+                          "--out", tmp_path / "b", *seed).stdout)
+    E_bench = next(l["scores"]["2"]["E"] for l in b["models"][0]["layers"] if l["layer"] == layer)
+    assert a["results"][0]["layers"][0]["E"] == pytest.approx(E_bench, rel=1e-6)
+    drawn = {}
+    monkeypatch.setattr(graphinterp, "plot_clustered_layer",
+                        lambda w, rows, cols, **kw: drawn.update(rows=list(rows), cols=list(cols)))
+    res = invoke("plot", "layer", "squeezenet1_1", "--layer", layer, "--out", tmp_path / "p.png", *seed)
+    assert res.exit_code == 0, res.output
+    labels = next(entry for entry in a["results"][0]["clustering"]["layers"] if entry["name"] == layer)
+    assert drawn["rows"] == labels["rows"] and drawn["cols"] == labels["cols"]

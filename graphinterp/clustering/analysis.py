@@ -23,7 +23,7 @@ def graph_from_loaded(loaded, *, layerwise: bool = False, input_shape: Optional[
 
 
 def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, weights: Optional[str] = None,
-               fold: bool = True, input_shape: Optional[Sequence[int]] = None):
+               fold: bool = True, input_shape: Optional[Sequence[int]] = None, random_state: Optional[int] = 0):
     """Open any model source and build its graph; returns ``(OpenedModel, graph)``.
 
     Parameters
@@ -41,6 +41,8 @@ def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, w
         Fold normalisation scales into the weights.
     input_shape : sequence of int, optional
         Input shape without the batch dimension, to guide the guess of the example input a module is traced with.
+    random_state : int, default 0
+        Seed of a torchvision architecture's random weights (without ``weights``).
 
     Returns
     -------
@@ -62,7 +64,7 @@ def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, w
     from graphinterp.graph.load import load_graph as _load
 
     return _load(source, weights=weights, trust_pickle=trust_pickle, layerwise=layerwise, fold=fold,
-                 input_shape=input_shape)
+                 input_shape=input_shape, random_state=random_state)
 
 
 @dataclass

@@ -182,7 +182,8 @@ class ModelGraph(LayeredGraph):
             Drop edges with ``|weight| <= min_abs_weight`` (a finite number >= 0).
         network : Clustering, optional
             Network-wide labels for ``cluster``: ``meta["node_labels"]`` when it has one per node, else
-            read off the ends of its layers.
+            read off the ends of its layers; without ``clustering``, also the labels of ``cluster_in``,
+            ``cluster_out`` and ``within`` (which then equals ``same_cluster``).
         progress : bool, default False
             Show a tqdm bar over the layers on stderr.
 
@@ -205,6 +206,8 @@ class ModelGraph(LayeredGraph):
         if network is None and clustering is not None and getattr(clustering, "network_wide", False):
             network = clustering
         labels = _node_labels(self, network)
+        if clustering is None:  # network-wide labels only: they are also every layer's in and out labels
+            clustering = network
         c_in, c_out = _side_labels(self, clustering, "in"), _side_labels(self, clustering, "out")
         source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
         G = nx.MultiDiGraph(chained=False, view=view, dag=True, multigraph=True, cluster_source=source)

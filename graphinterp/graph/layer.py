@@ -288,7 +288,8 @@ class Layer:
         return self.squared(view).sqrt()
 
     def signed(self, view: str = "grouped") -> torch.Tensor:
-        """Signed edge weights; grouped edges take the sign of the sum of their parameters.
+        """Signed edge weights; grouped edges take the sign of the sum of their parameters, positive when that sum is
+        0 (a zero-sum kernel such as a Sobel filter is still an edge of its full magnitude, not a missing one).
 
         Parameters
         ----------
@@ -304,11 +305,8 @@ class Layer:
         w = self.weight.detach()
         if not self.is_conv and (view == "fine" or self.in_index is None):
             return w.T
-        if self.is_conv:
-            sign = self._dense_conv(w.flatten(2).sum(-1)).T.sign()
-        else:
-            sign = self._group_inputs(w).T.sign()
-        return self.magnitude(view) * sign
+        total = self._dense_conv(w.flatten(2).sum(-1)).T if self.is_conv else self._group_inputs(w).T
+        return self.magnitude(view) * torch.where(total < 0, -1.0, 1.0).to(w.dtype)
 
     def expand_input_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Map labels of grouped input nodes to the layer's input features (identity otherwise).
