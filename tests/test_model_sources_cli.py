@@ -226,3 +226,11 @@ def test_a_torchvision_names_random_weights_and_a_layers_labels_follow_seed_in_e
     assert res.exit_code == 0, res.output
     labels = next(entry for entry in a["results"][0]["clustering"]["layers"] if entry["name"] == layer)
     assert drawn["rows"] == labels["rows"] and drawn["cols"] == labels["cols"]
+
+
+def test_a_rotary_embeddings_mix_is_noted_with_where_it_is(llama_dir):
+    """The note gave what and how often (96x) but not where."""
+    res = invoke("analyze", llama_dir, "--k", "2", "-q")
+    assert res.exit_code == 0, res.stderr
+    line = next(l for l in res.stdout.splitlines() if "elementwise mix of nodes of one space" in l)
+    assert "in 4 node space(s): model.layers.0.self_attn.q_proj, model.layers.0.self_attn.k_proj" in line

@@ -18,7 +18,7 @@ from graphinterp.graph.coverage import Coverage, MissingModule
 from graphinterp.graph.dag import graph_from_calls
 from graphinterp.common.errors import InputMismatchError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.graph.trace import ChannelTracer
+from graphinterp.graph.trace import SAME_SPACE_MIX, ChannelTracer
 from graphinterp.graph.trace_ops import layer_name
 
 __all__ = ["trace_graph", "example_inputs"]
@@ -279,6 +279,11 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
         elif any(e.param == c.param and _overlap(e.rows, c.rows) for e in tracer.calls[:i]):
             tied[c.name] = c.param  # applied again (a module called twice), whole or in rows already applied
     notes = dict(tracer.notes)
+    if SAME_SPACE_MIX in notes:  # where: the spaces (layers' outputs) whose nodes were mixed
+        where = list(tracer.mixed_spaces)
+        count = notes.pop(SAME_SPACE_MIX)
+        notes[f"{SAME_SPACE_MIX}, in {len(where)} node space(s): {', '.join(where[:4])}"
+              f"{', ...' if len(where) > 4 else ''}; the mix is not in the graph (nodes of one space are never merged)"] = count
     if tracer.fresh_inputs:
         names = list(tracer.fresh_inputs)
         notes[f"{len(names)} layer(s) read inputs not traced back to the model's input or an earlier layer, so they "

@@ -36,6 +36,9 @@ from graphinterp.graph.trace_folds import RETURNED, settle
 from graphinterp.graph.trace_rules import apply_rule
 from graphinterp.graph.trace_ties import TieOwners, embedding_ties
 
+#: The note on an element-wise sum of nodes of one space (a rotary embedding's rotated halves), not merged.
+SAME_SPACE_MIX = "elementwise mix of nodes of one space (ignored, e.g. rotary embeddings)"
+
 __all__ = ["ChannelTracer", "LayerCall"]
 
 class ChannelTracer(TorchFunctionMode):
@@ -92,6 +95,7 @@ class ChannelTracer(TorchFunctionMode):
         self._keep: List[Any] = []
         self.inplace_direct: Optional[int] = None  # the layer whose raw output the in-place op being applied modifies
         self._uses: Counter = Counter()
+        self.mixed_spaces: Dict[str, None] = {}  # spaces whose nodes an element-wise sum mixed (SAME_SPACE_MIX)
 
     # ------------------------------------------------------------ nodes
     @property
@@ -144,8 +148,9 @@ class ChannelTracer(TorchFunctionMode):
                 continue
             gx, gy = self._group(rx), self._group(ry)
             if gx == gy:
-                self.notes[_SAME_SPACE_PRODUCT if op in _PRODUCTS else
-                           "elementwise mix of nodes of one space (ignored, e.g. rotary embeddings)"] += 1
+                self.notes[_SAME_SPACE_PRODUCT if op in _PRODUCTS else SAME_SPACE_MIX] += 1
+                if op not in _PRODUCTS:
+                    self.mixed_spaces.setdefault(self.spaces[gx][0], None)  # where, for the note (in order)
                 continue
             groups[(rx, ry)] = True
         for rx, ry in groups:
