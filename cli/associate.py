@@ -76,7 +76,8 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     """Cluster the units of every hidden level of MODEL by how they behave on data, and compare with its weights.
 
     For each hidden level (a layer's outputs, where the next layer reads them) and each association
-    kind, an association matrix between the level's units is measured on the evaluation data, the
+    kind, an association matrix between the level's units is measured on the evaluation data, its
+    absolute value is the graph (anticorrelated units are as associated as correlated ones), the
     units are split into --k clusters (spectral clustering), and the split is scored by Newman's
     modularity Q against --null-copies copies of the matrix under the --null model (z, p). The
     clusterings are then

@@ -350,3 +350,24 @@ def test_cli_associate_says_when_k_differs_from_the_stored_clustering_and_p_is_a
     assert _p(NullComparison.from_samples(0.9, np.array([0.1, 0.2, 0.3, 0.4]))) == "<=0.200"  # at the floor 1/5
     assert _p(NullComparison.from_samples(0.25, np.array([0.1, 0.2, 0.3, 0.4]))) == "0.600"
     assert _p(NullComparison.from_samples(0.25, np.array([]))) == "-"
+
+
+def test_a_level_or_kind_named_twice_is_refused_and_a_string_of_kinds_is_read_as_a_list():
+    """A level hooked twice summed its statistics twice: upstream/downstream doubled, covariances with negative
+    variances, and then a misleading 'no unit has any association'."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.randn(40, 4)
+    with pytest.raises(DataError, match="level '0' is named twice"):
+        association_moments(net, x, kinds=["covariance"], levels=["0", "0"])
+    with pytest.raises(DataError, match="association kind 'upstream' is named twice"):
+        functional_modules(net, x, 2, kinds=["upstream", "upstream"], n_null=0)
+    both = association_moments(net, x, kinds="covariance, upstream", levels=["0"])
+    assert sorted(both) == ["covariance", "upstream"]
+
+
+def test_modularity_refuses_a_signed_graph():
+    signed = np.kron(np.eye(2), np.full((3, 3), 0.8)) - 0.3
+    with pytest.raises(ClusteringError, match="non-negative"):
+        modularity(signed, np.repeat([0, 1], 3))
+    assert -0.5 <= modularity(np.abs(signed), np.repeat([0, 1], 3)) <= 0.5

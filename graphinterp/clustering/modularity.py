@@ -88,6 +88,8 @@ def modularity(A: np.ndarray, labels: np.ndarray) -> float:
     (0.5, -0.5)
     """
     A, labels = np.asarray(A, dtype=float), np.asarray(labels)
+    if (A < 0).any():  # Newman's Q is defined on non-negative weights (a signed matrix gave Q = 9.5)
+        raise ClusteringError("modularity needs a non-negative graph; pass |A| (association_graph)")
     keep = labels >= 0
     A, labels = A[np.ix_(keep, keep)], labels[keep]
     total = A.sum()

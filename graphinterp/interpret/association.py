@@ -106,6 +106,27 @@ def association_matrices(model: nn.Module, data: Any, **kwargs: Any) -> Dict[str
                    for name, M in levels.items()} for kind, levels in moments.items()}
 
 
+def distinct_names(values, what: str) -> List[str]:
+    """``values`` as a list of names (a string is a comma-separated list); a name given twice is refused: a level
+    hooked twice summed its statistics twice (covariances with negative variances).
+
+    Examples
+    --------
+    >>> distinct_names("correlation, upstream", "association kind")
+    ['correlation', 'upstream']
+    >>> distinct_names(["fc1", "fc1"], "level")
+    Traceback (most recent call last):
+    ...
+    graphinterp.common.errors.DataError: level 'fc1' is named twice; name each once
+    """
+    names = [v.strip() for v in values.split(",")] if isinstance(values, str) else list(values)
+    twice = sorted({n for n in names if names.count(n) > 1}, key=names.index)
+    if twice:
+        raise DataError(f"{what} {', '.join(repr(n) for n in twice)} {'is' if len(twice) == 1 else 'are'} named twice; "
+                        "name each once")
+    return names
+
+
 def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredGraph] = None,
                         kinds: Sequence[str] = ("correlation",), levels: Optional[Sequence[str]] = None,
                         max_examples: Optional[int] = 2000, batch_size: int = 256, device=None,
@@ -154,6 +175,7 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     >>> M["upstream"]["0"].tolist(), M["downstream"]["0"].tolist()  # W1 W1^T and W2^T W2, whatever the inputs
     ([[1.0, 1.0], [1.0, 2.0]], [[9.0, -3.0], [-3.0, 1.0]])
     """
+    kinds = distinct_names(kinds, "association kind")
     unknown = [k for k in kinds if k not in ASSOCIATION_KINDS]
     if unknown or not kinds:
         raise DataError(f"unknown association kind(s) {unknown or 'none'}; use some of {list(ASSOCIATION_KINDS)}")
@@ -165,7 +187,7 @@ def association_moments(model: nn.Module, data: Any, *, graph: Optional[LayeredG
     if not graph.chained:
         raise DataError("association matrices need a chained graph (a chain of Linear/Conv2d layers, as ablation); "
                         "this model's graph is layer by layer or a DAG")
-    names = list(levels) if levels is not None else hidden_levels(graph)
+    names = distinct_names(levels, "level") if levels is not None else hidden_levels(graph)
     bad = [n for n in names if n not in graph.level_names()]
     if bad or not names:
         raise DataError(f"level(s) {bad or 'none'} not in the graph; its levels are {graph.level_names()}")

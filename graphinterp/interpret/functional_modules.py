@@ -28,7 +28,7 @@ from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ablate import hidden_level_labels
-from graphinterp.interpret.association import ASSOCIATION_KINDS, association_moments, hidden_levels
+from graphinterp.interpret.association import ASSOCIATION_KINDS, association_moments, distinct_names, hidden_levels
 from graphinterp.interpret.evaluation import as_inputs
 
 __all__ = ["LevelModules", "FunctionalModules", "functional_modules", "reinitialised"]
@@ -150,7 +150,8 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
     x = as_inputs(data)
     graph = graph if graph is not None else LayeredGraph.from_module(model, input_shape=tuple(x.shape[1:]))
     hidden, all_names = hidden_levels(graph), graph.level_names()
-    names = list(levels) if levels is not None else hidden
+    names = distinct_names(levels, "level") if levels is not None else hidden
+    kinds = distinct_names(kinds, "association kind")
     ends = [n for n in names if n in all_names and n not in hidden]
     if ends:
         raise ClusteringError(f"level(s) {ends} are the model's input or output (the downstream Jacobian of the logits "
