@@ -192,9 +192,13 @@ def _declare(path: Path, *, folder: bool, note: bool = True) -> None:
 _SILENT = "graphinterp.outputs_noted"  # declared outputs whose command says itself that it replaces them
 
 
+def _listed(names: List[str]) -> str:
+    return ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
 def note_replaced_outputs(ctx: Optional[click.Context]) -> List[str]:
-    """After a command has finished: notes (on stderr) on the existing files its outputs replaced, and on
-    the files an output folder held before that the command did not rewrite; returns them.
+    """After a command has finished: notes (on stderr) on the existing files its outputs replaced (in an output
+    folder too), and on the files an output folder held before that the command did not rewrite; returns them.
 
     A report folder written twice (``benchmark --out report/``) would otherwise mix the figures of two
     runs without a word: the second run's files are named by its models, and the first run's others stay.
@@ -213,13 +217,17 @@ def note_replaced_outputs(ctx: Optional[click.Context]) -> List[str]:
                 notes.append(f"replaced the existing {os.fspath(path)}")
             continue
         now = _files_in(path)
-        if path in silent or not any(state != before.get(f) for f, state in now.items()):
+        if not any(state != before.get(f) for f, state in now.items()):
             continue  # nothing written there
+        replaced = [f.name for f, state in now.items() if f in before and state != before[f]]
+        if replaced:
+            notes.append(f"replaced {len(replaced)} existing file(s) in {os.fspath(path)}: {_listed(replaced)}")
+        if path in silent:  # the command names an earlier run's files itself
+            continue
         stale = [f.name for f, state in now.items() if f in before and state == before[f]]
         if stale:
-            listed = ", ".join(stale[:_LISTED]) + (f" and {len(stale) - _LISTED} more" if len(stale) > _LISTED else "")
             notes.append(f"{os.fspath(path)} also holds {len(stale)} file(s) from before that this run did not write "
-                         f"({listed}): they are not part of this run's output")
+                         f"({_listed(stale)}): they are not part of this run's output")
     for text in notes:
         click.echo(f"note: {text}", err=True)
     return notes

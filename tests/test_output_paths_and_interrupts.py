@@ -204,7 +204,7 @@ def test_replaced_files_and_files_left_from_an_earlier_run_are_noted(sd_file, tm
         check_output_dir(out, note_stale=False)
         with atomic_write(out / "label_0.graphml", "w") as handle:
             handle.write("newer")
-        assert note_replaced_outputs(ctx) == []
+        assert note_replaced_outputs(ctx) == [f"replaced 1 existing file(s) in {out}: label_0.graphml"]
 
 
 # ------------------------------------------------------------------ 2b. a real Ctrl-C is never lost

@@ -243,3 +243,12 @@ def test_cli_train(tmp_path):
     assert res.exit_code == 1 and "error: lambda must be" in res.output
     res = runner.invoke(cli, ["train", "--help"])
     assert res.exit_code == 0 and "--lambda" in res.output and "--resume" in res.output
+
+
+def test_the_data_folder_read_through_the_environment_is_recorded(tmp_path, monkeypatch):
+    """Trained with $GRAPHINTERP_DATA_DIR set, the checkpoint recorded data_dir None: ablate and circuits, run
+    without the variable, then looked in the cache folder and failed ("the folder it was trained on" is the rule)."""
+    monkeypatch.setenv("GRAPHINTERP_DATA_DIR", str(tmp_path / "data"))
+    assert TrainConfig(dataset="mnist").validate().data_dir == str(tmp_path / "data")
+    assert TrainConfig(dataset="digits").validate().data_dir is None  # built in: no folder
+    assert TrainConfig(dataset="mnist", data_dir=str(tmp_path / "mine")).validate().data_dir == str(tmp_path / "mine")

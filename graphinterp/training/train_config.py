@@ -10,7 +10,7 @@ from torch import nn
 
 from graphinterp.clustering.cluster import Clustering
 from graphinterp.clustering.validation import check_k
-from graphinterp.data.datasets import dataset_info
+from graphinterp.data.datasets import dataset_info, default_data_dir
 from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.loss import REDUCTIONS
 
@@ -158,7 +158,8 @@ class TrainConfig:
     device : str, default "auto"
         Where training runs (:func:`graphinterp.common.devices.resolve_device`).
     data_dir : str, optional
-        Folder of the datasets; default :func:`graphinterp.data.datasets.default_data_dir`.
+        Folder of the datasets; default :func:`graphinterp.data.datasets.default_data_dir` (resolved by
+        :meth:`validate` and recorded, so that ablate and circuits read the data from the same folder later).
     download : bool, default False
         Download a missing dataset.
     max_train, max_test : int, optional
@@ -225,6 +226,8 @@ class TrainConfig:
         except GraphinterpError as err:
             raise TrainingError(str(err)) from None
         check_clustering_options(self.similarity, self.reduction, "warmup_epochs", self.warmup_epochs)
+        if self.data_dir is None and self.dataset != "digits":  # the folder it reads now, recorded in the checkpoint
+            self.data_dir = str(default_data_dir())  # ($GRAPHINTERP_DATA_DIR may be unset when it is evaluated)
         self.data_dir = absolute_path(self.data_dir)
         for name in ("max_train", "max_test"):
             if getattr(self, name) is not None:
