@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 import click
 
+from graphinterp import SCHEDULER_ENV
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option,
     emit_json, format_table, json_option, plain_text, quiet_option, seed_option, trust_pickle_option,
@@ -113,14 +114,17 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
                    "from threads and lose much when cores are shared.")
 @click.option("--jobs", type=POSITIVE_INT, default=1, show_default=True, metavar="N",
               help="Labels in parallel on N worker processes (joblib); the circuits are identical to a serial run's.")
+@click.option("--scheduler", default=None, envvar=SCHEDULER_ENV, metavar="ADDRESS", show_envvar=True,
+              help="Run the labels on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's Dask backend; "
+                   "needs pip install 'graphinterp[dask]'. The circuits are the same as a local run's.")
 @seed_option
 @device_option
 @quiet_option
 @trust_pickle_option
 @json_option
 def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, mode, score, min_accuracy, max_loss_increase,
-            max_examples, max_evals, graphml_dir, plot_path, corpus, batch_size, threads, jobs, seed, device, quiet,
-            trust_pickle, as_json):
+            max_examples, max_evals, graphml_dir, plot_path, corpus, batch_size, threads, jobs, scheduler, seed, device,
+            quiet, trust_pickle, as_json):
     """Extract each label's circuit from MODEL by iterative edge pruning and report its Effective Circuit Size.
 
     A label's circuit is the set of weights (a conv kernel counts as one edge) left after pruning
@@ -207,7 +211,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
             inputs_note(other, stored_other, dataset, inputs, notes)
     kwargs = dict(score=score, tolerance=Tolerance(min_accuracy, max_loss_increase), schedule=Schedule(max_evals=max_evals),
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
-                  progress=not (quiet or as_json), mode=mode, n_jobs=jobs)
+                  progress=not (quiet or as_json), mode=mode, n_jobs=jobs, scheduler=scheduler or None)
     if ckpts[0] is not None:
         from graphinterp.cli._transformer_circuits import transformer_data, extract_transformer
 

@@ -271,6 +271,69 @@ def test_unreachable_scheduler_is_one_line_error(tmp_path, two_checkpoints):
     assert result.exit_code == 1 and result.stderr.startswith("error: ") and "Dask scheduler" in result.stderr
 
 
+def test_an_address_that_is_not_a_dask_scheduler_is_one_error_within_the_deadline():
+    """A port that accepts and never answers (a dashboard, a web server) hung the command for good; one that sends
+    other bytes made Dask allocate an exabyte 'frame', reported as out of memory."""
+    import socket
+    import threading
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    from graphinterp.common.parallel import ParallelError, _connect
+
+    def serve(greeting):
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+
+        def accept():
+            held = []
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                if greeting:
+                    conn.sendall(greeting)
+                held.append(conn)
+
+        threading.Thread(target=accept, daemon=True).start()
+        return server, f"tcp://127.0.0.1:{server.getsockname()[1]}"
+
+    silent, address = serve(b"")
+    t0 = time.perf_counter()
+    with pytest.raises(ParallelError, match="no Dask handshake within 2 s"):
+        _connect(distributed.Client, address, seconds=2.0)
+    assert time.perf_counter() - t0 < 5
+    silent.close()
+    chatty, address = serve(b"SSH-2.0-OpenSSH_9.6\r\n" * 4)
+    with pytest.raises(ParallelError, match="cannot reach the Dask scheduler"):
+        _connect(distributed.Client, address, seconds=20.0)
+    chatty.close()
+
+
+def test_circuits_takes_a_scheduler_and_passes_it_on(monkeypatch, tmp_path):
+    """circuits had --jobs but no --scheduler (and ignored the environment variable)."""
+    import graphinterp
+    from graphinterp import SCHEDULER_ENV
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise graphinterp.DataError("stop here")
+
+    monkeypatch.setattr(graphinterp, "extract_circuits", record)
+    ckpt = tmp_path / "m.pt"
+    assert _run(["train", "--epochs", "0", "--out", str(ckpt), "-q", "--device", "cpu"]).exit_code == 0
+    _run(["circuits", str(ckpt), "--labels", "0", "--scheduler", "tcp://10.0.0.5:8786"])
+    assert seen["scheduler"] == "tcp://10.0.0.5:8786"
+    monkeypatch.setenv(SCHEDULER_ENV, "tcp://10.0.0.6:8786")
+    seen.clear()
+    _run(["circuits", str(ckpt), "--labels", "0"])
+    assert seen["scheduler"] == "tcp://10.0.0.6:8786"
+
+
 def test_cli_usage_errors(tmp_path):
     assert _run(["benchmark", "--out", str(tmp_path)]).exit_code == 2
     result = _run(["benchmark", "--arch", "resnet18", "--out", str(tmp_path)])

@@ -33,14 +33,48 @@ def dask_scheduler(scheduler: Any) -> Iterator[Any]:
     if isinstance(scheduler, Client):
         yield scheduler
         return
-    try:
-        client = Client(str(scheduler), timeout="10s")
-    except (OSError, TimeoutError, ValueError) as err:
-        raise ParallelError(f"cannot reach the Dask scheduler {scheduler!r}: {err}") from None
+    client = _connect(Client, scheduler)
     try:
         yield client
     finally:
         client.close()
+
+
+_CONNECT_S = 15.0  # the most a connection may take, whatever answers at the address
+
+
+def _connect(Client, scheduler: Any, seconds: float = _CONNECT_S) -> Any:
+    """``Client(scheduler)`` within ``seconds``, else :class:`ParallelError`.
+
+    Dask's own timeout does not bound the handshake: an address where something answers that is not a
+    Dask scheduler (its dashboard, a web server, a silent port) hung the command for good, and one that
+    sends other bytes made Dask allocate a "frame" of exabytes (reported as out of memory). The Client is
+    made on a helper thread that is given up after ``seconds``; any error becomes one ParallelError.
+    """
+    import threading
+
+    box: dict = {}
+
+    def make() -> None:
+        try:
+            box["client"] = Client(str(scheduler), timeout="10s")
+        except BaseException as err:  # reported below, on the caller's thread
+            box["error"] = err
+
+    thread = threading.Thread(target=make, name="graphinterp-dask-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ParallelError(f"cannot reach the Dask scheduler {scheduler!r}: no Dask handshake within {seconds:.0f} s "
+                            "(is it the scheduler's address, e.g. tcp://host:8786, and not its dashboard's?)")
+    err = box.get("error")
+    if isinstance(err, KeyboardInterrupt):
+        raise err
+    if err is not None:
+        why = ("the address answered, but not as a Dask scheduler (its reply could not be read)"
+               if isinstance(err, MemoryError) else str(err) or type(err).__name__)
+        raise ParallelError(f"cannot reach the Dask scheduler {scheduler!r}: {why}") from None
+    return box["client"]
 
 
 def run_tasks(fn: Callable, tasks: Sequence[tuple], *, n_jobs: int = 1, scheduler: Any = None) -> List[Any]:
