@@ -160,8 +160,7 @@ def interrupted_message(ctx: Optional[click.Context]) -> str:
     if not names:
         existed = any(before for _, before in outputs.values())  # an existing file, or a folder with files
         return "interrupted; no output was written" + (" (existing files are unchanged)" if existed else "")
-    listed = ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
-    return f"interrupted after writing {listed} (each file complete; outputs not named were not written)"
+    return f"interrupted after writing {_listed(names)} (each file complete; outputs not named were not written)"
 
 
 def _state(path: Path):

@@ -296,9 +296,10 @@ class ChannelTracer(TorchFunctionMode):
             return
         if any(owners):
             self._const[id(out)] = next(o for o in owners if o)
-        elif len(tensors) >= 2:
-            src = self.param_of(tensors[0])
-            self._const[id(out)] = layer_name(src[0]) if src is not None else "parameters"
+        elif len(tensors) >= 2:  # named after the first parameter (param_of would also build its element index)
+            first = id(tensors[0])
+            self._const[id(out)] = layer_name(self.param_names[first] if first in self.param_names
+                                              else self._derived[first][0])
         else:
             return
         self._keep.append(out)

@@ -170,16 +170,20 @@ class Circuit:
         n = 4.0 / (1.0 / n_pos + 1.0 / n_neg)  # the balanced accuracy's binomial size at chance
         return not clearly_above(accuracy, 0.5, n)
 
+    def _authors_chance(self) -> str:
+        """In ``"authors"`` mode, what :attr:`task_check` found when the model is at chance (one clause)."""
+        accuracy, n_pos, n_neg = self.task_check
+        return (f"the full model is not clearly better than chance at telling the label from the others (balanced "
+                f"accuracy {accuracy:.3f} on {n_pos:,} + {n_neg:,} examples, chance 0.5), though the authors' "
+                "criterion, on the label's examples alone, cannot see it")
+
     def _chance_note(self) -> Optional[str]:
         """The caveat for a circuit of a model not clearly above chance on the label's balanced task."""
         if not self._at_chance():
             return None
         if not self.n_neg:  # authors' mode: judged on the label's examples, checked on the label against the rest
-            accuracy, n_pos, n_neg = self.task_check
-            return (f"the full model is not clearly better than chance at telling the label from the others "
-                    f"(balanced accuracy {accuracy:.3f} on {n_pos:,} + {n_neg:,} examples, chance 0.5), though the "
-                    f"authors' criterion, on the label's examples alone, cannot see it: its circuit of "
-                    f"{self.size.kept_params:,} weights describes noise, not how the model computes the label")
+            return (self._authors_chance() + f": its circuit of {self.size.kept_params:,} weights describes noise, "
+                    "not how the model computes the label")
         return (f"the full model is not clearly better than chance on the label's task (accuracy "
                 f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}): its circuit of "
                 f"{self.size.kept_params:,} weights describes noise, not how the model computes the label")
@@ -231,7 +235,7 @@ class Circuit:
                     f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}; e.g. it never predicts the label, "
                     "or always does), so removing every weight loses nothing" + tail)
         if self._at_chance() and not self.n_neg:  # authors' mode, checked on the label against the rest
-            return head + self._chance_note().split(": its circuit")[0] + tail
+            return head + self._authors_chance() + tail
         if self._at_chance():
             return (head + f"the full model is not clearly better than chance on the label's task (accuracy "
                     f"{self.full_accuracy:.3f}, chance {self.chance_accuracy:.1f}), and the tolerance accepts the "
