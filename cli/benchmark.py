@@ -48,7 +48,7 @@ __all__ = ["command"]
               help="Worker processes over the layers of all models (joblib); the report does not depend on it.")
 @click.option("--scheduler", default=None, envvar=SCHEDULER_ENV, metavar="ADDRESS", show_envvar=True,
               help="Run the layers on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's Dask backend; "
-                   "needs pip install 'graphinterp[dask]'. The report is the same as a local run's.")
+                   "needs pip install 'graphinterp[dask]'. The report is the same as a local run's; an empty ADDRESS runs locally.")
 @seed_option
 @device_option
 @quiet_option

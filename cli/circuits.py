@@ -116,7 +116,7 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
               help="Labels in parallel on N worker processes (joblib); the circuits are identical to a serial run's.")
 @click.option("--scheduler", default=None, envvar=SCHEDULER_ENV, metavar="ADDRESS", show_envvar=True,
               help="Run the labels on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's Dask backend; "
-                   "needs pip install 'graphinterp[dask]'. The circuits are the same as a local run's.")
+                   "needs pip install 'graphinterp[dask]'. The circuits are the same as a local run's; an empty ADDRESS runs locally.")
 @seed_option
 @device_option
 @quiet_option

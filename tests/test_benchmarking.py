@@ -271,6 +271,18 @@ def test_unreachable_scheduler_is_one_line_error(tmp_path, two_checkpoints):
     assert result.exit_code == 1 and result.stderr.startswith("error: ") and "Dask scheduler" in result.stderr
 
 
+def test_a_cluster_without_workers_is_one_error_that_a_cli_user_can_act_on(monkeypatch):
+    """joblib waited 10 s and raised a TimeoutError telling the user to call parallel_config(...) in Python."""
+    distributed = pytest.importorskip("distributed")
+    import graphinterp.common.parallel as parallel
+
+    monkeypatch.setattr(parallel, "_WORKERS_S", 1.0)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        with pytest.raises(parallel.ParallelError, match="has no workers .*dask worker") as info:
+            parallel.run_tasks(pow, [(2, 3), (3, 2)], scheduler=cluster.scheduler_address)
+    assert "parallel_config" not in str(info.value)
+
+
 def test_an_address_that_is_not_a_dask_scheduler_is_one_error_within_the_deadline():
     """A port that accepts and never answers (a dashboard, a web server) hung the command for good; one that sends
     other bytes made Dask allocate an exabyte 'frame', reported as out of memory."""

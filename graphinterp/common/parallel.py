@@ -40,6 +40,7 @@ def dask_scheduler(scheduler: Any) -> Iterator[Any]:
         client.close()
 
 
+_WORKERS_S = 10.0  # seconds joblib waits for a Dask cluster's first worker
 _CONNECT_S = 15.0  # the most a connection may take, whatever answers at the address
 
 
@@ -106,5 +107,14 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], *, n_jobs: int = 1, schedule
 
     if scheduler is None:
         return Parallel(n_jobs=min(n_jobs, len(tasks)) if n_jobs > 0 else n_jobs)(delayed(fn)(*t) for t in tasks)
-    with dask_scheduler(scheduler) as client, parallel_backend("dask", client=client):
-        return Parallel(n_jobs=n_jobs if n_jobs != 1 else -1)(delayed(fn)(*t) for t in tasks)
+    with dask_scheduler(scheduler) as client, parallel_backend("dask", client=client,
+                                                              wait_for_workers_timeout=_WORKERS_S):
+        try:
+            return Parallel(n_jobs=n_jobs if n_jobs != 1 else -1)(delayed(fn)(*t) for t in tasks)
+        except TimeoutError as e:
+            if "no worker" not in str(e):
+                raise
+            # joblib's own message suggests a Python call (parallel_config), which a CLI user cannot make
+            raise ParallelError(f"the Dask cluster at {scheduler!r} has no workers (none joined within {_WORKERS_S:.0f} "
+                                "s): start some, e.g. `dask worker ADDRESS` on each machine, or run locally without "
+                                "a scheduler") from None
