@@ -235,8 +235,9 @@ def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Opt
             raise
         raise DataError(text) from None
     note = limit_note(limit, len(data), f"examples of {data.name} {split}")
-    if note is not None and notes is not None:
-        notes.append(note)
+    for text in (data.note, note):  # a split short of the complete dataset's examples; a limit above its size
+        if text is not None and notes is not None:
+            notes.append(text)
     return data.subset(limit, seed=seed) if limit is not None else data
 
 

@@ -154,6 +154,11 @@ def test_damaged_mnist_and_failed_download(tmp_path, monkeypatch):
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, (0,))
     with pytest.raises(DataError, match="could not read mnist.*--download"):
         load_dataset("mnist", data_dir=tmp_path)
+    # --download with the files present reads them (nothing is fetched): damaged files, not the network; and a
+    # --data-dir naming MNIST/ itself is the same folder as without --download, not MNIST/MNIST/
+    with pytest.raises(DataError, match="could not read mnist in .*damaged"):
+        load_dataset("mnist", data_dir=tmp_path / "MNIST", download=True)
+    assert not (tmp_path / "MNIST" / "MNIST").exists()
 
     def offline(self):
         raise urllib.error.URLError("no network")
@@ -333,3 +338,44 @@ def test_cifar10_jpeg_dir_extracts_once(tmp_path, monkeypatch):
     assert len(load_dataset("cifar10", data_dir=folder, split="test")) == 10
     monkeypatch.setattr(module, "shared_datasets_dir", lambda: None)
     assert module.cifar10_jpeg_dir(tmp_path / "other") is None
+
+
+def test_a_split_short_of_the_complete_dataset_is_noted_by_load_train_and_eval(tmp_path):
+    """An image folder cut short (an interrupted extraction) was read without a word."""
+    from cli._eval_data import load_eval_data
+    from graphinterp.training.train import _load_data
+    from graphinterp.training.train_config import TrainConfig
+
+    _write_jpegs(tmp_path / "train", per_class=2)
+    _write_jpegs(tmp_path / "test", per_class=2)
+    (tmp_path / "test" / "truck" / "0001.jpg").unlink()  # one truck short
+    train = load_dataset("cifar10", data_dir=tmp_path)
+    assert "has 20 examples, not the 50,000 of the complete dataset" in train.note
+    test = load_dataset("cifar10", split="test", data_dir=tmp_path)
+    assert "has 19 examples, not the 10,000" in test.note and "fewest in truck 1" in test.note
+    assert test.subset(3).note == test.note
+    notes = []
+    load_eval_data("cifar10", "test", str(tmp_path), None, 0, notes)
+    assert notes == [test.note]
+    heard = []
+    _load_data(TrainConfig(dataset="cifar10", data_dir=str(tmp_path)), None, None, heard.append)
+    assert heard == [train.note, test.note]
+    assert load_dataset("digits").note is None  # digits has no file to be incomplete
+
+
+def test_corpus_splits_are_train_and_val_only_and_line_endings_are_kept(tmp_path):
+    from graphinterp.common.errors import DataError
+    from graphinterp.data.tasks import load_corpus
+
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(b"ab\r\ncd\r\n" * 40)
+    corpus = load_corpus(path, n_ctx=4, val_frac=0.25)
+    assert "\r" in corpus.chars and corpus.decode(torch.cat([corpus.train, corpus.val])) == "ab\r\ncd\r\n" * 40
+    assert torch.equal(corpus.windows(4, "val")[0][0], corpus.val[:4])
+    assert torch.equal(corpus.windows(4, "train")[0][0], corpus.train[:4])
+    g = torch.Generator().manual_seed(0)
+    for call in (lambda s: corpus.windows(4, s), lambda s: corpus.next_char_windows(4, s),
+                 lambda s: corpus.batch(2, 4, g, split=s)):
+        for split in ("test", "validation"):
+            with pytest.raises(DataError, match="'train' and 'val'"):
+                call(split)

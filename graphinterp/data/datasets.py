@@ -28,6 +28,7 @@ __all__ = [
     "DATASETS",
     "CIFAR10_CLASSES",
     "NORMALIZATION",
+    "SPLIT_SIZES",
     "LabeledTensors",
     "dataset_info",
     "default_data_dir",
@@ -50,6 +51,8 @@ _FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Sh
 _INFO = {"digits": ((1, 8, 8), _DIGITS), "mnist": ((1, 28, 28), _DIGITS),
          "fashion-mnist": ((1, 28, 28), _FASHION), "cifar10": ((3, 32, 32), CIFAR10_CLASSES)}
 _ALIASES = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10"}
+#: Examples in the complete train and test splits of the datasets read from files.
+SPLIT_SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000)}
 _CIFAR_PY = "cifar-10-batches-py"
 _DIGITS_SEED = 0
 
@@ -68,6 +71,9 @@ class LabeledTensors:
         Class names in label order.
     name : str
         Dataset name, e.g. ``"mnist"``.
+    note : str, optional
+        What is unusual about the split, e.g. fewer examples than the complete dataset has (set by
+        :func:`load_dataset`; training and evaluation pass it on to the user).
 
     Examples
     --------
@@ -81,6 +87,7 @@ class LabeledTensors:
     y: torch.Tensor
     classes: List[str]
     name: str
+    note: Optional[str] = None  # set by load_dataset when the split is not the complete dataset's
 
     def __post_init__(self) -> None:
         if self.x.dim() != 4 or self.y.dim() != 1 or len(self.x) != len(self.y):
@@ -114,7 +121,7 @@ class LabeledTensors:
         if n >= len(self):
             return self
         idx = subset_indices(len(self), n, seed)
-        return LabeledTensors(self.x[idx], self.y[idx], list(self.classes), self.name)
+        return LabeledTensors(self.x[idx], self.y[idx], list(self.classes), self.name, self.note)
 
 
 def subset_indices(total: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -284,4 +291,20 @@ def load_dataset(
     if normalize:
         mean, std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in NORMALIZATION[key])
         x = x.sub_(mean).div_(std)
-    return LabeledTensors(x=x.contiguous(), y=y, classes=list(classes), name=key)
+    return LabeledTensors(x=x.contiguous(), y=y, classes=list(classes), name=key, note=_size_note(key, split, root, y))
+
+
+def _size_note(key: str, split: str, root: Path, y: torch.Tensor) -> Optional[str]:
+    """A note when a split read from files does not hold the complete dataset's examples (an interrupted
+    extraction, a damaged or cut-down copy), with the classes that fall short; None when it does."""
+    if key not in SPLIT_SIZES:
+        return None
+    expected = SPLIT_SIZES[key][0 if split == "train" else 1]
+    if len(y) == expected:
+        return None
+    counts = np.bincount(y.numpy(), minlength=len(_INFO[key][1]))
+    short = [f"{_INFO[key][1][c]} {counts[c]:,}" for c in np.argsort(counts)[:3] if counts[c] < counts.max()]
+    return (f"the {key} {split} split in {root} has {len(y):,} examples, not the {expected:,} of the complete dataset "
+            f"(an interrupted download or extraction, or a cut-down copy?)"
+            + (f"; fewest in {', '.join(short)}" if short else "")
+            + f"; results are on these {len(y):,}")

@@ -40,8 +40,8 @@ def _load_mnist_like(key: str, root: Path, train: bool, download: bool) -> Tuple
     import torchvision
 
     folder = _TORCHVISION_FOLDER[key]
-    if not download and root.name == folder and (root / "raw").is_dir():
-        root = root.parent  # the user pointed at MNIST/ itself
+    if root.name == folder and (root / "raw").is_dir():
+        root = root.parent  # the user pointed at MNIST/ itself (with --download too: not a second copy inside it)
     cls = torchvision.datasets.MNIST if key == "mnist" else torchvision.datasets.FashionMNIST
     expected = root / folder / "raw" / f"{'train' if train else 't10k'}-images-idx3-ubyte"
     if not download and not expected.is_file():
@@ -49,10 +49,11 @@ def _load_mnist_like(key: str, root: Path, train: bool, download: bool) -> Tuple
             f"{key} not found: expected {expected}; pass --download to fetch it, "
             f"or --data-dir pointing at the folder that holds {folder}/"
         )
+    present = expected.is_file()  # torchvision then reads the files there and downloads nothing
     try:
         ds = cls(root=str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises RuntimeError/URLError/AssertionError
-        raise DataError(_failed(key, root / folder, exc, download)) from exc
+        raise DataError(_failed(key, root / folder, exc, download and not present)) from exc
     return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
 
 

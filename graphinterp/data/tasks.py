@@ -95,10 +95,18 @@ class CharCorpus:
             h.update(part.to(torch.int64).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def _ids(self, split: str) -> torch.Tensor:
+        """The token ids of ``split``, ``"train"`` or ``"val"`` (any other name is an error, not a guess)."""
+        if split == "train":
+            return self.train
+        if split == "val":
+            return self.val
+        raise DataError(f"a character corpus has the splits 'train' and 'val', not {split!r}")
+
     def batch(self, batch_size: int, n_ctx: int, generator: torch.Generator,
               split: str = "train") -> Tuple[torch.Tensor, torch.Tensor]:
         """Random windows ``(x, y)`` of shape ``(batch_size, n_ctx)``; ``y`` is ``x`` shifted by one."""
-        ids = self.train if split == "train" else self.val
+        ids = self._ids(split)
         start = torch.randint(0, len(ids) - n_ctx - 1, (batch_size,), generator=generator)
         idx = start[:, None] + torch.arange(n_ctx + 1)[None, :]
         w = ids[idx]
@@ -106,7 +114,7 @@ class CharCorpus:
 
     def windows(self, n_ctx: int, split: str = "val", limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Consecutive non-overlapping windows of a split (the evaluation set), at most ``limit``."""
-        ids = self.val if split == "val" else self.train
+        ids = self._ids(split)
         n = (len(ids) - 1) // n_ctx
         if limit is not None:
             n = min(n, int(limit))
@@ -131,7 +139,7 @@ class CharCorpus:
         >>> d.x.tolist(), d.y.tolist(), d.classes
         ([[2, 1, 0], [1, 0, 2]], [2, 1], ['a', 'b', 'c'])
         """
-        ids = self.val if split == "val" else self.train
+        ids = self._ids(split)
         n = len(ids) - n_ctx
         if n < 1:
             raise DataError(f"the {split} split has {len(ids)} characters: too few for windows of {n_ctx}")
@@ -204,7 +212,8 @@ def load_corpus(path=None, *, data_dir: Optional[str] = None, val_frac: float = 
     if not path.is_file():
         raise DataError(f"corpus {path} is not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as f:  # as written: \r\n stays two characters
+            text = f.read()
     except UnicodeDecodeError as err:
         raise DataError(f"corpus {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:

@@ -109,6 +109,8 @@ def _load_data(config: TrainConfig, train_data, test_data,
         if data is None:
             data = load_dataset(config.dataset, split=split, data_dir=config.data_dir, download=config.download)
         data = _as_data(data, f"{split}_data")
+        if getattr(data, "note", None):  # e.g. a split with fewer examples than the complete dataset
+            note(data.note)
         if limit and limit > len(data):  # subset() keeps everything: say so rather than train on fewer silently
             what = "training" if split == "train" else "test"
             note(f"{data.name or config.dataset} has only {len(data)} {what} examples, fewer than the {limit} asked "
