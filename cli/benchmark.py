@@ -53,9 +53,14 @@ __all__ = ["command"]
 @device_option
 @quiet_option
 @trust_pickle_option
+@click.option("--network", is_flag=True,
+              help="Also test each model as one graph (Filan et al.): the n-cut and E of a network-wide clustering at "
+                   "--significance-k against --shuffles networks with every layer's weights permuted (network.csv; "
+                   "runs in this process, whatever --jobs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON instead of the table.")
 def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, significance_k, shuffles, nonzero_only,
-            out_dir, layerwise, n_init, no_figures, n_jobs, scheduler, seed, device, quiet, trust_pickle, as_json):
+            out_dir, layerwise, n_init, no_figures, n_jobs, scheduler, network, seed, device, quiet, trust_pickle,
+            as_json):
     """Benchmark the clusterability of MODELS, per layer, against shuffled-weight nulls.
 
     MODELS are model files (graphinterp checkpoints, bare or wrapped state_dicts, TorchScript,
@@ -81,10 +86,14 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     than k are left out for that k, and the report says so. The table gives E and E_rand at every k (up to
     five k; else the first, the last and the significance k, the rest in clusterability.csv and the JSON); a
     model's mass-weighted E over the k range is over its layers scored at every k, as in `analyze`.
+    With --network each model is also tested as one graph, as Filan et al. test networks: its nodes
+    clustered together (spectral clustering of the |W| graph, one label per neuron or channel), the
+    normalised cut (lower is more clusterable) and E compared with --shuffles networks whose layers'
+    weights are permuted and reclustered, with the pieces the graph falls into noted.
 
     \b
     Outputs in --out: benchmark.json, clusterability.csv (model, layer, k), significance.csv
-    (model, layer), clusterability_vs_k.png/.svg (Figure 1 style), <model>_layers.png and
+    (model, layer), network.csv (--network: model), clusterability_vs_k.png/.svg (Figure 1 style), <model>_layers.png and
     <model>_significance.png (split into _1, _2, ... files for models with many layers).
 
     \b
@@ -92,6 +101,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
       graphinterp benchmark baseline.pt modular.pt --k 2..10 --out report/
       graphinterp benchmark --arch resnet18 --weights resnet18.pth --random-arch resnet18 --k 2..6
       graphinterp benchmark resnet20.th --shuffles 50 --significance-k 4 --json
+      graphinterp benchmark mlp.pt --network --shuffles 20 --k 4
     """
     models, archs = _single_model_weights(models, archs, weights)
     if len(archs) != len(weights):
@@ -105,6 +115,9 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         raise click.BadParameter("a null of 1 shuffle has no spread, so no z-score, and its p-value is at least 0.5; "
                                  "give 2 or more (p goes down to 1/(N+1)), or 0 for no shuffle test",
                                  param_hint="--shuffles")
+    if network and shuffles == 0:
+        raise click.BadParameter("the whole-network test needs shuffled networks: give --shuffles 2 or more, or "
+                                 "leave out --network", param_hint="--shuffles")
     ks = parse_k_values(k_text, param_hint="--k")
     check_output_dir(out_dir, param_hint="--out", note_stale=False)  # its own note names an earlier report's files
     _refuse_overwriting_inputs(out_dir, list(models) + list(weights))
@@ -112,7 +125,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,
                                nonzero_only=nonzero_only, layerwise=layerwise, trust_pickle=trust_pickle,
                                n_init=n_init, device=device, random_state=seed, progress=not (quiet or as_json) and n_jobs == 1,
-                               n_jobs=n_jobs, scheduler=scheduler or None)
+                               n_jobs=n_jobs, scheduler=scheduler or None, network=network)
     except SignificanceKError as err:  # found after loading the models, before any clustering
         raise click.BadParameter(str(err), param_hint="--significance-k") from None
     if not report.models:  # nothing could be loaded: nothing to write
@@ -139,7 +152,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
 
 
 #: The report's file names in --out (figures: <model>_layers.png, <model>_significance_2.png, ...).
-_REPORT_NAME = re.compile(r"^(benchmark\.json|clusterability\.csv|significance\.csv|clusterability_vs_k\.(png|svg)"
+_REPORT_NAME = re.compile(r"^(benchmark\.json|clusterability\.csv|significance\.csv|network\.csv|clusterability_vs_k\.(png|svg)"
                           r"|.*_(layers|significance)(_\d+)?\.png)$")
 
 

@@ -8,6 +8,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from graphinterp.clustering.bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
+from graphinterp.clustering.spectral import top_eigenvectors
 from graphinterp.common.devices import resolve_device
 from graphinterp.common.errors import ClusteringError
 from graphinterp.clustering.dag_cluster import cluster_dag
@@ -189,7 +190,7 @@ def cluster_network(
         Layers to cluster; default every layer but depthwise and grouped convolutions (named in
         ``meta["left_out"]``).
     similarity : mapping of layer name to (n_in, n_out) array, optional
-        Similarity matrices; default ``|W|``. Not supported on a DAG.
+        Similarity matrices (non-negative); default ``|W|``.
     n_init : int, default 10
         KMeans restarts on the embedding of each run of consecutive layers.
     random_state : int or None
@@ -202,13 +203,12 @@ def cluster_network(
     Raises
     ------
     ClusteringError
-        A k out of range, a layer-by-layer graph, ``similarity`` on a DAG, or as in :func:`cluster_layers`.
+        A k out of range, a layer-by-layer graph, or as in :func:`cluster_layers`.
     """
     if hasattr(graph, "src_nodes"):  # a DAG (residual streams, attention): one label per shared node
-        if similarity is not None:
-            raise ClusteringError("network-wide clustering of a DAG graph uses |W|; similarity= is not supported")
         names, left_out = _selected(graph, k, layers)
-        out = cluster_dag(graph, k, layers=names, n_init=n_init, random_state=random_state)
+        sims = None if similarity is None else _similarities(graph, names, similarity)
+        out = cluster_dag(graph, k, layers=names, similarity=sims, n_init=n_init, random_state=random_state)
         if left_out:
             out.meta["left_out"] = left_out
         return out
@@ -252,8 +252,7 @@ def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng) -> List[np.
     live = deg > 0
     sub = A[live][:, live]
     An, d_is, _ = normalize_bipartite(sub)
-    evals, evecs = torch.linalg.eigh(An)
-    X = evecs[:, -k:]
+    X = torch.from_numpy(top_eigenvectors(An.numpy(), k))
     Z = (X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
     with threadpool_limits(1, user_api="openmp"):  # see bsgc._kmeans
         from sklearn.cluster import KMeans  # imported here: a second at import time

@@ -11,13 +11,14 @@ has one clustering shared by every block that reads or writes it. Nodes with no 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from graphinterp.clustering.labels import Clustering
+from graphinterp.clustering.spectral import top_eigenvectors
 from graphinterp.clustering.validation import check_k
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
@@ -25,11 +26,11 @@ from graphinterp.common.seeds import check_random_state
 __all__ = ["cluster_dag"]
 
 
-def _products(graph, names):
-    """``(matvec, degrees)`` of the symmetric node adjacency, matrix-free."""
+def _products(graph, names, similarity=None):
+    """``(matvec, degrees)`` of the symmetric node adjacency, matrix-free (edge weights ``|W|``, or ``similarity[name]``)."""
     mats = []
     for name in names:
-        M = graph[name].magnitude().double().cpu()
+        M = (graph[name].magnitude() if similarity is None else torch.as_tensor(similarity[name])).double().cpu()
         mats.append((torch.as_tensor(graph.src_nodes(name)), torch.as_tensor(graph.dst_nodes(name)), M))
     n = graph.n_nodes
 
@@ -44,8 +45,8 @@ def _products(graph, names):
     return matvec, deg
 
 
-def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, n_init: int = 10,
-                random_state=None) -> Clustering:
+def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, similarity: Optional[Mapping] = None,
+                n_init: int = 10, random_state=None) -> Clustering:
     """One label per node of a DAG graph (see the module docstring).
 
     Parameters
@@ -55,6 +56,9 @@ def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, n_init
         Number of clusters, ``2 <= k <=`` number of connected nodes.
     layers : sequence of str, optional
         Layers whose edges define the graph (default: all). Nodes only they touch are clustered.
+    similarity : mapping of layer name to (n_in, n_out) tensor, optional
+        Edge weights of each layer (already checked, e.g. by
+        :func:`~graphinterp.clustering.cluster.cluster_network`); default ``|W|``.
     n_init : int
         KMeans restarts.
     random_state : int, optional
@@ -84,7 +88,7 @@ def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, n_init
     names = list(layers) if layers is not None else graph.layer_names
     for name in names:
         graph[name]
-    matvec, deg = _products(graph, names)
+    matvec, deg = _products(graph, names, similarity)
     live = (deg > 0).numpy()
     n_live = int(live.sum())
     k = check_k(k)  # one label per shared node: the limit is the connected nodes, not a layer's sides
@@ -102,8 +106,7 @@ def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, n_init
     v0 = rng.uniform(-1, 1, n) * live
     if n <= 2000:
         dense = normalised(np.eye(n))
-        vals, vecs = np.linalg.eigh((dense + dense.T) / 2)
-        vecs = vecs[:, np.argsort(vals)[::-1][:k]]
+        vecs = top_eigenvectors((dense + dense.T) / 2, k)[:, ::-1]  # largest first
     else:
         vals, vecs = eigsh(op, k=k, which="LA", v0=v0, tol=1e-6)
     Z = vecs[live]

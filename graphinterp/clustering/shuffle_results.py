@@ -29,7 +29,10 @@ class NullComparison:
     z : float
         ``(observed - mean) / std``; ``+inf``/``-inf`` when the null has no spread and differs, NaN when equal.
     p_value : float
-        ``(r + 1) / (n + 1)`` with ``r`` the number of null values ``>= observed``; NaN for an empty null.
+        ``(r + 1) / (n + 1)`` with ``r`` the number of null values ``>= observed`` (``<=`` when
+        ``lower_is_better``); NaN for an empty null.
+    lower_is_better : bool
+        The measure is more structured when lower (a normalised cut); the z-score keeps its sign.
     """
 
     observed: float
@@ -38,9 +41,10 @@ class NullComparison:
     std: float
     z: float
     p_value: float
+    lower_is_better: bool = False
 
     @classmethod
-    def from_samples(cls, observed: float, null: np.ndarray) -> "NullComparison":
+    def from_samples(cls, observed: float, null: np.ndarray, *, lower_is_better: bool = False) -> "NullComparison":
         """Summarise ``null`` against ``observed``.
 
         Examples
@@ -48,6 +52,8 @@ class NullComparison:
         >>> c = NullComparison.from_samples(0.9, np.array([0.5, 0.6, 0.7]))
         >>> round(c.z, 3), c.p_value
         (3.0, 0.25)
+        >>> NullComparison.from_samples(0.4, np.array([0.5, 0.6, 0.7]), lower_is_better=True).p_value
+        0.25
         """
         null = np.asarray(null, dtype=float)
         n = null.size
@@ -60,13 +66,15 @@ class NullComparison:
             z = math.copysign(math.inf, diff)
         else:
             z = math.nan
-        r = int(np.count_nonzero(null >= observed - 1e-12))
-        return cls(float(observed), null, mean, std, float(z), (r + 1) / (n + 1) if n else math.nan)  # no null: no p
+        r = int(np.count_nonzero(null <= observed + 1e-12 if lower_is_better else null >= observed - 1e-12))
+        p = (r + 1) / (n + 1) if n else math.nan  # no null: no p
+        return cls(float(observed), null, mean, std, float(z), p, bool(lower_is_better))
 
     def to_dict(self) -> dict:
         """JSON-ready dict (non-finite numbers become ``None``)."""
-        return {"observed": self.observed, "null_mean": _finite(self.mean), "null_std": _finite(self.std),
-                "z": _finite(self.z), "p_value": _finite(self.p_value), "null": [float(v) for v in self.null]}
+        out = {"observed": self.observed, "null_mean": _finite(self.mean), "null_std": _finite(self.std),
+               "z": _finite(self.z), "p_value": _finite(self.p_value), "null": [float(v) for v in self.null]}
+        return {**out, "lower_is_better": True} if self.lower_is_better else out
 
 
 @dataclass(frozen=True)

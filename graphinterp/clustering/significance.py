@@ -56,7 +56,7 @@ from graphinterp.common.seeds import check_random_state
 from graphinterp.clustering.labels import check_labels
 from graphinterp.clustering.shuffle_results import NullComparison, ShuffleTest
 
-__all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas"]
+__all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas", "null_support"]
 
 
 _CONTROLLER = None
@@ -147,6 +147,21 @@ def _edge_magnitudes(layer_or_matrix: Union[Layer, torch.Tensor, np.ndarray]) ->
     return "layer", _as_matrix(A).abs()
 
 
+def null_support(layer: Union[Layer, torch.Tensor, np.ndarray], A: torch.Tensor,
+                 nonzero_only: bool) -> Optional[torch.Tensor]:
+    """The positions a shuffle permutes ``A``'s (the layer's edge magnitudes) weights among, or None for all.
+
+    A grouped or depthwise layer's structural edges only, and, unless ``nonzero_only`` (which keeps every
+    zero in place anyway), not the rows and columns of isolated nodes: they stay isolated.
+    """
+    support = layer.support() if isinstance(layer, Layer) and layer.structure != "dense" else None
+    live_r, live_c = A.sum(1) > 0, A.sum(0) > 0
+    if not nonzero_only and not (bool(live_r.all()) and bool(live_c.all())):  # isolated nodes stay isolated
+        live = live_r[:, None] & live_c[None, :]
+        support = live if support is None else support.to(live.device) & live
+    return support
+
+
 def _within_share(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> float:
     """:func:`graphinterp.clustering.metrics.clusterability` (E) by one ``(m, n) @ (n, k)`` product, without an ``(m, n)`` mask."""
     c = torch.as_tensor(np.where(cols >= 0, cols, k), device=squared.device)
@@ -231,11 +246,7 @@ def shuffle_test(
         raise ClusteringError(f"n_shuffles must be a positive integer, got {n_shuffles!r}")
     name, A = _edge_magnitudes(layer)
     A = A.to(resolve_device(device))
-    support = layer.support() if isinstance(layer, Layer) and layer.structure != "dense" else None
-    live_r, live_c = A.sum(1) > 0, A.sum(0) > 0
-    if not nonzero_only and not (bool(live_r.all()) and bool(live_c.all())):  # isolated nodes stay isolated
-        live = live_r[:, None] & live_c[None, :]
-        support = live if support is None else support.to(live.device) & live
+    support = null_support(layer, A, nonzero_only)
     rng = check_random_state(random_state)
 
     if batch_size is None:

@@ -6,6 +6,8 @@ Files written by :func:`write_report` into one folder (all atomically):
 * ``clusterability.csv``: one row per model, layer and k (E, E_random, normalised score, sizes);
 * ``significance.csv``: one row per model and layer (observed E and score, their null mean and
   standard deviation, z-scores and empirical p-values, number of shuffles);
+* ``network.csv`` (with the whole-network test): one row per model, its n-cut and E against the shuffled
+  networks (:mod:`graphinterp.reports.network_report`);
 * ``clusterability_vs_k.png``/``.svg``: mass-weighted E against k, one line per model, with the
   random-partition expectation dashed (the paper's Figure 1); ``<model>_layers.png``: E against k per
   layer of one model; ``<model>_significance.png``: each layer's E against its shuffled null (split
@@ -24,9 +26,11 @@ import numpy as np
 
 from graphinterp.common.files import atomic_write
 from graphinterp.clustering.metrics import normalized_score
+from graphinterp.clustering.network_null import NetworkShuffleTest
 from graphinterp.clustering.significance import ShuffleTest
 from graphinterp.reports.benchmark_table import format_report
 from graphinterp.reports.io import json_safe, write_json
+from graphinterp.reports.network_report import NETWORK_COLUMNS, network_rows
 
 __all__ = ["LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "clusterability_rows", "significance_rows",
            "format_report", "write_report", "safe_name"]
@@ -74,6 +78,8 @@ class ModelBenchmark:
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
     coverage: Optional[dict] = None  # Coverage.to_dict() of its graph, as analyze --json gives it
+    network: Optional[NetworkShuffleTest] = None  # the whole-network test (``network=True``)
+    network_skipped: Optional[str] = None  # why the whole-network test was asked for but not run
 
     def curve(self, ks: Sequence[int]) -> Tuple[Dict[int, float], Dict[int, float]]:
         """Mass-weighted E and E_random against k over the layers scored at every k in ``ks``."""
@@ -103,7 +109,8 @@ class ModelBenchmark:
         """JSON-ready dict."""
         return {"name": self.name, "source": self.source, "structure": self.structure,
                 "layers": [lb.to_dict() for lb in self.layers], "skipped": dict(self.skipped),
-                "notes": list(self.notes), "coverage": self.coverage, "seconds": self.seconds}
+                "notes": list(self.notes), "coverage": self.coverage, "seconds": self.seconds,
+                "network": self.network.to_dict() if self.network else None, "network_skipped": self.network_skipped}
 
 
 @dataclass
@@ -238,7 +245,7 @@ def _save(fig, path: Path) -> Path:
 
 def write_report(report: BenchmarkReport, out: Union[str, Path], *, figures: bool = True,
                  formats: Sequence[str] = ("png", "svg")) -> Dict[str, Path]:
-    """Write JSON, the two CSVs and (optionally) the figures into the folder ``out``.
+    """Write JSON, the CSVs (network.csv only with the whole-network test) and (optionally) the figures into the folder ``out``.
 
     Returns ``{file name: path}`` of everything written. Every file is written atomically.
 
@@ -268,6 +275,9 @@ def write_report(report: BenchmarkReport, out: Union[str, Path], *, figures: boo
     written["clusterability.csv"] = out / "clusterability.csv"
     _write_csv(out / "significance.csv", significance_rows(report), _SIG_COLUMNS)
     written["significance.csv"] = out / "significance.csv"
+    if any(m.network or m.network_skipped for m in report.models):
+        _write_csv(out / "network.csv", network_rows(report), NETWORK_COLUMNS)
+        written["network.csv"] = out / "network.csv"
     if figures:
         names, used = {}, set()
         for m in report.models:

@@ -5,6 +5,7 @@ import math
 from typing import Optional
 
 from graphinterp.common.text import format_table
+from graphinterp.reports.network_report import network_lines
 
 __all__ = ["format_report"]
 
@@ -122,6 +123,7 @@ def format_report(report) -> str:
         elif tested:
             for layer, why in untested.items():
                 lines.append(f"{m.name}: layer {layer} not shuffle-tested at k={kk}: {why}")
+    lines.extend(network_lines(report))
     for name, why in report.failed.items():
         lines.append(f"{name}: FAILED, not benchmarked: {why}")
     return "\n".join(lines)

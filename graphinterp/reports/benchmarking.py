@@ -26,6 +26,7 @@ from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
+from graphinterp.clustering.network_null import network_shuffle_test
 from graphinterp.clustering.significance import shuffle_test, single_threaded_blas
 from graphinterp.clustering.validation import check_k, clusterable_layers, live_sizes, nothing_clusterable
 from graphinterp.reports.model_sources import ModelSource, graph_with_fallback, load_source
@@ -188,6 +189,22 @@ def _scaled_note(scaled: List[str], layers: List[LayerBenchmark]) -> str:
             "is conservative (a large p is weak evidence of no structure)")
 
 
+def _network_test(model: ModelBenchmark, graph: LayeredGraph, structure: str, k: int, n_shuffles: int,
+                  nonzero_only: bool, n_init: int, random_state, progress: bool) -> None:
+    """Filan et al.'s whole-network test of one model, into ``model.network`` (or why not, ``network_skipped``)."""
+    if structure not in ("chained", "dag"):
+        model.network_skipped = ("its graph is layer by layer (--layerwise, or layers whose shapes do not chain), "
+                                 "so its layers share no nodes: there is no network to cluster")
+        return
+    t0 = time.perf_counter()
+    try:
+        model.network = network_shuffle_test(graph, k, n_shuffles=n_shuffles, nonzero_only=nonzero_only, n_init=n_init,
+                                             random_state=random_state, progress=progress)
+    except ClusteringError as err:
+        model.network_skipped = str(err)
+    model.seconds += time.perf_counter() - t0
+
+
 def _describe(source: ModelSource) -> str:
     if source.kind == "file":
         return str(source.path)
@@ -209,7 +226,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
                   significance_k: Optional[int] = 4, n_shuffles: int = 20, nonzero_only: bool = False,
                   layerwise: bool = False, trust_pickle: bool = False, pairing: str = "joint", n_init: int = 10,
                   device=None, random_state: Optional[int] = 0, progress: bool = False, n_jobs: int = 1,
-                  scheduler=None) -> BenchmarkReport:
+                  scheduler=None, network: bool = False) -> BenchmarkReport:
     """Benchmark the clusterability of several models (see the module docstring).
 
     Parameters
@@ -236,6 +253,12 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         Worker processes over the layers of all models (joblib); results do not depend on it.
     scheduler : str or distributed.Client, optional
         Run the layers on this Dask cluster instead (see :func:`graphinterp.common.parallel.run_tasks`).
+    network : bool, default False
+        Also test each model as one graph (Filan et al.'s test: n-cut and E of a network-wide clustering at
+        ``significance_k`` against ``n_shuffles`` networks with every layer's weights permuted, see
+        :func:`graphinterp.clustering.network_null.network_shuffle_test`), in this process. A model
+        analysed layer by layer, or whose network clustering fails (a k too large for one of its
+        layers), gets the reason in ``ModelBenchmark.network_skipped``.
 
     Returns
     -------
@@ -267,7 +290,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     ks = _check_ks(ks, significance_k)
     start = time.perf_counter()
     names = _unique_names(sources)
-    loaded, failed, coverages = [], {}, {}
+    loaded, failed, coverages, graphs = [], {}, {}, {}
     iterator = list(zip(sources, names))
     if progress:
         from tqdm.auto import tqdm
@@ -286,6 +309,8 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
             failed[name] = f"{_describe(source)}: {nothing_clusterable(ks[0], skipped)}"
             continue
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
+        if network:
+            graphs[name] = (graph, structure)
         coverages[name] = graph.coverage.to_dict() if graph.coverage is not None else None
     _check_significance_k(loaded, significance_k, n_shuffles, failed)
     serial = n_jobs == 1 and scheduler is None
@@ -303,6 +328,9 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped,
                                      notes + ([_scaled_note(scaled, layers)] if scaled else []),
                                      load_seconds + sum(lb.seconds for lb in layers), coverages[name]))
+        if network and significance_k is not None and n_shuffles > 0:
+            _network_test(models[-1], *graphs.pop(name), significance_k, n_shuffles, nonzero_only, n_init,
+                          random_state, progress)
     settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
                 "random_state": random_state, "device": str(resolve_device(device))}
     return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start,

@@ -1,0 +1,250 @@
+"""The network-level shuffle test (Filan et al.): n-cut and E of a network-wide clustering against shuffled networks."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graphinterp.clustering.cluster import cluster_network
+from graphinterp.clustering.labels import Clustering
+from graphinterp.clustering.network_null import _node_ids, network_measures, network_shuffle_test
+from graphinterp.clustering.shuffle_results import NullComparison
+from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layered import LayeredGraph
+from graphinterp.graph.model_trace import trace_graph
+
+
+def _dense_reference(graph, clustering):
+    """n-cut and E from the full symmetric adjacency of the layers' nodes, built independently."""
+    ids = _node_ids(graph, clustering.layer_names)
+    n = 1 + max(int(max(s.max(), d.max())) for s, d in ids.values())
+    A = np.zeros((n, n))
+    sq_in = sq_all = 0.0
+    label = np.full(n, -1)
+    for name in clustering.layer_names:
+        M = graph[name].magnitude().double().numpy()
+        src, dst = ids[name]
+        for a, i in enumerate(src):
+            for b, j in enumerate(dst):
+                A[i, j] += M[a, b]
+                A[j, i] += M[a, b]
+        rows, cols = clustering.labels(name)
+        label[src], label[dst] = np.maximum(label[src], rows), np.maximum(label[dst], cols)
+        same = (rows[:, None] == cols[None, :]) & (rows[:, None] >= 0)
+        sq_in += (M ** 2 * same).sum()
+        sq_all += (M ** 2).sum()
+    deg = A.sum(1)
+    n_cut = 0.0
+    for c in range(clustering.k):
+        inside = label == c
+        if deg[inside].sum() > 0:
+            n_cut += A[inside][:, ~inside].sum() / deg[inside].sum()
+    return n_cut, sq_in / sq_all
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 10), nn.Linear(10, 10), nn.Linear(10, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(h + self.b(torch.relu(h)))
+
+
+def _planted_chain(blocks=2, width=6, noise=0.01, seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(blocks * width, blocks * width, bias=False), nn.ReLU(),
+                        nn.Linear(blocks * width, blocks * width, bias=False))
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            m.weight.copy_(torch.block_diag(*[torch.rand(width, width) + 0.5 for _ in range(blocks)])
+                           + noise * torch.rand(blocks * width, blocks * width))
+    return LayeredGraph.from_module(net)
+
+
+@pytest.mark.parametrize("kind", ["chain", "dag", "chain-with-gap"])
+def test_measures_match_the_dense_adjacency(kind):
+    torch.manual_seed(1)
+    if kind == "dag":
+        graph = trace_graph(_Residual())
+        clustering = cluster_network(graph, 3, random_state=0)
+    else:
+        net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 4))
+        with torch.no_grad():
+            net[0].weight[:, 2] = 0  # an isolated input
+        graph = LayeredGraph.from_module(net)
+        layers = ["0", "4"] if kind == "chain-with-gap" else None  # two runs that share no node
+        clustering = cluster_network(graph, 3, layers=layers, random_state=0)
+    n_cut, E = network_measures(graph, clustering)
+    ref_cut, ref_E = _dense_reference(graph, clustering)
+    assert n_cut == pytest.approx(ref_cut, abs=1e-12) and E == pytest.approx(ref_E, abs=1e-12)
+    assert 0 < n_cut < clustering.k - 1
+
+
+def test_measures_of_given_similarities_are_those_of_the_similarities():
+    graph = _planted_chain()
+    clustering = cluster_network(graph, 2, random_state=0)
+    doubled = {n: 2 * graph[n].magnitude() for n in clustering.layer_names}  # n-cut and E do not see a common scale
+    assert network_measures(graph, clustering, doubled) == pytest.approx(network_measures(graph, clustering))
+    flat = {n: torch.ones_like(graph[n].magnitude()) for n in clustering.layer_names}
+    assert network_measures(graph, clustering, flat) != pytest.approx(network_measures(graph, clustering))
+
+
+def test_a_layerwise_clustering_is_refused():
+    graph = _planted_chain()
+    rows = {n: np.arange(graph[n].shape()[0]) % 2 for n in graph.layer_names}
+    cols = {n: np.arange(graph[n].shape()[1]) % 2 for n in graph.layer_names}
+    with pytest.raises(ClusteringError, match="network-wide"):
+        network_measures(graph, Clustering(2, rows, cols))
+
+
+def test_planted_modules_beat_every_shuffle_and_the_result_is_reproducible():
+    graph = _planted_chain(blocks=3, width=5)
+    t = network_shuffle_test(graph, 3, n_shuffles=9, random_state=3)
+    assert t.n_cut.observed < 0.05 and t.n_cut.p_value == t.min_p_value == 0.1 and t.n_cut.z < -5
+    assert t.E.observed > 0.99 and t.E.p_value == 0.1 and t.E.z > 5
+    assert t.n_cut.lower_is_better and not t.E.lower_is_better
+    assert sorted(t.sizes.tolist()) == [15, 15, 15]  # 3 levels of 5 nodes per module
+    assert t.layers == ["0", "2"] and t.notes == []
+    again = network_shuffle_test(graph, 3, n_shuffles=9, random_state=3)
+    assert np.array_equal(t.n_cut.null, again.n_cut.null) and np.array_equal(t.E.null, again.E.null)
+    other = network_shuffle_test(graph, 3, n_shuffles=9, random_state=4)
+    assert not np.array_equal(t.n_cut.null, other.n_cut.null)
+    d = t.to_dict(include_null=False)
+    assert d["n_cut"]["lower_is_better"] is True and "null" not in d["n_cut"] and "lower_is_better" not in d["E"]
+
+
+def test_a_structureless_network_is_not_significant():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(30, 30), nn.ReLU(), nn.Linear(30, 30))
+    t = network_shuffle_test(LayeredGraph.from_module(net), 3, n_shuffles=19, random_state=0)
+    assert t.n_cut.p_value > 0.05 and abs(t.n_cut.z) < 4
+    assert t.n_cut.null.min() <= t.n_cut.observed + 0.1  # the observed n-cut lies among the shuffles'
+
+
+def test_the_shuffles_permute_each_layer_and_keep_isolated_nodes_isolated(monkeypatch):
+    import graphinterp.clustering.network_null as nn_mod
+
+    graph = _planted_chain()
+    with torch.no_grad():
+        graph["0"].weight[:, 3] = 0  # input 3 of layer "0" has no edge
+    seen = []
+    real = nn_mod.network_measures
+
+    def spy(g, clustering, similarity=None):
+        if similarity is not None:
+            seen.append({n: s.clone() for n, s in similarity.items()})
+        return real(g, clustering, similarity)
+
+    monkeypatch.setattr(nn_mod, "network_measures", spy)
+    network_shuffle_test(graph, 2, n_shuffles=3, random_state=0)
+    assert len(seen) == 3
+    for sims in seen:
+        for name, S in sims.items():
+            M = graph[name].magnitude().double()
+            assert torch.equal(S.flatten().sort().values, M.flatten().sort().values)  # a permutation of the layer
+            assert not torch.equal(S, M)
+        assert bool((sims["0"][3] == 0).all())  # rows are inputs: isolated input 3 stays isolated
+
+
+def test_pieces_and_left_out_layers_are_noted():
+    net = nn.Sequential(nn.Linear(8, 8, bias=False), nn.ReLU(), nn.Linear(8, 8, bias=False))
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            m.weight.copy_(torch.block_diag(torch.rand(4, 4) + 0.1, torch.rand(4, 4) + 0.1))  # two separate pieces
+    t = network_shuffle_test(LayeredGraph.from_module(net), 2, n_shuffles=2, random_state=0)
+    assert any("2 pieces (nodes: 12, 12)" in n for n in t.notes)
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 6, 3))
+    t = network_shuffle_test(LayeredGraph.from_module(conv), 2, n_shuffles=2, random_state=0)
+    assert any("left out" in n and "2" in n for n in t.notes) and "2" not in t.layers
+
+
+def test_a_chain_leaves_out_the_layers_too_small_for_k_and_says_so():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3))
+    t = network_shuffle_test(LayeredGraph.from_module(net), 4, n_shuffles=2, random_state=0)
+    assert t.layers == ["0", "2"] and any("'4'" not in n and "4 (" in n for n in t.notes)
+    with pytest.raises(ClusteringError, match="out of range"):  # asked for by name: not left out
+        network_shuffle_test(LayeredGraph.from_module(net), 4, n_shuffles=2, layers=["0", "2", "4"])
+
+
+def test_bad_arguments_are_errors():
+    graph = _planted_chain()
+    with pytest.raises(ClusteringError, match="n_shuffles"):
+        network_shuffle_test(graph, 2, n_shuffles=0)
+    with pytest.raises(ClusteringError, match="no layer of the network can be clustered at k=50"):
+        network_shuffle_test(graph, 50, n_shuffles=2)
+    with pytest.raises(ClusteringError, match="out of range for a graph with 20 connected nodes"):
+        network_shuffle_test(trace_graph(_Residual()), 40, n_shuffles=2)
+
+
+def test_a_dag_takes_given_similarities_like_a_chain():
+    graph = trace_graph(_Residual())
+    own = {n: graph[n].magnitude() for n in graph.layer_names}
+    a = cluster_network(graph, 3, random_state=0)
+    b = cluster_network(graph, 3, similarity=own, random_state=0)
+    assert all(np.array_equal(a.labels(n)[0], b.labels(n)[0]) for n in graph.layer_names)
+    flipped = {n: own[n].flip(0) for n in own}
+    c = cluster_network(graph, 3, similarity=flipped, random_state=0)
+    assert any(not np.array_equal(a.labels(n)[0], c.labels(n)[0]) for n in graph.layer_names)
+    with pytest.raises(ClusteringError, match="has shape"):
+        cluster_network(graph, 3, similarity={n: own[n].T for n in own}, random_state=0)
+    with pytest.raises(ClusteringError, match="non-negative"):
+        cluster_network(graph, 3, similarity={n: -own[n] for n in own}, random_state=0)
+
+
+def test_lower_is_better_counts_the_shuffles_at_or_below():
+    c = NullComparison.from_samples(0.5, np.array([0.4, 0.5, 0.6, 0.7]), lower_is_better=True)
+    assert c.p_value == (2 + 1) / 5 and c.z < 0
+    assert NullComparison.from_samples(0.5, np.array([0.4, 0.5, 0.6, 0.7])).p_value == (3 + 1) / 5
+
+
+def test_benchmark_network_reports_the_library_test_in_json_csv_and_table(tmp_path):
+    import csv
+    import json
+
+    from click.testing import CliRunner
+
+    from graphinterp.cli.main import cli
+    from graphinterp.reports.model_sources import ModelSource, load_source
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    torch.save(nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)).state_dict(),
+               path)
+    args = ["benchmark", str(path), "--k", "2", "--significance-k", "2", "--shuffles", "3", "--n-init", "2", "--network", "--no-figures",
+            "--seed", "5", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    net = json.loads(result.stdout)["models"][0]["network"]
+    graph = load_source(ModelSource(path=str(path)), random_state=5)[0]
+    ref = network_shuffle_test(graph, 2, n_shuffles=3, n_init=2, random_state=5)
+    assert net["n_cut"]["observed"] == pytest.approx(ref.n_cut.observed, abs=1e-12)
+    assert net["n_cut"]["null"] == pytest.approx(ref.n_cut.null.tolist(), abs=1e-12)
+    assert net["E"]["p_value"] == pytest.approx(ref.E.p_value) and net["layers"] == ["0", "2", "4"]
+    with open(tmp_path / "r" / "network.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["n_cut"]) == pytest.approx(ref.n_cut.observed)
+    table = CliRunner().invoke(cli, [*args, "--quiet"])
+    assert table.exit_code == 0 and "whole network at k=2 (3 layers" in table.stdout
+    assert "n-cut" in table.stdout and "lower is more clusterable" in table.stdout
+
+
+def test_benchmark_network_says_why_a_model_has_no_network_test(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from graphinterp.cli.main import cli
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    torch.save(nn.Sequential(nn.Linear(12, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2)).state_dict(),
+               path)
+    base = ["benchmark", str(path), "--shuffles", "2", "--n-init", "2", "--network", "--no-figures", "--json"]
+    layerwise = CliRunner().invoke(cli, [*base, "--k", "2", "--significance-k", "2", "--layerwise", "--out",
+                                         str(tmp_path / "a")])
+    model = json.loads(layerwise.stdout)["models"][0]
+    assert model["network"] is None and "layer by layer" in model["network_skipped"]
+    no_null = CliRunner().invoke(cli, [*base, "--k", "2", "--shuffles", "0", "--out", str(tmp_path / "c")])
+    assert no_null.exit_code == 2 and "--network" in no_null.output and "Traceback" not in no_null.output
