@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -252,3 +253,30 @@ def test_the_data_folder_read_through_the_environment_is_recorded(tmp_path, monk
     assert TrainConfig(dataset="mnist").validate().data_dir == str(tmp_path / "data")
     assert TrainConfig(dataset="digits").validate().data_dir is None  # built in: no folder
     assert TrainConfig(dataset="mnist", data_dir=str(tmp_path / "mine")).validate().data_dir == str(tmp_path / "mine")
+
+
+def test_gradient_runs_tag_each_clustering_by_what_it_was_fitted_on_and_name_units_without_gradient(
+        digits, tmp_path, monkeypatch):
+    """A baseline's refit (on the final weights) was stored as a "gradient" clustering; units with weight but no
+    gradient in the warm-up were put in no cluster without a word."""
+    from graphinterp.training.gradsim import GradientSimilarity
+
+    tr, te = digits
+    tr = tr.subset(200, seed=0)
+    real = GradientSimilarity.similarity
+
+    def without_unit_5(self):  # as if input 5 of fc2 were dead all through the warm-up
+        sims = real(self)
+        sims["fc2"][5] = 0
+        return sims
+
+    monkeypatch.setattr(GradientSimilarity, "similarity", without_unit_5)
+    path = tmp_path / "base.pt"
+    base = train(_cfg(k=2, epochs=1, lam=0.0, similarity="gradient"), train_data=tr, test_data=te, checkpoint=path)
+    stored = load_checkpoint(path)
+    assert stored["clustering"]["similarity"] == "weight" and stored["clustering"]["meta"]["fitted"] == "final weights"
+    assert stored["train_state"]["train_clustering"]["similarity"] == "gradient"
+    note = next(n for n in base.notes if n.startswith("gradient clustering"))
+    assert re.search(r"fc2 inputs 5 \(\d+\.\d% of its squared weight\)", note), note
+    modular = train(_cfg(k=2, epochs=1, lam=20.0, similarity="gradient"), train_data=tr, test_data=te)
+    assert modular.clustering.similarity == "gradient" and any(n.startswith("gradient clustering") for n in modular.notes)

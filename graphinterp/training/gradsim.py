@@ -49,7 +49,7 @@ from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.training.masks import (bound_rows, default_cluster_layers, layer_parameter, trace_graph,
                                          unwrap_model)
 
-__all__ = ["GradientSimilarity", "gradient_similarity"]
+__all__ = ["GradientSimilarity", "gradient_similarity", "orphans_note"]
 
 
 class GradientSimilarity:
@@ -200,3 +200,29 @@ def gradient_similarity(gradients: Sequence[torch.Tensor], layer: Layer) -> torc
         raise TrainingError("all gradients are zero; nothing to compare")
     mean = torch.stack(units).mean(0)
     return Layer(layer.name, layer.kind, mean, in_groups=layer.in_groups, groups=layer.groups).magnitude()
+
+
+def orphans_note(graph: LayeredGraph, clustering) -> Optional[str]:
+    """Which units carry weight but are in no cluster of a gradient clustering (None when none do).
+
+    A unit dead all through the warm-up gets no gradient, so the gradient similarity isolates it (label
+    -1) although its weights are not zero: E counts those weights as between clusters, and the enmeshment
+    loss pushes them to zero.
+    """
+    parts = []
+    for name in clustering.layer_names:
+        M = graph[name].magnitude().double()
+        rows, cols = (torch.as_tensor(x) for x in clustering.labels(name))
+        dead_r, dead_c = (rows < 0) & (M.sum(1) > 0), (cols < 0) & (M.sum(0) > 0)
+        if not (bool(dead_r.any()) or bool(dead_c.any())):
+            continue
+        sq = M.square()
+        share = float(sq[dead_r].sum() + sq[:, dead_c].sum() - sq[dead_r][:, dead_c].sum()) / max(float(sq.sum()), 1e-300)
+        sides = [f"{side} {', '.join(map(str, idx.nonzero()[:, 0].tolist()[:6]))}{', ...' if int(idx.sum()) > 6 else ''}"
+                 for side, idx in (("inputs", dead_r), ("outputs", dead_c)) if bool(idx.any())]
+        parts.append(f"{name} {'; '.join(sides)} ({share:.1%} of its squared weight)")
+    if not parts:
+        return None
+    return ("gradient clustering: units with weight but no gradient during the warm-up (dead units) are in no "
+            f"cluster: {'; '.join(parts)}; E counts their weight as between clusters and the enmeshment loss "
+            "pushes it to zero")

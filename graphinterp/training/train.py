@@ -49,7 +49,7 @@ from graphinterp.clustering.validation import check_k
 from graphinterp.data.datasets import LabeledTensors, load_dataset
 from graphinterp.common.errors import ClusteringError, TrainingError
 from graphinterp.training.baselines import loss_scores
-from graphinterp.training.gradsim import GradientSimilarity
+from graphinterp.training.gradsim import GradientSimilarity, orphans_note
 from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.training.masks import default_cluster_layers, trace_graph
@@ -125,13 +125,18 @@ def _cpu_graph(graph: LayeredGraph) -> LayeredGraph:
                         chained=graph.chained)
 
 
-def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsim, rank: int, world: int) -> Clustering:
+def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsim, rank: int, world: int,
+             note: Optional[Callable[[str], None]] = None) -> Clustering:
+    """The network-wide clustering on the weights now, or (``gradsim``) on the accumulated gradients."""
     payload: List[Any] = [None]
     if rank == 0:
         sims = gradsim.similarity() if gradsim is not None else None
-        clustering = cluster_network(_cpu_graph(graph), config.k, layers=layers, similarity=sims,
-                                     random_state=config.seed)
-        clustering.similarity = config.similarity
+        cpu = _cpu_graph(graph)
+        clustering = cluster_network(cpu, config.k, layers=layers, similarity=sims, random_state=config.seed)
+        clustering.similarity = "gradient" if gradsim is not None else "weight"  # a baseline's refit is on weights
+        orphans = orphans_note(cpu, clustering) if gradsim is not None and note is not None else None
+        if orphans:
+            note(orphans)
         payload = [clustering.to_dict()]
     if world > 1:
         import torch.distributed as dist
@@ -324,7 +329,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
                                       loss_fn if modular and config.lam > 0 else None,
                                       gradsim if not modular else None)
         if epoch == config.warmup_epochs:
-            clustering = _cluster(_current(graph, model, train_set), layers, config, gradsim, rank, world)
+            clustering = _cluster(_current(graph, model, train_set), layers, config, gradsim, rank, world, note)
             loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
         l_e = le_mean if le_mean is not None else (float(loss_fn().detach()) if loss_fn else None)
         history.append({
