@@ -81,7 +81,8 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     inside clusters), the E of a random partition with the same cluster sizes, and the normalised
     score (E - E_rand) / (1 - E_rand). At --significance-k each layer is compared with --shuffles
     copies of itself with the weights permuted and reclustered the same way (Filan et al. 2021):
-    z-score and empirical p-value (r + 1) / (N + 1), for raw E and for the normalised score (raw E
+    z-score and one-sided empirical p-value (r + 1) / (N + 1), r the shuffles scoring at least as high,
+    for raw E and for the normalised score (raw E
     depends on the cluster sizes BSGC finds, the score corrects for them). Layers with fewer nodes
     than k are left out for that k, and the report says so. The table gives E and E_rand at every k (up to
     five k; else the first, the last and the significance k, the rest in clusterability.csv and the JSON); a

@@ -482,3 +482,16 @@ def test_layers_with_folded_normalisation_get_a_note_that_the_shuffle_test_is_co
     assert "conservative" in format_report(report)
     quiet = run_benchmark([ModelSource(path=str(path))], [4], significance_k=4, n_shuffles=0)
     assert not any("conservative" in n for n in quiet.models[0].notes)  # no shuffle test, no note
+
+
+def test_a_layer_that_fits_only_the_significance_k_is_still_tested():
+    """With --significance-k below every --k, a layer only that k fits was dropped, though --help says the
+    significance k need not be among --k."""
+    torch.manual_seed(0)
+    g = LayeredGraph.from_module(torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6)))
+    res, skipped = benchmark_graph(g, [4], significance_k=2, n_shuffles=3, n_init=2)
+    first = next(r for r in res if r.layer == "0")
+    assert skipped == {} and first.scores == {} and 4 in first.skipped_k
+    assert first.significance is not None and first.significance.k == 2
+    res, skipped = benchmark_graph(g, [4], significance_k=2, n_shuffles=0)  # no test: the layer is left out
+    assert [r.layer for r in res] == ["2"] and "0" in skipped

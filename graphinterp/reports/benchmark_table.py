@@ -91,7 +91,8 @@ def format_report(report) -> str:
                      f"shown): every layer at every k is in clusterability.csv and benchmark.json (--json)")
     if tested:
         lines.append(f"shuffle test at k={kk} with n={report.n_shuffles} shuffles per layer (smallest possible "
-                     f"p = {1 / (report.n_shuffles + 1):.3f}); z = (observed - null mean) / null sd"
+                     f"p = {1 / (report.n_shuffles + 1):.3f}); z = (observed - null mean) / null sd; p = (r + 1) / (n + 1), "
+                     f"r = the shuffles scoring at least the observed value (one-sided)"
                      + ("; n=1 has no sd, so no z" if report.n_shuffles == 1 else ""))
         if kk not in report.ks:
             lines.append(f"k={kk} (the significance k) is not among the k benchmarked "

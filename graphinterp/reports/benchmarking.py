@@ -45,7 +45,8 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
     sq = A.double().square()  # E and the layer's squared mass in float64
     lb = LayerBenchmark(layer.name, layer.kind, tuple(layer.shape()), float(sq.sum()))
     fitting = [k for k in ks if min(live) >= k]
-    fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=int(rng.randint(2**31 - 1)))
+    seed = int(rng.randint(2**31 - 1))  # drawn even when no k fits (a layer only the shuffle test's k fits)
+    fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=seed) if fitting else {}
     for k in ks:
         if min(live) < k:
             lb.skipped_k[k] = _too_few(k, live)
@@ -96,13 +97,15 @@ def _check_significance_k(loaded, significance_k: Optional[int], n_shuffles: int
             f"{largest}" + "".join(f"; besides, {n} failed: {why}" for n, why in failed.items()))
 
 
-def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], random_state: Optional[int]):
+def _layer_tasks(graph: LayeredGraph, ks: List[int], names: Sequence[str], random_state: Optional[int],
+                 tested_k: Optional[int] = None):
     """``([(layer, live, seed), ...], {layer: reason})``: the layers to benchmark and those left out.
 
-    A layer's seed is ``[random_state, its index in the graph]``: its result depends on nothing else,
-    so it is the same whichever layers, models, processes or machines are involved.
+    A layer is benchmarked when it fits the smallest k, or ``tested_k`` (the shuffle test's, which need not
+    be among ``ks``) if that is smaller. A layer's seed is ``[random_state, its index in the graph]``: its
+    result depends on nothing else, so it is the same whichever layers, models, processes or machines are involved.
     """
-    chosen, skipped = clusterable_layers(graph, ks[0], names)
+    chosen, skipped = clusterable_layers(graph, min(ks[0], tested_k or ks[0]), names)
     tasks = [(graph[lname], live_sizes(graph[lname]), None if random_state is None else
               [int(random_state), graph.index(lname)]) for lname in chosen]
     return tasks, skipped
@@ -142,7 +145,7 @@ def benchmark_graph(graph: LayeredGraph, ks: Sequence[int], *, significance_k: O
     """
     ks = _check_ks(ks, significance_k)
     names = list(layers) if layers is not None else graph.layer_names
-    tasks, skipped = _layer_tasks(graph, ks, names, random_state)
+    tasks, skipped = _layer_tasks(graph, ks, names, random_state, significance_k if n_shuffles > 0 else None)
     serial = n_jobs == 1 and scheduler is None
     common = (ks, significance_k, n_shuffles, nonzero_only, pairing, n_init, resolve_device(device), False)
     if serial:
@@ -305,9 +308,11 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
             failed[name] = f"{_describe(source)}: {err}"
             continue
         tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
-        if not tasks:  # nothing to benchmark is a failure, not an empty report
+        if not tasks:  # no layer fits any k asked for: a failure, not an empty report (nor one of shuffle tests alone)
             failed[name] = f"{_describe(source)}: {nothing_clusterable(ks[0], skipped)}"
             continue
+        if n_shuffles > 0 and significance_k is not None and significance_k < ks[0]:  # and those only the test's k fits
+            tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state, significance_k)
         loaded.append((source, name, structure, notes, tasks, skipped, time.perf_counter() - t0))
         if network:
             graphs[name] = (graph, structure)
