@@ -335,9 +335,9 @@ def test_train_clusters_a_folded_layer_on_its_trained_weights():
     seen = []
     original = train_mod._cluster
 
-    def spy(graph, layers, config, gradsim, rank, world):
+    def spy(graph, layers, config, gradsim, rank, world, *rest):
         seen.append(graph["3"].weight.detach().clone())
-        return original(graph, layers, config, gradsim, rank, world)
+        return original(graph, layers, config, gradsim, rank, world, *rest)
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.BatchNorm1d(32),
