@@ -113,8 +113,9 @@ def quiet_option(f: Callable) -> Callable:
 def trust_pickle_option(f: Callable) -> Callable:
     return click.option(
         "--trust-pickle", is_flag=True,
-        help="Allow loading a fully pickled nn.Module. DANGER: unpickling can run arbitrary code; "
-             "use only for files you trust. Without it files load with torch.load(weights_only=True).",
+        help="Allow loading files that run code when loaded: a fully pickled nn.Module or a TorchScript archive. "
+             "DANGER: their code can do anything (write files, ...); use only for files you trust. Without it "
+             "files load with torch.load(weights_only=True).",
     )(f)
 
 

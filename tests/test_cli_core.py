@@ -122,7 +122,9 @@ def test_torchscript_file(tmp_path):
     model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
     path = tmp_path / "scripted.pt"
     torch.jit.script(model).save(str(path))
-    res = run("analyze", path, "--k", "2", "--json")
+    refused = run("analyze", path, "--k", "2")
+    assert refused.exit_code == 1 and "TorchScript archive" in refused.output and "--trust-pickle" in refused.output
+    res = run("analyze", path, "--k", "2", "--json", "--trust-pickle")
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["kind"] == "torchscript" and data["layers"] == ["0", "2"]

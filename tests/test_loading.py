@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typing import Tuple
 import torch
 from torch import nn
 
@@ -201,12 +202,49 @@ def test_torchscript(tmp_path, how):
     compiled = torch.jit.script(model) if how == "script" else torch.jit.trace(model, x)
     path = tmp_path / "ts.pt"
     compiled.save(str(path))
+    with pytest.raises(ModelFileError, match="TorchScript archive: loading it runs the code it holds.*--trust-pickle"):
+        load_model_file(path)  # its scripted methods run in torch.jit.load: code, so opt-in as for a pickle
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither torch.load's TorchScript warning nor jit.load's deprecation
-        loaded = load_model_file(path)
+        loaded = load_model_file(path, trust_pickle=True)
     assert loaded.kind == "torchscript" and loaded.arch is None
     _assert_same(loaded.state_dict, model.state_dict())
     assert torch.equal(loaded.module(x), model(x))
+
+
+def test_torchscript_code_does_not_run_without_trust(tmp_path):
+    """A scripted __setstate__ runs inside torch.jit.load; it wrote over a file from `analyze` with no opt-in."""
+
+    class Writes(torch.nn.Module):
+        def __init__(self, target: str):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(2, 3))
+            self.target = target
+
+        def forward(self, x):
+            return x @ self.weight.t()
+
+        @torch.jit.export
+        def __getstate__(self) -> Tuple[str, torch.Tensor, bool]:
+            return (self.target, self.weight, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: Tuple[str, torch.Tensor, bool]) -> None:
+            self.target = state[0]
+            written = torch.from_file(self.target, True, 4, dtype=torch.uint8).fill_(88).sum()
+            self.weight = state[1] + 0.0 * written.float()  # uses the write: not optimised away
+            self.training = state[2]
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"original")
+    path = tmp_path / "evil.pt"
+    torch.jit.script(torch.nn.Sequential(Writes(str(victim)), torch.nn.Linear(2, 2))).save(str(path))
+    victim.write_bytes(b"original")  # scripting may have touched it: start clean
+    with pytest.raises(ModelFileError, match="TorchScript"):
+        load_model_file(path)
+    assert victim.read_bytes() == b"original"
+    load_model_file(path, trust_pickle=True)  # the payload is real: with the opt-in it runs
+    assert victim.read_bytes() == b"XXXXinal"
 
 
 def test_pickled_module_needs_trust(tmp_path):
@@ -352,3 +390,103 @@ def test_a_huggingface_folder_loads_without_transformers_log_lines(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "[transformers]" not in run.stderr
+
+
+def test_a_huggingface_folder_with_its_own_code_is_refused_without_asking(tmp_path):
+    """transformers asked "run the custom code? [y/N]" on stdin, and `echo y | graphinterp analyze` ran it."""
+    pytest.importorskip("transformers")
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    marker = tmp_path / "RAN"
+    (folder / "config.json").write_text(json.dumps({"model_type": "evilnet", "architectures": ["EvilModel"],
+                                                    "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+    (folder / "configuration_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                                  "from transformers import PretrainedConfig\n"
+                                                  "class EvilConfig(PretrainedConfig):\n    model_type = 'evilnet'\n")
+    torch.save({"w": torch.ones(2, 2)}, folder / "pytorch_model.bin")
+    run = subprocess.run([sys.executable, "-m", "graphinterp.cli", "analyze", str(folder)], input="y\ny\n",
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and not marker.exists()
+    assert run.stderr.startswith("error: ") and "never runs a model folder's code" in run.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64, torch.float8_e4m3fn])
+def test_weights_that_are_not_read_are_counted_as_not_covered(tmp_path, dtype):
+    from graphinterp import load_graph
+
+    torch.manual_seed(0)
+    state = mlp(6, (5, 4), 3).state_dict()
+    state["fc2.weight"] = state["fc2.weight"].to(dtype) if dtype != torch.bool else state["fc2.weight"] > 0
+    path = tmp_path / "m.pt"
+    torch.save(state, path)
+    cov = load_graph(str(path))[1].coverage
+    assert cov.total == 6 * 5 + 5 * 4 + 4 * 3 and cov.covered == cov.total - 20  # fc2 counted, not covered
+    assert any(m.name == "fc2.weight" and "not read" in m.reason for m in cov.missing)
+    torch.save({k: v.to(torch.int8) for k, v in state.items() if k.endswith("weight")}, path)
+    with pytest.raises(Exception, match="no floating-point layer weight.*int8"):
+        load_graph(str(path))
+
+
+def test_damaged_containers_and_stored_architectures_are_one_line_errors(tmp_path):
+    cases = {
+        "sparse": {"fc.weight": torch.eye(3).to_sparse()},
+        "meta": {"fc.weight": torch.empty(3, 3, device="meta")},
+        "intkey": {1: torch.ones(2, 2)},
+    }
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        with pytest.raises(ModelFileError, match={"sparse": "sparse_coo tensor", "meta": "meta tensor",
+                                                   "intkey": "key 1 of type int"}[name]):
+            load_model_file(tmp_path / f"{name}.pt")
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, mlp(6, (4,)), arch={"name": "mlp", "kwargs": {"in_features": 6, "hidden": ["x"]}})
+    with pytest.raises(ModelFileError, match="stored architecture .* cannot be built"):
+        load_model_file(path)
+
+
+def test_a_pickle_calling_a_system_function_is_named_as_pickled_code(tmp_path):
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"fc.weight": torch.ones(2, 2), "x": Payload()}, path)
+    with pytest.raises(ModelFileError, match=r"holds pickled code \((posix|nt)\.system\)"):
+        load_model_file(path)
+
+
+def test_torchvision_weights_in_another_key_order_load_and_other_dtypes_are_refused(tmp_path):
+    from graphinterp.common.errors import InvalidWeightsError
+    from graphinterp.graph.load import _fit_weights
+    from graphinterp.sources.models import torchvision_model
+
+    torch.manual_seed(0)
+    state = torchvision_model("resnet18").state_dict()
+    path = tmp_path / "sorted.pth"
+    torch.save(dict(sorted(state.items())), path)  # as safetensors stores them: fc.weight is not last
+    model = _fit_weights("resnet18", str(path), False)
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    state["conv1.weight"] = state["conv1.weight"] > 0
+    torch.save(state, path)
+    with pytest.raises(InvalidWeightsError, match="not floating point.*conv1.weight \\(bool\\)"):
+        _fit_weights("resnet18", str(path), False)
+
+
+def test_unlinked_conv_layers_get_no_groups_guessed_from_the_layer_before(tmp_path):
+    """A ResNet's 1x1 downsample (128, 64) after a 3x3 conv with 128 outputs was read as groups=2 and then skipped
+    as a grouped convolution."""
+    from graphinterp import load_graph
+    from graphinterp.sources.models import torchvision_model
+
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision_model("resnet18").state_dict(), path)
+    graph = load_graph(str(path))[1]
+    down = graph["layer2.0.downsample.0"]
+    assert down.groups == 1 and down.shape() == (64, 128)
+    assert not any("groups=" in n for n in graph.coverage.notes)

@@ -12,7 +12,6 @@ models), else read from the state_dict. The graph's ``coverage`` says what it co
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,10 +190,18 @@ def _fit_weights(arch: str, weights: str, trust_pickle: bool) -> torch.nn.Module
     model = torchvision_model(arch)  # UnsupportedModelError for an unknown name, before reading the file
     state = load_model_file(weights, trust_pickle=trust_pickle).state_dict
     ours = model.state_dict()
-    heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
-    if heads and heads[-1].shape[0] != 1000:  # the last weight is the classifier: another number of classes
+    # the architecture's own last weight is its classifier (the file's key order is not the model's: safetensors
+    # sorts its keys); one of another height means another number of classes
+    head = [k for k, v in ours.items() if k.endswith("weight") and v.dim() >= 2][-1]
+    if head in state and state[head].dim() >= 2 and state[head].shape[0] != ours[head].shape[0]:
         with contextlib.suppress(UnsupportedModelError):
-            model, ours = _with_classes(arch, int(heads[-1].shape[0]))
+            model, ours = _with_classes(arch, int(state[head].shape[0]))
+    typed = [f"{k} ({str(state[k].dtype).replace('torch.', '')})" for k, v in ours.items()
+             if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    if typed:  # load_state_dict would cast them (bool to 0/1, complex to its real part) without a word
+        raise InvalidWeightsError(f"{weights} holds {len(typed)} tensor(s) that are not floating point where torchvision "
+                                  f"{arch!r} has floating-point ones (e.g. {typed[0]}); convert them (.float(), "
+                                  "dequantize()) and save again")
     # BatchNorm's step counter is not a weight, and files saved without it load (torch fills it in)
     missing = [k for k in ours if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in ours]
@@ -241,12 +248,18 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
                              "pip install 'graphinterp[hf]'") from exc
     transformers.utils.logging.disable_progress_bar()  # our own report says what was loaded
     transformers.utils.logging.set_verbosity_error()  # its config lint came as raw "[transformers] ..." lines
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, json.JSONDecodeError, KeyError) as exc:
+    try:  # never the folder's own Python code (auto_map): transformers would otherwise ask on stdin and run it
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # OSError, ValueError (custom code refused), JSONDecodeError, KeyError, ...
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise ModelFileError(f"{folder} needs its own Python code to be built (config.json's auto_map); graphinterp "
+                                 "never runs a model folder's code: build the model in Python and pass the module "
+                                 "(graphinterp.trace_graph(model))") from exc
         raise ModelFileError(f"{config_path} is not a usable HuggingFace config ({first_line(exc)})") from exc
     arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        cls = None  # a pipeline, tokenizer or unknown name: the base model, noted below
     cls = cls or transformers.AutoModel
     if weights_file is not None and weights_file.name != "model.safetensors":
         raise ModelFileError(f"{weights_file} sits beside a config.json: pass the folder {folder} instead")
@@ -255,8 +268,9 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
     try:
         with torch.random.fork_rng(devices=[]):
             model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                              trust_remote_code=False,
                                               use_safetensors=True if any(folder.glob("*.safetensors")) else None)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except Exception as exc:  # OSError, ValueError, RuntimeError, KeyError, UnpicklingError (a damaged .bin), ...
         raise ModelFileError(f"{folder}: the weights cannot be loaded ({first_line(exc)})") from exc
     tied = getattr(config, "tie_word_embeddings", False)
     missing = [k for k in info.get("missing_keys", []) if not (tied and "lm_head" in k)
@@ -270,7 +284,7 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
     unexpected = info.get("unexpected_keys", [])
     notes = [f"unexpected tensors ignored: {len(unexpected)} (e.g. {sorted(unexpected)[0]})"] if unexpected else []
     if cls is transformers.AutoModel:  # no head class: a task head (lm_head, classifier) is not in the graph
-        what = f"names an architecture transformers does not have ({arch})" if arch else "names no architecture"
+        what = (f"names {arch!r}, which is not a transformers model class" if arch else "names no architecture")
         notes.insert(0, f"config.json {what}: loaded the base model {type(model).__name__}, so a task head (lm_head, "
                         "a classifier) is not in the graph; add \"architectures\": [\"...ForCausalLM\"] (or the "
                         "right class) to config.json to include it")

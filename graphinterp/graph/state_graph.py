@@ -72,6 +72,13 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
     tied = {}
     total = covered = 0
     for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and (not value.is_floating_point() or value.element_size() == 1) \
+                and key.endswith("weight") and value.dim() >= 2:  # integer, bool, complex, quantized, float8
+            missing.append(MissingModule(key, f"{str(value.dtype).replace('torch.', '')} weight", value.numel(),
+                                         f"{value.dtype} weights are not read (only 16-64-bit floating point); convert them "
+                                         "(e.g. dequantize(), .float()) to include them"))
+            total += value.numel()
+            continue
         if not _is_weight_matrix(key, value) or key.endswith("bias") or key.endswith("running_mean"):
             continue
         ident = (value.data_ptr(), tuple(value.shape), tuple(value.stride())) if value.numel() else key
@@ -109,6 +116,10 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
             items.append((name or "weight", key, value.detach(), transposed))
             covered += value.numel()
     if not items:
+        typed = [m for m in missing if m.module_type.endswith(" weight")]
+        if typed:
+            raise UnsupportedModelError(f"no floating-point layer weight in the state_dict: {typed[0].reason} "
+                                        f"({len(typed)} such, e.g. {typed[0].name})")
         raise UnsupportedModelError(f"no layer weight tensor in the state_dict; {_SUPPORTED_TEXT}")
     notes = {}
     chained = not layerwise
@@ -127,7 +138,9 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
         kind = _KIND_OF_DIM[weight.dim()]
         groups, in_groups, n_in = 1, None, weight.shape[1]
         if prev_out is not None:
-            if kind != "linear" and n_in != prev_out and prev_out % n_in == 0 and weight.shape[0] % (prev_out // n_in) == 0:
+            if kind != "linear" and n_in != prev_out and prev_out % n_in == 0 and weight.shape[0] % (prev_out // n_in) == 0 \
+                    and (chained or n_in == 1):  # unlinked layers: the one before in key order need not feed this one
+                    # (a ResNet's 1x1 downsample after a 3x3 conv), so only a depthwise one (1 input per group) is guessed
                 groups = prev_out // n_in  # grouped / depthwise convolution
                 notes[f"layer {name!r}: groups={groups} is a guess from the shapes ({n_in} input channels per group "
                       f"against the {prev_out} outputs of the layer before); a state_dict does not store groups, and a "

@@ -1,9 +1,10 @@
 """Read any model file: graphinterp checkpoints, bare state_dicts, third-party containers, TorchScript.
 
-Every file is first read with ``torch.load(..., weights_only=True)``, which cannot run code.
-TorchScript archives are recognised from their zip records (``constants.pkl``) and loaded with
-``torch.jit.load``. A file holding a pickled ``nn.Module`` (``torch.save(model)``) is refused
-unless ``trust_pickle=True``, because unpickling it can run arbitrary code.
+Every file is read with ``torch.load(..., weights_only=True)``, which cannot run code, except what
+needs code to load. TorchScript archives (recognised from their zip records, ``constants.pkl``) run
+their scripted methods (``__setstate__``) while ``torch.jit.load`` reads them, and such a method can,
+for one, write any file; a file holding a pickled ``nn.Module`` (``torch.save(model)``) runs arbitrary
+code when unpickled. Both are refused unless ``trust_pickle=True``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ __all__ = ["CONTAINER_KEYS", "LoadedModel", "load_model_file"]
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save(_use_new_zipfile_serialization=False)
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 
 @dataclass
@@ -110,12 +111,27 @@ def _tensor_dict(obj: Any, path: Path, what: str) -> Dict[str, torch.Tensor]:
     if not obj:
         raise ModelFileError(f"{path} holds an empty {what}; it contains no weights")
     for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+        if not isinstance(key, str):
+            raise ModelFileError(f"{path}: {what} has a key {key!r} of type {type(key).__name__}; a state_dict's keys are "
+                                 "parameter names (strings)")
+        if not isinstance(value, torch.Tensor):
             raise ModelFileError(
                 f"{path}: {what} entry {key!r} is a {type(value).__name__}, not a tensor; expected a state_dict "
                 f"(names -> tensors) or a dict holding one under {'/'.join(CONTAINER_KEYS)}"
             )
+        if value.layout != torch.strided:
+            raise ModelFileError(f"{path}: {what} entry {key!r} is a {value.layout} tensor; save dense weights "
+                                 "(.to_dense()) to read it")
+        if value.is_meta:
+            raise ModelFileError(f"{path}: {what} entry {key!r} is a meta tensor, which holds no values (saved from a "
+                                 "model on the 'meta' device); save the model after its weights were loaded")
     return _strip_prefix({k: v.detach().cpu() for k, v in obj.items()})
+
+
+def _load_error(exc: BaseException) -> str:
+    """The telling line of a ``load_state_dict`` error (its first line is only "Error(s) in loading ...:")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[1] if len(lines) > 1 and lines[0].endswith(":") else first_line(exc)
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -129,10 +145,14 @@ def _from_checkpoint(obj: Dict[str, Any], path: Path, map_location: Any) -> Load
     if obj["arch"] is not None:
         try:
             module = build_model(obj["arch"])
+        except Exception as exc:  # GraphinterpError, or TypeError/ValueError from a stored argument of a wrong type
+            raise ModelFileError(f"{path}: its stored architecture {obj['arch']} cannot be built ({first_line(exc)}); "
+                                 "the file is damaged or from an incompatible version") from exc
+        try:
             module.load_state_dict(state)
         except (GraphinterpError, RuntimeError) as exc:
-            detail = f"{obj['arch']} ({first_line(exc)})"
-            raise ModelFileError(f"{path}: weights do not fit architecture {detail}; the file is damaged") from exc
+            raise ModelFileError(f"{path}: weights do not fit architecture {obj['arch']} ({_load_error(exc)}); the file "
+                                 "is damaged") from exc
         module = module.to(map_location).eval()
     return LoadedModel("checkpoint", state, module, obj["arch"], obj["clustering"], list(obj["history"]),
                        dict(obj["meta"]), str(path))
@@ -210,9 +230,10 @@ def load_model_file(
     path : str or os.PathLike
         A graphinterp checkpoint, a bare state_dict, a dict holding one under
         ``state_dict``/``model_state_dict``/``model``/``net`` (other entries go to ``meta``),
-        a TorchScript archive, or (with ``trust_pickle``) a pickled ``nn.Module``.
+        or (with ``trust_pickle``) a TorchScript archive or a pickled ``nn.Module``.
     trust_pickle : bool, default False
-        Allow unpickling code (``torch.load(weights_only=False)``), with a warning.
+        Allow files that run code when loaded: TorchScript (``torch.jit.load``) and pickled modules
+        (``torch.load(weights_only=False)``, with a warning).
     map_location : str or torch.device, default "cpu"
         Where ``module`` lives; ``state_dict`` tensors are always on the CPU.
 
@@ -223,8 +244,8 @@ def load_model_file(
     Raises
     ------
     ModelFileError
-        Missing path, a folder, an empty, truncated or non-PyTorch file, pickled code without
-        ``trust_pickle``, a dict without tensors or with non-tensor values.
+        Missing path, a folder, an empty, truncated or non-PyTorch file, TorchScript or pickled code
+        without ``trust_pickle``, a dict without tensors or with non-tensor values.
 
     Examples
     --------
@@ -243,6 +264,11 @@ def load_model_file(
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path} is empty (0 bytes); re-download or re-save it")
     if _is_torchscript(path):
+        if not trust_pickle:
+            raise ModelFileError(
+                f"{path} is a TorchScript archive: loading it runs the code it holds (scripted methods such as "
+                "__setstate__, which can write files); pass --trust-pickle (trust_pickle=True) only if you trust its "
+                "source, or save its weights as a state_dict (torch.save(model.state_dict(), ...)) and load that")
         return _load_torchscript(path, map_location)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
