@@ -88,9 +88,10 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     five k; else the first, the last and the significance k, the rest in clusterability.csv and the JSON); a
     model's mass-weighted E over the k range is over its layers scored at every k, as in `analyze`.
     With --network each model is also tested as one graph, as Filan et al. test networks: its nodes
-    clustered together (spectral clustering of the |W| graph, one label per neuron or channel), the
-    normalised cut (lower is more clusterable) and E compared with --shuffles networks whose layers'
-    weights are permuted and reclustered, with the pieces the graph falls into noted.
+    clustered together (scikit-learn's spectral clustering of the |W| graph, one label per neuron or
+    channel), the normalised cut (lower is more clusterable) and E compared with --shuffles networks
+    whose layers' weights are permuted and reclustered; the pieces the graph falls into and folded
+    normalisations (unit scales the shuffles scatter: read p with care) are noted.
 
     \b
     Outputs in --out: benchmark.json, clusterability.csv (model, layer, k), significance.csv

@@ -6,7 +6,8 @@ from torch import nn
 
 from graphinterp.clustering.cluster import cluster_network
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.network_null import _node_ids, network_measures, network_shuffle_test
+from graphinterp.clustering.network_null import network_measures, network_shuffle_test
+from graphinterp.clustering.network_spectral import node_ids, spectral_network_clustering
 from graphinterp.clustering.shuffle_results import NullComparison
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
@@ -15,7 +16,7 @@ from graphinterp.graph.model_trace import trace_graph
 
 def _dense_reference(graph, clustering):
     """n-cut and E from the full symmetric adjacency of the layers' nodes, built independently."""
-    ids = _node_ids(graph, clustering.layer_names)
+    ids = node_ids(graph, clustering.layer_names)
     n = 1 + max(int(max(s.max(), d.max())) for s, d in ids.values())
     A = np.zeros((n, n))
     sq_in = sq_all = 0.0
@@ -159,23 +160,72 @@ def test_pieces_and_left_out_layers_are_noted():
     assert any("left out" in n and "2" in n for n in t.notes) and "2" not in t.layers
 
 
-def test_a_chain_leaves_out_the_layers_too_small_for_k_and_says_so():
+def test_every_layer_takes_part_whatever_its_width():
+    """As Filan et al.'s graph: a 3-output layer is in a k = 4 clustering (no level needs every cluster)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3))
     t = network_shuffle_test(LayeredGraph.from_module(net), 4, n_shuffles=2, random_state=0)
-    assert t.layers == ["0", "2"] and any("'4'" not in n and "4 (" in n for n in t.notes)
-    with pytest.raises(ClusteringError, match="out of range"):  # asked for by name: not left out
-        network_shuffle_test(LayeredGraph.from_module(net), 4, n_shuffles=2, layers=["0", "2", "4"])
+    assert t.layers == ["0", "2", "4"] and int(t.sizes.sum()) == 33 and t.notes == []
+
+
+def test_the_clustering_is_scikit_learns_spectral_clustering_of_the_network_graph():
+    from sklearn.cluster import SpectralClustering
+    from sklearn.metrics import adjusted_rand_score
+
+    for seed, noise in ((0, 0.05), (1, 0.3)):
+        graph = _planted_chain(blocks=3, width=6, noise=noise, seed=seed)
+        ours = spectral_network_clustering(graph, graph.layer_names, 3, random_state=0)
+        ids = node_ids(graph, graph.layer_names)
+        n = 1 + max(int(d.max()) for _, d in ids.values())
+        A = np.zeros((n, n))
+        for name in graph.layer_names:
+            src, dst = ids[name]
+            A[np.ix_(src, dst)] += graph[name].magnitude().double().numpy()
+        A = A + A.T
+        theirs = SpectralClustering(3, affinity="precomputed", random_state=0).fit_predict(A)
+        planted = np.repeat(np.arange(3), 6)
+        assert adjusted_rand_score(ours.meta["node_labels"], theirs) == 1.0
+        assert adjusted_rand_score(ours.meta["node_labels"], np.concatenate([planted] * 3)) == 1.0
+    diffs = []  # structureless networks: the same embedding, so n-cuts as good as scikit-learn's (KMeans draws differ)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        graph = LayeredGraph.from_module(nn.Sequential(nn.Linear(20, 25), nn.ReLU(), nn.Linear(25, 15), nn.ReLU(),
+                                                       nn.Linear(15, 5)))
+        names = graph.layer_names
+        ids = node_ids(graph, names)
+        A = np.zeros((65, 65))
+        for name in names:
+            A[np.ix_(*ids[name])] += graph[name].magnitude().double().numpy()
+        theirs = SpectralClustering(4, affinity="precomputed", random_state=0).fit_predict(A + A.T)
+        as_clustering = Clustering(4, {n: theirs[ids[n][0]] for n in names}, {n: theirs[ids[n][1]] for n in names},
+                                   network_wide=True)
+        ours = spectral_network_clustering(graph, names, 4, random_state=0)
+        diffs.append(network_measures(graph, ours)[0] - network_measures(graph, as_clustering)[0])
+    assert abs(np.mean(diffs)) < 0.02 and np.max(np.abs(diffs)) < 0.06, diffs
+
+
+def test_a_network_with_folded_normalisation_gets_the_unit_scale_caveat():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 6)).eval()
+    with torch.no_grad():
+        net[1].running_var.uniform_(0.1, 10)
+    t = network_shuffle_test(trace_graph(net, input_shape=(8,)), 2, n_shuffles=2, random_state=0)
+    assert any("normalisation folded" in n and "err either way" in n for n in t.notes)
+    plain = network_shuffle_test(LayeredGraph.from_module(nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 6))),
+                                 2, n_shuffles=2, random_state=0)
+    assert not any("err either way" in n for n in plain.notes)
 
 
 def test_bad_arguments_are_errors():
     graph = _planted_chain()
     with pytest.raises(ClusteringError, match="n_shuffles"):
         network_shuffle_test(graph, 2, n_shuffles=0)
-    with pytest.raises(ClusteringError, match="no layer of the network can be clustered at k=50"):
+    with pytest.raises(ClusteringError, match="k=50 is out of range for a network with 36 connected nodes"):
         network_shuffle_test(graph, 50, n_shuffles=2)
-    with pytest.raises(ClusteringError, match="out of range for a graph with 20 connected nodes"):
+    with pytest.raises(ClusteringError, match="out of range for a network with 20 connected nodes"):
         network_shuffle_test(trace_graph(_Residual()), 40, n_shuffles=2)
+    with pytest.raises(ClusteringError, match="k must be"):
+        network_shuffle_test(graph, 1, n_shuffles=2)
 
 
 def test_a_dag_takes_given_similarities_like_a_chain():

@@ -260,8 +260,8 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         Also test each model as one graph (Filan et al.'s test: n-cut and E of a network-wide clustering at
         ``significance_k`` against ``n_shuffles`` networks with every layer's weights permuted, see
         :func:`graphinterp.clustering.network_null.network_shuffle_test`), in this process. A model
-        analysed layer by layer, or whose network clustering fails (a k too large for one of its
-        layers), gets the reason in ``ModelBenchmark.network_skipped``.
+        analysed layer by layer, or whose network clustering fails (a k not below its connected
+        nodes), gets the reason in ``ModelBenchmark.network_skipped``.
 
     Returns
     -------
