@@ -79,7 +79,8 @@ def network_measures(graph: LayeredGraph, clustering: Clustering,
     Examples
     --------
     >>> from torch import nn
-    >>>     >>> net = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False))
+    >>> from graphinterp.clustering.cluster import cluster_network
+    >>> net = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False))
     >>> with torch.no_grad():
     ...     for m in (net[0], net[2]):
     ...         _ = m.weight.copy_(torch.block_diag(torch.ones(2, 2), torch.ones(2, 2)))
