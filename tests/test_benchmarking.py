@@ -151,7 +151,9 @@ def test_tiny_and_zero_layers_are_skipped_with_a_reason():
         model[2].weight.zero_()
     layers, skipped = benchmark_graph(LayeredGraph.from_module(model), [3], significance_k=None)
     assert [lb.layer for lb in layers] == ["4"]
-    assert "fewer than k=3" in skipped["0"] and "zero" in skipped["2"]
+    assert "fewer than k=3" in skipped["0"] and skipped["2"] == "all its weights are zero"
+    empty = LayeredGraph.from_module(nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 0)))
+    assert benchmark_graph(empty, [2], significance_k=None)[1]["2"] == "it has no weights (an empty 6x0 layer)"
 
 
 def test_random_arch_is_a_dag_with_coverage():

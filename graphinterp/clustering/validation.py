@@ -150,7 +150,9 @@ def clusterable_layers(graph, k: int, layers: Optional[Sequence[str]] = None) ->
         if reason is None:
             live = live_sizes(layer)
             if max(live) == 0:
-                reason = "all its weights are zero"
+                shape = layer.shape()
+                reason = (f"it has no weights (an empty {shape[0]}x{shape[1]} layer)" if 0 in shape
+                          else "all its weights are zero")
             elif min(live) < k:
                 reason = f"fewer than k={k} non-isolated nodes ({live[0]}x{live[1]})"
         if reason is None:
