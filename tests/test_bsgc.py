@@ -653,6 +653,41 @@ def test_candidates_of_equal_score_go_to_the_earlier_one():
         assert rows.tolist() == first.tolist() and cols.tolist() == first.tolist()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", ["whole", "blocks", "transposed"])
+def test_candidate_masses_are_the_dense_masses(dtype, layout, monkeypatch):
+    """Every candidate's k x k mass R^T (A o A) C, from the packed products (k - 1 clusters and the totals)
+    and the second product, equals the dense sum over its blocks, whether A o A is kept whole, squared in
+    blocks of 7 rows or read through a transposed view; a cluster that no column of a labelling uses
+    (label 3 of the first) has a zero column, not the rounding left by the subtraction."""
+    from graphinterp.clustering import mass
+
+    rng = np.random.default_rng(0)
+    m, n, k = 22, 17, 4  # blocks of 7 rows: the last block holds one row
+    A_np = np.abs(rng.standard_t(3, (m, n)))
+    cols = np.stack([rng.integers(0, 3, n), rng.integers(0, k, n), rng.integers(0, k, n)])
+    rows = np.stack([rng.integers(0, k, m) for _ in range(5)])
+    which = np.array([0, 1, 2, 1, 0])
+    A = torch.from_numpy(A_np).to(dtype)
+    if layout == "blocks":
+        monkeypatch.setattr(mass, "_CHUNK_ELEMENTS", 7 * n)
+    if layout == "transposed":
+        A = torch.from_numpy(np.ascontiguousarray(A_np.T)).to(dtype).T
+    square = mass.layer_square(A) if layout == "whole" else None
+    assert (square is None) == (layout != "whole")
+    Y = mass.packed_products(A, cols, k, "cols", square)
+    got = mass.candidate_masses(Y, rows, which, k)
+    sq = A_np ** 2
+    want = np.array([[[sq[np.ix_(r == a, cols[u] == b)].sum() for b in range(k)] for a in range(k)]
+                     for r, u in zip(rows, which)])
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * sq.sum())
+    assert np.abs(got[which == 0][:, :, 3]).max() <= tol * sq.sum()
+    # the row side (the repair's products): (A o A)^T onehot(rows), unpacked
+    Q = mass.squared_products(A, rows[:2], k, "rows", square).numpy()
+    np.testing.assert_allclose(Q, np.stack([sq.T @ np.eye(k)[r] for r in rows[:2]]), rtol=tol, atol=tol * sq.sum())
+
+
 def test_repair_never_empties_the_cluster_it_takes_from():
     from graphinterp.clustering.pairing import _repair
 

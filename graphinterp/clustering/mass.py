@@ -5,20 +5,23 @@ matrix :math:`M = R^T (A \\circ A) C` (``k x k``, with ``R`` and ``C`` the one-h
 holds the squared similarity between every row cluster and every column cluster; its diagonal over
 its total is E. Here: the mass matrix of one clustering (:func:`cluster_mass`), the column relabelling
 that maximises its diagonal (:func:`match_clusters`, Hungarian), and the products of many candidate
-labellings at once, with ``A`` squared block by block and every distinct partition computed once.
+labellings at once (:func:`packed_products`, :func:`candidate_masses`), with ``A`` squared once (block
+by block for big layers) and every distinct partition computed once.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["cluster_mass", "match_clusters", "matching", "canonical", "unique_rows", "squared_products", "scatter_batch",
-           "chance_share", "normalized_score"]
+from graphinterp.clustering.spectral import _padded_width
 
-_CHUNK_ELEMENTS = 1 << 21  # block size (elements) for squaring A when scoring candidates
+__all__ = ["cluster_mass", "match_clusters", "matching", "canonical", "unique_rows", "layer_square", "squared_products",
+           "packed_products", "unpack_products", "candidate_masses", "scatter_batch", "chance_share", "normalized_score"]
+
+_CHUNK_ELEMENTS = 1 << 21  # A o A is kept whole up to this many entries, else squared in blocks of this size
 
 
 def cluster_mass(squared: torch.Tensor, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
@@ -149,25 +152,109 @@ def _narrow(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def squared_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str) -> torch.Tensor:
+def layer_square(A: torch.Tensor) -> Optional[torch.Tensor]:
+    """``A o A`` in fresh (aligned) memory when ``A`` has at most ``_CHUNK_ELEMENTS`` entries, else None
+    (:func:`packed_products` then squares it block by block): one square for all the products of a fit
+    (the candidates' scores and any repair)."""
+    if A.numel() > _CHUNK_ELEMENTS:
+        return None
+    return torch.mul(A, A, out=torch.empty(A.shape, dtype=A.dtype, device=A.device))
+
+
+def squared_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str, square=None) -> torch.Tensor:
     """``(A o A) @ onehot(labels_t)`` for ``T`` labellings of the columns (``side="cols"``, result (T, m, k)),
     or ``(A o A)^T @ onehot(labels_t)`` for labellings of the rows (``side="rows"``, result (T, n, k)).
 
-    All labellings in one matrix product with the ``(n, T k)`` indicator; ``A`` is squared block by
-    block into a small buffer, never whole. Float64 on the CPU.
+    Float64; the products of :func:`packed_products`, unpacked.
+
+    Examples
+    --------
+    >>> A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]])
+    >>> squared_products(A, np.array([[0, 1, 1]]), 2, "cols")[0].tolist()
+    [[1.0, 4.0], [0.0, 10.0]]
+    >>> squared_products(A, np.array([[1, 0]]), 2, "rows")[0].tolist()
+    [[0.0, 1.0], [1.0, 4.0], [9.0, 0.0]]
+    """
+    Y = packed_products(A, labels, k, side, square)
+    return torch.from_numpy(np.stack([unpack_products(Y, u, k) for u in range(len(labels))]))
+
+
+def packed_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str, square=None) -> np.ndarray:
+    """The products of :func:`squared_products`, packed: ``(N, T (k - 1) + 1)`` float64, clusters ``0..k-2`` of
+    each labelling in turn, then the totals (row sums of ``A o A`` for ``side="cols"``, column sums for ``"rows"``).
+
+    One matrix product with an indicator of the first ``k - 1`` clusters of every labelling and a column of
+    ones: cluster ``k - 1`` is the total less the others, so the product is a quarter narrower at k = 4
+    (its time grows with its width). ``square`` is ``A o A`` when the caller has it
+    (:func:`layer_square`); otherwise ``A`` is squared block by block into a small buffer, never whole.
+
+    Examples
+    --------
+    >>> A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]])
+    >>> packed_products(A, np.array([[0, 1, 1], [1, 1, 0]]), 2, "cols").tolist()
+    [[1.0, 0.0, 5.0], [0.0, 9.0, 10.0]]
     """
     if not A.is_contiguous() and A.T.is_contiguous():  # a transposed view: work on the row-major side
-        return squared_products(A.T, labels, k, "rows" if side == "cols" else "cols")
-    T, (m, n) = len(labels), A.shape
-    offsets = torch.arange(T)[:, None] * k
-    indicator = torch.zeros(labels.shape[1], T * k, dtype=A.dtype, device=A.device)
-    indicator.scatter_(1, (torch.from_numpy(labels) + offsets).T.to(A.device), 1.0)
+        return packed_products(A.T, labels, k, "rows" if side == "cols" else "cols",
+                               None if square is None else square.T)
+    T, N = labels.shape
+    width = T * (k - 1) + 1
+    # transposed (width, N), so that each comparison runs along the nodes; torch memory: aligned, so MKL rounds alike
+    indicator = torch.zeros(_padded_width(A, width), N, dtype=A.dtype)
+    ind, labels = indicator.numpy(), _narrow(labels)
+    np.equal(labels[:, None, :], np.arange(k - 1, dtype=labels.dtype)[None, :, None],
+             out=ind[: width - 1].reshape(T, k - 1, N), casting="unsafe")
+    ind[width - 1] = 1.0
+    indicator = indicator.to(A.device).T
+    if square is not None:
+        out = torch.mm(square, indicator) if side == "cols" else torch.mm(indicator.T, square).T
+    else:
+        out = _blockwise_products(A, indicator, side)
+    return out.cpu().numpy()[:, :width].astype(np.float64)
+
+
+def candidate_masses(Y: np.ndarray, rows: np.ndarray, which: np.ndarray, k: int) -> np.ndarray:
+    """Mass matrices (T, k, k) of ``T`` candidates from packed column products.
+
+    ``Y`` is :func:`packed_products` of ``U`` column labellings (``side="cols"``), ``rows`` (T, m) each
+    candidate's row labels in ``0..k-1`` and ``which[t]`` the labelling its columns are. All row sums in
+    one ``(T k, m) @ (m, U (k - 1) + 1)`` product (float64), then each candidate's block.
+
+    Examples
+    --------
+    >>> A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]])
+    >>> Y = packed_products(A, np.array([[0, 1, 1]]), 2, "cols")
+    >>> candidate_masses(Y, np.array([[0, 1], [0, 0]]), np.array([0, 0]), 2).tolist()
+    [[[1.0, 4.0], [0.0, 10.0]], [[1.0, 14.0], [0.0, 0.0]]]
+    """
+    T, m = rows.shape
+    hot = torch.empty(T * k, m, dtype=torch.float64)
+    narrow = _narrow(rows)
+    np.equal(narrow[:, None, :], np.arange(k, dtype=narrow.dtype)[None, :, None], out=hot.numpy().reshape(T, k, m),
+             casting="unsafe")
+    G = torch.mm(hot, torch.from_numpy(Y)).numpy().reshape(T, k, -1)
+    out = np.empty((T, k, k))
+    out[:, :, : k - 1] = np.take_along_axis(G, (which[:, None] * (k - 1) + np.arange(k - 1))[:, None, :], 2)
+    out[:, :, k - 1] = G[:, :, -1] - out[:, :, : k - 1].sum(2)
+    return out
+
+
+def unpack_products(Y: np.ndarray, u: int, k: int) -> np.ndarray:
+    """Labelling ``u``'s products (N, k) from packed products ``Y`` (:func:`packed_products`)."""
+    part = Y[:, u * (k - 1):(u + 1) * (k - 1)]
+    return np.concatenate([part, Y[:, -1:] - part.sum(1, keepdims=True)], 1)
+
+
+def _blockwise_products(A: torch.Tensor, indicator: torch.Tensor, side: str) -> torch.Tensor:
+    """``(A o A) @ indicator`` (``side="cols"``) or ``(A o A)^T @ indicator`` (``"rows"``), ``A`` squared a
+    block of ``_CHUNK_ELEMENTS`` entries at a time into one buffer."""
+    m, n = A.shape
     step = max(1, min(m, _CHUNK_ELEMENTS // max(n, 1)))
     buf = torch.empty(step, n, dtype=A.dtype, device=A.device)
     if side == "cols":
-        out = torch.empty(m, T * k, dtype=A.dtype, device=A.device)
+        out = torch.empty(m, indicator.shape[1], dtype=A.dtype, device=A.device)
     else:
-        out_t = torch.zeros(T * k, n, dtype=A.dtype, device=A.device)
+        out_t = torch.zeros(indicator.shape[1], n, dtype=A.dtype, device=A.device)
     for i0 in range(0, m, step):
         i1 = min(m, i0 + step)
         block = torch.mul(A[i0:i1], A[i0:i1], out=buf[: i1 - i0])
@@ -175,9 +262,7 @@ def squared_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str) -> 
             torch.mm(block, indicator, out=out[i0:i1])
         else:
             out_t.addmm_(indicator[i0:i1].T, block)
-    if side == "rows":
-        out = out_t.T
-    return out.reshape(out.shape[0], T, k).permute(1, 0, 2).double().cpu()
+    return out if side == "cols" else out_t.T
 
 
 def scatter_batch(sub_labels: np.ndarray, live: np.ndarray, fill: int) -> np.ndarray:

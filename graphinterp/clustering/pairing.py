@@ -35,8 +35,11 @@ report leads with. Ranking by E alone, as graphinterp did until 2026-12-07, rewa
 on the 32 layers of the shared pretrained models (k = 2..6, 160 fits) the kept candidate then scored
 below scikit-learn's in 54 fits (by up to 0.19); ranked by score, in 2 (by up to 0.019; 6 of 480 fits
 with seeds 0-2, by up to 0.021). Every candidate's E comes from its ``k x k`` mass matrix
-:math:`R^T (A \\circ A) C`, all candidates together in one matrix product with ``A`` squared block by
-block (no copy of ``A``). Identical candidate clusterings are scored once.
+:math:`R^T (A \\circ A) C`: the column sums of all candidates in one matrix product of :math:`A \\circ A`
+(squared once, or block by block above 2**21 entries) with the indicators of each candidate's first
+``k - 1`` column clusters and a column of ones (the last cluster is the total less the others), then
+the row sums of all candidates in a second, small product (:mod:`graphinterp.clustering.mass`).
+Identical candidate clusterings are scored once.
 """
 from __future__ import annotations
 
@@ -46,8 +49,9 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.kmeans_batch import batched_kmeans
-from graphinterp.clustering.mass import (canonical, chance_share, matching, normalized_score, scatter_batch,
-                                        squared_products, unique_rows)
+from graphinterp.clustering.mass import (candidate_masses, canonical, chance_share, layer_square, matching,
+                                        normalized_score, packed_products, scatter_batch, squared_products,
+                                        unique_rows, unpack_products)
 from graphinterp.clustering.spectral import _Spectrum
 
 __all__ = ["PAIRINGS", "fit_spectrum"]
@@ -93,10 +97,12 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
     T = len(rows)
     row_sizes, own_col_sizes = _sizes(rows, k), _sizes(cols, k)
     empty_r, empty_c = (row_sizes == 0).any(1), (own_col_sizes == 0).any(1)
-    P_canon = _column_masses(sp.A[copy], scatter_batch(canon_c, sp.live_c, 0), k)  # (T, m, k), canonical columns
-    full_r = torch.from_numpy(scatter_batch(rows, sp.live_r, 0))
-    masses = torch.zeros(T, k, k, dtype=torch.float64).scatter_add_(1, full_r[:, :, None].expand(P_canon.shape), P_canon)
-    masses = np.take_along_axis(masses.numpy(), maps_c[:, None, :], 2)  # columns in each candidate's own labels
+    square = layer_square(sp.A[copy])  # A o A once, for the candidates and any repair (None for big layers)
+    canon_full = scatter_batch(canon_c, sp.live_c, 0)
+    first_c, which = unique_rows(canon_full)  # each distinct column labelling's products computed once
+    Y = packed_products(sp.A[copy], canon_full[first_c], k, "cols", square)
+    masses = candidate_masses(Y, scatter_batch(rows, sp.live_r, 0), np.asarray(which), k)  # canonical columns
+    masses = np.take_along_axis(masses, maps_c[:, None, :], 2)  # columns in each candidate's own labels
     total = float(masses[0].sum())
     scale = 1.0 / total if total > 0 else 0.0
     new_labels = np.stack([matching(masses[t]) for t in range(T)])  # (T, k): column cluster b -> row cluster
@@ -108,11 +114,12 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
         r, c = rows[t], new_labels[t][cols[t]]
         if empty_r[t]:  # repair the rows, given the matched columns
             Pt = np.empty((sp.m_live, k))
-            Pt[:, new_labels[t]] = P_canon[t].numpy()[:, maps_c[t]][sp.live_r]
+            Pt[:, new_labels[t]] = unpack_products(Y, which[t], k)[:, maps_c[t]][sp.live_r]
             r = r.copy()
             E[t] += _repair(r, Pt, k) * scale
         if empty_c[t]:  # and the columns, given the (repaired) rows
-            Q = squared_products(sp.A[copy], scatter_batch(r[None], sp.live_r, 0), k, "rows").numpy()[0, sp.live_c]
+            Q = squared_products(sp.A[copy], scatter_batch(r[None], sp.live_r, 0), k, "rows", square)
+            Q = Q.numpy()[0, sp.live_c]
             E[t] += _repair(c, Q, k) * scale
         repaired[t] = (r, c)
         row_sizes[t], col_sizes[t] = np.bincount(r, minlength=k), np.bincount(c, minlength=k)
@@ -143,13 +150,6 @@ def _sizes(labels: np.ndarray, k: int) -> np.ndarray:
     """Cluster sizes (T, k) of ``T`` labellings (T, N) in ``0..k-1``, in one bincount."""
     T = len(labels)
     return np.bincount((labels + k * np.arange(T)[:, None]).ravel(), minlength=T * k).reshape(T, k)
-
-
-def _column_masses(A: torch.Tensor, labels: np.ndarray, k: int) -> torch.Tensor:
-    """``(A o A) @ onehot(labels_t)`` (T, m, k), float64, for canonical column labellings; repeated ones computed once."""
-    first, inverse = unique_rows(labels)
-    P = squared_products(A, labels[first], k, "cols")
-    return P if len(first) == len(labels) else P[torch.as_tensor(inverse)]
 
 
 def _rank_key(row_sizes: np.ndarray, col_sizes: np.ndarray, E: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
