@@ -124,7 +124,7 @@ def test_report_masses_isolated_counts_and_random_expectation_are_mass_weighted(
     c = cluster_layers(g, 2, random_state=0)
     rep = clusterability_report(g, c)
     for s, p in zip(rep.layers, (model[0].weight, model[2].weight)):
-        assert s.mass == pytest.approx(float((p.double() ** 2).sum()), rel=1e-6)
+        assert s.mass == pytest.approx(float((p.detach().double() ** 2).sum()), rel=1e-6)
         rows, cols = c.labels(s.layer)
         assert s.E_random == pytest.approx(random_partition_expectation(rows, cols, 2))
         assert s.score == pytest.approx(normalized_score(s.E, s.E_random))
