@@ -4,10 +4,12 @@ Both in the same run, on the same layers: the command (models loaded, graphs bui
 clustered at k = 4 and tested against 10 shuffled copies, JSON/CSV written, no figures) against a
 Python loop that fits scikit-learn's ``SpectralCoclustering(4)`` on every layer and on 10 shuffled
 copies of it (the graphs are built before its clock starts, so it is not charged for loading).
-The floor beside them is the loop's own minimum: one normalisation and one rank-4 SVD per matrix.
+The floor beside them is the loop's own minimum: one normalisation and one rank-4 SVD per matrix, run
+with BSGC's thread policy (one torch thread for layers below 2**20 entries; with torch's default two
+threads the floor itself was 30-100x slower on a busy machine).
 The load average is printed before and after.
 
-    python benchmarks/bench_benchmark.py                 # the four models of /work/shared/pretrained
+    python benchmarks/bench_benchmark.py                 # the four models of ../shared/pretrained
     python benchmarks/bench_benchmark.py --repeats 3 --jobs 2
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from graphinterp.reports.benchmarking import ModelSource, load_source
 from graphinterp.clustering.bsgc import normalize_bipartite, randomized_svd
 from graphinterp.cli.main import cli
 from graphinterp.clustering.significance import shuffle_weights
+from graphinterp.clustering.spectral import _threads_for
 
 MODELS = ("mnist-mlp-784-512-512-10.pt", "mnist-mlp-bn-300-301-302-303.pt", "cifar-cnn.pth", "resnet20-12fca82f.th")
 DEFAULT_DIR = Path(os.environ.get("GRAPHINTERP_PRETRAINED", Path(__file__).resolve().parents[2] / "shared" / "pretrained"))
@@ -62,7 +65,8 @@ def floor_loop(mats, k: int, shuffles: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     for _, A in mats:
         for M in [A, *shuffle_weights(A, shuffles, generator=gen)]:
-            randomized_svd(normalize_bipartite(M)[0], k, generator=gen)
+            with _threads_for(M):  # BSGC's thread policy (one torch thread below 2**20 entries), not torch's default
+                randomized_svd(normalize_bipartite(M)[0], k, generator=gen)
 
 
 def graphinterp_cli(paths, k: int, shuffles: int, jobs: int, out: str) -> None:
@@ -74,14 +78,20 @@ def graphinterp_cli(paths, k: int, shuffles: int, jobs: int, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--shuffles", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models-dir", type=Path, default=DEFAULT_DIR,
+                        help="folder holding the four models (default: $GRAPHINTERP_PRETRAINED, else "
+                             "../shared/pretrained beside the checkout)")
+    parser.add_argument("--k", type=int, default=4, help="number of clusters (default 4)")
+    parser.add_argument("--shuffles", type=int, default=10, help="shuffled copies per layer (default 10)")
+    parser.add_argument("--jobs", type=int, default=1, help="--jobs of `graphinterp benchmark` (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffles and of scikit-learn (default 0)")
     args = parser.parse_args()
     paths = [args.models_dir / m for m in MODELS]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"{', '.join(missing)} not found in {args.models_dir}; pass --models-dir FOLDER (or set "
+                     "GRAPHINTERP_PRETRAINED)")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"load average before {tuple(round(x, 2) for x in os.getloadavg())}")
     t0 = time.perf_counter()

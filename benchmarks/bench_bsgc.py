@@ -5,8 +5,11 @@ the same run, in interleaved rounds of a few back-to-back calls each, medians), 
 floor. The score is :math:`(E - E_{rand}) / (1 - E_{rand})`, E against a random partition with the same
 cluster sizes, what graphinterp's reports lead with and what BSGC ranks its candidates by: E alone
 rewards one giant cluster (on the heavy-tailed layers below, a partition of 1021, 1, 1 and 1 nodes a
-side has E 0.99 and a score below 0). The floor is one normalisation pass plus a rank-k randomized SVD (``normalize_bipartite`` +
-``randomized_svd``), the cheapest thing that computes the embedding. The load average is printed before and after.
+side has E 0.99 and a score below 0). The floor is one normalisation pass plus a rank-k randomized SVD
+(``normalize_bipartite`` + ``randomized_svd``), the cheapest thing that computes the embedding, run with
+BSGC's own thread policy (one torch thread below 2**20 entries). The load average is printed before and
+after. Each matrix is drawn from its own seed (``--seed``, its shape and its kind), so a row is the same
+whichever ``--sizes`` and ``--kinds`` run beside it.
 
     python benchmarks/bench_bsgc.py                        # 64, 256, 1024, 4096 square and 4096 x 16384
     python benchmarks/bench_bsgc.py --sizes 64 256 --no-wide --repeats 3
@@ -16,7 +19,7 @@ Matrix kinds: ``gaussian`` |N(0, 1)|, ``heavy`` |Student-t, 3 degrees of freedom
 weights, like trained layers), ``planted`` k modules of unequal sizes in Gaussian noise.
 scikit-learn's KMeans runs with one OpenMP thread (with torch loaded, two OpenMP runtimes spin
 against each other on 2 cores and KMeans becomes ~100x slower, which would flatter graphinterp);
-graphinterp uses torch's default threads. The three get the same matrix, allocated by torch
+graphinterp uses torch's default threads (one below 2**20 entries). The three get the same matrix, allocated by torch
 (64-byte aligned, as a model's weights are). With ``--device cuda`` graphinterp and the floor run on
 the GPU (the matrix is copied there once, outside the timings; each timing ends with a
 synchronisation); scikit-learn stays on the CPU.
@@ -36,6 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from graphinterp.clustering.bsgc import BSGC, normalize_bipartite, randomized_svd
 from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
+from graphinterp.clustering.spectral import _threads_for
 
 KINDS = ("gaussian", "heavy", "planted")
 
@@ -66,8 +70,9 @@ def fit_sklearn(A: np.ndarray, k: int, seed: int):
 
 
 def fit_floor(A: torch.Tensor, k: int, seed: int):
-    An, _, _ = normalize_bipartite(A)
-    out = randomized_svd(An, k, generator=torch.Generator().manual_seed(seed))
+    with _threads_for(A):  # BSGC's thread policy: one torch thread below 2**20 entries (see spectral.py)
+        An, _, _ = normalize_bipartite(A)
+        out = randomized_svd(An, k, generator=torch.Generator().manual_seed(seed))
     if A.is_cuda:
         torch.cuda.synchronize(A.device)
     return out
@@ -105,13 +110,16 @@ def _E_and_score(squared: torch.Tensor, rows, cols, k: int) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="*", type=int, default=[64, 256, 1024, 4096])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[64, 256, 1024, 4096],
+                        help="square layer sizes (default 64 256 1024 4096); each matrix is drawn from its own seed "
+                             "(--seed, its shape and kind), so a row is the same whichever sizes run beside it")
     parser.add_argument("--wide", action=argparse.BooleanOptionalAction, default=True,
                         help="also run a 4096 x 16384 layer")
-    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
-    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS,
+                        help="Gaussian, heavy-tailed (Student t, 3 degrees of freedom) and planted-module layers")
+    parser.add_argument("--k", type=int, default=4, help="number of clusters (default 4)")
     parser.add_argument("--repeats", type=int, default=7, help="rounds for small layers (fewer for big ones)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the matrices and of every method (default 0)")
     parser.add_argument("--gap", type=float, default=0.3, help="seconds of idle time before each function's block")
     parser.add_argument("--block", type=int, default=5,
                         help="timed calls back to back per function and round, after one untimed call (1: one call, "
@@ -124,7 +132,6 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available")
-    rng = np.random.default_rng(args.seed)
     shapes = [(s, s) for s in args.sizes] + ([(4096, 16384)] if args.wide else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, k={args.k}, "
           f"load average before {tuple(round(x, 2) for x in os.getloadavg())}")
@@ -135,7 +142,7 @@ def main() -> None:
         size = m * n
         repeats = args.repeats if size <= 1 << 20 else max(1, min(args.repeats, 5 if size <= 1 << 24 else 3))
         for kind in args.kinds:
-            W = make_layer(kind, m, n, args.k, rng)
+            W = make_layer(kind, m, n, args.k, np.random.default_rng([args.seed, m, n, KINDS.index(kind)]))
             # One 64-byte-aligned matrix for all three, as torch allocates a model's weights (numpy's own
             # arrays are 16-byte aligned, and at 1024 x 1024 BLAS reads them up to 1.6x slower).
             A = torch.from_numpy(W).abs().numpy()

@@ -7,15 +7,16 @@ memory (``ru_maxrss``) is its own:
 * ``graph``: build the model, then trace its graph (seconds for each; coverage; folded scales);
 * ``analyze``: ``graphinterp analyze MODEL --k 4 --json`` end to end (wall time from process start,
   imports included, and peak memory), the command a user runs;
-* ``benchmark`` (``--shuffles N``, default 10; 0 skips): ``graphinterp benchmark MODEL --k 4
+* ``benchmark`` (``--shuffles N``, default 20; 0 skips): ``graphinterp benchmark MODEL --k 4
   --shuffles N``: E and normalised score at k = 4 (mass-weighted over layers), the number of layers
-  significantly more clusterable than their shuffles (score p < 0.05), wall time, peak memory.
+  significantly more clusterable than their shuffles (score p < 0.05; "n/a" below 19 shuffles, where
+  the smallest p a layer can reach, 1 / (N + 1), is above 0.05), wall time, peak memory.
 
 Targets from the issue "Real architectures as faithful graphs" are printed beside the figures:
 ``analyze vit_b_16 --k 4`` <= 15 s, graphing resnet50 <= 5 s, ``analyze vgg11`` peak <= 2 GB. The
 floor for graphing is building the model itself (its random initialisation), shown beside it.
 
-    python benchmarks/bench_graphs.py                     # all models, 10 shuffles
+    python benchmarks/bench_graphs.py                     # all models, 20 shuffles
     python benchmarks/bench_graphs.py --models resnet18,vgg11 --shuffles 0
 """
 from __future__ import annotations
@@ -30,12 +31,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRETRAINED = ROOT.parent / "shared" / "pretrained"
-MODELS = {
-    "resnet18": "resnet18", "resnet50": "resnet50", "vit_b_16": "vit_b_16", "vgg11": "vgg11",
-    "resnet20 (shared)": str(PRETRAINED / "resnet20-12fca82f.th"),
-    "resnet56 (shared)": str(PRETRAINED / "resnet56-4bfd9763.th"),
-}
+PRETRAINED = Path(os.environ.get("GRAPHINTERP_PRETRAINED", ROOT.parent / "shared" / "pretrained"))
+MODELS = ("resnet18", "resnet50", "vit_b_16", "vgg11", "resnet20 (shared)", "resnet56 (shared)")
+SHARED_FILES = {"resnet20 (shared)": "resnet20-12fca82f.th", "resnet56 (shared)": "resnet56-4bfd9763.th"}
+ALIASES = {"resnet20": "resnet20 (shared)", "resnet56": "resnet56 (shared)"}
+
+
+def _source(name: str, pretrained: Path) -> str:
+    """What ``graphinterp`` is given for a model: a torchvision name, or the shared file's path."""
+    return str(pretrained / SHARED_FILES[name]) if name in SHARED_FILES else name
 TARGETS = {("vit_b_16", "analyze_s"): 15.0, ("resnet50", "graph_s"): 5.0, ("vgg11", "analyze_peak_gb"): 2.0}
 
 
@@ -97,14 +101,22 @@ def _benchmark_summary(text: str) -> dict:
     E = sum(layer["mass"] * layer["scores"]["4"]["E"] for layer in layers if "4" in layer["scores"]) / mass
     score = sum(layer["mass"] * layer["scores"]["4"]["score"] for layer in layers if "4" in layer["scores"]) / mass
     tested = [layer["significance"] for layer in layers if layer.get("significance")]
+    if tested and min(s["min_p_value"] for s in tested) >= 0.05:  # no layer could reach p < 0.05
+        return {"E": E, "score": score, "significant": f"n/a ({len(tested)} tested)"}
     significant = sum(1 for s in tested if s["score"]["p_value"] < 0.05)
     return {"E": E, "score": score, "significant": f"{significant}/{len(tested)}"}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from: " + ", ".join(MODELS))
-    parser.add_argument("--shuffles", type=int, default=10, help="shuffles per layer for `benchmark` (0: skip)")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated names from: " + ", ".join(MODELS) + " (resnet20 and resnet56 also work)")
+    parser.add_argument("--shuffles", type=int, default=20,
+                        help="shuffles per layer for `benchmark` (default 20; 0: skip; below 19 no layer can reach "
+                             "p < 0.05, and the significant-layers column says n/a)")
+    parser.add_argument("--pretrained-dir", type=Path, default=PRETRAINED,
+                        help="folder of the shared CIFAR ResNets (default: $GRAPHINTERP_PRETRAINED, else "
+                             "../shared/pretrained beside the checkout); absent files are skipped with a note")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -112,14 +124,20 @@ def main(argv=None) -> None:
         result = child_graph(payload) if mode == "graph" else child_cli(payload)
         print(json.dumps(result))
         return
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    names = [ALIASES.get(n.strip(), n.strip()) for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    absent = [n for n in names if n in SHARED_FILES and not (args.pretrained_dir / SHARED_FILES[n]).is_file()]
+    for n in absent:
+        print(f"note: skipping {n}: {args.pretrained_dir / SHARED_FILES[n]} not found (pass --pretrained-dir)")
+    names = [n for n in names if n not in absent]
+    if not names:
+        parser.error("no model left to measure")
     print(f"load before: {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for name in names:
-        source = MODELS[name]
+        source = _source(name, args.pretrained_dir)
         g = _run_child("graph", source)
         a = _run_child("analyze", ["analyze", source, "--k", "4", "--json"])
         row = {"model": name, **{k: g[k] for k in ("build_s", "graph_s", "coverage", "folded", "unfolded", "missing")},

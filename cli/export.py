@@ -149,6 +149,15 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         notes.append(f"--min-weight {min_weight:g} dropped every edge (the largest |weight| is {largest:.4g}): the file "
                      "holds the nodes only")
     E, E_random, score = (G.graph[key] for key in ("E", "E_random", "score"))  # of the labels `cluster` follows
+    if network is not None and labelled is network:
+        banded = _banded_layers(network)
+        if 2 * len(banded) > len(network.layer_names):
+            notes.append(f"the network-wide labels follow depth, not modules: in {len(banded)} of "
+                         f"{len(network.layer_names)} layers every input is in one cluster and every output in one "
+                         f"(normalised score {score:.3f}); "
+                         + ("export without --network-wide for each layer's own BSGC labels in cluster_in / cluster_out"
+                            if network_wide or use_stored else
+                            "cluster_in / cluster_out hold each layer's own BSGC labels (--per-layer exports those alone)"))
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
                "cluster_in_out": G.graph.get("cluster_in_out_source"),
@@ -180,6 +189,18 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             click.echo(f"E = {summary['E_per_layer']:.4f} (per-layer labels: cluster_in / cluster_out and the edges' "
                        f"within, as `analyze` scores them) against {summary['E_per_layer_random']:.4f} for a random "
                        "partition")
+
+
+def _banded_layers(clustering) -> list:
+    """Layers whose labelled inputs all share one cluster and whose labelled outputs all share one: a
+    network-wide clustering made of depth bands (a random-weight ResNet's, for one) says nothing of modules."""
+    banded = []
+    for name in clustering.layer_names:
+        rows, cols = clustering.labels(name)
+        rows, cols = rows[rows >= 0], cols[cols >= 0]
+        if len(set(rows.tolist())) <= 1 and len(set(cols.tolist())) <= 1:
+            banded.append(name)
+    return banded
 
 
 def _large_note(G, size: int, notes=None) -> None:

@@ -353,3 +353,38 @@ def test_ablate_level_means_and_evaluation_match_a_hand_computed_forward():
         ev = TaskEvaluator(model, layers, task, modules=[model[0], model[2]], incremental=incremental)
         assert ev(masks) == pytest.approx(want, abs=1e-6)
     assert torch.equal(model[0].weight, w1) and no_hooks(model) and "forward" not in model[0].__dict__
+
+
+def _two_cluster_toy():
+    """Identity first layer; class 0 reads units 0-1 (cluster 0), class 1 units 2-3 (cluster 1), class 2 nothing."""
+    from graphinterp.clustering.labels import Clustering
+
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 3, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4))
+        model[2].weight.copy_(torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]))
+    return model, Clustering(2, {"0": np.array([0, 0, 1, 1])}, {"0": np.array([0, 0, 1, 1])})
+
+
+def test_overall_accuracy_is_weighted_by_class_counts_and_absent_classes_are_left_out():
+    """Three examples of class 0, one of class 1, none of class 2: with cluster 1 OFF class 1's example is
+    wrong (logits 0, 0, 0 -> class 0) and the overall accuracy is 3/4, not the 1/2 a mean over classes gives."""
+    from graphinterp.interpret.ablate import ablation_matrix
+
+    model, c = _two_cluster_toy()
+    x = torch.tensor([[1.0, 1, 0, 0]] * 3 + [[0, 0, 1, 1.0]])
+    res = ablation_matrix(model, None, c, (x, torch.tensor([0, 0, 0, 1])), device="cpu")
+    assert res.class_ids == [0, 1]
+    assert res.overall()["off"][1] == pytest.approx(0.75)
+
+
+def test_mean_ablation_uses_the_reference_means_not_the_evaluated_data():
+    """Reference means: 0 on cluster 0's units, 5 on cluster 1's. OFF cluster 1 sets units 2-3 to 5, so every
+    example is predicted class 1; the evaluated data's own means (0.5) would leave class 0 right."""
+    from graphinterp.interpret.ablate import ablation_matrix
+
+    model, c = _two_cluster_toy()
+    x = torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1.0]])
+    ref = torch.tensor([[0.0, 0, 5, 5]] * 4)
+    res = ablation_matrix(model, None, c, (x, torch.tensor([0, 1])), mode="mean", reference=ref, device="cpu")
+    assert res.off.tolist() == [[1.0, 1.0], [0.0, 1.0]]

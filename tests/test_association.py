@@ -371,3 +371,26 @@ def test_modularity_refuses_a_signed_graph():
     with pytest.raises(ClusteringError, match="non-negative"):
         modularity(signed, np.repeat([0, 1], 3))
     assert -0.5 <= modularity(np.abs(signed), np.repeat([0, 1], 3)) <= 0.5
+
+
+def test_modularity_leaves_unlabelled_units_out():
+    """Two pairs joined inside (Q 0.5) and a fifth unit, label -1, joined to all four: still 0.5 (counting it as a
+    cluster of its own changed Q)."""
+    from graphinterp.clustering.modularity import modularity
+
+    A = np.kron(np.eye(2), np.ones((2, 2))) - np.eye(4)
+    A = np.pad(A, ((0, 1), (0, 1)))
+    A[4, :4] = A[:4, 4] = 1.0
+    assert modularity(A, np.array([0, 0, 1, 1, -1])) == pytest.approx(0.5)
+
+
+def test_the_shuffle_null_is_a_symmetric_permutation_of_the_weights():
+    from graphinterp.clustering.modularity import _shuffled
+
+    rng = np.random.RandomState(0)
+    A = rng.rand(6, 6)
+    A = A + A.T
+    np.fill_diagonal(A, 0)
+    S = _shuffled(A, rng)
+    upper = np.triu_indices(6, 1)
+    assert np.allclose(S, S.T) and np.allclose(np.sort(S[upper]), np.sort(A[upper]))

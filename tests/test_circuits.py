@@ -551,3 +551,14 @@ def test_edge_masks_are_checked():
                 pass
     with interventions(net, edge_masks={"0": torch.tensor([[1, 0, 1], [0, 1, 1]])}):
         assert torch.equal(net[0].weight == 0, torch.tensor([[False, True, False], [True, False, False]]))
+
+
+def test_circuits_refuse_a_grouped_convolution():
+    """A grouped conv's weight is (out, in / groups): an edge mask on it would not be the layer's edges."""
+    from graphinterp.common.errors import DataError
+    from graphinterp.interpret.edges import edge_layers
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(DataError, match="grouped convolution"):
+        edge_layers(m)

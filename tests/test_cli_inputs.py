@@ -494,3 +494,14 @@ def test_every_k_option_has_one_click_type():
             assert isinstance(p.type, click.IntRange) and (p.type.min, p.type.max, p.type.min_open) == (2, None, False), path
         found[path] = p
     assert {"ablate", "analyze", "benchmark", "export", "plot layer", "train"} <= set(found)
+
+
+def test_a_layer_named_twice_is_refused():
+    import click
+
+    from graphinterp.cli._options import check_layers
+    from graphinterp.graph.layered import LayeredGraph
+
+    g = LayeredGraph.from_module(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4)))
+    with pytest.raises(click.BadParameter, match="twice"):
+        check_layers(g, ["0", "0"])

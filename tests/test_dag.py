@@ -223,6 +223,37 @@ def test_export_of_a_dag_carries_network_labels_read_back_with_networkx(tmp_path
     assert (sq * same).sum() / sq.sum() == pytest.approx(G.graph["E_network"], abs=1e-6)
     # the residual stream is one node set: 'b' writes the nodes that 'a' and 'c' read
     assert {v for _, v, d in G.edges(data=True) if d["layer"] == "b"} == {f"stream@input:{i}" for i in range(D)}
+    assert "follow depth" not in res.output  # planted modules, not depth bands
+
+
+def test_export_says_when_the_network_wide_labels_are_depth_bands(tmp_path, monkeypatch):
+    """A random-weight torchvision ResNet-18's network-wide labels put every layer's inputs in one cluster and
+    its outputs in one (E 0.6806 against 0.6806 at random, score 0.000): GraphML coloured by depth, which
+    export wrote without a word. Such labels are now named, with where each layer's own BSGC labels are."""
+    import json
+
+    from click.testing import CliRunner
+
+    import graphinterp.cli.export as export_cmd
+    from graphinterp.cli.main import cli
+    from graphinterp.clustering.labels import Clustering
+
+    def banded(graph, k, layers=None, random_state=None):  # stream 0, a's hidden units 1, c's outputs 2
+        rows = {"a": np.zeros(D, int), "b": np.ones(H, int), "c": np.zeros(D, int)}
+        cols = {"a": np.ones(H, int), "b": np.zeros(D, int), "c": np.full(H, 2)}
+        return Clustering(k=3, row_labels=rows, col_labels=cols, network_wide=True)
+
+    monkeypatch.setattr(export_cmd, "cluster_network", banded)
+    path = tmp_path / "res.pt"
+    torch.save(_PlantedResidual(), path)
+    for extra in ([], ["--network-wide"]):
+        with pytest.warns(UserWarning, match="weights_only=False"):
+            res = CliRunner().invoke(cli, ["export", str(path), str(tmp_path / "res.graphml"), "--k", "3",
+                                           "--trust-pickle", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        notes = [n for n in json.loads(res.stdout)["notes"] if "follow depth" in n]
+        assert len(notes) == 1 and "in 3 of 3 layers" in notes[0]
+        assert ("without --network-wide" in notes[0]) == bool(extra)
 
 
 def test_grouped_convs_are_left_out_of_clusterability_as_depthwise_ones_are():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphinterp.graph.model_trace import trace_graph
+from graphinterp.graph.layered import LayeredGraph
 
 
 def _randomise(norm: nn.Module, gen: torch.Generator) -> torch.Tensor:
@@ -485,3 +486,41 @@ def test_a_slice_with_a_folded_gain_follows_the_model_to_another_dtype():
     mask = loss.masks["layer.multihead_attn.in_proj[q]"]
     assert mask.effective().dtype == torch.float64 and mask.scale().dtype == torch.float64
     assert loss.per_layer() == pytest.approx(before, abs=1e-6)
+
+
+class _LayerScale(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.tensor([1.0, 2.0, 3.0, 4.0])[:n])
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+def test_batchnorm_then_a_layer_scale_are_both_folded():
+    """Linear -> BatchNorm -> x * gamma: the layer's weight is W scaled by bn_w / sqrt(var + eps) * gamma (folding
+    only the last scale kept the BatchNorm out)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4, bias=False), nn.BatchNorm1d(4), _LayerScale(4), nn.ReLU(),
+                        nn.Linear(4, 2, bias=False)).eval()
+    with torch.no_grad():
+        net[1].running_var.copy_(torch.tensor([0.25, 1.0, 4.0, 9.0]))
+    g = LayeredGraph.from_module(net)
+    scale = net[1].weight / torch.sqrt(net[1].running_var + net[1].eps) * net[2].gamma
+    expect = (net[0].weight * scale[:, None]).detach()
+    got = g[g.layer_names[0]].signed()
+    torch.testing.assert_close(got if got.shape == expect.shape else got.T, expect, atol=1e-6, rtol=1e-6)
+
+
+def test_group_norm_gain_is_folded_into_the_next_conv():
+    """Conv -> GroupNorm(2, 4) with gains 1..4 -> 1x1 conv: the gains (per channel, dim 1) scale the next layer's
+    input columns."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False), nn.GroupNorm(2, 4), nn.Conv2d(4, 3, 1, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    g = LayeredGraph.from_module(net, input_shape=(2, 5, 5))
+    assert not g.coverage.unfolded
+    expect = (net[2].weight[:, :, 0, 0] * net[1].weight[None, :]).detach()
+    got = g[g.layer_names[-1]].signed()
+    torch.testing.assert_close(got if got.shape == expect.shape else got.T, expect, atol=1e-6, rtol=1e-6)

@@ -202,3 +202,31 @@ def test_to_networkx_attributes_and_weights():
     assert edge["weight"] == pytest.approx(w) and edge["abs_weight"] == pytest.approx(abs(w))
     assert edge["sign"] == int(np.sign(w)) and edge["layer"] == "0"
     assert G.nodes["0:1"]["level"] == 1 and G.nodes["0:1"]["layer"] == "0"
+
+
+def _three_linears():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+
+
+def test_edges_of_an_unclustered_layer_are_never_within_a_cluster():
+    from graphinterp.clustering.labels import Clustering
+
+    g = LayeredGraph.from_module(_three_linears())
+    G = g.to_networkx(Clustering(2, {"2": np.array([0, 0, 1, 1])}, {"2": np.array([0, 1, 0, 1])}))
+    assert any(d["within"] for *_, d in G.edges(data=True) if d["layer"] == "2")
+    assert not any(d["within"] for *_, d in G.edges(data=True) if d["layer"] == "0")
+
+
+def test_edges_between_unlabelled_nodes_are_not_in_the_same_cluster():
+    """Network-wide labels of layer '4' only: the nodes of layer '0' are -1 on both ends, not one cluster."""
+    from graphinterp.clustering.cluster import cluster_network
+
+    g = LayeredGraph.from_module(_three_linears())
+    G = g.to_networkx(cluster_network(g, 2, layers=["4"], random_state=0))
+    assert not any(d["same_cluster"] for *_, d in G.edges(data=True) if d["layer"] == "0")
+
+
+def test_a_selection_of_non_consecutive_layers_is_not_a_chain():
+    g = LayeredGraph.from_module(_three_linears())
+    assert g.select(["0", "2"]).chained and g.select(["0", "4"]).chained is False

@@ -72,3 +72,24 @@ def test_json_and_csv(tmp_path):
     assert (tmp_path / "a.json").read_text().replace(" ", "").replace("\n", "") == '{"x":[0,1]}'
     write_csv(tmp_path / "a.csv", [{"k": 2, "E": 0.5}])
     assert (tmp_path / "a.csv").read_text().splitlines() == ["k,E", "2,0.5"]
+
+
+def test_graphml_attribute_mixing_ints_and_floats_reads_back_as_float(tmp_path):
+    """Edge weights 1 (int) and 0.5: the key is declared double, so networkx (and Gephi) read numbers, not text."""
+    from graphinterp.reports.graphml import read_graphml, write_graphml
+
+    G = nx.DiGraph()
+    G.add_edge("a", "b", weight=1)
+    G.add_edge("b", "c", weight=0.5)
+    write_graphml(G, tmp_path / "g.graphml")
+    H = read_graphml(tmp_path / "g.graphml")
+    assert H.edges["a", "b"]["weight"] == 1.0 and isinstance(H.edges["a", "b"]["weight"], float)
+
+
+def test_graphml_of_a_multigraph_without_parallel_edges_reads_back_as_a_multigraph(tmp_path):
+    from graphinterp.reports.graphml import read_graphml, write_graphml
+
+    G = nx.MultiDiGraph(multigraph=True)
+    G.add_edge("a", "b", key="l1", weight=1.0)
+    write_graphml(G, tmp_path / "g.graphml")
+    assert read_graphml(tmp_path / "g.graphml").is_multigraph()

@@ -490,3 +490,11 @@ def test_unlinked_conv_layers_get_no_groups_guessed_from_the_layer_before(tmp_pa
     down = graph["layer2.0.downsample.0"]
     assert down.groups == 1 and down.shape() == (64, 128)
     assert not any("groups=" in n for n in graph.coverage.notes)
+
+
+def test_a_key_prefix_is_stripped_only_when_every_key_has_it(tmp_path):
+    """'module.' on one key of two: no key is touched (stripping by 'any' cut 7 characters off 'head.weight')."""
+    from graphinterp.sources.loading import load_model_file
+
+    torch.save({"module.fc.weight": torch.ones(2, 2), "head.weight": torch.ones(2, 2)}, tmp_path / "w.pt")
+    assert sorted(load_model_file(tmp_path / "w.pt").state_dict) == ["head.weight", "module.fc.weight"]
