@@ -498,3 +498,14 @@ def test_a_key_prefix_is_stripped_only_when_every_key_has_it(tmp_path):
 
     torch.save({"module.fc.weight": torch.ones(2, 2), "head.weight": torch.ones(2, 2)}, tmp_path / "w.pt")
     assert sorted(load_model_file(tmp_path / "w.pt").state_dict) == ["head.weight", "module.fc.weight"]
+
+
+def test_weights_that_do_not_fit_the_stored_architecture_name_the_mismatch(tmp_path):
+    """A checkpoint whose hidden layer was saved 5 wide for an architecture that says 4: the error names the size
+    mismatch, not only load_state_dict's "Error(s) in loading state_dict" first line."""
+    from graphinterp.common.errors import ModelFileError
+
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, mlp(6, (5,)), arch={"name": "mlp", "kwargs": {"in_features": 6, "hidden": [4]}})
+    with pytest.raises(ModelFileError, match="size mismatch"):
+        load_model_file(path)
