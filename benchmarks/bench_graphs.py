@@ -9,7 +9,7 @@ memory (``ru_maxrss``) is its own:
   imports included, and peak memory), the command a user runs;
 * ``benchmark`` (``--shuffles N``, default 20; 0 skips): ``graphinterp benchmark MODEL --k 4
   --shuffles N``: E and normalised score at k = 4 (mass-weighted over layers), the number of layers
-  significantly more clusterable than their shuffles (score p < 0.05; "n/a" below 19 shuffles, where
+  significantly more clusterable than their shuffles (score p < 0.05; "n/a" below 20 shuffles, where
   the smallest p a layer can reach, 1 / (N + 1), is above 0.05), wall time, peak memory.
 
 Targets from the issue "Real architectures as faithful graphs" are printed beside the figures:
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated names from: " + ", ".join(MODELS) + " (resnet20 and resnet56 also work)")
     parser.add_argument("--shuffles", type=int, default=20,
-                        help="shuffles per layer for `benchmark` (default 20; 0: skip; below 19 no layer can reach "
+                        help="shuffles per layer for `benchmark` (default 20; 0: skip; below 20 no layer can reach "
                              "p < 0.05, and the significant-layers column says n/a)")
     parser.add_argument("--pretrained-dir", type=Path, default=PRETRAINED,
                         help="folder of the shared CIFAR ResNets (default: $GRAPHINTERP_PRETRAINED, else "

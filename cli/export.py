@@ -152,12 +152,14 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     if network is not None and labelled is network:
         banded = _banded_layers(network)
         if 2 * len(banded) > len(network.layer_names):
-            notes.append(f"the network-wide labels follow depth, not modules: in {len(banded)} of "
-                         f"{len(network.layer_names)} layers every input is in one cluster and every output in one "
-                         f"(normalised score {score:.3f}); "
-                         + ("export without --network-wide for each layer's own BSGC labels in cluster_in / cluster_out"
-                            if network_wide or use_stored else
-                            "cluster_in / cluster_out hold each layer's own BSGC labels (--per-layer exports those alone)"))
+            where = ("export without --stored (with --k) for each layer's own BSGC labels in cluster_in / cluster_out"
+                     if use_stored else
+                     "export without --network-wide for each layer's own BSGC labels in cluster_in / cluster_out"
+                     if network_wide else
+                     "cluster_in / cluster_out hold each layer's own BSGC labels (--per-layer exports those alone)")
+            notes.append(f"the network-wide labels put every input of {len(banded)} of {len(network.layer_names)} "
+                         "layers in one cluster and every output in one: inside those layers they separate nothing "
+                         f"(normalised score {score:.3f}; a random-weight ResNet-18's follow its stages); {where}")
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
                "cluster_in_out": G.graph.get("cluster_in_out_source"),
@@ -192,13 +194,13 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
 
 
 def _banded_layers(clustering) -> list:
-    """Layers whose labelled inputs all share one cluster and whose labelled outputs all share one: a
-    network-wide clustering made of depth bands (a random-weight ResNet's, for one) says nothing of modules."""
+    """Layers with labelled inputs all in one cluster and labelled outputs all in one: labels that separate
+    nothing inside the layer (a random-weight ResNet-18's network-wide labels are such bands, stage by stage)."""
     banded = []
     for name in clustering.layer_names:
         rows, cols = clustering.labels(name)
         rows, cols = rows[rows >= 0], cols[cols >= 0]
-        if len(set(rows.tolist())) <= 1 and len(set(cols.tolist())) <= 1:
+        if len(set(rows.tolist())) == 1 and len(set(cols.tolist())) == 1:  # labelled, one cluster a side
             banded.append(name)
     return banded
 

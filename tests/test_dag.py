@@ -223,13 +223,14 @@ def test_export_of_a_dag_carries_network_labels_read_back_with_networkx(tmp_path
     assert (sq * same).sum() / sq.sum() == pytest.approx(G.graph["E_network"], abs=1e-6)
     # the residual stream is one node set: 'b' writes the nodes that 'a' and 'c' read
     assert {v for _, v, d in G.edges(data=True) if d["layer"] == "b"} == {f"stream@input:{i}" for i in range(D)}
-    assert "follow depth" not in res.output  # planted modules, not depth bands
+    assert "separate nothing" not in res.output  # planted modules, not bands
 
 
 def test_export_says_when_the_network_wide_labels_are_depth_bands(tmp_path, monkeypatch):
     """A random-weight torchvision ResNet-18's network-wide labels put every layer's inputs in one cluster and
     its outputs in one (E 0.6806 against 0.6806 at random, score 0.000): GraphML coloured by depth, which
-    export wrote without a word. Such labels are now named, with where each layer's own BSGC labels are."""
+    export wrote without a word. Such labels are now named, with where each layer's own BSGC labels are; a layer
+    whose nodes carry no label (-1) is not counted."""
     import json
 
     from click.testing import CliRunner
@@ -251,8 +252,8 @@ def test_export_says_when_the_network_wide_labels_are_depth_bands(tmp_path, monk
             res = CliRunner().invoke(cli, ["export", str(path), str(tmp_path / "res.graphml"), "--k", "3",
                                            "--trust-pickle", "--json", *extra])
         assert res.exit_code == 0, res.output
-        notes = [n for n in json.loads(res.stdout)["notes"] if "follow depth" in n]
-        assert len(notes) == 1 and "in 3 of 3 layers" in notes[0]
+        notes = [n for n in json.loads(res.stdout)["notes"] if "separate nothing" in n]
+        assert len(notes) == 1 and "every input of 3 of 3 layers" in notes[0]
         assert ("without --network-wide" in notes[0]) == bool(extra)
 
 
@@ -471,3 +472,38 @@ def test_a_dag_exported_with_network_wide_labels_only_has_them_as_every_layers_i
     assert inner and all(d["cluster_in"] == d["cluster"] for d in inner)
     assert all(d["within"] == d["same_cluster"] for *_, d in G.edges(data=True))
     assert any(d["within"] for *_, d in G.edges(data=True))
+
+
+def test_a_stored_banded_clustering_is_named_with_the_way_to_per_layer_labels(tmp_path):
+    """A checkpoint storing network-wide labels that put each level of an MLP in one cluster: export --stored
+    says so and points to exporting without --stored (it pointed to a --network-wide never given)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from graphinterp.cli.main import cli
+    from graphinterp.clustering.labels import Clustering
+    from graphinterp.sources.checkpoint import save_checkpoint
+    from graphinterp.sources.models import build_model
+
+    spec = {"name": "mlp", "kwargs": {"in_features": 12, "hidden": [10, 10], "num_classes": 4}}
+    torch.manual_seed(0)
+    model = build_model(spec)
+    g = LayeredGraph.from_module(model)
+    rows = {n: np.full(layer.weight.shape[1], i % 3) for i, (n, layer) in enumerate(zip(g.layer_names, g.layers))}
+    cols = {n: np.full(layer.weight.shape[0], (i + 1) % 3) for i, (n, layer) in enumerate(zip(g.layer_names, g.layers))}
+    path = tmp_path / "banded.pt"
+    save_checkpoint(path, model, arch=spec, clustering=Clustering(3, rows, cols, network_wide=True).to_dict())
+    res = CliRunner().invoke(cli, ["export", str(path), str(tmp_path / "b.graphml"), "--stored", "--json"])
+    assert res.exit_code == 0, res.output
+    notes = [n for n in json.loads(res.stdout)["notes"] if "separate nothing" in n]
+    assert len(notes) == 1 and "without --stored" in notes[0] and "--network-wide" not in notes[0]
+
+
+def test_only_labelled_layers_with_one_cluster_a_side_count_as_bands():
+    from graphinterp.cli.export import _banded_layers
+    from graphinterp.clustering.labels import Clustering
+
+    c = Clustering(2, {"a": np.zeros(3, int), "b": np.full(3, -1), "c": np.array([0, 1, 0])},
+                   {"a": np.ones(2, int), "b": np.full(2, -1), "c": np.zeros(2, int)})
+    assert _banded_layers(c) == ["a"]

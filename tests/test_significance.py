@@ -237,11 +237,12 @@ def test_a_layer_with_dead_inputs_and_no_structure_is_not_significant():
 
 def test_a_null_without_spread_gives_an_infinite_z_even_for_a_small_difference():
     """Every shuffle scored 0.5 and the layer 0.505: z is +inf (the observed value lies outside a null of zero
-    spread), not NaN; a difference up to 1e-12 only is rounding (z 0)."""
+    spread), not NaN; a difference up to 1e-12 only is rounding (z undefined, NaN)."""
     from graphinterp.clustering.shuffle_results import NullComparison
 
     assert NullComparison.from_samples(0.505, np.array([0.5, 0.5, 0.5])).z == math.inf
     assert NullComparison.from_samples(0.495, np.array([0.5, 0.5, 0.5])).z == -math.inf
+    assert math.isnan(NullComparison.from_samples(0.5 + 1e-13, np.array([0.5, 0.5, 0.5])).z)
 
 
 def test_null_values_tied_with_the_observed_one_count_against_it():

@@ -10,7 +10,7 @@ by block for big layers) and every distinct partition computed once.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -175,24 +175,32 @@ def squared_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str, squ
     >>> squared_products(A, np.array([[1, 0]]), 2, "rows")[0].tolist()
     [[0.0, 1.0], [1.0, 4.0], [9.0, 0.0]]
     """
-    Y = packed_products(A, labels, k, side, square)
-    return torch.from_numpy(np.stack([unpack_products(Y, u, k) for u in range(len(labels))]))
+    packed = packed_products(A, labels, k, side, square)
+    return torch.from_numpy(np.stack([unpack_products(packed, u, k) for u in range(len(labels))]))
 
 
-def packed_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str, square=None) -> np.ndarray:
+class Packed(NamedTuple):
+    """Products of ``A o A`` with ``U`` labellings, packed (:func:`packed_products`)."""
+
+    values: np.ndarray  # (N, U (k - 1) + 1) float64: clusters 0..k-2 of each labelling in turn, then the totals
+    has_last: np.ndarray  # (U,) bool: the labelling uses cluster k - 1 (else its products there are exactly 0)
+
+
+def packed_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str, square=None) -> Packed:
     """The products of :func:`squared_products`, packed: ``(N, T (k - 1) + 1)`` float64, clusters ``0..k-2`` of
     each labelling in turn, then the totals (row sums of ``A o A`` for ``side="cols"``, column sums for ``"rows"``).
 
     One matrix product with an indicator of the first ``k - 1`` clusters of every labelling and a column of
-    ones: cluster ``k - 1`` is the total less the others, so the product is a quarter narrower at k = 4
-    (its time grows with its width). ``square`` is ``A o A`` when the caller has it
+    ones: cluster ``k - 1`` is the total less the others (:func:`unpack_products`), so the product is a quarter
+    narrower at k = 4 (its time grows with its width). ``square`` is ``A o A`` when the caller has it
     (:func:`layer_square`); otherwise ``A`` is squared block by block into a small buffer, never whole.
 
     Examples
     --------
     >>> A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]])
-    >>> packed_products(A, np.array([[0, 1, 1], [1, 1, 0]]), 2, "cols").tolist()
-    [[1.0, 0.0, 5.0], [0.0, 9.0, 10.0]]
+    >>> packed = packed_products(A, np.array([[0, 1, 1], [1, 1, 0]]), 2, "cols")
+    >>> packed.values.tolist(), packed.has_last.tolist()
+    ([[1.0, 0.0, 5.0], [0.0, 9.0, 10.0]], [True, True])
     """
     if not A.is_contiguous() and A.T.is_contiguous():  # a transposed view: work on the row-major side
         return packed_products(A.T, labels, k, "rows" if side == "cols" else "cols",
@@ -210,21 +218,22 @@ def packed_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str, squa
         out = torch.mm(square, indicator) if side == "cols" else torch.mm(indicator.T, square).T
     else:
         out = _blockwise_products(A, indicator, side)
-    return out.cpu().numpy()[:, :width].astype(np.float64)
+    return Packed(out.cpu().numpy()[:, :width].astype(np.float64), (labels == k - 1).any(1))
 
 
-def candidate_masses(Y: np.ndarray, rows: np.ndarray, which: np.ndarray, k: int) -> np.ndarray:
+def candidate_masses(packed: Packed, rows: np.ndarray, which: np.ndarray, k: int) -> np.ndarray:
     """Mass matrices (T, k, k) of ``T`` candidates from packed column products.
 
-    ``Y`` is :func:`packed_products` of ``U`` column labellings (``side="cols"``), ``rows`` (T, m) each
+    ``packed`` is :func:`packed_products` of ``U`` column labellings (``side="cols"``), ``rows`` (T, m) each
     candidate's row labels in ``0..k-1`` and ``which[t]`` the labelling its columns are. All row sums in
-    one ``(T k, m) @ (m, U (k - 1) + 1)`` product (float64), then each candidate's block.
+    one ``(T k, m) @ (m, U (k - 1) + 1)`` product (float64), then each candidate's block; the last column
+    cluster's mass is the total less the others, at least 0, and exactly 0 when the labelling does not use it.
 
     Examples
     --------
     >>> A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]])
-    >>> Y = packed_products(A, np.array([[0, 1, 1]]), 2, "cols")
-    >>> candidate_masses(Y, np.array([[0, 1], [0, 0]]), np.array([0, 0]), 2).tolist()
+    >>> packed = packed_products(A, np.array([[0, 1, 1]]), 2, "cols")
+    >>> candidate_masses(packed, np.array([[0, 1], [0, 0]]), np.array([0, 0]), 2).tolist()
     [[[1.0, 4.0], [0.0, 10.0]], [[1.0, 14.0], [0.0, 0.0]]]
     """
     T, m = rows.shape
@@ -232,17 +241,25 @@ def candidate_masses(Y: np.ndarray, rows: np.ndarray, which: np.ndarray, k: int)
     narrow = _narrow(rows)
     np.equal(narrow[:, None, :], np.arange(k, dtype=narrow.dtype)[None, :, None], out=hot.numpy().reshape(T, k, m),
              casting="unsafe")
-    G = torch.mm(hot, torch.from_numpy(Y)).numpy().reshape(T, k, -1)
+    G = torch.mm(hot, torch.from_numpy(packed.values)).numpy().reshape(T, k, -1)
     out = np.empty((T, k, k))
     out[:, :, : k - 1] = np.take_along_axis(G, (which[:, None] * (k - 1) + np.arange(k - 1))[:, None, :], 2)
-    out[:, :, k - 1] = G[:, :, -1] - out[:, :, : k - 1].sum(2)
+    out[:, :, k - 1] = _last_cluster(G[:, :, -1], out[:, :, : k - 1].sum(2), packed.has_last[which][:, None])
     return out
 
 
-def unpack_products(Y: np.ndarray, u: int, k: int) -> np.ndarray:
-    """Labelling ``u``'s products (N, k) from packed products ``Y`` (:func:`packed_products`)."""
-    part = Y[:, u * (k - 1):(u + 1) * (k - 1)]
-    return np.concatenate([part, Y[:, -1:] - part.sum(1, keepdims=True)], 1)
+def unpack_products(packed: Packed, u: int, k: int) -> np.ndarray:
+    """Labelling ``u``'s products (N, k) from packed products (:func:`packed_products`)."""
+    part = packed.values[:, u * (k - 1):(u + 1) * (k - 1)]
+    last = _last_cluster(packed.values[:, -1], part.sum(1), packed.has_last[u])
+    return np.concatenate([part, last[:, None]], 1)
+
+
+def _last_cluster(total: np.ndarray, others: np.ndarray, used) -> np.ndarray:
+    """Cluster ``k - 1``'s mass: the total less the other clusters', never below 0 (a difference of rounded
+    sums), and exactly 0 where the labelling does not use the cluster: rounding noise there (+-1e-8 of a
+    row's total in float32) steered the matching of an empty cluster."""
+    return np.where(used, np.maximum(total - others, 0.0), 0.0)
 
 
 def _blockwise_products(A: torch.Tensor, indicator: torch.Tensor, side: str) -> torch.Tensor:
