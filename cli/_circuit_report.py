@@ -23,6 +23,14 @@ def heldout_scope(circuits) -> str:
     if checked:
         parts.append(f"{span(sorted({ci.heldout.n_pos + ci.heldout.n_neg for ci in checked}))} examples of the same "
                      "split that the search never saw")
+        others = [ci.label_name for ci in checked if ci.heldout.n_pos == 0]
+        if others:
+            which = ("every label" if len(others) == len(checked) and not missing else
+                     f"label{'s' if len(others) > 1 else ''} " + ", ".join(others[:8])
+                     + (f" and {len(others) - 8} more" if len(others) > 8 else ""))
+            parts.append(f"for {which} only examples of other labels (every example of the label was searched on: "
+                         "the check is that the circuit does not say the label for them; lower --max-examples to hold "
+                         "some of the label out too)")
     if missing:
         which = ("every label" if not checked else f"label{'s' if len(missing) > 1 else ''} " + ", ".join(missing[:8])
                  + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))

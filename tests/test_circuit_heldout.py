@@ -40,10 +40,17 @@ def test_heldout_task_is_disjoint_and_label_task_draws_as_before(max_examples, r
         assert task.x.flatten().long().tolist() == _old_label_task_indices(y, label, max_examples, ratio, seed).tolist()
         held = heldout_task(x, y, label, max_examples=max_examples, negative_ratio=ratio, random_state=seed)
         n_label = int((y == label).sum())
-        if n_label <= max_examples:
-            assert held is None
+        seen = set(task.x.flatten().tolist())
+        if n_label <= max_examples:  # every example of the label searched on: unused others alone, if any
+            unused = 150 - n_label - task.n_neg
+            if unused == 0:
+                assert held is None
+            else:
+                fresh = held.x.flatten().long()
+                assert held.n_pos == 0 and held.n_neg == min(unused, task.n_neg) and not seen & set(fresh.tolist())
+                assert bool((y[fresh] != label).all())
             continue
-        seen, fresh = set(task.x.flatten().tolist()), held.x.flatten().long()
+        fresh = held.x.flatten().long()
         assert not seen & set(fresh.tolist()) and len(set(fresh.tolist())) == len(fresh)
         assert held.n_pos == min(max_examples, n_label - task.n_pos)
         assert bool((y[fresh[held.positive]] == label).all()) and bool((y[fresh[~held.positive]] != label).all())
@@ -195,6 +202,13 @@ def test_cli_reports_heldout_figures_and_says_when_none_are_left(ckpt):
     assert res.exit_code == 0, res.stderr
     assert sum("held out: " in line for line in res.stdout.splitlines()) == 2  # the compared model's too
     res = invoke("circuits", ckpt, "--labels", "0,1", "--max-evals", 300, "-q")  # the test split: ~36 per label
+    assert res.exit_code == 0, res.stderr
+    assert ("for every label only examples of other labels (every example of the label was searched on: the check "
+            "is that the circuit does not say the label for them") in res.stdout
+    out = json.loads(invoke("circuits", ckpt, "--labels", "0,1", "--max-evals", 300, "--json").stdout)
+    assert all(ci["heldout"]["n_pos"] == 0 and ci["heldout"]["n_neg"] > 0 for ci in out["circuits"])
+    # the authors' criterion uses the label's own examples only: nothing is left to hold out
+    res = invoke("circuits", ckpt, "--labels", "0", "--mode", "authors", "-q")
     assert res.exit_code == 0, res.stderr
     assert ("then checked on held-out ones: none for every label (no unused example of the label, or of the other "
             "labels, is left; lower --max-examples or give more data to hold some out)") in res.stdout

@@ -562,3 +562,28 @@ def test_circuits_refuse_a_grouped_convolution():
                       nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(DataError, match="grouped convolution"):
         edge_layers(m)
+
+
+def test_a_label_searched_on_all_its_examples_is_checked_on_unused_examples_of_the_others():
+    """digits has about 36 test images a label, all of them in a 500-example search: the held-out check was
+    skipped, and a circuit that says the label for 45% of other digits went unchecked. The unused examples
+    of the other labels now make the held-out task (as many as the search's negatives), weighted 1/n each;
+    an empty circuit, which says label 0 for every input, clearly misses on them."""
+    from graphinterp.interpret.circuit_heldout import check_heldout
+    from graphinterp.interpret.circuit_search import Tolerance
+    from graphinterp.interpret.edges import edge_layers
+    from graphinterp.interpret.label_tasks import heldout_task, label_task
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False)).eval()
+    x = torch.randn(300, 4)
+    y = model(x).argmax(1)
+    n0 = int((y == 0).sum())
+    search, held = label_task(x, y, 0, max_examples=n0), heldout_task(x, y, 0, max_examples=n0)
+    assert (held.n_pos, held.n_neg) == (0, min(search.n_neg, len(y) - n0 - search.n_neg)) and held.n_neg >= 10
+    assert float(held.weights().sum()) == pytest.approx(1.0) and not set(map(tuple, held.x.tolist())) & set(
+        map(tuple, search.x.tolist()))
+    layers = edge_layers(model, LayeredGraph.from_module(model))
+    empty = {layer.name: torch.zeros_like(layer.live) for layer in layers}
+    h = check_heldout(model, layers, [model[0], model[2]], empty, held, mode="graphinterp", tolerance=Tolerance())
+    assert h.n_pos == 0 and h.full_accuracy == 1.0 and h.accuracy == 0.0 and h.clearly_outside

@@ -293,5 +293,7 @@ def test_transformer_circuits_are_checked_on_held_out_answers_by_an_independent_
         h = ci.heldout
         assert (h.accuracy, h.full_accuracy) == (pytest.approx(acc, abs=1e-6), pytest.approx(full_acc, abs=1e-6))
         assert (h.loss, h.full_loss) == (pytest.approx(loss, abs=1e-4), pytest.approx(full_loss, abs=1e-4))
-    assert extract_transformer_circuits(model, test.x, test.y, [0], progress=False, device="cpu",
-                                        schedule=Schedule(max_evals=20))[0].heldout is None  # every answer-0 pair searched
+    # every answer-0 pair searched: the held-out check is on unused pairs of other answers alone
+    alone = extract_transformer_circuits(model, test.x, test.y, [0], progress=False, device="cpu",
+                                         schedule=Schedule(max_evals=20))[0].heldout
+    assert alone is not None and alone.n_pos == 0 and alone.n_neg > 0

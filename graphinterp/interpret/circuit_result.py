@@ -196,8 +196,10 @@ class Circuit:
         parts = [f"accuracy {h.accuracy:.3f} < {h.limits['accuracy']:.3f} (the full model: {h.full_accuracy:.3f})"
                  if p == "accuracy" else f"loss {h.loss:.3f} > {h.limits['loss']:.3f} (the full model: {h.full_loss:.3f})"
                  for p in h.clearly_missed]
-        return (f"on {h.n_pos + h.n_neg:,} held-out examples the circuit misses the search's criterion by more than "
-                f"sampling noise ({', '.join(parts)}): it fits the examples it was pruned on, not only the label")
+        which = (" (all of other labels: every example of the label was searched on, so this checks that the circuit "
+                 "does not say the label for other labels' examples)" if h.n_pos == 0 else "")
+        return (f"on {h.n_pos + h.n_neg:,} held-out examples{which} the circuit misses the search's criterion by more "
+                f"than sampling noise ({', '.join(parts)}): it fits the examples it was pruned on, not only the label")
 
     @property
     def note(self) -> Optional[str]:

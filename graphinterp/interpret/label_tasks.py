@@ -30,10 +30,10 @@ class LabelTask:
         return int((~self.positive).sum())
 
     def weights(self) -> torch.Tensor:
-        """Per-example weights: positives and negatives each weigh 1/2 in total (all 1/n without negatives)."""
+        """Per-example weights: positives and negatives each weigh 1/2 in total (all 1/n with one group only)."""
         n_pos, n_neg = self.n_pos, self.n_neg
-        if n_neg == 0:
-            return torch.full((n_pos,), 1.0 / n_pos, dtype=torch.float64)
+        if n_neg == 0 or n_pos == 0:
+            return torch.full((n_pos + n_neg,), 1.0 / (n_pos + n_neg), dtype=torch.float64)
         pos = torch.full(self.positive.shape, 0.5 / n_pos, dtype=torch.float64, device=self.positive.device)
         return torch.where(self.positive, pos, torch.full_like(pos, 0.5 / n_neg))  # float64 throughout: sums to 1
 
@@ -115,9 +115,14 @@ def heldout_task(x: torch.Tensor, y: torch.Tensor, label: int, *, max_examples: 
     examples; this task checks it on examples the search never saw.
 
     With ``mode="authors"`` (the paper's criterion, which uses the label's own examples only) the
-    held-out task has no negatives either. Returns None when every example of the label is in
-    :func:`label_task`'s task, or when that task has negatives and no other example is left to be
-    one (a held-out task of positives alone would measure something else).
+    held-out task has no negatives either. When every example of the label is in :func:`label_task`'s
+    task (a small dataset: digits has about 36 test images per label) the held-out task is made of
+    unused examples of the other labels alone, as many as the search task has: it checks the half of
+    the criterion a circuit can fail there (saying the label for images of other labels), which a
+    circuit pruned on every image of its label may well do. Returns None when no such example is
+    left, when the search task has negatives and no other example is left to be one (a held-out task
+    of positives alone would measure something else), or in ``"authors"`` mode with no unused example
+    of the label.
 
     Examples
     --------
@@ -126,14 +131,22 @@ def heldout_task(x: torch.Tensor, y: torch.Tensor, label: int, *, max_examples: 
     >>> search, held = label_task(x, y, 1, max_examples=4), heldout_task(x, y, 1, max_examples=4)
     >>> held.n_pos, held.n_neg, bool(set(search.x.flatten().tolist()) & set(held.x.flatten().tolist()))
     (4, 4, False)
-    >>> heldout_task(x, y, 1, max_examples=10) is None  # all 10 examples of label 1 are searched on
+    >>> x, y = torch.arange(30.0)[:, None], torch.tensor([0, 1, 2] * 10)
+    >>> held = heldout_task(x, y, 1, max_examples=10)  # all 10 examples of label 1 are searched on
+    >>> held.n_pos, held.n_neg
+    (0, 10)
+    >>> heldout_task(x, y, 1, max_examples=10, mode="authors") is None
     True
     """
     pos, neg, n_pos, n_neg = _draws(y, label, max_examples, negative_ratio, random_state)
     pos, neg = pos[n_pos:n_pos + max_examples], neg[n_neg:]
     if mode == "authors":
         negative_ratio, neg = 0.0, neg[:0]
-    if pos.numel() == 0 or (n_neg and negative_ratio and neg.numel() == 0):
+    if pos.numel() == 0:  # every example of the label is searched on: the unused others alone, if any
+        if not (n_neg and negative_ratio and neg.numel()):
+            return None
+        return _task(x, label, pos, neg[:min(neg.numel(), n_neg)])
+    if n_neg and negative_ratio and neg.numel() == 0:
         return None
     return _task(x, label, pos, neg[:min(neg.numel(), int(round(negative_ratio * pos.numel())))])
 
