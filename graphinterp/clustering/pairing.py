@@ -126,7 +126,7 @@ def _choose(sp: _Spectrum, copy: int, rows: np.ndarray, cols: np.ndarray, k: int
         repaired[t] = (r, c)
         row_sizes[t], col_sizes[t] = np.bincount(r, minlength=k), np.bincount(c, minlength=k)
     full, score = _rank_key(row_sizes, col_sizes, E)
-    t = _first_best(full, score, _TIE[sp.A.dtype])
+    t = _first_best(full, score, _TIE.get(sp.A.dtype, 1e-6))
     return repaired[t] if t in repaired else (rows[t], new_labels[t][cols[t]])
 
 
