@@ -25,18 +25,23 @@ def heldout_scope(circuits) -> str:
                      "split that the search never saw")
         others = [ci.label_name for ci in checked if ci.heldout.n_pos == 0]
         if others:
-            which = ("every label" if len(others) == len(checked) and not missing else
-                     f"label{'s' if len(others) > 1 else ''} " + ", ".join(others[:8])
-                     + (f" and {len(others) - 8} more" if len(others) > 8 else ""))
+            which = _labels(others, every=len(others) == len(circuits))
             parts.append(f"for {which} only examples of other labels (every example of the label was searched on: "
                          "the check is that the circuit does not say the label for them; lower --max-examples to hold "
                          "some of the label out too)")
     if missing:
-        which = ("every label" if not checked else f"label{'s' if len(missing) > 1 else ''} " + ", ".join(missing[:8])
-                 + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        which = _labels(missing, every=not checked)
         parts.append(f"none for {which} (no unused example of the label, or of the other labels, is left; lower "
                      "--max-examples or give more data to hold some out)")
     return "; ".join(parts)
+
+
+def _labels(names, every: bool) -> str:
+    """``every label``, or ``label 3`` / ``labels 3, 5`` (eight named at most, then how many more)."""
+    if every:
+        return "every label"
+    return (f"label{'s' if len(names) > 1 else ''} " + ", ".join(names[:8])
+            + (f" and {len(names) - 8} more" if len(names) > 8 else ""))
 
 
 def echo_heldout(circuits, prefix: str = "") -> None:

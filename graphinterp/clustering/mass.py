@@ -210,8 +210,7 @@ def packed_products(A: torch.Tensor, labels: np.ndarray, k: int, side: str, squa
     # transposed (width, N), so that each comparison runs along the nodes; torch memory: aligned, so MKL rounds alike
     indicator = torch.zeros(_padded_width(A, width), N, dtype=A.dtype)
     ind, labels = indicator.numpy(), _narrow(labels)
-    np.equal(labels[:, None, :], np.arange(k - 1, dtype=labels.dtype)[None, :, None],
-             out=ind[: width - 1].reshape(T, k - 1, N), casting="unsafe")
+    _one_hot_into(labels, k - 1, ind[: width - 1].reshape(T, k - 1, N))
     ind[width - 1] = 1.0
     indicator = indicator.to(A.device).T
     if square is not None:
@@ -238,9 +237,7 @@ def candidate_masses(packed: Packed, rows: np.ndarray, which: np.ndarray, k: int
     """
     T, m = rows.shape
     hot = torch.empty(T * k, m, dtype=torch.float64)
-    narrow = _narrow(rows)
-    np.equal(narrow[:, None, :], np.arange(k, dtype=narrow.dtype)[None, :, None], out=hot.numpy().reshape(T, k, m),
-             casting="unsafe")
+    _one_hot_into(_narrow(rows), k, hot.numpy().reshape(T, k, m))
     G = torch.mm(hot, torch.from_numpy(packed.values)).numpy().reshape(T, k, -1)
     out = np.empty((T, k, k))
     out[:, :, : k - 1] = np.take_along_axis(G, (which[:, None] * (k - 1) + np.arange(k - 1))[:, None, :], 2)
@@ -253,6 +250,12 @@ def unpack_products(packed: Packed, u: int, k: int) -> np.ndarray:
     part = packed.values[:, u * (k - 1):(u + 1) * (k - 1)]
     last = _last_cluster(packed.values[:, -1], part.sum(1), packed.has_last[u])
     return np.concatenate([part, last[:, None]], 1)
+
+
+def _one_hot_into(labels: np.ndarray, n: int, out: np.ndarray) -> None:
+    """``out[t, c, i] = labels[t, i] == c`` for ``c < n``, written as numbers into ``out`` (T, n, N); each comparison
+    runs along the nodes (contiguous), which is several times faster than one-hot rows of ``n`` entries."""
+    np.equal(labels[:, None, :], np.arange(n, dtype=labels.dtype)[None, :, None], out=out, casting="unsafe")
 
 
 def _last_cluster(total: np.ndarray, others: np.ndarray, used) -> np.ndarray:
