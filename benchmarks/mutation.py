@@ -84,6 +84,8 @@ TESTS: Dict[str, List[str]] = {
     "loading": ["tests/test_loading.py"],
     "layered": ["tests/test_graph.py"],
     "modularity": ["tests/test_association.py"],
+    "eigen": ["tests/test_eigen.py", "tests/test_network_null.py"],
+    "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
 }
 
 
@@ -100,7 +102,8 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "linear_states": "interpret/linear_states", "label_tasks": "interpret/label_tasks",
          "shuffle_results": "clustering/shuffle_results", "graphml": "reports/graphml",
          "trace_folds": "graph/trace_folds", "edges": "interpret/edges", "ablate": "interpret/ablate",
-         "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity"}
+         "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity",
+         "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral"}
 
 
 @dataclass(frozen=True)
@@ -402,6 +405,18 @@ MUTANTS: List[Mutant] = [
       "a selection of non-consecutive layers claims to be a chain"),
     M("modularity", "    keep = labels >= 0\n", "    keep = labels >= -1\n", "unlabelled units scored as a cluster of their own"),
     M("modularity", "    return S + S.T", "    return S", "the shuffle null's copies are triangular, not symmetric"),
+    # ------------------------------------------------------------ network eigenvectors (eigen.py, network_spectral.py)
+    M("eigen", "    return out / np.sqrt(2)", "    return out", "bipartite eigenvectors not normalised"),
+    M("eigen", "    out[p], out[q] = U, V", "    out[p], out[q] = U, -V",
+      "the second side's vectors negated: the eigenvectors of -sigma"),
+    M("eigen", " or S[np.ix_(p, p)].any() or S[np.ix_(q, q)].any()", "",
+      "edges inside a side ignored: a non-bipartite matrix decomposed as bipartite"),
+    M("eigen", "        if not w[0] > _GRAM_MIN_RATIO * w[-1]:", "        if False:",
+      "singular values below the Gram matrix's resolution accepted"),
+    M("eigen", "            elif (implied != implied[0]).any() or not _colour(side, src, dst, implied[0]):",
+      "            elif not _colour(side, src, dst, implied[0]):", "an odd cycle coloured as if bipartite"),
+    M("network_spectral", "        A[d[:, None], s[None, :]] += block.T\n", "\n",
+      "only one orientation of each layer's block in the dense adjacency"),
 ]
 
 

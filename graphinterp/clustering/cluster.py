@@ -8,7 +8,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from graphinterp.clustering.bsgc import BSGC, normalize_bipartite  # noqa: F401  (BSGC re-exported)
-from graphinterp.clustering.spectral import top_eigenvectors
+from graphinterp.clustering.eigen import top_eigenvectors
 from graphinterp.common.devices import resolve_device
 from graphinterp.common.errors import ClusteringError
 from graphinterp.clustering.dag_cluster import cluster_dag
@@ -252,7 +252,8 @@ def _cluster_run(mats: List[torch.Tensor], k: int, n_init: int, rng) -> List[np.
     live = deg > 0
     sub = A[live][:, live]
     An, d_is, _ = normalize_bipartite(sub)
-    X = torch.from_numpy(top_eigenvectors(An.numpy(), k))
+    sides = np.repeat(np.arange(len(sizes)) % 2 == 0, sizes)[live.numpy()]  # a chain: levels alternate sides
+    X = torch.from_numpy(top_eigenvectors(An.numpy(), k, sides))
     Z = (X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
     with threadpool_limits(1, user_api="openmp"):  # see bsgc._kmeans
         from sklearn.cluster import KMeans  # imported here: a second at import time

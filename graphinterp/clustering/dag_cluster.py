@@ -18,7 +18,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.spectral import top_eigenvectors
+from graphinterp.clustering.eigen import node_sides, top_eigenvectors
 from graphinterp.clustering.validation import check_k
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
@@ -106,7 +106,8 @@ def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, simila
     v0 = rng.uniform(-1, 1, n) * live
     if n <= 2000:
         dense = normalised(np.eye(n))
-        vecs = top_eigenvectors((dense + dense.T) / 2, k)[:, ::-1]  # largest first
+        sides = node_sides({name: (graph.src_nodes(name), graph.dst_nodes(name)) for name in names}, n)
+        vecs = top_eigenvectors((dense + dense.T) / 2, k, sides)[:, ::-1]  # largest first
     else:
         vals, vecs = eigsh(op, k=k, which="LA", v0=v0, tol=1e-6)
     Z = vecs[live]

@@ -18,7 +18,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.spectral import top_eigenvectors
+from graphinterp.clustering.eigen import node_sides, top_eigenvectors
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 
@@ -43,6 +43,20 @@ def node_ids(graph: LayeredGraph, names: Sequence[str]) -> Dict[str, Tuple[np.nd
         dst, nxt = np.arange(nxt, nxt + n_out), nxt + n_out
         out[layer.name], prev = (src, dst), (i, dst)
     return out
+
+
+def _dense_adjacency(mats, n: int, d_is: torch.Tensor) -> np.ndarray:
+    """The normalised adjacency :math:`D^{-1/2} A D^{-1/2}` (n, n) from the layers' ``(src, dst, |W|)`` blocks.
+
+    Each block written in place, scaled, in both orientations, so the result is exactly symmetric; a
+    pair of nodes that several layers join gets their sum, in the layers' order.
+    """
+    A = torch.zeros(n, n, dtype=torch.float64)
+    for s, d, M in mats:
+        block = d_is[s, None] * M * d_is[None, d]
+        A[s[:, None], d[None, :]] += block
+        A[d[:, None], s[None, :]] += block.T
+    return A.numpy()
 
 
 def spectral_network_clustering(graph: LayeredGraph, names: Sequence[str], k: int, *,
@@ -108,8 +122,10 @@ def spectral_network_clustering(graph: LayeredGraph, names: Sequence[str], k: in
 
     rng = np.random.RandomState(random_state)
     if n <= _DENSE_MAX:
-        dense = normalised(np.eye(n))[np.ix_(live, live)]
-        vecs = top_eigenvectors((dense + dense.T) / 2, k)
+        dense, sides = _dense_adjacency(mats, n, d_is), node_sides(ids, n)
+        if not live.all():
+            dense, sides = dense[np.ix_(live, live)], None if sides is None else sides[live]
+        vecs = top_eigenvectors(dense, k, sides)
     else:
         op = LinearOperator((n, n), matvec=normalised, matmat=normalised, dtype=np.float64)
         vecs = eigsh(op, k=k, which="LA", v0=rng.uniform(-1, 1, n) * live, tol=1e-6)[1][live]

@@ -22,7 +22,7 @@ import torch
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.errors import ClusteringError
 
-__all__ = ["normalize_bipartite", "randomized_svd", "top_eigenvectors"]
+__all__ = ["normalize_bipartite", "randomized_svd"]
 
 _OVERSAMPLE = 10
 _SMALL_ELEMENTS = 1 << 20  # default power iterations: _N_ITER_SMALL below this many entries, else _N_ITER_LARGE
@@ -46,28 +46,6 @@ def normalize_bipartite(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, to
     """
     du_is, dv_is = _inv_sqrt(A.sum(1)), _inv_sqrt(A.sum(0))
     return du_is[:, None] * A * dv_is[None, :], du_is, dv_is
-
-
-def top_eigenvectors(S: np.ndarray, k: int) -> np.ndarray:
-    """The eigenvectors (n, k) of the ``k`` largest eigenvalues of the symmetric matrix ``S``, in ascending order.
-
-    Only those k are computed (LAPACK's ``syevr`` through ``scipy.linalg.eigh(subset_by_index=...)``), on
-    one BLAS thread: for the 1,818 nodes of a 784-512-512-10 MLP 0.9 s, where a full ``torch.linalg.eigh``
-    took 15 s and numpy's 11 s on two busy cores. The vectors are those of a full decomposition up to sign
-    (and, for repeated eigenvalues, a rotation inside their space).
-
-    Examples
-    --------
-    >>> V = top_eigenvectors(np.diag([3.0, 1.0, 2.0]), 2)
-    >>> np.abs(V).round(6).tolist()
-    [[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]
-    """
-    from scipy.linalg import eigh
-    from threadpoolctl import threadpool_limits
-
-    n = S.shape[0]
-    with threadpool_limits(1, user_api="blas"):
-        return eigh(S, subset_by_index=[n - k, n - 1])[1]
 
 
 def _inv_sqrt(d: torch.Tensor) -> torch.Tensor:
