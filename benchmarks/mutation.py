@@ -85,6 +85,7 @@ TESTS: Dict[str, List[str]] = {
     "layered": ["tests/test_graph.py"],
     "modularity": ["tests/test_association.py"],
     "eigen": ["tests/test_eigen.py", "tests/test_network_null.py"],
+    "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
 }
 
@@ -103,7 +104,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "shuffle_results": "clustering/shuffle_results", "graphml": "reports/graphml",
          "trace_folds": "graph/trace_folds", "edges": "interpret/edges", "ablate": "interpret/ablate",
          "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity",
-         "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral"}
+         "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral", "dag": "graph/dag"}
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,10 @@ MUTANTS: List[Mutant] = [
       "            elif not _colour(side, src, dst, implied[0]):", "an odd cycle coloured as if bipartite"),
     M("network_spectral", "        A[d[:, None], s[None, :]] += block.T\n", "\n",
       "only one orientation of each layer's block in the dense adjacency"),
+    M("dag", "            spread *= float(s.max()) / low if low > 0 else math.inf", "            spread = float(s.max()) / low if low > 0 else math.inf",
+      "the spread of the rows' scales forgotten when the inputs are scaled too"),
+    M("dag", "            spread *= float(s.max()) / low if low > 0 else math.inf", "            spread *= float(s.max()) / low if low > 0 else 1.0",
+      "a zero folded scale counted as no spread"),
 ]
 
 

@@ -466,12 +466,22 @@ def test_run_pretrained_reinitialises_normalisation_layers_too(tmp_path):
 
 def test_layers_with_folded_normalisation_get_a_note_that_the_shuffle_test_is_conservative(tmp_path, two_checkpoints):
     """Folded BatchNorm gives a layer per-channel scales, which the shuffles do not keep: the report says so for the
-    tested layers that have one, and not for a model without normalisation."""
+    tested layers that have one, and not for a model without normalisation, nor for an untrained BatchNorm (it scales
+    every channel alike, and a shuffle keeps a uniform scale)."""
     from graphinterp.sources.cifar_resnet import cifar_resnet
 
     torch.manual_seed(0)
+    net = cifar_resnet(depth=8)
+    untrained = tmp_path / "untrained.th"
+    torch.save(net.state_dict(), untrained)
+    fresh = run_benchmark([ModelSource(path=str(untrained))], [4], significance_k=4, n_shuffles=2, n_init=1)
+    assert not any("conservative" in n for n in fresh.models[0].notes)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # statistics as training leaves them: a variance per channel
+                m.running_var.uniform_(0.2, 5.0)
     path = tmp_path / "resnet8.th"
-    torch.save(cifar_resnet(depth=8).state_dict(), path)
+    torch.save(net.state_dict(), path)
     report = run_benchmark([ModelSource(path=str(path)), ModelSource(path=str(two_checkpoints[1]))], [4],
                            significance_k=4, n_shuffles=2, n_init=1)
     resnet, mlp = report.models

@@ -524,3 +524,30 @@ def test_group_norm_gain_is_folded_into_the_next_conv():
     expect = (net[2].weight[:, :, 0, 0] * net[1].weight[None, :]).detach()
     got = g[g.layer_names[-1]].signed()
     torch.testing.assert_close(got if got.shape == expect.shape else got.T, expect, atol=1e-6, rtol=1e-6)
+
+
+def test_fold_spread_is_the_ratio_of_the_largest_to_the_smallest_folded_scale():
+    """What the shuffle-null caveats read: the folded BatchNorm's scales gamma / sqrt(var + eps) on the rows, a
+    LayerNorm gain on the next layer's inputs; 1 for an untrained normalisation, inf for a zero scale."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4), nn.LayerNorm(4),
+                        nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    graph = trace_graph(net, input_shape=(5,))
+    assert [graph[n].fold_spread for n in ("0", "3", "5")] == [1.0, 1.0, 1.0]
+    assert graph["0"].folded and not graph["0"].has_unit_scales and not graph["3"].has_unit_scales
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([1.0, -2.0, 0.5, 1.0, 1.0, 1.0]))  # |gamma|: the sign is not a scale
+        net[1].running_var.copy_(torch.tensor([1.0, 1.0, 1.0, 4.0, 1.0, 1.0]))
+        net[4].weight.copy_(torch.tensor([1.0, 3.0, 1.5, 1.0]))
+    graph = trace_graph(net, input_shape=(5,))
+    eps = net[1].eps
+    scales = (net[1].weight.abs() / (net[1].running_var + eps).sqrt()).detach()
+    assert graph["0"].fold_spread == pytest.approx(float(scales.max() / scales.min()), rel=1e-6)
+    assert graph["5"].fold_spread == pytest.approx(3.0, rel=1e-6) and graph["5"].has_unit_scales
+    with torch.no_grad():
+        net[6].running_var.copy_(torch.tensor([1.0, 0.25, 1.0]))  # its rows scaled too: the two spreads multiply
+    assert trace_graph(net, input_shape=(5,))["5"].fold_spread == pytest.approx(6.0, rel=1e-4)
+    assert not graph["3"].folded and not graph["3"].has_unit_scales
+    with torch.no_grad():
+        net[4].weight[0] = 0.0
+    assert trace_graph(net, input_shape=(5,))["5"].fold_spread == float("inf")

@@ -266,7 +266,7 @@ def network_shuffle_test(
 
 def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str]) -> List[str]:
     notes = []
-    scaled = [n for n in names if getattr(graph[n], "folded", None)]
+    scaled = [n for n in names if getattr(graph[n], "has_unit_scales", False)]  # not a fold that scales all alike
     approximated = graph.coverage is not None and any("cannot be folded" in n for n in graph.coverage.notes)
     if scaled or approximated:
         if scaled:

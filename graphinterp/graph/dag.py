@@ -9,6 +9,8 @@ the previous one wrote; :func:`trace_graph` then returns a chained :class:`Layer
 """
 from __future__ import annotations
 
+import math
+
 from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
@@ -311,6 +313,7 @@ def graph_from_calls(tracer, model: nn.Module, coverage: Coverage) -> LayeredGra
                 "layerwise=True)")
         layer = Layer(call.name, call.kind, _folded_weight(call), groups=call.groups, param=call.param,
                       transposed=call.transposed, folded=tuple(call.folded), fold_maps=tuple(call.fold_maps),
+                      fold_spread=_fold_spread(call),
                       in_index=torch.as_tensor(in_index) if len(nodes) != len(s_glob) else None, rows=call.rows)
         layers.append(layer)
         src.append(nodes if len(nodes) != len(s_glob) else s_glob)
@@ -352,6 +355,17 @@ def _folded_weight(call) -> torch.Tensor:
     return w.detach()
 
 
+def _fold_spread(call) -> float:
+    """Largest over smallest ``|scale|`` the folds applied to the rows, times the same for the input features."""
+    spread = 1.0
+    for scale in (call.out_scale, call.in_scale):
+        if scale is not None and scale.numel():
+            s = scale.detach().abs().double()
+            low = float(s.min())
+            spread *= float(s.max()) / low if low > 0 else math.inf
+    return spread
+
+
 def _as_chain(layers: List[Layer], src: List[np.ndarray], dst: List[np.ndarray]) -> Optional[LayeredGraph]:
     """A chained LayeredGraph when every layer reads exactly the nodes the previous one wrote."""
     written = set(np.concatenate(dst).tolist())
@@ -370,6 +384,6 @@ def _as_chain(layers: List[Layer], src: List[np.ndarray], dst: List[np.ndarray])
                 return None  # a channels-last flatten: keep the node map of the DAG graph
             layer = Layer(layer.name, layer.kind, layer.weight, in_groups=n, groups=layer.groups,
                           param=layer.param, transposed=layer.transposed, folded=layer.folded,
-                          fold_maps=layer.fold_maps, rows=layer.rows)
+                          fold_maps=layer.fold_maps, fold_spread=layer.fold_spread, rows=layer.rows)
         channel_major.append(layer)
     return LayeredGraph(channel_major, chained=True)

@@ -71,6 +71,10 @@ class Layer:
         for each row or input feature the index of its scale in the folded module's flattened
         per-channel vector (-1: not scaled; None: unknown). What training needs to recompute the
         folded weight from the live model (:mod:`graphinterp.training.folded_scales`).
+    fold_spread : float, default 1.0
+        The largest over the smallest magnitude of the per-unit scales the folds applied (rows' times input
+        features'): 1.0 when every unit was scaled alike (an untrained BatchNorm), inf when one scale is 0.
+        Scales of their own are what the shuffle null scatters (:attr:`has_unit_scales`).
     rows : tuple of int, optional
         ``(start, stop)``: the layer holds only these rows of the parameter (torch layout), e.g. the key
         rows of a fused ``in_proj_weight`` in cross-attention, which read other nodes than its query rows.
@@ -94,6 +98,7 @@ class Layer:
     transposed: bool = False
     folded: Tuple[str, ...] = ()
     fold_maps: Tuple[Any, ...] = ()
+    fold_spread: float = 1.0
     rows: Optional[Tuple[int, int]] = None
 
     def __post_init__(self) -> None:
@@ -156,6 +161,12 @@ class Layer:
     def grouped_inputs(self) -> bool:
         """True when several input features share one input node (see ``in_index``)."""
         return self.in_index is not None and int(self.in_index.max()) + 1 < self.in_index.numel()
+
+    @property
+    def has_unit_scales(self) -> bool:
+        """True when a fold gave the units scales of their own (``fold_spread`` above 1.001), which a
+        shuffle of the weights scatters; False for no fold or one that scaled every unit alike."""
+        return bool(self.folded) and self.fold_spread > 1.001
 
     @property
     def param_name(self) -> str:

@@ -180,14 +180,15 @@ def _check_ks(ks: Sequence[int], significance_k: Optional[int]) -> List[int]:
 
 
 def _scaled_tested(tasks: list, layers: List[LayerBenchmark]) -> List[str]:
-    """The shuffle-tested layers with a normalisation folded into their weights (per-channel scales)."""
-    return [lb.layer for (layer, *_), lb in zip(tasks, layers) if layer.folded and lb.significance is not None]
+    """The shuffle-tested layers whose folded normalisation gave their channels scales of their own
+    (not one that scales every channel alike, as an untrained BatchNorm does: the shuffles keep that)."""
+    return [lb.layer for (layer, *_), lb in zip(tasks, layers) if layer.has_unit_scales and lb.significance is not None]
 
 
 def _scaled_note(scaled: List[str], layers: List[LayerBenchmark]) -> str:
     tested = sum(lb.significance is not None for lb in layers)
-    return (f"{len(scaled)} of {tested} shuffle-tested layers have a normalisation folded into their weights "
-            f"(e.g. {', '.join(scaled[:3])}): the shuffles do not keep the per-channel scales this gives them, and "
+    return (f"{len(scaled)} of {tested} shuffle-tested layers have per-channel scales from a normalisation folded "
+            f"into their weights (e.g. {', '.join(scaled[:3])}): the shuffles do not keep these scales, and "
             "a layer with such scales but no other structure scores below its shuffles, so on these layers the test "
             "is conservative (a large p is weak evidence of no structure)")
 
