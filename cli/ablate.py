@@ -89,6 +89,10 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     clusters of its MLP blocks ON / OFF (hidden units zeroed); --k K clusters every MLP block now.
     --dataset, --data-dir and --inputs do not apply to it, and --corpus applies to character LMs only (each is
     refused where it does not apply).
+
+    The table has a column per class up to 20 classes; with more (modadd's 113 answers) each row gives its
+    minimum, median and maximum over the classes and the classes it serves best (ON) or worst (full, OFF);
+    every class's accuracy is in --json and in the heatmaps of --plot.
     """
     from graphinterp import ablate, ablation_matrix, class_accuracy
     from graphinterp import cluster_network, stored_clustering
@@ -157,9 +161,27 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     rows = [["full", overall["full"], *result.full]]
     rows += [[f"ON {c}", overall["on"][c], *result.on[c]] for c in range(clustering.k)]
     rows += [[f"OFF {c}", overall["off"][c], *result.off[c]] for c in range(clustering.k)]
-    click.echo(format_table([[r[0], *map(float, r[1:])] for r in rows], ["", "all", *result.classes]))
+    click.echo(_onoff_table(rows, [str(c) for c in result.classes]))
     if plot_path:
         click.echo(f"wrote {plot_path}")
+
+
+_WIDE = 20  # classes up to which the ON/OFF table has a column per class
+
+
+def _onoff_table(rows: list, names: List[str]) -> str:
+    """The ON/OFF table: ``rows`` are ``[label, overall, *per-class accuracies]``; a column per class up to
+    ``_WIDE`` classes, else each row's spread over the classes and the classes it serves best (ON) or worst."""
+    if len(names) <= _WIDE:
+        return format_table([[r[0], *map(float, r[1:])] for r in rows], ["", "all", *names])
+    out = []
+    for label, overall, *acc in rows:
+        acc = np.asarray(acc, dtype=float)
+        order = np.argsort(-acc if label.startswith("ON") else acc, kind="stable")[:4]
+        out.append([label, float(overall), float(acc.min()), float(np.median(acc)), float(acc.max()),
+                    ", ".join(f"{plain_text(names[i])} {acc[i]:.2f}" for i in order)])
+    return (format_table(out, ["", "all", "min", "median", "max", "classes (ON: most accurate; full, OFF: least)"])
+            + f"\n{len(names)} classes: one column each in --json, and in the heatmaps of --plot")
 
 
 def _echo_coverage(coverage, details: bool = False) -> None:
@@ -266,8 +288,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     rows = [["full", overall["full"], *result.full[live]]]
     rows += [[f"ON {c}", overall["on"][c], *result.on[c][live]] for c in range(clustering.k)]
     rows += [[f"OFF {c}", overall["off"][c], *result.off[c][live]] for c in range(clustering.k)]
-    click.echo(format_table([[r[0], *map(float, r[1:])] for r in rows],
-                            ["", "all", *(n for n, ok in zip(names, live) if ok)]))
+    click.echo(_onoff_table(rows, [n for n, ok in zip(names, live) if ok]))
     click.echo(f"specialisation: OFF-damage Gini {spec['off_gini']:.3f}, ON-accuracy Gini {spec['on_gini']:.3f} "
                "(0: every class alike; near 1: confined to few classes)")
     if plot_path:

@@ -3,6 +3,7 @@ explained, a character LM's labels given as characters, raw text in terminal tab
 from __future__ import annotations
 
 import json
+import statistics
 
 import click
 import pytest
@@ -59,6 +60,32 @@ def test_the_corpus_of_a_character_lm_is_still_accepted_by_ablate(models):
     res = run_cli(["ablate", models["lm"], "--corpus", models["corpus"], "--limit", "20", "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["task"] == "chars"
+
+
+def test_ablate_summarises_each_row_when_there_are_too_many_classes_for_a_column_each(models, monkeypatch):
+    """modadd has 113 answers: a column each made a 900-character line per row. Above ``_WIDE`` classes each row
+    gives its spread over the classes and the classes it serves best (ON) or worst (full, OFF), as in the JSON."""
+    import graphinterp.cli.ablate as ablate
+
+    args = ["ablate", models["modadd"], "--device", "cpu"]
+    data = json.loads(run_cli([*args, "--json"]).output)
+    wide = run_cli(args)
+    assert wide.exit_code == 0 and "classes: one column each" not in wide.output
+    monkeypatch.setattr(ablate, "_WIDE", 5)
+    res = run_cli(args)
+    assert res.exit_code == 0, res.output
+    live = [i for i, n in enumerate(data["counts"]) if n > 0]
+    assert f"{len(live)} classes: one column each in --json" in res.output
+    lines = {line.split("  ")[0].strip(): line for line in res.output.splitlines()}
+    rows = [("full", data["full"])] + [(f"{w} {c}", data[w.lower()][c]) for w in ("ON", "OFF") for c in range(data["k"])]
+    for label, acc in rows:
+        acc = [acc[i] for i in live]
+        cells = lines[label].split()
+        lo, mid, hi = (float(x) for x in cells[len(label.split()) + 1:len(label.split()) + 4])
+        assert (lo, mid, hi) == pytest.approx((min(acc), statistics.median(acc), max(acc)), abs=6e-4)
+        first = cells[len(label.split()) + 4]
+        pick = max(acc) if label.startswith("ON") else min(acc)
+        assert abs(acc[[str(data["classes"][i]) for i in live].index(first)] - pick) < 1e-9
 
 
 # ----------------------------------------------------------------------------- 2: empty circuits say why
