@@ -91,7 +91,8 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     refused where it does not apply).
 
     The table has a column per class up to 20 classes; with more (modadd's 113 answers) each row gives its
-    minimum, median and maximum over the classes and the classes it serves best (ON) or worst (full, OFF);
+    minimum, median and maximum over the classes and the four classes that stand out: the full model's least
+    accurate, each ON cluster's most accurate, each OFF's largest drops from the full model (ties counted);
     every class's accuracy is in --json and in the heatmaps of --plot.
     """
     from graphinterp import ablate, ablation_matrix, class_accuracy
@@ -170,17 +171,25 @@ _WIDE = 20  # classes up to which the ON/OFF table has a column per class
 
 
 def _onoff_table(rows: list, names: List[str]) -> str:
-    """The ON/OFF table: ``rows`` are ``[label, overall, *per-class accuracies]``; a column per class up to
-    ``_WIDE`` classes, else each row's spread over the classes and the classes it serves best (ON) or worst."""
+    """The ON/OFF table: ``rows`` are ``[label, overall, *per-class accuracies]``, the first the full model's; a
+    column per class up to ``_WIDE`` classes, else each row's spread over the classes and the four classes that
+    stand out: the full model's least accurate, each ON cluster's most accurate, each OFF's largest drops."""
     if len(names) <= _WIDE:
         return format_table([[r[0], *map(float, r[1:])] for r in rows], ["", "all", *names])
+    full = np.asarray(rows[0][2:], dtype=float)
     out = []
     for label, overall, *acc in rows:
         acc = np.asarray(acc, dtype=float)
-        order = np.argsort(-acc if label.startswith("ON") else acc, kind="stable")[:4]
+        off = label.startswith("OFF")
+        key = full - acc if off else (acc if label.startswith("ON") else -acc)  # larger stands out more
+        top = np.argsort(-key, kind="stable")[:4]
+        tied = int((key == key[top[-1]]).sum() - (key[top] == key[top[-1]]).sum())  # as far out, not shown
+        text = ", ".join(f"{plain_text(names[i])} {acc[i] - full[i]:+.2f}" if off else f"{plain_text(names[i])} {acc[i]:.2f}"
+                         for i in top)
         out.append([label, float(overall), float(acc.min()), float(np.median(acc)), float(acc.max()),
-                    ", ".join(f"{plain_text(names[i])} {acc[i]:.2f}" for i in order)])
-    return (format_table(out, ["", "all", "min", "median", "max", "classes (ON: most accurate; full, OFF: least)"])
+                    text + (f" (+{tied} tied)" if tied else "")])
+    return (format_table(out, ["", "all", "min", "median", "max",
+                               "classes (full: least accurate; ON: most accurate; OFF: largest drop from full)"])
             + f"\n{len(names)} classes: one column each in --json, and in the heatmaps of --plot")
 
 

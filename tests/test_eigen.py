@@ -102,3 +102,23 @@ def test_network_clusterings_are_those_of_the_general_decomposition(monkeypatch)
     for name in graph.layer_names:
         np.testing.assert_array_equal(fast[1].row_labels[name], slow[1].row_labels[name])
         np.testing.assert_array_equal(fast[1].col_labels[name], slow[1].col_labels[name])
+
+
+def test_the_bipartite_route_is_exact_for_float32_and_for_any_scale_of_the_weights():
+    """The Gram matrix squares the entries: float32 would keep half its digits, and raw weights of 1e-160 or 1e160
+    would fall below float64's normal range or overflow; it is formed in float64 from the block scaled to 1."""
+    rng = np.random.default_rng(3)
+    U0, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    W0, _ = np.linalg.qr(rng.standard_normal((60, 40)))
+    B = U0 @ np.diag(np.r_[1.0, 0.8, 0.6, 3e-3, np.linspace(9e-4, 1e-5, 36)]) @ W0.T
+    S = np.block([[np.zeros((40, 40)), B], [B.T, np.zeros((60, 60))]])
+    sides = np.arange(100) < 40
+    exact = _general(S, 4)[1]
+    assert eigen._bipartite_top(S.astype(np.float32), 4, sides) is not None  # sigma_4^2 = 9e-6 sigma_1^2: Gram route
+    V = top_eigenvectors(S.astype(np.float32), 4, sides)
+    assert V.dtype == np.float32
+    np.testing.assert_allclose(V.T.astype(np.float64) @ V, np.eye(4), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.svd(exact.T @ V, compute_uv=False), 1, atol=1e-6)
+    for scale in (1e-160, 1e160):
+        np.testing.assert_allclose(np.abs(top_eigenvectors(S * scale, 4, sides)), np.abs(top_eigenvectors(S, 4, sides)),
+                                   atol=1e-12)

@@ -64,7 +64,8 @@ def test_the_corpus_of_a_character_lm_is_still_accepted_by_ablate(models):
 
 def test_ablate_summarises_each_row_when_there_are_too_many_classes_for_a_column_each(models, monkeypatch):
     """modadd has 113 answers: a column each made a 900-character line per row. Above ``_WIDE`` classes each row
-    gives its spread over the classes and the classes it serves best (ON) or worst (full, OFF), as in the JSON."""
+    gives its spread over the classes and the classes that stand out, as in the JSON: the full model's least
+    accurate, an ON cluster's most accurate, an OFF cluster's largest drops from the full model."""
     import graphinterp.cli.ablate as ablate
 
     args = ["ablate", models["modadd"], "--device", "cpu"]
@@ -75,17 +76,24 @@ def test_ablate_summarises_each_row_when_there_are_too_many_classes_for_a_column
     res = run_cli(args)
     assert res.exit_code == 0, res.output
     live = [i for i, n in enumerate(data["counts"]) if n > 0]
+    names = [str(data["classes"][i]) for i in live]
+    full = [data["full"][i] for i in live]
     assert f"{len(live)} classes: one column each in --json" in res.output
     lines = {line.split("  ")[0].strip(): line for line in res.output.splitlines()}
     rows = [("full", data["full"])] + [(f"{w} {c}", data[w.lower()][c]) for w in ("ON", "OFF") for c in range(data["k"])]
     for label, acc in rows:
         acc = [acc[i] for i in live]
         cells = lines[label].split()
-        lo, mid, hi = (float(x) for x in cells[len(label.split()) + 1:len(label.split()) + 4])
-        assert (lo, mid, hi) == pytest.approx((min(acc), statistics.median(acc), max(acc)), abs=6e-4)
-        first = cells[len(label.split()) + 4]
-        pick = max(acc) if label.startswith("ON") else min(acc)
-        assert abs(acc[[str(data["classes"][i]) for i in live].index(first)] - pick) < 1e-9
+        at = len(label.split()) + 1
+        assert [float(x) for x in cells[at:at + 3]] == pytest.approx([min(acc), statistics.median(acc), max(acc)],
+                                                                      abs=6e-4)
+        first, value = names.index(cells[at + 3]), float(cells[at + 4].rstrip(","))
+        if label.startswith("OFF"):
+            drops = [f - a for f, a in zip(full, acc)]
+            assert drops[first] == pytest.approx(max(drops)) and value == pytest.approx(-max(drops), abs=6e-3)
+        else:
+            pick = max(acc) if label.startswith("ON") else min(acc)
+            assert acc[first] == pytest.approx(pick) and value == pytest.approx(pick, abs=6e-3)
 
 
 # ----------------------------------------------------------------------------- 2: empty circuits say why
@@ -239,3 +247,20 @@ def test_a_label_without_examples_is_refused_by_its_name_before_any_search():
     with pytest.raises(click.BadParameter, match=r"no example of label\(s\) 'b' in the 2 examples of val"):
         check_examples([0, 1], torch.tensor([0, 0]), ["a", "b"], "val")
     check_examples([5], torch.tensor([0, 0]), ["a", "b"], "val")  # out of range: refused by the model's own check
+
+
+def test_the_summary_counts_the_classes_tied_with_those_it_names():
+    from graphinterp.cli.ablate import _onoff_table
+
+    names = [f"c{i}" for i in range(25)]
+    full, on, off = [1.0] * 25, [0.0] * 25, [1.0] * 25
+    full[3] = 0.2
+    on[5] = on[6] = 0.9
+    for i in range(7, 13):
+        off[i] = 0.0  # six classes lost alike
+    table = _onoff_table([["full", 0.9, *full], ["ON 0", 0.1, *on], ["OFF 0", 0.7, *off]], names)
+    lines = {line.split()[0] + (" " + line.split()[1] if line.startswith(("ON", "OFF")) else ""): line
+             for line in table.splitlines()[2:-1]}
+    assert lines["full"].endswith("c3 0.20, c0 1.00, c1 1.00, c2 1.00 (+21 tied)")
+    assert lines["ON 0"].endswith("c5 0.90, c6 0.90, c0 0.00, c1 0.00 (+21 tied)")
+    assert lines["OFF 0"].endswith("c7 -1.00, c8 -1.00, c9 -1.00, c10 -1.00 (+2 tied)")
