@@ -113,7 +113,8 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
               help="Torch CPU threads during the search. It runs thousands of small forward passes, which gain nothing "
                    "from threads and lose much when cores are shared.")
 @click.option("--jobs", type=POSITIVE_INT, default=1, show_default=True, metavar="N",
-              help="Labels in parallel on N worker processes (joblib); the circuits are identical to a serial run's.")
+              help="Labels in parallel on N worker processes (joblib); the circuits are identical to a serial run's. "
+                   "Each worker is a new Python process that imports torch (a few seconds to start).")
 @click.option("--scheduler", default=None, envvar=SCHEDULER_ENV, metavar="ADDRESS", show_envvar=True,
               help="Run the labels on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's Dask backend; "
                    "needs pip install 'graphinterp[dask]'. The circuits are the same as a local run's; an empty ADDRESS runs locally.")
