@@ -85,6 +85,7 @@ TESTS: Dict[str, List[str]] = {
     "layered": ["tests/test_graph.py"],
     "modularity": ["tests/test_association.py"],
     "eigen": ["tests/test_eigen.py", "tests/test_network_null.py"],
+    "rescale": ["tests/test_rescale.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
 }
@@ -104,7 +105,8 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "shuffle_results": "clustering/shuffle_results", "graphml": "reports/graphml",
          "trace_folds": "graph/trace_folds", "edges": "interpret/edges", "ablate": "interpret/ablate",
          "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity",
-         "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral", "dag": "graph/dag"}
+         "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral", "dag": "graph/dag",
+         "rescale": "graph/rescale"}
 
 
 @dataclass(frozen=True)
@@ -425,6 +427,13 @@ MUTANTS: List[Mutant] = [
       "the spread of the rows' scales forgotten when the inputs are scaled too"),
     M("dag", "            spread *= float(s.max()) / low if low > 0 else math.inf", "            spread *= float(s.max()) / low if low > 0 else 1.0",
       "a zero folded scale counted as no spread"),
+    M("rescale", "        weights[l + 1] *= _input_scale(graph.layers[l + 1], scale)\n", "\n",
+      "incoming weights normalised without pushing the factor into the next layer"),
+    M("rescale", "    channel = group[:, None] * in_per + torch.arange(in_per)[None, :]",
+      "    channel = torch.arange(in_per)[None, :].expand(out_ch, in_per)", "a grouped convolution's inputs scaled as group 0's"),
+    M("rescale", "        per_feature = scale if layer.in_index is None else scale[layer.in_index]",
+      "        per_feature = scale if layer.in_index is None else scale.repeat(len(layer.in_index) // len(scale))",
+      "a flatten's features scaled channel-minor instead of by their channel"),
 ]
 
 

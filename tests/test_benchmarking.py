@@ -507,3 +507,35 @@ def test_a_layer_that_fits_only_the_significance_k_is_still_tested():
     assert first.significance is not None and first.significance.k == 2
     res, skipped = benchmark_graph(g, [4], significance_k=2, n_shuffles=0)  # no test: the layer is left out
     assert [r.layer for r in res] == ["2"] and "0" in skipped
+
+
+def test_unit_norm_benchmarks_the_rescaled_chain_and_says_which_models_were_rescaled(tmp_path, two_checkpoints):
+    """--unit-norm (Filan et al.): a chain is clustered on its rescaled weights (each layer's E is BSGC's on them),
+    a model with residual streams as it is, each with a note; the settings record it."""
+    from graphinterp import unit_norm_rescaled
+    from graphinterp.sources.cifar_resnet import cifar_resnet
+
+    torch.manual_seed(0)
+    resnet = tmp_path / "resnet8.th"
+    torch.save(cifar_resnet(depth=8).state_dict(), resnet)
+    sources = [ModelSource(path=str(two_checkpoints[0])), ModelSource(path=str(resnet))]
+    plain = run_benchmark(sources, [3], significance_k=None, n_init=2)
+    scaled = run_benchmark(sources, [3], significance_k=None, n_init=2, unit_norm=True)
+    assert scaled.settings["unit_norm"] and not plain.settings["unit_norm"]
+    mlp_notes, resnet_notes = scaled.models[0].notes, scaled.models[1].notes
+    assert any(n.startswith("weights rescaled as Filan et al.") for n in mlp_notes)
+    assert any(n.startswith("weights not rescaled") and "residual streams" in n for n in resnet_notes)
+    assert not any("rescaled" in n for m in plain.models for n in m.notes)
+    graph = unit_norm_rescaled(load_source(sources[0], random_state=0)[0])
+    expected, _ = benchmark_graph(graph, [3], significance_k=None, n_init=2, random_state=0)
+    assert [lb.scores[3]["E"] for lb in scaled.models[0].layers] == [lb.scores[3]["E"] for lb in expected]
+    assert [lb.scores[3]["E"] for lb in scaled.models[0].layers] != [lb.scores[3]["E"] for lb in plain.models[0].layers]
+    assert [lb.scores[3]["E"] for lb in scaled.models[1].layers] == [lb.scores[3]["E"] for lb in plain.models[1].layers]
+
+
+def test_the_unit_norm_flag_reaches_the_report(two_checkpoints):
+    res = _run(["benchmark", str(two_checkpoints[0]), "--k", "3", "--shuffles", "0", "--unit-norm", "--json", *FAST])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["settings"]["unit_norm"] is True
+    assert any(n.startswith("weights rescaled as Filan et al.") for n in out["models"][0]["notes"])

@@ -20,9 +20,10 @@ import numpy as np
 from graphinterp.common.files import resolve_device
 from graphinterp.reports.benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, safe_name
 from graphinterp.clustering.bsgc_batch import fit_k_range
-from graphinterp.common.errors import ClusteringError, GraphinterpError
+from graphinterp.common.errors import ClusteringError, GraphinterpError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.layer import Layer
+from graphinterp.graph.rescale import unit_norm_rescaled
 from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
@@ -179,6 +180,17 @@ def _check_ks(ks: Sequence[int], significance_k: Optional[int]) -> List[int]:
     return ks
 
 
+def _rescaled(graph: LayeredGraph, notes: List[str]) -> Tuple[LayeredGraph, List[str]]:
+    """Filan et al.'s unit-norm rescaling of a chain, with a note saying what was done (or why not)."""
+    try:
+        out = unit_norm_rescaled(graph)
+    except UnsupportedModelError as err:
+        return graph, notes + [f"weights not rescaled to unit incoming norms ({err}): analysed as they are"]
+    return out, notes + ["weights rescaled as Filan et al. rescale them: every hidden unit's incoming weights to unit "
+                         "norm, the factor pushed into its outgoing weights (the same function through ReLU-like "
+                         "activations, which graphinterp does not check)"]
+
+
 def _scaled_tested(tasks: list, layers: List[LayerBenchmark]) -> List[str]:
     """The shuffle-tested layers whose folded normalisation gave their channels scales of their own
     (not one that scales every channel alike, as an untrained BatchNorm does: the shuffles keep that)."""
@@ -230,7 +242,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
                   significance_k: Optional[int] = 4, n_shuffles: int = 20, nonzero_only: bool = False,
                   layerwise: bool = False, trust_pickle: bool = False, pairing: str = "joint", n_init: int = 10,
                   device=None, random_state: Optional[int] = 0, progress: bool = False, n_jobs: int = 1,
-                  scheduler=None, network: bool = False) -> BenchmarkReport:
+                  scheduler=None, network: bool = False, unit_norm: bool = False) -> BenchmarkReport:
     """Benchmark the clusterability of several models (see the module docstring).
 
     Parameters
@@ -263,6 +275,11 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         :func:`graphinterp.clustering.network_null.network_shuffle_test`), in this process. A model
         analysed layer by layer, or whose network clustering fails (a k not below its connected
         nodes), gets the reason in ``ModelBenchmark.network_skipped``.
+    unit_norm : bool, default False
+        Rescale each chained model's weights first, as Filan et al. do (:func:`graphinterp.graph.rescale.unit_norm_rescaled`:
+        every hidden unit's incoming weights to unit norm, the factor pushed into the next layer; the same
+        function through ReLU-like activations). A model whose graph is not a chain is analysed as it is; its
+        notes say which was done.
 
     Returns
     -------
@@ -308,6 +325,8 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         except GraphinterpError as err:
             failed[name] = f"{_describe(source)}: {err}"
             continue
+        if unit_norm:
+            graph, notes = _rescaled(graph, notes)
         tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
         if not tasks:  # no layer fits any k asked for: a failure, not an empty report (nor one of shuffle tests alone)
             failed[name] = f"{_describe(source)}: {nothing_clusterable(ks[0], skipped)}"
@@ -338,6 +357,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
             _network_test(models[-1], *graphs.pop(name), significance_k, n_shuffles, nonzero_only, n_init,
                           random_state, progress)
     settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
+                "unit_norm": unit_norm,
                 "random_state": random_state, "device": str(resolve_device(device))}
     return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start,
                            failed=failed)

@@ -1,0 +1,95 @@
+"""Filan et al.'s unit-norm rescaling: the rescaled weights compute the same function through ReLUs."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from graphinterp import LayeredGraph
+from graphinterp.common.errors import UnsupportedModelError
+from graphinterp.graph.rescale import unit_norm_rescaled
+
+
+def _with_weights(model: nn.Module, graph: LayeredGraph) -> nn.Module:
+    """A copy of ``model`` holding the graph's weights (bias-free models: the graph has every parameter)."""
+    out = copy.deepcopy(model)
+    params = dict(out.named_parameters())
+    with torch.no_grad():
+        for layer in graph.layers:
+            params[layer.param_name].copy_(layer.weight.view_as(params[layer.param_name]))
+    return out
+
+
+def _hidden_norms(graph):
+    return [layer.weight.flatten(1).norm(dim=1) for layer in graph.layers[:-1]]
+
+
+def test_a_relu_mlp_computes_the_same_function_with_unit_incoming_norms():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 5, bias=False), nn.ReLU(),
+                        nn.Linear(5, 3, bias=False))
+    with torch.no_grad():
+        net[0].weight.mul_(torch.logspace(-2, 2, 8)[:, None])  # units of very different scales
+    g = LayeredGraph.from_module(net)
+    r = unit_norm_rescaled(g)
+    for norms in _hidden_norms(r):
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    x = torch.randn(50, 6)
+    torch.testing.assert_close(_with_weights(net, r)(x), net(x), rtol=1e-5, atol=1e-5)
+    # the path products (here the product of the matrices) are those of the original weights
+    prod = lambda gr: gr["4"].weight.double() @ gr["2"].weight.double() @ gr["0"].weight.double()  # noqa: E731
+    torch.testing.assert_close(prod(r), prod(g), rtol=1e-5, atol=1e-6)  # the weights are stored in float32
+    assert not torch.equal(r["4"].weight, g["4"].weight) and r["4"].weight.dtype == g["4"].weight.dtype
+
+
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, bias=False)
+        self.c2 = nn.Conv2d(4, 6, 3, groups=2, bias=False)
+        self.fc1 = nn.Linear(6 * 2 * 2, 5, bias=False)
+        self.fc2 = nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def test_a_cnn_with_a_grouped_convolution_and_a_flatten_keeps_its_function():
+    torch.manual_seed(1)
+    net = _ConvNet()
+    g = LayeredGraph.from_module(net, input_shape=(2, 6, 6))
+    assert g.chained and g["fc1"].grouped_inputs and g["c2"].groups == 2
+    r = unit_norm_rescaled(g)
+    for norms in _hidden_norms(r):
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    x = torch.randn(20, 2, 6, 6)
+    torch.testing.assert_close(_with_weights(net, r)(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_dead_unit_keeps_its_outgoing_weights():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight[1] = 0.0
+    g = LayeredGraph.from_module(net)
+    r = unit_norm_rescaled(g)
+    assert torch.equal(r["0"].weight[1], torch.zeros(4)) and torch.equal(r["2"].weight[:, 1], g["2"].weight[:, 1])
+
+
+def test_graphs_that_are_not_chains_are_refused():
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.c(h + self.b(torch.relu(h)))
+
+    with pytest.raises(UnsupportedModelError, match="residual streams"):
+        unit_norm_rescaled(LayeredGraph.from_module(Res()))
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(UnsupportedModelError, match="one by one"):
+        unit_norm_rescaled(LayeredGraph.from_module(mlp, layerwise=True))
