@@ -40,6 +40,8 @@ class SourceOptions:
         Shape of one input without the batch dimension, for tracing (``--input-shape``).
     trust_pickle : bool
         Allow a fully pickled ``nn.Module`` (``--trust-pickle``).
+    unit_norm : bool
+        Rescale a chain's weights as Filan et al. do (``--unit-norm``).
 
     Examples
     --------
@@ -51,6 +53,7 @@ class SourceOptions:
     fold: bool = True
     input_shape: Optional[Tuple[int, ...]] = None
     trust_pickle: bool = False
+    unit_norm: bool = False
 
     @property
     def inputs(self) -> Tuple[str, ...]:
@@ -79,7 +82,8 @@ class SourceOptions:
         from graphinterp import load_graph
 
         return load_graph(model, trust_pickle=self.trust_pickle, layerwise=layerwise, weights=self.weights,
-                          fold=self.fold, input_shape=self.input_shape, random_state=random_state)
+                          fold=self.fold, input_shape=self.input_shape, random_state=random_state,
+                          unit_norm=self.unit_norm)
 
 
 def model_argument(f: Callable) -> Callable:
@@ -88,18 +92,18 @@ def model_argument(f: Callable) -> Callable:
 
 
 def model_source_options(f: Callable) -> Callable:
-    """Add ``--weights``, ``--no-fold``, ``--input-shape`` and ``--trust-pickle``; pass them as ``source``.
+    """Add ``--weights``, ``--no-fold``, ``--input-shape``, ``--trust-pickle`` and ``--unit-norm``; pass them as ``source``.
 
     The decorated command receives one keyword argument ``source`` (a :class:`SourceOptions`) instead
-    of the four option values. ``--input-shape`` is parsed (a usage error when malformed) before
+    of the five option values. ``--input-shape`` is parsed (a usage error when malformed) before
     the command runs.
     """
 
     @functools.wraps(f)
     def command(*args, weights: Optional[str], no_fold: bool, input_shape: Optional[str], trust_pickle: bool,
-                **kwargs):
+                unit_norm: bool, **kwargs):
         source = SourceOptions(weights=weights, fold=not no_fold, input_shape=parse_input_shape(input_shape),
-                             trust_pickle=trust_pickle)
+                               trust_pickle=trust_pickle, unit_norm=unit_norm)
         return f(*args, source=source, **kwargs)
 
     options = [
@@ -112,6 +116,10 @@ def model_source_options(f: Callable) -> Callable:
         click.option("--input-shape", default=None, metavar="C,H,W",
                      help="Shape of one input without the batch dimension, when it cannot be guessed (e.g. 3,64,64)."),
         trust_pickle_option,
+        click.option("--unit-norm", "unit_norm", is_flag=True,
+                     help="Rescale the weights as Filan et al. do: every hidden unit's incoming weights to unit norm, "
+                          "the factor pushed into its outgoing weights (the same function through ReLU-like "
+                          "activations; not checked). A chain only (an error for a residual or attention model)."),
     ]
     for option in reversed(options):  # --help lists them in the order above
         command = option(command)

@@ -53,7 +53,7 @@ _EXPORTS = {
     "torchvision_model": "sources.models", "validate_checkpoint": "sources.checkpoint",
     # graph: a model as a graph
     "Coverage": "graph.coverage", "Layer": "graph.layer", "LayeredGraph": "graph.layered",
-    "ModelGraph": "graph.dag", "graph_structure": "graph.load", "layered_graph": "graph.layered", "unit_norm_rescaled": "graph.rescale",
+    "ModelGraph": "graph.dag", "graph_structure": "graph.load", "layered_graph": "graph.layered", "unit_norm_rescaled": "graph.rescale", "RESCALED_NOTE": "graph.rescale",
     "model_graph": "graph.load", "open_model": "graph.load", "trace_graph": "graph.model_trace",
     # clustering: clustering and clusterability
     "BSGC": "clustering.bsgc", "Clustering": "clustering.labels", "analyze": "clustering.analysis",

@@ -533,8 +533,9 @@ def test_unit_norm_benchmarks_the_rescaled_chain_and_says_which_models_were_resc
     assert [lb.scores[3]["E"] for lb in scaled.models[1].layers] == [lb.scores[3]["E"] for lb in plain.models[1].layers]
 
 
-def test_the_unit_norm_flag_reaches_the_report(two_checkpoints):
-    res = _run(["benchmark", str(two_checkpoints[0]), "--k", "3", "--shuffles", "0", "--unit-norm", "--json", *FAST])
+def test_the_unit_norm_flag_reaches_the_report(two_checkpoints, tmp_path):
+    res = _run(["benchmark", str(two_checkpoints[0]), "--k", "3", "--shuffles", "0", "--unit-norm", "--json",
+                "--out", str(tmp_path / "report"), *FAST])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["settings"]["unit_norm"] is True

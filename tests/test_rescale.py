@@ -93,3 +93,30 @@ def test_graphs_that_are_not_chains_are_refused():
     mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(UnsupportedModelError, match="one by one"):
         unit_norm_rescaled(LayeredGraph.from_module(mlp, layerwise=True))
+
+
+def test_analyze_unit_norm_clusters_the_rescaled_weights_and_refuses_a_dag(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from graphinterp import RESCALED_NOTE, load_graph
+    from graphinterp.cli.main import cli
+
+    torch.manual_seed(3)
+    path = tmp_path / "mlp.pt"
+    torch.save(nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 5)).state_dict(), path)
+    run = lambda *a: CliRunner().invoke(cli, ["analyze", str(path), "--k", "2", "--json", *a])  # noqa: E731
+    plain, scaled = json.loads(run().output), json.loads(run("--unit-norm").output)
+    assert RESCALED_NOTE in scaled["notes"] and RESCALED_NOTE not in plain["notes"]
+    _, graph = load_graph(str(path), unit_norm=True)
+    masses = [layer["mass"] for layer in scaled["results"][0]["layers"]]
+    assert masses == pytest.approx([float(graph[n].squared().sum()) for n in graph.layer_names])
+    assert masses != [layer["mass"] for layer in plain["results"][0]["layers"]]
+    resnet = tmp_path / "res.th"
+    from graphinterp.sources.cifar_resnet import cifar_resnet
+
+    torch.save(cifar_resnet(depth=8).state_dict(), resnet)
+    res = CliRunner().invoke(cli, ["analyze", str(resnet), "--k", "2", "--unit-norm"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error: unit-norm rescaling needs a chain")

@@ -23,7 +23,8 @@ def graph_from_loaded(loaded, *, layerwise: bool = False, input_shape: Optional[
 
 
 def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, weights: Optional[str] = None,
-               fold: bool = True, input_shape: Optional[Sequence[int]] = None, random_state: Optional[int] = 0):
+               fold: bool = True, input_shape: Optional[Sequence[int]] = None, random_state: Optional[int] = 0,
+               unit_norm: bool = False):
     """Open any model source and build its graph; returns ``(OpenedModel, graph)``.
 
     Parameters
@@ -43,6 +44,9 @@ def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, w
         Input shape without the batch dimension, to guide the guess of the example input a module is traced with.
     random_state : int, default 0
         Seed of a torchvision architecture's random weights (without ``weights``).
+    unit_norm : bool, default False
+        Rescale a chain's weights as Filan et al. do (:func:`graphinterp.graph.rescale.unit_norm_rescaled`);
+        ``UnsupportedModelError`` for any other graph.
 
     Returns
     -------
@@ -64,7 +68,7 @@ def load_graph(source, *, trust_pickle: bool = False, layerwise: bool = False, w
     from graphinterp.graph.load import load_graph as _load
 
     return _load(source, weights=weights, trust_pickle=trust_pickle, layerwise=layerwise, fold=fold,
-                 input_shape=input_shape, random_state=random_state)
+                 input_shape=input_shape, random_state=random_state, unit_norm=unit_norm)
 
 
 @dataclass

@@ -332,8 +332,12 @@ def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = Tr
 
 def load_graph(source: Source, *, weights: Optional[str] = None, trust_pickle: bool = False,
                layerwise: bool = False, fold: bool = True, input_shape: Optional[Sequence[int]] = None,
-               random_state: Optional[int] = 0) -> Tuple[OpenedModel, LayeredGraph]:
+               random_state: Optional[int] = 0, unit_norm: bool = False) -> Tuple[OpenedModel, LayeredGraph]:
     """:func:`open_model` then :func:`model_graph`; returns ``(opened, graph)``.
+
+    With ``unit_norm`` the graph's weights are rescaled as Filan et al. rescale them
+    (:func:`graphinterp.graph.rescale.unit_norm_rescaled`, a chain only: UnsupportedModelError otherwise)
+    and ``opened.notes`` says so.
 
     Examples
     --------
@@ -345,6 +349,11 @@ def load_graph(source: Source, *, weights: Optional[str] = None, trust_pickle: b
     graph = model_graph(opened, layerwise=layerwise, fold=fold, input_shape=input_shape)
     if graph.coverage is not None:
         graph.coverage.notes.update({n: 1 for n in opened.notes if n.startswith("TorchScript")})
+    if unit_norm:
+        from graphinterp.graph.rescale import RESCALED_NOTE, unit_norm_rescaled
+
+        graph = unit_norm_rescaled(graph)
+        opened.notes.append(RESCALED_NOTE)
     return opened, graph
 
 

@@ -20,7 +20,12 @@ from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layer import Layer
 from graphinterp.graph.layered import LayeredGraph
 
-__all__ = ["unit_norm_rescaled"]
+__all__ = ["unit_norm_rescaled", "RESCALED_NOTE"]
+
+#: what a report says of a model whose weights were rescaled
+RESCALED_NOTE = ("weights rescaled as Filan et al. rescale them: every hidden unit's incoming weights to unit norm, the "
+                 "factor pushed into its outgoing weights (the same function through ReLU-like activations, which "
+                 "graphinterp does not check)")
 
 
 def unit_norm_rescaled(graph: LayeredGraph) -> LayeredGraph:
@@ -64,7 +69,8 @@ def unit_norm_rescaled(graph: LayeredGraph) -> LayeredGraph:
     if not graph.chained or hasattr(graph, "src_nodes"):
         raise UnsupportedModelError(
             "unit-norm rescaling needs a chain of layers (each reading the previous one's outputs); this graph "
-            + ("has residual streams or concatenations" if hasattr(graph, "src_nodes") else "has its layers one by one"))
+            + ("has residual streams or concatenations" if hasattr(graph, "src_nodes") else "has its layers one by one")
+            + ": analyse it without the rescaling")
     weights = [layer.weight.detach().to("cpu", torch.float64, copy=True) for layer in graph.layers]
     for l in range(len(weights) - 1):
         norms = weights[l].flatten(1).norm(dim=1)

@@ -23,7 +23,7 @@ from graphinterp.clustering.bsgc_batch import fit_k_range
 from graphinterp.common.errors import ClusteringError, GraphinterpError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.layer import Layer
-from graphinterp.graph.rescale import unit_norm_rescaled
+from graphinterp.graph.rescale import RESCALED_NOTE, unit_norm_rescaled
 from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
@@ -185,10 +185,8 @@ def _rescaled(graph: LayeredGraph, notes: List[str]) -> Tuple[LayeredGraph, List
     try:
         out = unit_norm_rescaled(graph)
     except UnsupportedModelError as err:
-        return graph, notes + [f"weights not rescaled to unit incoming norms ({err}): analysed as they are"]
-    return out, notes + ["weights rescaled as Filan et al. rescale them: every hidden unit's incoming weights to unit "
-                         "norm, the factor pushed into its outgoing weights (the same function through ReLU-like "
-                         "activations, which graphinterp does not check)"]
+        return graph, notes + [f"weights not rescaled to unit incoming norms: {err}; analysed as they are"]
+    return out, notes + [RESCALED_NOTE]
 
 
 def _scaled_tested(tasks: list, layers: List[LayerBenchmark]) -> List[str]:
