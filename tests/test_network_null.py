@@ -1,4 +1,6 @@
 """The network-level shuffle test (Filan et al.): n-cut and E of a network-wide clustering against shuffled networks."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -302,3 +304,16 @@ def test_benchmark_network_says_why_a_model_has_no_network_test(tmp_path):
     assert model["network"] is None and "layer by layer" in model["network_skipped"]
     no_null = CliRunner().invoke(cli, [*base, "--k", "2", "--shuffles", "0", "--out", str(tmp_path / "c")])
     assert no_null.exit_code == 2 and "--network" in no_null.output and "Traceback" not in no_null.output
+
+
+def test_a_layer_holding_most_of_the_squared_weight_gets_a_note():
+    """E over the network pools squared weights: when one layer holds nearly all of them (the last layer after
+    Filan et al.'s unit-norm rescaling of a deep CNN), the network's E is that layer's, and a note says so."""
+    graph = _planted_chain()
+    balanced = network_shuffle_test(graph, 2, n_shuffles=2, random_state=0)
+    assert not any("of the squared weight" in n for n in balanced.notes)
+    heavy = LayeredGraph([graph.layers[0], replace(graph.layers[1], weight=graph.layers[1].weight * 4)])
+    t = network_shuffle_test(heavy, 2, n_shuffles=2, random_state=0)
+    share = float((heavy["2"].weight ** 2).sum() / sum((layer.weight ** 2).sum() for layer in heavy.layers))
+    assert share > 0.9
+    assert any(n.startswith(f"layer 2 holds {share:.0%} of the squared weight") for n in t.notes)

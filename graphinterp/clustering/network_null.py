@@ -54,6 +54,8 @@ from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["NetworkShuffleTest", "network_measures", "network_shuffle_test"]
 
+_DOMINANT = 0.9  # a layer with more than this share of the squared weight gets a note: E is mostly its own
+
 
 def network_measures(graph: LayeredGraph, clustering: Clustering,
                      similarity: Optional[Mapping[str, torch.Tensor]] = None) -> Tuple[float, float]:
@@ -261,11 +263,17 @@ def network_shuffle_test(
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     return NetworkShuffleTest(k, int(n_shuffles), bool(nonzero_only), list(names),
                               NullComparison.from_samples(cut_obs, null[:, 0], lower_is_better=True),
-                              NullComparison.from_samples(E_obs, null[:, 1]), sizes, _notes(graph, names, left_out))
+                              NullComparison.from_samples(E_obs, null[:, 1]), sizes, _notes(graph, names, left_out, mags))
 
 
-def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str]) -> List[str]:
+def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str],
+           mags: Mapping[str, torch.Tensor]) -> List[str]:
     notes = []
+    mass = {n: float(mags[n].square().sum()) for n in names}
+    top = max(mass, key=mass.get)
+    if len(names) > 1 and mass[top] > _DOMINANT * sum(mass.values()):
+        notes.append(f"layer {top} holds {mass[top] / sum(mass.values()):.0%} of the squared weight, so E over the "
+                     "network is mostly that layer's E (the n-cut weighs edges by |w|, not their squares)")
     scaled = [n for n in names if getattr(graph[n], "has_unit_scales", False)]  # not a fold that scales all alike
     approximated = graph.coverage is not None and any("cannot be folded" in n for n in graph.coverage.notes)
     if scaled or approximated:
