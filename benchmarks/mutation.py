@@ -86,6 +86,7 @@ TESTS: Dict[str, List[str]] = {
     "modularity": ["tests/test_association.py"],
     "eigen": ["tests/test_eigen.py", "tests/test_network_null.py"],
     "rescale": ["tests/test_rescale.py"],
+    "network_pieces": ["tests/test_network_null.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
 }
@@ -106,7 +107,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "trace_folds": "graph/trace_folds", "edges": "interpret/edges", "ablate": "interpret/ablate",
          "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity",
          "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral", "dag": "graph/dag",
-         "rescale": "graph/rescale"}
+         "rescale": "graph/rescale", "network_pieces": "clustering/network_pieces"}
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,11 @@ MUTANTS: List[Mutant] = [
     M("rescale", "        per_feature = scale if layer.in_index is None else scale[layer.in_index]",
       "        per_feature = scale if layer.in_index is None else scale.repeat(len(layer.in_index) // len(scale))",
       "a flatten's features scaled channel-minor instead of by their channel"),
+    M("network_pieces", "    good = np.intersect1d(comp[inputs[touched[inputs]]], comp[outputs[touched[outputs]]])",
+      "    good = np.union1d(comp[inputs[touched[inputs]]], comp[outputs[touched[outputs]]])",
+      "a piece that reaches the outputs but not the inputs kept"),
+    M("network_pieces", "    return out, int((touched & ~keep).sum())", "    return out, 0",
+      "the nodes left out not counted (no note)"),
 ]
 
 

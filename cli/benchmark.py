@@ -59,6 +59,10 @@ __all__ = ["command"]
               help="Also test each model as one graph (Filan et al.): the n-cut and E of a network-wide clustering at "
                    "--significance-k against --shuffles networks with every layer's weights permuted (network.csv; "
                    "runs in this process, whatever --jobs).")
+@click.option("--drop-pieces", is_flag=True,
+              help="With --network: leave out the pieces of each graph (and of each shuffled one) that do not join "
+                   "its inputs to its outputs, as Filan et al. do (a pruned network falls into pieces, and a cluster "
+                   "along a piece cuts nothing); a note says how many nodes that left out.")
 @click.option("--unit-norm", is_flag=True,
               help="Rescale each model's weights first, as Filan et al. do: every hidden unit's incoming weights to "
                    "unit norm, the factor pushed into its outgoing weights (the same function through ReLU-like "
@@ -66,8 +70,8 @@ __all__ = ["command"]
                    "and each model's notes say which was done.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON instead of the table.")
 def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, significance_k, shuffles, nonzero_only,
-            out_dir, layerwise, n_init, no_figures, n_jobs, scheduler, network, unit_norm, seed, device, quiet,
-            trust_pickle, as_json):
+            out_dir, layerwise, n_init, no_figures, n_jobs, scheduler, network, drop_pieces, unit_norm, seed, device,
+            quiet, trust_pickle, as_json):
     """Benchmark the clusterability of MODELS, per layer, against shuffled-weight nulls.
 
     MODELS are model files (graphinterp checkpoints, bare or wrapped state_dicts, TorchScript,
@@ -124,6 +128,8 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         raise click.BadParameter("a null of 1 shuffle has no spread, so no z-score, and its p-value is at least 0.5; "
                                  "give 2 or more (p goes down to 1/(N+1)), or 0 for no shuffle test",
                                  param_hint="--shuffles")
+    if drop_pieces and not network:
+        raise click.BadParameter("--drop-pieces applies to the whole-network test: add --network", param_hint="--drop-pieces")
     if network and shuffles == 0:
         raise click.BadParameter("the whole-network test needs shuffled networks: give --shuffles 2 or more, or "
                                  "leave out --network", param_hint="--shuffles")
@@ -134,7 +140,8 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         report = run_benchmark(sources, ks, significance_k=significance_k, n_shuffles=shuffles,
                                nonzero_only=nonzero_only, layerwise=layerwise, trust_pickle=trust_pickle,
                                n_init=n_init, device=device, random_state=seed, progress=not (quiet or as_json) and n_jobs == 1,
-                               n_jobs=n_jobs, scheduler=scheduler or None, network=network, unit_norm=unit_norm)
+                               n_jobs=n_jobs, scheduler=scheduler or None, network=network, unit_norm=unit_norm,
+                               drop_pieces=drop_pieces)
     except SignificanceKError as err:  # found after loading the models, before any clustering
         raise click.BadParameter(str(err), param_hint="--significance-k") from None
     if not report.models:  # nothing could be loaded: nothing to write

@@ -540,3 +540,13 @@ def test_the_unit_norm_flag_reaches_the_report(two_checkpoints, tmp_path):
     out = json.loads(res.output)
     assert out["settings"]["unit_norm"] is True
     assert any(n.startswith("weights rescaled as Filan et al.") for n in out["models"][0]["notes"])
+
+
+def test_drop_pieces_needs_the_network_test_and_reaches_it(two_checkpoints, tmp_path):
+    res = _run(["benchmark", str(two_checkpoints[0]), "--k", "3", "--drop-pieces", *FAST])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and "--drop-pieces applies to the whole-network test: add --network" in lines[-1]
+    res = _run(["benchmark", str(two_checkpoints[0]), "--k", "3", "--significance-k", "3", "--shuffles", "2",
+                "--network", "--drop-pieces", "--json", "--out", str(tmp_path / "r"), *FAST])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["settings"]["drop_pieces"] is True

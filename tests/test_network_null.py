@@ -317,3 +317,34 @@ def test_a_layer_holding_most_of_the_squared_weight_gets_a_note():
     share = float((heavy["2"].weight ** 2).sum() / sum((layer.weight ** 2).sum() for layer in heavy.layers))
     assert share > 0.9
     assert any(n.startswith(f"layer 2 holds {share:.0%} of the squared weight") for n in t.notes)
+
+
+def _with_a_loose_piece():
+    """A 6-8-5 MLP whose hidden units 6, 7 read no input but write outputs 3, 4, which nothing else writes:
+    a piece that reaches the outputs but not the inputs."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 5, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.rand(8, 6) + 0.1)
+        net[0].weight[6:] = 0.0
+        net[2].weight.copy_(torch.rand(5, 8) + 0.1)
+        net[2].weight[3:, :6] = 0.0
+        net[2].weight[:3, 6:] = 0.0
+    return LayeredGraph.from_module(net)
+
+
+def test_drop_pieces_leaves_out_what_does_not_join_inputs_to_outputs_as_filan_et_al():
+    from graphinterp.clustering.network_pieces import joined_part
+
+    graph = _with_a_loose_piece()
+    kept = network_shuffle_test(graph, 2, n_shuffles=3, random_state=0)
+    assert any("2 pieces (nodes: 15, 4)" in n and "--drop-pieces" in n for n in kept.notes)
+    t = network_shuffle_test(graph, 2, n_shuffles=3, random_state=0, drop_pieces=True)
+    assert any(n.startswith("4 node(s) in pieces of the graph that do not join") for n in t.notes)
+    assert not any("pieces (nodes" in n for n in t.notes) and sum(t.sizes) == 15
+    ids = node_ids(graph, graph.layer_names)
+    sims, dropped = joined_part(ids, {n: graph[n].magnitude().double() for n in graph.layer_names})
+    assert dropped == 4 and float(sims["2"][6:].abs().sum()) == 0.0 and float(sims["0"][:, 6:].abs().sum()) == 0.0
+    observed = spectral_network_clustering(graph, graph.layer_names, 2, similarity=sims, random_state=None)
+    labels = np.asarray(observed.meta["node_labels"])
+    assert (labels[[12, 13, 17, 18]] == -1).all() and (labels[:12] >= 0).all()  # hidden 6, 7 and outputs 3, 4 out

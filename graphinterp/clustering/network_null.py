@@ -40,12 +40,11 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from graphinterp.clustering.labels import Clustering
 from graphinterp.clustering.shuffle_results import NullComparison
 from graphinterp.clustering.significance import null_support, shuffle_weights, single_threaded_blas
+from graphinterp.clustering.network_pieces import joined_part, piece_sizes
 from graphinterp.clustering.network_spectral import node_ids, spectral_network_clustering
 from graphinterp.clustering.validation import check_k
 from graphinterp.common.errors import ClusteringError
@@ -158,35 +157,9 @@ class NetworkShuffleTest:
         return out
 
 
-def _pieces(graph: LayeredGraph, names: Sequence[str]) -> List[int]:
-    """Sizes of the connected components of the nodes with an edge, largest first (a dense layer joins all its
-    nodes with an edge: a star of its rows and columns stands for its edges)."""
-    ids = node_ids(graph, names)
-    src_all, dst_all = [], []
-    for name in names:
-        M = graph[name].magnitude()
-        src, dst = ids[name]
-        nz = (M != 0).cpu().numpy()
-        if nz.all():
-            nodes = np.concatenate([src, dst])
-            src_all.append(np.full(len(nodes), nodes[0]))
-            dst_all.append(nodes)
-        else:
-            i, j = np.nonzero(nz)
-            src_all.append(src[i])
-            dst_all.append(dst[j])
-    a, b = np.concatenate(src_all), np.concatenate(dst_all)
-    n = int(max(a.max(initial=-1), b.max(initial=-1))) + 1
-    adj = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
-    _, comp = connected_components(adj, directed=False)
-    touched = np.zeros(n, dtype=bool)
-    touched[a], touched[b] = True, True
-    return sorted(np.bincount(comp[touched]).tolist(), reverse=True)
-
-
 def network_shuffle_test(
     graph: LayeredGraph, k: int = 4, *, n_shuffles: int = 20, layers: Optional[Sequence[str]] = None,
-    nonzero_only: bool = False, n_init: int = 10, random_state=None, progress: bool = False,
+    nonzero_only: bool = False, n_init: int = 10, random_state=None, progress: bool = False, drop_pieces: bool = False,
 ) -> NetworkShuffleTest:
     """Test a network's clusterability as one graph against copies with every layer's weights permuted.
 
@@ -209,6 +182,10 @@ def network_shuffle_test(
         Seeds the observed clustering, the permutations and the null's clusterings.
     progress : bool, default False
         A tqdm bar over the shuffles.
+    drop_pieces : bool, default False
+        As Filan et al., leave out the pieces of the graph (connected components of its non-zero edges) that
+        do not join an input node to an output node, in the network and in each shuffled one
+        (:mod:`graphinterp.clustering.network_pieces`); a note gives how many nodes that left out.
 
     Returns
     -------
@@ -240,12 +217,15 @@ def network_shuffle_test(
     k = check_k(k)
     rng = check_random_state(random_state)
     with single_threaded_blas():
-        observed = spectral_network_clustering(graph, layers, k, n_init=n_init, random_state=int(rng.randint(2**31 - 1)))
+        mags = {n: graph[n].magnitude().double().cpu() for n in layers}
+        ids = node_ids(graph, layers)
+        sims_obs, dropped = joined_part(ids, mags) if drop_pieces else (None, 0)
+        observed = spectral_network_clustering(graph, layers, k, similarity=sims_obs, n_init=n_init,
+                                               random_state=int(rng.randint(2**31 - 1)))
         names = observed.layer_names
-        cut_obs, E_obs = network_measures(graph, observed)
+        cut_obs, E_obs = network_measures(graph, observed, sims_obs)
         gen = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
         seeds = [int(rng.randint(2**31 - 1)) for _ in range(n_shuffles)]
-        mags = {n: graph[n].magnitude().double().cpu() for n in names}
         supports = {n: null_support(graph[n], mags[n], nonzero_only) for n in names}
         shuffles = range(n_shuffles)
         if progress:
@@ -256,6 +236,8 @@ def network_shuffle_test(
         for i in shuffles:
             sims = {n: shuffle_weights(mags[n], 1, nonzero_only=nonzero_only, generator=gen, support=supports[n])[0]
                     for n in names}
+            if drop_pieces:
+                sims = joined_part(ids, sims)[0]
             clustered = spectral_network_clustering(graph, names, k, similarity=sims, n_init=n_init,
                                                     random_state=seeds[i])
             null[i] = network_measures(graph, clustered, sims)
@@ -263,12 +245,16 @@ def network_shuffle_test(
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     return NetworkShuffleTest(k, int(n_shuffles), bool(nonzero_only), list(names),
                               NullComparison.from_samples(cut_obs, null[:, 0], lower_is_better=True),
-                              NullComparison.from_samples(E_obs, null[:, 1]), sizes, _notes(graph, names, left_out, mags))
+                              NullComparison.from_samples(E_obs, null[:, 1]), sizes,
+                              _notes(graph, names, left_out, sims_obs or mags, ids, dropped))
 
 
 def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str],
-           mags: Mapping[str, torch.Tensor]) -> List[str]:
+           mags: Mapping[str, torch.Tensor], ids, dropped: int) -> List[str]:
     notes = []
+    if dropped:
+        notes.append(f"{dropped} node(s) in pieces of the graph that do not join its inputs to its outputs were left "
+                     "out, as Filan et al. leave them out (and likewise in each shuffled network)")
     mass = {n: float(mags[n].square().sum()) for n in names}
     top = max(mass, key=mass.get)
     if len(names) > 1 and mass[top] > _DOMINANT * sum(mass.values()):
@@ -289,10 +275,10 @@ def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str
     if left_out:
         notes.append(f"{len(left_out)} layer(s) left out of the graph: "
                      + "; ".join(f"{n} ({why})" for n, why in list(left_out.items())[:3]) + ("; ..." if len(left_out) > 3 else ""))
-    pieces = _pieces(graph, names)
+    pieces = piece_sizes(ids, mags)
     if len(pieces) > 1:
         notes.append(f"the graph is in {len(pieces)} pieces (nodes: {', '.join(map(str, pieces[:5]))}"
                      f"{', ...' if len(pieces) > 5 else ''}): a cluster that follows a piece cuts no edge, so the "
-                     "n-cut can be low for that reason alone (Filan et al. first remove the pieces that do not "
-                     "join the first and last layers)")
+                     "n-cut can be low for that reason alone" + ("" if dropped else " (Filan et al. first remove "
+                     "the pieces that do not join the inputs to the outputs: drop_pieces, benchmark --drop-pieces)"))
     return notes

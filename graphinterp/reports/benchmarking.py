@@ -204,7 +204,7 @@ def _scaled_note(scaled: List[str], layers: List[LayerBenchmark]) -> str:
 
 
 def _network_test(model: ModelBenchmark, graph: LayeredGraph, structure: str, k: int, n_shuffles: int,
-                  nonzero_only: bool, n_init: int, random_state, progress: bool) -> None:
+                  nonzero_only: bool, n_init: int, random_state, progress: bool, drop_pieces: bool) -> None:
     """Filan et al.'s whole-network test of one model, into ``model.network`` (or why not, ``network_skipped``)."""
     if structure not in ("chained", "dag"):
         model.network_skipped = ("its graph is layer by layer (--layerwise, or layers whose shapes do not chain), "
@@ -213,7 +213,7 @@ def _network_test(model: ModelBenchmark, graph: LayeredGraph, structure: str, k:
     t0 = time.perf_counter()
     try:
         model.network = network_shuffle_test(graph, k, n_shuffles=n_shuffles, nonzero_only=nonzero_only, n_init=n_init,
-                                             random_state=random_state, progress=progress)
+                                             random_state=random_state, progress=progress, drop_pieces=drop_pieces)
     except ClusteringError as err:
         model.network_skipped = str(err)
     model.seconds += time.perf_counter() - t0
@@ -240,7 +240,8 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
                   significance_k: Optional[int] = 4, n_shuffles: int = 20, nonzero_only: bool = False,
                   layerwise: bool = False, trust_pickle: bool = False, pairing: str = "joint", n_init: int = 10,
                   device=None, random_state: Optional[int] = 0, progress: bool = False, n_jobs: int = 1,
-                  scheduler=None, network: bool = False, unit_norm: bool = False) -> BenchmarkReport:
+                  scheduler=None, network: bool = False, unit_norm: bool = False,
+                  drop_pieces: bool = False) -> BenchmarkReport:
     """Benchmark the clusterability of several models (see the module docstring).
 
     Parameters
@@ -273,6 +274,9 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         :func:`graphinterp.clustering.network_null.network_shuffle_test`), in this process. A model
         analysed layer by layer, or whose network clustering fails (a k not below its connected
         nodes), gets the reason in ``ModelBenchmark.network_skipped``.
+    drop_pieces : bool, default False
+        In the whole-network test, leave out the pieces of each graph that do not join its inputs to its
+        outputs, as Filan et al. do (``network_shuffle_test(drop_pieces=True)``).
     unit_norm : bool, default False
         Rescale each chained model's weights first, as Filan et al. do (:func:`graphinterp.graph.rescale.unit_norm_rescaled`:
         every hidden unit's incoming weights to unit norm, the factor pushed into the next layer; the same
@@ -353,9 +357,9 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
                                      load_seconds + sum(lb.seconds for lb in layers), coverages[name]))
         if network and significance_k is not None and n_shuffles > 0:
             _network_test(models[-1], *graphs.pop(name), significance_k, n_shuffles, nonzero_only, n_init,
-                          random_state, progress)
+                          random_state, progress, drop_pieces)
     settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
-                "unit_norm": unit_norm,
+                "unit_norm": unit_norm, "drop_pieces": drop_pieces,
                 "random_state": random_state, "device": str(resolve_device(device))}
     return BenchmarkReport(models, ks, significance_k, int(n_shuffles), settings, time.perf_counter() - start,
                            failed=failed)
