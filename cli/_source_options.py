@@ -21,7 +21,7 @@ from graphinterp.cli._options import trust_pickle_option
 
 __all__ = [
     "SourceOptions", "model_argument", "model_source_options", "layerwise_option", "parse_input_shape",
-    "coverage_lines", "note_lines",
+    "coverage_lines", "note_lines", "check_unit_norm",
 ]
 
 
@@ -79,6 +79,7 @@ class SourceOptions:
             A missing, unreadable or unsafe file, an unknown architecture, weights that do not fit
             (printed by ``graphinterp`` as one ``error:`` line, exit code 1).
         """
+        check_unit_norm(self.unit_norm, layerwise)
         from graphinterp import load_graph
 
         return load_graph(model, trust_pickle=self.trust_pickle, layerwise=layerwise, weights=self.weights,
@@ -119,7 +120,8 @@ def model_source_options(f: Callable) -> Callable:
         click.option("--unit-norm", "unit_norm", is_flag=True,
                      help="Rescale the weights as Filan et al. do: every hidden unit's incoming weights to unit norm, "
                           "the factor pushed into its outgoing weights (the same function through ReLU-like "
-                          "activations; not checked). A chain only (an error for a residual or attention model)."),
+                          "activations: a note says when the model's modules break that). A chain only (an error "
+                          "for a residual or attention model)."),
     ]
     for option in reversed(options):  # --help lists them in the order above
         command = option(command)
@@ -131,6 +133,13 @@ def layerwise_option(f: Callable) -> Callable:
     return click.option("--layerwise", is_flag=True,
                         help="Treat every weight layer as its own bipartite graph (unlinked). By default a module is "
                              "traced into its graph: a chain, or a DAG for residual / attention models.")(f)
+
+
+def check_unit_norm(unit_norm: bool, layerwise: bool) -> None:
+    """The one rule for ``--unit-norm`` with ``--layerwise``: a usage error (the rescaling links the layers)."""
+    if unit_norm and layerwise:
+        raise click.BadParameter("Filan et al.'s rescaling pushes each unit's scale into the next layer, and with "
+                                 "--layerwise the layers are not linked: give one or the other", param_hint="--unit-norm")
 
 
 def parse_input_shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:

@@ -9,6 +9,7 @@ from typing import Tuple
 import click
 
 from graphinterp import format_report, ModelSource, run_benchmark, SCHEDULER_ENV, SignificanceKError, write_report
+from graphinterp.cli._source_options import check_unit_norm
 from graphinterp.cli._common import (POSITIVE_INT, check_output_dir, device_option, emit_json, parse_k_values,
                                      quiet_option, seed_option, trust_pickle_option)
 
@@ -66,8 +67,9 @@ __all__ = ["command"]
 @click.option("--unit-norm", is_flag=True,
               help="Rescale each model's weights first, as Filan et al. do: every hidden unit's incoming weights to "
                    "unit norm, the factor pushed into its outgoing weights (the same function through ReLU-like "
-                   "activations; not checked). Chains only: a model with residual streams is analysed as it is, "
-                   "and each model's notes say which was done.")
+                   "activations: a note says when the model's modules break that). Chains only: a model with "
+                   "residual streams is analysed as it is, and each model's notes say which was done. It does not "
+                   "remove the unit-scale caveat of the shuffle null (the scales move into the next layer).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON instead of the table.")
 def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, significance_k, shuffles, nonzero_only,
             out_dir, layerwise, n_init, no_figures, n_jobs, scheduler, network, drop_pieces, unit_norm, seed, device,
@@ -128,6 +130,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         raise click.BadParameter("a null of 1 shuffle has no spread, so no z-score, and its p-value is at least 0.5; "
                                  "give 2 or more (p goes down to 1/(N+1)), or 0 for no shuffle test",
                                  param_hint="--shuffles")
+    check_unit_norm(unit_norm, layerwise)
     if drop_pieces and not network:
         raise click.BadParameter("--drop-pieces applies to the whole-network test: add --network", param_hint="--drop-pieces")
     if network and shuffles == 0:

@@ -142,7 +142,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
                 network, note = _network(graph, k, chosen or graph.layer_names, seed)
     G = export_graphml(graph, out, clustering, network=network, view=view, min_abs_weight=min_weight,
                        progress=not (quiet or as_json),
-                       before_write=lambda G, size: _large_note(G, size, notes if as_json else None))
+                       before_write=lambda G, size: _before_write(G, size, notes if as_json else None, source.unit_norm))
     labelled = network if network is not None else clustering
     if min_weight > 0 and G.number_of_edges() == 0:
         largest = max((float(layer.weight.abs().max()) for layer in graph.layers if layer.weight.numel()), default=0.0)
@@ -203,6 +203,12 @@ def _banded_layers(clustering) -> list:
         if len(set(rows.tolist())) == 1 and len(set(cols.tolist())) == 1:  # labelled, one cluster a side
             banded.append(name)
     return banded
+
+
+def _before_write(G, size, notes, unit_norm: bool) -> None:
+    """Mark the file's weights as rescaled or not (a graph attribute), then the note on a large file."""
+    G.graph["weight_rescaling"] = "unit-norm (Filan et al.)" if unit_norm else "none"
+    _large_note(G, size, notes)
 
 
 def _large_note(G, size: int, notes=None) -> None:

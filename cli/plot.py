@@ -82,6 +82,11 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     index = graph.index(layer_name)
     in_name = (graph.layer_names[index - 1] if index else "input") if graph.chained else f"{layer_name} in"
     weight = layer.signed().cpu().double().numpy()
+    if source.unit_norm:  # the figure and the line below say the weights drawn are rescaled
+        origin += ", weights unit-norm rescaled"
+        if title is None:
+            title = (f"{plain_text(in_name)} \u2192 {plain_text(layer_name)}: {weight.shape[0]} \u00d7 {weight.shape[1]} "
+                     f"weights rescaled to unit incoming norm (Filan et al.), {origin.split(', ')[1]}")
     plot_clustered_layer(weight, labels[0], labels[1], in_name=plain_text(in_name), out_name=plain_text(layer_name),
                          kind=kind, max_edges=max_edges, title=title, out=out_path)
     for line in coverage_lines(graph) + note_lines(loaded):

@@ -348,3 +348,21 @@ def test_drop_pieces_leaves_out_what_does_not_join_inputs_to_outputs_as_filan_et
     observed = spectral_network_clustering(graph, graph.layer_names, 2, similarity=sims, random_state=None)
     labels = np.asarray(observed.meta["node_labels"])
     assert (labels[[12, 13, 17, 18]] == -1).all() and (labels[:12] >= 0).all()  # hidden 6, 7 and outputs 3, 4 out
+
+
+def test_pieces_notes_without_false_pieces_and_with_drop_pieces_reported_either_way():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(10, 20, bias=False), nn.ReLU(), nn.Linear(20, 5, bias=False))
+    with torch.no_grad():
+        net[0].weight[:, 0] = 0.0  # an unused input (a blank pixel): a node without edges, not a piece
+    graph = LayeredGraph.from_module(net)
+    t = network_shuffle_test(graph, 2, n_shuffles=2, random_state=0)
+    assert not any("pieces" in n for n in t.notes)
+    t = network_shuffle_test(graph, 2, n_shuffles=2, random_state=0, drop_pieces=True)
+    assert any(n.startswith("drop_pieces left out no node") for n in t.notes)
+    with torch.no_grad():
+        net[2].weight.zero_()  # nothing reaches the outputs
+        net[2].weight[0, 0] = 1.0
+        net[0].weight[0] = 0.0  # ... and hidden unit 0 reads no input
+    with pytest.raises(ClusteringError, match="no piece of the network's graph joins its inputs to its outputs"):
+        network_shuffle_test(LayeredGraph.from_module(net), 2, n_shuffles=2, random_state=0, drop_pieces=True)

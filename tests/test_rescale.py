@@ -120,3 +120,47 @@ def test_analyze_unit_norm_clusters_the_rescaled_weights_and_refuses_a_dag(tmp_p
     res = CliRunner().invoke(cli, ["analyze", str(resnet), "--k", "2", "--unit-norm"])
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error: unit-norm rescaling needs a chain")
+
+
+def test_the_note_says_when_the_rescaled_weights_are_another_networks():
+    from graphinterp import load_graph
+
+    relu = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    opened, _ = load_graph(relu, unit_norm=True)
+    assert "(the same function: the model's activation and normalisation modules let a unit's scale through" in opened.notes[-1]
+    tanh = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    opened, _ = load_graph(tanh, unit_norm=True)
+    assert "this model applies Tanh" in opened.notes[-1] and "its function changes" in opened.notes[-1]
+    bn = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    assert "let a unit's scale through" in load_graph(bn, unit_norm=True)[0].notes[-1]  # folded: an affine map per unit
+    assert "applies BatchNorm1d" in load_graph(bn, unit_norm=True, fold=False)[0].notes[-1]
+
+
+def test_unit_norm_with_layerwise_is_a_usage_error():
+    from click.testing import CliRunner
+
+    from graphinterp.cli.main import cli
+
+    for command in ("analyze", "benchmark"):
+        res = CliRunner().invoke(cli, [command, "resnet18", "--unit-norm", "--layerwise"])
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and len(lines) == 1 and "--layerwise the layers are not linked" in lines[0]
+
+
+def test_exports_and_figures_of_rescaled_weights_say_so(tmp_path):
+    import networkx as nx
+    from click.testing import CliRunner
+
+    from graphinterp.cli.main import cli
+
+    torch.manual_seed(6)
+    path = tmp_path / "mlp.pt"
+    torch.save(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)).state_dict(), path)
+    for flag, expected in (("--unit-norm", "unit-norm (Filan et al.)"), (None, "none")):
+        out = tmp_path / f"g{bool(flag)}.graphml"
+        res = CliRunner().invoke(cli, ["export", str(path), str(out), "--k", "2", "-q", *([flag] if flag else [])])
+        assert res.exit_code == 0, res.output
+        assert nx.read_graphml(out).graph["weight_rescaling"] == expected
+    res = CliRunner().invoke(cli, ["plot", "layer", str(path), "--layer", "2", "--out", str(tmp_path / "f.png"),
+                                   "--unit-norm"])
+    assert res.exit_code == 0 and "weights unit-norm rescaled)" in res.output.splitlines()[-1]

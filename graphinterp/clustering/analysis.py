@@ -10,7 +10,7 @@ from graphinterp.clustering.cluster import Clustering, cluster_layers
 from graphinterp.clustering.validation import check_k, clusterable_layers, nothing_clusterable, require_clusterable
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report, normalized_score
+from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report, dominant_note, normalized_score
 
 __all__ = ["Analysis", "analyze", "graph_from_loaded", "load_graph"]
 
@@ -126,6 +126,9 @@ class Analysis:
         out = {"layers": common, "left_out": left_out, "note": note, "E": {}, "E_random": {}, "score": {}}
         for k in self.ks:
             chosen = [s for s in self.reports[k].layers if s.layer in common]
+            dominant = dominant_note({s.layer: s.mass for s in chosen}, "the mass-weighted E")
+            if dominant and dominant not in (out["note"] or ""):
+                out["note"] = f"{out['note']}; {dominant}" if out["note"] else dominant
             mass = sum(s.mass for s in chosen)
             E = sum(s.E * s.mass for s in chosen) / mass if mass else 0.0
             R = sum(s.E_random * s.mass for s in chosen) / mass if mass else 0.0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import operator
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,34 @@ __all__ = [
     "LayerScore",
     "ClusterabilityReport",
     "clusterability_report",
+    "dominant_note",
 ]
+
+#: a layer holding more than this share of the squared weight makes any E pooled over layers mostly its own
+DOMINANT_SHARE = 0.9
+
+
+def dominant_note(masses: Mapping[str, float], what: str) -> Optional[str]:
+    """A note when one of several layers holds more than ``DOMINANT_SHARE`` of the squared weight pooled into ``what``.
+
+    Pooled E (the mass-weighted model E, the whole-network E) weighs each layer by its squared weight; after
+    Filan et al.'s unit-norm rescaling, for one, a chain's last layer holds nearly all of it.
+
+    Examples
+    --------
+    >>> dominant_note({"fc1": 1.0, "fc2": 19.0}, "the mass-weighted E")
+    "layer fc2 holds 95% of the squared weight, so the mass-weighted E is mostly that layer's E"
+    >>> dominant_note({"fc1": 1.0, "fc2": 2.0}, "the mass-weighted E") is None
+    True
+    """
+    total = float(sum(masses.values()))
+    if len(masses) < 2 or not total > 0:
+        return None
+    name = max(masses, key=masses.get)
+    share = masses[name] / total
+    if share <= DOMINANT_SHARE:
+        return None
+    return f"layer {name} holds {share:.0%} of the squared weight, so {what} is mostly that layer's E"
 
 
 def within_share(squares: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> torch.Tensor:

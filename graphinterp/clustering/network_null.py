@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.labels import Clustering
+from graphinterp.clustering.metrics import dominant_note
 from graphinterp.clustering.shuffle_results import NullComparison
 from graphinterp.clustering.significance import null_support, shuffle_weights, single_threaded_blas
 from graphinterp.clustering.network_pieces import joined_part, piece_sizes
@@ -52,8 +53,6 @@ from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["NetworkShuffleTest", "network_measures", "network_shuffle_test"]
-
-_DOMINANT = 0.9  # a layer with more than this share of the squared weight gets a note: E is mostly its own
 
 
 def network_measures(graph: LayeredGraph, clustering: Clustering,
@@ -220,6 +219,10 @@ def network_shuffle_test(
         mags = {n: graph[n].magnitude().double().cpu() for n in layers}
         ids = node_ids(graph, layers)
         sims_obs, dropped = joined_part(ids, mags) if drop_pieces else (None, 0)
+        if drop_pieces and not any(bool(m.any()) for m in sims_obs.values()):
+            raise ClusteringError(f"no piece of the network's graph joins its inputs to its outputs, so leaving out "
+                                  f"those that do not (drop_pieces, --drop-pieces) leaves none of its {dropped} "
+                                  "nodes with an edge to cluster")
         observed = spectral_network_clustering(graph, layers, k, similarity=sims_obs, n_init=n_init,
                                                random_state=int(rng.randint(2**31 - 1)))
         names = observed.layer_names
@@ -246,20 +249,21 @@ def network_shuffle_test(
     return NetworkShuffleTest(k, int(n_shuffles), bool(nonzero_only), list(names),
                               NullComparison.from_samples(cut_obs, null[:, 0], lower_is_better=True),
                               NullComparison.from_samples(E_obs, null[:, 1]), sizes,
-                              _notes(graph, names, left_out, sims_obs or mags, ids, dropped))
+                              _notes(graph, names, left_out, sims_obs or mags, ids, dropped if drop_pieces else None))
 
 
 def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str],
-           mags: Mapping[str, torch.Tensor], ids, dropped: int) -> List[str]:
+           mags: Mapping[str, torch.Tensor], ids, dropped: Optional[int]) -> List[str]:
+    """The test's notes; ``dropped`` is None without ``drop_pieces``, else the nodes it left out."""
     notes = []
     if dropped:
         notes.append(f"{dropped} node(s) in pieces of the graph that do not join its inputs to its outputs were left "
                      "out, as Filan et al. leave them out (and likewise in each shuffled network)")
-    mass = {n: float(mags[n].square().sum()) for n in names}
-    top = max(mass, key=mass.get)
-    if len(names) > 1 and mass[top] > _DOMINANT * sum(mass.values()):
-        notes.append(f"layer {top} holds {mass[top] / sum(mass.values()):.0%} of the squared weight, so E over the "
-                     "network is mostly that layer's E (the n-cut weighs edges by |w|, not their squares)")
+    elif dropped == 0:
+        notes.append("drop_pieces left out no node: every piece of the graph joins its inputs to its outputs")
+    dominant = dominant_note({n: float(mags[n].square().sum()) for n in names}, "E over the network")
+    if dominant:
+        notes.append(dominant + " (the n-cut weighs edges by |w|, not their squares)")
     scaled = [n for n in names if getattr(graph[n], "has_unit_scales", False)]  # not a fold that scales all alike
     approximated = graph.coverage is not None and any("cannot be folded" in n for n in graph.coverage.notes)
     if scaled or approximated:
@@ -279,6 +283,6 @@ def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str
     if len(pieces) > 1:
         notes.append(f"the graph is in {len(pieces)} pieces (nodes: {', '.join(map(str, pieces[:5]))}"
                      f"{', ...' if len(pieces) > 5 else ''}): a cluster that follows a piece cuts no edge, so the "
-                     "n-cut can be low for that reason alone" + ("" if dropped else " (Filan et al. first remove "
-                     "the pieces that do not join the inputs to the outputs: drop_pieces, benchmark --drop-pieces)"))
+                     "n-cut can be low for that reason alone" + ("" if dropped is not None else " (Filan et al. first "
+                     "remove the pieces that do not join the inputs to the outputs: drop_pieces, benchmark --drop-pieces)"))
     return notes

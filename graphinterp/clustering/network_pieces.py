@@ -49,9 +49,12 @@ def piece_sizes(ids: Ids, sims: Mapping[str, torch.Tensor]) -> List[int]:
     >>> ids = {"a": (np.array([0, 1]), np.array([2, 3]))}
     >>> piece_sizes(ids, {"a": torch.tensor([[1.0, 0.0], [0.0, 2.0]])})
     [2, 2]
+    >>> piece_sizes(ids, {"a": torch.tensor([[0.0, 0.0], [1.0, 2.0]])})  # node 0 has no edge: no piece of size 0
+    [3]
     """
     comp, touched = _components(ids, sims)
-    return sorted(np.bincount(comp[touched]).tolist(), reverse=True)
+    sizes = np.bincount(comp[touched])
+    return sorted(sizes[sizes > 0].tolist(), reverse=True)  # a node without edges is a component of its own, not a piece
 
 
 def joined_part(ids: Ids, sims: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], int]:

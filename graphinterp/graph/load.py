@@ -350,10 +350,10 @@ def load_graph(source: Source, *, weights: Optional[str] = None, trust_pickle: b
     if graph.coverage is not None:
         graph.coverage.notes.update({n: 1 for n in opened.notes if n.startswith("TorchScript")})
     if unit_norm:
-        from graphinterp.graph.rescale import RESCALED_NOTE, unit_norm_rescaled
+        from graphinterp.graph.rescale import rescaled_with_note
 
-        graph = unit_norm_rescaled(graph)
-        opened.notes.append(RESCALED_NOTE)
+        graph, note = rescaled_with_note(graph, opened.module, fold=fold)
+        opened.notes.append(note)
     return opened, graph
 
 

@@ -13,19 +13,25 @@ does not record the activations, so the caller says so).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Optional, Tuple
 
 import torch
+from torch import nn
 
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layer import Layer
 from graphinterp.graph.layered import LayeredGraph
 
-__all__ = ["unit_norm_rescaled", "RESCALED_NOTE"]
+__all__ = ["unit_norm_rescaled", "rescaled_with_note", "RESCALED_NOTE"]
 
-#: what a report says of a model whose weights were rescaled
-RESCALED_NOTE = ("weights rescaled as Filan et al. rescale them: every hidden unit's incoming weights to unit norm, the "
-                 "factor pushed into its outgoing weights (the same function through ReLU-like activations, which "
-                 "graphinterp does not check)")
+_WHAT = ("weights rescaled as Filan et al. rescale them: every hidden unit's incoming weights to unit norm, the factor "
+         "pushed into its outgoing weights")
+#: what a report says of a model whose weights were rescaled, when its modules cannot be checked (a state_dict)
+RESCALED_NOTE = _WHAT + " (the same function through ReLU-like activations, which graphinterp does not check)"
+#: modules through which a unit's scale does not pass unchanged (f(s x) != s f(x) for s > 0)
+_NOT_HOMOGENEOUS = (nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Softplus, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish,
+                    nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Softmax,
+                    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def unit_norm_rescaled(graph: LayeredGraph) -> LayeredGraph:
@@ -92,3 +98,36 @@ def _input_scale(layer: Layer, scale: torch.Tensor) -> torch.Tensor:
     group = torch.arange(out_ch) // (out_ch // layer.groups)
     channel = group[:, None] * in_per + torch.arange(in_per)[None, :]  # the input channel of each (out, in) pair
     return scale[channel].view(out_ch, in_per, *([1] * (layer.weight.dim() - 2)))
+
+
+def rescaled_with_note(graph: LayeredGraph, module: Optional[nn.Module] = None, *,
+                       fold: bool = True) -> Tuple[LayeredGraph, str]:
+    """:func:`unit_norm_rescaled` and the note a report gives: whether the rescaled weights still describe the model.
+
+    With the model's ``module`` its modules are checked: an activation that a unit's scale does not pass
+    through unchanged (GELU, tanh, sigmoid, ...), a LayerNorm or GroupNorm, or a BatchNorm that was not folded
+    (``fold=False``, or one the graph could not fold) makes the rescaled weights another network's, and the
+    note says so; functions called in ``forward`` (``torch.tanh(x)``) are not seen. Without a module (a
+    state_dict) the note says nothing was checked.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    >>> _, note = rescaled_with_note(LayeredGraph.from_module(net), net)
+    >>> "applies Tanh" in note and "function changes" in note
+    True
+    """
+    out = unit_norm_rescaled(graph)
+    if module is None:
+        return out, RESCALED_NOTE
+    bad = {type(m).__name__ for m in module.modules()
+           if isinstance(m, _NOT_HOMOGENEOUS) or (not fold and isinstance(m, nn.modules.batchnorm._BatchNorm))}
+    coverage = getattr(graph, "coverage", None)
+    if coverage is not None and any("cannot be folded" in n for n in coverage.notes):
+        bad.add("a normalisation the graph could not fold")
+    if bad:
+        return out, (f"{_WHAT}; but this model applies {', '.join(sorted(bad))}, which a unit's scale does not pass "
+                     "through unchanged, so the rescaled weights are not a reparametrisation of it (its function "
+                     "changes): Filan et al.'s rescaling is meant for ReLU networks")
+    return out, (f"{_WHAT} (the same function: the model's activation and normalisation modules let a unit's scale "
+                 "through; functions called in its forward are not checked)")

@@ -20,11 +20,10 @@ import numpy as np
 from graphinterp.common.files import resolve_device
 from graphinterp.reports.benchmark_report import BenchmarkReport, LayerBenchmark, ModelBenchmark, safe_name
 from graphinterp.clustering.bsgc_batch import fit_k_range
-from graphinterp.common.errors import ClusteringError, GraphinterpError, UnsupportedModelError
+from graphinterp.common.errors import ClusteringError, GraphinterpError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.layer import Layer
-from graphinterp.graph.rescale import RESCALED_NOTE, unit_norm_rescaled
-from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation
+from graphinterp.clustering.metrics import clusterability, dominant_note, normalized_score, random_partition_expectation
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
 from graphinterp.clustering.network_null import network_shuffle_test
@@ -180,15 +179,6 @@ def _check_ks(ks: Sequence[int], significance_k: Optional[int]) -> List[int]:
     return ks
 
 
-def _rescaled(graph: LayeredGraph, notes: List[str]) -> Tuple[LayeredGraph, List[str]]:
-    """Filan et al.'s unit-norm rescaling of a chain, with a note saying what was done (or why not)."""
-    try:
-        out = unit_norm_rescaled(graph)
-    except UnsupportedModelError as err:
-        return graph, notes + [f"weights not rescaled to unit incoming norms: {err}; analysed as they are"]
-    return out, notes + [RESCALED_NOTE]
-
-
 def _scaled_tested(tasks: list, layers: List[LayerBenchmark]) -> List[str]:
     """The shuffle-tested layers whose folded normalisation gave their channels scales of their own
     (not one that scales every channel alike, as an untrained BatchNorm does: the shuffles keep that)."""
@@ -323,12 +313,10 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         t0 = time.perf_counter()
         try:
             graph, structure, notes = load_source(source, trust_pickle=trust_pickle, layerwise=layerwise,
-                                                  random_state=random_state)
+                                                  random_state=random_state, unit_norm=unit_norm)
         except GraphinterpError as err:
             failed[name] = f"{_describe(source)}: {err}"
             continue
-        if unit_norm:
-            graph, notes = _rescaled(graph, notes)
         tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
         if not tasks:  # no layer fits any k asked for: a failure, not an empty report (nor one of shuffle tests alone)
             failed[name] = f"{_describe(source)}: {nothing_clusterable(ks[0], skipped)}"
@@ -352,8 +340,9 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
     for source, name, structure, notes, tasks, skipped, load_seconds in loaded:
         layers = [next(results) for _ in tasks]
         scaled = _scaled_tested(tasks, layers)
+        dominant = dominant_note({lb.layer: lb.mass for lb in layers}, "the mass-weighted E")
         models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped,
-                                     notes + ([_scaled_note(scaled, layers)] if scaled else []),
+                                     notes + ([_scaled_note(scaled, layers)] if scaled else []) + ([dominant] if dominant else []),
                                      load_seconds + sum(lb.seconds for lb in layers), coverages[name]))
         if network and significance_k is not None and n_shuffles > 0:
             _network_test(models[-1], *graphs.pop(name), significance_k, n_shuffles, nonzero_only, n_init,

@@ -92,8 +92,11 @@ def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGrap
 
 
 def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: bool = False,
-                random_state: Optional[int] = 0) -> Tuple[LayeredGraph, str, List[str]]:
+                random_state: Optional[int] = 0, unit_norm: bool = False) -> Tuple[LayeredGraph, str, List[str]]:
     """Open a source with :func:`graphinterp.graph.load.open_model` and build its graph: ``(graph, structure, notes)``.
+
+    With ``unit_norm`` a chain's weights are rescaled as Filan et al. rescale them
+    (:func:`graphinterp.graph.rescale.rescaled_with_note`); any other graph is kept as it is; a note says which.
 
     Raises
     ------
@@ -104,7 +107,17 @@ def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: b
 
     spec = source.path if source.kind == "file" else source.arch
     opened = open_model(spec, weights=source.weights, trust_pickle=trust_pickle, random_state=random_state)
-    return _graph_of(opened, layerwise)
+    graph, structure, notes = _graph_of(opened, layerwise)
+    if unit_norm:
+        from graphinterp.common.errors import UnsupportedModelError
+        from graphinterp.graph.rescale import rescaled_with_note
+
+        try:
+            graph, note = rescaled_with_note(graph, opened.module)
+        except UnsupportedModelError as err:
+            note = f"weights not rescaled to unit incoming norms: {err}; analysed as they are"
+        notes.append(note)
+    return graph, structure, notes
 
 
 def _graph_of(opened, layerwise: bool) -> Tuple[LayeredGraph, str, List[str]]:
