@@ -164,3 +164,16 @@ def test_exports_and_figures_of_rescaled_weights_say_so(tmp_path):
     res = CliRunner().invoke(cli, ["plot", "layer", str(path), "--layer", "2", "--out", str(tmp_path / "f.png"),
                                    "--unit-norm"])
     assert res.exit_code == 0 and "weights unit-norm rescaled)" in res.output.splitlines()[-1]
+
+
+def test_pooled_e_says_when_one_layer_holds_nearly_all_the_squared_weight(two_layer_scale=10.0):
+    from graphinterp import analyze
+
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 4, bias=False))
+    g = LayeredGraph.from_module(net)
+    assert analyze(g, [2], random_state=0).mass_weighted()["note"] is None
+    with torch.no_grad():
+        net[2].weight.mul_(two_layer_scale)
+    note = analyze(LayeredGraph.from_module(net), [2], random_state=0).mass_weighted()["note"]
+    assert note is not None and note.startswith("layer 2 holds") and "the mass-weighted E is mostly that layer's E" in note
