@@ -117,6 +117,7 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
       graphinterp benchmark --arch resnet18 --weights resnet18.pth --random-arch resnet18 --k 2..6
       graphinterp benchmark resnet20.th --shuffles 50 --significance-k 4 --json
       graphinterp benchmark mlp.pt --network --shuffles 20 --k 4
+      graphinterp benchmark pruned.pt --network --drop-pieces --unit-norm --nonzero-only --shuffles 50 --k 12 --significance-k 12  # Filan et al.
     """
     models, archs = _single_model_weights(models, archs, weights)
     if len(archs) != len(weights):
