@@ -87,6 +87,7 @@ TESTS: Dict[str, List[str]] = {
     "eigen": ["tests/test_eigen.py", "tests/test_network_null.py"],
     "rescale": ["tests/test_rescale.py"],
     "network_pieces": ["tests/test_network_null.py"],
+    "network_null": ["tests/test_network_null.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
 }
@@ -107,7 +108,8 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "trace_folds": "graph/trace_folds", "edges": "interpret/edges", "ablate": "interpret/ablate",
          "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity",
          "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral", "dag": "graph/dag",
-         "rescale": "graph/rescale", "network_pieces": "clustering/network_pieces"}
+         "rescale": "graph/rescale", "network_pieces": "clustering/network_pieces",
+         "network_null": "clustering/network_null"}
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,10 @@ MUTANTS: List[Mutant] = [
       "a piece that reaches the outputs but not the inputs kept"),
     M("network_pieces", "    return out, int((touched & ~keep).sum())", "    return out, 0",
       "the nodes left out not counted (no note)"),
+    M("network_null", "            if lab.size and (lab != lab[0]).any():", "            if lab.size and (lab != lab[0]).all():",
+      "every clustering taken to follow whole levels (a false note)"),
+    M("network_null", "    if dominant:\n        notes.append(dominant", "    if False:\n        notes.append(dominant",
+      "no note when one layer holds nearly all the squared weight"),
 ]
 
 

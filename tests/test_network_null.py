@@ -366,3 +366,20 @@ def test_pieces_notes_without_false_pieces_and_with_drop_pieces_reported_either_
         net[0].weight[0] = 0.0  # ... and hidden unit 0 reads no input
     with pytest.raises(ClusteringError, match="no piece of the network's graph joins its inputs to its outputs"):
         network_shuffle_test(LayeredGraph.from_module(net), 2, n_shuffles=2, random_state=0, drop_pieces=True)
+
+
+def test_a_split_along_whole_levels_is_noted_as_saying_nothing_about_the_weights():
+    """A random ResNet-18 at k=4 splits by depth: every shuffled network scored exactly the observed n-cut and E
+    (p 1, z undefined). A weak middle layer does the same to a small chain: the note says why."""
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Linear(8, 8, bias=False), nn.ReLU(), nn.Linear(8, 8, bias=False), nn.ReLU(),
+                        nn.Linear(8, 8, bias=False))
+    with torch.no_grad():
+        for m in (net[0], net[4]):
+            m.weight.copy_(torch.rand(8, 8) + 0.5)
+        net[2].weight.copy_(1e-4 * (torch.rand(8, 8) + 0.5))
+    t = network_shuffle_test(LayeredGraph.from_module(net), 2, n_shuffles=3, random_state=0)
+    assert t.notes and t.notes[0].startswith("the clusters are unions of whole levels")
+    assert t.n_cut.std == pytest.approx(0.0, abs=1e-9) and t.n_cut.p_value == 1.0
+    planted = network_shuffle_test(_planted_chain(), 2, n_shuffles=3, random_state=0)
+    assert not any("unions of whole levels" in n for n in planted.notes)

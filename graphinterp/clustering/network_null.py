@@ -245,11 +245,27 @@ def network_shuffle_test(
                                                     random_state=seeds[i])
             null[i] = network_measures(graph, clustered, sims)
     labels = np.asarray(observed.meta["node_labels"])
+    notes = _notes(graph, names, left_out, sims_obs or mags, ids, dropped if drop_pieces else None)
+    if _follows_levels(labels, ids):
+        notes.insert(0, "the clusters are unions of whole levels (each layer's inputs in one cluster, its outputs in "
+                        "one), which permuting weights within layers cannot change: the shuffled networks can score "
+                        "the same, and the test then says nothing about the structure of the weights (the network's "
+                        f"depth, not its weights, decides the split at k={k})")
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     return NetworkShuffleTest(k, int(n_shuffles), bool(nonzero_only), list(names),
                               NullComparison.from_samples(cut_obs, null[:, 0], lower_is_better=True),
-                              NullComparison.from_samples(E_obs, null[:, 1]), sizes,
-                              _notes(graph, names, left_out, sims_obs or mags, ids, dropped if drop_pieces else None))
+                              NullComparison.from_samples(E_obs, null[:, 1]), sizes, notes)
+
+
+def _follows_levels(labels: np.ndarray, ids) -> bool:
+    """True when every layer's inputs share one cluster and its outputs one (unlabelled nodes aside)."""
+    for src, dst in ids.values():
+        for nodes in (src, dst):
+            lab = labels[nodes]
+            lab = lab[lab >= 0]
+            if lab.size and (lab != lab[0]).any():
+                return False
+    return True
 
 
 def _notes(graph: LayeredGraph, names: Sequence[str], left_out: Mapping[str, str],
