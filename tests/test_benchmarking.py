@@ -550,3 +550,17 @@ def test_drop_pieces_needs_the_network_test_and_reaches_it(two_checkpoints, tmp_
                 "--network", "--drop-pieces", "--json", "--out", str(tmp_path / "r"), *FAST])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["settings"]["drop_pieces"] is True
+
+
+def test_a_model_whose_last_layer_holds_nearly_all_the_squared_weight_gets_a_note(tmp_path):
+    torch.manual_seed(9)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 10, bias=False), torch.nn.ReLU(), torch.nn.Linear(10, 6, bias=False))
+    path = tmp_path / "m.pt"
+    torch.save(net.state_dict(), path)
+    assert not any("of the squared weight" in n for n in run_benchmark([ModelSource(path=str(path))], [2],
+                                                                        significance_k=None, n_init=2).models[0].notes)
+    with torch.no_grad():
+        net[2].weight.mul_(20.0)
+    torch.save(net.state_dict(), path)
+    notes = run_benchmark([ModelSource(path=str(path))], [2], significance_k=None, n_init=2).models[0].notes
+    assert any(n.startswith("layer 2 holds") and "the mass-weighted E is mostly that layer's E" in n for n in notes)
