@@ -86,6 +86,7 @@ TESTS: Dict[str, List[str]] = {
     "modularity": ["tests/test_association.py"],
     "eigen": ["tests/test_eigen.py", "tests/test_network_null.py"],
     "rescale": ["tests/test_rescale.py"],
+    "layer": ["tests/test_masks.py", "tests/test_rescale.py", "tests/test_loss.py"],
     "network_pieces": ["tests/test_network_null.py"],
     "network_null": ["tests/test_network_null.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
@@ -108,7 +109,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "trace_folds": "graph/trace_folds", "edges": "interpret/edges", "ablate": "interpret/ablate",
          "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity",
          "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral", "dag": "graph/dag",
-         "rescale": "graph/rescale", "network_pieces": "clustering/network_pieces",
+         "rescale": "graph/rescale", "layer": "graph/layer", "network_pieces": "clustering/network_pieces",
          "network_null": "clustering/network_null"}
 
 
@@ -270,8 +271,8 @@ MUTANTS: List[Mutant] = [
       "tracing consumes the global RNG stream"),
     M("masks", "return within_mask(rows_t.numpy(), cols, device=device).T",
       "return within_mask(rows_t.numpy(), cols, device=device)", "Linear mask not transposed to torch layout"),
-    M("masks", "group = torch.arange(out_ch, device=device) // (out_ch // layer.groups)",
-      "group = torch.arange(out_ch, device=device) % layer.groups", "grouped conv: wrong group of each out-channel"),
+    M("layer", "    group = torch.arange(out_ch, device=device) // (out_ch // groups)",
+      "    group = torch.arange(out_ch, device=device) % groups", "grouped conv: wrong group of each out-channel"),
     M("masks", "ParameterMask(name, param, mask.to(dtype=param.dtype).contiguous(),",
       "ParameterMask(name, param, mask.to(dtype=torch.float32).contiguous(),", "mask not in the parameter's dtype"),
     M("masks", "rows_t = layer.expand_input_labels(torch.as_tensor(rows))",
@@ -291,7 +292,8 @@ MUTANTS: List[Mutant] = [
       "addcmul(bias, param, x) not folded"),
     M("trace_fused", '        unfolded_operand(tr, f"torch.{name}", op)', "        pass",
       "a scale inside addcmul / lerp silently dropped"),
-    M("masks", "per_channel = per_channel.gather(1, index)", "per_channel = per_channel[:, :in_per]",
+    M("masks", "per_channel = per_channel.gather(1, grouped_input_channels(out_ch, in_per, layer.groups, device))",
+      "per_channel = per_channel[:, :in_per]",
       "grouped conv: every group reads the first group's in-channels"),
     # ----------------------------------------------------------------------------------------- hooks
     M("interventions", "        yield iv\n    finally:\n        iv.remove()", "        yield iv\n    finally:\n        pass",
@@ -432,7 +434,7 @@ MUTANTS: List[Mutant] = [
       "a zero folded scale counted as no spread"),
     M("rescale", "        weights[l + 1] *= _input_scale(graph.layers[l + 1], scale)\n", "\n",
       "incoming weights normalised without pushing the factor into the next layer"),
-    M("rescale", "    channel = group[:, None] * in_per + torch.arange(in_per)[None, :]",
+    M("rescale", "    channel = grouped_input_channels(out_ch, in_per, layer.groups)",
       "    channel = torch.arange(in_per)[None, :].expand(out_ch, in_per)", "a grouped convolution's inputs scaled as group 0's"),
     M("rescale", "        per_feature = scale if layer.in_index is None else scale[layer.in_index]",
       "        per_feature = scale if layer.in_index is None else scale.repeat(len(layer.in_index) // len(scale))",

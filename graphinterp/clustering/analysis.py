@@ -124,11 +124,12 @@ class Analysis:
                     f"layers scored at every k ({', '.join(common)}), the same layers at every k; left out: "
                     + "; ".join(f"{n}, {why}" for n, why in left_out.items()))
         out = {"layers": common, "left_out": left_out, "note": note, "E": {}, "E_random": {}, "score": {}}
+        masses = {s.layer: s.mass for s in self.reports[self.ks[0]].layers if s.layer in common}  # the same at every k
+        dominant = dominant_note(masses, "the mass-weighted E")
+        if dominant:
+            out["note"] = f"{note}; {dominant}" if note else dominant
         for k in self.ks:
             chosen = [s for s in self.reports[k].layers if s.layer in common]
-            dominant = dominant_note({s.layer: s.mass for s in chosen}, "the mass-weighted E")
-            if dominant and dominant not in (out["note"] or ""):
-                out["note"] = f"{out['note']}; {dominant}" if out["note"] else dominant
             mass = sum(s.mass for s in chosen)
             E = sum(s.E * s.mass for s in chosen) / mass if mass else 0.0
             R = sum(s.E_random * s.mass for s in chosen) / mass if mass else 0.0

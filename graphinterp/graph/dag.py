@@ -21,7 +21,7 @@ from torch import nn
 from graphinterp.graph.coverage import Coverage
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.graph.layer import Layer
+from graphinterp.graph.layer import Layer, grouped_input_channels
 
 __all__ = ["ModelGraph"]
 
@@ -348,9 +348,7 @@ def _folded_weight(call) -> torch.Tensor:
         if call.kind == "linear":
             w = w * scale[None, :]
         else:
-            per = w.shape[1]
-            group = torch.arange(w.shape[0]) // (w.shape[0] // call.groups)
-            cols = group[:, None] * per + torch.arange(per)[None, :]
+            cols = grouped_input_channels(w.shape[0], w.shape[1], call.groups)
             w = w * scale[cols].view(*cols.shape, *([1] * (w.dim() - 2)))
     return w.detach()
 

@@ -8,7 +8,7 @@ import torch
 
 from graphinterp.common.errors import InvalidWeightsError
 
-__all__ = ["Layer", "VIEWS", "KINDS"]
+__all__ = ["Layer", "VIEWS", "KINDS", "grouped_input_channels"]
 
 VIEWS = ("grouped", "fine")
 #: Why depthwise convolutions are left out of clusterability (one place for the rule and its words).
@@ -342,11 +342,21 @@ class Layer:
         if self.groups == 1:
             return per_kernel
         out_ch, in_per = per_kernel.shape
-        per_group_out = out_ch // self.groups
         dense = per_kernel.new_zeros(out_ch, in_per * self.groups)
-        group = torch.arange(out_ch, device=per_kernel.device) // per_group_out
-        cols = group[:, None] * in_per + torch.arange(in_per, device=per_kernel.device)[None, :]
-        return dense.scatter_(1, cols, per_kernel)
+        return dense.scatter_(1, grouped_input_channels(out_ch, in_per, self.groups, per_kernel.device), per_kernel)
+
+
+def grouped_input_channels(out_ch: int, in_per: int, groups: int, device=None) -> torch.Tensor:
+    """The input channel (out of ``in_per * groups``) of each ``(out, in/groups)`` entry of a grouped
+    convolution's weight: output channel ``o`` reads the ``in_per`` channels of its group ``o // (out_ch / groups)``.
+
+    Examples
+    --------
+    >>> grouped_input_channels(4, 2, 2).tolist()
+    [[0, 1], [0, 1], [2, 3], [2, 3]]
+    """
+    group = torch.arange(out_ch, device=device) // (out_ch // groups)
+    return group[:, None] * in_per + torch.arange(in_per, device=device)[None, :]
 
 
 def _check_view(view: str) -> None:

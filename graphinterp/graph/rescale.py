@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from graphinterp.common.errors import UnsupportedModelError
-from graphinterp.graph.layer import Layer
+from graphinterp.graph.layer import Layer, grouped_input_channels
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["unit_norm_rescaled", "rescaled_with_note", "RESCALED_NOTE"]
@@ -95,8 +95,7 @@ def _input_scale(layer: Layer, scale: torch.Tensor) -> torch.Tensor:
         per_feature = scale if layer.in_index is None else scale[layer.in_index]
         return per_feature[None, :]
     out_ch, in_per = layer.weight.shape[:2]
-    group = torch.arange(out_ch) // (out_ch // layer.groups)
-    channel = group[:, None] * in_per + torch.arange(in_per)[None, :]  # the input channel of each (out, in) pair
+    channel = grouped_input_channels(out_ch, in_per, layer.groups)  # the input channel of each (out, in) pair
     return scale[channel].view(out_ch, in_per, *([1] * (layer.weight.dim() - 2)))
 
 

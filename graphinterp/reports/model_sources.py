@@ -109,7 +109,6 @@ def load_source(source: ModelSource, *, trust_pickle: bool = False, layerwise: b
     opened = open_model(spec, weights=source.weights, trust_pickle=trust_pickle, random_state=random_state)
     graph, structure, notes = _graph_of(opened, layerwise)
     if unit_norm:
-        from graphinterp.common.errors import UnsupportedModelError
         from graphinterp.graph.rescale import rescaled_with_note
 
         try:

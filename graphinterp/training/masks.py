@@ -35,6 +35,7 @@ from torch import nn
 from graphinterp.clustering.cluster import Clustering
 from graphinterp.clustering.labels import require_clustering
 from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.layer import grouped_input_channels
 from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.clustering.metrics import random_partition_expectation, within_mask
 from graphinterp.training.folded_scales import live_scale
@@ -206,9 +207,7 @@ def _torch_layout_mask(layer: Layer, rows: np.ndarray, cols: np.ndarray, device:
     per_channel = within_mask(rows, cols, device=device).T  # (out, in) over all in-channels
     if layer.groups > 1:  # keep the in-channels each out-channel actually sees
         out_ch, in_per = layer.weight.shape[:2]
-        group = torch.arange(out_ch, device=device) // (out_ch // layer.groups)
-        index = group[:, None] * in_per + torch.arange(in_per, device=device)[None, :]
-        per_channel = per_channel.gather(1, index)
+        per_channel = per_channel.gather(1, grouped_input_channels(out_ch, in_per, layer.groups, device))
     return per_channel[:, :, None, None].expand(layer.weight.shape)
 
 
