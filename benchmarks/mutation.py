@@ -89,6 +89,9 @@ TESTS: Dict[str, List[str]] = {
     "layer": ["tests/test_masks.py", "tests/test_rescale.py", "tests/test_loss.py"],
     "network_pieces": ["tests/test_network_null.py"],
     "network_null": ["tests/test_network_null.py"],
+    "network_notes": ["tests/test_network_null.py"],
+    "dag_cluster": ["tests/test_eigen.py", "tests/test_dag.py"],
+    "parallel": ["tests/test_network_null.py", "tests/test_benchmarking.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
 }
@@ -110,7 +113,9 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "loading": "sources/loading", "layered": "graph/layered", "modularity": "clustering/modularity",
          "eigen": "clustering/eigen", "network_spectral": "clustering/network_spectral", "dag": "graph/dag",
          "rescale": "graph/rescale", "layer": "graph/layer", "network_pieces": "clustering/network_pieces",
-         "network_null": "clustering/network_null"}
+         "network_null": "clustering/network_null", "network_notes": "clustering/network_notes",
+         "parallel": "common/parallel",
+         "dag_cluster": "clustering/dag_cluster"}
 
 
 @dataclass(frozen=True)
@@ -444,10 +449,22 @@ MUTANTS: List[Mutant] = [
       "a piece that reaches the outputs but not the inputs kept"),
     M("network_pieces", "    return out, int((touched & ~keep).sum())", "    return out, 0",
       "the nodes left out not counted (no note)"),
-    M("network_null", "            if lab.size and (lab != lab[0]).any():", "            if lab.size and (lab != lab[0]).all():",
+    M("network_notes", "            if lab.size and (lab != lab[0]).any():", "            if lab.size and (lab != lab[0]).all():",
       "every clustering taken to follow whole levels (a false note)"),
-    M("network_null", "    if dominant:\n        notes.append(dominant", "    if False:\n        notes.append(dominant",
+    M("network_notes", "    if dominant:\n        notes.append(dominant", "    if False:\n        notes.append(dominant",
       "no note when one layer holds nearly all the squared weight"),
+    M("network_null", "        null = np.concatenate(run_tasks(_null_chunk, [(graph, ids, c, *setting) for c in chunks]",
+      "        null = np.concatenate(run_tasks(_null_chunk, [(graph, ids, c, *setting) for c in chunks[::-1]]",
+      "the shares of shuffles put back in the wrong order"),
+    M("network_null", "    gen = torch.Generator().manual_seed(seeds[0])", "    gen = torch.Generator().manual_seed(seeds[0] % 2)",
+      "shuffled networks from two permutations only"),
+    M("parallel", "    bounds = [i * len(items) // parts for i in range(parts + 1)]",
+      "    bounds = [i * len(items) // parts for i in range(parts)] + [len(items) - 1]",
+      "the last shuffle of the last share dropped"),
+    M("dag_cluster", "        with single_threaded_blas():  # ARPACK's BLAS", "        with torch.no_grad():  # ARPACK's BLAS",
+      "ARPACK on a DAG's graph with BLAS threads contending with torch's"),
+    M("network_spectral", "        with single_threaded_blas():  # ARPACK's BLAS", "        with torch.no_grad():  # ARPACK's BLAS",
+      "ARPACK on the Filan graph with BLAS threads contending with torch's"),
 ]
 
 

@@ -46,11 +46,12 @@ __all__ = ["command"]
               help="KMeans restarts per BSGC run (lower is faster; the same value is used for the null).")
 @click.option("--no-figures", is_flag=True, help="Write only the JSON and CSV files.")
 @click.option("--jobs", "n_jobs", type=POSITIVE_INT, default=1, show_default=True,
-              help="Worker processes over the layers of all models (joblib); the report does not depend on it. "
+              help="Worker processes over the layers of all models, and with --network over each model's shuffled "
+                   "networks (joblib); the report does not depend on it. "
                    "Each worker is a new Python process that imports torch (two took 3 s to start on a 2-core "
                    "machine), so this pays off on runs longer than that.")
 @click.option("--scheduler", default=None, envvar=SCHEDULER_ENV, metavar="ADDRESS", show_envvar=True,
-              help="Run the layers on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's Dask backend; "
+              help="Run the layers (and --network's shuffled networks) on this Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's Dask backend; "
                    "needs pip install 'graphinterp[dask]'. The report is the same as a local run's; an empty ADDRESS runs locally.")
 @seed_option
 @device_option
@@ -59,7 +60,7 @@ __all__ = ["command"]
 @click.option("--network", is_flag=True,
               help="Also test each model as one graph (Filan et al.): the n-cut and E of a network-wide clustering at "
                    "--significance-k against --shuffles networks with every layer's weights permuted (network.csv; "
-                   "runs in this process, whatever --jobs).")
+                   "the shuffled networks on --jobs processes or --scheduler).")
 @click.option("--drop-pieces", is_flag=True,
               help="With --network: leave out the pieces of each graph (and of each shuffled one) that do not join "
                    "its inputs to its outputs, as Filan et al. do (a pruned network falls into pieces, and a cluster "

@@ -148,6 +148,9 @@ def test_the_shuffles_permute_each_layer_and_keep_isolated_nodes_isolated(monkey
             assert torch.equal(S.flatten().sort().values, M.flatten().sort().values)  # a permutation of the layer
             assert not torch.equal(S, M)
         assert bool((sims["0"][3] == 0).all())  # rows are inputs: isolated input 3 stays isolated
+    for i in range(3):  # each shuffled network is a permutation of its own
+        for j in range(i):
+            assert not torch.equal(seen[i]["0"], seen[j]["0"]) and not torch.equal(seen[i]["2"], seen[j]["2"])
 
 
 def test_pieces_and_left_out_layers_are_noted():
@@ -383,3 +386,67 @@ def test_a_split_along_whole_levels_is_noted_as_saying_nothing_about_the_weights
     assert t.n_cut.std == pytest.approx(0.0, abs=1e-9) and t.n_cut.p_value == 1.0
     planted = network_shuffle_test(_planted_chain(), 2, n_shuffles=3, random_state=0)
     assert not any("unions of whole levels" in n for n in planted.notes)
+
+
+@pytest.mark.parametrize("drop_pieces", [False, True])
+def test_shuffled_networks_on_processes_give_the_serial_result(drop_pieces):
+    """Each shuffle has its own seeds, so spreading them over processes (in shares) changes nothing."""
+    graph = trace_graph(_Residual())
+    kw = dict(n_shuffles=5, n_init=3, random_state=7, drop_pieces=drop_pieces)
+    serial = network_shuffle_test(graph, 3, **kw)
+    spread = network_shuffle_test(graph, 3, n_jobs=2, **kw)
+    assert np.array_equal(serial.n_cut.null, spread.n_cut.null) and np.array_equal(serial.E.null, spread.E.null)
+    assert serial.n_cut.observed == spread.n_cut.observed and serial.notes == spread.notes
+    assert len(set(serial.n_cut.null.round(12))) > 1  # the shuffles differ from each other
+
+
+def test_shuffled_networks_on_a_dask_cluster_give_the_serial_result():
+    distributed = pytest.importorskip("distributed")
+    graph = _planted_chain(blocks=2, width=5, noise=0.3)
+    serial = network_shuffle_test(graph, 2, n_shuffles=4, n_init=2, random_state=1)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        on_dask = network_shuffle_test(graph, 2, n_shuffles=4, n_init=2, random_state=1, scheduler=client)
+    assert np.array_equal(serial.n_cut.null, on_dask.n_cut.null) and np.array_equal(serial.E.null, on_dask.E.null)
+
+
+def test_a_bad_job_count_is_refused_before_any_clustering(monkeypatch):
+    import graphinterp.clustering.network_null as nn_mod
+    from graphinterp.common.parallel import ParallelError
+
+    def never(*a, **kw):
+        raise AssertionError("clustered before checking n_jobs")
+
+    monkeypatch.setattr(nn_mod, "spectral_network_clustering", never)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ParallelError, match="n_jobs must be a positive number"):
+            network_shuffle_test(_planted_chain(), 2, n_shuffles=3, n_jobs=bad)
+
+
+def test_benchmark_jobs_reach_the_network_test_and_leave_its_result_unchanged(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    import graphinterp.clustering.network_null as nn_mod
+    from graphinterp.cli.main import cli
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    torch.save(nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)).state_dict(), path)
+    calls = []
+    real = nn_mod.run_tasks
+
+    def spy(fn, tasks, **kw):
+        calls.append((len(tasks), kw))
+        return real(fn, tasks, **kw)
+
+    monkeypatch.setattr(nn_mod, "run_tasks", spy)
+    args = ["benchmark", str(path), "--k", "2", "--significance-k", "2", "--shuffles", "3", "--n-init", "2", "--network",
+            "--no-figures", "--json", "--seed", "5"]
+    one = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert one.exit_code == 0 and calls == [], one.output
+    two = CliRunner().invoke(cli, [*args, "--jobs", "2", "--out", str(tmp_path / "b")])
+    assert two.exit_code == 0, two.output
+    assert calls == [(2, {"n_jobs": 2, "scheduler": None})]  # the 3 shuffles in two shares
+    a, b = (json.loads(r.stdout)["models"][0]["network"] for r in (one, two))
+    assert a == b and len(a["n_cut"]["null"]) == 3

@@ -19,6 +19,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 
 from graphinterp.clustering.labels import Clustering
 from graphinterp.clustering.eigen import node_sides, top_eigenvectors
+from graphinterp.common.threads import single_threaded_blas
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 
@@ -128,12 +129,14 @@ def spectral_network_clustering(graph: LayeredGraph, names: Sequence[str], k: in
         vecs = top_eigenvectors(dense, k, sides)
     else:
         op = LinearOperator((n, n), matvec=normalised, matmat=normalised, dtype=np.float64)
-        vecs = eigsh(op, k=k, which="LA", v0=rng.uniform(-1, 1, n) * live, tol=1e-6)[1][live]
+        with single_threaded_blas():  # ARPACK's BLAS beside torch's products (see common.threads)
+            vecs = eigsh(op, k=k, which="LA", v0=rng.uniform(-1, 1, n) * live, tol=1e-6)[1][live]
     embedding = vecs * d_is.numpy()[live][:, None]  # scikit-learn's spectral_embedding: eigenvectors / sqrt(degree)
     from sklearn.cluster import KMeans  # imported here: a second at import time
 
     labels = np.full(n, -1, dtype=np.int64)
-    labels[live] = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1)).fit_predict(embedding)
+    with single_threaded_blas():
+        labels[live] = KMeans(n_clusters=k, n_init=n_init, random_state=rng.randint(2**31 - 1)).fit_predict(embedding)
     rows = {name: labels[ids[name][0]] for name in names}
     cols = {name: labels[ids[name][1]] for name in names}
     return Clustering(int(k), rows, cols, network_wide=True,

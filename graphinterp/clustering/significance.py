@@ -53,29 +53,11 @@ from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layer import Layer
 from graphinterp.clustering.metrics import normalized_score, random_partition_expectation
 from graphinterp.common.seeds import check_random_state
+from graphinterp.common.threads import single_threaded_blas
 from graphinterp.clustering.labels import check_labels
 from graphinterp.clustering.shuffle_results import NullComparison, ShuffleTest
 
 __all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas", "null_support"]
-
-
-_CONTROLLER = None
-
-
-def single_threaded_blas():
-    """Context manager limiting BLAS (numpy's/scipy's OpenBLAS) to one thread while clustering.
-
-    BSGC mixes torch (whose OpenMP threads keep spinning after each parallel region) with numpy's
-    LAPACK SVD; on a machine with few cores the two thread pools contend and a 784 x 300 SVD was
-    measured 20x slower (about 10 s instead of 0.4 s) than with a single BLAS thread. The
-    controller is built once, so entering the context costs microseconds.
-    """
-    global _CONTROLLER
-    from threadpoolctl import ThreadpoolController
-
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def shuffle_weights(

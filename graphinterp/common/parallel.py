@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, List, Sequence
 
 from graphinterp.common.errors import GraphinterpError
 
-__all__ = ["SCHEDULER_ENV", "ParallelError", "run_tasks", "dask_scheduler"]
+__all__ = ["SCHEDULER_ENV", "ParallelError", "check_jobs", "run_tasks", "shares", "dask_scheduler"]
 
 SCHEDULER_ENV = "GRAPHINTERP_DASK_SCHEDULER"
 
@@ -78,6 +78,21 @@ def _connect(Client, scheduler: Any, seconds: float = _CONNECT_S) -> Any:
     return box["client"]
 
 
+def check_jobs(n_jobs: Any) -> None:
+    """:class:`ParallelError` unless ``n_jobs`` is a positive number of processes or -1 (checked before long work).
+
+    Examples
+    --------
+    >>> check_jobs(2)
+    >>> check_jobs(0)
+    Traceback (most recent call last):
+    ...
+    graphinterp.common.parallel.ParallelError: n_jobs must be a positive number of processes (or -1), got 0
+    """
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise ParallelError(f"n_jobs must be a positive number of processes (or -1), got {n_jobs!r}")
+
+
 def run_tasks(fn: Callable, tasks: Sequence[tuple], *, n_jobs: int = 1, scheduler: Any = None) -> List[Any]:
     """``[fn(*t) for t in tasks]``, in order, computed serially, on ``n_jobs`` processes, or on Dask.
 
@@ -98,8 +113,7 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], *, n_jobs: int = 1, schedule
     >>> run_tasks(pow, [(2, 3), (3, 2)])
     [8, 9]
     """
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
-        raise ParallelError(f"n_jobs must be a positive number of processes (or -1), got {n_jobs!r}")
+    check_jobs(n_jobs)
     tasks = list(tasks)
     if scheduler is None and (n_jobs == 1 or len(tasks) <= 1):
         return [fn(*t) for t in tasks]
@@ -118,3 +132,27 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], *, n_jobs: int = 1, schedule
             raise ParallelError(f"the Dask cluster at {scheduler!r} has no workers (none joined within {_WORKERS_S:.0f} "
                                 "s): start some, e.g. `dask worker ADDRESS` on each machine, or run locally without "
                                 "a scheduler") from None
+
+
+def shares(items: Sequence[Any], n_jobs: int, *, per_item: bool = False) -> List[list]:
+    """``items`` in contiguous shares, one per local process (-1: one per CPU), so that what every task
+    needs besides its items (a whole model's graph) is sent once per process; ``per_item`` (a Dask
+    cluster) gives one item a share unless ``n_jobs`` caps the tasks in flight.
+
+    Examples
+    --------
+    >>> shares(list(range(5)), 2)
+    [[0, 1], [2, 3, 4]]
+    >>> [len(s) for s in shares(list(range(5)), 1, per_item=True)]
+    [1, 1, 1, 1, 1]
+    """
+    import os
+
+    check_jobs(n_jobs)
+    if per_item and n_jobs in (1, -1):
+        parts = len(items)
+    else:
+        parts = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+    parts = max(1, min(parts, len(items)))
+    bounds = [i * len(items) // parts for i in range(parts + 1)]
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]

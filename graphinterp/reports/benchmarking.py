@@ -27,7 +27,8 @@ from graphinterp.clustering.metrics import clusterability, dominant_note, normal
 from graphinterp.clustering.kmeans_batch import one_thread
 from graphinterp.common.parallel import run_tasks
 from graphinterp.clustering.network_null import network_shuffle_test
-from graphinterp.clustering.significance import shuffle_test, single_threaded_blas
+from graphinterp.clustering.significance import shuffle_test
+from graphinterp.common.threads import single_threaded_blas
 from graphinterp.clustering.validation import check_k, clusterable_layers, live_sizes, nothing_clusterable
 from graphinterp.reports.model_sources import ModelSource, graph_with_fallback, load_source
 
@@ -194,7 +195,8 @@ def _scaled_note(scaled: List[str], layers: List[LayerBenchmark]) -> str:
 
 
 def _network_test(model: ModelBenchmark, graph: LayeredGraph, structure: str, k: int, n_shuffles: int,
-                  nonzero_only: bool, n_init: int, random_state, progress: bool, drop_pieces: bool) -> None:
+                  nonzero_only: bool, n_init: int, random_state, progress: bool, drop_pieces: bool, n_jobs: int = 1,
+                  scheduler=None) -> None:
     """Filan et al.'s whole-network test of one model, into ``model.network`` (or why not, ``network_skipped``)."""
     if structure not in ("chained", "dag"):
         model.network_skipped = ("its graph is layer by layer (--layerwise, or layers whose shapes do not chain), "
@@ -203,7 +205,8 @@ def _network_test(model: ModelBenchmark, graph: LayeredGraph, structure: str, k:
     t0 = time.perf_counter()
     try:
         model.network = network_shuffle_test(graph, k, n_shuffles=n_shuffles, nonzero_only=nonzero_only, n_init=n_init,
-                                             random_state=random_state, progress=progress, drop_pieces=drop_pieces)
+                                             random_state=random_state, progress=progress, drop_pieces=drop_pieces,
+                                             n_jobs=n_jobs, scheduler=scheduler)
     except ClusteringError as err:
         model.network_skipped = str(err)
     model.seconds += time.perf_counter() - t0
@@ -255,13 +258,15 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         A tqdm bar over the models being loaded, then one over all layers of all models (serial runs
         only; both cleared when done).
     n_jobs : int, default 1
-        Worker processes over the layers of all models (joblib); results do not depend on it.
+        Worker processes over the layers of all models, and with ``network`` over each model's shuffled
+        networks (joblib); results do not depend on it.
     scheduler : str or distributed.Client, optional
-        Run the layers on this Dask cluster instead (see :func:`graphinterp.common.parallel.run_tasks`).
+        Run them on this Dask cluster instead (see :func:`graphinterp.common.parallel.run_tasks`).
     network : bool, default False
         Also test each model as one graph (Filan et al.'s test: n-cut and E of a network-wide clustering at
         ``significance_k`` against ``n_shuffles`` networks with every layer's weights permuted, see
-        :func:`graphinterp.clustering.network_null.network_shuffle_test`), in this process. A model
+        :func:`graphinterp.clustering.network_null.network_shuffle_test`; its shuffled networks on ``n_jobs`` /
+        ``scheduler`` as well, one model at a time, with the same result). A model
         analysed layer by layer, or whose network clustering fails (a k not below its connected
         nodes), gets the reason in ``ModelBenchmark.network_skipped``.
     drop_pieces : bool, default False
@@ -346,7 +351,7 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
                                      load_seconds + sum(lb.seconds for lb in layers), coverages[name]))
         if network and significance_k is not None and n_shuffles > 0:
             _network_test(models[-1], *graphs.pop(name), significance_k, n_shuffles, nonzero_only, n_init,
-                          random_state, progress, drop_pieces)
+                          random_state, progress and serial, drop_pieces, n_jobs, scheduler)
     settings = {"pairing": pairing, "n_init": n_init, "nonzero_only": nonzero_only, "layerwise": layerwise,
                 "unit_norm": unit_norm, "drop_pieces": drop_pieces,
                 "random_state": random_state, "device": str(resolve_device(device))}
