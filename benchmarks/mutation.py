@@ -91,6 +91,7 @@ TESTS: Dict[str, List[str]] = {
     "network_null": ["tests/test_network_null.py"],
     "network_notes": ["tests/test_network_null.py"],
     "dag_cluster": ["tests/test_eigen.py", "tests/test_dag.py"],
+    "threads": ["tests/test_threads.py"],
     "parallel": ["tests/test_network_null.py", "tests/test_benchmarking.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
@@ -115,7 +116,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "rescale": "graph/rescale", "layer": "graph/layer", "network_pieces": "clustering/network_pieces",
          "network_null": "clustering/network_null", "network_notes": "clustering/network_notes",
          "parallel": "common/parallel",
-         "dag_cluster": "clustering/dag_cluster"}
+         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads"}
 
 
 @dataclass(frozen=True)
@@ -465,6 +466,8 @@ MUTANTS: List[Mutant] = [
       "ARPACK on a DAG's graph with BLAS threads contending with torch's"),
     M("network_spectral", "        with single_threaded_blas():  # ARPACK's BLAS", "        with torch.no_grad():  # ARPACK's BLAS",
       "ARPACK on the Filan graph with BLAS threads contending with torch's"),
+    M("threads", "        if _HOLDERS == 0:\n            if _CONTROLLER is None:", "        if True:\n            if _CONTROLLER is None:",
+      "every block takes the BLAS limit again (and the first to leave lifts it under the others)"),
 ]
 
 

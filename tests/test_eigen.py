@@ -162,7 +162,7 @@ def test_arpack_and_kmeans_run_on_one_blas_thread_beside_torch(monkeypatch, path
     run = ((lambda: cluster_network(graph, 3, random_state=0)) if path == "dag" else
            (lambda: spectral_network_clustering(graph, names, 3, random_state=0)))
     dense = run()
-    monkeypatch.setattr(mod, "_DENSE_MAX", 0)  # every graph through ARPACK
+    monkeypatch.setattr(mod, "DENSE_MAX", 0)  # every graph through ARPACK
     monkeypatch.setattr(mod, "eigsh", spy)
     with threadpool_limits(limits=2, user_api="blas"):
         assert blas_threads() == {2}

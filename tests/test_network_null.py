@@ -450,3 +450,33 @@ def test_benchmark_jobs_reach_the_network_test_and_leave_its_result_unchanged(tm
     assert calls == [(2, {"n_jobs": 2, "scheduler": None})]  # the 3 shuffles in two shares
     a, b = (json.loads(r.stdout)["models"][0]["network"] for r in (one, two))
     assert a == b and len(a["n_cut"]["null"]) == 3
+
+
+def test_a_scheduler_is_reached_before_any_clustering(monkeypatch):
+    """An unreachable cluster is an error before the observed network is clustered (a ViT's takes 20 s)."""
+    import contextlib
+
+    import graphinterp.clustering.network_null as nn_mod
+    from graphinterp.common.parallel import ParallelError
+
+    order = []
+
+    @contextlib.contextmanager
+    def unreachable(address):
+        order.append(("connect", address))
+        raise ParallelError(f"cannot reach the Dask scheduler {address!r}")
+        yield
+
+    monkeypatch.setattr(nn_mod, "dask_scheduler", unreachable)
+    monkeypatch.setattr(nn_mod, "spectral_network_clustering", lambda *a, **kw: order.append("clustered"))
+    with pytest.raises(ParallelError, match="cannot reach"):
+        network_shuffle_test(_planted_chain(), 2, n_shuffles=3, scheduler="tcp://10.0.0.5:8786")
+    assert order == [("connect", "tcp://10.0.0.5:8786")]
+
+
+def test_job_counts_may_be_numpy_integers():
+    from graphinterp.common.parallel import check_jobs, shares
+
+    check_jobs(np.int64(2))
+    assert shares(list(range(5)), np.int64(2)) == [[0, 1], [2, 3, 4]]
+    assert shares(list(range(3)), np.int32(-1), per_item=True) == [[0], [1], [2]]

@@ -18,16 +18,13 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.eigen import node_sides, top_eigenvectors
+from graphinterp.clustering.eigen import DENSE_MAX, node_sides, top_eigenvectors
 from graphinterp.clustering.validation import check_k
 from graphinterp.common.threads import single_threaded_blas
 from graphinterp.common.errors import ClusteringError
 from graphinterp.common.seeds import check_random_state
 
 __all__ = ["cluster_dag"]
-
-
-_DENSE_MAX = 2000  # nodes up to which the normalised adjacency is formed and decomposed exactly
 
 
 def _products(graph, names, similarity=None):
@@ -108,7 +105,7 @@ def cluster_dag(graph, k: int, *, layers: Optional[Sequence[str]] = None, simila
     rng = check_random_state(random_state)
     op = LinearOperator((n, n), matvec=normalised, matmat=normalised, dtype=np.float64)
     v0 = rng.uniform(-1, 1, n) * live
-    if n <= _DENSE_MAX:
+    if n <= DENSE_MAX:
         dense = normalised(np.eye(n))
         sides = node_sides({name: (graph.src_nodes(name), graph.dst_nodes(name)) for name in names}, n)
         vecs = top_eigenvectors((dense + dense.T) / 2, k, sides)[:, ::-1]  # largest first

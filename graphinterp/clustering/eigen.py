@@ -16,11 +16,16 @@ from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["node_sides", "top_eigenvectors"]
+from graphinterp.common.threads import single_threaded_blas
+
+__all__ = ["DENSE_MAX", "node_sides", "top_eigenvectors"]
 
 #: the Gram route squares the singular values: below this share of sigma_1^2 for sigma_k^2 the general path is
 #: taken (at the cutoff the vectors are still within about 1e-9 of the general path's; a normalised
 #: adjacency's leading sigma_k^2 are far above it)
+#: nodes up to which a network graph's normalised adjacency is formed and decomposed exactly (LAPACK);
+#: above, ARPACK's products with it (dag_cluster, network_spectral)
+DENSE_MAX = 2000
 _GRAM_MIN_RATIO = 1e-6
 
 
@@ -61,17 +66,15 @@ def top_eigenvectors(S: np.ndarray, k: int, sides: Optional[np.ndarray] = None) 
         if vecs is not None:
             return vecs
     from scipy.linalg import eigh
-    from threadpoolctl import threadpool_limits
 
     n = S.shape[0]
-    with threadpool_limits(1, user_api="blas"):
+    with single_threaded_blas():
         return eigh(S, subset_by_index=[n - k, n - 1])[1]
 
 
 def _bipartite_top(S: np.ndarray, k: int, sides: np.ndarray) -> Optional[np.ndarray]:
     """``top_eigenvectors`` of a bipartite ``S`` from the Gram matrix of its smaller side; None where it does not apply."""
     from scipy.linalg import eigh
-    from threadpoolctl import threadpool_limits
 
     p, q = np.flatnonzero(sides), np.flatnonzero(~sides)
     if min(len(p), len(q)) < k or S[np.ix_(p, p)].any() or S[np.ix_(q, q)].any():
@@ -83,7 +86,7 @@ def _bipartite_top(S: np.ndarray, k: int, sides: np.ndarray) -> Optional[np.ndar
     B /= top  # entries at most 1: their squares neither overflow nor fall below the normal range
     if len(p) < len(q):  # the Gram matrix of the smaller side
         B, p, q = B.T, q, p
-    with threadpool_limits(1, user_api="blas"):
+    with single_threaded_blas():
         G = B.T @ B
         w, V = eigh(G, subset_by_index=[len(q) - k, len(q) - 1])  # sigma^2, ascending
         if not w[0] > _GRAM_MIN_RATIO * w[-1]:

@@ -50,7 +50,7 @@ from graphinterp.clustering.network_pieces import joined_part
 from graphinterp.clustering.network_spectral import node_ids, spectral_network_clustering
 from graphinterp.clustering.validation import check_k
 from graphinterp.common.errors import ClusteringError
-from graphinterp.common.parallel import check_jobs, run_tasks, shares
+from graphinterp.common.parallel import check_jobs, dask_scheduler, is_client, run_tasks, shares
 from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
 
@@ -197,8 +197,9 @@ def network_shuffle_test(
         clustering: 4 shuffles took 94.0 s serially and 94.3 s with ``n_jobs=2`` on 2 cores).
     scheduler : str or distributed.Client, optional
         Cluster the shuffled networks on this Dask cluster instead
-        (:func:`graphinterp.common.parallel.run_tasks`), one shuffle a task: where one machine is not
-        enough, each worker machine brings its own cores and memory bandwidth.
+        (:func:`graphinterp.common.parallel.run_tasks`), one shuffle a task (``n_jobs`` above 1: that many
+        shares), connected to before any clustering: where one machine is not enough, each worker machine
+        brings its own cores and memory bandwidth.
 
     Returns
     -------
@@ -229,6 +230,11 @@ def network_shuffle_test(
                               + "; ".join(f"{n}: {why}" for n, why in list(left_out.items())[:3]))
     k = check_k(k)
     check_jobs(n_jobs)
+    if scheduler is not None and not is_client(scheduler):  # reached (or refused) before any clustering
+        with dask_scheduler(scheduler) as client:
+            return network_shuffle_test(graph, k, n_shuffles=n_shuffles, layers=layers, nonzero_only=nonzero_only,
+                                        n_init=n_init, random_state=random_state, drop_pieces=drop_pieces,
+                                        n_jobs=n_jobs, scheduler=client)
     rng = check_random_state(random_state)
     with single_threaded_blas():
         mags = {n: graph[n].magnitude().double().cpu() for n in layers}
@@ -245,17 +251,10 @@ def network_shuffle_test(
         # each shuffled network from its own two seeds (permutation, clustering): the same null however the
         # shuffles are spread over processes
         seeds = [(int(rng.randint(2**31 - 1)), int(rng.randint(2**31 - 1))) for _ in range(n_shuffles)]
-        setting = (names, k, n_init, nonzero_only, drop_pieces)
-        spread = n_jobs != 1 or scheduler is not None
-        if not spread:
-            supports = {n: null_support(graph[n], mags[n], nonzero_only) for n in names}
-            draws = range(n_shuffles)
-            if progress:
-                from tqdm.auto import tqdm
-
-                draws = tqdm(draws, desc="network shuffles", leave=False)
-            null = np.array([_shuffled_network(graph, mags, supports, ids, seeds[i], *setting) for i in draws])
-    if spread:  # outside the BLAS limit: the workers set their own
+    setting = (names, k, n_init, nonzero_only, drop_pieces)
+    if n_jobs == 1 and scheduler is None:
+        null = _null_chunk(graph, ids, seeds, *setting, progress=progress)
+    else:
         chunks = shares(seeds, n_jobs, per_item=scheduler is not None)
         null = np.concatenate(run_tasks(_null_chunk, [(graph, ids, c, *setting) for c in chunks], n_jobs=n_jobs,
                                         scheduler=scheduler))
@@ -280,10 +279,16 @@ def _shuffled_network(graph: LayeredGraph, mags, supports, ids, seeds: Tuple[int
 
 
 def _null_chunk(graph: LayeredGraph, ids, seeds: Sequence[Tuple[int, int]], names: Sequence[str], k: int,
-                n_init: int, nonzero_only: bool, drop_pieces: bool) -> np.ndarray:
-    """``(len(seeds), 2)`` n-cuts and E of shuffled networks: one worker's share (it gets the graph once)."""
+                n_init: int, nonzero_only: bool, drop_pieces: bool, progress: bool = False) -> np.ndarray:
+    """``(len(seeds), 2)`` n-cuts and E of shuffled networks: all of them here, or one worker's share (the
+    graph sent once); ``progress`` a tqdm bar over them."""
+    draws = seeds
+    if progress:
+        from tqdm.auto import tqdm
+
+        draws = tqdm(seeds, desc="network shuffles", leave=False)
     with single_threaded_blas():
         mags = {n: graph[n].magnitude().double().cpu() for n in names}
         supports = {n: null_support(graph[n], mags[n], nonzero_only) for n in names}
         return np.array([_shuffled_network(graph, mags, supports, ids, s, names, k, n_init, nonzero_only, drop_pieces)
-                         for s in seeds]).reshape(len(seeds), 2)
+                         for s in draws]).reshape(len(seeds), 2)

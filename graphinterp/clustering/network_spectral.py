@@ -18,14 +18,12 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.eigen import node_sides, top_eigenvectors
+from graphinterp.clustering.eigen import DENSE_MAX, node_sides, top_eigenvectors
 from graphinterp.common.threads import single_threaded_blas
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["node_ids", "spectral_network_clustering"]
-
-_DENSE_MAX = 2000  # nodes up to which the normalised adjacency is formed and decomposed exactly
 
 
 def node_ids(graph: LayeredGraph, names: Sequence[str]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
@@ -122,7 +120,7 @@ def spectral_network_clustering(graph: LayeredGraph, names: Sequence[str], k: in
         return (d_is[:, None] * adjacency_times(d_is[:, None] * X)).numpy()
 
     rng = np.random.RandomState(random_state)
-    if n <= _DENSE_MAX:
+    if n <= DENSE_MAX:
         dense, sides = _dense_adjacency(mats, n, d_is), node_sides(ids, n)
         if not live.all():
             dense, sides = dense[np.ix_(live, live)], None if sides is None else sides[live]

@@ -57,7 +57,7 @@ from graphinterp.common.threads import single_threaded_blas
 from graphinterp.clustering.labels import check_labels
 from graphinterp.clustering.shuffle_results import NullComparison, ShuffleTest
 
-__all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "single_threaded_blas", "null_support"]
+__all__ = ["NullComparison", "ShuffleTest", "shuffle_weights", "shuffle_test", "null_support"]
 
 
 def shuffle_weights(

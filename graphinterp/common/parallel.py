@@ -10,17 +10,26 @@ reads it from the ``GRAPHINTERP_DASK_SCHEDULER`` environment variable (:data:`SC
 from __future__ import annotations
 
 import contextlib
+from numbers import Integral
 from typing import Any, Callable, Iterator, List, Sequence
 
 from graphinterp.common.errors import GraphinterpError
 
-__all__ = ["SCHEDULER_ENV", "ParallelError", "check_jobs", "run_tasks", "shares", "dask_scheduler"]
+__all__ = ["SCHEDULER_ENV", "ParallelError", "check_jobs", "is_client", "run_tasks", "shares", "dask_scheduler"]
 
 SCHEDULER_ENV = "GRAPHINTERP_DASK_SCHEDULER"
 
 
 class ParallelError(GraphinterpError):
     """The parallel backend cannot be used (Dask not installed, scheduler unreachable, bad job count)."""
+
+
+def is_client(scheduler: Any) -> bool:
+    """True for a ``distributed.Client`` (without importing Dask when it is not loaded)."""
+    import sys
+
+    distributed = sys.modules.get("distributed")
+    return distributed is not None and isinstance(scheduler, distributed.Client)
 
 
 @contextlib.contextmanager
@@ -89,7 +98,7 @@ def check_jobs(n_jobs: Any) -> None:
     ...
     graphinterp.common.parallel.ParallelError: n_jobs must be a positive number of processes (or -1), got 0
     """
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral) or n_jobs == 0 or n_jobs < -1:
         raise ParallelError(f"n_jobs must be a positive number of processes (or -1), got {n_jobs!r}")
 
 
@@ -114,7 +123,7 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], *, n_jobs: int = 1, schedule
     [8, 9]
     """
     check_jobs(n_jobs)
-    tasks = list(tasks)
+    n_jobs, tasks = int(n_jobs), list(tasks)
     if scheduler is None and (n_jobs == 1 or len(tasks) <= 1):
         return [fn(*t) for t in tasks]
     from joblib import Parallel, delayed, parallel_backend
@@ -146,13 +155,16 @@ def shares(items: Sequence[Any], n_jobs: int, *, per_item: bool = False) -> List
     >>> [len(s) for s in shares(list(range(5)), 1, per_item=True)]
     [1, 1, 1, 1, 1]
     """
-    import os
-
     check_jobs(n_jobs)
+    n_jobs = int(n_jobs)
     if per_item and n_jobs in (1, -1):
         parts = len(items)
+    elif n_jobs == -1:
+        from joblib import cpu_count
+
+        parts = cpu_count()  # joblib's count for -1 (it respects a container's CPU quota)
     else:
-        parts = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+        parts = n_jobs
     parts = max(1, min(parts, len(items)))
     bounds = [i * len(items) // parts for i in range(parts + 1)]
     return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -8,18 +8,26 @@ adjacency in torch) 37 s instead of 16 s, with the same result. torch keeps its 
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import threading
+from typing import Any, Iterator
 
 __all__ = ["single_threaded_blas"]
 
 _CONTROLLER = None
+_LOCK = threading.Lock()
+_HOLDERS = 0  # blocks inside the limit, in any thread of this process
+_LIMITER: Any = None
 
 
-def single_threaded_blas() -> Any:
-    """Context manager limiting BLAS (numpy's/scipy's OpenBLAS) to one thread inside the block.
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Limit BLAS (numpy's/scipy's OpenBLAS) to one thread inside the block.
 
-    The limit applies when the context is *made* (threadpoolctl's rule) and is lifted on leaving it,
-    so make it in the ``with`` statement. The controller is built once, so this costs microseconds.
+    The limit is the process's (BLAS libraries have one thread count), so it is held while any thread
+    of the process is inside such a block, nested or not, and lifted when the last one leaves: threads
+    of one process (a Dask worker's) that each took and restored the limit on their own left it on
+    or off at random. The controller is built once, so entering costs microseconds.
 
     Examples
     --------
@@ -28,9 +36,20 @@ def single_threaded_blas() -> Any:
     ...     all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
     True
     """
-    global _CONTROLLER
-    from threadpoolctl import ThreadpoolController
+    global _CONTROLLER, _HOLDERS, _LIMITER
+    with _LOCK:
+        if _HOLDERS == 0:
+            if _CONTROLLER is None:
+                from threadpoolctl import ThreadpoolController
 
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+                _CONTROLLER = ThreadpoolController()
+            _LIMITER = _CONTROLLER.limit(limits=1, user_api="blas")
+        _HOLDERS += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _HOLDERS -= 1
+            if _HOLDERS == 0:
+                _LIMITER.restore_original_limits()
+                _LIMITER = None
