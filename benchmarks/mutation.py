@@ -466,6 +466,9 @@ MUTANTS: List[Mutant] = [
       "ARPACK on a DAG's graph with BLAS threads contending with torch's"),
     M("network_spectral", "        with single_threaded_blas():  # ARPACK's BLAS", "        with torch.no_grad():  # ARPACK's BLAS",
       "ARPACK on the Filan graph with BLAS threads contending with torch's"),
+    M("dag_cluster", "            Y[s[:, None], d[None, :]] += M * d_is[None, d]",
+      "            Y[s[:, None], d[None, :]] += M * d_is[None, d] * (1 + 2 ** -52)",
+      "the dense adjacency a rounding off the identity product's"),
     M("threads", "        if _HOLDERS == 0:\n            if _CONTROLLER is None:", "        if True:\n            if _CONTROLLER is None:",
       "every block takes the BLAS limit again (and the first to leave lifts it under the others)"),
 ]
