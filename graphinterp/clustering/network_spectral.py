@@ -11,7 +11,7 @@ whatever its width. The operator is applied layer by layer (never an ``n x n`` m
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from graphinterp.common.threads import single_threaded_blas
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
 
-__all__ = ["node_ids", "spectral_network_clustering"]
+__all__ = ["adjacency_product", "node_ids", "spectral_network_clustering"]
 
 
 def node_ids(graph: LayeredGraph, names: Sequence[str]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
@@ -42,6 +42,26 @@ def node_ids(graph: LayeredGraph, names: Sequence[str]) -> Dict[str, Tuple[np.nd
         dst, nxt = np.arange(nxt, nxt + n_out), nxt + n_out
         out[layer.name], prev = (src, dst), (i, dst)
     return out
+
+
+def adjacency_product(mats: Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Callable:
+    """``X -> A X`` for the symmetric node adjacency ``A`` of the layers' ``(src, dst, |W|)`` blocks, matrix-free:
+    every layer's block in both orientations, summed in the layers' order (``X`` of shape (n, c), float64).
+
+    Examples
+    --------
+    >>> times = adjacency_product([(torch.tensor([0]), torch.tensor([1, 2]), torch.tensor([[2.0, 3.0]]))])
+    >>> times(torch.ones(3, 1))[:, 0].tolist()
+    [5.0, 2.0, 3.0]
+    """
+    def times(X: torch.Tensor) -> torch.Tensor:
+        Y = torch.zeros_like(X)
+        for s, d, M in mats:
+            Y.index_add_(0, s, M @ X[d])
+            Y.index_add_(0, d, M.T @ X[s])
+        return Y
+
+    return times
 
 
 def _dense_adjacency(mats, n: int, d_is: torch.Tensor) -> np.ndarray:
@@ -101,13 +121,7 @@ def spectral_network_clustering(graph: LayeredGraph, names: Sequence[str], k: in
         src, dst = ids[name]
         mats.append((torch.as_tensor(src), torch.as_tensor(dst), M.double().cpu()))
 
-    def adjacency_times(X: torch.Tensor) -> torch.Tensor:
-        Y = torch.zeros_like(X)
-        for s, d, M in mats:
-            Y.index_add_(0, s, M @ X[d])
-            Y.index_add_(0, d, M.T @ X[s])
-        return Y
-
+    adjacency_times = adjacency_product(mats)
     deg = adjacency_times(torch.ones(n, 1, dtype=torch.float64))[:, 0]
     live = (deg > 0).numpy()
     n_live = int(live.sum())
