@@ -5,6 +5,8 @@ import torch
 from scipy.linalg import eigh
 from torch import nn
 
+from _graph_helpers import Residual
+
 import graphinterp.clustering.eigen as eigen
 from graphinterp import LayeredGraph
 from graphinterp.clustering.cluster import cluster_network
@@ -124,16 +126,6 @@ def test_the_bipartite_route_is_exact_for_float32_and_for_any_scale_of_the_weigh
                                    atol=1e-12)
 
 
-class _Skip(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b, self.c = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 4)
-
-    def forward(self, x):
-        h = self.a(x)
-        return self.c(h + self.b(torch.relu(h)))
-
-
 @pytest.mark.parametrize("path", ["dag", "filan"])
 def test_arpack_and_kmeans_run_on_one_blas_thread_beside_torch(monkeypatch, path):
     """Beside torch's products, scipy's BLAS threads contended with torch's: a random ViT-B/16's graph took
@@ -157,7 +149,7 @@ def test_arpack_and_kmeans_run_on_one_blas_thread_beside_torch(monkeypatch, path
         seen["eigsh"] = blas_threads()
         return real_eigsh(*a, **kw)
 
-    graph = trace_graph(_Skip())
+    graph = trace_graph(Residual(12, 16, 4))
     names = graph.layer_names
     run = ((lambda: cluster_network(graph, 3, random_state=0)) if path == "dag" else
            (lambda: spectral_network_clustering(graph, names, 3, random_state=0)))

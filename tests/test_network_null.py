@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from _graph_helpers import Residual
+
 from graphinterp.clustering.cluster import cluster_network
 from graphinterp.clustering.labels import Clustering
 from graphinterp.clustering.network_null import network_measures, network_shuffle_test
@@ -44,16 +46,6 @@ def _dense_reference(graph, clustering):
     return n_cut, sq_in / sq_all
 
 
-class _Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b, self.c = nn.Linear(6, 10), nn.Linear(10, 10), nn.Linear(10, 4)
-
-    def forward(self, x):
-        h = self.a(x)
-        return self.c(h + self.b(torch.relu(h)))
-
-
 def _planted_chain(blocks=2, width=6, noise=0.01, seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(blocks * width, blocks * width, bias=False), nn.ReLU(),
@@ -69,7 +61,7 @@ def _planted_chain(blocks=2, width=6, noise=0.01, seed=0):
 def test_measures_match_the_dense_adjacency(kind):
     torch.manual_seed(1)
     if kind == "dag":
-        graph = trace_graph(_Residual())
+        graph = trace_graph(Residual())
         clustering = cluster_network(graph, 3, random_state=0)
     else:
         net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 4))
@@ -232,13 +224,13 @@ def test_bad_arguments_are_errors():
     with pytest.raises(ClusteringError, match="k=50 is out of range for a network with 36 connected nodes"):
         network_shuffle_test(graph, 50, n_shuffles=2)
     with pytest.raises(ClusteringError, match="out of range for a network with 20 connected nodes"):
-        network_shuffle_test(trace_graph(_Residual()), 40, n_shuffles=2)
+        network_shuffle_test(trace_graph(Residual()), 40, n_shuffles=2)
     with pytest.raises(ClusteringError, match="k must be"):
         network_shuffle_test(graph, 1, n_shuffles=2)
 
 
 def test_a_dag_takes_given_similarities_like_a_chain():
-    graph = trace_graph(_Residual())
+    graph = trace_graph(Residual())
     own = {n: graph[n].magnitude() for n in graph.layer_names}
     a = cluster_network(graph, 3, random_state=0)
     b = cluster_network(graph, 3, similarity=own, random_state=0)
@@ -391,7 +383,7 @@ def test_a_split_along_whole_levels_is_noted_as_saying_nothing_about_the_weights
 @pytest.mark.parametrize("drop_pieces", [False, True])
 def test_shuffled_networks_on_processes_give_the_serial_result(drop_pieces):
     """Each shuffle has its own seeds, so spreading them over processes (in shares) changes nothing."""
-    graph = trace_graph(_Residual())
+    graph = trace_graph(Residual())
     kw = dict(n_shuffles=5, n_init=3, random_state=7, drop_pieces=drop_pieces)
     serial = network_shuffle_test(graph, 3, **kw)
     spread = network_shuffle_test(graph, 3, n_jobs=2, **kw)

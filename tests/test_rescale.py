@@ -5,6 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from _graph_helpers import Residual
+
 from graphinterp import LayeredGraph
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.rescale import unit_norm_rescaled
@@ -79,17 +81,8 @@ def test_a_dead_unit_keeps_its_outgoing_weights():
 
 
 def test_graphs_that_are_not_chains_are_refused():
-    class Res(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
-
-        def forward(self, x):
-            h = self.a(x)
-            return self.c(h + self.b(torch.relu(h)))
-
     with pytest.raises(UnsupportedModelError, match="residual streams"):
-        unit_norm_rescaled(LayeredGraph.from_module(Res()))
+        unit_norm_rescaled(LayeredGraph.from_module(Residual(4, 6, 2)))
     mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(UnsupportedModelError, match="one by one"):
         unit_norm_rescaled(LayeredGraph.from_module(mlp, layerwise=True))

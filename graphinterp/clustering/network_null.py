@@ -253,7 +253,7 @@ def network_shuffle_test(
         seeds = [(int(rng.randint(2**31 - 1)), int(rng.randint(2**31 - 1))) for _ in range(n_shuffles)]
     setting = (names, k, n_init, nonzero_only, drop_pieces)
     if n_jobs == 1 and scheduler is None:
-        null = _null_chunk(graph, ids, seeds, *setting, progress=progress)
+        null = _null_chunk(graph, ids, seeds, *setting, progress=progress, mags=mags)
     else:
         chunks = shares(seeds, n_jobs, per_item=scheduler is not None)
         null = np.concatenate(run_tasks(_null_chunk, [(graph, ids, c, *setting) for c in chunks], n_jobs=n_jobs,
@@ -279,16 +279,18 @@ def _shuffled_network(graph: LayeredGraph, mags, supports, ids, seeds: Tuple[int
 
 
 def _null_chunk(graph: LayeredGraph, ids, seeds: Sequence[Tuple[int, int]], names: Sequence[str], k: int,
-                n_init: int, nonzero_only: bool, drop_pieces: bool, progress: bool = False) -> np.ndarray:
+                n_init: int, nonzero_only: bool, drop_pieces: bool, progress: bool = False,
+                mags: Optional[Mapping[str, torch.Tensor]] = None) -> np.ndarray:
     """``(len(seeds), 2)`` n-cuts and E of shuffled networks: all of them here, or one worker's share (the
-    graph sent once); ``progress`` a tqdm bar over them."""
+    graph sent once); ``progress`` a tqdm bar over them; ``mags`` the layers' ``|W|`` when already at hand."""
     draws = seeds
     if progress:
         from tqdm.auto import tqdm
 
         draws = tqdm(seeds, desc="network shuffles", leave=False)
     with single_threaded_blas():
-        mags = {n: graph[n].magnitude().double().cpu() for n in names}
+        if mags is None:
+            mags = {n: graph[n].magnitude().double().cpu() for n in names}
         supports = {n: null_support(graph[n], mags[n], nonzero_only) for n in names}
         return np.array([_shuffled_network(graph, mags, supports, ids, s, names, k, n_init, nonzero_only, drop_pieces)
                          for s in draws]).reshape(len(seeds), 2)
