@@ -58,3 +58,32 @@ def test_task_metrics_weigh_positives_and_negatives_equally():
     logits[0, 7, 1] = 9.0  # ... but one
     acc, _ = TaskMetrics(task, "cpu")(logits)
     assert float(acc[0]) == pytest.approx(0.5 * 1.0 + 0.5 * 5 / 6)
+
+
+def test_a_task_decided_right_on_every_example_has_accuracy_exactly_one():
+    """The balanced accuracy is each group's count over its size, not a rounded sum of 1/n weights (which gave
+    0.9999999999999998 or 1.0000000000000002 for some sizes, depending on the BLAS kernel); checked for every
+    size up to 80, with one group and with both, through metrics() and TaskMetrics in both layouts."""
+    for n in range(1, 81):
+        for n_pos in sorted({0, 1, n // 3, n}):
+            positive = torch.arange(n) < n_pos
+            task = LabelTask(0, torch.zeros(n, 1), positive)
+            logits = torch.where(positive[:, None], torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+            assert task.metrics(logits)[0] == 1.0
+            acc, _ = TaskMetrics(task, "cpu")(logits[None].expand(3, n, 2))
+            assert acc.tolist() == [1.0] * 3
+            acc, _ = TaskMetrics(task, "cpu")(logits[:, None].expand(n, 2, 2), examples_first=True)
+            assert acc.tolist() == [1.0] * 2
+            wrong = logits.flip(1)  # every decision wrong
+            assert task.metrics(wrong)[0] == 0.0
+
+
+def test_balanced_accuracy_weighs_the_two_groups_equally():
+    positive = torch.tensor([True] * 2 + [False] * 6)
+    task = LabelTask(0, torch.zeros(8, 1), positive)
+    logits = torch.tensor([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 3 + [[1.0, 0.0]] * 3)  # positives right, half the negatives
+    acc, loss = task.metrics(logits)
+    assert acc == 0.5 * 1.0 + 0.5 * 0.5
+    hit, terms = task_terms(logits, 0, positive)
+    assert acc == pytest.approx(float(task.weights() @ hit.double()), abs=1e-15)
+    assert loss == pytest.approx(float(task.weights() @ terms.double()))

@@ -42,7 +42,7 @@ from graphinterp.interpret.conv_prefix import ChannelPrefix
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import Interventions, interventions
 from graphinterp.interpret.linear_states import sequential_suffix
-from graphinterp.interpret.label_tasks import LabelTask, task_terms
+from graphinterp.interpret.label_tasks import LabelTask, split_hits, task_terms
 
 __all__ = ["TaskEvaluator", "EXACT_EVERY"]
 
@@ -297,7 +297,7 @@ class TaskEvaluator:
             for layer, mod in zip(self.layers, self.modules):
                 if z_t is None or mod is not self.first:
                     self._session.set_weight(mod, layer.masked(masks[layer.name]))
-            acc = loss = 0.0
+            hits_pos = hits_neg = loss = 0.0
             try:
                 for start in range(0, len(self.x), self.batch_size):
                     end = start + self.batch_size
@@ -307,11 +307,12 @@ class TaskEvaluator:
                         self._lookup = None if z_t is None else self._rows(z_t, start, end)
                         logits = self.model(self.x[start:end])
                     hit, l = task_terms(logits, self.task.label, self.pos[start:end])
-                    acc += float(self.w[start:end] @ hit.double())
+                    hp, hn = split_hits(hit, self.pos[start:end])
+                    hits_pos, hits_neg = hits_pos + float(hp), hits_neg + float(hn)
                     loss += float(self.w[start:end] @ l.double())
             finally:
                 self._lookup = None
-        return min(acc, 1.0), loss  # the weights sum to 1 up to rounding: an accuracy never above 1
+        return float(self.task.accuracy(hits_pos, hits_neg)), loss
 
     def gradients(self, masks: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Gradient of the task loss with respect to each masked weight (``functional_call``).

@@ -30,7 +30,7 @@ from graphinterp.interpret.circuit_batch import batched_logits
 from graphinterp.interpret.circuit_result import HeldOut
 from graphinterp.interpret.circuit_search import AUTHORS_RTOL, Tolerance, masked_in_place
 from graphinterp.interpret.edges import EdgeLayer
-from graphinterp.interpret.label_tasks import LabelTask, task_terms
+from graphinterp.interpret.label_tasks import LabelTask, split_hits, task_terms
 
 __all__ = ["check_heldout", "HELDOUT_MIN_GROUP"]
 
@@ -87,8 +87,8 @@ def check_heldout(model: nn.Module, layers: List[EdgeLayer], modules: List[nn.Mo
     with masked_in_place(model, layers, modules, {k: v.to(device) for k, v in masks.items()}):
         circuit = task_terms(batched_logits(model, x, batch_size), task.label, pos)
     (hit_f, loss_f), (hit_c, loss_c) = ((h.double(), l.double()) for h, l in (full, circuit))
-    acc, loss, full_acc, full_loss = (float(w @ t) for t in (hit_c, loss_c, hit_f, loss_f))
-    acc, full_acc = min(acc, 1.0), min(full_acc, 1.0)  # rounding never lifts them above 1
+    acc, full_acc = (float(task.accuracy(*split_hits(h, pos))) for h in (hit_c, hit_f))  # 1 when all are right
+    loss, full_loss = float(w @ loss_c), float(w @ loss_f)
     if mode == "authors":  # the loss not above the full model's
         limits = {"loss": full_loss + AUTHORS_RTOL * abs(full_loss)}
         terms = {"loss": loss_f - loss_c}

@@ -10,7 +10,8 @@ import torch
 
 from graphinterp.common.errors import DataError
 
-__all__ = ["LabelTask", "label_task", "heldout_task", "output_labels", "task_terms", "class_first_terms", "TaskMetrics"]
+__all__ = ["LabelTask", "label_task", "heldout_task", "output_labels", "task_terms", "class_first_terms", "TaskMetrics",
+           "split_hits"]
 
 
 @dataclass
@@ -37,11 +38,45 @@ class LabelTask:
         pos = torch.full(self.positive.shape, 0.5 / n_pos, dtype=torch.float64, device=self.positive.device)
         return torch.where(self.positive, pos, torch.full_like(pos, 0.5 / n_neg))  # float64 throughout: sums to 1
 
+    def accuracy(self, hits_pos, hits_neg):
+        """The balanced accuracy from the numbers of positives and negatives decided right (ints or float64 tensors).
+
+        The mean of the two groups' accuracies (of all examples with one group only), each a count over
+        its size, so that a task solved on every example has accuracy exactly 1: the weighted sum
+        ``weights() @ hit`` rounds, to 0.9999999999999998 or 1.0000000000000002 for some sizes depending on
+        the BLAS kernel, and a test of a held-out accuracy of 1 failed on one machine and not on another.
+
+        Examples
+        --------
+        >>> task = LabelTask(0, torch.zeros(49, 1), torch.zeros(49, dtype=torch.bool))
+        >>> task.accuracy(0, 49), task.accuracy(0, 48)
+        (1.0, 0.9795918367346939)
+        >>> LabelTask(0, torch.zeros(4, 1), torch.tensor([True, False, False, False])).accuracy(1, 1)
+        0.6666666666666666
+        """
+        n_pos, n_neg = self.n_pos, self.n_neg
+        if n_pos == 0 or n_neg == 0:
+            return (hits_pos + hits_neg) / (n_pos + n_neg)
+        return 0.5 * (hits_pos / n_pos) + 0.5 * (hits_neg / n_neg)
+
     def metrics(self, logits: torch.Tensor) -> Tuple[float, float]:
         """``(accuracy, loss)`` of the task's logits (see :mod:`graphinterp.interpret.circuits`)."""
-        hit, loss = task_terms(logits, self.label, self.positive.to(logits.device))
-        w = self.weights().to(logits.device)
-        return min(1.0, float(w @ hit.double())), float(w @ loss.double())  # rounding never lifts it above 1
+        pos = self.positive.to(logits.device)
+        hit, loss = task_terms(logits, self.label, pos)
+        return float(self.accuracy(*split_hits(hit, pos))), float(self.weights().to(logits.device) @ loss.double())
+
+
+def split_hits(hit: torch.Tensor, positive: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The numbers of right decisions ``hit`` (..., N) on the positives and on the negatives (float64, exact).
+
+    Examples
+    --------
+    >>> split_hits(torch.tensor([True, False, True]), torch.tensor([True, True, False]))
+    (tensor(1., dtype=torch.float64), tensor(1., dtype=torch.float64))
+    """
+    hit, pos = hit.double(), positive.double()
+    hits_pos = hit @ pos
+    return hits_pos, hit.sum(-1) - hits_pos
 
 
 def task_terms(logits: torch.Tensor, label: int, positive: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +210,7 @@ class TaskMetrics:
     """Balanced ``(accuracy, loss)`` of a :class:`LabelTask` for a stack of ``T`` states' logits."""
 
     def __init__(self, task: LabelTask, device) -> None:
-        self.label, self.x = task.label, task.x.to(device)
+        self.task, self.label, self.x = task, task.label, task.x.to(device)
         self.pos, self.w = task.positive.to(device), task.weights().to(device)
 
     def __call__(self, logits: torch.Tensor, examples_first: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +222,9 @@ class TaskMetrics:
         """:meth:`__call__` for logits with the classes first: ``(C, T, N)`` (``(C, N, T)`` with ``examples_first``)."""
         if examples_first:
             hit, loss = class_first_terms(logits, self.label, self.pos[:, None])
-            return (self.w @ hit.double()).clamp_max(1.0), self.w @ loss.double()
+            return self.task.accuracy(*split_hits(hit.T, self.pos)), self.w @ loss.double()
         hit, loss = class_first_terms(logits, self.label, self.pos)
-        return (hit.double() @ self.w).clamp_max(1.0), loss.double() @ self.w  # never above 1 by rounding
+        return self.task.accuracy(*split_hits(hit, self.pos)), loss.double() @ self.w
 
 
 def output_labels(labels: Union[str, Iterable[int]], n_out: int) -> List[int]:
