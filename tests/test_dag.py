@@ -548,3 +548,19 @@ def test_the_dense_adjacency_is_the_identity_product_to_the_last_bit(build):
     n = g.n_nodes
     reference = (d_is[:, None] * matvec(d_is[:, None] * torch.eye(n, dtype=torch.float64))).numpy()
     assert np.array_equal(dense(d_is), reference) and np.abs(reference).sum() > 0
+
+
+def test_a_per_layer_clustering_is_refused_as_network_wide_labels_on_both_kinds_of_graph():
+    """network= takes network-wide labels: a per-layer clustering numbers each layer's clusters on its own, and a DAG
+    read them off its layers' ends as if they were one labelling (a silent mix), where a chain refused them."""
+    from _graph_helpers import Residual
+    from graphinterp.clustering.cluster import cluster_layers
+
+    torch.manual_seed(0)
+    dag = trace_graph(Residual().eval(), example=torch.randn(2, 6))
+    chain = LayeredGraph.from_module(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)))
+    for g in (dag, chain):
+        per_layer = cluster_layers(g, 2, random_state=0)
+        with pytest.raises(ValueError, match="network-wide"):
+            g.to_networkx(network=per_layer)
+        assert g.to_networkx(per_layer).graph["cluster_source"] == "per-layer"

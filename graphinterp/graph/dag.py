@@ -22,6 +22,7 @@ from graphinterp.graph.coverage import Coverage
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.layer import Layer, grouped_input_channels
+from graphinterp.graph.networkx_view import to_networkx
 
 __all__ = ["ModelGraph"]
 
@@ -150,134 +151,13 @@ class ModelGraph(LayeredGraph):
 
     def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
                     network=None, progress: bool = False):
-        """``networkx.MultiDiGraph`` over the global nodes; an edge per (layer, input node, output node).
+        """The graph as a ``networkx.MultiDiGraph`` over its global nodes, an edge per (layer, input node, output node).
 
-        A multigraph, because two layers can connect the same pair of nodes (a SwiGLU MLP's gate and
-        up projections both read the residual stream and write the same hidden nodes): each keeps
-        its own edge, keyed by the layer's name (``G.edges[u, v, "mlp.up_proj"]`` in memory; a file read
-        back numbers the keys), so there is one edge per layer and pair of nodes with ``|weight| >
-        min_abs_weight`` (input features that share a node, e.g. the query heads that one value head
-        serves under grouped-query attention, are one edge: the grouped view's norm). Graph attributes:
-        ``multigraph`` (true: :func:`~graphinterp.reports.io.read_graphml` reads the file back as a
-        ``MultiDiGraph``) and ``multi_edge_pairs`` (how many pairs of nodes have several edges).
-
-        The same attribute contract as :meth:`LayeredGraph.to_networkx`, on shared nodes:
-
-        * node attributes ``layer`` (the space: the layer or embedding that created the node),
-          ``index``, ``cluster`` (the node's network-wide label, from ``network`` or from a
-          network-wide ``clustering``, e.g. :func:`~graphinterp.clustering.dag_cluster.cluster_dag`; else -1),
-          ``cluster_in`` / ``cluster_out`` (the node's label in ``clustering`` as an input / output of
-          the layers that read / write it; -1 when no clustered layer does, or when several
-          clustered layers give it different labels, as on a residual stream with per-layer labels);
-        * edge attributes ``weight`` (signed), ``abs_weight``, ``sign``, ``layer``, ``within`` (both
-          ends in one cluster of that layer's clustering) and ``same_cluster`` (both ends share a
-          ``cluster`` >= 0).
-
-        Parameters
-        ----------
-        clustering : Clustering, optional
-            Labels for ``cluster_in``, ``cluster_out`` and ``within``; also the ``cluster`` labels when it is
-            network-wide and ``network`` is None.
-        view : {"grouped"}
-            Only the grouped view (one node per channel) exists on shared nodes; others raise ValueError.
-        min_abs_weight : float, default 0.0
-            Drop edges with ``|weight| <= min_abs_weight`` (a finite number >= 0).
-        network : Clustering, optional
-            Network-wide labels for ``cluster``: ``meta["node_labels"]`` when it has one per node, else
-            read off the ends of its layers; without ``clustering``, also the labels of ``cluster_in``,
-            ``cluster_out`` and ``within`` (which then equals ``same_cluster``).
-        progress : bool, default False
-            Show a tqdm bar over the layers on stderr.
-
-        Returns
-        -------
-        networkx.MultiDiGraph
-
-        Raises
-        ------
-        ValueError
-            ``view`` is not ``"grouped"``, or ``min_abs_weight`` is negative or not a finite number.
+        :func:`graphinterp.graph.networkx_view.to_networkx` of this graph (the parameters, node, edge and
+        graph attributes are documented there).
         """
-        import networkx as nx
-
-        if view != "grouped":
-            raise ValueError("a model graph is exported in the 'grouped' view (one node per channel)")
-        if not (isinstance(min_abs_weight, (int, float)) and not isinstance(min_abs_weight, bool)
-                and np.isfinite(min_abs_weight) and min_abs_weight >= 0):
-            raise ValueError(f"min_abs_weight must be a finite number >= 0, got {min_abs_weight!r}")
-        if network is None and clustering is not None and getattr(clustering, "network_wide", False):
-            network = clustering
-        labels = _node_labels(self, network)
-        if clustering is None:  # network-wide labels only: they are also every layer's in and out labels
-            clustering = network
-        c_in, c_out = _side_labels(self, clustering, "in"), _side_labels(self, clustering, "out")
-        source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
-        G = nx.MultiDiGraph(chained=False, view=view, dag=True, multigraph=True, cluster_source=source)
-        for i, name in enumerate(self.node_names):
-            space, _, idx = name.rpartition(":")
-            G.add_node(name, layer=space, space=space, index=int(idx), cluster=int(labels[i]),
-                       cluster_in=int(c_in[i]), cluster_out=int(c_out[i]))
-        names = np.asarray(self.node_names, dtype=object)
-        layers = self.layers
-        if progress:
-            from tqdm.auto import tqdm
-
-            layers = tqdm(layers, desc="building graph", unit="layer", leave=False, dynamic_ncols=True)
-        for layer in layers:
-            w = layer.signed().detach().cpu().double().numpy()  # numpy has no bfloat16
-            src, dst = self._src[layer.name], self._dst[layer.name]
-            ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
-            vals = w[ii, jj].astype(np.float64)
-            if clustering is not None and layer.name in clustering.layer_names:
-                rows, cols = (np.asarray(a) for a in clustering.labels(layer.name))
-                within = (rows[ii] >= 0) & (rows[ii] == cols[jj])
-            else:
-                within = np.zeros(len(ii), dtype=bool)
-            u, v = src[ii], dst[jj]
-            same = (labels[u] >= 0) & (labels[u] == labels[v])
-            G.add_edges_from(
-                (a, b, layer.name, {"weight": val, "abs_weight": abs(val), "sign": int(np.sign(val)),
-                                    "layer": layer.name, "within": wi, "same_cluster": sa})
-                for a, b, val, wi, sa in zip(names[u].tolist(), names[v].tolist(), vals.tolist(), within.tolist(),
-                                             same.tolist())
-            )
-        G.graph["multi_edge_pairs"] = sum(1 for nbrs in G.adj.values() for keys in nbrs.values() if len(keys) > 1)
-        return G
-
-
-def _node_labels(graph: ModelGraph, clustering) -> np.ndarray:
-    labels = np.full(graph.n_nodes, -1, dtype=np.int64)
-    node_labels = getattr(clustering, "meta", {}).get("node_labels") if clustering is not None else None
-    if node_labels is not None and len(node_labels) == graph.n_nodes:
-        labels[:] = np.asarray(node_labels)
-    elif clustering is not None:  # network-wide labels given per layer: read them off the layers' ends
-        for name in clustering.layer_names:
-            rows, cols = (np.asarray(a) for a in clustering.labels(name))
-            for nodes, lab in ((graph.src_nodes(name), rows), (graph.dst_nodes(name), cols)):
-                nodes = np.asarray(nodes)
-                if len(nodes) == len(lab):
-                    labels[nodes] = np.where(lab >= 0, lab, labels[nodes])
-    return labels
-
-
-def _side_labels(graph: ModelGraph, clustering, side: str) -> np.ndarray:
-    """Per node: its label as an input (``side="in"``) or output of the clustered layers; -1 if none or if they disagree."""
-    labels = np.full(graph.n_nodes, -1, dtype=np.int64)
-    if clustering is None:
-        return labels
-    seen = np.zeros(graph.n_nodes, dtype=bool)
-    clash = np.zeros(graph.n_nodes, dtype=bool)
-    for name in clustering.layer_names:
-        rows, cols = (np.asarray(a) for a in clustering.labels(name))
-        nodes, lab = (np.asarray(graph.src_nodes(name)), rows) if side == "in" else (np.asarray(graph.dst_nodes(name)), cols)
-        if len(nodes) != len(lab):
-            continue
-        keep = lab >= 0
-        nodes, lab = nodes[keep], lab[keep]
-        clash[nodes] |= seen[nodes] & (labels[nodes] != lab)
-        labels[nodes], seen[nodes] = lab, True
-    labels[clash] = -1
-    return labels
+        return to_networkx(self, clustering, view=view, min_abs_weight=min_abs_weight, network=network,
+                           progress=progress)
 
 
 # ------------------------------------------------------------------ building from a trace

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator, List, Mapping, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layer import Layer
+from graphinterp.graph.networkx_view import to_networkx
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
@@ -261,154 +261,21 @@ class LayeredGraph:
     # ------------------------------------------------------------ networkx
     def to_networkx(self, clustering=None, *, view: str = "grouped", min_abs_weight: float = 0.0,
                     network=None, progress: bool = False) -> "nx.DiGraph":
-        """Return a ``networkx.DiGraph`` with node and edge attributes.
+        """The graph as a ``networkx.DiGraph`` with cluster labels on nodes and edges.
 
-        Nodes are ``"<level>:<index>"`` (``"input:3"``, ``"fc1:10"``) for a chained graph and
-        ``"<layer>/in:<i>"``, ``"<layer>/out:<j>"`` otherwise. Node attributes: ``layer`` (level
-        name), ``level``, ``index``, ``cluster_in`` (the node's label as an input of the next
-        layer, in ``clustering``), ``cluster_out`` (its label as an output of the layer that
-        produces it) and ``cluster``, one label per node that means the same on every level:
-
-        * the network-wide label, from ``network`` or from ``clustering`` when it is network-wide
-          (:func:`graphinterp.clustering.cluster.cluster_network`); then an edge joins two nodes of one
-          cluster exactly when both ends have the same ``cluster``, and the squared weight of
-          such edges over all edges is the clustering's E;
-        * otherwise the node's only label: a per-layer clustering numbers each layer's clusters
-          on its own, so a hidden node between two clustered layers, which has two unrelated
-          labels, gets ``cluster = -1`` (its labels stay in ``cluster_in`` / ``cluster_out``);
-        * ``-1`` for a node that no clustered layer touches or that is isolated.
-
-        Edge attributes: ``weight`` (signed), ``abs_weight``, ``sign`` (-1, 0, 1), ``layer``,
-        ``within`` (both ends in the same cluster of that layer's clustering in ``clustering``) and
-        ``same_cluster`` (both ends have the same ``cluster`` >= 0). Graph attributes: ``chained``,
-        ``view`` and ``cluster_source`` (``"network"``, ``"per-layer"`` or ``"none"``).
-
-        Parameters
-        ----------
-        clustering : Clustering, optional
-            Labels for ``cluster_in``, ``cluster_out`` and ``within`` (see :mod:`graphinterp.clustering.cluster`);
-            by default ``network``'s.
-        view : {"grouped", "fine"}
-            ``"fine"`` is only allowed for a single layer or layer-by-layer graphs.
-        min_abs_weight : float
-            Drop edges with ``|weight| <= min_abs_weight`` (zero-weight edges are always dropped).
-        network : Clustering, optional
-            A network-wide clustering (``network_wide=True``) whose labels become ``cluster``; by
-            default ``clustering`` when it is network-wide.
-        progress : bool
-            A tqdm bar over the layers on stderr.
-
-        Returns
-        -------
-        networkx.DiGraph
-
-        Raises
-        ------
-        UnsupportedModelError
-            The ``"fine"`` view of a chained graph with a Flatten between layers.
-        ValueError
-            ``min_abs_weight`` is negative or not a finite number, or ``network`` is not network-wide.
-
-        A layered graph never has two edges between one pair of nodes (each layer joins its own
-        pair of levels, or its own nodes when layer by layer), so it is a ``DiGraph`` with one edge
-        per weight with ``|weight| > min_abs_weight`` (in the ``"grouped"`` view of a conv layer, one
-        edge per pair of channels); :class:`~graphinterp.graph.dag.ModelGraph`, whose layers share nodes,
-        gives a ``MultiDiGraph``.
+        :func:`graphinterp.graph.networkx_view.to_networkx` of this graph (the parameters, node, edge and
+        graph attributes are documented there).
 
         Examples
         --------
         >>> from torch import nn
-        >>> from graphinterp.clustering.cluster import cluster_network
-        >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 4)))
-        >>> G = g.to_networkx(cluster_network(g, 2, random_state=0))
-        >>> G.graph["cluster_source"], G.nodes["0:1"]["cluster"] == G.nodes["0:1"]["cluster_in"]
-        ('network', True)
+        >>> g = LayeredGraph.from_module(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2)))
+        >>> G = g.to_networkx()
+        >>> G.number_of_nodes(), G.number_of_edges(), G.nodes["input:2"]["level"], G.edges["input:2", "0:1"]["layer"]
+        (7, 10, 0, '0')
         """
-        import networkx as nx
-
-        if view == "fine" and self.chained and any(l.in_groups for l in self.layers[1:]):
-            raise UnsupportedModelError("the 'fine' view breaks the chain at a Flatten; use the 'grouped' view "
-                                        "(or --layerwise)")
-        if not (isinstance(min_abs_weight, (int, float)) and not isinstance(min_abs_weight, bool)
-                and np.isfinite(min_abs_weight) and min_abs_weight >= 0):
-            raise ValueError(f"min_abs_weight must be a finite number >= 0, got {min_abs_weight!r}")
-        if network is None and clustering is not None and getattr(clustering, "network_wide", False):
-            network = clustering
-        if network is not None and not getattr(network, "network_wide", False):
-            raise ValueError("network= must be a network-wide clustering (graphinterp.clustering.cluster.cluster_network)")
-        if clustering is None:
-            clustering = network
-        source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
-        G = nx.DiGraph(chained=self.chained, view=view, cluster_source=source)
-        node_cluster: dict = {}  # node -> list of candidate labels (network: one; per-layer: one per side)
-        edges = []
-        layers = enumerate(self.layers)
-        if progress:
-            from tqdm.auto import tqdm
-
-            layers = tqdm(layers, total=len(self.layers), desc="building graph", unit="layer", leave=False,
-                          dynamic_ncols=True)
-        for t, layer in layers:
-            rows, cols = _labels_for(clustering, layer, view)
-            src = self._node_ids(t, "in", layer.n_in(view))
-            dst = self._node_ids(t, "out", layer.n_out)
-            if network is not None:
-                net_rows, net_cols = _labels_for(network, layer, view)
-                covered = layer.name in network.layer_names
-            else:
-                net_rows, net_cols, covered = rows, cols, clustering is not None and layer.name in clustering.layer_names
-            for ids, level, name, labels, net, attr in (
-                (src, t, self._level_name(t, "in"), rows, net_rows, "cluster_in"),
-                (dst, t + 1, self._level_name(t, "out"), cols, net_cols, "cluster_out"),
-            ):
-                for i, node in enumerate(ids):
-                    G.add_node(node)
-                    data = G.nodes[node]
-                    data.update(layer=name, level=level, index=i)
-                    data.setdefault("cluster_in", -1)
-                    data.setdefault("cluster_out", -1)
-                    data[attr] = int(labels[i])
-                    if covered:
-                        node_cluster.setdefault(node, []).append(int(net[i]))
-            w = layer.signed(view).detach().cpu().double().numpy()  # numpy has no bfloat16
-            ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
-            vals = w[ii, jj]
-            within = (rows[ii] == cols[jj]) & (rows[ii] >= 0)
-            edges.append((layer.name, src, dst, ii.tolist(), jj.tolist(), vals.tolist(), within.tolist()))
-        for node, data in G.nodes(data=True):
-            labels = node_cluster.get(node, [])
-            # network: every candidate is the same label; per layer: only a node with one label has a meaning
-            data["cluster"] = labels[0] if labels and (network is not None or len(labels) == 1) else -1
-        cluster = G.nodes.data("cluster")
-        for name, src, dst, ii, jj, vals, within in edges:
-            G.add_edges_from(
-                (src[i], dst[j], {"weight": float(v), "abs_weight": float(abs(v)), "sign": int(np.sign(v)),
-                                  "layer": name, "within": bool(b),
-                                  "same_cluster": bool(cluster[src[i]] == cluster[dst[j]] and cluster[src[i]] >= 0)})
-                for i, j, v, b in zip(ii, jj, vals, within)
-            )
-        return G
-
-    def _level_name(self, t: int, side: str) -> str:
-        if self.chained:
-            return "input" if (side == "in" and t == 0) else self.layers[t - 1 if side == "in" else t].name
-        return f"{self.layers[t].name}/{side}"
-
-    def _node_ids(self, t: int, side: str, n: int) -> List[str]:
-        if self.chained:
-            prefix = self._level_name(t, side)
-            return [f"{prefix}:{i}" for i in range(n)]
-        return [f"{self.layers[t].name}/{side}:{i}" for i in range(n)]
-
-
-def _labels_for(clustering, layer: Layer, view: str):
-    n_in, n_out = layer.n_in(view), layer.n_out
-    if clustering is None or layer.name not in clustering.layer_names:
-        return np.full(n_in, -1), np.full(n_out, -1)
-    rows, cols = clustering.labels(layer.name)
-    if view == "fine" and len(rows) != n_in:
-        rows = layer.expand_input_labels(torch.as_tensor(rows)).numpy()
-    return np.asarray(rows), np.asarray(cols)
+        return to_networkx(self, clustering, view=view, min_abs_weight=min_abs_weight, network=network,
+                           progress=progress)
 
 
 def layered_graph(model: Union[nn.Module, Mapping[str, torch.Tensor]], **kwargs) -> LayeredGraph:
