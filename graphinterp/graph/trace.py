@@ -73,6 +73,7 @@ class ChannelTracer(TorchFunctionMode):
         self.spaces: List[Tuple[str, int, int]] = []  # (name, first id, size)
         self._space_names: set = set()
         self.notes: Counter = Counter()
+        self.number_scaled: Dict[int, float] = {}  # tensor id -> a number in the code that scaled it (trace_numbers)
         self.unfolded: Dict[str, str] = {}
         self.fresh_inputs: Dict[str, int] = {}  # layer -> input features it read without nodes (not the first layer)
         self._parent: List[int] = []

@@ -153,7 +153,10 @@ def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str,
     tr.unfolded.pop(what.split(" ")[0], None)
 
 
-def batch_norm(tr, args, kwargs, out) -> None:
+def batch_norm(tr, args, kwargs, out, kind: str = "BatchNorm") -> None:
+    """``F.batch_norm`` (or ``F.instance_norm`` with running statistics, ``kind="InstanceNorm"``: the same
+    arguments in the same places): fold ``weight / sqrt(running_var + eps)`` into the layer before, or the
+    layers reading its output, or list it as not folded."""
     x = args[0]
     s = tr.shadow(x)
     if s is None or not isinstance(out, torch.Tensor):
@@ -166,7 +169,7 @@ def batch_norm(tr, args, kwargs, out) -> None:
     if var is None or _arg(args, kwargs, 5, "training", False):  # each batch's own spread, which no weight can hold
         why = ("without running statistics (track_running_stats=False)" if var is None else
                "called with training=True (F.batch_norm, or a BatchNorm module in training mode)")
-        tr.unfolded[name] = (f"BatchNorm {why}: it normalises by each batch's own statistics, so no fixed scale can be "
+        tr.unfolded[name] = (f"{kind} {why}: it normalises by each batch's own statistics, so no fixed scale can be "
                              "folded; the graph's weights around it are the raw parameters")
         return
     if not tr.fold:
@@ -178,18 +181,18 @@ def batch_norm(tr, args, kwargs, out) -> None:
         vec = _channel_vector(tr.canon(s), 1)
     layer = tr._direct.get(id(x))
     if vec is None or not bool(torch.isfinite(scale).all()):
-        tr.unfolded[name] = "BatchNorm channels ambiguous or scale not finite"
+        tr.unfolded[name] = f"{kind} channels ambiguous or scale not finite"
         return
     per_node = T.one_per_node(vec, scale)
     if layer is not None and per_node is not None:  # exact for any sign: BN(conv(x)) = conv'(x) + b, rows scaled
-        _fold_out(tr, layer, per_node[0], per_node[1], f"{name} (BatchNorm scale)", x, per_node[2])
+        _fold_out(tr, layer, per_node[0], per_node[1], f"{name} ({kind} scale)", x, per_node[2])
         tr._direct[id(out)] = layer
         return
     # folded into the layers that read it directly (a gain is never carried through an activation); also a
     # BatchNorm1d over a conv's flattened output, whose features of one channel have different scales
-    _pending_gain(tr, out, T._Gain(vec, scale, name, "BatchNorm scale", dim=1, tensor=out))
-    tr.unfolded[name] = ("BatchNorm after a non-weight operation (e.g. a concatenation or residual sum)"
-                         if layer is None else f"BatchNorm scale differs between the features of one node of {tr.calls[layer].name} "
+    _pending_gain(tr, out, T._Gain(vec, scale, name, f"{kind} scale", dim=1, tensor=out))
+    tr.unfolded[name] = (f"{kind} after a non-weight operation (e.g. a concatenation or residual sum)"
+                         if layer is None else f"{kind} scale differs between the features of one node of {tr.calls[layer].name} "
                          "(a BatchNorm1d over a flattened conv output: one node per channel), so its rows cannot "
                          "hold it, and no weight layer reads its output directly")
 
@@ -200,6 +203,10 @@ NOT_FOLDING = ("not folded as asked (fold=False, --no-fold): the graph's weights
 
 
 def norm(tr, name: str, args, kwargs, out) -> None:
+    if name == "instance_norm" and _arg(args, kwargs, 5, "use_input_stats", True) is False:
+        # running statistics (an InstanceNorm with track_running_stats in eval mode): a fixed per-channel scale,
+        # gain / sqrt(running_var + eps), as a BatchNorm's; its gain alone is not what the model applies
+        return batch_norm(tr, args, kwargs, out, kind="InstanceNorm")
     x = args[0]
     s = tr.shadow(x)
     if s is None or not isinstance(out, torch.Tensor):
@@ -275,6 +282,8 @@ def settle(tr) -> None:
         for tag in tags:
             if tag in call.folded:
                 call.folded.remove(tag)
+            if tag.endswith("(number in the code)"):  # then part of the model's own arithmetic on that output (a
+                continue  # hand-written GELU's 0.5 * x, a rotary sign, attention's q * scale): no edge's weight
             source, kind = tag.split(" ", 1)
             others = sorted(set(readers) - {source}) or sorted({t.split(" ", 1)[0] for t in tags} - {source})
             tr.unfolded[source] = (f"{kind.strip('()')}: the raw output of {call.name} is also read by "

@@ -37,6 +37,7 @@ _SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d"
             "adaptive_max_pool2d", "adaptive_max_pool3d", "max_pool2d_with_indices", "interpolate",
             "upsample", "upsample_nearest", "upsample_bilinear", "lp_pool2d", "fractional_max_pool2d"}
 _NORMS = {"layer_norm", "rms_norm", "group_norm", "instance_norm"}
+_SCANS = {"cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "cumsum_", "cumprod_"}
 _SKIP = {"size", "dim", "numel", "__len__", "__bool__", "item", "tolist", "__format__", "__repr__",
          "__hash__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "eq", "ne", "lt", "le",
          "gt", "ge", "isfinite", "isnan", "any", "all", "stride", "data_ptr", "element_size", "is_contiguous",
@@ -167,7 +168,7 @@ _KNOWN = (_IDENTITY | _LAYOUT | _BINARY | _MATMUL | _REDUCE | _SPATIAL | _NORMS 
              "relu_", "sigmoid_", "tanh_", "gelu_", "silu_", "erf", "sin", "cos", "reciprocal", "__neg__",
              "__pow__", "__rpow__", "__abs__", "sign", "softsign", "logsigmoid", "celu", "selu", "prelu",
              "hardswish_", "hardsigmoid_", "leaky_relu_", "threshold", "softmin", "float_power", "tril",
-             "triu", "masked_fill", "nan_to_num", "cumsum"})
+             "triu", "masked_fill", "nan_to_num"} | _SCANS)
 
 
 class _OutFolds:

@@ -13,12 +13,13 @@ import torch
 
 from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_fused import FUSED_SCALES, einsum_scale, fused_scale
+from graphinterp.graph.trace_numbers import NEGS, negate, scale_by_number, signed_operand
 from graphinterp.graph.trace_folds import (DIVS, MIXED_READ, MULS, NOT_FOLDING, batch_norm, norm, scale_by_constant,
                                           scale_by_param, scale_operands)
 from graphinterp.graph.trace_rules_layout import (arg as _arg, broadcast_from as _broadcast_from,
                                                  channel_vector as _channel_vector, channelwise as _channelwise,
                                                  identity as _identity, layout as _layout, matmul as _matmul,
-                                                 pad as _pad, reduce as _reduce)
+                                                 pad as _pad, reduce as _reduce, scan as _scan)
 
 __all__ = ["apply_rule"]
 
@@ -61,7 +62,9 @@ def apply_rule(tr: Any, name: str, args, kwargs, out) -> None:
         _matmul(tr, name, args, out)
         return einsum_scale(tr, args, out) if name == "einsum" else None
     if name in T._REDUCE:
-        return _reduce(tr, args, kwargs, out)
+        return _reduce(tr, name, args, kwargs, out)
+    if name in T._SCANS:
+        return _scan(tr, name, args, kwargs, out)
     if name == "pad":
         return _pad(tr, args, kwargs, out)
     if name in T._SPATIAL:
@@ -70,6 +73,8 @@ def apply_rule(tr: Any, name: str, args, kwargs, out) -> None:
         s = tr.shadow(args[1])
         tr._shadow.pop(id(out), None)  # the old nodes are overwritten, whether or not the source carries any
         return tr._set(out, s.expand(out.shape).clone() if s is not None else None)
+    if name in NEGS and tr.fold and negate(tr, args, out):
+        return None
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if first is None or tr.shadow(first) is None:
         if any(tr.shadow(a) is not None for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)):
@@ -241,9 +246,12 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
         return
     if tr.fold and scale_by_constant(tr, name, tensors, out):
         return
+    if scale_by_number(tr, name, args, kwargs, tensors, out):
+        return
     if name in FUSED_SCALES and fused_scale(tr, name, args, kwargs, out):
         return
     _unfolded_scale(tr, name, tensors)
+    signed_operand(tr, name, args, kwargs)
     res = None
     for t in tracked:
         s = tr.shadow(t).expand(out.shape) if t.dim() <= out.dim() else None

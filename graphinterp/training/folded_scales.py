@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from graphinterp.common.errors import ClusteringError
+from graphinterp.graph.trace_numbers import NUMBER
 
 __all__ = ["live_scale"]
 
@@ -33,9 +34,11 @@ def _provider(model: nn.Module, source: str) -> Optional[Callable[[], torch.Tens
         module = model.get_submodule(source)
     except AttributeError:
         module = None
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        if module.running_var is None:
-            return None
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is None:
+        return None
+    # an InstanceNorm's scale (not only its gain) is folded when it has running statistics
+    if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)) and (
+            module.running_var is not None):
 
         def bn_scale(bn=module) -> torch.Tensor:
             inv = torch.rsqrt(bn.running_var + bn.eps)
@@ -50,6 +53,15 @@ def _provider(model: nn.Module, source: str) -> Optional[Callable[[], torch.Tens
             continue
         return lambda p=param: p
     return None
+
+
+def _number(tag: str) -> Optional[Callable[[], torch.Tensor]]:
+    """The constant of a fold of a number written in the code (``"0.1 (number in the code)"``), else None."""
+    source, _, kind = tag.rpartition(" (")
+    if kind != NUMBER + ")":
+        return None
+    value = torch.tensor([float(source)])
+    return lambda: value
 
 
 def _source(tag: str) -> str:
@@ -83,7 +95,7 @@ def live_scale(model: nn.Module, layer, param: torch.Tensor) -> Optional[Callabl
     parts: List[Tuple[str, Callable[[], torch.Tensor], torch.Tensor]] = []
     for tag in folded:
         source = _source(tag)
-        get = _provider(model, source)
+        get = _number(tag) or _provider(model, source)
         side, index = maps.get(tag, (None, None))  # "out": rows, "in": columns (input features or channels)
         if get is None or index is None or len(index) != torch_shape[0 if side == "out" else 1] or (
                 side == "in" and getattr(layer, "groups", 1) != 1):

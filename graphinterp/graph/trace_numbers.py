@@ -1,0 +1,124 @@
+"""Numbers written in the code that scale a weight layer's output: folded into that layer's rows.
+
+``x + 0.1 * f(x)`` (a scaled residual branch), ``f(x) / 2``, ``-f(x)``, ``x - f(x)`` and
+``torch.add(x, f(x), alpha=0.1)`` apply a fixed number to the raw output of the layer ``f``: the graph
+holds ``0.1 * W`` (or ``-W``) for it, as it holds a learned scale's, and lists the fold
+(``"f: 0.1 (number in the code)"``); training recomputes it as that constant. A number is folded only into
+the raw output of a weight layer, where it is exact; elsewhere it is the model's own arithmetic (a hand-written
+GELU's ``0.5 * x``, an attention score's scale) and changes no edge. A sign or ``alpha`` on an operand of a sum
+that is not a layer's raw output, where two node sets merge, is noted: the graph's signed weights there are
+the raw parameters.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, List, Optional
+
+import torch
+
+from graphinterp.graph.trace_folds import DIVS, MULS, _fold_out, _fold_scale, _per_node, _producer
+from graphinterp.graph.trace_rules_layout import arg as _arg
+
+__all__ = ["NEGS", "NUMBER", "negate", "scale_by_number", "signed_operand"]
+
+#: the kind of a fold of a number written in the code (the tag is ``"<number> (number in the code)"``)
+NUMBER = "number in the code"
+NEGS = {"neg", "__neg__", "negative", "neg_"}
+_SUBS = {"sub", "__sub__", "sub_", "__isub__", "subtract", "__rsub__", "rsub"}
+_ADDS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
+
+
+def _number(v: Any) -> Optional[float]:
+    """``v`` as a float when it is a real number written in the code (not a bool, not a tensor), else None."""
+    if isinstance(v, bool) or not isinstance(v, Real):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _tag(value: float) -> str:
+    return f"{value:g}"
+
+
+def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor], out) -> bool:
+    """``x * c``, ``c * x`` or ``x / c`` with ``c`` a number, ``x`` a weight layer's raw output: fold ``c``; True when folded.
+
+    On any other ``x`` with nodes the number is remembered (``tr.number_scaled``), for a note if the result
+    then merges with other nodes in a sum (:func:`signed_operand`)."""
+    if (name not in MULS and name not in DIVS) or len(tensors) != 1 or not isinstance(out, torch.Tensor):
+        return False
+    x = tensors[0]
+    numbers = [n for n in (_number(a) for a in list(args) + list(kwargs.values()) if a is not x) if n is not None]
+    if len(numbers) != 1 or tr.shadow(x) is None or (name in DIVS and (not args or args[0] is not x)):
+        return False
+    if name in DIVS and numbers[0] == 0:
+        return False
+    value = 1 / numbers[0] if name in DIVS else numbers[0]
+    if value == 1:
+        return False
+    if not tr.fold or _producer(tr, x, out)[0] is None:
+        tr.number_scaled[id(out)] = value
+        return False
+    return _fold_scale(tr, x, out, torch.tensor(value, dtype=torch.float64), _tag(value), NUMBER,
+                       torch.zeros((), dtype=torch.long))
+
+
+def negate(tr: Any, args, out) -> bool:
+    """``-x`` with ``x`` a weight layer's raw output: fold -1 into its rows; True when folded."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor) or tr.shadow(x) is None:
+        return False
+    if _producer(tr, x, out)[0] is None:
+        return False
+    return _fold_scale(tr, x, out, torch.tensor(-1.0, dtype=torch.float64), _tag(-1.0), NUMBER,
+                       torch.zeros((), dtype=torch.long))
+
+
+def signed_operand(tr: Any, name: str, args, kwargs) -> None:
+    """The numbers on the operands of a sum, called before its nodes merge: the coefficient of ``b`` in ``a - b``
+    (-1), ``c - b`` (``__rsub__``) or ``torch.add(a, b, alpha=c)`` is folded into ``b``'s layer when ``b`` is a weight
+    layer's raw output; a coefficient that cannot be folded, or an operand scaled by a number after a non-weight
+    operation (``0.1 * relu(f(x))``), is noted when the sum merges it with other nodes."""
+    if name not in _SUBS and name not in _ADDS:
+        return
+    alpha = _arg(args, kwargs, 2, "alpha", 1)
+    alpha = _number(alpha) if not isinstance(alpha, torch.Tensor) else None
+    if alpha is None:
+        return
+    if name in ("__rsub__", "rsub"):  # b.__rsub__(a) is a - b: b is the first operand
+        b, a = (args[0] if args else None), (args[1] if len(args) > 1 else None)
+    else:
+        b, a = (args[1] if len(args) > 1 else kwargs.get("other")), (args[0] if args else None)
+    if not isinstance(b, torch.Tensor) or tr.shadow(b) is None:
+        return
+    coeff = -alpha if name in _SUBS else alpha
+    scaled = {_tag(v) for v in (tr.number_scaled.get(id(t)) for t in (a, b) if isinstance(t, torch.Tensor))
+              if v is not None}
+    layer = tr._direct.get(id(b))
+    if coeff != 1 and layer is not None and tr.fold:
+        s = tr.shadow(b)
+        ids, scale = _per_node(s, torch.full(s.shape, coeff, dtype=torch.float64))
+        if ids is not None:
+            _fold_out(tr, layer, ids, scale, f"{_tag(coeff)} ({NUMBER})", b, torch.zeros(len(ids), dtype=torch.long))
+            coeff = 1
+    if coeff != 1:
+        scaled.add(_tag(coeff))
+    if not scaled or not _merges(tr, a, b):
+        return
+    size = ("magnitudes and E are unaffected" if scaled <= {"-1"} else
+            "per-layer E is unaffected; the whole-network graph's magnitudes are")
+    tr.notes[f"{name}: an operand scaled by {', '.join(sorted(scaled))} (a number in the code) after a non-weight "
+             f"operation joins other nodes in a sum: not folded, the graph's weights before it are the raw parameters "
+             f"({size})"] += 1
+
+
+def _merges(tr: Any, a, b) -> bool:
+    """Whether a sum of ``a`` and ``b`` joins different nodes (both carry nodes, not the same ones)."""
+    if not isinstance(a, torch.Tensor) or tr.shadow(a) is None or tr.shadow(b) is None:
+        return False
+    try:
+        sa, sb = torch.broadcast_tensors(tr.shadow(a), tr.shadow(b))
+    except RuntimeError:
+        return False
+    return bool(((sa >= 0) & (sb >= 0) & (sa != sb)).any())

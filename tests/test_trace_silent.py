@@ -1,0 +1,166 @@
+"""Five ways a traced graph silently differed from the model (a review of 2026-12-07), each now folded exactly or
+noted: an InstanceNorm with running statistics, branches stacked then summed, a product of two activations that
+keeps their nodes (linear attention), a scan along the nodes (cumsum), and numbers written in the code that scale a
+layer's output (``x + 0.1 * f(x)``, ``x - f(x)``). Each case beside its usual neighbour, which must stay quiet."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphinterp.graph.model_trace import trace_graph
+from graphinterp.training.folded_scales import live_scale
+
+
+def _readers(g, layer):
+    """Layers that read any output node of ``layer`` (nodes compared by their merged identity)."""
+    out = set(g.dst_nodes(layer).tolist())
+    return {n for n in g.layer_names if n != layer and set(g.src_nodes(n).tolist()) & out}
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_an_instance_norm_with_running_statistics_folds_its_whole_scale(affine):
+    """In eval mode it applies gain / sqrt(running_var + eps), a fixed per-channel scale as a BatchNorm's: the graph
+    reproduces the model's linear map (it folded the gain alone before, or nothing without affine, silently)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.InstanceNorm2d(4, affine=affine, track_running_stats=True),
+                      nn.Conv2d(4, 2, 1, bias=False)).eval()
+    with torch.no_grad():
+        m[1].running_var.copy_(torch.tensor([0.01, 0.25, 4.0, 100.0]))
+        if affine:
+            m[1].weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    g = trace_graph(m)
+    assert g["0"].folded == ("1 (InstanceNorm scale)",) and not g.coverage.unfolded
+    x = torch.randn(2, 3, 5, 5)
+    graph = F.conv2d(F.conv2d(x, g["0"].weight), g["2"].weight)
+    torch.testing.assert_close(graph, m(x) - m(torch.zeros_like(x)), atol=1e-4, rtol=1e-4)
+    scale = live_scale(m, g["0"], m[0].weight)  # training recomputes the same scale from the module
+    torch.testing.assert_close(m[0].weight * scale(), g["0"].weight)
+
+
+def test_an_instance_norm_without_running_statistics_folds_its_gain_only():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.InstanceNorm2d(4, affine=True), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        m[1].weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    g = trace_graph(m)
+    torch.testing.assert_close(g["2"].weight, m[2].weight.detach() * m[1].weight.detach()[None, :, None, None])
+
+
+class _Stacked(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.i, self.f1, self.f2, self.o = how, nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        x = self.i(x)
+        both = torch.stack([self.f1(x), self.f2(x)])
+        return self.o(x + (both.sum(0) if self.how == "sum" else both.mean(0) if self.how == "mean" else both.amax(0)))
+
+
+@pytest.mark.parametrize("how", ["sum", "mean", "amax"])
+def test_branches_stacked_then_reduced_merge_as_in_a_sum(how):
+    """stack([f1(x), f2(x)]).sum(0) is f1(x) + f2(x): the head reads both branches' nodes (before, nothing read them,
+    with coverage 100% and no note); a mean's 1/2 on each branch is noted."""
+    torch.manual_seed(0)
+    g = trace_graph(_Stacked(how), example=torch.randn(2, 3))
+    assert "o" in _readers(g, "f1") and "o" in _readers(g, "f2")
+    assert any(n.startswith("mean over stacked branches") for n in g.coverage.notes) == (how == "mean")
+
+
+def test_a_norm_statistic_over_the_features_adds_no_node_and_no_note():
+    """A hand-written RMSNorm reduces over the feature dimension (a statistic, not stacked branches): quiet."""
+
+    class RMS(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.g, self.b = nn.Linear(3, 6), nn.Parameter(torch.rand(6) + 0.5), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.g
+            return self.b(h)
+
+    torch.manual_seed(0)
+    m = RMS()
+    g = trace_graph(m, example=torch.randn(2, 4, 3))
+    assert not g.coverage.notes and g.layer_names == ["a", "b"] and g.chained
+
+
+def test_linear_attention_notes_the_product_it_cannot_follow_and_softmax_attention_stays_quiet():
+    class Attn(nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.linear = linear
+            self.i, self.q, self.k, self.v, self.o = (nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8),
+                                                      nn.Linear(8, 2))
+
+        def forward(self, x):
+            x = self.i(x)
+            q, k, v = self.q(x), self.k(x), self.v(x)
+            if self.linear:
+                return self.o(x + (F.elu(q) + 1) @ ((F.elu(k) + 1).transpose(-2, -1) @ v))
+            return self.o(x + torch.softmax(q @ k.transpose(-2, -1), -1) @ v)
+
+    torch.manual_seed(0)
+    lin = trace_graph(Attn(True), example=torch.randn(2, 5, 3))
+    assert any("product of two activations" in n for n in lin.coverage.notes)
+    soft = trace_graph(Attn(False), example=torch.randn(2, 5, 3))
+    assert not soft.coverage.notes and "o" in _readers(soft, "v")
+
+
+@pytest.mark.parametrize("dim, noted", [(-1, True), (1, False)])
+def test_a_scan_along_the_nodes_is_noted_and_along_positions_is_not(dim, noted):
+    class Scan(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.o = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.o(torch.cumsum(self.a(x), dim=dim))
+
+    g = trace_graph(Scan(), example=torch.randn(2, 3, 4))
+    assert any(n.startswith("cumsum along a dimension of different nodes") for n in g.coverage.notes) == noted
+
+
+class _Numbers(nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.a, self.f, self.o = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.a(x)
+        y = {"mul": lambda: x + 0.1 * self.f(x), "div": lambda: x + self.f(x) / 10,
+             "alpha": lambda: torch.add(x, self.f(x), alpha=0.1), "sub": lambda: x - self.f(x),
+             "neg": lambda: x + -self.f(x), "relu": lambda: x + 0.1 * torch.relu(self.f(x)),
+             "gelu": lambda: x + self._gelu(self.f(x))}[self.mode]()
+        return self.o(y)
+
+    @staticmethod
+    def _gelu(h):  # GPT-2's NewGELU, written out
+        return 0.5 * h * (1.0 + torch.tanh(0.7978845608 * (h + 0.044715 * torch.pow(h, 3.0))))
+
+
+@pytest.mark.parametrize("mode, factor", [("mul", 0.1), ("div", 0.1), ("alpha", 0.1), ("sub", -1.0), ("neg", -1.0)])
+def test_a_number_in_the_code_on_a_layer_output_is_folded_and_training_follows_it(mode, factor):
+    """The graph holds factor * W for f (it held W, silently), lists the fold, and training recomputes it."""
+    torch.manual_seed(0)
+    m = _Numbers(mode)
+    g = trace_graph(m, example=torch.randn(2, 4))
+    torch.testing.assert_close(g["f"].weight, factor * m.f.weight.detach())
+    assert g["f"].folded == (f"{factor:g} (number in the code)",) and not g.coverage.notes
+    torch.testing.assert_close(m.f.weight * live_scale(m, g["f"], m.f.weight)(), g["f"].weight)
+
+
+def test_a_number_after_an_activation_is_noted_and_an_activation_s_own_numbers_stay_quiet():
+    """0.1 * relu(f(x)) added to the stream cannot be folded into f's rows: noted. A hand-written GELU-like gate
+    (0.5 * f(x) * (1 + tanh f(x))) reads f's output twice: the number is the activation's own arithmetic, and the
+    fold is dropped without a note."""
+    torch.manual_seed(0)
+    m = _Numbers("relu")
+    g = trace_graph(m, example=torch.randn(2, 4))
+    assert any("scaled by 0.1 (a number in the code)" in n for n in g.coverage.notes)
+    torch.testing.assert_close(g["f"].weight, m.f.weight.detach())  # raw, as the note says
+    assert not g["f"].folded
+    quiet = trace_graph(_Numbers("gelu"), example=torch.randn(2, 4))
+    assert not quiet.coverage.notes and not quiet.coverage.unfolded and not quiet["f"].folded
