@@ -63,19 +63,21 @@ def test_task_metrics_weigh_positives_and_negatives_equally():
 def test_a_task_decided_right_on_every_example_has_accuracy_exactly_one():
     """The balanced accuracy is each group's count over its size, not a rounded sum of 1/n weights (which gave
     0.9999999999999998 or 1.0000000000000002 for some sizes, depending on the BLAS kernel); checked for every
-    size up to 80, with one group and with both, through metrics() and TaskMetrics in both layouts."""
-    for n in range(1, 81):
-        for n_pos in sorted({0, 1, n // 3, n}):
-            positive = torch.arange(n) < n_pos
-            task = LabelTask(0, torch.zeros(n, 1), positive)
-            logits = torch.where(positive[:, None], torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
-            assert task.metrics(logits)[0] == 1.0
-            acc, _ = TaskMetrics(task, "cpu")(logits[None].expand(3, n, 2))
-            assert acc.tolist() == [1.0] * 3
-            acc, _ = TaskMetrics(task, "cpu")(logits[:, None].expand(n, 2, 2), examples_first=True)
-            assert acc.tolist() == [1.0] * 2
-            wrong = logits.flip(1)  # every decision wrong
-            assert task.metrics(wrong)[0] == 0.0
+    size up to 80 and the sizes where n times a weight of c/n rounds away from c, with one group and with both, through
+    metrics() and TaskMetrics in both layouts."""
+    # 49 and 98 examples of 1/n, and 49 + 49 of 0.5/49, are the sizes under 100 where n * (c/n) != c
+    cases = [(n, n_pos) for n in range(1, 81) for n_pos in sorted({0, 1, n // 3, n})] + [(98, 49), (98, 0), (98, 98)]
+    for n, n_pos in cases:
+        positive = torch.arange(n) < n_pos
+        task = LabelTask(0, torch.zeros(n, 1), positive)
+        logits = torch.where(positive[:, None], torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+        assert task.metrics(logits)[0] == 1.0
+        acc, _ = TaskMetrics(task, "cpu")(logits[None].expand(3, n, 2))
+        assert acc.tolist() == [1.0] * 3
+        acc, _ = TaskMetrics(task, "cpu")(logits[:, None].expand(n, 2, 2), examples_first=True)
+        assert acc.tolist() == [1.0] * 2
+        wrong = logits.flip(1)  # every decision wrong
+        assert task.metrics(wrong)[0] == 0.0
 
 
 def test_balanced_accuracy_weighs_the_two_groups_equally():
