@@ -102,7 +102,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
         click.echo(line)
     over = _over(result, names, len(graph))
     label = f"{over.split(' (')[0] if over else 'model'} (mass-weighted)"
-    if len(ks) == 1:
+    if len(result.ks) == 1 and len(ks) == 1:
         rep = result.reports[ks[0]]
         rows = [(s.layer, f"{s.shape[0]}x{s.shape[1]}", " ".join(f"{a}/{b}" for a, b in s.sizes),
                  s.E, s.E_random, s.score) for s in rep.layers]
@@ -125,6 +125,8 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
         click.echo(f"note: E below E_random (score < 0) for {where}{', ...' if len(below) > 5 else ''}: the "
                    "clustering found there is no better than a random partition of the same sizes; try another k "
                    "or --pairing")
+    for k, reason in result.unfit_ks.items():
+        click.echo(f"left out k={k}: {reason}")
     for name, reason in result.skipped.items():
         at = [k for k in result.ks if any(s.layer == name for s in result.reports[k].layers)]
         scored_at = f"; scored at k={','.join(map(str, at))} (column E[{name}])" if at else ""

@@ -104,3 +104,40 @@ def test_export_says_when_min_weight_dropped_every_edge(tmp_path):
     assert "note: --min-weight 1e+09 dropped every edge" in res.stdout and ", 0 edges" in res.stdout
     res = invoke("export", path, tmp_path / "p.graphml", "--k", "2", "--min-weight", "1e-9", "--device", "cpu")
     assert "dropped every edge" not in res.stdout
+
+
+@pytest.mark.parametrize("min_weight", [0.0, 0.2])
+def test_an_exported_file_records_the_edges_min_weight_dropped(tmp_path, min_weight):
+    """Its E is over all the graph's weights; the file now says which edges it left out, so a reader rebuilding a
+    score from its edges knows they are not the whole graph."""
+    from graphinterp.reports.io import read_graphml
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    path = tmp_path / "m.pt"
+    torch.save(net.state_dict(), path)
+    out = tmp_path / "o.graphml"
+    res = invoke("export", path, out, "--k", "2", "--min-weight", str(min_weight), "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    G = read_graphml(out)
+    weights = torch.cat([net[0].weight.flatten(), net[2].weight.flatten()]).abs()
+    assert G.graph["min_abs_weight"] == min_weight
+    assert G.graph["edges_below_min_abs_weight"] == int(((weights > 0) & (weights <= min_weight)).sum())
+    assert G.number_of_edges() + G.graph["edges_below_min_abs_weight"] == int((weights > 0).sum())
+
+
+def test_analyze_reports_the_k_that_fit_and_leaves_out_those_that_fit_no_layer(tmp_path):
+    """--k 2..5 on a model whose layers have at most 4 nodes a side: k=2..4 are reported and k=5 is left out with
+    the reason (it threw every k away, where benchmark reported those that fit); no k at all is still an error."""
+    import json
+
+    path = tmp_path / "small.pt"
+    torch.save(nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)).state_dict(), path)
+    res = invoke("analyze", path, "--k", "2..5", "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    assert "left out k=5: no layer can be clustered at k=5" in res.output
+    assert [line.split()[0] for line in res.output.splitlines() if line[:1].isdigit()] == ["2", "3", "4"]
+    payload = json.loads(invoke("analyze", path, "--k", "2..5", "--device", "cpu", "--json").output)
+    assert payload["ks"] == [2, 3, 4] and list(payload["unfit_ks"]) == ["5"]
+    line = one_error(invoke("analyze", path, "--k", "5..6", "--device", "cpu"))
+    assert "no layer can be clustered at k=5" in line and "(nor at k=6)" in line, line

@@ -256,7 +256,8 @@ def test_export_notes_and_skips_block_diagonal_layers(tmp_path):
 
 def test_analyze_checks_every_k_first_and_reports_progress_per_layer(monkeypatch):
     """The progress bar counted k values only: `analyze vit_b_16 --k 4` sat silent for 53 s. Now one tick per
-    layer clustered; and a k that fits no layer is refused before any clustering starts."""
+    layer clustered; every k is checked before any clustering starts: a k that fits no layer is left out (with
+    the reason), and when no k fits it is refused before any clustering."""
     import graphinterp.clustering.analysis as analysis_module
     from graphinterp.clustering.analysis import analyze
 
@@ -267,11 +268,13 @@ def test_analyze_checks_every_k_first_and_reports_progress_per_layer(monkeypatch
     calls = []
     real = analysis_module.cluster_layers
     monkeypatch.setattr(analysis_module, "cluster_layers", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
-    with pytest.raises(ClusteringError):
-        analyze(g, [2, 50], random_state=0)
+    with pytest.raises(ClusteringError, match="k=50 .*nor at k=60"):
+        analyze(g, [50, 60], random_state=0)
     assert calls == []
+    result = analyze(g, [2, 50], random_state=0)
+    assert calls == [2] and result.ks == [2] and list(result.unfit_ks) == [50]
     analyze(g, [2, 5], random_state=0, progress=True)
-    assert calls == [2, 5]
+    assert calls == [2, 2, 5]
 
 
 def test_a_layer_skipped_over_a_range_of_k_is_said_to_miss_the_smallest_k():

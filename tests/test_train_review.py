@@ -213,6 +213,16 @@ def test_resume_past_the_epochs_asked_for_says_what_to_ask_for(trained):
                                  "--out")
 
 
+def test_resume_of_a_finished_run_says_there_is_nothing_to_train(trained):
+    """It printed the stored results with exit 0 and nothing said that no epoch was trained."""
+    before = trained.read_bytes()
+    res = invoke("train", *DIGITS, "--warmup-epochs", "1", "--epochs", "2", "--out", trained, "--resume", "--json")
+    note = f"{trained} has already trained all 3 epochs asked for: nothing to train"
+    assert res.exit_code == 0 and any(line.startswith(f"note: {note}") for line in res.stderr.splitlines())
+    assert any(n.startswith(note) for n in _json(res)["notes"]) and len(_json(res)["history"]) == 3
+    assert trained.read_bytes() == before  # nothing rewritten
+
+
 def test_resume_with_other_settings_names_the_flags_and_values(trained):
     res = invoke("train", *DIGITS, "--warmup-epochs", "1", "--epochs", "3", "--lambda", "5", "--k", "3",
                  "--out", trained, "--resume")

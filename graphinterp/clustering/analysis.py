@@ -81,11 +81,14 @@ class Analysis:
     clusterings : dict of int to Clustering
     skipped : dict of str to str
         Layers left out (for every k) and why, e.g. fewer nodes than k.
+    unfit_ks : dict of int to str
+        Values of k asked for at which no layer can be clustered (all too small), and why; not in ``ks``.
     """
 
     reports: Dict[int, ClusterabilityReport]
     clusterings: Dict[int, Clustering]
     skipped: Dict[str, str] = field(default_factory=dict)
+    unfit_ks: Dict[int, str] = field(default_factory=dict)
 
     @property
     def ks(self) -> List[int]:
@@ -142,6 +145,7 @@ class Analysis:
         layers scored at every k (the model-wide curve; see :meth:`mass_weighted`)."""
         return {
             "ks": self.ks,
+            "unfit_ks": {str(k): why for k, why in self.unfit_ks.items()},
             "skipped": dict(self.skipped),
             "mass_weighted": {key: ({str(k): v for k, v in val.items()} if key in ("E", "E_random", "score")
                                     else val) for key, val in self.mass_weighted().items()},
@@ -166,7 +170,8 @@ def analyze(
     Layers too small for a k (fewer non-isolated inputs or outputs than k, e.g. a 3-channel input
     conv at k = 4) are left out of that k with the reason recorded in ``skipped`` when ``layers``
     is not given; naming such a layer explicitly raises :class:`ClusteringError` (the rule of
-    :func:`graphinterp.clustering.validation.check_k`). ``device`` is where BSGC runs (as in
+    :func:`graphinterp.clustering.validation.check_k`). A k at which no layer fits is left out with the
+    reason in ``unfit_ks`` (as ``benchmark`` reports the k that fit); only when no k fits is it an error. ``device`` is where BSGC runs (as in
     :func:`graphinterp.clustering.cluster.cluster_layers`; default: the graph's device).
 
     Parameters
@@ -194,7 +199,7 @@ def analyze(
     Raises
     ------
     ClusteringError
-        A k below 2, a named layer too small for a k, or no layer large enough for a k.
+        A k below 2, a named layer too small for a k, or no layer large enough for any k.
     KeyError
         A name in ``layers`` that is not a layer of the graph.
 
@@ -205,6 +210,9 @@ def analyze(
     >>> result = analyze(g, [2, 4], random_state=0)
     >>> result.ks, [s.layer for s in result.reports[4].layers], result.skipped
     ([2, 4], ['2'], {'0': 'fewer than k=4 non-isolated nodes (3x8)'})
+    >>> result = analyze(g, [4, 7], random_state=0)
+    >>> result.ks, list(result.unfit_ks)
+    ([4], [7])
     """
     ks = [check_k(k) for k in ([ks] if isinstance(ks, (int, np.integer)) else list(ks))]
     explicit = layers is not None
@@ -212,7 +220,7 @@ def analyze(
     for name in names:
         graph[name]  # KeyError with the valid names
     reports, clusterings, skipped = {}, {}, {}
-    plan, left = [], {}  # every k's layers, checked before any clustering starts
+    plan, left, unfit = [], {}, {}  # every k's layers, checked before any clustering starts
     for k in ks:
         if explicit:
             require_clusterable(graph, k, names)  # named layers are never skipped
@@ -220,8 +228,12 @@ def analyze(
         else:
             chosen, left[k] = clusterable_layers(graph, k, names)
         if not chosen:
-            raise ClusteringError(nothing_clusterable(k, left.get(k, {})))
+            unfit[k] = nothing_clusterable(k, left.pop(k, {}))
+            continue
         plan.append((k, chosen))
+    if not plan:
+        others = sorted(k for k in unfit if k != min(unfit))
+        raise ClusteringError(unfit[min(unfit)] + (f" (nor at k={', '.join(map(str, others))})" if others else ""))
     for k in sorted(left):  # the reason at the smallest k a layer does not fit: true of every larger k too
         for name, why in left[k].items():
             skipped.setdefault(name, why)
@@ -242,4 +254,4 @@ def analyze(
     finally:
         if bar is not None:
             bar.close()
-    return Analysis(reports, clusterings, skipped)
+    return Analysis(reports, clusterings, skipped, unfit)

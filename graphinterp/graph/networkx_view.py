@@ -60,8 +60,10 @@ def to_networkx(graph: Any, clustering=None, *, view: str = "grouped", min_abs_w
     node different labels (a residual stream with per-layer labels). Edge attributes: ``weight``
     (signed), ``abs_weight``, ``sign`` (-1, 0, 1), ``layer``, ``within`` (both ends in the same cluster
     of that layer's clustering in ``clustering``) and ``same_cluster`` (both ends have the same
-    ``cluster`` >= 0). Graph attributes: ``chained``, ``view`` and ``cluster_source`` (``"network"``,
-    ``"per-layer"`` or ``"none"``).
+    ``cluster`` >= 0). Graph attributes: ``chained``, ``view``, ``cluster_source`` (``"network"``,
+    ``"per-layer"`` or ``"none"``), ``min_abs_weight`` and ``edges_below_min_abs_weight`` (the non-zero
+    weights it dropped: a file's edges are then not the whole graph, and scores computed from them are not
+    the model's).
 
     Parameters
     ----------
@@ -139,6 +141,7 @@ def _layered(graph: Any, clustering, view: str, min_abs_weight: float, network, 
         raise UnsupportedModelError("the 'fine' view breaks the chain at a Flatten; use the 'grouped' view "
                                     "(or --layerwise)")
     G = nx.DiGraph(chained=graph.chained, view=view, cluster_source=source)
+    dropped = 0
     node_cluster: dict = {}  # node -> list of candidate labels (network: one; per-layer: one per side)
     edges = []
     for t, layer in _bar(enumerate(graph.layers), len(graph.layers), progress):
@@ -165,6 +168,7 @@ def _layered(graph: Any, clustering, view: str, min_abs_weight: float, network, 
                     node_cluster.setdefault(node, []).append(int(net[i]))
         w = layer.signed(view).detach().cpu().double().numpy()  # numpy has no bfloat16
         ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
+        dropped += int(np.count_nonzero(w)) - len(ii)
         within = (rows[ii] == cols[jj]) & (rows[ii] >= 0)
         edges.append((layer.name, src, dst, ii.tolist(), jj.tolist(), w[ii, jj].tolist(), within.tolist()))
     for node, data in G.nodes(data=True):
@@ -176,6 +180,7 @@ def _layered(graph: Any, clustering, view: str, min_abs_weight: float, network, 
         G.add_edges_from((src[i], dst[j], _edge(float(v), name, bool(b), bool(cluster[src[i]] == cluster[dst[j]]
                                                                                 and cluster[src[i]] >= 0)))
                          for i, j, v, b in zip(ii, jj, vals, within))
+    G.graph.update(min_abs_weight=float(min_abs_weight), edges_below_min_abs_weight=dropped)
     return G
 
 
@@ -216,9 +221,11 @@ def _model_graph(graph: Any, clustering, view: str, min_abs_weight: float, netwo
         G.add_node(name, layer=space, space=space, index=int(idx), cluster=int(labels[i]),
                    cluster_in=int(c_in[i]), cluster_out=int(c_out[i]))
     names = np.asarray(graph.node_names, dtype=object)
+    dropped = 0
     for layer in _bar(graph.layers, len(graph.layers), progress):
         w = layer.signed().detach().cpu().double().numpy()  # numpy has no bfloat16
         ii, jj = np.nonzero(np.abs(w) > min_abs_weight)
+        dropped += int(np.count_nonzero(w)) - len(ii)
         if clustering is not None and layer.name in clustering.layer_names:
             rows, cols = (np.asarray(a) for a in clustering.labels(layer.name))
             within = (rows[ii] >= 0) & (rows[ii] == cols[jj])
@@ -230,6 +237,7 @@ def _model_graph(graph: Any, clustering, view: str, min_abs_weight: float, netwo
                          for a, b, val, wi, sa in zip(names[u].tolist(), names[v].tolist(), w[ii, jj].tolist(),
                                                       within.tolist(), same.tolist()))
     G.graph["multi_edge_pairs"] = sum(1 for nbrs in G.adj.values() for keys in nbrs.values() if len(keys) > 1)
+    G.graph.update(min_abs_weight=float(min_abs_weight), edges_below_min_abs_weight=dropped)
     return G
 
 

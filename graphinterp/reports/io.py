@@ -46,7 +46,9 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     :math:`(E - E_{rand}) / (1 - E_{rand})`; with network-wide labels also as ``E_network``,
     ``E_network_random`` and ``score_network``. When both a per-layer ``clustering`` and ``network`` are
     given, the edges' ``within`` follows the per-layer labels, whose scores are ``E_per_layer``,
-    ``E_per_layer_random`` and ``score_per_layer`` (the E that ``analyze`` reports). A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
+    ``E_per_layer_random`` and ``score_per_layer`` (the E that ``analyze`` reports). These scores are over all
+    the graph's weights, also when ``min_abs_weight`` drops edges from the file (graph attributes
+    ``min_abs_weight`` and ``edges_below_min_abs_weight`` say how many). A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
     multigraph (graph attribute ``multigraph`` true): one edge per layer and pair of nodes, so that two layers
     writing onto the same nodes (a SwiGLU MLP's gate and up projections) both keep their weight; the
     file has one edge per layer and pair of nodes with ``|weight| > min_abs_weight`` (input features

@@ -299,6 +299,9 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     if resume and path is not None and path.exists():
         state = load_train_state(path, config, arch, model, opt, gen)
         progress.resumed_from = state["epoch"]
+        if state["epoch"] >= config.total_epochs:
+            note(f"{path} has already trained all {state['epoch']} epochs asked for: nothing to train, its stored "
+                 "results are reported (raise --epochs to train further)")
         if state["clustering"] is not None:
             try:
                 state["clustering"].validate(graph)
