@@ -46,7 +46,8 @@ def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor
 
     On any other ``x`` with nodes the number is remembered (``tr.number_scaled``), for a note if the result
     then merges with other nodes in a sum (:func:`signed_operand`)."""
-    if (name not in MULS and name not in DIVS) or len(tensors) != 1 or not isinstance(out, torch.Tensor):
+    if (name not in MULS and name not in DIVS) or len(tensors) != 1 or not isinstance(out, torch.Tensor) or (
+            kwargs.get("rounding_mode") is not None):  # a floor or truncating division is no scale
         return False
     x = tensors[0]
     numbers = [n for n in (_number(a) for a in list(args) + list(kwargs.values()) if a is not x) if n is not None]
