@@ -164,3 +164,111 @@ def test_a_number_after_an_activation_is_noted_and_an_activation_s_own_numbers_s
     assert not g["f"].folded
     quiet = trace_graph(_Numbers("gelu"), example=torch.randn(2, 4))
     assert not quiet.coverage.notes and not quiet.coverage.unfolded and not quiet["f"].folded
+
+
+# ---------------------------------------------------------------- a second review of the same change
+
+
+def test_attention_scores_summed_over_a_head_s_features_keep_the_value_path():
+    """Scores as (q k).sum(-1) reduce over one layer's features (a statistic, not stacked branches): merging them cut
+    the value path and added notes; v is read by o again, quietly."""
+
+    class A(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.i, self.q, self.k, self.v, self.o = (nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8),
+                                                      nn.Linear(8, 2))
+
+        def forward(self, x):
+            x = self.i(x)
+            B, T, _ = x.shape
+            q, k, v = (lin(x).view(B, T, 2, 4) for lin in (self.q, self.k, self.v))
+            p = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1).softmax(2)
+            return self.o(x + torch.einsum("btsh,bshd->bthd", p, v).reshape(B, T, 8))
+
+    torch.manual_seed(0)
+    g = trace_graph(A().eval(), example=torch.randn(1, 5, 3))
+    assert "o" in _readers(g, "v") and not g.coverage.notes
+
+
+def test_a_norm_over_head_dimensions_and_a_hand_written_group_norm_stay_quiet():
+    class QKNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.a(x).view(*x.shape[:-1], 2, 4)
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)  # per head
+            g = h.reshape(*x.shape[:-1], 2, 4)
+            g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, keepdim=True) + 1e-5)  # GroupNorm by hand
+            return self.b(g.reshape(*x.shape[:-1], 8))
+
+    torch.manual_seed(0)
+    g = trace_graph(QKNorm(), example=torch.randn(2, 5, 3))
+    assert not g.coverage.notes and g.layer_names == ["a", "b"]
+
+
+def test_a_number_s_tag_never_hides_a_module_of_that_name_from_the_unfolded_list():
+    """`x + 2 * f(x)` folds "2 (number in the code)"; the batch-statistics BatchNorm named "2" stays listed."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x + 2 * self.f(x)
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False), Block(),
+                      nn.Linear(4, 2)).eval()
+    g = trace_graph(m, example=torch.randn(5, 3))
+    assert "2" in g.coverage.unfolded and g["3.f"].folded == ("2 (number in the code)",)
+
+
+class _Undone(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.i, self.f, self.g, self.o = (nn.Linear(3, 4, bias=False), nn.Linear(4, 4, bias=False),
+                                          nn.Linear(4, 4, bias=False), nn.Linear(4, 2, bias=False))
+
+    def forward(self, x):
+        x = self.i(x)
+        if self.how == "f(x) - x":  # -1 on i's raw output, which f also reads
+            return self.o(self.f(x) - x)
+        y = self.f(x)
+        if self.how == "x - y + g(y)":
+            return self.o(x - y + self.g(y))
+        return self.o(0.5 * y + 0.25 * y)  # a chain: o(0.75 f(i(x)))
+
+
+@pytest.mark.parametrize("how", ["f(x) - x", "x - y + g(y)", "0.5*y + 0.25*y"])
+def test_a_number_fold_undone_where_it_scales_a_sum_is_noted(how):
+    """The layer's raw output is also read unscaled, so the fold is undone; the number still scales a path into a sum,
+    so the graph differs from the model there: noted (it was silent; the chain's map was 0.75 of the model's)."""
+    torch.manual_seed(0)
+    m = _Undone(how).eval()
+    g = trace_graph(m, example=torch.randn(2, 3))
+    assert any("(a number in the code) enters a sum" in n for n in g.coverage.notes), g.coverage.notes
+    assert all(torch.equal(g[n].weight, getattr(m, n).weight.detach()) for n in g.layer_names)  # raw, as noted
+
+
+def test_a_folded_number_is_recomputed_by_training_to_the_last_bit():
+    """x + f(x) / 3: the tag keeps every digit of 1/3 (it kept 6), so training's weight is the graph's exactly."""
+
+    class Third(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.f, self.o = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.o(x + self.f(x) / 3)
+
+    torch.manual_seed(0)
+    m = Third()
+    g = trace_graph(m, example=torch.randn(2, 4))
+    assert g["f"].folded == (f"{1 / 3!r} (number in the code)",)
+    assert torch.equal(m.f.weight * live_scale(m, g["f"], m.f.weight)(), g["f"].weight)

@@ -19,6 +19,7 @@ from graphinterp.graph.dag import graph_from_calls
 from graphinterp.common.errors import InputMismatchError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.trace import SAME_SPACE_MIX, ChannelTracer
+from graphinterp.graph.trace_folds import NUMBER
 from graphinterp.graph.trace_ops import layer_name
 
 __all__ = ["trace_graph", "example_inputs"]
@@ -266,7 +267,8 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
         else:
             reason = "not used as a Linear/Conv weight in the traced forward pass"
         missing.append(MissingModule(name, mtype, p.numel(), reason))
-    folded_sources = {f.rpartition(" (")[0] for c in tracer.calls for f in c.folded}  # "bn1 (BatchNorm scale)" -> bn1
+    # "bn1 (BatchNorm scale)" -> bn1; a number's tag ("2 (number in the code)") names no module
+    folded_sources = {f.rpartition(" (")[0] for c in tracer.calls for f in c.folded if not f.endswith(f"({NUMBER})")}
     unfolded = {k: v for k, v in tracer.unfolded.items() if k not in folded_sources}
     folded = [f"{c.name}: {f}" for c in tracer.calls for f in c.folded]
     # tied weights (GPT-2's lm_head, b.weight = a.weight: a parameter under several names) and a module applied

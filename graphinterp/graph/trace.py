@@ -74,6 +74,7 @@ class ChannelTracer(TorchFunctionMode):
         self._space_names: set = set()
         self.notes: Counter = Counter()
         self.number_scaled: Dict[int, float] = {}  # tensor id -> a number in the code that scaled it (trace_numbers)
+        self.number_folds: List[Tuple[int, str, Optional[int]]] = []  # (layer, tag, scaled output id or None: a sum's)
         self.unfolded: Dict[str, str] = {}
         self.fresh_inputs: Dict[str, int] = {}  # layer -> input features it read without nodes (not the first layer)
         self._parent: List[int] = []

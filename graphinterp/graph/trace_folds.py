@@ -16,7 +16,7 @@ import torch
 from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_rules_layout import arg as _arg, channel_vector as _channel_vector
 
-__all__ = ["DIVS", "MIXED_READ", "MULS", "NOT_FOLDING", "RETURNED", "batch_norm", "norm", "scale_by_constant",
+__all__ = ["DIVS", "MIXED_READ", "MULS", "NOT_FOLDING", "NUMBER", "RETURNED", "batch_norm", "norm", "scale_by_constant",
            "scale_by_param", "scale_operands", "settle"]
 
 
@@ -34,6 +34,9 @@ def scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
     index = index if exact and index is not None else None
     return _fold_scale(tr, x, out, p.detach(), T.layer_name(pname), "per-channel scale", index)
 
+
+#: The kind of a fold of a number written in the code (its tag: ``"0.1 (number in the code)"``; see trace_numbers).
+NUMBER = "number in the code"
 
 #: The operations that scale a tensor: ``x * c``, ``c * x`` and ``x / c``.
 MULS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__"}
@@ -150,7 +153,8 @@ def _fold_out(tr, layer: int, ids: torch.Tensor, scale: torch.Tensor, what: str,
     call.out_scale = vec if call.out_scale is None else call.out_scale * vec
     call.folded.append(what)
     call.fold_maps.append((what, "out", index))
-    tr.unfolded.pop(what.split(" ")[0], None)
+    if not what.endswith(f"({NUMBER})"):  # a number's tag names no module ("2 (number ...)" is not module "2")
+        tr.unfolded.pop(what.split(" ")[0], None)
 
 
 def batch_norm(tr, args, kwargs, out, kind: str = "BatchNorm") -> None:
@@ -253,6 +257,7 @@ def norm(tr, name: str, args, kwargs, out) -> None:
 #: The reader counted as a leak of a gain with several values per node, read re-laid out (see ``_Gain``).
 MIXED_READ = "a layer reading it re-laid out, where one node has several gains"
 _SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
+_DIFFS = {"sub", "__sub__", "__rsub__", "__isub__", "sub_", "rsub", "subtract"}
 RETURNED = "the model's output"  # the reader name of a returned tensor (see ChannelTracer.returned)
 
 
@@ -282,13 +287,29 @@ def settle(tr) -> None:
         for tag in tags:
             if tag in call.folded:
                 call.folded.remove(tag)
-            if tag.endswith("(number in the code)"):  # then part of the model's own arithmetic on that output (a
-                continue  # hand-written GELU's 0.5 * x, a rotary sign, attention's q * scale): no edge's weight
+            if tag.endswith(f"({NUMBER})"):
+                _number_undone(tr, layer, tag, call.name)
+                continue
             source, kind = tag.split(" ", 1)
             others = sorted(set(readers) - {source}) or sorted({t.split(" ", 1)[0] for t in tags} - {source})
             tr.unfolded[source] = (f"{kind.strip('()')}: the raw output of {call.name} is also read by "
                                    f"{', '.join(others[:4])}; folding the scale into {call.name} would change "
                                    "what those read")
+
+
+def _number_undone(tr, layer: int, tag: str, name: str) -> None:
+    """A number's fold undone because the layer's raw output is read elsewhere too: noted when the scaled value
+    entered a sum (a coefficient of a sum's operand, or ``0.5 * y + 0.25 * y``), where it scales an edge path;
+    silent when it fed the model's own arithmetic on that output (a hand-written GELU's ``0.5 * x``, a rotary
+    sign, attention's ``q * scale``), which changes no edge's weight."""
+    for where, t, out_id in tr.number_folds:
+        if where != layer or t != tag:
+            continue
+        if out_id is None or set(tr._out_folds.reads.get(out_id, ())) & (_SUMS | _DIFFS):
+            tr.notes[f"{name}: its output times {tag.split(' (')[0]} (a number in the code) enters a sum, and the "
+                     "output is also read unscaled elsewhere: not folded, the graph's weights there are the raw "
+                     "parameters"] += 1
+            return
 
 
 def _leak_reason(gain: T._Gain, layers: List[str]) -> str:

@@ -17,13 +17,11 @@ from typing import Any, List, Optional
 
 import torch
 
-from graphinterp.graph.trace_folds import DIVS, MULS, _fold_out, _fold_scale, _per_node, _producer
+from graphinterp.graph.trace_folds import DIVS, MULS, NUMBER, _fold_out, _fold_scale, _per_node, _producer
 from graphinterp.graph.trace_rules_layout import arg as _arg
 
 __all__ = ["NEGS", "NUMBER", "negate", "scale_by_number", "signed_operand"]
 
-#: the kind of a fold of a number written in the code (the tag is ``"<number> (number in the code)"``)
-NUMBER = "number in the code"
 NEGS = {"neg", "__neg__", "negative", "neg_"}
 _SUBS = {"sub", "__sub__", "sub_", "__isub__", "subtract", "__rsub__", "rsub"}
 _ADDS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
@@ -38,7 +36,10 @@ def _number(v: Any) -> Optional[float]:
 
 
 def _tag(value: float) -> str:
-    return f"{value:g}"
+    """The number as a fold's tag shows it: short where that is exact (``0.1``, ``-1``), else every digit, so that
+    training recomputes the very value folded."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor], out) -> bool:
@@ -61,8 +62,17 @@ def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor
     if not tr.fold or _producer(tr, x, out)[0] is None:
         tr.number_scaled[id(out)] = value
         return False
-    return _fold_scale(tr, x, out, torch.tensor(value, dtype=torch.float64), _tag(value), NUMBER,
-                       torch.zeros((), dtype=torch.long))
+    return _fold_number(tr, x, out, value)
+
+
+def _fold_number(tr: Any, x: torch.Tensor, out, value: float) -> bool:
+    """Fold ``value`` into the layer whose raw output ``x`` is, ``out`` becoming its (scaled) direct output."""
+    layer = _producer(tr, x, out)[0]
+    if not _fold_scale(tr, x, out, torch.tensor(value, dtype=torch.float64), _tag(value), NUMBER,
+                       torch.zeros((), dtype=torch.long)):
+        return False
+    tr.number_folds.append((layer, f"{_tag(value)} ({NUMBER})", id(out)))
+    return True
 
 
 def negate(tr: Any, args, out) -> bool:
@@ -72,8 +82,7 @@ def negate(tr: Any, args, out) -> bool:
         return False
     if _producer(tr, x, out)[0] is None:
         return False
-    return _fold_scale(tr, x, out, torch.tensor(-1.0, dtype=torch.float64), _tag(-1.0), NUMBER,
-                       torch.zeros((), dtype=torch.long))
+    return _fold_number(tr, x, out, -1.0)
 
 
 def signed_operand(tr: Any, name: str, args, kwargs) -> None:
@@ -101,7 +110,9 @@ def signed_operand(tr: Any, name: str, args, kwargs) -> None:
         s = tr.shadow(b)
         ids, scale = _per_node(s, torch.full(s.shape, coeff, dtype=torch.float64))
         if ids is not None:
-            _fold_out(tr, layer, ids, scale, f"{_tag(coeff)} ({NUMBER})", b, torch.zeros(len(ids), dtype=torch.long))
+            tag = f"{_tag(coeff)} ({NUMBER})"
+            _fold_out(tr, layer, ids, scale, tag, b, torch.zeros(len(ids), dtype=torch.long))
+            tr.number_folds.append((layer, tag, None))  # a sum's coefficient: noted if the fold is undone
             coeff = 1
     if coeff != 1:
         scaled.add(_tag(coeff))

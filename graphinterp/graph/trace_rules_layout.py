@@ -214,8 +214,9 @@ _MERGING = {"sum", "mean", "nansum", "nanmean", "amax", "amin", "max", "min", "l
 
 def reduce(tr, name: str, args, kwargs, out) -> None:
     """A reduction over dimensions: the nodes of a dimension along which they are constant are kept; a dimension
-    holding different nodes is either a feature dimension (a statistic: no node, e.g. a norm's variance) or a
-    stack of node layouts (branches stacked then summed), whose slices' nodes merge (noted for other reductions)."""
+    holding different nodes is either a feature dimension (a statistic: no node, e.g. a norm's variance or an
+    attention score) or a stack of branches from different spaces (``stack([f(x), g(x)]).sum(0)``), whose slices'
+    nodes merge (noted for other reductions)."""
     x = args[0]
     s = tr.shadow(x)
     res_out = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, (tuple, list)) else None)
@@ -231,7 +232,7 @@ def reduce(tr, name: str, args, kwargs, out) -> None:
         row = r.narrow(d, 0, 1)
         if bool((r == row).all()):
             r = row
-        elif _layouts(row):  # every slice is a layout of nodes: branches stacked along d
+        elif _stacked(tr, r, d):  # slices of nodes of different spaces: branches stacked along d
             if name in _MERGING:
                 if name in ("mean", "nanmean"):
                     tr.notes[f"{name} over stacked branches: each enters times 1/{r.shape[d]} (a number in the code), "
@@ -249,10 +250,21 @@ def reduce(tr, name: str, args, kwargs, out) -> None:
         tr._set(res_out, r)
 
 
-def _layouts(row: torch.Tensor) -> bool:
-    """Whether a slice holds several nodes (a layout of them), not one node or none."""
-    valid = row[row >= 0]
-    return valid.numel() > 1 and bool((valid != valid[0]).any())
+def _stacked(tr, r: torch.Tensor, d: int) -> bool:
+    """Whether the slices of ``r`` along ``d`` are branches stacked there: each a layout of several nodes, no two
+    holding nodes of one space (the features of one layer reduced over, e.g. a QK-norm's or an attention score's
+    sum over a head's dimensions, are a statistic, not branches)."""
+    seen: set = set()
+    for i in range(r.shape[d]):
+        ids = r.narrow(d, i, 1)
+        ids = torch.unique(ids[ids >= 0])
+        if ids.numel() < 2:
+            return False
+        spaces = {tr._group(tr._find(int(v))) for v in ids.tolist()}
+        if spaces & seen:
+            return False
+        seen |= spaces
+    return True
 
 
 def _merge_slices(tr, r: torch.Tensor, d: int, name: str) -> torch.Tensor:
