@@ -272,3 +272,19 @@ def test_a_folded_number_is_recomputed_by_training_to_the_last_bit():
     g = trace_graph(m, example=torch.randn(2, 4))
     assert g["f"].folded == (f"{1 / 3!r} (number in the code)",)
     assert torch.equal(m.f.weight * live_scale(m, g["f"], m.f.weight)(), g["f"].weight)
+
+
+def test_a_lerp_by_a_number_between_two_node_sets_is_noted():
+    """torch.lerp(x, f(x), 0.1) is 0.9 x + 0.1 f(x): neither number is folded, so it is noted (it was silent)."""
+
+    class Lerp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.f, self.o = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.a(x)
+            return self.o(torch.lerp(x, self.f(x), 0.1))
+
+    g = trace_graph(Lerp(), example=torch.randn(2, 4))
+    assert any(n.startswith("torch.lerp with weight 0.1") for n in g.coverage.notes)

@@ -32,6 +32,13 @@ def fused_scale(tr: Any, name: str, args, kwargs, out) -> bool:
     """
     if name == "lerp":
         ops = [_arg(args, kwargs, 2, "weight")]
+        end = _arg(args, kwargs, 1, "end")
+        w = ops[0]
+        if (not isinstance(w, (torch.Tensor, bool)) and isinstance(w, (int, float)) and isinstance(end, torch.Tensor)
+                and tr.shadow(end) is not None and tr.shadow(args[0] if args else kwargs.get("input")) is not None):
+            tr.notes[f"torch.lerp with weight {w:g} (a number in the code): its inputs enter times {1 - w:g} and {w:g}, "
+                     "not folded; the graph's weights before it are the raw parameters (per-layer E is "
+                     "unaffected)"] += 1
     else:
         ops = [_arg(args, kwargs, 1, "tensor1"), _arg(args, kwargs, 2, "tensor2")]
     base = args[0] if args else kwargs.get("input")
