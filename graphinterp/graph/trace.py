@@ -32,7 +32,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds, layer_name
-from graphinterp.graph.trace_folds import RETURNED, settle
+from graphinterp.graph.trace_settle import RETURNED, settle
 from graphinterp.graph.trace_rules import apply_rule
 from graphinterp.graph.trace_ties import TieOwners, embedding_ties
 

@@ -6,6 +6,7 @@ The rules of :mod:`graphinterp.graph.trace_rules` for ``batch_norm``, the norm f
 ``x / param`` and ``x * c`` with ``c`` computed from buffers.
 A scale is folded only where one value per node (or, for a layer reading the normalised tensor itself,
 one per input feature) reproduces the model; otherwise it is listed in the tracer's ``unfolded`` with why.
+The folds that another reader makes inexact are undone when the trace ends (:mod:`graphinterp.graph.trace_settle`).
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import torch
 from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_rules_layout import arg as _arg, channel_vector as _channel_vector
 
-__all__ = ["DIVS", "MIXED_READ", "MULS", "NOT_FOLDING", "NUMBER", "RETURNED", "batch_norm", "norm", "scale_by_constant",
-           "scale_by_param", "scale_operands", "settle"]
+__all__ = ["DIVS", "MULS", "NOT_FOLDING", "NUMBER", "batch_norm", "norm", "scale_by_constant", "scale_by_param",
+           "scale_operands"]
 
 
 def scale_by_param(tr, tensors: List[torch.Tensor], out) -> bool:
@@ -252,83 +253,3 @@ def norm(tr, name: str, args, kwargs, out) -> None:
     _pending_gain(tr, out, T._Gain(vec, w, pname, _NORM_KIND.get(name, "norm gain"), elems, known=exact, dim=dim,
                                    tensor=out))
     tr.unfolded.setdefault(pname, "gain not directly followed by a weight layer")
-
-
-#: The reader counted as a leak of a gain with several values per node, read re-laid out (see ``_Gain``).
-MIXED_READ = "a layer reading it re-laid out, where one node has several gains"
-_SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
-_DIFFS = {"sub", "__sub__", "__rsub__", "__isub__", "sub_", "rsub", "subtract"}
-RETURNED = "the model's output"  # the reader name of a returned tensor (see ChannelTracer.returned)
-
-
-def settle(tr) -> None:
-    """Undo every fold that another reader of its tensor makes inexact (see ``ChannelTracer.settle_gains``):
-    input gains whose normalised tensor is also read by a non-weight operation, and out-folds (BatchNorm,
-    layer_scale) whose layer's raw output is also read by anything but the fold."""
-    for gain in tr._gains:
-        if not gain.leaks or (not gain.folded_by and MIXED_READ not in gain.leaks):
-            continue
-        tag = f"{gain.source} (input gain)"
-        layers = []
-        for i in gain.folded_by:
-            call = tr.calls[i]
-            if tag in call.folded:
-                call.folded.remove(tag)
-            call.fold_maps = [m for m in call.fold_maps if m[0] != tag]
-            call.in_scale = None
-            layers.append(call.name)
-        gain.used = False
-        tr.unfolded[gain.source] = _leak_reason(gain, layers)
-    for layer, readers in tr._out_folds.leaking().items():  # BN(conv(x)) where conv's output is read too
-        call = tr.calls[layer]
-        call.out_scale = None
-        call.fold_maps = [m for m in call.fold_maps if m[1] != "out"]
-        tags = tr._out_folds.tags.get(layer, [])
-        for tag in tags:
-            if tag in call.folded:
-                call.folded.remove(tag)
-            if tag.endswith(f"({NUMBER})"):
-                _number_undone(tr, layer, tag, call.name)
-                continue
-            source, kind = tag.split(" ", 1)
-            others = sorted(set(readers) - {source}) or sorted({t.split(" ", 1)[0] for t in tags} - {source})
-            tr.unfolded[source] = (f"{kind.strip('()')}: the raw output of {call.name} is also read by "
-                                   f"{', '.join(others[:4])}; folding the scale into {call.name} would change "
-                                   "what those read")
-
-
-def _number_undone(tr, layer: int, tag: str, name: str) -> None:
-    """A number's fold undone because the layer's raw output is read elsewhere too: noted when the scaled value
-    entered a sum (a coefficient of a sum's operand, or ``0.5 * y + 0.25 * y``), where it scales an edge path;
-    silent when it fed the model's own arithmetic on that output (a hand-written GELU's ``0.5 * x``, a rotary
-    sign, attention's ``q * scale``), which changes no edge's weight."""
-    for where, t, out_id in tr.number_folds:
-        if where != layer or t != tag:
-            continue
-        if out_id is None or set(tr._out_folds.reads.get(out_id, ())) & (_SUMS | _DIFFS):
-            tr.notes[f"{name}: its output times {tag.split(' (')[0]} (a number in the code) enters a sum, and the "
-                     "output is also read unscaled elsewhere: not folded, the graph's weights there are the raw "
-                     "parameters"] += 1
-            return
-
-
-def _leak_reason(gain: T._Gain, layers: List[str]) -> str:
-    """Why ``gain`` is not folded, for ``unfolded``: ``"LayerNorm gain: its output is read by a residual sum
-    (add): it is the residual stream, as well as by the layer b.0; folding ..."``."""
-    others = sorted(set(gain.leaks) - _SUMS - {RETURNED, MIXED_READ})
-    readers = []
-    if MIXED_READ in gain.leaks:
-        readers.append(MIXED_READ + " (a norm over a flattened conv's features)")
-    if RETURNED in gain.leaks:
-        readers.append("the model's output (the model returns it)")
-    if set(gain.leaks) & _SUMS:
-        readers.append("a residual sum (add): it is the residual stream")
-    if others:
-        readers.append("non-weight operations (" + ", ".join(others[:4]) + (", ..." if len(others) > 4 else "") + ")")
-    if not layers:
-        return f"{gain.kind}: its output is read by " + " and by ".join(readers) + "; no weight layer can hold it"
-    shown = ", ".join(layers[:3]) + (f", ... ({len(layers)} layers)" if len(layers) > 3 else "")
-    one = len(layers) == 1
-    return (f"{gain.kind}: its output is read by " + " and by ".join(readers)
-            + f", as well as by the layer{'' if one else 's'} {shown}; folding the gain into "
-            + ("that layer" if one else "those layers") + " alone would change the model's function")

@@ -8,7 +8,7 @@ the raw output of a weight layer, where it is exact; elsewhere it is the model's
 GELU's ``0.5 * x``, an attention score's scale) and changes no edge. A number on an operand of a sum that is
 not a layer's raw output, where two node sets merge, is noted: the graph's weights there are the raw
 parameters. So is a fold undone at the end of the trace (the layer's raw output is also read unscaled) when the
-scaled value entered a sum (:func:`graphinterp.graph.trace_folds.settle`); otherwise it was the model's own
+scaled value entered a sum (:func:`graphinterp.graph.trace_settle.settle`); otherwise it was the model's own
 arithmetic on that output and is dropped without a note.
 """
 from __future__ import annotations

@@ -14,12 +14,14 @@ import torch
 from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_fused import FUSED_SCALES, einsum_scale, fused_scale
 from graphinterp.graph.trace_numbers import NEGS, negate, scale_by_number, signed_operand
-from graphinterp.graph.trace_folds import (DIVS, MIXED_READ, MULS, NOT_FOLDING, batch_norm, norm, scale_by_constant,
+from graphinterp.graph.trace_folds import (DIVS, MULS, NOT_FOLDING, batch_norm, norm, scale_by_constant,
                                           scale_by_param, scale_operands)
 from graphinterp.graph.trace_rules_layout import (arg as _arg, broadcast_from as _broadcast_from,
                                                  channel_vector as _channel_vector, channelwise as _channelwise,
                                                  identity as _identity, layout as _layout, matmul as _matmul,
-                                                 pad as _pad, reduce as _reduce, scan as _scan)
+                                                 pad as _pad)
+from graphinterp.graph.trace_reduce import reduce as _reduce, scan as _scan
+from graphinterp.graph.trace_settle import MIXED_READ
 
 __all__ = ["apply_rule"]
 
