@@ -454,7 +454,7 @@ MUTANTS: List[Mutant] = [
       "a folded number kept to 6 digits: training's weight differs from the graph's"),
     M("trace_numbers", "    value = 1 / numbers[0] if name in DIVS else numbers[0]", "    value = numbers[0]",
       "f(x) / 10 folded as 10 f(x)"),
-    M("trace_numbers", "    coeff = -alpha if name in _SUBS else alpha", "    coeff = alpha",
+    M("trace_numbers", "    coeff = -alpha if name in T.SUBS else alpha", "    coeff = alpha",
       "x - f(x) folded without its sign"),
     M("trace_numbers", "    if not scaled or not _merges(tr, a, b):", "    if True:",
       "a number after an activation, in a sum, not noted"),

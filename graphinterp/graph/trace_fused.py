@@ -15,6 +15,7 @@ import torch
 
 from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_folds import NOT_FOLDING, scale_by_param
+from graphinterp.graph.trace_numbers import as_number
 from graphinterp.graph.trace_rules_layout import arg as _arg
 
 __all__ = ["FUSED_SCALES", "einsum_scale", "fused_scale", "unfolded_operand"]
@@ -32,10 +33,8 @@ def fused_scale(tr: Any, name: str, args, kwargs, out) -> bool:
     """
     if name == "lerp":
         ops = [_arg(args, kwargs, 2, "weight")]
-        end = _arg(args, kwargs, 1, "end")
-        w = ops[0]
-        if (not isinstance(w, (torch.Tensor, bool)) and isinstance(w, (int, float)) and isinstance(end, torch.Tensor)
-                and tr.shadow(end) is not None and tr.shadow(args[0] if args else kwargs.get("input")) is not None):
+        end, w = _arg(args, kwargs, 1, "end"), as_number(ops[0])
+        if (w is not None and isinstance(end, torch.Tensor) and tr.shadow(end) is not None and tr.shadow(args[0] if args else kwargs.get("input")) is not None):
             tr.notes[f"torch.lerp with weight {w:g} (a number in the code): its inputs enter times {1 - w:g} and {w:g}, "
                      "not folded; the graph's weights before it are the raw parameters (per-layer E is "
                      "unaffected)"] += 1

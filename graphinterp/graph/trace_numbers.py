@@ -19,17 +19,16 @@ from typing import Any, List, Optional
 
 import torch
 
+from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_folds import DIVS, MULS, NUMBER, _fold_out, _fold_scale, _per_node, _producer
 from graphinterp.graph.trace_rules_layout import arg as _arg
 
-__all__ = ["NEGS", "NUMBER", "negate", "scale_by_number", "signed_operand"]
+__all__ = ["NEGS", "NUMBER", "as_number", "negate", "scale_by_number", "signed_operand"]
 
 NEGS = {"neg", "__neg__", "negative", "neg_"}
-_SUBS = {"sub", "__sub__", "sub_", "__isub__", "subtract", "__rsub__", "rsub"}
-_ADDS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
 
 
-def _number(v: Any) -> Optional[float]:
+def as_number(v: Any) -> Optional[float]:
     """``v`` as a float when it is a real number written in the code (not a bool, not a tensor), else None."""
     if isinstance(v, bool) or not isinstance(v, Real):
         return None
@@ -53,7 +52,7 @@ def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor
             kwargs.get("rounding_mode") is not None):  # a floor or truncating division is no scale
         return False
     x = tensors[0]
-    numbers = [n for n in (_number(a) for a in list(args) + list(kwargs.values()) if a is not x) if n is not None]
+    numbers = [n for n in (as_number(a) for a in list(args) + list(kwargs.values()) if a is not x) if n is not None]
     if len(numbers) != 1 or tr.shadow(x) is None or (name in DIVS and (not args or args[0] is not x)):
         return False
     if name in DIVS and numbers[0] == 0:
@@ -69,11 +68,10 @@ def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor
 
 def _fold_number(tr: Any, x: torch.Tensor, out, value: float) -> bool:
     """Fold ``value`` into the layer whose raw output ``x`` is, ``out`` becoming its (scaled) direct output."""
-    layer = _producer(tr, x, out)[0]
     if not _fold_scale(tr, x, out, torch.tensor(value, dtype=torch.float64), _tag(value), NUMBER,
                        torch.zeros((), dtype=torch.long)):
         return False
-    tr.number_folds.append((layer, f"{_tag(value)} ({NUMBER})", id(out)))
+    tr.number_folds.append((tr._direct.get(id(out)), f"{_tag(value)} ({NUMBER})", id(out)))  # the layer folded into
     return True
 
 
@@ -92,10 +90,10 @@ def signed_operand(tr: Any, name: str, args, kwargs) -> None:
     (-1), ``c - b`` (``__rsub__``) or ``torch.add(a, b, alpha=c)`` is folded into ``b``'s layer when ``b`` is a weight
     layer's raw output; a coefficient that cannot be folded, or an operand scaled by a number after a non-weight
     operation (``0.1 * relu(f(x))``), is noted when the sum merges it with other nodes."""
-    if name not in _SUBS and name not in _ADDS:
+    if name not in T.SUBS and name not in T.ADDS:
         return
     alpha = _arg(args, kwargs, 2, "alpha", 1)
-    alpha = _number(alpha) if not isinstance(alpha, torch.Tensor) else None
+    alpha = as_number(alpha)
     if alpha is None:
         return
     if name in ("__rsub__", "rsub"):  # b.__rsub__(a) is a - b: b is the first operand
@@ -104,7 +102,7 @@ def signed_operand(tr: Any, name: str, args, kwargs) -> None:
         b, a = (args[1] if len(args) > 1 else kwargs.get("other")), (args[0] if args else None)
     if not isinstance(b, torch.Tensor) or tr.shadow(b) is None:
         return
-    coeff = -alpha if name in _SUBS else alpha
+    coeff = -alpha if name in T.SUBS else alpha
     scaled = {_tag(v) for v in (tr.number_scaled.get(id(t)) for t in (a, b) if isinstance(t, torch.Tensor))
               if v is not None}
     layer = tr._direct.get(id(b))

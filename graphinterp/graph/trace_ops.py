@@ -37,6 +37,9 @@ _SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d"
             "adaptive_max_pool2d", "adaptive_max_pool3d", "max_pool2d_with_indices", "interpolate",
             "upsample", "upsample_nearest", "upsample_bilinear", "lp_pool2d", "fractional_max_pool2d"}
 _NORMS = {"layer_norm", "rms_norm", "group_norm", "instance_norm"}
+#: sums and differences of two tensors (the residual merges; the operand signs of trace_numbers)
+ADDS = {"add", "__add__", "__radd__", "add_", "__iadd__"}
+SUBS = {"sub", "__sub__", "sub_", "__isub__", "subtract", "__rsub__", "rsub"}
 _SCANS = {"cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "cumsum_", "cumprod_"}
 _SKIP = {"size", "dim", "numel", "__len__", "__bool__", "item", "tolist", "__format__", "__repr__",
          "__hash__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "eq", "ne", "lt", "le",

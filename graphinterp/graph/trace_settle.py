@@ -17,8 +17,6 @@ __all__ = ["MIXED_READ", "RETURNED", "settle"]
 
 #: The reader counted as a leak of a gain with several values per node, read re-laid out (see ``_Gain``).
 MIXED_READ = "a layer reading it re-laid out, where one node has several gains"
-_SUMS = {"add", "__add__", "__radd__", "__iadd__", "add_"}
-_DIFFS = {"sub", "__sub__", "__rsub__", "__isub__", "sub_", "rsub", "subtract"}
 RETURNED = "the model's output"  # the reader name of a returned tensor (see ChannelTracer.returned)
 
 
@@ -66,7 +64,7 @@ def _number_undone(tr, layer: int, tag: str, name: str) -> None:
     for where, t, out_id in tr.number_folds:
         if where != layer or t != tag:
             continue
-        if out_id is None or set(tr._out_folds.reads.get(out_id, ())) & (_SUMS | _DIFFS):
+        if out_id is None or set(tr._out_folds.reads.get(out_id, ())) & (T.ADDS | T.SUBS):
             tr.notes[f"{name}: its output times {tag.split(' (')[0]} (a number in the code) enters a sum, and the "
                      "output is also read unscaled elsewhere: not folded, the graph's weights there are the raw "
                      "parameters"] += 1
@@ -76,13 +74,13 @@ def _number_undone(tr, layer: int, tag: str, name: str) -> None:
 def _leak_reason(gain: T._Gain, layers: List[str]) -> str:
     """Why ``gain`` is not folded, for ``unfolded``: ``"LayerNorm gain: its output is read by a residual sum
     (add): it is the residual stream, as well as by the layer b.0; folding ..."``."""
-    others = sorted(set(gain.leaks) - _SUMS - {RETURNED, MIXED_READ})
+    others = sorted(set(gain.leaks) - T.ADDS - {RETURNED, MIXED_READ})
     readers = []
     if MIXED_READ in gain.leaks:
         readers.append(MIXED_READ + " (a norm over a flattened conv's features)")
     if RETURNED in gain.leaks:
         readers.append("the model's output (the model returns it)")
-    if set(gain.leaks) & _SUMS:
+    if set(gain.leaks) & T.ADDS:
         readers.append("a residual sum (add): it is the residual stream")
     if others:
         readers.append("non-weight operations (" + ", ".join(others[:4]) + (", ..." if len(others) > 4 else "") + ")")
