@@ -64,9 +64,10 @@ def sklearn_loop(mats, k: int, shuffles: int, seed: int) -> None:
 def floor_loop(mats, k: int, shuffles: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     for _, A in mats:
+        buf = torch.empty_like(A)  # one normalised matrix per layer, reused by its shuffles (see bench_bsgc.py)
         for M in [A, *shuffle_weights(A, shuffles, generator=gen)]:
             with _threads_for(M):  # BSGC's thread policy (one torch thread below 2**20 entries), not torch's default
-                randomized_svd(normalize_bipartite(M)[0], k, generator=gen)
+                randomized_svd(normalize_bipartite(M, out=buf)[0], k, generator=gen)
 
 
 def graphinterp_cli(paths, k: int, shuffles: int, jobs: int, out: str) -> None:

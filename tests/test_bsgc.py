@@ -306,6 +306,21 @@ def test_dead_neurons_get_minus_one_and_no_nan():
     assert torch.isfinite(An).all() and du[3] == 0 and dv[0] == 0
 
 
+def test_normalize_bipartite_into_a_buffer():
+    """``out=`` gives the same matrix bit for bit, in the buffer, leaving A alone; a mismatched buffer is refused."""
+    A = torch.from_numpy(np.abs(planted([30, 20], [25, 15], seed=2)[0])).float()
+    A[4] = 0.0
+    before = A.clone()
+    An, du, dv = normalize_bipartite(A)
+    buf = torch.full_like(A, float("nan"))
+    Bn, du2, dv2 = normalize_bipartite(A, out=buf)
+    assert Bn is buf and torch.equal(Bn, An) and torch.equal(du, du2) and torch.equal(dv, dv2)
+    assert torch.equal(A, before)
+    for bad in (torch.empty(A.shape[1], A.shape[0]), torch.empty(A.shape, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="out must have A's shape, dtype and device"):
+            normalize_bipartite(A, out=bad)
+
+
 def test_dead_neurons_in_a_randomized_svd_sized_layer():
     W, rows, cols = planted([150, 60, 90, 20], [40, 200, 30, 130], noise=0.3, seed=4)
     W[[0, 7]] = 0.0

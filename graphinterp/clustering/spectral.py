@@ -32,20 +32,33 @@ _EXACT_MAX_ELEMENTS = 1 << 21  # ... and the matrix is at most this big (the exa
 _PANEL = 16  # thin factors are padded with zero columns to a multiple of this (see _times)
 
 
-def normalize_bipartite(A: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def normalize_bipartite(A: torch.Tensor, *, out: Optional[torch.Tensor] = None
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return :math:`D_U^{-1/2} A D_V^{-1/2}` and the two inverse square-root degree vectors.
 
     Nodes of degree zero get an inverse square-root degree of 0 (not inf), so they embed at the
-    origin instead of producing NaN.
+    origin instead of producing NaN. ``out``, a tensor of ``A``'s shape, dtype and device, receives
+    the normalised matrix instead of a new one: normalising many matrices of one shape into one
+    buffer spares a fresh allocation each time (on Linux a freshly mapped 4 MB matrix costs about
+    a thousand page faults, as much time as the normalisation itself).
 
     Examples
     --------
     >>> An, du, dv = normalize_bipartite(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
     >>> du
     tensor([0.7071, 0.0000])
+    >>> buf = torch.empty(2, 2)
+    >>> normalize_bipartite(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), out=buf)[0] is buf
+    True
     """
     du_is, dv_is = _inv_sqrt(A.sum(1)), _inv_sqrt(A.sum(0))
-    return du_is[:, None] * A * dv_is[None, :], du_is, dv_is
+    if out is None:
+        return du_is[:, None] * A * dv_is[None, :], du_is, dv_is
+    if out.shape != A.shape or out.dtype != A.dtype or out.device != A.device:
+        raise ValueError(f"out must have A's shape, dtype and device ({tuple(A.shape)}, {A.dtype}, {A.device}), got "
+                         f"({tuple(out.shape)}, {out.dtype}, {out.device})")
+    torch.mul(A, du_is[:, None], out=out)
+    return out.mul_(dv_is[None, :]), du_is, dv_is
 
 
 def _inv_sqrt(d: torch.Tensor) -> torch.Tensor:
