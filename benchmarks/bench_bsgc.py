@@ -121,6 +121,24 @@ def interleaved(fns: dict, repeats: int, gap: float, block: int = 1) -> tuple:
     return {name: statistics.median(t) for name, t in times.items()}, out
 
 
+def time_layer(W: np.ndarray, device: torch.device, k: int, seed: int, repeats: int, gap: float, block: int):
+    """Median times and last outputs of the four methods on the layer ``W`` (``interleaved``); the matrices made
+    here are freed when it returns."""
+    # One 64-byte-aligned matrix for all of them, as torch allocates a model's weights (numpy's own
+    # arrays are 16-byte aligned, and at 1024 x 1024 BLAS reads them up to 1.6x slower).
+    A = torch.from_numpy(W).abs().numpy()
+    At = torch.from_numpy(A).to(device)  # on the CPU: the same memory as A, no copy
+    buf = torch.empty_like(At)  # the floor's normalised matrix (see the module docstring)
+    fns = {
+        "ours": lambda: fit_ours(At, k, seed),
+        "sklearn": lambda: fit_sklearn(A, k, seed),
+        "floor": lambda: fit_floor(At, k, seed, buf),
+        "spectrum": lambda: fit_spectrum(At, k, seed),
+    }
+    fit_ours(At, k, seed)  # warm-up (first-touch allocations, lazy imports, CUDA kernels)
+    return interleaved(fns, repeats, gap, block)
+
+
 def _E_and_score(squared: torch.Tensor, rows, cols, k: int) -> tuple:
     """E and the normalised score of one clustering of a layer."""
     E = float(clusterability(squared, rows, cols))
@@ -162,26 +180,13 @@ def main() -> None:
         repeats = args.repeats if size <= 1 << 20 else max(1, min(args.repeats, 5 if size <= 1 << 24 else 3))
         for kind in args.kinds:
             W = make_layer(kind, m, n, args.k, np.random.default_rng([args.seed, m, n, KINDS.index(kind)]))
-            # One 64-byte-aligned matrix for all three, as torch allocates a model's weights (numpy's own
-            # arrays are 16-byte aligned, and at 1024 x 1024 BLAS reads them up to 1.6x slower).
-            A = torch.from_numpy(W).abs().numpy()
-            At = torch.from_numpy(A).to(device)  # on the CPU: the same memory as A, no copy
-            buf = torch.empty_like(At)  # the floor's normalised matrix (see the module docstring)
-            fns = {
-                "ours": lambda: fit_ours(At, args.k, args.seed),
-                "sklearn": lambda: fit_sklearn(A, args.k, args.seed),
-                "floor": lambda: fit_floor(At, args.k, args.seed, buf),
-                "spectrum": lambda: fit_spectrum(At, args.k, args.seed),
-            }
-            fit_ours(At, args.k, args.seed)  # warm-up (first-touch allocations, lazy imports, CUDA kernels)
-            t, out = interleaved(fns, repeats, args.gap, args.block if size <= 1 << 22 else 1)
+            t, out = time_layer(W, device, args.k, args.seed, repeats, args.gap, args.block if size <= 1 << 22 else 1)
             W2 = torch.from_numpy(W).square()
             (e_ours, s_ours), (e_sk, s_sk) = (_E_and_score(W2, *out[name], args.k) for name in ("ours", "sklearn"))
             floor, via = min((t["floor"], "buffer"), (t["spectrum"], "implicit"))
             print(f"| {m}x{n} | {kind} | {t['ours']:.4f} | {t['sklearn']:.4f} | {t['sklearn'] / t['ours']:.2f}x | "
                   f"{floor:.4f} ({via}) | {t['ours'] / floor:.2f}x | {s_ours:.4f} | {s_sk:.4f} | {s_ours - s_sk:+.4f} | "
                   f"{e_ours:.4f} | {e_sk:.4f} | {e_ours - e_sk:+.4f} |", flush=True)
-            del W, A, At, W2, out, buf
     print(f"load average after {tuple(round(x, 2) for x in os.getloadavg())}")
 
 
