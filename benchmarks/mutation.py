@@ -102,6 +102,7 @@ TESTS: Dict[str, List[str]] = {
     "parallel": ["tests/test_network_null.py", "tests/test_benchmarking.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
+    "train_state": ["tests/test_train.py"],
 }
 
 
@@ -126,7 +127,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "rescale": "graph/rescale", "layer": "graph/layer", "network_pieces": "clustering/network_pieces",
          "network_null": "clustering/network_null", "network_notes": "clustering/network_notes",
          "parallel": "common/parallel",
-         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads"}
+         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state"}
 
 
 @dataclass(frozen=True)
@@ -516,6 +517,9 @@ MUTANTS: List[Mutant] = [
       "the dense adjacency a rounding off the identity product's"),
     M("threads", "        if _HOLDERS == 0:\n            if _CONTROLLER is None:", "        if True:\n            if _CONTROLLER is None:",
       "every block takes the BLAS limit again (and the first to leave lifts it under the others)"),
+    M("train_state", "if data_sha256 is not None and stored is not None and stored != data_sha256:",
+      "if data_sha256 is not None and stored is None and stored != data_sha256:",
+      "a resumed run no longer checks that it trains on the examples its checkpoint was trained on"),
 ]
 
 

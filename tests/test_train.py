@@ -10,7 +10,7 @@ import torch
 
 from graphinterp.sources.checkpoint import load_checkpoint
 from graphinterp.clustering.cluster import Clustering
-from graphinterp.data.datasets import load_dataset
+from graphinterp.data.datasets import LabeledTensors, load_dataset
 from graphinterp.common.errors import ClusteringError, DataError, TrainingError
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.training.loss import EnmeshmentLoss
@@ -129,6 +129,27 @@ def test_resume_refuses_other_settings(digits, tmp_path):
     with pytest.raises(TrainingError, match="do not fit"):
         train(_cfg(k=2, epochs=1), model=mlp(64, [32, 32, 32], 10), train_data=tr, test_data=te,
               checkpoint=path, resume=True)
+
+
+def test_resume_refuses_other_training_data(digits, tmp_path):
+    """The checkpoint records the training set's fingerprint; resuming on other examples (another subset, one
+    pixel changed) is refused, on the same examples (a copy) it goes on; a checkpoint without one resumes."""
+    tr, te = digits
+    tr = tr.subset(200, seed=0)
+    path = tmp_path / "d.pt"
+    train(_cfg(k=2, epochs=1), train_data=tr, test_data=te, checkpoint=path)
+    assert load_checkpoint(path)["meta"]["data_sha256"] == tr.fingerprint
+    changed = LabeledTensors(tr.x.clone(), tr.y.clone(), tr.classes, tr.name)
+    changed.x[17, 0, 3, 4] += 0.5
+    for other in (digits[0].subset(150, seed=0), changed):
+        with pytest.raises(TrainingError, match="trained on other examples.*same examples or into another --out"):
+            train(_cfg(k=2, epochs=2), train_data=other, test_data=te, checkpoint=path, resume=True)
+    copy = LabeledTensors(tr.x.clone(), tr.y.clone(), list(tr.classes), tr.name)
+    assert len(train(_cfg(k=2, epochs=2), train_data=copy, test_data=te, checkpoint=path, resume=True).history) == 3
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["meta"]["data_sha256"]  # written before checkpoints held one
+    torch.save(ckpt, path)
+    assert len(train(_cfg(k=2, epochs=3), train_data=changed, test_data=te, checkpoint=path, resume=True).history) == 4
 
 
 def test_a_resumed_baseline_records_the_refit_only_at_its_own_end(digits, tmp_path):

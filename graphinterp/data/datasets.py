@@ -22,6 +22,7 @@ import torch
 
 from graphinterp.data.readers import _failed, _load_image_folder, _load_mnist_like, _read_cifar_batches
 from graphinterp.common.errors import DataError
+from graphinterp.common.fingerprint import fingerprint
 
 __all__ = [
     "subset_indices",
@@ -96,6 +97,12 @@ class LabeledTensors:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short SHA-256 of the images, labels and their shapes: equal exactly when the examples are (what a
+        resumed run must train on, whatever folder they were read from)."""
+        return fingerprint(self.x, self.y, text=f"{tuple(self.x.shape)} {self.x.dtype} {tuple(self.y.shape)} {self.y.dtype}")
 
     def as_dataset(self) -> torch.utils.data.TensorDataset:
         """Wrap as a :class:`torch.utils.data.TensorDataset` of ``(x, y)`` pairs (no copy)."""

@@ -26,6 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from graphinterp.common.errors import DataError
+from graphinterp.common.fingerprint import fingerprint
 from graphinterp.data.datasets import subset_indices
 
 __all__ = ["SequenceData", "CharCorpus", "modular_addition", "load_corpus", "default_corpus_path", "TASKS"]
@@ -88,12 +89,7 @@ class CharCorpus:
     def fingerprint(self) -> str:
         """A short SHA-256 of the characters and both splits: equal exactly when the token streams are
         (what a resumed run must train on; a file's path or name may change)."""
-        import hashlib
-
-        h = hashlib.sha256("".join(self.chars).encode("utf-8"))
-        for part in (self.train, self.val):
-            h.update(part.to(torch.int64).contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint(self.train.to(torch.int64), self.val.to(torch.int64), text="".join(self.chars))
 
     def _ids(self, split: str) -> torch.Tensor:
         """The token ids of ``split``, ``"train"`` or ``"val"`` (any other name is an error, not a guess)."""

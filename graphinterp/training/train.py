@@ -294,10 +294,11 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     gradsim = GradientSimilarity(model, layers, graph=graph) if config.similarity == "gradient" else None
     state: Dict[str, Any] = {"epoch": 0, "history": [], "clustering": None, "gradsim": None}
     path = Path(checkpoint) if checkpoint is not None else None
+    data_sha = train_set.fingerprint if path is not None else None  # recorded, and checked on resuming
     if resume and path is not None and not path.exists():
         note(f"{path} does not exist yet: starting a new run")
     if resume and path is not None and path.exists():
-        state = load_train_state(path, config, arch, model, opt, gen)
+        state = load_train_state(path, config, arch, model, opt, gen, data_sha)
         progress.resumed_from = state["epoch"]
         if state["epoch"] >= config.total_epochs:
             note(f"{path} has already trained all {state['epoch']} epochs asked for: nothing to train, its stored "
@@ -345,7 +346,8 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
         if path is not None and rank == 0:
             with progress.saving(epoch):
                 save_train_state(path, model, arch=arch, config=config, history=history, clustering=clustering,
-                                 train_clustering=clustering, opt=opt, gen=gen, epoch=epoch, gradsim=gradsim)
+                                 train_clustering=clustering, opt=opt, gen=gen, epoch=epoch, gradsim=gradsim,
+                                 data_sha256=data_sha)
     final = clustering
     if config.lam == 0 and history:  # the baseline: E of a clustering fitted to the final weights
         final = _cluster(_current(graph, model, train_set), layers, config, None, rank, world)
@@ -356,5 +358,5 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
             with progress.saving(config.total_epochs):
                 save_train_state(path, model, arch=arch, config=config, history=history, clustering=final,
                                  train_clustering=clustering, opt=opt, gen=gen, epoch=config.total_epochs,
-                                 gradsim=gradsim)
+                                 gradsim=gradsim, data_sha256=data_sha)
     return TrainResult(model, arch, final, history)

@@ -275,7 +275,12 @@ def without_refit(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [*history[:-1], last]
 
 
-def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, opt, gen) -> Dict[str, Any]:
+def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, opt, gen,
+                     data_sha256: Optional[str] = None) -> Dict[str, Any]:
+    """The state of the checkpoint ``path``, loaded into ``model``, ``opt`` and ``gen``; refused (TrainingError)
+    when the run would continue it wrongly: other settings or architecture, more epochs done than asked for,
+    or other training data than ``data_sha256`` (the training set's fingerprint; checkpoints written before
+    2026-12-07 hold none and are not checked)."""
     ckpt = load_checkpoint(path)
     state = ckpt.get("train_state") or {}
     if "step" in state and "epoch" not in state:  # a transformer's run counts steps
@@ -294,6 +299,11 @@ def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, op
         raise TrainingError(too_many_done(path, state["epoch"], "epoch", "warmup_epochs", "epochs", config))
     if arch is not None and ckpt["arch"] != arch:
         raise TrainingError(f"cannot resume {path}: its architecture {ckpt['arch']} differs from {arch}")
+    stored = (ckpt.get("meta") or {}).get("data_sha256")
+    if data_sha256 is not None and stored is not None and stored != data_sha256:
+        raise TrainingError(f"cannot resume {path}: it was trained on other examples than this run's training set "
+                            f"(fingerprint {stored}, now {data_sha256}); train on the same examples or into another "
+                            "--out")
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
@@ -321,13 +331,14 @@ def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, op
 
 
 def save_train_state(path, model, *, arch, config, history, clustering, train_clustering, opt, gen, epoch: int,
-                     gradsim) -> None:
+                     gradsim, data_sha256: Optional[str] = None) -> None:
     """Write the checkpoint of a training run after ``epoch`` epochs (atomically, see
     :func:`graphinterp.sources.checkpoint.save_checkpoint`): the model and its ``arch``, the
     ``clustering`` to report (the refit one after a baseline's last epoch), the ``history``, and what
     resuming needs: the ``config``, the clustering the loss was trained with (``train_clustering``),
     the optimiser ``opt``, the random streams (torch's and the shuffle generator ``gen``) and the
-    gradient-similarity accumulator ``gradsim`` (or None). Everything after ``model`` is keyword-only."""
+    gradient-similarity accumulator ``gradsim`` (or None), and the training set's fingerprint ``data_sha256``
+    (:attr:`graphinterp.data.datasets.LabeledTensors.fingerprint`). Everything after ``model`` is keyword-only."""
     rng = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -336,5 +347,7 @@ def save_train_state(path, model, *, arch, config, history, clustering, train_cl
                    "gradsim": gradsim.state_dict() if gradsim is not None else None}
     meta = {"producer": "graphinterp.training.train", "dataset": config.dataset, "k": config.k, "lam": float(config.lam),
             "similarity": config.similarity, "epochs_done": epoch}
+    if data_sha256 is not None:
+        meta["data_sha256"] = data_sha256
     save_checkpoint(path, model, arch=arch, clustering=clustering.to_dict() if clustering else None,
                     history=history, train_state=train_state, meta=meta)
