@@ -134,10 +134,11 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
         _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
                            seed, device, data_dir, corpus, out, resume, quiet, as_json)
         return
-    config = TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs, epochs=epochs,
-                         batch_size=batch_size or 64, lr=1e-3 if lr is None else lr, similarity=similarity, reduction=reduction,
-                         layers=parse_layers(layers), seed=seed, device=device, data_dir=data_dir, download=download,
-                         max_train=max_train, quiet=quiet or as_json).validate()
+    config = _validated(TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs,
+                                    epochs=epochs, batch_size=batch_size or 64, lr=1e-3 if lr is None else lr,
+                                    similarity=similarity, reduction=reduction, layers=parse_layers(layers), seed=seed,
+                                    device=device, data_dir=data_dir, download=download, max_train=max_train,
+                                    quiet=quiet or as_json))
     check_output_path(out, input_dirs=[_data_folder(config.data_dir)] if config.dataset != "digits" else [],
                       suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # _replacing says so
     _replacing(out, resume, launch.is_main)
@@ -258,14 +259,24 @@ def _launch(model_name: str, resume: bool, device: str) -> Tuple[Launch, torch.d
         raise click.BadParameter(str(err), param_hint="--device") from None
 
 
+def _validated(config):
+    """``config.validate()``, a bad setting refused as a usage error (exit code 2, as click's own checks of the
+    flags); the message names the flag."""
+    try:
+        return config.validate()
+    except GraphinterpError as err:
+        raise click.UsageError(str(err)) from None
+
+
 def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
                        seed, device, data_dir, corpus, out, resume, quiet, as_json) -> None:
     from graphinterp import TransformerConfig, train_transformer
 
-    config = TransformerConfig(task=task, k=k, lam=lam, steps=steps, warmup_steps=warmup_steps, lr=lr,
-                               weight_decay=weight_decay, similarity=similarity, reduction=reduction, seed=seed,
-                               device=device, data_dir=data_dir, corpus=corpus, quiet=quiet or as_json,
-                               **({"batch_size": batch_size} if batch_size is not None else {})).validate()
+    config = _validated(TransformerConfig(task=task, k=k, lam=lam, steps=steps, warmup_steps=warmup_steps, lr=lr,
+                                          weight_decay=weight_decay, similarity=similarity, reduction=reduction,
+                                          seed=seed, device=device, data_dir=data_dir, corpus=corpus,
+                                          quiet=quiet or as_json,
+                                          **({"batch_size": batch_size} if batch_size is not None else {})))
     inputs = []
     if task == "chars":
         from graphinterp import default_corpus_path

@@ -354,8 +354,10 @@ def test_control_characters_in_layer_names_give_parseable_files(tmp_path):
 
 @pytest.mark.parametrize("lam", ["1e30", "nan", "inf", "-1"])
 def test_lambda_is_bounded(tmp_path, lam):
-    assert "lambda must be" in one_error(invoke("train", "--lambda", lam, "--out", tmp_path / "t.pt"))
-    with pytest.raises(TrainingError, match="lambda must be"):
+    assert "--lambda (lam) must be" in one_error(invoke("train", "--lambda", lam, "--out", tmp_path / "t.pt"), 2)
+    assert "--lambda (lam) must be" in one_error(invoke("train", "--dataset", "modadd", "--lambda", lam, "--out",
+                                                        tmp_path / "t.pt"), 2)
+    with pytest.raises(TrainingError, match=r"--lambda \(lam\) must be"):
         TrainConfig(lam=float(lam)).validate()
     assert os.listdir(tmp_path) == []
 

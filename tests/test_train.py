@@ -215,8 +215,8 @@ def test_custom_model_and_tensor_data():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(lam=-1.0), TrainingError, "lambda must be"),
-    (dict(lam=float("nan")), TrainingError, "lambda must be"),
+    (dict(lam=-1.0), TrainingError, r"--lambda \(lam\) must be"),
+    (dict(lam=float("nan")), TrainingError, r"--lambda \(lam\) must be"),
     (dict(k=1), ClusteringError, "k must be"),
     (dict(k=33), ClusteringError, "out of range"),
     (dict(dataset="imagenet"), DataError, "unknown dataset"),
@@ -225,7 +225,7 @@ def test_custom_model_and_tensor_data():
     (dict(similarity="gradient", warmup_epochs=0), TrainingError, "warmup_epochs"),
     (dict(similarity="activation"), TrainingError, "similarity"),
     (dict(epochs=0, warmup_epochs=0), TrainingError, "at least 1"),
-    (dict(batch_size=0), TrainingError, "batch_size"),
+    (dict(batch_size=0), TrainingError, "--batch-size must be an integer >= 1"),
     (dict(lr=0.0), TrainingError, "lr"),
 ])
 def test_bad_settings(digits, kwargs, error, match):
@@ -262,7 +262,7 @@ def test_cli_train(tmp_path):
     data = json.loads(res.output)
     assert [r["epoch"] for r in data["history"]] == [1, 2, 3] and 0 <= data["final"]["E"] <= 1
     res = runner.invoke(cli, ["train", "--lambda", "-1", "--out", str(tmp_path / "x.pt")])
-    assert res.exit_code == 1 and "error: lambda must be" in res.output
+    assert res.exit_code == 2 and "error: --lambda (lam) must be" in res.output  # a bad flag: a usage error
     res = runner.invoke(cli, ["train", "--help"])
     assert res.exit_code == 0 and "--lambda" in res.output and "--resume" in res.output
 

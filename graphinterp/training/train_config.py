@@ -15,7 +15,8 @@ from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.loss import REDUCTIONS
 
 __all__ = ["SIMILARITIES", "RESUME_FIXED", "LAMBDA_MAX", "SEED_MAX", "SETTING_FLAGS", "setting_name", "format_setting",
-           "absolute_path", "settings_mismatch", "too_many_done", "TrainConfig", "TrainResult", "format_history"]
+           "absolute_path", "settings_mismatch", "check_common_settings", "too_many_done", "TrainConfig", "TrainResult",
+           "format_history"]
 
 SIMILARITIES = ("weight", "gradient")
 RESUME_FIXED = ("dataset", "model", "arch", "k", "lam", "warmup_epochs", "batch_size", "lr", "similarity",
@@ -94,6 +95,30 @@ def too_many_done(path, done: int, unit: str, warmup: str, more: str, config) ->
     return (f"{path} already has {done} {unit}s, more than the {w + m} requested ({setting_name(warmup)} {w} + "
             f"{setting_name(more)} {m}); ask for at least {done} in all (e.g. {setting_name(more)} {done - w}) "
             "or train into another --out")
+
+
+def check_common_settings(config, integers) -> None:
+    """The rules every training config shares on lambda, the seed and its integer settings, messages naming each
+    setting by its flag (:func:`setting_name`).
+
+    ``integers`` lists ``(field, lowest value)``; a field whose value is None is skipped.
+
+    Raises
+    ------
+    TrainingError
+        lambda not a finite number in 0..``LAMBDA_MAX``, an integer setting not an integer or below its lowest
+        value, or a seed above ``SEED_MAX``.
+    """
+    lam = config.lam
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or not 0 <= lam <= LAMBDA_MAX:
+        raise TrainingError(f"{setting_name('lam')} must be a finite number in 0..{LAMBDA_MAX:g} "
+                            f"(0 trains the unclustered baseline), got {lam!r}")
+    for name, low in integers:
+        v = getattr(config, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise TrainingError(f"{setting_name(name)} must be an integer >= {low}, got {v!r}")
+    if config.seed > SEED_MAX:
+        raise TrainingError(f"{setting_name('seed')} must lie in 0..{SEED_MAX}, got {config.seed!r}")
 
 
 def check_clustering_options(similarity: str, reduction: str, warmup_name: str, warmup: int) -> None:
@@ -196,29 +221,18 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise :class:`TrainingError`/:class:`ClusteringError`/:class:`DataError` on a bad value."""
-        def integer(name: str, low: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise TrainingError(f"{name} must be an integer >= {low}, got {v!r}")
         dataset_info(self.dataset)  # DataError for an unknown dataset
         if self.model not in ("mlp", "cnn"):
             raise TrainingError(f"unknown model {self.model!r}; choose 'mlp' or 'cnn' (or pass model=...)")
-        lam = self.lam
-        if (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0
-                or lam > LAMBDA_MAX):
-            raise TrainingError(f"lambda must be a finite number in 0..{LAMBDA_MAX:g} "
-                                f"(0 trains the unclustered baseline), got {lam!r}")
+        check_common_settings(self, (("warmup_epochs", 0), ("epochs", 0), ("batch_size", 1), ("seed", 0),
+                                     ("max_train", 1), ("max_test", 1)))
         check_k(self.k)  # against the model's layers once the graph is built (train._check_layers)
-        for name, low in (("warmup_epochs", 0), ("epochs", 0), ("batch_size", 1), ("seed", 0)):
-            integer(name, low)
-        if self.seed > SEED_MAX:
-            raise TrainingError(f"seed must lie in 0..{SEED_MAX}, got {self.seed!r}")
         if self.total_epochs < 1:
             raise TrainingError(f"{setting_name('warmup_epochs')} + {setting_name('epochs')} must be at least 1, got "
                                 f"{self.warmup_epochs} + {self.epochs}; train for at least one epoch")
         lr = self.lr
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= LR_MAX:
-            raise TrainingError(f"lr must be a positive number up to {LR_MAX:g}, got {lr!r}")
+            raise TrainingError(f"{setting_name('lr')} must be a positive number up to {LR_MAX:g}, got {lr!r}")
         from graphinterp.common.files import resolve_device
 
         try:
@@ -229,9 +243,6 @@ class TrainConfig:
         if self.data_dir is None and self.dataset != "digits":  # the folder it reads now, recorded in the checkpoint
             self.data_dir = str(default_data_dir())  # ($GRAPHINTERP_DATA_DIR may be unset when it is evaluated)
         self.data_dir = absolute_path(self.data_dir)
-        for name in ("max_train", "max_test"):
-            if getattr(self, name) is not None:
-                integer(name, 1)
         if self.layers is not None:
             if isinstance(self.layers, str) or not self.layers or not all(isinstance(n, str) for n in self.layers):
                 raise TrainingError(f"layers must be a non-empty list of layer names or None, got {self.layers!r}")

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
 from graphinterp.data.tasks import TASKS
 from graphinterp.training.train_config import (
-    LAMBDA_MAX, LR_MAX, SEED_MAX, absolute_path, check_clustering_options, setting_name,
+    LR_MAX, absolute_path, check_clustering_options, check_common_settings, setting_name,
 )
 
 __all__ = ["TransformerConfig", "TASK_DEFAULTS", "RESUME_FIXED", "CHARS_ONLY"]
@@ -140,19 +140,9 @@ class TransformerConfig:
                 setattr(self, key, value)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
             raise ClusteringError(f"k must be an integer >= 2, got {self.k!r}")
-        lam = self.lam
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or not 0 <= lam <= LAMBDA_MAX:
-            raise TrainingError(f"lambda must be a finite number in 0..{LAMBDA_MAX:g}, got {lam!r}")
-        for name, low in (("warmup_steps", 0), ("steps", 0), ("seed", 0), ("eval_every", 1), ("d_model", 1),
-                          ("n_heads", 1), ("d_mlp", 1), ("n_layers", 1), ("p", 2), ("data_seed", 0), ("n_ctx", 2),
-                          ("batch_size", 1), ("eval_windows", 1)):
-            v = getattr(self, name)
-            if name == "eval_windows" and v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise TrainingError(f"{name} must be an integer >= {low}, got {v!r}")
-        if self.seed > SEED_MAX:
-            raise TrainingError(f"seed must lie in 0..{SEED_MAX}, got {self.seed!r}")
+        check_common_settings(self, (("warmup_steps", 0), ("steps", 0), ("seed", 0), ("eval_every", 1), ("d_model", 1),
+                                     ("n_heads", 1), ("d_mlp", 1), ("n_layers", 1), ("p", 2), ("data_seed", 0),
+                                     ("n_ctx", 2), ("batch_size", 1), ("eval_windows", 1)))
         if self.warmup_steps + self.steps < 1:
             raise TrainingError(f"{setting_name('warmup_steps')} + {setting_name('steps')} must be at least 1, got "
                                 f"{self.warmup_steps} + {self.steps}; train for at least one step")
