@@ -249,7 +249,7 @@ class TrainConfig:
             self.layers = list(self.layers)
             twice = sorted({n for n in self.layers if self.layers.count(n) > 1})
             if twice:  # each occurrence was clustered again, the last overwriting the first
-                raise TrainingError(f"layers names {', '.join(twice)} more than once; give each layer once")
+                raise TrainingError(f"{setting_name('layers')} names {', '.join(twice)} more than once; give each layer once")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
