@@ -1,7 +1,7 @@
 """Mutation pass: do the unit tests notice when the code they cover is broken?
 
 A hand-made set of mutants of the core modules (bsgc, kmeans_batch, metrics, loss, masks, hooks,
-circuit_eval, circuit_batch, linear_states, piecewise, label_tasks, and the graph tracer's trace and
+circuit_eval, circuit_batch, linear_states, piecewise, label_tasks, and the graph tracer's trace_nodes and
 trace_fused). Each mutant is one ``(module,
 exact old text, new text, why)`` edit that must match its file exactly once: a flipped comparison, a dropped normalisation, an
 off-by-one, swapped rows and columns, a removed ``.detach()``, a changed reduction, a restore
@@ -66,7 +66,7 @@ TESTS: Dict[str, List[str]] = {
     "metrics": ["tests/test_metrics.py"],
     "loss": ["tests/test_loss.py", "tests/test_fold_faithfulness.py"],
     "masks": ["tests/test_masks.py", "tests/test_loss.py", "tests/test_fold_faithfulness.py"],
-    "trace": ["tests/test_dag.py", "tests/test_trace_review.py"],
+    "trace_nodes": ["tests/test_dag.py", "tests/test_trace_review.py"],
     "trace_fused": ["tests/test_trace_review.py"],
     "hooks": ["tests/test_ablate.py", "tests/test_circuits.py"],
     "interventions": ["tests/test_ablate.py", "tests/test_circuits.py"],
@@ -112,7 +112,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "bsgc": "clustering/bsgc", "bsgc_batch": "clustering/bsgc_batch",
          "kmeans_batch": "clustering/kmeans_batch", "metrics": "clustering/metrics",
          "loss": "training/loss", "masks": "training/masks", "hooks": "interpret/hooks",
-         "trace": "graph/trace", "trace_fused": "graph/trace_fused",
+         "trace_nodes": "graph/trace_nodes", "trace_fused": "graph/trace_fused",
          "interventions": "interpret/interventions",
          "circuit_eval": "interpret/circuit_eval", "circuit_batch": "interpret/circuit_batch",
          "circuit_search": "interpret/circuit_search", "piecewise": "interpret/piecewise",
@@ -303,7 +303,7 @@ MUTANTS: List[Mutant] = [
       "a row-slice layer (a fused cross-attention in_proj) bound to the whole parameter"),
     M("loss", "w = pm.effective().reshape(-1).to(acc)", "w = pm.param.reshape(-1).to(acc)",
       "the loss scores the whole raw parameter, not the layer's rows times its folded scales"),
-    M("trace", "        if name in self._space_names:", "        if False:",
+    M("trace_nodes", "        if name in self._space_names:", "        if False:",
       "two spaces of one name (two float inputs): their nodes merge in the export"),
     M("trace_fused", "if tr.is_param_like(p) and scale_by_param(tr, [p, x], out):", "if False:",
       "addcmul(bias, param, x) not folded"),

@@ -386,11 +386,11 @@ def test_layers_are_clustered_in_their_own_precision(monkeypatch):
     """A float32 layer is clustered in float32 (as ``analyze`` / ``cluster_layers`` cluster it), the
     observed layer and its shuffled copies alike; a float64 one in float64. E is reported in float64."""
     import graphinterp.clustering.significance as significance
-    import graphinterp.reports.benchmarking as benchmarking
+    import graphinterp.reports.benchmark_layers as benchmark_layers
     from graphinterp.clustering.bsgc_batch import fit_batch, fit_k_range
 
     seen = []
-    monkeypatch.setattr(benchmarking, "fit_k_range",
+    monkeypatch.setattr(benchmark_layers, "fit_k_range",
                         lambda A, *a, **kw: seen.append(("k", A.dtype)) or fit_k_range(A, *a, **kw))
     monkeypatch.setattr(significance, "fit_batch",
                         lambda As, *a, **kw: seen.append(("null", As.dtype)) or fit_batch(As, *a, **kw))

@@ -22,6 +22,11 @@ the element belongs to, or ``-1`` when it has none (attention scores, statistics
   fold is undone and the norm is listed in ``unfolded`` with the readers that prevent it.
 
 Operations the tracer does not know are never silent: they are counted in ``notes``.
+
+Two parts of the tracer live in modules of their own and are mixed into :class:`ChannelTracer`: the node
+ids, their spaces and merges in :mod:`graphinterp.graph.trace_nodes` (:class:`NodeSpaces`, with
+``SAME_SPACE_MIX``, still importable from here), and the tensors computed from parameters, buffers and
+other constants alone in :mod:`graphinterp.graph.trace_params` (:class:`ParamTensors`).
 """
 from __future__ import annotations
 
@@ -31,17 +36,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 
-from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds, layer_name
+from graphinterp.graph.trace_nodes import SAME_SPACE_MIX, NodeSpaces  # noqa: F401 - SAME_SPACE_MIX re-exported
+from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds
+from graphinterp.graph.trace_params import ParamTensors, _tensor_attributes
 from graphinterp.graph.trace_settle import RETURNED, settle
 from graphinterp.graph.trace_rules import apply_rule
 from graphinterp.graph.trace_ties import TieOwners, embedding_ties
 
-#: The note on an element-wise sum of nodes of one space (a rotary embedding's rotated halves), not merged.
-SAME_SPACE_MIX = "elementwise mix of nodes of one space (ignored, e.g. rotary embeddings)"
-
 __all__ = ["ChannelTracer", "LayerCall"]
 
-class ChannelTracer(TorchFunctionMode):
+class ChannelTracer(NodeSpaces, ParamTensors, TorchFunctionMode):
     """Record weight-layer calls and channel identities during one forward pass.
 
     Parameters
@@ -99,78 +103,7 @@ class ChannelTracer(TorchFunctionMode):
         self._uses: Counter = Counter()
         self.mixed_spaces: Dict[str, None] = {}  # spaces whose nodes an element-wise sum mixed (SAME_SPACE_MIX)
 
-    # ------------------------------------------------------------ nodes
-    @property
-    def n_nodes(self) -> int:
-        return len(self._parent)
-
-    def new_space(self, name: str, size: int) -> torch.Tensor:
-        """Create ``size`` fresh nodes in a space called ``name``; return their ids.
-
-        Space names are unique, as node names (``space:index``) must be: a name already taken (a second
-        float input, a second use of one embedding, a second cut by an unsupported layer) gets ``#2``,
-        ``#3``, ... as a layer applied twice does.
-        """
-        if name in self._space_names:
-            base, n = name, 2
-            while f"{base}#{n}" in self._space_names:
-                n += 1
-            name = f"{base}#{n}"
-        self._space_names.add(name)
-        start = len(self._parent)
-        self._parent.extend(range(start, start + size))
-        self._space_of.extend([len(self.spaces)] * size)
-        self.spaces.append((name, start, size))
-        return torch.arange(start, start + size)
-
-    def _find(self, i: int) -> int:
-        parent = self._parent
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def roots(self) -> torch.Tensor:
-        """Canonical node id of every raw node id (after all merges)."""
-        return torch.tensor([self._find(i) for i in range(self.n_nodes)], dtype=torch.long)
-
-    def _merge(self, a: torch.Tensor, b: torch.Tensor, op: str = "add") -> None:
-        """Identify nodes ``a[i]`` and ``b[i]`` (both >= 0) unless that would merge one space with itself.
-
-        Within one space, a sum is a rotary embedding's mix of halves (harmless: noted and ignored); a product
-        is a fused gate/up projection (Phi-3's ``gate_up_proj``), whose gate half then has no reader in the
-        graph: noted as a cut."""
-        n = max(self.n_nodes, 1)
-        keys = torch.unique(a.reshape(-1) * n + b.reshape(-1))
-        pairs = torch.stack([keys // n, keys % n], 1).tolist()
-        groups = {}
-        for x, y in pairs:
-            rx, ry = self._find(x), self._find(y)
-            if rx == ry:
-                continue
-            gx, gy = self._group(rx), self._group(ry)
-            if gx == gy:
-                self.notes[_SAME_SPACE_PRODUCT if op in _PRODUCTS else SAME_SPACE_MIX] += 1
-                if op not in _PRODUCTS:
-                    self.mixed_spaces.setdefault(self.spaces[gx][0], None)  # where, for the note (in order)
-                continue
-            groups[(rx, ry)] = True
-        for rx, ry in groups:
-            rx, ry = self._find(rx), self._find(ry)
-            if rx != ry:
-                self._parent[max(rx, ry)] = min(rx, ry)
-
-    def canon(self, s: torch.Tensor) -> torch.Tensor:
-        """The shadow ``s`` with every node id replaced by its current root (``-1`` kept)."""
-        if s.numel() == 0:
-            return s
-        uniq, inv = torch.unique(s, return_inverse=True)
-        roots = torch.tensor([self._find(u) if u >= 0 else -1 for u in uniq.tolist()], dtype=s.dtype)
-        return roots[inv]
-
-    def _group(self, root: int) -> int:
-        return self._space_of[root]
-
+    # ------------------------------------------------------------ nodes (the rest: trace_nodes.NodeSpaces)
     def tag(self, tensor: torch.Tensor, ids: torch.Tensor, dim: int) -> None:
         """Give ``tensor``'s dimension ``dim`` the node ids ``ids`` (the model input, an embedding)."""
         shape = [1] * tensor.dim()
@@ -246,66 +179,6 @@ class ChannelTracer(TorchFunctionMode):
             self.ties.__exit__(*exc)
         return result
 
-    def is_param_like(self, t: Any) -> bool:
-        """Whether ``t`` is a parameter or computed from one alone (:meth:`param_of` without building its index)."""
-        return isinstance(t, torch.Tensor) and (id(t) in self.param_names or id(t) in self._derived)
-
-    def param_of(self, t: Any) -> Optional[Tuple[str, Optional[torch.Tensor], bool]]:
-        """``(name, index, exact)`` when ``t`` is a parameter or computed from one alone (see ``_derived``)."""
-        if not isinstance(t, torch.Tensor):
-            return None
-        if id(t) in self.param_names:
-            index = torch.arange(t.numel()).view(t.shape) if t.numel() <= _DERIVED_MAX else None
-            return self.param_names[id(t)], index, True
-        return self._derived.get(id(t))
-
-    def _derive(self, name: str, tensors: List[torch.Tensor], args, kwargs, out: torch.Tensor) -> None:
-        """Record ``out`` as derived from a parameter when that parameter is its only tensor operand (``tensors``)."""
-        if len(tensors) != 1 or self.shadow(tensors[0]) is not None:
-            return
-        src = self.param_of(tensors[0])
-        if src is None:
-            return
-        pname, index, exact = src
-        if name in _IDENTITY and out.shape == tensors[0].shape:
-            pass  # the same elements (a cast, a copy): a weight layer reading it reads the parameter
-        elif name in _LAYOUT and index is not None:
-            try:
-                fn = getattr(torch.Tensor, name, None) or getattr(torch, name)
-                index = getattr(index, name) if name in ("T", "mT") else fn(index, *args[1:], **kwargs)
-            except Exception:
-                index = None
-            if not isinstance(index, torch.Tensor) or index.shape != out.shape:
-                index = None
-        elif out.shape != tensors[0].shape:
-            index = None
-        same = name in _IDENTITY and out.shape == tensors[0].shape
-        self._derived[id(out)] = (pname, index, exact and (same or (name in _LAYOUT and index is not None)))
-        self._keep.append(out)
-
-    def constant_owner(self, t: Any) -> Optional[str]:
-        """The module whose buffers (or tensor attributes, or several parameters) ``t`` was computed from, not
-        from the input; None otherwise (a parameter, or a tensor from one parameter alone: :meth:`param_of`)."""
-        if not isinstance(t, torch.Tensor):
-            return None
-        return self._const.get(id(t))
-
-    def _constant(self, tensors: List[torch.Tensor], out: torch.Tensor) -> None:
-        """Record ``out`` as a constant when its tensor operands are buffers, parameters or constants: one of
-        them a buffer or constant, or two parameters or more (one alone is :meth:`_derive`'s)."""
-        owners = [self.constant_owner(t) for t in tensors]
-        if not tensors or not all(o or self.is_param_like(t) for o, t in zip(owners, tensors)):
-            return
-        if any(owners):
-            self._const[id(out)] = next(o for o in owners if o)
-        elif len(tensors) >= 2:  # named after the first parameter (param_of would also build its element index)
-            first = id(tensors[0])
-            self._const[id(out)] = layer_name(self.param_names[first] if first in self.param_names
-                                              else self._derived[first][0])
-        else:
-            return
-        self._keep.append(out)
-
     def _setitem(self, args) -> None:
         """``target[index] = value``: the target's elements at ``index`` now carry ``value``'s nodes.
 
@@ -377,12 +250,7 @@ class ChannelTracer(TorchFunctionMode):
         settle(self)
 
 
-_PRODUCTS = {"mul", "__mul__", "__rmul__", "mul_", "__imul__"}
-_SAME_SPACE_PRODUCT = ("product of two parts of one layer's output (a fused gate/up projection such as Phi-3's "
-                       "gate_up_proj): not split into gate and up units, so the gate half has no reader in the "
-                       "graph (that path is cut)")
 _IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "copy_"}
-_DERIVED_MAX = 1 << 20  # largest parameter whose derived tensors are followed (an index per element is kept)
 
 
 def _tensors_in(value: Any, depth: int = 4) -> List[torch.Tensor]:
@@ -406,19 +274,3 @@ def _has_tensor(out: Any) -> bool:
     if isinstance(out, torch.Tensor):
         return True
     return isinstance(out, (tuple, list)) and any(isinstance(o, torch.Tensor) for o in out)
-
-
-def _tensor_attributes(model: torch.nn.Module, known: Dict[int, str]) -> Dict[int, str]:
-    """Tensors held as plain attributes of ``model``'s modules (neither parameters nor buffers): id -> module name.
-
-    They are constants of the forward like buffers, but not in the state_dict; a scale by one is folded
-    or reported as buffers are.
-    """
-    params = {id(p) for p in model.parameters()}
-    out: Dict[int, str] = {}
-    for mname, module in model.named_modules():
-        for attr, value in vars(module).items():
-            if isinstance(value, torch.Tensor) and not attr.startswith("_") and id(value) not in params \
-                    and id(value) not in known:
-                out[id(value)] = f"{mname}.{attr}" if mname else attr
-    return out
