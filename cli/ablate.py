@@ -24,12 +24,15 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
     """``["fc1:1,2,5-7", "fc2:0"]`` -> ``{"fc1": [1, 2, 5, 6, 7], "fc2": [0]}``.
 
     Indices are >= 0; at most ``max_values`` of them in all (a huge range is refused before it is
-    expanded); :class:`click.BadParameter` otherwise.
+    expanded); :class:`click.BadParameter` otherwise. A neuron named twice (``fc1:0-3`` and ``fc1:2-5``)
+    is one neuron: each level's indices are a set, sorted.
 
     Examples
     --------
     >>> parse_neurons(["fc1:1,3-4", "input:0"])
     {'fc1': [1, 3, 4], 'input': [0]}
+    >>> parse_neurons(["fc1:0-3", "fc1:2-5", "fc2:1,1"])
+    {'fc1': [0, 1, 2, 3, 4, 5], 'fc2': [1]}
     """
     out: Dict[str, List[int]] = {}
     left = max_values
@@ -40,7 +43,7 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
         idx = parse_int_ranges(rest, param_hint="--neurons", example="fc1:1,2,3 or fc1:0-7", max_values=left)
         left -= len(idx)
         out.setdefault(level.strip(), []).extend(idx)
-    return out
+    return {level: sorted(set(idx)) for level, idx in out.items()}
 
 
 @click.command("ablate")
@@ -74,7 +77,14 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     ON keeps only one cluster: every other neuron of the clustered layers' hidden levels is
     ablated; OFF ablates that cluster's neurons. Activations are replaced where the next layer
     reads them (after bias, BatchNorm and ReLU), with 0 or, with --mode mean, their mean. The
-    clustering stored in a modular checkpoint is used unless --k asks to cluster now.
+    clustering stored in a modular checkpoint is used unless --k asks to cluster now; --k clusters
+    the layers network-wide (one partition of all their units), so its clusters are not the
+    per-layer ones of `analyze` and `plot layer`, and --json lists each unit's cluster (labels).
+
+    MODEL must be a model graphinterp can run: a checkpoint holding its architecture (written by
+    `graphinterp train`, or by graphinterp.save_checkpoint(path, model, arch=...)), or with
+    --trust-pickle a pickled nn.Module. A bare state_dict or a TorchScript file is refused here
+    (`analyze` and `plot layer` read those as graphs).
 
     \b
     Examples:
@@ -132,6 +142,9 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
         clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph),
                                      random_state=seed)
         source = f"clustered now (k={k}, network-wide BSGC)"
+        notes.append(f"clusters from network-wide BSGC over {', '.join(clustering.layer_names)}: one partition of "
+                     "all their units, not the per-layer clusters `analyze` and `plot layer` draw (another c0, c1, "
+                     "...); --json lists each unit's cluster (labels)")
     elif loaded.clustering:
         clustering = stored_clustering(loaded.clustering, graph)
         source = "stored in the checkpoint"
@@ -152,7 +165,8 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "n_examples": len(data),
                    "k": clustering.k, "clustered_layers": clustering.layer_names, "clustering": source,
-                   "coverage": coverage_json(graph.coverage), "notes": notes, **result.to_dict()})
+                   "labels": clustering.to_dict(), "coverage": coverage_json(graph.coverage), "notes": notes,
+                   **result.to_dict()})
         return
     _echo_coverage(graph.coverage)
     _echo_notes(notes)
@@ -223,7 +237,8 @@ def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, note
     _note_chance(float(full[present] @ w), data.y, notes, "the accuracies with these neurons ablated")
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "n_examples": len(data), "mode": mode,
-                   "neurons": spec, "classes": names, "full": full[present].tolist(),
+                   "neurons": spec, "classes": names, "class_ids": present.tolist(), "counts": counts.tolist(),
+                   "full": full[present].tolist(),
                    "ablated": ablated[present].tolist(),
                    "overall": {"full": float(full[present] @ w), "ablated": float(ablated[present] @ w)},
                    "coverage": coverage_json(coverage), "notes": notes})
@@ -286,7 +301,8 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     if as_json:
         emit_json({"model": str(path), "task": config.task, "split": split, "n_examples": len(x),
                    "n_predictions": int(y.numel()), "k": clustering.k, "clustered_layers": clustering.layer_names,
-                   "clustering": source, "coverage": coverage_json(graph.coverage), "notes": notes,
+                   "clustering": source, "labels": clustering.to_dict(), "coverage": coverage_json(graph.coverage),
+                   "notes": notes,
                    **result.to_dict()})
         return
     _echo_coverage(graph.coverage, details=True)  # the clusters are the MLP blocks' units (named below)

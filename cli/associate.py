@@ -84,7 +84,9 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     compared with the level's weight clusters (the checkpoint's stored clustering, else network-wide
     BSGC now) by adjusted mutual information (AMI: 1 the same partition, about 0 unrelated), and
     with each other: do units that the weights group respond alike (upstream) and act alike on the
-    outputs (downstream)? (Lange, Rolnick & Kording 2022.)
+    outputs (downstream)? (Lange, Rolnick & Kording 2022.) MODEL must be a model graphinterp can
+    run, as for `ablate`: a checkpoint holding its architecture, or with --trust-pickle a pickled
+    nn.Module.
 
     \b
     Examples:
@@ -179,7 +181,8 @@ def _print(model, data, split, result, source, notes, reference=None, coverage: 
         for kind, c in lv.clusters.items():
             m = c.modularity
             ami = lv.agreement.get(f"{kind}~weights")
-            row = [lv.level, lv.n_units - c.n_left_out, kind, f"{m.observed:.3f}",
+            clustered = lv.n_units - c.n_left_out  # as --json: n_units, n_left_out
+            row = [lv.level, f"{clustered} of {lv.n_units}" if c.n_left_out else clustered, kind, f"{m.observed:.3f}",
                    f"{m.mean:.3f} ± {m.std:.3f}" if m.null.size > 1 else "-", _z(m), _p(m),
                    "-" if lv.weight_labels is None else f"{lv.weight_modularity[kind]:.3f}",
                    "-" if ami is None or math.isnan(ami) else f"{ami:.2f}"]
@@ -187,7 +190,7 @@ def _print(model, data, split, result, source, notes, reference=None, coverage: 
                 r = reference.levels[lv.level].clusters[kind].modularity
                 row += [f"{r.observed:.3f}", _z(r), _p(r)]
             rows.append(row)
-    headers = ["level", "units", "kind", "Q", "null Q", "z", "p", "Q of weight clusters", "AMI with weights"]
+    headers = ["level", "units clustered", "kind", "Q", "null Q", "z", "p", "Q of weight clusters", "AMI with weights"]
     click.echo(format_table(rows, headers + (["Q reinit", "z reinit", "p reinit"] if reference is not None else [])))
     used = sorted({c.modularity.null.size for lv in result.levels.values() for c in lv.clusters.values()})
     null = (f"the same for {used[0]}" + (f"-{used[-1]}" if len(used) > 1 else "") + " copies of the matrix "

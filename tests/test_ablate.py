@@ -13,6 +13,9 @@ from graphinterp.interpret.ablate import (ablate, ablation_matrix, class_accurac
 from graphinterp.clustering.cluster import Clustering
 from graphinterp.common.errors import ClusteringError, DataError, UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
+from graphinterp.data.datasets import load_dataset
+from graphinterp.sources.checkpoint import load_checkpoint
+from graphinterp.sources.models import build_model
 
 from _interp_helpers import digits_checkpoint, run_cli
 
@@ -248,7 +251,17 @@ def test_cli_ablate_neurons_and_mean_mode(checkpoints):
     payload = json.loads(res.output)
     assert payload["neurons"] == {"fc1": [0, 1, 2], "fc2": [3]} and len(payload["ablated"]) == 10
     assert payload["split"] == "test" and payload["n_examples"] == 360  # the same keys as the cluster table's
+    assert payload["class_ids"] == list(range(10)) and sum(payload["counts"]) == 360
     assert 0 <= payload["overall"]["ablated"] <= 1 and 0 <= payload["overall"]["full"] <= 1
+    # a neuron named twice (overlapping ranges, repeats) is ablated and counted once
+    again = run_cli(["ablate", str(modular), "--dataset", "digits", "--device", "cpu", "--neurons", "fc1:0-1",
+                     "--neurons", "fc1:1,2,2", "--neurons", "fc2:3,3", "--mode", "mean", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["neurons"] == payload["neurons"]
+    assert json.loads(again.output)["ablated"] == payload["ablated"]
+    text = run_cli(["ablate", str(modular), "--dataset", "digits", "--device", "cpu", "--neurons", "fc1:0-3",
+                    "--neurons", "fc1:2-5", "-q"])
+    assert "fc1: 6 neuron(s)" in text.output, text.output
     res = run_cli(["ablate", str(modular), "--dataset", "digits", "--neurons", "fc7:1"])
     assert res.exit_code == 1 and "unknown level 'fc7'" in res.output
 
@@ -259,7 +272,18 @@ def test_cli_ablate_without_clustering_needs_k(checkpoints):
     assert res.exit_code == 1 and "--k" in res.output and "no clustering" in res.output
     res = run_cli(["ablate", str(plain), "--dataset", "digits", "--device", "cpu", "--k", "2", "--json"])
     assert res.exit_code == 0, res.output
-    assert np.asarray(json.loads(res.output)["off"]).shape == (2, 10)
+    payload = json.loads(res.output)
+    assert np.asarray(payload["off"]).shape == (2, 10)
+    # the clusters switched off are in the output (network-wide, said in a note), and are the ones ablated
+    assert any("network-wide BSGC" in n and "plot layer" in n for n in payload["notes"])
+    clustering = Clustering.from_dict(payload["labels"])
+    assert clustering.k == 2 and clustering.layer_names == payload["clustered_layers"]
+    ckpt = load_checkpoint(plain)
+    model = build_model(ckpt["arch"])
+    model.load_state_dict(ckpt["state_dict"])
+    data = load_dataset("digits", split="test")
+    result = ablation_matrix(model, LayeredGraph.from_module(model), clustering, data, device="cpu")
+    np.testing.assert_allclose(result.off, payload["off"])
 
 
 def test_ablation_matrix_rejects_empty_data():

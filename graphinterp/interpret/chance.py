@@ -82,11 +82,17 @@ def chance_note(accuracy: float, labels: Sequence[int], about: str = "its cluste
     True
     >>> chance_note(0.52, [0, 1] * 50).split(":")[0]
     'the model is not clearly better than chance here (accuracy 0.520; always predicting the most common class'
+    >>> chance_note(1.0, [0, 1, 1, 2, 3]).split(" (")[0]
+    '5 example(s) are too few to tell this model from chance'
     """
     n = int(np.asarray(labels).size)
     rate = majority_rate(labels)
     if clearly_above(accuracy, rate, n):
         return None
+    if not clearly_above(1.0, rate, n):  # no accuracy could pass: the examples are too few, not the model bad
+        return (f"{n} example(s) are too few to tell this model from chance (even an accuracy of 1 would be within "
+                f"{MARGIN_SD:g} standard deviations of always predicting the most common class, {rate:.3f}): {about} "
+                "may describe noise; use more examples")
     return (f"the model is not clearly better than chance here (accuracy {accuracy:.3f}; always predicting the most "
             f"common class: {rate:.3f}): {about} describe noise, not how it computes; check that the model is "
             "trained and that the data is the one it was trained on")

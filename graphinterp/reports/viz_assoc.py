@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["plot_association"]
 
+#: What each kind's colour bar measures (graphinterp.interpret.association); only |correlation| is bounded by 1.
+_QUANTITY = {"correlation": "|correlation| (0..1)", "covariance": "|covariance| (activation units squared)",
+             "upstream": "|E<grad_x a_i, grad_x a_j>| (unbounded)", "downstream": "|E<dy/da_i, dy/da_j>| (unbounded)"}
+
 
 def plot_association(matrices: Mapping[str, Mapping[str, np.ndarray]], order: Mapping[str, np.ndarray], *,
                      ordered_by: Union[str, Mapping[str, str]] = "weight clusters", title: Optional[str] = None,
@@ -44,8 +48,8 @@ def plot_association(matrices: Mapping[str, Mapping[str, np.ndarray]], order: Ma
     --------
     >>> A = np.kron(np.eye(2), np.ones((3, 3)))
     >>> fig = plot_association({"fc1": {"upstream": A}}, {"fc1": np.array([0, 0, 0, 1, 1, 1])})
-    >>> len(fig.axes)  # one panel and its colour bar
-    2
+    >>> len(fig.axes), fig.axes[1].get_ylabel()  # one panel and its colour bar, which says what it measures
+    (2, '|E<grad_x a_i, grad_x a_j>| (unbounded)')
     """
     levels = list(matrices)
     if not levels:
@@ -73,6 +77,7 @@ def plot_association(matrices: Mapping[str, Mapping[str, np.ndarray]], order: Ma
             if c == 0:
                 by = ordered_by if isinstance(ordered_by, str) else ordered_by[level]
                 ax.set_ylabel(f"units by {by}", fontsize=8)
-            fig.colorbar(image, ax=ax, shrink=0.8)  # each kind on its own scale
+            bar = fig.colorbar(image, ax=ax, shrink=0.8)  # each kind on its own scale, which its label names
+            bar.set_label(_QUANTITY.get(kind, kind), fontsize=7)
     fig.suptitle(title or "Association between units, ordered by cluster")
     return _finish(fig, out)
