@@ -78,7 +78,7 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
             est = BSGC(k, random_state=layer_seed(seed, graph.index(layer_name))).fit(layer.magnitude())
         except ClusteringError as err:
             raise ClusteringError(f"layer {layer_name!r}: {err}") from None
-        labels, origin = (est.row_labels_, est.column_labels_), f"BSGC, k={k}"
+        labels, origin = (est.row_labels_, est.column_labels_), f"BSGC of this layer alone, k={k}"
     index = graph.index(layer_name)
     in_name = (graph.layer_names[index - 1] if index else "input") if graph.chained else f"{layer_name} in"
     weight = layer.signed().cpu().double().numpy()

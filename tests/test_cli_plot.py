@@ -53,7 +53,7 @@ def test_plot_layer_reclusters_with_bsgc_when_k_differs(modular, tmp_path):
     out = tmp_path / "fc2_matrix.png"
     result = _invoke(["layer", str(modular), "--layer", "fc2", "--k", "3", "--kind", "matrix", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "BSGC, k=3" in result.output
+    assert "BSGC of this layer alone, k=3" in result.output
     assert _png_size(out) == (1050, 975)
 
 
@@ -64,7 +64,7 @@ def test_plot_layer_of_a_bare_state_dict_as_svg(tmp_path):
     out = tmp_path / "fc1.svg"
     result = _invoke(["layer", str(path), "--layer", "fc1", "--kind", "both", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "BSGC, k=4" in result.output
+    assert "BSGC of this layer alone, k=4" in result.output
     assert b"<svg" in out.read_bytes()[:2000]
 
 
