@@ -176,3 +176,22 @@ def test_an_encoder_decoder_is_traced_with_decoder_inputs_and_its_cross_attentio
     assert set(g.src_nodes(f"{cross}.k")) == set(g.src_nodes(f"{cross}.v")) == enc_out
     assert set(g.src_nodes(f"{cross}.q")) == set(g.dst_nodes("decoder.block.0.layer.0.SelfAttention.o"))
     assert set(g.src_nodes(f"{cross}.q")) != enc_out
+
+
+def test_a_safetensors_file_is_read_in_the_order_of_its_numbered_layers(tmp_path):
+    """safetensors returns keys sorted as text (0, 1, 10, 11, 2, ...): a 12-layer Sequential was chained in that
+    order, layer 2 reading layer 11's outputs, with another E than the same weights saved as .pt; now the
+    numbers are read as numbers, the graph and every layer's clustering match the .pt file's, and a note says so."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(12)])
+    save_file(model.state_dict(), str(tmp_path / "seq.safetensors"))
+    torch.save(model.state_dict(), tmp_path / "seq.pt")
+    opened, graph = load_graph(tmp_path / "seq.safetensors")
+    _, reference = load_graph(tmp_path / "seq.pt")
+    assert graph.layer_names == reference.layer_names == [str(i) for i in range(12)]
+    assert any("keeps no layer order" in n for n in opened.notes)
+    for a, b in zip(graph.layers, reference.layers):
+        assert torch.equal(a.magnitude(), b.magnitude())
+    assert graph.chained and reference.chained

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -148,7 +149,10 @@ def open_model(source: Source, *, weights: Optional[str] = None, trust_pickle: b
         config = path.parent / "config.json"
         if config.is_file():
             return _hf_folder(path.parent, weights_file=path)
-        return OpenedModel(path.stem, "safetensors", None, _read_safetensors(path), path=str(path))
+        state = _read_safetensors(path)
+        order = sorted(state, key=natural_key)
+        note = [] if order == list(state) else [SAFETENSORS_ORDER_NOTE]
+        return OpenedModel(path.stem, "safetensors", None, {k: state[k] for k in order}, notes=note, path=str(path))
     from graphinterp.sources.loading import load_model_file
 
     return opened_from_loaded(load_model_file(path, trust_pickle=trust_pickle))
@@ -223,6 +227,24 @@ def _with_classes(arch: str, num_classes: int):
 
     model = torchvision_model(arch, num_classes=num_classes)
     return model, model.state_dict()
+
+
+#: A .safetensors file keeps its tensors sorted by name, not in the order they were saved (the model's order).
+SAFETENSORS_ORDER_NOTE = ("a .safetensors file keeps no layer order (its keys come back sorted as text: 0, 1, 10, 11, 2, "
+                          "...); they are read with numbers as numbers (0, 1, 2, ..., 10), the order of nn.Sequential "
+                          "and of numbered blocks")
+
+
+def natural_key(key: str) -> list:
+    """Sort key for state_dict names that orders their numbers as numbers: ``"2.weight"`` before ``"10.weight"``.
+
+    Examples
+    --------
+    >>> sorted(["10.weight", "2.weight", "1.bias", "layers.11.fc", "layers.9.fc"], key=natural_key)
+    ['1.bias', '2.weight', '10.weight', 'layers.9.fc', 'layers.11.fc']
+    """
+    parts = re.split(r"(\d+)", key)  # text, number, text, number, ...: the same type at the same position
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)]
 
 
 def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
