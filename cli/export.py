@@ -81,7 +81,12 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     two layers connect the same pair of nodes (a SwiGLU MLP's gate and up projections, in a model
     with a residual stream) the file holds two parallel edges, one per layer (a multigraph; graph
     attribute multigraph=true). Graph attributes cluster_source and cluster_in_out_source say where
-    cluster and cluster_in / cluster_out come from (network, per-layer or none).
+    cluster and cluster_in / cluster_out come from (network, per-layer or none). In a model with
+    shared nodes (graph attribute dag=true: residual streams, branches, attention) a node read or
+    written by several clustered layers has one cluster_in / cluster_out, -1 where those layers'
+    labels differ (counted in nodes_with_clashing_layer_labels): score such a graph by the edges'
+    within; and the node graph can have cycles (a stream read and written by every block:
+    acyclic=false), so order nodes by level, not by a topological sort.
 
     Progress bars (building, writing) go to stderr; --quiet or --json hides them. A graph of more
     than a million edges gets a note with the file's expected size before it is written
@@ -148,6 +153,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         largest = max((float(layer.weight.abs().max()) for layer in graph.layers if layer.weight.numel()), default=0.0)
         notes.append(f"--min-weight {min_weight:g} dropped every edge (the largest |weight| is {largest:.4g}): the file "
                      "holds the nodes only")
+    dropped = int(G.graph.get("edges_below_min_abs_weight", 0))
+    if dropped and G.number_of_edges():
+        notes.append(f"--min-weight {min_weight:g} left {dropped:,} smaller edge(s) out of the file; E, E_random and the "
+                     "score (here and in the file's attributes) are over all the model's weights, so E recomputed from "
+                     "the file's edges differs")
     E, E_random, score = (G.graph[key] for key in ("E", "E_random", "score"))  # of the labels `cluster` follows
     if network is not None and labelled is network:
         banded = _banded_layers(network)
@@ -191,6 +201,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             click.echo(f"E = {summary['E_per_layer']:.4f} (per-layer labels: cluster_in / cluster_out and the edges' "
                        f"within, as `analyze` scores them) against {summary['E_per_layer_random']:.4f} for a random "
                        "partition")
+            clashing = G.graph.get("nodes_with_clashing_layer_labels", 0)
+            if clashing:
+                click.echo(f"note: {clashing} node(s) are read or written by several clustered layers whose labels for "
+                           "them differ (a residual stream, a branch): their cluster_in / cluster_out is -1, so node "
+                           "labels do not reproduce the per-layer E; each edge's within does")
 
 
 def _banded_layers(clustering) -> list:

@@ -156,4 +156,13 @@ def test_unfolded_normalisation_note_says_what_it_counts(tmp_path):
     assert res.exit_code == 0, res.stderr
     line = next(x for x in res.stdout.splitlines() if x.startswith("approximated:"))
     assert line == ("approximated: no architecture: the normalisation in this state_dict cannot be folded: "
-                    "2 BatchNorm layers (6 tensors: weight, running_mean, running_var), e.g. 1"), line
+                    "2 BatchNorm layers (6 tensors: weight, running_mean, running_var), e.g. 1; folded, their scales "
+                    "would multiply units' weights by 1 to 1"), line  # fresh BatchNorms: no warning
+    with torch.no_grad():  # trained-like statistics: scales from 0.1 to 10, and the line warns of it
+        model[1].running_var.fill_(100.0)
+        model[4].weight.fill_(10.0)
+    torch.save(model.state_dict(), tmp_path / "bn2.pt")
+    res = invoke("analyze", tmp_path / "bn2.pt", "--k", "2")
+    line = next(x for x in res.stdout.splitlines() if x.startswith("approximated:"))
+    assert line.endswith("by 0.1 to 10, so E and the clusters can differ much from the model's (give the architecture "
+                         "to fold them)"), line

@@ -124,6 +124,8 @@ def test_an_exported_file_records_the_edges_min_weight_dropped(tmp_path, min_wei
     assert G.graph["min_abs_weight"] == min_weight
     assert G.graph["edges_below_min_abs_weight"] == int(((weights > 0) & (weights <= min_weight)).sum())
     assert G.number_of_edges() + G.graph["edges_below_min_abs_weight"] == int((weights > 0).sum())
+    said = "are over all the model's weights, so E recomputed from the file's edges differs" in res.stdout
+    assert said == (G.graph["edges_below_min_abs_weight"] > 0)  # and the output says so when edges were left out
 
 
 def test_analyze_reports_the_k_that_fit_and_leaves_out_those_that_fit_no_layer(tmp_path):

@@ -189,6 +189,14 @@ def test_cli_export_keeps_every_weight_and_says_where_labels_come_from(swiglu_fi
     assert f"{2 * 3 * D * H} edges ({2 * D * H} pairs of nodes joined by several layers" in res.stdout
     assert "cluster labels network-wide, cluster_in / cluster_out per-layer" in res.stdout
     assert G.graph["cluster_source"] == "network" and G.graph["cluster_in_out_source"] == "per-layer"
+    # the residual stream is read and written by both blocks: the node graph has cycles, said, not dag-as-acyclic;
+    # a stream node's per-layer labels differ between the layers reading it: -1, counted, and the output says so
+    assert G.graph["dag"] and G.graph["acyclic"] is False and not nx.is_directed_acyclic_graph(G)
+    clashing = G.graph["nodes_with_clashing_layer_labels"]
+    assert clashing > 0 and f"note: {clashing} node(s) are read or written by several clustered layers" in res.stdout
+    assert all(d["level"] == d["space"] for _, d in G.nodes(data=True))
+    stream = [n for n, d in G.nodes(data=True) if G.in_degree(n) and G.out_degree(n) and d["cluster_in"] == -1]
+    assert len(stream) > 0
 
 
 def test_cli_export_progress_bars_on_stderr_hidden_by_quiet_and_json(swiglu_file, tmp_path):

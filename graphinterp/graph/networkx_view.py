@@ -214,11 +214,14 @@ def _model_graph(graph: Any, clustering, view: str, min_abs_weight: float, netwo
     if view != "grouped":
         raise ValueError("a model graph is exported in the 'grouped' view (one node per channel)")
     labels = _node_labels(graph, network)
-    c_in, c_out = _side_labels(graph, clustering, "in"), _side_labels(graph, clustering, "out")
-    G = nx.MultiDiGraph(chained=False, view=view, dag=True, multigraph=True, cluster_source=source)
+    (c_in, clash_in), (c_out, clash_out) = _side_labels(graph, clustering, "in"), _side_labels(graph, clustering, "out")
+    # dag: the layers form a DAG over shared node sets; the node graph itself has cycles where a residual stream is
+    # read and written by each block (acyclic, set below)
+    G = nx.MultiDiGraph(chained=False, view=view, dag=True, multigraph=True, cluster_source=source,
+                        nodes_with_clashing_layer_labels=int((clash_in | clash_out).sum()))
     for i, name in enumerate(graph.node_names):
         space, _, idx = name.rpartition(":")
-        G.add_node(name, layer=space, space=space, index=int(idx), cluster=int(labels[i]),
+        G.add_node(name, layer=space, level=space, space=space, index=int(idx), cluster=int(labels[i]),
                    cluster_in=int(c_in[i]), cluster_out=int(c_out[i]))
     names = np.asarray(graph.node_names, dtype=object)
     dropped = 0
@@ -237,7 +240,8 @@ def _model_graph(graph: Any, clustering, view: str, min_abs_weight: float, netwo
                          for a, b, val, wi, sa in zip(names[u].tolist(), names[v].tolist(), w[ii, jj].tolist(),
                                                       within.tolist(), same.tolist()))
     G.graph["multi_edge_pairs"] = sum(1 for nbrs in G.adj.values() for keys in nbrs.values() if len(keys) > 1)
-    G.graph.update(min_abs_weight=float(min_abs_weight), edges_below_min_abs_weight=dropped)
+    G.graph.update(min_abs_weight=float(min_abs_weight), edges_below_min_abs_weight=dropped,
+                   acyclic=bool(nx.is_directed_acyclic_graph(G)))
     return G
 
 
@@ -256,11 +260,12 @@ def _node_labels(graph: Any, clustering) -> np.ndarray:
     return labels
 
 
-def _side_labels(graph: Any, clustering, side: str) -> np.ndarray:
-    """Per node: its label as an input (``side="in"``) or output of the clustered layers; -1 if none or if they disagree."""
+def _side_labels(graph: Any, clustering, side: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Per node: its label as an input (``side="in"``) or output of the clustered layers, -1 if none or if they
+    disagree; and the mask of the nodes where they disagree (a residual stream or a branch read by several layers)."""
     labels = np.full(graph.n_nodes, -1, dtype=np.int64)
     if clustering is None:
-        return labels
+        return labels, np.zeros(graph.n_nodes, dtype=bool)
     seen = np.zeros(graph.n_nodes, dtype=bool)
     clash = np.zeros(graph.n_nodes, dtype=bool)
     for name in clustering.layer_names:
@@ -273,4 +278,4 @@ def _side_labels(graph: Any, clustering, side: str) -> np.ndarray:
         clash[nodes] |= seen[nodes] & (labels[nodes] != lab)
         labels[nodes], seen[nodes] = lab, True
     labels[clash] = -1
-    return labels
+    return labels, clash

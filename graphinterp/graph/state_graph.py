@@ -159,8 +159,8 @@ def graph_layers_from_state_dict(state_dict: Mapping[str, torch.Tensor], *, laye
         layers = [Layer(l.name, l.kind, l.weight, groups=l.groups, param=l.param, transposed=l.transposed)
                   for l in layers]
     norms = _normalisation_tensors(state_dict)
-    if norms:  # it never folds: say what it leaves out (the weights around them are raw)
-        notes[f"{NORMS_NOTE}: {describe_norms(norms)}"] = 1
+    if norms:  # it never folds: say what it leaves out (the weights around them are raw), and by how much
+        notes[f"{NORMS_NOTE}: {describe_norms(norms)}{_scale_range(state_dict)}"] = 1
     return layers, chained, Coverage(total, covered, missing, notes=notes, tied=tied)
 
 
@@ -179,6 +179,37 @@ CONV_LAYOUT_NOTE = ("no architecture: convolution weights are read as Conv layer
 
 #: The start of the note on a state_dict's normalisation tensors, which a graph without an architecture cannot fold.
 NORMS_NOTE = "no architecture: the normalisation in this state_dict cannot be folded"
+
+
+def _scale_range(state) -> str:
+    """``"; folded, their scales would multiply units' weights by 0.0153 to 35, ..."``: the range of the BatchNorm
+    scales ``|weight| / sqrt(running_var + 1e-5)`` left unfolded (eps assumed at torch's default), with a warning
+    when they differ by more than 2x; "" without any.
+
+    Examples
+    --------
+    >>> _scale_range({"bn.weight": torch.tensor([1.0, 8.0]), "bn.running_var": torch.tensor([1.0, 1.0])}).split(",")[1]
+    " their scales would multiply units' weights by 1 to 8"
+    >>> _scale_range({"ln.weight": torch.ones(3)})
+    ''
+    """
+    scales = []
+    for key, var in state.items():
+        if key.endswith("running_var") and isinstance(var, torch.Tensor) and var.is_floating_point():
+            gain = state.get(key[: -len("running_var")] + "weight")
+            gain = gain if isinstance(gain, torch.Tensor) and gain.shape == var.shape else torch.ones_like(var)
+            scales.append((gain.double().abs() / (var.double().clamp_min(0) + 1e-5).sqrt()).flatten())
+    if not scales:
+        return ""
+    s = torch.cat(scales)
+    s = s[torch.isfinite(s)]
+    if not s.numel():
+        return ""
+    lo, hi = float(s.min()), float(s.max())
+    if hi <= 2 * lo:  # nearly one scale for every unit: folding would change little
+        return f"; folded, their scales would multiply units' weights by {lo:.3g} to {hi:.3g}"
+    return (f"; folded, their scales would multiply units' weights by {lo:.3g} to {hi:.3g}, so E and the clusters "
+            "can differ much from the model's (give the architecture to fold them)")
 
 
 def _normalisation_tensors(state) -> list:
