@@ -164,8 +164,9 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
     else:
         click.echo(format_report(report))
         n_layers = sum(len(m.layers) for m in report.models)
-        click.echo(f"benchmarked {len(report.models)} model(s), {n_layers} layer(s) in {report.seconds:.1f} s; "
-                   f"wrote {len(written)} files to {out_dir}")
+        click.echo(f"benchmarked {len(report.models)} model(s), {n_layers} layer(s) (loading and clustering: "
+                   f"{report.seconds:.1f} s; figures, files and start-up not counted); wrote {len(written)} files to "
+                   f"{out_dir}")
     if report.failed:
         for why in report.failed.values():
             click.echo(f"error: {why}", err=True)
