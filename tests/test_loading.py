@@ -337,7 +337,8 @@ def test_a_bare_state_dict_notes_unfolded_normalisation_only_when_it_has_some(tm
     _, graph = load_graph(str(tmp_path / "normed.pt"))
     notes = [(note, n) for note, n in graph.coverage.notes.items() if "normalisation" in note]
     assert notes == [("no architecture: the normalisation in this state_dict cannot be folded: 1 BatchNorm layer "
-                      "(3 tensors: weight, running_mean, running_var), e.g. 1", 1)]
+                      "(3 tensors: weight, running_mean, running_var), e.g. 1; folded, their scales would multiply "
+                      "units' weights by 1 to 1", 1)]
     _, graph = load_graph(str(tmp_path / "normed.pt"), fold=False)  # nothing was to be folded: no note
     assert not any("normalisation" in note for note in graph.coverage.notes)
 
