@@ -85,8 +85,9 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     shared nodes (graph attribute dag=true: residual streams, branches, attention) a node read or
     written by several clustered layers has one cluster_in / cluster_out, -1 where those layers'
     labels differ (counted in nodes_with_clashing_layer_labels): score such a graph by the edges'
-    within; and the node graph can have cycles (a stream read and written by every block:
-    acyclic=false), so order nodes by level, not by a topological sort.
+    within. Its node graph can have cycles (a stream read and written by every block:
+    acyclic=false), and a node's level there is the name of its node set (a layer's outputs, a
+    stream), not a depth.
 
     Progress bars (building, writing) go to stderr; --quiet or --json hides them. A graph of more
     than a million edges gets a note with the file's expected size before it is written
@@ -158,6 +159,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         notes.append(f"--min-weight {min_weight:g} left {dropped:,} smaller edge(s) out of the file; E, E_random and the "
                      "score (here and in the file's attributes) are over all the model's weights, so E recomputed from "
                      "the file's edges differs")
+    clashing = int(G.graph.get("nodes_with_clashing_layer_labels", 0))
+    if clashing:
+        notes.append(f"{clashing} node(s) are read or written by several clustered layers whose labels for them "
+                     "differ (a residual stream, a branch): their cluster_in / cluster_out is -1, so node labels do not "
+                     "reproduce the per-layer E; each edge's within does")
     E, E_random, score = (G.graph[key] for key in ("E", "E_random", "score"))  # of the labels `cluster` follows
     if network is not None and labelled is network:
         banded = _banded_layers(network)
@@ -173,7 +179,8 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     summary = {"out": str(out), "nodes": G.number_of_nodes(), "edges": G.number_of_edges(), "k": labelled.k,
                "clustered_layers": labelled.layer_names, "cluster": G.graph["cluster_source"],
                "cluster_in_out": G.graph.get("cluster_in_out_source"),
-               "multi_edge_pairs": int(G.graph.get("multi_edge_pairs", 0)),
+               "multi_edge_pairs": int(G.graph.get("multi_edge_pairs", 0)), "acyclic": G.graph.get("acyclic"),
+               "nodes_with_clashing_layer_labels": clashing,
                "E_network": G.graph.get("E_network"), "E": E, "E_random": E_random, "score": score,
                "E_per_layer": G.graph.get("E_per_layer"), "E_per_layer_random": G.graph.get("E_per_layer_random"),
                "device": str(device),
@@ -201,11 +208,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             click.echo(f"E = {summary['E_per_layer']:.4f} (per-layer labels: cluster_in / cluster_out and the edges' "
                        f"within, as `analyze` scores them) against {summary['E_per_layer_random']:.4f} for a random "
                        "partition")
-            clashing = G.graph.get("nodes_with_clashing_layer_labels", 0)
-            if clashing:
-                click.echo(f"note: {clashing} node(s) are read or written by several clustered layers whose labels for "
-                           "them differ (a residual stream, a branch): their cluster_in / cluster_out is -1, so node "
-                           "labels do not reproduce the per-layer E; each edge's within does")
+
 
 
 def _banded_layers(clustering) -> list:

@@ -158,11 +158,17 @@ def test_unfolded_normalisation_note_says_what_it_counts(tmp_path):
     assert line == ("approximated: no architecture: the normalisation in this state_dict cannot be folded: "
                     "2 BatchNorm layers (6 tensors: weight, running_mean, running_var), e.g. 1; folded, their scales "
                     "would multiply units' weights by 1 to 1"), line  # fresh BatchNorms: no warning
-    with torch.no_grad():  # trained-like statistics: scales from 0.1 to 10, and the line warns of it
+    with torch.no_grad():  # one scale per layer (0.1, 10): folding moves the model-wide E, not a layer's clusters
         model[1].running_var.fill_(100.0)
         model[4].weight.fill_(10.0)
     torch.save(model.state_dict(), tmp_path / "bn2.pt")
     res = invoke("analyze", tmp_path / "bn2.pt", "--k", "2")
+    line = next(x for x in res.stdout.splitlines() if x.startswith("approximated:"))
+    assert line.endswith("by 0.1 to 10; one scale per layer: the model-wide E can move, not the clusters"), line
+    with torch.no_grad():  # units of one layer scaled 0.1 and 1: its clusters can change, and the line warns of it
+        model[1].running_var[1:].fill_(1.0)
+    torch.save(model.state_dict(), tmp_path / "bn3.pt")
+    res = invoke("analyze", tmp_path / "bn3.pt", "--k", "2")
     line = next(x for x in res.stdout.splitlines() if x.startswith("approximated:"))
     assert line.endswith("by 0.1 to 10, so E and the clusters can differ much from the model's (give the architecture "
                          "to fold them)"), line

@@ -197,6 +197,11 @@ def test_cli_export_keeps_every_weight_and_says_where_labels_come_from(swiglu_fi
     assert all(d["level"] == d["space"] for _, d in G.nodes(data=True))
     stream = [n for n, d in G.nodes(data=True) if G.in_degree(n) and G.out_degree(n) and d["cluster_in"] == -1]
     assert len(stream) > 0
+    per_layer = _export(swiglu_file, tmp_path / "p.graphml", "--k", "2", "--per-layer", "--json")  # said there too
+    summary = json.loads(per_layer.stdout)
+    assert summary["nodes_with_clashing_layer_labels"] == read_graphml(tmp_path / "p.graphml").graph[
+        "nodes_with_clashing_layer_labels"] > 0 and summary["acyclic"] is False
+    assert any("node labels do not reproduce the per-layer E" in n for n in summary["notes"])
 
 
 def test_cli_export_progress_bars_on_stderr_hidden_by_quiet_and_json(swiglu_file, tmp_path):

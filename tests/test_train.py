@@ -226,6 +226,8 @@ def test_custom_model_and_tensor_data():
     (dict(similarity="activation"), TrainingError, "similarity"),
     (dict(epochs=0, warmup_epochs=0), TrainingError, "at least 1"),
     (dict(batch_size=0), TrainingError, "--batch-size must be an integer >= 1"),
+    (dict(batch_size=None), TrainingError, "--batch-size must be an integer >= 1, got None"),  # None only for max_*
+    (dict(seed=None), TrainingError, "--seed must be an integer >= 0, got None"),
     (dict(lr=0.0), TrainingError, "lr"),
 ])
 def test_bad_settings(digits, kwargs, error, match):

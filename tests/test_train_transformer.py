@@ -150,3 +150,15 @@ def test_gradient_similarity_clusters_the_blocks(tmp_path):
     cfg = TransformerConfig(warmup_steps=3, steps=0, similarity="gradient", **TINY)
     r = train_transformer(cfg, checkpoint=tmp_path / "g.pt")
     assert r.clustering.similarity == "gradient" and r.clustering.meta["method"] == "bsgc-mlp-blocks"
+
+
+@pytest.mark.parametrize("field", ["seed", "p", "batch_size", "data_seed"])  # steps None: the task default
+def test_a_transformer_setting_left_none_is_refused(field):
+    """Only eval_windows (and settings with a task default) may be None; any other integer setting None is refused by
+    name, not a TypeError later."""
+    from graphinterp.common.errors import TrainingError
+    from graphinterp.training.transformer_config import TransformerConfig
+
+    with pytest.raises(TrainingError, match=f"{field if field == 'data_seed' else field.replace('_', '-')} must be an integer"):
+        TransformerConfig(task="modadd", **{field: None}).validate()
+    TransformerConfig(task="modadd", eval_windows=None).validate()

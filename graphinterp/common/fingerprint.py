@@ -29,5 +29,5 @@ def fingerprint(*tensors: torch.Tensor, text: str = "") -> str:
     """
     h = hashlib.sha256(text.encode("utf-8"))
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().numpy())  # the array's buffer: no copy of the data
     return h.hexdigest()[:16]

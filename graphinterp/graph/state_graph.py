@@ -184,32 +184,40 @@ NORMS_NOTE = "no architecture: the normalisation in this state_dict cannot be fo
 def _scale_range(state) -> str:
     """``"; folded, their scales would multiply units' weights by 0.0153 to 35, ..."``: the range of the BatchNorm
     scales ``|weight| / sqrt(running_var + 1e-5)`` left unfolded (eps assumed at torch's default), with a warning
-    when they differ by more than 2x; "" without any.
+    when the units of one layer get scales more than 2x apart (which changes its clusters; one scale per layer
+    moves the model-wide E only); "" without any.
 
     Examples
     --------
     >>> _scale_range({"bn.weight": torch.tensor([1.0, 8.0]), "bn.running_var": torch.tensor([1.0, 1.0])}).split(",")[1]
     " their scales would multiply units' weights by 1 to 8"
+    >>> _scale_range({"a.weight": torch.full((2,), 0.1), "a.running_var": torch.ones(2),
+    ...               "b.weight": torch.full((2,), 10.0), "b.running_var": torch.ones(2)}).split("; ")[-1]
+    'one scale per layer: the model-wide E can move, not the clusters'
     >>> _scale_range({"ln.weight": torch.ones(3)})
     ''
     """
-    scales = []
+    scales, spread, bad = [], False, 0
     for key, var in state.items():
         if key.endswith("running_var") and isinstance(var, torch.Tensor) and var.is_floating_point():
             gain = state.get(key[: -len("running_var")] + "weight")
             gain = gain if isinstance(gain, torch.Tensor) and gain.shape == var.shape else torch.ones_like(var)
-            scales.append((gain.double().abs() / (var.double().clamp_min(0) + 1e-5).sqrt()).flatten())
+            s = (gain.double().abs() / (var.double().clamp_min(0) + 1e-5).sqrt()).flatten()
+            bad += int((~torch.isfinite(s)).sum())
+            s = s[torch.isfinite(s)]
+            if s.numel():
+                scales.append(s)
+                spread |= float(s.max()) > 2 * float(s.min())
     if not scales:
-        return ""
+        return f"; {bad} of their scales are not finite (NaN or inf statistics)" if bad else ""
     s = torch.cat(scales)
-    s = s[torch.isfinite(s)]
-    if not s.numel():
-        return ""
     lo, hi = float(s.min()), float(s.max())
-    if hi <= 2 * lo:  # nearly one scale for every unit: folding would change little
-        return f"; folded, their scales would multiply units' weights by {lo:.3g} to {hi:.3g}"
-    return (f"; folded, their scales would multiply units' weights by {lo:.3g} to {hi:.3g}, so E and the clusters "
-            "can differ much from the model's (give the architecture to fold them)")
+    line = f"; folded, their scales would multiply units' weights by {lo:.3g} to {hi:.3g}"
+    if bad:
+        line += f" ({bad} not finite: NaN or inf statistics)"
+    if spread:
+        return line + ", so E and the clusters can differ much from the model's (give the architecture to fold them)"
+    return line + ("; one scale per layer: the model-wide E can move, not the clusters" if hi > 2 * lo else "")
 
 
 def _normalisation_tensors(state) -> list:

@@ -84,11 +84,16 @@ def chance_note(accuracy: float, labels: Sequence[int], about: str = "its cluste
     'the model is not clearly better than chance here (accuracy 0.520; always predicting the most common class'
     >>> chance_note(1.0, [0, 1, 1, 2, 3]).split(" (")[0]
     '5 example(s) are too few to tell this model from chance'
+    >>> chance_note(1.0, [2] * 50).split(",")[0]
+    'all 50 example(s) are of one class'
     """
     n = int(np.asarray(labels).size)
     rate = majority_rate(labels)
     if clearly_above(accuracy, rate, n):
         return None
+    if rate >= 1.0:  # one class only: no accuracy can beat always predicting it, however many examples
+        return (f"all {n} example(s) are of one class, so no accuracy can be told from always predicting it: {about} "
+                "say nothing about the other classes; evaluate on examples of several classes")
     if not clearly_above(1.0, rate, n):  # no accuracy could pass: the examples are too few, not the model bad
         return (f"{n} example(s) are too few to tell this model from chance (even an accuracy of 1 would be within "
                 f"{MARGIN_SD:g} standard deviations of always predicting the most common class, {rate:.3f}): {about} "

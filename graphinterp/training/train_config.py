@@ -97,11 +97,11 @@ def too_many_done(path, done: int, unit: str, warmup: str, more: str, config) ->
             "or train into another --out")
 
 
-def check_common_settings(config, integers) -> None:
+def check_common_settings(config, integers, optional=()) -> None:
     """The rules every training config shares on lambda, the seed and its integer settings, messages naming each
     setting by its flag (:func:`setting_name`).
 
-    ``integers`` lists ``(field, lowest value)``; a field whose value is None is skipped.
+    ``integers`` lists ``(field, lowest value)``; a field named in ``optional`` may also be None (unset).
 
     Raises
     ------
@@ -115,7 +115,7 @@ def check_common_settings(config, integers) -> None:
                             f"(0 trains the unclustered baseline), got {lam!r}")
     for name, low in integers:
         v = getattr(config, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+        if not (v is None and name in optional) and (isinstance(v, bool) or not isinstance(v, int) or v < low):
             raise TrainingError(f"{setting_name(name)} must be an integer >= {low}, got {v!r}")
     if config.seed > SEED_MAX:
         raise TrainingError(f"{setting_name('seed')} must lie in 0..{SEED_MAX}, got {config.seed!r}")
@@ -225,7 +225,7 @@ class TrainConfig:
         if self.model not in ("mlp", "cnn"):
             raise TrainingError(f"unknown model {self.model!r}; choose 'mlp' or 'cnn' (or pass model=...)")
         check_common_settings(self, (("warmup_epochs", 0), ("epochs", 0), ("batch_size", 1), ("seed", 0),
-                                     ("max_train", 1), ("max_test", 1)))
+                                     ("max_train", 1), ("max_test", 1)), optional=("max_train", "max_test"))
         check_k(self.k)  # against the model's layers once the graph is built (train._check_layers)
         if self.total_epochs < 1:
             raise TrainingError(f"{setting_name('warmup_epochs')} + {setting_name('epochs')} must be at least 1, got "

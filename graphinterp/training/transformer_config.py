@@ -142,7 +142,7 @@ class TransformerConfig:
             raise ClusteringError(f"k must be an integer >= 2, got {self.k!r}")
         check_common_settings(self, (("warmup_steps", 0), ("steps", 0), ("seed", 0), ("eval_every", 1), ("d_model", 1),
                                      ("n_heads", 1), ("d_mlp", 1), ("n_layers", 1), ("p", 2), ("data_seed", 0),
-                                     ("n_ctx", 2), ("batch_size", 1), ("eval_windows", 1)))
+                                     ("n_ctx", 2), ("batch_size", 1), ("eval_windows", 1)), optional=("eval_windows",))
         if self.warmup_steps + self.steps < 1:
             raise TrainingError(f"{setting_name('warmup_steps')} + {setting_name('steps')} must be at least 1, got "
                                 f"{self.warmup_steps} + {self.steps}; train for at least one step")
@@ -155,7 +155,7 @@ class TransformerConfig:
                                 ("beta2", -1e-12, 1.0), ("train_frac", 0.0, 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
-                raise TrainingError(f"{name} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
+                raise TrainingError(f"{setting_name(name)} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
         check_clustering_options(self.similarity, self.reduction, "warmup_steps", self.warmup_steps)
         self.corpus, self.data_dir = absolute_path(self.corpus), absolute_path(self.data_dir)
         if self.act not in ("relu", "gelu"):
