@@ -10,7 +10,8 @@ from graphinterp import (
     ClusteringError,
     export_graphml,
     graph_structure,
-    nothing_clusterable,
+    KTooLargeError,
+    nothing_clusterable_error,
     require_clusterable,
     resolve_device,
     stored_clustering,
@@ -136,8 +137,11 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             chosen = names
         else:
             chosen, left_out = clusterable_layers(graph, k)
-            if not chosen:
-                raise click.UsageError(nothing_clusterable(k, left_out, flag="--k"))
+            if not chosen:  # a bad --k where a smaller one fits; a model with no clusterable layer: exit 1
+                err = nothing_clusterable_error(k, left_out)
+                if isinstance(err, KTooLargeError):
+                    raise click.BadParameter(str(err), param_hint="--k")
+                raise err
             notes.extend(f"not clustered: {n}: {why}" for n, why in left_out.items())
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)

@@ -30,7 +30,7 @@ LAYERS = ("common", "data", "sources", "graph", "clustering", "training", "inter
 
 _EXPORTS = {
     # common: errors, files, devices, floating point, seeds, parallel and distributed execution
-    "ClusteringError": "common.errors", "DataError": "common.errors", "GraphinterpError": "common.errors",
+    "ClusteringError": "common.errors", "KTooLargeError": "common.errors", "DataError": "common.errors", "GraphinterpError": "common.errors",
     "InvalidWeightsError": "common.errors", "Launch": "common.distributed", "ModelFileError": "common.errors",
     "OutputPathError": "common.files", "SCHEDULER_ENV": "common.parallel", "TrainingError": "common.errors",
     "UnsupportedModelError": "common.errors", "InputMismatchError": "common.errors", "atomic_write": "common.files",
@@ -69,7 +69,7 @@ _EXPORTS = {
     "modularity": "clustering.modularity", "modularity_test": "clustering.modularity", "hidden_level_labels": "interpret.ablate",
     "live_sizes": "clustering.validation",
     "clusterable_layers": "clustering.validation",
-    "require_clusterable": "clustering.validation", "nothing_clusterable": "clustering.validation",
+    "require_clusterable": "clustering.validation", "nothing_clusterable": "clustering.validation", "nothing_clusterable_error": "clustering.validation",
     "stored_clustering": "clustering.labels",
     # training: training for modularity
     "EnmeshmentLoss": "training.loss", "GradientSimilarity": "training.gradsim",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from _cli_helpers import invoke, one_error
+from _cli_helpers import invoke, one_error, usage_error
 from _interp_helpers import digits_checkpoint
 
 
@@ -27,16 +27,21 @@ def test_an_all_zero_model_is_told_why_not_to_use_a_smaller_k(zero_model, tmp_pa
     args = [a.replace("OUT", str(tmp_path / "o.graphml")).replace("B", str(tmp_path / "b")) if a in ("OUT", "B") else a
             for a in command]
     res = invoke(args[0], zero_model, *args[1:], "--device", "cpu")
-    line = one_error(res)
+    line = one_error(res, 1)  # the model's fault, not the arguments': no k would do
     assert "no layer can be clustered" in line and "0: all its weights are zero" in line, line
     assert "smaller" not in line, line
 
 
-def test_a_layer_too_small_for_k_is_still_told_to_use_a_smaller_k(tmp_path):
+@pytest.mark.parametrize("command", [["analyze", "--k", "4"], ["export", "OUT", "--k", "4", "-q"]])
+def test_a_layer_too_small_for_k_is_a_bad_k(tmp_path, command):
+    """A --k larger than every layer allows is a bad argument: exit code 2 naming --k, as any bad value."""
     path = tmp_path / "small.pt"
     torch.save(nn.Sequential(nn.Linear(8, 3), nn.ReLU(), nn.Linear(3, 3)).state_dict(), path)
-    line = one_error(invoke("analyze", path, "--k", "4", "--device", "cpu"))
+    args = [str(tmp_path / "o.graphml") if a == "OUT" else a for a in command]
+    line = usage_error(invoke(args[0], path, *args[1:], "--device", "cpu"))
+    assert line.startswith("Invalid value for --k: no layer can be clustered at k=4"), line
     assert "fewer than k=4" in line and line.endswith("use a smaller k"), line
+    assert not (tmp_path / "o.graphml").exists()
 
 
 @pytest.mark.parametrize("flag", ["--network-wide", "--per-layer"])
@@ -141,5 +146,5 @@ def test_analyze_reports_the_k_that_fit_and_leaves_out_those_that_fit_no_layer(t
     assert [line.split()[0] for line in res.output.splitlines() if line[:1].isdigit()] == ["2", "3", "4"]
     payload = json.loads(invoke("analyze", path, "--k", "2..5", "--device", "cpu", "--json").output)
     assert payload["ks"] == [2, 3, 4] and list(payload["unfit_ks"]) == ["5"]
-    line = one_error(invoke("analyze", path, "--k", "5..6", "--device", "cpu"))
-    assert "no layer can be clustered at k=5" in line and "(nor at k=6)" in line, line
+    line = usage_error(invoke("analyze", path, "--k", "5..6", "--device", "cpu"))
+    assert "no layer can be clustered at k=5" in line and line.endswith("(nor at k=6); use a smaller k"), line

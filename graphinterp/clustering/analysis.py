@@ -7,8 +7,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from graphinterp.clustering.cluster import Clustering, cluster_layers
-from graphinterp.clustering.validation import check_k, clusterable_layers, nothing_clusterable, require_clusterable
-from graphinterp.common.errors import ClusteringError
+from graphinterp.clustering.validation import (check_k, clusterable_layers, nothing_clusterable,
+                                                nothing_clusterable_error, require_clusterable)
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.clustering.metrics import ClusterabilityReport, clusterability_report, dominant_note, normalized_score
 
@@ -228,12 +228,14 @@ def analyze(
         else:
             chosen, left[k] = clusterable_layers(graph, k, names)
         if not chosen:
-            unfit[k] = nothing_clusterable(k, left.pop(k, {}))
+            unfit[k] = left.pop(k, {})
             continue
         plan.append((k, chosen))
     if not plan:
         others = sorted(k for k in unfit if k != min(unfit))
-        raise ClusteringError(unfit[min(unfit)] + (f" (nor at k={', '.join(map(str, others))})" if others else ""))
+        raise nothing_clusterable_error(min(unfit), unfit[min(unfit)],
+                                        also=f" (nor at k={', '.join(map(str, others))})" if others else "")
+    unfit = {k: nothing_clusterable(k, why) for k, why in unfit.items()}
     for k in sorted(left):  # the reason at the smallest k a layer does not fit: true of every larger k too
         for name, why in left[k].items():
             skipped.setdefault(name, why)

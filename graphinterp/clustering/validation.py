@@ -22,10 +22,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from graphinterp.common.errors import ClusteringError
+from graphinterp.common.errors import ClusteringError, KTooLargeError
 
-__all__ = ["check_k", "clusterable_layers", "live_sizes", "nothing_clusterable", "refuse_block_diagonal",
-           "require_clusterable"]
+__all__ = ["check_k", "clusterable_layers", "live_sizes", "nothing_clusterable", "nothing_clusterable_error",
+           "refuse_block_diagonal", "require_clusterable"]
 
 
 def live_sizes(layer) -> Tuple[int, int]:
@@ -162,9 +162,9 @@ def clusterable_layers(graph, k: int, layers: Optional[Sequence[str]] = None) ->
     return chosen, left_out
 
 
-def nothing_clusterable(k: int, left_out: Dict[str, str], *, flag: str = "k") -> str:
+def nothing_clusterable(k: int, left_out: Dict[str, str], *, flag: str = "k", also: str = "") -> str:
     """The message when :func:`clusterable_layers` chose no layer: the reasons, and a smaller ``k`` only where
-    one would help (not for all-zero or block-diagonal layers, nor below k = 2).
+    one would help (not for all-zero or block-diagonal layers, nor below k = 2). ``also`` follows the reasons.
 
     Examples
     --------
@@ -175,8 +175,27 @@ def nothing_clusterable(k: int, left_out: Dict[str, str], *, flag: str = "k") ->
     """
     why = "; ".join(f"{n}: {r}" for n, r in list(left_out.items())[:3])
     more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
-    smaller = k > 2 and any(r.startswith("fewer than k") for r in left_out.values())
-    return f"no layer can be clustered at k={k} ({why}{more})" + (f"; use a smaller {flag}" if smaller else "")
+    smaller = _smaller_k_helps(k, left_out)
+    return f"no layer can be clustered at k={k} ({why}{more}){also}" + (f"; use a smaller {flag}" if smaller else "")
+
+
+def _smaller_k_helps(k: int, left_out: Dict[str, str]) -> bool:
+    return k > 2 and any(r.startswith("fewer than k") for r in left_out.values())
+
+
+def nothing_clusterable_error(k: int, left_out: Dict[str, str], *, flag: str = "k", also: str = "") -> ClusteringError:
+    """The error for :func:`nothing_clusterable`'s case: :class:`~graphinterp.common.errors.KTooLargeError` where a
+    smaller ``k`` would help (the command line then reports a bad ``--k``), else :class:`ClusteringError`.
+
+    Examples
+    --------
+    >>> type(nothing_clusterable_error(4, {"0": "fewer than k=4 non-isolated nodes (3x3)"})).__name__
+    'KTooLargeError'
+    >>> type(nothing_clusterable_error(4, {"0": "all its weights are zero"})).__name__
+    'ClusteringError'
+    """
+    cls = KTooLargeError if _smaller_k_helps(k, left_out) else ClusteringError
+    return cls(nothing_clusterable(k, left_out, flag=flag, also=also))
 
 
 def refuse_block_diagonal(graph, layers: Sequence[str]) -> None:

@@ -12,6 +12,7 @@ __all__ = [
     "InputMismatchError",
     "InvalidWeightsError",
     "ClusteringError",
+    "KTooLargeError",
     "DataError",
     "TrainingError",
 ]
@@ -53,6 +54,15 @@ class InvalidWeightsError(GraphinterpError, ValueError):
 
 class ClusteringError(GraphinterpError, ValueError):
     """A clustering request is invalid (k out of range, labels that do not fit the graph, ...)."""
+
+
+class KTooLargeError(ClusteringError):
+    """No layer can be clustered at the k asked for, and a smaller k would fit (too few non-isolated nodes).
+
+    The command-line interface reports it as a bad ``--k`` (exit code 2, as for any bad argument); a
+    model whose layers cannot be clustered at any k (all weights zero, block-diagonal by construction)
+    raises :class:`ClusteringError` instead (exit code 1).
+    """
 
 
 class DataError(GraphinterpError, ValueError):
