@@ -380,6 +380,7 @@ def test_layer_scores_match_a_dense_reference():
         assert s["E_random"] == pytest.approx(E_rand)
         assert s["score"] == pytest.approx((s["E"] - E_rand) / (1 - E_rand))
         assert s["sizes"] == [np.bincount(rows, minlength=k).tolist(), np.bincount(cols, minlength=k).tolist()]
+        assert [s["row_sizes"], s["col_sizes"]] == s["sizes"]
 
 
 def test_layers_are_clustered_in_their_own_precision(monkeypatch):

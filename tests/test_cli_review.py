@@ -89,6 +89,10 @@ def test_analyze_and_benchmark_give_a_layer_the_same_labels_at_one_k(tmp_path):
     assert len(E_a) == 3 and E_a.keys() == E_b.keys()
     for name, (E, sizes) in E_a.items():  # the same clusters (E summed in another precision)
         assert E == pytest.approx(E_b[name][0], abs=1e-6) and sizes == E_b[name][1]
+    # the keys that mean the same in both: one list of k per side
+    sides = [{r["layer"]: [r["row_sizes"], r["col_sizes"]] for r in a["results"][0]["layers"]},
+             {l["layer"]: [l["scores"]["4"]["row_sizes"], l["scores"]["4"]["col_sizes"]] for l in b["models"][0]["layers"]}]
+    assert sides[0] == sides[1] == {name: sizes for name, (_, sizes) in E_a.items()}
 
 
 def test_a_layer_whose_shuffled_copies_cannot_be_clustered_is_reported_untested(tmp_path):

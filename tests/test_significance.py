@@ -167,6 +167,8 @@ def test_reproducible_with_a_seed_and_json_ready():
     np.testing.assert_array_equal(a.score.null, b.score.null)
     text = json.dumps(a.to_dict(), allow_nan=False)
     assert json.loads(text)["n_shuffles"] == 5
+    d = json.loads(text)
+    assert [d["row_sizes"], d["col_sizes"]] == d["sizes"] and sum(d["row_sizes"]) == 16 and sum(d["col_sizes"]) == 12
     assert "null" not in a.to_dict(include_null=False)["E"]
 
 

@@ -180,7 +180,12 @@ def random_partition_expectation(row_labels, col_labels, k: int, squared=None) -
 
 @dataclass
 class LayerScore:
-    """Clusterability of one layer."""
+    """Clusterability of one layer.
+
+    ``sizes`` holds one ``[rows, columns]`` pair per cluster (``Clustering.sizes``'s layout); the JSON of
+    :meth:`ClusterabilityReport.to_dict` also gives them as ``row_sizes`` and ``col_sizes`` (one list of k
+    each), the keys ``benchmark``'s JSON and CSV use.
+    """
 
     layer: str
     shape: tuple
@@ -207,6 +212,7 @@ class ClusterabilityReport:
         out = asdict(self)
         for layer in out["layers"]:
             layer["shape"] = list(layer["shape"])
+            layer["row_sizes"], layer["col_sizes"] = ([int(p[i]) for p in layer["sizes"]] for i in (0, 1))
         return out
 
 

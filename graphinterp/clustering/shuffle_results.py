@@ -94,7 +94,8 @@ class ShuffleTest:
     E_random : float
         Random-partition expectation of the observed clustering.
     sizes : ndarray of shape (2, k)
-        Rows and columns in each cluster of the observed clustering.
+        Rows and columns in each cluster of the observed clustering (in the JSON also as ``row_sizes`` and
+        ``col_sizes``).
     """
 
     layer: str
@@ -114,7 +115,8 @@ class ShuffleTest:
     def to_dict(self, *, include_null: bool = True) -> dict:
         """JSON-ready dict; ``include_null=False`` leaves out the per-shuffle values."""
         out = {"layer": self.layer, "k": self.k, "n_shuffles": self.n_shuffles, "nonzero_only": self.nonzero_only,
-               "E_random": self.E_random, "sizes": self.sizes.tolist(), "min_p_value": self.min_p_value,
+               "E_random": self.E_random, "sizes": self.sizes.tolist(), "row_sizes": self.sizes[0].tolist(),
+               "col_sizes": self.sizes[1].tolist(), "min_p_value": self.min_p_value,
                "E": self.E.to_dict(), "score": self.score.to_dict()}
         if not include_null:
             out["E"].pop("null")

@@ -51,8 +51,9 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
         rows, cols = fits[k].row_labels_, fits[k].column_labels_
         E, E_rand = float(clusterability(sq, rows, cols)), random_partition_expectation(rows, cols, k, sq)
         lb.labels[k] = (rows, cols)
+        row_sizes, col_sizes = (np.bincount(x[x >= 0], minlength=k).tolist() for x in (rows, cols))
         lb.scores[k] = {"E": E, "E_random": E_rand, "score": normalized_score(E, E_rand),
-                        "sizes": [np.bincount(x[x >= 0], minlength=k).tolist() for x in (rows, cols)]}
+                        "sizes": [row_sizes, col_sizes], "row_sizes": row_sizes, "col_sizes": col_sizes}
     if significance_k is not None and n_shuffles > 0 and min(live) < significance_k:
         lb.significance_skipped = _too_few(significance_k, live)
     elif significance_k is not None and n_shuffles > 0:

@@ -40,7 +40,8 @@ __all__ = ["LayerBenchmark", "ModelBenchmark", "BenchmarkReport", "clusterabilit
 class LayerBenchmark:
     """One layer's clusterability for each k and its significance test.
 
-    ``scores[k]`` holds ``E``, ``E_random``, ``score`` and ``sizes`` (rows, columns per cluster);
+    ``scores[k]`` holds ``E``, ``E_random``, ``score``, ``row_sizes`` and ``col_sizes`` (one list of k each) and
+    ``sizes``, the two lists ``[row_sizes, col_sizes]`` (not ``analyze``'s per-cluster pairs);
     ``labels[k]`` the BSGC clustering ``(row_labels, col_labels)`` (kept in memory, not in the JSON);
     ``skipped_k[k]`` says why a k was left out (too few nodes); ``significance_skipped`` why the layer was
     not shuffle-tested when the test was asked for (too few nodes for the significance k).
@@ -159,8 +160,8 @@ def clusterability_rows(report: BenchmarkReport) -> List[dict]:
             for k, s in sorted(lb.scores.items()):
                 rows.append({"model": m.name, "layer": lb.layer, "kind": lb.kind, "n_in": lb.shape[0],
                              "n_out": lb.shape[1], "k": k, "E": s["E"], "E_random": s["E_random"],
-                             "score": s["score"], "row_sizes": " ".join(map(str, s["sizes"][0])),
-                             "col_sizes": " ".join(map(str, s["sizes"][1]))})
+                             "score": s["score"], "row_sizes": " ".join(map(str, s["row_sizes"])),
+                             "col_sizes": " ".join(map(str, s["col_sizes"]))})
     return rows
 
 
