@@ -565,3 +565,20 @@ def test_a_model_whose_last_layer_holds_nearly_all_the_squared_weight_gets_a_not
     torch.save(net.state_dict(), path)
     notes = run_benchmark([ModelSource(path=str(path))], [2], significance_k=None, n_init=2).models[0].notes
     assert any(n.startswith("layer 2 holds") and "the mass-weighted E is mostly that layer's E" in n for n in notes)
+
+
+def test_models_of_one_file_name_are_told_apart_in_the_text_too(tmp_path):
+    """Two files named model.pt become model and model-2 (figures, CSV); the text says which file each is."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    paths = [_checkpoint(a / "model.pt", 0, False), _checkpoint(b / "model.pt", 1, True)]
+    res = _run(["benchmark", *map(str, paths), "--k", "2", "--shuffles", "0", "--no-figures", "-q",
+                "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.output.splitlines() if "told apart" in l)
+    first, second = line.split("; ")
+    assert first.startswith("model is ") and str(paths[0]) in first, line
+    assert second.startswith("model-2 is ") and str(paths[1]) in second, line
+    res = _run(["benchmark", str(paths[0]), str(_checkpoint(tmp_path / "other.pt", 1, False)), "--k", "2",
+                "--shuffles", "0", "--no-figures", "-q", "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 0 and "told apart" not in res.output, res.output

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+import re
+from typing import List, Optional
 
 from graphinterp.common.text import format_table
 from graphinterp.reports.network_report import network_lines
@@ -101,6 +102,7 @@ def format_report(report) -> str:
     else:
         lines.append("no shuffle test (0 shuffles): E is compared only with the random-partition baseline "
                      "E_rand, not with a shuffled null")
+    lines.extend(_same_name_lines(report.models))
     for m in report.models:
         curve, base = m.curve(report.ks)
         if curve:
@@ -128,3 +130,23 @@ def format_report(report) -> str:
     for name, why in report.failed.items():
         lines.append(f"{name}: FAILED, not benchmarked: {why}")
     return "\n".join(lines)
+
+
+def _same_name_lines(models) -> List[str]:
+    """Which file each model is, where models of one name were told apart by a suffix (``model``, ``model-2``).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as M
+    >>> _same_name_lines([M(name="model", source="a/model.pt"), M(name="model-2", source="b/model.pt")])
+    ['model is a/model.pt; model-2 is b/model.pt (models of one file name, told apart by a suffix)']
+    >>> _same_name_lines([M(name="model", source="a/model.pt")])
+    []
+    """
+    names = {m.name for m in models}
+    bases = {match.group(1) for m in models for match in [re.fullmatch(r"(.+)-\d+", m.name)]
+             if match and match.group(1) in names}
+    same = [m for m in models if m.name in bases or any(m.name.startswith(b + "-") for b in bases)]
+    if not same:
+        return []
+    return ["; ".join(f"{m.name} is {m.source}" for m in same) + " (models of one file name, told apart by a suffix)"]
