@@ -78,3 +78,19 @@ def test_an_hf_model_whose_main_input_is_not_token_ids_gets_floats():
     model = transformers.ViTModel(cfg).eval()
     model.config.vocab_size = 100  # as BEiT's config has: still pixels
     assert "embeddings.patch_embeddings.projection" in trace_graph(model, input_shape=(3, 8, 8)).layer_names
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(beta1=1.0), "beta1 must be a number in [0, 1), got 1.0"),  # AdamW refuses it later, with a traceback
+    (dict(beta2=-0.1), "beta2 must be a number in [0, 1), got -0.1"),
+    (dict(weight_decay=-1.0), "--weight-decay must be a number in [0, 1000], got -1.0"),
+    (dict(train_frac=1.0), "train_frac must be a number in (0, 1), got 1.0"),  # no test split
+    (dict(lr=0.0), "--lr must be a number in (0, 10], got 0.0"),
+    (dict(lr=float("nan")), "--lr must be a number in (0, 10], got nan"),
+])
+def test_transformer_settings_are_checked_against_the_interval_the_message_states(bad, message):
+    with pytest.raises(TrainingError) as err:
+        TransformerConfig(task="modadd", **bad).validate()
+    assert str(err.value) == message
+    for ok in (dict(weight_decay=0.0), dict(beta1=0.0), dict(lr=10.0), dict(train_frac=0.99)):  # the ends inside
+        TransformerConfig(task="modadd", **ok).validate()

@@ -121,6 +121,37 @@ def check_common_settings(config, integers, optional=()) -> None:
         raise TrainingError(f"{setting_name('seed')} must lie in 0..{SEED_MAX}, got {config.seed!r}")
 
 
+def check_ranges(config, ranges) -> None:
+    """The one rule for a training config's real-valued settings: each a finite number in its interval.
+
+    ``ranges`` lists ``(field, low, high, closed)``, ``closed`` one of ``"both"``, ``"left"``, ``"right"``,
+    ``"neither"`` (which ends belong to the interval); the message names the setting by its flag
+    (:func:`setting_name`) and writes the interval as it is meant.
+
+    Raises
+    ------
+    TrainingError
+        A value that is not a finite number (booleans included) or lies outside its interval.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> check_ranges(SimpleNamespace(beta1=0.9), [("beta1", 0.0, 1.0, "left")])
+    >>> check_ranges(SimpleNamespace(beta1=1.0), [("beta1", 0.0, 1.0, "left")])
+    Traceback (most recent call last):
+    ...
+    graphinterp.common.errors.TrainingError: beta1 must be a number in [0, 1), got 1.0
+    """
+    for name, low, high, closed in ranges:
+        v = getattr(config, name)
+        left, right = closed in ("both", "left"), closed in ("both", "right")
+        inside = (low <= v if left else low < v) and (v <= high if right else v < high) \
+            if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) else False
+        if not inside:
+            raise TrainingError(f"{setting_name(name)} must be a number in {'[' if left else '('}{low:g}, {high:g}"
+                                f"{']' if right else ')'}, got {v!r}")
+
+
 def check_clustering_options(similarity: str, reduction: str, warmup_name: str, warmup: int) -> None:
     """The rules on what BSGC clusters and how L_E combines layers, shared by every training config.
 
@@ -230,9 +261,7 @@ class TrainConfig:
         if self.total_epochs < 1:
             raise TrainingError(f"{setting_name('warmup_epochs')} + {setting_name('epochs')} must be at least 1, got "
                                 f"{self.warmup_epochs} + {self.epochs}; train for at least one epoch")
-        lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= LR_MAX:
-            raise TrainingError(f"{setting_name('lr')} must be a positive number up to {LR_MAX:g}, got {lr!r}")
+        check_ranges(self, [("lr", 0.0, LR_MAX, "right")])
         from graphinterp.common.files import resolve_device
 
         try:

@@ -13,14 +13,13 @@ chars     windows of 32 characters, batches of 32; 2 layers, d_model 64, 4 heads
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional
 
 from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
 from graphinterp.data.tasks import TASKS
 from graphinterp.training.train_config import (
-    LR_MAX, absolute_path, check_clustering_options, check_common_settings, setting_name,
+    LR_MAX, absolute_path, check_clustering_options, check_common_settings, check_ranges, setting_name,
 )
 
 __all__ = ["TransformerConfig", "TASK_DEFAULTS", "RESUME_FIXED", "CHARS_ONLY"]
@@ -151,11 +150,9 @@ class TransformerConfig:
         if self.k > min(self.d_model, self.d_mlp):  # before any data is read or step taken
             raise TrainingError(f"k={self.k} is larger than the MLP blocks allow (d_model {self.d_model}, d_mlp "
                                 f"{self.d_mlp}): use k <= {min(self.d_model, self.d_mlp)}")
-        for name, low, high in (("lr", 0.0, LR_MAX), ("weight_decay", -1e-12, 1e3), ("beta1", -1e-12, 1.0),
-                                ("beta2", -1e-12, 1.0), ("train_frac", 0.0, 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low < v <= high:
-                raise TrainingError(f"{setting_name(name)} must be a number in ({max(low, 0):g}, {high:g}], got {v!r}")
+        # AdamW refuses betas of 1 or more; a train_frac of 1 leaves no test split
+        check_ranges(self, [("lr", 0.0, LR_MAX, "right"), ("weight_decay", 0.0, 1e3, "both"), ("beta1", 0.0, 1.0, "left"),
+                            ("beta2", 0.0, 1.0, "left"), ("train_frac", 0.0, 1.0, "neither")])
         check_clustering_options(self.similarity, self.reduction, "warmup_steps", self.warmup_steps)
         self.corpus, self.data_dir = absolute_path(self.corpus), absolute_path(self.data_dir)
         if self.act not in ("relu", "gelu"):
