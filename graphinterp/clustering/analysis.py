@@ -17,7 +17,8 @@ __all__ = ["Analysis", "analyze", "graph_from_loaded", "load_graph"]
 
 def graph_from_loaded(loaded, *, layerwise: bool = False, input_shape: Optional[Sequence[int]] = None) -> LayeredGraph:
     """Build the graph of a :class:`graphinterp.sources.loading.LoadedModel` (see :mod:`graphinterp.graph.load`)."""
-    from graphinterp.graph.load import model_graph, opened_from_loaded
+    from graphinterp.graph.load import model_graph
+    from graphinterp.graph.opened import opened_from_loaded
 
     return model_graph(opened_from_loaded(loaded), layerwise=layerwise, input_shape=input_shape)
 

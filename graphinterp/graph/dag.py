@@ -21,7 +21,8 @@ from torch import nn
 from graphinterp.graph.coverage import Coverage
 from graphinterp.common.errors import UnsupportedModelError
 from graphinterp.graph.layered import LayeredGraph
-from graphinterp.graph.layer import Layer, grouped_input_channels
+from graphinterp.graph.layer import Layer
+from graphinterp.graph.layer_matrices import grouped_input_channels
 from graphinterp.graph.networkx_view import to_networkx
 
 __all__ = ["ModelGraph"]

@@ -1,4 +1,8 @@
-"""One weight layer of a layered graph: a bipartite graph between its input and output nodes."""
+"""One weight layer of a layered graph: a bipartite graph between its input and output nodes.
+
+Its edge-weight matrices (``squared``, ``magnitude``, ``signed``, ``support``) are computed by
+:class:`~graphinterp.graph.layer_matrices.LayerMatrices`, mixed into :class:`Layer`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -7,10 +11,10 @@ from typing import Any, Optional, Tuple
 import torch
 
 from graphinterp.common.errors import InvalidWeightsError
+from graphinterp.graph.layer_matrices import VIEWS, LayerMatrices, _check_view, grouped_input_channels
 
 __all__ = ["Layer", "VIEWS", "KINDS", "grouped_input_channels"]
 
-VIEWS = ("grouped", "fine")
 #: Why depthwise convolutions are left out of clusterability (one place for the rule and its words).
 DEPTHWISE_REASON = ("depthwise convolution: each output reads one input channel, so the layer is block-diagonal "
                     "by construction (E = 1 for any matched clustering); left out of clusterability")
@@ -23,7 +27,7 @@ KINDS = {"linear": 2, "conv1d": 3, "conv2d": 4, "conv3d": 5}
 
 
 @dataclass(frozen=True, eq=False)
-class Layer:
+class Layer(LayerMatrices):
     """A ``nn.Linear`` or ``nn.Conv2d`` seen as a weighted bipartite graph.
 
     Nodes are neurons (Linear) or channels (Conv2d). Matrices returned by :meth:`squared`,
@@ -239,126 +243,3 @@ class Layer:
             A copy (:func:`dataclasses.replace`); this layer is unchanged.
         """
         return replace(self, weight=weight)
-
-    # --------------------------------------------------------------- matrices
-    def support(self, view: str = "grouped") -> torch.Tensor:
-        """Boolean ``(n_in, n_out)``: edges that exist structurally (False across conv groups).
-
-        Parameters
-        ----------
-        view : {"grouped", "fine"}, default "grouped"
-            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
-
-        Returns
-        -------
-        torch.Tensor of bool, shape (n_in, n_out)
-        """
-        ones = self.with_weight(torch.ones_like(self.weight))
-        return ones.squared(view) > 0
-
-    def squared(self, view: str = "grouped") -> torch.Tensor:
-        """Squared edge weights, shape ``(n_in, n_out)``; sums to ``(weight ** 2).sum()``.
-
-        Parameters
-        ----------
-        view : {"grouped", "fine"}, default "grouped"
-            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
-
-        Returns
-        -------
-        torch.Tensor, shape (n_in, n_out)
-            On the weight's device and in its dtype.
-        """
-        _check_view(view)
-        w2 = self.weight.detach().square()
-        if self.is_conv:
-            return self._dense_conv(w2.flatten(2).sum(-1)).T
-        if view == "grouped" and self.in_index is not None:
-            return self._group_inputs(w2).T
-        return w2.T
-
-    def _group_inputs(self, per_feature: torch.Tensor) -> torch.Tensor:
-        """Sum ``(out, in_features)`` columns into ``(out, n_in)`` grouped input nodes."""
-        idx = self.in_index.to(per_feature.device)
-        out = per_feature.new_zeros(self.n_out, self.n_in("grouped"))
-        return out.index_add_(1, idx, per_feature)
-
-    def magnitude(self, view: str = "grouped") -> torch.Tensor:
-        """Unsigned edge weights :math:`|w_{ij}|` (the BSGC similarity), shape ``(n_in, n_out)``.
-
-        Parameters
-        ----------
-        view : {"grouped", "fine"}, default "grouped"
-            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
-
-        Returns
-        -------
-        torch.Tensor, shape (n_in, n_out)
-            The square root of :meth:`squared`.
-        """
-        return self.squared(view).sqrt()
-
-    def signed(self, view: str = "grouped") -> torch.Tensor:
-        """Signed edge weights; grouped edges take the sign of the sum of their parameters, positive when that sum is
-        0 (a zero-sum kernel such as a Sobel filter is still an edge of its full magnitude, not a missing one).
-
-        Parameters
-        ----------
-        view : {"grouped", "fine"}, default "grouped"
-            ``"grouped"``: one input node per channel (``in_index``); ``"fine"``: one per input feature.
-
-        Returns
-        -------
-        torch.Tensor, shape (n_in, n_out)
-            :meth:`magnitude` with a sign (the weight itself, transposed, for a Linear without grouped inputs).
-        """
-        _check_view(view)
-        w = self.weight.detach()
-        if not self.is_conv and (view == "fine" or self.in_index is None):
-            return w.T
-        total = self._dense_conv(w.flatten(2).sum(-1)).T if self.is_conv else self._group_inputs(w).T
-        return self.magnitude(view) * torch.where(total < 0, -1.0, 1.0).to(w.dtype)
-
-    def expand_input_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Map labels of grouped input nodes to the layer's input features (identity otherwise).
-
-        Parameters
-        ----------
-        labels : torch.Tensor of shape (n_in("grouped"),)
-            One label per grouped input node.
-
-        Returns
-        -------
-        torch.Tensor
-            One label per input feature for a Linear with ``in_index``; ``labels`` itself otherwise (also
-            when its length is not the number of grouped input nodes).
-        """
-        if not self.is_conv and self.in_index is not None and labels.numel() == self.n_in("grouped"):
-            return labels[self.in_index.to(labels.device)]
-        return labels
-
-    def _dense_conv(self, per_kernel: torch.Tensor) -> torch.Tensor:
-        """Scatter an ``(out, in/groups)`` matrix of a grouped conv to dense ``(out, in)``."""
-        if self.groups == 1:
-            return per_kernel
-        out_ch, in_per = per_kernel.shape
-        dense = per_kernel.new_zeros(out_ch, in_per * self.groups)
-        return dense.scatter_(1, grouped_input_channels(out_ch, in_per, self.groups, per_kernel.device), per_kernel)
-
-
-def grouped_input_channels(out_ch: int, in_per: int, groups: int, device=None) -> torch.Tensor:
-    """The input channel (out of ``in_per * groups``) of each ``(out, in/groups)`` entry of a grouped
-    convolution's weight: output channel ``o`` reads the ``in_per`` channels of its group ``o // (out_ch / groups)``.
-
-    Examples
-    --------
-    >>> grouped_input_channels(4, 2, 2).tolist()
-    [[0, 1], [0, 1], [2, 3], [2, 3]]
-    """
-    group = torch.arange(out_ch, device=device) // (out_ch // groups)
-    return group[:, None] * in_per + torch.arange(in_per, device=device)[None, :]
-
-
-def _check_view(view: str) -> None:
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from graphinterp.common.errors import UnsupportedModelError
-from graphinterp.graph.layer import Layer, grouped_input_channels
+from graphinterp.graph.layer import Layer
+from graphinterp.graph.layer_matrices import grouped_input_channels
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = ["unit_norm_rescaled", "rescaled_with_note", "RESCALED_NOTE"]

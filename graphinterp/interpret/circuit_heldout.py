@@ -28,7 +28,8 @@ from torch import nn
 from graphinterp.interpret.chance import MARGIN_SD
 from graphinterp.interpret.circuit_batch import batched_logits
 from graphinterp.interpret.circuit_result import HeldOut
-from graphinterp.interpret.circuit_search import AUTHORS_RTOL, Tolerance, masked_in_place
+from graphinterp.interpret.circuit_search import masked_in_place
+from graphinterp.interpret.circuit_settings import AUTHORS_RTOL, Tolerance
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.label_tasks import LabelTask, split_hits, task_terms
 

@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from graphinterp.interpret.answer_tail import AnswerTail, check_transformer, stream_input
-from graphinterp.interpret.circuits import Circuit, extract_circuit
+from graphinterp.interpret.circuit_extract import extract_circuit
+from graphinterp.interpret.circuit_result import Circuit
 from graphinterp.common.errors import DataError
 from graphinterp.interpret.edges import EdgeLayer
 from graphinterp.interpret.interventions import interventions

@@ -86,7 +86,7 @@ def graph_with_fallback(loaded, *, layerwise: bool = False) -> Tuple[LayeredGrap
     structure : str
     notes : list of str
     """
-    from graphinterp.graph.load import opened_from_loaded
+    from graphinterp.graph.opened import opened_from_loaded
 
     return _graph_of(opened_from_loaded(loaded), layerwise)
 

@@ -35,7 +35,7 @@ from torch import nn
 from graphinterp.clustering.cluster import Clustering
 from graphinterp.clustering.labels import require_clustering
 from graphinterp.common.errors import ClusteringError
-from graphinterp.graph.layer import grouped_input_channels
+from graphinterp.graph.layer_matrices import grouped_input_channels
 from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.clustering.metrics import random_partition_expectation, within_mask
 from graphinterp.training.folded_scales import live_scale

@@ -27,21 +27,21 @@ Under ``torch.distributed`` (one process per rank, process group initialised by 
 global batch of ``batch_size``, scales the loss so that the all-reduced gradient is the gradient of
 the global batch's mean loss, clusters on rank 0 and broadcasts the labels, and writes checkpoints
 and progress bars on rank 0 only: results match a single-process run.
+
+The step and the epoch are in :mod:`graphinterp.training.train_epoch`; the checkpoint in
+:mod:`graphinterp.training.train_state`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from graphinterp.common.distributed import rank_and_world
-from graphinterp.common.inference import predictions
 from graphinterp.common.files import resolve_device
 from graphinterp.clustering.cluster import Clustering, cluster_network
 from graphinterp.clustering.labels import stored_clustering
@@ -55,38 +55,12 @@ from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.training.masks import default_cluster_layers, trace_graph
 from graphinterp.sources.models import build_model, default_spec
 from graphinterp.training.train_config import SIMILARITIES, TrainConfig, TrainResult, format_history
-from graphinterp.training.train_state import (
-    CheckpointProgress, TrainingInterrupted, held_interrupts, load_train_state, save_train_state, training_run,
-)
+from graphinterp.training.interrupts import CheckpointProgress, TrainingInterrupted, training_run
+from graphinterp.training.train_epoch import _epoch, _progress_bar, evaluate, train_step
+from graphinterp.training.train_state import load_train_state, save_train_state
 
 __all__ = ["SIMILARITIES", "TrainConfig", "TrainResult", "TrainingInterrupted", "train", "train_step", "evaluate",
            "format_history"]
-
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-               loss_fn: Optional[Callable[[], torch.Tensor]] = None, lam: float = 0.0, ce_scale: Optional[float] = None,
-               after_backward=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """One optimiser step on ``CE (+ lam * L_E)``; returns the detached ``(CE, L_E or None)``.
-
-    ``loss_fn`` is any zero-argument callable returning the regulariser (an :class:`EnmeshmentLoss`);
-    ``ce_scale`` replaces the batch mean by ``sum * ce_scale`` (used to split a global batch over
-    ranks); ``after_backward`` is called between ``backward()`` and ``step()`` (gradient similarity).
-    """
-    out = net(x)
-    ce = F.cross_entropy(out, y) if ce_scale is None else F.cross_entropy(out, y, reduction="sum") * ce_scale
-    le = loss_fn() if (loss_fn is not None and lam > 0) else None
-    loss = ce if le is None else torch.add(ce, le, alpha=lam)  # one fused op: ce + lam * le
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if after_backward is not None:
-        after_backward()
-    optimizer.step()
-    return ce.detach(), (None if le is None else le.detach())
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: LabeledTensors, *, batch_size: int = 1024) -> float:
-    """Accuracy of ``model`` on ``data`` (evaluated in eval mode on the model's device)."""
-    return int((predictions(model, data.x, batch_size) == data.y).sum()) / max(len(data), 1)
 
 
 def _as_data(data, name: str) -> LabeledTensors:
@@ -163,32 +137,6 @@ def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
     return layers
 
 
-def _epoch(net, opt, x, y, gen, config: TrainConfig, rank: int, world: int, bar, loss_fn, gradsim):
-    """One pass over the data; returns the sample-weighted mean CE and mean L_E (None if not trained)."""
-    ce_sum = torch.zeros((), dtype=torch.float64, device=x.device)  # this rank's share of the CE sum
-    le_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    perm = torch.randperm(len(y), generator=gen).to(x.device)
-    for b, i in enumerate(range(0, len(y), config.batch_size)):
-        idx = perm[i:i + config.batch_size]
-        n_global = len(idx)
-        if world > 1:  # this rank's part of the global batch; the loss is scaled so DDP's mean is the batch mean
-            idx = idx.tensor_split(world)[rank]
-        ce, le = train_step(net, opt, x[idx], y[idx], loss_fn=loss_fn, lam=config.lam,
-                            ce_scale=world / n_global if world > 1 else None,
-                            after_backward=gradsim.update if gradsim is not None else None)
-        ce_sum.add_(ce, alpha=n_global / world)
-        if le is not None:
-            le_sum.add_(le, alpha=n_global)
-        bar.update(1)
-        if not bar.disable and b % 50 == 0:
-            bar.set_postfix(ce=f"{float(ce):.3f}")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(ce_sum)  # L_E is the same on every rank
-    return float(ce_sum) / len(y), (float(le_sum) / len(y) if loss_fn is not None else None)
-
-
 def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=None, test_data=None,
           checkpoint=None, resume: bool = False, on_note: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Run the modular-training pipeline of Section 3 (see the module docstring).
@@ -249,26 +197,6 @@ def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=
         result = _run(config, model, train_data, test_data, checkpoint, resume, progress, note)
     result.notes = notes
     return result
-
-
-@contextlib.contextmanager
-def _progress_bar(**kwargs) -> Iterator[Any]:
-    """A tqdm bar (``kwargs``) for the block, made and closed with Ctrl-C held.
-
-    A bar interrupted while it draws or clears itself would stay on screen, with the
-    ``error: interrupted`` line appended to it.
-    """
-    from tqdm.auto import tqdm
-
-    bar = None
-    try:
-        with held_interrupts():
-            bar = tqdm(**kwargs)
-        yield bar
-    finally:
-        if bar is not None:
-            with held_interrupts():
-                bar.close()
 
 
 def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, progress: CheckpointProgress,

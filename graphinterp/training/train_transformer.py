@@ -40,7 +40,7 @@ from graphinterp.graph.model_trace import trace_graph
 from graphinterp.sources.models import build_model
 from graphinterp.data.tasks import load_corpus, modular_addition
 from graphinterp.training.train_config import TrainResult
-from graphinterp.training.train_state import CheckpointProgress, training_run
+from graphinterp.training.interrupts import CheckpointProgress, training_run
 from graphinterp.training.transformer_config import TransformerConfig
 from graphinterp.training.transformer_state import check_vocabulary, resume_state, save_state
 
