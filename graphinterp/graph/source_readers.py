@@ -172,4 +172,3 @@ def _hf_folder(folder: Path, weights_file: Optional[Path] = None) -> OpenedModel
                         "a classifier) is not in the graph; add \"architectures\": [\"...ForCausalLM\"] (or the "
                         "right class) to config.json to include it")
     return OpenedModel(folder.name, "hf", model.eval(), _cpu_state(model), notes=notes, path=str(folder))
-

@@ -147,4 +147,3 @@ def extract_circuit(model: nn.Module, task: LabelTask, *, graph: Optional[Layere
                    circuit_size(sized, masks), acc, loss, full_acc, full_loss, task.n_pos, task.n_neg,
                    status["n_evals"], time.perf_counter() - start, name, history, mode, status.get("converged"), checked,
                    task_check)
-

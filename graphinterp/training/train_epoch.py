@@ -95,4 +95,3 @@ def _progress_bar(**kwargs) -> Iterator[Any]:
         if bar is not None:
             with held_interrupts():
                 bar.close()
-
