@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import click
 import torch
@@ -139,7 +139,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                                     similarity=similarity, reduction=reduction, layers=parse_layers(layers), seed=seed,
                                     device=device, data_dir=data_dir, download=download, max_train=max_train,
                                     quiet=quiet or as_json))
-    check_output_path(out, input_dirs=[_data_folder(config.data_dir)] if config.dataset != "digits" else [],
+    check_output_path(out, input_dirs=_guarded(out, config.data_dir) if config.dataset != "digits" else [],
                       suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # _replacing says so
     _replacing(out, resume, launch.is_main)
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
@@ -202,6 +202,14 @@ def _data_folder(data_dir: Optional[str]) -> str:
     from graphinterp import default_data_dir
 
     return str(data_dir) if data_dir is not None else str(default_data_dir())
+
+
+def _guarded(out: str, data_dir: Optional[str]) -> List[str]:
+    """The data folder --out must not write into, unless --out is already a graphinterp checkpoint there (this
+    command's own earlier run: rerunning or resuming it must work; no data file is a checkpoint)."""
+    if os.path.isfile(out) and read_checkpoint(out) is not None:
+        return []
+    return [_data_folder(data_dir)]
 
 
 def _note(text: str) -> None:
@@ -282,7 +290,7 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
         from graphinterp import default_corpus_path
 
         inputs.append(corpus or default_corpus_path(config.data_dir))
-    check_output_path(out, inputs=inputs, input_dirs=[_data_folder(config.data_dir)] if task == "chars" and not corpus
+    check_output_path(out, inputs=inputs, input_dirs=_guarded(out, config.data_dir) if task == "chars" and not corpus
                       else [], suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # --resume reads
     _replacing(out, resume, True)  # --out itself, and this says that a new run replaces it
     if task == "chars":  # a missing or empty corpus is reported before the model is built

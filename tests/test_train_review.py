@@ -246,3 +246,18 @@ def test_every_flag_named_in_messages_is_an_option_of_train():
 
     opts = {opt for p in command.params for opt in p.opts}
     assert set(SETTING_FLAGS.values()) <= opts
+
+
+def test_a_checkpoint_written_inside_the_data_folder_can_be_resumed_and_rerun(tmp_path):
+    """train may write a new checkpoint inside --data-dir; resuming it (what the Ctrl-C message advises) or
+    rerunning onto it was refused as 'a file inside the data folder'. A data file there still is (test above)."""
+    _corpus(tmp_path / "tinyshakespeare", "input.txt")
+    out = tmp_path / "tinyshakespeare" / "run.pt"
+    first = invoke("train", *CHARS, "--data-dir", tmp_path, "--out", out, "-q")
+    assert first.exit_code == 0, first.stderr
+    res = invoke("train", "--dataset", "chars", "--warmup-steps", "1", "--steps", "2", "--device", "cpu",
+                 "--data-dir", tmp_path, "--out", out, "--resume", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert _saved_config(out)["steps"] == 2
+    res = invoke("train", *CHARS, "--data-dir", tmp_path, "--out", out, "-q")
+    assert res.exit_code == 0 and "this new run replaces it" in res.stderr, res.stderr
