@@ -16,6 +16,7 @@ numpy arrays and numpy scalars are converted to tensors and Python scalars on sa
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
@@ -222,6 +223,14 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # missing file, corrupt zip, pickled code, ...
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        raise ModelFileError(f"cannot read checkpoint {os.fspath(path)} ({detail}); check the path") from exc
+        if not os.path.isfile(path):
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+            raise ModelFileError(f"cannot read checkpoint {os.fspath(path)} ({detail}); check the path") from exc
+        from graphinterp.sources.load_errors import explain_load_failure
+
+        error, pickled = explain_load_failure(Path(path), exc)
+        if pickled:  # a checkpoint holds tensors and plain values only: --trust-pickle would not make it one
+            error = ModelFileError(f"{os.fspath(path)} holds pickled code, not a graphinterp checkpoint (tensors and "
+                                   "plain values only); pass a checkpoint written by graphinterp train")
+        raise error from exc
     return validate_checkpoint(obj)

@@ -9,17 +9,17 @@ code when unpickled. Both are refused unless ``trust_pickle=True``.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
 from graphinterp.sources.checkpoint import is_checkpoint, validate_checkpoint
+from graphinterp.sources.load_errors import explain_load_failure
 from graphinterp.common.errors import GraphinterpError, ModelFileError
 from graphinterp.common.text import first_line
 from graphinterp.sources.models import build_model
@@ -29,8 +29,6 @@ __all__ = ["CONTAINER_KEYS", "LoadedModel", "load_model_file"]
 #: Keys under which third-party checkpoints keep their weights, tried in this order.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save(_use_new_zipfile_serialization=False)
-_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 
 @dataclass
@@ -75,28 +73,6 @@ def _is_torchscript(path: Path) -> bool:
             return any(name.split("/", 1)[-1] == "constants.pkl" for name in zf.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def _explain_failure(path: Path, exc: BaseException) -> Tuple[ModelFileError, bool]:
-    """Turn a failed ``torch.load(weights_only=True)`` into a one-line error; True if it is pickled code."""
-    match = _GLOBAL.search(str(exc))
-    if match:
-        return ModelFileError(
-            f"{path} holds pickled code ({match.group(1)}), which can run arbitrary code when loaded; "
-            f"pass --trust-pickle (trust_pickle=True) only if you trust its source, or re-save it as a state_dict"
-        ), True
-    with open(path, "rb") as handle:
-        head = handle.read(len(_LEGACY_MAGIC))
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            if not any(name.split("/", 1)[-1] == "data.pkl" for name in zf.namelist()):
-                message = f"{path} is a zip archive but not a PyTorch file; pass a file written by torch.save"
-                return ModelFileError(message), False
-    if head.startswith(b"PK\x03\x04") or head == _LEGACY_MAGIC:
-        message = f"{path} is a truncated or corrupt PyTorch file ({first_line(exc)}); re-download or re-save it"
-        return ModelFileError(message), False
-    message = f"{path} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"
-    return ModelFileError(message), False
 
 
 def _strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -273,7 +249,7 @@ def load_model_file(
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError, KeyError (text), ...
-        error, is_pickle = _explain_failure(path, exc)
+        error, is_pickle = explain_load_failure(path, exc)
         if not (trust_pickle and is_pickle):
             raise error from exc
         obj = _load_pickle(path, map_location)

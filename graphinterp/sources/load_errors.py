@@ -1,0 +1,38 @@
+"""Why ``torch.load(weights_only=True)`` failed on a file, in one line: the one rule for every reader of model files
+(:func:`graphinterp.sources.loading.load_model_file`, :func:`graphinterp.sources.checkpoint.load_checkpoint`)."""
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import Tuple
+
+from graphinterp.common.errors import ModelFileError
+from graphinterp.common.text import first_line
+
+__all__ = ["explain_load_failure"]
+
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save(_use_new_zipfile_serialization=False)
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
+def explain_load_failure(path: Path, exc: BaseException) -> Tuple[ModelFileError, bool]:
+    """Turn a failed ``torch.load(weights_only=True)`` into a one-line error; True if it is pickled code."""
+    match = _GLOBAL.search(str(exc))
+    if match:
+        return ModelFileError(
+            f"{path} holds pickled code ({match.group(1)}), which can run arbitrary code when loaded; "
+            f"pass --trust-pickle (trust_pickle=True) only if you trust its source, or re-save it as a state_dict"
+        ), True
+    with open(path, "rb") as handle:
+        head = handle.read(len(_LEGACY_MAGIC))
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            if not any(name.split("/", 1)[-1] == "data.pkl" for name in zf.namelist()):
+                message = f"{path} is a zip archive but not a PyTorch file; pass a file written by torch.save"
+                return ModelFileError(message), False
+    if head.startswith(b"PK\x03\x04") or head == _LEGACY_MAGIC:
+        message = f"{path} is a truncated or corrupt PyTorch file ({first_line(exc)}); re-download or re-save it"
+        return ModelFileError(message), False
+    message = f"{path} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"
+    return ModelFileError(message), False
