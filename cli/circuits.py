@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 
 import click
 
-from graphinterp import SCHEDULER_ENV
+from graphinterp import grouped_layers, SCHEDULER_ENV
 from graphinterp.cli._common import (
     FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option,
     emit_json, json_option, plain_text, quiet_option, seed_option, trust_pickle_option,
@@ -101,7 +101,9 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
               help="Candidate circuits evaluated per label at most (a safety cap; the search usually stops by itself "
                    "before; the full model and the final circuit are evaluated besides).")
 @click.option("--graphml-dir", type=click.Path(file_okay=False), default=None,
-              help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder.")
+              help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder. A "
+                   "Linear after a Flatten of conv channels is written one edge per channel and output (graph "
+                   "attribute exact=false; said in a note).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
 @click.option("--corpus", type=click.Path(dir_okay=False), default=None,
@@ -236,6 +238,12 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
     written: List[str] = []
     if graphml_dir:
         written += _write_graphml(graphml_dir, _stem(model), graph, clustering, circuits)
+        grouped = grouped_layers(graph)
+        if grouped:
+            notes.append(f"the GraphML files group {', '.join(grouped)}'s inputs by channel (one edge per channel and "
+                         "output, weighted by the signed norm of the kept weights): they show where the circuit runs "
+                         "but cannot rebuild it, and its ECS counts weights, not the files' edges (graph attributes "
+                         "exact=false, kept_weights)")
     if other:
         if ckpts[1] is not None:
             graph_b, clustering_b, circuits_b, coverage_b = extract_transformer(other, ckpts[1], data, labels, kwargs)

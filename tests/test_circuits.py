@@ -236,7 +236,27 @@ def test_cli_circuits_json_graphml_and_plot(checkpoints, tmp_path):
     G = nx.read_graphml(tmp_path / "gml" / "modular_label0.graphml")
     assert G.number_of_edges() == payload["circuits"][0]["size"]["kept_edges"]
     assert {d["cluster"] for _, d in G.nodes(data=True)} <= {-1, 0, 1}
+    assert G.graph["exact"] is True and G.graph["grouped_layers"] == ""  # one edge per kept weight
+    assert G.graph["kept_weights"] == payload["circuits"][0]["size"]["kept_edges"]
+    assert not any("GraphML" in n for n in payload["notes"])
     assert (tmp_path / "ecs.png").stat().st_size > 0
+
+
+def test_a_cnn_circuits_graphml_says_it_groups_the_flattened_channels(tmp_path):
+    """fc1 reads the flattened conv channels: the file has one edge per channel and output, fewer than the kept
+    weights, and said nothing of it (the reviewer counted 426 edges for 687 kept weights)."""
+    res = run_cli(["train", "--dataset", "digits", "--model", "cnn", "--warmup-epochs", "1", "--epochs", "1",
+                   "--device", "cpu", "-q", "--out", tmp_path / "cnn.pt"])
+    assert res.exit_code == 0, res.output
+    res = run_cli(["circuits", tmp_path / "cnn.pt", "--dataset", "digits", "--labels", "0", "--device", "cpu",
+                   "--json", "--graphml-dir", tmp_path / "gml", "--max-evals", "60"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.output)
+    G = nx.read_graphml(tmp_path / "gml" / "cnn_label0.graphml")
+    assert G.graph["exact"] is False and G.graph["grouped_layers"] == "fc1"
+    kept = payload["circuits"][0]["size"]["kept_edges"]
+    assert G.graph["kept_weights"] == kept > G.number_of_edges()
+    assert any("group fc1's inputs by channel" in n for n in payload["notes"]), payload["notes"]
 
 
 def test_cli_circuits_compare_table(checkpoints, tmp_path):

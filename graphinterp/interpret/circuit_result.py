@@ -11,7 +11,7 @@ from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ecs import CircuitSize
 from graphinterp.interpret.chance import clearly_above
 
-__all__ = ["Circuit", "HeldOut"]
+__all__ = ["Circuit", "HeldOut", "grouped_layers"]
 
 
 @dataclass
@@ -283,7 +283,10 @@ class Circuit:
         ``clustering`` is given), all GraphML types; graph attributes hold ``label``,
         ``label_name``, ``ecs``, ``ecs_edges``, ``accuracy``, ``loss`` and ``ecs:<layer>`` per
         layer. Nodes are in the graph's ``"grouped"`` view: after a Flatten of conv channels, a
-        channel-to-neuron edge is present when any of its kept weights is non-zero.
+        channel-to-neuron edge is present when any of its kept weights is non-zero, with the signed
+        norm of those weights; such layers are listed in ``grouped_layers``, ``exact`` is then False
+        (the file cannot rebuild the circuit: ``ecs`` counts the kept weights, ``kept_weights`` of
+        them, not the file's edges).
 
         Parameters
         ----------
@@ -310,4 +313,23 @@ class Circuit:
         G.graph.update(label=int(self.label), label_name=str(self.label_name), ecs=float(self.ecs),
                        ecs_edges=float(self.size.ecs_edges), accuracy=float(self.accuracy), loss=float(self.loss))
         G.graph.update({f"ecs:{k}": float(v) for k, v in self.size.ecs_per_layer.items()})
+        grouped = grouped_layers(graph)
+        kept = sum(int(m.count_nonzero()) for m in self.masks.values())
+        # the file holds one edge per channel where a Flatten's features were grouped: it cannot rebuild the circuit
+        G.graph.update(kept_weights=kept, grouped_layers=",".join(grouped), exact=not grouped)
         return G
+
+
+def grouped_layers(graph: LayeredGraph) -> List[str]:
+    """The layers of ``graph`` whose inputs a GraphML circuit groups (a Linear after a Flatten of channels: one
+    edge per channel and output, not per kept weight).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = LayeredGraph([Layer("fc", "linear", torch.ones(3, 8), in_groups=2)])
+    >>> grouped_layers(g)
+    ['fc']
+    """
+    return [layer.name for layer in graph.layers if layer.kind == "linear" and (layer.in_groups or 1) > 1
+            and layer.in_groups != layer.weight.shape[1]]
