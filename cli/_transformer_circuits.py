@@ -168,6 +168,9 @@ def _char_data(config, data, split, limit, seed, notes: List[str]) -> Transforme
     note = limit_note(limit, len(part), f"next-character windows of the {text} text")
     if note is not None:
         notes.append(note)
+    notes.append(f"the windows ({config.n_ctx} characters, one per position of the {text} text) overlap: a circuit's "
+                 "held-out windows share text with those it was searched on, so the held-out check is weaker than on "
+                 "independent examples")
     present = sorted(set(part.y.tolist()))
     names = [class_name(c) for c in corpus.chars]
     return TransformerData(part.x, part.y, names, f"{part.name} of {corpus.path}", present=present,

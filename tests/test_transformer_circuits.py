@@ -152,6 +152,7 @@ def test_cli_compare_plot_and_json(ckpts, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["dataset"] == "modadd11-test" and out["circuits"][0]["label"] == 1
+    assert not any("overlap" in n for n in out["notes"])  # modadd's pairs are independent examples
     assert 0 <= out["circuits"][0]["ecs"] <= 1 and out["circuits"][0]["converged"] is not None
 
 
@@ -235,6 +236,7 @@ def test_cli_circuits_of_a_character_lm(tmp_path):
     assert [c["label_name"] for c in out["circuits"]] == [repr(ch) if ch == " " else ch for ch in present]
     assert out["dataset"].startswith("val next-character windows")
     assert all(0 <= c["ecs"] <= 1 and c["accuracy"] >= 0.95 * c["full_accuracy"] - 1e-9 for c in out["circuits"])
+    assert any("overlap" in n and "held-out" in n for n in out["notes"]), out["notes"]  # it claimed a clean check
 
 
 def test_a_character_lm_refuses_a_corpus_with_another_vocabulary(tmp_path):
