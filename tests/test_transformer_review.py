@@ -94,3 +94,24 @@ def test_transformer_settings_are_checked_against_the_interval_the_message_state
     assert str(err.value) == message
     for ok in (dict(weight_decay=0.0), dict(beta1=0.0), dict(lr=10.0), dict(train_frac=0.99)):  # the ends inside
         TransformerConfig(task="modadd", **ok).validate()
+
+
+def test_no_history_row_averages_steps_of_both_phases():
+    """The row after the warm-up averaged the warm-up's CE with the modular steps' (its l_e only the latter), so its
+    loss was not the mean of the loss optimised. A row now also ends at the end of the warm-up."""
+    from graphinterp.training.train_transformer import train_transformer
+
+    def run(eval_every):
+        cfg = TransformerConfig(task="modadd", p=11, train_frac=0.5, d_model=16, n_heads=2, d_mlp=32, k=2,
+                                warmup_steps=3, steps=4, eval_every=eval_every, quiet=True, device="cpu")
+        return train_transformer(cfg).history
+
+    every, coarse = run(1), run(5)
+    assert [(r["step"], r["phase"]) for r in coarse] == [(3, "warmup"), (5, "modular"), (7, "modular")]
+    by_step = {r["step"]: r for r in every}
+    for row, steps in zip(coarse, ([1, 2, 3], [4, 5], [6, 7])):  # each row: the mean over its own steps
+        assert row["ce"] == pytest.approx(sum(by_step[s]["ce"] for s in steps) / len(steps), rel=1e-5)
+        if row["phase"] == "modular":
+            mean_le = sum(by_step[s]["l_e"] for s in steps) / len(steps)
+            assert row["l_e"] == pytest.approx(mean_le, rel=1e-5)
+            assert row["loss"] == pytest.approx(row["ce"] + row["lam"] * row["l_e"])

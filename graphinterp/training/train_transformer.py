@@ -14,7 +14,8 @@ The transformer counterpart of :func:`graphinterp.training.train.train`, counted
 Tasks (:mod:`graphinterp.data.tasks`): ``modadd`` trains full-batch on the train split and reports test
 accuracy; ``chars`` trains on random windows of the corpus and reports validation loss and accuracy
 on every non-overlapping window of the held-out text (the first ``eval_windows`` of them when that cap is
-set, with a note). Every ``eval_every`` steps a history row is appended and the
+set, with a note). Every ``eval_every`` steps, at the end of the warm-up and at the last step a history row
+(its losses averaged over the steps since the previous row, all of one phase) is appended and the
 checkpoint (weights, architecture, clustering, history, optimiser and RNG state) is written
 atomically, so ``resume=True`` continues an interrupted run to the same weights.
 """
@@ -272,7 +273,8 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
         if step == config.warmup_steps:
             clustering, graph = _cluster(model, x0, config, gradsim)
             loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
-        if step % config.eval_every == 0 or step == total:
+        # a row ends at the end of the warm-up too, so that no row averages steps of both phases
+        if step % config.eval_every == 0 or step == total or step == config.warmup_steps:
             history.append(_row(config, model, data, loss_fn, clustering, step, modular, sums, start))
             sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
             if checkpoint is not None:
