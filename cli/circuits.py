@@ -269,7 +269,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                    "score": None if authors else score,
                    "tolerance": None if authors else {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
                    "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
-                                for c, ci in circuits.items()], "graphml": written,
+                                for c, ci in circuits.items()], "graphml": written, "plot": plot_path or None,
                    "coverage": coverage_json(coverage), "notes": list(notes)}
         payload["notes"] += [n for n in (stopped_note(circuits), comparison is not None and stopped_note(
             comparison.circuits_a, f"{other}: ")) if n]  # the table's upper-bound warning, for --json readers too

@@ -239,6 +239,7 @@ def test_cli_circuits_json_graphml_and_plot(checkpoints, tmp_path):
     assert G.graph["exact"] is True and G.graph["grouped_layers"] == ""  # one edge per kept weight
     assert G.graph["kept_weights"] == payload["circuits"][0]["size"]["kept_edges"]
     assert not any("GraphML" in n for n in payload["notes"])
+    assert payload["plot"] == str(tmp_path / "ecs.png")  # --json named the GraphML files but not the figure
     assert (tmp_path / "ecs.png").stat().st_size > 0
 
 

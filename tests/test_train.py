@@ -222,7 +222,7 @@ def test_custom_model_and_tensor_data():
     (dict(dataset="imagenet"), DataError, "unknown dataset"),
     (dict(model="resnet"), TrainingError, "unknown model"),
     (dict(layers=["fc9"]), ClusteringError, "unknown layer"),
-    (dict(similarity="gradient", warmup_epochs=0), TrainingError, "warmup_epochs"),
+    (dict(similarity="gradient", warmup_epochs=0), TrainingError, "needs --warmup-epochs >= 1"),
     (dict(similarity="activation"), TrainingError, "similarity"),
     (dict(epochs=0, warmup_epochs=0), TrainingError, "at least 1"),
     (dict(batch_size=0), TrainingError, "--batch-size must be an integer >= 1"),

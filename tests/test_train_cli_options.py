@@ -118,8 +118,8 @@ def test_resuming_a_character_lm_on_a_text_with_other_characters_is_refused(tmp_
     res = invoke("train", "--dataset", "chars", "--corpus", other, "--warmup-steps", "1", "--steps", "2", "--out", out,
                  "--resume", "--device", "cpu")
     line = one_error(res, 1)
-    assert line.startswith(f"error: cannot resume {out}: corpus {other} has 9 distinct characters but {out} was "
-                           "trained on 9; ")
+    assert line.startswith(f"error: cannot resume {out}: corpus {other} has 9 distinct characters, as many as {out} "
+                           "was trained on, but not the same ones; ")  # it said "9 ... but trained on 9"
     assert "characters the model never saw: 'ijklmnop'" in line and line.endswith("pass its training text with --corpus")
     assert out.read_bytes() == before
 

@@ -15,7 +15,7 @@ from graphinterp.common.errors import GraphinterpError, TrainingError
 from graphinterp.training.loss import REDUCTIONS
 
 __all__ = ["SIMILARITIES", "RESUME_FIXED", "LAMBDA_MAX", "SEED_MAX", "SETTING_FLAGS", "setting_name", "format_setting",
-           "absolute_path", "settings_mismatch", "check_common_settings", "too_many_done", "TrainConfig", "TrainResult",
+           "check_ranges", "absolute_path", "settings_mismatch", "check_common_settings", "too_many_done", "TrainConfig", "TrainResult",
            "format_history"]
 
 SIMILARITIES = ("weight", "gradient")
@@ -162,11 +162,11 @@ def check_clustering_options(similarity: str, reduction: str, warmup_name: str, 
         gradients in.
     """
     if similarity not in SIMILARITIES:
-        raise TrainingError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        raise TrainingError(f"{setting_name('similarity')} must be one of {SIMILARITIES}, got {similarity!r}")
     if similarity == "gradient" and warmup < 1:
-        raise TrainingError(f"gradient-based clustering needs {warmup_name} >= 1 to accumulate gradients")
+        raise TrainingError(f"gradient-based clustering needs {setting_name(warmup_name)} >= 1 to accumulate gradients")
     if reduction not in REDUCTIONS:
-        raise TrainingError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise TrainingError(f"{setting_name('reduction')} must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 @dataclass

@@ -31,8 +31,10 @@ def check_vocabulary(ckpt: Dict[str, Any], corpus, path: str) -> None:
         detail = "".join(f"; {what}: {''.join(chars)!r}" for what, chars in
                          (("characters the model never saw", extra), ("characters of its training text missing", missing))
                          if chars)
-        raise DataError(f"corpus {corpus.path} has {corpus.vocab} distinct characters but {path} was trained on "
-                        f"{size if size is not None else len(stored)}{detail}; pass its training text with --corpus")
+        trained = size if size is not None else len(stored)
+        how = (f"{corpus.vocab} distinct characters but {path} was trained on {trained}" if trained != corpus.vocab
+               else f"{corpus.vocab} distinct characters, as many as {path} was trained on, but not the same ones")
+        raise DataError(f"corpus {corpus.path} has {how}{detail}; pass its training text with --corpus")
 
 
 def save_state(path, model, arch, config, history, clustering, opt, gen, step, gradsim, trained=None, data=None) -> None:
