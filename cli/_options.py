@@ -6,12 +6,13 @@ Every check runs before any work and raises :class:`click.BadParameter` (a usage
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 import click
 
-from graphinterp import MAX_RANGE_VALUES
+from graphinterp import KTooLargeError, MAX_RANGE_VALUES
 from graphinterp import parse_int_ranges as _parse_int_ranges
 from graphinterp import parse_k_values as _parse_k_values
 
@@ -257,3 +258,14 @@ def refuse_given(ctx: Optional[click.Context], names: Iterable[str], context: st
         verb, them = ("do", "them") if len(given) > 1 else ("does", "it")
         raise click.UsageError(f"{flags} {verb} not apply {context}; leave {them} out" + (f", or {instead}" if instead
                                                                                           else ""))
+
+
+@contextlib.contextmanager
+def k_usage_errors() -> Iterator[None]:
+    """A k that the model's layers cannot take (:class:`graphinterp.KTooLargeError`, found once the graph is built)
+    raised in the block becomes a bad ``--k``: exit code 2, as for any bad argument; a model that no k fits
+    (all-zero or block-diagonal layers) stays a :class:`graphinterp.ClusteringError` (exit code 1)."""
+    try:
+        yield
+    except KTooLargeError as err:
+        raise click.BadParameter(str(err), param_hint="--k") from None

@@ -7,6 +7,7 @@ import click
 import numpy as np
 
 from graphinterp.cli._common import (
+    k_usage_errors,
     FIGURE_SUFFIXES, MAX_RANGE_VALUES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json,
     format_table, json_option, parse_int_ranges, parse_layers, plain_text, quiet_option, seed_option,
     trust_pickle_option,
@@ -139,8 +140,9 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     if k is not None:
         from graphinterp import default_cluster_layers
 
-        clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph),
-                                     random_state=seed)
+        with k_usage_errors():
+            clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph),
+                                         random_state=seed)
         source = f"clustered now (k={k}, network-wide BSGC)"
         notes.append(f"clusters from network-wide BSGC over {', '.join(clustering.layer_names)}: one partition of "
                      "all their units, not the per-layer clusters `analyze` and `plot layer` draw (another c0, c1, "

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from graphinterp import (analyze, clusterability_report, graph_structure, KTooLargeError, resolve_device,
-                         stored_clustering)
+from graphinterp import analyze, clusterability_report, graph_structure, resolve_device, stored_clustering
 from graphinterp.cli._common import (
+    k_usage_errors,
     FIGURE_SUFFIXES, check_layers, check_output_path, device_option, emit_json, format_table, json_option, layers_option,
     parse_k_values, parse_layers, quiet_option, seed_option,
 )
@@ -70,11 +70,9 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     loaded, graph = source.load(model, layerwise=layerwise, random_state=seed)
     names = check_layers(graph, parse_layers(layers))
     device = resolve_device(device)
-    try:
+    with k_usage_errors():  # found before any clustering
         result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
                          progress=not (as_json or quiet), device=device)
-    except KTooLargeError as err:  # found before any clustering: a bad --k (a model with no clusterable layer: exit 1)
-        raise click.BadParameter(str(err), param_hint="--k") from None
     mw = result.mass_weighted()  # the model-wide E: over the layers scored at every k (as benchmark's)
     stored = None
     clustering = stored_clustering(loaded.clustering, graph)

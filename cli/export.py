@@ -10,13 +10,13 @@ from graphinterp import (
     ClusteringError,
     export_graphml,
     graph_structure,
-    KTooLargeError,
     nothing_clusterable_error,
     require_clusterable,
     resolve_device,
     stored_clustering,
 )
 from graphinterp.cli._common import (
+    k_usage_errors,
     FiniteFloat, check_layers, check_output_path, device_option, emit_json, json_option, layers_option,
     parse_layers, quiet_option, seed_option,
 )
@@ -133,15 +133,14 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             notes.append(f"{model} stores the clustering it was trained with (k={own.k} over "
                          f"{', '.join(own.layer_names)}); --stored exports those labels instead of clustering again")
         if names:
-            require_clusterable(graph, k, names)  # the layers asked for must all be clusterable at k
+            with k_usage_errors():
+                require_clusterable(graph, k, names)  # the layers asked for must all be clusterable at k
             chosen = names
         else:
             chosen, left_out = clusterable_layers(graph, k)
-            if not chosen:  # a bad --k where a smaller one fits; a model with no clusterable layer: exit 1
-                err = nothing_clusterable_error(k, left_out)
-                if isinstance(err, KTooLargeError):
-                    raise click.BadParameter(str(err), param_hint="--k")
-                raise err
+            if not chosen:
+                with k_usage_errors():
+                    raise nothing_clusterable_error(k, left_out)
             notes.extend(f"not clustered: {n}: {why}" for n, why in left_out.items())
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import graphinterp.training.train as train_mod
-from _cli_helpers import invoke, one_error
+from _cli_helpers import invoke, one_error, usage_error
 from graphinterp.common.files import OutputPathError, atomic_write, check_writable, output_lock, resolve_device
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
 from graphinterp.cli._common import (
@@ -322,12 +322,15 @@ def test_k_above_the_non_isolated_nodes_gives_one_message_in_analyze_export_and_
     n = model.fc2.weight.shape[0]
     path = tmp_path / "m.pt"
     save_checkpoint(path, model, arch=spec)
-    expected = (f"error: k={n + 1} is out of range for layer 'fc2': it has {n} non-isolated inputs and {n} "
-                f"non-isolated outputs; use 2 <= k <= {n}, or leave layer 'fc2' out (--layers)")
-    assert one_error(invoke("analyze", path, "--k", n + 1, "--layers", "fc2")) == expected
-    assert one_error(invoke("export", path, tmp_path / "g.graphml", "--k", n + 1, "--layers", "fc2")) == expected
-    assert one_error(invoke("train", "--k", n + 1, "--max-train", "64", "--device", "cpu",
-                            "--out", tmp_path / "t.pt")) == expected
+    expected = (f"Invalid value for --k: k={n + 1} is out of range for layer 'fc2': it has {n} non-isolated inputs "
+                f"and {n} non-isolated outputs; use 2 <= k <= {n}, or leave layer 'fc2' out (--layers)")
+    # a bad --k, as any bad argument: exit code 2 (train exited 1)
+    assert usage_error(invoke("analyze", path, "--k", n + 1, "--layers", "fc2")) == expected
+    assert usage_error(invoke("export", path, tmp_path / "g.graphml", "--k", n + 1, "--layers", "fc2")) == expected
+    assert usage_error(invoke("train", "--k", n + 1, "--max-train", "64", "--device", "cpu",
+                              "--out", tmp_path / "t.pt")) == expected
+    assert usage_error(invoke("ablate", path, "--k", n + 1, "--layers", "fc2", "--device", "cpu",
+                              "--limit", "20")) == expected
     assert not (tmp_path / "g.graphml").exists() and not (tmp_path / "t.pt").exists()
     with torch.no_grad():  # an isolated input lowers the limit: k = n is now one too many
         model.fc2.weight[:, 0] = 0

@@ -102,7 +102,7 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
                 f"outputs (at least 2 of each needed); leave layer {name!r} out (--layers)"
             )
         if k > min(n_in, n_out):
-            raise ClusteringError(
+            raise KTooLargeError(
                 f"k={k} is out of range for layer {name!r}: it has {n_in} non-isolated inputs and {n_out} "
                 f"non-isolated outputs; use 2 <= k <= {min(n_in, n_out)}, or leave layer {name!r} out (--layers)"
             )

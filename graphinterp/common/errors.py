@@ -57,7 +57,8 @@ class ClusteringError(GraphinterpError, ValueError):
 
 
 class KTooLargeError(ClusteringError):
-    """No layer can be clustered at the k asked for, and a smaller k would fit (too few non-isolated nodes).
+    """The k asked for is larger than the layers to be clustered allow (too few non-isolated nodes), and a
+    smaller k would fit: no layer fits it, or a layer that must be clustered (named, or trained) does not.
 
     The command-line interface reports it as a bad ``--k`` (exit code 2, as for any bad argument); a
     model whose layers cannot be clustered at any k (all weights zero, block-diagonal by construction)
