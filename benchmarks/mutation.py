@@ -105,6 +105,9 @@ TESTS: Dict[str, List[str]] = {
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
     "train_state": ["tests/test_train.py"],
+    "train_transformer": ["tests/test_transformer_review.py"],
+    "validation": ["tests/test_cli_advice.py"],
+    "circuit_result": ["tests/test_circuits.py"],
 }
 
 
@@ -131,7 +134,9 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "network_pieces": "clustering/network_pieces",
          "network_null": "clustering/network_null", "network_notes": "clustering/network_notes",
          "parallel": "common/parallel",
-         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state"}
+         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state",
+         "train_transformer": "training/train_transformer", "validation": "clustering/validation",
+         "circuit_result": "interpret/circuit_result"}
 
 
 @dataclass(frozen=True)
@@ -528,6 +533,15 @@ MUTANTS: List[Mutant] = [
     M("train_state", "if data_sha256 is not None and stored is not None and stored != data_sha256:",
       "if data_sha256 is not None and stored is None and stored != data_sha256:",
       "a resumed run no longer checks that it trains on the examples its checkpoint was trained on"),
+    M("train_transformer", "if step % config.eval_every == 0 or step == total or step == config.warmup_steps:",
+      "if step % config.eval_every == 0 or step == total:",
+      "a transformer's first modular history row averages the warm-up's CE with the modular steps'"),
+    M("validation", "    cls = KTooLargeError if _smaller_k_helps(k, left_out) else ClusteringError",
+      "    cls = ClusteringError",
+      "a --k too large for every layer is reported as the model's fault (exit 1), not a bad --k (exit 2)"),
+    M("circuit_result", "        G.graph.update(kept_weights=kept, grouped_layers=\",\".join(grouped), exact=not grouped)",
+      "        G.graph.update(kept_weights=kept, grouped_layers=\",\".join(grouped), exact=True)",
+      "a CNN circuit's GraphML claims to be exact where it grouped the flattened channels"),
 ]
 
 
