@@ -84,7 +84,7 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
     >>> check_k(4, g)
     Traceback (most recent call last):
     ...
-    graphinterp.common.errors.ClusteringError: k=4 is out of range for layer '0': it has 3 non-isolated inputs and 8 non-isolated outputs; use 2 <= k <= 3, or leave layer '0' out (--layers)
+    graphinterp.common.errors.KTooLargeError: k=4 is out of range for layer '0': it has 3 non-isolated inputs and 8 non-isolated outputs; use 2 <= k <= 3, or leave layer '0' out (--layers)
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ClusteringError(f"k must be an integer >= 2, got {k!r}")
