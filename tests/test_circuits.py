@@ -237,7 +237,7 @@ def test_cli_circuits_json_graphml_and_plot(checkpoints, tmp_path):
     assert G.number_of_edges() == payload["circuits"][0]["size"]["kept_edges"]
     assert {d["cluster"] for _, d in G.nodes(data=True)} <= {-1, 0, 1}
     assert G.graph["exact"] is True and G.graph["grouped_layers"] == ""  # one edge per kept weight
-    assert G.graph["kept_weights"] == payload["circuits"][0]["size"]["kept_edges"]
+    assert G.graph["kept_weights"] == payload["circuits"][0]["size"]["kept_params"]
     assert not any("GraphML" in n for n in payload["notes"])
     assert payload["plot"] == str(tmp_path / "ecs.png")  # --json named the GraphML files but not the figure
     assert (tmp_path / "ecs.png").stat().st_size > 0
@@ -255,8 +255,9 @@ def test_a_cnn_circuits_graphml_says_it_groups_the_flattened_channels(tmp_path):
     payload = json.loads(res.output)
     G = nx.read_graphml(tmp_path / "gml" / "cnn_label0.graphml")
     assert G.graph["exact"] is False and G.graph["grouped_layers"] == "fc1"
-    kept = payload["circuits"][0]["size"]["kept_edges"]
-    assert G.graph["kept_weights"] == kept > G.number_of_edges()
+    size = payload["circuits"][0]["size"]  # ECS counts weights (a conv kernel's 9), the file one edge per channel
+    assert G.graph["kept_weights"] == size["kept_params"] > size["kept_edges"] > G.number_of_edges()
+    assert G.graph["ecs"] == pytest.approx(size["kept_params"] / size["total_params"])
     assert any("group fc1's inputs by channel" in n for n in payload["notes"]), payload["notes"]
 
 

@@ -314,9 +314,8 @@ class Circuit:
                        ecs_edges=float(self.size.ecs_edges), accuracy=float(self.accuracy), loss=float(self.loss))
         G.graph.update({f"ecs:{k}": float(v) for k, v in self.size.ecs_per_layer.items()})
         grouped = grouped_layers(graph)
-        kept = sum(int(m.count_nonzero()) for m in self.masks.values())
         # the file holds one edge per channel where a Flatten's features were grouped: it cannot rebuild the circuit
-        G.graph.update(kept_weights=kept, grouped_layers=",".join(grouped), exact=not grouped)
+        G.graph.update(kept_weights=int(self.size.kept_params), grouped_layers=",".join(grouped), exact=not grouped)
         return G
 
 
