@@ -194,16 +194,16 @@ def test_checkpoint_whose_weights_do_not_fit_its_arch(tmp_path):
 def test_a_file_that_is_not_a_checkpoint_gets_the_reason_not_a_path_hint(tmp_path):
     """train --resume onto a text file said 'cannot read checkpoint n.pt (101); check the path' (a KeyError's
     first line); onto a pickled module '(Weights only load failed); check the path'. The path was fine."""
-    text, pickled = tmp_path / "n.pt", tmp_path / "module.pt"
+    text, pickled, script = tmp_path / "n.pt", tmp_path / "module.pt", tmp_path / "script.pt"
     text.write_text("hello")
     torch.save(nn.Linear(2, 2), pickled)
-    with pytest.raises(ModelFileError) as err:
-        load_checkpoint(text)
-    assert str(err.value) == f"{text} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"
-    with pytest.raises(ModelFileError) as err:
-        load_checkpoint(pickled)
-    assert str(err.value).startswith(f"{pickled} holds pickled code, not a graphinterp checkpoint")
-    assert "--trust-pickle" not in str(err.value)  # no option makes a pickle a checkpoint
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), script)
+    advice = ": not a graphinterp checkpoint; pass one written by graphinterp train"
+    for path, what in ((text, "is not a PyTorch model file"), (pickled, "holds pickled code"),
+                       (script, "is a TorchScript archive")):  # no option makes a pickle a checkpoint
+        with pytest.raises(ModelFileError) as err:
+            load_checkpoint(path)
+        assert str(err.value) == f"{path} {what}{advice}"
     with pytest.raises(ModelFileError, match="check the path"):
         load_checkpoint(tmp_path / "missing.pt")
 

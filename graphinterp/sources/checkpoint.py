@@ -226,11 +226,17 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
         if not os.path.isfile(path):
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
             raise ModelFileError(f"cannot read checkpoint {os.fspath(path)} ({detail}); check the path") from exc
-        from graphinterp.sources.load_errors import explain_load_failure
+        from graphinterp.sources.load_errors import explain_load_failure, is_torchscript
 
         error, pickled = explain_load_failure(Path(path), exc)
-        if pickled:  # a checkpoint holds tensors and plain values only: --trust-pickle would not make it one
-            error = ModelFileError(f"{os.fspath(path)} holds pickled code, not a graphinterp checkpoint (tensors and "
-                                   "plain values only); pass a checkpoint written by graphinterp train")
-        raise error from exc
+        if is_torchscript(Path(path)):  # a checkpoint holds tensors and plain values only
+            what = "is a TorchScript archive"
+        elif pickled:
+            what = "holds pickled code"
+        elif "truncated or corrupt" in str(error):
+            raise error from exc  # re-save it: the advice holds for a checkpoint too
+        else:  # "is not a PyTorch model file", "is a zip archive but not a PyTorch file"
+            what = str(error).split("; ")[0][len(os.fspath(path)) + 1:]
+        raise ModelFileError(f"{os.fspath(path)} {what}: not a graphinterp checkpoint; pass one written by graphinterp "
+                             "train") from exc
     return validate_checkpoint(obj)

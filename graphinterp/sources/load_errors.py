@@ -10,7 +10,7 @@ from typing import Tuple
 from graphinterp.common.errors import ModelFileError
 from graphinterp.common.text import first_line
 
-__all__ = ["explain_load_failure"]
+__all__ = ["explain_load_failure", "is_torchscript"]
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save(_use_new_zipfile_serialization=False)
 _GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
@@ -36,3 +36,14 @@ def explain_load_failure(path: Path, exc: BaseException) -> Tuple[ModelFileError
         return ModelFileError(message), False
     message = f"{path} is not a PyTorch model file; pass a .pt/.pth file written by torch.save or torch.jit.save"
     return ModelFileError(message), False
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(name.split("/", 1)[-1] == "constants.pkl" for name in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

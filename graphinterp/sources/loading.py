@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from graphinterp.sources.checkpoint import is_checkpoint, validate_checkpoint
-from graphinterp.sources.load_errors import explain_load_failure
+from graphinterp.sources.load_errors import explain_load_failure, is_torchscript
 from graphinterp.common.errors import GraphinterpError, ModelFileError
 from graphinterp.common.text import first_line
 from graphinterp.sources.models import build_model
@@ -63,16 +62,6 @@ class LoadedModel:
     history: List[Dict[str, Any]] = field(default_factory=list)
     meta: Dict[str, Any] = field(default_factory=dict)
     path: str = ""
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(name.split("/", 1)[-1] == "constants.pkl" for name in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -239,7 +228,7 @@ def load_model_file(
         raise ModelFileError(f"{path} is a folder, not a model file; pass the .pt/.pth file inside it")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path} is empty (0 bytes); re-download or re-save it")
-    if _is_torchscript(path):
+    if is_torchscript(path):
         if not trust_pickle:
             raise ModelFileError(
                 f"{path} is a TorchScript archive: loading it runs the code it holds (scripted methods such as "
