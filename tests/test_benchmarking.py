@@ -579,6 +579,18 @@ def test_models_of_one_file_name_are_told_apart_in_the_text_too(tmp_path):
     first, second = line.split("; ")
     assert first.startswith("model is ") and str(paths[0]) in first, line
     assert second.startswith("model-2 is ") and str(paths[1]) in second, line
-    res = _run(["benchmark", str(paths[0]), str(_checkpoint(tmp_path / "other.pt", 1, False)), "--k", "2",
+    # a file named model-2.pt beside them: the names stay unique (two rows were both "model-2") and the line
+    # names only the two of one file name; mlp.pt and mlp-2.pt are two names, no line
+    c = tmp_path / "c"
+    c.mkdir()
+    third = _checkpoint(c / "model-2.pt", 2, False)
+    res = _run(["benchmark", *map(str, paths), str(third), "--k", "2", "--shuffles", "0", "--no-figures", "-q",
+                "--json", "--out", str(tmp_path / "r3")])
+    assert [m["name"] for m in json.loads(res.stdout)["models"]] == ["model", "model-3", "model-2"]
+    res = _run(["benchmark", *map(str, paths), str(third), "--k", "2", "--shuffles", "0", "--no-figures", "-q",
+                "--out", str(tmp_path / "r4")])
+    line = next(l for l in res.output.splitlines() if "told apart" in l)
+    assert line.startswith("model is ") and "model-3 is " in line and str(third) not in line, line
+    res = _run(["benchmark", str(paths[0]), str(third), "--k", "2",
                 "--shuffles", "0", "--no-figures", "-q", "--out", str(tmp_path / "r2")])
     assert res.exit_code == 0 and "told apart" not in res.output, res.output

@@ -81,6 +81,7 @@ class ModelBenchmark:
     coverage: Optional[dict] = None  # Coverage.to_dict() of its graph, as analyze --json gives it
     network: Optional[NetworkShuffleTest] = None  # the whole-network test (``network=True``)
     network_skipped: Optional[str] = None  # why the whole-network test was asked for but not run
+    label: Optional[str] = None  # the source's own name; ``name`` adds -2, -3, ... where several share it
 
     def curve(self, ks: Sequence[int]) -> Tuple[Dict[int, float], Dict[int, float]]:
         """Mass-weighted E and E_random against k over the layers scored at every k in ``ks``."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import List, Optional
 
 from graphinterp.common.text import format_table
@@ -133,20 +132,19 @@ def format_report(report) -> str:
 
 
 def _same_name_lines(models) -> List[str]:
-    """Which file each model is, where models of one name were told apart by a suffix (``model``, ``model-2``).
+    """Which file each model is, where models of one name (``label``) were told apart by a suffix (``model-2``).
 
     Examples
     --------
     >>> from types import SimpleNamespace as M
-    >>> _same_name_lines([M(name="model", source="a/model.pt"), M(name="model-2", source="b/model.pt")])
+    >>> _same_name_lines([M(name="model", label="model", source="a/model.pt"),
+    ...                   M(name="model-2", label="model", source="b/model.pt")])
     ['model is a/model.pt; model-2 is b/model.pt (models of one file name, told apart by a suffix)']
-    >>> _same_name_lines([M(name="model", source="a/model.pt")])
+    >>> _same_name_lines([M(name="mlp", label="mlp", source="mlp.pt"), M(name="mlp-2", label="mlp-2", source="mlp-2.pt")])
     []
     """
-    names = {m.name for m in models}
-    bases = {match.group(1) for m in models for match in [re.fullmatch(r"(.+)-\d+", m.name)]
-             if match and match.group(1) in names}
-    same = [m for m in models if m.name in bases or any(m.name.startswith(b + "-") for b in bases)]
+    shared = {m.label for m in models if m.label is not None and m.name != m.label}
+    same = [m for m in models if m.label in shared]
     if not same:
         return []
     return ["; ".join(f"{m.name} is {m.source}" for m in same) + " (models of one file name, told apart by a suffix)"]

@@ -97,11 +97,22 @@ def _describe(source: ModelSource) -> str:
 
 
 def _unique_names(sources: Sequence[ModelSource]) -> List[str]:
-    names, seen = [], {}
-    for s in sources:
-        base = s.label
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    """One name per source: its label, with ``-2``, ``-3``, ... for the second and later of one label, skipping
+    suffixed names that another source already bears (``a/model.pt``, ``b/model.pt``, ``model-2.pt``).
+
+    Examples
+    --------
+    >>> _unique_names([ModelSource(path=p) for p in ("a/model.pt", "b/model.pt", "c/model-2.pt")])
+    ['model', 'model-3', 'model-2']
+    """
+    labels = [s.label for s in sources]
+    taken, names = set(labels), []
+    for i, base in enumerate(labels):
+        name, n = base, 1
+        while name in names or (name != base and name in taken):
+            n += 1
+            name = f"{base}-{n}"
+        names.append(name)
     return names
 
 
@@ -224,7 +235,8 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         dominant = dominant_note({lb.layer: lb.mass for lb in layers}, "the mass-weighted E")
         models.append(ModelBenchmark(name, _describe(source), structure, layers, skipped,
                                      notes + ([_scaled_note(scaled, layers)] if scaled else []) + ([dominant] if dominant else []),
-                                     load_seconds + sum(lb.seconds for lb in layers), coverages[name]))
+                                     load_seconds + sum(lb.seconds for lb in layers), coverages[name],
+                                     label=source.label))
         if network and significance_k is not None and n_shuffles > 0:
             _network_test(models[-1], *graphs.pop(name), significance_k, n_shuffles, nonzero_only, n_init,
                           random_state, progress and serial, drop_pieces, n_jobs, scheduler)
