@@ -331,6 +331,11 @@ def test_k_above_the_non_isolated_nodes_gives_one_message_in_analyze_export_and_
                               "--out", tmp_path / "t.pt")) == expected
     assert usage_error(invoke("ablate", path, "--k", n + 1, "--layers", "fc2", "--device", "cpu",
                               "--limit", "20")) == expected
+    assert usage_error(invoke("associate", path, "--k", n + 1, "--layers", "fc2", "--device", "cpu",
+                              "--max-examples", "50")) == expected
+    # plot layer has --layer, not --layers: no advice to leave the layer out
+    assert usage_error(invoke("plot", "layer", path, "--layer", "fc2", "--k", n + 1, "--out",
+                              tmp_path / "p.png")) == expected.split(", or leave")[0]
     assert not (tmp_path / "g.graphml").exists() and not (tmp_path / "t.pt").exists()
     with torch.no_grad():  # an isolated input lowers the limit: k = n is now one too many
         model.fc2.weight[:, 0] = 0

@@ -52,7 +52,7 @@ def live_sizes(layer) -> Tuple[int, int]:
     return int((sq.sum(1) > 0).sum()), int((sq.sum(0) > 0).sum())
 
 
-def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
+def check_k(k, graph=None, layers: Optional[Sequence[str]] = None, *, leave_out: Optional[str] = "--layers") -> int:
     """Return ``k`` as an int, or raise :class:`ClusteringError` unless it fits the rule of this module.
 
     Parameters
@@ -63,6 +63,8 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
         When given, ``k`` must also be at most the non-isolated inputs and outputs of each of ``layers``.
     layers : sequence of str, optional
         The clustered layers; all of ``graph``'s by default.
+    leave_out : str or None, default "--layers"
+        The option that leaves a layer out, named in the advice; None for none (``plot layer``).
 
     Returns
     -------
@@ -71,8 +73,11 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
 
     Raises
     ------
+    KTooLargeError
+        ``k`` above a layer's non-isolated inputs or outputs: one line naming the layer, its counts and the
+        largest k allowed.
     ClusteringError
-        One line naming the layer that limits k, its counts and the largest k allowed.
+        ``k`` not an integer >= 2, or a layer with fewer than 2 non-isolated nodes on a side.
 
     Examples
     --------
@@ -104,7 +109,8 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None) -> int:
         if k > min(n_in, n_out):
             raise KTooLargeError(
                 f"k={k} is out of range for layer {name!r}: it has {n_in} non-isolated inputs and {n_out} "
-                f"non-isolated outputs; use 2 <= k <= {min(n_in, n_out)}, or leave layer {name!r} out (--layers)"
+                f"non-isolated outputs; use 2 <= k <= {min(n_in, n_out)}"
+                + (f", or leave layer {name!r} out ({leave_out})" if leave_out else "")
             )
     return k
 

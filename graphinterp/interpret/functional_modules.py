@@ -24,7 +24,7 @@ from torch import nn
 
 from graphinterp.clustering.labels import Clustering
 from graphinterp.clustering.modularity import UnitClusters, modularity, modularity_test
-from graphinterp.common.errors import ClusteringError
+from graphinterp.common.errors import ClusteringError, KTooLargeError
 from graphinterp.common.seeds import check_random_state
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.interpret.ablate import hidden_level_labels
@@ -161,7 +161,7 @@ def functional_modules(model: nn.Module, data: Any, k: int, *, graph: Optional[L
     sizes = dict(zip(all_names, graph.level_sizes()))
     small = [f"{n} ({sizes[n]} units)" for n in names if n in sizes and not 2 <= k < sizes[n]]
     if small:
-        raise ClusteringError(f"k={k} is out of range for level(s) {', '.join(small)}: use 2 <= k < the level's units")
+        raise KTooLargeError(f"k={k} is out of range for level(s) {', '.join(small)}: use 2 <= k < the level's units")
     weights = hidden_level_labels(graph, clustering) if clustering is not None else {}
     moments = association_moments(model, x, graph=graph, kinds=kinds, levels=names, max_examples=max_examples,
                                   batch_size=batch_size, device=device)
