@@ -70,7 +70,7 @@ def test_plot_layer_of_a_bare_state_dict_as_svg(tmp_path):
 
 @pytest.mark.parametrize("args, message, code", [
     (["--layer", "fc9"], "no layer named 'fc9'; the layers are fc1, fc2, fc3", 2),  # a usage error, as for --layers
-    (["--layer", "fc3", "--k", "5"], "k=5 is out of range", 1),
+    (["--layer", "fc3", "--k", "5"], "Invalid value for --k: k=5 is out of range", 2),  # a bad --k, as in analyze
 ])
 def test_plot_layer_bad_inputs(modular, tmp_path, args, message, code):
     out = tmp_path / "x.png"
