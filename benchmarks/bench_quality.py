@@ -90,6 +90,8 @@ def summary(fits: list, margin: float) -> str:
 def compare(new: list, old_path: Path) -> str:
     old = {(f["name"], f["k"], f["seed"]): f for f in json.loads(old_path.read_text())}
     pairs = [(f, old[(f["name"], f["k"], f["seed"])]) for f in new if (f["name"], f["k"], f["seed"]) in old]
+    if not pairs:
+        return f"against {old_path}: no fit in common (other layers, k or seeds)"
     same = sum(f["labels"] == o["labels"] for f, o in pairs)
     d = np.array([f["score"] - o["score"] for f, o in pairs])
     return (f"against {old_path}: {len(pairs)} fits in common, {same} with identical labels; score new - old: "
@@ -110,6 +112,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.compare is not None and not args.compare.is_file():
         parser.error(f"--compare {args.compare}: no such file")
+    if args.compare is not None and args.json is not None and args.json.resolve() == args.compare.resolve():
+        parser.error("--json and --compare name one file: this run would overwrite the one it compares with")
+    if not args.seeds:
+        parser.error("--seeds needs at least one seed")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, seeds {args.seeds}, "
           f"load average {tuple(round(x, 2) for x in os.getloadavg())}")
     fits = []

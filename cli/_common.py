@@ -16,6 +16,7 @@ and exit code 2. The checks:
 :func:`parse_int_ranges`                  ``"0,3,5-7"`` with a cap on the number of values
 :func:`parse_k_values`                    ``"4"``, ``"2..10"``, ``"2,4,8"`` with a cap on the count
 :func:`k_usage_errors`                    a --k the model's layers cannot take, found once the graph is built
+                                          (after the warm-up for train --similarity gradient)
 :func:`check_layers`                      layer names that exist in a graph
 :func:`check_output_path`                 an output file that can be written, is not an input, and
                                           has an allowed suffix

@@ -1,6 +1,7 @@
 """Click parameter types, option decorators and argument checks shared by the command modules.
 
-Every check runs before any work and raises :class:`click.BadParameter` (a usage error: one
+Every check runs before any work (the one exception: :func:`k_usage_errors`, which wraps the work
+that finds a --k the model's layers cannot take) and raises :class:`click.BadParameter` (a usage error: one
 ``error: ...`` line, exit code 2). The parsers wrap the library's (``graphinterp.parse_int_ranges``,
 ``graphinterp.parse_k_values``), adding the option's name and an example to the reason.
 """

@@ -140,7 +140,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             chosen, left_out = clusterable_layers(graph, k)
             if not chosen:
                 with k_usage_errors():
-                    raise nothing_clusterable_error(k, left_out)
+                    raise nothing_clusterable_error(k, left_out)  # "Invalid value for --k: ...; use a smaller k", as analyze
             notes.extend(f"not clustered: {n}: {why}" for n, why in left_out.items())
         if not network_wide:
             clustering = cluster_layers(graph, k, layers=chosen, random_state=seed, device=device)

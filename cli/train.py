@@ -144,7 +144,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                       suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # _replacing says so
     _replacing(out, resume, launch.is_main)
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
-        with k_usage_errors():  # found once the model's graph is built, before any step
+        with k_usage_errors():  # found once the graph is built (gradient similarity: when the warm-up ends)
             result = train(config, checkpoint=out, resume=resume, on_note=_note)
     if launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
         report_training(config, result, out, lam, k, as_json)

@@ -56,9 +56,9 @@ class TransformerConfig:
     warmup_steps, steps : int, optional
         Optimiser steps before and after the clustering (``warmup_steps + steps >= 1``).
     lr, weight_decay : float, optional
-        AdamW's learning rate (in ``(0, LR_MAX]``) and weight decay.
+        AdamW's learning rate (in ``(0, LR_MAX]``) and weight decay (in ``[0, 1000]``).
     beta1, beta2 : float, default 0.9 and 0.98
-        AdamW's betas, in ``(0, 1]``.
+        AdamW's betas, in ``[0, 1)``.
     similarity : {"weight", "gradient"}, default "weight"
         What BSGC clusters: ``|W|``, or gradient similarities accumulated during warm-up.
     reduction : {"mean", "mass"}, default "mean"
@@ -68,7 +68,8 @@ class TransformerConfig:
     device : str, default "auto"
         Where training runs (:func:`graphinterp.common.devices.resolve_device`).
     eval_every : int, optional
-        Steps between evaluations (history rows, checkpoints, progress lines); the last step is always one.
+        Steps between evaluations (history rows, checkpoints, progress lines); the end of the warm-up and the
+        last step are always ones.
     d_model, n_heads, d_mlp, n_layers, act, layernorm, init_std
         Model sizes and settings of :func:`graphinterp.sources.transformer.transformer`
         (``d_model`` divisible by ``n_heads``; ``n_heads`` default 4, ``act`` default ``"relu"``).
