@@ -140,9 +140,10 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                                     similarity=similarity, reduction=reduction, layers=parse_layers(layers), seed=seed,
                                     device=device, data_dir=data_dir, download=download, max_train=max_train,
                                     quiet=quiet or as_json))
-    check_output_path(out, input_dirs=_guarded(out, config.data_dir) if config.dataset != "digits" else [],
+    existing = _existing(out)
+    check_output_path(out, input_dirs=_guarded(existing, config.data_dir) if config.dataset != "digits" else [],
                       suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # _replacing says so
-    _replacing(out, resume, launch.is_main)
+    _replacing(out, existing, resume, launch.is_main)
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
         with k_usage_errors():  # found once the graph is built (gradient similarity: when the warm-up ends)
             result = train(config, checkpoint=out, resume=resume, on_note=_note)
@@ -206,12 +207,15 @@ def _data_folder(data_dir: Optional[str]) -> str:
     return str(data_dir) if data_dir is not None else str(default_data_dir())
 
 
-def _guarded(out: str, data_dir: Optional[str]) -> List[str]:
+def _existing(out: str) -> Optional[bool]:
+    """What --out is now: None when there is no file, else whether it is a graphinterp checkpoint (read once)."""
+    return read_checkpoint(out) is not None if os.path.isfile(out) else None
+
+
+def _guarded(existing: Optional[bool], data_dir: Optional[str]) -> List[str]:
     """The data folder --out must not write into, unless --out is already a graphinterp checkpoint there (this
     command's own earlier run: rerunning or resuming it must work; no data file is a checkpoint)."""
-    if os.path.isfile(out) and read_checkpoint(out) is not None:
-        return []
-    return [_data_folder(data_dir)]
+    return [] if existing else [_data_folder(data_dir)]
 
 
 def _note(text: str) -> None:
@@ -219,12 +223,12 @@ def _note(text: str) -> None:
     click.echo(f"note: {text}", err=True)
 
 
-def _replacing(out: str, resume: bool, is_main: bool) -> None:
+def _replacing(out: str, existing: Optional[bool], resume: bool, is_main: bool) -> None:
     """A new run onto an existing --out: refused unless that file is a graphinterp checkpoint (a third-party
     model, data or any other file is never replaced), else a note that the run replaces it."""
-    if resume or not os.path.isfile(out):
+    if resume or existing is None:
         return
-    if read_checkpoint(out) is None:
+    if not existing:
         raise click.BadParameter(f"{out} exists and is not a graphinterp checkpoint, so a new run will not replace it: "
                                  "choose another path (or delete the file first if it is meant to go)",
                                  param_hint="--out")
@@ -292,9 +296,10 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
         from graphinterp import default_corpus_path
 
         inputs.append(corpus or default_corpus_path(config.data_dir))
-    check_output_path(out, inputs=inputs, input_dirs=_guarded(out, config.data_dir) if task == "chars" and not corpus
-                      else [], suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # --resume reads
-    _replacing(out, resume, True)  # --out itself, and this says that a new run replaces it
+    existing = _existing(out)
+    check_output_path(out, inputs=inputs, input_dirs=_guarded(existing, config.data_dir) if task == "chars" and not
+                      corpus else [], suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)
+    _replacing(out, existing, resume, True)  # --out itself (--resume reads it), and says that a new run replaces it
     if task == "chars":  # a missing or empty corpus is reported before the model is built
         from graphinterp import load_corpus
 

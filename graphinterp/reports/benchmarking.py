@@ -107,7 +107,7 @@ def _unique_names(sources: Sequence[ModelSource]) -> List[str]:
     """
     labels = [s.label for s in sources]
     taken, names = set(labels), []
-    for i, base in enumerate(labels):
+    for base in labels:
         name, n = base, 1
         while name in names or (name != base and name in taken):
             n += 1

@@ -226,17 +226,15 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
         if not os.path.isfile(path):
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
             raise ModelFileError(f"cannot read checkpoint {os.fspath(path)} ({detail}); check the path") from exc
-        from graphinterp.sources.load_errors import explain_load_failure, is_torchscript
+        from graphinterp.sources.load_errors import is_torchscript, load_failure
 
-        error, pickled = explain_load_failure(Path(path), exc)
+        kind, what, advice = load_failure(Path(path), exc)
         if is_torchscript(Path(path)):  # a checkpoint holds tensors and plain values only
             what = "is a TorchScript archive"
-        elif pickled:
+        elif kind == "corrupt":  # re-save it: the advice holds for a checkpoint too
+            raise ModelFileError(f"{os.fspath(path)} {what}; {advice}") from exc
+        elif kind == "pickle":
             what = "holds pickled code"
-        elif "truncated or corrupt" in str(error):
-            raise error from exc  # re-save it: the advice holds for a checkpoint too
-        else:  # "is not a PyTorch model file", "is a zip archive but not a PyTorch file"
-            what = str(error).split("; ")[0][len(os.fspath(path)) + 1:]
         raise ModelFileError(f"{os.fspath(path)} {what}: not a graphinterp checkpoint; pass one written by graphinterp "
                              "train") from exc
     return validate_checkpoint(obj)

@@ -145,9 +145,8 @@ def check_ranges(config, ranges) -> None:
     for name, low, high, closed in ranges:
         v = getattr(config, name)
         left, right = closed in ("both", "left"), closed in ("both", "right")
-        inside = (low <= v if left else low < v) and (v <= high if right else v < high) \
-            if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) else False
-        if not inside:
+        number = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        if not (number and (low <= v if left else low < v) and (v <= high if right else v < high)):
             raise TrainingError(f"{setting_name(name)} must be a number in {'[' if left else '('}{low:g}, {high:g}"
                                 f"{']' if right else ')'}, got {v!r}")
 
