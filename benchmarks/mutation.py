@@ -108,6 +108,7 @@ TESTS: Dict[str, List[str]] = {
     "train_transformer": ["tests/test_transformer_review.py"],
     "validation": ["tests/test_cli_advice.py"],
     "circuit_result": ["tests/test_circuits.py"],
+    "circuit_graph": ["tests/test_circuits.py"],
 }
 
 
@@ -136,7 +137,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "parallel": "common/parallel",
          "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state",
          "train_transformer": "training/train_transformer", "validation": "clustering/validation",
-         "circuit_result": "interpret/circuit_result"}
+         "circuit_result": "interpret/circuit_result", "circuit_graph": "interpret/circuit_graph"}
 
 
 @dataclass(frozen=True)
@@ -539,7 +540,7 @@ MUTANTS: List[Mutant] = [
     M("validation", "    cls = KTooLargeError if _smaller_k_helps(k, left_out) else ClusteringError",
       "    cls = ClusteringError",
       "a --k too large for every layer is reported as the model's fault (exit 1), not a bad --k (exit 2)"),
-    M("circuit_result", "grouped_layers=\",\".join(grouped), exact=not grouped)",
+    M("circuit_graph", "grouped_layers=\",\".join(grouped), exact=not grouped)",
       "grouped_layers=\",\".join(grouped), exact=True)",
       "a CNN circuit's GraphML claims to be exact where it grouped the flattened channels"),
 ]

@@ -13,9 +13,10 @@ from graphinterp.cli._common import (
     trust_pickle_option,
 )
 from graphinterp.cli._eval_data import (
-    coverage_json, coverage_lines, data_options, limit_rows, note_missing, open_for_eval, require_chain,
+    coverage_json, data_options, limit_rows, note_missing, open_for_eval, require_chain,
     read_checkpoint, transformer_checkpoint,
 )
+from graphinterp.cli._ablate_text import echo_coverage, echo_notes, note_chance, onoff_table
 from graphinterp.cli._transformer_circuits import check_task_options
 
 __all__ = ["command", "parse_neurons"]
@@ -155,7 +156,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
                               "written by `graphinterp train`")
     result = ablation_matrix(net, graph, clustering, data, mode=mode, batch_size=batch_size, device=device,
                              progress=not (quiet or as_json))
-    _note_chance(result.overall()["full"], data.y, notes)
+    note_chance(result.overall()["full"], data.y, notes)
     note_missing([c for i, c in enumerate(data.classes) if i not in result.class_ids],
                   f"the {len(data):,} examples", notes)
     if plot_path:
@@ -170,63 +171,17 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
                    "labels": clustering.to_dict(), "coverage": coverage_json(graph.coverage), "notes": notes,
                    **result.to_dict()})
         return
-    _echo_coverage(graph.coverage)
-    _echo_notes(notes)
+    echo_coverage(graph.coverage)
+    echo_notes(notes)
     overall = result.overall()
     click.echo(f"{model}: k={clustering.k} clusters {source}; layers {', '.join(clustering.layer_names)}; "
                f"ablated levels {', '.join(result.levels)}; {mode} ablation; {len(data)} {data.name} {split} examples")
     rows = [["full", overall["full"], *result.full]]
     rows += [[f"ON {c}", overall["on"][c], *result.on[c]] for c in range(clustering.k)]
     rows += [[f"OFF {c}", overall["off"][c], *result.off[c]] for c in range(clustering.k)]
-    click.echo(_onoff_table(rows, [str(c) for c in result.classes]))
+    click.echo(onoff_table(rows, [str(c) for c in result.classes]))
     if plot_path:
         click.echo(f"wrote {plot_path}")
-
-
-_WIDE = 20  # classes up to which the ON/OFF table has a column per class
-
-
-def _onoff_table(rows: list, names: List[str]) -> str:
-    """The ON/OFF table: ``rows`` are ``[label, overall, *per-class accuracies]``, the first the full model's; a
-    column per class up to ``_WIDE`` classes, else each row's spread over the classes and the four classes that
-    stand out: the full model's least accurate, each ON cluster's most accurate, each OFF's largest drops."""
-    if len(names) <= _WIDE:
-        return format_table([[r[0], *map(float, r[1:])] for r in rows], ["", "all", *names])
-    full = np.asarray(rows[0][2:], dtype=float)
-    out = []
-    for label, overall, *acc in rows:
-        acc = np.asarray(acc, dtype=float)
-        off = label.startswith("OFF")
-        key = full - acc if off else (acc if label.startswith("ON") else -acc)  # larger stands out more
-        top = np.argsort(-key, kind="stable")[:4]
-        tied = int((key == key[top[-1]]).sum() - (key[top] == key[top[-1]]).sum())  # as far out, not shown
-        text = ", ".join(f"{plain_text(names[i])} {acc[i] - full[i]:+.2f}" if off else f"{plain_text(names[i])} {acc[i]:.2f}"
-                         for i in top)
-        out.append([label, float(overall), float(acc.min()), float(np.median(acc)), float(acc.max()),
-                    text + (f" (+{tied} tied)" if tied else "")])
-    return (format_table(out, ["", "all", "min", "median", "max",
-                               "classes (full: least accurate; ON: most accurate; OFF: largest drop from full)"])
-            + f"\n{len(names)} classes: one column each in --json, and in the heatmaps of --plot")
-
-
-def _echo_coverage(coverage, details: bool = False) -> None:
-    """The coverage line (what a chained model's graph leaves out is in its notes; ``details``: the lines here)."""
-    for line in coverage_lines(coverage, details=details):
-        click.echo(line)
-
-
-def _echo_notes(notes: List[str]) -> None:
-    for text in notes:
-        click.echo(f"note: {text}")
-
-
-def _note_chance(accuracy: float, y, notes: List[str], about: str = "its clusters' ON/OFF accuracies") -> None:
-    """Append the caveat for a model not clearly better than always predicting the most common class."""
-    from graphinterp import chance_note
-
-    note = chance_note(float(accuracy), y.reshape(-1).cpu().numpy(), about)
-    if note is not None:
-        notes.append(note)
 
 
 def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, notes, coverage=None) -> None:
@@ -236,7 +191,7 @@ def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, note
                   f"the {len(data):,} examples", notes)
     counts = np.bincount(data.y.numpy(), minlength=len(full))[present]
     w = counts / counts.sum()
-    _note_chance(float(full[present] @ w), data.y, notes, "the accuracies with these neurons ablated")
+    note_chance(float(full[present] @ w), data.y, notes, "the accuracies with these neurons ablated")
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "n_examples": len(data), "mode": mode,
                    "neurons": spec, "classes": names, "class_ids": present.tolist(), "counts": counts.tolist(),
@@ -245,8 +200,8 @@ def _report_neurons(model, data, split, mode, spec, full, ablated, as_json, note
                    "overall": {"full": float(full[present] @ w), "ablated": float(ablated[present] @ w)},
                    "coverage": coverage_json(coverage), "notes": notes})
         return
-    _echo_coverage(coverage)
-    _echo_notes(notes)
+    echo_coverage(coverage)
+    echo_notes(notes)
     click.echo(f"{model}: {mode}-ablating " + "; ".join(f"{k}: {len(v)} neuron(s)" for k, v in spec.items()))
     rows = [["full", float(full[present] @ w), *map(float, full[present])],
             ["ablated", float(ablated[present] @ w), *map(float, ablated[present])]]
@@ -289,7 +244,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
         raise ClusteringError(f"{path} holds no clustering; pass --k K to cluster its MLP blocks now")
     classes = data["classes"]
     result = onoff_matrix(net, clustering, x, y, classes, batch_size=batch_size, device=device)
-    _note_chance(result.overall()["full"], y, notes)
+    note_chance(result.overall()["full"], y, notes)
     names = [class_name(c) for c in classes]  # the terminal shows the text itself; only figure text is escaped
     live = np.isfinite(result.full)  # classes with examples
     note_missing([n for n, ok in zip(names, live) if not ok], f"the {len(x):,} windows" if config.task == "chars"
@@ -307,15 +262,15 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
                    "notes": notes,
                    **result.to_dict()})
         return
-    _echo_coverage(graph.coverage, details=True)  # the clusters are the MLP blocks' units (named below)
-    _echo_notes(notes)
+    echo_coverage(graph.coverage, details=True)  # the clusters are the MLP blocks' units (named below)
+    echo_notes(notes)
     overall, spec = result.overall(), specialisation(result)
     click.echo(f"{path}: transformer ({config.task}), k={clustering.k} clusters {source}; MLP layers "
                f"{', '.join(clustering.layer_names)}; {what}")
     rows = [["full", overall["full"], *result.full[live]]]
     rows += [[f"ON {c}", overall["on"][c], *result.on[c][live]] for c in range(clustering.k)]
     rows += [[f"OFF {c}", overall["off"][c], *result.off[c][live]] for c in range(clustering.k)]
-    click.echo(_onoff_table(rows, [n for n, ok in zip(names, live) if ok]))
+    click.echo(onoff_table(rows, [n for n, ok in zip(names, live) if ok]))
     click.echo(f"specialisation: OFF-damage Gini {spec['off_gini']:.3f}, ON-accuracy Gini {spec['on_gini']:.3f} "
                "(0: every class alike; near 1: confined to few classes)")
     if plot_path:

@@ -81,7 +81,7 @@ _EXPORTS = {
     "checkpoint_task_data": "training.train_transformer", "train": "training.train",
     "train_transformer": "training.train_transformer", "TrainingInterrupted": "training.interrupts",
     # interpret: interpretability: ablation and circuits
-    "Circuit": "interpret.circuit_result", "grouped_layers": "interpret.circuit_result", "CircuitComparison": "interpret.circuit_compare",
+    "Circuit": "interpret.circuit_result", "grouped_layers": "interpret.circuit_graph", "CircuitComparison": "interpret.circuit_compare",
     "HeldOut": "interpret.circuit_result", "HELDOUT_MIN_GROUP": "interpret.circuit_heldout", "heldout_task": "interpret.label_tasks", "label_task": "interpret.label_tasks",
     "ASSOCIATION_KINDS": "interpret.association", "association_matrices": "interpret.association",
     "association_moments": "interpret.association", "association_graph": "clustering.modularity",

@@ -242,7 +242,7 @@ def test_transformer_resume_with_other_settings_names_the_flags_and_values(tmp_p
 
 def test_every_flag_named_in_messages_is_an_option_of_train():
     from graphinterp.cli.train import command
-    from graphinterp.training.train_config import SETTING_FLAGS
+    from graphinterp.training.settings import SETTING_FLAGS
 
     opts = {opt for p in command.params for opt in p.opts}
     assert set(SETTING_FLAGS.values()) <= opts

@@ -63,16 +63,16 @@ def test_the_corpus_of_a_character_lm_is_still_accepted_by_ablate(models):
 
 
 def test_ablate_summarises_each_row_when_there_are_too_many_classes_for_a_column_each(models, monkeypatch):
-    """modadd has 113 answers: a column each made a 900-character line per row. Above ``_WIDE`` classes each row
+    """modadd has 113 answers: a column each made a 900-character line per row. Above ``WIDE`` classes each row
     gives its spread over the classes and the classes that stand out, as in the JSON: the full model's least
     accurate, an ON cluster's most accurate, an OFF cluster's largest drops from the full model."""
-    import graphinterp.cli.ablate as ablate
+    import graphinterp.cli._ablate_text as ablate_text
 
     args = ["ablate", models["modadd"], "--device", "cpu"]
     data = json.loads(run_cli([*args, "--json"]).output)
     wide = run_cli(args)
     assert wide.exit_code == 0 and "classes: one column each" not in wide.output
-    monkeypatch.setattr(ablate, "_WIDE", 5)
+    monkeypatch.setattr(ablate_text, "WIDE", 5)
     res = run_cli(args)
     assert res.exit_code == 0, res.output
     live = [i for i, n in enumerate(data["counts"]) if n > 0]
@@ -250,7 +250,7 @@ def test_a_label_without_examples_is_refused_by_its_name_before_any_search():
 
 
 def test_the_summary_counts_the_classes_tied_with_those_it_names():
-    from graphinterp.cli.ablate import _onoff_table
+    from graphinterp.cli._ablate_text import onoff_table
 
     names = [f"c{i}" for i in range(25)]
     full, on, off = [1.0] * 25, [0.0] * 25, [1.0] * 25
@@ -258,7 +258,7 @@ def test_the_summary_counts_the_classes_tied_with_those_it_names():
     on[5] = on[6] = 0.9
     for i in range(7, 13):
         off[i] = 0.0  # six classes lost alike
-    table = _onoff_table([["full", 0.9, *full], ["ON 0", 0.1, *on], ["OFF 0", 0.7, *off]], names)
+    table = onoff_table([["full", 0.9, *full], ["ON 0", 0.1, *on], ["OFF 0", 0.7, *off]], names)
     lines = {line.split()[0] + (" " + line.split()[1] if line.startswith(("ON", "OFF")) else ""): line
              for line in table.splitlines()[2:-1]}
     assert lines["full"].endswith("c3 0.20, c0 1.00, c1 1.00, c2 1.00 (+21 tied)")

@@ -6,12 +6,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from graphinterp.graph.layer import Layer
 from graphinterp.graph.layered import LayeredGraph
+from graphinterp.interpret.circuit_graph import circuit_networkx
 from graphinterp.interpret.ecs import CircuitSize
 from graphinterp.interpret.chance import clearly_above
 
-__all__ = ["Circuit", "HeldOut", "grouped_layers"]
+__all__ = ["Circuit", "HeldOut"]
 
 
 @dataclass
@@ -277,16 +277,8 @@ class Circuit:
         return out
 
     def to_networkx(self, graph: LayeredGraph, clustering=None):
-        """The circuit as a subgraph of ``graph``'s networkx graph: kept edges and the nodes they touch.
-
-        Attributes are those of :meth:`LayeredGraph.to_networkx` (cluster labels included when
-        ``clustering`` is given), all GraphML types; graph attributes hold ``label``,
-        ``label_name``, ``ecs``, ``ecs_edges``, ``accuracy``, ``loss`` and ``ecs:<layer>`` per
-        layer. Nodes are in the graph's ``"grouped"`` view: after a Flatten of conv channels, a
-        channel-to-neuron edge is present when any of its kept weights is non-zero, with the signed
-        norm of those weights; such layers are listed in ``grouped_layers``, ``exact`` is then False
-        (the file cannot rebuild the circuit: ``ecs`` counts the kept weights, ``kept_weights`` of
-        them, not the file's edges).
+        """The circuit as a subgraph of ``graph``'s networkx graph: kept edges and the nodes they touch
+        (:func:`~graphinterp.interpret.circuit_graph.circuit_networkx`, where the attributes are described).
 
         Parameters
         ----------
@@ -298,37 +290,5 @@ class Circuit:
         Returns
         -------
         networkx.DiGraph
-            The kept edges and the nodes they touch (isolated nodes removed).
         """
-        layers = []
-        for layer in graph.layers:
-            m = self.masks[layer.name].to(layer.weight.device)
-            w = layer.weight * (m[..., None, None] if layer.kind == "conv2d" else m).to(layer.weight.dtype)
-            layers.append(Layer(layer.name, layer.kind, w, in_groups=layer.in_groups, groups=layer.groups))
-        G = LayeredGraph(layers, chained=graph.chained).to_networkx(clustering)
-        G.remove_nodes_from([n for n in list(G.nodes) if G.degree(n) == 0])
-        for _, data in G.nodes(data=True):  # a level labelled only as a clustered layer's input keeps that label
-            if data.get("cluster", -1) < 0 and data.get("cluster_in", -1) >= 0:
-                data["cluster"] = data["cluster_in"]
-        G.graph.update(label=int(self.label), label_name=str(self.label_name), ecs=float(self.ecs),
-                       ecs_edges=float(self.size.ecs_edges), accuracy=float(self.accuracy), loss=float(self.loss))
-        G.graph.update({f"ecs:{k}": float(v) for k, v in self.size.ecs_per_layer.items()})
-        grouped = grouped_layers(graph)
-        # the file holds one edge per channel where a Flatten's features were grouped: it cannot rebuild the circuit
-        G.graph.update(kept_weights=int(self.size.kept_params), grouped_layers=",".join(grouped), exact=not grouped)
-        return G
-
-
-def grouped_layers(graph: LayeredGraph) -> List[str]:
-    """The layers of ``graph`` whose inputs a GraphML circuit groups (a Linear after a Flatten of channels: one
-    edge per channel and output, not per kept weight).
-
-    Examples
-    --------
-    >>> import torch
-    >>> g = LayeredGraph([Layer("fc", "linear", torch.ones(3, 8), in_groups=2)])
-    >>> grouped_layers(g)
-    ['fc']
-    """
-    return [layer.name for layer in graph.layers if layer.kind == "linear" and (layer.in_groups or 1) > 1
-            and layer.in_groups != layer.weight.shape[1]]
+        return circuit_networkx(self, graph, clustering)

@@ -54,7 +54,8 @@ from graphinterp.graph.layered import Layer, LayeredGraph
 from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.training.masks import default_cluster_layers, trace_graph
 from graphinterp.sources.models import build_model, default_spec
-from graphinterp.training.train_config import SIMILARITIES, TrainConfig, TrainResult, format_history
+from graphinterp.training.settings import SIMILARITIES
+from graphinterp.training.train_config import TrainConfig, TrainResult, format_history
 from graphinterp.training.interrupts import CheckpointProgress, TrainingInterrupted, training_run
 from graphinterp.training.train_epoch import _epoch, _progress_bar, evaluate, train_step
 from graphinterp.training.train_state import load_train_state, save_train_state

@@ -21,7 +21,8 @@ from graphinterp.clustering.labels import stored_clustering
 from graphinterp.common.errors import GraphinterpError, TrainingError
 # the run's frame and Ctrl-C, re-exported: their home before the split
 from graphinterp.training.interrupts import CheckpointProgress, TrainingInterrupted, held_interrupts, training_run
-from graphinterp.training.train_config import RESUME_FIXED, TrainConfig, settings_mismatch, too_many_done
+from graphinterp.training.settings import settings_mismatch, too_many_done
+from graphinterp.training.train_config import RESUME_FIXED, TrainConfig
 
 __all__ = ["load_train_state", "save_train_state", "check_history", "TrainingInterrupted", "CheckpointProgress",
            "held_interrupts", "training_run"]

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 
 from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
 from graphinterp.data.tasks import TASKS
-from graphinterp.training.train_config import (
+from graphinterp.training.settings import (
     LR_MAX, absolute_path, check_clustering_options, check_common_settings, check_ranges, setting_name,
 )
 

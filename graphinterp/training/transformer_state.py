@@ -14,7 +14,7 @@ import torch
 from graphinterp.clustering.labels import stored_clustering
 from graphinterp.common.errors import DataError, GraphinterpError, TrainingError
 from graphinterp.sources.checkpoint import load_checkpoint, save_checkpoint
-from graphinterp.training.train_config import settings_mismatch, too_many_done
+from graphinterp.training.settings import settings_mismatch, too_many_done
 from graphinterp.training.train_state import without_refit
 from graphinterp.training.transformer_config import TransformerConfig
 
