@@ -16,6 +16,7 @@ Timing is not measured here (see bench_bsgc.py).
 
     python benchmarks/bench_quality.py                       # both groups, seeds 0-2
     python benchmarks/bench_quality.py --seeds 0 --json /tmp/new.json --compare /tmp/old.json
+    python benchmarks/bench_quality.py --lloyd-tol 0.1 --compare /tmp/default.json   # the Lloyd tolerance study
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_benchmark import DEFAULT_DIR, MODELS, layer_matrices  # noqa: E402
 from bench_bsgc import KINDS, make_layer  # noqa: E402
 
+from graphinterp.clustering import pairing  # noqa: E402
 from graphinterp.clustering.bsgc import BSGC  # noqa: E402
 from graphinterp.clustering.metrics import clusterability, normalized_score, random_partition_expectation  # noqa: E402
 
@@ -107,6 +109,9 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.002, help="score difference counted as below (default 0.002)")
     parser.add_argument("--n-init", type=int, default=10,
                         help="BSGC's n_init (default 10, its default; scikit-learn keeps its own 10)")
+    parser.add_argument("--lloyd-tol", type=float, default=None,
+                        help="the paired modes' Lloyd tolerance (default: BSGC's, graphinterp.clustering.pairing."
+                             "_TOL_PAIRED); a study of the setting, not an option of BSGC")
     parser.add_argument("--json", type=Path, help="write every fit to this file")
     parser.add_argument("--compare", type=Path, help="a --json file of another version: compare fit by fit")
     args = parser.parse_args()
@@ -116,7 +121,12 @@ def main() -> None:
         parser.error("--json and --compare name one file: this run would overwrite the one it compares with")
     if not args.seeds:
         parser.error("--seeds needs at least one seed")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, seeds {args.seeds}, "
+    if args.lloyd_tol is not None:
+        if not args.lloyd_tol > 0:
+            parser.error(f"--lloyd-tol must be > 0, got {args.lloyd_tol}")
+        pairing._TOL_PAIRED = args.lloyd_tol
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, seeds {args.seeds}, n_init {args.n_init}, "
+          f"Lloyd tolerance {pairing._TOL_PAIRED:g}, "
           f"load average {tuple(round(x, 2) for x in os.getloadavg())}")
     fits = []
     for group, layers in groups(args.pretrained_dir, args.groups).items():
