@@ -594,3 +594,13 @@ def test_models_of_one_file_name_are_told_apart_in_the_text_too(tmp_path):
     res = _run(["benchmark", str(paths[0]), str(third), "--k", "2",
                 "--shuffles", "0", "--no-figures", "-q", "--out", str(tmp_path / "r2")])
     assert res.exit_code == 0 and "told apart" not in res.output, res.output
+
+
+def test_table_says_its_p_values_are_not_corrected_for_the_layers_tested(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6)).state_dict(), path)
+    report = run_benchmark([ModelSource(path=str(path))], [2], significance_k=2, n_shuffles=3, n_init=2)
+    text = format_report(report)
+    assert "not corrected for the 2 layers tested" in text
+    assert "0.05/2 = 0.025 needs at least 39 shuffles (this run: 3)" in text

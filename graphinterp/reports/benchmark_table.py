@@ -94,6 +94,9 @@ def format_report(report) -> str:
                      f"p = {1 / (report.n_shuffles + 1):.3f}); z = (observed - null mean) / null sd; p = (r + 1) / (n + 1), "
                      f"r = the shuffles scoring at least the observed value (one-sided)"
                      + ("; n=1 has no sd, so no z" if report.n_shuffles == 1 else ""))
+        n_tested = sum(lb.significance is not None for m in report.models for lb in m.layers)
+        if n_tested > 1:
+            lines.append(multiple_tests_line(n_tested, report.n_shuffles))
         if kk not in report.ks:
             lines.append(f"k={kk} (the significance k) is not among the k benchmarked "
                          f"({','.join(map(str, report.ks))}): its E, E_rand and score are from the shuffle test's "
@@ -129,6 +132,25 @@ def format_report(report) -> str:
     for name, why in report.failed.items():
         lines.append(f"{name}: FAILED, not benchmarked: {why}")
     return "\n".join(lines)
+
+
+def multiple_tests_line(n_tested: int, n_shuffles: int, alpha: float = 0.05) -> str:
+    """The line saying that the table's p-values are per layer, uncorrected for the number of layers tested.
+
+    Examples
+    --------
+    >>> multiple_tests_line(20, 20)  # doctest: +NORMALIZE_WHITESPACE
+    'the p-values are per layer and per measure, not corrected for the 20 layers tested: with no structure at all
+    about 1.0 of them would have p <= 0.05 by chance; a Bonferroni threshold of 0.05/20 = 0.0025 needs at least
+    399 shuffles (this run: 20)'
+    """
+    threshold = alpha / n_tested
+    needed = math.ceil(1 / threshold - 1 - 1e-9)  # smallest n with 1/(n + 1) <= alpha / n_tested
+    chance = (f"with no structure at all about {alpha * n_tested:.1f} of them would have p <= {alpha:g} by chance; "
+              if 1 / (n_shuffles + 1) <= alpha else "")
+    return (f"the p-values are per layer and per measure, not corrected for the {n_tested} layers tested: {chance}a "
+            f"Bonferroni threshold of {alpha:g}/{n_tested} = {threshold:.2g} needs at least {needed} shuffles "
+            f"(this run: {n_shuffles})")
 
 
 def _same_name_lines(models) -> List[str]:
