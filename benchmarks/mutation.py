@@ -79,7 +79,7 @@ TESTS: Dict[str, List[str]] = {
     "linear_states": ["tests/test_circuits.py", "tests/test_circuit_modes.py", "tests/test_transformer_circuits.py"],
     "label_tasks": ["tests/test_circuits.py", "tests/test_circuit_modes.py", "tests/test_ablate.py",
                     "tests/test_label_tasks.py"],
-    "shuffle_results": ["tests/test_significance.py"],
+    "shuffle_results": ["tests/test_significance.py", "tests/test_benchmarking.py"],
     "graphml": ["tests/test_io.py"],
     "trace_folds": ["tests/test_fold_faithfulness.py", "tests/test_trace_silent.py"],
     "edges": ["tests/test_circuits.py"],
@@ -109,6 +109,7 @@ TESTS: Dict[str, List[str]] = {
     "validation": ["tests/test_cli_advice.py"],
     "circuit_result": ["tests/test_circuits.py"],
     "circuit_graph": ["tests/test_circuits.py"],
+    "benchmark_layers": ["tests/test_benchmarking.py"],
 }
 
 
@@ -137,7 +138,8 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "parallel": "common/parallel",
          "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state",
          "train_transformer": "training/train_transformer", "validation": "clustering/validation",
-         "circuit_result": "interpret/circuit_result", "circuit_graph": "interpret/circuit_graph"}
+         "circuit_result": "interpret/circuit_result", "circuit_graph": "interpret/circuit_graph",
+         "benchmark_layers": "reports/benchmark_layers"}
 
 
 @dataclass(frozen=True)
@@ -543,6 +545,10 @@ MUTANTS: List[Mutant] = [
     M("circuit_graph", "grouped_layers=\",\".join(grouped), exact=not grouped)",
       "grouped_layers=\",\".join(grouped), exact=True)",
       "a CNN circuit's GraphML claims to be exact where it grouped the flattened channels"),
+    M("benchmark_layers", "alone = tested and significance_k in fitting and max(fitting) > significance_k",
+      "alone = False", "the tested layer clustered from the k sweep's SVD, unlike its shuffled copies"),
+    M("shuffle_results", "return self.no_spread and abs(self.observed - self.mean) <= 1e-12", "return False",
+      "a null that reproduces the layer is not said to tell nothing"),
 ]
 
 

@@ -604,3 +604,56 @@ def test_table_says_its_p_values_are_not_corrected_for_the_layers_tested(tmp_pat
     text = format_report(report)
     assert "not corrected for the 2 layers tested" in text
     assert "0.05/2 = 0.025 needs at least 39 shuffles (this run: 3)" in text
+
+
+def test_the_tested_layer_is_clustered_as_its_shuffled_copies_whatever_other_k_are_benchmarked(tmp_path):
+    """The copies are lone fits (an SVD of rank k); the layer at the tested k was taken from the k sweep's one SVD
+    of rank max(k), so on a layer above 96 nodes a side its E, and its p-value, changed with --k (0.3225 at --k 4,
+    0.3152 at --k 2..10): the same layer and seed must give the same observed clustering and test."""
+    path = tmp_path / "wide.pt"
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Linear(160, 130), torch.nn.ReLU(), torch.nn.Linear(130, 10)).state_dict(),
+               path)
+    tests = []
+    for ks in ([4], list(range(2, 11))):
+        report = run_benchmark([ModelSource(path=str(path))], ks, significance_k=4, n_shuffles=2, n_init=2,
+                               random_state=0)
+        layer = report.models[0].layers[0]
+        assert layer.scores[4]["E"] == layer.significance.E.observed
+        tests.append(layer.significance)
+    assert tests[0].E.observed == tests[1].E.observed and tests[0].score.observed == tests[1].score.observed
+    assert np.array_equal(tests[0].E.null, tests[1].E.null)
+
+
+def test_a_null_that_reproduces_the_layer_is_said_to_tell_nothing(tmp_path):
+    """--nonzero-only on an identity layer: every shuffle permutes equal weights over the same pattern, so each
+    copy is the layer and the table read 1.000+-0.000, p 1.000 as if there were no structure; the same for the
+    whole-network test. The note says the test cannot tell, in the text and the JSON (``no_spread`` explains z null)."""
+    path = tmp_path / "eye.pt"
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    with torch.no_grad():
+        for lin in (net[0], net[2]):
+            lin.weight.copy_(torch.eye(8))
+            lin.bias.zero_()
+    torch.save(net.state_dict(), path)
+    report = run_benchmark([ModelSource(path=str(path))], [4], significance_k=4, n_shuffles=3, n_init=2,
+                           nonzero_only=True, network=True, random_state=0)
+    text = format_report(report)
+    assert text.count("so the test cannot tell structure from its absence") == 3, text  # two layers, the network
+    assert "--nonzero-only keeps the pattern of zeros" in text
+    data = report.to_dict()
+    sig = data["models"][0]["layers"][0]["significance"]
+    assert sig["E"]["no_spread"] is True and sig["E"]["z"] is None and sig["notes"]
+    assert any("cannot tell" in n for n in data["models"][0]["network"]["notes"])
+    assert data["notes"] and "not corrected for the 2 layers tested" in data["notes"][0]
+
+
+def test_an_infinite_z_keeps_its_meaning_in_the_json(tmp_path):
+    """All weights equal: the shuffles never vary, and the observed clustering differs from theirs or not; the
+    JSON's z is null either way (strict JSON has no infinity), and ``no_spread`` says it is not undefined."""
+    from graphinterp.clustering.shuffle_results import NullComparison
+
+    below = NullComparison.from_samples(0.483, np.full(9, 0.55)).to_dict()
+    assert below["z"] is None and below["no_spread"] is True and below["observed"] < below["null_mean"]
+    spread = NullComparison.from_samples(0.483, np.array([0.5, 0.6])).to_dict()
+    assert spread["no_spread"] is False and spread["z"] is not None

@@ -167,6 +167,20 @@ def test_significance(tmp_path):
     assert texts == ["z = +2.0\np = 0.25 (n = 3)", "z = n/a\np = 1 (n = 2)"]
 
 
+def test_significance_figure_gives_the_tables_z_and_p():
+    """The figure computed its own z and p: a null value equal to the observed one up to rounding did not count as
+    a tie there (p 0.25) while the table counted it (p 0.5); a null with a rounding-level spread got a huge z."""
+    from graphinterp.clustering.shuffle_results import NullComparison
+
+    null = {"tie": np.array([0.3 - 1e-14, 0.2, 0.1]), "flat": np.array([0.3, 0.3 + 1e-17, 0.3])}
+    observed = {"tie": 0.3, "flat": 0.5}
+    texts = [t.get_text() for t in viz.plot_significance(observed, null).axes[0].texts]
+    for text, name in zip(texts, null):
+        table = NullComparison.from_samples(observed[name], null[name])
+        assert f"p = {table.p_value:.2g} " in text, (name, text)
+    assert texts[0].startswith("z = +1.0") and texts[1].startswith("z = +inf"), texts
+
+
 def test_pdf_output(tmp_path):
     viz.plot_significance({"fc1": 0.9}, {"fc1": [0.1, 0.2]}, out=tmp_path / "s.pdf")
     assert (tmp_path / "s.pdf").read_bytes().startswith(b"%PDF")

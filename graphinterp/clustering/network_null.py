@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from graphinterp.clustering.labels import Clustering
-from graphinterp.clustering.shuffle_results import NullComparison
+from graphinterp.clustering.shuffle_results import NullComparison, no_spread_note
 from graphinterp.clustering.significance import null_support, shuffle_weights
 from graphinterp.common.threads import single_threaded_blas
 from graphinterp.clustering.network_notes import network_notes
@@ -261,9 +261,10 @@ def network_shuffle_test(
     labels = np.asarray(observed.meta["node_labels"])
     notes = network_notes(graph, names, left_out, sims_obs or mags, ids, dropped if drop_pieces else None, labels, k)
     sizes = np.bincount(labels[labels >= 0], minlength=k)
-    return NetworkShuffleTest(k, int(n_shuffles), bool(nonzero_only), list(names),
-                              NullComparison.from_samples(cut_obs, null[:, 0], lower_is_better=True),
-                              NullComparison.from_samples(E_obs, null[:, 1]), sizes, notes)
+    n_cut = NullComparison.from_samples(cut_obs, null[:, 0], lower_is_better=True)
+    E = NullComparison.from_samples(E_obs, null[:, 1])
+    notes += filter(None, [no_spread_note({"n-cut": n_cut, "E": E}, nonzero_only)])
+    return NetworkShuffleTest(k, int(n_shuffles), bool(nonzero_only), list(names), n_cut, E, sizes, notes)
 
 
 def _shuffled_network(graph: LayeredGraph, mags, supports, ids, seeds: Tuple[int, int], names: Sequence[str], k: int,

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
-__all__ = ["NullComparison", "ShuffleTest"]
+__all__ = ["NullComparison", "ShuffleTest", "no_spread_note"]
 
 
 def _finite(x: float) -> Optional[float]:
     return float(x) if math.isfinite(x) else None
+
+
+def _flat(std: float, mean: float) -> bool:
+    """A null's standard deviation is rounding only (the one threshold of z and :attr:`NullComparison.no_spread`)."""
+    return not std > 1e-12 * max(1.0, abs(mean))
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,8 @@ class NullComparison:
     mean, std : float
         Null mean and standard deviation (``ddof=1``).
     z : float
-        ``(observed - mean) / std``; ``+inf``/``-inf`` when the null has no spread and differs, NaN when equal.
+        ``(observed - mean) / std``; ``+inf``/``-inf`` when the null has no spread and differs, NaN when equal
+        (:attr:`no_spread`; in the JSON both are ``null``, beside ``"no_spread": true``).
     p_value : float
         ``(r + 1) / (n + 1)`` with ``r`` the number of null values ``>= observed`` (``<=`` when
         ``lower_is_better``); NaN for an empty null.
@@ -60,7 +66,7 @@ class NullComparison:
         mean = float(null.mean()) if n else math.nan
         std = float(null.std(ddof=1)) if n > 1 else math.nan
         diff = observed - mean
-        if n > 1 and std > 1e-12 * max(1.0, abs(mean)):
+        if n > 1 and not _flat(std, mean):
             z = diff / std
         elif n > 1 and abs(diff) > 1e-12:
             z = math.copysign(math.inf, diff)
@@ -70,10 +76,22 @@ class NullComparison:
         p = (r + 1) / (n + 1) if n else math.nan  # no null: no p
         return cls(float(observed), null, mean, std, float(z), p, bool(lower_is_better))
 
+    @property
+    def no_spread(self) -> bool:
+        """Every null sample has the same value (up to rounding), so there is no z: the shuffles never vary."""
+        return self.null.size > 1 and _flat(self.std, self.mean)
+
+    @property
+    def uninformative(self) -> bool:
+        """Every null sample equals the observed value: the test cannot tell structure from its absence (p is 1)."""
+        return self.no_spread and abs(self.observed - self.mean) <= 1e-12
+
     def to_dict(self) -> dict:
-        """JSON-ready dict (non-finite numbers become ``None``)."""
+        """JSON-ready dict (non-finite numbers become ``None``; ``no_spread`` says why a z is ``None``, its sign
+        then being that of ``observed - null_mean``)."""
         out = {"observed": self.observed, "null_mean": _finite(self.mean), "null_std": _finite(self.std),
-               "z": _finite(self.z), "p_value": _finite(self.p_value), "null": [float(v) for v in self.null]}
+               "z": _finite(self.z), "p_value": _finite(self.p_value), "no_spread": self.no_spread,
+               "null": [float(v) for v in self.null]}
         return {**out, "lower_is_better": True} if self.lower_is_better else out
 
 
@@ -112,13 +130,41 @@ class ShuffleTest:
         """Smallest attainable p-value, ``1 / (n_shuffles + 1)``."""
         return 1.0 / (self.n_shuffles + 1)
 
+    def notes(self) -> List[str]:
+        """What the reader must know to read the test: a null that reproduces the layer (:func:`no_spread_note`)."""
+        note = no_spread_note({"E": self.E, "score": self.score}, self.nonzero_only)
+        return [note] if note else []
+
     def to_dict(self, *, include_null: bool = True) -> dict:
         """JSON-ready dict; ``include_null=False`` leaves out the per-shuffle values."""
         out = {"layer": self.layer, "k": self.k, "n_shuffles": self.n_shuffles, "nonzero_only": self.nonzero_only,
                "E_random": self.E_random, "sizes": self.sizes.tolist(), "row_sizes": self.sizes[0].tolist(),
                "col_sizes": self.sizes[1].tolist(), "min_p_value": self.min_p_value,
-               "E": self.E.to_dict(), "score": self.score.to_dict()}
+               "E": self.E.to_dict(), "score": self.score.to_dict(), "notes": self.notes()}
         if not include_null:
             out["E"].pop("null")
             out["score"].pop("null")
         return out
+
+
+def no_spread_note(measures: dict, nonzero_only: bool) -> Optional[str]:
+    """The caveat for a test whose shuffles all reproduce the observed value, so that its p of 1 says nothing.
+
+    ``measures`` maps each measure's name to its :class:`NullComparison`; None when none is
+    :attr:`~NullComparison.uninformative`.
+
+    Examples
+    --------
+    >>> flat = NullComparison.from_samples(1.0, np.ones(9))
+    >>> no_spread_note({"E": flat, "score": flat}, nonzero_only=True)[:62]
+    'every shuffled copy has the observed E and score (the null has'
+    >>> no_spread_note({"E": NullComparison.from_samples(0.9, np.array([0.5, 0.6]))}, False) is None
+    True
+    """
+    same = [name for name, c in measures.items() if c.uninformative]
+    if not same:
+        return None
+    why = (": --nonzero-only keeps the pattern of zeros, which here decides the clustering; shuffle all weights "
+           "(leave --nonzero-only out) to test it" if nonzero_only else "")
+    return (f"every shuffled copy has the observed {' and '.join(same)} (the null has no spread), so the test cannot "
+            f"tell structure from its absence: p = 1 here says nothing{why}")

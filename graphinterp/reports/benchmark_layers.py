@@ -4,7 +4,8 @@
 :func:`graphinterp.reports.benchmarking.run_benchmark` runs the same layer tasks for all the layers of many
 models at once. Each layer is one self-contained task (``_run_layer``: BSGC for every k that fits it from
 one SVD, E, the random-partition expectation and the normalised score, then
-:func:`graphinterp.clustering.significance.shuffle_test` reusing the table's clustering), seeded from the
+:func:`graphinterp.clustering.significance.shuffle_test` reusing the table's clustering at its k, which is a lone
+fit like those of the shuffled copies, whatever other k are benchmarked), seeded from the
 run's ``random_state`` and the layer's index, so it runs here under one progress bar, in worker processes
 or on Dask (:func:`graphinterp.common.parallel.run_tasks`) with the same result.
 """
@@ -18,6 +19,7 @@ import numpy as np
 
 from graphinterp.common.files import resolve_device
 from graphinterp.reports.benchmark_report import LayerBenchmark
+from graphinterp.clustering.bsgc import BSGC
 from graphinterp.clustering.bsgc_batch import fit_k_range
 from graphinterp.common.errors import ClusteringError
 from graphinterp.graph.layered import LayeredGraph
@@ -35,15 +37,22 @@ __all__ = ["benchmark_graph"]
 def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
                      n_shuffles: int, nonzero_only: bool, pairing: str, n_init: int, device, rng,
                      progress: bool) -> LayerBenchmark:
-    """BSGC at every k that fits the layer (one SVD for all k), the scores, and the shuffle test reusing the
-    table's clustering."""
+    """BSGC at every k that fits the layer (one SVD for all k, but a lone fit at the shuffle test's k, as its
+    shuffled copies get), the scores, and the shuffle test reusing the table's clustering at that k."""
     start = time.perf_counter()
     A = layer.magnitude().to(device)  # clustered in the layer's precision (float32 weights: float32, as analyze does)
     sq = A.double().square()  # E and the layer's squared mass in float64
     lb = LayerBenchmark(layer.name, layer.kind, tuple(layer.shape()), float(sq.sum()))
     fitting = [k for k in ks if min(live) >= k]
     seed = int(rng.randint(2**31 - 1))  # drawn even when no k fits (a layer only the shuffle test's k fits)
-    fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=seed) if fitting else {}
+    tested = significance_k is not None and n_shuffles > 0 and min(live) >= significance_k
+    # the shuffled copies are clustered by lone fits (an SVD of rank k): so is the layer at the tested k, when the
+    # sweep's one SVD has a higher rank, so that its p-value does not depend on the other k benchmarked beside it
+    alone = tested and significance_k in fitting and max(fitting) > significance_k
+    sweep = [k for k in fitting if not (alone and k == significance_k)]
+    fits = fit_k_range(A, sweep, pairing=pairing, n_init=n_init, random_state=seed) if sweep else {}
+    if alone:
+        fits[significance_k] = BSGC(significance_k, pairing=pairing, n_init=n_init, random_state=seed).fit(A)
     for k in ks:
         if min(live) < k:
             lb.skipped_k[k] = _too_few(k, live)
@@ -54,9 +63,9 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
         row_sizes, col_sizes = (np.bincount(x[x >= 0], minlength=k).tolist() for x in (rows, cols))
         lb.scores[k] = {"E": E, "E_random": E_rand, "score": normalized_score(E, E_rand),
                         "sizes": [row_sizes, col_sizes], "row_sizes": row_sizes, "col_sizes": col_sizes}
-    if significance_k is not None and n_shuffles > 0 and min(live) < significance_k:
+    if significance_k is not None and n_shuffles > 0 and not tested:
         lb.significance_skipped = _too_few(significance_k, live)
-    elif significance_k is not None and n_shuffles > 0:
+    elif tested:
         seed = int(rng.randint(2**31 - 1))
         try:
             lb.significance = shuffle_test(

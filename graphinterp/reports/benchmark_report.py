@@ -5,7 +5,8 @@ Files written by :func:`write_report` into one folder (all atomically):
 * ``benchmark.json``: everything, including each layer's cluster sizes and null samples;
 * ``clusterability.csv``: one row per model, layer and k (E, E_random, normalised score, sizes);
 * ``significance.csv``: one row per model and layer (observed E and score, their null mean and
-  standard deviation, z-scores and empirical p-values, number of shuffles);
+  standard deviation, z-scores and empirical p-values, number of shuffles; ``seconds`` is the layer's whole
+  benchmark, every k and the shuffle test);
 * ``network.csv`` (with the whole-network test): one row per model, its n-cut and E against the shuffled
   networks (:mod:`graphinterp.reports.network_report`);
 * ``clusterability_vs_k.png``/``.svg``: mass-weighted E against k, one line per model, with the
@@ -28,7 +29,7 @@ from graphinterp.common.files import atomic_write
 from graphinterp.clustering.metrics import normalized_score
 from graphinterp.clustering.network_null import NetworkShuffleTest
 from graphinterp.clustering.significance import ShuffleTest
-from graphinterp.reports.benchmark_table import format_report
+from graphinterp.reports.benchmark_table import format_report, report_notes
 from graphinterp.reports.io import json_safe, write_json
 from graphinterp.reports.network_report import NETWORK_COLUMNS, network_rows
 
@@ -132,7 +133,7 @@ class BenchmarkReport:
         return json_safe({"ks": list(self.ks), "significance_k": self.significance_k, "n_shuffles": self.n_shuffles,
                           "settings": dict(self.settings), "seconds": self.seconds,
                           "models": [{**m.to_dict(), "mass_weighted": m.mass_weighted(self.ks)} for m in self.models],
-                          "failed": dict(self.failed)})
+                          "failed": dict(self.failed), "notes": report_notes(self)})
 
 
 def safe_name(name: str) -> str:

@@ -94,9 +94,7 @@ def format_report(report) -> str:
                      f"p = {1 / (report.n_shuffles + 1):.3f}); z = (observed - null mean) / null sd; p = (r + 1) / (n + 1), "
                      f"r = the shuffles scoring at least the observed value (one-sided)"
                      + ("; n=1 has no sd, so no z" if report.n_shuffles == 1 else ""))
-        n_tested = sum(lb.significance is not None for m in report.models for lb in m.layers)
-        if n_tested > 1:
-            lines.append(multiple_tests_line(n_tested, report.n_shuffles))
+        lines.extend(report_notes(report))
         if kk not in report.ks:
             lines.append(f"k={kk} (the significance k) is not among the k benchmarked "
                          f"({','.join(map(str, report.ks))}): its E, E_rand and score are from the shuffle test's "
@@ -128,10 +126,19 @@ def format_report(report) -> str:
         elif tested:
             for layer, why in untested.items():
                 lines.append(f"{m.name}: layer {layer} not shuffle-tested at k={kk}: {why}")
+        lines.extend(f"{m.name}: layer {lb.layer}: {note}" for lb in m.layers if lb.significance
+                     for note in lb.significance.notes())
     lines.extend(network_lines(report))
     for name, why in report.failed.items():
         lines.append(f"{name}: FAILED, not benchmarked: {why}")
     return "\n".join(lines)
+
+
+def report_notes(report) -> List[str]:
+    """The notes on the whole report (the table's text and ``benchmark.json``'s ``notes``): that its p-values are
+    per layer, when more than one layer was tested."""
+    n_tested = sum(lb.significance is not None for m in report.models for lb in m.layers)
+    return [multiple_tests_line(n_tested, report.n_shuffles)] if n_tested > 1 else []
 
 
 def multiple_tests_line(n_tested: int, n_shuffles: int, alpha: float = 0.05) -> str:

@@ -141,6 +141,9 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         Allow pickled modules (runs code from the file; only for trusted files).
     device : str, optional
     random_state : int or None
+        Seeds every layer from ``[random_state, the layer's index in its graph]``, so the layers at one index of two
+        models, if they have one shape, are shuffled by the same permutations (common random numbers: their nulls
+        are correlated, which makes a difference between the models less noisy; they are not independent samples).
     progress : bool
         A tqdm bar over the models being loaded, then one over all layers of all models (serial runs
         only; both cleared when done).

@@ -13,10 +13,12 @@ import, so the figure modules form no import cycle.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Mapping, Optional, Tuple
 
 import numpy as np
 
+from graphinterp.clustering.shuffle_results import NullComparison
 from graphinterp.reports.viz_common import (_DPI, _GREY, _NEG, _PALETTE, _POS, PathLike, _array, _figure, _finish,  # noqa: F401
                          _names, _xticklabels, save_figure)
 
@@ -227,10 +229,10 @@ def plot_significance(observed: Mapping[str, float], null_samples: Mapping[str, 
                    label="shuffled null" if row == 0 else None)
         ax.scatter([obs], [row], marker="D", s=80, color=_PALETTE[5], edgecolor="black", zorder=3,
                    label="observed" if row == 0 else None)
-        sd = null.std(ddof=1) if null.size > 1 else 0.0
-        z = f"z = {(obs - null.mean()) / sd:+.1f}" if sd > 0 else "z = n/a"
-        p = (np.count_nonzero(null >= obs) + 1) / (null.size + 1)
-        ax.text(1.02, row, f"{z}\np = {p:.2g} (n = {null.size})", transform=beside, va="center", fontsize=9)
+        test = NullComparison.from_samples(obs, null)  # z and p by the table's rule (ties within rounding count)
+        z = f"z = {test.z:+.1f}" if not math.isnan(test.z) else "z = n/a"
+        ax.text(1.02, row, f"{z}\np = {test.p_value:.2g} (n = {null.size})", transform=beside, va="center",
+                fontsize=9)
     ax.set_yticks(range(len(layers)), layers)
     ax.set(ylim=(len(layers) - 0.5, -0.5), xlabel=xlabel)
     ax.grid(axis="x", alpha=0.3)
