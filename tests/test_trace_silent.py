@@ -288,3 +288,35 @@ def test_a_lerp_by_a_number_between_two_node_sets_is_noted():
 
     g = trace_graph(Lerp(), example=torch.randn(2, 4))
     assert any(n.startswith("torch.lerp with weight 0.1") for n in g.coverage.notes)
+
+
+class _Averaged(nn.Module):
+    """Two branches averaged, or a residual sum scaled, by a number written in the code after the sum."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.i, self.a, self.b, self.o = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.how = how
+
+    def forward(self, x):
+        h = torch.relu(self.i(x))
+        if self.how == "mean":
+            y = (self.a(h) + self.b(h)) / 2
+        elif self.how == "times":
+            y = 0.5 * (self.a(h) + self.b(h))
+        elif self.how == "residual":
+            y = (h + self.a(h)) * 0.5
+        else:  # the same sum unscaled: quiet
+            y = self.a(h) + self.b(h)
+        return self.o(torch.relu(y))
+
+
+@pytest.mark.parametrize("how", ["mean", "times", "residual", "plain"])
+def test_a_number_scaling_a_sum_of_branches_is_noted(how):
+    """`(a(h) + b(h)) / 2` is the function `torch.stack([a(h), b(h)]).mean(0)` computes, which is noted; the number
+    after the plain sum was dropped silently (a complete coverage for a graph that holds a and b at twice the model's
+    scale). No single layer holds it: noted, never folded."""
+    g = trace_graph(_Averaged(how).eval())
+    noted = any("a sum of branches scaled by a number in the code" in n for n in g.coverage.notes)
+    assert noted == (how != "plain"), g.coverage.notes
+    assert all(not layer.folded for layer in g.layers)

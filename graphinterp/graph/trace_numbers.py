@@ -62,6 +62,11 @@ def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor
         return False
     if not tr.fold or _producer(tr, x, out)[0] is None:
         tr.number_scaled[id(out)] = value
+        if tr.fold and id(x) in tr.merged_sums:
+            tr.notes[f"{name}: a sum of branches scaled by a number in the code ((a + b) * c, e.g. an average of two "
+                     "branches or a scaled residual sum): not folded (no single layer holds it), the graph's weights "
+                     "of the summed branches are the raw parameters (per-layer E is unaffected; the model-wide E and "
+                     "the whole-network graph's magnitudes are)"] += 1
         return False
     return _fold_number(tr, x, out, value)
 

@@ -255,6 +255,7 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
     _unfolded_scale(tr, name, tensors)
     signed_operand(tr, name, args, kwargs)
     res = None
+    merged = False
     for t in tracked:
         s = tr.shadow(t).expand(out.shape) if t.dim() <= out.dim() else None
         if s is None:
@@ -272,8 +273,11 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
                 res = torch.where(s >= 0, s, res) if one_a else res
                 continue
             tr._merge(a, b, name)
+            merged = True
         res = torch.where(res >= 0, res, s)
     tr._set(out, res)
+    if merged and (name in T.ADDS or name in T.SUBS):
+        tr.merged_sums[id(out)] = out
 
 
 def _one_node(tr, ids: torch.Tensor) -> bool:
