@@ -549,6 +549,8 @@ MUTANTS: List[Mutant] = [
       "alone = False", "the tested layer clustered from the k sweep's SVD, unlike its shuffled copies"),
     M("shuffle_results", "return self.no_spread and abs(self.observed - self.mean) <= 1e-12", "return False",
       "a null that reproduces the layer is not said to tell nothing"),
+    M("trace_numbers", "if tr.fold and id(x) in tr.merged_sums:", "if False:",
+      "a number scaling a sum of branches ((a + b) / 2) dropped without a note"),
 ]
 
 

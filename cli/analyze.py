@@ -98,7 +98,8 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     structure = {"chained": "", "dag": " (a DAG: residual streams and branches on shared nodes)",
                  "layerwise": " (layer by layer)"}[graph_structure(graph)]
     edges, weights = graph.num_params(), graph.num_params(unique=True)
-    shared = f" ({edges:,} edges: a tensor applied by several layers is counted once)" if edges != weights else ""
+    shared = (f" ({edges:,} edges: a tensor applied by several layers is counted once here, and once per application, "
+              f"a layer of the graph each, in the mass-weighted E)" if edges != weights else "")
     click.echo(f"{model}: {loaded.kind}, {len(graph)} layers, {weights:,} weights{shared}{structure}")
     for line in coverage_lines(graph) + note_lines(loaded):
         click.echo(line)

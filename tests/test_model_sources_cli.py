@@ -235,3 +235,18 @@ def test_a_rotary_embeddings_mix_is_noted_with_where_it_is(llama_dir):
     assert res.exit_code == 0, res.stderr
     line = next(l for l in res.stdout.splitlines() if "elementwise mix of nodes of one space" in l)
     assert "in 4 node space(s): model.layers.0.self_attn.q_proj, model.layers.0.self_attn.k_proj" in line
+
+
+def test_a_tensor_applied_by_several_layers_is_said_to_count_once_per_application_in_e(tmp_path):
+    """ALBERT applies one block at every depth: the header counted its tensor once ("counted once"), while the
+    mass-weighted E weighs each application as a layer of the graph; the header now says both."""
+    T = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    torch.manual_seed(0)
+    T.AlbertModel(T.AlbertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                                 embedding_size=8, vocab_size=30, max_position_embeddings=16)).save_pretrained(
+        tmp_path / "albert")
+    res = invoke("analyze", tmp_path / "albert", "--k", "2", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "counted once here, and once per application, a layer of the graph each, in the mass-weighted E" in res.output
+    assert "ffn#2" in res.output

@@ -320,3 +320,46 @@ def test_a_number_scaling_a_sum_of_branches_is_noted(how):
     noted = any("a sum of branches scaled by a number in the code" in n for n in g.coverage.notes)
     assert noted == (how != "plain"), g.coverage.notes
     assert all(not layer.folded for layer in g.layers)
+
+
+def test_a_weight_used_where_the_graph_cannot_follow_is_not_called_unused():
+    """`W @ h.T` (the weight on the left) was reported as "not used as a Linear/Conv weight", and `F.linear(h, W[:4])`
+    as "a weight that is not a parameter (a parametrization ..., a pruning mask, or a buffer)": both say now what
+    happened (a slice of W; an operation the graph does not follow)."""
+
+    class Left(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.i, self.W, self.o = nn.Linear(4, 8), nn.Parameter(torch.randn(6, 8)), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.o((self.W @ torch.relu(self.i(x)).T).T)
+
+    class Sliced(Left):
+        def forward(self, x):
+            return F.linear(torch.relu(self.i(x)), self.W[:4])
+
+    left = trace_graph(Left().eval(), example=torch.randn(2, 4)).coverage
+    assert [m.reason for m in left.missing if m.name == "W"] == [
+        "not read as a layer's weight in the traced forward pass (by a Linear, a convolution, F.linear or x @ W.T): "
+        "unused, or used in an operation the graph does not follow (e.g. W @ x, the weight on the left)"]
+    sliced = trace_graph(Sliced().eval(), example=torch.randn(2, 4)).coverage
+    assert any("computed from parameter W (a slice, a reshape or arithmetic on it: (4, 8) from (6, 8))" in n
+               for n in sliced.notes), sliced.notes
+
+
+def test_a_linear_reshaped_into_a_feature_map_says_how_many_nodes_get_no_edge():
+    """Linear(5, 18) -> view(2, 3, 3) -> Conv2d: the conv's two channels are bound to two of the Linear's 18
+    outputs; the other 16 have no reader, which the note now counts."""
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.conv = nn.Linear(5, 18), nn.Conv2d(2, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(torch.relu(self.fc(x)).view(-1, 2, 3, 3))
+
+    notes = trace_graph(Decoder().eval(), example=torch.randn(2, 5)).coverage.notes
+    assert any("the first position's 2 node(s) are used, and 16 of the 18 nodes its input holds get no edge" in n
+               for n in notes), notes

@@ -265,7 +265,9 @@ def _coverage(model: nn.Module, tracer: ChannelTracer) -> Coverage:
         elif mtype in ("LSTM", "GRU", "RNN"):
             reason = "recurrent layers are not supported as graph edges"
         else:
-            reason = "not used as a Linear/Conv weight in the traced forward pass"
+            reason = ("not read as a layer's weight in the traced forward pass (by a Linear, a convolution, F.linear "
+                      "or x @ W.T): unused, or used in an operation the graph does not follow (e.g. W @ x, the weight "
+                      "on the left)")
         missing.append(MissingModule(name, mtype, p.numel(), reason))
     # "bn1 (BatchNorm scale)" -> bn1; a number's tag ("2 (number in the code)") names no module
     folded_sources = {f.rpartition(" (")[0] for c in tracer.calls for f in c.folded if not f.endswith(f"({NUMBER})")}

@@ -30,6 +30,7 @@ other constants alone in :mod:`graphinterp.graph.trace_params` (:class:`ParamTen
 """
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -78,9 +79,10 @@ class ChannelTracer(NodeSpaces, ParamTensors, TorchFunctionMode):
         self._space_names: set = set()
         self.notes: Counter = Counter()
         self.number_scaled: Dict[int, float] = {}  # tensor id -> a number in the code that scaled it (trace_numbers)
-        # tensor id -> a sum that merged the nodes of its operands (kept alive so that its id is not reused): a
-        # number scaling it scales every branch of the sum, which no single layer can hold (trace_numbers)
-        self.merged_sums: Dict[int, torch.Tensor] = {}
+        # tensor id -> a sum that merged the nodes of its operands, held weakly: the entry goes with the tensor, so
+        # a later tensor reusing the id is not taken for it (and no activation is kept alive for it); a number
+        # scaling such a sum scales every branch of it, which no single layer can hold (trace_numbers)
+        self.merged_sums: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
         self.number_folds: List[Tuple[int, str, Optional[int]]] = []  # (layer, tag, scaled output id or None: a sum's)
         self.unfolded: Dict[str, str] = {}
         self.fresh_inputs: Dict[str, int] = {}  # layer -> input features it read without nodes (not the first layer)

@@ -100,8 +100,11 @@ def _features(tr, x: torch.Tensor, dim: int, n: int, name: str) -> torch.Tensor:
         if vec is None:  # positions holding two raw ids of one merged node (a class token beside patches)
             vec = _channel_vector(tr.canon(s), dim)
         if vec is None:
-            tr.notes[f"{name}: input features map to different nodes at different positions (first used)"] += 1
             vec = s.movedim(dim, -1).reshape(-1, s.shape[dim])[0].clone()
+            held, used = (int(torch.unique(c[c >= 0]).numel()) for c in (tr.canon(s), tr.canon(vec)))
+            tr.notes[f"{name}: input features map to different nodes at different positions (e.g. a Linear's outputs "
+                     f"reshaped into a feature map): the first position's {used} node(s) are used, and {held - used} of "
+                     f"the {held} nodes its input holds get no edge to it"] += 1
     if vec is None:
         vec = torch.full((n,), -1, dtype=torch.long)
     missing = vec < 0
@@ -151,9 +154,12 @@ def _weight_op(tr, x, w, out, kind: str, *, groups: int = 1, matmul: bool = Fals
                 and isinstance(out, torch.Tensor)):
             return _weight_op(tr, x, tr.params[derived[0]], out, kind, groups=groups, matmul=matmul, rows=rows)
         if isinstance(out, torch.Tensor) and not matmul:
-            return _unbound(tr, out, kind, 1 if kind != "linear" else -1,
-                            "with a weight that is not a parameter (a torch.nn.utils.parametrize parametrization such "
-                            "as weight_norm or spectral_norm, a pruning mask, or a buffer)")
+            why = (f"with a weight computed from parameter {derived[0]} (a slice, a reshape or arithmetic on it: "
+                   f"{tuple(w.shape)} from {tuple(raw.shape)}), which the graph cannot bind to the parameter"
+                   if derived is not None and raw is not None else
+                   "with a weight that is not a parameter (a torch.nn.utils.parametrize parametrization such "
+                   "as weight_norm or spectral_norm, a pruning mask, or a buffer)")
+            return _unbound(tr, out, kind, 1 if kind != "linear" else -1, why)
     if not isinstance(out, torch.Tensor) or not _param(tr, w):
         return _channelwise(tr, x, out, known=False, name=kind) if isinstance(x, torch.Tensor) else None
     if id(w) in tr._param_view:
