@@ -98,7 +98,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     """
     from graphinterp import (
         ClusteringError, cluster_network, default_cluster_layers, functional_modules,
-        reinitialised, stored_clustering,
+        multiple_tests_line, reinitialised, stored_clustering,
     )
 
     kinds = parse_kinds(kinds_text)
@@ -151,6 +151,10 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     reference = functional_modules(reinitialised(net, seed), data, k, **settings) if reinit else None
     if plot_path:
         _plot(model, result, plot_path)
+    n_tests = sum(c.modularity.null.size > 1 for lv in result.levels.values() for c in lv.clusters.values())
+    if n_tests > 1:  # every level and kind has its own p
+        notes.append(multiple_tests_line(n_tests, null_copies, per="per level and kind", tests="level and kind pairs",
+                                         draws="null copies"))
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "weight_clusters": source,
                    "coverage": coverage_json(graph.coverage), "notes": notes, **result.to_dict(),

@@ -63,6 +63,7 @@ _EXPORTS = {
     "clusterability_report": "clustering.metrics", "fit_batch": "clustering.bsgc_batch",
     "load_graph": "clustering.analysis", "random_partition_expectation": "clustering.metrics",
     "shuffle_test": "clustering.significance", "network_shuffle_test": "clustering.network_null",
+    "multiple_tests_line": "clustering.shuffle_results",
     "network_measures": "clustering.network_null", "within_share": "clustering.metrics",
     "check_k": "clustering.validation",
     "UnitClusters": "clustering.modularity", "cluster_units": "clustering.modularity",

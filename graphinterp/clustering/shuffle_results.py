@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import numpy as np
 
-__all__ = ["NullComparison", "ShuffleTest", "no_spread_note"]
+__all__ = ["NullComparison", "ShuffleTest", "no_spread_note", "multiple_tests_line"]
 
 
 def _finite(x: float) -> Optional[float]:
@@ -168,3 +168,26 @@ def no_spread_note(measures: dict, nonzero_only: bool) -> Optional[str]:
            "(leave --nonzero-only out) to test it" if nonzero_only else "")
     return (f"every shuffled copy has the observed {' and '.join(same)} (the null has no spread), so the test cannot "
             f"tell structure from its absence: p = 1 here says nothing{why}")
+
+
+def multiple_tests_line(n_tested: int, n_draws: int, alpha: float = 0.05, *, tests: str = "layers",
+                        per: str = "per layer and per measure", draws: str = "shuffles") -> str:
+    """The line saying that a table's p-values are each their own test, uncorrected for the ``n_tested`` tests.
+
+    ``n_draws`` null samples per test give a smallest p of ``1 / (n_draws + 1)``; the line gives the number a
+    Bonferroni threshold ``alpha / n_tested`` needs. ``tests``, ``per`` and ``draws`` name them (a benchmark's
+    layers and shuffles; ``associate``'s levels and null copies).
+
+    Examples
+    --------
+    >>> multiple_tests_line(20, 20)  # doctest: +NORMALIZE_WHITESPACE
+    'the p-values are per layer and per measure, not corrected for the 20 layers tested: with no structure at all
+    about 1.0 of them would have p <= 0.05 by chance; a Bonferroni threshold of 0.05/20 = 0.0025 needs at least
+    399 shuffles (this run: 20)'
+    """
+    threshold = alpha / n_tested
+    needed = math.ceil(1 / threshold - 1 - 1e-9)  # smallest n with 1/(n + 1) <= alpha / n_tested
+    chance = (f"with no structure at all about {alpha * n_tested:.1f} of them would have p <= {alpha:g} by chance; "
+              if 1 / (n_draws + 1) <= alpha else "")
+    return (f"the p-values are {per}, not corrected for the {n_tested} {tests} tested: {chance}a Bonferroni "
+            f"threshold of {alpha:g}/{n_tested} = {threshold:.2g} needs at least {needed} {draws} (this run: {n_draws})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional
 
+from graphinterp.clustering.shuffle_results import multiple_tests_line
 from graphinterp.common.text import format_table
 from graphinterp.reports.network_report import network_lines
 
@@ -139,25 +140,6 @@ def report_notes(report) -> List[str]:
     per layer, when more than one layer was tested."""
     n_tested = sum(lb.significance is not None for m in report.models for lb in m.layers)
     return [multiple_tests_line(n_tested, report.n_shuffles)] if n_tested > 1 else []
-
-
-def multiple_tests_line(n_tested: int, n_shuffles: int, alpha: float = 0.05) -> str:
-    """The line saying that the table's p-values are per layer, uncorrected for the number of layers tested.
-
-    Examples
-    --------
-    >>> multiple_tests_line(20, 20)  # doctest: +NORMALIZE_WHITESPACE
-    'the p-values are per layer and per measure, not corrected for the 20 layers tested: with no structure at all
-    about 1.0 of them would have p <= 0.05 by chance; a Bonferroni threshold of 0.05/20 = 0.0025 needs at least
-    399 shuffles (this run: 20)'
-    """
-    threshold = alpha / n_tested
-    needed = math.ceil(1 / threshold - 1 - 1e-9)  # smallest n with 1/(n + 1) <= alpha / n_tested
-    chance = (f"with no structure at all about {alpha * n_tested:.1f} of them would have p <= {alpha:g} by chance; "
-              if 1 / (n_shuffles + 1) <= alpha else "")
-    return (f"the p-values are per layer and per measure, not corrected for the {n_tested} layers tested: {chance}a "
-            f"Bonferroni threshold of {alpha:g}/{n_tested} = {threshold:.2g} needs at least {needed} shuffles "
-            f"(this run: {n_shuffles})")
 
 
 def _same_name_lines(models) -> List[str]:
