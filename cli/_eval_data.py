@@ -13,6 +13,7 @@ Notes are returned as text (``note: ...`` in the report, ``notes`` in ``--json``
 """
 from __future__ import annotations
 
+import shlex
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -229,8 +230,10 @@ def load_eval_data(dataset: str, split: str, data_dir: Optional[str], limit: Opt
     try:
         data = load_dataset(dataset, split=split, data_dir=data_dir, normalize=inputs == "standardised")
     except DataError as err:  # this command has no --download: say how to fetch it instead
+        where = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir is not None else ""
         text = str(err).replace("pass --download to fetch it,",
-                                f"fetch it once with `graphinterp train --dataset {dataset} --download`,")
+                                f"fetch it once with `graphinterp train --dataset {dataset}{where} --download` (which "
+                                "also trains a model),")
         if text == str(err):
             raise
         raise DataError(text) from None

@@ -80,8 +80,9 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
     cluster of that layer's clustering) and same_cluster (both ends with the same cluster).
     Open it in Gephi or Cytoscape, or with networkx.read_graphml. Every weight is one edge: where
     two layers connect the same pair of nodes (a SwiGLU MLP's gate and up projections, in a model
-    with a residual stream) the file holds two parallel edges, one per layer (a multigraph; graph
-    attribute multigraph=true). Graph attributes cluster_source and cluster_in_out_source say where
+    with a residual stream) the file holds two parallel edges, one per layer (a multigraph: every DAG's
+    file has graph attribute multigraph=true; networkx.read_graphml returns a MultiDiGraph only where
+    two edges join one pair of nodes, graphinterp.read_graphml always). Graph attributes cluster_source and cluster_in_out_source say where
     cluster and cluster_in / cluster_out come from (network, per-layer or none). In a model with
     shared nodes (graph attribute dag=true: residual streams, branches, attention) a node read or
     written by several clustered layers has one cluster_in / cluster_out, -1 where those layers'

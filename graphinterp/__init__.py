@@ -101,7 +101,7 @@ _EXPORTS = {
     "format_report": "reports.benchmark_report", "graph_with_fallback": "reports.model_sources",
     "plot_ablation": "reports.viz", "plot_association": "reports.viz_assoc", "plot_clusterability_vs_k": "reports.viz",
     "plot_clustered_layer": "reports.viz", "plot_ecs_comparison": "reports.viz", "plot_ecs_per_label": "reports.viz_eval",
-    "run_benchmark": "reports.benchmarking", "SignificanceKError": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io",
+    "run_benchmark": "reports.benchmarking", "SignificanceKError": "reports.benchmarking", "save_figure": "reports.viz", "write_graphml": "reports.io", "read_graphml": "reports.io",
     "write_json": "reports.io", "write_report": "reports.benchmark_report",
     "json_default": "reports.io", "json_text": "reports.io",
 }

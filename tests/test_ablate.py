@@ -412,3 +412,14 @@ def test_mean_ablation_uses_the_reference_means_not_the_evaluated_data():
     ref = torch.tensor([[0.0, 0, 5, 5]] * 4)
     res = ablation_matrix(model, None, c, (x, torch.tensor([0, 1])), mode="mean", reference=ref, device="cpu")
     assert res.off.tolist() == [[1.0, 1.0], [0.0, 1.0]]
+
+
+def test_a_missing_dataset_is_fetched_into_the_data_dir_the_user_gave(tmp_path):
+    """ablate has no --download: the hint named `graphinterp train --dataset mnist --download` without --data-dir,
+    which fetches into the default folder, where this --data-dir would still not find it (and trains a model)."""
+    from _cli_helpers import invoke, one_error
+
+    path = digits_checkpoint(tmp_path / "m.pt", clustering=True)
+    where = tmp_path / "no data"
+    msg = one_error(invoke("ablate", path, "--dataset", "mnist", "--data-dir", where))
+    assert f"graphinterp train --dataset mnist --data-dir '{where}' --download` (which also trains a model)" in msg, msg
