@@ -527,3 +527,44 @@ def test_weights_that_do_not_fit_the_stored_architecture_name_the_mismatch(tmp_p
     save_checkpoint(path, mlp(6, (5,)), arch={"name": "mlp", "kwargs": {"in_features": 6, "hidden": [4]}})
     with pytest.raises(ModelFileError, match="size mismatch"):
         load_model_file(path)
+
+
+def test_expanded_view_declaring_more_than_the_file_holds_is_refused(tmp_path):
+    """A 2 KB file can declare a 200000x200000 weight as a stride-0 view; it must be refused while loading, not
+    crash later with a 160 GB allocation (a traceback) or exhaust memory."""
+    path = tmp_path / "bomb.pt"
+    torch.save({"fc1.weight": torch.randn(1).expand(200000, 200000), "fc2.weight": torch.randn(10, 4)}, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(ModelFileError, match=r"'fc1.weight' declares a 200000x200000 tensor .* stores only 4 bytes"):
+        load_model_file(path)
+    small = tmp_path / "small.pt"  # a small expanded view is still read
+    torch.save({"fc1.weight": torch.randn(4, 1).expand(4, 3)}, small)
+    assert load_model_file(small).state_dict["fc1.weight"].shape == (4, 3)
+
+
+def test_non_regular_and_looping_model_paths_are_named_for_what_they_are(tmp_path):
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match="not a regular file") as info:
+        load_model_file(fifo)  # was "is empty (0 bytes)"
+    _one_line(info)
+    loop = tmp_path / "loop.pt"
+    os.symlink(tmp_path / "other.pt", loop)
+    os.symlink(loop, tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="symbolic links"):
+        load_model_file(loop)  # was "model file not found"
+
+
+def test_damaged_checkpoint_errors_name_the_file(tmp_path):
+    """With two inputs (circuits --compare, train --resume) the message must say which file is damaged."""
+    path = tmp_path / "damaged.pt"
+    ckpt = save_checkpoint(tmp_path / "ok.pt", mlp(4, [3]), arch={"name": "mlp", "kwargs": {"in_features": 4,
+                                                                                           "hidden": [3]}})
+    del ckpt["history"]
+    torch.save(ckpt, path)
+    for load in (load_model_file, load_checkpoint):
+        with pytest.raises(ModelFileError, match=r"damaged\.pt: graphinterp checkpoint lacks \['history'\]"):
+            load(path)
+    torch.save({"fc.weight": torch.ones(2, 2)}, path)
+    with pytest.raises(ModelFileError, match=r"damaged\.pt: not a graphinterp checkpoint"):
+        load_checkpoint(path)

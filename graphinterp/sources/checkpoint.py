@@ -237,4 +237,7 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
             what = "holds pickled code"
         raise ModelFileError(f"{os.fspath(path)} {what}: not a graphinterp checkpoint; pass one written by graphinterp "
                              "train") from exc
-    return validate_checkpoint(obj)
+    try:
+        return validate_checkpoint(obj)
+    except ModelFileError as exc:  # name the file: the message alone does not say which one is damaged
+        raise ModelFileError(f"{os.fspath(path)}: {exc}") from exc

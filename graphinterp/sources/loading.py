@@ -9,6 +9,7 @@ code when unpickled. Both are refused unless ``trust_pickle=True``.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ __all__ = ["CONTAINER_KEYS", "LoadedModel", "load_model_file"]
 #: Keys under which third-party checkpoints keep their weights, tried in this order.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+#: A tensor may claim more elements than its file stores (an expanded or overlapping view: a 2 KB file can declare
+#: a 200000x200000 weight); up to this many bytes are accepted, beyond it the file is refused before any work.
+_MAX_EXPANDED_BYTES = 1 << 28
 
 
 @dataclass
@@ -90,6 +94,13 @@ def _tensor_dict(obj: Any, path: Path, what: str) -> Dict[str, torch.Tensor]:
         if value.is_meta:
             raise ModelFileError(f"{path}: {what} entry {key!r} is a meta tensor, which holds no values (saved from a "
                                  "model on the 'meta' device); save the model after its weights were loaded")
+        dense = value.numel() * value.element_size()
+        stored = value.untyped_storage().nbytes()
+        if dense > stored and dense > _MAX_EXPANDED_BYTES:
+            shape = "x".join(map(str, value.shape))
+            raise ModelFileError(f"{path}: {what} entry {key!r} declares a {shape} tensor ({dense:,} bytes) but the file "
+                                 f"stores only {stored:,} bytes for it (an expanded or overlapping view); the file is "
+                                 "damaged or crafted: save dense weights (.contiguous()) to read it")
     return _strip_prefix({k: v.detach().cpu() for k, v in obj.items()})
 
 
@@ -104,7 +115,10 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def _from_checkpoint(obj: Dict[str, Any], path: Path, map_location: Any) -> LoadedModel:
-    validate_checkpoint(obj)
+    try:
+        validate_checkpoint(obj)
+    except ModelFileError as exc:  # name the file: a command may read several (circuits --compare, benchmark)
+        raise ModelFileError(f"{path}: {exc}") from exc
     state = _tensor_dict(obj["state_dict"], path, "checkpoint state_dict")
     module = None
     if obj["arch"] is not None:
@@ -222,10 +236,16 @@ def load_model_file(
     ('state_dict', ['fc.weight'], {'epoch': 7})
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelFileError(f"model file not found: {path}; check the path")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}; check the path") from None
+    except OSError as exc:  # a symbolic link loop, a folder without permission, ...
+        raise ModelFileError(f"cannot read {path}: {(exc.strerror or type(exc).__name__).lower()}") from None
+    if stat.S_ISDIR(mode):
         raise ModelFileError(f"{path} is a folder, not a model file; pass the .pt/.pth file inside it")
+    if not stat.S_ISREG(mode):  # a FIFO, a device, a socket: "0 bytes" would be wrong, and reading may block forever
+        raise ModelFileError(f"{path} is not a regular file (a FIFO, device or socket); pass a model file")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{path} is empty (0 bytes); re-download or re-save it")
     if is_torchscript(path):
