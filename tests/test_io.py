@@ -93,3 +93,20 @@ def test_graphml_of_a_multigraph_without_parallel_edges_reads_back_as_a_multigra
     G.add_edge("a", "b", key="l1", weight=1.0)
     write_graphml(G, tmp_path / "g.graphml")
     assert read_graphml(tmp_path / "g.graphml").is_multigraph()
+
+
+def test_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
+    """Replacing a private (0600) output must not make it world-readable."""
+    target = tmp_path / "private.json"
+    target.write_text("old")
+    os.chmod(target, 0o600)
+    with atomic_write(target, "w") as fh:
+        fh.write("new")
+    assert target.read_text() == "new"
+    assert oct(os.stat(target).st_mode & 0o777) == oct(0o600)
+    fresh = tmp_path / "fresh.json"
+    with atomic_write(fresh, "w") as fh:
+        fh.write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(fresh).st_mode & 0o777 == 0o666 & ~mask

@@ -225,7 +225,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # created 0600; give the usual permissions
+        os.chmod(tmp, _final_mode(path))  # created 0600: the replaced file's permissions, else the usual ones
         _refuse_non_regular(path)  # made a folder, link or FIFO while we wrote: leave it alone
         try:
             os.replace(tmp, path)
@@ -294,6 +294,18 @@ def output_lock(path: PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+
+
+def _final_mode(path: Path) -> int:
+    """The permissions of the file ``path`` (kept when it is replaced: a private 0600 file stays private), else
+    ``0666`` less the umask."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:
