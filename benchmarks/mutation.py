@@ -551,6 +551,12 @@ MUTANTS: List[Mutant] = [
       "a null that reproduces the layer is not said to tell nothing"),
     M("trace_numbers", "if tr.fold and id(x) in tr.merged_sums:", "if False:",
       "a number scaling a sum of branches ((a + b) / 2) dropped without a note"),
+    M("metrics", "E = float(clusterability(sq, rows, cols)) if mass > 0 else nan",
+      "E = float(clusterability(sq, rows, cols)) if mass > 0 else 0.0", "a layer without weight scored E = 0"),
+    M("metrics", "on_unlabelled = float(sq[r_out].sum() + sq[~r_out][:, c_out].sum())", "on_unlabelled = 0.0",
+      "weight on nodes labelled isolated goes unmentioned"),
+    M("loading", "if dense > stored and dense > _MAX_EXPANDED_BYTES:", "if False:",
+      "a tiny file declaring a huge tensor is read"),
 ]
 
 

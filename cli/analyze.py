@@ -137,6 +137,8 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     if stored is not None:
         click.echo(f"stored clustering (k={stored.k}, from the checkpoint): E={stored.E:.4f} over "
                    f"{', '.join(s.layer for s in stored.layers)} (E_random={stored.E_random:.3f})")
+        for note in stored.notes():
+            click.echo(f"note: stored clustering: {note}")
     if plot_path:
         click.echo(f"wrote {plot_path}")
 

@@ -657,3 +657,13 @@ def test_an_infinite_z_keeps_its_meaning_in_the_json(tmp_path):
     assert below["z"] is None and below["no_spread"] is True and below["observed"] < below["null_mean"]
     spread = NullComparison.from_samples(0.483, np.array([0.5, 0.6])).to_dict()
     assert spread["no_spread"] is False and spread["z"] is not None
+
+
+def test_a_model_that_fails_to_load_is_named_once(tmp_path):
+    """"bad.pt: FAILED, not benchmarked: <dir>/bad.pt: <dir>/bad.pt: ...": the loader's message already names the
+    file, and the report named it again."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    report = run_benchmark([ModelSource(path=str(bad))], [2], significance_k=None, n_shuffles=0)
+    (why,) = report.failed.values()
+    assert why.count(str(bad)) == 1, why

@@ -221,9 +221,13 @@ def test_torchscript(tmp_path, how):
     compiled.save(str(path))
     with pytest.raises(ModelFileError, match="TorchScript archive: loading it runs the code it holds.*--trust-pickle"):
         load_model_file(path)  # its scripted methods run in torch.jit.load: code, so opt-in as for a pickle
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # neither torch.load's TorchScript warning nor jit.load's deprecation
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # neither torch.load's TorchScript warning nor jit.load's deprecation ...
         loaded = load_model_file(path, trust_pickle=True)
+    # ... but ours, as for a pickle: the README promises that --trust-pickle warns (it did not for TorchScript)
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (UserWarning, f"loading {path}, a TorchScript archive: its code runs when the model does (and the trace runs "
+                      "it); only do this for files you trust")]
     assert loaded.kind == "torchscript" and loaded.arch is None
     _assert_same(loaded.state_dict, model.state_dict())
     assert torch.equal(loaded.module(x), model(x))

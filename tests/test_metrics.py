@@ -150,3 +150,29 @@ def test_the_baseline_leaves_out_the_nodes_without_weight_in_the_layer_whatever_
     labelled = np.concatenate([rows, np.zeros(5, dtype=np.int64)])
     assert random_partition_expectation(labelled, cols, 2, dead) == pytest.approx(0.5)
     assert random_partition_expectation(labelled, cols, 2) == pytest.approx(0.6 * 0.75 + 0.4 * 0.25)  # labels alone
+
+
+def test_a_report_over_a_layer_without_weight_or_with_weight_on_unlabelled_nodes_says_so():
+    """A stored clustering over an all-zero layer was scored E = 0, E_random = 0 (0 / 0), and one whose labels
+    call nodes with weight isolated (-1) scored their weight as outside every cluster without a word."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        net[2].weight.zero_()
+        net[0].weight.copy_(torch.arange(1.0, 17.0).view(4, 4))
+    g = LayeredGraph.from_module(net)
+    names = g.layer_names
+    c = Clustering(2, {names[0]: np.array([0, 1, -1, 0]), names[1]: np.array([0, 1, 0, 1])},
+                   {names[0]: np.array([0, 1, 1, 0]), names[1]: np.array([0, 1, 1])})
+    rep = clusterability_report(g, c)
+    first, dead = rep.layers
+    assert np.isnan(dead.E) and np.isnan(dead.score) and dead.mass == 0
+    sq = g[names[0]].squared().double()
+    assert first.unlabelled_share == pytest.approx(float(sq[2].sum() / sq.sum()))  # input node 2: labelled -1
+    assert rep.E == first.E  # the layer without weight adds nothing to the model's E
+    notes = rep.notes()
+    assert any(n.startswith(f"{names[1]}: no weight (all zero): E undefined") for n in notes), notes
+    assert any(n.startswith(f"{names[0]}: nodes labelled isolated (-1) carry") for n in notes), notes
+    data = rep.to_dict()
+    assert data["layers"][1]["E"] is None and data["notes"] == notes
+    clean = clusterability_report(g, Clustering(2, {names[0]: np.array([0, 1, 1, 0])}, {names[0]: np.array([0, 1, 1, 0])}))
+    assert clean.notes() == [] and clean.layers[0].unlabelled_share == 0.0

@@ -195,11 +195,17 @@ class LayerScore:
     score: float
     mass: float
     n_isolated: int
+    unlabelled_share: float = 0.0  # share of the squared weight on edges touching a node labelled -1 (isolated)
 
 
 @dataclass
 class ClusterabilityReport:
-    """Per-layer scores and the mass-weighted model-wide E, E_random and normalised score."""
+    """Per-layer scores and the mass-weighted model-wide E, E_random and normalised score.
+
+    A layer without weight (all zero) has E, E_random and score NaN (0 / 0; ``null`` in the JSON) and adds
+    nothing to the model-wide figures, which are NaN when no layer has weight; :meth:`notes` says so, and
+    names layers whose nodes labelled isolated (-1) carry weight (counted outside every cluster).
+    """
 
     k: int
     layers: List[LayerScore]
@@ -207,13 +213,33 @@ class ClusterabilityReport:
     E_random: float
     score: float
 
+    def notes(self) -> List[str]:
+        """What the figures do not say: layers without weight, and weight on nodes labelled isolated."""
+        out = [f"{s.layer}: no weight (all zero): E undefined, left out of the model-wide E" for s in self.layers
+               if s.mass <= 0]
+        out += [f"{s.layer}: nodes labelled isolated (-1) carry {s.unlabelled_share:.1%} of its squared weight, "
+                "counted outside every cluster (the weights changed since the clustering was made?)"
+                for s in self.layers if s.unlabelled_share > 0]
+        return out
+
     def to_dict(self) -> dict:
-        """JSON-ready dict."""
+        """JSON-ready dict (NaN as ``None``), with :meth:`notes`."""
         out = asdict(self)
         for layer in out["layers"]:
             layer["shape"] = list(layer["shape"])
             layer["row_sizes"], layer["col_sizes"] = ([int(p[i]) for p in layer["sizes"]] for i in (0, 1))
-        return out
+        out["notes"] = self.notes()
+        return _nan_to_none(out)
+
+
+def _nan_to_none(value):
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> ClusterabilityReport:
@@ -260,15 +286,21 @@ def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> Cluste
         sq = graph[name].squared().double()
         rows, cols = clustering.labels(name)
         mass = float(sq.sum())
-        E = float(clusterability(sq, rows, cols)) if mass > 0 else 0.0
-        E_rand = random_partition_expectation(rows, cols, clustering.k, sq)
+        nan = float("nan")
+        E = float(clusterability(sq, rows, cols)) if mass > 0 else nan  # 0 / 0: no weight, no E
+        E_rand = random_partition_expectation(rows, cols, clustering.k, sq) if mass > 0 else nan
+        r_out, c_out = torch.as_tensor(rows < 0), torch.as_tensor(cols < 0)  # labelled isolated: in no cluster
+        on_unlabelled = float(sq[r_out].sum() + sq[~r_out][:, c_out].sum())  # exactly 0 where they have no weight
         scores.append(LayerScore(
             layer=name, shape=tuple(sq.shape), sizes=clustering.sizes(name).tolist(), E=E, E_random=E_rand,
-            score=normalized_score(E, E_rand), mass=mass, n_isolated=int((rows < 0).sum() + (cols < 0).sum()),
+            score=normalized_score(E, E_rand) if mass > 0 else nan, mass=mass,
+            n_isolated=int((rows < 0).sum() + (cols < 0).sum()),
+            unlabelled_share=on_unlabelled / mass if mass > 0 else 0.0,
         ))
-        inside_total += E * mass
-        random_total += E_rand * mass
-        mass_total += mass
-    E = inside_total / mass_total if mass_total else 0.0
-    E_rand = random_total / mass_total if mass_total else 0.0
-    return ClusterabilityReport(clustering.k, scores, E, E_rand, normalized_score(E, E_rand))
+        if mass > 0:
+            inside_total += E * mass
+            random_total += E_rand * mass
+            mass_total += mass
+    E = inside_total / mass_total if mass_total else float("nan")
+    E_rand = random_total / mass_total if mass_total else float("nan")
+    return ClusterabilityReport(clustering.k, scores, E, E_rand, normalized_score(E, E_rand) if mass_total else E)

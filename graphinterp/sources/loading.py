@@ -167,6 +167,8 @@ def _interpret(obj: Any, path: Path, map_location: Any) -> LoadedModel:
 
 
 def _load_torchscript(path: Path, map_location: Any) -> LoadedModel:
+    warnings.warn(f"loading {path}, a TorchScript archive: its code runs when the model does (and the trace runs it); "
+                  "only do this for files you trust", UserWarning, stacklevel=3)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
