@@ -28,7 +28,7 @@ and exit code 2. The checks:
 from __future__ import annotations
 
 from graphinterp.cli._options import (
-    DEVICE, MAX_RANGE_VALUES, POSITIVE_INT, SEED, SEED_MAX, FiniteFloat, check_device, check_layers, check_seed,
+    DEVICE, MAX_RANGE_VALUES, POSITIVE_INT, SEED, NamedPath, SEED_MAX, FiniteFloat, check_device, check_layers, check_seed,
     device_option, given_options, json_option, k_usage_errors, layers_option, parse_int_ranges, parse_k_values,
     parse_layers,
     quiet_option, seed_option, trust_pickle_option,
@@ -39,7 +39,7 @@ from graphinterp.cli._paths import FIGURE_SUFFIXES, check_output_dir, check_outp
 __all__ = [
     "json_option", "seed_option", "device_option", "quiet_option", "trust_pickle_option", "layers_option",
     "parse_layers", "emit_json", "write_json", "format_table", "k_usage_errors",
-    "SEED_MAX", "SEED", "DEVICE", "POSITIVE_INT", "FiniteFloat", "FIGURE_SUFFIXES", "MAX_RANGE_VALUES", "given_options",
+    "SEED_MAX", "SEED", "DEVICE", "POSITIVE_INT", "NamedPath", "FiniteFloat", "FIGURE_SUFFIXES", "MAX_RANGE_VALUES", "given_options",
     "check_seed", "check_device", "check_layers", "check_output_path", "check_output_dir", "check_title",
     "parse_int_ranges", "parse_k_values", "plain_text",
 ]

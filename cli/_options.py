@@ -91,6 +91,25 @@ DEVICE = _CheckedType("device", lambda value: check_device(value))
 POSITIVE_INT = click.IntRange(min=1)
 
 
+class NamedPath(click.Path):
+    """``click.Path`` that refuses an empty name: ``--plot ""`` was taken as no --plot (no figure, exit 0), and an
+    empty MODEL as the current folder.
+
+    Examples
+    --------
+    >>> NamedPath(dir_okay=False).convert("", None, None)
+    Traceback (most recent call last):
+    ...
+    click.exceptions.BadParameter: the name is empty; give a path or a name
+    """
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("the name is empty; " + ("give a file name or leave the option out" if isinstance(param, click.Option)
+                                               else "give a path or a name"), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # ------------------------------------------------------------------ options
 def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")(f)

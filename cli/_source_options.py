@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 
 import click
 
-from graphinterp.cli._options import trust_pickle_option
+from graphinterp.cli._options import NamedPath, trust_pickle_option
 
 __all__ = [
     "SourceOptions", "model_argument", "model_source_options", "layerwise_option", "parse_input_shape",
@@ -89,7 +89,7 @@ class SourceOptions:
 
 def model_argument(f: Callable) -> Callable:
     """The ``MODEL`` argument: a file, a HuggingFace folder or a torchvision name (read by :meth:`SourceOptions.load`)."""
-    return click.argument("model", type=click.Path(), metavar="MODEL")(f)
+    return click.argument("model", type=NamedPath(), metavar="MODEL")(f)
 
 
 def model_source_options(f: Callable) -> Callable:

@@ -7,6 +7,7 @@ import click
 import numpy as np
 
 from graphinterp.cli._common import (
+    NamedPath,
     k_usage_errors,
     FIGURE_SUFFIXES, MAX_RANGE_VALUES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json,
     format_table, json_option, parse_int_ranges, parse_layers, plain_text, quiet_option, seed_option,
@@ -63,7 +64,7 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
               help="Ablate these neurons instead of clusters, e.g. fc1:1,2,3 or fc1:0-7 (repeatable). LEVEL is "
                    "'input' or a layer name, meaning that layer's outputs.")
 @click.option("--batch-size", type=POSITIVE_INT, default=1024, show_default=True, help="Evaluation batch size.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=NamedPath(dir_okay=False), default=None,
               help="Save the ON/OFF heatmaps (PNG/SVG/PDF by suffix).")
 @click.option("--corpus", type=click.Path(dir_okay=False), default=None,
               help="Transformer trained on chars: the text to evaluate on, any written with its characters (default: its training text).")

@@ -5,6 +5,7 @@ import click
 
 from graphinterp import analyze, clusterability_report, graph_structure, resolve_device, stored_clustering
 from graphinterp.cli._common import (
+    NamedPath,
     k_usage_errors,
     FIGURE_SUFFIXES, check_layers, check_output_path, device_option, emit_json, format_table, json_option, layers_option,
     parse_k_values, parse_layers, quiet_option, seed_option,
@@ -31,7 +32,7 @@ __all__ = ["command"]
                    "+ optimal matching, or Algorithm 1 verbatim (independent, unpaired).")
 @layerwise_option
 @model_source_options
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=NamedPath(dir_okay=False), default=None,
               help="Save a figure of E against k (PNG/SVG/PDF by suffix).")
 @device_option
 @quiet_option

@@ -9,6 +9,7 @@ from typing import List, Optional
 import click
 
 from graphinterp.cli._common import (
+    NamedPath,
     k_usage_errors,
     FIGURE_SUFFIXES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json, format_table, json_option,
     parse_layers, plain_text, quiet_option, seed_option, trust_pickle_option,
@@ -65,7 +66,7 @@ def parse_kinds(text: str) -> List[str]:
               help="Examples the associations are measured on: the first N of the evaluation data (which --limit "
                    "makes a seeded random subset).")
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Evaluation batch size.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=NamedPath(dir_okay=False), default=None,
               help="Save the association matrices as heatmaps (a row per level, a column per kind), units ordered by "
                    "the weight clusters (PNG/SVG/PDF by suffix).")
 @seed_option

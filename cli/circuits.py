@@ -9,6 +9,7 @@ import click
 
 from graphinterp import grouped_layers, SCHEDULER_ENV
 from graphinterp.cli._common import (
+    NamedPath,
     FIGURE_SUFFIXES, POSITIVE_INT, FiniteFloat, check_output_dir, check_output_path, device_option,
     emit_json, json_option, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
@@ -104,7 +105,7 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
               help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder. A "
                    "Linear after a Flatten of conv channels is written one edge per channel and output (graph "
                    "attribute exact=false; said in a note).")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=NamedPath(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
 @click.option("--corpus", type=click.Path(dir_okay=False), default=None,
               help="Transformer trained on chars: the text to evaluate on, any written with its characters (default: its training text).")

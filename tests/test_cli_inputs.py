@@ -515,3 +515,15 @@ def test_a_layer_named_twice_is_refused():
     g = LayeredGraph.from_module(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4)))
     with pytest.raises(click.BadParameter, match="twice"):
         check_layers(g, ["0", "0"])
+
+
+def test_an_empty_name_is_refused_not_taken_for_no_figure_or_the_current_folder(tmp_path):
+    """`--plot ""` was read as no --plot (no figure, exit 0) and an empty MODEL as the current folder ("." is a
+    folder without config.json)."""
+    from _cli_helpers import invoke, usage_error
+
+    model = tmp_path / "m.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)).state_dict(), model)
+    assert "'--plot': the name is empty; give a file name or leave the option out" in usage_error(
+        invoke("analyze", model, "--k", "2", "--plot", ""))
+    assert "'MODEL': the name is empty; give a path or a name" in usage_error(invoke("analyze", "", "--k", "2"))
