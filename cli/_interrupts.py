@@ -1,7 +1,9 @@
-"""Ctrl-C and warnings while a ``graphinterp`` command runs (:func:`command_frame`).
+"""Ctrl-C, SIGTERM and warnings while a ``graphinterp`` command runs (:func:`command_frame`).
 
 Ctrl-C ends every command with exit code 130 and one line ``error: interrupted; ...`` saying what it
-left behind. Python raises the :class:`KeyboardInterrupt` wherever the main thread happens to be,
+left behind; SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit, ``docker stop``) is handled
+the same way, with exit code 143 and ``error: terminated (SIGTERM); ...``: the command's cleanup runs (no
+temporary output or lock file is left beside its outputs) where the default action would kill it at once. Python raises the :class:`KeyboardInterrupt` wherever the main thread happens to be,
 and in some places it is lost there, so while a command runs :class:`_InterruptGuard` handles SIGINT
 instead and delays the exception out of those places (see its docstring). Python warnings are
 printed as one line ``warning: <message>``.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -21,7 +24,7 @@ import warnings
 from types import FrameType
 from typing import Iterator, Optional
 
-__all__ = ["command_frame", "settle_interrupts"]
+__all__ = ["command_frame", "settle_interrupts", "terminated"]
 
 #: The guard of the command now running in the main thread (None between commands).
 _ACTIVE: Optional["_InterruptGuard"] = None
@@ -42,6 +45,11 @@ def command_frame() -> Iterator[None]:
         finally:
             if outer:
                 _ACTIVE = None
+
+
+def terminated() -> bool:
+    """True when the interrupt of the command now running came from SIGTERM, not Ctrl-C."""
+    return _ACTIVE is not None and _ACTIVE.terminated
 
 
 def settle_interrupts() -> None:
@@ -111,6 +119,8 @@ class _InterruptGuard:
         self._resent = False  # the SIGINT now arriving is the poller's, not another Ctrl-C
         self._wake = threading.Event()  # set by the handler when it holds an interrupt, and on exit
         self._poller: Optional[threading.Thread] = None
+        self._previous_term = None  # SIGTERM's handler before the guard (restored on exit); None: not taken over
+        self.terminated = False  # the interrupt came from SIGTERM
 
     def __enter__(self) -> "_InterruptGuard":
         if (self._home is None and threading.current_thread() is threading.main_thread()
@@ -121,6 +131,8 @@ class _InterruptGuard:
             self._poller = threading.Thread(target=self._poll, name="graphinterp-interrupt", daemon=True)
             self._poller.start()
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # a handler someone installed is left alone
+                self._previous_term = signal.signal(signal.SIGTERM, self._handle_term)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -132,7 +144,11 @@ class _InterruptGuard:
         self._poller.join()
         _let_pending_handlers_run()  # the poller's last SIGINT, if any, reaches _handle (ignored), not the next handler
         signal.signal(signal.SIGINT, self._previous)
+        if self._previous_term is not None:
+            signal.signal(signal.SIGTERM, self._previous_term)
+            self._previous_term = None
         self._held_since, self._outer, self._resent, self._poller = None, None, False, None
+        self.terminated = False
         self._activated = False
 
     def settle(self) -> None:
@@ -161,6 +177,19 @@ class _InterruptGuard:
             return
         self._held_since = self._outer = None
         raise KeyboardInterrupt
+
+    def _handle_term(self, signum: int, frame: Optional[FrameType]) -> None:
+        """SIGTERM: an interrupt like Ctrl-C's (held where it would be lost), remembered as a termination; a
+        second SIGTERM before the command has ended kills at once, as the default action does (a process stuck
+        in a C call never reaches a Python handler)."""
+        if self._home is None:
+            return
+        if self.terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.terminated = True
+        self._handle(signum, frame)
 
     def _overdue(self) -> bool:
         held_since = self._held_since

@@ -138,7 +138,7 @@ def record_left_behind(text: str) -> None:
         ctx.meta[LEFT_BEHIND] = text
 
 
-def interrupted_message(ctx: Optional[click.Context]) -> str:
+def interrupted_message(ctx: Optional[click.Context], event: str = "interrupted") -> str:
     """The ``error:`` line's text after Ctrl-C: what the command recorded, else the outputs it wrote.
 
     Every output is written to a temporary file and renamed (:func:`graphinterp.atomic_write`), so
@@ -154,13 +154,13 @@ def interrupted_message(ctx: Optional[click.Context]) -> str:
     """
     meta = ctx.meta if ctx is not None else {}
     if meta.get(LEFT_BEHIND):
-        return f"interrupted; {meta[LEFT_BEHIND]}"
+        return f"{event}; {meta[LEFT_BEHIND]}"
     outputs = meta.get(_OUTPUTS, {})
     names = [os.fspath(path) for path in _changed(outputs)]
     if not names:
         existed = any(before for _, before in outputs.values())  # an existing file, or a folder with files
-        return "interrupted; no output was written" + (" (existing files are unchanged)" if existed else "")
-    return f"interrupted after writing {_listed(names)} (each file complete; outputs not named were not written)"
+        return f"{event}; no output was written" + (" (existing files are unchanged)" if existed else "")
+    return f"{event} after writing {_listed(names)} (each file complete; outputs not named were not written)"
 
 
 def _state(path: Path):

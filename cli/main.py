@@ -1,8 +1,8 @@
 """Entry point of the ``graphinterp`` command: a click group whose commands load lazily.
 
 Ctrl-C ends every command with exit code 130 and one line ``error: interrupted; ...`` saying what it
-left behind (:mod:`graphinterp.cli._interrupts` makes sure it is never lost); Python warnings are one
-line ``warning: ...``.
+left behind (:mod:`graphinterp.cli._interrupts` makes sure it is never lost), SIGTERM with exit code 143
+and ``error: terminated (SIGTERM); ...``; Python warnings are one line ``warning: ...``.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import List, Optional
 import click
 
 from graphinterp import GraphinterpError
-from graphinterp.cli._interrupts import command_frame, settle_interrupts
+from graphinterp.cli._interrupts import command_frame, settle_interrupts, terminated
 from graphinterp.cli._paths import interrupted_message, note_replaced_outputs
 
 __all__ = ["cli", "main"]
@@ -65,6 +65,8 @@ class _LazyGroup(click.Group):
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
             _fail(f"{(err.strerror or str(err) or type(err).__name__)}{where}", 1)
         except KeyboardInterrupt:  # what the command left behind: its own note (train), else its outputs
+            if terminated():  # SIGTERM: 128 + 15, as a shell reports a process it ended
+                _fail(interrupted_message(ctx, "terminated (SIGTERM)"), 143)
             _fail(interrupted_message(ctx), 130)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):

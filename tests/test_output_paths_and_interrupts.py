@@ -389,3 +389,30 @@ def test_a_command_inside_another_or_in_a_thread_leaves_the_ctrl_c_guard_alone()
         _sigint()
         time.sleep(0.05)
 
+
+
+def test_sigterm_ends_train_as_ctrl_c_does_with_its_own_status(tmp_path):
+    """`kill`, `timeout` or a scheduler's time limit send SIGTERM: by default it killed the process at once,
+    leaving the checkpoint's lock file (and any temporary output) behind with no word. It now runs the command's
+    cleanup and says where the resumable state is, with exit status 143 (128 + SIGTERM)."""
+    import subprocess
+
+    out = tmp_path / "m.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "graphinterp.cli", "train", "--dataset", "digits", "--epochs", "500",
+                             "--warmup-epochs", "1", "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # the first checkpoint: the run is under way
+        assert out.exists() and proc.poll() is None, "train ended or wrote nothing in 120 s"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 143, err.decode()
+    assert lines[-1].startswith(f"error: terminated (SIGTERM); {out} holds the training state after epoch "), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no lock, no temporary file
+    assert load_checkpoint(out)["train_state"]["epoch"] >= 1
