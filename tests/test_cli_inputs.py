@@ -527,3 +527,22 @@ def test_an_empty_name_is_refused_not_taken_for_no_figure_or_the_current_folder(
     assert "'--plot': the name is empty; give a file name or leave the option out" in usage_error(
         invoke("analyze", model, "--k", "2", "--plot", ""))
     assert "'MODEL': the name is empty; give a path or a name" in usage_error(invoke("analyze", "", "--k", "2"))
+
+
+def test_another_machines_temp_files_are_kept_and_old_names_still_cleaned(tmp_path):
+    """In a folder shared between machines the process ids in other machines' temporary files mean nothing here:
+    one whose id is not running on this machine was removed while that machine was still writing it. Names from
+    before the host tag (no host) are this machine's, and still cleaned when their process is gone."""
+    from graphinterp.common import files
+
+    out = tmp_path / "x.json"
+    other = "0" * 8 if files._HOST != "0" * 8 else "f" * 8
+    dead = 2 ** 22 + 12345  # above Linux's largest pid: never running
+    theirs = tmp_path / f".x.json.graphinterp-{other}-{dead}-abcd.tmp"
+    ours_old = tmp_path / f".x.json.graphinterp-{dead}-abcd.tmp"
+    ours = tmp_path / f".x.json.graphinterp-{files._HOST}-{dead}-abcd.tmp"
+    for p in (theirs, ours_old, ours):
+        p.write_text("left")
+    with atomic_write(out, "w") as fh:
+        fh.write("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, "x.json"])

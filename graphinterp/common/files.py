@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
+import socket
 import stat
 from pathlib import Path
 from typing import IO, Iterator, Union
@@ -27,9 +29,12 @@ __all__ = ["OutputPathError", "TEMP_MARK", "atomic_write", "check_writable", "ou
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Every temporary file of :func:`atomic_write` is named ``.<name>.graphinterp-<pid>-<random>.tmp``.
+#: Every temporary file of :func:`atomic_write` is named ``.<name>.graphinterp-<host>-<pid>-<random>.tmp``, ``<host>``
+#: 8 hex digits of the machine's name: a folder shared between machines (NFS) holds other machines' temporary
+#: files, whose process ids mean nothing here (names without a host, as written until 2026-12-08, are this machine's).
 TEMP_MARK = "graphinterp"
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.%s-(?P<pid>\d+)-[0-9a-f]+\.tmp$" % TEMP_MARK)
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.%s-(?:(?P<host>[0-9a-f]{8})-)?(?P<pid>\d+)-[0-9a-f]+\.tmp$" % TEMP_MARK)
+_HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 
 
 class OutputPathError(GraphinterpError, OSError):
@@ -123,9 +128,9 @@ def _reason(err: OSError) -> str:
 
 
 def _mkstemp(folder: Path, name: str):
-    """Create ``.<name>.graphinterp-<pid>-<hex>.tmp`` exclusively in ``folder``; returns ``(fd, path)``."""
+    """Create ``.<name>.graphinterp-<host>-<pid>-<hex>.tmp`` exclusively in ``folder``; returns ``(fd, path)``."""
     for _ in range(100):
-        tmp = folder / f".{name}.{TEMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        tmp = folder / f".{name}.{TEMP_MARK}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600), tmp
         except FileExistsError:
@@ -149,7 +154,8 @@ def remove_stale_temps(path: PathLike) -> int:
     """Remove temporary files that :func:`atomic_write` left beside ``path`` in processes that died.
 
     A process killed during a write (SIGKILL, power loss) cannot remove its temporary file;
-    the next write of the same output does, when the process that made it no longer runs.
+    the next write of the same output does, when the process that made it no longer runs on this machine
+    (another machine's files, in a shared folder, are left alone: its process ids cannot be checked here).
     Returns the number of files removed.
     """
     path = Path(path)
@@ -160,7 +166,8 @@ def remove_stale_temps(path: PathLike) -> int:
         return 0
     for entry in entries:
         m = _TEMP_RE.match(entry.name)
-        if not m or m.group("name") != path.name or _pid_alive(int(m.group("pid"))):
+        if (not m or m.group("name") != path.name or m.group("host") not in (None, _HOST)  # another machine's
+                or _pid_alive(int(m.group("pid")))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_file(follow_symlinks=False):
@@ -175,7 +182,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
 
     An exception (or an interrupt) inside the ``with`` block removes the temporary file
     and leaves any existing ``path`` untouched, so no half-written output can remain. The
-    temporary file is called ``.<name>.graphinterp-<pid>-<random>.tmp``; ones left by a
+    temporary file is called ``.<name>.graphinterp-<host>-<pid>-<random>.tmp``; ones left by a
     process that was killed are removed by the next write of the same path.
 
     Parameters
