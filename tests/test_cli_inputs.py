@@ -546,3 +546,13 @@ def test_another_machines_temp_files_are_kept_and_old_names_still_cleaned(tmp_pa
     with atomic_write(out, "w") as fh:
         fh.write("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, "x.json"])
+
+
+def test_a_file_without_layer_weights_is_named_in_the_error(tmp_path):
+    """`error: no layer weight tensor in the state_dict; ...` did not say which file (benchmark and circuits --compare
+    read several)."""
+    from _cli_helpers import invoke, one_error
+
+    path = tmp_path / "bias_only.pt"
+    torch.save({"fc.bias": torch.zeros(3)}, path)
+    assert one_error(invoke("analyze", path, "--k", "2")).startswith(f"error: {path}: no layer weight tensor")

@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from graphinterp.common.errors import ModelFileError
+from graphinterp.common.errors import ModelFileError, UnsupportedModelError
 from graphinterp.graph.state_graph import CHAIN_GUESS_NOTE, CONV_LAYOUT_NOTE, NORMS_NOTE
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.graph.opened import OpenedModel, _cpu_state, _with_known_architecture, opened_from_loaded
@@ -126,7 +126,12 @@ def model_graph(opened: OpenedModel, *, layerwise: bool = False, fold: bool = Tr
     """
     if opened.module is not None:
         return LayeredGraph.from_module(opened.module, layerwise=layerwise, fold=fold, input_shape=input_shape)
-    graph = LayeredGraph.from_state_dict(opened.state_dict, layerwise=layerwise)
+    try:
+        graph = LayeredGraph.from_state_dict(opened.state_dict, layerwise=layerwise)
+    except UnsupportedModelError as err:  # name the file: "no layer weight tensor in the state_dict" says not which
+        if opened.path and not str(err).startswith(opened.path):
+            raise UnsupportedModelError(f"{opened.path}: {err}") from err
+        raise
     unused = (f"input shape {tuple(input_shape)} not used: a file without an architecture is read from its tensors, "
               "nothing is traced") if input_shape is not None else None
     if unused and unused not in opened.notes:
