@@ -545,8 +545,8 @@ MUTANTS: List[Mutant] = [
     M("circuit_graph", "grouped_layers=\",\".join(grouped), exact=not grouped)",
       "grouped_layers=\",\".join(grouped), exact=True)",
       "a CNN circuit's GraphML claims to be exact where it grouped the flattened channels"),
-    M("benchmark_layers", "alone = tested and significance_k in fitting and max(fitting) > significance_k",
-      "alone = False", "the tested layer clustered from the k sweep's SVD, unlike its shuffled copies"),
+    M("benchmark_layers", "if k in labels and max(fitting) == k:", "if k in labels:",
+      "the tested layer clustered from the k sweep's SVD, unlike its shuffled copies"),
     M("shuffle_results", "return self.no_spread and abs(self.observed - self.mean) <= 1e-12", "return False",
       "a null that reproduces the layer is not said to tell nothing"),
     M("trace_numbers", "if tr.fold and id(x) in tr.merged_sums:", "if False:",
@@ -555,7 +555,7 @@ MUTANTS: List[Mutant] = [
       "E = float(clusterability(sq, rows, cols)) if mass > 0 else 0.0", "a layer without weight scored E = 0"),
     M("metrics", "on_unlabelled = float(sq[r_out].sum() + sq[~r_out][:, c_out].sum())", "on_unlabelled = 0.0",
       "weight on nodes labelled isolated goes unmentioned"),
-    M("loading", "if dense > stored and dense > _MAX_EXPANDED_BYTES:", "if False:",
+    M("loading", "if dense > stored and expanded > _MAX_EXPANDED_BYTES:", "if False:",
       "a tiny file declaring a huge tensor is read"),
 ]
 

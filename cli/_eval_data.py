@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from graphinterp import DATASETS
-from graphinterp.cli._options import POSITIVE_INT
+from graphinterp.cli._options import POSITIVE_INT, NamedPath
 
 __all__ = ["require_chain", "open_for_eval", "runnable_for", "note_missing", "data_options", "read_checkpoint", "transformer_checkpoint", "resolve_dataset", "load_eval_data",
            "inputs_note", "coverage_note", "coverage_line", "coverage_lines", "coverage_json", "limit_rows", "limit_note", "check_outputs",
@@ -37,7 +37,7 @@ def data_options(f):
     f = click.option("--limit", type=POSITIVE_INT, default=None, metavar="N",
                      help="Evaluate on a seeded random subset of N examples (all of them when N is at least "
                           "the split's size; a note says so when it is above).")(f)
-    f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+    f = click.option("--data-dir", type=NamedPath(file_okay=False), default=None,
                      help="Folder holding the dataset (default: the folder a graphinterp checkpoint was trained "
                           "from, else $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")(f)
     f = click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,

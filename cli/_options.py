@@ -92,21 +92,24 @@ POSITIVE_INT = click.IntRange(min=1)
 
 
 class NamedPath(click.Path):
-    """``click.Path`` that refuses an empty name: ``--plot ""`` was taken as no --plot (no figure, exit 0), and an
-    empty MODEL as the current folder.
+    """``click.Path`` that refuses an empty name, the type of every path parameter of the CLI: ``--plot ""`` was taken
+    as no --plot (no figure, exit 0), an empty MODEL as the current folder, and ``benchmark --out ""`` failed only
+    after the whole benchmark.
 
     Examples
     --------
     >>> NamedPath(dir_okay=False).convert("", None, None)
     Traceback (most recent call last):
     ...
-    click.exceptions.BadParameter: the name is empty; give a path or a name
+    click.exceptions.BadParameter: the name is empty; give a path
     """
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
-            self.fail("the name is empty; " + ("give a file name or leave the option out" if isinstance(param, click.Option)
-                                               else "give a path or a name"), param, ctx)
+            optional = isinstance(param, click.Option) and not param.required
+            self.fail("the name is empty; " + ("give a path or leave the option out" if optional else
+                                               "give the model's path or name" if getattr(param, "name", "") == "model"
+                                               else "give a path"), param, ctx)
         return super().convert(value, param, ctx)
 
 

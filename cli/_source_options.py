@@ -108,7 +108,7 @@ def model_source_options(f: Callable) -> Callable:
         return f(*args, source=source, **kwargs)
 
     options = [
-        click.option("--weights", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+        click.option("--weights", default=None, type=NamedPath(dir_okay=False), metavar="FILE",
                      help="Weights file for MODEL given as a torchvision architecture name (e.g. resnet18); "
                           "without it a torchvision name has random weights."),
         click.option("--no-fold", "no_fold", is_flag=True,

@@ -101,7 +101,7 @@ def task_config(path: str, ckpt: Dict[str, Any], corpus: Optional[str] = None) -
     from graphinterp import DataError
     from graphinterp import TransformerConfig
 
-    ckpt = validate_checkpoint(ckpt)
+    ckpt = validate_checkpoint(ckpt, path=path)
     saved = (ckpt.get("train_state") or {}).get("config")
     if not saved:
         raise DataError(f"{path} holds no transformer training settings; cannot rebuild its task data")

@@ -50,7 +50,7 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
 
 
 @click.command("ablate")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=NamedPath(dir_okay=False))
 @data_options
 @click.option("--k", type=click.IntRange(min=2), default=None,
               help="Cluster now with k clusters (network-wide BSGC on --layers, default the hidden Linear layers) "
@@ -66,7 +66,7 @@ def parse_neurons(values: Sequence[str], *, max_values: int = MAX_RANGE_VALUES) 
 @click.option("--batch-size", type=POSITIVE_INT, default=1024, show_default=True, help="Evaluation batch size.")
 @click.option("--plot", "plot_path", type=NamedPath(dir_okay=False), default=None,
               help="Save the ON/OFF heatmaps (PNG/SVG/PDF by suffix).")
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+@click.option("--corpus", type=NamedPath(dir_okay=False), default=None,
               help="Transformer trained on chars: the text to evaluate on, any written with its characters (default: its training text).")
 @seed_option
 @device_option
@@ -220,7 +220,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     from graphinterp.cli._transformer_circuits import class_name, task_config
 
     config = task_config(path, ckpt, corpus)
-    ckpt = validate_checkpoint(ckpt)
+    ckpt = validate_checkpoint(ckpt, path=path)
     net = build_model(ckpt["arch"])
     net.load_state_dict(ckpt["state_dict"])
     data = checkpoint_task_data(ckpt, config, path)

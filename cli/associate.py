@@ -40,7 +40,7 @@ def parse_kinds(text: str) -> List[str]:
 
 
 @click.command("associate")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=NamedPath(dir_okay=False))
 @data_options
 @click.option("--k", type=click.IntRange(min=2), default=4, show_default=True,
               help="Clusters per level, for the association clusters and (when clustering now) the weight clusters.")
@@ -152,10 +152,11 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
     reference = functional_modules(reinitialised(net, seed), data, k, **settings) if reinit else None
     if plot_path:
         _plot(model, result, plot_path)
-    n_tests = sum(c.modularity.null.size > 1 for lv in result.levels.values() for c in lv.clusters.values())
-    if n_tests > 1:  # every level and kind has its own p
-        notes.append(multiple_tests_line(n_tests, null_copies, per="per level and kind", tests="level and kind pairs",
-                                         draws="null copies"))
+    tested = [c for r in (result, reference) if r is not None for lv in r.levels.values() for c in lv.clusters.values()
+              if not math.isnan(c.modularity.p_value)]  # every p the table prints, the re-initialised model's too
+    if len(tested) > 1:
+        what = "Q of each level and kind" + (", for the model and its re-initialised copy" if reference else "")
+        notes.append(multiple_tests_line(len(tested), null_copies, what, draws="null copies"))
     if as_json:
         emit_json({"model": str(model), "dataset": data.name, "split": split, "weight_clusters": source,
                    "coverage": coverage_json(graph.coverage), "notes": notes, **result.to_dict(),

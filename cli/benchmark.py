@@ -10,7 +10,7 @@ import click
 
 from graphinterp import format_report, ModelSource, run_benchmark, SCHEDULER_ENV, SignificanceKError, write_report
 from graphinterp.cli._source_options import check_unit_norm
-from graphinterp.cli._common import (POSITIVE_INT, check_output_dir, device_option, emit_json, parse_k_values,
+from graphinterp.cli._common import (POSITIVE_INT, NamedPath, check_output_dir, device_option, emit_json, parse_k_values,
                                      quiet_option, seed_option, trust_pickle_option)
 
 __all__ = ["command"]
@@ -21,7 +21,7 @@ __all__ = ["command"]
 @click.option("--arch", "archs", multiple=True, metavar="NAME",
               help="A torchvision architecture (e.g. resnet18) whose weights are given by --weights; "
                    "repeat --arch/--weights for several models, paired in order.")
-@click.option("--weights", "weights", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--weights", "weights", multiple=True, type=NamedPath(dir_okay=False), metavar="FILE",
               help="Local weights file (a state_dict, read with weights_only=True) for the matching --arch; "
                    "with no --arch, for a single MODEL given as a torchvision name (as in analyze).")
 @click.option("--random-arch", "random_archs", multiple=True, metavar="NAME",
@@ -36,7 +36,7 @@ __all__ = ["command"]
                    "p-values go down to 1/(N+1).")
 @click.option("--nonzero-only", is_flag=True,
               help="Shuffle only non-zero weights, keeping the sparsity pattern (for pruned models).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="benchmark-report", show_default=True,
+@click.option("--out", "out_dir", type=NamedPath(file_okay=False), default="benchmark-report", show_default=True,
               help="Folder for benchmark.json, clusterability.csv, significance.csv and the figures.")
 @click.option("--layerwise", is_flag=True,
               help="Analyse every Linear/Conv2d as its own bipartite graph, unlinked, even when the model is a "

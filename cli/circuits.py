@@ -67,7 +67,7 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 
 
 @click.command("circuits")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=NamedPath(dir_okay=False))
 @data_options
 @click.option("--labels", "labels_text", default="all", show_default=True, metavar="all|0,3,5-7|e,t|chars:TEXT",
               help="Labels to extract a circuit for: all, or output indices and ranges (0,3,5-7). A character LM's "
@@ -76,7 +76,7 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
                    "(--labels 'chars:3, ' is '3', ',' and ' '), or a character written as the tables show it, "
                    "quoted (' ', '\\n') or as a backslash escape (\\t). Characters not in the model's vocabulary are "
                    "an error.")
-@click.option("--compare", "other", type=click.Path(dir_okay=False), default=None,
+@click.option("--compare", "other", type=NamedPath(dir_okay=False), default=None,
               help="Extract the same circuits from this second model (e.g. the unclustered baseline) and report the "
                    "ECS change per label (the paper's Figure 3). In --json, \"compare\" has model a = this one and b = "
                    "MODEL: ecs_a, ecs_b, relative_change (b - a) / a, a_over_b = mean (a - b) / b (0.6: a's circuits "
@@ -101,13 +101,13 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
 @click.option("--max-evals", type=POSITIVE_INT, default=10000, show_default=True,
               help="Candidate circuits evaluated per label at most (a safety cap; the search usually stops by itself "
                    "before; the full model and the final circuit are evaluated besides).")
-@click.option("--graphml-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--graphml-dir", type=NamedPath(file_okay=False), default=None,
               help="Write each circuit as <model>_label<c>.graphml (kept edges, cluster labels) into this folder. A "
                    "Linear after a Flatten of conv channels is written one edge per channel and output (graph "
                    "attribute exact=false; said in a note).")
 @click.option("--plot", "plot_path", type=NamedPath(dir_okay=False), default=None,
               help="Save a figure: ECS per label (with --compare: both models, as in Figure 3).")
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+@click.option("--corpus", type=NamedPath(dir_okay=False), default=None,
               help="Transformer trained on chars: the text to evaluate on, any written with its characters (default: its training text).")
 @click.option("--batch-size", type=POSITIVE_INT, default=4096, show_default=True, help="Evaluation batch size.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",

@@ -20,7 +20,7 @@ from graphinterp.cli._common import (
     FiniteFloat, check_layers, check_output_path, device_option, emit_json, json_option, layers_option,
     parse_layers, quiet_option, seed_option,
 )
-from graphinterp.cli._options import refuse_given
+from graphinterp.cli._options import NamedPath, refuse_given
 from graphinterp.cli._source_options import (
     coverage_lines, layerwise_option, model_argument, model_source_options, note_lines,
 )
@@ -40,7 +40,7 @@ NETWORK_MAX_NODES = 12000
 
 @click.command("export")
 @model_argument
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=NamedPath(dir_okay=False))
 @click.option("--k", type=click.IntRange(min=2), default=4, show_default=True, help="Number of clusters.")
 @layers_option
 @seed_option

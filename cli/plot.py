@@ -6,7 +6,7 @@ from typing import Optional
 import click
 
 from graphinterp import BSGC, check_k, ClusteringError, layer_seed, stored_clustering
-from graphinterp.cli._common import (FIGURE_SUFFIXES, check_layers, check_output_path, check_title, k_usage_errors,
+from graphinterp.cli._common import (FIGURE_SUFFIXES, NamedPath, check_layers, check_output_path, check_title, k_usage_errors,
                                      plain_text, seed_option)
 from graphinterp.cli._source_options import (
     SourceOptions, coverage_lines, model_argument, model_source_options, note_lines,
@@ -29,7 +29,7 @@ def command() -> None:
 @model_argument
 @click.option("--layer", "layer_name", required=True, metavar="NAME",
               help="Layer to draw, by name as printed by `graphinterp analyze` (e.g. fc2).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out_path", required=True, type=NamedPath(dir_okay=False),
               help="Output file; the format follows the suffix (.png, .svg or .pdf).")
 @click.option("--k", type=click.IntRange(min=2), default=None,
               help="Number of clusters. Default: the checkpoint's stored clustering when it covers the layer, "

@@ -13,7 +13,7 @@ from graphinterp.cli._common import (
     POSITIVE_INT, check_output_path, device_option, json_option, parse_layers, quiet_option, seed_option,
 )
 from graphinterp.cli._eval_data import read_checkpoint
-from graphinterp.cli._options import given_options
+from graphinterp.cli._options import NamedPath, given_options
 from graphinterp.cli._paths import CHECKPOINT_SUFFIXES, record_left_behind
 from graphinterp.cli._train_report import report_training, report_transformer
 from graphinterp import (
@@ -62,7 +62,7 @@ __all__ = ["command"]
                    "[default: modadd 200, chars 100].")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
               help="Transformer: AdamW weight decay [default: modadd 1, chars 0.1].")
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+@click.option("--corpus", type=NamedPath(dir_okay=False), default=None,
               help="chars: UTF-8 text file to train on (first 90% train, last 10% validation).")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="weight", show_default=True,
               help="What BSGC clusters: the weights |W|, or the average cosine of gradients accumulated in warm-up.")
@@ -75,7 +75,7 @@ __all__ = ["command"]
                    "between two hidden levels (fc2 for the MLP and for the CNN, whose fc1 reads the conv channels).")
 @seed_option
 @device_option
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--data-dir", type=NamedPath(file_okay=False), default=None,
               help="Folder holding the dataset files, or chars' default corpus (not with --corpus; modadd is "
                    "generated) (default: $GRAPHINTERP_DATA_DIR or ~/.cache/graphinterp/datasets).")
 @click.option("--download", is_flag=True,
@@ -83,7 +83,7 @@ __all__ = ["command"]
 @click.option("--max-train", type=POSITIVE_INT, default=None, metavar="N",
               help="mlp and cnn: train on a seeded random subset of N examples (N >= 1); when the training set "
                    "is smaller, all of it is used and a note says so.")
-@click.option("--out", type=click.Path(dir_okay=False), default="model.pt", show_default=True,
+@click.option("--out", type=NamedPath(dir_okay=False), default="model.pt", show_default=True,
               help="Checkpoint written atomically after every epoch (transformer: every 100 steps and the last) "
                    "(weights, architecture, clustering, history, training state); locked while training, so two "
                    "runs cannot write the same file.")

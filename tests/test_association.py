@@ -279,12 +279,12 @@ def test_cli_associate_json_and_table(ckpt):
     assert len(lv["clusters"]["correlation"]["modularity"]["null"]) == 3 and out["null"] == "rotation"
     assert any("3 null copies: z is rough" in n for n in out["notes"])
     # two levels x two kinds, each with its own p: uncorrected, and said so (3 copies: the smallest p is 0.25)
-    assert ("the p-values are per level and kind, not corrected for the 4 level and kind pairs tested: a Bonferroni "
-            "threshold of 0.05/4 = 0.013 needs at least 79 null copies (this run: 3)") in out["notes"]
+    assert ("the 4 p-values (Q of each level and kind) are each uncorrected for the others: a Bonferroni threshold of "
+            "0.05/4 = 0.0125 needs at least 79 null copies (this run: 3)") in out["notes"]
     res = invoke("associate", ckpt, "--kinds", "upstream", "--null-copies", 0, "--k", 3, "--layers", "fc1", "--json")
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
-    assert not any("not corrected" in n for n in out["notes"])  # no test, no p-values
+    assert not any("uncorrected" in n for n in out["notes"])  # no test, no p-values
     assert out["weight_clusters"] == "network-wide BSGC now (k=3, layers fc1)"
     assert out["levels"][0]["clusters"]["upstream"]["modularity"]["p_value"] is None  # no test, no p
     res = invoke("associate", ckpt, "--kinds", "upstream", "--null", "shuffle", "--null-copies", 10, "-q")

@@ -524,9 +524,13 @@ def test_an_empty_name_is_refused_not_taken_for_no_figure_or_the_current_folder(
 
     model = tmp_path / "m.pt"
     torch.save(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)).state_dict(), model)
-    assert "'--plot': the name is empty; give a file name or leave the option out" in usage_error(
+    assert "'--plot': the name is empty; give a path or leave the option out" in usage_error(
         invoke("analyze", model, "--k", "2", "--plot", ""))
-    assert "'MODEL': the name is empty; give a path or a name" in usage_error(invoke("analyze", "", "--k", "2"))
+    for command in ("analyze", "ablate", "associate", "circuits", "export"):  # every command's MODEL
+        assert "the name is empty; give the model's path or name" in usage_error(invoke(command, "", "out.graphml"))
+    assert "'--out': the name is empty; give a path or leave the option out" in usage_error(
+        invoke("benchmark", model, "--out", ""))  # it failed after the whole benchmark
+    assert "'OUT': the name is empty; give a path" in usage_error(invoke("export", model, ""))
 
 
 def test_another_machines_temp_files_are_kept_and_old_names_still_cleaned(tmp_path):

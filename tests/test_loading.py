@@ -544,6 +544,10 @@ def test_expanded_view_declaring_more_than_the_file_holds_is_refused(tmp_path):
     small = tmp_path / "small.pt"  # a small expanded view is still read
     torch.save({"fc1.weight": torch.randn(4, 1).expand(4, 3)}, small)
     assert load_model_file(small).state_dict["fc1.weight"].shape == (4, 3)
+    many = tmp_path / "many.pt"  # views each under the bound add up: 20 x 64 MiB declared in a few KB
+    torch.save({f"l{i}.weight": torch.randn(1).expand(4096, 4096) for i in range(20)}, many)
+    with pytest.raises(ModelFileError, match=r"'l4.weight' declares a 4096x4096 tensor .* bytes so far in such views"):
+        load_model_file(many)
 
 
 def test_non_regular_and_looping_model_paths_are_named_for_what_they_are(tmp_path):

@@ -171,8 +171,11 @@ def test_a_report_over_a_layer_without_weight_or_with_weight_on_unlabelled_nodes
     assert rep.E == first.E  # the layer without weight adds nothing to the model's E
     notes = rep.notes()
     assert any(n.startswith(f"{names[1]}: no weight (all zero): E undefined") for n in notes), notes
-    assert any(n.startswith(f"{names[0]}: nodes labelled isolated (-1) carry") for n in notes), notes
+    assert any(n.startswith(f"{names[0]}: nodes labelled isolated (-1), in no cluster, carry") for n in notes), notes
     data = rep.to_dict()
     assert data["layers"][1]["E"] is None and data["notes"] == notes
-    clean = clusterability_report(g, Clustering(2, {names[0]: np.array([0, 1, 1, 0])}, {names[0]: np.array([0, 1, 1, 0])}))
-    assert clean.notes() == [] and clean.layers[0].unlabelled_share == 0.0
+    with torch.no_grad():  # input node 2 without weight: labelled -1 as BSGC labels it, and exactly no note
+        net[0].weight[:, 2] = 0.0
+    g = LayeredGraph.from_module(net)
+    clean = clusterability_report(g, Clustering(2, {names[0]: np.array([0, 1, -1, 0])}, {names[0]: np.array([0, 1, 1, 0])}))
+    assert clean.notes() == [] and clean.layers[0].unlabelled_share == 0.0 and clean.layers[0].n_isolated == 1

@@ -264,3 +264,15 @@ def test_the_summary_counts_the_classes_tied_with_those_it_names():
     assert lines["full"].endswith("c3 0.20, c0 1.00, c1 1.00, c2 1.00 (+21 tied)")
     assert lines["ON 0"].endswith("c5 0.90, c6 0.90, c0 0.00, c1 0.00 (+21 tied)")
     assert lines["OFF 0"].endswith("c7 -1.00, c8 -1.00, c9 -1.00, c10 -1.00 (+2 tied)")
+
+
+def test_a_damaged_transformer_checkpoint_is_named(models, tmp_path):
+    """ablate and circuits validated a transformer checkpoint without saying which file was damaged (circuits
+    --compare reads two)."""
+    ckpt = torch.load(models["modadd"], weights_only=True)
+    del ckpt["history"]
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    for command in (["ablate", bad, "--device", "cpu"], ["circuits", bad, "--labels", "0", "--device", "cpu"]):
+        res = run_cli(command)
+        assert res.exit_code != 0 and f"{bad}: graphinterp checkpoint lacks ['history']" in res.output, res.output

@@ -217,9 +217,8 @@ class ClusterabilityReport:
         """What the figures do not say: layers without weight, and weight on nodes labelled isolated."""
         out = [f"{s.layer}: no weight (all zero): E undefined, left out of the model-wide E" for s in self.layers
                if s.mass <= 0]
-        out += [f"{s.layer}: nodes labelled isolated (-1) carry {s.unlabelled_share:.1%} of its squared weight, "
-                "counted outside every cluster (the weights changed since the clustering was made?)"
-                for s in self.layers if s.unlabelled_share > 0]
+        out += [f"{s.layer}: nodes labelled isolated (-1), in no cluster, carry {s.unlabelled_share:.1%} of its "
+                "squared weight, which counts as outside every cluster" for s in self.layers if s.unlabelled_share > 0]
         return out
 
     def to_dict(self) -> dict:

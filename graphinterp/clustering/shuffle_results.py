@@ -164,30 +164,32 @@ def no_spread_note(measures: dict, nonzero_only: bool) -> Optional[str]:
     same = [name for name, c in measures.items() if c.uninformative]
     if not same:
         return None
-    why = (": --nonzero-only keeps the pattern of zeros, which here decides the clustering; shuffle all weights "
-           "(leave --nonzero-only out) to test it" if nonzero_only else "")
-    return (f"every shuffled copy has the observed {' and '.join(same)} (the null has no spread), so the test cannot "
-            f"tell structure from its absence: p = 1 here says nothing{why}")
+    why = ("; the shuffles keep the pattern of zeros (--nonzero-only), which may be what decides the clustering: "
+           "leave --nonzero-only out to shuffle all weights" if nonzero_only else "")
+    return (f"every shuffled copy has the observed {' and '.join(same)} (the null has no spread), so "
+            f"{'that test' if len(same) == 1 else 'those tests'} cannot tell structure from its absence: p = 1 there "
+            f"says nothing{why}")
 
 
-def multiple_tests_line(n_tested: int, n_draws: int, alpha: float = 0.05, *, tests: str = "layers",
-                        per: str = "per layer and per measure", draws: str = "shuffles") -> str:
-    """The line saying that a table's p-values are each their own test, uncorrected for the ``n_tested`` tests.
+def multiple_tests_line(n_tests: int, n_draws: int, what: str, alpha: float = 0.05, *, draws: str = "shuffles") -> str:
+    """The line saying that a report's ``n_tests`` p-values (``what`` they are) are each uncorrected for the others.
 
-    ``n_draws`` null samples per test give a smallest p of ``1 / (n_draws + 1)``; the line gives the number a
-    Bonferroni threshold ``alpha / n_tested`` needs. ``tests``, ``per`` and ``draws`` name them (a benchmark's
-    layers and shuffles; ``associate``'s levels and null copies).
+    ``n_draws`` null samples per test give p-values on the grid ``j / (n_draws + 1)``, so with no structure at all
+    each is at most ``alpha`` with probability ``floor(alpha (n_draws + 1)) / (n_draws + 1)`` (1/21 = 0.048 at 20
+    shuffles, not 0.05); the line gives the expected count of such chance results and the ``draws`` a Bonferroni
+    threshold ``alpha / n_tests`` needs.
 
     Examples
     --------
-    >>> multiple_tests_line(20, 20)  # doctest: +NORMALIZE_WHITESPACE
-    'the p-values are per layer and per measure, not corrected for the 20 layers tested: with no structure at all
-    about 1.0 of them would have p <= 0.05 by chance; a Bonferroni threshold of 0.05/20 = 0.0025 needs at least
-    399 shuffles (this run: 20)'
+    >>> multiple_tests_line(40, 20, "E and score of 20 layers")  # doctest: +NORMALIZE_WHITESPACE
+    'the 40 p-values (E and score of 20 layers) are each uncorrected for the others: with no structure at all about
+    1.9 of them would be <= 0.05 by chance; a Bonferroni threshold of 0.05/40 = 0.00125 needs at least 799 shuffles
+    (this run: 20)'
     """
-    threshold = alpha / n_tested
-    needed = math.ceil(1 / threshold - 1 - 1e-9)  # smallest n with 1/(n + 1) <= alpha / n_tested
-    chance = (f"with no structure at all about {alpha * n_tested:.1f} of them would have p <= {alpha:g} by chance; "
-              if 1 / (n_draws + 1) <= alpha else "")
-    return (f"the p-values are {per}, not corrected for the {n_tested} {tests} tested: {chance}a Bonferroni "
-            f"threshold of {alpha:g}/{n_tested} = {threshold:.2g} needs at least {needed} {draws} (this run: {n_draws})")
+    threshold = alpha / n_tests
+    needed = math.ceil(1 / threshold - 1 - 1e-9)  # smallest n with 1/(n + 1) <= alpha / n_tests
+    chance_each = math.floor(alpha * (n_draws + 1) + 1e-9) / (n_draws + 1)
+    chance = (f"with no structure at all about {n_tests * chance_each:.1f} of them would be <= {alpha:g} by chance; "
+              if chance_each > 0 else "")
+    return (f"the {n_tests} p-values ({what}) are each uncorrected for the others: {chance}a Bonferroni threshold of "
+            f"{alpha:g}/{n_tests} = {threshold:.3g} needs at least {needed} {draws} (this run: {n_draws})")

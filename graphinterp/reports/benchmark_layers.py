@@ -4,8 +4,8 @@
 :func:`graphinterp.reports.benchmarking.run_benchmark` runs the same layer tasks for all the layers of many
 models at once. Each layer is one self-contained task (``_run_layer``: BSGC for every k that fits it from
 one SVD, E, the random-partition expectation and the normalised score, then
-:func:`graphinterp.clustering.significance.shuffle_test` reusing the table's clustering at its k, which is a lone
-fit like those of the shuffled copies, whatever other k are benchmarked), seeded from the
+:func:`graphinterp.clustering.significance.shuffle_test` of the layer's lone fit at its k, as each shuffled copy
+is clustered, whatever other k are benchmarked: the sweep's own fit where its SVD has that rank), seeded from the
 run's ``random_state`` and the layer's index, so it runs here under one progress bar, in worker processes
 or on Dask (:func:`graphinterp.common.parallel.run_tasks`) with the same result.
 """
@@ -37,8 +37,8 @@ __all__ = ["benchmark_graph"]
 def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], significance_k: Optional[int],
                      n_shuffles: int, nonzero_only: bool, pairing: str, n_init: int, device, rng,
                      progress: bool) -> LayerBenchmark:
-    """BSGC at every k that fits the layer (one SVD for all k, but a lone fit at the shuffle test's k, as its
-    shuffled copies get), the scores, and the shuffle test reusing the table's clustering at that k."""
+    """BSGC at every k that fits the layer (one SVD for all k), the scores, and the shuffle test of the layer's
+    lone fit at its k (:func:`_alone`), as its shuffled copies are clustered."""
     start = time.perf_counter()
     A = layer.magnitude().to(device)  # clustered in the layer's precision (float32 weights: float32, as analyze does)
     sq = A.double().square()  # E and the layer's squared mass in float64
@@ -46,13 +46,7 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
     fitting = [k for k in ks if min(live) >= k]
     seed = int(rng.randint(2**31 - 1))  # drawn even when no k fits (a layer only the shuffle test's k fits)
     tested = significance_k is not None and n_shuffles > 0 and min(live) >= significance_k
-    # the shuffled copies are clustered by lone fits (an SVD of rank k): so is the layer at the tested k, when the
-    # sweep's one SVD has a higher rank, so that its p-value does not depend on the other k benchmarked beside it
-    alone = tested and significance_k in fitting and max(fitting) > significance_k
-    sweep = [k for k in fitting if not (alone and k == significance_k)]
-    fits = fit_k_range(A, sweep, pairing=pairing, n_init=n_init, random_state=seed) if sweep else {}
-    if alone:
-        fits[significance_k] = BSGC(significance_k, pairing=pairing, n_init=n_init, random_state=seed).fit(A)
+    fits = fit_k_range(A, fitting, pairing=pairing, n_init=n_init, random_state=seed) if fitting else {}
     for k in ks:
         if min(live) < k:
             lb.skipped_k[k] = _too_few(k, live)
@@ -66,16 +60,28 @@ def _benchmark_layer(layer: Layer, live: Tuple[int, int], ks: List[int], signifi
     if significance_k is not None and n_shuffles > 0 and not tested:
         lb.significance_skipped = _too_few(significance_k, live)
     elif tested:
-        seed = int(rng.randint(2**31 - 1))
+        test_seed = int(rng.randint(2**31 - 1))
         try:
             lb.significance = shuffle_test(
                 layer, significance_k, n_shuffles=n_shuffles, nonzero_only=nonzero_only,
-                labels=lb.labels.get(significance_k), pairing=pairing, n_init=n_init, device=device,
-                random_state=seed, progress=progress)
+                labels=_alone(A, lb.labels, fitting, significance_k, pairing, n_init, seed), pairing=pairing,
+                n_init=n_init, device=device, random_state=test_seed, progress=progress)
         except ClusteringError as err:  # one degenerate shuffled copy: this layer untested, not the whole run
             lb.significance_skipped = str(err)
     lb.seconds = time.perf_counter() - start
     return lb
+
+
+def _alone(A, labels: Dict[int, Tuple[np.ndarray, np.ndarray]], fitting: List[int], k: int, pairing: str, n_init: int,
+           seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The layer's clustering at the shuffle test's ``k`` as each shuffled copy gets its own: a lone fit (an SVD of
+    rank k), whatever other k are benchmarked beside it (the sweep's fit is one when its SVD has rank k, the
+    largest k fitted, and it is reused then). The seed is the layer's, drawn whatever ``--k`` is, so the test
+    (observed value and null) does not depend on the k benchmarked."""
+    if k in labels and max(fitting) == k:
+        return labels[k]
+    fit = BSGC(k, pairing=pairing, n_init=n_init, random_state=seed).fit(A)
+    return fit.row_labels_, fit.column_labels_
 
 
 def _too_few(k: int, live: Tuple[int, int]) -> str:

@@ -137,9 +137,24 @@ def format_report(report) -> str:
 
 def report_notes(report) -> List[str]:
     """The notes on the whole report (the table's text and ``benchmark.json``'s ``notes``): that its p-values are
-    per layer, when more than one layer was tested."""
-    n_tested = sum(lb.significance is not None for m in report.models for lb in m.layers)
-    return [multiple_tests_line(n_tested, report.n_shuffles)] if n_tested > 1 else []
+    uncorrected for one another, and where the tested layers' own clusterings differ from the k columns."""
+    notes = []
+    layers = [(m, lb) for m in report.models for lb in m.layers if lb.significance is not None]
+    networks = sum(m.network is not None for m in report.models)
+    n_tests = 2 * (len(layers) + networks)  # E and score per layer; n-cut and E per network
+    if n_tests > 2:
+        what = f"E and score of {len(layers)} layer(s)" + (f", n-cut and E of {networks} network(s)" if networks else "")
+        notes.append(multiple_tests_line(n_tests, report.n_shuffles, what))
+    kk = report.significance_k
+    differ = [f"{m.name}:{lb.layer}" for m, lb in layers
+              if kk in lb.scores and abs(lb.scores[kk]["E"] - lb.significance.E.observed) > 1e-12]
+    if differ:
+        notes.append(f"the shuffle test clusters each layer alone at k={kk} (an SVD of rank {kk}), as it clusters the "
+                     f"shuffled copies; the k columns come from one SVD for all k, and at k={kk} they differ from the "
+                     f"test's observed E and score (which z and p compare) in {len(differ)} layer(s): "
+                     + ", ".join(differ[:5]) + (", ..." if len(differ) > 5 else "")
+                     + " (benchmark.json: layers[].significance)")
+    return notes
 
 
 def _same_name_lines(models) -> List[str]:

@@ -209,9 +209,9 @@ def run_benchmark(sources: Sequence[ModelSource], ks: Sequence[int] = tuple(rang
         try:
             graph, structure, notes = load_source(source, trust_pickle=trust_pickle, layerwise=layerwise,
                                                   random_state=random_state, unit_norm=unit_norm)
-        except GraphinterpError as err:  # named once: most loading errors already start with the file
+        except GraphinterpError as err:  # named once: most loading errors already name the file
             what = _describe(source)
-            failed[name] = str(err) if str(err).startswith(what) else f"{what}: {err}"
+            failed[name] = str(err) if what in str(err) else f"{what}: {err}"
             continue
         tasks, skipped = _layer_tasks(graph, ks, graph.layer_names, random_state)
         if not tasks:  # no layer fits any k asked for: a failure, not an empty report (nor one of shuffle tests alone)

@@ -152,13 +152,16 @@ def is_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
 
 
-def validate_checkpoint(obj: Any) -> Dict[str, Any]:
+def validate_checkpoint(obj: Any, *, path: Optional[PathLike] = None) -> Dict[str, Any]:
     """Check the structure of a loaded graphinterp checkpoint and return it.
 
     Parameters
     ----------
     obj : object
         What ``torch.load`` returned.
+    path : path, optional
+        The file it was read from, named at the start of the error (a command may read several:
+        ``circuits --compare``, ``benchmark``).
 
     Returns
     -------
@@ -177,6 +180,15 @@ def validate_checkpoint(obj: Any) -> Dict[str, Any]:
     >>> validate_checkpoint(ckpt) is ckpt
     True
     """
+    if path is None:
+        return _check_checkpoint(obj)
+    try:
+        return _check_checkpoint(obj)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{os.fspath(path)}: {exc}") from exc
+
+
+def _check_checkpoint(obj: Any) -> Dict[str, Any]:
     if not is_checkpoint(obj):
         raise ModelFileError(
             "not a graphinterp checkpoint (no format='graphinterp-checkpoint' entry); save it with save_checkpoint"
@@ -237,7 +249,4 @@ def load_checkpoint(path: PathLike, *, map_location: Union[str, torch.device] = 
             what = "holds pickled code"
         raise ModelFileError(f"{os.fspath(path)} {what}: not a graphinterp checkpoint; pass one written by graphinterp "
                              "train") from exc
-    try:
-        return validate_checkpoint(obj)
-    except ModelFileError as exc:  # name the file: the message alone does not say which one is damaged
-        raise ModelFileError(f"{os.fspath(path)}: {exc}") from exc
+    return validate_checkpoint(obj, path=path)

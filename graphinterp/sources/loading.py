@@ -79,6 +79,7 @@ def _tensor_dict(obj: Any, path: Path, what: str) -> Dict[str, torch.Tensor]:
     """Validate a state_dict: string keys, tensor values, at least one entry."""
     if not obj:
         raise ModelFileError(f"{path} holds an empty {what}; it contains no weights")
+    expanded = 0  # bytes declared by views beyond their storage (expand, overlapping strides)
     for key, value in obj.items():
         if not isinstance(key, str):
             raise ModelFileError(f"{path}: {what} has a key {key!r} of type {type(key).__name__}; a state_dict's keys are "
@@ -96,11 +97,13 @@ def _tensor_dict(obj: Any, path: Path, what: str) -> Dict[str, torch.Tensor]:
                                  "model on the 'meta' device); save the model after its weights were loaded")
         dense = value.numel() * value.element_size()
         stored = value.untyped_storage().nbytes()
-        if dense > stored and dense > _MAX_EXPANDED_BYTES:
+        expanded += dense if dense > stored else 0  # over all entries: many views each under the bound add up
+        if dense > stored and expanded > _MAX_EXPANDED_BYTES:
             shape = "x".join(map(str, value.shape))
             raise ModelFileError(f"{path}: {what} entry {key!r} declares a {shape} tensor ({dense:,} bytes) but the file "
-                                 f"stores only {stored:,} bytes for it (an expanded or overlapping view); the file is "
-                                 "damaged or crafted: save dense weights (.contiguous()) to read it")
+                                 f"stores only {stored:,} bytes for it (an expanded or overlapping view; "
+                                 f"{expanded:,} bytes so far in such views); the file is damaged or crafted: save "
+                                 "dense weights (.contiguous()) to read it")
     return _strip_prefix({k: v.detach().cpu() for k, v in obj.items()})
 
 
@@ -115,10 +118,7 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def _from_checkpoint(obj: Dict[str, Any], path: Path, map_location: Any) -> LoadedModel:
-    try:
-        validate_checkpoint(obj)
-    except ModelFileError as exc:  # name the file: a command may read several (circuits --compare, benchmark)
-        raise ModelFileError(f"{path}: {exc}") from exc
+    validate_checkpoint(obj, path=path)
     state = _tensor_dict(obj["state_dict"], path, "checkpoint state_dict")
     module = None
     if obj["arch"] is not None:
