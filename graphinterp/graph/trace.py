@@ -30,7 +30,6 @@ other constants alone in :mod:`graphinterp.graph.trace_params` (:class:`ParamTen
 """
 from __future__ import annotations
 
-import weakref
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -38,6 +37,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from graphinterp.graph.trace_nodes import SAME_SPACE_MIX, NodeSpaces  # noqa: F401 - SAME_SPACE_MIX re-exported
+from graphinterp.graph.trace_numbers import ScaledSums
 from graphinterp.graph.trace_ops import _IDENTITY, _LAYOUT, _SKIP, LayerCall, _Gain, _OutFolds
 from graphinterp.graph.trace_params import ParamTensors, _tensor_attributes
 from graphinterp.graph.trace_settle import RETURNED, settle
@@ -79,10 +79,7 @@ class ChannelTracer(NodeSpaces, ParamTensors, TorchFunctionMode):
         self._space_names: set = set()
         self.notes: Counter = Counter()
         self.number_scaled: Dict[int, float] = {}  # tensor id -> a number in the code that scaled it (trace_numbers)
-        # tensor id -> a sum that merged the nodes of its operands, held weakly: the entry goes with the tensor, so
-        # a later tensor reusing the id is not taken for it (and no activation is kept alive for it); a number
-        # scaling such a sum scales every branch of it, which no single layer can hold (trace_numbers)
-        self.merged_sums: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
+        self.merged_sums = ScaledSums()  # sums of two node sets and the numbers that scaled them (trace_numbers)
         self.number_folds: List[Tuple[int, str, Optional[int]]] = []  # (layer, tag, scaled output id or None: a sum's)
         self.unfolded: Dict[str, str] = {}
         self.fresh_inputs: Dict[str, int] = {}  # layer -> input features it read without nodes (not the first layer)
@@ -150,6 +147,7 @@ class ChannelTracer(NodeSpaces, ParamTensors, TorchFunctionMode):
             self._derive(name, operands, args, kwargs, out)
         read = self._gains_read(args, kwargs) if self._gain else []
         direct = [id(t) for t in operands if id(t) in self._direct]
+        self.merged_sums.read(operands)
         if isinstance(out, torch.Tensor) and name not in _IDENTITY and name not in _LAYOUT:
             self._gain.pop(id(out), None)  # an in-place op (relu_) on a normalised or direct output
             popped = self._direct.pop(id(out), None)
@@ -253,6 +251,8 @@ class ChannelTracer(NodeSpaces, ParamTensors, TorchFunctionMode):
             return
         self._settled = True
         settle(self)
+        for note in self.merged_sums.notes():
+            self.notes[note] += 1
 
 
 _IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__ipow__", "copy_"}

@@ -14,8 +14,9 @@ arithmetic on that output and is dropped without a note.
 from __future__ import annotations
 
 import math
+import weakref
 from numbers import Real
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -23,7 +24,7 @@ from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_folds import DIVS, MULS, NUMBER, _fold_out, _fold_scale, _per_node, _producer
 from graphinterp.graph.trace_rules_layout import arg as _arg
 
-__all__ = ["NEGS", "NUMBER", "as_number", "negate", "scale_by_number", "signed_operand"]
+__all__ = ["NEGS", "NUMBER", "ScaledSums", "as_number", "negate", "scale_by_number", "signed_operand"]
 
 NEGS = {"neg", "__neg__", "negative", "neg_"}
 
@@ -34,6 +35,45 @@ def as_number(v: Any) -> Optional[float]:
         return None
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+class ScaledSums:
+    """Sums that merged two node sets, how often each was read, and the numbers in the code that scaled them.
+
+    ``(a(h) + b(h)) / 2`` scales every branch of the sum, which no single layer can hold: noted when the trace
+    ends, unless the sum was also read by anything but the number (a hand-written GELU on it, ``0.5 * y * (1 +
+    tanh(...y...))``, is the model's own arithmetic, as for a layer's raw output, see
+    :func:`graphinterp.graph.trace_settle.settle`). Sums are held weakly: an entry goes with its tensor, so a
+    later tensor reusing the id is not taken for it, and no activation is kept alive.
+    """
+
+    def __init__(self) -> None:
+        self._alive: "weakref.WeakValueDictionary[int, torch.Tensor]" = weakref.WeakValueDictionary()
+        self._records: Dict[int, list] = {}  # id -> [reads, note]; the record of a live sum
+        self._scaled: List[list] = []  # records of sums a number scaled, kept to the end of the trace
+
+    def add(self, out: torch.Tensor) -> None:
+        """``out`` is a sum that merged the nodes of its operands."""
+        self._alive[id(out)] = out
+        self._records[id(out)] = [0, None]
+
+    def read(self, operands: List[torch.Tensor]) -> None:
+        """An operation read ``operands``: count the reads of live sums among them."""
+        if self._alive:
+            for t in operands:
+                if self._alive.get(id(t)) is t:
+                    self._records[id(t)][0] += 1
+
+    def scaled(self, x: torch.Tensor, note: str) -> None:
+        """A number in the code scaled ``x``: if it is a live sum, ``note`` is due unless the sum is read elsewhere."""
+        if self._alive.get(id(x)) is x:
+            record = self._records[id(x)]
+            record[1] = note
+            self._scaled.append(record)
+
+    def notes(self) -> List[str]:
+        """The notes due when the trace ends: sums read only by the number that scaled them."""
+        return [note for reads, note in self._scaled if reads <= 1]
 
 
 def _tag(value: float) -> str:
@@ -62,11 +102,12 @@ def scale_by_number(tr: Any, name: str, args, kwargs, tensors: List[torch.Tensor
         return False
     if not tr.fold or _producer(tr, x, out)[0] is None:
         tr.number_scaled[id(out)] = value
-        if tr.fold and id(x) in tr.merged_sums:
-            tr.notes[f"{name}: a sum of branches scaled by a number in the code ((a + b) * c, e.g. an average of two "
-                     "branches or a scaled residual sum): not folded (no single layer holds it), the graph's weights "
-                     "of the summed branches are the raw parameters (per-layer E is unaffected; the model-wide E and "
-                     "the whole-network graph's magnitudes are)"] += 1
+        if tr.fold:
+            tr.merged_sums.scaled(x, f"{name}: a sum of branches scaled by a number in the code ((a + b) * c, e.g. an "
+                                     "average of two branches or a scaled residual sum): not folded (no single layer "
+                                     "holds it), the graph's weights of the summed branches are the raw parameters "
+                                     "(per-layer E is unaffected; the model-wide E and the whole-network graph's "
+                                     "magnitudes are)")
         return False
     return _fold_number(tr, x, out, value)
 

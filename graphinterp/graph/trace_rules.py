@@ -283,7 +283,7 @@ def _binary(tr, name: str, args, kwargs, out) -> None:
         res = torch.where(res >= 0, res, s)
     tr._set(out, res)
     if merged and (name in T.ADDS or name in T.SUBS):
-        tr.merged_sums[id(out)] = out
+        tr.merged_sums.add(out)
 
 
 def _one_node(tr, ids: torch.Tensor) -> bool:
