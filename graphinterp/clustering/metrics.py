@@ -34,6 +34,7 @@ from graphinterp.clustering.cluster import Clustering
 from graphinterp.clustering.labels import check_labels
 from graphinterp.clustering.mass import chance_share, normalized_score
 from graphinterp.common.errors import ClusteringError
+from graphinterp.common.text import json_safe
 from graphinterp.graph.layered import LayeredGraph
 
 __all__ = [
@@ -228,17 +229,7 @@ class ClusterabilityReport:
             layer["shape"] = list(layer["shape"])
             layer["row_sizes"], layer["col_sizes"] = ([int(p[i]) for p in layer["sizes"]] for i in (0, 1))
         out["notes"] = self.notes()
-        return _nan_to_none(out)
-
-
-def _nan_to_none(value):
-    if isinstance(value, float):
-        return None if value != value else value
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
+        return json_safe(out)
 
 
 def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> ClusterabilityReport:
@@ -302,4 +293,5 @@ def clusterability_report(graph: LayeredGraph, clustering: Clustering) -> Cluste
             mass_total += mass
     E = inside_total / mass_total if mass_total else float("nan")
     E_rand = random_total / mass_total if mass_total else float("nan")
-    return ClusterabilityReport(clustering.k, scores, E, E_rand, normalized_score(E, E_rand) if mass_total else E)
+    return ClusterabilityReport(clustering.k, scores, E, E_rand,
+                                normalized_score(E, E_rand) if mass_total else float("nan"))

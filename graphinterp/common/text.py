@@ -1,4 +1,5 @@
-"""Plain text in and out: integer ranges and k values read from the command line, tables printed on the terminal.
+"""Plain text in and out: integer ranges and k values read from the command line, tables printed on the terminal,
+values made strictly valid JSON.
 
 The parsers raise :class:`ValueError` with a short reason (``"7-5 is an empty range"``); each caller
 turns it into its own error (:class:`click.BadParameter` in the CLI, a
@@ -9,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, List, Sequence
 
-__all__ = ["first_line", "MAX_RANGE_VALUES", "parse_int_ranges", "parse_k_values", "format_cell", "format_table"]
+__all__ = ["first_line", "MAX_RANGE_VALUES", "parse_int_ranges", "parse_k_values", "format_cell", "format_table",
+           "json_safe"]
 
 #: Most values a range (``--labels``, ``--neurons``, ``--k``) may expand to.
 MAX_RANGE_VALUES = 100_000
@@ -223,3 +225,20 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     if len(line) <= limit:
         return line
     return line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + "..."
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity (not valid JSON) replaced by None, recursively through dicts and lists.
+
+    Examples
+    --------
+    >>> json_safe({"z": float("nan"), "p": [0.5, float("inf")]})
+    {'z': None, 'p': [0.5, None]}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import networkx as nx
 import numpy as np
 
 from graphinterp.common.files import atomic_write
+from graphinterp.common.text import json_safe  # its home; re-exported here
 from graphinterp.graph.layered import LayeredGraph
 from graphinterp.reports.graphml import graphml_size_estimate, read_graphml, write_graphml, xml_safe
 
@@ -174,23 +174,6 @@ def json_default(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         return value.to_dict()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every NaN and infinity (not valid JSON) replaced by None, recursively through dicts and lists.
-
-    Examples
-    --------
-    >>> json_safe({"z": float("nan"), "p": [0.5, float("inf")]})
-    {'z': None, 'p': [0.5, None]}
-    """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def json_text(obj: Any) -> str:
