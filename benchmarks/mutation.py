@@ -558,6 +558,8 @@ MUTANTS: List[Mutant] = [
       "weight on nodes labelled isolated goes unmentioned"),
     M("loading", "if dense > stored and expanded > _MAX_EXPANDED_BYTES:", "if False:",
       "a tiny file declaring a huge tensor is read"),
+    M("trace_numbers", "        record[0] -= 1  # the view itself", "        record[0] -= 0  # the view itself",
+      "a view of a sum, then scaled by a number, dropped without a note"),
 ]
 
 

@@ -306,6 +306,11 @@ class _Averaged(nn.Module):
             y = 0.5 * (self.a(h) + self.b(h))
         elif self.how == "residual":
             y = (h + self.a(h)) * 0.5
+        elif self.how == "view":  # the sum reshaped (as a transformer's heads are), then scaled
+            y = (self.a(h) + self.b(h)).reshape(-1, 2, 2).transpose(1, 2).flatten(1) / 2
+        elif self.how == "view-gelu":  # a view of the sum, read by more than the number: quiet
+            y = (h + self.a(h)).view(-1, 4)
+            y = 0.5 * y * (1 + torch.tanh(0.7978845608 * (y + 0.044715 * y ** 3)))
         elif self.how == "gelu":  # a hand-written GELU on the residual sum: the model's own arithmetic, quiet
             y = h + self.a(h)
             y = 0.5 * y * (1 + torch.tanh(0.7978845608 * (y + 0.044715 * y ** 3)))
@@ -314,14 +319,14 @@ class _Averaged(nn.Module):
         return self.o(torch.relu(y))
 
 
-@pytest.mark.parametrize("how", ["mean", "times", "residual", "gelu", "plain"])
+@pytest.mark.parametrize("how", ["mean", "times", "residual", "view", "gelu", "view-gelu", "plain"])
 def test_a_number_scaling_a_sum_of_branches_is_noted(how):
     """`(a(h) + b(h)) / 2` is the function `torch.stack([a(h), b(h)]).mean(0)` computes, which is noted; the number
     after the plain sum was dropped silently (a complete coverage for a graph that holds a and b at twice the model's
-    scale). No single layer holds it: noted, never folded."""
+    scale), and so was one after a view of the sum. No single layer holds it: noted, never folded."""
     g = trace_graph(_Averaged(how).eval())
     noted = any("a sum of branches scaled by a number in the code" in n for n in g.coverage.notes)
-    assert noted == (how in ("mean", "times", "residual")), g.coverage.notes
+    assert noted == (how in ("mean", "times", "residual", "view")), g.coverage.notes
     assert all(not layer.folded for layer in g.layers)
 
 

@@ -148,6 +148,8 @@ class ChannelTracer(NodeSpaces, ParamTensors, TorchFunctionMode):
         read = self._gains_read(args, kwargs) if self._gain else []
         direct = [id(t) for t in operands if id(t) in self._direct]
         self.merged_sums.read(operands)
+        if name in _IDENTITY or name in _LAYOUT:
+            self.merged_sums.follow(operands, out)
         if isinstance(out, torch.Tensor) and name not in _IDENTITY and name not in _LAYOUT:
             self._gain.pop(id(out), None)  # an in-place op (relu_) on a normalised or direct output
             popped = self._direct.pop(id(out), None)

@@ -43,7 +43,8 @@ class ScaledSums:
     ``(a(h) + b(h)) / 2`` scales every branch of the sum, which no single layer can hold: noted when the trace
     ends, unless the sum was also read by anything but the number (a hand-written GELU on it, ``0.5 * y * (1 +
     tanh(...y...))``, is the model's own arithmetic, as for a layer's raw output, see
-    :func:`graphinterp.graph.trace_settle.settle`). Sums are held weakly: an entry goes with its tensor, so a
+    :func:`graphinterp.graph.trace_settle.settle`). A view of a sum (``(a + b).reshape(...) / 2``, a transformer's
+    heads) shares its sum's record: the view's own read is not counted, its readers' are. Sums are held weakly: an entry goes with its tensor, so a
     later tensor reusing the id is not taken for it, and no activation is kept alive.
     """
 
@@ -63,6 +64,15 @@ class ScaledSums:
             for t in operands:
                 if self._alive.get(id(t)) is t:
                     self._records[id(t)][0] += 1
+
+    def follow(self, operands: List[torch.Tensor], out: Any) -> None:
+        """A layout or identity operation made ``out`` from ``operands``: a view of one live sum joins its record."""
+        if len(operands) != 1 or not isinstance(out, torch.Tensor) or self._alive.get(id(operands[0])) is not operands[0]:
+            return
+        record = self._records[id(operands[0])]
+        record[0] -= 1  # the view itself reads nothing: its readers are the sum's
+        self._alive[id(out)] = out
+        self._records[id(out)] = record
 
     def scaled(self, x: torch.Tensor, note: str) -> None:
         """A number in the code scaled ``x``: if it is a live sum, ``note`` is due unless the sum is read elsewhere."""
