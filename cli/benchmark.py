@@ -154,11 +154,6 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
             click.echo(f"error: {why}", err=True)
         raise click.exceptions.Exit(1)
     written = write_report(report, out_dir, figures=not no_figures)
-    stale = _stale_report_files(out_dir, written)
-    if stale:
-        click.echo(f"note: {len(stale)} file(s) in {out_dir} are from an earlier report, not this one: "
-                   f"{', '.join(stale[:4])}{', ...' if len(stale) > 4 else ''}; remove them or use a fresh --out",
-                   err=True)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -167,6 +162,11 @@ def command(models: Tuple[str, ...], archs, weights, random_archs, k_text, signi
         click.echo(f"benchmarked {len(report.models)} model(s), {n_layers} layer(s) (loading and clustering: "
                    f"{report.seconds:.1f} s; figures, files and start-up not counted); wrote {len(written)} files to "
                    f"{out_dir}")
+    stale = _stale_report_files(out_dir, written)  # after the table, beside the line that names the folder
+    if stale:
+        click.echo(f"note: {len(stale)} file(s) in {out_dir} are from an earlier report, not this one: "
+                   f"{', '.join(stale[:4])}{', ...' if len(stale) > 4 else ''}; remove them or use a fresh --out",
+                   err=True)
     if report.failed:
         for why in report.failed.values():
             click.echo(f"error: {why}", err=True)

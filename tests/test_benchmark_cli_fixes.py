@@ -161,3 +161,5 @@ def test_an_earlier_reports_files_left_in_out_are_named(small, tmp_path):
     assert stale and all(name.startswith("other") for name in stale)
     assert f"note: {len(stale)} file(s) in {out} are from an earlier report" in res.stderr
     assert all(name in res.stderr for name in stale[:4])
+    # said after the table and the line naming the folder, not above them where it scrolls away
+    assert res.output.index("benchmarked 1 model(s)") < res.output.index("from an earlier report"), res.output
