@@ -371,3 +371,24 @@ def test_a_linear_reshaped_into_a_feature_map_says_how_many_nodes_get_no_edge():
     notes = trace_graph(Decoder().eval(), example=torch.randn(2, 5)).coverage.notes
     assert any("the first position's 2 node(s) are used, and 16 of the 18 nodes its input holds get no edge" in n
                for n in notes), notes
+
+
+def test_a_norm_applied_several_times_names_the_layers_of_every_application():
+    """One LayerNorm and one Linear applied at three depths (ALBERT's shared layer): the reason the gain is not
+    folded named only the last application's reader (ff#3), each application overwriting the one before."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.i, self.norm, self.ff, self.o = nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.i(x)
+            for _ in range(3):
+                n = self.norm(h)
+                h = n + self.ff(n)  # the norm's output is the residual stream: the gain cannot be folded
+            return self.o(h)
+
+    reason = trace_graph(Shared().eval(), example=torch.randn(2, 3)).coverage.unfolded["norm"]
+    assert "as well as by the layers ff, ff#2, ff#3;" in reason, reason
+    assert "a residual sum (add)" in reason

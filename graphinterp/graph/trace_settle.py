@@ -8,7 +8,8 @@ scaled a path into a sum) with the readers that made them inexact.
 """
 from __future__ import annotations
 
-from typing import List
+from collections import Counter
+from typing import Dict, List, Tuple
 
 from graphinterp.graph import trace_ops as T
 from graphinterp.graph.trace_folds import NUMBER
@@ -24,20 +25,24 @@ def settle(tr) -> None:
     """Undo every fold that another reader of its tensor makes inexact (see ``ChannelTracer.settle_gains``):
     input gains whose normalised tensor is also read by a non-weight operation, and out-folds (BatchNorm,
     layer_scale) whose layer's raw output is also read by anything but the fold."""
+    undone: Dict[str, Tuple[str, Counter, List[str]]] = {}  # source -> its kind, readers and layers, over its applications
     for gain in tr._gains:
         if not gain.leaks or (not gain.folded_by and MIXED_READ not in gain.leaks):
             continue
         tag = f"{gain.source} (input gain)"
-        layers = []
+        _, leaks, layers = undone.setdefault(gain.source, (gain.kind, Counter(), []))
+        leaks.update(gain.leaks)
         for i in gain.folded_by:
             call = tr.calls[i]
             if tag in call.folded:
                 call.folded.remove(tag)
             call.fold_maps = [m for m in call.fold_maps if m[0] != tag]
             call.in_scale = None
-            layers.append(call.name)
+            if call.name not in layers:
+                layers.append(call.name)
         gain.used = False
-        tr.unfolded[gain.source] = _leak_reason(gain, layers)
+    for source, (kind, leaks, layers) in undone.items():  # a norm applied several times (ALBERT's shared layer): one reason
+        tr.unfolded[source] = _leak_reason(kind, leaks, layers)
     for layer, readers in tr._out_folds.leaking().items():  # BN(conv(x)) where conv's output is read too
         call = tr.calls[layer]
         call.out_scale = None
@@ -71,23 +76,24 @@ def _number_undone(tr, layer: int, tag: str, name: str) -> None:
             return
 
 
-def _leak_reason(gain: T._Gain, layers: List[str]) -> str:
-    """Why ``gain`` is not folded, for ``unfolded``: ``"LayerNorm gain: its output is read by a residual sum
-    (add): it is the residual stream, as well as by the layer b.0; folding ..."``."""
-    others = sorted(set(gain.leaks) - T.ADDS - {RETURNED, MIXED_READ})
+def _leak_reason(kind: str, leaks: Counter, layers: List[str]) -> str:
+    """Why a gain of kind ``kind`` (its readers ``leaks``, over all its applications) is not folded, for ``unfolded``:
+    ``"LayerNorm gain: its output is read by a residual sum (add): it is the residual stream, as well as by the
+    layer b.0; folding ..."``."""
+    others = sorted(set(leaks) - T.ADDS - {RETURNED, MIXED_READ})
     readers = []
-    if MIXED_READ in gain.leaks:
+    if MIXED_READ in leaks:
         readers.append(MIXED_READ + " (a norm over a flattened conv's features)")
-    if RETURNED in gain.leaks:
+    if RETURNED in leaks:
         readers.append("the model's output (the model returns it)")
-    if set(gain.leaks) & T.ADDS:
+    if set(leaks) & T.ADDS:
         readers.append("a residual sum (add): it is the residual stream")
     if others:
         readers.append("non-weight operations (" + ", ".join(others[:4]) + (", ..." if len(others) > 4 else "") + ")")
     if not layers:
-        return f"{gain.kind}: its output is read by " + " and by ".join(readers) + "; no weight layer can hold it"
+        return f"{kind}: its output is read by " + " and by ".join(readers) + "; no weight layer can hold it"
     shown = ", ".join(layers[:3]) + (f", ... ({len(layers)} layers)" if len(layers) > 3 else "")
     one = len(layers) == 1
-    return (f"{gain.kind}: its output is read by " + " and by ".join(readers)
+    return (f"{kind}: its output is read by " + " and by ".join(readers)
             + f", as well as by the layer{'' if one else 's'} {shown}; folding the gain into "
             + ("that layer" if one else "those layers") + " alone would change the model's function")
