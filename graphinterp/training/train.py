@@ -45,7 +45,7 @@ from graphinterp.common.distributed import rank_and_world
 from graphinterp.common.files import resolve_device
 from graphinterp.clustering.cluster import Clustering, cluster_network
 from graphinterp.clustering.labels import stored_clustering
-from graphinterp.clustering.validation import check_k
+from graphinterp.clustering.validation import require_clusterable
 from graphinterp.data.datasets import LabeledTensors, load_dataset
 from graphinterp.common.errors import ClusteringError, TrainingError
 from graphinterp.training.baselines import loss_scores
@@ -134,7 +134,7 @@ def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
     for name in layers:
         if name not in graph.layer_names:
             raise ClusteringError(f"unknown layer {name!r} to cluster; the model's layers are {graph.layer_names}")
-    check_k(config.k, graph, layers)
+    require_clusterable(graph, config.k, layers)  # before any training, not when the warm-up ends
     return layers
 
 
