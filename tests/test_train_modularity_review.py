@@ -38,3 +38,49 @@ def test_grouped_conv_layer_is_refused_before_the_warm_up(monkeypatch):
                          device="cpu")
     with pytest.raises(ClusteringError, match="layer 'c2': grouped convolution"):
         train(config, model=_GroupedNet(), train_data=data, test_data=data)
+
+
+def _failing_clustering_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from graphinterp.common.distributed import launch_from_env, process_group
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+    def fails(*args, **kwargs):  # what BSGC raises at the end of a warm-up, e.g. k above the live units
+        raise ClusteringError("layer 'fc2': k=4 is too large")
+
+    train_module.cluster_network = fails  # only rank 0 clusters
+    data = load_dataset("digits", split="train").subset(40, seed=0)
+    config = TrainConfig(dataset="digits", k=2, warmup_epochs=1, epochs=1, batch_size=20, quiet=True, device="cpu")
+    try:
+        with process_group(launch_from_env(), torch.device("cpu")):
+            dist.barrier()
+            train(config, train_data=data, test_data=data)
+        what = "finished"
+    except Exception as err:  # recorded, not raised: mp.spawn would stop the other rank
+        what = f"{type(err).__name__}: {err}"
+    with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+        f.write(what)
+
+
+def test_clustering_error_on_rank_0_stops_every_rank_with_it(tmp_path):
+    # rank 1 waited in broadcast_object_list for labels that never came, and died with gloo's
+    # "Connection closed by peer" RuntimeError (a traceback under torchrun) instead of the error
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("needs torch.distributed with gloo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_failing_clustering_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    results = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert results == ["ClusteringError: layer 'fc2': k=4 is too large"] * 2, results

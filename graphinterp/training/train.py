@@ -47,7 +47,7 @@ from graphinterp.clustering.cluster import Clustering, cluster_network
 from graphinterp.clustering.labels import stored_clustering
 from graphinterp.clustering.validation import require_clusterable
 from graphinterp.data.datasets import LabeledTensors, load_dataset
-from graphinterp.common.errors import ClusteringError, TrainingError
+from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
 from graphinterp.training.baselines import loss_scores
 from graphinterp.training.gradsim import GradientSimilarity, orphans_note
 from graphinterp.graph.layered import Layer, LayeredGraph
@@ -102,21 +102,32 @@ def _cpu_graph(graph: LayeredGraph) -> LayeredGraph:
 
 def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsim, rank: int, world: int,
              note: Optional[Callable[[str], None]] = None) -> Clustering:
-    """The network-wide clustering on the weights now, or (``gradsim``) on the accumulated gradients."""
+    """The network-wide clustering on the weights now, or (``gradsim``) on the accumulated gradients.
+
+    Under ``torch.distributed`` rank 0 clusters and broadcasts the labels, or the error that stopped it (e.g. k
+    above the units that got a gradient), which every rank then raises instead of waiting for labels."""
     payload: List[Any] = [None]
     if rank == 0:
-        sims = gradsim.similarity() if gradsim is not None else None
-        cpu = _cpu_graph(graph)
-        clustering = cluster_network(cpu, config.k, layers=layers, similarity=sims, random_state=config.seed)
-        clustering.similarity = "gradient" if gradsim is not None else "weight"  # a baseline's refit is on weights
-        orphans = orphans_note(cpu, clustering) if gradsim is not None and note is not None else None
-        if orphans:
-            note(orphans)
-        payload = [clustering.to_dict()]
+        try:
+            sims = gradsim.similarity() if gradsim is not None else None
+            cpu = _cpu_graph(graph)
+            clustering = cluster_network(cpu, config.k, layers=layers, similarity=sims, random_state=config.seed)
+        except GraphinterpError as err:
+            if world == 1:
+                raise
+            payload = [err]
+        else:
+            clustering.similarity = "gradient" if gradsim is not None else "weight"  # a baseline's refit: weights
+            orphans = orphans_note(cpu, clustering) if gradsim is not None and note is not None else None
+            if orphans:
+                note(orphans)
+            payload = [clustering.to_dict()]
     if world > 1:
         import torch.distributed as dist
 
         dist.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], GraphinterpError):
+        raise payload[0]
     return stored_clustering(payload[0])
 
 
