@@ -142,8 +142,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                                     quiet=quiet or as_json))
     existing = _existing(out)
     check_output_path(out, input_dirs=_guarded(existing, config.data_dir) if config.dataset != "digits" else [],
-                      suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # _replacing says so
-    _replacing(out, existing, resume, launch.is_main)
+                      suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # the trainer says so
+    _replacing(out, existing, resume)
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
         with k_usage_errors():  # found once the graph is built (gradient similarity: when the warm-up ends)
             result = train(config, checkpoint=out, resume=resume, on_note=_note)
@@ -223,18 +223,16 @@ def _note(text: str) -> None:
     click.echo(f"note: {text}", err=True)
 
 
-def _replacing(out: str, existing: Optional[bool], resume: bool, is_main: bool) -> None:
+def _replacing(out: str, existing: Optional[bool], resume: bool) -> None:
     """A new run onto an existing --out: refused unless that file is a graphinterp checkpoint (a third-party
-    model, data or any other file is never replaced), else a note that the run replaces it."""
+    model, data or any other file is never replaced). The trainers note the replacement once every other check
+    has passed (graphinterp.training.run_notes)."""
     if resume or existing is None:
         return
     if not existing:
         raise click.BadParameter(f"{out} exists and is not a graphinterp checkpoint, so a new run will not replace it: "
                                  "choose another path (or delete the file first if it is meant to go)",
                                  param_hint="--out")
-    if is_main:
-        _note(f"{out} exists: this new run replaces it when it writes its first checkpoint (pass --resume to "
-              "continue it)")
 
 
 @contextlib.contextmanager
@@ -299,7 +297,7 @@ def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batc
     existing = _existing(out)
     check_output_path(out, inputs=inputs, input_dirs=_guarded(existing, config.data_dir) if task == "chars" and not
                       corpus else [], suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)
-    _replacing(out, existing, resume, True)  # --out itself (--resume reads it), and says that a new run replaces it
+    _replacing(out, existing, resume)  # --out itself (--resume reads it); the trainer says that a new run replaces it
     if task == "chars":  # a missing or empty corpus is reported before the model is built
         from graphinterp import load_corpus
 

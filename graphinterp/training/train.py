@@ -58,6 +58,7 @@ from graphinterp.training.settings import SIMILARITIES
 from graphinterp.training.train_config import TrainConfig, TrainResult, format_history
 from graphinterp.training.interrupts import CheckpointProgress, TrainingInterrupted, training_run
 from graphinterp.training.train_epoch import _epoch, _progress_bar, evaluate, train_step
+from graphinterp.training.run_notes import enter_train_mode, replace_note, resume_notes
 from graphinterp.training.train_state import load_train_state, save_train_state
 
 __all__ = ["SIMILARITIES", "TrainConfig", "TrainResult", "TrainingInterrupted", "train", "train_step", "evaluate",
@@ -224,6 +225,9 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
         arch = config.arch if config.arch is not None else default_spec(config.dataset, config.model)
         model = build_model(arch)
     model.to(device)
+    mode_note = enter_train_mode(model)
+    if mode_note:
+        note(mode_note)
     graph = trace_graph(model, input_shape=tuple(train_set.x.shape[1:]))
     if int(train_set.y.max()) >= graph.layers[-1].n_out:
         raise TrainingError(f"labels go up to {int(train_set.y.max())} "
@@ -235,8 +239,8 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     state: Dict[str, Any] = {"epoch": 0, "history": [], "clustering": None, "gradsim": None}
     path = Path(checkpoint) if checkpoint is not None else None
     data_sha = train_set.fingerprint if path is not None else None  # recorded, and checked on resuming
-    if resume and path is not None and not path.exists():
-        note(f"{path} does not exist yet: starting a new run")
+    for text in resume_notes(path, resume):
+        note(text)
     if resume and path is not None and path.exists():
         state = load_train_state(path, config, arch, model, opt, gen, data_sha)
         progress.resumed_from = state["epoch"]
@@ -264,6 +268,9 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     x, y = train_set.x.to(device), train_set.y.to(device)
     show = not config.quiet and rank == 0
     loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction) if clustering else None
+    replacing = replace_note(path, resume)  # every check that can stop the run has passed (run_notes)
+    if replacing:
+        note(replacing)
     for epoch in range(state["epoch"] + 1, config.total_epochs + 1):
         start, modular = time.perf_counter(), epoch > config.warmup_epochs
         phase = ("modular" if config.lam > 0 else "train") if modular else "warmup"  # "train": the baseline

@@ -21,7 +21,6 @@ atomically, so ``resume=True`` continues an interrupted run to the same weights.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +32,7 @@ from graphinterp.common.inference import eval_mode
 from graphinterp.common.files import resolve_device
 from graphinterp.clustering.labels import Clustering
 from graphinterp.common.errors import DataError, TrainingError
+from graphinterp.training.run_notes import enter_train_mode, replace_note, resume_notes
 from graphinterp.training.baselines import block_random, loss_scores
 from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.training.loss import EnmeshmentLoss
@@ -209,18 +209,19 @@ def train_transformer(config: TransformerConfig, *, checkpoint=None, resume: boo
         if on_note is not None:
             on_note(text)
 
-    if resume and checkpoint is not None and not os.path.exists(checkpoint):
-        note(f"{os.fspath(checkpoint)} does not exist yet: starting a new run")
+    for text in resume_notes(checkpoint, resume):
+        note(text)
     if config.task == "chars" and config.eval_windows is not None:
         note(f"test loss and accuracy are over at most the first {config.eval_windows} windows of the held-out text "
              "(eval_windows); eval_windows=None evaluates them all")
     with training_run(progress):  # locks the checkpoint, flushes subnormals, reports Ctrl-C
-        result = _run(config, checkpoint, resume, model, progress)
+        result = _run(config, checkpoint, resume, model, progress, note)
     result.notes = notes
     return result
 
 
-def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: CheckpointProgress) -> TrainResult:
+def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: CheckpointProgress,
+         note: Callable[[str], None]) -> TrainResult:
     device = resolve_device(config.device)
     data = task_data(config)
     torch.manual_seed(config.seed)
@@ -229,6 +230,9 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
         arch = {"name": "transformer", "kwargs": {**data["kwargs"], **config.model_kwargs()}}
         model = build_model(arch)
     model.to(device)
+    mode_note = enter_train_mode(model)
+    if mode_note:
+        note(mode_note)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                             betas=(config.beta1, config.beta2))
     gen = torch.Generator().manual_seed(config.seed)
@@ -250,6 +254,9 @@ def _run(config: TransformerConfig, checkpoint, resume: bool, model, progress: C
     if clustering is None and config.warmup_steps == 0:
         clustering, graph = _cluster(model, x0, config, None)
         loss_fn = EnmeshmentLoss(model, clustering, graph=graph, reduction=config.reduction)
+    replacing = replace_note(checkpoint, resume)  # every check that can stop the run has passed (run_notes)
+    if replacing:
+        note(replacing)
     total = config.warmup_steps + config.steps
     sums, start = {"ce": 0.0, "le": 0.0, "n": 0, "n_le": 0}, time.perf_counter()
     while step < total:
