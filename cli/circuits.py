@@ -46,12 +46,19 @@ def _bar_plot(circuits, title: str, weights: str, out: str) -> None:
                        title=title, weights=weights, out=out)
 
 
-def _extract(runnable, data, labels, kwargs):
-    """``(graph, clustering, circuits, coverage)`` of a model loaded by :func:`runnable_for`."""
-    from graphinterp import extract_circuits, stored_clustering
+def _stored_clustering(runnable):
+    """The clustering stored with a model loaded by :func:`runnable_for`, checked against its graph (or None)."""
+    from graphinterp import stored_clustering
 
-    loaded, net, graph = runnable
-    clustering = stored_clustering(loaded.clustering, graph)
+    loaded, _, graph = runnable
+    return stored_clustering(loaded.clustering, graph)
+
+
+def _extract(runnable, clustering, data, labels, kwargs):
+    """``(graph, clustering, circuits, coverage)`` of a model loaded by :func:`runnable_for`."""
+    from graphinterp import extract_circuits
+
+    _, net, graph = runnable
     return graph, clustering, extract_circuits(net, data, labels, graph=graph, **kwargs), graph.coverage
 
 
@@ -231,7 +238,9 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         runnable = runnable_for(model, data, defaulted, trust_pickle, notes)
         # the --compare model is loaded and checked against the data now, not after MODEL's circuits
         runnable_b = runnable_for(other, data, defaulted, trust_pickle, notes, compared_with=model) if other else None
-        graph, clustering, circuits, coverage = _extract(runnable, data, labels, kwargs)
+        # both stored clusterings are checked before any search: a bad one in --compare failed after MODEL's
+        clustering_a, stored_b = _stored_clustering(runnable), (_stored_clustering(runnable_b) if other else None)
+        graph, clustering, circuits, coverage = _extract(runnable, clustering_a, data, labels, kwargs)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}
     comparison: Optional[CircuitComparison] = None
@@ -249,7 +258,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         if ckpts[1] is not None:
             graph_b, clustering_b, circuits_b, coverage_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
         else:
-            graph_b, clustering_b, circuits_b, coverage_b = _extract(runnable_b, data, labels, kwargs)
+            graph_b, clustering_b, circuits_b, coverage_b = _extract(runnable_b, stored_b, data, labels, kwargs)
         # a: the --compare model (e.g. the unclustered baseline), b: MODEL; changes are reported a -> b
         comparison = CircuitComparison.from_circuits(circuits_b, circuits, names=(_stem(other), _stem(model)))
         if graphml_dir:
