@@ -21,7 +21,8 @@ from graphinterp.cli._options import refuse_given
 if TYPE_CHECKING:  # pragma: no cover
     from graphinterp import TransformerConfig
 
-__all__ = ["TransformerData", "transformer_data", "extract_transformer", "task_config", "check_task_options",
+__all__ = ["TransformerData", "transformer_data", "transformer_net", "open_transformer", "extract_transformer",
+           "task_config", "check_task_options",
            "class_name", "CHAR_WINDOWS", "DATASET_OPTIONS"]
 
 #: Windows of a character LM's split that its circuits are extracted on, unless --limit says otherwise.
@@ -142,17 +143,28 @@ def transformer_data(path: str, ckpt: Dict[str, Any], other: Optional[str], othe
     return TransformerData(x, y, list(data["classes"]), part.name)
 
 
-def extract_transformer(path: str, ckpt: Dict[str, Any], data: TransformerData, labels, kwargs: Dict[str, Any]):
-    """``(None, clustering or None, circuits, coverage)`` of one transformer checkpoint (the coverage of its
-    traced graph: what the report leads with)."""
+def transformer_net(path: str):
+    """The runnable transformer of the checkpoint ``path``, read as `analyze` reads it: weights that do not fit
+    its architecture (a damaged file) are one ``error:`` line (a ``ModelFileError``), not a traceback."""
+    from graphinterp import load_model_file
+
+    return load_model_file(path).module
+
+
+def open_transformer(path: str, ckpt: Dict[str, Any]):
+    """``(net, stored clustering or None)`` of a transformer checkpoint, both checked (before any search)."""
     from graphinterp import stored_clustering
-    from graphinterp import build_model
+
+    return transformer_net(path), stored_clustering(ckpt.get("clustering"))
+
+
+def extract_transformer(opened, data: TransformerData, labels, kwargs: Dict[str, Any]):
+    """``(None, clustering or None, circuits, coverage)`` of one transformer checkpoint opened by
+    :func:`open_transformer` (the coverage of its traced graph: what the report leads with)."""
     from graphinterp import extract_transformer_circuits
     from graphinterp import trace_graph
 
-    net = build_model(ckpt["arch"])
-    net.load_state_dict(ckpt["state_dict"])
-    clustering = stored_clustering(ckpt.get("clustering"))
+    net, clustering = opened
     if labels == "all" and data.present is not None:
         labels = data.present
     coverage = trace_graph(net, example=data.x[:2]).coverage

@@ -214,15 +214,13 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
     from graphinterp import ClusteringError, stored_clustering
     from graphinterp import cluster_mlp_blocks
     from graphinterp import trace_graph
-    from graphinterp import build_model
     from graphinterp import checkpoint_task_data
     from graphinterp import onoff_matrix, specialisation
-    from graphinterp.cli._transformer_circuits import class_name, task_config
+    from graphinterp.cli._transformer_circuits import class_name, task_config, transformer_net
 
     config = task_config(path, ckpt, corpus)
     ckpt = validate_checkpoint(ckpt, path=path)
-    net = build_model(ckpt["arch"])
-    net.load_state_dict(ckpt["state_dict"])
+    net = transformer_net(path)
     data = checkpoint_task_data(ckpt, config, path)
     notes: List[str] = []
     if config.task == "modadd":

@@ -222,12 +222,13 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                   max_examples=max_examples, random_state=seed, batch_size=batch_size, device=device, num_threads=threads,
                   progress=not (quiet or as_json), mode=mode, n_jobs=jobs, scheduler=scheduler or None)
     if ckpts[0] is not None:
-        from graphinterp.cli._transformer_circuits import transformer_data, extract_transformer
+        from graphinterp.cli._transformer_circuits import extract_transformer, open_transformer, transformer_data
 
         data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus, notes=notes)
         labels = resolve_labels(labels, data.vocabulary, model)
         check_examples(labels, data.y, data.classes, data.name)
-        graph, clustering, circuits, coverage = extract_transformer(model, ckpts[0], data, labels, kwargs)
+        opened = [open_transformer(path, ckpt) for path, ckpt in zip(sources, ckpts) if ckpt is not None]
+        graph, clustering, circuits, coverage = extract_transformer(opened[0], data, labels, kwargs)
     else:
         check_examples(labels, data.y, data.classes, data.name)
         if labels == "all":  # the labels present, as ablate's table: a class without examples has no task
@@ -256,7 +257,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
                          "exact=false, kept_weights)")
     if other:
         if ckpts[1] is not None:
-            graph_b, clustering_b, circuits_b, coverage_b = extract_transformer(other, ckpts[1], data, labels, kwargs)
+            graph_b, clustering_b, circuits_b, coverage_b = extract_transformer(opened[1], data, labels, kwargs)
         else:
             graph_b, clustering_b, circuits_b, coverage_b = _extract(runnable_b, stored_b, data, labels, kwargs)
         # a: the --compare model (e.g. the unclustered baseline), b: MODEL; changes are reported a -> b
