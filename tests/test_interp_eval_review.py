@@ -2,6 +2,8 @@
 transformer checkpoint whose weights do not fit its architecture is one error line in ablate and circuits."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -50,3 +52,23 @@ def test_transformer_weights_that_do_not_fit_the_architecture_are_one_error_line
                                                                           "--labels", "0"]):
         line = one_error(invoke(*command, "--device", "cpu", "-q"), 1)
         assert line.startswith(f"error: {bad}: weights do not fit architecture"), line
+
+
+def test_weights_and_parameters_the_ecs_leaves_out_are_named(tmp_path):
+    """--mode authors on a CNN sized Linear weights only (9,536 of the 9,680 the coverage line counts) and no
+    report said that conv1 was kept whole; biases were kept and left out of the ECS without a word either."""
+    from graphinterp import build_model, save_checkpoint
+
+    arch = {"name": "cnn", "kwargs": {"in_channels": 1, "channels": 4, "image_size": 8, "hidden": [8], "bias": True}}
+    torch.manual_seed(0)
+    path = tmp_path / "cnn.pt"
+    save_checkpoint(path, build_model(arch), arch=arch)
+    res = invoke("circuits", path, "--mode", "authors", "--labels", "0", "--max-examples", 5, "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert (f"note: {path}: the ECS leaves out, and every circuit keeps whole: conv1 (36 non-zero weights: --mode "
+            "authors prunes Linear layers only); 22 biases and other vector parameters (never pruned)") in res.stdout
+    res = invoke("circuits", path, "--labels", "0", "--max-examples", 5, "--max-evals", 20, "--device", "cpu", "-q",
+                 "--json")
+    assert res.exit_code == 0, res.stderr
+    assert (f"{path}: the ECS leaves out, and every circuit keeps whole: 22 biases and other vector parameters (never "
+            "pruned)") in json.loads(res.stdout)["notes"]
