@@ -30,11 +30,14 @@ def _stem(path: str) -> str:
     return Path(path).stem or "model"
 
 
-def _weights(data) -> str:
-    """What the ECS in a figure is a fraction of (a transformer's circuits prune its MLP blocks only)."""
+def _weights(data, mode: str) -> str:
+    """What the ECS in a figure is a fraction of (a transformer's circuits prune its MLP blocks only, the authors'
+    search Linear layers only)."""
     from graphinterp.cli._transformer_circuits import TransformerData
 
-    return "the MLP blocks' non-zero weights" if isinstance(data, TransformerData) else "the model's non-zero weights"
+    if isinstance(data, TransformerData):
+        return "the MLP blocks' non-zero weights"
+    return "the Linear layers' non-zero weights" if mode == "authors" else "the model's non-zero weights"
 
 
 def _bar_plot(circuits, title: str, weights: str, out: str) -> None:
@@ -293,10 +296,10 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
             from graphinterp import plot_ecs_comparison
 
             plot_ecs_comparison(comparison.ecs_a, comparison.ecs_b, labels=[plain_text(n) for n in comparison.label_names],
-                                names=tuple(plain_text(n) for n in comparison.names), weights=_weights(data),
+                                names=tuple(plain_text(n) for n in comparison.names), weights=_weights(data, mode),
                                 out=plot_path)
         else:
-            _bar_plot(circuits, f"Effective circuit size per label: {plain_text(_stem(model))}", _weights(data),
+            _bar_plot(circuits, f"Effective circuit size per label: {plain_text(_stem(model))}", _weights(data, mode),
                       plot_path)
     if as_json:
         authors = mode == "authors"  # score and tolerance do not apply to the authors' criterion

@@ -201,6 +201,11 @@ def test_a_transformers_ecs_figure_says_its_fraction_is_of_the_mlp_blocks(char_l
         res = invoke("circuits", model, "--labels", labels, "--max-evals", 5, "-q", "--plot", tmp_path / "f.png")
         assert res.exit_code == 0, res.stderr
     assert seen == ["the MLP blocks' non-zero weights", "the model's non-zero weights"]
+    # the authors' search prunes Linear layers only: a CNN's figure said "the model's" (from the review)
+    res = invoke("circuits", trained, "--labels", "0", "-q", "--mode", "authors", "--plot",
+                 tmp_path / "g.png")
+    assert res.exit_code == 0, res.stderr
+    assert seen[-1] == "the Linear layers' non-zero weights"
 
 
 def test_results_of_a_model_at_chance_carry_a_caveat(tmp_path, trained):
