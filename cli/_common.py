@@ -15,7 +15,7 @@ and exit code 2. The checks:
 :class:`FiniteFloat`                      a finite float in a range (NaN and infinities refused)
 :func:`parse_int_ranges`                  ``"0,3,5-7"`` with a cap on the number of values
 :func:`parse_k_values`                    ``"4"``, ``"2..10"``, ``"2,4,8"`` with a cap on the count
-:func:`k_usage_errors`                    a --k the model's layers cannot take, found once the graph is built
+:func:`setting_usage_errors`                    a --k the model's layers cannot take, found once the graph is built
                                           (after the warm-up for train --similarity gradient)
 :func:`check_layers`                      layer names that exist in a graph
 :func:`check_output_path`                 an output file that can be written, is not an input, and
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from graphinterp.cli._options import (
     DEVICE, MAX_RANGE_VALUES, POSITIVE_INT, SEED, NamedPath, SEED_MAX, FiniteFloat, check_device, check_layers, check_seed,
-    device_option, given_options, json_option, k_usage_errors, layers_option, parse_int_ranges, parse_k_values,
+    device_option, given_options, json_option, setting_usage_errors, layers_option, parse_int_ranges, parse_k_values,
     parse_layers,
     quiet_option, seed_option, trust_pickle_option,
 )
@@ -38,7 +38,7 @@ from graphinterp.cli._paths import FIGURE_SUFFIXES, check_output_dir, check_outp
 
 __all__ = [
     "json_option", "seed_option", "device_option", "quiet_option", "trust_pickle_option", "layers_option",
-    "parse_layers", "emit_json", "write_json", "format_table", "k_usage_errors",
+    "parse_layers", "emit_json", "write_json", "format_table", "setting_usage_errors",
     "SEED_MAX", "SEED", "DEVICE", "POSITIVE_INT", "NamedPath", "FiniteFloat", "FIGURE_SUFFIXES", "MAX_RANGE_VALUES", "given_options",
     "check_seed", "check_device", "check_layers", "check_output_path", "check_output_dir", "check_title",
     "parse_int_ranges", "parse_k_values", "plain_text",

@@ -1,6 +1,6 @@
 """Click parameter types, option decorators and argument checks shared by the command modules.
 
-Every check runs before any work (the one exception: :func:`k_usage_errors`, which wraps the work
+Every check runs before any work (the one exception: :func:`setting_usage_errors`, which wraps the work
 that finds a --k the model's layers cannot take) and raises :class:`click.BadParameter` (a usage error: one
 ``error: ...`` line, exit code 2). The parsers wrap the library's (``graphinterp.parse_int_ranges``,
 ``graphinterp.parse_k_values``), adding the option's name and an example to the reason.
@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 import click
 
-from graphinterp import KTooLargeError, MAX_RANGE_VALUES
+from graphinterp import KTooLargeError, MAX_RANGE_VALUES, UnknownLayerError
 from graphinterp import parse_int_ranges as _parse_int_ranges
 from graphinterp import parse_k_values as _parse_k_values
 
@@ -284,11 +284,14 @@ def refuse_given(ctx: Optional[click.Context], names: Iterable[str], context: st
 
 
 @contextlib.contextmanager
-def k_usage_errors() -> Iterator[None]:
-    """A k that the model's layers cannot take (:class:`graphinterp.KTooLargeError`, found once the graph is built)
-    raised in the block becomes a bad ``--k``: exit code 2, as for any bad argument; a model that no k fits
-    (all-zero or block-diagonal layers) stays a :class:`graphinterp.ClusteringError` (exit code 1)."""
+def setting_usage_errors() -> Iterator[None]:
+    """A k that the model's layers cannot take (:class:`graphinterp.KTooLargeError`) or a layer name it does not have
+    (:class:`graphinterp.UnknownLayerError`), found once the graph is built, raised in the block becomes a bad
+    ``--k`` or ``--layers``: exit code 2, as for any bad argument; a model that no k fits (all-zero or
+    block-diagonal layers) stays a :class:`graphinterp.ClusteringError` (exit code 1)."""
     try:
         yield
     except KTooLargeError as err:
         raise click.BadParameter(str(err), param_hint="--k") from None
+    except UnknownLayerError as err:
+        raise click.BadParameter(str(err), param_hint="--layers") from None

@@ -16,6 +16,13 @@ from graphinterp.cli._common import emit_json, format_table
 __all__ = ["report_training", "report_transformer"]
 
 
+def _legend(training: str, steps: str) -> str:
+    """What each history column is measured over: the ``training`` columns are means over ``steps``, the others are
+    taken at the row's end (an L_E with no part in the loss, during the warm-up, too)."""
+    return (f"{training}: means over {steps} (L_E where it is not in the loss, in the warm-up: at the row's "
+            "end); E, E_rand, score and the test columns: at the row's end")
+
+
 def _final(last: Dict[str, Any]) -> Dict[str, Optional[float]]:
     """The run's final E, E_random and score: of the refit clustering for a baseline (lam = 0), else the last row's."""
     if "E_refit" in last:
@@ -57,6 +64,7 @@ def report_training(config, result, out: str, lam: float, k: int, as_json: bool)
                              "clustering": result.clustering.to_dict() if result.clustering else None}})
         return
     click.echo(format_history(result.history))
+    click.echo(_legend("loss, CE and L_E", "the epoch's steps"))
     click.echo("")
     if per_layer:
         what = "clustering fitted to the final weights" if lam == 0 else "training clustering"
@@ -86,6 +94,7 @@ def report_transformer(config, result, out: str, lam: float, k: int, as_json: bo
              r["test_loss"], r["test_acc"], r["time"]] for r in result.history]
     click.echo(format_table(rows, ["step", "phase", "CE", "L_E", "E", "E_rand", "score", "test loss", "test acc",
                                    "time (s)"]))
+    click.echo(_legend("CE and L_E", "the steps since the previous row"))
     click.echo("")
     if per_block and result.clustering is not None:
         what = "clustering fitted to the final weights" if lam == 0 else "training clustering"

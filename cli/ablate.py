@@ -8,7 +8,7 @@ import numpy as np
 
 from graphinterp.cli._common import (
     NamedPath,
-    k_usage_errors,
+    setting_usage_errors,
     FIGURE_SUFFIXES, MAX_RANGE_VALUES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json,
     format_table, json_option, parse_int_ranges, parse_layers, plain_text, quiet_option, seed_option,
     trust_pickle_option,
@@ -142,7 +142,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, layers, mode, neu
     if k is not None:
         from graphinterp import default_cluster_layers
 
-        with k_usage_errors():
+        with setting_usage_errors():
             clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph),
                                          random_state=seed)
         source = f"clustered now (k={k}, network-wide BSGC)"

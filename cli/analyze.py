@@ -6,7 +6,7 @@ import click
 from graphinterp import analyze, clusterability_report, graph_structure, resolve_device, stored_clustering
 from graphinterp.cli._common import (
     NamedPath,
-    k_usage_errors,
+    setting_usage_errors,
     FIGURE_SUFFIXES, check_layers, check_output_path, device_option, emit_json, format_table, json_option, layers_option,
     parse_k_values, parse_layers, quiet_option, seed_option,
 )
@@ -71,7 +71,7 @@ def command(model, k_text, layers, seed, similarity, pairing, layerwise, source,
     loaded, graph = source.load(model, layerwise=layerwise, random_state=seed)
     names = check_layers(graph, parse_layers(layers))
     device = resolve_device(device)
-    with k_usage_errors():  # found before any clustering
+    with setting_usage_errors():  # found before any clustering
         result = analyze(graph, ks, layers=names, pairing=pairing, random_state=seed,
                          progress=not (as_json or quiet), device=device)
     mw = result.mass_weighted()  # the model-wide E: over the layers scored at every k (as benchmark's)

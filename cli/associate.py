@@ -10,7 +10,7 @@ import click
 
 from graphinterp.cli._common import (
     NamedPath,
-    k_usage_errors,
+    setting_usage_errors,
     FIGURE_SUFFIXES, POSITIVE_INT, check_layers, check_output_path, device_option, emit_json, format_table, json_option,
     parse_layers, plain_text, quiet_option, seed_option, trust_pickle_option,
 )
@@ -124,7 +124,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
                          "match, or --layers to cluster the weights now at --k)")
     else:
         try:
-            with k_usage_errors() if names is not None else contextlib.nullcontext():  # asked for: a bad --k
+            with setting_usage_errors() if names is not None else contextlib.nullcontext():  # asked for: a bad --k
                 clustering = cluster_network(graph, k, layers=names or default_cluster_layers(graph),
                                              random_state=seed)
             source = f"network-wide BSGC now (k={k}, layers {', '.join(clustering.layer_names)})"
@@ -147,7 +147,7 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
         click.echo(f"measuring {', '.join(kinds)} on {min(len(data), max_examples):,} examples ...", err=True)
     settings = dict(graph=graph, kinds=kinds, null=null_model, n_null=null_copies, max_examples=max_examples,
                     batch_size=batch_size, device=device, random_state=seed)
-    with k_usage_errors():  # a --k above a level's units
+    with setting_usage_errors():  # a --k above a level's units
         result = functional_modules(net, data, k, clustering=clustering, **settings)
     reference = functional_modules(reinitialised(net, seed), data, k, **settings) if reinit else None
     if plot_path:

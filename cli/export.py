@@ -16,7 +16,7 @@ from graphinterp import (
     stored_clustering,
 )
 from graphinterp.cli._common import (
-    k_usage_errors,
+    setting_usage_errors,
     FiniteFloat, check_layers, check_output_path, device_option, emit_json, json_option, layers_option,
     parse_layers, quiet_option, seed_option,
 )
@@ -134,13 +134,13 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
             notes.append(f"{model} stores the clustering it was trained with (k={own.k} over "
                          f"{', '.join(own.layer_names)}); --stored exports those labels instead of clustering again")
         if names:
-            with k_usage_errors():
+            with setting_usage_errors():
                 require_clusterable(graph, k, names)  # the layers asked for must all be clusterable at k
             chosen = names
         else:
             chosen, left_out = clusterable_layers(graph, k)
             if not chosen:
-                with k_usage_errors():
+                with setting_usage_errors():
                     raise nothing_clusterable_error(k, left_out)  # "Invalid value for --k: ...; use a smaller k", as analyze
             notes.extend(f"not clustered: {n}: {why}" for n, why in left_out.items())
         if not network_wide:

@@ -6,7 +6,7 @@ from typing import Optional
 import click
 
 from graphinterp import BSGC, check_k, ClusteringError, layer_seed, stored_clustering
-from graphinterp.cli._common import (FIGURE_SUFFIXES, NamedPath, check_layers, check_output_path, check_title, k_usage_errors,
+from graphinterp.cli._common import (FIGURE_SUFFIXES, NamedPath, check_layers, check_output_path, check_title, setting_usage_errors,
                                      plain_text, seed_option)
 from graphinterp.cli._source_options import (
     SourceOptions, coverage_lines, model_argument, model_source_options, note_lines,
@@ -74,7 +74,7 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
             labels, origin = clustering.labels(layer_name), f"stored clustering, k={clustering.k}"
     if labels is None:
         k = 4 if k is None else k
-        with k_usage_errors():  # a --k above the layer's nodes is a bad argument, as in analyze and export
+        with setting_usage_errors():  # a --k above the layer's nodes is a bad argument, as in analyze and export
             check_k(k, graph, [layer_name], leave_out=None)
         try:
             # seeded per layer as analyze, export and benchmark seed it: the same labels at the same --k and --seed

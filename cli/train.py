@@ -9,7 +9,7 @@ import click
 import torch
 
 from graphinterp.cli._common import (
-    k_usage_errors,
+    setting_usage_errors,
     POSITIVE_INT, check_output_path, device_option, json_option, parse_layers, quiet_option, seed_option,
 )
 from graphinterp.cli._eval_data import read_checkpoint
@@ -145,7 +145,7 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
                       suffixes=CHECKPOINT_SUFFIXES, param_hint="--out", note_replaced=False)  # the trainer says so
     _replacing(out, existing, resume)
     with process_group(launch, torch_device), _resume_hint(resume, launch.is_main):  # arguments checked on every rank
-        with k_usage_errors():  # found once the graph is built (gradient similarity: when the warm-up ends)
+        with setting_usage_errors():  # found once the graph is built (gradient similarity: when the warm-up ends)
             result = train(config, checkpoint=out, resume=resume, on_note=_note)
     if launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
         report_training(config, result, out, lam, k, as_json)

@@ -30,7 +30,7 @@ LAYERS = ("common", "data", "sources", "graph", "clustering", "training", "inter
 
 _EXPORTS = {
     # common: errors, files, devices, floating point, seeds, parallel and distributed execution
-    "ClusteringError": "common.errors", "KTooLargeError": "common.errors", "DataError": "common.errors", "GraphinterpError": "common.errors",
+    "ClusteringError": "common.errors", "KTooLargeError": "common.errors", "UnknownLayerError": "common.errors", "DataError": "common.errors", "GraphinterpError": "common.errors",
     "InvalidWeightsError": "common.errors", "Launch": "common.distributed", "ModelFileError": "common.errors",
     "OutputPathError": "common.files", "SCHEDULER_ENV": "common.parallel", "TrainingError": "common.errors",
     "UnsupportedModelError": "common.errors", "InputMismatchError": "common.errors", "atomic_write": "common.files",

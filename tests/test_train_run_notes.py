@@ -2,10 +2,9 @@
 existing checkpoint is announced (graphinterp.training.run_notes)."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from _cli_helpers import invoke, one_error
+from _cli_helpers import invoke, one_error, usage_error
 from graphinterp.data.datasets import load_dataset
 from graphinterp.training.train import TrainConfig, train
 from graphinterp.training.train_transformer import TransformerConfig, train_transformer
@@ -73,3 +72,32 @@ def test_the_replacement_of_a_checkpoint_is_said_only_when_the_run_goes_ahead(tm
     assert out.read_bytes() == before
     res = invoke(*args)
     assert res.exit_code == 0 and f"note: {out} exists: this new run replaces it" in res.stderr
+
+
+def test_naming_the_default_layers_resumes_a_run_that_left_them_unset(tmp_path):
+    """--resume --layers fc2 after a run without --layers (fc2 is the default) was refused: "--layers was unset, now
+    fc2". Other layers are still refused."""
+    out = tmp_path / "m.pt"
+    base = ("train", "--dataset", "digits", "--warmup-epochs", "1", "--out", out, "--device", "cpu", "-q")
+    assert invoke(*base, "--epochs", "1").exit_code == 0
+    res = invoke(*base, "--epochs", "2", "--resume", "--layers", "fc2")
+    assert res.exit_code == 0, res.stderr
+    line = one_error(invoke(*base, "--epochs", "3", "--resume", "--layers", "fc1"))
+    assert "--layers was fc2, now fc1" in line, line
+
+
+def test_an_unknown_layer_to_cluster_is_a_usage_error(tmp_path):
+    """--layers fc9 was refused with exit code 1 (a ClusteringError), unlike every other bad argument (2)."""
+    line = usage_error(invoke("train", "--dataset", "digits", "--layers", "fc9", "--out", tmp_path / "m.pt",
+                              "--device", "cpu"))
+    assert line == "Invalid value for --layers: unknown layer 'fc9' to cluster; the model's layers are ['fc1', 'fc2', " \
+                   "'fc3']"
+
+
+def test_the_history_table_says_what_each_column_is_measured_over(tmp_path):
+    """L_E 0.3764 beside E 0.6441 on a modular row read as a contradiction (L_E = 1 - E): L_E is the mean over the
+    epoch's steps, E the end of the epoch's, and the warm-up's L_E (not in its loss) the end's. Said under the table."""
+    res = invoke("train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "m.pt", "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert "loss, CE and L_E: means over the epoch's steps" in res.stdout
+    assert "E, E_rand, score and the test columns: at the row's end" in res.stdout

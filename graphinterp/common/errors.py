@@ -13,6 +13,7 @@ __all__ = [
     "InvalidWeightsError",
     "ClusteringError",
     "KTooLargeError",
+    "UnknownLayerError",
     "DataError",
     "TrainingError",
 ]
@@ -54,6 +55,11 @@ class InvalidWeightsError(GraphinterpError, ValueError):
 
 class ClusteringError(GraphinterpError, ValueError):
     """A clustering request is invalid (k out of range, labels that do not fit the graph, ...)."""
+
+
+class UnknownLayerError(ClusteringError):
+    """A layer named to be clustered is not a layer of the model's graph (found once the graph is built); the
+    command-line interface reports it as a bad ``--layers`` (exit code 2)."""
 
 
 class KTooLargeError(ClusteringError):

@@ -47,7 +47,7 @@ from graphinterp.clustering.cluster import Clustering, cluster_network
 from graphinterp.clustering.labels import stored_clustering
 from graphinterp.clustering.validation import require_clusterable
 from graphinterp.data.datasets import LabeledTensors, load_dataset
-from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
+from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError, UnknownLayerError
 from graphinterp.training.baselines import loss_scores
 from graphinterp.training.gradsim import GradientSimilarity, orphans_note
 from graphinterp.graph.layered import Layer, LayeredGraph
@@ -145,7 +145,7 @@ def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
     layers = list(config.layers) if config.layers is not None else default_cluster_layers(graph)
     for name in layers:
         if name not in graph.layer_names:
-            raise ClusteringError(f"unknown layer {name!r} to cluster; the model's layers are {graph.layer_names}")
+            raise UnknownLayerError(f"unknown layer {name!r} to cluster; the model's layers are {graph.layer_names}")
     require_clusterable(graph, config.k, layers)  # before any training, not when the warm-up ends
     return layers
 
@@ -242,7 +242,7 @@ def _run(config: TrainConfig, model, train_data, test_data, checkpoint, resume, 
     for text in resume_notes(path, resume):
         note(text)
     if resume and path is not None and path.exists():
-        state = load_train_state(path, config, arch, model, opt, gen, data_sha)
+        state = load_train_state(path, config, arch, model, opt, gen, data_sha, default_cluster_layers(graph))
         progress.resumed_from = state["epoch"]
         if state["epoch"] >= config.total_epochs:
             note(f"{path} has already trained all {state['epoch']} epochs asked for: nothing to train, its stored "

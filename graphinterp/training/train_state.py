@@ -85,11 +85,12 @@ def without_refit(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, opt, gen,
-                     data_sha256: Optional[str] = None) -> Dict[str, Any]:
+                     data_sha256: Optional[str] = None, default_layers: Optional[List[str]] = None) -> Dict[str, Any]:
     """The state of the checkpoint ``path``, loaded into ``model``, ``opt`` and ``gen``; refused (TrainingError)
     when the run would continue it wrongly: other settings or architecture, more epochs done than asked for,
     or other training data than ``data_sha256`` (the training set's fingerprint; checkpoints written before
-    2026-12-07 hold none and are not checked)."""
+    2026-12-07 hold none and are not checked). ``layers`` left unset means ``default_layers`` (the model's
+    default clustered layers), on either side: naming the default layers resumes a run that left them unset."""
     ckpt = load_checkpoint(path)
     state = ckpt.get("train_state") or {}
     if "step" in state and "epoch" not in state:  # a transformer's run counts steps
@@ -101,7 +102,12 @@ def load_train_state(path: Path, config: TrainConfig, arch, model: nn.Module, op
         raise TrainingError(f"{path} holds no training state and cannot be resumed; train into another --out")
     if not isinstance(state["config"], dict):
         raise TrainingError(f"cannot resume {path}: its training settings are damaged; train into another --out")
-    mismatch = settings_mismatch(path, state["config"], config.to_dict(), RESUME_FIXED)
+    saved, now = dict(state["config"]), config.to_dict()
+    if default_layers is not None:
+        for settings in (saved, now):
+            if settings.get("layers") is None:
+                settings["layers"] = list(default_layers)
+    mismatch = settings_mismatch(path, saved, now, RESUME_FIXED)
     if mismatch:
         raise TrainingError(mismatch)
     if isinstance(state["epoch"], int) and state["epoch"] > config.total_epochs:
