@@ -306,7 +306,8 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         payload = {"model": str(model), "dataset": data.name, "split": split, "mode": mode,
                    "score": None if authors else score,
                    "tolerance": None if authors else {"min_accuracy": min_accuracy, "max_loss_increase": max_loss_increase},
-                   "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
+                   "max_examples": max_examples, "max_evals": None if authors else max_evals, "seed": seed,
+                   "limit": limit, "circuits": [{**ci.to_dict(), **({"cluster_share": shares[c]} if c in shares else {})}
                                 for c, ci in circuits.items()], "graphml": written, "plot": plot_path or None,
                    "coverage": coverage_json(coverage), "notes": list(notes)}
         payload["notes"] += [n for n in (stopped_note(circuits), comparison is not None and stopped_note(

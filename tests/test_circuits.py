@@ -240,6 +240,8 @@ def test_cli_circuits_json_graphml_and_plot(checkpoints, tmp_path):
     assert G.graph["kept_weights"] == payload["circuits"][0]["size"]["kept_params"]
     assert not any("GraphML" in n for n in payload["notes"])
     assert payload["plot"] == str(tmp_path / "ecs.png")  # --json named the GraphML files but not the figure
+    # the search's settings, to rerun it (they were not in the JSON)
+    assert (payload["max_examples"], payload["max_evals"], payload["seed"], payload["limit"]) == (500, 100, 0, None)
     assert (tmp_path / "ecs.png").stat().st_size > 0
 
 
