@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional
 
 import click
 
 __all__ = ["span", "heldout_scope", "echo_heldout", "more_or_fewer", "percent", "echo_stopped", "stopped_note",
-           "echo_notes"]
+           "echo_notes", "kept_whole_note"]
 
 
 def span(sizes) -> str:
@@ -100,3 +100,25 @@ def echo_notes(circuits, prefix: str = "") -> None:
     for ci in circuits.values():
         if ci.note is not None:
             click.echo(f"note: {prefix}label {ci.label_name}: {ci.note}")
+
+
+def kept_whole_note(path: str, runnable, circuits, notes: List[str]) -> None:
+    """Append what of the graph's model the ECS leaves out and the search keeps whole, if anything: the weights of
+    graph layers it does not size (convolutions with --mode authors) and the vector parameters (biases, gains).
+
+    The weights outside the graph are named by the coverage note of :func:`runnable_for`.
+    """
+    _, net, graph = runnable
+    sized = set(next(iter(circuits.values())).size.ecs_per_layer)
+    layers = {layer.name for layer in graph.layers}
+    unsized, vectors = [], 0
+    for name, param in net.named_parameters():
+        owner = name.rpartition(".")[0]
+        if param.dim() < 2:
+            vectors += param.numel()
+        elif owner in layers and owner not in sized:
+            unsized.append(f"{owner} ({int((param != 0).sum()):,} non-zero weights: --mode authors prunes Linear "
+                           "layers only)")
+    parts = unsized + ([f"{vectors:,} biases and other vector parameters (never pruned)"] if vectors else [])
+    if parts:
+        notes.append(f"{path}: the ECS leaves out, and every circuit keeps whole: " + "; ".join(parts))

@@ -18,7 +18,7 @@ from graphinterp.cli._eval_data import (
     coverage_json, coverage_lines, data_options, inputs_note, load_eval_data, note_missing, read_checkpoint,
     resolve_dataset, runnable_for, transformer_checkpoint,
 )
-from graphinterp.cli._circuit_report import stopped_note
+from graphinterp.cli._circuit_report import kept_whole_note, stopped_note
 from graphinterp.cli._circuit_text import echo_circuits
 from graphinterp.cli._labels import check_examples, parse_labels, resolve_labels
 from graphinterp.cli._transformer_circuits import check_task_options
@@ -74,28 +74,6 @@ def _write_graphml(directory: str, stem: str, graph, clustering, circuits) -> Li
         write_graphml(circuit.to_networkx(graph, clustering), path)
         written.append(str(path))
     return written
-
-
-def _kept_whole_note(path: str, runnable, circuits, notes: List[str]) -> None:
-    """Append what of the graph's model the ECS leaves out and the search keeps whole, if anything: the weights of
-    graph layers it does not size (convolutions with --mode authors) and the vector parameters (biases, gains).
-
-    The weights outside the graph are named by the coverage note of :func:`runnable_for`.
-    """
-    _, net, graph = runnable
-    sized = set(next(iter(circuits.values())).size.ecs_per_layer)
-    layers = {layer.name for layer in graph.layers}
-    unsized, vectors = [], 0
-    for name, param in net.named_parameters():
-        owner = name.rpartition(".")[0]
-        if param.dim() < 2:
-            vectors += param.numel()
-        elif owner in layers and owner not in sized:
-            unsized.append(f"{owner} ({int((param != 0).sum()):,} non-zero weights: --mode authors prunes Linear "
-                           "layers only)")
-    parts = unsized + ([f"{vectors:,} biases and other vector parameters (never pruned)"] if vectors else [])
-    if parts:
-        notes.append(f"{path}: the ECS leaves out, and every circuit keeps whole: " + "; ".join(parts))
 
 
 @click.command("circuits")
@@ -267,7 +245,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         # both stored clusterings are checked before any search: a bad one in --compare failed after MODEL's
         clustering_a, stored_b = _stored_clustering(runnable), (_stored_clustering(runnable_b) if other else None)
         graph, clustering, circuits, coverage = _extract(runnable, clustering_a, data, labels, kwargs)
-        _kept_whole_note(model, runnable, circuits, notes)
+        kept_whole_note(model, runnable, circuits, notes)
     shares: Dict[int, dict] = {c: cluster_share(ci, graph, clustering) for c, ci in circuits.items()} \
         if clustering and graph is not None else {}
     comparison: Optional[CircuitComparison] = None
@@ -286,7 +264,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
             graph_b, clustering_b, circuits_b, coverage_b = extract_transformer(opened[1], data, labels, kwargs)
         else:
             graph_b, clustering_b, circuits_b, coverage_b = _extract(runnable_b, stored_b, data, labels, kwargs)
-            _kept_whole_note(other, runnable_b, circuits_b, notes)
+            kept_whole_note(other, runnable_b, circuits_b, notes)
         # a: the --compare model (e.g. the unclustered baseline), b: MODEL; changes are reported a -> b
         comparison = CircuitComparison.from_circuits(circuits_b, circuits, names=(_stem(other), _stem(model)))
         if graphml_dir:
