@@ -104,7 +104,8 @@ TESTS: Dict[str, List[str]] = {
     "parallel": ["tests/test_network_null.py", "tests/test_benchmarking.py"],
     "dag": ["tests/test_fold_faithfulness.py", "tests/test_benchmarking.py", "tests/test_network_null.py"],
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
-    "train_state": ["tests/test_train.py"],
+    "train_state": ["tests/test_train.py", "tests/test_train_run_notes.py"],
+    "run_notes": ["tests/test_train_run_notes.py"],
     "train_transformer": ["tests/test_transformer_review.py"],
     "validation": ["tests/test_cli_advice.py"],
     "circuit_result": ["tests/test_circuits.py"],
@@ -136,7 +137,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "network_pieces": "clustering/network_pieces",
          "network_null": "clustering/network_null", "network_notes": "clustering/network_notes",
          "parallel": "common/parallel",
-         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state",
+         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state", "run_notes": "training/run_notes",
          "train_transformer": "training/train_transformer", "validation": "clustering/validation",
          "circuit_result": "interpret/circuit_result", "circuit_graph": "interpret/circuit_graph",
          "benchmark_layers": "reports/benchmark_layers"}
@@ -560,6 +561,12 @@ MUTANTS: List[Mutant] = [
       "a tiny file declaring a huge tensor is read"),
     M("trace_numbers", "        record[0] -= 1  # the view itself", "        record[0] -= 0  # the view itself",
       "a view of a sum, then scaled by a number, dropped without a note"),
+    M("trace_settle", "        _, leaks, layers = undone.setdefault(gain.source, (gain.kind, Counter(), []))",
+      "        _, leaks, layers = undone[gain.source] = (gain.kind, Counter(), [])",
+      "a norm applied at several depths names only its last application's layers"),
+    M("run_notes", "    model.train()\n", "    pass\n", "a model handed over in eval mode trains in eval mode"),
+    M("train_state", "                settings[\"layers\"] = list(default_layers)", "                pass",
+      "naming the default layers refuses to resume a run that left them unset"),
 ]
 
 
