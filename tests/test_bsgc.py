@@ -830,6 +830,27 @@ def test_labels_do_not_depend_on_the_scale_of_the_matrix(dtype, scales):
     assert all(np.array_equal(f.row_labels_, base.row_labels_) for f in batch)
 
 
+@pytest.mark.parametrize("pairing", ["joint", "matched"])
+def test_one_huge_entry_does_not_overflow_the_float32_embedding(pairing):
+    """A float64 entry of 1e100 beside entries near 1 left the other rows with degrees near 1e-100 once
+    the matrix was rescaled, so their coordinates u_i / sqrt(d_i), about 1e49, became inf in the float32
+    KMeans: a RuntimeWarning, NaN centres and arbitrary labels (row 1 split off instead of row 0), where
+    1e10 .. 1e80 split off row 0 and column 0 with the entry."""
+    A = np.random.default_rng(3).random((20, 12))
+    base = BSGC(2, pairing=pairing, random_state=0).fit(np.where(np.arange(20)[:, None] + np.arange(12) == 0, 1e30, A))
+    assert base.row_labels_.tolist() == [1] + [0] * 19 and base.column_labels_.tolist() == [1] + [0] * 11
+    for big in [1e100, 1e200, 1e300]:
+        B = A.copy()
+        B[0, 0] = big
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            est = BSGC(2, pairing=pairing, random_state=0).fit(B)
+        assert np.array_equal(est.row_labels_, base.row_labels_) and np.array_equal(est.column_labels_, base.column_labels_)
+        batch = fit_batch(np.stack([B, A]), 2, [0, 0], pairing=pairing)
+        assert np.array_equal(batch[0].row_labels_, est.row_labels_)
+        assert np.array_equal(batch[1].row_labels_, BSGC(2, pairing=pairing, random_state=0).fit(A).row_labels_)
+
+
 def test_inputs_that_are_not_real_dense_arrays_get_one_line_errors():
     import scipy.sparse
 

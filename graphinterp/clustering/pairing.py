@@ -64,6 +64,7 @@ _TOL_PAIRED = 3e-2  # looser for the paired modes: their restarts are candidates
 # (on the shared models' layers as good as 1e-2: 6 of 480 fits below scikit-learn's score against 8; Gaussian
 # layers need fewer iterations)
 _MAX_ITER_PAIRED = 300
+_Z_MAX = 2.0 ** 40  # embedding coordinates above this are rescaled before KMeans in float32 (_float32_embedding)
 #: scores this close (relative) tie, by the layer's precision: candidates' masses are summed in it
 _TIE = {torch.float64: 1e-12, torch.float32: 1e-6}
 
@@ -245,12 +246,29 @@ def _live(X: torch.Tensor, live: np.ndarray) -> torch.Tensor:
     return X if live.all() else X[:, live]
 
 
+def _float32_embedding(Zu: torch.Tensor, Zv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The scaled embeddings ``Zu`` (C, m, d) and ``Zv`` (C, n, d) as float32 on the CPU, for KMeans.
+
+    A node of tiny degree next to one of huge degree (the layer's degrees spanning more than about
+    1e77) has a coordinate :math:`u_i / \\sqrt{d_i}` beyond float32's range: it became inf, KMeans
+    NaN and the labels arbitrary. A copy whose largest coordinate exceeds ``_Z_MAX`` is divided by a
+    power of two that brings it near 1, both sides alike, which KMeans does not depend on (as
+    :func:`graphinterp.clustering.matrix_checks._degrees` rescales the matrix); others are not changed.
+    """
+    top = torch.maximum(Zu.abs().amax((1, 2)), Zv.abs().amax((1, 2))).double()
+    big = top > _Z_MAX
+    if bool(big.any()):
+        e = torch.where(big, torch.frexp(top)[1], torch.zeros_like(top, dtype=torch.int32)).double()
+        Zu, Zv = (Z.double() * torch.exp2(-e)[:, None, None] for Z in (Zu, Zv))
+    return Zu.float().cpu(), Zv.float().cpu()
+
+
 def _paired_candidates(sp: _Spectrum, k: int, ncomp: int, n_init: int, gens, pairing: str, n_components: Optional[int]):
     """All KMeans restarts of all copies at once: candidate labels (C, T, m_live) and (C, T, n_live)."""
     # Scaled embedding without the trivial first vector (constant after scaling); keep it only if alone.
     first = 1 if ncomp > 1 else 0
-    Zu = _live(sp.du_is[:, :, None] * sp.U[:, :, first:ncomp], sp.live_r).float().cpu()
-    Zv = _live(sp.dv_is[:, :, None] * sp.V[:, :, first:ncomp], sp.live_c).float().cpu()
+    Zu, Zv = _float32_embedding(_live(sp.du_is[:, :, None] * sp.U[:, :, first:ncomp], sp.live_r),
+                                _live(sp.dv_is[:, :, None] * sp.V[:, :, first:ncomp], sp.live_c))
     dims = [ncomp - first]
     n_log = 1 + int(np.ceil(np.log2(k)))
     if n_components is None and n_log < ncomp:  # Dhillon's embedding: vectors 2..1+ceil(log2 k)
