@@ -95,7 +95,7 @@ TESTS: Dict[str, List[str]] = {
     "modularity": ["tests/test_association.py"],
     "eigen": ["tests/test_eigen.py", "tests/test_network_null.py"],
     "rescale": ["tests/test_rescale.py"],
-    "layer_matrices": ["tests/test_masks.py", "tests/test_rescale.py", "tests/test_loss.py"],
+    "layer_matrices": ["tests/test_masks.py", "tests/test_rescale.py", "tests/test_loss.py", "tests/test_model_dtype.py"],
     "network_pieces": ["tests/test_network_null.py"],
     "network_null": ["tests/test_network_null.py"],
     "network_notes": ["tests/test_network_null.py"],
@@ -177,8 +177,8 @@ MUTANTS: List[Mutant] = [
       "the trivial first singular vector is kept in the paired embeddings"),
     M("pairing", "n_log = 1 + int(np.ceil(np.log2(k)))", "n_log = 1 + int(np.floor(np.log2(k)))",
       "Dhillon's embedding one vector short for k not a power of 2"),
-    M("pairing", "Zv = _live(sp.dv_is[:, :, None] * sp.V[:, :, first:ncomp], sp.live_c).float().cpu()",
-      "Zv = _live(sp.V[:, :, first:ncomp], sp.live_c).float().cpu()", "column embedding not scaled by D_V^-1/2"),
+    M("pairing", "                                _live(sp.dv_is[:, :, None] * sp.V[:, :, first:ncomp], sp.live_c))",
+      "                                _live(sp.V[:, :, first:ncomp], sp.live_c))", "column embedding not scaled by D_V^-1/2"),
     M("spectral", "total = du.double().sum(-1, keepdim=True)", "total = 2 * du.double().sum(-1, keepdim=True)",
       "the known top singular pair is mis-normalised, so the deflation is wrong"),
     M("spectral", "            - u1.double()[:, :, None] * v1.double()[:, None, :])",
@@ -567,6 +567,9 @@ MUTANTS: List[Mutant] = [
     M("run_notes", "    model.train()\n", "    pass\n", "a model handed over in eval mode trains in eval mode"),
     M("train_state", "                settings[\"layers\"] = list(default_layers)", "                pass",
       "naming the default layers refuses to resume a run that left them unset"),
+    M("layer_matrices", "        w = w.float()\n    w2 = w.square()", "        pass\n    w2 = w.square()",
+      "float16 weights squared in float16: small ones vanish, large ones overflow"),
+    M("pairing", "    big = top > _Z_MAX", "    big = top < 0", "an embedding beyond float32's range goes to KMeans as inf"),
 ]
 
 

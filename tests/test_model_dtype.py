@@ -72,3 +72,22 @@ def test_level_means_and_circuits_of_a_model_in_another_precision(net_and_data, 
     assert sorted(circuits) == [0, 1] and all(0 < c.ecs < 1 and c.accuracy >= 0.95 for c in circuits.values())
     if dtype == torch.float64:  # the same search, in more precision
         assert all(np.array_equal(circuits[lab].masks[n], ref[lab].masks[n]) for lab in ref for n in ref[lab].masks)
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float16, 1e-3), (torch.float16, 2000.0), (torch.float32, 1e20),
+                                          (torch.float32, 1e-23)])
+def test_squared_weights_keep_their_range_whatever_the_precision(net_and_data, dtype, scale):
+    """Layer.squared squared in the weight's own precision: a float16 layer of weights near 1e-4 squared to 0 ("all
+    its weights are zero", the layer skipped), one with weights in the hundreds to inf (a NaN/inf error), and float32
+    weights scaled by 1e20 or 1e-23 the same (found by the clustering review). The layer's E is now the float32 one."""
+    from graphinterp import analyze
+
+    net, _, _ = net_and_data
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        scaled[2].weight.mul_(scale)
+    ref = analyze(layered_graph(net), [2]).reports[2]
+    got = analyze(layered_graph(scaled.to(dtype)), [2])
+    assert not got.skipped
+    E = {s.layer: s.E for s in got.reports[2].layers}
+    assert E["2"] == pytest.approx({s.layer: s.E for s in ref.layers}["2"], abs=2e-3)
