@@ -50,7 +50,7 @@ def to_networkx(graph: Any, clustering=None, *, view: str = "grouped", min_abs_w
       (:func:`graphinterp.clustering.cluster.cluster_network`,
       :func:`~graphinterp.clustering.dag_cluster.cluster_dag`); then an edge joins two nodes of one
       cluster exactly when both ends have the same ``cluster``, and the squared weight of such edges
-      over all edges is the clustering's E;
+      over all edges of the layers it clusters (not of the others) is the clustering's E;
     * otherwise (layered graphs) the node's only label: a per-layer clustering numbers each layer's
       clusters on its own, so a hidden node between two clustered layers, which has two unrelated
       labels, gets ``cluster = -1`` (its labels stay in ``cluster_in`` / ``cluster_out``);

@@ -43,12 +43,14 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
     and ``k``, ``similarity``, and ``E``, ``E_random`` and ``score`` of the labels the node attribute
     ``cluster`` follows (``network``'s when given, else ``clustering``'s): the share of squared weight inside
     clusters, its baseline (a random partition with the same cluster sizes) and the normalised score
-    :math:`(E - E_{rand}) / (1 - E_{rand})`; with network-wide labels also as ``E_network``,
-    ``E_network_random`` and ``score_network``. When both a per-layer ``clustering`` and ``network`` are
-    given, the edges' ``within`` follows the per-layer labels, whose scores are ``E_per_layer``,
-    ``E_per_layer_random`` and ``score_per_layer`` (the E that ``analyze`` reports). These scores are over all
-    the graph's weights, also when ``min_abs_weight`` drops edges from the file (graph attributes
-    ``min_abs_weight`` and ``edges_below_min_abs_weight`` say how many). A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
+    :math:`(E - E_{rand}) / (1 - E_{rand})`; ``E_layers`` names the layers they are over (the clustered ones:
+    the file also holds the edges of the others, so E recomputed from all its edges is not E); with
+    network-wide labels also as ``E_network``, ``E_network_random``, ``score_network`` and ``E_layers_network``.
+    When both a per-layer ``clustering`` and ``network`` are given, the edges' ``within`` follows the per-layer
+    labels, whose scores are ``E_per_layer``, ``E_per_layer_random``, ``score_per_layer`` and
+    ``E_layers_per_layer`` (the E that ``analyze`` reports). These scores are over all the weights of those
+    layers, also when ``min_abs_weight`` drops edges from the file (graph attributes ``min_abs_weight`` and
+    ``edges_below_min_abs_weight`` say how many). A :class:`~graphinterp.graph.dag.ModelGraph` is written as a
     multigraph (graph attribute ``multigraph`` true): one edge per layer and pair of nodes, so that two layers
     writing onto the same nodes (a SwiGLU MLP's gate and up projections) both keep their weight; the
     file has one edge per layer and pair of nodes with ``|weight| > min_abs_weight`` (input features
@@ -88,7 +90,8 @@ def export_graphml(graph: LayeredGraph, path, clustering=None, *, network=None, 
 
         def scores(c):
             report = clusterability_report(graph, c)
-            return {"E": float(report.E), "E_random": float(report.E_random), "score": float(report.score)}
+            return {"E": float(report.E), "E_random": float(report.E_random), "score": float(report.score),
+                    "E_layers": [s.layer for s in report.layers]}  # what E is over: not the file's other layers
 
         first_scores = scores(network if network is not None else clustering)  # the labels `cluster` follows
         G.graph.update(first_scores)
