@@ -85,3 +85,18 @@ def test_plot_layer_missing_file_and_help(tmp_path):
     assert result.exit_code == 1 and "not found" in result.stderr
     assert "Figure 7" in _invoke(["layer", "--help"]).output
     assert "layer" in _invoke(["--help"]).output
+
+
+def test_plot_layer_of_an_unclusterable_layer_names_no_missing_option(tmp_path):
+    """plot layer has no --layers: the advice to leave a layer out with it (a 1-input conv1 of a grey-scale CNN)
+    was wrong there; analyze, which has it, still gives it."""
+    torch.manual_seed(2)
+    path = tmp_path / "one_input.pth"
+    torch.save(mlp(in_features=1, hidden=[8, 6], num_classes=3, bias=False).state_dict(), path)
+    out = tmp_path / "fc1.png"
+    result = _invoke(["layer", str(path), "--layer", "fc1", "--out", str(out)])
+    assert result.exit_code != 0 and result.stderr.startswith("error: ")
+    assert "cannot be clustered" in result.stderr and "--layers" not in result.stderr
+    assert not out.exists()
+    analyzed = CliRunner().invoke(cli, ["analyze", str(path), "--layers", "fc1"])
+    assert analyzed.exit_code != 0 and "leave layer 'fc1' out (--layers)" in analyzed.stderr

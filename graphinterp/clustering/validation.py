@@ -104,7 +104,7 @@ def check_k(k, graph=None, layers: Optional[Sequence[str]] = None, *, leave_out:
         if min(n_in, n_out) < 2:
             raise ClusteringError(
                 f"layer {name!r} cannot be clustered: it has {n_in} non-isolated inputs and {n_out} non-isolated "
-                f"outputs (at least 2 of each needed); leave layer {name!r} out (--layers)"
+                f"outputs (at least 2 of each needed)" + (f"; leave layer {name!r} out ({leave_out})" if leave_out else "")
             )
         if k > min(n_in, n_out):
             raise KTooLargeError(
