@@ -48,7 +48,8 @@ NETWORK_MAX_NODES = 12000
               help="Only network-wide labels: cluster_in and cluster_out equal cluster (no per-layer BSGC).")
 @click.option("--per-layer", is_flag=True,
               help="Only per-layer BSGC labels (cheaper for very large models); cluster is then -1 on hidden "
-                   "levels between two clustered layers, whose two labels are unrelated.")
+                   "levels between two clustered layers, whose two labels are unrelated, and on every node of "
+                   "a DAG (cluster_source none).")
 @click.option("--stored", "use_stored", is_flag=True,
               help="Use the clustering stored in a graphinterp checkpoint instead of clustering again.")
 @click.option("--view", type=click.Choice(["grouped", "fine"]), default="grouped", show_default=True,
@@ -205,7 +206,8 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
         click.echo(f"wrote {out}: {summary['nodes']} nodes, {summary['edges']} edges{parallel}, k={labelled.k}, "
                    f"clustered layers {', '.join(labelled.layer_names)}; cluster labels {source}, "
                    f"cluster_in / cluster_out {sides}")
-        click.echo(f"E = {E:.4f} ({source} labels) against {E_random:.4f} for a random partition with "
+        scored = words["network" if network is not None else "per-layer"]  # the labels E is of (labelled's)
+        click.echo(f"E = {E:.4f} ({scored} labels) against {E_random:.4f} for a random partition with "
                    f"the same cluster sizes: normalised score {score:.3f} (0: chance, 1: no weight between "
                    "clusters; `graphinterp benchmark MODEL --shuffles N` adds a shuffle null)")
         if summary["E_per_layer"] is not None:

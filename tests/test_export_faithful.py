@@ -246,3 +246,16 @@ def test_special_doubles_are_written_as_xml_schema_spells_them(tmp_path):
     assert ">NaN<" in text and ">INF<" in text and ">-INF<" in text and ">nan<" not in text
     back = [d["weight"] for _, _, d in read_graphml(tmp_path / "s.graphml").edges(data=True)]
     assert math.isnan(back[0]) and back[1:] == [float("inf"), -float("inf")]
+
+
+def test_cli_export_per_layer_dag_says_its_cluster_is_none(swiglu_file, tmp_path):
+    """A DAG's node attribute cluster holds network-wide labels or -1: with --per-layer every node's is -1, which the
+    file and the output called 'per-layer' labels (found on a tiny GPT-2: 580 nodes, all -1, cluster_source per-layer)."""
+    out = tmp_path / "p.graphml"
+    res = _export(swiglu_file, out, "--k", "2", "--per-layer")
+    assert res.exit_code == 0, res.output
+    G = read_graphml(out)
+    assert all(d["cluster"] == -1 for _, d in G.nodes(data=True))
+    assert G.graph["cluster_source"] == "none" and G.graph["cluster_in_out_source"] == "per-layer"
+    assert "cluster labels none, cluster_in / cluster_out per-layer" in res.stdout
+    assert f"E = {G.graph['E']:.4f} (per-layer labels) against" in res.stdout  # E is still of the per-layer labels

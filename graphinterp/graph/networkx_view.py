@@ -54,7 +54,8 @@ def to_networkx(graph: Any, clustering=None, *, view: str = "grouped", min_abs_w
     * otherwise (layered graphs) the node's only label: a per-layer clustering numbers each layer's
       clusters on its own, so a hidden node between two clustered layers, which has two unrelated
       labels, gets ``cluster = -1`` (its labels stay in ``cluster_in`` / ``cluster_out``);
-    * ``-1`` for a node that no clustered layer touches or that is isolated.
+    * ``-1`` for a node that no clustered layer touches or that is isolated, and for every node of a model graph
+      without network-wide labels (its ``cluster_source`` is then ``"none"``).
 
     On a model graph ``cluster_in`` / ``cluster_out`` are -1 where several clustered layers give a
     node different labels (a residual stream with per-layer labels). Edge attributes: ``weight``
@@ -115,8 +116,9 @@ def to_networkx(graph: Any, clustering=None, *, view: str = "grouped", min_abs_w
     if clustering is None:  # network-wide labels only: they are also every layer's in and out labels
         clustering = network
     source = "network" if network is not None else ("per-layer" if clustering is not None else "none")
-    if hasattr(graph, "src_nodes"):  # a ModelGraph: global nodes shared by its layers
-        return _model_graph(graph, clustering, view, min_abs_weight, network, progress, source)
+    if hasattr(graph, "src_nodes"):  # a ModelGraph: global nodes shared by its layers; `cluster` is network-wide or -1
+        return _model_graph(graph, clustering, view, min_abs_weight, network, progress,
+                            "network" if network is not None else "none")
     return _layered(graph, clustering, view, min_abs_weight, network, progress, source)
 
 
