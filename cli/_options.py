@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional
 import click
 
 from graphinterp import KTooLargeError, MAX_RANGE_VALUES, UnknownLayerError
+from graphinterp import comma_parts
 from graphinterp import parse_int_ranges as _parse_int_ranges
 from graphinterp import parse_k_values as _parse_k_values
 
@@ -153,7 +154,10 @@ def parse_layers(text: Optional[str]) -> Optional[List[str]]:
     which silently meant the default layers, or ``","``) is a usage error."""
     if text is None:
         return None
-    names = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        names = comma_parts(text)
+    except ValueError as err:
+        raise click.BadParameter(f"{text!r}: {err}; give comma-separated layer names", param_hint="--layers") from None
     if not names:
         raise click.BadParameter("no layer named; give comma-separated layer names", param_hint="--layers")
     return names

@@ -29,9 +29,12 @@ def parse_kinds(text: str) -> List[str]:
     >>> parse_kinds("upstream, downstream,upstream")
     ['upstream', 'downstream']
     """
-    from graphinterp import ASSOCIATION_KINDS
+    from graphinterp import ASSOCIATION_KINDS, comma_parts
 
-    kinds = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    try:
+        kinds = list(dict.fromkeys(comma_parts(text)))
+    except ValueError as err:
+        raise click.BadParameter(f"{text!r}: {err}", param_hint="--kinds") from None
     bad = [k for k in kinds if k not in ASSOCIATION_KINDS]
     if bad or not kinds:
         raise click.BadParameter(f"unknown kind(s) {', '.join(bad) or '(none given)'}; use comma-separated kinds "

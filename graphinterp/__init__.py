@@ -40,7 +40,7 @@ _EXPORTS = {
     "layer_seed": "common.seeds",
     "MAX_RANGE_VALUES": "common.text",
     "format_table": "common.text",
-    "parse_int_ranges": "common.text",
+    "parse_int_ranges": "common.text", "comma_parts": "common.text",
     "parse_k_values": "common.text",
     # data: datasets and tasks
     "DATASETS": "data.datasets", "LabeledTensors": "data.datasets", "NORMALIZATION": "data.datasets", "subset_indices": "data.datasets",

@@ -166,6 +166,9 @@ def test_huge_ranges_are_refused_before_they_are_expanded(ckpt_file):
         parse_int_ranges("0-5,0-99999999999", param_hint="--labels")
     assert parse_int_ranges("3,0-2", param_hint="--labels") == [3, 0, 1, 2]
     assert parse_k_values("2..4") == [2, 3, 4] and parse_k_values("5,3") == [5, 3]
+    for text in ("2,,3", "2,3,", ",4"):  # a value left out between commas was skipped silently (outputs review)
+        with pytest.raises(click.BadParameter, match="a value between commas is empty"):
+            parse_k_values(text)
     with pytest.raises(click.BadParameter, match="k=2 is given more than once"):
         parse_k_values("2,3,2")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, List, Sequence
 
-__all__ = ["first_line", "MAX_RANGE_VALUES", "parse_int_ranges", "parse_k_values", "format_cell", "format_table",
+__all__ = ["first_line", "MAX_RANGE_VALUES", "comma_parts", "parse_int_ranges", "parse_k_values", "format_cell", "format_table",
            "json_safe"]
 
 #: Most values a range (``--labels``, ``--neurons``, ``--k``) may expand to.
@@ -38,6 +38,25 @@ def _decimal(text: str) -> int:
     return int(text)
 
 
+def comma_parts(text: str) -> List[str]:
+    """The comma-separated values of ``text``, stripped; none for blank text or commas alone. An empty value beside others
+    (``"2,,3"``, ``"2,3,"``: one left out?) is refused rather than skipped.
+
+    Examples
+    --------
+    >>> comma_parts(" fc1, fc2"), comma_parts("  ")
+    (['fc1', 'fc2'], [])
+    >>> comma_parts("2,,3")
+    Traceback (most recent call last):
+    ...
+    ValueError: a value between commas is empty
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    if any(parts) and not all(parts):  # "," alone is nothing given
+        raise ValueError("a value between commas is empty")
+    return [p for p in parts if p]
+
+
 def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RANGE_VALUES) -> List[int]:
     """Parse ``"1,3,5-7"`` into ``[1, 3, 5, 6, 7]``, refusing huge or empty ranges before expanding them.
 
@@ -58,8 +77,9 @@ def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RAN
     Raises
     ------
     ValueError
-        For garbage, a value below ``min_value``, a reversed range (``7-5``), nothing at all, or more
-        than ``max_values`` values in total; the message is the reason only, without the text.
+        For garbage, a value below ``min_value``, a reversed range (``7-5``), an empty value between commas,
+        nothing at all, or more than ``max_values`` values in total; the message is the reason only, without the
+        text.
 
     Examples
     --------
@@ -72,7 +92,7 @@ def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RAN
     """
     parts: List[range] = []
     total = 0
-    for part in filter(None, (p.strip() for p in str(text).split(","))):
+    for part in comma_parts(text):
         lo, dash, hi = part.partition("-")
         try:
             a = _decimal(lo)
@@ -112,7 +132,8 @@ def parse_k_values(text: str, *, max_values: int = 1000) -> List[int]:
     Raises
     ------
     ValueError
-        With the reason only (not a number, an empty range, too many values, k below 2, a k given twice).
+        With the reason only (not a number, an empty range or value between commas, too many values, k below 2, a
+        k given twice).
 
     Examples
     --------
@@ -120,12 +141,13 @@ def parse_k_values(text: str, *, max_values: int = 1000) -> List[int]:
     ([2, 3, 4, 5], [3, 6])
     """
     text = str(text)
+    parts = comma_parts(text) if ".." not in text else []
     try:
         if ".." in text:
             lo_s, hi_s = text.split("..")
             bounds = _decimal(lo_s), _decimal(hi_s)
         else:
-            ks = [_decimal(p) for p in text.split(",") if p.strip()]
+            ks = [_decimal(p) for p in parts]
     except ValueError:
         raise ValueError("not a number of clusters") from None
     if ".." in text:
