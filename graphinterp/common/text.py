@@ -39,8 +39,8 @@ def _decimal(text: str) -> int:
 
 
 def comma_parts(text: str) -> List[str]:
-    """The comma-separated values of ``text``, stripped; none for blank text or commas alone. An empty value beside others
-    (``"2,,3"``, ``"2,3,"``: one left out?) is refused rather than skipped.
+    """The comma-separated values of ``text``, stripped; none for blank text or commas alone. An empty value beside
+    others (``"2,,3"``, ``"2,3,"``: one left out?) is refused rather than skipped.
 
     Examples
     --------
