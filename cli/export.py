@@ -153,7 +153,7 @@ def command(model, out, k, layers, seed, network_wide, per_layer, use_stored, vi
                 network, note = _network(graph, k, chosen or graph.layer_names, seed)
     G = export_graphml(graph, out, clustering, network=network, view=view, min_abs_weight=min_weight,
                        progress=not (quiet or as_json),
-                       before_write=lambda G, size: _before_write(G, size, notes if as_json else None, source.unit_norm))
+                       before_write=lambda G, size: _before_write(G, size, notes if as_json else None, source, graph))
     labelled = network if network is not None else clustering
     if min_weight > 0 and G.number_of_edges() == 0:
         largest = max((float(layer.weight.abs().max()) for layer in graph.layers if layer.weight.numel()), default=0.0)
@@ -229,9 +229,13 @@ def _banded_layers(clustering) -> list:
     return banded
 
 
-def _before_write(G, size, notes, unit_norm: bool) -> None:
-    """Mark the file's weights as rescaled or not (a graph attribute), then the note on a large file."""
-    G.graph["weight_rescaling"] = "unit-norm (Filan et al.)" if unit_norm else "none"
+def _before_write(G, size, notes, source, graph) -> None:
+    """Mark what the file's weights are (graph attributes: rescaled or not; normalisation folded or raw, and which
+    folds), then the note on a large file."""
+    G.graph["weight_rescaling"] = "unit-norm (Filan et al.)" if source.unit_norm else "none"
+    G.graph["weights_folded"] = bool(source.fold)  # False: --no-fold, the raw parameters
+    folds = getattr(getattr(graph, "coverage", None), "folded", None) or []
+    G.graph["folds"] = "; ".join(folds) if folds else "none"
     _large_note(G, size, notes)
 
 

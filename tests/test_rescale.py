@@ -170,3 +170,25 @@ def test_pooled_e_says_when_one_layer_holds_nearly_all_the_squared_weight(two_la
         net[2].weight.mul_(two_layer_scale)
     note = analyze(LayeredGraph.from_module(net), [2], random_state=0).mass_weighted()["note"]
     assert note is not None and note.startswith("layer 2 holds") and "the mass-weighted E is mostly that layer's E" in note
+
+
+def test_an_export_says_whether_its_weights_are_folded_and_which_folds(tmp_path):
+    """A GraphML file did not say whether its weights had normalisation folded in or were --no-fold's raw
+    parameters (it said whether they were unit-norm rescaled): graph attributes weights_folded and folds."""
+    import networkx as nx
+
+    from _cli_helpers import invoke
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(8, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4)).eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "bn.pt"
+    torch.save(model, path)
+    for flag, folded in ((None, True), ("--no-fold", False)):
+        out = tmp_path / f"g{folded}.graphml"
+        res = invoke("export", path, out, "--k", "2", "-q", "--trust-pickle", *([flag] if flag else []))
+        assert res.exit_code == 0, res.stderr
+        G = nx.read_graphml(out)
+        assert G.graph["weights_folded"] is folded
+        assert (G.graph["folds"] != "none") is folded and ("1" in G.graph["folds"]) is folded, G.graph["folds"]
