@@ -85,15 +85,21 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     index = graph.index(layer_name)
     in_name = (graph.layer_names[index - 1] if index else "input") if graph.chained else f"{layer_name} in"
     weight = layer.signed().cpu().double().numpy()
+    # a convolution's (or a flattened feature map's) edge is a channel pair's kernel norm, not one weight
+    grouped = layer.is_conv or layer.in_index is not None
+    edges = "channel edges (kernel norms)" if layer.is_conv else "edges (norms of each channel's features)" \
+        if grouped else "weights"
     if source.unit_norm:  # the figure and the line below say the weights drawn are rescaled
         origin += ", weights unit-norm rescaled"
-        if title is None:
-            title = (f"{plain_text(in_name)} \u2192 {plain_text(layer_name)}: {weight.shape[0]} \u00d7 {weight.shape[1]} "
-                     f"weights rescaled to unit incoming norm (Filan et al.), {origin.split(', ')[1]}")
+    if title is None and (source.unit_norm or grouped):
+        title = (f"{plain_text(in_name)} \u2192 {plain_text(layer_name)}: {weight.shape[0]} \u00d7 {weight.shape[1]} "
+                 f"{edges}{' rescaled to unit incoming norm (Filan et al.)' if source.unit_norm else ''}, "
+                 f"{origin.split(', ')[1]}")  # "k=4"
     plot_clustered_layer(weight, labels[0], labels[1], in_name=plain_text(in_name), out_name=plain_text(layer_name),
                          kind=kind, max_edges=max_edges, title=title, out=out_path)
     for line in coverage_lines(graph) + note_lines(loaded):
         click.echo(line)
     if layer.block_diagonal_reason is not None:  # drawn as asked, but its clusters say nothing learned
         click.echo(f"note: {layer_name}: {layer.block_diagonal_reason}")
-    click.echo(f"wrote {out_path} ({layer_name}: {weight.shape[0]}x{weight.shape[1]}, {origin})")
+    click.echo(f"wrote {out_path} ({layer_name}: {weight.shape[0]}x{weight.shape[1]}"
+               f"{' ' + edges if grouped else ''}, {origin})")

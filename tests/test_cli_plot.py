@@ -100,3 +100,22 @@ def test_plot_layer_of_an_unclusterable_layer_names_no_missing_option(tmp_path):
     assert not out.exists()
     analyzed = CliRunner().invoke(cli, ["analyze", str(path), "--layers", "fc1"])
     assert analyzed.exit_code != 0 and "leave layer 'fc1' out (--layers)" in analyzed.stderr
+
+
+def test_a_convolution_is_drawn_as_channel_edges_and_says_so(tmp_path, monkeypatch):
+    """A conv layer's figure and line said "64 x 64 weights" for 64 x 64 x 3 x 3 weights drawn as one edge per
+    channel pair (the kernel's norm); a Linear reading flattened channels likewise (outputs review)."""
+    import graphinterp
+
+    titles = []
+    real = graphinterp.plot_clustered_layer
+    monkeypatch.setattr(graphinterp, "plot_clustered_layer", lambda *a, **kw: titles.append(kw["title"]) or real(*a, **kw))
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.Conv2d(6, 5, 3)).eval()
+    path = tmp_path / "cnn.pt"
+    torch.save(model, path)
+    result = _invoke(["layer", str(path), "--layer", "2", "--k", "2", "--trust-pickle", "--input-shape", "3,8,8",
+                      "--out", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    assert "(2: 6x5 channel edges (kernel norms), BSGC of this layer alone, k=2)" in result.output
+    assert titles[-1].endswith(": 6 \u00d7 5 channel edges (kernel norms), k=2")
