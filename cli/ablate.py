@@ -237,7 +237,7 @@ def _ablate_transformer(path, ckpt, k, corpus, split, limit, seed, batch_size, d
         clustering = cluster_mlp_blocks(graph, k, random_state=seed)
         source = f"clustered now (k={k}, BSGC per MLP block)"
     elif ckpt["clustering"]:
-        clustering = stored_clustering(ckpt["clustering"])
+        clustering = stored_clustering(ckpt["clustering"], graph)  # checked against the model, as analyze does
         source = "stored in the checkpoint"
     else:
         raise ClusteringError(f"{path} holds no clustering; pass --k K to cluster its MLP blocks now")

@@ -72,3 +72,14 @@ def test_weights_and_parameters_the_ecs_leaves_out_are_named(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert (f"{path}: the ECS leaves out, and every circuit keeps whole: 22 biases and other vector parameters (never "
             "pruned)") in json.loads(res.stdout)["notes"]
+
+
+def test_a_transformer_clustering_that_does_not_fit_the_model_is_one_error_line_in_ablate(modadd, tmp_path):
+    """ablate read a transformer's stored clustering without checking it against the model: a clustering naming a
+    layer the model lacks was a traceback (KeyError) where analyze gives one line."""
+    ckpt = torch.load(modadd, weights_only=True)
+    ckpt["clustering"]["layers"][0]["name"] = "blocks.7.mlp.fc_in"
+    bad = tmp_path / "bad_clustering.pt"
+    torch.save(ckpt, bad)
+    line = one_error(invoke("ablate", bad, "--device", "cpu", "-q"), 1)
+    assert "the clustering names layer 'blocks.7.mlp.fc_in', which the model does not have" in line, line
