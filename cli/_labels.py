@@ -59,7 +59,7 @@ def parse_labels(text: str) -> LabelSpec:
         return chars
     out: List[Union[int, str]] = []
     left = MAX_RANGE_VALUES
-    for item in _ITEM.findall(text):
+    for item in _items(text):
         if not item.strip():  # "e, ,t": a space meant as a label is written quoted
             raise click.BadParameter(f"{text!r} has an item of only spaces; write a space label as ' ' (quoted) or "
                                      "with chars:TEXT", param_hint="--labels")
@@ -81,6 +81,17 @@ def parse_labels(text: str) -> LabelSpec:
 
 #: One comma-separated item of ``--labels``: a quoted character (which may be a comma) or a run without commas.
 _ITEM = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,]+)\s*""")
+
+
+def _items(text: str) -> List[str]:
+    """The comma-separated items of ``text`` (quoted commas kept); an empty one (``"0,,3"``, ``"0,3,"``: a label left
+    out?) is refused, as :func:`graphinterp.comma_parts` refuses it in every other comma-separated option."""
+    matches = list(_ITEM.finditer(text))
+    ends, starts = [0] + [m.end() for m in matches], [m.start() for m in matches] + [len(text)]
+    commas = [text[a:b].count(",") for a, b in zip(ends, starts)]  # before the first item, between items, after the last
+    if matches and (commas[0] or commas[-1] or any(c > 1 for c in commas[1:-1])):
+        raise click.BadParameter(f"{text!r}: a value between commas is empty; use {LABEL_FORMS}", param_hint="--labels")
+    return [m.group(1) for m in matches]
 
 
 def _written_char(item: str) -> Optional[str]:

@@ -173,6 +173,17 @@ def test_huge_ranges_are_refused_before_they_are_expanded(ckpt_file):
         parse_k_values("2,3,2")
 
 
+def test_an_empty_label_between_commas_is_refused(ckpt_file):
+    """--labels 0,,3 ran labels 0 and 3 without a word, where --k, --layers, --neurons and --kinds refuse the empty
+    value (a label left out?); a quoted comma is still a label."""
+    from graphinterp.cli._labels import parse_labels
+
+    for text in ("0,,3", "0,3,", ",0"):
+        assert "a value between commas is empty" in one_error(invoke("circuits", ckpt_file, "--labels", text,
+                                                                     "--device", "cpu"), 2)
+    assert parse_labels("',',e, 3") == [",", "e", 3]
+
+
 @pytest.mark.parametrize("text", ["\u0663", "1_0", "+3", "\u0663-5", "\uff13"])
 def test_indices_and_k_are_ascii_decimals(text):
     """int() reads other scripts' digits (Arabic-Indic 3, fullwidth 3), 1_0 and +3; an index or a k is refused."""
