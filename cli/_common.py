@@ -15,8 +15,9 @@ and exit code 2. The checks:
 :class:`FiniteFloat`                      a finite float in a range (NaN and infinities refused)
 :func:`parse_int_ranges`                  ``"0,3,5-7"`` with a cap on the number of values
 :func:`parse_k_values`                    ``"4"``, ``"2..10"``, ``"2,4,8"`` with a cap on the count
-:func:`setting_usage_errors`                    a --k the model's layers cannot take, found once the graph is built
-                                          (after the warm-up for train --similarity gradient)
+:func:`setting_usage_errors`              a --k the model's layers cannot take, or a --layers name it lacks,
+                                          found once the graph is built (--k: after the warm-up for train
+                                          --similarity gradient)
 :func:`check_layers`                      layer names that exist in a graph
 :func:`check_output_path`                 an output file that can be written, is not an input, and
                                           has an allowed suffix

@@ -63,7 +63,8 @@ def parse_int_ranges(text: str, *, min_value: int = 0, max_values: int = MAX_RAN
     Parameters
     ----------
     text : str
-        Comma-separated integers and inclusive ranges ``A-B``; blank parts are ignored.
+        Comma-separated integers and inclusive ranges ``A-B``; spaces around them are ignored, an empty value
+        between commas is refused (:func:`comma_parts`).
     min_value : int, default 0
         Smallest value allowed.
     max_values : int, default MAX_RANGE_VALUES
