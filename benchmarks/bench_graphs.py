@@ -69,13 +69,13 @@ def child_cli(args) -> dict:
     """Run the graphinterp CLI in this process; wall time from process start and peak memory."""
     from graphinterp.cli.main import cli
 
-    out = tempfile.mkdtemp()
-    argv = [a.replace("{out}", out) for a in args]
-    try:
-        cli.main(argv, standalone_mode=False)
-    except SystemExit as exc:
-        if exc.code:
-            raise
+    with tempfile.TemporaryDirectory() as out:  # the command's report files are not kept
+        argv = [a.replace("{out}", out) for a in args]
+        try:
+            cli.main(argv, standalone_mode=False)
+        except SystemExit as exc:
+            if exc.code:
+                raise
     return {"peak_gb": _peak_gb()}
 
 
