@@ -286,7 +286,8 @@ def main():
     ap.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tinyshakespeare"
                                             / "input.txt"), help="text file for the character LM")
     ap.add_argument("--tasks", default="modadd,chars")
-    ap.add_argument("--shuffles", type=int, default=10)
+    ap.add_argument("--shuffles", type=int, default=10,
+                    help="permuted copies per model for the null of E (at least 2: z divides by their sd)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--lam", type=float, default=20.0)
     ap.add_argument("--circuit-labels", default="0-19",
@@ -301,6 +302,8 @@ def main():
     ap.add_argument("--char-examples", type=int, default=100,
                     help="chars: windows followed by the label in each circuit's task (and as many others)")
     args = ap.parse_args()
+    if args.shuffles < 2:
+        ap.error(f"--shuffles must be at least 2 (the null's sd of fewer copies is 0 or undefined), got {args.shuffles}")
     labels = None if args.circuit_labels == "none" else ("all" if args.circuit_labels == "all" else
                                                         _ranges(args.circuit_labels))
     out = Path(args.out_dir)
