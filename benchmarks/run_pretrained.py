@@ -110,12 +110,15 @@ def main() -> None:
     parser.add_argument("--no-reinit", action="store_true", help="skip the re-initialised copies")
     parser.add_argument("--k", default="2..10")
     parser.add_argument("--significance-k", type=int, default=4)
-    parser.add_argument("--shuffles", type=int, default=20)
+    parser.add_argument("--shuffles", type=int, default=20, help="shuffled copies per layer (2 or more; 0: no test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("report/pretrained"))
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes over the layers (same report)")
     args = parser.parse_args()
+    if args.shuffles < 0 or args.shuffles == 1:  # as `graphinterp benchmark --shuffles` refuses them
+        parser.error(f"--shuffles {args.shuffles}: give 2 or more (a null of 1 shuffle has no spread, so no z-score), "
+                     "or 0 for no shuffle test")
     files = [args.pretrained_dir / name for name in MODELS if (args.pretrained_dir / name).is_file()]
     if not files and not args.extra:
         raise SystemExit(f"no pretrained models in {args.pretrained_dir}; pass --pretrained-dir")
