@@ -124,6 +124,8 @@ def main(argv=None) -> None:
         result = child_graph(payload) if mode == "graph" else child_cli(payload)
         print(json.dumps(result))
         return
+    if args.shuffles < 0 or args.shuffles == 1:  # `graphinterp benchmark` refuses them, after the model was measured
+        parser.error(f"--shuffles {args.shuffles}: give 2 or more (a null of 1 shuffle has no spread), or 0 to skip")
     names = [ALIASES.get(n.strip(), n.strip()) for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
