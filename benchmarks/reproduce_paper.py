@@ -218,6 +218,11 @@ def fmt(x, pct=False):
     return f"{x:+.1%}" if pct else f"{x:.3f}"
 
 
+CRITERIA = {"graphinterp": "graphinterp's: one-vs-rest task within tolerance, all layers, local minimum",
+            "authors": "the authors': weight by weight, Linear layers only, last layer first, on the label's own test "
+                       "images, loss never above the full model's"}
+
+
 def write_markdown(out: Path, results: Dict[str, list], args) -> str:
     seeds = args.seed_list
     lines = ["# Reproduction of \"Training Neural Networks for Modularity Aids Interpretability\"", "",
@@ -226,11 +231,10 @@ def write_markdown(out: Path, results: Dict[str, list], args) -> str:
              + (f", {args.max_train} training images" if args.max_train else "") + f"; seeds {seeds}. "
              f"Clustered layer: fc2 (the paper's Figure 7). Shuffle test: {args.shuffles} shuffles of fc2 at "
              f"k = {args.k}. Circuits: graphinterp.interpret.circuits defaults except "
-             + "; ".join(f"{tag}: {circuit_settings(args, dataset=tag)}" for tag in results) + ", both criteria "
-             "(graphinterp's: one-vs-rest task within tolerance, all layers, local minimum; the authors': weight "
-             "by weight, Linear layers only, last layer first, on the label's own test images, loss never above "
-             "the full model's). Each row: mean ± standard deviation [95% t interval] over seeds, and in how "
-             "many seeds the sign holds where a sign is expected.", ""]
+             + "; ".join(f"{tag}: {circuit_settings(args, dataset=tag)}" for tag in results)
+             + (", both criteria (" if len(args.modes) > 1 else ", one criterion (")
+             + "; ".join(CRITERIA[m] for m in args.modes) + "). Each row: mean ± standard deviation [95% t interval] "
+             "over seeds, and in how many seeds the sign holds where a sign is expected.", ""]
     for tag, runs in results.items():
         lines += [f"## {tag.upper()} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "", "| quantity | paper | ours over seeds | sign holds |",
                   "|---|---|---|---|"]
