@@ -221,7 +221,7 @@ def test_custom_model_and_tensor_data():
     (dict(k=33), ClusteringError, "out of range"),
     (dict(dataset="imagenet"), DataError, "unknown dataset"),
     (dict(model="resnet"), TrainingError, "unknown model"),
-    (dict(layers=["fc9"]), ClusteringError, "unknown layer"),
+    (dict(layers=["fc9"]), ClusteringError, "no layer named .fc9."),
     (dict(similarity="gradient", warmup_epochs=0), TrainingError, "needs --warmup-epochs >= 1"),
     (dict(similarity="activation"), TrainingError, "similarity"),
     (dict(epochs=0, warmup_epochs=0), TrainingError, "at least 1"),

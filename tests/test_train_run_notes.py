@@ -90,8 +90,7 @@ def test_an_unknown_layer_to_cluster_is_a_usage_error(tmp_path):
     """--layers fc9 was refused with exit code 1 (a ClusteringError), unlike every other bad argument (2)."""
     line = usage_error(invoke("train", "--dataset", "digits", "--layers", "fc9", "--out", tmp_path / "m.pt",
                               "--device", "cpu"))
-    assert line == "Invalid value for --layers: unknown layer 'fc9' to cluster; the model's layers are ['fc1', 'fc2', " \
-                   "'fc3']"
+    assert line == "Invalid value for --layers: no layer named 'fc9' to cluster; the layers are fc1, fc2, fc3"
 
 
 def test_the_history_table_says_what_each_column_is_measured_over(tmp_path):

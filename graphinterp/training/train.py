@@ -127,6 +127,8 @@ def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsi
         import torch.distributed as dist
 
         dist.broadcast_object_list(payload, src=0)
+        if isinstance(payload[0], GraphinterpError):
+            dist.barrier()  # every rank holds the error before rank 0 raises it and its group closes mid-receive
     if isinstance(payload[0], GraphinterpError):
         raise payload[0]
     return stored_clustering(payload[0])
@@ -145,7 +147,7 @@ def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
     layers = list(config.layers) if config.layers is not None else default_cluster_layers(graph)
     for name in layers:
         if name not in graph.layer_names:
-            raise UnknownLayerError(f"unknown layer {name!r} to cluster; the model's layers are {graph.layer_names}")
+            raise UnknownLayerError(f"no layer named {name!r} to cluster; the layers are {', '.join(graph.layer_names)}")
     require_clusterable(graph, config.k, layers)  # before any training, not when the warm-up ends
     return layers
 
