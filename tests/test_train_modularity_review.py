@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import graphinterp.training.train as train_module
+import graphinterp.training.train_clustering as train_clustering
 from graphinterp.common.errors import ClusteringError
 from graphinterp.data.datasets import load_dataset
 from graphinterp.training.train import TrainConfig, train
@@ -54,7 +55,7 @@ def _failing_clustering_worker(rank: int, world: int, port: int, out: str) -> No
     def fails(*args, **kwargs):  # what BSGC raises at the end of a warm-up, e.g. k above the live units
         raise ClusteringError("layer 'fc2': k=4 is too large")
 
-    train_module.cluster_network = fails  # only rank 0 clusters
+    train_clustering.cluster_network = fails  # only rank 0 clusters
     data = load_dataset("digits", split="train").subset(40, seed=0)
     config = TrainConfig(dataset="digits", k=2, warmup_epochs=1, epochs=1, batch_size=20, quiet=True, device="cpu")
     try:

@@ -29,7 +29,8 @@ the global batch's mean loss, clusters on rank 0 and broadcasts the labels, and 
 and progress bars on rank 0 only: results match a single-process run.
 
 The step and the epoch are in :mod:`graphinterp.training.train_epoch`; the checkpoint in
-:mod:`graphinterp.training.train_state`.
+:mod:`graphinterp.training.train_state`; the layers checked and the clustering at the end of the warm-up in
+:mod:`graphinterp.training.train_clustering`; the notes on how a run starts in :mod:`graphinterp.training.run_notes`.
 """
 from __future__ import annotations
 
@@ -43,14 +44,10 @@ from torch import nn
 
 from graphinterp.common.distributed import rank_and_world
 from graphinterp.common.files import resolve_device
-from graphinterp.clustering.cluster import Clustering, cluster_network
-from graphinterp.clustering.labels import stored_clustering
-from graphinterp.clustering.validation import require_clusterable
 from graphinterp.data.datasets import LabeledTensors, load_dataset
-from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError, UnknownLayerError
+from graphinterp.common.errors import ClusteringError, TrainingError
 from graphinterp.training.baselines import loss_scores
-from graphinterp.training.gradsim import GradientSimilarity, orphans_note
-from graphinterp.graph.layered import Layer, LayeredGraph
+from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.training.masks import default_cluster_layers, trace_graph
 from graphinterp.sources.models import build_model, default_spec
@@ -60,6 +57,7 @@ from graphinterp.training.interrupts import CheckpointProgress, TrainingInterrup
 from graphinterp.training.train_epoch import _epoch, _progress_bar, evaluate, train_step
 from graphinterp.training.run_notes import enter_train_mode, replace_note, resume_notes
 from graphinterp.training.train_state import load_train_state, save_train_state
+from graphinterp.training.train_clustering import _check_layers, _cluster, _current
 
 __all__ = ["SIMILARITIES", "TrainConfig", "TrainResult", "TrainingInterrupted", "train", "train_step", "evaluate",
            "format_history"]
@@ -93,63 +91,6 @@ def _load_data(config: TrainConfig, train_data, test_data,
                  f"for; all {len(data)} are used")
         out.append(data.subset(limit, seed=config.seed) if limit else data)
     return out[0], out[1]
-
-
-def _cpu_graph(graph: LayeredGraph) -> LayeredGraph:
-    """A frozen CPU snapshot (the traced graph's weights are live views of the parameters)."""
-    return LayeredGraph([Layer(l.name, l.kind, l.weight.detach().cpu().clone(), l.in_groups, l.groups) for l in graph],
-                        chained=graph.chained)
-
-
-def _cluster(graph: LayeredGraph, layers: List[str], config: TrainConfig, gradsim, rank: int, world: int,
-             note: Optional[Callable[[str], None]] = None) -> Clustering:
-    """The network-wide clustering on the weights now, or (``gradsim``) on the accumulated gradients.
-
-    Under ``torch.distributed`` rank 0 clusters and broadcasts the labels, or the error that stopped it (e.g. k
-    above the units that got a gradient), which every rank then raises instead of waiting for labels."""
-    payload: List[Any] = [None]
-    if rank == 0:
-        try:
-            sims = gradsim.similarity() if gradsim is not None else None
-            cpu = _cpu_graph(graph)
-            clustering = cluster_network(cpu, config.k, layers=layers, similarity=sims, random_state=config.seed)
-        except GraphinterpError as err:
-            if world == 1:
-                raise
-            payload = [err]
-        else:
-            clustering.similarity = "gradient" if gradsim is not None else "weight"  # a baseline's refit: weights
-            orphans = orphans_note(cpu, clustering) if gradsim is not None and note is not None else None
-            if orphans:
-                note(orphans)
-            payload = [clustering.to_dict()]
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.broadcast_object_list(payload, src=0)
-        if isinstance(payload[0], GraphinterpError):
-            dist.barrier()  # every rank holds the error before rank 0 raises it and its group closes mid-receive
-    if isinstance(payload[0], GraphinterpError):
-        raise payload[0]
-    return stored_clustering(payload[0])
-
-
-def _current(graph: LayeredGraph, model: nn.Module, train_set) -> LayeredGraph:
-    """``graph`` with the model's weights of now: its unfolded layers are views of the live parameters, but a
-    layer with a folded normalisation holds the product of the weights when it was traced, so such a graph
-    is traced again (clustering after warm-up, or the baseline's refit, would otherwise see the first weights)."""
-    if not any(layer.folded for layer in graph):
-        return graph
-    return trace_graph(model, input_shape=tuple(train_set.x.shape[1:]))
-
-
-def _check_layers(graph: LayeredGraph, config: TrainConfig) -> List[str]:
-    layers = list(config.layers) if config.layers is not None else default_cluster_layers(graph)
-    for name in layers:
-        if name not in graph.layer_names:
-            raise UnknownLayerError(f"no layer named {name!r} to cluster; the layers are {', '.join(graph.layer_names)}")
-    require_clusterable(graph, config.k, layers)  # before any training, not when the warm-up ends
-    return layers
 
 
 def train(config: TrainConfig, *, model: Optional[nn.Module] = None, train_data=None, test_data=None,
