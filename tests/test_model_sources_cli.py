@@ -131,7 +131,7 @@ def test_plot_layer_reads_torchvision_names_and_huggingface_folders(llama_dir, t
     out = tmp_path / "sq.png"
     res = invoke("plot", "layer", "squeezenet1_1", "--layer", SQUEEZE, "--out", out)
     assert res.exit_code == 0, res.output
-    assert "note: random initialisation" in res.stdout and f"{SQUEEZE}: 64x16, BSGC of this layer alone, k=4" in res.stdout
+    assert "note: random initialisation" in res.stdout and f"{SQUEEZE}: 64x16 channel edges (kernel norms), BSGC of this layer alone, k=4" in res.stdout
     assert out.stat().st_size > 1000
     weights = _squeezenet_weights(tmp_path / "sq.pth")
     res = invoke("plot", "layer", "squeezenet1_1", "--weights", weights, "--layer", SQUEEZE, "--out", out)
