@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from graphinterp import flush_denormals
-from graphinterp.clustering.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks
+from graphinterp.clustering.mlp_blocks import blocks_from_clustering, cluster_mlp_blocks
+from graphinterp.training.baselines import block_clusterability
 from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.graph.model_trace import trace_graph
 from graphinterp.interpret.circuits import CircuitComparison, Schedule

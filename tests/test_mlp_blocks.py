@@ -7,7 +7,8 @@ from torch import nn
 from graphinterp.common.errors import ClusteringError, UnsupportedModelError
 from graphinterp.training.loss import EnmeshmentLoss
 from graphinterp.clustering.metrics import clusterability_report
-from graphinterp.clustering.mlp_blocks import block_clusterability, block_matrix, cluster_mlp_blocks, find_mlp_blocks
+from graphinterp.clustering.mlp_blocks import block_matrix, cluster_mlp_blocks, find_mlp_blocks
+from graphinterp.training.baselines import block_clusterability
 from graphinterp.graph.model_trace import trace_graph
 from graphinterp.sources.transformer import transformer
 
@@ -193,3 +194,30 @@ def test_gpt2_gradient_similarity_is_in_graph_layout():
         assert sims[n].shape == g[n].shape()
     c = cluster_mlp_blocks(g, 2, similarity=sims, random_state=0)
     assert c.similarity == "gradient"
+
+
+def test_contiguous_clusters_are_the_authors_fixed_ranges_and_their_loss_is_exact():
+    """The authors' GPT-2 experiment trains against fixed contiguous clusters (k = 4: hidden units 0-767 with stream
+    dimensions 0-191, ...), not BSGC; method="contiguous" builds them. On a block whose weights stay inside those
+    ranges the loss is 0; moving one weight outside gives 1 - E by hand."""
+    model = _tiny(d_model=12, d_mlp=24)
+    g = trace_graph(model)
+    c = cluster_mlp_blocks(g, 4, method="contiguous")
+    stream, hidden = np.repeat(np.arange(4), 3), np.repeat(np.arange(4), 6)
+    assert np.array_equal(c.row_labels["blocks.0.mlp.fc_in"], stream)  # fc_in is (hidden, stream): reads the stream
+    assert np.array_equal(c.col_labels["blocks.0.mlp.fc_in"], hidden)
+    assert np.array_equal(c.row_labels["blocks.0.mlp.fc_out"], hidden)
+    assert np.array_equal(c.col_labels["blocks.0.mlp.fc_out"], stream)
+    assert c.meta["method"] == "contiguous-mlp-blocks" and c.similarity == "fixed"
+    mlp = model.blocks[0].mlp
+    with torch.no_grad():
+        mlp.fc_in.weight.mul_(torch.as_tensor(hidden[:, None] == stream[None, :]))
+        mlp.fc_out.weight.mul_(torch.as_tensor(stream[:, None] == hidden[None, :]))
+    loss = EnmeshmentLoss(model, c, graph=g, reduction="mass")
+    assert float(loss().detach()) == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        mlp.fc_in.weight[0, 11] = 2.0  # hidden unit 0 (range 0) reads stream dimension 11 (range 3)
+    total = sum(float(m.weight.square().sum()) for m in (mlp.fc_in, mlp.fc_out))
+    assert float(loss().detach()) == pytest.approx(4.0 / total, rel=1e-5)
+    with pytest.raises(ClusteringError, match="method must be one of bsgc, contiguous"):
+        cluster_mlp_blocks(g, 4, method="blocks")

@@ -70,8 +70,7 @@ from graphinterp.clustering.bsgc import BSGC
 from graphinterp.clustering.cluster import Clustering
 from graphinterp.common.errors import ClusteringError, UnsupportedModelError
 
-__all__ = ["MLPBlock", "find_mlp_blocks", "block_matrix", "cluster_mlp_blocks", "block_clusterability",
-           "blocks_from_clustering"]
+__all__ = ["MLPBlock", "find_mlp_blocks", "block_matrix", "cluster_mlp_blocks", "blocks_from_clustering"]
 
 _ATTENTION_WORDS = ("attn", "attention")
 
@@ -202,10 +201,17 @@ def block_matrix(graph, block: MLPBlock, similarity: Optional[Mapping[str, torch
     return B2.sqrt()
 
 
+METHODS = ("bsgc", "contiguous")
+
+
 def cluster_mlp_blocks(graph, k: int, *, blocks: Optional[Sequence[MLPBlock]] = None,
                        similarity: Optional[Mapping[str, torch.Tensor]] = None, n_init: int = 10,
-                       random_state=None) -> Clustering:
+                       random_state=None, method: str = "bsgc") -> Clustering:
     """BSGC clustering of every MLP block (one label per hidden unit and per stream dimension per block).
+
+    ``method="contiguous"`` gives the fixed clusters of the paper's authors' GPT-2 experiment instead: the
+    ``k`` equal contiguous ranges of hidden units and of stream dimensions, range ``c`` of each paired (k = 4
+    on GPT-2 small: hidden units 0-767 with stream dimensions 0-191, and so on), the weights not consulted.
 
     Parameters
     ----------
@@ -219,11 +225,15 @@ def cluster_mlp_blocks(graph, k: int, *, blocks: Optional[Sequence[MLPBlock]] = 
     n_init : int, default 10
         KMeans restarts of each block's BSGC (:class:`~graphinterp.clustering.bsgc.BSGC`).
     random_state : int, optional
+    method : {"bsgc", "contiguous"}, default "bsgc"
+        ``"contiguous"``: the fixed contiguous clusters above (``similarity``, ``n_init`` and ``random_state``
+        are then unused).
 
     Returns
     -------
     Clustering
-        Entries for every layer of every block; ``meta["blocks"]`` lists the blocks.
+        Entries for every layer of every block; ``meta["blocks"]`` lists the blocks, ``meta["method"]`` is
+        ``"bsgc-mlp-blocks"`` or ``"contiguous-mlp-blocks"``.
 
     Raises
     ------
@@ -238,10 +248,15 @@ def cluster_mlp_blocks(graph, k: int, *, blocks: Optional[Sequence[MLPBlock]] = 
     >>> c = cluster_mlp_blocks(g, 2, random_state=0)
     >>> c.layer_names, bool((c.col_labels["blocks.0.mlp.fc_in"] == c.row_labels["blocks.0.mlp.fc_out"]).all())
     (['blocks.0.mlp.fc_in', 'blocks.0.mlp.fc_out'], True)
+    >>> fixed = cluster_mlp_blocks(g, 4, method="contiguous")
+    >>> fixed.col_labels["blocks.0.mlp.fc_in"][[0, 7, 8, 31]].tolist(), fixed.row_labels["blocks.0.mlp.fc_in"][:5].tolist()
+    ([0, 0, 1, 3], [0, 0, 0, 0, 1])
     """
     blocks = list(blocks) if blocks is not None else find_mlp_blocks(graph)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
         raise ClusteringError(f"k must be an integer >= 2, got {k!r}")
+    if method not in METHODS:
+        raise ClusteringError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     rows: Dict[str, np.ndarray] = {}
     cols: Dict[str, np.ndarray] = {}
     seed = int(random_state) if isinstance(random_state, (int, np.integer)) else None
@@ -250,15 +265,21 @@ def cluster_mlp_blocks(graph, k: int, *, blocks: Optional[Sequence[MLPBlock]] = 
             raise ClusteringError(f"k={k} is larger than MLP block {block.name!r} allows "
                                   f"(d_model {block.d_model}, d_mlp {block.d_hidden}): use 2 <= k <= "
                                   f"{min(block.d_model, block.d_hidden)}")
-        B = block_matrix(graph, block, similarity).numpy()
-        est = BSGC(int(k), n_init=n_init, random_state=None if seed is None else seed + b_i).fit(B)
-        s_lab, h_lab = est.row_labels_.astype(np.int64), est.column_labels_.astype(np.int64)
         stream, hidden = _orders(graph, block)
+        if method == "contiguous":  # range c of the stream with range c of the hidden units, in feature order
+            s_lab, h_lab = (np.arange(n, dtype=np.int64) * int(k) // n for n in (len(stream), len(hidden)))
+        else:
+            B = block_matrix(graph, block, similarity).numpy()
+            est = BSGC(int(k), n_init=n_init, random_state=None if seed is None else seed + b_i).fit(B)
+            s_lab, h_lab = est.row_labels_.astype(np.int64), est.column_labels_.astype(np.int64)
         for name in block.inputs:
             rows[name] = s_lab[_positions(stream, graph.src_nodes(name))]
             cols[name] = h_lab[_positions(hidden, graph.dst_nodes(name))]
         rows[block.output] = h_lab
         cols[block.output] = s_lab[_positions(stream, graph.dst_nodes(block.output))]
+    if method == "contiguous":
+        meta = {"method": "contiguous-mlp-blocks", "blocks": [b.to_dict() for b in blocks]}
+        return Clustering(int(k), rows, cols, network_wide=False, similarity="fixed", meta=meta)
     meta = {"method": "bsgc-mlp-blocks", "blocks": [b.to_dict() for b in blocks], "random_state": seed}
     return Clustering(int(k), rows, cols, network_wide=False,
                       similarity="gradient" if similarity is not None else "weight", meta=meta)
@@ -287,18 +308,3 @@ def blocks_from_clustering(clustering: Clustering) -> List[MLPBlock]:
         raise ClusteringError("this clustering was not made by cluster_mlp_blocks (it lists no MLP blocks)")
     return [MLPBlock(d["name"], tuple(d["inputs"]), d["output"], int(d["d_model"]), int(d["d_hidden"]))
             for d in stored]
-
-
-@torch.no_grad()
-def block_clusterability(masks: Mapping, blocks: Sequence[MLPBlock]) -> Dict[str, float]:
-    """E of each block: within-cluster squared weight / all squared weight (weights as the graph holds them).
-
-    ``masks`` are :class:`~graphinterp.training.masks.ParameterMask` per layer (e.g. ``EnmeshmentLoss.masks``).
-    """
-    out = {}
-    for block in blocks:
-        within = sum(float((masks[n].effective().double().square() * masks[n].mask.double()).sum())
-                     for n in block.layers)
-        total = sum(float(masks[n].effective().double().square().sum()) for n in block.layers)
-        out[block.name] = within / total if total > 0 else 0.0
-    return out

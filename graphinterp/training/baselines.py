@@ -14,11 +14,13 @@ so it follows the layers' weight masses from one epoch to the next.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Sequence
+
+import torch
 
 from graphinterp.clustering.metrics import normalized_score
 
-__all__ = ["layer_random", "random_expectation", "block_random", "with_baseline", "loss_scores"]
+__all__ = ["layer_random", "random_expectation", "block_clusterability", "block_random", "with_baseline", "loss_scores"]
 
 
 def layer_random(masks: Mapping) -> Dict[str, float]:
@@ -50,9 +52,24 @@ def random_expectation(masks: Mapping, names: Optional[Iterable[str]] = None) ->
     return sum(per[n] * mass[n] for n in names) / total if total > 0 else 0.0
 
 
+@torch.no_grad()
+def block_clusterability(masks: Mapping, blocks: Sequence) -> Dict[str, float]:
+    """E of each block: within-cluster squared weight / all squared weight (weights as the graph holds them).
+
+    ``masks`` are :class:`~graphinterp.training.masks.ParameterMask` per layer (e.g. ``EnmeshmentLoss.masks``).
+    """
+    out = {}
+    for block in blocks:
+        within = sum(float((masks[n].effective().double().square() * masks[n].mask.double()).sum())
+                     for n in block.layers)
+        total = sum(float(masks[n].effective().double().square().sum()) for n in block.layers)
+        out[block.name] = within / total if total > 0 else 0.0
+    return out
+
+
 def block_random(masks: Mapping, blocks) -> Dict[str, float]:
     """``E_random`` of each MLP block (mass-weighted over its layers), beside
-    :func:`graphinterp.clustering.mlp_blocks.block_clusterability`."""
+    :func:`block_clusterability`."""
     return {b.name: random_expectation(masks, b.layers) for b in blocks}
 
 

@@ -33,10 +33,10 @@ from graphinterp.common.files import resolve_device
 from graphinterp.clustering.labels import Clustering
 from graphinterp.common.errors import DataError, TrainingError
 from graphinterp.training.run_notes import enter_train_mode, replace_note, resume_notes
-from graphinterp.training.baselines import block_random, loss_scores
+from graphinterp.training.baselines import block_clusterability, block_random, loss_scores
 from graphinterp.training.gradsim import GradientSimilarity
 from graphinterp.training.loss import EnmeshmentLoss
-from graphinterp.clustering.mlp_blocks import block_clusterability, blocks_from_clustering, cluster_mlp_blocks, find_mlp_blocks
+from graphinterp.clustering.mlp_blocks import blocks_from_clustering, cluster_mlp_blocks, find_mlp_blocks
 from graphinterp.graph.model_trace import trace_graph
 from graphinterp.sources.models import build_model
 from graphinterp.data.tasks import load_corpus, modular_addition
