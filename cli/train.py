@@ -66,6 +66,10 @@ __all__ = ["command"]
               help="chars: UTF-8 text file to train on (first 90% train, last 10% validation).")
 @click.option("--similarity", type=click.Choice(SIMILARITIES), default="weight", show_default=True,
               help="What BSGC clusters: the weights |W|, or the average cosine of gradients accumulated in warm-up.")
+@click.option("--clusters", type=click.Choice(["bsgc", "contiguous"]), default="bsgc", show_default=True,
+              help="Transformer: BSGC of every MLP block, or the fixed contiguous ranges of the paper's authors' GPT-2 "
+                   "experiment (hidden units 0..d_mlp/k-1 with stream dimensions 0..d_model/k-1, and so on), which "
+                   "need no warm-up (--warmup-steps 0).")
 @click.option("--reduction", type=click.Choice(["mean", "mass"]), default="mean", show_default=True,
               help="How L_E combines several clustered layers: the mean of per-layer E (every layer counts the "
                    "same, e.g. a CNN's small fc2 beside a 4096-input fc1) or mass-weighted (the model-wide E "
@@ -94,9 +98,9 @@ __all__ = ["command"]
 @json_option
 def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: int, epochs: int, batch_size: int,
             lr: Optional[float], steps: Optional[int], warmup_steps: Optional[int], weight_decay: Optional[float],
-            corpus: Optional[str], similarity: str, reduction: str, layers: Optional[str], seed: int, device: str,
-            data_dir: Optional[str], download: bool, max_train: Optional[int], out: str, resume: bool, quiet: bool,
-            as_json: bool) -> None:
+            corpus: Optional[str], similarity: str, clusters: str, reduction: str, layers: Optional[str], seed: int,
+            device: str, data_dir: Optional[str], download: bool, max_train: Optional[int], out: str, resume: bool,
+            quiet: bool, as_json: bool) -> None:
     """Train a modular network: warm up, cluster with BSGC, then train with CE + lambda * L_E.
 
     \b
@@ -132,8 +136,8 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
     check_training_options(click.get_current_context(), dataset)
     launch, torch_device = _launch(model_name, resume, device)
     if model_name == "transformer":
-        _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
-                           seed, device, data_dir, corpus, out, resume, quiet, as_json)
+        _train_transformer(dataset, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, clusters,
+                           reduction, seed, device, data_dir, corpus, out, resume, quiet, as_json)
         return
     config = _validated(TrainConfig(dataset=dataset, model=model_name, k=k, lam=lam, warmup_epochs=warmup_epochs,
                                     epochs=epochs, batch_size=batch_size or 64, lr=1e-3 if lr is None else lr,
@@ -176,6 +180,7 @@ TRAINING_OPTIONS = {
     "steps": (_TRANSFORMER, "use --epochs"),
     "warmup_steps": (_TRANSFORMER, "use --warmup-epochs"),
     "weight_decay": (_TRANSFORMER, "mlp and cnn train with Adam, without weight decay; leave --weight-decay out"),
+    "clusters": (_TRANSFORMER, "mlp and cnn layers are clustered by BSGC; leave --clusters out"),
 }
 
 
@@ -280,12 +285,13 @@ def _validated(config):
         raise click.UsageError(str(err)) from None
 
 
-def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, reduction,
-                       seed, device, data_dir, corpus, out, resume, quiet, as_json) -> None:
+def _train_transformer(task, k, lam, steps, warmup_steps, lr, weight_decay, batch_size, similarity, clusters,
+                       reduction, seed, device, data_dir, corpus, out, resume, quiet, as_json) -> None:
     from graphinterp import TransformerConfig, train_transformer
 
     config = _validated(TransformerConfig(task=task, k=k, lam=lam, steps=steps, warmup_steps=warmup_steps, lr=lr,
-                                          weight_decay=weight_decay, similarity=similarity, reduction=reduction,
+                                          weight_decay=weight_decay, similarity=similarity, clusters=clusters,
+                                          reduction=reduction,
                                           seed=seed, device=device, data_dir=data_dir, corpus=corpus,
                                           quiet=quiet or as_json,
                                           **({"batch_size": batch_size} if batch_size is not None else {})))

@@ -100,3 +100,40 @@ def test_the_history_table_says_what_each_column_is_measured_over(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "loss, CE and L_E: means over the epoch's steps" in res.stdout
     assert "E, E_rand, score and the test columns: at the row's end" in res.stdout
+
+
+def test_a_transformer_trains_against_the_authors_fixed_contiguous_clusters(tmp_path):
+    """--clusters contiguous: the fixed ranges of the authors' GPT-2 experiment (hidden units 0..d_mlp/k-1 with stream
+    dimensions 0..d_model/k-1, ...), no warm-up needed; stored in the checkpoint, so analyze and ablate use them."""
+    import numpy as np
+
+    from graphinterp.sources.checkpoint import load_checkpoint
+
+    out = tmp_path / "m.pt"
+    res = invoke("train", "--dataset", "modadd", "--clusters", "contiguous", "--warmup-steps", "0", "--steps", "2",
+                 "--out", out, "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.stderr
+    stored = load_checkpoint(out)["clustering"]
+    assert stored["meta"]["method"] == "contiguous-mlp-blocks"
+    layer = {entry["name"]: entry for entry in stored["layers"]}["blocks.0.mlp.fc_in"]
+    assert np.array_equal(layer["cols"], np.arange(512) * 4 // 512) and np.array_equal(layer["rows"],
+                                                                                       np.arange(128) * 4 // 128)
+    assert usage_error(invoke("train", "--dataset", "digits", "--clusters", "contiguous", "--out", out)).startswith(
+        "--clusters does not apply to --dataset digits")
+    assert "gradient does not apply to fixed contiguous clusters" in usage_error(invoke(
+        "train", "--dataset", "modadd", "--clusters", "contiguous", "--similarity", "gradient", "--out", out))
+
+
+def test_a_transformer_checkpoint_from_before_clusters_existed_still_resumes(tmp_path):
+    """Checkpoints written before --clusters record no such setting: read as BSGC, the only way then."""
+    import torch as _torch
+
+    out = tmp_path / "m.pt"
+    args = ("train", "--dataset", "modadd", "--warmup-steps", "1", "--out", out, "--device", "cpu", "-q")
+    assert invoke(*args, "--steps", "1").exit_code == 0
+    ckpt = _torch.load(out, weights_only=False)
+    del ckpt["train_state"]["config"]["clusters"]
+    _torch.save(ckpt, out)
+    res = invoke(*args, "--steps", "2", "--resume")
+    assert res.exit_code == 0, res.stderr
+    assert "cannot resume" not in res.stderr

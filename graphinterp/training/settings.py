@@ -31,7 +31,7 @@ SETTING_FLAGS = {
     "dataset": "--dataset", "task": "--dataset", "model": "--model", "k": "--k", "lam": "--lambda",
     "warmup_epochs": "--warmup-epochs", "epochs": "--epochs", "warmup_steps": "--warmup-steps", "steps": "--steps",
     "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay", "similarity": "--similarity",
-    "reduction": "--reduction", "layers": "--layers", "seed": "--seed", "device": "--device",
+    "reduction": "--reduction", "clusters": "--clusters", "layers": "--layers", "seed": "--seed", "device": "--device",
     "data_dir": "--data-dir", "download": "--download", "max_train": "--max-train", "corpus": "--corpus",
 }
 

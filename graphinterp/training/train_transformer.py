@@ -158,7 +158,7 @@ def _batch(config: TransformerConfig, data, gen: torch.Generator, device) -> Tup
 def _cluster(model, x, config: TransformerConfig, gradsim, graph=None) -> Tuple[Clustering, Any]:
     graph = graph if graph is not None else trace_graph(model, example=x[:2])
     sims = gradsim.similarity() if gradsim is not None else None
-    c = cluster_mlp_blocks(graph, config.k, similarity=sims, random_state=config.seed)
+    c = cluster_mlp_blocks(graph, config.k, similarity=sims, random_state=config.seed, method=config.clusters)
     return c, graph
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional
 
 from graphinterp.common.errors import ClusteringError, GraphinterpError, TrainingError
+from graphinterp.clustering.mlp_blocks import METHODS
 from graphinterp.data.tasks import TASKS
 from graphinterp.training.settings import (
     LR_MAX, absolute_path, check_clustering_options, check_common_settings, check_ranges, setting_name,
@@ -33,7 +34,7 @@ TASK_DEFAULTS: Dict[str, Dict[str, Any]] = {
 #: Settings a resumed run must share with the checkpoint.
 #: Settings of the character LM only: a modadd run records them as None (it never uses them).
 CHARS_ONLY = ("corpus", "data_dir", "n_ctx", "batch_size", "max_chars", "eval_windows")
-RESUME_FIXED = ("task", "k", "lam", "warmup_steps", "lr", "weight_decay", "beta1", "beta2", "similarity",
+RESUME_FIXED = ("task", "k", "lam", "warmup_steps", "lr", "weight_decay", "beta1", "beta2", "similarity", "clusters",
                 "reduction", "seed", "p", "train_frac", "data_seed", "n_ctx", "batch_size", "d_model", "n_heads",
                 "d_mlp", "n_layers", "layernorm", "act", "init_std", "max_chars")
 
@@ -61,6 +62,9 @@ class TransformerConfig:
         AdamW's betas, in ``[0, 1)``.
     similarity : {"weight", "gradient"}, default "weight"
         What BSGC clusters: ``|W|``, or gradient similarities accumulated during warm-up.
+    clusters : {"bsgc", "contiguous"}, default "bsgc"
+        BSGC of every MLP block, or the fixed contiguous ranges of the authors' GPT-2 experiment
+        (:func:`~graphinterp.clustering.mlp_blocks.cluster_mlp_blocks`, ``method``), which need no warm-up.
     reduction : {"mean", "mass"}, default "mean"
         Layer weighting of L_E (:class:`~graphinterp.training.loss.EnmeshmentLoss`).
     seed : int, default 0
@@ -105,6 +109,7 @@ class TransformerConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     similarity: str = "weight"
+    clusters: str = "bsgc"
     reduction: str = "mean"
     seed: int = 0
     device: str = "auto"
@@ -155,6 +160,11 @@ class TransformerConfig:
         check_ranges(self, [("lr", 0.0, LR_MAX, "right"), ("weight_decay", 0.0, 1e3, "both"), ("beta1", 0.0, 1.0, "left"),
                             ("beta2", 0.0, 1.0, "left"), ("train_frac", 0.0, 1.0, "neither")])
         check_clustering_options(self.similarity, self.reduction, "warmup_steps", self.warmup_steps)
+        if self.clusters not in METHODS:
+            raise TrainingError(f"{setting_name('clusters')} must be one of {', '.join(METHODS)}, got {self.clusters!r}")
+        if self.clusters == "contiguous" and self.similarity == "gradient":
+            raise TrainingError(f"{setting_name('similarity')} gradient does not apply to fixed contiguous clusters "
+                                f"({setting_name('clusters')} contiguous), which no similarity decides")
         self.corpus, self.data_dir = absolute_path(self.corpus), absolute_path(self.data_dir)
         if self.act not in ("relu", "gelu"):
             raise TrainingError(f"act must be 'relu' or 'gelu', got {self.act!r}")

@@ -70,6 +70,8 @@ def resume_state(path, config: TransformerConfig, arch, model, opt, gen, gradsim
                                 f"{f' on {dataset}' if dataset else ''}, not a {config.task} transformer; resume it "
                                 f"with --dataset {dataset or 'its dataset'}, or train into another --out")
         saved = state.get("config") or {}
+        if isinstance(saved, dict) and "clusters" not in saved:  # written before 2026-12-08: BSGC was the only way
+            saved = {**saved, "clusters": "bsgc"}
         mismatch = settings_mismatch(path, saved, config.to_dict(), config.resume_fixed())
         if mismatch:
             raise TrainingError(mismatch)
