@@ -13,7 +13,8 @@ from graphinterp.cli._common import (
     POSITIVE_INT, check_output_path, device_option, json_option, parse_layers, quiet_option, seed_option,
 )
 from graphinterp.cli._eval_data import read_checkpoint
-from graphinterp.cli._options import NamedPath, given_options
+from graphinterp.cli._options import NamedPath
+from graphinterp.cli._train_options import check_training_options
 from graphinterp.cli._paths import CHECKPOINT_SUFFIXES, record_left_behind
 from graphinterp.cli._train_report import report_training, report_transformer
 from graphinterp import (
@@ -153,56 +154,6 @@ def command(dataset: str, model_name: str, k: int, lam: float, warmup_epochs: in
             result = train(config, checkpoint=out, resume=resume, on_note=_note)
     if launch.is_main:  # rank 0 alone prints (train() already writes --out on rank 0 only)
         report_training(config, result, out, lam, k, as_json)
-
-
-#: What each kind of training is, as the error line says it: mlp and cnn on an image dataset read from
-#: --data-dir ("epochs") or on the built-in digits, or a transformer task.
-_KINDS = {"epochs": "trained in epochs by --model mlp or cnn",
-          "digits": "built in, read from no folder; trained in epochs by --model mlp or cnn",
-          "modadd": "a generated transformer task, trained full-batch in steps",
-          "chars": "a transformer task trained in steps"}
-_TRANSFORMER = ("modadd", "chars")
-_EPOCHS = ("epochs", "digits")
-#: The one rule on which ``train`` options apply to which kind of training (the others apply to all):
-#: parameter -> (the kinds it applies to, what to do instead, one hint or one per kind it is refused for).
-TRAINING_OPTIONS = {
-    "corpus": (("chars",), "--corpus FILE is the text of --dataset chars; use that dataset or leave --corpus out"),
-    "epochs": (_EPOCHS, "use --steps"),
-    "warmup_epochs": (_EPOCHS, "use --warmup-steps"),
-    "layers": (_EPOCHS, "every MLP block is clustered; leave --layers out"),
-    "max_train": (_EPOCHS, {"modadd": "modadd trains on a fixed 30% of the pairs; leave --max-train out",
-                            "chars": "train on a shorter --corpus FILE instead"}),
-    "download": (("epochs",), {"modadd": "leave --download out", "digits": "leave --download out",
-                               "chars": "pass the text with --corpus FILE instead"}),
-    "data_dir": (("epochs", "chars"), {"modadd": "leave --data-dir out",
-                                       "digits": "leave --data-dir out"}),
-    "batch_size": (_EPOCHS + ("chars",), "leave --batch-size out"),
-    "steps": (_TRANSFORMER, "use --epochs"),
-    "warmup_steps": (_TRANSFORMER, "use --warmup-epochs"),
-    "weight_decay": (_TRANSFORMER, "mlp and cnn train with Adam, without weight decay; leave --weight-decay out"),
-    "clusters": (_TRANSFORMER, "mlp and cnn layers are clustered by BSGC; leave --clusters out"),
-}
-
-
-def check_training_options(ctx: click.Context, dataset: str) -> None:
-    """Refuse every option the user gave that ``--dataset``'s kind of training would ignore (see
-    :data:`TRAINING_OPTIONS`); options left at their defaults are never refused.
-
-    Raises
-    ------
-    click.UsageError
-        ``--X does not apply to --dataset D (what D is); what to do instead``, for the first such option.
-    """
-    kind = dataset if dataset in _TRANSFORMER + ("digits",) else "epochs"
-    flags = {p.name: max(p.opts, key=len) for p in ctx.command.params}
-    for name in given_options(ctx, TRAINING_OPTIONS):
-        kinds, hint = TRAINING_OPTIONS[name]
-        if kind not in kinds:
-            hint = hint[kind] if isinstance(hint, dict) else hint
-            raise click.UsageError(f"{flags[name]} does not apply to --dataset {dataset} ({_KINDS[kind]}); {hint}")
-    if kind == "chars" and set(given_options(ctx, ("corpus", "data_dir"))) == {"corpus", "data_dir"}:
-        raise click.UsageError("--data-dir does not apply with --corpus FILE (it only locates the default corpus, "
-                               "<data-dir>/tinyshakespeare/input.txt); leave one of them out")
 
 
 def _data_folder(data_dir: Optional[str]) -> str:
