@@ -106,6 +106,8 @@ TESTS: Dict[str, List[str]] = {
     "network_spectral": ["tests/test_eigen.py", "tests/test_network_null.py"],
     "train_state": ["tests/test_train.py", "tests/test_train_run_notes.py"],
     "run_notes": ["tests/test_train_run_notes.py"],
+    "mlp_blocks": ["tests/test_mlp_blocks.py"],
+    "text": ["tests/test_cli_inputs.py"],
     "train_transformer": ["tests/test_transformer_review.py"],
     "validation": ["tests/test_cli_advice.py"],
     "circuit_result": ["tests/test_circuits.py"],
@@ -137,7 +139,7 @@ PATHS = {"spectral": "clustering/spectral", "matrix_checks": "clustering/matrix_
          "network_pieces": "clustering/network_pieces",
          "network_null": "clustering/network_null", "network_notes": "clustering/network_notes",
          "parallel": "common/parallel",
-         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state", "run_notes": "training/run_notes",
+         "dag_cluster": "clustering/dag_cluster", "threads": "common/threads", "train_state": "training/train_state", "run_notes": "training/run_notes", "mlp_blocks": "clustering/mlp_blocks", "text": "common/text",
          "train_transformer": "training/train_transformer", "validation": "clustering/validation",
          "circuit_result": "interpret/circuit_result", "circuit_graph": "interpret/circuit_graph",
          "benchmark_layers": "reports/benchmark_layers"}
@@ -570,6 +572,9 @@ MUTANTS: List[Mutant] = [
     M("layer_matrices", "        w = w.float()\n    w2 = w.square()", "        pass\n    w2 = w.square()",
       "float16 weights squared in float16: small ones vanish, large ones overflow"),
     M("pairing", "    big = top > _Z_MAX", "    big = top < 0", "an embedding beyond float32's range goes to KMeans as inf"),
+    M("mlp_blocks", "np.arange(n, dtype=np.int64) * int(k) // n", "np.arange(n, dtype=np.int64) % int(k)",
+      "the authors' contiguous clusters interleaved"),
+    M("text", "    if any(parts) and not all(parts):", "    if False:", "an empty value between commas skipped"),
 ]
 
 
