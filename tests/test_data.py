@@ -168,6 +168,33 @@ def test_damaged_mnist_and_failed_download(tmp_path, monkeypatch):
         load_dataset("fashion-mnist", data_dir=tmp_path, download=True)
 
 
+def test_a_missing_or_damaged_mnist_file_is_named(tmp_path):
+    """Read through torchvision's class, a split needed all four files (the train split failed for want of the
+    test labels) and every failure named only MNIST/: 'Dataset not found' for a missing file, 'the files are
+    damaged, re-download them with --download' for a damaged one, though --download fetches nothing while the
+    files are there. Found by damaging copies of the real files one at a time."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    pixels, digits = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([7, 0, 9], dtype=np.uint8)
+    (raw / "train-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 3, 28, 28) + pixels.tobytes())
+    (raw / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 3) + digits.tobytes())
+    data = load_dataset("mnist", data_dir=tmp_path, normalize=False)  # no t10k files: the train split still reads
+    assert torch.equal(data.x[:, 0], torch.from_numpy(pixels).float() / 255) and data.y.tolist() == [7, 0, 9]
+    with pytest.raises(DataError, match="expected .*t10k-labels-idx1-ubyte") as info:
+        (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes())
+        load_dataset("mnist", split="test", data_dir=tmp_path)
+    assert "\n" not in str(info.value)
+    labels = raw / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1])  # the header says 3 labels, 2 follow
+    for download in (False, True):
+        with pytest.raises(DataError, match=f"could not read mnist in {labels}.*delete it and fetch it again"):
+            load_dataset("mnist", data_dir=tmp_path, download=download)
+    labels.write_bytes(struct.pack(">II", 2049, 2) + digits[:2].tobytes())
+    with pytest.raises(DataError, match="3 images in train-images-idx3-ubyte but 2 labels in train-labels-idx1-ubyte"):
+        load_dataset("mnist", data_dir=tmp_path)
+
+
 # ---------------------------------------------------------------- CIFAR-10, python batches
 
 

@@ -36,25 +36,46 @@ def _failed(key: str, where: Path, exc: BaseException, download: bool) -> str:
 
 
 def _load_mnist_like(key: str, root: Path, train: bool, download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """MNIST or Fashion-MNIST from torchvision's ``<root>/<MNIST|FashionMNIST>/raw``, pixels in ``[0, 1]``."""
+    """MNIST or Fashion-MNIST from torchvision's ``<root>/<MNIST|FashionMNIST>/raw``, pixels in ``[0, 1]``.
+
+    The split's two files are read with torchvision's idx readers one by one, so a missing or damaged file is
+    named (torchvision's class reads a split only when all four files are there, and says neither which is
+    missing nor which is damaged); with ``download`` and a file missing, its class fetches and reads them."""
     import torchvision
+    from torchvision.datasets.mnist import read_image_file, read_label_file
 
     folder = _TORCHVISION_FOLDER[key]
     if root.name == folder and (root / "raw").is_dir():
         root = root.parent  # the user pointed at MNIST/ itself (with --download too: not a second copy inside it)
-    cls = torchvision.datasets.MNIST if key == "mnist" else torchvision.datasets.FashionMNIST
-    expected = root / folder / "raw" / f"{'train' if train else 't10k'}-images-idx3-ubyte"
-    if not download and not expected.is_file():
+    prefix = "train" if train else "t10k"
+    images, labels = (root / folder / "raw" / f"{prefix}-{what}" for what in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+    missing = next((path for path in (images, labels) if not path.is_file()), None)
+    if missing is not None and not download:
         raise DataError(
-            f"{key} not found: expected {expected}; pass --download to fetch it, "
+            f"{key} not found: expected {missing}; pass --download to fetch it, "
             f"or --data-dir pointing at the folder that holds {folder}/"
         )
-    present = expected.is_file()  # torchvision then reads the files there and downloads nothing
+    if missing is not None:  # torchvision fetches the files and reads them
+        cls = torchvision.datasets.MNIST if key == "mnist" else torchvision.datasets.FashionMNIST
+        try:
+            ds = cls(root=str(root), train=train, download=True)
+        except Exception as exc:  # torchvision raises RuntimeError/URLError/AssertionError
+            raise DataError(_failed(key, root / folder, exc, True)) from exc
+        return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
+    x, y = (_read_idx(key, path, read) for path, read in ((images, read_image_file), (labels, read_label_file)))
+    if len(x) != len(y):
+        raise DataError(f"{key} in {images.parent} has {len(x):,} images in {images.name} but {len(y):,} labels in "
+                        f"{labels.name}: they are not one split; replace both with a matching pair")
+    return x.unsqueeze(1).float().div_(255.0), y.long()
+
+
+def _read_idx(key: str, path: Path, read) -> torch.Tensor:
+    """One idx file read by torchvision's ``read`` (images or labels); a failure names the file."""
     try:
-        ds = cls(root=str(root), train=train, download=download)
-    except Exception as exc:  # torchvision raises RuntimeError/URLError/AssertionError
-        raise DataError(_failed(key, root / folder, exc, download and not present)) from exc
-    return ds.data.unsqueeze(1).float().div_(255.0), ds.targets.long()
+        return read(str(path))
+    except Exception as exc:  # AssertionError (magic number, dtype), RuntimeError (size), ValueError (empty file)
+        raise DataError(f"could not read {key} in {path} ({_line(exc)}); the file is damaged: delete it and fetch it "
+                        "again with --download, or replace it by hand") from exc
 
 
 class _BatchUnpickler(pickle.Unpickler):
