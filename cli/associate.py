@@ -66,8 +66,8 @@ def parse_kinds(text: str) -> List[str]:
               help="Also measure the same architecture re-initialised (PyTorch's default init, --seed): the rotation "
                    "null tests alignment with the units, which ReLUs give even untrained, so compare with this.")
 @click.option("--max-examples", type=POSITIVE_INT, default=2000, show_default=True,
-              help="Examples the associations are measured on: the first N of the evaluation data (which --limit "
-                   "makes a seeded random subset).")
+              help="Examples the associations are measured on: a seeded random subset of N of the evaluation "
+                   "data (--seed), all of them when it has no more.")
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Evaluation batch size.")
 @click.option("--plot", "plot_path", type=NamedPath(dir_okay=False), default=None,
               help="Save the association matrices as heatmaps (a row per level, a column per kind), units ordered by "
@@ -136,8 +136,10 @@ def command(model, dataset, split, data_dir, limit, inputs, k, kinds_text, layer
                 raise ClusteringError(f"the weight clusters to compare with: {err}") from err
             clustering, source = None, "none"  # the associations do not need them
             notes.append(f"no weight clusters to compare with: {err} (--layers)")
-    if len(data) > max_examples:
-        notes.append(f"associations measured on the first {max_examples:,} of {len(data):,} examples (--max-examples)")
+    if len(data) > max_examples:  # not the first N: an image folder's examples come sorted by class
+        notes.append(f"associations measured on a seeded random subset of {max_examples:,} of {len(data):,} examples "
+                     "(--max-examples)")
+        data = data.subset(max_examples, seed=seed)
     widest = max(graph.level_sizes()[1:-1], default=0)
     if min(len(data), max_examples) < 10 * widest:
         notes.append(f"{min(len(data), max_examples):,} examples for levels of up to {widest:,} units: fewer than 10 "

@@ -299,6 +299,31 @@ def test_cli_associate_json_and_table(ckpt):
     assert "Q reinit" in res.stdout and "reinit: the same architecture re-initialised" in res.stdout
 
 
+def test_cli_associate_measures_a_seeded_subset_of_every_class_not_the_first_n(ckpt, monkeypatch):
+    """Measured on the first --max-examples examples, a CIFAR-10 image folder (read class by class) gave the default
+    2,000 of its 10,000 test images all from airplane and automobile. Found by counting the labels of the first 2,000
+    of the real JPEG test set; here the digits test set sorted by class stands in for it."""
+    import graphinterp
+    from graphinterp.data.datasets import LabeledTensors, load_dataset
+
+    test = load_dataset("digits", split="test")
+    order = torch.argsort(test.y, stable=True)
+    by_class = LabeledTensors(test.x[order], test.y[order], test.classes, "digits")
+    monkeypatch.setattr(graphinterp, "load_dataset", lambda *args, **kwargs: by_class)
+    measured, real = [], graphinterp.functional_modules
+
+    def recording(net, data, k, **kwargs):
+        measured.append(data.y[:kwargs["max_examples"]])
+        return real(net, data, k, **kwargs)
+
+    monkeypatch.setattr(graphinterp, "functional_modules", recording)
+    res = invoke("associate", ckpt, "--kinds", "correlation", "--null-copies", 0, "--max-examples", 100, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert len(measured[0]) == 100 and sorted(set(measured[0].tolist())) == list(range(10))
+    assert "associations measured on a seeded random subset of 100 of 360 examples (--max-examples)" in \
+        json.loads(res.stdout)["notes"]
+
+
 def test_cli_associate_refuses_bad_input(ckpt):
     assert "unknown kind(s) hessian" in one_error(invoke("associate", ckpt, "--kinds", "upstream,hessian"), 2)
     assert "no layer named 'fc9'" in one_error(invoke("associate", ckpt, "--layers", "fc9"), 2)
