@@ -193,6 +193,13 @@ def test_a_missing_or_damaged_mnist_file_is_named(tmp_path):
     labels.write_bytes(struct.pack(">II", 2049, 2) + digits[:2].tobytes())
     with pytest.raises(DataError, match="3 images in train-images-idx3-ubyte but 2 labels in train-labels-idx1-ubyte"):
         load_dataset("mnist", data_dir=tmp_path)
+    # only the download's archive of a file: said, with how to extract it (it was "not found")
+    import gzip
+
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels.read_bytes()))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz is there but not t10k-labels-idx1-ubyte: extract "
+                                        r"it \(gunzip -k"):
+        load_dataset("mnist", split="test", data_dir=tmp_path)
 
 
 # ---------------------------------------------------------------- CIFAR-10, python batches

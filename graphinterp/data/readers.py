@@ -51,6 +51,10 @@ def _load_mnist_like(key: str, root: Path, train: bool, download: bool) -> Tuple
     images, labels = (root / folder / "raw" / f"{prefix}-{what}" for what in ("images-idx3-ubyte", "labels-idx1-ubyte"))
     missing = next((path for path in (images, labels) if not path.is_file()), None)
     if missing is not None and not download:
+        packed = missing.with_name(missing.name + ".gz")
+        if packed.is_file():  # the download's archive, never extracted
+            raise DataError(f"{key}: {packed} is there but not {missing.name}: extract it (gunzip -k {packed}), or pass "
+                            "--download (which extracts an intact archive it finds and fetches what is missing)")
         raise DataError(
             f"{key} not found: expected {missing}; pass --download to fetch it, "
             f"or --data-dir pointing at the folder that holds {folder}/"
