@@ -413,3 +413,15 @@ def test_corpus_splits_are_train_and_val_only_and_line_endings_are_kept(tmp_path
         for split in ("test", "validation"):
             with pytest.raises(DataError, match="'train' and 'val'"):
                 call(split)
+
+
+def test_a_char_corpus_batch_draws_every_window_start_the_last_included():
+    """The starts were drawn from 0 .. len - n_ctx - 2: the window whose target ends on the split's last character
+    was never drawn, so that character was never a target (found in the data review)."""
+    from graphinterp.data.tasks import CharCorpus
+
+    ids = torch.arange(10)  # distinct ids: a window's first id is its start
+    corpus = CharCorpus([str(i) for i in range(10)], ids, ids[:6])
+    x, y = corpus.batch(400, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y, x + 1)
+    assert set(x[:, 0].tolist()) == set(range(6))  # starts 0..5: the last, 5, ends its target on ids[9]

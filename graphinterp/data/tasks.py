@@ -101,9 +101,11 @@ class CharCorpus:
 
     def batch(self, batch_size: int, n_ctx: int, generator: torch.Generator,
               split: str = "train") -> Tuple[torch.Tensor, torch.Tensor]:
-        """Random windows ``(x, y)`` of shape ``(batch_size, n_ctx)``; ``y`` is ``x`` shifted by one."""
+        """Random windows ``(x, y)`` of shape ``(batch_size, n_ctx)``; ``y`` is ``x`` shifted by one. Every start
+        from 0 to ``len - n_ctx - 1`` is drawn (until 2026-12-08 the last one never was, so the split's last
+        character was never a target)."""
         ids = self._ids(split)
-        start = torch.randint(0, len(ids) - n_ctx - 1, (batch_size,), generator=generator)
+        start = torch.randint(0, len(ids) - n_ctx, (batch_size,), generator=generator)
         idx = start[:, None] + torch.arange(n_ctx + 1)[None, :]
         w = ids[idx]
         return w[:, :-1], w[:, 1:]
