@@ -234,7 +234,7 @@ def _before_write(G, size, notes, source, graph) -> None:
     folds), then the note on a large file."""
     G.graph["weight_rescaling"] = "unit-norm (Filan et al.)" if source.unit_norm else "none"
     G.graph["weights_folded"] = bool(source.fold)  # False: --no-fold, the raw parameters
-    folds = getattr(getattr(graph, "coverage", None), "folded", None) or []
+    folds = graph.coverage.folded if graph.coverage is not None else []
     G.graph["folds"] = "; ".join(folds) if folds else "none"
     _large_note(G, size, notes)
 

@@ -87,8 +87,10 @@ def layer_command(model: str, layer_name: str, out_path: str, k: Optional[int], 
     weight = layer.signed().cpu().double().numpy()
     # a convolution's (or a flattened feature map's) edge is a channel pair's kernel norm, not one weight
     grouped = layer.is_conv or layer.in_index is not None
-    edges = "channel edges (kernel norms)" if layer.is_conv else "edges (norms of each channel's features)" \
-        if grouped else "weights"
+    if layer.is_conv:
+        edges = "channel edges (kernel norms)"
+    else:
+        edges = "edges (norms of each channel's features)" if grouped else "weights"
     if source.unit_norm:  # the figure and the line below say the weights drawn are rescaled
         origin += ", weights unit-norm rescaled"
     if title is None and (source.unit_norm or grouped):

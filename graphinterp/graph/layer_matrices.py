@@ -11,6 +11,8 @@ convolution's kernels are scattered to their input channels (:func:`grouped_inpu
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["LayerMatrices", "VIEWS", "grouped_input_channels"]
@@ -158,9 +160,10 @@ def _squares(w: torch.Tensor) -> torch.Tensor:
         w = w.float()
     w2 = w.square()
     if w2.dtype == torch.float32 and w2.numel():
-        overflow = not bool(torch.isfinite(w2).all())  # finite weights only: NaN and inf are refused downstream
-        if overflow or bool(((w2 < torch.finfo(torch.float32).tiny) & (w != 0)).any()):
-            w2 = w.double().square()
+        lo, hi = (float(v) for v in torch.aminmax(w2))  # one pass; the exact test below only when a square is tiny
+        tiny = torch.finfo(torch.float32).tiny
+        if not math.isfinite(hi) or (lo < tiny and bool(((w2 < tiny) & (w != 0)).any())):
+            w2 = w.double().square()  # inf (NaN weights are refused downstream) or a nonzero weight's square lost
     return w2
 
 
