@@ -513,6 +513,18 @@ def _blobs(noise=1.0, n_blobs=8, per=30):
     return centres.repeat_interleave(per, 0) + noise * torch.randn(n_blobs * per, 2, generator=g)
 
 
+def test_kmeans_plus_plus_draws_by_weight_and_uniformly_where_all_weights_are_zero():
+    """k-means++'s D^2 draw: never a point of weight 0, each point in proportion to its weight; a restart
+    whose points all sit on its centres (every weight 0) draws uniformly, not the same point each time."""
+    from graphinterp.clustering.kmeans_batch import _draw
+
+    weights = np.array([[0.0, 1.0, 3.0, 0.0, 0.0], [0.0] * 5], dtype=np.float32)
+    idx = _draw(weights, 4000, torch.Generator().manual_seed(0))
+    assert idx.shape == (2, 4000) and set(np.unique(idx[0])) == {1, 2}
+    assert np.mean(idx[0] == 2) == pytest.approx(0.75, abs=0.03)
+    assert np.bincount(idx[1], minlength=5) == pytest.approx([800] * 5, abs=100)
+
+
 def test_kmeans_plus_plus_seeding_is_scikit_learns_on_average():
     """Greedy k-means++ (2 + log k local trials, D^2 sampling): the mean inertia of the seeds alone
     (max_iter=0) over 400 restarts is scikit-learn's ``kmeans_plusplus``'s (874.3 on these blobs)."""
@@ -547,14 +559,15 @@ def test_lloyd_stops_after_max_iter_with_the_last_update(copies):
 def test_kmeans_ties_go_to_the_lower_label():
     from graphinterp.clustering.kmeans_batch import _assign
 
-    Zt = torch.tensor([[[0.0, 1.0, 2.0]]])  # (C=1, d=1, N=3): point 1 is as far from both centres
-    centres = torch.tensor([[[[0.0], [2.0]]]])  # (C=1, R=1, k=2, d=1)
-    values, labels = _assign(Zt, centres)
-    assert labels[0, 0].tolist() == [0, 0, 1]
-    centres = torch.tensor([[[[2.0], [0.0]]]])
-    assert _assign(Zt, centres)[1][0, 0].tolist() == [1, 0, 0]
+    def labels(points, centres):  # one copy, one restart, d = 1 (the points with their row of ones)
+        Z1t = np.array([[points, [1.0] * len(points)]], dtype=np.float32)
+        return _assign(Z1t, np.array(centres, dtype=np.float32).reshape(1, 1, -1, 1))[1][0, 0].tolist()
+
+    assert labels([0.0, 1.0, 2.0], [0.0, 2.0]) == [0, 0, 1]  # point 1 is as far from both centres
+    assert labels([0.0, 1.0, 2.0], [2.0, 0.0]) == [1, 0, 0]
+    assert labels([0.0, 1.0, 2.0], [5.0, 1.0, 1.0]) == [1, 1, 1]  # centres 1 and 2 coincide
     # a point at NaN distance from every centre still gets a label in 0..k-1
-    assert _assign(torch.tensor([[[0.0, 1.0, float("nan")]]]), torch.tensor([[[[0.0], [1.0]]]]))[1][0, 0].tolist() == [0, 1, 0]
+    assert labels([0.0, 1.0, float("nan")], [0.0, 1.0]) == [0, 1, 0]
 
 
 def test_best_restart_is_the_lowest_inertia():
@@ -752,11 +765,11 @@ def test_kmeans_point_norms_are_the_same_alone_and_in_a_batch():
     for trial in range(200):
         C, N = 2 + trial % 5, 9 + trial % 40
         Z, mask = torch.randn(C, N, 9, generator=g), (torch.rand(10, 9, generator=g) < 0.8).float()
-        Zt = Z.transpose(1, 2).contiguous()
-        both = _masked_norms(Zt, mask)
+        Z1t = torch.cat([Z, torch.ones(C, N, 1)], 2).transpose(1, 2).contiguous().numpy()
+        both = _masked_norms(Z1t, mask.numpy())
         for c in range(C):
-            assert torch.equal(both[c], _masked_norms(Zt[c:c + 1], mask)[0])
-        torch.testing.assert_close(both, torch.einsum("cnd,rd->crn", Z * Z, mask))
+            assert np.array_equal(both[c], _masked_norms(Z1t[c:c + 1], mask.numpy())[0])
+        torch.testing.assert_close(torch.from_numpy(both), torch.einsum("cnd,rd->crn", Z * Z, mask))
 
 
 def test_seed_draws_are_the_random_states_draws_in_any_thread():

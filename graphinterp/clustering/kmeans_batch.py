@@ -2,16 +2,23 @@
 
 BSGC clusters a few thousand points in at most ``k`` dimensions, ten or twenty times over, and the
 shuffle null does so for every shuffled copy of a layer. Each of those problems is tiny, so the cost
-is Python and dispatch overhead, not arithmetic: here every restart of every copy runs in the same
-tensor operations. Each copy draws its random numbers from its own ``torch.Generator``, in the same
+is call overhead and memory passes, not arithmetic: here every restart of every copy runs in the same
+array operations. Each copy draws its random numbers from its own ``torch.Generator``, in the same
 order whether it runs alone or in a batch, and the arithmetic of one restart does not depend on the
 others, so a copy's result is the same in a batch of one as in a batch of many.
 
 The algorithm is scikit-learn's: greedy k-means++ (``2 + log k`` local trials per centre), then
 Lloyd iterations until the centres move less than ``tol`` times the mean variance of the points. A
-restart that has converged is frozen (its centres no longer change) while the others go on. The
-small operations run on one thread: on a machine with few, busy cores torch's OpenMP threads made
-them 50x slower.
+restart that has converged is frozen (its centres no longer change) while the others go on.
+
+It runs on the CPU in numpy, on one BLAS thread, with two in-place torch operations: on the 20
+restarts of a 1024 x 1024 layer's 2048 points (k = 4) 2.0 ms where the same algorithm in torch took
+3.3 ms. MKL (torch) multiplies a (R k, d + 1) by a (d + 1, N) matrix 2.5x slower than OpenBLAS
+(numpy) for d + 1 <= 4, numpy's calls cost a fraction of torch's, and torch's in-place comparison
+and row minimum are 2x faster than numpy's. Every distance is one product of the augmented centres
+:math:`[-2c, \\|c\\|^2]` with the augmented points :math:`[z; 1]`, whose values do not depend on how
+many centres share the product; every restart's cluster sums are a product of their own, so that a
+restart's rounding is the same alone and in a batch (checked by tests/test_bsgc.py).
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from graphinterp.common.threads import single_threaded_blas
 
 __all__ = ["batched_kmeans", "one_thread"]
 
@@ -52,11 +61,12 @@ def batched_kmeans(
     Z: torch.Tensor, k: int, mask: torch.Tensor, generators: Sequence[torch.Generator], *,
     max_iter: int = 300, tol: float = 1e-4, inertia: bool = True,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """KMeans on ``C`` point sets ``Z`` (C, N, d), ``R = len(mask)`` restarts each.
+    """KMeans on ``C`` point sets ``Z`` (C, N, d), ``R = len(mask)`` restarts each, on the CPU.
 
     Parameters
     ----------
     Z : tensor of shape (C, N, d)
+        float32 or float64; computed in that precision.
     k : int
     mask : tensor of shape (R, d) of 0/1
         The coordinates restart ``r`` sees (restarts on embeddings of different dimension share
@@ -83,165 +93,150 @@ def batched_kmeans(
     >>> labels.shape, bool((labels[0, :, 0] != labels[0, :, 2]).all()), round(float(inertia.min()), 3)
     (torch.Size([1, 3, 4]), True, 0.01)
     """
-    with one_thread():
-        Z = Z.contiguous()
-        mask = mask.to(Z.dtype)
-        N = Z.shape[1]
-        tol_abs = tol * Z.var(1, unbiased=False).mean(-1) if N > 1 else torch.zeros(len(Z), dtype=Z.dtype)
-        Zt = Z.transpose(1, 2).contiguous()
-        centres = _lloyd(Z, Zt, _kmeans_pp(Z, Zt, k, mask, generators), mask, max_iter, tol_abs)
-        values, labels = _assign(Zt, centres)
+    Zn = np.ascontiguousarray(Z.detach().cpu().numpy())
+    C, N, d = Zn.shape
+    mask = mask.detach().cpu().numpy().astype(Zn.dtype)
+    with one_thread(), single_threaded_blas():
+        Z1t = np.empty((C, d + 1, N), Zn.dtype)  # the points as columns, with a row of ones
+        Z1t[:, :d] = Zn.transpose(0, 2, 1)
+        Z1t[:, d] = 1
+        tol_abs = tol * Z1t[:, :d].var(-1).mean(-1) if N > 1 else np.zeros(C, Zn.dtype)  # rows: 5x faster than Zn's
+        znorm = _masked_norms(Z1t, mask)
+        centres = _lloyd(Z1t, _kmeans_pp(Zn, Z1t, znorm, k, mask, generators), mask, max_iter, tol_abs)
+        values, labels = _assign(Z1t, centres)
         if not inertia:
             return labels, None
-        znorm = _masked_norms(Zt.double(), mask.double())  # (C, R, N)
-        total = (values.double() + znorm).clamp_min(0).sum(-1)
-    return labels, total
+        znorm = _masked_norms(Z1t.astype(np.float64), mask.astype(np.float64))
+        total = np.maximum(values.astype(np.float64) + znorm, 0).sum(-1)
+    return labels, torch.from_numpy(total)
 
 
-def _masked_norms(Zt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Squared norms (C, R, N) of the points ``Zt`` (C, d, N) in each restart's coordinates ``mask`` (R, d).
+def _masked_norms(Z1t: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Squared norms (C, R, N) of the points ``Z1t`` (C, d + 1, N) in each restart's coordinates ``mask`` (R, d).
 
-    Summed element-wise over the d coordinates, in order, not as ``(Z * Z) @ mask.T``: that product folds
-    the copies into its rows, and BLAS rounds a (C N, d) product differently for different C, so a copy's
-    norms (and then its k-means++ centres) differed alone and in a batch once d was large (9 at k = 10).
-    One coordinate at a time, so that no (C, R, N, d) temporary is made, each read as a contiguous row
-    (from the points' (N, d) layout a strided read made this 3x slower).
+    One product per copy (numpy broadcasts ``mask`` over the copies), so a copy's norms are the same alone
+    and in a batch; folding the copies into the rows of one product rounded differently for different
+    batch sizes once d was large (9 at k = 10).
     """
-    sq = Zt.square()
-    out = sq[:, None, 0, :] * mask[None, :, 0, None]
-    for j in range(1, Zt.shape[1]):
-        out.addcmul_(sq[:, None, j, :], mask[None, :, j, None])
+    return np.matmul(mask, np.square(Z1t[:, :-1]))
+
+
+def _augmented(P: np.ndarray) -> np.ndarray:
+    """``[-2 p, |p|^2]`` (..., d + 1) of points ``P`` (..., d): its product with ``[z; 1]`` is
+    :math:`\\|p - z\\|^2 - \\|z\\|^2`."""
+    out = np.empty(P.shape[:-1] + (P.shape[-1] + 1,), P.dtype)
+    np.multiply(P, -2, out=out[..., :-1])
+    np.square(P).sum(-1, out=out[..., -1])
     return out
 
 
-def _sqdist(P: torch.Tensor, Zt: torch.Tensor, znorm: torch.Tensor) -> torch.Tensor:
-    """Squared distances (C, R, t, N) of ``t`` points ``P`` (C, R, t, d) per restart, already masked, to all points."""
+def _sqdist(P: np.ndarray, Z1t: np.ndarray, znorm: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Squared distances (C, R, t, N) of ``t`` points ``P`` (C, R, t, d) per restart, already masked, to all
+    points, written into ``out`` (C, R, t, N)."""
     C, R, t, d = P.shape
-    # one product per copy over all its restarts' points (a broadcast matmul copied the points R times)
-    cross = torch.bmm(P.reshape(C, R * t, d), Zt).view(C, R, t, -1)  # (C, R, t, N)
-    # znorm - 2 cross + |p|^2 in two passes, not three: -2 * cross is exact (a power of two), so adding
-    # it with alpha=-2 rounds once, exactly as the former cross.mul_(-2).add_(znorm) did
-    dist = torch.add(znorm[:, :, None, :], cross, alpha=-2, out=cross)
-    return dist.add_((P * P).sum(-1, keepdim=True))
+    np.matmul(_augmented(P).reshape(C, R * t, d + 1), Z1t, out=out.reshape(C, R * t, -1))
+    out += znorm[:, :, None, :]
+    return out
 
 
-def _kmeans_pp(Z: torch.Tensor, Zt: torch.Tensor, k: int, mask: torch.Tensor, generators) -> torch.Tensor:
+def _draw(weights: np.ndarray, n: int, g: torch.Generator) -> np.ndarray:
+    """``n`` indices (R, n) per row of ``weights`` (R, N), drawn with probability proportional to the weight
+    (a row of zeros: uniformly), by inverting the row's cumulative sum at uniform draws from ``g``."""
+    w = torch.from_numpy(weights)
+    cum = w.cumsum(-1, dtype=torch.float64)  # torch's: numpy's cumsum along rows is 5x slower
+    total = cum[:, -1:]
+    if not (total.numpy() > 0).all():  # every point sits on a centre
+        cum = torch.where(total > 0, cum, torch.arange(1, w.shape[1] + 1, dtype=torch.float64))
+        total = cum[:, -1:]
+    target = torch.rand(w.shape[0], n, generator=g, dtype=torch.float64).mul_(total)
+    return torch.searchsorted(cum, target, right=True).clamp_max_(w.shape[1] - 1).numpy()
+
+
+def _kmeans_pp(Z: np.ndarray, Z1t: np.ndarray, znorm: np.ndarray, k: int, mask: np.ndarray, generators) -> np.ndarray:
     """Greedy k-means++ centres (C, R, k, d) in each restart's coordinates."""
     (C, N, d), R = Z.shape, len(mask)
-    znorm = _masked_norms(Zt, mask)  # (C, R, N), contiguous: the broadcast adds in _sqdist read it 4-5x faster
     n_trials = 2 + int(math.log(k))
-    ci, ri = torch.arange(C)[:, None], torch.arange(R)[None, :]
-    centres = torch.zeros(C, R, k, d, dtype=Z.dtype)
-    first = torch.stack([torch.randint(N, (R,), generator=g) for g in generators])  # (C, R)
+    ci, ri = np.arange(C)[:, None], np.arange(R)[None, :]
+    centres = np.zeros((C, R, k, d), Z.dtype)
+    first = np.stack([torch.randint(N, (R,), generator=g).numpy() for g in generators])  # (C, R)
     centres[:, :, 0] = Z[ci, first] * mask
-    closest = _sqdist(centres[:, :, :1], Zt, znorm)[:, :, 0].clamp_min_(0)  # (C, R, N)
+    buf = np.empty((C, R, n_trials, N), Z.dtype)  # the trials' distances, one buffer for every centre
+    closest = np.maximum(_sqdist(centres[:, :, :1], Z1t, znorm, buf[:, :, :1])[:, :, 0], 0)  # (C, R, N)
     for i in range(1, k):
-        total = closest.sum(-1, keepdim=True)
-        # a restart whose points all sit on its centres draws uniformly
-        weights = closest if bool((total > 0).all()) else torch.where(total > 0, closest, torch.ones_like(closest))
-        cand = torch.stack([torch.multinomial(weights[c], n_trials, replacement=True, generator=g)
-                            for c, g in enumerate(generators)])  # (C, R, T)
-        cc = Z[ci[:, :, None], cand] * mask[None, :, None, :]  # (C, R, T, d)
-        dist = _sqdist(cc, Zt, znorm)
-        torch.minimum(dist, closest[:, :, None, :], out=dist)  # (C, R, T, N)
+        cand = np.stack([_draw(closest[c], n_trials, g) for c, g in enumerate(generators)])  # (C, R, T)
+        cc = Z[ci[:, :, None], cand] * mask[:, None, :]  # (C, R, T, d)
+        dist = _sqdist(cc, Z1t, znorm, buf)
+        np.minimum(dist, closest[:, :, None, :], out=dist)  # (C, R, T, N)
         best = dist.sum(-1).argmin(-1)  # (C, R)
-        closest = dist[ci, ri, best].clamp_min_(0)
+        closest = np.maximum(dist[ci, ri, best], 0)
         centres[:, :, i] = cc[ci, ri, best]
     return centres
 
 
-def _distances(Zt: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """:math:`\\|c\\|^2 - 2 z \\cdot c` (squared distance less the point's norm), shape (C, R, k, N)."""
-    C, R, k, d = centres.shape
-    flat = centres.reshape(C, R * k, d)
-    dist = torch.baddbmm((flat * flat).sum(-1, keepdim=True), flat, Zt, alpha=-2)
-    return dist.view(C, R, k, -1)
-
-
-def _assign(Zt: torch.Tensor, centres: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _assign(Z1t: np.ndarray, centres: np.ndarray) -> Tuple[np.ndarray, torch.Tensor]:
     """Nearest centre of every point in every restart: ``(values, labels)`` (C, R, N); ties go to the lower label.
 
-    The minimum over the centres, then the lowest centre that attains it, as
-    ``k - max_c([d_c == min] * (k - c))``, in place: on the 20 restarts of a 1024 x 1024 Gaussian
-    layer 0.22 ms, where a loop of masked writes over the centres took 0.6 ms, ``min(dim)`` 0.66 ms
-    and ``argmin(dim)`` 4.8 ms. A point at NaN distance from every centre (no centre attains the
-    minimum, so the maximum is 0) gets label 0, as ``(k - top) * min(top, 1)``: arithmetic, where a
-    boolean mask (``masked_fill``) or an integer ``% k`` took 1.4x and 2x as long.
+    ``Z1t`` (C, d + 1, N) are the points with a row of ones. ``values`` is the squared distance less the
+    point's squared norm. The labels are ``k - max_c([d_c == min] * (k - c))``, in place in torch (on the
+    20 restarts of a 1024 x 1024 Gaussian layer 0.1 ms, where numpy's ``argmin`` over the centres took
+    0.8 ms and torch's 4.8 ms). A point at NaN distance from every centre (no centre attains the
+    minimum, so the maximum is 0) gets label 0, as ``(k - top) * min(top, 1)``.
     """
-    dist = _distances(Zt, centres)
-    k = dist.shape[2]
+    C, R, k, d = centres.shape
+    dist = torch.from_numpy(np.matmul(_augmented(centres).reshape(C, R * k, d + 1), Z1t)).view(C, R, k, -1)
     values = dist.amin(2, keepdim=True)
     weights = torch.arange(k, 0, -1, dtype=dist.dtype)[:, None]  # k - c
     top = dist.eq_(values).mul_(weights).amax(2)  # in place
-    return values.squeeze(2), (k - top).mul_(top.clamp_max(1)).long()  # top = 0 (NaN): k * 0
+    return values.squeeze(2).numpy(), (k - top).mul_(top.clamp_max(1)).long()  # top = 0 (NaN): k * 0
 
 
-def _lloyd(Z: torch.Tensor, Zt: torch.Tensor, centres: torch.Tensor, mask: torch.Tensor, max_iter: int,
-           tol_abs: torch.Tensor) -> torch.Tensor:
+def _lloyd(Z1t: np.ndarray, centres: np.ndarray, mask: np.ndarray, max_iter: int, tol_abs: np.ndarray) -> np.ndarray:
     """Lloyd iterations of every restart; a restart is frozen once its centres move less than ``tol_abs``.
 
     Only the restarts still moving are computed: restarts converge after very different numbers of
     iterations (on a heavy-tailed layer most in 2, one in 11), so each iteration works on the
     active ``(copy, restart)`` pairs alone, with their copy's points gathered (no gather for one copy,
-    or while every pair moves). A column of ones beside the points gives each centre's count in the
-    same product as its sum. A restart's arithmetic does not depend on the others, so the result is
-    the same as iterating all of them. On the CPU the bookkeeping on the tiny ``(pairs, k, d)``
-    arrays (new centres, their shift, the active set) runs in numpy, writing into memory torch
-    allocated (64-byte aligned, so that MKL rounds the next product alike); each torch call on them
-    cost a few microseconds, as much as the arithmetic.
+    or while every pair moves). The distances come from one product for all pairs of a copy (their
+    values do not depend on the number of pairs); the nearest centres are marked 1 in place (ties:
+    all of them), and each pair's cluster sums and counts are its own product of the points (with
+    their row of ones) by its marks, whose rounding does depend on how many pairs share a product.
     """
-    (C, d, N), (R, k) = Zt.shape, centres.shape[1:3]
-    out = centres.reshape(C * R, k, d).clone()  # final centres, written back when a pair stops moving
-    masks = mask[None].expand(C, R, d).reshape(C * R, 1, d)
-    tols = tol_abs[:, None].expand(C, R).reshape(-1)
-    Z1 = torch.cat([Z, torch.ones(C, N, 1, dtype=Z.dtype)], 2)  # a column of ones: the counts come with the sums
-    # (C, d + 1, N), contiguous: the sums as Z1^T onehot^T are 6x faster than from the transposed view (2048
-    # points, 20 restarts) and 3x faster than onehot Z1
-    Z1t = Z1.transpose(1, 2).contiguous()
-    cpu = not Z.is_cuda
-    if cpu:
-        masks, tols = masks.numpy(), tols.numpy()
-    active, cur, P = torch.arange(C * R), out, C * R  # the moving pairs, their centres (P, k, d), masks and tolerances
+    (C, R, k, d), N = centres.shape, Z1t.shape[2]
+    out = centres.reshape(C * R, k, d).copy()  # final centres, written back when a pair stops moving
+    masks = np.broadcast_to(mask[None, :, None, :], (C, R, 1, d)).reshape(C * R, 1, d)
+    tols = np.repeat(tol_abs, R)
+    buf = np.empty(C * R * k * N, Z1t.dtype)  # the distances, then the marks, of the moving pairs
+    active, cur = np.arange(C * R), out  # the moving pairs and their centres (P, k, d)
     for _ in range(max_iter):
-        norms = (cur * cur).sum(-1, keepdim=True)
-        if C == 1:  # every pair shares the points: one matrix product, no gather
-            dist = torch.addmm(norms.view(P * k, 1), cur.view(P * k, d), Zt[0], alpha=-2).view(P, k, N)
+        P = len(active)
+        dist = buf[: P * k * N].reshape(P, k, N)
+        W = _augmented(cur)
+        if C == 1:  # every pair shares the points: one product, no gather
+            np.matmul(W.reshape(P * k, d + 1), Z1t[0], out=dist.reshape(P * k, N))
+            pts = Z1t[0]
         elif P == C * R:  # all still moving: one product per copy, no gather
-            dist = torch.baddbmm(norms.view(C, R * k, 1), cur.view(C, R * k, d), Zt, alpha=-2).view(P, k, N)
+            np.matmul(W.reshape(C, R * k, d + 1), Z1t, out=dist.reshape(C, R * k, N))
+            pts = Z1t[:, None]  # (C, 1, d + 1, N), broadcast over the copy's restarts below
         else:
-            copy = active // R
-            dist = torch.baddbmm(norms, cur, Zt[copy], alpha=-2)
-        one_hot = dist.eq_(dist.amin(1, keepdim=True))  # in place: 1 where a centre is nearest (ties: all of them)
-        if C == 1:  # (P, k, d + 1): coordinate sums and counts
-            sums = torch.mm(Z1t[0], one_hot.view(P * k, N).T).T.reshape(P, k, d + 1)
-        elif P == C * R:
-            sums = torch.bmm(Z1t, one_hot.view(C, R * k, N).transpose(1, 2)).transpose(1, 2).reshape(P, k, d + 1)
-        else:
-            sums = torch.bmm(Z1t[copy], one_hot.transpose(1, 2)).transpose(1, 2)
-        if cpu:  # division, selection and the 0/1 mask round exactly as in torch (IEEE)
-            s, c, new = sums.numpy(), cur.numpy(), torch.empty_like(cur)
-            counts = s[..., d:]
-            np.multiply(np.where(counts > 0, s[..., :d] / np.maximum(counts, 1), c), masks, out=new.numpy())
-            moving = np.square(new.numpy() - c).sum((1, 2)) > tols
-        else:
-            counts = sums[..., d:]
-            new = torch.where(counts > 0, sums[..., :d] / counts.clamp_min(1), cur).mul_(masks).contiguous()
-            moving = (new - cur).square_().sum((1, 2)) > tols
-        if bool(moving.all()):  # nothing to write back or drop (the common case in the first iterations)
+            pts = Z1t[active // R]  # (P, d + 1, N)
+            np.matmul(W, pts, out=dist)
+        marks = torch.from_numpy(dist)
+        marks.eq_(marks.amin(1, keepdim=True))  # in place: 1 where a centre is nearest
+        # (P, d + 1, k): coordinate sums and counts, one product per pair
+        sums = np.matmul(pts, dist.reshape(-1, R, k, N).transpose(0, 1, 3, 2) if pts.ndim == 4 else
+                         dist.transpose(0, 2, 1)).reshape(P, d + 1, k)
+        counts = sums[:, d:].transpose(0, 2, 1)  # (P, k, 1)
+        new = np.where(counts > 0, sums[:, :d].transpose(0, 2, 1) / np.maximum(counts, 1), cur)
+        new *= masks
+        moving = np.square(new - cur).sum((1, 2)) > tols
+        if moving.all():  # nothing to write back or drop (the common case in the first iterations)
             cur = new
             continue
         out[active] = new  # the pairs' final (or latest) centres
-        if cpu:
-            keep = np.flatnonzero(moving)
-            active = torch.from_numpy(active.numpy()[keep])
-            cur = torch.empty(len(keep), k, d, dtype=new.dtype)
-            np.take(new.numpy(), keep, axis=0, out=cur.numpy())
-            masks, tols = masks[keep], tols[keep]
-        else:
-            active, cur, masks, tols = active[moving], new[moving], masks[moving], tols[moving]
-        P = len(active)
-        if P == 0:
+        keep = np.flatnonzero(moving)
+        active, cur, masks, tols = active[keep], new[keep], masks[keep], tols[keep]
+        if len(active) == 0:
             break
-    if cur is not out:  # pairs still moving after max_iter (none ran with max_iter=0)
+    if cur is not out and len(active):  # pairs still moving after max_iter (none ran with max_iter=0)
         out[active] = cur
-    return out.view(C, R, k, d)
+    return out.reshape(C, R, k, d)
