@@ -225,7 +225,7 @@ MUTANTS: List[Mutant] = [
     # ---------------------------------------------------------------------------------- kmeans_batch
     M("kmeans_batch", "        if before != 1:\n            torch.set_num_threads(before)", "        pass",
       "one_thread does not restore the thread count in its finally"),
-    M("kmeans_batch", "tol_abs = tol * Zn.var(1).mean(-1)", "tol_abs = 1e6 * tol * Zn.var(1).mean(-1)",
+    M("kmeans_batch", "tol_abs = tol * Z1t[:, :d].var(-1).mean(-1)", "tol_abs = 1e6 * tol * Z1t[:, :d].var(-1).mean(-1)",
       "Lloyd stops after one iteration (tolerance not relative to the variance)"),
     M("kmeans_batch", "n_trials = 2 + int(math.log(k))", "n_trials = 1",
       "k-means++ without greedy local trials"),
@@ -246,7 +246,7 @@ MUTANTS: List[Mutant] = [
       "k-means++ samples by distance, not squared distance"),
     M("kmeans_batch", "pts = Z1t[active // R]  # (P, d + 1, N)", "pts = Z1t[active % C]  # (P, d + 1, N)",
       "in a batch, the restarts still moving are updated with another copy's points"),
-    M("kmeans_batch", "if not bool((cum[:, -1] > 0).all()):", "if False:",
+    M("kmeans_batch", "if not (total.numpy() > 0).all():", "if False:",
       "a restart whose points all sit on its centres draws its next centre from the last point only"),
     # --------------------------------------------------------------------------------------- metrics
     M("metrics", "return inside / (total + torch.finfo(total.dtype).tiny)", "return inside / total",

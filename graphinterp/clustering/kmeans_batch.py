@@ -130,12 +130,11 @@ def _augmented(P: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sqdist(P: np.ndarray, Z1t: np.ndarray, znorm: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Squared distances (C, R, t, N) of ``t`` points ``P`` (C, R, t, d) per restart, already masked, to all
-    points, written into ``out`` (C, R, t, N)."""
+def _cross(P: np.ndarray, Z1t: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:math:`\\|p - z\\|^2 - \\|z\\|^2` (C, R, t, N) of ``t`` points ``P`` (C, R, t, d) per restart, already masked,
+    and every point ``z``, written into ``out`` (C, R, t, N)."""
     C, R, t, d = P.shape
     np.matmul(_augmented(P).reshape(C, R * t, d + 1), Z1t, out=out.reshape(C, R * t, -1))
-    out += znorm[:, :, None, :]
     return out
 
 
@@ -153,7 +152,12 @@ def _draw(weights: np.ndarray, n: int, g: torch.Generator) -> np.ndarray:
 
 
 def _kmeans_pp(Z: np.ndarray, Z1t: np.ndarray, znorm: np.ndarray, k: int, mask: np.ndarray, generators) -> np.ndarray:
-    """Greedy k-means++ centres (C, R, k, d) in each restart's coordinates."""
+    """Greedy k-means++ centres (C, R, k, d) in each restart's coordinates.
+
+    The distances are kept less the points' squared norms ``znorm`` (C, R, N), which every trial shares:
+    the best trial (lowest sum of distances to the nearest centre) is the same, and the norms are added
+    back once per centre, for the draw's weights, instead of to every trial's distances.
+    """
     (C, N, d), R = Z.shape, len(mask)
     n_trials = 2 + int(math.log(k))
     ci, ri = np.arange(C)[:, None], np.arange(R)[None, :]
@@ -161,14 +165,15 @@ def _kmeans_pp(Z: np.ndarray, Z1t: np.ndarray, znorm: np.ndarray, k: int, mask: 
     first = np.stack([torch.randint(N, (R,), generator=g).numpy() for g in generators])  # (C, R)
     centres[:, :, 0] = Z[ci, first] * mask
     buf = np.empty((C, R, n_trials, N), Z.dtype)  # the trials' distances, one buffer for every centre
-    closest = np.maximum(_sqdist(centres[:, :, :1], Z1t, znorm, buf[:, :, :1])[:, :, 0], 0)  # (C, R, N)
+    near = _cross(centres[:, :, :1], Z1t, buf[:, :, :1])[:, :, 0].copy()  # (C, R, N): to the nearest centre, less znorm
+    weights = np.empty_like(near)
     for i in range(1, k):
-        cand = np.stack([_draw(closest[c], n_trials, g) for c, g in enumerate(generators)])  # (C, R, T)
+        np.maximum(np.add(near, znorm, out=weights), 0, out=weights)  # squared distances to the nearest centre
+        cand = np.stack([_draw(weights[c], n_trials, g) for c, g in enumerate(generators)])  # (C, R, T)
         cc = Z[ci[:, :, None], cand] * mask[:, None, :]  # (C, R, T, d)
-        dist = _sqdist(cc, Z1t, znorm, buf)
-        np.minimum(dist, closest[:, :, None, :], out=dist)  # (C, R, T, N)
+        dist = np.minimum(_cross(cc, Z1t, buf), near[:, :, None, :], out=buf)  # (C, R, T, N)
         best = dist.sum(-1).argmin(-1)  # (C, R)
-        closest = np.maximum(dist[ci, ri, best], 0)
+        near = dist[ci, ri, best]
         centres[:, :, i] = cc[ci, ri, best]
     return centres
 
