@@ -244,6 +244,8 @@ MUTANTS: List[Mutant] = [
       "total = np.maximum(values.astype(np.float64) + znorm, 0).mean(-1)", "inertia reduced by mean, not sum"),
     M("kmeans_batch", "w = torch.from_numpy(weights)", "w = torch.from_numpy(weights).sqrt()",
       "k-means++ samples by distance, not squared distance"),
+    M("kmeans_batch", "np.maximum(np.add(near, znorm, out=weights), 0, out=weights)",
+      "np.maximum(near, 0, out=weights)", "k-means++ draws by the distance less the point's squared norm"),
     M("kmeans_batch", "pts = Z1t[active // R]  # (P, d + 1, N)", "pts = Z1t[active % C]  # (P, d + 1, N)",
       "in a batch, the restarts still moving are updated with another copy's points"),
     M("kmeans_batch", "if not (total.numpy() > 0).all():", "if False:",
