@@ -233,8 +233,10 @@ def _before_write(G, size, notes, source, graph) -> None:
     """Mark what the file's weights are (graph attributes: rescaled or not; normalisation folded or raw, and which
     folds), then the note on a large file."""
     G.graph["weight_rescaling"] = "unit-norm (Filan et al.)" if source.unit_norm else "none"
-    G.graph["weights_folded"] = bool(source.fold)  # False: --no-fold, the raw parameters
     folds = graph.coverage.folded if graph.coverage is not None else []
+    # whether the weights differ from the parameters by a fold: not under --no-fold, nor with nothing to fold
+    G.graph["weights_folded"] = bool(source.fold and folds)
+    G.graph["folding"] = "on" if source.fold else "off (--no-fold)"
     G.graph["folds"] = "; ".join(folds) if folds else "none"
     _large_note(G, size, notes)
 

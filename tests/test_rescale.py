@@ -190,5 +190,12 @@ def test_an_export_says_whether_its_weights_are_folded_and_which_folds(tmp_path)
         res = invoke("export", path, out, "--k", "2", "-q", "--trust-pickle", *([flag] if flag else []))
         assert res.exit_code == 0, res.stderr
         G = nx.read_graphml(out)
-        assert G.graph["weights_folded"] is folded
+        assert G.graph["weights_folded"] is folded and G.graph["folding"] == ("on" if folded else "off (--no-fold)")
         assert (G.graph["folds"] != "none") is folded and ("1" in G.graph["folds"]) is folded, G.graph["folds"]
+    # a model with nothing to fold: folding on, but its weights are the raw parameters, and the file says so
+    plain = tmp_path / "plain.pt"
+    torch.save(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4)), plain)
+    res = invoke("export", plain, tmp_path / "plain.graphml", "--k", "2", "-q", "--trust-pickle")
+    assert res.exit_code == 0, res.stderr
+    G = nx.read_graphml(tmp_path / "plain.graphml")
+    assert G.graph["weights_folded"] is False and G.graph["folding"] == "on" and G.graph["folds"] == "none"
