@@ -19,6 +19,8 @@ from graphinterp.cli._eval_data import limit_note, limit_rows
 from graphinterp.cli._options import refuse_given
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from graphinterp import TransformerConfig
 
 __all__ = ["TransformerData", "transformer_data", "transformer_net", "open_transformer", "extract_transformer",
@@ -151,25 +153,28 @@ def transformer_net(path: str):
     return load_model_file(path).module
 
 
-def open_transformer(path: str, ckpt: Dict[str, Any]):
-    """``(net, stored clustering or None)`` of a transformer checkpoint, both checked (before any search)."""
-    from graphinterp import stored_clustering
+def open_transformer(path: str, ckpt: Dict[str, Any], example: torch.Tensor):
+    """``(net, graph, stored clustering or None)`` of a transformer checkpoint: the model, its graph traced on
+    ``example`` (a few sequences of the task) and the clustering it stores, checked against that graph, all
+    before any search (a clustering naming a layer the model does not have is one ``error:`` line)."""
+    from graphinterp import stored_clustering, trace_graph
 
-    return transformer_net(path), stored_clustering(ckpt.get("clustering"))
+    net = transformer_net(path)
+    graph = trace_graph(net, example=example)
+    return net, graph, stored_clustering(ckpt.get("clustering"), graph)
 
 
 def extract_transformer(opened, data: TransformerData, labels, kwargs: Dict[str, Any]):
-    """``(None, clustering or None, circuits, coverage)`` of one transformer checkpoint opened by
-    :func:`open_transformer` (the coverage of its traced graph: what the report leads with)."""
+    """``(graph, clustering or None, circuits, coverage)`` of one transformer checkpoint opened by
+    :func:`open_transformer` (the coverage of its traced graph: what the report leads with). With a clustering,
+    ``circuits`` reports each circuit's share of every cluster of the MLP blocks, as for any model."""
     from graphinterp import extract_transformer_circuits
-    from graphinterp import trace_graph
 
-    net, clustering = opened
+    net, graph, clustering = opened
     if labels == "all" and data.present is not None:
         labels = data.present
-    coverage = trace_graph(net, example=data.x[:2]).coverage
     circuits = extract_transformer_circuits(net, data.x, data.y, labels, label_names=data.classes, **kwargs)
-    return None, clustering, circuits, coverage
+    return graph, clustering, circuits, graph.coverage
 
 
 def _char_data(config, data, split, limit, seed, notes: List[str]) -> TransformerData:

@@ -230,7 +230,7 @@ def command(model, dataset, split, data_dir, limit, inputs, labels_text, other, 
         data = transformer_data(model, ckpts[0], other, ckpts[1], split, limit, seed, corpus=corpus, notes=notes)
         labels = resolve_labels(labels, data.vocabulary, model)
         check_examples(labels, data.y, data.classes, data.name)
-        opened = [open_transformer(path, ckpt) for path, ckpt in zip(sources, ckpts) if ckpt is not None]
+        opened = [open_transformer(path, ckpt, data.x[:2]) for path, ckpt in zip(sources, ckpts) if ckpt is not None]
         graph, clustering, circuits, coverage = extract_transformer(opened[0], data, labels, kwargs)
     else:
         check_examples(labels, data.y, data.classes, data.name)

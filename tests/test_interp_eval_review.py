@@ -83,3 +83,53 @@ def test_a_transformer_clustering_that_does_not_fit_the_model_is_one_error_line_
     torch.save(ckpt, bad)
     line = one_error(invoke("ablate", bad, "--device", "cpu", "-q"), 1)
     assert "the clustering names layer 'blocks.7.mlp.fc_in', which the model does not have" in line, line
+
+
+def test_transformer_circuits_report_where_they_live_after_checking_the_stored_clustering(modadd, tmp_path,
+                                                                                          monkeypatch):
+    """circuits on a modular transformer said nothing of where its circuits live in the checkpoint's clusters (an
+    MLP's report gives every circuit's share of each cluster) and never checked that clustering against the model:
+    one naming a layer the model lacks ran without a word."""
+    import numpy as np
+
+    from graphinterp import extract_transformer_circuits, load_model_file, stored_clustering, trace_graph
+    from graphinterp.data.tasks import modular_addition
+    from graphinterp.interpret.circuit_compare import cluster_share
+
+    # the share against a hand count over the parameters (torch's (out, in) layout; rows label the inputs)
+    net = load_model_file(modadd).module
+    ckpt = torch.load(modadd, weights_only=True)
+    test = modular_addition(11, train_frac=0.6)[1]
+    x, y = test.x, test.y
+    circuits = extract_transformer_circuits(net, x, y, list(range(11)), progress=False, device="cpu")
+    circuit = max(circuits.values(), key=lambda ci: ci.ecs)  # one that keeps MLP weights (some keep none)
+    assert circuit.ecs > 0
+    clustering = stored_clustering(ckpt["clustering"], trace_graph(net, example=x[:2]))
+    inside, total = np.zeros(2), 0.0
+    for layer in ckpt["clustering"]["layers"]:
+        w = (net.get_submodule(layer["name"]).weight * circuit.masks[layer["name"]]).detach().double().numpy() ** 2
+        rows, cols = np.array(layer["rows"]), np.array(layer["cols"])
+        for c in range(2):
+            inside[c] += w[np.ix_(cols == c, rows == c)].sum()
+        total += w.sum()
+    share = cluster_share(circuit, trace_graph(net, example=x[:2]), clustering)
+    np.testing.assert_allclose(share["mass"], inside / total, rtol=1e-5)
+    # the command reports it, text and JSON
+    res = invoke("circuits", modadd, "--max-evals", 300, "--device", "cpu", "-q", "--json")
+    assert res.exit_code == 0, res.stderr
+    found = json.loads(res.stdout)["circuits"]
+    assert any(c["ecs"] > 0 for c in found)
+    for c in found:
+        s = c["cluster_share"]
+        parts = sum(s["mass"]) + s["between"]["mass"] + s["unclustered"]["mass"]
+        assert parts == pytest.approx(1.0 if c["ecs"] > 0 else 0.0)  # a circuit that keeps no MLP weight: no share
+        assert s["dominant"] == int(np.argmax(s["mass"]))
+    res = invoke("circuits", modadd, "--labels", "0", "--max-evals", 200, "--device", "cpu", "-q")
+    assert res.exit_code == 0 and "main cluster (mass)" in res.stdout, res.stdout
+    # a clustering naming a layer the model lacks: one line, before any search
+    ckpt["clustering"]["layers"][0]["name"] = "blocks.7.mlp.fc_in"
+    bad = tmp_path / "bad_clustering.pt"
+    torch.save(ckpt, bad)
+    monkeypatch.setattr(graphinterp, "extract_transformer_circuits", _no_search, raising=False)
+    line = one_error(invoke("circuits", bad, "--labels", "0", "--device", "cpu", "-q"), 1)
+    assert "the clustering names layer 'blocks.7.mlp.fc_in', which the model does not have" in line, line
