@@ -167,13 +167,16 @@ def _kmeans_pp(Z: np.ndarray, Z1t: np.ndarray, znorm: np.ndarray, k: int, mask: 
     buf = np.empty((C, R, n_trials, N), Z.dtype)  # the trials' distances, one buffer for every centre
     near = _cross(centres[:, :, :1], Z1t, buf[:, :, :1])[:, :, 0].copy()  # (C, R, N): to the nearest centre, less znorm
     weights = np.empty_like(near)
+    # the element-wise passes and sums over (C, R, T, N) in torch, on numpy's memory: 2-3x faster than numpy's
+    dist, w, norms = torch.from_numpy(buf), torch.from_numpy(weights), torch.from_numpy(znorm)
     for i in range(1, k):
-        np.maximum(np.add(near, znorm, out=weights), 0, out=weights)  # squared distances to the nearest centre
+        torch.add(torch.from_numpy(near), norms, out=w).clamp_min_(0)  # squared distances to the nearest centre
         cand = np.stack([_draw(weights[c], n_trials, g) for c, g in enumerate(generators)])  # (C, R, T)
         cc = Z[ci[:, :, None], cand] * mask[:, None, :]  # (C, R, T, d)
-        dist = np.minimum(_cross(cc, Z1t, buf), near[:, :, None, :], out=buf)  # (C, R, T, N)
-        best = dist.sum(-1).argmin(-1)  # (C, R)
-        near = dist[ci, ri, best]
+        _cross(cc, Z1t, buf)
+        torch.minimum(dist, torch.from_numpy(near)[:, :, None, :], out=dist)  # (C, R, T, N)
+        best = dist.sum(-1).argmin(-1).numpy()  # (C, R)
+        near = buf[ci, ri, best]
         centres[:, :, i] = cc[ci, ri, best]
     return centres
 
