@@ -44,7 +44,7 @@ def echo_circuits(model, data, circuits, shares, comparison, written, plot_path,
                "n/a" if h is None else f"{h.loss:.3f}/{h.full_loss:.3f} {h.mark('loss')}".rstrip()]
         if shares:
             s = shares[c]
-            row.append("-" if ci.empty else f"{s['dominant']} ({100 * s['mass'][s['dominant']]:.0f}%)")
+            row.append("-" if s["dominant"] is None else f"{s['dominant']} ({100 * s['mass'][s['dominant']]:.0f}%)")
         rows.append(row)
     headers = ["label", "ECS %", "weights", *[f"{l} %" for l in layers], "acc circuit/full", "loss circuit/full",
                "held-out acc circuit/full", "held-out loss circuit/full"]
@@ -56,7 +56,8 @@ def echo_circuits(model, data, circuits, shares, comparison, written, plot_path,
     echo_heldout(circuits)
     if shares:
         click.echo("main cluster: the cluster holding most of the circuit's kept squared weight within the "
-                   "clustered layers (the share in brackets), as cluster_share computes it")
+                   "clustered layers (the share in brackets), as cluster_share computes it; -: none (the circuit keeps "
+                   "no weight inside a cluster)")
     echo_notes(circuits)
     echo_stopped(circuits, "")
     if comparison is not None:

@@ -873,3 +873,14 @@ def test_inputs_that_are_not_real_dense_arrays_get_one_line_errors():
                        (torch.eye(4).to_sparse(), "sparse torch tensor")):
         with pytest.raises(ClusteringError, match=message):
             BSGC(2).fit(A)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_kmeans_refuses_points_that_are_not_finite(bad):
+    """An inf coordinate made every distance NaN: all labels 0 and NaN inertias, without a word."""
+    from graphinterp.common.errors import ClusteringError
+
+    Z = torch.randn(1, 20, 3)
+    Z[0, 5, 1] = bad
+    with pytest.raises(ClusteringError, match=r"NaN or inf \(1 coordinates of 60\)"):
+        batched_kmeans(Z, 3, torch.ones(4, 3), [torch.Generator().manual_seed(0)])

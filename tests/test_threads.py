@@ -1,4 +1,5 @@
 """BLAS on one thread while clustering: a process-wide limit held while any thread is inside a block."""
+import os
 import threading
 
 import numpy  # noqa: F401  (loads the BLAS library that the limit is about)
@@ -78,3 +79,20 @@ def test_the_limit_is_lifted_when_the_block_raises(two_blas_threads):
         with single_threaded_blas():
             raise KeyError("x")
     assert _blas_threads() == two_blas_threads
+
+
+def test_scipys_blas_is_limited_even_when_the_first_block_runs_before_scipy_is_imported():
+    """The controller is built once: a BLAS library loaded after it (scipy's own OpenBLAS, imported by a caller of
+    the KMeans after its first block) kept its threads inside every later block."""
+    import subprocess
+    import sys
+
+    code = ("from graphinterp.common.threads import single_threaded_blas\n"
+            "with single_threaded_blas():\n    pass\n"
+            "import scipy.linalg\nfrom threadpoolctl import threadpool_info\n"
+            "with single_threaded_blas():\n"
+            "    print(sorted({p['filepath'] for p in threadpool_info() if p['user_api'] == 'blas' and p['num_threads'] != 1}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

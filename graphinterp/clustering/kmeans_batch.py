@@ -17,8 +17,10 @@ restarts of a 1024 x 1024 Gaussian layer's 2048 points (k = 4) 1.8 ms where the 
 torch took 3.1 ms. MKL (torch) multiplies a (R k, d + 1) by a (d + 1, N) matrix 2.5x slower than
 OpenBLAS (numpy) for d + 1 <= 4, and numpy's calls cost a fraction of torch's. Every distance is one product of the augmented centres
 :math:`[-2c, \\|c\\|^2]` with the augmented points :math:`[z; 1]`, whose values do not depend on how
-many centres share the product; every restart's cluster sums are a product of their own, so that a
-restart's rounding is the same alone and in a batch (checked by tests/test_bsgc.py).
+many centres share the product (OpenBLAS rounds a row alike whatever the number of rows: a property of its
+kernels, not a guarantee of BLAS, which the batch tests of tests/test_bsgc.py check on each platform they run
+on); every restart's cluster sums are a product of their own, so that a restart's rounding is the same alone
+and in a batch.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from graphinterp.common.errors import ClusteringError
 from graphinterp.common.threads import single_threaded_blas
 
 __all__ = ["batched_kmeans", "one_thread"]
@@ -66,7 +69,7 @@ def batched_kmeans(
     Parameters
     ----------
     Z : tensor of shape (C, N, d)
-        float32 or float64; computed in that precision.
+        float32 or float64, finite (else a ``ClusteringError``); computed in that precision.
     k : int
     mask : tensor of shape (R, d) of 0/1
         The coordinates restart ``r`` sees (restarts on embeddings of different dimension share
@@ -95,6 +98,9 @@ def batched_kmeans(
     """
     Zn = np.ascontiguousarray(Z.detach().cpu().numpy())
     C, N, d = Zn.shape
+    if not np.isfinite(Zn).all():  # inf made every distance NaN: labels 0 and NaN inertias, without a word
+        raise ClusteringError(f"KMeans points contain NaN or inf ({int((~np.isfinite(Zn)).sum())} coordinates of "
+                              f"{Zn.size}); cluster finite points")
     mask = mask.detach().cpu().numpy().astype(Zn.dtype)
     with one_thread(), single_threaded_blas():
         Z1t = np.empty((C, d + 1, N), Zn.dtype)  # the points as columns, with a row of ones

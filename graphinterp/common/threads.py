@@ -27,7 +27,9 @@ def single_threaded_blas() -> Iterator[None]:
     The limit is the process's (BLAS libraries have one thread count), so it is held while any thread
     of the process is inside such a block, nested or not, and lifted when the last one leaves: threads
     of one process (a Dask worker's) that each took and restored the limit on their own left it on
-    or off at random. The controller is built once, so entering costs microseconds.
+    or off at random. The controller is built once, so entering costs microseconds; scipy is imported
+    first, so that its BLAS (a library of its own) is among those it limits even when the first block runs
+    before anything else imported scipy.
 
     Examples
     --------
@@ -40,9 +42,10 @@ def single_threaded_blas() -> Iterator[None]:
     with _LOCK:
         if _HOLDERS == 0:
             if _CONTROLLER is None:
+                import scipy.linalg  # noqa: F401  scipy's own OpenBLAS, loaded now so that the controller sees it
                 from threadpoolctl import ThreadpoolController
 
-                _CONTROLLER = ThreadpoolController()
+                _CONTROLLER = ThreadpoolController()  # the BLAS libraries loaded so far (numpy's and scipy's)
             _LIMITER = _CONTROLLER.limit(limits=1, user_api="blas")
         _HOLDERS += 1
     try:

@@ -177,7 +177,8 @@ def cluster_share(circuit: Circuit, graph: LayeredGraph, clustering) -> Dict[str
     -------
     dict
         ``edges`` and ``mass`` (lists of k shares), ``between`` and ``unclustered`` (dicts with ``edges``
-        and ``mass``) and ``dominant`` (int).
+        and ``mass``) and ``dominant`` (int; None when the circuit keeps no weight inside a cluster, e.g. an
+        empty circuit, whose shares are all 0).
 
     Examples
     --------
@@ -210,4 +211,5 @@ def cluster_share(circuit: Circuit, graph: LayeredGraph, clustering) -> Dict[str
         mass += np.bincount(slot[kept], weights=sq[kept], minlength=k + 2)
     c, s = counts / max(counts.sum(), 1), mass / max(mass.sum(), 1e-300)
     return {"edges": c[:k].tolist(), "mass": s[:k].tolist(), "between": {"edges": float(c[k]), "mass": float(s[k])},
-            "unclustered": {"edges": float(c[k + 1]), "mass": float(s[k + 1])}, "dominant": int(np.argmax(s[:k]))}
+            "unclustered": {"edges": float(c[k + 1]), "mass": float(s[k + 1])},
+            "dominant": int(np.argmax(s[:k])) if s[:k].any() else None}  # None: no kept weight inside a cluster
