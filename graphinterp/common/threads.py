@@ -9,6 +9,7 @@ adjacency in torch) 37 s instead of 16 s, with the same result. torch keeps its 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any, Iterator
 
@@ -18,6 +19,7 @@ _CONTROLLER = None
 _LOCK = threading.Lock()
 _HOLDERS = 0  # blocks inside the limit, in any thread of this process
 _LIMITER: Any = None
+_WITH_SCIPY = False  # scipy's BLAS was loaded when the controller was built
 
 
 @contextlib.contextmanager
@@ -27,9 +29,8 @@ def single_threaded_blas() -> Iterator[None]:
     The limit is the process's (BLAS libraries have one thread count), so it is held while any thread
     of the process is inside such a block, nested or not, and lifted when the last one leaves: threads
     of one process (a Dask worker's) that each took and restored the limit on their own left it on
-    or off at random. The controller is built once, so entering costs microseconds; scipy is imported
-    first, so that its BLAS (a library of its own) is among those it limits even when the first block runs
-    before anything else imported scipy.
+    or off at random. The controller is built once, so entering costs microseconds, and once more when
+    scipy's own BLAS (a library of its own) has been loaded since, so that it is limited too.
 
     Examples
     --------
@@ -38,14 +39,16 @@ def single_threaded_blas() -> Iterator[None]:
     ...     all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
     True
     """
-    global _CONTROLLER, _HOLDERS, _LIMITER
+    global _CONTROLLER, _HOLDERS, _LIMITER, _WITH_SCIPY
     with _LOCK:
         if _HOLDERS == 0:
-            if _CONTROLLER is None:
-                import scipy.linalg  # noqa: F401  scipy's own OpenBLAS, loaded now so that the controller sees it
+            if _CONTROLLER is None or (not _WITH_SCIPY and "scipy.linalg" in sys.modules):
                 from threadpoolctl import ThreadpoolController
 
-                _CONTROLLER = ThreadpoolController()  # the BLAS libraries loaded so far (numpy's and scipy's)
+                # the BLAS libraries loaded now; rebuilt once scipy's own OpenBLAS has been loaded since (importing
+                # scipy here instead made a torch.distributed worker abort at exit in 3 of 18 runs)
+                _CONTROLLER = ThreadpoolController()
+                _WITH_SCIPY = "scipy.linalg" in sys.modules
             _LIMITER = _CONTROLLER.limit(limits=1, user_api="blas")
         _HOLDERS += 1
     try:
