@@ -236,9 +236,9 @@ def _lloyd(Z1t: np.ndarray, centres: np.ndarray, mask: np.ndarray, max_iter: int
             np.matmul(W, pts, out=dist)
         marks = torch.from_numpy(dist)
         marks.eq_(marks.amin(1, keepdim=True))  # in place: 1 where a centre is nearest
-        # (P, d + 1, k): coordinate sums and counts, one product per pair
-        sums = np.matmul(pts, dist.reshape(-1, R, k, N).transpose(0, 1, 3, 2) if pts.ndim == 4 else
-                         dist.transpose(0, 2, 1)).reshape(P, d + 1, k)
+        # (P, d + 1, k): coordinate sums and counts, one product per pair (the marks laid out as pts is)
+        marked = dist.reshape(C, R, k, N).transpose(0, 1, 3, 2) if pts.ndim == 4 else dist.transpose(0, 2, 1)
+        sums = np.matmul(pts, marked).reshape(P, d + 1, k)
         counts = sums[:, d:].transpose(0, 2, 1)  # (P, k, 1)
         new = np.where(counts > 0, sums[:, :d].transpose(0, 2, 1) / np.maximum(counts, 1), cur)
         new *= masks
@@ -251,6 +251,6 @@ def _lloyd(Z1t: np.ndarray, centres: np.ndarray, mask: np.ndarray, max_iter: int
         active, cur, masks, tols = active[keep], new[keep], masks[keep], tols[keep]
         if len(active) == 0:
             break
-    if cur is not out and len(active):  # pairs still moving after max_iter (none ran with max_iter=0)
+    if cur is not out:  # pairs still moving after max_iter (none ran with max_iter=0)
         out[active] = cur
     return out.reshape(C, R, k, d)
